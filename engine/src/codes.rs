@@ -1,0 +1,1 @@
+//! DfE reference data: census reason codes and attendance codes.

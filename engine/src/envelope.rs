@@ -1,0 +1,331 @@
+//! The envelope: what the log stores around each payload, its byte encoding
+//! and the BLAKE3 hash chain.
+//!
+//! A stored value is `body || hash`, where `body` is the MessagePack array of
+//! [`Body`] (every envelope field except `hash`, `prev_hash` included) and
+//! `hash = BLAKE3(prev_hash || body)`. Verification therefore hashes the exact
+//! stored bytes; nothing depends on re-encoding being canonical. The layout is
+//! documented byte for byte in `docs/storage.md`.
+//!
+//! Architecture Invariant: the body encoding is append-only. New fields go at
+//! the end of [`Body`] behind a new store format version; existing fields
+//! never change meaning, or old chains would stop verifying.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::CodecError;
+use crate::event::{CaseEvent, CURRENT_SCHEMA};
+
+/// A BLAKE3 digest.
+pub type Hash = [u8; 32];
+
+/// The `prev_hash` of the first event of every log.
+pub const GENESIS_HASH: Hash = [0u8; 32];
+
+/// Length of the hash that trails every stored value.
+pub const HASH_LEN: usize = 32;
+
+/// Upper bound on one encoded payload. A case entry is prose written by a
+/// person; 64 KiB is a long report. Bounding it bounds a batch's memory and
+/// stops one bad line from bloating the log.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// Hex form of a hash, as printed by `verify` and `audit`.
+pub fn hex(hash: &Hash) -> String {
+    use std::fmt::Write;
+    hash.iter().fold(String::with_capacity(64), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Identifies one stream (one pupil's case record, or one pupil's access
+/// log) inside a school's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct StreamId(pub Uuid);
+
+/// Namespace of casebook's UUID v5 stream ids (a fixed random UUID).
+const STREAM_NAMESPACE: Uuid = Uuid::from_u128(0x6d1f_3c2e_8b4a_4f5e_9a0c_2b7d_e1f4_a953);
+
+impl StreamId {
+    /// The case stream of `pupil` in `school`: UUID v5 of both, so imports
+    /// need no lookup and two schools' pupils never share a stream.
+    pub fn for_pupil(school: &str, pupil: &str) -> StreamId {
+        Self::derive("case", school, pupil)
+    }
+
+    /// The access-log stream of `pupil` in `school` (who viewed the record).
+    pub fn for_access_log(school: &str, pupil: &str) -> StreamId {
+        Self::derive("access", school, pupil)
+    }
+
+    fn derive(kind: &str, school: &str, pupil: &str) -> StreamId {
+        // NUL cannot occur in a validated school id or pupil reference, so
+        // the concatenation is unambiguous.
+        let name = format!("{kind}\0{school}\0{pupil}");
+        StreamId(Uuid::new_v5(&STREAM_NAMESPACE, name.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// An event on its way into the log: everything the caller decides. The
+/// store adds position, version, `recorded_at` and the hashes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewEvent {
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub actor: String,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub event_type: String,
+    pub schema: u32,
+    /// MessagePack of the [`CaseEvent`] at `schema` (see [`encode_payload`]).
+    pub payload: Vec<u8>,
+}
+
+impl NewEvent {
+    /// Encodes `event` at the current schema with a fresh UUID v7 id.
+    pub fn new(
+        event: &CaseEvent,
+        occurred_at: DateTime<Utc>,
+        actor: impl Into<String>,
+    ) -> Result<NewEvent, CodecError> {
+        Ok(NewEvent {
+            event_id: Uuid::now_v7(),
+            occurred_at,
+            actor: actor.into(),
+            correlation_id: None,
+            causation_id: None,
+            event_type: event.type_name().to_string(),
+            schema: CURRENT_SCHEMA,
+            payload: encode_payload(event)?,
+        })
+    }
+
+    /// Same content as a stored event (the import's idempotency test): the
+    /// id, stream-independent fields and payload bytes all match.
+    pub fn same_content_as(&self, stored: &StoredEvent) -> bool {
+        self.event_id == stored.event_id
+            && self.occurred_at == stored.occurred_at
+            && self.actor == stored.actor
+            && self.event_type == stored.event_type
+            && self.schema == stored.schema
+            && self.payload == stored.payload
+    }
+}
+
+/// Encodes a payload at the current schema: MessagePack with field names, so
+/// that old payloads stay readable by name when fields are added or renamed.
+pub fn encode_payload(event: &CaseEvent) -> Result<Vec<u8>, CodecError> {
+    let bytes = rmp_serde::to_vec_named(event).map_err(|e| CodecError::Encode(e.to_string()))?;
+    if bytes.len() > MAX_PAYLOAD_BYTES {
+        return Err(CodecError::TooLarge { len: bytes.len(), max: MAX_PAYLOAD_BYTES });
+    }
+    Ok(bytes)
+}
+
+/// An event as the log holds it: the full envelope.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredEvent {
+    /// Gapless from 1 within the school's log.
+    pub position: u64,
+    pub stream: StreamId,
+    /// Gapless from 1 within the stream.
+    pub version: u64,
+    pub event_id: Uuid,
+    /// When it happened, as the user says.
+    pub occurred_at: DateTime<Utc>,
+    /// When the engine stored it; never decreases along the log.
+    pub recorded_at: DateTime<Utc>,
+    pub actor: String,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub event_type: String,
+    pub schema: u32,
+    pub payload: Vec<u8>,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+/// The hashed part of a stored value, in its on-disk field order. Encoded by
+/// rmp-serde as a MessagePack array (see docs/storage.md).
+#[derive(Serialize, Deserialize)]
+struct Body<'a> {
+    position: u64,
+    stream: Uuid,
+    version: u64,
+    event_id: Uuid,
+    occurred_at_us: i64,
+    recorded_at_us: i64,
+    #[serde(borrow)]
+    actor: std::borrow::Cow<'a, str>,
+    correlation_id: Option<Uuid>,
+    causation_id: Option<Uuid>,
+    #[serde(borrow)]
+    event_type: std::borrow::Cow<'a, str>,
+    schema: u32,
+    #[serde(with = "serde_bytes", borrow)]
+    payload: std::borrow::Cow<'a, [u8]>,
+    #[serde(with = "serde_bytes")]
+    prev_hash: Hash,
+}
+
+/// `BLAKE3(prev_hash || body)`.
+pub fn chain_hash(prev_hash: &Hash, body: &[u8]) -> Hash {
+    let mut h = blake3::Hasher::new();
+    h.update(prev_hash);
+    h.update(body);
+    *h.finalize().as_bytes()
+}
+
+impl StoredEvent {
+    /// Seals a new event at `position`/`version` after `prev_hash`: computes
+    /// the hash and returns the event with the exact bytes to store.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal(
+        new: &NewEvent,
+        stream: StreamId,
+        position: u64,
+        version: u64,
+        recorded_at: DateTime<Utc>,
+        prev_hash: Hash,
+    ) -> Result<(StoredEvent, Vec<u8>), CodecError> {
+        let mut event = StoredEvent {
+            position,
+            stream,
+            version,
+            event_id: new.event_id,
+            occurred_at: new.occurred_at,
+            recorded_at,
+            actor: new.actor.clone(),
+            correlation_id: new.correlation_id,
+            causation_id: new.causation_id,
+            event_type: new.event_type.clone(),
+            schema: new.schema,
+            payload: new.payload.clone(),
+            prev_hash,
+            hash: [0; 32],
+        };
+        let mut bytes = event.encode_body()?;
+        event.hash = chain_hash(&prev_hash, &bytes);
+        bytes.extend_from_slice(&event.hash);
+        Ok((event, bytes))
+    }
+
+    fn encode_body(&self) -> Result<Vec<u8>, CodecError> {
+        let body = Body {
+            position: self.position,
+            stream: self.stream.0,
+            version: self.version,
+            event_id: self.event_id,
+            occurred_at_us: self.occurred_at.timestamp_micros(),
+            recorded_at_us: self.recorded_at.timestamp_micros(),
+            actor: self.actor.as_str().into(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            event_type: self.event_type.as_str().into(),
+            schema: self.schema,
+            payload: self.payload.as_slice().into(),
+            prev_hash: self.prev_hash,
+        };
+        rmp_serde::to_vec(&body).map_err(|e| CodecError::Encode(e.to_string()))
+    }
+
+    /// The stored bytes of this event (`body || hash`), as `seal` produced
+    /// them. Used to copy a log between backends unchanged.
+    pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
+        let mut bytes = self.encode_body()?;
+        bytes.extend_from_slice(&self.hash);
+        Ok(bytes)
+    }
+
+    /// Decodes stored bytes. Never panics, whatever the bytes.
+    pub fn decode(bytes: &[u8]) -> Result<StoredEvent, CodecError> {
+        let (body, hash) = split_value(bytes)?;
+        let b: Body<'_> =
+            rmp_serde::from_slice(body).map_err(|e| CodecError::Decode(e.to_string()))?;
+        let ts = |us: i64, field: &'static str| {
+            DateTime::<Utc>::from_timestamp_micros(us).ok_or(CodecError::Field {
+                field,
+                what: format!("timestamp {us} out of range"),
+            })
+        };
+        Ok(StoredEvent {
+            position: b.position,
+            stream: StreamId(b.stream),
+            version: b.version,
+            event_id: b.event_id,
+            occurred_at: ts(b.occurred_at_us, "occurred_at")?,
+            recorded_at: ts(b.recorded_at_us, "recorded_at")?,
+            actor: b.actor.into_owned(),
+            correlation_id: b.correlation_id,
+            causation_id: b.causation_id,
+            event_type: b.event_type.into_owned(),
+            schema: b.schema,
+            payload: b.payload.into_owned(),
+            prev_hash: b.prev_hash,
+            hash,
+        })
+    }
+
+    /// Decodes the payload, upcasting it to the current schema.
+    pub fn case_event(&self) -> Result<CaseEvent, CodecError> {
+        crate::upcast::decode_payload(&self.event_type, self.schema, &self.payload)
+    }
+}
+
+/// Splits a stored value into `(body, hash)`.
+pub fn split_value(bytes: &[u8]) -> Result<(&[u8], Hash), CodecError> {
+    if bytes.len() <= HASH_LEN {
+        return Err(CodecError::Truncated { len: bytes.len() });
+    }
+    let (body, tail) = bytes.split_at(bytes.len() - HASH_LEN);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(tail);
+    Ok((body, hash))
+}
+
+/// A stored event with its payload decoded: what projections fold over.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecordedEvent {
+    pub position: u64,
+    pub stream: StreamId,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: String,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub schema: u32,
+    pub hash: Hash,
+    pub event: CaseEvent,
+}
+
+impl RecordedEvent {
+    /// Decodes (and upcasts) the payload of a stored event.
+    pub fn from_stored(stored: &StoredEvent) -> Result<RecordedEvent, CodecError> {
+        Ok(RecordedEvent {
+            position: stored.position,
+            stream: stored.stream,
+            version: stored.version,
+            event_id: stored.event_id,
+            occurred_at: stored.occurred_at,
+            recorded_at: stored.recorded_at,
+            actor: stored.actor.clone(),
+            correlation_id: stored.correlation_id,
+            causation_id: stored.causation_id,
+            schema: stored.schema,
+            hash: stored.hash,
+            event: stored.case_event()?,
+        })
+    }
+}

@@ -1,0 +1,513 @@
+//! The case events: what can happen on a pupil's case record.
+//!
+//! `CaseEvent` is the one payload type of the log. It is serde-tagged
+//! adjacently (`{"type": ..., "data": {...}}`) so that the JSONL import line
+//! and the JSON output share one shape. Every variant wraps a struct with
+//! `deny_unknown_fields`: a misspelt field in a school's export is refused
+//! with its name rather than silently dropped.
+//!
+//! Variants are named in the past tense: they record what happened. The
+//! catalogue with meanings, roles and readers is `docs/events.md`; keep the
+//! two in step.
+
+use chrono::NaiveDate;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The payload schema each event type is written at today. Older payloads
+/// are brought up to these by the upcasters in [`crate::upcast`].
+pub const CURRENT_SCHEMA: u32 = 2;
+
+macro_rules! case_events {
+    ($( $(#[$doc:meta])* $variant:ident($data:ident) ),+ $(,)?) => {
+        /// One thing that happened on a pupil's case record.
+        #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+        #[serde(tag = "type", content = "data")]
+        #[non_exhaustive]
+        pub enum CaseEvent {
+            $( $(#[$doc])* $variant($data), )+
+        }
+
+        /// Every event type name, in catalogue order.
+        pub const EVENT_TYPES: &[&str] = &[ $( stringify!($variant), )+ ];
+
+        impl CaseEvent {
+            /// The type name, as written in JSONL and in the envelope.
+            pub fn type_name(&self) -> &'static str {
+                match self { $( CaseEvent::$variant(_) => stringify!($variant), )+ }
+            }
+        }
+    };
+}
+
+case_events! {
+    /// First event of every pupil stream: who the pupil is.
+    PupilRegistered(PupilRegistered),
+    /// A referral into pastoral or safeguarding support arrived.
+    ReferralReceived(ReferralReceived),
+    /// A case of one type was opened for the pupil.
+    CaseOpened(CaseOpened),
+    /// A member of staff became the pupil's keyworker.
+    KeyworkerAssigned(KeyworkerAssigned),
+    /// A safeguarding or welfare concern was raised (safeguarding).
+    ConcernRaised(ConcernRaised),
+    /// A concern was passed to the DSL or another member of staff (safeguarding).
+    ConcernEscalated(ConcernEscalated),
+    /// The DSL decided what to do about a concern, and why (safeguarding).
+    SafeguardingDecisionMade(SafeguardingDecisionMade),
+    /// A referral was made to an outside agency (safeguarding).
+    ExternalReferralMade(ExternalReferralMade),
+    /// A behaviour incident; this pupil's role in it is recorded per pupil.
+    IncidentRecorded(IncidentRecorded),
+    /// A use of reasonable force (Education and Inspections Act 2006 s.93A).
+    ReasonableForceUsed(ReasonableForceUsed),
+    /// A sanction below suspension.
+    SanctionIssued(SanctionIssued),
+    /// A suspension (fixed-period exclusion) by the headteacher.
+    SuspensionIssued(SuspensionIssued),
+    /// A permanent exclusion by the headteacher.
+    PermanentExclusionIssued(PermanentExclusionIssued),
+    /// An intervention (mentoring, social skills, ...) began.
+    InterventionStarted(InterventionStarted),
+    /// One session of an intervention took place (or was missed).
+    InterventionSessionDelivered(InterventionSessionDelivered),
+    /// An intervention ended, with its outcome.
+    InterventionEnded(InterventionEnded),
+    /// A plan was agreed, with its first review date.
+    PlanAgreed(PlanAgreed),
+    /// A plan was reviewed; no next date means the plan ended.
+    PlanReviewed(PlanReviewed),
+    /// A restorative meeting was held.
+    RestorativeMeetingHeld(RestorativeMeetingHeld),
+    /// A reintegration meeting after a suspension or removal.
+    ReintegrationMeetingHeld(ReintegrationMeetingHeld),
+    /// Reintegration finished.
+    ReintegrationCompleted(ReintegrationCompleted),
+    /// One register mark (one session) with its DfE code.
+    AttendanceMarked(AttendanceMarked),
+    /// A reward or positive point.
+    RewardIssued(RewardIssued),
+    /// An absence was followed up with the family.
+    AbsenceFollowedUp(AbsenceFollowedUp),
+    /// Alternative provision was arranged.
+    AlternativeProvisionArranged(AlternativeProvisionArranged),
+    /// Parents or carers were contacted.
+    ParentContacted(ParentContacted),
+    /// Contact with an outside agency (social care, CAMHS, police, ...).
+    AgencyLiaison(AgencyLiaison),
+    /// A correction of an earlier entry; the original stays in the log.
+    EntryCorrected(EntryCorrected),
+    /// The case was closed.
+    CaseClosed(CaseClosed),
+    /// Somebody viewed the pupil's record (access log; lives in the pupil's
+    /// access stream, not in the case stream).
+    RecordViewed(RecordViewed),
+}
+
+/// Safeguarding events: visible in full to the DSL and auditors only, and
+/// the ones `timeline --safeguarding-only` keeps.
+pub const SAFEGUARDING_TYPES: &[&str] = &[
+    "ReferralReceived",
+    "ConcernRaised",
+    "ConcernEscalated",
+    "SafeguardingDecisionMade",
+    "ExternalReferralMade",
+    "AgencyLiaison",
+];
+
+impl CaseEvent {
+    /// Whether the event belongs in a safeguarding chronology.
+    pub fn is_safeguarding(&self) -> bool {
+        match self {
+            CaseEvent::CaseOpened(c) => c.case_type == CaseType::Safeguarding,
+            other => SAFEGUARDING_TYPES.contains(&other.type_name()),
+        }
+    }
+
+    /// The variant's fields as a JSON object (the `data` of the contract).
+    pub fn data_json(&self) -> serde_json::Value {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(mut m)) => {
+                m.remove("data").unwrap_or(serde_json::Value::Null)
+            }
+            // A derived Serialize of an adjacently tagged enum always yields an
+            // object; anything else would be a serde bug, shown rather than hidden.
+            Ok(other) => other,
+            Err(e) => serde_json::Value::String(format!("<unserialisable: {e}>")),
+        }
+    }
+}
+
+/// Kinds of case a pupil can have open.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CaseType {
+    Pastoral,
+    Behaviour,
+    Safeguarding,
+    Attendance,
+    Send,
+}
+
+impl CaseType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaseType::Pastoral => "pastoral",
+            CaseType::Behaviour => "behaviour",
+            CaseType::Safeguarding => "safeguarding",
+            CaseType::Attendance => "attendance",
+            CaseType::Send => "send",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PupilRegistered {
+    /// The school's reference for the pupil (UPN or MIS id). Filled from the
+    /// import line's `pupil`; may be left out of `data`.
+    #[serde(default)]
+    pub pupil: String,
+    pub name: String,
+    pub date_of_birth: NaiveDate,
+    /// National Curriculum year: 0 = Reception, 1..=13.
+    pub year_group: u8,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upn: Option<String>,
+    /// `female` / `male` / other text as the MIS holds it (reports only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sex: Option<String>,
+    /// Eligible for free school meals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fsm: Option<bool>,
+    /// Has special educational needs (SEN support or EHCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sen: Option<bool>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReferralReceived {
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseOpened {
+    pub case_type: CaseType,
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyworkerAssigned {
+    pub staff: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcernRaised {
+    pub category: String,
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcernEscalated {
+    pub to: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SafeguardingDecision {
+    Monitor,
+    EarlyHelp,
+    ReferSocialCare,
+    ReferPolice,
+    NoFurtherAction,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SafeguardingDecisionMade {
+    pub decision: SafeguardingDecision,
+    pub rationale: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExternalReferralMade {
+    pub agency: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+}
+
+/// A pupil's part in a (possibly shared) incident.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentRole {
+    Perpetrator,
+    Target,
+    Witness,
+    #[default]
+    Involved,
+}
+
+/// Another pupil in a shared incident, with their own role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Participant {
+    pub pupil: String,
+    #[serde(default)]
+    pub role: IncidentRole,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentRecorded {
+    pub category: String,
+    /// 1 (minor) to 5 (most serious).
+    pub severity: u8,
+    pub location: String,
+    pub description: String,
+    /// This pupil's role; the others' roles are in `participants`.
+    #[serde(default)]
+    pub role: IncidentRole,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<Participant>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReasonableForceUsed {
+    pub staff: String,
+    pub reason: String,
+    pub hold: String,
+    pub duration_minutes: u32,
+    pub injuries: String,
+    pub parent_informed: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SanctionKind {
+    Detention,
+    Isolation,
+    InternalExclusion,
+    ReportCard,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SanctionIssued {
+    pub kind: SanctionKind,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuspensionIssued {
+    /// School days, in steps of 0.5 (a lunchtime counts as half a day).
+    pub days: f64,
+    /// DfE census reason code (the main reason).
+    pub reason_code: String,
+    /// Up to two further census reason codes (the census takes three).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_reason_codes: Vec<String>,
+    pub start_date: NaiveDate,
+    /// Why a suspension past the 45-day yearly limit is recorded anyway
+    /// (e.g. days at a previous school were counted twice). Required to pass
+    /// the limit; recorded for the auditor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub override_reason: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermanentExclusionIssued {
+    pub reason_code: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub additional_reason_codes: Vec<String>,
+    pub effective_date: NaiveDate,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterventionStarted {
+    /// The school's id for this intervention, unique within the pupil.
+    pub intervention: String,
+    pub kind: String,
+    pub goal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_planned: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub staff: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterventionSessionDelivered {
+    pub intervention: String,
+    pub attended: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notes: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InterventionOutcome {
+    Achieved,
+    PartlyAchieved,
+    NotAchieved,
+    Withdrawn,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterventionEnded {
+    pub intervention: String,
+    pub outcome: InterventionOutcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanKind {
+    BehaviourSupport,
+    PositiveHandling,
+    RiskAssessment,
+    EarlyHelp,
+    PastoralSupport,
+    Ehcp,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanAgreed {
+    pub plan: String,
+    pub kind: PlanKind,
+    pub review_due: NaiveDate,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlanReviewed {
+    pub plan: String,
+    pub outcome: String,
+    /// `None` (JSON `null`) when the review ends the plan.
+    pub next_review_due: Option<NaiveDate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestorativeMeetingHeld {
+    pub participants: Vec<String>,
+    pub agreement: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReintegrationMeetingHeld {
+    pub attendees: Vec<String>,
+    pub agreed_support: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReintegrationCompleted {
+    pub outcome: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Session {
+    Am,
+    Pm,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttendanceMarked {
+    pub date: NaiveDate,
+    pub session: Session,
+    /// DfE attendance code (see [`crate::codes`]).
+    pub code: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardIssued {
+    pub kind: String,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub points: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbsenceFollowedUp {
+    pub date: NaiveDate,
+    pub method: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlternativeProvisionArranged {
+    pub provider: String,
+    pub start_date: NaiveDate,
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_per_week: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParentContacted {
+    pub method: String,
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgencyLiaison {
+    pub agency: String,
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntryCorrected {
+    /// `event_id` of the corrected event (same pupil).
+    pub event: Uuid,
+    /// New values for some of the corrected event's `data` fields.
+    pub changes: serde_json::Map<String, serde_json::Value>,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseClosed {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordViewed {
+    /// The pupil whose record was read.
+    pub pupil: String,
+    /// What was read: `timeline`, `audit`, `export`, ...
+    pub view: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}

@@ -1,0 +1,374 @@
+//! The `EventStore` trait every backend implements, the types of its
+//! requests and answers, catch-up subscriptions and the backend-independent
+//! part of `verify`.
+//!
+//! Architecture Invariant: a backend acknowledges an append only after its
+//! events are durable, and its reads never return an event that is not yet
+//! durable. Subscriptions therefore never deliver an event a crash could
+//! take back.
+//!
+//! Architecture Invariant: positions are gapless from 1 per log, versions
+//! gapless from 1 per stream, and every event's `prev_hash` is the hash of
+//! the event before it in the log. `verify` checks all three.
+
+pub mod sled;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::envelope::{chain_hash, split_value, Hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
+use crate::error::StoreError;
+
+/// What the caller expects the stream's version to be before its append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be at exactly this version (its last event's version).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `actual` (0 = no events) satisfies the expectation.
+    pub fn admits(self, actual: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        }
+    }
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "{v}"),
+        }
+    }
+}
+
+/// Events for one stream, appended together.
+#[derive(Clone, Debug)]
+pub struct AppendRequest {
+    pub stream: StreamId,
+    pub expected: ExpectedVersion,
+    pub events: Vec<NewEvent>,
+}
+
+/// Where an append's events landed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    pub stream: StreamId,
+    pub first_version: u64,
+    pub last_version: u64,
+    pub first_position: u64,
+    pub last_position: u64,
+}
+
+/// The last durable event of a log (position 0 and the genesis hash when
+/// the log is empty).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    pub position: u64,
+    pub hash: Hash,
+}
+
+/// One problem `verify` found.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub position: u64,
+    pub what: String,
+}
+
+/// The outcome of `verify`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    pub ok: bool,
+    pub events: u64,
+    pub head: String,
+    pub problems: Vec<Problem>,
+}
+
+/// How many problems `verify` lists before it only counts. The first one is
+/// what an auditor needs; a hundred is enough to see a pattern.
+pub const MAX_REPORTED_PROBLEMS: usize = 100;
+
+/// Largest page a read returns; callers page with `from`.
+pub const MAX_READ_PAGE: usize = 10_000;
+
+/// Upper bound on the events of one atomic append (one import). Bounds the
+/// memory of a batch: about 1 KiB an event in flight.
+pub const MAX_EVENTS_PER_APPEND: usize = 2_000_000;
+
+/// A school's event log.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends events to one stream. Returns once they are durable.
+    async fn append(&self, request: AppendRequest) -> Result<Appended, StoreError> {
+        let mut done = self.append_atomic(vec![request]).await?;
+        done.pop().ok_or(StoreError::WriterStopped)
+    }
+
+    /// Appends to several streams as one unit: all are stored, or none (an
+    /// import). Every expected version is checked before anything is written.
+    async fn append_atomic(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError>;
+
+    /// Up to `max` events of `stream` from `from_version` (1 = the first).
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// Up to `max` events of the log from `from_position` (1 = the first).
+    async fn read_all(&self, from_position: u64, max: usize)
+        -> Result<Vec<StoredEvent>, StoreError>;
+
+    /// The stream's current version (0 when it has no events).
+    async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError>;
+
+    /// The event with this id, if stored.
+    async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// The last durable event.
+    async fn head(&self) -> Result<Head, StoreError>;
+
+    /// Notified with the durable head position after every commit.
+    fn watch_head(&self) -> watch::Receiver<u64>;
+
+    /// A projection checkpoint by name.
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Stores a checkpoint durably (outside the hash chain: checkpoints are
+    /// derived data and can always be rebuilt from the log).
+    async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
+
+    /// Removes every checkpoint (a full rebuild follows).
+    async fn clear_checkpoints(&self) -> Result<(), StoreError>;
+
+    /// Recomputes the hash chain and checks positions, versions and indexes.
+    /// `progress` is called with the number of events checked so far.
+    async fn verify(&self, progress: &(dyn Fn(u64) + Send + Sync))
+        -> Result<VerifyReport, StoreError>;
+}
+
+/// Reads a whole stream, page by page. For a pupil's record (bounded by one
+/// pupil's history), never for the whole log.
+pub async fn read_whole_stream(
+    store: &dyn EventStore,
+    stream: StreamId,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::new();
+    loop {
+        let from = out.len() as u64 + 1;
+        let page = store.read_stream(stream, from, MAX_READ_PAGE).await?;
+        let done = page.len() < MAX_READ_PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+/// A catch-up subscription: every event from a position, then live events
+/// as they become durable, with no gap or duplicate at the seam.
+///
+/// It reads by position from the store itself and uses the head watch only
+/// as a wake-up, so a missed notification can delay but never lose an event.
+pub struct Subscription {
+    store: Arc<dyn EventStore>,
+    next_position: u64,
+    buffer: std::collections::VecDeque<StoredEvent>,
+    head: watch::Receiver<u64>,
+}
+
+/// Subscribes to `store` from `from_position` (1 = the whole log).
+pub fn subscribe(store: Arc<dyn EventStore>, from_position: u64) -> Subscription {
+    let head = store.watch_head();
+    Subscription {
+        store,
+        next_position: from_position.max(1),
+        buffer: Default::default(),
+        head,
+    }
+}
+
+impl Subscription {
+    /// The next event, waiting for one if the subscriber is caught up.
+    /// `Ok(None)` when the store closed.
+    pub async fn next(&mut self) -> Result<Option<StoredEvent>, StoreError> {
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                debug_assert_eq!(event.position, self.next_position);
+                self.next_position = event.position + 1;
+                return Ok(Some(event));
+            }
+            // Mark the current head as seen before reading, so a commit that
+            // lands after this read still wakes us.
+            let _ = self.head.borrow_and_update();
+            let page = self.store.read_all(self.next_position, 1024).await?;
+            if page.is_empty() {
+                if self.head.changed().await.is_err() {
+                    return Ok(None);
+                }
+                continue;
+            }
+            if page[0].position != self.next_position {
+                return Err(StoreError::Corrupt {
+                    location: format!("position {}", self.next_position),
+                    what: format!("read returned position {} instead", page[0].position),
+                });
+            }
+            self.buffer.extend(page);
+        }
+    }
+
+    /// The position the next event will have.
+    pub fn next_position(&self) -> u64 {
+        self.next_position
+    }
+}
+
+/// The backend-independent half of `verify`: fed every stored value in key
+/// order, it checks gaplessness, the chain, and per-stream versions. The
+/// backend adds its own index checks through [`ChainVerifier::problem`].
+pub struct ChainVerifier {
+    expected_position: u64,
+    prev_hash: Hash,
+    stream_versions: HashMap<StreamId, u64>,
+    problems: Vec<Problem>,
+    problem_count: u64,
+    events: u64,
+}
+
+impl Default for ChainVerifier {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ChainVerifier {
+    pub fn new() -> ChainVerifier {
+        ChainVerifier {
+            expected_position: 1,
+            prev_hash: GENESIS_HASH,
+            stream_versions: HashMap::new(),
+            problems: Vec::new(),
+            problem_count: 0,
+            events: 0,
+        }
+    }
+
+    /// Records a problem at `position`.
+    pub fn problem(&mut self, position: u64, what: impl Into<String>) {
+        self.problem_count += 1;
+        if self.problems.len() < MAX_REPORTED_PROBLEMS {
+            self.problems.push(Problem { position, what: what.into() });
+        }
+    }
+
+    /// Checks the value stored under `key_position`. Returns the decoded
+    /// event when it could be decoded, for the backend's index checks.
+    pub fn check(&mut self, key_position: u64, value: &[u8]) -> Option<StoredEvent> {
+        self.events += 1;
+        if key_position != self.expected_position {
+            if key_position > self.expected_position {
+                let missing = key_position - self.expected_position;
+                self.problem(
+                    self.expected_position,
+                    format!("event missing: positions {}..{} are absent ({missing} events)",
+                        self.expected_position, key_position - 1),
+                );
+            } else {
+                self.problem(key_position, "position out of order or duplicated");
+            }
+        }
+        self.expected_position = key_position + 1;
+        let event = match StoredEvent::decode(value) {
+            Ok(e) => e,
+            Err(e) => {
+                self.problem(key_position, format!("event cannot be decoded: {e}"));
+                // Resume the chain from the stored trailing hash, if any, so
+                // one damaged event is reported once, not at every later one.
+                if let Ok((_, hash)) = split_value(value) {
+                    self.prev_hash = hash;
+                }
+                return None;
+            }
+        };
+        if event.position != key_position {
+            self.problem(
+                key_position,
+                format!("event stored under position {key_position} says it is position {} (moved or reordered)",
+                    event.position),
+            );
+        }
+        if event.prev_hash != self.prev_hash {
+            self.problem(key_position, "prev_hash does not match the previous event's hash (chain broken: an event before it was changed, removed or inserted)");
+        }
+        if let Ok((body, hash)) = split_value(value) {
+            if chain_hash(&event.prev_hash, body) != hash {
+                self.problem(key_position, "hash does not match the event's content (event altered)");
+            }
+        }
+        let last = self.stream_versions.get(&event.stream).copied().unwrap_or(0);
+        if event.version != last + 1 {
+            self.problem(
+                key_position,
+                format!("stream {} version {} follows version {last} (versions must be gapless)",
+                    event.stream, event.version),
+            );
+        }
+        self.stream_versions.insert(event.stream, event.version.max(last));
+        self.prev_hash = event.hash;
+        Some(event)
+    }
+
+    /// Number of events whose values were checked.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Number of distinct streams seen.
+    pub fn streams(&self) -> usize {
+        self.stream_versions.len()
+    }
+
+    /// The hash of the last event checked.
+    pub fn last_hash(&self) -> Hash {
+        self.prev_hash
+    }
+
+    /// The position after the last one checked.
+    pub fn expected_position(&self) -> u64 {
+        self.expected_position
+    }
+
+    pub fn finish(self) -> VerifyReport {
+        let mut problems = self.problems;
+        problems.sort_by_key(|p| p.position);
+        if self.problem_count > problems.len() as u64 {
+            let more = self.problem_count - problems.len() as u64;
+            problems.push(Problem { position: 0, what: format!("{more} further problems not listed") });
+        }
+        VerifyReport {
+            ok: problems.is_empty(),
+            events: self.events,
+            head: crate::envelope::hex(&self.prev_hash),
+            problems,
+        }
+    }
+}
