@@ -1,1 +1,1 @@
-//! placeholder
+//! casebook-projections: folds over the log.

@@ -1,1 +1,4 @@
+//! casebook's integration tests: one binary, one module per promise area.
 
+mod domain;
+mod projections;

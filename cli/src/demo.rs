@@ -1,0 +1,1 @@
+//! `casebook demo`: a synthetic school year.

@@ -1,0 +1,1 @@
+//! Projections: folds, replay determinism, runner checkpoints.
