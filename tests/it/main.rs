@@ -1,4 +1,5 @@
 //! casebook's integration tests: one binary, one module per promise area.
 
+mod conformance;
 mod domain;
 mod projections;

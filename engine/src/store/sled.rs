@@ -1,0 +1,740 @@
+//! The embedded backend: one sled tree per school log, prefixed keys, one
+//! writer thread per log doing group commit.
+//!
+//! Key layout (byte for byte in docs/storage.md):
+//!
+//! | key | value |
+//! | --- | --- |
+//! | `e` position(u64 BE) | stored event: envelope body `||` hash |
+//! | `s` stream(16) version(u64 BE) | position (u64 BE) |
+//! | `i` event_id(16) | position (u64 BE) |
+//! | `mhead` | head position (u64 BE) `||` head hash (32) `||` recorded_at µs (i64 BE) |
+//! | `c` name | projection checkpoint (opaque bytes) |
+//!
+//! Every append writes its `e`, `s`, `i` entries and `mhead` in one sled
+//! `Batch`, so a crash leaves all of a group's entries or none, and then
+//! flushes before acknowledging: sled only flushes on its own every 500 ms.
+//!
+//! Architecture Invariant: exactly one writer per log per process (the
+//! `SledStore` hands out one `SledLog` per school), and sled's file lock
+//! keeps other processes out. Positions, versions and the chain are assigned
+//! only on the writer thread.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+use uuid::Uuid;
+
+use super::{
+    AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_EVENTS_PER_APPEND,
+    MAX_READ_PAGE,
+};
+use crate::envelope::{Hash, StoredEvent, StreamId, GENESIS_HASH};
+use crate::error::StoreError;
+
+/// On-disk format written by this build. Bumped when the key layout or the
+/// envelope encoding changes; a store with a newer format is refused.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Key of the format version in sled's default tree.
+const FORMAT_KEY: &[u8] = b"casebook/format";
+/// Tree name prefix of a school's log.
+const LOG_TREE_PREFIX: &str = "log/";
+
+/// How many events one group commit gathers at most from separate appends.
+/// Large enough to amortise the flush over many writers, small enough that
+/// a batch stays a few MB. A single larger append (an import) is its own
+/// group.
+pub const MAX_GROUP_EVENTS: usize = 8_192;
+
+/// Pending appends waiting for the writer. Bounded so that a flood of
+/// writers meets back-pressure instead of growing memory.
+pub const MAX_PENDING_COMMITS: usize = 1_024;
+
+/// sled page cache. sled's default (1 GiB) is far more than a school needs
+/// and shows up as resident memory.
+pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Longest school id: it becomes part of a tree name and of stream ids.
+pub const MAX_SCHOOL_ID_LEN: usize = 64;
+
+/// An embedded casebook store: a directory holding any number of school logs.
+pub struct SledStore {
+    db: sled::Db,
+    path: PathBuf,
+    logs: Mutex<HashMap<String, Arc<SledLog>>>,
+}
+
+impl SledStore {
+    /// Opens the store at `dir`, creating it when `create` is true.
+    pub fn open(dir: &Path, create: bool) -> Result<Arc<SledStore>, StoreError> {
+        let path_text = dir.display().to_string();
+        if !create && !dir.join("db").exists() {
+            return Err(StoreError::Io {
+                during: "open",
+                source: format!(
+                    "no casebook store at {path_text} (run `casebook init` or `casebook demo` first, or pass --data)"
+                )
+                .into(),
+            });
+        }
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|e| open_error(e, &path_text))?;
+        match db.get(FORMAT_KEY).map_err(|e| StoreError::io("open", e))? {
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .map_err(|_| StoreError::Corrupt {
+                        location: format!("{path_text}: format key"),
+                        what: format!("format version has {} bytes, expected 4", v.len()),
+                    })?;
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::UnsupportedFormat { found, supported: FORMAT_VERSION });
+                }
+            }
+            None => {
+                let has_logs = db.tree_names().iter().any(|n| n.starts_with(LOG_TREE_PREFIX.as_bytes()));
+                if has_logs || !db.is_empty() {
+                    return Err(StoreError::Corrupt {
+                        location: path_text,
+                        what: "this sled database has no casebook format marker (not a casebook store?)".into(),
+                    });
+                }
+                db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
+                    .map_err(|e| StoreError::io("init", e))?;
+                db.flush().map_err(|e| StoreError::io("init", e))?;
+            }
+        }
+        Ok(Arc::new(SledStore { db, path: dir.to_path_buf(), logs: Mutex::new(HashMap::new()) }))
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The log of `school`, created on first use. One `SledLog` (one
+    /// writer) per school per process.
+    pub fn log(&self, school: &str) -> Result<Arc<SledLog>, StoreError> {
+        validate_school(school)?;
+        let mut logs = self.logs.lock().map_err(|_| StoreError::WriterStopped)?;
+        if let Some(log) = logs.get(school) {
+            return Ok(log.clone());
+        }
+        let tree = self
+            .db
+            .open_tree(format!("{LOG_TREE_PREFIX}{school}"))
+            .map_err(|e| StoreError::io("open log", e))?;
+        let log = Arc::new(SledLog::start(self.db.clone(), tree, school)?);
+        logs.insert(school.to_string(), log.clone());
+        Ok(log)
+    }
+
+    /// The schools that have a log in this store.
+    pub fn schools(&self) -> Vec<String> {
+        self.db
+            .tree_names()
+            .iter()
+            .filter_map(|n| std::str::from_utf8(n).ok()?.strip_prefix(LOG_TREE_PREFIX).map(String::from))
+            .collect()
+    }
+
+    /// Bytes the store occupies on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        self.db.size_on_disk().map_err(|e| StoreError::io("size", e))
+    }
+}
+
+fn open_error(e: sled::Error, path: &str) -> StoreError {
+    let text = e.to_string();
+    if text.contains("lock") {
+        StoreError::InUse { path: path.to_string() }
+    } else if matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_)) {
+        StoreError::Corrupt { location: path.to_string(), what: text }
+    } else {
+        StoreError::io("open", e)
+    }
+}
+
+/// Checks a school id: it names a tree and feeds stream ids.
+pub fn validate_school(school: &str) -> Result<(), StoreError> {
+    let bad = |what: &str| StoreError::InvalidSchool { school: school.to_string(), what: what.to_string() };
+    if school.is_empty() {
+        return Err(bad("must not be empty"));
+    }
+    if school.len() > MAX_SCHOOL_ID_LEN {
+        return Err(bad("longer than 64 characters"));
+    }
+    if !school.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(bad("only letters, digits, '-', '_' and '.' are allowed"));
+    }
+    Ok(())
+}
+
+// ---- keys ------------------------------------------------------------
+
+fn e_key(position: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'e';
+    k[1..].copy_from_slice(&position.to_be_bytes());
+    k
+}
+
+fn s_key(stream: StreamId, version: u64) -> [u8; 25] {
+    let mut k = [0u8; 25];
+    k[0] = b's';
+    k[1..17].copy_from_slice(stream.0.as_bytes());
+    k[17..].copy_from_slice(&version.to_be_bytes());
+    k
+}
+
+fn i_key(event_id: Uuid) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'i';
+    k[1..].copy_from_slice(event_id.as_bytes());
+    k
+}
+
+const HEAD_KEY: &[u8] = b"mhead";
+
+fn c_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(b'c');
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn be_u64(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
+}
+
+fn encode_head(position: u64, hash: &Hash, recorded_us: i64) -> [u8; 48] {
+    let mut v = [0u8; 48];
+    v[..8].copy_from_slice(&position.to_be_bytes());
+    v[8..40].copy_from_slice(hash);
+    v[40..].copy_from_slice(&recorded_us.to_be_bytes());
+    v
+}
+
+fn decode_head(v: &[u8]) -> Option<(u64, Hash, i64)> {
+    if v.len() != 48 {
+        return None;
+    }
+    let position = be_u64(&v[..8])?;
+    let hash: Hash = v[8..40].try_into().ok()?;
+    let recorded = i64::from_be_bytes(v[40..].try_into().ok()?);
+    Some((position, hash, recorded))
+}
+
+// ---- the log -----------------------------------------------------------
+
+struct Commit {
+    requests: Vec<AppendRequest>,
+    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+}
+
+/// One school's log in a sled store.
+pub struct SledLog {
+    db: sled::Db,
+    tree: sled::Tree,
+    school: String,
+    durable: Arc<AtomicU64>,
+    head_rx: watch::Receiver<u64>,
+    sender: Option<mpsc::Sender<Commit>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl SledLog {
+    fn start(db: sled::Db, tree: sled::Tree, school: &str) -> Result<SledLog, StoreError> {
+        let (position, hash, recorded_us) = recover_head(&tree, school)?;
+        let durable = Arc::new(AtomicU64::new(position));
+        let (head_tx, head_rx) = watch::channel(position);
+        let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
+        let writer = Writer {
+            db: db.clone(),
+            tree: tree.clone(),
+            position,
+            hash,
+            last_recorded_us: recorded_us,
+            durable: durable.clone(),
+            head_tx,
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("casebook-writer-{school}"))
+            .spawn(move || writer.run(receiver))
+            .map_err(|e| StoreError::io("start writer", e))?;
+        Ok(SledLog {
+            db,
+            tree,
+            school: school.to_string(),
+            durable,
+            head_rx,
+            sender: Some(sender),
+            writer: Some(handle),
+        })
+    }
+
+    /// The school this log belongs to.
+    pub fn school(&self) -> &str {
+        &self.school
+    }
+
+    /// The raw sled tree, for tests that tamper with the log and for the
+    /// benchmark's raw-backend baseline. Writing through it bypasses every
+    /// invariant of the engine.
+    pub fn raw_tree(&self) -> &sled::Tree {
+        &self.tree
+    }
+
+    fn durable_position(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    fn get_event(&self, position: u64) -> Result<Option<StoredEvent>, StoreError> {
+        match self.tree.get(e_key(position)).map_err(|e| StoreError::io("read", e))? {
+            None => Ok(None),
+            Some(v) => decode_at(position, &v).map(Some),
+        }
+    }
+}
+
+fn decode_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
+    let event = StoredEvent::decode(value).map_err(|e| StoreError::Corrupt {
+        location: format!("position {position}"),
+        what: e.to_string(),
+    })?;
+    if event.position != position {
+        return Err(StoreError::Corrupt {
+            location: format!("position {position}"),
+            what: format!("event says it is position {}", event.position),
+        });
+    }
+    Ok(event)
+}
+
+/// Reads the head on open and checks it against the last stored event, so a
+/// damaged store is reported on open rather than extended.
+fn recover_head(tree: &sled::Tree, school: &str) -> Result<(u64, Hash, i64), StoreError> {
+    let location = || format!("log {school:?} head");
+    let meta = tree.get(HEAD_KEY).map_err(|e| StoreError::io("open log", e))?;
+    let last = tree
+        .scan_prefix(b"e")
+        .next_back()
+        .transpose()
+        .map_err(|e| StoreError::io("open log", e))?;
+    match (meta, last) {
+        (None, None) => Ok((0, GENESIS_HASH, i64::MIN)),
+        (Some(m), Some((k, v))) => {
+            let (position, hash, recorded) = decode_head(&m).ok_or_else(|| StoreError::Corrupt {
+                location: location(),
+                what: "head record is malformed".into(),
+            })?;
+            let key_pos = be_u64(&k[1..]).unwrap_or(0);
+            if key_pos != position {
+                return Err(StoreError::Corrupt {
+                    location: location(),
+                    what: format!("head says position {position} but the last event is at {key_pos}"),
+                });
+            }
+            let event = decode_at(key_pos, &v)?;
+            if event.hash != hash {
+                return Err(StoreError::Corrupt {
+                    location: format!("position {key_pos}"),
+                    what: "last event's hash differs from the head record".into(),
+                });
+            }
+            Ok((position, hash, recorded))
+        }
+        (None, Some(_)) => Err(StoreError::Corrupt { location: location(), what: "events without a head record".into() }),
+        (Some(_), None) => Err(StoreError::Corrupt { location: location(), what: "head record without events".into() }),
+    }
+}
+
+impl Drop for SledLog {
+    fn drop(&mut self) {
+        // Close the queue and wait for the writer, so that the sled lock is
+        // released when the last handle goes and a reopen in the same
+        // process succeeds.
+        self.sender.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+struct Writer {
+    db: sled::Db,
+    tree: sled::Tree,
+    position: u64,
+    hash: Hash,
+    last_recorded_us: i64,
+    durable: Arc<AtomicU64>,
+    head_tx: watch::Sender<u64>,
+}
+
+/// What one commit will write, computed before anything is staged.
+struct Plan {
+    appended: Vec<Appended>,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
+        let mut failed = false;
+        while let Some(first) = receiver.blocking_recv() {
+            if failed {
+                let _ = first.reply.send(Err(StoreError::WriterStopped));
+                continue;
+            }
+            let mut events: usize = first.requests.iter().map(|r| r.events.len()).sum();
+            let mut group = vec![first];
+            while events < MAX_GROUP_EVENTS {
+                match receiver.try_recv() {
+                    Ok(c) => {
+                        events += c.requests.iter().map(|r| r.events.len()).sum::<usize>();
+                        group.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.commit_group(group) {
+                // A failed write or flush leaves sled's state uncertain (the
+                // batch may or may not reach disk). Refuse further appends
+                // until the store is reopened and its head recovered from
+                // disk, rather than guess (cf. PostgreSQL's fsync handling).
+                failed = true;
+                let _ = e;
+            }
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Commit>) -> Result<(), ()> {
+        let now_us = Utc::now().timestamp_micros();
+        let recorded_us = now_us.max(self.last_recorded_us);
+        let recorded_at = DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
+        let mut batch = sled::Batch::default();
+        let mut versions: HashMap<StreamId, u64> = HashMap::new();
+        let mut ids: HashSet<Uuid> = HashSet::new();
+        let mut position = self.position;
+        let mut hash = self.hash;
+        let mut staged: Vec<(oneshot::Sender<Result<Vec<Appended>, StoreError>>, Vec<Appended>)> = Vec::new();
+        for commit in group {
+            match self.stage(&commit.requests, &mut batch, &mut versions, &mut ids, &mut position, &mut hash, recorded_at) {
+                Ok(plan) => staged.push((commit.reply, plan.appended)),
+                Err(e) => {
+                    let _ = commit.reply.send(Err(e));
+                }
+            }
+        }
+        if staged.is_empty() {
+            return Ok(());
+        }
+        batch.insert(HEAD_KEY, &encode_head(position, &hash, recorded_us)[..]);
+        let result = self
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| StoreError::io("append", e))
+            .and_then(|()| self.db.flush().map(|_| ()).map_err(|e| StoreError::io("flush", e)));
+        match result {
+            Ok(()) => {
+                debug_assert!(position > self.position, "a staged group advances the head");
+                self.position = position;
+                self.hash = hash;
+                self.last_recorded_us = recorded_us;
+                self.durable.store(position, Ordering::Release);
+                self.head_tx.send_replace(position);
+                for (reply, appended) in staged {
+                    let _ = reply.send(Ok(appended));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for (reply, _) in staged {
+                    let _ = reply.send(Err(StoreError::Io { during: "append", source: text.clone().into() }));
+                }
+                Err(())
+            }
+        }
+    }
+
+    fn stream_version(&self, overlay: &HashMap<StreamId, u64>, stream: StreamId) -> Result<u64, StoreError> {
+        if let Some(v) = overlay.get(&stream) {
+            return Ok(*v);
+        }
+        last_version(&self.tree, stream, u64::MAX)
+    }
+
+    /// Checks one commit completely, then stages it into `batch`. A commit
+    /// that fails any check stages nothing.
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &self,
+        requests: &[AppendRequest],
+        batch: &mut sled::Batch,
+        versions: &mut HashMap<StreamId, u64>,
+        ids: &mut HashSet<Uuid>,
+        position: &mut u64,
+        hash: &mut Hash,
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Plan, StoreError> {
+        let total: usize = requests.iter().map(|r| r.events.len()).sum();
+        if total > MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::Limit { what: "events in one append", count: total, limit: MAX_EVENTS_PER_APPEND });
+        }
+        // Pass 1: check, against the group's state so far, without staging.
+        let mut local: HashMap<StreamId, u64> = HashMap::new();
+        let mut local_ids: HashSet<Uuid> = HashSet::new();
+        for r in requests {
+            if r.events.is_empty() {
+                return Err(StoreError::EmptyAppend { stream: r.stream });
+            }
+            let actual = match local.get(&r.stream) {
+                Some(v) => *v,
+                None => self.stream_version(versions, r.stream)?,
+            };
+            if !r.expected.admits(actual) {
+                return Err(StoreError::WrongExpectedVersion { stream: r.stream, expected: r.expected, actual });
+            }
+            local.insert(r.stream, actual + r.events.len() as u64);
+            for e in &r.events {
+                if ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
+                    return Err(StoreError::DuplicateInAppend { event_id: e.event_id });
+                }
+                if let Some(p) = self.tree.get(i_key(e.event_id)).map_err(|e| StoreError::io("append", e))? {
+                    return Err(StoreError::DuplicateEventId { event_id: e.event_id, position: be_u64(&p).unwrap_or(0) });
+                }
+            }
+        }
+        // Pass 2: seal and stage. Encoding cannot fail for events that
+        // passed `NewEvent::new`, but an error here still stages nothing
+        // because the group is applied only after every commit staged.
+        let mut sealed: Vec<(u64, Vec<u8>, StreamId, u64, Uuid)> = Vec::with_capacity(total);
+        let mut appended = Vec::with_capacity(requests.len());
+        let mut pos = *position;
+        let mut h = *hash;
+        let mut cur: HashMap<StreamId, u64> = HashMap::new();
+        for r in requests {
+            let base = match cur.get(&r.stream) {
+                Some(v) => *v,
+                None => self.stream_version(versions, r.stream)?,
+            };
+            let first_position = pos + 1;
+            for (i, e) in r.events.iter().enumerate() {
+                pos += 1;
+                let version = base + 1 + i as u64;
+                let (event, bytes) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
+                h = event.hash;
+                sealed.push((pos, bytes, r.stream, version, e.event_id));
+            }
+            let last_version = base + r.events.len() as u64;
+            cur.insert(r.stream, last_version);
+            appended.push(Appended {
+                stream: r.stream,
+                first_version: base + 1,
+                last_version,
+                first_position,
+                last_position: pos,
+            });
+        }
+        for (p, bytes, stream, version, id) in sealed {
+            batch.insert(&e_key(p), bytes);
+            batch.insert(&s_key(stream, version), &p.to_be_bytes());
+            batch.insert(&i_key(id), &p.to_be_bytes());
+            ids.insert(id);
+        }
+        versions.extend(cur);
+        *position = pos;
+        *hash = h;
+        Ok(Plan { appended })
+    }
+}
+
+/// The last version of `stream` whose position is at most `max_position`.
+fn last_version(tree: &sled::Tree, stream: StreamId, max_position: u64) -> Result<u64, StoreError> {
+    let mut prefix = [0u8; 17];
+    prefix[0] = b's';
+    prefix[1..].copy_from_slice(stream.0.as_bytes());
+    for item in tree.scan_prefix(prefix).rev() {
+        let (k, v) = item.map_err(|e| StoreError::io("read", e))?;
+        let position = be_u64(&v).ok_or_else(|| StoreError::Corrupt {
+            location: format!("stream {stream} index"),
+            what: "index entry is not a position".into(),
+        })?;
+        if position <= max_position {
+            return be_u64(&k[17..]).ok_or_else(|| StoreError::Corrupt {
+                location: format!("stream {stream} index"),
+                what: "malformed index key".into(),
+            });
+        }
+    }
+    Ok(0)
+}
+
+#[async_trait]
+impl EventStore for SledLog {
+    async fn append_atomic(&self, requests: Vec<AppendRequest>) -> Result<Vec<Appended>, StoreError> {
+        let sender = self.sender.as_ref().ok_or(StoreError::WriterStopped)?;
+        let (reply, answer) = oneshot::channel();
+        sender.send(Commit { requests, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    async fn read_stream(&self, stream: StreamId, from_version: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let durable = self.durable_position();
+        let max = max.min(MAX_READ_PAGE);
+        let mut out = Vec::new();
+        let range = s_key(stream, from_version.max(1))..=s_key(stream, u64::MAX);
+        for item in self.tree.range(range) {
+            if out.len() >= max {
+                break;
+            }
+            let (_, v) = item.map_err(|e| StoreError::io("read", e))?;
+            let position = be_u64(&v).ok_or_else(|| StoreError::Corrupt {
+                location: format!("stream {stream} index"),
+                what: "index entry is not a position".into(),
+            })?;
+            if position > durable {
+                break;
+            }
+            let event = self.get_event(position)?.ok_or_else(|| StoreError::Corrupt {
+                location: format!("position {position}"),
+                what: format!("stream {stream} index points at a missing event"),
+            })?;
+            out.push(event);
+        }
+        Ok(out)
+    }
+
+    async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
+        let durable = self.durable_position();
+        let from = from_position.max(1);
+        if from > durable {
+            return Ok(Vec::new());
+        }
+        let max = max.min(MAX_READ_PAGE);
+        let mut out = Vec::with_capacity(max.min((durable - from + 1) as usize));
+        for item in self.tree.range(e_key(from)..=e_key(durable)).take(max) {
+            let (k, v) = item.map_err(|e| StoreError::io("read", e))?;
+            let position = be_u64(&k[1..]).unwrap_or(0);
+            out.push(decode_at(position, &v)?);
+        }
+        Ok(out)
+    }
+
+    async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
+        last_version(&self.tree, stream, self.durable_position())
+    }
+
+    async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        let Some(p) = self.tree.get(i_key(event_id)).map_err(|e| StoreError::io("read", e))? else {
+            return Ok(None);
+        };
+        let position = be_u64(&p).ok_or_else(|| StoreError::Corrupt {
+            location: format!("event id {event_id} index"),
+            what: "index entry is not a position".into(),
+        })?;
+        if position > self.durable_position() {
+            return Ok(None);
+        }
+        self.get_event(position)
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let position = self.durable_position();
+        if position == 0 {
+            return Ok(Head { position: 0, hash: GENESIS_HASH });
+        }
+        let event = self.get_event(position)?.ok_or_else(|| StoreError::Corrupt {
+            location: format!("position {position}"),
+            what: "head event is missing".into(),
+        })?;
+        Ok(Head { position, hash: event.hash })
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head_rx.clone()
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.tree.get(c_key(name)).map_err(|e| StoreError::io("read checkpoint", e))?.map(|v| v.to_vec()))
+    }
+
+    async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.tree.insert(c_key(name), bytes).map_err(|e| StoreError::io("write checkpoint", e))?;
+        self.db.flush_async().await.map_err(|e| StoreError::io("flush checkpoint", e))?;
+        Ok(())
+    }
+
+    async fn clear_checkpoints(&self) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for item in self.tree.scan_prefix(b"c") {
+            let (k, _) = item.map_err(|e| StoreError::io("read checkpoint", e))?;
+            batch.remove(k);
+        }
+        self.tree.apply_batch(batch).map_err(|e| StoreError::io("clear checkpoints", e))?;
+        self.db.flush_async().await.map_err(|e| StoreError::io("flush checkpoint", e))?;
+        Ok(())
+    }
+
+    async fn verify(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<VerifyReport, StoreError> {
+        let mut v = ChainVerifier::new();
+        let mut index_hits: u64 = 0;
+        for item in self.tree.scan_prefix(b"e") {
+            let (k, value) = item.map_err(|e| StoreError::io("verify", e))?;
+            let Some(key_position) = (k.len() == 9).then(|| be_u64(&k[1..])).flatten() else {
+                v.problem(0, format!("malformed event key {:?}", k.as_ref()));
+                continue;
+            };
+            if let Some(event) = v.check(key_position, &value) {
+                let s = self.tree.get(s_key(event.stream, event.version)).map_err(|e| StoreError::io("verify", e))?;
+                match s.as_deref().and_then(be_u64) {
+                    Some(p) if p == key_position => index_hits += 1,
+                    Some(p) => v.problem(key_position, format!("stream index for version {} points at position {p}", event.version)),
+                    None => v.problem(key_position, format!("stream index has no entry for version {}", event.version)),
+                }
+                let i = self.tree.get(i_key(event.event_id)).map_err(|e| StoreError::io("verify", e))?;
+                match i.as_deref().and_then(be_u64) {
+                    Some(p) if p == key_position => index_hits += 1,
+                    Some(p) => v.problem(key_position, format!("event id index points at position {p}")),
+                    None => v.problem(key_position, "event id index has no entry"),
+                }
+            }
+            if v.events() % 4096 == 0 {
+                progress(v.events());
+            }
+        }
+        progress(v.events());
+        let events = v.events();
+        // Index entries that point nowhere (an event removed with its key).
+        let s_entries = self.tree.scan_prefix(b"s").count() as u64;
+        let i_entries = self.tree.scan_prefix(b"i").count() as u64;
+        if s_entries + i_entries != index_hits {
+            let extra = (s_entries + i_entries).saturating_sub(index_hits);
+            let at = v.expected_position();
+            v.problem(at.saturating_sub(1), format!("indexes hold {extra} entries that match no stored event (an event was removed)"));
+        }
+        let head = self.tree.get(HEAD_KEY).map_err(|e| StoreError::io("verify", e))?;
+        match (head.as_deref().and_then(decode_head), events) {
+            (None, 0) => {}
+            (None, _) => v.problem(0, "head record is missing"),
+            (Some((p, h, _)), _) => {
+                let last = v.expected_position().saturating_sub(1);
+                if p != last {
+                    v.problem(last.min(p).max(1), format!("head record says position {p}, the log ends at {last}"));
+                } else if h != v.last_hash() {
+                    v.problem(p, "head record hash differs from the last event's hash");
+                }
+            }
+        }
+        Ok(v.finish())
+    }
+}

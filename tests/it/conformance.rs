@@ -1,0 +1,266 @@
+//! The storage conformance suite: the promises every `EventStore` backend
+//! keeps, written once and run against each backend through a `Backend`
+//! factory. A new backend adds one `conformance_suite!` line.
+
+use std::sync::Arc;
+
+use casebook_engine::envelope::{NewEvent, StreamId, GENESIS_HASH};
+use casebook_engine::event::{CaseEvent, ParentContacted};
+use casebook_engine::store::{self, AppendRequest, EventStore, ExpectedVersion};
+use casebook_engine::StoreError;
+use chrono::{TimeZone, Utc};
+
+/// Opens a fresh, empty log for one test; `reopen` gives the same log after
+/// the previous handle is dropped (a restart).
+pub trait Backend {
+    fn fresh() -> Self;
+    fn open(&self) -> Arc<dyn EventStore>;
+}
+
+pub struct SledBackend {
+    dir: tempfile::TempDir,
+}
+
+impl Backend for SledBackend {
+    fn fresh() -> Self {
+        SledBackend { dir: tempfile::tempdir().expect("temp dir") }
+    }
+    fn open(&self) -> Arc<dyn EventStore> {
+        let store = casebook_engine::store::sled::SledStore::open(self.dir.path(), true).expect("open store");
+        store.log("test-school").expect("open log")
+    }
+}
+
+pub fn contact(n: u32) -> NewEvent {
+    let event = CaseEvent::ParentContacted(ParentContacted {
+        method: "phone".into(),
+        summary: format!("call number {n}"),
+    });
+    let at = Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + chrono::Duration::minutes(n as i64);
+    NewEvent::new(&event, at, "S017").expect("encode")
+}
+
+pub fn pupil(n: u32) -> StreamId {
+    StreamId::for_pupil("test-school", &format!("P{n:04}"))
+}
+
+fn req(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendRequest {
+    AppendRequest { stream, expected, events }
+}
+
+pub async fn append_assigns_gapless_positions_and_versions<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    let a = s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(1), contact(2)])).await.unwrap();
+    assert_eq!((a.first_position, a.last_position, a.first_version, a.last_version), (1, 2, 1, 2));
+    let c = s.append(req(pupil(2), ExpectedVersion::Any, vec![contact(3)])).await.unwrap();
+    assert_eq!((c.first_position, c.first_version), (3, 1));
+    let d = s.append(req(pupil(1), ExpectedVersion::Exact(2), vec![contact(4)])).await.unwrap();
+    assert_eq!((d.first_position, d.first_version), (4, 3));
+    let all = s.read_all(1, 100).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let one = s.read_stream(pupil(1), 1, 100).await.unwrap();
+    assert_eq!(one.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(one[2].position, 4);
+    assert_eq!(s.stream_version(pupil(1)).await.unwrap(), 3);
+    assert_eq!(s.stream_version(pupil(9)).await.unwrap(), 0);
+}
+
+pub async fn wrong_expected_version_is_refused_and_writes_nothing<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(1)])).await.unwrap();
+    let err = s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(2)])).await.unwrap_err();
+    assert!(matches!(err, StoreError::WrongExpectedVersion { actual: 1, .. }), "{err}");
+    let err = s.append(req(pupil(1), ExpectedVersion::Exact(5), vec![contact(3)])).await.unwrap_err();
+    assert!(matches!(err, StoreError::WrongExpectedVersion { .. }), "{err}");
+    assert_eq!(s.head().await.unwrap().position, 1);
+}
+
+pub async fn atomic_append_is_all_or_nothing<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(1)])).await.unwrap();
+    let before = s.head().await.unwrap();
+    // The second request's expectation fails: the first must not be written.
+    let err = s
+        .append_atomic(vec![
+            req(pupil(2), ExpectedVersion::NoStream, vec![contact(2)]),
+            req(pupil(1), ExpectedVersion::NoStream, vec![contact(3)]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::WrongExpectedVersion { .. }));
+    assert_eq!(s.head().await.unwrap(), before);
+    assert_eq!(s.stream_version(pupil(2)).await.unwrap(), 0);
+}
+
+pub async fn duplicate_event_id_is_refused<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    let e = contact(1);
+    s.append(req(pupil(1), ExpectedVersion::Any, vec![e.clone()])).await.unwrap();
+    let err = s.append(req(pupil(2), ExpectedVersion::Any, vec![e.clone()])).await.unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateEventId { position: 1, .. }), "{err}");
+    let err = s.append(req(pupil(3), ExpectedVersion::Any, vec![contact(5), contact(5)])).await;
+    // contact(5) twice has two different ids (fresh v7), so this succeeds;
+    // the same NewEvent twice in one append must not.
+    assert!(err.is_ok());
+    let twice = contact(6);
+    let err = s.append(req(pupil(3), ExpectedVersion::Any, vec![twice.clone(), twice])).await.unwrap_err();
+    assert!(matches!(err, StoreError::DuplicateInAppend { .. }), "{err}");
+    assert!(s.find_event(e.event_id).await.unwrap().is_some());
+}
+
+pub async fn chain_links_every_event_to_the_previous<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    for n in 0..5 {
+        s.append(req(pupil(n % 2), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+    }
+    let all = s.read_all(1, 100).await.unwrap();
+    assert_eq!(all[0].prev_hash, GENESIS_HASH);
+    for w in all.windows(2) {
+        assert_eq!(w[1].prev_hash, w[0].hash);
+    }
+    assert_eq!(s.head().await.unwrap().hash, all[4].hash);
+    let report = s.verify(&|_| {}).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events, 5);
+}
+
+pub async fn recorded_at_never_decreases<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    for n in 0..20 {
+        s.append(req(pupil(n), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+    }
+    let all = s.read_all(1, 100).await.unwrap();
+    for w in all.windows(2) {
+        assert!(w[1].recorded_at >= w[0].recorded_at);
+    }
+}
+
+pub async fn acknowledged_events_survive_reopen<B: Backend>() {
+    let b = B::fresh();
+    let head = {
+        let s = b.open();
+        for n in 0..10 {
+            s.append(req(pupil(n % 3), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+        }
+        s.head().await.unwrap()
+    };
+    let s = b.open();
+    assert_eq!(s.head().await.unwrap(), head);
+    let a = s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(99)])).await.unwrap();
+    assert_eq!(a.first_position, 11);
+    assert!(s.verify(&|_| {}).await.unwrap().ok);
+}
+
+pub async fn concurrent_appends_are_group_committed_without_gaps<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    let mut tasks = Vec::new();
+    for w in 0..32u32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..10u32 {
+                s.append(req(pupil(w), ExpectedVersion::Exact(n as u64), vec![contact(n)])).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = s.read_all(1, 1000).await.unwrap();
+    assert_eq!(all.len(), 320);
+    for (i, e) in all.iter().enumerate() {
+        assert_eq!(e.position, i as u64 + 1);
+    }
+    for w in 0..32 {
+        assert_eq!(s.stream_version(pupil(w)).await.unwrap(), 10);
+    }
+    assert!(s.verify(&|_| {}).await.unwrap().ok);
+}
+
+pub async fn subscription_catches_up_then_goes_live<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    for n in 0..5 {
+        s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+    }
+    let mut sub = store::subscribe(s.clone(), 3);
+    let writer = {
+        let s = s.clone();
+        tokio::spawn(async move {
+            for n in 5..25 {
+                s.append(req(pupil(2), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+            }
+        })
+    };
+    let mut seen = Vec::new();
+    while seen.len() < 23 {
+        let e = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+            .await
+            .expect("subscription stalled")
+            .unwrap()
+            .expect("store closed");
+        seen.push(e.position);
+    }
+    writer.await.unwrap();
+    assert_eq!(seen, (3..=25).collect::<Vec<_>>(), "no gap or duplicate at the seam");
+}
+
+pub async fn checkpoints_round_trip_outside_the_chain<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(1)])).await.unwrap();
+    assert_eq!(s.load_checkpoint("caseload").await.unwrap(), None);
+    s.save_checkpoint("caseload", vec![1, 2, 3]).await.unwrap();
+    assert_eq!(s.load_checkpoint("caseload").await.unwrap(), Some(vec![1, 2, 3]));
+    assert!(s.verify(&|_| {}).await.unwrap().ok, "checkpoints are not events");
+    s.clear_checkpoints().await.unwrap();
+    assert_eq!(s.load_checkpoint("caseload").await.unwrap(), None);
+}
+
+pub async fn payloads_decode_to_the_recorded_event<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    let e = contact(7);
+    s.append(req(pupil(1), ExpectedVersion::Any, vec![e.clone()])).await.unwrap();
+    let stored = s.find_event(e.event_id).await.unwrap().unwrap();
+    assert!(e.same_content_as(&stored));
+    match stored.case_event().unwrap() {
+        CaseEvent::ParentContacted(p) => assert_eq!(p.summary, "call number 7"),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+macro_rules! conformance_suite {
+    ($module:ident, $backend:ty) => {
+        mod $module {
+            use super::*;
+            macro_rules! case {
+                ($name:ident) => {
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $name() {
+                        super::$name::<$backend>().await;
+                    }
+                };
+            }
+            case!(append_assigns_gapless_positions_and_versions);
+            case!(wrong_expected_version_is_refused_and_writes_nothing);
+            case!(atomic_append_is_all_or_nothing);
+            case!(duplicate_event_id_is_refused);
+            case!(chain_links_every_event_to_the_previous);
+            case!(recorded_at_never_decreases);
+            case!(acknowledged_events_survive_reopen);
+            case!(concurrent_appends_are_group_committed_without_gaps);
+            case!(subscription_catches_up_then_goes_live);
+            case!(checkpoints_round_trip_outside_the_chain);
+            case!(payloads_decode_to_the_recorded_event);
+        }
+    };
+}
+
+conformance_suite!(sled, SledBackend);
