@@ -14,6 +14,7 @@ pub mod domain;
 pub mod envelope;
 pub mod error;
 pub mod event;
+pub mod import;
 pub mod store;
 pub mod upcast;
 

@@ -3,3 +3,4 @@
 mod conformance;
 mod domain;
 mod projections;
+mod store_tamper;

@@ -1,0 +1,308 @@
+//! JSONL import (CONTRACT.md): parsing lines, validating them against each
+//! pupil's state as earlier lines leave it, and planning one atomic append.
+//!
+//! Architecture Invariant: nothing is written until every line has been
+//! parsed and validated. `plan` only reads; the caller appends the plan's
+//! requests with `append_atomic`, so an import is all-or-nothing per log.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use uuid::Uuid;
+
+use crate::domain::{decide, CaseState, Command, DomainError, Record};
+use crate::envelope::{encode_payload, NewEvent, RecordedEvent, StreamId};
+use crate::error::StoreError;
+use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
+use crate::store::{read_whole_stream, AppendRequest, EventStore, ExpectedVersion};
+
+/// Longest accepted line. A case entry with a long description is a few KB;
+/// 1 MiB leaves room for any honest record and stops a runaway line (a file
+/// with no newlines) from being buffered whole.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Longest pupil reference or staff reference (UPNs are 13 characters; MIS
+/// ids are shorter).
+pub const MAX_REF_LEN: usize = 64;
+
+/// One parsed import line.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportLine {
+    /// 1-based line number in the input.
+    pub line: usize,
+    pub pupil: String,
+    pub occurred_at: DateTime<Utc>,
+    pub actor: String,
+    pub id: Option<Uuid>,
+    pub school: Option<String>,
+    pub event: CaseEvent,
+}
+
+/// Why an import (or a `record`) was refused. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    #[error("line {line}: {what}")]
+    Line { line: usize, what: String },
+    #[error("line {line}: {source}")]
+    Domain {
+        line: usize,
+        #[source]
+        source: DomainError,
+    },
+    #[error("line {line}: {source}")]
+    Store {
+        line: usize,
+        #[source]
+        source: StoreError,
+    },
+    #[error(transparent)]
+    Write(StoreError),
+}
+
+impl ImportError {
+    fn line(line: usize, what: impl Into<String>) -> ImportError {
+        ImportError::Line { line, what: what.into() }
+    }
+
+    /// True when the store failed (exit 3) rather than the input (exit 2).
+    pub fn is_store_failure(&self) -> bool {
+        match self {
+            ImportError::Store { source, .. } | ImportError::Write(source) => source.is_store_failure(),
+            _ => false,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLine {
+    #[serde(rename = "type")]
+    event_type: String,
+    pupil: String,
+    occurred_at: String,
+    actor: String,
+    data: serde_json::Value,
+    #[serde(default)]
+    id: Option<Uuid>,
+    #[serde(default)]
+    school: Option<String>,
+}
+
+fn check_ref(line: usize, field: &str, value: &str) -> Result<(), ImportError> {
+    if value.trim().is_empty() {
+        return Err(ImportError::line(line, format!("field {field}: must not be empty")));
+    }
+    if value.chars().count() > MAX_REF_LEN {
+        return Err(ImportError::line(line, format!("field {field}: longer than {MAX_REF_LEN} characters")));
+    }
+    if value.chars().any(|c| c.is_control()) {
+        return Err(ImportError::line(line, format!("field {field}: contains a control character")));
+    }
+    Ok(())
+}
+
+/// Parses an RFC 3339 time, naming the field on failure.
+pub fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("field {field}: {text:?} is not an RFC 3339 time like 2026-09-15T10:20:00Z ({e})"))
+}
+
+/// Builds a typed event from a type name and its `data`, naming the
+/// offending field (`data.severity: invalid type ...`) on failure.
+pub fn event_from_json(event_type: &str, data: serde_json::Value) -> Result<CaseEvent, String> {
+    if !EVENT_TYPES.contains(&event_type) {
+        return Err(format!("unknown event type {event_type:?} (the types are listed in docs/events.md)"));
+    }
+    if event_type == "RecordViewed" {
+        return Err("RecordViewed is written by casebook itself when a record is read; it cannot be imported".into());
+    }
+    if !data.is_object() {
+        return Err("field data: must be an object".into());
+    }
+    let tagged = serde_json::json!({ "type": event_type, "data": data });
+    serde_path_to_error::deserialize::<_, CaseEvent>(tagged).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        // serde reports a missing field at its parent; say which one.
+        if path == "." || path.is_empty() {
+            format!("{event_type}: {inner}")
+        } else {
+            format!("field {path}: {inner}")
+        }
+    })
+}
+
+/// Parses one JSONL line. `line` is 1-based.
+pub fn parse_line(line: usize, text: &str) -> Result<ImportLine, ImportError> {
+    if text.len() > MAX_LINE_BYTES {
+        return Err(ImportError::line(line, format!("line is {} bytes, over the limit of {MAX_LINE_BYTES}", text.len())));
+    }
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let raw: RawLine = {
+        let de = &mut serde_json::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            if inner.is_syntax() || inner.is_eof() || path == "." {
+                ImportError::line(line, format!("{inner}"))
+            } else {
+                ImportError::line(line, format!("field {path}: {inner}"))
+            }
+        })?
+    };
+    check_ref(line, "pupil", &raw.pupil)?;
+    check_ref(line, "actor", &raw.actor)?;
+    let occurred_at = parse_time("occurred_at", &raw.occurred_at).map_err(|w| ImportError::line(line, w))?;
+    let mut event = event_from_json(&raw.event_type, raw.data).map_err(|w| ImportError::line(line, w))?;
+    if let CaseEvent::PupilRegistered(p) = &mut event {
+        if p.pupil.is_empty() {
+            p.pupil = raw.pupil.clone();
+        } else if p.pupil != raw.pupil {
+            return Err(ImportError::line(line, format!("field data.pupil: {:?} differs from the line's pupil {:?}", p.pupil, raw.pupil)));
+        }
+    }
+    if let Some(s) = &raw.school {
+        crate::store::sled::validate_school(s).map_err(|e| ImportError::line(line, format!("field school: {e}")))?;
+    }
+    Ok(ImportLine { line, pupil: raw.pupil, occurred_at, actor: raw.actor, id: raw.id, school: raw.school, event })
+}
+
+/// What an import will write to one school's log.
+#[derive(Debug, Default)]
+pub struct ImportPlan {
+    /// One request per pupil stream, each expecting the version it was
+    /// validated against.
+    pub requests: Vec<AppendRequest>,
+    /// Events to write.
+    pub events: usize,
+    /// Lines skipped because their `id` is already stored with the same
+    /// content (or repeated earlier in the same import).
+    pub duplicates: usize,
+}
+
+/// Validates lines for one school's log against the stored state and the
+/// earlier lines, and returns what to append. Reads only.
+pub struct Planner<'a> {
+    store: &'a dyn EventStore,
+    school: String,
+    now: DateTime<Utc>,
+    pupils: HashMap<StreamId, PupilPlan>,
+    order: Vec<StreamId>,
+    ids: HashMap<Uuid, (usize, NewEvent, StreamId)>,
+    duplicates: usize,
+    events: usize,
+}
+
+struct PupilPlan {
+    state: CaseState,
+    base_version: u64,
+    events: Vec<NewEvent>,
+}
+
+impl<'a> Planner<'a> {
+    pub fn new(store: &'a dyn EventStore, school: &str, now: DateTime<Utc>) -> Planner<'a> {
+        Planner {
+            store,
+            school: school.to_string(),
+            now,
+            pupils: HashMap::new(),
+            order: Vec::new(),
+            ids: HashMap::new(),
+            duplicates: 0,
+            events: 0,
+        }
+    }
+
+    async fn pupil(&mut self, line: usize, stream: StreamId) -> Result<&mut PupilPlan, ImportError> {
+        if !self.pupils.contains_key(&stream) {
+            let stored = read_whole_stream(self.store, stream)
+                .await
+                .map_err(|source| ImportError::Store { line, source })?;
+            let mut state = CaseState::new();
+            for s in &stored {
+                let r = RecordedEvent::from_stored(s).map_err(|e| ImportError::Store {
+                    line,
+                    source: StoreError::Corrupt { location: format!("position {}", s.position), what: e.to_string() },
+                })?;
+                state.apply(r.event_id, &r.event);
+            }
+            let base_version = stored.last().map(|e| e.version).unwrap_or(0);
+            self.order.push(stream);
+            self.pupils.insert(stream, PupilPlan { state, base_version, events: Vec::new() });
+        }
+        self.pupils.get_mut(&stream).ok_or_else(|| ImportError::line(line, "internal: pupil state missing"))
+    }
+
+    /// Validates one line and adds it to the plan.
+    pub async fn add(&mut self, l: ImportLine) -> Result<(), ImportError> {
+        let stream = StreamId::for_pupil(&self.school, &l.pupil);
+        let mut new = NewEvent {
+            event_id: l.id.unwrap_or_else(Uuid::now_v7),
+            occurred_at: l.occurred_at,
+            actor: l.actor.clone(),
+            correlation_id: None,
+            causation_id: None,
+            event_type: l.event.type_name().to_string(),
+            schema: CURRENT_SCHEMA,
+            payload: encode_payload(&l.event).map_err(|e| ImportError::line(l.line, e.to_string()))?,
+        };
+        if let Some(id) = l.id {
+            if let Some((first_line, earlier, earlier_stream)) = self.ids.get(&id) {
+                if earlier == &new && *earlier_stream == stream {
+                    self.duplicates += 1;
+                    return Ok(());
+                }
+                return Err(ImportError::line(l.line, format!("field id: {id} was used on line {first_line} with different content")));
+            }
+            let stored = self.store.find_event(id).await.map_err(|source| ImportError::Store { line: l.line, source })?;
+            if let Some(stored) = stored {
+                if stored.stream == stream && new.same_content_as(&stored) {
+                    self.duplicates += 1;
+                    return Ok(());
+                }
+                return Err(ImportError::line(
+                    l.line,
+                    format!("field id: {id} is already stored (position {}) with different content", stored.position),
+                ));
+            }
+        }
+        let now = self.now;
+        let plan = self.pupil(l.line, stream).await?;
+        let command = Command::Record(Record { event: l.event, occurred_at: l.occurred_at, now });
+        let events = decide(&plan.state, &command).map_err(|source| ImportError::Domain { line: l.line, source })?;
+        for (i, event) in events.iter().enumerate() {
+            if i > 0 {
+                new.event_id = Uuid::now_v7();
+                new.event_type = event.type_name().to_string();
+                new.payload = encode_payload(event).map_err(|e| ImportError::line(l.line, e.to_string()))?;
+            }
+            plan.state.apply(new.event_id, event);
+            plan.events.push(new.clone());
+        }
+        self.events += events.len();
+        if let Some(id) = l.id {
+            self.ids.insert(id, (l.line, new, stream));
+        }
+        Ok(())
+    }
+
+    /// The validated plan.
+    pub fn finish(self) -> ImportPlan {
+        let mut pupils = self.pupils;
+        let requests = self
+            .order
+            .iter()
+            .filter_map(|s| pupils.remove(s).map(|p| (s, p)))
+            .filter(|(_, p)| !p.events.is_empty())
+            .map(|(s, p)| AppendRequest {
+                stream: *s,
+                expected: if p.base_version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(p.base_version) },
+                events: p.events,
+            })
+            .collect();
+        ImportPlan { requests, events: self.events, duplicates: self.duplicates }
+    }
+}

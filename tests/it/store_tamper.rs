@@ -1,0 +1,186 @@
+//! Tamper evidence: any change to the log made behind the engine's back —
+//! an altered byte, a removed, reordered or inserted event, a damaged head —
+//! is reported by `verify` (or on open) at the right position.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use casebook_engine::envelope::{StoredEvent, StreamId};
+use casebook_engine::store::sled::{SledLog, SledStore};
+use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion, VerifyReport};
+use casebook_engine::StoreError;
+use proptest::prelude::*;
+
+use crate::conformance::contact;
+
+const EVENTS: u64 = 24;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+}
+
+/// A log of `EVENTS` events over three pupils.
+async fn filled(dir: &Path) -> Arc<SledLog> {
+    let store = SledStore::open(dir, true).expect("open");
+    let log = store.log("tamper").expect("log");
+    for n in 0..EVENTS as u32 {
+        let stream = StreamId::for_pupil("tamper", &format!("P{}", n % 3));
+        log.append(AppendRequest { stream, expected: ExpectedVersion::Any, events: vec![contact(n)] })
+            .await
+            .expect("append");
+    }
+    log
+}
+
+fn e_key(p: u64) -> Vec<u8> {
+    let mut k = vec![b'e'];
+    k.extend_from_slice(&p.to_be_bytes());
+    k
+}
+
+async fn verify(log: &SledLog) -> VerifyReport {
+    log.verify(&|_| {}).await.expect("verify runs")
+}
+
+fn first_problem(r: &VerifyReport) -> u64 {
+    assert!(!r.ok, "tampering went undetected: {r:?}");
+    r.problems[0].position
+}
+
+#[test]
+fn an_untouched_log_verifies() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path()).await;
+        let r = verify(&log).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.events, EVENTS);
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Flipping any bits of any byte of any stored event is reported at
+    /// that event's position.
+    #[test]
+    fn a_changed_byte_is_reported_at_its_position(p in 1..=EVENTS, offset in any::<prop::sample::Index>(), mask in 1u8..=255) {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = filled(dir.path()).await;
+            let tree = log.raw_tree();
+            let mut value = tree.get(e_key(p)).unwrap().unwrap().to_vec();
+            let i = offset.index(value.len());
+            value[i] ^= mask;
+            tree.insert(e_key(p), value).unwrap();
+            let r = verify(&log).await;
+            prop_assert_eq!(first_problem(&r), p, "{:?}", r);
+            Ok(())
+        })?;
+    }
+}
+
+#[test]
+fn a_removed_event_is_reported_where_the_gap_starts() {
+    runtime().block_on(async {
+        for p in [1, 7, EVENTS] {
+            let dir = tempfile::tempdir().unwrap();
+            let log = filled(dir.path()).await;
+            log.raw_tree().remove(e_key(p)).unwrap();
+            let r = verify(&log).await;
+            assert_eq!(first_problem(&r), p, "{r:?}");
+        }
+    });
+}
+
+#[test]
+fn swapped_events_are_reported() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path()).await;
+        let tree = log.raw_tree();
+        let a = tree.get(e_key(5)).unwrap().unwrap();
+        let b = tree.get(e_key(6)).unwrap().unwrap();
+        tree.insert(e_key(5), b).unwrap();
+        tree.insert(e_key(6), a).unwrap();
+        let r = verify(&log).await;
+        assert_eq!(first_problem(&r), 5, "{r:?}");
+    });
+}
+
+#[test]
+fn a_duplicated_event_is_reported() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path()).await;
+        let tree = log.raw_tree();
+        // Event 9's bytes copied over event 10.
+        let nine = tree.get(e_key(9)).unwrap().unwrap();
+        tree.insert(e_key(10), nine).unwrap();
+        let r = verify(&log).await;
+        assert_eq!(first_problem(&r), 10, "{r:?}");
+    });
+}
+
+#[test]
+fn an_inserted_event_is_reported() {
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let log = filled(dir.path()).await;
+        let tree = log.raw_tree();
+        // A forger shifts events 8.. up by one and writes a well-formed,
+        // correctly chained event at 8. The chain breaks at the next event.
+        for p in (8..=EVENTS).rev() {
+            let v = tree.get(e_key(p)).unwrap().unwrap();
+            tree.insert(e_key(p + 1), v).unwrap();
+        }
+        let prev = StoredEvent::decode(&tree.get(e_key(7)).unwrap().unwrap()).unwrap();
+        let stream = StreamId::for_pupil("tamper", "P9");
+        let (_, bytes) = StoredEvent::seal(&contact(999), stream, 8, 1, prev.recorded_at, prev.hash).unwrap();
+        tree.insert(e_key(8), bytes).unwrap();
+        let r = verify(&log).await;
+        let first = first_problem(&r);
+        assert!(first == 8 || first == 9, "reported at {first}: {r:?}");
+    });
+}
+
+#[test]
+fn damaged_head_is_reported_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        let log = filled(dir.path()).await;
+        // Lose the last event, as a torn tail would.
+        log.raw_tree().remove(e_key(EVENTS)).unwrap();
+        log.raw_tree().flush().unwrap();
+    });
+    let store = SledStore::open(dir.path(), false).expect("store opens");
+    match store.log("tamper") {
+        Err(StoreError::Corrupt { what, .. }) => assert!(what.contains("head says position"), "{what}"),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a damaged log was opened without complaint"),
+    }
+}
+
+#[test]
+fn newer_format_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SledStore::open(dir.path(), true).unwrap());
+    {
+        let db = sled::open(dir.path()).unwrap();
+        db.insert("casebook/format", &99u32.to_be_bytes()).unwrap();
+        db.flush().unwrap();
+    }
+    match SledStore::open(dir.path(), false) {
+        Err(StoreError::UnsupportedFormat { found: 99, supported }) => assert!(supported < 99),
+        Err(other) => panic!("unexpected error {other}"),
+        Ok(_) => panic!("a store from the future was opened"),
+    }
+}
+
+#[test]
+fn opening_a_missing_store_without_create_is_an_error_not_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nothing-here");
+    assert!(SledStore::open(&missing, false).is_err());
+    assert!(!missing.join("db").exists());
+}
