@@ -36,6 +36,33 @@ macro_rules! case_events {
             pub fn type_name(&self) -> &'static str {
                 match self { $( CaseEvent::$variant(_) => stringify!($variant), )+ }
             }
+
+            /// Every field name the variant's `data` may hold, optional ones
+            /// included, as serde reads them. Read from the derived
+            /// `Deserialize`, so a field added to a struct appears here with
+            /// no list to keep in step.
+            pub fn data_fields(&self) -> &'static [&'static str] {
+                match self { $( CaseEvent::$variant(_) => struct_fields::<$data>(), )+ }
+            }
+
+            /// Builds an event from its type name and its `data` object,
+            /// reading the variant's struct directly so that an error names
+            /// the field at fault (`severity`, `participants[0].role`). The
+            /// tagged-enum route loses that path.
+            pub fn from_type_and_data(
+                event_type: &str,
+                data: serde_json::Value,
+            ) -> Result<CaseEvent, DataError> {
+                match event_type {
+                    $( stringify!($variant) => serde_path_to_error::deserialize::<_, $data>(data)
+                        .map(CaseEvent::$variant)
+                        .map_err(DataError::from_serde), )+
+                    other => Err(DataError {
+                        path: None,
+                        message: format!("unknown event type {other:?}"),
+                    }),
+                }
+            }
         }
     };
 }
@@ -102,6 +129,70 @@ case_events! {
     /// Somebody viewed the pupil's record (access log; lives in the pupil's
     /// access stream, not in the case stream).
     RecordViewed(RecordViewed),
+}
+
+/// Why `data` does not read as an event of the given type.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{}{message}", path.as_deref().map(|p| format!("{p}: ")).unwrap_or_default())]
+pub struct DataError {
+    /// Path of the field at fault inside `data` (`severity`,
+    /// `participants[0].role`); `None` when the object as a whole is wrong
+    /// (a missing field, whose name is in the message).
+    pub path: Option<String>,
+    pub message: String,
+}
+
+impl DataError {
+    fn from_serde(e: serde_path_to_error::Error<serde_json::Error>) -> DataError {
+        let path = e.path().to_string();
+        let path = if path == "." || path.is_empty() {
+            None
+        } else {
+            Some(path)
+        };
+        DataError {
+            path,
+            message: e.into_inner().to_string(),
+        }
+    }
+}
+
+/// The field names a derived `Deserialize` of a struct asks for: a
+/// deserializer that only records the `fields` handed to
+/// `deserialize_struct` and then stops.
+fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    use serde::de::{self, Visitor};
+
+    struct FieldNames<'a>(&'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for FieldNames<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only structs are introspected"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _name: &'static str,
+            fields: &'static [&'static str],
+            _visitor: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("field names recorded"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+            bytes byte_buf option unit unit_struct newtype_struct seq tuple
+            tuple_struct map enum identifier ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    // The error is the expected way out: the deserializer never builds a value.
+    let _ = T::deserialize(FieldNames(&mut fields));
+    fields
 }
 
 /// Safeguarding events: visible in full to the DSL and auditors only, and
@@ -250,7 +341,9 @@ pub struct ExternalReferralMade {
 }
 
 /// A pupil's part in a (possibly shared) incident.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentRole {
     Perpetrator,

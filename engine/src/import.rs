@@ -122,16 +122,9 @@ pub fn event_from_json(event_type: &str, data: serde_json::Value) -> Result<Case
     if !data.is_object() {
         return Err("field data: must be an object".into());
     }
-    let tagged = serde_json::json!({ "type": event_type, "data": data });
-    serde_path_to_error::deserialize::<_, CaseEvent>(tagged).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner().to_string();
-        // serde reports a missing field at its parent; say which one.
-        if path == "." || path.is_empty() {
-            format!("{event_type}: {inner}")
-        } else {
-            format!("field {path}: {inner}")
-        }
+    CaseEvent::from_type_and_data(event_type, data).map_err(|e| match e.path {
+        Some(path) => format!("field data.{path}: {}", e.message),
+        None => format!("{event_type}: {}", e.message),
     })
 }
 

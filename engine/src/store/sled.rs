@@ -237,9 +237,12 @@ fn decode_head(v: &[u8]) -> Option<(u64, Hash, i64)> {
 
 // ---- the log -----------------------------------------------------------
 
+/// Where the writer answers one append.
+type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
+
 struct Commit {
     requests: Vec<AppendRequest>,
-    reply: oneshot::Sender<Result<Vec<Appended>, StoreError>>,
+    reply: Reply,
 }
 
 /// One school's log in a sled store.
@@ -381,11 +384,6 @@ struct Writer {
     head_tx: watch::Sender<u64>,
 }
 
-/// What one commit will write, computed before anything is staged.
-struct Plan {
-    appended: Vec<Appended>,
-}
-
 impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
         let mut failed = false;
@@ -405,18 +403,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            if let Err(e) = self.commit_group(group) {
+            if !self.commit_group(group) {
                 // A failed write or flush leaves sled's state uncertain (the
                 // batch may or may not reach disk). Refuse further appends
                 // until the store is reopened and its head recovered from
                 // disk, rather than guess (cf. PostgreSQL's fsync handling).
                 failed = true;
-                let _ = e;
             }
         }
     }
 
-    fn commit_group(&mut self, group: Vec<Commit>) -> Result<(), ()> {
+    /// Stages, writes and flushes one group; false when the write or the
+    /// flush failed (every staged append was answered with the error).
+    fn commit_group(&mut self, group: Vec<Commit>) -> bool {
         let now_us = Utc::now().timestamp_micros();
         let recorded_us = now_us.max(self.last_recorded_us);
         let recorded_at = DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
@@ -425,17 +424,17 @@ impl Writer {
         let mut ids: HashSet<Uuid> = HashSet::new();
         let mut position = self.position;
         let mut hash = self.hash;
-        let mut staged: Vec<(oneshot::Sender<Result<Vec<Appended>, StoreError>>, Vec<Appended>)> = Vec::new();
+        let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
         for commit in group {
             match self.stage(&commit.requests, &mut batch, &mut versions, &mut ids, &mut position, &mut hash, recorded_at) {
-                Ok(plan) => staged.push((commit.reply, plan.appended)),
+                Ok(appended) => staged.push((commit.reply, appended)),
                 Err(e) => {
                     let _ = commit.reply.send(Err(e));
                 }
             }
         }
         if staged.is_empty() {
-            return Ok(());
+            return true;
         }
         batch.insert(HEAD_KEY, &encode_head(position, &hash, recorded_us)[..]);
         let result = self
@@ -454,14 +453,14 @@ impl Writer {
                 for (reply, appended) in staged {
                     let _ = reply.send(Ok(appended));
                 }
-                Ok(())
+                true
             }
             Err(e) => {
                 let text = e.to_string();
                 for (reply, _) in staged {
                     let _ = reply.send(Err(StoreError::Io { during: "append", source: text.clone().into() }));
                 }
-                Err(())
+                false
             }
         }
     }
@@ -485,7 +484,7 @@ impl Writer {
         position: &mut u64,
         hash: &mut Hash,
         recorded_at: DateTime<Utc>,
-    ) -> Result<Plan, StoreError> {
+    ) -> Result<Vec<Appended>, StoreError> {
         let total: usize = requests.iter().map(|r| r.events.len()).sum();
         if total > MAX_EVENTS_PER_APPEND {
             return Err(StoreError::Limit { what: "events in one append", count: total, limit: MAX_EVENTS_PER_APPEND });
@@ -554,7 +553,7 @@ impl Writer {
         versions.extend(cur);
         *position = pos;
         *hash = h;
-        Ok(Plan { appended })
+        Ok(appended)
     }
 }
 
@@ -708,7 +707,7 @@ impl EventStore for SledLog {
                     None => v.problem(key_position, "event id index has no entry"),
                 }
             }
-            if v.events() % 4096 == 0 {
+            if v.events().is_multiple_of(4096) {
                 progress(v.events());
             }
         }
