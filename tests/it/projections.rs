@@ -1,1 +1,1451 @@
-//! Projections: folds, replay determinism, runner checkpoints.
+//! Projections: the chronology and the school reports say what a DSL, a
+//! keyworker or a school leader needs them to say; every fold replays to the
+//! same state however it is cut; and the runner gives the same views after a
+//! restart as after a full rebuild.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use casebook_engine::envelope::{NewEvent, StreamId};
+use casebook_engine::event::CaseEvent;
+use casebook_engine::store::sled::SledStore;
+use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
+use casebook_engine::RecordedEvent;
+use casebook_projections::attendance::Attendance;
+use casebook_projections::behaviour::{Behaviour, BehaviourDimension};
+use casebook_projections::caseload::Caseload;
+use casebook_projections::chronology::Chronology;
+use casebook_projections::force::ForceLog;
+use casebook_projections::interventions::Interventions;
+use casebook_projections::reintegration::{EpisodeStatus, Reintegration};
+use casebook_projections::runner::{
+    decode_checkpoint, encode_checkpoint, RestartReason, SchoolViews,
+};
+use casebook_projections::suspensions::{BoardBand, Suspensions};
+use casebook_projections::{
+    audit_of, chronology_of, rebuild, Projection, ProjectionError, PROJECTION_NAMES,
+};
+use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+const SCHOOL: &str = "test-school";
+
+fn ev(event_type: &str, data: Value) -> CaseEvent {
+    CaseEvent::from_type_and_data(event_type, data).unwrap_or_else(|e| panic!("{event_type}: {e}"))
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn date(s: &str) -> NaiveDate {
+    s.parse().unwrap()
+}
+
+fn register(pupil: &str, class: &str) -> CaseEvent {
+    ev(
+        "PupilRegistered",
+        json!({"pupil": pupil, "name": format!("Pupil {pupil}"), "date_of_birth": "2012-05-01",
+               "year_group": 8, "class": class, "site": "North"}),
+    )
+}
+
+fn correction(event: Uuid, changes: Value, reason: &str) -> CaseEvent {
+    ev(
+        "EntryCorrected",
+        json!({"event": event, "changes": changes, "reason": reason}),
+    )
+}
+
+/// A school log built in memory: `RecordedEvent`s as the store would hand
+/// them to a projection, with positions, versions and a `recorded_at` that
+/// only moves forward.
+#[derive(Default)]
+struct Log {
+    events: Vec<RecordedEvent>,
+    versions: HashMap<StreamId, u64>,
+}
+
+impl Log {
+    /// Records `event` on `pupil`'s case, happening at `occurred`, written
+    /// one minute after the previous entry of the log.
+    fn add(&mut self, pupil: &str, occurred: &str, event: CaseEvent) -> Uuid {
+        let recorded = self
+            .events
+            .last()
+            .map(|e| e.recorded_at + Duration::minutes(1))
+            .unwrap_or_else(|| at("2025-09-01T08:00:00Z"));
+        self.add_recorded(pupil, at(occurred), recorded, event)
+    }
+
+    fn add_recorded(
+        &mut self,
+        pupil: &str,
+        occurred: DateTime<Utc>,
+        recorded: DateTime<Utc>,
+        event: CaseEvent,
+    ) -> Uuid {
+        let stream = match event {
+            CaseEvent::RecordViewed(_) => StreamId::for_access_log(SCHOOL, pupil),
+            _ => StreamId::for_pupil(SCHOOL, pupil),
+        };
+        let version = self.versions.entry(stream).or_default();
+        *version += 1;
+        let position = self.events.len() as u64 + 1;
+        let event_id = Uuid::from_u128(position as u128);
+        self.events.push(RecordedEvent {
+            position,
+            stream,
+            version: *version,
+            event_id,
+            occurred_at: occurred,
+            recorded_at: recorded,
+            actor: "S001".into(),
+            correlation_id: None,
+            causation_id: None,
+            schema: casebook_engine::event::CURRENT_SCHEMA,
+            hash: [position as u8; 32],
+            event,
+        });
+        event_id
+    }
+
+    /// The events of `pupil`'s case stream.
+    fn case(&self, pupil: &str) -> Vec<RecordedEvent> {
+        let stream = StreamId::for_pupil(SCHOOL, pupil);
+        self.events
+            .iter()
+            .filter(|e| e.stream == stream)
+            .cloned()
+            .collect()
+    }
+
+    fn fold<P: Projection>(&self) -> P {
+        let mut p = P::default();
+        for e in &self.events {
+            p.apply(e);
+        }
+        p
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Chronology
+// ---------------------------------------------------------------------------
+
+mod chronology {
+    use super::*;
+
+    #[test]
+    fn entries_are_ordered_by_when_they_happened_then_by_position() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let late = log.add(
+            "P1",
+            "2025-10-03T10:00:00Z",
+            ev(
+                "ParentContacted",
+                json!({"method": "phone", "summary": "Called mum"}),
+            ),
+        );
+        // Written down later, happened earlier: goes before `late`.
+        let early = log.add(
+            "P1",
+            "2025-10-01T09:00:00Z",
+            ev(
+                "ConcernRaised",
+                json!({"category": "neglect", "summary": "Hungry at breakfast club"}),
+            ),
+        );
+        // Same moment as `early`, recorded after it: after it.
+        let same = log.add(
+            "P1",
+            "2025-10-01T09:00:00Z",
+            ev(
+                "ConcernEscalated",
+                json!({"to": "S002", "reason": "Second sighting"}),
+            ),
+        );
+        let c = Chronology::build("P1", &log.case("P1"), None, false);
+        let ids: Vec<Uuid> = c.entries.iter().skip(1).map(|e| e.event_id).collect();
+        assert_eq!(ids, vec![early, same, late]);
+    }
+
+    #[test]
+    fn as_of_leaves_out_what_was_recorded_later_corrections_included() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let concern = log.add_recorded(
+            "P1",
+            at("2026-02-20T10:00:00Z"),
+            at("2026-02-20T12:00:00Z"),
+            ev(
+                "ConcernRaised",
+                json!({"category": "neglect", "summary": "Unwashed uniform"}),
+            ),
+        );
+        // Happened before the as-of time but was only written down after it.
+        log.add_recorded(
+            "P1",
+            at("2026-02-25T10:00:00Z"),
+            at("2026-03-05T09:00:00Z"),
+            ev(
+                "ConcernRaised",
+                json!({"category": "online_safety", "summary": "Late disclosure"}),
+            ),
+        );
+        log.add_recorded(
+            "P1",
+            at("2026-03-06T09:00:00Z"),
+            at("2026-03-06T09:00:00Z"),
+            correction(
+                concern,
+                json!({"category": "emotional_abuse"}),
+                "DSL reclassified",
+            ),
+        );
+
+        let as_of = at("2026-03-03T00:00:00Z");
+        let then = Chronology::build("P1", &log.case("P1"), Some(as_of), false);
+        assert_eq!(then.as_of, Some(as_of));
+        assert_eq!(
+            then.entries.len(),
+            2,
+            "registration and the first concern only"
+        );
+        let entry = &then.entries[1];
+        assert_eq!(entry.event_id, concern);
+        assert_eq!(entry.data["category"], "neglect", "as it read on 3 March");
+        assert!(entry.corrections.is_empty());
+
+        let now = Chronology::build("P1", &log.case("P1"), None, false);
+        assert_eq!(now.entries.len(), 3);
+        assert_eq!(now.entries[1].data["category"], "emotional_abuse");
+    }
+
+    #[test]
+    fn a_correction_shows_the_corrected_data_and_keeps_the_original_visible() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let incident = log.add(
+            "P1",
+            "2025-11-12T10:20:00Z",
+            ev("IncidentRecorded", json!({"category": "verbal_abuse_adult", "severity": 3,
+                "location": "corridor", "description": "Swore at a teacher", "role": "perpetrator"})),
+        );
+        let first = log.add(
+            "P1",
+            "2025-11-13T09:00:00Z",
+            correction(
+                incident,
+                json!({"severity": 4}),
+                "Head of year reviewed CCTV",
+            ),
+        );
+        log.add(
+            "P1",
+            "2025-11-14T09:00:00Z",
+            correction(
+                incident,
+                json!({"severity": 2, "location": "canteen"}),
+                "Wrong incident form",
+            ),
+        );
+
+        let c = Chronology::build("P1", &log.case("P1"), None, false);
+        assert_eq!(
+            c.entries.len(),
+            2,
+            "corrections are not entries of their own"
+        );
+        let entry = &c.entries[1];
+        assert_eq!(entry.data["severity"], 2);
+        assert_eq!(entry.data["location"], "canteen");
+        assert_eq!(
+            entry.summary,
+            "Incident (verbal_abuse_adult, severity 2) in canteen — perpetrator"
+        );
+        assert_eq!(entry.corrections.len(), 2);
+        let c1 = &entry.corrections[0];
+        assert_eq!(c1.event_id, first);
+        assert_eq!(c1.original["severity"], 3, "the value as first recorded");
+        assert_eq!(c1.changes["severity"], 4);
+        assert_eq!(c1.reason, "Head of year reviewed CCTV");
+        assert_eq!(c1.actor, "S001");
+        assert!(c1.applied);
+        let c2 = &entry.corrections[1];
+        assert_eq!(
+            c2.original["severity"], 4,
+            "each correction keeps what it replaced"
+        );
+        assert_eq!(c2.original["location"], "corridor");
+    }
+
+    #[test]
+    fn a_correction_naming_nothing_in_the_record_stays_visible() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let orphan = log.add(
+            "P1",
+            "2025-09-02T08:00:00Z",
+            correction(Uuid::from_u128(999), json!({"summary": "x"}), "typo"),
+        );
+        let c = Chronology::build("P1", &log.case("P1"), None, false);
+        assert_eq!(c.entries.last().map(|e| e.event_id), Some(orphan));
+    }
+
+    #[test]
+    fn safeguarding_only_keeps_safeguarding_entries() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        log.add(
+            "P1",
+            "2025-09-02T08:00:00Z",
+            ev(
+                "CaseOpened",
+                json!({"case_type": "safeguarding", "summary": "Disclosure"}),
+            ),
+        );
+        log.add(
+            "P1",
+            "2025-09-02T09:00:00Z",
+            ev(
+                "CaseOpened",
+                json!({"case_type": "behaviour", "summary": "Disruption"}),
+            ),
+        );
+        log.add(
+            "P1",
+            "2025-09-03T08:00:00Z",
+            ev(
+                "SafeguardingDecisionMade",
+                json!({"decision": "refer_social_care", "rationale": "Risk of harm"}),
+            ),
+        );
+        log.add(
+            "P1",
+            "2025-09-04T08:00:00Z",
+            ev(
+                "RewardIssued",
+                json!({"kind": "merit", "reason": "Homework"}),
+            ),
+        );
+        let c = Chronology::build("P1", &log.case("P1"), None, true);
+        let types: Vec<&str> = c.entries.iter().map(|e| e.event_type.as_str()).collect();
+        assert_eq!(types, vec!["CaseOpened", "SafeguardingDecisionMade"]);
+        assert!(c.entries.iter().all(|e| e.safeguarding));
+    }
+
+    #[test]
+    fn timeline_json_has_the_contract_shape() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let c = Chronology::build("P1", &log.case("P1"), None, false);
+        let v = serde_json::to_value(&c).unwrap();
+        assert_eq!(v["pupil"], "P1");
+        assert_eq!(v["as_of"], Value::Null);
+        let entry = v["entries"][0].as_object().unwrap();
+        for key in [
+            "position",
+            "event_id",
+            "type",
+            "occurred_at",
+            "recorded_at",
+            "actor",
+            "summary",
+            "data",
+        ] {
+            assert!(entry.contains_key(key), "entry lacks {key}: {entry:?}");
+        }
+        assert_eq!(entry["type"], "PupilRegistered");
+        assert_eq!(entry["data"]["class"], "8A");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Caseload
+// ---------------------------------------------------------------------------
+
+mod caseload {
+    use super::*;
+
+    fn school() -> Log {
+        let mut log = Log::default();
+        for (p, kw, review) in [("P1", "S010", "2026-03-01"), ("P2", "S011", "2026-02-01")] {
+            log.add(p, "2025-09-01T08:00:00Z", register(p, "8A"));
+            log.add(
+                p,
+                "2025-09-10T08:00:00Z",
+                ev(
+                    "CaseOpened",
+                    json!({"case_type": "pastoral", "summary": "Friendship issues"}),
+                ),
+            );
+            log.add(
+                p,
+                "2025-09-10T08:05:00Z",
+                ev("KeyworkerAssigned", json!({"staff": kw})),
+            );
+            log.add(
+                p,
+                "2025-09-11T08:00:00Z",
+                ev(
+                    "PlanAgreed",
+                    json!({"plan": "PSP-1", "kind": "pastoral_support", "review_due": review}),
+                ),
+            );
+        }
+        // P3's case was opened and closed: not on the caseload.
+        log.add("P3", "2025-09-01T08:00:00Z", register("P3", "8B"));
+        log.add(
+            "P3",
+            "2025-09-10T08:00:00Z",
+            ev(
+                "CaseOpened",
+                json!({"case_type": "attendance", "summary": "Lates"}),
+            ),
+        );
+        log.add(
+            "P3",
+            "2025-12-10T08:00:00Z",
+            ev("CaseClosed", json!({"outcome": "Improved"})),
+        );
+        log
+    }
+
+    #[test]
+    fn a_review_is_overdue_only_once_its_date_has_passed() {
+        let log = school();
+        let caseload: Caseload = log.fold();
+        let on_the_day = caseload.cases(date("2026-03-01"), Some("S010"));
+        assert_eq!(on_the_day.cases.len(), 1);
+        assert!(!on_the_day.cases[0].overdue, "due today is not overdue");
+        let next_day = caseload.cases(date("2026-03-02"), Some("S010"));
+        assert!(next_day.cases[0].overdue);
+        assert_eq!(next_day.cases[0].next_review_due, Some(date("2026-03-01")));
+    }
+
+    #[test]
+    fn overdue_cases_come_first_and_closed_cases_are_gone() {
+        let log = school();
+        let caseload: Caseload = log.fold();
+        let report = caseload.cases(date("2026-02-15"), None);
+        let pupils: Vec<&str> = report.cases.iter().map(|c| c.pupil.as_str()).collect();
+        assert_eq!(pupils, vec!["P2", "P1"]);
+        assert!(report.cases[0].overdue);
+        assert!(!report.cases[1].overdue);
+        let v = serde_json::to_value(&report).unwrap();
+        let case = v["cases"][0].as_object().unwrap();
+        for key in [
+            "pupil",
+            "keyworker",
+            "case_types",
+            "open_plans",
+            "next_review_due",
+            "overdue",
+            "open_interventions",
+            "last_activity",
+        ] {
+            assert!(case.contains_key(key), "case lacks {key}");
+        }
+        assert_eq!(v["cases"][0]["open_plans"][0]["review_due"], "2026-02-01");
+        assert_eq!(v["cases"][0]["case_types"][0], "pastoral");
+    }
+
+    #[test]
+    fn a_review_moves_the_date_and_a_final_review_ends_the_plan() {
+        let mut log = school();
+        log.add(
+            "P2",
+            "2026-02-01T10:00:00Z",
+            ev(
+                "PlanReviewed",
+                json!({"plan": "PSP-1", "outcome": "Going well", "next_review_due": "2026-04-01"}),
+            ),
+        );
+        // A review of a plan that was never agreed changes nothing.
+        log.add(
+            "P2",
+            "2026-02-02T10:00:00Z",
+            ev(
+                "PlanReviewed",
+                json!({"plan": "NOPE", "outcome": "?", "next_review_due": null}),
+            ),
+        );
+        let caseload: Caseload = log.fold();
+        let p2 = caseload
+            .cases(date("2026-03-02"), Some("S011"))
+            .cases
+            .remove(0);
+        assert_eq!(p2.next_review_due, Some(date("2026-04-01")));
+        assert!(!p2.overdue);
+        assert_eq!(p2.last_activity, Some(at("2026-02-02T10:00:00Z")));
+
+        log.add(
+            "P2",
+            "2026-04-01T10:00:00Z",
+            ev(
+                "PlanReviewed",
+                json!({"plan": "PSP-1", "outcome": "Met", "next_review_due": null}),
+            ),
+        );
+        let caseload: Caseload = log.fold();
+        let p2 = caseload
+            .cases(date("2026-05-01"), Some("S011"))
+            .cases
+            .remove(0);
+        assert!(p2.open_plans.is_empty());
+        assert_eq!(p2.next_review_due, None);
+        assert!(!p2.overdue);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Attendance
+// ---------------------------------------------------------------------------
+
+mod attendance {
+    use super::*;
+
+    /// Marks `codes` on consecutive sessions from 1 September 2025.
+    fn marks(log: &mut Log, pupil: &str, codes: &[&str]) -> Vec<Uuid> {
+        let start = date("2025-09-01");
+        codes
+            .iter()
+            .enumerate()
+            .map(|(i, code)| {
+                let day = start + Duration::days(i as i64 / 2);
+                let session = if i % 2 == 0 { "am" } else { "pm" };
+                log.add(
+                    pupil,
+                    "2025-09-01T09:00:00Z",
+                    ev(
+                        "AttendanceMarked",
+                        json!({"date": day, "session": session, "code": code}),
+                    ),
+                )
+            })
+            .collect()
+    }
+
+    fn repeat(code: &'static str, n: usize) -> Vec<&'static str> {
+        vec![code; n]
+    }
+
+    #[test]
+    fn persistent_from_ten_percent_missed_severe_from_fifty() {
+        let mut log = Log::default();
+        for p in ["P1", "P2", "P3"] {
+            log.add(p, "2025-09-01T08:00:00Z", register(p, "8A"));
+        }
+        // P1: 20 possible, 2 missed = exactly 10 %: persistent. An approved
+        // trip (V) counts as present; not-possible marks (X, #) count for
+        // nothing.
+        let mut p1 = [repeat("/", 17), vec!["V", "O", "I"], vec!["X", "#"]].concat();
+        p1.rotate_left(3);
+        marks(&mut log, "P1", &p1);
+        // P2: 20 possible, 1 missed: not persistent.
+        marks(&mut log, "P2", &[repeat("/", 19), vec!["N"]].concat());
+        // P3: 10 possible, 5 missed = 50 %: severe.
+        marks(&mut log, "P3", &[repeat("\\", 5), repeat("G", 5)].concat());
+
+        let attendance: Attendance = log.fold();
+        let report = attendance.report(2025, false);
+        let by: HashMap<&str, _> = report
+            .pupils
+            .iter()
+            .map(|p| (p.pupil.as_str(), p))
+            .collect();
+        let p1 = by["P1"];
+        assert_eq!(
+            (p1.possible_sessions, p1.present, p1.approved_offsite),
+            (20, 18, 1)
+        );
+        assert_eq!((p1.authorised, p1.unauthorised, p1.not_possible), (1, 1, 2));
+        assert_eq!(p1.attendance_pct, Some(90.0));
+        assert!(p1.persistent && !p1.severe);
+        assert!(!by["P2"].persistent);
+        assert!(by["P3"].persistent && by["P3"].severe);
+        assert_eq!(report.summary.persistent, 2);
+        assert_eq!(report.summary.severe, 1);
+        assert_eq!(report.pupils[0].pupil, "P3", "most absent first");
+
+        let persistent = attendance.report(2025, true);
+        let names: Vec<&str> = persistent.pupils.iter().map(|p| p.pupil.as_str()).collect();
+        assert_eq!(names, vec!["P3", "P1"]);
+        assert!(
+            attendance.report(2024, false).pupils.is_empty(),
+            "another year"
+        );
+    }
+
+    #[test]
+    fn a_corrected_mark_counts_under_its_corrected_code() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let ids = marks(&mut log, "P1", &[repeat("/", 9), vec!["O"]].concat());
+        let before: Attendance = log.fold();
+        assert!(before.report(2025, false).pupils[0].persistent);
+        log.add(
+            "P1",
+            "2025-09-08T09:00:00Z",
+            correction(ids[9], json!({"code": "X"}), "Pupil was on roll elsewhere"),
+        );
+        let after: Attendance = log.fold();
+        let p1 = &after.report(2025, false).pupils[0];
+        assert_eq!(
+            (p1.possible_sessions, p1.unauthorised, p1.not_possible),
+            (9, 0, 1)
+        );
+        assert!(!p1.persistent);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Suspensions, behaviour, force, interventions, reintegration
+// ---------------------------------------------------------------------------
+
+mod reports {
+    use super::*;
+
+    fn suspend(days: f64, start: &str) -> CaseEvent {
+        ev(
+            "SuspensionIssued",
+            json!({"days": days, "reason_code": "PD", "start_date": start}),
+        )
+    }
+
+    #[test]
+    fn suspension_days_total_by_the_academic_year_of_their_start_date() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "9A"));
+        log.add("P1", "2025-10-01T08:00:00Z", suspend(3.0, "2025-10-01"));
+        let spring = log.add("P1", "2026-01-12T08:00:00Z", suspend(2.5, "2026-01-12"));
+        // 31 August is the last day of 2025/26; 1 September starts 2026/27.
+        log.add("P1", "2026-08-31T08:00:00Z", suspend(1.0, "2026-08-31"));
+        log.add("P1", "2026-09-07T08:00:00Z", suspend(4.0, "2026-09-07"));
+
+        let suspensions: Suspensions = log.fold();
+        let y25 = suspensions.report(2025);
+        assert_eq!(y25.label, "2025/26");
+        let p1 = &y25.pupils[0];
+        assert_eq!((p1.suspensions, p1.days, p1.remaining_days), (3, 6.5, 38.5));
+        assert!(!p1.over_limit);
+        let terms: Vec<(&str, f64)> = p1.terms.iter().map(|t| (t.term.as_str(), t.days)).collect();
+        assert_eq!(
+            terms,
+            vec![("autumn", 3.0), ("spring", 2.5), ("summer", 1.0)]
+        );
+        assert!(p1
+            .terms
+            .iter()
+            .all(|t| t.board == BoardBand::Representations));
+        let y26 = suspensions.report(2026);
+        assert_eq!(y26.pupils[0].days, 4.0);
+
+        // A correction of the days counts as corrected.
+        log.add(
+            "P1",
+            "2026-01-13T08:00:00Z",
+            correction(spring, json!({"days": 5.5}), "Letter said five and a half"),
+        );
+        let suspensions: Suspensions = log.fold();
+        let p1 = &suspensions.report(2025).pupils[0];
+        assert_eq!(p1.days, 9.5);
+        let spring = p1
+            .terms
+            .iter()
+            .find(|t| t.term.as_str() == "spring")
+            .unwrap();
+        assert_eq!(
+            spring.board,
+            BoardBand::MeetingOnRequest,
+            "5.5 days is more than 5"
+        );
+    }
+
+    #[test]
+    fn governing_board_bands_follow_the_days_in_a_term_and_any_permanent_exclusion() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "9A"));
+        log.add("P1", "2025-09-15T08:00:00Z", suspend(15.0, "2025-09-15"));
+        log.add("P2", "2025-09-01T08:00:00Z", register("P2", "9A"));
+        log.add("P2", "2025-09-15T08:00:00Z", suspend(10.0, "2025-09-15"));
+        log.add("P2", "2025-11-15T08:00:00Z", suspend(5.5, "2025-11-15"));
+        log.add("P3", "2025-09-01T08:00:00Z", register("P3", "9A"));
+        log.add(
+            "P3",
+            "2026-05-04T08:00:00Z",
+            ev(
+                "PermanentExclusionIssued",
+                json!({"reason_code": "PA", "effective_date": "2026-05-04"}),
+            ),
+        );
+        let suspensions: Suspensions = log.fold();
+        let report = suspensions.report(2025);
+        let band = |p: &str| report.pupils.iter().find(|x| x.pupil == p).unwrap().board;
+        assert_eq!(
+            band("P1"),
+            BoardBand::MeetingOnRequest,
+            "15 days is not more than 15"
+        );
+        assert_eq!(
+            band("P2"),
+            BoardBand::Reinstatement,
+            "15.5 days in the autumn term"
+        );
+        assert_eq!(band("P3"), BoardBand::Reinstatement);
+        assert_eq!(report.totals.permanent_exclusions, 1);
+        let p3 = report.pupils.iter().find(|x| x.pupil == "P3").unwrap();
+        assert_eq!(
+            p3.permanent_exclusions[0].effective_date,
+            date("2026-05-04")
+        );
+    }
+
+    #[test]
+    fn incidents_count_by_the_incident_class_or_else_the_pupils_class() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        log.add("P2", "2025-09-01T08:00:00Z", register("P2", "8B"));
+        let incident = |class: Option<&str>| {
+            let mut data = json!({"category": "disruption", "severity": 2, "location": "classroom",
+                                  "description": "Talking over the teacher"});
+            if let Some(class) = class {
+                data["class"] = json!(class);
+            }
+            ev("IncidentRecorded", data)
+        };
+        log.add("P1", "2025-09-15T10:00:00Z", incident(None));
+        log.add("P1", "2025-09-16T10:00:00Z", incident(Some("Set 3 maths")));
+        log.add("P2", "2025-09-22T10:00:00Z", incident(None));
+        let behaviour: Behaviour = log.fold();
+        let by_class = behaviour.by(BehaviourDimension::Class, None);
+        let rows: Vec<(&str, u64)> = by_class
+            .groups
+            .iter()
+            .map(|g| (g.key.as_str(), g.incidents))
+            .collect();
+        assert_eq!(rows, vec![("8A", 1), ("8B", 1), ("Set 3 maths", 1)]);
+        let by_week = behaviour.by(BehaviourDimension::Week, Some(2025));
+        let rows: Vec<(&str, u64)> = by_week
+            .groups
+            .iter()
+            .map(|g| (g.key.as_str(), g.incidents))
+            .collect();
+        assert_eq!(rows, vec![("2025-W38", 2), ("2025-W39", 1)]);
+        assert_eq!(
+            behaviour.by(BehaviourDimension::Category, None).groups[0].pupils,
+            2
+        );
+    }
+
+    #[test]
+    fn force_without_parents_informed_is_flagged() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let force = |informed: bool| {
+            ev(
+                "ReasonableForceUsed",
+                json!({"staff": "S003", "reason": "Fighting", "hold": "guide",
+                "duration_minutes": 2, "injuries": "none", "parent_informed": informed}),
+            )
+        };
+        log.add("P1", "2025-09-15T10:00:00Z", force(true));
+        log.add("P1", "2025-09-16T10:00:00Z", force(false));
+        let report = ForceLog::report(&log.fold(), None);
+        assert_eq!(report.total, 2);
+        assert_eq!(report.parent_not_informed, 1);
+        assert!(report.uses[1]
+            .flags
+            .iter()
+            .any(|f| f == "parent not informed"));
+        assert!(report.uses[0]
+            .flags
+            .iter()
+            .all(|f| f != "parent not informed"));
+    }
+
+    #[test]
+    fn intervention_outcomes_by_kind() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let start = |id: &str, kind: &str| {
+            ev(
+                "InterventionStarted",
+                json!({"intervention": id, "kind": kind, "goal": "Calmer mornings"}),
+            )
+        };
+        let session = |id: &str, attended: bool| {
+            ev(
+                "InterventionSessionDelivered",
+                json!({"intervention": id, "attended": attended}),
+            )
+        };
+        log.add("P1", "2025-09-10T08:00:00Z", start("I1", "mentoring"));
+        log.add("P1", "2025-09-11T08:00:00Z", session("I1", true));
+        log.add("P1", "2025-09-12T08:00:00Z", session("I1", false));
+        log.add(
+            "P1",
+            "2025-10-10T08:00:00Z",
+            ev(
+                "InterventionEnded",
+                json!({"intervention": "I1", "outcome": "achieved"}),
+            ),
+        );
+        log.add("P1", "2025-10-11T08:00:00Z", start("I2", "mentoring"));
+        log.add("P1", "2025-10-12T08:00:00Z", session("GHOST", true));
+        let report = Interventions::report(&log.fold());
+        let k = &report.kinds[0];
+        assert_eq!((k.started, k.open, k.ended.achieved), (2, 1, 1));
+        assert_eq!((k.sessions_delivered, k.sessions_attended), (2, 1));
+        assert_eq!(k.attendance_pct, Some(50.0));
+        assert_eq!(report.open[0].intervention, "I2");
+        assert_eq!(report.unmatched_sessions, 1);
+    }
+
+    #[test]
+    fn pupils_awaiting_a_reintegration_meeting_are_listed() {
+        let mut log = Log::default();
+        for p in ["P1", "P2"] {
+            log.add(p, "2025-09-01T08:00:00Z", register(p, "8A"));
+            log.add(p, "2025-10-01T08:00:00Z", suspend(2.0, "2025-10-01"));
+        }
+        log.add(
+            "P1",
+            "2025-10-03T08:00:00Z",
+            ev(
+                "ReintegrationMeetingHeld",
+                json!({"attendees": ["S001", "parent"], "agreed_support": "Daily check-in"}),
+            ),
+        );
+        log.add(
+            "P1",
+            "2025-11-03T08:00:00Z",
+            ev("ReintegrationCompleted", json!({"outcome": "Settled"})),
+        );
+        let report = Reintegration::report(&log.fold());
+        let status: Vec<(&str, EpisodeStatus)> = report
+            .episodes
+            .iter()
+            .map(|e| (e.pupil.as_str(), e.status))
+            .collect();
+        assert_eq!(
+            status,
+            vec![
+                ("P1", EpisodeStatus::Completed),
+                ("P2", EpisodeStatus::AwaitingMeeting)
+            ]
+        );
+        assert_eq!(report.awaiting.len(), 1);
+        assert_eq!(report.awaiting[0].pupil, "P2");
+        assert_eq!(report.awaiting[0].since, date("2025-10-01"));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Replay determinism (property tests)
+// ---------------------------------------------------------------------------
+
+/// One step of an arbitrary school log: any event type, for one of a few
+/// pupils, including sequences the rules refuse today but an old log may
+/// hold (events before registration, reviews of unknown plans, corrections
+/// of entries of other pupils or of nothing).
+#[derive(Clone, Debug)]
+enum Step {
+    Event {
+        pupil: u8,
+        kind: u8,
+        a: u8,
+        b: u8,
+        day: u16,
+    },
+    Correct {
+        pupil: u8,
+        target: usize,
+        value: u8,
+    },
+    View {
+        pupil: u8,
+    },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        6 => (0u8..4, 0u8..20, any::<u8>(), any::<u8>(), 0u16..700)
+            .prop_map(|(pupil, kind, a, b, day)| Step::Event { pupil, kind, a, b, day }),
+        2 => (0u8..4, any::<usize>(), any::<u8>())
+            .prop_map(|(pupil, target, value)| Step::Correct { pupil, target, value }),
+        1 => (0u8..4).prop_map(|pupil| Step::View { pupil }),
+    ]
+}
+
+const CODES: &[&str] = &[
+    "/", "\\", "L", "V", "I", "M", "O", "N", "G", "X", "#", "Y3", "H",
+];
+
+/// The event a `Step::Event` stands for.
+fn step_event(pupil: &str, kind: u8, a: u8, b: u8, day: NaiveDate) -> CaseEvent {
+    let id = format!("X{}", a % 3);
+    let case_type = [
+        "pastoral",
+        "behaviour",
+        "safeguarding",
+        "attendance",
+        "send",
+    ][usize::from(a % 5)];
+    let outcome = ["achieved", "partly_achieved", "not_achieved", "withdrawn"][usize::from(b % 4)];
+    let session = ["am", "pm"][usize::from(b % 2)];
+    let sanction = [
+        "detention",
+        "isolation",
+        "internal_exclusion",
+        "report_card",
+    ][usize::from(a % 4)];
+    match kind {
+        0 => register(pupil, ["7A", "8B", "9C"][usize::from(a % 3)]),
+        1 => ev(
+            "CaseOpened",
+            json!({"case_type": case_type, "summary": "s"}),
+        ),
+        2 => ev("CaseClosed", json!({"outcome": "done"})),
+        3 => ev("KeyworkerAssigned", json!({"staff": format!("S{}", a % 3)})),
+        4 => ev(
+            "PlanAgreed",
+            json!({"plan": id, "kind": "behaviour_support", "review_due": day}),
+        ),
+        5 => ev(
+            "PlanReviewed",
+            json!({"plan": id, "outcome": "ok",
+                 "next_review_due": match b % 3 { 0 => Value::Null, _ => json!(day) }}),
+        ),
+        6 => ev(
+            "IncidentRecorded",
+            json!({"category": format!("c{}", a % 4), "severity": 1 + b % 5,
+                 "location": format!("l{}", b % 3), "description": "d",
+                 "participants": match a % 2 { 0 => json!([]), _ => json!([{"pupil": "Q9", "role": "target"}]) }}),
+        ),
+        7 => ev(
+            "AttendanceMarked",
+            json!({"date": day, "session": session,
+                 "code": CODES[usize::from(a) % CODES.len()]}),
+        ),
+        8 => ev(
+            "SuspensionIssued",
+            json!({"days": f64::from(1 + a % 20) / 2.0, "reason_code": "PD", "start_date": day}),
+        ),
+        9 => ev(
+            "PermanentExclusionIssued",
+            json!({"reason_code": "PA", "effective_date": day}),
+        ),
+        10 => ev(
+            "ReasonableForceUsed",
+            json!({"staff": "S1", "reason": "r", "hold": "h",
+                  "duration_minutes": a, "injuries": "none", "parent_informed": b % 2 != 1}),
+        ),
+        11 => ev(
+            "InterventionStarted",
+            json!({"intervention": id, "kind": format!("k{}", b % 2), "goal": "g"}),
+        ),
+        12 => ev(
+            "InterventionSessionDelivered",
+            json!({"intervention": id, "attended": b % 2 != 1}),
+        ),
+        13 => ev(
+            "InterventionEnded",
+            json!({"intervention": id, "outcome": outcome}),
+        ),
+        14 => ev("SanctionIssued", json!({"kind": sanction, "reason": "r"})),
+        15 => ev(
+            "ReintegrationMeetingHeld",
+            json!({"attendees": ["S1"], "agreed_support": "s"}),
+        ),
+        16 => ev("ReintegrationCompleted", json!({"outcome": "o"})),
+        17 => ev(
+            "AlternativeProvisionArranged",
+            json!({"provider": "AP1", "start_date": day, "reason": "r"}),
+        ),
+        18 => ev(
+            "ConcernRaised",
+            json!({"category": "neglect", "summary": "s"}),
+        ),
+        _ => ev(
+            "ParentContacted",
+            json!({"method": "phone", "summary": "s"}),
+        ),
+    }
+}
+
+/// Changes that fit the target's type (or, for `value % 5 == 0`, a field it
+/// does not have: a correction that cannot apply).
+fn changes_for(target: &CaseEvent, value: u8, day: NaiveDate) -> Value {
+    match (value % 5, target) {
+        (0, _) => json!({"no_such_field": 1}),
+        (_, CaseEvent::PupilRegistered(_)) => json!({"class": format!("C{}", value % 3)}),
+        (_, CaseEvent::IncidentRecorded(_)) => {
+            json!({"severity": 1 + value % 5, "location": "yard"})
+        }
+        (_, CaseEvent::AttendanceMarked(_)) => {
+            json!({"code": CODES[usize::from(value) % CODES.len()], "date": day})
+        }
+        (_, CaseEvent::SuspensionIssued(_)) => json!({"days": f64::from(value % 30) / 2.0}),
+        (_, CaseEvent::PlanAgreed(_)) => json!({"review_due": day}),
+        (_, CaseEvent::CaseOpened(_)) => json!({"case_type": "safeguarding"}),
+        (_, CaseEvent::KeyworkerAssigned(_)) => json!({"staff": "S9"}),
+        (_, CaseEvent::InterventionStarted(_)) => json!({"kind": "renamed"}),
+        (_, CaseEvent::ReasonableForceUsed(_)) => json!({"parent_informed": value % 2 != 1}),
+        (_, CaseEvent::SanctionIssued(_)) => json!({"kind": "isolation"}),
+        _ => json!({"no_such_field": 1}),
+    }
+}
+
+/// Builds a log from steps. Occurred times wander (entries are often
+/// written down late); recorded times only move forward.
+fn build_log(steps: &[Step]) -> Log {
+    let mut log = Log::default();
+    let base = Utc.with_ymd_and_hms(2025, 9, 1, 8, 0, 0).unwrap();
+    let first_day = date("2025-09-01");
+    for (i, s) in steps.iter().enumerate() {
+        let recorded = base + Duration::minutes(i as i64);
+        match s {
+            Step::Event {
+                pupil,
+                kind,
+                a,
+                b,
+                day,
+            } => {
+                let name = format!("P{pupil}");
+                let day = first_day + Duration::days(i64::from(*day));
+                let hours = if a % 2 == 0 { *a } else { *b };
+                let occurred = base + Duration::hours(i64::from(hours));
+                let event = step_event(&name, *kind, *a, *b, day);
+                log.add_recorded(&name, occurred, recorded, event);
+            }
+            Step::Correct {
+                pupil,
+                target,
+                value,
+            } => {
+                if log.events.is_empty() {
+                    continue;
+                }
+                let target = &log.events[target % log.events.len()];
+                let target_id = target.event_id;
+                let day = first_day + Duration::days(i64::from(*value) * 3);
+                let changes = changes_for(&target.event, *value, day);
+                let event = correction(target_id, changes, "fix");
+                log.add_recorded(&format!("P{pupil}"), recorded, recorded, event);
+            }
+            Step::View { pupil } => {
+                let name = format!("P{pupil}");
+                let event = ev("RecordViewed", json!({"pupil": name, "view": "timeline"}));
+                log.add_recorded(&name, recorded, recorded, event);
+            }
+        }
+    }
+    log
+}
+
+/// Folds `events[..split]`, passes the state through its checkpoint
+/// encoding (as a restart does), then folds the rest.
+fn fold_through_checkpoint<P: Projection + PartialEq + std::fmt::Debug>(
+    events: &[RecordedEvent],
+    split: usize,
+) -> P {
+    let mut first = P::default();
+    for e in &events[..split] {
+        first.apply(e);
+    }
+    let bytes = encode_checkpoint(&first, split as u64, [7; 32]).expect("encode");
+    let (mut resumed, position, hash) = decode_checkpoint::<P>(&bytes).expect("decode");
+    assert_eq!((position, hash), (split as u64, [7; 32]));
+    assert_eq!(resumed, first, "{} survives its checkpoint", P::NAME);
+    for e in &events[split..] {
+        resumed.apply(e);
+    }
+    resumed
+}
+
+fn assert_replays<P: Projection + PartialEq + std::fmt::Debug>(log: &Log, split: usize) {
+    let once: P = log.fold();
+    let again: P = log.fold();
+    assert_eq!(
+        once,
+        again,
+        "{} folds the same log to the same state",
+        P::NAME
+    );
+    let resumed: P = fold_through_checkpoint(&log.events, split);
+    assert_eq!(
+        once,
+        resumed,
+        "{} resumed from a snapshot at {split}",
+        P::NAME
+    );
+}
+
+/// Every report of every view, as JSON: what a user would see.
+fn reports(views: &SchoolViews, today: NaiveDate) -> Value {
+    json!({
+        "caseload": views.caseload.cases(today, None),
+        "behaviour": BehaviourDimension::ALL.iter().map(|d| views.behaviour.by(*d, None)).collect::<Vec<_>>(),
+        "attendance": [views.attendance.report(2025, false), views.attendance.report(2026, false)],
+        "suspensions": [views.suspensions.report(2025), views.suspensions.report(2026)],
+        "force": views.force.report(None),
+        "interventions": views.interventions.report(),
+        "reintegration": views.reintegration.report(),
+    })
+}
+
+fn fold_views(events: &[RecordedEvent]) -> SchoolViews {
+    let mut v = SchoolViews::default();
+    for e in events {
+        v.caseload.apply(e);
+        v.behaviour.apply(e);
+        v.attendance.apply(e);
+        v.suspensions.apply(e);
+        v.force.apply(e);
+        v.interventions.apply(e);
+        v.reintegration.apply(e);
+    }
+    v
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Folding all at once, folding in two halves through a checkpoint, and
+    /// folding again all give the same state, for every projection, on any
+    /// sequence of events (odd ones included, never a panic).
+    #[test]
+    fn every_projection_replays_to_the_same_state(
+        steps in proptest::collection::vec(step(), 0..120),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let log = build_log(&steps);
+        let split = cut.index(log.events.len() + 1);
+        assert_replays::<Caseload>(&log, split);
+        assert_replays::<Behaviour>(&log, split);
+        assert_replays::<Attendance>(&log, split);
+        assert_replays::<Suspensions>(&log, split);
+        assert_replays::<ForceLog>(&log, split);
+        assert_replays::<Interventions>(&log, split);
+        assert_replays::<Reintegration>(&log, split);
+        // The reports are built without panicking, whatever the log holds.
+        let _ = reports(&fold_views(&log.events), date("2026-03-01"));
+        for p in 0..4 {
+            let pupil = format!("P{p}");
+            let events = log.case(&pupil);
+            let c = Chronology::build(&pupil, &events, None, false);
+            prop_assert_eq!(&c, &Chronology::build(&pupil, &events, None, false));
+            // Every event but the corrections that found their entry shows.
+            prop_assert!(c.entries.len() <= events.len());
+            let half = Chronology::build(&pupil, &events, Some(at("2025-09-01T08:30:00Z")), false);
+            prop_assert!(half.entries.iter().all(|e| e.recorded_at <= at("2025-09-01T08:30:00Z")));
+            prop_assert!(half.entries.windows(2).all(|w| (w[0].occurred_at, w[0].position) <= (w[1].occurred_at, w[1].position)));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The runner against the sled store
+// ---------------------------------------------------------------------------
+
+mod runner {
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> Arc<dyn EventStore> {
+        let store = SledStore::open(dir, true).expect("open store");
+        store.log(SCHOOL).expect("open log")
+    }
+
+    fn no_progress(_: u64, _: u64) {}
+
+    /// Appends the log's events to the store, one append each, in log
+    /// order.
+    async fn append(store: &dyn EventStore, events: &[RecordedEvent]) {
+        for e in events {
+            // Same ids as the in-memory log, so its corrections still name
+            // their entries.
+            let mut new = NewEvent::new(&e.event, e.occurred_at, e.actor.clone()).unwrap();
+            new.event_id = e.event_id;
+            store
+                .append(AppendRequest {
+                    stream: e.stream,
+                    expected: ExpectedVersion::Any,
+                    events: vec![new],
+                })
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Everything in the store, decoded: what a pure fold of the same log
+    /// sees.
+    async fn all_events(store: &dyn EventStore) -> Vec<RecordedEvent> {
+        let stored = store.read_all(1, 1_000_000).await.unwrap();
+        stored
+            .iter()
+            .map(|s| RecordedEvent::from_stored(s).unwrap())
+            .collect()
+    }
+
+    fn sample_log() -> Log {
+        let steps: Vec<Step> = (0..90u16)
+            .map(|i| Step::Event {
+                pupil: (i % 4) as u8,
+                kind: if i < 4 { 0 } else { (i % 20) as u8 },
+                a: (i * 7 % 256) as u8,
+                b: (i * 13 % 256) as u8,
+                day: i * 3,
+            })
+            .collect();
+        build_log(&steps)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_resumes_from_checkpoints_and_matches_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = sample_log();
+        let (first, second) = log.events.split_at(50);
+        let today = date("2026-03-01");
+        {
+            let store = open(dir.path());
+            append(&*store, first).await;
+            let views = SchoolViews::load(&*store, &no_progress).await.unwrap();
+            assert_eq!(views.position, 50);
+            assert_eq!(
+                views.restarted.len(),
+                PROJECTION_NAMES.len(),
+                "first load builds all"
+            );
+            assert!(views
+                .restarted
+                .iter()
+                .all(|r| r.reason == RestartReason::NoCheckpoint));
+            append(&*store, second).await;
+        }
+        // A new process: the views resume from their checkpoints.
+        let store = open(dir.path());
+        let seen = std::sync::Mutex::new(Vec::new());
+        let resumed = SchoolViews::load(&*store, &|done, head| {
+            seen.lock().unwrap().push((done, head))
+        })
+        .await
+        .unwrap();
+        assert!(resumed.restarted.is_empty(), "{:?}", resumed.restarted);
+        let total = log.events.len() as u64;
+        assert_eq!(resumed.position, total);
+        let seen = seen.into_inner().unwrap();
+        assert_eq!(
+            seen.first(),
+            Some(&(50, total)),
+            "resumed at the checkpoint, not at 0"
+        );
+        assert_eq!(seen.last(), Some(&(total, total)));
+
+        let pure = fold_views(&all_events(&*store).await);
+        assert_eq!(reports(&resumed, today), reports(&pure, today));
+
+        let report = rebuild(&*store, None, &no_progress).await.unwrap();
+        assert_eq!(report.events, total);
+        assert_eq!(report.projections.len(), PROJECTION_NAMES.len());
+        let rebuilt = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert!(rebuilt.restarted.is_empty());
+        assert_eq!(reports(&rebuilt, today), reports(&resumed, today));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_of_another_version_or_unreadable_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&*store, &sample_log().events).await;
+        let good = SchoolViews::load(&*store, &no_progress).await.unwrap();
+
+        // A checkpoint an older casebook wrote: same wrapper, version 0.
+        let old = rmp_serde::to_vec_named(&json!({
+            "format": 1,
+            "name": "caseload",
+            "version": 0,
+            "position": 3,
+            "hash": vec![0u8; 32],
+            "state": null,
+        }))
+        .unwrap();
+        store.save_checkpoint("caseload", old).await.unwrap();
+        store
+            .save_checkpoint("attendance", b"not a checkpoint".to_vec())
+            .await
+            .unwrap();
+
+        let again = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        let reasons: HashMap<&str, &RestartReason> = again
+            .restarted
+            .iter()
+            .map(|r| (r.projection, &r.reason))
+            .collect();
+        assert_eq!(reasons.len(), 2, "{reasons:?}");
+        assert_eq!(
+            reasons["caseload"],
+            &RestartReason::VersionChanged {
+                stored: 0,
+                current: Caseload::VERSION
+            }
+        );
+        assert!(matches!(
+            reasons["attendance"],
+            RestartReason::Unreadable(_)
+        ));
+        let today = date("2026-03-01");
+        assert_eq!(reports(&again, today), reports(&good, today));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rebuilding_one_projection_leaves_the_others_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&*store, &sample_log().events).await;
+        SchoolViews::load(&*store, &no_progress).await.unwrap();
+        let before = store.load_checkpoint("behaviour").await.unwrap();
+        let report = rebuild(&*store, Some("caseload"), &no_progress)
+            .await
+            .unwrap();
+        assert_eq!(report.projections, vec!["caseload".to_string()]);
+        assert_eq!(store.load_checkpoint("behaviour").await.unwrap(), before);
+        let err = rebuild(&*store, Some("timetable"), &no_progress)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProjectionError::UnknownProjection { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("caseload, behaviour"), "{err}");
+        assert!(!err.is_store_failure());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_undecodable_payload_is_an_error_naming_its_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&*store, &sample_log().events[..5]).await;
+        let mut bad =
+            NewEvent::new(&register("P7", "7A"), at("2025-09-01T08:00:00Z"), "S001").unwrap();
+        bad.payload = vec![0xc1, 0xff, 0x00];
+        store
+            .append(AppendRequest {
+                stream: StreamId::for_pupil(SCHOOL, "P7"),
+                expected: ExpectedVersion::Any,
+                events: vec![bad],
+            })
+            .await
+            .unwrap();
+        let err = SchoolViews::load(&*store, &no_progress).await.unwrap_err();
+        assert!(
+            matches!(err, ProjectionError::Decode { position: 6, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("position 6"), "{err}");
+        assert!(err.is_store_failure());
+        // The audit trail still lists it, for the auditor to see.
+        let trail = audit_of(&*store, SCHOOL, "P7").await.unwrap();
+        assert!(trail.events[0].decode_error.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn timeline_and_audit_read_one_pupil_from_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        log.add("P2", "2025-09-01T08:00:00Z", register("P2", "8A"));
+        log.add(
+            "P1",
+            "2025-09-02T08:00:00Z",
+            ev(
+                "ConcernRaised",
+                json!({"category": "neglect", "summary": "Hungry"}),
+            ),
+        );
+        log.add(
+            "P1",
+            "2025-09-03T08:00:00Z",
+            ev(
+                "RecordViewed",
+                json!({"pupil": "P1", "view": "timeline", "purpose": "strategy meeting"}),
+            ),
+        );
+        append(&*store, &log.events).await;
+
+        let c = chronology_of(&*store, SCHOOL, "P1", None, false)
+            .await
+            .unwrap();
+        assert_eq!(
+            c.entries.len(),
+            2,
+            "the access log is not part of the chronology"
+        );
+        let trail = audit_of(&*store, SCHOOL, "P1").await.unwrap();
+        assert_eq!(trail.events.len(), 2);
+        assert_eq!(
+            trail.events[0].prev_hash,
+            "0".repeat(64),
+            "first event of the log"
+        );
+        let all = store.read_all(1, 10).await.unwrap();
+        assert_eq!(
+            trail.events[1].prev_hash,
+            casebook_engine::envelope::hex(&all[1].hash),
+            "P1's second entry follows P2's registration in the chain"
+        );
+        assert_eq!(trail.access_log.len(), 1);
+        assert_eq!(trail.access_log[0].view, "timeline");
+        assert_eq!(
+            trail.access_log[0].purpose.as_deref(),
+            Some("strategy meeting")
+        );
+        let err = chronology_of(&*store, SCHOOL, "NOBODY", None, false)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProjectionError::UnknownPupil { .. }));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(6))]
+
+        /// However the log is cut by restarts, the views after resuming
+        /// from checkpoints equal the views of a full rebuild.
+        #[test]
+        fn resumed_views_equal_rebuilt_views(
+            steps in proptest::collection::vec(step(), 1..60),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let log = build_log(&steps);
+            let split = cut.index(log.events.len() + 1);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let today = date("2026-03-01");
+                {
+                    let store = open(dir.path());
+                    append(&*store, &log.events[..split]).await;
+                    SchoolViews::load(&*store, &no_progress).await.unwrap();
+                    append(&*store, &log.events[split..]).await;
+                }
+                let store = open(dir.path());
+                let resumed = SchoolViews::load(&*store, &no_progress).await.unwrap();
+                rebuild(&*store, None, &no_progress).await.unwrap();
+                let rebuilt = SchoolViews::load(&*store, &no_progress).await.unwrap();
+                assert_eq!(reports(&resumed, today), reports(&rebuilt, today));
+                let pure = fold_views(&all_events(&*store).await);
+                assert_eq!(reports(&resumed, today), reports(&pure, today));
+            });
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! The chronology: a pupil's timeline, and with `safeguarding_only` the
+//! safeguarding chronology a DSL reads before a strategy meeting.
+//!
+//! Folded on demand from the pupil's case stream. Its JSON is the contract's
+//! `timeline --format json`: `{"pupil", "as_of", "entries": [...]}`.
+//!
+//! - **Order.** Entries are ordered by `occurred_at` (when it happened, as
+//!   the user says), then by `position` (the order the school learnt of it),
+//!   so two entries of the same moment keep their recording order.
+//! - **As of.** `as_of` answers "what did the school know at T": every event
+//!   recorded after T is left out before anything else happens, corrections
+//!   included, so an entry shows as it read at T. The filter is on
+//!   `recorded_at`, never `occurred_at`: a concern that happened in January
+//!   but was written down in March was not known in February.
+//! - **Corrections.** An `EntryCorrected` is not an entry of its own: it
+//!   shows on the entry it corrects, whose `data` and `summary` are the
+//!   corrected ones, with a `corrections` list holding, for each correction
+//!   in stream order, the values it replaced (`original`), the new values,
+//!   the reason, who made it and when. Read oldest first, the list gives
+//!   back every earlier version of the entry. A correction that could not
+//!   be applied (its changes no longer fit the entry) is listed with
+//!   `applied: false` and leaves the data as it was. A correction naming no
+//!   earlier entry of this pupil is shown as an entry of its own, so that
+//!   nothing in the record is ever hidden from a reader.
+//! - **Safeguarding only.** Keeps entries whose corrected content is a
+//!   safeguarding event (`CaseEvent::is_safeguarding`).
+
+use std::collections::HashMap;
+
+use casebook_engine::event::CaseEvent;
+use casebook_engine::RecordedEvent;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::facts::corrected;
+use crate::summary::summary;
+
+/// A pupil's chronology (`timeline --format json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Chronology {
+    pub pupil: String,
+    /// The `--as-of` time the chronology was read at; `null` for now.
+    pub as_of: Option<DateTime<Utc>>,
+    pub entries: Vec<ChronologyEntry>,
+}
+
+/// One entry of the chronology.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChronologyEntry {
+    pub position: u64,
+    pub event_id: Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    /// Who recorded it.
+    pub actor: String,
+    /// One human line, from the corrected data.
+    pub summary: String,
+    /// Whether the entry belongs in the safeguarding chronology.
+    pub safeguarding: bool,
+    /// The event's fields, as corrected.
+    pub data: Value,
+    /// The corrections applied to this entry, oldest first. Absent when
+    /// there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub corrections: Vec<Correction>,
+}
+
+/// One correction of an entry, with what it replaced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Correction {
+    /// The `EntryCorrected` event.
+    pub event_id: Uuid,
+    pub position: u64,
+    pub recorded_at: DateTime<Utc>,
+    /// Who made the correction.
+    pub actor: String,
+    pub reason: String,
+    /// The values of the changed fields before this correction (`null`
+    /// where an optional field was absent).
+    pub original: Map<String, Value>,
+    /// The new values, as the correction gave them.
+    pub changes: Map<String, Value>,
+    /// False when the changes no longer fit the entry and were not applied.
+    pub applied: bool,
+}
+
+/// An entry on its way into the chronology: its current content and the
+/// corrections so far.
+struct Building<'a> {
+    recorded: &'a RecordedEvent,
+    content: CaseEvent,
+    corrections: Vec<Correction>,
+}
+
+impl Chronology {
+    /// Folds the pupil's case-stream events (any order; they are put in
+    /// stream order first) into the chronology.
+    pub fn build(
+        pupil: &str,
+        events: &[RecordedEvent],
+        as_of: Option<DateTime<Utc>>,
+        safeguarding_only: bool,
+    ) -> Chronology {
+        let mut known: Vec<&RecordedEvent> = events
+            .iter()
+            .filter(|e| known_at(e, as_of))
+            .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
+            .collect();
+        // Corrections apply in stream order; the log's position order is it.
+        known.sort_by_key(|e| e.position);
+
+        let mut building: Vec<Building<'_>> = Vec::with_capacity(known.len());
+        let mut index: HashMap<Uuid, usize> = HashMap::new();
+        for e in known {
+            if let CaseEvent::EntryCorrected(c) = &e.event {
+                if let Some(&i) = index.get(&c.event) {
+                    let target = &mut building[i];
+                    let original = replaced_values(&target.content, &c.changes);
+                    let new = corrected(&target.content, &c.changes);
+                    let applied = new.is_some();
+                    if let Some(new) = new {
+                        target.content = new;
+                    }
+                    target.corrections.push(Correction {
+                        event_id: e.event_id,
+                        position: e.position,
+                        recorded_at: e.recorded_at,
+                        actor: e.actor.clone(),
+                        reason: c.reason.clone(),
+                        original,
+                        changes: c.changes.clone(),
+                        applied,
+                    });
+                    continue;
+                }
+                // Names nothing earlier in this record: shown as itself.
+            }
+            index.insert(e.event_id, building.len());
+            building.push(Building {
+                recorded: e,
+                content: e.event.clone(),
+                corrections: Vec::new(),
+            });
+        }
+
+        let mut entries: Vec<ChronologyEntry> = building
+            .into_iter()
+            .filter(|b| !safeguarding_only || b.content.is_safeguarding())
+            .map(|b| ChronologyEntry {
+                position: b.recorded.position,
+                event_id: b.recorded.event_id,
+                event_type: b.content.type_name().to_string(),
+                occurred_at: b.recorded.occurred_at,
+                recorded_at: b.recorded.recorded_at,
+                actor: b.recorded.actor.clone(),
+                summary: summary(&b.content),
+                safeguarding: b.content.is_safeguarding(),
+                data: b.content.data_json(),
+                corrections: b.corrections,
+            })
+            .collect();
+        entries.sort_by_key(|e| (e.occurred_at, e.position));
+        Chronology {
+            pupil: pupil.to_string(),
+            as_of,
+            entries,
+        }
+    }
+}
+
+/// Whether the school knew of `e` at `as_of` (always, without one).
+fn known_at(e: &RecordedEvent, as_of: Option<DateTime<Utc>>) -> bool {
+    match as_of {
+        Some(t) => e.recorded_at <= t,
+        None => true,
+    }
+}
+
+/// The current values of the fields `changes` names (`null` for a field
+/// the entry does not hold).
+fn replaced_values(content: &CaseEvent, changes: &Map<String, Value>) -> Map<String, Value> {
+    let data = content.data_json();
+    changes
+        .keys()
+        .map(|k| (k.clone(), data.get(k).cloned().unwrap_or(Value::Null)))
+        .collect()
+}

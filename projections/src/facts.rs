@@ -1,0 +1,225 @@
+//! What school-wide views keep about each pupil: the pupil's registration
+//! and the events a view reads, each *as corrected*.
+//!
+//! Why facts and not running totals: an `EntryCorrected` may change any
+//! field of an earlier entry (an incident's category, a suspension's days, a
+//! register mark's code), and a pupil's registration may be corrected too
+//! (their class). Keeping the corrected facts and aggregating at query time
+//! makes every report follow every correction with no undo logic, and the
+//! facts a view reads are small next to the log (register marks, the one
+//! large kind, are packed by [`crate::attendance`]).
+//!
+//! Corrections are applied with [`casebook_engine::domain::apply_changes`],
+//! the same function the command side checks them with, in stream order,
+//! each to the entry as the previous ones left it. A correction that does not
+//! apply (it names an entry of another stream or one this view does not
+//! keep, or its changes no longer fit the type) leaves the entry as it was,
+//! as the engine's own `CaseState` does.
+
+use std::collections::BTreeMap;
+
+use casebook_engine::domain::apply_changes;
+use casebook_engine::event::{CaseEvent, EntryCorrected, PupilRegistered};
+use casebook_engine::{RecordedEvent, StreamId};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One event a view keeps, with the envelope fields reports show.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Tracked {
+    pub event_id: Uuid,
+    pub position: u64,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    /// Who recorded it.
+    pub actor: String,
+    /// The payload as corrected.
+    pub event: CaseEvent,
+}
+
+impl Tracked {
+    pub fn new(e: &RecordedEvent) -> Tracked {
+        Tracked {
+            event_id: e.event_id,
+            position: e.position,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            actor: e.actor.clone(),
+            event: e.event.clone(),
+        }
+    }
+
+    /// Applies `c` if it names this entry. Returns whether it named it
+    /// (applied or not), so callers stop looking.
+    fn correct(&mut self, c: &EntryCorrected) -> bool {
+        if self.event_id != c.event {
+            return false;
+        }
+        if let Some(new) = corrected(&self.event, &c.changes) {
+            self.event = new;
+        }
+        true
+    }
+}
+
+/// `original` with `changes` applied, or `None` when they do not apply. The
+/// type never changes: `apply_changes` refuses that, and this checks again
+/// because a view files entries by type.
+pub fn corrected(
+    original: &CaseEvent,
+    changes: &serde_json::Map<String, serde_json::Value>,
+) -> Option<CaseEvent> {
+    apply_changes(original, changes)
+        .ok()
+        .filter(|new| new.type_name() == original.type_name())
+}
+
+/// A pupil's registration as corrected (class, site and year for reports).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PupilCard {
+    registration: Option<Tracked>,
+}
+
+impl PupilCard {
+    /// Takes the stream's first `PupilRegistered`. A second one cannot be
+    /// recorded; if a log holds one anyway, the first is who the stream is.
+    pub(crate) fn register(&mut self, e: &RecordedEvent) {
+        if self.registration.is_none() {
+            self.registration = Some(Tracked::new(e));
+        }
+    }
+
+    /// Applies `c` if it names the registration; returns whether it did.
+    pub(crate) fn correct(&mut self, c: &EntryCorrected) -> bool {
+        self.registration.as_mut().is_some_and(|r| r.correct(c))
+    }
+
+    pub fn registered(&self) -> Option<&PupilRegistered> {
+        match self.registration.as_ref().map(|r| &r.event) {
+            Some(CaseEvent::PupilRegistered(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The school's reference for the pupil. A stream whose registration is
+    /// missing (a log older than the rule) is named by its stream id, so its
+    /// entries still show up somewhere a person can find them.
+    pub fn pupil(&self, stream: StreamId) -> String {
+        match self.registered() {
+            Some(p) if !p.pupil.is_empty() => p.pupil.clone(),
+            _ => format!("stream:{stream}"),
+        }
+    }
+
+    pub fn class(&self) -> Option<&str> {
+        self.registered().and_then(|p| p.class.as_deref())
+    }
+
+    pub fn site(&self) -> Option<&str> {
+        self.registered().and_then(|p| p.site.as_deref())
+    }
+
+    pub fn year_group(&self) -> Option<u8> {
+        self.registered().map(|p| p.year_group)
+    }
+
+    pub fn sen(&self) -> Option<bool> {
+        self.registered().and_then(|p| p.sen)
+    }
+}
+
+/// One pupil's facts in one view.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PupilFacts {
+    pub card: PupilCard,
+    /// The events the view reads, in stream order, as corrected.
+    pub events: Vec<Tracked>,
+}
+
+/// The facts of every pupil for a view that reads the event types `reads`
+/// accepts. Keyed by stream; reports sort by pupil reference.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Tracker {
+    pub pupils: BTreeMap<StreamId, PupilFacts>,
+}
+
+impl Tracker {
+    /// Folds one event. `reads` picks the event types the view keeps (by
+    /// type only, so that a correction never moves an entry in or out).
+    pub fn apply(&mut self, e: &RecordedEvent, reads: fn(&CaseEvent) -> bool) {
+        match &e.event {
+            // Access-log entries live in their own streams and are no part
+            // of any school-wide view.
+            CaseEvent::RecordViewed(_) => {}
+            CaseEvent::PupilRegistered(_) => {
+                self.pupils.entry(e.stream).or_default().card.register(e)
+            }
+            CaseEvent::EntryCorrected(c) => {
+                // Only the correcting stream is searched: a correction names
+                // an entry of the same pupil.
+                if let Some(facts) = self.pupils.get_mut(&e.stream) {
+                    if !facts.card.correct(c) {
+                        let _ = facts.events.iter_mut().any(|t| t.correct(c));
+                    }
+                }
+            }
+            other if reads(other) => self
+                .pupils
+                .entry(e.stream)
+                .or_default()
+                .events
+                .push(Tracked::new(e)),
+            _ => {}
+        }
+    }
+
+    /// Every kept event with its pupil's card, pupil by pupil.
+    pub fn events(&self) -> impl Iterator<Item = (StreamId, &PupilCard, &Tracked)> + '_ {
+        self.pupils
+            .iter()
+            .flat_map(|(s, f)| f.events.iter().map(move |t| (*s, &f.card, t)))
+    }
+}
+
+/// `2025/26` for the academic year starting in September 2025.
+pub fn academic_year_label(year: i32) -> String {
+    format!("{year}/{:02}", year.saturating_add(1).rem_euclid(100))
+}
+
+/// A school term, as the governing-board thresholds count suspension days.
+/// Spring is taken as 1 January to 31 March: Easter moves, and a fixed
+/// boundary keeps reports reproducible (DOMAIN.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Term {
+    Autumn,
+    Spring,
+    Summer,
+}
+
+impl Term {
+    pub fn of(date: NaiveDate) -> Term {
+        match date.month() {
+            9..=12 => Term::Autumn,
+            1..=3 => Term::Spring,
+            _ => Term::Summer,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Term::Autumn => "autumn",
+            Term::Spring => "spring",
+            Term::Summer => "summer",
+        }
+    }
+}
+
+/// `part / whole` as a percentage with one decimal, `None` when `whole` is 0.
+pub fn percent(part: u64, whole: u64) -> Option<f64> {
+    if whole == 0 {
+        return None;
+    }
+    Some((part as f64 * 1000.0 / whole as f64).round() / 10.0)
+}

@@ -1,0 +1,569 @@
+//! The runner: keeps the school-wide projections up to date from the log,
+//! and reads per-pupil views from a pupil's streams.
+//!
+//! **One pass, many views.** [`SchoolViews::load`] loads each projection's
+//! checkpoint, reads the log once from the oldest checkpoint's position,
+//! page by page ([`PAGE_EVENTS`] at a time; never the whole log in memory),
+//! feeds every event to each projection that has not yet seen it, and saves
+//! a checkpoint per projection.
+//!
+//! **Checkpoints** are stored in the store under the projection's `NAME`
+//! (`save_checkpoint`), outside the hash chain: they are derived data and
+//! can always be rebuilt. A checkpoint is MessagePack (with field names) of
+//! `{format, name, version, position, hash, state}`: the projection's
+//! `VERSION`, the position of the last event folded, that event's hash and
+//! the state. A projection starts again from zero when its checkpoint is
+//! missing, was written by another `VERSION`, cannot be decoded, or does
+//! not match the log (its position is past the head, or the event there has
+//! another hash: the store was replaced or restored from an older copy).
+//!
+//! **Errors, not gaps.** A stored payload that cannot be decoded stops the
+//! run with [`ProjectionError::Decode`] naming its position: skipping it
+//! would leave a view silently wrong. Access-log entries (`RecordViewed`)
+//! are skipped by type without decoding; they belong to no school-wide view.
+//!
+//! Checkpoints are saved once a run has caught up, not during it: a run
+//! interrupted half-way repeats its work next time, which costs time but
+//! never correctness.
+
+use std::fmt;
+
+use casebook_engine::envelope::Hash;
+use casebook_engine::store::{read_whole_stream, EventStore, Head};
+use casebook_engine::{RecordedEvent, StoredEvent, StreamId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::attendance::Attendance;
+use crate::audit::AuditTrail;
+use crate::behaviour::Behaviour;
+use crate::caseload::Caseload;
+use crate::chronology::Chronology;
+use crate::error::ProjectionError;
+use crate::force::ForceLog;
+use crate::interventions::Interventions;
+use crate::reintegration::Reintegration;
+use crate::suspensions::Suspensions;
+use crate::{Projection, PROJECTION_NAMES};
+
+/// Events read from the log per page. Bounds the runner's memory for
+/// decoded events (a few MB) whatever the log's size, while keeping the
+/// number of store round trips small.
+pub const PAGE_EVENTS: usize = 4_096;
+
+/// Version of the checkpoint wrapper itself (not of any projection).
+const CHECKPOINT_FORMAT: u32 = 1;
+
+/// Progress callback: `(position reached, head position)`.
+pub type Progress<'a> = dyn Fn(u64, u64) + Send + Sync + 'a;
+
+/// Every school-wide view, caught up with the log.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SchoolViews {
+    pub caseload: Caseload,
+    pub behaviour: Behaviour,
+    pub attendance: Attendance,
+    pub suspensions: Suspensions,
+    pub force: ForceLog,
+    pub interventions: Interventions,
+    pub reintegration: Reintegration,
+    /// Position of the last event folded (0 for an empty log).
+    pub position: u64,
+    /// Projections that started from zero in this load, and why.
+    pub restarted: Vec<Restart>,
+    /// Hash of the event at `position`, to check the log on catch-up.
+    hash: Hash,
+}
+
+/// A projection that started from zero instead of a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restart {
+    pub projection: &'static str,
+    pub reason: RestartReason,
+}
+
+/// Why a projection started from zero.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RestartReason {
+    /// No checkpoint stored yet (a new store, or after `clear_checkpoints`).
+    NoCheckpoint,
+    /// A rebuild was asked for.
+    Rebuild,
+    /// The checkpoint was written by another version of the projection.
+    VersionChanged { stored: u32, current: u32 },
+    /// The checkpoint's bytes do not decode.
+    Unreadable(String),
+    /// The checkpoint is of events this log does not hold.
+    NotInLog { position: u64 },
+}
+
+impl fmt::Display for RestartReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RestartReason::NoCheckpoint => f.write_str("no checkpoint yet"),
+            RestartReason::Rebuild => f.write_str("rebuild requested"),
+            RestartReason::VersionChanged { stored, current } => write!(
+                f,
+                "checkpoint is of version {stored}, this casebook has version {current}"
+            ),
+            RestartReason::Unreadable(why) => write!(f, "checkpoint cannot be read: {why}"),
+            RestartReason::NotInLog { position } => write!(
+                f,
+                "checkpoint at position {position} does not match the log (store replaced or restored?)"
+            ),
+        }
+    }
+}
+
+/// What `rebuild` did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebuildReport {
+    /// The projections rebuilt.
+    pub projections: Vec<String>,
+    /// Events read from the log.
+    pub events: u64,
+    /// The position the projections now stand at.
+    pub position: u64,
+}
+
+#[derive(Serialize)]
+struct CheckpointOut<'a, P> {
+    format: u32,
+    name: &'a str,
+    version: u32,
+    position: u64,
+    hash: Hash,
+    state: &'a P,
+}
+
+/// The checkpoint without its state: read first, so that a checkpoint of
+/// another version is recognised as such rather than as undecodable.
+#[derive(Deserialize)]
+struct CheckpointHeader {
+    format: u32,
+    name: String,
+    version: u32,
+}
+
+#[derive(Deserialize)]
+struct CheckpointIn<P> {
+    position: u64,
+    hash: Hash,
+    state: P,
+}
+
+/// Encodes `state`, folded up to `position` (whose event has `hash`), as the
+/// checkpoint bytes the runner stores.
+pub fn encode_checkpoint<P: Projection>(
+    state: &P,
+    position: u64,
+    hash: Hash,
+) -> Result<Vec<u8>, ProjectionError> {
+    rmp_serde::to_vec_named(&CheckpointOut {
+        format: CHECKPOINT_FORMAT,
+        name: P::NAME,
+        version: P::VERSION,
+        position,
+        hash,
+        state,
+    })
+    .map_err(|e| ProjectionError::Checkpoint {
+        projection: P::NAME,
+        what: e.to_string(),
+    })
+}
+
+/// Decodes checkpoint bytes into the state, its position and that
+/// position's hash, or says why they cannot be used.
+pub fn decode_checkpoint<P: Projection>(bytes: &[u8]) -> Result<(P, u64, Hash), RestartReason> {
+    let header: CheckpointHeader =
+        rmp_serde::from_slice(bytes).map_err(|e| RestartReason::Unreadable(e.to_string()))?;
+    if header.format != CHECKPOINT_FORMAT || header.name != P::NAME {
+        return Err(RestartReason::Unreadable(format!(
+            "checkpoint format {} of {:?}, expected format {CHECKPOINT_FORMAT} of {:?}",
+            header.format,
+            header.name,
+            P::NAME
+        )));
+    }
+    if header.version != P::VERSION {
+        return Err(RestartReason::VersionChanged {
+            stored: header.version,
+            current: P::VERSION,
+        });
+    }
+    let full: CheckpointIn<P> =
+        rmp_serde::from_slice(bytes).map_err(|e| RestartReason::Unreadable(e.to_string()))?;
+    Ok((full.state, full.position, full.hash))
+}
+
+/// A projection as the runner drives it, whatever its type.
+trait Feed: Send {
+    fn name(&self) -> &'static str;
+    fn feed(&mut self, event: &RecordedEvent);
+    fn reset(&mut self);
+    fn encode(&self, position: u64, hash: Hash) -> Result<Vec<u8>, ProjectionError>;
+    fn restore(&mut self, bytes: &[u8]) -> Result<(u64, Hash), RestartReason>;
+}
+
+impl<P: Projection> Feed for P {
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn feed(&mut self, event: &RecordedEvent) {
+        self.apply(event);
+    }
+
+    fn reset(&mut self) {
+        *self = P::default();
+    }
+
+    fn encode(&self, position: u64, hash: Hash) -> Result<Vec<u8>, ProjectionError> {
+        encode_checkpoint(self, position, hash)
+    }
+
+    fn restore(&mut self, bytes: &[u8]) -> Result<(u64, Hash), RestartReason> {
+        let (state, position, hash) = decode_checkpoint::<P>(bytes)?;
+        *self = state;
+        Ok((position, hash))
+    }
+}
+
+/// One projection in a run: where it stands and whether its checkpoint
+/// must be written.
+struct Slot<'a> {
+    feed: &'a mut dyn Feed,
+    position: u64,
+    hash: Hash,
+    dirty: bool,
+}
+
+impl<'a> Slot<'a> {
+    fn fresh(feed: &'a mut dyn Feed) -> Slot<'a> {
+        feed.reset();
+        Slot {
+            feed,
+            position: 0,
+            hash: casebook_engine::envelope::GENESIS_HASH,
+            dirty: true,
+        }
+    }
+
+    /// Loads the slot's checkpoint; on any doubt starts it from zero and
+    /// says why.
+    async fn restore(
+        &mut self,
+        store: &dyn EventStore,
+        head: Head,
+    ) -> Result<Option<Restart>, ProjectionError> {
+        let name = self.feed.name();
+        let restart = |reason| {
+            Ok(Some(Restart {
+                projection: name,
+                reason,
+            }))
+        };
+        let Some(bytes) = store.load_checkpoint(name).await? else {
+            return restart(RestartReason::NoCheckpoint);
+        };
+        let (position, hash) = match self.feed.restore(&bytes) {
+            Ok(at) => at,
+            Err(reason) => {
+                self.feed.reset();
+                return restart(reason);
+            }
+        };
+        if position > 0 && !holds(store, position, hash, head).await? {
+            self.feed.reset();
+            return restart(RestartReason::NotInLog { position });
+        }
+        self.position = position;
+        self.hash = hash;
+        self.dirty = false;
+        Ok(None)
+    }
+}
+
+/// Whether the log holds the event at `position` with `hash`.
+async fn holds(
+    store: &dyn EventStore,
+    position: u64,
+    hash: Hash,
+    head: Head,
+) -> Result<bool, ProjectionError> {
+    if position > head.position {
+        return Ok(false);
+    }
+    let page = store.read_all(position, 1).await?;
+    Ok(page
+        .first()
+        .is_some_and(|e| e.position == position && e.hash == hash))
+}
+
+/// Reads the log from the oldest slot's position up to `head`, feeding each
+/// event to every slot that has not seen it.
+async fn fold(
+    store: &dyn EventStore,
+    slots: &mut [Slot<'_>],
+    head: Head,
+    progress: &Progress<'_>,
+) -> Result<u64, ProjectionError> {
+    let Some(start) = slots.iter().map(|s| s.position).min() else {
+        return Ok(0);
+    };
+    let mut next = start + 1;
+    let mut read = 0;
+    progress(start, head.position);
+    while next <= head.position {
+        let want = usize::try_from(head.position - next + 1).unwrap_or(usize::MAX);
+        let page = store.read_all(next, want.min(PAGE_EVENTS)).await?;
+        if page.is_empty() {
+            // The head said there is more; a store that cannot produce it
+            // is damaged, and a view built from part of the log would lie.
+            return Err(ProjectionError::Missing {
+                position: next,
+                head: head.position,
+            });
+        }
+        for stored in &page {
+            if stored.position != next {
+                return Err(ProjectionError::Gap {
+                    expected: next,
+                    found: stored.position,
+                });
+            }
+            // Access-log entries belong to no school-wide view: skipped by
+            // type, before paying for a decode.
+            if stored.event_type != "RecordViewed" {
+                let event = decode(stored)?;
+                for slot in slots.iter_mut().filter(|s| s.position < stored.position) {
+                    slot.feed.feed(&event);
+                }
+            }
+            for slot in slots.iter_mut().filter(|s| s.position < stored.position) {
+                slot.position = stored.position;
+                slot.hash = stored.hash;
+                slot.dirty = true;
+            }
+            next += 1;
+            read += 1;
+        }
+        progress(next - 1, head.position);
+    }
+    Ok(read)
+}
+
+/// Writes the checkpoint of every slot that moved or restarted.
+async fn save(store: &dyn EventStore, slots: &[Slot<'_>]) -> Result<(), ProjectionError> {
+    for slot in slots.iter().filter(|s| s.dirty) {
+        let bytes = slot.feed.encode(slot.position, slot.hash)?;
+        store.save_checkpoint(slot.feed.name(), bytes).await?;
+    }
+    Ok(())
+}
+
+fn decode(stored: &StoredEvent) -> Result<RecordedEvent, ProjectionError> {
+    RecordedEvent::from_stored(stored).map_err(|source| ProjectionError::Decode {
+        position: stored.position,
+        event_type: stored.event_type.clone(),
+        source,
+    })
+}
+
+impl SchoolViews {
+    /// Every projection as a slot, in [`PROJECTION_NAMES`] order.
+    fn slots(&mut self) -> Vec<Slot<'_>> {
+        let feeds: [&mut dyn Feed; 7] = [
+            &mut self.caseload,
+            &mut self.behaviour,
+            &mut self.attendance,
+            &mut self.suspensions,
+            &mut self.force,
+            &mut self.interventions,
+            &mut self.reintegration,
+        ];
+        debug_assert!(feeds
+            .iter()
+            .map(|f| f.name())
+            .eq(PROJECTION_NAMES.iter().copied()));
+        feeds.into_iter().map(Slot::fresh).collect()
+    }
+
+    /// Loads every school-wide view: from its checkpoint where one is
+    /// usable, then catching all of them up in one pass over the rest of
+    /// the log, then saving their checkpoints.
+    pub async fn load(
+        store: &dyn EventStore,
+        progress: &Progress<'_>,
+    ) -> Result<SchoolViews, ProjectionError> {
+        let head = store.head().await?;
+        let mut views = SchoolViews::default();
+        let mut restarted = Vec::new();
+        {
+            let mut slots = views.slots();
+            for slot in &mut slots {
+                restarted.extend(slot.restore(store, head).await?);
+            }
+            fold(store, &mut slots, head, progress).await?;
+            save(store, &slots).await?;
+        }
+        views.position = head.position;
+        views.hash = head.hash;
+        views.restarted = restarted;
+        Ok(views)
+    }
+
+    /// Folds the events appended since this value was loaded (or last
+    /// caught up), and saves the checkpoints. For a process that keeps the
+    /// views in memory.
+    pub async fn catch_up(
+        &mut self,
+        store: &dyn EventStore,
+        progress: &Progress<'_>,
+    ) -> Result<u64, ProjectionError> {
+        let head = store.head().await?;
+        if self.position > 0 && !holds(store, self.position, self.hash, head).await? {
+            return Err(ProjectionError::LogChanged {
+                position: self.position,
+            });
+        }
+        let (position, hash) = (self.position, self.hash);
+        let read = {
+            let mut slots = self.slots_at(position, hash);
+            let read = fold(store, &mut slots, head, progress).await?;
+            save(store, &slots).await?;
+            read
+        };
+        self.position = head.position.max(position);
+        self.hash = if read > 0 { head.hash } else { hash };
+        Ok(read)
+    }
+
+    /// The slots of views already standing at `position`.
+    fn slots_at(&mut self, position: u64, hash: Hash) -> Vec<Slot<'_>> {
+        let feeds: [&mut dyn Feed; 7] = [
+            &mut self.caseload,
+            &mut self.behaviour,
+            &mut self.attendance,
+            &mut self.suspensions,
+            &mut self.force,
+            &mut self.interventions,
+            &mut self.reintegration,
+        ];
+        feeds
+            .into_iter()
+            .map(|feed| Slot {
+                feed,
+                position,
+                hash,
+                dirty: false,
+            })
+            .collect()
+    }
+}
+
+/// Rebuilds the school-wide projections from the start of the log: all of
+/// them, or only the one named `only` (any of [`PROJECTION_NAMES`]).
+pub async fn rebuild(
+    store: &dyn EventStore,
+    only: Option<&str>,
+    progress: &Progress<'_>,
+) -> Result<RebuildReport, ProjectionError> {
+    if let Some(name) = only {
+        if !PROJECTION_NAMES.contains(&name) {
+            return Err(ProjectionError::UnknownProjection {
+                name: name.to_string(),
+                known: PROJECTION_NAMES.join(", "),
+            });
+        }
+    }
+    let head = store.head().await?;
+    if only.is_none() {
+        // Also drops checkpoints of projections this build no longer has.
+        store.clear_checkpoints().await?;
+    }
+    let mut views = SchoolViews::default();
+    let mut slots: Vec<Slot<'_>> = views
+        .slots()
+        .into_iter()
+        .filter(|s| match only {
+            Some(name) => name == s.feed.name(),
+            None => true,
+        })
+        .collect();
+    let events = fold(store, &mut slots, head, progress).await?;
+    save(store, &slots).await?;
+    Ok(RebuildReport {
+        projections: slots.iter().map(|s| s.feed.name().to_string()).collect(),
+        events,
+        position: head.position,
+    })
+}
+
+/// Loads one projection on its own: from its checkpoint, caught up, its
+/// checkpoint saved. For a projection outside [`SchoolViews`] (a school's
+/// own, or one under development).
+pub async fn load_projection<P: Projection>(
+    store: &dyn EventStore,
+    progress: &Progress<'_>,
+) -> Result<P, ProjectionError> {
+    let head = store.head().await?;
+    let mut state = P::default();
+    {
+        let mut slots = vec![Slot::fresh(&mut state)];
+        for slot in &mut slots {
+            slot.restore(store, head).await?;
+        }
+        fold(store, &mut slots, head, progress).await?;
+        save(store, &slots).await?;
+    }
+    Ok(state)
+}
+
+/// The decoded events of `pupil`'s case stream, in stream order. An error
+/// when the pupil has no record, or when a payload cannot be decoded.
+pub async fn read_pupil(
+    store: &dyn EventStore,
+    school: &str,
+    pupil: &str,
+) -> Result<Vec<RecordedEvent>, ProjectionError> {
+    let stored = read_whole_stream(store, StreamId::for_pupil(school, pupil)).await?;
+    if stored.is_empty() {
+        return Err(ProjectionError::UnknownPupil {
+            pupil: pupil.to_string(),
+        });
+    }
+    stored.iter().map(decode).collect()
+}
+
+/// The pupil's chronology (see [`Chronology::build`]).
+pub async fn chronology_of(
+    store: &dyn EventStore,
+    school: &str,
+    pupil: &str,
+    as_of: Option<DateTime<Utc>>,
+    safeguarding_only: bool,
+) -> Result<Chronology, ProjectionError> {
+    let events = read_pupil(store, school, pupil).await?;
+    Ok(Chronology::build(pupil, &events, as_of, safeguarding_only))
+}
+
+/// The pupil's audit trail with access log (see [`AuditTrail::build`]).
+/// Payloads that cannot be decoded are listed, not refused: the audit trail
+/// is where an auditor must see them.
+pub async fn audit_of(
+    store: &dyn EventStore,
+    school: &str,
+    pupil: &str,
+) -> Result<AuditTrail, ProjectionError> {
+    let case = read_whole_stream(store, StreamId::for_pupil(school, pupil)).await?;
+    if case.is_empty() {
+        return Err(ProjectionError::UnknownPupil {
+            pupil: pupil.to_string(),
+        });
+    }
+    let access = read_whole_stream(store, StreamId::for_access_log(school, pupil)).await?;
+    Ok(AuditTrail::build(pupil, &case, &access))
+}

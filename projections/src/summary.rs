@@ -1,0 +1,301 @@
+//! One human line per event: what the chronology, the audit trail and the
+//! CLI show in a list, before anyone opens the entry's `data`.
+//!
+//! A summary is always one line: prose fields (descriptions, rationales)
+//! may hold many paragraphs, so they are flattened to one line and cut at
+//! [`MAX_PROSE_IN_SUMMARY`] characters. The full text stays in `data`.
+
+use casebook_engine::codes::attendance_code;
+use casebook_engine::event::{CaseEvent, Session};
+
+/// Longest piece of prose quoted in a summary, in characters: enough to
+/// recognise an entry in a list, short enough to keep a chronology
+/// scannable at a strategy meeting.
+pub const MAX_PROSE_IN_SUMMARY: usize = 120;
+
+/// One human line describing `event`, for every event type.
+pub fn summary(event: &CaseEvent) -> String {
+    match event {
+        CaseEvent::PupilRegistered(p) => {
+            let mut s = format!(
+                "Registered: {} ({})",
+                one_line(&p.name),
+                year_group(p.year_group)
+            );
+            if let Some(class) = &p.class {
+                s.push_str(&format!(", class {class}"));
+            }
+            if let Some(site) = &p.site {
+                s.push_str(&format!(", site {site}"));
+            }
+            s
+        }
+        CaseEvent::ReferralReceived(r) => {
+            format!("Referral from {}: {}", r.source, prose(&r.reason))
+        }
+        CaseEvent::CaseOpened(c) => {
+            format!(
+                "Case opened ({}): {}",
+                c.case_type.as_str(),
+                prose(&c.summary)
+            )
+        }
+        CaseEvent::KeyworkerAssigned(k) => format!("Keyworker assigned: {}", k.staff),
+        CaseEvent::ConcernRaised(c) => {
+            format!("Concern ({}): {}", c.category, prose(&c.summary))
+        }
+        CaseEvent::ConcernEscalated(c) => {
+            format!("Concern escalated to {}: {}", c.to, prose(&c.reason))
+        }
+        CaseEvent::SafeguardingDecisionMade(d) => format!(
+            "Safeguarding decision: {} — {}",
+            snake(&d.decision),
+            prose(&d.rationale)
+        ),
+        CaseEvent::ExternalReferralMade(r) => {
+            let reference = r
+                .reference
+                .as_deref()
+                .map(|x| format!(" (ref {x})"))
+                .unwrap_or_default();
+            format!("Referral to {}{reference}: {}", r.agency, prose(&r.reason))
+        }
+        CaseEvent::IncidentRecorded(i) => {
+            let mut s = format!(
+                "Incident ({}, severity {}) in {} — {}",
+                i.category,
+                i.severity,
+                i.location,
+                snake(&i.role)
+            );
+            match i.participants.len() {
+                0 => {}
+                1 => s.push_str("; 1 other pupil"),
+                n => s.push_str(&format!("; {n} other pupils")),
+            }
+            s
+        }
+        CaseEvent::ReasonableForceUsed(f) => format!(
+            "Reasonable force ({}, {} min) by {}; injuries: {}; parent informed: {}",
+            f.hold,
+            f.duration_minutes,
+            f.staff,
+            prose(&f.injuries),
+            if f.parent_informed { "yes" } else { "NO" }
+        ),
+        CaseEvent::SanctionIssued(s) => {
+            format!("Sanction ({}): {}", snake(&s.kind), prose(&s.reason))
+        }
+        CaseEvent::SuspensionIssued(s) => {
+            let mut codes = vec![s.reason_code.as_str()];
+            codes.extend(s.additional_reason_codes.iter().map(String::as_str));
+            format!(
+                "Suspension: {} from {} ({})",
+                days(s.days),
+                s.start_date,
+                codes.join(", ")
+            )
+        }
+        CaseEvent::PermanentExclusionIssued(p) => {
+            let mut codes = vec![p.reason_code.as_str()];
+            codes.extend(p.additional_reason_codes.iter().map(String::as_str));
+            format!(
+                "Permanent exclusion from {} ({})",
+                p.effective_date,
+                codes.join(", ")
+            )
+        }
+        CaseEvent::InterventionStarted(i) => format!(
+            "Intervention {} started ({}): {}",
+            i.intervention,
+            i.kind,
+            prose(&i.goal)
+        ),
+        CaseEvent::InterventionSessionDelivered(s) => format!(
+            "Intervention {} session: {}",
+            s.intervention,
+            if s.attended { "attended" } else { "missed" }
+        ),
+        CaseEvent::InterventionEnded(e) => format!(
+            "Intervention {} ended: {}",
+            e.intervention,
+            snake(&e.outcome)
+        ),
+        CaseEvent::PlanAgreed(p) => format!(
+            "Plan {} agreed ({}); review due {}",
+            p.plan,
+            snake(&p.kind),
+            p.review_due
+        ),
+        CaseEvent::PlanReviewed(r) => {
+            let next = match r.next_review_due {
+                Some(d) => format!("next review {d}"),
+                None => "plan ended".to_string(),
+            };
+            format!("Plan {} reviewed: {}; {next}", r.plan, prose(&r.outcome))
+        }
+        CaseEvent::RestorativeMeetingHeld(m) => format!(
+            "Restorative meeting with {}: {}",
+            m.participants.join(", "),
+            prose(&m.agreement)
+        ),
+        CaseEvent::ReintegrationMeetingHeld(m) => format!(
+            "Reintegration meeting ({}): {}",
+            m.attendees.join(", "),
+            prose(&m.agreed_support)
+        ),
+        CaseEvent::ReintegrationCompleted(r) => {
+            format!("Reintegration completed: {}", prose(&r.outcome))
+        }
+        CaseEvent::AttendanceMarked(a) => {
+            let session = match a.session {
+                Session::Am => "am",
+                Session::Pm => "pm",
+            };
+            match attendance_code(&a.code) {
+                Some(c) => format!(
+                    "Register {} {session}: {} ({})",
+                    a.date, a.code, c.description
+                ),
+                None => format!("Register {} {session}: {} (unknown code)", a.date, a.code),
+            }
+        }
+        CaseEvent::RewardIssued(r) => {
+            let points = match r.points {
+                Some(1) => ", 1 point".to_string(),
+                Some(n) => format!(", {n} points"),
+                None => String::new(),
+            };
+            format!("Reward ({}{points}): {}", r.kind, prose(&r.reason))
+        }
+        CaseEvent::AbsenceFollowedUp(a) => format!(
+            "Absence on {} followed up by {}: {}",
+            a.date,
+            a.method,
+            prose(&a.outcome)
+        ),
+        CaseEvent::AlternativeProvisionArranged(a) => format!(
+            "Alternative provision at {} from {}: {}",
+            a.provider,
+            a.start_date,
+            prose(&a.reason)
+        ),
+        CaseEvent::ParentContacted(p) => {
+            format!("Parent contacted ({}): {}", p.method, prose(&p.summary))
+        }
+        CaseEvent::AgencyLiaison(a) => {
+            format!("Liaison with {}: {}", a.agency, prose(&a.summary))
+        }
+        CaseEvent::EntryCorrected(c) => {
+            let fields: Vec<&str> = c.changes.keys().map(String::as_str).collect();
+            format!(
+                "Correction of entry {} ({}): {}",
+                c.event,
+                fields.join(", "),
+                prose(&c.reason)
+            )
+        }
+        CaseEvent::CaseClosed(c) => format!("Case closed: {}", prose(&c.outcome)),
+        CaseEvent::RecordViewed(v) => match &v.purpose {
+            Some(p) => format!("Viewed {} of {}: {}", v.view, v.pupil, prose(p)),
+            None => format!("Viewed {} of {}", v.view, v.pupil),
+        },
+        // `CaseEvent` is non-exhaustive: a type added to the engine shows by
+        // name until it is given its own line here.
+        other => other.type_name().to_string(),
+    }
+}
+
+/// `Reception` or `Year 7`.
+fn year_group(year: u8) -> String {
+    if year == 0 {
+        "Reception".to_string()
+    } else {
+        format!("Year {year}")
+    }
+}
+
+/// `1 day`, `2.5 days`.
+pub fn days(days: f64) -> String {
+    if days == 1.0 {
+        "1 day".to_string()
+    } else {
+        format!("{days} days")
+    }
+}
+
+/// The snake_case name serde gives a unit enum value (`refer_social_care`),
+/// so summaries use the words of the JSON.
+pub fn snake<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(_) => "?".to_string(),
+    }
+}
+
+/// A label or name on one line (labels are validated, but a log may be
+/// older than the validation).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Prose flattened to one line and cut at [`MAX_PROSE_IN_SUMMARY`]
+/// characters.
+fn prose(text: &str) -> String {
+    let flat = one_line(text);
+    if flat.chars().count() <= MAX_PROSE_IN_SUMMARY {
+        return flat;
+    }
+    let mut cut: String = flat.chars().take(MAX_PROSE_IN_SUMMARY - 1).collect();
+    cut.push('…');
+    cut
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casebook_engine::event::{IncidentRecorded, IncidentRole, Participant};
+
+    #[test]
+    fn incident_summary_names_category_severity_place_and_role() {
+        let e = CaseEvent::IncidentRecorded(IncidentRecorded {
+            category: "verbal_abuse_adult".into(),
+            severity: 3,
+            location: "corridor".into(),
+            description: "Shouted at a member of staff".into(),
+            role: IncidentRole::Perpetrator,
+            participants: vec![],
+            class: None,
+            site: None,
+        });
+        assert_eq!(
+            summary(&e),
+            "Incident (verbal_abuse_adult, severity 3) in corridor — perpetrator"
+        );
+        let mut shared = e.clone();
+        if let CaseEvent::IncidentRecorded(i) = &mut shared {
+            i.participants.push(Participant {
+                pupil: "P2".into(),
+                role: IncidentRole::Target,
+            });
+        }
+        assert!(summary(&shared).ends_with("; 1 other pupil"));
+    }
+
+    #[test]
+    fn long_prose_is_one_cut_line() {
+        let text = format!("first line\nsecond {}", "word ".repeat(100));
+        let line = prose(&text);
+        assert!(!line.contains('\n'));
+        assert_eq!(line.chars().count(), MAX_PROSE_IN_SUMMARY);
+        assert!(line.ends_with('…'));
+    }
+
+    #[test]
+    fn half_days_print_as_written() {
+        assert_eq!(days(2.5), "2.5 days");
+        assert_eq!(days(3.0), "3 days");
+        assert_eq!(days(1.0), "1 day");
+    }
+}
