@@ -1,1 +1,3 @@
-fn main() -> std::process::ExitCode { casebook_cli::main() }
+fn main() -> std::process::ExitCode {
+    casebook_cli::main()
+}

@@ -1,7 +1,313 @@
-//! casebook-cli: the `casebook` command line.
+//! casebook-cli: the `casebook` command line (CONTRACT.md), as a library so
+//! the root package's binary and the integration tests share it.
+//!
+//! Exit codes: 0 success, 1 the check or query found a problem, 2 bad input
+//! or usage (nothing written), 3 store error.
+//!
+//! Architecture Invariant: the CLI never writes to a store except through
+//! the engine's append path (`EventStore::append*`) and checkpoints; every
+//! command that records validates through `casebook_engine::import`.
+
 pub mod demo;
+mod demo_cmd;
+mod input;
+mod progress;
+mod render;
+mod run;
+mod views;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use chrono::NaiveDate;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Output formats. `csv`, `md` and `html` are for `timeline` only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+    Csv,
+    Md,
+    Html,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "casebook",
+    version,
+    about = "Event-sourced case records for pastoral, behaviour and safeguarding work in schools",
+    long_about = "casebook appends every action on a pupil's case as an immutable, hash-chained event and rebuilds timelines, caseloads, audit trails and reports from that log.\n\nExit codes: 0 success, 1 a check or query found a problem, 2 bad input or usage (nothing written), 3 store error."
+)]
+pub struct Cli {
+    /// Directory of the embedded store.
+    #[arg(
+        long,
+        global = true,
+        env = "CASEBOOK_DATA",
+        default_value = "./casebook-data"
+    )]
+    pub data: PathBuf,
+    /// PostgreSQL connection URL (selects the PostgreSQL backend instead of --data).
+    #[arg(
+        long,
+        global = true,
+        env = "CASEBOOK_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// The school (log) inside the store.
+    #[arg(
+        long,
+        global = true,
+        env = "CASEBOOK_SCHOOL",
+        default_value = "default"
+    )]
+    pub school: String,
+    /// Who is acting (staff reference); reads of a pupil's record are logged under it.
+    #[arg(
+        long = "as",
+        global = true,
+        env = "CASEBOOK_ACTOR",
+        value_name = "STAFF"
+    )]
+    pub actor: Option<String>,
+    /// The date overdue flags and the academic year are judged by (default: today).
+    #[arg(long, global = true, value_name = "DATE")]
+    pub today: Option<NaiveDate>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Create the store (idempotent).
+    Init,
+    /// Fill the store with a realistic synthetic school year.
+    Demo {
+        /// Number of pupils.
+        #[arg(long, default_value_t = 1000)]
+        pupils: usize,
+        /// Seed of the generator: the same seed gives the same school.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Academic year to simulate, by its starting calendar year (default:
+        /// the last complete year before --today).
+        #[arg(long)]
+        year: Option<i32>,
+    },
+    /// Append JSONL events from FILE (`-` = stdin), all or nothing.
+    Import {
+        /// The JSONL file, or `-` for standard input.
+        file: String,
+    },
+    /// Append one event.
+    Record {
+        /// Event type (docs/events.md), e.g. IncidentRecorded.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        /// The pupil's reference.
+        #[arg(long)]
+        pupil: String,
+        /// The event's fields as a JSON object. Written `--data JSON` as in
+        /// the contract (after the command name, `--data` is the event's
+        /// data; give the store as `--data DIR` before `record` or in
+        /// CASEBOOK_DATA). `--json` is the same.
+        #[arg(long = "json", value_name = "JSON")]
+        event_data: String,
+        /// When it happened (RFC 3339; default: now).
+        #[arg(long)]
+        occurred_at: Option<String>,
+        /// Idempotency key (UUID).
+        #[arg(long)]
+        id: Option<uuid::Uuid>,
+    },
+    /// A pupil's chronology, ordered by when things happened.
+    Timeline {
+        /// The pupil's reference.
+        pupil: String,
+        /// Only what was recorded up to this time (RFC 3339, or a date = end of that day UTC).
+        #[arg(long, value_name = "TIME")]
+        as_of: Option<String>,
+        /// Only safeguarding entries.
+        #[arg(long)]
+        safeguarding_only: bool,
+        /// Why the record is being read (written to the access log).
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+    /// Every event of a pupil in stream order with actor, recorded_at and hash, plus who viewed the record.
+    Audit {
+        /// The pupil's reference.
+        pupil: String,
+        /// Why the record is being read (written to the access log).
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+    /// Open cases with keyworker, plans, next review and overdue flag.
+    Caseload {
+        /// Only this keyworker's cases.
+        #[arg(long, value_name = "STAFF")]
+        keyworker: Option<String>,
+    },
+    /// School reports.
+    Report {
+        #[command(subcommand)]
+        report: ReportCommand,
+    },
+    /// Recompute the hash chain and indexes.
+    Verify,
+    /// Rebuild projections from the log.
+    Rebuild {
+        /// One projection (default: all).
+        projection: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCommand {
+    /// Incident counts.
+    Behaviour {
+        #[arg(long, value_enum, default_value = "category")]
+        by: BehaviourBy,
+    },
+    /// Attendance % per pupil, with persistent (>=10% missed) and severe (>=50%) absence.
+    Attendance {
+        /// Only persistently (or severely) absent pupils.
+        #[arg(long)]
+        persistent: bool,
+    },
+    /// Suspension days per pupil this academic year against the 45-day limit; permanent exclusions.
+    Suspensions,
+    /// The reasonable-force log.
+    Force,
+    /// Intervention outcomes by kind.
+    Interventions,
+    /// Reintegration after suspensions, exclusions and alternative provision.
+    Reintegration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BehaviourBy {
+    Category,
+    Location,
+    Class,
+    Site,
+    Week,
+}
+
+/// How a command ended, mapped to the contract's exit codes.
+#[derive(Debug)]
+pub enum Failure {
+    /// The check or query found a problem (exit 1); already reported.
+    Found,
+    /// Bad input or usage (exit 2); nothing was written.
+    BadInput(String),
+    /// The store failed (exit 3).
+    Store(String),
+}
+
+impl Failure {
+    fn code(&self) -> u8 {
+        match self {
+            Failure::Found => 1,
+            Failure::BadInput(_) => 2,
+            Failure::Store(_) => 3,
+        }
+    }
+}
+
+impl From<casebook_engine::StoreError> for Failure {
+    fn from(e: casebook_engine::StoreError) -> Failure {
+        if e.is_store_failure() {
+            Failure::Store(e.to_string())
+        } else {
+            Failure::BadInput(e.to_string())
+        }
+    }
+}
 
 /// Entry point of the `casebook` binary.
-pub fn main() -> std::process::ExitCode {
-    std::process::ExitCode::SUCCESS
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse_from(record_data_args(std::env::args_os().collect())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // clap exits 0 for --help/--version and 2 for usage errors,
+            // which is the contract's "bad usage" code.
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    run_cli(cli)
+}
+
+/// Global flags that take a value, for finding the command name.
+const VALUE_FLAGS: &[&str] = &[
+    "--data",
+    "--database-url",
+    "--school",
+    "--as",
+    "--today",
+    "--format",
+];
+
+/// CONTRACT.md gives `record TYPE --pupil REF --data JSON` while `--data DIR`
+/// is also the global store flag. After the `record` command name, `--data`
+/// is the event's data: rewritten here to `--json` before clap sees it.
+pub fn record_data_args(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut i = 1;
+    while i < args.len() {
+        let Some(token) = args[i].to_str() else {
+            return args;
+        };
+        if token == "--" {
+            return args;
+        }
+        if token.starts_with('-') {
+            let takes_value = VALUE_FLAGS.contains(&token);
+            i += if takes_value { 2 } else { 1 };
+            continue;
+        }
+        if token != "record" {
+            return args;
+        }
+        for a in args.iter_mut().skip(i + 1) {
+            match a.to_str() {
+                Some("--data") => *a = "--json".into(),
+                Some(t) if t.starts_with("--data=") => {
+                    *a = format!("--json={}", &t["--data=".len()..]).into()
+                }
+                _ => {}
+            }
+        }
+        return args;
+    }
+    args
+}
+
+/// Runs a parsed command line and returns its exit code.
+pub fn run_cli(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match runtime.block_on(run::run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            match &failure {
+                Failure::Found => {}
+                Failure::BadInput(m) | Failure::Store(m) => eprintln!("error: {m}"),
+            }
+            ExitCode::from(failure.code())
+        }
+    }
 }

@@ -127,7 +127,10 @@ impl NewEvent {
 pub fn encode_payload(event: &CaseEvent) -> Result<Vec<u8>, CodecError> {
     let bytes = rmp_serde::to_vec_named(event).map_err(|e| CodecError::Encode(e.to_string()))?;
     if bytes.len() > MAX_PAYLOAD_BYTES {
-        return Err(CodecError::TooLarge { len: bytes.len(), max: MAX_PAYLOAD_BYTES });
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max: MAX_PAYLOAD_BYTES,
+        });
     }
     Ok(bytes)
 }

@@ -22,7 +22,11 @@ pub enum CodecError {
     #[error("payload of {len} bytes is larger than the limit of {max} bytes")]
     TooLarge { len: usize, max: usize },
     #[error("{event_type} at schema {schema}: {what}")]
-    Payload { event_type: String, schema: u32, what: String },
+    Payload {
+        event_type: String,
+        schema: u32,
+        what: String,
+    },
 }
 
 /// What can go wrong in a store.
@@ -30,7 +34,11 @@ pub enum CodecError {
 #[non_exhaustive]
 pub enum StoreError {
     #[error("stream {stream}: expected version {expected}, but the stream is at version {actual}")]
-    WrongExpectedVersion { stream: StreamId, expected: ExpectedVersion, actual: u64 },
+    WrongExpectedVersion {
+        stream: StreamId,
+        expected: ExpectedVersion,
+        actual: u64,
+    },
     #[error("event id {event_id} is already stored at position {position}")]
     DuplicateEventId { event_id: Uuid, position: u64 },
     #[error("event id {event_id} appears twice in one append")]
@@ -38,7 +46,11 @@ pub enum StoreError {
     #[error("append to stream {stream} has no events")]
     EmptyAppend { stream: StreamId },
     #[error("{what} ({count}) is over the limit of {limit}")]
-    Limit { what: &'static str, count: usize, limit: usize },
+    Limit {
+        what: &'static str,
+        count: usize,
+        limit: usize,
+    },
     #[error("store I/O error during {during}: {source}")]
     Io {
         during: &'static str,
@@ -64,7 +76,10 @@ impl StoreError {
         during: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> StoreError {
-        StoreError::Io { during, source: Box::new(source) }
+        StoreError::Io {
+            during,
+            source: Box::new(source),
+        }
     }
 
     /// True when the store itself failed (I/O, corruption) rather than the

@@ -63,13 +63,18 @@ pub enum ImportError {
 
 impl ImportError {
     fn line(line: usize, what: impl Into<String>) -> ImportError {
-        ImportError::Line { line, what: what.into() }
+        ImportError::Line {
+            line,
+            what: what.into(),
+        }
     }
 
     /// True when the store failed (exit 3) rather than the input (exit 2).
     pub fn is_store_failure(&self) -> bool {
         match self {
-            ImportError::Store { source, .. } | ImportError::Write(source) => source.is_store_failure(),
+            ImportError::Store { source, .. } | ImportError::Write(source) => {
+                source.is_store_failure()
+            }
             _ => false,
         }
     }
@@ -92,13 +97,22 @@ struct RawLine {
 
 fn check_ref(line: usize, field: &str, value: &str) -> Result<(), ImportError> {
     if value.trim().is_empty() {
-        return Err(ImportError::line(line, format!("field {field}: must not be empty")));
+        return Err(ImportError::line(
+            line,
+            format!("field {field}: must not be empty"),
+        ));
     }
     if value.chars().count() > MAX_REF_LEN {
-        return Err(ImportError::line(line, format!("field {field}: longer than {MAX_REF_LEN} characters")));
+        return Err(ImportError::line(
+            line,
+            format!("field {field}: longer than {MAX_REF_LEN} characters"),
+        ));
     }
     if value.chars().any(|c| c.is_control()) {
-        return Err(ImportError::line(line, format!("field {field}: contains a control character")));
+        return Err(ImportError::line(
+            line,
+            format!("field {field}: contains a control character"),
+        ));
     }
     Ok(())
 }
@@ -107,14 +121,20 @@ fn check_ref(line: usize, field: &str, value: &str) -> Result<(), ImportError> {
 pub fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| format!("field {field}: {text:?} is not an RFC 3339 time like 2026-09-15T10:20:00Z ({e})"))
+        .map_err(|e| {
+            format!(
+                "field {field}: {text:?} is not an RFC 3339 time like 2026-09-15T10:20:00Z ({e})"
+            )
+        })
 }
 
 /// Builds a typed event from a type name and its `data`, naming the
 /// offending field (`data.severity: invalid type ...`) on failure.
 pub fn event_from_json(event_type: &str, data: serde_json::Value) -> Result<CaseEvent, String> {
     if !EVENT_TYPES.contains(&event_type) {
-        return Err(format!("unknown event type {event_type:?} (the types are listed in docs/events.md)"));
+        return Err(format!(
+            "unknown event type {event_type:?} (the types are listed in docs/events.md)"
+        ));
     }
     if event_type == "RecordViewed" {
         return Err("RecordViewed is written by casebook itself when a record is read; it cannot be imported".into());
@@ -131,7 +151,13 @@ pub fn event_from_json(event_type: &str, data: serde_json::Value) -> Result<Case
 /// Parses one JSONL line. `line` is 1-based.
 pub fn parse_line(line: usize, text: &str) -> Result<ImportLine, ImportError> {
     if text.len() > MAX_LINE_BYTES {
-        return Err(ImportError::line(line, format!("line is {} bytes, over the limit of {MAX_LINE_BYTES}", text.len())));
+        return Err(ImportError::line(
+            line,
+            format!(
+                "line is {} bytes, over the limit of {MAX_LINE_BYTES}",
+                text.len()
+            ),
+        ));
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let raw: RawLine = {
@@ -148,19 +174,36 @@ pub fn parse_line(line: usize, text: &str) -> Result<ImportLine, ImportError> {
     };
     check_ref(line, "pupil", &raw.pupil)?;
     check_ref(line, "actor", &raw.actor)?;
-    let occurred_at = parse_time("occurred_at", &raw.occurred_at).map_err(|w| ImportError::line(line, w))?;
-    let mut event = event_from_json(&raw.event_type, raw.data).map_err(|w| ImportError::line(line, w))?;
+    let occurred_at =
+        parse_time("occurred_at", &raw.occurred_at).map_err(|w| ImportError::line(line, w))?;
+    let mut event =
+        event_from_json(&raw.event_type, raw.data).map_err(|w| ImportError::line(line, w))?;
     if let CaseEvent::PupilRegistered(p) = &mut event {
         if p.pupil.is_empty() {
             p.pupil = raw.pupil.clone();
         } else if p.pupil != raw.pupil {
-            return Err(ImportError::line(line, format!("field data.pupil: {:?} differs from the line's pupil {:?}", p.pupil, raw.pupil)));
+            return Err(ImportError::line(
+                line,
+                format!(
+                    "field data.pupil: {:?} differs from the line's pupil {:?}",
+                    p.pupil, raw.pupil
+                ),
+            ));
         }
     }
     if let Some(s) = &raw.school {
-        crate::store::sled::validate_school(s).map_err(|e| ImportError::line(line, format!("field school: {e}")))?;
+        crate::store::sled::validate_school(s)
+            .map_err(|e| ImportError::line(line, format!("field school: {e}")))?;
     }
-    Ok(ImportLine { line, pupil: raw.pupil, occurred_at, actor: raw.actor, id: raw.id, school: raw.school, event })
+    Ok(ImportLine {
+        line,
+        pupil: raw.pupil,
+        occurred_at,
+        actor: raw.actor,
+        id: raw.id,
+        school: raw.school,
+        event,
+    })
 }
 
 /// What an import will write to one school's log.
@@ -209,7 +252,11 @@ impl<'a> Planner<'a> {
         }
     }
 
-    async fn pupil(&mut self, line: usize, stream: StreamId) -> Result<&mut PupilPlan, ImportError> {
+    async fn pupil(
+        &mut self,
+        line: usize,
+        stream: StreamId,
+    ) -> Result<&mut PupilPlan, ImportError> {
         if !self.pupils.contains_key(&stream) {
             let stored = read_whole_stream(self.store, stream)
                 .await
@@ -218,15 +265,27 @@ impl<'a> Planner<'a> {
             for s in &stored {
                 let r = RecordedEvent::from_stored(s).map_err(|e| ImportError::Store {
                     line,
-                    source: StoreError::Corrupt { location: format!("position {}", s.position), what: e.to_string() },
+                    source: StoreError::Corrupt {
+                        location: format!("position {}", s.position),
+                        what: e.to_string(),
+                    },
                 })?;
                 state.apply(r.event_id, &r.event);
             }
             let base_version = stored.last().map(|e| e.version).unwrap_or(0);
             self.order.push(stream);
-            self.pupils.insert(stream, PupilPlan { state, base_version, events: Vec::new() });
+            self.pupils.insert(
+                stream,
+                PupilPlan {
+                    state,
+                    base_version,
+                    events: Vec::new(),
+                },
+            );
         }
-        self.pupils.get_mut(&stream).ok_or_else(|| ImportError::line(line, "internal: pupil state missing"))
+        self.pupils
+            .get_mut(&stream)
+            .ok_or_else(|| ImportError::line(line, "internal: pupil state missing"))
     }
 
     /// Validates one line and adds it to the plan.
@@ -240,7 +299,8 @@ impl<'a> Planner<'a> {
             causation_id: None,
             event_type: l.event.type_name().to_string(),
             schema: CURRENT_SCHEMA,
-            payload: encode_payload(&l.event).map_err(|e| ImportError::line(l.line, e.to_string()))?,
+            payload: encode_payload(&l.event)
+                .map_err(|e| ImportError::line(l.line, e.to_string()))?,
         };
         if let Some(id) = l.id {
             if let Some((first_line, earlier, earlier_stream)) = self.ids.get(&id) {
@@ -248,9 +308,19 @@ impl<'a> Planner<'a> {
                     self.duplicates += 1;
                     return Ok(());
                 }
-                return Err(ImportError::line(l.line, format!("field id: {id} was used on line {first_line} with different content")));
+                return Err(ImportError::line(
+                    l.line,
+                    format!("field id: {id} was used on line {first_line} with different content"),
+                ));
             }
-            let stored = self.store.find_event(id).await.map_err(|source| ImportError::Store { line: l.line, source })?;
+            let stored = self
+                .store
+                .find_event(id)
+                .await
+                .map_err(|source| ImportError::Store {
+                    line: l.line,
+                    source,
+                })?;
             if let Some(stored) = stored {
                 if stored.stream == stream && new.same_content_as(&stored) {
                     self.duplicates += 1;
@@ -258,19 +328,30 @@ impl<'a> Planner<'a> {
                 }
                 return Err(ImportError::line(
                     l.line,
-                    format!("field id: {id} is already stored (position {}) with different content", stored.position),
+                    format!(
+                        "field id: {id} is already stored (position {}) with different content",
+                        stored.position
+                    ),
                 ));
             }
         }
         let now = self.now;
         let plan = self.pupil(l.line, stream).await?;
-        let command = Command::Record(Record { event: l.event, occurred_at: l.occurred_at, now });
-        let events = decide(&plan.state, &command).map_err(|source| ImportError::Domain { line: l.line, source })?;
+        let command = Command::Record(Record {
+            event: l.event,
+            occurred_at: l.occurred_at,
+            now,
+        });
+        let events = decide(&plan.state, &command).map_err(|source| ImportError::Domain {
+            line: l.line,
+            source,
+        })?;
         for (i, event) in events.iter().enumerate() {
             if i > 0 {
                 new.event_id = Uuid::now_v7();
                 new.event_type = event.type_name().to_string();
-                new.payload = encode_payload(event).map_err(|e| ImportError::line(l.line, e.to_string()))?;
+                new.payload =
+                    encode_payload(event).map_err(|e| ImportError::line(l.line, e.to_string()))?;
             }
             plan.state.apply(new.event_id, event);
             plan.events.push(new.clone());
@@ -292,10 +373,18 @@ impl<'a> Planner<'a> {
             .filter(|(_, p)| !p.events.is_empty())
             .map(|(s, p)| AppendRequest {
                 stream: *s,
-                expected: if p.base_version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(p.base_version) },
+                expected: if p.base_version == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(p.base_version)
+                },
                 events: p.events,
             })
             .collect();
-        ImportPlan { requests, events: self.events, duplicates: self.duplicates }
+        ImportPlan {
+            requests,
+            events: self.events,
+            duplicates: self.duplicates,
+        }
     }
 }

@@ -23,10 +23,13 @@ pub struct SledBackend {
 
 impl Backend for SledBackend {
     fn fresh() -> Self {
-        SledBackend { dir: tempfile::tempdir().expect("temp dir") }
+        SledBackend {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
     fn open(&self) -> Arc<dyn EventStore> {
-        let store = casebook_engine::store::sled::SledStore::open(self.dir.path(), true).expect("open store");
+        let store = casebook_engine::store::sled::SledStore::open(self.dir.path(), true)
+            .expect("open store");
         store.log("test-school").expect("open log")
     }
 }
@@ -36,7 +39,8 @@ pub fn contact(n: u32) -> NewEvent {
         method: "phone".into(),
         summary: format!("call number {n}"),
     });
-    let at = Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + chrono::Duration::minutes(n as i64);
+    let at =
+        Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap() + chrono::Duration::minutes(n as i64);
     NewEvent::new(&event, at, "S017").expect("encode")
 }
 
@@ -45,22 +49,53 @@ pub fn pupil(n: u32) -> StreamId {
 }
 
 fn req(stream: StreamId, expected: ExpectedVersion, events: Vec<NewEvent>) -> AppendRequest {
-    AppendRequest { stream, expected, events }
+    AppendRequest {
+        stream,
+        expected,
+        events,
+    }
 }
 
 pub async fn append_assigns_gapless_positions_and_versions<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
-    let a = s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(1), contact(2)])).await.unwrap();
-    assert_eq!((a.first_position, a.last_position, a.first_version, a.last_version), (1, 2, 1, 2));
-    let c = s.append(req(pupil(2), ExpectedVersion::Any, vec![contact(3)])).await.unwrap();
+    let a = s
+        .append(req(
+            pupil(1),
+            ExpectedVersion::NoStream,
+            vec![contact(1), contact(2)],
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            a.first_position,
+            a.last_position,
+            a.first_version,
+            a.last_version
+        ),
+        (1, 2, 1, 2)
+    );
+    let c = s
+        .append(req(pupil(2), ExpectedVersion::Any, vec![contact(3)]))
+        .await
+        .unwrap();
     assert_eq!((c.first_position, c.first_version), (3, 1));
-    let d = s.append(req(pupil(1), ExpectedVersion::Exact(2), vec![contact(4)])).await.unwrap();
+    let d = s
+        .append(req(pupil(1), ExpectedVersion::Exact(2), vec![contact(4)]))
+        .await
+        .unwrap();
     assert_eq!((d.first_position, d.first_version), (4, 3));
     let all = s.read_all(1, 100).await.unwrap();
-    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
     let one = s.read_stream(pupil(1), 1, 100).await.unwrap();
-    assert_eq!(one.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(
+        one.iter().map(|e| e.version).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
     assert_eq!(one[2].position, 4);
     assert_eq!(s.stream_version(pupil(1)).await.unwrap(), 3);
     assert_eq!(s.stream_version(pupil(9)).await.unwrap(), 0);
@@ -69,18 +104,34 @@ pub async fn append_assigns_gapless_positions_and_versions<B: Backend>() {
 pub async fn wrong_expected_version_is_refused_and_writes_nothing<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
-    s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(1)])).await.unwrap();
-    let err = s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(2)])).await.unwrap_err();
-    assert!(matches!(err, StoreError::WrongExpectedVersion { actual: 1, .. }), "{err}");
-    let err = s.append(req(pupil(1), ExpectedVersion::Exact(5), vec![contact(3)])).await.unwrap_err();
-    assert!(matches!(err, StoreError::WrongExpectedVersion { .. }), "{err}");
+    s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(1)]))
+        .await
+        .unwrap();
+    let err = s
+        .append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(2)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { actual: 1, .. }),
+        "{err}"
+    );
+    let err = s
+        .append(req(pupil(1), ExpectedVersion::Exact(5), vec![contact(3)]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { .. }),
+        "{err}"
+    );
     assert_eq!(s.head().await.unwrap().position, 1);
 }
 
 pub async fn atomic_append_is_all_or_nothing<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
-    s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(1)])).await.unwrap();
+    s.append(req(pupil(1), ExpectedVersion::NoStream, vec![contact(1)]))
+        .await
+        .unwrap();
     let before = s.head().await.unwrap();
     // The second request's expectation fails: the first must not be written.
     let err = s
@@ -99,15 +150,36 @@ pub async fn duplicate_event_id_is_refused<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
     let e = contact(1);
-    s.append(req(pupil(1), ExpectedVersion::Any, vec![e.clone()])).await.unwrap();
-    let err = s.append(req(pupil(2), ExpectedVersion::Any, vec![e.clone()])).await.unwrap_err();
-    assert!(matches!(err, StoreError::DuplicateEventId { position: 1, .. }), "{err}");
-    let err = s.append(req(pupil(3), ExpectedVersion::Any, vec![contact(5), contact(5)])).await;
+    s.append(req(pupil(1), ExpectedVersion::Any, vec![e.clone()]))
+        .await
+        .unwrap();
+    let err = s
+        .append(req(pupil(2), ExpectedVersion::Any, vec![e.clone()]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::DuplicateEventId { position: 1, .. }),
+        "{err}"
+    );
+    let err = s
+        .append(req(
+            pupil(3),
+            ExpectedVersion::Any,
+            vec![contact(5), contact(5)],
+        ))
+        .await;
     // contact(5) twice has two different ids (fresh v7), so this succeeds;
     // the same NewEvent twice in one append must not.
     assert!(err.is_ok());
     let twice = contact(6);
-    let err = s.append(req(pupil(3), ExpectedVersion::Any, vec![twice.clone(), twice])).await.unwrap_err();
+    let err = s
+        .append(req(
+            pupil(3),
+            ExpectedVersion::Any,
+            vec![twice.clone(), twice],
+        ))
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::DuplicateInAppend { .. }), "{err}");
     assert!(s.find_event(e.event_id).await.unwrap().is_some());
 }
@@ -116,7 +188,9 @@ pub async fn chain_links_every_event_to_the_previous<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
     for n in 0..5 {
-        s.append(req(pupil(n % 2), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+        s.append(req(pupil(n % 2), ExpectedVersion::Any, vec![contact(n)]))
+            .await
+            .unwrap();
     }
     let all = s.read_all(1, 100).await.unwrap();
     assert_eq!(all[0].prev_hash, GENESIS_HASH);
@@ -133,7 +207,9 @@ pub async fn recorded_at_never_decreases<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
     for n in 0..20 {
-        s.append(req(pupil(n), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+        s.append(req(pupil(n), ExpectedVersion::Any, vec![contact(n)]))
+            .await
+            .unwrap();
     }
     let all = s.read_all(1, 100).await.unwrap();
     for w in all.windows(2) {
@@ -146,13 +222,18 @@ pub async fn acknowledged_events_survive_reopen<B: Backend>() {
     let head = {
         let s = b.open();
         for n in 0..10 {
-            s.append(req(pupil(n % 3), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+            s.append(req(pupil(n % 3), ExpectedVersion::Any, vec![contact(n)]))
+                .await
+                .unwrap();
         }
         s.head().await.unwrap()
     };
     let s = b.open();
     assert_eq!(s.head().await.unwrap(), head);
-    let a = s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(99)])).await.unwrap();
+    let a = s
+        .append(req(pupil(1), ExpectedVersion::Any, vec![contact(99)]))
+        .await
+        .unwrap();
     assert_eq!(a.first_position, 11);
     assert!(s.verify(&|_| {}).await.unwrap().ok);
 }
@@ -165,7 +246,13 @@ pub async fn concurrent_appends_are_group_committed_without_gaps<B: Backend>() {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
             for n in 0..10u32 {
-                s.append(req(pupil(w), ExpectedVersion::Exact(n as u64), vec![contact(n)])).await.unwrap();
+                s.append(req(
+                    pupil(w),
+                    ExpectedVersion::Exact(n as u64),
+                    vec![contact(n)],
+                ))
+                .await
+                .unwrap();
             }
         }));
     }
@@ -187,14 +274,18 @@ pub async fn subscription_catches_up_then_goes_live<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
     for n in 0..5 {
-        s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+        s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(n)]))
+            .await
+            .unwrap();
     }
     let mut sub = store::subscribe(s.clone(), 3);
     let writer = {
         let s = s.clone();
         tokio::spawn(async move {
             for n in 5..25 {
-                s.append(req(pupil(2), ExpectedVersion::Any, vec![contact(n)])).await.unwrap();
+                s.append(req(pupil(2), ExpectedVersion::Any, vec![contact(n)]))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -208,17 +299,29 @@ pub async fn subscription_catches_up_then_goes_live<B: Backend>() {
         seen.push(e.position);
     }
     writer.await.unwrap();
-    assert_eq!(seen, (3..=25).collect::<Vec<_>>(), "no gap or duplicate at the seam");
+    assert_eq!(
+        seen,
+        (3..=25).collect::<Vec<_>>(),
+        "no gap or duplicate at the seam"
+    );
 }
 
 pub async fn checkpoints_round_trip_outside_the_chain<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
-    s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(1)])).await.unwrap();
+    s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(1)]))
+        .await
+        .unwrap();
     assert_eq!(s.load_checkpoint("caseload").await.unwrap(), None);
     s.save_checkpoint("caseload", vec![1, 2, 3]).await.unwrap();
-    assert_eq!(s.load_checkpoint("caseload").await.unwrap(), Some(vec![1, 2, 3]));
-    assert!(s.verify(&|_| {}).await.unwrap().ok, "checkpoints are not events");
+    assert_eq!(
+        s.load_checkpoint("caseload").await.unwrap(),
+        Some(vec![1, 2, 3])
+    );
+    assert!(
+        s.verify(&|_| {}).await.unwrap().ok,
+        "checkpoints are not events"
+    );
     s.clear_checkpoints().await.unwrap();
     assert_eq!(s.load_checkpoint("caseload").await.unwrap(), None);
 }
@@ -227,7 +330,9 @@ pub async fn payloads_decode_to_the_recorded_event<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
     let e = contact(7);
-    s.append(req(pupil(1), ExpectedVersion::Any, vec![e.clone()])).await.unwrap();
+    s.append(req(pupil(1), ExpectedVersion::Any, vec![e.clone()]))
+        .await
+        .unwrap();
     let stored = s.find_event(e.event_id).await.unwrap().unwrap();
     assert!(e.same_content_as(&stored));
     match stored.case_event().unwrap() {

@@ -16,7 +16,10 @@ use crate::conformance::contact;
 const EVENTS: u64 = 24;
 
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
 }
 
 /// A log of `EVENTS` events over three pupils.
@@ -25,9 +28,13 @@ async fn filled(dir: &Path) -> Arc<SledLog> {
     let log = store.log("tamper").expect("log");
     for n in 0..EVENTS as u32 {
         let stream = StreamId::for_pupil("tamper", &format!("P{}", n % 3));
-        log.append(AppendRequest { stream, expected: ExpectedVersion::Any, events: vec![contact(n)] })
-            .await
-            .expect("append");
+        log.append(AppendRequest {
+            stream,
+            expected: ExpectedVersion::Any,
+            events: vec![contact(n)],
+        })
+        .await
+        .expect("append");
     }
     log
 }
@@ -136,7 +143,8 @@ fn an_inserted_event_is_reported() {
         }
         let prev = StoredEvent::decode(&tree.get(e_key(7)).unwrap().unwrap()).unwrap();
         let stream = StreamId::for_pupil("tamper", "P9");
-        let (_, bytes) = StoredEvent::seal(&contact(999), stream, 8, 1, prev.recorded_at, prev.hash).unwrap();
+        let (_, bytes) =
+            StoredEvent::seal(&contact(999), stream, 8, 1, prev.recorded_at, prev.hash).unwrap();
         tree.insert(e_key(8), bytes).unwrap();
         let r = verify(&log).await;
         let first = first_problem(&r);
@@ -155,7 +163,9 @@ fn damaged_head_is_reported_on_open() {
     });
     let store = SledStore::open(dir.path(), false).expect("store opens");
     match store.log("tamper") {
-        Err(StoreError::Corrupt { what, .. }) => assert!(what.contains("head says position"), "{what}"),
+        Err(StoreError::Corrupt { what, .. }) => {
+            assert!(what.contains("head says position"), "{what}")
+        }
         Err(other) => panic!("unexpected error {other}"),
         Ok(_) => panic!("a damaged log was opened without complaint"),
     }
@@ -171,7 +181,10 @@ fn newer_format_is_refused() {
         db.flush().unwrap();
     }
     match SledStore::open(dir.path(), false) {
-        Err(StoreError::UnsupportedFormat { found: 99, supported }) => assert!(supported < 99),
+        Err(StoreError::UnsupportedFormat {
+            found: 99,
+            supported,
+        }) => assert!(supported < 99),
         Err(other) => panic!("unexpected error {other}"),
         Ok(_) => panic!("a store from the future was opened"),
     }

@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::envelope::{chain_hash, split_value, Hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
+use crate::envelope::{
+    chain_hash, split_value, Hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH,
+};
 use crate::error::StoreError;
 
 /// What the caller expects the stream's version to be before its append.
@@ -134,8 +136,11 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// Up to `max` events of the log from `from_position` (1 = the first).
-    async fn read_all(&self, from_position: u64, max: usize)
-        -> Result<Vec<StoredEvent>, StoreError>;
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError>;
 
     /// The stream's current version (0 when it has no events).
     async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError>;
@@ -161,8 +166,10 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Recomputes the hash chain and checks positions, versions and indexes.
     /// `progress` is called with the number of events checked so far.
-    async fn verify(&self, progress: &(dyn Fn(u64) + Send + Sync))
-        -> Result<VerifyReport, StoreError>;
+    async fn verify(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<VerifyReport, StoreError>;
 }
 
 /// Reads a whole stream, page by page. For a pupil's record (bounded by one
@@ -276,7 +283,10 @@ impl ChainVerifier {
     pub fn problem(&mut self, position: u64, what: impl Into<String>) {
         self.problem_count += 1;
         if self.problems.len() < MAX_REPORTED_PROBLEMS {
-            self.problems.push(Problem { position, what: what.into() });
+            self.problems.push(Problem {
+                position,
+                what: what.into(),
+            });
         }
     }
 
@@ -289,8 +299,11 @@ impl ChainVerifier {
                 let missing = key_position - self.expected_position;
                 self.problem(
                     self.expected_position,
-                    format!("event missing: positions {}..{} are absent ({missing} events)",
-                        self.expected_position, key_position - 1),
+                    format!(
+                        "event missing: positions {}..{} are absent ({missing} events)",
+                        self.expected_position,
+                        key_position - 1
+                    ),
                 );
             } else {
                 self.problem(key_position, "position out of order or duplicated");
@@ -321,18 +334,28 @@ impl ChainVerifier {
         }
         if let Ok((body, hash)) = split_value(value) {
             if chain_hash(&event.prev_hash, body) != hash {
-                self.problem(key_position, "hash does not match the event's content (event altered)");
+                self.problem(
+                    key_position,
+                    "hash does not match the event's content (event altered)",
+                );
             }
         }
-        let last = self.stream_versions.get(&event.stream).copied().unwrap_or(0);
+        let last = self
+            .stream_versions
+            .get(&event.stream)
+            .copied()
+            .unwrap_or(0);
         if event.version != last + 1 {
             self.problem(
                 key_position,
-                format!("stream {} version {} follows version {last} (versions must be gapless)",
-                    event.stream, event.version),
+                format!(
+                    "stream {} version {} follows version {last} (versions must be gapless)",
+                    event.stream, event.version
+                ),
             );
         }
-        self.stream_versions.insert(event.stream, event.version.max(last));
+        self.stream_versions
+            .insert(event.stream, event.version.max(last));
         self.prev_hash = event.hash;
         Some(event)
     }
@@ -362,7 +385,10 @@ impl ChainVerifier {
         problems.sort_by_key(|p| p.position);
         if self.problem_count > problems.len() as u64 {
             let more = self.problem_count - problems.len() as u64;
-            problems.push(Problem { position: 0, what: format!("{more} further problems not listed") });
+            problems.push(Problem {
+                position: 0,
+                what: format!("{more} further problems not listed"),
+            });
         }
         VerifyReport {
             ok: problems.is_empty(),

@@ -98,11 +98,17 @@ impl SledStore {
                         what: format!("format version has {} bytes, expected 4", v.len()),
                     })?;
                 if found > FORMAT_VERSION {
-                    return Err(StoreError::UnsupportedFormat { found, supported: FORMAT_VERSION });
+                    return Err(StoreError::UnsupportedFormat {
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
                 }
             }
             None => {
-                let has_logs = db.tree_names().iter().any(|n| n.starts_with(LOG_TREE_PREFIX.as_bytes()));
+                let has_logs = db
+                    .tree_names()
+                    .iter()
+                    .any(|n| n.starts_with(LOG_TREE_PREFIX.as_bytes()));
                 if has_logs || !db.is_empty() {
                     return Err(StoreError::Corrupt {
                         location: path_text,
@@ -114,7 +120,11 @@ impl SledStore {
                 db.flush().map_err(|e| StoreError::io("init", e))?;
             }
         }
-        Ok(Arc::new(SledStore { db, path: dir.to_path_buf(), logs: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(SledStore {
+            db,
+            path: dir.to_path_buf(),
+            logs: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// The directory of the store.
@@ -144,22 +154,37 @@ impl SledStore {
         self.db
             .tree_names()
             .iter()
-            .filter_map(|n| std::str::from_utf8(n).ok()?.strip_prefix(LOG_TREE_PREFIX).map(String::from))
+            .filter_map(|n| {
+                std::str::from_utf8(n)
+                    .ok()?
+                    .strip_prefix(LOG_TREE_PREFIX)
+                    .map(String::from)
+            })
             .collect()
     }
 
     /// Bytes the store occupies on disk.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        self.db.size_on_disk().map_err(|e| StoreError::io("size", e))
+        self.db
+            .size_on_disk()
+            .map_err(|e| StoreError::io("size", e))
     }
 }
 
 fn open_error(e: sled::Error, path: &str) -> StoreError {
     let text = e.to_string();
     if text.contains("lock") {
-        StoreError::InUse { path: path.to_string() }
-    } else if matches!(e, sled::Error::Corruption { .. } | sled::Error::Unsupported(_)) {
-        StoreError::Corrupt { location: path.to_string(), what: text }
+        StoreError::InUse {
+            path: path.to_string(),
+        }
+    } else if matches!(
+        e,
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_)
+    ) {
+        StoreError::Corrupt {
+            location: path.to_string(),
+            what: text,
+        }
     } else {
         StoreError::io("open", e)
     }
@@ -167,14 +192,20 @@ fn open_error(e: sled::Error, path: &str) -> StoreError {
 
 /// Checks a school id: it names a tree and feeds stream ids.
 pub fn validate_school(school: &str) -> Result<(), StoreError> {
-    let bad = |what: &str| StoreError::InvalidSchool { school: school.to_string(), what: what.to_string() };
+    let bad = |what: &str| StoreError::InvalidSchool {
+        school: school.to_string(),
+        what: what.to_string(),
+    };
     if school.is_empty() {
         return Err(bad("must not be empty"));
     }
     if school.len() > MAX_SCHOOL_ID_LEN {
         return Err(bad("longer than 64 characters"));
     }
-    if !school.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+    if !school
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
         return Err(bad("only letters, digits, '-', '_' and '.' are allowed"));
     }
     Ok(())
@@ -303,7 +334,11 @@ impl SledLog {
     }
 
     fn get_event(&self, position: u64) -> Result<Option<StoredEvent>, StoreError> {
-        match self.tree.get(e_key(position)).map_err(|e| StoreError::io("read", e))? {
+        match self
+            .tree
+            .get(e_key(position))
+            .map_err(|e| StoreError::io("read", e))?
+        {
             None => Ok(None),
             Some(v) => decode_at(position, &v).map(Some),
         }
@@ -328,7 +363,9 @@ fn decode_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
 /// damaged store is reported on open rather than extended.
 fn recover_head(tree: &sled::Tree, school: &str) -> Result<(u64, Hash, i64), StoreError> {
     let location = || format!("log {school:?} head");
-    let meta = tree.get(HEAD_KEY).map_err(|e| StoreError::io("open log", e))?;
+    let meta = tree
+        .get(HEAD_KEY)
+        .map_err(|e| StoreError::io("open log", e))?;
     let last = tree
         .scan_prefix(b"e")
         .next_back()
@@ -337,15 +374,18 @@ fn recover_head(tree: &sled::Tree, school: &str) -> Result<(u64, Hash, i64), Sto
     match (meta, last) {
         (None, None) => Ok((0, GENESIS_HASH, i64::MIN)),
         (Some(m), Some((k, v))) => {
-            let (position, hash, recorded) = decode_head(&m).ok_or_else(|| StoreError::Corrupt {
-                location: location(),
-                what: "head record is malformed".into(),
-            })?;
+            let (position, hash, recorded) =
+                decode_head(&m).ok_or_else(|| StoreError::Corrupt {
+                    location: location(),
+                    what: "head record is malformed".into(),
+                })?;
             let key_pos = be_u64(&k[1..]).unwrap_or(0);
             if key_pos != position {
                 return Err(StoreError::Corrupt {
                     location: location(),
-                    what: format!("head says position {position} but the last event is at {key_pos}"),
+                    what: format!(
+                        "head says position {position} but the last event is at {key_pos}"
+                    ),
                 });
             }
             let event = decode_at(key_pos, &v)?;
@@ -357,8 +397,14 @@ fn recover_head(tree: &sled::Tree, school: &str) -> Result<(u64, Hash, i64), Sto
             }
             Ok((position, hash, recorded))
         }
-        (None, Some(_)) => Err(StoreError::Corrupt { location: location(), what: "events without a head record".into() }),
-        (Some(_), None) => Err(StoreError::Corrupt { location: location(), what: "head record without events".into() }),
+        (None, Some(_)) => Err(StoreError::Corrupt {
+            location: location(),
+            what: "events without a head record".into(),
+        }),
+        (Some(_), None) => Err(StoreError::Corrupt {
+            location: location(),
+            what: "head record without events".into(),
+        }),
     }
 }
 
@@ -418,7 +464,8 @@ impl Writer {
     fn commit_group(&mut self, group: Vec<Commit>) -> bool {
         let now_us = Utc::now().timestamp_micros();
         let recorded_us = now_us.max(self.last_recorded_us);
-        let recorded_at = DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
+        let recorded_at =
+            DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
         let mut batch = sled::Batch::default();
         let mut versions: HashMap<StreamId, u64> = HashMap::new();
         let mut ids: HashSet<Uuid> = HashSet::new();
@@ -426,7 +473,15 @@ impl Writer {
         let mut hash = self.hash;
         let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
         for commit in group {
-            match self.stage(&commit.requests, &mut batch, &mut versions, &mut ids, &mut position, &mut hash, recorded_at) {
+            match self.stage(
+                &commit.requests,
+                &mut batch,
+                &mut versions,
+                &mut ids,
+                &mut position,
+                &mut hash,
+                recorded_at,
+            ) {
                 Ok(appended) => staged.push((commit.reply, appended)),
                 Err(e) => {
                     let _ = commit.reply.send(Err(e));
@@ -441,7 +496,12 @@ impl Writer {
             .tree
             .apply_batch(batch)
             .map_err(|e| StoreError::io("append", e))
-            .and_then(|()| self.db.flush().map(|_| ()).map_err(|e| StoreError::io("flush", e)));
+            .and_then(|()| {
+                self.db
+                    .flush()
+                    .map(|_| ())
+                    .map_err(|e| StoreError::io("flush", e))
+            });
         match result {
             Ok(()) => {
                 debug_assert!(position > self.position, "a staged group advances the head");
@@ -458,14 +518,21 @@ impl Writer {
             Err(e) => {
                 let text = e.to_string();
                 for (reply, _) in staged {
-                    let _ = reply.send(Err(StoreError::Io { during: "append", source: text.clone().into() }));
+                    let _ = reply.send(Err(StoreError::Io {
+                        during: "append",
+                        source: text.clone().into(),
+                    }));
                 }
                 false
             }
         }
     }
 
-    fn stream_version(&self, overlay: &HashMap<StreamId, u64>, stream: StreamId) -> Result<u64, StoreError> {
+    fn stream_version(
+        &self,
+        overlay: &HashMap<StreamId, u64>,
+        stream: StreamId,
+    ) -> Result<u64, StoreError> {
         if let Some(v) = overlay.get(&stream) {
             return Ok(*v);
         }
@@ -487,7 +554,11 @@ impl Writer {
     ) -> Result<Vec<Appended>, StoreError> {
         let total: usize = requests.iter().map(|r| r.events.len()).sum();
         if total > MAX_EVENTS_PER_APPEND {
-            return Err(StoreError::Limit { what: "events in one append", count: total, limit: MAX_EVENTS_PER_APPEND });
+            return Err(StoreError::Limit {
+                what: "events in one append",
+                count: total,
+                limit: MAX_EVENTS_PER_APPEND,
+            });
         }
         // Pass 1: check, against the group's state so far, without staging.
         let mut local: HashMap<StreamId, u64> = HashMap::new();
@@ -501,15 +572,28 @@ impl Writer {
                 None => self.stream_version(versions, r.stream)?,
             };
             if !r.expected.admits(actual) {
-                return Err(StoreError::WrongExpectedVersion { stream: r.stream, expected: r.expected, actual });
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: r.stream,
+                    expected: r.expected,
+                    actual,
+                });
             }
             local.insert(r.stream, actual + r.events.len() as u64);
             for e in &r.events {
                 if ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
-                    return Err(StoreError::DuplicateInAppend { event_id: e.event_id });
+                    return Err(StoreError::DuplicateInAppend {
+                        event_id: e.event_id,
+                    });
                 }
-                if let Some(p) = self.tree.get(i_key(e.event_id)).map_err(|e| StoreError::io("append", e))? {
-                    return Err(StoreError::DuplicateEventId { event_id: e.event_id, position: be_u64(&p).unwrap_or(0) });
+                if let Some(p) = self
+                    .tree
+                    .get(i_key(e.event_id))
+                    .map_err(|e| StoreError::io("append", e))?
+                {
+                    return Err(StoreError::DuplicateEventId {
+                        event_id: e.event_id,
+                        position: be_u64(&p).unwrap_or(0),
+                    });
                 }
             }
         }
@@ -580,14 +664,25 @@ fn last_version(tree: &sled::Tree, stream: StreamId, max_position: u64) -> Resul
 
 #[async_trait]
 impl EventStore for SledLog {
-    async fn append_atomic(&self, requests: Vec<AppendRequest>) -> Result<Vec<Appended>, StoreError> {
+    async fn append_atomic(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError> {
         let sender = self.sender.as_ref().ok_or(StoreError::WriterStopped)?;
         let (reply, answer) = oneshot::channel();
-        sender.send(Commit { requests, reply }).await.map_err(|_| StoreError::WriterStopped)?;
+        sender
+            .send(Commit { requests, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
         answer.await.map_err(|_| StoreError::WriterStopped)?
     }
 
-    async fn read_stream(&self, stream: StreamId, from_version: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let durable = self.durable_position();
         let max = max.min(MAX_READ_PAGE);
         let mut out = Vec::new();
@@ -604,16 +699,22 @@ impl EventStore for SledLog {
             if position > durable {
                 break;
             }
-            let event = self.get_event(position)?.ok_or_else(|| StoreError::Corrupt {
-                location: format!("position {position}"),
-                what: format!("stream {stream} index points at a missing event"),
-            })?;
+            let event = self
+                .get_event(position)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    location: format!("position {position}"),
+                    what: format!("stream {stream} index points at a missing event"),
+                })?;
             out.push(event);
         }
         Ok(out)
     }
 
-    async fn read_all(&self, from_position: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
         let durable = self.durable_position();
         let from = from_position.max(1);
         if from > durable {
@@ -634,7 +735,11 @@ impl EventStore for SledLog {
     }
 
     async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        let Some(p) = self.tree.get(i_key(event_id)).map_err(|e| StoreError::io("read", e))? else {
+        let Some(p) = self
+            .tree
+            .get(i_key(event_id))
+            .map_err(|e| StoreError::io("read", e))?
+        else {
             return Ok(None);
         };
         let position = be_u64(&p).ok_or_else(|| StoreError::Corrupt {
@@ -650,13 +755,21 @@ impl EventStore for SledLog {
     async fn head(&self) -> Result<Head, StoreError> {
         let position = self.durable_position();
         if position == 0 {
-            return Ok(Head { position: 0, hash: GENESIS_HASH });
+            return Ok(Head {
+                position: 0,
+                hash: GENESIS_HASH,
+            });
         }
-        let event = self.get_event(position)?.ok_or_else(|| StoreError::Corrupt {
-            location: format!("position {position}"),
-            what: "head event is missing".into(),
-        })?;
-        Ok(Head { position, hash: event.hash })
+        let event = self
+            .get_event(position)?
+            .ok_or_else(|| StoreError::Corrupt {
+                location: format!("position {position}"),
+                what: "head event is missing".into(),
+            })?;
+        Ok(Head {
+            position,
+            hash: event.hash,
+        })
     }
 
     fn watch_head(&self) -> watch::Receiver<u64> {
@@ -664,12 +777,21 @@ impl EventStore for SledLog {
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.tree.get(c_key(name)).map_err(|e| StoreError::io("read checkpoint", e))?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(c_key(name))
+            .map_err(|e| StoreError::io("read checkpoint", e))?
+            .map(|v| v.to_vec()))
     }
 
     async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        self.tree.insert(c_key(name), bytes).map_err(|e| StoreError::io("write checkpoint", e))?;
-        self.db.flush_async().await.map_err(|e| StoreError::io("flush checkpoint", e))?;
+        self.tree
+            .insert(c_key(name), bytes)
+            .map_err(|e| StoreError::io("write checkpoint", e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StoreError::io("flush checkpoint", e))?;
         Ok(())
     }
 
@@ -679,12 +801,20 @@ impl EventStore for SledLog {
             let (k, _) = item.map_err(|e| StoreError::io("read checkpoint", e))?;
             batch.remove(k);
         }
-        self.tree.apply_batch(batch).map_err(|e| StoreError::io("clear checkpoints", e))?;
-        self.db.flush_async().await.map_err(|e| StoreError::io("flush checkpoint", e))?;
+        self.tree
+            .apply_batch(batch)
+            .map_err(|e| StoreError::io("clear checkpoints", e))?;
+        self.db
+            .flush_async()
+            .await
+            .map_err(|e| StoreError::io("flush checkpoint", e))?;
         Ok(())
     }
 
-    async fn verify(&self, progress: &(dyn Fn(u64) + Send + Sync)) -> Result<VerifyReport, StoreError> {
+    async fn verify(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<VerifyReport, StoreError> {
         let mut v = ChainVerifier::new();
         let mut index_hits: u64 = 0;
         for item in self.tree.scan_prefix(b"e") {
@@ -694,16 +824,34 @@ impl EventStore for SledLog {
                 continue;
             };
             if let Some(event) = v.check(key_position, &value) {
-                let s = self.tree.get(s_key(event.stream, event.version)).map_err(|e| StoreError::io("verify", e))?;
+                let s = self
+                    .tree
+                    .get(s_key(event.stream, event.version))
+                    .map_err(|e| StoreError::io("verify", e))?;
                 match s.as_deref().and_then(be_u64) {
                     Some(p) if p == key_position => index_hits += 1,
-                    Some(p) => v.problem(key_position, format!("stream index for version {} points at position {p}", event.version)),
-                    None => v.problem(key_position, format!("stream index has no entry for version {}", event.version)),
+                    Some(p) => v.problem(
+                        key_position,
+                        format!(
+                            "stream index for version {} points at position {p}",
+                            event.version
+                        ),
+                    ),
+                    None => v.problem(
+                        key_position,
+                        format!("stream index has no entry for version {}", event.version),
+                    ),
                 }
-                let i = self.tree.get(i_key(event.event_id)).map_err(|e| StoreError::io("verify", e))?;
+                let i = self
+                    .tree
+                    .get(i_key(event.event_id))
+                    .map_err(|e| StoreError::io("verify", e))?;
                 match i.as_deref().and_then(be_u64) {
                     Some(p) if p == key_position => index_hits += 1,
-                    Some(p) => v.problem(key_position, format!("event id index points at position {p}")),
+                    Some(p) => v.problem(
+                        key_position,
+                        format!("event id index points at position {p}"),
+                    ),
                     None => v.problem(key_position, "event id index has no entry"),
                 }
             }
@@ -725,20 +873,31 @@ impl EventStore for SledLog {
                         v.problem(0, format!("index key {:?} holds no position", k.as_ref()));
                         continue;
                     };
-                    if self.tree.get(e_key(position)).map_err(|e| StoreError::io("verify", e))?.is_none() {
+                    if self
+                        .tree
+                        .get(e_key(position))
+                        .map_err(|e| StoreError::io("verify", e))?
+                        .is_none()
+                    {
                         v.problem(position, "an index entry points at this position, but no event is stored there (event removed)");
                     }
                 }
             }
         }
-        let head = self.tree.get(HEAD_KEY).map_err(|e| StoreError::io("verify", e))?;
+        let head = self
+            .tree
+            .get(HEAD_KEY)
+            .map_err(|e| StoreError::io("verify", e))?;
         match (head.as_deref().and_then(decode_head), events) {
             (None, 0) => {}
             (None, _) => v.problem(0, "head record is missing"),
             (Some((p, h, _)), _) => {
                 let last = v.expected_position().saturating_sub(1);
                 if p != last {
-                    v.problem(last.min(p) + 1, format!("head record says position {p}, the log ends at {last}"));
+                    v.problem(
+                        last.min(p) + 1,
+                        format!("head record says position {p}, the log ends at {last}"),
+                    );
                 } else if h != v.last_hash() {
                     v.problem(p, "head record hash differs from the last event's hash");
                 }

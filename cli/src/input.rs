@@ -1,0 +1,127 @@
+//! Reading JSONL input safely: bounded line length, CRLF and a leading BOM
+//! tolerated, invalid UTF-8 reported with its line.
+
+use std::io::BufRead;
+
+use casebook_engine::import::MAX_LINE_BYTES;
+
+/// One physical line of input.
+pub enum Line {
+    /// A line of text (without its line ending).
+    Text(String),
+    /// The line was longer than the limit; its bytes were skipped.
+    TooLong(usize),
+    /// The line is not valid UTF-8; the byte offset of the first bad byte.
+    BadUtf8(usize),
+}
+
+/// Reads lines without ever holding more than `MAX_LINE_BYTES` of one line.
+pub struct Lines<R> {
+    reader: R,
+    number: usize,
+}
+
+impl<R: BufRead> Lines<R> {
+    pub fn new(reader: R) -> Self {
+        Lines { reader, number: 0 }
+    }
+
+    /// The next line and its 1-based number, or `None` at the end.
+    pub fn next_line(&mut self) -> std::io::Result<Option<(usize, Line)>> {
+        let mut buf = Vec::new();
+        let mut total = 0usize;
+        let mut saw_any = false;
+        loop {
+            let available = self.reader.fill_buf()?;
+            if available.is_empty() {
+                break;
+            }
+            saw_any = true;
+            let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+                Some(i) => (&available[..i], Some(i + 1)),
+                None => (available, None),
+            };
+            total += chunk.len();
+            if total <= MAX_LINE_BYTES {
+                buf.extend_from_slice(chunk);
+            }
+            let consumed = done.unwrap_or(available.len());
+            self.reader.consume(consumed);
+            if done.is_some() {
+                break;
+            }
+        }
+        if !saw_any {
+            return Ok(None);
+        }
+        self.number += 1;
+        if total > MAX_LINE_BYTES {
+            return Ok(Some((self.number, Line::TooLong(total))));
+        }
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        match String::from_utf8(buf) {
+            Ok(mut s) => {
+                if self.number == 1 && s.starts_with('\u{feff}') {
+                    s.drain(..3);
+                }
+                Ok(Some((self.number, Line::Text(s))))
+            }
+            Err(e) => Ok(Some((
+                self.number,
+                Line::BadUtf8(e.utf8_error().valid_up_to()),
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(input: &[u8]) -> Vec<(usize, String)> {
+        let mut lines = Lines::new(input);
+        let mut out = Vec::new();
+        while let Some((n, l)) = lines.next_line().unwrap() {
+            out.push((
+                n,
+                match l {
+                    Line::Text(s) => s,
+                    Line::TooLong(len) => format!("<too long {len}>"),
+                    Line::BadUtf8(at) => format!("<bad utf8 at {at}>"),
+                },
+            ));
+        }
+        out
+    }
+
+    #[test]
+    fn crlf_bom_and_missing_final_newline_are_handled() {
+        let got = read_all(b"\xef\xbb\xbfa\r\nb\n\nc");
+        assert_eq!(
+            got,
+            vec![
+                (1, "a".into()),
+                (2, "b".into()),
+                (3, "".into()),
+                (4, "c".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn an_overlong_line_is_reported_without_being_buffered() {
+        let mut input = vec![b'x'; MAX_LINE_BYTES + 10];
+        input.extend_from_slice(b"\nok\n");
+        let got = read_all(&input);
+        assert_eq!(got[0], (1, format!("<too long {}>", MAX_LINE_BYTES + 10)));
+        assert_eq!(got[1], (2, "ok".into()));
+    }
+
+    #[test]
+    fn invalid_utf8_names_its_offset() {
+        let got = read_all(b"ok\nab\xffcd\n");
+        assert_eq!(got[1], (2, "<bad utf8 at 2>".into()));
+    }
+}

@@ -1,0 +1,335 @@
+//! The commands: open the store, do the work, print the result.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::sync::Arc;
+use std::time::Instant;
+
+use casebook_engine::import::{
+    event_from_json, parse_line, parse_time, ImportError, ImportLine, Planner,
+};
+use casebook_engine::store::sled::SledStore;
+use casebook_engine::store::{AppendRequest, EventStore};
+use chrono::{DateTime, NaiveDate, Utc};
+
+use crate::input::{Line, Lines};
+use crate::{progress, views, Cli, Command, Failure, Format};
+
+/// Everything a command needs to reach its store.
+pub(crate) struct Ctx {
+    pub cli_format: Format,
+    pub school: String,
+    pub actor: Option<String>,
+    pub today: NaiveDate,
+    pub now: DateTime<Utc>,
+    store: Option<Arc<SledStore>>,
+    data: std::path::PathBuf,
+}
+
+impl Ctx {
+    /// Opens the store (creating it when `create`).
+    pub fn store(&mut self, create: bool) -> Result<Arc<SledStore>, Failure> {
+        if let Some(s) = &self.store {
+            return Ok(s.clone());
+        }
+        let s = SledStore::open(&self.data, create)?;
+        self.store = Some(s.clone());
+        Ok(s)
+    }
+
+    /// The log of `school` (default: --school).
+    pub fn log(&mut self, school: Option<&str>) -> Result<Arc<dyn EventStore>, Failure> {
+        let school = school.unwrap_or(&self.school).to_string();
+        let store = self.store(false)?;
+        Ok(store.log(&school)?)
+    }
+
+    /// The acting member of staff, or a usage error naming the command.
+    pub fn require_actor(&self, command: &str) -> Result<String, Failure> {
+        self.actor.clone().ok_or_else(|| {
+            Failure::BadInput(format!(
+                "{command} needs to know who is recording: pass --as STAFF or set CASEBOOK_ACTOR"
+            ))
+        })
+    }
+
+    /// Refuses formats a command cannot print.
+    pub fn formats(&self, command: &str, allowed: &[Format]) -> Result<Format, Failure> {
+        if allowed.contains(&self.cli_format) {
+            Ok(self.cli_format)
+        } else {
+            Err(Failure::BadInput(format!(
+                "{command} cannot print --format {:?}; it prints {}",
+                self.cli_format,
+                allowed
+                    .iter()
+                    .map(|f| format!("{f:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    }
+}
+
+pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
+    if cli.database_url.is_some() {
+        return Err(Failure::BadInput(
+            "the PostgreSQL backend (--database-url / CASEBOOK_DATABASE_URL) is not available in this build yet; use the embedded store (--data)".into(),
+        ));
+    }
+    casebook_engine::store::sled::validate_school(&cli.school)?;
+    let now = Utc::now();
+    let mut ctx = Ctx {
+        cli_format: cli.format,
+        school: cli.school.clone(),
+        actor: cli.actor.clone(),
+        today: cli.today.unwrap_or_else(|| now.date_naive()),
+        now,
+        store: None,
+        data: cli.data.clone(),
+    };
+    match cli.command {
+        Command::Init => init(&mut ctx),
+        Command::Demo { pupils, seed, year } => {
+            crate::demo_cmd::run(&mut ctx, pupils, seed, year).await
+        }
+        Command::Import { file } => import(&mut ctx, &file).await,
+        Command::Record {
+            event_type,
+            pupil,
+            event_data,
+            occurred_at,
+            id,
+        } => {
+            record(
+                &mut ctx,
+                &event_type,
+                &pupil,
+                &event_data,
+                occurred_at.as_deref(),
+                id,
+            )
+            .await
+        }
+        Command::Verify => verify(&mut ctx).await,
+        Command::Timeline {
+            pupil,
+            as_of,
+            safeguarding_only,
+            purpose,
+        } => {
+            let as_of = as_of.as_deref().map(parse_as_of).transpose()?;
+            views::timeline(&mut ctx, &pupil, as_of, safeguarding_only, purpose).await
+        }
+        Command::Audit { pupil, purpose } => views::audit(&mut ctx, &pupil, purpose).await,
+        Command::Caseload { keyworker } => views::caseload(&mut ctx, keyworker.as_deref()).await,
+        Command::Report { report } => views::report(&mut ctx, report).await,
+        Command::Rebuild { projection } => views::rebuild(&mut ctx, projection.as_deref()).await,
+    }
+}
+
+/// `--as-of`: an RFC 3339 time, or a date meaning the end of that day (UTC):
+/// "what did we know on 3 March" includes everything recorded that day.
+fn parse_as_of(text: &str) -> Result<DateTime<Utc>, Failure> {
+    if let Ok(date) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        let end = date
+            .and_hms_micro_opt(23, 59, 59, 999_999)
+            .map(|t| t.and_utc());
+        return end.ok_or_else(|| Failure::BadInput(format!("--as-of {text}: date out of range")));
+    }
+    parse_time("--as-of", text).map_err(Failure::BadInput)
+}
+
+fn init(ctx: &mut Ctx) -> Result<(), Failure> {
+    let store = ctx.store(true)?;
+    let log = store.log(&ctx.school)?;
+    drop(log);
+    println!(
+        "store ready at {} (school {:?})",
+        store.path().display(),
+        ctx.school
+    );
+    Ok(())
+}
+
+fn import_failure(e: ImportError) -> Failure {
+    if e.is_store_failure() {
+        Failure::Store(e.to_string())
+    } else {
+        Failure::BadInput(e.to_string())
+    }
+}
+
+/// Validates every line, then appends once per school. Nothing is written
+/// unless every line is valid.
+async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
+    let reader: Box<dyn BufRead> = if file == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| Failure::BadInput(format!("cannot open {file}: {e}")))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let store = ctx.store(true)?;
+    let started = Instant::now();
+    let spinner = progress::spinner("validating lines");
+    let mut lines = Lines::new(reader);
+    let mut by_school: BTreeMap<String, Vec<ImportLine>> = BTreeMap::new();
+    while let Some((n, line)) = lines
+        .next_line()
+        .map_err(|e| Failure::BadInput(format!("cannot read {file}: {e}")))?
+    {
+        let text = match line {
+            Line::Text(t) => t,
+            Line::TooLong(len) => {
+                return Err(Failure::BadInput(format!(
+                    "line {n}: line is {len} bytes, over the limit of {} bytes",
+                    casebook_engine::import::MAX_LINE_BYTES
+                )))
+            }
+            Line::BadUtf8(at) => {
+                return Err(Failure::BadInput(format!(
+                    "line {n}: not valid UTF-8 (bad byte at offset {at})"
+                )))
+            }
+        };
+        if text.trim().is_empty() {
+            continue;
+        }
+        let parsed = parse_line(n, &text).map_err(import_failure)?;
+        let school = parsed.school.clone().unwrap_or_else(|| ctx.school.clone());
+        by_school.entry(school).or_default().push(parsed);
+        spinner.inc(1);
+    }
+    // Validate every school's lines before writing any of them.
+    let mut plans = Vec::new();
+    for (school, lines) in by_school {
+        let log: Arc<dyn EventStore> = store.log(&school)?;
+        let plan = {
+            let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
+            for l in lines {
+                planner.add(l).await.map_err(import_failure)?;
+            }
+            planner.finish()
+        };
+        plans.push((log, plan));
+    }
+    spinner.finish_and_clear();
+    let mut imported = 0;
+    let mut duplicates = 0;
+    for (log, plan) in plans {
+        imported += plan.events;
+        duplicates += plan.duplicates;
+        if !plan.requests.is_empty() {
+            log.append_atomic(plan.requests)
+                .await
+                .map_err(|e| import_failure(ImportError::Write(e)))?;
+        }
+    }
+    eprintln!("took {:.2}s", started.elapsed().as_secs_f64());
+    println!("imported {imported} events ({duplicates} duplicates)");
+    Ok(())
+}
+
+async fn record(
+    ctx: &mut Ctx,
+    event_type: &str,
+    pupil: &str,
+    data: &str,
+    occurred_at: Option<&str>,
+    id: Option<uuid::Uuid>,
+) -> Result<(), Failure> {
+    let actor = ctx.require_actor("record")?;
+    let data: serde_json::Value = serde_json::from_str(data)
+        .map_err(|e| Failure::BadInput(format!("--data is not valid JSON: {e}")))?;
+    let occurred_at = match occurred_at {
+        Some(t) => parse_time("--occurred-at", t).map_err(Failure::BadInput)?,
+        None => ctx.now,
+    };
+    // The same checks as an import line: build one and parse it.
+    let mut line = serde_json::json!({
+        "type": event_type, "pupil": pupil, "occurred_at": occurred_at.to_rfc3339(), "actor": actor, "data": data,
+    });
+    if let Some(id) = id {
+        line["id"] = serde_json::json!(id);
+    }
+    // Give a typed error for a bad type before the generic parse.
+    event_from_json(event_type, line["data"].clone()).map_err(Failure::BadInput)?;
+    let parsed = parse_line(1, &line.to_string())
+        .map_err(|e| Failure::BadInput(strip_line(e.to_string())))?;
+    let event_id_hint = parsed.id;
+    let store = ctx.store(true)?;
+    let log: Arc<dyn EventStore> = store.log(&ctx.school)?;
+    let plan = {
+        let mut planner = Planner::new(log.as_ref(), &ctx.school, ctx.now);
+        planner
+            .add(parsed)
+            .await
+            .map_err(|e| match e.is_store_failure() {
+                true => Failure::Store(e.to_string()),
+                false => Failure::BadInput(strip_line(e.to_string())),
+            })?;
+        planner.finish()
+    };
+    if plan.requests.is_empty() {
+        println!(
+            "already recorded (id {} is stored with the same content)",
+            event_id_hint.map(|i| i.to_string()).unwrap_or_default()
+        );
+        return Ok(());
+    }
+    let requests: Vec<AppendRequest> = plan.requests;
+    let stream = requests[0].stream;
+    let event_id = requests[0].events[0].event_id;
+    let done = log.append_atomic(requests).await?;
+    debug_assert_eq!(done[0].stream, stream);
+    println!(
+        "recorded {event_type} for {pupil}: event {event_id} at position {}",
+        done[0].last_position
+    );
+    Ok(())
+}
+
+/// `record` reports field errors without the synthetic "line 1: " prefix.
+fn strip_line(text: String) -> String {
+    text.strip_prefix("line 1: ")
+        .map(str::to_string)
+        .unwrap_or(text)
+}
+
+async fn verify(ctx: &mut Ctx) -> Result<(), Failure> {
+    let format = ctx.formats("verify", &[Format::Text, Format::Json])?;
+    let log = ctx.log(None)?;
+    let head = log.head().await?;
+    let bar = progress::bar(head.position, "verifying");
+    let started = Instant::now();
+    let report = log.verify(&|n| bar.set_position(n)).await?;
+    bar.finish_and_clear();
+    let elapsed = started.elapsed();
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string(&report).map_err(|e| Failure::Store(e.to_string()))?
+        ),
+        _ => {
+            if report.ok {
+                println!("ok: {} events, head {}", report.events, report.head);
+            } else {
+                let first = report.problems.first().map(|p| p.position).unwrap_or(0);
+                println!(
+                    "FAILED: first bad position {first} ({} events checked)",
+                    report.events
+                );
+                for p in &report.problems {
+                    println!("  position {}: {}", p.position, p.what);
+                }
+            }
+        }
+    }
+    eprintln!("verified in {:.2}s", elapsed.as_secs_f64());
+    if report.ok {
+        Ok(())
+    } else {
+        Err(Failure::Found)
+    }
+}

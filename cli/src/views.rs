@@ -1,0 +1,438 @@
+//! The read commands: `timeline` and `audit` (per pupil, folded on demand,
+//! each read written to the pupil's access log), `caseload` and the reports
+//! (school-wide, from checkpointed projections), and `rebuild`.
+
+use std::sync::Arc;
+
+use casebook_engine::domain::academic_year;
+use casebook_engine::envelope::{NewEvent, StreamId};
+use casebook_engine::event::{CaseEvent, RecordViewed};
+use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
+use casebook_projections::{
+    audit_of, chronology_of, rebuild as rebuild_views, BehaviourDimension, ProjectionError,
+    SchoolViews,
+};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::render::{self, cell, columns_of, table};
+use crate::run::Ctx;
+use crate::{progress, BehaviourBy, Failure, Format, ReportCommand};
+
+/// Who a read is logged under when `--as` is not given.
+const UNIDENTIFIED: &str = "unidentified";
+
+fn projection_failure(e: ProjectionError) -> Failure {
+    if e.is_store_failure() {
+        Failure::Store(e.to_string())
+    } else {
+        Failure::BadInput(e.to_string())
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Value, Failure> {
+    serde_json::to_value(value).map_err(|e| Failure::Store(format!("cannot render the view: {e}")))
+}
+
+fn print_json(doc: &Value) -> Result<(), Failure> {
+    let text = serde_json::to_string_pretty(doc).map_err(|e| Failure::Store(e.to_string()))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Writes a `RecordViewed` to the pupil's access stream: who read what, and
+/// why. It is in the hash chain like every other event.
+async fn log_view(
+    ctx: &Ctx,
+    log: &dyn EventStore,
+    pupil: &str,
+    view: &str,
+    purpose: Option<String>,
+) -> Result<(), Failure> {
+    let actor = ctx
+        .actor
+        .clone()
+        .unwrap_or_else(|| UNIDENTIFIED.to_string());
+    let event = CaseEvent::RecordViewed(RecordViewed {
+        pupil: pupil.to_string(),
+        view: view.to_string(),
+        purpose,
+    });
+    let new =
+        NewEvent::new(&event, ctx.now, actor).map_err(|e| Failure::BadInput(e.to_string()))?;
+    log.append(AppendRequest {
+        stream: StreamId::for_access_log(&ctx.school, pupil),
+        expected: ExpectedVersion::Any,
+        events: vec![new],
+    })
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn timeline(
+    ctx: &mut Ctx,
+    pupil: &str,
+    as_of: Option<DateTime<Utc>>,
+    safeguarding_only: bool,
+    purpose: Option<String>,
+) -> Result<(), Failure> {
+    let format = ctx.formats(
+        "timeline",
+        &[
+            Format::Text,
+            Format::Json,
+            Format::Csv,
+            Format::Md,
+            Format::Html,
+        ],
+    )?;
+    let log = ctx.log(None)?;
+    let chronology = chronology_of(log.as_ref(), &ctx.school, pupil, as_of, safeguarding_only)
+        .await
+        .map_err(projection_failure)?;
+    log_view(ctx, log.as_ref(), pupil, "timeline", purpose).await?;
+    let doc = to_json(&chronology)?;
+    match format {
+        Format::Json => print_json(&doc)?,
+        Format::Csv => print!("{}", render::timeline_csv(&doc)),
+        Format::Md => print!("{}", render::timeline_md(&doc)),
+        Format::Html => print!(
+            "{}",
+            render::timeline_html(&doc, &ctx.now.to_rfc3339(), &ctx.school)
+        ),
+        Format::Text => print!("{}", render::timeline_text(&doc)),
+    }
+    Ok(())
+}
+
+pub(crate) async fn audit(
+    ctx: &mut Ctx,
+    pupil: &str,
+    purpose: Option<String>,
+) -> Result<(), Failure> {
+    let format = ctx.formats("audit", &[Format::Text, Format::Json])?;
+    let log = ctx.log(None)?;
+    if log
+        .stream_version(StreamId::for_pupil(&ctx.school, pupil))
+        .await?
+        == 0
+    {
+        return Err(projection_failure(ProjectionError::UnknownPupil {
+            pupil: pupil.to_string(),
+        }));
+    }
+    // Logged first, so the audit shows this reading too.
+    log_view(ctx, log.as_ref(), pupil, "audit", purpose).await?;
+    let trail = audit_of(log.as_ref(), &ctx.school, pupil)
+        .await
+        .map_err(projection_failure)?;
+    let doc = to_json(&trail)?;
+    if format == Format::Json {
+        return print_json(&doc);
+    }
+    let events = doc
+        .get("events")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    println!(
+        "Audit trail of {pupil}: {} events in stream order\n",
+        events.len()
+    );
+    let rows: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            let mut r = e.clone();
+            r["hash"] = Value::String(e["hash"].as_str().unwrap_or("").chars().take(16).collect());
+            r
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &rows,
+            &[
+                ("version", "v"),
+                ("position", "pos"),
+                ("recorded_at", "recorded at"),
+                ("occurred_at", "occurred at"),
+                ("actor", "by"),
+                ("type", "type"),
+                ("hash", "hash (first 16)"),
+                ("summary", "summary"),
+            ]
+        )
+    );
+    let access = doc
+        .get("access_log")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    println!("\nAccess log: {} readings\n", access.len());
+    print!(
+        "{}",
+        table(
+            &access,
+            &[
+                ("viewed_at", "when"),
+                ("who", "who"),
+                ("view", "view"),
+                ("purpose", "purpose"),
+                ("position", "pos")
+            ]
+        )
+    );
+    Ok(())
+}
+
+/// Loads the school-wide views, catching them up from their checkpoints.
+async fn school_views(log: &Arc<dyn EventStore>) -> Result<SchoolViews, Failure> {
+    let bar = progress::bar(0, "projecting");
+    let views = SchoolViews::load(log.as_ref(), &|at, head| {
+        bar.set_length(head);
+        bar.set_position(at);
+    })
+    .await
+    .map_err(projection_failure)?;
+    bar.finish_and_clear();
+    for r in &views.restarted {
+        if !matches!(
+            r.reason,
+            casebook_projections::runner::RestartReason::NoCheckpoint
+        ) {
+            eprintln!(
+                "note: {} rebuilt from the start ({})",
+                r.projection, r.reason
+            );
+        }
+    }
+    Ok(views)
+}
+
+pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(), Failure> {
+    let format = ctx.formats("caseload", &[Format::Text, Format::Json])?;
+    let log = ctx.log(None)?;
+    let views = school_views(&log).await?;
+    let doc = to_json(&views.caseload.cases(ctx.today, keyworker))?;
+    if format == Format::Json {
+        return print_json(&doc);
+    }
+    let cases = doc
+        .get("cases")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let overdue = cases.iter().filter(|c| c["overdue"] == true).count();
+    println!(
+        "{} open cases, {overdue} with an overdue review (as of {})\n",
+        cases.len(),
+        ctx.today
+    );
+    let rows: Vec<Value> = cases
+        .iter()
+        .map(|c| {
+            let mut r = c.clone();
+            r["open_plans"] = Value::String(list_of(&c["open_plans"], "plan"));
+            r["open_interventions"] =
+                Value::String(list_of(&c["open_interventions"], "intervention"));
+            r["overdue"] = Value::String(if c["overdue"] == true {
+                "OVERDUE".into()
+            } else {
+                String::new()
+            });
+            r["last_activity"] = Value::String(
+                c["last_activity"]
+                    .as_str()
+                    .unwrap_or("")
+                    .chars()
+                    .take(10)
+                    .collect(),
+            );
+            r
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &rows,
+            &[
+                ("pupil", "pupil"),
+                ("keyworker", "keyworker"),
+                ("case_types", "cases"),
+                ("next_review_due", "next review"),
+                ("overdue", ""),
+                ("open_plans", "open plans"),
+                ("open_interventions", "interventions"),
+                ("last_activity", "last activity"),
+            ]
+        )
+    );
+    Ok(())
+}
+
+/// `a, b, c` from a list of objects' `key` fields.
+fn list_of(list: &Value, key: &str) -> String {
+    list.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| cell(i.get(key).unwrap_or(i)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// Table columns: (JSON key, heading).
+type Columns<'a> = &'a [(&'a str, &'a str)];
+
+/// Prints a report document: its scalar fields as a header, then `rows_key`
+/// as a table (all columns unless given).
+fn print_report(title: &str, doc: &Value, rows_key: &str, columns: Option<&[(&str, &str)]>) {
+    println!("{title}");
+    if let Value::Object(m) = doc {
+        for (k, v) in m {
+            if k != rows_key && !v.is_array() {
+                println!("  {k}: {}", cell(v));
+            }
+        }
+    }
+    println!();
+    let rows = doc
+        .get(rows_key)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if rows.is_empty() {
+        println!("(none)");
+        return;
+    }
+    match columns {
+        Some(cols) => print!("{}", table(&rows, cols)),
+        None => {
+            let cols = columns_of(&rows);
+            let pairs: Vec<(&str, &str)> = cols.iter().map(|c| (c.as_str(), c.as_str())).collect();
+            print!("{}", table(&rows, &pairs));
+        }
+    }
+}
+
+pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Failure> {
+    let format = ctx.formats("report", &[Format::Text, Format::Json])?;
+    let log = ctx.log(None)?;
+    let views = school_views(&log).await?;
+    let year = academic_year(ctx.today);
+    let (doc, title, rows_key, columns): (Value, String, &str, Option<Columns>) = match which {
+        ReportCommand::Behaviour { by } => {
+            let dim = match by {
+                BehaviourBy::Category => BehaviourDimension::Category,
+                BehaviourBy::Location => BehaviourDimension::Location,
+                BehaviourBy::Class => BehaviourDimension::Class,
+                BehaviourBy::Site => BehaviourDimension::Site,
+                BehaviourBy::Week => BehaviourDimension::Week,
+            };
+            (
+                to_json(&views.behaviour.by(dim, None))?,
+                format!("Incidents by {}", dim.as_str()),
+                "groups",
+                Some(&[
+                    ("key", "group"),
+                    ("incidents", "incidents"),
+                    ("pupils", "pupils"),
+                    ("serious", "severity 4-5"),
+                ]),
+            )
+        }
+        ReportCommand::Attendance { persistent } => (
+            to_json(&views.attendance.report(year, persistent))?,
+            format!(
+                "Attendance {year}/{:02}{}",
+                (year + 1) % 100,
+                if persistent {
+                    " — persistent and severe absence"
+                } else {
+                    ""
+                }
+            ),
+            "pupils",
+            Some(&[
+                ("pupil", "pupil"),
+                ("class", "class"),
+                ("possible_sessions", "possible"),
+                ("present", "present"),
+                ("authorised", "auth."),
+                ("unauthorised", "unauth."),
+                ("attendance_pct", "attendance %"),
+                ("persistent", "persistent"),
+                ("severe", "severe"),
+            ]),
+        ),
+        ReportCommand::Suspensions => (
+            to_json(&views.suspensions.report(year))?,
+            format!(
+                "Suspensions {year}/{:02} against the 45-day limit",
+                (year + 1) % 100
+            ),
+            "pupils",
+            Some(&[
+                ("pupil", "pupil"),
+                ("suspensions", "suspensions"),
+                ("days", "days"),
+                ("remaining_days", "days left"),
+                ("over_limit", "over limit"),
+                ("reason_codes", "reasons"),
+                ("board", "governing board"),
+                ("permanent_exclusions", "permanent exclusion"),
+            ]),
+        ),
+        ReportCommand::Force => (
+            to_json(&views.force.report(None))?,
+            "Reasonable-force log".to_string(),
+            "uses",
+            None,
+        ),
+        ReportCommand::Interventions => (
+            to_json(&views.interventions.report())?,
+            "Intervention outcomes by kind".to_string(),
+            "kinds",
+            None,
+        ),
+        ReportCommand::Reintegration => (
+            to_json(&views.reintegration.report())?,
+            "Reintegration after removal from school".to_string(),
+            "awaiting",
+            None,
+        ),
+    };
+    if format == Format::Json {
+        return print_json(&doc);
+    }
+    print_report(&title, &doc, rows_key, columns);
+    Ok(())
+}
+
+pub(crate) async fn rebuild(ctx: &mut Ctx, only: Option<&str>) -> Result<(), Failure> {
+    let format = ctx.formats("rebuild", &[Format::Text, Format::Json])?;
+    let log = ctx.log(None)?;
+    let bar = progress::bar(0, "rebuilding");
+    let started = std::time::Instant::now();
+    let report = rebuild_views(log.as_ref(), only, &|at, head| {
+        bar.set_length(head);
+        bar.set_position(at);
+    })
+    .await
+    .map_err(projection_failure)?;
+    bar.finish_and_clear();
+    if format == Format::Json {
+        return print_json(&to_json(&report)?);
+    }
+    println!(
+        "rebuilt {} from {} events (up to position {}) in {:.2}s",
+        report.projections.join(", "),
+        report.events,
+        report.position,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

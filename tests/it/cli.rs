@@ -1,0 +1,845 @@
+//! The contract (CONTRACT.md) end to end: the real `casebook` binary on a
+//! temporary store, as a script or a member of staff would use it.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+pub struct Casebook {
+    dir: tempfile::TempDir,
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Run {
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(
+            self.code, 0,
+            "expected success\nstdout: {}\nstderr: {}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not one JSON document ({e}):\n{}", self.stdout))
+    }
+}
+
+impl Casebook {
+    pub fn new() -> Casebook {
+        Casebook {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("store")
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_casebook"));
+        // The store goes before the command: after `record`, `--data` is
+        // the event's JSON (CONTRACT.md).
+        c.arg("--data")
+            .arg(self.data())
+            .args(args)
+            .env_remove("CASEBOOK_DATA")
+            .env_remove("CASEBOOK_DATABASE_URL")
+            .env_remove("CASEBOOK_SCHOOL")
+            .env_remove("CASEBOOK_ACTOR");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.command(args).output().expect("run casebook"))
+    }
+
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn casebook");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        Run::from(child.wait_with_output().expect("wait"))
+    }
+
+    pub fn import(&self, lines: &[Value]) -> Run {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        self.run_stdin(&["import", "-"], &text)
+    }
+
+    /// (events, head) from `verify --format json`: the store's content
+    /// fingerprint.
+    pub fn fingerprint(&self) -> (u64, String) {
+        let v = self.run(&["verify", "--format", "json"]).ok().json();
+        assert_eq!(v["ok"], true, "{v}");
+        (
+            v["events"].as_u64().unwrap(),
+            v["head"].as_str().unwrap().to_string(),
+        )
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+pub fn line(t: &str, pupil: &str, at: &str, data: Value) -> Value {
+    json!({"type": t, "pupil": pupil, "occurred_at": at, "actor": "S017", "data": data})
+}
+
+fn register(pupil: &str) -> Value {
+    line(
+        "PupilRegistered",
+        pupil,
+        "2025-09-03T08:30:00Z",
+        json!({"name": "Ada Testpupil", "date_of_birth": "2012-05-01", "year_group": 9, "class": "9B", "site": "Main"}),
+    )
+}
+
+/// A small case history for P1042 and P2001.
+fn history() -> Vec<Value> {
+    vec![
+        register("P1042"),
+        register("P2001"),
+        line(
+            "CaseOpened",
+            "P1042",
+            "2025-09-10T09:00:00Z",
+            json!({"case_type": "behaviour", "summary": "Repeated disruption"}),
+        ),
+        line(
+            "KeyworkerAssigned",
+            "P1042",
+            "2025-09-10T09:05:00Z",
+            json!({"staff": "S020"}),
+        ),
+        line(
+            "IncidentRecorded",
+            "P1042",
+            "2025-09-15T10:20:00Z",
+            json!({"category": "verbal_abuse_adult", "severity": 3, "location": "corridor", "description": "Shouted at a member of staff",
+                   "role": "perpetrator", "participants": [{"pupil": "P2001", "role": "witness"}]}),
+        ),
+        line(
+            "PlanAgreed",
+            "P1042",
+            "2025-09-20T09:00:00Z",
+            json!({"plan": "BSP-1", "kind": "behaviour_support", "review_due": "2025-10-20"}),
+        ),
+        line(
+            "ConcernRaised",
+            "P1042",
+            "2025-09-12T11:00:00Z",
+            json!({"category": "neglect", "summary": "Arrives hungry most days"}),
+        ),
+        line(
+            "SafeguardingDecisionMade",
+            "P1042",
+            "2025-09-12T15:00:00Z",
+            json!({"decision": "early_help", "rationale": "Family open to support"}),
+        ),
+    ]
+}
+
+#[test]
+fn init_is_idempotent() {
+    let cb = Casebook::new();
+    cb.run(&["init"]).ok();
+    cb.run(&["init"]).ok();
+    assert_eq!(cb.fingerprint().0, 0);
+}
+
+#[test]
+fn import_reports_counts_and_reimport_is_idempotent() {
+    let cb = Casebook::new();
+    let lines: Vec<Value> = history()
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut l)| {
+            l["id"] = json!(format!("00000000-0000-4000-8000-{:012}", i + 1));
+            l
+        })
+        .collect();
+    let r = cb.import(&lines).ok();
+    assert!(
+        r.stdout
+            .trim_end()
+            .ends_with("imported 8 events (0 duplicates)"),
+        "{}",
+        r.stdout
+    );
+    let before = cb.fingerprint();
+    let r = cb.import(&lines).ok();
+    assert!(
+        r.stdout
+            .trim_end()
+            .ends_with("imported 0 events (8 duplicates)"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(cb.fingerprint(), before);
+    // Same id, different content: refused, nothing written.
+    let mut changed = lines[2].clone();
+    changed["data"]["summary"] = json!("Something else");
+    let r = cb.import(&[changed]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("line 1:") && r.stderr.contains("different content"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(cb.fingerprint(), before);
+}
+
+/// Each kind of bad input: exit 2, `line N: ...` naming what is wrong, and
+/// the store exactly as it was.
+#[test]
+fn bad_input_is_refused_whole_and_writes_nothing() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    let before = cb.fingerprint();
+    let good = line(
+        "ParentContacted",
+        "P1042",
+        "2025-09-16T12:00:00Z",
+        json!({"method": "phone", "summary": "Discussed the incident"}),
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "malformed JSON",
+            "{\"type\": \"ParentContacted\", ".into(),
+            "line 2:",
+        ),
+        (
+            "unknown type",
+            line("Teleported", "P1042", "2025-09-16T12:00:00Z", json!({})).to_string(),
+            "unknown event type",
+        ),
+        (
+            "missing field",
+            line(
+                "ParentContacted",
+                "P1042",
+                "2025-09-16T12:00:00Z",
+                json!({"method": "phone"}),
+            )
+            .to_string(),
+            "summary",
+        ),
+        (
+            "wrong type",
+            line(
+                "IncidentRecorded",
+                "P1042",
+                "2025-09-16T12:00:00Z",
+                json!({"category": "x", "severity": "high", "location": "x", "description": "x"}),
+            )
+            .to_string(),
+            "severity",
+        ),
+        (
+            "severity out of range",
+            line(
+                "IncidentRecorded",
+                "P1042",
+                "2025-09-16T12:00:00Z",
+                json!({"category": "x", "severity": 9, "location": "x", "description": "x"}),
+            )
+            .to_string(),
+            "severity",
+        ),
+        (
+            "date format",
+            line(
+                "ParentContacted",
+                "P1042",
+                "16/09/2025 12:00",
+                json!({"method": "phone", "summary": "x"}),
+            )
+            .to_string(),
+            "occurred_at",
+        ),
+        (
+            "future",
+            line(
+                "ParentContacted",
+                "P1042",
+                "2099-01-01T00:00:00Z",
+                json!({"method": "phone", "summary": "x"}),
+            )
+            .to_string(),
+            "future",
+        ),
+        (
+            "invalid transition",
+            line(
+                "InterventionSessionDelivered",
+                "P1042",
+                "2025-09-16T12:00:00Z",
+                json!({"intervention": "INT-404", "attended": true}),
+            )
+            .to_string(),
+            "INT-404",
+        ),
+        (
+            "unregistered pupil",
+            line(
+                "ParentContacted",
+                "P9999",
+                "2025-09-16T12:00:00Z",
+                json!({"method": "phone", "summary": "x"}),
+            )
+            .to_string(),
+            "registered",
+        ),
+        (
+            "attendance code",
+            line(
+                "AttendanceMarked",
+                "P1042",
+                "2025-09-16T08:40:00Z",
+                json!({"date": "2025-09-16", "session": "am", "code": "Q9"}),
+            )
+            .to_string(),
+            "Q9",
+        ),
+        (
+            "second registration",
+            register("P1042").to_string(),
+            "registered",
+        ),
+    ];
+    for (what, bad, needle) in cases {
+        let input = format!("{good}\n{bad}\n{good}\n");
+        let r = cb.run_stdin(&["import", "-"], &input);
+        assert_eq!(r.code, 2, "{what}: exit code\nstderr: {}", r.stderr);
+        assert!(
+            r.stderr.contains("line 2:"),
+            "{what}: stderr should name line 2: {}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains(needle),
+            "{what}: stderr should mention {needle:?}: {}",
+            r.stderr
+        );
+        assert_eq!(cb.fingerprint(), before, "{what}: the store changed");
+    }
+}
+
+#[test]
+fn suspensions_past_45_days_in_a_year_are_refused() {
+    let cb = Casebook::new();
+    cb.import(&[register("P3001")]).ok();
+    let susp = |days: f64, start: &str| {
+        line(
+            "SuspensionIssued",
+            "P3001",
+            &format!("{start}T09:00:00Z"),
+            json!({"days": days, "reason_code": "PD", "start_date": start}),
+        )
+    };
+    cb.import(&[
+        susp(20.0, "2025-10-01"),
+        susp(20.0, "2025-11-03"),
+        susp(5.0, "2026-01-12"),
+    ])
+    .ok();
+    let before = cb.fingerprint();
+    let r = cb.import(&[susp(0.5, "2026-02-02")]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("line 1:") && r.stderr.contains("45"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(cb.fingerprint(), before);
+    // A new academic year starts a new count.
+    cb.import(&[susp(1.0, "2026-09-15")]).ok();
+    // Half days only.
+    let r = cb.import(&[susp(0.3, "2026-09-20")]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    // The report shows the year's total against the limit.
+    let v = cb
+        .run(&[
+            "report",
+            "suspensions",
+            "--today",
+            "2026-03-01",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert!(
+        v.to_string().contains("P3001") && v.to_string().contains("45"),
+        "{v}"
+    );
+}
+
+#[test]
+fn record_appends_one_event_and_needs_an_actor() {
+    let cb = Casebook::new();
+    cb.import(&[register("P1042")]).ok();
+    let r = cb.run(&[
+        "record",
+        "ParentContacted",
+        "--pupil",
+        "P1042",
+        "--data",
+        r#"{"method":"phone","summary":"Called home"}"#,
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--as"), "{}", r.stderr);
+    cb.run(&[
+        "record",
+        "ParentContacted",
+        "--pupil",
+        "P1042",
+        "--as",
+        "S005",
+        "--data",
+        r#"{"method":"phone","summary":"Called home"}"#,
+        "--occurred-at",
+        "2025-09-18T16:00:00Z",
+    ])
+    .ok();
+    assert_eq!(cb.fingerprint().0, 2);
+    let r = cb.run(&[
+        "record",
+        "ParentContacted",
+        "--pupil",
+        "P1042",
+        "--as",
+        "S005",
+        "--data",
+        r#"{"method":"phone"}"#,
+    ]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("summary"), "{}", r.stderr);
+    assert_eq!(cb.fingerprint().0, 2, "a refused record writes nothing");
+    // The store in the environment works as well.
+    let r = Command::new(env!("CARGO_BIN_EXE_casebook"))
+        .env("CASEBOOK_DATA", cb.data())
+        .args([
+            "record",
+            "RewardIssued",
+            "--pupil",
+            "P1042",
+            "--as",
+            "S005",
+            "--data",
+            r#"{"kind":"merit","reason":"Helped a peer"}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        r.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert_eq!(cb.fingerprint().0, 3);
+}
+
+#[test]
+fn timeline_is_ordered_by_occurrence_and_honours_as_of() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    let v = cb
+        .run(&["timeline", "P1042", "--as", "S001", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(v["pupil"], "P1042");
+    assert_eq!(v["as_of"], Value::Null);
+    let entries = v["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 7);
+    for key in [
+        "position",
+        "event_id",
+        "type",
+        "occurred_at",
+        "recorded_at",
+        "actor",
+        "summary",
+        "data",
+    ] {
+        assert!(
+            entries[0].get(key).is_some(),
+            "entry lacks {key}: {}",
+            entries[0]
+        );
+    }
+    let times: Vec<&str> = entries
+        .iter()
+        .map(|e| e["occurred_at"].as_str().unwrap())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted, "ordered by occurred_at");
+    // The concern (12 Sep) comes before the incident (15 Sep) although it was imported later.
+    let types: Vec<&str> = entries
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    let concern = types.iter().position(|t| *t == "ConcernRaised").unwrap();
+    let incident = types.iter().position(|t| *t == "IncidentRecorded").unwrap();
+    assert!(concern < incident);
+
+    // Safeguarding only.
+    let v = cb
+        .run(&[
+            "timeline",
+            "P1042",
+            "--safeguarding-only",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    let types: Vec<String> = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(types, vec!["ConcernRaised", "SafeguardingDecisionMade"]);
+
+    // As of a time before a later recording: that recording is left out.
+    let cut = chrono::Utc::now().to_rfc3339();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    cb.import(&[line(
+        "ParentContacted",
+        "P1042",
+        "2025-09-11T12:00:00Z",
+        json!({"method": "phone", "summary": "Late entry"}),
+    )])
+    .ok();
+    let now = cb
+        .run(&["timeline", "P1042", "--format", "json"])
+        .ok()
+        .json();
+    let then = cb
+        .run(&["timeline", "P1042", "--as-of", &cut, "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(now["entries"].as_array().unwrap().len(), 8);
+    assert_eq!(then["entries"].as_array().unwrap().len(), 7);
+    assert!(then["as_of"].is_string());
+}
+
+#[test]
+fn a_correction_shows_corrected_data_and_keeps_the_original() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    let v = cb
+        .run(&["timeline", "P1042", "--format", "json"])
+        .ok()
+        .json();
+    let incident = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "IncidentRecorded")
+        .unwrap()
+        .clone();
+    let id = incident["event_id"].as_str().unwrap().to_string();
+    let cut = chrono::Utc::now().to_rfc3339();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    cb.import(&[line(
+        "EntryCorrected",
+        "P1042",
+        "2025-09-16T09:00:00Z",
+        json!({"event": id, "changes": {"location": "classroom"}, "reason": "Location recorded wrongly"}),
+    )])
+    .ok();
+    let v = cb
+        .run(&["timeline", "P1042", "--format", "json"])
+        .ok()
+        .json();
+    let corrected = v["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(corrected["data"]["location"], "classroom");
+    let corrections = corrected["corrections"]
+        .as_array()
+        .expect("corrections listed");
+    assert_eq!(corrections.len(), 1);
+    assert!(
+        corrections[0].to_string().contains("corridor"),
+        "original kept: {}",
+        corrections[0]
+    );
+    // As of before the correction: the original, uncorrected.
+    let then = cb
+        .run(&["timeline", "P1042", "--as-of", &cut, "--format", "json"])
+        .ok()
+        .json();
+    let original = then["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event_id"] == id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(original["data"]["location"], "corridor");
+    // A correction must name an event of the same pupil.
+    let r = cb.import(&[line(
+        "EntryCorrected",
+        "P2001",
+        "2025-09-16T09:00:00Z",
+        json!({"event": id, "changes": {"location": "x"}, "reason": "wrong pupil"}),
+    )]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+}
+
+#[test]
+fn timeline_renders_csv_markdown_and_html() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    let csv = cb
+        .run(&["timeline", "P1042", "--format", "csv"])
+        .ok()
+        .stdout;
+    assert!(csv.lines().next().unwrap().contains("occurred_at"));
+    assert_eq!(csv.lines().count(), 8);
+    let md = cb.run(&["timeline", "P1042", "--format", "md"]).ok().stdout;
+    assert!(md.starts_with("# Chronology of P1042"));
+    let html = cb
+        .run(&["timeline", "P1042", "--format", "html"])
+        .ok()
+        .stdout;
+    assert!(
+        html.starts_with("<!doctype html>") && html.contains("</html>") && html.contains("P1042")
+    );
+    let text = cb.run(&["timeline", "P1042"]).ok().stdout;
+    assert!(text.contains("IncidentRecorded"));
+}
+
+#[test]
+fn reading_a_record_is_written_to_the_access_log_and_shown_by_audit() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    cb.run(&[
+        "timeline",
+        "P1042",
+        "--as",
+        "S001",
+        "--purpose",
+        "strategy meeting",
+    ])
+    .ok();
+    let v = cb
+        .run(&["audit", "P1042", "--as", "A900", "--format", "json"])
+        .ok()
+        .json();
+    let text = v.to_string();
+    assert!(
+        text.contains("S001") && text.contains("strategy meeting"),
+        "the timeline view is in the access log: {v}"
+    );
+    assert!(
+        text.contains("A900"),
+        "the audit view itself is logged: {v}"
+    );
+    // Every event with its hash.
+    let hashes = text.matches("\"hash\"").count();
+    assert!(hashes >= 7, "{v}");
+    // Views are in the chain: verify counts them.
+    let (events, _) = cb.fingerprint();
+    assert_eq!(events, 8 + 2);
+}
+
+#[test]
+fn caseload_flags_overdue_reviews_against_today() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    let v = cb
+        .run(&["caseload", "--today", "2025-10-01", "--format", "json"])
+        .ok()
+        .json();
+    let cases = v["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 1);
+    let c = &cases[0];
+    assert_eq!(c["pupil"], "P1042");
+    assert_eq!(c["keyworker"], "S020");
+    assert_eq!(c["next_review_due"], "2025-10-20");
+    assert_eq!(c["overdue"], false);
+    for key in [
+        "case_types",
+        "open_plans",
+        "open_interventions",
+        "last_activity",
+    ] {
+        assert!(c.get(key).is_some(), "case lacks {key}: {c}");
+    }
+    let v = cb
+        .run(&["caseload", "--today", "2025-11-01", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(v["cases"][0]["overdue"], true);
+    let v = cb
+        .run(&["caseload", "--keyworker", "S999", "--format", "json"])
+        .ok()
+        .json();
+    assert_eq!(v["cases"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn reports_print_text_and_json() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    for by in ["category", "location", "class", "site", "week"] {
+        let v = cb
+            .run(&["report", "behaviour", "--by", by, "--format", "json"])
+            .ok()
+            .json();
+        assert!(v.to_string().contains('1'), "{by}: {v}");
+        cb.run(&["report", "behaviour", "--by", by]).ok();
+    }
+    cb.run(&[
+        "report",
+        "attendance",
+        "--today",
+        "2025-12-01",
+        "--format",
+        "json",
+    ])
+    .ok()
+    .json();
+    cb.run(&[
+        "report",
+        "attendance",
+        "--persistent",
+        "--today",
+        "2025-12-01",
+    ])
+    .ok();
+    cb.run(&["report", "suspensions", "--today", "2025-12-01"])
+        .ok();
+    for r in ["force", "interventions", "reintegration"] {
+        cb.run(&["report", r, "--format", "json"]).ok().json();
+    }
+}
+
+#[test]
+fn verify_reports_tampering_with_exit_1() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    let r = cb.run(&["verify"]).ok();
+    assert!(r.stdout.starts_with("ok: 8 events, head "), "{}", r.stdout);
+    {
+        let db = sled::open(cb.data()).unwrap();
+        let tree = db.open_tree("log/default").unwrap();
+        let mut key = vec![b'e'];
+        key.extend_from_slice(&5u64.to_be_bytes());
+        let mut v = tree.get(&key).unwrap().unwrap().to_vec();
+        let n = v.len();
+        v[n - 40] ^= 0x01;
+        tree.insert(key, v).unwrap();
+        db.flush().unwrap();
+    }
+    let r = cb.run(&["verify"]);
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stdout.contains("position 5"), "{}", r.stdout);
+    let r = cb.run(&["verify", "--format", "json"]);
+    assert_eq!(r.code, 1);
+    let v = r.json();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["problems"][0]["position"], 5);
+}
+
+#[test]
+fn store_errors_exit_3() {
+    let cb = Casebook::new();
+    let r = cb.run(&["verify"]);
+    assert_eq!(r.code, 3, "a missing store is a store error: {}", r.stderr);
+    cb.run(&["init"]).ok();
+    // Another process holding the store.
+    let _held = casebook_engine::store::sled::SledStore::open(&cb.data(), false).unwrap();
+    let r = cb.run(&["verify"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("in use"), "{}", r.stderr);
+}
+
+#[test]
+fn usage_errors_exit_2_and_global_flags_go_anywhere() {
+    let cb = Casebook::new();
+    cb.run(&["init"]).ok();
+    assert_eq!(cb.run(&["no-such-command"]).code, 2);
+    assert_eq!(cb.run(&["caseload", "--today", "yesterday"]).code, 2);
+    assert_eq!(cb.run(&["caseload", "--format", "html"]).code, 2);
+    // --format before the command name works as well as after.
+    let r = Command::new(env!("CARGO_BIN_EXE_casebook"))
+        .args(["--format", "json", "--data"])
+        .arg(cb.data())
+        .arg("verify")
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(0));
+    assert!(serde_json::from_slice::<Value>(&r.stdout).is_ok());
+}
+
+#[test]
+fn rebuild_gives_the_same_views() {
+    let cb = Casebook::new();
+    cb.import(&history()).ok();
+    let before = cb
+        .run(&["caseload", "--today", "2025-10-01", "--format", "json"])
+        .ok()
+        .stdout;
+    cb.run(&["rebuild"]).ok();
+    let after = cb
+        .run(&["caseload", "--today", "2025-10-01", "--format", "json"])
+        .ok()
+        .stdout;
+    assert_eq!(before, after);
+    cb.run(&["rebuild", "caseload"]).ok();
+    assert_eq!(cb.run(&["rebuild", "no-such-projection"]).code, 2);
+}
+
+#[test]
+fn demo_writes_a_school_that_verifies() {
+    let cb = Casebook::new();
+    let r = cb.run(&["demo", "--pupils", "30", "--seed", "7"]).ok();
+    assert!(r.stdout.contains("PupilRegistered"), "{}", r.stdout);
+    let (events, _) = cb.fingerprint();
+    assert!(
+        events > 30 * 300,
+        "a school year of attendance marks: {events}"
+    );
+    // A demo refuses to write into a school that has data.
+    assert_eq!(cb.run(&["demo", "--pupils", "5"]).code, 2);
+    let _ = cb.path();
+}
