@@ -87,69 +87,78 @@ proptest! {
     }
 }
 
-#[test]
-fn a_removed_event_is_reported_where_the_gap_starts() {
-    runtime().block_on(async {
-        for p in [1, 7, EVENTS] {
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Removing any event is reported where the gap starts.
+    #[test]
+    fn a_removed_event_is_reported_where_the_gap_starts(p in 1..=EVENTS) {
+        runtime().block_on(async {
             let dir = tempfile::tempdir().unwrap();
             let log = filled(dir.path()).await;
             log.raw_tree().remove(e_key(p)).unwrap();
             let r = verify(&log).await;
-            assert_eq!(first_problem(&r), p, "{r:?}");
-        }
-    });
-}
+            prop_assert_eq!(first_problem(&r), p, "{:?}", r);
+            Ok(())
+        })?;
+    }
 
-#[test]
-fn swapped_events_are_reported() {
-    runtime().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let log = filled(dir.path()).await;
-        let tree = log.raw_tree();
-        let a = tree.get(e_key(5)).unwrap().unwrap();
-        let b = tree.get(e_key(6)).unwrap().unwrap();
-        tree.insert(e_key(5), b).unwrap();
-        tree.insert(e_key(6), a).unwrap();
-        let r = verify(&log).await;
-        assert_eq!(first_problem(&r), 5, "{r:?}");
-    });
-}
+    /// Swapping any two neighbouring events is reported at the first.
+    #[test]
+    fn swapped_events_are_reported(p in 1..EVENTS) {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = filled(dir.path()).await;
+            let tree = log.raw_tree();
+            let a = tree.get(e_key(p)).unwrap().unwrap();
+            let b = tree.get(e_key(p + 1)).unwrap().unwrap();
+            tree.insert(e_key(p), b).unwrap();
+            tree.insert(e_key(p + 1), a).unwrap();
+            let r = verify(&log).await;
+            prop_assert_eq!(first_problem(&r), p, "{:?}", r);
+            Ok(())
+        })?;
+    }
 
-#[test]
-fn a_duplicated_event_is_reported() {
-    runtime().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let log = filled(dir.path()).await;
-        let tree = log.raw_tree();
-        // Event 9's bytes copied over event 10.
-        let nine = tree.get(e_key(9)).unwrap().unwrap();
-        tree.insert(e_key(10), nine).unwrap();
-        let r = verify(&log).await;
-        assert_eq!(first_problem(&r), 10, "{r:?}");
-    });
-}
+    /// An event's bytes copied over a later one are reported there.
+    #[test]
+    fn a_duplicated_event_is_reported(p in 1..EVENTS, gap in 1..EVENTS) {
+        let q = (p + gap).min(EVENTS);
+        prop_assume!(q > p);
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = filled(dir.path()).await;
+            let tree = log.raw_tree();
+            let copy = tree.get(e_key(p)).unwrap().unwrap();
+            tree.insert(e_key(q), copy).unwrap();
+            let r = verify(&log).await;
+            prop_assert_eq!(first_problem(&r), q, "{:?}", r);
+            Ok(())
+        })?;
+    }
 
-#[test]
-fn an_inserted_event_is_reported() {
-    runtime().block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let log = filled(dir.path()).await;
-        let tree = log.raw_tree();
-        // A forger shifts events 8.. up by one and writes a well-formed,
-        // correctly chained event at 8. The chain breaks at the next event.
-        for p in (8..=EVENTS).rev() {
-            let v = tree.get(e_key(p)).unwrap().unwrap();
-            tree.insert(e_key(p + 1), v).unwrap();
-        }
-        let prev = StoredEvent::decode(&tree.get(e_key(7)).unwrap().unwrap()).unwrap();
-        let stream = StreamId::for_pupil("tamper", "P9");
-        let (_, bytes) =
-            StoredEvent::seal(&contact(999), stream, 8, 1, prev.recorded_at, prev.hash).unwrap();
-        tree.insert(e_key(8), bytes).unwrap();
-        let r = verify(&log).await;
-        let first = first_problem(&r);
-        assert!(first == 8 || first == 9, "reported at {first}: {r:?}");
-    });
+    /// A well-formed, correctly chained event inserted at any position (the
+    /// later ones shifted up) is reported where the chain breaks.
+    #[test]
+    fn an_inserted_event_is_reported(p in 2..=EVENTS) {
+        runtime().block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let log = filled(dir.path()).await;
+            let tree = log.raw_tree();
+            for q in (p..=EVENTS).rev() {
+                let v = tree.get(e_key(q)).unwrap().unwrap();
+                tree.insert(e_key(q + 1), v).unwrap();
+            }
+            let prev = StoredEvent::decode(&tree.get(e_key(p - 1)).unwrap().unwrap()).unwrap();
+            let stream = StreamId::for_pupil("tamper", "P9");
+            let (_, bytes) = StoredEvent::seal(&contact(999), stream, p, 1, prev.recorded_at, prev.hash).unwrap();
+            tree.insert(e_key(p), bytes).unwrap();
+            let r = verify(&log).await;
+            let first = first_problem(&r);
+            prop_assert!(first == p || first == p + 1, "reported at {}: {:?}", first, r);
+            Ok(())
+        })?;
+    }
 }
 
 #[test]
