@@ -135,6 +135,10 @@ pub enum Command {
         /// Only safeguarding entries.
         #[arg(long)]
         safeguarding_only: bool,
+        /// Leave out register marks (AttendanceMarked), which are most of a
+        /// pupil's entries and rarely what a chronology reader wants.
+        #[arg(long)]
+        no_register_marks: bool,
         /// Why the record is being read (written to the access log).
         #[arg(long)]
         purpose: Option<String>,

@@ -5,9 +5,7 @@ use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Instant;
 
-use casebook_engine::import::{
-    event_from_json, parse_line, parse_time, ImportError, ImportLine, Planner,
-};
+use casebook_engine::import::{parse_line, parse_time, ImportError, ImportLine, Planner};
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{AppendRequest, EventStore};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -116,10 +114,15 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
             pupil,
             as_of,
             safeguarding_only,
+            no_register_marks,
             purpose,
         } => {
             let as_of = as_of.as_deref().map(parse_as_of).transpose()?;
-            views::timeline(&mut ctx, &pupil, as_of, safeguarding_only, purpose).await
+            let filter = views::TimelineFilter {
+                safeguarding_only,
+                no_register_marks,
+            };
+            views::timeline(&mut ctx, &pupil, as_of, filter, purpose).await
         }
         Command::Audit { pupil, purpose } => views::audit(&mut ctx, &pupil, purpose).await,
         Command::Caseload { keyworker } => views::caseload(&mut ctx, keyworker.as_deref()).await,
@@ -253,8 +256,6 @@ async fn record(
     if let Some(id) = id {
         line["id"] = serde_json::json!(id);
     }
-    // Give a typed error for a bad type before the generic parse.
-    event_from_json(event_type, line["data"].clone()).map_err(Failure::BadInput)?;
     let parsed = parse_line(1, &line.to_string())
         .map_err(|e| Failure::BadInput(strip_line(e.to_string())))?;
     let event_id_hint = parsed.id;

@@ -70,11 +70,17 @@ async fn log_view(
     Ok(())
 }
 
+/// Which entries of a chronology to show.
+pub(crate) struct TimelineFilter {
+    pub safeguarding_only: bool,
+    pub no_register_marks: bool,
+}
+
 pub(crate) async fn timeline(
     ctx: &mut Ctx,
     pupil: &str,
     as_of: Option<DateTime<Utc>>,
-    safeguarding_only: bool,
+    filter: TimelineFilter,
     purpose: Option<String>,
 ) -> Result<(), Failure> {
     let format = ctx.formats(
@@ -88,9 +94,20 @@ pub(crate) async fn timeline(
         ],
     )?;
     let log = ctx.log(None)?;
-    let chronology = chronology_of(log.as_ref(), &ctx.school, pupil, as_of, safeguarding_only)
-        .await
-        .map_err(projection_failure)?;
+    let mut chronology = chronology_of(
+        log.as_ref(),
+        &ctx.school,
+        pupil,
+        as_of,
+        filter.safeguarding_only,
+    )
+    .await
+    .map_err(projection_failure)?;
+    if filter.no_register_marks {
+        chronology
+            .entries
+            .retain(|e| e.event_type != "AttendanceMarked");
+    }
     log_view(ctx, log.as_ref(), pupil, "timeline", purpose).await?;
     let doc = to_json(&chronology)?;
     match format {

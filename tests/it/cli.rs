@@ -645,6 +645,30 @@ fn timeline_renders_csv_markdown_and_html() {
     );
     let text = cb.run(&["timeline", "P1042"]).ok().stdout;
     assert!(text.contains("IncidentRecorded"));
+    // Register marks can be left out of a chronology.
+    cb.import(&[line(
+        "AttendanceMarked",
+        "P1042",
+        "2025-09-16T08:40:00Z",
+        json!({"date": "2025-09-16", "session": "am", "code": "/"}),
+    )])
+    .ok();
+    let all = cb
+        .run(&["timeline", "P1042", "--format", "json"])
+        .ok()
+        .json();
+    let some = cb
+        .run(&[
+            "timeline",
+            "P1042",
+            "--no-register-marks",
+            "--format",
+            "json",
+        ])
+        .ok()
+        .json();
+    assert_eq!(all["entries"].as_array().unwrap().len(), 8);
+    assert_eq!(some["entries"].as_array().unwrap().len(), 7);
 }
 
 #[test]
