@@ -206,3 +206,58 @@ fn opening_a_missing_store_without_create_is_an_error_not_a_new_store() {
     assert!(SledStore::open(&missing, false).is_err());
     assert!(!missing.join("db").exists());
 }
+
+/// sled can recover damaged files as an empty or shorter database without
+/// an error. The head watermark makes that a refusal on open, never a
+/// store that verifies as "ok: 0 events".
+#[test]
+fn a_store_that_lost_acknowledged_events_is_refused_on_open() {
+    for damage in [
+        "truncate to 1000 bytes",
+        "empty the file",
+        "garble the middle",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        runtime().block_on(async {
+            drop(filled(dir.path()).await);
+        });
+        let db = dir.path().join("db");
+        let mut bytes = std::fs::read(&db).unwrap();
+        match damage {
+            "truncate to 1000 bytes" => bytes.truncate(1000),
+            "empty the file" => bytes.clear(),
+            _ => {
+                let mid = bytes.len() / 3;
+                for b in &mut bytes[mid..mid + 64] {
+                    *b ^= 0xff;
+                }
+            }
+        }
+        std::fs::write(&db, bytes).unwrap();
+        let opened = SledStore::open(dir.path(), false).and_then(|s| s.log("tamper").map(|_| ()));
+        match opened {
+            Err(StoreError::Corrupt { what, .. }) => {
+                assert!(
+                    what.contains("lost") || what.contains("gone"),
+                    "{damage}: {what}"
+                )
+            }
+            Err(other) => panic!("{damage}: unexpected error {other}"),
+            Ok(()) => panic!("{damage}: a store that lost its events opened without complaint"),
+        }
+    }
+}
+
+#[test]
+fn an_intact_store_reopens_past_its_watermark() {
+    let dir = tempfile::tempdir().unwrap();
+    runtime().block_on(async {
+        drop(filled(dir.path()).await);
+        let log = SledStore::open(dir.path(), false)
+            .unwrap()
+            .log("tamper")
+            .unwrap();
+        assert_eq!(log.head().await.unwrap().position, EVENTS);
+        assert!(verify(&log).await.ok);
+    });
+}

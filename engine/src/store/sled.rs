@@ -35,7 +35,7 @@ use super::{
     AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_EVENTS_PER_APPEND,
     MAX_READ_PAGE,
 };
-use crate::envelope::{Hash, StoredEvent, StreamId, GENESIS_HASH};
+use crate::envelope::{split_value, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
 
 /// On-disk format written by this build. Bumped when the key layout or the
@@ -84,10 +84,17 @@ impl SledStore {
                 .into(),
             });
         }
-        let db = sled::Config::new()
-            .path(dir)
-            .cache_capacity(CACHE_BYTES)
-            .open()
+        // sled panics on some damaged files instead of returning an error;
+        // a damaged store must be an error (exit 3), never a crash.
+        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
+            .map_err(|panic| StoreError::Corrupt {
+                location: format!("{path_text}/db"),
+                what: format!(
+                    "sled cannot read its files ({}); restore from a backup",
+                    panic_text(&panic)
+                ),
+            })?
             .map_err(|e| open_error(e, &path_text))?;
         match db.get(FORMAT_KEY).map_err(|e| StoreError::io("open", e))? {
             Some(v) => {
@@ -105,6 +112,12 @@ impl SledStore {
                 }
             }
             None => {
+                if watermarks_exist(dir) {
+                    return Err(StoreError::Corrupt {
+                        location: format!("{path_text}/db"),
+                        what: "the store's data is gone (sled recovered an empty database) although it had acknowledged events; restore from a backup".into(),
+                    });
+                }
                 let has_logs = db
                     .tree_names()
                     .iter()
@@ -115,6 +128,8 @@ impl SledStore {
                         what: "this sled database has no casebook format marker (not a casebook store?)".into(),
                     });
                 }
+                std::fs::create_dir_all(dir.join(WATERMARK_DIR))
+                    .map_err(|e| StoreError::io("init", e))?;
                 db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())
                     .map_err(|e| StoreError::io("init", e))?;
                 db.flush().map_err(|e| StoreError::io("init", e))?;
@@ -144,7 +159,8 @@ impl SledStore {
             .db
             .open_tree(format!("{LOG_TREE_PREFIX}{school}"))
             .map_err(|e| StoreError::io("open log", e))?;
-        let log = Arc::new(SledLog::start(self.db.clone(), tree, school)?);
+        let watermark = Watermark::open(&self.path, school)?;
+        let log = Arc::new(SledLog::start(self.db.clone(), tree, school, watermark)?);
         logs.insert(school.to_string(), log.clone());
         Ok(log)
     }
@@ -266,6 +282,132 @@ fn decode_head(v: &[u8]) -> Option<(u64, Hash, i64)> {
     Some((position, hash, recorded))
 }
 
+// ---- the watermark ------------------------------------------------------
+
+/// Directory (inside the store) of the per-school head watermarks.
+const WATERMARK_DIR: &str = "heads";
+/// position (8) || hash (32) || first 8 bytes of BLAKE3 of those 40.
+const WATERMARK_LEN: usize = 48;
+
+fn panic_text(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+fn watermarks_exist(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join(WATERMARK_DIR))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false)
+}
+
+/// The last acknowledged head of a log, kept in a small file outside sled.
+///
+/// Why: when sled finds damage while recovering its files, it can come back
+/// with less than it had — even an empty tree — without an error. The
+/// watermark remembers what was acknowledged, so such a store is refused on
+/// open instead of being read (and extended) as if nothing happened.
+///
+/// It is overwritten in place with one 48-byte `pwrite` after every durable
+/// commit, and never fsynced: after a power cut it may lag behind sled
+/// (weaker detection, never a false alarm), but it cannot run ahead of it,
+/// because it is written only after sled's flush returned.
+struct Watermark {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Watermark {
+    fn open(store_dir: &Path, school: &str) -> Result<Watermark, StoreError> {
+        let dir = store_dir.join(WATERMARK_DIR);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io("open watermark", e))?;
+        let path = dir.join(school);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io("open watermark", e))?;
+        Ok(Watermark { file, path })
+    }
+
+    fn encode(position: u64, hash: &Hash) -> [u8; WATERMARK_LEN] {
+        let mut v = [0u8; WATERMARK_LEN];
+        v[..8].copy_from_slice(&position.to_be_bytes());
+        v[8..40].copy_from_slice(hash);
+        let sum = blake3::hash(&v[..40]);
+        v[40..].copy_from_slice(&sum.as_bytes()[..8]);
+        v
+    }
+
+    /// The recorded (position, hash), `None` for a new log.
+    fn read(&self) -> Result<Option<(u64, Hash)>, StoreError> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        (&self.file)
+            .read_to_end(&mut bytes)
+            .map_err(|e| StoreError::io("read watermark", e))?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        let corrupt = || {
+            StoreError::Corrupt {
+            location: self.path.display().to_string(),
+            what: "the head watermark is damaged; run `casebook verify` and compare its head with your records".into(),
+        }
+        };
+        if bytes.len() != WATERMARK_LEN {
+            return Err(corrupt());
+        }
+        let position = be_u64(&bytes[..8]).ok_or_else(corrupt)?;
+        let hash: Hash = bytes[8..40].try_into().map_err(|_| corrupt())?;
+        if Self::encode(position, &hash) != bytes.as_slice() {
+            return Err(corrupt());
+        }
+        Ok(Some((position, hash)))
+    }
+
+    /// Refuses a log that ends before, or differs at, the last acknowledged
+    /// position.
+    fn check(&self, tree: &sled::Tree, school: &str, recovered: u64) -> Result<(), StoreError> {
+        let Some((position, hash)) = self.read()? else {
+            return Ok(());
+        };
+        if position == 0 {
+            return Ok(());
+        }
+        let lost = |what: String| StoreError::Corrupt {
+            location: format!("log {school:?}"),
+            what,
+        };
+        if recovered < position {
+            return Err(lost(format!(
+                "events have been lost: the log had acknowledged position {position} but now ends at {recovered}; restore from a backup"
+            )));
+        }
+        let stored = tree
+            .get(e_key(position))
+            .map_err(|e| StoreError::io("open log", e))?;
+        match stored.as_deref().map(split_value) {
+            Some(Ok((_, h))) if h == hash => Ok(()),
+            _ => Err(lost(format!(
+                "the event at position {position} is not the one that was acknowledged there"
+            ))),
+        }
+    }
+
+    /// Records a durable head. A failure here loses nothing (the events are
+    /// already durable); it only weakens the next open's check, so it is
+    /// not turned into an append error.
+    fn record(&self, position: u64, hash: &Hash) {
+        use std::os::unix::fs::FileExt;
+        let _ = self.file.write_all_at(&Self::encode(position, hash), 0);
+    }
+}
+
 // ---- the log -----------------------------------------------------------
 
 /// Where the writer answers one append.
@@ -288,8 +430,14 @@ pub struct SledLog {
 }
 
 impl SledLog {
-    fn start(db: sled::Db, tree: sled::Tree, school: &str) -> Result<SledLog, StoreError> {
+    fn start(
+        db: sled::Db,
+        tree: sled::Tree,
+        school: &str,
+        watermark: Watermark,
+    ) -> Result<SledLog, StoreError> {
         let (position, hash, recorded_us) = recover_head(&tree, school)?;
+        watermark.check(&tree, school, position)?;
         let durable = Arc::new(AtomicU64::new(position));
         let (head_tx, head_rx) = watch::channel(position);
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
@@ -301,6 +449,7 @@ impl SledLog {
             last_recorded_us: recorded_us,
             durable: durable.clone(),
             head_tx,
+            watermark,
         };
         let handle = std::thread::Builder::new()
             .name(format!("casebook-writer-{school}"))
@@ -428,6 +577,7 @@ struct Writer {
     last_recorded_us: i64,
     durable: Arc<AtomicU64>,
     head_tx: watch::Sender<u64>,
+    watermark: Watermark,
 }
 
 impl Writer {
@@ -509,6 +659,7 @@ impl Writer {
                 self.hash = hash;
                 self.last_recorded_us = recorded_us;
                 self.durable.store(position, Ordering::Release);
+                self.watermark.record(position, &hash);
                 self.head_tx.send_replace(position);
                 for (reply, appended) in staged {
                     let _ = reply.send(Ok(appended));
