@@ -17,6 +17,10 @@ use crate::{progress, Failure};
 /// small enough to keep memory flat.
 const PUPILS_PER_APPEND: usize = 50;
 
+/// Earliest `--year`: the engine refuses dates of birth before 1950, and
+/// 2000 keeps every simulated pupil well clear of that.
+const EARLIEST_DEMO_YEAR: i32 = 2000;
+
 /// Upper bound on `--pupils`: a very large secondary has ~3,000 pupils; a
 /// trust benchmarks with more, but a demo should not fill a disk by typo.
 const MAX_DEMO_PUPILS: usize = 100_000;
@@ -44,6 +48,11 @@ pub(crate) async fn run(
         )));
     }
     let academic_year = year.unwrap_or_else(|| default_academic_year(ctx.today));
+    if academic_year < EARLIEST_DEMO_YEAR {
+        return Err(Failure::BadInput(format!(
+            "--year {academic_year}: the demo simulates years from {EARLIEST_DEMO_YEAR} on (its pupils' dates of birth must be plausible)"
+        )));
+    }
     let days = school_days(academic_year);
     let (Some(first_day), Some(last_day)) = (days.first().copied(), days.last().copied()) else {
         return Err(Failure::BadInput(format!(

@@ -863,7 +863,18 @@ fn demo_writes_a_school_that_verifies() {
         events > 30 * 300,
         "a school year of attendance marks: {events}"
     );
-    // A demo refuses to write into a school that has data.
+    // A demo refuses to write into a school that has data, and years it
+    // cannot simulate.
     assert_eq!(cb.run(&["demo", "--pupils", "5"]).code, 2);
+    assert_eq!(
+        cb.run(&["--school", "old", "demo", "--pupils", "5", "--year", "1960"])
+            .code,
+        2
+    );
+    assert_eq!(
+        cb.run(&["--school", "future", "demo", "--pupils", "5", "--year", "2090"])
+            .code,
+        2
+    );
     let _ = cb.path();
 }
