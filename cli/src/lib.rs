@@ -105,6 +105,10 @@ pub enum Command {
         file: String,
     },
     /// Append one event.
+    #[command(
+        override_usage = "casebook [--data DIR] record TYPE --pupil REF --data JSON [--occurred-at TIME] [--id UUID] --as STAFF",
+        after_help = "After `record`, --data is the event's JSON object (as in the contract). Give the store directory before the command name or in CASEBOOK_DATA."
+    )]
     Record {
         /// Event type (docs/events.md), e.g. IncidentRecorded.
         #[arg(value_name = "TYPE")]
