@@ -373,8 +373,8 @@ fn decode(stored: &StoredEvent) -> Result<RecordedEvent, ProjectionError> {
 }
 
 impl SchoolViews {
-    /// Every projection as a slot, in [`PROJECTION_NAMES`] order.
-    fn slots(&mut self) -> Vec<Slot<'_>> {
+    /// Every projection, in [`PROJECTION_NAMES`] order.
+    fn feeds(&mut self) -> [&mut dyn Feed; 7] {
         let feeds: [&mut dyn Feed; 7] = [
             &mut self.caseload,
             &mut self.behaviour,
@@ -388,7 +388,12 @@ impl SchoolViews {
             .iter()
             .map(|f| f.name())
             .eq(PROJECTION_NAMES.iter().copied()));
-        feeds.into_iter().map(Slot::fresh).collect()
+        feeds
+    }
+
+    /// Every projection as a slot starting from zero.
+    fn slots(&mut self) -> Vec<Slot<'_>> {
+        self.feeds().into_iter().map(Slot::fresh).collect()
     }
 
     /// Loads every school-wide view: from its checkpoint where one is
@@ -443,16 +448,7 @@ impl SchoolViews {
 
     /// The slots of views already standing at `position`.
     fn slots_at(&mut self, position: u64, hash: Hash) -> Vec<Slot<'_>> {
-        let feeds: [&mut dyn Feed; 7] = [
-            &mut self.caseload,
-            &mut self.behaviour,
-            &mut self.attendance,
-            &mut self.suspensions,
-            &mut self.force,
-            &mut self.interventions,
-            &mut self.reintegration,
-        ];
-        feeds
+        self.feeds()
             .into_iter()
             .map(|feed| Slot {
                 feed,
