@@ -1,5 +1,6 @@
-//! Reading JSONL input safely: bounded line length, CRLF and a leading BOM
-//! tolerated, invalid UTF-8 reported with its line.
+//! Reading JSONL input safely: bounded line length; a byte order mark, CRLF
+//! line endings, blank lines and invalid UTF-8 are reported with their line
+//! (a spreadsheet export's usual damage) rather than guessed at.
 
 use std::io::BufRead;
 
@@ -13,6 +14,12 @@ pub enum Line {
     TooLong(usize),
     /// The line is not valid UTF-8; the byte offset of the first bad byte.
     BadUtf8(usize),
+    /// The first line starts with a UTF-8 byte order mark.
+    Bom,
+    /// The line ends in CR LF (a Windows line ending).
+    CrLf,
+    /// The line is empty or only white space.
+    Blank,
 }
 
 /// Reads lines without ever holding more than `MAX_LINE_BYTES` of one line.
@@ -58,16 +65,15 @@ impl<R: BufRead> Lines<R> {
         if total > MAX_LINE_BYTES {
             return Ok(Some((self.number, Line::TooLong(total))));
         }
+        if buf.starts_with(b"\xef\xbb\xbf") {
+            return Ok(Some((self.number, Line::Bom)));
+        }
         if buf.last() == Some(&b'\r') {
-            buf.pop();
+            return Ok(Some((self.number, Line::CrLf)));
         }
         match String::from_utf8(buf) {
-            Ok(mut s) => {
-                if self.number == 1 && s.starts_with('\u{feff}') {
-                    s.drain(..3);
-                }
-                Ok(Some((self.number, Line::Text(s))))
-            }
+            Ok(s) if s.trim().is_empty() => Ok(Some((self.number, Line::Blank))),
+            Ok(s) => Ok(Some((self.number, Line::Text(s)))),
             Err(e) => Ok(Some((
                 self.number,
                 Line::BadUtf8(e.utf8_error().valid_up_to()),
@@ -90,6 +96,9 @@ mod tests {
                     Line::Text(s) => s,
                     Line::TooLong(len) => format!("<too long {len}>"),
                     Line::BadUtf8(at) => format!("<bad utf8 at {at}>"),
+                    Line::Bom => "<bom>".into(),
+                    Line::CrLf => "<crlf>".into(),
+                    Line::Blank => "<blank>".into(),
                 },
             ));
         }
@@ -97,15 +106,17 @@ mod tests {
     }
 
     #[test]
-    fn crlf_bom_and_missing_final_newline_are_handled() {
-        let got = read_all(b"\xef\xbb\xbfa\r\nb\n\nc");
+    fn bom_crlf_and_blank_lines_are_reported_and_a_missing_final_newline_is_fine() {
+        let got = read_all(b"\xef\xbb\xbfa\nb\r\nb\n\n \nc");
         assert_eq!(
             got,
             vec![
-                (1, "a".into()),
-                (2, "b".into()),
-                (3, "".into()),
-                (4, "c".into())
+                (1, "<bom>".into()),
+                (2, "<crlf>".into()),
+                (3, "b".into()),
+                (4, "<blank>".into()),
+                (5, "<blank>".into()),
+                (6, "c".into())
             ]
         );
     }

@@ -192,12 +192,30 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
             }
             Line::BadUtf8(at) => {
                 return Err(Failure::BadInput(format!(
-                    "line {n}: not valid UTF-8 (bad byte at offset {at})"
+                    "line {n}: not valid UTF-8 (bad byte at offset {at}); save the file as UTF-8"
+                )))
+            }
+            Line::Bom => {
+                return Err(Failure::BadInput(format!(
+                "line {n}: starts with a byte order mark (BOM); save the file as UTF-8 without BOM"
+            )))
+            }
+            Line::CrLf => {
+                return Err(Failure::BadInput(format!(
+                    "line {n}: ends with CR LF (Windows line ending); JSONL lines end with LF only"
+                )))
+            }
+            Line::Blank => {
+                return Err(Failure::BadInput(format!(
+                    "line {n}: empty line; every line must be one JSON event"
                 )))
             }
         };
-        if text.trim().is_empty() {
-            continue;
+        if n > casebook_engine::import::MAX_EVENTS_PER_IMPORT {
+            return Err(Failure::BadInput(format!(
+                "line {n}: more than {} lines in one import; split the file",
+                casebook_engine::import::MAX_EVENTS_PER_IMPORT
+            )));
         }
         let parsed = parse_line(n, &text).map_err(import_failure)?;
         let school = parsed.school.clone().unwrap_or_else(|| ctx.school.clone());

@@ -61,8 +61,10 @@ pub enum StoreError {
     Corrupt { location: String, what: String },
     #[error("store format version {found} is newer than this casebook understands (up to {supported}); upgrade casebook")]
     UnsupportedFormat { found: u32, supported: u32 },
-    #[error("store at {path} is in use by another casebook process")]
-    InUse { path: String },
+    #[error("store at {path} is in use by {}", in_use_by(*.pid))]
+    InUse { path: String, pid: Option<u32> },
+    #[error("the disk holding the store is full (during {during}); nothing of this write was acknowledged. Free space, then reopen the store (`casebook verify` checks it)")]
+    DiskFull { during: &'static str },
     #[error("invalid school id {school:?}: {what}")]
     InvalidSchool { school: String, what: String },
     #[error("the log's writer stopped after an earlier write failure; reopen the store")]
@@ -76,6 +78,9 @@ impl StoreError {
         during: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> StoreError {
+        if is_disk_full(&source) {
+            return StoreError::DiskFull { during };
+        }
         StoreError::Io {
             during,
             source: Box::new(source),
@@ -91,8 +96,32 @@ impl StoreError {
                 | StoreError::Corrupt { .. }
                 | StoreError::UnsupportedFormat { .. }
                 | StoreError::InUse { .. }
+                | StoreError::DiskFull { .. }
                 | StoreError::WriterStopped
                 | StoreError::Codec(_)
         )
     }
+}
+
+fn in_use_by(pid: Option<u32>) -> String {
+    match pid {
+        Some(pid) => format!("process {pid}"),
+        None => "another casebook process".into(),
+    }
+}
+
+/// Whether an I/O error (plain, or wrapped by sled) is ENOSPC.
+pub(crate) fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let io = e
+        .downcast_ref::<std::io::Error>()
+        .or_else(|| match e.downcast_ref::<sled::Error>() {
+            Some(sled::Error::Io(io)) => Some(io),
+            _ => None,
+        });
+    if let Some(io) = io {
+        if io.raw_os_error() == Some(libc::ENOSPC) || io.kind() == std::io::ErrorKind::StorageFull {
+            return true;
+        }
+    }
+    e.to_string().contains("No space left on device")
 }

@@ -15,12 +15,24 @@ use crate::domain::{decide, CaseState, Command, DomainError, Record};
 use crate::envelope::{encode_payload, NewEvent, RecordedEvent, StreamId};
 use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
-use crate::store::{read_whole_stream, AppendRequest, EventStore, ExpectedVersion};
+use crate::store::{
+    read_whole_stream, AppendRequest, EventStore, ExpectedVersion, MAX_EVENTS_PER_APPEND,
+};
 
 /// Longest accepted line. A case entry with a long description is a few KB;
 /// 1 MiB leaves room for any honest record and stops a runaway line (a file
 /// with no newlines) from being buffered whole.
 pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// Longest free-text field (a description, summary or rationale) in an
+/// import line's `data`. A long incident write-up is a few KB; 64 KiB keeps
+/// a pasted document or a runaway cell out of the permanent record.
+pub const MAX_FIELD_BYTES: usize = 64 * 1024;
+
+/// Most lines one import may hold. An import is one atomic append, so this
+/// is the store's bound on one append ([`MAX_EVENTS_PER_APPEND`]), which
+/// bounds the memory of a batch in flight.
+pub const MAX_EVENTS_PER_IMPORT: usize = MAX_EVENTS_PER_APPEND;
 
 /// Longest pupil reference or staff reference (UPNs are 13 characters; MIS
 /// ids are shorter).
@@ -117,6 +129,32 @@ fn check_ref(line: usize, field: &str, value: &str) -> Result<(), ImportError> {
     Ok(())
 }
 
+/// Refuses any string in `data` longer than [`MAX_FIELD_BYTES`], naming its
+/// path (`data.description`).
+fn check_field_sizes(
+    line: usize,
+    path: &str,
+    value: &serde_json::Value,
+) -> Result<(), ImportError> {
+    match value {
+        serde_json::Value::String(s) if s.len() > MAX_FIELD_BYTES => Err(ImportError::line(
+            line,
+            format!(
+                "field {path}: {} bytes, over the limit of {MAX_FIELD_BYTES} bytes for one field",
+                s.len()
+            ),
+        )),
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| check_field_sizes(line, &format!("{path}[{i}]"), v)),
+        serde_json::Value::Object(map) => map
+            .iter()
+            .try_for_each(|(k, v)| check_field_sizes(line, &format!("{path}.{k}"), v)),
+        _ => Ok(()),
+    }
+}
+
 /// Parses an RFC 3339 time, naming the field on failure.
 pub fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
     DateTime::parse_from_rfc3339(text)
@@ -174,6 +212,7 @@ pub fn parse_line(line: usize, text: &str) -> Result<ImportLine, ImportError> {
     };
     check_ref(line, "pupil", &raw.pupil)?;
     check_ref(line, "actor", &raw.actor)?;
+    check_field_sizes(line, "data", &raw.data)?;
     let occurred_at =
         parse_time("occurred_at", &raw.occurred_at).map_err(|w| ImportError::line(line, w))?;
     let mut event =

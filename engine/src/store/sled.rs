@@ -69,6 +69,8 @@ pub struct SledStore {
     db: sled::Db,
     path: PathBuf,
     logs: Mutex<HashMap<String, Arc<SledLog>>>,
+    /// Held (flock) for as long as this store or any of its logs is open.
+    lock: Arc<ProcessLock>,
 }
 
 impl SledStore {
@@ -84,12 +86,16 @@ impl SledStore {
                 .into(),
             });
         }
+        if create {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create store", e))?;
+        }
+        let lock = Arc::new(ProcessLock::acquire(dir)?);
         // sled panics on some damaged files instead of returning an error;
         // a damaged store must be an error (exit 3), never a crash.
         let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
         let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
             .map_err(|panic| StoreError::Corrupt {
-                location: format!("{path_text}/db"),
+                location: sled_files(dir),
                 what: format!(
                     "sled cannot read its files ({}); restore from a backup",
                     panic_text(&panic)
@@ -139,6 +145,7 @@ impl SledStore {
             db,
             path: dir.to_path_buf(),
             logs: Mutex::new(HashMap::new()),
+            lock,
         }))
     }
 
@@ -160,7 +167,15 @@ impl SledStore {
             .open_tree(format!("{LOG_TREE_PREFIX}{school}"))
             .map_err(|e| StoreError::io("open log", e))?;
         let watermark = Watermark::open(&self.path, school)?;
-        let log = Arc::new(SledLog::start(self.db.clone(), tree, school, watermark)?);
+        let sync = DataSync::open(&self.path)?;
+        let log = Arc::new(SledLog::start(
+            self.db.clone(),
+            tree,
+            school,
+            watermark,
+            sync,
+            self.lock.clone(),
+        )?);
         logs.insert(school.to_string(), log.clone());
         Ok(log)
     }
@@ -189,20 +204,111 @@ impl SledStore {
 
 fn open_error(e: sled::Error, path: &str) -> StoreError {
     let text = e.to_string();
-    if text.contains("lock") {
+    if text.contains("could not acquire lock") {
         StoreError::InUse {
             path: path.to_string(),
+            pid: None,
         }
     } else if matches!(
         e,
         sled::Error::Corruption { .. } | sled::Error::Unsupported(_)
-    ) {
+    ) || text.contains("crc")
+    {
         StoreError::Corrupt {
-            location: path.to_string(),
+            location: sled_files(Path::new(path)),
             what: text,
         }
+    } else if crate::error::is_disk_full(&e) {
+        StoreError::DiskFull { during: "open" }
     } else {
-        StoreError::io("open", e)
+        StoreError::Corrupt {
+            location: sled_files(Path::new(path)),
+            what: format!("sled cannot open its files: {text}"),
+        }
+    }
+}
+
+/// Names sled's files in `dir` for an open error: sled does not say which
+/// of its files it could not read, so the message lists them all.
+fn sled_files(dir: &Path) -> String {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n == "db" || n == "conf" || n.starts_with("snap."))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    format!(
+        "{} (sled's files {})",
+        dir.display(),
+        if names.is_empty() {
+            "are missing".to_string()
+        } else {
+            names.join(", ")
+        }
+    )
+}
+
+/// Name of the lock file in the store directory. It holds the pid of the
+/// process that has the store open, and is locked with `flock` while it
+/// is open, so a second process is told who holds the store.
+pub const LOCK_FILE: &str = "casebook.lock";
+
+/// The store's process lock (released when the file is closed, including
+/// when the process dies).
+struct ProcessLock {
+    _file: std::fs::File,
+}
+
+impl ProcessLock {
+    fn acquire(dir: &Path) -> Result<ProcessLock, StoreError> {
+        use fs2::FileExt;
+        use std::io::{Read, Seek, Write};
+        let path = dir.join(LOCK_FILE);
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| StoreError::io("open lock file", e))?;
+        if file.try_lock_exclusive().is_err() {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            return Err(StoreError::InUse {
+                path: dir.display().to_string(),
+                pid: text.trim().parse().ok(),
+            });
+        }
+        // Best effort: the pid is only for the message above.
+        let _ = file.set_len(0);
+        let _ = file.seek(std::io::SeekFrom::Start(0));
+        let _ = writeln!(file, "{}", std::process::id());
+        Ok(ProcessLock { _file: file })
+    }
+}
+
+/// sled's `flush` ends with `sync_file_range`, which makes the written data
+/// durable but not the file's metadata (its size, when the log grew). An
+/// `fdatasync` of sled's log file after every group's flush closes that gap
+/// before anything is acknowledged.
+struct DataSync {
+    file: std::fs::File,
+}
+
+impl DataSync {
+    fn open(dir: &Path) -> Result<DataSync, StoreError> {
+        let file =
+            std::fs::File::open(dir.join("db")).map_err(|e| StoreError::io("open log file", e))?;
+        Ok(DataSync { file })
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::io("fdatasync", e))
     }
 }
 
@@ -420,6 +526,7 @@ struct Commit {
 
 /// One school's log in a sled store.
 pub struct SledLog {
+    _lock: Arc<ProcessLock>,
     db: sled::Db,
     tree: sled::Tree,
     school: String,
@@ -435,6 +542,8 @@ impl SledLog {
         tree: sled::Tree,
         school: &str,
         watermark: Watermark,
+        sync: DataSync,
+        lock: Arc<ProcessLock>,
     ) -> Result<SledLog, StoreError> {
         let (position, hash, recorded_us) = recover_head(&tree, school)?;
         watermark.check(&tree, school, position)?;
@@ -450,12 +559,14 @@ impl SledLog {
             durable: durable.clone(),
             head_tx,
             watermark,
+            sync,
         };
         let handle = std::thread::Builder::new()
             .name(format!("casebook-writer-{school}"))
             .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::io("start writer", e))?;
         Ok(SledLog {
+            _lock: lock,
             db,
             tree,
             school: school.to_string(),
@@ -578,6 +689,7 @@ struct Writer {
     durable: Arc<AtomicU64>,
     head_tx: watch::Sender<u64>,
     watermark: Watermark,
+    sync: DataSync,
 }
 
 impl Writer {
@@ -642,16 +754,32 @@ impl Writer {
             return true;
         }
         batch.insert(HEAD_KEY, &encode_head(position, &hash, recorded_us)[..]);
-        let result = self
-            .tree
-            .apply_batch(batch)
-            .map_err(|e| StoreError::io("append", e))
-            .and_then(|()| {
-                self.db
-                    .flush()
-                    .map(|_| ())
-                    .map_err(|e| StoreError::io("flush", e))
-            });
+        // sled can panic inside a write (e.g. on ENOSPC in its I/O
+        // buffers); that must become an error for the waiting appends, not
+        // a dead writer thread.
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.tree
+                .apply_batch(batch)
+                .map_err(|e| StoreError::io("append", e))
+                .and_then(|()| {
+                    self.db
+                        .flush()
+                        .map(|_| ())
+                        .map_err(|e| StoreError::io("flush", e))
+                })
+                .and_then(|()| self.sync.sync())
+        }))
+        .unwrap_or_else(|panic| {
+            let text = panic_text(&panic);
+            Err(if text.contains("No space left") {
+                StoreError::DiskFull { during: "append" }
+            } else {
+                StoreError::Io {
+                    during: "append",
+                    source: format!("sled failed: {text}").into(),
+                }
+            })
+        });
         match result {
             Ok(()) => {
                 debug_assert!(position > self.position, "a staged group advances the head");
@@ -667,11 +795,16 @@ impl Writer {
                 true
             }
             Err(e) => {
+                let disk_full = matches!(e, StoreError::DiskFull { .. });
                 let text = e.to_string();
                 for (reply, _) in staged {
-                    let _ = reply.send(Err(StoreError::Io {
-                        during: "append",
-                        source: text.clone().into(),
+                    let _ = reply.send(Err(if disk_full {
+                        StoreError::DiskFull { during: "append" }
+                    } else {
+                        StoreError::Io {
+                            during: "append",
+                            source: text.clone().into(),
+                        }
                     }));
                 }
                 false
@@ -1056,4 +1189,40 @@ impl EventStore for SledLog {
         }
         Ok(v.finish())
     }
+}
+
+/// Decodes a stored head record (`mhead`): position, hash, recorded_at µs.
+/// Public for the decoder fuzz tests; the store uses the same code.
+pub fn decode_head_record(bytes: &[u8]) -> Result<(u64, Hash, i64), crate::error::CodecError> {
+    decode_head(bytes).ok_or(crate::error::CodecError::Field {
+        field: "head",
+        what: format!("head record has {} bytes, expected 48", bytes.len()),
+    })
+}
+
+/// Decodes a head watermark file's contents (`None` for an empty file).
+/// Public for the decoder fuzz tests.
+pub fn decode_watermark(bytes: &[u8]) -> Result<Option<(u64, Hash)>, crate::error::CodecError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let bad = |what: &str| crate::error::CodecError::Field {
+        field: "watermark",
+        what: what.to_string(),
+    };
+    if bytes.len() != WATERMARK_LEN {
+        return Err(bad("wrong length"));
+    }
+    let position = be_u64(&bytes[..8]).ok_or_else(|| bad("bad position"))?;
+    let hash: Hash = bytes[8..40].try_into().map_err(|_| bad("bad hash"))?;
+    if Watermark::encode(position, &hash) != bytes {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok(Some((position, hash)))
+}
+
+/// Decodes a stored event value as the store reads it at `position`.
+/// Public for the decoder fuzz tests.
+pub fn decode_event_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
+    decode_at(position, value)
 }
