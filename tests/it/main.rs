@@ -3,6 +3,7 @@
 mod bad_corpus;
 mod cli;
 mod conformance;
+mod crash;
 mod domain;
 mod projections;
 mod store_tamper;
