@@ -3,7 +3,9 @@
 mod bad_corpus;
 mod cli;
 mod conformance;
+mod corrupt_open;
 mod crash;
 mod domain;
 mod projections;
 mod store_tamper;
+mod two_processes;

@@ -485,8 +485,14 @@ impl Watermark {
         if position == 0 {
             return Ok(());
         }
+        let db_file = self
+            .path
+            .parent()
+            .and_then(Path::parent)
+            .map(|d| d.join("db").display().to_string())
+            .unwrap_or_default();
         let lost = |what: String| StoreError::Corrupt {
-            location: format!("log {school:?}"),
+            location: format!("{db_file} (log {school:?})"),
             what,
         };
         if recovered < position {
