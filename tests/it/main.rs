@@ -3,5 +3,6 @@
 mod cli;
 mod conformance;
 mod domain;
+mod pg;
 mod projections;
 mod store_tamper;
