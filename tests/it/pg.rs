@@ -271,26 +271,21 @@ fn external_db(url: &str) -> TestDb {
     }
 }
 
-/// A libpq key=value string for `config` (enough for tests: host, port,
-/// user, password, dbname).
+/// A `postgres://` URL for `c` (enough for tests: host, port, user,
+/// password, dbname; no percent-encoding).
 fn config_url(c: &tokio_postgres::Config) -> String {
-    let mut parts = Vec::new();
-    if let Some(tokio_postgres::config::Host::Tcp(h)) = c.get_hosts().first() {
-        parts.push(format!("host={h}"));
-    }
-    if let Some(p) = c.get_ports().first() {
-        parts.push(format!("port={p}"));
-    }
-    if let Some(u) = c.get_user() {
-        parts.push(format!("user={u}"));
-    }
-    if let Some(p) = c.get_password() {
-        parts.push(format!("password={}", String::from_utf8_lossy(p)));
-    }
-    if let Some(d) = c.get_dbname() {
-        parts.push(format!("dbname={d}"));
-    }
-    parts.join(" ")
+    let host = match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".into(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let user = c.get_user().unwrap_or("postgres");
+    let password = c
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    let db = c.get_dbname().unwrap_or("postgres");
+    format!("postgres://{user}{password}@{host}:{port}/{db}")
 }
 
 /// A superuser connection for direct SQL (tampering, roles).
@@ -575,4 +570,125 @@ pub fn server_available() -> bool {
         return true;
     }
     unavailable("initdb/pg_ctl were not found in /usr/lib/postgresql/*/bin or on PATH").is_some()
+}
+
+fn casebook(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_casebook"))
+        .args(args)
+        .env_remove("CASEBOOK_DATA")
+        .env_remove("CASEBOOK_DATABASE_URL")
+        .env_remove("CASEBOOK_SCHOOL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run casebook");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn ok(r: (i32, String, String)) -> String {
+    assert_eq!(r.0, 0, "stdout: {}\nstderr: {}", r.1, r.2);
+    r.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_cli_runs_on_postgres_and_copy_round_trips_through_sled() {
+    let Some(db) = test_db() else { return };
+    let url = db.url.as_str();
+    let pg = |args: &[&str]| {
+        let mut a = vec!["--database-url", url, "--school", "urn-100001"];
+        a.extend_from_slice(args);
+        casebook(&a)
+    };
+    ok(pg(&["init"]));
+    ok(pg(&[
+        "demo",
+        "--pupils",
+        "12",
+        "--seed",
+        "7",
+        "--year",
+        "2024",
+        "--today",
+        "2025-09-01",
+    ]));
+    let verified = ok(pg(&["verify"]));
+    assert!(verified.starts_with("ok: "), "{verified}");
+    ok(pg(&["caseload", "--today", "2025-07-01"]));
+    ok(pg(&["report", "behaviour", "--today", "2025-07-01"]));
+    ok(pg(&["rebuild"]));
+
+    // Postgres -> sled.
+    let dir = tempfile::tempdir().unwrap();
+    let sled_dir = dir.path().join("copy");
+    let sled = sled_dir.to_str().unwrap();
+    let copied = ok(casebook(&[
+        "--school",
+        "urn-100001",
+        "copy",
+        "--from",
+        url,
+        "--to",
+        sled,
+    ]));
+    let heads: Vec<&str> = copied
+        .lines()
+        .filter(|l| l.contains("head: position"))
+        .collect();
+    assert_eq!(heads.len(), 2, "{copied}");
+    let head = |l: &str| {
+        l.split_once("head:")
+            .map(|(_, h)| h.trim().to_string())
+            .unwrap()
+    };
+    assert_eq!(head(heads[0]), head(heads[1]));
+    let on_sled = ok(casebook(&[
+        "--data",
+        sled,
+        "--school",
+        "urn-100001",
+        "verify",
+    ]));
+    assert_eq!(
+        on_sled, verified,
+        "the same events and head on both backends"
+    );
+
+    // A destination that already holds the school is refused, nothing written.
+    let (code, _, err) = casebook(&[
+        "--school",
+        "urn-100001",
+        "copy",
+        "--from",
+        sled,
+        "--to",
+        url,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already holds"), "{err}");
+
+    // sled -> a second, empty database.
+    let admin = admin(url).await;
+    admin.batch_execute("CREATE DATABASE second").await.unwrap();
+    let second = format!("{}/second", url.rsplit_once('/').unwrap().0);
+    ok(casebook(&[
+        "--school",
+        "urn-100001",
+        "copy",
+        "--from",
+        sled,
+        "--to",
+        &second,
+    ]));
+    let back = ok(casebook(&[
+        "--database-url",
+        &second,
+        "--school",
+        "urn-100001",
+        "verify",
+    ]));
+    assert_eq!(back, verified);
 }

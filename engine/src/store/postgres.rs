@@ -49,6 +49,11 @@ use super::{
 use crate::envelope::{Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
 
+/// The connection settings type, for callers that parse URLs.
+pub mod config {
+    pub use tokio_postgres::config::{Config, Host};
+}
+
 /// The migrations of this build, in order: (version, name, SQL).
 pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
     1,
@@ -274,6 +279,18 @@ impl PostgresStore {
             .await
             .map_err(pg_err("read"))?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Bytes the whole database occupies (`pg_database_size`).
+    pub async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let client = open_client(&self.config, None, "casebook")
+            .await
+            .map_err(pg_err("connect"))?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .map_err(pg_err("read"))?;
+        Ok(row.get::<_, i64>(0) as u64)
     }
 
     /// The schema version the database is at.
