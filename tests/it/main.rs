@@ -4,5 +4,6 @@ mod cli;
 mod conformance;
 mod domain;
 mod pg;
+mod pg_multiprocess;
 mod projections;
 mod store_tamper;
