@@ -5,5 +5,6 @@ mod conformance;
 mod domain;
 mod pg;
 mod pg_multiprocess;
+mod pg_scaling;
 mod projections;
 mod store_tamper;

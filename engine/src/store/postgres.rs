@@ -305,22 +305,26 @@ impl PostgresStore {
         Ok(row.get(0))
     }
 
-    /// The throughput ceiling for benchmarks: inserts already sealed events
-    /// into `school`'s log with multi-row INSERTs (`unnest` of arrays, the
-    /// same statement the writer uses) and moves the head, in one
-    /// transaction under the head lock — bypassing the engine's checks,
+    /// The throughput ceiling for benchmarks (`casebook bench --backend
+    /// postgres`): inserts already sealed events into `school`'s log with
+    /// multi-row INSERTs (`unnest` of arrays, the same statement the writer
+    /// uses) and moves the head, in one transaction on a pooled connection
+    /// of the log under the head lock — bypassing the engine's checks,
     /// sealing and group commit. The events must continue the log (the
-    /// caller seals them); nothing checks that here, `verify` would.
+    /// caller seals them, e.g. with `StoredEvent::seal`); nothing checks
+    /// that here, `verify` would.
     pub async fn raw_insert_batch(
         &self,
         school: &str,
         events: &[StoredEvent],
     ) -> Result<(), StoreError> {
-        validate_school(school)?;
-        let mut client = open_client(&self.config, Some(school), "casebook-raw")
-            .await
-            .map_err(pg_err("connect"))?;
-        insert_sealed(&mut client, school, events, false).await
+        let log = self.log(school)?;
+        let mut client = log.pool.get().await?;
+        insert_sealed(&mut client, school, events, false).await?;
+        if let Some(last) = events.last() {
+            bump(&log.head_tx, last.position);
+        }
+        Ok(())
     }
 }
 
