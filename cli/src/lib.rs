@@ -8,6 +8,8 @@
 //! the engine's append path (`EventStore::append*`) and checkpoints; every
 //! command that records validates through `casebook_engine::import`.
 
+mod backend;
+mod copy;
 pub mod demo;
 mod demo_cmd;
 mod input;
@@ -172,6 +174,15 @@ pub enum Command {
     Rebuild {
         /// One projection (default: all).
         projection: Option<String>,
+    },
+    /// Copy a school's log (--school) between stores unchanged: positions and hashes are kept, both sides are verified.
+    Copy {
+        /// Source: a store directory or a postgres:// URL.
+        #[arg(long, value_name = "DIR|URL")]
+        from: String,
+        /// Destination (must hold no events of the school): a store directory or a postgres:// URL.
+        #[arg(long, value_name = "DIR|URL")]
+        to: String,
     },
 }
 

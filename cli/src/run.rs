@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use casebook_engine::import::{parse_line, parse_time, ImportError, ImportLine, Planner};
-use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{AppendRequest, EventStore};
 use chrono::{DateTime, NaiveDate, Utc};
 
+use crate::backend::Store;
 use crate::input::{Line, Lines};
 use crate::{progress, views, Cli, Command, Failure, Format};
 
@@ -20,17 +20,18 @@ pub(crate) struct Ctx {
     pub actor: Option<String>,
     pub today: NaiveDate,
     pub now: DateTime<Utc>,
-    store: Option<Arc<SledStore>>,
+    store: Option<Store>,
     data: std::path::PathBuf,
+    database_url: Option<String>,
 }
 
 impl Ctx {
     /// Opens the store (creating it when `create`).
-    pub fn store(&mut self, create: bool) -> Result<Arc<SledStore>, Failure> {
+    pub fn store(&mut self, create: bool) -> Result<Store, Failure> {
         if let Some(s) = &self.store {
             return Ok(s.clone());
         }
-        let s = SledStore::open(&self.data, create)?;
+        let s = Store::open(&self.data, self.database_url.as_deref(), create)?;
         self.store = Some(s.clone());
         Ok(s)
     }
@@ -70,11 +71,6 @@ impl Ctx {
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
-    if cli.database_url.is_some() {
-        return Err(Failure::BadInput(
-            "the PostgreSQL backend (--database-url / CASEBOOK_DATABASE_URL) is not available in this build yet; use the embedded store (--data)".into(),
-        ));
-    }
     casebook_engine::store::sled::validate_school(&cli.school)?;
     let now = Utc::now();
     let mut ctx = Ctx {
@@ -85,6 +81,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         now,
         store: None,
         data: cli.data.clone(),
+        database_url: cli.database_url.clone(),
     };
     match cli.command {
         Command::Init => init(&mut ctx),
@@ -128,6 +125,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Caseload { keyworker } => views::caseload(&mut ctx, keyworker.as_deref()).await,
         Command::Report { report } => views::report(&mut ctx, report).await,
         Command::Rebuild { projection } => views::rebuild(&mut ctx, projection.as_deref()).await,
+        Command::Copy { from, to } => crate::copy::run(&mut ctx, &from, &to).await,
     }
 }
 

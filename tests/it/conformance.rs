@@ -15,6 +15,10 @@ use chrono::{TimeZone, Utc};
 pub trait Backend {
     fn fresh() -> Self;
     fn open(&self) -> Arc<dyn EventStore>;
+    /// False when the backend cannot run here (the reason is printed).
+    fn available() -> bool {
+        true
+    }
 }
 
 pub struct SledBackend {
@@ -31,6 +35,30 @@ impl Backend for SledBackend {
         let store = casebook_engine::store::sled::SledStore::open(self.dir.path(), true)
             .expect("open store");
         store.log("test-school").expect("open log")
+    }
+}
+
+/// A fresh database on a throwaway cluster (see `pg.rs`).
+pub struct PgBackend {
+    db: crate::pg::TestDb,
+}
+
+impl Backend for PgBackend {
+    fn fresh() -> Self {
+        PgBackend {
+            db: crate::pg::test_db().expect("checked by available()"),
+        }
+    }
+    fn open(&self) -> Arc<dyn EventStore> {
+        let store = crate::pg::sync(casebook_engine::store::postgres::PostgresStore::connect(
+            &self.db.url,
+            true,
+        ))
+        .expect("connect");
+        store.log("test-school").expect("open log")
+    }
+    fn available() -> bool {
+        crate::pg::server_available()
     }
 }
 
@@ -349,6 +377,9 @@ macro_rules! conformance_suite {
                 ($name:ident) => {
                     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                     async fn $name() {
+                        if !<$backend as Backend>::available() {
+                            return;
+                        }
                         super::$name::<$backend>().await;
                     }
                 };
@@ -369,3 +400,4 @@ macro_rules! conformance_suite {
 }
 
 conformance_suite!(sled, SledBackend);
+conformance_suite!(pg, PgBackend);

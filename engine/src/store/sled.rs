@@ -31,6 +31,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
+mod copy_in;
+
 use super::{
     AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_EVENTS_PER_APPEND,
     MAX_READ_PAGE,

@@ -1,0 +1,1263 @@
+//! The PostgreSQL backend: every school of a trust in one database, written
+//! by any number of processes.
+//!
+//! Client: `tokio-postgres` — async on the tokio runtime the engine already
+//! uses, the binary protocol (bytea travels unescaped), `LISTEN/NOTIFY`
+//! through the connection's message stream, and no compile-time database
+//! (sqlx's checked macros need a live server or a prepared cache at build
+//! time). No pool crate: each log keeps a few idle connections of its own.
+//!
+//! Schema: numbered migrations in `engine/pg_migrations/`, applied on
+//! `connect(url, create = true)`; a database whose schema is newer than this
+//! build is refused. Tables and locking are described in docs/storage.md:
+//!
+//! | table | key | what |
+//! | --- | --- | --- |
+//! | `events` | (school, position) | the stored envelope bytes, same as sled, plus index columns |
+//! | `heads` | school | last position, hash, recorded_at; locked `FOR UPDATE` per commit |
+//! | `checkpoints` | (school, name) | projection checkpoints |
+//! | `schema_version` | version | applied migrations |
+//!
+//! Architecture Invariant: every append transaction locks its school's
+//! `heads` row first and reads the head, stream versions and event ids
+//! inside that transaction, so appends from several processes are
+//! serialized per school and chained on the committed head (never on a
+//! cached one). Within one process a writer task per log group-commits
+//! concurrent appends into one transaction.
+//!
+//! Architecture Invariant: every connection of a log is opened with
+//! `casebook.school` set to that school; row-level security (FORCE, so it
+//! binds the tables' owner too) then confines it to that school's rows.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls};
+use uuid::Uuid;
+
+use super::sled::validate_school;
+use super::{
+    AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_EVENTS_PER_APPEND,
+    MAX_READ_PAGE,
+};
+use crate::envelope::{Hash, StoredEvent, StreamId, GENESIS_HASH};
+use crate::error::StoreError;
+
+/// The connection settings type, for callers that parse URLs.
+pub mod config {
+    pub use tokio_postgres::config::{Config, Host};
+}
+
+/// The migrations of this build, in order: (version, name, SQL).
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "0001_init",
+    include_str!("../../pg_migrations/0001_init.sql"),
+)];
+
+/// The newest schema version this build knows.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// The NOTIFY channel; the payload is `school position`.
+pub const NOTIFY_CHANNEL: &str = "casebook_events";
+
+/// Most events one group commit gathers from separate appends.
+pub const MAX_GROUP_EVENTS: usize = 8_192;
+
+/// Pending appends per log before writers meet back-pressure.
+pub const MAX_PENDING_COMMITS: usize = 1_024;
+
+/// Rows per INSERT statement (one `unnest` of arrays). Keeps a message well
+/// under PostgreSQL's 1 GB limit whatever the size of an import.
+const INSERT_CHUNK: usize = 4_096;
+
+/// Idle connections a log keeps for reads.
+const MAX_IDLE: usize = 4;
+
+/// Attempts of a group commit that hit a unique violation (possible only
+/// when something wrote without taking the head lock).
+const COMMIT_ATTEMPTS: usize = 3;
+
+/// Key of the advisory lock that serializes migrations.
+const MIGRATION_LOCK: i64 = 0x6361_7365_626f_6f6b; // "casebook"
+
+fn pg_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut t = format!("{} (SQLSTATE {})", db.message(), db.code().code());
+            if let Some(d) = db.detail() {
+                t.push_str(": ");
+                t.push_str(d);
+            }
+            t
+        }
+        None => {
+            let mut t = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                t.push_str(": ");
+                t.push_str(&s.to_string());
+                source = s.source();
+            }
+            t
+        }
+    }
+}
+
+fn pg_err(during: &'static str) -> impl Fn(tokio_postgres::Error) -> StoreError {
+    move |e| StoreError::Io {
+        during,
+        source: pg_text(&e).into(),
+    }
+}
+
+fn corrupt(location: String, what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        location,
+        what: what.into(),
+    }
+}
+
+fn to_i64(v: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::Io {
+        during: "query",
+        source: format!("{what} {v} is out of PostgreSQL's bigint range").into(),
+    })
+}
+
+fn to_hash(bytes: &[u8], location: impl Fn() -> String) -> Result<Hash, StoreError> {
+    Hash::try_from(bytes).map_err(|_| {
+        corrupt(
+            location(),
+            format!("hash has {} bytes, expected 32", bytes.len()),
+        )
+    })
+}
+
+/// Opens one connection, scoped to `school` when given.
+async fn open_client(
+    config: &Config,
+    school: Option<&str>,
+    application: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut c = config.clone();
+    c.application_name(application);
+    if let Some(s) = school {
+        // validate_school allows only [A-Za-z0-9._-]: safe in an options string.
+        c.options(format!("-c casebook.school={s}"));
+    }
+    if c.get_connect_timeout().is_none() {
+        c.connect_timeout(Duration::from_secs(30));
+    }
+    let (client, connection) = c.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// Applies the migrations this build has and the database lacks.
+async fn migrate(client: &mut Client, create: bool) -> Result<(), StoreError> {
+    let tx = client.transaction().await.map_err(pg_err("migrate"))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_err("migrate"))?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('schema_version') IS NOT NULL", &[])
+        .await
+        .map_err(pg_err("migrate"))?
+        .get(0);
+    let current: i32 = if exists {
+        tx.query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(pg_err("migrate"))?
+            .get(0)
+    } else {
+        0
+    };
+    if current > SCHEMA_VERSION {
+        return Err(StoreError::UnsupportedFormat {
+            found: current as u32,
+            supported: SCHEMA_VERSION as u32,
+        });
+    }
+    if current == SCHEMA_VERSION {
+        return tx.commit().await.map_err(pg_err("migrate"));
+    }
+    if !create {
+        return Err(StoreError::Io {
+            during: "open",
+            source: if current == 0 {
+                "this database has no casebook schema (run `casebook init --database-url ...` first)"
+                    .to_string()
+                    .into()
+            } else {
+                format!("this database has casebook schema version {current}; run `casebook init --database-url ...` to migrate it to {SCHEMA_VERSION}").into()
+            },
+        });
+    }
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE schema_version (
+                version    integer     PRIMARY KEY,
+                name       text        NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
+            )",
+        )
+        .await
+        .map_err(pg_err("migrate"))?;
+    }
+    for (version, name, sql) in MIGRATIONS {
+        if *version <= current {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(pg_err("migrate"))?;
+        tx.execute(
+            "INSERT INTO schema_version (version, name) VALUES ($1, $2)",
+            &[version, name],
+        )
+        .await
+        .map_err(pg_err("migrate"))?;
+    }
+    tx.commit().await.map_err(pg_err("migrate"))
+}
+
+/// A casebook database: any number of school logs in one PostgreSQL
+/// database.
+pub struct PostgresStore {
+    config: Config,
+    logs: Mutex<HashMap<String, Arc<PostgresLog>>>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (a `postgres://` URL or a libpq key=value string),
+    /// applying migrations when `create` is true. TLS is not supported in
+    /// this build: use a unix socket, loopback or a private network.
+    pub async fn connect(url: &str, create: bool) -> Result<Arc<PostgresStore>, StoreError> {
+        let config: Config = url.parse().map_err(|e| StoreError::Io {
+            during: "connect",
+            source: format!("the database URL is not valid: {e}").into(),
+        })?;
+        let mut client = open_client(&config, None, "casebook")
+            .await
+            .map_err(pg_err("connect"))?;
+        migrate(&mut client, create).await?;
+        Ok(Arc::new(PostgresStore {
+            config,
+            logs: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The log of `school`. One `PostgresLog` (one writer task) per school
+    /// per store; other processes may have their own. Must be called inside
+    /// a tokio runtime.
+    pub fn log(&self, school: &str) -> Result<Arc<PostgresLog>, StoreError> {
+        validate_school(school)?;
+        let mut logs = self.logs.lock().map_err(|_| StoreError::WriterStopped)?;
+        if let Some(log) = logs.get(school) {
+            return Ok(log.clone());
+        }
+        let log = Arc::new(PostgresLog::start(self.config.clone(), school)?);
+        logs.insert(school.to_string(), log.clone());
+        Ok(log)
+    }
+
+    /// The schools that have a head row (a superuser or a role without
+    /// row-level security sees all; a scoped role sees its own).
+    pub async fn schools(&self) -> Result<Vec<String>, StoreError> {
+        let client = open_client(&self.config, None, "casebook")
+            .await
+            .map_err(pg_err("connect"))?;
+        let rows = client
+            .query("SELECT school FROM heads ORDER BY school", &[])
+            .await
+            .map_err(pg_err("read"))?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Bytes the whole database occupies (`pg_database_size`).
+    pub async fn size_on_disk(&self) -> Result<u64, StoreError> {
+        let client = open_client(&self.config, None, "casebook")
+            .await
+            .map_err(pg_err("connect"))?;
+        let row = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .map_err(pg_err("read"))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    /// The schema version the database is at.
+    pub async fn schema_version(&self) -> Result<i32, StoreError> {
+        let client = open_client(&self.config, None, "casebook")
+            .await
+            .map_err(pg_err("connect"))?;
+        let row = client
+            .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+            .await
+            .map_err(pg_err("read"))?;
+        Ok(row.get(0))
+    }
+
+    /// The throughput ceiling for benchmarks (`casebook bench --backend
+    /// postgres`): inserts already sealed events into `school`'s log with
+    /// multi-row INSERTs (`unnest` of arrays, the same statement the writer
+    /// uses) and moves the head, in one transaction on a pooled connection
+    /// of the log under the head lock — bypassing the engine's checks,
+    /// sealing and group commit. The events must continue the log (the
+    /// caller seals them, e.g. with `StoredEvent::seal`); nothing checks
+    /// that here, `verify` would.
+    pub async fn raw_insert_batch(
+        &self,
+        school: &str,
+        events: &[StoredEvent],
+    ) -> Result<(), StoreError> {
+        let log = self.log(school)?;
+        let mut client = log.pool.get().await?;
+        insert_sealed(&mut client, school, events, false).await?;
+        if let Some(last) = events.last() {
+            bump(&log.head_tx, last.position);
+        }
+        Ok(())
+    }
+}
+
+/// Inserts sealed events and moves the head in one transaction under the
+/// head lock. With `check`, refuses events that do not continue the head.
+async fn insert_sealed(
+    client: &mut Client,
+    school: &str,
+    events: &[StoredEvent],
+    check: bool,
+) -> Result<(), StoreError> {
+    let Some(last) = events.last() else {
+        return Ok(());
+    };
+    let tx = client.transaction().await.map_err(pg_err("append"))?;
+    let (position, hash, _) = lock_head(&tx, school).await?;
+    if check {
+        let first = &events[0];
+        if first.position != position + 1 || first.prev_hash != hash {
+            return Err(StoreError::Io {
+                during: "copy",
+                source: format!(
+                    "school {school:?}: event at position {} does not continue the destination's head (position {position})",
+                    first.position
+                )
+                .into(),
+            });
+        }
+        for w in events.windows(2) {
+            if w[1].position != w[0].position + 1 || w[1].prev_hash != w[0].hash {
+                return Err(StoreError::Io {
+                    during: "copy",
+                    source: format!(
+                        "school {school:?}: the source's events at positions {} and {} are not chained",
+                        w[0].position, w[1].position
+                    )
+                    .into(),
+                });
+            }
+        }
+    }
+    let mut rows = Vec::with_capacity(events.len());
+    for e in events {
+        rows.push(Row::of(e, e.encode()?)?);
+    }
+    insert_rows(&tx, &rows).await?;
+    finish_commit(&tx, school, last.position, &last.hash, last.recorded_at).await?;
+    tx.commit().await.map_err(pg_err("commit"))
+}
+
+/// Locks the school's head row (creating it first when the log is new) and
+/// returns (position, hash, recorded_at).
+async fn lock_head(
+    tx: &tokio_postgres::Transaction<'_>,
+    school: &str,
+) -> Result<(u64, Hash, Option<DateTime<Utc>>), StoreError> {
+    const SELECT: &str =
+        "SELECT position, hash, recorded_at FROM heads WHERE school = $1 FOR UPDATE";
+    let mut row = tx
+        .query_opt(SELECT, &[&school])
+        .await
+        .map_err(pg_err("lock head"))?;
+    if row.is_none() {
+        tx.execute(
+            "INSERT INTO heads (school, position, hash) VALUES ($1, 0, $2) ON CONFLICT (school) DO NOTHING",
+            &[&school, &&GENESIS_HASH[..]],
+        )
+        .await
+        .map_err(pg_err("lock head"))?;
+        row = tx
+            .query_opt(SELECT, &[&school])
+            .await
+            .map_err(pg_err("lock head"))?;
+    }
+    let row = row.ok_or_else(|| corrupt(format!("log {school:?} head"), "head row vanished"))?;
+    let position: i64 = row.get(0);
+    let hash: &[u8] = row.get(1);
+    let hash = to_hash(hash, || format!("log {school:?} head"))?;
+    Ok((position as u64, hash, row.get(2)))
+}
+
+/// Moves the head and queues the notification; both take effect at commit.
+async fn finish_commit(
+    tx: &tokio_postgres::Transaction<'_>,
+    school: &str,
+    position: u64,
+    hash: &Hash,
+    recorded_at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE heads SET position = $2, hash = $3, recorded_at = $4 WHERE school = $1",
+        &[
+            &school,
+            &to_i64(position, "position")?,
+            &&hash[..],
+            &recorded_at,
+        ],
+    )
+    .await
+    .map_err(pg_err("append"))?;
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&NOTIFY_CHANNEL, &format!("{school} {position}")],
+    )
+    .await
+    .map_err(pg_err("append"))?;
+    Ok(())
+}
+
+/// One events row.
+struct Row {
+    position: i64,
+    stream: Uuid,
+    version: i64,
+    event_id: Uuid,
+    recorded_at: DateTime<Utc>,
+    value: Vec<u8>,
+}
+
+impl Row {
+    fn of(e: &StoredEvent, value: Vec<u8>) -> Result<Row, StoreError> {
+        Ok(Row {
+            position: to_i64(e.position, "position")?,
+            stream: e.stream.0,
+            version: to_i64(e.version, "version")?,
+            event_id: e.event_id,
+            recorded_at: e.recorded_at,
+            value,
+        })
+    }
+}
+
+/// Multi-row INSERT of `rows`, in chunks, through `unnest` of arrays (one
+/// statement and one round trip per chunk). The school comes from the
+/// connection's `casebook.school` through the row-level security check.
+async fn insert_rows(tx: &tokio_postgres::Transaction<'_>, rows: &[Row]) -> Result<(), StoreError> {
+    let statement = tx
+        .prepare(
+            "INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
+             SELECT current_setting('casebook.school'), * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], $5::timestamptz[], $6::bytea[])",
+        )
+        .await
+        .map_err(pg_err("append"))?;
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let positions: Vec<i64> = chunk.iter().map(|r| r.position).collect();
+        let streams: Vec<Uuid> = chunk.iter().map(|r| r.stream).collect();
+        let versions: Vec<i64> = chunk.iter().map(|r| r.version).collect();
+        let ids: Vec<Uuid> = chunk.iter().map(|r| r.event_id).collect();
+        let times: Vec<DateTime<Utc>> = chunk.iter().map(|r| r.recorded_at).collect();
+        let values: Vec<&[u8]> = chunk.iter().map(|r| r.value.as_slice()).collect();
+        tx.execute(
+            &statement,
+            &[&positions, &streams, &versions, &ids, &times, &values],
+        )
+        .await
+        .map_err(|e| unique_violation(&e).unwrap_or_else(|| pg_err("append")(e)))?;
+    }
+    Ok(())
+}
+
+/// A unique violation as the typed error it stands for. The head lock makes
+/// these impossible between casebook writers; they mean a writer that
+/// bypassed the lock, and the group is retried on a fresh head.
+fn unique_violation(e: &tokio_postgres::Error) -> Option<StoreError> {
+    let db = e.as_db_error()?;
+    if db.code() != &SqlState::UNIQUE_VIOLATION {
+        return None;
+    }
+    let detail = db.detail().unwrap_or("");
+    let id = detail
+        .split(|c: char| !(c.is_ascii_hexdigit() || c == '-'))
+        .rev()
+        .find_map(|w| Uuid::parse_str(w).ok());
+    let constraint = db.constraint().unwrap_or("");
+    Some(if constraint.contains("event_id") {
+        StoreError::DuplicateEventId {
+            event_id: id.unwrap_or_default(),
+            position: 0,
+        }
+    } else if constraint.contains("stream") {
+        StoreError::WrongExpectedVersion {
+            stream: StreamId(id.unwrap_or_default()),
+            expected: super::ExpectedVersion::Any,
+            actual: 0,
+        }
+    } else {
+        StoreError::Io {
+            during: "append",
+            source: format!("another writer appended concurrently without the head lock: {detail}")
+                .into(),
+        }
+    })
+}
+
+// ---- connections ----------------------------------------------------------
+
+/// A few idle connections of one log, all scoped to its school.
+struct Pool {
+    config: Config,
+    school: String,
+    idle: Mutex<Vec<Client>>,
+}
+
+impl Pool {
+    async fn get(self: &Arc<Self>) -> Result<Pooled, StoreError> {
+        loop {
+            let next = self.idle.lock().ok().and_then(|mut v| v.pop());
+            match next {
+                Some(c) if !c.is_closed() => {
+                    return Ok(Pooled {
+                        client: Some(c),
+                        pool: self.clone(),
+                    })
+                }
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let client = open_client(&self.config, Some(&self.school), "casebook")
+            .await
+            .map_err(pg_err("connect"))?;
+        Ok(Pooled {
+            client: Some(client),
+            pool: self.clone(),
+        })
+    }
+}
+
+struct Pooled {
+    client: Option<Client>,
+    pool: Arc<Pool>,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        self.client.as_ref().expect("present until drop")
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Client {
+        self.client.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        if let Some(c) = self.client.take() {
+            if !c.is_closed() {
+                if let Ok(mut idle) = self.pool.idle.lock() {
+                    if idle.len() < MAX_IDLE {
+                        idle.push(c);
+                    }
+                }
+            }
+        }
+    }
+}
+
+// ---- the log ---------------------------------------------------------------
+
+type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
+
+struct Commit {
+    requests: Vec<AppendRequest>,
+    reply: Reply,
+}
+
+/// One school's log in a PostgreSQL database.
+pub struct PostgresLog {
+    school: String,
+    pool: Arc<Pool>,
+    head_tx: Arc<watch::Sender<u64>>,
+    head_rx: watch::Receiver<u64>,
+    sender: Option<mpsc::Sender<Commit>>,
+    listener: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl PostgresLog {
+    fn start(config: Config, school: &str) -> Result<PostgresLog, StoreError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| StoreError::Io {
+            during: "open log",
+            source: Box::new(e),
+        })?;
+        let (head_tx, head_rx) = watch::channel(0);
+        let head_tx = Arc::new(head_tx);
+        let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
+        let writer = Writer {
+            config: config.clone(),
+            school: school.to_string(),
+            client: None,
+            head_tx: head_tx.clone(),
+        };
+        runtime.spawn(writer.run(receiver));
+        Ok(PostgresLog {
+            school: school.to_string(),
+            pool: Arc::new(Pool {
+                config,
+                school: school.to_string(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            head_tx,
+            head_rx,
+            sender: Some(sender),
+            listener: Mutex::new(None),
+        })
+    }
+
+    /// The school this log belongs to.
+    pub fn school(&self) -> &str {
+        &self.school
+    }
+
+    /// Copies already sealed events (from another backend's log) after the
+    /// head, unchanged: positions, times and hashes are kept. Refuses events
+    /// that do not continue the head exactly.
+    pub async fn append_copied(&self, events: &[StoredEvent]) -> Result<(), StoreError> {
+        let mut client = self.pool.get().await?;
+        insert_sealed(&mut client, &self.school, events, true).await?;
+        if let Some(last) = events.last() {
+            bump(&self.head_tx, last.position);
+        }
+        Ok(())
+    }
+
+    fn ensure_listener(&self) {
+        let Ok(mut slot) = self.listener.lock() else {
+            return;
+        };
+        if slot.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            *slot = Some(runtime.spawn(listen(
+                self.pool.config.clone(),
+                self.school.clone(),
+                self.head_tx.clone(),
+            )));
+        }
+    }
+}
+
+impl Drop for PostgresLog {
+    fn drop(&mut self) {
+        self.sender.take();
+        if let Ok(mut slot) = self.listener.lock() {
+            if let Some(h) = slot.take() {
+                h.abort();
+            }
+        }
+    }
+}
+
+fn bump(head: &watch::Sender<u64>, position: u64) {
+    head.send_if_modified(|h| {
+        if position > *h {
+            *h = position;
+            true
+        } else {
+            false
+        }
+    });
+}
+
+/// Follows other processes' commits: LISTEN on the channel and move the
+/// head watch. On a lost connection it reconnects and re-reads the head, so
+/// a commit made while it was away still wakes subscribers.
+async fn listen(config: Config, school: String, head: Arc<watch::Sender<u64>>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match listen_once(&config, &school, &head).await {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+async fn listen_once(
+    config: &Config,
+    school: &str,
+    head: &watch::Sender<u64>,
+) -> Result<(), tokio_postgres::Error> {
+    let mut c = config.clone();
+    c.application_name("casebook-listen");
+    c.options(format!("-c casebook.school={school}"));
+    c.connect_timeout(Duration::from_secs(30));
+    let (client, mut connection) = c.connect(NoTls).await?;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(n.payload().to_string()).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    });
+    client
+        .batch_execute(&format!("LISTEN {NOTIFY_CHANNEL}"))
+        .await?;
+    // Anything committed before LISTEN took effect (or while disconnected).
+    if let Some(row) = client
+        .query_opt("SELECT position FROM heads WHERE school = $1", &[&school])
+        .await?
+    {
+        bump(head, row.get::<_, i64>(0) as u64);
+    }
+    while let Some(payload) = rx.recv().await {
+        if let Some((s, p)) = payload.rsplit_once(' ') {
+            if s == school {
+                if let Ok(p) = p.parse::<u64>() {
+                    bump(head, p);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Writer {
+    config: Config,
+    school: String,
+    client: Option<Client>,
+    head_tx: Arc<watch::Sender<u64>>,
+}
+
+impl Writer {
+    async fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
+        while let Some(first) = receiver.recv().await {
+            let mut events: usize = first.requests.iter().map(|r| r.events.len()).sum();
+            let mut group = vec![first];
+            while events < MAX_GROUP_EVENTS {
+                match receiver.try_recv() {
+                    Ok(c) => {
+                        events += c.requests.iter().map(|r| r.events.len()).sum::<usize>();
+                        group.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group).await;
+        }
+    }
+
+    async fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(
+                open_client(&self.config, Some(&self.school), "casebook-writer")
+                    .await
+                    .map_err(pg_err("connect"))?,
+            );
+        }
+        self.client.as_mut().ok_or(StoreError::WriterStopped)
+    }
+
+    /// Commits one group: every append that passes its checks is stored in
+    /// one transaction; each failing one is answered with its own error.
+    async fn commit_group(&mut self, group: Vec<Commit>) {
+        let mut pending: Vec<Commit> = group;
+        for attempt in 1..=COMMIT_ATTEMPTS {
+            let outcome = self.try_commit(&pending).await;
+            match outcome {
+                Ok((results, position)) => {
+                    if let Some(p) = position {
+                        bump(&self.head_tx, p);
+                    }
+                    for (commit, result) in pending.into_iter().zip(results) {
+                        let _ = commit.reply.send(result);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    let retry = matches!(
+                        e,
+                        StoreError::DuplicateEventId { .. }
+                            | StoreError::WrongExpectedVersion { .. }
+                    ) && attempt < COMMIT_ATTEMPTS;
+                    if retry {
+                        continue;
+                    }
+                    let text = e.to_string();
+                    let typed = matches!(
+                        e,
+                        StoreError::DuplicateEventId { .. }
+                            | StoreError::WrongExpectedVersion { .. }
+                    );
+                    let mut first = Some(e);
+                    for commit in pending.drain(..) {
+                        let err = if typed && first.is_some() {
+                            first.take().unwrap_or(StoreError::WriterStopped)
+                        } else {
+                            StoreError::Io {
+                                during: "append",
+                                source: text.clone().into(),
+                            }
+                        };
+                        let _ = commit.reply.send(Err(err));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One attempt. `Ok` carries each commit's result and the new head (if
+    /// anything was stored); `Err` means the transaction failed as a whole.
+    #[allow(clippy::type_complexity)]
+    async fn try_commit(
+        &mut self,
+        group: &[Commit],
+    ) -> Result<(Vec<Result<Vec<Appended>, StoreError>>, Option<u64>), StoreError> {
+        let school = self.school.clone();
+        let client = self.client().await?;
+        let tx = client.transaction().await.map_err(pg_err("append"))?;
+        let (head_position, head_hash, last_recorded) = lock_head(&tx, &school).await?;
+        let now = DateTime::<Utc>::from_timestamp_micros(Utc::now().timestamp_micros())
+            .unwrap_or_else(Utc::now);
+        let recorded_at = match last_recorded {
+            Some(t) if t > now => t,
+            _ => now,
+        };
+        // What the group touches, read once under the lock.
+        let mut streams: Vec<Uuid> = Vec::new();
+        let mut seen_streams = HashSet::new();
+        let mut ids: Vec<Uuid> = Vec::new();
+        for c in group {
+            for r in &c.requests {
+                if seen_streams.insert(r.stream) {
+                    streams.push(r.stream.0);
+                }
+                ids.extend(r.events.iter().map(|e| e.event_id));
+            }
+        }
+        let mut versions: HashMap<StreamId, u64> = HashMap::new();
+        for chunk in streams.chunks(INSERT_CHUNK) {
+            for row in tx
+                .query(
+                    "SELECT stream, max(version) FROM events WHERE school = $1 AND stream = ANY($2) GROUP BY stream",
+                    &[&school, &chunk],
+                )
+                .await
+                .map_err(pg_err("append"))?
+            {
+                versions.insert(StreamId(row.get(0)), row.get::<_, i64>(1) as u64);
+            }
+        }
+        let mut stored_ids: HashMap<Uuid, u64> = HashMap::new();
+        for chunk in ids.chunks(INSERT_CHUNK) {
+            for row in tx
+                .query(
+                    "SELECT event_id, position FROM events WHERE school = $1 AND event_id = ANY($2)",
+                    &[&school, &chunk],
+                )
+                .await
+                .map_err(pg_err("append"))?
+            {
+                stored_ids.insert(row.get(0), row.get::<_, i64>(1) as u64);
+            }
+        }
+        let mut state = Staging {
+            versions,
+            stored_ids,
+            taken_ids: HashSet::new(),
+            position: head_position,
+            hash: head_hash,
+            rows: Vec::new(),
+        };
+        let mut results = Vec::with_capacity(group.len());
+        for c in group {
+            results.push(state.stage(&c.requests, recorded_at));
+        }
+        if state.position == head_position {
+            tx.rollback().await.map_err(pg_err("append"))?;
+            return Ok((results, None));
+        }
+        insert_rows(&tx, &state.rows).await?;
+        finish_commit(&tx, &school, state.position, &state.hash, recorded_at).await?;
+        tx.commit().await.map_err(pg_err("commit"))?;
+        Ok((results, Some(state.position)))
+    }
+}
+
+/// A group's state while its appends are checked and sealed.
+struct Staging {
+    versions: HashMap<StreamId, u64>,
+    stored_ids: HashMap<Uuid, u64>,
+    taken_ids: HashSet<Uuid>,
+    position: u64,
+    hash: Hash,
+    rows: Vec<Row>,
+}
+
+impl Staging {
+    /// Checks one append completely, then seals it onto the group. An append
+    /// that fails any check stages nothing.
+    fn stage(
+        &mut self,
+        requests: &[AppendRequest],
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let total: usize = requests.iter().map(|r| r.events.len()).sum();
+        if total > MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::Limit {
+                what: "events in one append",
+                count: total,
+                limit: MAX_EVENTS_PER_APPEND,
+            });
+        }
+        let mut local: HashMap<StreamId, u64> = HashMap::new();
+        let mut local_ids: HashSet<Uuid> = HashSet::new();
+        for r in requests {
+            if r.events.is_empty() {
+                return Err(StoreError::EmptyAppend { stream: r.stream });
+            }
+            let actual = local
+                .get(&r.stream)
+                .or_else(|| self.versions.get(&r.stream))
+                .copied()
+                .unwrap_or(0);
+            if !r.expected.admits(actual) {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: r.stream,
+                    expected: r.expected,
+                    actual,
+                });
+            }
+            local.insert(r.stream, actual + r.events.len() as u64);
+            for e in &r.events {
+                if self.taken_ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
+                    return Err(StoreError::DuplicateInAppend {
+                        event_id: e.event_id,
+                    });
+                }
+                if let Some(p) = self.stored_ids.get(&e.event_id) {
+                    return Err(StoreError::DuplicateEventId {
+                        event_id: e.event_id,
+                        position: *p,
+                    });
+                }
+            }
+        }
+        let mut rows = Vec::with_capacity(total);
+        let mut appended = Vec::with_capacity(requests.len());
+        let mut pos = self.position;
+        let mut h = self.hash;
+        let mut cur: HashMap<StreamId, u64> = HashMap::new();
+        for r in requests {
+            let base = cur
+                .get(&r.stream)
+                .or_else(|| self.versions.get(&r.stream))
+                .copied()
+                .unwrap_or(0);
+            let first_position = pos + 1;
+            for (i, e) in r.events.iter().enumerate() {
+                pos += 1;
+                let version = base + 1 + i as u64;
+                let (event, bytes) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
+                h = event.hash;
+                rows.push(Row::of(&event, bytes)?);
+            }
+            let last_version = base + r.events.len() as u64;
+            cur.insert(r.stream, last_version);
+            appended.push(Appended {
+                stream: r.stream,
+                first_version: base + 1,
+                last_version,
+                first_position,
+                last_position: pos,
+            });
+        }
+        self.taken_ids.extend(local_ids);
+        self.versions.extend(cur);
+        self.rows.extend(rows);
+        self.position = pos;
+        self.hash = h;
+        Ok(appended)
+    }
+}
+
+fn decode_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
+    let event = StoredEvent::decode(value)
+        .map_err(|e| corrupt(format!("position {position}"), e.to_string()))?;
+    if event.position != position {
+        return Err(corrupt(
+            format!("position {position}"),
+            format!("event says it is position {}", event.position),
+        ));
+    }
+    Ok(event)
+}
+
+async fn read_rows(
+    client: &impl GenericClient,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let rows = client.query(sql, params).await.map_err(pg_err("read"))?;
+    rows.iter()
+        .map(|r| decode_at(r.get::<_, i64>(0) as u64, r.get(1)))
+        .collect()
+}
+
+#[async_trait]
+impl EventStore for PostgresLog {
+    async fn append_atomic(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let sender = self.sender.as_ref().ok_or(StoreError::WriterStopped)?;
+        let (reply, answer) = oneshot::channel();
+        sender
+            .send(Commit { requests, reply })
+            .await
+            .map_err(|_| StoreError::WriterStopped)?;
+        answer.await.map_err(|_| StoreError::WriterStopped)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        let max = max.min(MAX_READ_PAGE) as i64;
+        read_rows(
+            &*client,
+            "SELECT position, value FROM events WHERE school = $1 AND stream = $2 AND version >= $3 ORDER BY version LIMIT $4",
+            &[&self.school, &stream.0, &to_i64(from_version.max(1), "version")?, &max],
+        )
+        .await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        let max = max.min(MAX_READ_PAGE) as i64;
+        read_rows(
+            &*client,
+            "SELECT position, value FROM events WHERE school = $1 AND position >= $2 ORDER BY position LIMIT $3",
+            &[&self.school, &to_i64(from_position.max(1), "position")?, &max],
+        )
+        .await
+    }
+
+    async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM events WHERE school = $1 AND stream = $2",
+                &[&self.school, &stream.0],
+            )
+            .await
+            .map_err(pg_err("read"))?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        let client = self.pool.get().await?;
+        let mut found = read_rows(
+            &*client,
+            "SELECT position, value FROM events WHERE school = $1 AND event_id = $2",
+            &[&self.school, &event_id],
+        )
+        .await?;
+        Ok(found.pop())
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT position, hash FROM heads WHERE school = $1",
+                &[&self.school],
+            )
+            .await
+            .map_err(pg_err("read"))?;
+        match row {
+            None => Ok(Head {
+                position: 0,
+                hash: GENESIS_HASH,
+            }),
+            Some(r) => {
+                let position = r.get::<_, i64>(0) as u64;
+                bump(&self.head_tx, position);
+                Ok(Head {
+                    position,
+                    hash: to_hash(r.get(1), || format!("log {:?} head", self.school))?,
+                })
+            }
+        }
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.ensure_listener();
+        self.head_rx.clone()
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_opt(
+                "SELECT bytes FROM checkpoints WHERE school = $1 AND name = $2",
+                &[&self.school, &name],
+            )
+            .await
+            .map_err(pg_err("read checkpoint"))?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO checkpoints (school, name, bytes) VALUES ($1, $2, $3)
+                 ON CONFLICT (school, name) DO UPDATE SET bytes = EXCLUDED.bytes",
+                &[&self.school, &name, &bytes],
+            )
+            .await
+            .map_err(pg_err("write checkpoint"))?;
+        Ok(())
+    }
+
+    async fn clear_checkpoints(&self) -> Result<(), StoreError> {
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM checkpoints WHERE school = $1", &[&self.school])
+            .await
+            .map_err(pg_err("clear checkpoints"))?;
+        Ok(())
+    }
+
+    async fn verify(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<VerifyReport, StoreError> {
+        let mut client = self.pool.get().await?;
+        // One snapshot for the whole check: the head row and the events agree.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(pg_err("verify"))?;
+        let mut v = ChainVerifier::new();
+        let mut after: i64 = 0;
+        loop {
+            let rows = tx
+                .query(
+                    "SELECT position, stream, version, event_id, recorded_at, value FROM events
+                     WHERE school = $1 AND position > $2 ORDER BY position LIMIT $3",
+                    &[&self.school, &after, &(MAX_READ_PAGE as i64)],
+                )
+                .await
+                .map_err(pg_err("verify"))?;
+            for r in &rows {
+                let position: i64 = r.get(0);
+                after = position;
+                let position = position as u64;
+                let value: &[u8] = r.get(5);
+                if let Some(event) = v.check(position, value) {
+                    let stream: Uuid = r.get(1);
+                    let version: i64 = r.get(2);
+                    let event_id: Uuid = r.get(3);
+                    let recorded_at: DateTime<Utc> = r.get(4);
+                    if stream != event.stream.0 || version as u64 != event.version {
+                        v.problem(
+                            position,
+                            format!(
+                                "row's stream/version columns ({stream} v{version}) differ from the stored event ({} v{})",
+                                event.stream, event.version
+                            ),
+                        );
+                    }
+                    if event_id != event.event_id {
+                        v.problem(
+                            position,
+                            "row's event_id column differs from the stored event",
+                        );
+                    }
+                    if recorded_at != event.recorded_at {
+                        v.problem(
+                            position,
+                            "row's recorded_at column differs from the stored event",
+                        );
+                    }
+                }
+                if v.events().is_multiple_of(4096) {
+                    progress(v.events());
+                }
+            }
+            if rows.len() < MAX_READ_PAGE {
+                break;
+            }
+        }
+        progress(v.events());
+        let head = tx
+            .query_opt(
+                "SELECT position, hash FROM heads WHERE school = $1",
+                &[&self.school],
+            )
+            .await
+            .map_err(pg_err("verify"))?;
+        tx.commit().await.map_err(pg_err("verify"))?;
+        let last = v.expected_position().saturating_sub(1);
+        match head {
+            None if v.events() == 0 => {}
+            None => v.problem(0, "head row is missing"),
+            Some(r) => {
+                let p = r.get::<_, i64>(0) as u64;
+                let h: &[u8] = r.get(1);
+                if p != last {
+                    v.problem(
+                        last.min(p) + 1,
+                        format!("head row says position {p}, the log ends at {last}"),
+                    );
+                } else if h != v.last_hash().as_slice() {
+                    v.problem(p, "head row hash differs from the last event's hash");
+                }
+            }
+        }
+        Ok(v.finish())
+    }
+}

@@ -1,0 +1,694 @@
+//! The PostgreSQL backend against a real server: a throwaway cluster per
+//! test (`initdb` + `pg_ctl` on a free loopback port in a temp dir), or a
+//! fresh database on `CASEBOOK_TEST_DATABASE_URL` when that is set.
+//!
+//! Without the server binaries a test prints why and returns, except in CI
+//! (`CI=true`), where it fails: .ci/run installs PostgreSQL.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use casebook_engine::envelope::StreamId;
+use casebook_engine::store::postgres::PostgresStore;
+use casebook_engine::store::{self, AppendRequest, EventStore, ExpectedVersion};
+use casebook_engine::StoreError;
+
+use crate::conformance::{contact, pupil};
+
+/// A server for one test; stopped and removed on drop.
+pub struct TestDb {
+    pub url: String,
+    cluster: Option<Cluster>,
+    external: Option<(String, String)>,
+}
+
+struct Cluster {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = pg_command(&self.bin, "pg_ctl", self.as_postgres)
+            .arg("-D")
+            .arg(&data)
+            .args(["stop", "-m", "immediate", "-w", "-t", "60"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((admin, name)) = self.external.take() {
+            let _ = std::thread::spawn(move || {
+                block_on(async move {
+                    if let Ok((client, conn)) =
+                        tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(conn);
+                        let _ = client
+                            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                            .await;
+                    }
+                })
+            })
+            .join();
+        }
+        self.cluster.take();
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// Runs a future from sync code inside a multi-thread test runtime.
+pub fn sync<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
+
+/// Where initdb and pg_ctl are: the newest /usr/lib/postgresql/*/bin, else PATH.
+fn find_bin() -> Option<PathBuf> {
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|d| {
+            let v = d.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = d.path().join("bin");
+            bin.join("initdb").exists().then_some((v, bin))
+        })
+        .collect();
+    versions.sort();
+    if let Some((_, bin)) = versions.pop() {
+        return Some(bin);
+    }
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .find(|p| p.join("initdb").exists() && p.join("pg_ctl").exists())
+    })
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// A server command, run as the `postgres` OS user when we are root
+/// (initdb and postgres refuse to run as root).
+fn pg_command(bin: &Path, tool: &str, as_postgres: bool) -> Command {
+    if as_postgres {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
+        c
+    } else {
+        Command::new(bin.join(tool))
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn unavailable(why: &str) -> Option<TestDb> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "PostgreSQL tests must run in CI, but {why} (.ci/run installs the postgresql package)"
+        );
+    }
+    eprintln!("skipping: {why}; install PostgreSQL or set CASEBOOK_TEST_DATABASE_URL");
+    None
+}
+
+/// A fresh, empty database for one test, or `None` (with the reason
+/// printed) when no server can be had outside CI.
+pub fn test_db() -> Option<TestDb> {
+    if let Ok(url) = std::env::var("CASEBOOK_TEST_DATABASE_URL") {
+        return Some(external_db(&url));
+    }
+    let Some(bin) = find_bin() else {
+        return unavailable("initdb/pg_ctl were not found in /usr/lib/postgresql/*/bin or on PATH");
+    };
+    let as_postgres = is_root();
+    let dir = tempfile::tempdir().expect("temp dir");
+    if as_postgres {
+        let ok = Command::new("chown")
+            .args(["-R", "postgres:"])
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            return unavailable("cannot hand the temp dir to the postgres OS user (no such user?)");
+        }
+    }
+    let data = dir.path().join("data");
+    let out = pg_command(&bin, "initdb", as_postgres)
+        .arg("-D")
+        .arg(&data)
+        .args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run initdb");
+    assert!(
+        out.status.success(),
+        "initdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cluster = Cluster {
+        dir,
+        bin: bin.clone(),
+        as_postgres,
+    };
+    // A port can be taken between choosing and binding: try a few.
+    for _ in 0..5 {
+        let port = free_port();
+        let socket_dir = cluster.dir.path().display().to_string();
+        let status = pg_command(&bin, "pg_ctl", as_postgres)
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(cluster.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "-o"])
+            .arg(format!(
+                "-c fsync=on -c max_connections=200 -k {socket_dir} -h 127.0.0.1 -p {port}"
+            ))
+            .arg("start")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run pg_ctl");
+        if !status.success() {
+            continue;
+        }
+        let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+        wait_ready(&url);
+        return Some(TestDb {
+            url,
+            cluster: Some(cluster),
+            external: None,
+        });
+    }
+    let log = std::fs::read_to_string(cluster.dir.path().join("server.log")).unwrap_or_default();
+    panic!("the test cluster did not start:\n{log}");
+}
+
+fn wait_ready(url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = url.to_string();
+    loop {
+        let u = url.clone();
+        let ok = std::thread::spawn(move || {
+            block_on(async move {
+                tokio_postgres::connect(&u, tokio_postgres::NoTls)
+                    .await
+                    .is_ok()
+            })
+        })
+        .join()
+        .unwrap_or(false);
+        if ok {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the test cluster did not accept connections in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn external_db(url: &str) -> TestDb {
+    let name = format!("casebook_test_{}", uuid::Uuid::now_v7().simple());
+    let admin = url.to_string();
+    let n = name.clone();
+    std::thread::spawn(move || {
+        block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+                .await
+                .expect("connect to CASEBOOK_TEST_DATABASE_URL");
+            tokio::spawn(conn);
+            client
+                .batch_execute(&format!("CREATE DATABASE {n}"))
+                .await
+                .expect("create a test database");
+        })
+    })
+    .join()
+    .expect("create test database");
+    let mut config: tokio_postgres::Config = url.parse().expect("CASEBOOK_TEST_DATABASE_URL");
+    config.dbname(&name);
+    TestDb {
+        url: config_url(&config),
+        cluster: None,
+        external: Some((url.to_string(), name)),
+    }
+}
+
+/// A `postgres://` URL for `c` (enough for tests: host, port, user,
+/// password, dbname; no percent-encoding).
+fn config_url(c: &tokio_postgres::Config) -> String {
+    let host = match c.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".into(),
+    };
+    let port = c.get_ports().first().copied().unwrap_or(5432);
+    let user = c.get_user().unwrap_or("postgres");
+    let password = c
+        .get_password()
+        .map(|p| format!(":{}", String::from_utf8_lossy(p)))
+        .unwrap_or_default();
+    let db = c.get_dbname().unwrap_or("postgres");
+    format!("postgres://{user}{password}@{host}:{port}/{db}")
+}
+
+/// A superuser connection for direct SQL (tampering, roles).
+pub async fn admin(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    client
+}
+
+async fn next(sub: &mut store::Subscription) -> u64 {
+    tokio::time::timeout(Duration::from_secs(60), sub.next())
+        .await
+        .expect("subscription stalled")
+        .unwrap()
+        .expect("store closed")
+        .position
+}
+
+fn req(stream: StreamId, events: Vec<casebook_engine::NewEvent>) -> AppendRequest {
+    AppendRequest {
+        stream,
+        expected: ExpectedVersion::Any,
+        events,
+    }
+}
+
+async fn filled_log(url: &str, school: &str, n: u32) -> Arc<dyn EventStore> {
+    let store = PostgresStore::connect(url, true).await.expect("connect");
+    let log = store.log(school).expect("log");
+    for i in 0..n {
+        log.append(req(pupil(i % 3), vec![contact(i)]))
+            .await
+            .expect("append");
+    }
+    log
+}
+
+// ---- tests ----------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_triggers_refuse_update_delete_and_truncate() {
+    let Some(db) = test_db() else { return };
+    let log = filled_log(&db.url, "trigger-school", 3).await;
+    let admin = admin(&db.url).await;
+    for sql in [
+        "UPDATE events SET value = value || '\\x00'::bytea WHERE position = 2",
+        "DELETE FROM events WHERE position = 2",
+        "TRUNCATE events",
+    ] {
+        let err = admin.batch_execute(sql).await.expect_err(sql);
+        let text = err
+            .as_db_error()
+            .map(|d| d.message().to_string())
+            .unwrap_or_default();
+        assert!(text.contains("append-only"), "{sql}: {text}");
+    }
+    let report = log.verify(&|_| {}).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_tampering_with_triggers_disabled_is_found_by_verify() {
+    let Some(db) = test_db() else { return };
+    let log = filled_log(&db.url, "tamper-school", 6).await;
+    let admin = admin(&db.url).await;
+    // A superuser can disable the triggers; verify must still see it.
+    admin
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER USER;
+             UPDATE events SET value = overlay(value placing '\\x5a'::bytea from 40 for 1) WHERE position = 4;
+             ALTER TABLE events ENABLE TRIGGER USER;",
+        )
+        .await
+        .expect("tamper as superuser");
+    let report = log.verify(&|_| {}).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.problems[0].position, 4, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_row_level_security_scopes_a_role_to_one_school() {
+    let Some(db) = test_db() else { return };
+    filled_log(&db.url, "school-a", 4).await;
+    filled_log(&db.url, "school-b", 2).await;
+    let admin = admin(&db.url).await;
+    // Superusers bypass row-level security: test with an ordinary role.
+    admin
+        .batch_execute(
+            "CREATE ROLE casebook_reader LOGIN;
+             GRANT SELECT, INSERT ON events, heads, checkpoints TO casebook_reader;",
+        )
+        .await
+        .unwrap();
+    let mut config: tokio_postgres::Config = db.url.parse().unwrap();
+    config.user("casebook_reader");
+    let count = |school: Option<&'static str>| {
+        let mut c = config.clone();
+        async move {
+            if let Some(s) = school {
+                c.options(format!("-c casebook.school={s}"));
+            }
+            let (client, conn) = c
+                .connect(tokio_postgres::NoTls)
+                .await
+                .expect("connect as reader");
+            tokio::spawn(conn);
+            let all: i64 = client
+                .query_one("SELECT count(*) FROM events", &[])
+                .await
+                .unwrap()
+                .get(0);
+            let other: i64 = client
+                .query_one("SELECT count(*) FROM events WHERE school = 'school-b'", &[])
+                .await
+                .unwrap()
+                .get(0);
+            (all, other)
+        }
+    };
+    assert_eq!(count(Some("school-a")).await, (4, 0));
+    assert_eq!(count(Some("school-b")).await, (2, 2));
+    assert_eq!(
+        count(None).await,
+        (0, 0),
+        "an unscoped connection sees nothing"
+    );
+    // A scoped connection cannot write into another school either.
+    let mut c = config.clone();
+    c.options("-c casebook.school=school-a");
+    let (client, conn) = c.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let err = client
+        .batch_execute(
+            "INSERT INTO checkpoints (school, name, bytes) VALUES ('school-b', 'x', '\\x00'::bytea)",
+        )
+        .await
+        .expect_err("insert into another school");
+    assert!(
+        err.as_db_error()
+            .is_some_and(|d| d.message().contains("row-level security")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_database_newer_than_the_binary_is_refused() {
+    let Some(db) = test_db() else { return };
+    PostgresStore::connect(&db.url, true).await.expect("init");
+    // Opening without create works on a current schema.
+    PostgresStore::connect(&db.url, false)
+        .await
+        .expect("reopen");
+    let admin = admin(&db.url).await;
+    admin
+        .batch_execute("INSERT INTO schema_version (version, name) VALUES (99, '0099_future')")
+        .await
+        .unwrap();
+    for create in [false, true] {
+        match PostgresStore::connect(&db.url, create).await {
+            Err(e @ StoreError::UnsupportedFormat { found: 99, .. }) => {
+                assert!(e.to_string().contains("newer"), "{e}")
+            }
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("a newer schema must be refused"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_missing_schema_is_a_clear_error_without_init() {
+    let Some(db) = test_db() else { return };
+    let err = PostgresStore::connect(&db.url, false)
+        .await
+        .err()
+        .expect("no schema yet");
+    assert!(err.to_string().contains("casebook init"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_subscription_survives_a_dropped_listener_connection() {
+    let Some(db) = test_db() else { return };
+    // Two stores stand for two processes: the subscriber only learns of the
+    // writer's commits through LISTEN/NOTIFY.
+    let reader = PostgresStore::connect(&db.url, true).await.unwrap();
+    let writer = PostgresStore::connect(&db.url, true).await.unwrap();
+    let r: Arc<dyn EventStore> = reader.log("sub-school").unwrap();
+    let w: Arc<dyn EventStore> = writer.log("sub-school").unwrap();
+    for n in 0..3 {
+        w.append(req(pupil(1), vec![contact(n)])).await.unwrap();
+    }
+    let mut sub = store::subscribe(r.clone(), 1);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next(&mut sub).await);
+    }
+    w.append(req(pupil(2), vec![contact(3)])).await.unwrap();
+    seen.push(next(&mut sub).await);
+    // Kill the listener's connection, append while it is away, and again.
+    let admin = admin(&db.url).await;
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'casebook-listen'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(killed, 1, "one listener connection");
+    for n in 4..8 {
+        w.append(req(pupil(3), vec![contact(n)])).await.unwrap();
+    }
+    for _ in 4..8 {
+        seen.push(next(&mut sub).await);
+    }
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>(), "no gap or duplicate");
+    // The listener is back: a later commit still arrives.
+    w.append(req(pupil(3), vec![contact(9)])).await.unwrap();
+    assert_eq!(next(&mut sub).await, 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_two_stores_on_one_school_stay_gapless_and_chained() {
+    let Some(db) = test_db() else { return };
+    let a = PostgresStore::connect(&db.url, true).await.unwrap();
+    let b = PostgresStore::connect(&db.url, true).await.unwrap();
+    let la: Arc<dyn EventStore> = a.log("shared").unwrap();
+    let lb: Arc<dyn EventStore> = b.log("shared").unwrap();
+    let mut tasks = Vec::new();
+    for (k, log) in [la.clone(), lb.clone()].into_iter().enumerate() {
+        for t in 0..4u32 {
+            let log = log.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0..10u32 {
+                    log.append(req(pupil(k as u32 * 10 + t), vec![contact(n)]))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let all = la.read_all(1, 1000).await.unwrap();
+    assert_eq!(all.len(), 80);
+    assert!(all
+        .iter()
+        .enumerate()
+        .all(|(i, e)| e.position == i as u64 + 1));
+    let report = lb.verify(&|_| {}).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    // A stale expectation from the other process is the typed error.
+    let v = la.stream_version(pupil(0)).await.unwrap();
+    lb.append(AppendRequest {
+        stream: pupil(0),
+        expected: ExpectedVersion::Exact(v),
+        events: vec![contact(100)],
+    })
+    .await
+    .unwrap();
+    let err = la
+        .append(AppendRequest {
+            stream: pupil(0),
+            expected: ExpectedVersion::Exact(v),
+            events: vec![contact(101)],
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { .. }),
+        "{err}"
+    );
+}
+
+/// Whether `test_db` can give a server here; prints why not (and fails in
+/// CI, like `test_db`).
+pub fn server_available() -> bool {
+    if std::env::var("CASEBOOK_TEST_DATABASE_URL").is_ok() || find_bin().is_some() {
+        return true;
+    }
+    unavailable("initdb/pg_ctl were not found in /usr/lib/postgresql/*/bin or on PATH").is_some()
+}
+
+fn casebook(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_casebook"))
+        .args(args)
+        .env_remove("CASEBOOK_DATA")
+        .env_remove("CASEBOOK_DATABASE_URL")
+        .env_remove("CASEBOOK_SCHOOL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run casebook");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[track_caller]
+fn ok(r: (i32, String, String)) -> String {
+    assert_eq!(r.0, 0, "stdout: {}\nstderr: {}", r.1, r.2);
+    r.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_cli_runs_on_postgres_and_copy_round_trips_through_sled() {
+    let Some(db) = test_db() else { return };
+    let url = db.url.as_str();
+    let pg = |args: &[&str]| {
+        let mut a = vec!["--database-url", url, "--school", "urn-100001"];
+        a.extend_from_slice(args);
+        casebook(&a)
+    };
+    ok(pg(&["init"]));
+    ok(pg(&[
+        "demo",
+        "--pupils",
+        "12",
+        "--seed",
+        "7",
+        "--year",
+        "2024",
+        "--today",
+        "2025-09-01",
+    ]));
+    let verified = ok(pg(&["verify"]));
+    assert!(verified.starts_with("ok: "), "{verified}");
+    ok(pg(&["caseload", "--today", "2025-07-01"]));
+    ok(pg(&["report", "behaviour", "--today", "2025-07-01"]));
+    ok(pg(&["rebuild"]));
+
+    // Postgres -> sled.
+    let dir = tempfile::tempdir().unwrap();
+    let sled_dir = dir.path().join("copy");
+    let sled = sled_dir.to_str().unwrap();
+    let copied = ok(casebook(&[
+        "--school",
+        "urn-100001",
+        "copy",
+        "--from",
+        url,
+        "--to",
+        sled,
+    ]));
+    let heads: Vec<&str> = copied
+        .lines()
+        .filter(|l| l.contains("head: position"))
+        .collect();
+    assert_eq!(heads.len(), 2, "{copied}");
+    let head = |l: &str| {
+        l.split_once("head:")
+            .map(|(_, h)| h.trim().to_string())
+            .unwrap()
+    };
+    assert_eq!(head(heads[0]), head(heads[1]));
+    let on_sled = ok(casebook(&[
+        "--data",
+        sled,
+        "--school",
+        "urn-100001",
+        "verify",
+    ]));
+    assert_eq!(
+        on_sled, verified,
+        "the same events and head on both backends"
+    );
+
+    // A destination that already holds the school is refused, nothing written.
+    let (code, _, err) = casebook(&[
+        "--school",
+        "urn-100001",
+        "copy",
+        "--from",
+        sled,
+        "--to",
+        url,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("already holds"), "{err}");
+
+    // sled -> a second, empty database.
+    let admin = admin(url).await;
+    admin.batch_execute("CREATE DATABASE second").await.unwrap();
+    let second = format!("{}/second", url.rsplit_once('/').unwrap().0);
+    ok(casebook(&[
+        "--school",
+        "urn-100001",
+        "copy",
+        "--from",
+        sled,
+        "--to",
+        &second,
+    ]));
+    let back = ok(casebook(&[
+        "--database-url",
+        &second,
+        "--school",
+        "urn-100001",
+        "verify",
+    ]));
+    assert_eq!(back, verified);
+}
