@@ -16,7 +16,10 @@ mod input;
 mod progress;
 mod render;
 mod run;
+mod staff;
 mod views;
+
+pub use staff::StaffCommand;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,8 +89,16 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Create the store (idempotent).
-    Init,
+    /// Create the store (idempotent); with --admin, register the first admin
+    /// of the staff directory (from then on every command is checked).
+    Init {
+        /// Staff reference of the first admin (bootstraps the staff directory).
+        #[arg(long, value_name = "STAFF")]
+        admin: Option<String>,
+        /// The admin's name (default: the reference).
+        #[arg(long, requires = "admin")]
+        name: Option<String>,
+    },
     /// Fill the store with a realistic synthetic school year.
     Demo {
         /// Number of pupils.
@@ -183,6 +194,11 @@ pub enum Command {
         /// Destination (must hold no events of the school): a store directory or a postgres:// URL.
         #[arg(long, value_name = "DIR|URL")]
         to: String,
+    },
+    /// The staff directory: who may use this store, with which roles (docs/security.md).
+    Staff {
+        #[command(subcommand)]
+        command: StaffCommand,
     },
 }
 

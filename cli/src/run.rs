@@ -23,6 +23,8 @@ pub(crate) struct Ctx {
     store: Option<Store>,
     data: std::path::PathBuf,
     database_url: Option<String>,
+    /// The access-checked log and actor, set by `staff::check_command`.
+    pub(crate) session: Option<crate::staff::Session>,
 }
 
 impl Ctx {
@@ -82,9 +84,18 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         store: None,
         data: cli.data.clone(),
         database_url: cli.database_url.clone(),
+        session: None,
     };
+    crate::staff::check_command(&mut ctx, &cli.command).await?;
     match cli.command {
-        Command::Init => init(&mut ctx),
+        Command::Init { admin, name } => {
+            init(&mut ctx)?;
+            match admin {
+                Some(admin) => crate::staff::init_admin(&mut ctx, &admin, name.as_deref()).await,
+                None => Ok(()),
+            }
+        }
+        Command::Staff { command } => crate::staff::run(&mut ctx, command).await,
         Command::Demo { pupils, seed, year } => {
             crate::demo_cmd::run(&mut ctx, pupils, seed, year).await
         }
@@ -224,6 +235,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     let mut plans = Vec::new();
     for (school, lines) in by_school {
         let log: Arc<dyn EventStore> = store.log(&school)?;
+        let (guarded, actor) = crate::staff::import_access(ctx, &school, log.clone()).await?;
         let plan = {
             let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
             for l in lines {
@@ -231,18 +243,24 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
             }
             planner.finish()
         };
-        plans.push((log, plan));
+        plans.push((guarded, actor, plan));
     }
     spinner.finish_and_clear();
     let mut imported = 0;
     let mut duplicates = 0;
-    for (log, plan) in plans {
+    for (guarded, actor, plan) in plans {
         imported += plan.events;
         duplicates += plan.duplicates;
         if !plan.requests.is_empty() {
-            log.append_atomic(plan.requests)
+            guarded
+                .append_import(&actor, plan.requests, ctx.now)
                 .await
-                .map_err(|e| import_failure(ImportError::Write(e)))?;
+                .map_err(|e| match e {
+                    casebook_engine::access::AccessError::Store(e) => {
+                        import_failure(ImportError::Write(e))
+                    }
+                    other => crate::staff::access_failure(other),
+                })?;
         }
     }
     eprintln!("took {:.2}s", started.elapsed().as_secs_f64());
@@ -275,10 +293,12 @@ async fn record(
     let parsed = parse_line(1, &line.to_string())
         .map_err(|e| Failure::BadInput(strip_line(e.to_string())))?;
     let event_id_hint = parsed.id;
-    let store = ctx.store(true)?;
-    let log: Arc<dyn EventStore> = store.log(&ctx.school)?;
+    let now = ctx.now;
+    let school = ctx.school.clone();
+    let session = crate::staff::session(ctx)?;
+    let log: Arc<dyn EventStore> = session.guarded.store().clone();
     let plan = {
-        let mut planner = Planner::new(log.as_ref(), &ctx.school, ctx.now);
+        let mut planner = Planner::new(log.as_ref(), &school, now);
         planner
             .add(parsed)
             .await
@@ -298,7 +318,16 @@ async fn record(
     let requests: Vec<AppendRequest> = plan.requests;
     let stream = requests[0].stream;
     let event_id = requests[0].events[0].event_id;
-    let done = log.append_atomic(requests).await?;
+    let mut done = Vec::with_capacity(requests.len());
+    for request in requests {
+        done.push(
+            session
+                .guarded
+                .append_for_pupil(&session.actor, pupil, request, now)
+                .await
+                .map_err(crate::staff::access_failure)?,
+        );
+    }
     debug_assert_eq!(done[0].stream, stream);
     println!(
         "recorded {event_type} for {pupil}: event {event_id} at position {}",

@@ -4,12 +4,12 @@
 
 use std::sync::Arc;
 
+use casebook_engine::access::{may_read, PupilRecord, ReadClass, View};
 use casebook_engine::domain::academic_year;
-use casebook_engine::envelope::{NewEvent, StreamId};
-use casebook_engine::event::{CaseEvent, RecordViewed};
-use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
+use casebook_engine::store::EventStore;
+use casebook_engine::RecordedEvent;
 use casebook_projections::{
-    audit_of, chronology_of, rebuild as rebuild_views, BehaviourDimension, ProjectionError,
+    rebuild as rebuild_views, AuditTrail, BehaviourDimension, Chronology, ProjectionError,
     SchoolViews,
 };
 use chrono::{DateTime, Utc};
@@ -19,9 +19,6 @@ use serde_json::Value;
 use crate::render::{self, cell, columns_of, table};
 use crate::run::Ctx;
 use crate::{progress, BehaviourBy, Failure, Format, ReportCommand};
-
-/// Who a read is logged under when `--as` is not given.
-const UNIDENTIFIED: &str = "unidentified";
 
 fn projection_failure(e: ProjectionError) -> Failure {
     if e.is_store_failure() {
@@ -41,33 +38,31 @@ fn print_json(doc: &Value) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Writes a `RecordViewed` to the pupil's access stream: who read what, and
-/// why. It is in the hash chain like every other event.
-async fn log_view(
-    ctx: &Ctx,
-    log: &dyn EventStore,
+/// Reads a pupil's record through the engine's access check: the read is
+/// logged (or the refusal is), and entries the actor may not see are
+/// withheld, with a note on stderr saying how many.
+async fn read_pupil(
+    ctx: &mut Ctx,
     pupil: &str,
-    view: &str,
+    view: View,
     purpose: Option<String>,
-) -> Result<(), Failure> {
-    let actor = ctx
-        .actor
-        .clone()
-        .unwrap_or_else(|| UNIDENTIFIED.to_string());
-    let event = CaseEvent::RecordViewed(RecordViewed {
-        pupil: pupil.to_string(),
-        view: view.to_string(),
-        purpose,
-    });
-    let new =
-        NewEvent::new(&event, ctx.now, actor).map_err(|e| Failure::BadInput(e.to_string()))?;
-    log.append(AppendRequest {
-        stream: StreamId::for_access_log(&ctx.school, pupil),
-        expected: ExpectedVersion::Any,
-        events: vec![new],
-    })
-    .await?;
-    Ok(())
+) -> Result<PupilRecord, Failure> {
+    let now = ctx.now;
+    let session = crate::staff::session(ctx)?;
+    let record = session
+        .guarded
+        .read_pupil(&session.actor, pupil, view, purpose, now)
+        .await
+        .map_err(crate::staff::access_failure)?;
+    if record.withheld > 0 {
+        eprintln!(
+            "note: {} entries withheld: {} ({}) may not read them",
+            record.withheld,
+            session.actor.staff,
+            session.actor.roles_text()
+        );
+    }
+    Ok(record)
 }
 
 /// Which entries of a chronology to show.
@@ -93,22 +88,20 @@ pub(crate) async fn timeline(
             Format::Html,
         ],
     )?;
-    let log = ctx.log(None)?;
-    let mut chronology = chronology_of(
-        log.as_ref(),
-        &ctx.school,
-        pupil,
-        as_of,
-        filter.safeguarding_only,
-    )
-    .await
-    .map_err(projection_failure)?;
+    // Checked, logged and filtered by the engine (docs/security.md).
+    let record = read_pupil(ctx, pupil, View::Timeline, purpose).await?;
+    let events = record
+        .case
+        .iter()
+        .map(RecordedEvent::from_stored)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Failure::Store(format!("pupil {pupil}: {e}")))?;
+    let mut chronology = Chronology::build(pupil, &events, as_of, filter.safeguarding_only);
     if filter.no_register_marks {
         chronology
             .entries
             .retain(|e| e.event_type != "AttendanceMarked");
     }
-    log_view(ctx, log.as_ref(), pupil, "timeline", purpose).await?;
     let doc = to_json(&chronology)?;
     match format {
         Format::Json => print_json(&doc)?,
@@ -129,21 +122,10 @@ pub(crate) async fn audit(
     purpose: Option<String>,
 ) -> Result<(), Failure> {
     let format = ctx.formats("audit", &[Format::Text, Format::Json])?;
-    let log = ctx.log(None)?;
-    if log
-        .stream_version(StreamId::for_pupil(&ctx.school, pupil))
-        .await?
-        == 0
-    {
-        return Err(projection_failure(ProjectionError::UnknownPupil {
-            pupil: pupil.to_string(),
-        }));
-    }
-    // Logged first, so the audit shows this reading too.
-    log_view(ctx, log.as_ref(), pupil, "audit", purpose).await?;
-    let trail = audit_of(log.as_ref(), &ctx.school, pupil)
-        .await
-        .map_err(projection_failure)?;
+    // Checked and logged by the engine first, so the audit shows this
+    // reading too.
+    let record = read_pupil(ctx, pupil, View::Audit, purpose).await?;
+    let trail = AuditTrail::build(pupil, &record.case, &record.access);
     let doc = to_json(&trail)?;
     if format == Format::Json {
         return print_json(&doc);
@@ -196,6 +178,7 @@ pub(crate) async fn audit(
                 ("who", "who"),
                 ("view", "view"),
                 ("purpose", "purpose"),
+                ("refused", "refused because"),
                 ("position", "pos")
             ]
         )
@@ -231,7 +214,14 @@ pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(
     let format = ctx.formats("caseload", &[Format::Text, Format::Json])?;
     let log = ctx.log(None)?;
     let views = school_views(&log).await?;
-    let doc = to_json(&views.caseload.cases(ctx.today, keyworker))?;
+    let mut doc = to_json(&views.caseload.cases(ctx.today, keyworker))?;
+    if let Some(session) = &ctx.session {
+        // A safeguarding case is itself safeguarding information: shown
+        // only to those who may read safeguarding entries.
+        if !may_read(&session.actor, ReadClass::Safeguarding, false) {
+            hide_safeguarding_cases(&mut doc);
+        }
+    }
     if format == Format::Json {
         return print_json(&doc);
     }
@@ -286,6 +276,22 @@ pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(
         )
     );
     Ok(())
+}
+
+/// Removes `safeguarding` from every case's types, and the cases left with
+/// no type.
+fn hide_safeguarding_cases(doc: &mut Value) {
+    if let Some(cases) = doc.get_mut("cases").and_then(Value::as_array_mut) {
+        cases.retain_mut(
+            |c| match c.get_mut("case_types").and_then(Value::as_array_mut) {
+                Some(types) if types.iter().any(|t| t == "safeguarding") => {
+                    types.retain(|t| t != "safeguarding");
+                    !types.is_empty()
+                }
+                _ => true,
+            },
+        );
+    }
 }
 
 /// `a, b, c` from a list of objects' `key` fields.

@@ -129,7 +129,7 @@ pub enum DomainError {
     AlreadyRegistered { pupil: String },
     /// An event that does not belong in a case stream (e.g. `RecordViewed`).
     #[error(
-        "{event_type} is not a case event: casebook writes it to the pupil's access stream itself"
+        "{event_type} is not a case event: casebook writes it itself, to the pupil's access stream or the school's staff directory"
     )]
     NotACaseEvent { event_type: &'static str },
     #[error(
@@ -596,6 +596,28 @@ pub fn validate_fields(event: &CaseEvent) -> Result<(), DomainError> {
             short("data.view", &r.view)?;
             optional_text("data.purpose", r.purpose.as_ref(), MAX_PROSE_CHARS)
         }
+        E::StaffRegistered(s) => {
+            reference("data.staff", &s.staff)?;
+            short("data.name", &s.name)?;
+            if s.roles.is_empty() {
+                return Err(DomainError::field(
+                    "data.roles",
+                    "must name at least one role",
+                ));
+            }
+            Ok(())
+        }
+        E::RoleGranted(r) => reference("data.staff", &r.staff),
+        E::RoleRevoked(r) => reference("data.staff", &r.staff),
+        E::AccessRefused(a) => {
+            reference("data.staff", &a.staff)?;
+            short("data.action", &a.action)?;
+            if let Some(p) = &a.pupil {
+                reference("data.pupil", p)?;
+            }
+            prose("data.reason", &a.reason)?;
+            optional_text("data.purpose", a.purpose.as_ref(), MAX_PROSE_CHARS)
+        }
     }
 }
 
@@ -667,10 +689,10 @@ pub fn apply_changes(
                  (its corrections apply in order)",
             ))
         }
-        CaseEvent::RecordViewed(_) => {
+        e if !e.is_case_event() => {
             return Err(DomainError::field(
                 "data.event",
-                "names an access-log entry, which cannot be corrected",
+                "names an access-log or staff-directory entry, which cannot be corrected",
             ))
         }
         _ => {}
@@ -1158,10 +1180,7 @@ impl CaseState {
                 Some((id, event)) if id == entry.id => Cow::Borrowed(event),
                 _ => entry.content.event(),
             };
-            if matches!(
-                *content,
-                CaseEvent::EntryCorrected(_) | CaseEvent::RecordViewed(_)
-            ) {
+            if matches!(*content, CaseEvent::EntryCorrected(_)) || !content.is_case_event() {
                 continue;
             }
             if first.is_none() {
@@ -1308,7 +1327,7 @@ pub enum Command {
 pub fn decide(state: &CaseState, command: &Command) -> Result<Vec<CaseEvent>, DomainError> {
     match command {
         Command::Record(r) => {
-            if let CaseEvent::RecordViewed(_) = r.event {
+            if !r.event.is_case_event() {
                 return Err(DomainError::NotACaseEvent {
                     event_type: r.event.type_name(),
                 });

@@ -62,6 +62,12 @@ impl StreamId {
         Self::derive("access", school, pupil)
     }
 
+    /// The staff-directory stream of `school` (staff, roles, and refusals
+    /// that concern no pupil). See `docs/security.md`.
+    pub fn for_directory(school: &str) -> StreamId {
+        Self::derive("directory", school, "")
+    }
+
     fn derive(kind: &str, school: &str, pupil: &str) -> StreamId {
         // NUL cannot occur in a validated school id or pupil reference, so
         // the concatenation is unambiguous.

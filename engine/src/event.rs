@@ -129,6 +129,16 @@ case_events! {
     /// Somebody viewed the pupil's record (access log; lives in the pupil's
     /// access stream, not in the case stream).
     RecordViewed(RecordViewed),
+    /// A member of staff joined the school's staff directory (directory
+    /// stream; see `docs/security.md`).
+    StaffRegistered(StaffRegistered),
+    /// A member of staff was given a role (directory stream).
+    RoleGranted(RoleGranted),
+    /// A role was taken from a member of staff (directory stream).
+    RoleRevoked(RoleRevoked),
+    /// Somebody was refused an action (access log: the pupil's access stream
+    /// when the action concerned a pupil, the directory stream otherwise).
+    AccessRefused(AccessRefused),
 }
 
 /// Why `data` does not read as an event of the given type.
@@ -207,6 +217,21 @@ pub const SAFEGUARDING_TYPES: &[&str] = &[
 ];
 
 impl CaseEvent {
+    /// Whether the event belongs in a pupil's case stream. The access log
+    /// (`RecordViewed`, `AccessRefused`) and the staff directory
+    /// (`StaffRegistered`, `RoleGranted`, `RoleRevoked`) are written by
+    /// casebook itself to their own streams, never recorded or imported.
+    pub fn is_case_event(&self) -> bool {
+        !matches!(
+            self,
+            CaseEvent::RecordViewed(_)
+                | CaseEvent::AccessRefused(_)
+                | CaseEvent::StaffRegistered(_)
+                | CaseEvent::RoleGranted(_)
+                | CaseEvent::RoleRevoked(_)
+        )
+    }
+
     /// Whether the event belongs in a safeguarding chronology.
     pub fn is_safeguarding(&self) -> bool {
         match self {
@@ -601,6 +626,47 @@ pub struct RecordViewed {
     pub pupil: String,
     /// What was read: `timeline`, `audit`, `export`, ...
     pub view: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaffRegistered {
+    /// The member of staff's reference (what `--as` names).
+    pub staff: String,
+    pub name: String,
+    /// The roles given on registration (at least one).
+    pub roles: Vec<crate::access::Role>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleGranted {
+    pub staff: String,
+    pub role: crate::access::Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleRevoked {
+    pub staff: String,
+    pub role: crate::access::Role,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessRefused {
+    /// Who was refused, as they named themselves (registered or not).
+    pub staff: String,
+    /// What they tried, in words (`read the timeline of P001`).
+    pub action: String,
+    /// The pupil concerned, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pupil: Option<String>,
+    /// Why it was refused.
+    pub reason: String,
+    /// The purpose the reader gave, for a refused read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
 }

@@ -177,6 +177,9 @@ pub fn event_from_json(event_type: &str, data: serde_json::Value) -> Result<Case
     if event_type == "RecordViewed" {
         return Err("RecordViewed is written by casebook itself when a record is read; it cannot be imported".into());
     }
+    if crate::access::DIRECTORY_TYPES.contains(&event_type) || event_type == "AccessRefused" {
+        return Err(format!("{event_type} is written by casebook itself (staff directory and access log; see `casebook staff`); it cannot be imported or recorded"));
+    }
     if !data.is_object() {
         return Err("field data: must be an object".into());
     }

@@ -9,6 +9,7 @@
 //! Architecture Invariant: the engine knows nothing of projections or the
 //! CLI. Dependencies point one way: cli -> projections -> engine.
 
+pub mod access;
 pub mod codes;
 pub mod domain;
 pub mod envelope;

@@ -57,7 +57,7 @@ pub struct AuditEntry {
     pub decode_error: Option<String>,
 }
 
-/// One view of the pupil's record.
+/// One view of the pupil's record, or one refused attempt on it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AccessEntry {
     pub position: u64,
@@ -70,6 +70,9 @@ pub struct AccessEntry {
     pub view: String,
     /// Why, as the viewer gave it.
     pub purpose: Option<String>,
+    /// Set when the reading was refused: why (`AccessRefused`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 impl AuditTrail {
@@ -111,11 +114,13 @@ impl AuditTrail {
             .map(|s| {
                 // Only `RecordViewed` belongs in an access stream; anything
                 // else found there is listed by its type rather than hidden.
-                let (view, purpose) = match s.case_event() {
-                    Ok(CaseEvent::RecordViewed(v)) => (v.view, v.purpose),
-                    Ok(other) => (other.type_name().to_string(), None),
+                let (view, purpose, refused) = match s.case_event() {
+                    Ok(CaseEvent::RecordViewed(v)) => (v.view, v.purpose, None),
+                    Ok(CaseEvent::AccessRefused(r)) => (r.action, r.purpose, Some(r.reason)),
+                    Ok(other) => (other.type_name().to_string(), None, None),
                     Err(_) => (
                         format!("{} (payload cannot be decoded)", s.event_type),
+                        None,
                         None,
                     ),
                 };
@@ -126,6 +131,7 @@ impl AuditTrail {
                     viewed_at: s.recorded_at,
                     view,
                     purpose,
+                    refused,
                 }
             })
             .collect();

@@ -334,9 +334,9 @@ async fn fold(
                     found: stored.position,
                 });
             }
-            // Access-log entries belong to no school-wide view: skipped by
-            // type, before paying for a decode.
-            if stored.event_type != "RecordViewed" {
+            // Access-log and staff-directory entries belong to no
+            // school-wide view: skipped by type, before paying for a decode.
+            if !casebook_engine::access::is_non_case_type(&stored.event_type) {
                 let event = decode(stored)?;
                 for slot in slots.iter_mut().filter(|s| s.position < stored.position) {
                     slot.feed.feed(&event);

@@ -200,6 +200,23 @@ pub fn summary(event: &CaseEvent) -> String {
             Some(p) => format!("Viewed {} of {}: {}", v.view, v.pupil, prose(p)),
             None => format!("Viewed {} of {}", v.view, v.pupil),
         },
+        CaseEvent::StaffRegistered(s) => format!(
+            "Staff {} registered as {}",
+            s.staff,
+            s.roles
+                .iter()
+                .map(|r| r.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        CaseEvent::RoleGranted(g) => format!("Role {} granted to {}", g.role, g.staff),
+        CaseEvent::RoleRevoked(r) => format!("Role {} revoked from {}", r.role, r.staff),
+        CaseEvent::AccessRefused(a) => format!(
+            "Refused: {} may not {}: {}",
+            a.staff,
+            a.action,
+            prose(&a.reason)
+        ),
         // `CaseEvent` is non-exhaustive: a type added to the engine shows by
         // name until it is given its own line here.
         other => other.type_name().to_string(),

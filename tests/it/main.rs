@@ -1,5 +1,6 @@
 //! casebook's integration tests: one binary, one module per promise area.
 
+mod access;
 mod bad_corpus;
 mod cli;
 mod conformance;

@@ -40,6 +40,7 @@ impl SledStore {
                     "{} (log {school:?} is open for appends)",
                     self.path.display()
                 ),
+                pid: Some(std::process::id()),
             });
         }
         let tree = self
