@@ -8,6 +8,7 @@
 //! the engine's append path (`EventStore::append*`) and checkpoints; every
 //! command that records validates through `casebook_engine::import`.
 
+mod bench;
 pub mod demo;
 mod demo_cmd;
 mod input;
@@ -172,6 +173,24 @@ pub enum Command {
     Rebuild {
         /// One projection (default: all).
         projection: Option<String>,
+    },
+    /// Measure this machine: fsync and raw-backend ceilings, import, appends,
+    /// replay, timelines, memory and disk, in a temporary store
+    /// (docs/performance.md). Ignores --data.
+    Bench {
+        /// Events to import (demo-like, across many pupils).
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Concurrent writers of the concurrent-append phase.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// The backend to measure.
+        #[arg(long, value_enum, default_value = "sled")]
+        backend: bench::BenchBackend,
+        /// Where to create the temporary directory (default: the system's
+        /// temporary directory); the filesystem is part of what is measured.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

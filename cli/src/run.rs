@@ -128,6 +128,20 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Caseload { keyworker } => views::caseload(&mut ctx, keyworker.as_deref()).await,
         Command::Report { report } => views::report(&mut ctx, report).await,
         Command::Rebuild { projection } => views::rebuild(&mut ctx, projection.as_deref()).await,
+        Command::Bench {
+            events,
+            writers,
+            backend,
+            dir,
+        } => {
+            let args = crate::bench::BenchArgs {
+                events,
+                writers,
+                backend,
+                dir,
+            };
+            crate::bench::run(&mut ctx, args).await
+        }
     }
 }
 

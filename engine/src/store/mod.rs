@@ -12,6 +12,7 @@
 //! the event before it in the log. `verify` checks all three.
 
 pub mod sled;
+pub mod sled_raw;
 
 use std::collections::HashMap;
 use std::sync::Arc;
