@@ -9,6 +9,7 @@
 //! command that records validates through `casebook_engine::import`.
 
 mod backend;
+mod bench;
 mod copy;
 pub mod demo;
 mod demo_cmd;
@@ -199,6 +200,24 @@ pub enum Command {
     Staff {
         #[command(subcommand)]
         command: StaffCommand,
+    },
+    /// Measure this machine: fsync and raw-backend ceilings, import, appends,
+    /// replay, timelines, memory and disk, in a temporary store
+    /// (docs/performance.md). Ignores --data.
+    Bench {
+        /// Events to import (demo-like, across many pupils).
+        #[arg(long, default_value_t = 100_000)]
+        events: u64,
+        /// Concurrent writers of the concurrent-append phase.
+        #[arg(long, default_value_t = 64)]
+        writers: usize,
+        /// The backend to measure.
+        #[arg(long, value_enum, default_value = "sled")]
+        backend: bench::BenchBackend,
+        /// Where to create the temporary directory (default: the system's
+        /// temporary directory); the filesystem is part of what is measured.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
     },
 }
 

@@ -137,6 +137,20 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Report { report } => views::report(&mut ctx, report).await,
         Command::Rebuild { projection } => views::rebuild(&mut ctx, projection.as_deref()).await,
         Command::Copy { from, to } => crate::copy::run(&mut ctx, &from, &to).await,
+        Command::Bench {
+            events,
+            writers,
+            backend,
+            dir,
+        } => {
+            let args = crate::bench::BenchArgs {
+                events,
+                writers,
+                backend,
+                dir,
+            };
+            crate::bench::run(&mut ctx, args).await
+        }
     }
 }
 

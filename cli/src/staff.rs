@@ -104,7 +104,7 @@ fn command_action(command: &Command) -> (Action, bool) {
         } => (Action::ListStaff, true),
         Command::Staff { .. } => (Action::ManageStaff, false),
         // Never reached: `check_command` returns before (see there).
-        Command::Copy { .. } => (Action::Verify, false),
+        Command::Copy { .. } | Command::Bench { .. } => (Action::Verify, false),
     }
 }
 
@@ -127,7 +127,8 @@ pub(crate) async fn check_command(ctx: &mut Ctx, command: &Command) -> Result<()
     // `copy` works on raw stores named by --from/--to (a directory or a
     // database URL): whoever can open those already holds every byte, so the
     // directory cannot restrain it (docs/security.md, "Operator commands").
-    if matches!(command, Command::Copy { .. }) {
+    // `bench` never opens --data: it measures in a temporary store.
+    if matches!(command, Command::Copy { .. } | Command::Bench { .. }) {
         return Ok(());
     }
     let create = matches!(

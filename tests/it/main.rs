@@ -2,6 +2,7 @@
 
 mod access;
 mod bad_corpus;
+mod bench;
 mod cli;
 mod conformance;
 mod corrupt_open;

@@ -13,6 +13,7 @@
 
 pub mod postgres;
 pub mod sled;
+pub mod sled_raw;
 
 use std::collections::HashMap;
 use std::sync::Arc;

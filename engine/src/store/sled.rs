@@ -302,9 +302,9 @@ struct DataSync {
 
 impl DataSync {
     fn open(dir: &Path) -> Result<DataSync, StoreError> {
-        let file =
-            std::fs::File::open(dir.join("db")).map_err(|e| StoreError::io("open log file", e))?;
-        Ok(DataSync { file })
+        Ok(DataSync {
+            file: open_data_file(dir)?,
+        })
     }
 
     fn sync(&self) -> Result<(), StoreError> {
@@ -337,14 +337,14 @@ pub fn validate_school(school: &str) -> Result<(), StoreError> {
 
 // ---- keys ------------------------------------------------------------
 
-fn e_key(position: u64) -> [u8; 9] {
+pub(crate) fn e_key(position: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = b'e';
     k[1..].copy_from_slice(&position.to_be_bytes());
     k
 }
 
-fn s_key(stream: StreamId, version: u64) -> [u8; 25] {
+pub(crate) fn s_key(stream: StreamId, version: u64) -> [u8; 25] {
     let mut k = [0u8; 25];
     k[0] = b's';
     k[1..17].copy_from_slice(stream.0.as_bytes());
@@ -352,14 +352,14 @@ fn s_key(stream: StreamId, version: u64) -> [u8; 25] {
     k
 }
 
-fn i_key(event_id: Uuid) -> [u8; 17] {
+pub(crate) fn i_key(event_id: Uuid) -> [u8; 17] {
     let mut k = [0u8; 17];
     k[0] = b'i';
     k[1..].copy_from_slice(event_id.as_bytes());
     k
 }
 
-const HEAD_KEY: &[u8] = b"mhead";
+pub(crate) const HEAD_KEY: &[u8] = b"mhead";
 
 fn c_key(name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + name.len());
@@ -372,7 +372,7 @@ fn be_u64(bytes: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(bytes).ok().map(u64::from_be_bytes)
 }
 
-fn encode_head(position: u64, hash: &Hash, recorded_us: i64) -> [u8; 48] {
+pub(crate) fn encode_head(position: u64, hash: &Hash, recorded_us: i64) -> [u8; 48] {
     let mut v = [0u8; 48];
     v[..8].copy_from_slice(&position.to_be_bytes());
     v[8..40].copy_from_slice(hash);
@@ -388,6 +388,16 @@ fn decode_head(v: &[u8]) -> Option<(u64, Hash, i64)> {
     let hash: Hash = v[8..40].try_into().ok()?;
     let recorded = i64::from_be_bytes(v[40..].try_into().ok()?);
     Some((position, hash, recorded))
+}
+
+/// sled's data file (`<dir>/db`), for the `fdatasync` after every flush.
+///
+/// Why: on Linux sled's `flush` ends with `sync_file_range`, which writes
+/// the pages but neither the file's metadata (its grown size) nor the
+/// drive's volatile cache. One `fdatasync` of the file after the flush makes
+/// the group durable before it is acknowledged.
+pub(crate) fn open_data_file(dir: &Path) -> Result<std::fs::File, StoreError> {
+    std::fs::File::open(dir.join("db")).map_err(|e| StoreError::io("open data file", e))
 }
 
 // ---- the watermark ------------------------------------------------------

@@ -1,0 +1,870 @@
+//! `casebook bench`: a self-contained benchmark in a temporary directory.
+//!
+//! One run measures every figure of docs/performance.md on the machine it
+//! runs on, each next to its own ceiling measured in the same run:
+//!
+//! - `fsync_per_s`: 512-byte appends to a file, each followed by
+//!   `fdatasync` — the most durable single appends the filesystem allows;
+//! - `raw_backend_batched_ev_s`: the same sealed envelopes the engine
+//!   stores, written straight to the backend with the engine's key layout,
+//!   in batches of the engine's group size, each made durable the way the
+//!   engine does it — the ceiling of the import;
+//! - `import_ev_s`: validation (`import::Planner`) + durable append of
+//!   demo-like events in batches of the same size;
+//! - `append_single_ev_s`, `append_concurrent_ev_s`: one event per
+//!   append, each awaited (durable), by one writer and by W tasks on
+//!   different pupils (group commit);
+//! - `replay_ev_s`: `casebook rebuild` of every school-wide projection from
+//!   the log, against `raw_scan_decode_ev_s` (backend scan + full decode);
+//! - `timeline_p50_us`, `timeline_p99_us`: `chronology_of` + the JSON
+//!   document of `casebook timeline` for 1,000 random pupils;
+//! - `peak_rss_mb` (VmHWM), `disk_bytes_per_event`,
+//!   `payload_bytes_per_event`, and the ratios.
+//!
+//! Events come from the demo generator (`demo.rs`): a school year, pupil by
+//! pupil, cut at N events. Generating them is never timed.
+//!
+//! Backends plug in through [`Backend`]: open a fresh engine store, open a
+//! raw ceiling writer, scan + decode raw.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use casebook_engine::envelope::{encode_payload, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
+use casebook_engine::event::{CaseEvent, RecordViewed, CURRENT_SCHEMA};
+use casebook_engine::import::{ImportLine, Planner};
+use casebook_engine::store::sled::{SledLog, SledStore, MAX_GROUP_EVENTS};
+use casebook_engine::store::sled_raw::{scan_decode, RawEnvelope, RawSledLog};
+use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
+use chrono::{DateTime, Utc};
+use clap::ValueEnum;
+use serde_json::{json, Map, Value};
+
+use crate::demo::{default_academic_year, generate, DemoEvent, DemoOptions, DemoPupil};
+use crate::run::Ctx;
+use crate::{Failure, Format};
+
+/// Events per import batch and per raw batch: the engine's group size, so
+/// the import and its ceiling write the same batches.
+pub const BATCH_EVENTS: usize = MAX_GROUP_EVENTS;
+
+/// Timelines read (random pupils, with repetition when there are fewer).
+const TIMELINE_READS: usize = 1_000;
+
+/// The 512-byte record of the fsync loop.
+const FSYNC_RECORD: usize = 512;
+
+/// Bounds of `--events`.
+const MIN_EVENTS: u64 = 1_000;
+const MAX_EVENTS: u64 = 100_000_000;
+
+/// Backends `bench` can measure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BenchBackend {
+    /// The embedded sled store.
+    Sled,
+}
+
+/// What `casebook bench` was asked.
+pub(crate) struct BenchArgs {
+    pub events: u64,
+    pub writers: usize,
+    pub backend: BenchBackend,
+    pub dir: Option<PathBuf>,
+}
+
+// ---- backends ---------------------------------------------------------------
+
+/// A backend under test: how to open a fresh engine store and a raw ceiling
+/// writer in `dir`. A second backend adds an implementation.
+#[async_trait]
+trait Backend: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// A fresh, empty engine store in `dir` and its log of `school`.
+    async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure>;
+    /// A fresh raw writer in `dir` (a directory of its own).
+    async fn open_raw(&self, dir: &Path, school: &str) -> Result<Box<dyn RawWriter>, Failure>;
+}
+
+/// An engine store under test.
+#[async_trait]
+trait Engine: Send + Sync {
+    fn log(&self) -> Arc<dyn EventStore>;
+    /// Scans the whole log straight from the backend and decodes every
+    /// event fully (envelope and payload); returns the count.
+    async fn raw_scan_decode(&self) -> Result<u64, Failure>;
+    /// Bytes the store occupies on disk.
+    fn disk_bytes(&self) -> Result<u64, Failure>;
+}
+
+/// The raw ceiling writer.
+#[async_trait]
+trait RawWriter: Send + Sync {
+    /// Writes one batch durably, the way the engine commits one group.
+    async fn write_batch(&self, events: &[RawEnvelope], recorded_us: i64) -> Result<(), Failure>;
+}
+
+fn backend(which: BenchBackend) -> Box<dyn Backend> {
+    match which {
+        BenchBackend::Sled => Box::new(Sled),
+    }
+}
+
+struct Sled;
+
+struct SledEngine {
+    dir: PathBuf,
+    _store: Arc<SledStore>,
+    log: Arc<SledLog>,
+}
+
+struct SledRaw(RawSledLog);
+
+#[async_trait]
+impl Backend for Sled {
+    fn name(&self) -> &'static str {
+        "sled"
+    }
+
+    async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure> {
+        let store = SledStore::open(dir, true)?;
+        let log = store.log(school)?;
+        Ok(Box::new(SledEngine {
+            dir: dir.to_path_buf(),
+            _store: store,
+            log,
+        }))
+    }
+
+    async fn open_raw(&self, dir: &Path, school: &str) -> Result<Box<dyn RawWriter>, Failure> {
+        Ok(Box::new(SledRaw(RawSledLog::open(dir, school)?)))
+    }
+}
+
+#[async_trait]
+impl Engine for SledEngine {
+    fn log(&self) -> Arc<dyn EventStore> {
+        self.log.clone()
+    }
+
+    async fn raw_scan_decode(&self) -> Result<u64, Failure> {
+        let mut sum = 0u64;
+        let n = scan_decode(self.log.raw_tree(), |e| sum = sum.wrapping_add(e.version))?;
+        std::hint::black_box(sum);
+        Ok(n)
+    }
+
+    fn disk_bytes(&self) -> Result<u64, Failure> {
+        dir_bytes(&self.dir)
+    }
+}
+
+#[async_trait]
+impl RawWriter for SledRaw {
+    async fn write_batch(&self, events: &[RawEnvelope], recorded_us: i64) -> Result<(), Failure> {
+        Ok(self.0.write_batch(events, recorded_us)?)
+    }
+}
+
+/// Bytes allocated on disk under `dir` (blocks, not apparent sizes).
+fn dir_bytes(dir: &Path) -> Result<u64, Failure> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| Failure::Store(format!("cannot read {}: {e}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Failure::Store(format!("{}: {e}", dir.display())))?;
+        let meta = entry
+            .metadata()
+            .map_err(|e| Failure::Store(format!("{}: {e}", entry.path().display())))?;
+        total += if meta.is_dir() {
+            dir_bytes(&entry.path())?
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    Ok(total)
+}
+
+// ---- the workload -----------------------------------------------------------
+
+/// The demo school, pupil by pupil, cut into batches of events.
+struct Source {
+    pupils: Box<dyn Iterator<Item = DemoPupil> + Send>,
+    current: Option<(String, std::vec::IntoIter<DemoEvent>)>,
+}
+
+impl Source {
+    fn new(opts: &DemoOptions) -> Source {
+        Source {
+            pupils: Box::new(generate(opts)),
+            current: None,
+        }
+    }
+
+    /// Up to `max` further events, with their pupil's reference.
+    fn take(&mut self, max: usize) -> Vec<(String, DemoEvent)> {
+        let mut out = Vec::with_capacity(max);
+        while out.len() < max {
+            if let Some((pupil, events)) = &mut self.current {
+                if let Some(e) = events.next() {
+                    out.push((pupil.clone(), e));
+                    continue;
+                }
+            }
+            match self.pupils.next() {
+                Some(p) => self.current = Some((p.reference, p.events.into_iter())),
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The next whole pupil after the events taken so far.
+    fn next_pupil(&mut self) -> Option<DemoPupil> {
+        self.current = None;
+        self.pupils.next()
+    }
+}
+
+fn new_event(e: &DemoEvent) -> Result<NewEvent, Failure> {
+    Ok(NewEvent {
+        event_id: e.event_id,
+        occurred_at: e.occurred_at,
+        actor: e.actor.clone(),
+        correlation_id: None,
+        causation_id: None,
+        event_type: e.event.type_name().to_string(),
+        schema: CURRENT_SCHEMA,
+        payload: encode_payload(&e.event).map_err(|e| Failure::Store(e.to_string()))?,
+    })
+}
+
+/// Events one append of a pupil's stream, in order: (stream, version, event).
+type Appends = Vec<(StreamId, u64, NewEvent)>;
+
+fn appends_of(school: &str, pupil: &DemoPupil, max: usize) -> Result<Appends, Failure> {
+    let stream = StreamId::for_pupil(school, &pupil.reference);
+    pupil
+        .events
+        .iter()
+        .take(max)
+        .enumerate()
+        .map(|(i, e)| Ok((stream, i as u64, new_event(e)?)))
+        .collect()
+}
+
+async fn append_all(log: &dyn EventStore, appends: Appends) -> Result<u64, Failure> {
+    let mut n = 0;
+    for (stream, before, event) in appends {
+        let expected = if before == 0 {
+            ExpectedVersion::NoStream
+        } else {
+            ExpectedVersion::Exact(before)
+        };
+        log.append(AppendRequest {
+            stream,
+            expected,
+            events: vec![event],
+        })
+        .await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+// ---- measurements -------------------------------------------------------------
+
+fn per_s(count: u64, took: Duration) -> f64 {
+    count as f64 / took.as_secs_f64().max(1e-9)
+}
+
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].as_secs_f64() * 1e6
+}
+
+fn io_failure(what: &str, e: std::io::Error) -> Failure {
+    Failure::Store(format!("bench: {what}: {e}"))
+}
+
+/// 512-byte appends, each followed by fdatasync, for about a second.
+fn fsync_loop(dir: &Path) -> Result<f64, Failure> {
+    use std::io::Write;
+    let path = dir.join("fsync-probe");
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(|e| io_failure("fsync probe", e))?;
+    let record = [0x5au8; FSYNC_RECORD];
+    let started = Instant::now();
+    let mut n = 0u64;
+    while n < 20_000 && (n < 50 || started.elapsed() < Duration::from_secs(1)) {
+        file.write_all(&record)
+            .map_err(|e| io_failure("fsync probe", e))?;
+        file.sync_data().map_err(|e| io_failure("fsync probe", e))?;
+        n += 1;
+    }
+    let took = started.elapsed();
+    drop(file);
+    let _ = std::fs::remove_file(&path);
+    Ok(per_s(n, took))
+}
+
+/// Peak resident memory of this process (VmHWM), in MB.
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn load_average() -> Vec<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .filter_map(|v| v.parse().ok())
+        .collect()
+}
+
+/// A small deterministic generator for picking pupils.
+struct Pick(u64);
+
+impl Pick {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^= z >> 31;
+        (z % n.max(1) as u64) as usize
+    }
+}
+
+fn phase(what: &str) -> Instant {
+    eprintln!("bench: {what}…");
+    Instant::now()
+}
+
+fn done(started: Instant, detail: String) {
+    eprintln!(
+        "bench:   done in {:.1}s: {detail}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+// ---- the run ----------------------------------------------------------------
+
+pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
+    let format = ctx.formats("bench", &[Format::Text, Format::Json])?;
+    if !(MIN_EVENTS..=MAX_EVENTS).contains(&args.events) {
+        return Err(Failure::BadInput(format!(
+            "--events {}: must be between {MIN_EVENTS} and {MAX_EVENTS}",
+            args.events
+        )));
+    }
+    if !(1..=4096).contains(&args.writers) {
+        return Err(Failure::BadInput(format!(
+            "--writers {}: must be between 1 and 4096",
+            args.writers
+        )));
+    }
+    let n = args.events;
+    let w = args.writers;
+    let school = ctx.school.clone();
+    let backend = backend(args.backend);
+    let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let tmp = tempfile::Builder::new()
+        .prefix("casebook-bench-")
+        .tempdir_in(&parent)
+        .map_err(|e| io_failure(&format!("temporary directory in {}", parent.display()), e))?;
+    let load_before = load_average();
+    let run_started = Instant::now();
+
+    // The demo school: about 420 events a pupil; generous in pupils (the
+    // generator is lazy), plus those of the append phases.
+    let single_events = (n / 100).clamp(50, 1_000) as usize;
+    let per_writer = (n / (w as u64 * 20)).clamp(10, 200) as usize;
+    let opts = DemoOptions {
+        pupils: (n / 250) as usize + 1 + w + single_events / 10 + 16,
+        seed: 42,
+        academic_year: default_academic_year(ctx.today),
+        school: school.clone(),
+    };
+    eprintln!(
+        "bench: {n} events, {w} writers, backend {}, in {}",
+        backend.name(),
+        tmp.path().display()
+    );
+
+    // fsync ceiling.
+    let t = phase("fsync loop (512-byte appends + fdatasync)");
+    let fsync_per_s = fsync_loop(tmp.path())?;
+    done(t, format!("{fsync_per_s:.0} fdatasyncs/s"));
+
+    // Raw backend ceiling: the same envelopes, sealed outside the timer.
+    let t = phase("raw backend batched writes");
+    let raw_dir = tmp.path().join("raw");
+    std::fs::create_dir_all(&raw_dir).map_err(|e| io_failure("raw dir", e))?;
+    let (raw_ev_s, payload_bytes, case_payload_bytes) = {
+        let raw = backend.open_raw(&raw_dir, &school).await?;
+        let mut source = Source::new(&opts);
+        let mut versions: std::collections::HashMap<StreamId, u64> = Default::default();
+        let mut position = 0u64;
+        let mut prev = GENESIS_HASH;
+        let mut timed = Duration::ZERO;
+        let mut bytes = 0u64;
+        let mut case_bytes = 0u64;
+        while position < n {
+            let want = BATCH_EVENTS.min((n - position) as usize);
+            let chunk = source.take(want);
+            if chunk.is_empty() {
+                break;
+            }
+            let recorded_at = Utc::now();
+            let mut batch = Vec::with_capacity(chunk.len());
+            for (pupil, e) in &chunk {
+                let stream = StreamId::for_pupil(&school, pupil);
+                let version = versions.entry(stream).or_insert(0);
+                *version += 1;
+                position += 1;
+                let new = new_event(e)?;
+                case_bytes += new.payload.len() as u64;
+                let (sealed, value) =
+                    StoredEvent::seal(&new, stream, position, *version, recorded_at, prev)
+                        .map_err(|e| Failure::Store(e.to_string()))?;
+                prev = sealed.hash;
+                bytes += value.len() as u64;
+                batch.push(RawEnvelope {
+                    position,
+                    stream,
+                    version: *version,
+                    event_id: new.event_id,
+                    hash: sealed.hash,
+                    bytes: value,
+                });
+            }
+            let started = Instant::now();
+            raw.write_batch(&batch, recorded_at.timestamp_micros())
+                .await?;
+            timed += started.elapsed();
+        }
+        if position < n {
+            return Err(Failure::Store(format!(
+                "bench: the demo school gave only {position} of {n} events"
+            )));
+        }
+        (
+            per_s(n, timed),
+            bytes as f64 / n as f64,
+            case_bytes as f64 / n as f64,
+        )
+    };
+    let _ = std::fs::remove_dir_all(&raw_dir);
+    done(t, format!("{raw_ev_s:.0} events/s"));
+
+    // Import through the engine: planner (validation) + durable append.
+    let t = phase("engine import");
+    let engine_dir = tmp.path().join("engine");
+    let engine = backend.open_engine(&engine_dir, &school).await?;
+    let log = engine.log();
+    let mut source = Source::new(&opts);
+    let mut pupils: Vec<String> = Vec::new();
+    let mut imported = 0u64;
+    let mut timed = Duration::ZERO;
+    let mut line = 0usize;
+    let now = Utc::now();
+    let mut next_report = n / 10;
+    while imported < n {
+        let want = BATCH_EVENTS.min((n - imported) as usize);
+        let chunk = source.take(want);
+        if chunk.is_empty() {
+            break;
+        }
+        let lines: Vec<ImportLine> = chunk
+            .into_iter()
+            .map(|(pupil, e)| {
+                line += 1;
+                if pupils.last() != Some(&pupil) {
+                    pupils.push(pupil.clone());
+                }
+                ImportLine {
+                    line,
+                    pupil,
+                    occurred_at: e.occurred_at,
+                    actor: e.actor,
+                    id: Some(e.event_id),
+                    school: None,
+                    event: e.event,
+                }
+            })
+            .collect();
+        let started = Instant::now();
+        let mut planner = Planner::new(log.as_ref(), &school, now);
+        for l in lines {
+            planner.add(l).await.map_err(|err| {
+                Failure::Store(format!(
+                    "internal error: the engine refused a demo event: {err}"
+                ))
+            })?;
+        }
+        let plan = planner.finish();
+        let count = plan.events as u64;
+        log.append_atomic(plan.requests).await?;
+        timed += started.elapsed();
+        imported += count;
+        if imported >= next_report && imported < n {
+            eprintln!("bench:   {imported}/{n} events imported");
+            next_report += n / 10;
+        }
+    }
+    let import_ev_s = per_s(imported, timed);
+    let disk_bytes = engine.disk_bytes()?;
+    done(t, format!("{import_ev_s:.0} events/s"));
+
+    // Replay: raw scan + decode, then a cold rebuild of every projection.
+    let t = phase("raw scan + decode");
+    let started = Instant::now();
+    let scanned = engine.raw_scan_decode().await?;
+    let raw_scan_decode_ev_s = per_s(scanned, started.elapsed());
+    done(t, format!("{raw_scan_decode_ev_s:.0} events/s"));
+    let t = phase("replay (rebuild of every projection)");
+    let started = Instant::now();
+    let report = casebook_projections::rebuild(log.as_ref(), None, &|_, _| {})
+        .await
+        .map_err(|e| Failure::Store(e.to_string()))?;
+    let replay_ev_s = per_s(report.events, started.elapsed());
+    done(t, format!("{replay_ev_s:.0} events/s"));
+
+    // Timelines of random pupils, as `casebook timeline` reads them.
+    let t = phase("timelines of 1,000 random pupils");
+    let mut pick = Pick(7);
+    let mut reads = Vec::with_capacity(TIMELINE_READS);
+    let mut with_log = Vec::with_capacity(TIMELINE_READS);
+    let mut entries = 0usize;
+    for _ in 0..TIMELINE_READS {
+        let pupil = &pupils[pick.below(pupils.len())];
+        let started = Instant::now();
+        let chronology =
+            casebook_projections::chronology_of(log.as_ref(), &school, pupil, None, false)
+                .await
+                .map_err(|e| Failure::Store(e.to_string()))?;
+        let doc = serde_json::to_value(&chronology).map_err(|e| Failure::Store(e.to_string()))?;
+        let read = started.elapsed();
+        entries += chronology.entries.len();
+        std::hint::black_box(doc);
+        log_view(log.as_ref(), &school, pupil, now).await?;
+        reads.push(read);
+        with_log.push(started.elapsed());
+    }
+    reads.sort();
+    with_log.sort();
+    let timeline_p50_us = percentile_us(&reads, 0.50);
+    let timeline_p99_us = percentile_us(&reads, 0.99);
+    done(
+        t,
+        format!(
+            "p50 {timeline_p50_us:.0} µs, p99 {timeline_p99_us:.0} µs, {:.0} entries a timeline",
+            entries as f64 / TIMELINE_READS as f64
+        ),
+    );
+
+    // One writer, one event per append, each durable before the next.
+    let t = phase("single appends");
+    let mut single: Appends = Vec::new();
+    while single.len() < single_events {
+        let p = source
+            .next_pupil()
+            .ok_or_else(|| Failure::Store("bench: the demo school ran out of pupils".into()))?;
+        single.extend(appends_of(&school, &p, single_events - single.len())?);
+    }
+    let started = Instant::now();
+    let single_count = append_all(log.as_ref(), single).await?;
+    let append_single_ev_s = per_s(single_count, started.elapsed());
+    done(t, format!("{append_single_ev_s:.0} events/s"));
+
+    // W writers on different pupils.
+    let t = phase(&format!("concurrent appends ({w} writers)"));
+    let mut jobs = Vec::with_capacity(w);
+    for _ in 0..w {
+        let p = source
+            .next_pupil()
+            .ok_or_else(|| Failure::Store("bench: the demo school ran out of pupils".into()))?;
+        jobs.push(appends_of(&school, &p, per_writer)?);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            let log = log.clone();
+            tokio::spawn(async move { append_all(log.as_ref(), job).await })
+        })
+        .collect();
+    let mut concurrent_count = 0u64;
+    for task in tasks {
+        concurrent_count += task
+            .await
+            .map_err(|e| Failure::Store(format!("bench: a writer task failed: {e}")))??;
+    }
+    let append_concurrent_ev_s = per_s(concurrent_count, started.elapsed());
+    done(t, format!("{append_concurrent_ev_s:.0} events/s"));
+
+    let peak_rss_mb = peak_rss_mb();
+    let disk_bytes_per_event = disk_bytes as f64 / imported.max(1) as f64;
+    let figures = Figures {
+        fsync_per_s,
+        raw_backend_batched_ev_s: raw_ev_s,
+        import_ev_s,
+        append_single_ev_s,
+        append_concurrent_ev_s,
+        replay_ev_s,
+        raw_scan_decode_ev_s,
+        timeline_p50_us,
+        timeline_p99_us,
+        peak_rss_mb,
+        disk_bytes_per_event,
+        payload_bytes_per_event: payload_bytes,
+    };
+    let mut doc = figures.to_json();
+    let extra = json!({
+        "events": imported,
+        "writers": w,
+        "backend": backend.name(),
+        "casebook_version": env!("CARGO_PKG_VERSION"),
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+        "load_average_before": load_before,
+        "load_average_after": load_average(),
+        "pupils": pupils.len(),
+        "batch_events": BATCH_EVENTS,
+        "single_appends": single_count,
+        "concurrent_appends": concurrent_count,
+        "timeline_reads": TIMELINE_READS,
+        "timeline_with_access_log_p50_us": percentile_us(&with_log, 0.50),
+        "timeline_with_access_log_p99_us": percentile_us(&with_log, 0.99),
+        "case_payload_bytes_per_event": case_payload_bytes,
+        "elapsed_s": run_started.elapsed().as_secs_f64(),
+    });
+    if let (Value::Object(m), Value::Object(e)) = (&mut doc, extra) {
+        m.extend(e);
+    }
+    drop(log);
+    drop(engine);
+    drop(tmp);
+    match format {
+        Format::Json => {
+            let text =
+                serde_json::to_string_pretty(&doc).map_err(|e| Failure::Store(e.to_string()))?;
+            println!("{text}");
+        }
+        _ => print!("{}", figures.table(&doc)),
+    }
+    Ok(())
+}
+
+/// Writes the `RecordViewed` that `casebook timeline` writes after a read.
+async fn log_view(
+    log: &dyn EventStore,
+    school: &str,
+    pupil: &str,
+    now: DateTime<Utc>,
+) -> Result<(), Failure> {
+    let event = CaseEvent::RecordViewed(RecordViewed {
+        pupil: pupil.to_string(),
+        view: "timeline".into(),
+        purpose: Some("benchmark".into()),
+    });
+    let new = NewEvent::new(&event, now, "S001").map_err(|e| Failure::Store(e.to_string()))?;
+    log.append(AppendRequest {
+        stream: StreamId::for_access_log(school, pupil),
+        expected: ExpectedVersion::Any,
+        events: vec![new],
+    })
+    .await?;
+    Ok(())
+}
+
+/// The figures of one run.
+struct Figures {
+    fsync_per_s: f64,
+    raw_backend_batched_ev_s: f64,
+    import_ev_s: f64,
+    append_single_ev_s: f64,
+    append_concurrent_ev_s: f64,
+    replay_ev_s: f64,
+    raw_scan_decode_ev_s: f64,
+    timeline_p50_us: f64,
+    timeline_p99_us: f64,
+    peak_rss_mb: f64,
+    disk_bytes_per_event: f64,
+    payload_bytes_per_event: f64,
+}
+
+impl Figures {
+    fn import_vs_raw(&self) -> f64 {
+        self.import_ev_s / self.raw_backend_batched_ev_s
+    }
+    fn single_vs_fsync(&self) -> f64 {
+        self.append_single_ev_s / self.fsync_per_s
+    }
+    fn concurrent_vs_single(&self) -> f64 {
+        self.append_concurrent_ev_s / self.append_single_ev_s
+    }
+    fn replay_vs_raw(&self) -> f64 {
+        self.replay_ev_s / self.raw_scan_decode_ev_s
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        let mut put = |k: &str, v: f64| {
+            m.insert(k.to_string(), json!(v));
+        };
+        put("fsync_per_s", self.fsync_per_s);
+        put("raw_backend_batched_ev_s", self.raw_backend_batched_ev_s);
+        put("import_ev_s", self.import_ev_s);
+        put("append_single_ev_s", self.append_single_ev_s);
+        put("append_concurrent_ev_s", self.append_concurrent_ev_s);
+        put("replay_ev_s", self.replay_ev_s);
+        put("raw_scan_decode_ev_s", self.raw_scan_decode_ev_s);
+        put("timeline_p50_us", self.timeline_p50_us);
+        put("timeline_p99_us", self.timeline_p99_us);
+        put("peak_rss_mb", self.peak_rss_mb);
+        put("disk_bytes_per_event", self.disk_bytes_per_event);
+        put("payload_bytes_per_event", self.payload_bytes_per_event);
+        put("import_vs_raw", self.import_vs_raw());
+        put("single_vs_fsync", self.single_vs_fsync());
+        put("concurrent_vs_single", self.concurrent_vs_single());
+        put("replay_vs_raw", self.replay_vs_raw());
+        Value::Object(m)
+    }
+
+    /// The text table: each figure, its unit, and the issue's target.
+    fn table(&self, doc: &Value) -> String {
+        let yes = |ok: bool| if ok { "met" } else { "NOT met" };
+        let rows: Vec<(&str, String, String)> = vec![
+            (
+                "fsync_per_s",
+                format!("{:.0}", self.fsync_per_s),
+                "ceiling of (c)".into(),
+            ),
+            (
+                "raw_backend_batched_ev_s",
+                format!("{:.0}", self.raw_backend_batched_ev_s),
+                "ceiling of (b)".into(),
+            ),
+            (
+                "import_ev_s",
+                format!("{:.0}", self.import_ev_s),
+                format!(">= 250000: {}", yes(self.import_ev_s >= 250_000.0)),
+            ),
+            (
+                "append_single_ev_s",
+                format!("{:.0}", self.append_single_ev_s),
+                String::new(),
+            ),
+            (
+                "append_concurrent_ev_s",
+                format!("{:.0}", self.append_concurrent_ev_s),
+                String::new(),
+            ),
+            (
+                "replay_ev_s",
+                format!("{:.0}", self.replay_ev_s),
+                format!(
+                    ">= 1000000 or ratio >= 0.7: {}",
+                    yes(self.replay_ev_s >= 1e6 || self.replay_vs_raw() >= 0.7)
+                ),
+            ),
+            (
+                "raw_scan_decode_ev_s",
+                format!("{:.0}", self.raw_scan_decode_ev_s),
+                "ceiling of (e)".into(),
+            ),
+            (
+                "timeline_p50_us",
+                format!("{:.0}", self.timeline_p50_us),
+                String::new(),
+            ),
+            (
+                "timeline_p99_us",
+                format!("{:.0}", self.timeline_p99_us),
+                format!("< 1000: {}", yes(self.timeline_p99_us < 1000.0)),
+            ),
+            (
+                "peak_rss_mb",
+                format!("{:.1}", self.peak_rss_mb),
+                format!("<= 200 (at 1M events): {}", yes(self.peak_rss_mb <= 200.0)),
+            ),
+            (
+                "disk_bytes_per_event",
+                format!("{:.0}", self.disk_bytes_per_event),
+                format!(
+                    "<= 1.5 x payload: {}",
+                    yes(self.disk_bytes_per_event <= 1.5 * self.payload_bytes_per_event)
+                ),
+            ),
+            (
+                "payload_bytes_per_event",
+                format!("{:.0}", self.payload_bytes_per_event),
+                "stored envelope (body + hash)".into(),
+            ),
+            (
+                "import_vs_raw",
+                format!("{:.2}", self.import_vs_raw()),
+                format!(">= 0.8: {}", yes(self.import_vs_raw() >= 0.8)),
+            ),
+            (
+                "single_vs_fsync",
+                format!("{:.2}", self.single_vs_fsync()),
+                format!(">= 0.8: {}", yes(self.single_vs_fsync() >= 0.8)),
+            ),
+            (
+                "concurrent_vs_single",
+                format!("{:.2}", self.concurrent_vs_single()),
+                format!(">= 10: {}", yes(self.concurrent_vs_single() >= 10.0)),
+            ),
+            (
+                "replay_vs_raw",
+                format!("{:.2}", self.replay_vs_raw()),
+                format!(
+                    ">= 0.7 (or replay >= 1M/s): {}",
+                    yes(self.replay_vs_raw() >= 0.7 || self.replay_ev_s >= 1e6)
+                ),
+            ),
+        ];
+        let mut out = String::new();
+        let get = |k: &str| doc.get(k).map(|v| v.to_string()).unwrap_or_default();
+        out.push_str(&format!(
+            "casebook bench: {} events, {} writers, backend {}, casebook {}, {} cores, load average {} before, {} after\n\n",
+            get("events"),
+            get("writers"),
+            get("backend").trim_matches('"'),
+            get("casebook_version").trim_matches('"'),
+            get("cores"),
+            get("load_average_before"),
+            get("load_average_after"),
+        ));
+        out.push_str(&format!(
+            "{:<26} {:>12}  {}\n",
+            "figure", "value", "target / note"
+        ));
+        for (k, v, note) in rows {
+            out.push_str(&format!("{k:<26} {v:>12}  {note}\n"));
+        }
+        out.push_str(&format!(
+            "\ntimeline with its access-log append: p50 {} µs, p99 {} µs\n",
+            get("timeline_with_access_log_p50_us"),
+            get("timeline_with_access_log_p99_us")
+        ));
+        out
+    }
+}
