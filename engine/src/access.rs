@@ -851,11 +851,6 @@ impl Guarded {
             StreamId::for_pupil(&self.school, pupil),
         )
         .await?;
-        if stored.is_empty() {
-            return Err(AccessError::UnknownPupil {
-                pupil: pupil.to_string(),
-            });
-        }
         let decoded: Vec<Option<CaseEvent>> = stored.iter().map(|s| s.case_event().ok()).collect();
         let keyworker = keyworker_of(
             stored
@@ -875,7 +870,14 @@ impl Guarded {
                 pupil: pupil.to_string(),
             },
         };
+        // Checked before the pupil's existence is told: a refused actor
+        // learns nothing, not even whether the record exists.
         self.check(actor, &action, purpose.as_deref(), now).await?;
+        if stored.is_empty() {
+            return Err(AccessError::UnknownPupil {
+                pupil: pupil.to_string(),
+            });
+        }
         let viewed = CaseEvent::RecordViewed(RecordViewed {
             pupil: pupil.to_string(),
             view: view.as_str().to_string(),

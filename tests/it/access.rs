@@ -793,6 +793,18 @@ fn permission_is_checked_before_validation() {
     ]);
     assert_eq!(out.code, 2);
     assert!(out.stderr.contains("not registered"), "{}", out.stderr);
+    // Reads too: a refused reader is not told whether the record exists.
+    let out = cb.run(&["--as", "ADM1", "timeline", "GHOST"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("ADM1 (admin) may not read the timeline of GHOST"),
+        "{}",
+        out.stderr
+    );
+    let out = cb.run(&["--as", "DSL1", "timeline", "GHOST"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("no record for pupil"), "{}", out.stderr);
 }
 
 mod directory_fold {
