@@ -307,6 +307,16 @@ async fn record(
     let parsed = parse_line(1, &line.to_string())
         .map_err(|e| Failure::BadInput(strip_line(e.to_string())))?;
     let event_id_hint = parsed.id;
+    // Permission first: a refused actor learns nothing from validation.
+    {
+        let now = ctx.now;
+        let session = crate::staff::session(ctx)?;
+        session
+            .guarded
+            .check_record(&session.actor, pupil, &parsed.event, now)
+            .await
+            .map_err(crate::staff::access_failure)?;
+    }
     let now = ctx.now;
     let school = ctx.school.clone();
     let session = crate::staff::session(ctx)?;

@@ -761,19 +761,14 @@ impl Guarded {
         match self.directory.actor(staff, &self.school) {
             Ok(a) => Ok(a),
             Err(e) => {
-                let who = staff.unwrap_or(UNIDENTIFIED);
                 // A name too long or odd to log is logged as unidentified.
-                let who = if crate::domain::validate_fields(&CaseEvent::KeyworkerAssigned(
-                    crate::event::KeyworkerAssigned {
-                        staff: who.to_string(),
-                    },
-                ))
-                .is_ok()
-                {
-                    who
-                } else {
-                    UNIDENTIFIED
-                };
+                let who = staff
+                    .filter(|s| {
+                        !s.trim().is_empty()
+                            && s.chars().count() <= crate::import::MAX_REF_LEN
+                            && !s.chars().any(char::is_control)
+                    })
+                    .unwrap_or(UNIDENTIFIED);
                 let reason = match &e {
                     AccessError::NoActor { .. } => "nobody said who is acting".to_string(),
                     _ => "not in the staff directory".to_string(),
@@ -856,11 +851,6 @@ impl Guarded {
             StreamId::for_pupil(&self.school, pupil),
         )
         .await?;
-        if stored.is_empty() {
-            return Err(AccessError::UnknownPupil {
-                pupil: pupil.to_string(),
-            });
-        }
         let decoded: Vec<Option<CaseEvent>> = stored.iter().map(|s| s.case_event().ok()).collect();
         let keyworker = keyworker_of(
             stored
@@ -880,7 +870,14 @@ impl Guarded {
                 pupil: pupil.to_string(),
             },
         };
+        // Checked before the pupil's existence is told: a refused actor
+        // learns nothing, not even whether the record exists.
         self.check(actor, &action, purpose.as_deref(), now).await?;
+        if stored.is_empty() {
+            return Err(AccessError::UnknownPupil {
+                pupil: pupil.to_string(),
+            });
+        }
         let viewed = CaseEvent::RecordViewed(RecordViewed {
             pupil: pupil.to_string(),
             view: view.as_str().to_string(),
@@ -960,51 +957,50 @@ impl Guarded {
             )));
         }
         if !actor.unrestricted {
-            let stored = read_whole_stream(self.store.as_ref(), request.stream).await?;
-            let mut known: Vec<(Uuid, String, CaseEvent)> = Vec::with_capacity(stored.len());
-            for s in &stored {
-                if let Ok(e) = s.case_event() {
-                    known.push((s.event_id, s.actor.clone(), e));
-                }
-            }
+            let mut known = self.entries(request.stream).await?;
             for new in &request.events {
                 let event =
                     crate::upcast::decode_payload(&new.event_type, new.schema, &new.payload)?;
-                let keyworker = keyworker_of(known.iter().map(|(i, _, e)| (*i, e)));
-                let corrects = match &event {
-                    CaseEvent::EntryCorrected(c) => {
-                        let mut classes: HashMap<Uuid, ReadClass> = HashMap::new();
-                        for (i, _, e) in &known {
-                            let class = match e {
-                                CaseEvent::EntryCorrected(x) => classes
-                                    .get(&x.event)
-                                    .copied()
-                                    .unwrap_or(ReadClass::Safeguarding),
-                                e => read_class(e),
-                            };
-                            classes.insert(*i, class);
-                        }
-                        known
-                            .iter()
-                            .find(|(i, _, _)| *i == c.event)
-                            .map(|(i, a, _)| Corrected {
-                                author: a.clone(),
-                                class: classes.get(i).copied().unwrap_or(ReadClass::Safeguarding),
-                            })
-                    }
-                    _ => None,
-                };
-                let action = Action::Record {
-                    pupil: pupil.to_string(),
-                    keyworker,
-                    event: Box::new(event.clone()),
-                    corrects,
-                };
+                let action = record_action(pupil, &known, event.clone());
                 self.check(actor, &action, None, now).await?;
                 known.push((new.event_id, new.actor.clone(), event));
             }
         }
         Ok(self.store.append(request).await?)
+    }
+
+    /// Checks that `actor` may record `event` for `pupil`, before the
+    /// event is validated or planned (so a refused actor learns nothing of
+    /// the record from validation errors). The refusal is logged.
+    /// [`Guarded::append_for_pupil`] checks again when appending.
+    pub async fn check_record(
+        &self,
+        actor: &Actor,
+        pupil: &str,
+        event: &CaseEvent,
+        now: DateTime<Utc>,
+    ) -> Result<(), AccessError> {
+        if actor.unrestricted {
+            return Ok(());
+        }
+        let known = self
+            .entries(StreamId::for_pupil(&self.school, pupil))
+            .await?;
+        let action = record_action(pupil, &known, event.clone());
+        self.check(actor, &action, None, now).await
+    }
+
+    /// A case stream's decodable entries: (id, author, event).
+    async fn entries(&self, stream: StreamId) -> Result<Vec<Entry>, StoreError> {
+        let stored = read_whole_stream(self.store.as_ref(), stream).await?;
+        Ok(stored
+            .iter()
+            .filter_map(|s| {
+                s.case_event()
+                    .ok()
+                    .map(|e| (s.event_id, s.actor.clone(), e))
+            })
+            .collect())
     }
 
     /// An import: checks [`Action::Import`] once, then appends atomically.
@@ -1048,6 +1044,45 @@ impl Guarded {
         self.directory.apply(&event, now);
         self.directory_version = done.last_version;
         Ok(done)
+    }
+}
+
+/// An entry of a case stream: (event id, author, event).
+type Entry = (Uuid, String, CaseEvent);
+
+/// The [`Action::Record`] of `event` after the entries `known`: the
+/// pupil's keyworker, and for a correction the author and class of the
+/// entry it names (a correction of a correction takes the original's).
+fn record_action(pupil: &str, known: &[Entry], event: CaseEvent) -> Action {
+    let keyworker = keyworker_of(known.iter().map(|(i, _, e)| (*i, e)));
+    let corrects = match &event {
+        CaseEvent::EntryCorrected(c) => {
+            let mut classes: HashMap<Uuid, ReadClass> = HashMap::new();
+            for (i, _, e) in known {
+                let class = match e {
+                    CaseEvent::EntryCorrected(x) => classes
+                        .get(&x.event)
+                        .copied()
+                        .unwrap_or(ReadClass::Safeguarding),
+                    e => read_class(e),
+                };
+                classes.insert(*i, class);
+            }
+            known
+                .iter()
+                .find(|(i, _, _)| *i == c.event)
+                .map(|(i, a, _)| Corrected {
+                    author: a.clone(),
+                    class: classes.get(i).copied().unwrap_or(ReadClass::Safeguarding),
+                })
+        }
+        _ => None,
+    };
+    Action::Record {
+        pupil: pupil.to_string(),
+        keyworker,
+        event: Box::new(event),
+        corrects,
     }
 }
 

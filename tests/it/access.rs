@@ -759,3 +759,130 @@ async fn the_engine_withholds_safeguarding_entries_from_a_teacher() {
     let report = log.verify(&|_| {}).await.unwrap();
     assert!(report.ok, "{report:?}");
 }
+
+#[test]
+fn permission_is_checked_before_validation() {
+    let cb = school();
+    // GHOST is not registered: a permitted actor would get a validation
+    // error; a refused one learns nothing of the record.
+    let out = cb.run(&[
+        "--as",
+        "TEA1",
+        "record",
+        "SafeguardingDecisionMade",
+        "--pupil",
+        "GHOST",
+        "--data",
+        r#"{"decision": "monitor", "rationale": "Review"}"#,
+    ]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("TEA1 (teacher) may not record"),
+        "{}",
+        out.stderr
+    );
+    let out = cb.run(&[
+        "--as",
+        "DSL1",
+        "record",
+        "SafeguardingDecisionMade",
+        "--pupil",
+        "GHOST",
+        "--data",
+        r#"{"decision": "monitor", "rationale": "Review"}"#,
+    ]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("not registered"), "{}", out.stderr);
+    // Reads too: a refused reader is not told whether the record exists.
+    let out = cb.run(&["--as", "ADM1", "timeline", "GHOST"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("ADM1 (admin) may not read the timeline of GHOST"),
+        "{}",
+        out.stderr
+    );
+    let out = cb.run(&["--as", "DSL1", "timeline", "GHOST"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("no record for pupil"), "{}", out.stderr);
+}
+
+mod directory_fold {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use casebook_engine::access::{
+        role_granted, role_revoked, staff_registered, AccessError, Directory, Role,
+    };
+    use chrono::Utc;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Register(usize, Vec<Role>),
+        Grant(usize, Role),
+        Revoke(usize, Role),
+    }
+
+    fn role() -> impl Strategy<Value = Role> {
+        (0..Role::ALL.len()).prop_map(|i| Role::ALL[i])
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4usize, proptest::collection::vec(role(), 0..3))
+                .prop_map(|(s, r)| Op::Register(s, r)),
+            (0..4usize, role()).prop_map(|(s, r)| Op::Grant(s, r)),
+            (0..4usize, role()).prop_map(|(s, r)| Op::Revoke(s, r)),
+        ]
+    }
+
+    proptest! {
+        /// Whatever is asked, in any order: the directory's rules keep an
+        /// admin once anyone is registered, and the fold holds exactly the
+        /// accepted changes.
+        #[test]
+        fn an_admin_always_remains(ops in proptest::collection::vec(op(), 0..40)) {
+            let names = ["S0", "S1", "S2", "S3"];
+            let mut dir = Directory::default();
+            let mut model: BTreeMap<String, BTreeSet<Role>> = BTreeMap::new();
+            for op in ops {
+                let event = match &op {
+                    Op::Register(s, roles) => staff_registered(names[*s], "Staff", roles),
+                    Op::Grant(s, r) => role_granted(names[*s], *r),
+                    Op::Revoke(s, r) => role_revoked(names[*s], *r),
+                };
+                if dir.check(&event).is_ok() {
+                    dir.apply(&event, Utc::now());
+                    match op {
+                        Op::Register(s, roles) => {
+                            model.insert(names[s].to_string(), roles.into_iter().collect());
+                        }
+                        Op::Grant(s, r) => {
+                            model.get_mut(names[s]).unwrap().insert(r);
+                        }
+                        Op::Revoke(s, r) => {
+                            model.get_mut(names[s]).unwrap().remove(&r);
+                        }
+                    }
+                }
+                if !dir.is_empty() {
+                    prop_assert!(dir.members().any(|m| m.roles.contains(&Role::Admin)));
+                }
+                let folded: BTreeMap<String, BTreeSet<Role>> =
+                    dir.members().map(|m| (m.staff.clone(), m.roles.clone())).collect();
+                prop_assert_eq!(&folded, &model);
+                for name in names {
+                    let resolved = dir.actor(Some(name), "default");
+                    match model.get(name) {
+                        _ if model.is_empty() => prop_assert!(resolved.unwrap().unrestricted),
+                        Some(roles) => prop_assert_eq!(&resolved.unwrap().roles, roles),
+                        None => {
+                            let unknown = matches!(resolved, Err(AccessError::UnknownStaff { .. }));
+                            prop_assert!(unknown);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
