@@ -6,6 +6,7 @@ mod conformance;
 mod corrupt_open;
 mod crash;
 mod domain;
+mod fuzz;
 mod projections;
 mod store_tamper;
 mod two_processes;
