@@ -5,6 +5,7 @@ mod cli;
 mod conformance;
 mod corrupt_open;
 mod crash;
+mod disk_full;
 mod domain;
 mod fuzz;
 mod projections;
