@@ -9,5 +9,6 @@ mod disk_full;
 mod domain;
 mod fuzz;
 mod projections;
+mod soak;
 mod store_tamper;
 mod two_processes;
