@@ -315,7 +315,7 @@ fn a_randomized_workload_keeps_every_invariant() {
             };
             *counts.entry(name).or_default() += 1;
             check(&o, &model, &mut rng).await;
-            if step % 25 == 0 {
+            if step.is_multiple_of(25) {
                 let report = o.log.verify(&|_| {}).await.unwrap();
                 assert!(report.ok, "step {step}: {report:?}");
                 assert_eq!(report.events, model.log.len() as u64);
