@@ -254,7 +254,7 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     let mut dir = tempfile::tempdir().unwrap();
     let mut acked: HashMap<u64, (String, Uuid)> = HashMap::new();
     for cycle in 0..cycles {
-        if cycle > 0 && cycle % EPOCH == 0 {
+        if cycle > 0 && cycle.is_multiple_of(EPOCH) {
             dir = tempfile::tempdir().unwrap();
             acked.clear();
         }

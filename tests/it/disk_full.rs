@@ -1,0 +1,217 @@
+//! Disk full (issue 7): the store runs on a small tmpfs mounted by the test
+//! until an append fails. The failure must be `StoreError::DiskFull` (exit 3
+//! in the CLI, "the disk holding the store is full"), nothing acknowledged
+//! may be lost, and once space is freed (the tmpfs remounted bigger) the
+//! store opens, verifies and accepts appends.
+//!
+//! Needs root (or CAP_SYS_ADMIN) to mount; elsewhere it prints why and
+//! returns.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use casebook_engine::envelope::{NewEvent, StreamId};
+use casebook_engine::event::{CaseEvent, ParentContacted};
+use casebook_engine::store::sled::SledStore;
+use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
+use casebook_engine::StoreError;
+use chrono::{TimeZone, Utc};
+
+/// A tmpfs mount, unmounted on drop (lazily if it is still busy).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+fn mount_cmd(args: &[&str], dir: &Path) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", args[0]))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        mount_cmd(
+            &[
+                "mount",
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+            ],
+            dir,
+        )?;
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn grow(&self, size: &str) -> Result<(), String> {
+        mount_cmd(&["mount", "-o", &format!("remount,size={size}")], &self.dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if mount_cmd(&["umount"], &self.dir).is_err() {
+            let _ = mount_cmd(&["umount", "-l"], &self.dir);
+        }
+    }
+}
+
+fn event(n: u32) -> NewEvent {
+    let event = CaseEvent::ParentContacted(ParentContacted {
+        method: "phone".into(),
+        // Incompressible-ish text, so the disk fills in a few seconds.
+        summary: {
+            let mut rng = crate::crash::Rng(n as u64);
+            (0..192).map(|_| format!("{:016x}", rng.next())).collect()
+        },
+    });
+    let at = Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap();
+    NewEvent::new(&event, at, "S017").expect("encode")
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = match Tmpfs::mount(tmp.path(), "24m") {
+        Ok(m) => m,
+        Err(why) => {
+            println!("disk_full: skipped, cannot mount a tmpfs: {why}");
+            return;
+        }
+    };
+    let dir = tmp.path().join("store");
+    let tmp_input = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut acked: Vec<(u64, [u8; 32])> = Vec::new();
+    let failure = rt.block_on(async {
+        let store = SledStore::open(&dir, true).expect("open on the tmpfs");
+        let log = store.log("full").expect("log");
+        let stream = StreamId::for_pupil("full", "P1");
+        for round in 0u32..100_000 {
+            let events: Vec<NewEvent> = (0..20).map(|i| event(round * 20 + i)).collect();
+            match log
+                .append(AppendRequest {
+                    stream,
+                    expected: ExpectedVersion::Any,
+                    events,
+                })
+                .await
+            {
+                Ok(a) => {
+                    for e in log.read_all(a.first_position, 20).await.expect("read back") {
+                        acked.push((e.position, e.hash));
+                    }
+                }
+                Err(e) => return e,
+            }
+        }
+        panic!("24 MiB never filled up");
+    });
+    println!(
+        "disk_full: append failed after {} acknowledged events: {failure}",
+        acked.len()
+    );
+    assert!(
+        matches!(failure, StoreError::DiskFull { .. }),
+        "expected DiskFull, got {failure:?}"
+    );
+    assert!(failure.is_store_failure());
+    assert!(failure
+        .to_string()
+        .contains("disk holding the store is full"));
+    assert!(!acked.is_empty());
+
+    // The CLI on the full disk: exit 3 with the same message, and the
+    // import writes nothing.
+    let mut lines = vec![
+        serde_json::json!({"type": "PupilRegistered", "pupil": "Q1", "occurred_at": "2025-09-03T08:30:00Z", "actor": "S017",
+        "data": {"name": "Ada Testpupil", "date_of_birth": "2012-05-01", "year_group": 9, "class": "9B", "site": "Main"}}),
+    ];
+    for n in 0..400u32 {
+        let mut rng = crate::crash::Rng(u64::from(n) + 1_000_000);
+        let summary: String = (0..192).map(|_| format!("{:016x}", rng.next())).collect();
+        lines.push(serde_json::json!({"type": "ParentContacted", "pupil": "Q1", "occurred_at": "2025-09-10T12:00:00Z", "actor": "S017",
+            "data": {"method": "phone", "summary": summary}}));
+    }
+    let file = tmp_input.path().join("import.jsonl");
+    std::fs::write(
+        &file,
+        lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let r = Command::new(env!("CARGO_BIN_EXE_casebook"))
+        .args(["--data"])
+        .arg(&dir)
+        .args(["--school", "full", "import"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .env_remove("CASEBOOK_DATA")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    println!(
+        "disk_full: casebook import on the full disk: exit {:?}: {}",
+        r.status.code(),
+        stderr.trim()
+    );
+    assert_eq!(r.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("disk holding the store is full"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    // Free space, reopen: everything acknowledged is there, the log
+    // verifies and takes appends.
+    mount.grow("64m").expect("remount bigger");
+    rt.block_on(async {
+        let store = SledStore::open(&dir, false).expect("reopen after space was freed");
+        let log = store.log("full").expect("log after space was freed");
+        let head = log.head().await.unwrap();
+        assert!(
+            head.position >= acked.last().unwrap().0,
+            "acknowledged events lost: head {} < {}",
+            head.position,
+            acked.last().unwrap().0
+        );
+        for chunk in acked.chunks(1000) {
+            let got = log.read_all(chunk[0].0, chunk.len()).await.unwrap();
+            for ((p, h), e) in chunk.iter().zip(&got) {
+                assert_eq!((e.position, e.hash), (*p, *h), "acknowledged event {p}");
+            }
+        }
+        let report = log.verify(&|_| {}).await.unwrap();
+        assert!(report.ok, "{report:?}");
+        let a = log
+            .append(AppendRequest {
+                stream: StreamId::for_pupil("full", "P2"),
+                expected: ExpectedVersion::Any,
+                events: vec![event(0)],
+            })
+            .await
+            .expect("append after space was freed");
+        assert_eq!(a.first_position, head.position + 1);
+        println!(
+            "disk_full: after remount {} events verify, append continues at {}",
+            report.events, a.first_position
+        );
+    });
+}
