@@ -369,6 +369,38 @@ pub async fn payloads_decode_to_the_recorded_event<B: Backend>() {
     }
 }
 
+pub async fn old_schema_payloads_are_stored_unchanged_and_upcast_on_read<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    // A schema-1 SuspensionIssued (sessions, not days), as an old casebook wrote it.
+    let payload =
+        include_bytes!("../data/fixtures/schema1/suspension_issued.payload.msgpack").to_vec();
+    let old = NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        occurred_at: Utc.with_ymd_and_hms(2019, 11, 4, 9, 0, 0).unwrap(),
+        actor: "S0001".into(),
+        correlation_id: None,
+        causation_id: None,
+        event_type: "SuspensionIssued".into(),
+        schema: 1,
+        payload: payload.clone(),
+    };
+    s.append(req(pupil(1), ExpectedVersion::NoStream, vec![old.clone()]))
+        .await
+        .unwrap();
+    let stored = s.find_event(old.event_id).await.unwrap().unwrap();
+    assert_eq!(stored.schema, 1, "the stored schema is never rewritten");
+    assert_eq!(
+        stored.payload, payload,
+        "the stored bytes are never rewritten"
+    );
+    match stored.case_event().unwrap() {
+        CaseEvent::SuspensionIssued(x) => assert_eq!(x.days, 2.5),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(s.verify(&|_| {}).await.unwrap().ok);
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -395,6 +427,7 @@ macro_rules! conformance_suite {
             case!(subscription_catches_up_then_goes_live);
             case!(checkpoints_round_trip_outside_the_chain);
             case!(payloads_decode_to_the_recorded_event);
+            case!(old_schema_payloads_are_stored_unchanged_and_upcast_on_read);
         }
     };
 }

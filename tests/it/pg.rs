@@ -375,15 +375,17 @@ async fn pg_row_level_security_scopes_a_role_to_one_school() {
     filled_log(&db.url, "school-b", 2).await;
     let admin = admin(&db.url).await;
     // Superusers bypass row-level security: test with an ordinary role.
+    // Roles are cluster-wide: a unique name keeps a shared server clean.
+    let role = format!("casebook_reader_{}", uuid::Uuid::now_v7().simple());
     admin
-        .batch_execute(
-            "CREATE ROLE casebook_reader LOGIN;
-             GRANT SELECT, INSERT ON events, heads, checkpoints TO casebook_reader;",
-        )
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN;
+             GRANT SELECT, INSERT ON events, heads, checkpoints TO {role};"
+        ))
         .await
         .unwrap();
     let mut config: tokio_postgres::Config = db.url.parse().unwrap();
-    config.user("casebook_reader");
+    config.user(&role);
     let count = |school: Option<&'static str>| {
         let mut c = config.clone();
         async move {
@@ -490,7 +492,7 @@ async fn pg_subscription_survives_a_dropped_listener_connection() {
     let admin = admin(&db.url).await;
     let killed: i64 = admin
         .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'casebook-listen'",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'casebook-listen' AND datname = current_database()",
             &[],
         )
         .await
@@ -672,8 +674,12 @@ async fn pg_cli_runs_on_postgres_and_copy_round_trips_through_sled() {
 
     // sled -> a second, empty database.
     let admin = admin(url).await;
-    admin.batch_execute("CREATE DATABASE second").await.unwrap();
-    let second = format!("{}/second", url.rsplit_once('/').unwrap().0);
+    let name = format!("second_{}", uuid::Uuid::now_v7().simple());
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let second = format!("{}/{name}", url.rsplit_once('/').unwrap().0);
     ok(casebook(&[
         "--school",
         "urn-100001",
