@@ -384,9 +384,16 @@ impl<'a> Planner<'a> {
             occurred_at: l.occurred_at,
             now,
         });
-        let events = decide(&plan.state, &command).map_err(|source| ImportError::Domain {
-            line: l.line,
-            source,
+        let events = decide(&plan.state, &command).map_err(|source| match source {
+            // Name the field: the pupil reference is what is wrong (or
+            // its PupilRegistered line is missing from the file).
+            DomainError::NotRegistered { .. } => {
+                ImportError::line(l.line, format!("field pupil: {:?}: {source}", l.pupil))
+            }
+            source => ImportError::Domain {
+                line: l.line,
+                source,
+            },
         })?;
         for (i, event) in events.iter().enumerate() {
             if i > 0 {

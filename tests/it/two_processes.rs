@@ -49,13 +49,13 @@ fn hold(cb: &Casebook) -> (Killed, u32) {
 fn a_second_process_is_told_which_process_holds_the_store() {
     let cb = Casebook::new();
     cb.run(&["init"]).ok();
-    let contact = line(
+    let register = line(
         "PupilRegistered",
         "P1042",
         "2025-09-03T08:30:00Z",
         json!({"name": "Ada Testpupil", "date_of_birth": "2012-05-01", "year_group": 9, "class": "9B", "site": "Main"}),
     );
-    cb.import(std::slice::from_ref(&contact)).ok();
+    cb.import(std::slice::from_ref(&register)).ok();
     let before = cb.fingerprint();
     let (mut holder, pid) = hold(&cb);
     let expected = format!(
@@ -72,6 +72,10 @@ fn a_second_process_is_told_which_process_holds_the_store() {
         assert_eq!(r.code, 3, "{args:?}: {}", r.stderr);
         assert!(r.stderr.contains(&expected), "{args:?}: {}", r.stderr);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
+        println!(
+            "two_processes: {args:?} while held: exit 3, {}",
+            r.stderr.trim()
+        );
     }
     // The first process dies without closing anything.
     holder.0.kill().unwrap();
