@@ -1,9 +1,16 @@
 //! Criterion benches of the engine's hot pieces: sealing (encode + hash) and
-//! decoding an envelope, the chain hash alone, and payload decoding. Run
-//! with `cargo bench --bench hot_paths`; compare runs on the same machine.
+//! decoding an envelope, the chain hash alone, payload encoding and
+//! decoding, folding one pupil's demo year into the school-wide projections
+//! and into a chronology, and `decide`. Run with
+//! `cargo bench --bench hot_paths`; compare runs on the same machine. The
+//! end-to-end figures are `casebook bench` (docs/performance.md).
 
+use casebook_cli::demo::{generate, DemoOptions};
+use casebook_engine::domain::{decide, CaseState, Command, Record};
 use casebook_engine::envelope::{chain_hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
 use casebook_engine::event::{CaseEvent, IncidentRecorded, IncidentRole};
+use casebook_engine::RecordedEvent;
+use casebook_projections::{Attendance, Behaviour, Caseload, Chronology, Projection, Suspensions};
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
@@ -51,5 +58,89 @@ fn envelope(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, envelope);
+/// One demo pupil's school year, sealed and decoded as the log returns it.
+fn demo_year() -> Vec<RecordedEvent> {
+    let opts = DemoOptions {
+        pupils: 20,
+        seed: 42,
+        academic_year: 2024,
+        school: "bench".into(),
+    };
+    let pupil = generate(&opts)
+        .max_by_key(|p| p.events.len())
+        .expect("a demo pupil");
+    let stream = StreamId::for_pupil("bench", &pupil.reference);
+    let mut prev = GENESIS_HASH;
+    pupil
+        .events
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let mut new = NewEvent::new(&e.event, e.occurred_at, e.actor.clone()).expect("encode");
+            new.event_id = e.event_id;
+            let n = i as u64 + 1;
+            let (stored, _) =
+                StoredEvent::seal(&new, stream, n, n, e.occurred_at, prev).expect("seal");
+            prev = stored.hash;
+            RecordedEvent::from_stored(&stored).expect("decode")
+        })
+        .collect()
+}
+
+fn folds(c: &mut Criterion) {
+    let year = demo_year();
+    let mut g = c.benchmark_group("fold one pupil's year");
+    g.throughput(Throughput::Elements(year.len() as u64));
+    g.bench_function(
+        "school-wide projections (caseload, behaviour, attendance, suspensions)",
+        |b| {
+            b.iter(|| {
+                let mut caseload = Caseload::default();
+                let mut behaviour = Behaviour::default();
+                let mut attendance = Attendance::default();
+                let mut suspensions = Suspensions::default();
+                for e in &year {
+                    caseload.apply(e);
+                    behaviour.apply(e);
+                    attendance.apply(e);
+                    suspensions.apply(e);
+                }
+                black_box((caseload, behaviour, attendance, suspensions))
+            })
+        },
+    );
+    g.bench_function("chronology (timeline)", |b| {
+        b.iter(|| Chronology::build("P00001", black_box(&year), None, false))
+    });
+    g.bench_function("case state (what decide reads)", |b| {
+        b.iter(|| {
+            let mut state = CaseState::new();
+            for e in &year {
+                state.apply(e.event_id, &e.event);
+            }
+            black_box(state)
+        })
+    });
+    g.finish();
+
+    // decide: the pupil's last event against the state of all before it.
+    let (last, before) = year.split_last().expect("events");
+    let mut state = CaseState::new();
+    for e in before {
+        state.apply(e.event_id, &e.event);
+    }
+    let command = Command::Record(Record {
+        event: last.event.clone(),
+        occurred_at: last.occurred_at,
+        now: last.occurred_at + chrono::Duration::days(1),
+    });
+    let mut g = c.benchmark_group("domain");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("decide (one event, a year's state)", |b| {
+        b.iter(|| decide(black_box(&state), black_box(&command)).expect("valid"))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, envelope, folds);
 criterion_main!(benches);

@@ -13,9 +13,11 @@ use crate::run::Ctx;
 use crate::{progress, Failure};
 
 /// Pupils validated and appended together. Each group is one atomic,
-/// durable append of about 20k events: large enough to amortise the flush,
-/// small enough to keep memory flat.
-const PUPILS_PER_APPEND: usize = 50;
+/// durable append of about 850 events, near the engine's group size
+/// (`MAX_GROUP_EVENTS`): large enough to amortise the flush, small enough
+/// that sled's memory stays flat (a sled batch keeps every node it copies
+/// until it ends; see docs/performance.md).
+const PUPILS_PER_APPEND: usize = 2;
 
 /// Earliest `--year`: the engine refuses dates of birth before 1950, and
 /// 2000 keeps every simulated pupil well clear of that.

@@ -211,6 +211,10 @@ pub enum Command {
         /// Concurrent writers of the concurrent-append phase.
         #[arg(long, default_value_t = 64)]
         writers: usize,
+        /// Events per import append and per raw batch (default: the
+        /// engine's group size, 8192).
+        #[arg(long, value_name = "N")]
+        batch_events: Option<usize>,
         /// The backend to measure.
         #[arg(long, value_enum, default_value = "sled")]
         backend: bench::BenchBackend,

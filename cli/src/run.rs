@@ -140,12 +140,14 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Bench {
             events,
             writers,
+            batch_events,
             backend,
             dir,
         } => {
             let args = crate::bench::BenchArgs {
                 events,
                 writers,
+                batch_events,
                 backend,
                 dir,
             };
