@@ -22,6 +22,7 @@ pub(crate) struct Ctx {
     pub now: DateTime<Utc>,
     store: Option<Arc<SledStore>>,
     data: std::path::PathBuf,
+    pub(crate) sealing: crate::privacy::Sealing,
 }
 
 impl Ctx {
@@ -85,6 +86,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         now,
         store: None,
         data: cli.data.clone(),
+        sealing: crate::privacy::Sealing::new(cli.key_file.clone()),
     };
     match cli.command {
         Command::Init => init(&mut ctx),
@@ -128,6 +130,26 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         Command::Caseload { keyworker } => views::caseload(&mut ctx, keyworker.as_deref()).await,
         Command::Report { report } => views::report(&mut ctx, report).await,
         Command::Rebuild { projection } => views::rebuild(&mut ctx, projection.as_deref()).await,
+        Command::Erase { pupil, reason } => crate::privacy::erase(&mut ctx, &pupil, &reason).await,
+        Command::Hold {
+            pupil,
+            reason,
+            lift,
+        } => crate::privacy::hold(&mut ctx, &pupil, &reason, lift).await,
+        Command::Retention { apply } => crate::privacy::retention(&mut ctx, apply).await,
+        Command::Export {
+            pupil,
+            for_: _,
+            purpose,
+        } => crate::privacy::export(&mut ctx, &pupil, purpose).await,
+        Command::TransferOut { pupil, to, out } => {
+            crate::transfer::transfer_out(&mut ctx, &pupil, &to, out).await
+        }
+        Command::TransferIn {
+            bundle,
+            transfer_key,
+            pupil,
+        } => crate::transfer::transfer_in(&mut ctx, &bundle, transfer_key, pupil).await,
     }
 }
 
@@ -208,22 +230,27 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     let mut plans = Vec::new();
     for (school, lines) in by_school {
         let log: Arc<dyn EventStore> = store.log(&school)?;
+        let ring = ctx.sealer(&school)?;
         let plan = {
             let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
+            if let Some(r) = &ring {
+                planner = planner.with_sealer(r.as_ref());
+            }
             for l in lines {
                 planner.add(l).await.map_err(import_failure)?;
             }
             planner.finish()
         };
-        plans.push((log, plan));
+        plans.push((log, plan, ring));
     }
     spinner.finish_and_clear();
     let mut imported = 0;
     let mut duplicates = 0;
-    for (log, plan) in plans {
+    for (log, plan, ring) in plans {
         imported += plan.events;
         duplicates += plan.duplicates;
         if !plan.requests.is_empty() {
+            crate::privacy::commit_keys(&ring)?;
             log.append_atomic(plan.requests)
                 .await
                 .map_err(|e| import_failure(ImportError::Write(e)))?;
@@ -261,8 +288,13 @@ async fn record(
     let event_id_hint = parsed.id;
     let store = ctx.store(true)?;
     let log: Arc<dyn EventStore> = store.log(&ctx.school)?;
+    let school = ctx.school.clone();
+    let ring = ctx.sealer(&school)?;
     let plan = {
         let mut planner = Planner::new(log.as_ref(), &ctx.school, ctx.now);
+        if let Some(r) = &ring {
+            planner = planner.with_sealer(r.as_ref());
+        }
         planner
             .add(parsed)
             .await
@@ -282,6 +314,7 @@ async fn record(
     let requests: Vec<AppendRequest> = plan.requests;
     let stream = requests[0].stream;
     let event_id = requests[0].events[0].event_id;
+    crate::privacy::commit_keys(&ring)?;
     let done = log.append_atomic(requests).await?;
     debug_assert_eq!(done[0].stream, stream);
     println!(

@@ -43,7 +43,7 @@ fn print_json(doc: &Value) -> Result<(), Failure> {
 
 /// Writes a `RecordViewed` to the pupil's access stream: who read what, and
 /// why. It is in the hash chain like every other event.
-async fn log_view(
+pub(crate) async fn log_view(
     ctx: &Ctx,
     log: &dyn EventStore,
     pupil: &str,
@@ -94,6 +94,7 @@ pub(crate) async fn timeline(
         ],
     )?;
     let log = ctx.log(None)?;
+    let log = crate::privacy::reader(ctx, log).await?;
     let mut chronology = chronology_of(
         log.as_ref(),
         &ctx.school,
@@ -141,6 +142,7 @@ pub(crate) async fn audit(
     }
     // Logged first, so the audit shows this reading too.
     log_view(ctx, log.as_ref(), pupil, "audit", purpose).await?;
+    let log = crate::privacy::reader(ctx, log).await?;
     let trail = audit_of(log.as_ref(), &ctx.school, pupil)
         .await
         .map_err(projection_failure)?;
@@ -231,7 +233,8 @@ pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(
     let format = ctx.formats("caseload", &[Format::Text, Format::Json])?;
     let log = ctx.log(None)?;
     let views = school_views(&log).await?;
-    let doc = to_json(&views.caseload.cases(ctx.today, keyworker))?;
+    let mut doc = to_json(&views.caseload.cases(ctx.today, keyworker))?;
+    crate::privacy::unseal_doc(ctx, log.as_ref(), &mut doc).await?;
     if format == Format::Json {
         return print_json(&doc);
     }
@@ -340,7 +343,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
     let log = ctx.log(None)?;
     let views = school_views(&log).await?;
     let year = academic_year(ctx.today);
-    let (doc, title, rows_key, columns): (Value, String, &str, Option<Columns>) = match which {
+    let (mut doc, title, rows_key, columns): (Value, String, &str, Option<Columns>) = match which {
         ReportCommand::Behaviour { by } => {
             let dim = match by {
                 BehaviourBy::Category => BehaviourDimension::Category,
@@ -422,6 +425,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             None,
         ),
     };
+    crate::privacy::unseal_doc(ctx, log.as_ref(), &mut doc).await?;
     if format == Format::Json {
         return print_json(&doc);
     }

@@ -3,5 +3,6 @@
 mod cli;
 mod conformance;
 mod domain;
+mod privacy;
 mod projections;
 mod store_tamper;
