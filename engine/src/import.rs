@@ -283,13 +283,14 @@ impl<'a> Planner<'a> {
     ) -> Result<Vec<u8>, ImportError> {
         let sealed;
         let event = match sealer {
-            Some(s) => {
+            // Most events (register marks) have nothing to seal.
+            Some(s) if !crate::seal::sealed_fields(event.type_name()).is_empty() => {
                 sealed = s
                     .seal_event(stream, event_id, event)
                     .map_err(|e| ImportError::line(line, e.to_string()))?;
                 &sealed
             }
-            None => event,
+            _ => event,
         };
         encode_payload(event).map_err(|e| ImportError::line(line, e.to_string()))
     }
