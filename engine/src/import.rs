@@ -203,6 +203,19 @@ pub fn parse_line(line: usize, text: &str) -> Result<ImportLine, ImportError> {
             ),
         ));
     }
+    if event
+        .data_json()
+        .to_string()
+        .contains(crate::seal::SEALED_PREFIX)
+    {
+        return Err(ImportError::line(
+            line,
+            format!(
+                "field data: text containing {:?} is reserved for sealed fields",
+                crate::seal::SEALED_PREFIX
+            ),
+        ));
+    }
     if let Some(s) = &raw.school {
         crate::store::sled::validate_school(s)
             .map_err(|e| ImportError::line(line, format!("field school: {e}")))?;

@@ -731,6 +731,23 @@ mod tests {
         assert!(again.get(sid).unwrap().is_none());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_text_seals_and_opens_back(text in "\\PC{0,200}", k in proptest::array::uniform32(0u8..), ev in 0u128..) {
+            let key = SecretKey::from_bytes(k);
+            let sid = StreamId::for_pupil("s", "P1");
+            let sealed = seal_text(&key, sid, Uuid::from_u128(ev), "f", &text).unwrap();
+            proptest::prop_assert!(is_sealed(&sealed));
+            let opened = unseal_text(&sealed, &mut |_| KeyState::Key(key.clone()));
+            if is_sealed(&text) {
+                // Already-sealed text is left as it is.
+                proptest::prop_assert_eq!(&sealed, &text);
+            } else {
+                proptest::prop_assert_eq!(opened, text);
+            }
+        }
+    }
+
     #[test]
     fn master_key_parses_hex_and_base64() {
         let hex = "00".repeat(31) + "ff";

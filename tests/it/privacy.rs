@@ -489,3 +489,66 @@ fn privacy_transfer_refuses_an_altered_bundle_and_writes_nothing() {
     // Nothing was written: not even the store.
     assert!(!b.data().exists());
 }
+
+#[test]
+fn privacy_sealed_import_stays_idempotent() {
+    // Sealing is deterministic (synthetic nonce), so an import run twice
+    // finds its lines already stored instead of conflicting.
+    let s = Store::new(true);
+    let file = s.dir.path().join("lines.jsonl");
+    std::fs::write(
+        &file,
+        concat!(
+            r#"{"id":"0190a000-0000-7000-8000-000000000001","type":"PupilRegistered","pupil":"P9","occurred_at":"2024-09-02T09:00:00Z","actor":"S1","data":{"name":"Octavia Fernsby","date_of_birth":"2012-04-05","year_group":7}}"#,
+            "\n",
+            r#"{"id":"0190a000-0000-7000-8000-000000000002","type":"ParentContacted","pupil":"P9","occurred_at":"2024-09-03T09:00:00Z","actor":"S1","data":{"method":"phone","summary":"spoke about the lost trombone"}}"#,
+            "\n"
+        ),
+    )
+    .expect("write lines");
+    let path = file.to_str().expect("utf-8 path");
+    let first = s.run(&["import", path]).ok();
+    assert!(
+        first.stdout.contains("imported 2 events (0 duplicates)"),
+        "{}",
+        first.stdout
+    );
+    let again = s.run(&["import", path]).ok();
+    assert!(
+        again.stdout.contains("imported 0 events (2 duplicates)"),
+        "{}",
+        again.stdout
+    );
+    assert!(files_containing(&s.data(), b"lost trombone").is_empty());
+    assert!(files_containing(&s.data(), b"Octavia").is_empty());
+    // The system events are not importable.
+    let erased = s.dir.path().join("erased.jsonl");
+    std::fs::write(
+        &erased,
+        r#"{"type":"PupilErased","pupil":"P9","occurred_at":"2024-09-04T09:00:00Z","actor":"S1","data":{"reason":"x"}}"#,
+    )
+    .expect("write line");
+    let out = s.run(&["import", erased.to_str().expect("utf-8 path")]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("written by casebook itself"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn privacy_text_posing_as_a_sealed_field_is_refused() {
+    let s = Store::new(true);
+    s.register("P1", NAME, "2000-03-04");
+    let out = s.run(&[
+        "record",
+        "ParentContacted",
+        "--pupil",
+        "P1",
+        "--data",
+        r#"{"method":"phone","summary":"sealed:v1:AAAA"}"#,
+    ]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("reserved"), "{}", out.stderr);
+}
