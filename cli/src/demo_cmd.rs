@@ -55,6 +55,8 @@ pub(crate) async fn run(
             "--year {academic_year}: the demo simulates years from {EARLIEST_DEMO_YEAR} on (its pupils' dates of birth must be plausible)"
         )));
     }
+    let school = ctx.school.clone();
+    let ring = ctx.sealer(&school)?;
     let days = school_days(academic_year);
     let (Some(first_day), Some(last_day)) = (days.first().copied(), days.last().copied()) else {
         return Err(Failure::BadInput(format!(
@@ -90,6 +92,9 @@ pub(crate) async fn run(
             continue;
         }
         let mut planner = Planner::new(log.as_ref(), &ctx.school, ctx.now);
+        if let Some(r) = &ring {
+            planner = planner.with_sealer(r.as_ref());
+        }
         let mut line = 0usize;
         for p in group.drain(..) {
             for e in p.events {
@@ -112,6 +117,7 @@ pub(crate) async fn run(
         }
         let plan = planner.finish();
         total += plan.events as u64;
+        crate::privacy::commit_keys(&ring)?;
         log.append_atomic(plan.requests).await?;
     }
     bar.finish_and_clear();

@@ -14,10 +14,12 @@ mod copy;
 pub mod demo;
 mod demo_cmd;
 mod input;
+mod privacy;
 mod progress;
 mod render;
 mod run;
 mod staff;
+mod transfer;
 mod views;
 
 pub use staff::StaffCommand;
@@ -84,6 +86,11 @@ pub struct Cli {
     /// Output format.
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub format: Format,
+    /// File holding the store's master key (32 bytes, hex or base64): seals
+    /// personal data per pupil (docs/security.md). CASEBOOK_MASTER_KEY may
+    /// hold the key itself instead.
+    #[arg(long, global = true, env = "CASEBOOK_KEY_FILE", value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -223,6 +230,70 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Erase a pupil's personal data: record PupilErased and destroy their data keys.
+    Erase {
+        /// The pupil's reference.
+        pupil: String,
+        /// Why (kept in the clear: no personal data).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Put a pupil's record under a legal hold (it cannot be erased), or lift it.
+    Hold {
+        /// The pupil's reference.
+        pupil: String,
+        #[arg(long)]
+        reason: String,
+        /// Lift the hold instead of applying it.
+        #[arg(long)]
+        lift: bool,
+    },
+    /// Pupils whose retention period has ended (IRMS toolkit), by record type; --apply erases them.
+    Retention {
+        /// Erase every listed pupil not under a legal hold.
+        #[arg(long)]
+        apply: bool,
+    },
+    /// Subject-access export of a pupil's record, third parties redacted (--format json|html).
+    Export {
+        /// The pupil's reference.
+        pupil: String,
+        /// Who the export is for (only `subject` for now).
+        #[arg(long = "for", value_enum, default_value = "subject")]
+        for_: ExportFor,
+        /// Why the record is being read (written to the access log).
+        #[arg(long)]
+        purpose: Option<String>,
+    },
+    /// Write a pupil's record as a signed transfer bundle for another school.
+    TransferOut {
+        /// The pupil's reference.
+        pupil: String,
+        /// The receiving school.
+        #[arg(long)]
+        to: String,
+        /// The bundle file (default: PUPIL-to-SCHOOL.cbt).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a transfer bundle and import it.
+    TransferIn {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// The transfer key printed by transfer-out (sent separately).
+        #[arg(long, env = "CASEBOOK_TRANSFER_KEY", hide_env_values = true)]
+        transfer_key: Option<String>,
+        /// The pupil's reference in this school (default: the sender's).
+        #[arg(long)]
+        pupil: Option<String>,
+    },
+}
+
+/// Who a `casebook export` is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFor {
+    /// The data subject (or a parent acting for them): third parties redacted.
+    Subject,
 }
 
 #[derive(Subcommand, Debug)]
@@ -310,6 +381,7 @@ const VALUE_FLAGS: &[&str] = &[
     "--as",
     "--today",
     "--format",
+    "--key-file",
 ];
 
 /// CONTRACT.md gives `record TYPE --pupil REF --data JSON` while `--data DIR`

@@ -25,6 +25,7 @@ pub(crate) struct Ctx {
     database_url: Option<String>,
     /// The access-checked log and actor, set by `staff::check_command`.
     pub(crate) session: Option<crate::staff::Session>,
+    pub(crate) sealing: crate::privacy::Sealing,
 }
 
 impl Ctx {
@@ -85,6 +86,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         data: cli.data.clone(),
         database_url: cli.database_url.clone(),
         session: None,
+        sealing: crate::privacy::Sealing::new(cli.key_file.clone()),
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;
     match cli.command {
@@ -153,6 +155,26 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
             };
             crate::bench::run(&mut ctx, args).await
         }
+        Command::Erase { pupil, reason } => crate::privacy::erase(&mut ctx, &pupil, &reason).await,
+        Command::Hold {
+            pupil,
+            reason,
+            lift,
+        } => crate::privacy::hold(&mut ctx, &pupil, &reason, lift).await,
+        Command::Retention { apply } => crate::privacy::retention(&mut ctx, apply).await,
+        Command::Export {
+            pupil,
+            for_: _,
+            purpose,
+        } => crate::privacy::export(&mut ctx, &pupil, purpose).await,
+        Command::TransferOut { pupil, to, out } => {
+            crate::transfer::transfer_out(&mut ctx, &pupil, &to, out).await
+        }
+        Command::TransferIn {
+            bundle,
+            transfer_key,
+            pupil,
+        } => crate::transfer::transfer_in(&mut ctx, &bundle, transfer_key, pupil).await,
     }
 }
 
@@ -252,22 +274,27 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     for (school, lines) in by_school {
         let log: Arc<dyn EventStore> = store.log(&school)?;
         let (guarded, actor) = crate::staff::import_access(ctx, &school, log.clone()).await?;
+        let ring = ctx.sealer(&school)?;
         let plan = {
             let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
+            if let Some(r) = &ring {
+                planner = planner.with_sealer(r.as_ref());
+            }
             for l in lines {
                 planner.add(l).await.map_err(import_failure)?;
             }
             planner.finish()
         };
-        plans.push((guarded, actor, plan));
+        plans.push((guarded, actor, plan, ring));
     }
     spinner.finish_and_clear();
     let mut imported = 0;
     let mut duplicates = 0;
-    for (guarded, actor, plan) in plans {
+    for (guarded, actor, plan, ring) in plans {
         imported += plan.events;
         duplicates += plan.duplicates;
         if !plan.requests.is_empty() {
+            crate::privacy::commit_keys(&ring)?;
             guarded
                 .append_import(&actor, plan.requests, ctx.now)
                 .await
@@ -321,10 +348,15 @@ async fn record(
     }
     let now = ctx.now;
     let school = ctx.school.clone();
+    // Validation reads the raw log (sealed fields as stored), as imports do.
+    let log: Arc<dyn EventStore> = ctx.log(None)?;
+    let ring = ctx.sealer(&school)?;
     let session = crate::staff::session(ctx)?;
-    let log: Arc<dyn EventStore> = session.guarded.store().clone();
     let plan = {
         let mut planner = Planner::new(log.as_ref(), &school, now);
+        if let Some(r) = &ring {
+            planner = planner.with_sealer(r.as_ref());
+        }
         planner
             .add(parsed)
             .await
@@ -344,6 +376,7 @@ async fn record(
     let requests: Vec<AppendRequest> = plan.requests;
     let stream = requests[0].stream;
     let event_id = requests[0].events[0].event_id;
+    crate::privacy::commit_keys(&ring)?;
     let mut done = Vec::with_capacity(requests.len());
     for request in requests {
         done.push(

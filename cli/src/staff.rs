@@ -105,6 +105,35 @@ fn command_action(command: &Command) -> (Action, bool) {
         Command::Staff { .. } => (Action::ManageStaff, false),
         // Never reached: `check_command` returns before (see there).
         Command::Copy { .. } | Command::Bench { .. } => (Action::Verify, false),
+        // Erasure and legal holds: the same authority (a hold blocks erasure).
+        Command::Erase { pupil, .. } | Command::Hold { pupil, .. } => (
+            Action::Erase {
+                pupil: pupil.clone(),
+            },
+            true,
+        ),
+        Command::Retention { .. } => (Action::Retention, true),
+        // Checked, and logged, when the record is read (`Guarded::read_pupil`).
+        Command::Export { pupil, .. } => (
+            Action::Export {
+                pupil: pupil.clone(),
+            },
+            false,
+        ),
+        Command::TransferOut { pupil, .. } => (
+            Action::Transfer {
+                pupil: pupil.clone(),
+            },
+            true,
+        ),
+        Command::TransferIn { bundle, pupil, .. } => (
+            Action::Transfer {
+                pupil: pupil
+                    .clone()
+                    .unwrap_or_else(|| format!("from bundle {}", bundle.display())),
+            },
+            true,
+        ),
     }
 }
 
@@ -138,9 +167,13 @@ pub(crate) async fn check_command(ctx: &mut Ctx, command: &Command) -> Result<()
             | Command::Import { .. }
             | Command::Record { .. }
             | Command::Staff { .. }
+            | Command::TransferIn { .. }
     );
     ctx.store(create)?;
     let log = ctx.log(None)?;
+    // Reads through the guard see sealed fields opened (or marked erased)
+    // with this store's keys; appends pass through unchanged.
+    let log = crate::privacy::reader(ctx, log).await?;
     let (action, check_now) = command_action(command);
     let (guarded, actor) = resolve(ctx, log, &ctx.school.clone(), &action).await?;
     if check_now {

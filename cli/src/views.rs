@@ -222,6 +222,7 @@ pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(
             hide_safeguarding_cases(&mut doc);
         }
     }
+    crate::privacy::unseal_doc(ctx, log.as_ref(), &mut doc).await?;
     if format == Format::Json {
         return print_json(&doc);
     }
@@ -346,7 +347,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
     let log = ctx.log(None)?;
     let views = school_views(&log).await?;
     let year = academic_year(ctx.today);
-    let (doc, title, rows_key, columns): (Value, String, &str, Option<Columns>) = match which {
+    let (mut doc, title, rows_key, columns): (Value, String, &str, Option<Columns>) = match which {
         ReportCommand::Behaviour { by } => {
             let dim = match by {
                 BehaviourBy::Category => BehaviourDimension::Category,
@@ -428,6 +429,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             None,
         ),
     };
+    crate::privacy::unseal_doc(ctx, log.as_ref(), &mut doc).await?;
     if format == Format::Json {
         return print_json(&doc);
     }

@@ -216,6 +216,10 @@ impl DomainError {
 // ---------------------------------------------------------------------------
 
 fn chars_at_most(field: &str, value: &str, max: usize) -> Result<(), DomainError> {
+    // A sealed field (crate::seal) was checked in the clear before sealing.
+    if crate::seal::is_sealed(value) {
+        return Ok(());
+    }
     let n = value.chars().count();
     if n > max {
         return Err(DomainError::field(
@@ -434,8 +438,8 @@ pub fn validate_fields(event: &CaseEvent) -> Result<(), DomainError> {
             if let Some(upn) = &p.upn {
                 // A UPN is a check letter and twelve digits (a temporary UPN
                 // ends in a letter); anything else is another id in the wrong column.
-                let ok =
-                    upn.chars().count() == 13 && upn.chars().all(|c| c.is_ascii_alphanumeric());
+                let ok = crate::seal::is_sealed(upn)
+                    || upn.chars().count() == 13 && upn.chars().all(|c| c.is_ascii_alphanumeric());
                 if !ok {
                     return Err(DomainError::field(
                         "data.upn",
@@ -591,6 +595,16 @@ pub fn validate_fields(event: &CaseEvent) -> Result<(), DomainError> {
             prose("data.reason", &c.reason)
         }
         E::CaseClosed(c) => prose("data.outcome", &c.outcome),
+        E::PupilErased(e) => prose("data.reason", &e.reason),
+        E::LegalHoldApplied(h) => prose("data.reason", &h.reason),
+        E::LegalHoldLifted(h) => prose("data.reason", &h.reason),
+        E::TransferredOut(t) => reference("data.to", &t.to),
+        E::TransferredIn(t) => {
+            reference("data.from", &t.from)?;
+            reference("data.from_pupil", &t.from_pupil)?;
+            short("data.head_hash", &t.head_hash)?;
+            short("data.signer", &t.signer)
+        }
         E::RecordViewed(r) => {
             reference("data.pupil", &r.pupil)?;
             short("data.view", &r.view)?;
@@ -860,6 +874,10 @@ struct Facts {
     reintegration_meeting: bool,
     /// (academic year, marked sessions).
     registers: Vec<(i32, Register)>,
+    /// Under a legal hold (`LegalHoldApplied` not yet lifted).
+    held: bool,
+    /// `PupilErased` recorded: nothing more may be.
+    erased: bool,
 }
 
 impl Facts {
@@ -953,6 +971,9 @@ impl Facts {
             }
             E::ReintegrationMeetingHeld(_) => self.reintegration_meeting = true,
             E::AttendanceMarked(a) => self.absorb_mark(a.date, a.session),
+            E::LegalHoldApplied(_) => self.held = true,
+            E::LegalHoldLifted(_) => self.held = false,
+            E::PupilErased(_) => self.erased = true,
             _ => {}
         }
     }
@@ -968,9 +989,29 @@ impl Facts {
                 }),
             };
         };
+        if self.erased {
+            return Err(DomainError::Sequence {
+                event_type: event.type_name(),
+                what: format!("pupil {pupil:?} was erased; nothing more can be recorded"),
+            });
+        }
         match event {
             E::PupilRegistered(_) => Err(DomainError::AlreadyRegistered {
                 pupil: pupil.to_string(),
+            }),
+            E::PupilErased(_) if self.held => Err(DomainError::Sequence {
+                event_type: "PupilErased",
+                what: format!(
+                    "pupil {pupil:?} is under a legal hold; lift it (casebook hold --lift) before erasing"
+                ),
+            }),
+            E::LegalHoldApplied(_) if self.held => Err(DomainError::Sequence {
+                event_type: "LegalHoldApplied",
+                what: format!("pupil {pupil:?} is already under a legal hold"),
+            }),
+            E::LegalHoldLifted(_) if !self.held => Err(DomainError::Sequence {
+                event_type: "LegalHoldLifted",
+                what: format!("pupil {pupil:?} is not under a legal hold"),
             }),
             E::IncidentRecorded(i) => match i.participants.iter().position(|p| p.pupil == pupil) {
                 Some(n) => Err(DomainError::field(
@@ -1198,6 +1239,16 @@ impl CaseState {
         self.version
     }
 
+    /// Whether `PupilErased` was recorded.
+    pub fn is_erased(&self) -> bool {
+        self.facts.erased
+    }
+
+    /// Whether the record is under a legal hold.
+    pub fn is_held(&self) -> bool {
+        self.facts.held
+    }
+
     /// Whether the stream has its `PupilRegistered`.
     pub fn is_registered(&self) -> bool {
         self.facts.pupil.is_some()
@@ -1350,6 +1401,12 @@ pub fn decide(state: &CaseState, command: &Command) -> Result<Vec<CaseEvent>, Do
             let today = r.now.date_naive();
             check_dates(&r.event, today)?;
             match &r.event {
+                CaseEvent::EntryCorrected(_) if state.is_erased() => {
+                    return Err(DomainError::Sequence {
+                        event_type: "EntryCorrected",
+                        what: "the pupil was erased; nothing more can be recorded".into(),
+                    })
+                }
                 CaseEvent::EntryCorrected(c) => {
                     if !state.is_registered() {
                         return Err(DomainError::NotRegistered {

@@ -139,6 +139,18 @@ case_events! {
     /// Somebody was refused an action (access log: the pupil's access stream
     /// when the action concerned a pupil, the directory stream otherwise).
     AccessRefused(AccessRefused),
+    /// The pupil's personal data was erased: their data keys destroyed
+    /// (`casebook erase`, or `retention --apply`).
+    PupilErased(PupilErased),
+    /// The record is under a legal hold: it must not be erased.
+    LegalHoldApplied(LegalHoldApplied),
+    /// A legal hold ended.
+    LegalHoldLifted(LegalHoldLifted),
+    /// The record was sent to another school (`casebook transfer-out`).
+    TransferredOut(TransferredOut),
+    /// The record arrived from another school (`casebook transfer-in`),
+    /// with what proved it.
+    TransferredIn(TransferredIn),
 }
 
 /// Why `data` does not read as an event of the given type.
@@ -669,4 +681,55 @@ pub struct AccessRefused {
     /// The purpose the reader gave, for a refused read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PupilErased {
+    /// Why (e.g. "retention period ended"); kept in the clear, so no
+    /// personal data here.
+    pub reason: String,
+    /// The data keys destroyed (key ids: this stream's id, plus the sending
+    /// school's stream id for a record that arrived by transfer).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<Uuid>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHoldApplied {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegalHoldLifted {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferredOut {
+    /// The receiving school.
+    pub to: String,
+    /// The bundle's id (in its signed statement).
+    pub bundle: Uuid,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferredIn {
+    /// The sending school and the pupil's reference there.
+    pub from: String,
+    pub from_pupil: String,
+    /// The sending log's head the bundle was signed at.
+    pub head_position: u64,
+    pub head_hash: String,
+    /// Hex BLAKE3 digest of the sender's Ed25519 public key.
+    pub signer: String,
+    /// How many events were imported.
+    pub events: u64,
+    /// The data key the imported sealed fields use (the sender's stream id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<Uuid>,
 }

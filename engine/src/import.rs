@@ -233,6 +233,31 @@ pub fn parse_line(line: usize, text: &str) -> Result<ImportLine, ImportError> {
             ));
         }
     }
+    if matches!(
+        event,
+        CaseEvent::PupilErased(_) | CaseEvent::TransferredOut(_) | CaseEvent::TransferredIn(_)
+    ) {
+        return Err(ImportError::line(
+            line,
+            format!(
+                "field type: {} is written by casebook itself (erase, transfer-out, transfer-in), not imported",
+                event.type_name()
+            ),
+        ));
+    }
+    if event
+        .data_json()
+        .to_string()
+        .contains(crate::seal::SEALED_PREFIX)
+    {
+        return Err(ImportError::line(
+            line,
+            format!(
+                "field data: text containing {:?} is reserved for sealed fields",
+                crate::seal::SEALED_PREFIX
+            ),
+        ));
+    }
     if let Some(s) = &raw.school {
         crate::store::sled::validate_school(s)
             .map_err(|e| ImportError::line(line, format!("field school: {e}")))?;
@@ -272,6 +297,7 @@ pub struct Planner<'a> {
     ids: HashMap<Uuid, (usize, NewEvent, StreamId)>,
     duplicates: usize,
     events: usize,
+    sealer: Option<&'a dyn crate::seal::PayloadSealer>,
 }
 
 struct PupilPlan {
@@ -291,7 +317,37 @@ impl<'a> Planner<'a> {
             ids: HashMap::new(),
             duplicates: 0,
             events: 0,
+            sealer: None,
         }
+    }
+
+    /// Seals personal-data fields with `sealer` before encoding each event
+    /// (see [`crate::seal`]).
+    pub fn with_sealer(mut self, sealer: &'a dyn crate::seal::PayloadSealer) -> Planner<'a> {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    /// The payload of `event` as stored: sealed when a sealer is set.
+    fn payload(
+        sealer: Option<&dyn crate::seal::PayloadSealer>,
+        line: usize,
+        stream: StreamId,
+        event_id: Uuid,
+        event: &CaseEvent,
+    ) -> Result<Vec<u8>, ImportError> {
+        let sealed;
+        let event = match sealer {
+            // Most events (register marks) have nothing to seal.
+            Some(s) if !crate::seal::sealed_fields(event.type_name()).is_empty() => {
+                sealed = s
+                    .seal_event(stream, event_id, event)
+                    .map_err(|e| ImportError::line(line, e.to_string()))?;
+                &sealed
+            }
+            _ => event,
+        };
+        encode_payload(event).map_err(|e| ImportError::line(line, e.to_string()))
     }
 
     async fn pupil(
@@ -333,16 +389,16 @@ impl<'a> Planner<'a> {
     /// Validates one line and adds it to the plan.
     pub async fn add(&mut self, l: ImportLine) -> Result<(), ImportError> {
         let stream = StreamId::for_pupil(&self.school, &l.pupil);
+        let event_id = l.id.unwrap_or_else(Uuid::now_v7);
         let mut new = NewEvent {
-            event_id: l.id.unwrap_or_else(Uuid::now_v7),
+            event_id,
             occurred_at: l.occurred_at,
             actor: l.actor.clone(),
             correlation_id: None,
             causation_id: None,
             event_type: l.event.type_name().to_string(),
             schema: CURRENT_SCHEMA,
-            payload: encode_payload(&l.event)
-                .map_err(|e| ImportError::line(l.line, e.to_string()))?,
+            payload: Self::payload(self.sealer, l.line, stream, event_id, &l.event)?,
         };
         if let Some(id) = l.id {
             if let Some((first_line, earlier, earlier_stream)) = self.ids.get(&id) {
@@ -378,6 +434,7 @@ impl<'a> Planner<'a> {
             }
         }
         let now = self.now;
+        let sealer = self.sealer;
         let plan = self.pupil(l.line, stream).await?;
         let command = Command::Record(Record {
             event: l.event,
@@ -399,8 +456,7 @@ impl<'a> Planner<'a> {
             if i > 0 {
                 new.event_id = Uuid::now_v7();
                 new.event_type = event.type_name().to_string();
-                new.payload =
-                    encode_payload(event).map_err(|e| ImportError::line(l.line, e.to_string()))?;
+                new.payload = Self::payload(sealer, l.line, stream, new.event_id, event)?;
             }
             plan.state.apply(new.event_id, event);
             plan.events.push(new.clone());

@@ -217,6 +217,14 @@ pub fn summary(event: &CaseEvent) -> String {
             a.action,
             prose(&a.reason)
         ),
+        CaseEvent::PupilErased(e) => format!("Personal data erased: {}", prose(&e.reason)),
+        CaseEvent::LegalHoldApplied(h) => format!("Legal hold applied: {}", prose(&h.reason)),
+        CaseEvent::LegalHoldLifted(h) => format!("Legal hold lifted: {}", prose(&h.reason)),
+        CaseEvent::TransferredOut(t) => format!("Record transferred to school {}", t.to),
+        CaseEvent::TransferredIn(t) => format!(
+            "Record received from school {} ({} events, signer {})",
+            t.from, t.events, t.signer
+        ),
         // `CaseEvent` is non-exhaustive: a type added to the engine shows by
         // name until it is given its own line here.
         other => other.type_name().to_string(),

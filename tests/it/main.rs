@@ -13,6 +13,7 @@ mod fuzz;
 mod pg;
 mod pg_multiprocess;
 mod pg_scaling;
+mod privacy;
 mod projections;
 mod soak;
 mod store_tamper;
