@@ -39,6 +39,12 @@ impl Ctx {
         Ok(s)
     }
 
+    /// True when the command would have to create the embedded store: no
+    /// database URL and no store directory yet.
+    pub(crate) fn store_missing(&self) -> bool {
+        self.store.is_none() && self.database_url.is_none() && !self.data.exists()
+    }
+
     /// The log of `school` (default: --school).
     pub fn log(&mut self, school: Option<&str>) -> Result<Arc<dyn EventStore>, Failure> {
         let school = school.unwrap_or(&self.school).to_string();
