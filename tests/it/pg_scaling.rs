@@ -60,9 +60,9 @@ fn sealed(count: u64) -> Vec<StoredEvent> {
         .map(|p| {
             let (e, _) = StoredEvent::seal(
                 &contact(p as u32),
-                pupil((p % 500) as u32),
+                pupil(((p - 1) % 500) as u32),
                 p,
-                p / 500 + 1,
+                (p - 1) / 500 + 1,
                 now,
                 hash,
             )

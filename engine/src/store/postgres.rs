@@ -340,7 +340,7 @@ async fn insert_sealed(
         return Ok(());
     };
     let tx = client.transaction().await.map_err(pg_err("append"))?;
-    let (position, hash, _) = lock_head(&tx, school).await?;
+    let (position, hash, _) = lock_head(&tx, school, None).await?;
     if check {
         let first = &events[0];
         if first.position != position + 1 || first.prev_hash != hash {
@@ -370,9 +370,52 @@ async fn insert_sealed(
     for e in events {
         rows.push(Row::of(e, e.encode()?)?);
     }
-    insert_rows(&tx, &rows).await?;
-    finish_commit(&tx, school, last.position, &last.hash, last.recorded_at).await?;
+    insert_rows(&tx, &rows, None).await?;
+    finish_commit(
+        &tx,
+        school,
+        last.position,
+        &last.hash,
+        last.recorded_at,
+        None,
+    )
+    .await?;
     tx.commit().await.map_err(pg_err("commit"))
+}
+
+const LOCK_HEAD_SQL: &str =
+    "SELECT position, hash, recorded_at FROM heads WHERE school = $1 FOR UPDATE";
+const INSERT_SQL: &str = "INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
+     SELECT current_setting('casebook.school'), * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], $5::timestamptz[], $6::bytea[])";
+const FINISH_SQL: &str = "WITH moved AS (
+         UPDATE heads SET position = $2, hash = $3, recorded_at = $4 WHERE school = $1 RETURNING position
+     )
+     SELECT pg_notify($5, $6) FROM moved";
+
+/// The writer's statements, prepared once per connection (each saves a
+/// round trip per group commit).
+struct Statements {
+    lock: tokio_postgres::Statement,
+    insert: tokio_postgres::Statement,
+    finish: tokio_postgres::Statement,
+    versions: tokio_postgres::Statement,
+    ids: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        Ok(Statements {
+            lock: client.prepare(LOCK_HEAD_SQL).await?,
+            insert: client.prepare(INSERT_SQL).await?,
+            finish: client.prepare(FINISH_SQL).await?,
+            versions: client
+                .prepare("SELECT stream, max(version) FROM events WHERE school = $1 AND stream = ANY($2) GROUP BY stream")
+                .await?,
+            ids: client
+                .prepare("SELECT event_id, position FROM events WHERE school = $1 AND event_id = ANY($2)")
+                .await?,
+        })
+    }
 }
 
 /// Locks the school's head row (creating it first when the log is new) and
@@ -380,13 +423,16 @@ async fn insert_sealed(
 async fn lock_head(
     tx: &tokio_postgres::Transaction<'_>,
     school: &str,
+    prepared: Option<&Statements>,
 ) -> Result<(u64, Hash, Option<DateTime<Utc>>), StoreError> {
-    const SELECT: &str =
-        "SELECT position, hash, recorded_at FROM heads WHERE school = $1 FOR UPDATE";
-    let mut row = tx
-        .query_opt(SELECT, &[&school])
-        .await
-        .map_err(pg_err("lock head"))?;
+    let select = || async {
+        match prepared {
+            Some(p) => tx.query_opt(&p.lock, &[&school]).await,
+            None => tx.query_opt(LOCK_HEAD_SQL, &[&school]).await,
+        }
+        .map_err(pg_err("lock head"))
+    };
+    let mut row = select().await?;
     if row.is_none() {
         tx.execute(
             "INSERT INTO heads (school, position, hash) VALUES ($1, 0, $2) ON CONFLICT (school) DO NOTHING",
@@ -394,10 +440,7 @@ async fn lock_head(
         )
         .await
         .map_err(pg_err("lock head"))?;
-        row = tx
-            .query_opt(SELECT, &[&school])
-            .await
-            .map_err(pg_err("lock head"))?;
+        row = select().await?;
     }
     let row = row.ok_or_else(|| corrupt(format!("log {school:?} head"), "head row vanished"))?;
     let position: i64 = row.get(0);
@@ -413,24 +456,29 @@ async fn finish_commit(
     position: u64,
     hash: &Hash,
     recorded_at: DateTime<Utc>,
+    prepared: Option<&Statements>,
 ) -> Result<(), StoreError> {
-    tx.execute(
-        "UPDATE heads SET position = $2, hash = $3, recorded_at = $4 WHERE school = $1",
-        &[
-            &school,
-            &to_i64(position, "position")?,
-            &&hash[..],
-            &recorded_at,
-        ],
-    )
-    .await
+    let payload = format!("{school} {position}");
+    let position = to_i64(position, "position")?;
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+        &school,
+        &position,
+        &&hash[..],
+        &recorded_at,
+        &NOTIFY_CHANNEL,
+        &payload,
+    ];
+    let moved = match prepared {
+        Some(p) => tx.query(&p.finish, &params).await,
+        None => tx.query(FINISH_SQL, &params).await,
+    }
     .map_err(pg_err("append"))?;
-    tx.execute(
-        "SELECT pg_notify($1, $2)",
-        &[&NOTIFY_CHANNEL, &format!("{school} {position}")],
-    )
-    .await
-    .map_err(pg_err("append"))?;
+    if moved.len() != 1 {
+        return Err(corrupt(
+            format!("log {school:?} head"),
+            "head row vanished during the append",
+        ));
+    }
     Ok(())
 }
 
@@ -460,14 +508,15 @@ impl Row {
 /// Multi-row INSERT of `rows`, in chunks, through `unnest` of arrays (one
 /// statement and one round trip per chunk). The school comes from the
 /// connection's `casebook.school` through the row-level security check.
-async fn insert_rows(tx: &tokio_postgres::Transaction<'_>, rows: &[Row]) -> Result<(), StoreError> {
-    let statement = tx
-        .prepare(
-            "INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
-             SELECT current_setting('casebook.school'), * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], $5::timestamptz[], $6::bytea[])",
-        )
-        .await
-        .map_err(pg_err("append"))?;
+async fn insert_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[Row],
+    prepared: Option<&Statements>,
+) -> Result<(), StoreError> {
+    let statement = match prepared {
+        Some(p) => p.insert.clone(),
+        None => tx.prepare(INSERT_SQL).await.map_err(pg_err("append"))?,
+    };
     for chunk in rows.chunks(INSERT_CHUNK) {
         let positions: Vec<i64> = chunk.iter().map(|r| r.position).collect();
         let streams: Vec<Uuid> = chunk.iter().map(|r| r.stream).collect();
@@ -616,7 +665,7 @@ impl PostgresLog {
         let writer = Writer {
             config: config.clone(),
             school: school.to_string(),
-            client: None,
+            connection: None,
             head_tx: head_tx.clone(),
         };
         runtime.spawn(writer.run(receiver));
@@ -755,7 +804,7 @@ async fn listen_once(
 struct Writer {
     config: Config,
     school: String,
-    client: Option<Client>,
+    connection: Option<(Client, Statements)>,
     head_tx: Arc<watch::Sender<u64>>,
 }
 
@@ -777,15 +826,18 @@ impl Writer {
         }
     }
 
-    async fn client(&mut self) -> Result<&mut Client, StoreError> {
-        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
-            self.client = Some(
-                open_client(&self.config, Some(&self.school), "casebook-writer")
-                    .await
-                    .map_err(pg_err("connect"))?,
-            );
+    async fn connection(&mut self) -> Result<&mut (Client, Statements), StoreError> {
+        if self.connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+            self.connection = None;
+            let client = open_client(&self.config, Some(&self.school), "casebook-writer")
+                .await
+                .map_err(pg_err("connect"))?;
+            let statements = Statements::prepare(&client)
+                .await
+                .map_err(pg_err("connect"))?;
+            self.connection = Some((client, statements));
         }
-        self.client.as_mut().ok_or(StoreError::WriterStopped)
+        self.connection.as_mut().ok_or(StoreError::WriterStopped)
     }
 
     /// Commits one group: every append that passes its checks is stored in
@@ -845,16 +897,19 @@ impl Writer {
         group: &[Commit],
     ) -> Result<(Vec<Result<Vec<Appended>, StoreError>>, Option<u64>), StoreError> {
         let school = self.school.clone();
-        let client = self.client().await?;
+        let (client, prepared) = self.connection().await?;
+        let prepared = &*prepared;
         let tx = client.transaction().await.map_err(pg_err("append"))?;
-        let (head_position, head_hash, last_recorded) = lock_head(&tx, &school).await?;
+        let (head_position, head_hash, last_recorded) =
+            lock_head(&tx, &school, Some(prepared)).await?;
         let now = DateTime::<Utc>::from_timestamp_micros(Utc::now().timestamp_micros())
             .unwrap_or_else(Utc::now);
         let recorded_at = match last_recorded {
             Some(t) if t > now => t,
             _ => now,
         };
-        // What the group touches, read once under the lock.
+        // What the group touches, read once under the lock (both queries
+        // pipelined on the connection).
         let mut streams: Vec<Uuid> = Vec::new();
         let mut seen_streams = HashSet::new();
         let mut ids: Vec<Uuid> = Vec::new();
@@ -866,32 +921,33 @@ impl Writer {
                 ids.extend(r.events.iter().map(|e| e.event_id));
             }
         }
-        let mut versions: HashMap<StreamId, u64> = HashMap::new();
-        for chunk in streams.chunks(INSERT_CHUNK) {
-            for row in tx
-                .query(
-                    "SELECT stream, max(version) FROM events WHERE school = $1 AND stream = ANY($2) GROUP BY stream",
-                    &[&school, &chunk],
-                )
-                .await
-                .map_err(pg_err("append"))?
-            {
-                versions.insert(StreamId(row.get(0)), row.get::<_, i64>(1) as u64);
+        let read_versions = async {
+            let mut versions: HashMap<StreamId, u64> = HashMap::new();
+            for chunk in streams.chunks(INSERT_CHUNK) {
+                for row in tx
+                    .query(&prepared.versions, &[&school, &chunk])
+                    .await
+                    .map_err(pg_err("append"))?
+                {
+                    versions.insert(StreamId(row.get(0)), row.get::<_, i64>(1) as u64);
+                }
             }
-        }
-        let mut stored_ids: HashMap<Uuid, u64> = HashMap::new();
-        for chunk in ids.chunks(INSERT_CHUNK) {
-            for row in tx
-                .query(
-                    "SELECT event_id, position FROM events WHERE school = $1 AND event_id = ANY($2)",
-                    &[&school, &chunk],
-                )
-                .await
-                .map_err(pg_err("append"))?
-            {
-                stored_ids.insert(row.get(0), row.get::<_, i64>(1) as u64);
+            Ok::<_, StoreError>(versions)
+        };
+        let read_ids = async {
+            let mut stored_ids: HashMap<Uuid, u64> = HashMap::new();
+            for chunk in ids.chunks(INSERT_CHUNK) {
+                for row in tx
+                    .query(&prepared.ids, &[&school, &chunk])
+                    .await
+                    .map_err(pg_err("append"))?
+                {
+                    stored_ids.insert(row.get(0), row.get::<_, i64>(1) as u64);
+                }
             }
-        }
+            Ok::<_, StoreError>(stored_ids)
+        };
+        let (versions, stored_ids) = tokio::try_join!(read_versions, read_ids)?;
         let mut state = Staging {
             versions,
             stored_ids,
@@ -908,8 +964,16 @@ impl Writer {
             tx.rollback().await.map_err(pg_err("append"))?;
             return Ok((results, None));
         }
-        insert_rows(&tx, &state.rows).await?;
-        finish_commit(&tx, &school, state.position, &state.hash, recorded_at).await?;
+        insert_rows(&tx, &state.rows, Some(prepared)).await?;
+        finish_commit(
+            &tx,
+            &school,
+            state.position,
+            &state.hash,
+            recorded_at,
+            Some(prepared),
+        )
+        .await?;
         tx.commit().await.map_err(pg_err("commit"))?;
         Ok((results, Some(state.position)))
     }
