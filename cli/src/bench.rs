@@ -67,6 +67,9 @@ const MAX_EVENTS: u64 = 100_000_000;
 pub enum BenchBackend {
     /// The embedded sled store.
     Sled,
+    /// PostgreSQL (`--database-url`): scratch databases, dropped at the end
+    /// (`bench_pg.rs`).
+    Postgres,
 }
 
 /// What `casebook bench` was asked.
@@ -83,36 +86,41 @@ pub(crate) struct BenchArgs {
 /// A backend under test: how to open a fresh engine store and a raw ceiling
 /// writer in `dir`. A second backend adds an implementation.
 #[async_trait]
-trait Backend: Send + Sync {
+pub(crate) trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// A fresh, empty engine store in `dir` and its log of `school`.
     async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure>;
     /// A fresh raw writer in `dir` (a directory of its own).
     async fn open_raw(&self, dir: &Path, school: &str) -> Result<Box<dyn RawWriter>, Failure>;
+    /// Removes what the run left outside its temporary directory.
+    async fn finish(&self) -> Result<(), Failure> {
+        Ok(())
+    }
 }
 
 /// An engine store under test.
 #[async_trait]
-trait Engine: Send + Sync {
+pub(crate) trait Engine: Send + Sync {
     fn log(&self) -> Arc<dyn EventStore>;
     /// Scans the whole log straight from the backend and decodes every
     /// event fully (envelope and payload); returns the count.
     async fn raw_scan_decode(&self) -> Result<u64, Failure>;
     /// Bytes the store occupies on disk.
-    fn disk_bytes(&self) -> Result<u64, Failure>;
+    async fn disk_bytes(&self) -> Result<u64, Failure>;
 }
 
 /// The raw ceiling writer.
 #[async_trait]
-trait RawWriter: Send + Sync {
+pub(crate) trait RawWriter: Send + Sync {
     /// Writes one batch durably, the way the engine commits one group.
     async fn write_batch(&self, events: &[RawEnvelope], recorded_us: i64) -> Result<(), Failure>;
 }
 
-fn backend(which: BenchBackend) -> Box<dyn Backend> {
-    match which {
+fn backend(which: BenchBackend, database_url: Option<&str>) -> Result<Box<dyn Backend>, Failure> {
+    Ok(match which {
         BenchBackend::Sled => Box::new(Sled),
-    }
+        BenchBackend::Postgres => Box::new(crate::bench_pg::Postgres::new(database_url)?),
+    })
 }
 
 struct Sled;
@@ -159,7 +167,7 @@ impl Engine for SledEngine {
         Ok(n)
     }
 
-    fn disk_bytes(&self) -> Result<u64, Failure> {
+    async fn disk_bytes(&self) -> Result<u64, Failure> {
         dir_bytes(&self.dir)
     }
 }
@@ -413,7 +421,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         )));
     }
     let school = ctx.school.clone();
-    let backend = backend(args.backend);
+    let backend = backend(args.backend, ctx.database_url())?;
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     let tmp = tempfile::Builder::new()
         .prefix("casebook-bench-")
@@ -560,7 +568,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         }
     }
     let import_ev_s = per_s(imported, timed);
-    let disk_bytes = engine.disk_bytes()?;
+    let disk_bytes = engine.disk_bytes().await?;
     done(t, format!("{import_ev_s:.0} events/s"));
 
     // Replay: raw scan + decode, then a cold rebuild of every projection.
@@ -700,6 +708,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     }
     drop(log);
     drop(engine);
+    backend.finish().await?;
     drop(tmp);
     match format {
         Format::Json => {

@@ -10,6 +10,7 @@
 
 mod backend;
 mod bench;
+mod bench_pg;
 mod copy;
 pub mod demo;
 mod demo_cmd;
@@ -222,7 +223,8 @@ pub enum Command {
         /// engine's group size, 8192).
         #[arg(long, value_name = "N")]
         batch_events: Option<usize>,
-        /// The backend to measure.
+        /// The backend to measure. `postgres` uses the server of
+        /// --database-url, in scratch databases it drops at the end.
         #[arg(long, value_enum, default_value = "sled")]
         backend: bench::BenchBackend,
         /// Where to create the temporary directory (default: the system's

@@ -39,6 +39,11 @@ impl Ctx {
         Ok(s)
     }
 
+    /// The PostgreSQL URL of this run, if any.
+    pub(crate) fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
     /// True when the command would have to create the embedded store: no
     /// database URL and no store directory yet.
     pub(crate) fn store_missing(&self) -> bool {

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-const FIGURES: &[&str] = &[
+pub(crate) const FIGURES: &[&str] = &[
     "fsync_per_s",
     "raw_backend_batched_ev_s",
     "import_ev_s",
@@ -21,7 +21,7 @@ const FIGURES: &[&str] = &[
     "payload_bytes_per_event",
 ];
 
-const RATIOS: &[(&str, &str, &str)] = &[
+pub(crate) const RATIOS: &[(&str, &str, &str)] = &[
     ("import_vs_raw", "import_ev_s", "raw_backend_batched_ev_s"),
     ("single_vs_fsync", "append_single_ev_s", "fsync_per_s"),
     (
@@ -32,7 +32,7 @@ const RATIOS: &[(&str, &str, &str)] = &[
     ("replay_vs_raw", "replay_ev_s", "raw_scan_decode_ev_s"),
 ];
 
-fn number(doc: &Value, key: &str) -> f64 {
+pub(crate) fn number(doc: &Value, key: &str) -> f64 {
     let v = doc
         .get(key)
         .unwrap_or_else(|| panic!("key {key} missing from {doc}"))

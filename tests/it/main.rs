@@ -3,6 +3,7 @@
 mod access;
 mod bad_corpus;
 mod bench;
+mod bench_pg;
 mod cli;
 mod conformance;
 mod corrupt_open;
