@@ -88,6 +88,10 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     assert_eq!(doc["writers"], 8, "{doc}");
     assert_eq!(doc["backend"], "sled", "{doc}");
     assert!(number(&doc, "timeline_p99_us") >= number(&doc, "timeline_p50_us"));
+    // The fsync ceiling is the better of its two samples.
+    let samples =
+        number(&doc, "fsync_per_s_at_start").max(number(&doc, "fsync_per_s_before_single"));
+    assert_eq!(number(&doc, "fsync_per_s"), samples, "{doc}");
     // The temporary store is removed afterwards.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
