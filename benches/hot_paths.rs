@@ -112,6 +112,17 @@ fn folds(c: &mut Criterion) {
     g.bench_function("chronology (timeline)", |b| {
         b.iter(|| Chronology::build("P00001", black_box(&year), None, false))
     });
+    let chronology = Chronology::build("P00001", &year, None, false);
+    g.bench_function("timeline document: serde_json::to_value", |b| {
+        b.iter(|| serde_json::to_value(black_box(&chronology)).expect("json"))
+    });
+    g.bench_function("timeline document: Chronology::into_json", |b| {
+        b.iter_batched(
+            || chronology.clone(),
+            |c| c.into_json().expect("json"),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     g.bench_function("case state (what decide reads)", |b| {
         b.iter(|| {
             let mut state = CaseState::new();

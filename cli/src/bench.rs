@@ -598,9 +598,11 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
             casebook_projections::chronology_of(log.as_ref(), &school, pupil, None, false)
                 .await
                 .map_err(|e| Failure::Store(e.to_string()))?;
-        let doc = serde_json::to_value(&chronology).map_err(|e| Failure::Store(e.to_string()))?;
-        let read = started.elapsed();
         entries += chronology.entries.len();
+        let doc = chronology
+            .into_json()
+            .map_err(|e| Failure::Store(e.to_string()))?;
+        let read = started.elapsed();
         std::hint::black_box(doc);
         log_view(log.as_ref(), &school, pupil, now).await?;
         reads.push(read);
@@ -689,6 +691,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         "fsync_per_s_before_single": fsync_before_single,
         "writers": w,
         "backend": backend.name(),
+        "sled_cache_mb": casebook_engine::store::sled::cache_bytes() / (1024 * 1024),
         "casebook_version": env!("CARGO_PKG_VERSION"),
         "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "load_average_before": load_before,

@@ -102,7 +102,9 @@ pub(crate) async fn timeline(
             .entries
             .retain(|e| e.event_type != "AttendanceMarked");
     }
-    let doc = to_json(&chronology)?;
+    let doc = chronology
+        .into_json()
+        .map_err(|e| Failure::Store(format!("cannot render the view: {e}")))?;
     match format {
         Format::Json => print_json(&doc)?,
         Format::Csv => print!("{}", render::timeline_csv(&doc)),

@@ -88,6 +88,10 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     assert_eq!(doc["writers"], 8, "{doc}");
     assert_eq!(doc["backend"], "sled", "{doc}");
     assert!(number(&doc, "timeline_p99_us") >= number(&doc, "timeline_p50_us"));
+    // The fsync ceiling is the better of its two samples.
+    let samples =
+        number(&doc, "fsync_per_s_at_start").max(number(&doc, "fsync_per_s_before_single"));
+    assert_eq!(number(&doc, "fsync_per_s"), samples, "{doc}");
     // The temporary store is removed afterwards.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
@@ -117,4 +121,57 @@ fn bench_refuses_bad_arguments_with_exit_2() {
             String::from_utf8_lossy(&out.stdout)
         );
     }
+}
+
+/// The timeline's fast JSON path (`Chronology::into_json`, which moves each
+/// entry's data instead of copying it) gives exactly the document serde
+/// gives, corrections included.
+#[test]
+fn chronology_into_json_equals_its_serde_document() {
+    use casebook_cli::demo::{generate, DemoOptions};
+    use casebook_engine::envelope::{NewEvent, StoredEvent, StreamId, GENESIS_HASH};
+    use casebook_engine::RecordedEvent;
+    use casebook_projections::Chronology;
+
+    let opts = DemoOptions {
+        pupils: 40,
+        seed: 7,
+        academic_year: 2024,
+        school: "bench".into(),
+    };
+    let mut corrected = 0;
+    for pupil in generate(&opts) {
+        let stream = StreamId::for_pupil("bench", &pupil.reference);
+        let mut prev = GENESIS_HASH;
+        let events: Vec<RecordedEvent> = pupil
+            .events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let mut new =
+                    NewEvent::new(&e.event, e.occurred_at, e.actor.clone()).expect("encode");
+                new.event_id = e.event_id;
+                let n = i as u64 + 1;
+                let (stored, _) =
+                    StoredEvent::seal(&new, stream, n, n, e.occurred_at, prev).expect("seal");
+                prev = stored.hash;
+                RecordedEvent::from_stored(&stored).expect("decode")
+            })
+            .collect();
+        for safeguarding_only in [false, true] {
+            let chronology = Chronology::build(&pupil.reference, &events, None, safeguarding_only);
+            corrected += chronology
+                .entries
+                .iter()
+                .filter(|e| !e.corrections.is_empty())
+                .count();
+            let expected = serde_json::to_value(&chronology).expect("serde");
+            let fast = chronology.into_json().expect("into_json");
+            assert_eq!(fast, expected, "pupil {}", pupil.reference);
+        }
+    }
+    assert!(
+        corrected > 0,
+        "the demo pupils had no corrected entry; the test would not cover corrections"
+    );
 }

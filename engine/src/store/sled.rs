@@ -69,6 +69,17 @@ pub const MAX_PENDING_COMMITS: usize = 1_024;
 /// and shows up as resident memory.
 pub const CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// sled's page cache for this process: [`CACHE_BYTES`], or
+/// `CASEBOOK_SLED_CACHE_MB` megabytes when that is set to a number (a
+/// memory-for-latency knob measured in docs/performance.md).
+pub fn cache_bytes() -> u64 {
+    std::env::var("CASEBOOK_SLED_CACHE_MB")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|mb| mb.saturating_mul(1024 * 1024))
+        .unwrap_or(CACHE_BYTES)
+}
+
 /// Longest school id: it becomes part of a tree name and of stream ids.
 pub const MAX_SCHOOL_ID_LEN: usize = 64;
 
@@ -100,7 +111,7 @@ impl SledStore {
         let lock = Arc::new(ProcessLock::acquire(dir)?);
         // sled panics on some damaged files instead of returning an error;
         // a damaged store must be an error (exit 3), never a crash.
-        let config = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES);
+        let config = sled::Config::new().path(dir).cache_capacity(cache_bytes());
         let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
             .map_err(|panic| StoreError::Corrupt {
                 location: sled_files(dir),

@@ -16,7 +16,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::sled::{e_key, encode_head, i_key, open_data_file, s_key, CACHE_BYTES, HEAD_KEY};
+use super::sled::{cache_bytes, e_key, encode_head, i_key, open_data_file, s_key, HEAD_KEY};
 use crate::envelope::{Hash, RecordedEvent, StoredEvent, StreamId};
 use crate::error::StoreError;
 
@@ -45,7 +45,7 @@ impl RawSledLog {
     pub fn open(dir: &Path, school: &str) -> Result<RawSledLog, StoreError> {
         let db = sled::Config::new()
             .path(dir)
-            .cache_capacity(CACHE_BYTES)
+            .cache_capacity(cache_bytes())
             .open()
             .map_err(|e| StoreError::io("open", e))?;
         let tree = db
