@@ -196,7 +196,7 @@ pub fn test_db() -> Option<TestDb> {
             .arg(cluster.dir.path().join("server.log"))
             .args(["-w", "-t", "60", "-o"])
             .arg(format!(
-                "-c fsync=on -c max_connections=200 -k {socket_dir} -h 127.0.0.1 -p {port}"
+                "-c fsync=on -c max_connections=400 -k {socket_dir} -h 127.0.0.1 -p {port}"
             ))
             .arg("start")
             .stdin(Stdio::null())
@@ -433,6 +433,44 @@ async fn pg_row_level_security_scopes_a_role_to_one_school() {
             .is_some_and(|d| d.message().contains("row-level security")),
         "{err:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_engine_runs_as_an_ordinary_role_with_the_documented_grants() {
+    let Some(db) = test_db() else { return };
+    if db.cluster.is_none() {
+        eprintln!("skipping: needs a throwaway cluster (trust authentication) for a new role");
+        return;
+    }
+    PostgresStore::connect(&db.url, true).await.unwrap();
+    let admin = admin(&db.url).await;
+    // The grants of docs/scaling.md, to a role that is neither owner nor superuser.
+    admin
+        .batch_execute(
+            "CREATE ROLE casebook_app LOGIN NOSUPERUSER NOBYPASSRLS;
+             GRANT SELECT, INSERT ON events TO casebook_app;
+             GRANT SELECT, INSERT, UPDATE ON heads TO casebook_app;
+             GRANT SELECT, INSERT, UPDATE, DELETE ON checkpoints TO casebook_app;
+             GRANT SELECT ON schema_version TO casebook_app;",
+        )
+        .await
+        .unwrap();
+    let app_url = db
+        .url
+        .replacen("postgres://postgres@", "postgres://casebook_app@", 1);
+    let store = PostgresStore::connect(&app_url, true)
+        .await
+        .expect("connect as casebook_app");
+    let log: Arc<dyn EventStore> = store.log("app-school").unwrap();
+    for n in 0..5 {
+        log.append(req(pupil(n % 2), vec![contact(n)]))
+            .await
+            .unwrap();
+    }
+    log.save_checkpoint("caseload", vec![1]).await.unwrap();
+    log.clear_checkpoints().await.unwrap();
+    let report = log.verify(&|_| {}).await.unwrap();
+    assert!(report.ok && report.events == 5, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

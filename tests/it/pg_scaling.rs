@@ -9,7 +9,8 @@
 //! One run measures, on the same machine and cluster: engine appends on
 //! sled and on PostgreSQL (64 tasks appending single events, group commit),
 //! the raw multi-row INSERT ceiling into the same table, and 1, 10 and 100
-//! schools appending at once.
+//! schools appending at once (the same total work split over the schools,
+//! and one appender per school).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -122,6 +123,23 @@ async fn pg_scaling_figures() {
         println!(
             "postgres engine appends, {schools} schools at once, {tasks} tasks each, {} events: {rate:.0} events/s",
             tasks * per_task * schools
+        );
+    }
+
+    // One appender per school: if schools contended (one lock for all),
+    // the total would stay at the one-school figure.
+    drop(store);
+    for schools in [1u32, 10, 100] {
+        // A fresh store per run: the previous runs' connections are closed.
+        let store = PostgresStore::connect(&db.url, true).await.unwrap();
+        let logs: Vec<Arc<dyn EventStore>> = (0..schools)
+            .map(|s| store.log(&format!("solo-{schools}-{s}")).unwrap() as Arc<dyn EventStore>)
+            .collect();
+        let rate = appends(&logs, 1, 100).await;
+        println!(
+            "postgres engine appends, {schools} schools at once, 1 task each, {} events: {rate:.0} events/s ({:.0} per school)",
+            100 * schools,
+            rate / schools as f64
         );
     }
 }
