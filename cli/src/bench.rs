@@ -913,10 +913,13 @@ impl Figures {
         for (k, v, note) in rows {
             out.push_str(&format!("{k:<26} {v:>12}  {note}\n"));
         }
+        let us = |k: &str| doc.get(k).and_then(Value::as_f64).unwrap_or(0.0);
         out.push_str(&format!(
-            "\ntimeline with its access-log append: p50 {} µs, p99 {} µs\n",
-            get("timeline_with_access_log_p50_us"),
-            get("timeline_with_access_log_p99_us")
+            "\ntimeline with its access-log append: p50 {:.0} µs, p99 {:.0} µs\nfsync samples: {:.0}/s at start, {:.0}/s before the single appends\n",
+            us("timeline_with_access_log_p50_us"),
+            us("timeline_with_access_log_p99_us"),
+            us("fsync_per_s_at_start"),
+            us("fsync_per_s_before_single"),
         ));
         out
     }
