@@ -363,6 +363,14 @@ impl From<casebook_engine::StoreError> for Failure {
 
 /// Entry point of the `casebook` binary.
 pub fn main() -> ExitCode {
+    // Like other Unix tools, end quietly when the reader of our output goes
+    // away (`casebook timeline P1 | head`) instead of panicking on EPIPE.
+    // SAFETY: called first in main, before any thread exists; SIG_DFL is a
+    // valid disposition for SIGPIPE.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = match Cli::try_parse_from(record_data_args(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {

@@ -878,3 +878,32 @@ fn demo_writes_a_school_that_verifies() {
     );
     let _ = cb.path();
 }
+
+/// `casebook timeline P | head`: when the reader goes away the command ends
+/// quietly (SIGPIPE), never with a panic on the broken pipe.
+#[test]
+fn a_reader_that_goes_away_ends_the_command_quietly() {
+    use std::io::Read;
+    let cb = Casebook::new();
+    cb.run(&["demo", "--pupils", "3"]).ok();
+    // A pupil's whole timeline as JSON is far larger than a pipe's buffer.
+    let mut child = cb
+        .command(&["timeline", "P00001", "--format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn casebook");
+    let mut first = [0u8; 1];
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_exact(&mut first)
+        .expect("first byte");
+    // The read end is dropped here: later writes get EPIPE.
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(first[0], b'{');
+}
