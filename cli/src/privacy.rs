@@ -921,7 +921,8 @@ pub(crate) async fn export(
     pupil: &str,
     purpose: Option<String>,
 ) -> Result<(), Failure> {
-    let format = ctx.formats("export", &[Format::Json, Format::Html])?;
+    // JSON unless HTML is asked for (text has no export form).
+    let format = ctx.formats("export", &[Format::Text, Format::Json, Format::Html])?;
     let _actor = permitted(ctx, PrivacyAction::Export)?;
     let school = ctx.school.clone();
     let raw = ctx.log(None)?;

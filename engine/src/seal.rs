@@ -574,14 +574,17 @@ impl Keyring {
     }
 
     /// Writes every pending key to its file (file and directory fsynced).
+    /// All files are written before any is fsynced, so one journal commit
+    /// can carry many of them (a demo or import creates hundreds at once).
     pub fn commit(&self) -> Result<(), SealError> {
         let pending: Vec<(StreamId, SecretKey)> = lock(&self.pending).drain().collect();
         if pending.is_empty() {
             return Ok(());
         }
         fs::create_dir_all(&self.dir).map_err(|e| SealError::io(&self.dir, e))?;
-        for (key_id, key) in pending {
-            let path = self.key_path(key_id);
+        let mut written = Vec::with_capacity(pending.len());
+        for (key_id, key) in &pending {
+            let path = self.key_path(*key_id);
             let mut nonce = [0u8; 12];
             getrandom::getrandom(&mut nonce).map_err(|e| SealError::io(&path, e))?;
             let wrapped = self
@@ -591,7 +594,7 @@ impl Keyring {
                     Nonce::from_slice(&nonce),
                     Payload {
                         msg: key.bytes(),
-                        aad: &self.wrap_ad(key_id),
+                        aad: &self.wrap_ad(*key_id),
                     },
                 )
                 .map_err(|e| SealError::io(&path, e))?;
@@ -601,12 +604,20 @@ impl Keyring {
             bytes.extend_from_slice(&wrapped);
             let tmp = path.with_extension("key.tmp");
             let mut f = fs::File::create(&tmp).map_err(|e| SealError::io(&tmp, e))?;
-            f.write_all(&bytes)
-                .and_then(|_| f.sync_all())
-                .map_err(|e| SealError::io(&tmp, e))?;
-            fs::rename(&tmp, &path).map_err(|e| SealError::io(&path, e))?;
-            lock(&self.loaded).insert(key_id, key);
+            f.write_all(&bytes).map_err(|e| SealError::io(&tmp, e))?;
+            written.push((f, tmp, path));
         }
+        for (f, tmp, _) in &written {
+            f.sync_all().map_err(|e| SealError::io(tmp, e))?;
+        }
+        for (_, tmp, path) in &written {
+            fs::rename(tmp, path).map_err(|e| SealError::io(path, e))?;
+        }
+        let mut loaded = lock(&self.loaded);
+        for (key_id, key) in pending {
+            loaded.insert(key_id, key);
+        }
+        drop(loaded);
         sync_dir(&self.dir)
     }
 
