@@ -114,7 +114,7 @@ impl Ctx {
         let Some(master) = self.sealing.master()? else {
             return Ok(None);
         };
-        let dir = self.store(false)?.path().to_path_buf();
+        let dir = self.key_root()?;
         let ring = Arc::new(Keyring::open(&dir, school, master));
         self.sealing.rings.insert(school.to_string(), ring.clone());
         Ok(Some(ring))
@@ -127,7 +127,7 @@ impl Ctx {
         if let Some(r) = self.keyring(school)? {
             return Ok(Some(r));
         }
-        let dir = seal::keys_dir(self.store(false)?.path(), school);
+        let dir = seal::keys_dir(&self.key_root()?, school);
         let sealed = std::fs::read_dir(&dir).is_ok_and(|entries| {
             entries.flatten().any(|e| {
                 let name = e.file_name();

@@ -39,6 +39,16 @@ impl Ctx {
         Ok(s)
     }
 
+    /// The directory that holds the store's key files (`keys/<school>/`):
+    /// the sled store's own directory, or, on PostgreSQL, the `--data`
+    /// directory of this machine (docs/security.md, "Key handling").
+    pub(crate) fn key_root(&mut self) -> Result<std::path::PathBuf, Failure> {
+        Ok(match self.store(false)? {
+            Store::Sled(s) => s.path().to_path_buf(),
+            Store::Postgres(..) => self.data.clone(),
+        })
+    }
+
     /// The PostgreSQL URL of this run, if any.
     pub(crate) fn database_url(&self) -> Option<&str> {
         self.database_url.as_deref()

@@ -100,7 +100,7 @@ fn store_err(what: impl std::fmt::Display) -> Failure {
 
 /// The school's Ed25519 signing key, created on first use.
 fn signing_key(ctx: &mut Ctx) -> Result<SigningKey, Failure> {
-    let dir = casebook_engine::seal::keys_dir(ctx.store(false)?.path(), &ctx.school);
+    let dir = casebook_engine::seal::keys_dir(&ctx.key_root()?, &ctx.school);
     let path = dir.join(SIGNING_KEY_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => {

@@ -736,3 +736,80 @@ async fn pg_cli_runs_on_postgres_and_copy_round_trips_through_sled() {
     ]));
     assert_eq!(back, verified);
 }
+
+/// Sealing on PostgreSQL: the key files live in the `--data` directory of
+/// this machine, the database holds only ciphertext, and erasure destroys
+/// the key so the name can no longer be read, while `verify` still passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_sealing_keeps_keys_outside_the_database_and_erasure_works() {
+    let Some(db) = test_db() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("master.key");
+    std::fs::write(&key_file, "11".repeat(32)).unwrap();
+    let data = dir.path().join("data");
+    let (url, key, data_s) = (
+        db.url.clone(),
+        key_file.to_str().unwrap().to_string(),
+        data.to_str().unwrap().to_string(),
+    );
+    let pg = |args: &[&str]| {
+        let mut a = vec![
+            "--database-url",
+            url.as_str(),
+            "--key-file",
+            key.as_str(),
+            "--data",
+            data_s.as_str(),
+        ];
+        a.extend_from_slice(args);
+        casebook(&a)
+    };
+    let name = "Quillon Zephyrine";
+    ok(pg(&["init"]));
+    ok(pg(&[
+        "--as",
+        "S1",
+        "record",
+        "PupilRegistered",
+        "--pupil",
+        "P1",
+        "--json",
+        &format!(r#"{{"name":"{name}","date_of_birth":"2012-03-04","year_group":9}}"#),
+    ]));
+    let keys = data.join("keys").join("default");
+    assert_eq!(
+        std::fs::read_dir(&keys).unwrap().count(),
+        1,
+        "one pupil key"
+    );
+    assert!(ok(pg(&["timeline", "P1"])).contains(name));
+    let client = admin(&db.url).await;
+    let rows = client.query("SELECT value FROM events", &[]).await.unwrap();
+    assert!(!rows.is_empty());
+    for r in &rows {
+        let value: &[u8] = r.get(0);
+        assert!(
+            !value.windows(name.len()).any(|w| w == name.as_bytes()),
+            "plaintext name stored in the database"
+        );
+    }
+    ok(pg(&[
+        "--as",
+        "S1",
+        "erase",
+        "P1",
+        "--reason",
+        "retention ended",
+    ]));
+    assert_eq!(
+        std::fs::read_dir(&keys).unwrap().count(),
+        0,
+        "key destroyed"
+    );
+    let after = ok(pg(&["timeline", "P1"]));
+    assert!(
+        !after.contains(name) && after.contains("erased on"),
+        "{after}"
+    );
+    assert!(ok(pg(&["verify"])).starts_with("ok: "));
+}
