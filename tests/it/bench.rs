@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 
-pub(crate) const FIGURES: &[&str] = &[
+const FIGURES: &[&str] = &[
     "fsync_per_s",
     "raw_backend_batched_ev_s",
     "import_ev_s",
@@ -21,7 +21,7 @@ pub(crate) const FIGURES: &[&str] = &[
     "payload_bytes_per_event",
 ];
 
-pub(crate) const RATIOS: &[(&str, &str, &str)] = &[
+const RATIOS: &[(&str, &str, &str)] = &[
     ("import_vs_raw", "import_ev_s", "raw_backend_batched_ev_s"),
     ("single_vs_fsync", "append_single_ev_s", "fsync_per_s"),
     (
@@ -32,7 +32,7 @@ pub(crate) const RATIOS: &[(&str, &str, &str)] = &[
     ("replay_vs_raw", "replay_ev_s", "raw_scan_decode_ev_s"),
 ];
 
-pub(crate) fn number(doc: &Value, key: &str) -> f64 {
+fn number(doc: &Value, key: &str) -> f64 {
     let v = doc
         .get(key)
         .unwrap_or_else(|| panic!("key {key} missing from {doc}"))
@@ -45,8 +45,11 @@ pub(crate) fn number(doc: &Value, key: &str) -> f64 {
     v
 }
 
-#[test]
-fn bench_json_has_every_figure_and_consistent_ratios() {
+/// Runs `casebook bench --events 2000 --writers 8 --format json` with
+/// `extra` arguments in a temporary directory, checks every figure is a
+/// positive finite number and every ratio the quotient of its figures, and
+/// returns the document and the directory (which must end up empty).
+pub(crate) fn run_bench(extra: &[&str]) -> (Value, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_casebook"))
         .args([
@@ -57,9 +60,11 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
             "8",
             "--format",
             "json",
-            "--dir",
         ])
+        .args(extra)
+        .arg("--dir")
         .arg(tmp.path())
+        .env_remove("CASEBOOK_DATABASE_URL")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -84,6 +89,12 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
             "{ratio} = {r}, but {num} / {den} = {q}"
         );
     }
+    (doc, tmp)
+}
+
+#[test]
+fn bench_json_has_every_figure_and_consistent_ratios() {
+    let (doc, tmp) = run_bench(&[]);
     assert_eq!(doc["events"], 2000, "{doc}");
     assert_eq!(doc["writers"], 8, "{doc}");
     assert_eq!(doc["backend"], "sled", "{doc}");

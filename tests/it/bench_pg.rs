@@ -4,55 +4,13 @@
 
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
-
-use crate::bench::{number, FIGURES, RATIOS};
+use crate::bench::run_bench;
 use crate::pg::{admin, test_db};
 
 #[test]
 fn bench_on_postgres_reports_every_figure_and_drops_its_scratch_databases() {
     let Some(db) = test_db() else { return };
-    let tmp = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(env!("CARGO_BIN_EXE_casebook"))
-        .args([
-            "bench",
-            "--backend",
-            "postgres",
-            "--database-url",
-            &db.url,
-            "--events",
-            "2000",
-            "--writers",
-            "8",
-            "--format",
-            "json",
-            "--dir",
-        ])
-        .arg(tmp.path())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run casebook bench");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "stdout is not JSON ({e}): {}",
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
-    for key in FIGURES {
-        number(&doc, key);
-    }
-    for (ratio, num, den) in RATIOS {
-        let r = number(&doc, ratio);
-        let q = number(&doc, num) / number(&doc, den);
-        assert!(
-            (r - q).abs() <= 1e-9 * q.abs().max(1.0),
-            "{ratio} = {r}, but {num} / {den} = {q}"
-        );
-    }
+    let (doc, _tmp) = run_bench(&["--backend", "postgres", "--database-url", &db.url]);
     assert_eq!(doc["backend"], "postgres", "{doc}");
     assert_eq!(doc["events"], 2000, "{doc}");
     let runtime = tokio::runtime::Builder::new_current_thread()
