@@ -886,3 +886,219 @@ mod directory_fold {
         }
     }
 }
+
+/// The privacy commands (issue 6 items 4-7) against every role, on a sealed
+/// store: erase, hold and retention for dsl and admin; export and transfer
+/// for dsl and deputy_dsl; everyone else refused with exit 2 and the
+/// refusal logged; an unknown actor refused too.
+#[test]
+fn every_role_against_the_privacy_commands() {
+    let cb = Casebook::new();
+    let key = cb.path().join("master.key");
+    std::fs::write(&key, "42".repeat(32)).expect("key file");
+    let key = key.to_string_lossy().to_string();
+    let run = |staff: &str, args: &[&str]| -> Run {
+        let mut argv = vec!["--key-file", key.as_str(), "--as", staff];
+        argv.extend_from_slice(args);
+        cb.run(&argv)
+    };
+    // The school and the one records are transferred to, each with the
+    // same staff directory.
+    for school in ["default", "urn-2"] {
+        let init = [
+            "--key-file",
+            &key,
+            "--school",
+            school,
+            "init",
+            "--admin",
+            "ADM1",
+        ];
+        cb.run(&init).ok();
+        for (staff, role) in STAFF.iter().filter(|(s, _)| *s != "ADM1") {
+            let add = [
+                "--school",
+                school,
+                "staff",
+                "add",
+                staff,
+                "--name",
+                "Staff Member",
+                "--role",
+                role,
+            ];
+            run("ADM1", &add).ok();
+        }
+    }
+    // One pupil per (command, role) that may change it, so an allowed
+    // erasure never takes away what a later case needs.
+    let mut next = 0;
+    let mut register = || {
+        next += 1;
+        let pupil = format!("Q{next}");
+        run(
+            "DSL1",
+            &[
+                "record",
+                "PupilRegistered",
+                "--pupil",
+                &pupil,
+                "--data",
+                r#"{"name": "Wren Sampleton", "date_of_birth": "1990-01-01", "year_group": 11}"#,
+            ],
+        )
+        .ok();
+        pupil
+    };
+    let bundle_dir = tempfile::tempdir().expect("temp dir");
+    let erase_hold: &[&str] = &["dsl", "admin"];
+    let export_transfer: &[&str] = &["dsl", "deputy_dsl"];
+    let before = refusals_by_staff(&cb);
+    let mut expected_refusals: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut check = |name: &str, staff: &str, role: &str, allowed: bool, got: Run| {
+        let expected = if allowed { 0 } else { 2 };
+        if got.code != expected {
+            failures.push(format!(
+                "{name} as {staff} ({role}): exit {} (expected {expected})\nstdout: {}\nstderr: {}",
+                got.code, got.stdout, got.stderr
+            ));
+        } else if !allowed {
+            if !got.stderr.contains(&format!("{staff} ({role}) may not")) {
+                failures.push(format!("{name} as {staff}: message {}", got.stderr));
+            }
+            // Counted in the default school's log (a refused transfer-in is
+            // logged in the receiving school's).
+            if name != "transfer-in" {
+                *expected_refusals.entry(staff.to_string()).or_default() += 1;
+            }
+        }
+    };
+    for (staff, role) in STAFF {
+        let may_erase = erase_hold.contains(role);
+        let may_move = export_transfer.contains(role);
+        let p = register();
+        check(
+            "hold",
+            staff,
+            role,
+            may_erase,
+            run(staff, &["hold", &p, "--reason", "Litigation"]),
+        );
+        if may_erase {
+            check(
+                "hold --lift",
+                staff,
+                role,
+                true,
+                run(staff, &["hold", &p, "--reason", "Settled", "--lift"]),
+            );
+        } else {
+            // Lifting needs a hold in force: applied by the DSL first.
+            run("DSL1", &["hold", &p, "--reason", "Litigation"]).ok();
+            check(
+                "hold --lift",
+                staff,
+                role,
+                false,
+                run(staff, &["hold", &p, "--reason", "Settled", "--lift"]),
+            );
+        }
+        let p = register();
+        check(
+            "erase",
+            staff,
+            role,
+            may_erase,
+            run(staff, &["erase", &p, "--reason", "Retention ended"]),
+        );
+        check(
+            "retention",
+            staff,
+            role,
+            may_erase,
+            run(staff, &["retention", "--today", "2026-12-01"]),
+        );
+        let p = register();
+        check(
+            "export --for subject",
+            staff,
+            role,
+            may_move,
+            run(staff, &["export", &p, "--for", "subject"]),
+        );
+        let bundle = bundle_dir.path().join(format!("{staff}.json"));
+        let bundle_s = bundle.to_string_lossy().to_string();
+        check(
+            "transfer-out",
+            staff,
+            role,
+            may_move,
+            run(
+                staff,
+                &["transfer-out", &p, "--to", "urn-2", "--out", &bundle_s],
+            ),
+        );
+        // transfer-in, at school urn-2 (whose directory is in use, so it is
+        // checked), of a bundle the DSL made.
+        let q = register();
+        let made = run(
+            "DSL1",
+            &["transfer-out", &q, "--to", "urn-2", "--out", &bundle_s],
+        )
+        .ok();
+        let transfer_key = made
+            .stdout
+            .lines()
+            .find_map(|l| l.split("bundle): ").nth(1))
+            .map(|k| k.trim().to_string())
+            .unwrap_or_default();
+        check(
+            "transfer-in",
+            staff,
+            role,
+            may_move,
+            run(
+                staff,
+                &[
+                    "--school",
+                    "urn-2",
+                    "transfer-in",
+                    &bundle_s,
+                    "--transfer-key",
+                    &transfer_key,
+                ],
+            ),
+        );
+        // retention --apply last: it may erase pupils of earlier cases.
+        check(
+            "retention --apply",
+            staff,
+            role,
+            may_erase,
+            run(staff, &["retention", "--today", "2026-12-01", "--apply"]),
+        );
+    }
+    // An unknown member of staff is refused for each of them.
+    for args in [
+        &["erase", "Q1", "--reason", "x"][..],
+        &["hold", "Q1", "--reason", "x"][..],
+        &["retention"][..],
+        &["export", "Q1", "--for", "subject"][..],
+        &["transfer-out", "Q1", "--to", "urn-2"][..],
+    ] {
+        let got = run("NOBODY", args);
+        assert_eq!(got.code, 2, "{args:?} as NOBODY: {}", got.stderr);
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    let after = refusals_by_staff(&cb);
+    for (staff, n) in expected_refusals {
+        let logged =
+            after.get(&staff).copied().unwrap_or(0) - before.get(&staff).copied().unwrap_or(0);
+        assert!(
+            logged >= n,
+            "{staff}: {n} refusals expected in the log, {logged} found"
+        );
+    }
+    run("AUD1", &["verify"]).ok();
+}
