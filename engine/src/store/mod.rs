@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::envelope::{
@@ -399,4 +399,29 @@ impl ChainVerifier {
             problems,
         }
     }
+}
+
+/// Where a log's writer answers one append.
+pub(crate) type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
+
+/// One append handed to a log's writer (sled's writer thread, PostgreSQL's
+/// writer task), which group-commits what is queued.
+pub(crate) struct Commit {
+    pub requests: Vec<AppendRequest>,
+    pub reply: Reply,
+}
+
+/// Hands `requests` to the writer behind `sender` and waits for its answer:
+/// the append path every backend with a group-committing writer shares.
+pub(crate) async fn submit(
+    sender: Option<&mpsc::Sender<Commit>>,
+    requests: Vec<AppendRequest>,
+) -> Result<Vec<Appended>, StoreError> {
+    let sender = sender.ok_or(StoreError::WriterStopped)?;
+    let (reply, answer) = oneshot::channel();
+    sender
+        .send(Commit { requests, reply })
+        .await
+        .map_err(|_| StoreError::WriterStopped)?;
+    answer.await.map_err(|_| StoreError::WriterStopped)?
 }

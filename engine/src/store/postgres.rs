@@ -35,7 +35,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
+
+use super::Commit;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls};
@@ -268,12 +270,18 @@ impl PostgresStore {
         Ok(log)
     }
 
+    /// A connection for the store-level queries below (not scoped to a
+    /// school).
+    async fn client(&self) -> Result<Client, StoreError> {
+        open_client(&self.config, None, "casebook")
+            .await
+            .map_err(pg_err("connect"))
+    }
+
     /// The schools that have a head row (a superuser or a role without
     /// row-level security sees all; a scoped role sees its own).
     pub async fn schools(&self) -> Result<Vec<String>, StoreError> {
-        let client = open_client(&self.config, None, "casebook")
-            .await
-            .map_err(pg_err("connect"))?;
+        let client = self.client().await?;
         let rows = client
             .query("SELECT school FROM heads ORDER BY school", &[])
             .await
@@ -283,9 +291,7 @@ impl PostgresStore {
 
     /// Bytes the whole database occupies (`pg_database_size`).
     pub async fn size_on_disk(&self) -> Result<u64, StoreError> {
-        let client = open_client(&self.config, None, "casebook")
-            .await
-            .map_err(pg_err("connect"))?;
+        let client = self.client().await?;
         let row = client
             .query_one("SELECT pg_database_size(current_database())", &[])
             .await
@@ -295,9 +301,7 @@ impl PostgresStore {
 
     /// The schema version the database is at.
     pub async fn schema_version(&self) -> Result<i32, StoreError> {
-        let client = open_client(&self.config, None, "casebook")
-            .await
-            .map_err(pg_err("connect"))?;
+        let client = self.client().await?;
         let row = client
             .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
             .await
@@ -635,13 +639,6 @@ impl Drop for Pooled {
 }
 
 // ---- the log ---------------------------------------------------------------
-
-type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
-
-struct Commit {
-    requests: Vec<AppendRequest>,
-    reply: Reply,
-}
 
 /// One school's log in a PostgreSQL database.
 pub struct PostgresLog {
@@ -1105,13 +1102,7 @@ impl EventStore for PostgresLog {
         &self,
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let sender = self.sender.as_ref().ok_or(StoreError::WriterStopped)?;
-        let (reply, answer) = oneshot::channel();
-        sender
-            .send(Commit { requests, reply })
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        super::submit(self.sender.as_ref(), requests).await
     }
 
     async fn read_stream(

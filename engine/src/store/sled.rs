@@ -28,7 +28,9 @@ use std::thread::JoinHandle;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
+
+use super::{Commit, Reply};
 use uuid::Uuid;
 
 mod copy_in;
@@ -551,14 +553,6 @@ impl Watermark {
 
 // ---- the log -----------------------------------------------------------
 
-/// Where the writer answers one append.
-type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
-
-struct Commit {
-    requests: Vec<AppendRequest>,
-    reply: Reply,
-}
-
 /// One school's log in a sled store.
 pub struct SledLog {
     _lock: Arc<ProcessLock>,
@@ -987,13 +981,7 @@ impl EventStore for SledLog {
         &self,
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let sender = self.sender.as_ref().ok_or(StoreError::WriterStopped)?;
-        let (reply, answer) = oneshot::channel();
-        sender
-            .send(Commit { requests, reply })
-            .await
-            .map_err(|_| StoreError::WriterStopped)?;
-        answer.await.map_err(|_| StoreError::WriterStopped)?
+        super::submit(self.sender.as_ref(), requests).await
     }
 
     async fn read_stream(
