@@ -37,7 +37,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 
-use super::Commit;
+use super::{Commit, Committed, GroupStage};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls};
@@ -45,8 +45,7 @@ use uuid::Uuid;
 
 use super::sled::validate_school;
 use super::{
-    AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_EVENTS_PER_APPEND,
-    MAX_READ_PAGE,
+    AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -945,131 +944,46 @@ impl Writer {
             Ok::<_, StoreError>(stored_ids)
         };
         let (versions, stored_ids) = tokio::try_join!(read_versions, read_ids)?;
-        let mut state = Staging {
+        let mut stage = GroupStage::new(head_position, head_hash);
+        let mut committed = PgCommitted {
             versions,
             stored_ids,
-            taken_ids: HashSet::new(),
-            position: head_position,
-            hash: head_hash,
-            rows: Vec::new(),
         };
         let mut results = Vec::with_capacity(group.len());
         for c in group {
-            results.push(state.stage(&c.requests, recorded_at));
+            results.push(stage.stage(&c.requests, &mut committed, recorded_at));
         }
-        if state.position == head_position {
+        let rows = stage
+            .sealed
+            .into_iter()
+            .map(|s| Row::of(&s.event, s.bytes))
+            .collect::<Result<Vec<Row>, StoreError>>()?;
+        let state = (stage.position, stage.hash);
+        if state.0 == head_position {
             tx.rollback().await.map_err(pg_err("append"))?;
             return Ok((results, None));
         }
-        insert_rows(&tx, &state.rows, Some(prepared)).await?;
-        finish_commit(
-            &tx,
-            &school,
-            state.position,
-            &state.hash,
-            recorded_at,
-            Some(prepared),
-        )
-        .await?;
+        insert_rows(&tx, &rows, Some(prepared)).await?;
+        finish_commit(&tx, &school, state.0, &state.1, recorded_at, Some(prepared)).await?;
         tx.commit().await.map_err(pg_err("commit"))?;
-        Ok((results, Some(state.position)))
+        Ok((results, Some(state.0)))
     }
 }
 
-/// A group's state while its appends are checked and sealed.
-struct Staging {
+/// The committed log as PostgreSQL's writer read it under the head lock:
+/// the versions of the group's streams and which of its ids are stored.
+struct PgCommitted {
     versions: HashMap<StreamId, u64>,
     stored_ids: HashMap<Uuid, u64>,
-    taken_ids: HashSet<Uuid>,
-    position: u64,
-    hash: Hash,
-    rows: Vec<Row>,
 }
 
-impl Staging {
-    /// Checks one append completely, then seals it onto the group. An append
-    /// that fails any check stages nothing.
-    fn stage(
-        &mut self,
-        requests: &[AppendRequest],
-        recorded_at: DateTime<Utc>,
-    ) -> Result<Vec<Appended>, StoreError> {
-        let total: usize = requests.iter().map(|r| r.events.len()).sum();
-        if total > MAX_EVENTS_PER_APPEND {
-            return Err(StoreError::Limit {
-                what: "events in one append",
-                count: total,
-                limit: MAX_EVENTS_PER_APPEND,
-            });
-        }
-        let mut local: HashMap<StreamId, u64> = HashMap::new();
-        let mut local_ids: HashSet<Uuid> = HashSet::new();
-        for r in requests {
-            if r.events.is_empty() {
-                return Err(StoreError::EmptyAppend { stream: r.stream });
-            }
-            let actual = local
-                .get(&r.stream)
-                .or_else(|| self.versions.get(&r.stream))
-                .copied()
-                .unwrap_or(0);
-            if !r.expected.admits(actual) {
-                return Err(StoreError::WrongExpectedVersion {
-                    stream: r.stream,
-                    expected: r.expected,
-                    actual,
-                });
-            }
-            local.insert(r.stream, actual + r.events.len() as u64);
-            for e in &r.events {
-                if self.taken_ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
-                    return Err(StoreError::DuplicateInAppend {
-                        event_id: e.event_id,
-                    });
-                }
-                if let Some(p) = self.stored_ids.get(&e.event_id) {
-                    return Err(StoreError::DuplicateEventId {
-                        event_id: e.event_id,
-                        position: *p,
-                    });
-                }
-            }
-        }
-        let mut rows = Vec::with_capacity(total);
-        let mut appended = Vec::with_capacity(requests.len());
-        let mut pos = self.position;
-        let mut h = self.hash;
-        let mut cur: HashMap<StreamId, u64> = HashMap::new();
-        for r in requests {
-            let base = cur
-                .get(&r.stream)
-                .or_else(|| self.versions.get(&r.stream))
-                .copied()
-                .unwrap_or(0);
-            let first_position = pos + 1;
-            for (i, e) in r.events.iter().enumerate() {
-                pos += 1;
-                let version = base + 1 + i as u64;
-                let (event, bytes) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
-                h = event.hash;
-                rows.push(Row::of(&event, bytes)?);
-            }
-            let last_version = base + r.events.len() as u64;
-            cur.insert(r.stream, last_version);
-            appended.push(Appended {
-                stream: r.stream,
-                first_version: base + 1,
-                last_version,
-                first_position,
-                last_position: pos,
-            });
-        }
-        self.taken_ids.extend(local_ids);
-        self.versions.extend(cur);
-        self.rows.extend(rows);
-        self.position = pos;
-        self.hash = h;
-        Ok(appended)
+impl Committed for PgCommitted {
+    fn committed_version(&mut self, stream: StreamId) -> Result<u64, StoreError> {
+        Ok(self.versions.get(&stream).copied().unwrap_or(0))
+    }
+
+    fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
+        Ok(self.stored_ids.get(&event_id).copied())
     }
 }
 
