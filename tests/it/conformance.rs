@@ -38,6 +38,23 @@ impl Backend for SledBackend {
     }
 }
 
+pub struct SegmentBackend {
+    dir: tempfile::TempDir,
+}
+
+impl Backend for SegmentBackend {
+    fn fresh() -> Self {
+        SegmentBackend {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+    fn open(&self) -> Arc<dyn EventStore> {
+        let store = casebook_engine::store::segment::SegmentStore::open(self.dir.path(), true)
+            .expect("open store");
+        store.log("test-school").expect("open log")
+    }
+}
+
 /// A fresh database on a throwaway cluster (see `pg.rs`).
 pub struct PgBackend {
     db: crate::pg::TestDb,
@@ -434,3 +451,4 @@ macro_rules! conformance_suite {
 
 conformance_suite!(sled, SledBackend);
 conformance_suite!(pg, PgBackend);
+conformance_suite!(segment, SegmentBackend);

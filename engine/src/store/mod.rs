@@ -12,6 +12,7 @@
 //! the event before it in the log. `verify` checks all three.
 
 pub mod postgres;
+pub mod segment;
 pub mod sled;
 pub mod sled_raw;
 

@@ -106,6 +106,15 @@ impl SledStore {
                 .into(),
             });
         }
+        if super::segment::is_segment_store(dir) {
+            return Err(StoreError::Io {
+                during: "open",
+                source: format!(
+                    "{path_text} holds a segment store, not a sled store; open it with the segment backend"
+                )
+                .into(),
+            });
+        }
         if create {
             std::fs::create_dir_all(dir).map_err(|e| StoreError::io("create store", e))?;
         }
@@ -277,13 +286,13 @@ fn sled_files(dir: &Path) -> String {
 pub const LOCK_FILE: &str = "casebook.lock";
 
 /// The store's process lock (released when the file is closed, including
-/// when the process dies).
-struct ProcessLock {
+/// when the process dies). Shared with the segment backend.
+pub(crate) struct ProcessLock {
     _file: std::fs::File,
 }
 
 impl ProcessLock {
-    fn acquire(dir: &Path) -> Result<ProcessLock, StoreError> {
+    pub(crate) fn acquire(dir: &Path) -> Result<ProcessLock, StoreError> {
         use fs2::FileExt;
         use std::io::{Read, Seek, Write};
         let path = dir.join(LOCK_FILE);

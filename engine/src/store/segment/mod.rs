@@ -1,0 +1,1386 @@
+//! The segment backend: casebook's own embedded log, append-only segment
+//! files and an in-memory index (the KurrentDB/TigerBeetle way). A
+//! hash-chained, append-only log needs no B-tree or LSM tree under it.
+//!
+//! Layout of a store directory (byte for byte in docs/storage.md):
+//!
+//! ```text
+//! DIR/segment-store                      marker: "casebook segment store <format>\n"
+//! DIR/casebook.lock                      the process lock (shared with sled)
+//! DIR/logs/<school>/<first position, 20 digits>.seg
+//! DIR/logs/<school>/head                 the head watermark
+//! DIR/logs/<school>/checkpoints/<hex of name>
+//! ```
+//!
+//! A segment is a sequence of frames ([`frame`]); each frame holds one
+//! event's value exactly as sled stores it, so hashes and `verify` are the
+//! same on every backend. One writer thread per log group-commits: all
+//! frames of a group go into one buffer, one `pwrite` at the end of the
+//! current segment, one `fdatasync`, and only then into the index readers
+//! use, so a read never sees an event that is not durable.
+//!
+//! Architecture Invariant: the index in memory is derived from the segment
+//! files only (rebuilt on open); the files are never rewritten, only
+//! appended to, and truncated only at an unacknowledged torn tail.
+
+pub mod frame;
+pub mod raw;
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqReader};
+use super::sled::{validate_school, ProcessLock};
+use super::{
+    AppendRequest, Appended, ChainVerifier, Commit, EventStore, Head, Reply, VerifyReport,
+    MAX_EVENTS_PER_APPEND, MAX_READ_PAGE,
+};
+use crate::envelope::{split_value, Hash, StoredEvent, StreamId, GENESIS_HASH};
+use crate::error::StoreError;
+
+/// On-disk format written by this build; a store with a newer one is
+/// refused.
+pub const FORMAT_VERSION: u32 = 1;
+/// Name of the marker file that makes a directory a segment store.
+pub const MARKER_FILE: &str = "segment-store";
+const MARKER_PREFIX: &str = "casebook segment store ";
+/// Directory of the school logs.
+pub const LOGS_DIR: &str = "logs";
+/// A log's checkpoints directory.
+const CHECKPOINT_DIR: &str = "checkpoints";
+/// A log's head watermark file.
+const WATERMARK_FILE: &str = "head";
+/// Segment file suffix.
+const SEGMENT_SUFFIX: &str = ".seg";
+
+/// Size at which the writer starts a new segment (before the next group;
+/// a segment can exceed it by one group).
+pub const DEFAULT_SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Events one group commit gathers at most from separate appends. A single
+/// larger append (an import) is still one group of its own. No B-tree
+/// memory to bound here (cf. sled's 1,024): the group's buffer is about
+/// 430 bytes an event.
+pub const MAX_GROUP_EVENTS: usize = 8_192;
+
+/// Pending appends waiting for the writer (back-pressure).
+pub const MAX_PENDING_COMMITS: usize = 1_024;
+
+/// How often, at most, the writer refreshes the head watermark (and at
+/// clean close). Not per group: it is a guard against silent loss, not
+/// part of durability.
+pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Longest checkpoint name (it becomes a hex file name).
+pub const MAX_CHECKPOINT_NAME: usize = 100;
+
+/// Options of a segment store (tests shrink the segment size).
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentOptions {
+    pub segment_bytes: u64,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions {
+            segment_bytes: DEFAULT_SEGMENT_BYTES,
+        }
+    }
+}
+
+fn io(during: &'static str) -> impl FnOnce(std::io::Error) -> StoreError {
+    move |e| StoreError::io(during, e)
+}
+
+fn corrupt(path: &Path, offset: Option<u64>, what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        location: match offset {
+            Some(o) => format!("{} at byte {o}", path.display()),
+            None => path.display().to_string(),
+        },
+        what: what.into(),
+    }
+}
+
+/// fsyncs a directory (after creating, renaming or removing in it).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync directory"))
+}
+
+/// Writes `bytes` to `path` atomically: temporary file, fsync, rename,
+/// fsync of the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".tmp-{name}"));
+    let mut f = File::create(&tmp).map_err(io("write file"))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(io("write file"))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(io("rename file"))?;
+    sync_dir(dir)
+}
+
+/// Whether `dir` holds a segment store.
+pub fn is_segment_store(dir: &Path) -> bool {
+    dir.join(MARKER_FILE).exists()
+}
+
+/// The marker's text for `version`.
+fn marker_text(version: u32) -> String {
+    format!("{MARKER_PREFIX}{version}\n")
+}
+
+fn read_marker(dir: &Path) -> Result<u32, StoreError> {
+    let path = dir.join(MARKER_FILE);
+    let text = std::fs::read(&path).map_err(io("read store marker"))?;
+    let bad = || {
+        corrupt(
+            &path,
+            None,
+            "the store marker is damaged (expected \"casebook segment store <version>\")",
+        )
+    };
+    let text = std::str::from_utf8(&text).map_err(|_| bad())?;
+    text.trim_end()
+        .strip_prefix(MARKER_PREFIX)
+        .and_then(|v| v.parse::<u32>().ok())
+        .ok_or_else(bad)
+}
+
+// ---- the store ------------------------------------------------------------
+
+/// An embedded casebook store on segment files: a directory holding any
+/// number of school logs.
+pub struct SegmentStore {
+    path: PathBuf,
+    options: SegmentOptions,
+    logs: Mutex<HashMap<String, Arc<SegmentLog>>>,
+    lock: Arc<ProcessLock>,
+}
+
+impl SegmentStore {
+    /// Opens the store at `dir`, creating it when `create` is true.
+    pub fn open(dir: &Path, create: bool) -> Result<Arc<SegmentStore>, StoreError> {
+        SegmentStore::open_with(dir, create, SegmentOptions::default())
+    }
+
+    /// [`SegmentStore::open`] with options.
+    pub fn open_with(
+        dir: &Path,
+        create: bool,
+        options: SegmentOptions,
+    ) -> Result<Arc<SegmentStore>, StoreError> {
+        let text = dir.display().to_string();
+        if dir.join("db").exists() || dir.join("conf").exists() {
+            return Err(StoreError::Io {
+                during: "open",
+                source: format!(
+                    "{text} holds a sled store, not a segment store; open it with the sled backend"
+                )
+                .into(),
+            });
+        }
+        let marked = is_segment_store(dir);
+        if !create && !marked {
+            return Err(StoreError::Io {
+                during: "open",
+                source: format!(
+                    "no casebook segment store at {text} (run `casebook init` or `casebook demo` first, or pass --data)"
+                )
+                .into(),
+            });
+        }
+        if create {
+            std::fs::create_dir_all(dir).map_err(io("create store"))?;
+        }
+        let lock = Arc::new(ProcessLock::acquire(dir)?);
+        if is_segment_store(dir) {
+            let found = read_marker(dir)?;
+            if found > FORMAT_VERSION {
+                return Err(StoreError::UnsupportedFormat {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        } else {
+            if dir.join(LOGS_DIR).exists() {
+                return Err(corrupt(
+                    dir,
+                    None,
+                    "segment logs without the store marker (segment-store); restore it from a backup",
+                ));
+            }
+            write_atomic(
+                &dir.join(MARKER_FILE),
+                marker_text(FORMAT_VERSION).as_bytes(),
+            )?;
+        }
+        std::fs::create_dir_all(dir.join(LOGS_DIR)).map_err(io("create store"))?;
+        Ok(Arc::new(SegmentStore {
+            path: dir.to_path_buf(),
+            options,
+            logs: Mutex::new(HashMap::new()),
+            lock,
+        }))
+    }
+
+    /// The directory of the store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The log of `school`, created on first use: one `SegmentLog` (one
+    /// writer) per school per process.
+    pub fn log(&self, school: &str) -> Result<Arc<SegmentLog>, StoreError> {
+        validate_school(school)?;
+        let mut logs = self.logs.lock().map_err(|_| StoreError::WriterStopped)?;
+        if let Some(log) = logs.get(school) {
+            return Ok(log.clone());
+        }
+        let dir = self.path.join(LOGS_DIR).join(school);
+        let log = Arc::new(SegmentLog::open(
+            &dir,
+            school,
+            self.options,
+            self.lock.clone(),
+        )?);
+        logs.insert(school.to_string(), log.clone());
+        Ok(log)
+    }
+
+    /// The schools that have a log in this store.
+    pub fn schools(&self) -> Vec<String> {
+        let mut out: Vec<String> = std::fs::read_dir(self.path.join(LOGS_DIR))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                    .filter_map(|e| e.file_name().to_str().map(String::from))
+                    .filter(|s| validate_school(s).is_ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Bytes the store's files hold.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        fn walk(dir: &Path) -> std::io::Result<u64> {
+            let mut total = 0;
+            for entry in std::fs::read_dir(dir)? {
+                let entry = entry?;
+                let meta = entry.metadata()?;
+                total += if meta.is_dir() {
+                    walk(&entry.path())?
+                } else {
+                    meta.len()
+                };
+            }
+            Ok(total)
+        }
+        walk(&self.path).map_err(io("size"))
+    }
+}
+
+// ---- the index ------------------------------------------------------------
+
+/// Where a frame is: segment number (index into the log's segments), byte
+/// offset, length. 16 bytes an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Loc {
+    offset: u64,
+    len: u32,
+    seg: u32,
+}
+
+/// The in-memory index of a log: rebuilt from the segments on open.
+#[derive(Default)]
+struct Index {
+    /// `locs[p - 1]` is position p.
+    locs: Vec<Loc>,
+    /// Per stream, its positions by version (`[v - 1]`).
+    streams: HashMap<StreamId, Vec<u64>>,
+    ids: HashMap<Uuid, u64>,
+    head_hash: Hash,
+}
+
+impl Index {
+    fn head(&self) -> u64 {
+        self.locs.len() as u64
+    }
+
+    fn stream_version(&self, stream: &StreamId) -> u64 {
+        self.streams.get(stream).map_or(0, |v| v.len() as u64)
+    }
+
+    /// Adds the next frame; `Err` says which invariant it breaks.
+    fn push(&mut self, meta: &FrameMeta, loc: Loc, hash: Hash) -> Result<(), String> {
+        let expected = self.head() + 1;
+        if meta.position != expected {
+            return Err(format!(
+                "frame says position {} where position {expected} is next (events missing or reordered)",
+                meta.position
+            ));
+        }
+        let have = self.stream_version(&meta.stream);
+        if meta.version != have + 1 {
+            return Err(format!(
+                "stream {} version {} follows version {have} (versions must be gapless)",
+                meta.stream, meta.version
+            ));
+        }
+        if let Some(p) = self.ids.get(&meta.event_id) {
+            return Err(format!(
+                "event id {} is already stored at position {p}",
+                meta.event_id
+            ));
+        }
+        self.locs.push(loc);
+        self.streams
+            .entry(meta.stream)
+            .or_default()
+            .push(meta.position);
+        self.ids.insert(meta.event_id, meta.position);
+        self.head_hash = hash;
+        Ok(())
+    }
+}
+
+/// One segment file.
+struct Segment {
+    path: PathBuf,
+    file: File,
+}
+
+/// What readers share with the writer.
+struct State {
+    index: Index,
+    segments: Vec<Arc<Segment>>,
+}
+
+/// Reads the frame at `loc` and decodes it as position `position`.
+fn read_event(seg: &Segment, loc: Loc, position: u64) -> Result<StoredEvent, StoreError> {
+    let mut buf = vec![0u8; loc.len as usize];
+    seg.file
+        .read_exact_at(&mut buf, loc.offset)
+        .map_err(io("read"))?;
+    decode_at(seg, loc.offset, &buf, position).map(|(e, _)| e)
+}
+
+/// Decodes the frame at the start of `bytes` (from `offset` of `seg`) as
+/// position `position`; returns the event and the frame length.
+fn decode_at(
+    seg: &Segment,
+    offset: u64,
+    bytes: &[u8],
+    position: u64,
+) -> Result<(StoredEvent, usize), StoreError> {
+    let (meta, value, len) =
+        decode_frame(bytes).map_err(|e| corrupt(&seg.path, Some(offset), e.to_string()))?;
+    if meta.position != position {
+        return Err(corrupt(
+            &seg.path,
+            Some(offset),
+            format!(
+                "frame says position {} where the index has position {position}",
+                meta.position
+            ),
+        ));
+    }
+    let event = super::sled::decode_event_at(position, value)
+        .map_err(|e| corrupt(&seg.path, Some(offset), e.to_string()))?;
+    Ok((event, len))
+}
+
+// ---- the watermark --------------------------------------------------------
+
+/// position (u64 LE) || hash (32) || CRC-32 of those 40 bytes (u32 LE).
+const WATERMARK_LEN: usize = 44;
+
+fn encode_watermark(position: u64, hash: &Hash) -> [u8; WATERMARK_LEN] {
+    let mut v = [0u8; WATERMARK_LEN];
+    v[..8].copy_from_slice(&position.to_le_bytes());
+    v[8..40].copy_from_slice(hash);
+    let crc = crc32fast::hash(&v[..40]);
+    v[40..].copy_from_slice(&crc.to_le_bytes());
+    v
+}
+
+/// Decodes a watermark file's bytes (`None` for an empty file). Public for
+/// the decoder fuzz tests.
+pub fn decode_watermark(bytes: &[u8]) -> Result<Option<(u64, Hash)>, crate::error::CodecError> {
+    if bytes.is_empty() {
+        return Ok(None);
+    }
+    let bad = |what: &str| crate::error::CodecError::Field {
+        field: "watermark",
+        what: what.to_string(),
+    };
+    if bytes.len() != WATERMARK_LEN {
+        return Err(bad("wrong length"));
+    }
+    let mut p = [0u8; 8];
+    p.copy_from_slice(&bytes[..8]);
+    let position = u64::from_le_bytes(p);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[8..40]);
+    if encode_watermark(position, &hash) != bytes {
+        return Err(bad("checksum mismatch"));
+    }
+    Ok(Some((position, hash)))
+}
+
+// ---- opening a log: recovery ---------------------------------------------
+
+/// The segment files of a log directory, by first position.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io("open log"))? {
+        let entry = entry.map_err(io("open log"))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(SEGMENT_SUFFIX) else {
+            continue;
+        };
+        if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(corrupt(
+                &entry.path(),
+                None,
+                "segment file name is not a 20-digit position",
+            ));
+        }
+        let first: u64 = stem
+            .parse()
+            .map_err(|_| corrupt(&entry.path(), None, "segment file name out of range"))?;
+        out.push((first, entry.path()));
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn segment_name(first_position: u64) -> String {
+    format!("{first_position:020}{SEGMENT_SUFFIX}")
+}
+
+/// Creates a new, empty segment and makes its existence durable.
+fn create_segment(dir: &Path, first_position: u64) -> Result<Segment, StoreError> {
+    let path = dir.join(segment_name(first_position));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(io("create segment"))?;
+    file.sync_all().map_err(io("create segment"))?;
+    sync_dir(dir)?;
+    Ok(Segment { path, file })
+}
+
+/// A log rebuilt from its segments.
+struct Recovered {
+    index: Index,
+    segments: Vec<Arc<Segment>>,
+    /// Where the last segment's acknowledged data ends.
+    end: u64,
+    /// Bytes after `end` to cut (an unacknowledged torn group).
+    torn: u64,
+}
+
+/// Scans one segment, pushing every frame of a complete group into
+/// `index`. Returns the offset after the last complete group and, if the
+/// scan stopped at damage, its offset and description.
+fn scan_segment(
+    seg: &Segment,
+    seg_no: u32,
+    index: &mut Index,
+) -> Result<(u64, Option<(u64, String)>), StoreError> {
+    let file_len = seg.file.metadata().map_err(io("open log"))?.len();
+    let mut reader = SeqReader::new(&seg.file, file_len);
+    let mut offset = 0u64;
+    let mut group_end = 0u64;
+    let mut pending: Vec<(FrameMeta, Loc, Hash)> = Vec::new();
+    while offset < file_len {
+        let bytes = reader
+            .at(offset, frame::PREFIX_LEN + frame::MAX_FRAME)
+            .map_err(io("open log"))?;
+        let (meta, value, len) = match decode_frame(bytes) {
+            Ok(f) => f,
+            Err(e) => return Ok((group_end, Some((offset, e.to_string())))),
+        };
+        let hash = split_value(value)
+            .map(|(_, h)| h)
+            .map_err(|e| corrupt(&seg.path, Some(offset), e.to_string()))?;
+        let expected = index.head() + pending.len() as u64 + 1;
+        if meta.position != expected {
+            return Err(corrupt(
+                &seg.path,
+                Some(offset),
+                format!(
+                    "frame says position {} where position {expected} is next (events missing or reordered)",
+                    meta.position
+                ),
+            ));
+        }
+        pending.push((
+            meta,
+            Loc {
+                offset,
+                len: len as u32,
+                seg: seg_no,
+            },
+            hash,
+        ));
+        offset += len as u64;
+        if meta.group_end {
+            for (m, loc, h) in pending.drain(..) {
+                index
+                    .push(&m, loc, h)
+                    .map_err(|what| corrupt(&seg.path, Some(loc.offset), what))?;
+            }
+            group_end = offset;
+        }
+    }
+    Ok((group_end, None))
+}
+
+/// Whether a valid frame of a position from `first` on starts anywhere in
+/// `seg` after `bad` (then the damage is not a torn tail).
+fn valid_frame_after(seg: &Segment, bad: u64, first: u64) -> Result<bool, StoreError> {
+    let file_len = seg.file.metadata().map_err(io("open log"))?.len();
+    let most = first + file_len / frame::FRAME_OVERHEAD as u64 + 1;
+    let mut reader = SeqReader::new(&seg.file, file_len);
+    let mut o = bad + 1;
+    while o + (frame::PREFIX_LEN + frame::MIN_LEN) as u64 <= file_len {
+        let bytes = reader
+            .at(o, frame::PREFIX_LEN + frame::MAX_FRAME)
+            .map_err(io("open log"))?;
+        if frame::plausible_frame(bytes, first..most) {
+            return Ok(true);
+        }
+        o += 1;
+    }
+    Ok(false)
+}
+
+fn recover(dir: &Path) -> Result<Recovered, StoreError> {
+    let mut index = Index {
+        head_hash: GENESIS_HASH,
+        ..Index::default()
+    };
+    let mut segments = Vec::new();
+    let names = list_segments(dir)?;
+    if names.is_empty() {
+        segments.push(Arc::new(create_segment(dir, 1)?));
+        return Ok(Recovered {
+            index,
+            segments,
+            end: 0,
+            torn: 0,
+        });
+    }
+    let count = names.len();
+    let mut end = 0;
+    let mut torn = 0;
+    for (i, (first, path)) in names.into_iter().enumerate() {
+        let last = i + 1 == count;
+        let next = index.head() + 1;
+        if first != next {
+            return Err(corrupt(
+                &path,
+                None,
+                format!(
+                    "segment starts at position {first} but the log before it ends at position {}",
+                    next - 1
+                ),
+            ));
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(io("open segment"))?;
+        let seg = Segment { path, file };
+        let file_len = seg.file.metadata().map_err(io("open log"))?.len();
+        let (group_end, damage) = scan_segment(&seg, i as u32, &mut index)?;
+        if !last {
+            if let Some((at, what)) = damage {
+                return Err(corrupt(&seg.path, Some(at), format!("{what} (damage before the log's tail: acknowledged events are affected; restore from a backup)")));
+            }
+            if group_end != file_len || group_end == 0 {
+                return Err(corrupt(
+                    &seg.path,
+                    Some(group_end),
+                    "a segment that is not the last ends inside a commit group or is empty",
+                ));
+            }
+        } else {
+            if let Some((at, what)) = &damage {
+                if valid_frame_after(&seg, *at, index.head() + 1)? {
+                    return Err(corrupt(
+                        &seg.path,
+                        Some(*at),
+                        format!("{what}, and valid frames follow it: acknowledged events are damaged; restore from a backup"),
+                    ));
+                }
+            }
+            end = group_end;
+            torn = file_len - group_end;
+        }
+        segments.push(Arc::new(seg));
+    }
+    Ok(Recovered {
+        index,
+        segments,
+        end,
+        torn,
+    })
+}
+
+// ---- the log --------------------------------------------------------------
+
+/// One school's log in a segment store.
+pub struct SegmentLog {
+    _lock: Arc<ProcessLock>,
+    school: String,
+    dir: PathBuf,
+    state: Arc<RwLock<State>>,
+    head_rx: watch::Receiver<u64>,
+    sender: Option<mpsc::Sender<Commit>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl SegmentLog {
+    fn open(
+        dir: &Path,
+        school: &str,
+        options: SegmentOptions,
+        lock: Arc<ProcessLock>,
+    ) -> Result<SegmentLog, StoreError> {
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir.join(CHECKPOINT_DIR)).map_err(io("open log"))?;
+        if created {
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
+        let rec = recover(dir)?;
+        let head = rec.index.head();
+        // The watermark, checked before anything is cut.
+        let wm_path = dir.join(WATERMARK_FILE);
+        let wm_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&wm_path)
+            .map_err(io("open watermark"))?;
+        let mut wm_bytes = Vec::new();
+        {
+            use std::io::Read;
+            (&wm_file)
+                .read_to_end(&mut wm_bytes)
+                .map_err(io("read watermark"))?;
+        }
+        let watermark = decode_watermark(&wm_bytes).map_err(|_| {
+            corrupt(
+                &wm_path,
+                None,
+                "the head watermark is damaged; run `casebook verify` and compare its head with your records",
+            )
+        })?;
+        if let Some((position, hash)) = watermark {
+            if position > head {
+                return Err(corrupt(
+                    dir,
+                    None,
+                    format!("events have been lost: the log had acknowledged position {position} but now ends at {head}; restore from a backup"),
+                ));
+            }
+            if position > 0 {
+                let loc = rec.index.locs[(position - 1) as usize];
+                let ev = read_event(&rec.segments[loc.seg as usize], loc, position)?;
+                if ev.hash != hash {
+                    return Err(corrupt(
+                        dir,
+                        None,
+                        format!("the event at position {position} is not the one that was acknowledged there"),
+                    ));
+                }
+            }
+        }
+        let last = rec
+            .segments
+            .last()
+            .cloned()
+            .ok_or(StoreError::WriterStopped)?;
+        if rec.torn > 0 {
+            last.file
+                .set_len(rec.end)
+                .and_then(|()| last.file.sync_all())
+                .map_err(io("cut torn tail"))?;
+        }
+        let recorded_us = if head == 0 {
+            i64::MIN
+        } else {
+            let loc = rec.index.locs[(head - 1) as usize];
+            read_event(&rec.segments[loc.seg as usize], loc, head)?
+                .recorded_at
+                .timestamp_micros()
+        };
+        let hash = rec.index.head_hash;
+        let state = Arc::new(RwLock::new(State {
+            index: rec.index,
+            segments: rec.segments,
+        }));
+        let (head_tx, head_rx) = watch::channel(head);
+        let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            state: state.clone(),
+            segment: last,
+            end: rec.end,
+            segment_bytes: options.segment_bytes.max(1),
+            position: head,
+            hash,
+            last_recorded_us: recorded_us,
+            head_tx,
+            buf: Vec::new(),
+            frames: Vec::new(),
+            watermark: wm_file,
+            watermark_at: Instant::now(),
+            watermark_position: watermark.map_or(0, |(p, _)| p),
+        };
+        let handle = std::thread::Builder::new()
+            .name(format!("casebook-segment-writer-{school}"))
+            .spawn(move || writer.run(receiver))
+            .map_err(io("start writer"))?;
+        Ok(SegmentLog {
+            _lock: lock,
+            school: school.to_string(),
+            dir: dir.to_path_buf(),
+            state,
+            head_rx,
+            sender: Some(sender),
+            writer: Some(handle),
+        })
+    }
+
+    /// The school this log belongs to.
+    pub fn school(&self) -> &str {
+        &self.school
+    }
+
+    /// The log's directory (its segments, watermark and checkpoints).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn read(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
+        self.state.read().map_err(|_| StoreError::WriterStopped)
+    }
+
+    fn checkpoint_path(&self, name: &str) -> Result<PathBuf, StoreError> {
+        if name.len() > MAX_CHECKPOINT_NAME {
+            return Err(StoreError::Limit {
+                what: "bytes in a checkpoint name",
+                count: name.len(),
+                limit: MAX_CHECKPOINT_NAME,
+            });
+        }
+        let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+        Ok(self.dir.join(CHECKPOINT_DIR).join(format!("c{hex}")))
+    }
+}
+
+impl Drop for SegmentLog {
+    fn drop(&mut self) {
+        // Close the queue and wait for the writer (it records the
+        // watermark), so a reopen in the same process finds it done.
+        self.sender.take();
+        if let Some(handle) = self.writer.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+// ---- the writer -------------------------------------------------------------
+
+/// One staged frame of the group buffer.
+struct Staged {
+    meta: FrameMeta,
+    start: usize,
+    len: usize,
+    hash: Hash,
+}
+
+struct Writer {
+    dir: PathBuf,
+    state: Arc<RwLock<State>>,
+    segment: Arc<Segment>,
+    /// Durable end of the current segment.
+    end: u64,
+    segment_bytes: u64,
+    position: u64,
+    hash: Hash,
+    last_recorded_us: i64,
+    head_tx: watch::Sender<u64>,
+    /// The group's frames, reused from group to group.
+    buf: Vec<u8>,
+    frames: Vec<Staged>,
+    watermark: File,
+    watermark_at: Instant,
+    watermark_position: u64,
+}
+
+impl Writer {
+    fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
+        let mut failed = false;
+        while let Some(first) = receiver.blocking_recv() {
+            if failed {
+                let _ = first.reply.send(Err(StoreError::WriterStopped));
+                continue;
+            }
+            let mut events: usize = first.requests.iter().map(|r| r.events.len()).sum();
+            let mut group = vec![first];
+            while events < MAX_GROUP_EVENTS {
+                match receiver.try_recv() {
+                    Ok(c) => {
+                        events += c.requests.iter().map(|r| r.events.len()).sum::<usize>();
+                        group.push(c);
+                    }
+                    Err(_) => break,
+                }
+            }
+            if !self.commit_group(group) {
+                // fsyncgate: after a failed write or fdatasync the kernel
+                // may have dropped the dirty pages; never retry and pretend.
+                // Refuse appends until the log is reopened and recovered.
+                failed = true;
+            }
+            if self.position > self.watermark_position
+                && self.watermark_at.elapsed() >= WATERMARK_INTERVAL
+            {
+                self.record_watermark(false);
+            }
+        }
+        if !failed && self.position > self.watermark_position {
+            self.record_watermark(true);
+        }
+    }
+
+    /// Records the durable head in the watermark file. A failure loses
+    /// nothing (it only weakens the next open's check).
+    fn record_watermark(&mut self, sync: bool) {
+        let bytes = encode_watermark(self.position, &self.hash);
+        if self.watermark.write_all_at(&bytes, 0).is_ok() {
+            if sync {
+                let _ = self.watermark.sync_data();
+            }
+            self.watermark_position = self.position;
+        }
+        self.watermark_at = Instant::now();
+    }
+
+    fn commit_group(&mut self, group: Vec<Commit>) -> bool {
+        let now_us = Utc::now().timestamp_micros();
+        let recorded_us = now_us.max(self.last_recorded_us);
+        let recorded_at =
+            DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
+        self.buf.clear();
+        self.frames.clear();
+        let mut versions: HashMap<StreamId, u64> = HashMap::new();
+        let mut ids: HashSet<Uuid> = HashSet::new();
+        let mut position = self.position;
+        let mut hash = self.hash;
+        let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
+        {
+            let state = self.state.clone();
+            let Ok(state) = state.read() else {
+                for c in group {
+                    let _ = c.reply.send(Err(StoreError::WriterStopped));
+                }
+                return false;
+            };
+            for commit in group {
+                let mark = (self.buf.len(), self.frames.len());
+                match self.stage(
+                    &state.index,
+                    &commit.requests,
+                    &mut versions,
+                    &mut ids,
+                    &mut position,
+                    &mut hash,
+                    recorded_at,
+                ) {
+                    Ok(appended) => staged.push((commit.reply, appended)),
+                    Err(e) => {
+                        self.buf.truncate(mark.0);
+                        self.frames.truncate(mark.1);
+                        let _ = commit.reply.send(Err(e));
+                    }
+                }
+            }
+        }
+        let Some(last) = self.frames.last_mut() else {
+            return true;
+        };
+        last.meta.group_end = true;
+        mark_group_end(&mut self.buf[last.start..last.start + last.len]);
+        let result = self.write_group();
+        match result {
+            Ok(()) => {
+                let base = self.end;
+                let seg_no;
+                {
+                    let Ok(mut state) = self.state.write() else {
+                        for (reply, _) in staged {
+                            let _ = reply.send(Err(StoreError::WriterStopped));
+                        }
+                        return false;
+                    };
+                    seg_no = (state.segments.len() - 1) as u32;
+                    for f in &self.frames {
+                        let loc = Loc {
+                            offset: base + f.start as u64,
+                            len: f.len as u32,
+                            seg: seg_no,
+                        };
+                        let pushed = state.index.push(&f.meta, loc, f.hash);
+                        debug_assert!(pushed.is_ok(), "the writer checked the group: {pushed:?}");
+                    }
+                }
+                self.end += self.buf.len() as u64;
+                self.position = position;
+                self.hash = hash;
+                self.last_recorded_us = recorded_us;
+                self.head_tx.send_replace(position);
+                for (reply, appended) in staged {
+                    let _ = reply.send(Ok(appended));
+                }
+                true
+            }
+            Err(e) => {
+                let disk_full = matches!(e, StoreError::DiskFull { .. });
+                let text = e.to_string();
+                for (reply, _) in staged {
+                    let _ = reply.send(Err(if disk_full {
+                        StoreError::DiskFull { during: "append" }
+                    } else {
+                        StoreError::Io {
+                            during: "append",
+                            source: text.clone().into(),
+                        }
+                    }));
+                }
+                false
+            }
+        }
+    }
+
+    /// Rolls to a new segment when the current one is full, then writes the
+    /// group buffer at the end of the segment and fdatasyncs it. On error,
+    /// cuts the segment back to its last durable end (best effort).
+    fn write_group(&mut self) -> Result<(), StoreError> {
+        if self.end >= self.segment_bytes {
+            let seg = Arc::new(create_segment(&self.dir, self.position + 1)?);
+            self.state
+                .write()
+                .map_err(|_| StoreError::WriterStopped)?
+                .segments
+                .push(seg.clone());
+            self.segment = seg;
+            self.end = 0;
+        }
+        let file = &self.segment.file;
+        let result = file
+            .write_all_at(&self.buf, self.end)
+            .map_err(io("append"))
+            .and_then(|()| file.sync_data().map_err(io("fdatasync")));
+        if result.is_err() {
+            let _ = file.set_len(self.end);
+        }
+        result
+    }
+
+    /// Checks one commit completely, then seals it into the group buffer.
+    /// A commit that fails any check stages nothing (the caller cuts the
+    /// buffer back).
+    #[allow(clippy::too_many_arguments)]
+    fn stage(
+        &mut self,
+        index: &Index,
+        requests: &[AppendRequest],
+        versions: &mut HashMap<StreamId, u64>,
+        ids: &mut HashSet<Uuid>,
+        position: &mut u64,
+        hash: &mut Hash,
+        recorded_at: DateTime<Utc>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let total: usize = requests.iter().map(|r| r.events.len()).sum();
+        if total > MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::Limit {
+                what: "events in one append",
+                count: total,
+                limit: MAX_EVENTS_PER_APPEND,
+            });
+        }
+        let version_of = |versions: &HashMap<StreamId, u64>, s: &StreamId| {
+            versions
+                .get(s)
+                .copied()
+                .unwrap_or_else(|| index.stream_version(s))
+        };
+        // Pass 1: check against the index and the group so far.
+        let mut local: HashMap<StreamId, u64> = HashMap::new();
+        let mut local_ids: HashSet<Uuid> = HashSet::new();
+        for r in requests {
+            if r.events.is_empty() {
+                return Err(StoreError::EmptyAppend { stream: r.stream });
+            }
+            let actual = match local.get(&r.stream) {
+                Some(v) => *v,
+                None => version_of(versions, &r.stream),
+            };
+            if !r.expected.admits(actual) {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: r.stream,
+                    expected: r.expected,
+                    actual,
+                });
+            }
+            local.insert(r.stream, actual + r.events.len() as u64);
+            for e in &r.events {
+                if ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
+                    return Err(StoreError::DuplicateInAppend {
+                        event_id: e.event_id,
+                    });
+                }
+                if let Some(p) = index.ids.get(&e.event_id) {
+                    return Err(StoreError::DuplicateEventId {
+                        event_id: e.event_id,
+                        position: *p,
+                    });
+                }
+            }
+        }
+        // Pass 2: seal into the buffer.
+        let mut appended = Vec::with_capacity(requests.len());
+        let mut pos = *position;
+        let mut h = *hash;
+        let mut cur: HashMap<StreamId, u64> = HashMap::new();
+        for r in requests {
+            let base = match cur.get(&r.stream) {
+                Some(v) => *v,
+                None => version_of(versions, &r.stream),
+            };
+            let first_position = pos + 1;
+            for (i, e) in r.events.iter().enumerate() {
+                pos += 1;
+                let version = base + 1 + i as u64;
+                let (event, value) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
+                if value.len() + frame::META_LEN > frame::MAX_FRAME {
+                    return Err(StoreError::Limit {
+                        what: "bytes in one stored event",
+                        count: value.len(),
+                        limit: frame::MAX_FRAME - frame::META_LEN,
+                    });
+                }
+                h = event.hash;
+                let meta = FrameMeta {
+                    group_end: false,
+                    position: pos,
+                    stream: r.stream,
+                    version,
+                    event_id: e.event_id,
+                };
+                let start = self.buf.len();
+                let len = encode_frame(&mut self.buf, &meta, &value);
+                self.frames.push(Staged {
+                    meta,
+                    start,
+                    len,
+                    hash: h,
+                });
+            }
+            let last_version = base + r.events.len() as u64;
+            cur.insert(r.stream, last_version);
+            appended.push(Appended {
+                stream: r.stream,
+                first_version: base + 1,
+                last_version,
+                first_position,
+                last_position: pos,
+            });
+        }
+        for r in requests {
+            for e in &r.events {
+                ids.insert(e.event_id);
+            }
+        }
+        versions.extend(cur);
+        *position = pos;
+        *hash = h;
+        Ok(appended)
+    }
+}
+
+// ---- reads ---------------------------------------------------------------------
+
+#[async_trait]
+impl EventStore for SegmentLog {
+    async fn append_atomic(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        super::submit(self.sender.as_ref(), requests).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let max = max.min(MAX_READ_PAGE);
+        let wanted: Vec<(u64, Loc, Arc<Segment>)> = {
+            let state = self.read()?;
+            let Some(list) = state.index.streams.get(&stream) else {
+                return Ok(Vec::new());
+            };
+            let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
+            let end = start.saturating_add(max).min(list.len());
+            list[start..end]
+                .iter()
+                .map(|&p| {
+                    let loc = state.index.locs[(p - 1) as usize];
+                    (p, loc, state.segments[loc.seg as usize].clone())
+                })
+                .collect()
+        };
+        let mut out = Vec::with_capacity(wanted.len());
+        let mut buf = Vec::new();
+        for (p, loc, seg) in wanted {
+            buf.resize(loc.len as usize, 0);
+            seg.file
+                .read_exact_at(&mut buf, loc.offset)
+                .map_err(io("read"))?;
+            out.push(decode_at(&seg, loc.offset, &buf, p)?.0);
+        }
+        Ok(out)
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let max = max.min(MAX_READ_PAGE);
+        let from = from_position.max(1);
+        // Runs of frames contiguous in one segment: one read each.
+        let runs: Vec<(u64, u64, Loc, u64, Arc<Segment>)> = {
+            let state = self.read()?;
+            let head = state.index.head();
+            if from > head || max == 0 {
+                return Ok(Vec::new());
+            }
+            let last = head.min(from + max as u64 - 1);
+            let mut runs: Vec<(u64, u64, Loc, u64, Arc<Segment>)> = Vec::new();
+            for p in from..=last {
+                let loc = state.index.locs[(p - 1) as usize];
+                if let Some(run) = runs.last_mut() {
+                    if run.2.seg == loc.seg && run.3 == loc.offset {
+                        run.1 = p;
+                        run.3 = loc.offset + loc.len as u64;
+                        continue;
+                    }
+                }
+                runs.push((
+                    p,
+                    p,
+                    loc,
+                    loc.offset + loc.len as u64,
+                    state.segments[loc.seg as usize].clone(),
+                ));
+            }
+            runs
+        };
+        let mut out = Vec::with_capacity(max);
+        let mut buf = Vec::new();
+        for (first, last, loc, end, seg) in runs {
+            buf.resize((end - loc.offset) as usize, 0);
+            seg.file
+                .read_exact_at(&mut buf, loc.offset)
+                .map_err(io("read"))?;
+            let mut at = 0usize;
+            for p in first..=last {
+                let (event, len) = decode_at(&seg, loc.offset + at as u64, &buf[at..], p)?;
+                at += len;
+                out.push(event);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
+        Ok(self.read()?.index.stream_version(&stream))
+    }
+
+    async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        let found = {
+            let state = self.read()?;
+            state.index.ids.get(&event_id).map(|&p| {
+                let loc = state.index.locs[(p - 1) as usize];
+                (p, loc, state.segments[loc.seg as usize].clone())
+            })
+        };
+        match found {
+            None => Ok(None),
+            Some((p, loc, seg)) => read_event(&seg, loc, p).map(Some),
+        }
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        let state = self.read()?;
+        Ok(Head {
+            position: state.index.head(),
+            hash: state.index.head_hash,
+        })
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.head_rx.clone()
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.checkpoint_path(name)?;
+        match std::fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("read checkpoint", e)),
+        }
+    }
+
+    async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.checkpoint_path(name)?;
+        write_atomic(&path, &bytes)
+    }
+
+    async fn clear_checkpoints(&self) -> Result<(), StoreError> {
+        let dir = self.dir.join(CHECKPOINT_DIR);
+        for entry in std::fs::read_dir(&dir).map_err(io("clear checkpoints"))? {
+            let entry = entry.map_err(io("clear checkpoints"))?;
+            std::fs::remove_file(entry.path()).map_err(io("clear checkpoints"))?;
+        }
+        sync_dir(&dir)
+    }
+
+    async fn verify(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<VerifyReport, StoreError> {
+        let (head, head_hash, segments) = {
+            let state = self.read()?;
+            (
+                state.index.head(),
+                state.index.head_hash,
+                state.segments.clone(),
+            )
+        };
+        let mut v = ChainVerifier::new();
+        let mut position = 0u64;
+        'segments: for (seg_no, seg) in segments.iter().enumerate() {
+            if position >= head {
+                break;
+            }
+            let file_len = seg.file.metadata().map_err(io("verify"))?.len();
+            let mut reader = SeqReader::new(&seg.file, file_len);
+            let mut offset = 0u64;
+            while offset < file_len && position < head {
+                let bytes = reader
+                    .at(offset, frame::PREFIX_LEN + frame::MAX_FRAME)
+                    .map_err(io("verify"))?;
+                let (meta, value, len) = match decode_frame(bytes) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        v.problem(
+                            position + 1,
+                            format!("{} at byte {offset}: {e}", seg.path.display()),
+                        );
+                        break 'segments;
+                    }
+                };
+                position = meta.position;
+                if let Some(event) = v.check(meta.position, value) {
+                    if (event.stream, event.version, event.event_id)
+                        != (meta.stream, meta.version, meta.event_id)
+                    {
+                        v.problem(
+                            meta.position,
+                            "frame header disagrees with the stored event (stream, version or id)",
+                        );
+                    }
+                }
+                let state = self.read()?;
+                let ix = &state.index;
+                let here = Loc {
+                    offset,
+                    len: len as u32,
+                    seg: seg_no as u32,
+                };
+                if meta.position == 0 || ix.locs.get((meta.position - 1) as usize) != Some(&here) {
+                    v.problem(
+                        meta.position,
+                        "the position index does not point at this frame",
+                    );
+                }
+                let by_stream = ix
+                    .streams
+                    .get(&meta.stream)
+                    .and_then(|l| l.get((meta.version.max(1) - 1) as usize));
+                if meta.version == 0 || by_stream != Some(&meta.position) {
+                    v.problem(
+                        meta.position,
+                        format!("stream index for version {} is wrong", meta.version),
+                    );
+                }
+                if ix.ids.get(&meta.event_id) != Some(&meta.position) {
+                    v.problem(meta.position, "event id index does not point here");
+                }
+                drop(state);
+                offset += len as u64;
+                if v.events().is_multiple_of(4096) {
+                    progress(v.events());
+                }
+            }
+        }
+        progress(v.events());
+        let last = v.expected_position().saturating_sub(1);
+        if last != head {
+            v.problem(
+                last.min(head) + 1,
+                format!("the index says the log ends at position {head}, the files at {last}"),
+            );
+        } else if head > 0 && v.last_hash() != head_hash {
+            v.problem(head, "head hash differs from the last event's hash");
+        }
+        Ok(v.finish())
+    }
+}
