@@ -65,6 +65,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// Engine of a NEW embedded store at --data: sled or segment (an
+    /// existing store's engine is detected; docs/storage.md).
+    #[arg(long, global = true, env = "CASEBOOK_ENGINE", value_enum)]
+    pub engine: Option<backend::Engine>,
     /// The school (log) inside the store.
     #[arg(
         long,

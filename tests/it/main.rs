@@ -10,6 +10,7 @@ mod corrupt_open;
 mod crash;
 mod disk_full;
 mod domain;
+mod engines;
 mod fuzz;
 mod pg;
 mod pg_multiprocess;
