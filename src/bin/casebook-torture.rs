@@ -1,8 +1,9 @@
 //! casebook-torture: the child process of the crash tests (tests/it/crash.rs)
 //! and the holder of the two-process test (tests/it/two_processes.rs).
 //!
-//! `casebook-torture child --dir DIR --seed N [--max-sleep-us N]` appends to
-//! the school `torture` of the sled store at DIR forever, in a seeded random
+//! `casebook-torture child --dir DIR --seed N [--max-sleep-us N] [--engine
+//! sled|segment]` appends to the school `torture` of the embedded store at
+//! DIR (sled unless told) forever, in a seeded random
 //! mix of single appends, atomic multi-stream batches, concurrent writers
 //! and imports (parsed and planned by the importer), and reports on stdout:
 //!
@@ -14,8 +15,8 @@
 //! Each line is written whole and flushed before the next operation, so
 //! the parent that kills it (SIGKILL) knows exactly what was acknowledged.
 //!
-//! `casebook-torture hold --dir DIR` opens the store, prints `ready PID`
-//! and sleeps until killed.
+//! `casebook-torture hold --dir DIR [--engine E]` opens the store, prints
+//! `ready PID` and sleeps until killed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use std::time::Duration;
 
 use casebook_engine::envelope::{hex, NewEvent, StreamId};
 use casebook_engine::import::{parse_line, Planner};
+use casebook_engine::store::segment::SegmentStore;
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{AppendRequest, Appended, EventStore, ExpectedVersion};
 use casebook_engine::StoreError;
@@ -110,9 +112,22 @@ fn stream(rng: &mut Rng) -> StreamId {
     StreamId::for_pupil(SCHOOL, &format!("P{}", rng.below(24)))
 }
 
-async fn child(dir: PathBuf, seed: u64, max_sleep_us: u64) -> Result<(), String> {
-    let store = SledStore::open(&dir, true).map_err(|e| e.to_string())?;
-    let log: Arc<dyn EventStore> = store.log(SCHOOL).map_err(|e| e.to_string())?;
+/// The torture school's log in the store at `dir`, of the named engine.
+fn open_log(dir: &std::path::Path, engine: &str) -> Result<Arc<dyn EventStore>, String> {
+    let log: Arc<dyn EventStore> = match engine {
+        "sled" => SledStore::open(dir, true)
+            .and_then(|s| s.log(SCHOOL))
+            .map_err(|e| e.to_string())?,
+        "segment" => SegmentStore::open(dir, true)
+            .and_then(|s| s.log(SCHOOL))
+            .map_err(|e| e.to_string())?,
+        other => return Err(format!("--engine {other}: expected sled or segment")),
+    };
+    Ok(log)
+}
+
+async fn child(dir: PathBuf, engine: String, seed: u64, max_sleep_us: u64) -> Result<(), String> {
+    let log = open_log(&dir, &engine)?;
     let out = Arc::new(Out(Mutex::new(std::io::stdout())));
     out.line(format!("ready {}", std::process::id()));
     let mut rng = Rng(seed);
@@ -216,9 +231,8 @@ async fn child(dir: PathBuf, seed: u64, max_sleep_us: u64) -> Result<(), String>
     }
 }
 
-fn hold(dir: PathBuf) -> Result<(), String> {
-    let store = SledStore::open(&dir, true).map_err(|e| e.to_string())?;
-    let _log = store.log(SCHOOL).map_err(|e| e.to_string())?;
+fn hold(dir: PathBuf, engine: &str) -> Result<(), String> {
+    let _log = open_log(&dir, engine)?;
     println!("ready {}", std::process::id());
     let _ = std::io::stdout().flush();
     loop {
@@ -240,6 +254,7 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = (|| -> Result<(), String> {
         let dir: PathBuf = arg(&args, "--dir", None)?;
+        let engine: String = arg(&args, "--engine", Some("sled".to_string()))?;
         match args.get(1).map(String::as_str) {
             Some("child") => {
                 let seed: u64 = arg(&args, "--seed", Some(1))?;
@@ -249,11 +264,11 @@ fn main() -> std::process::ExitCode {
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                rt.block_on(child(dir, seed, sleep))
+                rt.block_on(child(dir, engine, seed, sleep))
             }
-            Some("hold") => hold(dir),
+            Some("hold") => hold(dir, &engine),
             _ => Err(
-                "usage: casebook-torture child|hold --dir DIR [--seed N] [--max-sleep-us N]".into(),
+                "usage: casebook-torture child|hold --dir DIR [--engine sled|segment] [--seed N] [--max-sleep-us N]".into(),
             ),
         }
     })();
