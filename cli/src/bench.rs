@@ -70,6 +70,8 @@ pub enum BenchBackend {
     /// PostgreSQL (`--database-url`): scratch databases, dropped at the end
     /// (`bench_pg.rs`).
     Postgres,
+    /// casebook's own segment log (`bench_segment.rs`).
+    Segment,
 }
 
 /// What `casebook bench` was asked.
@@ -120,6 +122,7 @@ fn backend(which: BenchBackend, database_url: Option<&str>) -> Result<Box<dyn Ba
     Ok(match which {
         BenchBackend::Sled => Box::new(Sled),
         BenchBackend::Postgres => Box::new(crate::bench_pg::Postgres::new(database_url)?),
+        BenchBackend::Segment => Box::new(crate::bench_segment::Segment),
     })
 }
 

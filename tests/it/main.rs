@@ -17,6 +17,7 @@ mod pg_multiprocess;
 mod pg_scaling;
 mod privacy;
 mod projections;
+mod segment;
 mod soak;
 mod store_tamper;
 mod two_processes;

@@ -1,0 +1,99 @@
+//! `casebook bench --backend segment`: the segment backend
+//! (`engine/src/store/segment/`) under the same phases as sled (see
+//! `bench.rs`).
+//!
+//! The ceiling (`raw_backend_batched_ev_s`) is `RawSegmentLog`: the same
+//! sealed envelopes written as the engine's frames, one write + one
+//! fdatasync per batch, no queue, checks or index. `raw_scan_decode_ev_s`
+//! is `segment::raw::scan_decode` over the engine's log directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use casebook_engine::store::segment::raw::{scan_decode, RawSegmentLog};
+use casebook_engine::store::segment::{SegmentLog, SegmentStore};
+use casebook_engine::store::sled_raw::RawEnvelope;
+use casebook_engine::store::EventStore;
+
+use crate::bench::{Backend, Engine, RawWriter};
+use crate::Failure;
+
+/// The segment backend of `casebook bench`.
+pub(crate) struct Segment;
+
+struct SegmentEngine {
+    dir: PathBuf,
+    _store: Arc<SegmentStore>,
+    log: Arc<SegmentLog>,
+}
+
+struct SegmentRaw(Mutex<RawSegmentLog>);
+
+#[async_trait]
+impl Backend for Segment {
+    fn name(&self) -> &'static str {
+        "segment"
+    }
+
+    async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure> {
+        let store = SegmentStore::open(dir, true)?;
+        let log = store.log(school)?;
+        Ok(Box::new(SegmentEngine {
+            dir: dir.to_path_buf(),
+            _store: store,
+            log,
+        }))
+    }
+
+    async fn open_raw(&self, dir: &Path, school: &str) -> Result<Box<dyn RawWriter>, Failure> {
+        let raw = RawSegmentLog::open(&dir.join("logs").join(school))?;
+        Ok(Box::new(SegmentRaw(Mutex::new(raw))))
+    }
+}
+
+#[async_trait]
+impl Engine for SegmentEngine {
+    fn log(&self) -> Arc<dyn EventStore> {
+        self.log.clone()
+    }
+
+    async fn raw_scan_decode(&self) -> Result<u64, Failure> {
+        let mut sum = 0u64;
+        let n = scan_decode(self.log.dir(), |e| sum = sum.wrapping_add(e.version))?;
+        std::hint::black_box(sum);
+        Ok(n)
+    }
+
+    async fn disk_bytes(&self) -> Result<u64, Failure> {
+        allocated_bytes(&self.dir)
+            .map_err(|e| Failure::Store(format!("cannot size {}: {e}", self.dir.display())))
+    }
+}
+
+#[async_trait]
+impl RawWriter for SegmentRaw {
+    async fn write_batch(&self, events: &[RawEnvelope], _recorded_us: i64) -> Result<(), Failure> {
+        let mut raw = self
+            .0
+            .lock()
+            .map_err(|_| Failure::Store("bench: raw writer poisoned".into()))?;
+        Ok(raw.write_batch(events)?)
+    }
+}
+
+/// Bytes allocated on disk under `dir` (blocks, as for sled).
+fn allocated_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0u64;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let meta = entry.metadata()?;
+        total += if meta.is_dir() {
+            allocated_bytes(&entry.path())?
+        } else {
+            meta.blocks() * 512
+        };
+    }
+    Ok(total)
+}

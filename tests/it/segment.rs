@@ -1,0 +1,496 @@
+//! The segment backend's own promises (engine/src/store/segment/), beyond
+//! the conformance suite: recovery of a torn tail at every byte, refusal of
+//! damaged acknowledged data (never a truncation, never a panic), segment
+//! rolling, the process lock, atomic checkpoints, the store marker, and a
+//! model-based property test.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use casebook_engine::envelope::StreamId;
+use casebook_engine::store::segment::{SegmentLog, SegmentOptions, SegmentStore, MARKER_FILE};
+use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
+use casebook_engine::StoreError;
+use proptest::prelude::*;
+
+use crate::conformance::{contact, pupil};
+
+const SCHOOL: &str = "test-school";
+
+fn open(dir: &Path) -> Result<Arc<SegmentLog>, StoreError> {
+    SegmentStore::open(dir, true)?.log(SCHOOL)
+}
+
+fn open_small(dir: &Path, segment_bytes: u64) -> Result<Arc<SegmentLog>, StoreError> {
+    SegmentStore::open_with(dir, true, SegmentOptions { segment_bytes })?.log(SCHOOL)
+}
+
+fn log_dir(dir: &Path) -> PathBuf {
+    dir.join("logs").join(SCHOOL)
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(log_dir(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn append_n(log: &dyn EventStore, stream: u32, first: u32, n: u32) {
+    log.append(AppendRequest {
+        stream: pupil(stream),
+        expected: ExpectedVersion::Any,
+        events: (first..first + n).map(contact).collect(),
+    })
+    .await
+    .expect("append");
+}
+
+async fn positions(log: &dyn EventStore) -> Vec<u64> {
+    log.read_all(1, 10_000)
+        .await
+        .expect("read_all")
+        .iter()
+        .map(|e| e.position)
+        .collect()
+}
+
+fn corrupt_location(e: StoreError) -> String {
+    match e {
+        StoreError::Corrupt { location, .. } => location,
+        other => panic!("expected a corruption error, got {other}"),
+    }
+}
+
+/// Cuts the last segment at every byte offset inside the last group (and
+/// appends zeros or garbage after some cuts): reopening always shows the
+/// earlier complete groups exactly (or everything, when nothing was cut),
+/// never part of a group; verify passes and appends continue.
+#[test]
+fn torn_tail_at_every_offset_keeps_exactly_the_complete_groups() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    rt.block_on(async {
+        let log = open(dir).unwrap();
+        append_n(log.as_ref(), 1, 1, 2).await;
+        append_n(log.as_ref(), 2, 3, 1).await;
+    });
+    let seg = segments(dir).pop().unwrap();
+    let wm_path = log_dir(dir).join("head");
+    // The watermark as a crash after the first groups may leave it.
+    let watermark = std::fs::read(&wm_path).unwrap();
+    let short = std::fs::metadata(&seg).unwrap().len();
+    rt.block_on(async {
+        let log = open(dir).unwrap();
+        append_n(log.as_ref(), 1, 10, 3).await;
+    });
+    let full = std::fs::read(&seg).unwrap();
+    assert!(full.len() as u64 > short);
+    let mut garbage_seed = 0x1234_5678u32;
+    for cut in short as usize..=full.len() {
+        let mut bytes = full[..cut].to_vec();
+        match cut % 3 {
+            1 => bytes.extend_from_slice(&[0u8; 64]),
+            2 => bytes.extend((0..64).map(|_| {
+                garbage_seed = garbage_seed
+                    .wrapping_mul(1_103_515_245)
+                    .wrapping_add(12_345);
+                (garbage_seed >> 16) as u8
+            })),
+            _ => {}
+        }
+        std::fs::write(&seg, &bytes).unwrap();
+        std::fs::write(&wm_path, &watermark).unwrap();
+        rt.block_on(async {
+            let log = open(dir).unwrap_or_else(|e| panic!("open after a cut at {cut}: {e}"));
+            let want: Vec<u64> = if cut == full.len() {
+                (1..=6).collect()
+            } else {
+                (1..=3).collect()
+            };
+            assert_eq!(positions(log.as_ref()).await, want, "cut at {cut}");
+            let report = log.verify(&|_| {}).await.unwrap();
+            assert!(report.ok, "cut at {cut}: {:?}", report.problems);
+            if cut % 17 == 0 || cut == short as usize || cut == full.len() {
+                let next = want.len() as u64 + 1;
+                let a = log
+                    .append(AppendRequest {
+                        stream: pupil(3),
+                        expected: ExpectedVersion::Any,
+                        events: vec![contact(100)],
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(a.first_position, next, "cut at {cut}");
+                assert!(log.verify(&|_| {}).await.unwrap().ok);
+            }
+        });
+        // The tail was cut back to whole groups (or the append after it).
+        let len = std::fs::metadata(&seg).unwrap().len() as usize;
+        assert!(
+            len >= short as usize,
+            "cut at {cut}: acknowledged bytes cut"
+        );
+    }
+}
+
+/// A flipped byte in an acknowledged frame with valid frames after it is
+/// corruption, not a torn tail: open is refused naming the file and the
+/// byte offset, and nothing is truncated.
+#[test]
+fn damage_before_the_tail_refuses_open_and_truncates_nothing() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    rt.block_on(async {
+        let log = open(dir).unwrap();
+        for i in 0..4 {
+            append_n(log.as_ref(), i, i * 10, 2).await;
+        }
+    });
+    let seg = segments(dir).pop().unwrap();
+    let good = std::fs::read(&seg).unwrap();
+    for at in [0usize, 3, 9, 30, 100, good.len() / 2] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        std::fs::write(&seg, &bad).unwrap();
+        let e = open(dir)
+            .err()
+            .unwrap_or_else(|| panic!("flip at {at} opened"));
+        assert!(e.is_store_failure());
+        let location = corrupt_location(e);
+        assert!(
+            location.contains("00000000000000000001.seg") && location.contains("at byte"),
+            "{location}"
+        );
+        assert_eq!(
+            std::fs::read(&seg).unwrap(),
+            bad,
+            "flip at {at}: file changed"
+        );
+    }
+    // Damage in the last frame looks like a torn tail, but the watermark
+    // (written at the clean close) says it was acknowledged: refused.
+    let mut bad = good.clone();
+    let last = bad.len() - 5;
+    bad[last] ^= 0x01;
+    std::fs::write(&seg, &bad).unwrap();
+    let e = open(dir).err().expect("a damaged acknowledged tail opened");
+    assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("lost"), "{e}");
+    assert_eq!(std::fs::read(&seg).unwrap(), bad);
+    // Restored, the store opens and verifies.
+    std::fs::write(&seg, &good).unwrap();
+    rt.block_on(async {
+        let log = open(dir).unwrap();
+        assert_eq!(positions(log.as_ref()).await.len(), 8);
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+    });
+}
+
+/// With a tiny segment size the writer rolls to new segments; a reopen
+/// reads across them, verify passes and appends continue in the last one.
+#[test]
+fn segments_roll_and_reopen_across_them() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let written = rt.block_on(async {
+        let log = open_small(dir, 1_000).unwrap();
+        for i in 0..20u32 {
+            append_n(log.as_ref(), i % 3, i * 10, 1 + i % 3).await;
+        }
+        log.read_all(1, 10_000).await.unwrap()
+    });
+    let segs = segments(dir);
+    assert!(segs.len() >= 5, "only {} segments", segs.len());
+    for (i, p) in segs.iter().enumerate().skip(1) {
+        let first: u64 = p.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        assert!(first > 1, "segment {i} is named {}", p.display());
+    }
+    rt.block_on(async {
+        let log = open_small(dir, 1_000).unwrap();
+        assert_eq!(log.read_all(1, 10_000).await.unwrap(), written);
+        let stream = log.read_stream(pupil(1), 1, 1000).await.unwrap();
+        assert_eq!(
+            stream.iter().map(|e| e.version).collect::<Vec<_>>(),
+            (1..=stream.len() as u64).collect::<Vec<_>>()
+        );
+        assert!(stream.len() > 5);
+        // A page of read_all that spans segments.
+        let page = log.read_all(3, 30).await.unwrap();
+        assert_eq!(page[..], written[2..32]);
+        for e in &written {
+            assert_eq!(log.find_event(e.event_id).await.unwrap().as_ref(), Some(e));
+        }
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+        append_n(log.as_ref(), 1, 900, 2).await;
+        assert_eq!(log.head().await.unwrap().position, written.len() as u64 + 2);
+    });
+    // A segment other than the last one damaged: refused.
+    let first = &segments(dir)[0];
+    let mut bytes = std::fs::read(first).unwrap();
+    let n = bytes.len();
+    bytes.truncate(n - 3);
+    std::fs::write(first, &bytes).unwrap();
+    let location = corrupt_location(open_small(dir, 1_000).err().expect("opened"));
+    assert!(location.contains("00000000000000000001.seg"), "{location}");
+}
+
+/// A second open while the store is open is refused with the holder's pid.
+#[test]
+fn a_second_open_is_refused_while_the_store_is_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SegmentStore::open(tmp.path(), true).unwrap();
+    let _log = store.log(SCHOOL).unwrap();
+    match SegmentStore::open(tmp.path(), true) {
+        Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+        Err(e) => panic!("expected in use, got {e}"),
+        Ok(_) => panic!("second open succeeded"),
+    }
+    drop(_log);
+    drop(store);
+    SegmentStore::open(tmp.path(), false).expect("reopen after close");
+}
+
+/// Checkpoints are whole files replaced atomically; a leftover temporary
+/// file of an interrupted save changes nothing; clear removes them all.
+#[test]
+fn checkpoints_are_replaced_atomically() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let log = open(tmp.path()).unwrap();
+        log.save_checkpoint("caseload/v1", b"one".to_vec())
+            .await
+            .unwrap();
+        log.save_checkpoint("caseload/v1", b"two".to_vec())
+            .await
+            .unwrap();
+        let cp = log_dir(tmp.path()).join("checkpoints");
+        let names: Vec<String> = std::fs::read_dir(&cp)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        // An interrupted save leaves only its temporary file.
+        std::fs::write(cp.join(format!(".tmp-{}", names[0])), b"half").unwrap();
+        assert_eq!(
+            log.load_checkpoint("caseload/v1").await.unwrap(),
+            Some(b"two".to_vec())
+        );
+        assert_eq!(log.load_checkpoint("other").await.unwrap(), None);
+        log.clear_checkpoints().await.unwrap();
+        assert_eq!(log.load_checkpoint("caseload/v1").await.unwrap(), None);
+        assert!(log.save_checkpoint(&"x".repeat(101), vec![]).await.is_err());
+    });
+}
+
+/// The marker: a newer format is refused, a damaged marker is corruption,
+/// and sled and segment stores refuse to open each other's directories.
+#[test]
+fn store_marker_guards_format_and_backend() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(SegmentStore::open(tmp.path(), true).unwrap());
+    let marker = tmp.path().join(MARKER_FILE);
+    std::fs::write(&marker, "casebook segment store 2\n").unwrap();
+    assert!(matches!(
+        SegmentStore::open(tmp.path(), false).err(),
+        Some(StoreError::UnsupportedFormat {
+            found: 2,
+            supported: 1
+        })
+    ));
+    std::fs::write(&marker, "garbage").unwrap();
+    assert!(matches!(
+        SegmentStore::open(tmp.path(), false).err(),
+        Some(StoreError::Corrupt { .. })
+    ));
+    std::fs::write(&marker, "casebook segment store 1\n").unwrap();
+    let e = casebook_engine::store::sled::SledStore::open(tmp.path(), true)
+        .err()
+        .expect("sled opened a segment store");
+    assert!(e.to_string().contains("segment store"), "{e}");
+    let sled_dir = tempfile::tempdir().unwrap();
+    drop(casebook_engine::store::sled::SledStore::open(sled_dir.path(), true).unwrap());
+    let e = SegmentStore::open(sled_dir.path(), true)
+        .err()
+        .expect("segment opened a sled store");
+    assert!(e.to_string().contains("sled store"), "{e}");
+    let empty = tempfile::tempdir().unwrap();
+    assert!(SegmentStore::open(empty.path(), false).is_err());
+    assert!(!empty.path().join(MARKER_FILE).exists());
+}
+
+// ---- property tests -----------------------------------------------------------
+
+#[derive(Clone, Debug)]
+enum Expect {
+    Any,
+    NoStream,
+    Right,
+    Wrong,
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    stream: u32,
+    expect: Expect,
+    events: u32,
+    /// Reuse the id of an earlier stored event (index into the model).
+    duplicate: Option<usize>,
+    /// Submit together with the next op as one atomic append.
+    atomic_with_next: bool,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    (
+        0u32..4,
+        prop_oneof![
+            Just(Expect::Any),
+            Just(Expect::NoStream),
+            Just(Expect::Right),
+            Just(Expect::Wrong)
+        ],
+        1u32..4,
+        prop::option::weighted(0.15, 0usize..1000),
+        prop::bool::weighted(0.2),
+    )
+        .prop_map(|(stream, expect, events, duplicate, atomic_with_next)| Op {
+            stream,
+            expect,
+            events,
+            duplicate,
+            atomic_with_next,
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// Random appends (batches, expected versions, duplicate ids) against a
+    /// simple model, then a reopen: the log is exactly the model.
+    #[test]
+    fn random_appends_match_a_model_and_survive_reopen(ops in prop::collection::vec(op(), 1..24)) {
+        let rt = rt();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // Model: stored (stream, version, event id), in log order.
+        let mut model: Vec<(StreamId, u64, uuid::Uuid)> = Vec::new();
+        let mut counter = 0u32;
+        rt.block_on(async {
+            let log = open_small(dir, 2_000).unwrap();
+            let mut i = 0;
+            while i < ops.len() {
+                let mut group = vec![ops[i].clone()];
+                while group.last().unwrap().atomic_with_next && i + 1 < ops.len() {
+                    i += 1;
+                    group.push(ops[i].clone());
+                }
+                i += 1;
+                // Build the requests and predict the outcome.
+                let mut versions = std::collections::HashMap::new();
+                let mut ok = true;
+                let mut seen = std::collections::HashSet::new();
+                let mut requests = Vec::new();
+                let mut staged = Vec::new();
+                for o in &group {
+                    let stream = pupil(o.stream);
+                    let current = *versions.entry(stream).or_insert_with(|| {
+                        model.iter().filter(|(s, _, _)| *s == stream).count() as u64
+                    });
+                    let expected = match o.expect {
+                        Expect::Any => ExpectedVersion::Any,
+                        Expect::NoStream => ExpectedVersion::NoStream,
+                        Expect::Right => ExpectedVersion::Exact(current),
+                        Expect::Wrong => ExpectedVersion::Exact(current + 7),
+                    };
+                    ok &= expected.admits(current);
+                    let mut events = Vec::new();
+                    for k in 0..o.events {
+                        counter += 1;
+                        let mut e = contact(counter);
+                        if k == 0 {
+                            if let Some(d) = o.duplicate {
+                                if !model.is_empty() {
+                                    e.event_id = model[d % model.len()].2;
+                                    ok = false;
+                                }
+                            }
+                        }
+                        ok &= seen.insert(e.event_id);
+                        staged.push((stream, current + 1 + k as u64, e.event_id));
+                        events.push(e);
+                    }
+                    versions.insert(stream, current + o.events as u64);
+                    requests.push(AppendRequest { stream, expected, events });
+                }
+                let result = log.append_atomic(requests).await;
+                assert_eq!(result.is_ok(), ok, "{group:?}: {result:?}");
+                if ok {
+                    model.extend(staged);
+                }
+            }
+        });
+        rt.block_on(async {
+            let log = open_small(dir, 2_000).unwrap();
+            let all = log.read_all(1, 10_000).await.unwrap();
+            let got: Vec<_> = all.iter().map(|e| (e.stream, e.version, e.event_id)).collect();
+            assert_eq!(got, model);
+            assert_eq!(
+                all.iter().map(|e| e.position).collect::<Vec<_>>(),
+                (1..=model.len() as u64).collect::<Vec<_>>()
+            );
+            for s in 0..4 {
+                let n = model.iter().filter(|(st, _, _)| *st == pupil(s)).count() as u64;
+                assert_eq!(log.stream_version(pupil(s)).await.unwrap(), n);
+            }
+            assert!(log.verify(&|_| {}).await.unwrap().ok);
+        });
+    }
+
+    /// Any bytes as a segment file: open never panics; when it opens, the
+    /// log verifies.
+    #[test]
+    fn random_segment_bytes_never_panic_on_open(
+        bytes in prop::collection::vec(any::<u8>(), 0..2048),
+        prefix_valid in any::<bool>(),
+    ) {
+        let rt = rt();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let mut content = Vec::new();
+        if prefix_valid {
+            rt.block_on(async {
+                let log = open(dir).unwrap();
+                append_n(log.as_ref(), 1, 1, 2).await;
+            });
+            content = std::fs::read(&segments(dir)[0]).unwrap();
+            std::fs::remove_file(log_dir(dir).join("head")).unwrap();
+        } else {
+            drop(open(dir).unwrap());
+        }
+        content.extend_from_slice(&bytes);
+        std::fs::write(&segments(dir)[0], &content).unwrap();
+        if let Ok(log) = open(dir) {
+            rt.block_on(async {
+                assert!(log.verify(&|_| {}).await.unwrap().ok);
+                if prefix_valid {
+                    assert!(log.head().await.unwrap().position >= 2);
+                }
+            });
+        }
+    }
+}
