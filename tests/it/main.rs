@@ -18,6 +18,7 @@ mod pg_scaling;
 mod privacy;
 mod projections;
 mod segment;
+mod segment_tamper;
 mod soak;
 mod store_tamper;
 mod two_processes;
