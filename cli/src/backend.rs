@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use casebook_engine::store::embedded;
 use casebook_engine::store::postgres::config::{Config, Host};
 use casebook_engine::store::postgres::PostgresStore;
-use casebook_engine::store::segment::{is_segment_store, SegmentStore};
+use casebook_engine::store::segment::SegmentStore;
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::EventStore;
 use casebook_engine::StoreError;
@@ -41,13 +42,10 @@ impl Engine {
 /// store, else `wanted` or the default. A `wanted` engine that differs
 /// from the store's is refused rather than ignored.
 pub(crate) fn engine_of(data: &Path, wanted: Option<Engine>) -> Result<Engine, Failure> {
-    let found = if is_segment_store(data) {
-        Some(Engine::Segment)
-    } else if data.join("db").exists() || data.join("conf").exists() {
-        Some(Engine::Sled)
-    } else {
-        None
-    };
+    let found = embedded::detect(data).map(|e| match e {
+        embedded::Engine::Sled => Engine::Sled,
+        embedded::Engine::Segment => Engine::Segment,
+    });
     match (found, wanted) {
         (Some(f), Some(w)) if f != w => Err(Failure::BadInput(format!(
             "--engine {}: the store at {} is a {} store (its engine is fixed when it is created; `casebook copy` moves a log between stores)",

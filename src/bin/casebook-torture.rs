@@ -25,8 +25,7 @@ use std::time::Duration;
 
 use casebook_engine::envelope::{hex, NewEvent, StreamId};
 use casebook_engine::import::{parse_line, Planner};
-use casebook_engine::store::segment::SegmentStore;
-use casebook_engine::store::sled::SledStore;
+use casebook_engine::store::embedded::{self, Engine};
 use casebook_engine::store::{AppendRequest, Appended, EventStore, ExpectedVersion};
 use casebook_engine::StoreError;
 use chrono::{TimeZone, Utc};
@@ -112,18 +111,15 @@ fn stream(rng: &mut Rng) -> StreamId {
     StreamId::for_pupil(SCHOOL, &format!("P{}", rng.below(24)))
 }
 
-/// The torture school's log in the store at `dir`, of the named engine.
+/// The torture school's log in the store at `dir` (its engine detected
+/// when it exists, else the named one).
 fn open_log(dir: &std::path::Path, engine: &str) -> Result<Arc<dyn EventStore>, String> {
-    let log: Arc<dyn EventStore> = match engine {
-        "sled" => SledStore::open(dir, true)
-            .and_then(|s| s.log(SCHOOL))
-            .map_err(|e| e.to_string())?,
-        "segment" => SegmentStore::open(dir, true)
-            .and_then(|s| s.log(SCHOOL))
-            .map_err(|e| e.to_string())?,
+    let engine = match engine {
+        "sled" => Engine::Sled,
+        "segment" => Engine::Segment,
         other => return Err(format!("--engine {other}: expected sled or segment")),
     };
-    Ok(log)
+    embedded::open_log(dir, SCHOOL, engine, true).map_err(|e| e.to_string())
 }
 
 async fn child(dir: PathBuf, engine: String, seed: u64, max_sleep_us: u64) -> Result<(), String> {

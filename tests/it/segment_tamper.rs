@@ -83,7 +83,7 @@ fn segment_tamper_a_flipped_byte_refuses_the_open_and_names_the_file() {
     let (seg, frames) = filled(dir.path());
     let original = std::fs::read(&seg).unwrap();
     let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    let mut rng = crate::crash::Rng(0x5e6_7a3b);
+    let mut rng = crate::crash::Rng(0x05e6_7a3b);
     let mut refused = 0;
     let total = cases();
     for _ in 0..total {
@@ -119,7 +119,7 @@ fn segment_tamper_a_rewritten_frame_is_reported_by_verify_at_its_position() {
     let (seg, frames) = filled(dir.path());
     let original = std::fs::read(&seg).unwrap();
     let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
-    let mut rng = crate::crash::Rng(0x7a3b_5e6);
+    let mut rng = crate::crash::Rng(0x07a3_b5e6);
     let mut detected = 0;
     let mut refused = 0;
     let total = cases();

@@ -11,6 +11,7 @@
 //! gapless from 1 per stream, and every event's `prev_hash` is the hash of
 //! the event before it in the log. `verify` checks all three.
 
+pub mod embedded;
 pub mod postgres;
 pub mod segment;
 pub mod sled;
