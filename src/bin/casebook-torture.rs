@@ -16,6 +16,8 @@
 //!
 //! `casebook-torture hold --dir DIR` opens the store, prints `ready PID`
 //! and sleeps until killed.
+//!
+//! `--backend segment` runs either on the segment backend instead of sled.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -110,9 +112,21 @@ fn stream(rng: &mut Rng) -> StreamId {
     StreamId::for_pupil(SCHOOL, &format!("P{}", rng.below(24)))
 }
 
-async fn child(dir: PathBuf, seed: u64, max_sleep_us: u64) -> Result<(), String> {
-    let store = SledStore::open(&dir, true).map_err(|e| e.to_string())?;
-    let log: Arc<dyn EventStore> = store.log(SCHOOL).map_err(|e| e.to_string())?;
+/// Opens the log of `SCHOOL` at `dir` on `backend` (`sled` or `segment`).
+fn open_log(dir: &std::path::Path, backend: &str) -> Result<Arc<dyn EventStore>, String> {
+    Ok(match backend {
+        "sled" => SledStore::open(dir, true)
+            .and_then(|s| s.log(SCHOOL))
+            .map_err(|e| e.to_string())?,
+        "segment" => casebook_engine::store::segment::SegmentStore::open(dir, true)
+            .and_then(|s| s.log(SCHOOL))
+            .map_err(|e| e.to_string())?,
+        other => return Err(format!("unknown backend {other:?}")),
+    })
+}
+
+async fn child(dir: PathBuf, seed: u64, max_sleep_us: u64, backend: &str) -> Result<(), String> {
+    let log = open_log(&dir, backend)?;
     let out = Arc::new(Out(Mutex::new(std::io::stdout())));
     out.line(format!("ready {}", std::process::id()));
     let mut rng = Rng(seed);
@@ -216,9 +230,8 @@ async fn child(dir: PathBuf, seed: u64, max_sleep_us: u64) -> Result<(), String>
     }
 }
 
-fn hold(dir: PathBuf) -> Result<(), String> {
-    let store = SledStore::open(&dir, true).map_err(|e| e.to_string())?;
-    let _log = store.log(SCHOOL).map_err(|e| e.to_string())?;
+fn hold(dir: PathBuf, backend: &str) -> Result<(), String> {
+    let _log = open_log(&dir, backend)?;
     println!("ready {}", std::process::id());
     let _ = std::io::stdout().flush();
     loop {
@@ -240,6 +253,7 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = (|| -> Result<(), String> {
         let dir: PathBuf = arg(&args, "--dir", None)?;
+        let backend: String = arg(&args, "--backend", Some("sled".to_string()))?;
         match args.get(1).map(String::as_str) {
             Some("child") => {
                 let seed: u64 = arg(&args, "--seed", Some(1))?;
@@ -249,11 +263,11 @@ fn main() -> std::process::ExitCode {
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                rt.block_on(child(dir, seed, sleep))
+                rt.block_on(child(dir, seed, sleep, &backend))
             }
-            Some("hold") => hold(dir),
+            Some("hold") => hold(dir, &backend),
             _ => Err(
-                "usage: casebook-torture child|hold --dir DIR [--seed N] [--max-sleep-us N]".into(),
+                "usage: casebook-torture child|hold --dir DIR [--backend sled|segment] [--seed N] [--max-sleep-us N]".into(),
             ),
         }
     })();
