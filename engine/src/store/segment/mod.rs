@@ -233,7 +233,12 @@ impl SegmentStore {
                 marker_text(FORMAT_VERSION).as_bytes(),
             )?;
         }
-        std::fs::create_dir_all(dir.join(LOGS_DIR)).map_err(io("create store"))?;
+        if !dir.join(LOGS_DIR).exists() {
+            // The directory entry must be durable before any segment in it
+            // is acknowledged.
+            std::fs::create_dir_all(dir.join(LOGS_DIR)).map_err(io("create store"))?;
+            sync_dir(dir)?;
+        }
         Ok(Arc::new(SegmentStore {
             path: dir.to_path_buf(),
             options,
