@@ -494,3 +494,73 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// Any bytes as a head watermark: decoded or refused, never a panic.
+    #[test]
+    fn watermark_decoding_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..96)) {
+        let _ = casebook_engine::store::segment::decode_watermark(&bytes);
+    }
+}
+
+/// `casebook bench --backend segment`: every figure present and
+/// consistent (no timing asserted), and the temporary store removed.
+#[test]
+fn bench_runs_on_the_segment_backend() {
+    let (doc, tmp) = crate::bench::run_bench(&["--backend", "segment"]);
+    assert_eq!(doc["backend"], "segment", "{doc}");
+    assert_eq!(doc["events"], 2000, "{doc}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
+    assert!(left.is_empty(), "bench left files behind: {left:?}");
+}
+
+/// Another process holding the store: refused with its pid; usable once
+/// it is gone (killed with SIGKILL: the kernel drops the flock).
+#[test]
+fn another_process_holding_the_store_is_named() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_casebook-torture"))
+            .args(["hold", "--backend", "segment", "--dir"])
+            .arg(tmp.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn casebook-torture hold"),
+    );
+    let mut first = String::new();
+    BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .expect("read ready line");
+    let pid: u32 = first
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("holder did not start: {first:?}"));
+    match SegmentStore::open(tmp.path(), false) {
+        Err(StoreError::InUse { pid: Some(p), .. }) => assert_eq!(p, pid),
+        Err(e) => panic!("expected in use, got {e}"),
+        Ok(_) => panic!("opened a store held by another process"),
+    }
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    let rt = rt();
+    rt.block_on(async {
+        let log = SegmentStore::open(tmp.path(), false)
+            .unwrap()
+            .log("torture")
+            .unwrap();
+        append_n(log.as_ref(), 1, 1, 1).await;
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+    });
+}

@@ -234,7 +234,12 @@ impl SegmentStore {
                 marker_text(FORMAT_VERSION).as_bytes(),
             )?;
         }
-        std::fs::create_dir_all(dir.join(LOGS_DIR)).map_err(io("create store"))?;
+        if !dir.join(LOGS_DIR).exists() {
+            // The directory entry must be durable before any segment in it
+            // is acknowledged.
+            std::fs::create_dir_all(dir.join(LOGS_DIR)).map_err(io("create store"))?;
+            sync_dir(dir)?;
+        }
         Ok(Arc::new(SegmentStore {
             path: dir.to_path_buf(),
             options,
@@ -1143,6 +1148,37 @@ impl Writer {
     }
 }
 
+/// Reads the frames `wanted` (position, where, segment), in order: one
+/// `pread` for each run of frames that lie back to back in one segment (a
+/// page of `read_all` is usually one read, and so is a pupil's stream when
+/// it was imported in one piece).
+fn read_runs(wanted: Vec<(u64, Loc, Arc<Segment>)>) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::with_capacity(wanted.len());
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < wanted.len() {
+        let (_, first, ref seg) = wanted[i];
+        let mut end = first.offset + first.len as u64;
+        let mut j = i + 1;
+        while j < wanted.len() && wanted[j].1.seg == first.seg && wanted[j].1.offset == end {
+            end += wanted[j].1.len as u64;
+            j += 1;
+        }
+        buf.resize((end - first.offset) as usize, 0);
+        seg.file
+            .read_exact_at(&mut buf, first.offset)
+            .map_err(io("read"))?;
+        let mut at = 0usize;
+        for (p, loc, _) in &wanted[i..j] {
+            let (event, len) = decode_at(seg, loc.offset, &buf[at..], *p)?;
+            at += len;
+            out.push(event);
+        }
+        i = j;
+    }
+    Ok(out)
+}
+
 // ---- reads ---------------------------------------------------------------------
 
 #[async_trait]
@@ -1176,16 +1212,7 @@ impl EventStore for SegmentLog {
                 })
                 .collect()
         };
-        let mut out = Vec::with_capacity(wanted.len());
-        let mut buf = Vec::new();
-        for (p, loc, seg) in wanted {
-            buf.resize(loc.len as usize, 0);
-            seg.file
-                .read_exact_at(&mut buf, loc.offset)
-                .map_err(io("read"))?;
-            out.push(decode_at(&seg, loc.offset, &buf, p)?.0);
-        }
-        Ok(out)
+        read_runs(wanted)
     }
 
     async fn read_all(
@@ -1195,49 +1222,21 @@ impl EventStore for SegmentLog {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
         let from = from_position.max(1);
-        // Runs of frames contiguous in one segment: one read each.
-        let runs: Vec<(u64, u64, Loc, u64, Arc<Segment>)> = {
+        let wanted: Vec<(u64, Loc, Arc<Segment>)> = {
             let state = self.read()?;
             let head = state.index.head();
             if from > head || max == 0 {
                 return Ok(Vec::new());
             }
             let last = head.min(from + max as u64 - 1);
-            let mut runs: Vec<(u64, u64, Loc, u64, Arc<Segment>)> = Vec::new();
-            for p in from..=last {
-                let loc = state.index.locs[(p - 1) as usize];
-                if let Some(run) = runs.last_mut() {
-                    if run.2.seg == loc.seg && run.3 == loc.offset {
-                        run.1 = p;
-                        run.3 = loc.offset + loc.len as u64;
-                        continue;
-                    }
-                }
-                runs.push((
-                    p,
-                    p,
-                    loc,
-                    loc.offset + loc.len as u64,
-                    state.segments[loc.seg as usize].clone(),
-                ));
-            }
-            runs
+            (from..=last)
+                .map(|p| {
+                    let loc = state.index.locs[(p - 1) as usize];
+                    (p, loc, state.segments[loc.seg as usize].clone())
+                })
+                .collect()
         };
-        let mut out = Vec::with_capacity(max);
-        let mut buf = Vec::new();
-        for (first, last, loc, end, seg) in runs {
-            buf.resize((end - loc.offset) as usize, 0);
-            seg.file
-                .read_exact_at(&mut buf, loc.offset)
-                .map_err(io("read"))?;
-            let mut at = 0usize;
-            for p in first..=last {
-                let (event, len) = decode_at(&seg, loc.offset + at as u64, &buf[at..], p)?;
-                at += len;
-                out.push(event);
-            }
-        }
-        Ok(out)
+        read_runs(wanted)
     }
 
     async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
