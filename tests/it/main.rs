@@ -11,6 +11,7 @@ mod crash;
 mod disk_full;
 mod domain;
 mod fuzz;
+mod import_batch;
 mod pg;
 mod pg_multiprocess;
 mod pg_scaling;
