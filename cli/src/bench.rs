@@ -553,13 +553,11 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
             .collect();
         let started = Instant::now();
         let mut planner = Planner::new(log.as_ref(), &school, now);
-        for l in lines {
-            planner.add(l).await.map_err(|err| {
-                Failure::Store(format!(
-                    "internal error: the engine refused a demo event: {err}"
-                ))
-            })?;
-        }
+        planner.add_many(lines).await.map_err(|err| {
+            Failure::Store(format!(
+                "internal error: the engine refused a demo event: {err}"
+            ))
+        })?;
         let plan = planner.finish();
         let count = plan.events as u64;
         log.append_atomic(plan.requests).await?;

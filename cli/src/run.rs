@@ -314,9 +314,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
             if let Some(r) = &ring {
                 planner = planner.with_sealer(r.as_ref());
             }
-            for l in lines {
-                planner.add(l).await.map_err(import_failure)?;
-            }
+            planner.add_many(lines).await.map_err(import_failure)?;
             planner.finish()
         };
         plans.push((guarded, actor, plan, ring));

@@ -12,6 +12,7 @@ mod disk_full;
 mod domain;
 mod engines;
 mod fuzz;
+mod import_batch;
 mod pg;
 mod pg_multiprocess;
 mod pg_scaling;

@@ -78,6 +78,10 @@ pub const MAX_PENDING_COMMITS: usize = 1_024;
 /// under PostgreSQL's 1 GB limit whatever the size of an import.
 const INSERT_CHUNK: usize = 4_096;
 
+/// Ids or streams per batched lookup statement (`find_events`,
+/// `read_streams`): one array parameter of at most this many elements.
+pub const LOOKUP_CHUNK: usize = 4_096;
+
 /// Idle connections a log keeps for reads.
 const MAX_IDLE: usize = 4;
 
@@ -1071,6 +1075,65 @@ impl EventStore for PostgresLog {
         )
         .await?;
         Ok(found.pop())
+    }
+
+    /// One query per [`LOOKUP_CHUNK`] distinct ids (`event_id = ANY($2)`).
+    async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
+        let mut seen = HashSet::new();
+        let ids: Vec<Uuid> = ids.iter().copied().filter(|i| seen.insert(*i)).collect();
+        let mut found = HashMap::with_capacity(ids.len().min(LOOKUP_CHUNK));
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let client = self.pool.get().await?;
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let rows = client
+                .query(
+                    "SELECT position, value, event_id FROM events WHERE school = $1 AND event_id = ANY($2)",
+                    &[&self.school, &chunk],
+                )
+                .await
+                .map_err(pg_err("read"))?;
+            for r in &rows {
+                // Keyed by the row's event_id column, as `find_event` selects.
+                found.insert(r.get(2), decode_at(r.get::<_, i64>(0) as u64, r.get(1))?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// One query per [`LOOKUP_CHUNK`] distinct streams (`stream = ANY($2)`),
+    /// in (stream, version) order.
+    async fn read_streams(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
+        let mut seen = HashSet::new();
+        let streams: Vec<Uuid> = streams
+            .iter()
+            .map(|s| s.0)
+            .filter(|s| seen.insert(*s))
+            .collect();
+        let mut found: HashMap<StreamId, Vec<StoredEvent>> = HashMap::new();
+        if streams.is_empty() {
+            return Ok(found);
+        }
+        let client = self.pool.get().await?;
+        for chunk in streams.chunks(LOOKUP_CHUNK) {
+            let rows = client
+                .query(
+                    "SELECT position, value, stream FROM events WHERE school = $1 AND stream = ANY($2) ORDER BY stream, version",
+                    &[&self.school, &chunk],
+                )
+                .await
+                .map_err(pg_err("read"))?;
+            for r in &rows {
+                // Grouped by the row's stream column, as `read_stream` selects.
+                let e = decode_at(r.get::<_, i64>(0) as u64, r.get(1))?;
+                found.entry(StreamId(r.get(2))).or_default().push(e);
+            }
+        }
+        Ok(found)
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
