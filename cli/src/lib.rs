@@ -11,6 +11,7 @@
 mod backend;
 mod bench;
 mod bench_pg;
+mod bench_timeline;
 mod copy;
 pub mod demo;
 mod demo_cmd;

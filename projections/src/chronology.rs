@@ -88,10 +88,31 @@ pub struct Correction {
     pub applied: bool,
 }
 
+/// The envelope fields an entry shows.
+struct Meta {
+    position: u64,
+    event_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    recorded_at: DateTime<Utc>,
+    actor: String,
+}
+
+impl Meta {
+    fn of(e: &RecordedEvent) -> Meta {
+        Meta {
+            position: e.position,
+            event_id: e.event_id,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            actor: e.actor.clone(),
+        }
+    }
+}
+
 /// An entry on its way into the chronology: its current content and the
 /// corrections so far.
-struct Building<'a> {
-    recorded: &'a RecordedEvent,
+struct Building {
+    recorded: Meta,
     content: CaseEvent,
     corrections: Vec<Correction>,
 }
@@ -105,70 +126,107 @@ impl Chronology {
         as_of: Option<DateTime<Utc>>,
         safeguarding_only: bool,
     ) -> Chronology {
-        let mut known: Vec<&RecordedEvent> = events
+        let known = events
             .iter()
             .filter(|e| known_at(e, as_of))
             .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
+            .map(|e| (Meta::of(e), e.event.clone()))
             .collect();
-        // Corrections apply in stream order; the log's position order is it.
-        known.sort_by_key(|e| e.position);
+        fold(pupil, known, as_of, safeguarding_only)
+    }
 
-        let mut building: Vec<Building<'_>> = Vec::with_capacity(known.len());
-        let mut index: HashMap<Uuid, usize> = HashMap::new();
-        for e in known {
-            if let CaseEvent::EntryCorrected(c) = &e.event {
-                if let Some(&i) = index.get(&c.event) {
-                    let target = &mut building[i];
-                    let original = replaced_values(&target.content, &c.changes);
-                    let new = corrected(&target.content, &c.changes);
-                    let applied = new.is_some();
-                    if let Some(new) = new {
-                        target.content = new;
-                    }
-                    target.corrections.push(Correction {
-                        event_id: e.event_id,
-                        position: e.position,
-                        recorded_at: e.recorded_at,
-                        actor: e.actor.clone(),
-                        reason: c.reason.clone(),
-                        original,
-                        changes: c.changes.clone(),
-                        applied,
-                    });
-                    continue;
-                }
-                // Names nothing earlier in this record: shown as itself.
-            }
-            index.insert(e.event_id, building.len());
-            building.push(Building {
-                recorded: e,
-                content: e.event.clone(),
-                corrections: Vec::new(),
-            });
-        }
-
-        let mut entries: Vec<ChronologyEntry> = building
+    /// [`Chronology::build`] of events the caller no longer needs: the same
+    /// chronology, without copying each payload and actor.
+    pub fn build_owned(
+        pupil: &str,
+        events: Vec<RecordedEvent>,
+        as_of: Option<DateTime<Utc>>,
+        safeguarding_only: bool,
+    ) -> Chronology {
+        let known = events
             .into_iter()
-            .filter(|b| !safeguarding_only || b.content.is_safeguarding())
-            .map(|b| ChronologyEntry {
-                position: b.recorded.position,
-                event_id: b.recorded.event_id,
-                event_type: b.content.type_name().to_string(),
-                occurred_at: b.recorded.occurred_at,
-                recorded_at: b.recorded.recorded_at,
-                actor: b.recorded.actor.clone(),
-                summary: summary(&b.content),
-                safeguarding: b.content.is_safeguarding(),
-                data: b.content.data_json(),
-                corrections: b.corrections,
+            .filter(|e| known_at(e, as_of))
+            .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
+            .map(|e| {
+                let meta = Meta {
+                    position: e.position,
+                    event_id: e.event_id,
+                    occurred_at: e.occurred_at,
+                    recorded_at: e.recorded_at,
+                    actor: e.actor,
+                };
+                (meta, e.event)
             })
             .collect();
-        entries.sort_by_key(|e| (e.occurred_at, e.position));
-        Chronology {
-            pupil: pupil.to_string(),
-            as_of,
-            entries,
+        fold(pupil, known, as_of, safeguarding_only)
+    }
+}
+
+/// The chronology of the events known at `as_of` (the filter applied).
+fn fold(
+    pupil: &str,
+    mut known: Vec<(Meta, CaseEvent)>,
+    as_of: Option<DateTime<Utc>>,
+    safeguarding_only: bool,
+) -> Chronology {
+    // Corrections apply in stream order; the log's position order is it.
+    known.sort_by_key(|(m, _)| m.position);
+
+    let mut building: Vec<Building> = Vec::with_capacity(known.len());
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    for (meta, event) in known {
+        if let CaseEvent::EntryCorrected(c) = &event {
+            if let Some(&i) = index.get(&c.event) {
+                let target = &mut building[i];
+                let original = replaced_values(&target.content, &c.changes);
+                let new = corrected(&target.content, &c.changes);
+                let applied = new.is_some();
+                if let Some(new) = new {
+                    target.content = new;
+                }
+                target.corrections.push(Correction {
+                    event_id: meta.event_id,
+                    position: meta.position,
+                    recorded_at: meta.recorded_at,
+                    actor: meta.actor,
+                    reason: c.reason.clone(),
+                    original,
+                    changes: c.changes.clone(),
+                    applied,
+                });
+                continue;
+            }
+            // Names nothing earlier in this record: shown as itself.
         }
+        index.insert(meta.event_id, building.len());
+        building.push(Building {
+            recorded: meta,
+            content: event,
+            corrections: Vec::new(),
+        });
+    }
+
+    let mut entries: Vec<ChronologyEntry> = building
+        .into_iter()
+        .filter(|b| !safeguarding_only || b.content.is_safeguarding())
+        .map(|b| ChronologyEntry {
+            position: b.recorded.position,
+            event_id: b.recorded.event_id,
+            event_type: b.content.type_name().to_string(),
+            occurred_at: b.recorded.occurred_at,
+            recorded_at: b.recorded.recorded_at,
+            actor: b.recorded.actor,
+            summary: summary(&b.content),
+            safeguarding: b.content.is_safeguarding(),
+            data: b.content.data_json(),
+            corrections: b.corrections,
+        })
+        .collect();
+    entries.sort_by_key(|e| (e.occurred_at, e.position));
+    Chronology {
+        pupil: pupil.to_string(),
+        as_of,
+        entries,
     }
 }
 

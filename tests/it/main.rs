@@ -18,4 +18,5 @@ mod privacy;
 mod projections;
 mod soak;
 mod store_tamper;
+mod timeline_read;
 mod two_processes;
