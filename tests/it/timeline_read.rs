@@ -366,3 +366,32 @@ async fn a_stream_is_read_whole_across_runs_and_single_events() {
     let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
     assert_eq!(versions, (1..=9).collect::<Vec<_>>());
 }
+
+proptest! {
+    /// The timeline's hand-written times are chrono's serde output, byte
+    /// for byte: whole seconds, milli-, micro- and nanoseconds, leap
+    /// seconds, and years chrono formats itself.
+    #[test]
+    fn timeline_times_are_written_as_chrono_writes_them(
+        days in -800_000i64..3_700_000,
+        second in 0u32..86_400,
+        nanos in prop_oneof![
+            Just(0u32),
+            (0u32..1_000).prop_map(|m| m * 1_000_000),
+            (0u32..1_000_000).prop_map(|u| u * 1_000),
+            0u32..2_000_000_000,
+        ],
+    ) {
+        let date = chrono::NaiveDate::from_num_days_from_ce_opt(days as i32).unwrap();
+        // chrono accepts a leap second (nanos >= 1e9) only at second 59.
+        let second = if nanos >= 1_000_000_000 { second - second % 60 + 59 } else { second };
+        let Some(time) = chrono::NaiveTime::from_num_seconds_from_midnight_opt(second, nanos) else {
+            return Ok(());
+        };
+        let t = DateTime::<Utc>::from_naive_utc_and_offset(date.and_time(time), Utc);
+        prop_assert_eq!(
+            casebook_projections::chronology::timestamp_json(t),
+            serde_json::to_value(t).unwrap()
+        );
+    }
+}
