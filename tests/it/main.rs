@@ -22,4 +22,5 @@ mod segment;
 mod segment_tamper;
 mod soak;
 mod store_tamper;
+mod timeline_read;
 mod two_processes;

@@ -656,6 +656,23 @@ fn decode_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
     Ok(event)
 }
 
+/// `positions` (ascending) cut into runs of consecutive positions.
+fn consecutive_runs(positions: &[u64]) -> impl Iterator<Item = &[u64]> + '_ {
+    let mut rest = positions;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = 1 + rest
+            .windows(2)
+            .take_while(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(run)
+    })
+}
+
 /// Reads the head on open and checks it against the last stored event, so a
 /// damaged store is reported on open rather than extended.
 fn recover_head(tree: &sled::Tree, school: &str) -> Result<(u64, Hash, i64), StoreError> {
@@ -904,10 +921,13 @@ impl EventStore for SledLog {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let durable = self.durable_position();
         let max = max.min(MAX_READ_PAGE);
-        let mut out = Vec::new();
+        // The stream's positions first (one pass over its `s` keys), then
+        // the events: each run of consecutive positions with one range scan
+        // of the `e` keys instead of one `get` (one B-tree descent) per event.
+        let mut positions = Vec::new();
         let range = s_key(stream, from_version.max(1))..=s_key(stream, u64::MAX);
         for item in self.tree.range(range) {
-            if out.len() >= max {
+            if positions.len() >= max {
                 break;
             }
             let (_, v) = item.map_err(|e| StoreError::io("read", e))?;
@@ -918,13 +938,33 @@ impl EventStore for SledLog {
             if position > durable {
                 break;
             }
-            let event = self
-                .get_event(position)?
-                .ok_or_else(|| StoreError::Corrupt {
-                    location: format!("position {position}"),
-                    what: format!("stream {stream} index points at a missing event"),
-                })?;
-            out.push(event);
+            positions.push(position);
+        }
+        let missing = |position: u64| StoreError::Corrupt {
+            location: format!("position {position}"),
+            what: format!("stream {stream} index points at a missing event"),
+        };
+        let mut out = Vec::with_capacity(positions.len());
+        for run in consecutive_runs(&positions) {
+            if run.len() == 1 {
+                let event = self.get_event(run[0])?.ok_or_else(|| missing(run[0]))?;
+                out.push(event);
+                continue;
+            }
+            let (first, last) = (run[0], run[run.len() - 1]);
+            let mut expected = first;
+            for item in self.tree.range(e_key(first)..=e_key(last)) {
+                let (k, v) = item.map_err(|e| StoreError::io("read", e))?;
+                let position = be_u64(&k[1..]).unwrap_or(0);
+                if position != expected {
+                    return Err(missing(expected));
+                }
+                out.push(decode_at(position, &v)?);
+                expected += 1;
+            }
+            if expected != last + 1 {
+                return Err(missing(expected));
+            }
         }
         Ok(out)
     }
