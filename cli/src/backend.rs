@@ -1,22 +1,68 @@
-//! Which backend a command runs on: the embedded sled store (`--data DIR`)
-//! or PostgreSQL (`--database-url` / `CASEBOOK_DATABASE_URL`). Every
-//! command gets its logs as `Arc<dyn EventStore>` and does not care which.
+//! Which backend a command runs on: an embedded store in `--data DIR` (sled
+//! or segment files; an existing directory's engine is detected, a new one
+//! gets `--engine`, default [`DEFAULT_ENGINE`]) or PostgreSQL
+//! (`--database-url` / `CASEBOOK_DATABASE_URL`). Every command gets its
+//! logs as `Arc<dyn EventStore>` and does not care which.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use casebook_engine::store::embedded;
 use casebook_engine::store::postgres::config::{Config, Host};
 use casebook_engine::store::postgres::PostgresStore;
+use casebook_engine::store::segment::SegmentStore;
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::EventStore;
 use casebook_engine::StoreError;
 
 use crate::Failure;
 
-/// An open store of either backend.
+/// The embedded engines a `--data` directory can hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// sled: a B-tree per school (the format of every store before 0.5).
+    Sled,
+    /// Append-only segment files and an in-memory index (docs/storage.md).
+    Segment,
+}
+
+/// The engine of a new embedded store when `--engine` is not given.
+pub const DEFAULT_ENGINE: Engine = Engine::Sled;
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Sled => "sled",
+            Engine::Segment => "segment",
+        }
+    }
+}
+
+/// The engine of the store in `data`: detected when the directory holds a
+/// store, else `wanted` or the default. A `wanted` engine that differs
+/// from the store's is refused rather than ignored.
+pub(crate) fn engine_of(data: &Path, wanted: Option<Engine>) -> Result<Engine, Failure> {
+    let found = embedded::detect(data).map(|e| match e {
+        embedded::Engine::Sled => Engine::Sled,
+        embedded::Engine::Segment => Engine::Segment,
+    });
+    match (found, wanted) {
+        (Some(f), Some(w)) if f != w => Err(Failure::BadInput(format!(
+            "--engine {}: the store at {} is a {} store (its engine is fixed when it is created; `casebook copy` moves a log between stores)",
+            w.name(),
+            data.display(),
+            f.name()
+        ))),
+        (Some(f), _) => Ok(f),
+        (None, w) => Ok(w.unwrap_or(DEFAULT_ENGINE)),
+    }
+}
+
+/// An open store of any backend.
 #[derive(Clone)]
 pub(crate) enum Store {
     Sled(Arc<SledStore>),
+    Segment(Arc<SegmentStore>),
     /// The store and a description of the database without credentials.
     Postgres(Arc<PostgresStore>, PathBuf),
 }
@@ -47,27 +93,45 @@ pub(crate) fn describe_url(url: &str) -> String {
 }
 
 impl Store {
-    /// Opens the sled store at `data`, or the database at `url` when given;
-    /// creates (migrates) when `create`.
+    /// Opens the embedded store at `data` (engine detected, or `engine`
+    /// for a new one), or the database at `url` when given; creates
+    /// (migrates) when `create`.
     pub(crate) async fn open_async(
         data: &Path,
         url: Option<&str>,
+        engine: Option<Engine>,
         create: bool,
     ) -> Result<Store, Failure> {
         Ok(match url {
-            Some(url) => Store::Postgres(
-                PostgresStore::connect(url, create).await?,
-                PathBuf::from(describe_url(url)),
-            ),
-            None => Store::Sled(SledStore::open(data, create)?),
+            Some(url) => {
+                if let Some(e) = engine {
+                    return Err(Failure::BadInput(format!(
+                        "--engine {} applies to an embedded store (--data), not to --database-url",
+                        e.name()
+                    )));
+                }
+                Store::Postgres(
+                    PostgresStore::connect(url, create).await?,
+                    PathBuf::from(describe_url(url)),
+                )
+            }
+            None => match engine_of(data, engine)? {
+                Engine::Sled => Store::Sled(SledStore::open(data, create)?),
+                Engine::Segment => Store::Segment(SegmentStore::open(data, create)?),
+            },
         })
     }
 
     /// `open_async` from synchronous code inside the CLI's multi-thread
     /// runtime.
-    pub(crate) fn open(data: &Path, url: Option<&str>, create: bool) -> Result<Store, Failure> {
+    pub(crate) fn open(
+        data: &Path,
+        url: Option<&str>,
+        engine: Option<Engine>,
+        create: bool,
+    ) -> Result<Store, Failure> {
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(Store::open_async(data, url, create))
+            tokio::runtime::Handle::current().block_on(Store::open_async(data, url, engine, create))
         })
     }
 
@@ -75,6 +139,7 @@ impl Store {
     pub(crate) fn log(&self, school: &str) -> Result<Arc<dyn EventStore>, StoreError> {
         Ok(match self {
             Store::Sled(s) => s.log(school)?,
+            Store::Segment(s) => s.log(school)?,
             Store::Postgres(s, _) => s.log(school)?,
         })
     }
@@ -84,6 +149,7 @@ impl Store {
     pub(crate) fn path(&self) -> &Path {
         match self {
             Store::Sled(s) => s.path(),
+            Store::Segment(s) => s.path(),
             Store::Postgres(_, d) => d,
         }
     }
@@ -92,6 +158,7 @@ impl Store {
     pub(crate) fn size_on_disk(&self) -> Result<u64, StoreError> {
         match self {
             Store::Sled(s) => s.size_on_disk(),
+            Store::Segment(s) => s.size_on_disk(),
             Store::Postgres(s, _) => tokio::task::block_in_place(|| {
                 tokio::runtime::Handle::current().block_on(s.size_on_disk())
             }),

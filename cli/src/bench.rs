@@ -35,12 +35,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use casebook_engine::envelope::{encode_payload, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
-use casebook_engine::event::{CaseEvent, RecordViewed, CURRENT_SCHEMA};
+use casebook_engine::event::CURRENT_SCHEMA;
 use casebook_engine::import::{ImportLine, Planner};
 use casebook_engine::store::sled::{SledLog, SledStore, MAX_GROUP_EVENTS};
 use casebook_engine::store::sled_raw::{scan_decode, RawEnvelope, RawSledLog};
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use clap::ValueEnum;
 use serde_json::{json, Map, Value};
 
@@ -553,13 +553,11 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
             .collect();
         let started = Instant::now();
         let mut planner = Planner::new(log.as_ref(), &school, now);
-        for l in lines {
-            planner.add(l).await.map_err(|err| {
-                Failure::Store(format!(
-                    "internal error: the engine refused a demo event: {err}"
-                ))
-            })?;
-        }
+        planner.add_many(lines).await.map_err(|err| {
+            Failure::Store(format!(
+                "internal error: the engine refused a demo event: {err}"
+            ))
+        })?;
         let plan = planner.finish();
         let count = plan.events as u64;
         log.append_atomic(plan.requests).await?;
@@ -588,29 +586,17 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let replay_ev_s = per_s(report.events, started.elapsed());
     done(t, format!("{replay_ev_s:.0} events/s"));
 
-    // Timelines of random pupils, as `casebook timeline` reads them.
+    // Timelines of random pupils, as `casebook timeline` reads them: the
+    // command's own read path (bench_timeline.rs), its access-log append
+    // timed apart.
     let t = phase("timelines of 1,000 random pupils");
     let mut pick = Pick(7);
-    let mut reads = Vec::with_capacity(TIMELINE_READS);
-    let mut with_log = Vec::with_capacity(TIMELINE_READS);
-    let mut entries = 0usize;
-    for _ in 0..TIMELINE_READS {
-        let pupil = &pupils[pick.below(pupils.len())];
-        let started = Instant::now();
-        let chronology =
-            casebook_projections::chronology_of(log.as_ref(), &school, pupil, None, false)
-                .await
-                .map_err(|e| Failure::Store(e.to_string()))?;
-        entries += chronology.entries.len();
-        let doc = chronology
-            .into_json()
-            .map_err(|e| Failure::Store(e.to_string()))?;
-        let read = started.elapsed();
-        std::hint::black_box(doc);
-        log_view(log.as_ref(), &school, pupil, now).await?;
-        reads.push(read);
-        with_log.push(started.elapsed());
-    }
+    let picked: Vec<&str> = (0..TIMELINE_READS)
+        .map(|_| pupils[pick.below(pupils.len())].as_str())
+        .collect();
+    let times = crate::bench_timeline::timelines(log.clone(), &school, &picked, now).await?;
+    let entries = times.entries;
+    let (mut reads, mut with_log) = (times.reads, times.with_log);
     reads.sort();
     with_log.sort();
     let timeline_p50_us = percentile_us(&reads, 0.50);
@@ -724,28 +710,6 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         }
         _ => print!("{}", figures.table(&doc)),
     }
-    Ok(())
-}
-
-/// Writes the `RecordViewed` that `casebook timeline` writes after a read.
-async fn log_view(
-    log: &dyn EventStore,
-    school: &str,
-    pupil: &str,
-    now: DateTime<Utc>,
-) -> Result<(), Failure> {
-    let event = CaseEvent::RecordViewed(RecordViewed {
-        pupil: pupil.to_string(),
-        view: "timeline".into(),
-        purpose: Some("benchmark".into()),
-    });
-    let new = NewEvent::new(&event, now, "S001").map_err(|e| Failure::Store(e.to_string()))?;
-    log.append(AppendRequest {
-        stream: StreamId::for_access_log(school, pupil),
-        expected: ExpectedVersion::Any,
-        events: vec![new],
-    })
-    .await?;
     Ok(())
 }
 

@@ -11,11 +11,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use casebook_engine::envelope::hex;
-use casebook_engine::store::postgres::PostgresStore;
-use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{EventStore, Head, VerifyReport, MAX_READ_PAGE};
 
-use crate::backend::{describe_url, is_database_url, Store};
+use crate::backend::{describe_url, is_database_url, Engine, Store};
 use crate::run::Ctx;
 use crate::{progress, Failure};
 
@@ -27,14 +25,11 @@ fn describe(target: &str) -> String {
     }
 }
 
-async fn open(target: &str, create: bool) -> Result<Store, Failure> {
+async fn open(target: &str, engine: Option<Engine>, create: bool) -> Result<Store, Failure> {
     if is_database_url(target) {
-        Ok(Store::Postgres(
-            PostgresStore::connect(target, create).await?,
-            describe_url(target).into(),
-        ))
+        Store::open_async(Path::new(""), Some(target), None, create).await
     } else {
-        Ok(Store::Sled(SledStore::open(Path::new(target), create)?))
+        Store::open_async(Path::new(target), None, engine, create).await
     }
 }
 
@@ -63,8 +58,8 @@ pub(crate) async fn run(ctx: &mut Ctx, from: &str, to: &str) -> Result<(), Failu
         ));
     }
     let started = Instant::now();
-    let source = open(from, false).await?;
-    let destination = open(to, true).await?;
+    let source = open(from, None, false).await?;
+    let destination = open(to, ctx.engine(), true).await?;
     let src: Arc<dyn EventStore> = source.log(&school)?;
     let src_head = src.head().await?;
     if src_head.position == 0 {
@@ -81,6 +76,7 @@ pub(crate) async fn run(ctx: &mut Ctx, from: &str, to: &str) -> Result<(), Failu
     .await?;
     let held = match &destination {
         Store::Sled(s) => s.stored_head(&school)?,
+        Store::Segment(s) => s.stored_head(&school)?,
         Store::Postgres(s, _) => s.log(&school)?.head().await?.position,
     };
     if held > 0 {
@@ -97,6 +93,7 @@ pub(crate) async fn run(ctx: &mut Ctx, from: &str, to: &str) -> Result<(), Failu
         next = last.position + 1;
         match &destination {
             Store::Sled(s) => s.copy_in(&school, &page)?,
+            Store::Segment(s) => s.copy_in(&school, &page)?,
             Store::Postgres(s, _) => s.log(&school)?.append_copied(&page).await?,
         }
         bar.set_position(next - 1);

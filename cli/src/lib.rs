@@ -12,6 +12,7 @@ mod backend;
 mod bench;
 mod bench_pg;
 mod bench_segment;
+mod bench_timeline;
 mod copy;
 pub mod demo;
 mod demo_cmd;
@@ -66,6 +67,10 @@ pub struct Cli {
         hide_env_values = true
     )]
     pub database_url: Option<String>,
+    /// Engine of a NEW embedded store at --data: sled or segment (an
+    /// existing store's engine is detected; docs/storage.md).
+    #[arg(long, global = true, env = "CASEBOOK_ENGINE", value_enum)]
+    pub engine: Option<backend::Engine>,
     /// The school (log) inside the store.
     #[arg(
         long,
@@ -372,6 +377,7 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    bound_malloc_arenas();
     let cli = match Cli::try_parse_from(record_data_args(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
@@ -382,6 +388,22 @@ pub fn main() -> ExitCode {
         }
     };
     run_cli(cli)
+}
+
+/// At most two glibc malloc arenas (instead of eight per core): memory freed
+/// by one thread (sled's flusher, the writer, the runtime's workers) is
+/// reused by the others instead of staying resident in an arena of its own.
+/// Measured with `casebook bench` (docs/performance.md): peak RSS at 100k
+/// events about halved. `MALLOC_ARENA_MAX` in the environment still wins.
+fn bound_malloc_arenas() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: mallopt only sets an allocator parameter; called first in
+        // main, before any thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
 }
 
 /// Global flags that take a value, for finding the command name.

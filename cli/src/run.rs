@@ -23,6 +23,7 @@ pub(crate) struct Ctx {
     store: Option<Store>,
     data: std::path::PathBuf,
     database_url: Option<String>,
+    engine: Option<crate::backend::Engine>,
     /// The access-checked log and actor, set by `staff::check_command`.
     pub(crate) session: Option<crate::staff::Session>,
     pub(crate) sealing: crate::privacy::Sealing,
@@ -34,7 +35,12 @@ impl Ctx {
         if let Some(s) = &self.store {
             return Ok(s.clone());
         }
-        let s = Store::open(&self.data, self.database_url.as_deref(), create)?;
+        let s = Store::open(
+            &self.data,
+            self.database_url.as_deref(),
+            self.engine,
+            create,
+        )?;
         self.store = Some(s.clone());
         Ok(s)
     }
@@ -45,8 +51,14 @@ impl Ctx {
     pub(crate) fn key_root(&mut self) -> Result<std::path::PathBuf, Failure> {
         Ok(match self.store(false)? {
             Store::Sled(s) => s.path().to_path_buf(),
+            Store::Segment(s) => s.path().to_path_buf(),
             Store::Postgres(..) => self.data.clone(),
         })
+    }
+
+    /// The `--engine` of this run, if given.
+    pub(crate) fn engine(&self) -> Option<crate::backend::Engine> {
+        self.engine
     }
 
     /// The PostgreSQL URL of this run, if any.
@@ -106,6 +118,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         store: None,
         data: cli.data.clone(),
         database_url: cli.database_url.clone(),
+        engine: cli.engine,
         session: None,
         sealing: crate::privacy::Sealing::new(cli.key_file.clone()),
     };
@@ -301,9 +314,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
             if let Some(r) = &ring {
                 planner = planner.with_sealer(r.as_ref());
             }
-            for l in lines {
-                planner.add(l).await.map_err(import_failure)?;
-            }
+            planner.add_many(lines).await.map_err(import_failure)?;
             planner.finish()
         };
         plans.push((guarded, actor, plan, ring));

@@ -216,23 +216,8 @@ pub(crate) async fn transfer_out(
             .collect(),
         data_key,
     };
-    let statement = serde_json::to_string(&statement).map_err(store_err)?;
     let signer = signing_key(ctx)?;
-    let mut message = SIGN_CONTEXT.to_vec();
-    message.extend_from_slice(statement.as_bytes());
-    let signature = signer.sign(&message);
-    let bundle = Bundle {
-        format: FORMAT.to_string(),
-        mac: mac(&transfer_key, &statement),
-        statement,
-        events: events
-            .iter()
-            .map(|e| e.encode().map(|b| B64.encode(b)))
-            .collect::<Result<_, _>>()
-            .map_err(store_err)?,
-        public_key: B64.encode(signer.verifying_key().as_bytes()),
-        signature: B64.encode(signature.to_bytes()),
-    };
+    let bundle = seal_bundle(&statement, &events, &signer, &transfer_key)?;
     let path = out.unwrap_or_else(|| PathBuf::from(format!("{pupil}-to-{to}.cbt.json")));
     let text = serde_json::to_vec_pretty(&bundle).map_err(store_err)?;
     let tmp = path.with_extension("tmp");
@@ -272,35 +257,47 @@ pub(crate) async fn transfer_out(
     Ok(())
 }
 
-fn refused(what: impl std::fmt::Display) -> Failure {
-    Failure::BadInput(format!(
-        "transfer bundle refused: {what}; nothing was written"
-    ))
+/// Signs `statement` and MACs it under the transfer key: the bundle
+/// `transfer-out` writes.
+fn seal_bundle(
+    statement: &Statement,
+    events: &[StoredEvent],
+    signer: &SigningKey,
+    transfer_key: &SecretKey,
+) -> Result<Bundle, Failure> {
+    let statement = serde_json::to_string(statement).map_err(store_err)?;
+    let mut message = SIGN_CONTEXT.to_vec();
+    message.extend_from_slice(statement.as_bytes());
+    let signature = signer.sign(&message);
+    Ok(Bundle {
+        format: FORMAT.to_string(),
+        mac: mac(transfer_key, &statement),
+        statement,
+        events: events
+            .iter()
+            .map(|e| e.encode().map(|b| B64.encode(b)))
+            .collect::<Result<_, _>>()
+            .map_err(store_err)?,
+        public_key: B64.encode(signer.verifying_key().as_bytes()),
+        signature: B64.encode(signature.to_bytes()),
+    })
 }
 
-pub(crate) async fn transfer_in(
-    ctx: &mut Ctx,
-    bundle_path: &Path,
-    transfer_key: Option<String>,
-    pupil: Option<String>,
-) -> Result<(), Failure> {
-    let actor = permitted(ctx, PrivacyAction::TransferIn)?;
-    let Some(transfer_key) = transfer_key else {
-        return Err(Failure::BadInput(
-            "transfer-in needs --transfer-key (or CASEBOOK_TRANSFER_KEY): the key transfer-out printed".into(),
-        ));
-    };
-    let transfer_key = SecretKey::parse(&transfer_key)
-        .map_err(|_| Failure::BadInput("--transfer-key: expected 64 hex digits".into()))?;
-    let meta = std::fs::metadata(bundle_path)
-        .map_err(|e| Failure::BadInput(format!("cannot open {}: {e}", bundle_path.display())))?;
-    if meta.len() > MAX_BUNDLE_BYTES {
-        return Err(refused(format!("{} bytes is over the limit", meta.len())));
-    }
-    let bytes = std::fs::read(bundle_path)
-        .map_err(|e| Failure::BadInput(format!("cannot read {}: {e}", bundle_path.display())))?;
+/// A bundle whose MAC, signature, event hashes, positions, versions and
+/// head all checked out.
+struct Opened {
+    statement: Statement,
+    signer: VerifyingKey,
+    events: Vec<StoredEvent>,
+    data_key: Option<(StreamId, SecretKey)>,
+}
+
+/// Checks a bundle's bytes completely, addressed to `school`, before
+/// anything is written. Every refusal names what failed; no input panics
+/// (fuzzed in the tests below).
+fn open_bundle(bytes: &[u8], transfer_key: &SecretKey, school: &str) -> Result<Opened, Failure> {
     let bundle: Bundle =
-        serde_json::from_slice(&bytes).map_err(|e| refused(format!("not a bundle: {e}")))?;
+        serde_json::from_slice(bytes).map_err(|e| refused(format!("not a bundle: {e}")))?;
     if bundle.format != FORMAT {
         return Err(refused(format!(
             "format {:?}, expected {FORMAT:?}",
@@ -308,7 +305,7 @@ pub(crate) async fn transfer_in(
         )));
     }
     // 1. The MAC: the bundle was made by whoever holds the transfer key.
-    if mac(&transfer_key, &bundle.statement) != bundle.mac {
+    if mac(transfer_key, &bundle.statement) != bundle.mac {
         return Err(refused(
             "the statement's MAC does not match (altered statement, or the wrong transfer key)",
         ));
@@ -332,10 +329,10 @@ pub(crate) async fn transfer_in(
         .map_err(|_| refused("the signature does not verify"))?;
     let st: Statement =
         serde_json::from_str(&bundle.statement).map_err(|e| refused(format!("statement: {e}")))?;
-    if st.to_school != ctx.school {
+    if st.to_school != school {
         return Err(refused(format!(
             "it is addressed to school {:?}, not {:?}",
-            st.to_school, ctx.school
+            st.to_school, school
         )));
     }
     // 3. The events: each one's hash recomputed from its bytes and matched
@@ -383,7 +380,6 @@ pub(crate) async fn transfer_in(
         stored.push(event);
     }
     // 4. The data key, if the record is sealed.
-    let school = ctx.school.clone();
     let data_key = match &st.data_key {
         None => None,
         Some(w) => {
@@ -410,6 +406,48 @@ pub(crate) async fn transfer_in(
             Some((StreamId(w.key_id), SecretKey::from_bytes(key)))
         }
     };
+    Ok(Opened {
+        statement: st,
+        signer: vk,
+        events: stored,
+        data_key,
+    })
+}
+
+fn refused(what: impl std::fmt::Display) -> Failure {
+    Failure::BadInput(format!(
+        "transfer bundle refused: {what}; nothing was written"
+    ))
+}
+
+pub(crate) async fn transfer_in(
+    ctx: &mut Ctx,
+    bundle_path: &Path,
+    transfer_key: Option<String>,
+    pupil: Option<String>,
+) -> Result<(), Failure> {
+    let actor = permitted(ctx, PrivacyAction::TransferIn)?;
+    let Some(transfer_key) = transfer_key else {
+        return Err(Failure::BadInput(
+            "transfer-in needs --transfer-key (or CASEBOOK_TRANSFER_KEY): the key transfer-out printed".into(),
+        ));
+    };
+    let transfer_key = SecretKey::parse(&transfer_key)
+        .map_err(|_| Failure::BadInput("--transfer-key: expected 64 hex digits".into()))?;
+    let meta = std::fs::metadata(bundle_path)
+        .map_err(|e| Failure::BadInput(format!("cannot open {}: {e}", bundle_path.display())))?;
+    if meta.len() > MAX_BUNDLE_BYTES {
+        return Err(refused(format!("{} bytes is over the limit", meta.len())));
+    }
+    let bytes = std::fs::read(bundle_path)
+        .map_err(|e| Failure::BadInput(format!("cannot read {}: {e}", bundle_path.display())))?;
+    let Opened {
+        statement: st,
+        signer: vk,
+        events: stored,
+        data_key,
+    } = open_bundle(&bytes, &transfer_key, &ctx.school)?;
+    let school = ctx.school.clone();
     // 5. Import through the domain rules, with the original ids.
     ctx.store(true)?;
     let ring = ctx.sealer(&school)?;
@@ -498,4 +536,144 @@ pub(crate) async fn transfer_in(
     );
     println!("TransferredIn recorded at position {last}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    //! `open_bundle` against altered bundles: no input panics, and a bundle
+    //! that opens carries exactly the events and statement that were signed.
+    use super::*;
+    use casebook_engine::envelope::{NewEvent, GENESIS_HASH};
+    use casebook_engine::event::ParentContacted;
+    use chrono::TimeZone;
+    use proptest::prelude::*;
+
+    const TO: &str = "urn-200002";
+
+    struct Fixture {
+        bytes: Vec<u8>,
+        transfer_key: SecretKey,
+        events: Vec<Vec<u8>>,
+        statement: String,
+    }
+
+    /// A pupil's three events in a log where another pupil's event sits
+    /// between them, signed by a fixed key.
+    fn fixture() -> Fixture {
+        let at = chrono::Utc.with_ymd_and_hms(2026, 3, 2, 9, 0, 0).unwrap();
+        let pupil = StreamId::for_pupil("urn-100001", "P0001");
+        let other = StreamId::for_pupil("urn-100001", "P0002");
+        let mut prev = GENESIS_HASH;
+        let mut mine = Vec::new();
+        let mut version = 0;
+        for (position, stream) in [pupil, other, pupil, pupil].into_iter().enumerate() {
+            let event = CaseEvent::ParentContacted(ParentContacted {
+                method: "phone".into(),
+                summary: format!("call {position}"),
+            });
+            let new = NewEvent::new(&event, at, "S017").unwrap();
+            let v = if stream == pupil {
+                version += 1;
+                version
+            } else {
+                1
+            };
+            let (sealed, _) =
+                StoredEvent::seal(&new, stream, position as u64 + 1, v, at, prev).unwrap();
+            prev = sealed.hash;
+            if stream == pupil {
+                mine.push(sealed);
+            }
+        }
+        let statement = Statement {
+            bundle: Uuid::nil(),
+            from_school: "urn-100001".into(),
+            to_school: TO.into(),
+            pupil: "P0001".into(),
+            stream: pupil.0,
+            created_at: at,
+            head_position: 4,
+            head_hash: hex(&prev),
+            events: mine
+                .iter()
+                .map(|e| EventProof {
+                    position: e.position,
+                    version: e.version,
+                    prev_hash: hex(&e.prev_hash),
+                    hash: hex(&e.hash),
+                })
+                .collect(),
+            data_key: None,
+        };
+        let signer = SigningKey::from_bytes(&[7u8; 32]);
+        let transfer_key = SecretKey::from_bytes([9u8; 32]);
+        let bundle = seal_bundle(&statement, &mine, &signer, &transfer_key).unwrap();
+        Fixture {
+            bytes: serde_json::to_vec_pretty(&bundle).unwrap(),
+            transfer_key,
+            events: mine.iter().map(|e| e.encode().unwrap()).collect(),
+            statement: bundle.statement,
+        }
+    }
+
+    fn opened_equals_signed(opened: &Opened, f: &Fixture) -> bool {
+        serde_json::to_string(&opened.statement).unwrap() == f.statement
+            && opened.events.len() == f.events.len()
+            && opened
+                .events
+                .iter()
+                .zip(&f.events)
+                .all(|(e, b)| &e.encode().unwrap() == b)
+    }
+
+    #[test]
+    fn the_untouched_bundle_opens_and_the_wrong_school_or_key_is_refused() {
+        let f = fixture();
+        let opened = open_bundle(&f.bytes, &f.transfer_key, TO).unwrap_or_else(|_| panic!());
+        assert!(opened_equals_signed(&opened, &f));
+        let wrong_key = SecretKey::from_bytes([8u8; 32]);
+        for (key, school) in [(&wrong_key, TO), (&f.transfer_key, "urn-300003")] {
+            match open_bundle(&f.bytes, key, school) {
+                Err(Failure::BadInput(m)) => assert!(m.contains("refused"), "{m}"),
+                _ => panic!("an altered bundle opened"),
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(
+            std::env::var("CASEBOOK_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+        ))]
+
+        /// Byte edits anywhere in the bundle: a refusal, or (when the edit
+        /// is meaningless, such as JSON whitespace) exactly what was signed.
+        #[test]
+        fn an_altered_bundle_is_refused_or_unchanged(
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..4)
+        ) {
+            let f = fixture();
+            let mut bytes = f.bytes.clone();
+            for (i, b) in &edits {
+                let at = i.index(bytes.len());
+                bytes[at] = *b;
+            }
+            if let Ok(opened) = open_bundle(&bytes, &f.transfer_key, TO) {
+                prop_assert!(opened_equals_signed(&opened, &f));
+            }
+        }
+
+        /// Arbitrary bytes and truncations never panic.
+        #[test]
+        fn any_bytes_are_refused_without_a_panic(
+            cut in any::<proptest::sample::Index>(),
+            noise in proptest::collection::vec(any::<u8>(), 0..64)
+        ) {
+            let f = fixture();
+            let mut bytes = f.bytes[..cut.index(f.bytes.len())].to_vec();
+            bytes.extend(noise);
+            if let Ok(opened) = open_bundle(&bytes, &f.transfer_key, TO) {
+                prop_assert!(opened_equals_signed(&opened, &f));
+            }
+        }
+    }
 }

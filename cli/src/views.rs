@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use casebook_engine::access::{may_read, PupilRecord, ReadClass, View};
+use casebook_engine::access::{may_read, Actor, Guarded, PupilRecord, ReadClass, View};
 use casebook_engine::domain::academic_year;
 use casebook_engine::store::EventStore;
-use casebook_engine::RecordedEvent;
 use casebook_projections::{
     rebuild as rebuild_views, AuditTrail, BehaviourDimension, Chronology, ProjectionError,
     SchoolViews,
@@ -71,6 +70,38 @@ pub(crate) struct TimelineFilter {
     pub no_register_marks: bool,
 }
 
+/// The JSON document of `casebook timeline` and how many entries were
+/// withheld: the pupil's case stream read through the engine's access check
+/// (`Guarded::read_pupil_events`: checked, the read logged to the access
+/// stream, entries the actor may not see withheld, each payload decoded
+/// once), folded into the chronology and rendered. What the command prints
+/// and what `casebook bench` times.
+pub(crate) async fn timeline_doc(
+    guarded: &Guarded,
+    actor: &Actor,
+    pupil: &str,
+    as_of: Option<DateTime<Utc>>,
+    filter: &TimelineFilter,
+    purpose: Option<String>,
+    now: DateTime<Utc>,
+) -> Result<(Value, usize), Failure> {
+    let record = guarded
+        .read_pupil_events(actor, pupil, View::Timeline, purpose, now)
+        .await
+        .map_err(crate::staff::access_failure)?;
+    let mut chronology =
+        Chronology::build_owned(pupil, record.case, as_of, filter.safeguarding_only);
+    if filter.no_register_marks {
+        chronology
+            .entries
+            .retain(|e| e.event_type != "AttendanceMarked");
+    }
+    let doc = chronology
+        .into_json()
+        .map_err(|e| Failure::Store(format!("cannot render the view: {e}")))?;
+    Ok((doc, record.withheld))
+}
+
 pub(crate) async fn timeline(
     ctx: &mut Ctx,
     pupil: &str,
@@ -88,23 +119,25 @@ pub(crate) async fn timeline(
             Format::Html,
         ],
     )?;
-    // Checked, logged and filtered by the engine (docs/security.md).
-    let record = read_pupil(ctx, pupil, View::Timeline, purpose).await?;
-    let events = record
-        .case
-        .iter()
-        .map(RecordedEvent::from_stored)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Failure::Store(format!("pupil {pupil}: {e}")))?;
-    let mut chronology = Chronology::build(pupil, &events, as_of, filter.safeguarding_only);
-    if filter.no_register_marks {
-        chronology
-            .entries
-            .retain(|e| e.event_type != "AttendanceMarked");
+    let now = ctx.now;
+    let session = crate::staff::session(ctx)?;
+    let (doc, withheld) = timeline_doc(
+        &session.guarded,
+        &session.actor,
+        pupil,
+        as_of,
+        &filter,
+        purpose,
+        now,
+    )
+    .await?;
+    if withheld > 0 {
+        eprintln!(
+            "note: {withheld} entries withheld: {} ({}) may not read them",
+            session.actor.staff,
+            session.actor.roles_text()
+        );
     }
-    let doc = chronology
-        .into_json()
-        .map_err(|e| Failure::Store(format!("cannot render the view: {e}")))?;
     match format {
         Format::Json => print_json(&doc)?,
         Format::Csv => print!("{}", render::timeline_csv(&doc)),

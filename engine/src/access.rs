@@ -26,8 +26,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::envelope::{NewEvent, StoredEvent, StreamId};
-use crate::error::StoreError;
+use crate::envelope::{NewEvent, RecordedEvent, StoredEvent, StreamId};
+use crate::error::{CodecError, StoreError};
 use crate::event::{
     AccessRefused, CaseEvent, RecordViewed, RoleGranted, RoleRevoked, SanctionKind, StaffRegistered,
 };
@@ -702,6 +702,28 @@ pub struct PupilRecord {
     pub keyworker: Option<String>,
 }
 
+/// [`PupilRecord`] with the case entries decoded
+/// ([`Guarded::read_pupil_events`]).
+#[derive(Clone, Debug)]
+pub struct PupilEvents {
+    /// The case stream, in stream order, decoded, without the entries the
+    /// actor may not see.
+    pub case: Vec<RecordedEvent>,
+    /// As [`PupilRecord::access`].
+    pub access: Vec<StoredEvent>,
+    /// How many case entries were withheld from this actor.
+    pub withheld: usize,
+    pub keyworker: Option<String>,
+}
+
+/// A checked read: the visible entries with their decoding.
+struct CheckedRead {
+    case: Vec<(StoredEvent, Result<CaseEvent, CodecError>)>,
+    access: Vec<StoredEvent>,
+    withheld: usize,
+    keyworker: Option<String>,
+}
+
 /// A school's log behind the permission matrix: every read of a pupil and
 /// every append takes an [`Actor`]; refusals are logged.
 pub struct Guarded {
@@ -846,17 +868,65 @@ impl Guarded {
         purpose: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<PupilRecord, AccessError> {
+        let read = self.read_checked(actor, pupil, view, purpose, now).await?;
+        Ok(PupilRecord {
+            withheld: read.withheld,
+            case: read.case.into_iter().map(|(s, _)| s).collect(),
+            access: read.access,
+            keyworker: read.keyworker,
+        })
+    }
+
+    /// [`Guarded::read_pupil`] with the visible case entries decoded, each
+    /// payload decoded once (the same decoding the access check used):
+    /// what the timeline folds. An entry the actor may see whose payload
+    /// cannot be decoded is an error naming its position (after the read
+    /// was logged, as with `read_pupil` and a later decode).
+    pub async fn read_pupil_events(
+        &self,
+        actor: &Actor,
+        pupil: &str,
+        view: View,
+        purpose: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<PupilEvents, AccessError> {
+        let read = self.read_checked(actor, pupil, view, purpose, now).await?;
+        let case = read
+            .case
+            .into_iter()
+            .map(|(s, e)| match e {
+                Ok(e) => Ok(RecordedEvent::from_parts(s, e)),
+                Err(err) => Err(AccessError::Store(corrupt(&s, err))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PupilEvents {
+            withheld: read.withheld,
+            case,
+            access: read.access,
+            keyworker: read.keyworker,
+        })
+    }
+
+    async fn read_checked(
+        &self,
+        actor: &Actor,
+        pupil: &str,
+        view: View,
+        purpose: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<CheckedRead, AccessError> {
         let stored = read_whole_stream(
             self.store.as_ref(),
             StreamId::for_pupil(&self.school, pupil),
         )
         .await?;
-        let decoded: Vec<Option<CaseEvent>> = stored.iter().map(|s| s.case_event().ok()).collect();
+        let decoded: Vec<Result<CaseEvent, CodecError>> =
+            stored.iter().map(StoredEvent::case_event).collect();
         let keyworker = keyworker_of(
             stored
                 .iter()
                 .zip(&decoded)
-                .filter_map(|(s, e)| e.as_ref().map(|e| (s.event_id, e))),
+                .filter_map(|(s, e)| e.as_ref().ok().map(|e| (s.event_id, e))),
         );
         let action = match view {
             View::Timeline => Action::ReadTimeline {
@@ -913,14 +983,14 @@ impl Guarded {
         let mut visible: HashSet<Uuid> = HashSet::new();
         for (s, e) in stored.iter().zip(&decoded) {
             let class = match e {
-                Some(CaseEvent::EntryCorrected(c)) => class_of
+                Ok(CaseEvent::EntryCorrected(c)) => class_of
                     .get(&c.event)
                     .copied()
                     .unwrap_or(ReadClass::Safeguarding),
-                Some(e) => read_class(e),
+                Ok(e) => read_class(e),
                 // An entry that cannot be decoded is shown to those who
                 // may read everything (the audit trail lists the damage).
-                None => ReadClass::Safeguarding,
+                Err(_) => ReadClass::Safeguarding,
             };
             class_of.insert(s.event_id, class);
             if may(class) {
@@ -928,11 +998,12 @@ impl Guarded {
             }
         }
         let total = stored.len();
-        let case: Vec<StoredEvent> = stored
+        let case: Vec<(StoredEvent, Result<CaseEvent, CodecError>)> = stored
             .into_iter()
-            .filter(|s| visible.contains(&s.event_id))
+            .zip(decoded)
+            .filter(|(s, _)| visible.contains(&s.event_id))
             .collect();
-        Ok(PupilRecord {
+        Ok(CheckedRead {
             withheld: total - case.len(),
             case,
             access,

@@ -320,6 +320,25 @@ pub struct RecordedEvent {
 }
 
 impl RecordedEvent {
+    /// A stored event and its already decoded payload, moved together
+    /// (no copy of the envelope's strings).
+    pub fn from_parts(stored: StoredEvent, event: CaseEvent) -> RecordedEvent {
+        RecordedEvent {
+            position: stored.position,
+            stream: stored.stream,
+            version: stored.version,
+            event_id: stored.event_id,
+            occurred_at: stored.occurred_at,
+            recorded_at: stored.recorded_at,
+            actor: stored.actor,
+            correlation_id: stored.correlation_id,
+            causation_id: stored.causation_id,
+            schema: stored.schema,
+            hash: stored.hash,
+            event,
+        }
+    }
+
     /// Decodes (and upcasts) the payload of a stored event.
     pub fn from_stored(stored: &StoredEvent) -> Result<RecordedEvent, CodecError> {
         Ok(RecordedEvent {

@@ -88,10 +88,31 @@ pub struct Correction {
     pub applied: bool,
 }
 
+/// The envelope fields an entry shows.
+struct Meta {
+    position: u64,
+    event_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    recorded_at: DateTime<Utc>,
+    actor: String,
+}
+
+impl Meta {
+    fn of(e: &RecordedEvent) -> Meta {
+        Meta {
+            position: e.position,
+            event_id: e.event_id,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            actor: e.actor.clone(),
+        }
+    }
+}
+
 /// An entry on its way into the chronology: its current content and the
 /// corrections so far.
-struct Building<'a> {
-    recorded: &'a RecordedEvent,
+struct Building {
+    recorded: Meta,
     content: CaseEvent,
     corrections: Vec<Correction>,
 }
@@ -105,70 +126,107 @@ impl Chronology {
         as_of: Option<DateTime<Utc>>,
         safeguarding_only: bool,
     ) -> Chronology {
-        let mut known: Vec<&RecordedEvent> = events
+        let known = events
             .iter()
             .filter(|e| known_at(e, as_of))
             .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
+            .map(|e| (Meta::of(e), e.event.clone()))
             .collect();
-        // Corrections apply in stream order; the log's position order is it.
-        known.sort_by_key(|e| e.position);
+        fold(pupil, known, as_of, safeguarding_only)
+    }
 
-        let mut building: Vec<Building<'_>> = Vec::with_capacity(known.len());
-        let mut index: HashMap<Uuid, usize> = HashMap::new();
-        for e in known {
-            if let CaseEvent::EntryCorrected(c) = &e.event {
-                if let Some(&i) = index.get(&c.event) {
-                    let target = &mut building[i];
-                    let original = replaced_values(&target.content, &c.changes);
-                    let new = corrected(&target.content, &c.changes);
-                    let applied = new.is_some();
-                    if let Some(new) = new {
-                        target.content = new;
-                    }
-                    target.corrections.push(Correction {
-                        event_id: e.event_id,
-                        position: e.position,
-                        recorded_at: e.recorded_at,
-                        actor: e.actor.clone(),
-                        reason: c.reason.clone(),
-                        original,
-                        changes: c.changes.clone(),
-                        applied,
-                    });
-                    continue;
-                }
-                // Names nothing earlier in this record: shown as itself.
-            }
-            index.insert(e.event_id, building.len());
-            building.push(Building {
-                recorded: e,
-                content: e.event.clone(),
-                corrections: Vec::new(),
-            });
-        }
-
-        let mut entries: Vec<ChronologyEntry> = building
+    /// [`Chronology::build`] of events the caller no longer needs: the same
+    /// chronology, without copying each payload and actor.
+    pub fn build_owned(
+        pupil: &str,
+        events: Vec<RecordedEvent>,
+        as_of: Option<DateTime<Utc>>,
+        safeguarding_only: bool,
+    ) -> Chronology {
+        let known = events
             .into_iter()
-            .filter(|b| !safeguarding_only || b.content.is_safeguarding())
-            .map(|b| ChronologyEntry {
-                position: b.recorded.position,
-                event_id: b.recorded.event_id,
-                event_type: b.content.type_name().to_string(),
-                occurred_at: b.recorded.occurred_at,
-                recorded_at: b.recorded.recorded_at,
-                actor: b.recorded.actor.clone(),
-                summary: summary(&b.content),
-                safeguarding: b.content.is_safeguarding(),
-                data: b.content.data_json(),
-                corrections: b.corrections,
+            .filter(|e| known_at(e, as_of))
+            .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
+            .map(|e| {
+                let meta = Meta {
+                    position: e.position,
+                    event_id: e.event_id,
+                    occurred_at: e.occurred_at,
+                    recorded_at: e.recorded_at,
+                    actor: e.actor,
+                };
+                (meta, e.event)
             })
             .collect();
-        entries.sort_by_key(|e| (e.occurred_at, e.position));
-        Chronology {
-            pupil: pupil.to_string(),
-            as_of,
-            entries,
+        fold(pupil, known, as_of, safeguarding_only)
+    }
+}
+
+/// The chronology of the events known at `as_of` (the filter applied).
+fn fold(
+    pupil: &str,
+    mut known: Vec<(Meta, CaseEvent)>,
+    as_of: Option<DateTime<Utc>>,
+    safeguarding_only: bool,
+) -> Chronology {
+    // Corrections apply in stream order; the log's position order is it.
+    known.sort_by_key(|(m, _)| m.position);
+
+    let mut building: Vec<Building> = Vec::with_capacity(known.len());
+    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    for (meta, event) in known {
+        if let CaseEvent::EntryCorrected(c) = &event {
+            if let Some(&i) = index.get(&c.event) {
+                let target = &mut building[i];
+                let original = replaced_values(&target.content, &c.changes);
+                let new = corrected(&target.content, &c.changes);
+                let applied = new.is_some();
+                if let Some(new) = new {
+                    target.content = new;
+                }
+                target.corrections.push(Correction {
+                    event_id: meta.event_id,
+                    position: meta.position,
+                    recorded_at: meta.recorded_at,
+                    actor: meta.actor,
+                    reason: c.reason.clone(),
+                    original,
+                    changes: c.changes.clone(),
+                    applied,
+                });
+                continue;
+            }
+            // Names nothing earlier in this record: shown as itself.
         }
+        index.insert(meta.event_id, building.len());
+        building.push(Building {
+            recorded: meta,
+            content: event,
+            corrections: Vec::new(),
+        });
+    }
+
+    let mut entries: Vec<ChronologyEntry> = building
+        .into_iter()
+        .filter(|b| !safeguarding_only || b.content.is_safeguarding())
+        .map(|b| ChronologyEntry {
+            position: b.recorded.position,
+            event_id: b.recorded.event_id,
+            event_type: b.content.type_name().to_string(),
+            occurred_at: b.recorded.occurred_at,
+            recorded_at: b.recorded.recorded_at,
+            actor: b.recorded.actor,
+            summary: summary(&b.content),
+            safeguarding: b.content.is_safeguarding(),
+            data: b.content.data_json(),
+            corrections: b.corrections,
+        })
+        .collect();
+    entries.sort_by_key(|e| (e.occurred_at, e.position));
+    Chronology {
+        pupil: pupil.to_string(),
+        as_of,
+        entries,
     }
 }
 
@@ -184,13 +242,8 @@ impl Chronology {
             entries,
         } = self;
         let mut out = Vec::with_capacity(entries.len());
-        for mut entry in entries {
-            let data = std::mem::take(&mut entry.data);
-            let mut value = serde_json::to_value(&entry)?;
-            if let Value::Object(fields) = &mut value {
-                fields.insert("data".into(), data);
-            }
-            out.push(value);
+        for entry in entries {
+            out.push(entry_json(entry)?);
         }
         let mut doc = serde_json::to_value(Chronology {
             pupil,
@@ -202,6 +255,97 @@ impl Chronology {
         }
         Ok(doc)
     }
+}
+
+/// An entry's JSON object, as `serde_json::to_value` gives it, built field
+/// by field: `data` moved, the times written by [`timestamp_json`].
+fn entry_json(entry: ChronologyEntry) -> Result<Value, serde_json::Error> {
+    let ChronologyEntry {
+        position,
+        event_id,
+        event_type,
+        occurred_at,
+        recorded_at,
+        actor,
+        summary,
+        safeguarding,
+        data,
+        corrections,
+    } = entry;
+    let mut fields = Map::new();
+    fields.insert("position".into(), Value::from(position));
+    fields.insert(
+        "event_id".into(),
+        Value::String(event_id.hyphenated().to_string()),
+    );
+    fields.insert("type".into(), Value::String(event_type));
+    fields.insert("occurred_at".into(), timestamp_json(occurred_at));
+    fields.insert("recorded_at".into(), timestamp_json(recorded_at));
+    fields.insert("actor".into(), Value::String(actor));
+    fields.insert("summary".into(), Value::String(summary));
+    fields.insert("safeguarding".into(), Value::Bool(safeguarding));
+    fields.insert("data".into(), data);
+    if !corrections.is_empty() {
+        fields.insert("corrections".into(), serde_json::to_value(&corrections)?);
+    }
+    Ok(Value::Object(fields))
+}
+
+/// A time as chrono's serde writes it (RFC 3339, `Z`, as many fractional
+/// digits as needed: none, 3, 6 or 9), without its per-character
+/// formatter: two of these per timeline entry were a third of the
+/// document's cost. Years outside 0..=9999 go through chrono.
+pub fn timestamp_json(t: DateTime<Utc>) -> Value {
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
+        return Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+    }
+    let mut b = Vec::with_capacity(30);
+    let two = |b: &mut Vec<u8>, n: u32| {
+        b.push(b'0' + (n / 10) as u8);
+        b.push(b'0' + (n % 10) as u8);
+    };
+    let y = year as u32;
+    two(&mut b, y / 100);
+    two(&mut b, y % 100);
+    b.push(b'-');
+    two(&mut b, t.month());
+    b.push(b'-');
+    two(&mut b, t.day());
+    b.push(b'T');
+    two(&mut b, t.hour());
+    b.push(b':');
+    two(&mut b, t.minute());
+    b.push(b':');
+    // A leap second is nanosecond >= 1e9 and shows as second 60.
+    let nanos = t.nanosecond();
+    let (second, nanos) = if nanos >= 1_000_000_000 {
+        (t.second() + 1, nanos - 1_000_000_000)
+    } else {
+        (t.second(), nanos)
+    };
+    two(&mut b, second);
+    let (digits, value) = if nanos == 0 {
+        (0, 0)
+    } else if nanos % 1_000_000 == 0 {
+        (3, nanos / 1_000_000)
+    } else if nanos % 1_000 == 0 {
+        (6, nanos / 1_000)
+    } else {
+        (9, nanos)
+    };
+    if digits > 0 {
+        b.push(b'.');
+        let mut div = 10u32.pow(digits - 1);
+        while div > 0 {
+            b.push(b'0' + (value / div % 10) as u8);
+            div /= 10;
+        }
+    }
+    b.push(b'Z');
+    // Only ASCII digits and punctuation were written.
+    Value::String(String::from_utf8(b).unwrap_or_default())
 }
 
 /// Whether the school knew of `e` at `as_of` (always, without one).

@@ -1,8 +1,9 @@
 //! casebook-torture: the child process of the crash tests (tests/it/crash.rs)
 //! and the holder of the two-process test (tests/it/two_processes.rs).
 //!
-//! `casebook-torture child --dir DIR --seed N [--max-sleep-us N]` appends to
-//! the school `torture` of the sled store at DIR forever, in a seeded random
+//! `casebook-torture child --dir DIR --seed N [--max-sleep-us N] [--engine
+//! sled|segment]` appends to the school `torture` of the embedded store at
+//! DIR (sled unless told) forever, in a seeded random
 //! mix of single appends, atomic multi-stream batches, concurrent writers
 //! and imports (parsed and planned by the importer), and reports on stdout:
 //!
@@ -14,10 +15,8 @@
 //! Each line is written whole and flushed before the next operation, so
 //! the parent that kills it (SIGKILL) knows exactly what was acknowledged.
 //!
-//! `casebook-torture hold --dir DIR` opens the store, prints `ready PID`
-//! and sleeps until killed.
-//!
-//! `--backend segment` runs either on the segment backend instead of sled.
+//! `casebook-torture hold --dir DIR [--engine E]` opens the store, prints
+//! `ready PID` and sleeps until killed.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -26,7 +25,7 @@ use std::time::Duration;
 
 use casebook_engine::envelope::{hex, NewEvent, StreamId};
 use casebook_engine::import::{parse_line, Planner};
-use casebook_engine::store::sled::SledStore;
+use casebook_engine::store::embedded::{self, Engine};
 use casebook_engine::store::{AppendRequest, Appended, EventStore, ExpectedVersion};
 use casebook_engine::StoreError;
 use chrono::{TimeZone, Utc};
@@ -112,21 +111,19 @@ fn stream(rng: &mut Rng) -> StreamId {
     StreamId::for_pupil(SCHOOL, &format!("P{}", rng.below(24)))
 }
 
-/// Opens the log of `SCHOOL` at `dir` on `backend` (`sled` or `segment`).
-fn open_log(dir: &std::path::Path, backend: &str) -> Result<Arc<dyn EventStore>, String> {
-    Ok(match backend {
-        "sled" => SledStore::open(dir, true)
-            .and_then(|s| s.log(SCHOOL))
-            .map_err(|e| e.to_string())?,
-        "segment" => casebook_engine::store::segment::SegmentStore::open(dir, true)
-            .and_then(|s| s.log(SCHOOL))
-            .map_err(|e| e.to_string())?,
-        other => return Err(format!("unknown backend {other:?}")),
-    })
+/// The torture school's log in the store at `dir` (its engine detected
+/// when it exists, else the named one).
+fn open_log(dir: &std::path::Path, engine: &str) -> Result<Arc<dyn EventStore>, String> {
+    let engine = match engine {
+        "sled" => Engine::Sled,
+        "segment" => Engine::Segment,
+        other => return Err(format!("--engine {other}: expected sled or segment")),
+    };
+    embedded::open_log(dir, SCHOOL, engine, true).map_err(|e| e.to_string())
 }
 
-async fn child(dir: PathBuf, seed: u64, max_sleep_us: u64, backend: &str) -> Result<(), String> {
-    let log = open_log(&dir, backend)?;
+async fn child(dir: PathBuf, engine: String, seed: u64, max_sleep_us: u64) -> Result<(), String> {
+    let log = open_log(&dir, &engine)?;
     let out = Arc::new(Out(Mutex::new(std::io::stdout())));
     out.line(format!("ready {}", std::process::id()));
     let mut rng = Rng(seed);
@@ -230,8 +227,8 @@ async fn child(dir: PathBuf, seed: u64, max_sleep_us: u64, backend: &str) -> Res
     }
 }
 
-fn hold(dir: PathBuf, backend: &str) -> Result<(), String> {
-    let _log = open_log(&dir, backend)?;
+fn hold(dir: PathBuf, engine: &str) -> Result<(), String> {
+    let _log = open_log(&dir, engine)?;
     println!("ready {}", std::process::id());
     let _ = std::io::stdout().flush();
     loop {
@@ -253,7 +250,7 @@ fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().collect();
     let result = (|| -> Result<(), String> {
         let dir: PathBuf = arg(&args, "--dir", None)?;
-        let backend: String = arg(&args, "--backend", Some("sled".to_string()))?;
+        let engine: String = arg(&args, "--engine", Some("sled".to_string()))?;
         match args.get(1).map(String::as_str) {
             Some("child") => {
                 let seed: u64 = arg(&args, "--seed", Some(1))?;
@@ -263,11 +260,11 @@ fn main() -> std::process::ExitCode {
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                rt.block_on(child(dir, seed, sleep, &backend))
+                rt.block_on(child(dir, engine, seed, sleep))
             }
-            Some("hold") => hold(dir, &backend),
+            Some("hold") => hold(dir, &engine),
             _ => Err(
-                "usage: casebook-torture child|hold --dir DIR [--backend sled|segment] [--seed N] [--max-sleep-us N]".into(),
+                "usage: casebook-torture child|hold --dir DIR [--engine sled|segment] [--seed N] [--max-sleep-us N]".into(),
             ),
         }
     })();

@@ -35,8 +35,7 @@ const STAFF: &[(&str, &str)] = &[
 fn all_events(cb: &Casebook) -> Vec<StoredEvent> {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
-        let store = SledStore::open(&cb.data(), false).expect("open store");
-        let log = store.log("default").expect("log");
+        let log = crate::cli::open_log(&cb.data(), "default");
         let mut out = Vec::new();
         loop {
             let page = log

@@ -64,7 +64,8 @@ impl Casebook {
             .env_remove("CASEBOOK_DATA")
             .env_remove("CASEBOOK_DATABASE_URL")
             .env_remove("CASEBOOK_SCHOOL")
-            .env_remove("CASEBOOK_ACTOR");
+            .env_remove("CASEBOOK_ACTOR")
+            .env_remove("CASEBOOK_ENGINE");
         c
     }
 
@@ -108,6 +109,16 @@ impl Casebook {
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
+}
+
+/// The log of `school` in the store at `dir`, whichever embedded engine
+/// wrote it (the binary must have exited: the store takes one process).
+pub fn open_log(
+    dir: &Path,
+    school: &str,
+) -> std::sync::Arc<dyn casebook_engine::store::EventStore> {
+    use casebook_engine::store::embedded::{open_log, Engine};
+    open_log(dir, school, Engine::Sled, false).expect("open the store")
 }
 
 pub fn line(t: &str, pupil: &str, at: &str, data: Value) -> Value {
@@ -811,7 +822,7 @@ fn store_errors_exit_3() {
     assert_eq!(r.code, 3, "a missing store is a store error: {}", r.stderr);
     cb.run(&["init"]).ok();
     // Another process holding the store.
-    let _held = casebook_engine::store::sled::SledStore::open(&cb.data(), false).unwrap();
+    let _held = open_log(&cb.data(), "default");
     let r = cb.run(&["verify"]);
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(r.stderr.contains("in use"), "{}", r.stderr);

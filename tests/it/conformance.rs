@@ -418,6 +418,75 @@ pub async fn old_schema_payloads_are_stored_unchanged_and_upcast_on_read<B: Back
     assert!(s.verify(&|_| {}).await.unwrap().ok);
 }
 
+pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
+    use std::collections::HashMap;
+    let b = B::fresh();
+    let s = b.open();
+    // Three pupils with a few events each, appended in interleaved appends
+    // so that a stream's events are not adjacent in the log.
+    let mut stored_ids = Vec::new();
+    for round in 0..3u32 {
+        for p in 1..=3u32 {
+            let e = contact(round * 10 + p);
+            stored_ids.push(e.event_id);
+            s.append(req(pupil(p), ExpectedVersion::Any, vec![e]))
+                .await
+                .unwrap();
+        }
+    }
+    // More ids than one lookup statement holds (postgres::LOOKUP_CHUNK),
+    // with stored ids at the start, middle and end, repeats, and missing ids.
+    let over = casebook_engine::store::postgres::LOOKUP_CHUNK + 100;
+    let mut ids: Vec<uuid::Uuid> = vec![stored_ids[0], stored_ids[0]];
+    ids.extend((0..over).map(|_| uuid::Uuid::now_v7()));
+    ids.insert(over / 2, stored_ids[4]);
+    ids.extend(stored_ids.iter().copied());
+    ids.push(stored_ids[8]);
+    let batched = s.find_events(&ids).await.unwrap();
+    let mut single = HashMap::new();
+    for id in &ids {
+        if let Some(e) = s.find_event(*id).await.unwrap() {
+            single.insert(*id, e);
+        }
+    }
+    assert_eq!(batched.len(), stored_ids.len(), "every stored id, once");
+    assert_eq!(batched, single);
+    for id in &stored_ids {
+        assert_eq!(batched[id].event_id, *id);
+    }
+    assert!(s.find_events(&[]).await.unwrap().is_empty());
+    assert!(s
+        .find_events(&[uuid::Uuid::now_v7()])
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Streams: stored ones at the start, middle and end of more than one
+    // statement's worth, repeats, and streams with no events.
+    let mut streams = vec![pupil(1), pupil(1)];
+    streams.extend((100..100 + over as u32).map(pupil));
+    streams.insert(over / 2, pupil(2));
+    streams.push(pupil(3));
+    streams.push(pupil(2));
+    let batched = s.read_streams(&streams).await.unwrap();
+    let mut single = HashMap::new();
+    for stream in &streams {
+        let events = store::read_whole_stream(s.as_ref(), *stream).await.unwrap();
+        if !events.is_empty() {
+            single.insert(*stream, events);
+        }
+    }
+    assert_eq!(batched.len(), 3, "only streams with events");
+    assert_eq!(batched, single);
+    for p in 1..=3u32 {
+        let versions: Vec<u64> = batched[&pupil(p)].iter().map(|e| e.version).collect();
+        assert_eq!(versions, vec![1, 2, 3], "in version order");
+        assert!(batched[&pupil(p)].iter().all(|e| e.stream == pupil(p)));
+    }
+    assert!(s.read_streams(&[]).await.unwrap().is_empty());
+    assert!(s.read_streams(&[pupil(9999)]).await.unwrap().is_empty());
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -445,6 +514,7 @@ macro_rules! conformance_suite {
             case!(checkpoints_round_trip_outside_the_chain);
             case!(payloads_decode_to_the_recorded_event);
             case!(old_schema_payloads_are_stored_unchanged_and_upcast_on_read);
+            case!(batched_lookups_agree_with_single_lookups);
         }
     };
 }

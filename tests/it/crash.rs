@@ -8,6 +8,9 @@
 //!   all (no batch half visible);
 //! - positions are gapless (`verify` passes) and appending continues.
 //!
+//! Both embedded engines run the same cycles: `sigkill_…` on sled,
+//! `segment_sigkill_…` on segment files.
+//!
 //! Cycles: `CASEBOOK_CRASH_CYCLES` (default 50, what CI runs). The store is
 //! started afresh every `EPOCH` cycles so a long run's verify stays cheap.
 
@@ -19,6 +22,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use casebook_engine::envelope::{hex, StreamId};
+use casebook_engine::store::segment::SegmentStore;
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
 use uuid::Uuid;
@@ -72,11 +76,10 @@ struct Totals {
 }
 
 /// One cycle: run the child, kill it, return its complete output lines.
-fn run_child(dir: &Path, seed: u64, rng: &mut Rng, backend: &str) -> Vec<String> {
+fn run_child(dir: &Path, engine: &str, seed: u64, rng: &mut Rng) -> Vec<String> {
     let child = Command::new(env!("CARGO_BIN_EXE_casebook-torture"))
-        .args(["child", "--dir"])
+        .args(["child", "--engine", engine, "--dir"])
         .arg(dir)
-        .args(["--backend", backend])
         .args(["--seed", &seed.to_string(), "--max-sleep-us", "3000"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -136,17 +139,17 @@ impl StderrText for Child {
 /// Checks the reopened store against what the children acknowledged.
 async fn check(
     dir: &Path,
+    engine: &str,
     lines: &[String],
     acked: &mut HashMap<u64, (String, Uuid)>,
     totals: &mut Totals,
-    backend: &str,
 ) {
-    let log: std::sync::Arc<dyn EventStore> = match backend {
-        "segment" => casebook_engine::store::segment::SegmentStore::open(dir, false)
+    let log: std::sync::Arc<dyn EventStore> = match engine {
+        "sled" => SledStore::open(dir, false)
             .expect("the store reopens after SIGKILL")
             .log("torture")
             .expect("the log opens after SIGKILL"),
-        _ => SledStore::open(dir, false)
+        _ => SegmentStore::open(dir, false)
             .expect("the store reopens after SIGKILL")
             .log("torture")
             .expect("the log opens after SIGKILL"),
@@ -256,14 +259,12 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
     sigkill_cycles("sled");
 }
 
-/// The same on the segment backend (engine/src/store/segment/): a kill
-/// mid-group leaves a torn tail that the reopen cuts.
 #[test]
 fn segment_sigkill_at_random_moments_loses_nothing_acknowledged() {
     sigkill_cycles("segment");
 }
 
-fn sigkill_cycles(backend: &str) {
+fn sigkill_cycles(engine: &str) {
     let cycles = env_count("CASEBOOK_CRASH_CYCLES", 50);
     let seed = env_count("CASEBOOK_CRASH_SEED", 0x5eed_c0de);
     let mut rng = Rng(seed);
@@ -280,12 +281,12 @@ fn sigkill_cycles(backend: &str) {
             acked.clear();
         }
         let store = dir.path().join("store");
-        let lines = run_child(&store, seed.wrapping_add(cycle), &mut rng, backend);
-        runtime.block_on(check(&store, &lines, &mut acked, &mut totals, backend));
+        let lines = run_child(&store, engine, seed.wrapping_add(cycle), &mut rng);
+        runtime.block_on(check(&store, engine, &lines, &mut acked, &mut totals));
         totals.cycles += 1;
     }
     println!(
-        "crash ({backend}): {} SIGKILL cycles (seed {seed:#x}), {} acknowledged appends with {} events, {} lost; \
+        "crash ({engine}): {} SIGKILL cycles (seed {seed:#x}), {} acknowledged appends with {} events, {} lost; \
          unacknowledged appends found whole: {}, absent: {}",
         totals.cycles,
         totals.acked_appends,

@@ -4,6 +4,8 @@
 //! may be lost, and once space is freed (the tmpfs remounted bigger) the
 //! store opens, verifies and accepts appends.
 //!
+//! Runs on both embedded engines (`…_sled`, `…_segment`).
+//!
 //! Needs root (or CAP_SYS_ADMIN) to mount; elsewhere it prints why and
 //! returns.
 
@@ -12,6 +14,7 @@ use std::process::{Command, Stdio};
 
 use casebook_engine::envelope::{NewEvent, StreamId};
 use casebook_engine::event::{CaseEvent, ParentContacted};
+use casebook_engine::store::segment::SegmentStore;
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
 use casebook_engine::StoreError;
@@ -84,8 +87,31 @@ fn event(n: u32) -> NewEvent {
     NewEvent::new(&event, at, "S017").expect("encode")
 }
 
+/// The school `full` of the store at `dir`, on `engine`.
+fn open(dir: &Path, engine: &str, create: bool) -> std::sync::Arc<dyn EventStore> {
+    match engine {
+        "sled" => SledStore::open(dir, create)
+            .expect("open")
+            .log("full")
+            .expect("log"),
+        _ => SegmentStore::open(dir, create)
+            .expect("open")
+            .log("full")
+            .expect("log"),
+    }
+}
+
 #[test]
-fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed() {
+fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed_sled() {
+    disk_full("sled");
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed_segment() {
+    disk_full("segment");
+}
+
+fn disk_full(engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let mount = match Tmpfs::mount(tmp.path(), "24m") {
         Ok(m) => m,
@@ -102,8 +128,7 @@ fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed()
         .unwrap();
     let mut acked: Vec<(u64, [u8; 32])> = Vec::new();
     let failure = rt.block_on(async {
-        let store = SledStore::open(&dir, true).expect("open on the tmpfs");
-        let log = store.log("full").expect("log");
+        let log = open(&dir, engine, true);
         let stream = StreamId::for_pupil("full", "P1");
         for round in 0u32..100_000 {
             let events: Vec<NewEvent> = (0..20).map(|i| event(round * 20 + i)).collect();
@@ -126,7 +151,7 @@ fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed()
         panic!("24 MiB never filled up");
     });
     println!(
-        "disk_full: append failed after {} acknowledged events: {failure}",
+        "disk_full ({engine}): append failed after {} acknowledged events: {failure}",
         acked.len()
     );
     assert!(
@@ -168,7 +193,7 @@ fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed()
         .unwrap();
     let stderr = String::from_utf8_lossy(&r.stderr);
     println!(
-        "disk_full: casebook import on the full disk: exit {:?}: {}",
+        "disk_full ({engine}): casebook import on the full disk: exit {:?}: {}",
         r.status.code(),
         stderr.trim()
     );
@@ -183,8 +208,7 @@ fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed()
     // verifies and takes appends.
     mount.grow("64m").expect("remount bigger");
     rt.block_on(async {
-        let store = SledStore::open(&dir, false).expect("reopen after space was freed");
-        let log = store.log("full").expect("log after space was freed");
+        let log = open(&dir, engine, false);
         let head = log.head().await.unwrap();
         assert!(
             head.position >= acked.last().unwrap().0,
@@ -210,7 +234,7 @@ fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed()
             .expect("append after space was freed");
         assert_eq!(a.first_position, head.position + 1);
         println!(
-            "disk_full: after remount {} events verify, append continues at {}",
+            "disk_full ({engine}): after remount {} events verify, append continues at {}",
             report.events, a.first_position
         );
     });

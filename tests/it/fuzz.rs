@@ -378,8 +378,7 @@ fn the_importer_never_panics_on_any_line() {
     });
     let cb = crate::cli::Casebook::new();
     cb.import(&import_lines()).ok();
-    let store = SledStore::open(&cb.data(), false).unwrap();
-    let log = store.log("default").unwrap();
+    let log = crate::cli::open_log(&cb.data(), "default");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

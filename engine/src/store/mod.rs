@@ -11,6 +11,7 @@
 //! gapless from 1 per stream, and every event's `prev_hash` is the hash of
 //! the event before it in the log. `verify` checks all three.
 
+pub mod embedded;
 pub mod postgres;
 pub mod segment;
 pub mod sled;
@@ -150,6 +151,54 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The event with this id, if stored.
     async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError>;
+
+    /// The stored events with these ids, by id; ids not stored are absent.
+    /// Repeated ids are looked up once. The batched form of
+    /// [`EventStore::find_event`] (the import planner's prefetch); a backend
+    /// with round trips answers it in a few queries.
+    async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
+        let mut found = HashMap::new();
+        let mut asked = std::collections::HashSet::new();
+        for id in ids {
+            if asked.insert(*id) {
+                if let Some(e) = self.find_event(*id).await? {
+                    found.insert(*id, e);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Every event of each of these streams, in version order, by stream;
+    /// streams with no events are absent. Repeated streams are read once.
+    /// The batched form of [`read_whole_stream`] (the import planner's
+    /// prefetch): for bounded sets of pupils' streams, never the whole log.
+    async fn read_streams(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
+        let mut found = HashMap::new();
+        let mut asked = std::collections::HashSet::new();
+        for stream in streams {
+            if !asked.insert(*stream) {
+                continue;
+            }
+            let mut events: Vec<StoredEvent> = Vec::new();
+            loop {
+                let from = events.len() as u64 + 1;
+                let page = self.read_stream(*stream, from, MAX_READ_PAGE).await?;
+                let done = page.len() < MAX_READ_PAGE;
+                events.extend(page);
+                if done {
+                    break;
+                }
+            }
+            if !events.is_empty() {
+                found.insert(*stream, events);
+            }
+        }
+        Ok(found)
+    }
 
     /// The last durable event.
     async fn head(&self) -> Result<Head, StoreError>;
@@ -425,4 +474,143 @@ pub(crate) async fn submit(
         .await
         .map_err(|_| StoreError::WriterStopped)?;
     answer.await.map_err(|_| StoreError::WriterStopped)?
+}
+
+/// What a writer reads of its committed log while it checks a group: the
+/// part of staging that differs between backends.
+pub(crate) trait Committed {
+    /// The committed version of `stream` (0 when it has no events).
+    fn committed_version(&mut self, stream: StreamId) -> Result<u64, StoreError>;
+    /// The position of the stored event with this id, if there is one.
+    fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError>;
+}
+
+/// One event sealed by [`GroupStage::stage`]: the decoded event and the
+/// exact bytes every backend stores for it (envelope body `||` hash).
+pub(crate) struct Sealed {
+    pub event: StoredEvent,
+    pub bytes: Vec<u8>,
+}
+
+/// A commit group being checked and sealed by a writer, every backend
+/// alike: the chain so far, the versions and ids its earlier appends took,
+/// and the sealed events to write.
+///
+/// Architecture Invariant: an append that fails any check stages nothing,
+/// and a staged append's positions, versions and `prev_hash` continue
+/// exactly from the appends staged before it in the same group.
+pub(crate) struct GroupStage {
+    pub position: u64,
+    pub hash: Hash,
+    versions: HashMap<StreamId, u64>,
+    ids: std::collections::HashSet<Uuid>,
+    pub sealed: Vec<Sealed>,
+}
+
+impl GroupStage {
+    /// A group that continues the log after `position`, whose event hashed
+    /// to `hash`.
+    pub fn new(position: u64, hash: Hash) -> GroupStage {
+        GroupStage {
+            position,
+            hash,
+            versions: HashMap::new(),
+            ids: Default::default(),
+            sealed: Vec::new(),
+        }
+    }
+
+    fn version(&self, committed: &mut impl Committed, stream: StreamId) -> Result<u64, StoreError> {
+        match self.versions.get(&stream) {
+            Some(v) => Ok(*v),
+            None => committed.committed_version(stream),
+        }
+    }
+
+    /// Checks one append completely against the committed log and the
+    /// group so far, then seals its events onto the group.
+    pub fn stage(
+        &mut self,
+        requests: &[AppendRequest],
+        committed: &mut impl Committed,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let total: usize = requests.iter().map(|r| r.events.len()).sum();
+        if total > MAX_EVENTS_PER_APPEND {
+            return Err(StoreError::Limit {
+                what: "events in one append",
+                count: total,
+                limit: MAX_EVENTS_PER_APPEND,
+            });
+        }
+        // Pass 1: check, without staging anything.
+        let mut local: HashMap<StreamId, u64> = HashMap::new();
+        let mut local_ids: std::collections::HashSet<Uuid> = Default::default();
+        for r in requests {
+            if r.events.is_empty() {
+                return Err(StoreError::EmptyAppend { stream: r.stream });
+            }
+            let actual = match local.get(&r.stream) {
+                Some(v) => *v,
+                None => self.version(committed, r.stream)?,
+            };
+            if !r.expected.admits(actual) {
+                return Err(StoreError::WrongExpectedVersion {
+                    stream: r.stream,
+                    expected: r.expected,
+                    actual,
+                });
+            }
+            local.insert(r.stream, actual + r.events.len() as u64);
+            for e in &r.events {
+                if self.ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
+                    return Err(StoreError::DuplicateInAppend {
+                        event_id: e.event_id,
+                    });
+                }
+                if let Some(position) = committed.stored_position(e.event_id)? {
+                    return Err(StoreError::DuplicateEventId {
+                        event_id: e.event_id,
+                        position,
+                    });
+                }
+            }
+        }
+        // Pass 2: seal. Encoding cannot fail for events that passed
+        // `NewEvent::new`; should it, nothing of this append is kept.
+        let mut sealed = Vec::with_capacity(total);
+        let mut appended = Vec::with_capacity(requests.len());
+        let mut pos = self.position;
+        let mut h = self.hash;
+        let mut cur: HashMap<StreamId, u64> = HashMap::new();
+        for r in requests {
+            let base = match cur.get(&r.stream) {
+                Some(v) => *v,
+                None => self.version(committed, r.stream)?,
+            };
+            let first_position = pos + 1;
+            for (i, e) in r.events.iter().enumerate() {
+                pos += 1;
+                let version = base + 1 + i as u64;
+                let (event, bytes) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
+                h = event.hash;
+                sealed.push(Sealed { event, bytes });
+            }
+            let last_version = base + r.events.len() as u64;
+            cur.insert(r.stream, last_version);
+            appended.push(Appended {
+                stream: r.stream,
+                first_version: base + 1,
+                last_version,
+                first_position,
+                last_position: pos,
+            });
+        }
+        self.ids.extend(local_ids);
+        self.versions.extend(cur);
+        self.sealed.extend(sealed);
+        self.position = pos;
+        self.hash = h;
+        Ok(appended)
+    }
 }

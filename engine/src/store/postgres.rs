@@ -37,7 +37,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 
-use super::Commit;
+use super::{Commit, Committed, GroupStage};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls};
@@ -45,8 +45,7 @@ use uuid::Uuid;
 
 use super::sled::validate_school;
 use super::{
-    AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_EVENTS_PER_APPEND,
-    MAX_READ_PAGE,
+    AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -78,6 +77,10 @@ pub const MAX_PENDING_COMMITS: usize = 1_024;
 /// Rows per INSERT statement (one `unnest` of arrays). Keeps a message well
 /// under PostgreSQL's 1 GB limit whatever the size of an import.
 const INSERT_CHUNK: usize = 4_096;
+
+/// Ids or streams per batched lookup statement (`find_events`,
+/// `read_streams`): one array parameter of at most this many elements.
+pub const LOOKUP_CHUNK: usize = 4_096;
 
 /// Idle connections a log keeps for reads.
 const MAX_IDLE: usize = 4;
@@ -945,131 +948,46 @@ impl Writer {
             Ok::<_, StoreError>(stored_ids)
         };
         let (versions, stored_ids) = tokio::try_join!(read_versions, read_ids)?;
-        let mut state = Staging {
+        let mut stage = GroupStage::new(head_position, head_hash);
+        let mut committed = PgCommitted {
             versions,
             stored_ids,
-            taken_ids: HashSet::new(),
-            position: head_position,
-            hash: head_hash,
-            rows: Vec::new(),
         };
         let mut results = Vec::with_capacity(group.len());
         for c in group {
-            results.push(state.stage(&c.requests, recorded_at));
+            results.push(stage.stage(&c.requests, &mut committed, recorded_at));
         }
-        if state.position == head_position {
+        let rows = stage
+            .sealed
+            .into_iter()
+            .map(|s| Row::of(&s.event, s.bytes))
+            .collect::<Result<Vec<Row>, StoreError>>()?;
+        let state = (stage.position, stage.hash);
+        if state.0 == head_position {
             tx.rollback().await.map_err(pg_err("append"))?;
             return Ok((results, None));
         }
-        insert_rows(&tx, &state.rows, Some(prepared)).await?;
-        finish_commit(
-            &tx,
-            &school,
-            state.position,
-            &state.hash,
-            recorded_at,
-            Some(prepared),
-        )
-        .await?;
+        insert_rows(&tx, &rows, Some(prepared)).await?;
+        finish_commit(&tx, &school, state.0, &state.1, recorded_at, Some(prepared)).await?;
         tx.commit().await.map_err(pg_err("commit"))?;
-        Ok((results, Some(state.position)))
+        Ok((results, Some(state.0)))
     }
 }
 
-/// A group's state while its appends are checked and sealed.
-struct Staging {
+/// The committed log as PostgreSQL's writer read it under the head lock:
+/// the versions of the group's streams and which of its ids are stored.
+struct PgCommitted {
     versions: HashMap<StreamId, u64>,
     stored_ids: HashMap<Uuid, u64>,
-    taken_ids: HashSet<Uuid>,
-    position: u64,
-    hash: Hash,
-    rows: Vec<Row>,
 }
 
-impl Staging {
-    /// Checks one append completely, then seals it onto the group. An append
-    /// that fails any check stages nothing.
-    fn stage(
-        &mut self,
-        requests: &[AppendRequest],
-        recorded_at: DateTime<Utc>,
-    ) -> Result<Vec<Appended>, StoreError> {
-        let total: usize = requests.iter().map(|r| r.events.len()).sum();
-        if total > MAX_EVENTS_PER_APPEND {
-            return Err(StoreError::Limit {
-                what: "events in one append",
-                count: total,
-                limit: MAX_EVENTS_PER_APPEND,
-            });
-        }
-        let mut local: HashMap<StreamId, u64> = HashMap::new();
-        let mut local_ids: HashSet<Uuid> = HashSet::new();
-        for r in requests {
-            if r.events.is_empty() {
-                return Err(StoreError::EmptyAppend { stream: r.stream });
-            }
-            let actual = local
-                .get(&r.stream)
-                .or_else(|| self.versions.get(&r.stream))
-                .copied()
-                .unwrap_or(0);
-            if !r.expected.admits(actual) {
-                return Err(StoreError::WrongExpectedVersion {
-                    stream: r.stream,
-                    expected: r.expected,
-                    actual,
-                });
-            }
-            local.insert(r.stream, actual + r.events.len() as u64);
-            for e in &r.events {
-                if self.taken_ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
-                    return Err(StoreError::DuplicateInAppend {
-                        event_id: e.event_id,
-                    });
-                }
-                if let Some(p) = self.stored_ids.get(&e.event_id) {
-                    return Err(StoreError::DuplicateEventId {
-                        event_id: e.event_id,
-                        position: *p,
-                    });
-                }
-            }
-        }
-        let mut rows = Vec::with_capacity(total);
-        let mut appended = Vec::with_capacity(requests.len());
-        let mut pos = self.position;
-        let mut h = self.hash;
-        let mut cur: HashMap<StreamId, u64> = HashMap::new();
-        for r in requests {
-            let base = cur
-                .get(&r.stream)
-                .or_else(|| self.versions.get(&r.stream))
-                .copied()
-                .unwrap_or(0);
-            let first_position = pos + 1;
-            for (i, e) in r.events.iter().enumerate() {
-                pos += 1;
-                let version = base + 1 + i as u64;
-                let (event, bytes) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
-                h = event.hash;
-                rows.push(Row::of(&event, bytes)?);
-            }
-            let last_version = base + r.events.len() as u64;
-            cur.insert(r.stream, last_version);
-            appended.push(Appended {
-                stream: r.stream,
-                first_version: base + 1,
-                last_version,
-                first_position,
-                last_position: pos,
-            });
-        }
-        self.taken_ids.extend(local_ids);
-        self.versions.extend(cur);
-        self.rows.extend(rows);
-        self.position = pos;
-        self.hash = h;
-        Ok(appended)
+impl Committed for PgCommitted {
+    fn committed_version(&mut self, stream: StreamId) -> Result<u64, StoreError> {
+        Ok(self.versions.get(&stream).copied().unwrap_or(0))
+    }
+
+    fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
+        Ok(self.stored_ids.get(&event_id).copied())
     }
 }
 
@@ -1157,6 +1075,65 @@ impl EventStore for PostgresLog {
         )
         .await?;
         Ok(found.pop())
+    }
+
+    /// One query per [`LOOKUP_CHUNK`] distinct ids (`event_id = ANY($2)`).
+    async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
+        let mut seen = HashSet::new();
+        let ids: Vec<Uuid> = ids.iter().copied().filter(|i| seen.insert(*i)).collect();
+        let mut found = HashMap::with_capacity(ids.len().min(LOOKUP_CHUNK));
+        if ids.is_empty() {
+            return Ok(found);
+        }
+        let client = self.pool.get().await?;
+        for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let rows = client
+                .query(
+                    "SELECT position, value, event_id FROM events WHERE school = $1 AND event_id = ANY($2)",
+                    &[&self.school, &chunk],
+                )
+                .await
+                .map_err(pg_err("read"))?;
+            for r in &rows {
+                // Keyed by the row's event_id column, as `find_event` selects.
+                found.insert(r.get(2), decode_at(r.get::<_, i64>(0) as u64, r.get(1))?);
+            }
+        }
+        Ok(found)
+    }
+
+    /// One query per [`LOOKUP_CHUNK`] distinct streams (`stream = ANY($2)`),
+    /// in (stream, version) order.
+    async fn read_streams(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
+        let mut seen = HashSet::new();
+        let streams: Vec<Uuid> = streams
+            .iter()
+            .map(|s| s.0)
+            .filter(|s| seen.insert(*s))
+            .collect();
+        let mut found: HashMap<StreamId, Vec<StoredEvent>> = HashMap::new();
+        if streams.is_empty() {
+            return Ok(found);
+        }
+        let client = self.pool.get().await?;
+        for chunk in streams.chunks(LOOKUP_CHUNK) {
+            let rows = client
+                .query(
+                    "SELECT position, value, stream FROM events WHERE school = $1 AND stream = ANY($2) ORDER BY stream, version",
+                    &[&self.school, &chunk],
+                )
+                .await
+                .map_err(pg_err("read"))?;
+            for r in &rows {
+                // Grouped by the row's stream column, as `read_stream` selects.
+                let e = decode_at(r.get::<_, i64>(0) as u64, r.get(1))?;
+                found.entry(StreamId(r.get(2))).or_default().push(e);
+            }
+        }
+        Ok(found)
     }
 
     async fn head(&self) -> Result<Head, StoreError> {

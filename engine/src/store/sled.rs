@@ -20,7 +20,7 @@
 //! keeps other processes out. Positions, versions and the chain are assigned
 //! only on the writer thread.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -30,14 +30,13 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 
-use super::{Commit, Reply};
+use super::{Commit, Committed, GroupStage, Reply};
 use uuid::Uuid;
 
 mod copy_in;
 
 use super::{
-    AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_EVENTS_PER_APPEND,
-    MAX_READ_PAGE,
+    AppendRequest, Appended, ChainVerifier, EventStore, Head, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -657,6 +656,23 @@ fn decode_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
     Ok(event)
 }
 
+/// `positions` (ascending) cut into runs of consecutive positions.
+fn consecutive_runs(positions: &[u64]) -> impl Iterator<Item = &[u64]> + '_ {
+    let mut rest = positions;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let len = 1 + rest
+            .windows(2)
+            .take_while(|w| w[1] == w[0].wrapping_add(1))
+            .count();
+        let (run, tail) = rest.split_at(len);
+        rest = tail;
+        Some(run)
+    })
+}
+
 /// Reads the head on open and checks it against the last stored event, so a
 /// damaged store is reported on open rather than extended.
 fn recover_head(tree: &sled::Tree, school: &str) -> Result<(u64, Hash, i64), StoreError> {
@@ -766,22 +782,11 @@ impl Writer {
         let recorded_us = now_us.max(self.last_recorded_us);
         let recorded_at =
             DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
-        let mut batch = sled::Batch::default();
-        let mut versions: HashMap<StreamId, u64> = HashMap::new();
-        let mut ids: HashSet<Uuid> = HashSet::new();
-        let mut position = self.position;
-        let mut hash = self.hash;
+        let mut stage = GroupStage::new(self.position, self.hash);
+        let mut committed = SledCommitted { tree: &self.tree };
         let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
         for commit in group {
-            match self.stage(
-                &commit.requests,
-                &mut batch,
-                &mut versions,
-                &mut ids,
-                &mut position,
-                &mut hash,
-                recorded_at,
-            ) {
+            match stage.stage(&commit.requests, &mut committed, recorded_at) {
                 Ok(appended) => staged.push((commit.reply, appended)),
                 Err(e) => {
                     let _ = commit.reply.send(Err(e));
@@ -790,6 +795,14 @@ impl Writer {
         }
         if staged.is_empty() {
             return true;
+        }
+        let (position, hash) = (stage.position, stage.hash);
+        let mut batch = sled::Batch::default();
+        for sealed in stage.sealed {
+            let e = &sealed.event;
+            batch.insert(&e_key(e.position), sealed.bytes);
+            batch.insert(&s_key(e.stream, e.version), &e.position.to_be_bytes());
+            batch.insert(&i_key(e.event_id), &e.position.to_be_bytes());
         }
         batch.insert(HEAD_KEY, &encode_head(position, &hash, recorded_us)[..]);
         // sled can panic inside a write (e.g. on ENOSPC in its I/O
@@ -849,117 +862,24 @@ impl Writer {
             }
         }
     }
+}
 
-    fn stream_version(
-        &self,
-        overlay: &HashMap<StreamId, u64>,
-        stream: StreamId,
-    ) -> Result<u64, StoreError> {
-        if let Some(v) = overlay.get(&stream) {
-            return Ok(*v);
-        }
-        last_version(&self.tree, stream, u64::MAX)
+/// The committed log as sled's writer sees it while staging a group.
+struct SledCommitted<'a> {
+    tree: &'a sled::Tree,
+}
+
+impl Committed for SledCommitted<'_> {
+    fn committed_version(&mut self, stream: StreamId) -> Result<u64, StoreError> {
+        last_version(self.tree, stream, u64::MAX)
     }
 
-    /// Checks one commit completely, then stages it into `batch`. A commit
-    /// that fails any check stages nothing.
-    #[allow(clippy::too_many_arguments)]
-    fn stage(
-        &self,
-        requests: &[AppendRequest],
-        batch: &mut sled::Batch,
-        versions: &mut HashMap<StreamId, u64>,
-        ids: &mut HashSet<Uuid>,
-        position: &mut u64,
-        hash: &mut Hash,
-        recorded_at: DateTime<Utc>,
-    ) -> Result<Vec<Appended>, StoreError> {
-        let total: usize = requests.iter().map(|r| r.events.len()).sum();
-        if total > MAX_EVENTS_PER_APPEND {
-            return Err(StoreError::Limit {
-                what: "events in one append",
-                count: total,
-                limit: MAX_EVENTS_PER_APPEND,
-            });
-        }
-        // Pass 1: check, against the group's state so far, without staging.
-        let mut local: HashMap<StreamId, u64> = HashMap::new();
-        let mut local_ids: HashSet<Uuid> = HashSet::new();
-        for r in requests {
-            if r.events.is_empty() {
-                return Err(StoreError::EmptyAppend { stream: r.stream });
-            }
-            let actual = match local.get(&r.stream) {
-                Some(v) => *v,
-                None => self.stream_version(versions, r.stream)?,
-            };
-            if !r.expected.admits(actual) {
-                return Err(StoreError::WrongExpectedVersion {
-                    stream: r.stream,
-                    expected: r.expected,
-                    actual,
-                });
-            }
-            local.insert(r.stream, actual + r.events.len() as u64);
-            for e in &r.events {
-                if ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
-                    return Err(StoreError::DuplicateInAppend {
-                        event_id: e.event_id,
-                    });
-                }
-                if let Some(p) = self
-                    .tree
-                    .get(i_key(e.event_id))
-                    .map_err(|e| StoreError::io("append", e))?
-                {
-                    return Err(StoreError::DuplicateEventId {
-                        event_id: e.event_id,
-                        position: be_u64(&p).unwrap_or(0),
-                    });
-                }
-            }
-        }
-        // Pass 2: seal and stage. Encoding cannot fail for events that
-        // passed `NewEvent::new`, but an error here still stages nothing
-        // because the group is applied only after every commit staged.
-        let mut sealed: Vec<(u64, Vec<u8>, StreamId, u64, Uuid)> = Vec::with_capacity(total);
-        let mut appended = Vec::with_capacity(requests.len());
-        let mut pos = *position;
-        let mut h = *hash;
-        let mut cur: HashMap<StreamId, u64> = HashMap::new();
-        for r in requests {
-            let base = match cur.get(&r.stream) {
-                Some(v) => *v,
-                None => self.stream_version(versions, r.stream)?,
-            };
-            let first_position = pos + 1;
-            for (i, e) in r.events.iter().enumerate() {
-                pos += 1;
-                let version = base + 1 + i as u64;
-                let (event, bytes) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
-                h = event.hash;
-                sealed.push((pos, bytes, r.stream, version, e.event_id));
-            }
-            let last_version = base + r.events.len() as u64;
-            cur.insert(r.stream, last_version);
-            appended.push(Appended {
-                stream: r.stream,
-                first_version: base + 1,
-                last_version,
-                first_position,
-                last_position: pos,
-            });
-        }
-        for (p, bytes, stream, version, id) in sealed {
-            batch.insert(&e_key(p), bytes);
-            batch.insert(&s_key(stream, version), &p.to_be_bytes());
-            batch.insert(&i_key(id), &p.to_be_bytes());
-            ids.insert(id);
-        }
-        versions.extend(cur);
-        *position = pos;
-        *hash = h;
-        Ok(appended)
+    fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .tree
+            .get(i_key(event_id))
+            .map_err(|e| StoreError::io("append", e))?
+            .map(|p| be_u64(&p).unwrap_or(0)))
     }
 }
 
@@ -1001,10 +921,13 @@ impl EventStore for SledLog {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let durable = self.durable_position();
         let max = max.min(MAX_READ_PAGE);
-        let mut out = Vec::new();
+        // The stream's positions first (one pass over its `s` keys), then
+        // the events: each run of consecutive positions with one range scan
+        // of the `e` keys instead of one `get` (one B-tree descent) per event.
+        let mut positions = Vec::new();
         let range = s_key(stream, from_version.max(1))..=s_key(stream, u64::MAX);
         for item in self.tree.range(range) {
-            if out.len() >= max {
+            if positions.len() >= max {
                 break;
             }
             let (_, v) = item.map_err(|e| StoreError::io("read", e))?;
@@ -1015,13 +938,33 @@ impl EventStore for SledLog {
             if position > durable {
                 break;
             }
-            let event = self
-                .get_event(position)?
-                .ok_or_else(|| StoreError::Corrupt {
-                    location: format!("position {position}"),
-                    what: format!("stream {stream} index points at a missing event"),
-                })?;
-            out.push(event);
+            positions.push(position);
+        }
+        let missing = |position: u64| StoreError::Corrupt {
+            location: format!("position {position}"),
+            what: format!("stream {stream} index points at a missing event"),
+        };
+        let mut out = Vec::with_capacity(positions.len());
+        for run in consecutive_runs(&positions) {
+            if run.len() == 1 {
+                let event = self.get_event(run[0])?.ok_or_else(|| missing(run[0]))?;
+                out.push(event);
+                continue;
+            }
+            let (first, last) = (run[0], run[run.len() - 1]);
+            let mut expected = first;
+            for item in self.tree.range(e_key(first)..=e_key(last)) {
+                let (k, v) = item.map_err(|e| StoreError::io("read", e))?;
+                let position = be_u64(&k[1..]).unwrap_or(0);
+                if position != expected {
+                    return Err(missing(expected));
+                }
+                out.push(decode_at(position, &v)?);
+                expected += 1;
+            }
+            if expected != last + 1 {
+                return Err(missing(expected));
+            }
         }
         Ok(out)
     }

@@ -23,6 +23,7 @@
 //! files only (rebuilt on open); the files are never rewritten, only
 //! appended to, and truncated only at an unacknowledged torn tail.
 
+mod copy_in;
 pub mod frame;
 pub mod raw;
 

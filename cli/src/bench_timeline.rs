@@ -1,0 +1,176 @@
+//! The timeline phase of `casebook bench`: `casebook timeline --format json`
+//! of random pupils, timed through the command's own read path
+//! (`views::timeline_doc` over `Guarded` over the per-pupil reader that
+//! opens sealed fields), with the durable `RecordViewed` append that every
+//! read makes timed apart.
+//!
+//! The append happens inside `Guarded::read_pupil_events`; the log under
+//! the reader is wrapped in [`AppendClock`], which adds up the time spent
+//! in appends. A timeline's figure is its whole time less that; the whole
+//! time is the `timeline_with_access_log_*` figure.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use casebook_engine::access::{Action, Guarded};
+use casebook_engine::store::{AppendRequest, Appended, EventStore, Head, VerifyReport};
+use casebook_engine::{StoreError, StoredEvent, StreamId};
+use chrono::{DateTime, Utc};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::views::{timeline_doc, TimelineFilter};
+use crate::Failure;
+
+/// The staff the bench reads as (the store has no directory: single-user
+/// mode, where every actor may read everything, as on a fresh store).
+const BENCH_STAFF: &str = "S001";
+
+/// Latencies of one timeline phase.
+pub(crate) struct TimelineTimes {
+    /// Each read without its access-log append.
+    pub reads: Vec<Duration>,
+    /// Each read with it: the command's whole read path.
+    pub with_log: Vec<Duration>,
+    /// Entries shown, over all reads.
+    pub entries: usize,
+}
+
+/// Reads the timeline of each pupil of `pupils` in turn, as
+/// `casebook timeline PUPIL --format json` does.
+pub(crate) async fn timelines(
+    log: Arc<dyn EventStore>,
+    school: &str,
+    pupils: &[&str],
+    now: DateTime<Utc>,
+) -> Result<TimelineTimes, Failure> {
+    let clock = Arc::new(AppendClock::new(log));
+    let reader = crate::privacy::reader_with_ring(clock.clone(), None);
+    let guarded = Guarded::open(reader, school)
+        .await
+        .map_err(|e| Failure::Store(e.to_string()))?;
+    let filter = TimelineFilter {
+        safeguarding_only: false,
+        no_register_marks: false,
+    };
+    let mut out = TimelineTimes {
+        reads: Vec::with_capacity(pupils.len()),
+        with_log: Vec::with_capacity(pupils.len()),
+        entries: 0,
+    };
+    for pupil in pupils {
+        let action = Action::ReadTimeline {
+            pupil: pupil.to_string(),
+            keyworker: None,
+        };
+        let actor = guarded
+            .actor(Some(BENCH_STAFF), &action, now)
+            .await
+            .map_err(crate::staff::access_failure)?;
+        let appends_before = clock.spent();
+        let started = Instant::now();
+        let (doc, _withheld) = timeline_doc(
+            &guarded,
+            &actor,
+            pupil,
+            None,
+            &filter,
+            Some("benchmark".into()),
+            now,
+        )
+        .await?;
+        let whole = started.elapsed();
+        let appending = clock.spent().saturating_sub(appends_before);
+        out.entries += doc["entries"].as_array().map_or(0, Vec::len);
+        std::hint::black_box(doc);
+        out.reads.push(whole.saturating_sub(appending));
+        out.with_log.push(whole);
+    }
+    Ok(out)
+}
+
+/// A log that adds up the time its appends take.
+pub(crate) struct AppendClock {
+    inner: Arc<dyn EventStore>,
+    spent: Mutex<Duration>,
+}
+
+impl AppendClock {
+    pub(crate) fn new(inner: Arc<dyn EventStore>) -> AppendClock {
+        AppendClock {
+            inner,
+            spent: Mutex::new(Duration::ZERO),
+        }
+    }
+
+    /// Time spent in appends so far.
+    pub(crate) fn spent(&self) -> Duration {
+        *self.spent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl EventStore for AppendClock {
+    async fn append_atomic(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let started = Instant::now();
+        let done = self.inner.append_atomic(requests).await;
+        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
+        done
+    }
+
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read_stream(stream, from_version, max).await
+    }
+
+    async fn read_all(
+        &self,
+        from_position: u64,
+        max: usize,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.inner.read_all(from_position, max).await
+    }
+
+    async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
+        self.inner.stream_version(stream).await
+    }
+
+    async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+        self.inner.find_event(event_id).await
+    }
+
+    async fn head(&self) -> Result<Head, StoreError> {
+        self.inner.head().await
+    }
+
+    fn watch_head(&self) -> watch::Receiver<u64> {
+        self.inner.watch_head()
+    }
+
+    async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.load_checkpoint(name).await
+    }
+
+    async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.inner.save_checkpoint(name, bytes).await
+    }
+
+    async fn clear_checkpoints(&self) -> Result<(), StoreError> {
+        self.inner.clear_checkpoints().await
+    }
+
+    async fn verify(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<VerifyReport, StoreError> {
+        self.inner.verify(progress).await
+    }
+}
