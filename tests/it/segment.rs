@@ -530,7 +530,7 @@ fn another_process_holding_the_store_is_named() {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Killed(
         Command::new(env!("CARGO_BIN_EXE_casebook-torture"))
-            .args(["hold", "--backend", "segment", "--dir"])
+            .args(["hold", "--engine", "segment", "--dir"])
             .arg(tmp.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -799,6 +799,25 @@ impl SegmentLog {
         &self.dir
     }
 
+    /// Approximate bytes the in-memory index holds, from the capacities of
+    /// its tables (positions, stream lists, the event-id map with its
+    /// control bytes): what the log costs in memory beyond the page cache.
+    pub fn index_bytes(&self) -> u64 {
+        let Ok(state) = self.state.read() else {
+            return 0;
+        };
+        let ix = &state.index;
+        let locs = ix.locs.capacity() * std::mem::size_of::<Loc>();
+        let streams: usize = ix
+            .streams
+            .values()
+            .map(|v| v.capacity() * 8 + std::mem::size_of::<(StreamId, Vec<u64>)>() + 1)
+            .sum();
+        // A hash map holds its capacity in 7/8 of its buckets.
+        let ids = ix.ids.capacity() / 7 * 8 * (std::mem::size_of::<(Uuid, u64)>() + 1);
+        (locs + streams + ids) as u64
+    }
+
     fn read(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
         self.state.read().map_err(|_| StoreError::WriterStopped)
     }
