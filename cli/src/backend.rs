@@ -20,14 +20,17 @@ use crate::Failure;
 /// The embedded engines a `--data` directory can hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Engine {
-    /// sled: a B-tree per school (the format of every store before 0.5).
+    /// sled: a B-tree per school (the engine of every store created before
+    /// the segment engine became the default; still opened and written).
     Sled,
     /// Append-only segment files and an in-memory index (docs/storage.md).
     Segment,
 }
 
-/// The engine of a new embedded store when `--engine` is not given.
-pub const DEFAULT_ENGINE: Engine = Engine::Sled;
+/// The engine of a new embedded store when `--engine` is not given: the
+/// segment engine, chosen on the measurements of docs/performance.md
+/// ("Choosing the default engine").
+pub const DEFAULT_ENGINE: Engine = Engine::Segment;
 
 impl Engine {
     fn name(self) -> &'static str {

@@ -231,7 +231,7 @@ pub enum Command {
         batch_events: Option<usize>,
         /// The backend to measure. `postgres` uses the server of
         /// --database-url, in scratch databases it drops at the end.
-        #[arg(long, value_enum, default_value = "sled")]
+        #[arg(long, value_enum, default_value = "segment")]
         backend: bench::BenchBackend,
         /// Where to create the temporary directory (default: the system's
         /// temporary directory); the filesystem is part of what is measured.

@@ -790,29 +790,62 @@ fn reports_print_text_and_json() {
 
 #[test]
 fn verify_reports_tampering_with_exit_1() {
-    let cb = Casebook::new();
-    cb.import(&history()).ok();
-    let r = cb.run(&["verify"]).ok();
-    assert!(r.stdout.starts_with("ok: 8 events, head "), "{}", r.stdout);
-    {
-        let db = sled::open(cb.data()).unwrap();
+    for engine in ["sled", "segment"] {
+        let cb = Casebook::new();
+        cb.run(&["--engine", engine, "init"]).ok();
+        cb.import(&history()).ok();
+        let r = cb.run(&["verify"]).ok();
+        assert!(r.stdout.starts_with("ok: 8 events, head "), "{}", r.stdout);
+        // One byte of position 5's stored body changed behind the engine's
+        // back (on segment files with the frame checksum recomputed, as a
+        // deliberate edit would).
+        tamper_body(&cb.data(), engine, 5);
+        let r = cb.run(&["verify"]);
+        assert_eq!(r.code, 1, "{engine}: {}", r.stdout);
+        assert!(r.stdout.contains("position 5"), "{engine}: {}", r.stdout);
+        let r = cb.run(&["verify", "--format", "json"]);
+        assert_eq!(r.code, 1);
+        let v = r.json();
+        assert_eq!(v["ok"], false);
+        assert_eq!(v["problems"][0]["position"], 5);
+    }
+}
+
+/// Flips a bit in the stored body of the event at `position` of the
+/// default school, straight in the store's files.
+fn tamper_body(dir: &Path, engine: &str, position: u64) {
+    let flip = |v: &mut Vec<u8>| {
+        let n = v.len();
+        v[n - 40] ^= 0x01; // in the body, before the 32-byte hash
+    };
+    if engine == "sled" {
+        let db = sled::open(dir).unwrap();
         let tree = db.open_tree("log/default").unwrap();
         let mut key = vec![b'e'];
-        key.extend_from_slice(&5u64.to_be_bytes());
+        key.extend_from_slice(&position.to_be_bytes());
         let mut v = tree.get(&key).unwrap().unwrap().to_vec();
-        let n = v.len();
-        v[n - 40] ^= 0x01;
+        flip(&mut v);
         tree.insert(key, v).unwrap();
         db.flush().unwrap();
+        return;
     }
-    let r = cb.run(&["verify"]);
-    assert_eq!(r.code, 1, "{}", r.stdout);
-    assert!(r.stdout.contains("position 5"), "{}", r.stdout);
-    let r = cb.run(&["verify", "--format", "json"]);
-    assert_eq!(r.code, 1);
-    let v = r.json();
-    assert_eq!(v["ok"], false);
-    assert_eq!(v["problems"][0]["position"], 5);
+    use casebook_engine::store::segment::frame::{decode_frame, encode_frame};
+    let seg = dir.join("logs/default/00000000000000000001.seg");
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let mut at = 0;
+    loop {
+        let (meta, value, len) = decode_frame(&bytes[at..]).unwrap();
+        if meta.position == position {
+            let mut value = value.to_vec();
+            flip(&mut value);
+            let mut forged = Vec::new();
+            encode_frame(&mut forged, &meta, &value);
+            bytes[at..at + len].copy_from_slice(&forged);
+            break;
+        }
+        at += len;
+    }
+    std::fs::write(&seg, bytes).unwrap();
 }
 
 #[test]

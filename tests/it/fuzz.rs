@@ -131,6 +131,8 @@ fn corpus() -> &'static Corpus {
     CORPUS.get_or_init(|| {
         let cb = Casebook::new();
         let lines = import_lines();
+        // The corpus takes sled's raw records (head, watermark) too.
+        cb.run(&["--engine", "sled", "init"]).ok();
         cb.import(&lines).ok();
         let store = SledStore::open(&cb.data(), false).unwrap();
         let log = store.log("default").unwrap();

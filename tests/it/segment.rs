@@ -503,17 +503,6 @@ proptest! {
     }
 }
 
-/// `casebook bench --backend segment`: every figure present and
-/// consistent (no timing asserted), and the temporary store removed.
-#[test]
-fn bench_runs_on_the_segment_backend() {
-    let (doc, tmp) = crate::bench::run_bench(&["--backend", "segment"]);
-    assert_eq!(doc["backend"], "segment", "{doc}");
-    assert_eq!(doc["events"], 2000, "{doc}");
-    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
-    assert!(left.is_empty(), "bench left files behind: {left:?}");
-}
-
 /// Another process holding the store: refused with its pid; usable once
 /// it is gone (killed with SIGKILL: the kernel drops the flock).
 #[test]
