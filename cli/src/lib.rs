@@ -377,7 +377,6 @@ pub fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    bound_malloc_arenas();
     let cli = match Cli::try_parse_from(record_data_args(std::env::args_os().collect())) {
         Ok(cli) => cli,
         Err(e) => {
@@ -388,22 +387,6 @@ pub fn main() -> ExitCode {
         }
     };
     run_cli(cli)
-}
-
-/// At most two glibc malloc arenas (instead of eight per core): memory freed
-/// by one thread (sled's flusher, the writer, the runtime's workers) is
-/// reused by the others instead of staying resident in an arena of its own.
-/// Measured with `casebook bench` (docs/performance.md): peak RSS at 100k
-/// events about halved. `MALLOC_ARENA_MAX` in the environment still wins.
-fn bound_malloc_arenas() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
-        // SAFETY: mallopt only sets an allocator parameter; called first in
-        // main, before any thread exists.
-        unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 2);
-        }
-    }
 }
 
 /// Global flags that take a value, for finding the command name.
