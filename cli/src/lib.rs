@@ -225,8 +225,8 @@ pub enum Command {
         /// Concurrent writers of the concurrent-append phase.
         #[arg(long, default_value_t = 64)]
         writers: usize,
-        /// Events per import append and per raw batch (default: the
-        /// engine's group size, 8192).
+        /// Events per import append and per raw batch (default 1,024, the
+        /// same for every backend).
         #[arg(long, value_name = "N")]
         batch_events: Option<usize>,
         /// The backend to measure. `postgres` uses the server of
