@@ -504,6 +504,8 @@ pub(crate) struct GroupStage {
     pub hash: Hash,
     versions: HashMap<StreamId, u64>,
     ids: std::collections::HashSet<Uuid>,
+    /// Largest stored value a backend can hold (segment frames are bounded).
+    value_limit: Option<usize>,
     pub sealed: Vec<Sealed>,
 }
 
@@ -516,8 +518,15 @@ impl GroupStage {
             hash,
             versions: HashMap::new(),
             ids: Default::default(),
+            value_limit: None,
             sealed: Vec::new(),
         }
+    }
+
+    /// Refuses an append with an event whose stored bytes exceed `limit`.
+    pub fn with_value_limit(mut self, limit: usize) -> GroupStage {
+        self.value_limit = Some(limit);
+        self
     }
 
     fn version(&self, committed: &mut impl Committed, stream: StreamId) -> Result<u64, StoreError> {
@@ -593,6 +602,15 @@ impl GroupStage {
                 pos += 1;
                 let version = base + 1 + i as u64;
                 let (event, bytes) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
+                if let Some(limit) = self.value_limit {
+                    if bytes.len() > limit {
+                        return Err(StoreError::Limit {
+                            what: "bytes in one stored event",
+                            count: bytes.len(),
+                            limit,
+                        });
+                    }
+                }
                 h = event.hash;
                 sealed.push(Sealed { event, bytes });
             }

@@ -27,7 +27,7 @@ mod copy_in;
 pub mod frame;
 pub mod raw;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -43,8 +43,8 @@ use uuid::Uuid;
 use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqReader};
 use super::sled::{validate_school, ProcessLock};
 use super::{
-    AppendRequest, Appended, ChainVerifier, Commit, EventStore, Head, Reply, VerifyReport,
-    MAX_EVENTS_PER_APPEND, MAX_READ_PAGE,
+    AppendRequest, Appended, ChainVerifier, Commit, Committed, EventStore, GroupStage, Head, Reply,
+    VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -931,10 +931,8 @@ impl Writer {
             DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
         self.buf.clear();
         self.frames.clear();
-        let mut versions: HashMap<StreamId, u64> = HashMap::new();
-        let mut ids: HashSet<Uuid> = HashSet::new();
-        let mut position = self.position;
-        let mut hash = self.hash;
+        let mut stage = GroupStage::new(self.position, self.hash)
+            .with_value_limit(frame::MAX_FRAME - frame::META_LEN);
         let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
         {
             let state = self.state.clone();
@@ -944,25 +942,36 @@ impl Writer {
                 }
                 return false;
             };
+            let mut committed = SegmentCommitted {
+                index: &state.index,
+            };
             for commit in group {
-                let mark = (self.buf.len(), self.frames.len());
-                match self.stage(
-                    &state.index,
-                    &commit.requests,
-                    &mut versions,
-                    &mut ids,
-                    &mut position,
-                    &mut hash,
-                    recorded_at,
-                ) {
+                match stage.stage(&commit.requests, &mut committed, recorded_at) {
                     Ok(appended) => staged.push((commit.reply, appended)),
                     Err(e) => {
-                        self.buf.truncate(mark.0);
-                        self.frames.truncate(mark.1);
                         let _ = commit.reply.send(Err(e));
                     }
                 }
             }
+        }
+        let (position, hash) = (stage.position, stage.hash);
+        for sealed in stage.sealed {
+            let e = &sealed.event;
+            let meta = FrameMeta {
+                group_end: false,
+                position: e.position,
+                stream: e.stream,
+                version: e.version,
+                event_id: e.event_id,
+            };
+            let start = self.buf.len();
+            let len = encode_frame(&mut self.buf, &meta, &sealed.bytes);
+            self.frames.push(Staged {
+                meta,
+                start,
+                len,
+                hash: e.hash,
+            });
         }
         let Some(last) = self.frames.last_mut() else {
             return true;
@@ -1044,126 +1053,21 @@ impl Writer {
         }
         result
     }
+}
 
-    /// Checks one commit completely, then seals it into the group buffer.
-    /// A commit that fails any check stages nothing (the caller cuts the
-    /// buffer back).
-    #[allow(clippy::too_many_arguments)]
-    fn stage(
-        &mut self,
-        index: &Index,
-        requests: &[AppendRequest],
-        versions: &mut HashMap<StreamId, u64>,
-        ids: &mut HashSet<Uuid>,
-        position: &mut u64,
-        hash: &mut Hash,
-        recorded_at: DateTime<Utc>,
-    ) -> Result<Vec<Appended>, StoreError> {
-        let total: usize = requests.iter().map(|r| r.events.len()).sum();
-        if total > MAX_EVENTS_PER_APPEND {
-            return Err(StoreError::Limit {
-                what: "events in one append",
-                count: total,
-                limit: MAX_EVENTS_PER_APPEND,
-            });
-        }
-        let version_of = |versions: &HashMap<StreamId, u64>, s: &StreamId| {
-            versions
-                .get(s)
-                .copied()
-                .unwrap_or_else(|| index.stream_version(s))
-        };
-        // Pass 1: check against the index and the group so far.
-        let mut local: HashMap<StreamId, u64> = HashMap::new();
-        let mut local_ids: HashSet<Uuid> = HashSet::new();
-        for r in requests {
-            if r.events.is_empty() {
-                return Err(StoreError::EmptyAppend { stream: r.stream });
-            }
-            let actual = match local.get(&r.stream) {
-                Some(v) => *v,
-                None => version_of(versions, &r.stream),
-            };
-            if !r.expected.admits(actual) {
-                return Err(StoreError::WrongExpectedVersion {
-                    stream: r.stream,
-                    expected: r.expected,
-                    actual,
-                });
-            }
-            local.insert(r.stream, actual + r.events.len() as u64);
-            for e in &r.events {
-                if ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
-                    return Err(StoreError::DuplicateInAppend {
-                        event_id: e.event_id,
-                    });
-                }
-                if let Some(p) = index.ids.get(&e.event_id) {
-                    return Err(StoreError::DuplicateEventId {
-                        event_id: e.event_id,
-                        position: *p,
-                    });
-                }
-            }
-        }
-        // Pass 2: seal into the buffer.
-        let mut appended = Vec::with_capacity(requests.len());
-        let mut pos = *position;
-        let mut h = *hash;
-        let mut cur: HashMap<StreamId, u64> = HashMap::new();
-        for r in requests {
-            let base = match cur.get(&r.stream) {
-                Some(v) => *v,
-                None => version_of(versions, &r.stream),
-            };
-            let first_position = pos + 1;
-            for (i, e) in r.events.iter().enumerate() {
-                pos += 1;
-                let version = base + 1 + i as u64;
-                let (event, value) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
-                if value.len() + frame::META_LEN > frame::MAX_FRAME {
-                    return Err(StoreError::Limit {
-                        what: "bytes in one stored event",
-                        count: value.len(),
-                        limit: frame::MAX_FRAME - frame::META_LEN,
-                    });
-                }
-                h = event.hash;
-                let meta = FrameMeta {
-                    group_end: false,
-                    position: pos,
-                    stream: r.stream,
-                    version,
-                    event_id: e.event_id,
-                };
-                let start = self.buf.len();
-                let len = encode_frame(&mut self.buf, &meta, &value);
-                self.frames.push(Staged {
-                    meta,
-                    start,
-                    len,
-                    hash: h,
-                });
-            }
-            let last_version = base + r.events.len() as u64;
-            cur.insert(r.stream, last_version);
-            appended.push(Appended {
-                stream: r.stream,
-                first_version: base + 1,
-                last_version,
-                first_position,
-                last_position: pos,
-            });
-        }
-        for r in requests {
-            for e in &r.events {
-                ids.insert(e.event_id);
-            }
-        }
-        versions.extend(cur);
-        *position = pos;
-        *hash = h;
-        Ok(appended)
+/// The committed log as the segment writer sees it while staging a group:
+/// the in-memory index (read-locked for the group).
+struct SegmentCommitted<'a> {
+    index: &'a Index,
+}
+
+impl Committed for SegmentCommitted<'_> {
+    fn committed_version(&mut self, stream: StreamId) -> Result<u64, StoreError> {
+        Ok(self.index.stream_version(&stream))
+    }
+
+    fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
+        Ok(self.index.ids.get(&event_id).copied())
     }
 }
 
