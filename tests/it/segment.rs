@@ -507,35 +507,8 @@ proptest! {
 /// it is gone (killed with SIGKILL: the kernel drops the flock).
 #[test]
 fn another_process_holding_the_store_is_named() {
-    use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = Killed(
-        Command::new(env!("CARGO_BIN_EXE_casebook-torture"))
-            .args(["hold", "--engine", "segment", "--dir"])
-            .arg(tmp.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn casebook-torture hold"),
-    );
-    let mut first = String::new();
-    BufReader::new(child.0.stdout.take().unwrap())
-        .read_line(&mut first)
-        .expect("read ready line");
-    let pid: u32 = first
-        .trim()
-        .strip_prefix("ready ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("holder did not start: {first:?}"));
+    let (mut child, pid) = crate::two_processes::hold_store(tmp.path(), "segment");
     match SegmentStore::open(tmp.path(), false) {
         Err(StoreError::InUse { pid: Some(p), .. }) => assert_eq!(p, pid),
         Err(e) => panic!("expected in use, got {e}"),

@@ -1,4 +1,4 @@
-//! Two processes, one sled store (issue 7): while one process has the
+//! Two processes, one store (issue 7): while one process has the
 //! store open, another gets "store at PATH is in use by process N" with
 //! exit 3 — never a panic, never a damaged store — and the store works
 //! normally once the first process is gone (even killed with SIGKILL).
@@ -10,7 +10,7 @@ use serde_json::json;
 
 use crate::cli::{line, Casebook};
 
-struct Killed(Child);
+pub struct Killed(pub Child);
 
 impl Drop for Killed {
     fn drop(&mut self) {
@@ -19,13 +19,14 @@ impl Drop for Killed {
     }
 }
 
-/// Starts `casebook-torture hold` on the store and waits until it has it
+/// Starts `casebook-torture hold` on the store at `dir` (its engine
+/// detected; `engine` if it does not exist yet) and waits until it has it
 /// open. Returns the child and its pid.
-fn hold(cb: &Casebook) -> (Killed, u32) {
+pub fn hold_store(dir: &std::path::Path, engine: &str) -> (Killed, u32) {
     let mut child = Killed(
         Command::new(env!("CARGO_BIN_EXE_casebook-torture"))
-            .args(["hold", "--dir"])
-            .arg(cb.data())
+            .args(["hold", "--engine", engine, "--dir"])
+            .arg(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -47,8 +48,14 @@ fn hold(cb: &Casebook) -> (Killed, u32) {
 
 #[test]
 fn a_second_process_is_told_which_process_holds_the_store() {
+    for engine in ["segment", "sled"] {
+        held_store(engine);
+    }
+}
+
+fn held_store(engine: &str) {
     let cb = Casebook::new();
-    cb.run(&["init"]).ok();
+    cb.run(&["--engine", engine, "init"]).ok();
     let register = line(
         "PupilRegistered",
         "P1042",
@@ -57,7 +64,7 @@ fn a_second_process_is_told_which_process_holds_the_store() {
     );
     cb.import(std::slice::from_ref(&register)).ok();
     let before = cb.fingerprint();
-    let (mut holder, pid) = hold(&cb);
+    let (mut holder, pid) = hold_store(&cb.data(), engine);
     let expected = format!(
         "store at {} is in use by process {pid}",
         cb.data().display()
@@ -73,7 +80,7 @@ fn a_second_process_is_told_which_process_holds_the_store() {
         assert!(r.stderr.contains(&expected), "{args:?}: {}", r.stderr);
         assert!(!r.stderr.contains("panicked"), "{}", r.stderr);
         println!(
-            "two_processes: {args:?} while held: exit 3, {}",
+            "two_processes ({engine}): {args:?} while held: exit 3, {}",
             r.stderr.trim()
         );
     }

@@ -476,6 +476,28 @@ pub(crate) async fn submit(
     answer.await.map_err(|_| StoreError::WriterStopped)?
 }
 
+/// A writer's next group: `first` and whatever else is already queued, up
+/// to `max_events` events (a single larger append is a group of its own).
+pub(crate) fn next_group(
+    first: Commit,
+    receiver: &mut mpsc::Receiver<Commit>,
+    max_events: usize,
+) -> Vec<Commit> {
+    let count = |c: &Commit| c.requests.iter().map(|r| r.events.len()).sum::<usize>();
+    let mut events = count(&first);
+    let mut group = vec![first];
+    while events < max_events {
+        match receiver.try_recv() {
+            Ok(c) => {
+                events += count(&c);
+                group.push(c);
+            }
+            Err(_) => break,
+        }
+    }
+    group
+}
+
 /// What a writer reads of its committed log while it checks a group: the
 /// part of staging that differs between backends.
 pub(crate) trait Committed {

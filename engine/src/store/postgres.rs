@@ -811,17 +811,7 @@ struct Writer {
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
         while let Some(first) = receiver.recv().await {
-            let mut events: usize = first.requests.iter().map(|r| r.events.len()).sum();
-            let mut group = vec![first];
-            while events < MAX_GROUP_EVENTS {
-                match receiver.try_recv() {
-                    Ok(c) => {
-                        events += c.requests.iter().map(|r| r.events.len()).sum::<usize>();
-                        group.push(c);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
             self.commit_group(group).await;
         }
     }

@@ -754,17 +754,7 @@ impl Writer {
                 let _ = first.reply.send(Err(StoreError::WriterStopped));
                 continue;
             }
-            let mut events: usize = first.requests.iter().map(|r| r.events.len()).sum();
-            let mut group = vec![first];
-            while events < MAX_GROUP_EVENTS {
-                match receiver.try_recv() {
-                    Ok(c) => {
-                        events += c.requests.iter().map(|r| r.events.len()).sum::<usize>();
-                        group.push(c);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
             if !self.commit_group(group) {
                 // A failed write or flush leaves sled's state uncertain (the
                 // batch may or may not reach disk). Refuse further appends

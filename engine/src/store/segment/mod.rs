@@ -883,17 +883,7 @@ impl Writer {
                 let _ = first.reply.send(Err(StoreError::WriterStopped));
                 continue;
             }
-            let mut events: usize = first.requests.iter().map(|r| r.events.len()).sum();
-            let mut group = vec![first];
-            while events < MAX_GROUP_EVENTS {
-                match receiver.try_recv() {
-                    Ok(c) => {
-                        events += c.requests.iter().map(|r| r.events.len()).sum::<usize>();
-                        group.push(c);
-                    }
-                    Err(_) => break,
-                }
-            }
+            let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
             if !self.commit_group(group) {
                 // fsyncgate: after a failed write or fdatasync the kernel
                 // may have dropped the dirty pages; never retry and pretend.
