@@ -498,6 +498,24 @@ pub(crate) fn next_group(
     group
 }
 
+/// Answers every staged append of a group whose write failed: `DiskFull`
+/// stays `DiskFull` (its own message and exit code), anything else is an
+/// I/O error naming what failed. None of them was acknowledged.
+pub(crate) fn fail_group(staged: Vec<(Reply, Vec<Appended>)>, e: &StoreError) {
+    let disk_full = matches!(e, StoreError::DiskFull { .. });
+    let text = e.to_string();
+    for (reply, _) in staged {
+        let _ = reply.send(Err(if disk_full {
+            StoreError::DiskFull { during: "append" }
+        } else {
+            StoreError::Io {
+                during: "append",
+                source: text.clone().into(),
+            }
+        }));
+    }
+}
+
 /// What a writer reads of its committed log while it checks a group: the
 /// part of staging that differs between backends.
 pub(crate) trait Committed {

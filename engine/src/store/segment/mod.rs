@@ -1002,18 +1002,7 @@ impl Writer {
                 true
             }
             Err(e) => {
-                let disk_full = matches!(e, StoreError::DiskFull { .. });
-                let text = e.to_string();
-                for (reply, _) in staged {
-                    let _ = reply.send(Err(if disk_full {
-                        StoreError::DiskFull { during: "append" }
-                    } else {
-                        StoreError::Io {
-                            during: "append",
-                            source: text.clone().into(),
-                        }
-                    }));
-                }
+                super::fail_group(staged, &e);
                 false
             }
         }
