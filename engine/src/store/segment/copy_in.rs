@@ -4,10 +4,14 @@
 //! open of the log recovers it from the segments like any other.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
 
 use super::frame::{encode_frame, FrameMeta};
-use super::{create_segment, io, recover, sync_dir, SegmentStore, CHECKPOINT_DIR, LOGS_DIR};
+use super::{
+    create_segment, io, recover, sync_dir, Index, Loc, SegmentStore, CHECKPOINT_DIR, LOGS_DIR,
+};
 use crate::envelope::{StoredEvent, StreamId};
 use crate::error::StoreError;
 use crate::store::sled::validate_school;
@@ -40,16 +44,58 @@ impl SegmentStore {
         Ok(())
     }
 
+    /// The copy state of `school`'s log: the one cached by an earlier
+    /// call, or recovered from its segments (once per copy, not per page).
+    fn copying(&self, school: &str) -> Result<Copying, StoreError> {
+        if let Some(c) = self
+            .copies
+            .lock()
+            .map_err(|_| StoreError::WriterStopped)?
+            .remove(school)
+        {
+            return Ok(c);
+        }
+        let logs = self.path.join(LOGS_DIR);
+        let dir = logs.join(school);
+        let created = !dir.exists();
+        std::fs::create_dir_all(dir.join(CHECKPOINT_DIR)).map_err(io("copy"))?;
+        if created {
+            sync_dir(&logs)?;
+        }
+        let rec = recover(&dir)?;
+        let Some(last) = rec.segments.last() else {
+            return Err(refused(school, "the log has no segment".into()));
+        };
+        Ok(Copying {
+            file: last.file.try_clone().map_err(io("copy"))?,
+            seg: rec.segments.len() as u32 - 1,
+            end: rec.end,
+            torn: rec.torn,
+            index: rec.index,
+            dir,
+        })
+    }
+
+    fn keep(&self, school: &str, c: Copying) -> Result<(), StoreError> {
+        self.copies
+            .lock()
+            .map_err(|_| StoreError::WriterStopped)?
+            .insert(school.to_string(), c);
+        Ok(())
+    }
+
     /// How many events `school`'s log holds, read from its segments
     /// without opening the log for appends (0 when it has none).
     pub fn stored_head(&self, school: &str) -> Result<u64, StoreError> {
         validate_school(school)?;
         self.refuse_if_open(school)?;
-        let dir = self.path.join(LOGS_DIR).join(school);
-        if !dir.exists() {
+        if !self.path.join(LOGS_DIR).join(school).exists() {
             return Ok(0);
         }
-        Ok(recover(&dir)?.index.head())
+        let c = self.copying(school)?;
+        let head = c.index.head();
+        self.keep(school, c)?;
+        Ok(head)
     }
 
     /// Appends already-sealed events of `school` exactly as they are: each
@@ -62,25 +108,26 @@ impl SegmentStore {
             return Ok(());
         }
         self.refuse_if_open(school)?;
-        let logs = self.path.join(LOGS_DIR);
-        let dir = logs.join(school);
-        let created = !dir.exists();
-        std::fs::create_dir_all(dir.join(CHECKPOINT_DIR)).map_err(io("copy"))?;
-        if created {
-            sync_dir(&logs)?;
-        }
-        let rec = recover(&dir)?;
-        if rec.torn > 0 {
+        // On any error the state is dropped, and a later call recovers it
+        // from the files again.
+        let mut c = self.copying(school)?;
+        if c.torn > 0 {
             return Err(refused(
                 school,
                 "the log ends in an unfinished commit group; open it once (any command) to recover it before copying into it".into(),
             ));
         }
-        let mut position = rec.index.head();
-        let mut hash = rec.index.head_hash;
+        if c.end >= self.options.segment_bytes {
+            c.file = create_segment(&c.dir, events[0].position)?.file;
+            c.seg += 1;
+            c.end = 0;
+        }
+        let mut position = c.index.head();
+        let mut hash = c.index.head_hash;
         let mut versions: HashMap<StreamId, u64> = HashMap::new();
         let mut ids = std::collections::HashSet::new();
         let mut buf = Vec::new();
+        let mut frames = Vec::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
             if e.position != position + 1 || e.prev_hash != hash {
                 return Err(refused(
@@ -94,7 +141,7 @@ impl SegmentStore {
             let version = versions
                 .get(&e.stream)
                 .copied()
-                .unwrap_or_else(|| rec.index.stream_version(&e.stream));
+                .unwrap_or_else(|| c.index.stream_version(&e.stream));
             if e.version != version + 1 {
                 return Err(refused(
                     school,
@@ -104,7 +151,7 @@ impl SegmentStore {
                     ),
                 ));
             }
-            if rec.index.ids.contains_key(&e.event_id) || !ids.insert(e.event_id) {
+            if c.index.ids.contains_key(&e.event_id) || !ids.insert(e.event_id) {
                 return Err(refused(
                     school,
                     format!(
@@ -114,31 +161,44 @@ impl SegmentStore {
                 ));
             }
             let bytes = e.encode()?;
-            encode_frame(
-                &mut buf,
-                &FrameMeta {
-                    group_end: i + 1 == events.len(),
-                    position: e.position,
-                    stream: e.stream,
-                    version: e.version,
-                    event_id: e.event_id,
-                },
-                &bytes,
-            );
+            let meta = FrameMeta {
+                group_end: i + 1 == events.len(),
+                position: e.position,
+                stream: e.stream,
+                version: e.version,
+                event_id: e.event_id,
+            };
+            let start = buf.len();
+            let len = encode_frame(&mut buf, &meta, &bytes);
+            frames.push((meta, start, len, e.hash));
             versions.insert(e.stream, e.version);
             position = e.position;
             hash = e.hash;
         }
-        let (file, offset) = match rec.segments.last() {
-            Some(seg) if rec.end < self.options.segment_bytes => (&seg.file, rec.end),
-            _ => {
-                let seg = create_segment(&dir, events[0].position)?;
-                let file = seg.file;
-                file.write_all_at(&buf, 0).map_err(io("copy"))?;
-                return file.sync_data().map_err(io("fdatasync"));
-            }
-        };
-        file.write_all_at(&buf, offset).map_err(io("copy"))?;
-        file.sync_data().map_err(io("fdatasync"))
+        c.file.write_all_at(&buf, c.end).map_err(io("copy"))?;
+        c.file.sync_data().map_err(io("fdatasync"))?;
+        for (meta, start, len, hash) in frames {
+            let loc = Loc {
+                offset: c.end + start as u64,
+                len: len as u32,
+                seg: c.seg,
+            };
+            c.index
+                .push(&meta, loc, hash)
+                .map_err(|what| refused(school, what))?;
+        }
+        c.end += buf.len() as u64;
+        self.keep(school, c)
     }
+}
+
+/// A log being filled by `casebook copy`, between pages: its index, and
+/// where its last segment ends.
+pub(super) struct Copying {
+    dir: PathBuf,
+    index: Index,
+    file: File,
+    seg: u32,
+    end: u64,
+    torn: u64,
 }

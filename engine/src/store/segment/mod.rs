@@ -174,6 +174,9 @@ pub struct SegmentStore {
     path: PathBuf,
     options: SegmentOptions,
     logs: Mutex<HashMap<String, Arc<SegmentLog>>>,
+    /// Logs being filled by `casebook copy`: recovered once, then kept up
+    /// to date page by page (copy_in.rs).
+    copies: Mutex<HashMap<String, copy_in::Copying>>,
     lock: Arc<ProcessLock>,
 }
 
@@ -244,6 +247,7 @@ impl SegmentStore {
             path: dir.to_path_buf(),
             options,
             logs: Mutex::new(HashMap::new()),
+            copies: Mutex::new(HashMap::new()),
             lock,
         }))
     }
@@ -262,6 +266,11 @@ impl SegmentStore {
             return Ok(log.clone());
         }
         let dir = self.path.join(LOGS_DIR).join(school);
+        // From here on the log's writer owns its files.
+        self.copies
+            .lock()
+            .map_err(|_| StoreError::WriterStopped)?
+            .remove(school);
         let log = Arc::new(SegmentLog::open(
             &dir,
             school,
