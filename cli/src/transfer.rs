@@ -86,6 +86,18 @@ struct EventProof {
     hash: String,
 }
 
+impl EventProof {
+    /// What the statement says of a stored event.
+    fn of(e: &StoredEvent) -> EventProof {
+        EventProof {
+            position: e.position,
+            version: e.version,
+            prev_hash: hex(&e.prev_hash),
+            hash: hex(&e.hash),
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WrappedKey {
@@ -205,15 +217,7 @@ pub(crate) async fn transfer_out(
         created_at: ctx.now,
         head_position: head.position,
         head_hash: hex(&head.hash),
-        events: events
-            .iter()
-            .map(|e| EventProof {
-                position: e.position,
-                version: e.version,
-                prev_hash: hex(&e.prev_hash),
-                hash: hex(&e.hash),
-            })
-            .collect(),
+        events: events.iter().map(EventProof::of).collect(),
         data_key,
     };
     let signer = signing_key(ctx)?;
@@ -594,15 +598,7 @@ mod tests {
             created_at: at,
             head_position: 4,
             head_hash: hex(&prev),
-            events: mine
-                .iter()
-                .map(|e| EventProof {
-                    position: e.position,
-                    version: e.version,
-                    prev_hash: hex(&e.prev_hash),
-                    hash: hex(&e.hash),
-                })
-                .collect(),
+            events: mine.iter().map(EventProof::of).collect(),
             data_key: None,
         };
         let signer = SigningKey::from_bytes(&[7u8; 32]);

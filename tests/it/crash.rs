@@ -22,9 +22,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use casebook_engine::envelope::{hex, StreamId};
-use casebook_engine::store::segment::SegmentStore;
-use casebook_engine::store::sled::SledStore;
-use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
+use casebook_engine::store::embedded::{open_log, Engine};
+use casebook_engine::store::{AppendRequest, ExpectedVersion};
 use uuid::Uuid;
 
 use crate::conformance::contact;
@@ -144,16 +143,8 @@ async fn check(
     acked: &mut HashMap<u64, (String, Uuid)>,
     totals: &mut Totals,
 ) {
-    let log: std::sync::Arc<dyn EventStore> = match engine {
-        "sled" => SledStore::open(dir, false)
-            .expect("the store reopens after SIGKILL")
-            .log("torture")
-            .expect("the log opens after SIGKILL"),
-        _ => SegmentStore::open(dir, false)
-            .expect("the store reopens after SIGKILL")
-            .log("torture")
-            .expect("the log opens after SIGKILL"),
-    };
+    let log = open_log(dir, "torture", engine_named(engine), false)
+        .expect("the store and its log reopen after SIGKILL");
     let mut begun: HashMap<&str, Vec<Uuid>> = HashMap::new();
     for l in lines {
         let mut parts = l.split(' ');
@@ -262,6 +253,14 @@ fn sigkill_at_random_moments_loses_nothing_acknowledged() {
 #[test]
 fn segment_sigkill_at_random_moments_loses_nothing_acknowledged() {
     sigkill_cycles("segment");
+}
+
+/// The embedded engine called `name` in the tests' parameters.
+pub fn engine_named(name: &str) -> Engine {
+    match name {
+        "sled" => Engine::Sled,
+        _ => Engine::Segment,
+    }
 }
 
 fn sigkill_cycles(engine: &str) {

@@ -14,8 +14,7 @@ use std::process::{Command, Stdio};
 
 use casebook_engine::envelope::{NewEvent, StreamId};
 use casebook_engine::event::{CaseEvent, ParentContacted};
-use casebook_engine::store::segment::SegmentStore;
-use casebook_engine::store::sled::SledStore;
+use casebook_engine::store::embedded;
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
 use casebook_engine::StoreError;
 use chrono::{TimeZone, Utc};
@@ -89,16 +88,7 @@ fn event(n: u32) -> NewEvent {
 
 /// The school `full` of the store at `dir`, on `engine`.
 fn open(dir: &Path, engine: &str, create: bool) -> std::sync::Arc<dyn EventStore> {
-    match engine {
-        "sled" => SledStore::open(dir, create)
-            .expect("open")
-            .log("full")
-            .expect("log"),
-        _ => SegmentStore::open(dir, create)
-            .expect("open")
-            .log("full")
-            .expect("log"),
-    }
+    embedded::open_log(dir, "full", crate::crash::engine_named(engine), create).expect("open")
 }
 
 #[test]
