@@ -71,6 +71,7 @@ impl SegmentStore {
             seg: rec.segments.len() as u32 - 1,
             end: rec.end,
             torn: rec.torn,
+            torn_zero: rec.torn_zero,
             index: rec.index,
             dir,
         })
@@ -111,6 +112,15 @@ impl SegmentStore {
         // On any error the state is dropped, and a later call recovers it
         // from the files again.
         let mut c = self.copying(school)?;
+        if c.torn > 0 && c.torn_zero {
+            // Zeros a writer preallocated before it stopped: cut them, so a
+            // segment this copy rolls past ends at its last group.
+            c.file
+                .set_len(c.end)
+                .and_then(|()| c.file.sync_all())
+                .map_err(io("copy"))?;
+            c.torn = 0;
+        }
         if c.torn > 0 {
             return Err(refused(
                 school,
@@ -201,4 +211,5 @@ pub(super) struct Copying {
     seg: u32,
     end: u64,
     torn: u64,
+    torn_zero: bool,
 }

@@ -74,6 +74,19 @@ pub const DEFAULT_SEGMENT_BYTES: u64 = 256 * 1024 * 1024;
 /// 430 bytes an event.
 pub const MAX_GROUP_EVENTS: usize = 8_192;
 
+/// Zero bytes the writer writes ahead of a small group when the segment
+/// must grow, so that the next groups overwrite space that is already
+/// written and their `fdatasync` flushes data only: no size change, so no
+/// journal commit (the fsync ceiling `casebook bench` measures). A group of
+/// more than [`PREALLOC_MAX_GROUP`] bytes (an import) just extends the file;
+/// its one size change is shared by thousands of events. The zeros after
+/// the last group are cut at clean close and on open; a frame's `len` is
+/// never 0, so readers stop there.
+pub const PREALLOC_BYTES: u64 = 1024 * 1024;
+/// Largest group that preallocates ([`PREALLOC_BYTES`]).
+pub const PREALLOC_MAX_GROUP: usize = 64 * 1024;
+static ZEROS: [u8; PREALLOC_BYTES as usize] = [0; PREALLOC_BYTES as usize];
+
 /// Pending appends waiting for the writer (back-pressure).
 pub const MAX_PENDING_COMMITS: usize = 1_024;
 
@@ -515,8 +528,30 @@ struct Recovered {
     segments: Vec<Arc<Segment>>,
     /// Where the last segment's acknowledged data ends.
     end: u64,
-    /// Bytes after `end` to cut (an unacknowledged torn group).
+    /// Bytes after `end` to cut (an unacknowledged torn group, or zeros
+    /// the writer preallocated).
     torn: u64,
+    /// Whether those bytes are all zeros (preallocated space the last
+    /// group did not reach, or a torn group whose pages never reached the
+    /// disk): nothing was being written there.
+    torn_zero: bool,
+}
+
+/// Whether every byte of `seg` from `from` to `file_len` is zero.
+fn zero_from(seg: &Segment, from: u64, file_len: u64) -> Result<bool, StoreError> {
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut o = from;
+    while o < file_len {
+        let n = ((file_len - o) as usize).min(buf.len());
+        seg.file
+            .read_exact_at(&mut buf[..n], o)
+            .map_err(io("open log"))?;
+        if buf[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        o += n as u64;
+    }
+    Ok(true)
 }
 
 /// Scans one segment, pushing every frame of a complete group into
@@ -609,11 +644,13 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             segments,
             end: 0,
             torn: 0,
+            torn_zero: true,
         });
     }
     let count = names.len();
     let mut end = 0;
     let mut torn = 0;
+    let mut torn_zero = true;
     for (i, (first, path)) in names.into_iter().enumerate() {
         let last = i + 1 == count;
         let next = index.head() + 1;
@@ -648,7 +685,9 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             }
         } else {
             if let Some((at, what)) = &damage {
-                if valid_frame_after(&seg, *at, index.head() + 1)? {
+                if !zero_from(&seg, *at, file_len)?
+                    && valid_frame_after(&seg, *at, index.head() + 1)?
+                {
                     return Err(corrupt(
                         &seg.path,
                         Some(*at),
@@ -658,6 +697,7 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
             }
             end = group_end;
             torn = file_len - group_end;
+            torn_zero = zero_from(&seg, group_end, file_len)?;
         }
         segments.push(Arc::new(seg));
     }
@@ -666,6 +706,7 @@ fn recover(dir: &Path) -> Result<Recovered, StoreError> {
         segments,
         end,
         torn,
+        torn_zero,
     })
 }
 
@@ -772,6 +813,7 @@ impl SegmentLog {
             state: state.clone(),
             segment: last,
             end: rec.end,
+            allocated: rec.end,
             segment_bytes: options.segment_bytes.max(1),
             position: head,
             hash,
@@ -871,6 +913,9 @@ struct Writer {
     segment: Arc<Segment>,
     /// Durable end of the current segment.
     end: u64,
+    /// Length of the current segment file: `end` plus zeros written ahead
+    /// ([`PREALLOC_BYTES`]).
+    allocated: u64,
     segment_bytes: u64,
     position: u64,
     hash: Hash,
@@ -908,6 +953,23 @@ impl Writer {
         if !failed && self.position > self.watermark_position {
             self.record_watermark(true);
         }
+        if !failed {
+            // Best effort: a closed segment ends at its last group. Zeros
+            // left by a failure here are cut by the next open.
+            let _ = self.cut_preallocated();
+        }
+    }
+
+    /// Cuts the zeros written ahead of the current segment's end.
+    fn cut_preallocated(&mut self) -> Result<(), StoreError> {
+        if self.allocated > self.end {
+            let file = &self.segment.file;
+            file.set_len(self.end)
+                .and_then(|()| file.sync_all())
+                .map_err(io("cut preallocated space"))?;
+            self.allocated = self.end;
+        }
+        Ok(())
     }
 
     /// Records the durable head in the watermark file. A failure loses
@@ -1022,6 +1084,8 @@ impl Writer {
     /// cuts the segment back to its last durable end (best effort).
     fn write_group(&mut self) -> Result<(), StoreError> {
         if self.end >= self.segment_bytes {
+            // A segment that is not the last ends at its last group.
+            self.cut_preallocated()?;
             let seg = Arc::new(create_segment(&self.dir, self.position + 1)?);
             self.state
                 .write()
@@ -1030,14 +1094,30 @@ impl Writer {
                 .push(seg.clone());
             self.segment = seg;
             self.end = 0;
+            self.allocated = 0;
         }
         let file = &self.segment.file;
+        let need = self.end + self.buf.len() as u64;
+        // Grow by zeros ahead of a small group, within the segment size.
+        let ahead = if need > self.allocated && self.buf.len() <= PREALLOC_MAX_GROUP {
+            PREALLOC_BYTES.min(self.segment_bytes.saturating_sub(need))
+        } else {
+            0
+        };
         let result = file
             .write_all_at(&self.buf, self.end)
+            .and_then(|()| match ahead {
+                0 => Ok(()),
+                n => file.write_all_at(&ZEROS[..n as usize], need),
+            })
             .map_err(io("append"))
             .and_then(|()| file.sync_data().map_err(io("fdatasync")));
-        if result.is_err() {
-            let _ = file.set_len(self.end);
+        match result {
+            Ok(()) => self.allocated = self.allocated.max(need + ahead),
+            Err(_) => {
+                let _ = file.set_len(self.end);
+                self.allocated = self.end;
+            }
         }
         result
     }

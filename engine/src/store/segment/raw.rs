@@ -95,6 +95,10 @@ pub fn scan_decode(dir: &Path, mut each: impl FnMut(&RecordedEvent)) -> Result<u
             let bytes = reader
                 .at(offset, PREFIX_LEN + MAX_FRAME)
                 .map_err(|e| StoreError::io("read", e))?;
+            if bytes.len() >= 4 && bytes[..4] == [0; 4] {
+                // Zeros the writer preallocated: the segment's data ends.
+                break;
+            }
             let (_, value, flen) = decode_frame(bytes).map_err(|e| corrupt(e.to_string()))?;
             let stored = StoredEvent::decode(value).map_err(|e| corrupt(e.to_string()))?;
             let recorded =
