@@ -295,10 +295,12 @@ impl Projection for Attendance {
     }
 
     fn checkpoint_size_hint(&self) -> usize {
-        self.pupils
+        // The wrapper and the empty map, then each pupil.
+        64 + self
+            .pupils
             .values()
             .map(Register::checkpoint_size_hint)
-            .sum()
+            .sum::<usize>()
     }
 }
 
