@@ -74,6 +74,14 @@ pub trait Projection: Send + Default + Serialize + DeserializeOwned {
     const VERSION: u32;
     /// Folds one event, in log order. Pure: no I/O, clock or randomness.
     fn apply(&mut self, event: &RecordedEvent);
+
+    /// About how many bytes the checkpoint of this state takes: the
+    /// runner reserves them at once instead of growing the buffer by
+    /// doubling (a large view's checkpoint would otherwise hold up to twice
+    /// its size at the peak). Only a hint; 0 lets the buffer grow.
+    fn checkpoint_size_hint(&self) -> usize {
+        0
+    }
 }
 
 /// The names of the school-wide projections, in the order the runner feeds

@@ -160,18 +160,23 @@ pub fn encode_checkpoint<P: Projection>(
     position: u64,
     hash: Hash,
 ) -> Result<Vec<u8>, ProjectionError> {
-    rmp_serde::to_vec_named(&CheckpointOut {
-        format: CHECKPOINT_FORMAT,
-        name: P::NAME,
-        version: P::VERSION,
-        position,
-        hash,
-        state,
-    })
+    let mut bytes = Vec::with_capacity(state.checkpoint_size_hint());
+    rmp_serde::encode::write_named(
+        &mut bytes,
+        &CheckpointOut {
+            format: CHECKPOINT_FORMAT,
+            name: P::NAME,
+            version: P::VERSION,
+            position,
+            hash,
+            state,
+        },
+    )
     .map_err(|e| ProjectionError::Checkpoint {
         projection: P::NAME,
         what: e.to_string(),
-    })
+    })?;
+    Ok(bytes)
 }
 
 /// Decodes checkpoint bytes into the state, its position and that
@@ -327,28 +332,37 @@ async fn fold(
                 head: head.position,
             });
         }
-        for stored in &page {
-            if stored.position != next {
+        // The page is consumed: each event's envelope moves into the
+        // decoded event (no copy of its strings), and is dropped once every
+        // projection has folded it.
+        let mut last = None;
+        for stored in page {
+            let (position, hash) = (stored.position, stored.hash);
+            if position != next {
                 return Err(ProjectionError::Gap {
                     expected: next,
-                    found: stored.position,
+                    found: position,
                 });
             }
             // Access-log and staff-directory entries belong to no
             // school-wide view: skipped by type, before paying for a decode.
             if !casebook_engine::access::is_non_case_type(&stored.event_type) {
-                let event = decode(stored)?;
-                for slot in slots.iter_mut().filter(|s| s.position < stored.position) {
+                let event = decode_owned(stored)?;
+                for slot in slots.iter_mut().filter(|s| s.position < position) {
                     slot.feed.feed(&event);
                 }
             }
-            for slot in slots.iter_mut().filter(|s| s.position < stored.position) {
-                slot.position = stored.position;
-                slot.hash = stored.hash;
-                slot.dirty = true;
-            }
+            last = Some((position, hash));
             next += 1;
             read += 1;
+        }
+        // Every slot behind the page's end has now folded up to it.
+        if let Some((position, hash)) = last {
+            for slot in slots.iter_mut().filter(|s| s.position < position) {
+                slot.position = position;
+                slot.hash = hash;
+                slot.dirty = true;
+            }
         }
         progress(next - 1, head.position);
     }
@@ -362,6 +376,19 @@ async fn save(store: &dyn EventStore, slots: &[Slot<'_>]) -> Result<(), Projecti
         store.save_checkpoint(slot.feed.name(), bytes).await?;
     }
     Ok(())
+}
+
+/// [`decode`] of an envelope the caller gives up: its strings move into
+/// the decoded event instead of being copied.
+fn decode_owned(stored: StoredEvent) -> Result<RecordedEvent, ProjectionError> {
+    match stored.case_event() {
+        Ok(event) => Ok(RecordedEvent::from_parts(stored, event)),
+        Err(source) => Err(ProjectionError::Decode {
+            position: stored.position,
+            event_type: stored.event_type,
+            source,
+        }),
+    }
 }
 
 fn decode(stored: &StoredEvent) -> Result<RecordedEvent, ProjectionError> {
