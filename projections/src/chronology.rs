@@ -458,6 +458,9 @@ fn write_timestamp(b: &mut Vec<u8>, t: DateTime<Utc>) {
         return;
     }
     b.push(b'"');
+    // The fields of one naive time (each of `t`'s accessors converts it
+    // again).
+    let t = t.naive_utc();
     let two = |b: &mut Vec<u8>, n: u32| {
         b.push(b'0' + (n / 10) as u8);
         b.push(b'0' + (n % 10) as u8);

@@ -192,7 +192,19 @@ impl<'a> Object<'a> {
         if self.only.is_some() {
             return Ok(());
         }
-        let written = self.out.split_off(self.start);
+        SCRATCH.with(|scratch| {
+            let mut written = scratch.borrow_mut();
+            written.clear();
+            written.extend_from_slice(&self.out[self.start..]);
+            self.out.truncate(self.start);
+            self.reorder(&written);
+        });
+        Ok(())
+    }
+
+    /// Writes the object's fields (their values in `written`, from
+    /// `self.start`) in key order.
+    fn reorder(&mut self, written: &[u8]) {
         // Sorted by key; of equal keys the last written wins (a map's
         // insert replaces).
         self.fields
@@ -222,8 +234,13 @@ impl<'a> Object<'a> {
         if self.variant {
             close_variant(out, self.level.saturating_sub(1));
         }
-        Ok(())
     }
+}
+
+thread_local! {
+    /// The values of the object being put in key order (objects finish one
+    /// at a time, innermost first).
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// An array being written.
