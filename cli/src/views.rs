@@ -7,9 +7,9 @@ use std::sync::Arc;
 use casebook_engine::access::{may_read, Actor, Guarded, PupilRecord, ReadClass, View};
 use casebook_engine::domain::academic_year;
 use casebook_engine::store::EventStore;
+use casebook_projections::chronology::Timeline;
 use casebook_projections::{
-    rebuild as rebuild_views, AuditTrail, BehaviourDimension, Chronology, ProjectionError,
-    SchoolViews,
+    rebuild as rebuild_views, AuditTrail, BehaviourDimension, ProjectionError, SchoolViews,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -70,12 +70,13 @@ pub(crate) struct TimelineFilter {
     pub no_register_marks: bool,
 }
 
-/// The JSON document of `casebook timeline` and how many entries were
-/// withheld: the pupil's case stream read through the engine's access check
-/// (`Guarded::read_pupil_events`: checked, the read logged to the access
-/// stream, entries the actor may not see withheld, each payload decoded
-/// once), folded into the chronology and rendered. What the command prints
-/// and what `casebook bench` times.
+/// The timeline of `casebook timeline`, before it is rendered, and how
+/// many entries were withheld: the pupil's case stream read through the
+/// engine's access check (`Guarded::read_pupil_events`: checked, the read
+/// logged to the access stream, entries the actor may not see withheld,
+/// each payload decoded once), folded into the chronology. With
+/// [`timeline_json`], what `--format json` prints and what `casebook
+/// bench` times.
 pub(crate) async fn timeline_doc(
     guarded: &Guarded,
     actor: &Actor,
@@ -84,22 +85,26 @@ pub(crate) async fn timeline_doc(
     filter: &TimelineFilter,
     purpose: Option<String>,
     now: DateTime<Utc>,
-) -> Result<(Value, usize), Failure> {
+) -> Result<(Timeline, usize), Failure> {
     let record = guarded
         .read_pupil_events(actor, pupil, View::Timeline, purpose, now)
         .await
         .map_err(crate::staff::access_failure)?;
-    let mut chronology =
-        Chronology::build_owned(pupil, record.case, as_of, filter.safeguarding_only);
+    let mut timeline = Timeline::build_owned(pupil, record.case, as_of, filter.safeguarding_only);
     if filter.no_register_marks {
-        chronology
+        timeline
             .entries
-            .retain(|e| e.event_type != "AttendanceMarked");
+            .retain(|e| e.event_type() != "AttendanceMarked");
     }
-    let doc = chronology
-        .into_json()
-        .map_err(|e| Failure::Store(format!("cannot render the view: {e}")))?;
-    Ok((doc, record.withheld))
+    Ok((timeline, record.withheld))
+}
+
+/// The text `casebook timeline --format json` prints (without the final
+/// newline), written into `out` (cleared first): the same bytes as
+/// `serde_json::to_string_pretty` of the chronology's JSON document.
+pub(crate) fn timeline_json(timeline: &Timeline, out: &mut Vec<u8>) {
+    out.clear();
+    timeline.write_json_pretty(out);
 }
 
 pub(crate) async fn timeline(
@@ -138,15 +143,28 @@ pub(crate) async fn timeline(
             session.actor.roles_text()
         );
     }
+    if format == Format::Json {
+        let mut out = Vec::new();
+        timeline_json(&doc, &mut out);
+        out.push(b'\n');
+        use std::io::Write;
+        std::io::stdout()
+            .write_all(&out)
+            .map_err(|e| Failure::Store(format!("cannot write the timeline: {e}")))?;
+        return Ok(());
+    }
+    let doc = doc
+        .into_chronology()
+        .into_json()
+        .map_err(|e| Failure::Store(format!("cannot render the view: {e}")))?;
     match format {
-        Format::Json => print_json(&doc)?,
         Format::Csv => print!("{}", render::timeline_csv(&doc)),
         Format::Md => print!("{}", render::timeline_md(&doc)),
         Format::Html => print!(
             "{}",
             render::timeline_html(&doc, &ctx.now.to_rfc3339(), &ctx.school)
         ),
-        Format::Text => print!("{}", render::timeline_text(&doc)),
+        _ => print!("{}", render::timeline_text(&doc)),
     }
     Ok(())
 }

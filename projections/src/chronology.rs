@@ -132,7 +132,7 @@ impl Chronology {
             .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
             .map(|e| (Meta::of(e), e.event.clone()))
             .collect();
-        fold(pupil, known, as_of, safeguarding_only)
+        fold(pupil, known, as_of, safeguarding_only).into_chronology()
     }
 
     /// [`Chronology::build`] of events the caller no longer needs: the same
@@ -143,6 +143,49 @@ impl Chronology {
         as_of: Option<DateTime<Utc>>,
         safeguarding_only: bool,
     ) -> Chronology {
+        Timeline::build_owned(pupil, events, as_of, safeguarding_only).into_chronology()
+    }
+}
+
+/// A chronology before it is rendered: each entry's corrected content still
+/// an event. [`Timeline::into_chronology`] gives the [`Chronology`];
+/// [`Timeline::write_json_pretty`] writes its JSON document directly.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timeline {
+    pub pupil: String,
+    pub as_of: Option<DateTime<Utc>>,
+    pub entries: Vec<TimelineEntry>,
+}
+
+/// An entry of a [`Timeline`]: a [`ChronologyEntry`] whose `data`,
+/// `summary` and `safeguarding` are still its corrected event.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelineEntry {
+    pub position: u64,
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: String,
+    /// The event, as corrected.
+    pub content: CaseEvent,
+    pub corrections: Vec<Correction>,
+}
+
+impl TimelineEntry {
+    /// The entry's `type`.
+    pub fn event_type(&self) -> &'static str {
+        self.content.type_name()
+    }
+}
+
+impl Timeline {
+    /// [`Chronology::build_owned`] before rendering.
+    pub fn build_owned(
+        pupil: &str,
+        events: Vec<RecordedEvent>,
+        as_of: Option<DateTime<Utc>>,
+        safeguarding_only: bool,
+    ) -> Timeline {
         let known = events
             .into_iter()
             .filter(|e| known_at(e, as_of))
@@ -160,6 +203,109 @@ impl Chronology {
             .collect();
         fold(pupil, known, as_of, safeguarding_only)
     }
+
+    /// The chronology: each entry's summary and data rendered.
+    pub fn into_chronology(self) -> Chronology {
+        let entries = self
+            .entries
+            .into_iter()
+            .map(|e| ChronologyEntry {
+                position: e.position,
+                event_id: e.event_id,
+                event_type: e.content.type_name().to_string(),
+                occurred_at: e.occurred_at,
+                recorded_at: e.recorded_at,
+                actor: e.actor,
+                summary: summary(&e.content),
+                safeguarding: e.content.is_safeguarding(),
+                data: e.content.data_json(),
+                corrections: e.corrections,
+            })
+            .collect();
+        Chronology {
+            pupil: self.pupil,
+            as_of: self.as_of,
+            entries,
+        }
+    }
+
+    /// Appends the JSON document of `timeline --format json` to `out`, as
+    /// `serde_json::to_string_pretty` writes `into_chronology().into_json()`,
+    /// byte for byte, without building either (the timeline's hot path:
+    /// `crate::pretty` writes each entry's data from the event itself).
+    pub fn write_json_pretty(&self, out: &mut Vec<u8>) {
+        use crate::pretty::{newline, write_str, write_u64};
+        // Keys in serde_json's order (sorted), as the `Value` holds them.
+        out.extend_from_slice(b"{\n  \"as_of\": ");
+        match self.as_of {
+            Some(t) => write_timestamp(out, t),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\n  \"entries\": [");
+        for (i, e) in self.entries.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"\n    {\n      \"actor\": ");
+            write_str(out, &e.actor);
+            if !e.corrections.is_empty() {
+                out.extend_from_slice(b",\n      \"corrections\": ");
+                write_value_at(out, 3, &e.corrections);
+            }
+            out.extend_from_slice(b",\n      \"data\": ");
+            let start = out.len();
+            if crate::pretty::write_field(out, 3, &e.content, "data").is_err() {
+                out.truncate(start);
+                write_value_at(out, 3, &e.content.data_json());
+            }
+            out.extend_from_slice(b",\n      \"event_id\": \"");
+            out.extend_from_slice(
+                e.event_id
+                    .hyphenated()
+                    .encode_lower(&mut Uuid::encode_buffer())
+                    .as_bytes(),
+            );
+            out.extend_from_slice(b"\",\n      \"occurred_at\": ");
+            write_timestamp(out, e.occurred_at);
+            out.extend_from_slice(b",\n      \"position\": ");
+            write_u64(out, e.position);
+            out.extend_from_slice(b",\n      \"recorded_at\": ");
+            write_timestamp(out, e.recorded_at);
+            out.extend_from_slice(b",\n      \"safeguarding\": ");
+            out.extend_from_slice(if e.content.is_safeguarding() {
+                b"true" as &[u8]
+            } else {
+                b"false"
+            });
+            out.extend_from_slice(b",\n      \"summary\": ");
+            write_str(out, &summary(&e.content));
+            out.extend_from_slice(b",\n      \"type\": \"");
+            out.extend_from_slice(e.content.type_name().as_bytes());
+            out.push(b'"');
+            newline(out, 2);
+            out.push(b'}');
+        }
+        if !self.entries.is_empty() {
+            newline(out, 1);
+        }
+        out.extend_from_slice(b"],\n  \"pupil\": ");
+        write_str(out, &self.pupil);
+        out.extend_from_slice(b"\n}");
+    }
+}
+
+/// Writes `value` at nesting `level` as its `to_value` would be written;
+/// through the `Value` when [`crate::pretty`] cannot write it directly.
+fn write_value_at<T: Serialize + ?Sized>(out: &mut Vec<u8>, level: usize, value: &T) {
+    let start = out.len();
+    if crate::pretty::write(out, level, value).is_ok() {
+        return;
+    }
+    out.truncate(start);
+    let v = serde_json::to_value(value)
+        .unwrap_or_else(|e| Value::String(format!("<unserialisable: {e}>")));
+    // A `Value` has string keys and serde_json's numbers only: written.
+    let _ = crate::pretty::write(out, level, &v);
 }
 
 /// The chronology of the events known at `as_of` (the filter applied).
@@ -168,12 +314,12 @@ fn fold(
     mut known: Vec<(Meta, CaseEvent)>,
     as_of: Option<DateTime<Utc>>,
     safeguarding_only: bool,
-) -> Chronology {
+) -> Timeline {
     // Corrections apply in stream order; the log's position order is it.
     known.sort_by_key(|(m, _)| m.position);
 
     let mut building: Vec<Building> = Vec::with_capacity(known.len());
-    let mut index: HashMap<Uuid, usize> = HashMap::new();
+    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(known.len());
     for (meta, event) in known {
         if let CaseEvent::EntryCorrected(c) = &event {
             if let Some(&i) = index.get(&c.event) {
@@ -206,24 +352,21 @@ fn fold(
         });
     }
 
-    let mut entries: Vec<ChronologyEntry> = building
+    let mut entries: Vec<TimelineEntry> = building
         .into_iter()
         .filter(|b| !safeguarding_only || b.content.is_safeguarding())
-        .map(|b| ChronologyEntry {
+        .map(|b| TimelineEntry {
             position: b.recorded.position,
             event_id: b.recorded.event_id,
-            event_type: b.content.type_name().to_string(),
             occurred_at: b.recorded.occurred_at,
             recorded_at: b.recorded.recorded_at,
             actor: b.recorded.actor,
-            summary: summary(&b.content),
-            safeguarding: b.content.is_safeguarding(),
-            data: b.content.data_json(),
+            content: b.content,
             corrections: b.corrections,
         })
         .collect();
     entries.sort_by_key(|e| (e.occurred_at, e.position));
-    Chronology {
+    Timeline {
         pupil: pupil.to_string(),
         as_of,
         entries,
@@ -296,27 +439,43 @@ fn entry_json(entry: ChronologyEntry) -> Result<Value, serde_json::Error> {
 /// formatter: two of these per timeline entry were a third of the
 /// document's cost. Years outside 0..=9999 go through chrono.
 pub fn timestamp_json(t: DateTime<Utc>) -> Value {
+    use chrono::Datelike;
+    if !(0..=9999).contains(&t.year()) {
+        return Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+    }
+    let mut b = Vec::with_capacity(32);
+    write_timestamp(&mut b, t);
+    // The quotes off; only ASCII digits and punctuation were written.
+    Value::String(String::from_utf8(b[1..b.len() - 1].to_vec()).unwrap_or_default())
+}
+
+/// Writes `t` as a JSON string, as [`timestamp_json`]'s value is written.
+fn write_timestamp(b: &mut Vec<u8>, t: DateTime<Utc>) {
     use chrono::{Datelike, Timelike};
     let year = t.year();
     if !(0..=9999).contains(&year) {
-        return Value::String(t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+        crate::pretty::write_str(b, &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+        return;
     }
-    let mut b = Vec::with_capacity(30);
+    b.push(b'"');
+    // The fields of one naive time (each of `t`'s accessors converts it
+    // again).
+    let t = t.naive_utc();
     let two = |b: &mut Vec<u8>, n: u32| {
         b.push(b'0' + (n / 10) as u8);
         b.push(b'0' + (n % 10) as u8);
     };
     let y = year as u32;
-    two(&mut b, y / 100);
-    two(&mut b, y % 100);
+    two(b, y / 100);
+    two(b, y % 100);
     b.push(b'-');
-    two(&mut b, t.month());
+    two(b, t.month());
     b.push(b'-');
-    two(&mut b, t.day());
+    two(b, t.day());
     b.push(b'T');
-    two(&mut b, t.hour());
+    two(b, t.hour());
     b.push(b':');
-    two(&mut b, t.minute());
+    two(b, t.minute());
     b.push(b':');
     // A leap second is nanosecond >= 1e9 and shows as second 60.
     let nanos = t.nanosecond();
@@ -325,7 +484,7 @@ pub fn timestamp_json(t: DateTime<Utc>) -> Value {
     } else {
         (t.second(), nanos)
     };
-    two(&mut b, second);
+    two(b, second);
     let (digits, value) = if nanos == 0 {
         (0, 0)
     } else if nanos % 1_000_000 == 0 {
@@ -344,8 +503,7 @@ pub fn timestamp_json(t: DateTime<Utc>) -> Value {
         }
     }
     b.push(b'Z');
-    // Only ASCII digits and punctuation were written.
-    Value::String(String::from_utf8(b).unwrap_or_default())
+    b.push(b'"');
 }
 
 /// Whether the school knew of `e` at `as_of` (always, without one).

@@ -37,6 +37,7 @@ pub mod error;
 pub mod facts;
 pub mod force;
 pub mod interventions;
+pub mod pretty;
 pub mod reintegration;
 pub mod runner;
 pub mod summary;

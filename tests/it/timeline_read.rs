@@ -4,7 +4,9 @@
 //! checked against the straightforward path on random logs: the stored
 //! events of each stream read by position from `read_all`, and
 //! `Guarded::read_pupil` + `RecordedEvent::from_stored` +
-//! `Chronology::build` + `serde_json::to_value`, for every role.
+//! `Chronology::build` + `serde_json::to_value`, for every role; and the
+//! JSON text `Timeline::write_json_pretty` writes against
+//! `serde_json::to_string_pretty` of that value.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use casebook_engine::event::CaseEvent;
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{read_whole_stream, AppendRequest, EventStore, ExpectedVersion};
 use casebook_engine::{RecordedEvent, StoredEvent};
-use casebook_projections::chronology::Chronology;
+use casebook_projections::chronology::{Chronology, Timeline};
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -290,6 +292,16 @@ async fn compare(guarded: &Guarded, actor: &Actor, now: DateTime<Utc>) {
                     safeguarding_only,
                 ))
                 .unwrap();
+                // The text `--format json` prints, written directly.
+                let mut text = Vec::new();
+                Timeline::build_owned(pupil, fast.case.clone(), as_of, safeguarding_only)
+                    .write_json_pretty(&mut text);
+                assert_eq!(
+                    String::from_utf8(text).unwrap(),
+                    serde_json::to_string_pretty(&want).unwrap(),
+                    "{pupil} as {}",
+                    actor.staff
+                );
                 let got = Chronology::build_owned(pupil, fast.case, as_of, safeguarding_only)
                     .into_json()
                     .unwrap();
@@ -393,5 +405,33 @@ proptest! {
             casebook_projections::chronology::timestamp_json(t),
             serde_json::to_value(t).unwrap()
         );
+    }
+}
+
+/// `casebook timeline --format json` of demo pupils (every event type the
+/// demo writes, prose with quotes and accents, register marks) is the text
+/// serde_json's pretty printer writes for the same document, with and
+/// without the filters.
+#[test]
+fn the_json_the_timeline_prints_is_serde_jsons_pretty_text() {
+    let cb = crate::cli::Casebook::new();
+    cb.run(&["demo", "--pupils", "3"]).ok();
+    for pupil in ["P00001", "P00002", "P00003"] {
+        for extra in [
+            &[][..],
+            &["--safeguarding-only"][..],
+            &["--no-register-marks"][..],
+        ] {
+            let mut args = vec!["timeline", pupil, "--format", "json"];
+            args.extend_from_slice(extra);
+            let run = cb.run(&args).ok();
+            let doc = run.json();
+            assert!(doc["entries"].is_array(), "{pupil} {extra:?}");
+            assert_eq!(
+                run.stdout,
+                format!("{}\n", serde_json::to_string_pretty(&doc).unwrap()),
+                "{pupil} {extra:?}"
+            );
+        }
     }
 }
