@@ -557,9 +557,9 @@ impl<'a> Planner<'a> {
     async fn prefetch(&mut self, lines: &[ImportLine]) {
         // Earlier batches' leftovers are no longer needed (bounded memory).
         self.prefetch = Prefetch::default();
-        let mut ids = Vec::new();
+        let mut ids = Vec::with_capacity(lines.len());
         let mut streams = Vec::new();
-        let mut seen_ids = HashSet::new();
+        let mut seen_ids = HashSet::with_capacity(lines.len());
         let mut seen_streams = HashSet::new();
         let mut line_streams = Vec::with_capacity(lines.len());
         let mut last: Option<(&str, StreamId)> = None;
@@ -582,6 +582,8 @@ impl<'a> Planner<'a> {
             }
         }
         self.prefetch.line_streams = line_streams;
+        // Room for this batch's ids at once, not by doubling.
+        self.ids.reserve(ids.len());
         let store = self.store;
         let find = async {
             match ids.is_empty() {
