@@ -12,7 +12,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use crate::domain::{decide_owned, CaseState, Command, DomainError, Record};
-use crate::envelope::{encode_payload, NewEvent, RecordedEvent, StoredEvent, StreamId};
+use crate::envelope::{encode_payload, NewEvent, StoredEvent, StreamId};
 use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::{
@@ -391,14 +391,16 @@ impl<'a> Planner<'a> {
             };
             let mut state = CaseState::new();
             for s in &stored {
-                let r = RecordedEvent::from_stored(s).map_err(|e| ImportError::Store {
+                // Only the payload is needed: decoded (and upcast) straight
+                // into the fold, no envelope copied.
+                let event = s.case_event().map_err(|e| ImportError::Store {
                     line,
                     source: StoreError::Corrupt {
                         location: format!("position {}", s.position),
                         what: e.to_string(),
                     },
                 })?;
-                state.apply(r.event_id, &r.event);
+                state.apply_owned(s.event_id, event);
             }
             let base_version = stored.last().map(|e| e.version).unwrap_or(0);
             self.order.push(stream);
