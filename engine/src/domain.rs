@@ -813,6 +813,17 @@ impl Content {
         }
     }
 
+    /// [`Content::new`] of an event the caller gives up (kept, not copied).
+    fn from_owned(event: CaseEvent) -> Content {
+        match event {
+            CaseEvent::AttendanceMarked(ref a) => match Mark::from_event(a) {
+                Some(m) => Content::Mark(m),
+                None => Content::Event(Box::new(event)),
+            },
+            other => Content::Event(Box::new(other)),
+        }
+    }
+
     fn event(&self) -> Cow<'_, CaseEvent> {
         match self {
             Content::Mark(m) => Cow::Owned(m.to_event()),
@@ -1177,13 +1188,7 @@ impl CaseState {
     /// infallible: a correction the fold cannot apply (the log is older than
     /// the rules) leaves the original content in place.
     pub fn apply(&mut self, event_id: Uuid, event: &CaseEvent) {
-        self.version += 1;
-        if let CaseEvent::EntryCorrected(c) = event {
-            self.apply_correction(c);
-        } else {
-            self.facts.absorb(event);
-        }
-        self.index.insert(event_id, self.entries.len());
+        self.absorb(event_id, event);
         self.entries.push(Entry {
             id: event_id,
             content: Content::new(event),
@@ -1193,6 +1198,33 @@ impl CaseState {
             self.version,
             "one entry per folded event"
         );
+    }
+
+    /// [`CaseState::apply`] of an event the caller gives up: the same fold,
+    /// the event kept as it is instead of copied.
+    pub fn apply_owned(&mut self, event_id: Uuid, event: CaseEvent) {
+        self.absorb(event_id, &event);
+        self.entries.push(Entry {
+            id: event_id,
+            content: Content::from_owned(event),
+        });
+        debug_assert_eq!(
+            self.entries.len() as u64,
+            self.version,
+            "one entry per folded event"
+        );
+    }
+
+    /// The part of [`CaseState::apply`] before the entry is stored: the
+    /// version, the facts (or the correction) and the id's index.
+    fn absorb(&mut self, event_id: Uuid, event: &CaseEvent) {
+        self.version += 1;
+        if let CaseEvent::EntryCorrected(c) = event {
+            self.apply_correction(c);
+        } else {
+            self.facts.absorb(event);
+        }
+        self.index.insert(event_id, self.entries.len());
     }
 
     fn apply_correction(&mut self, c: &EntryCorrected) {
@@ -1376,6 +1408,24 @@ pub enum Command {
 /// Fold them into the state with [`CaseState::apply`] before deciding the
 /// next command of the same pupil.
 pub fn decide(state: &CaseState, command: &Command) -> Result<Vec<CaseEvent>, DomainError> {
+    check(state, command)?;
+    match command {
+        Command::Record(r) => Ok(vec![r.event.clone()]),
+    }
+}
+
+/// [`decide`] for a command the caller gives up: the same checks, and the
+/// command's own event moved into the answer instead of copied (the
+/// import's path, one event a line).
+pub fn decide_owned(state: &CaseState, command: Command) -> Result<Vec<CaseEvent>, DomainError> {
+    check(state, &command)?;
+    match command {
+        Command::Record(r) => Ok(vec![r.event]),
+    }
+}
+
+/// Every rule [`decide`] applies to `command` against `state`.
+fn check(state: &CaseState, command: &Command) -> Result<(), DomainError> {
     match command {
         Command::Record(r) => {
             if !r.event.is_case_event() {
@@ -1417,7 +1467,7 @@ pub fn decide(state: &CaseState, command: &Command) -> Result<Vec<CaseEvent>, Do
                 }
                 other => state.facts.check(other)?,
             }
-            Ok(vec![r.event.clone()])
+            Ok(())
         }
     }
 }

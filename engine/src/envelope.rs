@@ -70,9 +70,22 @@ impl StreamId {
 
     fn derive(kind: &str, school: &str, pupil: &str) -> StreamId {
         // NUL cannot occur in a validated school id or pupil reference, so
-        // the concatenation is unambiguous.
-        let name = format!("{kind}\0{school}\0{pupil}");
-        StreamId(Uuid::new_v5(&STREAM_NAMESPACE, name.as_bytes()))
+        // the concatenation is unambiguous. Built on the stack when short
+        // (every real name is).
+        let len = kind.len() + school.len() + pupil.len() + 2;
+        let mut short = [0u8; 192];
+        let name: std::borrow::Cow<'_, [u8]> = match short.get_mut(..len) {
+            Some(buf) => {
+                let (k, rest) = buf.split_at_mut(kind.len());
+                k.copy_from_slice(kind.as_bytes());
+                let (s, rest) = rest.split_at_mut(1 + school.len());
+                s[1..].copy_from_slice(school.as_bytes());
+                rest[1..].copy_from_slice(pupil.as_bytes());
+                std::borrow::Cow::Borrowed(buf)
+            }
+            None => std::borrow::Cow::Owned(format!("{kind}\0{school}\0{pupil}").into_bytes()),
+        };
+        StreamId(Uuid::new_v5(&STREAM_NAMESPACE, &name))
     }
 }
 
@@ -187,6 +200,159 @@ struct Body<'a> {
     prev_hash: Hash,
 }
 
+/// Room for one stored value (`body || hash`) whose variable fields are
+/// these: the fixed fields take at most 163 bytes of MessagePack, so the
+/// value is encoded without growing its buffer.
+fn body_capacity(actor: &str, event_type: &str, payload: &[u8]) -> usize {
+    192 + actor.len() + event_type.len() + payload.len() + HASH_LEN
+}
+
+/// The stored value of `new` sealed at `position`/`version` after
+/// `prev_hash` (`body || hash`) and its hash: the bytes of
+/// [`StoredEvent::seal`], encoded straight from the new event (no copy of
+/// its strings or payload) into one buffer of the right size.
+pub fn seal_bytes(
+    new: &NewEvent,
+    stream: StreamId,
+    position: u64,
+    version: u64,
+    recorded_at: DateTime<Utc>,
+    prev_hash: Hash,
+) -> Result<(Hash, Vec<u8>), CodecError> {
+    let body = Body {
+        position,
+        stream: stream.0,
+        version,
+        event_id: new.event_id,
+        occurred_at_us: new.occurred_at.timestamp_micros(),
+        recorded_at_us: recorded_at.timestamp_micros(),
+        actor: new.actor.as_str().into(),
+        correlation_id: new.correlation_id,
+        causation_id: new.causation_id,
+        event_type: new.event_type.as_str().into(),
+        schema: new.schema,
+        payload: new.payload.as_slice().into(),
+        prev_hash,
+    };
+    let mut bytes = Vec::with_capacity(body_capacity(&new.actor, &new.event_type, &new.payload));
+    body.encode_into(&mut bytes)?;
+    let hash = chain_hash(&prev_hash, &bytes);
+    bytes.extend_from_slice(&hash);
+    Ok((hash, bytes))
+}
+
+impl Body<'_> {
+    /// Appends the body's MessagePack to `out`: byte for byte what
+    /// `rmp_serde::encode::write(out, self)` writes (an array of the fields
+    /// in order, every integer and length in its smallest form, ids and
+    /// hashes as `bin`), written directly. A property test holds the two
+    /// equal.
+    fn encode_into(&self, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        let long = |n: usize| u32::try_from(n).is_err();
+        if long(self.actor.len()) || long(self.event_type.len()) || long(self.payload.len()) {
+            // Beyond MessagePack's lengths: whatever rmp-serde does.
+            return rmp_serde::encode::write(out, self)
+                .map_err(|e| CodecError::Encode(e.to_string()));
+        }
+        out.push(0x90 | 13);
+        mp_uint(out, self.position);
+        mp_bin(out, self.stream.as_bytes());
+        mp_uint(out, self.version);
+        mp_bin(out, self.event_id.as_bytes());
+        mp_sint(out, self.occurred_at_us);
+        mp_sint(out, self.recorded_at_us);
+        mp_str(out, &self.actor);
+        mp_opt_uuid(out, self.correlation_id);
+        mp_opt_uuid(out, self.causation_id);
+        mp_str(out, &self.event_type);
+        mp_uint(out, u64::from(self.schema));
+        mp_bin(out, &self.payload);
+        mp_bin(out, &self.prev_hash);
+        Ok(())
+    }
+}
+
+/// MessagePack unsigned integer, smallest form (rmp's `write_uint`).
+fn mp_uint(out: &mut Vec<u8>, v: u64) {
+    if v < 128 {
+        out.push(v as u8);
+    } else if v < 256 {
+        out.extend_from_slice(&[0xcc, v as u8]);
+    } else if v < 65_536 {
+        out.push(0xcd);
+        out.extend_from_slice(&(v as u16).to_be_bytes());
+    } else if v < 4_294_967_296 {
+        out.push(0xce);
+        out.extend_from_slice(&(v as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// MessagePack signed integer, smallest form (rmp's `write_sint`: a
+/// non-negative value is written as unsigned).
+fn mp_sint(out: &mut Vec<u8>, v: i64) {
+    if v >= 0 {
+        mp_uint(out, v as u64);
+    } else if v >= -32 {
+        out.push(v as i8 as u8);
+    } else if v >= -128 {
+        out.extend_from_slice(&[0xd0, v as i8 as u8]);
+    } else if v >= -32_768 {
+        out.push(0xd1);
+        out.extend_from_slice(&(v as i16).to_be_bytes());
+    } else if v >= -2_147_483_648 {
+        out.push(0xd2);
+        out.extend_from_slice(&(v as i32).to_be_bytes());
+    } else {
+        out.push(0xd3);
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+}
+
+/// MessagePack `str` (fixstr, str8, str16 or str32). The caller bounds the
+/// length to `u32`.
+fn mp_str(out: &mut Vec<u8>, s: &str) {
+    let n = s.len();
+    if n < 32 {
+        out.push(0xa0 | n as u8);
+    } else if n < 256 {
+        out.extend_from_slice(&[0xd9, n as u8]);
+    } else if n < 65_536 {
+        out.push(0xda);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// MessagePack `bin` (bin8, bin16 or bin32). The caller bounds the length
+/// to `u32`.
+fn mp_bin(out: &mut Vec<u8>, b: &[u8]) {
+    let n = b.len();
+    if n < 256 {
+        out.extend_from_slice(&[0xc4, n as u8]);
+    } else if n < 65_536 {
+        out.push(0xc5);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else {
+        out.push(0xc6);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    }
+    out.extend_from_slice(b);
+}
+
+/// An optional id: `nil`, or its 16 bytes as `bin`.
+fn mp_opt_uuid(out: &mut Vec<u8>, id: Option<Uuid>) {
+    match id {
+        None => out.push(0xc0),
+        Some(id) => mp_bin(out, id.as_bytes()),
+    }
+}
+
 /// `BLAKE3(prev_hash || body)`.
 pub fn chain_hash(prev_hash: &Hash, body: &[u8]) -> Hash {
     let mut h = blake3::Hasher::new();
@@ -207,7 +373,8 @@ impl StoredEvent {
         recorded_at: DateTime<Utc>,
         prev_hash: Hash,
     ) -> Result<(StoredEvent, Vec<u8>), CodecError> {
-        let mut event = StoredEvent {
+        let (hash, bytes) = seal_bytes(new, stream, position, version, recorded_at, prev_hash)?;
+        let event = StoredEvent {
             position,
             stream,
             version,
@@ -221,11 +388,8 @@ impl StoredEvent {
             schema: new.schema,
             payload: new.payload.clone(),
             prev_hash,
-            hash: [0; 32],
+            hash,
         };
-        let mut bytes = event.encode_body()?;
-        event.hash = chain_hash(&prev_hash, &bytes);
-        bytes.extend_from_slice(&event.hash);
         Ok((event, bytes))
     }
 
@@ -245,7 +409,11 @@ impl StoredEvent {
             payload: self.payload.as_slice().into(),
             prev_hash: self.prev_hash,
         };
-        rmp_serde::to_vec(&body).map_err(|e| CodecError::Encode(e.to_string()))
+        let mut bytes =
+            Vec::with_capacity(body_capacity(&self.actor, &self.event_type, &self.payload));
+        rmp_serde::encode::write(&mut bytes, &body)
+            .map_err(|e| CodecError::Encode(e.to_string()))?;
+        Ok(bytes)
     }
 
     /// The stored bytes of this event (`body || hash`), as `seal` produced
@@ -355,5 +523,200 @@ impl RecordedEvent {
             hash: stored.hash,
             event: stored.case_event()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// The stored value as it was encoded before `seal_bytes`: the body
+    /// through `rmp_serde::to_vec`, then the hash appended.
+    fn reference_value(
+        new: &NewEvent,
+        stream: StreamId,
+        position: u64,
+        version: u64,
+        recorded_at: DateTime<Utc>,
+        prev_hash: Hash,
+    ) -> Vec<u8> {
+        let body = Body {
+            position,
+            stream: stream.0,
+            version,
+            event_id: new.event_id,
+            occurred_at_us: new.occurred_at.timestamp_micros(),
+            recorded_at_us: recorded_at.timestamp_micros(),
+            actor: new.actor.as_str().into(),
+            correlation_id: new.correlation_id,
+            causation_id: new.causation_id,
+            event_type: new.event_type.as_str().into(),
+            schema: new.schema,
+            payload: new.payload.as_slice().into(),
+            prev_hash,
+        };
+        let mut bytes = rmp_serde::to_vec(&body).unwrap();
+        let hash = chain_hash(&prev_hash, &bytes);
+        bytes.extend_from_slice(&hash);
+        bytes
+    }
+
+    fn time(us: i64) -> DateTime<Utc> {
+        DateTime::<Utc>::from_timestamp_micros(us).unwrap()
+    }
+
+    /// Integers of every MessagePack width, edges included.
+    fn uint() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            proptest::sample::select(vec![
+                0,
+                127,
+                128,
+                255,
+                256,
+                65_535,
+                65_536,
+                4_294_967_295,
+                4_294_967_296,
+                u64::MAX,
+            ]),
+            0u64..300,
+            60_000u64..70_000,
+            4_294_960_000u64..4_294_970_000,
+            any::<u64>(),
+        ]
+    }
+
+    /// Microsecond times of every MessagePack width, negative ones too.
+    fn micros() -> impl Strategy<Value = i64> {
+        prop_oneof![
+            proptest::sample::select(vec![
+                -62_000_000_000_000_000,
+                -2_147_483_649,
+                -2_147_483_648,
+                -32_769,
+                -32_768,
+                -129,
+                -128,
+                -33,
+                -32,
+                -1,
+                0,
+                127,
+                128,
+                250_000_000_000_000_000,
+            ]),
+            -300i64..300,
+            -70_000i64..70_000,
+            -2_147_490_000i64..-2_147_480_000,
+            -5_000_000_000i64..5_000_000_000,
+            -62_000_000_000_000_000i64..250_000_000_000_000_000,
+        ]
+    }
+
+    prop_compose! {
+        fn new_event()(
+            id in any::<u128>(),
+            occurred in micros(),
+            actor in prop_oneof![".{0,40}", "[a-z]{28,36}", "[a-z]{250,300}"],
+            correlation in proptest::option::of(any::<u128>()),
+            causation in proptest::option::of(any::<u128>()),
+            event_type in "[A-Za-z]{0,40}",
+            schema in prop_oneof![0u32..300, 65_530u32..65_540, any::<u32>()],
+            payload in prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..300),
+                proptest::collection::vec(any::<u8>(), 65_530..65_540),
+            ],
+        ) -> NewEvent {
+            NewEvent {
+                event_id: Uuid::from_u128(id),
+                occurred_at: time(occurred),
+                actor,
+                correlation_id: correlation.map(Uuid::from_u128),
+                causation_id: causation.map(Uuid::from_u128),
+                event_type,
+                schema,
+                payload,
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// `seal_bytes` (and `seal`, `encode`) give exactly the bytes the
+        /// body's serde encoding gives, and they decode back.
+        #[test]
+        fn sealed_bytes_are_the_serde_encoding_of_the_body(
+            new in new_event(),
+            stream in any::<u128>(),
+            position in uint(),
+            version in uint(),
+            recorded in micros(),
+            prev in any::<[u8; 32]>(),
+        ) {
+            let stream = StreamId(Uuid::from_u128(stream));
+            let recorded_at = time(recorded);
+            let expected = reference_value(&new, stream, position, version, recorded_at, prev);
+            let (hash, bytes) = seal_bytes(&new, stream, position, version, recorded_at, prev).unwrap();
+            prop_assert_eq!(&bytes, &expected);
+            prop_assert_eq!(&bytes[bytes.len() - HASH_LEN..], &hash[..]);
+            let (stored, sealed) = StoredEvent::seal(&new, stream, position, version, recorded_at, prev).unwrap();
+            prop_assert_eq!(&sealed, &expected);
+            prop_assert_eq!(stored.hash, hash);
+            prop_assert_eq!(&stored.encode().unwrap(), &expected);
+            let decoded = StoredEvent::decode(&bytes).unwrap();
+            prop_assert_eq!(decoded, stored);
+        }
+
+        /// Stream ids are UUID v5 of `kind NUL school NUL pupil`, however
+        /// long the names (short ones are built on the stack).
+        #[test]
+        fn stream_ids_are_v5_of_the_joined_names(school in ".{0,120}", pupil in ".{0,120}") {
+            for (kind, id) in [
+                ("case", StreamId::for_pupil(&school, &pupil)),
+                ("access", StreamId::for_access_log(&school, &pupil)),
+            ] {
+                let name = format!("{kind}\0{school}\0{pupil}");
+                prop_assert_eq!(id.0, Uuid::new_v5(&STREAM_NAMESPACE, name.as_bytes()));
+            }
+            let name = format!("directory\0{school}\0");
+            prop_assert_eq!(StreamId::for_directory(&school).0, Uuid::new_v5(&STREAM_NAMESPACE, name.as_bytes()));
+        }
+    }
+
+    /// The committed schema-1 fixtures, sealed again from their own fields,
+    /// give their committed bytes: the encoder has not changed.
+    #[test]
+    fn resealing_the_committed_fixtures_gives_their_bytes() {
+        let fixtures: [&[u8]; 2] = [
+            include_bytes!("../../tests/data/fixtures/schema1/incident_recorded.stored.bin"),
+            include_bytes!("../../tests/data/fixtures/schema1/suspension_issued.stored.bin"),
+        ];
+        for bytes in fixtures {
+            let stored = StoredEvent::decode(bytes).unwrap();
+            let new = NewEvent {
+                event_id: stored.event_id,
+                occurred_at: stored.occurred_at,
+                actor: stored.actor.clone(),
+                correlation_id: stored.correlation_id,
+                causation_id: stored.causation_id,
+                event_type: stored.event_type.clone(),
+                schema: stored.schema,
+                payload: stored.payload.clone(),
+            };
+            let (hash, value) = seal_bytes(
+                &new,
+                stored.stream,
+                stored.position,
+                stored.version,
+                stored.recorded_at,
+                stored.prev_hash,
+            )
+            .unwrap();
+            assert_eq!(value, bytes);
+            assert_eq!(hash, stored.hash);
+        }
     }
 }

@@ -297,6 +297,7 @@ pub struct PupilRegistered {
     #[serde(default)]
     pub pupil: String,
     pub name: String,
+    #[serde(serialize_with = "date_text::serialize")]
     pub date_of_birth: NaiveDate,
     /// National Curriculum year: 0 = Reception, 1..=13.
     pub year_group: u8,
@@ -455,6 +456,7 @@ pub struct SuspensionIssued {
     /// Up to two further census reason codes (the census takes three).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_reason_codes: Vec<String>,
+    #[serde(serialize_with = "date_text::serialize")]
     pub start_date: NaiveDate,
     /// Why a suspension past the 45-day yearly limit is recorded anyway
     /// (e.g. days at a previous school were counted twice). Required to pass
@@ -469,6 +471,7 @@ pub struct PermanentExclusionIssued {
     pub reason_code: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_reason_codes: Vec<String>,
+    #[serde(serialize_with = "date_text::serialize")]
     pub effective_date: NaiveDate,
 }
 
@@ -526,6 +529,7 @@ pub enum PlanKind {
 pub struct PlanAgreed {
     pub plan: String,
     pub kind: PlanKind,
+    #[serde(serialize_with = "date_text::serialize")]
     pub review_due: NaiveDate,
 }
 
@@ -535,6 +539,7 @@ pub struct PlanReviewed {
     pub plan: String,
     pub outcome: String,
     /// `None` (JSON `null`) when the review ends the plan.
+    #[serde(serialize_with = "date_text::serialize_option")]
     pub next_review_due: Option<NaiveDate>,
 }
 
@@ -568,6 +573,7 @@ pub enum Session {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttendanceMarked {
+    #[serde(serialize_with = "date_text::serialize")]
     pub date: NaiveDate,
     pub session: Session,
     /// DfE attendance code (see [`crate::codes`]).
@@ -586,6 +592,7 @@ pub struct RewardIssued {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AbsenceFollowedUp {
+    #[serde(serialize_with = "date_text::serialize")]
     pub date: NaiveDate,
     pub method: String,
     pub outcome: String,
@@ -595,6 +602,7 @@ pub struct AbsenceFollowedUp {
 #[serde(deny_unknown_fields)]
 pub struct AlternativeProvisionArranged {
     pub provider: String,
+    #[serde(serialize_with = "date_text::serialize")]
     pub start_date: NaiveDate,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -732,4 +740,90 @@ pub struct TransferredIn {
     /// The data key the imported sealed fields use (the sender's stream id).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<Uuid>,
+}
+
+/// Dates in payloads are written as chrono writes them (`2026-09-15`, the
+/// text of its `Debug`), but for the years 0 to 9999 straight from the
+/// digits instead of through the formatting machinery and a `String`: every
+/// event's date is encoded once per import line. Other years go through
+/// chrono itself.
+mod date_text {
+    use chrono::{Datelike, NaiveDate};
+    use serde::{Serialize, Serializer};
+
+    /// The date's text, for the years 0 to 9999.
+    pub(super) fn ascii(d: &NaiveDate) -> Option<[u8; 10]> {
+        let y = d.year();
+        if !(0..=9999).contains(&y) {
+            return None;
+        }
+        let (y, m, day) = (y as u32, d.month(), d.day());
+        let digit = |n: u32| b'0' + (n % 10) as u8;
+        Some([
+            digit(y / 1000),
+            digit(y / 100),
+            digit(y / 10),
+            digit(y),
+            b'-',
+            digit(m / 10),
+            digit(m),
+            b'-',
+            digit(day / 10),
+            digit(day),
+        ])
+    }
+
+    pub(super) fn serialize<S: Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
+        match ascii(d).as_ref().map(|b| std::str::from_utf8(b)) {
+            Some(Ok(text)) => s.serialize_str(text),
+            _ => d.serialize(s),
+        }
+    }
+
+    pub(super) fn serialize_option<S: Serializer>(
+        d: &Option<NaiveDate>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        struct Date<'a>(&'a NaiveDate);
+        impl Serialize for Date<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serialize(self.0, s)
+            }
+        }
+        match d {
+            Some(d) => s.serialize_some(&Date(d)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The fast date text is chrono's, for every date chrono holds.
+        #[test]
+        fn dates_are_written_as_chrono_writes_them(days in -100_000_000i32..100_000_000) {
+            let Some(d) = NaiveDate::from_num_days_from_ce_opt(days) else {
+                return Ok(());
+            };
+            if let Some(b) = date_text::ascii(&d) {
+                prop_assert_eq!(std::str::from_utf8(&b).unwrap(), d.to_string());
+            }
+            let mut fast = Vec::new();
+            date_text::serialize(&d, &mut rmp_serde::Serializer::new(&mut fast)).unwrap();
+            prop_assert_eq!(fast, rmp_serde::to_vec(&d).unwrap());
+            let json = date_text::serialize(&d, serde_json::value::Serializer).unwrap();
+            prop_assert_eq!(json, serde_json::to_value(d).unwrap());
+            for o in [Some(d), None] {
+                let mut fast = Vec::new();
+                date_text::serialize_option(&o, &mut rmp_serde::Serializer::new(&mut fast)).unwrap();
+                prop_assert_eq!(fast, rmp_serde::to_vec(&o).unwrap());
+            }
+        }
+    }
 }

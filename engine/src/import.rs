@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use uuid::Uuid;
 
-use crate::domain::{decide, CaseState, Command, DomainError, Record};
-use crate::envelope::{encode_payload, NewEvent, RecordedEvent, StoredEvent, StreamId};
+use crate::domain::{decide_owned, CaseState, Command, DomainError, Record};
+use crate::envelope::{encode_payload, NewEvent, StoredEvent, StreamId};
 use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::{
@@ -300,7 +300,9 @@ pub struct Planner<'a> {
     now: DateTime<Utc>,
     pupils: HashMap<StreamId, PupilPlan>,
     order: Vec<StreamId>,
-    ids: HashMap<Uuid, (usize, NewEvent, StreamId)>,
+    /// Each id of an earlier line: its line, its stream and where its
+    /// event is in that stream's plan (`PupilPlan::events`).
+    ids: HashMap<Uuid, (usize, StreamId, usize)>,
     duplicates: usize,
     events: usize,
     sealer: Option<&'a dyn crate::seal::PayloadSealer>,
@@ -319,6 +321,8 @@ struct Prefetch {
     /// (taken out when the pupil's state is first folded).
     streams: HashSet<StreamId>,
     stored: HashMap<StreamId, Vec<StoredEvent>>,
+    /// The stream of each line of the batch, in order (derived once).
+    line_streams: Vec<StreamId>,
 }
 
 struct PupilPlan {
@@ -387,14 +391,16 @@ impl<'a> Planner<'a> {
             };
             let mut state = CaseState::new();
             for s in &stored {
-                let r = RecordedEvent::from_stored(s).map_err(|e| ImportError::Store {
+                // Only the payload is needed: decoded (and upcast) straight
+                // into the fold, no envelope copied.
+                let event = s.case_event().map_err(|e| ImportError::Store {
                     line,
                     source: StoreError::Corrupt {
                         location: format!("position {}", s.position),
                         what: e.to_string(),
                     },
                 })?;
-                state.apply(r.event_id, &r.event);
+                state.apply_owned(s.event_id, event);
             }
             let base_version = stored.last().map(|e| e.version).unwrap_or(0);
             self.order.push(stream);
@@ -415,11 +421,16 @@ impl<'a> Planner<'a> {
     /// Validates one line and adds it to the plan.
     pub async fn add(&mut self, l: ImportLine) -> Result<(), ImportError> {
         let stream = StreamId::for_pupil(&self.school, &l.pupil);
+        self.add_to(l, stream).await
+    }
+
+    /// [`Planner::add`] of a line whose pupil's stream is `stream`.
+    async fn add_to(&mut self, l: ImportLine, stream: StreamId) -> Result<(), ImportError> {
         let event_id = l.id.unwrap_or_else(Uuid::now_v7);
-        let mut new = NewEvent {
+        let new = NewEvent {
             event_id,
             occurred_at: l.occurred_at,
-            actor: l.actor.clone(),
+            actor: l.actor,
             correlation_id: None,
             causation_id: None,
             event_type: l.event.type_name().to_string(),
@@ -427,8 +438,12 @@ impl<'a> Planner<'a> {
             payload: Self::payload(self.sealer, l.line, stream, event_id, &l.event)?,
         };
         if let Some(id) = l.id {
-            if let Some((first_line, earlier, earlier_stream)) = self.ids.get(&id) {
-                if earlier == &new && *earlier_stream == stream {
+            if let Some(&(first_line, earlier_stream, at)) = self.ids.get(&id) {
+                let earlier = self
+                    .pupils
+                    .get(&earlier_stream)
+                    .and_then(|p| p.events.get(at));
+                if earlier == Some(&new) && earlier_stream == stream {
                     self.duplicates += 1;
                     return Ok(());
                 }
@@ -473,7 +488,7 @@ impl<'a> Planner<'a> {
             occurred_at: l.occurred_at,
             now,
         });
-        let events = decide(&plan.state, &command).map_err(|source| match source {
+        let events = decide_owned(&plan.state, command).map_err(|source| match source {
             // Name the field: the pupil reference is what is wrong (or
             // its PupilRegistered line is missing from the file).
             DomainError::NotRegistered { .. } => {
@@ -484,18 +499,32 @@ impl<'a> Planner<'a> {
                 source,
             },
         })?;
-        for (i, event) in events.iter().enumerate() {
-            if i > 0 {
-                new.event_id = Uuid::now_v7();
-                new.event_type = event.type_name().to_string();
-                new.payload = Self::payload(sealer, l.line, stream, new.event_id, event)?;
-            }
-            plan.state.apply(new.event_id, event);
-            plan.events.push(new.clone());
+        let count = events.len();
+        let mut first = Some(new);
+        for event in events {
+            // The first event is the line's own; any further one copies
+            // its envelope with a new id, type and payload.
+            let new = match first.take() {
+                Some(new) => new,
+                None => {
+                    let mut next = plan
+                        .events
+                        .last()
+                        .cloned()
+                        .ok_or_else(|| ImportError::line(l.line, "internal: event missing"))?;
+                    next.event_id = Uuid::now_v7();
+                    next.event_type = event.type_name().to_string();
+                    next.payload = Self::payload(sealer, l.line, stream, next.event_id, &event)?;
+                    next
+                }
+            };
+            plan.state.apply_owned(new.event_id, event);
+            plan.events.push(new);
         }
-        self.events += events.len();
-        if let Some(id) = l.id {
-            self.ids.insert(id, (l.line, new, stream));
+        let last = plan.events.len().checked_sub(1);
+        self.events += count;
+        if let (Some(id), Some(at)) = (l.id, last) {
+            self.ids.insert(id, (l.line, stream, at));
         }
         Ok(())
     }
@@ -516,8 +545,9 @@ impl<'a> Planner<'a> {
                 return Ok(());
             }
             self.prefetch(&chunk).await;
-            for l in chunk {
-                self.add(l).await?;
+            let streams = std::mem::take(&mut self.prefetch.line_streams);
+            for (l, stream) in chunk.into_iter().zip(streams) {
+                self.add_to(l, stream).await?;
             }
         }
     }
@@ -529,21 +559,33 @@ impl<'a> Planner<'a> {
     async fn prefetch(&mut self, lines: &[ImportLine]) {
         // Earlier batches' leftovers are no longer needed (bounded memory).
         self.prefetch = Prefetch::default();
-        let mut ids = Vec::new();
+        let mut ids = Vec::with_capacity(lines.len());
         let mut streams = Vec::new();
-        let mut seen_ids = HashSet::new();
+        let mut seen_ids = HashSet::with_capacity(lines.len());
         let mut seen_streams = HashSet::new();
+        let mut line_streams = Vec::with_capacity(lines.len());
+        let mut last: Option<(&str, StreamId)> = None;
         for l in lines {
             if let Some(id) = l.id {
                 if !self.ids.contains_key(&id) && seen_ids.insert(id) {
                     ids.push(id);
                 }
             }
-            let stream = StreamId::for_pupil(&self.school, &l.pupil);
+            // A file usually holds a pupil's lines together: derive each
+            // run's stream once.
+            let stream = match last {
+                Some((pupil, stream)) if pupil == l.pupil => stream,
+                _ => StreamId::for_pupil(&self.school, &l.pupil),
+            };
+            last = Some((&l.pupil, stream));
+            line_streams.push(stream);
             if !self.pupils.contains_key(&stream) && seen_streams.insert(stream) {
                 streams.push(stream);
             }
         }
+        self.prefetch.line_streams = line_streams;
+        // Room for this batch's ids at once, not by doubling.
+        self.ids.reserve(ids.len());
         let store = self.store;
         let find = async {
             match ids.is_empty() {

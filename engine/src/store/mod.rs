@@ -525,11 +525,23 @@ pub(crate) trait Committed {
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError>;
 }
 
-/// One event sealed by [`GroupStage::stage`]: the decoded event and the
+/// One event sealed by [`GroupStage::stage`]: where it landed and the
 /// exact bytes every backend stores for it (envelope body `||` hash).
 pub(crate) struct Sealed {
-    pub event: StoredEvent,
+    pub event: SealedEvent,
     pub bytes: Vec<u8>,
+}
+
+/// What a backend indexes of a sealed event beside its bytes (the rest of
+/// the envelope is in the bytes; no copy of actor, type or payload).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct SealedEvent {
+    pub position: u64,
+    pub stream: StreamId,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub recorded_at: chrono::DateTime<chrono::Utc>,
+    pub hash: Hash,
 }
 
 /// A commit group being checked and sealed by a writer, every backend
@@ -593,8 +605,9 @@ impl GroupStage {
             });
         }
         // Pass 1: check, without staging anything.
-        let mut local: HashMap<StreamId, u64> = HashMap::new();
-        let mut local_ids: std::collections::HashSet<Uuid> = Default::default();
+        let mut local: HashMap<StreamId, u64> = HashMap::with_capacity(requests.len());
+        let mut local_ids: std::collections::HashSet<Uuid> =
+            std::collections::HashSet::with_capacity(total);
         for r in requests {
             if r.events.is_empty() {
                 return Err(StoreError::EmptyAppend { stream: r.stream });
@@ -625,13 +638,46 @@ impl GroupStage {
                 }
             }
         }
-        // Pass 2: seal. Encoding cannot fail for events that passed
-        // `NewEvent::new`; should it, nothing of this append is kept.
-        let mut sealed = Vec::with_capacity(total);
+        // Pass 2: seal onto the group. Encoding cannot fail for events that
+        // passed `NewEvent::new`; should it, nothing of this append is kept
+        // (the events it sealed are cut off again).
+        let staged_before = self.sealed.len();
+        self.sealed.reserve(total);
+        let sealed = self.seal(requests, committed, recorded_at, local.len());
+        let (appended, cur, pos, h) = match sealed {
+            Ok(done) => done,
+            Err(e) => {
+                self.sealed.truncate(staged_before);
+                return Err(e);
+            }
+        };
+        if self.ids.is_empty() {
+            self.ids = local_ids;
+        } else {
+            self.ids.extend(local_ids);
+        }
+        self.versions.extend(cur);
+        self.position = pos;
+        self.hash = h;
+        Ok(appended)
+    }
+
+    /// Pass 2 of [`GroupStage::stage`]: seals the checked `requests` onto
+    /// `self.sealed`, continuing the group's chain. Returns what was
+    /// appended, the streams' new versions and the new head; the caller
+    /// cuts `self.sealed` back on error.
+    #[allow(clippy::type_complexity)]
+    fn seal(
+        &mut self,
+        requests: &[AppendRequest],
+        committed: &mut impl Committed,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        streams: usize,
+    ) -> Result<(Vec<Appended>, HashMap<StreamId, u64>, u64, Hash), StoreError> {
         let mut appended = Vec::with_capacity(requests.len());
         let mut pos = self.position;
         let mut h = self.hash;
-        let mut cur: HashMap<StreamId, u64> = HashMap::new();
+        let mut cur: HashMap<StreamId, u64> = HashMap::with_capacity(streams);
         for r in requests {
             let base = match cur.get(&r.stream) {
                 Some(v) => *v,
@@ -641,7 +687,8 @@ impl GroupStage {
             for (i, e) in r.events.iter().enumerate() {
                 pos += 1;
                 let version = base + 1 + i as u64;
-                let (event, bytes) = StoredEvent::seal(e, r.stream, pos, version, recorded_at, h)?;
+                let (hash, bytes) =
+                    crate::envelope::seal_bytes(e, r.stream, pos, version, recorded_at, h)?;
                 if let Some(limit) = self.value_limit {
                     if bytes.len() > limit {
                         return Err(StoreError::Limit {
@@ -651,8 +698,18 @@ impl GroupStage {
                         });
                     }
                 }
-                h = event.hash;
-                sealed.push(Sealed { event, bytes });
+                h = hash;
+                self.sealed.push(Sealed {
+                    event: SealedEvent {
+                        position: pos,
+                        stream: r.stream,
+                        version,
+                        event_id: e.event_id,
+                        recorded_at,
+                        hash,
+                    },
+                    bytes,
+                });
             }
             let last_version = base + r.events.len() as u64;
             cur.insert(r.stream, last_version);
@@ -664,11 +721,6 @@ impl GroupStage {
                 last_position: pos,
             });
         }
-        self.ids.extend(local_ids);
-        self.versions.extend(cur);
-        self.sealed.extend(sealed);
-        self.position = pos;
-        self.hash = h;
-        Ok(appended)
+        Ok((appended, cur, pos, h))
     }
 }

@@ -500,6 +500,17 @@ struct Row {
 }
 
 impl Row {
+    fn of_sealed(e: &super::SealedEvent, value: Vec<u8>) -> Result<Row, StoreError> {
+        Ok(Row {
+            position: to_i64(e.position, "position")?,
+            stream: e.stream.0,
+            version: to_i64(e.version, "version")?,
+            event_id: e.event_id,
+            recorded_at: e.recorded_at,
+            value,
+        })
+    }
+
     fn of(e: &StoredEvent, value: Vec<u8>) -> Result<Row, StoreError> {
         Ok(Row {
             position: to_i64(e.position, "position")?,
@@ -950,7 +961,7 @@ impl Writer {
         let rows = stage
             .sealed
             .into_iter()
-            .map(|s| Row::of(&s.event, s.bytes))
+            .map(|s| Row::of_sealed(&s.event, s.bytes))
             .collect::<Result<Vec<Row>, StoreError>>()?;
         let state = (stage.position, stage.hash);
         if state.0 == head_position {
