@@ -207,6 +207,35 @@ fn body_capacity(actor: &str, event_type: &str, payload: &[u8]) -> usize {
     192 + actor.len() + event_type.len() + payload.len() + HASH_LEN
 }
 
+impl<'a> Body<'a> {
+    /// The body of `new` sealed at `position`/`version` after `prev_hash`,
+    /// borrowing its strings and payload.
+    fn of_new(
+        new: &'a NewEvent,
+        stream: StreamId,
+        position: u64,
+        version: u64,
+        recorded_at: DateTime<Utc>,
+        prev_hash: Hash,
+    ) -> Body<'a> {
+        Body {
+            position,
+            stream: stream.0,
+            version,
+            event_id: new.event_id,
+            occurred_at_us: new.occurred_at.timestamp_micros(),
+            recorded_at_us: recorded_at.timestamp_micros(),
+            actor: new.actor.as_str().into(),
+            correlation_id: new.correlation_id,
+            causation_id: new.causation_id,
+            event_type: new.event_type.as_str().into(),
+            schema: new.schema,
+            payload: new.payload.as_slice().into(),
+            prev_hash,
+        }
+    }
+}
+
 /// The stored value of `new` sealed at `position`/`version` after
 /// `prev_hash` (`body || hash`) and its hash: the bytes of
 /// [`StoredEvent::seal`], encoded straight from the new event (no copy of
@@ -219,21 +248,7 @@ pub fn seal_bytes(
     recorded_at: DateTime<Utc>,
     prev_hash: Hash,
 ) -> Result<(Hash, Vec<u8>), CodecError> {
-    let body = Body {
-        position,
-        stream: stream.0,
-        version,
-        event_id: new.event_id,
-        occurred_at_us: new.occurred_at.timestamp_micros(),
-        recorded_at_us: recorded_at.timestamp_micros(),
-        actor: new.actor.as_str().into(),
-        correlation_id: new.correlation_id,
-        causation_id: new.causation_id,
-        event_type: new.event_type.as_str().into(),
-        schema: new.schema,
-        payload: new.payload.as_slice().into(),
-        prev_hash,
-    };
+    let body = Body::of_new(new, stream, position, version, recorded_at, prev_hash);
     let mut bytes = Vec::with_capacity(body_capacity(&new.actor, &new.event_type, &new.payload));
     body.encode_into(&mut bytes)?;
     let hash = chain_hash(&prev_hash, &bytes);
@@ -541,21 +556,7 @@ mod tests {
         recorded_at: DateTime<Utc>,
         prev_hash: Hash,
     ) -> Vec<u8> {
-        let body = Body {
-            position,
-            stream: stream.0,
-            version,
-            event_id: new.event_id,
-            occurred_at_us: new.occurred_at.timestamp_micros(),
-            recorded_at_us: recorded_at.timestamp_micros(),
-            actor: new.actor.as_str().into(),
-            correlation_id: new.correlation_id,
-            causation_id: new.causation_id,
-            event_type: new.event_type.as_str().into(),
-            schema: new.schema,
-            payload: new.payload.as_slice().into(),
-            prev_hash,
-        };
+        let body = Body::of_new(new, stream, position, version, recorded_at, prev_hash);
         let mut bytes = rmp_serde::to_vec(&body).unwrap();
         let hash = chain_hash(&prev_hash, &bytes);
         bytes.extend_from_slice(&hash);

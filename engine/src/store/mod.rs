@@ -544,6 +544,20 @@ pub(crate) struct SealedEvent {
     pub hash: Hash,
 }
 
+impl SealedEvent {
+    /// The fixed fields of an event already stored.
+    pub fn of(e: &StoredEvent) -> SealedEvent {
+        SealedEvent {
+            position: e.position,
+            stream: e.stream,
+            version: e.version,
+            event_id: e.event_id,
+            recorded_at: e.recorded_at,
+            hash: e.hash,
+        }
+    }
+}
+
 /// A commit group being checked and sealed by a writer, every backend
 /// alike: the chain so far, the versions and ids its earlier appends took,
 /// and the sealed events to write.

@@ -512,14 +512,7 @@ impl Row {
     }
 
     fn of(e: &StoredEvent, value: Vec<u8>) -> Result<Row, StoreError> {
-        Ok(Row {
-            position: to_i64(e.position, "position")?,
-            stream: e.stream.0,
-            version: to_i64(e.version, "version")?,
-            event_id: e.event_id,
-            recorded_at: e.recorded_at,
-            value,
-        })
+        Row::of_sealed(&super::SealedEvent::of(e), value)
     }
 }
 

@@ -10,7 +10,8 @@ use std::path::PathBuf;
 
 use super::frame::{encode_frame, FrameMeta};
 use super::{
-    create_segment, io, recover, sync_dir, Index, Loc, SegmentStore, CHECKPOINT_DIR, LOGS_DIR,
+    create_segment, cut_to, io, recover, sync_dir, Index, Loc, SegmentStore, CHECKPOINT_DIR,
+    LOGS_DIR,
 };
 use crate::envelope::{StoredEvent, StreamId};
 use crate::error::StoreError;
@@ -115,10 +116,7 @@ impl SegmentStore {
         if c.torn > 0 && c.torn_zero {
             // Zeros a writer preallocated before it stopped: cut them, so a
             // segment this copy rolls past ends at its last group.
-            c.file
-                .set_len(c.end)
-                .and_then(|()| c.file.sync_all())
-                .map_err(io("copy"))?;
+            cut_to(&c.file, c.end, "copy")?;
             c.torn = 0;
         }
         if c.torn > 0 {

@@ -474,6 +474,14 @@ struct State {
     segments: Vec<Arc<Segment>>,
 }
 
+impl State {
+    /// Where position `p` lies, for [`read_runs`].
+    fn wanted(&self, p: u64) -> (u64, Loc, Arc<Segment>) {
+        let loc = self.index.locs[(p - 1) as usize];
+        (p, loc, self.segments[loc.seg as usize].clone())
+    }
+}
+
 /// Reads the frame at `loc` and decodes it as position `position`.
 fn read_event(seg: &Segment, loc: Loc, position: u64) -> Result<StoredEvent, StoreError> {
     let mut buf = vec![0u8; loc.len as usize];
@@ -576,6 +584,13 @@ fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
 
 fn segment_name(first_position: u64) -> String {
     format!("{first_position:020}{SEGMENT_SUFFIX}")
+}
+
+/// Cuts `file` to `len` bytes and makes the new size durable.
+fn cut_to(file: &File, len: u64, during: &'static str) -> Result<(), StoreError> {
+    file.set_len(len)
+        .and_then(|()| file.sync_all())
+        .map_err(io(during))
 }
 
 /// Creates a new, empty segment and makes its existence durable.
@@ -858,10 +873,7 @@ impl SegmentLog {
             .cloned()
             .ok_or(StoreError::WriterStopped)?;
         if rec.torn > 0 {
-            last.file
-                .set_len(rec.end)
-                .and_then(|()| last.file.sync_all())
-                .map_err(io("cut torn tail"))?;
+            cut_to(&last.file, rec.end, "cut torn tail")?;
         }
         let recorded_us = if head == 0 {
             i64::MIN
@@ -1033,10 +1045,7 @@ impl Writer {
     /// Cuts the zeros written ahead of the current segment's end.
     fn cut_preallocated(&mut self) -> Result<(), StoreError> {
         if self.allocated > self.end {
-            let file = &self.segment.file;
-            file.set_len(self.end)
-                .and_then(|()| file.sync_all())
-                .map_err(io("cut preallocated space"))?;
+            cut_to(&self.segment.file, self.end, "cut preallocated space")?;
             self.allocated = self.end;
         }
         Ok(())
@@ -1265,13 +1274,7 @@ impl EventStore for SegmentLog {
             };
             let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
             let end = start.saturating_add(max).min(list.len());
-            list[start..end]
-                .iter()
-                .map(|&p| {
-                    let loc = state.index.locs[(p - 1) as usize];
-                    (p, loc, state.segments[loc.seg as usize].clone())
-                })
-                .collect()
+            list[start..end].iter().map(|&p| state.wanted(p)).collect()
         };
         read_runs(wanted)
     }
@@ -1290,12 +1293,7 @@ impl EventStore for SegmentLog {
                 return Ok(Vec::new());
             }
             let last = head.min(from + max as u64 - 1);
-            (from..=last)
-                .map(|p| {
-                    let loc = state.index.locs[(p - 1) as usize];
-                    (p, loc, state.segments[loc.seg as usize].clone())
-                })
-                .collect()
+            (from..=last).map(|p| state.wanted(p)).collect()
         };
         read_runs(wanted)
     }
@@ -1313,10 +1311,7 @@ impl EventStore for SegmentLog {
             ids.iter()
                 .filter(|id| seen.insert(**id))
                 .filter_map(|id| state.index.ids.get(id))
-                .map(|&p| {
-                    let loc = state.index.locs[(p - 1) as usize];
-                    (p, loc, state.segments[loc.seg as usize].clone())
-                })
+                .map(|&p| state.wanted(p))
                 .collect()
         };
         Ok(read_runs(wanted)?
@@ -1339,13 +1334,7 @@ impl EventStore for SegmentLog {
                 .filter(|s| seen.insert(**s))
                 .filter_map(|s| state.index.streams.get(s).map(|list| (*s, list)))
                 .map(|(s, list)| {
-                    let locs = list
-                        .iter()
-                        .map(|&p| {
-                            let loc = state.index.locs[(p - 1) as usize];
-                            (p, loc, state.segments[loc.seg as usize].clone())
-                        })
-                        .collect();
+                    let locs = list.iter().map(|&p| state.wanted(p)).collect();
                     (s, locs)
                 })
                 .collect()
@@ -1360,10 +1349,7 @@ impl EventStore for SegmentLog {
     async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
         let found = {
             let state = self.read()?;
-            state.index.ids.get(&event_id).map(|&p| {
-                let loc = state.index.locs[(p - 1) as usize];
-                (p, loc, state.segments[loc.seg as usize].clone())
-            })
+            state.index.ids.get(&event_id).map(|&p| state.wanted(p))
         };
         match found {
             None => Ok(None),
