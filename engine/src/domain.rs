@@ -1189,25 +1189,19 @@ impl CaseState {
     /// the rules) leaves the original content in place.
     pub fn apply(&mut self, event_id: Uuid, event: &CaseEvent) {
         self.absorb(event_id, event);
-        self.entries.push(Entry {
-            id: event_id,
-            content: Content::new(event),
-        });
-        debug_assert_eq!(
-            self.entries.len() as u64,
-            self.version,
-            "one entry per folded event"
-        );
+        self.keep(event_id, Content::new(event));
     }
 
     /// [`CaseState::apply`] of an event the caller gives up: the same fold,
     /// the event kept as it is instead of copied.
     pub fn apply_owned(&mut self, event_id: Uuid, event: CaseEvent) {
         self.absorb(event_id, &event);
-        self.entries.push(Entry {
-            id: event_id,
-            content: Content::from_owned(event),
-        });
+        self.keep(event_id, Content::from_owned(event));
+    }
+
+    /// Stores the folded event's entry (after [`CaseState::absorb`]).
+    fn keep(&mut self, id: Uuid, content: Content) {
+        self.entries.push(Entry { id, content });
         debug_assert_eq!(
             self.entries.len() as u64,
             self.version,
@@ -1408,10 +1402,7 @@ pub enum Command {
 /// Fold them into the state with [`CaseState::apply`] before deciding the
 /// next command of the same pupil.
 pub fn decide(state: &CaseState, command: &Command) -> Result<Vec<CaseEvent>, DomainError> {
-    check(state, command)?;
-    match command {
-        Command::Record(r) => Ok(vec![r.event.clone()]),
-    }
+    decide_owned(state, command.clone())
 }
 
 /// [`decide`] for a command the caller gives up: the same checks, and the
