@@ -211,7 +211,10 @@ fn find_erasure(events: &[StoredEvent]) -> Option<String> {
 /// [`seal::SEALED_PREFIX`].
 fn may_hold_sealed(payload: &[u8]) -> bool {
     let prefix = seal::SEALED_PREFIX.as_bytes();
-    payload.windows(prefix.len()).any(|w| w == prefix)
+    // The first byte before the rest: most payloads have few of it.
+    payload
+        .windows(prefix.len())
+        .any(|w| w[0] == prefix[0] && w == prefix)
 }
 
 fn key_ids_of(events: &[StoredEvent]) -> Vec<StreamId> {

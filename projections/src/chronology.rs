@@ -109,14 +109,6 @@ impl Meta {
     }
 }
 
-/// An entry on its way into the chronology: its current content and the
-/// corrections so far.
-struct Building {
-    recorded: Meta,
-    content: CaseEvent,
-    corrections: Vec<Correction>,
-}
-
 impl Chronology {
     /// Folds the pupil's case-stream events (any order; they are put in
     /// stream order first) into the chronology.
@@ -126,12 +118,14 @@ impl Chronology {
         as_of: Option<DateTime<Utc>>,
         safeguarding_only: bool,
     ) -> Chronology {
-        let known = events
+        let mut known: Vec<(Meta, CaseEvent)> = events
             .iter()
             .filter(|e| known_at(e, as_of))
             .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
             .map(|e| (Meta::of(e), e.event.clone()))
             .collect();
+        // Corrections apply in stream order; the log's position order is it.
+        known.sort_by_key(|(m, _)| m.position);
         fold(pupil, known, as_of, safeguarding_only).into_chronology()
     }
 
@@ -182,10 +176,15 @@ impl Timeline {
     /// [`Chronology::build_owned`] before rendering.
     pub fn build_owned(
         pupil: &str,
-        events: Vec<RecordedEvent>,
+        mut events: Vec<RecordedEvent>,
         as_of: Option<DateTime<Utc>>,
         safeguarding_only: bool,
     ) -> Timeline {
+        // Corrections apply in stream order; the log's position order is it
+        // (a stream as read is in it already: nothing is moved then).
+        if !events.is_sorted_by_key(|e| e.position) {
+            events.sort_by_key(|e| e.position);
+        }
         let known = events
             .into_iter()
             .filter(|e| known_at(e, as_of))
@@ -199,8 +198,7 @@ impl Timeline {
                     actor: e.actor,
                 };
                 (meta, e.event)
-            })
-            .collect();
+            });
         fold(pupil, known, as_of, safeguarding_only)
     }
 
@@ -308,18 +306,22 @@ fn write_value_at<T: Serialize + ?Sized>(out: &mut Vec<u8>, level: usize, value:
     let _ = crate::pretty::write(out, level, &v);
 }
 
-/// The chronology of the events known at `as_of` (the filter applied).
+/// The chronology of the events known at `as_of` (the filter applied),
+/// given in position order. Each event is moved once, into its entry.
 fn fold(
     pupil: &str,
-    mut known: Vec<(Meta, CaseEvent)>,
+    known: impl IntoIterator<Item = (Meta, CaseEvent)>,
     as_of: Option<DateTime<Utc>>,
     safeguarding_only: bool,
 ) -> Timeline {
-    // Corrections apply in stream order; the log's position order is it.
-    known.sort_by_key(|(m, _)| m.position);
-
-    let mut building: Vec<Building> = Vec::with_capacity(known.len());
-    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(known.len());
+    let known = known.into_iter();
+    // Filtered events: room for them all, the upper bound.
+    let (least, most) = known.size_hint();
+    let size = most.unwrap_or(least);
+    // The entries on their way: each one's current content and its
+    // corrections so far.
+    let mut building: Vec<TimelineEntry> = Vec::with_capacity(size);
+    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(size);
     for (meta, event) in known {
         if let CaseEvent::EntryCorrected(c) = &event {
             if let Some(&i) = index.get(&c.event) {
@@ -345,27 +347,24 @@ fn fold(
             // Names nothing earlier in this record: shown as itself.
         }
         index.insert(meta.event_id, building.len());
-        building.push(Building {
-            recorded: meta,
+        building.push(TimelineEntry {
+            position: meta.position,
+            event_id: meta.event_id,
+            occurred_at: meta.occurred_at,
+            recorded_at: meta.recorded_at,
+            actor: meta.actor,
             content: event,
             corrections: Vec::new(),
         });
     }
 
-    let mut entries: Vec<TimelineEntry> = building
-        .into_iter()
-        .filter(|b| !safeguarding_only || b.content.is_safeguarding())
-        .map(|b| TimelineEntry {
-            position: b.recorded.position,
-            event_id: b.recorded.event_id,
-            occurred_at: b.recorded.occurred_at,
-            recorded_at: b.recorded.recorded_at,
-            actor: b.recorded.actor,
-            content: b.content,
-            corrections: b.corrections,
-        })
-        .collect();
-    entries.sort_by_key(|e| (e.occurred_at, e.position));
+    let mut entries = building;
+    if safeguarding_only {
+        entries.retain(|b| b.content.is_safeguarding());
+    }
+    if !entries.is_sorted_by_key(|e| (e.occurred_at, e.position)) {
+        entries.sort_by_key(|e| (e.occurred_at, e.position));
+    }
     Timeline {
         pupil: pupil.to_string(),
         as_of,
