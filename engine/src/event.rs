@@ -747,7 +747,7 @@ pub struct TransferredIn {
 /// digits instead of through the formatting machinery and a `String`: every
 /// event's date is encoded once per import line. Other years go through
 /// chrono itself.
-mod date_text {
+pub(crate) mod date_text {
     use chrono::{Datelike, NaiveDate};
     use serde::{Serialize, Serializer};
 
@@ -776,7 +776,7 @@ mod date_text {
     /// The date of `YYYY-MM-DD` (ASCII digits, nothing else), without
     /// chrono's general parser; `None` for any other text, which chrono
     /// parses (every date the fast path reads, chrono reads the same).
-    pub(super) fn parse_plain(text: &str) -> Option<NaiveDate> {
+    pub(crate) fn parse_plain(text: &str) -> Option<NaiveDate> {
         let b: &[u8; 10] = text.as_bytes().try_into().ok()?;
         if b[4] != b'-' || b[7] != b'-' {
             return None;

@@ -251,11 +251,7 @@ impl Timeline {
                 write_value_at(out, 3, &e.corrections);
             }
             out.extend_from_slice(b",\n      \"data\": ");
-            let start = out.len();
-            if crate::pretty::write_field(out, 3, &e.content, "data").is_err() {
-                out.truncate(start);
-                write_value_at(out, 3, &e.content.data_json());
-            }
+            write_data(out, &e.content);
             out.extend_from_slice(b",\n      \"event_id\": \"");
             out.extend_from_slice(
                 e.event_id
@@ -290,6 +286,64 @@ impl Timeline {
         write_str(out, &self.pupil);
         out.extend_from_slice(b"\n}");
     }
+}
+
+/// Writes an entry's `data` (at nesting 3) as `to_value` of it would be
+/// written: an `AttendanceMarked` (most of a record) directly, anything
+/// else through [`crate::pretty`].
+fn write_data(out: &mut Vec<u8>, content: &CaseEvent) {
+    use crate::pretty::{newline, write_str};
+    if let CaseEvent::AttendanceMarked(a) = content {
+        if let Some(date) = date_ascii(a.date) {
+            // Keys in order: code, date, session.
+            out.push(b'{');
+            newline(out, 4);
+            out.extend_from_slice(b"\"code\": ");
+            write_str(out, &a.code);
+            out.push(b',');
+            newline(out, 4);
+            out.extend_from_slice(b"\"date\": \"");
+            out.extend_from_slice(&date);
+            out.push(b'"');
+            out.push(b',');
+            newline(out, 4);
+            out.extend_from_slice(match a.session {
+                casebook_engine::event::Session::Am => b"\"session\": \"am\"",
+                casebook_engine::event::Session::Pm => b"\"session\": \"pm\"",
+            });
+            newline(out, 3);
+            out.push(b'}');
+            return;
+        }
+    }
+    let start = out.len();
+    if crate::pretty::write_field(out, 3, content, "data").is_err() {
+        out.truncate(start);
+        write_value_at(out, 3, &content.data_json());
+    }
+}
+
+/// A date as payloads write it (`2026-09-15`), for the years 0 to 9999.
+fn date_ascii(d: chrono::NaiveDate) -> Option<[u8; 10]> {
+    use chrono::Datelike;
+    let y = d.year();
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    let (y, m, day) = (y as u32, d.month(), d.day());
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    Some([
+        digit(y / 1000),
+        digit(y / 100),
+        digit(y / 10),
+        digit(y),
+        b'-',
+        digit(m / 10),
+        digit(m),
+        b'-',
+        digit(day / 10),
+        digit(day),
+    ])
 }
 
 /// Writes `value` at nesting `level` as its `to_value` would be written;
@@ -521,4 +575,36 @@ fn replaced_values(content: &CaseEvent, changes: &Map<String, Value>) -> Map<Str
         .keys()
         .map(|k| (k.clone(), data.get(k).cloned().unwrap_or(Value::Null)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casebook_engine::event::{AttendanceMarked, Session};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An `AttendanceMarked`'s data is written directly as its
+        /// `data_json` is written, for every date, session and code.
+        #[test]
+        fn attendance_data_is_written_as_its_value_is(
+            days in -1_000i32..4_000_000,
+            pm in any::<bool>(),
+            code in prop_oneof!["[/\\\\A-Z#]", ".{0,20}"],
+        ) {
+            let Some(date) = chrono::NaiveDate::from_num_days_from_ce_opt(days) else {
+                return Ok(());
+            };
+            let event = CaseEvent::AttendanceMarked(AttendanceMarked {
+                date,
+                session: if pm { Session::Pm } else { Session::Am },
+                code,
+            });
+            let mut direct = Vec::new();
+            write_data(&mut direct, &event);
+            let mut via_value = Vec::new();
+            write_value_at(&mut via_value, 3, &event.data_json());
+            prop_assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(via_value).unwrap());
+        }
+    }
 }
