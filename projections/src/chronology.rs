@@ -233,6 +233,8 @@ impl Timeline {
     /// `crate::pretty` writes each entry's data from the event itself).
     pub fn write_json_pretty(&self, out: &mut Vec<u8>) {
         use crate::pretty::{newline, write_str, write_u64};
+        // Each entry's summary, when it is built here.
+        let mut scratch = String::new();
         // Keys in serde_json's order (sorted), as the `Value` holds them.
         out.extend_from_slice(b"{\n  \"as_of\": ");
         match self.as_of {
@@ -272,7 +274,7 @@ impl Timeline {
                 b"false"
             });
             out.extend_from_slice(b",\n      \"summary\": ");
-            write_str(out, &summary(&e.content));
+            write_summary(out, &e.content, &mut scratch);
             out.extend_from_slice(b",\n      \"type\": \"");
             out.extend_from_slice(e.content.type_name().as_bytes());
             out.push(b'"');
@@ -321,6 +323,37 @@ fn write_data(out: &mut Vec<u8>, content: &CaseEvent) {
         out.truncate(start);
         write_value_at(out, 3, &content.data_json());
     }
+}
+
+/// Writes an entry's `summary` as a JSON string: an `AttendanceMarked`'s
+/// (most of a record) built in `scratch` as [`summary`] builds it, without
+/// its formatting machinery and a `String` each; anything else by
+/// [`summary`].
+fn write_summary(out: &mut Vec<u8>, content: &CaseEvent, scratch: &mut String) {
+    use casebook_engine::event::Session;
+    if let CaseEvent::AttendanceMarked(a) = content {
+        if let Some(date) = date_ascii(a.date) {
+            scratch.clear();
+            scratch.push_str("Register ");
+            scratch.extend(date.iter().map(|&b| char::from(b)));
+            scratch.push_str(match a.session {
+                Session::Am => " am: ",
+                Session::Pm => " pm: ",
+            });
+            scratch.push_str(&a.code);
+            match casebook_engine::codes::attendance_code(&a.code) {
+                Some(c) => {
+                    scratch.push_str(" (");
+                    scratch.push_str(c.description);
+                    scratch.push(')');
+                }
+                None => scratch.push_str(" (unknown code)"),
+            }
+            crate::pretty::write_str(out, scratch);
+            return;
+        }
+    }
+    crate::pretty::write_str(out, &summary(content));
 }
 
 /// A date as payloads write it (`2026-09-15`), for the years 0 to 9999.
@@ -504,38 +537,39 @@ pub fn timestamp_json(t: DateTime<Utc>) -> Value {
 
 /// Writes `t` as a JSON string, as [`timestamp_json`]'s value is written.
 fn write_timestamp(b: &mut Vec<u8>, t: DateTime<Utc>) {
-    use chrono::{Datelike, Timelike};
-    let year = t.year();
-    if !(0..=9999).contains(&year) {
+    // The fields from the timestamp itself: the civil date of its day
+    // number, the time of its second of the day (chrono's accessors convert
+    // the time again for each).
+    let secs = t.timestamp();
+    let (y, month, day) = civil_from_days(secs.div_euclid(86_400));
+    if !(0..=9999).contains(&y) {
         crate::pretty::write_str(b, &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
         return;
     }
     b.push(b'"');
-    // The fields of one naive time (each of `t`'s accessors converts it
-    // again).
-    let t = t.naive_utc();
+    let of_day = secs.rem_euclid(86_400) as u32;
     let two = |b: &mut Vec<u8>, n: u32| {
         b.push(b'0' + (n / 10) as u8);
         b.push(b'0' + (n % 10) as u8);
     };
-    let y = year as u32;
+    let y = y as u32;
     two(b, y / 100);
     two(b, y % 100);
     b.push(b'-');
-    two(b, t.month());
+    two(b, month);
     b.push(b'-');
-    two(b, t.day());
+    two(b, day);
     b.push(b'T');
-    two(b, t.hour());
+    two(b, of_day / 3600);
     b.push(b':');
-    two(b, t.minute());
+    two(b, of_day / 60 % 60);
     b.push(b':');
     // A leap second is nanosecond >= 1e9 and shows as second 60.
-    let nanos = t.nanosecond();
+    let nanos = t.timestamp_subsec_nanos();
     let (second, nanos) = if nanos >= 1_000_000_000 {
-        (t.second() + 1, nanos - 1_000_000_000)
+        (of_day % 60 + 1, nanos - 1_000_000_000)
     } else {
-        (t.second(), nanos)
+        (of_day % 60, nanos)
     };
     two(b, second);
     let (digits, value) = if nanos == 0 {
@@ -557,6 +591,21 @@ fn write_timestamp(b: &mut Vec<u8>, t: DateTime<Utc>) {
     }
     b.push(b'Z');
     b.push(b'"');
+}
+
+/// The proleptic Gregorian (year, month, day) of a day number (0 =
+/// 1970-01-01): H. Hinnant's `civil_from_days`.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Whether the school knew of `e` at `as_of` (always, without one).
@@ -590,7 +639,7 @@ mod tests {
         fn attendance_data_is_written_as_its_value_is(
             days in -1_000i32..4_000_000,
             pm in any::<bool>(),
-            code in prop_oneof!["[/\\\\A-Z#]", ".{0,20}"],
+            code in prop_oneof!["[/\\\\A-Z#]", "[A-Z][0-9]", ".{0,20}"],
         ) {
             let Some(date) = chrono::NaiveDate::from_num_days_from_ce_opt(days) else {
                 return Ok(());
@@ -605,6 +654,36 @@ mod tests {
             let mut via_value = Vec::new();
             write_value_at(&mut via_value, 3, &event.data_json());
             prop_assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(via_value).unwrap());
+            let mut scratch = "left over".to_string();
+            let mut direct = Vec::new();
+            write_summary(&mut direct, &event, &mut scratch);
+            let mut via_summary = Vec::new();
+            crate::pretty::write_str(&mut via_summary, &summary(&event));
+            prop_assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(via_summary).unwrap());
+        }
+
+        /// Times are written as chrono's serde writes them, leap seconds
+        /// and years outside 0..=9999 included.
+        #[test]
+        fn times_are_written_as_chrono_writes_them(
+            secs in prop_oneof![
+                -62_167_219_200i64..253_402_300_800,
+                -8_334_601_228_800i64..8_210_266_876_799,
+                proptest::sample::select(vec![-62_167_219_200i64, -62_167_219_201, 253_402_300_799, 253_402_300_800, -1, 0, 59, 86_399]),
+            ],
+            nanos in prop_oneof![
+                Just(0u32),
+                (0u32..1_000).prop_map(|n| n * 1_000_000),
+                (0u32..1_000_000).prop_map(|n| n * 1_000),
+                0u32..2_000_000_000,
+            ],
+        ) {
+            let Some(t) = DateTime::<Utc>::from_timestamp(secs, nanos) else {
+                return Ok(());
+            };
+            let mut direct = Vec::new();
+            write_timestamp(&mut direct, t);
+            prop_assert_eq!(String::from_utf8(direct).unwrap(), serde_json::to_string(&t).unwrap());
         }
     }
 }
