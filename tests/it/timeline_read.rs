@@ -57,6 +57,9 @@ fn step() -> impl Strategy<Value = Step> {
         })
 }
 
+/// Register codes: known ones, an unknown one, ones JSON escapes.
+const CODES: &[&str] = &["/", "\\", "N", "Y3", "Q\"9", "é"];
+
 fn event(t: &str, data: Value, occurred: DateTime<Utc>, actor: &str) -> NewEvent {
     let e = CaseEvent::from_type_and_data(t, data).unwrap_or_else(|e| panic!("{t}: {e}"));
     NewEvent::new(&e, occurred, actor).unwrap()
@@ -81,7 +84,7 @@ fn step_event(s: &Step, n: usize, earlier: &[Uuid], occurred: DateTime<Utc>) -> 
         ),
         2 => event(
             "AttendanceMarked",
-            json!({"date": day, "session": if n.is_multiple_of(2) { "am" } else { "pm" }, "code": ["/", "\\", "N", "Y3", "Q\"9", "é"][(s.target + n) % 6]}),
+            json!({"date": day, "session": if n.is_multiple_of(2) { "am" } else { "pm" }, "code": CODES[(s.target + n) % CODES.len()]}),
             occurred,
             "TEA1",
         ),
