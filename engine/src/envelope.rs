@@ -375,7 +375,11 @@ impl<'a> Plain<'a> {
     }
 
     fn be(&mut self, n: usize) -> Option<u64> {
-        Some(self.take(n)?.iter().fold(0u64, |v, &b| v << 8 | u64::from(b)))
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u64, |v, &b| v << 8 | u64::from(b)),
+        )
     }
 
     /// A non-negative integer in an unsigned form.

@@ -864,7 +864,11 @@ mod tests {
 
     #[test]
     fn dates_that_are_not_strings_are_refused_as_chrono_refuses_them() {
-        for v in [serde_json::json!(12), serde_json::json!(null), serde_json::json!([1])] {
+        for v in [
+            serde_json::json!(12),
+            serde_json::json!(null),
+            serde_json::json!([1]),
+        ] {
             assert_eq!(fields_read(&v), chrono_reads(&v));
         }
     }

@@ -537,39 +537,38 @@ pub fn timestamp_json(t: DateTime<Utc>) -> Value {
 
 /// Writes `t` as a JSON string, as [`timestamp_json`]'s value is written.
 fn write_timestamp(b: &mut Vec<u8>, t: DateTime<Utc>) {
-    // The fields from the timestamp itself: the civil date of its day
-    // number, the time of its second of the day (chrono's accessors convert
-    // the time again for each).
-    let secs = t.timestamp();
-    let (y, month, day) = civil_from_days(secs.div_euclid(86_400));
-    if !(0..=9999).contains(&y) {
+    use chrono::{Datelike, Timelike};
+    let year = t.year();
+    if !(0..=9999).contains(&year) {
         crate::pretty::write_str(b, &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
         return;
     }
     b.push(b'"');
-    let of_day = secs.rem_euclid(86_400) as u32;
+    // The fields of one naive time (each of `t`'s accessors converts it
+    // again).
+    let t = t.naive_utc();
     let two = |b: &mut Vec<u8>, n: u32| {
         b.push(b'0' + (n / 10) as u8);
         b.push(b'0' + (n % 10) as u8);
     };
-    let y = y as u32;
+    let y = year as u32;
     two(b, y / 100);
     two(b, y % 100);
     b.push(b'-');
-    two(b, month);
+    two(b, t.month());
     b.push(b'-');
-    two(b, day);
+    two(b, t.day());
     b.push(b'T');
-    two(b, of_day / 3600);
+    two(b, t.hour());
     b.push(b':');
-    two(b, of_day / 60 % 60);
+    two(b, t.minute());
     b.push(b':');
     // A leap second is nanosecond >= 1e9 and shows as second 60.
-    let nanos = t.timestamp_subsec_nanos();
+    let nanos = t.nanosecond();
     let (second, nanos) = if nanos >= 1_000_000_000 {
-        (of_day % 60 + 1, nanos - 1_000_000_000)
+        (t.second() + 1, nanos - 1_000_000_000)
     } else {
-        (of_day % 60, nanos)
+        (t.second(), nanos)
     };
     two(b, second);
     let (digits, value) = if nanos == 0 {
@@ -591,21 +590,6 @@ fn write_timestamp(b: &mut Vec<u8>, t: DateTime<Utc>) {
     }
     b.push(b'Z');
     b.push(b'"');
-}
-
-/// The proleptic Gregorian (year, month, day) of a day number (0 =
-/// 1970-01-01): H. Hinnant's `civil_from_days`.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Whether the school knew of `e` at `as_of` (always, without one).
