@@ -716,12 +716,34 @@ pub struct PupilEvents {
     pub keyworker: Option<String>,
 }
 
-/// A checked read: the visible entries with their decoding.
+/// A checked read: the case entries with their decoding and which of
+/// them the actor may see.
 struct CheckedRead {
-    case: Vec<(StoredEvent, Result<CaseEvent, CodecError>)>,
+    stored: Vec<StoredEvent>,
+    decoded: Vec<Result<CaseEvent, CodecError>>,
+    /// Per entry, whether it is shown; `None` when every entry is.
+    visible: Option<Vec<bool>>,
     access: Vec<StoredEvent>,
     withheld: usize,
     keyworker: Option<String>,
+}
+
+impl CheckedRead {
+    /// The visible entries with their decoding, each moved once.
+    fn shown(
+        stored: Vec<StoredEvent>,
+        decoded: Vec<Result<CaseEvent, CodecError>>,
+        visible: Option<Vec<bool>>,
+    ) -> impl Iterator<Item = (StoredEvent, Result<CaseEvent, CodecError>)> {
+        let mut visible = visible.map(Vec::into_iter);
+        stored
+            .into_iter()
+            .zip(decoded)
+            .filter(move |_| match &mut visible {
+                Some(v) => v.next().unwrap_or(false),
+                None => true,
+            })
+    }
 }
 
 /// A school's log behind the permission matrix: every read of a pupil and
@@ -873,7 +895,9 @@ impl Guarded {
             .await?;
         Ok(PupilRecord {
             withheld: read.withheld,
-            case: read.case.into_iter().map(|(s, _)| s).collect(),
+            case: CheckedRead::shown(read.stored, read.decoded, read.visible)
+                .map(|(s, _)| s)
+                .collect(),
             access: read.access,
             keyworker: read.keyworker,
         })
@@ -896,14 +920,15 @@ impl Guarded {
         let read = self
             .read_checked(actor, pupil, view, purpose, now, view != View::Timeline)
             .await?;
-        let case = read
-            .case
-            .into_iter()
-            .map(|(s, e)| match e {
-                Ok(e) => Ok(RecordedEvent::from_parts(s, e)),
-                Err(err) => Err(AccessError::Store(corrupt(&s, err))),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        // Sized up front (a collect into `Result` grows as it goes, moving
+        // every event again).
+        let mut case = Vec::with_capacity(read.stored.len() - read.withheld);
+        for (s, e) in CheckedRead::shown(read.stored, read.decoded, read.visible) {
+            match e {
+                Ok(e) => case.push(RecordedEvent::from_parts(s, e)),
+                Err(err) => return Err(AccessError::Store(corrupt(&s, err))),
+            }
+        }
         Ok(PupilEvents {
             withheld: read.withheld,
             case,
@@ -986,9 +1011,9 @@ impl Guarded {
         let own = keyworker.as_deref() == Some(actor.staff.as_str());
         let may = |class: ReadClass| may_read(actor, class, own);
         let total = stored.len();
-        let case: Vec<(StoredEvent, Result<CaseEvent, CodecError>)> = if actor.unrestricted {
+        let visible = if actor.unrestricted {
             // Single-user mode reads every class: nothing to withhold.
-            stored.into_iter().zip(decoded).collect()
+            None
         } else {
             // Classes of every entry; a correction takes its target's class.
             let mut class_of: HashMap<Uuid, ReadClass> = HashMap::with_capacity(total);
@@ -1007,16 +1032,16 @@ impl Guarded {
                 class_of.insert(s.event_id, class);
                 visible.push(may(class));
             }
-            stored
-                .into_iter()
-                .zip(decoded)
-                .zip(visible)
-                .filter_map(|(pair, seen)| seen.then_some(pair))
-                .collect()
+            Some(visible)
         };
+        let shown = visible
+            .as_ref()
+            .map_or(total, |v| v.iter().filter(|&&seen| seen).count());
         Ok(CheckedRead {
-            withheld: total - case.len(),
-            case,
+            withheld: total - shown,
+            stored,
+            decoded,
+            visible,
             access,
             keyworker,
         })

@@ -297,7 +297,7 @@ pub struct PupilRegistered {
     #[serde(default)]
     pub pupil: String,
     pub name: String,
-    #[serde(serialize_with = "date_text::serialize")]
+    #[serde(with = "date_text")]
     pub date_of_birth: NaiveDate,
     /// National Curriculum year: 0 = Reception, 1..=13.
     pub year_group: u8,
@@ -456,7 +456,7 @@ pub struct SuspensionIssued {
     /// Up to two further census reason codes (the census takes three).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_reason_codes: Vec<String>,
-    #[serde(serialize_with = "date_text::serialize")]
+    #[serde(with = "date_text")]
     pub start_date: NaiveDate,
     /// Why a suspension past the 45-day yearly limit is recorded anyway
     /// (e.g. days at a previous school were counted twice). Required to pass
@@ -471,7 +471,7 @@ pub struct PermanentExclusionIssued {
     pub reason_code: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub additional_reason_codes: Vec<String>,
-    #[serde(serialize_with = "date_text::serialize")]
+    #[serde(with = "date_text")]
     pub effective_date: NaiveDate,
 }
 
@@ -529,7 +529,7 @@ pub enum PlanKind {
 pub struct PlanAgreed {
     pub plan: String,
     pub kind: PlanKind,
-    #[serde(serialize_with = "date_text::serialize")]
+    #[serde(with = "date_text")]
     pub review_due: NaiveDate,
 }
 
@@ -573,7 +573,7 @@ pub enum Session {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AttendanceMarked {
-    #[serde(serialize_with = "date_text::serialize")]
+    #[serde(with = "date_text")]
     pub date: NaiveDate,
     pub session: Session,
     /// DfE attendance code (see [`crate::codes`]).
@@ -592,7 +592,7 @@ pub struct RewardIssued {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AbsenceFollowedUp {
-    #[serde(serialize_with = "date_text::serialize")]
+    #[serde(with = "date_text")]
     pub date: NaiveDate,
     pub method: String,
     pub outcome: String,
@@ -602,7 +602,7 @@ pub struct AbsenceFollowedUp {
 #[serde(deny_unknown_fields)]
 pub struct AlternativeProvisionArranged {
     pub provider: String,
-    #[serde(serialize_with = "date_text::serialize")]
+    #[serde(with = "date_text")]
     pub start_date: NaiveDate,
     pub reason: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -747,7 +747,7 @@ pub struct TransferredIn {
 /// digits instead of through the formatting machinery and a `String`: every
 /// event's date is encoded once per import line. Other years go through
 /// chrono itself.
-mod date_text {
+pub(crate) mod date_text {
     use chrono::{Datelike, NaiveDate};
     use serde::{Serialize, Serializer};
 
@@ -771,6 +771,53 @@ mod date_text {
             digit(day / 10),
             digit(day),
         ])
+    }
+
+    /// The date of `YYYY-MM-DD` (ASCII digits, nothing else), without
+    /// chrono's general parser; `None` for any other text, which chrono
+    /// parses (every date the fast path reads, chrono reads the same).
+    pub(crate) fn parse_plain(text: &str) -> Option<NaiveDate> {
+        let b: &[u8; 10] = text.as_bytes().try_into().ok()?;
+        if b[4] != b'-' || b[7] != b'-' {
+            return None;
+        }
+        let mut digits = [0u32; 8];
+        for (d, &c) in digits
+            .iter_mut()
+            .zip(b[..4].iter().chain(&b[5..7]).chain(&b[8..]))
+        {
+            if !c.is_ascii_digit() {
+                return None;
+            }
+            *d = u32::from(c - b'0');
+        }
+        let [y0, y1, y2, y3, m0, m1, d0, d1] = digits;
+        let year = (y0 * 1000 + y1 * 100 + y2 * 10 + y3) as i32;
+        NaiveDate::from_ymd_opt(year, m0 * 10 + m1, d0 * 10 + d1)
+    }
+
+    /// As chrono's `Deserialize` of `NaiveDate` (the same visitor: a
+    /// string, parsed; its errors and expectation text), with
+    /// [`parse_plain`] first.
+    pub(super) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<NaiveDate, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = NaiveDate;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a formatted date string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<NaiveDate, E> {
+                match parse_plain(value) {
+                    Some(d) => Ok(d),
+                    None => value.parse().map_err(E::custom),
+                }
+            }
+        }
+        d.deserialize_str(Visitor)
     }
 
     pub(super) fn serialize<S: Serializer>(d: &NaiveDate, s: S) -> Result<S::Ok, S::Error> {
@@ -802,8 +849,51 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// What chrono's own `Deserialize` makes of `value`, as text.
+    fn chrono_reads(value: &serde_json::Value) -> String {
+        format!("{:?}", serde_json::from_value::<NaiveDate>(value.clone()))
+    }
+
+    /// What the payloads' date fields make of `value`, as text.
+    fn fields_read(value: &serde_json::Value) -> String {
+        format!(
+            "{:?}",
+            date_text::deserialize(value.clone()).map_err(|e: serde_json::Error| e)
+        )
+    }
+
+    #[test]
+    fn dates_that_are_not_strings_are_refused_as_chrono_refuses_them() {
+        for v in [
+            serde_json::json!(12),
+            serde_json::json!(null),
+            serde_json::json!([1]),
+        ] {
+            assert_eq!(fields_read(&v), chrono_reads(&v));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Dates in payloads are read as chrono reads them: the same date,
+        /// or the same error, whatever the text.
+        #[test]
+        fn dates_are_read_as_chrono_reads_them(
+            text in prop_oneof![
+                "[0-9]{4}-[0-9]{2}-[0-9]{2}",
+                "[0-9]{4}-[01][0-9]-[0-3][0-9]",
+                "[ +-]?[0-9 ]{1,6}-[0-9 ]{1,3}-[0-9 ]{1,3} ?",
+                ".{0,12}",
+            ],
+        ) {
+            let v = serde_json::Value::String(text.clone());
+            prop_assert_eq!(fields_read(&v), chrono_reads(&v));
+            let mp = rmp_serde::to_vec(&text).unwrap();
+            let ours = date_text::deserialize(&mut rmp_serde::Deserializer::new(&mp[..]));
+            let theirs: Result<NaiveDate, _> = rmp_serde::from_slice(&mp);
+            prop_assert_eq!(format!("{ours:?}"), format!("{theirs:?}"));
+        }
 
         /// The fast date text is chrono's, for every date chrono holds.
         #[test]
@@ -819,6 +909,8 @@ mod tests {
             prop_assert_eq!(fast, rmp_serde::to_vec(&d).unwrap());
             let json = date_text::serialize(&d, serde_json::value::Serializer).unwrap();
             prop_assert_eq!(json, serde_json::to_value(d).unwrap());
+            let text = d.to_string();
+            prop_assert_eq!(date_text::parse_plain(&text).or_else(|| text.parse().ok()), Some(d));
             for o in [Some(d), None] {
                 let mut fast = Vec::new();
                 date_text::serialize_option(&o, &mut rmp_serde::Serializer::new(&mut fast)).unwrap();

@@ -109,14 +109,6 @@ impl Meta {
     }
 }
 
-/// An entry on its way into the chronology: its current content and the
-/// corrections so far.
-struct Building {
-    recorded: Meta,
-    content: CaseEvent,
-    corrections: Vec<Correction>,
-}
-
 impl Chronology {
     /// Folds the pupil's case-stream events (any order; they are put in
     /// stream order first) into the chronology.
@@ -126,12 +118,14 @@ impl Chronology {
         as_of: Option<DateTime<Utc>>,
         safeguarding_only: bool,
     ) -> Chronology {
-        let known = events
+        let mut known: Vec<(Meta, CaseEvent)> = events
             .iter()
             .filter(|e| known_at(e, as_of))
             .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
             .map(|e| (Meta::of(e), e.event.clone()))
             .collect();
+        // Corrections apply in stream order; the log's position order is it.
+        known.sort_by_key(|(m, _)| m.position);
         fold(pupil, known, as_of, safeguarding_only).into_chronology()
     }
 
@@ -182,10 +176,15 @@ impl Timeline {
     /// [`Chronology::build_owned`] before rendering.
     pub fn build_owned(
         pupil: &str,
-        events: Vec<RecordedEvent>,
+        mut events: Vec<RecordedEvent>,
         as_of: Option<DateTime<Utc>>,
         safeguarding_only: bool,
     ) -> Timeline {
+        // Corrections apply in stream order; the log's position order is it
+        // (a stream as read is in it already: nothing is moved then).
+        if !events.is_sorted_by_key(|e| e.position) {
+            events.sort_by_key(|e| e.position);
+        }
         let known = events
             .into_iter()
             .filter(|e| known_at(e, as_of))
@@ -199,8 +198,7 @@ impl Timeline {
                     actor: e.actor,
                 };
                 (meta, e.event)
-            })
-            .collect();
+            });
         fold(pupil, known, as_of, safeguarding_only)
     }
 
@@ -235,6 +233,8 @@ impl Timeline {
     /// `crate::pretty` writes each entry's data from the event itself).
     pub fn write_json_pretty(&self, out: &mut Vec<u8>) {
         use crate::pretty::{newline, write_str, write_u64};
+        // Each entry's summary, when it is built here.
+        let mut scratch = String::new();
         // Keys in serde_json's order (sorted), as the `Value` holds them.
         out.extend_from_slice(b"{\n  \"as_of\": ");
         match self.as_of {
@@ -253,11 +253,7 @@ impl Timeline {
                 write_value_at(out, 3, &e.corrections);
             }
             out.extend_from_slice(b",\n      \"data\": ");
-            let start = out.len();
-            if crate::pretty::write_field(out, 3, &e.content, "data").is_err() {
-                out.truncate(start);
-                write_value_at(out, 3, &e.content.data_json());
-            }
+            write_data(out, &e.content);
             out.extend_from_slice(b",\n      \"event_id\": \"");
             out.extend_from_slice(
                 e.event_id
@@ -278,7 +274,7 @@ impl Timeline {
                 b"false"
             });
             out.extend_from_slice(b",\n      \"summary\": ");
-            write_str(out, &summary(&e.content));
+            write_summary(out, &e.content, &mut scratch);
             out.extend_from_slice(b",\n      \"type\": \"");
             out.extend_from_slice(e.content.type_name().as_bytes());
             out.push(b'"');
@@ -292,6 +288,95 @@ impl Timeline {
         write_str(out, &self.pupil);
         out.extend_from_slice(b"\n}");
     }
+}
+
+/// Writes an entry's `data` (at nesting 3) as `to_value` of it would be
+/// written: an `AttendanceMarked` (most of a record) directly, anything
+/// else through [`crate::pretty`].
+fn write_data(out: &mut Vec<u8>, content: &CaseEvent) {
+    use crate::pretty::{newline, write_str};
+    if let CaseEvent::AttendanceMarked(a) = content {
+        if let Some(date) = date_ascii(a.date) {
+            // Keys in order: code, date, session.
+            out.push(b'{');
+            newline(out, 4);
+            out.extend_from_slice(b"\"code\": ");
+            write_str(out, &a.code);
+            out.push(b',');
+            newline(out, 4);
+            out.extend_from_slice(b"\"date\": \"");
+            out.extend_from_slice(&date);
+            out.push(b'"');
+            out.push(b',');
+            newline(out, 4);
+            out.extend_from_slice(match a.session {
+                casebook_engine::event::Session::Am => b"\"session\": \"am\"",
+                casebook_engine::event::Session::Pm => b"\"session\": \"pm\"",
+            });
+            newline(out, 3);
+            out.push(b'}');
+            return;
+        }
+    }
+    let start = out.len();
+    if crate::pretty::write_field(out, 3, content, "data").is_err() {
+        out.truncate(start);
+        write_value_at(out, 3, &content.data_json());
+    }
+}
+
+/// Writes an entry's `summary` as a JSON string: an `AttendanceMarked`'s
+/// (most of a record) built in `scratch` as [`summary`] builds it, without
+/// its formatting machinery and a `String` each; anything else by
+/// [`summary`].
+fn write_summary(out: &mut Vec<u8>, content: &CaseEvent, scratch: &mut String) {
+    use casebook_engine::event::Session;
+    if let CaseEvent::AttendanceMarked(a) = content {
+        if let Some(date) = date_ascii(a.date) {
+            scratch.clear();
+            scratch.push_str("Register ");
+            scratch.extend(date.iter().map(|&b| char::from(b)));
+            scratch.push_str(match a.session {
+                Session::Am => " am: ",
+                Session::Pm => " pm: ",
+            });
+            scratch.push_str(&a.code);
+            match casebook_engine::codes::attendance_code(&a.code) {
+                Some(c) => {
+                    scratch.push_str(" (");
+                    scratch.push_str(c.description);
+                    scratch.push(')');
+                }
+                None => scratch.push_str(" (unknown code)"),
+            }
+            crate::pretty::write_str(out, scratch);
+            return;
+        }
+    }
+    crate::pretty::write_str(out, &summary(content));
+}
+
+/// A date as payloads write it (`2026-09-15`), for the years 0 to 9999.
+fn date_ascii(d: chrono::NaiveDate) -> Option<[u8; 10]> {
+    use chrono::Datelike;
+    let y = d.year();
+    if !(0..=9999).contains(&y) {
+        return None;
+    }
+    let (y, m, day) = (y as u32, d.month(), d.day());
+    let digit = |n: u32| b'0' + (n % 10) as u8;
+    Some([
+        digit(y / 1000),
+        digit(y / 100),
+        digit(y / 10),
+        digit(y),
+        b'-',
+        digit(m / 10),
+        digit(m),
+        b'-',
+        digit(day / 10),
+        digit(day),
+    ])
 }
 
 /// Writes `value` at nesting `level` as its `to_value` would be written;
@@ -308,18 +393,22 @@ fn write_value_at<T: Serialize + ?Sized>(out: &mut Vec<u8>, level: usize, value:
     let _ = crate::pretty::write(out, level, &v);
 }
 
-/// The chronology of the events known at `as_of` (the filter applied).
+/// The chronology of the events known at `as_of` (the filter applied),
+/// given in position order. Each event is moved once, into its entry.
 fn fold(
     pupil: &str,
-    mut known: Vec<(Meta, CaseEvent)>,
+    known: impl IntoIterator<Item = (Meta, CaseEvent)>,
     as_of: Option<DateTime<Utc>>,
     safeguarding_only: bool,
 ) -> Timeline {
-    // Corrections apply in stream order; the log's position order is it.
-    known.sort_by_key(|(m, _)| m.position);
-
-    let mut building: Vec<Building> = Vec::with_capacity(known.len());
-    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(known.len());
+    let known = known.into_iter();
+    // Filtered events: room for them all, the upper bound.
+    let (least, most) = known.size_hint();
+    let size = most.unwrap_or(least);
+    // The entries on their way: each one's current content and its
+    // corrections so far.
+    let mut building: Vec<TimelineEntry> = Vec::with_capacity(size);
+    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(size);
     for (meta, event) in known {
         if let CaseEvent::EntryCorrected(c) = &event {
             if let Some(&i) = index.get(&c.event) {
@@ -345,27 +434,24 @@ fn fold(
             // Names nothing earlier in this record: shown as itself.
         }
         index.insert(meta.event_id, building.len());
-        building.push(Building {
-            recorded: meta,
+        building.push(TimelineEntry {
+            position: meta.position,
+            event_id: meta.event_id,
+            occurred_at: meta.occurred_at,
+            recorded_at: meta.recorded_at,
+            actor: meta.actor,
             content: event,
             corrections: Vec::new(),
         });
     }
 
-    let mut entries: Vec<TimelineEntry> = building
-        .into_iter()
-        .filter(|b| !safeguarding_only || b.content.is_safeguarding())
-        .map(|b| TimelineEntry {
-            position: b.recorded.position,
-            event_id: b.recorded.event_id,
-            occurred_at: b.recorded.occurred_at,
-            recorded_at: b.recorded.recorded_at,
-            actor: b.recorded.actor,
-            content: b.content,
-            corrections: b.corrections,
-        })
-        .collect();
-    entries.sort_by_key(|e| (e.occurred_at, e.position));
+    let mut entries = building;
+    if safeguarding_only {
+        entries.retain(|b| b.content.is_safeguarding());
+    }
+    if !entries.is_sorted_by_key(|e| (e.occurred_at, e.position)) {
+        entries.sort_by_key(|e| (e.occurred_at, e.position));
+    }
     Timeline {
         pupil: pupil.to_string(),
         as_of,
@@ -522,4 +608,66 @@ fn replaced_values(content: &CaseEvent, changes: &Map<String, Value>) -> Map<Str
         .keys()
         .map(|k| (k.clone(), data.get(k).cloned().unwrap_or(Value::Null)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use casebook_engine::event::{AttendanceMarked, Session};
+    use proptest::prelude::*;
+
+    proptest! {
+        /// An `AttendanceMarked`'s data is written directly as its
+        /// `data_json` is written, for every date, session and code.
+        #[test]
+        fn attendance_data_is_written_as_its_value_is(
+            days in -1_000i32..4_000_000,
+            pm in any::<bool>(),
+            code in prop_oneof!["[/\\\\A-Z#]", "[A-Z][0-9]", ".{0,20}"],
+        ) {
+            let Some(date) = chrono::NaiveDate::from_num_days_from_ce_opt(days) else {
+                return Ok(());
+            };
+            let event = CaseEvent::AttendanceMarked(AttendanceMarked {
+                date,
+                session: if pm { Session::Pm } else { Session::Am },
+                code,
+            });
+            let mut direct = Vec::new();
+            write_data(&mut direct, &event);
+            let mut via_value = Vec::new();
+            write_value_at(&mut via_value, 3, &event.data_json());
+            prop_assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(via_value).unwrap());
+            let mut scratch = "left over".to_string();
+            let mut direct = Vec::new();
+            write_summary(&mut direct, &event, &mut scratch);
+            let mut via_summary = Vec::new();
+            crate::pretty::write_str(&mut via_summary, &summary(&event));
+            prop_assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(via_summary).unwrap());
+        }
+
+        /// Times are written as chrono's serde writes them, leap seconds
+        /// and years outside 0..=9999 included.
+        #[test]
+        fn times_are_written_as_chrono_writes_them(
+            secs in prop_oneof![
+                -62_167_219_200i64..253_402_300_800,
+                -8_334_601_228_800i64..8_210_266_876_799,
+                proptest::sample::select(vec![-62_167_219_200i64, -62_167_219_201, 253_402_300_799, 253_402_300_800, -1, 0, 59, 86_399]),
+            ],
+            nanos in prop_oneof![
+                Just(0u32),
+                (0u32..1_000).prop_map(|n| n * 1_000_000),
+                (0u32..1_000_000).prop_map(|n| n * 1_000),
+                0u32..2_000_000_000,
+            ],
+        ) {
+            let Some(t) = DateTime::<Utc>::from_timestamp(secs, nanos) else {
+                return Ok(());
+            };
+            let mut direct = Vec::new();
+            write_timestamp(&mut direct, t);
+            prop_assert_eq!(String::from_utf8(direct).unwrap(), serde_json::to_string(&t).unwrap());
+        }
+    }
 }

@@ -86,6 +86,16 @@ pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
 
 /// Writes a JSON string, escaped as serde_json escapes it.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
+    // serde_json escapes `"`, `\\` and the control characters below 0x20,
+    // nothing else: a string without them is written as it is (most of a
+    // timeline's strings).
+    if !s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // Writing into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -740,5 +750,22 @@ mod tests {
         let mut want = Vec::new();
         write(&mut want, 2, &s.zeta).unwrap();
         assert_eq!(out, want);
+    }
+
+    proptest::proptest! {
+        /// `write_str` writes what serde_json writes, escapes or not.
+        #[test]
+        fn strings_are_written_as_serde_json_writes_them(
+            s in proptest::prelude::any::<String>(),
+            plain in "[ -~\u{7f}-\u{2fff}]{0,40}",
+        ) {
+            for s in [&s, &plain] {
+                let mut out = b"x".to_vec();
+                write_str(&mut out, s);
+                let mut want = b"x".to_vec();
+                serde_json::to_writer(&mut want, s).unwrap();
+                proptest::prop_assert_eq!(out, want);
+            }
+        }
     }
 }
