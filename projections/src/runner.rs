@@ -5,7 +5,9 @@
 //! checkpoint, reads the log once from the oldest checkpoint's position,
 //! page by page ([`PAGE_EVENTS`] at a time; never the whole log in memory),
 //! feeds every event to each projection that has not yet seen it, and saves
-//! a checkpoint per projection.
+//! a checkpoint per projection. On a multi-threaded runtime the pages are
+//! read on a thread of their own, a few pages ahead of the fold, which
+//! decodes and folds them on the caller's thread in the same order.
 //!
 //! **Checkpoints** are stored in the store under the projection's `NAME`
 //! (`save_checkpoint`), outside the hash chain: they are derived data and
@@ -47,9 +49,12 @@ use crate::suspensions::Suspensions;
 use crate::{Projection, PROJECTION_NAMES};
 
 /// Events read from the log per page. Bounds the runner's memory for
-/// decoded events (a few MB) whatever the log's size, while keeping the
-/// number of store round trips small.
-pub const PAGE_EVENTS: usize = 4_096;
+/// decoded events (a few MB, with the pages read ahead) whatever the log's
+/// size, while keeping the number of store round trips small. Not larger:
+/// the segment store reads a page into buffers of its own, and buffers of
+/// more than about half a MB cost page faults on every page (4,096 events
+/// a page made the read twice as slow).
+pub const PAGE_EVENTS: usize = 1_024;
 
 /// Version of the checkpoint wrapper itself (not of any projection).
 const CHECKPOINT_FORMAT: u32 = 1;
@@ -236,13 +241,22 @@ impl<P: Projection> Feed for P {
     }
 }
 
+/// Where a projection stands in a run.
+#[derive(Clone, Copy, Debug)]
+struct Mark {
+    /// The position of the last event it folded.
+    position: u64,
+    /// That event's hash.
+    hash: Hash,
+    /// Whether its checkpoint must be written.
+    dirty: bool,
+}
+
 /// One projection in a run: where it stands and whether its checkpoint
 /// must be written.
 struct Slot<'a> {
     feed: &'a mut dyn Feed,
-    position: u64,
-    hash: Hash,
-    dirty: bool,
+    at: Mark,
 }
 
 impl<'a> Slot<'a> {
@@ -250,9 +264,11 @@ impl<'a> Slot<'a> {
         feed.reset();
         Slot {
             feed,
-            position: 0,
-            hash: casebook_engine::envelope::GENESIS_HASH,
-            dirty: true,
+            at: Mark {
+                position: 0,
+                hash: casebook_engine::envelope::GENESIS_HASH,
+                dirty: true,
+            },
         }
     }
 
@@ -284,9 +300,11 @@ impl<'a> Slot<'a> {
             self.feed.reset();
             return restart(RestartReason::NotInLog { position });
         }
-        self.position = position;
-        self.hash = hash;
-        self.dirty = false;
+        self.at = Mark {
+            position,
+            hash,
+            dirty: false,
+        };
         Ok(None)
     }
 }
@@ -308,71 +326,187 @@ async fn holds(
 }
 
 /// Reads the log from the oldest slot's position up to `head`, feeding each
-/// event to every slot that has not seen it.
-async fn fold(
+/// event to every slot that has not seen it, then writes the checkpoint of
+/// every slot that moved or restarted. Returns the number of events read.
+///
+/// **Pipelined.** When the log is longer than one page and the runtime has
+/// threads to spare (a multi-threaded tokio runtime), the pages after the
+/// first are read on a thread of their own, at most [`PAGES_AHEAD`] pages
+/// ahead, while this thread decodes and folds them ([`fold_read_ahead`]).
+/// The fold sees exactly the events, in the order, of a fold that reads
+/// each page itself; an error stops the run where that fold would have
+/// stopped (the first in log order), with the same events folded, and
+/// nothing is saved after it; progress is reported after each page.
+async fn fold_and_save(
     store: &dyn EventStore,
     slots: &mut [Slot<'_>],
     head: Head,
     progress: &Progress<'_>,
 ) -> Result<u64, ProjectionError> {
-    let Some(start) = slots.iter().map(|s| s.position).min() else {
+    let Some(start) = slots.iter().map(|s| s.at.position).min() else {
         return Ok(0);
     };
     let mut next = start + 1;
-    let mut read = 0;
     progress(start, head.position);
     while next <= head.position {
-        let want = usize::try_from(head.position - next + 1).unwrap_or(usize::MAX);
-        let page = store.read_all(next, want.min(PAGE_EVENTS)).await?;
-        if page.is_empty() {
-            // The head said there is more; a store that cannot produce it
-            // is damaged, and a view built from part of the log would lie.
-            return Err(ProjectionError::Missing {
-                position: next,
-                head: head.position,
-            });
+        if next > start + 1 && may_block_in_place() {
+            // More than a page: the rest is read ahead.
+            next = tokio::task::block_in_place(|| {
+                fold_read_ahead(store, slots, next, head, progress)
+            })?;
+            break;
         }
-        // The page is consumed: each event's envelope moves into the
-        // decoded event (no copy of its strings), and is dropped once every
-        // projection has folded it.
-        let mut last = None;
-        for stored in page {
-            let (position, hash) = (stored.position, stored.hash);
-            if position != next {
-                return Err(ProjectionError::Gap {
-                    expected: next,
-                    found: position,
-                });
-            }
-            // Access-log and staff-directory entries belong to no
-            // school-wide view: skipped by type, before paying for a decode.
-            if !casebook_engine::access::is_non_case_type(&stored.event_type) {
-                let event = decode_owned(stored)?;
-                for slot in slots.iter_mut().filter(|s| s.position < position) {
-                    slot.feed.feed(&event);
-                }
-            }
-            last = Some((position, hash));
-            next += 1;
-            read += 1;
-        }
-        // Every slot behind the page's end has now folded up to it.
-        if let Some((position, hash)) = last {
-            for slot in slots.iter_mut().filter(|s| s.position < position) {
-                slot.position = position;
-                slot.hash = hash;
-                slot.dirty = true;
-            }
-        }
+        let page = read_page(store, next, head).await?;
+        fold_page(slots, page, &mut next)?;
         progress(next - 1, head.position);
     }
-    Ok(read)
+    save(store, slots).await?;
+    Ok(next - start - 1)
+}
+
+/// Whether this thread may block in place: it runs on a multi-threaded
+/// tokio runtime (a single-threaded one has no thread to drive the store's
+/// I/O meanwhile).
+fn may_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Pages read ahead of the fold: enough to ride out an uneven page, few
+/// enough that the pages in flight stay a few MB.
+const PAGES_AHEAD: usize = 4;
+
+/// Folds the log from `next` to `head` into the slots, the pages read by a
+/// thread of their own (at most [`PAGES_AHEAD`] ahead) and folded on this
+/// one; returns the position after the last event folded. The fold stays on
+/// the caller's thread, where the states were made (their memory, and the
+/// checkpoints', stays in one allocator heap).
+///
+/// The reader sends the pages in order, and its error, if any, as its last
+/// message, so the fold meets errors in log order. On a fold error the
+/// channel closes and the reader stops at its next page.
+fn fold_read_ahead(
+    store: &dyn EventStore,
+    slots: &mut [Slot<'_>],
+    mut next: u64,
+    head: Head,
+    progress: &Progress<'_>,
+) -> Result<u64, ProjectionError> {
+    let runtime = tokio::runtime::Handle::current();
+    let (pages, received) = std::sync::mpsc::sync_channel(PAGES_AHEAD);
+    std::thread::scope(|scope| {
+        // Owned here: dropped when the fold returns, on an error too, which
+        // stops the reader (its `send` fails) before the scope joins it.
+        let received = received;
+        let mut reading = next;
+        let reader_runtime = runtime.clone();
+        let reader = std::thread::Builder::new()
+            .name("casebook-read-ahead".into())
+            .spawn_scoped(scope, move || {
+                while reading <= head.position {
+                    let page = reader_runtime.block_on(read_page(store, reading, head));
+                    let failed = page.is_err();
+                    if let Ok(page) = &page {
+                        reading += page.len() as u64;
+                    }
+                    if pages.send(page).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+        if reader.is_err() {
+            // No thread to read ahead: the same fold, reading each page
+            // in turn.
+            while next <= head.position {
+                let page = runtime.block_on(read_page(store, next, head))?;
+                fold_page(slots, page, &mut next)?;
+                progress(next - 1, head.position);
+            }
+            return Ok(next);
+        }
+        while next <= head.position {
+            // The reader stops sending only after an error or the head.
+            let page = received.recv().map_err(|_| ProjectionError::Missing {
+                position: next,
+                head: head.position,
+            })??;
+            fold_page(slots, page, &mut next)?;
+            progress(next - 1, head.position);
+        }
+        Ok(next)
+    })
+}
+
+/// The page of the log from `next` (at most [`PAGE_EVENTS`], not past the
+/// head); an error when the store has none although the head says there is
+/// more.
+async fn read_page(
+    store: &dyn EventStore,
+    next: u64,
+    head: Head,
+) -> Result<Vec<StoredEvent>, ProjectionError> {
+    let want = usize::try_from(head.position - next + 1).unwrap_or(usize::MAX);
+    let page = store.read_all(next, want.min(PAGE_EVENTS)).await?;
+    if page.is_empty() {
+        // The head said there is more; a store that cannot produce it
+        // is damaged, and a view built from part of the log would lie.
+        return Err(ProjectionError::Missing {
+            position: next,
+            head: head.position,
+        });
+    }
+    Ok(page)
+}
+
+/// Feeds a page read from `*next` to every slot that has not seen its
+/// events, and moves those slots to the page's end; `*next` follows the
+/// events folded. On an error, the page's events before it are folded and
+/// no slot has moved.
+fn fold_page(
+    slots: &mut [Slot<'_>],
+    page: Vec<StoredEvent>,
+    next: &mut u64,
+) -> Result<(), ProjectionError> {
+    // The page is consumed: each event's envelope moves into the decoded
+    // event (no copy of its strings), and is dropped once every projection
+    // has folded it.
+    let mut last = None;
+    for stored in page {
+        let (position, hash) = (stored.position, stored.hash);
+        if position != *next {
+            return Err(ProjectionError::Gap {
+                expected: *next,
+                found: position,
+            });
+        }
+        // Access-log and staff-directory entries belong to no school-wide
+        // view: skipped by type, before paying for a decode.
+        if !casebook_engine::access::is_non_case_type(&stored.event_type) {
+            let event = decode_owned(stored)?;
+            for slot in slots.iter_mut().filter(|s| s.at.position < position) {
+                slot.feed.feed(&event);
+            }
+        }
+        last = Some((position, hash));
+        *next += 1;
+    }
+    // Every slot behind the page's end has now folded up to it.
+    if let Some((position, hash)) = last {
+        for slot in slots.iter_mut().filter(|s| s.at.position < position) {
+            slot.at = Mark {
+                position,
+                hash,
+                dirty: true,
+            };
+        }
+    }
+    Ok(())
 }
 
 /// Writes the checkpoint of every slot that moved or restarted.
 async fn save(store: &dyn EventStore, slots: &[Slot<'_>]) -> Result<(), ProjectionError> {
-    for slot in slots.iter().filter(|s| s.dirty) {
-        let bytes = slot.feed.encode(slot.position, slot.hash)?;
+    for slot in slots.iter().filter(|s| s.at.dirty) {
+        let bytes = slot.feed.encode(slot.at.position, slot.at.hash)?;
         store.save_checkpoint(slot.feed.name(), bytes).await?;
     }
     Ok(())
@@ -438,8 +572,7 @@ impl SchoolViews {
             for slot in &mut slots {
                 restarted.extend(slot.restore(store, head).await?);
             }
-            fold(store, &mut slots, head, progress).await?;
-            save(store, &slots).await?;
+            fold_and_save(store, &mut slots, head, progress).await?;
         }
         views.position = head.position;
         views.hash = head.hash;
@@ -464,9 +597,7 @@ impl SchoolViews {
         let (position, hash) = (self.position, self.hash);
         let read = {
             let mut slots = self.slots_at(position, hash);
-            let read = fold(store, &mut slots, head, progress).await?;
-            save(store, &slots).await?;
-            read
+            fold_and_save(store, &mut slots, head, progress).await?
         };
         self.position = head.position.max(position);
         self.hash = if read > 0 { head.hash } else { hash };
@@ -479,9 +610,11 @@ impl SchoolViews {
             .into_iter()
             .map(|feed| Slot {
                 feed,
-                position,
-                hash,
-                dirty: false,
+                at: Mark {
+                    position,
+                    hash,
+                    dirty: false,
+                },
             })
             .collect()
     }
@@ -516,8 +649,7 @@ pub async fn rebuild(
             None => true,
         })
         .collect();
-    let events = fold(store, &mut slots, head, progress).await?;
-    save(store, &slots).await?;
+    let events = fold_and_save(store, &mut slots, head, progress).await?;
     Ok(RebuildReport {
         projections: slots.iter().map(|s| s.feed.name().to_string()).collect(),
         events,
@@ -539,8 +671,7 @@ pub async fn load_projection<P: Projection>(
         for slot in &mut slots {
             slot.restore(store, head).await?;
         }
-        fold(store, &mut slots, head, progress).await?;
-        save(store, &slots).await?;
+        fold_and_save(store, &mut slots, head, progress).await?;
     }
     Ok(state)
 }

@@ -1412,6 +1412,367 @@ mod runner {
         assert!(matches!(err, ProjectionError::UnknownPupil { .. }));
     }
 
+    // -----------------------------------------------------------------------
+    // The pipelined fold: pages read ahead on this task, folded on a thread
+    // -----------------------------------------------------------------------
+
+    /// A store that hands the runner pages of `page` events (so a small log
+    /// is many pages, and the fold thread runs) and can be told to damage
+    /// one of them.
+    struct Faulty {
+        inner: Arc<dyn EventStore>,
+        page: usize,
+        /// The payload of the event at this position does not decode.
+        corrupt: Option<u64>,
+        /// `read_all` of a page holding this position fails.
+        fail_read: Option<u64>,
+        /// The event at this position is left out of its page.
+        drop: Option<u64>,
+        /// `read_all` from this position on returns nothing.
+        empty_from: Option<u64>,
+        /// Pages returned.
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Faulty {
+        fn new(inner: &Arc<dyn EventStore>, page: usize) -> Faulty {
+            Faulty {
+                inner: inner.clone(),
+                page,
+                corrupt: None,
+                fail_read: None,
+                drop: None,
+                empty_from: None,
+                reads: Default::default(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl EventStore for Faulty {
+        async fn append_atomic(
+            &self,
+            requests: Vec<AppendRequest>,
+        ) -> Result<Vec<casebook_engine::Appended>, casebook_engine::StoreError> {
+            self.inner.append_atomic(requests).await
+        }
+
+        async fn read_stream(
+            &self,
+            stream: StreamId,
+            from_version: u64,
+            max: usize,
+        ) -> Result<Vec<casebook_engine::StoredEvent>, casebook_engine::StoreError> {
+            self.inner.read_stream(stream, from_version, max).await
+        }
+
+        async fn read_all(
+            &self,
+            from: u64,
+            max: usize,
+        ) -> Result<Vec<casebook_engine::StoredEvent>, casebook_engine::StoreError> {
+            if self.empty_from.is_some_and(|p| from >= p) {
+                return Ok(Vec::new());
+            }
+            let mut page = self.inner.read_all(from, max.min(self.page)).await?;
+            if let Some(p) = self.fail_read {
+                if page.iter().any(|e| e.position == p) {
+                    return Err(casebook_engine::StoreError::Io {
+                        during: "read",
+                        source: "injected failure".into(),
+                    });
+                }
+            }
+            for e in &mut page {
+                if Some(e.position) == self.corrupt {
+                    e.payload = vec![0xc1, 0xff, 0x00];
+                }
+            }
+            page.retain(|e| Some(e.position) != self.drop);
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(page)
+        }
+
+        async fn stream_version(
+            &self,
+            stream: StreamId,
+        ) -> Result<u64, casebook_engine::StoreError> {
+            self.inner.stream_version(stream).await
+        }
+
+        async fn find_event(
+            &self,
+            event_id: Uuid,
+        ) -> Result<Option<casebook_engine::StoredEvent>, casebook_engine::StoreError> {
+            self.inner.find_event(event_id).await
+        }
+
+        async fn head(&self) -> Result<casebook_engine::store::Head, casebook_engine::StoreError> {
+            self.inner.head().await
+        }
+
+        fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+            self.inner.watch_head()
+        }
+
+        async fn load_checkpoint(
+            &self,
+            name: &str,
+        ) -> Result<Option<Vec<u8>>, casebook_engine::StoreError> {
+            self.inner.load_checkpoint(name).await
+        }
+
+        async fn save_checkpoint(
+            &self,
+            name: &str,
+            bytes: Vec<u8>,
+        ) -> Result<(), casebook_engine::StoreError> {
+            self.inner.save_checkpoint(name, bytes).await
+        }
+
+        async fn clear_checkpoints(&self) -> Result<(), casebook_engine::StoreError> {
+            self.inner.clear_checkpoints().await
+        }
+
+        async fn verify(
+            &self,
+            progress: &(dyn Fn(u64) + Send + Sync),
+        ) -> Result<casebook_engine::store::VerifyReport, casebook_engine::StoreError> {
+            self.inner.verify(progress).await
+        }
+    }
+
+    /// A projection that keeps every event it is fed: what the runner
+    /// feeds, in the order it feeds it.
+    #[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Seen {
+        events: Vec<(u64, Uuid)>,
+    }
+
+    impl Projection for Seen {
+        const NAME: &'static str = "seen-by-test";
+        const VERSION: u32 = 1;
+
+        fn apply(&mut self, event: &RecordedEvent) {
+            self.events.push((event.position, event.event_id));
+        }
+    }
+
+    /// `(position, id)` of every case event in the store: what a fold must
+    /// see, once each, in this order.
+    async fn case_events(store: &dyn EventStore) -> Vec<(u64, Uuid)> {
+        store
+            .read_all(1, 1_000_000)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|e| !casebook_engine::access::is_non_case_type(&e.event_type))
+            .map(|e| (e.position, e.event_id))
+            .collect()
+    }
+
+    /// The progress the runner reports on pages of `page` events from 0,
+    /// up to `last` (the end of the last page folded).
+    fn page_ends(page: u64, last: u64) -> Vec<(u64, u64)> {
+        Vec::new()
+            .into_iter()
+            .chain(std::iter::once(0))
+            .chain((1..).map(|k| k * page).take_while(|&e| e < last))
+            .chain((last > 0).then_some(last))
+            .map(|p| (p, 0))
+            .collect()
+    }
+
+    async fn all_checkpoints(store: &dyn EventStore) -> Vec<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        for name in PROJECTION_NAMES {
+            out.push(store.load_checkpoint(name).await.unwrap());
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipelined_fold_sees_every_event_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = sample_log();
+        append(&*store, &log.events).await;
+        let total = log.events.len() as u64;
+        let expected = case_events(&*store).await;
+        // In one page (no fold thread), as the reference.
+        rebuild(&*store, None, &no_progress).await.unwrap();
+        let one_page = all_checkpoints(&*store).await;
+        let today = date("2026-03-01");
+        let pure = reports(&fold_views(&all_events(&*store).await), today);
+        for page in [1, 2, 7, 64] {
+            let faulty = Faulty::new(&store, page);
+            let seen = std::sync::Mutex::new(Vec::new());
+            let got: Seen = casebook_projections::load_projection(&faulty, &|done, head| {
+                assert_eq!(head, total);
+                seen.lock().unwrap().push((done, 0));
+            })
+            .await
+            .unwrap();
+            assert_eq!(got.events, expected, "page of {page}");
+            assert_eq!(
+                seen.into_inner().unwrap(),
+                page_ends(page as u64, total),
+                "progress after each page, page of {page}"
+            );
+            let reads = faulty.reads.load(std::sync::atomic::Ordering::Relaxed);
+            assert!(reads >= (total as usize).div_ceil(page), "{reads}");
+            // Every view, and its checkpoint byte for byte.
+            let report = rebuild(&faulty, None, &no_progress).await.unwrap();
+            assert_eq!(report.events, total);
+            assert_eq!(all_checkpoints(&*store).await, one_page, "page of {page}");
+            store.clear_checkpoints().await.unwrap();
+            let views = SchoolViews::load(&faulty, &no_progress).await.unwrap();
+            assert_eq!(reports(&views, today), pure, "page of {page}");
+        }
+    }
+
+    /// On a single-threaded runtime the pages are read in turn: the same
+    /// events, the same progress, the same errors.
+    #[tokio::test(flavor = "current_thread")]
+    async fn without_threads_to_spare_the_fold_reads_each_page_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = sample_log();
+        append(&*store, &log.events).await;
+        let total = log.events.len() as u64;
+        let expected = case_events(&*store).await;
+        let faulty = Faulty::new(&store, 7);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let got: Seen = casebook_projections::load_projection(&faulty, &|done, _| {
+            seen.lock().unwrap().push((done, 0))
+        })
+        .await
+        .unwrap();
+        assert_eq!(got.events, expected);
+        assert_eq!(seen.into_inner().unwrap(), page_ends(7, total));
+        let mut faulty = Faulty::new(&store, 7);
+        faulty.corrupt = Some(expected[50].0);
+        let err = rebuild(&faulty, None, &no_progress).await.unwrap_err();
+        assert!(
+            matches!(err, ProjectionError::Decode { position, .. } if position == expected[50].0),
+            "{err}"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pipelined_fold_stops_at_the_first_damaged_page_and_saves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = sample_log();
+        append(&*store, &log.events).await;
+        let total = log.events.len() as u64;
+        let expected = case_events(&*store).await;
+        let page = 7u64;
+        // A case event well into the log: pages of it are read ahead.
+        let (bad, _) = expected[50];
+        let run = |faulty: Faulty| async move {
+            let seen = std::sync::Mutex::new(Vec::new());
+            let result = rebuild(&faulty, None, &|done, _| {
+                seen.lock().unwrap().push((done, 0))
+            })
+            .await;
+            (result, seen.into_inner().unwrap())
+        };
+
+        // A payload that does not decode.
+        let mut faulty = Faulty::new(&store, page as usize);
+        faulty.corrupt = Some(bad);
+        let (result, seen) = run(faulty).await;
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, ProjectionError::Decode { position, .. } if position == bad),
+            "{err}"
+        );
+        assert_eq!(seen, page_ends(page, (bad - 1) / page * page));
+        assert_eq!(
+            all_checkpoints(&*store).await,
+            vec![None; PROJECTION_NAMES.len()]
+        );
+
+        // A read that fails.
+        let mut faulty = Faulty::new(&store, page as usize);
+        faulty.fail_read = Some(bad);
+        let (result, seen) = run(faulty).await;
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err, ProjectionError::Store(_)) && err.to_string().contains("injected"),
+            "{err}"
+        );
+        assert_eq!(seen, page_ends(page, (bad - 1) / page * page));
+        assert_eq!(
+            all_checkpoints(&*store).await,
+            vec![None; PROJECTION_NAMES.len()]
+        );
+
+        // Both: the earlier one is reported, as a fold in one thread would.
+        let mut faulty = Faulty::new(&store, page as usize);
+        faulty.corrupt = Some(bad);
+        faulty.fail_read = Some(bad + 2 * page);
+        let err = run(faulty).await.0.unwrap_err();
+        assert!(
+            matches!(err, ProjectionError::Decode { position, .. } if position == bad),
+            "{err}"
+        );
+        let mut faulty = Faulty::new(&store, page as usize);
+        faulty.corrupt = Some(bad + 2 * page);
+        faulty.fail_read = Some(bad);
+        let err = run(faulty).await.0.unwrap_err();
+        assert!(matches!(err, ProjectionError::Store(_)), "{err}");
+
+        // An event left out, and a log that ends before its head.
+        let mut faulty = Faulty::new(&store, page as usize);
+        faulty.drop = Some(bad);
+        let err = run(faulty).await.0.unwrap_err();
+        assert!(
+            matches!(err, ProjectionError::Gap { expected, found } if expected == bad && found == bad + 1),
+            "{err}"
+        );
+        let mut faulty = Faulty::new(&store, page as usize);
+        faulty.empty_from = Some(bad);
+        let err = run(faulty).await.0.unwrap_err();
+        // The first page that starts at or after it is empty.
+        let empty = (bad - 1).div_ceil(page) * page + 1;
+        assert!(
+            matches!(err, ProjectionError::Missing { position, head } if position == empty && head == total),
+            "{err}"
+        );
+        assert_eq!(
+            all_checkpoints(&*store).await,
+            vec![None; PROJECTION_NAMES.len()]
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_catch_up_stopped_by_an_error_has_folded_what_one_thread_would_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let log = sample_log();
+        append(&*store, &log.events[..3]).await;
+        let mut views = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        append(&*store, &log.events[3..]).await;
+        let events = all_events(&*store).await;
+        let bad = case_events(&*store).await[60].0;
+        let mut faulty = Faulty::new(&store, 5);
+        faulty.corrupt = Some(bad);
+        let err = views.catch_up(&faulty, &no_progress).await.unwrap_err();
+        assert!(
+            matches!(err, ProjectionError::Decode { position, .. } if position == bad),
+            "{err}"
+        );
+        // Every event before the bad one is folded (those of its page too),
+        // none after it, none twice.
+        let today = date("2026-03-01");
+        let before = fold_views(&events[..(bad - 1) as usize]);
+        assert_eq!(reports(&views, today), reports(&before, today));
+        assert_eq!(views.position, 3, "the views did not move");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(6))]
 
