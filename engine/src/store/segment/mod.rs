@@ -429,8 +429,11 @@ impl Index {
         self.streams.get(stream).map_or(0, |v| v.len() as u64)
     }
 
-    /// Adds the next frame; `Err` says which invariant it breaks.
+    /// Adds the next frame; `Err` says which invariant it breaks. One
+    /// probe of the id map and one of the stream map per frame (the writer
+    /// pushes every event it commits under the index's write lock).
     fn push(&mut self, meta: &FrameMeta, loc: Loc, hash: Hash) -> Result<(), String> {
+        use std::collections::hash_map::Entry;
         let expected = self.head() + 1;
         if meta.position != expected {
             return Err(format!(
@@ -438,25 +441,33 @@ impl Index {
                 meta.position
             ));
         }
-        let have = self.stream_version(&meta.stream);
+        let positions = self.streams.get_mut(&meta.stream);
+        let have = positions.as_ref().map_or(0, |v| v.len() as u64);
         if meta.version != have + 1 {
             return Err(format!(
                 "stream {} version {} follows version {have} (versions must be gapless)",
                 meta.stream, meta.version
             ));
         }
-        if let Some(p) = self.ids.get(&meta.event_id) {
-            return Err(format!(
-                "event id {} is already stored at position {p}",
-                meta.event_id
-            ));
+        match self.ids.entry(meta.event_id) {
+            Entry::Occupied(p) => {
+                return Err(format!(
+                    "event id {} is already stored at position {}",
+                    meta.event_id,
+                    p.get()
+                ))
+            }
+            Entry::Vacant(v) => {
+                v.insert(meta.position);
+            }
+        }
+        match positions {
+            Some(v) => v.push(meta.position),
+            None => {
+                self.streams.insert(meta.stream, vec![meta.position]);
+            }
         }
         self.locs.push(loc);
-        self.streams
-            .entry(meta.stream)
-            .or_default()
-            .push(meta.position);
-        self.ids.insert(meta.event_id, meta.position);
         self.head_hash = hash;
         Ok(())
     }
