@@ -788,6 +788,11 @@ impl Batch {
 /// Memory: the lines and requests of two batches, the state of the pupils
 /// of the batch in flight and its ids; state is dropped once the next
 /// batch no longer needs it.
+///
+/// Dropping a pipeline does not take back a batch already submitted (the
+/// writer has it, as with any append whose caller went away): call
+/// [`Pipeline::flush`] to learn its outcome. After an error, the pipeline
+/// carries nothing and the next batch is planned against the store.
 pub struct Pipeline<'a> {
     store: &'a dyn EventStore,
     school: String,
