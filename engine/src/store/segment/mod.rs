@@ -1546,7 +1546,7 @@ mod index_tests {
             assert!(ix.push(&m, loc(4), [9; 32]).is_err(), "{m:?}");
             assert!(snapshot(&ix) == before, "{m:?} changed the index");
         }
-        assert!(ix.streams.get(&StreamId(Uuid::from_u128(3))).is_none());
+        assert!(!ix.streams.contains_key(&StreamId(Uuid::from_u128(3))));
         ix.push(&meta(4, 3, 1, 13), loc(4), [4; 32]).unwrap();
         assert_eq!(ix.head(), 4);
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(1))), 2);
