@@ -12,7 +12,11 @@
 //!   in batches of the engine's group size, each made durable the way the
 //!   engine does it — the ceiling of the import;
 //! - `import_ev_s`: validation (`import::Planner`) + durable append of
-//!   demo-like events in batches of the same size;
+//!   demo-like events in batches of the same size, pipelined
+//!   (`import::Pipeline`): batch k+1 is validated while the writer thread
+//!   seals, writes and fdatasyncs batch k; the clock runs from the first
+//!   batch planned to the last one durable (lines generated untimed,
+//!   between stretches of 32 batches with nothing in flight);
 //! - `append_single_ev_s`, `append_concurrent_ev_s`: one event per
 //!   append, each awaited (durable), by one writer and by W tasks on
 //!   different pupils (group commit);
@@ -36,7 +40,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use casebook_engine::envelope::{encode_payload, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
 use casebook_engine::event::CURRENT_SCHEMA;
-use casebook_engine::import::{ImportLine, Planner};
+use casebook_engine::import::{ImportError, ImportLine, Pipeline};
 use casebook_engine::store::sled::{SledLog, SledStore, MAX_GROUP_EVENTS};
 use casebook_engine::store::sled_raw::{scan_decode, RawEnvelope, RawSledLog};
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
@@ -51,6 +55,11 @@ use crate::{Failure, Format};
 /// Events per import batch and per raw batch: the engine's group size, so
 /// the import and its ceiling write the same batches.
 pub const BATCH_EVENTS: usize = MAX_GROUP_EVENTS;
+
+/// Import batches generated (untimed) ahead of each timed stretch of the
+/// pipelined import: the pipeline is flushed at the end of each stretch, so
+/// it runs dry once per this many batches.
+const PIPELINE_BATCHES: usize = 32;
 
 /// Timelines read (random pupils, with repetition when there are fewer).
 const TIMELINE_READS: usize = 1_000;
@@ -515,59 +524,77 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let _ = std::fs::remove_dir_all(&raw_dir);
     done(t, format!("{raw_ev_s:.0} events/s"));
 
-    // Import through the engine: planner (validation) + durable append.
+    // Import through the engine: validation + durable append of every
+    // event, batch by batch, through `import::Pipeline`: batch k+1 is
+    // validated (`Planner` work) on this thread while the store's writer
+    // thread seals, writes and fdatasyncs batch k. The lines are generated
+    // untimed, PIPELINE_BATCHES batches at a time, and the pipeline is
+    // flushed (the last batch durable) before the clock stops, so nothing
+    // timed overlaps untimed work.
     let t = phase("engine import");
     let engine_dir = tmp.path().join("engine");
     let engine = backend.open_engine(&engine_dir, &school).await?;
     let log = engine.log();
     let mut source = Source::new(&opts);
     let mut pupils: Vec<String> = Vec::new();
-    let mut imported = 0u64;
+    let mut generated = 0u64;
     let mut timed = Duration::ZERO;
     let mut line = 0usize;
     let now = Utc::now();
     let mut next_report = n / 10;
-    while imported < n {
-        let want = batch_events.min((n - imported) as usize);
-        let chunk = source.take(want);
-        if chunk.is_empty() {
+    let mut pipeline = Pipeline::new(log.as_ref(), &school, now);
+    let refused = |err: ImportError| match err {
+        ImportError::Write(e) => Failure::from(e),
+        err => Failure::Store(format!(
+            "internal error: the engine refused a demo event: {err}"
+        )),
+    };
+    while generated < n {
+        let mut batches: Vec<Vec<ImportLine>> = Vec::with_capacity(PIPELINE_BATCHES);
+        while batches.len() < PIPELINE_BATCHES && generated < n {
+            let want = batch_events.min((n - generated) as usize);
+            let chunk = source.take(want);
+            if chunk.is_empty() {
+                break;
+            }
+            generated += chunk.len() as u64;
+            batches.push(
+                chunk
+                    .into_iter()
+                    .map(|(pupil, e)| {
+                        line += 1;
+                        if pupils.last() != Some(&pupil) {
+                            pupils.push(pupil.clone());
+                        }
+                        ImportLine {
+                            line,
+                            pupil,
+                            occurred_at: e.occurred_at,
+                            actor: e.actor,
+                            id: Some(e.event_id),
+                            school: None,
+                            event: e.event,
+                        }
+                    })
+                    .collect(),
+            );
+        }
+        if batches.is_empty() {
             break;
         }
-        let lines: Vec<ImportLine> = chunk
-            .into_iter()
-            .map(|(pupil, e)| {
-                line += 1;
-                if pupils.last() != Some(&pupil) {
-                    pupils.push(pupil.clone());
-                }
-                ImportLine {
-                    line,
-                    pupil,
-                    occurred_at: e.occurred_at,
-                    actor: e.actor,
-                    id: Some(e.event_id),
-                    school: None,
-                    event: e.event,
-                }
-            })
-            .collect();
         let started = Instant::now();
-        let mut planner = Planner::new(log.as_ref(), &school, now);
-        planner.add_many(lines).await.map_err(|err| {
-            Failure::Store(format!(
-                "internal error: the engine refused a demo event: {err}"
-            ))
-        })?;
-        let plan = planner.finish();
-        let count = plan.events as u64;
-        log.append_atomic(plan.requests).await?;
+        for lines in batches {
+            pipeline.push(lines).await.map_err(refused)?;
+        }
+        pipeline.flush().await.map_err(refused)?;
         timed += started.elapsed();
-        imported += count;
-        if imported >= next_report && imported < n {
-            eprintln!("bench:   {imported}/{n} events imported");
+        if pipeline.events() >= next_report && pipeline.events() < n {
+            eprintln!("bench:   {}/{n} events imported", pipeline.events());
             next_report += n / 10;
         }
     }
+    let imported = pipeline.events();
+    drop(pipeline);
     let import_ev_s = per_s(imported, timed);
     let disk_bytes = engine.disk_bytes().await?;
     done(t, format!("{import_ev_s:.0} events/s"));

@@ -1,11 +1,13 @@
 //! `casebook demo`: writes the generated school year through the same
-//! validated append path as `import`, pupil group by pupil group.
+//! validated append path as `import`, pupil group by pupil group, each
+//! group one atomic append; pipelined (`import::Pipeline`): the next group
+//! is generated and validated while the previous one is written.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use casebook_engine::import::{ImportLine, Planner};
+use casebook_engine::import::{ImportError, ImportLine, Pipeline};
 use casebook_engine::store::EventStore;
 
 use crate::demo::{default_academic_year, generate, school_days, DemoOptions};
@@ -83,24 +85,32 @@ pub(crate) async fn run(
     let started = Instant::now();
     let bar = progress::bar(pupils as u64, "pupils");
     let mut counts: BTreeMap<&'static str, u64> = BTreeMap::new();
-    let mut total = 0u64;
     let mut group = Vec::with_capacity(PUPILS_PER_APPEND);
     let mut pupils_iter = generate(&opts).peekable();
+    // Group k+1 is generated and validated while group k is written.
+    let mut pipeline = Pipeline::new(log.as_ref(), &ctx.school, ctx.now);
+    if let Some(r) = &ring {
+        pipeline = pipeline.with_sealer(r.as_ref());
+    }
+    let refused = |err: ImportError, pupil: &str| match err {
+        ImportError::Write(e) => Failure::from(e),
+        err => Failure::Store(format!(
+            "internal error: the demo generated an event the rules refuse for pupil {pupil}: {err}"
+        )),
+    };
     while let Some(pupil) = pupils_iter.next() {
         group.push(pupil);
         if group.len() < PUPILS_PER_APPEND && pupils_iter.peek().is_some() {
             continue;
         }
-        let mut planner = Planner::new(log.as_ref(), &ctx.school, ctx.now);
-        if let Some(r) = &ring {
-            planner = planner.with_sealer(r.as_ref());
-        }
+        let in_group = group.len();
+        let mut lines = Vec::with_capacity(group.iter().map(|p| p.events.len()).sum());
         let mut line = 0usize;
         for p in group.drain(..) {
             for e in p.events {
                 line += 1;
                 *counts.entry(e.event.type_name()).or_default() += 1;
-                let l = ImportLine {
+                lines.push(ImportLine {
                     line,
                     pupil: p.reference.clone(),
                     occurred_at: e.occurred_at,
@@ -108,18 +118,29 @@ pub(crate) async fn run(
                     id: Some(e.event_id),
                     school: None,
                     event: e.event,
-                };
-                planner.add(l).await.map_err(|err| {
-                    Failure::Store(format!("internal error: the demo generated an event the rules refuse for pupil {}: {err}", p.reference))
-                })?;
+                });
             }
-            bar.inc(1);
         }
-        let plan = planner.finish();
-        total += plan.events as u64;
+        let first = lines.first().map(|l| l.pupil.clone()).unwrap_or_default();
+        // Validated while the previous group is written; returns once that
+        // group is durable.
+        let batch = pipeline
+            .plan(lines)
+            .await
+            .map_err(|err| refused(err, &first))?;
+        // The data keys its fields were sealed with are stored before it.
         crate::privacy::commit_keys(&ring)?;
-        log.append_atomic(plan.requests).await?;
+        pipeline
+            .submit(batch)
+            .await
+            .map_err(|err| refused(err, &first))?;
+        bar.inc(in_group as u64);
     }
+    pipeline
+        .flush()
+        .await
+        .map_err(|err| refused(err, "(last group)"))?;
+    let total = pipeline.events();
     bar.finish_and_clear();
     let elapsed = started.elapsed().as_secs_f64();
     let size = store.size_on_disk().unwrap_or(0);

@@ -6,6 +6,9 @@
 //! requests with `append_atomic`, so an import is all-or-nothing per log.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -16,7 +19,7 @@ use crate::envelope::{encode_payload, NewEvent, StoredEvent, StreamId};
 use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::{
-    read_whole_stream, AppendRequest, EventStore, ExpectedVersion, MAX_EVENTS_PER_APPEND,
+    read_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion, MAX_EVENTS_PER_APPEND,
 };
 
 /// Longest accepted line. A case entry with a long description is a few KB;
@@ -292,6 +295,18 @@ pub struct ImportPlan {
     pub duplicates: usize,
 }
 
+/// The refusal of a line whose id is stored with other content (or in
+/// another pupil's stream).
+fn stored_elsewhere(line: usize, id: Uuid, stored: &StoredEvent) -> ImportError {
+    ImportError::line(
+        line,
+        format!(
+            "field id: {id} is already stored (position {}) with different content",
+            stored.position
+        ),
+    )
+}
+
 /// Validates lines for one school's log against the stored state and the
 /// earlier lines, and returns what to append. Reads only.
 pub struct Planner<'a> {
@@ -307,6 +322,32 @@ pub struct Planner<'a> {
     events: usize,
     sealer: Option<&'a dyn crate::seal::PayloadSealer>,
     prefetch: Prefetch,
+    /// What a [`Pipeline`] batch continues from: the batch still in
+    /// flight (empty for a plain planner).
+    carry: Carry,
+    /// Lines whose id is one of the in-flight batch's, skipped as
+    /// duplicates for now; [`Pipeline::plan`] checks each against the store
+    /// once that batch is durable, exactly as a fresh planner would.
+    deferred: Vec<Deferred>,
+}
+
+/// The state one [`Pipeline`] batch leaves for the next while it is being
+/// written: its pupils (state and the version the batch will leave them
+/// at) and its lines' ids. Only the batch in flight is carried; whatever
+/// the next batch does not use is dropped once it is planned (those
+/// events are durable by then, and read from the store when needed).
+#[derive(Default)]
+struct Carry {
+    pupils: HashMap<StreamId, PupilPlan>,
+    ids: HashMap<Uuid, (usize, StreamId, usize)>,
+}
+
+/// A line whose id the in-flight batch holds (see [`Planner::deferred`]).
+struct Deferred {
+    line: usize,
+    id: Uuid,
+    stream: StreamId,
+    new: NewEvent,
 }
 
 /// Stored state looked up in batches ahead of the lines that need it
@@ -344,6 +385,8 @@ impl<'a> Planner<'a> {
             events: 0,
             sealer: None,
             prefetch: Prefetch::default(),
+            carry: Carry::default(),
+            deferred: Vec::new(),
         }
     }
 
@@ -381,6 +424,12 @@ impl<'a> Planner<'a> {
         line: usize,
         stream: StreamId,
     ) -> Result<&mut PupilPlan, ImportError> {
+        if !self.pupils.contains_key(&stream) {
+            if let Some(carried) = self.carry.pupils.remove(&stream) {
+                self.order.push(stream);
+                self.pupils.insert(stream, carried);
+            }
+        }
         if !self.pupils.contains_key(&stream) {
             let stored = if self.prefetch.streams.contains(&stream) {
                 self.prefetch.stored.remove(&stream).unwrap_or_default()
@@ -452,6 +501,20 @@ impl<'a> Planner<'a> {
                     format!("field id: {id} was used on line {first_line} with different content"),
                 ));
             }
+            if self.carry.ids.contains_key(&id) {
+                // Written by the batch in flight: a duplicate if that event
+                // has the same content, else refused; decided against the
+                // store once it is durable (`Pipeline::plan`). Either way
+                // this line adds nothing, so the lines after it plan the same.
+                self.duplicates += 1;
+                self.deferred.push(Deferred {
+                    line: l.line,
+                    id,
+                    stream,
+                    new,
+                });
+                return Ok(());
+            }
             let fetched;
             let stored = if self.prefetch.ids.contains(&id) {
                 self.prefetch.found.get(&id)
@@ -471,13 +534,7 @@ impl<'a> Planner<'a> {
                     self.duplicates += 1;
                     return Ok(());
                 }
-                return Err(ImportError::line(
-                    l.line,
-                    format!(
-                        "field id: {id} is already stored (position {}) with different content",
-                        stored.position
-                    ),
-                ));
+                return Err(stored_elsewhere(l.line, id, stored));
             }
         }
         let now = self.now;
@@ -567,7 +624,10 @@ impl<'a> Planner<'a> {
         let mut last: Option<(&str, StreamId)> = None;
         for l in lines {
             if let Some(id) = l.id {
-                if !self.ids.contains_key(&id) && seen_ids.insert(id) {
+                if !self.ids.contains_key(&id)
+                    && !self.carry.ids.contains_key(&id)
+                    && seen_ids.insert(id)
+                {
                     ids.push(id);
                 }
             }
@@ -579,7 +639,10 @@ impl<'a> Planner<'a> {
             };
             last = Some((&l.pupil, stream));
             line_streams.push(stream);
-            if !self.pupils.contains_key(&stream) && seen_streams.insert(stream) {
+            if !self.pupils.contains_key(&stream)
+                && !self.carry.pupils.contains_key(&stream)
+                && seen_streams.insert(stream)
+            {
                 streams.push(stream);
             }
         }
@@ -633,5 +696,259 @@ impl<'a> Planner<'a> {
             events: self.events,
             duplicates: self.duplicates,
         }
+    }
+}
+
+impl Planner<'_> {
+    /// The batch's requests (as [`Planner::finish`] makes them) and the
+    /// state the next batch continues from: every pupil of this batch at
+    /// the version its request leaves it, and this batch's ids.
+    fn finish_batch(mut self) -> (Vec<AppendRequest>, Carry) {
+        let mut requests = Vec::new();
+        for stream in &self.order {
+            let Some(p) = self.pupils.get_mut(stream) else {
+                continue;
+            };
+            if p.events.is_empty() {
+                continue;
+            }
+            let events = std::mem::take(&mut p.events);
+            requests.push(AppendRequest {
+                stream: *stream,
+                expected: if p.base_version == 0 {
+                    ExpectedVersion::NoStream
+                } else {
+                    ExpectedVersion::Exact(p.base_version)
+                },
+                events,
+            });
+            p.base_version += requests.last().map_or(0, |r| r.events.len() as u64);
+        }
+        let carry = Carry {
+            pupils: self.pupils,
+            ids: self.ids,
+        };
+        (requests, carry)
+    }
+}
+
+/// The append of the batch in flight.
+type AppendFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<Appended>, StoreError>> + Send + 'a>>;
+
+struct InFlight<'a> {
+    append: AppendFuture<'a>,
+    events: usize,
+    duplicates: usize,
+}
+
+/// One batch planned by [`Pipeline::plan`], ready for [`Pipeline::submit`].
+pub struct Batch {
+    requests: Vec<AppendRequest>,
+    events: usize,
+    duplicates: usize,
+    carry: Carry,
+}
+
+impl Batch {
+    /// Events the batch writes.
+    pub fn events(&self) -> usize {
+        self.events
+    }
+
+    /// Lines of the batch skipped as duplicates.
+    pub fn duplicates(&self) -> usize {
+        self.duplicates
+    }
+
+    /// What the batch appends, one request per pupil stream.
+    pub fn requests(&self) -> &[AppendRequest] {
+        &self.requests
+    }
+}
+
+/// A batched, durable import in which each batch is validated while the
+/// batch before it is being sealed, written and fdatasync'd by the store's
+/// writer: the work of a series of serial imports (one [`Planner`] and one
+/// `append_atomic` per batch), with the planning of batch k+1 overlapping
+/// the write of batch k.
+///
+/// Exactly as serial: batch k+1 is validated against what batch k will
+/// have written (its pupils' state and stream versions, its ids) and
+/// against the store for everything else; it is handed to the writer only
+/// once batch k is acknowledged, so at most one batch is in flight and a
+/// batch that fails (a version conflict with a concurrent writer, a write
+/// error) is reported before anything after it is written. A line of
+/// batch k+1 repeating an id of batch k is checked against the stored
+/// event once batch k is durable, and the first error of a batch is the
+/// one a fresh planner would report, at the same line. A batch expects
+/// the versions its predecessor leaves, so a concurrent append to one of
+/// its pupils in between fails the batch cleanly (nothing of it written).
+///
+/// Memory: the lines and requests of two batches, the state of the pupils
+/// of the batch in flight and its ids; state is dropped once the next
+/// batch no longer needs it.
+///
+/// Dropping a pipeline does not take back a batch already submitted (the
+/// writer has it, as with any append whose caller went away): call
+/// [`Pipeline::flush`] to learn its outcome. After an error, the pipeline
+/// carries nothing and the next batch is planned against the store.
+pub struct Pipeline<'a> {
+    store: &'a dyn EventStore,
+    school: String,
+    now: DateTime<Utc>,
+    sealer: Option<&'a dyn crate::seal::PayloadSealer>,
+    /// The state of the batch in flight (or last acknowledged).
+    carry: Carry,
+    in_flight: Option<InFlight<'a>>,
+    events: u64,
+    duplicates: u64,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(store: &'a dyn EventStore, school: &str, now: DateTime<Utc>) -> Pipeline<'a> {
+        Pipeline {
+            store,
+            school: school.to_string(),
+            now,
+            sealer: None,
+            carry: Carry::default(),
+            in_flight: None,
+            events: 0,
+            duplicates: 0,
+        }
+    }
+
+    /// Seals personal-data fields with `sealer` ([`Planner::with_sealer`]).
+    pub fn with_sealer(mut self, sealer: &'a dyn crate::seal::PayloadSealer) -> Pipeline<'a> {
+        self.sealer = Some(sealer);
+        self
+    }
+
+    /// Validates `lines` as the next batch while the batch in flight is
+    /// written, then waits for that batch to be durable. Returns the plan
+    /// of `lines` (not yet submitted), or the first error: the batch in
+    /// flight's write error first, else the first line of `lines` a fresh
+    /// [`Planner`] would refuse once that batch is written.
+    pub async fn plan(
+        &mut self,
+        lines: impl IntoIterator<Item = ImportLine>,
+    ) -> Result<Batch, ImportError> {
+        let mut planner = Planner::new(self.store, &self.school, self.now);
+        planner.sealer = self.sealer;
+        planner.carry = std::mem::take(&mut self.carry);
+        let (planned, acked) = match self.in_flight.take() {
+            Some(f) => {
+                let (planned, acked) = tokio::join!(planner.add_many(lines), f.append);
+                (planned, Some((acked, f.events, f.duplicates)))
+            }
+            None => (planner.add_many(lines).await, None),
+        };
+        if let Some((acked, events, duplicates)) = acked {
+            acked.map_err(ImportError::Write)?;
+            self.events += events as u64;
+            self.duplicates += duplicates as u64;
+        }
+        // The ids repeated from the batch just acknowledged, in line order;
+        // all come before `planned`'s error, if any.
+        for d in std::mem::take(&mut planner.deferred) {
+            let stored =
+                self.store
+                    .find_event(d.id)
+                    .await
+                    .map_err(|source| ImportError::Store {
+                        line: d.line,
+                        source,
+                    })?;
+            match stored {
+                Some(s) if s.stream == d.stream && d.new.same_content_as(&s) => {}
+                Some(s) => return Err(stored_elsewhere(d.line, d.id, &s)),
+                None => {
+                    return Err(ImportError::line(
+                        d.line,
+                        format!("internal: id {} of the previous batch is not stored", d.id),
+                    ))
+                }
+            }
+        }
+        planned?;
+        let (events, duplicates) = (planner.events, planner.duplicates);
+        let (requests, carry) = planner.finish_batch();
+        Ok(Batch {
+            requests,
+            events,
+            duplicates,
+            carry,
+        })
+    }
+
+    /// Hands `batch` to the store's writer and returns without waiting for
+    /// it to be durable (the next [`Pipeline::plan`] or
+    /// [`Pipeline::flush`] waits). Waits first for any batch still in
+    /// flight, so batches are written in order, one at a time. Batches are
+    /// meant to alternate `plan`, `submit`: a batch planned before its
+    /// predecessor was submitted did not see it, and the store refuses it
+    /// (version or id conflict) rather than write it twice.
+    pub async fn submit(&mut self, batch: Batch) -> Result<(), ImportError> {
+        self.flush().await?;
+        if batch.requests.is_empty() {
+            self.duplicates += batch.duplicates as u64;
+            self.carry = batch.carry;
+            return Ok(());
+        }
+        let mut append = self.store.append_atomic(batch.requests);
+        // Poll once: the store takes the batch now (a writer thread's
+        // queue), and writes it while the caller plans the next one.
+        let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
+        match first {
+            Poll::Ready(Err(e)) => return Err(ImportError::Write(e)),
+            Poll::Ready(Ok(_)) => {
+                self.events += batch.events as u64;
+                self.duplicates += batch.duplicates as u64;
+            }
+            Poll::Pending => {
+                self.in_flight = Some(InFlight {
+                    append,
+                    events: batch.events,
+                    duplicates: batch.duplicates,
+                })
+            }
+        }
+        self.carry = batch.carry;
+        Ok(())
+    }
+
+    /// [`Pipeline::plan`] then [`Pipeline::submit`].
+    pub async fn push(
+        &mut self,
+        lines: impl IntoIterator<Item = ImportLine>,
+    ) -> Result<(), ImportError> {
+        let batch = self.plan(lines).await?;
+        self.submit(batch).await
+    }
+
+    /// Waits until the batch in flight, if any, is durable.
+    pub async fn flush(&mut self) -> Result<(), ImportError> {
+        if let Some(f) = self.in_flight.take() {
+            let acked = f.append.await;
+            if acked.is_err() {
+                // Nothing of it was written: its state is not the store's.
+                self.carry = Carry::default();
+            }
+            acked.map_err(ImportError::Write)?;
+            self.events += f.events as u64;
+            self.duplicates += f.duplicates as u64;
+        }
+        Ok(())
+    }
+
+    /// Events of acknowledged (durable) batches.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Lines of acknowledged batches skipped as duplicates.
+    pub fn duplicates(&self) -> u64 {
+        self.duplicates
     }
 }

@@ -3,12 +3,18 @@
 //! one-line-at-a-time planner (`Planner::add`) plans: the same requests and
 //! counts, or the same first error, for random line sequences with
 //! duplicate ids within the import and ids already stored.
+//!
+//! The pipelined import (`import::Pipeline`, each batch validated while the
+//! one before it is written) stores exactly what a series of serial
+//! imports (one fresh `Planner` + `append_atomic` per batch) stores, and
+//! stops at the same first error; a concurrent writer's conflicting append
+//! fails the batch it conflicts with, writing nothing of it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
 use casebook_engine::envelope::StreamId;
-use casebook_engine::import::{parse_line, ImportLine, Planner};
+use casebook_engine::import::{parse_line, ImportError, ImportLine, Pipeline, Planner};
 use casebook_engine::store::{EventStore, ExpectedVersion};
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
@@ -307,5 +313,400 @@ fn the_generated_sequences_cover_skips_refusals_and_plans() {
             (Err(text), Err(e)) => assert!(e.contains(text), "{ops:?}: {e}"),
             (want, got) => panic!("{ops:?}: wanted {want:?}, got {got:?}"),
         }
+    }
+}
+
+// ---- the pipelined import ---------------------------------------------------
+
+/// A segment store holding the stored prefix.
+fn segment_with_prefix(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Arc<dyn EventStore> {
+    rt.block_on(async {
+        let store =
+            casebook_engine::store::segment::SegmentStore::open(dir, true).expect("open store");
+        let log: Arc<dyn EventStore> = store.log(SCHOOL).expect("open log");
+        let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
+        for (i, l) in stored_lines().iter().enumerate() {
+            planner
+                .add(parse_line(i + 1, &l.to_string()).unwrap())
+                .await
+                .expect("valid prefix");
+        }
+        log.append_atomic(planner.finish().requests)
+            .await
+            .expect("append prefix");
+        log
+    })
+}
+
+/// A log whose appends reach the store only after a pause.
+struct SlowAppends(Arc<dyn EventStore>);
+
+#[async_trait::async_trait]
+impl EventStore for SlowAppends {
+    async fn append_atomic(
+        &self,
+        requests: Vec<casebook_engine::store::AppendRequest>,
+    ) -> Result<Vec<casebook_engine::store::Appended>, casebook_engine::StoreError> {
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        self.0.append_atomic(requests).await
+    }
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
+        self.0.read_stream(stream, from, max).await
+    }
+    async fn read_all(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
+        self.0.read_all(from, max).await
+    }
+    async fn stream_version(&self, stream: StreamId) -> Result<u64, casebook_engine::StoreError> {
+        self.0.stream_version(stream).await
+    }
+    async fn find_event(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
+        self.0.find_event(id).await
+    }
+    async fn head(&self) -> Result<casebook_engine::store::Head, casebook_engine::StoreError> {
+        self.0.head().await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.watch_head()
+    }
+    async fn load_checkpoint(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, casebook_engine::StoreError> {
+        self.0.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), casebook_engine::StoreError> {
+        self.0.save_checkpoint(name, bytes).await
+    }
+    async fn clear_checkpoints(&self) -> Result<(), casebook_engine::StoreError> {
+        self.0.clear_checkpoints().await
+    }
+    async fn verify(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<casebook_engine::store::VerifyReport, casebook_engine::StoreError> {
+        self.0.verify(progress).await
+    }
+}
+
+/// The lines cut into batches of the given sizes (the last takes the rest).
+fn batches(lines: Vec<ImportLine>, sizes: &[usize]) -> Vec<Vec<ImportLine>> {
+    let mut out = Vec::new();
+    let mut rest = lines;
+    for size in sizes {
+        if rest.is_empty() {
+            break;
+        }
+        let tail = rest.split_off((*size).min(rest.len()));
+        out.push(rest);
+        rest = tail;
+    }
+    if !rest.is_empty() || out.is_empty() {
+        out.push(rest);
+    }
+    out
+}
+
+/// A stored log with the planner-made ids blanked.
+type Log = Vec<(StreamId, u64, Option<Uuid>, String, Vec<u8>)>;
+
+async fn stored_log(log: &dyn EventStore, line_ids: &HashSet<Uuid>) -> Log {
+    log.read_all(1, 100_000)
+        .await
+        .expect("read log")
+        .into_iter()
+        .map(|e| {
+            (
+                e.stream,
+                e.version,
+                line_ids.contains(&e.event_id).then_some(e.event_id),
+                format!("{} {} {}", e.event_type, e.actor, e.occurred_at),
+                e.payload,
+            )
+        })
+        .collect()
+}
+
+/// What an import of batches left: the stored log, (events, duplicates)
+/// acknowledged, and the first error.
+type Outcome = (Log, (u64, u64), Option<String>);
+
+/// One fresh planner and one `append_atomic` per batch, stopping at the
+/// first error.
+async fn serial(log: &dyn EventStore, batches: Vec<Vec<ImportLine>>) -> Outcome {
+    let ids: HashSet<Uuid> = batches.iter().flatten().filter_map(|l| l.id).collect();
+    let (mut events, mut duplicates) = (0, 0);
+    let mut error = None;
+    for lines in batches {
+        let mut planner = Planner::new(log, SCHOOL, now());
+        if let Err(e) = planner.add_many(lines).await {
+            error = Some(e.to_string());
+            break;
+        }
+        let plan = planner.finish();
+        if !plan.requests.is_empty() {
+            if let Err(e) = log.append_atomic(plan.requests).await {
+                error = Some(ImportError::Write(e).to_string());
+                break;
+            }
+        }
+        events += plan.events as u64;
+        duplicates += plan.duplicates as u64;
+    }
+    (stored_log(log, &ids).await, (events, duplicates), error)
+}
+
+async fn pipelined(log: &dyn EventStore, batches: Vec<Vec<ImportLine>>) -> Outcome {
+    let ids: HashSet<Uuid> = batches.iter().flatten().filter_map(|l| l.id).collect();
+    let mut pipeline = Pipeline::new(log, SCHOOL, now());
+    let mut error = None;
+    for lines in batches {
+        if let Err(e) = pipeline.push(lines).await {
+            error = Some(e.to_string());
+            break;
+        }
+    }
+    if error.is_none() {
+        if let Err(e) = pipeline.flush().await {
+            error = Some(e.to_string());
+        }
+    }
+    let counts = (pipeline.events(), pipeline.duplicates());
+    (stored_log(log, &ids).await, counts, error)
+}
+
+fn both(ops: &[Op], sizes: &[usize]) -> (Outcome, Outcome) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let serial_log = segment_with_prefix(a.path(), &rt);
+    let pipe_log = segment_with_prefix(b.path(), &rt);
+    let s = rt.block_on(serial(serial_log.as_ref(), batches(lines(ops), sizes)));
+    // The pipeline's appends start late, so each batch is planned before
+    // the one in flight is written (a read of the store would miss it).
+    let slow = SlowAppends(pipe_log);
+    let p = rt.block_on(pipelined(&slow, batches(lines(ops), sizes)));
+    (s, p)
+}
+
+/// Mostly valid lines (pupils already stored, contacts and marks, fresh or
+/// repeated ids), so that imports run over many batches before any error.
+fn mostly_valid_op() -> impl Strategy<Value = Op> {
+    let id = prop_oneof![
+        2 => Just(IdChoice::None),
+        6 => Just(IdChoice::Fresh),
+        1 => any::<usize>().prop_map(IdChoice::RepeatLine),
+        1 => any::<usize>().prop_map(IdChoice::RepeatStored),
+    ];
+    (0u8..2, 1u8..3, 0u8..6, id, 0u8..40).prop_map(|(pupil, kind, variant, id, odd)| match odd {
+        // Now and then a line that may be refused.
+        0 => Op {
+            pupil: 2,
+            kind: 1,
+            variant,
+            id: IdChoice::ReuseId(variant as usize),
+        },
+        1 => Op {
+            pupil,
+            kind: 3,
+            variant,
+            id: IdChoice::Fresh,
+        },
+        _ => Op {
+            pupil,
+            kind: if kind == 2 && variant % 2 == 0 {
+                1
+            } else {
+                kind
+            },
+            variant,
+            id,
+        },
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn pipelined_import_stores_exactly_what_serial_batches_store(
+        ops in prop_oneof![
+            proptest::collection::vec(op(), 0..48),
+            proptest::collection::vec(mostly_valid_op(), 0..48),
+        ],
+        sizes in proptest::collection::vec(1usize..8, 0..12),
+    ) {
+        let (s, p) = both(&ops, &sizes);
+        prop_assert_eq!(s, p);
+    }
+}
+
+/// The cases the property is about, each reached on purpose: a pupil and
+/// its ids spanning batches, an id of the batch in flight repeated (skipped)
+/// or reused with other content (refused at its line, the batch before it
+/// stored), a refusal in a later batch.
+#[test]
+fn pipelined_import_covers_ids_and_pupils_across_batches() {
+    let o = |pupil, kind, variant, id| Op {
+        pupil,
+        kind,
+        variant,
+        id,
+    };
+    /// Lines, batch sizes, and (events, duplicates) or a part of the error.
+    type Case = (Vec<Op>, Vec<usize>, Result<(u64, u64), &'static str>);
+    let cases: Vec<Case> = vec![
+        // Pupil 2 spans three batches; line 4 repeats line 2 (in flight).
+        (
+            vec![
+                o(2, 0, 0, IdChoice::Fresh),
+                o(2, 1, 0, IdChoice::Fresh),
+                o(2, 1, 1, IdChoice::Fresh),
+                o(2, 1, 0, IdChoice::RepeatLine(1)),
+                o(2, 1, 2, IdChoice::None),
+            ],
+            vec![2, 1, 1],
+            Ok((4, 1)),
+        ),
+        // Line 3 reuses line 2's id (in flight) with other content.
+        (
+            vec![
+                o(2, 0, 0, IdChoice::Fresh),
+                o(2, 1, 0, IdChoice::Fresh),
+                o(2, 1, 1, IdChoice::ReuseId(1)),
+            ],
+            vec![2],
+            Err("line 3: field id: 00000000-0000-0000-0000-0000000003e9 is already stored (position 5) with different content"),
+        ),
+        // The second batch marks a session the first one marked.
+        (
+            vec![
+                o(0, 2, 0, IdChoice::Fresh),
+                o(1, 1, 0, IdChoice::Fresh),
+                o(0, 2, 3, IdChoice::Fresh),
+            ],
+            vec![2],
+            Err("line 3:"),
+        ),
+    ];
+    for (ops, sizes, want) in cases {
+        let (s, p) = both(&ops, &sizes);
+        assert_eq!(s, p, "{ops:?}");
+        match (want, p) {
+            (Ok(counts), (_, got, None)) => assert_eq!(got, counts, "{ops:?}"),
+            (Err(text), (_, _, Some(e))) => assert!(e.contains(text), "{ops:?}: {e}"),
+            (want, got) => panic!("{ops:?}: wanted {want:?}, got {got:?}"),
+        }
+    }
+}
+
+/// A concurrent writer's append to a pupil of the pipelined import: the
+/// batch that expected the pupil's earlier version fails, nothing of it is
+/// written, and everything acknowledged before it stays.
+#[test]
+fn a_concurrent_append_fails_the_pipelined_batch_cleanly() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let o = |pupil, kind, variant| Op {
+        pupil,
+        kind,
+        variant,
+        id: IdChoice::Fresh,
+    };
+    let ops = vec![o(2, 0, 0), o(2, 1, 0), o(2, 1, 1), o(2, 1, 2)];
+    let contact = |line: usize, variant: u8| {
+        let l = with_id(
+            content(2, 1, variant),
+            Some(Uuid::from_u128(9_000 + line as u128)),
+        );
+        parse_line(line, &l.to_string()).unwrap()
+    };
+    for conflict_in_flight in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = segment_with_prefix(dir.path(), &rt);
+        let mut b = batches(lines(&ops), &[2]).into_iter();
+        let (first, second) = (b.next().unwrap(), b.next().unwrap());
+        rt.block_on(async {
+            let before = log.head().await.unwrap().position;
+            let mut pipeline = Pipeline::new(log.as_ref(), SCHOOL, now());
+            let one = pipeline.plan(first).await.unwrap();
+            let other = async {
+                // Another writer appends to pupil 2 after the pipeline's
+                // batch was validated.
+                let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
+                planner.add(contact(1, 5)).await.unwrap();
+                log.append_atomic(planner.finish().requests).await
+            };
+            if conflict_in_flight {
+                // Pupil 2 is new: the other writer registers it first.
+                let l = with_id(content(2, 0, 4), Some(Uuid::from_u128(9_999)));
+                let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
+                planner
+                    .add(parse_line(1, &l.to_string()).unwrap())
+                    .await
+                    .unwrap();
+                log.append_atomic(planner.finish().requests).await.unwrap();
+                // The first batch fails: reported by `submit` if the store
+                // answered at once, else by planning the second batch.
+                let err = match pipeline.submit(one).await {
+                    Err(e) => e,
+                    Ok(()) => match pipeline.plan(second).await {
+                        Ok(_) => panic!("the conflicting batch was written"),
+                        Err(e) => e,
+                    },
+                };
+                assert!(
+                    matches!(&err, ImportError::Write(e) if e.to_string().contains("expected")),
+                    "{err}"
+                );
+                assert_eq!(pipeline.events(), 0);
+                // Only the other writer's event was stored.
+                assert_eq!(log.head().await.unwrap().position, before + 1);
+            } else {
+                pipeline.submit(one).await.unwrap();
+                let two = pipeline.plan(second).await.unwrap();
+                assert_eq!(pipeline.events(), 2, "the first batch is acknowledged");
+                other.await.unwrap();
+                let err = match pipeline.submit(two).await {
+                    Ok(()) => pipeline.flush().await.err(),
+                    Err(e) => Some(e),
+                };
+                let err = err.expect("the conflicting batch was written");
+                assert!(
+                    matches!(&err, ImportError::Write(e) if e.to_string().contains("expected")),
+                    "{err}"
+                );
+                assert_eq!(pipeline.events(), 2);
+                // The first batch and the other writer's event; nothing of
+                // the second batch.
+                let head = log.head().await.unwrap().position;
+                assert_eq!(head, before + 3);
+                let stored = log.read_all(before + 1, 10).await.unwrap();
+                assert!(stored
+                    .iter()
+                    .all(|e| e.event_id.as_u128() < 1_002 || e.event_id.as_u128() >= 9_000));
+            }
+        });
     }
 }

@@ -429,8 +429,11 @@ impl Index {
         self.streams.get(stream).map_or(0, |v| v.len() as u64)
     }
 
-    /// Adds the next frame; `Err` says which invariant it breaks.
+    /// Adds the next frame; `Err` says which invariant it breaks. One
+    /// probe of the id map and one of the stream map per frame (the writer
+    /// pushes every event it commits under the index's write lock).
     fn push(&mut self, meta: &FrameMeta, loc: Loc, hash: Hash) -> Result<(), String> {
+        use std::collections::hash_map::Entry;
         let expected = self.head() + 1;
         if meta.position != expected {
             return Err(format!(
@@ -438,25 +441,33 @@ impl Index {
                 meta.position
             ));
         }
-        let have = self.stream_version(&meta.stream);
+        let positions = self.streams.get_mut(&meta.stream);
+        let have = positions.as_ref().map_or(0, |v| v.len() as u64);
         if meta.version != have + 1 {
             return Err(format!(
                 "stream {} version {} follows version {have} (versions must be gapless)",
                 meta.stream, meta.version
             ));
         }
-        if let Some(p) = self.ids.get(&meta.event_id) {
-            return Err(format!(
-                "event id {} is already stored at position {p}",
-                meta.event_id
-            ));
+        match self.ids.entry(meta.event_id) {
+            Entry::Occupied(p) => {
+                return Err(format!(
+                    "event id {} is already stored at position {}",
+                    meta.event_id,
+                    p.get()
+                ))
+            }
+            Entry::Vacant(v) => {
+                v.insert(meta.position);
+            }
+        }
+        match positions {
+            Some(v) => v.push(meta.position),
+            None => {
+                self.streams.insert(meta.stream, vec![meta.position]);
+            }
         }
         self.locs.push(loc);
-        self.streams
-            .entry(meta.stream)
-            .or_default()
-            .push(meta.position);
-        self.ids.insert(meta.event_id, meta.position);
         self.head_hash = hash;
         Ok(())
     }
@@ -1482,5 +1493,65 @@ impl EventStore for SegmentLog {
             v.problem(head, "head hash differs from the last event's hash");
         }
         Ok(v.finish())
+    }
+}
+
+#[cfg(test)]
+mod index_tests {
+    use super::*;
+
+    fn meta(position: u64, stream: u8, version: u64, id: u128) -> FrameMeta {
+        FrameMeta {
+            group_end: true,
+            position,
+            stream: StreamId(Uuid::from_u128(u128::from(stream))),
+            version,
+            event_id: Uuid::from_u128(id),
+        }
+    }
+
+    fn loc(position: u64) -> Loc {
+        Loc {
+            offset: position * 100,
+            len: 100,
+            seg: 0,
+        }
+    }
+
+    /// `Index::push` refuses a frame that breaks position, version or id
+    /// order, and a refused frame changes nothing (every check comes
+    /// before any change, with one probe of each map).
+    #[test]
+    fn a_refused_push_leaves_the_index_unchanged() {
+        let mut ix = Index::default();
+        ix.push(&meta(1, 1, 1, 10), loc(1), [1; 32]).unwrap();
+        ix.push(&meta(2, 2, 1, 11), loc(2), [2; 32]).unwrap();
+        ix.push(&meta(3, 1, 2, 12), loc(3), [3; 32]).unwrap();
+        let snapshot = |ix: &Index| {
+            let mut streams: Vec<_> = ix.streams.iter().map(|(s, v)| (*s, v.clone())).collect();
+            streams.sort_by_key(|(s, _)| *s);
+            let mut ids: Vec<_> = ix.ids.iter().map(|(i, p)| (*i, *p)).collect();
+            ids.sort();
+            (ix.locs.clone(), streams, ids, ix.head_hash)
+        };
+        let before = snapshot(&ix);
+        let refused = [
+            meta(5, 3, 1, 20), // position gap
+            meta(4, 1, 4, 20), // version gap in a stream
+            meta(4, 3, 2, 20), // a new stream not starting at 1
+            meta(4, 2, 2, 11), // an id already stored
+            meta(4, 3, 1, 12), // an id already stored, new stream
+        ];
+        for m in refused {
+            assert!(ix.push(&m, loc(4), [9; 32]).is_err(), "{m:?}");
+            assert!(snapshot(&ix) == before, "{m:?} changed the index");
+        }
+        assert!(!ix.streams.contains_key(&StreamId(Uuid::from_u128(3))));
+        ix.push(&meta(4, 3, 1, 13), loc(4), [4; 32]).unwrap();
+        assert_eq!(ix.head(), 4);
+        assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(1))), 2);
+        assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(3))), 1);
+        assert_eq!(ix.ids.get(&Uuid::from_u128(13)), Some(&4));
+        assert_eq!(ix.head_hash, [4; 32]);
     }
 }
