@@ -812,6 +812,20 @@ mod tests {
         }
     }
 
+    /// `bytes` damaged at `at` by `kind`: 0 flips bits of one byte, 1
+    /// truncates, 2 appends `byte`, 3 overwrites one byte with it.
+    fn damaged(bytes: &[u8], at: proptest::sample::Index, byte: u8, kind: u8) -> Vec<u8> {
+        let mut damaged = bytes.to_vec();
+        let i = at.index(damaged.len());
+        match kind {
+            0 => damaged[i] ^= byte.max(1),
+            1 => damaged.truncate(i),
+            2 => damaged.push(byte),
+            _ => damaged[i] = byte,
+        }
+        damaged
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -862,14 +876,7 @@ mod tests {
             prop_assert!(plain.is_some());
             let serde: Body<'_> = rmp_serde::from_slice(body).unwrap();
             prop_assert_eq!(plain, Some(serde));
-            let mut damaged = body.to_vec();
-            let i = at.index(damaged.len());
-            match damage {
-                0 => damaged[i] ^= byte.max(1),
-                1 => damaged.truncate(i),
-                2 => damaged.push(byte),
-                _ => damaged[i] = byte,
-            }
+            let damaged = damaged(body, at, byte, damage);
             if let Some(plain) = Body::decode_plain(&damaged) {
                 let serde: Result<Body<'_>, _> = rmp_serde::from_slice(&damaged);
                 prop_assert_eq!(Some(plain), serde.ok());
@@ -906,14 +913,7 @@ mod tests {
             }
             prop_assert_eq!(decode_plain_payload("AttendanceMarked", 1, &bytes), None);
             prop_assert_eq!(decode_plain_payload("IncidentRecorded", CURRENT_SCHEMA, &bytes), None);
-            let mut damaged = bytes.clone();
-            let i = at.index(damaged.len());
-            match damage {
-                0 => damaged[i] ^= byte.max(1),
-                1 => damaged.truncate(i),
-                2 => damaged.push(byte),
-                _ => damaged[i] = byte,
-            }
+            let damaged = damaged(&bytes, at, byte, damage);
             if let Some(plain) = decode_plain_payload("AttendanceMarked", CURRENT_SCHEMA, &damaged) {
                 let serde = crate::upcast::decode_payload("AttendanceMarked", CURRENT_SCHEMA, &damaged);
                 prop_assert_eq!(Some(plain), serde.ok());

@@ -742,6 +742,10 @@ pub struct TransferredIn {
     pub key_id: Option<Uuid>,
 }
 
+/// A date's text as payloads write it (`2026-09-15`), for the years 0 to
+/// 9999 (`None` for others): what the timeline's direct writer shows.
+pub use date_text::ascii as date_ascii;
+
 /// Dates in payloads are written as chrono writes them (`2026-09-15`, the
 /// text of its `Debug`), but for the years 0 to 9999 straight from the
 /// digits instead of through the formatting machinery and a `String`: every
@@ -752,7 +756,7 @@ pub(crate) mod date_text {
     use serde::{Serialize, Serializer};
 
     /// The date's text, for the years 0 to 9999.
-    pub(super) fn ascii(d: &NaiveDate) -> Option<[u8; 10]> {
+    pub fn ascii(d: &NaiveDate) -> Option<[u8; 10]> {
         let y = d.year();
         if !(0..=9999).contains(&y) {
             return None;

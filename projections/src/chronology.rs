@@ -296,7 +296,7 @@ impl Timeline {
 fn write_data(out: &mut Vec<u8>, content: &CaseEvent) {
     use crate::pretty::{newline, write_str};
     if let CaseEvent::AttendanceMarked(a) = content {
-        if let Some(date) = date_ascii(a.date) {
+        if let Some(date) = casebook_engine::event::date_ascii(&a.date) {
             // Keys in order: code, date, session.
             out.push(b'{');
             newline(out, 4);
@@ -332,7 +332,7 @@ fn write_data(out: &mut Vec<u8>, content: &CaseEvent) {
 fn write_summary(out: &mut Vec<u8>, content: &CaseEvent, scratch: &mut String) {
     use casebook_engine::event::Session;
     if let CaseEvent::AttendanceMarked(a) = content {
-        if let Some(date) = date_ascii(a.date) {
+        if let Some(date) = casebook_engine::event::date_ascii(&a.date) {
             scratch.clear();
             scratch.push_str("Register ");
             scratch.extend(date.iter().map(|&b| char::from(b)));
@@ -354,29 +354,6 @@ fn write_summary(out: &mut Vec<u8>, content: &CaseEvent, scratch: &mut String) {
         }
     }
     crate::pretty::write_str(out, &summary(content));
-}
-
-/// A date as payloads write it (`2026-09-15`), for the years 0 to 9999.
-fn date_ascii(d: chrono::NaiveDate) -> Option<[u8; 10]> {
-    use chrono::Datelike;
-    let y = d.year();
-    if !(0..=9999).contains(&y) {
-        return None;
-    }
-    let (y, m, day) = (y as u32, d.month(), d.day());
-    let digit = |n: u32| b'0' + (n % 10) as u8;
-    Some([
-        digit(y / 1000),
-        digit(y / 100),
-        digit(y / 10),
-        digit(y),
-        b'-',
-        digit(m / 10),
-        digit(m),
-        b'-',
-        digit(day / 10),
-        digit(day),
-    ])
 }
 
 /// Writes `value` at nesting `level` as its `to_value` would be written;
