@@ -212,9 +212,13 @@ async fn batched(
 }
 
 fn store_with_prefix(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Arc<dyn EventStore> {
+    let store = casebook_engine::store::sled::SledStore::open(dir, true).expect("open store");
+    with_prefix(store.log(SCHOOL).expect("open log"), rt)
+}
+
+/// `log` with the stored prefix appended.
+fn with_prefix(log: Arc<dyn EventStore>, rt: &tokio::runtime::Runtime) -> Arc<dyn EventStore> {
     rt.block_on(async {
-        let store = casebook_engine::store::sled::SledStore::open(dir, true).expect("open store");
-        let log: Arc<dyn EventStore> = store.log(SCHOOL).expect("open log");
         let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
         for (i, l) in stored_lines().iter().enumerate() {
             planner
@@ -320,22 +324,8 @@ fn the_generated_sequences_cover_skips_refusals_and_plans() {
 
 /// A segment store holding the stored prefix.
 fn segment_with_prefix(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> Arc<dyn EventStore> {
-    rt.block_on(async {
-        let store =
-            casebook_engine::store::segment::SegmentStore::open(dir, true).expect("open store");
-        let log: Arc<dyn EventStore> = store.log(SCHOOL).expect("open log");
-        let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
-        for (i, l) in stored_lines().iter().enumerate() {
-            planner
-                .add(parse_line(i + 1, &l.to_string()).unwrap())
-                .await
-                .expect("valid prefix");
-        }
-        log.append_atomic(planner.finish().requests)
-            .await
-            .expect("append prefix");
-        log
-    })
+    let store = casebook_engine::store::segment::SegmentStore::open(dir, true).expect("open store");
+    with_prefix(store.log(SCHOOL).expect("open log"), rt)
 }
 
 /// A log whose appends reach the store only after a pause.
