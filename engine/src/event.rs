@@ -755,7 +755,9 @@ pub(crate) mod date_text {
     use chrono::{Datelike, NaiveDate};
     use serde::{Serialize, Serializer};
 
-    /// The date's text, for the years 0 to 9999.
+    /// The date's text, for the years 0 to 9999. (`#[inline]`: the
+    /// timeline's writer calls it from another crate, once per mark.)
+    #[inline]
     pub fn ascii(d: &NaiveDate) -> Option<[u8; 10]> {
         let y = d.year();
         if !(0..=9999).contains(&y) {
