@@ -111,7 +111,12 @@ fn is_root() -> bool {
 /// (initdb and postgres refuse to run as root).
 fn pg_command(bin: &Path, tool: &str, as_postgres: bool) -> Command {
     if as_postgres {
-        let mut c = Command::new("runuser");
+        // runuser lives in sbin, which a minimal PATH (cron, `env -i`) leaves out.
+        let runuser = ["/usr/sbin/runuser", "/sbin/runuser"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("runuser");
+        let mut c = Command::new(runuser);
         c.args(["-u", "postgres", "--"]).arg(bin.join(tool));
         c
     } else {
