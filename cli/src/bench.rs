@@ -7,7 +7,7 @@
 //!   `fdatasync` — the most durable single writes the filesystem allows;
 //!   sampled for 2 s at the start (`fsync_per_s_at_start`), and in slices
 //!   interleaved with the single appends, as many fdatasyncs before each
-//!   slice of appends as it holds: `fsync_per_s` is the interleaved rate,
+//!   slice of single appends as it holds: `fsync_per_s` is the interleaved rate,
 //!   the ceiling at the moments the single appends ran (the disk may be
 //!   shared, and its rate drifts);
 //! - `raw_backend_batched_ev_s`: the same sealed envelopes the engine
@@ -22,7 +22,9 @@
 //!   between stretches of 32 batches with nothing in flight);
 //! - `append_single_ev_s`, `append_concurrent_ev_s`: one event per
 //!   append, each awaited (durable), by one writer and by W tasks on
-//!   different pupils (group commit);
+//!   different pupils (group commit), in 5 rounds: a slice of the single
+//!   appends right after as many probe fdatasyncs, then a slice of every
+//!   writer's appends (each round kept in the JSON's `append_rounds`);
 //! - `replay_ev_s`: `casebook rebuild` of every school-wide projection from
 //!   the log, against `raw_scan_decode_ev_s` (backend scan + full decode);
 //! - `timeline_p50_us`, `timeline_p99_us`: `chronology_of` + the JSON
@@ -64,8 +66,9 @@ pub const BATCH_EVENTS: usize = MAX_GROUP_EVENTS;
 /// it runs dry once per this many batches.
 const PIPELINE_BATCHES: usize = 32;
 
-/// Slices of the single-append phase, each after as many probe fdatasyncs.
-const SINGLE_ROUNDS: usize = 5;
+/// Rounds of the append phases: each a slice of the single appends after as
+/// many probe fdatasyncs, then a slice of every concurrent writer's appends.
+const APPEND_ROUNDS: usize = 5;
 
 /// Timelines read (random pupils, with repetition when there are fewer).
 const TIMELINE_READS: usize = 1_000;
@@ -678,12 +681,16 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         ),
     );
 
-    // One writer, one event per append, each durable before the next, in
-    // SINGLE_ROUNDS slices, each right after as many fdatasyncs of the
-    // probe: the disk's rate drifts (a shared disk, by several times within
-    // minutes), so the single appends are set against fdatasyncs of the
-    // same moments, not against a sample taken seconds away.
-    let t = phase("single appends, each slice beside as many fdatasyncs");
+    // One writer, one event per append, each durable before the next; and
+    // W writers on different pupils at once (group commit). Both run in
+    // APPEND_ROUNDS rounds, each round a slice of the single appends right
+    // after as many fdatasyncs of the probe, then a slice of every
+    // concurrent writer's appends: the disk's rate drifts (a shared disk,
+    // by several times within minutes), so each figure is set against its
+    // ceiling at the same moments, not against a sample taken seconds away.
+    let t = phase(&format!(
+        "single and concurrent ({w} writers) appends, in {APPEND_ROUNDS} rounds beside as many fdatasyncs"
+    ));
     let mut single: Appends = Vec::new();
     while single.len() < single_events {
         let p = source
@@ -691,64 +698,66 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
             .ok_or_else(|| Failure::Store("bench: the demo school ran out of pupils".into()))?;
         single.extend(appends_of(&school, &p, single_events - single.len())?);
     }
-    let mut probe = FsyncProbe::create(tmp.path())?;
-    let per_round = single.len().div_ceil(SINGLE_ROUNDS);
-    let mut single = single.into_iter();
-    let (mut syncs, mut syncing) = (0u64, Duration::ZERO);
-    let (mut single_count, mut appending) = (0u64, Duration::ZERO);
-    let mut rounds = Vec::with_capacity(SINGLE_ROUNDS);
-    loop {
-        let slice: Appends = single.by_ref().take(per_round).collect();
-        if slice.is_empty() {
-            break;
-        }
-        let (n, took) = probe.run(slice.len() as u64, Duration::from_secs(2))?;
-        let started = Instant::now();
-        let count = append_all(log.as_ref(), slice).await?;
-        let appended = started.elapsed();
-        rounds.push(json!({
-            "fsyncs": n,
-            "fsync_s": took.as_secs_f64(),
-            "appends": count,
-            "append_s": appended.as_secs_f64(),
-        }));
-        (syncs, syncing) = (syncs + n, syncing + took);
-        (single_count, appending) = (single_count + count, appending + appended);
-    }
-    drop(probe);
-    let fsync_at_start = fsync_per_s;
-    let fsync_per_s = per_s(syncs, syncing);
-    let append_single_ev_s = per_s(single_count, appending);
-    done(
-        t,
-        format!("{append_single_ev_s:.0} events/s, beside {fsync_per_s:.0} fdatasyncs/s"),
-    );
-
-    // W writers on different pupils.
-    let t = phase(&format!("concurrent appends ({w} writers)"));
     let mut jobs = Vec::with_capacity(w);
     for _ in 0..w {
         let p = source
             .next_pupil()
             .ok_or_else(|| Failure::Store("bench: the demo school ran out of pupils".into()))?;
-        jobs.push(appends_of(&school, &p, per_writer)?);
+        jobs.push(appends_of(&school, &p, per_writer)?.into_iter());
     }
-    let started = Instant::now();
-    let tasks: Vec<_> = jobs
-        .into_iter()
-        .map(|job| {
-            let log = log.clone();
-            tokio::spawn(async move { append_all(log.as_ref(), job).await })
-        })
-        .collect();
-    let mut concurrent_count = 0u64;
-    for task in tasks {
-        concurrent_count += task
-            .await
-            .map_err(|e| Failure::Store(format!("bench: a writer task failed: {e}")))??;
+    // Round r's share of n: the slices differ by at most one.
+    let share = |n: usize, r: usize| n * (r + 1) / APPEND_ROUNDS - n * r / APPEND_ROUNDS;
+    let single_events = single.len();
+    let mut single = single.into_iter();
+    let mut probe = FsyncProbe::create(tmp.path())?;
+    let (mut syncs, mut syncing) = (0u64, Duration::ZERO);
+    let (mut single_count, mut single_time) = (0u64, Duration::ZERO);
+    let (mut concurrent_count, mut concurrent_time) = (0u64, Duration::ZERO);
+    let mut rounds = Vec::with_capacity(APPEND_ROUNDS);
+    for r in 0..APPEND_ROUNDS {
+        let slice: Appends = single.by_ref().take(share(single_events, r)).collect();
+        let (n, took) = probe.run(slice.len() as u64, Duration::from_secs(2))?;
+        let started = Instant::now();
+        let count = append_all(log.as_ref(), slice).await?;
+        let single_took = started.elapsed();
+        let started = Instant::now();
+        let tasks: Vec<_> = jobs
+            .iter_mut()
+            .map(|job| {
+                let log = log.clone();
+                let slice: Appends = job.by_ref().take(share(per_writer, r)).collect();
+                tokio::spawn(async move { append_all(log.as_ref(), slice).await })
+            })
+            .collect();
+        let mut together = 0u64;
+        for task in tasks {
+            together += task
+                .await
+                .map_err(|e| Failure::Store(format!("bench: a writer task failed: {e}")))??;
+        }
+        let together_took = started.elapsed();
+        rounds.push(json!({
+            "fsyncs": n,
+            "fsync_s": took.as_secs_f64(),
+            "single_appends": count,
+            "single_s": single_took.as_secs_f64(),
+            "concurrent_appends": together,
+            "concurrent_s": together_took.as_secs_f64(),
+        }));
+        (syncs, syncing) = (syncs + n, syncing + took);
+        (single_count, single_time) = (single_count + count, single_time + single_took);
+        (concurrent_count, concurrent_time) =
+            (concurrent_count + together, concurrent_time + together_took);
     }
-    let append_concurrent_ev_s = per_s(concurrent_count, started.elapsed());
-    done(t, format!("{append_concurrent_ev_s:.0} events/s"));
+    drop(probe);
+    let fsync_at_start = fsync_per_s;
+    let fsync_per_s = per_s(syncs, syncing);
+    let append_single_ev_s = per_s(single_count, single_time);
+    let append_concurrent_ev_s = per_s(concurrent_count, concurrent_time);
+    done(
+        t,
+        format!("single {append_single_ev_s:.0} events/s beside {fsync_per_s:.0} fdatasyncs/s, concurrent {append_concurrent_ev_s:.0} events/s"),
+    );
 
     let peak_rss_mb = peak_rss_mb();
     let disk_bytes_per_event = disk_bytes as f64 / imported.max(1) as f64;
@@ -770,7 +779,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let extra = json!({
         "events": imported,
         "fsync_per_s_at_start": fsync_at_start,
-        "single_rounds": rounds,
+        "append_rounds": rounds,
         "writers": w,
         "backend": backend.name(),
         "sled_cache_mb": casebook_engine::store::sled::cache_bytes() / (1024 * 1024),

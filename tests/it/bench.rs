@@ -110,28 +110,41 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     assert_eq!(doc["writers"], 8, "{doc}");
     assert_eq!(doc["backend"], "segment", "{doc}");
     assert!(number(&doc, "timeline_p99_us") >= number(&doc, "timeline_p50_us"));
-    // The single appends ran in slices, each beside as many fdatasyncs of
-    // the probe; both rates are those of the slices together.
+    // The appends ran in rounds: a slice of single appends beside as many
+    // fdatasyncs of the probe, then a slice of the concurrent writers'; each
+    // rate is that of the rounds together.
     number(&doc, "fsync_per_s_at_start");
-    let rounds = doc["single_rounds"].as_array().expect("single_rounds");
+    let rounds = doc["append_rounds"].as_array().expect("append_rounds");
     assert!(rounds.len() > 1, "{doc}");
     let sum = |key: &str| rounds.iter().map(|r| number(r, key)).sum::<f64>();
     for r in rounds {
-        assert_eq!(number(r, "fsyncs"), number(r, "appends"), "{r}");
+        assert_eq!(number(r, "fsyncs"), number(r, "single_appends"), "{r}");
     }
-    assert_eq!(sum("appends"), number(&doc, "single_appends"), "{doc}");
+    assert_eq!(
+        sum("single_appends"),
+        number(&doc, "single_appends"),
+        "{doc}"
+    );
+    assert_eq!(
+        sum("concurrent_appends"),
+        number(&doc, "concurrent_appends"),
+        "{doc}"
+    );
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * b.abs();
-    assert!(
-        close(number(&doc, "fsync_per_s"), sum("fsyncs") / sum("fsync_s")),
-        "{doc}"
-    );
-    assert!(
-        close(
-            number(&doc, "append_single_ev_s"),
-            sum("appends") / sum("append_s")
+    for (rate, count, seconds) in [
+        ("fsync_per_s", "fsyncs", "fsync_s"),
+        ("append_single_ev_s", "single_appends", "single_s"),
+        (
+            "append_concurrent_ev_s",
+            "concurrent_appends",
+            "concurrent_s",
         ),
-        "{doc}"
-    );
+    ] {
+        assert!(
+            close(number(&doc, rate), sum(count) / sum(seconds)),
+            "{rate}: {doc}"
+        );
+    }
     // The temporary store is removed afterwards.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
