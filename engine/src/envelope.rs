@@ -588,8 +588,7 @@ impl StoredEvent {
         };
         let mut bytes =
             Vec::with_capacity(body_capacity(&self.actor, &self.event_type, &self.payload));
-        rmp_serde::encode::write(&mut bytes, &body)
-            .map_err(|e| CodecError::Encode(e.to_string()))?;
+        body.encode_into(&mut bytes)?;
         Ok(bytes)
     }
 

@@ -675,34 +675,22 @@ impl<'a> Planner<'a> {
 
     /// The validated plan.
     pub fn finish(self) -> ImportPlan {
-        let mut pupils = self.pupils;
-        let requests = self
-            .order
-            .iter()
-            .filter_map(|s| pupils.remove(s).map(|p| (s, p)))
-            .filter(|(_, p)| !p.events.is_empty())
-            .map(|(s, p)| AppendRequest {
-                stream: *s,
-                expected: if p.base_version == 0 {
-                    ExpectedVersion::NoStream
-                } else {
-                    ExpectedVersion::Exact(p.base_version)
-                },
-                events: p.events,
-            })
-            .collect();
+        let (events, duplicates) = (self.events, self.duplicates);
+        let (requests, _) = self.finish_batch();
         ImportPlan {
             requests,
-            events: self.events,
-            duplicates: self.duplicates,
+            events,
+            duplicates,
         }
     }
 }
 
 impl Planner<'_> {
-    /// The batch's requests (as [`Planner::finish`] makes them) and the
-    /// state the next batch continues from: every pupil of this batch at
-    /// the version its request leaves it, and this batch's ids.
+    /// The batch's requests, one per pupil with events, in the order the
+    /// pupils first came, each expecting the version it was validated
+    /// against; and the state the next batch continues from: every pupil
+    /// of this batch at the version its request leaves it, and this
+    /// batch's ids.
     fn finish_batch(mut self) -> (Vec<AppendRequest>, Carry) {
         let mut requests = Vec::new();
         for stream in &self.order {
@@ -713,16 +701,17 @@ impl Planner<'_> {
                 continue;
             }
             let events = std::mem::take(&mut p.events);
+            let expected = if p.base_version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(p.base_version)
+            };
+            p.base_version += events.len() as u64;
             requests.push(AppendRequest {
                 stream: *stream,
-                expected: if p.base_version == 0 {
-                    ExpectedVersion::NoStream
-                } else {
-                    ExpectedVersion::Exact(p.base_version)
-                },
+                expected,
                 events,
             });
-            p.base_version += requests.last().map_or(0, |r| r.events.len() as u64);
         }
         let carry = Carry {
             pupils: self.pupils,

@@ -235,11 +235,12 @@ pub async fn read_whole_stream(
         let from = out.len() as u64 + 1;
         let page = store.read_stream(stream, from, MAX_READ_PAGE).await?;
         let done = page.len() < MAX_READ_PAGE;
-        if done && out.is_empty() {
-            // One page (a pupil's record, usually): as read, not copied.
-            return Ok(page);
+        if out.is_empty() {
+            // The first page (often the whole record) as read, not copied.
+            out = page;
+        } else {
+            out.extend(page);
         }
-        out.extend(page);
         if done {
             return Ok(out);
         }
