@@ -326,34 +326,17 @@ fn write_data(out: &mut Vec<u8>, content: &CaseEvent) {
 }
 
 /// Writes an entry's `summary` as a JSON string: an `AttendanceMarked`'s
-/// (most of a record) built in `scratch` as [`summary`] builds it, without
-/// its formatting machinery and a `String` each; anything else by
-/// [`summary`].
+/// (most of a record) built in `scratch`, without a `String` each;
+/// anything else by [`summary`].
 fn write_summary(out: &mut Vec<u8>, content: &CaseEvent, scratch: &mut String) {
-    use casebook_engine::event::Session;
-    if let CaseEvent::AttendanceMarked(a) = content {
-        if let Some(date) = casebook_engine::event::date_ascii(&a.date) {
+    match content {
+        CaseEvent::AttendanceMarked(a) => {
             scratch.clear();
-            scratch.push_str("Register ");
-            scratch.extend(date.iter().map(|&b| char::from(b)));
-            scratch.push_str(match a.session {
-                Session::Am => " am: ",
-                Session::Pm => " pm: ",
-            });
-            scratch.push_str(&a.code);
-            match casebook_engine::codes::attendance_code(&a.code) {
-                Some(c) => {
-                    scratch.push_str(" (");
-                    scratch.push_str(c.description);
-                    scratch.push(')');
-                }
-                None => scratch.push_str(" (unknown code)"),
-            }
+            crate::summary::attendance_summary(a, scratch);
             crate::pretty::write_str(out, scratch);
-            return;
         }
+        _ => crate::pretty::write_str(out, &summary(content)),
     }
-    crate::pretty::write_str(out, &summary(content));
 }
 
 /// Writes `value` at nesting `level` as its `to_value` would be written;

@@ -348,13 +348,20 @@ async fn fold_and_save(
     };
     let mut next = start + 1;
     progress(start, head.position);
+    let mut read_ahead = may_block_in_place();
     while next <= head.position {
-        if next > start + 1 && may_block_in_place() {
+        if read_ahead && next > start + 1 {
             // More than a page: the rest is read ahead.
-            next = tokio::task::block_in_place(|| {
+            match tokio::task::block_in_place(|| {
                 fold_read_ahead(store, slots, next, head, progress)
-            })?;
-            break;
+            }) {
+                Some(done) => {
+                    next = done?;
+                    break;
+                }
+                // No thread to read ahead: page by page, as the first.
+                None => read_ahead = false,
+            }
         }
         let page = read_page(store, next, head).await?;
         fold_page(slots, page, &mut next)?;
@@ -384,14 +391,15 @@ const PAGES_AHEAD: usize = 4;
 ///
 /// The reader sends the pages in order, and its error, if any, as its last
 /// message, so the fold meets errors in log order. On a fold error the
-/// channel closes and the reader stops at its next page.
+/// channel closes and the reader stops at its next page. `None`, with
+/// nothing folded, when no thread could be started for the reader.
 fn fold_read_ahead(
     store: &dyn EventStore,
     slots: &mut [Slot<'_>],
     mut next: u64,
     head: Head,
     progress: &Progress<'_>,
-) -> Result<u64, ProjectionError> {
+) -> Option<Result<u64, ProjectionError>> {
     let runtime = tokio::runtime::Handle::current();
     let (pages, received) = std::sync::mpsc::sync_channel(PAGES_AHEAD);
     std::thread::scope(|scope| {
@@ -399,12 +407,11 @@ fn fold_read_ahead(
         // stops the reader (its `send` fails) before the scope joins it.
         let received = received;
         let mut reading = next;
-        let reader_runtime = runtime.clone();
         let reader = std::thread::Builder::new()
             .name("casebook-read-ahead".into())
             .spawn_scoped(scope, move || {
                 while reading <= head.position {
-                    let page = reader_runtime.block_on(read_page(store, reading, head));
+                    let page = runtime.block_on(read_page(store, reading, head));
                     let failed = page.is_err();
                     if let Ok(page) = &page {
                         reading += page.len() as u64;
@@ -415,25 +422,21 @@ fn fold_read_ahead(
                 }
             });
         if reader.is_err() {
-            // No thread to read ahead: the same fold, reading each page
-            // in turn.
+            return None;
+        }
+        let mut fold = || {
             while next <= head.position {
-                let page = runtime.block_on(read_page(store, next, head))?;
+                // The reader stops sending only after an error or the head.
+                let page = received.recv().map_err(|_| ProjectionError::Missing {
+                    position: next,
+                    head: head.position,
+                })??;
                 fold_page(slots, page, &mut next)?;
                 progress(next - 1, head.position);
             }
-            return Ok(next);
-        }
-        while next <= head.position {
-            // The reader stops sending only after an error or the head.
-            let page = received.recv().map_err(|_| ProjectionError::Missing {
-                position: next,
-                head: head.position,
-            })??;
-            fold_page(slots, page, &mut next)?;
-            progress(next - 1, head.position);
-        }
-        Ok(next)
+            Ok(next)
+        };
+        Some(fold())
     })
 }
 

@@ -6,12 +6,40 @@
 //! [`MAX_PROSE_IN_SUMMARY`] characters. The full text stays in `data`.
 
 use casebook_engine::codes::attendance_code;
-use casebook_engine::event::{CaseEvent, Session};
+use casebook_engine::event::{AttendanceMarked, CaseEvent, Session};
 
 /// Longest piece of prose quoted in a summary, in characters: enough to
 /// recognise an entry in a list, short enough to keep a chronology
 /// scannable at a strategy meeting.
 pub const MAX_PROSE_IN_SUMMARY: usize = 120;
+
+/// A register mark's summary, appended to `out` (what [`summary`] gives
+/// for it): `Register 2026-09-15 am: / (Present (am))`. Written piece by
+/// piece, the date from its digits: the timeline writes one per mark, most
+/// of a record.
+pub(crate) fn attendance_summary(a: &AttendanceMarked, out: &mut String) {
+    out.push_str("Register ");
+    match casebook_engine::event::date_ascii(&a.date) {
+        Some(date) => out.extend(date.iter().map(|&b| char::from(b))),
+        None => {
+            use std::fmt::Write;
+            let _ = write!(out, "{}", a.date);
+        }
+    }
+    out.push_str(match a.session {
+        Session::Am => " am: ",
+        Session::Pm => " pm: ",
+    });
+    out.push_str(&a.code);
+    match attendance_code(&a.code) {
+        Some(c) => {
+            out.push_str(" (");
+            out.push_str(c.description);
+            out.push(')');
+        }
+        None => out.push_str(" (unknown code)"),
+    }
+}
 
 /// One human line describing `event`, for every event type.
 pub fn summary(event: &CaseEvent) -> String {
@@ -148,17 +176,9 @@ pub fn summary(event: &CaseEvent) -> String {
             format!("Reintegration completed: {}", prose(&r.outcome))
         }
         CaseEvent::AttendanceMarked(a) => {
-            let session = match a.session {
-                Session::Am => "am",
-                Session::Pm => "pm",
-            };
-            match attendance_code(&a.code) {
-                Some(c) => format!(
-                    "Register {} {session}: {} ({})",
-                    a.date, a.code, c.description
-                ),
-                None => format!("Register {} {session}: {} (unknown code)", a.date, a.code),
-            }
+            let mut s = String::new();
+            attendance_summary(a, &mut s);
+            s
         }
         CaseEvent::RewardIssued(r) => {
             let points = match r.points {
