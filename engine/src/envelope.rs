@@ -144,7 +144,10 @@ impl NewEvent {
 /// Encodes a payload at the current schema: MessagePack with field names, so
 /// that old payloads stay readable by name when fields are added or renamed.
 pub fn encode_payload(event: &CaseEvent) -> Result<Vec<u8>, CodecError> {
-    let bytes = rmp_serde::to_vec_named(event).map_err(|e| CodecError::Encode(e.to_string()))?;
+    let bytes = match encode_plain_payload(event) {
+        Some(bytes) => bytes,
+        None => rmp_serde::to_vec_named(event).map_err(|e| CodecError::Encode(e.to_string()))?,
+    };
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(CodecError::TooLarge {
             len: bytes.len(),
@@ -152,6 +155,43 @@ pub fn encode_payload(event: &CaseEvent) -> Result<Vec<u8>, CodecError> {
         });
     }
     Ok(bytes)
+}
+
+/// The payload of the commonest event, an `AttendanceMarked` whose date is
+/// in the years 0 to 9999, written directly: byte for byte what
+/// `rmp_serde::to_vec_named` writes for it (`{"type": "AttendanceMarked",
+/// "data": {"date", "session", "code"}}`, every length in its smallest
+/// form), without serde's per-field dispatch; the mirror of
+/// [`decode_plain_payload`]. `None` for any other event, which rmp-serde
+/// encodes. A property test holds the two equal.
+fn encode_plain_payload(event: &CaseEvent) -> Option<Vec<u8>> {
+    use crate::event::Session;
+    let CaseEvent::AttendanceMarked(m) = event else {
+        return None;
+    };
+    let date = crate::event::date_text::ascii(&m.date)?;
+    if u32::try_from(m.code.len()).is_err() {
+        return None;
+    }
+    let session = match m.session {
+        Session::Am => "am",
+        Session::Pm => "pm",
+    };
+    // 57 bytes of keys, type name and date, plus the code and its length.
+    let mut out = Vec::with_capacity(64 + m.code.len());
+    out.push(0x82);
+    mp_str(&mut out, "type");
+    mp_str(&mut out, "AttendanceMarked");
+    mp_str(&mut out, "data");
+    out.push(0x83);
+    mp_str(&mut out, "date");
+    out.push(0xa0 | 10);
+    out.extend_from_slice(&date);
+    mp_str(&mut out, "session");
+    mp_str(&mut out, session);
+    mp_str(&mut out, "code");
+    mp_str(&mut out, &m.code);
+    Some(out)
 }
 
 /// An event as the log holds it: the full envelope.
@@ -917,6 +957,50 @@ mod tests {
                 let serde = crate::upcast::decode_payload("AttendanceMarked", CURRENT_SCHEMA, &damaged);
                 prop_assert_eq!(Some(plain), serde.ok());
             }
+        }
+
+        /// `encode_payload` writes an `AttendanceMarked` directly, byte
+        /// for byte what rmp-serde writes (any date, session and code:
+        /// dates outside the years 0 to 9999 and every other event go to
+        /// rmp-serde itself).
+        #[test]
+        fn plain_payload_encoding_is_rmp_serde(
+            days in prop_oneof![-1_000_000i32..4_000_000, 0i32..3_700_000],
+            pm in any::<bool>(),
+            code in prop_oneof!["[/\\\\A-Z#]", ".{0,40}", ".{30,300}"],
+            long in 0usize..70_000,
+        ) {
+            use crate::event::{AttendanceMarked, Session};
+            let Some(date) = chrono::NaiveDate::from_num_days_from_ce_opt(days) else {
+                return Ok(());
+            };
+            for code in [code.clone(), "x".repeat(long)] {
+                let event = CaseEvent::AttendanceMarked(AttendanceMarked {
+                    date,
+                    session: if pm { Session::Pm } else { Session::Am },
+                    code,
+                });
+                let serde = rmp_serde::to_vec_named(&event).unwrap();
+                if let Some(plain) = encode_plain_payload(&event) {
+                    prop_assert_eq!(&plain, &serde);
+                } else {
+                    prop_assert!(!(0..=9999).contains(&chrono::Datelike::year(&date)));
+                }
+                match encode_payload(&event) {
+                    Ok(bytes) => prop_assert_eq!(&bytes, &serde),
+                    Err(CodecError::TooLarge { len, .. }) => {
+                        prop_assert_eq!(len, serde.len());
+                        prop_assert!(serde.len() > MAX_PAYLOAD_BYTES);
+                    }
+                    Err(e) => prop_assert!(false, "{}", e),
+                }
+            }
+            let other = CaseEvent::AbsenceFollowedUp(crate::event::AbsenceFollowedUp {
+                date,
+                method: "phone".into(),
+                outcome: code,
+            });
+            prop_assert_eq!(encode_plain_payload(&other), None);
         }
 
         /// Stream ids are UUID v5 of `kind NUL school NUL pupil`, however
