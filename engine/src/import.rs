@@ -18,9 +18,15 @@ use crate::domain::{decide_owned, CaseState, Command, DomainError, Record};
 use crate::envelope::{encode_payload, NewEvent, StoredEvent, StreamId};
 use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
+use crate::store::segment::IdHash;
 use crate::store::{
     read_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion, MAX_EVENTS_PER_APPEND,
 };
+
+/// The planner's maps, keyed by event ids and stream ids (16 random or
+/// hashed bytes): the segment index's hasher in place of SipHash.
+type IdMap<K, V> = HashMap<K, V, IdHash>;
+type IdSet<K> = HashSet<K, IdHash>;
 
 /// Longest accepted line. A case entry with a long description is a few KB;
 /// 1 MiB leaves room for any honest record and stops a runaway line (a file
@@ -313,11 +319,11 @@ pub struct Planner<'a> {
     store: &'a dyn EventStore,
     school: String,
     now: DateTime<Utc>,
-    pupils: HashMap<StreamId, PupilPlan>,
+    pupils: IdMap<StreamId, PupilPlan>,
     order: Vec<StreamId>,
     /// Each id of an earlier line: its line, its stream and where its
     /// event is in that stream's plan (`PupilPlan::events`).
-    ids: HashMap<Uuid, (usize, StreamId, usize)>,
+    ids: IdMap<Uuid, (usize, StreamId, usize)>,
     duplicates: usize,
     events: usize,
     sealer: Option<&'a dyn crate::seal::PayloadSealer>,
@@ -338,8 +344,24 @@ pub struct Planner<'a> {
 /// events are durable by then, and read from the store when needed).
 #[derive(Default)]
 struct Carry {
-    pupils: HashMap<StreamId, PupilPlan>,
-    ids: HashMap<Uuid, (usize, StreamId, usize)>,
+    pupils: IdMap<StreamId, PupilPlan>,
+    ids: IdMap<Uuid, (usize, StreamId, usize)>,
+}
+
+/// A line [`Planner::add_now`] could not judge without a store read, with
+/// its event (built once: its id or sealed payload may be random).
+struct Waiting {
+    line: ImportLine,
+    new: NewEvent,
+    lookup: Lookup,
+}
+
+/// The store read a [`Waiting`] line needs.
+enum Lookup {
+    /// The stored event of this id, if any.
+    Id(Uuid),
+    /// The stored events of the line's pupil.
+    Stream,
 }
 
 /// A line whose id the in-flight batch holds (see [`Planner::deferred`]).
@@ -356,11 +378,11 @@ struct Deferred {
 #[derive(Default)]
 struct Prefetch {
     /// Ids asked for; `found` holds those that are stored.
-    ids: HashSet<Uuid>,
+    ids: IdSet<Uuid>,
     found: HashMap<Uuid, StoredEvent>,
     /// Streams asked for; `stored` holds the events of those that have any
     /// (taken out when the pupil's state is first folded).
-    streams: HashSet<StreamId>,
+    streams: IdSet<StreamId>,
     stored: HashMap<StreamId, Vec<StoredEvent>>,
     /// The stream of each line of the batch, in order (derived once).
     line_streams: Vec<StreamId>,
@@ -378,9 +400,9 @@ impl<'a> Planner<'a> {
             store,
             school: school.to_string(),
             now,
-            pupils: HashMap::new(),
+            pupils: IdMap::default(),
             order: Vec::new(),
-            ids: HashMap::new(),
+            ids: IdMap::default(),
             duplicates: 0,
             events: 0,
             sealer: None,
@@ -419,11 +441,18 @@ impl<'a> Planner<'a> {
         encode_payload(event).map_err(|e| ImportError::line(line, e.to_string()))
     }
 
-    async fn pupil(
-        &mut self,
-        line: usize,
-        stream: StreamId,
-    ) -> Result<&mut PupilPlan, ImportError> {
+    /// True when [`Planner::pupil`] has what it needs without the store:
+    /// the pupil's state is planned, carried or its stream prefetched.
+    fn pupil_ready(&self, stream: &StreamId) -> bool {
+        self.pupils.contains_key(stream)
+            || self.carry.pupils.contains_key(stream)
+            || self.prefetch.streams.contains(stream)
+    }
+
+    /// The pupil's plan, its state folded from the stored stream on first
+    /// use. The caller has made sure it is ready ([`Planner::pupil_ready`]:
+    /// [`Planner::add_to`] reads a stream not prefetched into the prefetch).
+    fn pupil(&mut self, line: usize, stream: StreamId) -> Result<&mut PupilPlan, ImportError> {
         if !self.pupils.contains_key(&stream) {
             if let Some(carried) = self.carry.pupils.remove(&stream) {
                 self.order.push(stream);
@@ -431,13 +460,10 @@ impl<'a> Planner<'a> {
             }
         }
         if !self.pupils.contains_key(&stream) {
-            let stored = if self.prefetch.streams.contains(&stream) {
-                self.prefetch.stored.remove(&stream).unwrap_or_default()
-            } else {
-                read_whole_stream(self.store, stream)
-                    .await
-                    .map_err(|source| ImportError::Store { line, source })?
-            };
+            if !self.prefetch.streams.contains(&stream) {
+                return Err(ImportError::line(line, "internal: pupil stream not read"));
+            }
+            let stored = self.prefetch.stored.remove(&stream).unwrap_or_default();
             let mut state = CaseState::new();
             for s in &stored {
                 // Only the payload is needed: decoded (and upcast) straight
@@ -473,18 +499,86 @@ impl<'a> Planner<'a> {
         self.add_to(l, stream).await
     }
 
-    /// [`Planner::add`] of a line whose pupil's stream is `stream`.
+    /// [`Planner::add`] of a line whose pupil's stream is `stream`: the
+    /// synchronous [`Planner::add_now`], with the store read it asks for
+    /// (an id not prefetched, a pupil's stream not prefetched) done here
+    /// and kept in the prefetch, then `add_now` again with the same event.
     async fn add_to(&mut self, l: ImportLine, stream: StreamId) -> Result<(), ImportError> {
-        let event_id = l.id.unwrap_or_else(Uuid::now_v7);
-        let new = NewEvent {
-            event_id,
-            occurred_at: l.occurred_at,
-            actor: l.actor,
-            correlation_id: None,
-            causation_id: None,
-            event_type: l.event.type_name().to_string(),
-            schema: CURRENT_SCHEMA,
-            payload: Self::payload(self.sealer, l.line, stream, event_id, &l.event)?,
+        match self.add_now(l, stream, None)? {
+            None => Ok(()),
+            Some(waiting) => self.resume(waiting, stream).await,
+        }
+    }
+
+    /// The rest of [`Planner::add_to`] for a line that waits on a store
+    /// read.
+    async fn resume(
+        &mut self,
+        mut waiting: Box<Waiting>,
+        stream: StreamId,
+    ) -> Result<(), ImportError> {
+        loop {
+            let line = waiting.line.line;
+            match waiting.lookup {
+                Lookup::Id(id) => {
+                    let fetched = self
+                        .store
+                        .find_event(id)
+                        .await
+                        .map_err(|source| ImportError::Store { line, source })?;
+                    self.prefetch.ids.insert(id);
+                    if let Some(stored) = fetched {
+                        self.prefetch.found.insert(id, stored);
+                    }
+                }
+                Lookup::Stream => {
+                    let stored = read_whole_stream(self.store, stream)
+                        .await
+                        .map_err(|source| ImportError::Store { line, source })?;
+                    self.prefetch.streams.insert(stream);
+                    if !stored.is_empty() {
+                        self.prefetch.stored.insert(stream, stored);
+                    }
+                }
+            }
+            let Waiting { line, new, .. } = *waiting;
+            waiting = match self.add_now(line, stream, Some(new))? {
+                None => return Ok(()),
+                Some(w) => w,
+            };
+        }
+    }
+
+    /// Validates one line and adds it to the plan when everything it needs
+    /// is in memory (the plan, the batch in flight, the prefetch): `None`.
+    /// Otherwise the line and its event come back with the store read
+    /// wanted, and [`Planner::add_to`] calls again with `new` once that is
+    /// in the prefetch; nothing was changed in between, so the line is
+    /// judged exactly as if the read had been done where it is needed. Not
+    /// async, so the bulk of [`Planner::add_many`]'s lines are not moved
+    /// through a future's state.
+    fn add_now(
+        &mut self,
+        mut l: ImportLine,
+        stream: StreamId,
+        new: Option<NewEvent>,
+    ) -> Result<Option<Box<Waiting>>, ImportError> {
+        let new = match new {
+            Some(new) => new,
+            None => {
+                let event_id = l.id.unwrap_or_else(Uuid::now_v7);
+                NewEvent {
+                    event_id,
+                    occurred_at: l.occurred_at,
+                    // The line's own actor is not needed again.
+                    actor: std::mem::take(&mut l.actor),
+                    correlation_id: None,
+                    causation_id: None,
+                    event_type: l.event.type_name().to_string(),
+                    schema: CURRENT_SCHEMA,
+                    payload: Self::payload(self.sealer, l.line, stream, event_id, &l.event)?,
+                }
+            }
         };
         if let Some(id) = l.id {
             if let Some(&(first_line, earlier_stream, at)) = self.ids.get(&id) {
@@ -494,7 +588,7 @@ impl<'a> Planner<'a> {
                     .and_then(|p| p.events.get(at));
                 if earlier == Some(&new) && earlier_stream == stream {
                     self.duplicates += 1;
-                    return Ok(());
+                    return Ok(None);
                 }
                 return Err(ImportError::line(
                     l.line,
@@ -513,33 +607,33 @@ impl<'a> Planner<'a> {
                     stream,
                     new,
                 });
-                return Ok(());
+                return Ok(None);
             }
-            let fetched;
-            let stored = if self.prefetch.ids.contains(&id) {
-                self.prefetch.found.get(&id)
-            } else {
-                fetched = self
-                    .store
-                    .find_event(id)
-                    .await
-                    .map_err(|source| ImportError::Store {
-                        line: l.line,
-                        source,
-                    })?;
-                fetched.as_ref()
-            };
-            if let Some(stored) = stored {
+            if !self.prefetch.ids.contains(&id) {
+                return Ok(Some(Box::new(Waiting {
+                    line: l,
+                    new,
+                    lookup: Lookup::Id(id),
+                })));
+            }
+            if let Some(stored) = self.prefetch.found.get(&id) {
                 if stored.stream == stream && new.same_content_as(stored) {
                     self.duplicates += 1;
-                    return Ok(());
+                    return Ok(None);
                 }
                 return Err(stored_elsewhere(l.line, id, stored));
             }
         }
+        if !self.pupil_ready(&stream) {
+            return Ok(Some(Box::new(Waiting {
+                line: l,
+                new,
+                lookup: Lookup::Stream,
+            })));
+        }
         let now = self.now;
         let sealer = self.sealer;
-        let plan = self.pupil(l.line, stream).await?;
+        let plan = self.pupil(l.line, stream)?;
         let command = Command::Record(Record {
             event: l.event,
             occurred_at: l.occurred_at,
@@ -583,7 +677,7 @@ impl<'a> Planner<'a> {
         if let (Some(id), Some(at)) = (l.id, last) {
             self.ids.insert(id, (l.line, stream, at));
         }
-        Ok(())
+        Ok(None)
     }
 
     /// Validates lines in order and adds them to the plan, exactly as
@@ -595,16 +689,23 @@ impl<'a> Planner<'a> {
         &mut self,
         lines: impl IntoIterator<Item = ImportLine>,
     ) -> Result<(), ImportError> {
+        // A `Vec` (every caller's) is taken as it is, not moved line by
+        // line into chunks: each line is moved once, into `add_now`.
+        let lines: Vec<ImportLine> = lines.into_iter().collect();
         let mut lines = lines.into_iter();
         loop {
-            let chunk: Vec<ImportLine> = lines.by_ref().take(PREFETCH_LINES).collect();
-            if chunk.is_empty() {
+            let n = lines.len().min(PREFETCH_LINES);
+            if n == 0 {
                 return Ok(());
             }
-            self.prefetch(&chunk).await;
+            self.prefetch(&lines.as_slice()[..n]).await;
             let streams = std::mem::take(&mut self.prefetch.line_streams);
-            for (l, stream) in chunk.into_iter().zip(streams) {
-                self.add_to(l, stream).await?;
+            for (l, stream) in lines.by_ref().take(n).zip(streams) {
+                if let Some(waiting) = self.add_now(l, stream, None)? {
+                    // A store read (an id or stream the prefetch could not
+                    // look up): the rest of `add_to`, from that read on.
+                    self.resume(waiting, stream).await?;
+                }
             }
         }
     }
@@ -618,8 +719,8 @@ impl<'a> Planner<'a> {
         self.prefetch = Prefetch::default();
         let mut ids = Vec::with_capacity(lines.len());
         let mut streams = Vec::new();
-        let mut seen_ids = HashSet::with_capacity(lines.len());
-        let mut seen_streams = HashSet::new();
+        let mut seen_ids = IdSet::with_capacity_and_hasher(lines.len(), IdHash::default());
+        let mut seen_streams = IdSet::default();
         let mut line_streams = Vec::with_capacity(lines.len());
         let mut last: Option<(&str, StreamId)> = None;
         for l in lines {

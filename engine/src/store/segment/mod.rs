@@ -356,7 +356,7 @@ struct Index {
 /// the import's CPU. The keys keep an input that a user chose (ids in an
 /// import file) from being steered into one bucket.
 #[derive(Clone)]
-struct IdHash {
+pub(crate) struct IdHash {
     seed: u64,
 }
 
@@ -380,7 +380,7 @@ impl std::hash::BuildHasher for IdHash {
     }
 }
 
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl IdHasher {
     #[inline]
