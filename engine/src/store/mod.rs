@@ -17,7 +17,7 @@ pub mod segment;
 pub mod sled;
 pub mod sled_raw;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -29,6 +29,7 @@ use crate::envelope::{
     chain_hash, split_value, Hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH,
 };
 use crate::error::StoreError;
+use segment::IdHash;
 
 /// What the caller expects the stream's version to be before its append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -573,8 +574,8 @@ impl SealedEvent {
 pub(crate) struct GroupStage {
     pub position: u64,
     pub hash: Hash,
-    versions: HashMap<StreamId, u64>,
-    ids: std::collections::HashSet<Uuid>,
+    versions: HashMap<StreamId, u64, IdHash>,
+    ids: HashSet<Uuid, IdHash>,
     /// Largest stored value a backend can hold (segment frames are bounded).
     value_limit: Option<usize>,
     pub sealed: Vec<Sealed>,
@@ -587,8 +588,8 @@ impl GroupStage {
         GroupStage {
             position,
             hash,
-            versions: HashMap::new(),
-            ids: Default::default(),
+            versions: HashMap::default(),
+            ids: HashSet::default(),
             value_limit: None,
             sealed: Vec::new(),
         }
@@ -624,9 +625,10 @@ impl GroupStage {
             });
         }
         // Pass 1: check, without staging anything.
-        let mut local: HashMap<StreamId, u64> = HashMap::with_capacity(requests.len());
-        let mut local_ids: std::collections::HashSet<Uuid> =
-            std::collections::HashSet::with_capacity(total);
+        let mut local: HashMap<StreamId, u64, IdHash> =
+            HashMap::with_capacity_and_hasher(requests.len(), IdHash::default());
+        let mut local_ids: HashSet<Uuid, IdHash> =
+            HashSet::with_capacity_and_hasher(total, IdHash::default());
         for r in requests {
             if r.events.is_empty() {
                 return Err(StoreError::EmptyAppend { stream: r.stream });
@@ -692,11 +694,12 @@ impl GroupStage {
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
         streams: usize,
-    ) -> Result<(Vec<Appended>, HashMap<StreamId, u64>, u64, Hash), StoreError> {
+    ) -> Result<(Vec<Appended>, HashMap<StreamId, u64, IdHash>, u64, Hash), StoreError> {
         let mut appended = Vec::with_capacity(requests.len());
         let mut pos = self.position;
         let mut h = self.hash;
-        let mut cur: HashMap<StreamId, u64> = HashMap::with_capacity(streams);
+        let mut cur: HashMap<StreamId, u64, IdHash> =
+            HashMap::with_capacity_and_hasher(streams, IdHash::default());
         for r in requests {
             let base = match cur.get(&r.stream) {
                 Some(v) => *v,
