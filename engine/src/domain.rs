@@ -775,7 +775,7 @@ struct Mark {
 
 impl Mark {
     fn from_event(a: &AttendanceMarked) -> Option<Mark> {
-        let code = ATTENDANCE_CODES.iter().position(|c| c.code == a.code)?;
+        let code = codes::attendance_code_index(&a.code)?;
         Some(Mark {
             date: a.date,
             session: a.session,
@@ -1174,8 +1174,9 @@ pub struct CaseState {
     version: u64,
     /// Every entry in stream order, with its content as corrected.
     entries: Vec<Entry>,
-    /// Event id -> index in `entries`.
-    index: HashMap<Uuid, usize>,
+    /// Event id -> index in `entries` (the segment index's hasher: one
+    /// insert per folded event, SipHash was a few % of an import).
+    index: HashMap<Uuid, usize, crate::store::segment::IdHash>,
     facts: Facts,
 }
 
