@@ -429,13 +429,70 @@ pub static ATTENDANCE_CODES: &[AttendanceCode] = &[
 
 /// Looks up an attendance code, matched exactly as the register writes it.
 pub fn attendance_code(code: &str) -> Option<&'static AttendanceCode> {
-    ATTENDANCE_CODES.iter().find(|a| a.code == code)
+    attendance_code_index(code).and_then(|i| ATTENDANCE_CODES.get(i))
+}
+
+/// Where `code` is in [`ATTENDANCE_CODES`]: what
+/// `ATTENDANCE_CODES.iter().position(|a| a.code == code)` gives, by one
+/// table look-up for a one-byte code (every code is one byte; each register
+/// mark is looked up twice on import) instead of a scan of string
+/// compares. A property test holds the two equal.
+pub fn attendance_code_index(code: &str) -> Option<usize> {
+    static BY_BYTE: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
+    let scan = || ATTENDANCE_CODES.iter().position(|a| a.code == code);
+    let &[byte] = code.as_bytes() else {
+        return scan();
+    };
+    let table = BY_BYTE.get_or_init(|| {
+        let mut table = [u16::MAX; 256];
+        // Backwards, so the first of any repeated code is the one kept.
+        for (i, a) in ATTENDANCE_CODES.iter().enumerate().rev() {
+            if let (&[b], Ok(i)) = (a.code.as_bytes(), u16::try_from(i)) {
+                table[usize::from(b)] = i;
+            }
+        }
+        table
+    });
+    match table[usize::from(byte)] {
+        // Not a one-byte code (or beyond the table): the scan decides.
+        u16::MAX => scan(),
+        i => Some(usize::from(i)),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    proptest::proptest! {
+        /// The table look-up finds what the scan of the codes finds, for
+        /// every code and any other text.
+        #[test]
+        fn attendance_code_index_is_the_scan(
+            text in "(.|[/\\\\A-Z#@]){0,3}",
+            pick in proptest::prelude::any::<proptest::sample::Index>(),
+        ) {
+            let code = ATTENDANCE_CODES[pick.index(ATTENDANCE_CODES.len())].code;
+            for code in [text.as_str(), code] {
+                let scan = ATTENDANCE_CODES.iter().position(|a| a.code == code);
+                proptest::prop_assert_eq!(attendance_code_index(code), scan);
+                proptest::prop_assert_eq!(
+                    attendance_code(code).map(|a| a.code),
+                    scan.map(|i| ATTENDANCE_CODES[i].code)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn every_one_byte_text_finds_its_code_by_the_table() {
+        for b in 0u8..=127 {
+            let text = (b as char).to_string();
+            let scan = ATTENDANCE_CODES.iter().position(|a| a.code == text);
+            assert_eq!(attendance_code_index(&text), scan, "{text:?}");
+        }
+    }
 
     #[test]
     fn each_code_appears_once_in_its_table() {
