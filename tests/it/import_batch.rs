@@ -251,6 +251,11 @@ proptest! {
         let single = rt.block_on(one_by_one(log.as_ref(), lines(&ops)));
         let batch = rt.block_on(batched(log.as_ref(), lines(&ops), &cuts));
         prop_assert_eq!(&single, &batch);
+        // With no prefetch, add_many takes the store-read path for every
+        // line that needs one, in the middle of its synchronous loop.
+        let unfetched = NoPrefetch(log.clone());
+        let slow = rt.block_on(batched(&unfetched, lines(&ops), &cuts));
+        prop_assert_eq!(&single, &slow);
     }
 }
 
@@ -391,6 +396,98 @@ impl EventStore for SlowAppends {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<casebook_engine::store::VerifyReport, casebook_engine::StoreError> {
         self.0.verify(progress).await
+    }
+}
+
+/// A log whose batched look-ups (`find_events`, `read_streams`) fail, so
+/// `Planner::add_many` judges every line whose id or pupil it has not seen
+/// through the store reads of its slow path (`resume`), one at a time.
+struct NoPrefetch(Arc<dyn EventStore>);
+
+#[async_trait::async_trait]
+impl EventStore for NoPrefetch {
+    async fn append_atomic(
+        &self,
+        requests: Vec<casebook_engine::store::AppendRequest>,
+    ) -> Result<Vec<casebook_engine::store::Appended>, casebook_engine::StoreError> {
+        self.0.append_atomic(requests).await
+    }
+    async fn find_events(
+        &self,
+        _ids: &[Uuid],
+    ) -> Result<
+        std::collections::HashMap<Uuid, casebook_engine::envelope::StoredEvent>,
+        casebook_engine::StoreError,
+    > {
+        Err(no_batch())
+    }
+    async fn read_streams(
+        &self,
+        _streams: &[StreamId],
+    ) -> Result<
+        std::collections::HashMap<StreamId, Vec<casebook_engine::envelope::StoredEvent>>,
+        casebook_engine::StoreError,
+    > {
+        Err(no_batch())
+    }
+    async fn read_stream(
+        &self,
+        stream: StreamId,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
+        self.0.read_stream(stream, from, max).await
+    }
+    async fn read_all(
+        &self,
+        from: u64,
+        max: usize,
+    ) -> Result<Vec<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
+        self.0.read_all(from, max).await
+    }
+    async fn stream_version(&self, stream: StreamId) -> Result<u64, casebook_engine::StoreError> {
+        self.0.stream_version(stream).await
+    }
+    async fn find_event(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
+        self.0.find_event(id).await
+    }
+    async fn head(&self) -> Result<casebook_engine::store::Head, casebook_engine::StoreError> {
+        self.0.head().await
+    }
+    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.watch_head()
+    }
+    async fn load_checkpoint(
+        &self,
+        name: &str,
+    ) -> Result<Option<Vec<u8>>, casebook_engine::StoreError> {
+        self.0.load_checkpoint(name).await
+    }
+    async fn save_checkpoint(
+        &self,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), casebook_engine::StoreError> {
+        self.0.save_checkpoint(name, bytes).await
+    }
+    async fn clear_checkpoints(&self) -> Result<(), casebook_engine::StoreError> {
+        self.0.clear_checkpoints().await
+    }
+    async fn verify(
+        &self,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<casebook_engine::store::VerifyReport, casebook_engine::StoreError> {
+        self.0.verify(progress).await
+    }
+}
+
+fn no_batch() -> casebook_engine::StoreError {
+    casebook_engine::StoreError::Io {
+        during: "batched look-up",
+        source: "refused by the test".into(),
     }
 }
 
