@@ -642,6 +642,134 @@ impl StoredEvent {
     }
 }
 
+/// A stored event borrowed from the bytes it was read from: what
+/// [`StoredEvent`] holds, with the actor, type and payload left in place (the
+/// per-pupil reads decode each payload from it without building an owned
+/// envelope first; see [`crate::store::EventStore::visit_stream`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EventRef<'a> {
+    pub position: u64,
+    pub stream: StreamId,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: &'a str,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub event_type: &'a str,
+    pub schema: u32,
+    pub payload: &'a [u8],
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+impl StoredEvent {
+    /// This event, borrowed.
+    pub fn as_event_ref(&self) -> EventRef<'_> {
+        EventRef {
+            position: self.position,
+            stream: self.stream,
+            version: self.version,
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            actor: &self.actor,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            event_type: &self.event_type,
+            schema: self.schema,
+            payload: &self.payload,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+impl<'a> EventRef<'a> {
+    /// The stored bytes `bytes` read in place, when they are exactly the
+    /// encoder's own forms (the ones [`StoredEvent::decode`] reads without
+    /// rmp-serde) with timestamps in range: then it is what
+    /// `StoredEvent::decode` gives, borrowed. `None` for any other bytes,
+    /// which the caller decodes with `StoredEvent::decode` (and its errors).
+    pub fn decode_plain(bytes: &'a [u8]) -> Option<EventRef<'a>> {
+        let (body, hash) = split_value(bytes).ok()?;
+        let b = Body::decode_plain(body)?;
+        let (std::borrow::Cow::Borrowed(actor), std::borrow::Cow::Borrowed(event_type)) =
+            (b.actor, b.event_type)
+        else {
+            return None;
+        };
+        let std::borrow::Cow::Borrowed(payload) = b.payload else {
+            return None;
+        };
+        Some(EventRef {
+            position: b.position,
+            stream: StreamId(b.stream),
+            version: b.version,
+            event_id: b.event_id,
+            occurred_at: DateTime::<Utc>::from_timestamp_micros(b.occurred_at_us)?,
+            recorded_at: DateTime::<Utc>::from_timestamp_micros(b.recorded_at_us)?,
+            actor,
+            correlation_id: b.correlation_id,
+            causation_id: b.causation_id,
+            event_type,
+            schema: b.schema,
+            payload,
+            prev_hash: b.prev_hash,
+            hash,
+        })
+    }
+
+    /// The owned event.
+    pub fn to_stored(&self) -> StoredEvent {
+        StoredEvent {
+            position: self.position,
+            stream: self.stream,
+            version: self.version,
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            actor: self.actor.to_string(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            event_type: self.event_type.to_string(),
+            schema: self.schema,
+            payload: self.payload.to_vec(),
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+
+    /// Decodes the payload, upcasting it to the current schema: as
+    /// [`StoredEvent::case_event`].
+    pub fn case_event(&self) -> Result<CaseEvent, CodecError> {
+        if let Some(event) = decode_plain_payload(self.event_type, self.schema, self.payload) {
+            return Ok(event);
+        }
+        crate::upcast::decode_payload(self.event_type, self.schema, self.payload)
+    }
+
+    /// The event with its payload decoded as `event`, the actor copied once:
+    /// [`RecordedEvent::from_parts`] without the owned envelope.
+    pub fn recorded(&self, event: CaseEvent) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            stream: self.stream,
+            version: self.version,
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            actor: self.actor.to_string(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            schema: self.schema,
+            hash: self.hash,
+            event,
+        }
+    }
+}
+
 /// Splits a stored value into `(body, hash)`.
 pub fn split_value(bytes: &[u8]) -> Result<(&[u8], Hash), CodecError> {
     if bytes.len() <= HASH_LEN {
@@ -879,6 +1007,46 @@ mod tests {
             if let Some(plain) = Body::decode_plain(&damaged) {
                 let serde: Result<Body<'_>, _> = rmp_serde::from_slice(&damaged);
                 prop_assert_eq!(Some(plain), serde.ok());
+            }
+        }
+
+        /// `EventRef::decode_plain` reads the encoder's bytes as
+        /// `StoredEvent::decode` does, borrowed; of damaged bytes, whatever
+        /// it accepts `StoredEvent::decode` reads the same. Its payload
+        /// decodes as the owned event's does.
+        #[test]
+        fn borrowed_decoding_is_stored_event_decoding(
+            new in new_event(),
+            stream in any::<u128>(),
+            position in uint(),
+            version in uint(),
+            recorded in micros(),
+            prev in any::<[u8; 32]>(),
+            at in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+            damage in 0u8..4,
+        ) {
+            let stream = StreamId(Uuid::from_u128(stream));
+            let (_, bytes) = seal_bytes(&new, stream, position, version, time(recorded), prev).unwrap();
+            let owned = StoredEvent::decode(&bytes).unwrap();
+            let borrowed = EventRef::decode_plain(&bytes);
+            prop_assert_eq!(borrowed, Some(owned.as_event_ref()));
+            let borrowed = borrowed.unwrap();
+            prop_assert_eq!(&borrowed.to_stored(), &owned);
+            prop_assert_eq!(
+                format!("{:?}", borrowed.case_event()),
+                format!("{:?}", owned.case_event())
+            );
+            if let Ok(event) = owned.case_event() {
+                prop_assert_eq!(
+                    borrowed.recorded(event.clone()),
+                    RecordedEvent::from_parts(owned.clone(), event)
+                );
+            }
+            let damaged = damaged(&bytes, at, byte, damage);
+            if let Some(plain) = EventRef::decode_plain(&damaged) {
+                let owned = StoredEvent::decode(&damaged);
+                prop_assert_eq!(Some(plain.to_stored()), owned.ok());
             }
         }
 
