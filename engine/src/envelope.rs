@@ -333,7 +333,7 @@ fn decode_plain_payload(event_type: &str, schema: u32, bytes: &[u8]) -> Option<C
         return None;
     }
     let mut r = Plain { bytes, at: 0 };
-    let key = |r: &mut Plain<'_>, name: &str| (r.str()? == name).then_some(());
+    let key = |r: &mut Plain<'_>, name: &str| (r.str_bytes()? == name.as_bytes()).then_some(());
     (r.byte()? == 0x82).then_some(())?;
     key(&mut r, "type")?;
     key(&mut r, TYPE)?;
@@ -342,9 +342,9 @@ fn decode_plain_payload(event_type: &str, schema: u32, bytes: &[u8]) -> Option<C
     key(&mut r, "date")?;
     let date = crate::event::date_text::parse_plain(r.str()?)?;
     key(&mut r, "session")?;
-    let session = match r.str()? {
-        "am" => Session::Am,
-        "pm" => Session::Pm,
+    let session = match r.str_bytes()? {
+        b"am" => Session::Am,
+        b"pm" => Session::Pm,
         _ => return None,
     };
     key(&mut r, "code")?;
@@ -424,6 +424,12 @@ impl<'a> Plain<'a> {
 
     /// A `str` of any width holding UTF-8.
     fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.str_bytes()?).ok()
+    }
+
+    /// The bytes of a `str` of any width, UTF-8 or not (for comparing with
+    /// a known text: equal bytes are that text).
+    fn str_bytes(&mut self) -> Option<&'a [u8]> {
         let n = match self.byte()? {
             b @ 0xa0..=0xbf => u64::from(b & 0x1f),
             0xd9 => self.be(1)?,
@@ -431,7 +437,7 @@ impl<'a> Plain<'a> {
             0xdb => self.be(4)?,
             _ => return None,
         };
-        std::str::from_utf8(self.take(usize::try_from(n).ok()?)?).ok()
+        self.take(usize::try_from(n).ok()?)
     }
 
     /// An id: a `bin` of 16 bytes.
