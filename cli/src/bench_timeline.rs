@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use casebook_engine::access::{Action, Guarded};
-use casebook_engine::store::{AppendRequest, Appended, EventStore, Head, VerifyReport};
+use casebook_engine::store::{
+    AppendRequest, Appended, EventStore, Head, StreamVisitor, VerifyReport,
+};
 use casebook_engine::{StoreError, StoredEvent, StreamId};
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
@@ -132,6 +134,18 @@ impl EventStore for AppendClock {
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         self.inner.read_stream(stream, from_version, max).await
+    }
+
+    async fn visit_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+        visit: &mut dyn StreamVisitor,
+    ) -> Result<usize, StoreError> {
+        self.inner
+            .visit_stream(stream, from_version, max, visit)
+            .await
     }
 
     async fn read_all(

@@ -10,14 +10,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use casebook_engine::access::View;
 use casebook_engine::domain::CaseState;
-use casebook_engine::envelope::{encode_payload, StoredEvent, StreamId};
+use casebook_engine::envelope::{encode_payload, EventRef, StoredEvent, StreamId};
 use casebook_engine::event::{
     CaseEvent, CaseType, LegalHoldApplied, LegalHoldLifted, PlanKind, PupilErased,
 };
 use casebook_engine::import::{ImportLine, Planner};
 use casebook_engine::seal::{self, KeyState, Keyring, SecretKey};
 use casebook_engine::store::{
-    read_whole_stream, AppendRequest, Appended, EventStore, Head, VerifyReport, MAX_READ_PAGE,
+    read_whole_stream, AppendRequest, Appended, EventStore, Head, StreamVisitor, VerifyReport,
+    MAX_READ_PAGE,
 };
 use casebook_engine::{RecordedEvent, StoreError};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -316,6 +317,30 @@ pub(crate) async fn unseal_doc(
     Ok(())
 }
 
+/// The visitor of [`Unsealed::visit_stream`]: passes events on until the
+/// first that may hold a sealed field, then only notes that there was one.
+struct ClearOnly<'v> {
+    visit: &'v mut dyn StreamVisitor,
+    /// Events passed on.
+    clear: usize,
+    sealed: bool,
+}
+
+impl StreamVisitor for ClearOnly<'_> {
+    fn expect(&mut self, events: usize) {
+        self.visit.expect(events);
+    }
+
+    fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError> {
+        if self.sealed || may_hold_sealed(event.payload) {
+            self.sealed = true;
+            return Ok(());
+        }
+        self.clear += 1;
+        self.visit.visit(event)
+    }
+}
+
 #[async_trait]
 impl EventStore for Unsealed {
     async fn append_atomic(
@@ -333,6 +358,38 @@ impl EventStore for Unsealed {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let events = self.inner.read_stream(stream, from_version, max).await?;
         unseal_events(self.ring.as_deref(), self.inner.as_ref(), events).await
+    }
+
+    /// The inner log's events as they are while none may hold a sealed
+    /// field (the hot path: no owned copy); from the first that may, the
+    /// rest of the page as [`EventStore::read_stream`] gives it (read again
+    /// and unsealed; an event without a sealed field is unchanged by
+    /// unsealing, so the events before it are what it would give too).
+    async fn visit_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+        visit: &mut dyn StreamVisitor,
+    ) -> Result<usize, StoreError> {
+        let mut clear = ClearOnly {
+            visit: &mut *visit,
+            clear: 0,
+            sealed: false,
+        };
+        let seen = self
+            .inner
+            .visit_stream(stream, from_version, max, &mut clear)
+            .await?;
+        let (clear, sealed) = (clear.clear, clear.sealed);
+        if !sealed {
+            return Ok(seen);
+        }
+        let events = self.read_stream(stream, from_version, max).await?;
+        for s in events.iter().skip(clear) {
+            visit.visit(&s.as_event_ref())?;
+        }
+        Ok(events.len().max(clear))
     }
 
     async fn read_all(
@@ -1126,6 +1183,107 @@ fn export_html(doc: &Value) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// What `visit_stream` hands over, owned.
+    struct Collect(Vec<StoredEvent>);
+
+    impl StreamVisitor for Collect {
+        fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError> {
+            self.0.push(event.to_stored());
+            Ok(())
+        }
+    }
+
+    /// The per-pupil reader's `visit_stream` hands over what its
+    /// `read_stream` returns (sealed fields opened, or shown as
+    /// unavailable without the key), page by page, whether the first event
+    /// that may hold a sealed field comes first, in the middle or last.
+    #[test]
+    fn visited_events_are_read_events_with_sealed_fields_opened() {
+        use casebook_engine::event::{CaseEvent, ConcernRaised, ParentContacted};
+        use casebook_engine::store::segment::SegmentStore;
+        use casebook_engine::store::{AppendRequest, ExpectedVersion};
+        use casebook_engine::NewEvent;
+
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        rt.block_on(async {
+            let school = "default";
+            let log = SegmentStore::open(&dir.path().join("store"), true)
+                .unwrap()
+                .log(school)
+                .unwrap();
+            let stream = StreamId::for_pupil(school, "P1");
+            let key = SecretKey::from_bytes([7; 32]);
+            let at: DateTime<Utc> = "2026-03-02T09:00:00Z".parse().unwrap();
+            // Plain, sealed, plain, sealed, plain.
+            for n in 0..5u32 {
+                let mut new = if n % 2 == 1 {
+                    let concern = CaseEvent::ConcernRaised(ConcernRaised {
+                        category: "neglect".into(),
+                        summary: format!("Arrives hungry {n}"),
+                    });
+                    NewEvent::new(&concern, at, "S001").unwrap()
+                } else {
+                    let call = CaseEvent::ParentContacted(ParentContacted {
+                        method: "phone".into(),
+                        summary: format!("Call {n}"),
+                    });
+                    NewEvent::new(&call, at, "S001").unwrap()
+                };
+                if n % 2 == 1 {
+                    let e = casebook_engine::upcast::decode_payload(
+                        &new.event_type,
+                        new.schema,
+                        &new.payload,
+                    )
+                    .unwrap();
+                    let sealed = seal::seal_event_with(&key, stream, new.event_id, &e).unwrap();
+                    new.payload = encode_payload(&sealed).unwrap();
+                }
+                log.append(AppendRequest {
+                    stream,
+                    expected: ExpectedVersion::Any,
+                    events: vec![new],
+                })
+                .await
+                .unwrap();
+            }
+            let ring = Arc::new(Keyring::open(
+                dir.path(),
+                school,
+                SecretKey::from_bytes([9; 32]),
+            ));
+            ring.install(stream, key);
+            for ring in [None, Some(ring)] {
+                let reader = reader_with_ring(log.clone(), ring.clone());
+                let whole = read_whole_stream(reader.as_ref(), stream).await.unwrap();
+                assert_eq!(whole.len(), 5);
+                // The sealed summaries are not shown sealed.
+                assert!(whole.iter().all(|s| !may_hold_sealed(&s.payload)));
+                for max in 1..=6 {
+                    for from in 1..=6 {
+                        let mut seen = Collect(Vec::new());
+                        let n = reader
+                            .visit_stream(stream, from, max, &mut seen)
+                            .await
+                            .unwrap();
+                        let read = reader.read_stream(stream, from, max).await.unwrap();
+                        assert_eq!(n, read.len());
+                        assert_eq!(
+                            seen.0,
+                            read,
+                            "from {from}, max {max}, key {}",
+                            ring.is_some()
+                        );
+                    }
+                }
+            }
+        });
+    }
 
     proptest! {
         /// The sealed-prefix search finds the prefix wherever a plain

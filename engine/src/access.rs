@@ -26,12 +26,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::envelope::{NewEvent, RecordedEvent, StoredEvent, StreamId};
+use crate::envelope::{EventRef, NewEvent, RecordedEvent, StoredEvent, StreamId};
 use crate::error::{CodecError, StoreError};
 use crate::event::{
     AccessRefused, CaseEvent, RecordViewed, RoleGranted, RoleRevoked, SanctionKind, StaffRegistered,
 };
-use crate::store::{read_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion};
+use crate::store::{
+    read_whole_stream, visit_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion,
+    StreamVisitor,
+};
 
 /// The event types of the staff directory stream.
 pub const DIRECTORY_TYPES: &[&str] = &["StaffRegistered", "RoleGranted", "RoleRevoked"];
@@ -746,6 +749,40 @@ impl CheckedRead {
     }
 }
 
+/// What the access check of a read says ([`Guarded::check_read`]).
+struct Checked {
+    /// Per entry, whether it is shown; `None` when every entry is.
+    visible: Option<Vec<bool>>,
+    access: Vec<StoredEvent>,
+    withheld: usize,
+    keyworker: Option<String>,
+}
+
+/// A case stream read by [`Guarded::read_pupil_events`]: each event with
+/// its payload decoded, until one does not decode.
+#[derive(Default)]
+struct Decoding {
+    case: Vec<RecordedEvent>,
+    undecodable: bool,
+}
+
+impl StreamVisitor for Decoding {
+    fn expect(&mut self, events: usize) {
+        self.case.reserve(events);
+    }
+
+    fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError> {
+        if self.undecodable {
+            return Ok(());
+        }
+        match event.case_event() {
+            Ok(e) => self.case.push(event.recorded(e)),
+            Err(_) => self.undecodable = true,
+        }
+        Ok(())
+    }
+}
+
 /// A school's log behind the permission matrix: every read of a pupil and
 /// every append takes an [`Actor`]; refusals are logged.
 pub struct Guarded {
@@ -917,8 +954,35 @@ impl Guarded {
         now: DateTime<Utc>,
     ) -> Result<PupilEvents, AccessError> {
         // The timeline does not show the access log: not read for it.
+        let with_access = view != View::Timeline;
+        // Each payload decoded from the bytes as read, without an owned
+        // envelope first. A payload that does not decode sends the read the
+        // general way below (nothing logged yet), which withholds or reports
+        // it.
+        let stream = StreamId::for_pupil(&self.school, pupil);
+        let mut read = Decoding::default();
+        visit_whole_stream(self.store.as_ref(), stream, &mut read).await?;
+        if !read.undecodable {
+            let mut case = read.case;
+            let entries: Vec<(Uuid, Option<&CaseEvent>)> =
+                case.iter().map(|r| (r.event_id, Some(&r.event))).collect();
+            let checked = self
+                .check_read(actor, pupil, view, purpose, now, with_access, &entries)
+                .await?;
+            drop(entries);
+            if let Some(visible) = checked.visible {
+                let mut shown = visible.into_iter();
+                case.retain(|_| shown.next().unwrap_or(false));
+            }
+            return Ok(PupilEvents {
+                withheld: checked.withheld,
+                case,
+                access: checked.access,
+                keyworker: checked.keyworker,
+            });
+        }
         let read = self
-            .read_checked(actor, pupil, view, purpose, now, view != View::Timeline)
+            .read_checked(actor, pupil, view, purpose, now, with_access)
             .await?;
         // Sized up front (a collect into `Result` grows as it goes, moving
         // every event again).
@@ -953,12 +1017,42 @@ impl Guarded {
         .await?;
         let decoded: Vec<Result<CaseEvent, CodecError>> =
             stored.iter().map(StoredEvent::case_event).collect();
-        let keyworker = keyworker_of(
-            stored
-                .iter()
-                .zip(&decoded)
-                .filter_map(|(s, e)| e.as_ref().ok().map(|e| (s.event_id, e))),
-        );
+        let entries: Vec<(Uuid, Option<&CaseEvent>)> = stored
+            .iter()
+            .zip(&decoded)
+            .map(|(s, e)| (s.event_id, e.as_ref().ok()))
+            .collect();
+        let checked = self
+            .check_read(actor, pupil, view, purpose, now, with_access, &entries)
+            .await?;
+        drop(entries);
+        Ok(CheckedRead {
+            withheld: checked.withheld,
+            stored,
+            decoded,
+            visible: checked.visible,
+            access: checked.access,
+            keyworker: checked.keyworker,
+        })
+    }
+
+    /// The access check of a read of `pupil`'s case stream, given each
+    /// entry's id and decoding (`None`: it does not decode): checks the
+    /// view, logs the read (`RecordViewed`, before the access stream is
+    /// read, so an audit shows itself), reads the access stream when
+    /// `with_access` and the actor may, and says which entries are shown.
+    #[allow(clippy::too_many_arguments)]
+    async fn check_read(
+        &self,
+        actor: &Actor,
+        pupil: &str,
+        view: View,
+        purpose: Option<String>,
+        now: DateTime<Utc>,
+        with_access: bool,
+        entries: &[(Uuid, Option<&CaseEvent>)],
+    ) -> Result<Checked, AccessError> {
+        let keyworker = keyworker_of(entries.iter().filter_map(|&(id, e)| e.map(|e| (id, e))));
         let action = match view {
             View::Timeline => Action::ReadTimeline {
                 pupil: pupil.to_string(),
@@ -974,7 +1068,7 @@ impl Guarded {
         // Checked before the pupil's existence is told: a refused actor
         // learns nothing, not even whether the record exists.
         self.check(actor, &action, purpose.as_deref(), now).await?;
-        if stored.is_empty() {
+        if entries.is_empty() {
             return Err(AccessError::UnknownPupil {
                 pupil: pupil.to_string(),
             });
@@ -1010,7 +1104,7 @@ impl Guarded {
         };
         let own = keyworker.as_deref() == Some(actor.staff.as_str());
         let may = |class: ReadClass| may_read(actor, class, own);
-        let total = stored.len();
+        let total = entries.len();
         let visible = if actor.unrestricted {
             // Single-user mode reads every class: nothing to withhold.
             None
@@ -1018,18 +1112,18 @@ impl Guarded {
             // Classes of every entry; a correction takes its target's class.
             let mut class_of: HashMap<Uuid, ReadClass> = HashMap::with_capacity(total);
             let mut visible: Vec<bool> = Vec::with_capacity(total);
-            for (s, e) in stored.iter().zip(&decoded) {
+            for &(id, e) in entries {
                 let class = match e {
-                    Ok(CaseEvent::EntryCorrected(c)) => class_of
+                    Some(CaseEvent::EntryCorrected(c)) => class_of
                         .get(&c.event)
                         .copied()
                         .unwrap_or(ReadClass::Safeguarding),
-                    Ok(e) => read_class(e),
+                    Some(e) => read_class(e),
                     // An entry that cannot be decoded is shown to those who
                     // may read everything (the audit trail lists the damage).
-                    Err(_) => ReadClass::Safeguarding,
+                    None => ReadClass::Safeguarding,
                 };
-                class_of.insert(s.event_id, class);
+                class_of.insert(id, class);
                 visible.push(may(class));
             }
             Some(visible)
@@ -1037,10 +1131,8 @@ impl Guarded {
         let shown = visible
             .as_ref()
             .map_or(total, |v| v.iter().filter(|&&seen| seen).count());
-        Ok(CheckedRead {
+        Ok(Checked {
             withheld: total - shown,
-            stored,
-            decoded,
             visible,
             access,
             keyworker,

@@ -373,7 +373,7 @@ fn decode_plain_payload(event_type: &str, schema: u32, bytes: &[u8]) -> Option<C
         return None;
     }
     let mut r = Plain { bytes, at: 0 };
-    let key = |r: &mut Plain<'_>, name: &str| (r.str()? == name).then_some(());
+    let key = |r: &mut Plain<'_>, name: &str| (r.str_bytes()? == name.as_bytes()).then_some(());
     (r.byte()? == 0x82).then_some(())?;
     key(&mut r, "type")?;
     key(&mut r, TYPE)?;
@@ -382,9 +382,9 @@ fn decode_plain_payload(event_type: &str, schema: u32, bytes: &[u8]) -> Option<C
     key(&mut r, "date")?;
     let date = crate::event::date_text::parse_plain(r.str()?)?;
     key(&mut r, "session")?;
-    let session = match r.str()? {
-        "am" => Session::Am,
-        "pm" => Session::Pm,
+    let session = match r.str_bytes()? {
+        b"am" => Session::Am,
+        b"pm" => Session::Pm,
         _ => return None,
     };
     key(&mut r, "code")?;
@@ -464,6 +464,12 @@ impl<'a> Plain<'a> {
 
     /// A `str` of any width holding UTF-8.
     fn str(&mut self) -> Option<&'a str> {
+        std::str::from_utf8(self.str_bytes()?).ok()
+    }
+
+    /// The bytes of a `str` of any width, UTF-8 or not (for comparing with
+    /// a known text: equal bytes are that text).
+    fn str_bytes(&mut self) -> Option<&'a [u8]> {
         let n = match self.byte()? {
             b @ 0xa0..=0xbf => u64::from(b & 0x1f),
             0xd9 => self.be(1)?,
@@ -471,7 +477,7 @@ impl<'a> Plain<'a> {
             0xdb => self.be(4)?,
             _ => return None,
         };
-        std::str::from_utf8(self.take(usize::try_from(n).ok()?)?).ok()
+        self.take(usize::try_from(n).ok()?)
     }
 
     /// An id: a `bin` of 16 bytes.
@@ -679,6 +685,134 @@ impl StoredEvent {
             return Ok(event);
         }
         crate::upcast::decode_payload(&self.event_type, self.schema, &self.payload)
+    }
+}
+
+/// A stored event borrowed from the bytes it was read from: what
+/// [`StoredEvent`] holds, with the actor, type and payload left in place (the
+/// per-pupil reads decode each payload from it without building an owned
+/// envelope first; see [`crate::store::EventStore::visit_stream`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EventRef<'a> {
+    pub position: u64,
+    pub stream: StreamId,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    pub actor: &'a str,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub event_type: &'a str,
+    pub schema: u32,
+    pub payload: &'a [u8],
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+impl StoredEvent {
+    /// This event, borrowed.
+    pub fn as_event_ref(&self) -> EventRef<'_> {
+        EventRef {
+            position: self.position,
+            stream: self.stream,
+            version: self.version,
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            actor: &self.actor,
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            event_type: &self.event_type,
+            schema: self.schema,
+            payload: &self.payload,
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+}
+
+impl<'a> EventRef<'a> {
+    /// The stored bytes `bytes` read in place, when they are exactly the
+    /// encoder's own forms (the ones [`StoredEvent::decode`] reads without
+    /// rmp-serde) with timestamps in range: then it is what
+    /// `StoredEvent::decode` gives, borrowed. `None` for any other bytes,
+    /// which the caller decodes with `StoredEvent::decode` (and its errors).
+    pub fn decode_plain(bytes: &'a [u8]) -> Option<EventRef<'a>> {
+        let (body, hash) = split_value(bytes).ok()?;
+        let b = Body::decode_plain(body)?;
+        let (std::borrow::Cow::Borrowed(actor), std::borrow::Cow::Borrowed(event_type)) =
+            (b.actor, b.event_type)
+        else {
+            return None;
+        };
+        let std::borrow::Cow::Borrowed(payload) = b.payload else {
+            return None;
+        };
+        Some(EventRef {
+            position: b.position,
+            stream: StreamId(b.stream),
+            version: b.version,
+            event_id: b.event_id,
+            occurred_at: DateTime::<Utc>::from_timestamp_micros(b.occurred_at_us)?,
+            recorded_at: DateTime::<Utc>::from_timestamp_micros(b.recorded_at_us)?,
+            actor,
+            correlation_id: b.correlation_id,
+            causation_id: b.causation_id,
+            event_type,
+            schema: b.schema,
+            payload,
+            prev_hash: b.prev_hash,
+            hash,
+        })
+    }
+
+    /// The owned event.
+    pub fn to_stored(&self) -> StoredEvent {
+        StoredEvent {
+            position: self.position,
+            stream: self.stream,
+            version: self.version,
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            actor: self.actor.to_string(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            event_type: self.event_type.to_string(),
+            schema: self.schema,
+            payload: self.payload.to_vec(),
+            prev_hash: self.prev_hash,
+            hash: self.hash,
+        }
+    }
+
+    /// Decodes the payload, upcasting it to the current schema: as
+    /// [`StoredEvent::case_event`].
+    pub fn case_event(&self) -> Result<CaseEvent, CodecError> {
+        if let Some(event) = decode_plain_payload(self.event_type, self.schema, self.payload) {
+            return Ok(event);
+        }
+        crate::upcast::decode_payload(self.event_type, self.schema, self.payload)
+    }
+
+    /// The event with its payload decoded as `event`, the actor copied once:
+    /// [`RecordedEvent::from_parts`] without the owned envelope.
+    pub fn recorded(&self, event: CaseEvent) -> RecordedEvent {
+        RecordedEvent {
+            position: self.position,
+            stream: self.stream,
+            version: self.version,
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            recorded_at: self.recorded_at,
+            actor: self.actor.to_string(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            schema: self.schema,
+            hash: self.hash,
+            event,
+        }
     }
 }
 
@@ -919,6 +1053,46 @@ mod tests {
             if let Some(plain) = Body::decode_plain(&damaged) {
                 let serde: Result<Body<'_>, _> = rmp_serde::from_slice(&damaged);
                 prop_assert_eq!(Some(plain), serde.ok());
+            }
+        }
+
+        /// `EventRef::decode_plain` reads the encoder's bytes as
+        /// `StoredEvent::decode` does, borrowed; of damaged bytes, whatever
+        /// it accepts `StoredEvent::decode` reads the same. Its payload
+        /// decodes as the owned event's does.
+        #[test]
+        fn borrowed_decoding_is_stored_event_decoding(
+            new in new_event(),
+            stream in any::<u128>(),
+            position in uint(),
+            version in uint(),
+            recorded in micros(),
+            prev in any::<[u8; 32]>(),
+            at in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+            damage in 0u8..4,
+        ) {
+            let stream = StreamId(Uuid::from_u128(stream));
+            let (_, bytes) = seal_bytes(&new, stream, position, version, time(recorded), prev).unwrap();
+            let owned = StoredEvent::decode(&bytes).unwrap();
+            let borrowed = EventRef::decode_plain(&bytes);
+            prop_assert_eq!(borrowed, Some(owned.as_event_ref()));
+            let borrowed = borrowed.unwrap();
+            prop_assert_eq!(&borrowed.to_stored(), &owned);
+            prop_assert_eq!(
+                format!("{:?}", borrowed.case_event()),
+                format!("{:?}", owned.case_event())
+            );
+            if let Ok(event) = owned.case_event() {
+                prop_assert_eq!(
+                    borrowed.recorded(event.clone()),
+                    RecordedEvent::from_parts(owned.clone(), event)
+                );
+            }
+            let damaged = damaged(&bytes, at, byte, damage);
+            if let Some(plain) = EventRef::decode_plain(&damaged) {
+                let owned = StoredEvent::decode(&damaged);
+                prop_assert_eq!(Some(plain.to_stored()), owned.ok());
             }
         }
 

@@ -20,7 +20,7 @@ pub mod seal;
 pub mod store;
 pub mod upcast;
 
-pub use envelope::{NewEvent, RecordedEvent, StoredEvent, StreamId};
+pub use envelope::{EventRef, NewEvent, RecordedEvent, StoredEvent, StreamId};
 pub use error::{CodecError, StoreError};
 pub use event::CaseEvent;
 pub use store::{AppendRequest, Appended, EventStore, ExpectedVersion};

@@ -88,27 +88,6 @@ pub struct Correction {
     pub applied: bool,
 }
 
-/// The envelope fields an entry shows.
-struct Meta {
-    position: u64,
-    event_id: Uuid,
-    occurred_at: DateTime<Utc>,
-    recorded_at: DateTime<Utc>,
-    actor: String,
-}
-
-impl Meta {
-    fn of(e: &RecordedEvent) -> Meta {
-        Meta {
-            position: e.position,
-            event_id: e.event_id,
-            occurred_at: e.occurred_at,
-            recorded_at: e.recorded_at,
-            actor: e.actor.clone(),
-        }
-    }
-}
-
 impl Chronology {
     /// Folds the pupil's case-stream events (any order; they are put in
     /// stream order first) into the chronology.
@@ -118,14 +97,14 @@ impl Chronology {
         as_of: Option<DateTime<Utc>>,
         safeguarding_only: bool,
     ) -> Chronology {
-        let mut known: Vec<(Meta, CaseEvent)> = events
+        let mut known: Vec<RecordedEvent> = events
             .iter()
             .filter(|e| known_at(e, as_of))
             .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
-            .map(|e| (Meta::of(e), e.event.clone()))
+            .cloned()
             .collect();
         // Corrections apply in stream order; the log's position order is it.
-        known.sort_by_key(|(m, _)| m.position);
+        known.sort_by_key(|e| e.position);
         fold(pupil, known, as_of, safeguarding_only).into_chronology()
     }
 
@@ -185,21 +164,8 @@ impl Timeline {
         if !events.is_sorted_by_key(|e| e.position) {
             events.sort_by_key(|e| e.position);
         }
-        let known = events
-            .into_iter()
-            .filter(|e| known_at(e, as_of))
-            .filter(|e| !matches!(e.event, CaseEvent::RecordViewed(_)))
-            .map(|e| {
-                let meta = Meta {
-                    position: e.position,
-                    event_id: e.event_id,
-                    occurred_at: e.occurred_at,
-                    recorded_at: e.recorded_at,
-                    actor: e.actor,
-                };
-                (meta, e.event)
-            });
-        fold(pupil, known, as_of, safeguarding_only)
+        // Filtered in the fold: each event is moved once, into its entry.
+        fold(pupil, events, as_of, safeguarding_only)
     }
 
     /// The chronology: each entry's summary and data rendered.
@@ -353,24 +319,34 @@ fn write_value_at<T: Serialize + ?Sized>(out: &mut Vec<u8>, level: usize, value:
     let _ = crate::pretty::write(out, level, &v);
 }
 
-/// The chronology of the events known at `as_of` (the filter applied),
-/// given in position order. Each event is moved once, into its entry.
+/// The chronology of the events given in position order, those known at
+/// `as_of` (and not `RecordViewed`). Each event is moved once, into its
+/// entry.
 fn fold(
     pupil: &str,
-    known: impl IntoIterator<Item = (Meta, CaseEvent)>,
+    events: Vec<RecordedEvent>,
     as_of: Option<DateTime<Utc>>,
     safeguarding_only: bool,
 ) -> Timeline {
-    let known = known.into_iter();
-    // Filtered events: room for them all, the upper bound.
-    let (least, most) = known.size_hint();
-    let size = most.unwrap_or(least);
     // The entries on their way: each one's current content and its
-    // corrections so far.
-    let mut building: Vec<TimelineEntry> = Vec::with_capacity(size);
-    let mut index: HashMap<Uuid, usize> = HashMap::with_capacity(size);
-    for (meta, event) in known {
-        if let CaseEvent::EntryCorrected(c) = &event {
+    // corrections so far. Room for them all, the upper bound.
+    let mut building: Vec<TimelineEntry> = Vec::with_capacity(events.len());
+    // Entry of each event id, built at the first correction (most records
+    // have none; later ids replace earlier ones, as inserting in order
+    // does).
+    let mut index: Option<HashMap<Uuid, usize>> = None;
+    for e in events {
+        if !known_at(&e, as_of) || matches!(e.event, CaseEvent::RecordViewed(_)) {
+            continue;
+        }
+        if let CaseEvent::EntryCorrected(c) = &e.event {
+            let index = index.get_or_insert_with(|| {
+                let mut index = HashMap::with_capacity(building.capacity());
+                for (i, b) in building.iter().enumerate() {
+                    index.insert(b.event_id, i);
+                }
+                index
+            });
             if let Some(&i) = index.get(&c.event) {
                 let target = &mut building[i];
                 let original = replaced_values(&target.content, &c.changes);
@@ -380,10 +356,10 @@ fn fold(
                     target.content = new;
                 }
                 target.corrections.push(Correction {
-                    event_id: meta.event_id,
-                    position: meta.position,
-                    recorded_at: meta.recorded_at,
-                    actor: meta.actor,
+                    event_id: e.event_id,
+                    position: e.position,
+                    recorded_at: e.recorded_at,
+                    actor: e.actor,
                     reason: c.reason.clone(),
                     original,
                     changes: c.changes.clone(),
@@ -393,14 +369,16 @@ fn fold(
             }
             // Names nothing earlier in this record: shown as itself.
         }
-        index.insert(meta.event_id, building.len());
+        if let Some(index) = &mut index {
+            index.insert(e.event_id, building.len());
+        }
         building.push(TimelineEntry {
-            position: meta.position,
-            event_id: meta.event_id,
-            occurred_at: meta.occurred_at,
-            recorded_at: meta.recorded_at,
-            actor: meta.actor,
-            content: event,
+            position: e.position,
+            event_id: e.event_id,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            actor: e.actor,
+            content: e.event,
             corrections: Vec::new(),
         });
     }
@@ -575,6 +553,110 @@ mod tests {
     use super::*;
     use casebook_engine::event::{AttendanceMarked, Session};
     use proptest::prelude::*;
+
+    /// The fold as it was written before its index was built lazily: every
+    /// entry looked up by id (the last entry with that id), nothing filtered
+    /// but `as_of` and `RecordViewed`.
+    fn reference_fold(
+        events: &[RecordedEvent],
+        as_of: Option<DateTime<Utc>>,
+    ) -> Vec<TimelineEntry> {
+        let mut building: Vec<TimelineEntry> = Vec::new();
+        for e in events {
+            if !known_at(e, as_of) || matches!(e.event, CaseEvent::RecordViewed(_)) {
+                continue;
+            }
+            if let CaseEvent::EntryCorrected(c) = &e.event {
+                if let Some(i) = building.iter().rposition(|b| b.event_id == c.event) {
+                    let target = &mut building[i];
+                    let original = replaced_values(&target.content, &c.changes);
+                    let new = corrected(&target.content, &c.changes);
+                    let applied = new.is_some();
+                    if let Some(new) = new {
+                        target.content = new;
+                    }
+                    target.corrections.push(Correction {
+                        event_id: e.event_id,
+                        position: e.position,
+                        recorded_at: e.recorded_at,
+                        actor: e.actor.clone(),
+                        reason: c.reason.clone(),
+                        original,
+                        changes: c.changes.clone(),
+                        applied,
+                    });
+                    continue;
+                }
+            }
+            building.push(TimelineEntry {
+                position: e.position,
+                event_id: e.event_id,
+                occurred_at: e.occurred_at,
+                recorded_at: e.recorded_at,
+                actor: e.actor.clone(),
+                content: e.event.clone(),
+                corrections: Vec::new(),
+            });
+        }
+        building.sort_by_key(|e| (e.occurred_at, e.position));
+        building
+    }
+
+    proptest! {
+        /// The fold (its id index built at the first correction) gives the
+        /// entries of the reference fold, with corrections of entries, of
+        /// corrections, of unknown ids, repeated ids and `as_of` cuts.
+        #[test]
+        fn the_fold_is_the_reference_fold(
+            steps in proptest::collection::vec((0u8..4, 0usize..12, 0usize..8, any::<bool>()), 0..40),
+            cut in proptest::option::of(0i64..40),
+        ) {
+            use casebook_engine::event::{EntryCorrected, ParentContacted, RecordViewed};
+            use casebook_engine::envelope::StreamId;
+            let start: DateTime<Utc> = "2026-03-02T09:00:00Z".parse().unwrap();
+            let ids: Vec<Uuid> = (0..8u128).map(Uuid::from_u128).collect();
+            let mut events = Vec::new();
+            for (k, &(kind, target, id, repeat)) in steps.iter().enumerate() {
+                let event = match kind {
+                    0 | 1 => CaseEvent::ParentContacted(ParentContacted {
+                        method: "phone".into(),
+                        summary: format!("Call {k}"),
+                    }),
+                    2 => {
+                        let mut changes = serde_json::Map::new();
+                        changes.insert("summary".into(), Value::String(format!("Fixed {k}")));
+                        CaseEvent::EntryCorrected(EntryCorrected {
+                            event: Uuid::from_u128(target as u128 % 10),
+                            changes,
+                            reason: "typo".into(),
+                        })
+                    }
+                    _ => CaseEvent::RecordViewed(RecordViewed {
+                        pupil: "P1".into(),
+                        view: "timeline".into(),
+                        purpose: None,
+                    }),
+                };
+                events.push(RecordedEvent {
+                    position: k as u64 + 1,
+                    stream: StreamId::for_pupil("default", "P1"),
+                    version: k as u64 + 1,
+                    event_id: if repeat { ids[id] } else { Uuid::from_u128(1_000 + k as u128) },
+                    occurred_at: start + chrono::Duration::minutes(((k * 7) % 11) as i64),
+                    recorded_at: start + chrono::Duration::minutes(k as i64),
+                    actor: format!("S{k:03}"),
+                    correlation_id: None,
+                    causation_id: None,
+                    schema: casebook_engine::event::CURRENT_SCHEMA,
+                    hash: [0; 32],
+                    event,
+                });
+            }
+            let as_of = cut.map(|m| start + chrono::Duration::minutes(m));
+            let got = Timeline::build_owned("P1", events.clone(), as_of, false);
+            prop_assert_eq!(got.entries, reference_fold(&events, as_of));
+        }
+    }
 
     proptest! {
         /// An `AttendanceMarked`'s data is written directly as its

@@ -282,14 +282,23 @@ pub fn snake<T: serde::Serialize>(value: &T) -> String {
 /// A label or name on one line (labels are validated, but a log may be
 /// older than the validation).
 fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+    // The words joined by single spaces, in one pass (no vector of words).
+    let mut out = String::with_capacity(text.len());
+    for word in text.split_whitespace() {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    out
 }
 
 /// Prose flattened to one line and cut at [`MAX_PROSE_IN_SUMMARY`]
 /// characters.
 fn prose(text: &str) -> String {
     let flat = one_line(text);
-    if flat.chars().count() <= MAX_PROSE_IN_SUMMARY {
+    // At most one character a byte: a short text is not counted.
+    if flat.len() <= MAX_PROSE_IN_SUMMARY || flat.chars().count() <= MAX_PROSE_IN_SUMMARY {
         return flat;
     }
     let mut cut: String = flat.chars().take(MAX_PROSE_IN_SUMMARY - 1).collect();
@@ -300,6 +309,26 @@ fn prose(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// `one_line` and `prose` give what the word split and join (and
+        /// the character cut) give, for any text.
+        #[test]
+        fn prose_is_the_joined_words_cut(text in "(\\PC|[ \t\n\r\u{a0}\u{2003}]){0,200}") {
+            let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
+            prop_assert_eq!(one_line(&text), joined.clone());
+            let want = if joined.chars().count() <= MAX_PROSE_IN_SUMMARY {
+                joined
+            } else {
+                let mut cut: String = joined.chars().take(MAX_PROSE_IN_SUMMARY - 1).collect();
+                cut.push('…');
+                cut
+            };
+            prop_assert_eq!(prose(&text), want);
+        }
+    }
+
     use casebook_engine::event::{IncidentRecorded, IncidentRole, Participant};
 
     #[test]

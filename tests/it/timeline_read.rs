@@ -16,9 +16,12 @@ use casebook_engine::envelope::{NewEvent, StreamId};
 use casebook_engine::event::CaseEvent;
 use casebook_engine::store::segment::SegmentStore;
 use casebook_engine::store::sled::SledStore;
-use casebook_engine::store::{read_whole_stream, AppendRequest, EventStore, ExpectedVersion};
+use casebook_engine::store::{
+    read_whole_stream, visit_whole_stream, AppendRequest, EventStore, ExpectedVersion,
+    StreamVisitor,
+};
 use casebook_engine::upcast::decode_payload;
-use casebook_engine::{RecordedEvent, StoredEvent};
+use casebook_engine::{EventRef, RecordedEvent, StoreError, StoredEvent};
 use casebook_projections::chronology::{Chronology, Timeline};
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
@@ -43,7 +46,7 @@ struct Step {
 fn step() -> impl Strategy<Value = Step> {
     (
         0..PUPILS.len(),
-        0u8..7,
+        0u8..8,
         1usize..5,
         any::<bool>(),
         0usize..64,
@@ -110,6 +113,18 @@ fn step_event(s: &Step, n: usize, earlier: &[Uuid], occurred: DateTime<Utc>) -> 
                 "DSL1",
             )
         }
+        7 => {
+            // A payload that does not decode: withheld from those who may
+            // not read everything, an error for those who may.
+            let mut bad = event(
+                "ParentContacted",
+                json!({"method": "phone", "summary": format!("Call {n}")}),
+                occurred,
+                "TEA1",
+            );
+            bad.payload = vec![0xc1, 0xff, 0x00];
+            bad
+        }
         5 => event(
             "SafeguardingDecisionMade",
             json!({"decision": "monitor", "rationale": format!("Review {n}")}),
@@ -122,6 +137,16 @@ fn step_event(s: &Step, n: usize, earlier: &[Uuid], occurred: DateTime<Utc>) -> 
             occurred,
             "TEA1",
         ),
+    }
+}
+
+/// What `visit_stream` hands over, owned.
+struct Collect(Vec<StoredEvent>);
+
+impl StreamVisitor for Collect {
+    fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError> {
+        self.0.push(event.to_stored());
+        Ok(())
     }
 }
 
@@ -244,8 +269,21 @@ async fn check_log(log: Arc<dyn EventStore>, steps: &[Step]) {
                 read_whole_stream(log.as_ref(), stream).await.unwrap(),
                 expected
             );
+            // The same events handed over borrowed (`visit_stream`).
+            let mut whole = Collect(Vec::new());
+            visit_whole_stream(log.as_ref(), stream, &mut whole)
+                .await
+                .unwrap();
+            assert_eq!(whole.0, expected);
             for from in 1..=expected.len() as u64 + 1 {
+                let mut visited = Collect(Vec::new());
+                let n = log
+                    .visit_stream(stream, from, 3, &mut visited)
+                    .await
+                    .unwrap();
+                assert_eq!(n, visited.0.len());
                 let page = log.read_stream(stream, from, 3).await.unwrap();
+                assert_eq!(visited.0, page, "{pupil} visited from version {from}");
                 let want: Vec<StoredEvent> = expected
                     .iter()
                     .skip(from as usize - 1)
@@ -286,6 +324,20 @@ async fn compare(guarded: &Guarded, actor: &Actor, now: DateTime<Utc>) {
                     (Ok(f), Ok(s)) => (f, s),
                     (Err(f), Err(s)) => {
                         assert_eq!(f.to_string(), s.to_string());
+                        continue;
+                    }
+                    // A shown entry that does not decode: the error names it.
+                    (Err(f), Ok(s)) => {
+                        let bad = s
+                            .case
+                            .iter()
+                            .find(|e| e.case_event().is_err())
+                            .unwrap_or_else(|| panic!("{pupil}: {f}"));
+                        assert!(
+                            f.to_string()
+                                .contains(&format!("position {}", bad.position)),
+                            "{f}"
+                        );
                         continue;
                     }
                     (f, s) => panic!("{pupil} as {}: {f:?} vs {s:?}", actor.staff),

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 use crate::envelope::{
-    chain_hash, split_value, Hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH,
+    chain_hash, split_value, EventRef, Hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH,
 };
 use crate::error::StoreError;
 use segment::IdHash;
@@ -140,6 +140,27 @@ pub trait EventStore: Send + Sync + 'static {
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError>;
 
+    /// [`EventStore::read_stream`] handing each event to `visit` in turn,
+    /// borrowed, instead of returning them: the same events in the same
+    /// order (a backend may lend them from its read buffer, without an owned
+    /// envelope each; the per-pupil reads decode each payload from it).
+    /// Returns how many events were visited; stops at the first error of
+    /// `visit`, and returns it.
+    async fn visit_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+        visit: &mut dyn StreamVisitor,
+    ) -> Result<usize, StoreError> {
+        let events = self.read_stream(stream, from_version, max).await?;
+        visit.expect(events.len());
+        for s in &events {
+            visit.visit(&s.as_event_ref())?;
+        }
+        Ok(events.len())
+    }
+
     /// Up to `max` events of the log from `from_position` (1 = the first).
     async fn read_all(
         &self,
@@ -244,6 +265,35 @@ pub async fn read_whole_stream(
         }
         if done {
             return Ok(out);
+        }
+    }
+}
+
+/// What [`EventStore::visit_stream`] hands a stream's events to.
+pub trait StreamVisitor: Send {
+    /// How many events this page holds, before the first is visited (a
+    /// capacity hint; a backend that does not know says nothing).
+    fn expect(&mut self, _events: usize) {}
+
+    /// The next event, in stream order. An error stops the read.
+    fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError>;
+}
+
+/// [`read_whole_stream`] through [`EventStore::visit_stream`]: every event
+/// of a stream handed to `visit` in order, page by page.
+pub async fn visit_whole_stream(
+    store: &dyn EventStore,
+    stream: StreamId,
+    visit: &mut dyn StreamVisitor,
+) -> Result<(), StoreError> {
+    let mut seen = 0u64;
+    loop {
+        let n = store
+            .visit_stream(stream, seen + 1, MAX_READ_PAGE, visit)
+            .await?;
+        seen += n as u64;
+        if n < MAX_READ_PAGE {
+            return Ok(());
         }
     }
 }

@@ -44,9 +44,9 @@ use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqRead
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AppendRequest, Appended, ChainVerifier, Commit, Committed, EventStore, GroupStage, Head, Reply,
-    VerifyReport, MAX_READ_PAGE,
+    StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
-use crate::envelope::{split_value, Hash, StoredEvent, StreamId, GENESIS_HASH};
+use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
 
 /// On-disk format written by this build; a store with a newer one is
@@ -1260,6 +1260,83 @@ fn read_runs(wanted: Vec<(u64, Loc, Arc<Segment>)>) -> Result<Vec<StoredEvent>, 
     Ok(out)
 }
 
+/// Largest read buffer a thread keeps between [`visit_runs`] calls (a
+/// pupil's record is ~120 KB).
+const KEPT_READ_BUFFER: usize = 1 << 20;
+
+thread_local! {
+    /// The read buffer of [`visit_runs`], kept between reads: a fresh one
+    /// each time was zeroed, and first touches of fresh allocator pages
+    /// fault.
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`read_runs`] handing each event to `visit`, borrowed from the read
+/// buffer when its bytes are the encoder's own forms
+/// ([`EventRef::decode_plain`]); any other bytes are decoded as
+/// [`read_runs`] decodes them (the same event, or the same error). Returns
+/// how many events were visited.
+fn visit_runs(
+    wanted: &[(u64, Loc, Arc<Segment>)],
+    visit: &mut dyn StreamVisitor,
+) -> Result<usize, StoreError> {
+    READ_BUFFER.with(|kept| match kept.try_borrow_mut() {
+        Ok(mut buf) => {
+            let done = visit_runs_in(&mut buf, wanted, visit);
+            if buf.capacity() > KEPT_READ_BUFFER {
+                *buf = Vec::new();
+            }
+            done
+        }
+        // A visit that reads again on this thread: a buffer of its own.
+        Err(_) => visit_runs_in(&mut Vec::new(), wanted, visit),
+    })
+}
+
+fn visit_runs_in(
+    buf: &mut Vec<u8>,
+    wanted: &[(u64, Loc, Arc<Segment>)],
+    visit: &mut dyn StreamVisitor,
+) -> Result<usize, StoreError> {
+    visit.expect(wanted.len());
+    let mut i = 0;
+    while i < wanted.len() {
+        let (_, first, ref seg) = wanted[i];
+        let mut end = first.offset + first.len as u64;
+        let mut j = i + 1;
+        while j < wanted.len() && wanted[j].1.seg == first.seg && wanted[j].1.offset == end {
+            end += wanted[j].1.len as u64;
+            j += 1;
+        }
+        // Only grown, never zeroed again: the pread fills what is read.
+        let len = (end - first.offset) as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let run = &mut buf[..len];
+        seg.file
+            .read_exact_at(run, first.offset)
+            .map_err(io("read"))?;
+        let mut at = 0usize;
+        for &(p, loc, _) in &wanted[i..j] {
+            let bytes = &run[at..];
+            let (meta, value, len) = decode_frame(bytes)
+                .map_err(|e| corrupt(&seg.path, Some(loc.offset), e.to_string()))?;
+            match EventRef::decode_plain(value) {
+                Some(e) if meta.position == p && e.position == p => visit.visit(&e)?,
+                // Anything else as `decode_at` reads it: its event or its error.
+                _ => {
+                    let (event, _) = decode_at(seg, loc.offset, bytes, p)?;
+                    visit.visit(&event.as_event_ref())?;
+                }
+            }
+            at += len;
+        }
+        i = j;
+    }
+    Ok(wanted.len())
+}
+
 // ---- reads ---------------------------------------------------------------------
 
 #[async_trait]
@@ -1288,6 +1365,26 @@ impl EventStore for SegmentLog {
             list[start..end].iter().map(|&p| state.wanted(p)).collect()
         };
         read_runs(wanted)
+    }
+
+    async fn visit_stream(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+        visit: &mut dyn StreamVisitor,
+    ) -> Result<usize, StoreError> {
+        let max = max.min(MAX_READ_PAGE);
+        let wanted: Vec<(u64, Loc, Arc<Segment>)> = {
+            let state = self.read()?;
+            let Some(list) = state.index.streams.get(&stream) else {
+                return Ok(0);
+            };
+            let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
+            let end = start.saturating_add(max).min(list.len());
+            list[start..end].iter().map(|&p| state.wanted(p)).collect()
+        };
+        visit_runs(&wanted, visit)
     }
 
     async fn read_all(
