@@ -1107,7 +1107,6 @@ struct Writer {
 
 impl Writer {
     /// Starts the I/O thread and returns the writer (to run on its thread).
-    #[allow(clippy::too_many_arguments)]
     fn start(
         school: &str,
         state: Arc<RwLock<State>>,
