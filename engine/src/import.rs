@@ -5,10 +5,9 @@
 //! parsed and validated. `plan` only reads; the caller appends the plan's
 //! requests with `append_atomic`, so an import is all-or-nothing per log.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::Poll;
 
 use chrono::{DateTime, Utc};
@@ -21,8 +20,7 @@ use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::segment::IdHash;
 use crate::store::{
-    read_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion, SubmitOrder,
-    MAX_EVENTS_PER_APPEND,
+    read_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion, MAX_EVENTS_PER_APPEND,
 };
 
 /// The planner's maps, keyed by event ids and stream ids (16 random or
@@ -867,31 +865,19 @@ impl Batch {
 ///
 /// Exactly as serial: batch k+1 is validated against what batch k will
 /// have written (its pupils' state and stream versions, its ids) and
-/// against the store for everything else, and a batch that fails (a
-/// version conflict with a concurrent writer, a duplicate, a write error)
-/// is reported, at its line, before anything after it is written. A line
-/// of batch k+1 repeating an id of batch k is checked against the stored
-/// event once batch k is durable, before batch k+1 is handed over, and the
-/// first error of a batch is the one a fresh planner would report, at the
-/// same line. A batch expects the versions its predecessor leaves, so a
-/// concurrent append to one of its pupils in between fails the batch
-/// cleanly (nothing of it written).
+/// against the store for everything else; it is handed to the writer only
+/// once batch k is acknowledged, so at most one batch is in flight and a
+/// batch that fails (a version conflict with a concurrent writer, a write
+/// error) is reported before anything after it is written. A line of
+/// batch k+1 repeating an id of batch k is checked against the stored
+/// event once batch k is durable, and the first error of a batch is the
+/// one a fresh planner would report, at the same line. A batch expects
+/// the versions its predecessor leaves, so a concurrent append to one of
+/// its pupils in between fails the batch cleanly (nothing of it written).
 ///
-/// How batches reach the store depends on it
-/// ([`EventStore::ordered_submission`]):
-/// - **ordered** (the segment store): batch k+1 is handed to the writer
-///   as soon as it is planned, while batch k may still be in flight, so
-///   the writer checks and seals k+1 while k is written and fdatasync'd.
-///   Both carry one [`SubmitOrder`]: once k fails, the writer refuses
-///   k+1 (nothing of it is written, whichever pupils it touches). Before
-///   batch k+2 is planned, batch k is durable (the carried state covers
-///   only the newest batch): at most two batches are in flight.
-/// - otherwise, batch k+1 is handed over only once batch k is
-///   acknowledged: at most one batch in flight.
-///
-/// Memory: the lines and requests of two (ordered: three) batches, the
-/// state of the pupils of the newest batch in flight and its ids; state
-/// is dropped once the next batch no longer needs it.
+/// Memory: the lines and requests of two batches, the state of the pupils
+/// of the batch in flight and its ids; state is dropped once the next
+/// batch no longer needs it.
 ///
 /// Dropping a pipeline does not take back a batch already submitted (the
 /// writer has it, as with any append whose caller went away): call
@@ -902,13 +888,9 @@ pub struct Pipeline<'a> {
     school: String,
     now: DateTime<Utc>,
     sealer: Option<&'a dyn crate::seal::PayloadSealer>,
-    /// The state of the newest batch in flight (or last acknowledged).
+    /// The state of the batch in flight (or last acknowledged).
     carry: Carry,
-    /// Batches submitted and not yet acknowledged, oldest first.
-    in_flight: VecDeque<InFlight<'a>>,
-    /// The series the batches are submitted in, when the store takes
-    /// ordered submissions.
-    order: Option<Arc<SubmitOrder>>,
+    in_flight: Option<InFlight<'a>>,
     events: u64,
     duplicates: u64,
 }
@@ -921,10 +903,7 @@ impl<'a> Pipeline<'a> {
             now,
             sealer: None,
             carry: Carry::default(),
-            in_flight: VecDeque::new(),
-            order: store
-                .ordered_submission()
-                .then(|| Arc::new(SubmitOrder::default())),
+            in_flight: None,
             events: 0,
             duplicates: 0,
         }
@@ -937,34 +916,18 @@ impl<'a> Pipeline<'a> {
     }
 
     /// Validates `lines` as the next batch while the batch in flight is
-    /// written. Returns the plan of `lines` (not yet submitted), or the
-    /// first error: the write error of a batch in flight first, else the
-    /// first line of `lines` a fresh [`Planner`] would refuse once the
-    /// batches in flight are written. Without ordered submission (see
-    /// [`Pipeline`]), returns once the batch in flight is durable.
+    /// written, then waits for that batch to be durable. Returns the plan
+    /// of `lines` (not yet submitted), or the first error: the batch in
+    /// flight's write error first, else the first line of `lines` a fresh
+    /// [`Planner`] would refuse once that batch is written.
     pub async fn plan(
         &mut self,
         lines: impl IntoIterator<Item = ImportLine>,
     ) -> Result<Batch, ImportError> {
         let mut planner = Planner::new(self.store, &self.school, self.now);
         planner.sealer = self.sealer;
-        if self.order.is_some() {
-            // Only the newest batch may still be in flight: the carried
-            // state covers it, the store everything before it.
-            while self.in_flight.len() > 1 {
-                self.acknowledge().await?;
-            }
-            planner.carry = std::mem::take(&mut self.carry);
-            let planned = planner.add_many(lines).await;
-            if planned.is_err() || !planner.deferred.is_empty() {
-                // The batch in flight's error comes first; deferred ids
-                // are checked against it once durable.
-                self.flush().await?;
-            }
-            return self.finish_plan(planner, planned).await;
-        }
         planner.carry = std::mem::take(&mut self.carry);
-        let (planned, acked) = match self.in_flight.pop_front() {
+        let (planned, acked) = match self.in_flight.take() {
             Some(f) => {
                 let (planned, acked) = tokio::join!(planner.add_many(lines), f.append);
                 (planned, Some((acked, f.events, f.duplicates)))
@@ -976,17 +939,8 @@ impl<'a> Pipeline<'a> {
             self.events += events as u64;
             self.duplicates += duplicates as u64;
         }
-        self.finish_plan(planner, planned).await
-    }
-
-    /// The end of [`Pipeline::plan`], every batch before this one durable:
-    /// the ids repeated from the batch before, in line order (all come
-    /// before `planned`'s error, if any), then `planned`'s error.
-    async fn finish_plan(
-        &mut self,
-        mut planner: Planner<'a>,
-        planned: Result<(), ImportError>,
-    ) -> Result<Batch, ImportError> {
+        // The ids repeated from the batch just acknowledged, in line order;
+        // all come before `planned`'s error, if any.
         for d in std::mem::take(&mut planner.deferred) {
             let stored =
                 self.store
@@ -1020,38 +974,15 @@ impl<'a> Pipeline<'a> {
 
     /// Hands `batch` to the store's writer and returns without waiting for
     /// it to be durable (the next [`Pipeline::plan`] or
-    /// [`Pipeline::flush`] waits). With ordered submission the batch
-    /// queues behind the one in flight; otherwise this waits first for any
-    /// batch still in flight, so batches are written one at a time.
-    /// Batches are meant to alternate `plan`, `submit`: a batch planned
-    /// before its predecessor was submitted did not see it, and the store
-    /// refuses it (version or id conflict) rather than write it twice.
+    /// [`Pipeline::flush`] waits). Waits first for any batch still in
+    /// flight, so batches are written in order, one at a time. Batches are
+    /// meant to alternate `plan`, `submit`: a batch planned before its
+    /// predecessor was submitted did not see it, and the store refuses it
+    /// (version or id conflict) rather than write it twice.
     pub async fn submit(&mut self, batch: Batch) -> Result<(), ImportError> {
-        if self.order.is_none() || batch.requests.is_empty() {
-            // An empty batch carries only its own pupils: the one before
-            // it must be durable before the next is planned.
-            self.flush().await?;
-        }
+        self.flush().await?;
         if batch.requests.is_empty() {
             self.duplicates += batch.duplicates as u64;
-            self.carry = batch.carry;
-            return Ok(());
-        }
-        if let Some(order) = self.order.clone() {
-            let append = match self.store.submit_ordered(batch.requests, &order).await {
-                Ok(append) => append,
-                Err(e) => {
-                    // An earlier batch's failure is the one to report.
-                    self.flush().await?;
-                    self.reset();
-                    return Err(ImportError::Write(e));
-                }
-            };
-            self.in_flight.push_back(InFlight {
-                append,
-                events: batch.events,
-                duplicates: batch.duplicates,
-            });
             self.carry = batch.carry;
             return Ok(());
         }
@@ -1065,11 +996,13 @@ impl<'a> Pipeline<'a> {
                 self.events += batch.events as u64;
                 self.duplicates += batch.duplicates as u64;
             }
-            Poll::Pending => self.in_flight.push_back(InFlight {
-                append,
-                events: batch.events,
-                duplicates: batch.duplicates,
-            }),
+            Poll::Pending => {
+                self.in_flight = Some(InFlight {
+                    append,
+                    events: batch.events,
+                    duplicates: batch.duplicates,
+                })
+            }
         }
         self.carry = batch.carry;
         Ok(())
@@ -1084,45 +1017,19 @@ impl<'a> Pipeline<'a> {
         self.submit(batch).await
     }
 
-    /// Waits until every batch in flight is durable.
+    /// Waits until the batch in flight, if any, is durable.
     pub async fn flush(&mut self) -> Result<(), ImportError> {
-        while !self.in_flight.is_empty() {
-            self.acknowledge().await?;
+        if let Some(f) = self.in_flight.take() {
+            let acked = f.append.await;
+            if acked.is_err() {
+                // Nothing of it was written: its state is not the store's.
+                self.carry = Carry::default();
+            }
+            acked.map_err(ImportError::Write)?;
+            self.events += f.events as u64;
+            self.duplicates += f.duplicates as u64;
         }
         Ok(())
-    }
-
-    /// Waits for the oldest batch in flight. On its failure, nothing after
-    /// it was written (ordered: the store refused the later batches of the
-    /// series): they are dropped and the pipeline starts afresh.
-    async fn acknowledge(&mut self) -> Result<(), ImportError> {
-        let Some(f) = self.in_flight.pop_front() else {
-            return Ok(());
-        };
-        match f.append.await {
-            Ok(_) => {
-                self.events += f.events as u64;
-                self.duplicates += f.duplicates as u64;
-                Ok(())
-            }
-            Err(e) => {
-                // The later batches are answered with errors; wait for
-                // them so nothing of this pipeline is still queued.
-                while let Some(later) = self.in_flight.pop_front() {
-                    let _ = later.append.await;
-                }
-                self.reset();
-                Err(ImportError::Write(e))
-            }
-        }
-    }
-
-    /// After an error: nothing carried, a fresh series.
-    fn reset(&mut self) {
-        self.carry = Carry::default();
-        if self.order.is_some() {
-            self.order = Some(Arc::new(SubmitOrder::default()));
-        }
     }
 
     /// Events of acknowledged (durable) batches.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use casebook_engine::envelope::StreamId;
 use casebook_engine::import::{parse_line, ImportError, ImportLine, Pipeline, Planner};
-use casebook_engine::store::{EventStore, ExpectedVersion, PendingAppend, SubmitOrder};
+use casebook_engine::store::{EventStore, ExpectedVersion};
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -333,36 +333,8 @@ fn segment_with_prefix(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> A
     with_prefix(store.log(SCHOOL).expect("open log"), rt)
 }
 
-/// An ordered submission on its way to the store behind `SlowAppends`.
-type Forward = (
-    Vec<casebook_engine::store::AppendRequest>,
-    Arc<SubmitOrder>,
-    tokio::sync::oneshot::Sender<Result<PendingAppend, casebook_engine::StoreError>>,
-);
-
-/// A log whose appends reach the store only after a pause. Made with
-/// `ordered`, it takes ordered submissions (as the segment store does) and
-/// hands them on in order, each after the pause, returning at once: the
-/// pipeline plans and submits the next batch before the store has even
-/// seen the one before it.
-struct SlowAppends(
-    Arc<dyn EventStore>,
-    Option<tokio::sync::mpsc::UnboundedSender<Forward>>,
-);
-
-impl SlowAppends {
-    fn ordered(log: Arc<dyn EventStore>, rt: &tokio::runtime::Runtime) -> SlowAppends {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Forward>();
-        let store = log.clone();
-        rt.spawn(async move {
-            while let Some((requests, order, answer)) = rx.recv().await {
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-                let _ = answer.send(store.submit_ordered(requests, &order).await);
-            }
-        });
-        SlowAppends(log, Some(tx))
-    }
-}
+/// A log whose appends reach the store only after a pause.
+struct SlowAppends(Arc<dyn EventStore>);
 
 #[async_trait::async_trait]
 impl EventStore for SlowAppends {
@@ -372,28 +344,6 @@ impl EventStore for SlowAppends {
     ) -> Result<Vec<casebook_engine::store::Appended>, casebook_engine::StoreError> {
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
         self.0.append_atomic(requests).await
-    }
-    fn ordered_submission(&self) -> bool {
-        self.1.is_some()
-    }
-    async fn submit_ordered(
-        &self,
-        requests: Vec<casebook_engine::store::AppendRequest>,
-        order: &Arc<SubmitOrder>,
-    ) -> Result<PendingAppend, casebook_engine::StoreError> {
-        let Some(forward) = &self.1 else {
-            return self.0.submit_ordered(requests, order).await;
-        };
-        let (answer, queued) = tokio::sync::oneshot::channel();
-        forward
-            .send((requests, order.clone(), answer))
-            .map_err(|_| casebook_engine::StoreError::WriterStopped)?;
-        Ok(Box::pin(async move {
-            let pending = queued
-                .await
-                .map_err(|_| casebook_engine::StoreError::WriterStopped)??;
-            pending.await
-        }))
     }
     async fn read_stream(
         &self,
@@ -627,30 +577,21 @@ async fn pipelined(log: &dyn EventStore, batches: Vec<Vec<ImportLine>>) -> Outco
     (stored_log(log, &ids).await, counts, error)
 }
 
-/// The serial outcome, the pipelined one with one batch in flight, and
-/// the pipelined one with ordered submission (two batches in flight).
-fn both(ops: &[Op], sizes: &[usize]) -> (Outcome, Outcome, Outcome) {
+fn both(ops: &[Op], sizes: &[usize]) -> (Outcome, Outcome) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
-    let (a, b, c) = (
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-        tempfile::tempdir().unwrap(),
-    );
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let serial_log = segment_with_prefix(a.path(), &rt);
     let pipe_log = segment_with_prefix(b.path(), &rt);
-    let ordered_log = segment_with_prefix(c.path(), &rt);
     let s = rt.block_on(serial(serial_log.as_ref(), batches(lines(ops), sizes)));
     // The pipeline's appends start late, so each batch is planned before
     // the one in flight is written (a read of the store would miss it).
-    let slow = SlowAppends(pipe_log, None);
+    let slow = SlowAppends(pipe_log);
     let p = rt.block_on(pipelined(&slow, batches(lines(ops), sizes)));
-    let slow = SlowAppends::ordered(ordered_log, &rt);
-    let o = rt.block_on(pipelined(&slow, batches(lines(ops), sizes)));
-    (s, p, o)
+    (s, p)
 }
 
 /// Mostly valid lines (pupils already stored, contacts and marks, fresh or
@@ -700,9 +641,8 @@ proptest! {
         ],
         sizes in proptest::collection::vec(1usize..8, 0..12),
     ) {
-        let (s, p, o) = both(&ops, &sizes);
-        prop_assert_eq!(&s, &p);
-        prop_assert_eq!(s, o);
+        let (s, p) = both(&ops, &sizes);
+        prop_assert_eq!(s, p);
     }
 }
 
@@ -755,15 +695,12 @@ fn pipelined_import_covers_ids_and_pupils_across_batches() {
         ),
     ];
     for (ops, sizes, want) in cases {
-        let (s, p, o) = both(&ops, &sizes);
+        let (s, p) = both(&ops, &sizes);
         assert_eq!(s, p, "{ops:?}");
-        assert_eq!(s, o, "{ops:?}");
-        for p in [p, o] {
-            match (want, p) {
-                (Ok(counts), (_, got, None)) => assert_eq!(got, counts, "{ops:?}"),
-                (Err(text), (_, _, Some(e))) => assert!(e.contains(text), "{ops:?}: {e}"),
-                (want, got) => panic!("{ops:?}: wanted {want:?}, got {got:?}"),
-            }
+        match (want, p) {
+            (Ok(counts), (_, got, None)) => assert_eq!(got, counts, "{ops:?}"),
+            (Err(text), (_, _, Some(e))) => assert!(e.contains(text), "{ops:?}: {e}"),
+            (want, got) => panic!("{ops:?}: wanted {want:?}, got {got:?}"),
         }
     }
 }
@@ -818,17 +755,14 @@ fn a_concurrent_append_fails_the_pipelined_batch_cleanly() {
                     .unwrap();
                 log.append_atomic(planner.finish().requests).await.unwrap();
                 // The first batch fails: reported by `submit` if the store
-                // answered at once, else by planning the second batch, or
-                // (ordered submission: the second batch queued behind the
-                // first) by the flush; the second batch is not written.
-                let err = async {
-                    pipeline.submit(one).await?;
-                    let two = pipeline.plan(second).await?;
-                    pipeline.submit(two).await?;
-                    pipeline.flush().await
-                }
-                .await
-                .expect_err("the conflicting batch was written");
+                // answered at once, else by planning the second batch.
+                let err = match pipeline.submit(one).await {
+                    Err(e) => e,
+                    Ok(()) => match pipeline.plan(second).await {
+                        Ok(_) => panic!("the conflicting batch was written"),
+                        Err(e) => e,
+                    },
+                };
                 assert!(
                     matches!(&err, ImportError::Write(e) if e.to_string().contains("expected")),
                     "{err}"
@@ -839,8 +773,6 @@ fn a_concurrent_append_fails_the_pipelined_batch_cleanly() {
             } else {
                 pipeline.submit(one).await.unwrap();
                 let two = pipeline.plan(second).await.unwrap();
-                // (With ordered submission `plan` does not wait for it.)
-                pipeline.flush().await.unwrap();
                 assert_eq!(pipeline.events(), 2, "the first batch is acknowledged");
                 other.await.unwrap();
                 let err = match pipeline.submit(two).await {
@@ -862,72 +794,6 @@ fn a_concurrent_append_fails_the_pipelined_batch_cleanly() {
                     .iter()
                     .all(|e| e.event_id.as_u128() < 1_002 || e.event_id.as_u128() >= 9_000));
             }
-        });
-    }
-}
-
-/// Ordered submission (two batches in flight): batch k fails at the store
-/// (a concurrent writer's append to its pupil) after batch k+1, which
-/// touches only another pupil, was already handed over behind it. The
-/// error reported is batch k's, and nothing of batch k+1 is written.
-#[test]
-fn a_failed_batch_takes_nothing_of_the_batch_submitted_behind_it() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let contact = |line: usize, pupil: u8, variant: u8, id: u128| {
-        let l = with_id(content(pupil, 1, variant), Some(Uuid::from_u128(id)));
-        parse_line(line, &l.to_string()).unwrap()
-    };
-    for slow in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let log = segment_with_prefix(dir.path(), &rt);
-        let store: Arc<dyn EventStore> = if slow {
-            Arc::new(SlowAppends::ordered(log.clone(), &rt))
-        } else {
-            log.clone()
-        };
-        assert!(store.ordered_submission());
-        rt.block_on(async {
-            let before = log.head().await.unwrap().position;
-            let pupil1 = StreamId::for_pupil(SCHOOL, "P0001");
-            let v1 = log.stream_version(pupil1).await.unwrap();
-            let mut pipeline = Pipeline::new(store.as_ref(), SCHOOL, now());
-            // Batch k: a contact for pupil 0, validated at its version 2.
-            let k = pipeline.plan(vec![contact(1, 0, 3, 7_001)]).await.unwrap();
-            // Another writer appends to pupil 0 in between.
-            let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
-            planner.add(contact(1, 0, 4, 9_001)).await.unwrap();
-            log.append_atomic(planner.finish().requests).await.unwrap();
-            pipeline.submit(k).await.unwrap();
-            // Batch k+1, for pupil 1 only, planned and handed over behind k.
-            let next = pipeline
-                .plan(vec![contact(2, 1, 1, 7_002), contact(3, 1, 2, 7_003)])
-                .await
-                .unwrap();
-            pipeline.submit(next).await.unwrap();
-            let err = pipeline.flush().await.expect_err("batch k was written");
-            assert!(
-                matches!(&err, ImportError::Write(e) if e.to_string().contains("expected version 2")),
-                "{err}"
-            );
-            assert_eq!(pipeline.events(), 0);
-            // Only the other writer's event.
-            assert_eq!(log.head().await.unwrap().position, before + 1);
-            assert_eq!(log.stream_version(pupil1).await.unwrap(), v1);
-            for id in [7_001, 7_002, 7_003] {
-                assert!(log.find_event(Uuid::from_u128(id)).await.unwrap().is_none());
-            }
-            // After the error the pipeline starts afresh from the store.
-            pipeline
-                .push(vec![contact(4, 1, 3, 7_004)])
-                .await
-                .unwrap();
-            pipeline.flush().await.unwrap();
-            assert_eq!(pipeline.events(), 1);
-            assert_eq!(log.stream_version(pupil1).await.unwrap(), v1 + 1);
         });
     }
 }

@@ -244,69 +244,6 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<VerifyReport, StoreError>;
-
-    /// Whether [`EventStore::submit_ordered`] queues an append without
-    /// waiting for it to be durable (the segment store's writer). When
-    /// false (the default), it appends and waits, as `append_atomic`.
-    fn ordered_submission(&self) -> bool {
-        false
-    }
-
-    /// Hands an atomic append to the log's writer behind every earlier
-    /// submission of `order`, returning once it is queued; the returned
-    /// future answers as `append_atomic` would. Once a submission of
-    /// `order` fails, the writer refuses every later one of it, so an
-    /// ordered series (an import's batches) writes nothing after its first
-    /// failure. The default appends and waits (see
-    /// [`EventStore::ordered_submission`]).
-    async fn submit_ordered(
-        &self,
-        requests: Vec<AppendRequest>,
-        order: &Arc<SubmitOrder>,
-    ) -> Result<PendingAppend, StoreError> {
-        if order.failed() {
-            return Ok(Box::pin(std::future::ready(Err(SubmitOrder::refused()))));
-        }
-        let result = self.append_atomic(requests).await;
-        if result.is_err() {
-            order.fail();
-        }
-        Ok(Box::pin(std::future::ready(result)))
-    }
-}
-
-/// The acknowledgement of an append queued by
-/// [`EventStore::submit_ordered`].
-pub type PendingAppend = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<Appended>, StoreError>> + Send + 'static>,
->;
-
-/// What the submissions of one ordered series share (see
-/// [`EventStore::submit_ordered`]): whether one of them failed.
-#[derive(Debug, Default)]
-pub struct SubmitOrder {
-    failed: std::sync::atomic::AtomicBool,
-}
-
-impl SubmitOrder {
-    /// Marks the series failed: later submissions are refused.
-    pub fn fail(&self) {
-        self.failed
-            .store(true, std::sync::atomic::Ordering::Release);
-    }
-
-    /// Whether a submission of the series failed.
-    pub fn failed(&self) -> bool {
-        self.failed.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// The answer to a submission refused because an earlier one failed.
-    pub fn refused() -> StoreError {
-        StoreError::Io {
-            during: "append",
-            source: "an earlier append of the same ordered series (import) failed; nothing of this one was written".into(),
-        }
-    }
 }
 
 /// Reads a whole stream, page by page. For a pupil's record (bounded by one
@@ -578,8 +515,6 @@ pub(crate) type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
 pub(crate) struct Commit {
     pub requests: Vec<AppendRequest>,
     pub reply: Reply,
-    /// The ordered series it belongs to ([`EventStore::submit_ordered`]).
-    pub order: Option<Arc<SubmitOrder>>,
 }
 
 /// Hands `requests` to the writer behind `sender` and waits for its answer:
@@ -591,40 +526,10 @@ pub(crate) async fn submit(
     let sender = sender.ok_or(StoreError::WriterStopped)?;
     let (reply, answer) = oneshot::channel();
     sender
-        .send(Commit {
-            requests,
-            reply,
-            order: None,
-        })
+        .send(Commit { requests, reply })
         .await
         .map_err(|_| StoreError::WriterStopped)?;
     answer.await.map_err(|_| StoreError::WriterStopped)?
-}
-
-/// Queues `requests` on the writer behind `sender` as a member of `order`
-/// and returns once it is queued (FIFO behind every earlier submission);
-/// the returned future waits for the writer's answer.
-pub(crate) async fn submit_ordered(
-    sender: Option<&mpsc::Sender<Commit>>,
-    requests: Vec<AppendRequest>,
-    order: &Arc<SubmitOrder>,
-) -> Result<PendingAppend, StoreError> {
-    let sender = sender.ok_or(StoreError::WriterStopped)?;
-    let (reply, answer) = oneshot::channel();
-    let queued = sender
-        .send(Commit {
-            requests,
-            reply,
-            order: Some(order.clone()),
-        })
-        .await;
-    if queued.is_err() {
-        order.fail();
-        return Err(StoreError::WriterStopped);
-    }
-    Ok(Box::pin(async move {
-        answer.await.map_err(|_| StoreError::WriterStopped)?
-    }))
 }
 
 /// A writer's next group: `first` and whatever else is already queued, up

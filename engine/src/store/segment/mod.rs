@@ -31,7 +31,6 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -44,8 +43,8 @@ use uuid::Uuid;
 use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqReader};
 use super::sled::{validate_school, ProcessLock};
 use super::{
-    AppendRequest, Appended, ChainVerifier, Commit, Committed, EventStore, GroupStage, Head,
-    PendingAppend, Reply, StreamVisitor, SubmitOrder, VerifyReport, MAX_READ_PAGE,
+    AppendRequest, Appended, ChainVerifier, Commit, Committed, EventStore, GroupStage, Head, Reply,
+    StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -902,7 +901,7 @@ impl SegmentLog {
         }));
         let (head_tx, head_rx) = watch::channel(head);
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
-        let io_half = Io {
+        let writer = Writer {
             dir: dir.to_path_buf(),
             state: state.clone(),
             segment: last,
@@ -911,14 +910,14 @@ impl SegmentLog {
             segment_bytes: options.segment_bytes.max(1),
             position: head,
             hash,
+            last_recorded_us: recorded_us,
             head_tx,
+            buf: Vec::new(),
+            frames: Vec::new(),
             watermark: wm_file,
             watermark_at: Instant::now(),
             watermark_position: watermark.map_or(0, |(p, _)| p),
-            #[cfg(test)]
-            faults: fault_tests::registered(dir),
         };
-        let writer = Writer::start(school, state.clone(), io_half, head, hash, recorded_us)?;
         let handle = std::thread::Builder::new()
             .name(format!("casebook-segment-writer-{school}"))
             .spawn(move || writer.run(receiver))
@@ -993,14 +992,7 @@ impl Drop for SegmentLog {
 
 // ---- the writer -------------------------------------------------------------
 
-/// Groups of at least this many events go to the I/O thread even when no
-/// other append is queued behind them (an import's batch: the next one
-/// usually arrives while this one syncs). A smaller group with nothing
-/// queued behind it is written by the writer thread itself while the I/O
-/// thread is idle, so a lone append pays no extra thread hand-off.
-pub const HANDOFF_MIN_EVENTS: usize = 256;
-
-/// One staged frame of a group buffer.
+/// One staged frame of the group buffer.
 struct Staged {
     meta: FrameMeta,
     start: usize,
@@ -1008,55 +1000,7 @@ struct Staged {
     hash: Hash,
 }
 
-/// A staged group, framed and ready for the disk: its buffer, its frames,
-/// the appends to acknowledge once it is durable, and the head it leaves.
-struct Job {
-    buf: Vec<u8>,
-    frames: Vec<Staged>,
-    staged: Vec<(Reply, Vec<Appended>)>,
-    position: u64,
-    hash: Hash,
-}
-
-/// What the group handed to the I/O thread leaves for the next group's
-/// checks until it is in the index: its streams' versions and its ids.
-#[derive(Default)]
-struct Pending {
-    versions: HashMap<StreamId, u64, IdHash>,
-    ids: HashMap<Uuid, u64, IdHash>,
-}
-
-impl Pending {
-    fn of(&mut self, frames: &[Staged]) {
-        self.versions.clear();
-        self.ids.clear();
-        self.ids.reserve(frames.len());
-        for (i, f) in frames.iter().enumerate() {
-            self.ids.insert(f.meta.event_id, f.meta.position);
-            // A stream's events lie together: its last version once.
-            if frames
-                .get(i + 1)
-                .is_none_or(|next| next.meta.stream != f.meta.stream)
-            {
-                self.versions.insert(f.meta.stream, f.meta.version);
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        if !self.ids.is_empty() {
-            self.versions.clear();
-            self.ids.clear();
-        }
-    }
-}
-
-/// The I/O half of a log's writer: the current segment, the durable head,
-/// the watermark. Used by the I/O thread, or by the writer thread itself
-/// when the I/O thread is idle (a lone small group), never by both at
-/// once: groups reach the disk, the index and their callers in the order
-/// they were staged.
-struct Io {
+struct Writer {
     dir: PathBuf,
     state: Arc<RwLock<State>>,
     segment: Arc<Segment>,
@@ -1066,307 +1010,47 @@ struct Io {
     /// ([`PREALLOC_BYTES`]).
     allocated: u64,
     segment_bytes: u64,
-    /// The durable head.
-    position: u64,
-    hash: Hash,
-    head_tx: watch::Sender<u64>,
-    watermark: File,
-    watermark_at: Instant,
-    watermark_position: u64,
-    #[cfg(test)]
-    faults: Option<Arc<fault_tests::Faults>>,
-}
-
-/// The writer thread of a log: takes appends from the queue, checks and
-/// seals each group (against the index and the group still being written,
-/// [`Pending`]) and hands it to the I/O thread, so group k+1 is staged
-/// while group k is written and fdatasync'd. At most one group is on its
-/// way to the disk while the next is staged.
-struct Writer {
-    state: Arc<RwLock<State>>,
-    io: Arc<Mutex<Io>>,
-    /// Set once a write or fdatasync failed: every later append is refused.
-    stopped: Arc<AtomicBool>,
-    /// The head of what has been staged (ahead of the durable head while a
-    /// group is being written).
     position: u64,
     hash: Hash,
     last_recorded_us: i64,
-    jobs: Option<std::sync::mpsc::SyncSender<Job>>,
-    io_thread: Option<JoinHandle<()>>,
-    /// Groups handed to the I/O thread, and how many of them it finished.
-    handed: u64,
-    done: Arc<AtomicU64>,
-    /// Buffers of finished groups, reused.
-    spare: std::sync::mpsc::Receiver<(Vec<u8>, Vec<Staged>)>,
-    kept: Option<(Vec<u8>, Vec<Staged>)>,
-    pending: Pending,
-    #[cfg(test)]
-    faults: Option<Arc<fault_tests::Faults>>,
+    head_tx: watch::Sender<u64>,
+    /// The group's frames, reused from group to group.
+    buf: Vec<u8>,
+    frames: Vec<Staged>,
+    watermark: File,
+    watermark_at: Instant,
+    watermark_position: u64,
 }
 
 impl Writer {
-    /// Starts the I/O thread and returns the writer (to run on its thread).
-    fn start(
-        school: &str,
-        state: Arc<RwLock<State>>,
-        io: Io,
-        position: u64,
-        hash: Hash,
-        last_recorded_us: i64,
-    ) -> Result<Writer, StoreError> {
-        #[cfg(test)]
-        let faults = io.faults.clone();
-        let io = Arc::new(Mutex::new(io));
-        let stopped = Arc::new(AtomicBool::new(false));
-        let done = Arc::new(AtomicU64::new(0));
-        // A rendezvous: the writer waits for the I/O thread to take a group,
-        // so at most one group is being written while the next is staged.
-        let (jobs, job_rx) = std::sync::mpsc::sync_channel::<Job>(0);
-        let (spare_tx, spare) = std::sync::mpsc::channel();
-        let io_thread = {
-            let (shared, stopped, done) = (io.clone(), stopped.clone(), done.clone());
-            std::thread::Builder::new()
-                .name(format!("casebook-segment-io-{school}"))
-                .spawn(move || {
-                    while let Ok(job) = job_rx.recv() {
-                        let buffers = match shared.lock() {
-                            Ok(mut io) => io.finish(job, &stopped),
-                            Err(_) => {
-                                stopped.store(true, Ordering::Release);
-                                Io::refuse(job)
-                            }
-                        };
-                        done.fetch_add(1, Ordering::Release);
-                        let _ = spare_tx.send(buffers);
-                    }
-                })
-                .map_err(self::io("start writer"))?
-        };
-        Ok(Writer {
-            state,
-            io,
-            stopped,
-            position,
-            hash,
-            last_recorded_us,
-            jobs: Some(jobs),
-            io_thread: Some(io_thread),
-            handed: 0,
-            done,
-            spare,
-            kept: None,
-            pending: Pending::default(),
-            #[cfg(test)]
-            faults,
-        })
-    }
-
     fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
+        let mut failed = false;
         while let Some(first) = receiver.blocking_recv() {
-            if self.stopped.load(Ordering::Acquire) {
-                // fsyncgate: after a failed write or fdatasync the kernel
-                // may have dropped the dirty pages; never retry and pretend.
-                // Refuse appends until the log is reopened and recovered.
+            if failed {
                 let _ = first.reply.send(Err(StoreError::WriterStopped));
                 continue;
             }
             let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
-            self.commit_group(group, &receiver);
-        }
-        // Let the I/O thread finish the group it holds.
-        self.jobs.take();
-        if let Some(handle) = self.io_thread.take() {
-            let _ = handle.join();
-        }
-        if self.stopped.load(Ordering::Acquire) {
-            return;
-        }
-        if let Ok(mut io) = self.io.lock() {
-            if io.position > io.watermark_position {
-                io.record_watermark(true);
+            if !self.commit_group(group) {
+                // fsyncgate: after a failed write or fdatasync the kernel
+                // may have dropped the dirty pages; never retry and pretend.
+                // Refuse appends until the log is reopened and recovered.
+                failed = true;
             }
+            if self.position > self.watermark_position
+                && self.watermark_at.elapsed() >= WATERMARK_INTERVAL
+            {
+                self.record_watermark(false);
+            }
+        }
+        if !failed && self.position > self.watermark_position {
+            self.record_watermark(true);
+        }
+        if !failed {
             // Best effort: a closed segment ends at its last group. Zeros
             // left by a failure here are cut by the next open.
-            let _ = io.cut_preallocated();
+            let _ = self.cut_preallocated();
         }
-    }
-
-    /// Checks and seals `group` onto the staged head, then writes it: on
-    /// the I/O thread (while the next group is staged) or, for a lone small
-    /// group while the I/O thread is idle, here.
-    fn commit_group(&mut self, group: Vec<Commit>, receiver: &mpsc::Receiver<Commit>) {
-        let now_us = Utc::now().timestamp_micros();
-        let recorded_us = now_us.max(self.last_recorded_us);
-        let recorded_at =
-            DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
-        if self.done.load(Ordering::Acquire) == self.handed {
-            // Every group handed over is in the index (or failed).
-            self.pending.clear();
-        }
-        let mut stage = GroupStage::new(self.position, self.hash)
-            .with_value_limit(frame::MAX_FRAME - frame::META_LEN);
-        let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
-        {
-            let mut committed = SegmentCommitted {
-                state: &self.state,
-                pending: &self.pending,
-            };
-            for commit in group {
-                if let Some(order) = &commit.order {
-                    if order.failed() {
-                        let _ = commit.reply.send(Err(super::SubmitOrder::refused()));
-                        continue;
-                    }
-                }
-                match stage.stage(&commit.requests, &mut committed, recorded_at) {
-                    Ok(appended) => staged.push((commit.reply, appended)),
-                    Err(e) => {
-                        if let Some(order) = &commit.order {
-                            order.fail();
-                        }
-                        let _ = commit.reply.send(Err(e));
-                    }
-                }
-            }
-        }
-        #[cfg(test)]
-        if let Some(f) = &self.faults {
-            f.staged.fetch_add(1, Ordering::Release);
-        }
-        if stage.sealed.is_empty() {
-            return;
-        }
-        let (mut buf, mut frames) = self
-            .kept
-            .take()
-            .or_else(|| self.spare.try_recv().ok())
-            .unwrap_or_default();
-        buf.clear();
-        frames.clear();
-        for sealed in stage.sealed {
-            let e = &sealed.event;
-            let meta = FrameMeta {
-                group_end: false,
-                position: e.position,
-                stream: e.stream,
-                version: e.version,
-                event_id: e.event_id,
-            };
-            let start = buf.len();
-            let len = encode_frame(&mut buf, &meta, &sealed.bytes);
-            frames.push(Staged {
-                meta,
-                start,
-                len,
-                hash: e.hash,
-            });
-        }
-        if let Some(last) = frames.last_mut() {
-            last.meta.group_end = true;
-            mark_group_end(&mut buf[last.start..last.start + last.len]);
-        }
-        self.position = stage.position;
-        self.hash = stage.hash;
-        self.last_recorded_us = recorded_us;
-        let job = Job {
-            buf,
-            frames,
-            staged,
-            position: stage.position,
-            hash: stage.hash,
-        };
-        let idle = self.done.load(Ordering::Acquire) == self.handed;
-        if idle && job.frames.len() < HANDOFF_MIN_EVENTS && receiver.is_empty() {
-            self.kept = Some(match self.io.lock() {
-                Ok(mut io) => io.finish(job, &self.stopped),
-                Err(_) => {
-                    self.stopped.store(true, Ordering::Release);
-                    Io::refuse(job)
-                }
-            });
-            return;
-        }
-        // The next group is checked against this one until it is in the
-        // index (the I/O thread takes it only once the group before it is).
-        self.pending.of(&job.frames);
-        self.handed += 1;
-        let sent = match &self.jobs {
-            Some(jobs) => jobs.send(job).map_err(|e| e.0),
-            None => Err(job),
-        };
-        if let Err(job) = sent {
-            self.stopped.store(true, Ordering::Release);
-            self.done.fetch_add(1, Ordering::Release);
-            Io::refuse(job);
-        }
-    }
-}
-
-impl Io {
-    /// Answers a group that will not be written: the writer stopped.
-    fn refuse(job: Job) -> (Vec<u8>, Vec<Staged>) {
-        for (reply, _) in job.staged {
-            let _ = reply.send(Err(StoreError::WriterStopped));
-        }
-        (job.buf, job.frames)
-    }
-
-    /// Writes `job`'s group and fdatasyncs it; only then publishes it to
-    /// the index, acknowledges its appends and bumps the head watch. After
-    /// a failure (now or before) nothing more is written. Returns the
-    /// group's buffers for reuse.
-    fn finish(&mut self, job: Job, stopped: &AtomicBool) -> (Vec<u8>, Vec<Staged>) {
-        if stopped.load(Ordering::Acquire) {
-            return Io::refuse(job);
-        }
-        let Job {
-            buf,
-            frames,
-            staged,
-            position,
-            hash,
-        } = job;
-        if let Err(e) = self.write_group(&buf) {
-            // fsyncgate: see `Writer::run`. The group staged on top of
-            // this one, if any, is refused when it arrives.
-            stopped.store(true, Ordering::Release);
-            super::fail_group(staged, &e);
-            return (buf, frames);
-        }
-        let base = self.end;
-        {
-            let Ok(mut state) = self.state.write() else {
-                stopped.store(true, Ordering::Release);
-                for (reply, _) in staged {
-                    let _ = reply.send(Err(StoreError::WriterStopped));
-                }
-                return (buf, frames);
-            };
-            let seg_no = (state.segments.len() - 1) as u32;
-            for f in &frames {
-                let loc = Loc {
-                    offset: base + f.start as u64,
-                    len: f.len as u32,
-                    seg: seg_no,
-                };
-                let pushed = state.index.push(&f.meta, loc, f.hash);
-                debug_assert!(pushed.is_ok(), "the writer checked the group: {pushed:?}");
-            }
-        }
-        self.end += buf.len() as u64;
-        self.position = position;
-        self.hash = hash;
-        self.head_tx.send_replace(position);
-        for (reply, appended) in staged {
-            let _ = reply.send(Ok(appended));
-        }
-        if self.position > self.watermark_position
-            && self.watermark_at.elapsed() >= WATERMARK_INTERVAL
-        {
-            self.record_watermark(false);
-        }
-        (buf, frames)
     }
 
     /// Cuts the zeros written ahead of the current segment's end.
@@ -1391,12 +1075,104 @@ impl Io {
         self.watermark_at = Instant::now();
     }
 
+    fn commit_group(&mut self, group: Vec<Commit>) -> bool {
+        let now_us = Utc::now().timestamp_micros();
+        let recorded_us = now_us.max(self.last_recorded_us);
+        let recorded_at =
+            DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
+        self.buf.clear();
+        self.frames.clear();
+        let mut stage = GroupStage::new(self.position, self.hash)
+            .with_value_limit(frame::MAX_FRAME - frame::META_LEN);
+        let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
+        {
+            let state = self.state.clone();
+            let Ok(state) = state.read() else {
+                for c in group {
+                    let _ = c.reply.send(Err(StoreError::WriterStopped));
+                }
+                return false;
+            };
+            let mut committed = SegmentCommitted {
+                index: &state.index,
+            };
+            for commit in group {
+                match stage.stage(&commit.requests, &mut committed, recorded_at) {
+                    Ok(appended) => staged.push((commit.reply, appended)),
+                    Err(e) => {
+                        let _ = commit.reply.send(Err(e));
+                    }
+                }
+            }
+        }
+        let (position, hash) = (stage.position, stage.hash);
+        for sealed in stage.sealed {
+            let e = &sealed.event;
+            let meta = FrameMeta {
+                group_end: false,
+                position: e.position,
+                stream: e.stream,
+                version: e.version,
+                event_id: e.event_id,
+            };
+            let start = self.buf.len();
+            let len = encode_frame(&mut self.buf, &meta, &sealed.bytes);
+            self.frames.push(Staged {
+                meta,
+                start,
+                len,
+                hash: e.hash,
+            });
+        }
+        let Some(last) = self.frames.last_mut() else {
+            return true;
+        };
+        last.meta.group_end = true;
+        mark_group_end(&mut self.buf[last.start..last.start + last.len]);
+        let result = self.write_group();
+        match result {
+            Ok(()) => {
+                let base = self.end;
+                let seg_no;
+                {
+                    let Ok(mut state) = self.state.write() else {
+                        for (reply, _) in staged {
+                            let _ = reply.send(Err(StoreError::WriterStopped));
+                        }
+                        return false;
+                    };
+                    seg_no = (state.segments.len() - 1) as u32;
+                    for f in &self.frames {
+                        let loc = Loc {
+                            offset: base + f.start as u64,
+                            len: f.len as u32,
+                            seg: seg_no,
+                        };
+                        let pushed = state.index.push(&f.meta, loc, f.hash);
+                        debug_assert!(pushed.is_ok(), "the writer checked the group: {pushed:?}");
+                    }
+                }
+                self.end += self.buf.len() as u64;
+                self.position = position;
+                self.hash = hash;
+                self.last_recorded_us = recorded_us;
+                self.head_tx.send_replace(position);
+                for (reply, appended) in staged {
+                    let _ = reply.send(Ok(appended));
+                }
+                true
+            }
+            Err(e) => {
+                super::fail_group(staged, &e);
+                false
+            }
+        }
+    }
+
     /// Rolls to a new segment when the current one is full, then writes the
     /// group buffer at the end of the segment and fdatasyncs it. On error,
     /// cuts the segment back to its last durable end (best effort).
-    fn write_group(&mut self, buf: &[u8]) -> Result<(), StoreError> {
-        #[cfg(test)]
-        let fault = self.faults.as_ref().and_then(|f| f.before_write());
+    fn write_group(&mut self) -> Result<(), StoreError> {
         if self.end >= self.segment_bytes {
             // A segment that is not the last ends at its last group.
             self.cut_preallocated()?;
@@ -1411,32 +1187,21 @@ impl Io {
             self.allocated = 0;
         }
         let file = &self.segment.file;
-        let need = self.end + buf.len() as u64;
+        let need = self.end + self.buf.len() as u64;
         // Grow by zeros ahead of a small group, within the segment size.
-        let ahead = if need > self.allocated && buf.len() <= PREALLOC_MAX_GROUP {
+        let ahead = if need > self.allocated && self.buf.len() <= PREALLOC_MAX_GROUP {
             PREALLOC_BYTES.min(self.segment_bytes.saturating_sub(need))
         } else {
             0
         };
-        let written = file.write_all_at(buf, self.end).and_then(|()| match ahead {
-            0 => Ok(()),
-            n => file.write_all_at(&ZEROS[..n as usize], need),
-        });
-        #[cfg(test)]
-        let written = match fault {
-            Some(fault_tests::Fault::Write) => Err(std::io::Error::from_raw_os_error(5)),
-            _ => written,
-        };
-        let result = written.map_err(io("append")).and_then(|()| {
-            #[cfg(test)]
-            if fault == Some(fault_tests::Fault::Sync) {
-                return Err(StoreError::io(
-                    "fdatasync",
-                    std::io::Error::from_raw_os_error(5),
-                ));
-            }
-            file.sync_data().map_err(io("fdatasync"))
-        });
+        let result = file
+            .write_all_at(&self.buf, self.end)
+            .and_then(|()| match ahead {
+                0 => Ok(()),
+                n => file.write_all_at(&ZEROS[..n as usize], need),
+            })
+            .map_err(io("append"))
+            .and_then(|()| file.sync_data().map_err(io("fdatasync")));
         match result {
             Ok(()) => self.allocated = self.allocated.max(need + ahead),
             Err(_) => {
@@ -1449,35 +1214,18 @@ impl Io {
 }
 
 /// The committed log as the segment writer sees it while staging a group:
-/// the in-memory index under the group still on its way to the disk
-/// ([`Pending`]). The index is read-locked for each lookup, not for the
-/// whole group, so the I/O thread can publish the group before it
-/// meanwhile (an uncontended read lock costs little beside the lookup's
-/// own cache miss in a large index).
+/// the in-memory index (read-locked for the group).
 struct SegmentCommitted<'a> {
-    state: &'a RwLock<State>,
-    pending: &'a Pending,
-}
-
-impl SegmentCommitted<'_> {
-    fn index(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
-        self.state.read().map_err(|_| StoreError::WriterStopped)
-    }
+    index: &'a Index,
 }
 
 impl Committed for SegmentCommitted<'_> {
     fn committed_version(&mut self, stream: StreamId) -> Result<u64, StoreError> {
-        if let Some(v) = self.pending.versions.get(&stream) {
-            return Ok(*v);
-        }
-        Ok(self.index()?.index.stream_version(&stream))
+        Ok(self.index.stream_version(&stream))
     }
 
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
-        if let Some(p) = self.pending.ids.get(&event_id) {
-            return Ok(Some(*p));
-        }
-        Ok(self.index()?.index.ids.get(&event_id).copied())
+        Ok(self.index.ids.get(&event_id).copied())
     }
 }
 
@@ -1598,20 +1346,6 @@ impl EventStore for SegmentLog {
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError> {
         super::submit(self.sender.as_ref(), requests).await
-    }
-
-    /// The writer stages an ordered batch while the one before it is
-    /// written and fdatasync'd (see `Writer`).
-    fn ordered_submission(&self) -> bool {
-        true
-    }
-
-    async fn submit_ordered(
-        &self,
-        requests: Vec<AppendRequest>,
-        order: &Arc<SubmitOrder>,
-    ) -> Result<PendingAppend, StoreError> {
-        super::submit_ordered(self.sender.as_ref(), requests, order).await
     }
 
     async fn read_stream(
@@ -1916,401 +1650,5 @@ mod index_tests {
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(3))), 1);
         assert_eq!(ix.ids.get(&Uuid::from_u128(13)), Some(&4));
         assert_eq!(ix.head_hash, [4; 32]);
-    }
-}
-
-/// The writer's two groups in flight, with faults injected into the I/O of
-/// a group while the next one is staged on top of it.
-#[cfg(test)]
-mod fault_tests {
-    use super::*;
-    use crate::envelope::NewEvent;
-    use crate::store::ExpectedVersion;
-    use std::sync::Condvar;
-
-    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-    pub(super) enum Fault {
-        Write,
-        Sync,
-    }
-
-    /// What a test does to the writes of the log in one directory.
-    #[derive(Default)]
-    pub(super) struct Faults {
-        /// Groups the writer has checked and sealed.
-        pub staged: AtomicU64,
-        /// Groups that reached `write_group`.
-        pub writes: AtomicU64,
-        held: Mutex<bool>,
-        released: Condvar,
-        next: Mutex<Option<Fault>>,
-    }
-
-    impl Faults {
-        /// While held, a group's write waits (before anything is written).
-        fn hold(&self, on: bool) {
-            *self.held.lock().unwrap() = on;
-            self.released.notify_all();
-        }
-
-        /// The next group's write or fdatasync fails (EIO).
-        fn fail_next(&self, fault: Fault) {
-            *self.next.lock().unwrap() = Some(fault);
-        }
-
-        pub(super) fn before_write(&self) -> Option<Fault> {
-            self.writes.fetch_add(1, Ordering::AcqRel);
-            let mut held = self.held.lock().unwrap();
-            while *held {
-                held = self.released.wait(held).unwrap();
-            }
-            drop(held);
-            self.next.lock().unwrap().take()
-        }
-    }
-
-    static REGISTRY: Mutex<Vec<(PathBuf, Arc<Faults>)>> = Mutex::new(Vec::new());
-
-    /// The faults registered for the log in `dir`.
-    pub(super) fn registered(dir: &Path) -> Option<Arc<Faults>> {
-        let registry = REGISTRY.lock().ok()?;
-        registry
-            .iter()
-            .find(|(d, _)| d == dir)
-            .map(|(_, f)| f.clone())
-    }
-
-    fn register(dir: &Path) -> Arc<Faults> {
-        let faults = Arc::new(Faults::default());
-        let mut registry = REGISTRY.lock().unwrap();
-        registry.retain(|(d, _)| d != dir);
-        registry.push((dir.to_path_buf(), faults.clone()));
-        faults
-    }
-
-    fn unregister(dir: &Path) {
-        REGISTRY.lock().unwrap().retain(|(d, _)| d != dir);
-    }
-
-    const SCHOOL: &str = "fault-school";
-
-    fn event(id: u128) -> NewEvent {
-        NewEvent {
-            event_id: Uuid::from_u128(id),
-            occurred_at: DateTime::<Utc>::from_timestamp_micros(1_700_000_000_000_000).unwrap(),
-            actor: "staff-1".into(),
-            correlation_id: None,
-            causation_id: None,
-            event_type: "ContactLogged".into(),
-            schema: 1,
-            payload: vec![0x80],
-        }
-    }
-
-    fn stream(n: u128) -> StreamId {
-        StreamId(Uuid::from_u128(0x5000 + n))
-    }
-
-    /// `count` events for stream `s` expecting `expected`, ids from `first`.
-    fn request(s: u128, expected: ExpectedVersion, first: u128, count: usize) -> AppendRequest {
-        AppendRequest {
-            stream: stream(s),
-            expected,
-            events: (0..count as u128).map(|i| event(first + i)).collect(),
-        }
-    }
-
-    fn runtime() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    }
-
-    /// A store with one log whose writes `Faults` controls, holding
-    /// `prefix` events already.
-    fn open(dir: &Path, prefix: usize) -> (Arc<SegmentStore>, Arc<SegmentLog>, Arc<Faults>) {
-        let store = SegmentStore::open(dir, true).unwrap();
-        let faults = register(&dir.join(LOGS_DIR).join(SCHOOL));
-        let log = store.log(SCHOOL).unwrap();
-        if prefix > 0 {
-            let rt = runtime();
-            rt.block_on(log.append_atomic(vec![request(9, ExpectedVersion::Any, 1, prefix)]))
-                .unwrap();
-        }
-        (store, log, faults)
-    }
-
-    fn wait_for(what: &str, done: impl Fn() -> bool) {
-        let start = Instant::now();
-        while !done() {
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "timed out: {what}"
-            );
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    }
-
-    /// What readers see of the log: head, every event, stream versions.
-    async fn seen(log: &SegmentLog) -> (Head, Vec<u64>, u64, u64) {
-        let head = log.head().await.unwrap();
-        let all: Vec<u64> = log
-            .read_all(1, 10_000)
-            .await
-            .unwrap()
-            .iter()
-            .map(|e| e.position)
-            .collect();
-        (
-            head,
-            all,
-            log.stream_version(stream(1)).await.unwrap(),
-            log.stream_version(stream(2)).await.unwrap(),
-        )
-    }
-
-    /// Group k (a large group, handed to the I/O thread) is held before its
-    /// write; group k+1, which continues k's stream and repeats one of k's
-    /// ids in a third append, is staged on top of k meanwhile. Readers see
-    /// neither; once k is durable both land, exactly as one after the
-    /// other, and the repeated id names k's position.
-    #[test]
-    fn the_next_group_is_staged_on_the_one_being_written_and_nothing_shows_before_its_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, log, faults) = open(dir.path(), 3);
-        let rt = runtime();
-        let n = HANDOFF_MIN_EVENTS;
-        let before = rt.block_on(seen(&log));
-        assert_eq!(before.0.position, 3);
-        faults.hold(true);
-        let staged_before = faults.staged.load(Ordering::Acquire);
-        let k = rt.spawn({
-            let log = log.clone();
-            async move {
-                log.append_atomic(vec![request(1, ExpectedVersion::NoStream, 100, n)])
-                    .await
-            }
-        });
-        wait_for("group k at its write", || {
-            faults.writes.load(Ordering::Acquire) == 2
-        });
-        let next = rt.spawn({
-            let log = log.clone();
-            async move {
-                log.append_atomic(vec![
-                    request(1, ExpectedVersion::Exact(n as u64), 10_000, 2),
-                    request(2, ExpectedVersion::NoStream, 10_002, 1),
-                ])
-                .await
-            }
-        });
-        wait_for("group k+1 staged", || {
-            faults.staged.load(Ordering::Acquire) == staged_before + 2
-        });
-        // A repeat of an id of k, and an append expecting k's stream to be
-        // still empty, both in their own group behind k+1.
-        let dup = rt.spawn({
-            let log = log.clone();
-            async move {
-                log.append_atomic(vec![request(3, ExpectedVersion::Any, 100, 1)])
-                    .await
-            }
-        });
-        let stale = rt.spawn({
-            let log = log.clone();
-            async move {
-                log.append_atomic(vec![request(1, ExpectedVersion::NoStream, 20_000, 1)])
-                    .await
-            }
-        });
-        std::thread::sleep(Duration::from_millis(50));
-        assert_eq!(
-            rt.block_on(seen(&log)),
-            before,
-            "a read saw a group before its fdatasync"
-        );
-        assert!(rt
-            .block_on(log.find_event(Uuid::from_u128(100)))
-            .unwrap()
-            .is_none());
-        faults.hold(false);
-        let k = rt.block_on(k).unwrap().unwrap();
-        assert_eq!((k[0].first_position, k[0].last_position), (4, 3 + n as u64));
-        let next = rt.block_on(next).unwrap().unwrap();
-        assert_eq!(next[0].first_version, n as u64 + 1);
-        assert_eq!(next[0].first_position, 4 + n as u64);
-        assert_eq!(next[1].last_position, 6 + n as u64);
-        match rt.block_on(dup).unwrap() {
-            Err(StoreError::DuplicateEventId { position, .. }) => assert_eq!(position, 4),
-            other => panic!("{other:?}"),
-        }
-        assert!(matches!(
-            rt.block_on(stale).unwrap(),
-            Err(StoreError::WrongExpectedVersion { actual, .. }) if actual == n as u64 + 2
-        ));
-        let report = rt.block_on(log.verify(&|_| {})).unwrap();
-        assert!(report.ok, "{report:?}");
-        assert_eq!(report.events, 6 + n as u64);
-        unregister(&dir.path().join(LOGS_DIR).join(SCHOOL));
-    }
-
-    /// A write or fdatasync failure of group k while group k+1 is staged on
-    /// top of it: both are answered with errors, nothing of either is
-    /// visible or (after a reopen) stored, and the writer refuses every
-    /// later append until the log is reopened.
-    #[test]
-    fn a_failed_write_of_a_group_takes_the_group_staged_on_it_and_stops_the_writer() {
-        for fault in [Fault::Write, Fault::Sync] {
-            let dir = tempfile::tempdir().unwrap();
-            let log_dir = dir.path().join(LOGS_DIR).join(SCHOOL);
-            let (store, log, faults) = open(dir.path(), 5);
-            let rt = runtime();
-            let n = HANDOFF_MIN_EVENTS + 10;
-            let before = rt.block_on(seen(&log));
-            let seg_len = |d: &Path| std::fs::metadata(d.join(segment_name(1))).unwrap().len();
-            faults.hold(true);
-            let staged_before = faults.staged.load(Ordering::Acquire);
-            let k = rt.spawn({
-                let log = log.clone();
-                async move {
-                    log.append_atomic(vec![request(1, ExpectedVersion::NoStream, 100, n)])
-                        .await
-                }
-            });
-            wait_for("group k at its write", || {
-                faults.writes.load(Ordering::Acquire) == 2
-            });
-            // k+1 continues k; an ordered k+2 behind it.
-            let order = Arc::new(SubmitOrder::default());
-            let next = rt.spawn({
-                let log = log.clone();
-                let order = order.clone();
-                async move {
-                    let first = log
-                        .submit_ordered(
-                            vec![request(1, ExpectedVersion::Exact(n as u64), 10_000, 3)],
-                            &order,
-                        )
-                        .await?;
-                    let second = log
-                        .submit_ordered(
-                            vec![request(2, ExpectedVersion::NoStream, 20_000, 1)],
-                            &order,
-                        )
-                        .await?;
-                    Ok::<_, StoreError>((first.await, second.await))
-                }
-            });
-            wait_for("group k+1 staged", || {
-                faults.staged.load(Ordering::Acquire) >= staged_before + 2
-            });
-            faults.fail_next(fault);
-            faults.hold(false);
-            let k = rt.block_on(k).unwrap();
-            match (fault, &k) {
-                (Fault::Write, Err(StoreError::Io { during, .. })) => assert_eq!(*during, "append"),
-                (Fault::Sync, Err(StoreError::Io { .. })) => {
-                    assert!(
-                        k.as_ref().unwrap_err().to_string().contains("fdatasync"),
-                        "{k:?}"
-                    )
-                }
-                _ => panic!("{fault:?}: {k:?}"),
-            }
-            let (first, second) = rt.block_on(next).unwrap().unwrap();
-            assert!(matches!(first, Err(StoreError::WriterStopped)), "{first:?}");
-            assert!(second.is_err(), "{second:?}");
-            assert_eq!(rt.block_on(seen(&log)), before);
-            let later = rt.block_on(log.append(request(3, ExpectedVersion::Any, 30_000, 1)));
-            assert!(matches!(later, Err(StoreError::WriterStopped)), "{later:?}");
-            assert_eq!(rt.block_on(seen(&log)), before);
-            drop(log);
-            drop(store);
-            unregister(&log_dir);
-            // Nothing of k or k+1 is on disk: the segment ends at the
-            // prefix's group (k was cut back; k+1 never written).
-            let len = seg_len(&log_dir);
-            let store = SegmentStore::open(dir.path(), false).unwrap();
-            let log = store.log(SCHOOL).unwrap();
-            let after = rt.block_on(seen(&log));
-            assert_eq!(after, before, "{fault:?}");
-            assert!(rt
-                .block_on(log.find_event(Uuid::from_u128(10_000)))
-                .unwrap()
-                .is_none());
-            let report = rt.block_on(log.verify(&|_| {})).unwrap();
-            assert!(report.ok && report.events == 5, "{report:?}");
-            // The prefix's frames and at most preallocated zeros.
-            assert!(len >= seg_len(&log_dir), "{fault:?}: {len}");
-            rt.block_on(log.append(request(1, ExpectedVersion::NoStream, 40_000, 1)))
-                .unwrap();
-        }
-    }
-
-    /// An ordered series: once a member fails its checks, the writer
-    /// refuses every later member, even one that touches other streams,
-    /// while other appends go on.
-    #[test]
-    fn an_ordered_series_writes_nothing_after_its_first_failure() {
-        let dir = tempfile::tempdir().unwrap();
-        let (_store, log, faults) = open(dir.path(), 2);
-        let rt = runtime();
-        faults.hold(true);
-        let order = Arc::new(SubmitOrder::default());
-        let lone = Arc::new(SubmitOrder::default());
-        let (a, b, c, other) = rt.block_on(async {
-            // Held at its write, so the series queues behind it.
-            let big = log.submit_ordered(
-                vec![request(
-                    5,
-                    ExpectedVersion::NoStream,
-                    500,
-                    HANDOFF_MIN_EVENTS,
-                )],
-                &lone,
-            );
-            let big = big.await.unwrap();
-            let a = log
-                .submit_ordered(vec![request(9, ExpectedVersion::Exact(1), 100, 1)], &order)
-                .await
-                .unwrap();
-            let b = log
-                .submit_ordered(vec![request(1, ExpectedVersion::NoStream, 200, 1)], &order)
-                .await
-                .unwrap();
-            let other =
-                log.submit_ordered(vec![request(2, ExpectedVersion::NoStream, 300, 1)], &lone);
-            let other = other.await.unwrap();
-            let c = log
-                .submit_ordered(vec![request(3, ExpectedVersion::NoStream, 400, 1)], &order)
-                .await
-                .unwrap();
-            faults.hold(false);
-            big.await.unwrap();
-            (a.await, b.await, c.await, other.await)
-        });
-        assert!(
-            matches!(a, Err(StoreError::WrongExpectedVersion { .. })),
-            "{a:?}"
-        );
-        assert!(b.is_err() && c.is_err(), "{b:?} {c:?}");
-        assert!(order.failed());
-        assert!(other.is_ok(), "{other:?}");
-        rt.block_on(async {
-            assert_eq!(log.stream_version(stream(1)).await.unwrap(), 0);
-            assert_eq!(log.stream_version(stream(3)).await.unwrap(), 0);
-            assert_eq!(log.stream_version(stream(2)).await.unwrap(), 1);
-            // A series that failed refuses at once from then on.
-            let late = log
-                .submit_ordered(vec![request(4, ExpectedVersion::Any, 600, 1)], &order)
-                .await
-                .unwrap()
-                .await;
-            assert!(late.is_err());
-            assert_eq!(log.stream_version(stream(4)).await.unwrap(), 0);
-        });
-        unregister(&dir.path().join(LOGS_DIR).join(SCHOOL));
     }
 }
