@@ -333,102 +333,60 @@ fn segment_with_prefix(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> A
     with_prefix(store.log(SCHOOL).expect("open log"), rt)
 }
 
-/// A log whose appends reach the store only after a pause.
-struct SlowAppends(Arc<dyn EventStore>);
+/// A log under test, changed in one way: [`Wrapped::SlowAppends`], whose
+/// appends reach the store only after a pause, or [`Wrapped::NoPrefetch`],
+/// whose batched look-ups (`find_events`, `read_streams`) fail, so
+/// `Planner::add_many` judges every line whose id or pupil it has not seen
+/// through the store reads of its slow path (`resume`), one at a time.
+enum Wrapped {
+    SlowAppends(Arc<dyn EventStore>),
+    NoPrefetch(Arc<dyn EventStore>),
+}
 
-#[async_trait::async_trait]
-impl EventStore for SlowAppends {
-    async fn append_atomic(
-        &self,
-        requests: Vec<casebook_engine::store::AppendRequest>,
-    ) -> Result<Vec<casebook_engine::store::Appended>, casebook_engine::StoreError> {
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        self.0.append_atomic(requests).await
-    }
-    async fn read_stream(
-        &self,
-        stream: StreamId,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
-        self.0.read_stream(stream, from, max).await
-    }
-    async fn read_all(
-        &self,
-        from: u64,
-        max: usize,
-    ) -> Result<Vec<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
-        self.0.read_all(from, max).await
-    }
-    async fn stream_version(&self, stream: StreamId) -> Result<u64, casebook_engine::StoreError> {
-        self.0.stream_version(stream).await
-    }
-    async fn find_event(
-        &self,
-        id: Uuid,
-    ) -> Result<Option<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
-        self.0.find_event(id).await
-    }
-    async fn head(&self) -> Result<casebook_engine::store::Head, casebook_engine::StoreError> {
-        self.0.head().await
-    }
-    fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.watch_head()
-    }
-    async fn load_checkpoint(
-        &self,
-        name: &str,
-    ) -> Result<Option<Vec<u8>>, casebook_engine::StoreError> {
-        self.0.load_checkpoint(name).await
-    }
-    async fn save_checkpoint(
-        &self,
-        name: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(), casebook_engine::StoreError> {
-        self.0.save_checkpoint(name, bytes).await
-    }
-    async fn clear_checkpoints(&self) -> Result<(), casebook_engine::StoreError> {
-        self.0.clear_checkpoints().await
-    }
-    async fn verify(
-        &self,
-        progress: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<casebook_engine::store::VerifyReport, casebook_engine::StoreError> {
-        self.0.verify(progress).await
+use Wrapped::{NoPrefetch, SlowAppends};
+
+impl Wrapped {
+    fn inner(&self) -> &dyn EventStore {
+        match self {
+            SlowAppends(log) | NoPrefetch(log) => log.as_ref(),
+        }
     }
 }
 
-/// A log whose batched look-ups (`find_events`, `read_streams`) fail, so
-/// `Planner::add_many` judges every line whose id or pupil it has not seen
-/// through the store reads of its slow path (`resume`), one at a time.
-struct NoPrefetch(Arc<dyn EventStore>);
-
 #[async_trait::async_trait]
-impl EventStore for NoPrefetch {
+impl EventStore for Wrapped {
     async fn append_atomic(
         &self,
         requests: Vec<casebook_engine::store::AppendRequest>,
     ) -> Result<Vec<casebook_engine::store::Appended>, casebook_engine::StoreError> {
-        self.0.append_atomic(requests).await
+        if let SlowAppends(_) = self {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        self.inner().append_atomic(requests).await
     }
     async fn find_events(
         &self,
-        _ids: &[Uuid],
+        ids: &[Uuid],
     ) -> Result<
         std::collections::HashMap<Uuid, casebook_engine::envelope::StoredEvent>,
         casebook_engine::StoreError,
     > {
-        Err(no_batch())
+        match self {
+            NoPrefetch(_) => Err(no_batch()),
+            SlowAppends(log) => log.find_events(ids).await,
+        }
     }
     async fn read_streams(
         &self,
-        _streams: &[StreamId],
+        streams: &[StreamId],
     ) -> Result<
         std::collections::HashMap<StreamId, Vec<casebook_engine::envelope::StoredEvent>>,
         casebook_engine::StoreError,
     > {
-        Err(no_batch())
+        match self {
+            NoPrefetch(_) => Err(no_batch()),
+            SlowAppends(log) => log.read_streams(streams).await,
+        }
     }
     async fn read_stream(
         &self,
@@ -436,51 +394,51 @@ impl EventStore for NoPrefetch {
         from: u64,
         max: usize,
     ) -> Result<Vec<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
-        self.0.read_stream(stream, from, max).await
+        self.inner().read_stream(stream, from, max).await
     }
     async fn read_all(
         &self,
         from: u64,
         max: usize,
     ) -> Result<Vec<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
-        self.0.read_all(from, max).await
+        self.inner().read_all(from, max).await
     }
     async fn stream_version(&self, stream: StreamId) -> Result<u64, casebook_engine::StoreError> {
-        self.0.stream_version(stream).await
+        self.inner().stream_version(stream).await
     }
     async fn find_event(
         &self,
         id: Uuid,
     ) -> Result<Option<casebook_engine::envelope::StoredEvent>, casebook_engine::StoreError> {
-        self.0.find_event(id).await
+        self.inner().find_event(id).await
     }
     async fn head(&self) -> Result<casebook_engine::store::Head, casebook_engine::StoreError> {
-        self.0.head().await
+        self.inner().head().await
     }
     fn watch_head(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.0.watch_head()
+        self.inner().watch_head()
     }
     async fn load_checkpoint(
         &self,
         name: &str,
     ) -> Result<Option<Vec<u8>>, casebook_engine::StoreError> {
-        self.0.load_checkpoint(name).await
+        self.inner().load_checkpoint(name).await
     }
     async fn save_checkpoint(
         &self,
         name: &str,
         bytes: Vec<u8>,
     ) -> Result<(), casebook_engine::StoreError> {
-        self.0.save_checkpoint(name, bytes).await
+        self.inner().save_checkpoint(name, bytes).await
     }
     async fn clear_checkpoints(&self) -> Result<(), casebook_engine::StoreError> {
-        self.0.clear_checkpoints().await
+        self.inner().clear_checkpoints().await
     }
     async fn verify(
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<casebook_engine::store::VerifyReport, casebook_engine::StoreError> {
-        self.0.verify(progress).await
+        self.inner().verify(progress).await
     }
 }
 
