@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 
-use casebook_engine::event::CaseEvent;
+use casebook_engine::event::{CaseEvent, EntryCorrected};
 use casebook_engine::RecordedEvent;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -322,6 +322,33 @@ fn write_value_at<T: Serialize + ?Sized>(out: &mut Vec<u8>, level: usize, value:
 /// The chronology of the events given in position order, those known at
 /// `as_of` (and not `RecordViewed`). Each event is moved once, into its
 /// entry.
+/// Applies correction `c` (the event `e`, by `actor`) to the entry it
+/// names: its content as corrected, when the changes apply, and the
+/// correction listed with the values it replaced.
+fn apply_correction(
+    target: &mut TimelineEntry,
+    e: &RecordedEvent,
+    c: &EntryCorrected,
+    actor: String,
+) {
+    let original = replaced_values(&target.content, &c.changes);
+    let new = corrected(&target.content, &c.changes);
+    let applied = new.is_some();
+    if let Some(new) = new {
+        target.content = new;
+    }
+    target.corrections.push(Correction {
+        event_id: e.event_id,
+        position: e.position,
+        recorded_at: e.recorded_at,
+        actor,
+        reason: c.reason.clone(),
+        original,
+        changes: c.changes.clone(),
+        applied,
+    });
+}
+
 fn fold(
     pupil: &str,
     events: Vec<RecordedEvent>,
@@ -348,23 +375,7 @@ fn fold(
                 index
             });
             if let Some(&i) = index.get(&c.event) {
-                let target = &mut building[i];
-                let original = replaced_values(&target.content, &c.changes);
-                let new = corrected(&target.content, &c.changes);
-                let applied = new.is_some();
-                if let Some(new) = new {
-                    target.content = new;
-                }
-                target.corrections.push(Correction {
-                    event_id: e.event_id,
-                    position: e.position,
-                    recorded_at: e.recorded_at,
-                    actor: e.actor,
-                    reason: c.reason.clone(),
-                    original,
-                    changes: c.changes.clone(),
-                    applied,
-                });
+                apply_correction(&mut building[i], &e, c, e.actor.clone());
                 continue;
             }
             // Names nothing earlier in this record: shown as itself.
@@ -568,23 +579,7 @@ mod tests {
             }
             if let CaseEvent::EntryCorrected(c) = &e.event {
                 if let Some(i) = building.iter().rposition(|b| b.event_id == c.event) {
-                    let target = &mut building[i];
-                    let original = replaced_values(&target.content, &c.changes);
-                    let new = corrected(&target.content, &c.changes);
-                    let applied = new.is_some();
-                    if let Some(new) = new {
-                        target.content = new;
-                    }
-                    target.corrections.push(Correction {
-                        event_id: e.event_id,
-                        position: e.position,
-                        recorded_at: e.recorded_at,
-                        actor: e.actor.clone(),
-                        reason: c.reason.clone(),
-                        original,
-                        changes: c.changes.clone(),
-                        applied,
-                    });
+                    apply_correction(&mut building[i], e, c, e.actor.clone());
                     continue;
                 }
             }
