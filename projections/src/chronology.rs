@@ -284,11 +284,127 @@ fn write_data(out: &mut Vec<u8>, content: &CaseEvent) {
             return;
         }
     }
+    if write_frequent_data(out, content) {
+        return;
+    }
     let start = out.len();
     if crate::pretty::write_field(out, 3, content, "data").is_err() {
         out.truncate(start);
         write_value_at(out, 3, &content.data_json());
     }
+}
+
+/// Writes the `data` (at nesting 3) of the most frequent entries after the
+/// register marks (rewards, incidents, absence follow-ups, parent contacts,
+/// sanctions) directly, keys in order, as [`write_data`]'s general path
+/// writes them; `false` (and nothing written) for any other event or a date
+/// it does not write as `YYYY-MM-DD`.
+fn write_frequent_data(out: &mut Vec<u8>, content: &CaseEvent) -> bool {
+    use crate::pretty::{newline, write_str, write_u64};
+    use crate::summary::{incident_role, sanction_kind};
+    // `"key": ` on a new line of the object (after a comma unless first).
+    fn key(out: &mut Vec<u8>, first: bool, key: &str) {
+        if !first {
+            out.push(b',');
+        }
+        newline(out, 4);
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\": ");
+    }
+    match content {
+        CaseEvent::RewardIssued(r) => {
+            out.push(b'{');
+            key(out, true, "kind");
+            write_str(out, &r.kind);
+            if let Some(points) = r.points {
+                key(out, false, "points");
+                write_u64(out, u64::from(points));
+            }
+            key(out, false, "reason");
+            write_str(out, &r.reason);
+        }
+        CaseEvent::IncidentRecorded(i) => {
+            out.push(b'{');
+            key(out, true, "category");
+            write_str(out, &i.category);
+            if let Some(class) = &i.class {
+                key(out, false, "class");
+                write_str(out, class);
+            }
+            key(out, false, "description");
+            write_str(out, &i.description);
+            key(out, false, "location");
+            write_str(out, &i.location);
+            if !i.participants.is_empty() {
+                key(out, false, "participants");
+                out.push(b'[');
+                for (n, p) in i.participants.iter().enumerate() {
+                    if n > 0 {
+                        out.push(b',');
+                    }
+                    newline(out, 5);
+                    out.push(b'{');
+                    newline(out, 6);
+                    out.extend_from_slice(b"\"pupil\": ");
+                    write_str(out, &p.pupil);
+                    out.push(b',');
+                    newline(out, 6);
+                    out.extend_from_slice(b"\"role\": \"");
+                    out.extend_from_slice(incident_role(p.role).as_bytes());
+                    out.push(b'"');
+                    newline(out, 5);
+                    out.push(b'}');
+                }
+                newline(out, 4);
+                out.push(b']');
+            }
+            key(out, false, "role");
+            out.push(b'"');
+            out.extend_from_slice(incident_role(i.role).as_bytes());
+            out.push(b'"');
+            key(out, false, "severity");
+            write_u64(out, u64::from(i.severity));
+            if let Some(site) = &i.site {
+                key(out, false, "site");
+                write_str(out, site);
+            }
+        }
+        CaseEvent::AbsenceFollowedUp(a) => {
+            let Some(date) = casebook_engine::event::date_ascii(&a.date) else {
+                return false;
+            };
+            out.push(b'{');
+            key(out, true, "date");
+            out.push(b'"');
+            out.extend_from_slice(&date);
+            out.push(b'"');
+            key(out, false, "method");
+            write_str(out, &a.method);
+            key(out, false, "outcome");
+            write_str(out, &a.outcome);
+        }
+        CaseEvent::ParentContacted(p) => {
+            out.push(b'{');
+            key(out, true, "method");
+            write_str(out, &p.method);
+            key(out, false, "summary");
+            write_str(out, &p.summary);
+        }
+        CaseEvent::SanctionIssued(s) => {
+            out.push(b'{');
+            key(out, true, "kind");
+            out.push(b'"');
+            out.extend_from_slice(sanction_kind(s.kind).as_bytes());
+            out.push(b'"');
+            key(out, false, "reason");
+            write_str(out, &s.reason);
+        }
+        _ => return false,
+    }
+    newline(out, 3);
+    out.push(b'}');
+    true
 }
 
 /// Writes an entry's `summary` as a JSON string: an `AttendanceMarked`'s
@@ -301,7 +417,14 @@ fn write_summary(out: &mut Vec<u8>, content: &CaseEvent, scratch: &mut String) {
             crate::summary::attendance_summary(a, scratch);
             crate::pretty::write_str(out, scratch);
         }
-        _ => crate::pretty::write_str(out, &summary(content)),
+        _ => {
+            scratch.clear();
+            if crate::summary::frequent_summary(content, scratch) {
+                crate::pretty::write_str(out, scratch);
+            } else {
+                crate::pretty::write_str(out, &summary(content));
+            }
+        }
     }
 }
 
@@ -562,7 +685,10 @@ fn replaced_values(content: &CaseEvent, changes: &Map<String, Value>) -> Map<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use casebook_engine::event::{AttendanceMarked, Session};
+    use casebook_engine::event::{
+        AbsenceFollowedUp, AttendanceMarked, IncidentRecorded, IncidentRole, ParentContacted,
+        Participant, RewardIssued, SanctionIssued, SanctionKind, Session,
+    };
     use proptest::prelude::*;
 
     /// The fold as it was written before its index was built lazily: every
@@ -653,6 +779,91 @@ mod tests {
         }
     }
 
+    /// Text of every kind a log may hold: words, quotes and backslashes,
+    /// control characters, unusual whitespace, prose longer than the
+    /// summary's cut (multi-byte characters too).
+    fn any_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[a-z ]{0,12}",
+            "(\\PC|[ \t\n\r\"\\\\\u{0}\u{1f}\u{a0}\u{2003}é€]){0,40}",
+            "([a-zé€]{1,9}[ \n\t]{1,3}){10,40}",
+            ".{0,300}",
+        ]
+    }
+
+    fn any_role() -> impl Strategy<Value = IncidentRole> {
+        prop_oneof![
+            Just(IncidentRole::Perpetrator),
+            Just(IncidentRole::Target),
+            Just(IncidentRole::Witness),
+            Just(IncidentRole::Involved),
+        ]
+    }
+
+    /// A reward, incident, absence follow-up, parent contact or sanction.
+    fn frequent_event() -> impl Strategy<Value = CaseEvent> {
+        let reward = (
+            any_text(),
+            any_text(),
+            prop_oneof![Just(None), Just(Some(1u32)), any::<Option<u32>>()],
+        )
+            .prop_map(|(kind, reason, points)| {
+                CaseEvent::RewardIssued(RewardIssued {
+                    kind,
+                    reason,
+                    points,
+                })
+            });
+        let incident = (
+            (any_text(), any::<u8>(), any_text(), any_text(), any_role()),
+            prop::collection::vec((any_text(), any_role()), 0..4),
+            prop::option::of(any_text()),
+            prop::option::of(any_text()),
+        )
+            .prop_map(
+                |((category, severity, location, description, role), ps, class, site)| {
+                    CaseEvent::IncidentRecorded(IncidentRecorded {
+                        category,
+                        severity,
+                        location,
+                        description,
+                        role,
+                        participants: ps
+                            .into_iter()
+                            .map(|(pupil, role)| Participant { pupil, role })
+                            .collect(),
+                        class,
+                        site,
+                    })
+                },
+            );
+        let absence = (-1_000i32..4_000_000, any_text(), any_text()).prop_filter_map(
+            "a date",
+            |(days, method, outcome)| {
+                let date = chrono::NaiveDate::from_num_days_from_ce_opt(days)?;
+                Some(CaseEvent::AbsenceFollowedUp(AbsenceFollowedUp {
+                    date,
+                    method,
+                    outcome,
+                }))
+            },
+        );
+        let contact = (any_text(), any_text()).prop_map(|(method, summary)| {
+            CaseEvent::ParentContacted(ParentContacted { method, summary })
+        });
+        let sanction = (
+            prop_oneof![
+                Just(SanctionKind::Detention),
+                Just(SanctionKind::Isolation),
+                Just(SanctionKind::InternalExclusion),
+                Just(SanctionKind::ReportCard),
+            ],
+            any_text(),
+        )
+            .prop_map(|(kind, reason)| CaseEvent::SanctionIssued(SanctionIssued { kind, reason }));
+        prop_oneof![reward, incident, absence, contact, sanction]
+    }
+
     proptest! {
         /// An `AttendanceMarked`'s data is written directly as its
         /// `data_json` is written, for every date, session and code.
@@ -675,6 +886,34 @@ mod tests {
             let mut via_value = Vec::new();
             write_value_at(&mut via_value, 3, &event.data_json());
             prop_assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(via_value).unwrap());
+            let mut scratch = "left over".to_string();
+            let mut direct = Vec::new();
+            write_summary(&mut direct, &event, &mut scratch);
+            let mut via_summary = Vec::new();
+            crate::pretty::write_str(&mut via_summary, &summary(&event));
+            prop_assert_eq!(String::from_utf8(direct).unwrap(), String::from_utf8(via_summary).unwrap());
+        }
+
+        /// The rewards, incidents, absence follow-ups, parent contacts and
+        /// sanctions written directly (data and summary) are what the
+        /// general path writes: `data_json` through the `Value` and through
+        /// `crate::pretty`, `summary` by `format!`, for any text (quotes,
+        /// control characters, unusual whitespace, long prose), points,
+        /// severity, role, participants and date (years outside 0..=9999
+        /// fall back).
+        #[test]
+        fn frequent_entries_are_written_as_the_general_path_writes_them(
+            event in frequent_event(),
+        ) {
+            let mut direct = Vec::new();
+            write_data(&mut direct, &event);
+            let mut via_value = Vec::new();
+            write_value_at(&mut via_value, 3, &event.data_json());
+            let mut via_pretty = Vec::new();
+            crate::pretty::write_field(&mut via_pretty, 3, &event, "data").unwrap();
+            let direct = String::from_utf8(direct).unwrap();
+            prop_assert_eq!(&direct, &String::from_utf8(via_value).unwrap());
+            prop_assert_eq!(&direct, &String::from_utf8(via_pretty).unwrap());
             let mut scratch = "left over".to_string();
             let mut direct = Vec::new();
             write_summary(&mut direct, &event, &mut scratch);

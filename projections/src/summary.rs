@@ -6,7 +6,7 @@
 //! [`MAX_PROSE_IN_SUMMARY`] characters. The full text stays in `data`.
 
 use casebook_engine::codes::attendance_code;
-use casebook_engine::event::{AttendanceMarked, CaseEvent, Session};
+use casebook_engine::event::{AttendanceMarked, CaseEvent, IncidentRole, SanctionKind, Session};
 
 /// Longest piece of prose quoted in a summary, in characters: enough to
 /// recognise an entry in a list, short enough to keep a chronology
@@ -38,6 +38,92 @@ pub(crate) fn attendance_summary(a: &AttendanceMarked, out: &mut String) {
             out.push(')');
         }
         None => out.push_str(" (unknown code)"),
+    }
+}
+
+/// The summary of the most frequent entries after the register marks
+/// (rewards, incidents, absence follow-ups, parent contacts, sanctions),
+/// appended to `out` piece by piece: what [`summary`] gives for them,
+/// without its `format!`s. `false` (and `out` untouched) for any other
+/// event.
+pub(crate) fn frequent_summary(event: &CaseEvent, out: &mut String) -> bool {
+    use std::fmt::Write;
+    match event {
+        CaseEvent::RewardIssued(r) => {
+            out.push_str("Reward (");
+            out.push_str(&r.kind);
+            match r.points {
+                Some(1) => out.push_str(", 1 point"),
+                Some(n) => {
+                    let _ = write!(out, ", {n} points");
+                }
+                None => {}
+            }
+            out.push_str("): ");
+            prose_into(&r.reason, out);
+        }
+        CaseEvent::IncidentRecorded(i) => {
+            out.push_str("Incident (");
+            out.push_str(&i.category);
+            let _ = write!(out, ", severity {}) in ", i.severity);
+            out.push_str(&i.location);
+            out.push_str(" — ");
+            out.push_str(incident_role(i.role));
+            match i.participants.len() {
+                0 => {}
+                1 => out.push_str("; 1 other pupil"),
+                n => {
+                    let _ = write!(out, "; {n} other pupils");
+                }
+            }
+        }
+        CaseEvent::AbsenceFollowedUp(a) => {
+            out.push_str("Absence on ");
+            match casebook_engine::event::date_ascii(&a.date) {
+                Some(date) => out.extend(date.iter().map(|&b| char::from(b))),
+                None => {
+                    let _ = write!(out, "{}", a.date);
+                }
+            }
+            out.push_str(" followed up by ");
+            out.push_str(&a.method);
+            out.push_str(": ");
+            prose_into(&a.outcome, out);
+        }
+        CaseEvent::ParentContacted(p) => {
+            out.push_str("Parent contacted (");
+            out.push_str(&p.method);
+            out.push_str("): ");
+            prose_into(&p.summary, out);
+        }
+        CaseEvent::SanctionIssued(s) => {
+            out.push_str("Sanction (");
+            out.push_str(sanction_kind(s.kind));
+            out.push_str("): ");
+            prose_into(&s.reason, out);
+        }
+        _ => return false,
+    }
+    true
+}
+
+/// The snake_case name serde gives an incident role (what [`snake`] gives).
+pub(crate) fn incident_role(role: IncidentRole) -> &'static str {
+    match role {
+        IncidentRole::Perpetrator => "perpetrator",
+        IncidentRole::Target => "target",
+        IncidentRole::Witness => "witness",
+        IncidentRole::Involved => "involved",
+    }
+}
+
+/// The snake_case name serde gives a sanction kind (what [`snake`] gives).
+pub(crate) fn sanction_kind(kind: SanctionKind) -> &'static str {
+    match kind {
+        SanctionKind::Detention => "detention",
+        SanctionKind::Isolation => "isolation",
+        SanctionKind::InternalExclusion => "internal_exclusion",
+        SanctionKind::ReportCard => "report_card",
     }
 }
 
@@ -291,6 +377,32 @@ fn one_line(text: &str) -> String {
         out.push_str(word);
     }
     out
+}
+
+/// [`prose`] of `text`, appended to `out` (no `String` of its own).
+fn prose_into(text: &str, out: &mut String) {
+    let start = out.len();
+    // The words joined by single spaces, as `one_line` joins them.
+    let mut first = true;
+    for word in text.split_whitespace() {
+        if !first {
+            out.push(' ');
+        }
+        first = false;
+        out.push_str(word);
+    }
+    // At most one character a byte: a short text is not counted.
+    let flat = &out[start..];
+    if flat.len() <= MAX_PROSE_IN_SUMMARY || flat.chars().count() <= MAX_PROSE_IN_SUMMARY {
+        return;
+    }
+    // Cut after MAX_PROSE_IN_SUMMARY - 1 characters, then the ellipsis.
+    let cut = out[start..]
+        .char_indices()
+        .nth(MAX_PROSE_IN_SUMMARY - 1)
+        .map_or(out.len(), |(i, _)| start + i);
+    out.truncate(cut);
+    out.push('…');
 }
 
 /// Prose flattened to one line and cut at [`MAX_PROSE_IN_SUMMARY`]
