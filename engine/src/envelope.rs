@@ -369,7 +369,9 @@ impl<'a> Body<'a> {
 fn decode_plain_payload(event_type: &str, schema: u32, bytes: &[u8]) -> Option<CaseEvent> {
     use crate::event::{AttendanceMarked, Session};
     const TYPE: &str = "AttendanceMarked";
-    if schema != CURRENT_SCHEMA {
+    if schema != CURRENT_SCHEMA || bytes.len() > MAX_PAYLOAD_BYTES {
+        // `decode_payload` reads the other schemas, and refuses a payload
+        // over the limit.
         return None;
     }
     if event_type != TYPE {
@@ -413,10 +415,7 @@ fn decode_frequent_payload(event_type: &str, bytes: &[u8]) -> Option<CaseEvent> 
         AbsenceFollowedUp, IncidentRecorded, IncidentRole, ParentContacted, RewardIssued,
         SanctionIssued, SanctionKind,
     };
-    if bytes.len() > MAX_PAYLOAD_BYTES {
-        // `decode_payload` refuses it.
-        return None;
-    }
+    // `decode_plain_payload` has refused a payload over the limit.
     let mut r = Plain { bytes, at: 0 };
     let key = |r: &mut Plain<'_>, name: &str| (r.str_bytes()? == name.as_bytes()).then_some(());
     let text = |r: &mut Plain<'_>| r.str().map(str::to_string);
@@ -1022,6 +1021,25 @@ impl RecordedEvent {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A register mark whose payload is over [`MAX_PAYLOAD_BYTES`] (a code
+    /// of 70,000 bytes, written by hand: the encoder refuses it) is not
+    /// read by the direct decoder, since `decode_payload` refuses it.
+    #[test]
+    fn an_oversized_register_mark_is_refused_as_decode_payload_refuses_it() {
+        let event = CaseEvent::AttendanceMarked(crate::event::AttendanceMarked {
+            date: chrono::NaiveDate::from_ymd_opt(2026, 9, 7).unwrap(),
+            session: crate::event::Session::Am,
+            code: "/".repeat(70_000),
+        });
+        let bytes = rmp_serde::to_vec_named(&event).unwrap();
+        assert!(bytes.len() > MAX_PAYLOAD_BYTES);
+        assert!(crate::upcast::decode_payload("AttendanceMarked", CURRENT_SCHEMA, &bytes).is_err());
+        assert_eq!(
+            decode_plain_payload("AttendanceMarked", CURRENT_SCHEMA, &bytes),
+            None
+        );
+    }
 
     /// The stored value as it was encoded before `seal_bytes`: the body
     /// through `rmp_serde::to_vec`, then the hash appended.
