@@ -1229,13 +1229,16 @@ impl Committed for SegmentCommitted<'_> {
     }
 }
 
-/// Reads the frames `wanted` (position, where, segment), in order: one
-/// `pread` for each run of frames that lie back to back in one segment (a
-/// page of `read_all` is usually one read, and so is a pupil's stream when
-/// it was imported in one piece).
-fn read_runs(wanted: Vec<(u64, Loc, Arc<Segment>)>) -> Result<Vec<StoredEvent>, StoreError> {
-    let mut out = Vec::with_capacity(wanted.len());
-    let mut buf = Vec::new();
+/// Hands each run of `wanted` (position, where, segment) that lies back to
+/// back in one segment to `each`, read with one `pread` into `buf`: the
+/// run's frames and their bytes, in order. `buf` is only grown, never
+/// zeroed again (the `pread` fills what is read), so a buffer kept between
+/// calls costs nothing to reuse.
+fn for_each_run(
+    buf: &mut Vec<u8>,
+    wanted: &[(u64, Loc, Arc<Segment>)],
+    mut each: impl FnMut(&Segment, &[(u64, Loc, Arc<Segment>)], &[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let mut i = 0;
     while i < wanted.len() {
         let (_, first, ref seg) = wanted[i];
@@ -1245,18 +1248,35 @@ fn read_runs(wanted: Vec<(u64, Loc, Arc<Segment>)>) -> Result<Vec<StoredEvent>, 
             end += wanted[j].1.len as u64;
             j += 1;
         }
-        buf.resize((end - first.offset) as usize, 0);
+        let len = (end - first.offset) as usize;
+        if buf.len() < len {
+            buf.resize(len, 0);
+        }
+        let run = &mut buf[..len];
         seg.file
-            .read_exact_at(&mut buf, first.offset)
+            .read_exact_at(run, first.offset)
             .map_err(io("read"))?;
+        each(seg, &wanted[i..j], run)?;
+        i = j;
+    }
+    Ok(())
+}
+
+/// Reads the frames `wanted` (position, where, segment), in order: one
+/// `pread` for each run of frames that lie back to back in one segment (a
+/// page of `read_all` is usually one read, and so is a pupil's stream when
+/// it was imported in one piece).
+fn read_runs(wanted: Vec<(u64, Loc, Arc<Segment>)>) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::with_capacity(wanted.len());
+    for_each_run(&mut Vec::new(), &wanted, |seg, frames, run| {
         let mut at = 0usize;
-        for (p, loc, _) in &wanted[i..j] {
-            let (event, len) = decode_at(seg, loc.offset, &buf[at..], *p)?;
+        for &(p, loc, _) in frames {
+            let (event, len) = decode_at(seg, loc.offset, &run[at..], p)?;
             at += len;
             out.push(event);
         }
-        i = j;
-    }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -1299,26 +1319,9 @@ fn visit_runs_in(
     visit: &mut dyn StreamVisitor,
 ) -> Result<usize, StoreError> {
     visit.expect(wanted.len());
-    let mut i = 0;
-    while i < wanted.len() {
-        let (_, first, ref seg) = wanted[i];
-        let mut end = first.offset + first.len as u64;
-        let mut j = i + 1;
-        while j < wanted.len() && wanted[j].1.seg == first.seg && wanted[j].1.offset == end {
-            end += wanted[j].1.len as u64;
-            j += 1;
-        }
-        // Only grown, never zeroed again: the pread fills what is read.
-        let len = (end - first.offset) as usize;
-        if buf.len() < len {
-            buf.resize(len, 0);
-        }
-        let run = &mut buf[..len];
-        seg.file
-            .read_exact_at(run, first.offset)
-            .map_err(io("read"))?;
+    for_each_run(buf, wanted, |seg, frames, run| {
         let mut at = 0usize;
-        for &(p, loc, _) in &wanted[i..j] {
+        for &(p, loc, _) in frames {
             let bytes = &run[at..];
             let (meta, value, len) = decode_frame(bytes)
                 .map_err(|e| corrupt(&seg.path, Some(loc.offset), e.to_string()))?;
@@ -1332,8 +1335,8 @@ fn visit_runs_in(
             }
             at += len;
         }
-        i = j;
-    }
+        Ok(())
+    })?;
     Ok(wanted.len())
 }
 
