@@ -289,7 +289,20 @@ pub const LOCK_FILE: &str = "casebook.lock";
 /// when the process dies). Shared with the segment backend.
 pub(crate) struct ProcessLock {
     _file: std::fs::File,
+    /// The store directory as registered in [`HELD`].
+    key: std::path::PathBuf,
 }
+
+/// The store directories this process holds locks on. A second open of one
+/// of them in the same process is refused at once; a lock found taken with
+/// this process's own pid in the file, on a directory not in this set, was
+/// just released here and is still held through a copy of its descriptor in
+/// a child being spawned (between `fork` and `exec`), so it is retried.
+static HELD: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+/// How long [`ProcessLock::acquire`] waits for a lock that this process
+/// released a moment ago (a spawning child's copy of the descriptor).
+const RELEASED_HERE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ProcessLock {
     pub(crate) fn acquire(dir: &Path) -> Result<ProcessLock, StoreError> {
@@ -303,19 +316,45 @@ impl ProcessLock {
             .truncate(false)
             .open(&path)
             .map_err(|e| StoreError::io("open lock file", e))?;
-        if file.try_lock_exclusive().is_err() {
+        let key = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let in_use = |pid| StoreError::InUse {
+            path: dir.display().to_string(),
+            pid,
+        };
+        let me = std::process::id();
+        let held_here = || HELD.lock().map_or(false, |held| held.contains(&key));
+        if held_here() {
+            return Err(in_use(Some(me)));
+        }
+        let started = std::time::Instant::now();
+        while file.try_lock_exclusive().is_err() {
             let mut text = String::new();
+            let _ = file.seek(std::io::SeekFrom::Start(0));
             let _ = file.read_to_string(&mut text);
-            return Err(StoreError::InUse {
-                path: dir.display().to_string(),
-                pid: text.trim().parse().ok(),
-            });
+            let pid = text.trim().parse().ok();
+            if pid != Some(me) || held_here() || started.elapsed() > RELEASED_HERE_WAIT {
+                return Err(in_use(pid));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
         // Best effort: the pid is only for the message above.
         let _ = file.set_len(0);
         let _ = file.seek(std::io::SeekFrom::Start(0));
-        let _ = writeln!(file, "{}", std::process::id());
-        Ok(ProcessLock { _file: file })
+        let _ = writeln!(file, "{me}");
+        if let Ok(mut held) = HELD.lock() {
+            held.push(key.clone());
+        }
+        Ok(ProcessLock { _file: file, key })
+    }
+}
+
+impl Drop for ProcessLock {
+    fn drop(&mut self) {
+        if let Ok(mut held) = HELD.lock() {
+            if let Some(i) = held.iter().position(|k| *k == self.key) {
+                held.swap_remove(i);
+            }
+        }
     }
 }
 
@@ -1179,4 +1218,67 @@ pub fn decode_watermark(bytes: &[u8]) -> Result<Option<(u64, Hash)>, crate::erro
 /// Public for the decoder fuzz tests.
 pub fn decode_event_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
     decode_at(position, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn a_second_open_in_the_same_process_is_refused_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = ProcessLock::acquire(dir.path()).unwrap();
+        let started = std::time::Instant::now();
+        match ProcessLock::acquire(dir.path()) {
+            Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("the store was opened twice"),
+        }
+        assert!(started.elapsed() < RELEASED_HERE_WAIT);
+    }
+
+    #[test]
+    fn a_lock_released_here_but_held_by_a_spawning_child_is_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = ProcessLock::acquire(dir.path()).unwrap();
+        // What a child between fork and exec holds: a copy of the
+        // descriptor, which keeps the flock after this process closes its own.
+        // SAFETY: dup of a descriptor owned by `lock`, closed below.
+        let copy = unsafe { libc::dup(lock._file.as_raw_fd()) };
+        assert!(copy >= 0);
+        drop(lock);
+        let exec = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            // SAFETY: closes the copy made above, once.
+            unsafe { libc::close(copy) };
+        });
+        let reopened = ProcessLock::acquire(dir.path());
+        exec.join().unwrap();
+        assert!(
+            reopened.is_ok(),
+            "{:?}",
+            reopened.err().map(|e| e.to_string())
+        );
+    }
+
+    #[test]
+    fn a_lock_held_by_another_process_is_refused_at_once_with_its_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = ProcessLock::acquire(dir.path()).unwrap();
+        // SAFETY: as above.
+        let copy = unsafe { libc::dup(lock._file.as_raw_fd()) };
+        drop(lock);
+        // Another process's pid in the file: no wait.
+        std::fs::write(dir.path().join(LOCK_FILE), "999999999\n").unwrap();
+        let started = std::time::Instant::now();
+        let refused = ProcessLock::acquire(dir.path());
+        // SAFETY: closes the copy made above, once.
+        unsafe { libc::close(copy) };
+        match refused {
+            Err(StoreError::InUse { pid, .. }) => assert_eq!(pid, Some(999_999_999)),
+            other => panic!("expected InUse, got {:?}", other.map(|_| ())),
+        }
+        assert!(started.elapsed() < RELEASED_HERE_WAIT);
+    }
 }
