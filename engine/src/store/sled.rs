@@ -322,7 +322,7 @@ impl ProcessLock {
             pid,
         };
         let me = std::process::id();
-        let held_here = || HELD.lock().map_or(false, |held| held.contains(&key));
+        let held_here = || HELD.lock().is_ok_and(|held| held.contains(&key));
         if held_here() {
             return Err(in_use(Some(me)));
         }
