@@ -318,12 +318,13 @@ pub(crate) async fn unseal_doc(
 }
 
 /// The visitor of [`Unsealed::visit_stream`]: passes events on until the
-/// first that may hold a sealed field, then only notes that there was one.
+/// first that may hold a sealed field, then keeps an owned copy of that one
+/// and every one after it, to be unsealed and passed on once the read is
+/// done (opening a field may need an async key-ring or log read).
 struct ClearOnly<'v> {
     visit: &'v mut dyn StreamVisitor,
-    /// Events passed on.
-    clear: usize,
-    sealed: bool,
+    /// The events from the first that may hold a sealed field on.
+    rest: Vec<StoredEvent>,
 }
 
 impl StreamVisitor for ClearOnly<'_> {
@@ -332,11 +333,10 @@ impl StreamVisitor for ClearOnly<'_> {
     }
 
     fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError> {
-        if self.sealed || may_hold_sealed(event.payload) {
-            self.sealed = true;
+        if !self.rest.is_empty() || may_hold_sealed(event.payload) {
+            self.rest.push(event.to_stored());
             return Ok(());
         }
-        self.clear += 1;
         self.visit.visit(event)
     }
 }
@@ -361,10 +361,11 @@ impl EventStore for Unsealed {
     }
 
     /// The inner log's events as they are while none may hold a sealed
-    /// field (the hot path: no owned copy); from the first that may, the
-    /// rest of the page as [`EventStore::read_stream`] gives it (read again
-    /// and unsealed; an event without a sealed field is unchanged by
-    /// unsealing, so the events before it are what it would give too).
+    /// field (the hot path: no owned copy); from the first that may, owned
+    /// copies of the rest of the page, unsealed as
+    /// [`EventRef::to_stored`] + [`EventStore::read_stream`]'s unsealing
+    /// would give them (an event without a sealed field is unchanged by
+    /// unsealing). The page is read once.
     async fn visit_stream(
         &self,
         stream: StreamId,
@@ -374,22 +375,21 @@ impl EventStore for Unsealed {
     ) -> Result<usize, StoreError> {
         let mut clear = ClearOnly {
             visit: &mut *visit,
-            clear: 0,
-            sealed: false,
+            rest: Vec::new(),
         };
         let seen = self
             .inner
             .visit_stream(stream, from_version, max, &mut clear)
             .await?;
-        let (clear, sealed) = (clear.clear, clear.sealed);
-        if !sealed {
+        let rest = std::mem::take(&mut clear.rest);
+        if rest.is_empty() {
             return Ok(seen);
         }
-        let events = self.read_stream(stream, from_version, max).await?;
-        for s in events.iter().skip(clear) {
+        let rest = unseal_events(self.ring.as_deref(), self.inner.as_ref(), rest).await?;
+        for s in &rest {
             visit.visit(&s.as_event_ref())?;
         }
-        Ok(events.len().max(clear))
+        Ok(seen)
     }
 
     async fn read_all(
@@ -1258,7 +1258,7 @@ mod tests {
                 SecretKey::from_bytes([9; 32]),
             ));
             ring.install(stream, key);
-            for ring in [None, Some(ring)] {
+            for ring in [None, Some(ring.clone())] {
                 let reader = reader_with_ring(log.clone(), ring.clone());
                 let whole = read_whole_stream(reader.as_ref(), stream).await.unwrap();
                 assert_eq!(whole.len(), 5);
@@ -1282,7 +1282,92 @@ mod tests {
                     }
                 }
             }
+            // With the key at hand, a page with sealed fields is read once:
+            // no second read of the page to unseal it.
+            let counted = Arc::new(CountsPageReads {
+                inner: log.clone(),
+                page_reads: Default::default(),
+            });
+            let reader = reader_with_ring(counted.clone(), Some(ring));
+            let mut seen = Collect(Vec::new());
+            let n = reader.visit_stream(stream, 1, 10, &mut seen).await.unwrap();
+            assert_eq!((n, seen.0.len()), (5, 5));
+            assert!(seen.0.iter().all(|s| !may_hold_sealed(&s.payload)));
+            assert_eq!(
+                counted
+                    .page_reads
+                    .load(std::sync::atomic::Ordering::Relaxed),
+                0
+            );
         });
+    }
+
+    /// A log whose `read_stream` counts its calls (every other read is
+    /// forwarded): `visit_stream` must not fall back to it.
+    struct CountsPageReads {
+        inner: Arc<dyn EventStore>,
+        page_reads: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl EventStore for CountsPageReads {
+        async fn append_atomic(
+            &self,
+            requests: Vec<AppendRequest>,
+        ) -> Result<Vec<Appended>, StoreError> {
+            self.inner.append_atomic(requests).await
+        }
+        async fn read_stream(
+            &self,
+            stream: StreamId,
+            from_version: u64,
+            max: usize,
+        ) -> Result<Vec<StoredEvent>, StoreError> {
+            self.page_reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.read_stream(stream, from_version, max).await
+        }
+        async fn visit_stream(
+            &self,
+            stream: StreamId,
+            from_version: u64,
+            max: usize,
+            visit: &mut dyn StreamVisitor,
+        ) -> Result<usize, StoreError> {
+            self.inner
+                .visit_stream(stream, from_version, max, visit)
+                .await
+        }
+        async fn read_all(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
+            self.inner.read_all(from, max).await
+        }
+        async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
+            self.inner.stream_version(stream).await
+        }
+        async fn find_event(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
+            self.inner.find_event(id).await
+        }
+        async fn head(&self) -> Result<Head, StoreError> {
+            self.inner.head().await
+        }
+        fn watch_head(&self) -> watch::Receiver<u64> {
+            self.inner.watch_head()
+        }
+        async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.load_checkpoint(name).await
+        }
+        async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+            self.inner.save_checkpoint(name, bytes).await
+        }
+        async fn clear_checkpoints(&self) -> Result<(), StoreError> {
+            self.inner.clear_checkpoints().await
+        }
+        async fn verify(
+            &self,
+            progress: &(dyn Fn(u64) + Send + Sync),
+        ) -> Result<VerifyReport, StoreError> {
+            self.inner.verify(progress).await
+        }
     }
 
     proptest! {
