@@ -1020,6 +1020,7 @@ impl RecordedEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::frequent_event;
     use proptest::prelude::*;
 
     /// A register mark whose payload is over [`MAX_PAYLOAD_BYTES`] (a code
@@ -1140,97 +1141,6 @@ mod tests {
 
     /// `bytes` damaged at `at` by `kind`: 0 flips bits of one byte, 1
     /// truncates, 2 appends `byte`, 3 overwrites one byte with it.
-    /// Text of every kind: words, quotes, control characters, unusual
-    /// whitespace, long and multi-byte text, the names of keys and enums.
-    fn any_text() -> impl Strategy<Value = String> {
-        prop_oneof![
-            "[a-z ]{0,12}",
-            Just("class".to_string()),
-            Just("site".to_string()),
-            Just("detention".to_string()),
-            "(\\PC|[ \t\n\r\"\\\\\u{0}\u{1f}\u{a0}é€]){0,40}",
-            ".{0,300}",
-        ]
-    }
-
-    fn any_role() -> impl Strategy<Value = crate::event::IncidentRole> {
-        use crate::event::IncidentRole;
-        prop_oneof![
-            Just(IncidentRole::Perpetrator),
-            Just(IncidentRole::Target),
-            Just(IncidentRole::Witness),
-            Just(IncidentRole::Involved),
-        ]
-    }
-
-    /// A reward, incident, absence follow-up, parent contact or sanction.
-    fn frequent_event() -> impl Strategy<Value = CaseEvent> {
-        use crate::event::{
-            AbsenceFollowedUp, IncidentRecorded, ParentContacted, Participant, RewardIssued,
-            SanctionIssued, SanctionKind,
-        };
-        let reward = (
-            any_text(),
-            any_text(),
-            prop_oneof![Just(None), Just(Some(1u32)), any::<Option<u32>>()],
-        )
-            .prop_map(|(kind, reason, points)| {
-                CaseEvent::RewardIssued(RewardIssued {
-                    kind,
-                    reason,
-                    points,
-                })
-            });
-        let incident = (
-            (any_text(), any::<u8>(), any_text(), any_text(), any_role()),
-            prop::collection::vec((any_text(), any_role()), 0..3),
-            prop::option::of(any_text()),
-            prop::option::of(any_text()),
-        )
-            .prop_map(
-                |((category, severity, location, description, role), ps, class, site)| {
-                    CaseEvent::IncidentRecorded(IncidentRecorded {
-                        category,
-                        severity,
-                        location,
-                        description,
-                        role,
-                        participants: ps
-                            .into_iter()
-                            .map(|(pupil, role)| Participant { pupil, role })
-                            .collect(),
-                        class,
-                        site,
-                    })
-                },
-            );
-        let absence = (-1_000i32..4_000_000, any_text(), any_text()).prop_filter_map(
-            "a date",
-            |(days, method, outcome)| {
-                let date = chrono::NaiveDate::from_num_days_from_ce_opt(days)?;
-                Some(CaseEvent::AbsenceFollowedUp(AbsenceFollowedUp {
-                    date,
-                    method,
-                    outcome,
-                }))
-            },
-        );
-        let contact = (any_text(), any_text()).prop_map(|(method, summary)| {
-            CaseEvent::ParentContacted(ParentContacted { method, summary })
-        });
-        let sanction = (
-            prop_oneof![
-                Just(SanctionKind::Detention),
-                Just(SanctionKind::Isolation),
-                Just(SanctionKind::InternalExclusion),
-                Just(SanctionKind::ReportCard),
-            ],
-            any_text(),
-        )
-            .prop_map(|(kind, reason)| CaseEvent::SanctionIssued(SanctionIssued { kind, reason }));
-        prop_oneof![reward, incident, absence, contact, sanction]
-    }
-
     fn damaged(bytes: &[u8], at: proptest::sample::Index, byte: u8, kind: u8) -> Vec<u8> {
         let mut damaged = bytes.to_vec();
         let i = at.index(damaged.len());

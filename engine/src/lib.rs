@@ -18,6 +18,8 @@ pub mod event;
 pub mod import;
 pub mod seal;
 pub mod store;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 pub mod upcast;
 
 pub use envelope::{EventRef, NewEvent, RecordedEvent, StoredEvent, StreamId};

@@ -685,10 +685,8 @@ fn replaced_values(content: &CaseEvent, changes: &Map<String, Value>) -> Map<Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use casebook_engine::event::{
-        AbsenceFollowedUp, AttendanceMarked, IncidentRecorded, IncidentRole, ParentContacted,
-        Participant, RewardIssued, SanctionIssued, SanctionKind, Session,
-    };
+    use casebook_engine::event::{AttendanceMarked, Session};
+    use casebook_engine::testing::frequent_event;
     use proptest::prelude::*;
 
     /// The fold as it was written before its index was built lazily: every
@@ -777,91 +775,6 @@ mod tests {
             let got = Timeline::build_owned("P1", events.clone(), as_of, false);
             prop_assert_eq!(got.entries, reference_fold(&events, as_of));
         }
-    }
-
-    /// Text of every kind a log may hold: words, quotes and backslashes,
-    /// control characters, unusual whitespace, prose longer than the
-    /// summary's cut (multi-byte characters too).
-    fn any_text() -> impl Strategy<Value = String> {
-        prop_oneof![
-            "[a-z ]{0,12}",
-            "(\\PC|[ \t\n\r\"\\\\\u{0}\u{1f}\u{a0}\u{2003}é€]){0,40}",
-            "([a-zé€]{1,9}[ \n\t]{1,3}){10,40}",
-            ".{0,300}",
-        ]
-    }
-
-    fn any_role() -> impl Strategy<Value = IncidentRole> {
-        prop_oneof![
-            Just(IncidentRole::Perpetrator),
-            Just(IncidentRole::Target),
-            Just(IncidentRole::Witness),
-            Just(IncidentRole::Involved),
-        ]
-    }
-
-    /// A reward, incident, absence follow-up, parent contact or sanction.
-    fn frequent_event() -> impl Strategy<Value = CaseEvent> {
-        let reward = (
-            any_text(),
-            any_text(),
-            prop_oneof![Just(None), Just(Some(1u32)), any::<Option<u32>>()],
-        )
-            .prop_map(|(kind, reason, points)| {
-                CaseEvent::RewardIssued(RewardIssued {
-                    kind,
-                    reason,
-                    points,
-                })
-            });
-        let incident = (
-            (any_text(), any::<u8>(), any_text(), any_text(), any_role()),
-            prop::collection::vec((any_text(), any_role()), 0..4),
-            prop::option::of(any_text()),
-            prop::option::of(any_text()),
-        )
-            .prop_map(
-                |((category, severity, location, description, role), ps, class, site)| {
-                    CaseEvent::IncidentRecorded(IncidentRecorded {
-                        category,
-                        severity,
-                        location,
-                        description,
-                        role,
-                        participants: ps
-                            .into_iter()
-                            .map(|(pupil, role)| Participant { pupil, role })
-                            .collect(),
-                        class,
-                        site,
-                    })
-                },
-            );
-        let absence = (-1_000i32..4_000_000, any_text(), any_text()).prop_filter_map(
-            "a date",
-            |(days, method, outcome)| {
-                let date = chrono::NaiveDate::from_num_days_from_ce_opt(days)?;
-                Some(CaseEvent::AbsenceFollowedUp(AbsenceFollowedUp {
-                    date,
-                    method,
-                    outcome,
-                }))
-            },
-        );
-        let contact = (any_text(), any_text()).prop_map(|(method, summary)| {
-            CaseEvent::ParentContacted(ParentContacted { method, summary })
-        });
-        let sanction = (
-            prop_oneof![
-                Just(SanctionKind::Detention),
-                Just(SanctionKind::Isolation),
-                Just(SanctionKind::InternalExclusion),
-                Just(SanctionKind::ReportCard),
-            ],
-            any_text(),
-        )
-            .prop_map(|(kind, reason)| CaseEvent::SanctionIssued(SanctionIssued { kind, reason }));
-        prop_oneof![reward, incident, absence, contact, sanction]
     }
 
     proptest! {

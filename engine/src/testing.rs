@@ -1,0 +1,100 @@
+//! Property-test strategies shared by the engine's tests and the crates
+//! built on it (`--features test-support`; never in a release build).
+
+use proptest::prelude::*;
+
+use crate::event::{
+    AbsenceFollowedUp, CaseEvent, IncidentRecorded, IncidentRole, ParentContacted, Participant,
+    RewardIssued, SanctionIssued, SanctionKind,
+};
+
+/// Text of every kind a log may hold: words, quotes and backslashes,
+/// control characters, unusual whitespace, prose longer than a summary's
+/// cut (multi-byte characters too), and the names of keys and enums.
+pub fn any_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-z ]{0,12}",
+        Just("class".to_string()),
+        Just("site".to_string()),
+        Just("detention".to_string()),
+        "(\\PC|[ \t\n\r\"\\\\\u{0}\u{1f}\u{a0}\u{2003}é€]){0,40}",
+        "([a-zé€]{1,9}[ \n\t]{1,3}){10,40}",
+        ".{0,300}",
+    ]
+}
+
+/// Any role in an incident.
+pub fn any_role() -> impl Strategy<Value = IncidentRole> {
+    prop_oneof![
+        Just(IncidentRole::Perpetrator),
+        Just(IncidentRole::Target),
+        Just(IncidentRole::Witness),
+        Just(IncidentRole::Involved),
+    ]
+}
+
+/// A reward, incident, absence follow-up, parent contact or sanction: the
+/// five most frequent non-register events, which have direct decoders and
+/// timeline writers held equal to the general path by property tests.
+pub fn frequent_event() -> impl Strategy<Value = CaseEvent> {
+    let reward = (
+        any_text(),
+        any_text(),
+        prop_oneof![Just(None), Just(Some(1u32)), any::<Option<u32>>()],
+    )
+        .prop_map(|(kind, reason, points)| {
+            CaseEvent::RewardIssued(RewardIssued {
+                kind,
+                reason,
+                points,
+            })
+        });
+    let incident = (
+        (any_text(), any::<u8>(), any_text(), any_text(), any_role()),
+        prop::collection::vec((any_text(), any_role()), 0..4),
+        prop::option::of(any_text()),
+        prop::option::of(any_text()),
+    )
+        .prop_map(
+            |((category, severity, location, description, role), ps, class, site)| {
+                CaseEvent::IncidentRecorded(IncidentRecorded {
+                    category,
+                    severity,
+                    location,
+                    description,
+                    role,
+                    participants: ps
+                        .into_iter()
+                        .map(|(pupil, role)| Participant { pupil, role })
+                        .collect(),
+                    class,
+                    site,
+                })
+            },
+        );
+    let absence = (-1_000i32..4_000_000, any_text(), any_text()).prop_filter_map(
+        "a date",
+        |(days, method, outcome)| {
+            let date = chrono::NaiveDate::from_num_days_from_ce_opt(days)?;
+            Some(CaseEvent::AbsenceFollowedUp(AbsenceFollowedUp {
+                date,
+                method,
+                outcome,
+            }))
+        },
+    );
+    let contact = (any_text(), any_text()).prop_map(|(method, summary)| {
+        CaseEvent::ParentContacted(ParentContacted { method, summary })
+    });
+    let sanction = (
+        prop_oneof![
+            Just(SanctionKind::Detention),
+            Just(SanctionKind::Isolation),
+            Just(SanctionKind::InternalExclusion),
+            Just(SanctionKind::ReportCard),
+        ],
+        any_text(),
+    )
+        .prop_map(|(kind, reason)| CaseEvent::SanctionIssued(SanctionIssued { kind, reason }));
+    prop_oneof![reward, incident, absence, contact, sanction]
+}
