@@ -95,10 +95,13 @@ pub(crate) async fn timelines(
     Ok(out)
 }
 
-/// A log that adds up the time its appends take.
+/// A log that adds up the time its appends take, and counts the calls of
+/// its `read_stream` (the privacy reader's test checks that a page is read
+/// once).
 pub(crate) struct AppendClock {
     inner: Arc<dyn EventStore>,
     spent: Mutex<Duration>,
+    page_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl AppendClock {
@@ -106,12 +109,19 @@ impl AppendClock {
         AppendClock {
             inner,
             spent: Mutex::new(Duration::ZERO),
+            page_reads: Default::default(),
         }
     }
 
     /// Time spent in appends so far.
     pub(crate) fn spent(&self) -> Duration {
         *self.spent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Calls of `read_stream` so far.
+    #[cfg(test)]
+    pub(crate) fn page_reads(&self) -> usize {
+        self.page_reads.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -133,6 +143,8 @@ impl EventStore for AppendClock {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
+        self.page_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.inner.read_stream(stream, from_version, max).await
     }
 

@@ -1284,90 +1284,14 @@ mod tests {
             }
             // With the key at hand, a page with sealed fields is read once:
             // no second read of the page to unseal it.
-            let counted = Arc::new(CountsPageReads {
-                inner: log.clone(),
-                page_reads: Default::default(),
-            });
+            let counted = Arc::new(crate::bench_timeline::AppendClock::new(log.clone()));
             let reader = reader_with_ring(counted.clone(), Some(ring));
             let mut seen = Collect(Vec::new());
             let n = reader.visit_stream(stream, 1, 10, &mut seen).await.unwrap();
             assert_eq!((n, seen.0.len()), (5, 5));
             assert!(seen.0.iter().all(|s| !may_hold_sealed(&s.payload)));
-            assert_eq!(
-                counted
-                    .page_reads
-                    .load(std::sync::atomic::Ordering::Relaxed),
-                0
-            );
+            assert_eq!(counted.page_reads(), 0);
         });
-    }
-
-    /// A log whose `read_stream` counts its calls (every other read is
-    /// forwarded): `visit_stream` must not fall back to it.
-    struct CountsPageReads {
-        inner: Arc<dyn EventStore>,
-        page_reads: std::sync::atomic::AtomicUsize,
-    }
-
-    #[async_trait]
-    impl EventStore for CountsPageReads {
-        async fn append_atomic(
-            &self,
-            requests: Vec<AppendRequest>,
-        ) -> Result<Vec<Appended>, StoreError> {
-            self.inner.append_atomic(requests).await
-        }
-        async fn read_stream(
-            &self,
-            stream: StreamId,
-            from_version: u64,
-            max: usize,
-        ) -> Result<Vec<StoredEvent>, StoreError> {
-            self.page_reads
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.inner.read_stream(stream, from_version, max).await
-        }
-        async fn visit_stream(
-            &self,
-            stream: StreamId,
-            from_version: u64,
-            max: usize,
-            visit: &mut dyn StreamVisitor,
-        ) -> Result<usize, StoreError> {
-            self.inner
-                .visit_stream(stream, from_version, max, visit)
-                .await
-        }
-        async fn read_all(&self, from: u64, max: usize) -> Result<Vec<StoredEvent>, StoreError> {
-            self.inner.read_all(from, max).await
-        }
-        async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
-            self.inner.stream_version(stream).await
-        }
-        async fn find_event(&self, id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-            self.inner.find_event(id).await
-        }
-        async fn head(&self) -> Result<Head, StoreError> {
-            self.inner.head().await
-        }
-        fn watch_head(&self) -> watch::Receiver<u64> {
-            self.inner.watch_head()
-        }
-        async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.load_checkpoint(name).await
-        }
-        async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-            self.inner.save_checkpoint(name, bytes).await
-        }
-        async fn clear_checkpoints(&self) -> Result<(), StoreError> {
-            self.inner.clear_checkpoints().await
-        }
-        async fn verify(
-            &self,
-            progress: &(dyn Fn(u64) + Send + Sync),
-        ) -> Result<VerifyReport, StoreError> {
-            self.inner.verify(progress).await
-        }
     }
 
     proptest! {
