@@ -63,7 +63,7 @@ pub enum StoreError {
     UnsupportedFormat { found: u32, supported: u32 },
     #[error("store at {path} is in use by {}", in_use_by(*.pid))]
     InUse { path: String, pid: Option<u32> },
-    #[error("the disk holding the store is full (during {during}); nothing of this write was acknowledged. Free space, then reopen the store (`casebook verify` checks it)")]
+    #[error("the disk holding the store is full (during {during}); a write that fails this way is not acknowledged, and nothing acknowledged is lost. Free space, then reopen the store (`casebook verify` checks it)")]
     DiskFull { during: &'static str },
     #[error("invalid school id {school:?}: {what}")]
     InvalidSchool { school: String, what: String },

@@ -116,7 +116,9 @@ fn disk_full(engine: &str) {
         .enable_all()
         .build()
         .unwrap();
-    let mut acked: Vec<(u64, [u8; 32])> = Vec::new();
+    // Each acknowledged event's position, and its hash as read back (none
+    // where the read back itself failed, below).
+    let mut acked: Vec<(u64, Option<[u8; 32]>)> = Vec::new();
     let failure = rt.block_on(async {
         let log = open(&dir, engine, true);
         let stream = StreamId::for_pupil("full", "P1");
@@ -130,18 +132,31 @@ fn disk_full(engine: &str) {
                 })
                 .await
             {
-                Ok(a) => {
-                    for e in log.read_all(a.first_position, 20).await.expect("read back") {
-                        acked.push((e.position, e.hash));
+                Ok(a) => match log.read_all(a.first_position, 20).await {
+                    Ok(events) => {
+                        assert_eq!(events.len(), 20, "read back");
+                        for e in events {
+                            acked.push((e.position, Some(e.hash)));
+                        }
                     }
-                }
+                    // sled refuses every operation once one of its own
+                    // background writes failed for want of space, reads
+                    // too (seen about once in 25 runs): the append was
+                    // acknowledged all the same, and must be there after
+                    // the reopen below.
+                    Err(e @ StoreError::DiskFull { during: "read" }) if engine == "sled" => {
+                        acked.extend((a.first_position..a.first_position + 20).map(|p| (p, None)));
+                        return e;
+                    }
+                    Err(e) => panic!("read back of an acknowledged append: {e:?}"),
+                },
                 Err(e) => return e,
             }
         }
         panic!("24 MiB never filled up");
     });
     println!(
-        "disk_full ({engine}): append failed after {} acknowledged events: {failure}",
+        "disk_full ({engine}): the store failed after {} acknowledged events: {failure}",
         acked.len()
     );
     assert!(
@@ -208,8 +223,12 @@ fn disk_full(engine: &str) {
         );
         for chunk in acked.chunks(1000) {
             let got = log.read_all(chunk[0].0, chunk.len()).await.unwrap();
+            assert_eq!(got.len(), chunk.len(), "acknowledged events lost");
             for ((p, h), e) in chunk.iter().zip(&got) {
-                assert_eq!((e.position, e.hash), (*p, *h), "acknowledged event {p}");
+                assert_eq!(e.position, *p, "acknowledged event {p}");
+                if let Some(h) = h {
+                    assert_eq!(e.hash, *h, "acknowledged event {p}");
+                }
             }
         }
         let report = log.verify(&|_| {}).await.unwrap();
