@@ -628,6 +628,9 @@ pub(crate) struct GroupStage {
     ids: HashSet<Uuid, IdHash>,
     /// Largest stored value a backend can hold (segment frames are bounded).
     value_limit: Option<usize>,
+    /// Most events the log may hold (the segment index numbers positions
+    /// with a `u32`).
+    position_limit: Option<u64>,
     pub sealed: Vec<Sealed>,
 }
 
@@ -641,6 +644,7 @@ impl GroupStage {
             versions: HashMap::default(),
             ids: HashSet::default(),
             value_limit: None,
+            position_limit: None,
             sealed: Vec::new(),
         }
     }
@@ -648,6 +652,12 @@ impl GroupStage {
     /// Refuses an append with an event whose stored bytes exceed `limit`.
     pub fn with_value_limit(mut self, limit: usize) -> GroupStage {
         self.value_limit = Some(limit);
+        self
+    }
+
+    /// Refuses an append that would take the log past `limit` events.
+    pub fn with_position_limit(mut self, limit: u64) -> GroupStage {
+        self.position_limit = Some(limit);
         self
     }
 
@@ -673,6 +683,16 @@ impl GroupStage {
                 count: total,
                 limit: MAX_EVENTS_PER_APPEND,
             });
+        }
+        if let Some(limit) = self.position_limit {
+            let last = self.position.saturating_add(total as u64);
+            if last > limit {
+                return Err(StoreError::Limit {
+                    what: "events in a school's log",
+                    count: usize::try_from(last).unwrap_or(usize::MAX),
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                });
+            }
         }
         // Pass 1: check, without staging anything.
         let mut local: HashMap<StreamId, u64, IdHash> =

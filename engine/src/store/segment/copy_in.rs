@@ -146,6 +146,13 @@ impl SegmentStore {
                     ),
                 ));
             }
+            if e.position > c.index.max_events {
+                return Err(StoreError::Limit {
+                    what: "events in a school's log",
+                    count: usize::try_from(e.position).unwrap_or(usize::MAX),
+                    limit: usize::try_from(c.index.max_events).unwrap_or(usize::MAX),
+                });
+            }
             let version = versions
                 .get(&e.stream)
                 .copied()
@@ -204,7 +211,7 @@ impl SegmentStore {
 /// where its last segment ends.
 pub(super) struct Copying {
     dir: PathBuf,
-    index: Index,
+    pub(super) index: Index,
     file: File,
     seg: u32,
     end: u64,

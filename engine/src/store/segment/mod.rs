@@ -24,6 +24,7 @@
 //! appended to, and truncated only at an unacknowledged torn tail.
 
 mod copy_in;
+mod dense;
 pub mod frame;
 pub mod raw;
 
@@ -40,6 +41,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+use self::dense::{Chunked, MAX_POSITIONS};
 use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqReader};
 use super::sled::{validate_school, ProcessLock};
 use super::{
@@ -340,14 +342,28 @@ struct Loc {
 }
 
 /// The in-memory index of a log: rebuilt from the segments on open.
-#[derive(Default)]
 struct Index {
     /// `locs[p - 1]` is position p.
-    locs: Vec<Loc>,
-    /// Per stream, its positions by version (`[v - 1]`).
-    streams: HashMap<StreamId, Vec<u64>, IdHash>,
+    locs: Chunked<Loc>,
+    /// Per stream, its positions by version (`[v - 1]`); a position fits
+    /// a `u32` (`max_events`).
+    streams: HashMap<StreamId, Vec<u32>, IdHash>,
     ids: HashMap<Uuid, u64, IdHash>,
     head_hash: Hash,
+    /// Most events the log may hold ([`MAX_POSITIONS`]; lower in tests).
+    max_events: u64,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            locs: Chunked::default(),
+            streams: HashMap::default(),
+            ids: HashMap::default(),
+            head_hash: Hash::default(),
+            max_events: MAX_POSITIONS,
+        }
+    }
 }
 
 /// Hashing for the index's 16-byte keys (event ids, stream ids): a folded
@@ -441,6 +457,15 @@ impl Index {
                 meta.position
             ));
         }
+        let position = match u32::try_from(meta.position) {
+            Ok(p) if meta.position <= self.max_events => p,
+            _ => {
+                return Err(format!(
+                    "position {} is past the most events a log can hold ({})",
+                    meta.position, self.max_events
+                ))
+            }
+        };
         let positions = self.streams.get_mut(&meta.stream);
         let have = positions.as_ref().map_or(0, |v| v.len() as u64);
         if meta.version != have + 1 {
@@ -462,9 +487,9 @@ impl Index {
             }
         }
         match positions {
-            Some(v) => v.push(meta.position),
+            Some(v) => v.push(position),
             None => {
-                self.streams.insert(meta.stream, vec![meta.position]);
+                self.streams.insert(meta.stream, vec![position]);
             }
         }
         self.locs.push(loc);
@@ -727,8 +752,15 @@ fn valid_frame_after(seg: &Segment, bad: u64, first: u64) -> Result<bool, StoreE
 }
 
 fn recover(dir: &Path) -> Result<Recovered, StoreError> {
+    recover_at_most(dir, MAX_POSITIONS)
+}
+
+/// [`recover`] into an index that holds at most `max_events` (a log with
+/// more is reported corrupt, not cut).
+fn recover_at_most(dir: &Path, max_events: u64) -> Result<Recovered, StoreError> {
     let mut index = Index {
         head_hash: GENESIS_HASH,
+        max_events,
         ..Index::default()
     };
     let mut segments = Vec::new();
@@ -951,12 +983,12 @@ impl SegmentLog {
             return 0;
         };
         let ix = &state.index;
-        let locs = ix.locs.capacity() * std::mem::size_of::<Loc>();
-        let streams: usize = ix
-            .streams
-            .values()
-            .map(|v| v.capacity() * 8 + std::mem::size_of::<(StreamId, Vec<u64>)>() + 1)
-            .sum();
+        let locs = ix.locs.allocated_bytes();
+        // Each stream's list, and its bucket (entry and control byte) in a
+        // map that holds its capacity in 7/8 of its buckets.
+        let lists: usize = ix.streams.values().map(|v| v.capacity() * 4).sum();
+        let buckets = ix.streams.capacity() / 7 * 8;
+        let streams = lists + buckets * (std::mem::size_of::<(StreamId, Vec<u32>)>() + 1);
         // A hash map holds its capacity in 7/8 of its buckets.
         let ids = ix.ids.capacity() / 7 * 8 * (std::mem::size_of::<(Uuid, u64)>() + 1);
         (locs + streams + ids) as u64
@@ -1082,10 +1114,8 @@ impl Writer {
             DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
         self.buf.clear();
         self.frames.clear();
-        let mut stage = GroupStage::new(self.position, self.hash)
-            .with_value_limit(frame::MAX_FRAME - frame::META_LEN);
         let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
-        {
+        let stage = {
             let state = self.state.clone();
             let Ok(state) = state.read() else {
                 for c in group {
@@ -1093,6 +1123,11 @@ impl Writer {
                 }
                 return false;
             };
+            // The index numbers positions up to `max_events`: a group past
+            // it is refused here, before anything is written.
+            let mut stage = GroupStage::new(self.position, self.hash)
+                .with_value_limit(frame::MAX_FRAME - frame::META_LEN)
+                .with_position_limit(state.index.max_events);
             let mut committed = SegmentCommitted {
                 index: &state.index,
             };
@@ -1104,7 +1139,8 @@ impl Writer {
                     }
                 }
             }
-        }
+            stage
+        };
         let (position, hash) = (stage.position, stage.hash);
         for sealed in stage.sealed {
             let e = &sealed.event;
@@ -1365,7 +1401,10 @@ impl EventStore for SegmentLog {
             };
             let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
             let end = start.saturating_add(max).min(list.len());
-            list[start..end].iter().map(|&p| state.wanted(p)).collect()
+            list[start..end]
+                .iter()
+                .map(|&p| state.wanted(u64::from(p)))
+                .collect()
         };
         read_runs(wanted)
     }
@@ -1385,7 +1424,10 @@ impl EventStore for SegmentLog {
             };
             let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
             let end = start.saturating_add(max).min(list.len());
-            list[start..end].iter().map(|&p| state.wanted(p)).collect()
+            list[start..end]
+                .iter()
+                .map(|&p| state.wanted(u64::from(p)))
+                .collect()
         };
         visit_runs(&wanted, visit)
     }
@@ -1445,7 +1487,7 @@ impl EventStore for SegmentLog {
                 .filter(|s| seen.insert(**s))
                 .filter_map(|s| state.index.streams.get(s).map(|list| (*s, list)))
                 .map(|(s, list)| {
-                    let locs = list.iter().map(|&p| state.wanted(p)).collect();
+                    let locs = list.iter().map(|&p| state.wanted(u64::from(p))).collect();
                     (s, locs)
                 })
                 .collect()
@@ -1565,8 +1607,9 @@ impl EventStore for SegmentLog {
                 let by_stream = ix
                     .streams
                     .get(&meta.stream)
-                    .and_then(|l| l.get((meta.version.max(1) - 1) as usize));
-                if meta.version == 0 || by_stream != Some(&meta.position) {
+                    .and_then(|l| l.get((meta.version.max(1) - 1) as usize))
+                    .map(|&p| u64::from(p));
+                if meta.version == 0 || by_stream != Some(meta.position) {
                     v.problem(
                         meta.position,
                         format!("stream index for version {} is wrong", meta.version),
@@ -1632,7 +1675,7 @@ mod index_tests {
             streams.sort_by_key(|(s, _)| *s);
             let mut ids: Vec<_> = ix.ids.iter().map(|(i, p)| (*i, *p)).collect();
             ids.sort();
-            (ix.locs.clone(), streams, ids, ix.head_hash)
+            (ix.locs.to_vec(), streams, ids, ix.head_hash)
         };
         let before = snapshot(&ix);
         let refused = [
@@ -1653,5 +1696,120 @@ mod index_tests {
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(3))), 1);
         assert_eq!(ix.ids.get(&Uuid::from_u128(13)), Some(&4));
         assert_eq!(ix.head_hash, [4; 32]);
+    }
+
+    /// An index full to `max_events` refuses the next frame, unchanged.
+    #[test]
+    fn a_full_index_refuses_the_next_push() {
+        let mut ix = Index {
+            max_events: 2,
+            ..Index::default()
+        };
+        ix.push(&meta(1, 1, 1, 10), loc(1), [1; 32]).unwrap();
+        ix.push(&meta(2, 1, 2, 11), loc(2), [2; 32]).unwrap();
+        let err = ix.push(&meta(3, 1, 3, 12), loc(3), [3; 32]).unwrap_err();
+        assert!(err.contains("most events"), "{err}");
+        assert_eq!(ix.head(), 2);
+        assert_eq!(ix.ids.get(&Uuid::from_u128(12)), None);
+        assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(1))), 2);
+    }
+
+    fn new_event(id: u128) -> crate::envelope::NewEvent {
+        crate::envelope::NewEvent {
+            event_id: Uuid::from_u128(id),
+            occurred_at: Utc::now(),
+            actor: "tester".into(),
+            correlation_id: None,
+            causation_id: None,
+            event_type: "Noted".into(),
+            schema: 1,
+            payload: vec![0x90],
+        }
+    }
+
+    fn request(ids: std::ops::Range<u128>) -> AppendRequest {
+        AppendRequest {
+            stream: StreamId(Uuid::from_u128(1)),
+            expected: super::super::ExpectedVersion::Any,
+            events: ids.map(new_event).collect(),
+        }
+    }
+
+    /// A log at its most events refuses an append that would pass it with
+    /// `Limit`, before anything is written (the writer never pushes a
+    /// durable frame the index cannot take); a rebuild of a log longer
+    /// than the index can hold is an error, not a panic.
+    #[test]
+    fn a_log_at_its_most_events_refuses_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = SegmentStore::open(dir.path(), true).unwrap();
+        let log = store.log("school-a").unwrap();
+        log.state.write().unwrap().index.max_events = 3;
+        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
+        let size = store.size_on_disk().unwrap();
+        match rt.block_on(log.append_atomic(vec![request(3..5)])) {
+            Err(StoreError::Limit {
+                count: 4, limit: 3, ..
+            }) => {}
+            other => panic!("expected Limit, got {other:?}"),
+        }
+        assert_eq!(store.size_on_disk().unwrap(), size, "nothing written");
+        assert_eq!(rt.block_on(log.head()).unwrap().position, 2);
+        // One more fits exactly.
+        rt.block_on(log.append_atomic(vec![request(3..4)])).unwrap();
+        assert_eq!(rt.block_on(log.head()).unwrap().position, 3);
+        assert_eq!(
+            rt.block_on(log.find_event(Uuid::from_u128(3)))
+                .unwrap()
+                .map(|e| e.position),
+            Some(3)
+        );
+        let log_dir = log.dir().to_path_buf();
+        drop(log);
+        drop(store);
+        assert!(recover_at_most(&log_dir, 3).is_ok());
+        match recover_at_most(&log_dir, 2) {
+            Err(StoreError::Corrupt { .. }) => {}
+            other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
+        }
+    }
+
+    /// `copy_in` refuses events past the index's most events with
+    /// `Limit`, before writing them.
+    #[test]
+    fn a_copy_past_the_most_events_is_refused_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let events = {
+            let store = SegmentStore::open(&dir.path().join("from"), true).unwrap();
+            let log = store.log("school-a").unwrap();
+            rt.block_on(log.append_atomic(vec![request(1..5)])).unwrap();
+            rt.block_on(log.read_all(1, 10)).unwrap()
+        };
+        assert_eq!(events.len(), 4);
+        let store = SegmentStore::open(&dir.path().join("to"), true).unwrap();
+        store.copy_in("school-b", &events[..3]).unwrap();
+        store
+            .copies
+            .lock()
+            .unwrap()
+            .get_mut("school-b")
+            .unwrap()
+            .index
+            .max_events = 3;
+        let size = store.size_on_disk().unwrap();
+        match store.copy_in("school-b", &events[3..]) {
+            Err(StoreError::Limit {
+                count: 4, limit: 3, ..
+            }) => {}
+            other => panic!("expected Limit, got {other:?}"),
+        }
+        assert_eq!(store.size_on_disk().unwrap(), size, "nothing written");
+        assert_eq!(store.stored_head("school-b").unwrap(), 3);
     }
 }

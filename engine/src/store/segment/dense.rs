@@ -1,0 +1,100 @@
+//! The segment index's per-position table: [`Chunked`], a vector that
+//! grows by fixed chunks (no copying, at most one chunk of slack).
+
+/// Entries per chunk of a [`Chunked`] (the first chunk grows up to it by
+/// doubling, so a small log stays small).
+const CHUNK: usize = 1 << 16;
+
+/// Most positions a log's index holds: stream lists number positions with
+/// a `u32`.
+pub(super) const MAX_POSITIONS: u64 = u32::MAX as u64;
+
+/// A push-only vector kept in chunks of [`CHUNK`] entries: growing never
+/// copies what is stored, and the slack is at most one chunk (a doubling
+/// `Vec` carries up to its length again, and copies it all at each step).
+#[derive(Clone, Debug)]
+pub(super) struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
+    len: usize,
+}
+
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked {
+            chunks: Vec::new(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> Chunked<T> {
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn get(&self, i: usize) -> Option<&T> {
+        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+    }
+
+    pub(super) fn push(&mut self, value: T) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => c.push(value),
+            last => {
+                // The first chunk grows by doubling; later ones are whole.
+                let mut c = match last {
+                    None => Vec::new(),
+                    Some(_) => Vec::with_capacity(CHUNK),
+                };
+                c.push(value);
+                self.chunks.push(c);
+            }
+        }
+        self.len += 1;
+    }
+
+    /// Bytes allocated for the entries and the chunk list.
+    pub(super) fn allocated_bytes(&self) -> usize {
+        let entries: usize = self.chunks.iter().map(Vec::capacity).sum();
+        entries * std::mem::size_of::<T>() + self.chunks.capacity() * std::mem::size_of::<Vec<T>>()
+    }
+
+    #[cfg(test)]
+    pub(super) fn to_vec(&self) -> Vec<T>
+    where
+        T: Clone,
+    {
+        self.chunks.iter().flatten().cloned().collect()
+    }
+}
+
+impl<T> std::ops::Index<usize> for Chunked<T> {
+    type Output = T;
+    fn index(&self, i: usize) -> &T {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Past the first chunk, entries keep their places and their values.
+    #[test]
+    fn chunked_holds_entries_across_chunks() {
+        let mut c = Chunked::default();
+        let n = CHUNK * 2 + 17;
+        for i in 0..n {
+            c.push(i as u64 * 3);
+        }
+        assert_eq!(c.len(), n);
+        for i in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, n - 1] {
+            assert_eq!(c[i], i as u64 * 3);
+            assert_eq!(c.get(i), Some(&(i as u64 * 3)));
+        }
+        assert_eq!(c.get(n), None);
+        assert_eq!(c.to_vec(), (0..n as u64).map(|i| i * 3).collect::<Vec<_>>());
+        // Three chunks of exactly CHUNK entries each.
+        assert!(c.allocated_bytes() >= 3 * CHUNK * 8);
+        assert!(c.allocated_bytes() < 3 * CHUNK * 8 + 1024);
+    }
+}
