@@ -298,6 +298,16 @@ pub async fn visit_whole_stream(
     }
 }
 
+/// The refusal of an append or copy that would take a log to position
+/// `last`, past the `limit` events its index can hold.
+pub(crate) fn past_most_events(last: u64, limit: u64) -> StoreError {
+    StoreError::Limit {
+        what: "events in a school's log",
+        count: usize::try_from(last).unwrap_or(usize::MAX),
+        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+    }
+}
+
 /// A catch-up subscription: every event from a position, then live events
 /// as they become durable, with no gap or duplicate at the seam.
 ///
@@ -687,11 +697,7 @@ impl GroupStage {
         if let Some(limit) = self.position_limit {
             let last = self.position.saturating_add(total as u64);
             if last > limit {
-                return Err(StoreError::Limit {
-                    what: "events in a school's log",
-                    count: usize::try_from(last).unwrap_or(usize::MAX),
-                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
-                });
+                return Err(past_most_events(last, limit));
             }
         }
         // Pass 1: check, without staging anything.

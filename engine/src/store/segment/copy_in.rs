@@ -147,11 +147,10 @@ impl SegmentStore {
                 ));
             }
             if e.position > c.index.max_events {
-                return Err(StoreError::Limit {
-                    what: "events in a school's log",
-                    count: usize::try_from(e.position).unwrap_or(usize::MAX),
-                    limit: usize::try_from(c.index.max_events).unwrap_or(usize::MAX),
-                });
+                return Err(crate::store::past_most_events(
+                    e.position,
+                    c.index.max_events,
+                ));
             }
             let version = versions
                 .get(&e.stream)

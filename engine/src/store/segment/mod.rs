@@ -341,6 +341,9 @@ struct Loc {
     seg: u32,
 }
 
+/// An event to read: its position, where its frame is, and its segment.
+type Wanted = (u64, Loc, Arc<Segment>);
+
 /// The in-memory index of a log: rebuilt from the segments on open.
 struct Index {
     /// `locs[p - 1]` is position p.
@@ -512,7 +515,7 @@ struct State {
 
 impl State {
     /// Where position `p` lies, for [`read_runs`].
-    fn wanted(&self, p: u64) -> (u64, Loc, Arc<Segment>) {
+    fn wanted(&self, p: u64) -> Wanted {
         let loc = self.index.locs[(p - 1) as usize];
         (p, loc, self.segments[loc.seg as usize].clone())
     }
@@ -998,6 +1001,30 @@ impl SegmentLog {
         self.state.read().map_err(|_| StoreError::WriterStopped)
     }
 
+    /// Where the events of `stream` from `from_version` on are, at most
+    /// `max` (and [`MAX_READ_PAGE`]); `None` for a stream with no events.
+    /// The page `read_stream` and `visit_stream` read.
+    fn stream_page(
+        &self,
+        stream: StreamId,
+        from_version: u64,
+        max: usize,
+    ) -> Result<Option<Vec<Wanted>>, StoreError> {
+        let max = max.min(MAX_READ_PAGE);
+        let state = self.read()?;
+        let Some(list) = state.index.streams.get(&stream) else {
+            return Ok(None);
+        };
+        let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
+        let end = start.saturating_add(max).min(list.len());
+        Ok(Some(
+            list[start..end]
+                .iter()
+                .map(|&p| state.wanted(u64::from(p)))
+                .collect(),
+        ))
+    }
+
     fn checkpoint_path(&self, name: &str) -> Result<PathBuf, StoreError> {
         if name.len() > MAX_CHECKPOINT_NAME {
             return Err(StoreError::Limit {
@@ -1272,8 +1299,8 @@ impl Committed for SegmentCommitted<'_> {
 /// calls costs nothing to reuse.
 fn for_each_run(
     buf: &mut Vec<u8>,
-    wanted: &[(u64, Loc, Arc<Segment>)],
-    mut each: impl FnMut(&Segment, &[(u64, Loc, Arc<Segment>)], &[u8]) -> Result<(), StoreError>,
+    wanted: &[Wanted],
+    mut each: impl FnMut(&Segment, &[Wanted], &[u8]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
     let mut i = 0;
     while i < wanted.len() {
@@ -1302,7 +1329,7 @@ fn for_each_run(
 /// `pread` for each run of frames that lie back to back in one segment (a
 /// page of `read_all` is usually one read, and so is a pupil's stream when
 /// it was imported in one piece).
-fn read_runs(wanted: Vec<(u64, Loc, Arc<Segment>)>) -> Result<Vec<StoredEvent>, StoreError> {
+fn read_runs(wanted: Vec<Wanted>) -> Result<Vec<StoredEvent>, StoreError> {
     let mut out = Vec::with_capacity(wanted.len());
     for_each_run(&mut Vec::new(), &wanted, |seg, frames, run| {
         let mut at = 0usize;
@@ -1332,10 +1359,7 @@ thread_local! {
 /// ([`EventRef::decode_plain`]); any other bytes are decoded as
 /// [`read_runs`] decodes them (the same event, or the same error). Returns
 /// how many events were visited.
-fn visit_runs(
-    wanted: &[(u64, Loc, Arc<Segment>)],
-    visit: &mut dyn StreamVisitor,
-) -> Result<usize, StoreError> {
+fn visit_runs(wanted: &[Wanted], visit: &mut dyn StreamVisitor) -> Result<usize, StoreError> {
     READ_BUFFER.with(|kept| match kept.try_borrow_mut() {
         Ok(mut buf) => {
             let done = visit_runs_in(&mut buf, wanted, visit);
@@ -1351,7 +1375,7 @@ fn visit_runs(
 
 fn visit_runs_in(
     buf: &mut Vec<u8>,
-    wanted: &[(u64, Loc, Arc<Segment>)],
+    wanted: &[Wanted],
     visit: &mut dyn StreamVisitor,
 ) -> Result<usize, StoreError> {
     visit.expect(wanted.len());
@@ -1393,20 +1417,10 @@ impl EventStore for SegmentLog {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let max = max.min(MAX_READ_PAGE);
-        let wanted: Vec<(u64, Loc, Arc<Segment>)> = {
-            let state = self.read()?;
-            let Some(list) = state.index.streams.get(&stream) else {
-                return Ok(Vec::new());
-            };
-            let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
-            let end = start.saturating_add(max).min(list.len());
-            list[start..end]
-                .iter()
-                .map(|&p| state.wanted(u64::from(p)))
-                .collect()
-        };
-        read_runs(wanted)
+        match self.stream_page(stream, from_version, max)? {
+            Some(wanted) => read_runs(wanted),
+            None => Ok(Vec::new()),
+        }
     }
 
     async fn visit_stream(
@@ -1416,20 +1430,10 @@ impl EventStore for SegmentLog {
         max: usize,
         visit: &mut dyn StreamVisitor,
     ) -> Result<usize, StoreError> {
-        let max = max.min(MAX_READ_PAGE);
-        let wanted: Vec<(u64, Loc, Arc<Segment>)> = {
-            let state = self.read()?;
-            let Some(list) = state.index.streams.get(&stream) else {
-                return Ok(0);
-            };
-            let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
-            let end = start.saturating_add(max).min(list.len());
-            list[start..end]
-                .iter()
-                .map(|&p| state.wanted(u64::from(p)))
-                .collect()
-        };
-        visit_runs(&wanted, visit)
+        match self.stream_page(stream, from_version, max)? {
+            Some(wanted) => visit_runs(&wanted, visit),
+            None => Ok(0),
+        }
     }
 
     async fn read_all(
@@ -1439,7 +1443,7 @@ impl EventStore for SegmentLog {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
         let from = from_position.max(1);
-        let wanted: Vec<(u64, Loc, Arc<Segment>)> = {
+        let wanted: Vec<Wanted> = {
             let state = self.read()?;
             let head = state.index.head();
             if from > head || max == 0 {
@@ -1458,7 +1462,7 @@ impl EventStore for SegmentLog {
     /// One index lookup under one lock for the whole batch (the import
     /// planner's prefetch); only the ids the log holds are read.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
-        let wanted: Vec<(u64, Loc, Arc<Segment>)> = {
+        let wanted: Vec<Wanted> = {
             let state = self.read()?;
             let mut seen = std::collections::HashSet::new();
             ids.iter()
@@ -1479,7 +1483,7 @@ impl EventStore for SegmentLog {
         &self,
         streams: &[StreamId],
     ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
-        let wanted: Vec<(StreamId, Vec<(u64, Loc, Arc<Segment>)>)> = {
+        let wanted: Vec<(StreamId, Vec<Wanted>)> = {
             let state = self.read()?;
             let mut seen = std::collections::HashSet::new();
             streams
