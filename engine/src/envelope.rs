@@ -288,12 +288,41 @@ pub fn seal_bytes(
     recorded_at: DateTime<Utc>,
     prev_hash: Hash,
 ) -> Result<(Hash, Vec<u8>), CodecError> {
-    let body = Body::of_new(new, stream, position, version, recorded_at, prev_hash);
     let mut bytes = Vec::with_capacity(body_capacity(&new.actor, &new.event_type, &new.payload));
-    body.encode_into(&mut bytes)?;
-    let hash = chain_hash(&prev_hash, &bytes);
-    bytes.extend_from_slice(&hash);
+    let hash = seal_into(
+        &mut bytes,
+        new,
+        stream,
+        position,
+        version,
+        recorded_at,
+        prev_hash,
+    )?;
     Ok((hash, bytes))
+}
+
+/// [`seal_bytes`] appended to `out` (a writer's buffer for a whole group,
+/// so that sealing an event allocates nothing); returns the hash. On an
+/// error `out` is left as it was.
+pub fn seal_into(
+    out: &mut Vec<u8>,
+    new: &NewEvent,
+    stream: StreamId,
+    position: u64,
+    version: u64,
+    recorded_at: DateTime<Utc>,
+    prev_hash: Hash,
+) -> Result<Hash, CodecError> {
+    let start = out.len();
+    out.reserve(body_capacity(&new.actor, &new.event_type, &new.payload));
+    let body = Body::of_new(new, stream, position, version, recorded_at, prev_hash);
+    if let Err(e) = body.encode_into(out) {
+        out.truncate(start);
+        return Err(e);
+    }
+    let hash = chain_hash(&prev_hash, &out[start..]);
+    out.extend_from_slice(&hash);
+    Ok(hash)
 }
 
 impl Body<'_> {

@@ -591,11 +591,12 @@ pub(crate) trait Committed {
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError>;
 }
 
-/// One event sealed by [`GroupStage::stage`]: where it landed and the
-/// exact bytes every backend stores for it (envelope body `||` hash).
+/// One event sealed by [`GroupStage::stage`]: where it landed, and where
+/// in the group's buffer ([`GroupStage::bytes`]) the exact bytes every
+/// backend stores for it (envelope body `||` hash) are.
 pub(crate) struct Sealed {
     pub event: SealedEvent,
-    pub bytes: Vec<u8>,
+    pub range: std::ops::Range<usize>,
 }
 
 /// What a backend indexes of a sealed event beside its bytes (the rest of
@@ -642,6 +643,9 @@ pub(crate) struct GroupStage {
     /// with a `u32`).
     position_limit: Option<u64>,
     pub sealed: Vec<Sealed>,
+    /// The sealed events' stored bytes, one after another (one buffer per
+    /// group: sealing allocates nothing per event).
+    pub bytes: Vec<u8>,
 }
 
 impl GroupStage {
@@ -656,7 +660,19 @@ impl GroupStage {
             value_limit: None,
             position_limit: None,
             sealed: Vec::new(),
+            bytes: Vec::new(),
         }
+    }
+
+    /// Seals into `sealed` and `bytes` (emptied first): a writer hands the
+    /// buffers of its last group back, so that a group of the usual size
+    /// allocates nothing for them.
+    pub fn with_buffers(mut self, mut sealed: Vec<Sealed>, mut bytes: Vec<u8>) -> GroupStage {
+        sealed.clear();
+        bytes.clear();
+        self.sealed = sealed;
+        self.bytes = bytes;
+        self
     }
 
     /// Refuses an append with an event whose stored bytes exceed `limit`.
@@ -738,13 +754,14 @@ impl GroupStage {
         // Pass 2: seal onto the group. Encoding cannot fail for events that
         // passed `NewEvent::new`; should it, nothing of this append is kept
         // (the events it sealed are cut off again).
-        let staged_before = self.sealed.len();
+        let (staged_before, bytes_before) = (self.sealed.len(), self.bytes.len());
         self.sealed.reserve(total);
         let sealed = self.seal(requests, committed, recorded_at, local.len());
         let (appended, cur, pos, h) = match sealed {
             Ok(done) => done,
             Err(e) => {
                 self.sealed.truncate(staged_before);
+                self.bytes.truncate(bytes_before);
                 return Err(e);
             }
         };
@@ -762,7 +779,7 @@ impl GroupStage {
     /// Pass 2 of [`GroupStage::stage`]: seals the checked `requests` onto
     /// `self.sealed`, continuing the group's chain. Returns what was
     /// appended, the streams' new versions and the new head; the caller
-    /// cuts `self.sealed` back on error.
+    /// cuts `self.sealed` and `self.bytes` back on error.
     #[allow(clippy::type_complexity)]
     fn seal(
         &mut self,
@@ -785,13 +802,22 @@ impl GroupStage {
             for (i, e) in r.events.iter().enumerate() {
                 pos += 1;
                 let version = base + 1 + i as u64;
-                let (hash, bytes) =
-                    crate::envelope::seal_bytes(e, r.stream, pos, version, recorded_at, h)?;
+                let start = self.bytes.len();
+                let hash = crate::envelope::seal_into(
+                    &mut self.bytes,
+                    e,
+                    r.stream,
+                    pos,
+                    version,
+                    recorded_at,
+                    h,
+                )?;
+                let len = self.bytes.len() - start;
                 if let Some(limit) = self.value_limit {
-                    if bytes.len() > limit {
+                    if len > limit {
                         return Err(StoreError::Limit {
                             what: "bytes in one stored event",
-                            count: bytes.len(),
+                            count: len,
                             limit,
                         });
                     }
@@ -806,7 +832,7 @@ impl GroupStage {
                         recorded_at,
                         hash,
                     },
-                    bytes,
+                    range: start..start + len,
                 });
             }
             let last_version = base + r.events.len() as u64;
@@ -820,5 +846,88 @@ impl GroupStage {
             });
         }
         Ok((appended, cur, pos, h))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{NewEvent, StoredEvent};
+
+    /// An empty committed log.
+    struct Empty;
+
+    impl Committed for Empty {
+        fn committed_version(&mut self, _: StreamId) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn stored_position(&mut self, _: Uuid) -> Result<Option<u64>, StoreError> {
+            Ok(None)
+        }
+    }
+
+    fn event(id: u128, payload_len: usize) -> NewEvent {
+        NewEvent {
+            event_id: Uuid::from_u128(id),
+            occurred_at: chrono::Utc::now(),
+            actor: "tester".into(),
+            correlation_id: None,
+            causation_id: None,
+            event_type: "Noted".into(),
+            schema: 1,
+            payload: vec![0xc0; payload_len],
+        }
+    }
+
+    fn request(stream: u128, events: Vec<NewEvent>) -> AppendRequest {
+        AppendRequest {
+            stream: StreamId(Uuid::from_u128(stream)),
+            expected: ExpectedVersion::Any,
+            events,
+        }
+    }
+
+    /// An append refused part-way through sealing (its second event is
+    /// past the value limit) leaves nothing in the group's buffer: the
+    /// appends around it are sealed back to back, their bytes decode to
+    /// their events, and the chain runs from the first to the last.
+    #[test]
+    fn a_refused_append_leaves_nothing_in_the_group_buffer() {
+        let now = chrono::Utc::now();
+        let mut stage = GroupStage::new(0, Hash::default())
+            .with_buffers(Vec::new(), b"left from the last group".to_vec())
+            .with_value_limit(400);
+        stage
+            .stage(&[request(1, vec![event(1, 10), event(2, 10)])], &mut Empty, now)
+            .unwrap();
+        match stage.stage(
+            &[request(2, vec![event(3, 10), event(4, 1_000)])],
+            &mut Empty,
+            now,
+        ) {
+            Err(StoreError::Limit { limit: 400, .. }) => {}
+            other => panic!("expected Limit, got {other:?}"),
+        }
+        stage
+            .stage(&[request(3, vec![event(5, 10)])], &mut Empty, now)
+            .unwrap();
+
+        let mut end = 0;
+        let mut prev = Hash::default();
+        let mut seen = Vec::new();
+        for (i, s) in stage.sealed.iter().enumerate() {
+            assert_eq!(s.range.start, end, "sealed back to back");
+            end = s.range.end;
+            let stored = StoredEvent::decode(&stage.bytes[s.range.clone()]).unwrap();
+            assert_eq!(stored.position, i as u64 + 1);
+            assert_eq!(stored.event_id, s.event.event_id);
+            assert_eq!(stored.prev_hash, prev, "the chain continues");
+            assert_eq!(stored.hash, s.event.hash);
+            prev = stored.hash;
+            seen.push(stored.event_id.as_u128());
+        }
+        assert_eq!(seen, [1, 2, 5]);
+        assert_eq!(end, stage.bytes.len(), "nothing after the last event");
+        assert_eq!((stage.position, stage.hash), (3, prev));
     }
 }

@@ -953,8 +953,8 @@ impl Writer {
         }
         let rows = stage
             .sealed
-            .into_iter()
-            .map(|s| Row::of_sealed(&s.event, s.bytes))
+            .iter()
+            .map(|s| Row::of_sealed(&s.event, stage.bytes[s.range.clone()].to_vec()))
             .collect::<Result<Vec<Row>, StoreError>>()?;
         let state = (stage.position, stage.hash);
         if state.0 == head_position {

@@ -827,9 +827,9 @@ impl Writer {
         }
         let (position, hash) = (stage.position, stage.hash);
         let mut batch = sled::Batch::default();
-        for sealed in stage.sealed {
+        for sealed in &stage.sealed {
             let e = &sealed.event;
-            batch.insert(&e_key(e.position), sealed.bytes);
+            batch.insert(&e_key(e.position), &stage.bytes[sealed.range.clone()]);
             batch.insert(&s_key(e.stream, e.version), &e.position.to_be_bytes());
             batch.insert(&i_key(e.event_id), &e.position.to_be_bytes());
         }

@@ -46,7 +46,7 @@ use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqRead
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AppendRequest, Appended, ChainVerifier, Commit, Committed, EventStore, GroupStage, Head, Reply,
-    StreamVisitor, VerifyReport, MAX_READ_PAGE,
+    Sealed, StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -351,7 +351,7 @@ struct Index {
     /// Per stream, its positions by version (`[v - 1]`); a position fits
     /// a `u32` (`max_events`).
     streams: HashMap<StreamId, Vec<u32>, IdHash>,
-    ids: HashMap<Uuid, u64, IdHash>,
+    ids: HashMap<Uuid, u32, IdHash>,
     head_hash: Hash,
     /// Most events the log may hold ([`MAX_POSITIONS`]; lower in tests).
     max_events: u64,
@@ -486,7 +486,7 @@ impl Index {
                 ))
             }
             Entry::Vacant(v) => {
-                v.insert(meta.position);
+                v.insert(position);
             }
         }
         match positions {
@@ -949,6 +949,8 @@ impl SegmentLog {
             head_tx,
             buf: Vec::new(),
             frames: Vec::new(),
+            sealed: Vec::new(),
+            sealed_bytes: Vec::new(),
             watermark: wm_file,
             watermark_at: Instant::now(),
             watermark_position: watermark.map_or(0, |(p, _)| p),
@@ -993,7 +995,7 @@ impl SegmentLog {
         let buckets = ix.streams.capacity() / 7 * 8;
         let streams = lists + buckets * (std::mem::size_of::<(StreamId, Vec<u32>)>() + 1);
         // A hash map holds its capacity in 7/8 of its buckets.
-        let ids = ix.ids.capacity() / 7 * 8 * (std::mem::size_of::<(Uuid, u64)>() + 1);
+        let ids = ix.ids.capacity() / 7 * 8 * (std::mem::size_of::<(Uuid, u32)>() + 1);
         (locs + streams + ids) as u64
     }
 
@@ -1076,6 +1078,10 @@ struct Writer {
     /// The group's frames, reused from group to group.
     buf: Vec<u8>,
     frames: Vec<Staged>,
+    /// The buffers a group is sealed into ([`GroupStage::with_buffers`]),
+    /// reused from group to group.
+    sealed: Vec<Sealed>,
+    sealed_bytes: Vec<u8>,
     watermark: File,
     watermark_at: Instant,
     watermark_position: u64,
@@ -1153,6 +1159,10 @@ impl Writer {
             // The index numbers positions up to `max_events`: a group past
             // it is refused here, before anything is written.
             let mut stage = GroupStage::new(self.position, self.hash)
+                .with_buffers(
+                    std::mem::take(&mut self.sealed),
+                    std::mem::take(&mut self.sealed_bytes),
+                )
                 .with_value_limit(frame::MAX_FRAME - frame::META_LEN)
                 .with_position_limit(state.index.max_events);
             let mut committed = SegmentCommitted {
@@ -1169,7 +1179,7 @@ impl Writer {
             stage
         };
         let (position, hash) = (stage.position, stage.hash);
-        for sealed in stage.sealed {
+        for sealed in &stage.sealed {
             let e = &sealed.event;
             let meta = FrameMeta {
                 group_end: false,
@@ -1179,7 +1189,7 @@ impl Writer {
                 event_id: e.event_id,
             };
             let start = self.buf.len();
-            let len = encode_frame(&mut self.buf, &meta, &sealed.bytes);
+            let len = encode_frame(&mut self.buf, &meta, &stage.bytes[sealed.range.clone()]);
             self.frames.push(Staged {
                 meta,
                 start,
@@ -1187,6 +1197,7 @@ impl Writer {
                 hash: e.hash,
             });
         }
+        (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
         let Some(last) = self.frames.last_mut() else {
             return true;
         };
@@ -1288,7 +1299,7 @@ impl Committed for SegmentCommitted<'_> {
     }
 
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
-        Ok(self.index.ids.get(&event_id).copied())
+        Ok(self.index.ids.get(&event_id).map(|&p| u64::from(p)))
     }
 }
 
@@ -1464,11 +1475,17 @@ impl EventStore for SegmentLog {
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
         let wanted: Vec<Wanted> = {
             let state = self.read()?;
-            let mut seen = std::collections::HashSet::new();
-            ids.iter()
-                .filter(|id| seen.insert(**id))
-                .filter_map(|id| state.index.ids.get(id))
-                .map(|&p| state.wanted(p))
+            // Usually none is stored (a fresh import): look each up, and
+            // drop repeats among the few found (one id, one position).
+            let mut found: Vec<u32> = ids
+                .iter()
+                .filter_map(|id| state.index.ids.get(id).copied())
+                .collect();
+            found.sort_unstable();
+            found.dedup();
+            found
+                .into_iter()
+                .map(|p| state.wanted(u64::from(p)))
                 .collect()
         };
         Ok(read_runs(wanted)?
@@ -1485,7 +1502,11 @@ impl EventStore for SegmentLog {
     ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
         let wanted: Vec<(StreamId, Vec<Wanted>)> = {
             let state = self.read()?;
-            let mut seen = std::collections::HashSet::new();
+            let mut seen: std::collections::HashSet<StreamId, IdHash> =
+                std::collections::HashSet::with_capacity_and_hasher(
+                    streams.len(),
+                    IdHash::default(),
+                );
             streams
                 .iter()
                 .filter(|s| seen.insert(**s))
@@ -1506,7 +1527,11 @@ impl EventStore for SegmentLog {
     async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
         let found = {
             let state = self.read()?;
-            state.index.ids.get(&event_id).map(|&p| state.wanted(p))
+            state
+                .index
+                .ids
+                .get(&event_id)
+                .map(|&p| state.wanted(u64::from(p)))
         };
         match found {
             None => Ok(None),
@@ -1619,7 +1644,7 @@ impl EventStore for SegmentLog {
                         format!("stream index for version {} is wrong", meta.version),
                     );
                 }
-                if ix.ids.get(&meta.event_id) != Some(&meta.position) {
+                if ix.ids.get(&meta.event_id).map(|&p| u64::from(p)) != Some(meta.position) {
                     v.problem(meta.position, "event id index does not point here");
                 }
                 drop(state);
