@@ -518,7 +518,30 @@ impl ChainVerifier {
 }
 
 /// Where a log's writer answers one append.
-pub(crate) type Reply = oneshot::Sender<Result<Vec<Appended>, StoreError>>;
+pub(crate) struct Reply(oneshot::Sender<Answer>);
+
+/// A writer's answer to one append, and the append's requests when the
+/// writer hands them back ([`Reply::send_back`]): they are dropped by the
+/// task that made them, so their memory is freed by the thread that
+/// allocated it rather than the writer's (a free from another thread costs
+/// both threads more, and the writer is the import's busiest).
+pub(crate) struct Answer {
+    result: Result<Vec<Appended>, StoreError>,
+    spent: Vec<AppendRequest>,
+}
+
+impl Reply {
+    /// Answers the append (its requests, if any, are dropped here).
+    pub fn send(self, result: Result<Vec<Appended>, StoreError>) {
+        self.send_back(result, Vec::new());
+    }
+
+    /// Answers the append and hands its requests back to the caller.
+    pub fn send_back(self, result: Result<Vec<Appended>, StoreError>, spent: Vec<AppendRequest>) {
+        // A caller that stopped waiting has nothing to be told.
+        let _ = self.0.send(Answer { result, spent });
+    }
+}
 
 /// One append handed to a log's writer (sled's writer thread, PostgreSQL's
 /// writer task), which group-commits what is queued.
@@ -536,10 +559,15 @@ pub(crate) async fn submit(
     let sender = sender.ok_or(StoreError::WriterStopped)?;
     let (reply, answer) = oneshot::channel();
     sender
-        .send(Commit { requests, reply })
+        .send(Commit {
+            requests,
+            reply: Reply(reply),
+        })
         .await
         .map_err(|_| StoreError::WriterStopped)?;
-    answer.await.map_err(|_| StoreError::WriterStopped)?
+    let Answer { result, spent } = answer.await.map_err(|_| StoreError::WriterStopped)?;
+    drop(spent);
+    result
 }
 
 /// A writer's next group: `first` and whatever else is already queued, up
@@ -567,11 +595,11 @@ pub(crate) fn next_group(
 /// Answers every staged append of a group whose write failed: `DiskFull`
 /// stays `DiskFull` (its own message and exit code), anything else is an
 /// I/O error naming what failed. None of them was acknowledged.
-pub(crate) fn fail_group(staged: Vec<(Reply, Vec<Appended>)>, e: &StoreError) {
+pub(crate) fn fail_group(staged: impl IntoIterator<Item = Reply>, e: &StoreError) {
     let disk_full = matches!(e, StoreError::DiskFull { .. });
     let text = e.to_string();
-    for (reply, _) in staged {
-        let _ = reply.send(Err(if disk_full {
+    for reply in staged {
+        reply.send(Err(if disk_full {
             StoreError::DiskFull { during: "append" }
         } else {
             StoreError::Io {
@@ -898,7 +926,11 @@ mod tests {
             .with_buffers(Vec::new(), b"left from the last group".to_vec())
             .with_value_limit(400);
         stage
-            .stage(&[request(1, vec![event(1, 10), event(2, 10)])], &mut Empty, now)
+            .stage(
+                &[request(1, vec![event(1, 10), event(2, 10)])],
+                &mut Empty,
+                now,
+            )
             .unwrap();
         match stage.stage(
             &[request(2, vec![event(3, 10), event(4, 1_000)])],

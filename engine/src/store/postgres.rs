@@ -846,7 +846,7 @@ impl Writer {
                         bump(&self.head_tx, p);
                     }
                     for (commit, result) in pending.into_iter().zip(results) {
-                        let _ = commit.reply.send(result);
+                        commit.reply.send(result);
                     }
                     return;
                 }
@@ -875,7 +875,7 @@ impl Writer {
                                 source: text.clone().into(),
                             }
                         };
-                        let _ = commit.reply.send(Err(err));
+                        commit.reply.send(Err(err));
                     }
                     return;
                 }

@@ -790,7 +790,7 @@ impl Writer {
         let mut failed = false;
         while let Some(first) = receiver.blocking_recv() {
             if failed {
-                let _ = first.reply.send(Err(StoreError::WriterStopped));
+                first.reply.send(Err(StoreError::WriterStopped));
                 continue;
             }
             let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
@@ -818,7 +818,7 @@ impl Writer {
             match stage.stage(&commit.requests, &mut committed, recorded_at) {
                 Ok(appended) => staged.push((commit.reply, appended)),
                 Err(e) => {
-                    let _ = commit.reply.send(Err(e));
+                    commit.reply.send(Err(e));
                 }
             }
         }
@@ -870,12 +870,12 @@ impl Writer {
                 self.watermark.record(position, &hash);
                 self.head_tx.send_replace(position);
                 for (reply, appended) in staged {
-                    let _ = reply.send(Ok(appended));
+                    reply.send(Ok(appended));
                 }
                 true
             }
             Err(e) => {
-                super::fail_group(staged, &e);
+                super::fail_group(staged.into_iter().map(|(reply, _)| reply), &e);
                 false
             }
         }

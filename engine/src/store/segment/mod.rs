@@ -1092,7 +1092,7 @@ impl Writer {
         let mut failed = false;
         while let Some(first) = receiver.blocking_recv() {
             if failed {
-                let _ = first.reply.send(Err(StoreError::WriterStopped));
+                first.reply.send(Err(StoreError::WriterStopped));
                 continue;
             }
             let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
@@ -1147,12 +1147,14 @@ impl Writer {
             DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
         self.buf.clear();
         self.frames.clear();
-        let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
+        // Each staged append's reply, result and requests (handed back with
+        // the answer: `Reply::send_back`).
+        let mut staged: Vec<(Reply, Vec<Appended>, Vec<AppendRequest>)> = Vec::new();
         let stage = {
             let state = self.state.clone();
             let Ok(state) = state.read() else {
                 for c in group {
-                    let _ = c.reply.send(Err(StoreError::WriterStopped));
+                    c.reply.send(Err(StoreError::WriterStopped));
                 }
                 return false;
             };
@@ -1170,9 +1172,9 @@ impl Writer {
             };
             for commit in group {
                 match stage.stage(&commit.requests, &mut committed, recorded_at) {
-                    Ok(appended) => staged.push((commit.reply, appended)),
+                    Ok(appended) => staged.push((commit.reply, appended, commit.requests)),
                     Err(e) => {
-                        let _ = commit.reply.send(Err(e));
+                        commit.reply.send_back(Err(e), commit.requests);
                     }
                 }
             }
@@ -1210,8 +1212,8 @@ impl Writer {
                 let seg_no;
                 {
                     let Ok(mut state) = self.state.write() else {
-                        for (reply, _) in staged {
-                            let _ = reply.send(Err(StoreError::WriterStopped));
+                        for (reply, ..) in staged {
+                            reply.send(Err(StoreError::WriterStopped));
                         }
                         return false;
                     };
@@ -1231,13 +1233,13 @@ impl Writer {
                 self.hash = hash;
                 self.last_recorded_us = recorded_us;
                 self.head_tx.send_replace(position);
-                for (reply, appended) in staged {
-                    let _ = reply.send(Ok(appended));
+                for (reply, appended, requests) in staged {
+                    reply.send_back(Ok(appended), requests);
                 }
                 true
             }
             Err(e) => {
-                super::fail_group(staged, &e);
+                super::fail_group(staged.into_iter().map(|(reply, ..)| reply), &e);
                 false
             }
         }
