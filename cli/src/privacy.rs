@@ -17,8 +17,8 @@ use casebook_engine::event::{
 use casebook_engine::import::{ImportLine, Planner};
 use casebook_engine::seal::{self, KeyState, Keyring, SecretKey};
 use casebook_engine::store::{
-    read_whole_stream, AppendRequest, Appended, EventStore, Head, StreamVisitor, VerifyReport,
-    MAX_READ_PAGE,
+    read_whole_stream, AppendRequest, Appended, CheckpointWriter, EventStore, Head, StreamVisitor,
+    VerifyReport, MAX_READ_PAGE,
 };
 use casebook_engine::{RecordedEvent, StoreError};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -431,6 +431,16 @@ impl EventStore for Unsealed {
     }
 
     async fn save_checkpoint(&self, _name: &str, _bytes: Vec<u8>) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    async fn save_checkpoint_with(
+        &self,
+        _name: &str,
+        _size_hint: usize,
+        _write: CheckpointWriter<'_>,
+    ) -> Result<(), StoreError> {
+        // Nothing is saved, so nothing is encoded.
         Ok(())
     }
 

@@ -166,8 +166,19 @@ pub fn encode_checkpoint<P: Projection>(
     hash: Hash,
 ) -> Result<Vec<u8>, ProjectionError> {
     let mut bytes = Vec::with_capacity(state.checkpoint_size_hint());
+    write_checkpoint(&mut bytes, state, position, hash)?;
+    Ok(bytes)
+}
+
+/// [`encode_checkpoint`] written to `out` as it is encoded.
+pub fn write_checkpoint<P: Projection>(
+    mut out: &mut dyn std::io::Write,
+    state: &P,
+    position: u64,
+    hash: Hash,
+) -> Result<(), ProjectionError> {
     rmp_serde::encode::write_named(
-        &mut bytes,
+        &mut out,
         &CheckpointOut {
             format: CHECKPOINT_FORMAT,
             name: P::NAME,
@@ -180,8 +191,7 @@ pub fn encode_checkpoint<P: Projection>(
     .map_err(|e| ProjectionError::Checkpoint {
         projection: P::NAME,
         what: e.to_string(),
-    })?;
-    Ok(bytes)
+    })
 }
 
 /// Decodes checkpoint bytes into the state, its position and that
@@ -213,7 +223,14 @@ trait Feed: Send {
     fn name(&self) -> &'static str;
     fn feed(&mut self, event: &RecordedEvent);
     fn reset(&mut self);
-    fn encode(&self, position: u64, hash: Hash) -> Result<Vec<u8>, ProjectionError>;
+    /// About how many bytes [`Feed::write_checkpoint`] writes.
+    fn checkpoint_size_hint(&self) -> usize;
+    fn write_checkpoint(
+        &self,
+        out: &mut dyn std::io::Write,
+        position: u64,
+        hash: Hash,
+    ) -> Result<(), ProjectionError>;
     fn restore(&mut self, bytes: &[u8]) -> Result<(u64, Hash), RestartReason>;
 }
 
@@ -230,8 +247,17 @@ impl<P: Projection> Feed for P {
         *self = P::default();
     }
 
-    fn encode(&self, position: u64, hash: Hash) -> Result<Vec<u8>, ProjectionError> {
-        encode_checkpoint(self, position, hash)
+    fn checkpoint_size_hint(&self) -> usize {
+        Projection::checkpoint_size_hint(self)
+    }
+
+    fn write_checkpoint(
+        &self,
+        out: &mut dyn std::io::Write,
+        position: u64,
+        hash: Hash,
+    ) -> Result<(), ProjectionError> {
+        write_checkpoint(out, self, position, hash)
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(u64, Hash), RestartReason> {
@@ -538,10 +564,34 @@ fn fold_page(
 }
 
 /// Writes the checkpoint of every slot that moved or restarted.
-async fn save(store: &dyn EventStore, slots: &[Slot<'_>]) -> Result<(), ProjectionError> {
-    for slot in slots.iter().filter(|s| s.at.dirty) {
-        let bytes = slot.feed.encode(slot.at.position, slot.at.hash)?;
-        store.save_checkpoint(slot.feed.name(), bytes).await?;
+/// Each is encoded straight into the store's file where the store streams
+/// it (`save_checkpoint_with`): at 10M events the largest is a few hundred
+/// MB that would otherwise be held in memory beside the states.
+async fn save(store: &dyn EventStore, slots: &mut [Slot<'_>]) -> Result<(), ProjectionError> {
+    for slot in slots.iter_mut().filter(|s| s.at.dirty) {
+        let (name, size_hint) = (slot.feed.name(), slot.feed.checkpoint_size_hint());
+        let mut encoding = None;
+        let saved = {
+            let (position, hash) = (slot.at.position, slot.at.hash);
+            // Moved in as `&mut`: a `&mut dyn Feed` is `Send`, a shared one
+            // would not be.
+            let (feed, failed) = (&mut *slot.feed, &mut encoding);
+            let mut write = move |out: &mut dyn std::io::Write| {
+                feed.write_checkpoint(out, position, hash).map_err(|e| {
+                    let what = e.to_string();
+                    *failed = Some(e);
+                    std::io::Error::other(what)
+                })
+            };
+            store
+                .save_checkpoint_with(name, size_hint, &mut write)
+                .await
+        };
+        // An encoding failure is reported as one, not as the store's I/O.
+        if let Some(e) = encoding {
+            return Err(e);
+        }
+        saved?;
     }
     Ok(())
 }

@@ -371,6 +371,43 @@ pub async fn checkpoints_round_trip_outside_the_chain<B: Backend>() {
     assert_eq!(s.load_checkpoint("caseload").await.unwrap(), None);
 }
 
+/// A checkpoint written by `save_checkpoint_with` (streamed on the
+/// segment store) reads back whole and survives a reopen; a writer that
+/// fails part-way leaves the checkpoint stored before as it was.
+pub async fn streamed_checkpoints_replace_whole_or_not_at_all<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    // Larger than the segment store's write buffer, so it is written in
+    // several pieces.
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let mut write = |out: &mut dyn std::io::Write| {
+        for piece in big.chunks(7_000) {
+            out.write_all(piece)?;
+        }
+        Ok(())
+    };
+    s.save_checkpoint_with("caseload", 1_000, &mut write)
+        .await
+        .unwrap();
+    assert!(s.load_checkpoint("caseload").await.unwrap() == Some(big.clone()));
+
+    let mut failing = |out: &mut dyn std::io::Write| {
+        out.write_all(&[9; 300_000])?;
+        Err(std::io::Error::other("the encoder gave up"))
+    };
+    assert!(s
+        .save_checkpoint_with("caseload", 1_000, &mut failing)
+        .await
+        .is_err());
+    assert!(
+        s.load_checkpoint("caseload").await.unwrap() == Some(big.clone()),
+        "the failed write left the checkpoint as it was"
+    );
+    drop(s);
+    let s = b.open();
+    assert!(s.load_checkpoint("caseload").await.unwrap() == Some(big));
+}
+
 pub async fn payloads_decode_to_the_recorded_event<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
@@ -512,6 +549,7 @@ macro_rules! conformance_suite {
             case!(concurrent_appends_are_group_committed_without_gaps);
             case!(subscription_catches_up_then_goes_live);
             case!(checkpoints_round_trip_outside_the_chain);
+            case!(streamed_checkpoints_replace_whole_or_not_at_all);
             case!(payloads_decode_to_the_recorded_event);
             case!(old_schema_payloads_are_stored_unchanged_and_upcast_on_read);
             case!(batched_lookups_agree_with_single_lookups);

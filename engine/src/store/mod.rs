@@ -116,6 +116,10 @@ pub const MAX_READ_PAGE: usize = 10_000;
 /// memory of a batch: about 1 KiB an event in flight.
 pub const MAX_EVENTS_PER_APPEND: usize = 2_000_000;
 
+/// Writes a checkpoint's bytes ([`EventStore::save_checkpoint_with`]).
+pub type CheckpointWriter<'a> =
+    &'a mut (dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()> + Send);
+
 /// A school's event log.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -234,6 +238,22 @@ pub trait EventStore: Send + Sync + 'static {
     /// Stores a checkpoint durably (outside the hash chain: checkpoints are
     /// derived data and can always be rebuilt from the log).
     async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
+
+    /// [`EventStore::save_checkpoint`] of the bytes `write` writes (about
+    /// `size_hint` of them). A store may stream them to disk instead of
+    /// holding them all (the segment store does: a checkpoint at millions
+    /// of events is hundreds of MB). When `write` fails, the checkpoint
+    /// stored before is left as it was.
+    async fn save_checkpoint_with(
+        &self,
+        name: &str,
+        size_hint: usize,
+        write: CheckpointWriter<'_>,
+    ) -> Result<(), StoreError> {
+        let mut bytes = Vec::with_capacity(size_hint);
+        write(&mut bytes).map_err(|e| StoreError::io("encode checkpoint", e))?;
+        self.save_checkpoint(name, bytes).await
+    }
 
     /// Removes every checkpoint (a full rebuild follows).
     async fn clear_checkpoints(&self) -> Result<(), StoreError>;

@@ -45,8 +45,8 @@ use self::dense::{Chunked, MAX_POSITIONS};
 use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqReader};
 use super::sled::{validate_school, ProcessLock};
 use super::{
-    AppendRequest, Appended, ChainVerifier, Commit, Committed, EventStore, GroupStage, Head, Reply,
-    Sealed, StreamVisitor, VerifyReport, MAX_READ_PAGE,
+    AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
+    GroupStage, Head, Reply, Sealed, StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -138,21 +138,40 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename,
 /// fsync of the directory.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    use std::io::Write;
+    write_atomic_with(path, &mut |out| out.write_all(bytes))
+}
+
+/// [`write_atomic`] of what `write` writes, streamed through a buffer (the
+/// bytes are never all in memory). When `write` or the disk fails, the
+/// temporary file is removed and `path` is left as it was.
+fn write_atomic_with(
+    path: &Path,
+    write: &mut (dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()> + Send),
+) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".tmp-{name}"));
-    let mut f = File::create(&tmp).map_err(io("write file"))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(io("write file"))?;
-    drop(f);
+    let file = File::create(&tmp).map_err(io("write file"))?;
+    let mut out = std::io::BufWriter::with_capacity(CHECKPOINT_WRITE_BUFFER, file);
+    let written = write(&mut out)
+        .and_then(|()| {
+            out.into_inner()
+                .map_err(std::io::IntoInnerError::into_error)
+        })
+        .and_then(|f| f.sync_all());
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::io("write file", e));
+    }
     std::fs::rename(&tmp, path).map_err(io("rename file"))?;
     sync_dir(dir)
 }
+
+/// Bytes buffered between a streamed file's writes.
+const CHECKPOINT_WRITE_BUFFER: usize = 256 * 1024;
 
 /// Whether `dir` holds a segment store.
 pub fn is_segment_store(dir: &Path) -> bool {
@@ -1565,6 +1584,17 @@ impl EventStore for SegmentLog {
     async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let path = self.checkpoint_path(name)?;
         write_atomic(&path, &bytes)
+    }
+
+    /// Streamed to the checkpoint's file: the bytes are never all in memory.
+    async fn save_checkpoint_with(
+        &self,
+        name: &str,
+        _size_hint: usize,
+        write: CheckpointWriter<'_>,
+    ) -> Result<(), StoreError> {
+        let path = self.checkpoint_path(name)?;
+        write_atomic_with(&path, write)
     }
 
     async fn clear_checkpoints(&self) -> Result<(), StoreError> {
