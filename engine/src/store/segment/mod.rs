@@ -1115,7 +1115,9 @@ impl Writer {
                 continue;
             }
             let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
-            if !self.commit_group(group) {
+            let committed = self.commit_group(group);
+            self.trim_buffers();
+            if !committed {
                 // fsyncgate: after a failed write or fdatasync the kernel
                 // may have dropped the dirty pages; never retry and pretend.
                 // Refuse appends until the log is reopened and recovered.
@@ -1134,6 +1136,20 @@ impl Writer {
             // Best effort: a closed segment ends at its last group. Zeros
             // left by a failure here are cut by the next open.
             let _ = self.cut_preallocated();
+        }
+    }
+
+    /// Frees the group buffers when the last group was far larger than
+    /// usual (one large atomic append), instead of keeping them for the
+    /// next: what a usual group needs is kept, up to [`KEPT_GROUP_BUFFER`].
+    fn trim_buffers(&mut self) {
+        if self.buf.capacity() > KEPT_GROUP_BUFFER {
+            self.buf = Vec::new();
+            self.frames = Vec::new();
+        }
+        if self.sealed_bytes.capacity() > KEPT_GROUP_BUFFER {
+            self.sealed_bytes = Vec::new();
+            self.sealed = Vec::new();
         }
     }
 
@@ -1374,6 +1390,10 @@ fn read_runs(wanted: Vec<Wanted>) -> Result<Vec<StoredEvent>, StoreError> {
     })?;
     Ok(out)
 }
+
+/// Largest group buffer the writer keeps from one group to the next (a
+/// full group of [`MAX_GROUP_EVENTS`] events of ~300 bytes is ~2.5 MB).
+const KEPT_GROUP_BUFFER: usize = 8 << 20;
 
 /// Largest read buffer a thread keeps between [`visit_runs`] calls (a
 /// pupil's record is ~120 KB).
@@ -1794,6 +1814,47 @@ mod index_tests {
             expected: super::super::ExpectedVersion::Any,
             events: ids.map(new_event).collect(),
         }
+    }
+
+    /// A group larger than the writer keeps buffers for (one atomic append
+    /// of ~10 MB) is written whole, its buffers are let go, and the groups
+    /// after it are written and read back as usual.
+    #[test]
+    fn a_group_past_the_kept_buffer_size_is_written_and_the_next_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = SegmentStore::open(dir.path(), true).unwrap();
+        let log = store.log("school-a").unwrap();
+        let mut big = request(1..10_001);
+        for e in &mut big.events {
+            e.payload = vec![0xc4, 0xff].into_iter().chain([7u8; 1_000]).collect();
+        }
+        rt.block_on(log.append_atomic(vec![big])).unwrap();
+        assert!(
+            store.size_on_disk().unwrap() > KEPT_GROUP_BUFFER as u64,
+            "the group was larger than the kept buffer"
+        );
+        rt.block_on(log.append_atomic(vec![request(10_001..10_003)]))
+            .unwrap();
+        let head = rt.block_on(log.head()).unwrap();
+        assert_eq!(head.position, 10_002);
+        let first = rt.block_on(log.read_all(1, 10_000)).unwrap();
+        assert_eq!(first.len(), 10_000);
+        assert!(first.iter().all(|e| e.payload.len() == 1_002));
+        let rest = rt.block_on(log.read_all(10_001, 10)).unwrap();
+        let ids: Vec<u128> = rest.iter().map(|e| e.event_id.as_u128()).collect();
+        assert_eq!(ids, [10_001, 10_002]);
+        drop(log);
+        drop(store);
+        let store = SegmentStore::open(dir.path(), true).unwrap();
+        let log = store.log("school-a").unwrap();
+        assert_eq!(
+            rt.block_on(log.head()).unwrap(),
+            head,
+            "durable across a reopen"
+        );
     }
 
     /// A log at its most events refuses an append that would pass it with
