@@ -10,7 +10,7 @@
 //! decodes and folds them on the caller's thread in the same order.
 //!
 //! **Checkpoints** are stored in the store under the projection's `NAME`
-//! (`save_checkpoint`), outside the hash chain: they are derived data and
+//! (`save_checkpoint_with`, streamed), outside the hash chain: they are derived data and
 //! can always be rebuilt. A checkpoint is MessagePack (with field names) of
 //! `{format, name, version, position, hash, state}`: the projection's
 //! `VERSION`, the position of the last event folded, that event's hash and
@@ -464,7 +464,8 @@ fn fold_read_ahead(
                 })??;
                 let mut spent = Vec::with_capacity(page.len());
                 fold_page(slots, page, &mut next, &mut spent)?;
-                // Once the reader has stopped, the last pages' are freed here.
+                // Once the reader has stopped, the last pages' envelopes are
+                // freed here.
                 let _ = give_back.send(spent);
                 progress(next - 1, head.position);
             }
@@ -493,6 +494,41 @@ async fn read_page(
         });
     }
     Ok(page)
+}
+
+/// A checkpoint's output that keeps the first error it returned: the
+/// encoder turns an I/O error into its own, and the runner must tell a
+/// failing disk from a failing encoding.
+struct Watched<'a> {
+    inner: &'a mut dyn std::io::Write,
+    failed: Option<std::io::Error>,
+}
+
+impl Watched<'_> {
+    fn watch<T>(&mut self, result: std::io::Result<T>) -> std::io::Result<T> {
+        result.inspect_err(|e| {
+            if self.failed.is_none() {
+                self.failed = Some(std::io::Error::new(e.kind(), e.to_string()));
+            }
+        })
+    }
+}
+
+impl std::io::Write for Watched<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let result = self.inner.write(buf);
+        self.watch(result)
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let result = self.inner.write_all(buf);
+        self.watch(result)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let result = self.inner.flush();
+        self.watch(result)
+    }
 }
 
 /// What is left of a folded event's envelope: its actor, type and payload,
@@ -577,17 +613,28 @@ async fn save(store: &dyn EventStore, slots: &mut [Slot<'_>]) -> Result<(), Proj
             // would not be.
             let (feed, failed) = (&mut *slot.feed, &mut encoding);
             let mut write = move |out: &mut dyn std::io::Write| {
-                feed.write_checkpoint(out, position, hash).map_err(|e| {
-                    let what = e.to_string();
-                    *failed = Some(e);
-                    std::io::Error::other(what)
-                })
+                let mut out = Watched {
+                    inner: out,
+                    failed: None,
+                };
+                let written = feed.write_checkpoint(&mut out, position, hash);
+                match (written, out.failed) {
+                    (Ok(()), _) => Ok(()),
+                    // The disk failed under the encoder: the store reports
+                    // it (a full disk as `DiskFull`).
+                    (Err(_), Some(disk)) => Err(disk),
+                    (Err(e), None) => {
+                        let what = e.to_string();
+                        *failed = Some(e);
+                        Err(std::io::Error::other(what))
+                    }
+                }
             };
             store
                 .save_checkpoint_with(name, size_hint, &mut write)
                 .await
         };
-        // An encoding failure is reported as one, not as the store's I/O.
+        // An encoding failure is reported as one; the disk's as the store's.
         if let Some(e) = encoding {
             return Err(e);
         }
@@ -791,4 +838,53 @@ pub async fn audit_of(
     }
     let access = read_whole_stream(store, StreamId::for_access_log(school, pupil)).await?;
     Ok(AuditTrail::build(pupil, &case, &access))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Watched;
+
+    /// Takes `room` bytes, then fails as a full disk does.
+    struct Full {
+        room: usize,
+    }
+
+    impl std::io::Write for Full {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.room == 0 {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
+            let n = buf.len().min(self.room);
+            self.room -= n;
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The encoder turns a failed write into an error of its own; the
+    /// checkpoint's output keeps the disk's, with its kind, so that a full
+    /// disk is reported as one (`save`).
+    #[test]
+    fn a_disk_error_under_the_encoder_is_kept_with_its_kind() {
+        let mut disk = Full { room: 100 };
+        let mut out = Watched {
+            inner: &mut disk,
+            failed: None,
+        };
+        let encoded = rmp_serde::encode::write(&mut out, &vec![7u32; 1_000]);
+        assert!(encoded.is_err());
+        let kept = out.failed.expect("the disk's error is kept");
+        assert_eq!(kept.kind(), std::io::ErrorKind::StorageFull);
+
+        let mut roomy = Full { room: 1 << 20 };
+        let mut out = Watched {
+            inner: &mut roomy,
+            failed: None,
+        };
+        rmp_serde::encode::write(&mut out, &vec![7u32; 1_000]).unwrap();
+        assert!(out.failed.is_none());
+    }
 }

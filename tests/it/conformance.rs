@@ -371,6 +371,20 @@ pub async fn checkpoints_round_trip_outside_the_chain<B: Backend>() {
     assert_eq!(s.load_checkpoint("caseload").await.unwrap(), None);
 }
 
+/// An atomic append of no requests is done at once: nothing written, an
+/// empty answer, and the log usable after it (every backend alike).
+pub async fn an_empty_atomic_append_writes_nothing_and_succeeds<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    assert!(s.append_atomic(vec![]).await.unwrap().is_empty());
+    assert_eq!(s.head().await.unwrap().position, 0);
+    s.append(req(pupil(1), ExpectedVersion::Any, vec![contact(1)]))
+        .await
+        .unwrap();
+    assert!(s.append_atomic(vec![]).await.unwrap().is_empty());
+    assert_eq!(s.head().await.unwrap().position, 1);
+}
+
 /// A checkpoint written by `save_checkpoint_with` (streamed on the
 /// segment store) reads back whole and survives a reopen; a writer that
 /// fails part-way leaves the checkpoint stored before as it was.
@@ -550,6 +564,7 @@ macro_rules! conformance_suite {
             case!(subscription_catches_up_then_goes_live);
             case!(checkpoints_round_trip_outside_the_chain);
             case!(streamed_checkpoints_replace_whole_or_not_at_all);
+            case!(an_empty_atomic_append_writes_nothing_and_succeeds);
             case!(payloads_decode_to_the_recorded_event);
             case!(old_schema_payloads_are_stored_unchanged_and_upcast_on_read);
             case!(batched_lookups_agree_with_single_lookups);

@@ -542,16 +542,17 @@ pub(crate) struct Reply(oneshot::Sender<Answer>);
 
 /// A writer's answer to one append, and the append's requests when the
 /// writer hands them back ([`Reply::send_back`]): they are dropped by the
-/// task that made them, so their memory is freed by the thread that
-/// allocated it rather than the writer's (a free from another thread costs
-/// both threads more, and the writer is the import's busiest).
+/// waiting task, so their memory is freed off the writer's thread, usually
+/// by the thread that allocated it (a free from another thread costs both
+/// threads more, and the writer is the import's busiest). The segment
+/// writer hands them back with every answer except after a failed write.
 pub(crate) struct Answer {
     result: Result<Vec<Appended>, StoreError>,
     spent: Vec<AppendRequest>,
 }
 
 impl Reply {
-    /// Answers the append (its requests, if any, are dropped here).
+    /// Answers the append (the writer drops its requests).
     pub fn send(self, result: Result<Vec<Appended>, StoreError>) {
         self.send_back(result, Vec::new());
     }

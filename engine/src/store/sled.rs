@@ -822,7 +822,12 @@ impl Writer {
                 }
             }
         }
-        if staged.is_empty() {
+        if stage.sealed.is_empty() {
+            // Nothing to write: every append staged was empty
+            // (`append_atomic(vec![])`), and is answered as done.
+            for (reply, appended) in staged {
+                reply.send(Ok(appended));
+            }
             return true;
         }
         let (position, hash) = (stage.position, stage.hash);

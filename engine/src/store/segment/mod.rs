@@ -166,7 +166,10 @@ fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
         return Err(StoreError::io("write file", e));
     }
-    std::fs::rename(&tmp, path).map_err(io("rename file"))?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(StoreError::io("rename file", e));
+    }
     sync_dir(dir)
 }
 
@@ -1236,6 +1239,11 @@ impl Writer {
         }
         (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
         let Some(last) = self.frames.last_mut() else {
+            // Nothing to write: every append staged was empty
+            // (`append_atomic(vec![])`), and is answered as done.
+            for (reply, appended, requests) in staged {
+                reply.send_back(Ok(appended), requests);
+            }
             return true;
         };
         last.meta.group_end = true;
@@ -1816,20 +1824,33 @@ mod index_tests {
         }
     }
 
-    /// A group larger than the writer keeps buffers for (one atomic append
-    /// of ~10 MB) is written whole, its buffers are let go, and the groups
-    /// after it are written and read back as usual.
-    #[test]
-    fn a_group_past_the_kept_buffer_size_is_written_and_the_next_too() {
+    /// A new segment store in a temporary directory, a current-thread
+    /// runtime, and the store's log of `school-a`.
+    fn fresh_log() -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Arc<SegmentStore>,
+        Arc<SegmentLog>,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
         let store = SegmentStore::open(dir.path(), true).unwrap();
         let log = store.log("school-a").unwrap();
+        (dir, rt, store, log)
+    }
+
+    /// A group larger than the writer keeps buffers for (one atomic append
+    /// of ~10 MB) is written whole, its buffers are let go, and the groups
+    /// after it are written and read back as usual.
+    #[test]
+    fn a_group_past_the_kept_buffer_size_is_written_and_the_next_too() {
+        let (dir, rt, store, log) = fresh_log();
         let mut big = request(1..10_001);
         for e in &mut big.events {
-            e.payload = vec![0xc4, 0xff].into_iter().chain([7u8; 1_000]).collect();
+            // MessagePack `bin 16` of 1,000 bytes.
+            e.payload = [0xc5, 0x03, 0xe8].into_iter().chain([7u8; 1_000]).collect();
         }
         rt.block_on(log.append_atomic(vec![big])).unwrap();
         assert!(
@@ -1842,7 +1863,7 @@ mod index_tests {
         assert_eq!(head.position, 10_002);
         let first = rt.block_on(log.read_all(1, 10_000)).unwrap();
         assert_eq!(first.len(), 10_000);
-        assert!(first.iter().all(|e| e.payload.len() == 1_002));
+        assert!(first.iter().all(|e| e.payload.len() == 1_003));
         let rest = rt.block_on(log.read_all(10_001, 10)).unwrap();
         let ids: Vec<u128> = rest.iter().map(|e| e.event_id.as_u128()).collect();
         assert_eq!(ids, [10_001, 10_002]);
@@ -1863,12 +1884,7 @@ mod index_tests {
     /// than the index can hold is an error, not a panic.
     #[test]
     fn a_log_at_its_most_events_refuses_before_writing() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let store = SegmentStore::open(dir.path(), true).unwrap();
-        let log = store.log("school-a").unwrap();
+        let (_dir, rt, store, log) = fresh_log();
         log.state.write().unwrap().index.max_events = 3;
         rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
         let size = store.size_on_disk().unwrap();
