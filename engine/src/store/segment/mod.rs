@@ -1142,6 +1142,40 @@ impl Writer {
         }
     }
 
+    /// Makes room in the index's id map for `adding` more ids before they
+    /// are pushed, when the map would otherwise grow inside the push: the
+    /// copy into a map twice the size is made under the read lock, so that
+    /// reads go on meanwhile, and only the swap takes the write lock. (A
+    /// map growing in place rehashes every id under the write lock: tens of
+    /// ms at 2M ids, every read of the school waiting.) Only this thread
+    /// changes the index of an open log, so nothing is pushed between the
+    /// copy and the swap.
+    fn grow_ids_ahead(&self, adding: usize) {
+        let bigger = {
+            let Ok(state) = self.state.read() else {
+                return;
+            };
+            let ids = &state.index.ids;
+            let wanted = ids.len().saturating_add(adding);
+            if wanted <= ids.capacity() {
+                return;
+            }
+            let mut bigger: HashMap<Uuid, u32, IdHash> = HashMap::with_capacity_and_hasher(
+                // Twice the room, as the map's own growth would give.
+                wanted.max(ids.capacity().saturating_mul(2)),
+                IdHash::default(),
+            );
+            bigger.extend(ids.iter().map(|(&id, &p)| (id, p)));
+            bigger
+        };
+        let old = match self.state.write() {
+            Ok(mut state) => std::mem::replace(&mut state.index.ids, bigger),
+            Err(_) => return,
+        };
+        // The old map is freed here, outside the lock.
+        drop(old);
+    }
+
     /// Frees the group buffers when the last group was far larger than
     /// usual (one large atomic append), instead of keeping them for the
     /// next: what a usual group needs is kept, up to [`KEPT_GROUP_BUFFER`].
@@ -1251,6 +1285,7 @@ impl Writer {
         let result = self.write_group();
         match result {
             Ok(()) => {
+                self.grow_ids_ahead(self.frames.len());
                 let base = self.end;
                 let seg_no;
                 {
@@ -1839,6 +1874,34 @@ mod index_tests {
         let store = SegmentStore::open(dir.path(), true).unwrap();
         let log = store.log("school-a").unwrap();
         (dir, rt, store, log)
+    }
+
+    /// The id map is grown ahead of the pushes that would fill it (a copy
+    /// under the read lock, then a swap): across many growths every id
+    /// stays found at its position, and no push grows the map itself.
+    #[test]
+    fn ids_survive_the_id_map_growing_ahead_of_the_pushes() {
+        let (_dir, rt, _store, log) = fresh_log();
+        let mut next = 1u128;
+        let mut capacities = Vec::new();
+        while next <= 5_000 {
+            let end = (next + 300).min(5_001);
+            rt.block_on(log.append_atomic(vec![request(next..end)]))
+                .unwrap();
+            next = end;
+            let state = log.state.read().unwrap();
+            assert!(state.index.ids.capacity() >= state.index.ids.len());
+            capacities.push(state.index.ids.capacity());
+        }
+        capacities.dedup();
+        assert!(
+            capacities.len() >= 4,
+            "the map grew several times: {capacities:?}"
+        );
+        for id in 1..=5_000u128 {
+            let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
+            assert_eq!(found.map(|e| e.position), Some(id as u64), "id {id}");
+        }
     }
 
     /// A group larger than the writer keeps buffers for (one atomic append
