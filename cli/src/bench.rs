@@ -127,6 +127,11 @@ pub(crate) trait Engine: Send + Sync {
     async fn raw_scan_decode(&self) -> Result<u64, Failure>;
     /// Bytes the store occupies on disk.
     async fn disk_bytes(&self) -> Result<u64, Failure>;
+    /// Bytes the engine's in-memory index takes, where it has one (the
+    /// segment engine; sled and PostgreSQL keep theirs on disk).
+    fn index_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The raw ceiling writer.
@@ -642,6 +647,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     drop(pipeline);
     let import_ev_s = per_s(imported, timed);
     let disk_bytes = engine.disk_bytes().await?;
+    let index_mb = engine.index_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
+    if let Some(mb) = index_mb {
+        eprintln!("bench:   segment index: {mb:.1} MB in memory (from table capacities)");
+    }
     done(t, format!("{import_ev_s:.0} events/s"));
 
     // Replay: raw scan + decode, then a cold rebuild of every projection.
@@ -795,6 +804,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         "timeline_with_access_log_p50_us": percentile_us(&with_log, 0.50),
         "timeline_with_access_log_p99_us": percentile_us(&with_log, 0.99),
         "case_payload_bytes_per_event": case_payload_bytes,
+        "index_mb": index_mb,
         "elapsed_s": run_started.elapsed().as_secs_f64(),
     });
     if let (Value::Object(m), Value::Object(e)) = (&mut doc, extra) {

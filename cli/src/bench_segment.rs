@@ -65,14 +65,13 @@ impl Engine for SegmentEngine {
         Ok(n)
     }
 
-    /// Also reports the index's memory (called right after the import).
     async fn disk_bytes(&self) -> Result<u64, Failure> {
-        eprintln!(
-            "bench:   segment index: {:.1} MB in memory (from table capacities)",
-            self.log.index_bytes() as f64 / (1024.0 * 1024.0)
-        );
         allocated_bytes(&self.dir)
             .map_err(|e| Failure::Store(format!("cannot size {}: {e}", self.dir.display())))
+    }
+
+    fn index_bytes(&self) -> Option<u64> {
+        Some(self.log.index_bytes())
     }
 }
 

@@ -99,6 +99,7 @@ fn bench_runs_on_sled() {
     let (doc, tmp) = run_bench(&["--backend", "sled"]);
     assert_eq!(doc["backend"], "sled", "{doc}");
     assert_eq!(doc["events"], 2000, "{doc}");
+    assert!(doc["index_mb"].is_null(), "sled's index is on disk: {doc}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }
@@ -110,6 +111,12 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     assert_eq!(doc["writers"], 8, "{doc}");
     assert_eq!(doc["backend"], "segment", "{doc}");
     assert!(number(&doc, "timeline_p99_us") >= number(&doc, "timeline_p50_us"));
+    // The segment engine's in-memory index, a part of the peak.
+    let index_mb = number(&doc, "index_mb");
+    assert!(
+        index_mb > 0.0 && index_mb < number(&doc, "peak_rss_mb"),
+        "{doc}"
+    );
     // The appends ran in rounds: a slice of single appends beside as many
     // fdatasyncs of the probe, then a slice of the concurrent writers'; each
     // rate is that of the rounds together.
