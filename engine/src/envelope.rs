@@ -279,7 +279,8 @@ impl<'a> Body<'a> {
 /// The stored value of `new` sealed at `position`/`version` after
 /// `prev_hash` (`body || hash`) and its hash: the bytes of
 /// [`StoredEvent::seal`], encoded straight from the new event (no copy of
-/// its strings or payload) into one buffer of the right size.
+/// its strings or payload) into one buffer of the right size (reserved by
+/// [`seal_into`]).
 pub fn seal_bytes(
     new: &NewEvent,
     stream: StreamId,
@@ -288,7 +289,7 @@ pub fn seal_bytes(
     recorded_at: DateTime<Utc>,
     prev_hash: Hash,
 ) -> Result<(Hash, Vec<u8>), CodecError> {
-    let mut bytes = Vec::with_capacity(body_capacity(&new.actor, &new.event_type, &new.payload));
+    let mut bytes = Vec::new();
     let hash = seal_into(
         &mut bytes,
         new,

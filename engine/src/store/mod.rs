@@ -577,6 +577,10 @@ pub(crate) async fn submit(
     sender: Option<&mpsc::Sender<Commit>>,
     requests: Vec<AppendRequest>,
 ) -> Result<Vec<Appended>, StoreError> {
+    if requests.is_empty() {
+        // An atomic append of nothing is done: no group, no write.
+        return Ok(Vec::new());
+    }
     let sender = sender.ok_or(StoreError::WriterStopped)?;
     let (reply, answer) = oneshot::channel();
     sender

@@ -822,12 +822,7 @@ impl Writer {
                 }
             }
         }
-        if stage.sealed.is_empty() {
-            // Nothing to write: every append staged was empty
-            // (`append_atomic(vec![])`), and is answered as done.
-            for (reply, appended) in staged {
-                reply.send(Ok(appended));
-            }
+        if staged.is_empty() {
             return true;
         }
         let (position, hash) = (stage.position, stage.hash);

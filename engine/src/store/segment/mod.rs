@@ -1273,11 +1273,6 @@ impl Writer {
         }
         (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
         let Some(last) = self.frames.last_mut() else {
-            // Nothing to write: every append staged was empty
-            // (`append_atomic(vec![])`), and is answered as done.
-            for (reply, appended, requests) in staged {
-                reply.send_back(Ok(appended), requests);
-            }
             return true;
         };
         last.meta.group_end = true;
