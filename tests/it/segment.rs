@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use casebook_engine::envelope::StreamId;
-use casebook_engine::store::segment::{SegmentLog, SegmentOptions, SegmentStore, MARKER_FILE};
+use casebook_engine::store::segment::{
+    SegmentLog, SegmentOptions, SegmentStore, MARKER_FILE, SNAPSHOT_MIN_EVENTS,
+};
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion, StreamVisitor};
 use casebook_engine::StoreError;
 use casebook_engine::{EventRef, StoredEvent};
@@ -23,7 +25,20 @@ fn open(dir: &Path) -> Result<Arc<SegmentLog>, StoreError> {
 }
 
 fn open_small(dir: &Path, segment_bytes: u64) -> Result<Arc<SegmentLog>, StoreError> {
-    SegmentStore::open_with(dir, true, SegmentOptions { segment_bytes })?.log(SCHOOL)
+    open_with(dir, segment_bytes, SNAPSHOT_MIN_EVENTS)
+}
+
+fn open_with(
+    dir: &Path,
+    segment_bytes: u64,
+    snapshot_min_events: u64,
+) -> Result<Arc<SegmentLog>, StoreError> {
+    let options = SegmentOptions {
+        segment_bytes,
+        snapshot_min_events,
+        ..SegmentOptions::default()
+    };
+    SegmentStore::open_with(dir, true, options)?.log(SCHOOL)
 }
 
 fn log_dir(dir: &Path) -> PathBuf {
@@ -679,6 +694,7 @@ fn copy_into_a_log_with_preallocated_zeros() {
             true,
             SegmentOptions {
                 segment_bytes: 2_000,
+                ..SegmentOptions::default()
             },
         )
         .unwrap();
@@ -694,6 +710,7 @@ fn copy_into_a_log_with_preallocated_zeros() {
             true,
             SegmentOptions {
                 segment_bytes: 2_000,
+                ..SegmentOptions::default()
             },
         )
         .unwrap();
@@ -705,4 +722,317 @@ fn copy_into_a_log_with_preallocated_zeros() {
         assert_eq!(log.read_all(1, 10_000).await.unwrap(), events);
         assert!(log.verify(&|_| {}).await.unwrap().ok);
     });
+}
+
+// ---- the index snapshot -------------------------------------------------------
+
+/// Everything the index answers, read through the log: every event by
+/// `read_all`, each stream by `read_stream` and `stream_version`, each id
+/// by `find_event`, and the head.
+async fn index_answers(
+    log: &SegmentLog,
+    streams: u32,
+) -> (
+    Vec<StoredEvent>,
+    Vec<(u64, Vec<StoredEvent>)>,
+    Vec<Option<u64>>,
+    u64,
+) {
+    let all = log.read_all(1, 100_000).await.unwrap();
+    let mut per_stream = Vec::new();
+    for s in 0..streams {
+        let stream = pupil(s);
+        per_stream.push((
+            log.stream_version(stream).await.unwrap(),
+            log.read_stream(stream, 1, 100_000).await.unwrap(),
+        ));
+    }
+    let mut found = Vec::new();
+    for e in &all {
+        found.push(
+            log.find_event(e.event_id)
+                .await
+                .unwrap()
+                .map(|f| f.position),
+        );
+    }
+    let head = log.head().await.unwrap().position;
+    (all, per_stream, found, head)
+}
+
+fn snapshot_path(dir: &Path) -> PathBuf {
+    log_dir(dir).join("index")
+}
+
+/// A log closed with enough appends writes its index snapshot; the next
+/// open reads the index from it (and scans nothing), and answers every
+/// read, every id and every version exactly as an index rebuilt from the
+/// segments does; an id it holds is still refused as a duplicate, and the
+/// chain verifies.
+#[test]
+fn a_snapshot_opens_the_same_index_as_a_full_scan() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    rt.block_on(async {
+        let log = open_with(dir, 1_500, 1).unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        for i in 0..40u32 {
+            append_n(log.as_ref(), i % 7, i * 10, 1 + i % 4).await;
+        }
+    });
+    assert!(segments(dir).len() >= 3, "the log did not roll");
+    assert!(snapshot_path(dir).exists(), "no snapshot written at close");
+    let from_snapshot = rt.block_on(async {
+        let log = open_with(dir, 1_500, 1).unwrap();
+        let head = log.head().await.unwrap().position;
+        assert_eq!(log.opened_from_snapshot(), Some(head));
+        let answers = index_answers(&log, 8).await;
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+        // An id the snapshot holds is a duplicate.
+        let dup = log
+            .append(AppendRequest {
+                stream: pupil(9),
+                expected: ExpectedVersion::Any,
+                events: vec![{
+                    let mut e = contact(7_777);
+                    e.event_id = answers.0[5].event_id;
+                    e
+                }],
+            })
+            .await;
+        assert!(
+            matches!(dup, Err(StoreError::DuplicateEventId { .. })),
+            "{dup:?}"
+        );
+        answers
+    });
+    // Snapshots switched off: a full scan, the same answers, and the
+    // snapshot is not rewritten at close (nothing was appended).
+    let before = std::fs::read(snapshot_path(dir)).unwrap();
+    let scanned = rt.block_on(async {
+        let options = SegmentOptions {
+            segment_bytes: 1_500,
+            snapshot_min_events: 1,
+            read_snapshot: false,
+        };
+        let log = SegmentStore::open_with(dir, true, options)
+            .unwrap()
+            .log(SCHOOL)
+            .unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        index_answers(&log, 8).await
+    });
+    assert_eq!(from_snapshot, scanned);
+    assert_eq!(std::fs::read(snapshot_path(dir)).unwrap(), before);
+    std::fs::remove_file(snapshot_path(dir)).unwrap();
+    let rebuilt = rt.block_on(async {
+        let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        index_answers(&log, 8).await
+    });
+    assert_eq!(from_snapshot, rebuilt);
+    assert!(from_snapshot
+        .1
+        .iter()
+        .all(|(v, evs)| *v == evs.len() as u64));
+}
+
+/// A snapshot behind the log (appends after it, below the threshold, and
+/// a segment roll after it) is used, and the frames after it are scanned:
+/// the same answers as a full rebuild; a torn group after it is cut as
+/// without a snapshot.
+#[test]
+fn a_snapshot_behind_the_log_is_used_and_the_rest_scanned() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let at_snapshot = rt.block_on(async {
+        let log = open_with(dir, 1_500, 1).unwrap();
+        for i in 0..20u32 {
+            append_n(log.as_ref(), i % 5, i * 10, 1 + i % 3).await;
+        }
+        log.head().await.unwrap().position
+    });
+    let segments_then = segments(dir).len();
+    rt.block_on(async {
+        let log = open_with(dir, 1_500, 1_000_000).unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(at_snapshot));
+        for i in 20..45u32 {
+            append_n(log.as_ref(), i % 6, i * 10, 1 + i % 3).await;
+        }
+    });
+    assert!(
+        segments(dir).len() > segments_then,
+        "no roll after the snapshot"
+    );
+    // A torn group at the end: a frame's first bytes.
+    let last = segments(dir).pop().unwrap();
+    let mut bytes = std::fs::read(&last).unwrap();
+    let closed_len = bytes.len();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&last, &bytes).unwrap();
+    let used = rt.block_on(async {
+        let log = open_with(dir, 1_500, 1_000_000).unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(at_snapshot));
+        assert!(log.head().await.unwrap().position > at_snapshot);
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+        index_answers(&log, 8).await
+    });
+    assert_eq!(std::fs::metadata(&last).unwrap().len() as usize, closed_len);
+    std::fs::remove_file(snapshot_path(dir)).unwrap();
+    let rebuilt = rt.block_on(async {
+        let log = open_with(dir, 1_500, 1_000_000).unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        index_answers(&log, 8).await
+    });
+    assert_eq!(used, rebuilt);
+}
+
+/// A snapshot that is damaged, cut short, of another log, or that covers
+/// more than the segments hold is not used: the index is rebuilt from the
+/// segments with the same answers; and events lost after a snapshot are
+/// still refused (by the watermark), not opened from the snapshot.
+#[test]
+fn a_damaged_or_foreign_snapshot_is_ignored_and_loss_still_refused() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let other = tmp.path().join("other");
+    for (d, salt) in [(dir, 0u32), (other.as_path(), 1)] {
+        rt.block_on(async {
+            let log = open_with(d, 1_500, 1).unwrap();
+            for i in 0..20u32 {
+                // The same frame sizes in both logs, other events.
+                append_n(log.as_ref(), i % 5, 10 + i * 10 + salt, 1 + i % 3).await;
+            }
+        });
+    }
+    let good = std::fs::read(snapshot_path(dir)).unwrap();
+    let expected = rt.block_on(async {
+        let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert!(log.opened_from_snapshot().is_some());
+        index_answers(&log, 6).await
+    });
+    let mut flipped = good.clone();
+    flipped[good.len() / 2] ^= 0x40;
+    let foreign = std::fs::read(snapshot_path(&other)).unwrap();
+    assert_eq!(foreign.len(), good.len(), "the two logs differ in shape");
+    for (what, bytes) in [
+        ("a flipped byte", flipped),
+        ("cut short", good[..good.len() - 10].to_vec()),
+        ("another log's", foreign),
+        ("empty", Vec::new()),
+    ] {
+        std::fs::write(snapshot_path(dir), &bytes).unwrap();
+        rt.block_on(async {
+            let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
+            assert_eq!(log.opened_from_snapshot(), None, "{what}");
+            assert_eq!(index_answers(&log, 6).await, expected, "{what}");
+        });
+    }
+    // Acknowledged events lost from the last segment: the snapshot no
+    // longer matches, and the full scan's watermark check refuses.
+    std::fs::write(snapshot_path(dir), &good).unwrap();
+    let last = segments(dir).pop().unwrap();
+    let len = std::fs::metadata(&last).unwrap().len();
+    let file = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
+    file.set_len(len / 2).unwrap();
+    let err = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS)
+        .err()
+        .expect("opened");
+    assert!(err.to_string().contains("lost"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Any bytes as the snapshot file: the log opens (never a panic) with
+    /// the index its segments give.
+    #[test]
+    fn random_snapshot_bytes_never_panic_and_change_nothing(
+        flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..4),
+        cut in any::<prop::sample::Index>(),
+        garbage in prop::collection::vec(any::<u8>(), 0..200),
+        mode in 0u8..3,
+    ) {
+        let rt = rt();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let expected = rt.block_on(async {
+            let log = open_with(dir, 1_500, 1).unwrap();
+            for i in 0..12u32 {
+                append_n(log.as_ref(), i % 4, i * 10, 1 + i % 3).await;
+            }
+            index_answers(&log, 5).await
+        });
+        let good = std::fs::read(snapshot_path(dir)).unwrap();
+        let bytes = match mode {
+            0 => {
+                let mut b = good.clone();
+                for (at, x) in &flips {
+                    let i = at.index(b.len());
+                    b[i] ^= x;
+                }
+                b
+            }
+            1 => good[..cut.index(good.len())].to_vec(),
+            _ => {
+                let mut b = good[..cut.index(good.len())].to_vec();
+                b.extend_from_slice(&garbage);
+                b
+            }
+        };
+        let unchanged = bytes == good;
+        std::fs::write(snapshot_path(dir), &bytes).unwrap();
+        let (answers, used) = rt.block_on(async {
+            let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
+            (index_answers(&log, 5).await, log.opened_from_snapshot())
+        });
+        prop_assert_eq!(answers, expected);
+        prop_assert_eq!(used.is_some(), unchanged);
+    }
+}
+
+/// Damage to a frame the snapshot covers: the open (which reads only the
+/// snapshot's last frame) succeeds, but reading the frame and `verify`
+/// fail naming the segment file, and a full-scan open refuses as ever.
+#[test]
+fn damage_under_a_snapshot_is_found_by_reads_and_verify() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    rt.block_on(async {
+        let log = open_with(dir, 1_500, 1).unwrap();
+        for i in 0..20u32 {
+            append_n(log.as_ref(), i % 5, i * 10, 1 + i % 3).await;
+        }
+    });
+    let first = segments(dir)[0].clone();
+    let mut bytes = std::fs::read(&first).unwrap();
+    bytes[100] ^= 0x20;
+    std::fs::write(&first, &bytes).unwrap();
+    rt.block_on(async {
+        let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert!(log.opened_from_snapshot().is_some());
+        let read = log.read_all(1, 10_000).await.expect_err("read the damage");
+        assert!(
+            corrupt_location(read).contains("00000000000000000001.seg"),
+            "the read does not name the segment"
+        );
+        match log.verify(&|_| {}).await {
+            Ok(report) => assert!(!report.ok, "verify passed over the damage"),
+            Err(e) => assert!(e.to_string().contains(".seg"), "{e}"),
+        }
+    });
+    let options = SegmentOptions {
+        segment_bytes: 1_500,
+        read_snapshot: false,
+        ..SegmentOptions::default()
+    };
+    let full = SegmentStore::open_with(dir, true, options).and_then(|s| s.log(SCHOOL));
+    assert!(
+        corrupt_location(full.err().expect("opened")).contains("00000000000000000001.seg"),
+        "the full scan did not name the segment"
+    );
 }

@@ -63,7 +63,7 @@ impl SegmentStore {
         if created {
             sync_dir(&logs)?;
         }
-        let rec = recover(&dir)?;
+        let rec = recover(&dir, self.options.read_snapshot)?;
         let Some(last) = rec.segments.last() else {
             return Err(refused(school, "the log has no segment".into()));
         };

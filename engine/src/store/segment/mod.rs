@@ -9,6 +9,7 @@
 //! DIR/casebook.lock                      the process lock (shared with sled)
 //! DIR/logs/<school>/<first position, 20 digits>.seg
 //! DIR/logs/<school>/head                 the head watermark
+//! DIR/logs/<school>/index                the index snapshot (snapshot.rs)
 //! DIR/logs/<school>/checkpoints/<hex of name>
 //! ```
 //!
@@ -20,13 +21,19 @@
 //! use, so a read never sees an event that is not durable.
 //!
 //! Architecture Invariant: the index in memory is derived from the segment
-//! files only (rebuilt on open); the files are never rewritten, only
-//! appended to, and truncated only at an unacknowledged torn tail.
+//! files only (rebuilt on open, or read from the index snapshot a clean
+//! close wrote from it: [`snapshot`], checked against the segments and
+//! ignored when it does not match); the segment files are never
+//! rewritten, only appended to, and truncated only at an unacknowledged
+//! torn tail.
 
 mod copy_in;
 mod dense;
 pub mod frame;
 pub mod raw;
+mod snapshot;
+
+pub use snapshot::FULL_SCAN_ENV;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -100,16 +107,30 @@ pub const WATERMARK_INTERVAL: Duration = Duration::from_secs(1);
 /// Longest checkpoint name (it becomes a hex file name).
 pub const MAX_CHECKPOINT_NAME: usize = 100;
 
-/// Options of a segment store (tests shrink the segment size).
+/// Events appended since the last index snapshot (or since none) before
+/// a clean close writes a new one; at least an eighth of the snapshot's
+/// head too, so that a large log is not rewritten for every few appends.
+pub const SNAPSHOT_MIN_EVENTS: u64 = 65_536;
+
+/// Options of a segment store (tests shrink the segment size and the
+/// snapshot threshold).
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentOptions {
     pub segment_bytes: u64,
+    /// [`SNAPSHOT_MIN_EVENTS`].
+    pub snapshot_min_events: u64,
+    /// Whether an open reads the log's index snapshot; `false` rebuilds
+    /// the index from every frame of every segment (default: `true`,
+    /// unless [`FULL_SCAN_ENV`] is set).
+    pub read_snapshot: bool,
 }
 
 impl Default for SegmentOptions {
     fn default() -> Self {
         SegmentOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
+            snapshot_min_events: SNAPSHOT_MIN_EVENTS,
+            read_snapshot: std::env::var_os(FULL_SCAN_ENV).is_none(),
         }
     }
 }
@@ -414,6 +435,18 @@ impl Default for IdHash {
     }
 }
 
+impl IdHash {
+    /// Hashing with a given seed (an index snapshot's, so that its ids
+    /// read back into the buckets they were written from).
+    pub(crate) fn with_seed(seed: u64) -> IdHash {
+        IdHash { seed: seed | 1 }
+    }
+
+    pub(crate) fn seed(&self) -> u64 {
+        self.seed
+    }
+}
+
 impl std::hash::BuildHasher for IdHash {
     type Hasher = IdHasher;
     fn build_hasher(&self) -> IdHasher {
@@ -681,6 +714,9 @@ struct Recovered {
     /// group did not reach, or a torn group whose pages never reached the
     /// disk): nothing was being written there.
     torn_zero: bool,
+    /// The head of the index snapshot the index started from (`None`:
+    /// rebuilt from every segment).
+    snapshot_head: Option<u64>,
 }
 
 /// Whether every byte of `seg` from `from` to `file_len` is zero.
@@ -700,18 +736,19 @@ fn zero_from(seg: &Segment, from: u64, file_len: u64) -> Result<bool, StoreError
     Ok(true)
 }
 
-/// Scans one segment, pushing every frame of a complete group into
-/// `index`. Returns the offset after the last complete group and, if the
+/// Scans one segment from byte `from` (the start of a group), pushing
+/// every frame of a complete group into `index`. Returns the offset after the last complete group and, if the
 /// scan stopped at damage, its offset and description.
 fn scan_segment(
     seg: &Segment,
     seg_no: u32,
     index: &mut Index,
+    from: u64,
 ) -> Result<(u64, Option<(u64, String)>), StoreError> {
     let file_len = seg.file.metadata().map_err(io("open log"))?.len();
     let mut reader = SeqReader::new(&seg.file, file_len);
-    let mut offset = 0u64;
-    let mut group_end = 0u64;
+    let mut offset = from;
+    let mut group_end = from;
     let mut pending: Vec<(FrameMeta, Loc, Hash)> = Vec::new();
     while offset < file_len {
         let bytes = reader
@@ -776,55 +813,100 @@ fn valid_frame_after(seg: &Segment, bad: u64, first: u64) -> Result<bool, StoreE
     Ok(false)
 }
 
-fn recover(dir: &Path) -> Result<Recovered, StoreError> {
-    recover_at_most(dir, MAX_POSITIONS)
+fn recover(dir: &Path, read_snapshot: bool) -> Result<Recovered, StoreError> {
+    recover_at_most(dir, MAX_POSITIONS, read_snapshot)
 }
 
 /// [`recover`] into an index that holds at most `max_events` (a log with
 /// more is reported corrupt, not cut).
-fn recover_at_most(dir: &Path, max_events: u64) -> Result<Recovered, StoreError> {
-    let mut index = Index {
-        head_hash: GENESIS_HASH,
-        max_events,
-        ..Index::default()
-    };
-    let mut segments = Vec::new();
+///
+/// When the log's index snapshot (`snapshot.rs`) is whole and matches the
+/// segment files (the segments it covers hold exactly its lengths, the
+/// last at least, and the frame at its head carries its head hash), the
+/// index starts from it and only the frames after it are scanned;
+/// otherwise every segment is scanned from its first byte.
+fn recover_at_most(
+    dir: &Path,
+    max_events: u64,
+    read_snapshot: bool,
+) -> Result<Recovered, StoreError> {
     let names = list_segments(dir)?;
     if names.is_empty() {
-        segments.push(Arc::new(create_segment(dir, 1)?));
+        let index = Index {
+            head_hash: GENESIS_HASH,
+            max_events,
+            ..Index::default()
+        };
         return Ok(Recovered {
             index,
-            segments,
+            segments: vec![Arc::new(create_segment(dir, 1)?)],
             end: 0,
             torn: 0,
             torn_zero: true,
+            snapshot_head: None,
         });
     }
-    let count = names.len();
-    let mut end = 0;
-    let mut torn = 0;
-    let mut torn_zero = true;
-    for (i, (first, path)) in names.into_iter().enumerate() {
-        let last = i + 1 == count;
-        let next = index.head() + 1;
-        if first != next {
-            return Err(corrupt(
-                &path,
-                None,
-                format!(
-                    "segment starts at position {first} but the log before it ends at position {}",
-                    next - 1
-                ),
-            ));
-        }
+    let mut opened = Vec::with_capacity(names.len());
+    for (first, path) in names {
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&path)
             .map_err(io("open segment"))?;
-        let seg = Segment { path, file };
-        let file_len = seg.file.metadata().map_err(io("open log"))?.len();
-        let (group_end, damage) = scan_segment(&seg, i as u32, &mut index)?;
+        let len = file.metadata().map_err(io("open log"))?.len();
+        opened.push((first, Segment { path, file }, len));
+    }
+    let snapshot = if read_snapshot {
+        usable_snapshot(dir, &opened, max_events)
+    } else {
+        None
+    };
+    let snapshot_head = snapshot.as_ref().map(|s| s.index.head());
+    // The snapshot's last segment is scanned from where it ended; the
+    // segments before it not at all.
+    let (mut index, resume) = match snapshot {
+        Some(s) => {
+            let last = s.segments.len() - 1;
+            (s.index, Some((last, s.segments[last].len)))
+        }
+        None => (
+            Index {
+                head_hash: GENESIS_HASH,
+                max_events,
+                ..Index::default()
+            },
+            None,
+        ),
+    };
+    let count = opened.len();
+    let mut segments = Vec::with_capacity(count);
+    let mut end = 0;
+    let mut torn = 0;
+    let mut torn_zero = true;
+    for (i, (first, seg, file_len)) in opened.into_iter().enumerate() {
+        let last = i + 1 == count;
+        let from = match resume {
+            Some((r, _)) if i < r => {
+                segments.push(Arc::new(seg));
+                continue;
+            }
+            Some((r, len)) if i == r => len,
+            _ => {
+                let next = index.head() + 1;
+                if first != next {
+                    return Err(corrupt(
+                        &seg.path,
+                        None,
+                        format!(
+                            "segment starts at position {first} but the log before it ends at position {}",
+                            next - 1
+                        ),
+                    ));
+                }
+                0
+            }
+        };
+        let (group_end, damage) = scan_segment(&seg, i as u32, &mut index, from)?;
         if !last {
             if let Some((at, what)) = damage {
                 return Err(corrupt(&seg.path, Some(at), format!("{what} (damage before the log's tail: acknowledged events are affected; restore from a backup)")));
@@ -860,7 +942,43 @@ fn recover_at_most(dir: &Path, max_events: u64) -> Result<Recovered, StoreError>
         end,
         torn,
         torn_zero,
+        snapshot_head,
     })
+}
+
+/// The log's index snapshot, if it is whole and matches `segments` (first
+/// position, file length, and size of each): every segment it covers
+/// but the last exactly as long as it says, the last at least as long,
+/// and the frame at its head holding its head hash. Anything else and the
+/// index is rebuilt from the segments (nothing is refused here: the
+/// snapshot is derived data; the watermark guards against loss).
+fn usable_snapshot(
+    dir: &Path,
+    segments: &[(u64, Segment, u64)],
+    max_events: u64,
+) -> Option<snapshot::Loaded> {
+    let loaded = snapshot::load(dir, max_events).ok()??;
+    let covered = loaded.segments.len();
+    if covered == 0 || covered > segments.len() {
+        return None;
+    }
+    for (i, (snap, (first, _, file_len))) in loaded.segments.iter().zip(segments).enumerate() {
+        let whole = if i + 1 == covered {
+            *file_len >= snap.len
+        } else {
+            *file_len == snap.len
+        };
+        if snap.first != *first || !whole {
+            return None;
+        }
+    }
+    let head = loaded.index.head();
+    let loc = *loaded.index.locs.get((head - 1) as usize)?;
+    let (_, seg, _) = segments.get(loc.seg as usize)?;
+    match read_event(seg, loc, head) {
+        Ok(ev) if ev.hash == loaded.index.head_hash => Some(loaded),
+        _ => None,
+    }
 }
 
 // ---- the log --------------------------------------------------------------
@@ -874,6 +992,7 @@ pub struct SegmentLog {
     head_rx: watch::Receiver<u64>,
     sender: Option<mpsc::Sender<Commit>>,
     writer: Option<JoinHandle<()>>,
+    snapshot_head: Option<u64>,
 }
 
 impl SegmentLog {
@@ -890,7 +1009,7 @@ impl SegmentLog {
                 sync_dir(parent)?;
             }
         }
-        let rec = recover(dir)?;
+        let rec = recover(dir, options.read_snapshot)?;
         let head = rec.index.head();
         // The watermark, checked before anything is cut.
         let wm_path = dir.join(WATERMARK_FILE);
@@ -952,6 +1071,7 @@ impl SegmentLog {
                 .timestamp_micros()
         };
         let hash = rec.index.head_hash;
+        let snapshot_head = rec.snapshot_head;
         let state = Arc::new(RwLock::new(State {
             index: rec.index,
             segments: rec.segments,
@@ -976,6 +1096,16 @@ impl SegmentLog {
             watermark: wm_file,
             watermark_at: Instant::now(),
             watermark_position: watermark.map_or(0, |(p, _)| p),
+            // Counted from the snapshot read, or from this open when
+            // snapshots were not to be read (so that a full scan by choice
+            // does not rewrite a good snapshot at every close); from 0
+            // when there was none usable.
+            snapshot_head: match snapshot_head {
+                Some(h) => h,
+                None if !options.read_snapshot => head,
+                None => 0,
+            },
+            snapshot_min_events: options.snapshot_min_events,
         };
         let handle = std::thread::Builder::new()
             .name(format!("casebook-segment-writer-{school}"))
@@ -989,7 +1119,15 @@ impl SegmentLog {
             head_rx,
             sender: Some(sender),
             writer: Some(handle),
+            snapshot_head,
         })
+    }
+
+    /// The head of the index snapshot this log's index was read from when
+    /// it was opened; `None` when it was rebuilt from every segment (no
+    /// usable snapshot, or [`FULL_SCAN_ENV`] set).
+    pub fn opened_from_snapshot(&self) -> Option<u64> {
+        self.snapshot_head
     }
 
     /// The school this log belongs to.
@@ -1107,6 +1245,9 @@ struct Writer {
     watermark: File,
     watermark_at: Instant,
     watermark_position: u64,
+    /// Head of the index snapshot on disk (0: none usable).
+    snapshot_head: u64,
+    snapshot_min_events: u64,
 }
 
 impl Writer {
@@ -1138,7 +1279,36 @@ impl Writer {
         if !failed {
             // Best effort: a closed segment ends at its last group. Zeros
             // left by a failure here are cut by the next open.
-            let _ = self.cut_preallocated();
+            if self.cut_preallocated().is_ok() {
+                self.write_snapshot();
+            }
+        }
+    }
+
+    /// At a clean close: writes the index snapshot when enough events were
+    /// appended since the last one ([`SNAPSHOT_MIN_EVENTS`], and an eighth
+    /// of its head). Best effort: the snapshot is derived data, and a
+    /// failure leaves the old one (or none), which the next open checks
+    /// against the segments anyway.
+    fn write_snapshot(&mut self) {
+        let due = self
+            .snapshot_head
+            .saturating_add(self.snapshot_min_events.max(self.snapshot_head / 8));
+        if self.position == 0 || self.position < due {
+            return;
+        }
+        let Ok(state) = self.state.read() else {
+            return;
+        };
+        let Some(segments) = snapshot::segments_of(&state.index) else {
+            return;
+        };
+        let path = self.dir.join(snapshot::SNAPSHOT_FILE);
+        let written = write_atomic_with(&path, &mut |out| {
+            snapshot::encode(&state.index, &segments, out)
+        });
+        if written.is_ok() {
+            self.snapshot_head = self.position;
         }
     }
 
@@ -1163,7 +1333,7 @@ impl Writer {
             let mut bigger: HashMap<Uuid, u32, IdHash> = HashMap::with_capacity_and_hasher(
                 // Twice the room, as the map's own growth would give.
                 wanted.max(ids.capacity().saturating_mul(2)),
-                IdHash::default(),
+                ids.hasher().clone(),
             );
             bigger.extend(ids.iter().map(|(&id, &p)| (id, p)));
             bigger
@@ -1966,8 +2136,8 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        assert!(recover_at_most(&log_dir, 3).is_ok());
-        match recover_at_most(&log_dir, 2) {
+        assert!(recover_at_most(&log_dir, 3, true).is_ok());
+        match recover_at_most(&log_dir, 2, true) {
             Err(StoreError::Corrupt { .. }) => {}
             other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
         }

@@ -1,0 +1,413 @@
+//! The index snapshot: a log's in-memory index written to
+//! `logs/<school>/index` when the log closes, so that the next open reads
+//! it (one sequential read, ~40 bytes an event) and scans only the frames
+//! written after it, instead of reading, checking and indexing every frame
+//! of every segment (about 0.45 s a million events, most of it hash-map
+//! inserts at random places).
+//!
+//! The snapshot is derived data, never the only copy of anything: a
+//! snapshot that is missing, damaged, of another format, or that does not
+//! match the segment files is ignored and the index is rebuilt from the
+//! segments as before (and a new snapshot written at the next clean close).
+//! Format (all integers little-endian; byte for byte in docs/storage.md):
+//!
+//! ```text
+//! magic "CBSEGIX1" · version u32 · head u64 · head hash [32] · id seed u64
+//! segments u32 · per segment: first position u64, length u64
+//! per position 1..=head: its frame's length u32 (frames follow each other
+//! from byte 0 of each segment, so offsets and segments follow)
+//! streams u64 · per stream: id [16], count u32, its positions u32 × count
+//! id capacity u64 · ids u64 (= head) · per id: id [16], position u32
+//! BLAKE3 of every byte before it [32]
+//! ```
+//!
+//! The ids are written in the order of the id map's buckets, with the
+//! map's hash seed, so that reading them back into a map of the same
+//! capacity and seed fills its buckets front to back instead of at random.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+
+use std::path::Path;
+
+use uuid::Uuid;
+
+use super::{Index, Loc};
+use crate::envelope::{Hash, StreamId};
+
+/// The snapshot's file name in a log directory.
+pub(super) const SNAPSHOT_FILE: &str = "index";
+/// Set (to anything) to ignore snapshots on open and rebuild every index
+/// from the segments, checking every frame (the behaviour before
+/// snapshots).
+pub const FULL_SCAN_ENV: &str = "CASEBOOK_FULL_OPEN_SCAN";
+
+const MAGIC: &[u8; 8] = b"CBSEGIX1";
+const VERSION: u32 = 1;
+
+/// A segment as the snapshot saw it: its first position and the length
+/// of its frames (the log's acknowledged end, for the last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SnapSegment {
+    pub first: u64,
+    pub len: u64,
+}
+
+/// A snapshot read back: the index up to `index.head()` and the segments
+/// it covers.
+pub(super) struct Loaded {
+    pub index: Index,
+    pub segments: Vec<SnapSegment>,
+}
+
+/// Bytes gathered into blocks of [`BLOCK`], each hashed and written whole
+/// (BLAKE3 hashes a large block several chunks at a time; 16-byte updates
+/// cost it several times more).
+struct Blocks<'a> {
+    out: &'a mut dyn Write,
+    buf: Vec<u8>,
+    hasher: blake3::Hasher,
+}
+
+/// Bytes hashed and written, or read and hashed, at once.
+const BLOCK: usize = 1 << 20;
+
+impl Blocks<'_> {
+    fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.buf.extend_from_slice(bytes);
+        if self.buf.len() >= BLOCK {
+            self.flush_block()?;
+        }
+        Ok(())
+    }
+
+    fn flush_block(&mut self) -> std::io::Result<()> {
+        self.hasher.update(&self.buf);
+        self.out.write_all(&self.buf)?;
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+/// The segments the index's locations cover, or `None` when they are not
+/// one frame after another from byte 0 of each segment (the snapshot
+/// stores only lengths), or some segment holds no frame: the snapshot is
+/// then not written.
+pub(super) fn segments_of(index: &Index) -> Option<Vec<SnapSegment>> {
+    let mut out: Vec<SnapSegment> = Vec::new();
+    for p in 0..index.locs.len() {
+        let loc = index.locs[p];
+        let n = out.len();
+        match out.last_mut() {
+            Some(s) if n == loc.seg as usize + 1 && s.len == loc.offset => {}
+            _ if n == loc.seg as usize && loc.offset == 0 => out.push(SnapSegment {
+                first: p as u64 + 1,
+                len: 0,
+            }),
+            _ => return None,
+        }
+        if let Some(s) = out.last_mut() {
+            s.len += u64::from(loc.len);
+        }
+    }
+    Some(out)
+}
+
+/// Writes the snapshot of `index` (whose locations span `segments`) to
+/// `out`.
+pub(super) fn encode(
+    index: &Index,
+    segments: &[SnapSegment],
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    let mut w = Blocks {
+        out,
+        buf: Vec::with_capacity(BLOCK + 64),
+        hasher: blake3::Hasher::new(),
+    };
+    let head = index.head();
+    w.put(MAGIC)?;
+    w.put(&VERSION.to_le_bytes())?;
+    w.put(&head.to_le_bytes())?;
+    w.put(&index.head_hash)?;
+    w.put(&index.ids.hasher().seed().to_le_bytes())?;
+    w.put(&(segments.len() as u32).to_le_bytes())?;
+    for s in segments {
+        w.put(&s.first.to_le_bytes())?;
+        w.put(&s.len.to_le_bytes())?;
+    }
+    for p in 0..index.locs.len() {
+        w.put(&index.locs[p].len.to_le_bytes())?;
+    }
+    w.put(&(index.streams.len() as u64).to_le_bytes())?;
+    for (stream, positions) in &index.streams {
+        w.put(stream.0.as_bytes())?;
+        w.put(&(positions.len() as u32).to_le_bytes())?;
+        for p in positions {
+            w.put(&p.to_le_bytes())?;
+        }
+    }
+    w.put(&(index.ids.capacity() as u64).to_le_bytes())?;
+    w.put(&(index.ids.len() as u64).to_le_bytes())?;
+    for (id, p) in &index.ids {
+        let mut b = [0u8; 20];
+        b[..16].copy_from_slice(id.as_bytes());
+        b[16..].copy_from_slice(&p.to_le_bytes());
+        w.put(&b)?;
+    }
+    w.flush_block()?;
+    let hash = w.hasher.finalize();
+    w.out.write_all(hash.as_bytes())
+}
+
+/// The snapshot file read front to back in blocks of [`BLOCK`]; every
+/// byte before the trailing checksum is hashed as its block is read.
+struct Reading {
+    file: std::fs::File,
+    buf: Vec<u8>,
+    /// Next unread byte of `buf`, and the end of what it holds.
+    at: usize,
+    end: usize,
+    /// File offset of `buf[end]`.
+    file_at: u64,
+    /// Bytes handed out so far.
+    read: u64,
+    /// Bytes in the file (bounds every count before anything is
+    /// allocated for it).
+    total: u64,
+    hasher: blake3::Hasher,
+}
+
+impl Reading {
+    /// Moves what is left to the front of the buffer and reads the next
+    /// block after it.
+    fn refill(&mut self) -> Result<(), String> {
+        self.buf.copy_within(self.at..self.end, 0);
+        self.end -= self.at;
+        self.at = 0;
+        let want = ((self.total - self.file_at) as usize).min(self.buf.len() - self.end);
+        let block = &mut self.buf[self.end..self.end + want];
+        self.file
+            .read_exact(block)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        // Hash up to the checksum (the last 32 bytes of the file).
+        let hashed_end = self.total.saturating_sub(32);
+        if self.file_at < hashed_end {
+            let n = ((hashed_end - self.file_at) as usize).min(want);
+            self.hasher.update(&block[..n]);
+        }
+        self.file_at += want as u64;
+        self.end += want;
+        Ok(())
+    }
+
+    fn bytes<const N: usize>(&mut self, what: &str) -> Result<[u8; N], String> {
+        if self.end - self.at < N {
+            self.refill()?;
+            if self.end - self.at < N {
+                return Err(format!("the file ends inside {what}"));
+            }
+        }
+        let mut b = [0u8; N];
+        b.copy_from_slice(&self.buf[self.at..self.at + N]);
+        self.at += N;
+        self.read += N as u64;
+        Ok(b)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32, String> {
+        self.bytes::<4>(what).map(u32::from_le_bytes)
+    }
+    fn u64(&mut self, what: &str) -> Result<u64, String> {
+        self.bytes::<8>(what).map(u64::from_le_bytes)
+    }
+    /// Checks that `count` entries of `size` bytes fit in what is left.
+    fn fits(&self, count: u64, size: u64, what: &str) -> Result<(), String> {
+        let left = self.total.saturating_sub(self.read);
+        if count.checked_mul(size).is_none_or(|n| n > left) {
+            return Err(format!("{what}: {count} entries do not fit in the file"));
+        }
+        Ok(())
+    }
+}
+
+/// Positions 1..=head seen so far (a bit each).
+struct Seen {
+    head: u64,
+    bits: Vec<u64>,
+}
+
+impl Seen {
+    fn new(head: u64) -> Seen {
+        Seen {
+            head,
+            bits: vec![0; (head as usize).div_ceil(64)],
+        }
+    }
+
+    fn mark(&mut self, p: u32, what: &str) -> Result<(), String> {
+        let i = u64::from(p);
+        if i == 0 || i > self.head {
+            return Err(format!("{what}: position {i} out of range"));
+        }
+        let (w, bit) = (((i - 1) / 64) as usize, 1u64 << ((i - 1) % 64));
+        if self.bits[w] & bit != 0 {
+            return Err(format!("{what}: position {i} appears twice"));
+        }
+        self.bits[w] |= bit;
+        Ok(())
+    }
+}
+
+/// Reads the snapshot in `dir`. `Ok(None)` when there is none; `Err` says
+/// why the one there cannot be used (the caller then rebuilds the index).
+/// Everything is checked that can be without the segments: the checksum,
+/// every count against the file's size, positions in range, every
+/// position in exactly one stream and with exactly one id, versions and
+/// locations in order; the caller checks the segments and the last frame.
+pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String> {
+    let path = dir.join(SNAPSHOT_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open: {e}")),
+    };
+    let total = file
+        .metadata()
+        .map_err(|e| format!("cannot size: {e}"))?
+        .len();
+    if total < 32 {
+        return Err("too short".into());
+    }
+    let mut r = Reading {
+        file,
+        buf: vec![0; BLOCK],
+        at: 0,
+        end: 0,
+        file_at: 0,
+        read: 0,
+        total,
+        hasher: blake3::Hasher::new(),
+    };
+    if &r.bytes::<8>("magic")? != MAGIC {
+        return Err("not an index snapshot".into());
+    }
+    let version = r.u32("version")?;
+    if version != VERSION {
+        return Err(format!(
+            "snapshot format {version}, this build reads {VERSION}"
+        ));
+    }
+    let head = r.u64("head")?;
+    if head > max_events {
+        return Err(format!("head {head} past the most events a log holds"));
+    }
+    let head_hash: Hash = r.bytes::<32>("head hash")?;
+    let seed = r.u64("seed")?;
+    let nseg = u64::from(r.u32("segments")?);
+    r.fits(nseg, 16, "segments")?;
+    let mut segments = Vec::with_capacity(nseg as usize);
+    for _ in 0..nseg {
+        let first = r.u64("segment")?;
+        let len = r.u64("segment")?;
+        segments.push(SnapSegment { first, len });
+    }
+    let mut index = Index {
+        head_hash,
+        max_events,
+        ..Index::default()
+    };
+    // Locations: frame after frame from byte 0 of each segment, each
+    // segment from its first position to its length.
+    r.fits(head, 4, "locations")?;
+    let mut p = 0u64;
+    for (seg, s) in segments.iter().enumerate() {
+        if s.first != p + 1 || s.len == 0 {
+            return Err(format!("segment {seg} does not start after the one before"));
+        }
+        let mut offset = 0u64;
+        while offset < s.len {
+            p += 1;
+            if p > head {
+                return Err("the segments hold more frames than the head".into());
+            }
+            let len = r.u32("locations")?;
+            if len == 0 {
+                return Err(format!("position {p} has an empty frame"));
+            }
+            index.locs.push(Loc {
+                offset,
+                len,
+                seg: seg as u32,
+            });
+            offset += u64::from(len);
+        }
+        if offset != s.len {
+            return Err(format!("segment {seg} does not end where its frames do"));
+        }
+    }
+    if p != head {
+        return Err(format!("the segments hold {p} frames of {head}"));
+    }
+    // Streams: every position in exactly one stream, each stream's
+    // positions increasing.
+    let nstreams = r.u64("streams")?;
+    r.fits(nstreams, 20, "streams")?;
+    let mut seen = Seen::new(head);
+    let mut streams: HashMap<StreamId, Vec<u32>, super::IdHash> =
+        HashMap::with_capacity_and_hasher(nstreams as usize, super::IdHash::with_seed(seed));
+    let mut listed = 0u64;
+    for _ in 0..nstreams {
+        let stream = StreamId(Uuid::from_bytes(r.bytes::<16>("stream")?));
+        let count = u64::from(r.u32("stream")?);
+        r.fits(count, 4, "stream positions")?;
+        listed += count;
+        let mut positions = Vec::with_capacity(count as usize);
+        let mut prev = 0u32;
+        for _ in 0..count {
+            let p = r.u32("stream positions")?;
+            if p <= prev {
+                return Err("a stream's positions are not increasing".into());
+            }
+            seen.mark(p, "streams")?;
+            positions.push(p);
+            prev = p;
+        }
+        if positions.is_empty() || streams.insert(stream, positions).is_some() {
+            return Err("a stream is empty or listed twice".into());
+        }
+    }
+    if listed != head {
+        return Err(format!("streams list {listed} positions of {head}"));
+    }
+    // Ids: one per position.
+    let mut seen = Seen::new(head);
+    let capacity = r.u64("id capacity")?;
+    let nids = r.u64("ids")?;
+    if nids != head || capacity < nids || capacity > nids.saturating_mul(4).saturating_add(1024) {
+        return Err(format!(
+            "{nids} ids (capacity {capacity}) for {head} positions"
+        ));
+    }
+    r.fits(nids, 20, "ids")?;
+    let mut ids: HashMap<Uuid, u32, super::IdHash> =
+        HashMap::with_capacity_and_hasher(capacity as usize, super::IdHash::with_seed(seed));
+    for _ in 0..nids {
+        let b = r.bytes::<20>("ids")?;
+        let id = Uuid::from_bytes(b[..16].try_into().unwrap_or_default());
+        let p = u32::from_le_bytes(b[16..].try_into().unwrap_or_default());
+        seen.mark(p, "ids")?;
+        if ids.insert(id, p).is_some() {
+            return Err(format!("event id {id} listed twice"));
+        }
+    }
+    if r.read + 32 != total {
+        return Err("bytes after the ids".into());
+    }
+    let stored = r.bytes::<32>("the checksum")?;
+    if r.hasher.finalize().as_bytes() != &stored {
+        return Err("checksum mismatch".into());
+    }
+    index.streams = streams;
+    index.ids = ids;
+    Ok(Some(Loaded { index, segments }))
+}
