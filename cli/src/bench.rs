@@ -116,6 +116,18 @@ pub(crate) trait Backend: Send + Sync {
     async fn finish(&self) -> Result<(), Failure> {
         Ok(())
     }
+    /// Closes `engine` (opened in `dir` by `open_engine`, no other handle
+    /// to it left) and opens it again, timed, where opening costs something
+    /// that grows with the log (the segment engine's index): see
+    /// [`Reopened`]. On sled and PostgreSQL: `engine` as it is, `None`.
+    async fn reopen(
+        &self,
+        engine: Box<dyn Engine>,
+        _dir: &Path,
+        _school: &str,
+    ) -> Result<(Box<dyn Engine>, Option<Reopened>), Failure> {
+        Ok((engine, None))
+    }
 }
 
 /// An engine store under test.
@@ -132,6 +144,20 @@ pub(crate) trait Engine: Send + Sync {
     fn index_bytes(&self) -> Option<u64> {
         None
     }
+}
+
+/// The segment engine closed and opened again after the import: the close
+/// (which writes the index snapshot), an open that rebuilds the index from
+/// every frame (the baseline), and an open that reads the snapshot (the
+/// one the rest of the run uses).
+pub(crate) struct Reopened {
+    pub close_ms: f64,
+    pub open_full_scan_ms: f64,
+    pub open_ms: f64,
+    /// Whether the last open read the snapshot (a run of fewer events than
+    /// the snapshot threshold writes none).
+    pub from_snapshot: bool,
+    pub snapshot_bytes: Option<u64>,
 }
 
 /// The raw ceiling writer.
@@ -653,6 +679,29 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     }
     done(t, format!("{import_ev_s:.0} events/s"));
 
+    // Close and open again: what every command pays to open the store.
+    drop(log);
+    let t = phase("close and open the store again");
+    let (engine, reopened) = backend.reopen(engine, &engine_dir, &school).await?;
+    match &reopened {
+        Some(r) => done(
+            t,
+            format!(
+                "close {:.0} ms, open {:.0} ms ({}), full-scan open {:.0} ms",
+                r.close_ms,
+                r.open_ms,
+                if r.from_snapshot {
+                    "index snapshot"
+                } else {
+                    "no snapshot: too few events"
+                },
+                r.open_full_scan_ms
+            ),
+        ),
+        None => done(t, "nothing to measure on this backend".into()),
+    }
+    let log = engine.log();
+
     // Replay: raw scan + decode, then a cold rebuild of every projection.
     let t = phase("raw scan + decode");
     let started = Instant::now();
@@ -805,6 +854,15 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         "timeline_with_access_log_p99_us": percentile_us(&with_log, 0.99),
         "case_payload_bytes_per_event": case_payload_bytes,
         "index_mb": index_mb,
+        "close_ms": reopened.as_ref().map(|r| r.close_ms),
+        "open_ms": reopened.as_ref().map(|r| r.open_ms),
+        "open_full_scan_ms": reopened.as_ref().map(|r| r.open_full_scan_ms),
+        "open_vs_full_scan": reopened.as_ref().map(|r| r.open_ms / r.open_full_scan_ms),
+        "open_from_snapshot": reopened.as_ref().map(|r| r.from_snapshot),
+        "snapshot_mb": reopened
+            .as_ref()
+            .and_then(|r| r.snapshot_bytes)
+            .map(|b| b as f64 / (1024.0 * 1024.0)),
         "elapsed_s": run_started.elapsed().as_secs_f64(),
     });
     if let (Value::Object(m), Value::Object(e)) = (&mut doc, extra) {
@@ -1000,6 +1058,15 @@ impl Figures {
             us("fsync_per_s_at_start"),
             us("fsync_per_s"),
         ));
+        if doc.get("open_ms").is_some_and(|v| !v.is_null()) {
+            out.push_str(&format!(
+                "open of the populated store: {:.0} ms ({:.2} of the {:.0} ms of an open that rebuilds the index from every frame); close {:.0} ms\n",
+                us("open_ms"),
+                us("open_vs_full_scan"),
+                us("open_full_scan_ms"),
+                us("close_ms"),
+            ));
+        }
         out
     }
 }

@@ -9,14 +9,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use casebook_engine::store::segment::raw::{scan_decode, RawSegmentLog};
-use casebook_engine::store::segment::{SegmentLog, SegmentStore};
+use casebook_engine::store::segment::{SegmentLog, SegmentOptions, SegmentStore, LOGS_DIR};
 use casebook_engine::store::sled_raw::RawEnvelope;
 use casebook_engine::store::EventStore;
 
-use crate::bench::{Backend, Engine, RawWriter};
+use crate::bench::{Backend, Engine, RawWriter, Reopened};
 use crate::Failure;
 
 /// The segment backend of `casebook bench`.
@@ -50,6 +51,57 @@ impl Backend for Segment {
         let raw = RawSegmentLog::open(&dir.join("logs").join(school))?;
         Ok(Box::new(SegmentRaw(Mutex::new(raw))))
     }
+
+    async fn reopen(
+        &self,
+        engine: Box<dyn Engine>,
+        dir: &Path,
+        school: &str,
+    ) -> Result<(Box<dyn Engine>, Option<Reopened>), Failure> {
+        let snapshot = dir.join(LOGS_DIR).join(school).join("index");
+        tokio::task::block_in_place(|| {
+            // The close: the writer's last act writes the index snapshot.
+            let started = Instant::now();
+            drop(engine);
+            let close_ms = ms(started);
+            let snapshot_bytes = std::fs::metadata(&snapshot).ok().map(|m| m.len());
+            // The baseline: the index rebuilt from every frame.
+            let full = SegmentOptions {
+                read_snapshot: false,
+                ..SegmentOptions::default()
+            };
+            let started = Instant::now();
+            let store = SegmentStore::open_with(dir, false, full)?;
+            let log = store.log(school)?;
+            let open_full_scan_ms = ms(started);
+            drop(log);
+            drop(store);
+            let started = Instant::now();
+            let store = SegmentStore::open(dir, false)?;
+            let log = store.log(school)?;
+            let open_ms = ms(started);
+            let from_snapshot = log.opened_from_snapshot().is_some();
+            let engine: Box<dyn Engine> = Box::new(SegmentEngine {
+                dir: dir.to_path_buf(),
+                _store: store,
+                log,
+            });
+            Ok((
+                engine,
+                Some(Reopened {
+                    close_ms,
+                    open_full_scan_ms,
+                    open_ms,
+                    from_snapshot,
+                    snapshot_bytes,
+                }),
+            ))
+        })
+    }
+}
+
+fn ms(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64() * 1000.0
 }
 
 #[async_trait]

@@ -100,6 +100,9 @@ fn bench_runs_on_sled() {
     assert_eq!(doc["backend"], "sled", "{doc}");
     assert_eq!(doc["events"], 2000, "{doc}");
     assert!(doc["index_mb"].is_null(), "sled's index is on disk: {doc}");
+    for key in ["open_ms", "open_full_scan_ms", "close_ms", "snapshot_mb"] {
+        assert!(doc[key].is_null(), "{key} on sled: {doc}");
+    }
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }
@@ -117,6 +120,18 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
         index_mb > 0.0 && index_mb < number(&doc, "peak_rss_mb"),
         "{doc}"
     );
+    // The store closed and opened again after the import: both opens
+    // timed, the ratio theirs; 2,000 events are below the snapshot
+    // threshold, so no snapshot was written and the second open scanned
+    // the frames too.
+    let ratio = number(&doc, "open_ms") / number(&doc, "open_full_scan_ms");
+    assert!(
+        (number(&doc, "open_vs_full_scan") - ratio).abs() < 1e-9,
+        "{doc}"
+    );
+    number(&doc, "close_ms");
+    assert_eq!(doc["open_from_snapshot"], false, "{doc}");
+    assert!(doc["snapshot_mb"].is_null(), "{doc}");
     // The appends ran in rounds: a slice of single appends beside as many
     // fdatasyncs of the probe, then a slice of the concurrent writers'; each
     // rate is that of the rounds together.

@@ -169,6 +169,20 @@ fn write_atomic_with(
     path: &Path,
     write: &mut (dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()> + Send),
 ) -> Result<(), StoreError> {
+    replace_file(path, true, write)
+}
+
+/// Writes a temporary file and renames it over `path`; with `sync`, the
+/// file is fsynced before the rename and the directory after it (durable
+/// and atomic). Without, the rename still replaces the file whole for
+/// every reader, but after a machine crash the new file may be empty or
+/// partial: only for files whose reader checks them and can do without
+/// them (the index snapshot).
+fn replace_file(
+    path: &Path,
+    sync: bool,
+    write: &mut (dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()> + Send),
+) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path
         .file_name()
@@ -182,7 +196,7 @@ fn write_atomic_with(
             out.into_inner()
                 .map_err(std::io::IntoInnerError::into_error)
         })
-        .and_then(|f| f.sync_all());
+        .and_then(|f| if sync { f.sync_all() } else { Ok(()) });
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);
         return Err(StoreError::io("write file", e));
@@ -191,7 +205,10 @@ fn write_atomic_with(
         let _ = std::fs::remove_file(&tmp);
         return Err(StoreError::io("rename file", e));
     }
-    sync_dir(dir)
+    if sync {
+        sync_dir(dir)?;
+    }
+    Ok(())
 }
 
 /// Bytes buffered between a streamed file's writes.
@@ -1304,7 +1321,10 @@ impl Writer {
             return;
         };
         let path = self.dir.join(snapshot::SNAPSHOT_FILE);
-        let written = write_atomic_with(&path, &mut |out| {
+        // Not fsynced: the snapshot is checked when read and can be done
+        // without, and syncing ~28 bytes an event would make the close
+        // that writes it wait for the disk (seconds at 10M events).
+        let written = replace_file(&path, false, &mut |out| {
             snapshot::encode(&state.index, &segments, out)
         });
         if written.is_ok() {
