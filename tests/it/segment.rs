@@ -995,30 +995,35 @@ proptest! {
 }
 
 /// Damage to a frame the snapshot covers: the open (which reads only the
-/// snapshot's last frame) succeeds, but reading the frame and `verify`
-/// fail naming the segment file, and a full-scan open refuses as ever.
+/// snapshot's head frame and 64 frames spread over the log) succeeds, but
+/// reading the frame and `verify` fail naming the segment file, and a
+/// full-scan open refuses as ever.
 #[test]
 fn damage_under_a_snapshot_is_found_by_reads_and_verify() {
     let rt = rt();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     rt.block_on(async {
-        let log = open_with(dir, 1_500, 1).unwrap();
-        for i in 0..20u32 {
+        let log = open_with(dir, 1 << 30, 1).unwrap();
+        for i in 0..100u32 {
             append_n(log.as_ref(), i % 5, i * 10, 1 + i % 3).await;
         }
+        assert!(log.head().await.unwrap().position > 129);
     });
+    // A byte inside the frame of position 2 (the open's spot checks read
+    // positions 1, 1 + (head - 1) / 64, ... and the head).
     let first = segments(dir)[0].clone();
     let mut bytes = std::fs::read(&first).unwrap();
-    bytes[100] ^= 0x20;
+    let second = 8 + u32::from_le_bytes(bytes[..4].try_into().unwrap()) as usize;
+    bytes[second + 60] ^= 0x20;
     std::fs::write(&first, &bytes).unwrap();
     rt.block_on(async {
-        let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
+        let log = open_with(dir, 1 << 30, SNAPSHOT_MIN_EVENTS).unwrap();
         assert!(log.opened_from_snapshot().is_some());
         let read = log.read_all(1, 10_000).await.expect_err("read the damage");
         assert!(
-            corrupt_location(read).contains("00000000000000000001.seg"),
-            "the read does not name the segment"
+            corrupt_location(read).contains(&format!("00000000000000000001.seg at byte {second}")),
+            "the read does not name the frame"
         );
         match log.verify(&|_| {}).await {
             Ok(report) => assert!(!report.ok, "verify passed over the damage"),
@@ -1026,7 +1031,7 @@ fn damage_under_a_snapshot_is_found_by_reads_and_verify() {
         }
     });
     let options = SegmentOptions {
-        segment_bytes: 1_500,
+        segment_bytes: 1 << 30,
         read_snapshot: false,
         ..SegmentOptions::default()
     };
@@ -1035,4 +1040,215 @@ fn damage_under_a_snapshot_is_found_by_reads_and_verify() {
         corrupt_location(full.err().expect("opened")).contains("00000000000000000001.seg"),
         "the full scan did not name the segment"
     );
+}
+
+/// Recomputes an index snapshot's trailing checksum after an edit (what a
+/// hand-made snapshot would do).
+fn rehash(bytes: &mut [u8]) {
+    let n = bytes.len() - 32;
+    let hash = blake3::hash(&bytes[..n]);
+    bytes[n..].copy_from_slice(hash.as_bytes());
+}
+
+/// Offsets of an index snapshot's stream entries (each: the offset of its
+/// 16-byte id and its count), from the format in docs/storage.md.
+fn snapshot_streams(bytes: &[u8]) -> Vec<(usize, u32)> {
+    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
+    let head = u64_at(12) as usize;
+    let segments = u32_at(60) as usize;
+    let mut at = 64 + 16 * segments + 4 * head;
+    let streams = u64_at(at);
+    at += 8;
+    let mut out = Vec::new();
+    for _ in 0..streams {
+        let count = u32_at(at + 16);
+        out.push((at, count));
+        at += 20 + 4 * count as usize;
+    }
+    out
+}
+
+/// A snapshot edited by hand, its checksum recomputed: two pupils' stream
+/// lists swapped. The open's checks or the reads' catch it: no read ever
+/// hands one pupil's events over as another's. (Here the open's spot
+/// checks catch it; the reads' own checks are tested in
+/// `store::segment::index_tests::reads_refuse_frames_the_index_misfiled`.)
+#[test]
+fn a_hand_made_snapshot_never_mixes_pupils_up() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // 30 pupils with 8 events each, and two more with 5 each (the pair
+    // to swap), so that the open's spot checks may miss them.
+    let expected = rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1).unwrap();
+        for round in 0..8u32 {
+            for p in 0..32u32 {
+                if p < 30 || round < 5 {
+                    append_n(log.as_ref(), p, round * 100 + p, 1).await;
+                }
+            }
+        }
+        let mut per = Vec::new();
+        for p in 0..32u32 {
+            per.push(log.read_stream(pupil(p), 1, 100).await.unwrap());
+        }
+        per
+    });
+    let mut bytes = std::fs::read(snapshot_path(dir)).unwrap();
+    let fives: Vec<usize> = snapshot_streams(&bytes)
+        .into_iter()
+        .filter(|&(_, count)| count == 5)
+        .map(|(at, _)| at)
+        .collect();
+    assert_eq!(fives.len(), 2);
+    let (x, y) = (fives[0], fives[1]);
+    let (idx, idy) = (bytes[x..x + 16].to_vec(), bytes[y..y + 16].to_vec());
+    bytes[x..x + 16].copy_from_slice(&idy);
+    bytes[y..y + 16].copy_from_slice(&idx);
+    rehash(&mut bytes);
+    std::fs::write(snapshot_path(dir), &bytes).unwrap();
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, SNAPSHOT_MIN_EVENTS).unwrap();
+        for (p, want) in expected.iter().enumerate() {
+            match log.read_stream(pupil(p as u32), 1, 100).await {
+                Ok(got) => assert_eq!(&got, want, "pupil {p}"),
+                Err(e) => assert!(
+                    log.opened_from_snapshot().is_some() && matches!(e, StoreError::Corrupt { .. }),
+                    "pupil {p}: {e}"
+                ),
+            }
+        }
+    });
+}
+
+/// A segment the snapshot covers that is no longer what it says (grown,
+/// or renamed to another first position): the snapshot is not used, and
+/// the open refuses exactly as a full scan does.
+#[test]
+fn a_covered_segment_that_changed_is_refused_as_without_a_snapshot() {
+    let rt = rt();
+    for change in ["grown", "renamed"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        rt.block_on(async {
+            let log = open_with(dir, 1_500, 1).unwrap();
+            for i in 0..30u32 {
+                append_n(log.as_ref(), i % 5, i * 10, 1 + i % 3).await;
+            }
+        });
+        let segs = segments(dir);
+        assert!(segs.len() >= 3, "{change}: no roll");
+        match change {
+            "grown" => {
+                let mut bytes = std::fs::read(&segs[0]).unwrap();
+                bytes.extend_from_slice(&[9; 40]);
+                std::fs::write(&segs[0], &bytes).unwrap();
+            }
+            _ => {
+                let name = segs[1].file_name().unwrap().to_str().unwrap();
+                let first: u64 = name.trim_end_matches(".seg").parse().unwrap();
+                std::fs::rename(
+                    &segs[1],
+                    log_dir(dir).join(format!("{:020}.seg", first + 1)),
+                )
+                .unwrap();
+            }
+        }
+        let err = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS)
+            .err()
+            .unwrap_or_else(|| panic!("{change}: opened"));
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{change}: {err}");
+    }
+}
+
+/// Appends after a snapshot into the segment it ends in (no roll), then a
+/// torn group and preallocated zeros there: the open uses the snapshot,
+/// scans from where it ends, cuts the torn bytes, and answers as a full
+/// rebuild does.
+#[test]
+fn a_torn_tail_in_the_snapshots_own_segment_is_cut() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let at_snapshot = rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1).unwrap();
+        for i in 0..15u32 {
+            append_n(log.as_ref(), i % 4, i * 10, 1 + i % 3).await;
+        }
+        log.head().await.unwrap().position
+    });
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1_000_000).unwrap();
+        for i in 15..25u32 {
+            append_n(log.as_ref(), i % 4, i * 10, 1 + i % 3).await;
+        }
+    });
+    let segs = segments(dir);
+    assert_eq!(segs.len(), 1, "the log rolled");
+    let mut bytes = std::fs::read(&segs[0]).unwrap();
+    let closed = bytes.len();
+    bytes.extend_from_slice(&[150, 0, 0, 0, 7, 7, 7, 7, 1]);
+    bytes.resize(bytes.len() + 4096, 0);
+    std::fs::write(&segs[0], &bytes).unwrap();
+    let used = rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1_000_000).unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(at_snapshot));
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+        index_answers(&log, 5).await
+    });
+    assert_eq!(std::fs::metadata(&segs[0]).unwrap().len() as usize, closed);
+    std::fs::remove_file(snapshot_path(dir)).unwrap();
+    let rebuilt = rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1_000_000).unwrap();
+        index_answers(&log, 5).await
+    });
+    assert_eq!(used, rebuilt);
+    assert!(used.3 > at_snapshot);
+}
+
+/// `casebook copy` into a log that has an index snapshot (a copy resumed
+/// after the log was opened and closed): the copy starts from the
+/// snapshot's index and appends after it, and the log opens from the
+/// snapshot with every copied event.
+#[test]
+fn copy_into_a_log_with_a_snapshot() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let (src_dir, dst_dir) = (tmp.path().join("src"), tmp.path().join("dst"));
+    let events = rt.block_on(async {
+        let log = open(&src_dir).unwrap();
+        for i in 0..40u32 {
+            append_n(log.as_ref(), i % 5, i * 3, 1 + i % 2).await;
+        }
+        log.read_all(1, 10_000).await.unwrap()
+    });
+    let half = events.len() / 2;
+    let options = SegmentOptions {
+        segment_bytes: 2_000,
+        snapshot_min_events: 1,
+        ..SegmentOptions::default()
+    };
+    SegmentStore::open_with(&dst_dir, true, options)
+        .unwrap()
+        .copy_in(SCHOOL, &events[..half])
+        .unwrap();
+    // Opened and closed: the snapshot is written.
+    rt.block_on(async {
+        let log = open_with(&dst_dir, 2_000, 1).unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        assert_eq!(log.head().await.unwrap().position, half as u64);
+    });
+    assert!(snapshot_path(&dst_dir).exists());
+    SegmentStore::open_with(&dst_dir, true, options)
+        .unwrap()
+        .copy_in(SCHOOL, &events[half..])
+        .unwrap();
+    rt.block_on(async {
+        let log = open_with(&dst_dir, 2_000, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(half as u64));
+        assert_eq!(log.read_all(1, 10_000).await.unwrap(), events);
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+    });
 }

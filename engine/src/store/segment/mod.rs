@@ -990,13 +990,40 @@ fn usable_snapshot(
         }
     }
     let head = loaded.index.head();
-    let loc = *loaded.index.locs.get((head - 1) as usize)?;
-    let (_, seg, _) = segments.get(loc.seg as usize)?;
-    match read_event(seg, loc, head) {
-        Ok(ev) if ev.hash == loaded.index.head_hash => Some(loaded),
-        _ => None,
+    let ix = &loaded.index;
+    // The head frame carries the head hash; it and up to SPOT_CHECKS
+    // frames spread over the log are where the snapshot says, with the
+    // stream version and id it lists for them.
+    let checks = SPOT_CHECKS.min(head);
+    for i in 0..=checks {
+        let p = if i == checks {
+            head
+        } else {
+            1 + i * (head - 1) / checks.max(1)
+        };
+        let loc = *ix.locs.get((p - 1) as usize)?;
+        let (_, seg, _) = segments.get(loc.seg as usize)?;
+        let mut buf = vec![0u8; loc.len as usize];
+        seg.file.read_exact_at(&mut buf, loc.offset).ok()?;
+        let (ev, len) = decode_at(seg, loc.offset, &buf, p).ok()?;
+        let listed = ix
+            .streams
+            .get(&ev.stream)
+            .and_then(|list| list.get((ev.version.checked_sub(1)?) as usize))
+            .map(|&q| u64::from(q));
+        if len != loc.len as usize
+            || listed != Some(p)
+            || ix.ids.get(&ev.event_id).map(|&q| u64::from(q)) != Some(p)
+            || (p == head && ev.hash != ix.head_hash)
+        {
+            return None;
+        }
     }
+    Some(loaded)
 }
+
+/// Frames besides the head's an open checks against an index snapshot.
+const SPOT_CHECKS: u64 = 64;
 
 // ---- the log --------------------------------------------------------------
 
@@ -1181,14 +1208,15 @@ impl SegmentLog {
     }
 
     /// Where the events of `stream` from `from_version` on are, at most
-    /// `max` (and [`MAX_READ_PAGE`]); `None` for a stream with no events.
-    /// The page `read_stream` and `visit_stream` read.
+    /// `max` (and [`MAX_READ_PAGE`]), and the version of the first;
+    /// `None` for a stream with no events. The page `read_stream` and
+    /// `visit_stream` read.
     fn stream_page(
         &self,
         stream: StreamId,
         from_version: u64,
         max: usize,
-    ) -> Result<Option<Vec<Wanted>>, StoreError> {
+    ) -> Result<Option<(u64, Vec<Wanted>)>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
         let state = self.read()?;
         let Some(list) = state.index.streams.get(&stream) else {
@@ -1196,12 +1224,13 @@ impl SegmentLog {
         };
         let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
         let end = start.saturating_add(max).min(list.len());
-        Ok(Some(
+        Ok(Some((
+            start as u64 + 1,
             list[start..end]
                 .iter()
                 .map(|&p| state.wanted(u64::from(p)))
                 .collect(),
-        ))
+        )))
     }
 
     fn checkpoint_path(&self, name: &str) -> Result<PathBuf, StoreError> {
@@ -1605,18 +1634,41 @@ fn for_each_run(
 /// `pread` for each run of frames that lie back to back in one segment (a
 /// page of `read_all` is usually one read, and so is a pupil's stream when
 /// it was imported in one piece).
-fn read_runs(wanted: Vec<Wanted>) -> Result<Vec<StoredEvent>, StoreError> {
+///
+/// With `stream` (a stream and the version of the first frame), each frame
+/// must be that stream's next version: the index's stream lists are checked
+/// against the log on every read (they may come from an index snapshot).
+fn read_runs(
+    wanted: Vec<Wanted>,
+    stream: Option<(StreamId, u64)>,
+) -> Result<Vec<StoredEvent>, StoreError> {
     let mut out = Vec::with_capacity(wanted.len());
     for_each_run(&mut Vec::new(), &wanted, |seg, frames, run| {
         let mut at = 0usize;
         for &(p, loc, _) in frames {
             let (event, len) = decode_at(seg, loc.offset, &run[at..], p)?;
+            if let Some((s, first)) = stream {
+                let version = first + out.len() as u64;
+                if event.stream != s || event.version != version {
+                    return Err(misindexed(seg, loc, "stream", p));
+                }
+            }
             at += len;
             out.push(event);
         }
         Ok(())
     })?;
     Ok(out)
+}
+
+/// The index points a read at a frame that is not the one asked for (a
+/// stream's version, an event id): the index and the log disagree.
+fn misindexed(seg: &Segment, loc: Loc, what: &str, position: u64) -> StoreError {
+    corrupt(
+        &seg.path,
+        Some(loc.offset),
+        format!("the index's {what} entry for position {position} does not match the frame there; run `casebook verify`, and remove the log's `index` file to rebuild the index from the segments"),
+    )
 }
 
 /// Largest group buffer the writer keeps from one group to the next (a
@@ -1639,32 +1691,43 @@ thread_local! {
 /// ([`EventRef::decode_plain`]); any other bytes are decoded as
 /// [`read_runs`] decodes them (the same event, or the same error). Returns
 /// how many events were visited.
-fn visit_runs(wanted: &[Wanted], visit: &mut dyn StreamVisitor) -> Result<usize, StoreError> {
+/// `stream` as for [`read_runs`], checked against each frame's header.
+fn visit_runs(
+    wanted: &[Wanted],
+    stream: (StreamId, u64),
+    visit: &mut dyn StreamVisitor,
+) -> Result<usize, StoreError> {
     READ_BUFFER.with(|kept| match kept.try_borrow_mut() {
         Ok(mut buf) => {
-            let done = visit_runs_in(&mut buf, wanted, visit);
+            let done = visit_runs_in(&mut buf, wanted, stream, visit);
             if buf.capacity() > KEPT_READ_BUFFER {
                 *buf = Vec::new();
             }
             done
         }
         // A visit that reads again on this thread: a buffer of its own.
-        Err(_) => visit_runs_in(&mut Vec::new(), wanted, visit),
+        Err(_) => visit_runs_in(&mut Vec::new(), wanted, stream, visit),
     })
 }
 
 fn visit_runs_in(
     buf: &mut Vec<u8>,
     wanted: &[Wanted],
+    (stream, first): (StreamId, u64),
     visit: &mut dyn StreamVisitor,
 ) -> Result<usize, StoreError> {
     visit.expect(wanted.len());
+    let mut version = first;
     for_each_run(buf, wanted, |seg, frames, run| {
         let mut at = 0usize;
         for &(p, loc, _) in frames {
             let bytes = &run[at..];
             let (meta, value, len) = decode_frame(bytes)
                 .map_err(|e| corrupt(&seg.path, Some(loc.offset), e.to_string()))?;
+            if meta.position == p && (meta.stream != stream || meta.version != version) {
+                return Err(misindexed(seg, loc, "stream", p));
+            }
+            version += 1;
             match EventRef::decode_plain(value) {
                 Some(e) if meta.position == p && e.position == p => visit.visit(&e)?,
                 // Anything else as `decode_at` reads it: its event or its error.
@@ -1698,7 +1761,7 @@ impl EventStore for SegmentLog {
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         match self.stream_page(stream, from_version, max)? {
-            Some(wanted) => read_runs(wanted),
+            Some((first, wanted)) => read_runs(wanted, Some((stream, first))),
             None => Ok(Vec::new()),
         }
     }
@@ -1711,7 +1774,7 @@ impl EventStore for SegmentLog {
         visit: &mut dyn StreamVisitor,
     ) -> Result<usize, StoreError> {
         match self.stream_page(stream, from_version, max)? {
-            Some(wanted) => visit_runs(&wanted, visit),
+            Some((first, wanted)) => visit_runs(&wanted, (stream, first), visit),
             None => Ok(0),
         }
     }
@@ -1732,7 +1795,7 @@ impl EventStore for SegmentLog {
             let last = head.min(from + max as u64 - 1);
             (from..=last).map(|p| state.wanted(p)).collect()
         };
-        read_runs(wanted)
+        read_runs(wanted, None)
     }
 
     async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
@@ -1742,25 +1805,33 @@ impl EventStore for SegmentLog {
     /// One index lookup under one lock for the whole batch (the import
     /// planner's prefetch); only the ids the log holds are read.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
-        let wanted: Vec<Wanted> = {
+        let (found, wanted): (Vec<(u32, Uuid)>, Vec<Wanted>) = {
             let state = self.read()?;
             // Usually none is stored (a fresh import): look each up, and
             // drop repeats among the few found (one id, one position).
-            let mut found: Vec<u32> = ids
+            let mut found: Vec<(u32, Uuid)> = ids
                 .iter()
-                .filter_map(|id| state.index.ids.get(id).copied())
+                .filter_map(|id| state.index.ids.get(id).map(|&p| (p, *id)))
                 .collect();
             found.sort_unstable();
             found.dedup();
-            found
-                .into_iter()
-                .map(|p| state.wanted(u64::from(p)))
-                .collect()
+            let wanted = found
+                .iter()
+                .map(|&(p, _)| state.wanted(u64::from(p)))
+                .collect();
+            (found, wanted)
         };
-        Ok(read_runs(wanted)?
-            .into_iter()
-            .map(|e| (e.event_id, e))
-            .collect())
+        let events = read_runs(wanted.clone(), None)?;
+        // Each event must carry the id the index found it under (two ids
+        // at one position cannot both match).
+        let mut out = HashMap::with_capacity(events.len());
+        for ((event, (_, id)), (p, loc, seg)) in events.into_iter().zip(found).zip(wanted) {
+            if event.event_id != id {
+                return Err(misindexed(&seg, loc, "event id", p));
+            }
+            out.insert(id, event);
+        }
+        Ok(out)
     }
 
     /// Every event of each stream, from one index pass under one lock;
@@ -1788,7 +1859,7 @@ impl EventStore for SegmentLog {
         };
         let mut found = HashMap::with_capacity(wanted.len());
         for (stream, locs) in wanted {
-            found.insert(stream, read_runs(locs)?);
+            found.insert(stream, read_runs(locs, Some((stream, 1)))?);
         }
         Ok(found)
     }
@@ -1804,7 +1875,13 @@ impl EventStore for SegmentLog {
         };
         match found {
             None => Ok(None),
-            Some((p, loc, seg)) => read_event(&seg, loc, p).map(Some),
+            Some((p, loc, seg)) => {
+                let event = read_event(&seg, loc, p)?;
+                if event.event_id != event_id {
+                    return Err(misindexed(&seg, loc, "event id", p));
+                }
+                Ok(Some(event))
+            }
         }
     }
 
@@ -2059,6 +2136,63 @@ mod index_tests {
         let store = SegmentStore::open(dir.path(), true).unwrap();
         let log = store.log("school-a").unwrap();
         (dir, rt, store, log)
+    }
+
+    /// Reads check the frames the index points them at: an index whose
+    /// stream lists or id map disagree with the log (as a hand-made index
+    /// snapshot could) gives a corruption error naming the segment, never
+    /// another stream's events or another id's event.
+    #[test]
+    fn reads_refuse_frames_the_index_misfiled() {
+        use crate::store::StreamVisitor;
+        struct Count(usize);
+        impl StreamVisitor for Count {
+            fn visit(&mut self, _: &crate::envelope::EventRef<'_>) -> Result<(), StoreError> {
+                self.0 += 1;
+                Ok(())
+            }
+        }
+        let (_dir, rt, _store, log) = fresh_log();
+        let a = StreamId(Uuid::from_u128(1));
+        let b = StreamId(Uuid::from_u128(2));
+        let mut second = request(4..7);
+        second.stream = b;
+        rt.block_on(log.append_atomic(vec![request(1..4), second]))
+            .unwrap();
+        // Sound: every read agrees.
+        assert_eq!(rt.block_on(log.read_stream(a, 1, 10)).unwrap().len(), 3);
+        {
+            let mut state = log.state.write().unwrap();
+            let ix = &mut state.index;
+            let (la, lb) = (ix.streams[&a].clone(), ix.streams[&b].clone());
+            ix.streams.insert(a, lb);
+            ix.streams.insert(b, la);
+            let (i1, i2) = (Uuid::from_u128(1), Uuid::from_u128(2));
+            let (p1, p2) = (ix.ids[&i1], ix.ids[&i2]);
+            ix.ids.insert(i1, p2);
+            ix.ids.insert(i2, p1);
+        }
+        let named = |r: Result<usize, StoreError>| match r {
+            Err(StoreError::Corrupt { location, what }) => {
+                assert!(location.contains(".seg"), "{location}");
+                assert!(what.contains("does not match the frame"), "{what}");
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        };
+        named(rt.block_on(log.read_stream(a, 1, 10)).map(|v| v.len()));
+        named(rt.block_on(log.read_stream(b, 2, 10)).map(|v| v.len()));
+        named(rt.block_on(log.visit_stream(a, 1, 10, &mut Count(0))));
+        named(rt.block_on(log.read_streams(&[b])).map(|m| m.len()));
+        named(
+            rt.block_on(log.find_event(Uuid::from_u128(1)))
+                .map(|e| e.map_or(0, |_| 1)),
+        );
+        named(
+            rt.block_on(log.find_events(&[Uuid::from_u128(2)]))
+                .map(|m| m.len()),
+        );
+        // Reads by position do not go through the stream lists or ids.
+        assert_eq!(rt.block_on(log.read_all(1, 10)).unwrap().len(), 6);
     }
 
     /// The id map is grown ahead of the pushes that would fill it (a copy
