@@ -50,6 +50,11 @@ fn number(doc: &Value, key: &str) -> f64 {
 /// positive finite number and every ratio the quotient of its figures, and
 /// returns the document and the directory (which must end up empty).
 pub(crate) fn run_bench(extra: &[&str]) -> (Value, tempfile::TempDir) {
+    run_bench_with(extra, &[])
+}
+
+/// [`run_bench`] with environment variables set for the run.
+pub(crate) fn run_bench_with(extra: &[&str], env: &[(&str, &str)]) -> (Value, tempfile::TempDir) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let out = Command::new(env!("CARGO_BIN_EXE_casebook"))
         .args([
@@ -65,6 +70,8 @@ pub(crate) fn run_bench(extra: &[&str]) -> (Value, tempfile::TempDir) {
         .arg("--dir")
         .arg(tmp.path())
         .env_remove("CASEBOOK_DATABASE_URL")
+        .env_remove("CASEBOOK_SNAPSHOT_MIN_EVENTS")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -249,4 +256,23 @@ fn chronology_into_json_equals_its_serde_document() {
         corrected > 0,
         "the demo pupils had no corrected entry; the test would not cover corrections"
     );
+}
+
+/// With the snapshot threshold lowered (`CASEBOOK_SNAPSHOT_MIN_EVENTS`),
+/// the close after the import writes the index snapshot and the rest of
+/// the run reads the store opened from it: every figure as before, the
+/// snapshot's size reported.
+#[test]
+fn bench_reopens_from_the_index_snapshot() {
+    let (doc, tmp) = run_bench_with(&[], &[("CASEBOOK_SNAPSHOT_MIN_EVENTS", "1")]);
+    assert_eq!(doc["open_from_snapshot"], true, "{doc}");
+    let snapshot_mb = number(&doc, "snapshot_mb");
+    assert!(
+        snapshot_mb < number(&doc, "index_mb"),
+        "the snapshot is larger than the index: {doc}"
+    );
+    number(&doc, "open_ms");
+    number(&doc, "open_full_scan_ms");
+    let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
+    assert!(left.is_empty(), "bench left files behind: {left:?}");
 }

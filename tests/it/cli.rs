@@ -923,6 +923,48 @@ fn demo_writes_a_school_that_verifies() {
     let _ = cb.path();
 }
 
+/// The commands answer the same whether the store's index is read from its
+/// snapshot (written at every close here) or rebuilt from every frame
+/// (`CASEBOOK_FULL_OPEN_SCAN`), and the store verifies both ways.
+#[test]
+fn commands_answer_the_same_from_the_index_snapshot() {
+    let cb = Casebook::new();
+    let run = |env: (&str, &str), args: &[&str]| {
+        let out = cb
+            .command(args)
+            .env("CASEBOOK_SNAPSHOT_MIN_EVENTS", "1")
+            .env(env.0, env.1)
+            .output()
+            .expect("run casebook");
+        Run::from(out).ok()
+    };
+    let snapshot = ("CASEBOOK_UNUSED", "");
+    let full = ("CASEBOOK_FULL_OPEN_SCAN", "1");
+    run(snapshot, &["demo", "--pupils", "12", "--seed", "3"]);
+    let index = cb.data().join("logs").join("default").join("index");
+    assert!(index.exists(), "no index snapshot after the demo");
+    for args in [
+        &["timeline", "P00004", "--format", "json"][..],
+        &["caseload", "--format", "json", "--today", "2026-07-17"],
+        &[
+            "report",
+            "attendance",
+            "--format",
+            "json",
+            "--today",
+            "2026-07-17",
+        ],
+    ] {
+        let a = run(snapshot, args).json();
+        let b = run(full, args).json();
+        assert_eq!(a, b, "{args:?}");
+    }
+    for env in [snapshot, full] {
+        let v = run(env, &["verify", "--format", "json"]).json();
+        assert_eq!(v["ok"], true, "{v}");
+    }
+}
+
 /// `casebook timeline P | head`: when the reader goes away the command ends
 /// quietly (SIGPIPE), never with a panic on the broken pipe.
 #[test]

@@ -111,13 +111,17 @@ pub const MAX_CHECKPOINT_NAME: usize = 100;
 /// a clean close writes a new one; at least an eighth of the snapshot's
 /// head too, so that a large log is not rewritten for every few appends.
 pub const SNAPSHOT_MIN_EVENTS: u64 = 65_536;
+/// Overrides [`SNAPSHOT_MIN_EVENTS`] (a whole number of events; 1 writes a
+/// snapshot at every close after an append).
+pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 
 /// Options of a segment store (tests shrink the segment size and the
 /// snapshot threshold).
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentOptions {
     pub segment_bytes: u64,
-    /// [`SNAPSHOT_MIN_EVENTS`].
+    /// [`SNAPSHOT_MIN_EVENTS`] (default: that, or
+    /// [`SNAPSHOT_MIN_EVENTS_ENV`]).
     pub snapshot_min_events: u64,
     /// Whether an open reads the log's index snapshot; `false` rebuilds
     /// the index from every frame of every segment (default: `true`,
@@ -129,7 +133,10 @@ impl Default for SegmentOptions {
     fn default() -> Self {
         SegmentOptions {
             segment_bytes: DEFAULT_SEGMENT_BYTES,
-            snapshot_min_events: SNAPSHOT_MIN_EVENTS,
+            snapshot_min_events: std::env::var(SNAPSHOT_MIN_EVENTS_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(SNAPSHOT_MIN_EVENTS),
             read_snapshot: std::env::var_os(FULL_SCAN_ENV).is_none(),
         }
     }
