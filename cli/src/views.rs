@@ -9,7 +9,8 @@ use casebook_engine::domain::academic_year;
 use casebook_engine::store::EventStore;
 use casebook_projections::chronology::Timeline;
 use casebook_projections::{
-    rebuild as rebuild_views, AuditTrail, BehaviourDimension, ProjectionError, SchoolViews,
+    rebuild as rebuild_views, Attendance, AuditTrail, Behaviour, BehaviourDimension, Caseload,
+    ForceLog, Interventions, ProjectionError, Reintegration, Suspensions,
 };
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -239,17 +240,21 @@ pub(crate) async fn audit(
     Ok(())
 }
 
-/// Loads the school-wide views, catching them up from their checkpoints.
-async fn school_views(log: &Arc<dyn EventStore>) -> Result<SchoolViews, Failure> {
+/// Loads the one school-wide view a command shows, caught up from its own
+/// checkpoint (the others are caught up when they are next shown, or by
+/// `rebuild`).
+async fn school_view<P: casebook_projections::Projection>(
+    log: &Arc<dyn EventStore>,
+) -> Result<P, Failure> {
     let bar = progress::bar(0, "projecting");
-    let views = SchoolViews::load(log.as_ref(), &|at, head| {
+    let (view, restarted) = casebook_projections::load_one::<P>(log.as_ref(), &|at, head| {
         bar.set_length(head);
         bar.set_position(at);
     })
     .await
     .map_err(projection_failure)?;
     bar.finish_and_clear();
-    for r in &views.restarted {
+    if let Some(r) = restarted {
         if !matches!(
             r.reason,
             casebook_projections::runner::RestartReason::NoCheckpoint
@@ -260,14 +265,14 @@ async fn school_views(log: &Arc<dyn EventStore>) -> Result<SchoolViews, Failure>
             );
         }
     }
-    Ok(views)
+    Ok(view)
 }
 
 pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(), Failure> {
     let format = ctx.formats("caseload", &[Format::Text, Format::Json])?;
     let log = ctx.log(None)?;
-    let views = school_views(&log).await?;
-    let mut doc = to_json(&views.caseload.cases(ctx.today, keyworker))?;
+    let caseload: Caseload = school_view(&log).await?;
+    let mut doc = to_json(&caseload.cases(ctx.today, keyworker))?;
     if let Some(session) = &ctx.session {
         // A safeguarding case is itself safeguarding information: shown
         // only to those who may read safeguarding entries.
@@ -398,7 +403,6 @@ fn print_report(title: &str, doc: &Value, rows_key: &str, columns: Option<&[(&st
 pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Failure> {
     let format = ctx.formats("report", &[Format::Text, Format::Json])?;
     let log = ctx.log(None)?;
-    let views = school_views(&log).await?;
     let year = academic_year(ctx.today);
     let (mut doc, title, rows_key, columns): (Value, String, &str, Option<Columns>) = match which {
         ReportCommand::Behaviour { by } => {
@@ -410,7 +414,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
                 BehaviourBy::Week => BehaviourDimension::Week,
             };
             (
-                to_json(&views.behaviour.by(dim, None))?,
+                to_json(&school_view::<Behaviour>(&log).await?.by(dim, None))?,
                 format!("Incidents by {}", dim.as_str()),
                 "groups",
                 Some(&[
@@ -422,7 +426,11 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             )
         }
         ReportCommand::Attendance { persistent } => (
-            to_json(&views.attendance.report(year, persistent))?,
+            to_json(
+                &school_view::<Attendance>(&log)
+                    .await?
+                    .report(year, persistent),
+            )?,
             format!(
                 "Attendance {year}/{:02}{}",
                 (year + 1) % 100,
@@ -446,7 +454,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             ]),
         ),
         ReportCommand::Suspensions => (
-            to_json(&views.suspensions.report(year))?,
+            to_json(&school_view::<Suspensions>(&log).await?.report(year))?,
             format!(
                 "Suspensions {year}/{:02} against the 45-day limit",
                 (year + 1) % 100
@@ -464,19 +472,19 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             ]),
         ),
         ReportCommand::Force => (
-            to_json(&views.force.report(None))?,
+            to_json(&school_view::<ForceLog>(&log).await?.report(None))?,
             "Reasonable-force log".to_string(),
             "uses",
             None,
         ),
         ReportCommand::Interventions => (
-            to_json(&views.interventions.report())?,
+            to_json(&school_view::<Interventions>(&log).await?.report())?,
             "Intervention outcomes by kind".to_string(),
             "kinds",
             None,
         ),
         ReportCommand::Reintegration => (
-            to_json(&views.reintegration.report())?,
+            to_json(&school_view::<Reintegration>(&log).await?.report())?,
             "Reintegration after removal from school".to_string(),
             "awaiting",
             None,

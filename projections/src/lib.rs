@@ -57,7 +57,8 @@ pub use force::ForceLog;
 pub use interventions::Interventions;
 pub use reintegration::Reintegration;
 pub use runner::{
-    audit_of, chronology_of, load_projection, read_pupil, rebuild, RebuildReport, SchoolViews,
+    audit_of, chronology_of, load_one, load_projection, read_pupil, rebuild, RebuildReport,
+    SchoolViews,
 };
 pub use summary::summary;
 pub use suspensions::Suspensions;

@@ -1258,6 +1258,67 @@ mod runner {
         assert_eq!(reports(&rebuilt, today), reports(&resumed, today));
     }
 
+    /// `load_one` (what `caseload` and each `report` load) reads and saves
+    /// only its own projection's checkpoint, resumes from it, and gives the
+    /// view that loading every view gives.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_view_loads_and_saves_only_its_own_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = sample_log();
+        let (first, second) = log.events.split_at(50);
+        let today = date("2026-03-01");
+        let store = open(dir.path());
+        append(&*store, first).await;
+        let (caseload, restarted) =
+            casebook_projections::load_one::<Caseload>(&*store, &no_progress)
+                .await
+                .unwrap();
+        assert_eq!(
+            restarted.map(|r| (r.projection, r.reason)),
+            Some(("caseload", RestartReason::NoCheckpoint))
+        );
+        assert_eq!(
+            caseload.cases(today, None),
+            fold_views(&all_events(&*store).await)
+                .caseload
+                .cases(today, None)
+        );
+        for name in PROJECTION_NAMES {
+            let saved = store.load_checkpoint(name).await.unwrap().is_some();
+            assert_eq!(saved, *name == "caseload", "checkpoint of {name}");
+        }
+        append(&*store, second).await;
+        let seen = std::sync::Mutex::new(Vec::new());
+        let (resumed, restarted) =
+            casebook_projections::load_one::<Attendance>(&*store, &|done, head| {
+                seen.lock().unwrap().push((done, head))
+            })
+            .await
+            .unwrap();
+        assert!(restarted.is_some(), "attendance had no checkpoint");
+        assert_eq!(seen.into_inner().unwrap().first().map(|s| s.0), Some(0));
+        let seen = std::sync::Mutex::new(Vec::new());
+        let (caseload, restarted) =
+            casebook_projections::load_one::<Caseload>(&*store, &|done, head| {
+                seen.lock().unwrap().push((done, head))
+            })
+            .await
+            .unwrap();
+        assert!(restarted.is_none(), "{restarted:?}");
+        let total = log.events.len() as u64;
+        assert_eq!(
+            seen.into_inner().unwrap().first(),
+            Some(&(50, total)),
+            "resumed at its checkpoint"
+        );
+        let all = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert_eq!(caseload.cases(today, None), all.caseload.cases(today, None));
+        assert_eq!(
+            resumed.report(2025, false),
+            all.attendance.report(2025, false)
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_checkpoint_of_another_version_or_unreadable_is_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
