@@ -142,7 +142,15 @@ impl Store {
     pub(crate) fn log(&self, school: &str) -> Result<Arc<dyn EventStore>, StoreError> {
         Ok(match self {
             Store::Sled(s) => s.log(school)?,
-            Store::Segment(s) => s.log(school)?,
+            Store::Segment(s) => {
+                let log = s.log(school)?;
+                if let Some(why) = log.take_snapshot_rejection() {
+                    eprintln!(
+                        "note: school {school}: the index snapshot (logs/{school}/index) was not used ({why}); the index was rebuilt from the segments, and a new snapshot is written when the store is closed"
+                    );
+                }
+                log
+            }
             Store::Postgres(s, _) => s.log(school)?,
         })
     }

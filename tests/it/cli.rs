@@ -963,6 +963,23 @@ fn commands_answer_the_same_from_the_index_snapshot() {
         let v = run(env, &["verify", "--format", "json"]).json();
         assert_eq!(v["ok"], true, "{v}");
     }
+    // A damaged snapshot: a note on stderr, the same answer, and the next
+    // command (after the snapshot was written again) has no note.
+    let args = ["timeline", "P00004", "--format", "json"];
+    let before = run(snapshot, &args);
+    let mut bytes = std::fs::read(&index).unwrap();
+    let n = bytes.len();
+    bytes[n / 2] ^= 1;
+    std::fs::write(&index, &bytes).unwrap();
+    let noted = run(snapshot, &args);
+    assert!(
+        noted.stderr.contains("index snapshot") && noted.stderr.contains("checksum mismatch"),
+        "{}",
+        noted.stderr
+    );
+    assert_eq!(noted.json(), before.json());
+    let after = run(snapshot, &args);
+    assert!(!after.stderr.contains("index snapshot"), "{}", after.stderr);
 }
 
 /// `casebook timeline P | head`: when the reader goes away the command ends

@@ -912,6 +912,7 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_loss_still_refused() {
     let expected = rt.block_on(async {
         let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
         assert!(log.opened_from_snapshot().is_some());
+        assert_eq!(log.take_snapshot_rejection(), None);
         index_answers(&log, 6).await
     });
     let mut flipped = good.clone();
@@ -928,6 +929,9 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_loss_still_refused() {
         rt.block_on(async {
             let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
             assert_eq!(log.opened_from_snapshot(), None, "{what}");
+            let why = log.take_snapshot_rejection();
+            assert!(why.is_some(), "{what}: no reason given");
+            assert_eq!(log.take_snapshot_rejection(), None, "{what}: given twice");
             assert_eq!(index_answers(&log, 6).await, expected, "{what}");
         });
     }

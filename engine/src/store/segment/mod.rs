@@ -741,6 +741,8 @@ struct Recovered {
     /// The head of the index snapshot the index started from (`None`:
     /// rebuilt from every segment).
     snapshot_head: Option<u64>,
+    /// Why the log's index snapshot was not used, when it had one.
+    snapshot_rejected: Option<String>,
 }
 
 /// Whether every byte of `seg` from `from` to `file_len` is zero.
@@ -868,6 +870,7 @@ fn recover_at_most(
             torn: 0,
             torn_zero: true,
             snapshot_head: None,
+            snapshot_rejected: None,
         });
     }
     let mut opened = Vec::with_capacity(names.len());
@@ -880,10 +883,13 @@ fn recover_at_most(
         let len = file.metadata().map_err(io("open log"))?.len();
         opened.push((first, Segment { path, file }, len));
     }
-    let snapshot = if read_snapshot {
-        usable_snapshot(dir, &opened, max_events)
+    let (snapshot, snapshot_rejected) = if read_snapshot {
+        match usable_snapshot(dir, &opened, max_events) {
+            Ok(s) => (s, None),
+            Err(why) => (None, Some(why)),
+        }
     } else {
-        None
+        (None, None)
     };
     let snapshot_head = snapshot.as_ref().map(|s| s.index.head());
     // The snapshot's last segment is scanned from where it ended; the
@@ -967,6 +973,7 @@ fn recover_at_most(
         torn,
         torn_zero,
         snapshot_head,
+        snapshot_rejected,
     })
 }
 
@@ -980,11 +987,16 @@ fn usable_snapshot(
     dir: &Path,
     segments: &[(u64, Segment, u64)],
     max_events: u64,
-) -> Option<snapshot::Loaded> {
-    let loaded = snapshot::load(dir, max_events).ok()??;
+) -> Result<Option<snapshot::Loaded>, String> {
+    let Some(loaded) = snapshot::load(dir, max_events)? else {
+        return Ok(None);
+    };
     let covered = loaded.segments.len();
     if covered == 0 || covered > segments.len() {
-        return None;
+        return Err(format!(
+            "it covers {covered} segments, the log has {}",
+            segments.len()
+        ));
     }
     for (i, (snap, (first, _, file_len))) in loaded.segments.iter().zip(segments).enumerate() {
         let whole = if i + 1 == covered {
@@ -993,7 +1005,10 @@ fn usable_snapshot(
             *file_len == snap.len
         };
         if snap.first != *first || !whole {
-            return None;
+            return Err(format!(
+                "segment {} is not the one it describes (first position {first}, {file_len} bytes)",
+                i + 1
+            ));
         }
     }
     let head = loaded.index.head();
@@ -1008,25 +1023,35 @@ fn usable_snapshot(
         } else {
             1 + i * (head - 1) / checks.max(1)
         };
-        let loc = *ix.locs.get((p - 1) as usize)?;
-        let (_, seg, _) = segments.get(loc.seg as usize)?;
-        let mut buf = vec![0u8; loc.len as usize];
-        seg.file.read_exact_at(&mut buf, loc.offset).ok()?;
-        let (ev, len) = decode_at(seg, loc.offset, &buf, p).ok()?;
+        let frame = || -> Result<(StoredEvent, usize), String> {
+            let loc = *ix.locs.get((p - 1) as usize).ok_or("no location")?;
+            let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
+            let mut buf = vec![0u8; loc.len as usize];
+            seg.file
+                .read_exact_at(&mut buf, loc.offset)
+                .map_err(|e| e.to_string())?;
+            let (ev, len) = decode_at(seg, loc.offset, &buf, p).map_err(|e| e.to_string())?;
+            if len != loc.len as usize {
+                return Err("another length".into());
+            }
+            Ok((ev, len))
+        };
+        let (ev, _) = frame().map_err(|e| format!("the frame at position {p}: {e}"))?;
         let listed = ix
             .streams
             .get(&ev.stream)
             .and_then(|list| list.get((ev.version.checked_sub(1)?) as usize))
             .map(|&q| u64::from(q));
-        if len != loc.len as usize
-            || listed != Some(p)
+        if listed != Some(p)
             || ix.ids.get(&ev.event_id).map(|&q| u64::from(q)) != Some(p)
             || (p == head && ev.hash != ix.head_hash)
         {
-            return None;
+            return Err(format!(
+                "the frame at position {p} is not the event it lists there"
+            ));
         }
     }
-    Some(loaded)
+    Ok(Some(loaded))
 }
 
 /// Frames besides the head's an open checks against an index snapshot.
@@ -1044,6 +1069,7 @@ pub struct SegmentLog {
     sender: Option<mpsc::Sender<Commit>>,
     writer: Option<JoinHandle<()>>,
     snapshot_head: Option<u64>,
+    snapshot_rejected: Mutex<Option<String>>,
 }
 
 impl SegmentLog {
@@ -1123,6 +1149,7 @@ impl SegmentLog {
         };
         let hash = rec.index.head_hash;
         let snapshot_head = rec.snapshot_head;
+        let snapshot_rejected = Mutex::new(rec.snapshot_rejected);
         let state = Arc::new(RwLock::new(State {
             index: rec.index,
             segments: rec.segments,
@@ -1171,7 +1198,15 @@ impl SegmentLog {
             sender: Some(sender),
             writer: Some(handle),
             snapshot_head,
+            snapshot_rejected,
         })
+    }
+
+    /// Why the log's index snapshot was not used at open, when it had one
+    /// that did not match (damaged, partial, another log's…); the index
+    /// was then rebuilt from the segments. Handed out once, for a note.
+    pub fn take_snapshot_rejection(&self) -> Option<String> {
+        self.snapshot_rejected.lock().ok()?.take()
     }
 
     /// The head of the index snapshot this log's index was read from when
