@@ -428,6 +428,12 @@ impl ChainVerifier {
         }
     }
 
+    /// Counts `n` more problems that are not listed (a backend's checker
+    /// that kept only the first [`MAX_REPORTED_PROBLEMS`] of its own).
+    pub fn problems_not_listed(&mut self, n: u64) {
+        self.problem_count += n;
+    }
+
     /// Checks the value stored under `key_position`. Returns the decoded
     /// event when it could be decoded, for the backend's index checks.
     pub fn check(&mut self, key_position: u64, value: &[u8]) -> Option<StoredEvent> {

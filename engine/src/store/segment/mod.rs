@@ -1986,73 +1986,77 @@ impl EventStore for SegmentLog {
             )
         };
         let mut v = ChainVerifier::new();
-        let mut position = 0u64;
-        'segments: for (seg_no, seg) in segments.iter().enumerate() {
-            if position >= head {
-                break;
-            }
-            let file_len = seg.file.metadata().map_err(io("verify"))?.len();
-            let mut reader = SeqReader::new(&seg.file, file_len);
-            let mut offset = 0u64;
-            while offset < file_len && position < head {
-                let bytes = reader
-                    .at(offset, frame::PREFIX_LEN + frame::MAX_FRAME)
-                    .map_err(io("verify"))?;
-                let (meta, value, len) = match decode_frame(bytes) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        v.problem(
-                            position + 1,
-                            format!("{} at byte {offset}: {e}", seg.path.display()),
-                        );
-                        break 'segments;
+        // The index checks (hash-map probes at random places, most of the
+        // time of a verify) run on a thread of their own, a batch of
+        // frames at a time under one read lock, while this thread reads,
+        // decodes and chains the frames.
+        let state = self.state.clone();
+        let index_problems = std::thread::scope(|scope| -> Result<_, StoreError> {
+            let (batches, received) = std::sync::mpsc::sync_channel::<Vec<(FrameMeta, Loc)>>(4);
+            let checker = scope.spawn(move || check_index_batches(&state, received));
+            let mut batch = Vec::with_capacity(VERIFY_BATCH);
+            let mut position = 0u64;
+            'segments: for (seg_no, seg) in segments.iter().enumerate() {
+                if position >= head {
+                    break;
+                }
+                let file_len = seg.file.metadata().map_err(io("verify"))?.len();
+                let mut reader = SeqReader::new(&seg.file, file_len);
+                let mut offset = 0u64;
+                while offset < file_len && position < head {
+                    let bytes = reader
+                        .at(offset, frame::PREFIX_LEN + frame::MAX_FRAME)
+                        .map_err(io("verify"))?;
+                    let (meta, value, len) = match decode_frame(bytes) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            v.problem(
+                                position + 1,
+                                format!("{} at byte {offset}: {e}", seg.path.display()),
+                            );
+                            break 'segments;
+                        }
+                    };
+                    position = meta.position;
+                    if let Some(event) = v.check(meta.position, value) {
+                        if (event.stream, event.version, event.event_id)
+                            != (meta.stream, meta.version, meta.event_id)
+                        {
+                            v.problem(
+                                meta.position,
+                                "frame header disagrees with the stored event (stream, version or id)",
+                            );
+                        }
                     }
-                };
-                position = meta.position;
-                if let Some(event) = v.check(meta.position, value) {
-                    if (event.stream, event.version, event.event_id)
-                        != (meta.stream, meta.version, meta.event_id)
-                    {
-                        v.problem(
-                            meta.position,
-                            "frame header disagrees with the stored event (stream, version or id)",
-                        );
+                    batch.push((
+                        meta,
+                        Loc {
+                            offset,
+                            len: len as u32,
+                            seg: seg_no as u32,
+                        },
+                    ));
+                    if batch.len() == VERIFY_BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(VERIFY_BATCH));
+                        if batches.send(full).is_err() {
+                            break 'segments;
+                        }
                     }
-                }
-                let state = self.read()?;
-                let ix = &state.index;
-                let here = Loc {
-                    offset,
-                    len: len as u32,
-                    seg: seg_no as u32,
-                };
-                if meta.position == 0 || ix.locs.get((meta.position - 1) as usize) != Some(&here) {
-                    v.problem(
-                        meta.position,
-                        "the position index does not point at this frame",
-                    );
-                }
-                let by_stream = ix
-                    .streams
-                    .get(&meta.stream)
-                    .and_then(|l| l.get((meta.version.max(1) - 1) as usize))
-                    .map(|&p| u64::from(p));
-                if meta.version == 0 || by_stream != Some(meta.position) {
-                    v.problem(
-                        meta.position,
-                        format!("stream index for version {} is wrong", meta.version),
-                    );
-                }
-                if ix.ids.get(&meta.event_id).map(|&p| u64::from(p)) != Some(meta.position) {
-                    v.problem(meta.position, "event id index does not point here");
-                }
-                drop(state);
-                offset += len as u64;
-                if v.events().is_multiple_of(4096) {
-                    progress(v.events());
+                    offset += len as u64;
+                    if v.events().is_multiple_of(4096) {
+                        progress(v.events());
+                    }
                 }
             }
+            let _ = batches.send(batch);
+            drop(batches);
+            checker.join().unwrap_or(Err(StoreError::WriterStopped))
+        })?;
+        let (listed, more) = index_problems;
+        for (position, what) in listed {
+            v.problem(position, what);
         }
+        v.problems_not_listed(more);
         progress(v.events());
         let last = v.expected_position().saturating_sub(1);
         if last != head {
@@ -2064,6 +2068,64 @@ impl EventStore for SegmentLog {
             v.problem(head, "head hash differs from the last event's hash");
         }
         Ok(v.finish())
+    }
+}
+
+/// Frames a verify hands to its index checker at a time.
+const VERIFY_BATCH: usize = 4096;
+
+/// The index checks of `verify`: each frame's position, stream version and
+/// event id entries must point at it. Returns the first
+/// [`MAX_REPORTED_PROBLEMS`] problems (position, what), in frame order,
+/// and how many more there were.
+fn check_index_batches(
+    state: &RwLock<State>,
+    batches: std::sync::mpsc::Receiver<Vec<(FrameMeta, Loc)>>,
+) -> Result<(Vec<(u64, String)>, u64), StoreError> {
+    let mut problems = Listed::default();
+    for batch in batches {
+        let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+        let ix = &state.index;
+        for (meta, here) in batch {
+            if meta.position == 0 || ix.locs.get((meta.position - 1) as usize) != Some(&here) {
+                problems.push(meta.position, || {
+                    "the position index does not point at this frame".to_string()
+                });
+            }
+            let by_stream = ix
+                .streams
+                .get(&meta.stream)
+                .and_then(|l| l.get((meta.version.max(1) - 1) as usize))
+                .map(|&p| u64::from(p));
+            if meta.version == 0 || by_stream != Some(meta.position) {
+                problems.push(meta.position, || {
+                    format!("stream index for version {} is wrong", meta.version)
+                });
+            }
+            if ix.ids.get(&meta.event_id).map(|&p| u64::from(p)) != Some(meta.position) {
+                problems.push(meta.position, || {
+                    "event id index does not point here".to_string()
+                });
+            }
+        }
+    }
+    Ok((problems.listed, problems.more))
+}
+
+/// Problems kept up to [`MAX_REPORTED_PROBLEMS`], the rest counted.
+#[derive(Default)]
+struct Listed {
+    listed: Vec<(u64, String)>,
+    more: u64,
+}
+
+impl Listed {
+    fn push(&mut self, position: u64, what: impl FnOnce() -> String) {
+        if self.listed.len() < super::MAX_REPORTED_PROBLEMS {
+            self.listed.push((position, what()));
+        } else {
+            self.more += 1;
+        }
     }
 }
 
@@ -2235,6 +2297,55 @@ mod index_tests {
         );
         // Reads by position do not go through the stream lists or ids.
         assert_eq!(rt.block_on(log.read_all(1, 10)).unwrap().len(), 6);
+    }
+
+    /// `verify` compares the index with every frame (on its checker
+    /// thread): a sound index passes; an index with two streams' lists and
+    /// two ids swapped is reported at exactly those frames, and a log of
+    /// more frames than a checker batch is checked whole.
+    #[test]
+    fn verify_reports_every_frame_the_index_misfiled() {
+        let (_dir, rt, _store, log) = fresh_log();
+        let b = StreamId(Uuid::from_u128(2));
+        let mut second = request(5_001..5_004);
+        second.stream = b;
+        rt.block_on(log.append_atomic(vec![request(1..5_001), second]))
+            .unwrap();
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+        assert_eq!(report.events, 5_003);
+        {
+            let mut state = log.state.write().unwrap();
+            let ix = &mut state.index;
+            // Stream b's versions 1..3 now say positions 1..3 (stream a's),
+            // and ids 4_500 and 4_501 point at each other's frames.
+            let lb = ix.streams[&b].clone();
+            ix.streams.get_mut(&b).unwrap().copy_from_slice(&[1, 2, 3]);
+            let (i, j) = (Uuid::from_u128(4_500), Uuid::from_u128(4_501));
+            ix.ids.insert(i, 4_501);
+            ix.ids.insert(j, 4_500);
+            assert_eq!(lb, vec![5_001, 5_002, 5_003]);
+        }
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        assert!(!report.ok);
+        let mut at: Vec<(u64, bool)> = report
+            .problems
+            .iter()
+            .map(|p| (p.position, p.what.contains("event id")))
+            .collect();
+        at.dedup();
+        assert_eq!(
+            at,
+            vec![
+                (4_500, true),
+                (4_501, true),
+                (5_001, false),
+                (5_002, false),
+                (5_003, false)
+            ],
+            "{:?}",
+            report.problems
+        );
     }
 
     /// The id map is grown ahead of the pushes that would fill it (a copy
