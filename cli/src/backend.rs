@@ -10,7 +10,7 @@ use std::sync::Arc;
 use casebook_engine::store::embedded;
 use casebook_engine::store::postgres::config::{Config, Host};
 use casebook_engine::store::postgres::PostgresStore;
-use casebook_engine::store::segment::SegmentStore;
+use casebook_engine::store::segment::{SegmentStore, LOGS_DIR, SNAPSHOT_FILE};
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::EventStore;
 use casebook_engine::StoreError;
@@ -146,7 +146,7 @@ impl Store {
                 let log = s.log(school)?;
                 if let Some(why) = log.take_snapshot_rejection() {
                     eprintln!(
-                        "note: school {school}: the index snapshot (logs/{school}/index) was not used ({why}); the index was rebuilt from the segments, and a new snapshot is written when the store is closed"
+                        "note: school {school}: the index snapshot ({LOGS_DIR}/{school}/{SNAPSHOT_FILE}) was not used ({why}); the index was rebuilt from the segments, and a new snapshot is written when the store is closed"
                     );
                 }
                 log

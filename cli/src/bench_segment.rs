@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use casebook_engine::store::segment::raw::{scan_decode, RawSegmentLog};
-use casebook_engine::store::segment::{SegmentLog, SegmentOptions, SegmentStore, LOGS_DIR};
+use casebook_engine::store::segment::{
+    SegmentLog, SegmentOptions, SegmentStore, LOGS_DIR, SNAPSHOT_FILE,
+};
 use casebook_engine::store::sled_raw::RawEnvelope;
 use casebook_engine::store::EventStore;
 
@@ -58,7 +60,7 @@ impl Backend for Segment {
         dir: &Path,
         school: &str,
     ) -> Result<(Box<dyn Engine>, Option<Reopened>), Failure> {
-        let snapshot = dir.join(LOGS_DIR).join(school).join("index");
+        let snapshot = dir.join(LOGS_DIR).join(school).join(SNAPSHOT_FILE);
         tokio::task::block_in_place(|| {
             // The close: the writer's last act writes the index snapshot.
             let started = Instant::now();

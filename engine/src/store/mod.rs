@@ -394,9 +394,31 @@ pub struct ChainVerifier {
     expected_position: u64,
     prev_hash: Hash,
     stream_versions: HashMap<StreamId, u64>,
-    problems: Vec<Problem>,
-    problem_count: u64,
+    problems: Problems,
     events: u64,
+}
+
+/// The problems a verify found: the first [`MAX_REPORTED_PROBLEMS`]
+/// listed, all of them counted. A backend's checker on another thread
+/// keeps its own and hands it to [`ChainVerifier::absorb`].
+#[derive(Debug, Default)]
+pub struct Problems {
+    listed: Vec<Problem>,
+    count: u64,
+}
+
+impl Problems {
+    /// Records a problem at `position` (`what` is only built while the
+    /// list has room).
+    pub fn push<S: Into<String>>(&mut self, position: u64, what: impl FnOnce() -> S) {
+        self.count += 1;
+        if self.listed.len() < MAX_REPORTED_PROBLEMS {
+            self.listed.push(Problem {
+                position,
+                what: what().into(),
+            });
+        }
+    }
 }
 
 impl Default for ChainVerifier {
@@ -411,27 +433,24 @@ impl ChainVerifier {
             expected_position: 1,
             prev_hash: GENESIS_HASH,
             stream_versions: HashMap::new(),
-            problems: Vec::new(),
-            problem_count: 0,
+            problems: Problems::default(),
             events: 0,
         }
     }
 
     /// Records a problem at `position`.
     pub fn problem(&mut self, position: u64, what: impl Into<String>) {
-        self.problem_count += 1;
-        if self.problems.len() < MAX_REPORTED_PROBLEMS {
-            self.problems.push(Problem {
-                position,
-                what: what.into(),
-            });
-        }
+        self.problems.push(position, || what);
     }
 
-    /// Counts `n` more problems that are not listed (a backend's checker
-    /// that kept only the first [`MAX_REPORTED_PROBLEMS`] of its own).
-    pub fn problems_not_listed(&mut self, n: u64) {
-        self.problem_count += n;
+    /// Adds the problems a checker found apart (listed while the list has
+    /// room, all counted).
+    pub fn absorb(&mut self, other: Problems) {
+        let unlisted = other.count - other.listed.len() as u64;
+        for p in other.listed {
+            self.problems.push(p.position, || p.what);
+        }
+        self.problems.count += unlisted;
     }
 
     /// Checks the value stored under `key_position`. Returns the decoded
@@ -525,10 +544,13 @@ impl ChainVerifier {
     }
 
     pub fn finish(self) -> VerifyReport {
-        let mut problems = self.problems;
+        let Problems {
+            listed: mut problems,
+            count,
+        } = self.problems;
         problems.sort_by_key(|p| p.position);
-        if self.problem_count > problems.len() as u64 {
-            let more = self.problem_count - problems.len() as u64;
+        if count > problems.len() as u64 {
+            let more = count - problems.len() as u64;
             problems.push(Problem {
                 position: 0,
                 what: format!("{more} further problems not listed"),

@@ -33,7 +33,7 @@ pub mod frame;
 pub mod raw;
 mod snapshot;
 
-pub use snapshot::FULL_SCAN_ENV;
+pub use snapshot::{FULL_SCAN_ENV, SNAPSHOT_FILE};
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -53,7 +53,7 @@ use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqRead
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
-    GroupStage, Head, Reply, Sealed, StreamVisitor, VerifyReport, MAX_READ_PAGE,
+    GroupStage, Head, Problems, Reply, Sealed, StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -600,13 +600,25 @@ impl State {
     }
 }
 
-/// Reads the frame at `loc` and decodes it as position `position`.
+/// Reads the frame at `loc` and decodes it as position `position`; a frame
+/// of another length than `loc` says is an index that disagrees with the log.
 fn read_event(seg: &Segment, loc: Loc, position: u64) -> Result<StoredEvent, StoreError> {
     let mut buf = vec![0u8; loc.len as usize];
     seg.file
         .read_exact_at(&mut buf, loc.offset)
         .map_err(io("read"))?;
-    decode_at(seg, loc.offset, &buf, position).map(|(e, _)| e)
+    let (event, len) = decode_at(seg, loc.offset, &buf, position)?;
+    if len != buf.len() {
+        return Err(corrupt(
+            &seg.path,
+            Some(loc.offset),
+            format!(
+                "the frame of position {position} is {len} bytes where the index says {}",
+                buf.len()
+            ),
+        ));
+    }
+    Ok(event)
 }
 
 /// Decodes the frame at the start of `bytes` (from `offset` of `seg`) as
@@ -1023,20 +1035,12 @@ fn usable_snapshot(
         } else {
             1 + i * (head - 1) / checks.max(1)
         };
-        let frame = || -> Result<(StoredEvent, usize), String> {
+        let frame = || -> Result<StoredEvent, String> {
             let loc = *ix.locs.get((p - 1) as usize).ok_or("no location")?;
             let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
-            let mut buf = vec![0u8; loc.len as usize];
-            seg.file
-                .read_exact_at(&mut buf, loc.offset)
-                .map_err(|e| e.to_string())?;
-            let (ev, len) = decode_at(seg, loc.offset, &buf, p).map_err(|e| e.to_string())?;
-            if len != loc.len as usize {
-                return Err("another length".into());
-            }
-            Ok((ev, len))
+            read_event(seg, loc, p).map_err(|e| e.to_string())
         };
-        let (ev, _) = frame().map_err(|e| format!("the frame at position {p}: {e}"))?;
+        let ev = frame().map_err(|e| format!("the frame at position {p}: {e}"))?;
         let listed = ix
             .streams
             .get(&ev.stream)
@@ -1676,25 +1680,20 @@ fn for_each_run(
 /// `pread` for each run of frames that lie back to back in one segment (a
 /// page of `read_all` is usually one read, and so is a pupil's stream when
 /// it was imported in one piece).
-///
-/// With `stream` (a stream and the version of the first frame), each frame
-/// must be that stream's next version: the index's stream lists are checked
-/// against the log on every read (they may come from an index snapshot).
-fn read_runs(
-    wanted: Vec<Wanted>,
-    stream: Option<(StreamId, u64)>,
-) -> Result<Vec<StoredEvent>, StoreError> {
+/// Each frame is checked against what the read `asked` for.
+fn read_runs(wanted: Vec<Wanted>, asked: Asked<'_>) -> Result<Vec<StoredEvent>, StoreError> {
     let mut out = Vec::with_capacity(wanted.len());
     for_each_run(&mut Vec::new(), &wanted, |seg, frames, run| {
         let mut at = 0usize;
         for &(p, loc, _) in frames {
             let (event, len) = decode_at(seg, loc.offset, &run[at..], p)?;
-            if let Some((s, first)) = stream {
-                let version = first + out.len() as u64;
-                if event.stream != s || event.version != version {
-                    return Err(misindexed(seg, loc, "stream", p));
-                }
-            }
+            asked.check(
+                out.len(),
+                event.stream,
+                event.version,
+                event.event_id,
+                (seg, loc, p),
+            )?;
             at += len;
             out.push(event);
         }
@@ -1703,14 +1702,41 @@ fn read_runs(
     Ok(out)
 }
 
-/// The index points a read at a frame that is not the one asked for (a
-/// stream's version, an event id): the index and the log disagree.
-fn misindexed(seg: &Segment, loc: Loc, what: &str, position: u64) -> StoreError {
-    corrupt(
-        &seg.path,
-        Some(loc.offset),
-        format!("the index's {what} entry for position {position} does not match the frame there; run `casebook verify`, and remove the log's `index` file to rebuild the index from the segments"),
-    )
+/// What a read asked the index for, checked against each frame it reads:
+/// the index's stream lists and id map may come from an index snapshot,
+/// and must never hand over another stream's events or another id's.
+#[derive(Clone, Copy)]
+enum Asked<'a> {
+    /// Positions (`read_all`): the frame's position is checked, as always.
+    Positions,
+    /// A stream's versions, from the given one on, one a frame.
+    Stream(StreamId, u64),
+    /// These event ids, one a frame, in the frames' order.
+    Ids(&'a [Uuid]),
+}
+
+impl Asked<'_> {
+    /// Whether the `i`th frame read (of `stream`, `version`, `event_id`,
+    /// at `position` in `seg` at `loc`) is the one asked for.
+    fn check(
+        &self,
+        i: usize,
+        stream: StreamId,
+        version: u64,
+        event_id: Uuid,
+        (seg, loc, position): (&Segment, Loc, u64),
+    ) -> Result<(), StoreError> {
+        let what = match *self {
+            Asked::Stream(s, first) if (stream, version) != (s, first + i as u64) => "stream",
+            Asked::Ids(ids) if ids.get(i) != Some(&event_id) => "event id",
+            _ => return Ok(()),
+        };
+        Err(corrupt(
+            &seg.path,
+            Some(loc.offset),
+            format!("the index's {what} entry for position {position} does not match the frame there; run `casebook verify`, and remove the log's `index` file to rebuild the index from the segments"),
+        ))
+    }
 }
 
 /// Largest group buffer the writer keeps from one group to the next (a
@@ -1733,43 +1759,43 @@ thread_local! {
 /// ([`EventRef::decode_plain`]); any other bytes are decoded as
 /// [`read_runs`] decodes them (the same event, or the same error). Returns
 /// how many events were visited.
-/// `stream` as for [`read_runs`], checked against each frame's header.
+/// `asked` as for [`read_runs`], checked against each frame's header.
 fn visit_runs(
     wanted: &[Wanted],
-    stream: (StreamId, u64),
+    asked: Asked<'_>,
     visit: &mut dyn StreamVisitor,
 ) -> Result<usize, StoreError> {
     READ_BUFFER.with(|kept| match kept.try_borrow_mut() {
         Ok(mut buf) => {
-            let done = visit_runs_in(&mut buf, wanted, stream, visit);
+            let done = visit_runs_in(&mut buf, wanted, asked, visit);
             if buf.capacity() > KEPT_READ_BUFFER {
                 *buf = Vec::new();
             }
             done
         }
         // A visit that reads again on this thread: a buffer of its own.
-        Err(_) => visit_runs_in(&mut Vec::new(), wanted, stream, visit),
+        Err(_) => visit_runs_in(&mut Vec::new(), wanted, asked, visit),
     })
 }
 
 fn visit_runs_in(
     buf: &mut Vec<u8>,
     wanted: &[Wanted],
-    (stream, first): (StreamId, u64),
+    asked: Asked<'_>,
     visit: &mut dyn StreamVisitor,
 ) -> Result<usize, StoreError> {
     visit.expect(wanted.len());
-    let mut version = first;
+    let mut i = 0;
     for_each_run(buf, wanted, |seg, frames, run| {
         let mut at = 0usize;
         for &(p, loc, _) in frames {
             let bytes = &run[at..];
             let (meta, value, len) = decode_frame(bytes)
                 .map_err(|e| corrupt(&seg.path, Some(loc.offset), e.to_string()))?;
-            if meta.position == p && (meta.stream != stream || meta.version != version) {
-                return Err(misindexed(seg, loc, "stream", p));
+            if meta.position == p {
+                asked.check(i, meta.stream, meta.version, meta.event_id, (seg, loc, p))?;
             }
-            version += 1;
+            i += 1;
             match EventRef::decode_plain(value) {
                 Some(e) if meta.position == p && e.position == p => visit.visit(&e)?,
                 // Anything else as `decode_at` reads it: its event or its error.
@@ -1803,7 +1829,7 @@ impl EventStore for SegmentLog {
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         match self.stream_page(stream, from_version, max)? {
-            Some((first, wanted)) => read_runs(wanted, Some((stream, first))),
+            Some((first, wanted)) => read_runs(wanted, Asked::Stream(stream, first)),
             None => Ok(Vec::new()),
         }
     }
@@ -1816,7 +1842,7 @@ impl EventStore for SegmentLog {
         visit: &mut dyn StreamVisitor,
     ) -> Result<usize, StoreError> {
         match self.stream_page(stream, from_version, max)? {
-            Some((first, wanted)) => visit_runs(&wanted, (stream, first), visit),
+            Some((first, wanted)) => visit_runs(&wanted, Asked::Stream(stream, first), visit),
             None => Ok(0),
         }
     }
@@ -1837,7 +1863,7 @@ impl EventStore for SegmentLog {
             let last = head.min(from + max as u64 - 1);
             (from..=last).map(|p| state.wanted(p)).collect()
         };
-        read_runs(wanted, None)
+        read_runs(wanted, Asked::Positions)
     }
 
     async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
@@ -1847,7 +1873,7 @@ impl EventStore for SegmentLog {
     /// One index lookup under one lock for the whole batch (the import
     /// planner's prefetch); only the ids the log holds are read.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
-        let (found, wanted): (Vec<(u32, Uuid)>, Vec<Wanted>) = {
+        let (found, wanted): (Vec<Uuid>, Vec<Wanted>) = {
             let state = self.read()?;
             // Usually none is stored (a fresh import): look each up, and
             // drop repeats among the few found (one id, one position).
@@ -1857,23 +1883,17 @@ impl EventStore for SegmentLog {
                 .collect();
             found.sort_unstable();
             found.dedup();
-            let wanted = found
-                .iter()
-                .map(|&(p, _)| state.wanted(u64::from(p)))
-                .collect();
-            (found, wanted)
+            found
+                .into_iter()
+                .map(|(p, id)| (id, state.wanted(u64::from(p))))
+                .unzip()
         };
-        let events = read_runs(wanted.clone(), None)?;
-        // Each event must carry the id the index found it under (two ids
-        // at one position cannot both match).
-        let mut out = HashMap::with_capacity(events.len());
-        for ((event, (_, id)), (p, loc, seg)) in events.into_iter().zip(found).zip(wanted) {
-            if event.event_id != id {
-                return Err(misindexed(&seg, loc, "event id", p));
-            }
-            out.insert(id, event);
-        }
-        Ok(out)
+        // Each event carries the id the index found it under (two ids at
+        // one position cannot both).
+        Ok(read_runs(wanted, Asked::Ids(&found))?
+            .into_iter()
+            .map(|e| (e.event_id, e))
+            .collect())
     }
 
     /// Every event of each stream, from one index pass under one lock;
@@ -1901,7 +1921,7 @@ impl EventStore for SegmentLog {
         };
         let mut found = HashMap::with_capacity(wanted.len());
         for (stream, locs) in wanted {
-            found.insert(stream, read_runs(locs, Some((stream, 1)))?);
+            found.insert(stream, read_runs(locs, Asked::Stream(stream, 1))?);
         }
         Ok(found)
     }
@@ -1917,13 +1937,7 @@ impl EventStore for SegmentLog {
         };
         match found {
             None => Ok(None),
-            Some((p, loc, seg)) => {
-                let event = read_event(&seg, loc, p)?;
-                if event.event_id != event_id {
-                    return Err(misindexed(&seg, loc, "event id", p));
-                }
-                Ok(Some(event))
-            }
+            Some(wanted) => Ok(read_runs(vec![wanted], Asked::Ids(&[event_id]))?.pop()),
         }
     }
 
@@ -2052,11 +2066,7 @@ impl EventStore for SegmentLog {
             drop(batches);
             checker.join().unwrap_or(Err(StoreError::WriterStopped))
         })?;
-        let (listed, more) = index_problems;
-        for (position, what) in listed {
-            v.problem(position, what);
-        }
-        v.problems_not_listed(more);
+        v.absorb(index_problems);
         progress(v.events());
         let last = v.expected_position().saturating_sub(1);
         if last != head {
@@ -2075,21 +2085,19 @@ impl EventStore for SegmentLog {
 const VERIFY_BATCH: usize = 4096;
 
 /// The index checks of `verify`: each frame's position, stream version and
-/// event id entries must point at it. Returns the first
-/// [`MAX_REPORTED_PROBLEMS`] problems (position, what), in frame order,
-/// and how many more there were.
+/// event id entries must point at it.
 fn check_index_batches(
     state: &RwLock<State>,
     batches: std::sync::mpsc::Receiver<Vec<(FrameMeta, Loc)>>,
-) -> Result<(Vec<(u64, String)>, u64), StoreError> {
-    let mut problems = Listed::default();
+) -> Result<Problems, StoreError> {
+    let mut problems = Problems::default();
     for batch in batches {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
         let ix = &state.index;
         for (meta, here) in batch {
             if meta.position == 0 || ix.locs.get((meta.position - 1) as usize) != Some(&here) {
                 problems.push(meta.position, || {
-                    "the position index does not point at this frame".to_string()
+                    "the position index does not point at this frame"
                 });
             }
             let by_stream = ix
@@ -2103,30 +2111,11 @@ fn check_index_batches(
                 });
             }
             if ix.ids.get(&meta.event_id).map(|&p| u64::from(p)) != Some(meta.position) {
-                problems.push(meta.position, || {
-                    "event id index does not point here".to_string()
-                });
+                problems.push(meta.position, || "event id index does not point here");
             }
         }
     }
-    Ok((problems.listed, problems.more))
-}
-
-/// Problems kept up to [`MAX_REPORTED_PROBLEMS`], the rest counted.
-#[derive(Default)]
-struct Listed {
-    listed: Vec<(u64, String)>,
-    more: u64,
-}
-
-impl Listed {
-    fn push(&mut self, position: u64, what: impl FnOnce() -> String) {
-        if self.listed.len() < super::MAX_REPORTED_PROBLEMS {
-            self.listed.push((position, what()));
-        } else {
-            self.more += 1;
-        }
-    }
+    Ok(problems)
 }
 
 #[cfg(test)]

@@ -36,7 +36,7 @@ use super::{frame, Index, Loc};
 use crate::envelope::{Hash, StreamId};
 
 /// The snapshot's file name in a log directory.
-pub(super) const SNAPSHOT_FILE: &str = "index";
+pub const SNAPSHOT_FILE: &str = "index";
 /// Set (to anything) to ignore snapshots on open and rebuild every index
 /// from the segments, checking every frame (the behaviour before
 /// snapshots).
