@@ -165,7 +165,7 @@ impl SegmentStore {
                     ),
                 ));
             }
-            if c.index.ids.contains_key(&e.event_id) || !ids.insert(e.event_id) {
+            if c.index.ids.get(&e.event_id).is_some() || !ids.insert(e.event_id) {
                 return Err(refused(
                     school,
                     format!(

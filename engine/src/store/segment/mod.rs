@@ -30,6 +30,7 @@
 mod copy_in;
 mod dense;
 pub mod frame;
+mod ids;
 pub mod raw;
 mod snapshot;
 
@@ -50,6 +51,7 @@ use uuid::Uuid;
 
 use self::dense::{Chunked, MAX_POSITIONS};
 use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqReader};
+use self::ids::IdMap;
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
@@ -418,7 +420,8 @@ struct Index {
     /// Per stream, its positions by version (`[v - 1]`); a position fits
     /// a `u32` (`max_events`).
     streams: HashMap<StreamId, Vec<u32>, IdHash>,
-    ids: HashMap<Uuid, u32, IdHash>,
+    /// Event ids by position, and positions by id.
+    ids: IdMap,
     head_hash: Hash,
     /// Most events the log may hold ([`MAX_POSITIONS`]; lower in tests).
     max_events: u64,
@@ -429,7 +432,7 @@ impl Default for Index {
         Index {
             locs: Chunked::default(),
             streams: HashMap::default(),
-            ids: HashMap::default(),
+            ids: IdMap::default(),
             head_hash: Hash::default(),
             max_events: MAX_POSITIONS,
         }
@@ -531,7 +534,6 @@ impl Index {
     /// probe of the id map and one of the stream map per frame (the writer
     /// pushes every event it commits under the index's write lock).
     fn push(&mut self, meta: &FrameMeta, loc: Loc, hash: Hash) -> Result<(), String> {
-        use std::collections::hash_map::Entry;
         let expected = self.head() + 1;
         if meta.position != expected {
             return Err(format!(
@@ -556,17 +558,11 @@ impl Index {
                 meta.stream, meta.version
             ));
         }
-        match self.ids.entry(meta.event_id) {
-            Entry::Occupied(p) => {
-                return Err(format!(
-                    "event id {} is already stored at position {}",
-                    meta.event_id,
-                    p.get()
-                ))
-            }
-            Entry::Vacant(v) => {
-                v.insert(position);
-            }
+        if let Err(p) = self.ids.push(meta.event_id, position) {
+            return Err(format!(
+                "event id {} is already stored at position {p}",
+                meta.event_id
+            ));
         }
         match positions {
             Some(v) => v.push(position),
@@ -1047,7 +1043,7 @@ fn usable_snapshot(
             .and_then(|list| list.get((ev.version.checked_sub(1)?) as usize))
             .map(|&q| u64::from(q));
         if listed != Some(p)
-            || ix.ids.get(&ev.event_id).map(|&q| u64::from(q)) != Some(p)
+            || ix.ids.get(&ev.event_id).map(u64::from) != Some(p)
             || (p == head && ev.hash != ix.head_hash)
         {
             return Err(format!(
@@ -1244,8 +1240,7 @@ impl SegmentLog {
         let lists: usize = ix.streams.values().map(|v| v.capacity() * 4).sum();
         let buckets = ix.streams.capacity() / 7 * 8;
         let streams = lists + buckets * (std::mem::size_of::<(StreamId, Vec<u32>)>() + 1);
-        // A hash map holds its capacity in 7/8 of its buckets.
-        let ids = ix.ids.capacity() / 7 * 8 * (std::mem::size_of::<(Uuid, u32)>() + 1);
+        let ids = ix.ids.allocated_bytes();
         (locs + streams + ids) as u64
     }
 
@@ -1425,16 +1420,11 @@ impl Writer {
             if wanted <= ids.capacity() {
                 return;
             }
-            let mut bigger: HashMap<Uuid, u32, IdHash> = HashMap::with_capacity_and_hasher(
-                // Twice the room, as the map's own growth would give.
-                wanted.max(ids.capacity().saturating_mul(2)),
-                ids.hasher().clone(),
-            );
-            bigger.extend(ids.iter().map(|(&id, &p)| (id, p)));
-            bigger
+            // Twice the room, as the table's own growth would give.
+            ids.bigger_table(wanted.max(ids.capacity().saturating_mul(2)))
         };
         let old = match self.state.write() {
-            Ok(mut state) => std::mem::replace(&mut state.index.ids, bigger),
+            Ok(mut state) => state.index.ids.replace_table(bigger),
             Err(_) => return,
         };
         // The old map is freed here, outside the lock.
@@ -1639,7 +1629,7 @@ impl Committed for SegmentCommitted<'_> {
     }
 
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
-        Ok(self.index.ids.get(&event_id).map(|&p| u64::from(p)))
+        Ok(self.index.ids.get(&event_id).map(u64::from))
     }
 }
 
@@ -1879,7 +1869,7 @@ impl EventStore for SegmentLog {
             // drop repeats among the few found (one id, one position).
             let mut found: Vec<(u32, Uuid)> = ids
                 .iter()
-                .filter_map(|id| state.index.ids.get(id).map(|&p| (p, *id)))
+                .filter_map(|id| state.index.ids.get(id).map(|p| (p, *id)))
                 .collect();
             found.sort_unstable();
             found.dedup();
@@ -1933,7 +1923,7 @@ impl EventStore for SegmentLog {
                 .index
                 .ids
                 .get(&event_id)
-                .map(|&p| state.wanted(u64::from(p)))
+                .map(|p| state.wanted(u64::from(p)))
         };
         match found {
             None => Ok(None),
@@ -2110,7 +2100,7 @@ fn check_index_batches(
                     format!("stream index for version {} is wrong", meta.version)
                 });
             }
-            if ix.ids.get(&meta.event_id).map(|&p| u64::from(p)) != Some(meta.position) {
+            if ix.ids.get(&meta.event_id).map(u64::from) != Some(meta.position) {
                 problems.push(meta.position, || "event id index does not point here");
             }
         }
@@ -2152,7 +2142,7 @@ mod index_tests {
         let snapshot = |ix: &Index| {
             let mut streams: Vec<_> = ix.streams.iter().map(|(s, v)| (*s, v.clone())).collect();
             streams.sort_by_key(|(s, _)| *s);
-            let mut ids: Vec<_> = ix.ids.iter().map(|(i, p)| (*i, *p)).collect();
+            let mut ids: Vec<_> = ix.ids.iter().collect();
             ids.sort();
             (ix.locs.to_vec(), streams, ids, ix.head_hash)
         };
@@ -2173,7 +2163,7 @@ mod index_tests {
         assert_eq!(ix.head(), 4);
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(1))), 2);
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(3))), 1);
-        assert_eq!(ix.ids.get(&Uuid::from_u128(13)), Some(&4));
+        assert_eq!(ix.ids.get(&Uuid::from_u128(13)), Some(4));
         assert_eq!(ix.head_hash, [4; 32]);
     }
 
@@ -2261,9 +2251,8 @@ mod index_tests {
             ix.streams.insert(a, lb);
             ix.streams.insert(b, la);
             let (i1, i2) = (Uuid::from_u128(1), Uuid::from_u128(2));
-            let (p1, p2) = (ix.ids[&i1], ix.ids[&i2]);
-            ix.ids.insert(i1, p2);
-            ix.ids.insert(i2, p1);
+            let (p1, p2) = (ix.ids.get(&i1).unwrap(), ix.ids.get(&i2).unwrap());
+            ix.ids.swap_for_test(p1, p2);
         }
         let named = |r: Result<usize, StoreError>| match r {
             Err(StoreError::Corrupt { location, what }) => {
@@ -2310,9 +2299,7 @@ mod index_tests {
             // and ids 4_500 and 4_501 point at each other's frames.
             let lb = ix.streams[&b].clone();
             ix.streams.get_mut(&b).unwrap().copy_from_slice(&[1, 2, 3]);
-            let (i, j) = (Uuid::from_u128(4_500), Uuid::from_u128(4_501));
-            ix.ids.insert(i, 4_501);
-            ix.ids.insert(j, 4_500);
+            ix.ids.swap_for_test(4_500, 4_501);
             assert_eq!(lb, vec![5_001, 5_002, 5_003]);
         }
         let report = rt.block_on(log.verify(&|_| {})).unwrap();

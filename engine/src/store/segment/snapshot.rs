@@ -21,9 +21,10 @@
 //! BLAKE3 of every byte before it [32]
 //! ```
 //!
-//! The ids are written in the order of the id map's buckets, with the
-//! map's hash seed, so that reading them back into a map of the same
-//! capacity and seed fills its buckets front to back instead of at random.
+//! The ids are written in the order of the id table's buckets
+//! ([`IdMap::table_order`]), with the table's hash seed, so that reading
+//! them back into a table of the same capacity and seed fills its buckets
+//! front to back instead of at random.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -32,7 +33,8 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::{frame, Index, Loc};
+use super::ids::IdMap;
+use super::{frame, IdHash, Index, Loc};
 use crate::envelope::{Hash, StreamId};
 
 /// The snapshot's file name in a log directory.
@@ -152,7 +154,7 @@ pub(super) fn encode(
     }
     w.put(&(index.ids.capacity() as u64).to_le_bytes())?;
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
-    for (id, p) in &index.ids {
+    for (id, p) in index.ids.table_order() {
         let mut b = [0u8; 20];
         b[..16].copy_from_slice(id.as_bytes());
         b[16..].copy_from_slice(&p.to_le_bytes());
@@ -356,8 +358,8 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
     let nstreams = r.u64("streams")?;
     r.fits(nstreams, 20, "streams")?;
     let mut seen = Seen::new(head);
-    let mut streams: HashMap<StreamId, Vec<u32>, super::IdHash> =
-        HashMap::with_capacity_and_hasher(nstreams as usize, super::IdHash::with_seed(seed));
+    let mut streams: HashMap<StreamId, Vec<u32>, IdHash> =
+        HashMap::with_capacity_and_hasher(nstreams as usize, IdHash::with_seed(seed));
     let mut listed = 0u64;
     for _ in 0..nstreams {
         let stream = StreamId(Uuid::from_bytes(r.bytes::<16>("stream")?));
@@ -383,7 +385,6 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
         return Err(format!("streams list {listed} positions of {head}"));
     }
     // Ids: one per position.
-    let mut seen = Seen::new(head);
     // The capacity only orders the inserts: one larger than twice the
     // ids (a damaged field, before the checksum is known) is not trusted.
     let capacity = r
@@ -394,17 +395,19 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
         return Err(format!("{nids} ids for {head} positions"));
     }
     r.fits(nids, 20, "ids")?;
-    let mut ids: HashMap<Uuid, u32, super::IdHash> =
-        HashMap::with_capacity_and_hasher(capacity as usize, super::IdHash::with_seed(seed));
-    for _ in 0..nids {
-        let b = r.bytes::<20>("ids")?;
-        let id = Uuid::from_bytes(b[..16].try_into().unwrap_or_default());
-        let p = u32::from_le_bytes(b[16..].try_into().unwrap_or_default());
-        seen.mark(p, "ids")?;
-        if ids.insert(id, p).is_some() {
-            return Err(format!("event id {id} listed twice"));
-        }
-    }
+    let ids = IdMap::load(
+        IdHash::with_seed(seed),
+        nids as usize,
+        capacity as usize,
+        (0..nids).map(|_| {
+            let b = r.bytes::<20>("ids")?;
+            let id = Uuid::from_bytes(b[..16].try_into().unwrap_or_default());
+            Ok((
+                id,
+                u32::from_le_bytes(b[16..].try_into().unwrap_or_default()),
+            ))
+        }),
+    )?;
     if r.read + 32 != total {
         return Err("bytes after the ids".into());
     }
