@@ -36,6 +36,20 @@ impl<T> Chunked<T> {
         self.chunks.get(i / CHUNK)?.get(i % CHUNK)
     }
 
+    /// Entry `i` and the one after it (if any), with one chunk lookup
+    /// when both are in one chunk.
+    #[inline]
+    pub(super) fn get_pair(&self, i: usize) -> Option<(&T, Option<&T>)> {
+        let chunk = self.chunks.get(i / CHUNK)?;
+        let j = i % CHUNK;
+        let first = chunk.get(j)?;
+        let next = match chunk.get(j + 1) {
+            Some(n) => Some(n),
+            None => self.get(i + 1),
+        };
+        Some((first, next))
+    }
+
     pub(super) fn push(&mut self, value: T) {
         match self.chunks.last_mut() {
             Some(c) if c.len() < CHUNK => c.push(value),
@@ -118,6 +132,11 @@ mod tests {
             assert_eq!(c.get(i), Some(&(i as u64 * 3)));
         }
         assert_eq!(c.get(n), None);
+        let at = |i: usize| c.get_pair(i).map(|(a, b)| (*a, b.copied()));
+        assert_eq!(at(0), Some((0, Some(3))));
+        assert_eq!(at(CHUNK - 1), Some((c[CHUNK - 1], Some(c[CHUNK]))));
+        assert_eq!(at(n - 1), Some((c[n - 1], None)));
+        assert_eq!(at(n), None);
         let mut f = Chunked::filled(n, 7u64);
         assert_eq!(f.len(), n);
         assert!(f.set(CHUNK, 9) && f.set(n - 1, 8) && !f.set(n, 1));

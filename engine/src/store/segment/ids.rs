@@ -113,18 +113,46 @@ impl IdMap {
         std::mem::replace(&mut self.table, table)
     }
 
-    /// Every `(id, position)` in the table's bucket order: what an index
-    /// snapshot stores, so that the next open fills a table of the same
-    /// capacity and seed front to back ([`IdMap::load`]).
-    pub(super) fn table_order(&self) -> impl Iterator<Item = (Uuid, u32)> + '_ {
-        self.table
-            .iter()
-            .map(|&p| (self.by_position[p as usize - 1], p))
+    /// Hands `each` every `(id, position)` in the table's bucket order:
+    /// what an index snapshot stores, so that the next open fills a table
+    /// of the same capacity and seed front to back ([`IdMap::load`]). The
+    /// ids are read at random places, [`LOAD_BATCH`] at a time so that
+    /// their cache misses overlap.
+    pub(super) fn in_table_order<E>(
+        &self,
+        mut each: impl FnMut(&Uuid, u32) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut positions = self.table.iter().copied().peekable();
+        let mut batch: Vec<u32> = Vec::with_capacity(LOAD_BATCH);
+        let mut ids: Vec<Uuid> = Vec::with_capacity(LOAD_BATCH);
+        while positions.peek().is_some() {
+            batch.clear();
+            batch.extend(positions.by_ref().take(LOAD_BATCH));
+            // Only loads, each independent of the others: their misses
+            // overlap.
+            ids.clear();
+            ids.extend(batch.iter().map(|&p| self.by_position[p as usize - 1]));
+            for (id, p) in ids.iter().zip(&batch) {
+                each(id, *p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`IdMap::in_table_order`], collected (tests).
+    #[cfg(test)]
+    pub(super) fn table_order(&self) -> Vec<(Uuid, u32)> {
+        let mut out = Vec::with_capacity(self.len());
+        let _ = self.in_table_order(|id, p| -> Result<(), ()> {
+            out.push((*id, p));
+            Ok(())
+        });
+        out
     }
 
     /// The map of `n` positions from its `(id, position)` pairs, inserted
     /// in their order into a table of room for `capacity` (any order gives
-    /// the same map; [`IdMap::table_order`]'s fills the table front to
+    /// the same map; [`IdMap::in_table_order`]'s fills the table front to
     /// back, and only the ids land at random places). `Err` says what is
     /// wrong: a position out of range, an id held twice, a position
     /// without an id (so another listed twice), pairs beyond `n`.
@@ -269,7 +297,7 @@ mod tests {
         for p in 1..=300u32 {
             m.push(id(p), p).unwrap();
         }
-        let order: Vec<(Uuid, u32)> = m.table_order().collect();
+        let order: Vec<(Uuid, u32)> = m.table_order();
         let loaded = IdMap::load(
             m.hasher().clone(),
             300,
@@ -278,7 +306,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(loaded.capacity(), m.capacity());
-        let mut again: Vec<(Uuid, u32)> = loaded.table_order().collect();
+        let mut again: Vec<(Uuid, u32)> = loaded.table_order();
         let mut order = order;
         again.sort();
         order.sort();

@@ -31,6 +31,7 @@ mod copy_in;
 mod dense;
 pub mod frame;
 mod ids;
+mod locs;
 pub mod raw;
 mod snapshot;
 
@@ -49,9 +50,10 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
-use self::dense::{Chunked, MAX_POSITIONS};
+use self::dense::MAX_POSITIONS;
 use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqReader};
 use self::ids::IdMap;
+use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
@@ -402,7 +404,7 @@ impl SegmentStore {
 // ---- the index ------------------------------------------------------------
 
 /// Where a frame is: segment number (index into the log's segments), byte
-/// offset, length. 16 bytes an event.
+/// offset, length (the index keeps 4 bytes a position: [`Locations`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
     offset: u64,
@@ -415,8 +417,8 @@ type Wanted = (u64, Loc, Arc<Segment>);
 
 /// The in-memory index of a log: rebuilt from the segments on open.
 struct Index {
-    /// `locs[p - 1]` is position p.
-    locs: Chunked<Loc>,
+    /// Where each position's frame is.
+    locs: Locations,
     /// Per stream, its positions by version (`[v - 1]`); a position fits
     /// a `u32` (`max_events`).
     streams: HashMap<StreamId, Vec<u32>, IdHash>,
@@ -430,7 +432,7 @@ struct Index {
 impl Default for Index {
     fn default() -> Self {
         Index {
-            locs: Chunked::default(),
+            locs: Locations::default(),
             streams: HashMap::default(),
             ids: IdMap::default(),
             head_hash: Hash::default(),
@@ -558,6 +560,7 @@ impl Index {
                 meta.stream, meta.version
             ));
         }
+        let step = self.locs.check(loc)?;
         if let Err(p) = self.ids.push(meta.event_id, position) {
             return Err(format!(
                 "event id {} is already stored at position {p}",
@@ -570,7 +573,7 @@ impl Index {
                 self.streams.insert(meta.stream, vec![position]);
             }
         }
-        self.locs.push(loc);
+        self.locs.push(loc, step);
         self.head_hash = hash;
         Ok(())
     }
@@ -591,7 +594,12 @@ struct State {
 impl State {
     /// Where position `p` lies, for [`read_runs`].
     fn wanted(&self, p: u64) -> Wanted {
-        let loc = self.index.locs[(p - 1) as usize];
+        // Callers ask only for positions the index holds (1..=head).
+        let loc = self.index.locs.at(p).unwrap_or(Loc {
+            offset: 0,
+            len: 0,
+            seg: 0,
+        });
         (p, loc, self.segments[loc.seg as usize].clone())
     }
 }
@@ -615,6 +623,19 @@ fn read_event(seg: &Segment, loc: Loc, position: u64) -> Result<StoredEvent, Sto
         ));
     }
     Ok(event)
+}
+
+/// Reads position `p` of a log being opened.
+fn read_at(rec: &Recovered, dir: &Path, p: u64) -> Result<StoredEvent, StoreError> {
+    let loc = rec.index.locs.at(p);
+    match loc.and_then(|loc| Some((loc, rec.segments.get(loc.seg as usize)?))) {
+        Some((loc, seg)) => read_event(seg, loc, p),
+        None => Err(corrupt(
+            dir,
+            None,
+            format!("the index holds no frame for position {p}"),
+        )),
+    }
 }
 
 /// Decodes the frame at the start of `bytes` (from `offset` of `seg`) as
@@ -1032,7 +1053,7 @@ fn usable_snapshot(
             1 + i * (head - 1) / checks.max(1)
         };
         let frame = || -> Result<StoredEvent, String> {
-            let loc = *ix.locs.get((p - 1) as usize).ok_or("no location")?;
+            let loc = ix.locs.at(p).ok_or("no location")?;
             let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
             read_event(seg, loc, p).map_err(|e| e.to_string())
         };
@@ -1120,8 +1141,7 @@ impl SegmentLog {
                 ));
             }
             if position > 0 {
-                let loc = rec.index.locs[(position - 1) as usize];
-                let ev = read_event(&rec.segments[loc.seg as usize], loc, position)?;
+                let ev = read_at(&rec, dir, position)?;
                 if ev.hash != hash {
                     return Err(corrupt(
                         dir,
@@ -1142,10 +1162,7 @@ impl SegmentLog {
         let recorded_us = if head == 0 {
             i64::MIN
         } else {
-            let loc = rec.index.locs[(head - 1) as usize];
-            read_event(&rec.segments[loc.seg as usize], loc, head)?
-                .recorded_at
-                .timestamp_micros()
+            read_at(&rec, dir, head)?.recorded_at.timestamp_micros()
         };
         let hash = rec.index.head_hash;
         let snapshot_head = rec.snapshot_head;
@@ -2085,7 +2102,7 @@ fn check_index_batches(
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
         let ix = &state.index;
         for (meta, here) in batch {
-            if meta.position == 0 || ix.locs.get((meta.position - 1) as usize) != Some(&here) {
+            if meta.position == 0 || ix.locs.at(meta.position) != Some(here) {
                 problems.push(meta.position, || {
                     "the position index does not point at this frame"
                 });
@@ -2124,7 +2141,7 @@ mod index_tests {
 
     fn loc(position: u64) -> Loc {
         Loc {
-            offset: position * 100,
+            offset: (position - 1) * 100,
             len: 100,
             seg: 0,
         }

@@ -22,7 +22,7 @@
 //! ```
 //!
 //! The ids are written in the order of the id table's buckets
-//! ([`IdMap::table_order`]), with the table's hash seed, so that reading
+//! ([`IdMap::in_table_order`]), with the table's hash seed, so that reading
 //! them back into a table of the same capacity and seed fills its buckets
 //! front to back instead of at random.
 
@@ -94,28 +94,19 @@ impl Blocks<'_> {
     }
 }
 
-/// The segments the index's locations cover, or `None` when they are not
-/// one frame after another from byte 0 of each segment (the snapshot
-/// stores only lengths), or some segment holds no frame: the snapshot is
-/// then not written.
+/// The segments the index's locations cover (frames one after another
+/// from byte 0 of each, as [`super::locs::Locations`] holds them), or
+/// `None` when some segment holds no frame: the snapshot is then not
+/// written.
 pub(super) fn segments_of(index: &Index) -> Option<Vec<SnapSegment>> {
-    let mut out: Vec<SnapSegment> = Vec::new();
-    for p in 0..index.locs.len() {
-        let loc = index.locs[p];
-        let n = out.len();
-        match out.last_mut() {
-            Some(s) if n == loc.seg as usize + 1 && s.len == loc.offset => {}
-            _ if n == loc.seg as usize && loc.offset == 0 => out.push(SnapSegment {
-                first: p as u64 + 1,
-                len: 0,
-            }),
-            _ => return None,
-        }
-        if let Some(s) = out.last_mut() {
-            s.len += u64::from(loc.len);
-        }
-    }
-    Some(out)
+    Some(
+        index
+            .locs
+            .segments()?
+            .into_iter()
+            .map(|(first, len)| SnapSegment { first, len })
+            .collect(),
+    )
 }
 
 /// Writes the snapshot of `index` (whose locations span `segments`) to
@@ -141,8 +132,8 @@ pub(super) fn encode(
         w.put(&s.first.to_le_bytes())?;
         w.put(&s.len.to_le_bytes())?;
     }
-    for p in 0..index.locs.len() {
-        w.put(&index.locs[p].len.to_le_bytes())?;
+    for len in index.locs.lens() {
+        w.put(&len.to_le_bytes())?;
     }
     w.put(&(index.streams.len() as u64).to_le_bytes())?;
     for (stream, positions) in &index.streams {
@@ -154,12 +145,12 @@ pub(super) fn encode(
     }
     w.put(&(index.ids.capacity() as u64).to_le_bytes())?;
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
-    for (id, p) in index.ids.table_order() {
+    index.ids.in_table_order(|id, p| {
         let mut b = [0u8; 20];
         b[..16].copy_from_slice(id.as_bytes());
         b[16..].copy_from_slice(&p.to_le_bytes());
-        w.put(&b)?;
-    }
+        w.put(&b)
+    })?;
     w.flush_block()?;
     let hash = w.hasher.finalize();
     w.out.write_all(hash.as_bytes())
@@ -339,11 +330,11 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
             if !FRAME_LENS.contains(&(len as usize)) {
                 return Err(format!("position {p}: no frame is {len} bytes long"));
             }
-            index.locs.push(Loc {
+            index.locs.push_checked(Loc {
                 offset,
                 len,
                 seg: seg as u32,
-            });
+            })?;
             offset += u64::from(len);
         }
         if offset != s.len {
