@@ -69,6 +69,9 @@ pub enum StoreError {
     InvalidSchool { school: String, what: String },
     #[error("the log's writer stopped after an earlier write failure; reopen the store")]
     WriterStopped,
+    /// A broken invariant of casebook's own (a bug), not damage on disk.
+    #[error("internal error: {0} (a bug in casebook, not damage to the store)")]
+    Internal(String),
     #[error(transparent)]
     Codec(#[from] CodecError),
 }
@@ -98,6 +101,7 @@ impl StoreError {
                 | StoreError::InUse { .. }
                 | StoreError::DiskFull { .. }
                 | StoreError::WriterStopped
+                | StoreError::Internal(_)
                 | StoreError::Codec(_)
         )
     }

@@ -106,11 +106,25 @@ impl IdMap {
         table
     }
 
-    /// Puts in a table from [`IdMap::bigger_table`] (made from this map,
-    /// unchanged since), returning the old one.
+    /// Puts in a table from [`IdMap::bigger_table`] made from this map,
+    /// returning the old one to free; a table made before the map last
+    /// changed (it would miss ids) is returned instead, and the map keeps
+    /// its own.
     pub(super) fn replace_table(&mut self, table: HashTable<u32>) -> HashTable<u32> {
-        debug_assert_eq!(table.len(), self.table.len());
+        if table.len() != self.table.len() {
+            debug_assert!(false, "a stale id table");
+            return table;
+        }
         std::mem::replace(&mut self.table, table)
+    }
+
+    /// Makes room for `additional` more ids without growing.
+    pub(super) fn reserve(&mut self, additional: usize) {
+        let by_position = &self.by_position;
+        let hasher = &self.hasher;
+        self.table.reserve(additional, |&p| {
+            hasher.hash_one(by_position[p as usize - 1])
+        });
     }
 
     /// Hands `each` every `(id, position)` in the table's bucket order:
@@ -285,6 +299,8 @@ mod tests {
         let table = m.bigger_table(cap);
         m.replace_table(table);
         assert!(m.capacity() >= cap);
+        m.reserve(cap);
+        assert!(m.capacity() >= 5_000 + cap);
         for p in (1..=5_000u32).step_by(7) {
             assert_eq!(m.get(&id(p)), Some(p));
         }

@@ -593,14 +593,16 @@ struct State {
 
 impl State {
     /// Where position `p` lies, for [`read_runs`].
-    fn wanted(&self, p: u64) -> Wanted {
-        // Callers ask only for positions the index holds (1..=head).
-        let loc = self.index.locs.at(p).unwrap_or(Loc {
-            offset: 0,
-            len: 0,
-            seg: 0,
-        });
-        (p, loc, self.segments[loc.seg as usize].clone())
+    /// Callers ask only for positions the index holds (1..=head): an
+    /// error here is a bug, not damage.
+    fn wanted(&self, p: u64) -> Result<Wanted, StoreError> {
+        let found = self
+            .index
+            .locs
+            .at(p)
+            .and_then(|loc| Some((p, loc, self.segments.get(loc.seg as usize)?.clone())));
+        debug_assert!(found.is_some(), "position {p} is not indexed");
+        found.ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))
     }
 }
 
@@ -938,6 +940,13 @@ fn recover_at_most(
         ),
     };
     let count = opened.len();
+    let file_lens: Vec<u64> = opened.iter().map(|(_, _, len)| *len).collect();
+    // Frames and bytes indexed so far, to size the id table for the rest
+    // before it grows (a growth rehashes every id, each read at random).
+    let (mut indexed_bytes, mut indexed_frames) = match &resume {
+        Some((r, len)) => (file_lens[..*r].iter().sum::<u64>() + len, index.head()),
+        None => (0, 0),
+    };
     let mut segments = Vec::with_capacity(count);
     let mut end = 0;
     let mut torn = 0;
@@ -965,7 +974,16 @@ fn recover_at_most(
                 0
             }
         };
+        if let Some(per_frame) = indexed_bytes.checked_div(indexed_frames) {
+            let rest = file_lens[i..].iter().sum::<u64>().saturating_sub(from);
+            let expected = rest / per_frame.max(1);
+            let expected = expected.min(max_events.saturating_sub(index.head()));
+            index.ids.reserve((expected + expected / 16) as usize);
+        }
+        let head_before = index.head();
         let (group_end, damage) = scan_segment(&seg, i as u32, &mut index, from)?;
+        indexed_bytes += group_end.saturating_sub(from);
+        indexed_frames += index.head() - head_before;
         if !last {
             if let Some((at, what)) = damage {
                 return Err(corrupt(&seg.path, Some(at), format!("{what} (damage before the log's tail: acknowledged events are affected; restore from a backup)")));
@@ -1287,7 +1305,7 @@ impl SegmentLog {
             list[start..end]
                 .iter()
                 .map(|&p| state.wanted(u64::from(p)))
-                .collect(),
+                .collect::<Result<_, _>>()?,
         )))
     }
 
@@ -1419,14 +1437,14 @@ impl Writer {
         }
     }
 
-    /// Makes room in the index's id map for `adding` more ids before they
-    /// are pushed, when the map would otherwise grow inside the push: the
-    /// copy into a map twice the size is made under the read lock, so that
+    /// Makes room in the index's id table for `adding` more ids before
+    /// they are pushed, when the table would otherwise grow inside the
+    /// push: a table twice the size is filled under the read lock, so that
     /// reads go on meanwhile, and only the swap takes the write lock. (A
-    /// map growing in place rehashes every id under the write lock: tens of
-    /// ms at 2M ids, every read of the school waiting.) Only this thread
+    /// table growing in place rehashes every id under the write lock: tens
+    /// of ms at 2M ids, every read of the school waiting.) Only this thread
     /// changes the index of an open log, so nothing is pushed between the
-    /// copy and the swap.
+    /// fill and the swap (and the swap checks it).
     fn grow_ids_ahead(&self, adding: usize) {
         let bigger = {
             let Ok(state) = self.state.read() else {
@@ -1444,7 +1462,7 @@ impl Writer {
             Ok(mut state) => state.index.ids.replace_table(bigger),
             Err(_) => return,
         };
-        // The old map is freed here, outside the lock.
+        // The old table is freed here, outside the lock.
         drop(old);
     }
 
@@ -1569,8 +1587,22 @@ impl Writer {
                             len: f.len as u32,
                             seg: seg_no,
                         };
-                        let pushed = state.index.push(&f.meta, loc, f.hash);
-                        debug_assert!(pushed.is_ok(), "the writer checked the group: {pushed:?}");
+                        // The writer checked the group (versions, ids) and
+                        // wrote it where the segment's frames end; a
+                        // refusal here is a bug. The group is on disk but
+                        // not acknowledged, and the writer stops: a reopen
+                        // indexes it from the segment.
+                        if let Err(what) = state.index.push(&f.meta, loc, f.hash) {
+                            debug_assert!(false, "the index refused a written frame: {what}");
+                            for (reply, ..) in staged {
+                                reply.send(Err(StoreError::Internal(format!(
+                                    "the index refused the frame just written at offset {} of {} ({what}); it is on disk but was not acknowledged: reopen the store",
+                                    loc.offset,
+                                    self.segment.path.display()
+                                ))));
+                            }
+                            return false;
+                        }
                     }
                 }
                 self.end += self.buf.len() as u64;
@@ -1868,7 +1900,9 @@ impl EventStore for SegmentLog {
                 return Ok(Vec::new());
             }
             let last = head.min(from + max as u64 - 1);
-            (from..=last).map(|p| state.wanted(p)).collect()
+            (from..=last)
+                .map(|p| state.wanted(p))
+                .collect::<Result<_, _>>()?
         };
         read_runs(wanted, Asked::Positions)
     }
@@ -1890,10 +1924,13 @@ impl EventStore for SegmentLog {
                 .collect();
             found.sort_unstable();
             found.dedup();
-            found
-                .into_iter()
-                .map(|(p, id)| (id, state.wanted(u64::from(p))))
-                .unzip()
+            let mut ids = Vec::with_capacity(found.len());
+            let mut wanted = Vec::with_capacity(found.len());
+            for (p, id) in found {
+                ids.push(id);
+                wanted.push(state.wanted(u64::from(p))?);
+            }
+            (ids, wanted)
         };
         // Each event carries the id the index found it under (two ids at
         // one position cannot both).
@@ -1921,10 +1958,10 @@ impl EventStore for SegmentLog {
                 .filter(|s| seen.insert(**s))
                 .filter_map(|s| state.index.streams.get(s).map(|list| (*s, list)))
                 .map(|(s, list)| {
-                    let locs = list.iter().map(|&p| state.wanted(u64::from(p))).collect();
-                    (s, locs)
+                    let locs = list.iter().map(|&p| state.wanted(u64::from(p)));
+                    Ok((s, locs.collect::<Result<_, StoreError>>()?))
                 })
-                .collect()
+                .collect::<Result<_, StoreError>>()?
         };
         let mut found = HashMap::with_capacity(wanted.len());
         for (stream, locs) in wanted {
@@ -1941,6 +1978,7 @@ impl EventStore for SegmentLog {
                 .ids
                 .get(&event_id)
                 .map(|p| state.wanted(u64::from(p)))
+                .transpose()?
         };
         match found {
             None => Ok(None),
@@ -2174,6 +2212,14 @@ mod index_tests {
         for m in refused {
             assert!(ix.push(&m, loc(4), [9; 32]).is_err(), "{m:?}");
             assert!(snapshot(&ix) == before, "{m:?} changed the index");
+        }
+        // A sound frame at the wrong place: not where the frames before it
+        // end, or not at the start of a new segment.
+        let misplaced = [loc(5), Loc { seg: 1, ..loc(2) }];
+        for l in misplaced {
+            assert!(ix.push(&meta(4, 3, 1, 13), l, [9; 32]).is_err(), "{l:?}");
+            assert!(snapshot(&ix) == before, "{l:?} changed the index");
+            assert_eq!(ix.ids.get(&Uuid::from_u128(13)), None);
         }
         assert!(!ix.streams.contains_key(&StreamId(Uuid::from_u128(3))));
         ix.push(&meta(4, 3, 1, 13), loc(4), [4; 32]).unwrap();
