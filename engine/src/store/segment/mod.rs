@@ -793,15 +793,26 @@ fn zero_from(seg: &Segment, from: u64, file_len: u64) -> Result<bool, StoreError
     Ok(true)
 }
 
+/// Frames a scan indexes before it sizes the id table for the rest of the
+/// log from their bytes per frame.
+const SIZING_SAMPLE: u64 = 65_536;
+
 /// Scans one segment from byte `from` (the start of a group), pushing
 /// every frame of a complete group into `index`. Returns the offset after the last complete group and, if the
-/// scan stopped at damage, its offset and description.
+/// scan stopped at damage, its offset and description. `rest` is the bytes
+/// from `from` to the end of the last segment: after [`SIZING_SAMPLE`]
+/// frames the id table is given room for as many more frames as `rest`
+/// holds at the bytes per frame seen, so that it does not grow during the
+/// scan (a growth rehashes every id, each read at random).
 fn scan_segment(
     seg: &Segment,
     seg_no: u32,
     index: &mut Index,
     from: u64,
+    rest: u64,
 ) -> Result<(u64, Option<(u64, String)>), StoreError> {
+    let first = index.head();
+    let mut sized = false;
     let file_len = seg.file.metadata().map_err(io("open log"))?.len();
     let mut reader = SeqReader::new(&seg.file, file_len);
     let mut offset = from;
@@ -846,6 +857,14 @@ fn scan_segment(
                     .map_err(|what| corrupt(&seg.path, Some(loc.offset), what))?;
             }
             group_end = offset;
+            let frames = index.head() - first;
+            if !sized && frames >= SIZING_SAMPLE {
+                sized = true;
+                let per_frame = ((group_end - from) / frames).max(1);
+                let more = (rest.saturating_sub(group_end - from) / per_frame)
+                    .min(index.max_events.saturating_sub(index.head()));
+                index.ids.reserve((more + more / 16) as usize);
+            }
         }
     }
     Ok((group_end, None))
@@ -941,12 +960,6 @@ fn recover_at_most(
     };
     let count = opened.len();
     let file_lens: Vec<u64> = opened.iter().map(|(_, _, len)| *len).collect();
-    // Frames and bytes indexed so far, to size the id table for the rest
-    // before it grows (a growth rehashes every id, each read at random).
-    let (mut indexed_bytes, mut indexed_frames) = match &resume {
-        Some((r, len)) => (file_lens[..*r].iter().sum::<u64>() + len, index.head()),
-        None => (0, 0),
-    };
     let mut segments = Vec::with_capacity(count);
     let mut end = 0;
     let mut torn = 0;
@@ -974,16 +987,8 @@ fn recover_at_most(
                 0
             }
         };
-        if let Some(per_frame) = indexed_bytes.checked_div(indexed_frames) {
-            let rest = file_lens[i..].iter().sum::<u64>().saturating_sub(from);
-            let expected = rest / per_frame.max(1);
-            let expected = expected.min(max_events.saturating_sub(index.head()));
-            index.ids.reserve((expected + expected / 16) as usize);
-        }
-        let head_before = index.head();
-        let (group_end, damage) = scan_segment(&seg, i as u32, &mut index, from)?;
-        indexed_bytes += group_end.saturating_sub(from);
-        indexed_frames += index.head() - head_before;
+        let rest = file_lens[i..].iter().sum::<u64>().saturating_sub(from);
+        let (group_end, damage) = scan_segment(&seg, i as u32, &mut index, from, rest)?;
         if !last {
             if let Some((at, what)) = damage {
                 return Err(corrupt(&seg.path, Some(at), format!("{what} (damage before the log's tail: acknowledged events are affected; restore from a backup)")));
