@@ -216,6 +216,23 @@ impl Reading {
     fn u64(&mut self, what: &str) -> Result<u64, String> {
         self.bytes::<8>(what).map(u64::from_le_bytes)
     }
+    /// Reads (and hashes) the next `n` bytes without keeping them.
+    fn skip(&mut self, mut n: u64, what: &str) -> Result<(), String> {
+        while n > 0 {
+            if self.at == self.end {
+                self.refill()?;
+                if self.at == self.end {
+                    return Err(format!("the file ends inside {what}"));
+                }
+            }
+            let take = n.min((self.end - self.at) as u64);
+            self.at += take as usize;
+            self.read += take;
+            n -= take;
+        }
+        Ok(())
+    }
+
     /// Checks that `count` entries of `size` bytes fit in what is left.
     fn fits(&self, count: u64, size: u64, what: &str) -> Result<(), String> {
         let left = self.total.saturating_sub(self.read);
@@ -299,6 +316,94 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
     }
     let head_hash: Hash = r.bytes::<32>("head hash")?;
     let seed = r.u64("seed")?;
+    // The ids are the file's last section but its checksum: they are read
+    // on a thread of their own, from where they must start, while this one
+    // reads the rest and checks the checksum over the whole file.
+    let Some(ids_at) = head
+        .checked_mul(20)
+        .and_then(|n| n.checked_add(16 + 32))
+        .and_then(|n| total.checked_sub(n))
+    else {
+        return Err(format!("too short for {head} ids"));
+    };
+    let ids_file = r
+        .file
+        .try_clone()
+        .map_err(|e| format!("cannot open: {e}"))?;
+    std::thread::scope(|scope| {
+        let ids = scope.spawn(move || load_ids(&ids_file, ids_at, head, seed));
+        let rest = load_rest(&mut r, head, head_hash, max_events, seed, ids_at);
+        let ids = ids
+            .join()
+            .unwrap_or_else(|_| Err("the id reader failed".into()));
+        let (mut index, segments) = rest?;
+        index.ids = ids?;
+        Ok(Some(Loaded { index, segments }))
+    })
+}
+
+/// The snapshot's ids (from byte `at`: capacity, count, pairs), read with
+/// positioned reads in blocks of whole pairs.
+fn load_ids(file: &std::fs::File, at: u64, head: u64, seed: u64) -> Result<IdMap, String> {
+    use std::os::unix::fs::FileExt;
+    let mut header = [0u8; 16];
+    file.read_exact_at(&mut header, at)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let [capacity, nids] = [0, 8].map(|i| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&header[i..i + 8]);
+        u64::from_le_bytes(b)
+    });
+    // The capacity only orders the inserts: one larger than twice the
+    // ids (a damaged field, before the checksum is known) is not trusted.
+    let capacity = capacity.min(head.saturating_mul(2).saturating_add(1024));
+    if nids != head {
+        return Err(format!("{nids} ids for {head} positions"));
+    }
+    const PAIRS: u64 = (BLOCK / 20) as u64;
+    let mut buf = vec![0u8; (PAIRS.min(head) * 20) as usize];
+    let (mut offset, mut left, mut next, mut filled) = (at + 16, head, 0usize, 0usize);
+    let pairs = std::iter::from_fn(move || {
+        if left == 0 {
+            return None;
+        }
+        if next == filled {
+            let n = (left.min(PAIRS) * 20) as usize;
+            if let Err(e) = file.read_exact_at(&mut buf[..n], offset) {
+                left = 0;
+                return Some(Err(format!("cannot read: {e}")));
+            }
+            offset += n as u64;
+            (next, filled) = (0, n);
+        }
+        let b = &buf[next..next + 20];
+        next += 20;
+        left -= 1;
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&b[..16]);
+        let mut p = [0u8; 4];
+        p.copy_from_slice(&b[16..]);
+        Some(Ok((Uuid::from_bytes(id), u32::from_le_bytes(p))))
+    });
+    IdMap::load(
+        IdHash::with_seed(seed),
+        head as usize,
+        capacity as usize,
+        pairs,
+    )
+}
+
+/// The rest of the snapshot after its seed: segments, locations, streams;
+/// the ids' bytes (from `ids_at`) only hashed; the checksum checked.
+fn load_rest(
+    r: &mut Reading,
+    head: u64,
+    head_hash: Hash,
+    max_events: u64,
+    seed: u64,
+    ids_at: u64,
+) -> Result<(Index, Vec<SnapSegment>), String> {
+    let total = r.total;
     let nseg = u64::from(r.u32("segments")?);
     r.fits(nseg, 16, "segments")?;
     let mut segments = Vec::with_capacity(nseg as usize);
@@ -375,38 +480,15 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
     if listed != head {
         return Err(format!("streams list {listed} positions of {head}"));
     }
-    // Ids: one per position.
-    // The capacity only orders the inserts: one larger than twice the
-    // ids (a damaged field, before the checksum is known) is not trusted.
-    let capacity = r
-        .u64("id capacity")?
-        .min(head.saturating_mul(2).saturating_add(1024));
-    let nids = r.u64("ids")?;
-    if nids != head {
-        return Err(format!("{nids} ids for {head} positions"));
+    // Ids (read by `load_ids`): they must start where the streams end.
+    if r.read != ids_at {
+        return Err("the streams do not end where the ids begin".into());
     }
-    r.fits(nids, 20, "ids")?;
-    let ids = IdMap::load(
-        IdHash::with_seed(seed),
-        nids as usize,
-        capacity as usize,
-        (0..nids).map(|_| {
-            let b = r.bytes::<20>("ids")?;
-            let id = Uuid::from_bytes(b[..16].try_into().unwrap_or_default());
-            Ok((
-                id,
-                u32::from_le_bytes(b[16..].try_into().unwrap_or_default()),
-            ))
-        }),
-    )?;
-    if r.read + 32 != total {
-        return Err("bytes after the ids".into());
-    }
+    r.skip(total - 32 - ids_at, "ids")?;
     let stored = r.bytes::<32>("the checksum")?;
     if r.hasher.finalize().as_bytes() != &stored {
         return Err("checksum mismatch".into());
     }
     index.streams = streams;
-    index.ids = ids;
-    Ok(Some(Loaded { index, segments }))
+    Ok((index, segments))
 }
