@@ -331,11 +331,22 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
         .try_clone()
         .map_err(|e| format!("cannot open: {e}"))?;
     std::thread::scope(|scope| {
-        let ids = scope.spawn(move || load_ids(&ids_file, ids_at, head, seed));
+        // Without a thread (none could be started), the ids are read after
+        // the rest, on this one.
+        let reader = std::thread::Builder::new()
+            .name("snapshot ids".into())
+            .spawn_scoped(scope, || load_ids(&ids_file, ids_at, head, seed))
+            .ok();
         let rest = load_rest(&mut r, head, head_hash, max_events, seed, ids_at);
-        let ids = ids
-            .join()
-            .unwrap_or_else(|_| Err("the id reader failed".into()));
+        let ids = match reader {
+            Some(reader) => reader
+                .join()
+                .unwrap_or_else(|_| Err("the id reader failed".into())),
+            None => match &rest {
+                Ok(_) => load_ids(&ids_file, ids_at, head, seed),
+                Err(e) => Err(e.clone()),
+            },
+        };
         let (mut index, segments) = rest?;
         index.ids = ids?;
         Ok(Some(Loaded { index, segments }))
