@@ -1267,8 +1267,9 @@ impl SegmentLog {
     }
 
     /// Approximate bytes the in-memory index holds, from the capacities of
-    /// its tables (positions, stream lists, the event-id map with its
-    /// control bytes): what the log costs in memory beyond the page cache.
+    /// its tables (locations, stream lists, the event ids and their hash
+    /// table with its control bytes): what the log costs in memory beyond
+    /// the page cache.
     pub fn index_bytes(&self) -> u64 {
         let Ok(state) = self.state.read() else {
             return 0;
