@@ -22,6 +22,49 @@ use super::IdHash;
 /// Pairs [`IdMap::load`] takes at a time.
 const LOAD_BATCH: usize = 256;
 
+/// The position in `table` holding `id` (the table holds positions; an
+/// entry matches when `by_position` has `id` there).
+fn find(
+    table: &HashTable<u32>,
+    by_position: &Chunked<Uuid>,
+    hasher: &IdHash,
+    id: &Uuid,
+) -> Option<u32> {
+    table
+        .find(hasher.hash_one(id), |&p| {
+            by_position.get(p as usize - 1) == Some(id)
+        })
+        .copied()
+}
+
+/// Puts `position` into `table` as the holder of `id` (`by_position` may
+/// not have it yet); `Err` holds the position that already holds `id`.
+fn insert(
+    table: &mut HashTable<u32>,
+    by_position: &Chunked<Uuid>,
+    hasher: &IdHash,
+    id: Uuid,
+    position: u32,
+) -> Result<(), u32> {
+    match table.entry(
+        hasher.hash_one(id),
+        |&p| by_position.get(p as usize - 1) == Some(&id),
+        rehash(by_position, hasher),
+    ) {
+        Entry::Occupied(o) => Err(*o.get()),
+        Entry::Vacant(v) => {
+            v.insert(position);
+            Ok(())
+        }
+    }
+}
+
+/// The hash of the id a table entry's position holds, for the table's
+/// growth.
+fn rehash<'a>(by_position: &'a Chunked<Uuid>, hasher: &'a IdHash) -> impl Fn(&u32) -> u64 + 'a {
+    move |&p| hasher.hash_one(by_position[p as usize - 1])
+}
+
 /// Event ids by position, and their positions by id.
 pub(super) struct IdMap {
     /// `by_position[p - 1]` is the id of position p.
@@ -62,12 +105,7 @@ impl IdMap {
 
     /// The position holding `id`.
     pub(super) fn get(&self, id: &Uuid) -> Option<u32> {
-        let by_position = &self.by_position;
-        self.table
-            .find(self.hasher.hash_one(id), |&p| {
-                by_position.get(p as usize - 1) == Some(id)
-            })
-            .copied()
+        find(&self.table, &self.by_position, &self.hasher, id)
     }
 
     /// Adds `id` as the id of the next position (`len() + 1`, which the
@@ -75,18 +113,13 @@ impl IdMap {
     /// already holds it.
     pub(super) fn push(&mut self, id: Uuid, position: u32) -> Result<(), u32> {
         debug_assert_eq!(position as usize, self.by_position.len() + 1);
-        let by_position = &self.by_position;
-        let hasher = &self.hasher;
-        match self.table.entry(
-            hasher.hash_one(id),
-            |&p| by_position.get(p as usize - 1) == Some(&id),
-            |&p| hasher.hash_one(by_position[p as usize - 1]),
-        ) {
-            Entry::Occupied(o) => return Err(*o.get()),
-            Entry::Vacant(v) => {
-                v.insert(position);
-            }
-        }
+        insert(
+            &mut self.table,
+            &self.by_position,
+            &self.hasher,
+            id,
+            position,
+        )?;
         self.by_position.push(id);
         Ok(())
     }
@@ -99,9 +132,11 @@ impl IdMap {
         let hasher = &self.hasher;
         for i in 0..by_position.len() {
             let id = &by_position[i];
-            table.insert_unique(hasher.hash_one(id), i as u32 + 1, |&p| {
-                hasher.hash_one(by_position[p as usize - 1])
-            });
+            table.insert_unique(
+                hasher.hash_one(id),
+                i as u32 + 1,
+                rehash(by_position, hasher),
+            );
         }
         table
     }
@@ -120,11 +155,8 @@ impl IdMap {
 
     /// Makes room for `additional` more ids without growing.
     pub(super) fn reserve(&mut self, additional: usize) {
-        let by_position = &self.by_position;
-        let hasher = &self.hasher;
-        self.table.reserve(additional, |&p| {
-            hasher.hash_one(by_position[p as usize - 1])
-        });
+        self.table
+            .reserve(additional, rehash(&self.by_position, &self.hasher));
     }
 
     /// Hands `each` every `(id, position)` in the table's bucket order:
@@ -201,21 +233,8 @@ impl IdMap {
                     .map_or(0, |u| u.as_u64_pair().0);
             }
             for &(id, p) in &batch {
-                match table.entry(
-                    hasher.hash_one(id),
-                    |&q: &u32| by_position.get(q as usize - 1) == Some(&id),
-                    |&q| hasher.hash_one(by_position[q as usize - 1]),
-                ) {
-                    Entry::Occupied(o) => {
-                        return Err(format!(
-                            "event id {id} is held by positions {} and {p}",
-                            o.get()
-                        ))
-                    }
-                    Entry::Vacant(v) => {
-                        v.insert(p);
-                    }
-                }
+                insert(&mut table, &by_position, &hasher, id, p)
+                    .map_err(|q| format!("event id {id} is held by positions {q} and {p}"))?;
                 by_position.set(p as usize - 1, id);
             }
         }
@@ -226,11 +245,7 @@ impl IdMap {
         // n distinct ids went into n slots: a slot still nil (other than
         // one whose id is the nil id) means a position was listed twice.
         let nil = Uuid::nil();
-        let held_nil = table
-            .find(hasher.hash_one(nil), |&q| {
-                by_position.get(q as usize - 1) == Some(&nil)
-            })
-            .copied();
+        let held_nil = find(&table, &by_position, &hasher, &nil);
         for i in 0..n {
             if by_position[i] == nil && held_nil != Some(i as u32 + 1) {
                 return Err(format!(

@@ -12,6 +12,7 @@
 //! This was 16 bytes a position (offset, length, segment).
 
 use super::dense::Chunked;
+use super::snapshot::SnapSegment;
 use super::Loc;
 
 /// Frames one after another in one segment.
@@ -67,10 +68,7 @@ impl Locations {
                 .checked_sub(1)?,
         };
         let run = self.runs.get(r)?;
-        let next_first = self
-            .runs
-            .get(r + 1)
-            .map_or(self.len() as u64 + 1, |n| n.first);
+        let next_first = self.after_run(r);
         let offset = run.base + u64::from(*rel);
         let end = match next {
             Some(next) if p + 1 < next_first => run.base + u64::from(*next),
@@ -81,6 +79,13 @@ impl Locations {
             len: u32::try_from(end.checked_sub(offset)?).ok()?,
             seg: run.seg,
         })
+    }
+
+    /// The first position after run `r`.
+    fn after_run(&self, r: usize) -> u64 {
+        self.runs
+            .get(r + 1)
+            .map_or(self.len() as u64 + 1, |n| n.first)
     }
 
     /// Whether `loc` can be the next position's frame, and how it is
@@ -142,14 +147,18 @@ impl Locations {
     }
 
     /// Per segment, from segment 0 on, its first position and where its
-    /// last frame ends; `None` when some segment holds no frame.
-    pub(super) fn segments(&self) -> Option<Vec<(u64, u64)>> {
-        let mut out: Vec<(u64, u64)> = Vec::new();
+    /// last frame ends (what an index snapshot records of it); `None` when
+    /// some segment holds no frame (no snapshot is written then).
+    pub(super) fn segments(&self) -> Option<Vec<SnapSegment>> {
+        let mut out: Vec<SnapSegment> = Vec::new();
         for run in &self.runs {
             let n = out.len();
             match out.last_mut() {
-                Some(s) if n == run.seg as usize + 1 && s.1 == run.base => s.1 = run.end,
-                _ if n == run.seg as usize && run.base == 0 => out.push((run.first, run.end)),
+                Some(s) if n == run.seg as usize + 1 && s.len == run.base => s.len = run.end,
+                _ if n == run.seg as usize && run.base == 0 => out.push(SnapSegment {
+                    first: run.first,
+                    len: run.end,
+                }),
                 _ => return None,
             }
         }
@@ -160,10 +169,7 @@ impl Locations {
     pub(super) fn lens(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.runs.len()).flat_map(move |r| {
             let run = self.runs[r];
-            let next_first = self
-                .runs
-                .get(r + 1)
-                .map_or(self.len() as u64 + 1, |n| n.first);
+            let next_first = self.after_run(r);
             (run.first..next_first).map(move |p| {
                 let i = (p - 1) as usize;
                 let end = if p + 1 < next_first {
@@ -196,6 +202,11 @@ mod tests {
         Loc { offset, len, seg }
     }
 
+    /// [`Locations::segments`] as (first position, length) pairs.
+    fn spans(l: &Locations) -> Option<Vec<(u64, u64)>> {
+        Some(l.segments()?.iter().map(|s| (s.first, s.len)).collect())
+    }
+
     #[test]
     fn frames_are_found_across_segments_and_runs() {
         let mut l = Locations::default();
@@ -219,7 +230,7 @@ mod tests {
             frames.iter().map(|f| f.len).collect::<Vec<_>>()
         );
         // Segment 1 holds no frame: no segment list for a snapshot.
-        assert_eq!(l.segments(), None);
+        assert_eq!(spans(&l), None);
         let bytes = l.allocated_bytes();
         assert!(bytes >= 6 * 4 + 3 * std::mem::size_of::<Run>(), "{bytes}");
     }
@@ -235,7 +246,7 @@ mod tests {
             assert!(l.check(bad).is_err(), "{bad:?}");
         }
         assert_eq!(l.to_vec(), before);
-        assert_eq!(l.segments(), Some(vec![(1, 10), (2, 10)]));
+        assert_eq!(spans(&l), Some(vec![(1, 10), (2, 10)]));
     }
 
     /// A segment past 4 GiB is held in more than one run, and its frames
@@ -257,7 +268,7 @@ mod tests {
         assert_eq!(l.runs.len(), 3);
         assert_eq!(l.to_vec(), frames.to_vec());
         assert_eq!(
-            l.segments(),
+            spans(&l),
             Some(vec![(1, 4 * u64::from(big) / 2 + 107), (5, 9)])
         );
         assert_eq!(l.lens().collect::<Vec<_>>(), vec![big, big, 100, 7, 9]);

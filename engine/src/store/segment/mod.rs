@@ -596,14 +596,22 @@ impl State {
     /// Callers ask only for positions the index holds (1..=head): an
     /// error here is a bug, not damage.
     fn wanted(&self, p: u64) -> Result<Wanted, StoreError> {
-        let found = self
-            .index
-            .locs
-            .at(p)
-            .and_then(|loc| Some((p, loc, self.segments.get(loc.seg as usize)?.clone())));
+        let found = locate(&self.index, &self.segments, p);
         debug_assert!(found.is_some(), "position {p} is not indexed");
-        found.ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))
+        found
+            .map(|(loc, seg)| (p, loc, seg.clone()))
+            .ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))
     }
+}
+
+/// Where position `p`'s frame is, and its segment.
+fn locate<'a>(
+    index: &Index,
+    segments: &'a [Arc<Segment>],
+    p: u64,
+) -> Option<(Loc, &'a Arc<Segment>)> {
+    let loc = index.locs.at(p)?;
+    Some((loc, segments.get(loc.seg as usize)?))
 }
 
 /// Reads the frame at `loc` and decodes it as position `position`; a frame
@@ -629,8 +637,7 @@ fn read_event(seg: &Segment, loc: Loc, position: u64) -> Result<StoredEvent, Sto
 
 /// Reads position `p` of a log being opened.
 fn read_at(rec: &Recovered, dir: &Path, p: u64) -> Result<StoredEvent, StoreError> {
-    let loc = rec.index.locs.at(p);
-    match loc.and_then(|loc| Some((loc, rec.segments.get(loc.seg as usize)?))) {
+    match locate(&rec.index, &rec.segments, p) {
         Some((loc, seg)) => read_event(seg, loc, p),
         None => Err(corrupt(
             dir,
@@ -1428,7 +1435,7 @@ impl Writer {
         let Ok(state) = self.state.read() else {
             return;
         };
-        let Some(segments) = snapshot::segments_of(&state.index) else {
+        let Some(segments) = state.index.locs.segments() else {
             return;
         };
         let path = self.dir.join(snapshot::SNAPSHOT_FILE);

@@ -94,21 +94,6 @@ impl Blocks<'_> {
     }
 }
 
-/// The segments the index's locations cover (frames one after another
-/// from byte 0 of each, as [`super::locs::Locations`] holds them), or
-/// `None` when some segment holds no frame: the snapshot is then not
-/// written.
-pub(super) fn segments_of(index: &Index) -> Option<Vec<SnapSegment>> {
-    Some(
-        index
-            .locs
-            .segments()?
-            .into_iter()
-            .map(|(first, len)| SnapSegment { first, len })
-            .collect(),
-    )
-}
-
 /// Writes the snapshot of `index` (whose locations span `segments`) to
 /// `out`.
 pub(super) fn encode(
