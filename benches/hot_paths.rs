@@ -10,7 +10,9 @@ use casebook_engine::domain::{decide, CaseState, Command, Record};
 use casebook_engine::envelope::{chain_hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
 use casebook_engine::event::{CaseEvent, IncidentRecorded, IncidentRole};
 use casebook_engine::RecordedEvent;
-use casebook_projections::{Attendance, Behaviour, Caseload, Chronology, Projection, Suspensions};
+use casebook_projections::{
+    Attendance, Behaviour, Caseload, Chronology, Projection, Suspensions, Targets,
+};
 use chrono::{TimeZone, Utc};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::hint::black_box;
@@ -89,6 +91,7 @@ fn demo_year() -> Vec<RecordedEvent> {
 
 fn folds(c: &mut Criterion) {
     let year = demo_year();
+    let log = Targets::of(&year);
     let mut g = c.benchmark_group("fold one pupil's year");
     g.throughput(Throughput::Elements(year.len() as u64));
     g.bench_function(
@@ -100,10 +103,11 @@ fn folds(c: &mut Criterion) {
                 let mut attendance = Attendance::default();
                 let mut suspensions = Suspensions::default();
                 for e in &year {
-                    caseload.apply(e);
-                    behaviour.apply(e);
-                    attendance.apply(e);
-                    suspensions.apply(e);
+                    let corrected_at = log.corrected_by(e);
+                    caseload.apply(e, corrected_at);
+                    behaviour.apply(e, corrected_at);
+                    attendance.apply(e, corrected_at);
+                    suspensions.apply(e, corrected_at);
                 }
                 black_box((caseload, behaviour, attendance, suspensions))
             })

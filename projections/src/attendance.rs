@@ -10,11 +10,14 @@
 //! year of the mark's `date`, 1 September to 31 August.
 //!
 //! Marks are the one fact a school holds in bulk (two a day per pupil), so
-//! this view keeps them packed: per pupil, one vector of 24-byte marks
-//! sorted by `(date, session)`, each the session key, the event id (what a
-//! correction names) and the code as an index into
+//! this view keeps them packed: per pupil, one vector of 12-byte marks
+//! sorted by `(date, session)`, each the session key, the mark's position
+//! in the log and the code as an index into
 //! [`casebook_engine::codes::ATTENDANCE_CODES`] (a code casebook does not
-//! know is kept as written, in the pupil's own small table). The key makes a
+//! know is kept as written, in the pupil's own small table). A correction
+//! names its entry by event id; the runner looks up where that entry is in
+//! the log ([`crate::Targets`]), so the view need not keep a 16-byte id per
+//! mark beside the one the store's index already holds. The key makes a
 //! session count once even if a log holds two marks for it (the later one
 //! stands, as a re-taken register would). Marks arrive in date order, so a
 //! new one is almost always pushed at the end.
@@ -27,7 +30,6 @@ use casebook_engine::event::{AttendanceMarked, CaseEvent, EntryCorrected, Sessio
 use casebook_engine::{RecordedEvent, StreamId};
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use crate::facts::{academic_year_label, corrected, percent, PupilCard};
 use crate::Projection;
@@ -66,14 +68,46 @@ fn unkey(key: Key) -> (NaiveDate, Session) {
     (date, session)
 }
 
-/// One mark: 24 bytes, no heap.
+/// One mark: 12 bytes, no heap.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Mark {
     key: Key,
     /// `< ATTENDANCE_CODES.len()`: that code; else `other[code - len]` of
-    /// the pupil's marks.
-    code: u32,
-    id: Uuid,
+    /// the pupil's marks; [`NO_CODE`]: the empty code.
+    code: u16,
+    /// The mark's position in the log, its high 16 bits and low 32 (see
+    /// [`Mark::position`]).
+    position_high: u16,
+    position_low: u32,
+}
+
+/// The code of a mark whose code could not be given an index: more than
+/// 65,000 distinct codes casebook does not know on one pupil's register.
+/// It reads as the empty code, which counts as unrecognised, as such a code
+/// would.
+const NO_CODE: u16 = u16::MAX;
+
+/// Positions a mark holds: below 2^48. A log that long (280 trillion
+/// events, about 60 PB at casebook's ~220 bytes an event) cannot be stored
+/// by any backend casebook has; a larger position is held as the largest
+/// one, which no correction can name.
+const POSITION_LIMIT: u64 = (1 << 48) - 1;
+
+impl Mark {
+    fn new(key: Key, position: u64, code: u16) -> Mark {
+        let position = position.min(POSITION_LIMIT);
+        Mark {
+            key,
+            code,
+            // Below 2^48: the high part fits 16 bits, the low part 32.
+            position_high: (position >> 32) as u16,
+            position_low: position as u32,
+        }
+    }
+
+    fn position(&self) -> u64 {
+        (u64::from(self.position_high) << 32) | u64::from(self.position_low)
+    }
 }
 
 /// A pupil's marks in `(date, session)` order, one per session.
@@ -115,8 +149,8 @@ fn known_code(code: &str) -> Option<usize> {
 }
 
 impl Marks {
-    fn code(&self, code: u32) -> &str {
-        let i = code as usize;
+    fn code(&self, code: u16) -> &str {
+        let i = usize::from(code);
         match ATTENDANCE_CODES.get(i) {
             Some(a) => a.code,
             None => self
@@ -128,30 +162,30 @@ impl Marks {
 
     /// The category of a mark's code; `None` for a code casebook does not
     /// know.
-    fn category(code: u32) -> Option<AttendanceCategory> {
-        ATTENDANCE_CODES.get(code as usize).map(|a| a.category)
+    fn category(code: u16) -> Option<AttendanceCategory> {
+        ATTENDANCE_CODES.get(usize::from(code)).map(|a| a.category)
     }
 
-    fn intern(&mut self, code: &str) -> u32 {
+    fn intern(&mut self, code: &str) -> u16 {
         let known = ATTENDANCE_CODES.len();
         let index = match known_code(code) {
             Some(i) => i,
             None => match self.other.iter().position(|c| c == code) {
                 Some(i) => known + i,
-                None => {
+                None if known + self.other.len() < usize::from(NO_CODE) => {
                     self.other.push(code.to_string());
                     known + self.other.len() - 1
                 }
+                None => return NO_CODE,
             },
         };
-        // More distinct codes than a u32 counts cannot be held in memory.
-        u32::try_from(index).unwrap_or(u32::MAX)
+        u16::try_from(index).unwrap_or(NO_CODE)
     }
 
     /// Sets the mark of `key`'s session, replacing one already there.
-    fn insert(&mut self, key: Key, id: Uuid, code: &str) {
+    fn insert(&mut self, key: Key, position: u64, code: &str) {
         let code = self.intern(code);
-        let mark = Mark { key, code, id };
+        let mark = Mark::new(key, position, code);
         match self.list.last() {
             Some(last) if last.key >= key => {
                 match self.list.binary_search_by_key(&key, |m| m.key) {
@@ -171,9 +205,11 @@ impl Marks {
         self.list.get(start..end.max(start)).unwrap_or(&[])
     }
 
-    /// `(key, id, code)` of every mark, in order.
-    fn iter(&self) -> impl Iterator<Item = (Key, &Uuid, &str)> + '_ {
-        self.list.iter().map(|m| (m.key, &m.id, self.code(m.code)))
+    /// `(key, position, code)` of every mark, in order.
+    fn iter(&self) -> impl Iterator<Item = (Key, u64, &str)> + '_ {
+        self.list
+            .iter()
+            .map(|m| (m.key, m.position(), self.code(m.code)))
     }
 }
 
@@ -185,9 +221,9 @@ impl PartialEq for Marks {
 }
 
 /// The checkpoint form of a pupil's marks: a list of `(day number, pm,
-/// event id, code)` tuples. Register marks are most of a school's log, so
+/// position, code)` tuples. Register marks are most of a school's log, so
 /// their checkpoint form matters: no field names, and a day number instead
-/// of a date string to parse (about 27 bytes a mark instead of 50).
+/// of a date string to parse (about 13 bytes a mark at a million events).
 mod packed {
     use std::fmt;
 
@@ -195,17 +231,16 @@ mod packed {
     use chrono::NaiveDate;
     use serde::de::{Error as _, SeqAccess, Visitor};
     use serde::{Deserializer, Serializer};
-    use uuid::Uuid;
 
     use super::{key, Marks};
 
-    type Packed = (i32, bool, Uuid, String);
+    type Packed = (i32, bool, u64, String);
 
     pub fn serialize<S: Serializer>(marks: &Marks, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(
             marks
                 .iter()
-                .map(|(key, id, code)| (key >> 1, key & 1 == 1, id, code)),
+                .map(|(key, position, code)| (key >> 1, key & 1 == 1, position, code)),
         )
     }
 
@@ -219,7 +254,7 @@ mod packed {
         type Value = Marks;
 
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a list of (day number, pm, event id, code)")
+            f.write_str("a list of (day number, pm, position, code)")
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Marks, A::Error> {
@@ -227,11 +262,11 @@ mod packed {
             marks
                 .list
                 .reserve(seq.size_hint().unwrap_or(0).min(1 << 16));
-            while let Some((day, pm, id, code)) = seq.next_element::<Packed>()? {
+            while let Some((day, pm, position, code)) = seq.next_element::<Packed>()? {
                 let date = NaiveDate::from_num_days_from_ce_opt(day)
                     .ok_or_else(|| A::Error::custom(format!("day number {day} out of range")))?;
                 let session = if pm { Session::Pm } else { Session::Am };
-                marks.insert(key(date, session), id, &code);
+                marks.insert(key(date, session), position, &code);
             }
             Ok(marks)
         }
@@ -239,8 +274,15 @@ mod packed {
 }
 
 impl Register {
-    fn correct(&mut self, c: &EntryCorrected) {
-        let Some(i) = self.marks.list.iter().position(|m| m.id == c.event) else {
+    /// Applies `c`, which names the entry at `position`, if that entry is
+    /// one of these marks.
+    fn correct(&mut self, c: &EntryCorrected, position: u64) {
+        let Some(i) = self
+            .marks
+            .list
+            .iter()
+            .position(|m| m.position() == position)
+        else {
             return;
         };
         let mark = self.marks.list[i];
@@ -253,22 +295,23 @@ impl Register {
         if let Some(CaseEvent::AttendanceMarked(new)) = corrected(&original, &c.changes) {
             self.marks.list.remove(i);
             self.marks
-                .insert(key(new.date, new.session), mark.id, &new.code);
+                .insert(key(new.date, new.session), position, &new.code);
         }
     }
 
-    /// Bytes of this register's checkpoint form, roughly (a mark is about
-    /// 27).
+    /// Bytes of this register's checkpoint form, roughly (a mark is 9 to
+    /// 18).
     fn checkpoint_size_hint(&self) -> usize {
-        256 + self.marks.list.len() * 28
+        256 + self.marks.list.len() * 14
     }
 }
 
 impl Projection for Attendance {
     const NAME: &'static str = "attendance";
-    const VERSION: u32 = 1;
+    /// 2: marks keep their position in the log instead of their event id.
+    const VERSION: u32 = 2;
 
-    fn apply(&mut self, event: &RecordedEvent) {
+    fn apply(&mut self, event: &RecordedEvent, corrected_at: Option<u64>) {
         match &event.event {
             CaseEvent::PupilRegistered(_) => self
                 .pupils
@@ -279,14 +322,16 @@ impl Projection for Attendance {
             CaseEvent::AttendanceMarked(a) => {
                 self.pupils.entry(event.stream).or_default().marks.insert(
                     key(a.date, a.session),
-                    event.event_id,
+                    event.position,
                     &a.code,
                 );
             }
             CaseEvent::EntryCorrected(c) => {
                 if let Some(register) = self.pupils.get_mut(&event.stream) {
                     if !register.card.correct(c) {
-                        register.correct(c);
+                        if let Some(position) = corrected_at {
+                            register.correct(c, position);
+                        }
                     }
                 }
             }
@@ -437,8 +482,9 @@ impl Attendance {
 #[cfg(test)]
 mod tests {
     //! The packed marks against the map of marks they replaced (kept here
-    //! as the reference, verbatim but for names): the same checkpoint bytes
-    //! and the same reports, byte for byte, on any sequence of marks,
+    //! as the reference, verbatim but for names; it keeps each mark's event
+    //! id where the packed marks keep its position): the same marks and
+    //! the same reports, byte for byte, on any sequence of marks,
     //! duplicates, unknown codes and corrections.
 
     use super::*;
@@ -447,6 +493,7 @@ mod tests {
     use chrono::{Duration, TimeZone, Utc};
     use proptest::prelude::*;
     use serde_json::json;
+    use uuid::Uuid;
 
     mod reference {
         use super::super::{academic_year_label, corrected, percent, PupilCard};
@@ -541,6 +588,29 @@ mod tests {
         }
 
         impl OldAttendance {
+            /// Every pupil's card, by stream.
+            pub(super) fn cards(&self) -> Vec<&PupilCard> {
+                self.pupils.values().map(|r| &r.card).collect()
+            }
+
+            /// Every mark: `(pupil, day number, pm, event id, code)`.
+            pub(super) fn marks(&self) -> Vec<(StreamId, i32, bool, Uuid, String)> {
+                use chrono::Datelike;
+                let mut out = Vec::new();
+                for (stream, register) in &self.pupils {
+                    for ((date, session), Mark(id, code)) in &register.marks {
+                        out.push((
+                            *stream,
+                            date.num_days_from_ce(),
+                            *session == Session::Pm,
+                            *id,
+                            code.clone(),
+                        ));
+                    }
+                }
+                out
+            }
+
             pub(super) fn apply(&mut self, event: &RecordedEvent) {
                 match &event.event {
                     CaseEvent::PupilRegistered(_) => self
@@ -782,11 +852,36 @@ mod tests {
         out
     }
 
-    fn same(new: &Attendance, old: &reference::OldAttendance) -> Result<(), TestCaseError> {
+    fn same(
+        new: &Attendance,
+        old: &reference::OldAttendance,
+        log: &[RecordedEvent],
+    ) -> Result<(), TestCaseError> {
+        let position_of = |id: Uuid| log.iter().find(|e| e.event_id == id).map(|e| e.position);
+        let old_marks: Vec<_> = old
+            .marks()
+            .into_iter()
+            .map(|(stream, day, pm, id, code)| (stream, day, pm, position_of(id), code))
+            .collect();
+        let new_marks: Vec<_> = new
+            .pupils
+            .iter()
+            .flat_map(|(stream, r)| {
+                r.marks.iter().map(|(key, position, code)| {
+                    (
+                        *stream,
+                        key >> 1,
+                        key & 1 == 1,
+                        Some(position),
+                        code.to_string(),
+                    )
+                })
+            })
+            .collect();
+        prop_assert_eq!(new_marks, old_marks, "marks");
         prop_assert_eq!(
-            rmp_serde::to_vec_named(new).unwrap(),
-            rmp_serde::to_vec_named(old).unwrap(),
-            "checkpoint bytes"
+            &new.pupils.values().map(|r| &r.card).collect::<Vec<_>>(),
+            &old.cards()
         );
         for year in 2023..=2026 {
             for persistent in [false, true] {
@@ -803,23 +898,38 @@ mod tests {
         #![proptest_config(ProptestConfig::with_cases(256))]
 
         #[test]
-        fn packed_marks_give_the_reference_checkpoint_and_reports(
+        fn packed_marks_give_the_reference_marks_and_reports(
             steps in proptest::collection::vec(step(), 0..200),
         ) {
             let events = events(&steps);
+            let log = crate::Targets::of(&events);
             let mut new = Attendance::default();
             let mut old = reference::OldAttendance::default();
             for e in &events {
-                new.apply(e);
+                new.apply(e, log.corrected_by(e));
                 old.apply(e);
             }
-            same(&new, &old)?;
-            // A checkpoint written by either reads back as the same state.
-            let bytes = rmp_serde::to_vec_named(&old).unwrap();
+            same(&new, &old, &events)?;
+            // The checkpoint reads back as the same state.
+            let bytes = rmp_serde::to_vec_named(&new).unwrap();
             let back: Attendance = rmp_serde::from_slice(&bytes).unwrap();
             prop_assert_eq!(&back, &new);
-            same(&back, &old)?;
+            same(&back, &old, &events)?;
             prop_assert!(new.checkpoint_size_hint() >= bytes.len() / 2);
+            // Without the corrections' targets, no mark is corrected: the
+            // view is as if the corrections of marks were not in the log.
+            let mut blind = Attendance::default();
+            let mut without = Attendance::default();
+            for e in &events {
+                blind.apply(e, None);
+                let names_a_mark = matches!(&e.event, CaseEvent::EntryCorrected(c)
+                    if events.iter().any(|t| t.event_id == c.event
+                        && matches!(t.event, CaseEvent::AttendanceMarked(_))));
+                if !names_a_mark {
+                    without.apply(e, None);
+                }
+            }
+            prop_assert_eq!(&blind, &without);
         }
     }
 
@@ -836,6 +946,30 @@ mod tests {
                 Some(a.code)
             );
         }
-        assert_eq!(std::mem::size_of::<Mark>(), 24);
+        assert_eq!(std::mem::size_of::<Mark>(), 12);
+    }
+
+    #[test]
+    fn positions_past_the_limit_and_codes_past_the_table_are_held_without_panic() {
+        for position in [0, 1, u64::from(u32::MAX), 1 << 40, POSITION_LIMIT] {
+            assert_eq!(Mark::new(7, position, 3).position(), position);
+        }
+        assert_eq!(Mark::new(7, u64::MAX, 3).position(), POSITION_LIMIT);
+        let mut marks = Marks::default();
+        let day = key(NaiveDate::from_ymd_opt(2025, 9, 1).unwrap(), Session::Am);
+        // The pupil's table of codes casebook does not know, full.
+        let room = usize::from(NO_CODE) - ATTENDANCE_CODES.len();
+        marks.other = (0..room).map(|i| format!("odd{i}")).collect();
+        marks.insert(day, 1, "odd0");
+        marks.insert(day + 1, 2, &format!("odd{}", room - 1));
+        marks.insert(day + 2, 3, "one more");
+        marks.insert(day + 3, 4, "/");
+        assert_eq!(marks.other.len(), room);
+        let codes: Vec<&str> = marks.iter().map(|(_, _, code)| code).collect();
+        let last = format!("odd{}", room - 1);
+        // Past the table, a code reads as the empty code: unrecognised, as
+        // it would have counted.
+        assert_eq!(codes, ["odd0", last.as_str(), "", "/"]);
+        assert_eq!(Marks::category(NO_CODE), None);
     }
 }

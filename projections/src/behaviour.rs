@@ -36,7 +36,7 @@ impl Projection for Behaviour {
     const NAME: &'static str = "behaviour";
     const VERSION: u32 = 1;
 
-    fn apply(&mut self, event: &RecordedEvent) {
+    fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
     }
 }

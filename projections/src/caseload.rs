@@ -50,7 +50,7 @@ impl Projection for Caseload {
     const NAME: &'static str = "caseload";
     const VERSION: u32 = 1;
 
-    fn apply(&mut self, event: &RecordedEvent) {
+    fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         match event.event {
             CaseEvent::RecordViewed(_) => return,
             CaseEvent::AttendanceMarked(_) => {}

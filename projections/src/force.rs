@@ -28,7 +28,7 @@ impl Projection for ForceLog {
     const NAME: &'static str = "force";
     const VERSION: u32 = 1;
 
-    fn apply(&mut self, event: &RecordedEvent) {
+    fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
     }
 }

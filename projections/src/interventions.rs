@@ -37,7 +37,7 @@ impl Projection for Interventions {
     const NAME: &'static str = "interventions";
     const VERSION: u32 = 1;
 
-    fn apply(&mut self, event: &RecordedEvent) {
+    fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
     }
 }

@@ -43,9 +43,13 @@ pub mod runner;
 pub mod summary;
 pub mod suspensions;
 
+use std::collections::HashMap;
+
+use casebook_engine::event::CaseEvent;
 use casebook_engine::RecordedEvent;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use uuid::Uuid;
 
 pub use attendance::Attendance;
 pub use audit::AuditTrail;
@@ -75,7 +79,12 @@ pub trait Projection: Send + Default + Serialize + DeserializeOwned {
     /// written by another version is thrown away and the view rebuilt.
     const VERSION: u32;
     /// Folds one event, in log order. Pure: no I/O, clock or randomness.
-    fn apply(&mut self, event: &RecordedEvent);
+    ///
+    /// `corrected_at`: when `event` is an `EntryCorrected`, the position in
+    /// the log of the entry it names, if the log holds it (the caller looks
+    /// it up: [`Targets`]). A view that keeps entries by position rather
+    /// than by event id finds the corrected one with it; others ignore it.
+    fn apply(&mut self, event: &RecordedEvent, corrected_at: Option<u64>);
 
     /// About how many bytes the checkpoint of this state takes: the
     /// runner reserves them at once instead of growing the buffer by
@@ -97,3 +106,51 @@ pub const PROJECTION_NAMES: &[&str] = &[
     Interventions::NAME,
     Reintegration::NAME,
 ];
+
+/// Where the entries that corrections name are in the log, by event id:
+/// what [`Projection::apply`] is given as `corrected_at`. The runner fills
+/// one for each page of the log it folds, from the store's index
+/// ([`casebook_engine::EventStore::find_events`] of the page's corrections'
+/// targets); a fold of events held in memory fills it from them
+/// ([`Targets::of`]).
+#[derive(Clone, Debug, Default)]
+pub struct Targets(HashMap<Uuid, u64>);
+
+impl Targets {
+    /// Every one of `events`, by id.
+    pub fn of<'a>(events: impl IntoIterator<Item = &'a RecordedEvent>) -> Targets {
+        Targets(
+            events
+                .into_iter()
+                .map(|e| (e.event_id, e.position))
+                .collect(),
+        )
+    }
+
+    /// Notes where the event `id` is.
+    pub fn insert(&mut self, id: Uuid, position: u64) {
+        self.0.insert(id, position);
+    }
+
+    /// When `event` is a correction, the position of the entry it names,
+    /// if known here.
+    pub fn corrected_by(&self, event: &RecordedEvent) -> Option<u64> {
+        match &event.event {
+            CaseEvent::EntryCorrected(c) => self.0.get(&c.event).copied(),
+            _ => None,
+        }
+    }
+}
+
+/// Folds `events` into `view` in order, the corrections' targets looked up
+/// among `log` (which holds them, and may hold more: the whole log a view
+/// resumed part-way is folded from).
+pub fn fold_in<'a, P: Projection>(
+    view: &mut P,
+    events: impl IntoIterator<Item = &'a RecordedEvent>,
+    log: &Targets,
+) {
+    for e in events {
+        view.apply(e, log.corrected_by(e));
+    }
+}

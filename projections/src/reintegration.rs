@@ -43,7 +43,7 @@ impl Projection for Reintegration {
     const NAME: &'static str = "reintegration";
     const VERSION: u32 = 1;
 
-    fn apply(&mut self, event: &RecordedEvent) {
+    fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
     }
 }

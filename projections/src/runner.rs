@@ -34,6 +34,7 @@
 use std::fmt;
 
 use casebook_engine::envelope::Hash;
+use casebook_engine::event::CaseEvent;
 use casebook_engine::store::{read_whole_stream, EventStore, Head};
 use casebook_engine::{RecordedEvent, StoredEvent, StreamId};
 use chrono::{DateTime, Utc};
@@ -49,7 +50,8 @@ use crate::force::ForceLog;
 use crate::interventions::Interventions;
 use crate::reintegration::Reintegration;
 use crate::suspensions::Suspensions;
-use crate::{Projection, PROJECTION_NAMES};
+use crate::{Projection, Targets, PROJECTION_NAMES};
+use uuid::Uuid;
 
 /// Events read from the log per page. Bounds the runner's memory for
 /// decoded events (a few MB, with the pages read ahead) whatever the log's
@@ -224,7 +226,7 @@ pub fn decode_checkpoint<P: Projection>(bytes: &[u8]) -> Result<(P, u64, Hash), 
 /// A projection as the runner drives it, whatever its type.
 trait Feed: Send {
     fn name(&self) -> &'static str;
-    fn feed(&mut self, event: &RecordedEvent);
+    fn feed(&mut self, event: &RecordedEvent, corrected_at: Option<u64>);
     fn reset(&mut self);
     /// About how many bytes [`Feed::write_checkpoint`] writes.
     fn checkpoint_size_hint(&self) -> usize;
@@ -242,8 +244,8 @@ impl<P: Projection> Feed for P {
         P::NAME
     }
 
-    fn feed(&mut self, event: &RecordedEvent) {
-        self.apply(event);
+    fn feed(&mut self, event: &RecordedEvent, corrected_at: Option<u64>) {
+        self.apply(event, corrected_at);
     }
 
     fn reset(&mut self) {
@@ -448,7 +450,7 @@ fn fold_read_ahead(
                     let page = runtime.block_on(read_page(store, reading, head));
                     let failed = page.is_err();
                     if let Ok(page) = &page {
-                        reading += page.len() as u64;
+                        reading += page.events.len() as u64;
                     }
                     if pages.send(page).is_err() || failed {
                         return;
@@ -465,7 +467,7 @@ fn fold_read_ahead(
                     position: next,
                     head: head.position,
                 })??;
-                let mut spent = Vec::with_capacity(page.len());
+                let mut spent = Vec::with_capacity(page.events.len());
                 fold_page(slots, page, &mut next, &mut spent)?;
                 // Once the reader has stopped, the last pages' envelopes are
                 // freed here.
@@ -478,17 +480,19 @@ fn fold_read_ahead(
     })
 }
 
+/// A page of the log, and where the entries its corrections name are.
+struct Page {
+    events: Vec<StoredEvent>,
+    targets: Targets,
+}
+
 /// The page of the log from `next` (at most [`PAGE_EVENTS`], not past the
 /// head); an error when the store has none although the head says there is
 /// more.
-async fn read_page(
-    store: &dyn EventStore,
-    next: u64,
-    head: Head,
-) -> Result<Vec<StoredEvent>, ProjectionError> {
+async fn read_page(store: &dyn EventStore, next: u64, head: Head) -> Result<Page, ProjectionError> {
     let want = usize::try_from(head.position - next + 1).unwrap_or(usize::MAX);
-    let page = store.read_all(next, want.min(PAGE_EVENTS)).await?;
-    if page.is_empty() {
+    let events = store.read_all(next, want.min(PAGE_EVENTS)).await?;
+    if events.is_empty() {
         // The head said there is more; a store that cannot produce it
         // is damaged, and a view built from part of the log would lie.
         return Err(ProjectionError::Missing {
@@ -496,8 +500,39 @@ async fn read_page(
             head: head.position,
         });
     }
-    Ok(page)
+    let targets = correction_targets(store, &events).await?;
+    Ok(Page { events, targets })
 }
+
+/// Where the entries named by `page`'s corrections are in the log, looked
+/// up in the store's index in one batch (corrections are rare: most pages
+/// have none, and cost a scan of their types). A correction whose payload
+/// does not decode is left out here; the fold meets it and stops there.
+async fn correction_targets(
+    store: &dyn EventStore,
+    page: &[StoredEvent],
+) -> Result<Targets, ProjectionError> {
+    let mut targets = Targets::default();
+    let named: Vec<Uuid> = page
+        .iter()
+        // Type names are never changed by an upcast (docs/events.md).
+        .filter(|e| e.event_type == CORRECTION_TYPE)
+        .filter_map(|e| match e.case_event() {
+            Ok(CaseEvent::EntryCorrected(c)) => Some(c.event),
+            _ => None,
+        })
+        .collect();
+    if named.is_empty() {
+        return Ok(targets);
+    }
+    for (id, found) in store.find_events(&named).await? {
+        targets.insert(id, found.position);
+    }
+    Ok(targets)
+}
+
+/// The stored type of `EntryCorrected`.
+const CORRECTION_TYPE: &str = "EntryCorrected";
 
 /// A checkpoint's output that keeps the first error it returned: the
 /// encoder turns an I/O error into its own, and the runner must tell a
@@ -546,7 +581,7 @@ type Spent = (String, String, Vec<u8>);
 /// error, the page's events before it are folded and no slot has moved.
 fn fold_page(
     slots: &mut [Slot<'_>],
-    page: Vec<StoredEvent>,
+    page: Page,
     next: &mut u64,
     spent: &mut Vec<Spent>,
 ) -> Result<(), ProjectionError> {
@@ -554,7 +589,8 @@ fn fold_page(
     // event (no copy of its strings), and out again to `spent` once every
     // projection has folded it.
     let mut last = None;
-    for mut stored in page {
+    let Page { events, targets } = page;
+    for mut stored in events {
         let (position, hash) = (stored.position, stored.hash);
         if position != *next {
             return Err(ProjectionError::Gap {
@@ -580,8 +616,9 @@ fn fold_page(
             let event_type = std::mem::take(&mut stored.event_type);
             let payload = std::mem::take(&mut stored.payload);
             let event = RecordedEvent::from_parts(stored, event);
+            let corrected_at = targets.corrected_by(&event);
             for slot in slots.iter_mut().filter(|s| s.at.position < position) {
-                slot.feed.feed(&event);
+                slot.feed.feed(&event, corrected_at);
             }
             let RecordedEvent { actor, .. } = event;
             spent.push((actor, event_type, payload));

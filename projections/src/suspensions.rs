@@ -46,7 +46,7 @@ impl Projection for Suspensions {
     const NAME: &'static str = "suspensions";
     const VERSION: u32 = 1;
 
-    fn apply(&mut self, event: &RecordedEvent) {
+    fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
     }
 }

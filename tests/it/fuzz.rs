@@ -21,8 +21,8 @@ use casebook_engine::store::EventStore;
 use casebook_engine::upcast::decode_payload;
 use casebook_projections::runner::{decode_checkpoint, encode_checkpoint};
 use casebook_projections::{
-    Attendance, Behaviour, Caseload, ForceLog, Interventions, Projection, Reintegration,
-    Suspensions,
+    fold_in, Attendance, Behaviour, Caseload, ForceLog, Interventions, Projection, Reintegration,
+    Suspensions, Targets,
 };
 use chrono::Utc;
 use proptest::prelude::*;
@@ -120,9 +120,7 @@ fn import_lines() -> Vec<serde_json::Value> {
 fn checkpoint_of<P: Projection>(events: &[RecordedEvent], out: &mut Vec<Vec<u8>>) {
     let mut p = P::default();
     out.push(encode_checkpoint(&p, 0, [0; 32]).unwrap());
-    for e in events {
-        p.apply(e);
-    }
+    fold_in(&mut p, events, &Targets::of(events));
     out.push(encode_checkpoint(&p, events.len() as u64, [7; 32]).unwrap());
 }
 

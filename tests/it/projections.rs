@@ -23,7 +23,8 @@ use casebook_projections::runner::{
 };
 use casebook_projections::suspensions::{BoardBand, Suspensions};
 use casebook_projections::{
-    audit_of, chronology_of, rebuild, Projection, ProjectionError, PROJECTION_NAMES,
+    audit_of, chronology_of, fold_in, rebuild, Projection, ProjectionError, Targets,
+    PROJECTION_NAMES,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use proptest::prelude::*;
@@ -124,9 +125,7 @@ impl Log {
 
     fn fold<P: Projection>(&self) -> P {
         let mut p = P::default();
-        for e in &self.events {
-            p.apply(e);
-        }
+        fold_in(&mut p, &self.events, &Targets::of(&self.events));
         p
     }
 }
@@ -510,7 +509,7 @@ mod attendance {
     use super::*;
 
     /// Marks `codes` on consecutive sessions from 1 September 2025.
-    fn marks(log: &mut Log, pupil: &str, codes: &[&str]) -> Vec<Uuid> {
+    pub(super) fn marks(log: &mut Log, pupil: &str, codes: &[&str]) -> Vec<Uuid> {
         let start = date("2025-09-01");
         codes
             .iter()
@@ -1055,17 +1054,14 @@ fn fold_through_checkpoint<P: Projection + PartialEq + std::fmt::Debug>(
     events: &[RecordedEvent],
     split: usize,
 ) -> P {
+    let log = Targets::of(events);
     let mut first = P::default();
-    for e in &events[..split] {
-        first.apply(e);
-    }
+    fold_in(&mut first, &events[..split], &log);
     let bytes = encode_checkpoint(&first, split as u64, [7; 32]).expect("encode");
     let (mut resumed, position, hash) = decode_checkpoint::<P>(&bytes).expect("decode");
     assert_eq!((position, hash), (split as u64, [7; 32]));
     assert_eq!(resumed, first, "{} survives its checkpoint", P::NAME);
-    for e in &events[split..] {
-        resumed.apply(e);
-    }
+    fold_in(&mut resumed, &events[split..], &log);
     resumed
 }
 
@@ -1101,15 +1097,17 @@ fn reports(views: &SchoolViews, today: NaiveDate) -> Value {
 }
 
 fn fold_views(events: &[RecordedEvent]) -> SchoolViews {
+    let log = Targets::of(events);
     let mut v = SchoolViews::default();
     for e in events {
-        v.caseload.apply(e);
-        v.behaviour.apply(e);
-        v.attendance.apply(e);
-        v.suspensions.apply(e);
-        v.force.apply(e);
-        v.interventions.apply(e);
-        v.reintegration.apply(e);
+        let corrected_at = log.corrected_by(e);
+        v.caseload.apply(e, corrected_at);
+        v.behaviour.apply(e, corrected_at);
+        v.attendance.apply(e, corrected_at);
+        v.suspensions.apply(e, corrected_at);
+        v.force.apply(e, corrected_at);
+        v.interventions.apply(e, corrected_at);
+        v.reintegration.apply(e, corrected_at);
     }
     v
 }
@@ -1256,6 +1254,50 @@ mod runner {
         let rebuilt = SchoolViews::load(&*store, &no_progress).await.unwrap();
         assert!(rebuilt.restarted.is_empty());
         assert_eq!(reports(&rebuilt, today), reports(&resumed, today));
+    }
+
+    /// The attendance view keeps each mark's position, not its event id:
+    /// a correction appended after the view's checkpoint, naming a mark
+    /// folded before it, is found through the store's index (the runner's
+    /// lookup of each page's corrections' targets), whether the view
+    /// resumes from the checkpoint or is rebuilt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_correction_finds_its_mark_through_the_store_after_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let codes = [vec!["/"; 9], vec!["O"]].concat();
+        let ids = super::attendance::marks(&mut log, "P1", &codes);
+        append(&*store, &log.events).await;
+        let before = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        let p1 = &before.attendance.report(2025, false).pupils[0];
+        assert_eq!((p1.possible_sessions, p1.unauthorised), (10, 1));
+        assert!(p1.persistent);
+
+        let folded = log.events.len();
+        log.add(
+            "P1",
+            "2025-09-08T09:00:00Z",
+            correction(ids[9], json!({"code": "X"}), "On roll elsewhere"),
+        );
+        append(&*store, &log.events[folded..]).await;
+        let resumed = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert!(resumed.restarted.is_empty(), "{:?}", resumed.restarted);
+        let p1 = &resumed.attendance.report(2025, false).pupils[0];
+        assert_eq!(
+            (p1.possible_sessions, p1.unauthorised, p1.not_possible),
+            (9, 0, 1),
+            "the correction found its mark"
+        );
+        assert!(!p1.persistent);
+
+        rebuild(&*store, None, &no_progress).await.unwrap();
+        let rebuilt = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert_eq!(
+            rebuilt.attendance.report(2025, false),
+            resumed.attendance.report(2025, false)
+        );
     }
 
     /// `load_one` (what `caseload` and each `report` load) reads and saves
@@ -1615,7 +1657,7 @@ mod runner {
         const NAME: &'static str = "seen-by-test";
         const VERSION: u32 = 1;
 
-        fn apply(&mut self, event: &RecordedEvent) {
+        fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
             self.events.push((event.position, event.event_id));
         }
     }
