@@ -25,6 +25,20 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+/// Makes room in `list` for one more item: when it is full, `step` more
+/// until it holds `until`, then as much again as it holds. The school-wide
+/// views keep lists per pupil that all grow together with the log; at
+/// double (what `Vec` does) about a quarter of their memory is room never
+/// used, and steps of one size leave less, with no more freed blocks the
+/// allocator cannot reuse (growing by a quarter instead made the process
+/// larger: docs/performance.md, "Session i"). Past `until` the list
+/// doubles, so the copying stays linear however long a log makes one list.
+pub(crate) fn make_room<T>(list: &mut Vec<T>, step: usize, until: usize) {
+    if list.len() == list.capacity() {
+        list.reserve_exact(if list.len() < until { step } else { list.len() });
+    }
+}
+
 /// One event a view keeps, with the envelope fields reports show.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Tracked {
@@ -168,12 +182,13 @@ impl Tracker {
                     }
                 }
             }
-            other if reads(other) => self
-                .pupils
-                .entry(e.stream)
-                .or_default()
-                .events
-                .push(Tracked::new(e)),
+            other if reads(other) => {
+                let events = &mut self.pupils.entry(e.stream).or_default().events;
+                // A pupil's events of one view are a few to a few dozen
+                // a year (a `Tracked` is 232 bytes).
+                make_room(events, 4, 256);
+                events.push(Tracked::new(e));
+            }
             _ => {}
         }
     }
