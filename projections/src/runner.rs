@@ -515,7 +515,8 @@ async fn correction_targets(
     let mut targets = Targets::default();
     let named: Vec<Uuid> = page
         .iter()
-        // Type names are never changed by an upcast (docs/events.md).
+        // An upcast changes a payload's data, never its type
+        // (docs/events.md, "Schema history and upcasters").
         .filter(|e| e.event_type == CORRECTION_TYPE)
         .filter_map(|e| match e.case_event() {
             Ok(CaseEvent::EntryCorrected(c)) => Some(c.event),
@@ -893,7 +894,7 @@ pub async fn audit_of(
 
 #[cfg(test)]
 mod tests {
-    use super::Watched;
+    use super::{CaseEvent, Uuid, Watched, CORRECTION_TYPE};
 
     /// Takes `room` bytes, then fails as a full disk does.
     struct Full {
@@ -937,5 +938,15 @@ mod tests {
         };
         rmp_serde::encode::write(&mut out, &vec![7u32; 1_000]).unwrap();
         assert!(out.failed.is_none());
+    }
+
+    #[test]
+    fn the_correction_type_is_the_stored_type_of_entry_corrected() {
+        let c = CaseEvent::EntryCorrected(casebook_engine::event::EntryCorrected {
+            event: Uuid::nil(),
+            changes: serde_json::Map::new(),
+            reason: String::new(),
+        });
+        assert_eq!(c.type_name(), CORRECTION_TYPE);
     }
 }
