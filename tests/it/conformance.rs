@@ -538,6 +538,59 @@ pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
     assert!(s.read_streams(&[pupil(9999)]).await.unwrap().is_empty());
 }
 
+/// The school-wide views find the entry a correction names through the
+/// store's index (the projection runner's lookup of each page's
+/// corrections' targets): the attendance view keeps register marks by
+/// position, and a correction appended after its checkpoint still moves
+/// the mark it names.
+pub async fn views_find_a_corrected_mark_through_the_store<B: Backend>() {
+    use casebook_engine::event::{AttendanceMarked, EntryCorrected, Session};
+    use casebook_projections::runner::SchoolViews;
+
+    let b = B::fresh();
+    let s = b.open();
+    let at = Utc.with_ymd_and_hms(2025, 9, 1, 9, 0, 0).unwrap();
+    let marks: Vec<NewEvent> = (0..10u32)
+        .map(|i| {
+            let event = CaseEvent::AttendanceMarked(AttendanceMarked {
+                date: chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap()
+                    + chrono::Duration::days(i64::from(i / 2)),
+                session: if i % 2 == 0 { Session::Am } else { Session::Pm },
+                code: if i == 9 { "O" } else { "/" }.into(),
+            });
+            NewEvent::new(&event, at, "S017").expect("encode")
+        })
+        .collect();
+    let absent = marks[9].event_id;
+    s.append(req(pupil(1), ExpectedVersion::NoStream, marks))
+        .await
+        .unwrap();
+    let no_progress = |_: u64, _: u64| {};
+    let before = SchoolViews::load(&*s, &no_progress).await.unwrap();
+    let p = &before.attendance.report(2025, false).pupils[0];
+    assert_eq!((p.possible_sessions, p.unauthorised), (10, 1));
+
+    let mut changes = serde_json::Map::new();
+    changes.insert("code".into(), serde_json::json!("X"));
+    let correction = CaseEvent::EntryCorrected(EntryCorrected {
+        event: absent,
+        changes,
+        reason: "On roll elsewhere".into(),
+    });
+    let correction = NewEvent::new(&correction, at, "S017").expect("encode");
+    s.append(req(pupil(1), ExpectedVersion::Exact(10), vec![correction]))
+        .await
+        .unwrap();
+    let after = SchoolViews::load(&*s, &no_progress).await.unwrap();
+    assert!(after.restarted.is_empty(), "{:?}", after.restarted);
+    let p = &after.attendance.report(2025, false).pupils[0];
+    assert_eq!(
+        (p.possible_sessions, p.unauthorised, p.not_possible),
+        (9, 0, 1),
+        "the correction found its mark"
+    );
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -568,6 +621,7 @@ macro_rules! conformance_suite {
             case!(payloads_decode_to_the_recorded_event);
             case!(old_schema_payloads_are_stored_unchanged_and_upcast_on_read);
             case!(batched_lookups_agree_with_single_lookups);
+            case!(views_find_a_corrected_mark_through_the_store);
         }
     };
 }
