@@ -542,9 +542,11 @@ pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
 /// store's index (the projection runner's lookup of each page's
 /// corrections' targets): the attendance view keeps register marks by
 /// position, and a correction appended after its checkpoint still moves
-/// the mark it names.
+/// the mark it names, whether the view resumes from the checkpoint or is
+/// rebuilt.
 pub async fn views_find_a_corrected_mark_through_the_store<B: Backend>() {
     use casebook_engine::event::{AttendanceMarked, EntryCorrected, Session};
+    use casebook_projections::rebuild;
     use casebook_projections::runner::SchoolViews;
 
     let b = B::fresh();
@@ -569,6 +571,7 @@ pub async fn views_find_a_corrected_mark_through_the_store<B: Backend>() {
     let before = SchoolViews::load(&*s, &no_progress).await.unwrap();
     let p = &before.attendance.report(2025, false).pupils[0];
     assert_eq!((p.possible_sessions, p.unauthorised), (10, 1));
+    assert!(p.persistent);
 
     let mut changes = serde_json::Map::new();
     changes.insert("code".into(), serde_json::json!("X"));
@@ -588,6 +591,14 @@ pub async fn views_find_a_corrected_mark_through_the_store<B: Backend>() {
         (p.possible_sessions, p.unauthorised, p.not_possible),
         (9, 0, 1),
         "the correction found its mark"
+    );
+    assert!(!p.persistent);
+
+    rebuild(&*s, None, &no_progress).await.unwrap();
+    let rebuilt = SchoolViews::load(&*s, &no_progress).await.unwrap();
+    assert_eq!(
+        rebuilt.attendance.report(2025, false),
+        after.attendance.report(2025, false)
     );
 }
 

@@ -509,7 +509,7 @@ mod attendance {
     use super::*;
 
     /// Marks `codes` on consecutive sessions from 1 September 2025.
-    pub(super) fn marks(log: &mut Log, pupil: &str, codes: &[&str]) -> Vec<Uuid> {
+    fn marks(log: &mut Log, pupil: &str, codes: &[&str]) -> Vec<Uuid> {
         let start = date("2025-09-01");
         codes
             .iter()
@@ -1254,50 +1254,6 @@ mod runner {
         let rebuilt = SchoolViews::load(&*store, &no_progress).await.unwrap();
         assert!(rebuilt.restarted.is_empty());
         assert_eq!(reports(&rebuilt, today), reports(&resumed, today));
-    }
-
-    /// The attendance view keeps each mark's position, not its event id:
-    /// a correction appended after the view's checkpoint, naming a mark
-    /// folded before it, is found through the store's index (the runner's
-    /// lookup of each page's corrections' targets), whether the view
-    /// resumes from the checkpoint or is rebuilt.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_correction_finds_its_mark_through_the_store_after_a_checkpoint() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = open(dir.path());
-        let mut log = Log::default();
-        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
-        let codes = [vec!["/"; 9], vec!["O"]].concat();
-        let ids = super::attendance::marks(&mut log, "P1", &codes);
-        append(&*store, &log.events).await;
-        let before = SchoolViews::load(&*store, &no_progress).await.unwrap();
-        let p1 = &before.attendance.report(2025, false).pupils[0];
-        assert_eq!((p1.possible_sessions, p1.unauthorised), (10, 1));
-        assert!(p1.persistent);
-
-        let folded = log.events.len();
-        log.add(
-            "P1",
-            "2025-09-08T09:00:00Z",
-            correction(ids[9], json!({"code": "X"}), "On roll elsewhere"),
-        );
-        append(&*store, &log.events[folded..]).await;
-        let resumed = SchoolViews::load(&*store, &no_progress).await.unwrap();
-        assert!(resumed.restarted.is_empty(), "{:?}", resumed.restarted);
-        let p1 = &resumed.attendance.report(2025, false).pupils[0];
-        assert_eq!(
-            (p1.possible_sessions, p1.unauthorised, p1.not_possible),
-            (9, 0, 1),
-            "the correction found its mark"
-        );
-        assert!(!p1.persistent);
-
-        rebuild(&*store, None, &no_progress).await.unwrap();
-        let rebuilt = SchoolViews::load(&*store, &no_progress).await.unwrap();
-        assert_eq!(
-            rebuilt.attendance.report(2025, false),
-            resumed.attendance.report(2025, false)
-        );
     }
 
     /// `load_one` (what `caseload` and each `report` load) reads and saves
