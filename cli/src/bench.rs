@@ -46,6 +46,7 @@ use async_trait::async_trait;
 use casebook_engine::envelope::{encode_payload, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
 use casebook_engine::event::CURRENT_SCHEMA;
 use casebook_engine::import::{ImportError, ImportLine, Pipeline};
+use casebook_engine::store::segment::WriterTimes;
 use casebook_engine::store::sled::{SledLog, SledStore, MAX_GROUP_EVENTS};
 use casebook_engine::store::sled_raw::{scan_decode, RawEnvelope, RawSledLog};
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
@@ -142,6 +143,11 @@ pub(crate) trait Engine: Send + Sync {
     /// Bytes the engine's in-memory index takes, where it has one (the
     /// segment engine; sled and PostgreSQL keep theirs on disk).
     fn index_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Where the engine's writer spent its time so far, where it keeps
+    /// that (the segment engine).
+    fn writer_times(&self) -> Option<WriterTimes> {
         None
     }
 }
@@ -618,6 +624,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let mut line = 0usize;
     let now = Utc::now();
     let mut next_report = n / 10;
+    let writer_before = engine.writer_times();
     let mut pipeline = Pipeline::new(log.as_ref(), &school, now);
     let refused = |err: ImportError| match err {
         ImportError::Write(e) => Failure::from(e),
@@ -670,8 +677,18 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         }
     }
     let imported = pipeline.events();
+    let planning = pipeline.planning();
     drop(pipeline);
     let import_ev_s = per_s(imported, timed);
+    let split = ImportSplit::new(
+        timed,
+        planning,
+        imported,
+        writer_before
+            .zip(engine.writer_times())
+            .map(|(before, after)| after.since(&before)),
+    );
+    eprintln!("bench:   {}", split.describe());
     let disk_bytes = engine.disk_bytes().await?;
     let index_mb = engine.index_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
     if let Some(mb) = index_mb {
@@ -865,6 +882,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
             .map(|b| b as f64 / (1024.0 * 1024.0)),
         "elapsed_s": run_started.elapsed().as_secs_f64(),
     });
+    let mut extra = extra;
+    if let (Value::Object(e), Value::Object(s)) = (&mut extra, split.to_json()) {
+        e.extend(s);
+    }
     if let (Value::Object(m), Value::Object(e)) = (&mut doc, extra) {
         m.extend(e);
     }
@@ -881,6 +902,119 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         _ => print!("{}", figures.table(&doc)),
     }
     Ok(())
+}
+
+/// Where the import's time went: the planner's validation (on the
+/// bench's thread) and the store writer's steps (on its own thread), per
+/// event, beside the import's timed wall time. The two overlap (batch k+1
+/// is planned while batch k is written), so the import can go no faster
+/// than the busier of the two; `import_writer_busy_share` near 1 says the
+/// writer is what it waits on, and `import_writer_sync_share` how much of
+/// the writer's time is the disk's `fdatasync`.
+struct ImportSplit {
+    timed: Duration,
+    planning: Duration,
+    events: u64,
+    writer: Option<WriterTimes>,
+}
+
+impl ImportSplit {
+    fn new(
+        timed: Duration,
+        planning: Duration,
+        events: u64,
+        writer: Option<WriterTimes>,
+    ) -> ImportSplit {
+        ImportSplit {
+            timed,
+            planning,
+            events,
+            writer,
+        }
+    }
+
+    /// Microseconds an event of `ns` nanoseconds in all.
+    fn us(&self, ns: u64) -> f64 {
+        ns as f64 / 1e3 / self.events.max(1) as f64
+    }
+
+    fn share(part: f64, whole: f64) -> f64 {
+        if whole > 0.0 {
+            part / whole
+        } else {
+            0.0
+        }
+    }
+
+    fn planner_us(&self) -> f64 {
+        self.us(u64::try_from(self.planning.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert(
+            "import_planner_us_per_event".into(),
+            json!(self.planner_us()),
+        );
+        m.insert(
+            "import_planner_busy_share".into(),
+            json!(Self::share(
+                self.planning.as_secs_f64(),
+                self.timed.as_secs_f64()
+            )),
+        );
+        if let Some(w) = &self.writer {
+            let put = |m: &mut Map<String, Value>, k: &str, ns: u64| {
+                m.insert(
+                    format!("import_writer_{k}_us_per_event"),
+                    json!(self.us(ns)),
+                );
+            };
+            put(&mut m, "stage", w.stage_ns);
+            put(&mut m, "frame", w.frame_ns);
+            put(&mut m, "write", w.write_ns);
+            put(&mut m, "sync", w.sync_ns);
+            put(&mut m, "publish", w.publish_ns);
+            put(&mut m, "busy", w.busy_ns());
+            m.insert(
+                "import_writer_busy_share".into(),
+                json!(Self::share(
+                    w.busy_ns() as f64 / 1e9,
+                    self.timed.as_secs_f64()
+                )),
+            );
+            m.insert(
+                "import_writer_sync_share".into(),
+                json!(Self::share(w.sync_ns as f64, w.busy_ns() as f64)),
+            );
+            m.insert("import_writer_groups".into(), json!(w.groups));
+        }
+        Value::Object(m)
+    }
+
+    /// One line for the progress output.
+    fn describe(&self) -> String {
+        let timed = self.timed.as_secs_f64();
+        let mut out = format!(
+            "where the import's {timed:.2} s went: planning {:.2} s ({:.2} µs an event)",
+            self.planning.as_secs_f64(),
+            self.planner_us()
+        );
+        if let Some(w) = &self.writer {
+            out.push_str(&format!(
+                "; writer busy {:.2} s ({:.0}% of the import; µs an event: stage {:.2}, frame {:.2}, write {:.2}, fdatasync {:.2}, publish {:.2}) in {} groups",
+                w.busy_ns() as f64 / 1e9,
+                100.0 * Self::share(w.busy_ns() as f64 / 1e9, timed),
+                self.us(w.stage_ns),
+                self.us(w.frame_ns),
+                self.us(w.write_ns),
+                self.us(w.sync_ns),
+                self.us(w.publish_ns),
+                w.groups,
+            ));
+        }
+        out
+    }
 }
 
 /// The figures of one run.

@@ -14,7 +14,7 @@ use std::time::Instant;
 use async_trait::async_trait;
 use casebook_engine::store::segment::raw::{scan_decode, RawSegmentLog};
 use casebook_engine::store::segment::{
-    SegmentLog, SegmentOptions, SegmentStore, LOGS_DIR, SNAPSHOT_FILE,
+    SegmentLog, SegmentOptions, SegmentStore, WriterTimes, LOGS_DIR, SNAPSHOT_FILE,
 };
 use casebook_engine::store::sled_raw::RawEnvelope;
 use casebook_engine::store::EventStore;
@@ -126,6 +126,10 @@ impl Engine for SegmentEngine {
 
     fn index_bytes(&self) -> Option<u64> {
         Some(self.log.index_bytes())
+    }
+
+    fn writer_times(&self) -> Option<WriterTimes> {
+        Some(self.log.writer_times())
     }
 }
 

@@ -893,6 +893,8 @@ pub struct Pipeline<'a> {
     in_flight: Option<InFlight<'a>>,
     events: u64,
     duplicates: u64,
+    /// Time spent planning ([`Pipeline::planning`]).
+    planning: std::time::Duration,
 }
 
 impl<'a> Pipeline<'a> {
@@ -906,7 +908,15 @@ impl<'a> Pipeline<'a> {
             in_flight: None,
             events: 0,
             duplicates: 0,
+            planning: std::time::Duration::ZERO,
         }
+    }
+
+    /// Wall time spent validating batches ([`Planner::add_many`], with the
+    /// store reads it makes), summed over the batches planned so far: with
+    /// the store's writer timings, where an import's time goes.
+    pub fn planning(&self) -> std::time::Duration {
+        self.planning
     }
 
     /// Seals personal-data fields with `sealer` ([`Planner::with_sealer`]).
@@ -927,13 +937,19 @@ impl<'a> Pipeline<'a> {
         let mut planner = Planner::new(self.store, &self.school, self.now);
         planner.sealer = self.sealer;
         planner.carry = std::mem::take(&mut self.carry);
-        let (planned, acked) = match self.in_flight.take() {
+        let timed = async {
+            let started = std::time::Instant::now();
+            let planned = planner.add_many(lines).await;
+            (planned, started.elapsed())
+        };
+        let ((planned, took), acked) = match self.in_flight.take() {
             Some(f) => {
-                let (planned, acked) = tokio::join!(planner.add_many(lines), f.append);
+                let (planned, acked) = tokio::join!(timed, f.append);
                 (planned, Some((acked, f.events, f.duplicates)))
             }
-            None => (planner.add_many(lines).await, None),
+            None => (timed.await, None),
         };
+        self.planning += took;
         if let Some((acked, events, duplicates)) = acked {
             acked.map_err(ImportError::Write)?;
             self.events += events as u64;

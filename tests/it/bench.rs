@@ -110,6 +110,10 @@ fn bench_runs_on_sled() {
     for key in ["open_ms", "open_full_scan_ms", "close_ms", "snapshot_mb"] {
         assert!(doc[key].is_null(), "{key} on sled: {doc}");
     }
+    // The planner's time is measured on every backend, the writer's steps
+    // only where the engine keeps them (the segment writer).
+    number(&doc, "import_planner_us_per_event");
+    assert!(doc.get("import_writer_busy_share").is_none(), "{doc}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }
@@ -137,6 +141,21 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
         "{doc}"
     );
     number(&doc, "close_ms");
+    // Where the import's time went: the planner's time and the segment
+    // writer's steps, per event; the writer's busy time is its steps'
+    // sum, in at least one group per batch of 1,024.
+    number(&doc, "import_planner_us_per_event");
+    number(&doc, "import_planner_busy_share");
+    let steps: f64 = ["stage", "frame", "write", "sync", "publish"]
+        .iter()
+        .map(|k| number(&doc, &format!("import_writer_{k}_us_per_event")))
+        .sum();
+    let busy = number(&doc, "import_writer_busy_us_per_event");
+    assert!((steps - busy).abs() <= 1e-9 * busy, "{doc}");
+    assert!(number(&doc, "import_writer_groups") >= 2.0, "{doc}");
+    number(&doc, "import_writer_busy_share");
+    let sync_share = number(&doc, "import_writer_sync_share");
+    assert!(sync_share < 1.0, "{doc}");
     assert_eq!(doc["open_from_snapshot"], false, "{doc}");
     assert!(doc["snapshot_mb"].is_null(), "{doc}");
     // The appends ran in rounds: a slice of single appends beside as many

@@ -41,6 +41,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -1121,6 +1122,7 @@ pub struct SegmentLog {
     writer: Option<JoinHandle<()>>,
     snapshot_head: Option<u64>,
     snapshot_rejected: Mutex<Option<String>>,
+    clock: Arc<WriterClock>,
 }
 
 impl SegmentLog {
@@ -1203,6 +1205,7 @@ impl SegmentLog {
         }));
         let (head_tx, head_rx) = watch::channel(head);
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
+        let clock = Arc::new(WriterClock::default());
         let writer = Writer {
             dir: dir.to_path_buf(),
             state: state.clone(),
@@ -1231,6 +1234,8 @@ impl SegmentLog {
                 None => 0,
             },
             snapshot_min_events: options.snapshot_min_events,
+            clock: clock.clone(),
+            times: WriterTimes::default(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("casebook-segment-writer-{school}"))
@@ -1246,6 +1251,7 @@ impl SegmentLog {
             writer: Some(handle),
             snapshot_head,
             snapshot_rejected,
+            clock,
         })
     }
 
@@ -1261,6 +1267,12 @@ impl SegmentLog {
     /// usable snapshot, or [`FULL_SCAN_ENV`] set).
     pub fn opened_from_snapshot(&self) -> Option<u64> {
         self.snapshot_head
+    }
+
+    /// Where the writer's time went since the log was opened (groups
+    /// committed so far; a group in progress is not counted yet).
+    pub fn writer_times(&self) -> WriterTimes {
+        self.clock.read()
     }
 
     /// The school this log belongs to.
@@ -1348,6 +1360,93 @@ impl Drop for SegmentLog {
 
 // ---- the writer -------------------------------------------------------------
 
+/// Where the segment writer's time went since the log was opened: the
+/// steps of every commit group, each timed with the monotonic clock
+/// ([`SegmentLog::writer_times`]; `casebook bench` reports them for its
+/// import). A step's time is wall time on the writer's thread, so it
+/// includes any wait for the processor as well as for the disk.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterTimes {
+    /// Groups committed (written and fdatasynced).
+    pub groups: u64,
+    /// Events in those groups.
+    pub events: u64,
+    /// Checking and sealing the group's appends (versions, ids, envelope,
+    /// chain hash: `GroupStage::stage`).
+    pub stage_ns: u64,
+    /// Framing the sealed events (frame header, CRC-32) into the buffer
+    /// written.
+    pub frame_ns: u64,
+    /// The group's `pwrite` (with the zeros written ahead, and the roll to
+    /// a new segment when one is full).
+    pub write_ns: u64,
+    /// The group's `fdatasync`.
+    pub sync_ns: u64,
+    /// Publishing the group: the id table grown ahead when it must, every
+    /// frame put in the index under its write lock, every append answered.
+    pub publish_ns: u64,
+}
+
+impl WriterTimes {
+    /// The steps' total: the time the writer was busy with groups.
+    pub fn busy_ns(&self) -> u64 {
+        self.stage_ns + self.frame_ns + self.write_ns + self.sync_ns + self.publish_ns
+    }
+
+    /// What was added between `earlier` and `self`.
+    pub fn since(&self, earlier: &WriterTimes) -> WriterTimes {
+        WriterTimes {
+            groups: self.groups.saturating_sub(earlier.groups),
+            events: self.events.saturating_sub(earlier.events),
+            stage_ns: self.stage_ns.saturating_sub(earlier.stage_ns),
+            frame_ns: self.frame_ns.saturating_sub(earlier.frame_ns),
+            write_ns: self.write_ns.saturating_sub(earlier.write_ns),
+            sync_ns: self.sync_ns.saturating_sub(earlier.sync_ns),
+            publish_ns: self.publish_ns.saturating_sub(earlier.publish_ns),
+        }
+    }
+}
+
+/// [`WriterTimes`] as the writer adds to them and readers copy them.
+#[derive(Default)]
+struct WriterClock([AtomicU64; 7]);
+
+impl WriterClock {
+    fn add(&self, t: &WriterTimes) {
+        let parts = [
+            t.groups,
+            t.events,
+            t.stage_ns,
+            t.frame_ns,
+            t.write_ns,
+            t.sync_ns,
+            t.publish_ns,
+        ];
+        for (sum, n) in self.0.iter().zip(parts) {
+            sum.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn read(&self) -> WriterTimes {
+        let [groups, events, stage_ns, frame_ns, write_ns, sync_ns, publish_ns] =
+            std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed));
+        WriterTimes {
+            groups,
+            events,
+            stage_ns,
+            frame_ns,
+            write_ns,
+            sync_ns,
+            publish_ns,
+        }
+    }
+}
+
+/// Nanoseconds since `t` (saturating; the monotonic clock).
+fn ns_since(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// One staged frame of the group buffer.
 struct Staged {
     meta: FrameMeta,
@@ -1383,6 +1482,10 @@ struct Writer {
     /// Head of the index snapshot on disk (0: none usable).
     snapshot_head: u64,
     snapshot_min_events: u64,
+    /// Where the time goes, shared with the log ([`WriterTimes`]).
+    clock: Arc<WriterClock>,
+    /// The current group's times, added to `clock` once it is committed.
+    times: WriterTimes,
 }
 
 impl Writer {
@@ -1525,6 +1628,8 @@ impl Writer {
         // Each staged append's reply, result and requests (handed back with
         // the answer: `Reply::send_back`).
         let mut staged: Vec<(Reply, Vec<Appended>, Vec<AppendRequest>)> = Vec::new();
+        self.times = WriterTimes::default();
+        let started = Instant::now();
         let stage = {
             let state = self.state.clone();
             let Ok(state) = state.read() else {
@@ -1555,6 +1660,8 @@ impl Writer {
             }
             stage
         };
+        self.times.stage_ns = ns_since(started);
+        let started = Instant::now();
         let (position, hash) = (stage.position, stage.hash);
         for sealed in &stage.sealed {
             let e = &sealed.event;
@@ -1580,9 +1687,11 @@ impl Writer {
         };
         last.meta.group_end = true;
         mark_group_end(&mut self.buf[last.start..last.start + last.len]);
+        self.times.frame_ns = ns_since(started);
         let result = self.write_group();
         match result {
             Ok(()) => {
+                let started = Instant::now();
                 self.grow_ids_ahead(self.frames.len());
                 let base = self.end;
                 let seg_no;
@@ -1626,6 +1735,10 @@ impl Writer {
                 for (reply, appended, requests) in staged {
                     reply.send_back(Ok(appended), requests);
                 }
+                self.times.publish_ns = ns_since(started);
+                self.times.groups = 1;
+                self.times.events = self.frames.len() as u64;
+                self.clock.add(&self.times);
                 true
             }
             Err(e) => {
@@ -1639,6 +1752,7 @@ impl Writer {
     /// group buffer at the end of the segment and fdatasyncs it. On error,
     /// cuts the segment back to its last durable end (best effort).
     fn write_group(&mut self) -> Result<(), StoreError> {
+        let started = Instant::now();
         if self.end >= self.segment_bytes {
             // A segment that is not the last ends at its last group.
             self.cut_preallocated()?;
@@ -1660,14 +1774,17 @@ impl Writer {
         } else {
             0
         };
-        let result = file
+        let written = file
             .write_all_at(&self.buf, self.end)
             .and_then(|()| match ahead {
                 0 => Ok(()),
                 n => file.write_all_at(&ZEROS[..n as usize], need),
             })
-            .map_err(io("append"))
-            .and_then(|()| file.sync_data().map_err(io("fdatasync")));
+            .map_err(io("append"));
+        let write_ns = ns_since(started);
+        let started = Instant::now();
+        let result = written.and_then(|()| file.sync_data().map_err(io("fdatasync")));
+        (self.times.write_ns, self.times.sync_ns) = (write_ns, ns_since(started));
         match result {
             Ok(()) => self.allocated = self.allocated.max(need + ahead),
             Err(_) => {
@@ -2295,6 +2412,28 @@ mod index_tests {
         let store = SegmentStore::open(dir.path(), true).unwrap();
         let log = store.log("school-a").unwrap();
         (dir, rt, store, log)
+    }
+
+    /// The writer counts each committed group and its events, and times
+    /// its steps; a refused append is not counted.
+    #[test]
+    fn the_writer_counts_its_groups_and_events() {
+        let (_dir, rt, _store, log) = fresh_log();
+        assert_eq!(log.writer_times(), WriterTimes::default());
+        rt.block_on(log.append_atomic(vec![request(1..4)])).unwrap();
+        let first = log.writer_times();
+        assert_eq!((first.groups, first.events), (1, 3));
+        assert!(first.busy_ns() > 0 && first.sync_ns <= first.busy_ns());
+        // A repeated id is refused: nothing written, nothing counted.
+        assert!(rt.block_on(log.append_atomic(vec![request(2..3)])).is_err());
+        rt.block_on(log.append_atomic(vec![request(10..12)]))
+            .unwrap();
+        let both = log.writer_times().since(&first);
+        assert_eq!((both.groups, both.events), (1, 2));
+        assert_eq!(
+            both.busy_ns(),
+            both.stage_ns + both.frame_ns + both.write_ns + both.sync_ns + both.publish_ns
+        );
     }
 
     /// Reads check the frames the index points them at: an index whose
