@@ -46,7 +46,7 @@ use async_trait::async_trait;
 use casebook_engine::envelope::{encode_payload, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
 use casebook_engine::event::CURRENT_SCHEMA;
 use casebook_engine::import::{ImportError, ImportLine, Pipeline};
-use casebook_engine::store::segment::WriterTimes;
+use casebook_engine::store::segment::{thread_cpu_ns, WriterTimes};
 use casebook_engine::store::sled::{SledLog, SledStore, MAX_GROUP_EVENTS};
 use casebook_engine::store::sled_raw::{scan_decode, RawEnvelope, RawSledLog};
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
@@ -548,6 +548,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     // Raw backend ceiling: the same envelopes, sealed outside the timer.
     let t = phase("raw backend batched writes");
     let raw_dir = tmp.path().join("raw");
+    // The raw writer's processor time an event (it writes on this thread).
+    let raw_cpu_us;
     std::fs::create_dir_all(&raw_dir).map_err(|e| io_failure("raw dir", e))?;
     let (raw_ev_s, payload_bytes, case_payload_bytes) = {
         let raw = backend.open_raw(&raw_dir, &school).await?;
@@ -556,6 +558,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         let mut position = 0u64;
         let mut prev = GENESIS_HASH;
         let mut timed = Duration::ZERO;
+        let mut cpu_ns = 0u64;
         let mut bytes = 0u64;
         let mut case_bytes = 0u64;
         while position < n {
@@ -587,16 +590,18 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
                     bytes: value,
                 });
             }
-            let started = Instant::now();
+            let (started, cpu) = (Instant::now(), thread_cpu_ns());
             raw.write_batch(&batch, recorded_at.timestamp_micros())
                 .await?;
             timed += started.elapsed();
+            cpu_ns += thread_cpu_ns().saturating_sub(cpu);
         }
         if position < n {
             return Err(Failure::Store(format!(
                 "bench: the demo school gave only {position} of {n} events"
             )));
         }
+        raw_cpu_us = cpu_ns as f64 / 1e3 / n as f64;
         (
             per_s(n, timed),
             bytes as f64 / n as f64,
@@ -621,6 +626,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let mut pupils: Vec<String> = Vec::new();
     let mut generated = 0u64;
     let mut timed = Duration::ZERO;
+    let mut main_cpu_ns = 0u64;
     let mut line = 0usize;
     let now = Utc::now();
     let mut next_report = n / 10;
@@ -665,12 +671,13 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         if batches.is_empty() {
             break;
         }
-        let started = Instant::now();
+        let (started, cpu) = (Instant::now(), thread_cpu_ns());
         for lines in batches {
             pipeline.push(lines).await.map_err(refused)?;
         }
         pipeline.flush().await.map_err(refused)?;
         timed += started.elapsed();
+        main_cpu_ns += thread_cpu_ns().saturating_sub(cpu);
         if pipeline.events() >= next_report && pipeline.events() < n {
             eprintln!("bench:   {}/{n} events imported", pipeline.events());
             next_report += n / 10;
@@ -683,6 +690,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let split = ImportSplit::new(
         timed,
         planning,
+        main_cpu_ns,
+        raw_cpu_us,
         imported,
         writer_before
             .zip(engine.writer_times())
@@ -914,6 +923,11 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
 struct ImportSplit {
     timed: Duration,
     planning: Duration,
+    /// The processor time of the bench's thread (planning, submitting) in
+    /// the timed stretches.
+    main_cpu_ns: u64,
+    /// The raw ceiling writer's processor time an event.
+    raw_cpu_us: f64,
     events: u64,
     writer: Option<WriterTimes>,
 }
@@ -922,12 +936,16 @@ impl ImportSplit {
     fn new(
         timed: Duration,
         planning: Duration,
+        main_cpu_ns: u64,
+        raw_cpu_us: f64,
         events: u64,
         writer: Option<WriterTimes>,
     ) -> ImportSplit {
         ImportSplit {
             timed,
             planning,
+            main_cpu_ns,
+            raw_cpu_us,
             events,
             writer,
         }
@@ -963,6 +981,11 @@ impl ImportSplit {
                 self.timed.as_secs_f64()
             )),
         );
+        m.insert(
+            "import_main_cpu_us_per_event".into(),
+            json!(self.us(self.main_cpu_ns)),
+        );
+        m.insert("raw_cpu_us_per_event".into(), json!(self.raw_cpu_us));
         if let Some(w) = &self.writer {
             let put = |m: &mut Map<String, Value>, k: &str, ns: u64| {
                 m.insert(
@@ -976,6 +999,11 @@ impl ImportSplit {
             put(&mut m, "sync", w.sync_ns);
             put(&mut m, "publish", w.publish_ns);
             put(&mut m, "busy", w.busy_ns());
+            put(&mut m, "cpu", w.cpu_ns);
+            m.insert(
+                "import_cpu_us_per_event".into(),
+                json!(self.us(self.main_cpu_ns.saturating_add(w.cpu_ns))),
+            );
             m.insert(
                 "import_writer_busy_share".into(),
                 json!(Self::share(
@@ -1011,6 +1039,13 @@ impl ImportSplit {
                 self.us(w.sync_ns),
                 self.us(w.publish_ns),
                 w.groups,
+            ));
+            out.push_str(&format!(
+                "; processor time µs an event: this thread {:.2} + writer {:.2} = {:.2}, against the raw ceiling's {:.2}",
+                self.us(self.main_cpu_ns),
+                self.us(w.cpu_ns),
+                self.us(self.main_cpu_ns.saturating_add(w.cpu_ns)),
+                self.raw_cpu_us,
             ));
         }
         out

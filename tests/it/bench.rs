@@ -153,6 +153,13 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     let busy = number(&doc, "import_writer_busy_us_per_event");
     assert!((steps - busy).abs() <= 1e-9 * busy, "{doc}");
     assert!(number(&doc, "import_writer_groups") >= 2.0, "{doc}");
+    // Processor time an event: the bench's thread and the writer's add up
+    // to the import's; the raw ceiling's is its own.
+    let cpu = number(&doc, "import_main_cpu_us_per_event")
+        + number(&doc, "import_writer_cpu_us_per_event");
+    let total = number(&doc, "import_cpu_us_per_event");
+    assert!((cpu - total).abs() <= 1e-6 * total, "{doc}");
+    number(&doc, "raw_cpu_us_per_event");
     number(&doc, "import_writer_busy_share");
     let sync_share = number(&doc, "import_writer_sync_share");
     assert!(sync_share < 1.0, "{doc}");

@@ -1382,9 +1382,15 @@ pub struct WriterTimes {
     pub write_ns: u64,
     /// The group's `fdatasync`.
     pub sync_ns: u64,
-    /// Publishing the group: the id table grown ahead when it must, every
-    /// frame put in the index under its write lock, every append answered.
+    /// Publishing the group: the id table grown ahead when it must, and
+    /// every frame put in the index under its write lock. (Answering the
+    /// group's appends comes after its times are counted, so that an
+    /// append's caller finds its group counted.)
     pub publish_ns: u64,
+    /// The processor time the writer's thread used for those steps (user
+    /// and system, `CLOCK_THREAD_CPUTIME_ID`): unlike the wall times, it
+    /// does not count waiting for the disk or for a core.
+    pub cpu_ns: u64,
 }
 
 impl WriterTimes {
@@ -1403,13 +1409,14 @@ impl WriterTimes {
             write_ns: self.write_ns.saturating_sub(earlier.write_ns),
             sync_ns: self.sync_ns.saturating_sub(earlier.sync_ns),
             publish_ns: self.publish_ns.saturating_sub(earlier.publish_ns),
+            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
         }
     }
 }
 
 /// [`WriterTimes`] as the writer adds to them and readers copy them.
 #[derive(Default)]
-struct WriterClock([AtomicU64; 7]);
+struct WriterClock([AtomicU64; 8]);
 
 impl WriterClock {
     fn add(&self, t: &WriterTimes) {
@@ -1421,6 +1428,7 @@ impl WriterClock {
             t.write_ns,
             t.sync_ns,
             t.publish_ns,
+            t.cpu_ns,
         ];
         for (sum, n) in self.0.iter().zip(parts) {
             sum.fetch_add(n, Ordering::Relaxed);
@@ -1428,7 +1436,7 @@ impl WriterClock {
     }
 
     fn read(&self) -> WriterTimes {
-        let [groups, events, stage_ns, frame_ns, write_ns, sync_ns, publish_ns] =
+        let [groups, events, stage_ns, frame_ns, write_ns, sync_ns, publish_ns, cpu_ns] =
             std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed));
         WriterTimes {
             groups,
@@ -1438,6 +1446,7 @@ impl WriterClock {
             write_ns,
             sync_ns,
             publish_ns,
+            cpu_ns,
         }
     }
 }
@@ -1445,6 +1454,24 @@ impl WriterClock {
 /// Nanoseconds since `t` (saturating; the monotonic clock).
 fn ns_since(t: Instant) -> u64 {
     u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The processor time the calling thread has used, in nanoseconds (0 where
+/// the clock cannot be read).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the call's duration.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 /// One staged frame of the group buffer.
@@ -1629,6 +1656,7 @@ impl Writer {
         // the answer: `Reply::send_back`).
         let mut staged: Vec<(Reply, Vec<Appended>, Vec<AppendRequest>)> = Vec::new();
         self.times = WriterTimes::default();
+        let cpu_started = thread_cpu_ns();
         let started = Instant::now();
         let stage = {
             let state = self.state.clone();
@@ -1732,13 +1760,16 @@ impl Writer {
                 self.hash = hash;
                 self.last_recorded_us = recorded_us;
                 self.head_tx.send_replace(position);
-                for (reply, appended, requests) in staged {
-                    reply.send_back(Ok(appended), requests);
-                }
+                // The group's times are added before it is answered, so
+                // that whoever waits for the answer finds them counted.
                 self.times.publish_ns = ns_since(started);
+                self.times.cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
                 self.times.groups = 1;
                 self.times.events = self.frames.len() as u64;
                 self.clock.add(&self.times);
+                for (reply, appended, requests) in staged {
+                    reply.send_back(Ok(appended), requests);
+                }
                 true
             }
             Err(e) => {
@@ -2415,7 +2446,8 @@ mod index_tests {
     }
 
     /// The writer counts each committed group and its events, and times
-    /// its steps; a refused append is not counted.
+    /// its steps, before it answers the group's appends (so each append's
+    /// caller finds its group counted); a refused append is not counted.
     #[test]
     fn the_writer_counts_its_groups_and_events() {
         let (_dir, rt, _store, log) = fresh_log();
@@ -2424,6 +2456,7 @@ mod index_tests {
         let first = log.writer_times();
         assert_eq!((first.groups, first.events), (1, 3));
         assert!(first.busy_ns() > 0 && first.sync_ns <= first.busy_ns());
+        assert!(thread_cpu_ns() > 0, "the thread's processor clock reads");
         // A repeated id is refused: nothing written, nothing counted.
         assert!(rt.block_on(log.append_atomic(vec![request(2..3)])).is_err());
         rt.block_on(log.append_atomic(vec![request(10..12)]))
