@@ -687,16 +687,18 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let planning = pipeline.planning();
     drop(pipeline);
     let import_ev_s = per_s(imported, timed);
-    let split = ImportSplit::new(
+    let split = ImportSplit {
         timed,
         planning,
         main_cpu_ns,
         raw_cpu_us,
-        imported,
-        writer_before
+        raw_ev_s,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        events: imported,
+        writer: writer_before
             .zip(engine.writer_times())
             .map(|(before, after)| after.since(&before)),
-    );
+    };
     eprintln!("bench:   {}", split.describe());
     let disk_bytes = engine.disk_bytes().await?;
     let index_mb = engine.index_bytes().map(|b| b as f64 / (1024.0 * 1024.0));
@@ -928,27 +930,28 @@ struct ImportSplit {
     main_cpu_ns: u64,
     /// The raw ceiling writer's processor time an event.
     raw_cpu_us: f64,
+    /// The raw ceiling (`raw_backend_batched_ev_s`).
+    raw_ev_s: f64,
+    /// Cores the process may use.
+    cores: usize,
     events: u64,
     writer: Option<WriterTimes>,
 }
 
 impl ImportSplit {
-    fn new(
-        timed: Duration,
-        planning: Duration,
-        main_cpu_ns: u64,
-        raw_cpu_us: f64,
-        events: u64,
-        writer: Option<WriterTimes>,
-    ) -> ImportSplit {
-        ImportSplit {
-            timed,
-            planning,
-            main_cpu_ns,
-            raw_cpu_us,
-            events,
-            writer,
-        }
+    /// The two bounds the import's own costs put on `import_vs_raw`,
+    /// however well its threads overlap: the writer's busy time is serial
+    /// (one group after another), so the import is at most 1 / busy events
+    /// a second; and all its processor time shares the cores, so it is at
+    /// most cores / cpu. Each as a fraction of the raw ceiling.
+    fn caps_vs_raw(&self, w: &WriterTimes) -> (f64, f64) {
+        let per_s = |us: f64| if us > 0.0 { 1e6 / us } else { 0.0 };
+        let busy = self.us(w.busy_ns());
+        let cpu = self.us(self.main_cpu_ns.saturating_add(w.cpu_ns));
+        (
+            Self::share(per_s(busy), self.raw_ev_s),
+            Self::share(self.cores as f64 * per_s(cpu), self.raw_ev_s),
+        )
     }
 
     /// Microseconds an event of `ns` nanoseconds in all.
@@ -1016,6 +1019,9 @@ impl ImportSplit {
                 json!(Self::share(w.sync_ns as f64, w.busy_ns() as f64)),
             );
             m.insert("import_writer_groups".into(), json!(w.groups));
+            let (writer_cap, cpu_cap) = self.caps_vs_raw(w);
+            m.insert("import_writer_cap_vs_raw".into(), json!(writer_cap));
+            m.insert("import_cpu_cap_vs_raw".into(), json!(cpu_cap));
         }
         Value::Object(m)
     }
@@ -1046,6 +1052,11 @@ impl ImportSplit {
                 self.us(w.cpu_ns),
                 self.us(self.main_cpu_ns.saturating_add(w.cpu_ns)),
                 self.raw_cpu_us,
+            ));
+            let (writer_cap, cpu_cap) = self.caps_vs_raw(w);
+            out.push_str(&format!(
+                "; so import_vs_raw can be at most {writer_cap:.2} (the writer's busy time, serial) and {cpu_cap:.2} ({} cores' processor time)",
+                self.cores
             ));
         }
         out

@@ -160,6 +160,19 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     let total = number(&doc, "import_cpu_us_per_event");
     assert!((cpu - total).abs() <= 1e-6 * total, "{doc}");
     number(&doc, "raw_cpu_us_per_event");
+    // The bounds those costs put on import_vs_raw: the writer's serial
+    // busy time, and the cores' processor time.
+    let raw = number(&doc, "raw_backend_batched_ev_s");
+    let writer_cap = 1e6 / busy / raw;
+    assert!(
+        (number(&doc, "import_writer_cap_vs_raw") - writer_cap).abs() <= 1e-9 * writer_cap,
+        "{doc}"
+    );
+    let cpu_cap = number(&doc, "cores") * 1e6 / total / raw;
+    assert!(
+        (number(&doc, "import_cpu_cap_vs_raw") - cpu_cap).abs() <= 1e-6 * cpu_cap,
+        "{doc}"
+    );
     number(&doc, "import_writer_busy_share");
     let sync_share = number(&doc, "import_writer_sync_share");
     assert!(sync_share < 1.0, "{doc}");
