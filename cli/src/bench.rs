@@ -1238,6 +1238,18 @@ impl Figures {
             us("fsync_per_s_at_start"),
             us("fsync_per_s"),
         ));
+        if doc.get("import_cpu_cap_vs_raw").is_some() {
+            out.push_str(&format!(
+                "import: {:.2} µs of processor time an event (planning {:.2}, writer {:.2}; the raw ceiling {:.2}), the writer busy {:.0}% of the import's time: import_vs_raw can be at most {:.2} (the writer's serial busy time) and {:.2} (the cores' processor time)\n",
+                us("import_cpu_us_per_event"),
+                us("import_main_cpu_us_per_event"),
+                us("import_writer_cpu_us_per_event"),
+                us("raw_cpu_us_per_event"),
+                100.0 * us("import_writer_busy_share"),
+                us("import_writer_cap_vs_raw"),
+                us("import_cpu_cap_vs_raw"),
+            ));
+        }
         if doc.get("open_ms").is_some_and(|v| !v.is_null()) {
             out.push_str(&format!(
                 "open of the populated store: {:.0} ms ({:.2} of the {:.0} ms of an open that rebuilds the index from every frame); close {:.0} ms\n",
