@@ -800,12 +800,20 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let (mut single_count, mut single_time) = (0u64, Duration::ZERO);
     let (mut concurrent_count, mut concurrent_time) = (0u64, Duration::ZERO);
     let mut rounds = Vec::with_capacity(APPEND_ROUNDS);
+    // The writer's steps for the single appends, summed over the slices.
+    let mut single_writer: Option<WriterTimes> = engine.writer_times().map(|_| Default::default());
     for r in 0..APPEND_ROUNDS {
         let slice: Appends = single.by_ref().take(share(single_events, r)).collect();
         let (n, took) = probe.run(slice.len() as u64, Duration::from_secs(2))?;
+        let before = engine.writer_times();
         let started = Instant::now();
         let count = append_all(log.as_ref(), slice).await?;
         let single_took = started.elapsed();
+        if let (Some(sum), Some(before), Some(after)) =
+            (single_writer.as_mut(), before, engine.writer_times())
+        {
+            sum.add(&after.since(&before));
+        }
         let started = Instant::now();
         let tasks: Vec<_> = jobs
             .iter_mut()
@@ -839,6 +847,21 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let fsync_at_start = fsync_per_s;
     let fsync_per_s = per_s(syncs, syncing);
     let append_single_ev_s = per_s(single_count, single_time);
+    // A single append's cost beside the probe's fdatasync: the writer's
+    // steps an append, and what is left of the append's time (the hand-off
+    // to the writer thread and back).
+    let single_split = single_writer.map(|w| {
+        let n = single_count.max(1) as f64;
+        let us = |ns: u64| ns as f64 / 1e3 / n;
+        json!({
+            "single_us": 1e6 / append_single_ev_s.max(f64::MIN_POSITIVE),
+            "fsync_us": 1e6 / fsync_per_s.max(f64::MIN_POSITIVE),
+            "single_writer_busy_us": us(w.busy_ns()),
+            "single_writer_sync_us": us(w.sync_ns),
+            "single_writer_other_us": us(w.busy_ns().saturating_sub(w.sync_ns)),
+            "single_writer_groups": w.groups,
+        })
+    });
     let append_concurrent_ev_s = per_s(concurrent_count, concurrent_time);
     done(
         t,
@@ -895,6 +918,9 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     });
     let mut extra = extra;
     if let (Value::Object(e), Value::Object(s)) = (&mut extra, split.to_json()) {
+        e.extend(s);
+    }
+    if let (Value::Object(e), Some(Value::Object(s))) = (&mut extra, single_split) {
         e.extend(s);
     }
     if let (Value::Object(m), Value::Object(e)) = (&mut doc, extra) {

@@ -114,6 +114,7 @@ fn bench_runs_on_sled() {
     // only where the engine keeps them (the segment writer).
     number(&doc, "import_planner_us_per_event");
     assert!(doc.get("import_writer_busy_share").is_none(), "{doc}");
+    assert!(doc.get("single_writer_busy_us").is_none(), "{doc}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }
@@ -178,6 +179,19 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     assert!(sync_share < 1.0, "{doc}");
     assert_eq!(doc["open_from_snapshot"], false, "{doc}");
     assert!(doc["snapshot_mb"].is_null(), "{doc}");
+    // A single append's time beside the probe's fdatasync, and the
+    // writer's part of it (one group an append).
+    assert_eq!(
+        number(&doc, "single_writer_groups"),
+        number(&doc, "single_appends"),
+        "{doc}"
+    );
+    let single_us = number(&doc, "single_us");
+    assert!((single_us - 1e6 / number(&doc, "append_single_ev_s")).abs() <= 1e-6 * single_us);
+    let busy = number(&doc, "single_writer_busy_us");
+    let parts = number(&doc, "single_writer_sync_us") + number(&doc, "single_writer_other_us");
+    assert!((busy - parts).abs() <= 1e-6 * busy, "{doc}");
+    number(&doc, "fsync_us");
     // The appends ran in rounds: a slice of single appends beside as many
     // fdatasyncs of the probe, then a slice of the concurrent writers'; each
     // rate is that of the rounds together.

@@ -1399,6 +1399,18 @@ impl WriterTimes {
         self.stage_ns + self.frame_ns + self.write_ns + self.sync_ns + self.publish_ns
     }
 
+    /// Adds `other` to these.
+    pub fn add(&mut self, other: &WriterTimes) {
+        self.groups += other.groups;
+        self.events += other.events;
+        self.stage_ns += other.stage_ns;
+        self.frame_ns += other.frame_ns;
+        self.write_ns += other.write_ns;
+        self.sync_ns += other.sync_ns;
+        self.publish_ns += other.publish_ns;
+        self.cpu_ns += other.cpu_ns;
+    }
+
     /// What was added between `earlier` and `self`.
     pub fn since(&self, earlier: &WriterTimes) -> WriterTimes {
         WriterTimes {
