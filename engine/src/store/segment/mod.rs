@@ -1401,55 +1401,31 @@ impl WriterTimes {
 
     /// Adds `other` to these.
     pub fn add(&mut self, other: &WriterTimes) {
-        self.groups += other.groups;
-        self.events += other.events;
-        self.stage_ns += other.stage_ns;
-        self.frame_ns += other.frame_ns;
-        self.write_ns += other.write_ns;
-        self.sync_ns += other.sync_ns;
-        self.publish_ns += other.publish_ns;
-        self.cpu_ns += other.cpu_ns;
+        *self = self.zip(other, u64::saturating_add);
     }
 
     /// What was added between `earlier` and `self`.
     pub fn since(&self, earlier: &WriterTimes) -> WriterTimes {
-        WriterTimes {
-            groups: self.groups.saturating_sub(earlier.groups),
-            events: self.events.saturating_sub(earlier.events),
-            stage_ns: self.stage_ns.saturating_sub(earlier.stage_ns),
-            frame_ns: self.frame_ns.saturating_sub(earlier.frame_ns),
-            write_ns: self.write_ns.saturating_sub(earlier.write_ns),
-            sync_ns: self.sync_ns.saturating_sub(earlier.sync_ns),
-            publish_ns: self.publish_ns.saturating_sub(earlier.publish_ns),
-            cpu_ns: self.cpu_ns.saturating_sub(earlier.cpu_ns),
-        }
-    }
-}
-
-/// [`WriterTimes`] as the writer adds to them and readers copy them.
-#[derive(Default)]
-struct WriterClock([AtomicU64; 8]);
-
-impl WriterClock {
-    fn add(&self, t: &WriterTimes) {
-        let parts = [
-            t.groups,
-            t.events,
-            t.stage_ns,
-            t.frame_ns,
-            t.write_ns,
-            t.sync_ns,
-            t.publish_ns,
-            t.cpu_ns,
-        ];
-        for (sum, n) in self.0.iter().zip(parts) {
-            sum.fetch_add(n, Ordering::Relaxed);
-        }
+        self.zip(earlier, u64::saturating_sub)
     }
 
-    fn read(&self) -> WriterTimes {
-        let [groups, events, stage_ns, frame_ns, write_ns, sync_ns, publish_ns, cpu_ns] =
-            std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed));
+    /// Every field, in declaration order.
+    fn fields(&self) -> [u64; 8] {
+        [
+            self.groups,
+            self.events,
+            self.stage_ns,
+            self.frame_ns,
+            self.write_ns,
+            self.sync_ns,
+            self.publish_ns,
+            self.cpu_ns,
+        ]
+    }
+
+    fn from_fields(
+        [groups, events, stage_ns, frame_ns, write_ns, sync_ns, publish_ns, cpu_ns]: [u64; 8],
+    ) -> WriterTimes {
         WriterTimes {
             groups,
             events,
@@ -1460,6 +1436,28 @@ impl WriterClock {
             publish_ns,
             cpu_ns,
         }
+    }
+
+    /// `f` of each field of `self` and the same field of `other`.
+    fn zip(&self, other: &WriterTimes, f: impl Fn(u64, u64) -> u64) -> WriterTimes {
+        let (a, b) = (self.fields(), other.fields());
+        WriterTimes::from_fields(std::array::from_fn(|i| f(a[i], b[i])))
+    }
+}
+
+/// [`WriterTimes`] as the writer adds to them and readers copy them.
+#[derive(Default)]
+struct WriterClock([AtomicU64; 8]);
+
+impl WriterClock {
+    fn add(&self, t: &WriterTimes) {
+        for (sum, n) in self.0.iter().zip(t.fields()) {
+            sum.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    fn read(&self) -> WriterTimes {
+        WriterTimes::from_fields(std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)))
     }
 }
 
@@ -2475,6 +2473,9 @@ mod index_tests {
             .unwrap();
         let both = log.writer_times().since(&first);
         assert_eq!((both.groups, both.events), (1, 2));
+        let mut sum = first;
+        sum.add(&both);
+        assert_eq!(sum, log.writer_times());
         assert_eq!(
             both.busy_ns(),
             both.stage_ns + both.frame_ns + both.write_ns + both.sync_ns + both.publish_ns
