@@ -548,10 +548,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     // Raw backend ceiling: the same envelopes, sealed outside the timer.
     let t = phase("raw backend batched writes");
     let raw_dir = tmp.path().join("raw");
-    // The raw writer's processor time an event (it writes on this thread).
-    let raw_cpu_us;
     std::fs::create_dir_all(&raw_dir).map_err(|e| io_failure("raw dir", e))?;
-    let (raw_ev_s, payload_bytes, case_payload_bytes) = {
+    // `raw_cpu_us`: the raw writer's processor time an event (it writes on
+    // this thread).
+    let (raw_ev_s, payload_bytes, case_payload_bytes, raw_cpu_us) = {
         let raw = backend.open_raw(&raw_dir, &school).await?;
         let mut source = Source::new(&opts);
         let mut versions: std::collections::HashMap<StreamId, u64> = Default::default();
@@ -601,11 +601,11 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
                 "bench: the demo school gave only {position} of {n} events"
             )));
         }
-        raw_cpu_us = cpu_ns as f64 / 1e3 / n as f64;
         (
             per_s(n, timed),
             bytes as f64 / n as f64,
             case_bytes as f64 / n as f64,
+            cpu_ns as f64 / 1e3 / n as f64,
         )
     };
     let _ = std::fs::remove_dir_all(&raw_dir);
@@ -973,11 +973,21 @@ impl ImportSplit {
     fn caps_vs_raw(&self, w: &WriterTimes) -> (f64, f64) {
         let per_s = |us: f64| if us > 0.0 { 1e6 / us } else { 0.0 };
         let busy = self.us(w.busy_ns());
-        let cpu = self.us(self.main_cpu_ns.saturating_add(w.cpu_ns));
         (
             Self::share(per_s(busy), self.raw_ev_s),
-            Self::share(self.cores as f64 * per_s(cpu), self.raw_ev_s),
+            Self::share(self.cores as f64 * per_s(self.cpu_us(w)), self.raw_ev_s),
         )
+    }
+
+    /// The import's processor time an event: this thread's and the
+    /// writer's.
+    fn cpu_us(&self, w: &WriterTimes) -> f64 {
+        self.us(self.main_cpu_ns.saturating_add(w.cpu_ns))
+    }
+
+    /// The writer's busy time as a share of the timed import.
+    fn writer_busy_share(&self, w: &WriterTimes) -> f64 {
+        Self::share(w.busy_ns() as f64 / 1e9, self.timed.as_secs_f64())
     }
 
     /// Microseconds an event of `ns` nanoseconds in all.
@@ -1029,16 +1039,10 @@ impl ImportSplit {
             put(&mut m, "publish", w.publish_ns);
             put(&mut m, "busy", w.busy_ns());
             put(&mut m, "cpu", w.cpu_ns);
-            m.insert(
-                "import_cpu_us_per_event".into(),
-                json!(self.us(self.main_cpu_ns.saturating_add(w.cpu_ns))),
-            );
+            m.insert("import_cpu_us_per_event".into(), json!(self.cpu_us(w)));
             m.insert(
                 "import_writer_busy_share".into(),
-                json!(Self::share(
-                    w.busy_ns() as f64 / 1e9,
-                    self.timed.as_secs_f64()
-                )),
+                json!(self.writer_busy_share(w)),
             );
             m.insert(
                 "import_writer_sync_share".into(),
@@ -1064,7 +1068,7 @@ impl ImportSplit {
             out.push_str(&format!(
                 "; writer busy {:.2} s ({:.0}% of the import; µs an event: stage {:.2}, frame {:.2}, write {:.2}, fdatasync {:.2}, publish {:.2}) in {} groups",
                 w.busy_ns() as f64 / 1e9,
-                100.0 * Self::share(w.busy_ns() as f64 / 1e9, timed),
+                100.0 * self.writer_busy_share(w),
                 self.us(w.stage_ns),
                 self.us(w.frame_ns),
                 self.us(w.write_ns),
@@ -1076,7 +1080,7 @@ impl ImportSplit {
                 "; processor time µs an event: this thread {:.2} + writer {:.2} = {:.2}, against the raw ceiling's {:.2}",
                 self.us(self.main_cpu_ns),
                 self.us(w.cpu_ns),
-                self.us(self.main_cpu_ns.saturating_add(w.cpu_ns)),
+                self.cpu_us(w),
                 self.raw_cpu_us,
             ));
             let (writer_cap, cpu_cap) = self.caps_vs_raw(w);

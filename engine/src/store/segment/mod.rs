@@ -1235,7 +1235,6 @@ impl SegmentLog {
             },
             snapshot_min_events: options.snapshot_min_events,
             clock: clock.clone(),
-            times: WriterTimes::default(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("casebook-segment-writer-{school}"))
@@ -1521,8 +1520,6 @@ struct Writer {
     snapshot_min_events: u64,
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
-    /// The current group's times, added to `clock` once it is committed.
-    times: WriterTimes,
 }
 
 impl Writer {
@@ -1665,7 +1662,7 @@ impl Writer {
         // Each staged append's reply, result and requests (handed back with
         // the answer: `Reply::send_back`).
         let mut staged: Vec<(Reply, Vec<Appended>, Vec<AppendRequest>)> = Vec::new();
-        self.times = WriterTimes::default();
+        let mut times = WriterTimes::default();
         let cpu_started = thread_cpu_ns();
         let started = Instant::now();
         let stage = {
@@ -1698,7 +1695,7 @@ impl Writer {
             }
             stage
         };
-        self.times.stage_ns = ns_since(started);
+        times.stage_ns = ns_since(started);
         let started = Instant::now();
         let (position, hash) = (stage.position, stage.hash);
         for sealed in &stage.sealed {
@@ -1725,8 +1722,8 @@ impl Writer {
         };
         last.meta.group_end = true;
         mark_group_end(&mut self.buf[last.start..last.start + last.len]);
-        self.times.frame_ns = ns_since(started);
-        let result = self.write_group();
+        times.frame_ns = ns_since(started);
+        let result = self.write_group(&mut times);
         match result {
             Ok(()) => {
                 let started = Instant::now();
@@ -1772,11 +1769,11 @@ impl Writer {
                 self.head_tx.send_replace(position);
                 // The group's times are added before it is answered, so
                 // that whoever waits for the answer finds them counted.
-                self.times.publish_ns = ns_since(started);
-                self.times.cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
-                self.times.groups = 1;
-                self.times.events = self.frames.len() as u64;
-                self.clock.add(&self.times);
+                times.publish_ns = ns_since(started);
+                times.cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
+                times.groups = 1;
+                times.events = self.frames.len() as u64;
+                self.clock.add(&times);
                 for (reply, appended, requests) in staged {
                     reply.send_back(Ok(appended), requests);
                 }
@@ -1792,7 +1789,7 @@ impl Writer {
     /// Rolls to a new segment when the current one is full, then writes the
     /// group buffer at the end of the segment and fdatasyncs it. On error,
     /// cuts the segment back to its last durable end (best effort).
-    fn write_group(&mut self) -> Result<(), StoreError> {
+    fn write_group(&mut self, times: &mut WriterTimes) -> Result<(), StoreError> {
         let started = Instant::now();
         if self.end >= self.segment_bytes {
             // A segment that is not the last ends at its last group.
@@ -1822,10 +1819,10 @@ impl Writer {
                 n => file.write_all_at(&ZEROS[..n as usize], need),
             })
             .map_err(io("append"));
-        let write_ns = ns_since(started);
+        times.write_ns = ns_since(started);
         let started = Instant::now();
         let result = written.and_then(|()| file.sync_data().map_err(io("fdatasync")));
-        (self.times.write_ns, self.times.sync_ns) = (write_ns, ns_since(started));
+        times.sync_ns = ns_since(started);
         match result {
             Ok(()) => self.allocated = self.allocated.max(need + ahead),
             Err(_) => {
