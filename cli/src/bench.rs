@@ -684,12 +684,13 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         }
     }
     let imported = pipeline.events();
-    let planning = pipeline.planning();
+    let (planning, sealing) = (pipeline.planning(), pipeline.sealing_ahead());
     drop(pipeline);
     let import_ev_s = per_s(imported, timed);
     let split = ImportSplit {
         timed,
         planning,
+        sealing,
         main_cpu_ns,
         raw_cpu_us,
         raw_ev_s,
@@ -951,6 +952,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
 struct ImportSplit {
     timed: Duration,
     planning: Duration,
+    /// Sealing batches ahead on the bench's thread (`Pipeline::sealing_ahead`).
+    sealing: Duration,
     /// The processor time of the bench's thread (planning, submitting) in
     /// the timed stretches.
     main_cpu_ns: u64,
@@ -1004,7 +1007,7 @@ impl ImportSplit {
     }
 
     fn planner_us(&self) -> f64 {
-        self.us(u64::try_from(self.planning.as_nanos()).unwrap_or(u64::MAX))
+        self.us(duration_ns(self.planning))
     }
 
     fn to_json(&self) -> Value {
@@ -1019,6 +1022,10 @@ impl ImportSplit {
                 self.planning.as_secs_f64(),
                 self.timed.as_secs_f64()
             )),
+        );
+        m.insert(
+            "import_sealing_ahead_us_per_event".into(),
+            json!(self.us(duration_ns(self.sealing))),
         );
         m.insert(
             "import_main_cpu_us_per_event".into(),
@@ -1049,6 +1056,10 @@ impl ImportSplit {
                 json!(Self::share(w.sync_ns as f64, w.busy_ns() as f64)),
             );
             m.insert("import_writer_groups".into(), json!(w.groups));
+            m.insert(
+                "import_writer_presealed_share".into(),
+                json!(Self::share(w.presealed as f64, w.events as f64)),
+            );
             let (writer_cap, cpu_cap) = self.caps_vs_raw(w);
             m.insert("import_writer_cap_vs_raw".into(), json!(writer_cap));
             m.insert("import_cpu_cap_vs_raw".into(), json!(cpu_cap));
@@ -1060,15 +1071,18 @@ impl ImportSplit {
     fn describe(&self) -> String {
         let timed = self.timed.as_secs_f64();
         let mut out = format!(
-            "where the import's {timed:.2} s went: planning {:.2} s ({:.2} µs an event)",
+            "where the import's {timed:.2} s went: planning {:.2} s ({:.2} µs an event), sealing ahead {:.2} s ({:.2} µs an event)",
             self.planning.as_secs_f64(),
-            self.planner_us()
+            self.planner_us(),
+            self.sealing.as_secs_f64(),
+            self.us(duration_ns(self.sealing)),
         );
         if let Some(w) = &self.writer {
             out.push_str(&format!(
-                "; writer busy {:.2} s ({:.0}% of the import; µs an event: stage {:.2}, frame {:.2}, write {:.2}, fdatasync {:.2}, publish {:.2}) in {} groups",
+                "; writer busy {:.2} s ({:.0}% of the import; {:.0}% of the events written as sealed ahead; µs an event: stage {:.2}, frame {:.2}, write {:.2}, fdatasync {:.2}, publish {:.2}) in {} groups",
                 w.busy_ns() as f64 / 1e9,
                 100.0 * self.writer_busy_share(w),
+                100.0 * Self::share(w.presealed as f64, w.events as f64),
                 self.us(w.stage_ns),
                 self.us(w.frame_ns),
                 self.us(w.write_ns),
@@ -1091,6 +1105,11 @@ impl ImportSplit {
         }
         out
     }
+}
+
+/// Nanoseconds of `d`, saturated.
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The figures of one run.

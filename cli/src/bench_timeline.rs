@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use casebook_engine::access::{Action, Guarded};
 use casebook_engine::store::{
-    AppendRequest, Appended, EventStore, Head, StreamVisitor, VerifyReport,
+    AppendRequest, Appended, EventStore, Head, Presealed, StreamVisitor, VerifyReport,
 };
 use casebook_engine::{StoreError, StoredEvent, StreamId};
 use chrono::{DateTime, Utc};
@@ -135,6 +135,17 @@ impl EventStore for AppendClock {
         let done = self.inner.append_atomic(requests).await;
         *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
         done
+    }
+
+    async fn append_presealed(&self, presealed: Presealed) -> Result<Vec<Appended>, StoreError> {
+        let started = Instant::now();
+        let done = self.inner.append_presealed(presealed).await;
+        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
+        done
+    }
+
+    fn seals_ahead(&self) -> bool {
+        self.inner.seals_ahead()
     }
 
     async fn read_stream(

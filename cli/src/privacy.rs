@@ -17,8 +17,8 @@ use casebook_engine::event::{
 use casebook_engine::import::{ImportLine, Planner};
 use casebook_engine::seal::{self, KeyState, Keyring, SecretKey};
 use casebook_engine::store::{
-    read_whole_stream, AppendRequest, Appended, CheckpointWriter, EventStore, Head, StreamVisitor,
-    VerifyReport, MAX_READ_PAGE,
+    read_whole_stream, AppendRequest, Appended, CheckpointWriter, EventStore, Head, Presealed,
+    StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
 use casebook_engine::{RecordedEvent, StoreError};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
@@ -348,6 +348,14 @@ impl EventStore for Unsealed {
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError> {
         self.inner.append_atomic(requests).await
+    }
+
+    async fn append_presealed(&self, presealed: Presealed) -> Result<Vec<Appended>, StoreError> {
+        self.inner.append_presealed(presealed).await
+    }
+
+    fn seals_ahead(&self) -> bool {
+        self.inner.seals_ahead()
     }
 
     async fn read_stream(

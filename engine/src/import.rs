@@ -20,7 +20,8 @@ use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::segment::IdHash;
 use crate::store::{
-    read_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion, MAX_EVENTS_PER_APPEND,
+    read_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion, Head, Presealed,
+    MAX_EVENTS_PER_APPEND,
 };
 
 /// The planner's maps, keyed by event ids and stream ids (16 random or
@@ -830,14 +831,32 @@ struct InFlight<'a> {
     append: AppendFuture<'a>,
     events: usize,
     duplicates: usize,
+    /// The head the batch leaves when it was sealed ahead.
+    end: Option<Head>,
 }
 
 /// One batch planned by [`Pipeline::plan`], ready for [`Pipeline::submit`].
 pub struct Batch {
-    requests: Vec<AppendRequest>,
+    appends: Appends,
     events: usize,
     duplicates: usize,
     carry: Carry,
+}
+
+/// A batch's requests, sealed ahead or not.
+enum Appends {
+    Plain(Vec<AppendRequest>),
+    /// Sealed ahead, at the head the batch before it leaves.
+    Presealed(Presealed),
+}
+
+impl Appends {
+    fn requests(&self) -> &[AppendRequest] {
+        match self {
+            Appends::Plain(requests) => requests,
+            Appends::Presealed(p) => p.requests(),
+        }
+    }
 }
 
 impl Batch {
@@ -853,7 +872,7 @@ impl Batch {
 
     /// What the batch appends, one request per pupil stream.
     pub fn requests(&self) -> &[AppendRequest] {
-        &self.requests
+        self.appends.requests()
     }
 }
 
@@ -879,6 +898,19 @@ impl Batch {
 /// of the batch in flight and its ids; state is dropped once the next
 /// batch no longer needs it.
 ///
+/// Sealing ahead: on a store that can use it ([`EventStore::seals_ahead`],
+/// the segment engine), batch k+1's events are also sealed on the caller's
+/// thread while batch k is written ([`Presealed`]: encoded and hashed,
+/// continuing the chain where batch k will leave it), so that the writer,
+/// which the import waits on, only checks and writes them. The writer
+/// adopts them only if its log is where the pipeline expected, and seals
+/// them itself otherwise: what is stored is the same either way, but for
+/// `recorded_at`, which is the time the batch was sealed ahead (before it
+/// was submitted) instead of the time its group began. The pipeline stops
+/// sealing ahead for the rest of the import once the log is found
+/// elsewhere than expected (another writer appended in between), and
+/// reads the head again after an error or a [`Pipeline::flush`].
+///
 /// Dropping a pipeline does not take back a batch already submitted (the
 /// writer has it, as with any append whose caller went away): call
 /// [`Pipeline::flush`] to learn its outcome. After an error, the pipeline
@@ -895,6 +927,17 @@ pub struct Pipeline<'a> {
     duplicates: u64,
     /// Time spent planning ([`Pipeline::planning`]).
     planning: std::time::Duration,
+    /// Time spent sealing ahead ([`Pipeline::sealing_ahead`]).
+    sealing: std::time::Duration,
+    /// Whether batches are sealed ahead: the store can use it, and the log
+    /// has been where the pipeline expected.
+    ahead_on: bool,
+    /// Where the next batch is sealed ahead: the head the batch before it
+    /// leaves (`None`: to be read from the store when nothing is in flight).
+    ahead: Option<Head>,
+    /// The `recorded_at` of the last batch sealed ahead (the next is never
+    /// earlier).
+    ahead_recorded: Option<DateTime<Utc>>,
 }
 
 impl<'a> Pipeline<'a> {
@@ -909,7 +952,22 @@ impl<'a> Pipeline<'a> {
             events: 0,
             duplicates: 0,
             planning: std::time::Duration::ZERO,
+            sealing: std::time::Duration::ZERO,
+            ahead_on: store.seals_ahead(),
+            ahead: None,
+            ahead_recorded: None,
         }
+    }
+
+    /// Wall time spent sealing batches ahead on the caller's thread (see
+    /// the type's documentation), summed over the batches planned so far.
+    pub fn sealing_ahead(&self) -> std::time::Duration {
+        self.sealing
+    }
+
+    /// Whether the pipeline still seals its batches ahead.
+    pub fn seals_ahead(&self) -> bool {
+        self.ahead_on
     }
 
     /// Wall time spent validating batches ([`Planner::add_many`], with the
@@ -937,27 +995,61 @@ impl<'a> Pipeline<'a> {
         let mut planner = Planner::new(self.store, &self.school, self.now);
         planner.sealer = self.sealer;
         planner.carry = std::mem::take(&mut self.carry);
-        let timed = async {
+        if self.ahead_on && self.ahead.is_none() && self.in_flight.is_none() {
+            // Nothing in flight: the log's head is where this batch goes
+            // (unless another writer appends first; the writer checks).
+            self.ahead = self.store.head().await.ok();
+        }
+        let ahead = self.ahead.take().filter(|_| self.ahead_on);
+        let last_recorded = self.ahead_recorded;
+        let timed = async move {
             let started = std::time::Instant::now();
             let planned = planner.add_many(lines).await;
-            (planned, started.elapsed())
+            let planning = started.elapsed();
+            let deferred = std::mem::take(&mut planner.deferred);
+            let planned = planned.map(|()| {
+                let (events, duplicates) = (planner.events, planner.duplicates);
+                let (requests, carry) = planner.finish_batch();
+                let (appends, sealing) = match ahead {
+                    Some(head) => {
+                        let started = std::time::Instant::now();
+                        let now = Utc::now();
+                        let recorded_at = last_recorded.map_or(now, |last| now.max(last));
+                        let appends = match Presealed::seal(head, recorded_at, requests) {
+                            Ok(p) => Appends::Presealed(p),
+                            Err(requests) => Appends::Plain(requests),
+                        };
+                        (appends, started.elapsed())
+                    }
+                    None => (Appends::Plain(requests), std::time::Duration::ZERO),
+                };
+                let batch = Batch {
+                    appends,
+                    events,
+                    duplicates,
+                    carry,
+                };
+                (batch, sealing)
+            });
+            (planned, deferred, planning)
         };
-        let ((planned, took), acked) = match self.in_flight.take() {
+        let ((planned, deferred, planning), acked) = match self.in_flight.take() {
             Some(f) => {
                 let (planned, acked) = tokio::join!(timed, f.append);
-                (planned, Some((acked, f.events, f.duplicates)))
+                (planned, Some((acked, f.events, f.duplicates, f.end)))
             }
             None => (timed.await, None),
         };
-        self.planning += took;
-        if let Some((acked, events, duplicates)) = acked {
+        self.planning += planning;
+        if let Some((acked, events, duplicates, end)) = acked {
             acked.map_err(ImportError::Write)?;
             self.events += events as u64;
             self.duplicates += duplicates as u64;
+            self.check_end(end).await;
         }
         // The ids repeated from the batch just acknowledged, in line order;
         // all come before `planned`'s error, if any.
-        for d in std::mem::take(&mut planner.deferred) {
+        for d in deferred {
             let stored =
                 self.store
                     .find_event(d.id)
@@ -977,15 +1069,28 @@ impl<'a> Pipeline<'a> {
                 }
             }
         }
-        planned?;
-        let (events, duplicates) = (planner.events, planner.duplicates);
-        let (requests, carry) = planner.finish_batch();
-        Ok(Batch {
-            requests,
-            events,
-            duplicates,
-            carry,
-        })
+        let (mut batch, sealing) = planned?;
+        self.sealing += sealing;
+        if !self.ahead_on {
+            // The batch before it did not leave the log where it was
+            // sealed ahead: the writer would seal it again anyway.
+            if let Appends::Presealed(p) = batch.appends {
+                batch.appends = Appends::Plain(p.into_requests());
+            }
+        }
+        Ok(batch)
+    }
+
+    /// After batch k is acknowledged: whether the log is where batch k,
+    /// sealed ahead, was to leave it. If not (another writer appended, or
+    /// the writer sealed it again), batches are no longer sealed ahead.
+    async fn check_end(&mut self, end: Option<Head>) {
+        if let Some(end) = end {
+            if self.store.head().await.ok() != Some(end) {
+                self.ahead_on = false;
+                self.ahead = None;
+            }
+        }
     }
 
     /// Hands `batch` to the store's writer and returns without waiting for
@@ -997,26 +1102,43 @@ impl<'a> Pipeline<'a> {
     /// (version or id conflict) rather than write it twice.
     pub async fn submit(&mut self, batch: Batch) -> Result<(), ImportError> {
         self.flush().await?;
-        if batch.requests.is_empty() {
+        let end = match &batch.appends {
+            Appends::Presealed(p) => {
+                self.ahead_recorded = Some(p.recorded_at());
+                Some(p.end())
+            }
+            Appends::Plain(_) => None,
+        };
+        // The next batch is sealed ahead where this one leaves the log.
+        self.ahead = end;
+        if batch.requests().is_empty() {
             self.duplicates += batch.duplicates as u64;
             self.carry = batch.carry;
             return Ok(());
         }
-        let mut append = self.store.append_atomic(batch.requests);
+        let mut append = match batch.appends {
+            Appends::Presealed(p) => self.store.append_presealed(p),
+            Appends::Plain(requests) => self.store.append_atomic(requests),
+        };
         // Poll once: the store takes the batch now (a writer thread's
         // queue), and writes it while the caller plans the next one.
         let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
         match first {
-            Poll::Ready(Err(e)) => return Err(ImportError::Write(e)),
+            Poll::Ready(Err(e)) => {
+                self.ahead = None;
+                return Err(ImportError::Write(e));
+            }
             Poll::Ready(Ok(_)) => {
                 self.events += batch.events as u64;
                 self.duplicates += batch.duplicates as u64;
+                self.check_end(end).await;
             }
             Poll::Pending => {
                 self.in_flight = Some(InFlight {
                     append,
                     events: batch.events,
                     duplicates: batch.duplicates,
+                    end,
                 })
             }
         }
@@ -1038,12 +1160,15 @@ impl<'a> Pipeline<'a> {
         if let Some(f) = self.in_flight.take() {
             let acked = f.append.await;
             if acked.is_err() {
-                // Nothing of it was written: its state is not the store's.
+                // Nothing of it was written: its state is not the store's,
+                // nor its head.
                 self.carry = Carry::default();
+                self.ahead = None;
             }
             acked.map_err(ImportError::Write)?;
             self.events += f.events as u64;
             self.duplicates += f.duplicates as u64;
+            self.check_end(f.end).await;
         }
         Ok(())
     }

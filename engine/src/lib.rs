@@ -25,4 +25,4 @@ pub mod upcast;
 pub use envelope::{EventRef, NewEvent, RecordedEvent, StoredEvent, StreamId};
 pub use error::{CodecError, StoreError};
 pub use event::CaseEvent;
-pub use store::{AppendRequest, Appended, EventStore, ExpectedVersion};
+pub use store::{AppendRequest, Appended, EventStore, ExpectedVersion, Presealed};

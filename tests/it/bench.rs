@@ -114,6 +114,12 @@ fn bench_runs_on_sled() {
     // only where the engine keeps them (the segment writer).
     number(&doc, "import_planner_us_per_event");
     assert!(doc.get("import_writer_busy_share").is_none(), "{doc}");
+    // sled seals each append on its own writer: nothing is sealed ahead.
+    assert_eq!(
+        doc["import_sealing_ahead_us_per_event"].as_f64(),
+        Some(0.0),
+        "{doc}"
+    );
     assert!(doc.get("single_writer_busy_us").is_none(), "{doc}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
@@ -154,6 +160,13 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     let busy = number(&doc, "import_writer_busy_us_per_event");
     assert!((steps - busy).abs() <= 1e-9 * busy, "{doc}");
     assert!(number(&doc, "import_writer_groups") >= 2.0, "{doc}");
+    // The pipeline sealed every batch ahead and the writer, alone with the
+    // import, wrote every event as sealed ahead.
+    assert!(
+        number(&doc, "import_sealing_ahead_us_per_event") > 0.0,
+        "{doc}"
+    );
+    assert_eq!(number(&doc, "import_writer_presealed_share"), 1.0, "{doc}");
     // Processor time an event: the bench's thread and the writer's add up
     // to the import's; the raw ceiling's is its own.
     let cpu = number(&doc, "import_main_cpu_us_per_event")

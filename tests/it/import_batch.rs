@@ -364,6 +364,20 @@ impl EventStore for Wrapped {
         }
         self.inner().append_atomic(requests).await
     }
+    async fn append_presealed(
+        &self,
+        presealed: casebook_engine::Presealed,
+    ) -> Result<Vec<casebook_engine::store::Appended>, casebook_engine::StoreError> {
+        if let SlowAppends(_) = self {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        self.inner().append_presealed(presealed).await
+    }
+    fn seals_ahead(&self) -> bool {
+        // The slow appends go the way the segment engine's do: sealed ahead
+        // by the pipeline; the look-ups that fail keep the default.
+        matches!(self, SlowAppends(_)) && self.inner().seals_ahead()
+    }
     async fn find_events(
         &self,
         ids: &[Uuid],
@@ -549,6 +563,13 @@ fn both(ops: &[Op], sizes: &[usize]) -> (Outcome, Outcome) {
     // the one in flight is written (a read of the store would miss it).
     let slow = SlowAppends(pipe_log);
     let p = rt.block_on(pipelined(&slow, batches(lines(ops), sizes)));
+    // Sealed ahead or not, every batch continues the chain.
+    let report = rt.block_on(slow.verify(&|_| {})).unwrap();
+    assert!(
+        report.ok,
+        "the pipelined log verifies: {:?}",
+        report.problems
+    );
     (s, p)
 }
 
@@ -752,6 +773,117 @@ fn a_concurrent_append_fails_the_pipelined_batch_cleanly() {
                     .iter()
                     .all(|e| e.event_id.as_u128() < 1_002 || e.event_id.as_u128() >= 9_000));
             }
+        });
+    }
+}
+
+/// On the segment engine the pipeline seals each batch ahead, where the
+/// batch before it leaves the log, and the writer stores those bytes: every
+/// event of an import alone is written as sealed ahead. When another
+/// writer's append moves the log in between, the writer seals the batch
+/// itself (nothing of it is lost or written twice), the pipeline stops
+/// sealing ahead, and the log verifies, its `recorded_at` in order.
+#[test]
+fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    // Pupil 2 registered, then contacts for pupils 0 to 2: batches of 2.
+    let mut ops = vec![Op {
+        pupil: 2,
+        kind: 0,
+        variant: 0,
+        id: IdChoice::Fresh,
+    }];
+    for i in 0..11u8 {
+        ops.push(Op {
+            pupil: i % 3,
+            kind: 1,
+            variant: i % 5,
+            id: IdChoice::Fresh,
+        });
+    }
+    // Another writer registers a pupil the import does not touch.
+    let foreign = |n: u8| {
+        let l = with_id(
+            content(3 + n, 0, 0),
+            Some(Uuid::from_u128(9_000 + u128::from(n))),
+        );
+        parse_line(1, &l.to_string()).unwrap()
+    };
+    // When the other writer appends: never, between two batches planned
+    // and submitted back to back (the batch in flight sealed ahead of it),
+    // or before the first batch is submitted (after it was sealed ahead).
+    for when in ["never", "in flight", "before submit"] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = casebook_engine::store::segment::SegmentStore::open(dir.path(), true).unwrap();
+        let segment = store.log(SCHOOL).unwrap();
+        let log = with_prefix(segment.clone(), &rt);
+        let before = segment.writer_times();
+        let (foreign_events, sealed_ahead) = rt.block_on(async {
+            let other = |n| {
+                let log = log.clone();
+                async move {
+                    let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
+                    planner.add(foreign(n)).await.unwrap();
+                    log.append_atomic(planner.finish().requests).await.unwrap();
+                }
+            };
+            let mut pipeline = Pipeline::new(log.as_ref(), SCHOOL, now());
+            assert!(pipeline.seals_ahead());
+            let mut foreign_events = 0;
+            for (k, lines) in batches(lines(&ops), &[2; 6]).into_iter().enumerate() {
+                let batch = pipeline.plan(lines).await.unwrap();
+                if k == 0 && when == "before submit" {
+                    other(0).await;
+                    foreign_events += 1;
+                }
+                pipeline.submit(batch).await.unwrap();
+                if k == 2 && when == "in flight" {
+                    other(1).await;
+                    foreign_events += 1;
+                }
+            }
+            pipeline.flush().await.unwrap();
+            assert_eq!(pipeline.events(), ops.len() as u64);
+            (foreign_events, pipeline.seals_ahead())
+        });
+        let written = segment.writer_times().since(&before);
+        assert_eq!(written.events, ops.len() as u64 + foreign_events, "{when}");
+        match when {
+            "never" => {
+                assert!(sealed_ahead);
+                assert_eq!(written.presealed, ops.len() as u64, "{when}");
+            }
+            // Batches 1-3 were written as sealed ahead; batch 4 was sealed
+            // ahead where batch 3 would leave the log, before the other
+            // writer's event was seen, and the rest were not sealed ahead.
+            "in flight" => {
+                assert!(!sealed_ahead);
+                assert_eq!(written.presealed, 6, "{when}");
+            }
+            _ => {
+                assert!(!sealed_ahead);
+                assert_eq!(written.presealed, 0, "{when}");
+            }
+        }
+        rt.block_on(async {
+            let report = log.verify(&|_| {}).await.unwrap();
+            assert!(report.ok, "{when}: {:?}", report.problems);
+            let all = log.read_all(1, 100).await.unwrap();
+            assert_eq!(all.len(), 3 + ops.len() + foreign_events as usize);
+            assert!(
+                all.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at),
+                "{when}: recorded_at in log order"
+            );
+            let imported: HashSet<Uuid> = all
+                .iter()
+                .map(|e| e.event_id)
+                .filter(|id| (1_000..1_100).contains(&id.as_u128()))
+                .collect();
+            assert_eq!(imported.len(), ops.len(), "{when}: every line once");
         });
     }
 }

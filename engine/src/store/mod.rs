@@ -136,6 +136,23 @@ pub trait EventStore: Send + Sync + 'static {
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError>;
 
+    /// [`EventStore::append_atomic`] of the requests `presealed` holds,
+    /// their events already sealed by the caller ([`Presealed::seal`], the
+    /// import pipeline) at the head it expects: a backend whose writer
+    /// finds its head there stores those bytes instead of sealing the
+    /// events again, and otherwise seals them as any append. The outcome,
+    /// the checks and the stored bytes are those of `append_atomic` with
+    /// the presealed `recorded_at`. The default appends the requests.
+    async fn append_presealed(&self, presealed: Presealed) -> Result<Vec<Appended>, StoreError> {
+        self.append_atomic(presealed.into_requests()).await
+    }
+
+    /// Whether [`EventStore::append_presealed`] can use what a caller
+    /// sealed ahead (a caller that cannot gain by it does not seal ahead).
+    fn seals_ahead(&self) -> bool {
+        false
+    }
+
     /// Up to `max` events of `stream` from `from_version` (1 = the first).
     async fn read_stream(
         &self,
@@ -596,6 +613,9 @@ impl Reply {
 /// writer task), which group-commits what is queued.
 pub(crate) struct Commit {
     pub requests: Vec<AppendRequest>,
+    /// The requests' events as the caller sealed them ahead
+    /// ([`EventStore::append_presealed`]); only the segment writer uses it.
+    pub presealed: Option<Sealing>,
     pub reply: Reply,
 }
 
@@ -604,6 +624,15 @@ pub(crate) struct Commit {
 pub(crate) async fn submit(
     sender: Option<&mpsc::Sender<Commit>>,
     requests: Vec<AppendRequest>,
+) -> Result<Vec<Appended>, StoreError> {
+    submit_presealed(sender, requests, None).await
+}
+
+/// [`submit`] with the requests' events sealed ahead by the caller.
+pub(crate) async fn submit_presealed(
+    sender: Option<&mpsc::Sender<Commit>>,
+    requests: Vec<AppendRequest>,
+    presealed: Option<Sealing>,
 ) -> Result<Vec<Appended>, StoreError> {
     if requests.is_empty() {
         // An atomic append of nothing is done: no group, no write.
@@ -614,6 +643,7 @@ pub(crate) async fn submit(
     sender
         .send(Commit {
             requests,
+            presealed,
             reply: Reply(reply),
         })
         .await
@@ -706,6 +736,135 @@ impl SealedEvent {
     }
 }
 
+/// An atomic append's events sealed by the caller ahead of its commit, at
+/// the head the caller expects the log to have then ([`Presealed::seal`]):
+/// the import pipeline seals batch k+1, continuing batch k's chain, while
+/// the writer is still writing batch k, so that the writer, the import's
+/// bottleneck, need not encode and hash it.
+///
+/// Nothing of it is trusted beyond what it was made from: the writer
+/// checks the append exactly as any other, then adopts these bytes only if
+/// its head is `head`, `recorded_at` keeps the log's times in order, and
+/// every sealed event is the request's event at the position and version
+/// the writer would give it; otherwise it seals the events itself. Only
+/// [`Presealed::seal`] makes one, with the code every append is sealed by,
+/// and it holds the requests it sealed: the bytes cannot be handed to the
+/// writer with other events.
+pub struct Presealed {
+    requests: Vec<AppendRequest>,
+    sealing: Sealing,
+}
+
+/// What [`Presealed::seal`] made of its requests.
+pub(crate) struct Sealing {
+    head: Head,
+    recorded_us: i64,
+    sealed: Vec<Sealed>,
+    bytes: Vec<u8>,
+    end: Head,
+}
+
+impl std::fmt::Debug for Presealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presealed")
+            .field("head", &self.sealing.head.position)
+            .field("events", &self.sealing.sealed.len())
+            .field("end", &self.sealing.end.position)
+            .finish()
+    }
+}
+
+impl Presealed {
+    /// Seals `requests` as the next append after `head`, recorded at
+    /// `recorded_at`, taking each stream's version from its request's
+    /// expected version. Hands the requests back when an expectation does
+    /// not name a version (`Any`) or the events cannot be sealed: the
+    /// append then goes the usual way.
+    pub fn seal(
+        head: Head,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Presealed, Vec<AppendRequest>> {
+        match Sealing::of(head, recorded_at, &requests) {
+            Some(sealing) => Ok(Presealed { requests, sealing }),
+            None => Err(requests),
+        }
+    }
+
+    /// The requests it sealed.
+    pub fn requests(&self) -> &[AppendRequest] {
+        &self.requests
+    }
+
+    /// The requests, to append without what was sealed ahead.
+    pub fn into_requests(self) -> Vec<AppendRequest> {
+        self.requests
+    }
+
+    /// The log's head once this is written.
+    pub fn end(&self) -> Head {
+        self.sealing.end
+    }
+
+    /// The time its events are recorded at.
+    pub fn recorded_at(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::DateTime::from_timestamp_micros(self.sealing.recorded_us).unwrap_or_default()
+    }
+
+    /// The requests and what was sealed of them, for a writer.
+    pub(crate) fn into_parts(self) -> (Vec<AppendRequest>, Sealing) {
+        (self.requests, self.sealing)
+    }
+}
+
+impl Sealing {
+    fn of(
+        head: Head,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        requests: &[AppendRequest],
+    ) -> Option<Sealing> {
+        let mut expected = Expected(HashMap::with_capacity_and_hasher(
+            requests.len(),
+            IdHash::default(),
+        ));
+        for r in requests {
+            let version = match r.expected {
+                ExpectedVersion::NoStream => 0,
+                ExpectedVersion::Exact(v) => v,
+                ExpectedVersion::Any => return None,
+            };
+            expected.0.entry(r.stream).or_insert(version);
+        }
+        let mut stage = GroupStage::new(head.position, head.hash);
+        stage.stage(requests, &mut expected, recorded_at).ok()?;
+        Some(Sealing {
+            head,
+            recorded_us: recorded_at.timestamp_micros(),
+            sealed: stage.sealed,
+            bytes: stage.bytes,
+            end: Head {
+                position: stage.position,
+                hash: stage.hash,
+            },
+        })
+    }
+}
+
+/// The versions an append expects its streams at, as the committed log
+/// [`Presealed::seal`] seals against (no id is stored: the writer checks
+/// the ids when it commits).
+struct Expected(HashMap<StreamId, u64, IdHash>);
+
+impl Committed for Expected {
+    fn committed_version(&mut self, stream: StreamId) -> Result<u64, StoreError> {
+        Ok(self.0.get(&stream).copied().unwrap_or(0))
+    }
+
+    fn stored_position(&mut self, _: Uuid) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+}
+
 /// A commit group being checked and sealed by a writer, every backend
 /// alike: the chain so far, the versions and ids its earlier appends took,
 /// and the sealed events to write.
@@ -727,6 +886,11 @@ pub(crate) struct GroupStage {
     /// The sealed events' stored bytes, one after another (one buffer per
     /// group: sealing allocates nothing per event).
     pub bytes: Vec<u8>,
+    /// The latest `recorded_at` (µs) in the log so far, with the group's
+    /// appends: a presealed append recorded before it is sealed again.
+    pub recorded_floor_us: i64,
+    /// Events of this group adopted as their callers sealed them.
+    pub adopted: usize,
 }
 
 impl GroupStage {
@@ -742,7 +906,15 @@ impl GroupStage {
             position_limit: None,
             sealed: Vec::new(),
             bytes: Vec::new(),
+            recorded_floor_us: i64::MIN,
+            adopted: 0,
         }
+    }
+
+    /// Continues a log whose latest `recorded_at` is `us` (µs).
+    pub fn with_recorded_floor(mut self, us: i64) -> GroupStage {
+        self.recorded_floor_us = us;
+        self
     }
 
     /// Seals into `sealed` and `bytes` (emptied first): a writer hands the
@@ -780,6 +952,21 @@ impl GroupStage {
     pub fn stage(
         &mut self,
         requests: &[AppendRequest],
+        committed: &mut impl Committed,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.stage_presealed(requests, None, committed, recorded_at)
+    }
+
+    /// [`GroupStage::stage`], adopting `presealed` as the append's sealed
+    /// events when it continues the group exactly as sealing would
+    /// ([`Presealed`]); otherwise sealing them at `recorded_at`. The checks,
+    /// the outcome and, for the same `recorded_at`, the bytes are the same
+    /// either way.
+    pub fn stage_presealed(
+        &mut self,
+        requests: &[AppendRequest],
+        presealed: Option<&Sealing>,
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Appended>, StoreError> {
@@ -837,14 +1024,30 @@ impl GroupStage {
         // (the events it sealed are cut off again).
         let (staged_before, bytes_before) = (self.sealed.len(), self.bytes.len());
         self.sealed.reserve(total);
-        let sealed = self.seal(requests, committed, recorded_at, local.len());
-        let (appended, cur, pos, h) = match sealed {
-            Ok(done) => done,
-            Err(e) => {
-                self.sealed.truncate(staged_before);
-                self.bytes.truncate(bytes_before);
-                return Err(e);
+        let adopted = match presealed {
+            Some(p) => self
+                .adopt(requests, p, committed, recorded_at, local.len())?
+                .map(|done| (done, p.recorded_us)),
+            None => None,
+        };
+        let (appended, cur, pos, h) = match adopted {
+            Some((done, us)) => {
+                self.adopted += total;
+                self.recorded_floor_us = self.recorded_floor_us.max(us);
+                done
             }
+            None => match self.seal(requests, committed, recorded_at, local.len()) {
+                Ok(done) => {
+                    self.recorded_floor_us =
+                        self.recorded_floor_us.max(recorded_at.timestamp_micros());
+                    done
+                }
+                Err(e) => {
+                    self.sealed.truncate(staged_before);
+                    self.bytes.truncate(bytes_before);
+                    return Err(e);
+                }
+            },
         };
         if self.ids.is_empty() {
             self.ids = local_ids;
@@ -855,6 +1058,87 @@ impl GroupStage {
         self.position = pos;
         self.hash = h;
         Ok(appended)
+    }
+
+    /// Pass 2 of [`GroupStage::stage_presealed`] for a presealed append:
+    /// its sealed events, put onto the group, when `p` continues the group
+    /// (head, time) and holds exactly the events sealing would make, at the
+    /// same positions and versions; `None` (nothing put on) otherwise.
+    /// Refuses, as sealing does, an event past the value limit.
+    #[allow(clippy::type_complexity)]
+    fn adopt(
+        &mut self,
+        requests: &[AppendRequest],
+        p: &Sealing,
+        committed: &mut impl Committed,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        streams: usize,
+    ) -> Result<Option<(Vec<Appended>, HashMap<StreamId, u64, IdHash>, u64, Hash)>, StoreError>
+    {
+        let continues = p.head.position == self.position
+            && p.head.hash == self.hash
+            && p.recorded_us >= self.recorded_floor_us
+            && p.recorded_us <= recorded_at.timestamp_micros();
+        if !continues {
+            return Ok(None);
+        }
+        let mut appended = Vec::with_capacity(requests.len());
+        let mut cur: HashMap<StreamId, u64, IdHash> =
+            HashMap::with_capacity_and_hasher(streams, IdHash::default());
+        let mut pos = self.position;
+        let mut sealed = p.sealed.iter();
+        for r in requests {
+            let base = match cur.get(&r.stream) {
+                Some(v) => *v,
+                None => self.version(committed, r.stream)?,
+            };
+            for (i, e) in r.events.iter().enumerate() {
+                pos += 1;
+                let Some(s) = sealed.next() else {
+                    return Ok(None);
+                };
+                let same = s.event.position == pos
+                    && s.event.stream == r.stream
+                    && s.event.version == base + 1 + i as u64
+                    && s.event.event_id == e.event_id
+                    && s.event.recorded_at.timestamp_micros() == p.recorded_us;
+                if !same {
+                    return Ok(None);
+                }
+                let len = s.range.len();
+                if let Some(limit) = self.value_limit {
+                    if len > limit {
+                        return Err(StoreError::Limit {
+                            what: "bytes in one stored event",
+                            count: len,
+                            limit,
+                        });
+                    }
+                }
+            }
+            let last_version = base + r.events.len() as u64;
+            cur.insert(r.stream, last_version);
+            appended.push(Appended {
+                stream: r.stream,
+                first_version: base + 1,
+                last_version,
+                first_position: pos + 1 - r.events.len() as u64,
+                last_position: pos,
+            });
+        }
+        let ends = sealed.next().is_none()
+            && p.end.position == pos
+            && p.sealed.last().map_or(p.head.hash, |s| s.event.hash) == p.end.hash;
+        if !ends {
+            return Ok(None);
+        }
+        let offset = self.bytes.len();
+        self.bytes.extend_from_slice(&p.bytes);
+        self.sealed.extend(p.sealed.iter().map(|s| Sealed {
+            event: s.event,
+            range: s.range.start + offset..s.range.end + offset,
+        }));
+        Ok(Some((appended, cur, p.end.position, p.end.hash)))
     }
 
     /// Pass 2 of [`GroupStage::stage`]: seals the checked `requests` onto
@@ -1014,5 +1298,124 @@ mod tests {
         assert_eq!(seen, [1, 2, 5]);
         assert_eq!(end, stage.bytes.len(), "nothing after the last event");
         assert_eq!((stage.position, stage.hash), (3, prev));
+    }
+
+    /// Requests that expect their streams new (what `Presealed::seal` needs).
+    fn fresh(stream: u128, ids: std::ops::Range<u128>) -> AppendRequest {
+        AppendRequest {
+            expected: ExpectedVersion::NoStream,
+            ..request(stream, ids.map(|i| event(i, 10 + i as usize)).collect())
+        }
+    }
+
+    /// A group with one append already staged (so that the head is not the
+    /// log's first), and the head it leaves.
+    fn group_after_one(
+        first: &[AppendRequest],
+        recorded_at: chrono::DateTime<chrono::Utc>,
+    ) -> (GroupStage, Head) {
+        let mut stage = GroupStage::new(0, Hash::default());
+        stage.stage(first, &mut Empty, recorded_at).unwrap();
+        let head = Head {
+            position: stage.position,
+            hash: stage.hash,
+        };
+        (stage, head)
+    }
+
+    /// An append sealed ahead at the group's head is adopted: the group's
+    /// bytes, sealed events, head and answers are exactly those of staging
+    /// it; sealed ahead anywhere else, at another time or for other events,
+    /// it is sealed again, with the same outcome as if it had never been
+    /// sealed ahead.
+    #[test]
+    fn a_presealed_append_is_adopted_only_where_it_continues_the_group() {
+        let t = chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+        let later = t + chrono::Duration::milliseconds(5);
+        let first = [fresh(1, 1..3)];
+        let requests = [fresh(2, 10..14), fresh(3, 20..21)];
+        let seal = |head, at, requests: &[AppendRequest]| {
+            Presealed::seal(head, at, requests.to_vec()).map(|p| p.sealing)
+        };
+        let staged = |presealed: Option<&Sealing>, at| {
+            let (mut stage, _) = group_after_one(&first, t);
+            let appended = stage
+                .stage_presealed(&requests, presealed, &mut Empty, at)
+                .unwrap();
+            let events: Vec<_> = stage
+                .sealed
+                .iter()
+                .map(|s| (s.event.position, s.event.hash, s.range.clone()))
+                .collect();
+            (stage.adopted, stage.bytes, events, appended, stage.hash)
+        };
+        let (_, head) = group_after_one(&first, t);
+        let (adopted, bytes, events, appended, hash) = staged(None, later);
+        assert_eq!(adopted, 0);
+
+        // At the head, recorded when the group is: adopted, the same bytes.
+        let ahead = Presealed::seal(head, later, requests.to_vec()).unwrap();
+        assert_eq!(ahead.end(), Head { position: 7, hash });
+        let ids = |r: &[AppendRequest]| -> Vec<Uuid> {
+            r.iter()
+                .flat_map(|r| r.events.iter().map(|e| e.event_id))
+                .collect()
+        };
+        assert_eq!(ids(ahead.requests()), ids(&requests));
+        let ahead = ahead.sealing;
+        let got = staged(Some(&ahead), later);
+        assert_eq!(got.0, 5, "every event adopted");
+        assert_eq!(
+            (&got.1, &got.2, &got.3, got.4),
+            (&bytes, &events, &appended, hash)
+        );
+        // Recorded before the group began: adopted, its own time kept.
+        let early = seal(head, t, &requests).unwrap();
+        let got = staged(Some(&early), later);
+        assert_eq!(got.0, 5);
+        assert_eq!(got.3, appended);
+        assert_ne!(got.1, bytes, "recorded at the time it was sealed");
+
+        // Not adopted: sealed again at the group's time, as if never ahead.
+        let other_hash = Head {
+            hash: [7; 32],
+            ..head
+        };
+        let other_position = Head {
+            position: head.position + 1,
+            ..head
+        };
+        let mut other_ids = requests.clone();
+        other_ids[1].events[0].event_id = Uuid::from_u128(99);
+        let refused = [
+            ("another hash", seal(other_hash, later, &requests)),
+            ("another position", seal(other_position, later, &requests)),
+            (
+                "recorded after the group began",
+                seal(head, later + chrono::Duration::microseconds(1), &requests),
+            ),
+            ("other events", seal(head, later, &other_ids)),
+            ("fewer events", seal(head, later, &requests[..1])),
+        ];
+        for (what, p) in refused {
+            let got = staged(Some(&p.unwrap()), later);
+            assert_eq!(got.0, 0, "{what}: not adopted");
+            assert_eq!(
+                (got.1, got.2, got.3, got.4),
+                (bytes.clone(), events.clone(), appended.clone(), hash),
+                "{what}"
+            );
+        }
+        // Recorded before the log's latest time: sealed again.
+        let (mut stage, _) = group_after_one(&first, t);
+        stage.recorded_floor_us = later.timestamp_micros();
+        stage
+            .stage_presealed(&requests, Some(&early), &mut Empty, later)
+            .unwrap();
+        assert_eq!(stage.adopted, 0, "recorded before the log's latest time");
+        // An expectation without a version cannot be sealed ahead.
+        let any = vec![request(4, vec![event(30, 1)])];
+        let back = Presealed::seal(head, later, any.clone()).unwrap_err();
+        assert_eq!(ids(&back), ids(&any), "the requests handed back");
     }
 }

@@ -58,7 +58,8 @@ use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
-    GroupStage, Head, Problems, Reply, Sealed, StreamVisitor, VerifyReport, MAX_READ_PAGE,
+    GroupStage, Head, Presealed, Problems, Reply, Sealed, StreamVisitor, VerifyReport,
+    MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -1370,6 +1371,10 @@ pub struct WriterTimes {
     pub groups: u64,
     /// Events in those groups.
     pub events: u64,
+    /// Of those events, the ones written as their caller sealed them
+    /// ahead (`Presealed`: the import pipeline's batches), which the
+    /// writer checked but did not encode and hash again.
+    pub presealed: u64,
     /// Checking and sealing the group's appends (versions, ids, envelope,
     /// chain hash: `GroupStage::stage`).
     pub stage_ns: u64,
@@ -1409,10 +1414,11 @@ impl WriterTimes {
     }
 
     /// Every field, in declaration order.
-    fn fields(&self) -> [u64; 8] {
+    fn fields(&self) -> [u64; 9] {
         [
             self.groups,
             self.events,
+            self.presealed,
             self.stage_ns,
             self.frame_ns,
             self.write_ns,
@@ -1423,11 +1429,13 @@ impl WriterTimes {
     }
 
     fn from_fields(
-        [groups, events, stage_ns, frame_ns, write_ns, sync_ns, publish_ns, cpu_ns]: [u64; 8],
+        [groups, events, presealed, stage_ns, frame_ns, write_ns, sync_ns, publish_ns, cpu_ns]: [u64;
+            9],
     ) -> WriterTimes {
         WriterTimes {
             groups,
             events,
+            presealed,
             stage_ns,
             frame_ns,
             write_ns,
@@ -1446,7 +1454,7 @@ impl WriterTimes {
 
 /// [`WriterTimes`] as the writer adds to them and readers copy them.
 #[derive(Default)]
-struct WriterClock([AtomicU64; 8]);
+struct WriterClock([AtomicU64; 9]);
 
 impl WriterClock {
     fn add(&self, t: &WriterTimes) {
@@ -1681,12 +1689,18 @@ impl Writer {
                     std::mem::take(&mut self.sealed_bytes),
                 )
                 .with_value_limit(frame::MAX_FRAME - frame::META_LEN)
-                .with_position_limit(state.index.max_events);
+                .with_position_limit(state.index.max_events)
+                .with_recorded_floor(self.last_recorded_us);
             let mut committed = SegmentCommitted {
                 index: &state.index,
             };
             for commit in group {
-                match stage.stage(&commit.requests, &mut committed, recorded_at) {
+                match stage.stage_presealed(
+                    &commit.requests,
+                    commit.presealed.as_ref(),
+                    &mut committed,
+                    recorded_at,
+                ) {
                     Ok(appended) => staged.push((commit.reply, appended, commit.requests)),
                     Err(e) => {
                         commit.reply.send_back(Err(e), commit.requests);
@@ -1698,6 +1712,7 @@ impl Writer {
         times.stage_ns = ns_since(started);
         let started = Instant::now();
         let (position, hash) = (stage.position, stage.hash);
+        let (recorded_floor_us, presealed) = (stage.recorded_floor_us, stage.adopted);
         for sealed in &stage.sealed {
             let e = &sealed.event;
             let meta = FrameMeta {
@@ -1765,7 +1780,7 @@ impl Writer {
                 self.end += self.buf.len() as u64;
                 self.position = position;
                 self.hash = hash;
-                self.last_recorded_us = recorded_us;
+                self.last_recorded_us = recorded_floor_us;
                 self.head_tx.send_replace(position);
                 // The group's times are added before it is answered, so
                 // that whoever waits for the answer finds them counted.
@@ -1773,6 +1788,7 @@ impl Writer {
                 times.cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
                 times.groups = 1;
                 times.events = self.frames.len() as u64;
+                times.presealed = presealed as u64;
                 self.clock.add(&times);
                 for (reply, appended, requests) in staged {
                     reply.send_back(Ok(appended), requests);
@@ -2027,6 +2043,15 @@ impl EventStore for SegmentLog {
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError> {
         super::submit(self.sender.as_ref(), requests).await
+    }
+
+    async fn append_presealed(&self, presealed: Presealed) -> Result<Vec<Appended>, StoreError> {
+        let (requests, sealing) = presealed.into_parts();
+        super::submit_presealed(self.sender.as_ref(), requests, Some(sealing)).await
+    }
+
+    fn seals_ahead(&self) -> bool {
+        true
     }
 
     async fn read_stream(
