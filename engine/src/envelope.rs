@@ -243,7 +243,7 @@ struct Body<'a> {
 /// Room for one stored value (`body || hash`) whose variable fields are
 /// these: the fixed fields take at most 163 bytes of MessagePack, so the
 /// value is encoded without growing its buffer.
-fn body_capacity(actor: &str, event_type: &str, payload: &[u8]) -> usize {
+pub(crate) fn body_capacity(actor: &str, event_type: &str, payload: &[u8]) -> usize {
     192 + actor.len() + event_type.len() + payload.len() + HASH_LEN
 }
 

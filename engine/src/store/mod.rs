@@ -835,8 +835,23 @@ impl Sealing {
             };
             expected.0.entry(r.stream).or_insert(version);
         }
+        // Sealed only: the writer checks the append (ids, versions,
+        // limits) when it commits it, whether it adopts these bytes or not.
         let mut stage = GroupStage::new(head.position, head.hash);
-        stage.stage(requests, &mut expected, recorded_at).ok()?;
+        let events: usize = requests.iter().map(|r| r.events.len()).sum();
+        stage.sealed.reserve_exact(events);
+        stage.bytes.reserve_exact(
+            requests
+                .iter()
+                .flat_map(|r| &r.events)
+                .map(|e| crate::envelope::body_capacity(&e.actor, &e.event_type, &e.payload))
+                .sum(),
+        );
+        let (_, _, position, hash) = stage
+            .seal(requests, &mut expected, recorded_at, requests.len())
+            .ok()?;
+        stage.position = position;
+        stage.hash = hash;
         Some(Sealing {
             head,
             recorded_us: recorded_at.timestamp_micros(),
