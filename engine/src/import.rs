@@ -906,10 +906,11 @@ impl Batch {
 /// adopts them only if its log is where the pipeline expected, and seals
 /// them itself otherwise: what is stored is the same either way, but for
 /// `recorded_at`, which is the time the batch was sealed ahead (before it
-/// was submitted) instead of the time its group began. The pipeline stops
-/// sealing ahead for the rest of the import once the log is found
-/// elsewhere than expected (another writer appended in between), and
-/// reads the head again after an error or a [`Pipeline::flush`].
+/// was submitted) instead of the time its group began. Once the log is
+/// found elsewhere than a batch sealed ahead was to leave it (another
+/// writer appended in between), the pipeline stops sealing ahead until
+/// nothing is in flight (after a [`Pipeline::flush`] or an error), when
+/// it reads the log's head again.
 ///
 /// Dropping a pipeline does not take back a batch already submitted (the
 /// writer has it, as with any append whose caller went away): call
@@ -929,12 +930,14 @@ pub struct Pipeline<'a> {
     planning: std::time::Duration,
     /// Time spent sealing ahead ([`Pipeline::sealing_ahead`]).
     sealing: std::time::Duration,
-    /// Whether batches are sealed ahead: the store can use it, and the log
-    /// has been where the pipeline expected.
-    ahead_on: bool,
+    /// Whether batches are sealed ahead: the store can use them.
+    seal_ahead: bool,
     /// Where the next batch is sealed ahead: the head the batch before it
-    /// leaves (`None`: to be read from the store when nothing is in flight).
+    /// leaves (`None`: not sealed ahead, unless nothing is in flight, when
+    /// the head is read from the store).
     ahead: Option<Head>,
+    /// Batches submitted sealed ahead.
+    sealed_ahead: u64,
     /// The `recorded_at` of the last batch sealed ahead (the next is never
     /// earlier).
     ahead_recorded: Option<DateTime<Utc>>,
@@ -953,8 +956,9 @@ impl<'a> Pipeline<'a> {
             duplicates: 0,
             planning: std::time::Duration::ZERO,
             sealing: std::time::Duration::ZERO,
-            ahead_on: store.seals_ahead(),
+            seal_ahead: store.seals_ahead(),
             ahead: None,
+            sealed_ahead: 0,
             ahead_recorded: None,
         }
     }
@@ -965,9 +969,10 @@ impl<'a> Pipeline<'a> {
         self.sealing
     }
 
-    /// Whether the pipeline still seals its batches ahead.
-    pub fn seals_ahead(&self) -> bool {
-        self.ahead_on
+    /// Batches submitted sealed ahead so far (the store's writer adopts
+    /// them where the log is as expected).
+    pub fn batches_sealed_ahead(&self) -> u64 {
+        self.sealed_ahead
     }
 
     /// Wall time spent validating batches ([`Planner::add_many`], with the
@@ -995,12 +1000,12 @@ impl<'a> Pipeline<'a> {
         let mut planner = Planner::new(self.store, &self.school, self.now);
         planner.sealer = self.sealer;
         planner.carry = std::mem::take(&mut self.carry);
-        if self.ahead_on && self.ahead.is_none() && self.in_flight.is_none() {
+        if self.seal_ahead && self.in_flight.is_none() {
             // Nothing in flight: the log's head is where this batch goes
             // (unless another writer appends first; the writer checks).
             self.ahead = self.store.head().await.ok();
         }
-        let ahead = self.ahead.take().filter(|_| self.ahead_on);
+        let ahead = self.ahead.take();
         let last_recorded = self.ahead_recorded;
         let timed = async move {
             let started = std::time::Instant::now();
@@ -1041,11 +1046,12 @@ impl<'a> Pipeline<'a> {
             None => (timed.await, None),
         };
         self.planning += planning;
+        let mut moved = false;
         if let Some((acked, events, duplicates, end)) = acked {
             acked.map_err(ImportError::Write)?;
             self.events += events as u64;
             self.duplicates += duplicates as u64;
-            self.check_end(end).await;
+            moved = self.check_end(end).await;
         }
         // The ids repeated from the batch just acknowledged, in line order;
         // all come before `planned`'s error, if any.
@@ -1071,7 +1077,7 @@ impl<'a> Pipeline<'a> {
         }
         let (mut batch, sealing) = planned?;
         self.sealing += sealing;
-        if !self.ahead_on {
+        if moved {
             // The batch before it did not leave the log where it was
             // sealed ahead: the writer would seal it again anyway.
             if let Appends::Presealed(p) = batch.appends {
@@ -1081,16 +1087,19 @@ impl<'a> Pipeline<'a> {
         Ok(batch)
     }
 
-    /// After batch k is acknowledged: whether the log is where batch k,
-    /// sealed ahead, was to leave it. If not (another writer appended, or
-    /// the writer sealed it again), batches are no longer sealed ahead.
-    async fn check_end(&mut self, end: Option<Head>) {
-        if let Some(end) = end {
-            if self.store.head().await.ok() != Some(end) {
-                self.ahead_on = false;
-                self.ahead = None;
-            }
+    /// After batch k is acknowledged: whether the log moved from where
+    /// batch k, sealed ahead, was to leave it (another writer appended, or
+    /// the writer sealed it again). Then the batches after it are not
+    /// sealed ahead until nothing is in flight.
+    async fn check_end(&mut self, end: Option<Head>) -> bool {
+        let moved = match end {
+            Some(end) => self.store.head().await.ok() != Some(end),
+            None => false,
+        };
+        if moved {
+            self.ahead = None;
         }
+        moved
     }
 
     /// Hands `batch` to the store's writer and returns without waiting for
@@ -1117,7 +1126,10 @@ impl<'a> Pipeline<'a> {
             return Ok(());
         }
         let mut append = match batch.appends {
-            Appends::Presealed(p) => self.store.append_presealed(p),
+            Appends::Presealed(p) => {
+                self.sealed_ahead += 1;
+                self.store.append_presealed(p)
+            }
             Appends::Plain(requests) => self.store.append_atomic(requests),
         };
         // Poll once: the store takes the batch now (a writer thread's
