@@ -880,6 +880,26 @@ impl Committed for Expected {
     }
 }
 
+/// What `r`, its stream at version `base` before it, appended when its
+/// last event took position `last_position`; notes the stream's new
+/// version in `versions`.
+fn appended_to(
+    r: &AppendRequest,
+    base: u64,
+    last_position: u64,
+    versions: &mut HashMap<StreamId, u64, IdHash>,
+) -> Appended {
+    let n = r.events.len() as u64;
+    versions.insert(r.stream, base + n);
+    Appended {
+        stream: r.stream,
+        first_version: base + 1,
+        last_version: base + n,
+        first_position: last_position + 1 - n,
+        last_position,
+    }
+}
+
 /// A commit group being checked and sealed by a writer, every backend
 /// alike: the chain so far, the versions and ids its earlier appends took,
 /// and the sealed events to write.
@@ -955,6 +975,32 @@ impl GroupStage {
         self
     }
 
+    /// The version of `stream` after the appends of `earlier` (this
+    /// append's requests so far), else after the group so far.
+    fn version_after(
+        &self,
+        earlier: &HashMap<StreamId, u64, IdHash>,
+        committed: &mut impl Committed,
+        stream: StreamId,
+    ) -> Result<u64, StoreError> {
+        match earlier.get(&stream) {
+            Some(v) => Ok(*v),
+            None => self.version(committed, stream),
+        }
+    }
+
+    /// Refuses a stored event of `len` bytes past the value limit.
+    fn check_value_len(&self, len: usize) -> Result<(), StoreError> {
+        match self.value_limit {
+            Some(limit) if len > limit => Err(StoreError::Limit {
+                what: "bytes in one stored event",
+                count: len,
+                limit,
+            }),
+            _ => Ok(()),
+        }
+    }
+
     fn version(&self, committed: &mut impl Committed, stream: StreamId) -> Result<u64, StoreError> {
         match self.versions.get(&stream) {
             Some(v) => Ok(*v),
@@ -1008,10 +1054,7 @@ impl GroupStage {
             if r.events.is_empty() {
                 return Err(StoreError::EmptyAppend { stream: r.stream });
             }
-            let actual = match local.get(&r.stream) {
-                Some(v) => *v,
-                None => self.version(committed, r.stream)?,
-            };
+            let actual = self.version_after(&local, committed, r.stream)?;
             if !r.expected.admits(actual) {
                 return Err(StoreError::WrongExpectedVersion {
                     stream: r.stream,
@@ -1103,10 +1146,7 @@ impl GroupStage {
         let mut pos = self.position;
         let mut sealed = p.sealed.iter();
         for r in requests {
-            let base = match cur.get(&r.stream) {
-                Some(v) => *v,
-                None => self.version(committed, r.stream)?,
-            };
+            let base = self.version_after(&cur, committed, r.stream)?;
             for (i, e) in r.events.iter().enumerate() {
                 pos += 1;
                 let Some(s) = sealed.next() else {
@@ -1120,26 +1160,9 @@ impl GroupStage {
                 if !same {
                     return Ok(None);
                 }
-                let len = s.range.len();
-                if let Some(limit) = self.value_limit {
-                    if len > limit {
-                        return Err(StoreError::Limit {
-                            what: "bytes in one stored event",
-                            count: len,
-                            limit,
-                        });
-                    }
-                }
+                self.check_value_len(s.range.len())?;
             }
-            let last_version = base + r.events.len() as u64;
-            cur.insert(r.stream, last_version);
-            appended.push(Appended {
-                stream: r.stream,
-                first_version: base + 1,
-                last_version,
-                first_position: pos + 1 - r.events.len() as u64,
-                last_position: pos,
-            });
+            appended.push(appended_to(r, base, pos, &mut cur));
         }
         let ends = sealed.next().is_none()
             && p.end.position == pos
@@ -1174,11 +1197,7 @@ impl GroupStage {
         let mut cur: HashMap<StreamId, u64, IdHash> =
             HashMap::with_capacity_and_hasher(streams, IdHash::default());
         for r in requests {
-            let base = match cur.get(&r.stream) {
-                Some(v) => *v,
-                None => self.version(committed, r.stream)?,
-            };
-            let first_position = pos + 1;
+            let base = self.version_after(&cur, committed, r.stream)?;
             for (i, e) in r.events.iter().enumerate() {
                 pos += 1;
                 let version = base + 1 + i as u64;
@@ -1193,15 +1212,7 @@ impl GroupStage {
                     h,
                 )?;
                 let len = self.bytes.len() - start;
-                if let Some(limit) = self.value_limit {
-                    if len > limit {
-                        return Err(StoreError::Limit {
-                            what: "bytes in one stored event",
-                            count: len,
-                            limit,
-                        });
-                    }
-                }
+                self.check_value_len(len)?;
                 h = hash;
                 self.sealed.push(Sealed {
                     event: SealedEvent {
@@ -1215,15 +1226,7 @@ impl GroupStage {
                     range: start..start + len,
                 });
             }
-            let last_version = base + r.events.len() as u64;
-            cur.insert(r.stream, last_version);
-            appended.push(Appended {
-                stream: r.stream,
-                first_version: base + 1,
-                last_version,
-                first_position,
-                last_position: pos,
-            });
+            appended.push(appended_to(r, base, pos, &mut cur));
         }
         Ok((appended, cur, pos, h))
     }
