@@ -993,6 +993,11 @@ impl ImportSplit {
         Self::share(w.busy_ns() as f64 / 1e9, self.timed.as_secs_f64())
     }
 
+    /// The share of the import's events the writer stored as sealed ahead.
+    fn presealed_share(w: &WriterTimes) -> f64 {
+        Self::share(w.presealed as f64, w.events as f64)
+    }
+
     /// Microseconds an event of `ns` nanoseconds in all.
     fn us(&self, ns: u64) -> f64 {
         ns as f64 / 1e3 / self.events.max(1) as f64
@@ -1058,7 +1063,7 @@ impl ImportSplit {
             m.insert("import_writer_groups".into(), json!(w.groups));
             m.insert(
                 "import_writer_presealed_share".into(),
-                json!(Self::share(w.presealed as f64, w.events as f64)),
+                json!(Self::presealed_share(w)),
             );
             let (writer_cap, cpu_cap) = self.caps_vs_raw(w);
             m.insert("import_writer_cap_vs_raw".into(), json!(writer_cap));
@@ -1082,7 +1087,7 @@ impl ImportSplit {
                 "; writer busy {:.2} s ({:.0}% of the import; {:.0}% of the events written as sealed ahead; µs an event: stage {:.2}, frame {:.2}, write {:.2}, fdatasync {:.2}, publish {:.2}) in {} groups",
                 w.busy_ns() as f64 / 1e9,
                 100.0 * self.writer_busy_share(w),
-                100.0 * Self::share(w.presealed as f64, w.events as f64),
+                100.0 * Self::presealed_share(w),
                 self.us(w.stage_ns),
                 self.us(w.frame_ns),
                 self.us(w.write_ns),

@@ -850,17 +850,12 @@ impl Sealing {
         let (_, _, position, hash) = stage
             .seal(requests, &mut expected, recorded_at, requests.len())
             .ok()?;
-        stage.position = position;
-        stage.hash = hash;
         Some(Sealing {
             head,
             recorded_us: recorded_at.timestamp_micros(),
             sealed: stage.sealed,
             bytes: stage.bytes,
-            end: Head {
-                position: stage.position,
-                hash: stage.hash,
-            },
+            end: Head { position, hash },
         })
     }
 }
