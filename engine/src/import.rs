@@ -876,6 +876,18 @@ impl Batch {
     }
 }
 
+/// `requests` sealed as the next append after `head`, recorded now but
+/// never before `last` (the batch sealed before them), or as they are
+/// when they cannot be sealed ahead.
+fn seal_at(head: Head, last: Option<DateTime<Utc>>, requests: Vec<AppendRequest>) -> Appends {
+    let now = Utc::now();
+    let recorded_at = last.map_or(now, |last| now.max(last));
+    match Presealed::seal(head, recorded_at, requests) {
+        Ok(p) => Appends::Presealed(p),
+        Err(requests) => Appends::Plain(requests),
+    }
+}
+
 /// A batched, durable import in which each batch is validated while the
 /// batch before it is being sealed, written and fdatasync'd by the store's
 /// writer: the work of a series of serial imports (one [`Planner`] and one
@@ -906,11 +918,11 @@ impl Batch {
 /// adopts them only if its log is where the pipeline expected, and seals
 /// them itself otherwise: what is stored is the same either way, but for
 /// `recorded_at`, which is the time the batch was sealed ahead (before it
-/// was submitted) instead of the time its group began. Once the log is
-/// found elsewhere than a batch sealed ahead was to leave it (another
-/// writer appended in between), the pipeline stops sealing ahead until
-/// nothing is in flight (after a [`Pipeline::flush`] or an error), when
-/// it reads the log's head again.
+/// was submitted) instead of the time its group began. A batch that
+/// could not be sealed ahead (the log was found elsewhere than the batch
+/// before it was to leave it: another writer appended in between) is
+/// sealed once that batch is acknowledged, where the log then is, and
+/// the batches after it are sealed ahead again.
 ///
 /// Dropping a pipeline does not take back a batch already submitted (the
 /// writer has it, as with any append whose caller went away): call
@@ -933,8 +945,7 @@ pub struct Pipeline<'a> {
     /// Whether batches are sealed ahead: the store can use them.
     seal_ahead: bool,
     /// Where the next batch is sealed ahead: the head the batch before it
-    /// leaves (`None`: not sealed ahead, unless nothing is in flight, when
-    /// the head is read from the store).
+    /// leaves (`None`: read from the store once nothing is in flight).
     ahead: Option<Head>,
     /// Batches submitted sealed ahead.
     sealed_ahead: u64,
@@ -1018,12 +1029,7 @@ impl<'a> Pipeline<'a> {
                 let (appends, sealing) = match ahead {
                     Some(head) => {
                         let started = std::time::Instant::now();
-                        let now = Utc::now();
-                        let recorded_at = last_recorded.map_or(now, |last| now.max(last));
-                        let appends = match Presealed::seal(head, recorded_at, requests) {
-                            Ok(p) => Appends::Presealed(p),
-                            Err(requests) => Appends::Plain(requests),
-                        };
+                        let appends = seal_at(head, last_recorded, requests);
                         (appends, started.elapsed())
                     }
                     None => (Appends::Plain(requests), std::time::Duration::ZERO),
@@ -1075,8 +1081,7 @@ impl<'a> Pipeline<'a> {
                 }
             }
         }
-        let (mut batch, sealing) = planned?;
-        self.sealing += sealing;
+        let (mut batch, mut sealing) = planned?;
         if moved {
             // The batch before it did not leave the log where it was
             // sealed ahead: the writer would seal it again anyway.
@@ -1084,13 +1089,27 @@ impl<'a> Pipeline<'a> {
                 batch.appends = Appends::Plain(p.into_requests());
             }
         }
+        if self.seal_ahead && self.in_flight.is_none() {
+            if let Appends::Plain(requests) = batch.appends {
+                // Not sealed ahead (the batch before it was not, or the log
+                // moved): nothing is in flight now, so seal it here, once,
+                // where the log is, and the batches after it ahead again.
+                let started = std::time::Instant::now();
+                batch.appends = match self.store.head().await {
+                    Ok(head) => seal_at(head, self.ahead_recorded, requests),
+                    Err(_) => Appends::Plain(requests),
+                };
+                sealing += started.elapsed();
+            }
+        }
+        self.sealing += sealing;
         Ok(batch)
     }
 
     /// After batch k is acknowledged: whether the log moved from where
     /// batch k, sealed ahead, was to leave it (another writer appended, or
-    /// the writer sealed it again). Then the batches after it are not
-    /// sealed ahead until nothing is in flight.
+    /// the writer sealed it again). Then batch k+1, sealed ahead there, is
+    /// sealed again where the log is.
     async fn check_end(&mut self, end: Option<Head>) -> bool {
         let moved = match end {
             Some(end) => self.store.head().await.ok() != Some(end),
