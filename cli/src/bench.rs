@@ -100,6 +100,9 @@ pub(crate) struct BenchArgs {
     pub batch_events: Option<usize>,
     pub backend: BenchBackend,
     pub dir: Option<PathBuf>,
+    /// Whether the import pipeline seals batches ahead (where the engine
+    /// can use them).
+    pub seal_ahead: bool,
 }
 
 // ---- backends ---------------------------------------------------------------
@@ -632,6 +635,9 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let mut next_report = n / 10;
     let writer_before = engine.writer_times();
     let mut pipeline = Pipeline::new(log.as_ref(), &school, now);
+    if !args.seal_ahead {
+        pipeline = pipeline.without_sealing_ahead();
+    }
     let refused = |err: ImportError| match err {
         ImportError::Write(e) => Failure::from(e),
         err => Failure::Store(format!(
@@ -899,6 +905,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         "load_average_after": load_average(),
         "pupils": pupils.len(),
         "batch_events": batch_events,
+        "seal_ahead": args.seal_ahead,
         "single_appends": single_count,
         "concurrent_appends": concurrent_count,
         "timeline_reads": TIMELINE_READS,

@@ -237,6 +237,11 @@ pub enum Command {
         /// temporary directory); the filesystem is part of what is measured.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
+        /// Import without sealing batches ahead on the importing thread
+        /// (the writer seals each batch itself): the import as it was
+        /// before sealing ahead, for comparing the two with one binary.
+        #[arg(long)]
+        no_seal_ahead: bool,
     },
     /// Erase a pupil's personal data: record PupilErased and destroy their data keys.
     Erase {

@@ -179,6 +179,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
             batch_events,
             backend,
             dir,
+            no_seal_ahead,
         } => {
             let args = crate::bench::BenchArgs {
                 events,
@@ -186,6 +187,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
                 batch_events,
                 backend,
                 dir,
+                seal_ahead: !no_seal_ahead,
             };
             crate::bench::run(&mut ctx, args).await
         }

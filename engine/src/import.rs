@@ -980,6 +980,13 @@ impl<'a> Pipeline<'a> {
         self.sealing
     }
 
+    /// Never seals batches ahead: each is sealed by the store's writer, as
+    /// any append (for measuring the import without it).
+    pub fn without_sealing_ahead(mut self) -> Pipeline<'a> {
+        self.seal_ahead = false;
+        self
+    }
+
     /// Batches submitted sealed ahead so far (the store's writer adopts
     /// them where the log is as expected).
     pub fn batches_sealed_ahead(&self) -> u64 {

@@ -125,6 +125,25 @@ fn bench_runs_on_sled() {
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }
 
+/// `--no-seal-ahead`: the same import with every batch sealed by the
+/// writer, for comparing the two with one binary.
+#[test]
+fn bench_without_sealing_ahead_has_the_writer_seal_every_batch() {
+    let (doc, _tmp) = run_bench(&["--no-seal-ahead"]);
+    assert_eq!(doc["seal_ahead"], false, "{doc}");
+    assert_eq!(
+        doc["import_sealing_ahead_us_per_event"].as_f64(),
+        Some(0.0),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["import_writer_presealed_share"].as_f64(),
+        Some(0.0),
+        "{doc}"
+    );
+    number(&doc, "import_writer_stage_us_per_event");
+}
+
 #[test]
 fn bench_json_has_every_figure_and_consistent_ratios() {
     let (doc, tmp) = run_bench(&[]);
@@ -167,6 +186,7 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
         "{doc}"
     );
     assert_eq!(number(&doc, "import_writer_presealed_share"), 1.0, "{doc}");
+    assert_eq!(doc["seal_ahead"], true, "{doc}");
     // Processor time an event: the bench's thread and the writer's add up
     // to the import's; the raw ceiling's is its own.
     let cpu = number(&doc, "import_main_cpu_us_per_event")
