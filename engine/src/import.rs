@@ -831,8 +831,6 @@ struct InFlight<'a> {
     append: AppendFuture<'a>,
     events: usize,
     duplicates: usize,
-    /// The head the batch leaves when it was sealed ahead.
-    end: Option<Head>,
 }
 
 /// One batch planned by [`Pipeline::plan`], ready for [`Pipeline::submit`].
@@ -855,6 +853,13 @@ impl Appends {
         match self {
             Appends::Plain(requests) => requests,
             Appends::Presealed(p) => p.requests(),
+        }
+    }
+
+    fn into_requests(self) -> Vec<AppendRequest> {
+        match self {
+            Appends::Plain(requests) => requests,
+            Appends::Presealed(p) => p.into_requests(),
         }
     }
 }
@@ -918,11 +923,10 @@ fn seal_at(head: Head, last: Option<DateTime<Utc>>, requests: Vec<AppendRequest>
 /// adopts them only if its log is where the pipeline expected, and seals
 /// them itself otherwise: what is stored is the same either way, but for
 /// `recorded_at`, which is the time the batch was sealed ahead (before it
-/// was submitted) instead of the time its group began. A batch that
-/// could not be sealed ahead (the log was found elsewhere than the batch
-/// before it was to leave it: another writer appended in between) is
-/// sealed once that batch is acknowledged, where the log then is, and
-/// the batches after it are sealed ahead again.
+/// was submitted) instead of the time its group began. Once the batch
+/// before it is acknowledged, a batch not sealed where the log then is
+/// (the first, or another writer appended in between) is sealed there,
+/// and the batches after it are sealed ahead again.
 ///
 /// Dropping a pipeline does not take back a batch already submitted (the
 /// writer has it, as with any append whose caller went away): call
@@ -945,7 +949,7 @@ pub struct Pipeline<'a> {
     /// Whether batches are sealed ahead: the store can use them.
     seal_ahead: bool,
     /// Where the next batch is sealed ahead: the head the batch before it
-    /// leaves (`None`: read from the store once nothing is in flight).
+    /// leaves, if it was sealed.
     ahead: Option<Head>,
     /// Batches submitted sealed ahead.
     sealed_ahead: u64,
@@ -1018,11 +1022,6 @@ impl<'a> Pipeline<'a> {
         let mut planner = Planner::new(self.store, &self.school, self.now);
         planner.sealer = self.sealer;
         planner.carry = std::mem::take(&mut self.carry);
-        if self.seal_ahead && self.in_flight.is_none() {
-            // Nothing in flight: the log's head is where this batch goes
-            // (unless another writer appends first; the writer checks).
-            self.ahead = self.store.head().await.ok();
-        }
         let ahead = self.ahead.take();
         let last_recorded = self.ahead_recorded;
         let timed = async move {
@@ -1054,17 +1053,15 @@ impl<'a> Pipeline<'a> {
         let ((planned, deferred, planning), acked) = match self.in_flight.take() {
             Some(f) => {
                 let (planned, acked) = tokio::join!(timed, f.append);
-                (planned, Some((acked, f.events, f.duplicates, f.end)))
+                (planned, Some((acked, f.events, f.duplicates)))
             }
             None => (timed.await, None),
         };
         self.planning += planning;
-        let mut moved = false;
-        if let Some((acked, events, duplicates, end)) = acked {
+        if let Some((acked, events, duplicates)) = acked {
             acked.map_err(ImportError::Write)?;
             self.events += events as u64;
             self.duplicates += duplicates as u64;
-            moved = self.check_end(end).await;
         }
         // The ids repeated from the batch just acknowledged, in line order;
         // all come before `planned`'s error, if any.
@@ -1089,43 +1086,24 @@ impl<'a> Pipeline<'a> {
             }
         }
         let (mut batch, mut sealing) = planned?;
-        if moved {
-            // The batch before it did not leave the log where it was
-            // sealed ahead: the writer would seal it again anyway.
-            if let Appends::Presealed(p) = batch.appends {
-                batch.appends = Appends::Plain(p.into_requests());
-            }
-        }
-        if self.seal_ahead && self.in_flight.is_none() {
-            if let Appends::Plain(requests) = batch.appends {
-                // Not sealed ahead (the batch before it was not, or the log
-                // moved): nothing is in flight now, so seal it here, once,
-                // where the log is, and the batches after it ahead again.
-                let started = std::time::Instant::now();
-                batch.appends = match self.store.head().await {
-                    Ok(head) => seal_at(head, self.ahead_recorded, requests),
-                    Err(_) => Appends::Plain(requests),
-                };
-                sealing += started.elapsed();
+        if self.seal_ahead {
+            // Nothing is in flight now: the log's head is where this batch
+            // goes (unless another writer appends first; the writer checks).
+            // A batch not sealed there (the first, or the log moved) is
+            // sealed there, once, and the batches after it ahead again.
+            let started = std::time::Instant::now();
+            if let Ok(head) = self.store.head().await {
+                let sealed_there =
+                    matches!(&batch.appends, Appends::Presealed(p) if p.head() == head);
+                if !sealed_there {
+                    let requests = batch.appends.into_requests();
+                    batch.appends = seal_at(head, self.ahead_recorded, requests);
+                    sealing += started.elapsed();
+                }
             }
         }
         self.sealing += sealing;
         Ok(batch)
-    }
-
-    /// After batch k is acknowledged: whether the log moved from where
-    /// batch k, sealed ahead, was to leave it (another writer appended, or
-    /// the writer sealed it again). Then batch k+1, sealed ahead there, is
-    /// sealed again where the log is.
-    async fn check_end(&mut self, end: Option<Head>) -> bool {
-        let moved = match end {
-            Some(end) => self.store.head().await.ok() != Some(end),
-            None => false,
-        };
-        if moved {
-            self.ahead = None;
-        }
-        moved
     }
 
     /// Hands `batch` to the store's writer and returns without waiting for
@@ -1137,15 +1115,14 @@ impl<'a> Pipeline<'a> {
     /// (version or id conflict) rather than write it twice.
     pub async fn submit(&mut self, batch: Batch) -> Result<(), ImportError> {
         self.flush().await?;
-        let end = match &batch.appends {
+        // The next batch is sealed ahead where this one leaves the log.
+        self.ahead = match &batch.appends {
             Appends::Presealed(p) => {
                 self.ahead_recorded = Some(p.recorded_at());
                 Some(p.end())
             }
             Appends::Plain(_) => None,
         };
-        // The next batch is sealed ahead where this one leaves the log.
-        self.ahead = end;
         if batch.requests().is_empty() {
             self.duplicates += batch.duplicates as u64;
             self.carry = batch.carry;
@@ -1162,21 +1139,16 @@ impl<'a> Pipeline<'a> {
         // queue), and writes it while the caller plans the next one.
         let first = std::future::poll_fn(|cx| Poll::Ready(append.as_mut().poll(cx))).await;
         match first {
-            Poll::Ready(Err(e)) => {
-                self.ahead = None;
-                return Err(ImportError::Write(e));
-            }
+            Poll::Ready(Err(e)) => return Err(ImportError::Write(e)),
             Poll::Ready(Ok(_)) => {
                 self.events += batch.events as u64;
                 self.duplicates += batch.duplicates as u64;
-                self.check_end(end).await;
             }
             Poll::Pending => {
                 self.in_flight = Some(InFlight {
                     append,
                     events: batch.events,
                     duplicates: batch.duplicates,
-                    end,
                 })
             }
         }
@@ -1198,15 +1170,12 @@ impl<'a> Pipeline<'a> {
         if let Some(f) = self.in_flight.take() {
             let acked = f.append.await;
             if acked.is_err() {
-                // Nothing of it was written: its state is not the store's,
-                // nor its head.
+                // Nothing of it was written: its state is not the store's.
                 self.carry = Carry::default();
-                self.ahead = None;
             }
             acked.map_err(ImportError::Write)?;
             self.events += f.events as u64;
             self.duplicates += f.duplicates as u64;
-            self.check_end(f.end).await;
         }
         Ok(())
     }

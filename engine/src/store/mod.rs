@@ -801,6 +801,12 @@ impl Presealed {
         self.requests
     }
 
+    /// The head it was sealed after: where the log must be when it is
+    /// written for the writer to store these bytes.
+    pub fn head(&self) -> Head {
+        self.sealing.head
+    }
+
     /// The log's head once this is written.
     pub fn end(&self) -> Head {
         self.sealing.end
