@@ -935,6 +935,21 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_loss_still_refused() {
             assert_eq!(index_answers(&log, 6).await, expected, "{what}");
         });
     }
+    // A snapshot of the format before id fingerprints (version 1, whose
+    // pairs held the ids): ignored, with the reason, and the index rebuilt.
+    let mut v1 = good.clone();
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(snapshot_path(dir), &v1).unwrap();
+    rt.block_on(async {
+        let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        let why = log.take_snapshot_rejection().expect("no reason given");
+        assert!(
+            why.contains("snapshot format 1, this build reads 2"),
+            "{why}"
+        );
+        assert_eq!(index_answers(&log, 6).await, expected);
+    });
     // Acknowledged events lost from the last segment: the snapshot no
     // longer matches, and the full scan's watermark check refuses.
     std::fs::write(snapshot_path(dir), &good).unwrap();

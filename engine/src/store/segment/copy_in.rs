@@ -7,11 +7,12 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use super::frame::{encode_frame, FrameMeta};
 use super::{
-    create_segment, cut_to, io, recover, sync_dir, Index, Loc, SegmentStore, CHECKPOINT_DIR,
-    LOGS_DIR,
+    create_segment, cut_to, io, recover, stored_at, sync_dir, Index, Loc, Segment, SegmentStore,
+    CHECKPOINT_DIR, LOGS_DIR,
 };
 use crate::envelope::{StoredEvent, StreamId};
 use crate::error::StoreError;
@@ -74,6 +75,7 @@ impl SegmentStore {
             torn: rec.torn,
             torn_zero: rec.torn_zero,
             index: rec.index,
+            segments: rec.segments,
             dir,
         })
     }
@@ -126,7 +128,9 @@ impl SegmentStore {
             ));
         }
         if c.end >= self.options.segment_bytes {
-            c.file = create_segment(&c.dir, events[0].position)?.file;
+            let seg = Arc::new(create_segment(&c.dir, events[0].position)?);
+            c.file = seg.file.try_clone().map_err(io("copy"))?;
+            c.segments.push(seg);
             c.seg += 1;
             c.end = 0;
         }
@@ -165,7 +169,7 @@ impl SegmentStore {
                     ),
                 ));
             }
-            if c.index.ids.get(&e.event_id).is_some() || !ids.insert(e.event_id) {
+            if !ids.insert(e.event_id) || stored_at(&c.index, &c.segments, &e.event_id)?.is_some() {
                 return Err(refused(
                     school,
                     format!(
@@ -201,6 +205,9 @@ impl SegmentStore {
                 .push(&meta, loc, hash)
                 .map_err(|what| refused(school, what))?;
         }
+        // Each id was read and compared where the index had its
+        // fingerprint: a fingerprint shared here is two ids.
+        c.index.shared.clear();
         c.end += buf.len() as u64;
         self.keep(school, c)
     }
@@ -211,6 +218,9 @@ impl SegmentStore {
 pub(super) struct Copying {
     dir: PathBuf,
     pub(super) index: Index,
+    /// The log's segments, to read an id from where the index has its
+    /// fingerprint.
+    segments: Vec<Arc<Segment>>,
     file: File,
     seg: u32,
     end: u64,

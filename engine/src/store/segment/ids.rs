@@ -1,19 +1,28 @@
-//! The segment index's event ids: [`IdMap`], every id by position and a
-//! hash table of positions keyed by the ids they hold.
+//! The segment index's event ids: [`IdMap`], a 64-bit fingerprint of
+//! every position's id and a hash table of positions keyed by them.
 //!
 //! A map from id to position keeps each 16-byte id in its bucket, and a
 //! map holds half to seven-eighths of its buckets full: 24–48 bytes an
-//! event. Here the ids are kept once, in position order (16 bytes an
-//! event, no slack beyond one chunk), and the table holds only 4-byte
-//! positions (5 bytes a bucket with its control byte): 22–27 bytes an
-//! event. A lookup compares the id at a candidate position only when the
-//! table's 7-bit tag matches, so looking up an id that is not stored (an
-//! import of new events) costs what it did; finding a stored id costs one
-//! more memory read.
-
-use std::hash::BuildHasher;
+//! event. Sessions h to k kept the ids once, in position order (16 bytes
+//! an event), with a table of 4-byte positions (5 bytes a bucket with its
+//! control byte): 22–27 bytes an event. Here each position keeps only the
+//! id's fingerprint, its 64-bit hash under the map's seed, which is also
+//! the table's hash: 14–19 bytes an event, and a table grows without
+//! hashing anything again.
+//!
+//! A fingerprint names an id only almost surely: two ids share one with a
+//! probability of 2^-64 (about three chances in a million that any two of
+//! ten million ids do). So the map answers with *candidates*, the
+//! positions whose ids have the asked id's fingerprint (almost always none
+//! or one), and whoever needs certainty reads the id in the frame there:
+//! [`super::SegmentLog::find_events`] compares the frames it reads anyway,
+//! the writer reads the frame before refusing an id as stored, and an open
+//! that indexed two positions with one fingerprint reads both frames
+//! ([`super::Index::shared`]). An id that is not stored (an import of new
+//! events) costs a lookup as before, and no read.
 
 use hashbrown::hash_table::{Entry, HashTable};
+use std::hash::BuildHasher;
 use uuid::Uuid;
 
 use super::dense::Chunked;
@@ -22,54 +31,16 @@ use super::IdHash;
 /// Pairs [`IdMap::load`] takes at a time.
 const LOAD_BATCH: usize = 256;
 
-/// The position in `table` holding `id` (the table holds positions; an
-/// entry matches when `by_position` has `id` there).
-fn find(
-    table: &HashTable<u32>,
-    by_position: &Chunked<Uuid>,
-    hasher: &IdHash,
-    id: &Uuid,
-) -> Option<u32> {
-    table
-        .find(hasher.hash_one(id), |&p| {
-            by_position.get(p as usize - 1) == Some(id)
-        })
-        .copied()
+/// The fingerprint a table entry's position holds, for the table's growth.
+fn rehash(by_position: &Chunked<u64>) -> impl Fn(&u32) -> u64 + '_ {
+    move |&p| by_position[p as usize - 1]
 }
 
-/// Puts `position` into `table` as the holder of `id` (`by_position` may
-/// not have it yet); `Err` holds the position that already holds `id`.
-fn insert(
-    table: &mut HashTable<u32>,
-    by_position: &Chunked<Uuid>,
-    hasher: &IdHash,
-    id: Uuid,
-    position: u32,
-) -> Result<(), u32> {
-    match table.entry(
-        hasher.hash_one(id),
-        |&p| by_position.get(p as usize - 1) == Some(&id),
-        rehash(by_position, hasher),
-    ) {
-        Entry::Occupied(o) => Err(*o.get()),
-        Entry::Vacant(v) => {
-            v.insert(position);
-            Ok(())
-        }
-    }
-}
-
-/// The hash of the id a table entry's position holds, for the table's
-/// growth.
-fn rehash<'a>(by_position: &'a Chunked<Uuid>, hasher: &'a IdHash) -> impl Fn(&u32) -> u64 + 'a {
-    move |&p| hasher.hash_one(by_position[p as usize - 1])
-}
-
-/// Event ids by position, and their positions by id.
+/// Event id fingerprints by position, and positions by fingerprint.
 pub(super) struct IdMap {
-    /// `by_position[p - 1]` is the id of position p.
-    by_position: Chunked<Uuid>,
-    /// Positions, found by the hash of the id they hold.
+    /// `by_position[p - 1]` is the fingerprint of position p's id.
+    by_position: Chunked<u64>,
+    /// Positions, found by the fingerprint of the id they hold.
     table: HashTable<u32>,
     hasher: IdHash,
 }
@@ -93,6 +64,11 @@ impl IdMap {
         &self.hasher
     }
 
+    /// The fingerprint of `id` in this map.
+    pub(super) fn fingerprint(&self, id: &Uuid) -> u64 {
+        self.hasher.hash_one(id)
+    }
+
     /// Ids held: one for each position 1..=len.
     pub(super) fn len(&self) -> usize {
         self.by_position.len()
@@ -103,25 +79,73 @@ impl IdMap {
         self.table.capacity()
     }
 
-    /// The position holding `id`.
-    pub(super) fn get(&self, id: &Uuid) -> Option<u32> {
-        find(&self.table, &self.by_position, &self.hasher, id)
+    /// The positions whose ids have `id`'s fingerprint, in no order: where
+    /// `id` is, if it is stored, and (almost never) others.
+    pub(super) fn candidates(&self, id: &Uuid) -> impl Iterator<Item = u32> + '_ {
+        self.with_fingerprint(self.fingerprint(id))
+    }
+
+    /// Whether any position holds `id`'s fingerprint: one probe, as
+    /// [`IdMap::candidates`] would make first (the common answer, for an
+    /// id not stored, without the iterator).
+    #[inline]
+    pub(super) fn has_candidate(&self, id: &Uuid) -> bool {
+        self.first_with(self.fingerprint(id)).is_some()
+    }
+
+    #[inline]
+    fn first_with(&self, fp: u64) -> Option<u32> {
+        let by_position = &self.by_position;
+        self.table
+            .find(fp, |&p| by_position.get(p as usize - 1) == Some(&fp))
+            .copied()
+    }
+
+    /// The positions holding fingerprint `fp`.
+    fn with_fingerprint(&self, fp: u64) -> impl Iterator<Item = u32> + '_ {
+        self.table
+            .iter_hash(fp)
+            .copied()
+            .filter(move |&p| self.by_position.get(p as usize - 1) == Some(&fp))
+    }
+
+    /// Whether position `position` holds an id with `id`'s fingerprint
+    /// (the index agrees with a frame there that holds `id`).
+    pub(super) fn holds(&self, id: &Uuid, position: u64) -> bool {
+        let Some(i) = (position as usize).checked_sub(1) else {
+            return false;
+        };
+        self.by_position.get(i) == Some(&self.fingerprint(id))
     }
 
     /// Adds `id` as the id of the next position (`len() + 1`, which the
-    /// caller has checked is `position`); `Err` holds the position that
-    /// already holds it.
-    pub(super) fn push(&mut self, id: Uuid, position: u32) -> Result<(), u32> {
+    /// caller has checked is `position`). Returns an earlier position
+    /// whose id has the same fingerprint, if there is one: the same id
+    /// stored twice, or (almost never) another id; the caller tells which
+    /// by reading the frames.
+    pub(super) fn push(&mut self, id: Uuid, position: u32) -> Option<u32> {
         debug_assert_eq!(position as usize, self.by_position.len() + 1);
-        insert(
-            &mut self.table,
-            &self.by_position,
-            &self.hasher,
-            id,
-            position,
-        )?;
-        self.by_position.push(id);
-        Ok(())
+        let fp = self.fingerprint(&id);
+        let by_position = &self.by_position;
+        // One probe: where the fingerprint is new (every id but almost
+        // never), the entry's own slot takes the position.
+        let shared = match self.table.entry(
+            fp,
+            |&p| by_position.get(p as usize - 1) == Some(&fp),
+            rehash(by_position),
+        ) {
+            Entry::Vacant(v) => {
+                v.insert(position);
+                None
+            }
+            Entry::Occupied(o) => Some(*o.get()),
+        };
+        if shared.is_some() {
+            self.table
+                .insert_unique(fp, position, rehash(&self.by_position));
+        }
+        self.by_position.push(fp);
+        shared
     }
 
     /// A table of room for `capacity` ids holding every position this
@@ -129,14 +153,8 @@ impl IdMap {
     pub(super) fn bigger_table(&self, capacity: usize) -> HashTable<u32> {
         let mut table = HashTable::with_capacity(capacity.max(self.len()));
         let by_position = &self.by_position;
-        let hasher = &self.hasher;
         for i in 0..by_position.len() {
-            let id = &by_position[i];
-            table.insert_unique(
-                hasher.hash_one(id),
-                i as u32 + 1,
-                rehash(by_position, hasher),
-            );
+            table.insert_unique(by_position[i], i as u32 + 1, rehash(by_position));
         }
         table
     }
@@ -155,31 +173,30 @@ impl IdMap {
 
     /// Makes room for `additional` more ids without growing.
     pub(super) fn reserve(&mut self, additional: usize) {
-        self.table
-            .reserve(additional, rehash(&self.by_position, &self.hasher));
+        self.table.reserve(additional, rehash(&self.by_position));
     }
 
-    /// Hands `each` every `(id, position)` in the table's bucket order:
-    /// what an index snapshot stores, so that the next open fills a table
-    /// of the same capacity and seed front to back ([`IdMap::load`]). The
-    /// ids are read at random places, [`LOAD_BATCH`] at a time so that
-    /// their cache misses overlap.
+    /// Hands `each` every `(fingerprint, position)` in the table's bucket
+    /// order: what an index snapshot stores, so that the next open fills a
+    /// table of the same capacity and seed front to back
+    /// ([`IdMap::load`]). The fingerprints are read at random places,
+    /// [`LOAD_BATCH`] at a time so that their cache misses overlap.
     pub(super) fn in_table_order<E>(
         &self,
-        mut each: impl FnMut(&Uuid, u32) -> Result<(), E>,
+        mut each: impl FnMut(u64, u32) -> Result<(), E>,
     ) -> Result<(), E> {
         let mut positions = self.table.iter().copied().peekable();
         let mut batch: Vec<u32> = Vec::with_capacity(LOAD_BATCH);
-        let mut ids: Vec<Uuid> = Vec::with_capacity(LOAD_BATCH);
+        let mut fps: Vec<u64> = Vec::with_capacity(LOAD_BATCH);
         while positions.peek().is_some() {
             batch.clear();
             batch.extend(positions.by_ref().take(LOAD_BATCH));
             // Only loads, each independent of the others: their misses
             // overlap.
-            ids.clear();
-            ids.extend(batch.iter().map(|&p| self.by_position[p as usize - 1]));
-            for (id, p) in ids.iter().zip(&batch) {
-                each(id, *p)?;
+            fps.clear();
+            fps.extend(batch.iter().map(|&p| self.by_position[p as usize - 1]));
+            for (fp, p) in fps.iter().zip(&batch) {
+                each(*fp, *p)?;
             }
         }
         Ok(())
@@ -187,72 +204,67 @@ impl IdMap {
 
     /// [`IdMap::in_table_order`], collected (tests).
     #[cfg(test)]
-    pub(super) fn table_order(&self) -> Vec<(Uuid, u32)> {
+    pub(super) fn table_order(&self) -> Vec<(u64, u32)> {
         let mut out = Vec::with_capacity(self.len());
-        let _ = self.in_table_order(|id, p| -> Result<(), ()> {
-            out.push((*id, p));
+        let _ = self.in_table_order(|fp, p| -> Result<(), ()> {
+            out.push((fp, p));
             Ok(())
         });
         out
     }
 
-    /// The map of `n` positions from its `(id, position)` pairs, inserted
-    /// in their order into a table of room for `capacity` (any order gives
-    /// the same map; [`IdMap::in_table_order`]'s fills the table front to
-    /// back, and only the ids land at random places). `Err` says what is
-    /// wrong: a position out of range, an id held twice, a position
-    /// without an id (so another listed twice), pairs beyond `n`.
+    /// The map of `n` positions from its `(fingerprint, position)` pairs,
+    /// inserted in their order into a table of room for `capacity` (any
+    /// order gives the same map; [`IdMap::in_table_order`]'s fills the
+    /// table front to back, and only the fingerprints land at random
+    /// places). `Err` says what is wrong: a position out of range, a
+    /// position listed twice (so another without an id), pairs beyond
+    /// `n`. Two positions may share a fingerprint (see the module's
+    /// documentation).
     pub(super) fn load(
         hasher: IdHash,
         n: usize,
         capacity: usize,
-        pairs: impl Iterator<Item = Result<(Uuid, u32), String>>,
+        pairs: impl Iterator<Item = Result<(u64, u32), String>>,
     ) -> Result<IdMap, String> {
-        // Slots not yet given an id hold the nil id; a position listed
-        // twice leaves another slot nil (checked at the end).
-        let mut by_position = Chunked::filled(n, Uuid::nil());
+        let mut by_position = Chunked::filled(n, 0u64);
+        // Which positions were given a fingerprint (any value is one).
+        let mut given = vec![0u64; n.div_ceil(64)];
         let mut table = HashTable::with_capacity(capacity.max(n));
         let mut pairs = pairs.peekable();
-        let mut batch: Vec<(Uuid, u32)> = Vec::with_capacity(LOAD_BATCH);
+        let mut batch: Vec<(u64, u32)> = Vec::with_capacity(LOAD_BATCH);
         let mut touched = 0u64;
+        let mut count = 0usize;
         while pairs.peek().is_some() {
             batch.clear();
             for pair in pairs.by_ref().take(LOAD_BATCH) {
-                let (id, p) = pair?;
+                let (fp, p) = pair?;
                 if p == 0 || p as usize > n {
                     return Err(format!("ids: position {p} out of range"));
                 }
-                batch.push((id, p));
+                batch.push((fp, p));
             }
             // Read the slots the batch writes before writing them, all at
             // once: independent loads the processor overlaps, where each
             // write in turn would wait for its cache line.
             for &(_, p) in &batch {
-                touched ^= by_position
-                    .get(p as usize - 1)
-                    .map_or(0, |u| u.as_u64_pair().0);
+                touched ^= by_position.get(p as usize - 1).copied().unwrap_or(0);
             }
-            for &(id, p) in &batch {
-                insert(&mut table, &by_position, &hasher, id, p)
-                    .map_err(|q| format!("event id {id} is held by positions {q} and {p}"))?;
-                by_position.set(p as usize - 1, id);
+            for &(fp, p) in &batch {
+                let i = p as usize - 1;
+                let (word, bit) = (i / 64, 1u64 << (i % 64));
+                if given[word] & bit != 0 {
+                    return Err(format!("ids: position {p} is listed twice"));
+                }
+                given[word] |= bit;
+                by_position.set(i, fp);
+                table.insert_unique(fp, p, rehash(&by_position));
+                count += 1;
             }
         }
         std::hint::black_box(touched);
-        if table.len() != n {
-            return Err(format!("ids: {} ids for {n} positions", table.len()));
-        }
-        // n distinct ids went into n slots: a slot still nil (other than
-        // one whose id is the nil id) means a position was listed twice.
-        let nil = Uuid::nil();
-        let held_nil = find(&table, &by_position, &hasher, &nil);
-        for i in 0..n {
-            if by_position[i] == nil && held_nil != Some(i as u32 + 1) {
-                return Err(format!(
-                    "ids: position {} has no id (another is listed twice)",
-                    i + 1
-                ));
-            }
+        if count != n {
+            return Err(format!("ids: {count} ids for {n} positions"));
         }
         Ok(IdMap {
             by_position,
@@ -261,30 +273,41 @@ impl IdMap {
         })
     }
 
-    /// Bytes allocated for the ids and the table.
+    /// Bytes allocated for the fingerprints and the table.
     pub(super) fn allocated_bytes(&self) -> usize {
         self.by_position.allocated_bytes() + self.table.allocation_size()
     }
 
-    /// Every `(id, position)`, in position order.
+    /// Every `(fingerprint, position)`, in position order.
     #[cfg(test)]
-    pub(super) fn iter(&self) -> impl Iterator<Item = (Uuid, u32)> + '_ {
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         (0..self.by_position.len()).map(|i| (self.by_position[i], i as u32 + 1))
+    }
+
+    /// The position of `id` when exactly one position has its
+    /// fingerprint (tests, where no two ids share one).
+    #[cfg(test)]
+    pub(super) fn only(&self, id: &Uuid) -> Option<u32> {
+        let mut found = self.candidates(id);
+        let first = found.next();
+        assert!(found.next().is_none(), "two positions share a fingerprint");
+        first
     }
 
     /// Gives positions `a` and `b` each other's ids (tests: an index that
     /// disagrees with the log).
     #[cfg(test)]
     pub(super) fn swap_for_test(&mut self, a: u32, b: u32) {
-        let mut ids: Vec<Uuid> = self.iter().map(|(id, _)| id).collect();
-        ids.swap(a as usize - 1, b as usize - 1);
-        let mut map = IdMap::with_hasher(self.hasher.clone());
-        for (i, id) in ids.into_iter().enumerate() {
-            if map.push(id, i as u32 + 1).is_err() {
-                unreachable!("the ids were unique before the swap");
-            }
+        let mut fps: Vec<u64> = self.iter().map(|(fp, _)| fp).collect();
+        fps.swap(a as usize - 1, b as usize - 1);
+        let mut table = HashTable::new();
+        let mut by_position = Chunked::default();
+        for (i, fp) in fps.into_iter().enumerate() {
+            by_position.push(fp);
+            table.insert_unique(fp, i as u32 + 1, rehash(&by_position));
         }
-        *self = map;
+        self.by_position = by_position;
+        self.table = table;
     }
 }
 
@@ -297,19 +320,21 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_found_at_their_positions_and_repeats_refused() {
+    fn ids_are_found_at_their_positions_and_repeats_named() {
         let mut m = IdMap::default();
         for p in 1..=5_000u32 {
-            m.push(id(p), p).unwrap();
+            assert_eq!(m.push(id(p), p), None);
         }
-        assert_eq!(m.push(id(17), 5_001), Err(17));
         assert_eq!(m.len(), 5_000);
         for p in 1..=5_000u32 {
-            assert_eq!(m.get(&id(p)), Some(p));
+            assert_eq!(m.only(&id(p)), Some(p));
+            assert!(m.holds(&id(p), u64::from(p)));
+            assert!(!m.holds(&id(p), u64::from(p) + 1));
         }
-        assert_eq!(m.get(&id(5_001)), None);
-        assert_eq!(m.iter().nth(16), Some((id(17), 17)));
-        // A bigger table finds the same.
+        assert_eq!(m.only(&id(5_001)), None);
+        assert!(!m.holds(&id(1), 0));
+        assert_eq!(m.iter().nth(16), Some((m.fingerprint(&id(17)), 17)));
+        // A bigger table finds the same, without hashing an id again.
         let cap = m.capacity() * 2;
         let table = m.bigger_table(cap);
         m.replace_table(table);
@@ -317,18 +342,24 @@ mod tests {
         m.reserve(cap);
         assert!(m.capacity() >= 5_000 + cap);
         for p in (1..=5_000u32).step_by(7) {
-            assert_eq!(m.get(&id(p)), Some(p));
+            assert_eq!(m.only(&id(p)), Some(p));
         }
         assert_eq!(m.iter().count(), 5_000);
+        // An id pushed again is added, and the earlier position named: the
+        // caller reads both frames to tell a repeat from another id.
+        assert_eq!(m.push(id(17), 5_001), Some(17));
+        let mut both: Vec<u32> = m.candidates(&id(17)).collect();
+        both.sort_unstable();
+        assert_eq!(both, vec![17, 5_001]);
     }
 
     #[test]
     fn a_loaded_map_checks_its_pairs() {
         let mut m = IdMap::default();
         for p in 1..=300u32 {
-            m.push(id(p), p).unwrap();
+            assert_eq!(m.push(id(p), p), None);
         }
-        let order: Vec<(Uuid, u32)> = m.table_order();
+        let order: Vec<(u64, u32)> = m.table_order();
         let loaded = IdMap::load(
             m.hasher().clone(),
             300,
@@ -337,51 +368,44 @@ mod tests {
         )
         .unwrap();
         assert_eq!(loaded.capacity(), m.capacity());
-        let mut again: Vec<(Uuid, u32)> = loaded.table_order();
+        let mut again: Vec<(u64, u32)> = loaded.table_order();
         let mut order = order;
         again.sort();
         order.sort();
         assert_eq!(again, order);
         assert!(loaded.iter().eq(m.iter()));
         for p in 1..=300u32 {
-            assert_eq!(loaded.get(&id(p)), Some(p));
+            assert_eq!(loaded.only(&id(p)), Some(p));
         }
+        let fp = |i: u32| m.fingerprint(&id(i));
         let load = |pairs: Vec<(u32, u32)>| {
-            let pairs = pairs.into_iter().map(|(i, p)| Ok((id(i), p)));
+            let pairs = pairs.into_iter().map(|(i, p)| Ok((fp(i), p)));
             IdMap::load(m.hasher().clone(), 300, 0, pairs)
-                .err()
-                .unwrap()
         };
         let all = || (1..=300u32).map(|p| (p, p)).collect::<Vec<_>>();
-        // A position twice, one missing, one out of range, an id twice.
+        // A position twice, one missing, one out of range.
         let mut twice = all();
         twice[5] = (400, 9);
-        let err = load(twice);
-        assert!(err.contains("position 6 has no id"), "{err}");
-        assert!(load(all()[1..].to_vec()).contains("299 ids for 300 positions"));
+        let err = load(twice).err().unwrap();
+        assert!(err.contains("position 9 is listed twice"), "{err}");
+        let err = load(all()[1..].to_vec()).err().unwrap();
+        assert!(err.contains("299 ids for 300 positions"), "{err}");
         let mut past = all();
         past.push((301, 301));
-        assert!(load(past).contains("out of range"));
-        assert!(load(vec![(1, 0)]).contains("out of range"));
-        let mut id_twice = all();
-        id_twice[299] = (3, 300);
-        let err = load(id_twice);
-        assert!(err.contains("held by positions 3 and 300"), "{err}");
-        // The nil id is an id like any other; a position listed twice
-        // beside it is still found.
-        let nil_at_7 = || {
-            let mut pairs: Vec<(Uuid, u32)> = (1..=300u32).map(|p| (id(p), p)).collect();
-            pairs[6].0 = Uuid::nil();
-            pairs
-        };
-        let loaded =
-            IdMap::load(m.hasher().clone(), 300, 0, nil_at_7().into_iter().map(Ok)).unwrap();
-        assert_eq!(loaded.get(&Uuid::nil()), Some(7));
-        let mut pairs = nil_at_7();
-        pairs[9].1 = 11;
-        let err = IdMap::load(m.hasher().clone(), 300, 0, pairs.into_iter().map(Ok))
-            .err()
-            .unwrap();
-        assert!(err.contains("position 10 has no id"), "{err}");
+        assert!(load(past).err().unwrap().contains("out of range"));
+        assert!(load(vec![(1, 0)]).err().unwrap().contains("out of range"));
+        // Two positions may share a fingerprint: both are candidates, and
+        // a push of that id names one of them.
+        let mut shared = all();
+        shared[299] = (3, 300);
+        let mut loaded = load(shared).unwrap();
+        let mut both: Vec<u32> = loaded.candidates(&id(3)).collect();
+        both.sort_unstable();
+        assert_eq!(both, vec![3, 300]);
+        assert!(loaded.holds(&id(3), 300));
+        assert!(!loaded.holds(&id(300), 300));
+        assert!(loaded.push(id(3), 301).is_some());
+        assert_eq!(loaded.candidates(&id(3)).count(), 3);
+        assert_eq!(loaded.push(id(301), 302), None);
     }
 }

@@ -39,6 +39,7 @@ pub use snapshot::{FULL_SCAN_ENV, SNAPSHOT_FILE};
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::hash::BuildHasher;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -424,8 +425,14 @@ struct Index {
     /// Per stream, its positions by version (`[v - 1]`); a position fits
     /// a `u32` (`max_events`).
     streams: HashMap<StreamId, Vec<u32>, IdHash>,
-    /// Event ids by position, and positions by id.
+    /// Event id fingerprints by position, and positions by fingerprint.
     ids: IdMap,
+    /// Pairs of positions (earlier, later) whose ids share a fingerprint,
+    /// pushed since they were last checked: the same id twice (a log that
+    /// is corrupt) or two ids (almost never). An open reads both frames of
+    /// each ([`check_shared`]); the writer and a copy checked their ids
+    /// against the frames before pushing them.
+    shared: Vec<(u32, u32)>,
     head_hash: Hash,
     /// Most events the log may hold ([`MAX_POSITIONS`]; lower in tests).
     max_events: u64,
@@ -437,6 +444,7 @@ impl Default for Index {
             locs: Locations::default(),
             streams: HashMap::default(),
             ids: IdMap::default(),
+            shared: Vec::new(),
             head_hash: Hash::default(),
             max_events: MAX_POSITIONS,
         }
@@ -451,6 +459,11 @@ impl Default for Index {
 #[derive(Clone)]
 pub(crate) struct IdHash {
     seed: u64,
+    /// Tests: every key hashes alike, so that every event id shares one
+    /// fingerprint (the paths that tell such ids apart, which real ids
+    /// reach with a probability of 2^-64).
+    #[cfg(test)]
+    collide: bool,
 }
 
 impl Default for IdHash {
@@ -462,7 +475,7 @@ impl Default for IdHash {
             h.write_u64(0x6361_7365_626f_6f6b);
             h.finish() | 1
         });
-        IdHash { seed }
+        IdHash::with_seed(seed)
     }
 }
 
@@ -470,7 +483,20 @@ impl IdHash {
     /// Hashing with a given seed (an index snapshot's, so that its ids
     /// read back into the buckets they were written from).
     pub(crate) fn with_seed(seed: u64) -> IdHash {
-        IdHash { seed: seed | 1 }
+        IdHash {
+            seed: seed | 1,
+            #[cfg(test)]
+            collide: false,
+        }
+    }
+
+    /// Tests: hashing under which every key has one hash.
+    #[cfg(test)]
+    pub(crate) fn colliding() -> IdHash {
+        IdHash {
+            collide: true,
+            ..IdHash::with_seed(1)
+        }
     }
 
     pub(crate) fn seed(&self) -> u64 {
@@ -481,18 +507,26 @@ impl IdHash {
 impl std::hash::BuildHasher for IdHash {
     type Hasher = IdHasher;
     fn build_hasher(&self) -> IdHasher {
-        IdHasher(self.seed)
+        IdHasher {
+            state: self.seed,
+            #[cfg(test)]
+            collide: self.collide,
+        }
     }
 }
 
-pub(crate) struct IdHasher(u64);
+pub(crate) struct IdHasher {
+    state: u64,
+    #[cfg(test)]
+    collide: bool,
+}
 
 impl IdHasher {
     #[inline]
     fn mix(&mut self, word: u64) {
         const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let m = u128::from(self.0 ^ word) * u128::from(K);
-        self.0 = (m as u64) ^ ((m >> 64) as u64);
+        let m = u128::from(self.state ^ word) * u128::from(K);
+        self.state = (m as u64) ^ ((m >> 64) as u64);
     }
 }
 
@@ -518,9 +552,13 @@ impl std::hash::Hasher for IdHasher {
     }
     #[inline]
     fn finish(&self) -> u64 {
+        #[cfg(test)]
+        if self.collide {
+            return 0x5eed;
+        }
         // One more round so the last word's high bits reach the low bits
         // hashbrown uses for the bucket.
-        let m = u128::from(self.0) * u128::from(0xa076_1d64_78bd_642fu64);
+        let m = u128::from(self.state) * u128::from(0xa076_1d64_78bd_642fu64);
         (m as u64) ^ ((m >> 64) as u64)
     }
 }
@@ -563,11 +601,8 @@ impl Index {
             ));
         }
         let step = self.locs.check(loc)?;
-        if let Err(p) = self.ids.push(meta.event_id, position) {
-            return Err(format!(
-                "event id {} is already stored at position {p}",
-                meta.event_id
-            ));
+        if let Some(earlier) = self.ids.push(meta.event_id, position) {
+            self.shared.push((earlier, position));
         }
         match positions {
             Some(v) => v.push(position),
@@ -614,6 +649,61 @@ fn locate<'a>(
 ) -> Option<(Loc, &'a Arc<Segment>)> {
     let loc = index.locs.at(p)?;
     Some((loc, segments.get(loc.seg as usize)?))
+}
+
+/// The position of the stored event with id `id`: one of the index's
+/// candidates for it ([`IdMap::candidates`]), each read to compare the id
+/// itself (almost always there is none, or one that holds it).
+fn stored_at(
+    index: &Index,
+    segments: &[Arc<Segment>],
+    id: &Uuid,
+) -> Result<Option<u64>, StoreError> {
+    if !index.ids.has_candidate(id) {
+        return Ok(None);
+    }
+    for p in index.ids.candidates(id) {
+        let p = u64::from(p);
+        let (loc, seg) = locate(index, segments, p)
+            .ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))?;
+        let there = read_event(seg, loc, p)?.event_id;
+        if there == *id {
+            return Ok(Some(p));
+        }
+        if !index.ids.holds(&there, p) {
+            return Err(corrupt(
+                &seg.path,
+                Some(loc.offset),
+                format!("the index's event id entry for position {p} does not match the frame there; run `casebook verify`, and remove the log's `index` file to rebuild the index from the segments"),
+            ));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads both frames of each pair of positions the index found sharing an
+/// id fingerprint ([`Index::shared`]): the same id at two positions is a
+/// corrupt log; two ids are fine.
+fn check_shared(index: &mut Index, segments: &[Arc<Segment>]) -> Result<(), StoreError> {
+    for (a, b) in std::mem::take(&mut index.shared) {
+        let mut ids = [Uuid::nil(); 2];
+        for (slot, p) in ids.iter_mut().zip([a, b]) {
+            let p = u64::from(p);
+            let (loc, seg) = locate(index, segments, p)
+                .ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))?;
+            *slot = read_event(seg, loc, p)?.event_id;
+        }
+        if ids[0] == ids[1] {
+            let (loc, seg) = locate(index, segments, u64::from(b))
+                .ok_or_else(|| StoreError::Internal(format!("position {b} is not indexed")))?;
+            return Err(corrupt(
+                &seg.path,
+                Some(loc.offset),
+                format!("event id {} is already stored at position {a}", ids[1]),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Reads the frame at `loc` and decodes it as position `position`; a frame
@@ -1027,6 +1117,7 @@ fn recover_at_most(
         }
         segments.push(Arc::new(seg));
     }
+    check_shared(&mut index, &segments)?;
     Ok(Recovered {
         index,
         segments,
@@ -1096,7 +1187,7 @@ fn usable_snapshot(
             .and_then(|list| list.get((ev.version.checked_sub(1)?) as usize))
             .map(|&q| u64::from(q));
         if listed != Some(p)
-            || ix.ids.get(&ev.event_id).map(u64::from) != Some(p)
+            || !ix.ids.holds(&ev.event_id, p)
             || (p == head && ev.hash != ix.head_hash)
         {
             return Err(format!(
@@ -1286,8 +1377,8 @@ impl SegmentLog {
     }
 
     /// Approximate bytes the in-memory index holds, from the capacities of
-    /// its tables (locations, stream lists, the event ids and their hash
-    /// table with its control bytes): what the log costs in memory beyond
+    /// its tables (locations, stream lists, the event id fingerprints and
+    /// their hash table with its control bytes): what the log costs in memory beyond
     /// the page cache.
     pub fn index_bytes(&self) -> u64 {
         let Ok(state) = self.state.read() else {
@@ -1693,6 +1784,7 @@ impl Writer {
                 .with_recorded_floor(self.last_recorded_us);
             let mut committed = SegmentCommitted {
                 index: &state.index,
+                segments: &state.segments,
             };
             for commit in group {
                 match stage.stage_presealed(
@@ -1776,6 +1868,10 @@ impl Writer {
                             return false;
                         }
                     }
+                    // The group's ids were each read and compared where
+                    // the index had their fingerprint (`stored_position`):
+                    // a fingerprint shared here is two ids.
+                    state.index.shared.clear();
                 }
                 self.end += self.buf.len() as u64;
                 self.position = position;
@@ -1851,9 +1947,11 @@ impl Writer {
 }
 
 /// The committed log as the segment writer sees it while staging a group:
-/// the in-memory index (read-locked for the group).
+/// the in-memory index (read-locked for the group), and the segments to
+/// read an id from when its fingerprint is in the index.
 struct SegmentCommitted<'a> {
     index: &'a Index,
+    segments: &'a [Arc<Segment>],
 }
 
 impl Committed for SegmentCommitted<'_> {
@@ -1862,7 +1960,7 @@ impl Committed for SegmentCommitted<'_> {
     }
 
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
-        Ok(self.index.ids.get(&event_id).map(u64::from))
+        stored_at(self.index, self.segments, &event_id)
     }
 }
 
@@ -1934,8 +2032,10 @@ enum Asked<'a> {
     Positions,
     /// A stream's versions, from the given one on, one a frame.
     Stream(StreamId, u64),
-    /// These event ids, one a frame, in the frames' order.
-    Ids(&'a [Uuid]),
+    /// Frames whose ids have these ids' fingerprints under this hashing,
+    /// one a frame, in the frames' order (a frame may hold another id
+    /// with the same fingerprint: the caller keeps those that match).
+    Ids(&'a [Uuid], &'a IdHash),
 }
 
 impl Asked<'_> {
@@ -1951,7 +2051,11 @@ impl Asked<'_> {
     ) -> Result<(), StoreError> {
         let what = match *self {
             Asked::Stream(s, first) if (stream, version) != (s, first + i as u64) => "stream",
-            Asked::Ids(ids) if ids.get(i) != Some(&event_id) => "event id",
+            Asked::Ids(ids, hash)
+                if ids.get(i).map(|id| hash.hash_one(id)) != Some(hash.hash_one(event_id)) =>
+            {
+                "event id"
+            }
             _ => return Ok(()),
         };
         Err(corrupt(
@@ -2105,15 +2209,17 @@ impl EventStore for SegmentLog {
     }
 
     /// One index lookup under one lock for the whole batch (the import
-    /// planner's prefetch); only the ids the log holds are read.
+    /// planner's prefetch); only the ids whose fingerprints the log holds
+    /// are read, and those frames compared with the ids asked.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
-        let (found, wanted): (Vec<Uuid>, Vec<Wanted>) = {
+        let (found, wanted, hash): (Vec<Uuid>, Vec<Wanted>, IdHash) = {
             let state = self.read()?;
             // Usually none is stored (a fresh import): look each up, and
-            // drop repeats among the few found (one id, one position).
+            // drop repeats among the few found.
             let mut found: Vec<(u32, Uuid)> = ids
                 .iter()
-                .filter_map(|id| state.index.ids.get(id).map(|p| (p, *id)))
+                .filter(|id| state.index.ids.has_candidate(id))
+                .flat_map(|id| state.index.ids.candidates(id).map(|p| (p, *id)))
                 .collect();
             found.sort_unstable();
             found.dedup();
@@ -2123,13 +2229,15 @@ impl EventStore for SegmentLog {
                 ids.push(id);
                 wanted.push(state.wanted(u64::from(p))?);
             }
-            (ids, wanted)
+            (ids, wanted, state.index.ids.hasher().clone())
         };
-        // Each event carries the id the index found it under (two ids at
-        // one position cannot both).
-        Ok(read_runs(wanted, Asked::Ids(&found))?
+        // Each event carries the id the index found it under, or (almost
+        // never) another with its fingerprint, left out.
+        Ok(read_runs(wanted, Asked::Ids(&found, &hash))?
             .into_iter()
-            .map(|e| (e.event_id, e))
+            .zip(&found)
+            .filter(|(e, id)| e.event_id == **id)
+            .map(|(e, _)| (e.event_id, e))
             .collect())
     }
 
@@ -2164,19 +2272,23 @@ impl EventStore for SegmentLog {
     }
 
     async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        let found = {
+        let (wanted, hash) = {
             let state = self.read()?;
-            state
+            let wanted = state
                 .index
                 .ids
-                .get(&event_id)
+                .candidates(&event_id)
                 .map(|p| state.wanted(u64::from(p)))
-                .transpose()?
+                .collect::<Result<Vec<_>, _>>()?;
+            (wanted, state.index.ids.hasher().clone())
         };
-        match found {
-            None => Ok(None),
-            Some(wanted) => Ok(read_runs(vec![wanted], Asked::Ids(&[event_id]))?.pop()),
+        if wanted.is_empty() {
+            return Ok(None);
         }
+        let asked = vec![event_id; wanted.len()];
+        Ok(read_runs(wanted, Asked::Ids(&asked, &hash))?
+            .into_iter()
+            .find(|e| e.event_id == event_id))
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
@@ -2348,7 +2460,11 @@ fn check_index_batches(
                     format!("stream index for version {} is wrong", meta.version)
                 });
             }
-            if ix.ids.get(&meta.event_id).map(u64::from) != Some(meta.position) {
+            if !ix
+                .ids
+                .candidates(&meta.event_id)
+                .any(|q| u64::from(q) == meta.position)
+            {
                 problems.push(meta.position, || "event id index does not point here");
             }
         }
@@ -2378,9 +2494,11 @@ mod index_tests {
         }
     }
 
-    /// `Index::push` refuses a frame that breaks position, version or id
+    /// `Index::push` refuses a frame that breaks position or version
     /// order, and a refused frame changes nothing (every check comes
-    /// before any change, with one probe of each map).
+    /// before any change, with one probe of each map). An id whose
+    /// fingerprint is held already is pushed, and the pair of positions
+    /// kept for the frames to be compared (`check_shared`).
     #[test]
     fn a_refused_push_leaves_the_index_unchanged() {
         let mut ix = Index::default();
@@ -2399,8 +2517,6 @@ mod index_tests {
             meta(5, 3, 1, 20), // position gap
             meta(4, 1, 4, 20), // version gap in a stream
             meta(4, 3, 2, 20), // a new stream not starting at 1
-            meta(4, 2, 2, 11), // an id already stored
-            meta(4, 3, 1, 12), // an id already stored, new stream
         ];
         for m in refused {
             assert!(ix.push(&m, loc(4), [9; 32]).is_err(), "{m:?}");
@@ -2412,15 +2528,19 @@ mod index_tests {
         for l in misplaced {
             assert!(ix.push(&meta(4, 3, 1, 13), l, [9; 32]).is_err(), "{l:?}");
             assert!(snapshot(&ix) == before, "{l:?} changed the index");
-            assert_eq!(ix.ids.get(&Uuid::from_u128(13)), None);
+            assert_eq!(ix.ids.only(&Uuid::from_u128(13)), None);
         }
         assert!(!ix.streams.contains_key(&StreamId(Uuid::from_u128(3))));
         ix.push(&meta(4, 3, 1, 13), loc(4), [4; 32]).unwrap();
         assert_eq!(ix.head(), 4);
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(1))), 2);
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(3))), 1);
-        assert_eq!(ix.ids.get(&Uuid::from_u128(13)), Some(4));
+        assert_eq!(ix.ids.only(&Uuid::from_u128(13)), Some(4));
         assert_eq!(ix.head_hash, [4; 32]);
+        assert!(ix.shared.is_empty());
+        // The id of position 2 again: pushed, and the pair kept.
+        ix.push(&meta(5, 2, 2, 11), loc(5), [5; 32]).unwrap();
+        assert_eq!(ix.shared, vec![(2, 5)]);
     }
 
     /// An index full to `max_events` refuses the next frame, unchanged.
@@ -2435,7 +2555,7 @@ mod index_tests {
         let err = ix.push(&meta(3, 1, 3, 12), loc(3), [3; 32]).unwrap_err();
         assert!(err.contains("most events"), "{err}");
         assert_eq!(ix.head(), 2);
-        assert_eq!(ix.ids.get(&Uuid::from_u128(12)), None);
+        assert_eq!(ix.ids.only(&Uuid::from_u128(12)), None);
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(1))), 2);
     }
 
@@ -2534,7 +2654,7 @@ mod index_tests {
             ix.streams.insert(a, lb);
             ix.streams.insert(b, la);
             let (i1, i2) = (Uuid::from_u128(1), Uuid::from_u128(2));
-            let (p1, p2) = (ix.ids.get(&i1).unwrap(), ix.ids.get(&i2).unwrap());
+            let (p1, p2) = (ix.ids.only(&i1).unwrap(), ix.ids.only(&i2).unwrap());
             ix.ids.swap_for_test(p1, p2);
         }
         let named = |r: Result<usize, StoreError>| match r {
@@ -2558,6 +2678,135 @@ mod index_tests {
         );
         // Reads by position do not go through the stream lists or ids.
         assert_eq!(rt.block_on(log.read_all(1, 10)).unwrap().len(), 6);
+        // The writer reads the frame where the index has an id's
+        // fingerprint before it calls the id stored or new: here it finds
+        // another id there, whose own fingerprint the index does not hold
+        // at that position, and refuses the append, writing nothing.
+        match rt.block_on(log.append_atomic(vec![request(1..2)])) {
+            Err(StoreError::Corrupt { what, .. }) => {
+                assert!(what.contains("does not match the frame"), "{what}")
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        assert_eq!(rt.block_on(log.head()).unwrap().position, 6);
+    }
+
+    /// A log whose frames hold one id at two positions (frames sound,
+    /// chain whole: written by something other than casebook's writer) is
+    /// refused at open, naming both positions: the index only saw two
+    /// positions with one fingerprint, and the open reads both frames.
+    #[test]
+    fn an_open_refuses_a_log_holding_one_id_twice() {
+        let (_dir, rt, store, log) = fresh_log();
+        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
+        let log_dir = log.dir().to_path_buf();
+        drop(log);
+        drop(store);
+        let rec = recover(&log_dir, false).unwrap();
+        assert!(rec.index.shared.is_empty());
+        // Position 3 repeats position 1's id, sealed after the head.
+        let stream = StreamId(Uuid::from_u128(1));
+        let (_, bytes) = crate::envelope::StoredEvent::seal(
+            &new_event(1),
+            stream,
+            3,
+            3,
+            Utc::now(),
+            rec.index.head_hash,
+        )
+        .unwrap();
+        let meta = FrameMeta {
+            group_end: true,
+            position: 3,
+            stream,
+            version: 3,
+            event_id: Uuid::from_u128(1),
+        };
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, &meta, &bytes);
+        let last = rec.segments.last().unwrap();
+        last.file.write_all_at(&frame, rec.end).unwrap();
+        last.file.sync_data().unwrap();
+        drop(rec);
+        for read_snapshot in [false, true] {
+            match recover(&log_dir, read_snapshot) {
+                Err(StoreError::Corrupt { location, what }) => {
+                    assert!(location.contains(".seg"), "{location}");
+                    assert!(
+                        what.contains("event id 00000000-0000-0000-0000-000000000001 is already stored at position 1"),
+                        "{what}"
+                    );
+                }
+                other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
+            }
+        }
+    }
+
+    /// Ids that share a fingerprint (here every id, under a hashing that
+    /// gives every key one hash) are told apart by reading their frames:
+    /// appends of new ids are taken and a repeated one refused, reads by id
+    /// find each, and an open takes the log (two ids, not one id twice)
+    /// from its segments and from its index snapshot.
+    #[test]
+    fn ids_sharing_a_fingerprint_are_told_apart_by_their_frames() {
+        let (_dir, rt, store, log) = fresh_log();
+        log.state.write().unwrap().index.ids = IdMap::with_hasher(IdHash::colliding());
+        rt.block_on(log.append_atomic(vec![request(1..4)])).unwrap();
+        rt.block_on(log.append_atomic(vec![request(4..6)])).unwrap();
+        {
+            let state = log.state.read().unwrap();
+            let mut all: Vec<u32> = state.index.ids.candidates(&Uuid::from_u128(9)).collect();
+            all.sort_unstable();
+            assert_eq!(all, vec![1, 2, 3, 4, 5], "every id shares one fingerprint");
+            assert!(state.index.shared.is_empty(), "the writer checked them");
+        }
+        for id in 1..6u128 {
+            let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
+            assert_eq!(found.map(|e| e.position), Some(id as u64));
+        }
+        assert!(rt
+            .block_on(log.find_event(Uuid::from_u128(9)))
+            .unwrap()
+            .is_none());
+        let found = rt
+            .block_on(log.find_events(&[
+                Uuid::from_u128(4),
+                Uuid::from_u128(9),
+                Uuid::from_u128(2),
+            ]))
+            .unwrap();
+        let mut at: Vec<(u128, u64)> = found
+            .values()
+            .map(|e| (e.event_id.as_u128(), e.position))
+            .collect();
+        at.sort_unstable();
+        assert_eq!(at, vec![(2, 2), (4, 4)]);
+        match rt.block_on(log.append_atomic(vec![request(3..4)])) {
+            Err(StoreError::DuplicateEventId { position: 3, .. }) => {}
+            other => panic!("expected DuplicateEventId at 3, got {other:?}"),
+        }
+        // An open pairs every position with an earlier one of its
+        // fingerprint and reads both frames: two ids, so the log opens.
+        let segments = log.state.read().unwrap().segments.clone();
+        let mut ix = Index {
+            ids: IdMap::with_hasher(IdHash::colliding()),
+            ..Index::default()
+        };
+        for e in rt.block_on(log.read_all(1, 10)).unwrap() {
+            let meta = FrameMeta {
+                group_end: true,
+                position: e.position,
+                stream: e.stream,
+                version: e.version,
+                event_id: e.event_id,
+            };
+            let loc = log.state.read().unwrap().index.locs.at(e.position).unwrap();
+            ix.push(&meta, loc, e.hash).unwrap();
+        }
+        assert_eq!(ix.shared.len(), 4);
+        check_shared(&mut ix, &segments).unwrap();
+        assert!(ix.shared.is_empty());
+        drop(store);
     }
 
     /// `verify` compares the index with every frame (on its checker

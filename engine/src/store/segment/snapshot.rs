@@ -3,7 +3,7 @@
 //! it (one sequential read) and scans only the frames
 //! written after it, instead of reading, checking and indexing every frame
 //! of every segment (about 0.45 s a million events, most of it hash-map
-//! inserts at random places). About 28 bytes an event.
+//! inserts at random places). About 20 bytes an event.
 //!
 //! The snapshot is derived data, never the only copy of anything: a
 //! snapshot that is missing, damaged, of another format, or that does not
@@ -17,14 +17,15 @@
 //! per position 1..=head: its frame's length u32 (frames follow each other
 //! from byte 0 of each segment, so offsets and segments follow)
 //! streams u64 · per stream: id [16], count u32, its positions u32 × count
-//! id capacity u64 · ids u64 (= head) · per id: id [16], position u32
+//! id capacity u64 · ids u64 (= head) · per id: fingerprint u64, position u32
 //! BLAKE3 of every byte before it [32]
 //! ```
 //!
-//! The ids are written in the order of the id table's buckets
-//! ([`IdMap::in_table_order`]), with the table's hash seed, so that reading
-//! them back into a table of the same capacity and seed fills its buckets
-//! front to back instead of at random.
+//! An id is kept as its fingerprint, its 64-bit hash under the seed
+//! ([`IdMap`]), which is also what the index holds. They are written in
+//! the order of the id table's buckets ([`IdMap::in_table_order`]), so
+//! that reading them back into a table of the same capacity and seed fills
+//! its buckets front to back instead of at random.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -48,7 +49,12 @@ const MAGIC: &[u8; 8] = b"CBSEGIX1";
 /// The lengths a frame can have, prefix included.
 const FRAME_LENS: std::ops::RangeInclusive<usize> =
     frame::PREFIX_LEN + frame::MIN_LEN..=frame::PREFIX_LEN + frame::MAX_FRAME;
-const VERSION: u32 = 1;
+/// 2 since session l: each id as its 8-byte fingerprint (version 1 held
+/// the 16-byte ids; a build that reads 2 ignores a version 1 snapshot and
+/// rebuilds the index from the segments once).
+const VERSION: u32 = 2;
+/// Bytes of one `(fingerprint, position)` pair.
+const PAIR: usize = 12;
 
 /// A segment as the snapshot saw it: its first position and the length
 /// of its frames (the log's acknowledged end, for the last).
@@ -130,10 +136,10 @@ pub(super) fn encode(
     }
     w.put(&(index.ids.capacity() as u64).to_le_bytes())?;
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
-    index.ids.in_table_order(|id, p| {
-        let mut b = [0u8; 20];
-        b[..16].copy_from_slice(id.as_bytes());
-        b[16..].copy_from_slice(&p.to_le_bytes());
+    index.ids.in_table_order(|fp, p| {
+        let mut b = [0u8; PAIR];
+        b[..8].copy_from_slice(&fp.to_le_bytes());
+        b[8..].copy_from_slice(&p.to_le_bytes());
         w.put(&b)
     })?;
     w.flush_block()?;
@@ -305,7 +311,7 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
     // on a thread of their own, from where they must start, while this one
     // reads the rest and checks the checksum over the whole file.
     let Some(ids_at) = head
-        .checked_mul(20)
+        .checked_mul(PAIR as u64)
         .and_then(|n| n.checked_add(16 + 32))
         .and_then(|n| total.checked_sub(n))
     else {
@@ -356,15 +362,15 @@ fn load_ids(file: &std::fs::File, at: u64, head: u64, seed: u64) -> Result<IdMap
     if nids != head {
         return Err(format!("{nids} ids for {head} positions"));
     }
-    const PAIRS: u64 = (BLOCK / 20) as u64;
-    let mut buf = vec![0u8; (PAIRS.min(head) * 20) as usize];
+    const PAIRS: u64 = (BLOCK / PAIR) as u64;
+    let mut buf = vec![0u8; (PAIRS.min(head) * PAIR as u64) as usize];
     let (mut offset, mut left, mut next, mut filled) = (at + 16, head, 0usize, 0usize);
     let pairs = std::iter::from_fn(move || {
         if left == 0 {
             return None;
         }
         if next == filled {
-            let n = (left.min(PAIRS) * 20) as usize;
+            let n = (left.min(PAIRS) * PAIR as u64) as usize;
             if let Err(e) = file.read_exact_at(&mut buf[..n], offset) {
                 left = 0;
                 return Some(Err(format!("cannot read: {e}")));
@@ -372,14 +378,14 @@ fn load_ids(file: &std::fs::File, at: u64, head: u64, seed: u64) -> Result<IdMap
             offset += n as u64;
             (next, filled) = (0, n);
         }
-        let b = &buf[next..next + 20];
-        next += 20;
+        let b = &buf[next..next + PAIR];
+        next += PAIR;
         left -= 1;
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&b[..16]);
+        let mut fp = [0u8; 8];
+        fp.copy_from_slice(&b[..8]);
         let mut p = [0u8; 4];
-        p.copy_from_slice(&b[16..]);
-        Some(Ok((Uuid::from_bytes(id), u32::from_le_bytes(p))))
+        p.copy_from_slice(&b[8..]);
+        Some(Ok((u64::from_le_bytes(fp), u32::from_le_bytes(p))))
     });
     IdMap::load(
         IdHash::with_seed(seed),
