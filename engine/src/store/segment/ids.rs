@@ -227,7 +227,13 @@ impl IdMap {
         capacity: usize,
         pairs: impl Iterator<Item = Result<(u64, u32), String>>,
     ) -> Result<IdMap, String> {
-        let mut by_position = Chunked::filled(n, 0u64);
+        // Filled with a value that is not zero, so the slots are written
+        // (and their pages mapped) here: zeroed memory would map the
+        // shared zero page on the reads below, and each first write would
+        // then copy it, with a TLB flush across the threads (an open of
+        // 8.2M events took 0.15–0.25 s longer that way). Every slot is set
+        // again from the pairs.
+        let mut by_position = Chunked::filled(n, u64::MAX);
         // Which positions were given a fingerprint (any value is one).
         let mut given = vec![0u64; n.div_ceil(64)];
         let mut table = HashTable::with_capacity(capacity.max(n));
