@@ -13,7 +13,7 @@ use casebook_engine::store::segment::{
 };
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion, StreamVisitor};
 use casebook_engine::StoreError;
-use casebook_engine::{EventRef, StoredEvent};
+use casebook_engine::{EventRef, NewEvent, StoredEvent};
 use proptest::prelude::*;
 
 use crate::conformance::{contact, pupil};
@@ -1138,6 +1138,75 @@ fn a_hand_made_snapshot_never_mixes_pupils_up() {
                     "pupil {p}: {e}"
                 ),
             }
+        }
+    });
+}
+
+/// A snapshot edited by hand, its checksum recomputed, that lists one
+/// position under another's id fingerprint (ids are kept as 64-bit
+/// fingerprints, docs/storage.md), at positions the open's spot checks do
+/// not read: the open reads both frames of the pair, finds the one whose
+/// id the snapshot does not hold there, ignores the snapshot with the
+/// reason, and indexes the segments; every id is then found where it is,
+/// and an append repeating one is refused.
+#[test]
+fn a_snapshot_listing_one_fingerprint_twice_is_checked_against_the_frames() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1).unwrap();
+        for i in 0..100u32 {
+            append_n(log.as_ref(), i % 4, 1_000 + 20 * i, 20).await;
+        }
+    });
+    let mut bytes = std::fs::read(snapshot_path(dir)).unwrap();
+    let head = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+    assert_eq!(head, 2_000);
+    // The (fingerprint u64, position u32) pairs end 32 bytes before the
+    // end. Positions 7 and 23: the spot checks read 1, 32, 63, … of 2,000.
+    let pairs = bytes.len() - 32 - 12 * head;
+    let at = |i: usize| pairs + 12 * i;
+    let position =
+        |b: &[u8], i: usize| u32::from_le_bytes(b[at(i) + 8..at(i) + 12].try_into().unwrap());
+    let (i, j) = (0..head)
+        .flat_map(|i| (0..head).map(move |j| (i, j)))
+        .find(|&(i, j)| position(&bytes, i) == 7 && position(&bytes, j) == 23)
+        .unwrap();
+    let fp = bytes[at(i)..at(i) + 8].to_vec();
+    bytes[at(j)..at(j) + 8].copy_from_slice(&fp);
+    rehash(&mut bytes);
+    std::fs::write(snapshot_path(dir), &bytes).unwrap();
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        let why = log.take_snapshot_rejection().expect("no reason given");
+        assert!(
+            why.contains("position 23 is not the event it lists there"),
+            "{why}"
+        );
+        for e in log.read_all(1, 10_000).await.unwrap() {
+            let found = log.find_event(e.event_id).await.unwrap();
+            assert_eq!(found.map(|f| f.position), Some(e.position));
+        }
+        let seventh = log.read_all(7, 1).await.unwrap().remove(0);
+        let again = AppendRequest {
+            stream: seventh.stream,
+            expected: ExpectedVersion::Any,
+            events: vec![NewEvent {
+                event_id: seventh.event_id,
+                occurred_at: seventh.occurred_at,
+                actor: seventh.actor.clone(),
+                correlation_id: None,
+                causation_id: None,
+                event_type: seventh.event_type.clone(),
+                schema: seventh.schema,
+                payload: seventh.payload.clone(),
+            }],
+        };
+        match log.append_atomic(vec![again]).await {
+            Err(StoreError::DuplicateEventId { position: 7, .. }) => {}
+            other => panic!("expected DuplicateEventId at 7, got {other:?}"),
         }
     });
 }

@@ -220,13 +220,14 @@ impl IdMap {
     /// places). `Err` says what is wrong: a position out of range, a
     /// position listed twice (so another without an id), pairs beyond
     /// `n`. Two positions may share a fingerprint (see the module's
-    /// documentation).
+    /// documentation): each such pair (lower, higher) is returned beside
+    /// the map, for the caller to read both frames.
     pub(super) fn load(
         hasher: IdHash,
         n: usize,
         capacity: usize,
         pairs: impl Iterator<Item = Result<(u64, u32), String>>,
-    ) -> Result<IdMap, String> {
+    ) -> Result<(IdMap, Vec<(u32, u32)>), String> {
         // Filled with a value that is not zero, so the slots are written
         // (and their pages mapped) here: zeroed memory would map the
         // shared zero page on the reads below, and each first write would
@@ -241,6 +242,7 @@ impl IdMap {
         let mut batch: Vec<(u64, u32)> = Vec::with_capacity(LOAD_BATCH);
         let mut touched = 0u64;
         let mut count = 0usize;
+        let mut shared = Vec::new();
         while pairs.peek().is_some() {
             batch.clear();
             for pair in pairs.by_ref().take(LOAD_BATCH) {
@@ -264,7 +266,21 @@ impl IdMap {
                 }
                 given[word] |= bit;
                 by_position.set(i, fp);
-                table.insert_unique(fp, p, rehash(&by_position));
+                let held = &by_position;
+                match table.entry(
+                    fp,
+                    |&q| q != p && held.get(q as usize - 1) == Some(&fp),
+                    rehash(held),
+                ) {
+                    Entry::Vacant(v) => {
+                        v.insert(p);
+                    }
+                    Entry::Occupied(o) => {
+                        let q = *o.get();
+                        shared.push((q.min(p), q.max(p)));
+                        table.insert_unique(fp, p, rehash(&by_position));
+                    }
+                }
                 count += 1;
             }
         }
@@ -272,11 +288,14 @@ impl IdMap {
         if count != n {
             return Err(format!("ids: {count} ids for {n} positions"));
         }
-        Ok(IdMap {
-            by_position,
-            table,
-            hasher,
-        })
+        Ok((
+            IdMap {
+                by_position,
+                table,
+                hasher,
+            },
+            shared,
+        ))
     }
 
     /// Bytes allocated for the fingerprints and the table.
@@ -366,13 +385,14 @@ mod tests {
             assert_eq!(m.push(id(p), p), None);
         }
         let order: Vec<(u64, u32)> = m.table_order();
-        let loaded = IdMap::load(
+        let (loaded, shared) = IdMap::load(
             m.hasher().clone(),
             300,
             m.capacity(),
             order.iter().map(|&e| Ok(e)),
         )
         .unwrap();
+        assert!(shared.is_empty());
         assert_eq!(loaded.capacity(), m.capacity());
         let mut again: Vec<(u64, u32)> = loaded.table_order();
         let mut order = order;
@@ -404,7 +424,8 @@ mod tests {
         // a push of that id names one of them.
         let mut shared = all();
         shared[299] = (3, 300);
-        let mut loaded = load(shared).unwrap();
+        let (mut loaded, pairs) = load(shared).unwrap();
+        assert_eq!(pairs, vec![(3, 300)]);
         let mut both: Vec<u32> = loaded.candidates(&id(3)).collect();
         both.sort_unstable();
         assert_eq!(both, vec![3, 300]);

@@ -1195,6 +1195,30 @@ fn usable_snapshot(
             ));
         }
     }
+    // Positions the snapshot gives one fingerprint: two ids there, each
+    // with the fingerprint it is listed under, or the snapshot is not used
+    // (the scan that replaces it refuses a log holding one id twice).
+    let mut loaded = loaded;
+    for (a, b) in std::mem::take(&mut loaded.index.shared) {
+        let ix = &loaded.index;
+        let mut ids = [Uuid::nil(); 2];
+        for (slot, p) in ids.iter_mut().zip([a, b]) {
+            let p = u64::from(p);
+            let loc = ix.locs.at(p).ok_or("no location")?;
+            let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
+            let ev =
+                read_event(seg, loc, p).map_err(|e| format!("the frame at position {p}: {e}"))?;
+            if !ix.ids.holds(&ev.event_id, p) {
+                return Err(format!(
+                    "the frame at position {p} is not the event it lists there"
+                ));
+            }
+            *slot = ev.event_id;
+        }
+        if ids[0] == ids[1] {
+            return Err(format!("it lists one event id at positions {a} and {b}"));
+        }
+    }
     Ok(Some(loaded))
 }
 

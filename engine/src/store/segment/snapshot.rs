@@ -339,14 +339,19 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
             },
         };
         let (mut index, segments) = rest?;
-        index.ids = ids?;
+        (index.ids, index.shared) = ids?;
         Ok(Some(Loaded { index, segments }))
     })
 }
 
 /// The snapshot's ids (from byte `at`: capacity, count, pairs), read with
 /// positioned reads in blocks of whole pairs.
-fn load_ids(file: &std::fs::File, at: u64, head: u64, seed: u64) -> Result<IdMap, String> {
+fn load_ids(
+    file: &std::fs::File,
+    at: u64,
+    head: u64,
+    seed: u64,
+) -> Result<(IdMap, Vec<(u32, u32)>), String> {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; 16];
     file.read_exact_at(&mut header, at)
