@@ -1169,10 +1169,8 @@ fn a_snapshot_listing_one_fingerprint_twice_is_checked_against_the_frames() {
     let at = |i: usize| pairs + 12 * i;
     let position =
         |b: &[u8], i: usize| u32::from_le_bytes(b[at(i) + 8..at(i) + 12].try_into().unwrap());
-    let (i, j) = (0..head)
-        .flat_map(|i| (0..head).map(move |j| (i, j)))
-        .find(|&(i, j)| position(&bytes, i) == 7 && position(&bytes, j) == 23)
-        .unwrap();
+    let pair_of = |p: u32| (0..head).find(|&i| position(&bytes, i) == p).unwrap();
+    let (i, j) = (pair_of(7), pair_of(23));
     let fp = bytes[at(i)..at(i) + 8].to_vec();
     bytes[at(j)..at(j) + 8].copy_from_slice(&fp);
     rehash(&mut bytes);

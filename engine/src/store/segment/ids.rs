@@ -36,6 +36,33 @@ fn rehash(by_position: &Chunked<u64>) -> impl Fn(&u32) -> u64 + '_ {
     move |&p| by_position[p as usize - 1]
 }
 
+/// Puts `position`, whose id has fingerprint `fp`, into `table` (entries
+/// already there are found through `by_position`); returns a position
+/// already holding `fp`, if any. One probe where the fingerprint is new
+/// (every id but almost never): the entry's own slot takes the position.
+fn insert(
+    table: &mut HashTable<u32>,
+    by_position: &Chunked<u64>,
+    fp: u64,
+    position: u32,
+) -> Option<u32> {
+    match table.entry(
+        fp,
+        |&p| by_position.get(p as usize - 1) == Some(&fp),
+        rehash(by_position),
+    ) {
+        Entry::Vacant(v) => {
+            v.insert(position);
+            None
+        }
+        Entry::Occupied(o) => {
+            let earlier = *o.get();
+            table.insert_unique(fp, position, rehash(by_position));
+            Some(earlier)
+        }
+    }
+}
+
 /// Event id fingerprints by position, and positions by fingerprint.
 pub(super) struct IdMap {
     /// `by_position[p - 1]` is the fingerprint of position p's id.
@@ -80,33 +107,19 @@ impl IdMap {
     }
 
     /// The positions whose ids have `id`'s fingerprint, in no order: where
-    /// `id` is, if it is stored, and (almost never) others.
+    /// `id` is, if it is stored, and (almost never) others. An id that is
+    /// not stored (the common lookup: every id of a fresh import) costs one
+    /// probe; all positions of a fingerprint are walked only when one is
+    /// found.
     pub(super) fn candidates(&self, id: &Uuid) -> impl Iterator<Item = u32> + '_ {
-        self.with_fingerprint(self.fingerprint(id))
-    }
-
-    /// Whether any position holds `id`'s fingerprint: one probe, as
-    /// [`IdMap::candidates`] would make first (the common answer, for an
-    /// id not stored, without the iterator).
-    #[inline]
-    pub(super) fn has_candidate(&self, id: &Uuid) -> bool {
-        self.first_with(self.fingerprint(id)).is_some()
-    }
-
-    #[inline]
-    fn first_with(&self, fp: u64) -> Option<u32> {
-        let by_position = &self.by_position;
+        let fp = self.fingerprint(id);
+        let holds = move |p: &u32| self.by_position.get(*p as usize - 1) == Some(&fp);
         self.table
-            .find(fp, |&p| by_position.get(p as usize - 1) == Some(&fp))
-            .copied()
-    }
-
-    /// The positions holding fingerprint `fp`.
-    fn with_fingerprint(&self, fp: u64) -> impl Iterator<Item = u32> + '_ {
-        self.table
-            .iter_hash(fp)
-            .copied()
-            .filter(move |&p| self.by_position.get(p as usize - 1) == Some(&fp))
+            .find(fp, holds)
+            .is_some()
+            .then(|| self.table.iter_hash(fp).copied().filter(move |p| holds(p)))
+            .into_iter()
+            .flatten()
     }
 
     /// Whether position `position` holds an id with `id`'s fingerprint
@@ -126,24 +139,7 @@ impl IdMap {
     pub(super) fn push(&mut self, id: Uuid, position: u32) -> Option<u32> {
         debug_assert_eq!(position as usize, self.by_position.len() + 1);
         let fp = self.fingerprint(&id);
-        let by_position = &self.by_position;
-        // One probe: where the fingerprint is new (every id but almost
-        // never), the entry's own slot takes the position.
-        let shared = match self.table.entry(
-            fp,
-            |&p| by_position.get(p as usize - 1) == Some(&fp),
-            rehash(by_position),
-        ) {
-            Entry::Vacant(v) => {
-                v.insert(position);
-                None
-            }
-            Entry::Occupied(o) => Some(*o.get()),
-        };
-        if shared.is_some() {
-            self.table
-                .insert_unique(fp, position, rehash(&self.by_position));
-        }
+        let shared = insert(&mut self.table, &self.by_position, fp, position);
         self.by_position.push(fp);
         shared
     }
@@ -266,20 +262,8 @@ impl IdMap {
                 }
                 given[word] |= bit;
                 by_position.set(i, fp);
-                let held = &by_position;
-                match table.entry(
-                    fp,
-                    |&q| q != p && held.get(q as usize - 1) == Some(&fp),
-                    rehash(held),
-                ) {
-                    Entry::Vacant(v) => {
-                        v.insert(p);
-                    }
-                    Entry::Occupied(o) => {
-                        let q = *o.get();
-                        shared.push((q.min(p), q.max(p)));
-                        table.insert_unique(fp, p, rehash(&by_position));
-                    }
+                if let Some(q) = insert(&mut table, &by_position, fp, p) {
+                    shared.push((q.min(p), q.max(p)));
                 }
                 count += 1;
             }

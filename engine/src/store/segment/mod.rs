@@ -651,6 +651,18 @@ fn locate<'a>(
     Some((loc, segments.get(loc.seg as usize)?))
 }
 
+/// The event at position `p` (which the index holds), read from its
+/// frame, with where that frame is.
+fn event_at<'a>(
+    index: &Index,
+    segments: &'a [Arc<Segment>],
+    p: u64,
+) -> Result<(StoredEvent, Loc, &'a Segment), StoreError> {
+    let (loc, seg) = locate(index, segments, p)
+        .ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))?;
+    Ok((read_event(seg, loc, p)?, loc, seg))
+}
+
 /// The position of the stored event with id `id`: one of the index's
 /// candidates for it ([`IdMap::candidates`]), each read to compare the id
 /// itself (almost always there is none, or one that holds it).
@@ -659,18 +671,13 @@ fn stored_at(
     segments: &[Arc<Segment>],
     id: &Uuid,
 ) -> Result<Option<u64>, StoreError> {
-    if !index.ids.has_candidate(id) {
-        return Ok(None);
-    }
     for p in index.ids.candidates(id) {
         let p = u64::from(p);
-        let (loc, seg) = locate(index, segments, p)
-            .ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))?;
-        let there = read_event(seg, loc, p)?.event_id;
-        if there == *id {
+        let (event, loc, seg) = event_at(index, segments, p)?;
+        if event.event_id == *id {
             return Ok(Some(p));
         }
-        if !index.ids.holds(&there, p) {
+        if !index.ids.holds(&event.event_id, p) {
             return Err(corrupt(
                 &seg.path,
                 Some(loc.offset),
@@ -681,29 +688,41 @@ fn stored_at(
     Ok(None)
 }
 
+/// Of pairs of positions whose ids share a fingerprint ([`Index::shared`]),
+/// the first whose two frames hold one id, and that id; each frame's id
+/// read with `id_at`. `None` when every pair holds two ids.
+fn repeated_id<E>(
+    pairs: Vec<(u32, u32)>,
+    mut id_at: impl FnMut(u64) -> Result<Uuid, E>,
+) -> Result<Option<(u32, u32, Uuid)>, E> {
+    for (a, b) in pairs {
+        let id = id_at(u64::from(a))?;
+        if id_at(u64::from(b))? == id {
+            return Ok(Some((a, b, id)));
+        }
+    }
+    Ok(None)
+}
+
 /// Reads both frames of each pair of positions the index found sharing an
 /// id fingerprint ([`Index::shared`]): the same id at two positions is a
 /// corrupt log; two ids are fine.
 fn check_shared(index: &mut Index, segments: &[Arc<Segment>]) -> Result<(), StoreError> {
-    for (a, b) in std::mem::take(&mut index.shared) {
-        let mut ids = [Uuid::nil(); 2];
-        for (slot, p) in ids.iter_mut().zip([a, b]) {
-            let p = u64::from(p);
-            let (loc, seg) = locate(index, segments, p)
-                .ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))?;
-            *slot = read_event(seg, loc, p)?.event_id;
-        }
-        if ids[0] == ids[1] {
-            let (loc, seg) = locate(index, segments, u64::from(b))
-                .ok_or_else(|| StoreError::Internal(format!("position {b} is not indexed")))?;
-            return Err(corrupt(
-                &seg.path,
-                Some(loc.offset),
-                format!("event id {} is already stored at position {a}", ids[1]),
-            ));
-        }
-    }
-    Ok(())
+    let pairs = std::mem::take(&mut index.shared);
+    let index = &*index;
+    let Some((a, b, id)) = repeated_id(pairs, |p| {
+        event_at(index, segments, p).map(|(event, ..)| event.event_id)
+    })?
+    else {
+        return Ok(());
+    };
+    let (loc, seg) = locate(index, segments, u64::from(b))
+        .ok_or_else(|| StoreError::Internal(format!("position {b} is not indexed")))?;
+    Err(corrupt(
+        &seg.path,
+        Some(loc.offset),
+        format!("event id {id} is already stored at position {a}"),
+    ))
 }
 
 /// Reads the frame at `loc` and decodes it as position `position`; a frame
@@ -1140,9 +1159,11 @@ fn usable_snapshot(
     segments: &[(u64, Segment, u64)],
     max_events: u64,
 ) -> Result<Option<snapshot::Loaded>, String> {
-    let Some(loaded) = snapshot::load(dir, max_events)? else {
+    let Some(mut loaded) = snapshot::load(dir, max_events)? else {
         return Ok(None);
     };
+    // Checked below against the frames, and not kept.
+    let shared = std::mem::take(&mut loaded.index.shared);
     let covered = loaded.segments.len();
     if covered == 0 || covered > segments.len() {
         return Err(format!(
@@ -1168,6 +1189,14 @@ fn usable_snapshot(
     // The head frame carries the head hash; it and up to SPOT_CHECKS
     // frames spread over the log are where the snapshot says, with the
     // stream version and id it lists for them.
+    let frame = |p: u64| -> Result<StoredEvent, String> {
+        let read = || -> Result<StoredEvent, String> {
+            let loc = ix.locs.at(p).ok_or("no location")?;
+            let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
+            read_event(seg, loc, p).map_err(|e| e.to_string())
+        };
+        read().map_err(|e| format!("the frame at position {p}: {e}"))
+    };
     let checks = SPOT_CHECKS.min(head);
     for i in 0..=checks {
         let p = if i == checks {
@@ -1175,12 +1204,7 @@ fn usable_snapshot(
         } else {
             1 + i * (head - 1) / checks.max(1)
         };
-        let frame = || -> Result<StoredEvent, String> {
-            let loc = ix.locs.at(p).ok_or("no location")?;
-            let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
-            read_event(seg, loc, p).map_err(|e| e.to_string())
-        };
-        let ev = frame().map_err(|e| format!("the frame at position {p}: {e}"))?;
+        let ev = frame(p)?;
         let listed = ix
             .streams
             .get(&ev.stream)
@@ -1198,26 +1222,17 @@ fn usable_snapshot(
     // Positions the snapshot gives one fingerprint: two ids there, each
     // with the fingerprint it is listed under, or the snapshot is not used
     // (the scan that replaces it refuses a log holding one id twice).
-    let mut loaded = loaded;
-    for (a, b) in std::mem::take(&mut loaded.index.shared) {
-        let ix = &loaded.index;
-        let mut ids = [Uuid::nil(); 2];
-        for (slot, p) in ids.iter_mut().zip([a, b]) {
-            let p = u64::from(p);
-            let loc = ix.locs.at(p).ok_or("no location")?;
-            let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
-            let ev =
-                read_event(seg, loc, p).map_err(|e| format!("the frame at position {p}: {e}"))?;
-            if !ix.ids.holds(&ev.event_id, p) {
-                return Err(format!(
-                    "the frame at position {p} is not the event it lists there"
-                ));
-            }
-            *slot = ev.event_id;
+    let repeated = repeated_id(shared, |p| {
+        let ev = frame(p)?;
+        if !ix.ids.holds(&ev.event_id, p) {
+            return Err(format!(
+                "the frame at position {p} is not the event it lists there"
+            ));
         }
-        if ids[0] == ids[1] {
-            return Err(format!("it lists one event id at positions {a} and {b}"));
-        }
+        Ok(ev.event_id)
+    })?;
+    if let Some((a, b, _)) = repeated {
+        return Err(format!("it lists one event id at positions {a} and {b}"));
     }
     Ok(Some(loaded))
 }
@@ -2242,7 +2257,6 @@ impl EventStore for SegmentLog {
             // drop repeats among the few found.
             let mut found: Vec<(u32, Uuid)> = ids
                 .iter()
-                .filter(|id| state.index.ids.has_candidate(id))
                 .flat_map(|id| state.index.ids.candidates(id).map(|p| (p, *id)))
                 .collect();
             found.sort_unstable();
@@ -2296,23 +2310,7 @@ impl EventStore for SegmentLog {
     }
 
     async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        let (wanted, hash) = {
-            let state = self.read()?;
-            let wanted = state
-                .index
-                .ids
-                .candidates(&event_id)
-                .map(|p| state.wanted(u64::from(p)))
-                .collect::<Result<Vec<_>, _>>()?;
-            (wanted, state.index.ids.hasher().clone())
-        };
-        if wanted.is_empty() {
-            return Ok(None);
-        }
-        let asked = vec![event_id; wanted.len()];
-        Ok(read_runs(wanted, Asked::Ids(&asked, &hash))?
-            .into_iter()
-            .find(|e| e.event_id == event_id))
+        Ok(self.find_events(&[event_id]).await?.remove(&event_id))
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
