@@ -10,7 +10,7 @@ use std::sync::Arc;
 use casebook_engine::store::embedded;
 use casebook_engine::store::postgres::config::{Config, Host};
 use casebook_engine::store::postgres::PostgresStore;
-use casebook_engine::store::segment::{SegmentStore, LOGS_DIR, SNAPSHOT_FILE};
+use casebook_engine::store::segment::{SegmentOptions, SegmentStore, LOGS_DIR, SNAPSHOT_FILE};
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::EventStore;
 use casebook_engine::StoreError;
@@ -98,12 +98,16 @@ pub(crate) fn describe_url(url: &str) -> String {
 impl Store {
     /// Opens the embedded store at `data` (engine detected, or `engine`
     /// for a new one), or the database at `url` when given; creates
-    /// (migrates) when `create`.
+    /// (migrates) when `create`. `reading_only`: the command appends
+    /// nothing and looks nothing up by event id (the caseload, a report),
+    /// so the segment engine leaves its event ids in the index snapshot
+    /// (`SegmentOptions::event_ids_at_open`).
     pub(crate) async fn open_async(
         data: &Path,
         url: Option<&str>,
         engine: Option<Engine>,
         create: bool,
+        reading_only: bool,
     ) -> Result<Store, Failure> {
         Ok(match url {
             Some(url) => {
@@ -120,7 +124,14 @@ impl Store {
             }
             None => match engine_of(data, engine)? {
                 Engine::Sled => Store::Sled(SledStore::open(data, create)?),
-                Engine::Segment => Store::Segment(SegmentStore::open(data, create)?),
+                Engine::Segment => Store::Segment(SegmentStore::open_with(
+                    data,
+                    create,
+                    SegmentOptions {
+                        event_ids_at_open: !reading_only,
+                        ..SegmentOptions::default()
+                    },
+                )?),
             },
         })
     }
@@ -132,9 +143,16 @@ impl Store {
         url: Option<&str>,
         engine: Option<Engine>,
         create: bool,
+        reading_only: bool,
     ) -> Result<Store, Failure> {
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(Store::open_async(data, url, engine, create))
+            tokio::runtime::Handle::current().block_on(Store::open_async(
+                data,
+                url,
+                engine,
+                create,
+                reading_only,
+            ))
         })
     }
 

@@ -107,7 +107,14 @@ fn bench_runs_on_sled() {
     assert_eq!(doc["backend"], "sled", "{doc}");
     assert_eq!(doc["events"], 2000, "{doc}");
     assert!(doc["index_mb"].is_null(), "sled's index is on disk: {doc}");
-    for key in ["open_ms", "open_full_scan_ms", "close_ms", "snapshot_mb"] {
+    for key in [
+        "open_ms",
+        "open_full_scan_ms",
+        "open_reading_only_ms",
+        "index_mb_reading_only",
+        "close_ms",
+        "snapshot_mb",
+    ] {
         assert!(doc[key].is_null(), "{key} on sled: {doc}");
     }
     // The planner's time is measured on every backend, the writer's steps
@@ -347,7 +354,8 @@ fn chronology_into_json_equals_its_serde_document() {
 /// With the snapshot threshold lowered (`CASEBOOK_SNAPSHOT_MIN_EVENTS`),
 /// the close after the import writes the index snapshot and the rest of
 /// the run reads the store opened from it: every figure as before, the
-/// snapshot's size reported.
+/// snapshot's size reported, and an open that leaves the event ids in the
+/// snapshot holds a smaller index.
 #[test]
 fn bench_reopens_from_the_index_snapshot() {
     let (doc, tmp) = run_bench_with(&[], &[("CASEBOOK_SNAPSHOT_MIN_EVENTS", "1")]);
@@ -359,6 +367,12 @@ fn bench_reopens_from_the_index_snapshot() {
     );
     number(&doc, "open_ms");
     number(&doc, "open_full_scan_ms");
+    number(&doc, "open_reading_only_ms");
+    let reading_only = number(&doc, "index_mb_reading_only");
+    assert!(
+        reading_only > 0.0 && reading_only < 0.5 * number(&doc, "index_mb"),
+        "{doc}"
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }

@@ -925,7 +925,10 @@ fn demo_writes_a_school_that_verifies() {
 
 /// The commands answer the same whether the store's index is read from its
 /// snapshot (written at every close here) or rebuilt from every frame
-/// (`CASEBOOK_FULL_OPEN_SCAN`), and the store verifies both ways.
+/// (`CASEBOOK_FULL_OPEN_SCAN`), and the store verifies both ways. The
+/// caseload and the reports open with the event ids left in the snapshot:
+/// a correction recorded after the demo sends their catch-up to look its
+/// entry up by id, which reads them.
 #[test]
 fn commands_answer_the_same_from_the_index_snapshot() {
     let cb = Casebook::new();
@@ -943,6 +946,51 @@ fn commands_answer_the_same_from_the_index_snapshot() {
     run(snapshot, &["demo", "--pupils", "12", "--seed", "3"]);
     let index = cb.data().join("logs").join("default").join("index");
     assert!(index.exists(), "no index snapshot after the demo");
+    let timeline = run(snapshot, &["timeline", "P00004", "--format", "json"]).json();
+    let mark = timeline["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "AttendanceMarked" && e["data"]["code"] == "/")
+        .expect("a present mark")["event_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let correction =
+        json!({"event": mark, "changes": {"code": "O"}, "reason": "register corrected"});
+    let report = [
+        "report",
+        "attendance",
+        "--format",
+        "json",
+        "--today",
+        "2026-07-17",
+    ];
+    let unauthorised = |doc: serde_json::Value| {
+        doc["pupils"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pupil"] == "P00004")
+            .expect("P00004 listed")["unauthorised"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = unauthorised(run(snapshot, &report).json());
+    run(
+        snapshot,
+        &[
+            "record",
+            "EntryCorrected",
+            "--pupil",
+            "P00004",
+            "--as",
+            "S001",
+            "--data",
+            &correction.to_string(),
+        ],
+    );
+    assert_eq!(unauthorised(run(snapshot, &report).json()), before + 1);
     for args in [
         &["timeline", "P00004", "--format", "json"][..],
         &["caseload", "--format", "json", "--today", "2026-07-17"],

@@ -815,6 +815,7 @@ fn a_snapshot_opens_the_same_index_as_a_full_scan() {
             segment_bytes: 1_500,
             snapshot_min_events: 1,
             read_snapshot: false,
+            event_ids_at_open: true,
         };
         let log = SegmentStore::open_with(dir, true, options)
             .unwrap()
@@ -824,6 +825,25 @@ fn a_snapshot_opens_the_same_index_as_a_full_scan() {
         index_answers(&log, 8).await
     });
     assert_eq!(from_snapshot, scanned);
+    assert_eq!(std::fs::read(snapshot_path(dir)).unwrap(), before);
+    // The ids left in the snapshot until first needed: the same answers
+    // (the look-ups by id read them), and the snapshot is not rewritten.
+    let later = rt.block_on(async {
+        let options = SegmentOptions {
+            segment_bytes: 1_500,
+            snapshot_min_events: 1,
+            event_ids_at_open: false,
+            ..SegmentOptions::default()
+        };
+        let log = SegmentStore::open_with(dir, true, options)
+            .unwrap()
+            .log(SCHOOL)
+            .unwrap();
+        assert!(log.opened_from_snapshot().is_some());
+        assert!(!log.event_ids_held());
+        index_answers(&log, 8).await
+    });
+    assert_eq!(from_snapshot, later);
     assert_eq!(std::fs::read(snapshot_path(dir)).unwrap(), before);
     std::fs::remove_file(snapshot_path(dir)).unwrap();
     let rebuilt = rt.block_on(async {
@@ -1206,6 +1226,42 @@ fn a_snapshot_listing_one_fingerprint_twice_is_checked_against_the_frames() {
             Err(StoreError::DuplicateEventId { position: 7, .. }) => {}
             other => panic!("expected DuplicateEventId at 7, got {other:?}"),
         }
+    });
+    // An open that leaves the ids in the file until first needed uses the
+    // snapshot; the first look-up by id reads them, finds the pair, and
+    // indexes the ids from the segments, with the reason; the close then
+    // replaces the snapshot (nothing was appended), and the next open
+    // reads it without a note.
+    let lazy = SegmentOptions {
+        segment_bytes: 1 << 30,
+        snapshot_min_events: SNAPSHOT_MIN_EVENTS,
+        event_ids_at_open: false,
+        ..SegmentOptions::default()
+    };
+    rt.block_on(async {
+        let log = SegmentStore::open_with(dir, false, lazy)
+            .unwrap()
+            .log(SCHOOL)
+            .unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(2_000));
+        assert_eq!(log.take_snapshot_rejection(), None);
+        assert!(!log.event_ids_held());
+        let all = log.read_all(1, 10_000).await.unwrap();
+        for e in &all {
+            let found = log.find_event(e.event_id).await.unwrap();
+            assert_eq!(found.map(|f| f.position), Some(e.position));
+        }
+        let why = log.take_snapshot_rejection().expect("no reason given");
+        assert!(
+            why.contains("position 23 is not the event it lists there")
+                && why.contains("indexed from the segments"),
+            "{why}"
+        );
+    });
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(2_000));
+        assert_eq!(log.take_snapshot_rejection(), None);
     });
 }
 

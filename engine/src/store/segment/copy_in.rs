@@ -64,7 +64,8 @@ impl SegmentStore {
         if created {
             sync_dir(&logs)?;
         }
-        let rec = recover(&dir, self.options.read_snapshot)?;
+        // A copy checks every event id it adds against the log's.
+        let rec = recover(&dir, self.options.read_snapshot, true)?;
         let Some(last) = rec.segments.last() else {
             return Err(refused(school, "the log has no segment".into()));
         };

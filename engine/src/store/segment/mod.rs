@@ -134,6 +134,13 @@ pub struct SegmentOptions {
     /// the index from every frame of every segment (default: `true`,
     /// unless [`FULL_SCAN_ENV`] is set).
     pub read_snapshot: bool,
+    /// Whether an open from the snapshot reads the event ids too (about
+    /// 14 bytes an event, more than half of the index; on a thread of
+    /// their own beside the rest). `false` leaves them in the file until
+    /// first needed (an append, a look-up by id, `verify`): for a command
+    /// that only reads by pupil or by position, such as the caseload or a
+    /// report. Default `true`.
+    pub event_ids_at_open: bool,
 }
 
 impl Default for SegmentOptions {
@@ -145,6 +152,7 @@ impl Default for SegmentOptions {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(SNAPSHOT_MIN_EVENTS),
             read_snapshot: std::env::var_os(FULL_SCAN_ENV).is_none(),
+            event_ids_at_open: true,
         }
     }
 }
@@ -433,9 +441,24 @@ struct Index {
     /// each ([`check_shared`]); the writer and a copy checked their ids
     /// against the frames before pushing them.
     shared: Vec<(u32, u32)>,
+    /// The event ids of the snapshot the log was opened from, while they
+    /// are still only in the file: `ids` is then empty, and the ids of the
+    /// frames indexed after the snapshot wait here ([`read_later_ids`]).
+    later: Option<Box<LaterIds>>,
     head_hash: Hash,
     /// Most events the log may hold ([`MAX_POSITIONS`]; lower in tests).
     max_events: u64,
+}
+
+/// A snapshot's event ids not read yet ([`snapshot::LaterIds`]), with
+/// what they must be checked against when they are.
+struct LaterIds {
+    snapshot: snapshot::LaterIds,
+    /// The frames the open read to check the snapshot: each position and
+    /// the event id its frame holds.
+    spots: Vec<(u64, Uuid)>,
+    /// The event ids of the frames after the snapshot's head, in order.
+    tail: Vec<Uuid>,
 }
 
 impl Default for Index {
@@ -445,6 +468,7 @@ impl Default for Index {
             streams: HashMap::default(),
             ids: IdMap::default(),
             shared: Vec::new(),
+            later: None,
             head_hash: Hash::default(),
             max_events: MAX_POSITIONS,
         }
@@ -601,8 +625,13 @@ impl Index {
             ));
         }
         let step = self.locs.check(loc)?;
-        if let Some(earlier) = self.ids.push(meta.event_id, position) {
-            self.shared.push((earlier, position));
+        match &mut self.later {
+            Some(later) => later.tail.push(meta.event_id),
+            None => {
+                if let Some(earlier) = self.ids.push(meta.event_id, position) {
+                    self.shared.push((earlier, position));
+                }
+            }
         }
         match positions {
             Some(v) => v.push(position),
@@ -626,6 +655,12 @@ struct Segment {
 struct State {
     index: Index,
     segments: Vec<Arc<Segment>>,
+    /// Why the snapshot's event ids were not used when they were read
+    /// ([`ids_ready`]), until handed out.
+    ids_note: Option<String>,
+    /// The snapshot's ids were not used: the close replaces it even if
+    /// few events were appended.
+    snapshot_stale: bool,
 }
 
 impl State {
@@ -1007,8 +1042,8 @@ fn valid_frame_after(seg: &Segment, bad: u64, first: u64) -> Result<bool, StoreE
     Ok(false)
 }
 
-fn recover(dir: &Path, read_snapshot: bool) -> Result<Recovered, StoreError> {
-    recover_at_most(dir, MAX_POSITIONS, read_snapshot)
+fn recover(dir: &Path, read_snapshot: bool, ids_now: bool) -> Result<Recovered, StoreError> {
+    recover_at_most(dir, MAX_POSITIONS, read_snapshot, ids_now)
 }
 
 /// [`recover`] into an index that holds at most `max_events` (a log with
@@ -1023,6 +1058,7 @@ fn recover_at_most(
     dir: &Path,
     max_events: u64,
     read_snapshot: bool,
+    ids_now: bool,
 ) -> Result<Recovered, StoreError> {
     let names = list_segments(dir)?;
     if names.is_empty() {
@@ -1052,20 +1088,20 @@ fn recover_at_most(
         opened.push((first, Segment { path, file }, len));
     }
     let (snapshot, snapshot_rejected) = if read_snapshot {
-        match usable_snapshot(dir, &opened, max_events) {
+        match usable_snapshot(dir, &opened, max_events, ids_now) {
             Ok(s) => (s, None),
             Err(why) => (None, Some(why)),
         }
     } else {
         (None, None)
     };
-    let snapshot_head = snapshot.as_ref().map(|s| s.index.head());
+    let snapshot_head = snapshot.as_ref().map(|(index, _)| index.head());
     // The snapshot's last segment is scanned from where it ended; the
     // segments before it not at all.
     let (mut index, resume) = match snapshot {
-        Some(s) => {
-            let last = s.segments.len() - 1;
-            (s.index, Some((last, s.segments[last].len)))
+        Some((index, covers)) => {
+            let last = covers.len() - 1;
+            (index, Some((last, covers[last].len)))
         }
         None => (
             Index {
@@ -1137,6 +1173,15 @@ fn recover_at_most(
         segments.push(Arc::new(seg));
     }
     check_shared(&mut index, &segments)?;
+    let (mut snapshot_head, mut snapshot_rejected) = (snapshot_head, snapshot_rejected);
+    if ids_now {
+        // Ids the snapshot holds that fail a check: as if it had none (the
+        // ids are then indexed from the segments, and the close writes a
+        // new snapshot).
+        if let Some(why) = read_later_ids(&mut index, &segments, dir)? {
+            (snapshot_head, snapshot_rejected) = (None, Some(why));
+        }
+    }
     Ok(Recovered {
         index,
         segments,
@@ -1153,25 +1198,31 @@ fn recover_at_most(
 /// but the last exactly as long as it says, the last at least as long,
 /// and the frame at its head holding its head hash. Anything else and the
 /// index is rebuilt from the segments (nothing is refused here: the
-/// snapshot is derived data; the watermark guards against loss).
+/// snapshot is derived data; the watermark guards against loss). Its
+/// event ids are left in the file ([`Index::later`]), and checked against
+/// the frames read here when they are read.
 fn usable_snapshot(
     dir: &Path,
     segments: &[(u64, Segment, u64)],
     max_events: u64,
-) -> Result<Option<snapshot::Loaded>, String> {
-    let Some(mut loaded) = snapshot::load(dir, max_events)? else {
+    ids_now: bool,
+) -> Result<Option<(Index, Vec<snapshot::SnapSegment>)>, String> {
+    let Some(loaded) = snapshot::load(dir, max_events, ids_now)? else {
         return Ok(None);
     };
-    // Checked below against the frames, and not kept.
-    let shared = std::mem::take(&mut loaded.index.shared);
-    let covered = loaded.segments.len();
+    let snapshot::Loaded {
+        mut index,
+        segments: covers,
+        ids,
+    } = loaded;
+    let covered = covers.len();
     if covered == 0 || covered > segments.len() {
         return Err(format!(
             "it covers {covered} segments, the log has {}",
             segments.len()
         ));
     }
-    for (i, (snap, (first, _, file_len))) in loaded.segments.iter().zip(segments).enumerate() {
+    for (i, (snap, (first, _, file_len))) in covers.iter().zip(segments).enumerate() {
         let whole = if i + 1 == covered {
             *file_len >= snap.len
         } else {
@@ -1184,57 +1235,207 @@ fn usable_snapshot(
             ));
         }
     }
-    let head = loaded.index.head();
-    let ix = &loaded.index;
+    let head = index.head();
     // The head frame carries the head hash; it and up to SPOT_CHECKS
     // frames spread over the log are where the snapshot says, with the
-    // stream version and id it lists for them.
-    let frame = |p: u64| -> Result<StoredEvent, String> {
-        let read = || -> Result<StoredEvent, String> {
-            let loc = ix.locs.at(p).ok_or("no location")?;
-            let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
-            read_event(seg, loc, p).map_err(|e| e.to_string())
-        };
-        read().map_err(|e| format!("the frame at position {p}: {e}"))
-    };
+    // stream version it lists for them (and, once read, the id).
     let checks = SPOT_CHECKS.min(head);
+    let mut spots = Vec::with_capacity(checks as usize + 1);
     for i in 0..=checks {
         let p = if i == checks {
             head
         } else {
             1 + i * (head - 1) / checks.max(1)
         };
-        let ev = frame(p)?;
-        let listed = ix
+        let read = || -> Result<StoredEvent, String> {
+            let loc = index.locs.at(p).ok_or("no location")?;
+            let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
+            read_event(seg, loc, p).map_err(|e| e.to_string())
+        };
+        let ev = read().map_err(|e| format!("the frame at position {p}: {e}"))?;
+        let listed = index
             .streams
             .get(&ev.stream)
             .and_then(|list| list.get((ev.version.checked_sub(1)?) as usize))
             .map(|&q| u64::from(q));
-        if listed != Some(p)
-            || !ix.ids.holds(&ev.event_id, p)
-            || (p == head && ev.hash != ix.head_hash)
-        {
+        if listed != Some(p) || (p == head && ev.hash != index.head_hash) {
             return Err(format!(
                 "the frame at position {p} is not the event it lists there"
             ));
         }
+        spots.push((p, ev.event_id));
     }
-    // Positions the snapshot gives one fingerprint: two ids there, each
-    // with the fingerprint it is listed under, or the snapshot is not used
-    // (the scan that replaces it refuses a log holding one id twice).
-    let repeated = repeated_id(shared, |p| {
-        let ev = frame(p)?;
-        if !ix.ids.holds(&ev.event_id, p) {
-            return Err(format!(
-                "the frame at position {p} is not the event it lists there"
-            ));
+    index.later = Some(Box::new(LaterIds {
+        snapshot: ids,
+        spots,
+        tail: Vec::new(),
+    }));
+    Ok(Some((index, covers)))
+}
+
+/// Reads the event ids an open left in the snapshot ([`Index::later`])
+/// into `index` ([`later_ids`], then [`install_ids`]). `Ok(None)` when
+/// nothing was left, or the ids were read from the snapshot; else why
+/// they were indexed from the segments instead, for a note.
+fn read_later_ids(
+    index: &mut Index,
+    segments: &[Arc<Segment>],
+    dir: &Path,
+) -> Result<Option<String>, StoreError> {
+    match later_ids(index, segments, dir)? {
+        Some(read) => {
+            let note = read.note.clone();
+            install_ids(index, segments, read).map(|()| note)
         }
-        Ok(ev.event_id)
-    })?;
-    if let Some((a, b, _)) = repeated {
-        return Err(format!("it lists one event id at positions {a} and {b}"));
+        None => Ok(None),
     }
-    Ok(Some(loaded))
+}
+
+/// The event ids an open left in the snapshot ([`Index::later`]), read
+/// and checked as the open would have checked them: the frames it read
+/// hold ids with the fingerprints listed at their positions, and two
+/// positions listed under one fingerprint hold two ids, each with that
+/// fingerprint. Ids that fail a check are not used: the ids are indexed
+/// from the segments instead, as an open without the snapshot would, and
+/// the reason is returned for a note. Changes nothing (readers go on
+/// meanwhile); `None` when nothing was left.
+fn later_ids(
+    index: &Index,
+    segments: &[Arc<Segment>],
+    dir: &Path,
+) -> Result<Option<ReadIds>, StoreError> {
+    let Some(later) = &index.later else {
+        return Ok(None);
+    };
+    let checked = || -> Result<IdMap, String> {
+        let (ids, shared) = later.snapshot.read()?;
+        let holding = |p: u64, id: &Uuid| match ids.holds(id, p) {
+            true => Ok(()),
+            false => Err(format!(
+                "the frame at position {p} is not the event it lists there"
+            )),
+        };
+        for (p, id) in &later.spots {
+            holding(*p, id)?;
+        }
+        let repeated = repeated_id(shared, |p| {
+            let (ev, ..) = event_at(index, segments, p).map_err(|e| e.to_string())?;
+            holding(p, &ev.event_id)?;
+            Ok::<_, String>(ev.event_id)
+        })?;
+        if let Some((a, b, _)) = repeated {
+            return Err(format!("it lists one event id at positions {a} and {b}"));
+        }
+        Ok(ids)
+    };
+    let why = match checked() {
+        Ok(ids) => {
+            return Ok(Some(ReadIds {
+                ids,
+                whole: false,
+                note: None,
+            }))
+        }
+        Err(why) => why,
+    };
+    let rec = recover_at_most(dir, index.max_events, false, true)?;
+    if (rec.index.head(), rec.index.head_hash) != (index.head(), index.head_hash) {
+        return Err(StoreError::Internal(format!(
+            "the log's segments end at position {} but its index at {}",
+            rec.index.head(),
+            index.head()
+        )));
+    }
+    Ok(Some(ReadIds {
+        ids: rec.index.ids,
+        whole: true,
+        note: Some(format!(
+            "its event ids were not used ({why}); they were indexed from the segments"
+        )),
+    }))
+}
+
+/// Event ids read by [`later_ids`].
+struct ReadIds {
+    ids: IdMap,
+    /// Of every frame (indexed from the segments, each checked against
+    /// the others), not only of those up to the snapshot's head.
+    whole: bool,
+    /// Why the snapshot's were not used.
+    note: Option<String>,
+}
+
+/// Puts `ids` (of the positions up to the snapshot's head, from
+/// [`later_ids`]) into `index`, then the ids of the frames indexed after
+/// the snapshot: one of them already stored is a corrupt log, as at an
+/// open. On an error nothing is kept (the next caller reads them again,
+/// and on a corrupt log is refused again).
+fn install_ids(
+    index: &mut Index,
+    segments: &[Arc<Segment>],
+    read: ReadIds,
+) -> Result<(), StoreError> {
+    let Some(later) = index.later.take() else {
+        return Err(StoreError::Internal(
+            "the index's event ids were read twice".into(),
+        ));
+    };
+    index.ids = read.ids;
+    if read.whole {
+        return Ok(());
+    }
+    let first = index.head() - later.tail.len() as u64 + 1;
+    for (p, id) in (first..).zip(&later.tail) {
+        // Positions fit a u32 (`max_events`, checked by the push that
+        // indexed the frame).
+        if let Some(earlier) = index.ids.push(*id, p as u32) {
+            index.shared.push((earlier, p as u32));
+        }
+    }
+    let checked = check_shared(index, segments);
+    if checked.is_err() {
+        index.ids = IdMap::default();
+        index.shared.clear();
+        index.later = Some(later);
+    }
+    checked
+}
+
+/// Makes sure the log's index holds its event ids ([`Index::later`]): the
+/// first caller to need them reads them under `loader` (one reader at a
+/// time) and the read lock, so that reads go on meanwhile, and takes the
+/// write lock only to put them in; the writer, the one thread that
+/// changes the index, waits for them (it calls this before every group).
+/// A note on why the snapshot's ids were not used is kept for
+/// [`SegmentLog::take_snapshot_rejection`].
+fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<(), StoreError> {
+    let stopped = || StoreError::WriterStopped;
+    let pending = || -> Result<bool, StoreError> {
+        Ok(state.read().map_err(|_| stopped())?.index.later.is_some())
+    };
+    if !pending()? {
+        return Ok(());
+    }
+    let _one = loader.lock().map_err(|_| stopped())?;
+    if !pending()? {
+        return Ok(());
+    }
+    let read = {
+        let state = state.read().map_err(|_| stopped())?;
+        later_ids(&state.index, &state.segments, dir)?
+    };
+    let Some(read) = read else {
+        return Ok(());
+    };
+    let note = read.note.clone();
+    let mut guard = state.write().map_err(|_| stopped())?;
+    let state = &mut *guard;
+    install_ids(&mut state.index, &state.segments, read)?;
+    if note.is_some() {
+        state.ids_note = note;
+        state.snapshot_stale = true;
+    }
+    Ok(())
 }
 
 /// Frames besides the head's an open checks against an index snapshot.
@@ -1254,6 +1455,8 @@ pub struct SegmentLog {
     snapshot_head: Option<u64>,
     snapshot_rejected: Mutex<Option<String>>,
     clock: Arc<WriterClock>,
+    /// One reader of the snapshot's event ids at a time ([`ids_ready`]).
+    ids_loader: Arc<Mutex<()>>,
 }
 
 impl SegmentLog {
@@ -1270,7 +1473,7 @@ impl SegmentLog {
                 sync_dir(parent)?;
             }
         }
-        let rec = recover(dir, options.read_snapshot)?;
+        let rec = recover(dir, options.read_snapshot, options.event_ids_at_open)?;
         let head = rec.index.head();
         // The watermark, checked before anything is cut.
         let wm_path = dir.join(WATERMARK_FILE);
@@ -1333,10 +1536,13 @@ impl SegmentLog {
         let state = Arc::new(RwLock::new(State {
             index: rec.index,
             segments: rec.segments,
+            ids_note: None,
+            snapshot_stale: false,
         }));
         let (head_tx, head_rx) = watch::channel(head);
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
         let clock = Arc::new(WriterClock::default());
+        let ids_loader = Arc::new(Mutex::new(()));
         let writer = Writer {
             dir: dir.to_path_buf(),
             state: state.clone(),
@@ -1366,6 +1572,7 @@ impl SegmentLog {
             },
             snapshot_min_events: options.snapshot_min_events,
             clock: clock.clone(),
+            ids_loader: ids_loader.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("casebook-segment-writer-{school}"))
@@ -1382,14 +1589,31 @@ impl SegmentLog {
             snapshot_head,
             snapshot_rejected,
             clock,
+            ids_loader,
         })
     }
 
     /// Why the log's index snapshot was not used at open, when it had one
     /// that did not match (damaged, partial, another log's…); the index
     /// was then rebuilt from the segments. Handed out once, for a note.
+    ///
+    /// Also why the snapshot's event ids, read after the open when first
+    /// needed ([`Index::later`]), were not used, once that has happened.
     pub fn take_snapshot_rejection(&self) -> Option<String> {
-        self.snapshot_rejected.lock().ok()?.take()
+        if let Some(why) = self.snapshot_rejected.lock().ok()?.take() {
+            return Some(why);
+        }
+        self.state.write().ok()?.ids_note.take()
+    }
+
+    /// Whether the index holds the log's event ids yet: not after an open
+    /// from the index snapshot until an append, a look-up by id, `verify`
+    /// or a copy needs them (they stay in the snapshot file until then).
+    pub fn event_ids_held(&self) -> bool {
+        self.state
+            .read()
+            .map(|s| s.index.later.is_none())
+            .unwrap_or(false)
     }
 
     /// The head of the index snapshot this log's index was read from when
@@ -1658,6 +1882,7 @@ struct Writer {
     snapshot_min_events: u64,
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
+    ids_loader: Arc<Mutex<()>>,
 }
 
 impl Writer {
@@ -1697,19 +1922,25 @@ impl Writer {
 
     /// At a clean close: writes the index snapshot when enough events were
     /// appended since the last one ([`SNAPSHOT_MIN_EVENTS`], and an eighth
-    /// of its head). Best effort: the snapshot is derived data, and a
+    /// of its head), or its event ids were found unusable. Best effort: the snapshot is derived data, and a
     /// failure leaves the old one (or none), which the next open checks
     /// against the segments anyway.
     fn write_snapshot(&mut self) {
         let due = self
             .snapshot_head
             .saturating_add(self.snapshot_min_events.max(self.snapshot_head / 8));
-        if self.position == 0 || self.position < due {
-            return;
-        }
         let Ok(state) = self.state.read() else {
             return;
         };
+        if self.position == 0 || (self.position < due && !state.snapshot_stale) {
+            return;
+        }
+        // Ids never read (nothing needed them) are still in the snapshot
+        // this one would replace: it stays, and the next open scans the
+        // frames after it again.
+        if state.index.later.is_some() {
+            return;
+        }
         let Some(segments) = state.index.locs.segments() else {
             return;
         };
@@ -1803,6 +2034,25 @@ impl Writer {
         let mut times = WriterTimes::default();
         let cpu_started = thread_cpu_ns();
         let started = Instant::now();
+        // The first group after an open from the snapshot reads its ids.
+        if let Err(e) = ids_ready(&self.state, &self.ids_loader, &self.dir) {
+            // Each append is told (a corrupt log as corrupt); the next
+            // group tries again.
+            let each = || match &e {
+                StoreError::Corrupt { location, what } => StoreError::Corrupt {
+                    location: location.clone(),
+                    what: what.clone(),
+                },
+                e => StoreError::Io {
+                    during: "read the index's event ids",
+                    source: e.to_string().into(),
+                },
+            };
+            for c in group {
+                c.reply.send_back(Err(each()), c.requests);
+            }
+            return true;
+        }
         let stage = {
             let state = self.state.clone();
             let Ok(state) = state.read() else {
@@ -2251,6 +2501,7 @@ impl EventStore for SegmentLog {
     /// planner's prefetch); only the ids whose fingerprints the log holds
     /// are read, and those frames compared with the ids asked.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
+        ids_ready(&self.state, &self.ids_loader, &self.dir)?;
         let (found, wanted, hash): (Vec<Uuid>, Vec<Wanted>, IdHash) = {
             let state = self.read()?;
             // Usually none is stored (a fresh import): look each up, and
@@ -2363,6 +2614,7 @@ impl EventStore for SegmentLog {
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<VerifyReport, StoreError> {
+        ids_ready(&self.state, &self.ids_loader, &self.dir)?;
         let (head, head_hash, segments) = {
             let state = self.read()?;
             (
@@ -2724,7 +2976,7 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        let rec = recover(&log_dir, false).unwrap();
+        let rec = recover(&log_dir, false, true).unwrap();
         assert!(rec.index.shared.is_empty());
         // Position 3 repeats position 1's id, sealed after the head.
         let stream = StreamId(Uuid::from_u128(1));
@@ -2751,7 +3003,7 @@ mod index_tests {
         last.file.sync_data().unwrap();
         drop(rec);
         for read_snapshot in [false, true] {
-            match recover(&log_dir, read_snapshot) {
+            match recover(&log_dir, read_snapshot, true) {
                 Err(StoreError::Corrupt { location, what }) => {
                     assert!(location.contains(".seg"), "{location}");
                     assert!(
@@ -2762,6 +3014,192 @@ mod index_tests {
                 other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
             }
         }
+    }
+
+    /// A store of `school-a` in `dir` with these snapshot settings; the
+    /// event ids of a snapshot are left in the file until first needed.
+    fn open_log(
+        dir: &Path,
+        read_snapshot: bool,
+        snapshot_min_events: u64,
+    ) -> (Arc<SegmentStore>, Arc<SegmentLog>) {
+        let options = SegmentOptions {
+            snapshot_min_events,
+            read_snapshot,
+            event_ids_at_open: false,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir, true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        (store, log)
+    }
+
+    /// Ids 1..=5 in the snapshot (written at the close), 6 and 7 appended
+    /// after it by an open that neither read nor rewrote it, so that the
+    /// next open from the snapshot indexes them from the segment.
+    fn log_with_snapshot_and_tail(rt: &tokio::runtime::Runtime, dir: &Path) {
+        let (store, log) = open_log(dir, true, 1);
+        rt.block_on(log.append_atomic(vec![request(1..6)])).unwrap();
+        drop((log, store));
+        let (store, log) = open_log(dir, false, u64::MAX);
+        rt.block_on(log.append_atomic(vec![request(6..8)])).unwrap();
+        drop((log, store));
+    }
+
+    /// An open from the index snapshot leaves the event ids in the file
+    /// (the index is smaller, and reads by position or stream do not need
+    /// them); the first append reads them, with the ids of the frames
+    /// after the snapshot: each id, in the snapshot or after it, is then
+    /// refused again and found where it is, and the log verifies.
+    #[test]
+    fn an_open_from_the_snapshot_reads_the_event_ids_when_first_needed() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(5));
+        assert!(!log.event_ids_held());
+        let without = log.index_bytes();
+        let all = rt.block_on(log.read_all(1, 10)).unwrap();
+        assert_eq!(all.len(), 7);
+        assert!(!log.event_ids_held(), "a read by position read the ids");
+        for (again, position) in [(2u128, 2u64), (6, 6), (7, 7)] {
+            match rt.block_on(log.append_atomic(vec![request(again..again + 1)])) {
+                Err(StoreError::DuplicateEventId { position: p, .. }) => {
+                    assert_eq!(p, position)
+                }
+                other => panic!("expected DuplicateEventId at {position}, got {other:?}"),
+            }
+        }
+        assert!(log.event_ids_held());
+        assert!(log.index_bytes() > without);
+        assert_eq!(log.take_snapshot_rejection(), None);
+        rt.block_on(log.append_atomic(vec![request(8..9)])).unwrap();
+        for id in 1..9u128 {
+            let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
+            assert_eq!(found.map(|e| e.position), Some(id as u64));
+        }
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        drop((log, store));
+        // A look-up by id reads them too.
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        assert!(!log.event_ids_held());
+        let found = rt.block_on(log.find_event(Uuid::from_u128(7))).unwrap();
+        assert_eq!(found.map(|e| e.position), Some(7));
+        assert!(log.event_ids_held());
+        drop((log, store));
+        // An open for appends (the default) reads them with the rest.
+        let store = SegmentStore::open(dir.path(), false).unwrap();
+        let log = store.log("school-a").unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(5));
+        assert!(log.event_ids_held());
+        let found = rt.block_on(log.find_event(Uuid::from_u128(7))).unwrap();
+        assert_eq!(found.map(|e| e.position), Some(7));
+    }
+
+    /// The snapshot's ids changed in place between the open (whose
+    /// checksum covered them) and their first use: the change is seen
+    /// (CRC-32), they are not used, and the ids are indexed from the
+    /// segments, with the reason.
+    #[test]
+    fn ids_changed_after_the_open_are_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(5));
+        let path = log.dir().join(snapshot::SNAPSHOT_FILE);
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let len = file.metadata().unwrap().len();
+        // The first pair's fingerprint (the pairs end 32 bytes before the
+        // end), bits flipped.
+        file.write_all_at(&[0xA5; 8], len - 32 - 12 * 5).unwrap();
+        for id in 1..8u128 {
+            let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
+            assert_eq!(found.map(|e| e.position), Some(id as u64));
+        }
+        let why = log.take_snapshot_rejection().expect("no reason given");
+        assert!(why.contains("changed after the open"), "{why}");
+    }
+
+    /// A frame after the snapshot that repeats an id of the snapshot: an
+    /// open that reads the ids refuses the log; one that leaves them in
+    /// the file takes the log (it has not read the ids); every use of the ids
+    /// is refused as a corrupt log, naming the id and where it is first
+    /// stored, each time (nothing half read is kept), and nothing is
+    /// written.
+    #[test]
+    fn a_repeated_id_after_the_snapshot_is_refused_when_the_ids_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (store, log) = open_log(dir.path(), true, 1);
+        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
+        let log_dir = log.dir().to_path_buf();
+        drop((log, store));
+        // Position 3 repeats position 1's id, sealed after the head.
+        let rec = recover(&log_dir, false, true).unwrap();
+        let stream = StreamId(Uuid::from_u128(1));
+        let (_, bytes) = crate::envelope::StoredEvent::seal(
+            &new_event(1),
+            stream,
+            3,
+            3,
+            Utc::now(),
+            rec.index.head_hash,
+        )
+        .unwrap();
+        let meta = FrameMeta {
+            group_end: true,
+            position: 3,
+            stream,
+            version: 3,
+            event_id: Uuid::from_u128(1),
+        };
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, &meta, &bytes);
+        let last = rec.segments.last().unwrap();
+        last.file.write_all_at(&frame, rec.end).unwrap();
+        last.file.sync_data().unwrap();
+        drop(rec);
+        // An open that reads the ids refuses the log, as without the
+        // snapshot.
+        let eager = SegmentStore::open(dir.path(), false)
+            .and_then(|store| store.log("school-a"))
+            .err();
+        assert!(
+            matches!(&eager, Some(StoreError::Corrupt { what, .. }) if what.contains("is already stored at position 1")),
+            "{eager:?}"
+        );
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(2));
+        assert!(!log.event_ids_held());
+        let refused = |what: Result<(), StoreError>| match what {
+            Err(StoreError::Corrupt { location, what }) => {
+                assert!(location.contains(".seg"), "{location}");
+                assert!(
+                    what.contains("event id 00000000-0000-0000-0000-000000000001 is already stored at position 1"),
+                    "{what}"
+                );
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        };
+        for _ in 0..2 {
+            refused(
+                rt.block_on(log.append_atomic(vec![request(9..10)]))
+                    .map(|_| ()),
+            );
+            assert!(!log.event_ids_held());
+        }
+        refused(rt.block_on(log.find_event(Uuid::from_u128(2))).map(|_| ()));
+        refused(rt.block_on(log.verify(&|_| {})).map(|_| ()));
+        assert_eq!(rt.block_on(log.head()).unwrap().position, 3);
     }
 
     /// Ids that share a fingerprint (here every id, under a hashing that
@@ -2973,8 +3411,8 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        assert!(recover_at_most(&log_dir, 3, true).is_ok());
-        match recover_at_most(&log_dir, 2, true) {
+        assert!(recover_at_most(&log_dir, 3, true, true).is_ok());
+        match recover_at_most(&log_dir, 2, true, true) {
             Err(StoreError::Corrupt { .. }) => {}
             other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
         }

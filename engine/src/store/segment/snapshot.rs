@@ -69,6 +69,8 @@ pub(super) struct SnapSegment {
 pub(super) struct Loaded {
     pub index: Index,
     pub segments: Vec<SnapSegment>,
+    /// The event ids, read when first needed.
+    pub ids: LaterIds,
 }
 
 /// Bytes gathered into blocks of [`BLOCK`], each hashed and written whole
@@ -207,8 +209,9 @@ impl Reading {
     fn u64(&mut self, what: &str) -> Result<u64, String> {
         self.bytes::<8>(what).map(u64::from_le_bytes)
     }
-    /// Reads (and hashes) the next `n` bytes without keeping them.
-    fn skip(&mut self, mut n: u64, what: &str) -> Result<(), String> {
+    /// Reads (and hashes) the next `n` bytes without keeping them, adding
+    /// them to `crc`.
+    fn skip(&mut self, mut n: u64, what: &str, crc: &mut crc32fast::Hasher) -> Result<(), String> {
         while n > 0 {
             if self.at == self.end {
                 self.refill()?;
@@ -217,6 +220,7 @@ impl Reading {
                 }
             }
             let take = n.min((self.end - self.at) as u64);
+            crc.update(&self.buf[self.at..self.at + take as usize]);
             self.at += take as usize;
             self.read += take;
             n -= take;
@@ -266,9 +270,14 @@ impl Seen {
 /// why the one there cannot be used (the caller then rebuilds the index).
 /// Everything is checked that can be without the segments: the checksum,
 /// every count against the file's size, positions in range, every
-/// position in exactly one stream and with exactly one id, versions and
-/// locations in order; the caller checks the segments and the last frame.
-pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String> {
+/// position in exactly one stream, versions and locations in order; the
+/// caller checks the segments and the last frame. The ids are checked
+/// when they are read ([`LaterIds::read`]: every position exactly one id).
+///
+/// `ids_now`: the ids are read at once, on a thread of their own while
+/// this one reads the rest (an open for appends); else they are left in
+/// the file until first needed ([`LaterIds`]).
+pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<Loaded>, String> {
     let path = dir.join(SNAPSHOT_FILE);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -307,9 +316,10 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
     }
     let head_hash: Hash = r.bytes::<32>("head hash")?;
     let seed = r.u64("seed")?;
-    // The ids are the file's last section but its checksum: they are read
-    // on a thread of their own, from where they must start, while this one
-    // reads the rest and checks the checksum over the whole file.
+    // The ids are the file's last section but its checksum: this thread
+    // reads the rest and checks the checksum over the whole file; the ids
+    // are read from where they must start, on a thread of their own now or
+    // when first needed ([`LaterIds`]).
     let Some(ids_at) = head
         .checked_mul(PAIR as u64)
         .and_then(|n| n.checked_add(16 + 32))
@@ -321,41 +331,108 @@ pub(super) fn load(dir: &Path, max_events: u64) -> Result<Option<Loaded>, String
         .file
         .try_clone()
         .map_err(|e| format!("cannot open: {e}"))?;
-    std::thread::scope(|scope| {
-        // Without a thread (none could be started), the ids are read after
-        // the rest, on this one.
-        let reader = std::thread::Builder::new()
-            .name("snapshot ids".into())
-            .spawn_scoped(scope, || load_ids(&ids_file, ids_at, head, seed))
-            .ok();
-        let rest = load_rest(&mut r, head, head_hash, max_events, seed, ids_at);
-        let ids = match reader {
-            Some(reader) => reader
-                .join()
-                .unwrap_or_else(|_| Err("the id reader failed".into())),
-            None => match &rest {
-                Ok(_) => load_ids(&ids_file, ids_at, head, seed),
-                Err(e) => Err(e.clone()),
-            },
+    let read_ids = || {
+        let mut crc = crc32fast::Hasher::new();
+        load_ids(&ids_file, ids_at, head, seed, &mut crc).map(|ids| (ids, crc.finalize()))
+    };
+    let (rest, ahead) = match ids_now {
+        false => (
+            load_rest(&mut r, head, head_hash, max_events, seed, ids_at),
+            None,
+        ),
+        true => std::thread::scope(|scope| {
+            // Without a thread (none could be started), the ids are read
+            // after the rest, on this one.
+            let reader = std::thread::Builder::new()
+                .name("snapshot ids".into())
+                .spawn_scoped(scope, read_ids)
+                .ok();
+            let rest = load_rest(&mut r, head, head_hash, max_events, seed, ids_at);
+            let ids = match reader {
+                Some(reader) => reader
+                    .join()
+                    .unwrap_or_else(|_| Err("the id reader failed".into())),
+                None if rest.is_ok() => read_ids(),
+                None => Err("not read".into()),
+            };
+            (rest, Some(ids))
+        }),
+    };
+    let (index, segments, crc) = rest?;
+    Ok(Some(Loaded {
+        index,
+        segments,
+        ids: LaterIds {
+            file: ids_file,
+            at: ids_at,
+            head,
+            seed,
+            crc,
+            ahead: std::sync::Mutex::new(ahead),
+        },
+    }))
+}
+
+/// A snapshot's event ids: read by the open (an open for appends), or
+/// checked with the rest of the file when the log opened (the checksum
+/// covers them) but read into the index only when first needed: an
+/// append, a look-up by id, `verify`, a copy. A command that only reads
+/// by pupil or by position (the caseload, a report) then never holds
+/// them: about 14 bytes an event, more than half of the index. The file
+/// stays open, so a snapshot written over it (a new file renamed into
+/// place) does not change what is read; the section's CRC-32, taken as
+/// the open read it, is checked again when it is read.
+pub(super) struct LaterIds {
+    file: std::fs::File,
+    /// Where the section (capacity, count, pairs) starts.
+    at: u64,
+    /// The snapshot's head: one id for each position 1..=head.
+    head: u64,
+    seed: u64,
+    crc: u32,
+    /// The ids read already, with the CRC-32 of what was read (an open
+    /// for appends reads them with the rest of the file), until taken.
+    ahead: std::sync::Mutex<Option<Result<(IdsRead, u32), String>>>,
+}
+
+/// The ids of a snapshot and the pairs of positions that share a
+/// fingerprint ([`IdMap::load`]).
+type IdsRead = (IdMap, Vec<(u32, u32)>);
+
+impl LaterIds {
+    /// The ids and the pairs of positions that share a fingerprint
+    /// ([`IdMap::load`]), or why the section can no longer be used.
+    pub(super) fn read(&self) -> Result<IdsRead, String> {
+        let ahead = self.ahead.lock().ok().and_then(|mut a| a.take());
+        let (read, crc) = match ahead {
+            Some(read) => read?,
+            None => {
+                let mut crc = crc32fast::Hasher::new();
+                let read = load_ids(&self.file, self.at, self.head, self.seed, &mut crc)?;
+                (read, crc.finalize())
+            }
         };
-        let (mut index, segments) = rest?;
-        (index.ids, index.shared) = ids?;
-        Ok(Some(Loaded { index, segments }))
-    })
+        if crc != self.crc {
+            return Err("the snapshot's ids changed after the open checked them".into());
+        }
+        Ok(read)
+    }
 }
 
 /// The snapshot's ids (from byte `at`: capacity, count, pairs), read with
-/// positioned reads in blocks of whole pairs.
+/// positioned reads in blocks of whole pairs, every byte added to `crc`.
 fn load_ids(
     file: &std::fs::File,
     at: u64,
     head: u64,
     seed: u64,
-) -> Result<(IdMap, Vec<(u32, u32)>), String> {
+    crc: &mut crc32fast::Hasher,
+) -> Result<IdsRead, String> {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; 16];
     file.read_exact_at(&mut header, at)
         .map_err(|e| format!("cannot read: {e}"))?;
+    crc.update(&header);
     let [capacity, nids] = [0, 8].map(|i| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&header[i..i + 8]);
@@ -380,6 +457,7 @@ fn load_ids(
                 left = 0;
                 return Some(Err(format!("cannot read: {e}")));
             }
+            crc.update(&buf[..n]);
             offset += n as u64;
             (next, filled) = (0, n);
         }
@@ -401,7 +479,8 @@ fn load_ids(
 }
 
 /// The rest of the snapshot after its seed: segments, locations, streams;
-/// the ids' bytes (from `ids_at`) only hashed; the checksum checked.
+/// the ids' bytes (from `ids_at`) only hashed, and their CRC-32 returned;
+/// the checksum checked.
 fn load_rest(
     r: &mut Reading,
     head: u64,
@@ -409,7 +488,7 @@ fn load_rest(
     max_events: u64,
     seed: u64,
     ids_at: u64,
-) -> Result<(Index, Vec<SnapSegment>), String> {
+) -> Result<(Index, Vec<SnapSegment>, u32), String> {
     let total = r.total;
     let nseg = u64::from(r.u32("segments")?);
     r.fits(nseg, 16, "segments")?;
@@ -487,15 +566,17 @@ fn load_rest(
     if listed != head {
         return Err(format!("streams list {listed} positions of {head}"));
     }
-    // Ids (read by `load_ids`): they must start where the streams end.
+    // Ids (read by `load_ids` when first needed): they must start where
+    // the streams end; their CRC-32 is kept to check that read.
     if r.read != ids_at {
         return Err("the streams do not end where the ids begin".into());
     }
-    r.skip(total - 32 - ids_at, "ids")?;
+    let mut crc = crc32fast::Hasher::new();
+    r.skip(total - 32 - ids_at, "ids", &mut crc)?;
     let stored = r.bytes::<32>("the checksum")?;
     if r.hasher.finalize().as_bytes() != &stored {
         return Err("checksum mismatch".into());
     }
     index.streams = streams;
-    Ok((index, segments))
+    Ok((index, segments, crc.finalize()))
 }
