@@ -210,8 +210,13 @@ impl Reading {
         self.bytes::<8>(what).map(u64::from_le_bytes)
     }
     /// Reads (and hashes) the next `n` bytes without keeping them, adding
-    /// them to `crc`.
-    fn skip(&mut self, mut n: u64, what: &str, crc: &mut crc32fast::Hasher) -> Result<(), String> {
+    /// them to `crc` if given.
+    fn skip(
+        &mut self,
+        mut n: u64,
+        what: &str,
+        mut crc: Option<&mut crc32fast::Hasher>,
+    ) -> Result<(), String> {
         while n > 0 {
             if self.at == self.end {
                 self.refill()?;
@@ -220,7 +225,9 @@ impl Reading {
                 }
             }
             let take = n.min((self.end - self.at) as u64);
-            crc.update(&self.buf[self.at..self.at + take as usize]);
+            if let Some(crc) = crc.as_deref_mut() {
+                crc.update(&self.buf[self.at..self.at + take as usize]);
+            }
             self.at += take as usize;
             self.read += take;
             n -= take;
@@ -331,15 +338,23 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
         .file
         .try_clone()
         .map_err(|e| format!("cannot open: {e}"))?;
-    let read_ids = || {
-        let mut crc = crc32fast::Hasher::new();
-        load_ids(&ids_file, ids_at, head, seed, &mut crc).map(|ids| (ids, crc.finalize()))
-    };
+    // The ids' CRC-32 only matters for ids read later (an open that reads
+    // them now has the checksum checked over the same bytes).
+    let read_ids = || load_ids(&ids_file, ids_at, head, seed, None);
     let (rest, ahead) = match ids_now {
-        false => (
-            load_rest(&mut r, head, head_hash, max_events, seed, ids_at),
-            None,
-        ),
+        false => {
+            let mut crc = crc32fast::Hasher::new();
+            let rest = load_rest(
+                &mut r,
+                head,
+                head_hash,
+                max_events,
+                seed,
+                ids_at,
+                Some(&mut crc),
+            );
+            (rest.map(|rest| (rest, crc.finalize())), None)
+        }
         true => std::thread::scope(|scope| {
             // Without a thread (none could be started), the ids are read
             // after the rest, on this one.
@@ -347,7 +362,7 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
                 .name("snapshot ids".into())
                 .spawn_scoped(scope, read_ids)
                 .ok();
-            let rest = load_rest(&mut r, head, head_hash, max_events, seed, ids_at);
+            let rest = load_rest(&mut r, head, head_hash, max_events, seed, ids_at, None);
             let ids = match reader {
                 Some(reader) => reader
                     .join()
@@ -355,10 +370,10 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
                 None if rest.is_ok() => read_ids(),
                 None => Err("not read".into()),
             };
-            (rest, Some(ids))
+            (rest.map(|rest| (rest, 0)), Some(ids))
         }),
     };
-    let (index, segments, crc) = rest?;
+    let ((index, segments), crc) = rest?;
     Ok(Some(Loaded {
         index,
         segments,
@@ -390,9 +405,9 @@ pub(super) struct LaterIds {
     head: u64,
     seed: u64,
     crc: u32,
-    /// The ids read already, with the CRC-32 of what was read (an open
-    /// for appends reads them with the rest of the file), until taken.
-    ahead: std::sync::Mutex<Option<Result<(IdsRead, u32), String>>>,
+    /// The ids read already (an open for appends reads them beside the
+    /// rest of the file), until taken; `crc` is then not used.
+    ahead: std::sync::Mutex<Option<Result<IdsRead, String>>>,
 }
 
 /// The ids of a snapshot and the pairs of positions that share a
@@ -403,16 +418,12 @@ impl LaterIds {
     /// The ids and the pairs of positions that share a fingerprint
     /// ([`IdMap::load`]), or why the section can no longer be used.
     pub(super) fn read(&self) -> Result<IdsRead, String> {
-        let ahead = self.ahead.lock().ok().and_then(|mut a| a.take());
-        let (read, crc) = match ahead {
-            Some(read) => read?,
-            None => {
-                let mut crc = crc32fast::Hasher::new();
-                let read = load_ids(&self.file, self.at, self.head, self.seed, &mut crc)?;
-                (read, crc.finalize())
-            }
-        };
-        if crc != self.crc {
+        if let Some(read) = self.ahead.lock().ok().and_then(|mut a| a.take()) {
+            return read;
+        }
+        let mut crc = crc32fast::Hasher::new();
+        let read = load_ids(&self.file, self.at, self.head, self.seed, Some(&mut crc))?;
+        if crc.finalize() != self.crc {
             return Err("the snapshot's ids changed after the open checked them".into());
         }
         Ok(read)
@@ -420,19 +431,22 @@ impl LaterIds {
 }
 
 /// The snapshot's ids (from byte `at`: capacity, count, pairs), read with
-/// positioned reads in blocks of whole pairs, every byte added to `crc`.
+/// positioned reads in blocks of whole pairs, every byte added to `crc` if
+/// given.
 fn load_ids(
     file: &std::fs::File,
     at: u64,
     head: u64,
     seed: u64,
-    crc: &mut crc32fast::Hasher,
+    mut crc: Option<&mut crc32fast::Hasher>,
 ) -> Result<IdsRead, String> {
     use std::os::unix::fs::FileExt;
     let mut header = [0u8; 16];
     file.read_exact_at(&mut header, at)
         .map_err(|e| format!("cannot read: {e}"))?;
-    crc.update(&header);
+    if let Some(crc) = crc.as_deref_mut() {
+        crc.update(&header);
+    }
     let [capacity, nids] = [0, 8].map(|i| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&header[i..i + 8]);
@@ -457,7 +471,9 @@ fn load_ids(
                 left = 0;
                 return Some(Err(format!("cannot read: {e}")));
             }
-            crc.update(&buf[..n]);
+            if let Some(crc) = crc.as_deref_mut() {
+                crc.update(&buf[..n]);
+            }
             offset += n as u64;
             (next, filled) = (0, n);
         }
@@ -479,8 +495,8 @@ fn load_ids(
 }
 
 /// The rest of the snapshot after its seed: segments, locations, streams;
-/// the ids' bytes (from `ids_at`) only hashed, and their CRC-32 returned;
-/// the checksum checked.
+/// the ids' bytes (from `ids_at`) only hashed, and added to `crc` if
+/// given; the checksum checked.
 fn load_rest(
     r: &mut Reading,
     head: u64,
@@ -488,7 +504,8 @@ fn load_rest(
     max_events: u64,
     seed: u64,
     ids_at: u64,
-) -> Result<(Index, Vec<SnapSegment>, u32), String> {
+    mut crc: Option<&mut crc32fast::Hasher>,
+) -> Result<(Index, Vec<SnapSegment>), String> {
     let total = r.total;
     let nseg = u64::from(r.u32("segments")?);
     r.fits(nseg, 16, "segments")?;
@@ -571,12 +588,11 @@ fn load_rest(
     if r.read != ids_at {
         return Err("the streams do not end where the ids begin".into());
     }
-    let mut crc = crc32fast::Hasher::new();
-    r.skip(total - 32 - ids_at, "ids", &mut crc)?;
+    r.skip(total - 32 - ids_at, "ids", crc.as_deref_mut())?;
     let stored = r.bytes::<32>("the checksum")?;
     if r.hasher.finalize().as_bytes() != &stored {
         return Err("checksum mismatch".into());
     }
     index.streams = streams;
-    Ok((index, segments, crc.finalize()))
+    Ok((index, segments))
 }
