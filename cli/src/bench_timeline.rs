@@ -187,6 +187,13 @@ impl EventStore for AppendClock {
         self.inner.find_event(event_id).await
     }
 
+    async fn positions_in_streams(
+        &self,
+        wanted: &[(StreamId, Uuid)],
+    ) -> Result<std::collections::HashMap<Uuid, u64>, StoreError> {
+        self.inner.positions_in_streams(wanted).await
+    }
+
     async fn head(&self) -> Result<Head, StoreError> {
         self.inner.head().await
     }

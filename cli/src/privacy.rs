@@ -424,6 +424,14 @@ impl EventStore for Unsealed {
         }
     }
 
+    /// Positions only: nothing to unseal.
+    async fn positions_in_streams(
+        &self,
+        wanted: &[(StreamId, Uuid)],
+    ) -> Result<std::collections::HashMap<Uuid, u64>, StoreError> {
+        self.inner.positions_in_streams(wanted).await
+    }
+
     async fn head(&self) -> Result<Head, StoreError> {
         self.inner.head().await
     }

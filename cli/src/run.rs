@@ -125,13 +125,13 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         engine: cli.engine,
         session: None,
         sealing: crate::privacy::Sealing::new(cli.key_file.clone()),
-        // The caseload and the reports read the views (from their
-        // checkpoints, caught up) and append nothing: an access refusal,
-        // or a correction in the part of the log a view catches up on,
-        // reads the event ids when it needs them.
+        // The caseload, the reports and a rebuild fold the views (from
+        // their checkpoints, or from the start) and append nothing; a
+        // correction's entry is found in its pupil's stream. An access
+        // refusal (an append) reads the event ids when it needs them.
         reading_only: matches!(
             cli.command,
-            Command::Caseload { .. } | Command::Report { .. }
+            Command::Caseload { .. } | Command::Report { .. } | Command::Rebuild { .. }
         ),
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;

@@ -505,29 +505,31 @@ async fn read_page(store: &dyn EventStore, next: u64, head: Head) -> Result<Page
 }
 
 /// Where the entries named by `page`'s corrections are in the log, looked
-/// up in the store's index in one batch (corrections are rare: most pages
-/// have none, and cost a scan of their types). A correction whose payload
+/// up in one batch, each first in the correction's own stream (a
+/// correction names an entry of its own pupil;
+/// [`EventStore::positions_in_streams`]). Corrections are rare: most pages
+/// have none, and cost a scan of their types. A correction whose payload
 /// does not decode is left out here; the fold meets it and stops there.
 async fn correction_targets(
     store: &dyn EventStore,
     page: &[StoredEvent],
 ) -> Result<Targets, ProjectionError> {
     let mut targets = Targets::default();
-    let named: Vec<Uuid> = page
+    let named: Vec<(StreamId, Uuid)> = page
         .iter()
         // An upcast changes a payload's data, never its type
         // (docs/events.md, "Schema history and upcasters").
         .filter(|e| e.event_type == CORRECTION_TYPE)
         .filter_map(|e| match e.case_event() {
-            Ok(CaseEvent::EntryCorrected(c)) => Some(c.event),
+            Ok(CaseEvent::EntryCorrected(c)) => Some((e.stream, c.event)),
             _ => None,
         })
         .collect();
     if named.is_empty() {
         return Ok(targets);
     }
-    for (id, found) in store.find_events(&named).await? {
-        targets.insert(id, found.position);
+    for (id, position) in store.positions_in_streams(&named).await? {
+        targets.insert(id, position);
     }
     Ok(targets)
 }

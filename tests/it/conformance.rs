@@ -511,6 +511,19 @@ pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
         .await
         .unwrap()
         .is_empty());
+    // Positions by (stream, id): each stored id in its own stream, one
+    // named with another pupil's stream, and one not stored.
+    let mut wanted: Vec<(StreamId, uuid::Uuid)> = stored_ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (pupil(i as u32 % 3 + 1), *id))
+        .collect();
+    wanted[4].0 = pupil(3);
+    wanted.push((pupil(1), uuid::Uuid::now_v7()));
+    let positions = s.positions_in_streams(&wanted).await.unwrap();
+    let expected: HashMap<uuid::Uuid, u64> =
+        single.iter().map(|(id, e)| (*id, e.position)).collect();
+    assert_eq!(positions, expected);
 
     // Streams: stored ones at the start, middle and end of more than one
     // statement's worth, repeats, and streams with no events.

@@ -212,6 +212,26 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(found)
     }
 
+    /// Where each of these events is, by id, each looked for first in the
+    /// stream named with it (a correction names an entry of its own
+    /// pupil); ids not found there are looked up by id; ids not stored
+    /// are absent. The default looks every one up by id
+    /// ([`EventStore::find_events`]); the segment engine, while its event
+    /// ids are still in its index snapshot (an open that only reads),
+    /// reads the streams instead of the ids.
+    async fn positions_in_streams(
+        &self,
+        wanted: &[(StreamId, Uuid)],
+    ) -> Result<HashMap<Uuid, u64>, StoreError> {
+        let ids: Vec<Uuid> = wanted.iter().map(|(_, id)| *id).collect();
+        Ok(self
+            .find_events(&ids)
+            .await?
+            .into_iter()
+            .map(|(id, e)| (id, e.position))
+            .collect())
+    }
+
     /// Every event of each of these streams, in version order, by stream;
     /// streams with no events are absent. Repeated streams are read once.
     /// The batched form of [`read_whole_stream`] (the import planner's

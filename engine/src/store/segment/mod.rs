@@ -58,9 +58,9 @@ use self::ids::IdMap;
 use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
 use super::{
-    AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
-    GroupStage, Head, Presealed, Problems, Reply, Sealed, StreamVisitor, VerifyReport,
-    MAX_READ_PAGE,
+    visit_whole_stream, AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit,
+    Committed, EventStore, GroupStage, Head, Presealed, Problems, Reply, Sealed, StreamVisitor,
+    VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -2253,6 +2253,22 @@ impl Committed for SegmentCommitted<'_> {
     }
 }
 
+/// Notes the positions of the events with any of `ids` a stream visit
+/// meets ([`SegmentLog::positions_in_streams`]).
+struct Positions<'a> {
+    ids: &'a [Uuid],
+    found: &'a mut HashMap<Uuid, u64>,
+}
+
+impl StreamVisitor for Positions<'_> {
+    fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError> {
+        if self.ids.contains(&event.event_id) {
+            self.found.insert(event.event_id, event.position);
+        }
+        Ok(())
+    }
+}
+
 /// Hands each run of `wanted` (position, where, segment) that lies back to
 /// back in one segment to `each`, read with one `pread` into `buf`: the
 /// run's frames and their bytes, in order. `buf` is only grown, never
@@ -2562,6 +2578,41 @@ impl EventStore for SegmentLog {
 
     async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
         Ok(self.find_events(&[event_id]).await?.remove(&event_id))
+    }
+
+    /// While the event ids are still in the snapshot, each id is looked
+    /// for among the frames of its stream (read through the stream index,
+    /// each frame's id compared), so that a command that only reads (a
+    /// view catching up on a correction) does not read every id for a
+    /// few; an id not there is looked up by id (which reads them).
+    async fn positions_in_streams(
+        &self,
+        wanted: &[(StreamId, Uuid)],
+    ) -> Result<HashMap<Uuid, u64>, StoreError> {
+        let mut found = HashMap::with_capacity(wanted.len());
+        let mut elsewhere = Vec::new();
+        if self.event_ids_held() {
+            elsewhere.extend(wanted.iter().map(|(_, id)| *id));
+        } else {
+            let mut by_stream: HashMap<StreamId, Vec<Uuid>> = HashMap::new();
+            for (stream, id) in wanted {
+                by_stream.entry(*stream).or_default().push(*id);
+            }
+            for (stream, ids) in by_stream {
+                let mut look = Positions {
+                    ids: &ids,
+                    found: &mut found,
+                };
+                visit_whole_stream(self, stream, &mut look).await?;
+                elsewhere.extend(ids.iter().filter(|id| !found.contains_key(id)));
+            }
+        }
+        if !elsewhere.is_empty() {
+            for (id, e) in self.find_events(&elsewhere).await? {
+                found.insert(id, e.position);
+            }
+        }
+        Ok(found)
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
@@ -3065,6 +3116,23 @@ mod index_tests {
         let all = rt.block_on(log.read_all(1, 10)).unwrap();
         assert_eq!(all.len(), 7);
         assert!(!log.event_ids_held(), "a read by position read the ids");
+        // Positions of ids named with their stream: the stream is read,
+        // not the ids; one not there is looked up by id, which reads them.
+        let stream = StreamId(Uuid::from_u128(1));
+        let wanted: Vec<(StreamId, Uuid)> =
+            (1..8u128).map(|i| (stream, Uuid::from_u128(i))).collect();
+        let found = rt.block_on(log.positions_in_streams(&wanted)).unwrap();
+        let expected: HashMap<Uuid, u64> =
+            (1..8u128).map(|i| (Uuid::from_u128(i), i as u64)).collect();
+        assert_eq!(found, expected);
+        assert!(
+            !log.event_ids_held(),
+            "the ids were read for ids in their streams"
+        );
+        let elsewhere = [(StreamId(Uuid::from_u128(2)), Uuid::from_u128(3))];
+        let found = rt.block_on(log.positions_in_streams(&elsewhere)).unwrap();
+        assert_eq!(found.get(&Uuid::from_u128(3)), Some(&3));
+        assert!(log.event_ids_held());
         for (again, position) in [(2u128, 2u64), (6, 6), (7, 7)] {
             match rt.block_on(log.append_atomic(vec![request(again..again + 1)])) {
                 Err(StoreError::DuplicateEventId { position: p, .. }) => {
