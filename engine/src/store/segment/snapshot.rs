@@ -504,7 +504,7 @@ fn load_rest(
     max_events: u64,
     seed: u64,
     ids_at: u64,
-    mut crc: Option<&mut crc32fast::Hasher>,
+    crc: Option<&mut crc32fast::Hasher>,
 ) -> Result<(Index, Vec<SnapSegment>), String> {
     let total = r.total;
     let nseg = u64::from(r.u32("segments")?);
@@ -588,7 +588,7 @@ fn load_rest(
     if r.read != ids_at {
         return Err("the streams do not end where the ids begin".into());
     }
-    r.skip(total - 32 - ids_at, "ids", crc.as_deref_mut())?;
+    r.skip(total - 32 - ids_at, "ids", crc)?;
     let stored = r.bytes::<32>("the checksum")?;
     if r.hasher.finalize().as_bytes() != &stored {
         return Err("checksum mismatch".into());
