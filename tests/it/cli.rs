@@ -994,14 +994,7 @@ fn commands_answer_the_same_from_the_index_snapshot() {
     for args in [
         &["timeline", "P00004", "--format", "json"][..],
         &["caseload", "--format", "json", "--today", "2026-07-17"],
-        &[
-            "report",
-            "attendance",
-            "--format",
-            "json",
-            "--today",
-            "2026-07-17",
-        ],
+        &report[..],
     ] {
         let a = run(snapshot, args).json();
         let b = run(full, args).json();

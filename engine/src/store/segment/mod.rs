@@ -1922,9 +1922,9 @@ impl Writer {
 
     /// At a clean close: writes the index snapshot when enough events were
     /// appended since the last one ([`SNAPSHOT_MIN_EVENTS`], and an eighth
-    /// of its head), or its event ids were found unusable. Best effort: the snapshot is derived data, and a
-    /// failure leaves the old one (or none), which the next open checks
-    /// against the segments anyway.
+    /// of its head), or its event ids were found unusable. Best effort:
+    /// the snapshot is derived data, and a failure leaves the old one (or
+    /// none), which the next open checks against the segments anyway.
     fn write_snapshot(&mut self) {
         let due = self
             .snapshot_head
@@ -2913,10 +2913,7 @@ mod index_tests {
         Arc<SegmentStore>,
         Arc<SegmentLog>,
     ) {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, rt) = dir_and_runtime();
         let store = SegmentStore::open(dir.path(), true).unwrap();
         let log = store.log("school-a").unwrap();
         (dir, rt, store, log)
@@ -3016,20 +3013,11 @@ mod index_tests {
         assert_eq!(rt.block_on(log.head()).unwrap().position, 6);
     }
 
-    /// A log whose frames hold one id at two positions (frames sound,
-    /// chain whole: written by something other than casebook's writer) is
-    /// refused at open, naming both positions: the index only saw two
-    /// positions with one fingerprint, and the open reads both frames.
-    #[test]
-    fn an_open_refuses_a_log_holding_one_id_twice() {
-        let (_dir, rt, store, log) = fresh_log();
-        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
-        let log_dir = log.dir().to_path_buf();
-        drop(log);
-        drop(store);
-        let rec = recover(&log_dir, false, true).unwrap();
-        assert!(rec.index.shared.is_empty());
-        // Position 3 repeats position 1's id, sealed after the head.
+    /// Writes, after the head of the log in `log_dir` (two events of
+    /// stream 1), a third frame that repeats position 1's id, sealed and
+    /// framed as the writer would.
+    fn repeat_the_first_id_at_position_3(log_dir: &Path) {
+        let rec = recover(log_dir, false, true).unwrap();
         let stream = StreamId(Uuid::from_u128(1));
         let (_, bytes) = crate::envelope::StoredEvent::seal(
             &new_event(1),
@@ -3052,7 +3040,25 @@ mod index_tests {
         let last = rec.segments.last().unwrap();
         last.file.write_all_at(&frame, rec.end).unwrap();
         last.file.sync_data().unwrap();
-        drop(rec);
+    }
+
+    /// A log whose frames hold one id at two positions (frames sound,
+    /// chain whole: written by something other than casebook's writer) is
+    /// refused at open, naming both positions: the index only saw two
+    /// positions with one fingerprint, and the open reads both frames.
+    #[test]
+    fn an_open_refuses_a_log_holding_one_id_twice() {
+        let (_dir, rt, store, log) = fresh_log();
+        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
+        let log_dir = log.dir().to_path_buf();
+        drop(log);
+        drop(store);
+        assert!(recover(&log_dir, false, true)
+            .unwrap()
+            .index
+            .shared
+            .is_empty());
+        repeat_the_first_id_at_position_3(&log_dir);
         for read_snapshot in [false, true] {
             match recover(&log_dir, read_snapshot, true) {
                 Err(StoreError::Corrupt { location, what }) => {
@@ -3065,6 +3071,15 @@ mod index_tests {
                 other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
             }
         }
+    }
+
+    /// A temporary directory and a current-thread runtime.
+    fn dir_and_runtime() -> (tempfile::TempDir, tokio::runtime::Runtime) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        (dir, rt)
     }
 
     /// A store of `school-a` in `dir` with these snapshot settings; the
@@ -3104,10 +3119,7 @@ mod index_tests {
     /// refused again and found where it is, and the log verifies.
     #[test]
     fn an_open_from_the_snapshot_reads_the_event_ids_when_first_needed() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, rt) = dir_and_runtime();
         log_with_snapshot_and_tail(&rt, dir.path());
         let (store, log) = open_log(dir.path(), true, u64::MAX);
         assert_eq!(log.opened_from_snapshot(), Some(5));
@@ -3174,10 +3186,7 @@ mod index_tests {
     /// segments, with the reason.
     #[test]
     fn ids_changed_after_the_open_are_not_used() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, rt) = dir_and_runtime();
         log_with_snapshot_and_tail(&rt, dir.path());
         let (_store, log) = open_log(dir.path(), true, u64::MAX);
         assert_eq!(log.opened_from_snapshot(), Some(5));
@@ -3203,39 +3212,12 @@ mod index_tests {
     /// written.
     #[test]
     fn a_repeated_id_after_the_snapshot_is_refused_when_the_ids_are_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, rt) = dir_and_runtime();
         let (store, log) = open_log(dir.path(), true, 1);
         rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
         let log_dir = log.dir().to_path_buf();
         drop((log, store));
-        // Position 3 repeats position 1's id, sealed after the head.
-        let rec = recover(&log_dir, false, true).unwrap();
-        let stream = StreamId(Uuid::from_u128(1));
-        let (_, bytes) = crate::envelope::StoredEvent::seal(
-            &new_event(1),
-            stream,
-            3,
-            3,
-            Utc::now(),
-            rec.index.head_hash,
-        )
-        .unwrap();
-        let meta = FrameMeta {
-            group_end: true,
-            position: 3,
-            stream,
-            version: 3,
-            event_id: Uuid::from_u128(1),
-        };
-        let mut frame = Vec::new();
-        encode_frame(&mut frame, &meta, &bytes);
-        let last = rec.segments.last().unwrap();
-        last.file.write_all_at(&frame, rec.end).unwrap();
-        last.file.sync_data().unwrap();
-        drop(rec);
+        repeat_the_first_id_at_position_3(&log_dir);
         // An open that reads the ids refuses the log, as without the
         // snapshot.
         let eager = SegmentStore::open(dir.path(), false)
@@ -3490,10 +3472,7 @@ mod index_tests {
     /// `Limit`, before writing them.
     #[test]
     fn a_copy_past_the_most_events_is_refused_before_writing() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
+        let (dir, rt) = dir_and_runtime();
         let events = {
             let store = SegmentStore::open(&dir.path().join("from"), true).unwrap();
             let log = store.log("school-a").unwrap();

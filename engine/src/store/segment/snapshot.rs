@@ -353,7 +353,7 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
                 ids_at,
                 Some(&mut crc),
             );
-            (rest.map(|rest| (rest, crc.finalize())), None)
+            (rest.map(|rest| (rest, Some(crc.finalize()))), None)
         }
         true => std::thread::scope(|scope| {
             // Without a thread (none could be started), the ids are read
@@ -370,7 +370,7 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
                 None if rest.is_ok() => read_ids(),
                 None => Err("not read".into()),
             };
-            (rest.map(|rest| (rest, 0)), Some(ids))
+            (rest.map(|rest| (rest, None)), Some(ids))
         }),
     };
     let ((index, segments), crc) = rest?;
@@ -404,9 +404,11 @@ pub(super) struct LaterIds {
     /// The snapshot's head: one id for each position 1..=head.
     head: u64,
     seed: u64,
-    crc: u32,
+    /// The CRC-32 of the ids' bytes as the open read them, when it left
+    /// them in the file.
+    crc: Option<u32>,
     /// The ids read already (an open for appends reads them beside the
-    /// rest of the file), until taken; `crc` is then not used.
+    /// rest of the file), until taken.
     ahead: std::sync::Mutex<Option<Result<IdsRead, String>>>,
 }
 
@@ -421,9 +423,14 @@ impl LaterIds {
         if let Some(read) = self.ahead.lock().ok().and_then(|mut a| a.take()) {
             return read;
         }
+        // Ids the open read were taken (and are not read twice); else
+        // they must be the bytes the open checked.
+        let Some(expected) = self.crc else {
+            return Err("the ids the open read were used already".into());
+        };
         let mut crc = crc32fast::Hasher::new();
         let read = load_ids(&self.file, self.at, self.head, self.seed, Some(&mut crc))?;
-        if crc.finalize() != self.crc {
+        if crc.finalize() != expected {
             return Err("the snapshot's ids changed after the open checked them".into());
         }
         Ok(read)
