@@ -58,9 +58,9 @@ use self::ids::IdMap;
 use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
 use super::{
-    visit_whole_stream, AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit,
-    Committed, EventStore, GroupStage, Head, Presealed, Problems, Reply, Sealed, StreamVisitor,
-    VerifyReport, MAX_READ_PAGE,
+    AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
+    GroupStage, Head, Presealed, Problems, Reply, Sealed, StreamVisitor, VerifyReport,
+    MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -2253,20 +2253,36 @@ impl Committed for SegmentCommitted<'_> {
     }
 }
 
-/// Notes the positions of the events with any of `ids` a stream visit
-/// meets ([`SegmentLog::positions_in_streams`]).
-struct Positions<'a> {
-    ids: &'a [Uuid],
-    found: &'a mut HashMap<Uuid, u64>,
-}
-
-impl StreamVisitor for Positions<'_> {
-    fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError> {
-        if self.ids.contains(&event.event_id) {
-            self.found.insert(event.event_id, event.position);
+/// Reads the frames `wanted` (as [`read_runs`], each header CRC-checked
+/// and checked against `asked`) and notes the position of each whose
+/// event id is one of `ids`; nothing else of a frame is decoded.
+fn ids_in_runs(
+    buf: &mut Vec<u8>,
+    wanted: &[Wanted],
+    asked: Asked<'_>,
+    ids: &[Uuid],
+    found: &mut HashMap<Uuid, u64>,
+) -> Result<(), StoreError> {
+    let mut i = 0;
+    for_each_run(buf, wanted, |seg, frames, run| {
+        let mut at = 0usize;
+        for &(p, loc, _) in frames {
+            let bytes = &run[at..];
+            let (meta, _, len) = decode_frame(bytes)
+                .map_err(|e| corrupt(&seg.path, Some(loc.offset), e.to_string()))?;
+            if meta.position != p {
+                // The error a read of the frame gives.
+                decode_at(seg, loc.offset, bytes, p)?;
+            }
+            asked.check(i, meta.stream, meta.version, meta.event_id, (seg, loc, p))?;
+            if ids.contains(&meta.event_id) {
+                found.insert(meta.event_id, p);
+            }
+            i += 1;
+            at += len;
         }
         Ok(())
-    }
+    })
 }
 
 /// Hands each run of `wanted` (position, where, segment) that lies back to
@@ -2582,9 +2598,10 @@ impl EventStore for SegmentLog {
 
     /// While the event ids are still in the snapshot, each id is looked
     /// for among the frames of its stream (read through the stream index,
-    /// each frame's id compared), so that a command that only reads (a
-    /// view catching up on a correction) does not read every id for a
-    /// few; an id not there is looked up by id (which reads them).
+    /// each frame's header checked and its id compared, nothing decoded),
+    /// so that a command that only reads (a view catching up on a
+    /// correction) does not read every id for a few; an id not there is
+    /// looked up by id (which reads them).
     async fn positions_in_streams(
         &self,
         wanted: &[(StreamId, Uuid)],
@@ -2598,12 +2615,17 @@ impl EventStore for SegmentLog {
             for (stream, id) in wanted {
                 by_stream.entry(*stream).or_default().push(*id);
             }
+            let mut buf = Vec::new();
             for (stream, ids) in by_stream {
-                let mut look = Positions {
-                    ids: &ids,
-                    found: &mut found,
-                };
-                visit_whole_stream(self, stream, &mut look).await?;
+                let mut from = 1;
+                while let Some((first, page)) = self.stream_page(stream, from, MAX_READ_PAGE)? {
+                    let asked = Asked::Stream(stream, first);
+                    ids_in_runs(&mut buf, &page, asked, &ids, &mut found)?;
+                    if page.len() < MAX_READ_PAGE {
+                        break;
+                    }
+                    from = first + page.len() as u64;
+                }
                 elsewhere.extend(ids.iter().filter(|id| !found.contains_key(id)));
             }
         }
@@ -3178,6 +3200,45 @@ mod index_tests {
         assert!(log.event_ids_held());
         let found = rt.block_on(log.find_event(Uuid::from_u128(7))).unwrap();
         assert_eq!(found.map(|e| e.position), Some(7));
+    }
+
+    /// On an open that left the ids in the snapshot, positions of ids
+    /// named with their stream are found by the frames' headers, each
+    /// checked as a stream read checks it: a stream index that points at
+    /// another stream's frames is refused as corrupt, not answered.
+    #[test]
+    fn positions_in_streams_refuses_frames_the_index_misfiled() {
+        let (dir, rt) = dir_and_runtime();
+        let (store, log) = open_log(dir.path(), true, 1);
+        let (a, b) = (StreamId(Uuid::from_u128(1)), StreamId(Uuid::from_u128(2)));
+        let mut second = request(4..7);
+        second.stream = b;
+        rt.block_on(log.append_atomic(vec![request(1..4), second]))
+            .unwrap();
+        drop((log, store));
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        assert!(!log.event_ids_held());
+        let wanted = [(a, Uuid::from_u128(2)), (b, Uuid::from_u128(5))];
+        let found = rt.block_on(log.positions_in_streams(&wanted)).unwrap();
+        assert_eq!(found.len(), 2);
+        assert_eq!(
+            (found[&Uuid::from_u128(2)], found[&Uuid::from_u128(5)]),
+            (2, 5)
+        );
+        {
+            let mut state = log.state.write().unwrap();
+            let ix = &mut state.index;
+            let (la, lb) = (ix.streams[&a].clone(), ix.streams[&b].clone());
+            ix.streams.insert(a, lb);
+            ix.streams.insert(b, la);
+        }
+        match rt.block_on(log.positions_in_streams(&wanted)) {
+            Err(StoreError::Corrupt { what, .. }) => {
+                assert!(what.contains("stream entry"), "{what}")
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        assert!(!log.event_ids_held());
     }
 
     /// The snapshot's ids changed in place between the open (whose
