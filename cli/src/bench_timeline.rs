@@ -189,7 +189,7 @@ impl EventStore for AppendClock {
 
     async fn positions_in_streams(
         &self,
-        wanted: &[(StreamId, Uuid)],
+        wanted: &[casebook_engine::store::InStream],
     ) -> Result<std::collections::HashMap<Uuid, u64>, StoreError> {
         self.inner.positions_in_streams(wanted).await
     }

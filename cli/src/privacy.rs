@@ -427,7 +427,7 @@ impl EventStore for Unsealed {
     /// Positions only: nothing to unseal.
     async fn positions_in_streams(
         &self,
-        wanted: &[(StreamId, Uuid)],
+        wanted: &[casebook_engine::store::InStream],
     ) -> Result<std::collections::HashMap<Uuid, u64>, StoreError> {
         self.inner.positions_in_streams(wanted).await
     }

@@ -35,7 +35,7 @@ use std::fmt;
 
 use casebook_engine::envelope::Hash;
 use casebook_engine::event::CaseEvent;
-use casebook_engine::store::{read_whole_stream, EventStore, Head};
+use casebook_engine::store::{read_whole_stream, EventStore, Head, InStream};
 use casebook_engine::{RecordedEvent, StoredEvent, StreamId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -51,7 +51,6 @@ use crate::interventions::Interventions;
 use crate::reintegration::Reintegration;
 use crate::suspensions::Suspensions;
 use crate::{Projection, Targets, PROJECTION_NAMES};
-use uuid::Uuid;
 
 /// Events read from the log per page. Bounds the runner's memory for
 /// decoded events (a few MB, with the pages read ahead) whatever the log's
@@ -505,8 +504,8 @@ async fn read_page(store: &dyn EventStore, next: u64, head: Head) -> Result<Page
 }
 
 /// Where the entries named by `page`'s corrections are in the log, looked
-/// up in one batch, each first in the correction's own stream (a
-/// correction names an entry of its own pupil;
+/// up in one batch, each first in the correction's own stream, below the
+/// correction (a correction names an earlier entry of its own pupil;
 /// [`EventStore::positions_in_streams`]). Corrections are rare: most pages
 /// have none, and cost a scan of their types. A correction whose payload
 /// does not decode is left out here; the fold meets it and stops there.
@@ -515,13 +514,17 @@ async fn correction_targets(
     page: &[StoredEvent],
 ) -> Result<Targets, ProjectionError> {
     let mut targets = Targets::default();
-    let named: Vec<(StreamId, Uuid)> = page
+    let named: Vec<InStream> = page
         .iter()
         // An upcast changes a payload's data, never its type
         // (docs/events.md, "Schema history and upcasters").
         .filter(|e| e.event_type == CORRECTION_TYPE)
         .filter_map(|e| match e.case_event() {
-            Ok(CaseEvent::EntryCorrected(c)) => Some((e.stream, c.event)),
+            Ok(CaseEvent::EntryCorrected(c)) => Some(InStream {
+                stream: e.stream,
+                below: e.version,
+                id: c.event,
+            }),
             _ => None,
         })
         .collect();
@@ -896,7 +899,8 @@ pub async fn audit_of(
 
 #[cfg(test)]
 mod tests {
-    use super::{CaseEvent, Uuid, Watched, CORRECTION_TYPE};
+    use super::{CaseEvent, Watched, CORRECTION_TYPE};
+    use uuid::Uuid;
 
     /// Takes `room` bytes, then fails as a full disk does.
     struct Full {

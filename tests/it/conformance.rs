@@ -511,15 +511,25 @@ pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
         .await
         .unwrap()
         .is_empty());
-    // Positions by (stream, id): each stored id in its own stream, one
-    // named with another pupil's stream, and one not stored.
-    let mut wanted: Vec<(StreamId, uuid::Uuid)> = stored_ids
+    // Positions by stream and id: each stored id in its own stream below
+    // the stream's end, one named with another pupil's stream, one below
+    // its own version, and one not stored.
+    let mut wanted: Vec<store::InStream> = stored_ids
         .iter()
         .enumerate()
-        .map(|(i, id)| (pupil(i as u32 % 3 + 1), *id))
+        .map(|(i, id)| store::InStream {
+            stream: pupil(i as u32 % 3 + 1),
+            below: 4,
+            id: *id,
+        })
         .collect();
-    wanted[4].0 = pupil(3);
-    wanted.push((pupil(1), uuid::Uuid::now_v7()));
+    wanted[4].stream = pupil(3);
+    wanted[7].below = 1;
+    wanted.push(store::InStream {
+        stream: pupil(1),
+        below: u64::MAX,
+        id: uuid::Uuid::now_v7(),
+    });
     let positions = s.positions_in_streams(&wanted).await.unwrap();
     let expected: HashMap<uuid::Uuid, u64> =
         single.iter().map(|(id, e)| (*id, e.position)).collect();

@@ -213,17 +213,18 @@ pub trait EventStore: Send + Sync + 'static {
     }
 
     /// Where each of these events is, by id, each looked for first in the
-    /// stream named with it (a correction names an entry of its own
-    /// pupil); ids not found there are looked up by id; ids not stored
-    /// are absent. The default looks every one up by id
-    /// ([`EventStore::find_events`]); the segment engine, while its event
-    /// ids are still in its index snapshot (an open that only reads),
-    /// reads the streams instead of the ids.
+    /// stream named with it, below the version named with it (a
+    /// correction names an earlier entry of its own pupil); ids not found
+    /// there are looked up by id; ids not stored are absent. The default
+    /// looks every one up by id ([`EventStore::find_events`]); the segment
+    /// engine, while its event ids are still in its index snapshot (an
+    /// open that only reads), reads the streams instead of the ids,
+    /// newest first.
     async fn positions_in_streams(
         &self,
-        wanted: &[(StreamId, Uuid)],
+        wanted: &[InStream],
     ) -> Result<HashMap<Uuid, u64>, StoreError> {
-        let ids: Vec<Uuid> = wanted.iter().map(|(_, id)| *id).collect();
+        let ids: Vec<Uuid> = wanted.iter().map(|w| w.id).collect();
         Ok(self
             .find_events(&ids)
             .await?
@@ -334,6 +335,17 @@ pub trait StreamVisitor: Send {
 
     /// The next event, in stream order. An error stops the read.
     fn visit(&mut self, event: &EventRef<'_>) -> Result<(), StoreError>;
+}
+
+/// An event looked for by id in a stream
+/// ([`EventStore::positions_in_streams`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InStream {
+    pub stream: StreamId,
+    /// The event is of a version below this one (a correction's entry
+    /// comes before the correction); `u64::MAX` when not known.
+    pub below: u64,
+    pub id: Uuid,
 }
 
 /// [`read_whole_stream`] through [`EventStore::visit_stream`]: every event

@@ -59,7 +59,7 @@ use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
-    GroupStage, Head, Presealed, Problems, Reply, Sealed, StreamVisitor, VerifyReport,
+    GroupStage, Head, InStream, Presealed, Problems, Reply, Sealed, StreamVisitor, VerifyReport,
     MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
@@ -2604,27 +2604,41 @@ impl EventStore for SegmentLog {
     /// looked up by id (which reads them).
     async fn positions_in_streams(
         &self,
-        wanted: &[(StreamId, Uuid)],
+        wanted: &[InStream],
     ) -> Result<HashMap<Uuid, u64>, StoreError> {
         let mut found = HashMap::with_capacity(wanted.len());
         let mut elsewhere = Vec::new();
         if self.event_ids_held() {
-            elsewhere.extend(wanted.iter().map(|(_, id)| *id));
+            elsewhere.extend(wanted.iter().map(|w| w.id));
         } else {
-            let mut by_stream: HashMap<StreamId, Vec<Uuid>> = HashMap::new();
-            for (stream, id) in wanted {
-                by_stream.entry(*stream).or_default().push(*id);
+            // Per stream: its ids, and the highest version any may be below.
+            let mut by_stream: HashMap<StreamId, (u64, Vec<Uuid>)> = HashMap::new();
+            for w in wanted {
+                let (below, ids) = by_stream.entry(w.stream).or_insert((0, Vec::new()));
+                *below = (*below).max(w.below);
+                ids.push(w.id);
             }
             let mut buf = Vec::new();
-            for (stream, ids) in by_stream {
-                let mut from = 1;
-                while let Some((first, page)) = self.stream_page(stream, from, MAX_READ_PAGE)? {
-                    let asked = Asked::Stream(stream, first);
-                    ids_in_runs(&mut buf, &page, asked, &ids, &mut found)?;
-                    if page.len() < MAX_READ_PAGE {
+            for (stream, (below, ids)) in by_stream {
+                // Newest first, in pages that double from 16 frames: the
+                // entry a correction names is usually a recent one.
+                let mut end =
+                    below.min(self.read()?.index.stream_version(&stream).saturating_add(1));
+                let mut size = 16u64;
+                let mut left = ids.len();
+                while end > 1 && left > 0 {
+                    let from = end.saturating_sub(size).max(1);
+                    let Some((first, page)) =
+                        self.stream_page(stream, from, (end - from) as usize)?
+                    else {
                         break;
-                    }
-                    from = first + page.len() as u64;
+                    };
+                    let asked = Asked::Stream(stream, first);
+                    let before = found.len();
+                    ids_in_runs(&mut buf, &page, asked, &ids, &mut found)?;
+                    left = left.saturating_sub(found.len() - before);
+                    end = from;
+                    size = (size * 2).min(MAX_READ_PAGE as u64);
                 }
                 elsewhere.extend(ids.iter().filter(|id| !found.contains_key(id)));
             }
@@ -3153,8 +3167,14 @@ mod index_tests {
         // Positions of ids named with their stream: the stream is read,
         // not the ids; one not there is looked up by id, which reads them.
         let stream = StreamId(Uuid::from_u128(1));
-        let wanted: Vec<(StreamId, Uuid)> =
-            (1..8u128).map(|i| (stream, Uuid::from_u128(i))).collect();
+        let at = |stream, below, id| InStream {
+            stream,
+            below,
+            id: Uuid::from_u128(id),
+        };
+        // Below the stream's end, and below a version past it.
+        let mut wanted: Vec<InStream> = (1..7u128).map(|i| at(stream, 7, i)).collect();
+        wanted.push(at(stream, u64::MAX, 7));
         let found = rt.block_on(log.positions_in_streams(&wanted)).unwrap();
         let expected: HashMap<Uuid, u64> =
             (1..8u128).map(|i| (Uuid::from_u128(i), i as u64)).collect();
@@ -3163,7 +3183,18 @@ mod index_tests {
             !log.event_ids_held(),
             "the ids were read for ids in their streams"
         );
-        let elsewhere = [(StreamId(Uuid::from_u128(2)), Uuid::from_u128(3))];
+        // Named below a version it is not below, then with another
+        // stream: each is looked up by id, which reads the ids.
+        let not_below = [at(stream, 3, 4)];
+        let found = rt.block_on(log.positions_in_streams(&not_below)).unwrap();
+        assert_eq!(found.get(&Uuid::from_u128(4)), Some(&4));
+        assert!(
+            log.event_ids_held(),
+            "the ids were not read for an id not below"
+        );
+        drop((log, store));
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        let elsewhere = [at(StreamId(Uuid::from_u128(2)), u64::MAX, 3)];
         let found = rt.block_on(log.positions_in_streams(&elsewhere)).unwrap();
         assert_eq!(found.get(&Uuid::from_u128(3)), Some(&3));
         assert!(log.event_ids_held());
@@ -3218,7 +3249,18 @@ mod index_tests {
         drop((log, store));
         let (_store, log) = open_log(dir.path(), true, u64::MAX);
         assert!(!log.event_ids_held());
-        let wanted = [(a, Uuid::from_u128(2)), (b, Uuid::from_u128(5))];
+        let wanted = [
+            InStream {
+                stream: a,
+                below: 4,
+                id: Uuid::from_u128(2),
+            },
+            InStream {
+                stream: b,
+                below: 4,
+                id: Uuid::from_u128(5),
+            },
+        ];
         let found = rt.block_on(log.positions_in_streams(&wanted)).unwrap();
         assert_eq!(found.len(), 2);
         assert_eq!(
@@ -3239,6 +3281,35 @@ mod index_tests {
             other => panic!("expected a corruption error, got {other:?}"),
         }
         assert!(!log.event_ids_held());
+    }
+
+    /// Ids found in their stream on an open that left the ids in the
+    /// snapshot, newest first in pages that double (16, 32, 64, …
+    /// frames): at the stream's first and last versions and between,
+    /// one past a page's edge, and an id not stored (read by id).
+    #[test]
+    fn positions_in_streams_pages_down_a_long_stream() {
+        let (dir, rt) = dir_and_runtime();
+        let (store, log) = open_log(dir.path(), true, 1);
+        rt.block_on(log.append_atomic(vec![request(1..201)]))
+            .unwrap();
+        drop((log, store));
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        let stream = StreamId(Uuid::from_u128(1));
+        let wanted: Vec<InStream> = [1u128, 2, 136, 137, 152, 153, 185, 200, 500]
+            .iter()
+            .map(|&i| InStream {
+                stream,
+                below: 201,
+                id: Uuid::from_u128(i),
+            })
+            .collect();
+        let found = rt.block_on(log.positions_in_streams(&wanted)).unwrap();
+        let expected: HashMap<Uuid, u64> = [1u128, 2, 136, 137, 152, 153, 185, 200]
+            .iter()
+            .map(|&i| (Uuid::from_u128(i), i as u64))
+            .collect();
+        assert_eq!(found, expected);
     }
 
     /// The snapshot's ids changed in place between the open (whose
