@@ -144,6 +144,13 @@ impl EventStore for AppendClock {
         done
     }
 
+    async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
+        let started = Instant::now();
+        let done = self.inner.append_minted(request).await;
+        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
+        done
+    }
+
     fn seals_ahead(&self) -> bool {
         self.inner.seals_ahead()
     }

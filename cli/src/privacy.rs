@@ -354,6 +354,10 @@ impl EventStore for Unsealed {
         self.inner.append_presealed(presealed).await
     }
 
+    async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
+        self.inner.append_minted(request).await
+    }
+
     fn seals_ahead(&self) -> bool {
         self.inner.seals_ahead()
     }

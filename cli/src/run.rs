@@ -127,11 +127,16 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         sealing: crate::privacy::Sealing::new(cli.key_file.clone()),
         // The caseload, the reports and a rebuild fold the views (from
         // their checkpoints, or from the start) and append nothing; a
-        // correction's entry is found in its pupil's stream. An access
-        // refusal (an append) reads the event ids when it needs them.
+        // correction's entry is found in its pupil's stream. A timeline
+        // or an audit appends only its `RecordViewed`, whose id it minted
+        // (`append_minted`); so does an access refusal.
         reading_only: matches!(
             cli.command,
-            Command::Caseload { .. } | Command::Report { .. } | Command::Rebuild { .. }
+            Command::Caseload { .. }
+                | Command::Report { .. }
+                | Command::Rebuild { .. }
+                | Command::Timeline { .. }
+                | Command::Audit { .. }
         ),
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;

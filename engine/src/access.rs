@@ -907,7 +907,7 @@ impl Guarded {
         });
         let new = NewEvent::new(&event, now, staff)?;
         self.store
-            .append(AppendRequest {
+            .append_minted(AppendRequest {
                 stream,
                 expected: ExpectedVersion::Any,
                 events: vec![new],
@@ -1079,7 +1079,7 @@ impl Guarded {
             purpose,
         });
         self.store
-            .append(AppendRequest {
+            .append_minted(AppendRequest {
                 stream: StreamId::for_access_log(&self.school, pupil),
                 expected: ExpectedVersion::Any,
                 events: vec![NewEvent::new(&viewed, now, actor.staff.clone())?],

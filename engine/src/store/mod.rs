@@ -153,6 +153,18 @@ pub trait EventStore: Send + Sync + 'static {
         false
     }
 
+    /// [`EventStore::append`] of events whose ids this process minted
+    /// ([`NewEvent::new`]: UUID v7, 74 random bits), such as the access
+    /// log's `RecordViewed`: everything is checked as for `append` but
+    /// that the ids are not looked up among the stored ones. The segment
+    /// engine uses this while its event ids are still in its index
+    /// snapshot (an open that only reads), so that a logged read does
+    /// not read them; a repeat (never expected) is found, as a corrupt
+    /// log, when the ids are next read. The default is `append`.
+    async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
+        self.append(request).await
+    }
+
     /// Up to `max` events of `stream` from `from_version` (1 = the first).
     async fn read_stream(
         &self,
@@ -648,6 +660,9 @@ pub(crate) struct Commit {
     /// The requests' events as the caller sealed them ahead
     /// ([`EventStore::append_presealed`]); only the segment writer uses it.
     pub presealed: Option<Sealing>,
+    /// Every event id was minted by this process
+    /// ([`EventStore::append_minted`]); only the segment writer uses it.
+    pub minted: bool,
     pub reply: Reply,
 }
 
@@ -657,14 +672,16 @@ pub(crate) async fn submit(
     sender: Option<&mpsc::Sender<Commit>>,
     requests: Vec<AppendRequest>,
 ) -> Result<Vec<Appended>, StoreError> {
-    submit_presealed(sender, requests, None).await
+    submit_with(sender, requests, None, false).await
 }
 
-/// [`submit`] with the requests' events sealed ahead by the caller.
-pub(crate) async fn submit_presealed(
+/// [`submit`] with the requests' events sealed ahead by the caller, or
+/// with ids it minted.
+pub(crate) async fn submit_with(
     sender: Option<&mpsc::Sender<Commit>>,
     requests: Vec<AppendRequest>,
     presealed: Option<Sealing>,
+    minted: bool,
 ) -> Result<Vec<Appended>, StoreError> {
     if requests.is_empty() {
         // An atomic append of nothing is done: no group, no write.
@@ -676,6 +693,7 @@ pub(crate) async fn submit_presealed(
         .send(Commit {
             requests,
             presealed,
+            minted,
             reply: Reply(reply),
         })
         .await

@@ -1969,6 +1969,10 @@ impl Writer {
             let Ok(state) = self.state.read() else {
                 return;
             };
+            if state.index.later.is_some() {
+                // The ids are still in the snapshot.
+                return;
+            }
             let ids = &state.index.ids;
             let wanted = ids.len().saturating_add(adding);
             if wanted <= ids.capacity() {
@@ -2034,8 +2038,16 @@ impl Writer {
         let mut times = WriterTimes::default();
         let cpu_started = thread_cpu_ns();
         let started = Instant::now();
-        // The first group after an open from the snapshot reads its ids.
-        if let Err(e) = ids_ready(&self.state, &self.ids_loader, &self.dir) {
+        // The first group after an open from the snapshot reads its ids,
+        // unless every id of it was minted by its caller (a logged read on
+        // an open that only reads): those are pushed after the snapshot's
+        // and checked against them when the ids are read.
+        let minted = group.iter().all(|c| c.minted);
+        let ready = match minted {
+            true => Ok(()),
+            false => ids_ready(&self.state, &self.ids_loader, &self.dir),
+        };
+        if let Err(e) = ready {
             // Each append is told (a corrupt log as corrupt); the next
             // group tries again.
             let each = || match &e {
@@ -2472,7 +2484,12 @@ impl EventStore for SegmentLog {
 
     async fn append_presealed(&self, presealed: Presealed) -> Result<Vec<Appended>, StoreError> {
         let (requests, sealing) = presealed.into_parts();
-        super::submit_presealed(self.sender.as_ref(), requests, Some(sealing)).await
+        super::submit_with(self.sender.as_ref(), requests, Some(sealing), false).await
+    }
+
+    async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
+        let mut done = super::submit_with(self.sender.as_ref(), vec![request], None, true).await?;
+        done.pop().ok_or(StoreError::WriterStopped)
     }
 
     fn seals_ahead(&self) -> bool {
@@ -3310,6 +3327,42 @@ mod index_tests {
             .map(|&i| (Uuid::from_u128(i), i as u64))
             .collect();
         assert_eq!(found, expected);
+    }
+
+    /// An append of ids its caller minted (a logged read) on an open that
+    /// left the ids in the snapshot: written without reading them; the
+    /// next append of a caller's own ids reads them with the minted one
+    /// after them (a repeat of it is refused). A minted id that repeats a
+    /// stored one (never expected: 74 random bits) is taken, and found as
+    /// a corrupt log when the ids are read, at every use after.
+    #[test]
+    fn an_append_of_minted_ids_does_not_read_the_event_ids() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        let done = rt.block_on(log.append_minted(request(8..9))).unwrap();
+        assert_eq!(done.first_position, 8);
+        assert!(!log.event_ids_held());
+        match rt.block_on(log.append_atomic(vec![request(8..9)])) {
+            Err(StoreError::DuplicateEventId { position: 8, .. }) => {}
+            other => panic!("expected DuplicateEventId at 8, got {other:?}"),
+        }
+        assert!(log.event_ids_held());
+        drop((log, store));
+        // A minted id that repeats position 2's.
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        rt.block_on(log.append_minted(request(2..3))).unwrap();
+        assert!(!log.event_ids_held());
+        match rt.block_on(log.find_event(Uuid::from_u128(2))) {
+            Err(StoreError::Corrupt { what, .. }) => {
+                assert!(what.contains("is already stored at position 2"), "{what}")
+            }
+            other => panic!("expected a corrupt log, got {other:?}"),
+        }
+        assert!(matches!(
+            rt.block_on(log.append_atomic(vec![request(20..21)])),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     /// The snapshot's ids changed in place between the open (whose
