@@ -1929,18 +1929,24 @@ impl Writer {
         let due = self
             .snapshot_head
             .saturating_add(self.snapshot_min_events.max(self.snapshot_head / 8));
+        let stale = match self.state.read() {
+            Ok(state) => state.snapshot_stale,
+            Err(_) => return,
+        };
+        if self.position == 0 || (self.position < due && !stale) {
+            return;
+        }
+        // Ids still in the snapshot this one replaces (an open that only
+        // read, and appended only minted ids: a timeline's `RecordViewed`)
+        // are read now, once enough was appended after it; if they cannot
+        // be, the old snapshot stays and the next open scans the frames
+        // after it again.
+        if ids_ready(&self.state, &self.ids_loader, &self.dir).is_err() {
+            return;
+        }
         let Ok(state) = self.state.read() else {
             return;
         };
-        if self.position == 0 || (self.position < due && !state.snapshot_stale) {
-            return;
-        }
-        // Ids never read (nothing needed them) are still in the snapshot
-        // this one would replace: it stays, and the next open scans the
-        // frames after it again.
-        if state.index.later.is_some() {
-            return;
-        }
         let Some(segments) = state.index.locs.segments() else {
             return;
         };
@@ -3363,6 +3369,24 @@ mod index_tests {
             rt.block_on(log.append_atomic(vec![request(20..21)])),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    /// An open that left the ids in the snapshot and appended only minted
+    /// ids writes a new snapshot at its close once enough was appended
+    /// after the old one (here: any), reading the ids for it; the next
+    /// open starts from it.
+    #[test]
+    fn a_close_after_minted_appends_writes_the_snapshot_when_due() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let (store, log) = open_log(dir.path(), true, 1);
+        rt.block_on(log.append_minted(request(8..9))).unwrap();
+        assert!(!log.event_ids_held());
+        drop((log, store));
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(8));
+        let found = rt.block_on(log.find_event(Uuid::from_u128(8))).unwrap();
+        assert_eq!(found.map(|e| e.position), Some(8));
     }
 
     /// The snapshot's ids changed in place between the open (whose
