@@ -99,8 +99,9 @@ impl Store {
     /// Opens the embedded store at `data` (engine detected, or `engine`
     /// for a new one), or the database at `url` when given; creates
     /// (migrates) when `create`. `reading_only`: the command appends
-    /// nothing and looks nothing up by event id (the caseload, a report),
-    /// so the segment engine leaves its event ids in the index snapshot
+    /// nothing but events whose ids it mints (`append_minted`) and looks
+    /// nothing up by event id (the caseload, a report, a timeline), so the
+    /// segment engine leaves its event ids in the index snapshot
     /// (`SegmentOptions::event_ids_at_open`).
     pub(crate) async fn open_async(
         data: &Path,

@@ -40,13 +40,8 @@ impl Backend for Segment {
     }
 
     async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure> {
-        let store = SegmentStore::open(dir, true)?;
-        let log = store.log(school)?;
-        Ok(Box::new(SegmentEngine {
-            dir: dir.to_path_buf(),
-            _store: store,
-            log,
-        }))
+        let (engine, _) = open_timed(dir, school, true, SegmentOptions::default())?;
+        Ok(Box::new(engine))
     }
 
     async fn open_raw(&self, dir: &Path, school: &str) -> Result<Box<dyn RawWriter>, Failure> {
@@ -72,31 +67,19 @@ impl Backend for Segment {
                 read_snapshot: false,
                 ..SegmentOptions::default()
             };
-            let started = Instant::now();
-            let store = SegmentStore::open_with(dir, false, full)?;
-            let log = store.log(school)?;
-            let open_full_scan_ms = ms(started);
-            drop(log);
-            drop(store);
+            let (scanned, open_full_scan_ms) = open_timed(dir, school, false, full)?;
+            drop(scanned);
             // An open for a command that only reads (`casebook rebuild`,
             // the caseload, a report): the event ids stay in the snapshot.
             let reading_only = SegmentOptions {
                 event_ids_at_open: false,
                 ..SegmentOptions::default()
             };
-            let started = Instant::now();
-            let store = SegmentStore::open_with(dir, false, reading_only)?;
-            let log = store.log(school)?;
-            let open_reading_only_ms = ms(started);
-            let index_bytes_reading_only = log.index_bytes();
-            let from_snapshot = log.opened_from_snapshot().is_some();
-            let engine: Box<dyn Engine> = Box::new(SegmentEngine {
-                dir: dir.to_path_buf(),
-                _store: store,
-                log,
-            });
+            let (engine, open_reading_only_ms) = open_timed(dir, school, false, reading_only)?;
+            let index_bytes_reading_only = engine.log.index_bytes();
+            let from_snapshot = engine.log.opened_from_snapshot().is_some();
             Ok((
-                engine,
+                Box::new(engine) as Box<dyn Engine>,
                 Some(Reopened {
                     close_ms,
                     open_full_scan_ms,
@@ -117,18 +100,32 @@ impl Backend for Segment {
     ) -> Result<(Box<dyn Engine>, Option<f64>), Failure> {
         tokio::task::block_in_place(|| {
             drop(engine);
-            let started = Instant::now();
-            let store = SegmentStore::open(dir, false)?;
-            let log = store.log(school)?;
-            let open_ms = ms(started);
-            let engine: Box<dyn Engine> = Box::new(SegmentEngine {
-                dir: dir.to_path_buf(),
-                _store: store,
-                log,
-            });
-            Ok((engine, Some(open_ms)))
+            let (engine, open_ms) = open_timed(dir, school, false, SegmentOptions::default())?;
+            Ok((Box::new(engine) as Box<dyn Engine>, Some(open_ms)))
         })
     }
+}
+
+/// The segment engine of `school` in `dir`, opened with `options`, and how
+/// long the open took (ms).
+fn open_timed(
+    dir: &Path,
+    school: &str,
+    create: bool,
+    options: SegmentOptions,
+) -> Result<(SegmentEngine, f64), Failure> {
+    let started = Instant::now();
+    let store = SegmentStore::open_with(dir, create, options)?;
+    let log = store.log(school)?;
+    let open_ms = ms(started);
+    Ok((
+        SegmentEngine {
+            dir: dir.to_path_buf(),
+            _store: store,
+            log,
+        },
+        open_ms,
+    ))
 }
 
 fn ms(since: Instant) -> f64 {

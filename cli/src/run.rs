@@ -27,8 +27,8 @@ pub(crate) struct Ctx {
     /// The access-checked log and actor, set by `staff::check_command`.
     pub(crate) session: Option<crate::staff::Session>,
     pub(crate) sealing: crate::privacy::Sealing,
-    /// The command appends nothing and looks nothing up by event id
-    /// ([`Store::open_async`]'s `reading_only`).
+    /// The command appends nothing but ids it mints and looks nothing up
+    /// by event id ([`Store::open_async`]'s `reading_only`).
     pub(crate) reading_only: bool,
 }
 

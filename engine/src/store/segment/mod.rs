@@ -1283,10 +1283,7 @@ fn read_later_ids(
     dir: &Path,
 ) -> Result<Option<String>, StoreError> {
     match later_ids(index, segments, dir)? {
-        Some(read) => {
-            let note = read.note.clone();
-            install_ids(index, segments, read).map(|()| note)
-        }
+        Some(read) => install_ids(index, segments, read),
         None => Ok(None),
     }
 }
@@ -1329,13 +1326,7 @@ fn later_ids(
         Ok(ids)
     };
     let why = match checked() {
-        Ok(ids) => {
-            return Ok(Some(ReadIds {
-                ids,
-                whole: false,
-                note: None,
-            }))
-        }
+        Ok(ids) => return Ok(Some(ReadIds { ids, note: None })),
         Err(why) => why,
     };
     let rec = recover_at_most(dir, index.max_events, false, true)?;
@@ -1348,7 +1339,6 @@ fn later_ids(
     }
     Ok(Some(ReadIds {
         ids: rec.index.ids,
-        whole: true,
         note: Some(format!(
             "its event ids were not used ({why}); they were indexed from the segments"
         )),
@@ -1358,31 +1348,31 @@ fn later_ids(
 /// Event ids read by [`later_ids`].
 struct ReadIds {
     ids: IdMap,
-    /// Of every frame (indexed from the segments, each checked against
-    /// the others), not only of those up to the snapshot's head.
-    whole: bool,
-    /// Why the snapshot's were not used.
+    /// Why the snapshot's were not used: then `ids` were indexed from the
+    /// segments, every frame's (each checked against the others), not
+    /// only those up to the snapshot's head.
     note: Option<String>,
 }
 
-/// Puts `ids` (of the positions up to the snapshot's head, from
-/// [`later_ids`]) into `index`, then the ids of the frames indexed after
-/// the snapshot: one of them already stored is a corrupt log, as at an
-/// open. On an error nothing is kept (the next caller reads them again,
-/// and on a corrupt log is refused again).
+/// Puts the ids [`later_ids`] read into `index`: those of the snapshot,
+/// then the ids of the frames indexed after it (one of them already
+/// stored is a corrupt log, as at an open); or those indexed from the
+/// segments, every frame's. Returns why the snapshot's were not used, if
+/// they were not. On an error nothing is kept (the next caller reads them
+/// again, and on a corrupt log is refused again).
 fn install_ids(
     index: &mut Index,
     segments: &[Arc<Segment>],
     read: ReadIds,
-) -> Result<(), StoreError> {
+) -> Result<Option<String>, StoreError> {
     let Some(later) = index.later.take() else {
         return Err(StoreError::Internal(
             "the index's event ids were read twice".into(),
         ));
     };
     index.ids = read.ids;
-    if read.whole {
-        return Ok(());
+    if read.note.is_some() {
+        return Ok(read.note);
     }
     let first = index.head() - later.tail.len() as u64 + 1;
     for (p, id) in (first..).zip(&later.tail) {
@@ -1398,7 +1388,7 @@ fn install_ids(
         index.shared.clear();
         index.later = Some(later);
     }
-    checked
+    checked.map(|()| None)
 }
 
 /// Makes sure the log's index holds its event ids ([`Index::later`]): the
@@ -1427,10 +1417,9 @@ fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<()
     let Some(read) = read else {
         return Ok(());
     };
-    let note = read.note.clone();
     let mut guard = state.write().map_err(|_| stopped())?;
     let state = &mut *guard;
-    install_ids(&mut state.index, &state.segments, read)?;
+    let note = install_ids(&mut state.index, &state.segments, read)?;
     if note.is_some() {
         state.ids_note = note;
         state.snapshot_stale = true;
@@ -2648,8 +2637,7 @@ impl EventStore for SegmentLog {
                 let mut end =
                     below.min(self.read()?.index.stream_version(&stream).saturating_add(1));
                 let mut size = 16u64;
-                let mut left = ids.len();
-                while end > 1 && left > 0 {
+                while end > 1 && ids.iter().any(|id| !found.contains_key(id)) {
                     let from = end.saturating_sub(size).max(1);
                     let Some((first, page)) =
                         self.stream_page(stream, from, (end - from) as usize)?
@@ -2657,9 +2645,7 @@ impl EventStore for SegmentLog {
                         break;
                     };
                     let asked = Asked::Stream(stream, first);
-                    let before = found.len();
                     ids_in_runs(&mut buf, &page, asked, &ids, &mut found)?;
-                    left = left.saturating_sub(found.len() - before);
                     end = from;
                     size = (size * 2).min(MAX_READ_PAGE as u64);
                 }
