@@ -98,10 +98,12 @@ pub(crate) fn describe_url(url: &str) -> String {
 impl Store {
     /// Opens the embedded store at `data` (engine detected, or `engine`
     /// for a new one), or the database at `url` when given; creates
-    /// (migrates) when `create`. `reading_only`: the command appends
-    /// nothing but events whose ids it mints (`append_minted`) and looks
-    /// nothing up by event id (the caseload, a report, a timeline), so the
-    /// segment engine leaves its event ids in the index snapshot
+    /// (migrates) when `create`. `reading_only`: the command is not
+    /// expected to need the stored event ids: it appends only events whose
+    /// ids it mints (`append_minted`: a timeline's `RecordViewed`, a
+    /// `record` without `--id`, a staff change) and looks no id up but
+    /// the one a `record --id` names; so the segment engine leaves its
+    /// event ids in the index snapshot until something needs them
     /// (`SegmentOptions::event_ids_at_open`).
     pub(crate) async fn open_async(
         data: &Path,

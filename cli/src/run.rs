@@ -27,8 +27,8 @@ pub(crate) struct Ctx {
     /// The access-checked log and actor, set by `staff::check_command`.
     pub(crate) session: Option<crate::staff::Session>,
     pub(crate) sealing: crate::privacy::Sealing,
-    /// The command appends nothing but ids it mints and looks nothing up
-    /// by event id ([`Store::open_async`]'s `reading_only`).
+    /// The command appends nothing but ids it mints and looks up no id
+    /// but a `record --id`'s ([`Store::open_async`]'s `reading_only`).
     pub(crate) reading_only: bool,
 }
 
@@ -129,7 +129,9 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // their checkpoints, or from the start) and append nothing; a
         // correction's entry is found in its pupil's stream. A timeline
         // or an audit appends only its `RecordViewed`, whose id it minted
-        // (`append_minted`); so does an access refusal.
+        // (`append_minted`); so does an access refusal, a staff change
+        // and a `record` without `--id`. A `record --id` looks its id up
+        // among the stored ones, which reads them then.
         reading_only: matches!(
             cli.command,
             Command::Caseload { .. }
@@ -137,6 +139,8 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
                 | Command::Rebuild { .. }
                 | Command::Timeline { .. }
                 | Command::Audit { .. }
+                | Command::Record { .. }
+                | Command::Staff { .. }
         ),
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;
@@ -430,13 +434,22 @@ async fn record(
     crate::privacy::commit_keys(&ring)?;
     let mut done = Vec::with_capacity(requests.len());
     for request in requests {
-        done.push(
-            session
-                .guarded
-                .append_for_pupil(&session.actor, pupil, request, now)
-                .await
-                .map_err(crate::staff::access_failure)?,
-        );
+        let guarded = &session.guarded;
+        // Without `--id` the planner minted every id (UUID v7), so the
+        // stored ids need not be read to append them.
+        let appended = match event_id_hint {
+            None => {
+                guarded
+                    .append_minted_for_pupil(&session.actor, pupil, request, now)
+                    .await
+            }
+            Some(_) => {
+                guarded
+                    .append_for_pupil(&session.actor, pupil, request, now)
+                    .await
+            }
+        };
+        done.push(appended.map_err(crate::staff::access_failure)?);
     }
     debug_assert_eq!(done[0].stream, stream);
     println!(

@@ -1150,6 +1150,35 @@ impl Guarded {
         request: AppendRequest,
         now: DateTime<Utc>,
     ) -> Result<Appended, AccessError> {
+        self.check_pupil_append(actor, pupil, &request, now).await?;
+        Ok(self.store.append(request).await?)
+    }
+
+    /// [`Guarded::append_for_pupil`] of events whose ids this process
+    /// minted (UUID v7: a `record` without `--id`), appended with
+    /// [`EventStore::append_minted`], so that a store opened without its
+    /// event ids (the segment engine's reading-only open) need not read
+    /// them for the append.
+    pub async fn append_minted_for_pupil(
+        &self,
+        actor: &Actor,
+        pupil: &str,
+        request: AppendRequest,
+        now: DateTime<Utc>,
+    ) -> Result<Appended, AccessError> {
+        self.check_pupil_append(actor, pupil, &request, now).await?;
+        Ok(self.store.append_minted(request).await?)
+    }
+
+    /// What both appends for a pupil check: the stream is the pupil's, and
+    /// `actor` may record each event after the ones before it.
+    async fn check_pupil_append(
+        &self,
+        actor: &Actor,
+        pupil: &str,
+        request: &AppendRequest,
+        now: DateTime<Utc>,
+    ) -> Result<(), AccessError> {
         if request.stream != StreamId::for_pupil(&self.school, pupil) {
             return Err(AccessError::Directory(format!(
                 "internal: append for pupil {pupil} names another stream"
@@ -1165,7 +1194,7 @@ impl Guarded {
                 known.push((new.event_id, new.actor.clone(), event));
             }
         }
-        Ok(self.store.append(request).await?)
+        Ok(())
     }
 
     /// Checks that `actor` may record `event` for `pupil`, before the
@@ -1227,10 +1256,12 @@ impl Guarded {
             self.check(actor, &Action::ManageStaff, None, now).await?;
         }
         self.directory.check(&event)?;
+        // Its id is minted here (`NewEvent::new`): a staff change does not
+        // read the stored event ids (`append_minted`).
         let new = NewEvent::new(&event, now, actor.staff.clone())?;
         let done = self
             .store
-            .append(AppendRequest {
+            .append_minted(AppendRequest {
                 stream: StreamId::for_directory(&self.school),
                 expected: if self.directory_version == 0 {
                     ExpectedVersion::NoStream

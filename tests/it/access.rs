@@ -1101,3 +1101,84 @@ fn every_role_against_the_privacy_commands() {
     }
     run("AUD1", &["verify"]).ok();
 }
+
+/// A staff change and a pupil's entries whose ids this process minted are
+/// appended on a segment store opened with its event ids left in the index
+/// snapshot (as `record` and `staff` open it) without reading them; an
+/// entry with an id the caller chose is looked up among them, so that
+/// append reads them.
+#[tokio::test]
+async fn minted_appends_through_the_access_layer_leave_the_event_ids_on_disk() {
+    use casebook_engine::store::segment::{SegmentOptions, SegmentStore};
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let open = |event_ids_at_open: bool| {
+        let options = SegmentOptions {
+            snapshot_min_events: 1,
+            event_ids_at_open,
+            ..SegmentOptions::default()
+        };
+        SegmentStore::open_with(dir.path(), true, options)
+            .unwrap()
+            .log("default")
+            .unwrap()
+    };
+    let entry = |t: &str, data: Value| {
+        let e = event_from_json(t, data).unwrap();
+        NewEvent::new(&e, now, "ADM1").unwrap()
+    };
+    let stream = StreamId::for_pupil("default", "P1");
+    let request = |events: Vec<NewEvent>| AppendRequest {
+        stream,
+        expected: ExpectedVersion::Any,
+        events,
+    };
+    let incident = || {
+        entry(
+            "IncidentRecorded",
+            json!({"category": "disruption", "severity": 2, "location": "classroom", "description": "Talking"}),
+        )
+    };
+    {
+        let log = open(true);
+        let mut guarded = Guarded::open(log.clone(), "default").await.unwrap();
+        guarded
+            .change_directory(
+                &Actor::single_user("ADM1"),
+                staff_registered("ADM1", "Admin", &[Role::Admin]),
+                now,
+            )
+            .await
+            .unwrap();
+        let admin = guarded.directory().actor(Some("ADM1"), "default").unwrap();
+        let registered = entry(
+            "PupilRegistered",
+            json!({"pupil": "P1", "name": "Ada Testpupil", "date_of_birth": "2012-05-01", "year_group": 9}),
+        );
+        guarded
+            .append_for_pupil(&admin, "P1", request(vec![registered]), now)
+            .await
+            .unwrap();
+    }
+    let log = open(false);
+    assert!(log.opened_from_snapshot().is_some());
+    let mut guarded = Guarded::open(log.clone(), "default").await.unwrap();
+    let admin = guarded.directory().actor(Some("ADM1"), "default").unwrap();
+    guarded
+        .change_directory(&admin, staff_registered("DSL1", "Staff", &[Role::Dsl]), now)
+        .await
+        .unwrap();
+    let dsl = guarded.directory().actor(Some("DSL1"), "default").unwrap();
+    guarded
+        .append_minted_for_pupil(&dsl, "P1", request(vec![incident()]), now)
+        .await
+        .unwrap();
+    assert!(!log.event_ids_held(), "a minted append read the event ids");
+    guarded
+        .append_for_pupil(&dsl, "P1", request(vec![incident()]), now)
+        .await
+        .unwrap();
+    assert!(log.event_ids_held());
+    let stored = log.read_stream(stream, 1, 10).await.unwrap();
+    assert_eq!(stored.len(), 3);
+}

@@ -932,15 +932,16 @@ fn demo_writes_a_school_that_verifies() {
 #[test]
 fn commands_answer_the_same_from_the_index_snapshot() {
     let cb = Casebook::new();
-    let run = |env: (&str, &str), args: &[&str]| {
+    let attempt = |env: (&str, &str), args: &[&str]| {
         let out = cb
             .command(args)
             .env("CASEBOOK_SNAPSHOT_MIN_EVENTS", "1")
             .env(env.0, env.1)
             .output()
             .expect("run casebook");
-        Run::from(out).ok()
+        Run::from(out)
     };
+    let run = |env: (&str, &str), args: &[&str]| attempt(env, args).ok();
     let snapshot = ("CASEBOOK_UNUSED", "");
     let full = ("CASEBOOK_FULL_OPEN_SCAN", "1");
     run(snapshot, &["demo", "--pupils", "12", "--seed", "3"]);
@@ -991,6 +992,43 @@ fn commands_answer_the_same_from_the_index_snapshot() {
         ],
     );
     assert_eq!(unauthorised(run(snapshot, &report).json()), before + 1);
+    // A `record --id` looks its id up among the stored ones, which an open
+    // that left them in the snapshot reads then: the same line again is a
+    // duplicate, and the id of a stored entry with other content is
+    // refused, as on an open that read them.
+    let incident = json!({"category": "verbal_abuse_pupil", "severity": 2,
+        "location": "hall", "description": "synthetic entry"})
+    .to_string();
+    let record_with_id = |id: &str| {
+        attempt(
+            snapshot,
+            &[
+                "record",
+                "IncidentRecorded",
+                "--pupil",
+                "P00004",
+                "--as",
+                "S001",
+                "--occurred-at",
+                "2026-07-10T10:00:00Z",
+                "--id",
+                id,
+                "--data",
+                &incident,
+            ],
+        )
+    };
+    let own = "01900000-0000-7000-8000-00000000c0de";
+    assert!(record_with_id(own).ok().stdout.starts_with("recorded"));
+    let again = record_with_id(own).ok();
+    assert!(
+        again.stdout.starts_with("already recorded"),
+        "{}",
+        again.stdout
+    );
+    let taken = record_with_id(&mark);
+    assert_eq!(taken.code, 2, "{}", taken.stderr);
+    assert!(taken.stderr.contains("already stored"), "{}", taken.stderr);
     for args in [
         &["timeline", "P00004", "--format", "json"][..],
         &["caseload", "--format", "json", "--today", "2026-07-17"],
