@@ -16,7 +16,9 @@
 //! keep, or its changes no longer fit the type) leaves the entry as it was,
 //! as the engine's own `CaseState` does.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use casebook_engine::domain::apply_changes;
 use casebook_engine::event::{CaseEvent, EntryCorrected, PupilRegistered};
@@ -64,6 +66,17 @@ impl Tracked {
         }
     }
 
+    /// Whether this is `e` as [`Tracked::new`] would keep it: the same
+    /// envelope fields and payload.
+    fn is(&self, e: &RecordedEvent) -> bool {
+        self.event_id == e.event_id
+            && self.position == e.position
+            && self.occurred_at == e.occurred_at
+            && self.recorded_at == e.recorded_at
+            && self.actor == e.actor
+            && self.event == e.event
+    }
+
     /// Applies `c` if it names this entry. Returns whether it named it
     /// (applied or not), so callers stop looking.
     fn correct(&mut self, c: &EntryCorrected) -> bool {
@@ -89,14 +102,42 @@ pub fn corrected(
         .filter(|new| new.type_name() == original.type_name())
 }
 
+thread_local! {
+    /// The registration a view on this thread kept last
+    /// ([`PupilCard::register`]), for the next view that folds the same
+    /// event to share.
+    static LAST_REGISTRATION: RefCell<Option<Arc<Tracked>>> = const { RefCell::new(None) };
+}
+
+/// `e` as a card keeps it: the registration the last card registered on
+/// this thread when that is `e` (a rebuild folds each event into every
+/// view in turn, so the seven views' cards of a pupil share one copy),
+/// else a new one, which the next view may share.
+fn shared_registration(e: &RecordedEvent) -> Arc<Tracked> {
+    LAST_REGISTRATION.with(|last| {
+        let mut last = last.borrow_mut();
+        match last.as_ref() {
+            Some(kept) if kept.is(e) => Arc::clone(kept),
+            _ => {
+                let kept = Arc::new(Tracked::new(e));
+                *last = Some(Arc::clone(&kept));
+                kept
+            }
+        }
+    })
+}
+
 /// A pupil's registration as corrected (class, site and year for reports).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PupilCard {
-    /// Boxed: every school-wide view keeps a card per pupil in its map,
-    /// and a map's nodes hold room for eleven values; 8 bytes each there
-    /// instead of a 232-byte `Tracked` (in a 9.9M-event rebuild the seven
-    /// maps' nodes were 51 MB). The checkpoint form is the same.
-    registration: Option<Box<Tracked>>,
+    /// Behind a pointer: every school-wide view keeps a card per pupil in
+    /// its map, and a map's nodes hold room for eleven values; 8 bytes
+    /// each there instead of a 232-byte `Tracked` (in a 9.9M-event
+    /// rebuild the seven maps' nodes were 51 MB). Shared: the views that
+    /// fold the same registration hold one copy of it and its strings
+    /// (~400 bytes a pupil), until a correction names it, when each view
+    /// corrects its own copy. The checkpoint form is the same as a box's.
+    registration: Option<Arc<Tracked>>,
 }
 
 impl PupilCard {
@@ -104,13 +145,23 @@ impl PupilCard {
     /// recorded; if a log holds one anyway, the first is who the stream is.
     pub(crate) fn register(&mut self, e: &RecordedEvent) {
         if self.registration.is_none() {
-            self.registration = Some(Box::new(Tracked::new(e)));
+            self.registration = Some(shared_registration(e));
         }
     }
 
     /// Applies `c` if it names the registration; returns whether it did.
+    /// The registration is copied first only when the changes apply.
     pub(crate) fn correct(&mut self, c: &EntryCorrected) -> bool {
-        self.registration.as_mut().is_some_and(|r| r.correct(c))
+        let Some(r) = self.registration.as_mut() else {
+            return false;
+        };
+        if r.event_id != c.event {
+            return false;
+        }
+        if let Some(new) = corrected(&r.event, &c.changes) {
+            Arc::make_mut(r).event = new;
+        }
+        true
     }
 
     pub fn registered(&self) -> Option<&PupilRegistered> {
@@ -241,4 +292,73 @@ pub fn percent(part: u64, whole: u64) -> Option<f64> {
         return None;
     }
     Some((part as f64 * 1000.0 / whole as f64).round() / 10.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn recorded(position: u64, event_type: &str, data: serde_json::Value) -> RecordedEvent {
+        let at = DateTime::parse_from_rfc3339("2026-01-05T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        RecordedEvent {
+            position,
+            stream: StreamId::for_pupil("s", "P1"),
+            version: position,
+            event_id: Uuid::from_u128(u128::from(position)),
+            occurred_at: at,
+            recorded_at: at,
+            actor: "S1".into(),
+            correlation_id: None,
+            causation_id: None,
+            schema: casebook_engine::event::CURRENT_SCHEMA,
+            hash: [0; 32],
+            event: CaseEvent::from_type_and_data(event_type, data).unwrap(),
+        }
+    }
+
+    fn registration(position: u64, class: &str) -> RecordedEvent {
+        recorded(
+            position,
+            "PupilRegistered",
+            json!({"pupil": "P1", "name": "Ada Testpupil", "date_of_birth": "2012-05-01",
+                "year_group": 9, "class": class}),
+        )
+    }
+
+    /// The views folding one registration share one copy of it; a
+    /// correction one view applies copies it first, so the others keep
+    /// theirs; a different event, even under the same id, is never shared.
+    #[test]
+    fn cards_share_a_registration_until_one_is_corrected() {
+        let e = registration(1, "9A");
+        let (mut a, mut b) = (PupilCard::default(), PupilCard::default());
+        a.register(&e);
+        b.register(&e);
+        let (ra, rb) = (a.registration.as_ref(), b.registration.as_ref());
+        assert!(Arc::ptr_eq(ra.unwrap(), rb.unwrap()));
+        let c = match recorded(
+            2,
+            "EntryCorrected",
+            json!({"event": e.event_id, "changes": {"class": "9B"}, "reason": "moved"}),
+        )
+        .event
+        {
+            CaseEvent::EntryCorrected(c) => c,
+            other => panic!("{other:?}"),
+        };
+        assert!(a.correct(&c));
+        assert_eq!(a.class(), Some("9B"));
+        assert_eq!(b.class(), Some("9A"));
+        // Same id and position, other content: its own copy.
+        let mut other = PupilCard::default();
+        other.register(&registration(1, "9C"));
+        assert_eq!(other.class(), Some("9C"));
+        assert_eq!(b.class(), Some("9A"));
+        // A card read back from a checkpoint is the same card.
+        let bytes = rmp_serde::to_vec(&b).unwrap();
+        assert_eq!(rmp_serde::from_slice::<PupilCard>(&bytes).unwrap(), b);
+    }
 }
