@@ -110,10 +110,192 @@ impl Mark {
     }
 }
 
+/// One mark as almost every register holds it: 8 bytes. `key_code` is the
+/// key (22 bits: the sessions of the years 1 to about 5,700) above the
+/// code (10 bits, [`NARROW_NO_CODE`] for [`NO_CODE`]); the position's high
+/// 16 bits are the list's ([`MarkList::Narrow`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct NarrowMark {
+    key_code: u32,
+    position_low: u32,
+}
+
+const NARROW_CODE_BITS: u32 = 10;
+const NARROW_KEY_LIMIT: u32 = 1 << (32 - NARROW_CODE_BITS);
+/// [`NO_CODE`] in the narrow form; codes from it up do not fit.
+const NARROW_NO_CODE: u32 = (1 << NARROW_CODE_BITS) - 1;
+
+impl NarrowMark {
+    /// `m` in the narrow form of a list whose positions' high bits are
+    /// `high`; `None` when it does not fit.
+    fn pack(m: Mark, high: u16) -> Option<NarrowMark> {
+        let key = u32::try_from(m.key)
+            .ok()
+            .filter(|&k| k < NARROW_KEY_LIMIT)?;
+        let code = match m.code {
+            NO_CODE => NARROW_NO_CODE,
+            c if u32::from(c) < NARROW_NO_CODE => u32::from(c),
+            _ => return None,
+        };
+        (m.position_high == high).then_some(NarrowMark {
+            key_code: (key << NARROW_CODE_BITS) | code,
+            position_low: m.position_low,
+        })
+    }
+
+    fn key(self) -> Key {
+        // Below 2^22: fits.
+        (self.key_code >> NARROW_CODE_BITS) as Key
+    }
+
+    fn unpack(self, high: u16) -> Mark {
+        let code = match self.key_code & NARROW_NO_CODE {
+            NARROW_NO_CODE => NO_CODE,
+            // Below 2^10: fits.
+            c => c as u16,
+        };
+        Mark {
+            key: self.key(),
+            code,
+            position_high: high,
+            position_low: self.position_low,
+        }
+    }
+}
+
+/// A pupil's marks, in the narrow form while every one fits it (a 4.3
+/// billion-event log, a date of the years 1 to about 5,700, fewer than
+/// 1,000 codes casebook does not know on the register), else in the wide
+/// one, to which the whole list moves when the first mark that does not
+/// fit comes. Two thirds of the memory of a register, which is most of a
+/// school's log.
+#[derive(Clone, Debug)]
+enum MarkList {
+    Narrow { high: u16, marks: Vec<NarrowMark> },
+    Wide(Vec<Mark>),
+}
+
+impl Default for MarkList {
+    fn default() -> MarkList {
+        MarkList::Narrow {
+            high: 0,
+            marks: Vec::new(),
+        }
+    }
+}
+
+impl MarkList {
+    fn len(&self) -> usize {
+        match self {
+            MarkList::Narrow { marks, .. } => marks.len(),
+            MarkList::Wide(marks) => marks.len(),
+        }
+    }
+
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        match self {
+            MarkList::Narrow { marks, .. } => marks.capacity(),
+            MarkList::Wide(marks) => marks.capacity(),
+        }
+    }
+
+    /// The slices of either form: one of them is empty.
+    fn forms(&self) -> (&[NarrowMark], u16, &[Mark]) {
+        match self {
+            MarkList::Narrow { high, marks } => (marks, *high, &[]),
+            MarkList::Wide(marks) => (&[], 0, marks),
+        }
+    }
+
+    /// The marks from index `start` to `end` (exclusive), in order.
+    fn slice(&self, start: usize, end: usize) -> impl Iterator<Item = Mark> + '_ {
+        let (narrow, high, wide) = self.forms();
+        let narrow = narrow.get(start..end).unwrap_or(&[]);
+        let wide = wide.get(start..end).unwrap_or(&[]);
+        narrow
+            .iter()
+            .map(move |m| m.unpack(high))
+            .chain(wide.iter().copied())
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Mark> + '_ {
+        self.slice(0, self.len())
+    }
+
+    fn get(&self, i: usize) -> Option<Mark> {
+        self.slice(i, i.saturating_add(1)).next()
+    }
+
+    /// The first index whose key is not `below` (as `partition_point`).
+    fn partition_point(&self, below: impl Fn(Key) -> bool) -> usize {
+        match self {
+            MarkList::Narrow { marks, .. } => marks.partition_point(|m| below(m.key())),
+            MarkList::Wide(marks) => marks.partition_point(|m| below(m.key)),
+        }
+    }
+
+    /// Room for one more mark ([`make_room`]).
+    fn make_room(&mut self) {
+        match self {
+            MarkList::Narrow { marks, .. } => make_room(marks, MARKS_STEP, STEP_UNTIL),
+            MarkList::Wide(marks) => make_room(marks, MARKS_STEP, STEP_UNTIL),
+        }
+    }
+
+    /// `m` packed for this list, or `None` once the list is wide (moved to
+    /// the wide form here if `m` does not fit the narrow one).
+    fn fit(&mut self, m: Mark) -> Option<NarrowMark> {
+        if let MarkList::Narrow { high, marks } = self {
+            if marks.is_empty() {
+                *high = m.position_high;
+            }
+            if let Some(n) = NarrowMark::pack(m, *high) {
+                return Some(n);
+            }
+            let high = *high;
+            let mut wide = Vec::with_capacity(marks.capacity());
+            wide.extend(marks.iter().map(|n| n.unpack(high)));
+            *self = MarkList::Wide(wide);
+        }
+        None
+    }
+
+    /// Puts `m` at index `i`: in place of the mark there when `replace`,
+    /// else before it.
+    fn put(&mut self, i: usize, m: Mark, replace: bool) {
+        let narrow = self.fit(m);
+        match (self, narrow) {
+            (MarkList::Narrow { marks, .. }, Some(n)) => match marks.get_mut(i) {
+                Some(slot) if replace => *slot = n,
+                _ => marks.insert(i.min(marks.len()), n),
+            },
+            (MarkList::Wide(marks), _) => match marks.get_mut(i) {
+                Some(slot) if replace => *slot = m,
+                _ => marks.insert(i.min(marks.len()), m),
+            },
+            // `fit` gives a narrow mark only to a narrow list.
+            (MarkList::Narrow { .. }, None) => {}
+        }
+    }
+
+    fn remove(&mut self, i: usize) {
+        match self {
+            MarkList::Narrow { marks, .. } if i < marks.len() => {
+                marks.remove(i);
+            }
+            MarkList::Wide(marks) if i < marks.len() => {
+                marks.remove(i);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// A pupil's marks in `(date, session)` order, one per session.
 #[derive(Clone, Debug, Default)]
 struct Marks {
-    list: Vec<Mark>,
+    list: MarkList,
     /// Codes casebook does not know, as written (rare: only a log older
     /// than the code rules, or a foreign import, holds them).
     other: Vec<String>,
@@ -196,24 +378,23 @@ impl Marks {
     fn insert(&mut self, key: Key, position: u64, code: &str) {
         let code = self.intern(code);
         let mark = Mark::new(key, position, code);
-        make_room(&mut self.list, MARKS_STEP, STEP_UNTIL);
-        match self.list.last() {
-            Some(last) if last.key >= key => {
-                match self.list.binary_search_by_key(&key, |m| m.key) {
-                    Ok(i) => self.list[i] = mark,
-                    Err(i) => self.list.insert(i, mark),
-                }
-            }
-            _ => self.list.push(mark),
-        }
+        self.list.make_room();
+        let len = self.list.len();
+        // Marks come mostly in order: after the last, found without a search.
+        let i = match self.list.get(len.wrapping_sub(1)) {
+            Some(last) if last.key >= key => self.list.partition_point(|k| k < key),
+            _ => len,
+        };
+        let replace = self.list.get(i).is_some_and(|m| m.key == key);
+        self.list.put(i, mark, replace);
     }
 
     /// Marks of the sessions from `first` to `last` (dates, inclusive).
-    fn range(&self, first: NaiveDate, last: NaiveDate) -> &[Mark] {
+    fn range(&self, first: NaiveDate, last: NaiveDate) -> impl Iterator<Item = Mark> + '_ {
         let (lo, hi) = (key(first, Session::Am), key(last, Session::Pm));
-        let start = self.list.partition_point(|m| m.key < lo);
-        let end = self.list.partition_point(|m| m.key <= hi);
-        self.list.get(start..end.max(start)).unwrap_or(&[])
+        let start = self.list.partition_point(|k| k < lo);
+        let end = self.list.partition_point(|k| k <= hi);
+        self.list.slice(start, end.max(start))
     }
 
     /// `(key, position, code)` of every mark, in order.
@@ -270,9 +451,9 @@ mod packed {
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Marks, A::Error> {
             let mut marks = Marks::default();
-            marks
-                .list
-                .reserve(seq.size_hint().unwrap_or(0).min(1 << 16));
+            if let super::MarkList::Narrow { marks: list, .. } = &mut marks.list {
+                list.reserve(seq.size_hint().unwrap_or(0).min(1 << 16));
+            }
             while let Some((day, pm, position, code)) = seq.next_element::<Packed>()? {
                 let date = NaiveDate::from_num_days_from_ce_opt(day)
                     .ok_or_else(|| A::Error::custom(format!("day number {day} out of range")))?;
@@ -288,15 +469,15 @@ impl Register {
     /// Applies `c`, which names the entry at `position`, if that entry is
     /// one of these marks.
     fn correct(&mut self, c: &EntryCorrected, position: u64) {
-        let Some(i) = self
+        let Some((i, mark)) = self
             .marks
             .list
             .iter()
-            .position(|m| m.position() == position)
+            .enumerate()
+            .find(|(_, m)| m.position() == position)
         else {
             return;
         };
-        let mark = self.marks.list[i];
         let (date, session) = unkey(mark.key);
         let original = CaseEvent::AttendanceMarked(AttendanceMarked {
             date,
@@ -449,8 +630,8 @@ impl Attendance {
         let mut summary = AttendanceSummary::default();
         if let (Some(first), Some(last)) = (first, last) {
             for (stream, register) in &self.pupils {
-                let year = register.marks.range(first, last);
-                if year.is_empty() {
+                let mut year = register.marks.range(first, last).peekable();
+                if year.peek().is_none() {
                     continue;
                 }
                 let mut p = PupilAttendance {
@@ -958,6 +1139,7 @@ mod tests {
             );
         }
         assert_eq!(std::mem::size_of::<Mark>(), 12);
+        assert_eq!(std::mem::size_of::<NarrowMark>(), 8);
     }
 
     #[test]
@@ -984,7 +1166,60 @@ mod tests {
         }
         marks.insert(day + 1, 2, "L");
         assert_eq!((marks.list.len(), marks.list.capacity()), (65, 128));
-        assert_eq!(marks.list[1].code, known_code("L").unwrap() as u16);
+        assert_eq!(
+            marks.list.get(1).unwrap().code,
+            known_code("L").unwrap() as u16
+        );
+    }
+
+    /// A mark whose position's high bits differ from the list's, whose date
+    /// is before the year 1, or whose code is past the narrow form's moves
+    /// the list to the wide form, every mark kept as it was.
+    #[test]
+    fn a_mark_that_does_not_fit_the_narrow_form_moves_the_list_to_the_wide_one() {
+        let day = key(NaiveDate::from_ymd_opt(2025, 9, 1).unwrap(), Session::Am);
+        let ancient = key(NaiveDate::from_ymd_opt(-5, 1, 1).unwrap(), Session::Pm);
+        let odd = format!("odd{}", NARROW_NO_CODE);
+        for (k, position, code) in [
+            (day + 5, 1u64 << 40, "/"),
+            (ancient, 4, "L"),
+            (day + 5, 4, odd.as_str()),
+        ] {
+            let mut marks = Marks::default();
+            marks.other = (0..=NARROW_NO_CODE).map(|i| format!("odd{i}")).collect();
+            for (i, c) in ["/", "N", "odd7"].into_iter().enumerate() {
+                marks.insert(day + 2 * i as Key, i as u64 + 1, c);
+            }
+            assert!(matches!(marks.list, MarkList::Narrow { .. }));
+            marks.insert(k, position, code);
+            assert!(
+                matches!(marks.list, MarkList::Wide(_)),
+                "{k} {position} {code}"
+            );
+            let mut want = vec![(day, 1, "/"), (day + 2, 2, "N"), (day + 4, 3, "odd7")];
+            want.push((k, position, code));
+            want.sort_by_key(|w| w.0);
+            let got: Vec<(Key, u64, &str)> = marks.iter().collect();
+            assert_eq!(got, want);
+            // Still one mark a session, in order: the same session again
+            // replaces its mark.
+            marks.insert(day + 2, 9, "/");
+            assert_eq!(marks.list.len(), 4);
+            let first = NaiveDate::from_ymd_opt(2025, 9, 2).unwrap();
+            let range: Vec<u64> = marks.range(first, first).map(|m| m.position()).collect();
+            assert_eq!(range, [9]);
+        }
+        // Marks that fit stay narrow, whatever their order.
+        let mut marks = Marks::default();
+        for i in [5, 1, 3, 2, 4] {
+            marks.insert(day + i, (1 << 33) + i as u64, "/");
+        }
+        assert!(matches!(marks.list, MarkList::Narrow { high: 2, .. }));
+        let positions: Vec<u64> = marks.iter().map(|(_, p, _)| p).collect();
+        assert_eq!(
+            positions,
+            (1..=5).map(|i| (1 << 33) + i).collect::<Vec<u64>>()
+        );
     }
 
     #[test]
