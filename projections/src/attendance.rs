@@ -1185,8 +1185,10 @@ mod tests {
             (ancient, 4, "L"),
             (day + 5, 4, odd.as_str()),
         ] {
-            let mut marks = Marks::default();
-            marks.other = (0..=NARROW_NO_CODE).map(|i| format!("odd{i}")).collect();
+            let mut marks = Marks {
+                other: (0..=NARROW_NO_CODE).map(|i| format!("odd{i}")).collect(),
+                ..Marks::default()
+            };
             for (i, c) in ["/", "N", "odd7"].into_iter().enumerate() {
                 marks.insert(day + 2 * i as Key, i as u64 + 1, c);
             }

@@ -14,10 +14,24 @@ use casebook_engine::import::event_from_json;
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
 use casebook_engine::StoredEvent;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use crate::cli::{line, Casebook, Run};
+
+/// Registers ADM1 as the first admin of `school`'s empty staff directory
+/// (the bootstrap single-user mode allows) and returns them as an actor.
+pub(crate) async fn first_admin(guarded: &mut Guarded, school: &str, now: DateTime<Utc>) -> Actor {
+    guarded
+        .change_directory(
+            &Actor::single_user("ADM1"),
+            staff_registered("ADM1", "Admin", &[Role::Admin]),
+            now,
+        )
+        .await
+        .unwrap();
+    guarded.directory().actor(Some("ADM1"), school).unwrap()
+}
 
 /// One member of staff per role.
 const STAFF: &[(&str, &str)] = &[
@@ -638,16 +652,7 @@ async fn the_engine_withholds_safeguarding_entries_from_a_teacher() {
     let log: Arc<dyn EventStore> = store.log("default").unwrap();
     let now = Utc::now();
     let mut guarded = Guarded::open(log.clone(), "default").await.unwrap();
-    let boot = Actor::single_user("ADM1");
-    guarded
-        .change_directory(
-            &boot,
-            staff_registered("ADM1", "Admin", &[Role::Admin]),
-            now,
-        )
-        .await
-        .unwrap();
-    let admin = guarded.directory().actor(Some("ADM1"), "default").unwrap();
+    let admin = first_admin(&mut guarded, "default", now).await;
     for (staff, role) in [("DSL1", Role::Dsl), ("TEA1", Role::Teacher)] {
         guarded
             .change_directory(&admin, staff_registered(staff, "Staff", &[role]), now)
@@ -1142,15 +1147,7 @@ async fn minted_appends_through_the_access_layer_leave_the_event_ids_on_disk() {
     {
         let log = open(true);
         let mut guarded = Guarded::open(log.clone(), "default").await.unwrap();
-        guarded
-            .change_directory(
-                &Actor::single_user("ADM1"),
-                staff_registered("ADM1", "Admin", &[Role::Admin]),
-                now,
-            )
-            .await
-            .unwrap();
-        let admin = guarded.directory().actor(Some("ADM1"), "default").unwrap();
+        let admin = first_admin(&mut guarded, "default", now).await;
         let registered = entry(
             "PupilRegistered",
             json!({"pupil": "P1", "name": "Ada Testpupil", "date_of_birth": "2012-05-01", "year_group": 9}),

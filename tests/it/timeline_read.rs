@@ -217,15 +217,7 @@ async fn by_position(log: &dyn EventStore, stream: StreamId) -> Vec<StoredEvent>
 /// The staff directory: an admin, a DSL and two teachers (TEA2 the
 /// keyworker of some pupils).
 async fn staff(guarded: &mut Guarded, now: DateTime<Utc>) -> Vec<Actor> {
-    guarded
-        .change_directory(
-            &Actor::single_user("ADM1"),
-            staff_registered("ADM1", "Admin", &[Role::Admin]),
-            now,
-        )
-        .await
-        .unwrap();
-    let admin = guarded.directory().actor(Some("ADM1"), SCHOOL).unwrap();
+    let admin = crate::access::first_admin(guarded, SCHOOL, now).await;
     for (s, role) in [
         ("DSL1", Role::Dsl),
         ("TEA1", Role::Teacher),
