@@ -1403,16 +1403,20 @@ pub enum Command {
 /// Fold them into the state with [`CaseState::apply`] before deciding the
 /// next command of the same pupil.
 pub fn decide(state: &CaseState, command: &Command) -> Result<Vec<CaseEvent>, DomainError> {
-    decide_owned(state, command.clone())
+    decide_owned(state, command.clone()).map(Iterator::collect)
 }
+
+/// The events [`decide_owned`] gives, in order (one, for every command
+/// there is), without a list allocated for them.
+pub type Decided = std::iter::Once<CaseEvent>;
 
 /// [`decide`] for a command the caller gives up: the same checks, and the
 /// command's own event moved into the answer instead of copied (the
 /// import's path, one event a line).
-pub fn decide_owned(state: &CaseState, command: Command) -> Result<Vec<CaseEvent>, DomainError> {
+pub fn decide_owned(state: &CaseState, command: Command) -> Result<Decided, DomainError> {
     check(state, &command)?;
     match command {
-        Command::Record(r) => Ok(vec![r.event]),
+        Command::Record(r) => Ok(std::iter::once(r.event)),
     }
 }
 

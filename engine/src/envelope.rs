@@ -141,12 +141,24 @@ impl NewEvent {
     }
 }
 
+/// Bytes an encoded payload is given room for before [`encode_payload`]
+/// writes it: more than the demo's commonest non-register payloads (about
+/// 100 to 200 bytes).
+const PAYLOAD_ROOM: usize = 256;
+
 /// Encodes a payload at the current schema: MessagePack with field names, so
 /// that old payloads stay readable by name when fields are added or renamed.
 pub fn encode_payload(event: &CaseEvent) -> Result<Vec<u8>, CodecError> {
     let bytes = match encode_plain_payload(event) {
         Some(bytes) => bytes,
-        None => rmp_serde::to_vec_named(event).map_err(|e| CodecError::Encode(e.to_string()))?,
+        None => {
+            // Room for most payloads at once, where growing from empty
+            // would reallocate six times on the way to a few hundred bytes.
+            let mut out = Vec::with_capacity(PAYLOAD_ROOM);
+            rmp_serde::encode::write_named(&mut out, event)
+                .map_err(|e| CodecError::Encode(e.to_string()))?;
+            out
+        }
     };
     if bytes.len() > MAX_PAYLOAD_BYTES {
         return Err(CodecError::TooLarge {
