@@ -243,52 +243,48 @@ impl MarkList {
         }
     }
 
-    /// `m` packed for this list, or `None` once the list is wide (moved to
-    /// the wide form here if `m` does not fit the narrow one).
-    fn fit(&mut self, m: Mark) -> Option<NarrowMark> {
+    /// Puts `m` at index `i`: in place of the mark there when `replace`,
+    /// else before it. A mark that does not fit the narrow form moves the
+    /// list to the wide one first.
+    fn put(&mut self, i: usize, m: Mark, replace: bool) {
         if let MarkList::Narrow { high, marks } = self {
             if marks.is_empty() {
                 *high = m.position_high;
             }
             if let Some(n) = NarrowMark::pack(m, *high) {
-                return Some(n);
+                return place(marks, i, n, replace);
             }
             let high = *high;
             let mut wide = Vec::with_capacity(marks.capacity());
             wide.extend(marks.iter().map(|n| n.unpack(high)));
             *self = MarkList::Wide(wide);
         }
-        None
-    }
-
-    /// Puts `m` at index `i`: in place of the mark there when `replace`,
-    /// else before it.
-    fn put(&mut self, i: usize, m: Mark, replace: bool) {
-        let narrow = self.fit(m);
-        match (self, narrow) {
-            (MarkList::Narrow { marks, .. }, Some(n)) => match marks.get_mut(i) {
-                Some(slot) if replace => *slot = n,
-                _ => marks.insert(i.min(marks.len()), n),
-            },
-            (MarkList::Wide(marks), _) => match marks.get_mut(i) {
-                Some(slot) if replace => *slot = m,
-                _ => marks.insert(i.min(marks.len()), m),
-            },
-            // `fit` gives a narrow mark only to a narrow list.
-            (MarkList::Narrow { .. }, None) => {}
+        if let MarkList::Wide(marks) = self {
+            place(marks, i, m, replace);
         }
     }
 
     fn remove(&mut self, i: usize) {
         match self {
-            MarkList::Narrow { marks, .. } if i < marks.len() => {
-                marks.remove(i);
-            }
-            MarkList::Wide(marks) if i < marks.len() => {
-                marks.remove(i);
-            }
-            _ => {}
+            MarkList::Narrow { marks, .. } => remove_at(marks, i),
+            MarkList::Wide(marks) => remove_at(marks, i),
         }
+    }
+}
+
+/// Sets `list[i]` to `item` when `replace` and there is one, else inserts
+/// `item` before index `i` (at the end when `i` is past it).
+fn place<T>(list: &mut Vec<T>, i: usize, item: T, replace: bool) {
+    match list.get_mut(i) {
+        Some(slot) if replace => *slot = item,
+        _ => list.insert(i.min(list.len()), item),
+    }
+}
+
+/// Removes `list[i]`, if there is one.
+fn remove_at<T>(list: &mut Vec<T>, i: usize) {
+    if i < list.len() {
+        list.remove(i);
     }
 }
 
@@ -381,7 +377,7 @@ impl Marks {
         self.list.make_room();
         let len = self.list.len();
         // Marks come mostly in order: after the last, found without a search.
-        let i = match self.list.get(len.wrapping_sub(1)) {
+        let i = match len.checked_sub(1).and_then(|last| self.list.get(last)) {
             Some(last) if last.key >= key => self.list.partition_point(|k| k < key),
             _ => len,
         };
