@@ -2083,6 +2083,17 @@ impl Writer {
                 segments: &state.segments,
             };
             for commit in group {
+                if state.index.later.is_none() {
+                    // The id checks of the commit's first events, fetched
+                    // together (see `IdMap::prefetch`).
+                    let ids = &state.index.ids;
+                    let events = commit.requests.iter().flat_map(|r| &r.events);
+                    ids.prefetch(
+                        events
+                            .take(ids::PREFETCH_IDS)
+                            .map(|e| ids.fingerprint(&e.event_id)),
+                    );
+                }
                 match stage.stage_presealed(
                     &commit.requests,
                     commit.presealed.as_ref(),
@@ -2141,7 +2152,13 @@ impl Writer {
                         return false;
                     };
                     seg_no = (state.segments.len() - 1) as u32;
-                    for f in &self.frames {
+                    for (i, f) in self.frames.iter().enumerate() {
+                        if i % ids::PREFETCH_IDS == 0 && state.index.later.is_none() {
+                            // The pushes' table memory, fetched together.
+                            let ids = &state.index.ids;
+                            let next = self.frames[i..].iter().take(ids::PREFETCH_IDS);
+                            ids.prefetch(next.map(|f| ids.fingerprint(&f.meta.event_id)));
+                        }
                         let loc = Loc {
                             offset: base + f.start as u64,
                             len: f.len as u32,
@@ -2550,10 +2567,16 @@ impl EventStore for SegmentLog {
             let state = self.read()?;
             // Usually none is stored (a fresh import): look each up, and
             // drop repeats among the few found.
-            let mut found: Vec<(u32, Uuid)> = ids
-                .iter()
-                .flat_map(|id| state.index.ids.candidates(id).map(|p| (p, *id)))
-                .collect();
+            let map = &state.index.ids;
+            let mut found: Vec<(u32, Uuid)> = Vec::new();
+            for chunk in ids.chunks(ids::PREFETCH_IDS) {
+                map.prefetch(chunk.iter().map(|id| map.fingerprint(id)));
+                found.extend(
+                    chunk
+                        .iter()
+                        .flat_map(|id| map.candidates(id).map(|p| (p, *id))),
+                );
+            }
             found.sort_unstable();
             found.dedup();
             let mut ids = Vec::with_capacity(found.len());
