@@ -750,7 +750,17 @@ pub(crate) trait Committed {
     fn committed_version(&mut self, stream: StreamId) -> Result<u64, StoreError>;
     /// The position of the stored event with this id, if there is one.
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError>;
+    /// Told of the next ids [`Committed::stored_position`] will be asked
+    /// for ([`LOOKUP_AHEAD`] at a time), so that it can fetch what their
+    /// look-ups read together; by default nothing.
+    fn ahead<'e>(&mut self, ids: impl Iterator<Item = &'e Uuid>) {
+        let _ = ids;
+    }
 }
+
+/// Ids a writer tells its [`Committed`] of at a time, ahead of their
+/// look-ups.
+pub(crate) const LOOKUP_AHEAD: usize = 512;
 
 /// One event sealed by [`GroupStage::stage`]: where it landed, and where
 /// in the group's buffer ([`GroupStage::bytes`]) the exact bytes every
@@ -1114,7 +1124,11 @@ impl GroupStage {
                 });
             }
             local.insert(r.stream, actual + r.events.len() as u64);
-            for e in &r.events {
+            for (i, e) in r.events.iter().enumerate() {
+                if i % LOOKUP_AHEAD == 0 {
+                    let next = r.events[i..].iter().take(LOOKUP_AHEAD);
+                    committed.ahead(next.map(|e| &e.event_id));
+                }
                 if self.ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
                     return Err(StoreError::DuplicateInAppend {
                         event_id: e.event_id,
@@ -1319,6 +1333,54 @@ mod tests {
             expected: ExpectedVersion::Any,
             events,
         }
+    }
+
+    /// A committed log that records what it is told ahead and asked.
+    #[derive(Default)]
+    struct Recording {
+        told: Vec<Uuid>,
+        asked: Vec<Uuid>,
+    }
+
+    impl Committed for Recording {
+        fn committed_version(&mut self, _: StreamId) -> Result<u64, StoreError> {
+            Ok(0)
+        }
+        fn stored_position(&mut self, id: Uuid) -> Result<Option<u64>, StoreError> {
+            assert!(
+                self.told.contains(&id),
+                "{id} asked before it was told ahead"
+            );
+            self.asked.push(id);
+            Ok(None)
+        }
+        fn ahead<'e>(&mut self, ids: impl Iterator<Item = &'e Uuid>) {
+            let before = self.told.len();
+            self.told.extend(ids);
+            assert!(self.told.len() - before <= LOOKUP_AHEAD);
+        }
+    }
+
+    /// Every id a group's check looks up was told ahead, in order, at
+    /// most [`LOOKUP_AHEAD`] at a time, in streams longer than that too.
+    #[test]
+    fn the_committed_log_is_told_the_ids_ahead_of_their_look_ups() {
+        let long = LOOKUP_AHEAD as u128 * 2 + 3;
+        let requests = vec![
+            request(1, (1..=long).map(|i| event(i, 8)).collect()),
+            request(2, (10_000..10_005).map(|i| event(i, 8)).collect()),
+        ];
+        let mut stage = GroupStage::new(0, Hash::default());
+        let mut log = Recording::default();
+        stage
+            .stage_presealed(&requests, None, &mut log, chrono::Utc::now())
+            .unwrap();
+        let all: Vec<Uuid> = requests
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        assert_eq!(log.asked, all);
+        assert_eq!(log.told, all);
     }
 
     /// An append refused part-way through sealing (its second event is

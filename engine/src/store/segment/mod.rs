@@ -2083,17 +2083,6 @@ impl Writer {
                 segments: &state.segments,
             };
             for commit in group {
-                if state.index.later.is_none() {
-                    // The id checks of the commit's first events, fetched
-                    // together (see `IdMap::prefetch`).
-                    let ids = &state.index.ids;
-                    let events = commit.requests.iter().flat_map(|r| &r.events);
-                    ids.prefetch(
-                        events
-                            .take(ids::PREFETCH_IDS)
-                            .map(|e| ids.fingerprint(&e.event_id)),
-                    );
-                }
                 match stage.stage_presealed(
                     &commit.requests,
                     commit.presealed.as_ref(),
@@ -2274,6 +2263,15 @@ impl Committed for SegmentCommitted<'_> {
 
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
         stored_at(self.index, self.segments, &event_id)
+    }
+
+    /// The table memory of the ids' look-ups, fetched together
+    /// ([`IdMap::prefetch`]).
+    fn ahead<'e>(&mut self, ids: impl Iterator<Item = &'e Uuid>) {
+        if self.index.later.is_none() {
+            let map = &self.index.ids;
+            map.prefetch(ids.map(|id| map.fingerprint(id)));
+        }
     }
 }
 
