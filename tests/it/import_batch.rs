@@ -903,3 +903,64 @@ fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
         });
     }
 }
+
+/// `parse_line` reads a line once, untracked, and only a line that fails
+/// again to name the field at fault; the sealed-prefix check writes the
+/// event out as text only for a line that mentions the prefix. Each refusal
+/// names its line and field as before, wherever in the line the fault is,
+/// and a good line reads the same whether or not it looks like one.
+#[test]
+fn parse_line_names_the_field_at_fault_and_refuses_sealed_text() {
+    let line = |text: &str| parse_line(7, text);
+    let err = |text: &str| match line(text) {
+        Ok(_) => panic!("accepted: {text}"),
+        Err(e) => e.to_string(),
+    };
+    let head = r#""pupil":"P1","occurred_at":"2026-09-15T10:20:00Z","actor":"S1""#;
+    let incident = |participants: &str| {
+        format!(
+            r#"{{"type":"IncidentRecorded",{head},"data":{{"category":"disruption","severity":2,"location":"hall","description":"x","participants":{participants}}}}}"#
+        )
+    };
+    // Where the line itself is wrong: the field, from the tracked reading.
+    let e = err(&format!(
+        r#"{{"type":"ParentContacted",{head},"dat":{{}}}}"#
+    ));
+    assert!(e.starts_with("line 7: field dat: unknown field"), "{e}");
+    let e = err(r#"{"type":"ParentContacted","pupil":5}"#);
+    assert!(e.starts_with("line 7: field pupil: invalid type"), "{e}");
+    let e = err(r#"{"type":"ParentContacted","pupil":"P1",}"#);
+    assert!(e.starts_with("line 7: trailing comma"), "{e}");
+    let e = err(r#"{"type":"ParentContacted","pupil":"P1""#);
+    assert!(e.starts_with("line 7: EOF while parsing"), "{e}");
+    // An over-long string, named by its path however deep it is.
+    let long = "y".repeat(casebook_engine::import::MAX_FIELD_BYTES + 1);
+    let e = err(&incident(&format!(r#"[{{"pupil":"P2","role":"{long}"}}]"#)));
+    assert!(
+        e.starts_with("line 7: field data.participants[0].role: 65537 bytes, over the limit"),
+        "{e}"
+    );
+    // The sealed prefix, in a value however deep, or in PupilRegistered's
+    // pupil (filled from the line's).
+    let e = err(&format!(
+        r#"{{"type":"ParentContacted",{head},"data":{{"method":"phone","summary":"see sealed:v1:AAAA"}}}}"#
+    ));
+    assert!(e.contains("reserved for sealed fields"), "{e}");
+    let e = err(&incident(r#"[{"pupil":"sealed:v1:P2","role":"target"}]"#));
+    assert!(e.contains("reserved for sealed fields"), "{e}");
+    let e = err(
+        r#"{"type":"PupilRegistered","pupil":"sealed:v1:X","occurred_at":"2026-09-15T10:20:00Z","actor":"S1","data":{"name":"A B","date_of_birth":"2015-01-02","year_group":5}}"#,
+    );
+    assert!(
+        e.contains("reserved for sealed fields") || e.contains("field pupil"),
+        "{e}"
+    );
+    // A prefix cut short, or split over two fields, is text like any other.
+    let ok = line(&format!(
+        r#"{{"type":"ParentContacted",{head},"data":{{"method":"sealed:v1","summary":":AAAA sealed:v2:"}}}}"#
+    ))
+    .unwrap();
+    assert_eq!(ok.event.type_name(), "ParentContacted");
+    assert_eq!(ok.line, 7);
+    assert_eq!(ok.pupil, "P1");
+}

@@ -2101,6 +2101,12 @@ impl Writer {
         let started = Instant::now();
         let (position, hash) = (stage.position, stage.hash);
         let (recorded_floor_us, presealed) = (stage.recorded_floor_us, stage.adopted);
+        // Room for the whole group at once: grown by doubling instead, a
+        // large append (an import of a million lines) would copy its frames
+        // about once more and fault in about twice their memory.
+        self.buf
+            .reserve(stage.bytes.len() + stage.sealed.len() * frame::FRAME_OVERHEAD);
+        self.frames.reserve(stage.sealed.len());
         for sealed in &stage.sealed {
             let e = &sealed.event;
             let meta = FrameMeta {
