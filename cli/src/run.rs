@@ -5,7 +5,9 @@ use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Instant;
 
-use casebook_engine::import::{parse_line, parse_time, ImportError, ImportLine, Planner};
+use casebook_engine::import::{
+    parse_line, parse_time, ImportError, ImportLine, Planner, PREFETCH_LINES,
+};
 use casebook_engine::store::{AppendRequest, EventStore};
 use chrono::{DateTime, NaiveDate, Utc};
 
@@ -281,7 +283,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     let started = Instant::now();
     let spinner = progress::spinner("validating lines");
     let mut lines = Lines::new(reader);
-    let mut by_school: BTreeMap<String, Vec<ImportLine>> = BTreeMap::new();
+    let mut by_school: BTreeMap<String, Vec<Vec<ImportLine>>> = BTreeMap::new();
     while let Some((n, line)) = lines
         .next_line()
         .map_err(|e| Failure::BadInput(format!("cannot read {file}: {e}")))?
@@ -323,7 +325,19 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
         }
         let parsed = parse_line(n, &text).map_err(import_failure)?;
         let school = parsed.school.clone().unwrap_or_else(|| ctx.school.clone());
-        by_school.entry(school).or_default().push(parsed);
+        // In chunks of the lines `add_many` looks up at once: one
+        // `Vec` of every line would be grown by doubling, copying the
+        // lines again and faulting in twice their memory, and would be
+        // held whole until every line is planned.
+        let chunks: &mut Vec<Vec<ImportLine>> = by_school.entry(school).or_default();
+        match chunks.last_mut() {
+            Some(chunk) if chunk.len() < PREFETCH_LINES => chunk.push(parsed),
+            _ => {
+                let mut chunk = Vec::with_capacity(PREFETCH_LINES);
+                chunk.push(parsed);
+                chunks.push(chunk);
+            }
+        }
         spinner.inc(1);
     }
     // Validate every school's lines before writing any of them.
@@ -337,7 +351,12 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
             if let Some(r) = &ring {
                 planner = planner.with_sealer(r.as_ref());
             }
-            planner.add_many(lines).await.map_err(import_failure)?;
+            // Chunk by chunk, each freed once planned: the same plan and
+            // the same first error as all lines at once (`add_many` takes
+            // them `PREFETCH_LINES` at a time either way).
+            for chunk in lines {
+                planner.add_many(chunk).await.map_err(import_failure)?;
+            }
             planner.finish()
         };
         plans.push((guarded, actor, plan, ring));

@@ -231,6 +231,56 @@ fn import_reports_counts_and_reimport_is_idempotent() {
 
 /// Each kind of bad input: exit 2, `line N: ...` naming what is wrong, and
 /// the store exactly as it was.
+/// `casebook import` keeps a file's lines in chunks of the lines the
+/// planner looks up at once (`PREFETCH_LINES`) and plans them chunk by
+/// chunk: a pupil's state, ids and duplicates carry across the chunks as
+/// within one, and an error in a later chunk names its line and writes
+/// nothing of the earlier ones.
+#[test]
+fn an_import_longer_than_a_chunk_plans_across_the_chunks() {
+    let chunk = casebook_engine::import::PREFETCH_LINES;
+    let contact = |i: usize, summary: &str| {
+        let mut l = line(
+            "ParentContacted",
+            "P1042",
+            "2025-09-10T09:00:00Z",
+            json!({"method": "phone", "summary": summary}),
+        );
+        l["id"] = json!(format!("00000000-0000-4000-8000-{i:012}"));
+        l
+    };
+    let mut lines = vec![register("P1042")];
+    lines.extend((1..chunk + 200).map(|i| contact(i, "Called home")));
+    // The second chunk repeats a line of the first: a duplicate.
+    lines.push(contact(10, "Called home"));
+    let cb = Casebook::new();
+    let r = cb.import(&lines).ok();
+    assert!(
+        r.stdout
+            .trim_end()
+            .ends_with(&format!("imported {} events (1 duplicates)", chunk + 200)),
+        "{}",
+        r.stdout
+    );
+    let (events, _) = cb.fingerprint();
+    assert_eq!(events, (chunk + 200) as u64);
+    // The same id with other content, in the second chunk: refused at its
+    // line, nothing of the file written.
+    let fresh = Casebook::new();
+    fresh.run(&["init"]).ok();
+    let before = fresh.fingerprint();
+    let last = lines.len();
+    lines[last - 1] = contact(10, "Called home again");
+    let r = fresh.import(&lines);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("line {last}:")) && r.stderr.contains("different content"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fresh.fingerprint(), before);
+}
+
 #[test]
 fn bad_input_is_refused_whole_and_writes_nothing() {
     let cb = Casebook::new();
