@@ -63,6 +63,20 @@ macro_rules! case_events {
                     }),
                 }
             }
+
+            /// [`CaseEvent::from_type_and_data`] read straight from the
+            /// JSON text of `data`, with no path tracked and no
+            /// `serde_json::Value` built: `None` for anything it does not
+            /// read (the caller then reads the line the general way, for
+            /// the error).
+            pub fn from_type_and_text(event_type: &str, data: &str) -> Option<CaseEvent> {
+                match event_type {
+                    $( stringify!($variant) => serde_json::from_str::<$data>(data)
+                        .ok()
+                        .map(CaseEvent::$variant), )+
+                    _ => None,
+                }
+            }
         }
     };
 }

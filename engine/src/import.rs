@@ -123,6 +123,66 @@ struct RawLine {
     school: Option<String>,
 }
 
+/// [`RawLine`] with its `data` left as the line's text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainLine<'a> {
+    #[serde(rename = "type")]
+    event_type: String,
+    pupil: String,
+    occurred_at: String,
+    actor: String,
+    #[serde(borrow)]
+    data: &'a serde_json::value::RawValue,
+    #[serde(default)]
+    id: Option<Uuid>,
+    #[serde(default)]
+    school: Option<String>,
+}
+
+/// The line's fields and its typed event, read straight from the text
+/// (no `serde_json::Value` of `data` built, no path tracked), for a line
+/// the general reading would accept with nothing more to check in `data`:
+/// an importable type; a `data` object of at most [`MAX_FIELD_BYTES`] bytes
+/// of text (so no string in it is longer); with no `\u` escape and no
+/// sealed prefix, nor the prefix in the pupil (the other escapes stand for
+/// characters the prefix does not hold, so a string with the prefix would
+/// show it in the text: the event can hold none). `None` for any other line, and for a line this
+/// reading refuses (a duplicate key, say): the general reading then reads
+/// it, to the same event or with its error.
+fn plain_line(text: &str) -> Option<(RawLine, CaseEvent)> {
+    let p = PlainLine::deserialize(&mut serde_json::Deserializer::from_str(text)).ok()?;
+    let data = p.data.get();
+    let plain = data.len() <= MAX_FIELD_BYTES
+        && data.starts_with('{')
+        && !data.contains("\\u")
+        && !data.contains(crate::seal::SEALED_PREFIX)
+        && !p.pupil.contains(crate::seal::SEALED_PREFIX)
+        && importable(&p.event_type);
+    if !plain {
+        return None;
+    }
+    let event = CaseEvent::from_type_and_text(&p.event_type, data)?;
+    let raw = RawLine {
+        event_type: p.event_type,
+        pupil: p.pupil,
+        occurred_at: p.occurred_at,
+        actor: p.actor,
+        data: serde_json::Value::Null,
+        id: p.id,
+        school: p.school,
+    };
+    Some((raw, event))
+}
+
+/// True for a type an import may hold (see [`event_from_json`]).
+fn importable(event_type: &str) -> bool {
+    EVENT_TYPES.contains(&event_type)
+        && event_type != "RecordViewed"
+        && event_type != "AccessRefused"
+        && !crate::access::DIRECTORY_TYPES.contains(&event_type)
+}
+
 fn check_ref(line: usize, field: &str, value: &str) -> Result<(), ImportError> {
     if value.trim().is_empty() {
         return Err(ImportError::line(
@@ -238,11 +298,29 @@ pub fn parse_line(line: usize, text: &str) -> Result<ImportLine, ImportError> {
         ));
     }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if let Some((raw, event)) = plain_line(text) {
+        // The checks of the general reading below, in its order; those on
+        // `data` hold already.
+        check_ref(line, "pupil", &raw.pupil)?;
+        check_ref(line, "actor", &raw.actor)?;
+        let occurred_at =
+            parse_time("occurred_at", &raw.occurred_at).map_err(|w| ImportError::line(line, w))?;
+        return finish_line(line, raw, occurred_at, event, false);
+    }
+    parse_line_general(line, text)
+}
+
+/// [`parse_line`] of a line (past its length check and byte order mark)
+/// the general way: `data` read into a `serde_json::Value`, checked, then
+/// read into the event. Every line [`plain_line`] reads goes here to the
+/// same [`ImportLine`] (a test holds the two equal); public for that test.
+#[doc(hidden)]
+pub fn parse_line_general(line: usize, text: &str) -> Result<ImportLine, ImportError> {
     // Read without tracking where in the line the reader is (a fifth of
     // the read's time); only a line that fails is read again, tracked, to
     // name the field at fault. The same reader either way, so the same
     // lines are read, to the same values or the same error.
-    let raw = match RawLine::deserialize(&mut serde_json::Deserializer::from_str(text)) {
+    let mut raw = match RawLine::deserialize(&mut serde_json::Deserializer::from_str(text)) {
         Ok(raw) => raw,
         Err(_) => {
             let de = &mut serde_json::Deserializer::from_str(text);
@@ -276,8 +354,21 @@ pub fn parse_line(line: usize, text: &str) -> Result<ImportLine, ImportError> {
         || mentions(&raw.data, crate::seal::SEALED_PREFIX);
     let occurred_at =
         parse_time("occurred_at", &raw.occurred_at).map_err(|w| ImportError::line(line, w))?;
-    let mut event =
-        event_from_json(&raw.event_type, raw.data).map_err(|w| ImportError::line(line, w))?;
+    let data = std::mem::take(&mut raw.data);
+    let event = event_from_json(&raw.event_type, data).map_err(|w| ImportError::line(line, w))?;
+    finish_line(line, raw, occurred_at, event, maybe_sealed)
+}
+
+/// The rest of [`parse_line`] once the line's event is read: the checks
+/// of the event against the line, then the line. `maybe_sealed`: whether
+/// the line's `data` or pupil mentions the sealed prefix.
+fn finish_line(
+    line: usize,
+    raw: RawLine,
+    occurred_at: DateTime<Utc>,
+    mut event: CaseEvent,
+    maybe_sealed: bool,
+) -> Result<ImportLine, ImportError> {
     if let CaseEvent::PupilRegistered(p) = &mut event {
         if p.pupil.is_empty() {
             p.pupil = raw.pupil.clone();

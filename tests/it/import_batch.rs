@@ -964,3 +964,101 @@ fn parse_line_names_the_field_at_fault_and_refuses_sealed_text() {
     assert_eq!(ok.line, 7);
     assert_eq!(ok.pupil, "P1");
 }
+
+/// `parse_line` reads most lines straight to their event (`plain_line`:
+/// no `serde_json::Value` of `data`, no path tracked) and the rest the
+/// general way. For every line of a demo school year, and for variants of
+/// each that the straight reading must leave to the general one (a `\u`
+/// escape, the sealed prefix written out or escaped, a repeated key, a
+/// number given as text, an over-long string, a `data` that is not an
+/// object), the result is exactly the general reading's: the same line,
+/// or the same error.
+#[test]
+fn reading_a_line_straight_to_its_event_is_the_general_reading() {
+    use casebook_cli::demo::{generate, DemoOptions};
+    use casebook_engine::import::parse_line_general;
+
+    let opts = DemoOptions {
+        pupils: 30,
+        seed: 11,
+        academic_year: 2024,
+        school: "read".into(),
+    };
+    let same = |n: usize, text: &str| {
+        let fast = parse_line(n, text).map_err(|e| e.to_string());
+        let general = parse_line_general(n, text).map_err(|e| e.to_string());
+        assert_eq!(fast, general, "line {n}: {text}");
+        fast.is_ok()
+    };
+    let (mut lines, mut accepted, mut refused) = (0usize, 0usize, 0usize);
+    let mut types = HashSet::new();
+    for pupil in generate(&opts) {
+        for e in &pupil.events {
+            types.insert(e.event.type_name());
+            let data = e.event.data_json();
+            let line = json!({
+                "type": e.event.type_name(),
+                "pupil": pupil.reference,
+                "occurred_at": e.occurred_at.to_rfc3339(),
+                "actor": e.actor,
+                "data": data,
+                "id": e.event_id,
+            });
+            let text = line.to_string();
+            lines += 1;
+            assert!(same(lines, &text), "a demo line is refused: {text}");
+            let mut variants = Vec::new();
+            // The first string of `data` (if any) changed four ways, and
+            // the whole `data` changed three.
+            let first = data
+                .as_object()
+                .and_then(|m| m.iter().find(|(_, v)| v.is_string()))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = &first {
+                for s in [
+                    "A\u{e9}\u{2014}b \\ \"q\" /".to_string(),
+                    "sealed:v1:AAAA".to_string(),
+                    "x".repeat(casebook_engine::import::MAX_FIELD_BYTES + 1),
+                ] {
+                    let mut l = line.clone();
+                    l["data"][k] = json!(s);
+                    variants.push(l.to_string());
+                }
+                // The prefix behind a `\u` escape: not in the text as
+                // written.
+                let mut l = line.clone();
+                l["data"][k] = json!("SEALED");
+                variants.push(
+                    l.to_string()
+                        .replace("\"SEALED\"", "\"\\u0073ealed:v1:AAAA\""),
+                );
+                // The key twice.
+                let text_data = data.to_string();
+                let needle = format!("{}:", json!(k));
+                let twice = text_data.replacen(&needle, &format!("{needle}\"other\",{needle}"), 1);
+                variants.push(text.replacen(&text_data, &twice, 1));
+            }
+            let mut l = line.clone();
+            l["data"] = json!([1, 2]);
+            variants.push(l.to_string());
+            if let Some(m) = data.as_object() {
+                if let Some((k, _)) = m.iter().find(|(_, v)| v.is_number()) {
+                    let mut l = line.clone();
+                    l["data"][k] = json!("3");
+                    variants.push(l.to_string());
+                }
+            }
+            for v in variants {
+                lines += 1;
+                if same(lines, &v) {
+                    accepted += 1;
+                } else {
+                    refused += 1;
+                }
+            }
+        }
+    }
+    assert!(lines > 10_000, "{lines}");
+    assert!(types.len() >= 20, "{types:?}");
+    assert!(accepted > 1_000 && refused > 1_000, "{accepted} {refused}");
+}
