@@ -147,9 +147,9 @@ struct PlainLine<'a> {
 /// of text (so no string in it is longer); with no `\u` escape and no
 /// sealed prefix, nor the prefix in the pupil (the other escapes stand for
 /// characters the prefix does not hold, so a string with the prefix would
-/// show it in the text: the event can hold none). `None` for any other line, and for a line this
-/// reading refuses (a duplicate key, say): the general reading then reads
-/// it, to the same event or with its error.
+/// show it in the text: the event can hold none). `None` for any other
+/// line, and for a line this reading refuses (a duplicate key, say): the
+/// general reading then reads it, to the same event or with its error.
 fn plain_line(text: &str) -> Option<(RawLine, CaseEvent)> {
     let p = PlainLine::deserialize(&mut serde_json::Deserializer::from_str(text)).ok()?;
     let data = p.data.get();
@@ -158,7 +158,7 @@ fn plain_line(text: &str) -> Option<(RawLine, CaseEvent)> {
         && !data.contains("\\u")
         && !data.contains(crate::seal::SEALED_PREFIX)
         && !p.pupil.contains(crate::seal::SEALED_PREFIX)
-        && importable(&p.event_type);
+        && not_importable(&p.event_type).is_none();
     if !plain {
         return None;
     }
@@ -175,12 +175,21 @@ fn plain_line(text: &str) -> Option<(RawLine, CaseEvent)> {
     Some((raw, event))
 }
 
-/// True for a type an import may hold (see [`event_from_json`]).
-fn importable(event_type: &str) -> bool {
-    EVENT_TYPES.contains(&event_type)
-        && event_type != "RecordViewed"
-        && event_type != "AccessRefused"
-        && !crate::access::DIRECTORY_TYPES.contains(&event_type)
+/// Why a line may not hold `event_type`; `None` for a type an import
+/// may hold.
+fn not_importable(event_type: &str) -> Option<String> {
+    if !EVENT_TYPES.contains(&event_type) {
+        return Some(format!(
+            "unknown event type {event_type:?} (the types are listed in docs/events.md)"
+        ));
+    }
+    if event_type == "RecordViewed" {
+        return Some("RecordViewed is written by casebook itself when a record is read; it cannot be imported".into());
+    }
+    if crate::access::DIRECTORY_TYPES.contains(&event_type) || event_type == "AccessRefused" {
+        return Some(format!("{event_type} is written by casebook itself (staff directory and access log; see `casebook staff`); it cannot be imported or recorded"));
+    }
+    None
 }
 
 fn check_ref(line: usize, field: &str, value: &str) -> Result<(), ImportError> {
@@ -266,16 +275,8 @@ pub fn parse_time(field: &str, text: &str) -> Result<DateTime<Utc>, String> {
 /// Builds a typed event from a type name and its `data`, naming the
 /// offending field (`data.severity: invalid type ...`) on failure.
 pub fn event_from_json(event_type: &str, data: serde_json::Value) -> Result<CaseEvent, String> {
-    if !EVENT_TYPES.contains(&event_type) {
-        return Err(format!(
-            "unknown event type {event_type:?} (the types are listed in docs/events.md)"
-        ));
-    }
-    if event_type == "RecordViewed" {
-        return Err("RecordViewed is written by casebook itself when a record is read; it cannot be imported".into());
-    }
-    if crate::access::DIRECTORY_TYPES.contains(&event_type) || event_type == "AccessRefused" {
-        return Err(format!("{event_type} is written by casebook itself (staff directory and access log; see `casebook staff`); it cannot be imported or recorded"));
+    if let Some(why) = not_importable(event_type) {
+        return Err(why);
     }
     if !data.is_object() {
         return Err("field data: must be an object".into());

@@ -1263,13 +1263,16 @@ impl GroupStage {
             HashMap::with_capacity_and_hasher(streams, IdHash::default());
         // Room for every event's bytes at once (each is sealed within its
         // bound), so that a large append's buffer is not grown by doubling:
-        // copied about once more, and twice its memory faulted in.
+        // copied about once more, and twice its memory faulted in. Asked
+        // for, not demanded: an append too large to hold (refused below by
+        // the value limit, one event past it) grows as before instead of
+        // failing the allocation here.
         let room = requests
             .iter()
             .flat_map(|r| &r.events)
             .map(|e| crate::envelope::body_capacity(&e.actor, &e.event_type, &e.payload))
             .fold(0usize, usize::saturating_add);
-        self.bytes.reserve(room);
+        let _ = self.bytes.try_reserve(room);
         for r in requests {
             let base = self.version_after(&cur, committed, r.stream)?;
             for (i, e) in r.events.iter().enumerate() {
