@@ -955,6 +955,19 @@ fn parse_line_names_the_field_at_fault_and_refuses_sealed_text() {
         e.contains("reserved for sealed fields") || e.contains("field pupil"),
         "{e}"
     );
+    // Types casebook writes itself, refused by name whichever way the
+    // line is read.
+    let e = err(&format!(
+        r#"{{"type":"RecordViewed",{head},"data":{{"purpose":"x"}}}}"#
+    ));
+    assert!(
+        e.starts_with("line 7: RecordViewed is written by casebook itself"),
+        "{e}"
+    );
+    let e = err(&format!(
+        r#"{{"type":"StaffRegistered",{head},"data":{{"staff":"S1","name":"A B"}}}}"#
+    ));
+    assert!(e.contains("it cannot be imported or recorded"), "{e}");
     // A prefix cut short, or split over two fields, is text like any other.
     let ok = line(&format!(
         r#"{{"type":"ParentContacted",{head},"data":{{"method":"sealed:v1","summary":":AAAA sealed:v2:"}}}}"#
