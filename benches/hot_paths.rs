@@ -1,7 +1,7 @@
 //! Criterion benches of the engine's hot pieces: sealing (encode + hash) and
 //! decoding an envelope, the chain hash alone, payload encoding and
 //! decoding, folding one pupil's demo year into the school-wide projections
-//! and into a chronology, and `decide`. Run with
+//! and into a chronology, `decide`, and reading an import line. Run with
 //! `cargo bench --bench hot_paths`; compare runs on the same machine. The
 //! end-to-end figures are `casebook bench` (docs/performance.md).
 
@@ -157,5 +157,30 @@ fn folds(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, envelope, folds);
+/// Reading one import line (`casebook import`): an incident and a register
+/// mark, through `parse_line` (straight to the event where nothing more
+/// need be checked) and through the general reading it falls back to.
+fn import_lines(c: &mut Criterion) {
+    use casebook_engine::import::{parse_line, parse_line_general};
+    let incident = serde_json::json!({
+        "type": "IncidentRecorded", "pupil": "P1042", "occurred_at": "2025-09-15T10:20:00Z",
+        "actor": "S017", "id": "00000000-0000-4000-8000-000000000001",
+        "data": incident().data_json(),
+    })
+    .to_string();
+    let mark = r#"{"type":"AttendanceMarked","pupil":"P1042","occurred_at":"2025-09-15T13:15:00Z","actor":"S002","data":{"date":"2025-09-15","session":"pm","code":"\\"}}"#;
+    let mut g = c.benchmark_group("import line");
+    g.throughput(Throughput::Elements(1));
+    for (name, text) in [("incident", incident.as_str()), ("register mark", mark)] {
+        g.bench_function(format!("{name}: parse_line"), |b| {
+            b.iter(|| parse_line(1, black_box(text)).expect("line"))
+        });
+        g.bench_function(format!("{name}: general reading"), |b| {
+            b.iter(|| parse_line_general(1, black_box(text)).expect("line"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, envelope, folds, import_lines);
 criterion_main!(benches);
