@@ -100,13 +100,6 @@ fn seal_prefix(frame: &mut [u8]) {
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// Sets the group-end flag of the frame `frame` (its whole bytes) and
-/// recomputes its checksum.
-pub fn mark_group_end(frame: &mut [u8]) {
-    frame[PREFIX_LEN] |= GROUP_END;
-    seal_prefix(frame);
-}
-
 fn le_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);

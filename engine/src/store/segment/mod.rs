@@ -53,7 +53,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 use self::dense::MAX_POSITIONS;
-use self::frame::{decode_frame, encode_frame, mark_group_end, FrameMeta, SeqReader};
+use self::frame::{decode_frame, encode_frame, FrameMeta, SeqReader};
 use self::ids::IdMap;
 use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
@@ -2101,22 +2101,54 @@ impl Writer {
         let started = Instant::now();
         let (position, hash) = (stage.position, stage.hash);
         let (recorded_floor_us, presealed) = (stage.recorded_floor_us, stage.adopted);
-        // Room for the whole group at once: grown by doubling instead, a
-        // large append (an import of a million lines) would copy its frames
-        // about once more and fault in about twice their memory.
+        let Some(last) = stage.sealed.len().checked_sub(1) else {
+            (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
+            return true;
+        };
+        let group_len: usize = stage
+            .sealed
+            .iter()
+            .map(|s| frame::FRAME_OVERHEAD + s.range.len())
+            .sum();
+        // Room for the group's frames at once, up to a piece: grown by
+        // doubling instead, a large append (an import of a million lines)
+        // would copy its frames about once more and fault in about twice
+        // their memory.
         self.buf
-            .reserve(stage.bytes.len() + stage.sealed.len() * frame::FRAME_OVERHEAD);
+            .reserve(group_len.min(GROUP_PIECE + frame::MAX_FRAME));
         self.frames.reserve(stage.sealed.len());
-        for sealed in &stage.sealed {
+        // The group's frames, written a piece at a time when there are more
+        // than [`GROUP_PIECE`] bytes of them (the fdatasync after the last
+        // piece makes them durable together; a group cut short by a crash
+        // has no group end, as a torn single write, and is cut off at
+        // open), so that a large group is not held twice, as sealed bytes
+        // and as frames.
+        let mut result = self.begin_group();
+        let mut written = 0usize;
+        let mut piece_ns = 0;
+        for (i, sealed) in stage.sealed.iter().enumerate() {
+            if result.is_err() {
+                break;
+            }
+            if self.buf.len() >= GROUP_PIECE {
+                let piece = Instant::now();
+                result = self.write_piece(written);
+                piece_ns += ns_since(piece);
+                written += self.buf.len();
+                self.buf.clear();
+                if result.is_err() {
+                    break;
+                }
+            }
             let e = &sealed.event;
             let meta = FrameMeta {
-                group_end: false,
+                group_end: i == last,
                 position: e.position,
                 stream: e.stream,
                 version: e.version,
                 event_id: e.event_id,
             };
-            let start = self.buf.len();
+            let start = written + self.buf.len();
             let len = encode_frame(&mut self.buf, &meta, &stage.bytes[sealed.range.clone()]);
             self.frames.push(Staged {
                 meta,
@@ -2126,13 +2158,12 @@ impl Writer {
             });
         }
         (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
-        let Some(last) = self.frames.last_mut() else {
-            return true;
-        };
-        last.meta.group_end = true;
-        mark_group_end(&mut self.buf[last.start..last.start + last.len]);
-        times.frame_ns = ns_since(started);
-        let result = self.write_group(&mut times);
+        times.frame_ns = ns_since(started).saturating_sub(piece_ns);
+        let result = result.and_then(|()| {
+            debug_assert_eq!(written + self.buf.len(), group_len);
+            self.end_group(written, group_len, &mut times)
+        });
+        times.write_ns += piece_ns;
         match result {
             Ok(()) => {
                 let started = Instant::now();
@@ -2181,7 +2212,7 @@ impl Writer {
                     // a fingerprint shared here is two ids.
                     state.index.shared.clear();
                 }
-                self.end += self.buf.len() as u64;
+                self.end += group_len as u64;
                 self.position = position;
                 self.hash = hash;
                 self.last_recorded_us = recorded_floor_us;
@@ -2206,11 +2237,9 @@ impl Writer {
         }
     }
 
-    /// Rolls to a new segment when the current one is full, then writes the
-    /// group buffer at the end of the segment and fdatasyncs it. On error,
-    /// cuts the segment back to its last durable end (best effort).
-    fn write_group(&mut self, times: &mut WriterTimes) -> Result<(), StoreError> {
-        let started = Instant::now();
+    /// Rolls to a new segment when the current one is full: where the
+    /// next group goes.
+    fn begin_group(&mut self) -> Result<(), StoreError> {
         if self.end >= self.segment_bytes {
             // A segment that is not the last ends at its last group.
             self.cut_preallocated()?;
@@ -2224,16 +2253,45 @@ impl Writer {
             self.end = 0;
             self.allocated = 0;
         }
+        Ok(())
+    }
+
+    /// Writes the group buffer, a piece of a large group that is not its
+    /// last, `at` bytes into the group. On error, cuts the segment back to
+    /// its last durable end (best effort).
+    fn write_piece(&mut self, at: usize) -> Result<(), StoreError> {
+        let written = self
+            .segment
+            .file
+            .write_all_at(&self.buf, self.end + at as u64)
+            .map_err(io("append"));
+        if written.is_err() {
+            self.cut_back();
+        }
+        written
+    }
+
+    /// Writes the group buffer (the group's last piece, `at` bytes into a
+    /// group of `len` bytes) at the end of the segment, then fdatasyncs the
+    /// group. On error, cuts the segment back to its last durable end (best
+    /// effort).
+    fn end_group(
+        &mut self,
+        at: usize,
+        len: usize,
+        times: &mut WriterTimes,
+    ) -> Result<(), StoreError> {
+        let started = Instant::now();
         let file = &self.segment.file;
-        let need = self.end + self.buf.len() as u64;
+        let need = self.end + len as u64;
         // Grow by zeros ahead of a small group, within the segment size.
-        let ahead = if need > self.allocated && self.buf.len() <= PREALLOC_MAX_GROUP {
+        let ahead = if need > self.allocated && len <= PREALLOC_MAX_GROUP {
             PREALLOC_BYTES.min(self.segment_bytes.saturating_sub(need))
         } else {
             0
         };
         let written = file
-            .write_all_at(&self.buf, self.end)
+            .write_all_at(&self.buf, self.end + at as u64)
             .and_then(|()| match ahead {
                 0 => Ok(()),
                 n => file.write_all_at(&ZEROS[..n as usize], need),
@@ -2245,12 +2303,16 @@ impl Writer {
         times.sync_ns = ns_since(started);
         match result {
             Ok(()) => self.allocated = self.allocated.max(need + ahead),
-            Err(_) => {
-                let _ = file.set_len(self.end);
-                self.allocated = self.end;
-            }
+            Err(_) => self.cut_back(),
         }
         result
+    }
+
+    /// Cuts the segment back to its last durable end after a failed write
+    /// (best effort: a reopen cuts a group without its end anyway).
+    fn cut_back(&mut self) {
+        let _ = self.segment.file.set_len(self.end);
+        self.allocated = self.end;
     }
 }
 
@@ -2418,6 +2480,11 @@ impl Asked<'_> {
 /// Largest group buffer the writer keeps from one group to the next (a
 /// full group of [`MAX_GROUP_EVENTS`] events of ~300 bytes is ~2.5 MB).
 const KEPT_GROUP_BUFFER: usize = 8 << 20;
+
+/// Most bytes of a group's frames held before they are written: a larger
+/// group (one large atomic append) is written in pieces of about this size,
+/// then fdatasync'd once.
+const GROUP_PIECE: usize = 8 << 20;
 
 /// Largest read buffer a thread keeps between [`visit_runs`] calls (a
 /// pupil's record is ~120 KB).
