@@ -1503,4 +1503,36 @@ fn a_group_larger_than_a_piece_reads_back_from_every_piece() {
         .iter()
         .enumerate()
         .all(|(i, p)| *p == Some(i as u64 + 1)));
+    // A crash after the first piece reached the disk and before the group
+    // was acknowledged: the segment cut 9 MiB into the large group, no
+    // snapshot or watermark past the small append before it (here: none).
+    // Open cuts the frames without a group end; the small append stays,
+    // whole.
+    let first_group_end = {
+        let first = std::fs::read(&segs[0]).unwrap();
+        // The large group starts where the small append before it ends:
+        // after the log's third event's frame, whose last bytes are its
+        // hash.
+        let hash = &all[2].hash;
+        let at = first
+            .windows(hash.len())
+            .position(|w| w == hash)
+            .expect("the third event's frame");
+        at + hash.len()
+    };
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[0])
+        .unwrap();
+    file.set_len((first_group_end + 9 * 1024 * 1024) as u64)
+        .unwrap();
+    drop(file);
+    std::fs::write(log_dir(dir).join("head"), b"").unwrap();
+    let _ = std::fs::remove_file(snapshot_path(dir));
+    rt.block_on(async {
+        let log = open(dir).unwrap();
+        assert_eq!(log.head().await.unwrap().position, 3);
+        assert_eq!(log.read_all(1, 10).await.unwrap(), all[..3].to_vec());
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+    });
 }
