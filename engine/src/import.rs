@@ -108,32 +108,17 @@ impl ImportError {
     }
 }
 
+/// A line's fields as written, with its `data` as `D`: a
+/// `serde_json::Value`, or its text (`&RawValue`, [`plain_line`]).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLine {
+struct RawLine<D> {
     #[serde(rename = "type")]
     event_type: String,
     pupil: String,
     occurred_at: String,
     actor: String,
-    data: serde_json::Value,
-    #[serde(default)]
-    id: Option<Uuid>,
-    #[serde(default)]
-    school: Option<String>,
-}
-
-/// [`RawLine`] with its `data` left as the line's text.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlainLine<'a> {
-    #[serde(rename = "type")]
-    event_type: String,
-    pupil: String,
-    occurred_at: String,
-    actor: String,
-    #[serde(borrow)]
-    data: &'a serde_json::value::RawValue,
+    data: D,
     #[serde(default)]
     id: Option<Uuid>,
     #[serde(default)]
@@ -150,8 +135,11 @@ struct PlainLine<'a> {
 /// show it in the text: the event can hold none). `None` for any other
 /// line, and for a line this reading refuses (a duplicate key, say): the
 /// general reading then reads it, to the same event or with its error.
-fn plain_line(text: &str) -> Option<(RawLine, CaseEvent)> {
-    let p = PlainLine::deserialize(&mut serde_json::Deserializer::from_str(text)).ok()?;
+fn plain_line(text: &str) -> Option<(RawLine<&serde_json::value::RawValue>, CaseEvent)> {
+    let p = RawLine::<&serde_json::value::RawValue>::deserialize(
+        &mut serde_json::Deserializer::from_str(text),
+    )
+    .ok()?;
     let data = p.data.get();
     let plain = data.len() <= MAX_FIELD_BYTES
         && data.starts_with('{')
@@ -163,16 +151,7 @@ fn plain_line(text: &str) -> Option<(RawLine, CaseEvent)> {
         return None;
     }
     let event = CaseEvent::from_type_and_text(&p.event_type, data)?;
-    let raw = RawLine {
-        event_type: p.event_type,
-        pupil: p.pupil,
-        occurred_at: p.occurred_at,
-        actor: p.actor,
-        data: serde_json::Value::Null,
-        id: p.id,
-        school: p.school,
-    };
-    Some((raw, event))
+    Some((p, event))
 }
 
 /// Why a line may not hold `event_type`; `None` for a type an import
@@ -321,11 +300,13 @@ pub fn parse_line_general(line: usize, text: &str) -> Result<ImportLine, ImportE
     // the read's time); only a line that fails is read again, tracked, to
     // name the field at fault. The same reader either way, so the same
     // lines are read, to the same values or the same error.
-    let mut raw = match RawLine::deserialize(&mut serde_json::Deserializer::from_str(text)) {
+    let mut raw = match RawLine::<serde_json::Value>::deserialize(
+        &mut serde_json::Deserializer::from_str(text),
+    ) {
         Ok(raw) => raw,
         Err(_) => {
             let de = &mut serde_json::Deserializer::from_str(text);
-            let e = match serde_path_to_error::deserialize::<_, RawLine>(de) {
+            let e = match serde_path_to_error::deserialize::<_, RawLine<serde_json::Value>>(de) {
                 Err(e) => e,
                 Ok(_) => {
                     return Err(ImportError::line(
@@ -363,9 +344,9 @@ pub fn parse_line_general(line: usize, text: &str) -> Result<ImportLine, ImportE
 /// The rest of [`parse_line`] once the line's event is read: the checks
 /// of the event against the line, then the line. `maybe_sealed`: whether
 /// the line's `data` or pupil mentions the sealed prefix.
-fn finish_line(
+fn finish_line<D>(
     line: usize,
-    raw: RawLine,
+    raw: RawLine<D>,
     occurred_at: DateTime<Utc>,
     mut event: CaseEvent,
     maybe_sealed: bool,

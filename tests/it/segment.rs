@@ -33,11 +33,17 @@ fn open_with(
     segment_bytes: u64,
     snapshot_min_events: u64,
 ) -> Result<Arc<SegmentLog>, StoreError> {
-    let options = SegmentOptions {
-        segment_bytes,
-        snapshot_min_events,
-        ..SegmentOptions::default()
-    };
+    open_options(
+        dir,
+        SegmentOptions {
+            segment_bytes,
+            snapshot_min_events,
+            ..SegmentOptions::default()
+        },
+    )
+}
+
+fn open_options(dir: &Path, options: SegmentOptions) -> Result<Arc<SegmentLog>, StoreError> {
     SegmentStore::open_with(dir, true, options)?.log(SCHOOL)
 }
 
@@ -1477,10 +1483,7 @@ fn a_group_larger_than_a_piece_reads_back_from_every_piece() {
             read_snapshot: false,
             ..SegmentOptions::default()
         };
-        let log = SegmentStore::open_with(dir, true, options)
-            .unwrap()
-            .log(SCHOOL)
-            .unwrap();
+        let log = open_options(dir, options).unwrap();
         assert_eq!(log.opened_from_snapshot(), None);
         assert!(log.verify(&|_| {}).await.unwrap().ok);
         every_answer(&log, streams).await

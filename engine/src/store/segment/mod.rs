@@ -2101,68 +2101,27 @@ impl Writer {
         let started = Instant::now();
         let (position, hash) = (stage.position, stage.hash);
         let (recorded_floor_us, presealed) = (stage.recorded_floor_us, stage.adopted);
-        let Some(last) = stage.sealed.len().checked_sub(1) else {
+        if stage.sealed.is_empty() {
             (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
             return true;
-        };
-        let group_len: usize = stage
-            .sealed
-            .iter()
-            .map(|s| frame::FRAME_OVERHEAD + s.range.len())
-            .sum();
+        }
         // Room for the group's frames at once, up to a piece: grown by
         // doubling instead, a large append (an import of a million lines)
         // would copy its frames about once more and fault in about twice
         // their memory.
+        let frames_len = stage.bytes.len() + stage.sealed.len() * frame::FRAME_OVERHEAD;
         self.buf
-            .reserve(group_len.min(GROUP_PIECE + frame::MAX_FRAME));
+            .reserve(frames_len.min(GROUP_PIECE + frame::MAX_FRAME));
         self.frames.reserve(stage.sealed.len());
-        // The group's frames, written a piece at a time when there are more
-        // than [`GROUP_PIECE`] bytes of them (the fdatasync after the last
-        // piece makes them durable together; a group cut short by a crash
-        // has no group end, as a torn single write, and is cut off at
-        // open), so that a large group is not held twice, as sealed bytes
-        // and as frames.
-        let mut result = self.begin_group();
-        let mut written = 0usize;
         let mut piece_ns = 0;
-        for (i, sealed) in stage.sealed.iter().enumerate() {
-            if result.is_err() {
-                break;
-            }
-            if self.buf.len() >= GROUP_PIECE {
-                let piece = Instant::now();
-                result = self.write_piece(written);
-                piece_ns += ns_since(piece);
-                written += self.buf.len();
-                self.buf.clear();
-                if result.is_err() {
-                    break;
-                }
-            }
-            let e = &sealed.event;
-            let meta = FrameMeta {
-                group_end: i == last,
-                position: e.position,
-                stream: e.stream,
-                version: e.version,
-                event_id: e.event_id,
-            };
-            let start = written + self.buf.len();
-            let len = encode_frame(&mut self.buf, &meta, &stage.bytes[sealed.range.clone()]);
-            self.frames.push(Staged {
-                meta,
-                start,
-                len,
-                hash: e.hash,
-            });
-        }
+        let written = self
+            .begin_group()
+            .and_then(|()| self.frame_group(&stage, &mut piece_ns));
         (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
         times.frame_ns = ns_since(started).saturating_sub(piece_ns);
-        let result = result.and_then(|()| {
-            debug_assert_eq!(written + self.buf.len(), group_len);
-            self.end_group(written, group_len, &mut times)
-        });
+        // The group's length: the pieces written and the last, framed.
+        let group_len = written.as_ref().map_or(0, |w| w + self.buf.len());
+        let result = written.and_then(|w| self.end_group(w, group_len, &mut times));
         times.write_ns += piece_ns;
         match result {
             Ok(()) => {
@@ -2235,6 +2194,46 @@ impl Writer {
                 false
             }
         }
+    }
+
+    /// Frames the group's sealed events into the group buffer, the last
+    /// with the group-end flag, writing the buffer a piece at a time when
+    /// it holds more than [`GROUP_PIECE`] bytes (the fdatasync after the
+    /// last piece makes them durable together; a group cut short by a
+    /// crash has no group end, as a torn single write, and is cut off at
+    /// open), so that a large group is not held twice, as sealed bytes and
+    /// as frames. Returns the bytes written in pieces; the last piece is
+    /// left in the buffer. `piece_ns`: time spent writing pieces.
+    fn frame_group(&mut self, stage: &GroupStage, piece_ns: &mut u64) -> Result<usize, StoreError> {
+        let mut written = 0usize;
+        let last = stage.sealed.len() - 1;
+        for (i, sealed) in stage.sealed.iter().enumerate() {
+            if self.buf.len() >= GROUP_PIECE {
+                let piece = Instant::now();
+                let result = self.write_piece(written);
+                *piece_ns += ns_since(piece);
+                result?;
+                written += self.buf.len();
+                self.buf.clear();
+            }
+            let e = &sealed.event;
+            let meta = FrameMeta {
+                group_end: i == last,
+                position: e.position,
+                stream: e.stream,
+                version: e.version,
+                event_id: e.event_id,
+            };
+            let start = written + self.buf.len();
+            let len = encode_frame(&mut self.buf, &meta, &stage.bytes[sealed.range.clone()]);
+            self.frames.push(Staged {
+                meta,
+                start,
+                len,
+                hash: e.hash,
+            });
+        }
+        Ok(written)
     }
 
     /// Rolls to a new segment when the current one is full: where the
