@@ -452,6 +452,9 @@ pub struct Planner<'a> {
     /// duplicates for now; [`Pipeline::plan`] checks each against the store
     /// once that batch is durable, exactly as a fresh planner would.
     deferred: Vec<Deferred>,
+    /// Events the next line's pupil is expected to add in a row (set by
+    /// [`Planner::add_many`] for [`Planner::add_now`]; 0 otherwise).
+    run: usize,
 }
 
 /// The state one [`Pipeline`] batch leaves for the next while it is being
@@ -501,8 +504,11 @@ struct Prefetch {
     /// (taken out when the pupil's state is first folded).
     streams: IdSet<StreamId>,
     stored: HashMap<StreamId, Vec<StoredEvent>>,
-    /// The stream of each line of the batch, in order (derived once).
-    line_streams: Vec<StreamId>,
+    /// The stream of each line of the batch, in order (derived once), and
+    /// how many lines from it on are of the same stream (the room its
+    /// pupil's plan is given at its first event of the batch, instead of
+    /// growing by doubling).
+    line_streams: Vec<(StreamId, usize)>,
 }
 
 struct PupilPlan {
@@ -526,6 +532,7 @@ impl<'a> Planner<'a> {
             prefetch: Prefetch::default(),
             carry: Carry::default(),
             deferred: Vec::new(),
+            run: 0,
         }
     }
 
@@ -680,6 +687,7 @@ impl<'a> Planner<'a> {
         stream: StreamId,
         new: Option<NewEvent>,
     ) -> Result<Option<Box<Waiting>>, ImportError> {
+        let run = std::mem::take(&mut self.run);
         let new = match new {
             Some(new) => new,
             None => {
@@ -787,6 +795,9 @@ impl<'a> Planner<'a> {
                 }
             };
             plan.state.apply_owned(new.event_id, event);
+            if plan.events.is_empty() {
+                plan.events.reserve(run);
+            }
             plan.events.push(new);
         }
         let last = plan.events.len().checked_sub(1);
@@ -817,7 +828,10 @@ impl<'a> Planner<'a> {
             }
             self.prefetch(&lines.as_slice()[..n]).await;
             let streams = std::mem::take(&mut self.prefetch.line_streams);
-            for (l, stream) in lines.by_ref().take(n).zip(streams) {
+            for (stream, run) in streams {
+                // `n` lines are left: one for each stream.
+                let Some(l) = lines.next() else { break };
+                self.run = run;
                 if let Some(waiting) = self.add_now(l, stream, None)? {
                     // A store read (an id or stream the prefetch could not
                     // look up): the rest of `add_to`, from that read on.
@@ -856,13 +870,23 @@ impl<'a> Planner<'a> {
                 _ => StreamId::for_pupil(&self.school, &l.pupil),
             };
             last = Some((&l.pupil, stream));
-            line_streams.push(stream);
+            line_streams.push((stream, 1));
             if !self.pupils.contains_key(&stream)
                 && !self.carry.pupils.contains_key(&stream)
                 && seen_streams.insert(stream)
             {
                 streams.push(stream);
             }
+        }
+        // Each line's run: the lines from it on of the same stream.
+        let mut after = None;
+        for (stream, run) in line_streams.iter_mut().rev() {
+            if let Some((next, next_run)) = after {
+                if next == *stream {
+                    *run += next_run;
+                }
+            }
+            after = Some((*stream, *run));
         }
         self.prefetch.line_streams = line_streams;
         // Room for this batch's ids at once, not by doubling.
