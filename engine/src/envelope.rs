@@ -189,19 +189,16 @@ fn encode_plain_payload(event: &CaseEvent) -> Option<Vec<u8>> {
         Session::Am => "am",
         Session::Pm => "pm",
     };
+    // What comes before the date, all fixed: the map of two, its "type",
+    // the data's map of three and the date's key and length.
+    const HEAD: &[u8] = b"\x82\xa4type\xb0AttendanceMarked\xa4data\x83\xa4date\xaa";
     // 57 bytes of keys, type name and date, plus the code and its length.
     let mut out = Vec::with_capacity(64 + m.code.len());
-    out.push(0x82);
-    mp_str(&mut out, "type");
-    mp_str(&mut out, "AttendanceMarked");
-    mp_str(&mut out, "data");
-    out.push(0x83);
-    mp_str(&mut out, "date");
-    out.push(0xa0 | 10);
+    out.extend_from_slice(HEAD);
     out.extend_from_slice(&date);
-    mp_str(&mut out, "session");
-    mp_str(&mut out, session);
-    mp_str(&mut out, "code");
+    out.extend_from_slice(b"\xa7session\xa2");
+    out.extend_from_slice(session.as_bytes());
+    out.extend_from_slice(b"\xa4code");
     mp_str(&mut out, &m.code);
     Some(out)
 }
