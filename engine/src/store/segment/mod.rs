@@ -1544,7 +1544,6 @@ impl SegmentLog {
             last_recorded_us: recorded_us,
             head_tx,
             buf: Vec::new(),
-            frames: Vec::new(),
             sealed: Vec::new(),
             sealed_bytes: Vec::new(),
             watermark: wm_file,
@@ -1834,14 +1833,6 @@ pub fn thread_cpu_ns() -> u64 {
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
-/// One staged frame of the group buffer.
-struct Staged {
-    meta: FrameMeta,
-    start: usize,
-    len: usize,
-    hash: Hash,
-}
-
 struct Writer {
     dir: PathBuf,
     state: Arc<RwLock<State>>,
@@ -1856,9 +1847,10 @@ struct Writer {
     hash: Hash,
     last_recorded_us: i64,
     head_tx: watch::Sender<u64>,
-    /// The group's frames, reused from group to group.
+    /// The group's frames, reused from group to group. Where each frame
+    /// is follows from the sealed events (`FRAME_OVERHEAD` + its bytes):
+    /// the index is told from them, not from a list of its own.
     buf: Vec<u8>,
-    frames: Vec<Staged>,
     /// The buffers a group is sealed into ([`GroupStage::with_buffers`]),
     /// reused from group to group.
     sealed: Vec<Sealed>,
@@ -1990,7 +1982,6 @@ impl Writer {
     fn trim_buffers(&mut self) {
         if self.buf.capacity() > KEPT_GROUP_BUFFER {
             self.buf = Vec::new();
-            self.frames = Vec::new();
         }
         if self.sealed_bytes.capacity() > KEPT_GROUP_BUFFER {
             self.sealed_bytes = Vec::new();
@@ -2026,7 +2017,6 @@ impl Writer {
         let recorded_at =
             DateTime::<Utc>::from_timestamp_micros(recorded_us).unwrap_or_else(Utc::now);
         self.buf.clear();
-        self.frames.clear();
         // Each staged append's reply, result and requests (handed back with
         // the answer: `Reply::send_back`).
         let mut staged: Vec<(Reply, Vec<Appended>, Vec<AppendRequest>)> = Vec::new();
@@ -2112,7 +2102,6 @@ impl Writer {
         let frames_len = stage.bytes.len() + stage.sealed.len() * frame::FRAME_OVERHEAD;
         self.buf
             .reserve(frames_len.min(GROUP_PIECE + frame::MAX_FRAME));
-        self.frames.reserve(stage.sealed.len());
         let mut piece_ns = 0;
         let written = self
             .begin_group()
@@ -2126,7 +2115,7 @@ impl Writer {
         match result {
             Ok(()) => {
                 let started = Instant::now();
-                self.grow_ids_ahead(self.frames.len());
+                self.grow_ids_ahead(self.sealed.len());
                 let base = self.end;
                 let seg_no;
                 {
@@ -2137,24 +2126,37 @@ impl Writer {
                         return false;
                     };
                     seg_no = (state.segments.len() - 1) as u32;
-                    for (i, f) in self.frames.iter().enumerate() {
+                    let last = self.sealed.len() - 1;
+                    // Each frame follows the one before it in the group.
+                    let mut start = 0u64;
+                    for (i, sealed) in self.sealed.iter().enumerate() {
                         if i % ids::PREFETCH_IDS == 0 && state.index.later.is_none() {
                             // The pushes' table memory, fetched together.
                             let ids = &state.index.ids;
-                            let next = self.frames[i..].iter().take(ids::PREFETCH_IDS);
-                            ids.prefetch(next.map(|f| ids.fingerprint(&f.meta.event_id)));
+                            let next = self.sealed[i..].iter().take(ids::PREFETCH_IDS);
+                            ids.prefetch(next.map(|s| ids.fingerprint(&s.event.event_id)));
                         }
+                        let e = &sealed.event;
+                        let meta = FrameMeta {
+                            group_end: i == last,
+                            position: e.position,
+                            stream: e.stream,
+                            version: e.version,
+                            event_id: e.event_id,
+                        };
+                        let len = frame::FRAME_OVERHEAD + sealed.range.len();
                         let loc = Loc {
-                            offset: base + f.start as u64,
-                            len: f.len as u32,
+                            offset: base + start,
+                            len: len as u32,
                             seg: seg_no,
                         };
+                        start += len as u64;
                         // The writer checked the group (versions, ids) and
                         // wrote it where the segment's frames end; a
                         // refusal here is a bug. The group is on disk but
                         // not acknowledged, and the writer stops: a reopen
                         // indexes it from the segment.
-                        if let Err(what) = state.index.push(&f.meta, loc, f.hash) {
+                        if let Err(what) = state.index.push(&meta, loc, e.hash) {
                             debug_assert!(false, "the index refused a written frame: {what}");
                             for (reply, ..) in staged {
                                 reply.send(Err(StoreError::Internal(format!(
@@ -2166,6 +2168,7 @@ impl Writer {
                             return false;
                         }
                     }
+                    debug_assert_eq!(start, group_len as u64, "the frames fill the group");
                     // The group's ids were each read and compared where
                     // the index had their fingerprint (`stored_position`):
                     // a fingerprint shared here is two ids.
@@ -2181,7 +2184,7 @@ impl Writer {
                 times.publish_ns = ns_since(started);
                 times.cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
                 times.groups = 1;
-                times.events = self.frames.len() as u64;
+                times.events = self.sealed.len() as u64;
                 times.presealed = presealed as u64;
                 self.clock.add(&times);
                 for (reply, appended, requests) in staged {
@@ -2224,14 +2227,7 @@ impl Writer {
                 version: e.version,
                 event_id: e.event_id,
             };
-            let start = written + self.buf.len();
-            let len = encode_frame(&mut self.buf, &meta, &stage.bytes[sealed.range.clone()]);
-            self.frames.push(Staged {
-                meta,
-                start,
-                len,
-                hash: e.hash,
-            });
+            encode_frame(&mut self.buf, &meta, &stage.bytes[sealed.range.clone()]);
         }
         Ok(written)
     }
