@@ -325,7 +325,7 @@ fn new_event(e: &DemoEvent) -> Result<NewEvent, Failure> {
         actor: e.actor.clone(),
         correlation_id: None,
         causation_id: None,
-        event_type: e.event.type_name().to_string(),
+        event_type: e.event.type_name().into(),
         schema: CURRENT_SCHEMA,
         payload: encode_payload(&e.event).map_err(|e| Failure::Store(e.to_string()))?,
     })

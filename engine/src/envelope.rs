@@ -104,7 +104,9 @@ pub struct NewEvent {
     pub actor: String,
     pub correlation_id: Option<Uuid>,
     pub causation_id: Option<Uuid>,
-    pub event_type: String,
+    /// The type's name: borrowed for casebook's own types (no allocation
+    /// for each event planned), owned for a name read from elsewhere.
+    pub event_type: std::borrow::Cow<'static, str>,
     pub schema: u32,
     /// MessagePack of the [`CaseEvent`] at `schema` (see [`encode_payload`]).
     pub payload: Vec<u8>,
@@ -123,7 +125,7 @@ impl NewEvent {
             actor: actor.into(),
             correlation_id: None,
             causation_id: None,
-            event_type: event.type_name().to_string(),
+            event_type: event.type_name().into(),
             schema: CURRENT_SCHEMA,
             payload: encode_payload(event)?,
         })
@@ -277,7 +279,7 @@ impl<'a> Body<'a> {
             actor: new.actor.as_str().into(),
             correlation_id: new.correlation_id,
             causation_id: new.causation_id,
-            event_type: new.event_type.as_str().into(),
+            event_type: std::borrow::Cow::Borrowed(&*new.event_type),
             schema: new.schema,
             payload: new.payload.as_slice().into(),
             prev_hash,
@@ -780,7 +782,7 @@ impl StoredEvent {
             actor: new.actor.clone(),
             correlation_id: new.correlation_id,
             causation_id: new.causation_id,
-            event_type: new.event_type.clone(),
+            event_type: new.event_type.to_string(),
             schema: new.schema,
             payload: new.payload.clone(),
             prev_hash,
@@ -1171,7 +1173,7 @@ mod tests {
                 actor,
                 correlation_id: correlation.map(Uuid::from_u128),
                 causation_id: causation.map(Uuid::from_u128),
-                event_type,
+                event_type: event_type.into(),
                 schema,
                 payload,
             }
@@ -1442,7 +1444,7 @@ mod tests {
                 actor: stored.actor.clone(),
                 correlation_id: stored.correlation_id,
                 causation_id: stored.causation_id,
-                event_type: stored.event_type.clone(),
+                event_type: stored.event_type.clone().into(),
                 schema: stored.schema,
                 payload: stored.payload.clone(),
             };

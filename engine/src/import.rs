@@ -699,7 +699,7 @@ impl<'a> Planner<'a> {
                     actor: std::mem::take(&mut l.actor),
                     correlation_id: None,
                     causation_id: None,
-                    event_type: l.event.type_name().to_string(),
+                    event_type: l.event.type_name().into(),
                     schema: CURRENT_SCHEMA,
                     payload: Self::payload(self.sealer, l.line, stream, event_id, &l.event)?,
                 }
@@ -789,7 +789,7 @@ impl<'a> Planner<'a> {
                         .cloned()
                         .ok_or_else(|| ImportError::line(l.line, "internal: event missing"))?;
                     next.event_id = Uuid::now_v7();
-                    next.event_type = event.type_name().to_string();
+                    next.event_type = event.type_name().into();
                     next.payload = Self::payload(sealer, l.line, stream, next.event_id, &event)?;
                     next
                 }

@@ -1301,7 +1301,7 @@ mod upcasting {
                 actor: "S0001".into(),
                 correlation_id: None,
                 causation_id: None,
-                event_type: v1["type"].as_str().expect("type").to_string(),
+                event_type: v1["type"].as_str().expect("type").to_string().into(),
                 schema: 1,
                 payload: payload.clone(),
             };

@@ -1223,7 +1223,7 @@ fn a_snapshot_listing_one_fingerprint_twice_is_checked_against_the_frames() {
                 actor: seventh.actor.clone(),
                 correlation_id: None,
                 causation_id: None,
-                event_type: seventh.event_type.clone(),
+                event_type: seventh.event_type.clone().into(),
                 schema: seventh.schema,
                 payload: seventh.payload.clone(),
             }],
