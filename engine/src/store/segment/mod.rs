@@ -1833,6 +1833,20 @@ pub fn thread_cpu_ns() -> u64 {
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
+/// The frame header of a group's sealed event; `group_end` on the group's
+/// last. The writer frames the group with it and, once the group is
+/// durable, tells the index where each frame is with it.
+fn frame_meta(sealed: &Sealed, group_end: bool) -> FrameMeta {
+    let e = &sealed.event;
+    FrameMeta {
+        group_end,
+        position: e.position,
+        stream: e.stream,
+        version: e.version,
+        event_id: e.event_id,
+    }
+}
+
 struct Writer {
     dir: PathBuf,
     state: Arc<RwLock<State>>,
@@ -2136,14 +2150,7 @@ impl Writer {
                             let next = self.sealed[i..].iter().take(ids::PREFETCH_IDS);
                             ids.prefetch(next.map(|s| ids.fingerprint(&s.event.event_id)));
                         }
-                        let e = &sealed.event;
-                        let meta = FrameMeta {
-                            group_end: i == last,
-                            position: e.position,
-                            stream: e.stream,
-                            version: e.version,
-                            event_id: e.event_id,
-                        };
+                        let meta = frame_meta(sealed, i == last);
                         let len = frame::FRAME_OVERHEAD + sealed.range.len();
                         let loc = Loc {
                             offset: base + start,
@@ -2156,7 +2163,7 @@ impl Writer {
                         // refusal here is a bug. The group is on disk but
                         // not acknowledged, and the writer stops: a reopen
                         // indexes it from the segment.
-                        if let Err(what) = state.index.push(&meta, loc, e.hash) {
+                        if let Err(what) = state.index.push(&meta, loc, sealed.event.hash) {
                             debug_assert!(false, "the index refused a written frame: {what}");
                             for (reply, ..) in staged {
                                 reply.send(Err(StoreError::Internal(format!(
@@ -2219,14 +2226,7 @@ impl Writer {
                 written += self.buf.len();
                 self.buf.clear();
             }
-            let e = &sealed.event;
-            let meta = FrameMeta {
-                group_end: i == last,
-                position: e.position,
-                stream: e.stream,
-                version: e.version,
-                event_id: e.event_id,
-            };
+            let meta = frame_meta(sealed, i == last);
             encode_frame(&mut self.buf, &meta, &stage.bytes[sealed.range.clone()]);
         }
         Ok(written)
