@@ -854,11 +854,12 @@ impl Register {
     /// asks): 1 September is day 243 of the year counted from 0 (244 in a
     /// leap year), and 1 September to 31 December is 122 days.
     fn slot(date: NaiveDate, session: Session) -> (i32, usize, u64) {
+        let year = academic_year(date);
         let ordinal0 = date.ordinal0() as usize;
-        let (year, day) = if date.month() >= 9 {
-            (date.year(), ordinal0 - 243 - usize::from(date.leap_year()))
+        let day = if year == date.year() {
+            ordinal0 - 243 - usize::from(date.leap_year())
         } else {
-            (date.year() - 1, 122 + ordinal0)
+            122 + ordinal0
         };
         let bit = day * 2 + usize::from(session == Session::Pm);
         (year, bit / 64, 1u64 << (bit % 64))
@@ -1443,11 +1444,11 @@ fn check(state: &CaseState, command: &Command) -> Result<(), DomainError> {
             }
             // The bound is worked out only for a time after `now` (at or
             // before it, the time is within it): most records are of the past.
-            let latest = || {
-                r.now
+            if r.occurred_at > r.now
+                && r.now
                     .checked_add_signed(TimeDelta::minutes(FUTURE_TOLERANCE_MINUTES))
-            };
-            if r.occurred_at > r.now && latest().is_some_and(|latest| r.occurred_at > latest) {
+                    .is_some_and(|latest| r.occurred_at > latest)
+            {
                 return Err(DomainError::InFuture {
                     occurred_at: r.occurred_at,
                     now: r.now,

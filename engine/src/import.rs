@@ -452,9 +452,6 @@ pub struct Planner<'a> {
     /// duplicates for now; [`Pipeline::plan`] checks each against the store
     /// once that batch is durable, exactly as a fresh planner would.
     deferred: Vec<Deferred>,
-    /// Events the next line's pupil is expected to add in a row (set by
-    /// [`Planner::add_many`] for [`Planner::add_now`]; 0 otherwise).
-    run: usize,
 }
 
 /// The state one [`Pipeline`] batch leaves for the next while it is being
@@ -532,7 +529,6 @@ impl<'a> Planner<'a> {
             prefetch: Prefetch::default(),
             carry: Carry::default(),
             deferred: Vec::new(),
-            run: 0,
         }
     }
 
@@ -628,7 +624,7 @@ impl<'a> Planner<'a> {
     /// (an id not prefetched, a pupil's stream not prefetched) done here
     /// and kept in the prefetch, then `add_now` again with the same event.
     async fn add_to(&mut self, l: ImportLine, stream: StreamId) -> Result<(), ImportError> {
-        match self.add_now(l, stream, None)? {
+        match self.add_now(l, stream, None, 0)? {
             None => Ok(()),
             Some(waiting) => self.resume(waiting, stream).await,
         }
@@ -666,7 +662,7 @@ impl<'a> Planner<'a> {
                 }
             }
             let Waiting { line, new, .. } = *waiting;
-            waiting = match self.add_now(line, stream, Some(new))? {
+            waiting = match self.add_now(line, stream, Some(new), 0)? {
                 None => return Ok(()),
                 Some(w) => w,
             };
@@ -680,14 +676,16 @@ impl<'a> Planner<'a> {
     /// in the prefetch; nothing was changed in between, so the line is
     /// judged exactly as if the read had been done where it is needed. Not
     /// async, so the bulk of [`Planner::add_many`]'s lines are not moved
-    /// through a future's state.
+    /// through a future's state. `run`: the lines from this one on of the
+    /// same pupil, the room its plan is given if this is its first event
+    /// of the batch (0: none asked for).
     fn add_now(
         &mut self,
         mut l: ImportLine,
         stream: StreamId,
         new: Option<NewEvent>,
+        run: usize,
     ) -> Result<Option<Box<Waiting>>, ImportError> {
-        let run = std::mem::take(&mut self.run);
         let new = match new {
             Some(new) => new,
             None => {
@@ -831,8 +829,7 @@ impl<'a> Planner<'a> {
             for (stream, run) in streams {
                 // `n` lines are left: one for each stream.
                 let Some(l) = lines.next() else { break };
-                self.run = run;
-                if let Some(waiting) = self.add_now(l, stream, None)? {
+                if let Some(waiting) = self.add_now(l, stream, None, run)? {
                     // A store read (an id or stream the prefetch could not
                     // look up): the rest of `add_to`, from that read on.
                     self.resume(waiting, stream).await?;
