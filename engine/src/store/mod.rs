@@ -459,6 +459,74 @@ pub struct ChainVerifier {
     events: u64,
 }
 
+/// What the chain checks read of a stored event (its key fields, the hash
+/// it links to and its own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Links {
+    pub position: u64,
+    pub stream: StreamId,
+    pub version: u64,
+    pub event_id: Uuid,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+}
+
+impl Links {
+    fn of(e: &StoredEvent) -> Links {
+        Links {
+            position: e.position,
+            stream: e.stream,
+            version: e.version,
+            event_id: e.event_id,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+
+    fn of_ref(e: &EventRef<'_>) -> Links {
+        Links {
+            position: e.position,
+            stream: e.stream,
+            version: e.version,
+            event_id: e.event_id,
+            prev_hash: e.prev_hash,
+            hash: e.hash,
+        }
+    }
+}
+
+/// The problem of a value whose hash is not its content's.
+const ALTERED: &str = "hash does not match the event's content (event altered)";
+
+/// Whether `value`'s trailing hash is BLAKE3 of `prev_hash` and its body.
+fn content_matches(prev_hash: &Hash, value: &[u8]) -> bool {
+    split_value(value).is_ok_and(|(body, hash)| chain_hash(prev_hash, body) == hash)
+}
+
+/// The content hashes of a verify checked apart from the rest of its
+/// checks (on a thread of their own: they are most of a verify's
+/// processor time, and each event's is independent of every other's once
+/// its `prev_hash` is known). Fed values with the `prev_hash` each links
+/// to ([`ChainVerifier::check_links`]); its problems go to
+/// [`ChainVerifier::absorb`].
+#[derive(Debug, Default)]
+pub struct ContentCheck {
+    problems: Problems,
+}
+
+impl ContentCheck {
+    /// Checks the value stored at `position`.
+    pub fn check(&mut self, position: u64, prev_hash: &Hash, value: &[u8]) {
+        if !content_matches(prev_hash, value) {
+            self.problems.push(position, || ALTERED);
+        }
+    }
+
+    pub fn finish(self) -> Problems {
+        self.problems
+    }
+}
+
 /// The problems a verify found: the first [`MAX_REPORTED_PROBLEMS`]
 /// listed, all of them counted. A backend's checker on another thread
 /// keeps its own and hands it to [`ChainVerifier::absorb`].
@@ -517,6 +585,35 @@ impl ChainVerifier {
     /// Checks the value stored under `key_position`. Returns the decoded
     /// event when it could be decoded, for the backend's index checks.
     pub fn check(&mut self, key_position: u64, value: &[u8]) -> Option<StoredEvent> {
+        let event = self.decoded(key_position, value)?;
+        let links = Links::of(&event);
+        self.link(key_position, &links, |v| {
+            if !content_matches(&links.prev_hash, value) {
+                v.problem(key_position, ALTERED);
+            }
+        });
+        Some(event)
+    }
+
+    /// [`ChainVerifier::check`] but for the content hash, which the caller
+    /// checks ([`ContentCheck`], on another thread) against the returned
+    /// links' `prev_hash`; the problems it finds are the same, and in the
+    /// same order once [`ChainVerifier::finish`] sorts them. The value is
+    /// read in place where it is in the encoder's own forms.
+    pub fn check_links(&mut self, key_position: u64, value: &[u8]) -> Option<Links> {
+        let links = match EventRef::decode_plain(value) {
+            Some(e) => {
+                self.position_checked(key_position);
+                Links::of_ref(&e)
+            }
+            None => Links::of(&self.decoded(key_position, value)?),
+        };
+        self.link(key_position, &links, |_| {});
+        Some(links)
+    }
+
+    /// Counts the value and checks its key's place in the log.
+    fn position_checked(&mut self, key_position: u64) {
         self.events += 1;
         if key_position != self.expected_position {
             if key_position > self.expected_position {
@@ -534,18 +631,30 @@ impl ChainVerifier {
             }
         }
         self.expected_position = key_position + 1;
-        let event = match StoredEvent::decode(value) {
-            Ok(e) => e,
+    }
+
+    /// The value decoded, after its key's place is checked; on
+    /// a failure, the problem is recorded and the chain resumes from the
+    /// value's trailing hash, if any, so one damaged event is reported
+    /// once, not at every later one.
+    fn decoded(&mut self, key_position: u64, value: &[u8]) -> Option<StoredEvent> {
+        self.position_checked(key_position);
+        match StoredEvent::decode(value) {
+            Ok(e) => Some(e),
             Err(e) => {
                 self.problem(key_position, format!("event cannot be decoded: {e}"));
-                // Resume the chain from the stored trailing hash, if any, so
-                // one damaged event is reported once, not at every later one.
                 if let Ok((_, hash)) = split_value(value) {
                     self.prev_hash = hash;
                 }
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    /// The checks of a decoded event against the ones before it: its
+    /// position, its link to the previous hash, `content` (the content
+    /// hash, where it is checked here) and its stream's version.
+    fn link(&mut self, key_position: u64, event: &Links, content: impl FnOnce(&mut Self)) {
         if event.position != key_position {
             self.problem(
                 key_position,
@@ -556,14 +665,7 @@ impl ChainVerifier {
         if event.prev_hash != self.prev_hash {
             self.problem(key_position, "prev_hash does not match the previous event's hash (chain broken: an event before it was changed, removed or inserted)");
         }
-        if let Ok((body, hash)) = split_value(value) {
-            if chain_hash(&event.prev_hash, body) != hash {
-                self.problem(
-                    key_position,
-                    "hash does not match the event's content (event altered)",
-                );
-            }
-        }
+        content(self);
         let last = self
             .stream_versions
             .get(&event.stream)
@@ -581,7 +683,6 @@ impl ChainVerifier {
         self.stream_versions
             .insert(event.stream, event.version.max(last));
         self.prev_hash = event.hash;
-        Some(event)
     }
 
     /// Number of events whose values were checked.
@@ -1560,5 +1661,115 @@ mod tests {
         let any = vec![request(4, vec![event(30, 1)])];
         let back = Presealed::seal(head, later, any.clone()).unwrap_err();
         assert_eq!(ids(&back), ids(&any), "the requests handed back");
+    }
+
+    /// A sealed log of `n` events over three streams, as stored values.
+    fn sealed_log(n: usize) -> Vec<Vec<u8>> {
+        let mut prev = GENESIS_HASH;
+        let mut versions = [0u64; 3];
+        (0..n)
+            .map(|i| {
+                let s = i % 3;
+                versions[s] += 1;
+                let (sealed, value) = StoredEvent::seal(
+                    &event(i as u128 + 1, 5 + i % 40),
+                    StreamId(Uuid::from_u128(s as u128 + 1)),
+                    i as u64 + 1,
+                    versions[s],
+                    chrono::Utc::now(),
+                    prev,
+                )
+                .unwrap();
+                prev = sealed.hash;
+                value
+            })
+            .collect()
+    }
+
+    /// Damage done to a stored log before it is verified.
+    #[derive(Clone, Debug)]
+    enum Damage {
+        /// Byte `at` (modulo its length) of value `i` xor `with`.
+        Flip { i: usize, at: usize, with: u8 },
+        /// Value `i` replaced by value `j`.
+        Copy { i: usize, j: usize },
+        /// Value `i` left out.
+        Drop { i: usize },
+        /// Value `i` cut to `len` bytes (modulo its length).
+        Cut { i: usize, len: usize },
+    }
+
+    fn damage() -> impl proptest::strategy::Strategy<Value = Damage> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (any::<usize>(), any::<usize>(), 1..=255u8).prop_map(|(i, at, with)| Damage::Flip {
+                i,
+                at,
+                with
+            }),
+            (any::<usize>(), any::<usize>()).prop_map(|(i, j)| Damage::Copy { i, j }),
+            any::<usize>().prop_map(|i| Damage::Drop { i }),
+            (any::<usize>(), any::<usize>()).prop_map(|(i, len)| Damage::Cut { i, len }),
+        ]
+    }
+
+    /// Problems as a sorted list, for reports whose problems of one
+    /// position may be listed in another order.
+    fn sorted(report: VerifyReport) -> (bool, u64, String, Vec<(u64, String)>) {
+        let mut problems: Vec<_> = report
+            .problems
+            .into_iter()
+            .map(|p| (p.position, p.what))
+            .collect();
+        problems.sort();
+        (report.ok, report.events, report.head, problems)
+    }
+
+    proptest::proptest! {
+        /// The content hashes checked apart (`check_links` + `ContentCheck`,
+        /// as the segment engine's verify does) find what `check` finds,
+        /// whatever was done to the log.
+        #[test]
+        fn content_checked_apart_finds_what_check_finds(
+            n in 1usize..40,
+            damages in proptest::collection::vec(damage(), 0..4),
+        ) {
+            let mut log: Vec<(u64, Vec<u8>)> = sealed_log(n)
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (i as u64 + 1, v))
+                .collect();
+            for d in damages {
+                if log.is_empty() {
+                    break;
+                }
+                let len = log.len();
+                match d {
+                    Damage::Flip { i, at, with } => {
+                        let v = &mut log[i % len].1;
+                        let at = at % v.len();
+                        v[at] ^= with;
+                    }
+                    Damage::Copy { i, j } => log[i % len].1 = log[j % len].1.clone(),
+                    Damage::Drop { i } => {
+                        log.remove(i % len);
+                    }
+                    Damage::Cut { i, len: cut } => {
+                        let v = &mut log[i % len].1;
+                        v.truncate(cut % v.len());
+                    }
+                }
+            }
+            let mut whole = ChainVerifier::new();
+            let (mut linked, mut content) = (ChainVerifier::new(), ContentCheck::default());
+            for (position, value) in &log {
+                whole.check(*position, value);
+                if let Some(links) = linked.check_links(*position, value) {
+                    content.check(*position, &links.prev_hash, value);
+                }
+            }
+            linked.absorb(content.finish());
+            proptest::prop_assert_eq!(sorted(whole.finish()), sorted(linked.finish()));
+        }
     }
 }

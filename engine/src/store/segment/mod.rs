@@ -58,9 +58,9 @@ use self::ids::IdMap;
 use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
 use super::{
-    AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, EventStore,
-    GroupStage, Head, InStream, Presealed, Problems, Reply, Sealed, StreamVisitor, VerifyReport,
-    MAX_READ_PAGE,
+    AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, ContentCheck,
+    EventStore, GroupStage, Head, InStream, Presealed, Problems, Reply, Sealed, StreamVisitor,
+    VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -2809,72 +2809,37 @@ impl EventStore for SegmentLog {
             )
         };
         let mut v = ChainVerifier::new();
-        // The index checks (hash-map probes at random places, most of the
-        // time of a verify) run on a thread of their own, a batch of
-        // frames at a time under one read lock, while this thread reads,
-        // decodes and chains the frames.
+        // Two checks run on threads of their own, a batch of frames at a
+        // time, while this thread reads, decodes and links the frames: the
+        // index checks (hash-map probes at random places, under one read
+        // lock a batch) and the content hashes (BLAKE3 of every frame's
+        // value, most of a verify's processor time).
         let state = self.state.clone();
-        let index_problems = std::thread::scope(|scope| -> Result<_, StoreError> {
-            let (batches, received) = std::sync::mpsc::sync_channel::<Vec<(FrameMeta, Loc)>>(4);
+        let (index_problems, content_problems) = std::thread::scope(|scope| {
+            let (batches, received) = std::sync::mpsc::sync_channel(4);
             let checker = scope.spawn(move || check_index_batches(&state, received));
-            let mut batch = Vec::with_capacity(VERIFY_BATCH);
-            let mut position = 0u64;
-            'segments: for (seg_no, seg) in segments.iter().enumerate() {
-                if position >= head {
-                    break;
-                }
-                let file_len = seg.file.metadata().map_err(io("verify"))?.len();
-                let mut reader = SeqReader::new(&seg.file, file_len);
-                let mut offset = 0u64;
-                while offset < file_len && position < head {
-                    let bytes = reader
-                        .at(offset, frame::PREFIX_LEN + frame::MAX_FRAME)
-                        .map_err(io("verify"))?;
-                    let (meta, value, len) = match decode_frame(bytes) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            v.problem(
-                                position + 1,
-                                format!("{} at byte {offset}: {e}", seg.path.display()),
-                            );
-                            break 'segments;
-                        }
-                    };
-                    position = meta.position;
-                    if let Some(event) = v.check(meta.position, value) {
-                        if (event.stream, event.version, event.event_id)
-                            != (meta.stream, meta.version, meta.event_id)
-                        {
-                            v.problem(
-                                meta.position,
-                                "frame header disagrees with the stored event (stream, version or id)",
-                            );
-                        }
-                    }
-                    batch.push((
-                        meta,
-                        Loc {
-                            offset,
-                            len: len as u32,
-                            seg: seg_no as u32,
-                        },
-                    ));
-                    if batch.len() == VERIFY_BATCH {
-                        let full = std::mem::replace(&mut batch, Vec::with_capacity(VERIFY_BATCH));
-                        if batches.send(full).is_err() {
-                            break 'segments;
-                        }
-                    }
-                    offset += len as u64;
-                    if v.events().is_multiple_of(4096) {
-                        progress(v.events());
-                    }
-                }
-            }
-            let _ = batches.send(batch);
-            drop(batches);
-            checker.join().unwrap_or(Err(StoreError::WriterStopped))
+            // Two batches queued (~300 KB each): the hashing is the slower
+            // side, so more would only hold more memory. Hashed batches come
+            // back to be filled again: their memory is reused, and freed by
+            // this thread, which allocated it.
+            let (values, to_hash) = std::sync::mpsc::sync_channel(2);
+            let (give_back, given_back) = std::sync::mpsc::channel();
+            let hasher = scope.spawn(move || check_content(to_hash, give_back));
+            let mut checks = Checks {
+                batches,
+                batch: Vec::with_capacity(VERIFY_BATCH),
+                values,
+                hashing: Values::default(),
+                given_back,
+            };
+            let read = read_and_link(&segments, head, &mut v, &mut checks, progress);
+            checks.finish();
+            let index = checker.join().unwrap_or(Err(StoreError::WriterStopped));
+            let content = hasher.join().map_err(|_| StoreError::WriterStopped);
+            read?;
+            Ok::<_, StoreError>((index?, content?))
         })?;
+        v.absorb(content_problems);
         v.absorb(index_problems);
         progress(v.events());
         let last = v.expected_position().saturating_sub(1);
@@ -2890,8 +2855,153 @@ impl EventStore for SegmentLog {
     }
 }
 
+/// Reads every frame of `segments` up to `head` in order, checks each
+/// (CRC, [`ChainVerifier::check_links`], the frame header against the
+/// event) and hands it to `checks`. Stops at the first frame that cannot be
+/// read (a problem) or when a checker has stopped.
+fn read_and_link(
+    segments: &[Arc<Segment>],
+    head: u64,
+    v: &mut ChainVerifier,
+    checks: &mut Checks,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<(), StoreError> {
+    let mut position = 0u64;
+    for (seg_no, seg) in segments.iter().enumerate() {
+        if position >= head {
+            break;
+        }
+        let file_len = seg.file.metadata().map_err(io("verify"))?.len();
+        let mut reader = SeqReader::new(&seg.file, file_len);
+        let mut offset = 0u64;
+        while offset < file_len && position < head {
+            let bytes = reader
+                .at(offset, frame::PREFIX_LEN + frame::MAX_FRAME)
+                .map_err(io("verify"))?;
+            let (meta, value, len) = match decode_frame(bytes) {
+                Ok(f) => f,
+                Err(e) => {
+                    let at = format!("{} at byte {offset}: {e}", seg.path.display());
+                    v.problem(position + 1, at);
+                    return Ok(());
+                }
+            };
+            position = meta.position;
+            let linked = v.check_links(meta.position, value);
+            if let Some(event) = &linked {
+                if (event.stream, event.version, event.event_id)
+                    != (meta.stream, meta.version, meta.event_id)
+                {
+                    v.problem(
+                        meta.position,
+                        "frame header disagrees with the stored event (stream, version or id)",
+                    );
+                }
+            }
+            let here = Loc {
+                offset,
+                len: len as u32,
+                seg: seg_no as u32,
+            };
+            let prev_hash = linked.map(|e| e.prev_hash);
+            if !checks.push(meta, here, prev_hash, value) {
+                return Ok(());
+            }
+            offset += len as u64;
+            if v.events().is_multiple_of(4096) {
+                progress(v.events());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where `verify` hands frames to its two checker threads.
+struct Checks {
+    batches: std::sync::mpsc::SyncSender<Vec<(FrameMeta, Loc)>>,
+    batch: Vec<(FrameMeta, Loc)>,
+    values: std::sync::mpsc::SyncSender<Values>,
+    hashing: Values,
+    given_back: std::sync::mpsc::Receiver<Values>,
+}
+
+impl Checks {
+    /// Adds a frame for the index checks and, if it was decoded
+    /// (`prev_hash`), its value for the content hash. `false` when a
+    /// checker has stopped.
+    fn push(&mut self, meta: FrameMeta, here: Loc, prev_hash: Option<Hash>, value: &[u8]) -> bool {
+        if let Some(prev_hash) = prev_hash {
+            self.hashing.push(meta.position, prev_hash, value);
+            if self.hashing.each.len() == HASH_BATCH {
+                let next = self.given_back.try_recv().unwrap_or_default();
+                if self
+                    .values
+                    .send(std::mem::replace(&mut self.hashing, next))
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+        }
+        self.batch.push((meta, here));
+        if self.batch.len() == VERIFY_BATCH {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(VERIFY_BATCH));
+            if self.batches.send(full).is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Hands over what is left; the checkers stop once they have checked
+    /// it.
+    fn finish(self) {
+        let _ = self.batches.send(self.batch);
+        let _ = self.values.send(self.hashing);
+    }
+}
+
 /// Frames a verify hands to its index checker at a time.
 const VERIFY_BATCH: usize = 4096;
+
+/// Frames' values a verify hands to its content-hash checker at a time.
+const HASH_BATCH: usize = 1024;
+
+/// Frames' values for [`check_content`]: their bytes one after another,
+/// and each one's position, the hash it links to and its end in `bytes`.
+#[derive(Default)]
+struct Values {
+    bytes: Vec<u8>,
+    each: Vec<(u64, Hash, usize)>,
+}
+
+impl Values {
+    fn push(&mut self, position: u64, prev_hash: Hash, value: &[u8]) {
+        self.bytes.extend_from_slice(value);
+        self.each.push((position, prev_hash, self.bytes.len()));
+    }
+}
+
+/// The content-hash checks of `verify` ([`ContentCheck`]), batch by batch.
+/// Each batch, emptied, goes back through `give_back`.
+fn check_content(
+    batches: std::sync::mpsc::Receiver<Values>,
+    give_back: std::sync::mpsc::Sender<Values>,
+) -> Problems {
+    let mut check = ContentCheck::default();
+    for mut batch in batches {
+        let mut start = 0;
+        for &(position, prev_hash, end) in &batch.each {
+            check.check(position, &prev_hash, &batch.bytes[start..end]);
+            start = end;
+        }
+        batch.bytes.clear();
+        batch.each.clear();
+        // The verify may have finished reading: then the batch is freed here.
+        let _ = give_back.send(batch);
+    }
+    check.finish()
+}
 
 /// The index checks of `verify`: each frame's position, stream version and
 /// event id entries must point at it.
