@@ -29,6 +29,8 @@
 //!   the log, against `raw_scan_decode_ev_s` (backend scan + full decode);
 //! - `timeline_p50_us`, `timeline_p99_us`: `chronology_of` + the JSON
 //!   document of `casebook timeline` for 1,000 random pupils;
+//! - `verify_ev_s`: `casebook verify` of the whole log (chain, content
+//!   hashes, index), and `verify_vs_raw` against `raw_scan_decode_ev_s`;
 //! - `peak_rss_mb` (VmHWM), `disk_bytes_per_event`,
 //!   `payload_bytes_per_event`, and the ratios.
 //!
@@ -808,6 +810,27 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         ),
     );
 
+    // `casebook verify`: every event read again, its chain, content hash
+    // and index entries checked, against the raw scan + decode (the read
+    // and decode a verify cannot do without). On the store as the
+    // timelines opened it (a command that appends: the event ids read).
+    let t = phase("verify (chain, content hashes, index)");
+    let started = Instant::now();
+    let verified = log
+        .verify(&|_| {})
+        .await
+        .map_err(|e| Failure::Store(e.to_string()))?;
+    let verify_ev_s = per_s(verified.events, started.elapsed());
+    if !verified.ok {
+        let first = verified.problems.first();
+        return Err(Failure::Store(format!(
+            "bench: verify found problems in the log just written (first at position {}: {})",
+            first.map_or(0, |p| p.position),
+            first.map_or("", |p| p.what.as_str()),
+        )));
+    }
+    done(t, format!("{verify_ev_s:.0} events/s"));
+
     // One writer, one event per append, each durable before the next; and
     // W writers on different pupils at once (group commit). Both run in
     // APPEND_ROUNDS rounds, each round a slice of the single appends right
@@ -943,6 +966,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         "single_appends": single_count,
         "concurrent_appends": concurrent_count,
         "timeline_reads": TIMELINE_READS,
+        "verify_ev_s": verify_ev_s,
+        "verify_vs_raw": verify_ev_s / raw_scan_decode_ev_s,
         "timeline_with_access_log_p50_us": percentile_us(&with_log, 0.50),
         "timeline_with_access_log_p99_us": percentile_us(&with_log, 0.99),
         "case_payload_bytes_per_event": case_payload_bytes,
@@ -1339,6 +1364,11 @@ impl Figures {
             us("timeline_with_access_log_p99_us"),
             us("fsync_per_s_at_start"),
             us("fsync_per_s"),
+        ));
+        out.push_str(&format!(
+            "verify: {:.0} events/s, {:.2} of the raw scan + decode\n",
+            us("verify_ev_s"),
+            us("verify_vs_raw"),
         ));
         if doc.get("import_cpu_cap_vs_raw").is_some() {
             out.push_str(&format!(

@@ -19,6 +19,7 @@ const FIGURES: &[&str] = &[
     "peak_rss_mb",
     "disk_bytes_per_event",
     "payload_bytes_per_event",
+    "verify_ev_s",
 ];
 
 const RATIOS: &[(&str, &str, &str)] = &[
@@ -30,6 +31,7 @@ const RATIOS: &[(&str, &str, &str)] = &[
         "append_single_ev_s",
     ),
     ("replay_vs_raw", "replay_ev_s", "raw_scan_decode_ev_s"),
+    ("verify_vs_raw", "verify_ev_s", "raw_scan_decode_ev_s"),
 ];
 
 fn number(doc: &Value, key: &str) -> f64 {
