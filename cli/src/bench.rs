@@ -733,6 +733,25 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     }
     done(t, format!("{import_ev_s:.0} events/s"));
 
+    // The appends' events (pupils after the imported ones), made now so
+    // that the generator's plan of the whole school (a few bytes for every
+    // event of every pupil) is not held through the phases after.
+    let mut single: Appends = Vec::new();
+    while single.len() < single_events {
+        let p = source
+            .next_pupil()
+            .ok_or_else(|| Failure::Store("bench: the demo school ran out of pupils".into()))?;
+        single.extend(appends_of(&school, &p, single_events - single.len())?);
+    }
+    let mut jobs = Vec::with_capacity(w);
+    for _ in 0..w {
+        let p = source
+            .next_pupil()
+            .ok_or_else(|| Failure::Store("bench: the demo school ran out of pupils".into()))?;
+        jobs.push(appends_of(&school, &p, per_writer)?.into_iter());
+    }
+    drop(source);
+
     // Close and open again: what every command pays to open the store;
     // the replay runs on the store opened as `casebook rebuild` opens it
     // (reading only: the segment engine leaves the event ids in its
@@ -841,20 +860,6 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let t = phase(&format!(
         "single and concurrent ({w} writers) appends, in {APPEND_ROUNDS} rounds beside as many fdatasyncs"
     ));
-    let mut single: Appends = Vec::new();
-    while single.len() < single_events {
-        let p = source
-            .next_pupil()
-            .ok_or_else(|| Failure::Store("bench: the demo school ran out of pupils".into()))?;
-        single.extend(appends_of(&school, &p, single_events - single.len())?);
-    }
-    let mut jobs = Vec::with_capacity(w);
-    for _ in 0..w {
-        let p = source
-            .next_pupil()
-            .ok_or_else(|| Failure::Store("bench: the demo school ran out of pupils".into()))?;
-        jobs.push(appends_of(&school, &p, per_writer)?.into_iter());
-    }
     // Round r's share of n: the slices differ by at most one.
     let share = |n: usize, r: usize| n * (r + 1) / APPEND_ROUNDS - n * r / APPEND_ROUNDS;
     let single_events = single.len();
