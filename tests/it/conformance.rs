@@ -647,6 +647,89 @@ pub async fn views_find_a_corrected_mark_through_the_store<B: Backend>() {
     );
 }
 
+/// An atomic append of more events than the writer hands back whole
+/// (the segment writer returns a large append's events to the caller
+/// request by request as it seals them): it lands whole, in order, each
+/// stream gapless, the chain verified; and a large append that fails its
+/// checks writes nothing.
+pub async fn a_large_atomic_append_lands_whole<B: Backend>() {
+    const PUPILS: u32 = 100;
+    const EACH: u32 = 700; // 70,000 events, above 65,536
+    let b = B::fresh();
+    let s = b.open();
+    s.append(req(pupil(0), ExpectedVersion::NoStream, vec![contact(0)]))
+        .await
+        .unwrap();
+    let requests = |first_expected: ExpectedVersion| {
+        (1..=PUPILS)
+            .map(|p| {
+                let expected = match p {
+                    PUPILS => first_expected,
+                    _ => ExpectedVersion::NoStream,
+                };
+                req(
+                    pupil(p),
+                    expected,
+                    (0..EACH).map(|i| contact(p * EACH + i)).collect(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    // The last request's expectation fails: nothing is written.
+    let err = s
+        .append_atomic(requests(ExpectedVersion::Exact(3)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::WrongExpectedVersion { .. }),
+        "{err}"
+    );
+    assert_eq!(s.head().await.unwrap().position, 1);
+    let wanted = requests(ExpectedVersion::NoStream);
+    let ids: Vec<_> = wanted
+        .iter()
+        .flat_map(|r| r.events.iter().map(|e| e.event_id))
+        .collect();
+    let appended = s.append_atomic(wanted).await.unwrap();
+    assert_eq!(appended.len(), PUPILS as usize);
+    for (i, a) in appended.iter().enumerate() {
+        let first = 2 + i as u64 * u64::from(EACH);
+        assert_eq!(
+            (
+                a.stream,
+                a.first_position,
+                a.last_position,
+                a.first_version,
+                a.last_version
+            ),
+            (
+                pupil(i as u32 + 1),
+                first,
+                first + u64::from(EACH) - 1,
+                1,
+                u64::from(EACH)
+            )
+        );
+    }
+    let total = 1 + u64::from(PUPILS * EACH);
+    assert_eq!(s.head().await.unwrap().position, total);
+    let mut read = Vec::new();
+    let mut from = 2;
+    while from <= total {
+        let page = s.read_all(from, 10_000).await.unwrap();
+        from += page.len() as u64;
+        read.extend(page.into_iter().map(|e| e.event_id));
+    }
+    assert_eq!(read, ids, "every event, in the order appended");
+    assert_eq!(
+        s.stream_version(pupil(PUPILS)).await.unwrap(),
+        u64::from(EACH)
+    );
+    let report = s.verify(&|_| {}).await.unwrap();
+    assert!(report.ok, "{:?}", report.problems);
+    assert_eq!(report.events, total);
+}
+
 macro_rules! conformance_suite {
     ($module:ident, $backend:ty) => {
         mod $module {
@@ -678,6 +761,7 @@ macro_rules! conformance_suite {
             case!(old_schema_payloads_are_stored_unchanged_and_upcast_on_read);
             case!(batched_lookups_agree_with_single_lookups);
             case!(views_find_a_corrected_mark_through_the_store);
+            case!(a_large_atomic_append_lands_whole);
         }
     };
 }

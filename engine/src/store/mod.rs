@@ -764,8 +764,25 @@ pub(crate) struct Commit {
     /// Every event id was minted by this process
     /// ([`EventStore::append_minted`]); only the segment writer uses it.
     pub minted: bool,
+    /// Where a large append's events go back to the caller as soon as they
+    /// are sealed ([`HandBack`]); only the segment writer uses it.
+    pub hand_back: Option<HandBack>,
     pub reply: Reply,
 }
+
+/// Where the writer hands back a large append's events, request by
+/// request, once it has sealed them, while it goes on sealing, writing and
+/// syncing the rest: the waiting caller frees them on its own thread as
+/// they come, so the append's events and their sealed bytes are not all
+/// held at once (an import of a million lines held both: ~210 and ~360
+/// bytes an event). Small appends are answered with their requests whole
+/// ([`Reply::send_back`]).
+pub(crate) type HandBack = tokio::sync::mpsc::UnboundedSender<Vec<NewEvent>>;
+
+/// Events in one append from which the writer hands them back as it
+/// seals them ([`HandBack`]): far above a pipelined import's batches
+/// (1,024) and any group of single appends.
+pub(crate) const HAND_BACK_EVENTS: usize = 65_536;
 
 /// Hands `requests` to the writer behind `sender` and waits for its answer:
 /// the append path every backend with a group-committing writer shares.
@@ -789,17 +806,37 @@ pub(crate) async fn submit_with(
         return Ok(Vec::new());
     }
     let sender = sender.ok_or(StoreError::WriterStopped)?;
-    let (reply, answer) = oneshot::channel();
+    let (reply, mut answer) = oneshot::channel();
+    let events: usize = requests.iter().map(|r| r.events.len()).sum();
+    let (hand_back, mut handed_back) = match events >= HAND_BACK_EVENTS {
+        true => {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Some(tx), Some(rx))
+        }
+        false => (None, None),
+    };
     sender
         .send(Commit {
             requests,
             presealed,
             minted,
+            hand_back,
             reply: Reply(reply),
         })
         .await
         .map_err(|_| StoreError::WriterStopped)?;
-    let Answer { result, spent } = answer.await.map_err(|_| StoreError::WriterStopped)?;
+    // A large append's events come back as they are sealed: freed here
+    // while the writer goes on.
+    let answer = match handed_back.as_mut() {
+        Some(rx) => loop {
+            tokio::select! {
+                Some(events) = rx.recv() => drop(events),
+                answer = &mut answer => break answer,
+            }
+        },
+        None => answer.await,
+    };
+    let Answer { result, spent } = answer.map_err(|_| StoreError::WriterStopped)?;
     drop(spent);
     result
 }
@@ -944,9 +981,9 @@ impl Presealed {
     pub fn seal(
         head: Head,
         recorded_at: chrono::DateTime<chrono::Utc>,
-        requests: Vec<AppendRequest>,
+        mut requests: Vec<AppendRequest>,
     ) -> Result<Presealed, Vec<AppendRequest>> {
-        match Sealing::of(head, recorded_at, &requests) {
+        match Sealing::of(head, recorded_at, &mut requests) {
             Some(sealing) => Ok(Presealed { requests, sealing }),
             None => Err(requests),
         }
@@ -988,13 +1025,13 @@ impl Sealing {
     fn of(
         head: Head,
         recorded_at: chrono::DateTime<chrono::Utc>,
-        requests: &[AppendRequest],
+        requests: &mut [AppendRequest],
     ) -> Option<Sealing> {
         let mut expected = Expected(HashMap::with_capacity_and_hasher(
             requests.len(),
             IdHash::default(),
         ));
-        for r in requests {
+        for r in requests.iter() {
             let version = match r.expected {
                 ExpectedVersion::NoStream => 0,
                 ExpectedVersion::Exact(v) => v,
@@ -1015,7 +1052,7 @@ impl Sealing {
                 .sum(),
         );
         let (_, _, position, hash) = stage
-            .seal(requests, &mut expected, recorded_at, requests.len())
+            .seal(requests, &mut expected, recorded_at, requests.len(), None)
             .ok()?;
         Some(Sealing {
             head,
@@ -1174,11 +1211,11 @@ impl GroupStage {
     /// group so far, then seals its events onto the group.
     pub fn stage(
         &mut self,
-        requests: &[AppendRequest],
+        requests: &mut [AppendRequest],
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Appended>, StoreError> {
-        self.stage_presealed(requests, None, committed, recorded_at)
+        self.stage_presealed(requests, None, committed, recorded_at, None)
     }
 
     /// [`GroupStage::stage`], adopting `presealed` as the append's sealed
@@ -1186,12 +1223,16 @@ impl GroupStage {
     /// ([`Presealed`]); otherwise sealing them at `recorded_at`. The checks,
     /// the outcome and, for the same `recorded_at`, the bytes are the same
     /// either way.
+    ///
+    /// With `hand_back`, each request's events are sent there once they are
+    /// sealed here ([`HandBack`]), leaving the request empty.
     pub fn stage_presealed(
         &mut self,
-        requests: &[AppendRequest],
+        requests: &mut [AppendRequest],
         presealed: Option<&Sealing>,
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
+        hand_back: Option<&HandBack>,
     ) -> Result<Vec<Appended>, StoreError> {
         let total: usize = requests.iter().map(|r| r.events.len()).sum();
         if total > MAX_EVENTS_PER_APPEND {
@@ -1212,7 +1253,7 @@ impl GroupStage {
             HashMap::with_capacity_and_hasher(requests.len(), IdHash::default());
         let mut local_ids: HashSet<Uuid, IdHash> =
             HashSet::with_capacity_and_hasher(total, IdHash::default());
-        for r in requests {
+        for r in requests.iter() {
             if r.events.is_empty() {
                 return Err(StoreError::EmptyAppend { stream: r.stream });
             }
@@ -1260,7 +1301,7 @@ impl GroupStage {
                 self.recorded_floor_us = self.recorded_floor_us.max(us);
                 done
             }
-            None => match self.seal(requests, committed, recorded_at, local.len()) {
+            None => match self.seal(requests, committed, recorded_at, local.len(), hand_back) {
                 Ok(done) => {
                     self.recorded_floor_us =
                         self.recorded_floor_us.max(recorded_at.timestamp_micros());
@@ -1352,10 +1393,11 @@ impl GroupStage {
     #[allow(clippy::type_complexity)]
     fn seal(
         &mut self,
-        requests: &[AppendRequest],
+        requests: &mut [AppendRequest],
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
         streams: usize,
+        hand_back: Option<&HandBack>,
     ) -> Result<(Vec<Appended>, HashMap<StreamId, u64, IdHash>, u64, Hash), StoreError> {
         let mut appended = Vec::with_capacity(requests.len());
         let mut pos = self.position;
@@ -1405,6 +1447,10 @@ impl GroupStage {
                 });
             }
             appended.push(appended_to(r, base, pos, &mut cur));
+            if let Some(back) = hand_back {
+                // A caller that stopped waiting frees nothing: dropped here.
+                let _ = back.send(std::mem::take(&mut r.events));
+            }
         }
         Ok((appended, cur, pos, h))
     }
@@ -1486,7 +1532,13 @@ mod tests {
         let mut stage = GroupStage::new(0, Hash::default());
         let mut log = Recording::default();
         stage
-            .stage_presealed(&requests, None, &mut log, chrono::Utc::now())
+            .stage_presealed(
+                &mut requests.clone(),
+                None,
+                &mut log,
+                chrono::Utc::now(),
+                None,
+            )
             .unwrap();
         let all: Vec<Uuid> = requests
             .iter()
@@ -1508,13 +1560,13 @@ mod tests {
             .with_value_limit(400);
         stage
             .stage(
-                &[request(1, vec![event(1, 10), event(2, 10)])],
+                &mut [request(1, vec![event(1, 10), event(2, 10)])],
                 &mut Empty,
                 now,
             )
             .unwrap();
         match stage.stage(
-            &[request(2, vec![event(3, 10), event(4, 1_000)])],
+            &mut [request(2, vec![event(3, 10), event(4, 1_000)])],
             &mut Empty,
             now,
         ) {
@@ -1522,7 +1574,7 @@ mod tests {
             other => panic!("expected Limit, got {other:?}"),
         }
         stage
-            .stage(&[request(3, vec![event(5, 10)])], &mut Empty, now)
+            .stage(&mut [request(3, vec![event(5, 10)])], &mut Empty, now)
             .unwrap();
 
         let mut end = 0;
@@ -1559,7 +1611,9 @@ mod tests {
         recorded_at: chrono::DateTime<chrono::Utc>,
     ) -> (GroupStage, Head) {
         let mut stage = GroupStage::new(0, Hash::default());
-        stage.stage(first, &mut Empty, recorded_at).unwrap();
+        stage
+            .stage(&mut first.to_vec(), &mut Empty, recorded_at)
+            .unwrap();
         let head = Head {
             position: stage.position,
             hash: stage.hash,
@@ -1584,7 +1638,7 @@ mod tests {
         let staged = |presealed: Option<&Sealing>, at| {
             let (mut stage, _) = group_after_one(&first, t);
             let appended = stage
-                .stage_presealed(&requests, presealed, &mut Empty, at)
+                .stage_presealed(&mut requests.clone(), presealed, &mut Empty, at, None)
                 .unwrap();
             let events: Vec<_> = stage
                 .sealed
@@ -1654,13 +1708,42 @@ mod tests {
         let (mut stage, _) = group_after_one(&first, t);
         stage.recorded_floor_us = later.timestamp_micros();
         stage
-            .stage_presealed(&requests, Some(&early), &mut Empty, later)
+            .stage_presealed(&mut requests.clone(), Some(&early), &mut Empty, later, None)
             .unwrap();
         assert_eq!(stage.adopted, 0, "recorded before the log's latest time");
         // An expectation without a version cannot be sealed ahead.
         let any = vec![request(4, vec![event(30, 1)])];
         let back = Presealed::seal(head, later, any.clone()).unwrap_err();
         assert_eq!(ids(&back), ids(&any), "the requests handed back");
+    }
+
+    /// With a hand-back, each request's events come back in order once
+    /// sealed, the requests are left empty, and what is staged is what
+    /// staging without one gives.
+    #[test]
+    fn a_handed_back_append_is_staged_the_same_and_its_events_come_back() {
+        let requests = vec![fresh(1, 1..4), fresh(2, 10..12)];
+        let at = chrono::Utc::now();
+        let mut plain = GroupStage::new(0, Hash::default());
+        let a = plain
+            .stage_presealed(&mut requests.clone(), None, &mut Empty, at, None)
+            .unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut handed = GroupStage::new(0, Hash::default());
+        let mut given = requests.clone();
+        let b = handed
+            .stage_presealed(&mut given, None, &mut Empty, at, Some(&tx))
+            .unwrap();
+        assert_eq!(a, b);
+        assert_eq!(plain.bytes, handed.bytes);
+        assert!(given.iter().all(|r| r.events.is_empty()));
+        let ids = |events: &[NewEvent]| events.iter().map(|e| e.event_id).collect::<Vec<_>>();
+        let mut back = Vec::new();
+        while let Ok(events) = rx.try_recv() {
+            back.push(ids(&events));
+        }
+        let sent: Vec<_> = requests.iter().map(|r| ids(&r.events)).collect();
+        assert_eq!(back, sent);
     }
 
     /// A sealed log of `n` events over three streams, as stored values.

@@ -839,7 +839,7 @@ impl Writer {
     async fn commit_group(&mut self, group: Vec<Commit>) {
         let mut pending: Vec<Commit> = group;
         for attempt in 1..=COMMIT_ATTEMPTS {
-            let outcome = self.try_commit(&pending).await;
+            let outcome = self.try_commit(&mut pending).await;
             match outcome {
                 Ok((results, position)) => {
                     if let Some(p) = position {
@@ -888,7 +888,7 @@ impl Writer {
     #[allow(clippy::type_complexity)]
     async fn try_commit(
         &mut self,
-        group: &[Commit],
+        group: &mut [Commit],
     ) -> Result<(Vec<Result<Vec<Appended>, StoreError>>, Option<u64>), StoreError> {
         let school = self.school.clone();
         let (client, prepared) = self.connection().await?;
@@ -907,7 +907,7 @@ impl Writer {
         let mut streams: Vec<Uuid> = Vec::new();
         let mut seen_streams = HashSet::new();
         let mut ids: Vec<Uuid> = Vec::new();
-        for c in group {
+        for c in group.iter() {
             for r in &c.requests {
                 if seen_streams.insert(r.stream) {
                     streams.push(r.stream.0);
@@ -948,8 +948,8 @@ impl Writer {
             stored_ids,
         };
         let mut results = Vec::with_capacity(group.len());
-        for c in group {
-            results.push(stage.stage(&c.requests, &mut committed, recorded_at));
+        for c in group.iter_mut() {
+            results.push(stage.stage(&mut c.requests, &mut committed, recorded_at));
         }
         let rows = stage
             .sealed

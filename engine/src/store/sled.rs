@@ -814,8 +814,8 @@ impl Writer {
         let mut stage = GroupStage::new(self.position, self.hash);
         let mut committed = SledCommitted { tree: &self.tree };
         let mut staged: Vec<(Reply, Vec<Appended>)> = Vec::new();
-        for commit in group {
-            match stage.stage(&commit.requests, &mut committed, recorded_at) {
+        for mut commit in group {
+            match stage.stage(&mut commit.requests, &mut committed, recorded_at) {
                 Ok(appended) => staged.push((commit.reply, appended)),
                 Err(e) => {
                     commit.reply.send(Err(e));

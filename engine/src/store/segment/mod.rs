@@ -2086,12 +2086,13 @@ impl Writer {
                 index: &state.index,
                 segments: &state.segments,
             };
-            for commit in group {
+            for mut commit in group {
                 match stage.stage_presealed(
-                    &commit.requests,
+                    &mut commit.requests,
                     commit.presealed.as_ref(),
                     &mut committed,
                     recorded_at,
+                    commit.hand_back.as_ref(),
                 ) {
                     Ok(appended) => staged.push((commit.reply, appended, commit.requests)),
                     Err(e) => {
