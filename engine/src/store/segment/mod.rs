@@ -2164,7 +2164,8 @@ impl Writer {
                         // refusal here is a bug. The group is on disk but
                         // not acknowledged, and the writer stops: a reopen
                         // indexes it from the segment.
-                        if let Err(what) = state.index.push(&meta, loc, sealed.event.hash) {
+                        let hash = sealed.hash(&self.sealed_bytes);
+                        if let Err(what) = state.index.push(&meta, loc, hash) {
                             debug_assert!(false, "the index refused a written frame: {what}");
                             for (reply, ..) in staged {
                                 reply.send(Err(StoreError::Internal(format!(
