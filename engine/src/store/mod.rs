@@ -473,14 +473,7 @@ pub struct Links {
 
 impl Links {
     fn of(e: &StoredEvent) -> Links {
-        Links {
-            position: e.position,
-            stream: e.stream,
-            version: e.version,
-            event_id: e.event_id,
-            prev_hash: e.prev_hash,
-            hash: e.hash,
-        }
+        Links::of_ref(&e.as_event_ref())
     }
 
     fn of_ref(e: &EventRef<'_>) -> Links {
