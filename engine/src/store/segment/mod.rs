@@ -3015,7 +3015,15 @@ fn check_index_batches(
     for batch in batches {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
         let ix = &state.index;
-        for (meta, here) in batch {
+        for (i, &(meta, here)) in batch.iter().enumerate() {
+            if i % ids::PREFETCH_IDS == 0 {
+                // The id table's probes are at random places (most of this
+                // thread's time was their two cache misses): the memory
+                // of the next ones fetched together.
+                let next = batch[i..].iter().take(ids::PREFETCH_IDS);
+                ix.ids
+                    .prefetch(next.map(|(m, _)| ix.ids.fingerprint(&m.event_id)));
+            }
             if meta.position == 0 || ix.locs.at(meta.position) != Some(here) {
                 problems.push(meta.position, || {
                     "the position index does not point at this frame"
