@@ -2817,7 +2817,7 @@ impl EventStore for SegmentLog {
         // lock a batch) and the content hashes (BLAKE3 of every frame's
         // value, most of a verify's processor time).
         let state = self.state.clone();
-        let (index_problems, content_problems) = std::thread::scope(|scope| {
+        let (index_problems, content_problems, checked_here) = std::thread::scope(|scope| {
             let (batches, received) = std::sync::mpsc::sync_channel(4);
             let checker = scope.spawn(move || check_index_batches(&state, received));
             // Two batches queued (~300 KB each): the hashing is the slower
@@ -2833,15 +2833,17 @@ impl EventStore for SegmentLog {
                 values,
                 hashing: Values::default(),
                 given_back,
+                content: ContentCheck::default(),
             };
             let read = read_and_link(&segments, head, &mut v, &mut checks, progress);
-            checks.finish();
+            let checked_here = checks.finish();
             let index = checker.join().unwrap_or(Err(StoreError::WriterStopped));
             let content = hasher.join().map_err(|_| StoreError::WriterStopped);
             read?;
-            Ok::<_, StoreError>((index?, content?))
+            Ok::<_, StoreError>((index?, content?, checked_here))
         })?;
         v.absorb(content_problems);
+        v.absorb(checked_here);
         v.absorb(index_problems);
         progress(v.events());
         let last = v.expected_position().saturating_sub(1);
@@ -2925,6 +2927,8 @@ struct Checks {
     values: std::sync::mpsc::SyncSender<Values>,
     hashing: Values,
     given_back: std::sync::mpsc::Receiver<Values>,
+    /// The content hashes this thread checked itself.
+    content: ContentCheck,
 }
 
 impl Checks {
@@ -2936,12 +2940,16 @@ impl Checks {
             self.hashing.push(meta.position, prev_hash, value);
             if self.hashing.each.len() == HASH_BATCH {
                 let next = self.given_back.try_recv().unwrap_or_default();
-                if self
-                    .values
-                    .send(std::mem::replace(&mut self.hashing, next))
-                    .is_err()
-                {
-                    return false;
+                let full = std::mem::replace(&mut self.hashing, next);
+                match self.values.try_send(full) {
+                    Ok(()) => {}
+                    // The hashing thread is behind (it is the slower side):
+                    // this thread hashes the batch itself rather than wait.
+                    Err(std::sync::mpsc::TrySendError::Full(mut full)) => {
+                        full.check(&mut self.content);
+                        self.hashing = full;
+                    }
+                    Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
                 }
             }
         }
@@ -2956,10 +2964,11 @@ impl Checks {
     }
 
     /// Hands over what is left; the checkers stop once they have checked
-    /// it.
-    fn finish(self) {
+    /// it. Returns the problems of the content hashes checked here.
+    fn finish(self) -> Problems {
         let _ = self.batches.send(self.batch);
         let _ = self.values.send(self.hashing);
+        self.content.finish()
     }
 }
 
@@ -2978,6 +2987,17 @@ struct Values {
 }
 
 impl Values {
+    /// Checks every value's content hash, and empties the batch.
+    fn check(&mut self, check: &mut ContentCheck) {
+        let mut start = 0;
+        for &(position, prev_hash, end) in &self.each {
+            check.check(position, &prev_hash, &self.bytes[start..end]);
+            start = end;
+        }
+        self.bytes.clear();
+        self.each.clear();
+    }
+
     fn push(&mut self, position: u64, prev_hash: Hash, value: &[u8]) {
         self.bytes.extend_from_slice(value);
         self.each.push((position, prev_hash, self.bytes.len()));
@@ -2992,13 +3012,7 @@ fn check_content(
 ) -> Problems {
     let mut check = ContentCheck::default();
     for mut batch in batches {
-        let mut start = 0;
-        for &(position, prev_hash, end) in &batch.each {
-            check.check(position, &prev_hash, &batch.bytes[start..end]);
-            start = end;
-        }
-        batch.bytes.clear();
-        batch.each.clear();
+        batch.check(&mut check);
         // The verify may have finished reading: then the batch is freed here.
         let _ = give_back.send(batch);
     }
