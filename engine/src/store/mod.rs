@@ -1057,6 +1057,8 @@ impl Sealing {
                 .map(|e| crate::envelope::body_capacity(&e.actor, &e.event_type, &e.payload))
                 .sum(),
         );
+        // No hand-back: the requests stay whole (`&mut` is `seal`'s, for
+        // the writer's hand-back).
         let (_, _, position, hash) = stage
             .seal(requests, &mut expected, recorded_at, requests.len(), None)
             .ok()?;

@@ -2939,12 +2939,13 @@ impl Checks {
         if let Some(prev_hash) = prev_hash {
             self.hashing.push(meta.position, prev_hash, value);
             if self.hashing.each.len() == HASH_BATCH {
-                let next = self.given_back.try_recv().unwrap_or_default();
-                let full = std::mem::replace(&mut self.hashing, next);
+                let full = std::mem::take(&mut self.hashing);
                 match self.values.try_send(full) {
-                    Ok(()) => {}
+                    // Refilled: a batch the hashing thread gave back, if any.
+                    Ok(()) => self.hashing = self.given_back.try_recv().unwrap_or_default(),
                     // The hashing thread is behind (it is the slower side):
-                    // this thread hashes the batch itself rather than wait.
+                    // this thread hashes the batch itself rather than wait,
+                    // and refills it.
                     Err(std::sync::mpsc::TrySendError::Full(mut full)) => {
                         full.check(&mut self.content);
                         self.hashing = full;
