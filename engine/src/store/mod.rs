@@ -580,11 +580,7 @@ impl ChainVerifier {
     pub fn check(&mut self, key_position: u64, value: &[u8]) -> Option<StoredEvent> {
         let event = self.decoded(key_position, value)?;
         let links = Links::of(&event);
-        self.link(key_position, &links, |v| {
-            if !content_matches(&links.prev_hash, value) {
-                v.problem(key_position, ALTERED);
-            }
-        });
+        self.link(key_position, &links, Some(value));
         Some(event)
     }
 
@@ -601,7 +597,7 @@ impl ChainVerifier {
             }
             None => Links::of(&self.decoded(key_position, value)?),
         };
-        self.link(key_position, &links, |_| {});
+        self.link(key_position, &links, None);
         Some(links)
     }
 
@@ -645,9 +641,9 @@ impl ChainVerifier {
     }
 
     /// The checks of a decoded event against the ones before it: its
-    /// position, its link to the previous hash, `content` (the content
-    /// hash, where it is checked here) and its stream's version.
-    fn link(&mut self, key_position: u64, event: &Links, content: impl FnOnce(&mut Self)) {
+    /// position, its link to the previous hash, the content hash of
+    /// `value` (when it is checked here) and its stream's version.
+    fn link(&mut self, key_position: u64, event: &Links, value: Option<&[u8]>) {
         if event.position != key_position {
             self.problem(
                 key_position,
@@ -658,7 +654,9 @@ impl ChainVerifier {
         if event.prev_hash != self.prev_hash {
             self.problem(key_position, "prev_hash does not match the previous event's hash (chain broken: an event before it was changed, removed or inserted)");
         }
-        content(self);
+        if value.is_some_and(|value| !content_matches(&event.prev_hash, value)) {
+            self.problem(key_position, ALTERED);
+        }
         let last = self
             .stream_versions
             .get(&event.stream)
