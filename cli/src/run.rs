@@ -1,12 +1,13 @@
 //! The commands: open the store, do the work, print the result.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::sync::Arc;
 use std::time::Instant;
 
 use casebook_engine::import::{
-    parse_line, parse_time, ImportError, ImportLine, Planner, PREFETCH_LINES,
+    parse_line, parse_time, ImportError, ImportLine, ImportPlan, Planner, PREFETCH_LINES,
 };
 use casebook_engine::store::{AppendRequest, EventStore};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -271,8 +272,19 @@ fn import_failure(e: ImportError) -> Failure {
 
 /// Validates every line, then appends once per school. Nothing is written
 /// unless every line is valid.
+///
+/// The lines are read and parsed on a thread of their own
+/// ([`read_import_lines`]) while this one plans them: on a large file the
+/// two took about the same time one after the other. The first school's
+/// lines are planned as they come; any other school's are kept and planned
+/// after the last line, as all were before. What is reported is what a
+/// parse of every line followed by a plan of each school in name order
+/// reports: a line that cannot be read stops the import before anything
+/// else is looked at, and each school is then taken in name order (its log,
+/// the actor's permission, its keys, its plan) until one fails. A plan made
+/// early is used only once its school's turn has come.
 async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
-    let reader: Box<dyn BufRead> = if file == "-" {
+    let reader: Box<dyn BufRead + Send> = if file == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
         let f = std::fs::File::open(file)
@@ -282,82 +294,106 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     let store = ctx.store(true)?;
     let started = Instant::now();
     let spinner = progress::spinner("validating lines");
-    let mut lines = Lines::new(reader);
-    let mut by_school: BTreeMap<String, Vec<Vec<ImportLine>>> = BTreeMap::new();
-    while let Some((n, line)) = lines
-        .next_line()
-        .map_err(|e| Failure::BadInput(format!("cannot read {file}: {e}")))?
-    {
-        let text = match line {
-            Line::Text(t) => t,
-            Line::TooLong(len) => {
-                return Err(Failure::BadInput(format!(
-                    "line {n}: line is {len} bytes, over the limit of {} bytes",
-                    casebook_engine::import::MAX_LINE_BYTES
-                )))
-            }
-            Line::BadUtf8(at) => {
-                return Err(Failure::BadInput(format!(
-                    "line {n}: not valid UTF-8 (bad byte at offset {at}); save the file as UTF-8"
-                )))
-            }
-            Line::Bom => {
-                return Err(Failure::BadInput(format!(
-                "line {n}: starts with a byte order mark (BOM); save the file as UTF-8 without BOM"
-            )))
-            }
-            Line::CrLf => {
-                return Err(Failure::BadInput(format!(
-                    "line {n}: ends with CR LF (Windows line ending); JSONL lines end with LF only"
-                )))
-            }
-            Line::Blank => {
-                return Err(Failure::BadInput(format!(
-                    "line {n}: empty line; every line must be one JSON event"
-                )))
-            }
-        };
-        if n > casebook_engine::import::MAX_EVENTS_PER_IMPORT {
-            return Err(Failure::BadInput(format!(
-                "line {n}: more than {} lines in one import; split the file",
-                casebook_engine::import::MAX_EVENTS_PER_IMPORT
-            )));
+    let (tx, mut rx) = tokio::sync::mpsc::channel(PARSED_AHEAD);
+    let reading = {
+        let (file, school, spinner) = (file.to_string(), ctx.school.clone(), spinner.clone());
+        std::thread::Builder::new()
+            .name("casebook-parse".into())
+            .spawn(move || read_import_lines(reader, &file, &school, &spinner, &tx))
+            .map_err(|e| Failure::Store(format!("cannot start the line reader: {e}")))?
+    };
+    let mut kept: BTreeMap<String, Vec<Vec<ImportLine>>> = BTreeMap::new();
+    let mut unreadable = None;
+    // The school planned as its lines come: the first chunk's.
+    let mut early: Option<Early> = None;
+    match rx.recv().await {
+        None => {}
+        Some(Parsed::Unreadable(f)) => unreadable = Some(f),
+        Some(Parsed::Chunk(school, lines)) => {
+            let ring = ctx.sealer(&school);
+            let plan = match (store.log(&school), &ring) {
+                (Ok(log), Ok(ring)) => {
+                    let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
+                    if let Some(r) = ring {
+                        planner = planner.with_sealer(r.as_ref());
+                    }
+                    let mut failed = planner.add_many(lines).await.err();
+                    while let Some(parsed) = rx.recv().await {
+                        match parsed {
+                            Parsed::Unreadable(f) => {
+                                unreadable = Some(f);
+                                break;
+                            }
+                            Parsed::Chunk(s, lines) if s == school => {
+                                if failed.is_none() {
+                                    failed = planner.add_many(lines).await.err();
+                                }
+                            }
+                            Parsed::Chunk(s, lines) => kept.entry(s).or_default().push(lines),
+                        }
+                    }
+                    Some(match failed {
+                        Some(e) => Err(import_failure(e)),
+                        None => Ok(planner.finish()),
+                    })
+                }
+                // Its lines are kept, and its turn makes the same calls
+                // again (reporting what fails).
+                _ => {
+                    kept.entry(school.clone()).or_default().push(lines);
+                    None
+                }
+            };
+            early = Some(Early { school, ring, plan });
         }
-        let parsed = parse_line(n, &text).map_err(import_failure)?;
-        let school = parsed.school.clone().unwrap_or_else(|| ctx.school.clone());
-        // In chunks of the lines `add_many` looks up at once: one
-        // `Vec` of every line would be grown by doubling, copying the
-        // lines again and faulting in twice their memory, and would be
-        // held whole until every line is planned.
-        let chunks: &mut Vec<Vec<ImportLine>> = by_school.entry(school).or_default();
-        match chunks.last_mut() {
-            Some(chunk) if chunk.len() < PREFETCH_LINES => chunk.push(parsed),
-            _ => {
-                let mut chunk = Vec::with_capacity(PREFETCH_LINES);
-                chunk.push(parsed);
-                chunks.push(chunk);
-            }
-        }
-        spinner.inc(1);
     }
-    // Validate every school's lines before writing any of them.
+    // Whatever the early school could not take (its log or keys failed).
+    while let Some(parsed) = rx.recv().await {
+        match parsed {
+            Parsed::Unreadable(f) => {
+                unreadable = Some(f);
+                break;
+            }
+            Parsed::Chunk(s, lines) => kept.entry(s).or_default().push(lines),
+        }
+    }
+    drop(rx);
+    reading
+        .join()
+        .map_err(|_| Failure::Store("internal: the line reader stopped".into()))?;
+    if let Some(f) = unreadable {
+        return Err(f);
+    }
+    if let Some(e) = &early {
+        kept.entry(e.school.clone()).or_default();
+    }
+    // Every school's lines valid before any of them is written.
     let mut plans = Vec::new();
-    for (school, lines) in by_school {
+    for (school, lines) in kept {
         let log: Arc<dyn EventStore> = store.log(&school)?;
         let (guarded, actor) = crate::staff::import_access(ctx, &school, log.clone()).await?;
-        let ring = ctx.sealer(&school)?;
-        let plan = {
-            let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
-            if let Some(r) = &ring {
-                planner = planner.with_sealer(r.as_ref());
+        let (ring, plan) = match early.take() {
+            Some(Early {
+                school: s,
+                ring,
+                plan: Some(plan),
+            }) if s == school => (ring?, plan?),
+            other => {
+                early = other;
+                let ring = ctx.sealer(&school)?;
+                let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
+                if let Some(r) = &ring {
+                    planner = planner.with_sealer(r.as_ref());
+                }
+                // Chunk by chunk, each freed once planned: the same plan and
+                // the same first error as all lines at once (`add_many` takes
+                // them `PREFETCH_LINES` at a time either way).
+                for chunk in lines {
+                    planner.add_many(chunk).await.map_err(import_failure)?;
+                }
+                let plan = planner.finish();
+                (ring, plan)
             }
-            // Chunk by chunk, each freed once planned: the same plan and
-            // the same first error as all lines at once (`add_many` takes
-            // them `PREFETCH_LINES` at a time either way).
-            for chunk in lines {
-                planner.add_many(chunk).await.map_err(import_failure)?;
-            }
-            planner.finish()
         };
         plans.push((guarded, actor, plan, ring));
     }
@@ -383,6 +419,134 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     eprintln!("took {:.2}s", started.elapsed().as_secs_f64());
     println!("imported {imported} events ({duplicates} duplicates)");
     Ok(())
+}
+
+/// The school whose lines were planned as they were read: its keys (or why
+/// they could not be had) and its plan (none when its log or keys failed:
+/// its turn then makes the same calls again and reports what fails).
+struct Early {
+    school: String,
+    ring: Result<Option<Arc<casebook_engine::seal::Keyring>>, Failure>,
+    plan: Option<Result<ImportPlan, Failure>>,
+}
+
+/// Chunks of parsed lines the reader may be ahead of the planner.
+const PARSED_AHEAD: usize = 4;
+
+/// What the line reader sends: up to [`PREFETCH_LINES`] lines of one
+/// school, in file order, or the first line that cannot be read (the
+/// reader stops there).
+enum Parsed {
+    Chunk(String, Vec<ImportLine>),
+    Unreadable(Failure),
+}
+
+/// Reads and parses every line of an import, on the reader's thread.
+/// Sends each school's lines in chunks as they fill, the part-filled ones
+/// at the end; stops at the first line that cannot be read, or when the
+/// planner has gone.
+fn read_import_lines(
+    reader: Box<dyn BufRead + Send>,
+    file: &str,
+    default_school: &str,
+    spinner: &indicatif::ProgressBar,
+    tx: &tokio::sync::mpsc::Sender<Parsed>,
+) {
+    let mut lines = Lines::new(reader);
+    // In chunks of the lines `add_many` looks up at once: one `Vec` of
+    // every line would be grown by doubling, copying the lines again.
+    let mut filling: BTreeMap<String, Vec<ImportLine>> = BTreeMap::new();
+    loop {
+        let (school, parsed) = match read_import_line(&mut lines, file, default_school) {
+            Ok(Some(line)) => line,
+            Ok(None) => break,
+            Err(f) => {
+                let _ = tx.blocking_send(Parsed::Unreadable(f));
+                return;
+            }
+        };
+        let full = match filling.entry(school) {
+            Entry::Occupied(mut o) => {
+                o.get_mut().push(parsed);
+                (o.get().len() >= PREFETCH_LINES).then(|| {
+                    let chunk = Vec::with_capacity(PREFETCH_LINES);
+                    (o.key().clone(), std::mem::replace(o.get_mut(), chunk))
+                })
+            }
+            Entry::Vacant(v) => {
+                let mut chunk = Vec::with_capacity(PREFETCH_LINES);
+                chunk.push(parsed);
+                v.insert(chunk);
+                None
+            }
+        };
+        if let Some((school, chunk)) = full {
+            if tx.blocking_send(Parsed::Chunk(school, chunk)).is_err() {
+                return;
+            }
+        }
+        spinner.inc(1);
+    }
+    for (school, chunk) in filling {
+        if !chunk.is_empty() && tx.blocking_send(Parsed::Chunk(school, chunk)).is_err() {
+            return;
+        }
+    }
+}
+
+/// The next line of an import and the school it is for, `None` at the end.
+fn read_import_line<R: BufRead>(
+    lines: &mut Lines<R>,
+    file: &str,
+    default_school: &str,
+) -> Result<Option<(String, ImportLine)>, Failure> {
+    let Some((n, line)) = lines
+        .next_line()
+        .map_err(|e| Failure::BadInput(format!("cannot read {file}: {e}")))?
+    else {
+        return Ok(None);
+    };
+    let text = match line {
+        Line::Text(t) => t,
+        Line::TooLong(len) => {
+            return Err(Failure::BadInput(format!(
+                "line {n}: line is {len} bytes, over the limit of {} bytes",
+                casebook_engine::import::MAX_LINE_BYTES
+            )))
+        }
+        Line::BadUtf8(at) => {
+            return Err(Failure::BadInput(format!(
+                "line {n}: not valid UTF-8 (bad byte at offset {at}); save the file as UTF-8"
+            )))
+        }
+        Line::Bom => {
+            return Err(Failure::BadInput(format!(
+                "line {n}: starts with a byte order mark (BOM); save the file as UTF-8 without BOM"
+            )))
+        }
+        Line::CrLf => {
+            return Err(Failure::BadInput(format!(
+                "line {n}: ends with CR LF (Windows line ending); JSONL lines end with LF only"
+            )))
+        }
+        Line::Blank => {
+            return Err(Failure::BadInput(format!(
+                "line {n}: empty line; every line must be one JSON event"
+            )))
+        }
+    };
+    if n > casebook_engine::import::MAX_EVENTS_PER_IMPORT {
+        return Err(Failure::BadInput(format!(
+            "line {n}: more than {} lines in one import; split the file",
+            casebook_engine::import::MAX_EVENTS_PER_IMPORT
+        )));
+    }
+    let parsed = parse_line(n, &text).map_err(import_failure)?;
+    let school = parsed
+        .school
+        .clone()
+        .unwrap_or_else(|| default_school.to_string());
+    Ok(Some((school, parsed)))
 }
 
 async fn record(

@@ -281,6 +281,105 @@ fn an_import_longer_than_a_chunk_plans_across_the_chunks() {
     assert_eq!(fresh.fingerprint(), before);
 }
 
+/// `casebook import` reads and parses lines on a thread of its own while
+/// it plans the first school's: what it reports is still what a parse of
+/// every line and then a plan of each school in name order reports, and a
+/// refused file writes nothing.
+#[test]
+fn an_import_reports_what_a_parse_then_a_plan_in_school_order_reports() {
+    let chunk = casebook_engine::import::PREFETCH_LINES;
+    let contact = |pupil: &str, school: Option<&str>| {
+        let mut l = line(
+            "ParentContacted",
+            pupil,
+            "2025-09-10T09:00:00Z",
+            json!({"method": "phone", "summary": "Called home"}),
+        );
+        if let Some(s) = school {
+            l["school"] = json!(s);
+        }
+        l.to_string()
+    };
+    let in_school = |mut l: Value, school: &str| {
+        l["school"] = json!(school);
+        l.to_string()
+    };
+    let import = |cb: &Casebook, lines: &[String]| {
+        cb.run_stdin(&["import", "-"], &format!("{}\n", lines.join("\n")))
+    };
+    let cb = Casebook::new();
+    cb.run(&["init"]).ok();
+    let before = cb.fingerprint();
+
+    // A pupil never registered on line 1 (planned, and refused, long
+    // before the end is read), then a line that is not JSON: the line that
+    // cannot be read is what is reported.
+    let mut lines: Vec<String> = (0..chunk * 8).map(|_| contact("P9", None)).collect();
+    lines.push("{\"type\": \"ParentContacted\", ".into());
+    let r = import(&cb, &lines);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("line {}:", lines.len())) && !r.stderr.contains("line 1:"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(cb.fingerprint(), before);
+    // Without it, the unregistered pupil on line 1.
+    lines.pop();
+    let r = import(&cb, &lines);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("line 1:"), "{}", r.stderr);
+    assert_eq!(cb.fingerprint(), before);
+
+    // Two schools: zeta's lines come first and are planned as they are
+    // read; both fail, and alpha's error is the one reported (name order).
+    let lines = vec![
+        contact("P1", Some("zeta")),
+        in_school(register("P1"), "alpha"),
+        contact("P2", Some("alpha")),
+    ];
+    let r = import(&cb, &lines);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("line 3:") && r.stderr.contains("P2"),
+        "{}",
+        r.stderr
+    );
+    let events = |school: &str| {
+        let v = cb
+            .run(&["--school", school, "verify", "--format", "json"])
+            .ok()
+            .json();
+        v["events"].as_u64().unwrap()
+    };
+    assert_eq!((events("alpha"), events("zeta")), (0, 0));
+    // Only zeta's fails: zeta's is reported.
+    let lines = vec![
+        contact("P1", Some("zeta")),
+        in_school(register("P1"), "alpha"),
+        contact("P1", Some("alpha")),
+    ];
+    let r = import(&cb, &lines);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("line 1:"), "{}", r.stderr);
+    assert_eq!((events("alpha"), events("zeta")), (0, 0));
+    // Both valid, over more than one chunk: both schools written.
+    let mut lines = vec![in_school(register("P1"), "zeta")];
+    lines.extend((0..chunk + 5).map(|_| contact("P1", Some("zeta"))));
+    lines.push(in_school(register("P1"), "alpha"));
+    lines.push(contact("P1", Some("alpha")));
+    let r = import(&cb, &lines).ok();
+    assert!(
+        r.stdout
+            .trim_end()
+            .ends_with(&format!("imported {} events (0 duplicates)", chunk + 8)),
+        "{}",
+        r.stdout
+    );
+    assert_eq!((events("alpha"), events("zeta")), (2, chunk as u64 + 6));
+    assert_eq!(cb.fingerprint(), before);
+}
+
 #[test]
 fn bad_input_is_refused_whole_and_writes_nothing() {
     let cb = Casebook::new();
