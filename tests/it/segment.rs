@@ -678,6 +678,65 @@ fn preallocated_zeros_are_cut_at_close_and_after_a_crash() {
     );
 }
 
+/// A large atomic append is written a piece at a time while the rest of
+/// it is sealed. One refused part-way through its sealing (its last event
+/// is past the frame limit), after pieces of it were written: the segment
+/// is cut back to where the log ended, nothing of the append is read, the
+/// next appends land right after, and the log verifies and reopens with
+/// the same events. The same append without the oversized event lands
+/// whole.
+#[test]
+fn a_large_append_refused_while_sealing_leaves_no_pieces_behind() {
+    use casebook_engine::store::segment::PREALLOC_BYTES;
+    const PUPILS: u32 = 100;
+    const EACH: u32 = 700; // 70,000 events: written in pieces
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let requests = || {
+        (1..=PUPILS)
+            .map(|p| AppendRequest {
+                stream: pupil(p),
+                expected: ExpectedVersion::Any,
+                events: (0..EACH).map(|i| contact(p * EACH + i)).collect(),
+            })
+            .collect::<Vec<_>>()
+    };
+    let written = rt.block_on(async {
+        let log = open(dir).unwrap();
+        append_n(log.as_ref(), 0, 0, 3).await;
+        let mut refused = requests();
+        if let Some(e) = refused.last_mut().and_then(|r| r.events.last_mut()) {
+            e.actor = "x".repeat(2 << 20);
+        }
+        let err = log.append_atomic(refused).await.unwrap_err();
+        assert!(matches!(err, StoreError::Limit { .. }), "{err}");
+        assert_eq!(positions(log.as_ref()).await, vec![1, 2, 3]);
+        // The writer answers the refused append before it cuts its pieces
+        // off; the next append is written after that.
+        append_n(log.as_ref(), 0, 3, 2).await;
+        assert_eq!(positions(log.as_ref()).await, vec![1, 2, 3, 4, 5]);
+        let seg = segments(dir).pop().unwrap();
+        let len = std::fs::metadata(&seg).unwrap().len();
+        assert!(
+            len < PREALLOC_BYTES + 4096,
+            "{len} bytes in the segment (pieces left behind)"
+        );
+        log.append_atomic(requests()).await.unwrap();
+        assert_eq!(
+            log.head().await.unwrap().position,
+            5 + u64::from(PUPILS * EACH)
+        );
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+        log.read_all(1, 100_000).await.unwrap()
+    });
+    rt.block_on(async {
+        let log = open(dir).unwrap();
+        assert_eq!(log.read_all(1, 100_000).await.unwrap(), written);
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+    });
+}
+
 /// `copy` into a segment log that a crashed writer left with preallocated
 /// zeros: the zeros are cut (not refused as an unfinished group, not left
 /// inside the log), also when the copy rolls to a new segment.

@@ -1058,7 +1058,13 @@ impl Sealing {
         // No hand-back: the requests stay whole (`&mut` is `seal`'s, for
         // the writer's hand-back).
         let (_, _, position, hash) = stage
-            .seal(requests, &mut expected, recorded_at, requests.len(), None)
+            .seal(
+                requests,
+                &mut expected,
+                recorded_at,
+                requests.len(),
+                AfterSeal::default(),
+            )
             .ok()?;
         Some(Sealing {
             head,
@@ -1112,6 +1118,27 @@ fn appended_to(
 /// Architecture Invariant: an append that fails any check stages nothing,
 /// and a staged append's positions, versions and `prev_hash` continue
 /// exactly from the appends staged before it in the same group.
+/// What [`GroupStage::stage_presealed`] does after sealing each request of
+/// an append (nothing by default).
+#[derive(Default)]
+pub(crate) struct AfterSeal<'a> {
+    /// Sends the request's events back to the caller ([`HandBack`]),
+    /// leaving the request empty.
+    pub hand_back: Option<&'a HandBack>,
+    /// Is shown the group's sealed events so far ([`SealedSink`]).
+    pub sealed: Option<&'a mut dyn SealedSink>,
+}
+
+/// Shown a group's sealed events as they are sealed (the segment writer
+/// writes a large group's frames while it seals the rest).
+pub(crate) trait SealedSink {
+    /// The group's sealed events so far and the buffer their bytes are in,
+    /// after a request was sealed. Events an append sealed are cut off
+    /// again if a later one of it cannot be sealed: what was shown of them
+    /// is then void (the group's `sealed` is shorter than shown).
+    fn sealed(&mut self, sealed: &[Sealed], bytes: &[u8]);
+}
+
 pub(crate) struct GroupStage {
     pub position: u64,
     pub hash: Hash,
@@ -1221,7 +1248,7 @@ impl GroupStage {
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
     ) -> Result<Vec<Appended>, StoreError> {
-        self.stage_presealed(requests, None, committed, recorded_at, None)
+        self.stage_presealed(requests, None, committed, recorded_at, AfterSeal::default())
     }
 
     /// [`GroupStage::stage`], adopting `presealed` as the append's sealed
@@ -1230,15 +1257,16 @@ impl GroupStage {
     /// the outcome and, for the same `recorded_at`, the bytes are the same
     /// either way.
     ///
-    /// With `hand_back`, each request's events are sent there once they are
-    /// sealed here ([`HandBack`]), leaving the request empty.
+    /// `after`: what is done after each request is sealed here (not when
+    /// adopted): its events handed back, the group's sealed events shown
+    /// to a caller ([`AfterSeal`]).
     pub fn stage_presealed(
         &mut self,
         requests: &mut [AppendRequest],
         presealed: Option<&Sealing>,
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
-        hand_back: Option<&HandBack>,
+        after: AfterSeal<'_>,
     ) -> Result<Vec<Appended>, StoreError> {
         let total: usize = requests.iter().map(|r| r.events.len()).sum();
         if total > MAX_EVENTS_PER_APPEND {
@@ -1307,7 +1335,7 @@ impl GroupStage {
                 self.recorded_floor_us = self.recorded_floor_us.max(us);
                 done
             }
-            None => match self.seal(requests, committed, recorded_at, local.len(), hand_back) {
+            None => match self.seal(requests, committed, recorded_at, local.len(), after) {
                 Ok(done) => {
                     self.recorded_floor_us =
                         self.recorded_floor_us.max(recorded_at.timestamp_micros());
@@ -1403,7 +1431,7 @@ impl GroupStage {
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
         streams: usize,
-        hand_back: Option<&HandBack>,
+        mut after: AfterSeal<'_>,
     ) -> Result<(Vec<Appended>, HashMap<StreamId, u64, IdHash>, u64, Hash), StoreError> {
         let mut appended = Vec::with_capacity(requests.len());
         let mut pos = self.position;
@@ -1452,9 +1480,12 @@ impl GroupStage {
                 });
             }
             appended.push(appended_to(r, base, pos, &mut cur));
-            if let Some(back) = hand_back {
+            if let Some(back) = after.hand_back {
                 // A caller that stopped waiting frees nothing: dropped here.
                 let _ = back.send(std::mem::take(&mut r.events));
+            }
+            if let Some(sink) = after.sealed.as_mut() {
+                sink.sealed(&self.sealed, &self.bytes);
             }
         }
         Ok((appended, cur, pos, h))
@@ -1542,7 +1573,7 @@ mod tests {
                 None,
                 &mut log,
                 chrono::Utc::now(),
-                None,
+                AfterSeal::default(),
             )
             .unwrap();
         let all: Vec<Uuid> = requests
@@ -1643,7 +1674,13 @@ mod tests {
         let staged = |presealed: Option<&Sealing>, at| {
             let (mut stage, _) = group_after_one(&first, t);
             let appended = stage
-                .stage_presealed(&mut requests.clone(), presealed, &mut Empty, at, None)
+                .stage_presealed(
+                    &mut requests.clone(),
+                    presealed,
+                    &mut Empty,
+                    at,
+                    AfterSeal::default(),
+                )
                 .unwrap();
             let events: Vec<_> = stage
                 .sealed
@@ -1713,7 +1750,13 @@ mod tests {
         let (mut stage, _) = group_after_one(&first, t);
         stage.recorded_floor_us = later.timestamp_micros();
         stage
-            .stage_presealed(&mut requests.clone(), Some(&early), &mut Empty, later, None)
+            .stage_presealed(
+                &mut requests.clone(),
+                Some(&early),
+                &mut Empty,
+                later,
+                AfterSeal::default(),
+            )
             .unwrap();
         assert_eq!(stage.adopted, 0, "recorded before the log's latest time");
         // An expectation without a version cannot be sealed ahead.
@@ -1724,23 +1767,45 @@ mod tests {
 
     /// With a hand-back, each request's events come back in order once
     /// sealed, the requests are left empty, and what is staged is what
-    /// staging without one gives.
+    /// staging without one gives; a caller shown the sealed events after
+    /// each request sees the group so far, as it ends up.
     #[test]
     fn a_handed_back_append_is_staged_the_same_and_its_events_come_back() {
         let requests = vec![fresh(1, 1..4), fresh(2, 10..12)];
         let at = chrono::Utc::now();
         let mut plain = GroupStage::new(0, Hash::default());
         let a = plain
-            .stage_presealed(&mut requests.clone(), None, &mut Empty, at, None)
+            .stage_presealed(
+                &mut requests.clone(),
+                None,
+                &mut Empty,
+                at,
+                AfterSeal::default(),
+            )
             .unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let mut handed = GroupStage::new(0, Hash::default());
         let mut given = requests.clone();
+        struct Shown(Vec<(usize, Vec<u8>)>);
+        impl SealedSink for Shown {
+            fn sealed(&mut self, sealed: &[Sealed], bytes: &[u8]) {
+                self.0.push((sealed.len(), bytes.to_vec()));
+            }
+        }
+        let mut shown = Shown(Vec::new());
+        let after = AfterSeal {
+            hand_back: Some(&tx),
+            sealed: Some(&mut shown),
+        };
         let b = handed
-            .stage_presealed(&mut given, None, &mut Empty, at, Some(&tx))
+            .stage_presealed(&mut given, None, &mut Empty, at, after)
             .unwrap();
         assert_eq!(a, b);
         assert_eq!(plain.bytes, handed.bytes);
+        assert_eq!(shown.0.iter().map(|s| s.0).collect::<Vec<_>>(), vec![3, 5]);
+        for (n, bytes) in &shown.0 {
+            assert_eq!(bytes[..], handed.bytes[..handed.sealed[n - 1].range.end]);
+        }
         assert!(given.iter().all(|r| r.events.is_empty()));
         let ids = |events: &[NewEvent]| events.iter().map(|e| e.event_id).collect::<Vec<_>>();
         let mut back = Vec::new();

@@ -58,9 +58,9 @@ use self::ids::IdMap;
 use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
 use super::{
-    AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed, ContentCheck,
-    EventStore, GroupStage, Head, InStream, Presealed, Problems, Reply, Sealed, StreamVisitor,
-    VerifyReport, MAX_READ_PAGE,
+    AfterSeal, AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed,
+    ContentCheck, EventStore, GroupStage, Head, InStream, Presealed, Problems, Reply, Sealed,
+    SealedSink, StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -2064,43 +2064,47 @@ impl Writer {
             }
             return true;
         }
-        let stage = {
-            let state = self.state.clone();
-            let Ok(state) = state.read() else {
-                for c in group {
-                    c.reply.send(Err(StoreError::WriterStopped));
-                }
-                return false;
-            };
-            // The index numbers positions up to `max_events`: a group past
-            // it is refused here, before anything is written.
-            let mut stage = GroupStage::new(self.position, self.hash)
-                .with_buffers(
-                    std::mem::take(&mut self.sealed),
-                    std::mem::take(&mut self.sealed_bytes),
+        // A large group's frames are written a piece at a time on a thread
+        // of their own while the rest of it is sealed ([`Pieces`]), when it
+        // goes at the end of the current segment (no roll first).
+        let group_events: usize = group
+            .iter()
+            .flat_map(|c| &c.requests)
+            .map(|r| r.events.len())
+            .sum();
+        let segment = self.segment.clone();
+        let (stage, pieces) =
+            if group_events >= STREAMED_GROUP_EVENTS && self.end < self.segment_bytes {
+                let base = self.end;
+                std::thread::scope(|scope| {
+                    let mut pieces = Pieces::start(scope, &segment.file, base);
+                    let stage = self.stage_group(group, recorded_at, &mut staged, pieces.as_mut());
+                    (stage, pieces.map(Pieces::finish))
+                })
+            } else {
+                (
+                    self.stage_group(group, recorded_at, &mut staged, None),
+                    None,
                 )
-                .with_value_limit(frame::MAX_FRAME - frame::META_LEN)
-                .with_position_limit(state.index.max_events)
-                .with_recorded_floor(self.last_recorded_us);
-            let mut committed = SegmentCommitted {
-                index: &state.index,
-                segments: &state.segments,
             };
-            for mut commit in group {
-                match stage.stage_presealed(
-                    &mut commit.requests,
-                    commit.presealed.as_ref(),
-                    &mut committed,
-                    recorded_at,
-                    commit.hand_back.as_ref(),
-                ) {
-                    Ok(appended) => staged.push((commit.reply, appended, commit.requests)),
-                    Err(e) => {
-                        commit.reply.send_back(Err(e), commit.requests);
-                    }
-                }
+        let Some(stage) = stage else {
+            return false;
+        };
+        let (framed, streamed) = match pieces {
+            None => (0, 0),
+            Some(PiecesDone::Written { framed, bytes }) => (framed, bytes),
+            // Pieces of an append refused part-way through its sealing:
+            // cut off, and the group written whole below.
+            Some(PiecesDone::Void) => {
+                self.cut_back();
+                (0, 0)
             }
-            stage
+            Some(PiecesDone::Failed(e)) => {
+                self.cut_back();
+                (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
+                super::fail_group(staged.into_iter().map(|(reply, ..)| reply), &e);
+                return false;
+            }
         };
         times.stage_ns = ns_since(started);
         let started = Instant::now();
@@ -2118,9 +2122,11 @@ impl Writer {
         self.buf
             .reserve(frames_len.min(GROUP_PIECE + frame::MAX_FRAME));
         let mut piece_ns = 0;
-        let written = self
-            .begin_group()
-            .and_then(|()| self.frame_group(&stage, &mut piece_ns));
+        let written = match framed {
+            0 => self.begin_group(),
+            _ => Ok(()),
+        }
+        .and_then(|()| self.frame_group(&stage, framed, streamed, &mut piece_ns));
         (self.sealed, self.sealed_bytes) = (stage.sealed, stage.bytes);
         times.frame_ns = ns_since(started).saturating_sub(piece_ns);
         // The group's length: the pieces written and the last, framed.
@@ -2208,18 +2214,82 @@ impl Writer {
         }
     }
 
+    /// Checks each append of `group` against the log and the group so far
+    /// and seals it onto the group (`staged`: each staged append's reply,
+    /// result and requests; a refused one is answered here). `pieces`, if
+    /// any, is shown the sealed events after each request and told after
+    /// each append how many stay sealed. `None` if the index's lock is
+    /// poisoned (every append answered).
+    fn stage_group(
+        &mut self,
+        group: Vec<Commit>,
+        recorded_at: DateTime<Utc>,
+        staged: &mut Vec<(Reply, Vec<Appended>, Vec<AppendRequest>)>,
+        mut pieces: Option<&mut Pieces<'_, '_>>,
+    ) -> Option<GroupStage> {
+        let state = self.state.clone();
+        let Ok(state) = state.read() else {
+            for c in group {
+                c.reply.send(Err(StoreError::WriterStopped));
+            }
+            return None;
+        };
+        // The index numbers positions up to `max_events`: a group past it
+        // is refused here, before anything is written.
+        let mut stage = GroupStage::new(self.position, self.hash)
+            .with_buffers(
+                std::mem::take(&mut self.sealed),
+                std::mem::take(&mut self.sealed_bytes),
+            )
+            .with_value_limit(frame::MAX_FRAME - frame::META_LEN)
+            .with_position_limit(state.index.max_events)
+            .with_recorded_floor(self.last_recorded_us);
+        let mut committed = SegmentCommitted {
+            index: &state.index,
+            segments: &state.segments,
+        };
+        for mut commit in group {
+            let after = AfterSeal {
+                hand_back: commit.hand_back.as_ref(),
+                sealed: pieces.as_deref_mut().map(|p| p as &mut dyn SealedSink),
+            };
+            let result = stage.stage_presealed(
+                &mut commit.requests,
+                commit.presealed.as_ref(),
+                &mut committed,
+                recorded_at,
+                after,
+            );
+            if let Some(p) = pieces.as_deref_mut() {
+                p.kept(stage.sealed.len());
+            }
+            match result {
+                Ok(appended) => staged.push((commit.reply, appended, commit.requests)),
+                Err(e) => commit.reply.send_back(Err(e), commit.requests),
+            }
+        }
+        Some(stage)
+    }
+
     /// Frames the group's sealed events into the group buffer, the last
     /// with the group-end flag, writing the buffer a piece at a time when
     /// it holds more than [`GROUP_PIECE`] bytes (the fdatasync after the
     /// last piece makes them durable together; a group cut short by a
     /// crash has no group end, as a torn single write, and is cut off at
     /// open), so that a large group is not held twice, as sealed bytes and
-    /// as frames. Returns the bytes written in pieces; the last piece is
+    /// as frames. Starts at sealed event `from`, `written` bytes into the
+    /// group (what [`Pieces`] wrote while the group was sealed). Returns
+    /// the bytes written in pieces, `written` included; the last piece is
     /// left in the buffer. `piece_ns`: time spent writing pieces.
-    fn frame_group(&mut self, stage: &GroupStage, piece_ns: &mut u64) -> Result<usize, StoreError> {
-        let mut written = 0usize;
+    fn frame_group(
+        &mut self,
+        stage: &GroupStage,
+        from: usize,
+        mut written: usize,
+        piece_ns: &mut u64,
+    ) -> Result<usize, StoreError> {
         let last = stage.sealed.len() - 1;
-        for (i, sealed) in stage.sealed.iter().enumerate() {
+        for (i, sealed) in stage.sealed.iter().enumerate().skip(from) {
             if self.buf.len() >= GROUP_PIECE {
                 let piece = Instant::now();
                 let result = self.write_piece(written);
@@ -2482,6 +2552,172 @@ const KEPT_GROUP_BUFFER: usize = 8 << 20;
 /// group (one large atomic append) is written in pieces of about this size,
 /// then fdatasync'd once.
 const GROUP_PIECE: usize = 8 << 20;
+
+/// Events in a group from which its frames are written as it is sealed
+/// ([`Pieces`]): the size from which an append's events are handed back
+/// too ([`super::HAND_BACK_EVENTS`]); far above a pipelined import's
+/// batches, which are written whole.
+const STREAMED_GROUP_EVENTS: usize = super::HAND_BACK_EVENTS;
+
+/// A large group's frames, written a piece at a time on a thread of its
+/// own while the writer seals the rest of the group: the sealing (the
+/// chain hash, serial) and the copying into the page cache each took
+/// about half of a large import's write. Each piece is framed from events
+/// already sealed but the newest (the group's last frame, which carries
+/// its end, is framed after the group is sealed, with the rest), written
+/// after the ones before it in the group, and its write-back started
+/// (`sync_file_range`, so that the fdatasync after the last piece has
+/// less left to wait for). Nothing is durable, or acknowledged, before
+/// that fdatasync, as for a group written at once; a crash before it
+/// leaves a group without its end, cut off at open.
+struct Pieces<'scope, 'env> {
+    /// Pieces to write: (offset in the group, frames).
+    to_write: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
+    /// Buffers written, for the next pieces.
+    written: std::sync::mpsc::Receiver<Vec<u8>>,
+    thread: std::thread::ScopedJoinHandle<'scope, Result<(), StoreError>>,
+    /// Sealed events framed into pieces so far.
+    framed: usize,
+    /// Bytes of those frames.
+    bytes: usize,
+    /// An append whose events were framed was refused while sealing (its
+    /// sealed events cut off): what was written is void.
+    void: bool,
+    _env: std::marker::PhantomData<&'env ()>,
+}
+
+/// What came of a group's [`Pieces`].
+enum PiecesDone {
+    /// `framed` events in `bytes` bytes written from the group's start.
+    Written { framed: usize, bytes: usize },
+    /// Written, but void: the group's start must be cut back to.
+    Void,
+    /// A write failed (the group's start must be cut back to).
+    Failed(StoreError),
+}
+
+/// Pieces in flight between the writer and the thread that writes them.
+const PIECES_AHEAD: usize = 2;
+
+/// Bytes of sealed events framed into one piece of a group written as it
+/// is sealed: with the pieces in flight, a few MB more than the group's
+/// sealed bytes (pieces of [`GROUP_PIECE`] held up to ~30 MB more).
+const STREAMED_PIECE: usize = 2 << 20;
+
+impl<'scope, 'env> Pieces<'scope, 'env> {
+    /// Starts the thread that writes pieces into `file` from `base` on;
+    /// `None` if it cannot be started (the group is then written whole).
+    fn start(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        file: &'env File,
+        base: u64,
+    ) -> Option<Pieces<'scope, 'env>> {
+        let (to_write, pieces) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(PIECES_AHEAD);
+        let (give_back, written) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("casebook-pieces".into())
+            .spawn_scoped(scope, move || {
+                for (at, piece) in pieces {
+                    file.write_all_at(&piece, base + at).map_err(io("append"))?;
+                    start_write_back(file, base + at, piece.len());
+                    let _ = give_back.send(piece);
+                }
+                Ok(())
+            })
+            .ok()?;
+        Some(Pieces {
+            to_write,
+            written,
+            thread,
+            framed: 0,
+            bytes: 0,
+            void: false,
+            _env: std::marker::PhantomData,
+        })
+    }
+
+    /// After an append was staged: `sealed` events stay on the group.
+    fn kept(&mut self, sealed: usize) {
+        if sealed < self.framed {
+            self.void = true;
+        }
+    }
+
+    /// Stops the thread once it has written every piece sent.
+    fn finish(self) -> PiecesDone {
+        drop(self.to_write);
+        let result = match self.thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Internal(
+                "the thread writing a group's pieces stopped".into(),
+            )),
+        };
+        match result {
+            Err(e) => PiecesDone::Failed(e),
+            Ok(()) if self.void => PiecesDone::Void,
+            Ok(()) => PiecesDone::Written {
+                framed: self.framed,
+                bytes: self.bytes,
+            },
+        }
+    }
+}
+
+impl SealedSink for Pieces<'_, '_> {
+    fn sealed(&mut self, sealed: &[Sealed], bytes: &[u8]) {
+        // Not the newest: the group's last frame is framed with its end.
+        let ready = sealed.len().saturating_sub(1);
+        while !self.void && ready > self.framed {
+            let from = sealed[self.framed].range.start;
+            if sealed[ready - 1].range.end - from < STREAMED_PIECE {
+                return;
+            }
+            // About a piece's bytes of them (a large request is cut).
+            let n = sealed[self.framed..ready]
+                .partition_point(|s| s.range.end - from <= STREAMED_PIECE)
+                .max(1);
+            let events = &sealed[self.framed..self.framed + n];
+            let mut piece = self.written.try_recv().unwrap_or_default();
+            piece.clear();
+            piece.reserve_exact(
+                events.iter().map(|s| s.range.len()).sum::<usize>() + n * frame::FRAME_OVERHEAD,
+            );
+            for s in events {
+                encode_frame(&mut piece, &frame_meta(s, false), &bytes[s.range.clone()]);
+            }
+            let len = piece.len();
+            // A thread that stopped on a failed write is heard from at
+            // `finish`.
+            if self.to_write.send((self.bytes as u64, piece)).is_err() {
+                return;
+            }
+            self.framed += n;
+            self.bytes += len;
+        }
+    }
+}
+
+/// Starts writing `len` bytes of `file` from `at` back to disk without
+/// waiting (Linux `sync_file_range`; advice only: the fdatasync that
+/// follows is what makes them durable).
+fn start_write_back(file: &File, at: u64, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a plain system call on an open descriptor; it reads no
+        // memory of ours.
+        unsafe {
+            libc::sync_file_range(
+                file.as_raw_fd(),
+                at as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, at, len);
+}
 
 /// Largest read buffer a thread keeps between [`visit_runs`] calls (a
 /// pupil's record is ~120 KB).
