@@ -44,12 +44,17 @@ impl<R: BufRead> Lines<R> {
                 break;
             }
             saw_any = true;
-            let (chunk, done) = match available.iter().position(|&b| b == b'\n') {
+            let (chunk, done) = match memchr::memchr(b'\n', available) {
                 Some(i) => (&available[..i], Some(i + 1)),
                 None => (available, None),
             };
             total += chunk.len();
             if total <= MAX_LINE_BYTES {
+                if buf.is_empty() && done.is_some() {
+                    // The whole line at hand (the usual case): one
+                    // allocation of its size.
+                    buf.reserve_exact(chunk.len());
+                }
                 buf.extend_from_slice(chunk);
             }
             let consumed = done.unwrap_or(available.len());
