@@ -332,13 +332,17 @@ fn an_import_reports_what_a_parse_then_a_plan_in_school_order_reports() {
     assert_eq!(cb.fingerprint(), before);
 
     // Two schools: zeta's lines come first and are planned as they are
-    // read; both fail, and alpha's error is the one reported (name order).
-    let lines = vec![
-        contact("P1", Some("zeta")),
-        in_school(register("P1"), "alpha"),
-        contact("P2", Some("alpha")),
-    ];
-    let r = import(&cb, &lines);
+    // read, and its pupil is not registered; alpha's contact is with
+    // `alpha_pupil`.
+    let two_schools = |alpha_pupil: &str| {
+        vec![
+            contact("P1", Some("zeta")),
+            in_school(register("P1"), "alpha"),
+            contact(alpha_pupil, Some("alpha")),
+        ]
+    };
+    // Both fail: alpha's error is the one reported (name order).
+    let r = import(&cb, &two_schools("P2"));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
         r.stderr.contains("line 3:") && r.stderr.contains("P2"),
@@ -354,12 +358,7 @@ fn an_import_reports_what_a_parse_then_a_plan_in_school_order_reports() {
     };
     assert_eq!((events("alpha"), events("zeta")), (0, 0));
     // Only zeta's fails: zeta's is reported.
-    let lines = vec![
-        contact("P1", Some("zeta")),
-        in_school(register("P1"), "alpha"),
-        contact("P1", Some("alpha")),
-    ];
-    let r = import(&cb, &lines);
+    let r = import(&cb, &two_schools("P1"));
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("line 1:"), "{}", r.stderr);
     assert_eq!((events("alpha"), events("zeta")), (0, 0));
