@@ -2,10 +2,12 @@
 //! and the holder of the two-process test (tests/it/two_processes.rs).
 //!
 //! `casebook-torture child --dir DIR --seed N [--max-sleep-us N] [--engine
-//! sled|segment]` appends to the school `torture` of the embedded store at
-//! DIR (sled unless told) forever, in a seeded random
+//! sled|segment] [--large-every N]` appends to the school `torture` of the
+//! embedded store at DIR (sled unless told) forever, in a seeded random
 //! mix of single appends, atomic multi-stream batches, concurrent writers
-//! and imports (parsed and planned by the importer), and reports on stdout:
+//! and imports (parsed and planned by the importer), and with
+//! `--large-every N` about one operation in N a 70,000-event atomic
+//! append, and reports on stdout:
 //!
 //! ```text
 //! begin TAG ID,ID,...            before an append is submitted
@@ -122,7 +124,18 @@ fn open_log(dir: &std::path::Path, engine: &str) -> Result<Arc<dyn EventStore>, 
     embedded::open_log(dir, SCHOOL, engine, true).map_err(|e| e.to_string())
 }
 
-async fn child(dir: PathBuf, engine: String, seed: u64, max_sleep_us: u64) -> Result<(), String> {
+/// Events of a large atomic append (`--large-every`): above the size from
+/// which the segment writer writes a group's frames while it seals the
+/// rest, and hands the events back as it seals them.
+const LARGE_EVENTS: u64 = 70_000;
+
+async fn child(
+    dir: PathBuf,
+    engine: String,
+    seed: u64,
+    max_sleep_us: u64,
+    large_every: u64,
+) -> Result<(), String> {
     let log = open_log(&dir, &engine)?;
     let out = Arc::new(Out(Mutex::new(std::io::stdout())));
     out.line(format!("ready {}", std::process::id()));
@@ -132,6 +145,22 @@ async fn child(dir: PathBuf, engine: String, seed: u64, max_sleep_us: u64) -> Re
     loop {
         n += 1;
         let tag = format!("{seed}-{n}");
+        if large_every > 0 && rng.below(large_every) == 0 {
+            // One large atomic append over ten streams.
+            let requests = (0..10u64)
+                .map(|s| AppendRequest {
+                    stream: StreamId::for_pupil(SCHOOL, &format!("L{seed}-{n}-{s}")),
+                    expected: ExpectedVersion::NoStream,
+                    events: (0..LARGE_EVENTS / 10)
+                        .map(|i| contact(seed, n * 100_000 + s * 10_000 + i))
+                        .collect(),
+                })
+                .collect();
+            append(log.as_ref(), &out, tag, requests)
+                .await
+                .map_err(|e| e.to_string())?;
+            continue;
+        }
         match rng.below(10) {
             // Single appends.
             0..=3 => {
@@ -255,16 +284,17 @@ fn main() -> std::process::ExitCode {
             Some("child") => {
                 let seed: u64 = arg(&args, "--seed", Some(1))?;
                 let sleep: u64 = arg(&args, "--max-sleep-us", Some(0))?;
+                let large: u64 = arg(&args, "--large-every", Some(0))?;
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(2)
                     .enable_all()
                     .build()
                     .map_err(|e| e.to_string())?;
-                rt.block_on(child(dir, engine, seed, sleep))
+                rt.block_on(child(dir, engine, seed, sleep, large))
             }
             Some("hold") => hold(dir, &engine),
             _ => Err(
-                "usage: casebook-torture child|hold --dir DIR [--engine sled|segment] [--seed N] [--max-sleep-us N]".into(),
+                "usage: casebook-torture child|hold --dir DIR [--engine sled|segment] [--seed N] [--max-sleep-us N] [--large-every N]".into(),
             ),
         }
     })();

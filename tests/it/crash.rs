@@ -72,14 +72,73 @@ struct Totals {
     unacked_present: u64,
     unacked_absent: u64,
     lost: u64,
+    /// Events of the largest append acknowledged, and of the largest one
+    /// begun and not acknowledged.
+    largest_acked: u64,
+    largest_unacked: u64,
+}
+
+/// How a cycle's child runs and when it is killed.
+#[derive(Clone, Copy)]
+struct Mix {
+    /// About one operation in this many is a 70,000-event atomic append
+    /// (0: none).
+    large_every: u64,
+    kill: Kill,
+}
+
+/// When a cycle's child is killed.
+#[derive(Clone, Copy)]
+enum Kill {
+    /// At a random moment up to this many µs after it is ready.
+    Within(u64),
+    /// Once the first large append it begins has grown the log's segment
+    /// files by 3 MiB (frames written, the append not finished), or at its
+    /// acknowledgement if that comes first.
+    WhileLargeIsWritten,
+    /// Up to this many µs after it reports a large append acknowledged.
+    AfterLargeAcked(u64),
+}
+
+const USUAL: Mix = Mix {
+    large_every: 0,
+    kill: Kill::Within(400_000),
+};
+
+/// Events of the torture child's large appends (`LARGE_EVENTS` there).
+const LARGE_EVENTS: usize = 70_000;
+
+/// Bytes of the segment files of the torture school's log in the store at
+/// `dir` (0 before there are any).
+fn segment_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir.join("logs").join("torture"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Whether `line` reports a large append begun (`begin TAG ID,...`) or
+/// acknowledged (`ack TAG POS:HASH:ID ...`).
+fn reports_large(line: &str, word: &str) -> bool {
+    match line.strip_prefix(word) {
+        Some(rest) if word == "begin " => rest.matches(',').count() + 1 >= LARGE_EVENTS,
+        Some(rest) => rest.matches(' ').count() >= LARGE_EVENTS,
+        None => false,
+    }
 }
 
 /// One cycle: run the child, kill it, return its complete output lines.
-fn run_child(dir: &Path, engine: &str, seed: u64, rng: &mut Rng) -> Vec<String> {
+fn run_child(dir: &Path, engine: &str, seed: u64, rng: &mut Rng, mix: Mix) -> Vec<String> {
     let child = Command::new(env!("CARGO_BIN_EXE_casebook-torture"))
         .args(["child", "--engine", engine, "--dir"])
         .arg(dir)
         .args(["--seed", &seed.to_string(), "--max-sleep-us", "3000"])
+        .args(["--large-every", &mix.large_every.to_string()])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -112,12 +171,49 @@ fn run_child(dir: &Path, engine: &str, seed: u64, rng: &mut Rng) -> Vec<String> 
         panic!("the child did not start: {out}");
     };
     assert!(first.starts_with("ready"), "{first}");
-    // A random moment: from at once to well into a run of appends.
-    std::thread::sleep(Duration::from_micros(rng.below(400_000)));
+    let mut lines = Vec::new();
+    // Lines up to the first that reports a large append `word`.
+    let wait_for = |lines: &mut Vec<String>, word: &str| loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120))
+            .expect("the child reports a large append");
+        let hit = reports_large(&line, word);
+        lines.push(line);
+        if hit {
+            break;
+        }
+    };
+    let within = match mix.kill {
+        // A random moment: from at once to well into a run of appends.
+        Kill::Within(us) => us,
+        Kill::WhileLargeIsWritten => {
+            wait_for(&mut lines, "begin ");
+            let start = segment_bytes(dir);
+            while segment_bytes(dir) < start + (3 << 20) {
+                if let Ok(line) = rx.try_recv() {
+                    let acked = reports_large(&line, "ack ");
+                    lines.push(line);
+                    if acked {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            0
+        }
+        Kill::AfterLargeAcked(us) => {
+            wait_for(&mut lines, "ack ");
+            us
+        }
+    };
+    if within > 0 {
+        std::thread::sleep(Duration::from_micros(rng.below(within)));
+    }
     let _ = child.0.kill(); // SIGKILL
     let _ = child.0.wait();
     reader.join().expect("reader");
-    rx.try_iter().collect()
+    lines.extend(rx.try_iter());
+    lines
 }
 
 trait StderrText {
@@ -162,7 +258,9 @@ async fn check(
             }
             Some("ack") => {
                 let tag = parts.next().unwrap();
-                begun.remove(tag);
+                if let Some(ids) = begun.remove(tag) {
+                    totals.largest_acked = totals.largest_acked.max(ids.len() as u64);
+                }
                 totals.acked_appends += 1;
                 for p in parts {
                     let mut f = p.split(':');
@@ -207,6 +305,7 @@ async fn check(
     );
     // Unacknowledged appends: all or nothing.
     for (tag, ids) in &begun {
+        totals.largest_unacked = totals.largest_unacked.max(ids.len() as u64);
         let mut present = 0;
         for id in ids {
             if log.find_event(*id).await.unwrap().is_some() {
@@ -255,6 +354,34 @@ fn segment_sigkill_at_random_moments_loses_nothing_acknowledged() {
     sigkill_cycles("segment");
 }
 
+/// The segment writer writes a large group's frames while it seals the
+/// rest: killed once a 70,000-event atomic append's frames are being
+/// written (its first 3 MiB on disk, its end not), and within 50 ms of
+/// one's acknowledgement, in turn (`CASEBOOK_CRASH_LARGE_CYCLES` each,
+/// default 2), an acknowledged append is all there and an unacknowledged
+/// one all there or absent (a build whose pieces carried a group end
+/// fails here: the cut append is half visible).
+#[test]
+fn segment_sigkill_around_large_appends_loses_nothing_acknowledged() {
+    let cycles = env_count("CASEBOOK_CRASH_LARGE_CYCLES", 2);
+    let mut totals = Totals::default();
+    for kill in [Kill::WhileLargeIsWritten, Kill::AfterLargeAcked(50_000)] {
+        let mix = Mix {
+            large_every: 2,
+            kill,
+        };
+        let t = cycles_of("segment", cycles, mix);
+        totals.largest_acked = totals.largest_acked.max(t.largest_acked);
+        totals.largest_unacked = totals.largest_unacked.max(t.largest_unacked);
+    }
+    assert!(
+        totals.largest_acked >= 70_000 && totals.largest_unacked >= 70_000,
+        "no large append was acknowledged ({}) or cut by the kill ({}): the kills came too early or too late",
+        totals.largest_acked,
+        totals.largest_unacked
+    );
+}
+
 /// The embedded engine called `name` in the tests' parameters.
 pub fn engine_named(name: &str) -> Engine {
     match name {
@@ -264,7 +391,10 @@ pub fn engine_named(name: &str) -> Engine {
 }
 
 fn sigkill_cycles(engine: &str) {
-    let cycles = env_count("CASEBOOK_CRASH_CYCLES", 50);
+    cycles_of(engine, env_count("CASEBOOK_CRASH_CYCLES", 50), USUAL);
+}
+
+fn cycles_of(engine: &str, cycles: u64, mix: Mix) -> Totals {
     let seed = env_count("CASEBOOK_CRASH_SEED", 0x5eed_c0de);
     let mut rng = Rng(seed);
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -280,7 +410,7 @@ fn sigkill_cycles(engine: &str) {
             acked.clear();
         }
         let store = dir.path().join("store");
-        let lines = run_child(&store, engine, seed.wrapping_add(cycle), &mut rng);
+        let lines = run_child(&store, engine, seed.wrapping_add(cycle), &mut rng, mix);
         runtime.block_on(check(&store, engine, &lines, &mut acked, &mut totals));
         totals.cycles += 1;
     }
@@ -296,4 +426,5 @@ fn sigkill_cycles(engine: &str) {
     );
     assert_eq!(totals.lost, 0);
     assert!(totals.acked_events > 0, "no append was acknowledged at all");
+    totals
 }
