@@ -50,20 +50,25 @@ impl<T> Chunked<T> {
         Some((first, next))
     }
 
+    #[inline]
     pub(super) fn push(&mut self, value: T) {
         match self.chunks.last_mut() {
             Some(c) if c.len() < CHUNK => c.push(value),
-            last => {
-                // The first chunk grows by doubling; later ones are whole.
-                let mut c = match last {
-                    None => Vec::new(),
-                    Some(_) => Vec::with_capacity(CHUNK),
-                };
-                c.push(value);
-                self.chunks.push(c);
-            }
+            _ => self.push_in_new_chunk(value),
         }
         self.len += 1;
+    }
+
+    /// [`Chunked::push`] when the last chunk is full (or there is none).
+    #[cold]
+    fn push_in_new_chunk(&mut self, value: T) {
+        // The first chunk grows by doubling; later ones are whole.
+        let mut c = match self.chunks.is_empty() {
+            true => Vec::new(),
+            false => Vec::with_capacity(CHUNK),
+        };
+        c.push(value);
+        self.chunks.push(c);
     }
 
     /// `len` copies of `value`, in whole chunks (the last cut to fit).

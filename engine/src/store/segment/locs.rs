@@ -139,6 +139,23 @@ impl Locations {
         }
     }
 
+    /// Adds the next position's frame, `len` bytes right after the last
+    /// frame in its run's segment, as [`Locations::push_checked`] adds
+    /// such a frame; `false` (nothing added) when there is no run yet or
+    /// the frame needs a new one (its offset past 4 GiB of the run's start).
+    #[inline]
+    pub(super) fn push_next(&mut self, len: u32) -> bool {
+        let Some(run) = self.runs.last_mut() else {
+            return false;
+        };
+        let Ok(rel) = u32::try_from(run.end - run.base) else {
+            return false;
+        };
+        self.offsets.push(rel);
+        run.end += u64::from(len);
+        true
+    }
+
     /// Checks and adds the next position's frame.
     pub(super) fn push_checked(&mut self, loc: Loc) -> Result<(), String> {
         let step = self.check(loc)?;
@@ -272,5 +289,37 @@ mod tests {
             Some(vec![(1, 4 * u64::from(big) / 2 + 107), (5, 9)])
         );
         assert_eq!(l.lens().collect::<Vec<_>>(), vec![big, big, 100, 7, 9]);
+    }
+
+    /// `push_next` adds a frame after the last one as `push_checked` does,
+    /// and declines where that would start a run (none yet, or past 4 GiB
+    /// of the run's start), so that a snapshot's reader that falls back to
+    /// `push_checked` then builds the same locations.
+    #[test]
+    fn push_next_adds_what_push_checked_adds() {
+        let big = 1u32 << 31;
+        let frames = [
+            loc(0, 0, big),
+            loc(0, u64::from(big), big),
+            loc(0, 2 * u64::from(big), 100),
+            loc(0, 2 * u64::from(big) + 100, 7),
+            loc(1, 0, 9),
+            loc(1, 9, 11),
+        ];
+        let mut checked = Locations::default();
+        let mut next = Locations::default();
+        assert!(!next.push_next(5), "no run yet");
+        let mut declined = 0;
+        for (i, f) in frames.iter().enumerate() {
+            checked.push_checked(*f).unwrap();
+            let first_of_segment = i == 0 || frames[i - 1].seg != f.seg;
+            if first_of_segment || !next.push_next(f.len) {
+                declined += usize::from(!first_of_segment);
+                next.push_checked(*f).unwrap();
+            }
+        }
+        assert_eq!(declined, 1, "the frame at 4 GiB starts a run");
+        assert_eq!(next.runs, checked.runs);
+        assert_eq!(next.to_vec(), checked.to_vec());
     }
 }

@@ -206,6 +206,39 @@ impl Reading {
     fn u32(&mut self, what: &str) -> Result<u32, String> {
         self.bytes::<4>(what).map(u32::from_le_bytes)
     }
+    /// Reads `u32`s one after another, handing each to `each`, until it
+    /// answers `Ok(false)` (that one read too) or fails: [`Reading::u32`]
+    /// in a loop, taking the buffered ones at once (a snapshot holds two
+    /// an event).
+    fn u32s_while(
+        &mut self,
+        what: &str,
+        mut each: impl FnMut(u32) -> Result<bool, String>,
+    ) -> Result<(), String> {
+        loop {
+            if self.end - self.at < 4 {
+                self.refill()?;
+                if self.end - self.at < 4 {
+                    return Err(format!("the file ends inside {what}"));
+                }
+            }
+            let held = &self.buf[self.at..self.end];
+            let mut used = 0;
+            let mut more = true;
+            for b in held.chunks_exact(4) {
+                used += 4;
+                if !each(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))? {
+                    more = false;
+                    break;
+                }
+            }
+            self.at += used;
+            self.read += used as u64;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
     fn u64(&mut self, what: &str) -> Result<u64, String> {
         self.bytes::<8>(what).map(u64::from_le_bytes)
     }
@@ -536,22 +569,26 @@ fn load_rest(
             return Err(format!("segment {seg} does not start after the one before"));
         }
         let mut offset = 0u64;
-        while offset < s.len {
+        r.u32s_while("locations", |len| {
             p += 1;
             if p > head {
                 return Err("the segments hold more frames than the head".into());
             }
-            let len = r.u32("locations")?;
             if !FRAME_LENS.contains(&(len as usize)) {
                 return Err(format!("position {p}: no frame is {len} bytes long"));
             }
-            index.locs.push_checked(Loc {
-                offset,
-                len,
-                seg: seg as u32,
-            })?;
+            // Each frame after a segment's first is right after the one
+            // before it: added as `push_checked` would, without its checks.
+            if offset == 0 || !index.locs.push_next(len) {
+                index.locs.push_checked(Loc {
+                    offset,
+                    len,
+                    seg: seg as u32,
+                })?;
+            }
             offset += u64::from(len);
-        }
+            Ok(offset < s.len)
+        })?;
         if offset != s.len {
             return Err(format!("segment {seg} does not end where its frames do"));
         }
@@ -574,14 +611,16 @@ fn load_rest(
         listed += count;
         let mut positions = Vec::with_capacity(count as usize);
         let mut prev = 0u32;
-        for _ in 0..count {
-            let p = r.u32("stream positions")?;
-            if p <= prev {
-                return Err("a stream's positions are not increasing".into());
-            }
-            seen.mark(p, "streams")?;
-            positions.push(p);
-            prev = p;
+        if count > 0 {
+            r.u32s_while("stream positions", |p| {
+                if p <= prev {
+                    return Err("a stream's positions are not increasing".into());
+                }
+                seen.mark(p, "streams")?;
+                positions.push(p);
+                prev = p;
+                Ok((positions.len() as u64) < count)
+            })?;
         }
         if positions.is_empty() || streams.insert(stream, positions).is_some() {
             return Err("a stream is empty or listed twice".into());
