@@ -2225,7 +2225,7 @@ impl Writer {
         group: Vec<Commit>,
         recorded_at: DateTime<Utc>,
         staged: &mut Vec<(Reply, Vec<Appended>, Vec<AppendRequest>)>,
-        mut pieces: Option<&mut Pieces<'_, '_>>,
+        mut pieces: Option<&mut Pieces<'_>>,
     ) -> Option<GroupStage> {
         let state = self.state.clone();
         let Ok(state) = state.read() else {
@@ -2570,7 +2570,7 @@ const STREAMED_GROUP_EVENTS: usize = super::HAND_BACK_EVENTS;
 /// less left to wait for). Nothing is durable, or acknowledged, before
 /// that fdatasync, as for a group written at once; a crash before it
 /// leaves a group without its end, cut off at open.
-struct Pieces<'scope, 'env> {
+struct Pieces<'scope> {
     /// Pieces to write: (offset in the group, frames).
     to_write: std::sync::mpsc::SyncSender<(u64, Vec<u8>)>,
     /// Buffers written, for the next pieces.
@@ -2583,7 +2583,6 @@ struct Pieces<'scope, 'env> {
     /// An append whose events were framed was refused while sealing (its
     /// sealed events cut off): what was written is void.
     void: bool,
-    _env: std::marker::PhantomData<&'env ()>,
 }
 
 /// What came of a group's [`Pieces`].
@@ -2604,14 +2603,14 @@ const PIECES_AHEAD: usize = 2;
 /// sealed bytes (pieces of [`GROUP_PIECE`] held up to ~30 MB more).
 const STREAMED_PIECE: usize = 2 << 20;
 
-impl<'scope, 'env> Pieces<'scope, 'env> {
+impl<'scope> Pieces<'scope> {
     /// Starts the thread that writes pieces into `file` from `base` on;
     /// `None` if it cannot be started (the group is then written whole).
     fn start(
-        scope: &'scope std::thread::Scope<'scope, 'env>,
-        file: &'env File,
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        file: &'scope File,
         base: u64,
-    ) -> Option<Pieces<'scope, 'env>> {
+    ) -> Option<Pieces<'scope>> {
         let (to_write, pieces) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(PIECES_AHEAD);
         let (give_back, written) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -2632,7 +2631,6 @@ impl<'scope, 'env> Pieces<'scope, 'env> {
             framed: 0,
             bytes: 0,
             void: false,
-            _env: std::marker::PhantomData,
         })
     }
 
@@ -2663,7 +2661,7 @@ impl<'scope, 'env> Pieces<'scope, 'env> {
     }
 }
 
-impl SealedSink for Pieces<'_, '_> {
+impl SealedSink for Pieces<'_> {
     fn sealed(&mut self, sealed: &[Sealed], bytes: &[u8]) {
         // Not the newest: the group's last frame is framed with its end.
         let ready = sealed.len().saturating_sub(1);
