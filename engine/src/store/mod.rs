@@ -1111,13 +1111,6 @@ fn appended_to(
     }
 }
 
-/// A commit group being checked and sealed by a writer, every backend
-/// alike: the chain so far, the versions and ids its earlier appends took,
-/// and the sealed events to write.
-///
-/// Architecture Invariant: an append that fails any check stages nothing,
-/// and a staged append's positions, versions and `prev_hash` continue
-/// exactly from the appends staged before it in the same group.
 /// What [`GroupStage::stage_presealed`] does after sealing each request of
 /// an append (nothing by default).
 #[derive(Default)]
@@ -1139,6 +1132,13 @@ pub(crate) trait SealedSink {
     fn sealed(&mut self, sealed: &[Sealed], bytes: &[u8]);
 }
 
+/// A commit group being checked and sealed by a writer, every backend
+/// alike: the chain so far, the versions and ids its earlier appends took,
+/// and the sealed events to write.
+///
+/// Architecture Invariant: an append that fails any check stages nothing,
+/// and a staged append's positions, versions and `prev_hash` continue
+/// exactly from the appends staged before it in the same group.
 pub(crate) struct GroupStage {
     pub position: u64,
     pub hash: Hash,
