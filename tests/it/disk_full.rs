@@ -248,3 +248,70 @@ fn disk_full(engine: &str) {
         );
     });
 }
+
+/// A large atomic append (its frames written as it is sealed, by a thread
+/// of the segment writer's) that fills the disk part-way: refused whole
+/// with `DiskFull`, nothing of it kept, and once space is freed the log
+/// reopens with what was acknowledged, verifies, and takes the same append.
+#[test]
+fn a_large_append_that_fills_the_disk_is_refused_whole_segment() {
+    use crate::conformance::{contact, pupil};
+    let tmp = tempfile::tempdir().unwrap();
+    let mount = match Tmpfs::mount(tmp.path(), "6m") {
+        Ok(m) => m,
+        Err(why) => {
+            println!("disk_full: skipped, cannot mount a tmpfs: {why}");
+            return;
+        }
+    };
+    let dir = tmp.path().join("store");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // 70,000 events, about 16 MB of frames.
+    let large = || {
+        (1..=10u32)
+            .map(|p| AppendRequest {
+                stream: pupil(p),
+                expected: ExpectedVersion::NoStream,
+                events: (0..7_000).map(|i| contact(p * 10_000 + i)).collect(),
+            })
+            .collect::<Vec<_>>()
+    };
+    rt.block_on(async {
+        let log = open(&dir, "segment", true);
+        let a = log
+            .append(AppendRequest {
+                stream: pupil(0),
+                expected: ExpectedVersion::Any,
+                events: (0..5).map(contact).collect(),
+            })
+            .await
+            .expect("a small append fits");
+        assert_eq!(a.last_position, 5);
+        let failure = log.append_atomic(large()).await.unwrap_err();
+        println!("disk_full (segment, large append): {failure}");
+        assert!(
+            matches!(failure, StoreError::DiskFull { .. }),
+            "expected DiskFull, got {failure:?}"
+        );
+        assert_eq!(log.read_all(1, 100).await.unwrap().len(), 5);
+    });
+    mount.grow("64m").expect("remount bigger");
+    rt.block_on(async {
+        let log = open(&dir, "segment", false);
+        assert_eq!(
+            log.head().await.unwrap().position,
+            5,
+            "nothing of the refused append"
+        );
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+        let done = log
+            .append_atomic(large())
+            .await
+            .expect("the same append, with room");
+        assert_eq!(done.last().map(|a| a.last_position), Some(70_005));
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+    });
+}
