@@ -134,6 +134,12 @@ fn register(pupil: &str) -> Value {
     )
 }
 
+/// `r` is an import that reports `events` imported and `duplicates` skipped.
+fn assert_imported(r: &Run, events: usize, duplicates: usize) {
+    let want = format!("imported {events} events ({duplicates} duplicates)");
+    assert!(r.stdout.trim_end().ends_with(&want), "{}", r.stdout);
+}
+
 /// A small case history for P1042 and P2001.
 fn history() -> Vec<Value> {
     vec![
@@ -199,22 +205,10 @@ fn import_reports_counts_and_reimport_is_idempotent() {
         })
         .collect();
     let r = cb.import(&lines).ok();
-    assert!(
-        r.stdout
-            .trim_end()
-            .ends_with("imported 8 events (0 duplicates)"),
-        "{}",
-        r.stdout
-    );
+    assert_imported(&r, 8, 0);
     let before = cb.fingerprint();
     let r = cb.import(&lines).ok();
-    assert!(
-        r.stdout
-            .trim_end()
-            .ends_with("imported 0 events (8 duplicates)"),
-        "{}",
-        r.stdout
-    );
+    assert_imported(&r, 0, 8);
     assert_eq!(cb.fingerprint(), before);
     // Same id, different content: refused, nothing written.
     let mut changed = lines[2].clone();
@@ -255,13 +249,7 @@ fn an_import_longer_than_a_chunk_plans_across_the_chunks() {
     lines.push(contact(10, "Called home"));
     let cb = Casebook::new();
     let r = cb.import(&lines).ok();
-    assert!(
-        r.stdout
-            .trim_end()
-            .ends_with(&format!("imported {} events (1 duplicates)", chunk + 200)),
-        "{}",
-        r.stdout
-    );
+    assert_imported(&r, chunk + 200, 1);
     let (events, _) = cb.fingerprint();
     assert_eq!(events, (chunk + 200) as u64);
     // The same id with other content, in the second chunk: refused at its
@@ -368,13 +356,7 @@ fn an_import_reports_what_a_parse_then_a_plan_in_school_order_reports() {
     lines.push(in_school(register("P1"), "alpha"));
     lines.push(contact("P1", Some("alpha")));
     let r = import(&cb, &lines).ok();
-    assert!(
-        r.stdout
-            .trim_end()
-            .ends_with(&format!("imported {} events (0 duplicates)", chunk + 8)),
-        "{}",
-        r.stdout
-    );
+    assert_imported(&r, chunk + 8, 0);
     assert_eq!((events("alpha"), events("zeta")), (2, chunk as u64 + 6));
     assert_eq!(cb.fingerprint(), before);
 }

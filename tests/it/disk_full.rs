@@ -101,14 +101,18 @@ fn a_full_disk_is_a_clear_error_loses_nothing_and_recovers_when_space_is_freed_s
     disk_full("segment");
 }
 
+/// A tmpfs of `size` mounted on `dir`, or `None` (and why, printed) where
+/// one cannot be mounted: the test is then skipped.
+fn mounted(dir: &Path, size: &str) -> Option<Tmpfs> {
+    Tmpfs::mount(dir, size)
+        .map_err(|why| println!("disk_full: skipped, cannot mount a tmpfs: {why}"))
+        .ok()
+}
+
 fn disk_full(engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
-    let mount = match Tmpfs::mount(tmp.path(), "24m") {
-        Ok(m) => m,
-        Err(why) => {
-            println!("disk_full: skipped, cannot mount a tmpfs: {why}");
-            return;
-        }
+    let Some(mount) = mounted(tmp.path(), "24m") else {
+        return;
     };
     let dir = tmp.path().join("store");
     let tmp_input = tempfile::tempdir().unwrap();
@@ -257,12 +261,8 @@ fn disk_full(engine: &str) {
 fn a_large_append_that_fills_the_disk_is_refused_whole_segment() {
     use crate::conformance::{contact, pupil};
     let tmp = tempfile::tempdir().unwrap();
-    let mount = match Tmpfs::mount(tmp.path(), "6m") {
-        Ok(m) => m,
-        Err(why) => {
-            println!("disk_full: skipped, cannot mount a tmpfs: {why}");
-            return;
-        }
+    let Some(mount) = mounted(tmp.path(), "6m") else {
+        return;
     };
     let dir = tmp.path().join("store");
     let rt = tokio::runtime::Builder::new_current_thread()
