@@ -275,9 +275,10 @@ fn import_failure(e: ImportError) -> Failure {
 ///
 /// The lines are read and parsed on a thread of their own
 /// ([`read_import_lines`]) while this one plans them: on a large file the
-/// two took about the same time one after the other. The first school's
-/// lines are planned as they come; any other school's are kept and planned
-/// after the last line, as all were before. What is reported is what a
+/// two took about the same time one after the other. The lines of the
+/// command's school (`--school`) are planned as they come when they fill
+/// the first chunk read; any other school's are kept and planned after the
+/// last line, as all were before. What is reported is what a
 /// parse of every line followed by a plan of each school in name order
 /// reports: a line that cannot be read stops the import before anything
 /// else is looked at, and each school is then taken in name order (its log,
@@ -309,6 +310,13 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     match rx.recv().await {
         None => {}
         Some(Parsed::Unreadable(f)) => unreadable = Some(f),
+        // Only the command's own school, whose log is already open: a
+        // school named in the lines gets its log (created if new) in its
+        // turn, after every line is read, so that a refused file creates
+        // none.
+        Some(Parsed::Chunk(school, lines)) if school != ctx.school => {
+            kept.entry(school).or_default().push(lines);
+        }
         Some(Parsed::Chunk(school, lines)) => {
             let ring = ctx.sealer(&school);
             let plan = match (store.log(&school), &ring) {

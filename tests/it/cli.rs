@@ -312,6 +312,23 @@ fn an_import_reports_what_a_parse_then_a_plan_in_school_order_reports() {
         r.stderr
     );
     assert_eq!(cb.fingerprint(), before);
+    // A school named only in the lines, over more than a chunk, then the
+    // bad line: refused, and no log made for that school.
+    let mut named: Vec<String> = (0..chunk + 1)
+        .map(|_| contact("P9", Some("gamma")))
+        .collect();
+    named.push(lines[lines.len() - 1].clone());
+    let r = import(&cb, &named);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains(&format!("line {}:", named.len())),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        !cb.data().join("logs").join("gamma").exists(),
+        "a log was made for gamma"
+    );
     // Without it, the unregistered pupil on line 1.
     lines.pop();
     let r = import(&cb, &lines);
@@ -319,21 +336,28 @@ fn an_import_reports_what_a_parse_then_a_plan_in_school_order_reports() {
     assert!(r.stderr.contains("line 1:"), "{}", r.stderr);
     assert_eq!(cb.fingerprint(), before);
 
-    // Two schools: zeta's lines come first and are planned as they are
-    // read, and its pupil is not registered; alpha's contact is with
-    // `alpha_pupil`.
+    // Two schools: zeta, the command's (`--school zeta`), whose lines come
+    // first and are planned as they are read, and whose pupil is not
+    // registered; and alpha, named in its lines, whose contact is with
+    // `alpha_pupil`. Zeta's lines fill the first chunk read.
+    let import = |cb: &Casebook, lines: &[String]| {
+        cb.run_stdin(
+            &["--school", "zeta", "import", "-"],
+            &format!("{}\n", lines.join("\n")),
+        )
+    };
     let two_schools = |alpha_pupil: &str| {
-        vec![
-            contact("P1", Some("zeta")),
-            in_school(register("P1"), "alpha"),
-            contact(alpha_pupil, Some("alpha")),
-        ]
+        let mut lines: Vec<String> = (0..chunk + 1).map(|_| contact("P1", None)).collect();
+        lines.push(in_school(register("P1"), "alpha"));
+        lines.push(contact(alpha_pupil, Some("alpha")));
+        lines
     };
     // Both fail: alpha's error is the one reported (name order).
-    let r = import(&cb, &two_schools("P2"));
+    let lines = two_schools("P2");
+    let r = import(&cb, &lines);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(
-        r.stderr.contains("line 3:") && r.stderr.contains("P2"),
+        r.stderr.contains(&format!("line {}:", lines.len())) && r.stderr.contains("P2"),
         "{}",
         r.stderr
     );
