@@ -737,6 +737,90 @@ fn a_large_append_refused_while_sealing_leaves_no_pieces_behind() {
     });
 }
 
+/// Small appends racing a large one, refused or not: the writer may group
+/// them with it (the large one's frames written as it is sealed). Every
+/// small append lands where it is told, a refused large append leaves
+/// nothing (its pieces void, the group's other appends written whole),
+/// and the log verifies and reopens with the same events.
+#[test]
+fn small_appends_beside_a_large_one_land_whether_it_is_refused_or_not() {
+    const PUPILS: u32 = 100;
+    const EACH: u32 = 700; // 70,000 events: written in pieces
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let large = |refused: bool| {
+        let mut requests: Vec<AppendRequest> = (1..=PUPILS)
+            .map(|p| AppendRequest {
+                stream: pupil(p),
+                expected: ExpectedVersion::Any,
+                events: (0..EACH).map(|i| contact(p * EACH + i)).collect(),
+            })
+            .collect();
+        if refused {
+            if let Some(e) = requests.last_mut().and_then(|r| r.events.last_mut()) {
+                e.actor = "x".repeat(2 << 20);
+            }
+        }
+        requests
+    };
+    let written = rt.block_on(async {
+        let log = open(dir).unwrap();
+        let mut expected = 0u64;
+        for (round, refused) in [true, false, true].into_iter().enumerate() {
+            // Small appends queued before the large one (so that the writer
+            // may take it into a group after them) and after it.
+            let mut small = Vec::new();
+            let mut big = None;
+            for w in 0..40u32 {
+                if w == 20 {
+                    tokio::task::yield_now().await;
+                    let log = log.clone();
+                    let requests = large(refused);
+                    big = Some(tokio::spawn(
+                        async move { log.append_atomic(requests).await },
+                    ));
+                }
+                let log = log.clone();
+                let n = 1_000_000 + round as u32 * 1_000 + w * 10;
+                small.push(tokio::spawn(async move {
+                    let events: Vec<NewEvent> = (n..n + 3).map(contact).collect();
+                    let ids: Vec<_> = events.iter().map(|e| e.event_id).collect();
+                    let a = log
+                        .append(AppendRequest {
+                            stream: pupil(500 + w),
+                            expected: ExpectedVersion::Any,
+                            events,
+                        })
+                        .await
+                        .expect("a small append lands");
+                    (a.first_position, ids)
+                }));
+            }
+            for task in small {
+                let (first, ids) = task.await.unwrap();
+                let got = log.read_all(first, 3).await.unwrap();
+                let got: Vec<_> = got.iter().map(|e| e.event_id).collect();
+                assert_eq!(got, ids, "a small append is where it was told");
+                expected += 3;
+            }
+            match big.expect("spawned").await.unwrap() {
+                Ok(_) if !refused => expected += u64::from(PUPILS * EACH),
+                Err(StoreError::Limit { .. }) if refused => {}
+                other => panic!("round {round}: {:?}", other.map(|a| a.len())),
+            }
+            assert_eq!(log.head().await.unwrap().position, expected);
+        }
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+        log.read_all(1, 200_000).await.unwrap()
+    });
+    rt.block_on(async {
+        let log = open(dir).unwrap();
+        assert_eq!(log.read_all(1, 200_000).await.unwrap(), written);
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+    });
+}
+
 /// `copy` into a segment log that a crashed writer left with preallocated
 /// zeros: the zeros are cut (not refused as an unfinished group, not left
 /// inside the log), also when the copy rolls to a new segment.
