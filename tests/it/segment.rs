@@ -678,6 +678,41 @@ fn preallocated_zeros_are_cut_at_close_and_after_a_crash() {
     );
 }
 
+/// Events of [`large_append`]: above the size whose frames the writer
+/// writes as it seals the rest.
+const LARGE_PUPILS: u32 = 100;
+const LARGE_EACH: u32 = 700;
+
+/// A 70,000-event atomic append over 100 pupils; `refused`: its last
+/// event is past the frame limit, so that it is refused when that event
+/// is sealed, after the others were.
+fn large_append(refused: bool) -> Vec<AppendRequest> {
+    let mut requests: Vec<AppendRequest> = (1..=LARGE_PUPILS)
+        .map(|p| AppendRequest {
+            stream: pupil(p),
+            expected: ExpectedVersion::Any,
+            events: (0..LARGE_EACH)
+                .map(|i| contact(p * LARGE_EACH + i))
+                .collect(),
+        })
+        .collect();
+    if refused {
+        if let Some(e) = requests.last_mut().and_then(|r| r.events.last_mut()) {
+            e.actor = "x".repeat(2 << 20);
+        }
+    }
+    requests
+}
+
+/// The log at `dir`, reopened, holds `written` and verifies.
+fn reopens_with(rt: &tokio::runtime::Runtime, dir: &Path, written: &[StoredEvent]) {
+    rt.block_on(async {
+        let log = open(dir).unwrap();
+        assert_eq!(log.read_all(1, 200_000).await.unwrap(), written);
+        assert!(log.verify(&|_| {}).await.unwrap().ok);
+    });
+}
+
 /// A large atomic append is written a piece at a time while the rest of
 /// it is sealed. One refused part-way through its sealing (its last event
 /// is past the frame limit), after pieces of it were written: the segment
@@ -688,28 +723,13 @@ fn preallocated_zeros_are_cut_at_close_and_after_a_crash() {
 #[test]
 fn a_large_append_refused_while_sealing_leaves_no_pieces_behind() {
     use casebook_engine::store::segment::PREALLOC_BYTES;
-    const PUPILS: u32 = 100;
-    const EACH: u32 = 700; // 70,000 events: written in pieces
     let rt = rt();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let requests = || {
-        (1..=PUPILS)
-            .map(|p| AppendRequest {
-                stream: pupil(p),
-                expected: ExpectedVersion::Any,
-                events: (0..EACH).map(|i| contact(p * EACH + i)).collect(),
-            })
-            .collect::<Vec<_>>()
-    };
     let written = rt.block_on(async {
         let log = open(dir).unwrap();
         append_n(log.as_ref(), 0, 0, 3).await;
-        let mut refused = requests();
-        if let Some(e) = refused.last_mut().and_then(|r| r.events.last_mut()) {
-            e.actor = "x".repeat(2 << 20);
-        }
-        let err = log.append_atomic(refused).await.unwrap_err();
+        let err = log.append_atomic(large_append(true)).await.unwrap_err();
         assert!(matches!(err, StoreError::Limit { .. }), "{err}");
         assert_eq!(positions(log.as_ref()).await, vec![1, 2, 3]);
         // The writer answers the refused append before it cuts its pieces
@@ -722,19 +742,15 @@ fn a_large_append_refused_while_sealing_leaves_no_pieces_behind() {
             len < PREALLOC_BYTES + 4096,
             "{len} bytes in the segment (pieces left behind)"
         );
-        log.append_atomic(requests()).await.unwrap();
+        log.append_atomic(large_append(false)).await.unwrap();
         assert_eq!(
             log.head().await.unwrap().position,
-            5 + u64::from(PUPILS * EACH)
+            5 + u64::from(LARGE_PUPILS * LARGE_EACH)
         );
         assert!(log.verify(&|_| {}).await.unwrap().ok);
         log.read_all(1, 100_000).await.unwrap()
     });
-    rt.block_on(async {
-        let log = open(dir).unwrap();
-        assert_eq!(log.read_all(1, 100_000).await.unwrap(), written);
-        assert!(log.verify(&|_| {}).await.unwrap().ok);
-    });
+    reopens_with(&rt, dir, &written);
 }
 
 /// Small appends racing a large one, refused or not: the writer may group
@@ -744,26 +760,9 @@ fn a_large_append_refused_while_sealing_leaves_no_pieces_behind() {
 /// and the log verifies and reopens with the same events.
 #[test]
 fn small_appends_beside_a_large_one_land_whether_it_is_refused_or_not() {
-    const PUPILS: u32 = 100;
-    const EACH: u32 = 700; // 70,000 events: written in pieces
     let rt = rt();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let large = |refused: bool| {
-        let mut requests: Vec<AppendRequest> = (1..=PUPILS)
-            .map(|p| AppendRequest {
-                stream: pupil(p),
-                expected: ExpectedVersion::Any,
-                events: (0..EACH).map(|i| contact(p * EACH + i)).collect(),
-            })
-            .collect();
-        if refused {
-            if let Some(e) = requests.last_mut().and_then(|r| r.events.last_mut()) {
-                e.actor = "x".repeat(2 << 20);
-            }
-        }
-        requests
-    };
     let written = rt.block_on(async {
         let log = open(dir).unwrap();
         let mut expected = 0u64;
@@ -776,7 +775,7 @@ fn small_appends_beside_a_large_one_land_whether_it_is_refused_or_not() {
                 if w == 20 {
                     tokio::task::yield_now().await;
                     let log = log.clone();
-                    let requests = large(refused);
+                    let requests = large_append(refused);
                     big = Some(tokio::spawn(
                         async move { log.append_atomic(requests).await },
                     ));
@@ -805,7 +804,7 @@ fn small_appends_beside_a_large_one_land_whether_it_is_refused_or_not() {
                 expected += 3;
             }
             match big.expect("spawned").await.unwrap() {
-                Ok(_) if !refused => expected += u64::from(PUPILS * EACH),
+                Ok(_) if !refused => expected += u64::from(LARGE_PUPILS * LARGE_EACH),
                 Err(StoreError::Limit { .. }) if refused => {}
                 other => panic!("round {round}: {:?}", other.map(|a| a.len())),
             }
@@ -814,11 +813,7 @@ fn small_appends_beside_a_large_one_land_whether_it_is_refused_or_not() {
         assert!(log.verify(&|_| {}).await.unwrap().ok);
         log.read_all(1, 200_000).await.unwrap()
     });
-    rt.block_on(async {
-        let log = open(dir).unwrap();
-        assert_eq!(log.read_all(1, 200_000).await.unwrap(), written);
-        assert!(log.verify(&|_| {}).await.unwrap().ok);
-    });
+    reopens_with(&rt, dir, &written);
 }
 
 /// `copy` into a segment log that a crashed writer left with preallocated
