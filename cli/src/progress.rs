@@ -29,6 +29,22 @@ pub fn spinner(what: &str) -> ProgressBar {
     bar
 }
 
+/// A spinner for work done in one step, such as a large append the
+/// store's writer seals, writes and makes durable: it turns on its own,
+/// shows the time taken, and is cleared when dropped (on an error too).
+pub fn working(what: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, draw_target())
+        .with_finish(indicatif::ProgressFinish::AndClear);
+    let style = ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner());
+    bar.set_style(style);
+    bar.set_message(what.to_string());
+    if !bar.is_hidden() {
+        bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    }
+    bar
+}
+
 fn draw_target() -> ProgressDrawTarget {
     if std::io::stderr().is_terminal() {
         ProgressDrawTarget::stderr()

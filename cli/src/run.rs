@@ -294,7 +294,9 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     };
     let store = ctx.store(true)?;
     let started = Instant::now();
-    let spinner = progress::spinner("validating lines");
+    // Cleared when dropped, so that a refused file's error stands alone.
+    let spinner =
+        progress::spinner("validating lines").with_finish(indicatif::ProgressFinish::AndClear);
     let (tx, mut rx) = tokio::sync::mpsc::channel(PARSED_AHEAD);
     let reading = {
         let (file, school, spinner) = (file.to_string(), ctx.school.clone(), spinner.clone());
@@ -406,6 +408,11 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
         plans.push((guarded, actor, plan, ring));
     }
     spinner.finish_and_clear();
+    let to_write: usize = plans.iter().map(|(_, _, plan, _)| plan.events).sum();
+    let writing = progress::working(&format!(
+        "writing {} events",
+        indicatif::HumanCount(to_write as u64)
+    ));
     let mut imported = 0;
     let mut duplicates = 0;
     for (guarded, actor, plan, ring) in plans {
@@ -424,6 +431,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
                 })?;
         }
     }
+    drop(writing);
     eprintln!("took {:.2}s", started.elapsed().as_secs_f64());
     println!("imported {imported} events ({duplicates} duplicates)");
     Ok(())
