@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use casebook_engine::import::{
-    parse_line, parse_time, ImportError, ImportLine, ImportPlan, Planner, PREFETCH_LINES,
+    parse_line, parse_time, ImportError, ImportLine, Planner, PREFETCH_LINES,
 };
 use casebook_engine::store::{AppendRequest, EventStore};
 use chrono::{DateTime, NaiveDate, Utc};
@@ -276,9 +276,8 @@ fn import_failure(e: ImportError) -> Failure {
 /// The lines are read and parsed on a thread of their own
 /// ([`read_import_lines`]) while this one plans them: on a large file the
 /// two took about the same time one after the other. The lines of the
-/// command's school (`--school`) are planned as they come when they fill
-/// the first chunk read; any other school's are kept and planned after the
-/// last line, as all were before. What is reported is what a
+/// command's school (`--school`) are planned as they come; any other
+/// school's are kept and planned after the last line, as all were before. What is reported is what a
 /// parse of every line followed by a plan of each school in name order
 /// reports: a line that cannot be read stops the import before anything
 /// else is looked at, and each school is then taken in name order (its log,
@@ -307,64 +306,40 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     };
     let mut kept: BTreeMap<String, Vec<Vec<ImportLine>>> = BTreeMap::new();
     let mut unreadable = None;
-    // The school planned as its lines come: the first chunk's.
-    let mut early: Option<Early> = None;
-    match rx.recv().await {
-        None => {}
-        Some(Parsed::Unreadable(f)) => unreadable = Some(f),
-        // Only the command's own school, whose log is already open: a
-        // school named in the lines gets its log (created if new) in its
-        // turn, after every line is read, so that a refused file creates
-        // none.
-        Some(Parsed::Chunk(school, lines)) if school != ctx.school => {
-            kept.entry(school).or_default().push(lines);
+    // The command's own school is planned as its lines come: its log is
+    // already open. A school named in the lines gets its log (created if
+    // new) in its turn, after every line is read, so that a refused file
+    // creates none. When the own school's log or keys cannot be had, its
+    // lines are kept too, and its turn makes the same calls again.
+    let own = ctx.school.clone();
+    let own_ring = ctx.sealer(&own);
+    let own_log = store.log(&own);
+    let mut own_planner = match (&own_log, &own_ring) {
+        (Ok(log), Ok(ring)) => {
+            let planner = Planner::new(log.as_ref(), &own, ctx.now);
+            Some(match ring {
+                Some(r) => planner.with_sealer(r.as_ref()),
+                None => planner,
+            })
         }
-        Some(Parsed::Chunk(school, lines)) => {
-            let ring = ctx.sealer(&school);
-            let plan = match (store.log(&school), &ring) {
-                (Ok(log), Ok(ring)) => {
-                    let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
-                    if let Some(r) = ring {
-                        planner = planner.with_sealer(r.as_ref());
-                    }
-                    let mut failed = planner.add_many(lines).await.err();
-                    while let Some(parsed) = rx.recv().await {
-                        match parsed {
-                            Parsed::Unreadable(f) => {
-                                unreadable = Some(f);
-                                break;
-                            }
-                            Parsed::Chunk(s, lines) if s == school => {
-                                if failed.is_none() {
-                                    failed = planner.add_many(lines).await.err();
-                                }
-                            }
-                            Parsed::Chunk(s, lines) => kept.entry(s).or_default().push(lines),
-                        }
-                    }
-                    Some(match failed {
-                        Some(e) => Err(import_failure(e)),
-                        None => Ok(planner.finish()),
-                    })
-                }
-                // Its lines are kept, and its turn makes the same calls
-                // again (reporting what fails).
-                _ => {
-                    kept.entry(school.clone()).or_default().push(lines);
-                    None
-                }
-            };
-            early = Some(Early { school, ring, plan });
-        }
-    }
-    // Whatever the early school could not take (its log or keys failed).
+        _ => None,
+    };
+    let (mut own_lines, mut own_failed) = (false, None);
     while let Some(parsed) = rx.recv().await {
         match parsed {
             Parsed::Unreadable(f) => {
                 unreadable = Some(f);
                 break;
             }
-            Parsed::Chunk(s, lines) => kept.entry(s).or_default().push(lines),
+            Parsed::Chunk(school, lines) => match own_planner.as_mut() {
+                Some(planner) if school == own => {
+                    own_lines = true;
+                    if own_failed.is_none() {
+                        own_failed = planner.add_many(lines).await.err();
+                    }
+                }
+                _ => kept.entry(school).or_default().push(lines),
+            },
         }
     }
     drop(rx);
@@ -374,22 +349,33 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     if let Some(f) = unreadable {
         return Err(f);
     }
-    if let Some(e) = &early {
-        kept.entry(e.school.clone()).or_default();
+    // The own school's keys and plan, if its lines were planned as they
+    // came (its keys were had: it had a planner).
+    let mut own_plan = match own_planner {
+        Some(planner) if own_lines => {
+            let plan = match own_failed {
+                Some(e) => {
+                    drop(planner);
+                    Err(import_failure(e))
+                }
+                None => Ok(planner.finish()),
+            };
+            own_ring.ok().map(|ring| (ring, plan))
+        }
+        _ => None,
+    };
+    if own_plan.is_some() {
+        kept.entry(own.clone()).or_default();
     }
     // Every school's lines valid before any of them is written.
     let mut plans = Vec::new();
     for (school, lines) in kept {
         let log: Arc<dyn EventStore> = store.log(&school)?;
         let (guarded, actor) = crate::staff::import_access(ctx, &school, log.clone()).await?;
-        let (ring, plan) = match early.take() {
-            Some(Early {
-                school: s,
-                ring,
-                plan: Some(plan),
-            }) if s == school => (ring?, plan?),
+        let (ring, plan) = match own_plan.take() {
+            Some((ring, plan)) if school == own => (ring, plan?),
             other => {
-                early = other;
+                own_plan = other;
                 let ring = ctx.sealer(&school)?;
                 let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
                 if let Some(r) = &ring {
@@ -435,15 +421,6 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     eprintln!("took {:.2}s", started.elapsed().as_secs_f64());
     println!("imported {imported} events ({duplicates} duplicates)");
     Ok(())
-}
-
-/// The school whose lines were planned as they were read: its keys (or why
-/// they could not be had) and its plan (none when its log or keys failed:
-/// its turn then makes the same calls again and reports what fails).
-struct Early {
-    school: String,
-    ring: Result<Option<Arc<casebook_engine::seal::Keyring>>, Failure>,
-    plan: Option<Result<ImportPlan, Failure>>,
 }
 
 /// Chunks of parsed lines the reader may be ahead of the planner.
