@@ -148,11 +148,108 @@ struct CheckpointOut<'a, P> {
 
 /// The checkpoint without its state: read first, so that a checkpoint of
 /// another version is recognised as such rather than as undecodable.
-#[derive(Deserialize)]
+#[derive(Debug, PartialEq, Deserialize)]
 struct CheckpointHeader {
     format: u32,
     name: String,
     version: u32,
+}
+
+/// The header of checkpoint bytes laid out as [`write_checkpoint`] writes
+/// them: a map whose first three entries are `format`, `name` and
+/// `version`, in any order, read without looking at the rest. `None` for
+/// any other layout, which [`decode_checkpoint`] then reads with serde.
+///
+/// serde finds the three fields wherever they are, but to do so it walks
+/// every entry of the map, the state's included (rmp-serde skips a value
+/// by decoding it): that was half the time of loading a large checkpoint
+/// (`casebook report attendance` on a store of 8.2M events).
+fn leading_header(bytes: &[u8]) -> Option<CheckpointHeader> {
+    let mut r = MsgPack { bytes, at: 0 };
+    if r.map_len()? < 3 {
+        return None;
+    }
+    let (mut format, mut name, mut version) = (None, None, None);
+    for _ in 0..3 {
+        let slot = match r.str()? {
+            "format" => &mut format,
+            "version" => &mut version,
+            "name" => {
+                name = Some(r.str()?.to_string());
+                continue;
+            }
+            _ => return None,
+        };
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(u32::try_from(r.uint()?).ok()?);
+    }
+    Some(CheckpointHeader {
+        format: format?,
+        name: name?,
+        version: version?,
+    })
+}
+
+/// Reads the few MessagePack forms [`leading_header`] needs; `None` for
+/// anything else, or bytes that end early.
+struct MsgPack<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> MsgPack<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(n)?;
+        let taken = self.bytes.get(self.at..end)?;
+        self.at = end;
+        Some(taken)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+
+    /// A big-endian unsigned integer of `n` bytes (at most 8).
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u64, |v, &b| (v << 8) | u64::from(b)),
+        )
+    }
+
+    fn map_len(&mut self) -> Option<u64> {
+        match self.byte()? {
+            m @ 0x80..=0x8f => Some(u64::from(m & 0x0f)),
+            0xde => self.be(2),
+            0xdf => self.be(4),
+            _ => None,
+        }
+    }
+
+    fn uint(&mut self) -> Option<u64> {
+        match self.byte()? {
+            m @ 0x00..=0x7f => Some(u64::from(m)),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            0xcf => self.be(8),
+            _ => None,
+        }
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = match self.byte()? {
+            m @ 0xa0..=0xbf => u64::from(m & 0x1f),
+            0xd9 => self.be(1)?,
+            0xda => self.be(2)?,
+            0xdb => self.be(4)?,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(usize::try_from(len).ok()?)?).ok()
+    }
 }
 
 #[derive(Deserialize)]
@@ -217,8 +314,11 @@ pub fn write_checkpoint<P: Projection>(
 /// Decodes checkpoint bytes into the state, its position and that
 /// position's hash, or says why they cannot be used.
 pub fn decode_checkpoint<P: Projection>(bytes: &[u8]) -> Result<(P, u64, Hash), RestartReason> {
-    let header: CheckpointHeader =
-        rmp_serde::from_slice(bytes).map_err(|e| RestartReason::Unreadable(e.to_string()))?;
+    let header = match leading_header(bytes) {
+        Some(header) => header,
+        None => rmp_serde::from_slice::<CheckpointHeader>(bytes)
+            .map_err(|e| RestartReason::Unreadable(e.to_string()))?,
+    };
     if header.format != CHECKPOINT_FORMAT || header.name != P::NAME {
         return Err(RestartReason::Unreadable(format!(
             "checkpoint format {} of {:?}, expected format {CHECKPOINT_FORMAT} of {:?}",
@@ -1018,6 +1118,105 @@ mod tests {
         };
         rmp_serde::encode::write(&mut out, &vec![7u32; 1_000]).unwrap();
         assert!(out.failed.is_none());
+    }
+
+    /// The header read from the front of a checkpoint is the one serde
+    /// finds; a checkpoint laid out otherwise (here: its position first,
+    /// or a header field twice) is read by serde, with the same answers as
+    /// before; a checkpoint of another version or name is told apart.
+    #[test]
+    fn the_header_is_read_from_the_front_or_else_by_serde() {
+        use super::{
+            decode_checkpoint, encode_checkpoint, leading_header, CheckpointHeader, RestartReason,
+            CHECKPOINT_FORMAT,
+        };
+        use crate::Projection;
+        let hash = [5u8; 32];
+        for n in [0u64, 1, 100, 70_000] {
+            let bytes = encode_checkpoint(&Numbers((0..n).collect()), 9, hash).unwrap();
+            let serde: CheckpointHeader = rmp_serde::from_slice(&bytes).unwrap();
+            assert_eq!(leading_header(&bytes), Some(serde));
+            let (state, position, got) = decode_checkpoint::<Numbers>(&bytes).unwrap();
+            assert_eq!((state.0.len() as u64, position, got), (n, 9, hash));
+        }
+        #[derive(serde::Serialize)]
+        struct Reordered<'a> {
+            position: u64,
+            hash: [u8; 32],
+            format: u32,
+            name: &'a str,
+            version: u32,
+            state: Vec<u64>,
+        }
+        let mut other = Reordered {
+            position: 4,
+            hash,
+            format: CHECKPOINT_FORMAT,
+            name: Numbers::NAME,
+            version: Numbers::VERSION,
+            state: vec![1, 2, 3],
+        };
+        let bytes = rmp_serde::to_vec_named(&other).unwrap();
+        assert_eq!(leading_header(&bytes), None);
+        let (state, position, _) = decode_checkpoint::<Numbers>(&bytes).unwrap();
+        assert_eq!((state.0, position), (vec![1, 2, 3], 4));
+        other.version = 7;
+        let bytes = rmp_serde::to_vec_named(&other).unwrap();
+        assert!(matches!(
+            decode_checkpoint::<Numbers>(&bytes),
+            Err(RestartReason::VersionChanged {
+                stored: 7,
+                current: 1
+            })
+        ));
+        // The first three entries, one of them twice: serde's reading
+        // (refused as a duplicate field).
+        let mut twice = vec![0x84];
+        for (key, value) in [("format", 1u8), ("version", 1), ("version", 1)] {
+            twice.push(0xa0 | key.len() as u8);
+            twice.extend_from_slice(key.as_bytes());
+            twice.push(value);
+        }
+        twice.extend_from_slice(&[0xa4, b'n', b'a', b'm', b'e', 0xa7]);
+        twice.extend_from_slice(b"numbers");
+        assert_eq!(leading_header(&twice), None);
+        assert!(matches!(
+            decode_checkpoint::<Numbers>(&twice),
+            Err(RestartReason::Unreadable(_))
+        ));
+        // Another view's checkpoint.
+        let mut bytes = encode_checkpoint(&Numbers(vec![1]), 9, hash).unwrap();
+        let at = bytes.windows(7).position(|w| w == b"numbers").unwrap();
+        bytes[at] = b'N';
+        assert!(matches!(
+            decode_checkpoint::<Numbers>(&bytes),
+            Err(RestartReason::Unreadable(_))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes, the front read does not panic, and what it
+        /// finds is what serde finds, when serde can read the bytes at all.
+        #[test]
+        fn the_front_read_of_any_bytes_agrees_with_serde(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            cut in 0usize..200,
+        ) {
+            use super::{encode_checkpoint, leading_header, CheckpointHeader};
+            let good = encode_checkpoint(&Numbers(vec![1, 2, 3]), 9, [0; 32]).unwrap();
+            for bytes in [bytes.clone(), good[..cut.min(good.len())].to_vec(), {
+                let mut mixed = good.clone();
+                let at = cut % mixed.len();
+                mixed.splice(at..at, bytes.iter().copied());
+                mixed
+            }] {
+                if let Some(front) = leading_header(&bytes) {
+                    if let Ok(serde) = rmp_serde::from_slice::<CheckpointHeader>(&bytes) {
+                        proptest::prop_assert_eq!(front, serde);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
