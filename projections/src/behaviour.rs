@@ -34,7 +34,9 @@ fn reads(e: &CaseEvent) -> bool {
 
 impl Projection for Behaviour {
     const NAME: &'static str = "behaviour";
-    const VERSION: u32 = 1;
+    /// 2: the incidents are kept compactly (`facts::Kept`), in a checkpoint as
+    /// tuples with their payloads as bytes.
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
@@ -125,7 +127,11 @@ impl Behaviour {
         for (stream, facts) in &self.facts.pupils {
             let pupil = facts.card.pupil(*stream);
             for t in &facts.events {
-                let CaseEvent::IncidentRecorded(i) = &t.event else {
+                // Always decodes (`Kept::event`).
+                let Some(event) = t.event() else {
+                    continue;
+                };
+                let CaseEvent::IncidentRecorded(i) = &event else {
                     continue;
                 };
                 let date = t.occurred_at.date_naive();

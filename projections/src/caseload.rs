@@ -48,7 +48,9 @@ fn reads(e: &CaseEvent) -> bool {
 
 impl Projection for Caseload {
     const NAME: &'static str = "caseload";
-    const VERSION: u32 = 1;
+    /// 2: the case events are kept compactly (`facts::Kept`), in a checkpoint as
+    /// tuples with their payloads as bytes.
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         match event.event {
@@ -122,7 +124,11 @@ impl CaseFold {
     fn of(facts: &PupilFacts) -> CaseFold {
         let mut f = CaseFold::default();
         for t in &facts.events {
-            match &t.event {
+            // Always decodes (`Kept::event`).
+            let Some(event) = t.event() else {
+                continue;
+            };
+            match &event {
                 CaseEvent::CaseOpened(c) => {
                     if f.open.is_empty() {
                         f.opened_at = Some(t.occurred_at);

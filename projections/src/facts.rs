@@ -76,18 +76,6 @@ impl Tracked {
             && self.actor == e.actor
             && self.event == e.event
     }
-
-    /// Applies `c` if it names this entry. Returns whether it named it
-    /// (applied or not), so callers stop looking.
-    fn correct(&mut self, c: &EntryCorrected) -> bool {
-        if self.event_id != c.event {
-            return false;
-        }
-        if let Some(new) = corrected(&self.event, &c.changes) {
-            self.event = new;
-        }
-        true
-    }
 }
 
 /// `original` with `changes` applied, or `None` when they do not apply. The
@@ -198,12 +186,222 @@ impl PupilCard {
     }
 }
 
+/// One event a view keeps, compactly: the envelope fields reports show,
+/// the actor shared with every other event of the same actor on this
+/// thread, and the payload as the log stores it (MessagePack with field
+/// names, `encode_payload`), decoded when a report reads it
+/// ([`Kept::event`]). 80 bytes and the payload's (60 to 250 in a demo
+/// school), where a [`Tracked`] was 232 bytes and an allocation for the
+/// actor and for each string of the payload.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Kept {
+    pub event_id: Uuid,
+    pub position: u64,
+    pub occurred_at: DateTime<Utc>,
+    pub recorded_at: DateTime<Utc>,
+    /// Who recorded it.
+    pub actor: Arc<str>,
+    payload: Payload,
+}
+
+/// A kept event's payload: its bytes, or the event itself in the case,
+/// never met, of an event that does not encode.
+#[derive(Clone, Debug, PartialEq)]
+enum Payload {
+    Packed(Box<[u8]>),
+    Plain(Box<CaseEvent>),
+}
+
+impl Payload {
+    fn of(event: &CaseEvent) -> Payload {
+        match casebook_engine::envelope::encode_payload(event) {
+            Ok(bytes) => Payload::Packed(bytes.into_boxed_slice()),
+            Err(_) => Payload::Plain(Box::new(event.clone())),
+        }
+    }
+}
+
+thread_local! {
+    /// The actors of the events kept on this thread, each once (staff
+    /// references: a school has a few hundred). Emptied if it ever holds
+    /// [`ACTORS_KEPT`], so that it stays small whatever a log holds.
+    static ACTORS: RefCell<std::collections::HashMap<Box<str>, Arc<str>>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// See [`ACTORS`].
+const ACTORS_KEPT: usize = 4_096;
+
+/// `actor`, shared with the events of the same actor kept before.
+fn shared_actor(actor: &str) -> Arc<str> {
+    ACTORS.with(|actors| {
+        let mut actors = actors.borrow_mut();
+        if let Some(kept) = actors.get(actor) {
+            return Arc::clone(kept);
+        }
+        if actors.len() >= ACTORS_KEPT {
+            actors.clear();
+        }
+        let kept: Arc<str> = Arc::from(actor);
+        actors.insert(actor.into(), Arc::clone(&kept));
+        kept
+    })
+}
+
+impl Kept {
+    pub fn new(e: &RecordedEvent) -> Kept {
+        Kept {
+            event_id: e.event_id,
+            position: e.position,
+            occurred_at: e.occurred_at,
+            recorded_at: e.recorded_at,
+            actor: shared_actor(&e.actor),
+            payload: Payload::of(&e.event),
+        }
+    }
+
+    /// The payload, as corrected. `None` only if its bytes do not decode,
+    /// which they always do: they were encoded here, or checked when a
+    /// checkpoint was read.
+    pub fn event(&self) -> Option<CaseEvent> {
+        match &self.payload {
+            Payload::Packed(bytes) => rmp_serde::from_slice(bytes).ok(),
+            Payload::Plain(event) => Some((**event).clone()),
+        }
+    }
+
+    /// Applies `c` if it names this entry. Returns whether it named it
+    /// (applied or not), so callers stop looking.
+    fn correct(&mut self, c: &EntryCorrected) -> bool {
+        if self.event_id != c.event {
+            return false;
+        }
+        if let Some(new) = self.event().and_then(|e| corrected(&e, &c.changes)) {
+            self.payload = Payload::of(&new);
+        }
+        true
+    }
+}
+
+/// The checkpoint form of a kept event: `(event id, position, occurred at,
+/// recorded at, actor, payload)`, the times as microseconds since 1970 and
+/// the payload as its bytes (`bin`), checked when read: a payload that
+/// does not decode makes the checkpoint unreadable (the view is rebuilt).
+impl Serialize for Kept {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let encoded;
+        let bytes: &[u8] = match &self.payload {
+            Payload::Packed(bytes) => bytes,
+            Payload::Plain(event) => {
+                encoded = rmp_serde::to_vec_named(event).map_err(serde::ser::Error::custom)?;
+                &encoded
+            }
+        };
+        let mut t = serializer.serialize_tuple(6)?;
+        t.serialize_element(&self.event_id)?;
+        t.serialize_element(&self.position)?;
+        t.serialize_element(&self.occurred_at.timestamp_micros())?;
+        t.serialize_element(&self.recorded_at.timestamp_micros())?;
+        t.serialize_element(&*self.actor)?;
+        t.serialize_element(&Bin(bytes))?;
+        t.end()
+    }
+}
+
+/// Bytes serialized as `bin`.
+struct Bin<'a>(&'a [u8]);
+
+impl Serialize for Bin<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Kept {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Kept, D::Error> {
+        deserializer.deserialize_tuple(6, KeptVisitor)
+    }
+}
+
+struct KeptVisitor;
+
+impl<'de> serde::de::Visitor<'de> for KeptVisitor {
+    type Value = Kept;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a kept event (id, position, times, actor, payload)")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kept, A::Error> {
+        use serde::de::Error;
+        let event_id: Uuid = field(&mut seq, 0)?;
+        let position: u64 = field(&mut seq, 1)?;
+        let time = |us: i64| {
+            DateTime::<Utc>::from_timestamp_micros(us)
+                .ok_or_else(|| A::Error::custom(format!("time {us} out of range")))
+        };
+        let occurred_at = time(field(&mut seq, 2)?)?;
+        let recorded_at = time(field(&mut seq, 3)?)?;
+        let actor: std::borrow::Cow<'de, str> = field(&mut seq, 4)?;
+        let payload: BinBuf = field(&mut seq, 5)?;
+        // Checked here, so that a report never meets a payload it cannot
+        // read.
+        rmp_serde::from_slice::<CaseEvent>(&payload.0)
+            .map_err(|e| A::Error::custom(format!("the payload of {event_id}: {e}")))?;
+        Ok(Kept {
+            event_id,
+            position,
+            occurred_at,
+            recorded_at,
+            actor: shared_actor(&actor),
+            payload: Payload::Packed(payload.0.into_boxed_slice()),
+        })
+    }
+}
+
+/// Field `i` of a kept event's tuple.
+fn field<'de, T: Deserialize<'de>, A: serde::de::SeqAccess<'de>>(
+    seq: &mut A,
+    i: usize,
+) -> Result<T, A::Error> {
+    seq.next_element()?
+        .ok_or_else(|| serde::de::Error::invalid_length(i, &"6 fields"))
+}
+
+/// A `bin` read back, borrowed or not.
+struct BinBuf(Vec<u8>);
+
+impl<'de> Deserialize<'de> for BinBuf {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<BinBuf, D::Error> {
+        deserializer.deserialize_byte_buf(BinVisitor)
+    }
+}
+
+struct BinVisitor;
+
+impl serde::de::Visitor<'_> for BinVisitor {
+    type Value = BinBuf;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("bytes")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<BinBuf, E> {
+        Ok(BinBuf(v.to_vec()))
+    }
+
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<BinBuf, E> {
+        Ok(BinBuf(v))
+    }
+}
+
 /// One pupil's facts in one view.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PupilFacts {
     pub card: PupilCard,
     /// The events the view reads, in stream order, as corrected.
-    pub events: Vec<Tracked>,
+    pub events: Vec<Kept>,
 }
 
 /// The facts of every pupil for a view that reads the event types `reads`
@@ -236,16 +434,16 @@ impl Tracker {
             other if reads(other) => {
                 let events = &mut self.pupils.entry(e.stream).or_default().events;
                 // A pupil's events of one view are a few to a few dozen
-                // a year (a `Tracked` is 232 bytes).
+                // a year.
                 make_room(events, 4, 256);
-                events.push(Tracked::new(e));
+                events.push(Kept::new(e));
             }
             _ => {}
         }
     }
 
     /// Every kept event with its pupil's card, pupil by pupil.
-    pub fn events(&self) -> impl Iterator<Item = (StreamId, &PupilCard, &Tracked)> + '_ {
+    pub fn events(&self) -> impl Iterator<Item = (StreamId, &PupilCard, &Kept)> + '_ {
         self.pupils
             .iter()
             .flat_map(|(s, f)| f.events.iter().map(move |t| (*s, &f.card, t)))
@@ -298,6 +496,7 @@ pub fn percent(part: u64, whole: u64) -> Option<f64> {
 mod tests {
     use super::*;
     use serde_json::json;
+    use uuid::Uuid;
 
     fn recorded(position: u64, event_type: &str, data: serde_json::Value) -> RecordedEvent {
         let at = DateTime::parse_from_rfc3339("2026-01-05T09:00:00Z")
@@ -360,5 +559,106 @@ mod tests {
         // A card read back from a checkpoint is the same card.
         let bytes = rmp_serde::to_vec(&b).unwrap();
         assert_eq!(rmp_serde::from_slice::<PupilCard>(&bytes).unwrap(), b);
+    }
+
+    fn incident(position: u64, actor: &str, category: &str) -> RecordedEvent {
+        let mut e = recorded(
+            position,
+            "IncidentRecorded",
+            json!({"category": category, "severity": 2, "location": "corridor",
+                "description": "Refused a reasonable instruction (synthetic).",
+                "role": "perpetrator", "class": "9E", "site": "Main"}),
+        );
+        e.actor = actor.into();
+        e
+    }
+
+    /// A kept event gives back the event it kept, shares its actor with
+    /// the others of that actor, reads back from its checkpoint form as it
+    /// was, and takes a correction as the event itself would.
+    #[test]
+    fn a_kept_event_is_the_event_compactly() {
+        let e = incident(7, "S017", "defiance");
+        let kept = Kept::new(&e);
+        assert_eq!(kept.event(), Some(e.event.clone()));
+        assert_eq!(
+            (
+                kept.event_id,
+                kept.position,
+                kept.occurred_at,
+                kept.recorded_at
+            ),
+            (e.event_id, e.position, e.occurred_at, e.recorded_at)
+        );
+        assert_eq!(&*kept.actor, "S017");
+        let other = Kept::new(&incident(8, "S017", "other"));
+        assert!(Arc::ptr_eq(&kept.actor, &other.actor));
+        let bytes = rmp_serde::to_vec_named(&vec![kept.clone(), other.clone()]).unwrap();
+        let back: Vec<Kept> = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back, vec![kept.clone(), other]);
+        let c = EntryCorrected {
+            event: e.event_id,
+            changes: json!({"category": "bullying"}).as_object().unwrap().clone(),
+            reason: "mistyped".into(),
+        };
+        let mut fixed = kept.clone();
+        assert!(fixed.correct(&c));
+        assert_eq!(fixed.event(), corrected(&e.event, &c.changes));
+        assert_eq!(
+            fixed.event(),
+            Kept::new(&incident(7, "S017", "bullying")).event()
+        );
+        // A correction that does not apply leaves it; one of another entry
+        // is not its.
+        let mut same = kept.clone();
+        let bad = EntryCorrected {
+            changes: json!({"severity": "high"}).as_object().unwrap().clone(),
+            ..c.clone()
+        };
+        assert!(same.correct(&bad));
+        assert_eq!(same, kept);
+        let elsewhere = EntryCorrected {
+            event: Uuid::from_u128(99),
+            ..c
+        };
+        assert!(!same.correct(&elsewhere));
+        // The checkpoint form is the tuple, the payload its bytes as the
+        // log stores them; bytes that are not a payload are refused.
+        let tuple = |payload: &[u8]| {
+            let at = e.occurred_at.timestamp_micros();
+            rmp_serde::to_vec(&(e.event_id, 7u64, at, at, "S017", Bin(payload))).unwrap()
+        };
+        let payload = casebook_engine::envelope::encode_payload(&e.event).unwrap();
+        let read: Kept = rmp_serde::from_slice(&tuple(&payload)).unwrap();
+        assert_eq!(read, kept);
+        let refused = rmp_serde::from_slice::<Kept>(&tuple(b"not a payload"));
+        assert!(refused.unwrap_err().to_string().contains("the payload of"));
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes stand for a kept event's payload in a
+        /// checkpoint, reading it does not panic, and what is read gives
+        /// its event back: a payload that does not decode is refused.
+        #[test]
+        fn any_payload_bytes_are_read_or_refused_without_panic(
+            payload in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            at in proptest::prelude::any::<usize>(),
+            byte in proptest::prelude::any::<u8>(),
+        ) {
+            let good = rmp_serde::to_vec_named(&Kept::new(&incident(3, "S1", "x"))).unwrap();
+            let mut changed = good.clone();
+            let i = at % changed.len();
+            changed[i] = byte;
+            // The tuple of a kept event, with `payload` as its payload.
+            let forged = rmp_serde::to_vec_named(
+                &(Uuid::from_u128(1), 3u64, 0i64, 0i64, "S1", Bin(&payload)),
+            )
+            .unwrap();
+            for bytes in [good, changed, forged] {
+                if let Ok(kept) = rmp_serde::from_slice::<Kept>(&bytes) {
+                    proptest::prop_assert!(kept.event().is_some());
+                }
+            }
+        }
     }
 }

@@ -26,7 +26,9 @@ fn reads(e: &CaseEvent) -> bool {
 
 impl Projection for ForceLog {
     const NAME: &'static str = "force";
-    const VERSION: u32 = 1;
+    /// 2: the uses of force are kept compactly (`facts::Kept`), in a checkpoint as
+    /// tuples with their payloads as bytes.
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
@@ -74,7 +76,9 @@ impl ForceLog {
             .facts
             .events()
             .filter_map(|(stream, card, t)| {
-                let CaseEvent::ReasonableForceUsed(f) = &t.event else {
+                // Always decodes (`Kept::event`).
+                let event = t.event()?;
+                let CaseEvent::ReasonableForceUsed(f) = &event else {
                     return None;
                 };
                 if year.is_some_and(|y| academic_year(t.occurred_at.date_naive()) != y) {
@@ -94,7 +98,7 @@ impl ForceLog {
                     event_id: t.event_id,
                     occurred_at: t.occurred_at,
                     recorded_at: t.recorded_at,
-                    recorded_by: t.actor.clone(),
+                    recorded_by: t.actor.to_string(),
                     staff: f.staff.clone(),
                     hold: f.hold.clone(),
                     duration_minutes: f.duration_minutes,

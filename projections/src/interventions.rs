@@ -35,7 +35,9 @@ fn reads(e: &CaseEvent) -> bool {
 
 impl Projection for Interventions {
     const NAME: &'static str = "interventions";
-    const VERSION: u32 = 1;
+    /// 2: the events are kept compactly (`facts::Kept`), in a checkpoint as
+    /// tuples with their payloads as bytes.
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
@@ -125,7 +127,11 @@ impl Interventions {
         for (stream, facts) in &self.facts.pupils {
             let mut runs: Vec<Run> = Vec::new();
             for t in &facts.events {
-                match &t.event {
+                // Always decodes (`Kept::event`).
+                let Some(event) = t.event() else {
+                    continue;
+                };
+                match &event {
                     CaseEvent::InterventionStarted(i) => runs.push(Run {
                         intervention: i.intervention.clone(),
                         kind: i.kind.clone(),

@@ -41,7 +41,9 @@ fn reads(e: &CaseEvent) -> bool {
 
 impl Projection for Reintegration {
     const NAME: &'static str = "reintegration";
-    const VERSION: u32 = 1;
+    /// 2: the events are kept compactly (`facts::Kept`), in a checkpoint as
+    /// tuples with their payloads as bytes.
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
@@ -156,7 +158,11 @@ impl Reintegration {
             let pupil = facts.card.pupil(*stream);
             let mut mine: Vec<Episode> = Vec::new();
             for t in &facts.events {
-                if let Some(r) = removal(&t.event, t.event_id, t.occurred_at) {
+                // Always decodes (`Kept::event`).
+                let Some(event) = t.event() else {
+                    continue;
+                };
+                if let Some(r) = removal(&event, t.event_id, t.occurred_at) {
                     match mine.last_mut() {
                         Some(open) if open.meeting_at.is_none() => open.removals.push(r),
                         _ => mine.push(Episode {
@@ -172,7 +178,7 @@ impl Reintegration {
                 let Some(last) = mine.last_mut() else {
                     continue;
                 };
-                match &t.event {
+                match &event {
                     CaseEvent::ReintegrationMeetingHeld(_) if last.meeting_at.is_none() => {
                         last.meeting_at = Some(t.occurred_at);
                     }

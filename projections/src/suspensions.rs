@@ -44,7 +44,9 @@ fn reads(e: &CaseEvent) -> bool {
 
 impl Projection for Suspensions {
     const NAME: &'static str = "suspensions";
-    const VERSION: u32 = 1;
+    /// 2: the events are kept compactly (`facts::Kept`), in a checkpoint as
+    /// tuples with their payloads as bytes.
+    const VERSION: u32 = 2;
 
     fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         self.facts.apply(event, reads);
@@ -173,7 +175,11 @@ impl Suspensions {
                 }
             };
             for t in &facts.events {
-                match &t.event {
+                // Always decodes (`Kept::event`).
+                let Some(event) = t.event() else {
+                    continue;
+                };
+                match &event {
                     CaseEvent::SuspensionIssued(s) if academic_year(s.start_date) == year => {
                         let term = terms.entry(Term::of(s.start_date)).or_default();
                         term.suspensions += 1;
