@@ -31,8 +31,8 @@
 //!   document of `casebook timeline` for 1,000 random pupils;
 //! - `verify_ev_s`: `casebook verify` of the whole log (chain, content
 //!   hashes, index), and `verify_vs_raw` against `raw_scan_decode_ev_s`;
-//! - `peak_rss_mb` (VmHWM), `disk_bytes_per_event`,
-//!   `payload_bytes_per_event`, and the ratios.
+//! - `peak_rss_mb` (VmHWM; each phase's own in `phase_peak_rss_mb`),
+//!   `disk_bytes_per_event`, `payload_bytes_per_event`, and the ratios.
 //!
 //! Events come from the demo generator (`demo.rs`): a school year, pupil by
 //! pupil, cut at N events. Generating them is never timed.
@@ -470,9 +470,38 @@ fn rss_mb() -> (f64, f64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Peak resident memory of this process (VmHWM), in MB.
+/// Peak resident memory of this process so far, in MB: the kernel's
+/// (VmHWM), and the peaks it held before [`phase`] reset it.
 fn peak_rss_mb() -> f64 {
-    rss_mb().1
+    let now = rss_mb().1;
+    PEAKS.lock().map_or(now, |p| p.run.max(now))
+}
+
+/// The run's memory peaks: [`phase`] resets the kernel's peak
+/// (`/proc/self/clear_refs`, `5`), so that [`done`] reads the phase's own;
+/// the largest of every reading is the run's (`peak_rss_mb`). Where the
+/// reset is refused, each phase's peak is the process's so far, as
+/// `peak_rss_mb` always was (`phase_peaks_own` says which).
+struct Peaks {
+    run: f64,
+    phase: String,
+    phases: Vec<(String, f64)>,
+    own: bool,
+}
+
+static PEAKS: std::sync::Mutex<Peaks> = std::sync::Mutex::new(Peaks {
+    run: 0.0,
+    phase: String::new(),
+    phases: Vec::new(),
+    own: true,
+});
+
+/// Each phase's peak (MB), in the order run, and whether they are the
+/// phases' own.
+fn phase_peaks() -> (Vec<(String, f64)>, bool) {
+    PEAKS
+        .lock()
+        .map_or((Vec::new(), false), |p| (p.phases.clone(), p.own))
 }
 
 fn load_average() -> Vec<f64> {
@@ -500,13 +529,28 @@ impl Pick {
 
 fn phase(what: &str) -> Instant {
     eprintln!("bench: {what}…");
+    let peak = rss_mb().1;
+    if let Ok(mut p) = PEAKS.lock() {
+        // The peak since the last reading (the phase before, and what ran
+        // between), kept before the kernel's is reset.
+        p.run = p.run.max(peak);
+        p.phase = what.to_string();
+        if std::fs::write("/proc/self/clear_refs", "5").is_err() {
+            p.own = false;
+        }
+    }
     Instant::now()
 }
 
 fn done(started: Instant, detail: String) {
     let (rss, peak) = rss_mb();
+    if let Ok(mut p) = PEAKS.lock() {
+        p.run = p.run.max(peak);
+        let name = std::mem::take(&mut p.phase);
+        p.phases.push((name, peak));
+    }
     eprintln!(
-        "bench:   done in {:.1}s: {detail} (RSS {rss:.0} MB, peak {peak:.0} MB)",
+        "bench:   done in {:.1}s: {detail} (RSS {rss:.0} MB, peak {peak:.0} MB in this phase)",
         started.elapsed().as_secs_f64()
     );
 }
@@ -954,7 +998,13 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         payload_bytes_per_event: payload_bytes,
     };
     let mut doc = figures.to_json();
+    let (peaks, own_peaks) = phase_peaks();
     let extra = json!({
+        "phase_peak_rss_mb": peaks
+            .iter()
+            .map(|(phase, mb)| json!({"phase": phase, "peak_rss_mb": mb}))
+            .collect::<Vec<_>>(),
+        "phase_peaks_own": own_peaks,
         "events": imported,
         "fsync_per_s_at_start": fsync_at_start,
         "append_rounds": rounds,
