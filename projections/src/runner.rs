@@ -174,7 +174,7 @@ fn leading_header(bytes: &[u8]) -> Option<CheckpointHeader> {
         let slot = match r.str()? {
             "format" => &mut format,
             "version" => &mut version,
-            "name" => {
+            "name" if name.is_none() => {
                 name = Some(r.str()?.to_string());
                 continue;
             }
@@ -1184,6 +1184,17 @@ mod tests {
             decode_checkpoint::<Numbers>(&twice),
             Err(RestartReason::Unreadable(_))
         ));
+        // The name twice, likewise.
+        let mut names = vec![0x83];
+        for key in ["name", "name"] {
+            names.push(0xa0 | key.len() as u8);
+            names.extend_from_slice(key.as_bytes());
+            names.push(0xa7);
+            names.extend_from_slice(b"numbers");
+        }
+        names.extend_from_slice(&[0xa7, b'v', b'e', b'r', b's', b'i', b'o', b'n', 1]);
+        assert_eq!(leading_header(&names), None);
+        assert!(decode_checkpoint::<Numbers>(&names).is_err());
         // Another view's checkpoint.
         let mut bytes = encode_checkpoint(&Numbers(vec![1]), 9, hash).unwrap();
         let at = bytes.windows(7).position(|w| w == b"numbers").unwrap();
