@@ -377,7 +377,7 @@ impl<'a> Body<'a> {
     /// for the same bytes (a property test holds the two equal), without
     /// serde's per-field dispatch: this was a third of a timeline's read.
     fn decode_plain(bytes: &'a [u8]) -> Option<Body<'a>> {
-        let mut r = Plain { bytes, at: 0 };
+        let mut r = MsgReader::new(bytes);
         if r.byte()? != 0x90 | 13 {
             return None;
         }
@@ -418,8 +418,8 @@ fn decode_plain_payload(event_type: &str, schema: u32, bytes: &[u8]) -> Option<C
     if event_type != TYPE {
         return decode_frequent_payload(event_type, bytes);
     }
-    let mut r = Plain { bytes, at: 0 };
-    let key = |r: &mut Plain<'_>, name: &str| (r.str_bytes()? == name.as_bytes()).then_some(());
+    let mut r = MsgReader::new(bytes);
+    let key = |r: &mut MsgReader<'_>, name: &str| (r.str_bytes()? == name.as_bytes()).then_some(());
     (r.byte()? == 0x82).then_some(())?;
     key(&mut r, "type")?;
     key(&mut r, TYPE)?;
@@ -457,9 +457,9 @@ fn decode_frequent_payload(event_type: &str, bytes: &[u8]) -> Option<CaseEvent> 
         SanctionIssued, SanctionKind,
     };
     // `decode_plain_payload` has refused a payload over the limit.
-    let mut r = Plain { bytes, at: 0 };
-    let key = |r: &mut Plain<'_>, name: &str| (r.str_bytes()? == name.as_bytes()).then_some(());
-    let text = |r: &mut Plain<'_>| r.str().map(str::to_string);
+    let mut r = MsgReader::new(bytes);
+    let key = |r: &mut MsgReader<'_>, name: &str| (r.str_bytes()? == name.as_bytes()).then_some(());
+    let text = |r: &mut MsgReader<'_>| r.str().map(str::to_string);
     (r.byte()? == 0x82).then_some(())?;
     key(&mut r, "type")?;
     key(&mut r, event_type)?;
@@ -571,13 +571,30 @@ fn decode_frequent_payload(event_type: &str, bytes: &[u8]) -> Option<CaseEvent> 
     (r.at == bytes.len()).then_some(event)
 }
 
-/// A reader of the MessagePack forms [`Body::decode_plain`] accepts.
-struct Plain<'a> {
+/// A reader of the few MessagePack forms casebook reads by hand (those
+/// [`Body::decode_plain`] accepts, and the head of a projection's
+/// checkpoint): each method reads one value from where the last stopped,
+/// or gives `None` for another form, or bytes that end early.
+pub struct MsgReader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
-impl<'a> Plain<'a> {
+impl<'a> MsgReader<'a> {
+    pub fn new(bytes: &'a [u8]) -> MsgReader<'a> {
+        MsgReader { bytes, at: 0 }
+    }
+
+    /// The length of a map of any width.
+    pub fn map_len(&mut self) -> Option<u64> {
+        match self.byte()? {
+            b @ 0x80..=0x8f => Some(u64::from(b & 0x0f)),
+            0xde => self.be(2),
+            0xdf => self.be(4),
+            _ => None,
+        }
+    }
+
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.at.checked_add(n)?;
         let s = self.bytes.get(self.at..end)?;
@@ -598,7 +615,7 @@ impl<'a> Plain<'a> {
     }
 
     /// A non-negative integer in an unsigned form.
-    fn uint(&mut self) -> Option<u64> {
+    pub fn uint(&mut self) -> Option<u64> {
         match self.byte()? {
             b @ 0x00..=0x7f => Some(u64::from(b)),
             0xcc => self.be(1),
@@ -638,7 +655,7 @@ impl<'a> Plain<'a> {
     }
 
     /// A `str` of any width holding UTF-8.
-    fn str(&mut self) -> Option<&'a str> {
+    pub fn str(&mut self) -> Option<&'a str> {
         std::str::from_utf8(self.str_bytes()?).ok()
     }
 

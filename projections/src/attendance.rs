@@ -414,7 +414,7 @@ mod packed {
     use serde::ser::SerializeTuple;
     use serde::{Deserializer, Serialize, Serializer};
 
-    use super::{Key, Mark, Marks, POSITION_LIMIT};
+    use super::{put_varint, read_varint, unzigzag, zigzag, Key, Mark, Marks, POSITION_LIMIT};
 
     pub fn serialize<S: Serializer>(marks: &Marks, serializer: S) -> Result<S::Ok, S::Error> {
         let (codes, blob) = encode(marks);
@@ -507,22 +507,6 @@ mod packed {
         Ok(marks)
     }
 
-    fn zigzag(n: i64) -> u64 {
-        ((n << 1) ^ (n >> 63)) as u64
-    }
-
-    fn unzigzag(n: u64) -> i64 {
-        ((n >> 1) as i64) ^ -((n & 1) as i64)
-    }
-
-    fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-        while n >= 0x80 {
-            out.push(n as u8 | 0x80);
-            n >>= 7;
-        }
-        out.push(n as u8);
-    }
-
     struct Reader<'a> {
         blob: &'a [u8],
         at: usize,
@@ -530,21 +514,15 @@ mod packed {
 
     impl Reader<'_> {
         fn varint(&mut self) -> Result<u64, String> {
-            let mut n = 0u64;
-            for shift in (0..64).step_by(7) {
-                let Some(&b) = self.blob.get(self.at) else {
-                    return Err(format!("the marks end early, at byte {}", self.at));
-                };
-                self.at += 1;
-                n |= u64::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    return Ok(n);
-                }
-            }
-            Err(format!(
-                "a number longer than 10 bytes, at byte {}",
-                self.at
-            ))
+            let rest = self.blob.get(self.at..).unwrap_or(&[]);
+            let (n, len) = read_varint(rest).ok_or_else(|| {
+                format!(
+                    "a number cut short or longer than 10 bytes, at byte {}",
+                    self.at
+                )
+            })?;
+            self.at += len;
+            Ok(n)
         }
     }
 

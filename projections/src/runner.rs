@@ -165,7 +165,7 @@ struct CheckpointHeader {
 /// by decoding it): that was half the time of loading a large checkpoint
 /// (`casebook report attendance` on a store of 8.2M events).
 fn leading_header(bytes: &[u8]) -> Option<CheckpointHeader> {
-    let mut r = MsgPack { bytes, at: 0 };
+    let mut r = casebook_engine::envelope::MsgReader::new(bytes);
     if r.map_len()? < 3 {
         return None;
     }
@@ -190,66 +190,6 @@ fn leading_header(bytes: &[u8]) -> Option<CheckpointHeader> {
         name: name?,
         version: version?,
     })
-}
-
-/// Reads the few MessagePack forms [`leading_header`] needs; `None` for
-/// anything else, or bytes that end early.
-struct MsgPack<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> MsgPack<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.at.checked_add(n)?;
-        let taken = self.bytes.get(self.at..end)?;
-        self.at = end;
-        Some(taken)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        self.take(1).map(|b| b[0])
-    }
-
-    /// A big-endian unsigned integer of `n` bytes (at most 8).
-    fn be(&mut self, n: usize) -> Option<u64> {
-        Some(
-            self.take(n)?
-                .iter()
-                .fold(0u64, |v, &b| (v << 8) | u64::from(b)),
-        )
-    }
-
-    fn map_len(&mut self) -> Option<u64> {
-        match self.byte()? {
-            m @ 0x80..=0x8f => Some(u64::from(m & 0x0f)),
-            0xde => self.be(2),
-            0xdf => self.be(4),
-            _ => None,
-        }
-    }
-
-    fn uint(&mut self) -> Option<u64> {
-        match self.byte()? {
-            m @ 0x00..=0x7f => Some(u64::from(m)),
-            0xcc => self.be(1),
-            0xcd => self.be(2),
-            0xce => self.be(4),
-            0xcf => self.be(8),
-            _ => None,
-        }
-    }
-
-    fn str(&mut self) -> Option<&'a str> {
-        let len = match self.byte()? {
-            m @ 0xa0..=0xbf => u64::from(m & 0x1f),
-            0xd9 => self.be(1)?,
-            0xda => self.be(2)?,
-            0xdb => self.be(4)?,
-            _ => return None,
-        };
-        std::str::from_utf8(self.take(usize::try_from(len).ok()?)?).ok()
-    }
 }
 
 #[derive(Deserialize)]
