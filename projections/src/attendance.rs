@@ -110,37 +110,44 @@ impl Mark {
     }
 }
 
-/// A pupil's marks in key order, packed: per mark, its key and its
-/// position less the previous mark's (the first: less 0) as zigzag
-/// varints, then its code as a varint (LEB128, as the checkpoint's `bin`
-/// of [`packed`], but for the code, an index here into
-/// [`ATTENDANCE_CODES`] and the pupil's own codes). About 5 bytes a mark
-/// in a school year's register (1 for the key, 2 to 3 for the position, 1
-/// for the code), where a mark unpacked is 12 and was 8 in the narrowest
-/// form before; any key, position below 2^48 and code fits. Marks are
-/// most of a school's log and arrive in session order, so a mark after
-/// the last one is written at the end; any other change (a session marked
-/// again, a correction) unpacks the list, changes it and packs it again,
-/// which costs a few microseconds for a school year.
+/// A pupil's marks in key order, packed in [`Block`]s of at most
+/// [`BLOCK_MARKS`] marks each: per mark, its key and its position less the
+/// previous mark's of the block (the first: less 0) as zigzag varints,
+/// then its code as a varint (LEB128, as the checkpoint's `bin` of
+/// [`packed`], but for the code, an index here into [`ATTENDANCE_CODES`]
+/// and the pupil's own codes). About 5 bytes a mark in a school year's
+/// register (1 for the key, 2 to 3 for the position, 1 for the code),
+/// where a mark unpacked is 12 and was 8 in the narrowest form before;
+/// any key, position below 2^48 and code fits. Marks are most of a
+/// school's log and arrive in session order, so a mark after the last one
+/// is written at the end of the last block; any other change (a session
+/// marked again, a mark that comes out of order, a correction) unpacks
+/// the one block it falls in, changes it and packs it again (split in two
+/// when it grows past [`BLOCK_MARKS`]), a few microseconds whatever the
+/// length of the pupil's history.
 #[derive(Clone, Debug, Default)]
 struct MarkList {
+    blocks: Vec<Block>,
+    len: usize,
+}
+
+/// Consecutive marks of a [`MarkList`], packed.
+#[derive(Clone, Debug, Default)]
+struct Block {
     bytes: Vec<u8>,
     len: usize,
+    /// The first mark's key, by which a mark finds its block.
+    first: Key,
     /// The last mark's key and position: what the next one is written
     /// against.
     last: (i64, u64),
 }
 
-impl MarkList {
-    fn len(&self) -> usize {
-        self.len
-    }
+/// Marks a block holds at most (about 1.3 KB): a block is unpacked and
+/// packed again whenever a mark comes into it out of order.
+const BLOCK_MARKS: usize = 256;
 
-    #[cfg(test)]
-    fn capacity(&self) -> usize {
-        self.bytes.capacity()
-    }
-
+impl Block {
     fn iter(&self) -> MarkIter<'_> {
         MarkIter {
             bytes: &self.bytes,
@@ -150,34 +157,36 @@ impl MarkList {
         }
     }
 
-    #[cfg(test)]
-    fn get(&self, i: usize) -> Option<Mark> {
-        self.iter().nth(i)
-    }
-
-    /// The list of `marks`, which are in key order, one a key.
-    fn of(marks: &[Mark]) -> MarkList {
-        let mut list = MarkList::default();
-        list.bytes.reserve_exact(marks.len() * 5);
+    /// The block of `marks`, which are in key order, one a key, holding
+    /// exactly their bytes.
+    fn of(marks: &[Mark]) -> Block {
+        let mut block = Block {
+            bytes: Vec::with_capacity(marks.len() * MAX_PACKED_MARK),
+            ..Block::default()
+        };
         for &m in marks {
-            list.push(m);
+            block.write(m);
         }
-        list
+        block.bytes.shrink_to_fit();
+        block
     }
 
-    /// Writes `m` after the last mark (whose key must be below its own).
+    /// Writes `m` after the last mark (whose key must be below its own),
+    /// growing the bytes by [`BYTES_STEP`] when they are full.
     fn push(&mut self, m: Mark) {
         let room = self.bytes.capacity() - self.bytes.len();
         if room < MAX_PACKED_MARK {
-            let grow = if self.bytes.capacity() < BYTES_STEP_UNTIL {
-                BYTES_STEP
-            } else {
-                self.bytes.capacity()
-            };
-            // The capacity grows by `grow`.
-            self.bytes.reserve_exact(room + grow);
+            // The capacity grows by a step.
+            self.bytes.reserve_exact(room + BYTES_STEP);
         }
+        self.write(m);
+    }
+
+    fn write(&mut self, m: Mark) {
         let (key, position) = (i64::from(m.key), m.position());
+        if self.len == 0 {
+            self.first = m.key;
+        }
         put_varint(&mut self.bytes, zigzag(key.wrapping_sub(self.last.0)));
         put_varint(
             &mut self.bytes,
@@ -187,28 +196,92 @@ impl MarkList {
         self.last = (key, position);
         self.len += 1;
     }
+}
+
+impl MarkList {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn iter(&self) -> impl Iterator<Item = Mark> + '_ {
+        self.blocks.iter().flat_map(Block::iter)
+    }
+
+    #[cfg(test)]
+    fn get(&self, i: usize) -> Option<Mark> {
+        self.iter().nth(i)
+    }
+
+    /// Writes `m` after the last mark (whose key must be below its own).
+    fn push(&mut self, m: Mark) {
+        match self.blocks.last_mut() {
+            Some(last) if last.len < BLOCK_MARKS => last.push(m),
+            full => {
+                // A full block keeps exactly its bytes.
+                if let Some(full) = full {
+                    full.bytes.shrink_to_fit();
+                }
+                let mut block = Block::default();
+                block.push(m);
+                self.blocks.push(block);
+            }
+        }
+        self.len += 1;
+    }
 
     /// Puts `m` in its key's place: in place of the mark of that key if
     /// there is one, else before the first of a higher key.
     fn put(&mut self, m: Mark) {
-        if self.len == 0 || i64::from(m.key) > self.last.0 {
+        let after_last = self
+            .blocks
+            .last()
+            .is_none_or(|b| i64::from(m.key) > b.last.0);
+        if after_last {
             return self.push(m);
         }
-        let mut marks: Vec<Mark> = self.iter().collect();
+        // The last block starting at or before the key (the first if none
+        // does).
+        let b = self
+            .blocks
+            .partition_point(|b| b.first <= m.key)
+            .saturating_sub(1);
+        let mut marks: Vec<Mark> = self.blocks[b].iter().collect();
         let i = marks.partition_point(|k| k.key < m.key);
         match marks.get_mut(i) {
             Some(slot) if slot.key == m.key => *slot = m,
-            _ => marks.insert(i, m),
+            _ => {
+                marks.insert(i, m);
+                self.len += 1;
+            }
         }
-        *self = MarkList::of(&marks);
+        self.repack(b, &marks);
     }
 
     /// Removes the mark at index `i`, if there is one.
-    fn remove(&mut self, i: usize) {
-        if i < self.len {
-            let mut marks: Vec<Mark> = self.iter().collect();
-            marks.remove(i);
-            *self = MarkList::of(&marks);
+    fn remove(&mut self, mut i: usize) {
+        for b in 0..self.blocks.len() {
+            let len = self.blocks[b].len;
+            if i < len {
+                let mut marks: Vec<Mark> = self.blocks[b].iter().collect();
+                marks.remove(i);
+                self.len -= 1;
+                return self.repack(b, &marks);
+            }
+            i -= len;
+        }
+    }
+
+    /// Block `b` replaced by `marks`: none if there are none, two halves if
+    /// there are more than a block holds.
+    fn repack(&mut self, b: usize, marks: &[Mark]) {
+        if marks.is_empty() {
+            self.blocks.remove(b);
+        } else if marks.len() > BLOCK_MARKS {
+            let (low, high) = marks.split_at(marks.len() / 2);
+            self.blocks[b] = Block::of(low);
+            self.blocks.insert(b + 1, Block::of(high));
+        } else {
+            self.blocks[b] = Block::of(marks);
         }
     }
 }
@@ -217,17 +290,14 @@ impl MarkList {
 /// deltas (at most 64 bits each), 3 for the code.
 const MAX_PACKED_MARK: usize = 23;
 
-/// A list's bytes grow by [`BYTES_STEP`] until they are [`BYTES_STEP_UNTIL`]
-/// long, then double. A school year is about 380 sessions, some 2 KB:
-/// growing from nothing by doubling, about a quarter of the lists' memory
-/// was room never used (a heap profile of a 9.9M-event rebuild, when the
-/// marks were 12 bytes), and steps leave at most one step unused a pupil.
-/// Past the last step, the list doubles, so the copying stays linear
-/// however long a log makes one list.
+/// A block's bytes grow by [`BYTES_STEP`] (a school year is about 380
+/// sessions, some 2 KB, two blocks): growing from nothing by doubling,
+/// about a quarter of the lists' memory was room never used (a heap
+/// profile of a 9.9M-event rebuild, when the marks were 12 bytes); a block
+/// keeps less than a step unused, and none once full.
 const BYTES_STEP: usize = 256;
-const BYTES_STEP_UNTIL: usize = 32 * 1024;
 
-/// The marks of a [`MarkList`], in order.
+/// The marks of a [`Block`], in order.
 struct MarkIter<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -477,8 +547,6 @@ mod packed {
         if count > (blob.len() / 3) as u64 {
             return Err(format!("{count} marks in {} bytes", blob.len()));
         }
-        // The packed list is about as long as the checkpoint's bytes.
-        marks.list.bytes.reserve_exact(blob.len());
         let (mut key, mut position) = (0i64, 0u64);
         for i in 0..count {
             let next_key = key.wrapping_add(unzigzag(r.varint()?));
@@ -1248,29 +1316,28 @@ mod tests {
     }
 
     #[test]
-    fn a_list_of_marks_grows_by_steps_then_doubles() {
+    fn a_list_of_marks_is_packed_in_blocks_that_keep_no_room_once_full() {
         let mut marks = Marks::default();
         let day = key(NaiveDate::from_ymd_opt(2020, 9, 1).unwrap(), Session::Am);
-        let mut capacities = Vec::new();
         for i in 0..9_000i32 {
             // Positions as a school of 1,000 pupils spaces them.
             marks.insert(day + i, 1_000 * i as u64 + 1, "/");
-            if capacities.last() != Some(&marks.list.capacity()) {
-                capacities.push(marks.list.capacity());
-            }
         }
-        assert_eq!(marks.list.len(), 9_000);
-        // 4 bytes a mark (a key, two of position and a code), and two more
-        // for the first key, taken from 0.
-        assert_eq!(marks.list.bytes.len(), 36_002);
-        assert_eq!(
-            capacities[..3],
-            [BYTES_STEP, 2 * BYTES_STEP, 3 * BYTES_STEP]
+        let list = &marks.list;
+        assert_eq!(list.len(), 9_000);
+        assert_eq!(list.blocks.len(), 9_000usize.div_ceil(BLOCK_MARKS));
+        let (full, last) = list.blocks.split_at(list.blocks.len() - 1);
+        for b in full {
+            assert_eq!((b.len, b.bytes.capacity()), (BLOCK_MARKS, b.bytes.len()));
+        }
+        assert!(last[0].bytes.capacity() - last[0].bytes.len() < BYTES_STEP);
+        // 4 bytes a mark (a key, two of position and a code), and a few
+        // more for each block's first, taken from 0.
+        let bytes: usize = list.blocks.iter().map(|b| b.bytes.len()).sum();
+        assert!(
+            (36_000..36_000 + 8 * list.blocks.len()).contains(&bytes),
+            "{bytes}"
         );
-        assert!(capacities
-            .windows(2)
-            .all(|w| w[1] - w[0] == BYTES_STEP || w[1] >= 2 * w[0]));
-        assert!(*capacities.last().unwrap() < 2 * 36_000 + BYTES_STEP);
         // A mark put between others takes its place.
         let mut marks = Marks::default();
         for i in 0..64 {
@@ -1281,6 +1348,42 @@ mod tests {
         assert_eq!(
             marks.list.get(1).unwrap().code,
             known_code("L").unwrap() as u16
+        );
+    }
+
+    /// Marks that come out of order, or again for a session, change only
+    /// the block they fall in: blocks stay in key order, none past
+    /// [`BLOCK_MARKS`] or empty, whatever the order (here: newest first,
+    /// then every session again, then every other mark removed).
+    #[test]
+    fn marks_out_of_order_keep_the_blocks_in_order_and_bounded() {
+        let day = key(NaiveDate::from_ymd_opt(2020, 9, 1).unwrap(), Session::Am);
+        let mut marks = Marks::default();
+        for i in (0..3_000i32).rev() {
+            marks.insert(day + i, i as u64 + 1, "/");
+        }
+        for i in 0..3_000i32 {
+            marks.insert(day + i, 10_000 + i as u64, "L");
+        }
+        let check = |marks: &Marks, n: usize| {
+            let keys: Vec<Key> = marks.list.iter().map(|m| m.key).collect();
+            assert_eq!(keys.len(), n);
+            assert!(keys.windows(2).all(|w| w[0] < w[1]));
+            for b in &marks.list.blocks {
+                assert!((1..=BLOCK_MARKS).contains(&b.len));
+                assert_eq!(b.first, b.iter().next().unwrap().key);
+            }
+        };
+        check(&marks, 3_000);
+        assert!(marks.iter().all(|(_, p, c)| p >= 10_000 && c == "L"));
+        for i in (0..1_500).rev() {
+            marks.list.remove(2 * i);
+        }
+        check(&marks, 1_500);
+        let positions: Vec<u64> = marks.iter().map(|(_, p, _)| p).collect();
+        assert_eq!(
+            positions,
+            (0..1_500).map(|i| 10_001 + 2 * i).collect::<Vec<u64>>()
         );
     }
 
