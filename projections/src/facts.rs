@@ -213,8 +213,12 @@ enum Payload {
 }
 
 impl Payload {
+    /// The event's bytes as the log's payload encoding writes them
+    /// (MessagePack with field names), whatever their size: a correction
+    /// may make an event larger than a payload the log takes, and its
+    /// checkpoint must read back as the same kept event.
     fn of(event: &CaseEvent) -> Payload {
-        match casebook_engine::envelope::encode_payload(event) {
+        match rmp_serde::to_vec_named(event) {
             Ok(bytes) => Payload::Packed(bytes.into_boxed_slice()),
             Err(_) => Payload::Plain(Box::new(event.clone())),
         }
@@ -622,6 +626,29 @@ mod tests {
             ..c
         };
         assert!(!same.correct(&elsewhere));
+        // A correction may make an event larger than a payload the log
+        // takes: kept as bytes still, it reads back from a checkpoint as
+        // the same kept event.
+        let long = EntryCorrected {
+            event: e.event_id,
+            changes: json!({"description": "x".repeat(40_000), "location": "y".repeat(40_000)})
+                .as_object()
+                .unwrap()
+                .clone(),
+            reason: "longer".into(),
+        };
+        let mut large = kept.clone();
+        assert!(large.correct(&long));
+        match large.event() {
+            Some(CaseEvent::IncidentRecorded(i)) => {
+                assert_eq!((i.description.len(), i.location.len()), (40_000, 40_000))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(casebook_engine::envelope::encode_payload(&large.event().unwrap()).is_err());
+        assert!(matches!(large.payload, Payload::Packed(_)));
+        let bytes = rmp_serde::to_vec_named(&large).unwrap();
+        assert_eq!(rmp_serde::from_slice::<Kept>(&bytes).unwrap(), large);
         // The checkpoint form is the tuple, the payload its bytes as the
         // log stores them; bytes that are not a payload are refused.
         let tuple = |payload: &[u8]| {
