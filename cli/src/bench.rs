@@ -1452,3 +1452,37 @@ impl Figures {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::alloc::{GlobalAlloc, Layout, System};
+
+    /// A phase's peak is its own: memory touched and given back before it
+    /// starts does not count in it, though it counts in the run's.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_phase_peak_leaves_out_what_was_freed_before_it() {
+        const MB: usize = 1024 * 1024;
+        let layout = Layout::from_size_align(256 * MB, 4096).unwrap();
+        // Straight from the system allocator, so that the free gives the
+        // pages back at once (an mmap of its own).
+        // SAFETY: the layout has a non-zero size; the block is written
+        // within it and freed once, with the same layout.
+        unsafe {
+            let block = System.alloc(layout);
+            assert!(!block.is_null());
+            for at in (0..layout.size()).step_by(4096) {
+                block.add(at).write_volatile(1);
+            }
+            System.dealloc(block, layout);
+        }
+        let t = super::phase("a test phase");
+        super::done(t, "nothing".into());
+        let (peaks, own) = super::phase_peaks();
+        assert!(own, "the kernel's peak could not be reset");
+        let (name, peak) = peaks.last().unwrap().clone();
+        assert_eq!(name, "a test phase");
+        let run = super::peak_rss_mb();
+        assert!(run - peak > 200.0, "phase {peak:.0} MB, run {run:.0} MB");
+    }
+}
