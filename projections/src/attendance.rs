@@ -128,7 +128,6 @@ impl Mark {
 #[derive(Clone, Debug, Default)]
 struct MarkList {
     blocks: Vec<Block>,
-    len: usize,
 }
 
 /// Consecutive marks of a [`MarkList`], packed. 48 bytes and the marks'.
@@ -203,13 +202,13 @@ impl Block {
         }
         // Below BLOCK_MARKS * MAX_PACKED_MARK: fits.
         self.tail = self.bytes.len() as u32;
-        let key_delta = i64::from(m.key) - i64::from(self.last_key);
-        put_varint(&mut self.bytes, zigzag(key_delta));
-        put_varint(
+        let last = (i64::from(self.last_key), self.last_position);
+        put_mark(
             &mut self.bytes,
-            zigzag(position.wrapping_sub(self.last_position) as i64),
+            last,
+            (i64::from(m.key), position),
+            m.code.into(),
         );
-        put_varint(&mut self.bytes, u64::from(m.code));
         (self.last_key, self.last_position) = (m.key, position);
         self.len += 1;
     }
@@ -217,7 +216,7 @@ impl Block {
 
 impl MarkList {
     fn len(&self) -> usize {
-        self.len
+        self.blocks.iter().map(|b| b.len as usize).sum()
     }
 
     fn iter(&self) -> impl Iterator<Item = Mark> + '_ {
@@ -241,7 +240,6 @@ impl MarkList {
                 self.blocks.push(block);
             }
         }
-        self.len += 1;
     }
 
     /// Puts `m` in its key's place: in place of the mark of that key if
@@ -294,9 +292,7 @@ impl MarkList {
             let mut marks = unpacked.borrow_mut();
             marks.clear();
             marks.extend(self.blocks[b].iter());
-            let before = marks.len();
             f(&mut marks);
-            self.len = self.len + marks.len() - before;
             if marks.is_empty() {
                 self.blocks.remove(b);
             } else if marks.len() > BLOCK_MARKS {
@@ -332,6 +328,29 @@ const MAX_PACKED_MARK: usize = 23;
 /// attendance` of the 8.2M-event store: 136 MB against 129).
 const BYTES_STEP: usize = 64;
 
+/// Writes a packed mark after the mark `last` (its key and position): the
+/// key and position of `mark` less `last`'s as zigzag varints, then `code`
+/// as a varint. The blocks of [`MarkList`] and the checkpoint's `bin`
+/// ([`packed`]) hold marks so.
+fn put_mark(out: &mut Vec<u8>, last: (i64, u64), mark: (i64, u64), code: u64) {
+    put_varint(out, zigzag(mark.0.wrapping_sub(last.0)));
+    put_varint(out, zigzag(mark.1.wrapping_sub(last.1) as i64));
+    put_varint(out, code);
+}
+
+/// The packed mark at the start of `bytes`, written after `last`
+/// ([`put_mark`]): its key and position, its code, and its length in
+/// bytes; `None` if the bytes end first or hold a number longer than 10
+/// bytes.
+fn read_mark(bytes: &[u8], last: (i64, u64)) -> Option<((i64, u64), u64, usize)> {
+    let (key, a) = read_varint(bytes)?;
+    let (position, b) = read_varint(bytes.get(a..)?)?;
+    let (code, c) = read_varint(bytes.get(a + b..)?)?;
+    let key = last.0.wrapping_add(unzigzag(key));
+    let position = last.1.wrapping_add(unzigzag(position) as u64);
+    Some(((key, position), code, a + b + c))
+}
+
 /// The marks of a [`Block`], in order.
 struct MarkIter<'a> {
     bytes: &'a [u8],
@@ -340,24 +359,15 @@ struct MarkIter<'a> {
     last: (i64, u64),
 }
 
-impl MarkIter<'_> {
-    fn varint(&mut self) -> Option<u64> {
-        let (n, len) = read_varint(self.bytes.get(self.at..)?)?;
-        self.at += len;
-        Some(n)
-    }
-}
-
 impl Iterator for MarkIter<'_> {
     type Item = Mark;
 
     fn next(&mut self) -> Option<Mark> {
         // The bytes were written by `MarkList::push`: they always read.
         self.left = self.left.checked_sub(1)?;
-        let key = self.last.0.wrapping_add(unzigzag(self.varint()?));
-        let position = self.last.1.wrapping_add(unzigzag(self.varint()?) as u64);
-        let code = u16::try_from(self.varint()?).ok()?;
-        self.last = (key, position);
+        let ((key, position), code, len) = read_mark(self.bytes.get(self.at..)?, self.last)?;
+        let code = u16::try_from(code).ok()?;
+        (self.at, self.last) = (self.at + len, (key, position));
         Some(Mark::new(Key::try_from(key).ok()?, position, code))
     }
 
@@ -532,31 +542,23 @@ mod packed {
 
     use serde::de::{DeserializeSeed, Error as _, SeqAccess, Visitor};
     use serde::ser::SerializeTuple;
-    use serde::{Deserializer, Serialize, Serializer};
+    use serde::{Deserializer, Serializer};
 
     use chrono::NaiveDate;
 
-    use super::{put_varint, read_varint, unzigzag, zigzag, Key, Mark, Marks, POSITION_LIMIT};
+    use super::{put_mark, put_varint, read_mark, read_varint, Key, Mark, Marks, POSITION_LIMIT};
+    use crate::facts::Bin;
 
     pub fn serialize<S: Serializer>(marks: &Marks, serializer: S) -> Result<S::Ok, S::Error> {
         let (codes, blob) = encode(marks);
         let mut pair = serializer.serialize_tuple(2)?;
         pair.serialize_element(&codes)?;
-        pair.serialize_element(&Blob(&blob))?;
+        pair.serialize_element(&Bin(&blob))?;
         pair.end()
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Marks, D::Error> {
         deserializer.deserialize_tuple(2, PairVisitor)
-    }
-
-    /// Bytes serialized as bytes (`bin`), not as a list of numbers.
-    struct Blob<'a>(&'a [u8]);
-
-    impl Serialize for Blob<'_> {
-        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-            serializer.serialize_bytes(self.0)
-        }
     }
 
     /// The codes `marks` use, each once, in order of first use, and the
@@ -567,14 +569,8 @@ mod packed {
         let mut index_of: Vec<u32> = Vec::new();
         let mut blob = Vec::with_capacity(10 + marks.list.len() * 5);
         put_varint(&mut blob, marks.list.len() as u64);
-        let (mut key, mut position) = (0i64, 0u64);
+        let mut last = (0i64, 0u64);
         for m in marks.list.iter() {
-            put_varint(&mut blob, zigzag(i64::from(m.key).wrapping_sub(key)));
-            put_varint(
-                &mut blob,
-                zigzag(m.position().wrapping_sub(position) as i64),
-            );
-            (key, position) = (i64::from(m.key), m.position());
             let slot = usize::from(m.code);
             if index_of.len() <= slot {
                 index_of.resize(slot + 1, 0);
@@ -583,7 +579,9 @@ mod packed {
                 codes.push(marks.code(m.code));
                 index_of[slot] = codes.len() as u32;
             }
-            put_varint(&mut blob, u64::from(index_of[slot] - 1));
+            let mark = (i64::from(m.key), m.position());
+            put_mark(&mut blob, last, mark, u64::from(index_of[slot] - 1));
+            last = mark;
         }
         (codes, blob)
     }
@@ -592,8 +590,7 @@ mod packed {
     /// bytes otherwise (never a panic, whatever they are).
     pub(super) fn decode(codes: &[String], blob: &[u8]) -> Result<Marks, String> {
         let mut marks = Marks::default();
-        let mut r = Reader { blob, at: 0 };
-        let count = r.varint()?;
+        let (count, mut at) = read_varint(blob).ok_or("the number of marks cut short")?;
         // Each mark takes 3 bytes at least.
         if count > (blob.len() / 3) as u64 {
             return Err(format!("{count} marks in {} bytes", blob.len()));
@@ -610,15 +607,16 @@ mod packed {
             }
             interned.push(marks.intern_new(code));
         }
-        let (mut key, mut position) = (0i64, 0u64);
+        let mut last = (0i64, 0u64);
         for i in 0..count {
-            let next_key = key.wrapping_add(unzigzag(r.varint()?));
-            position = position.wrapping_add(unzigzag(r.varint()?) as u64);
-            let code = r.varint()?;
-            // A session of a date (`key`'s day number).
+            let rest = blob.get(at..).unwrap_or(&[]);
+            let ((next_key, position), code, len) = read_mark(rest, last).ok_or_else(|| {
+                format!("a number cut short or longer than 10 bytes, in the mark at byte {at}")
+            })?;
+            // A session of a date (the key's day number), after the last.
             let fits = Key::try_from(next_key)
                 .is_ok_and(|k| NaiveDate::from_num_days_from_ce_opt(k >> 1).is_some());
-            if !fits || (i > 0 && next_key <= key) {
+            if !fits || (i > 0 && next_key <= last.0) {
                 return Err(format!(
                     "mark {i}: session key {next_key} out of order or range"
                 ));
@@ -630,33 +628,14 @@ mod packed {
                 .ok()
                 .and_then(|c| interned.get(c))
                 .ok_or_else(|| format!("mark {i}: code {code} of {} codes", codes.len()))?;
-            key = next_key;
+            (at, last) = (at + len, (next_key, position));
             // In key order (checked above): written at the end.
-            marks.list.push(Mark::new(key as Key, position, *code));
+            marks.list.push(Mark::new(next_key as Key, position, *code));
         }
-        if r.at != blob.len() {
-            return Err(format!("{} bytes after the marks", blob.len() - r.at));
+        if at != blob.len() {
+            return Err(format!("{} bytes after the marks", blob.len() - at));
         }
         Ok(marks)
-    }
-
-    struct Reader<'a> {
-        blob: &'a [u8],
-        at: usize,
-    }
-
-    impl Reader<'_> {
-        fn varint(&mut self) -> Result<u64, String> {
-            let rest = self.blob.get(self.at..).unwrap_or(&[]);
-            let (n, len) = read_varint(rest).ok_or_else(|| {
-                format!(
-                    "a number cut short or longer than 10 bytes, at byte {}",
-                    self.at
-                )
-            })?;
-            self.at += len;
-            Ok(n)
-        }
     }
 
     struct PairVisitor;

@@ -320,8 +320,8 @@ impl Serialize for Kept {
     }
 }
 
-/// Bytes serialized as `bin`.
-struct Bin<'a>(&'a [u8]);
+/// Bytes serialized as `bin`, not as a list of numbers.
+pub(crate) struct Bin<'a>(pub(crate) &'a [u8]);
 
 impl Serialize for Bin<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
