@@ -960,6 +960,7 @@ fn a_snapshot_opens_the_same_index_as_a_full_scan() {
             snapshot_min_events: 1,
             read_snapshot: false,
             event_ids_at_open: true,
+            ..SegmentOptions::default()
         };
         let log = SegmentStore::open_with(dir, true, options)
             .unwrap()
@@ -1109,7 +1110,7 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_loss_still_refused() {
         assert_eq!(log.opened_from_snapshot(), None);
         let why = log.take_snapshot_rejection().expect("no reason given");
         assert!(
-            why.contains("snapshot format 1, this build reads 2"),
+            why.contains("snapshot format 1, this build reads 3"),
             "{why}"
         );
         assert_eq!(index_answers(&log, 6).await, expected);
@@ -1233,6 +1234,48 @@ fn rehash(bytes: &mut [u8]) {
     bytes[n..].copy_from_slice(hash.as_bytes());
 }
 
+/// The snapshot's sorted ids with two positions swapped (each pair keeps
+/// its fingerprint, so the section stays sorted, and the file is
+/// rehashed): neither is a spot the open checks, so the log opens from
+/// it; `verify` compares every frame's id with the fingerprint listed at
+/// its position and reports exactly those two frames.
+#[test]
+fn verify_reports_ids_the_snapshot_lists_at_other_positions() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1).unwrap();
+        for i in 0..100u32 {
+            append_n(log.as_ref(), i % 4, 1_000 + 20 * i, 20).await;
+        }
+    });
+    let mut bytes = std::fs::read(snapshot_path(dir)).unwrap();
+    let head = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+    let pairs = bytes.len() - 32 - 12 * head;
+    let at = |i: usize| pairs + 12 * i;
+    let position =
+        |b: &[u8], i: usize| u32::from_le_bytes(b[at(i) + 8..at(i) + 12].try_into().unwrap());
+    let pair_of = |p: u32| (0..head).find(|&i| position(&bytes, i) == p).unwrap();
+    let (i, j) = (pair_of(100), pair_of(200));
+    bytes[at(i) + 8..at(i) + 12].copy_from_slice(&200u32.to_le_bytes());
+    bytes[at(j) + 8..at(j) + 12].copy_from_slice(&100u32.to_le_bytes());
+    rehash(&mut bytes);
+    std::fs::write(snapshot_path(dir), &bytes).unwrap();
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(2_000));
+        let report = log.verify(&|_| {}).await.unwrap();
+        let at: Vec<u64> = report
+            .problems
+            .iter()
+            .filter(|p| p.what.contains("event id"))
+            .map(|p| p.position)
+            .collect();
+        assert_eq!(at, vec![100, 200], "{:?}", report.problems);
+    });
+}
+
 /// Offsets of an index snapshot's stream entries (each: the offset of its
 /// 16-byte id and its count), from the format in docs/storage.md.
 fn snapshot_streams(bytes: &[u8]) -> Vec<(usize, u32)> {
@@ -1337,6 +1380,18 @@ fn a_snapshot_listing_one_fingerprint_twice_is_checked_against_the_frames() {
     let (i, j) = (pair_of(7), pair_of(23));
     let fp = bytes[at(i)..at(i) + 8].to_vec();
     bytes[at(j)..at(j) + 8].copy_from_slice(&fp);
+    // The pairs are sorted by fingerprint, then position: sorted again.
+    let mut sorted: Vec<(u64, u32)> = (0..head)
+        .map(|i| {
+            let fp = u64::from_le_bytes(bytes[at(i)..at(i) + 8].try_into().unwrap());
+            (fp, position(&bytes, i))
+        })
+        .collect();
+    sorted.sort_unstable();
+    for (i, (fp, p)) in sorted.into_iter().enumerate() {
+        bytes[at(i)..at(i) + 8].copy_from_slice(&fp.to_le_bytes());
+        bytes[at(i) + 8..at(i) + 12].copy_from_slice(&p.to_le_bytes());
+    }
     rehash(&mut bytes);
     std::fs::write(snapshot_path(dir), &bytes).unwrap();
     rt.block_on(async {

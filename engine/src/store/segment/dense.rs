@@ -71,32 +71,6 @@ impl<T> Chunked<T> {
         self.chunks.push(c);
     }
 
-    /// `len` copies of `value`, in whole chunks (the last cut to fit).
-    pub(super) fn filled(len: usize, value: T) -> Chunked<T>
-    where
-        T: Clone,
-    {
-        let chunks = (0..len.div_ceil(CHUNK))
-            .map(|c| vec![value.clone(); CHUNK.min(len - c * CHUNK)])
-            .collect();
-        Chunked { chunks, len }
-    }
-
-    /// Sets entry `i`; `false` (and nothing set) when there is none.
-    pub(super) fn set(&mut self, i: usize, value: T) -> bool {
-        match self
-            .chunks
-            .get_mut(i / CHUNK)
-            .and_then(|c| c.get_mut(i % CHUNK))
-        {
-            Some(slot) => {
-                *slot = value;
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Bytes allocated for the entries and the chunk list.
     pub(super) fn allocated_bytes(&self) -> usize {
         let entries: usize = self.chunks.iter().map(Vec::capacity).sum();
@@ -142,12 +116,6 @@ mod tests {
         assert_eq!(at(CHUNK - 1), Some((c[CHUNK - 1], Some(c[CHUNK]))));
         assert_eq!(at(n - 1), Some((c[n - 1], None)));
         assert_eq!(at(n), None);
-        let mut f = Chunked::filled(n, 7u64);
-        assert_eq!(f.len(), n);
-        assert!(f.set(CHUNK, 9) && f.set(n - 1, 8) && !f.set(n, 1));
-        assert_eq!((f[0], f[CHUNK], f[n - 1], f.get(n)), (7, 9, 8, None));
-        assert!(f.allocated_bytes() >= (2 * CHUNK + 17) * 8);
-        assert!(f.allocated_bytes() < (2 * CHUNK + 17) * 8 + 1024);
         assert_eq!(c.to_vec(), (0..n as u64).map(|i| i * 3).collect::<Vec<_>>());
         // Three chunks of exactly CHUNK entries each.
         assert!(c.allocated_bytes() >= 3 * CHUNK * 8);

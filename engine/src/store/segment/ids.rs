@@ -25,11 +25,11 @@ use hashbrown::hash_table::{Entry, HashTable};
 use std::hash::BuildHasher;
 use uuid::Uuid;
 
-use super::dense::Chunked;
-use super::IdHash;
+use std::sync::Arc;
 
-/// Pairs [`IdMap::load`] takes at a time.
-const LOAD_BATCH: usize = 256;
+use super::dense::Chunked;
+use super::sorted_ids::SortedIds;
+use super::IdHash;
 
 /// Ids whose table memory is fetched at once ([`IdMap::prefetch`]): the
 /// lines of 512 ids (two each, 64 KiB) stay in a core's L2 cache until
@@ -148,6 +148,11 @@ impl IdMap {
         self.by_position.len()
     }
 
+    /// The fingerprint of position `i + 1`'s id.
+    fn fp_at(&self, i: usize) -> u64 {
+        self.by_position[i]
+    }
+
     /// Ids the table holds before it must grow.
     pub(super) fn capacity(&self) -> usize {
         self.table.capacity()
@@ -251,116 +256,6 @@ impl IdMap {
         self.table.reserve(additional, rehash(&self.by_position));
     }
 
-    /// Hands `each` every `(fingerprint, position)` in the table's bucket
-    /// order: what an index snapshot stores, so that the next open fills a
-    /// table of the same capacity and seed front to back
-    /// ([`IdMap::load`]). The fingerprints are read at random places,
-    /// [`LOAD_BATCH`] at a time so that their cache misses overlap.
-    pub(super) fn in_table_order<E>(
-        &self,
-        mut each: impl FnMut(u64, u32) -> Result<(), E>,
-    ) -> Result<(), E> {
-        let mut positions = self.table.iter().copied().peekable();
-        let mut batch: Vec<u32> = Vec::with_capacity(LOAD_BATCH);
-        let mut fps: Vec<u64> = Vec::with_capacity(LOAD_BATCH);
-        while positions.peek().is_some() {
-            batch.clear();
-            batch.extend(positions.by_ref().take(LOAD_BATCH));
-            // Only loads, each independent of the others: their misses
-            // overlap.
-            fps.clear();
-            fps.extend(batch.iter().map(|&p| self.by_position[p as usize - 1]));
-            for (fp, p) in fps.iter().zip(&batch) {
-                each(*fp, *p)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// [`IdMap::in_table_order`], collected (tests).
-    #[cfg(test)]
-    pub(super) fn table_order(&self) -> Vec<(u64, u32)> {
-        let mut out = Vec::with_capacity(self.len());
-        let _ = self.in_table_order(|fp, p| -> Result<(), ()> {
-            out.push((fp, p));
-            Ok(())
-        });
-        out
-    }
-
-    /// The map of `n` positions from its `(fingerprint, position)` pairs,
-    /// inserted in their order into a table of room for `capacity` (any
-    /// order gives the same map; [`IdMap::in_table_order`]'s fills the
-    /// table front to back, and only the fingerprints land at random
-    /// places). `Err` says what is wrong: a position out of range, a
-    /// position listed twice (so another without an id), pairs beyond
-    /// `n`. Two positions may share a fingerprint (see the module's
-    /// documentation): each such pair (lower, higher) is returned beside
-    /// the map, for the caller to read both frames.
-    pub(super) fn load(
-        hasher: IdHash,
-        n: usize,
-        capacity: usize,
-        pairs: impl Iterator<Item = Result<(u64, u32), String>>,
-    ) -> Result<(IdMap, Vec<(u32, u32)>), String> {
-        // Filled with a value that is not zero, so the slots are written
-        // (and their pages mapped) here: zeroed memory would map the
-        // shared zero page on the reads below, and each first write would
-        // then copy it, with a TLB flush across the threads (an open of
-        // 8.2M events took 0.15–0.25 s longer that way). Every slot is set
-        // again from the pairs.
-        let mut by_position = Chunked::filled(n, u64::MAX);
-        // Which positions were given a fingerprint (any value is one).
-        let mut given = vec![0u64; n.div_ceil(64)];
-        let mut table = HashTable::with_capacity(capacity.max(n));
-        let mut pairs = pairs.peekable();
-        let mut batch: Vec<(u64, u32)> = Vec::with_capacity(LOAD_BATCH);
-        let mut touched = 0u64;
-        let mut count = 0usize;
-        let mut shared = Vec::new();
-        while pairs.peek().is_some() {
-            batch.clear();
-            for pair in pairs.by_ref().take(LOAD_BATCH) {
-                let (fp, p) = pair?;
-                if p == 0 || p as usize > n {
-                    return Err(format!("ids: position {p} out of range"));
-                }
-                batch.push((fp, p));
-            }
-            // Read the slots the batch writes before writing them, all at
-            // once: independent loads the processor overlaps, where each
-            // write in turn would wait for its cache line.
-            for &(_, p) in &batch {
-                touched ^= by_position.get(p as usize - 1).copied().unwrap_or(0);
-            }
-            for &(fp, p) in &batch {
-                let i = p as usize - 1;
-                let (word, bit) = (i / 64, 1u64 << (i % 64));
-                if given[word] & bit != 0 {
-                    return Err(format!("ids: position {p} is listed twice"));
-                }
-                given[word] |= bit;
-                by_position.set(i, fp);
-                if let Some(q) = insert(&mut table, &by_position, fp, p) {
-                    shared.push((q.min(p), q.max(p)));
-                }
-                count += 1;
-            }
-        }
-        std::hint::black_box(touched);
-        if count != n {
-            return Err(format!("ids: {count} ids for {n} positions"));
-        }
-        Ok((
-            IdMap {
-                by_position,
-                table,
-                hasher,
-            },
-            shared,
-        ))
-    }
-
     /// Bytes allocated for the fingerprints and the table.
     pub(super) fn allocated_bytes(&self) -> usize {
         self.by_position.allocated_bytes() + self.table.allocation_size()
@@ -399,9 +294,260 @@ impl IdMap {
     }
 }
 
+/// Ids a pass of [`Ids::sorted_pairs`] sorts at a time (16 MB).
+const PASS_PAIRS: usize = 1 << 20;
+
+/// A log's event ids: those of the index snapshot it was opened from,
+/// left in the file ([`SortedIds`]: a filter and a block directory in
+/// memory, about 1.3 bytes an id), and those indexed since in an
+/// [`IdMap`] (14–19 bytes an id), which numbers them from 1 after the
+/// snapshot's.
+pub(super) struct Ids {
+    base: Option<Arc<SortedIds>>,
+    /// Positions after the base's, numbered from 1 (`p - base_len`).
+    tail: IdMap,
+}
+
+impl Default for Ids {
+    fn default() -> Self {
+        Ids::from_map(IdMap::default())
+    }
+}
+
+impl Ids {
+    #[cfg(test)]
+    pub(super) fn with_hasher(hasher: IdHash) -> Ids {
+        Ids::from_map(IdMap::with_hasher(hasher))
+    }
+
+    /// Every id in the table.
+    pub(super) fn from_map(map: IdMap) -> Ids {
+        Ids {
+            base: None,
+            tail: map,
+        }
+    }
+
+    /// The ids of a snapshot, left in its file, fingerprinted with
+    /// `hasher` (the snapshot's seed).
+    pub(super) fn with_base(base: SortedIds, hasher: IdHash) -> Ids {
+        Ids {
+            base: Some(Arc::new(base)),
+            tail: IdMap::with_hasher(hasher),
+        }
+    }
+
+    /// Positions held in the snapshot's file: 1..=base_len.
+    fn base_len(&self) -> u32 {
+        // A snapshot's head fits a u32 (`max_events`, checked on load).
+        self.base.as_ref().map_or(0, |b| b.len() as u32)
+    }
+
+    /// The snapshot's ids, and how many positions they cover.
+    pub(super) fn base(&self) -> Option<&Arc<SortedIds>> {
+        self.base.as_ref()
+    }
+
+    pub(super) fn hasher(&self) -> &IdHash {
+        self.tail.hasher()
+    }
+
+    pub(super) fn fingerprint(&self, id: &Uuid) -> u64 {
+        self.tail.fingerprint(id)
+    }
+
+    /// Ids held: one for each position 1..=len.
+    pub(super) fn len(&self) -> usize {
+        self.base_len() as usize + self.tail.len()
+    }
+
+    /// Adds to `out` the positions whose ids have `id`'s fingerprint ([`IdMap::candidates`]), the table's then the file's.
+    pub(super) fn candidates_into(&self, id: &Uuid, out: &mut Vec<u32>) -> Result<(), String> {
+        let base = self.base_len();
+        out.extend(self.tail.candidates(id).map(|r| r + base));
+        self.in_base_into(id, out)
+    }
+
+    /// [`Ids::candidates_into`], collected.
+    pub(super) fn candidates(&self, id: &Uuid) -> Result<Vec<u32>, String> {
+        let mut out = Vec::new();
+        self.candidates_into(id, &mut out)?;
+        Ok(out)
+    }
+
+    /// Adds to `out` the positions of the snapshot's file whose ids have
+    /// `id`'s fingerprint.
+    pub(super) fn in_base_into(&self, id: &Uuid, out: &mut Vec<u32>) -> Result<(), String> {
+        match &self.base {
+            Some(base) => base.positions(self.fingerprint(id), out),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether position `position` holds an id with `id`'s fingerprint.
+    pub(super) fn holds(&self, id: &Uuid, position: u64) -> Result<bool, String> {
+        let base = u64::from(self.base_len());
+        if position > base {
+            return Ok(self.tail.holds(id, position - base));
+        }
+        let mut out = Vec::new();
+        self.in_base_into(id, &mut out)?;
+        Ok(out.iter().any(|&p| u64::from(p) == position))
+    }
+
+    /// Adds `id` as the id of the next position ([`IdMap::push`]);
+    /// returns an earlier position *of the table* with its fingerprint:
+    /// the caller looks in the file ([`Ids::in_base_into`]) where it must.
+    pub(super) fn push(&mut self, id: Uuid, position: u32) -> Option<u32> {
+        let base = self.base_len();
+        debug_assert!(position > base);
+        self.tail
+            .push(id, position - base)
+            .map(|earlier| earlier + base)
+    }
+
+    /// [`IdMap::prefetch`] of the table (the file's filter is probed as
+    /// each id is looked up).
+    pub(super) fn prefetch(&self, fps: impl Iterator<Item = u64>) {
+        self.tail.prefetch(fps);
+    }
+
+    /// Whether the table must grow to take `adding` more ids.
+    pub(super) fn table_full_for(&self, adding: usize) -> bool {
+        self.tail.len().saturating_add(adding) > self.tail.capacity()
+    }
+
+    /// [`IdMap::bigger_table`] for `adding` more ids (twice the room, as
+    /// the table's own growth would give).
+    pub(super) fn bigger_table(&self, adding: usize) -> HashTable<u32> {
+        let wanted = self.tail.len().saturating_add(adding);
+        self.tail
+            .bigger_table(wanted.max(self.tail.capacity().saturating_mul(2)))
+    }
+
+    /// [`IdMap::replace_table`].
+    pub(super) fn replace_table(&mut self, table: HashTable<u32>) -> HashTable<u32> {
+        self.tail.replace_table(table)
+    }
+
+    /// [`IdMap::reserve`].
+    pub(super) fn reserve(&mut self, additional: usize) {
+        self.tail.reserve(additional);
+    }
+
+    /// Ids in the table (those after the snapshot's).
+    pub(super) fn table_len(&self) -> usize {
+        self.tail.len()
+    }
+
+    /// Room in the table.
+    #[cfg(test)]
+    pub(super) fn table_capacity(&self) -> usize {
+        self.tail.capacity()
+    }
+
+    /// Bytes allocated for the table, and for the file's filter and
+    /// directory.
+    pub(super) fn allocated_bytes(&self) -> usize {
+        self.tail.allocated_bytes() + self.base.as_ref().map_or(0, |b| b.allocated_bytes())
+    }
+
+    /// Hands `each` every `(fingerprint, position)`, sorted (what an index
+    /// snapshot stores): the file's pairs, already sorted, merged with the
+    /// table's, sorted [`PASS_PAIRS`] at a time by ranges of fingerprints
+    /// (a pass reads the table's fingerprints once and keeps those in its
+    /// range), so that what is sorted at once stays small.
+    pub(super) fn sorted_pairs(
+        &self,
+        each: impl FnMut(u64, u32) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        self.sorted_pairs_by(PASS_PAIRS, each)
+    }
+
+    /// [`Ids::sorted_pairs`], sorting about `pass_pairs` at a time.
+    fn sorted_pairs_by(
+        &self,
+        pass_pairs: usize,
+        mut each: impl FnMut(u64, u32) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let base = self.base_len();
+        let mut file = self
+            .base
+            .as_ref()
+            .map(|b| b.pairs())
+            .into_iter()
+            .flatten()
+            .peekable();
+        let n = self.tail.len();
+        let passes = n.div_ceil(pass_pairs.max(1)).max(1);
+        // Fingerprints from `bound(k)` up to `bound(k + 1)` in pass k.
+        let bound = |k: usize| ((k as u128) << 64) / passes as u128;
+        let mut part: Vec<(u64, u32)> = Vec::with_capacity(n.min(pass_pairs * 5 / 4));
+        for k in 0..passes {
+            let (lower, upper) = (bound(k), bound(k + 1));
+            part.clear();
+            for i in 0..n {
+                let fp = self.tail.fp_at(i);
+                if (lower..upper).contains(&u128::from(fp)) {
+                    part.push((fp, base + i as u32 + 1));
+                }
+            }
+            part.sort_unstable();
+            let mut table = part.iter().copied().peekable();
+            loop {
+                let from_file = match file.peek() {
+                    Some(Ok((fp, p))) if u128::from(*fp) < upper => Some((*fp, *p)),
+                    Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
+                    _ => None,
+                };
+                let next = match (from_file, table.peek().copied()) {
+                    (None, None) => break,
+                    (Some(f), Some(t)) if t < f => table.next(),
+                    (Some(_), _) => file.next().and_then(Result::ok),
+                    (None, Some(_)) => table.next(),
+                };
+                if let Some((fp, p)) = next {
+                    each(fp, p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every `(fingerprint, position)`, in position order (tests).
+    #[cfg(test)]
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
+        let mut all: Vec<(u64, u32)> = Vec::new();
+        if let Some(b) = &self.base {
+            all.extend(b.pairs().map(Result::unwrap));
+            all.sort_unstable_by_key(|&(_, p)| p);
+        }
+        let base = self.base_len();
+        all.extend(self.tail.iter().map(move |(fp, r)| (fp, r + base)));
+        all.into_iter()
+    }
+
+    /// The position of `id` when exactly one position has its
+    /// fingerprint (tests).
+    #[cfg(test)]
+    pub(super) fn only(&self, id: &Uuid) -> Option<u32> {
+        let found = self.candidates(id).unwrap();
+        assert!(found.len() <= 1, "two positions share a fingerprint");
+        found.first().copied()
+    }
+
+    /// [`IdMap::swap_for_test`] (an index with no snapshot's ids).
+    #[cfg(test)]
+    pub(super) fn swap_for_test(&mut self, a: u32, b: u32) {
+        assert!(self.base.is_none(), "swap in a table only");
+        self.tail.swap_for_test(a, b);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn id(i: u32) -> Uuid {
         Uuid::from_u128(u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
@@ -478,61 +624,67 @@ mod tests {
         m.prefetch((1..=3_000u32).map(|p| m.fingerprint(&id(p))));
     }
 
-    #[test]
-    fn a_loaded_map_checks_its_pairs() {
-        let mut m = IdMap::default();
-        for p in 1..=300u32 {
-            assert_eq!(m.push(id(p), p), None);
+    /// The ids of a snapshot's file in a temporary file: the sorted pairs
+    /// of `ids` (positions 1..) under `hasher`.
+    fn file_ids(hasher: &IdHash, ids: &[u128]) -> (tempfile::NamedTempFile, SortedIds) {
+        use std::io::Write;
+        let mut pairs: Vec<(u64, u32)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &id)| (hasher.hash_one(Uuid::from_u128(id)), i as u32 + 1))
+            .collect();
+        pairs.sort_unstable();
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let mut sorting = super::super::sorted_ids::Sorting::new(ids.len() as u64);
+        for &(fp, p) in &pairs {
+            f.write_all(&super::super::sorted_ids::pair_bytes(fp, p))
+                .unwrap();
+            sorting.add(fp, p).unwrap();
         }
-        let order: Vec<(u64, u32)> = m.table_order();
-        let (loaded, shared) = IdMap::load(
-            m.hasher().clone(),
-            300,
-            m.capacity(),
-            order.iter().map(|&e| Ok(e)),
-        )
-        .unwrap();
-        assert!(shared.is_empty());
-        assert_eq!(loaded.capacity(), m.capacity());
-        let mut again: Vec<(u64, u32)> = loaded.table_order();
-        let mut order = order;
-        again.sort();
-        order.sort();
-        assert_eq!(again, order);
-        assert!(loaded.iter().eq(m.iter()));
-        for p in 1..=300u32 {
-            assert_eq!(loaded.only(&id(p)), Some(p));
+        f.flush().unwrap();
+        let (sorted, _) = sorting.finish(f.reopen().unwrap(), 0).unwrap();
+        (f, sorted)
+    }
+
+    proptest! {
+        /// Whatever the split between the file and the table and however
+        /// many passes sort the table, the pairs come out sorted, each
+        /// position once with its own id's fingerprint; and each id is a
+        /// candidate at its position, wherever it is held.
+        #[test]
+        fn the_file_and_the_table_merge_sorted(
+            base in proptest::collection::vec(any::<u128>(), 0..300),
+            tail in proptest::collection::vec(any::<u128>(), 0..300),
+            pass in 1usize..64,
+            seed in any::<u64>(),
+        ) {
+            let hasher = IdHash::with_seed(seed);
+            let (_f, sorted) = file_ids(&hasher, &base);
+            let mut ids = Ids::with_base(sorted, hasher.clone());
+            for (i, &id) in tail.iter().enumerate() {
+                ids.push(Uuid::from_u128(id), (base.len() + i + 1) as u32);
+            }
+            prop_assert_eq!(ids.len(), base.len() + tail.len());
+            let mut out = Vec::new();
+            ids.sorted_pairs_by(pass, |fp, p| {
+                out.push((fp, p));
+                Ok(())
+            })
+            .unwrap();
+            let mut expected: Vec<(u64, u32)> = base
+                .iter()
+                .chain(&tail)
+                .enumerate()
+                .map(|(i, &id)| (hasher.hash_one(Uuid::from_u128(id)), i as u32 + 1))
+                .collect();
+            expected.sort_unstable();
+            prop_assert_eq!(out, expected);
+            for (i, &id) in base.iter().chain(&tail).enumerate() {
+                let p = i as u32 + 1;
+                let id = Uuid::from_u128(id);
+                prop_assert!(ids.candidates(&id).unwrap().contains(&p));
+                prop_assert!(ids.holds(&id, u64::from(p)).unwrap());
+            }
         }
-        let fp = |i: u32| m.fingerprint(&id(i));
-        let load = |pairs: Vec<(u32, u32)>| {
-            let pairs = pairs.into_iter().map(|(i, p)| Ok((fp(i), p)));
-            IdMap::load(m.hasher().clone(), 300, 0, pairs)
-        };
-        let all = || (1..=300u32).map(|p| (p, p)).collect::<Vec<_>>();
-        // A position twice, one missing, one out of range.
-        let mut twice = all();
-        twice[5] = (400, 9);
-        let err = load(twice).err().unwrap();
-        assert!(err.contains("position 9 is listed twice"), "{err}");
-        let err = load(all()[1..].to_vec()).err().unwrap();
-        assert!(err.contains("299 ids for 300 positions"), "{err}");
-        let mut past = all();
-        past.push((301, 301));
-        assert!(load(past).err().unwrap().contains("out of range"));
-        assert!(load(vec![(1, 0)]).err().unwrap().contains("out of range"));
-        // Two positions may share a fingerprint: both are candidates, and
-        // a push of that id names one of them.
-        let mut shared = all();
-        shared[299] = (3, 300);
-        let (mut loaded, pairs) = load(shared).unwrap();
-        assert_eq!(pairs, vec![(3, 300)]);
-        let mut both: Vec<u32> = loaded.candidates(&id(3)).collect();
-        both.sort_unstable();
-        assert_eq!(both, vec![3, 300]);
-        assert!(loaded.holds(&id(3), 300));
-        assert!(!loaded.holds(&id(300), 300));
-        assert!(loaded.push(id(3), 301).is_some());
-        assert_eq!(loaded.candidates(&id(3)).count(), 3);
-        assert_eq!(loaded.push(id(301), 302), None);
     }
 }

@@ -34,6 +34,7 @@ mod ids;
 mod locs;
 pub mod raw;
 mod snapshot;
+mod sorted_ids;
 
 pub use snapshot::{FULL_SCAN_ENV, SNAPSHOT_FILE};
 
@@ -54,7 +55,7 @@ use uuid::Uuid;
 
 use self::dense::MAX_POSITIONS;
 use self::frame::{decode_frame, encode_frame, FrameMeta, SeqReader};
-use self::ids::IdMap;
+use self::ids::Ids;
 use self::locs::Locations;
 use super::sled::{validate_school, ProcessLock};
 use super::{
@@ -122,6 +123,14 @@ pub const SNAPSHOT_MIN_EVENTS: u64 = 65_536;
 /// snapshot at every close after an append).
 pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 
+/// Ids the index's table holds before the writer spills them: it writes
+/// the index snapshot, whose ids are then looked up in the file (a filter
+/// and a block directory in memory, about 1.3 bytes an id, against 14–19
+/// in the table). At this size the table holds about 37 MB; a spill
+/// writes the whole snapshot (about 20 bytes an event), so that an import
+/// of N events writes about 10 N^2 / SPILL_IDS bytes of snapshots.
+pub const SPILL_IDS: usize = 1 << 21;
+
 /// Options of a segment store (tests shrink the segment size and the
 /// snapshot threshold).
 #[derive(Clone, Copy, Debug)]
@@ -141,6 +150,8 @@ pub struct SegmentOptions {
     /// that only reads by pupil or by position, such as the caseload or a
     /// report. Default `true`.
     pub event_ids_at_open: bool,
+    /// [`SPILL_IDS`] (tests lower it).
+    pub spill_ids: usize,
 }
 
 impl Default for SegmentOptions {
@@ -153,6 +164,7 @@ impl Default for SegmentOptions {
                 .unwrap_or(SNAPSHOT_MIN_EVENTS),
             read_snapshot: std::env::var_os(FULL_SCAN_ENV).is_none(),
             event_ids_at_open: true,
+            spill_ids: SPILL_IDS,
         }
     }
 }
@@ -433,8 +445,9 @@ struct Index {
     /// Per stream, its positions by version (`[v - 1]`); a position fits
     /// a `u32` (`max_events`).
     streams: HashMap<StreamId, Vec<u32>, IdHash>,
-    /// Event id fingerprints by position, and positions by fingerprint.
-    ids: IdMap,
+    /// Event id fingerprints by position, and positions by fingerprint:
+    /// the snapshot's in its file, those indexed since in a table.
+    ids: Ids,
     /// Pairs of positions (earlier, later) whose ids share a fingerprint,
     /// pushed since they were last checked: the same id twice (a log that
     /// is corrupt) or two ids (almost never). An open reads both frames of
@@ -466,7 +479,7 @@ impl Default for Index {
         Index {
             locs: Locations::default(),
             streams: HashMap::default(),
-            ids: IdMap::default(),
+            ids: Ids::default(),
             shared: Vec::new(),
             later: None,
             head_hash: Hash::default(),
@@ -706,13 +719,14 @@ fn stored_at(
     segments: &[Arc<Segment>],
     id: &Uuid,
 ) -> Result<Option<u64>, StoreError> {
-    for p in index.ids.candidates(id) {
+    let unreadable = |e: String| StoreError::Internal(format!("the index's event ids: {e}"));
+    for p in index.ids.candidates(id).map_err(unreadable)? {
         let p = u64::from(p);
         let (event, loc, seg) = event_at(index, segments, p)?;
         if event.event_id == *id {
             return Ok(Some(p));
         }
-        if !index.ids.holds(&event.event_id, p) {
+        if !index.ids.holds(&event.event_id, p).map_err(unreadable)? {
             return Err(corrupt(
                 &seg.path,
                 Some(loc.offset),
@@ -1304,9 +1318,10 @@ fn later_ids(
     let Some(later) = &index.later else {
         return Ok(None);
     };
-    let checked = || -> Result<IdMap, String> {
-        let (ids, shared) = later.snapshot.read()?;
-        let holding = |p: u64, id: &Uuid| match ids.holds(id, p) {
+    let checked = || -> Result<Ids, String> {
+        let (sorted, shared) = later.snapshot.read()?;
+        let ids = Ids::with_base(sorted, later.snapshot.hasher());
+        let holding = |p: u64, id: &Uuid| match ids.holds(id, p)? {
             true => Ok(()),
             false => Err(format!(
                 "the frame at position {p} is not the event it lists there"
@@ -1347,7 +1362,7 @@ fn later_ids(
 
 /// Event ids read by [`later_ids`].
 struct ReadIds {
-    ids: IdMap,
+    ids: Ids,
     /// Why the snapshot's were not used: then `ids` were indexed from the
     /// segments, every frame's (each checked against the others), not
     /// only those up to the snapshot's head.
@@ -1375,16 +1390,27 @@ fn install_ids(
         return Ok(read.note);
     }
     let first = index.head() - later.tail.len() as u64 + 1;
+    let mut in_file = Vec::new();
+    let mut listed = Ok(());
     for (p, id) in (first..).zip(&later.tail) {
         // Positions fit a u32 (`max_events`, checked by the push that
         // indexed the frame).
-        if let Some(earlier) = index.ids.push(*id, p as u32) {
-            index.shared.push((earlier, p as u32));
+        let p = p as u32;
+        if let Some(earlier) = index.ids.push(*id, p) {
+            index.shared.push((earlier, p));
         }
+        // One of the snapshot's ids again: the filter stops almost every
+        // other id without a read.
+        in_file.clear();
+        if let Err(e) = index.ids.in_base_into(id, &mut in_file) {
+            listed = Err(StoreError::Internal(format!("the index's event ids: {e}")));
+            break;
+        }
+        index.shared.extend(in_file.iter().map(|&q| (q, p)));
     }
-    let checked = check_shared(index, segments);
+    let checked = listed.and_then(|()| check_shared(index, segments));
     if checked.is_err() {
-        index.ids = IdMap::default();
+        index.ids = Ids::default();
         index.shared.clear();
         index.later = Some(later);
     }
@@ -1559,6 +1585,7 @@ impl SegmentLog {
                 None => 0,
             },
             snapshot_min_events: options.snapshot_min_events,
+            spill_ids: options.spill_ids.max(1),
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
         };
@@ -1875,6 +1902,8 @@ struct Writer {
     /// Head of the index snapshot on disk (0: none usable).
     snapshot_head: u64,
     snapshot_min_events: u64,
+    /// [`SPILL_IDS`].
+    spill_ids: usize,
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
     ids_loader: Arc<Mutex<()>>,
@@ -1891,6 +1920,9 @@ impl Writer {
             let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
             let committed = self.commit_group(group);
             self.trim_buffers();
+            if committed {
+                self.spill_ids();
+            }
             if !committed {
                 // fsyncgate: after a failed write or fdatasync the kernel
                 // may have dropped the dirty pages; never retry and pretend.
@@ -1939,22 +1971,69 @@ impl Writer {
         if ids_ready(&self.state, &self.ids_loader, &self.dir).is_err() {
             return;
         }
+        self.snapshot_now(None);
+    }
+
+    /// Writes the index snapshot (best effort: `false` when it was not),
+    /// handing its ids to `ids` if given ([`snapshot::encode`]).
+    fn snapshot_now(&mut self, ids: Option<&mut sorted_ids::Sorting>) -> bool {
         let Ok(state) = self.state.read() else {
-            return;
+            return false;
         };
         let Some(segments) = state.index.locs.segments() else {
-            return;
+            return false;
         };
         let path = self.dir.join(snapshot::SNAPSHOT_FILE);
         // Not fsynced: the snapshot is checked when read and can be done
-        // without, and syncing ~28 bytes an event would make the close
+        // without, and syncing ~20 bytes an event would make the close
         // that writes it wait for the disk (seconds at 10M events).
+        let mut ids = ids;
         let written = replace_file(&path, false, &mut |out| {
-            snapshot::encode(&state.index, &segments, out)
+            snapshot::encode(&state.index, &segments, out, ids.as_deref_mut())
         });
         if written.is_ok() {
             self.snapshot_head = self.position;
         }
+        written.is_ok()
+    }
+
+    /// Once the index's id table holds [`SPILL_IDS`] ids, writes the index
+    /// snapshot and from then on looks up its ids in the file, keeping a
+    /// filter and a block directory of them ([`sorted_ids`]), whose block
+    /// checksums are taken from the ids as written, not as read back. The
+    /// writer appends nothing meanwhile (readers go on); the table is
+    /// swapped out under the write lock and freed outside it. Best effort:
+    /// when the snapshot cannot be written, the table keeps the ids.
+    fn spill_ids(&mut self) {
+        let due = match self.state.read() {
+            Ok(state) => {
+                state.index.later.is_none() && state.index.ids.table_len() >= self.spill_ids
+            }
+            Err(_) => return,
+        };
+        if !due {
+            return;
+        }
+        let mut sorting = sorted_ids::Sorting::new(self.position);
+        if !self.snapshot_now(Some(&mut sorting)) {
+            return;
+        }
+        let path = self.dir.join(snapshot::SNAPSHOT_FILE);
+        let Ok(sorted) = snapshot::written_ids(&path, self.position, sorting) else {
+            return;
+        };
+        let old = match self.state.write() {
+            Ok(mut state) if state.index.head() == self.position => {
+                let hasher = state.index.ids.hasher().clone();
+                Some(std::mem::replace(
+                    &mut state.index.ids,
+                    Ids::with_base(sorted, hasher),
+                ))
+            }
+            _ => None,
+        };
+        // The table is freed here, outside the lock.
+        drop(old);
     }
 
     /// Makes room in the index's id table for `adding` more ids before
@@ -1975,12 +2054,10 @@ impl Writer {
                 return;
             }
             let ids = &state.index.ids;
-            let wanted = ids.len().saturating_add(adding);
-            if wanted <= ids.capacity() {
+            if !ids.table_full_for(adding) {
                 return;
             }
-            // Twice the room, as the table's own growth would give.
-            ids.bigger_table(wanted.max(ids.capacity().saturating_mul(2)))
+            ids.bigger_table(adding)
         };
         let old = match self.state.write() {
             Ok(mut state) => state.index.ids.replace_table(bigger),
@@ -2871,13 +2948,15 @@ impl EventStore for SegmentLog {
             // drop repeats among the few found.
             let map = &state.index.ids;
             let mut found: Vec<(u32, Uuid)> = Vec::new();
+            let mut at = Vec::new();
             for chunk in ids.chunks(ids::PREFETCH_IDS) {
                 map.prefetch(chunk.iter().map(|id| map.fingerprint(id)));
-                found.extend(
-                    chunk
-                        .iter()
-                        .flat_map(|id| map.candidates(id).map(|p| (p, *id))),
-                );
+                for id in chunk {
+                    at.clear();
+                    map.candidates_into(id, &mut at)
+                        .map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
+                    found.extend(at.iter().map(|&p| (p, *id)));
+                }
             }
             found.sort_unstable();
             found.dedup();
@@ -3261,6 +3340,34 @@ fn check_index_batches(
     batches: std::sync::mpsc::Receiver<Vec<(FrameMeta, Loc)>>,
 ) -> Result<Problems, StoreError> {
     let mut problems = Problems::default();
+    // The snapshot's ids, by position (8 bytes an id while the verify
+    // runs): each frame's is compared with its own, where a look-up in the
+    // file would read a block for every frame.
+    let base = {
+        let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+        state.index.ids.base().cloned()
+    };
+    let mut by_position: Vec<u64> = Vec::new();
+    if let Some(base) = base {
+        by_position = vec![0; base.len() as usize];
+        let mut listed = 0u64;
+        for pair in base.pairs() {
+            let (fp, p) =
+                pair.map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
+            // Every position 1..=len once (checked when the ids were read).
+            if let Some(slot) = by_position.get_mut((p as usize).wrapping_sub(1)) {
+                *slot = fp;
+                listed += 1;
+            }
+        }
+        if listed != base.len() {
+            return Err(StoreError::Internal(format!(
+                "the index's event ids list {listed} positions of {}",
+                base.len()
+            )));
+        }
+    }
+    let mut at = Vec::new();
     for batch in batches {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
         let ix = &state.index;
@@ -3288,11 +3395,17 @@ fn check_index_batches(
                     format!("stream index for version {} is wrong", meta.version)
                 });
             }
-            if !ix
-                .ids
-                .candidates(&meta.event_id)
-                .any(|q| u64::from(q) == meta.position)
-            {
+            let listed = match by_position.get((meta.position as usize).wrapping_sub(1)) {
+                Some(&fp) => fp == ix.ids.fingerprint(&meta.event_id),
+                None => {
+                    at.clear();
+                    ix.ids
+                        .candidates_into(&meta.event_id, &mut at)
+                        .map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
+                    at.iter().any(|&q| u64::from(q) == meta.position)
+                }
+            };
+            if !listed {
                 problems.push(meta.position, || "event id index does not point here");
             }
         }
@@ -3574,6 +3687,80 @@ mod index_tests {
                 other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
             }
         }
+    }
+
+    /// Once the id table holds `spill_ids` ids the writer writes the
+    /// snapshot and looks its ids up in the file: the table stays small,
+    /// every id is found where it is, one stored (in the file or in the
+    /// table) is refused as a repeat, `verify` finds nothing wrong, and a
+    /// reopen starts from the last spill's snapshot.
+    #[test]
+    fn ids_spilled_to_the_snapshot_are_found_and_refused_again() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            spill_ids: 700,
+            snapshot_min_events: u64::MAX,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        let mut tables = Vec::new();
+        for start in (1..=3_000u128).step_by(250) {
+            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
+                .unwrap();
+            let state = log.state.read().unwrap();
+            let ids = &state.index.ids;
+            assert_eq!(ids.len() as u128, start + 249);
+            tables.push(ids.table_len());
+        }
+        // Spilled at 750, 1_500, 2_250 and 3_000, each after the append
+        // that filled the table was answered (the table then still full,
+        // or already spilled): the next found it empty but for its own.
+        for (i, n) in tables.iter().enumerate() {
+            let full = 250 * (i % 3 + 1);
+            assert!(*n == full || (full == 750 && *n == 0), "{tables:?}");
+        }
+        let spilled = || {
+            let state = log.state.read().unwrap();
+            state.index.ids.base().map(|b| b.len())
+        };
+        let waited = Instant::now();
+        while spilled() != Some(3_000) && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(spilled(), Some(3_000));
+        rt.block_on(log.append_atomic(vec![request(3_001..3_101)]))
+            .unwrap();
+        let ids: Vec<Uuid> = (1..=3_100u128).map(Uuid::from_u128).collect();
+        let found = rt.block_on(log.find_events(&ids)).unwrap();
+        assert_eq!(found.len(), 3_100);
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(found[id].position, i as u64 + 1);
+        }
+        let absent: Vec<Uuid> = (5_000..9_000u128).map(Uuid::from_u128).collect();
+        assert!(rt.block_on(log.find_events(&absent)).unwrap().is_empty());
+        for again in [1u128, 1_499, 3_000, 3_050] {
+            match rt.block_on(log.append_atomic(vec![request(again..again + 1)])) {
+                Err(StoreError::DuplicateEventId { position, .. }) => {
+                    assert_eq!(position as u128, again)
+                }
+                other => panic!("expected DuplicateEventId at {again}, got {other:?}"),
+            }
+        }
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+        assert_eq!(report.events, 3_100);
+        drop((log, store));
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(3_000));
+        match rt.block_on(log.append_atomic(vec![request(3_050..3_051)])) {
+            Err(StoreError::DuplicateEventId {
+                position: 3_050, ..
+            }) => {}
+            other => panic!("expected DuplicateEventId at 3050, got {other:?}"),
+        }
+        let found = rt.block_on(log.find_event(Uuid::from_u128(2_999))).unwrap();
+        assert_eq!(found.map(|e| e.position), Some(2_999));
     }
 
     /// A temporary directory and a current-thread runtime.
@@ -3913,12 +4100,12 @@ mod index_tests {
     #[test]
     fn ids_sharing_a_fingerprint_are_told_apart_by_their_frames() {
         let (_dir, rt, store, log) = fresh_log();
-        log.state.write().unwrap().index.ids = IdMap::with_hasher(IdHash::colliding());
+        log.state.write().unwrap().index.ids = Ids::with_hasher(IdHash::colliding());
         rt.block_on(log.append_atomic(vec![request(1..4)])).unwrap();
         rt.block_on(log.append_atomic(vec![request(4..6)])).unwrap();
         {
             let state = log.state.read().unwrap();
-            let mut all: Vec<u32> = state.index.ids.candidates(&Uuid::from_u128(9)).collect();
+            let mut all: Vec<u32> = state.index.ids.candidates(&Uuid::from_u128(9)).unwrap();
             all.sort_unstable();
             assert_eq!(all, vec![1, 2, 3, 4, 5], "every id shares one fingerprint");
             assert!(state.index.shared.is_empty(), "the writer checked them");
@@ -3952,7 +4139,7 @@ mod index_tests {
         // fingerprint and reads both frames: two ids, so the log opens.
         let segments = log.state.read().unwrap().segments.clone();
         let mut ix = Index {
-            ids: IdMap::with_hasher(IdHash::colliding()),
+            ids: Ids::with_hasher(IdHash::colliding()),
             ..Index::default()
         };
         for e in rt.block_on(log.read_all(1, 10)).unwrap() {
@@ -4033,8 +4220,8 @@ mod index_tests {
                 .unwrap();
             next = end;
             let state = log.state.read().unwrap();
-            assert!(state.index.ids.capacity() >= state.index.ids.len());
-            capacities.push(state.index.ids.capacity());
+            assert!(state.index.ids.table_capacity() >= state.index.ids.table_len());
+            capacities.push(state.index.ids.table_capacity());
         }
         capacities.dedup();
         assert!(

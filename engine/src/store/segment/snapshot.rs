@@ -17,15 +17,16 @@
 //! per position 1..=head: its frame's length u32 (frames follow each other
 //! from byte 0 of each segment, so offsets and segments follow)
 //! streams u64 · per stream: id [16], count u32, its positions u32 × count
-//! id capacity u64 · ids u64 (= head) · per id: fingerprint u64, position u32
+//! ids u64 (= head) · per id, sorted by fingerprint then position:
+//!   fingerprint u64, position u32
 //! BLAKE3 of every byte before it [32]
 //! ```
 //!
 //! An id is kept as its fingerprint, its 64-bit hash under the seed
-//! ([`IdMap`]), which is also what the index holds. They are written in
-//! the order of the id table's buckets ([`IdMap::in_table_order`]), so
-//! that reading them back into a table of the same capacity and seed fills
-//! its buckets front to back instead of at random.
+//! ([`super::ids::IdMap`]). Sorted, they are looked up in the file
+//! ([`SortedIds`]) instead of read into the id table: a log opened from
+//! the snapshot holds a filter and a block directory for them (about 1.3
+//! bytes an id) and a table of only the ids appended after it.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -34,7 +35,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::ids::IdMap;
+use super::sorted_ids::{pair_bytes, SortedIds, Sorting, PAIR};
 use super::{frame, IdHash, Index, Loc};
 use crate::envelope::{Hash, StreamId};
 
@@ -49,12 +50,12 @@ const MAGIC: &[u8; 8] = b"CBSEGIX1";
 /// The lengths a frame can have, prefix included.
 const FRAME_LENS: std::ops::RangeInclusive<usize> =
     frame::PREFIX_LEN + frame::MIN_LEN..=frame::PREFIX_LEN + frame::MAX_FRAME;
-/// 2 since session l: each id as its 8-byte fingerprint (version 1 held
-/// the 16-byte ids; a build that reads 2 ignores a version 1 snapshot and
-/// rebuilds the index from the segments once).
-const VERSION: u32 = 2;
-/// Bytes of one `(fingerprint, position)` pair.
-const PAIR: usize = 12;
+/// 3 since session v: the ids sorted by fingerprint, looked up in the file
+/// (2, since session l, listed them in the order of the id table's
+/// buckets, read into a table; 1 held the 16-byte ids). A build that reads
+/// 3 ignores a snapshot of another version and rebuilds the index from
+/// the segments once.
+const VERSION: u32 = 3;
 
 /// A segment as the snapshot saw it: its first position and the length
 /// of its frames (the log's acknowledged end, for the last).
@@ -103,11 +104,14 @@ impl Blocks<'_> {
 }
 
 /// Writes the snapshot of `index` (whose locations span `segments`) to
-/// `out`.
+/// `out`; the ids written are also handed to `ids`, if given, which then
+/// describes the section as written ([`Sorting`]: a spill of the id
+/// table looks its ids up in the file from then on).
 pub(super) fn encode(
     index: &Index,
     segments: &[SnapSegment],
     out: &mut dyn Write,
+    mut ids: Option<&mut Sorting>,
 ) -> std::io::Result<()> {
     let mut w = Blocks {
         out,
@@ -136,13 +140,12 @@ pub(super) fn encode(
             w.put(&p.to_le_bytes())?;
         }
     }
-    w.put(&(index.ids.capacity() as u64).to_le_bytes())?;
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
-    index.ids.in_table_order(|fp, p| {
-        let mut b = [0u8; PAIR];
-        b[..8].copy_from_slice(&fp.to_le_bytes());
-        b[8..].copy_from_slice(&p.to_le_bytes());
-        w.put(&b)
+    index.ids.sorted_pairs(|fp, p| {
+        if let Some(ids) = ids.as_deref_mut() {
+            ids.add(fp, p).map_err(std::io::Error::other)?;
+        }
+        w.put(&pair_bytes(fp, p))
     })?;
     w.flush_block()?;
     let hash = w.hasher.finalize();
@@ -362,7 +365,7 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
     // when first needed ([`LaterIds`]).
     let Some(ids_at) = head
         .checked_mul(PAIR as u64)
-        .and_then(|n| n.checked_add(16 + 32))
+        .and_then(|n| n.checked_add(8 + 32))
         .and_then(|n| total.checked_sub(n))
     else {
         return Err(format!("too short for {head} ids"));
@@ -373,7 +376,7 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
         .map_err(|e| format!("cannot open: {e}"))?;
     // The ids' CRC-32 only matters for ids read later (an open that reads
     // them now has the checksum checked over the same bytes).
-    let read_ids = || load_ids(&ids_file, ids_at, head, seed, None);
+    let read_ids = || load_ids(&ids_file, ids_at, head, None);
     let (rest, ahead) = match ids_now {
         false => {
             let mut crc = crc32fast::Hasher::new();
@@ -421,21 +424,39 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
     }))
 }
 
+/// Where the ids of the snapshot of `head` events at `path` start: its
+/// `SortedIds` handle on the file, from what [`encode`] handed `ids`.
+pub(super) fn written_ids(path: &Path, head: u64, ids: Sorting) -> Result<SortedIds, String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    let total = file
+        .metadata()
+        .map_err(|e| format!("cannot size: {e}"))?
+        .len();
+    let at = head
+        .checked_mul(PAIR as u64)
+        .and_then(|n| n.checked_add(32))
+        .and_then(|n| total.checked_sub(n))
+        .ok_or("too short for its ids")?;
+    let (sorted, _) = ids.finish(file, at)?;
+    Ok(sorted)
+}
+
 /// A snapshot's event ids: read by the open (an open for appends), or
 /// checked with the rest of the file when the log opened (the checksum
-/// covers them) but read into the index only when first needed: an
-/// append, a look-up by id, `verify`, a copy. A command that only reads
-/// by pupil or by position (the caseload, a report) then never holds
-/// them: about 14 bytes an event, more than half of the index. The file
-/// stays open, so a snapshot written over it (a new file renamed into
-/// place) does not change what is read; the section's CRC-32, taken as
-/// the open read it, is checked again when it is read.
+/// covers them) but read only when first needed: an append, a look-up by
+/// id, `verify`, a copy. Read, they stay in the file ([`SortedIds`]),
+/// and the index keeps their filter and block directory. The file stays
+/// open, so a snapshot written over it (a new file renamed into place)
+/// does not change what is read; the section's CRC-32, taken as the open
+/// read it, is checked again when it is read, and each block's as a
+/// look-up reads it.
 pub(super) struct LaterIds {
     file: std::fs::File,
     /// Where the section (capacity, count, pairs) starts.
     at: u64,
     /// The snapshot's head: one id for each position 1..=head.
     head: u64,
+    /// The seed the fingerprints were taken with.
     seed: u64,
     /// The CRC-32 of the ids' bytes as the open read them, when it left
     /// them in the file.
@@ -446,12 +467,17 @@ pub(super) struct LaterIds {
 }
 
 /// The ids of a snapshot and the pairs of positions that share a
-/// fingerprint ([`IdMap::load`]).
-type IdsRead = (IdMap, Vec<(u32, u32)>);
+/// fingerprint ([`SortedIds::read`]).
+type IdsRead = (SortedIds, Vec<(u32, u32)>);
 
 impl LaterIds {
+    /// The hashing the fingerprints were taken with.
+    pub(super) fn hasher(&self) -> IdHash {
+        IdHash::with_seed(self.seed)
+    }
+
     /// The ids and the pairs of positions that share a fingerprint
-    /// ([`IdMap::load`]), or why the section can no longer be used.
+    /// ([`SortedIds::read`]), or why the section can no longer be used.
     pub(super) fn read(&self) -> Result<IdsRead, String> {
         if let Some(read) = self.ahead.lock().ok().and_then(|mut a| a.take()) {
             return read;
@@ -462,76 +488,36 @@ impl LaterIds {
             return Err("the ids the open read were used already".into());
         };
         let mut crc = crc32fast::Hasher::new();
-        let read = load_ids(&self.file, self.at, self.head, self.seed, Some(&mut crc))?;
+        let read = load_ids(&self.file, self.at, self.head, Some(&mut crc));
         if crc.finalize() != expected {
             return Err("the snapshot's ids changed after the open checked them".into());
         }
-        Ok(read)
+        read
     }
 }
 
-/// The snapshot's ids (from byte `at`: capacity, count, pairs), read with
-/// positioned reads in blocks of whole pairs, every byte added to `crc` if
-/// given.
+/// The snapshot's ids (from byte `at`: count, pairs), read and checked
+/// ([`SortedIds::read`]), every byte added to `crc` if given; they are
+/// looked up later through a handle of their own on the file.
 fn load_ids(
     file: &std::fs::File,
     at: u64,
     head: u64,
-    seed: u64,
     mut crc: Option<&mut crc32fast::Hasher>,
 ) -> Result<IdsRead, String> {
     use std::os::unix::fs::FileExt;
-    let mut header = [0u8; 16];
+    let mut header = [0u8; 8];
     file.read_exact_at(&mut header, at)
         .map_err(|e| format!("cannot read: {e}"))?;
     if let Some(crc) = crc.as_deref_mut() {
         crc.update(&header);
     }
-    let [capacity, nids] = [0, 8].map(|i| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&header[i..i + 8]);
-        u64::from_le_bytes(b)
-    });
-    // The capacity only orders the inserts: one larger than twice the
-    // ids (a damaged field, before the checksum is known) is not trusted.
-    let capacity = capacity.min(head.saturating_mul(2).saturating_add(1024));
+    let nids = u64::from_le_bytes(header);
     if nids != head {
         return Err(format!("{nids} ids for {head} positions"));
     }
-    const PAIRS: u64 = (BLOCK / PAIR) as u64;
-    let mut buf = vec![0u8; (PAIRS.min(head) * PAIR as u64) as usize];
-    let (mut offset, mut left, mut next, mut filled) = (at + 16, head, 0usize, 0usize);
-    let pairs = std::iter::from_fn(move || {
-        if left == 0 {
-            return None;
-        }
-        if next == filled {
-            let n = (left.min(PAIRS) * PAIR as u64) as usize;
-            if let Err(e) = file.read_exact_at(&mut buf[..n], offset) {
-                left = 0;
-                return Some(Err(format!("cannot read: {e}")));
-            }
-            if let Some(crc) = crc.as_deref_mut() {
-                crc.update(&buf[..n]);
-            }
-            offset += n as u64;
-            (next, filled) = (0, n);
-        }
-        let b = &buf[next..next + PAIR];
-        next += PAIR;
-        left -= 1;
-        let mut fp = [0u8; 8];
-        fp.copy_from_slice(&b[..8]);
-        let mut p = [0u8; 4];
-        p.copy_from_slice(&b[8..]);
-        Some(Ok((u64::from_le_bytes(fp), u32::from_le_bytes(p))))
-    });
-    IdMap::load(
-        IdHash::with_seed(seed),
-        head as usize,
-        capacity as usize,
-        pairs,
-    )
+    let own = file.try_clone().map_err(|e| format!("cannot open: {e}"))?;
+    SortedIds::read(own, at + 8, head, crc)
 }
 
 /// The rest of the snapshot after its seed: segments, locations, streams;

@@ -1,0 +1,526 @@
+//! The event ids of an index snapshot, left in the file and looked up
+//! there: [`SortedIds`].
+//!
+//! The snapshot lists every id as its 64-bit fingerprint and position,
+//! sorted by fingerprint (then position). A log opened from it keeps in
+//! memory only what finds a fingerprint in the file: a Bloom filter over
+//! the fingerprints (10 bits an id), the first fingerprint of each block
+//! of [`BLOCK_PAIRS`] pairs and each block's CRC-32 (12 bytes a block):
+//! about 1.3 bytes an id, against 14–19 for the id table ([`super::ids`]),
+//! which now holds only the ids appended after the snapshot.
+//!
+//! A look-up of an id that is not stored (every id of an import) costs the
+//! filter's probe, one cache line; one the filter passes (a stored id, or
+//! about one new id in a hundred) reads the block or two its fingerprint
+//! can be in with one `pread`, checks the block's CRC-32 against the one
+//! taken when the section was first read (so bytes changed after that are
+//! refused, never trusted), and scans it.
+//!
+//! Building one reads the whole section once and checks it as an open
+//! checks the rest of the snapshot: sorted, every position 1..=n exactly
+//! once, at most [`MAX_SHARING`] positions under one fingerprint (each
+//! pair of those is handed back for the caller to read both frames, as
+//! the id table's shared fingerprints are).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+/// Bytes of one `(fingerprint, position)` pair.
+pub(super) const PAIR: usize = 12;
+/// Pairs in a block: what a look-up reads and a CRC-32 covers.
+pub(super) const BLOCK_PAIRS: usize = 256;
+const BLOCK_BYTES: usize = BLOCK_PAIRS * PAIR;
+/// Blocks read at once when the whole section is read.
+const BLOCKS_AT_ONCE: usize = 256;
+/// Most positions whose ids may share one fingerprint (ids share a 64-bit
+/// fingerprint with a probability of 2^-64 a pair; more than this is a
+/// damaged or crafted section, and the ids are indexed from the segments).
+pub(super) const MAX_SHARING: usize = 8;
+
+/// Bits of the filter an id.
+const FILTER_BITS: usize = 10;
+/// The salts of a split-block Bloom filter (Apache Parquet's): one bit is
+/// set in each 32-bit word of a 256-bit block.
+const SALT: [u32; 8] = [
+    0x47b6_137b,
+    0x4497_4d91,
+    0x8824_ad5b,
+    0xa2b7_289d,
+    0x7054_95c7,
+    0x2df1_424b,
+    0x9efc_4947,
+    0x5c6b_fb31,
+];
+
+/// A split-block Bloom filter of fingerprints: each lands in one 256-bit
+/// block (chosen by its high 32 bits) and sets one bit in each of the
+/// block's eight words (chosen by its low 32 bits and a salt): a look-up
+/// reads one cache line. At 10 bits an id about 1% of absent ids pass.
+struct Filter {
+    words: Vec<[u32; 8]>,
+}
+
+impl Filter {
+    fn with_keys(n: u64) -> Filter {
+        let blocks = (n as usize)
+            .saturating_mul(FILTER_BITS)
+            .div_ceil(256)
+            .max(1);
+        Filter {
+            words: vec![[0; 8]; blocks],
+        }
+    }
+
+    fn block(&self, fp: u64) -> usize {
+        (((fp >> 32) * self.words.len() as u64) >> 32) as usize
+    }
+
+    fn bits(fp: u64) -> [u32; 8] {
+        let key = fp as u32;
+        SALT.map(|s| 1u32 << (key.wrapping_mul(s) >> 27))
+    }
+
+    fn insert(&mut self, fp: u64) {
+        let i = self.block(fp);
+        let bits = Filter::bits(fp);
+        for (w, b) in self.words[i].iter_mut().zip(bits) {
+            *w |= b;
+        }
+    }
+
+    fn may_hold(&self, fp: u64) -> bool {
+        let block = &self.words[self.block(fp)];
+        block.iter().zip(Filter::bits(fp)).all(|(w, b)| w & b != 0)
+    }
+
+    fn allocated_bytes(&self) -> usize {
+        self.words.capacity() * 32
+    }
+}
+
+fn pair_at(bytes: &[u8]) -> (u64, u32) {
+    let mut fp = [0u8; 8];
+    fp.copy_from_slice(&bytes[..8]);
+    let mut p = [0u8; 4];
+    p.copy_from_slice(&bytes[8..PAIR]);
+    (u64::from_le_bytes(fp), u32::from_le_bytes(p))
+}
+
+/// The bytes of a pair as the snapshot stores them.
+pub(super) fn pair_bytes(fp: u64, p: u32) -> [u8; PAIR] {
+    let mut b = [0u8; PAIR];
+    b[..8].copy_from_slice(&fp.to_le_bytes());
+    b[8..].copy_from_slice(&p.to_le_bytes());
+    b
+}
+
+/// A snapshot's ids section, checked, and looked up in place.
+pub(super) struct SortedIds {
+    file: File,
+    /// Where the first pair is.
+    at: u64,
+    /// Pairs: one for each position 1..=n.
+    n: u64,
+    /// The fingerprint of each block's first pair.
+    fences: Vec<u64>,
+    /// Each block's CRC-32, taken when the section was checked.
+    sums: Vec<u32>,
+    filter: Filter,
+}
+
+impl std::fmt::Debug for SortedIds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SortedIds").field("n", &self.n).finish()
+    }
+}
+
+/// Checks a section's pairs as they are read or written, and gathers what
+/// [`SortedIds`] keeps: give it every pair in order, then
+/// [`Sorting::finish`].
+pub(super) struct Sorting {
+    n: u64,
+    count: u64,
+    prev: Option<(u64, u32)>,
+    /// Positions under the fingerprint of the last pair.
+    run: Vec<u32>,
+    shared: Vec<(u32, u32)>,
+    seen: Vec<u64>,
+    fences: Vec<u64>,
+    sums: Vec<u32>,
+    crc: crc32fast::Hasher,
+    in_block: usize,
+    filter: Filter,
+}
+
+impl Sorting {
+    /// For a section of `n` pairs.
+    pub(super) fn new(n: u64) -> Sorting {
+        let blocks = (n as usize).div_ceil(BLOCK_PAIRS);
+        Sorting {
+            n,
+            count: 0,
+            prev: None,
+            run: Vec::new(),
+            shared: Vec::new(),
+            seen: vec![0; (n as usize).div_ceil(64)],
+            fences: Vec::with_capacity(blocks),
+            sums: Vec::with_capacity(blocks),
+            crc: crc32fast::Hasher::new(),
+            in_block: 0,
+            filter: Filter::with_keys(n),
+        }
+    }
+
+    /// The next pair; `Err` says what is wrong with the section.
+    pub(super) fn add(&mut self, fp: u64, p: u32) -> Result<(), String> {
+        if p == 0 || u64::from(p) > self.n {
+            return Err(format!("ids: position {p} out of range"));
+        }
+        let i = p as usize - 1;
+        let (word, bit) = (i / 64, 1u64 << (i % 64));
+        if self.seen[word] & bit != 0 {
+            return Err(format!("ids: position {p} is listed twice"));
+        }
+        self.seen[word] |= bit;
+        match self.prev {
+            Some(prev) if (fp, p) <= prev => {
+                return Err(format!("ids: position {p} is out of order"));
+            }
+            Some((prev_fp, _)) if prev_fp == fp => {
+                if self.run.len() >= MAX_SHARING {
+                    return Err(format!(
+                        "ids: more than {MAX_SHARING} positions share a fingerprint"
+                    ));
+                }
+                self.shared.extend(self.run.iter().map(|&q| (q, p)));
+                self.run.push(p);
+            }
+            _ => {
+                self.run.clear();
+                self.run.push(p);
+            }
+        }
+        self.prev = Some((fp, p));
+        if self.in_block == 0 {
+            self.fences.push(fp);
+        }
+        self.crc.update(&pair_bytes(fp, p));
+        self.in_block += 1;
+        if self.in_block == BLOCK_PAIRS {
+            let crc = std::mem::take(&mut self.crc);
+            self.sums.push(crc.finalize());
+            self.in_block = 0;
+        }
+        self.filter.insert(fp);
+        self.count += 1;
+        Ok(())
+    }
+
+    /// The section, whose first pair is at byte `at` of `file`, and the
+    /// pairs of positions that share a fingerprint (lower, higher).
+    pub(super) fn finish(
+        self,
+        file: File,
+        at: u64,
+    ) -> Result<(SortedIds, Vec<(u32, u32)>), String> {
+        if self.count != self.n {
+            return Err(format!("ids: {} ids for {} positions", self.count, self.n));
+        }
+        let mut sums = self.sums;
+        if self.in_block > 0 {
+            sums.push(self.crc.finalize());
+        }
+        Ok((
+            SortedIds {
+                file,
+                at,
+                n: self.n,
+                fences: self.fences,
+                sums,
+                filter: self.filter,
+            },
+            self.shared,
+        ))
+    }
+}
+
+impl SortedIds {
+    /// Reads and checks the `n` pairs from byte `at` of `file`, adding
+    /// every byte to `crc` if given (all of them, even after a pair that
+    /// fails a check: the caller compares the CRC-32 first).
+    pub(super) fn read(
+        file: File,
+        at: u64,
+        n: u64,
+        mut crc: Option<&mut crc32fast::Hasher>,
+    ) -> Result<(SortedIds, Vec<(u32, u32)>), String> {
+        let mut sorting = Sorting::new(n);
+        let mut buf =
+            vec![0u8; BLOCK_BYTES * BLOCKS_AT_ONCE.min((n as usize).div_ceil(BLOCK_PAIRS))];
+        let (mut offset, mut left) = (at, n);
+        let mut refused = None;
+        while left > 0 {
+            let take = left.min((BLOCK_PAIRS * BLOCKS_AT_ONCE) as u64);
+            let bytes = &mut buf[..take as usize * PAIR];
+            file.read_exact_at(bytes, offset)
+                .map_err(|e| format!("cannot read: {e}"))?;
+            if let Some(crc) = crc.as_deref_mut() {
+                crc.update(bytes);
+            }
+            if refused.is_none() {
+                for pair in bytes.chunks_exact(PAIR) {
+                    let (fp, p) = pair_at(pair);
+                    if let Err(e) = sorting.add(fp, p) {
+                        refused = Some(e);
+                        break;
+                    }
+                }
+            }
+            offset += bytes.len() as u64;
+            left -= take;
+        }
+        match refused {
+            Some(e) => Err(e),
+            None => sorting.finish(file, at),
+        }
+    }
+
+    /// Ids held: one for each position 1..=len.
+    pub(super) fn len(&self) -> u64 {
+        self.n
+    }
+
+    /// Block `b`'s pairs, read into `buf` and checked against the CRC-32
+    /// taken when the section was.
+    fn block<'b>(&self, b: usize, buf: &'b mut [u8]) -> Result<&'b [u8], String> {
+        let first = (b * BLOCK_PAIRS) as u64;
+        let count = (self.n - first).min(BLOCK_PAIRS as u64) as usize;
+        let bytes = &mut buf[..count * PAIR];
+        self.file
+            .read_exact_at(bytes, self.at + first * PAIR as u64)
+            .map_err(|e| format!("cannot read the index snapshot's event ids: {e}"))?;
+        if Some(&crc32fast::hash(bytes)) != self.sums.get(b) {
+            return Err("the index snapshot's event ids changed after they were checked".into());
+        }
+        Ok(bytes)
+    }
+
+    /// Whether the filter lets `fp` through (a stored fingerprint always).
+    pub(super) fn may_hold(&self, fp: u64) -> bool {
+        self.n > 0 && self.filter.may_hold(fp)
+    }
+
+    /// Adds to `out` every position listed under fingerprint `fp`.
+    pub(super) fn positions(&self, fp: u64, out: &mut Vec<u32>) -> Result<(), String> {
+        if !self.may_hold(fp) {
+            return Ok(());
+        }
+        // Blocks whose first fingerprint is at most `fp`, from the last
+        // that starts below it (its end may hold `fp` too).
+        let hi = self.fences.partition_point(|&f| f <= fp);
+        let lo = self.fences.partition_point(|&f| f < fp).saturating_sub(1);
+        let mut buf = [0u8; BLOCK_BYTES];
+        for b in lo..hi {
+            for pair in self.block(b, &mut buf)?.chunks_exact(PAIR) {
+                let (f, p) = pair_at(pair);
+                if f == fp {
+                    out.push(p);
+                } else if f > fp {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Every pair in order, read a few hundred blocks at a time, each
+    /// block checked against its CRC-32.
+    pub(super) fn pairs(&self) -> Pairs<'_> {
+        Pairs {
+            ids: self,
+            buf: Vec::new(),
+            next_block: 0,
+            at: 0,
+            failed: false,
+        }
+    }
+
+    /// Bytes allocated for the filter, the fences and the sums.
+    pub(super) fn allocated_bytes(&self) -> usize {
+        self.filter.allocated_bytes() + self.fences.capacity() * 8 + self.sums.capacity() * 4
+    }
+}
+
+/// [`SortedIds::pairs`].
+pub(super) struct Pairs<'a> {
+    ids: &'a SortedIds,
+    buf: Vec<u8>,
+    /// The block after those in `buf`.
+    next_block: usize,
+    /// The next pair's byte in `buf`.
+    at: usize,
+    failed: bool,
+}
+
+impl Pairs<'_> {
+    fn refill(&mut self) -> Result<(), String> {
+        let ids = self.ids;
+        let blocks = ids.sums.len();
+        let end = blocks.min(self.next_block + BLOCKS_AT_ONCE);
+        let first = (self.next_block * BLOCK_PAIRS) as u64;
+        let last = ((end * BLOCK_PAIRS) as u64).min(ids.n);
+        let len = ((last - first) as usize) * PAIR;
+        self.buf.resize(len, 0);
+        ids.file
+            .read_exact_at(&mut self.buf, ids.at + first * PAIR as u64)
+            .map_err(|e| format!("cannot read the index snapshot's event ids: {e}"))?;
+        for (i, block) in self.buf.chunks(BLOCK_BYTES).enumerate() {
+            if Some(&crc32fast::hash(block)) != ids.sums.get(self.next_block + i) {
+                return Err(
+                    "the index snapshot's event ids changed after they were checked".into(),
+                );
+            }
+        }
+        self.next_block = end;
+        self.at = 0;
+        Ok(())
+    }
+}
+
+impl Iterator for Pairs<'_> {
+    type Item = Result<(u64, u32), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        if self.at == self.buf.len() {
+            if self.next_block >= self.ids.sums.len() {
+                return None;
+            }
+            if let Err(e) = self.refill() {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        }
+        let pair = pair_at(&self.buf[self.at..self.at + PAIR]);
+        self.at += PAIR;
+        Some(Ok(pair))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn section(pairs: &[(u64, u32)]) -> (tempfile::NamedTempFile, u64) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"front").unwrap();
+        for &(fp, p) in pairs {
+            f.write_all(&pair_bytes(fp, p)).unwrap();
+        }
+        f.flush().unwrap();
+        (f, 5)
+    }
+
+    fn read(pairs: &[(u64, u32)]) -> Result<(SortedIds, Vec<(u32, u32)>), String> {
+        let (f, at) = section(pairs);
+        SortedIds::read(f.reopen().unwrap(), at, pairs.len() as u64, None)
+    }
+
+    fn mix(i: u64) -> u64 {
+        let m = u128::from(i ^ 0x5151) * 0x9e37_79b9_7f4a_7c15;
+        (m as u64) ^ ((m >> 64) as u64)
+    }
+
+    fn sorted(n: u32) -> Vec<(u64, u32)> {
+        let mut pairs: Vec<(u64, u32)> = (1..=n).map(|p| (mix(u64::from(p)), p)).collect();
+        pairs.sort_unstable();
+        pairs
+    }
+
+    #[test]
+    fn every_listed_fingerprint_is_found_at_its_positions() {
+        let mut pairs = sorted(3_000);
+        // Three positions share one fingerprint, across a block's end.
+        let shared = pairs[BLOCK_PAIRS - 1].0;
+        pairs[BLOCK_PAIRS].0 = shared;
+        pairs[BLOCK_PAIRS + 1].0 = shared;
+        pairs.sort_unstable();
+        let (ids, mut pairs_shared) = read(&pairs).unwrap();
+        assert_eq!(ids.len(), 3_000);
+        for &(fp, p) in &pairs {
+            let mut out = Vec::new();
+            ids.positions(fp, &mut out).unwrap();
+            assert!(out.contains(&p), "{p}");
+        }
+        let mut out = Vec::new();
+        ids.positions(shared, &mut out).unwrap();
+        assert_eq!(out.len(), 3);
+        let mut under: Vec<u32> = out.clone();
+        under.sort_unstable();
+        pairs_shared.sort_unstable();
+        let (a, b, c) = (under[0], under[1], under[2]);
+        assert_eq!(pairs_shared, vec![(a, b), (a, c), (b, c)]);
+        // Absent fingerprints: almost all stopped by the filter, none found.
+        let mut passed = 0;
+        for i in 10_000..30_000u64 {
+            let fp = mix(i);
+            passed += usize::from(ids.may_hold(fp));
+            let mut out = Vec::new();
+            ids.positions(fp, &mut out).unwrap();
+            assert!(out.is_empty());
+        }
+        assert!(passed < 600, "{passed} of 20000 absent passed the filter");
+        // Below the first and above the last.
+        let mut out = Vec::new();
+        ids.positions(0, &mut out).unwrap();
+        ids.positions(u64::MAX, &mut out).unwrap();
+        assert!(out.is_empty());
+        let all: Vec<(u64, u32)> = ids.pairs().collect::<Result<_, _>>().unwrap();
+        assert_eq!(all, pairs);
+        assert!(ids.allocated_bytes() < 3_000 * 2);
+    }
+
+    #[test]
+    fn a_section_out_of_order_or_incomplete_is_refused() {
+        let pairs = sorted(600);
+        let mut swapped = pairs.clone();
+        swapped.swap(10, 11);
+        assert!(read(&swapped).unwrap_err().contains("out of order"));
+        let mut twice = pairs.clone();
+        twice[20].1 = twice[21].1;
+        assert!(read(&twice).unwrap_err().contains("listed twice"));
+        let mut past = pairs.clone();
+        past[3].1 = 601;
+        assert!(read(&past).unwrap_err().contains("out of range"));
+        let (f, at) = section(&pairs[..599]);
+        let err = SortedIds::read(f.reopen().unwrap(), at, 600, None).unwrap_err();
+        assert!(err.contains("cannot read"), "{err}");
+        let mut crowd: Vec<(u64, u32)> = (1..=600).map(|p| (7, p)).collect();
+        crowd.sort_unstable();
+        assert!(read(&crowd).unwrap_err().contains("share a fingerprint"));
+        let (empty, shared) = read(&[]).unwrap();
+        assert!(shared.is_empty() && empty.pairs().next().is_none());
+        let mut out = Vec::new();
+        empty.positions(5, &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn bytes_changed_after_the_check_are_refused() {
+        let pairs = sorted(1_000);
+        let (f, at) = section(&pairs);
+        let (ids, _) = SortedIds::read(f.reopen().unwrap(), at, 1_000, None).unwrap();
+        let (fp, _) = pairs[300];
+        // Another position written over the pair, in place.
+        let file = f.reopen().unwrap();
+        let b = pair_bytes(fp, 999);
+        file.write_all_at(&b, at + 300 * PAIR as u64).unwrap();
+        let err = ids.positions(fp, &mut Vec::new()).unwrap_err();
+        assert!(err.contains("changed after"), "{err}");
+        let err = ids.pairs().find_map(Result::err).unwrap();
+        assert!(err.contains("changed after"), "{err}");
+    }
+}
