@@ -41,7 +41,7 @@ const ENTRY: usize = std::mem::size_of::<u32>();
 
 /// A hint to fetch the cache line holding `addr` ([`IdMap::prefetch`]).
 #[inline(always)]
-fn prefetch_line(addr: usize) {
+pub(super) fn prefetch_line(addr: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch loads nothing into the program and cannot fault,
     // whatever the address; SSE (which has it) is part of x86_64.
@@ -294,8 +294,8 @@ impl IdMap {
     }
 }
 
-/// Ids a pass of [`Ids::sorted_pairs`] sorts at a time (16 MB).
-const PASS_PAIRS: usize = 1 << 20;
+/// Ids a pass of [`Ids::sorted_pairs`] sorts at a time (4 MB).
+const PASS_PAIRS: usize = 1 << 18;
 
 /// A log's event ids: those of the index snapshot it was opened from,
 /// left in the file ([`SortedIds`]: a filter and a block directory in
@@ -406,9 +406,14 @@ impl Ids {
             .map(|earlier| earlier + base)
     }
 
-    /// [`IdMap::prefetch`] of the table (the file's filter is probed as
-    /// each id is looked up).
-    pub(super) fn prefetch(&self, fps: impl Iterator<Item = u64>) {
+    /// [`IdMap::prefetch`] of the table, and of the blocks of the file's
+    /// filter that look-ups of these fingerprints will probe.
+    pub(super) fn prefetch(&self, fps: impl Iterator<Item = u64> + Clone) {
+        if let Some(base) = &self.base {
+            for fp in fps.clone() {
+                prefetch_line(base.filter_line(fp));
+            }
+        }
         self.tail.prefetch(fps);
     }
 

@@ -2477,12 +2477,13 @@ impl Committed for SegmentCommitted<'_> {
         stored_at(self.index, self.segments, &event_id)
     }
 
-    /// The table memory of the ids' look-ups, fetched together
-    /// ([`IdMap::prefetch`]).
+    /// The memory of the ids' look-ups, fetched together
+    /// ([`Ids::prefetch`]).
     fn ahead<'e>(&mut self, ids: impl Iterator<Item = &'e Uuid>) {
         if self.index.later.is_none() {
             let map = &self.index.ids;
-            map.prefetch(ids.map(|id| map.fingerprint(id)));
+            let fps: Vec<u64> = ids.map(|id| map.fingerprint(id)).collect();
+            map.prefetch(fps.iter().copied());
         }
     }
 }
@@ -3333,6 +3334,143 @@ fn check_content(
     check.finish()
 }
 
+/// Positions whose snapshot ids `verify` sums together ([`IdSums`]).
+const ID_SUM_BLOCK: u64 = 1 << 16;
+
+/// `verify`'s check of the snapshot's ids (those left in its file) without
+/// a table of them by position: for each block of [`ID_SUM_BLOCK`]
+/// positions, the sum of a keyed hash of each `(fingerprint, position)`
+/// the file lists, and the same sum of what the frames hold. Equal sums
+/// mean equal pairs but for a chance of about 2^-64 a block (the key is
+/// random for each verify, so no file can be made to match); a block whose
+/// sums differ is checked position by position, its frames read again
+/// ([`IdSums::misfiled`]).
+struct IdSums {
+    base: Arc<sorted_ids::SortedIds>,
+    key: u64,
+    listed: Vec<u64>,
+    found: Vec<u64>,
+}
+
+impl IdSums {
+    /// The sums of what `base` lists.
+    fn of(base: Arc<sorted_ids::SortedIds>) -> Result<IdSums, StoreError> {
+        use std::hash::{BuildHasher, Hasher};
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(base.len());
+        let key = h.finish() | 1;
+        let blocks = base.len().div_ceil(ID_SUM_BLOCK) as usize;
+        let mut sums = IdSums {
+            base: base.clone(),
+            key,
+            listed: vec![0; blocks],
+            found: vec![0; blocks],
+        };
+        let mut count = 0u64;
+        for pair in base.pairs() {
+            let (fp, p) = pair.map_err(unreadable_ids)?;
+            let Some(block) = sums.block(u64::from(p)) else {
+                continue;
+            };
+            sums.listed[block] = sums.listed[block].wrapping_add(sums.mix(fp, u64::from(p)));
+            count += 1;
+        }
+        // Every position 1..=len once (checked when the ids were read).
+        if count != base.len() {
+            return Err(StoreError::Internal(format!(
+                "the index's event ids list {count} positions of {}",
+                base.len()
+            )));
+        }
+        Ok(sums)
+    }
+
+    /// Position `p`'s block, if the file holds its id.
+    fn block(&self, p: u64) -> Option<usize> {
+        (1..=self.base.len())
+            .contains(&p)
+            .then(|| ((p - 1) / ID_SUM_BLOCK) as usize)
+    }
+
+    fn mix(&self, fp: u64, p: u64) -> u64 {
+        let mut x = fp ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..2 {
+            let m = u128::from(x) * u128::from(self.key);
+            x = (m as u64) ^ ((m >> 64) as u64);
+        }
+        x
+    }
+
+    /// Adds the frame at `p` holding an id of fingerprint `fp`; `false`
+    /// when `p` is not the file's.
+    fn add(&mut self, fp: u64, p: u64) -> bool {
+        let Some(block) = self.block(p) else {
+            return false;
+        };
+        self.found[block] = self.found[block].wrapping_add(self.mix(fp, p));
+        true
+    }
+
+    /// The positions of every block whose sums differ where the file lists
+    /// another fingerprint than the frame's id has: the file read once
+    /// more for those blocks, their frames read again (headers only). A
+    /// frame that cannot be read is left to the chain check, which
+    /// reports it.
+    fn misfiled(&self, state: &RwLock<State>) -> Result<Vec<u64>, StoreError> {
+        let bad: Vec<usize> = (0..self.listed.len())
+            .filter(|&b| self.listed[b] != self.found[b])
+            .collect();
+        if bad.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut listed: HashMap<usize, Vec<u64>> = bad
+            .iter()
+            .map(|&b| (b, vec![0; ID_SUM_BLOCK as usize]))
+            .collect();
+        for pair in self.base.pairs() {
+            let (fp, p) = pair.map_err(unreadable_ids)?;
+            let p = u64::from(p);
+            if let Some(fps) = self.block(p).and_then(|b| listed.get_mut(&b)) {
+                fps[((p - 1) % ID_SUM_BLOCK) as usize] = fp;
+            }
+        }
+        let mut misfiled = Vec::new();
+        let mut buf = Vec::new();
+        for b in bad {
+            let first = b as u64 * ID_SUM_BLOCK + 1;
+            let last = (first + ID_SUM_BLOCK - 1).min(self.base.len());
+            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+            let wanted: Vec<Wanted> = (first..=last)
+                .filter_map(|p| {
+                    locate(&state.index, &state.segments, p).map(|(l, s)| (p, l, s.clone()))
+                })
+                .collect();
+            let fps = &listed[&b];
+            let ids = &state.index.ids;
+            for_each_run(&mut buf, &wanted, |_, frames, run| {
+                let mut at = 0usize;
+                for &(p, _, _) in frames {
+                    let Ok((meta, _, len)) = decode_frame(&run[at..]) else {
+                        break;
+                    };
+                    at += len;
+                    let listed = fps[((p - 1) % ID_SUM_BLOCK) as usize];
+                    if meta.position == p && listed != ids.fingerprint(&meta.event_id) {
+                        misfiled.push(p);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+        Ok(misfiled)
+    }
+}
+
+/// An error reading the index's event ids from the snapshot file.
+fn unreadable_ids(e: String) -> StoreError {
+    StoreError::Internal(format!("the index's event ids: {e}"))
+}
+
 /// The index checks of `verify`: each frame's position, stream version and
 /// event id entries must point at it.
 fn check_index_batches(
@@ -3340,33 +3478,13 @@ fn check_index_batches(
     batches: std::sync::mpsc::Receiver<Vec<(FrameMeta, Loc)>>,
 ) -> Result<Problems, StoreError> {
     let mut problems = Problems::default();
-    // The snapshot's ids, by position (8 bytes an id while the verify
-    // runs): each frame's is compared with its own, where a look-up in the
-    // file would read a block for every frame.
+    // The snapshot's ids are summed a block of positions at a time, where a
+    // look-up in the file would read a block of it for every frame.
     let base = {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
         state.index.ids.base().cloned()
     };
-    let mut by_position: Vec<u64> = Vec::new();
-    if let Some(base) = base {
-        by_position = vec![0; base.len() as usize];
-        let mut listed = 0u64;
-        for pair in base.pairs() {
-            let (fp, p) =
-                pair.map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
-            // Every position 1..=len once (checked when the ids were read).
-            if let Some(slot) = by_position.get_mut((p as usize).wrapping_sub(1)) {
-                *slot = fp;
-                listed += 1;
-            }
-        }
-        if listed != base.len() {
-            return Err(StoreError::Internal(format!(
-                "the index's event ids list {listed} positions of {}",
-                base.len()
-            )));
-        }
-    }
+    let mut sums = base.map(IdSums::of).transpose()?;
     let mut at = Vec::new();
     for batch in batches {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
@@ -3395,19 +3513,22 @@ fn check_index_batches(
                     format!("stream index for version {} is wrong", meta.version)
                 });
             }
-            let listed = match by_position.get((meta.position as usize).wrapping_sub(1)) {
-                Some(&fp) => fp == ix.ids.fingerprint(&meta.event_id),
-                None => {
-                    at.clear();
-                    ix.ids
-                        .candidates_into(&meta.event_id, &mut at)
-                        .map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
-                    at.iter().any(|&q| u64::from(q) == meta.position)
-                }
-            };
-            if !listed {
+            let fp = ix.ids.fingerprint(&meta.event_id);
+            if sums.as_mut().is_some_and(|s| s.add(fp, meta.position)) {
+                continue;
+            }
+            at.clear();
+            ix.ids
+                .candidates_into(&meta.event_id, &mut at)
+                .map_err(unreadable_ids)?;
+            if !at.iter().any(|&q| u64::from(q) == meta.position) {
                 problems.push(meta.position, || "event id index does not point here");
             }
+        }
+    }
+    if let Some(sums) = sums {
+        for p in sums.misfiled(state)? {
+            problems.push(p, || "event id index does not point here");
         }
     }
     Ok(problems)

@@ -88,6 +88,11 @@ impl Filter {
         }
     }
 
+    /// The address of the block `fp` lands in (a prefetch hint).
+    fn line(&self, fp: u64) -> usize {
+        &self.words[self.block(fp)] as *const [u32; 8] as usize
+    }
+
     fn may_hold(&self, fp: u64) -> bool {
         let block = &self.words[self.block(fp)];
         block.iter().zip(Filter::bits(fp)).all(|(w, b)| w & b != 0)
@@ -303,6 +308,11 @@ impl SortedIds {
             return Err("the index snapshot's event ids changed after they were checked".into());
         }
         Ok(bytes)
+    }
+
+    /// The address of the filter's block for `fp`, for a prefetch.
+    pub(super) fn filter_line(&self, fp: u64) -> usize {
+        self.filter.line(fp)
     }
 
     /// Whether the filter lets `fp` through (a stored fingerprint always).
