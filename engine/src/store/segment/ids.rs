@@ -297,14 +297,20 @@ impl IdMap {
 /// Ids a pass of [`Ids::sorted_pairs`] sorts at a time (4 MB).
 const PASS_PAIRS: usize = 1 << 18;
 
-/// A log's event ids: those of the index snapshot it was opened from,
-/// left in the file ([`SortedIds`]: a filter and a block directory in
-/// memory, about 1.3 bytes an id), and those indexed since in an
-/// [`IdMap`] (14–19 bytes an id), which numbers them from 1 after the
-/// snapshot's.
+/// Most runs of ids in files ([`Ids::spill_run`]): the next spill writes
+/// one run of them all with the table's.
+pub(super) const MAX_RUNS: usize = 8;
+
+/// A log's event ids: those of the index snapshot it was opened from and
+/// those the writer spilled since, each in a file ([`SortedIds`]: a filter
+/// and a block directory in memory, about 1.3 bytes an id), then those
+/// indexed since in an [`IdMap`] (14–19 bytes an id), which numbers them
+/// from 1 after the files'.
 pub(super) struct Ids {
-    base: Option<Arc<SortedIds>>,
-    /// Positions after the base's, numbered from 1 (`p - base_len`).
+    /// Runs of consecutive positions: the first from position 1, each
+    /// after the one before it.
+    runs: Vec<Arc<SortedIds>>,
+    /// Positions after the runs', numbered from 1 (`p - base_len`).
     tail: IdMap,
 }
 
@@ -323,7 +329,7 @@ impl Ids {
     /// Every id in the table.
     pub(super) fn from_map(map: IdMap) -> Ids {
         Ids {
-            base: None,
+            runs: Vec::new(),
             tail: map,
         }
     }
@@ -332,20 +338,20 @@ impl Ids {
     /// `hasher` (the snapshot's seed).
     pub(super) fn with_base(base: SortedIds, hasher: IdHash) -> Ids {
         Ids {
-            base: Some(Arc::new(base)),
+            runs: vec![Arc::new(base)],
             tail: IdMap::with_hasher(hasher),
         }
     }
 
-    /// Positions held in the snapshot's file: 1..=base_len.
+    /// Positions held in files: 1..=base_len.
     fn base_len(&self) -> u32 {
-        // A snapshot's head fits a u32 (`max_events`, checked on load).
-        self.base.as_ref().map_or(0, |b| b.len() as u32)
+        // A log's positions fit a u32 (`max_events`, checked as indexed).
+        self.runs.last().map_or(0, |r| r.last() as u32)
     }
 
-    /// The snapshot's ids, and how many positions they cover.
-    pub(super) fn base(&self) -> Option<&Arc<SortedIds>> {
-        self.base.as_ref()
+    /// The runs of ids held in files, in position order.
+    pub(super) fn runs(&self) -> &[Arc<SortedIds>] {
+        &self.runs
     }
 
     pub(super) fn hasher(&self) -> &IdHash {
@@ -361,7 +367,8 @@ impl Ids {
         self.base_len() as usize + self.tail.len()
     }
 
-    /// Adds to `out` the positions whose ids have `id`'s fingerprint ([`IdMap::candidates`]), the table's then the file's.
+    /// Adds to `out` the positions whose ids have `id`'s fingerprint
+    /// ([`IdMap::candidates`]), the table's then the files'.
     pub(super) fn candidates_into(&self, id: &Uuid, out: &mut Vec<u32>) -> Result<(), String> {
         let base = self.base_len();
         out.extend(self.tail.candidates(id).map(|r| r + base));
@@ -375,13 +382,14 @@ impl Ids {
         Ok(out)
     }
 
-    /// Adds to `out` the positions of the snapshot's file whose ids have
-    /// `id`'s fingerprint.
+    /// Adds to `out` the positions held in files whose ids have `id`'s
+    /// fingerprint.
     pub(super) fn in_base_into(&self, id: &Uuid, out: &mut Vec<u32>) -> Result<(), String> {
-        match &self.base {
-            Some(base) => base.positions(self.fingerprint(id), out),
-            None => Ok(()),
+        let fp = self.fingerprint(id);
+        for run in &self.runs {
+            run.positions(fp, out)?;
         }
+        Ok(())
     }
 
     /// Whether position `position` holds an id with `id`'s fingerprint.
@@ -390,14 +398,17 @@ impl Ids {
         if position > base {
             return Ok(self.tail.holds(id, position - base));
         }
+        let Some(run) = self.runs.iter().find(|r| position <= r.last()) else {
+            return Ok(false);
+        };
         let mut out = Vec::new();
-        self.in_base_into(id, &mut out)?;
+        run.positions(self.fingerprint(id), &mut out)?;
         Ok(out.iter().any(|&p| u64::from(p) == position))
     }
 
     /// Adds `id` as the id of the next position ([`IdMap::push`]);
     /// returns an earlier position *of the table* with its fingerprint:
-    /// the caller looks in the file ([`Ids::in_base_into`]) where it must.
+    /// the caller looks in the files ([`Ids::in_base_into`]) where it must.
     pub(super) fn push(&mut self, id: Uuid, position: u32) -> Option<u32> {
         let base = self.base_len();
         debug_assert!(position > base);
@@ -406,12 +417,12 @@ impl Ids {
             .map(|earlier| earlier + base)
     }
 
-    /// [`IdMap::prefetch`] of the table, and of the blocks of the file's
-    /// filter that look-ups of these fingerprints will probe.
+    /// [`IdMap::prefetch`] of the table, and of the blocks of the files'
+    /// filters that look-ups of these fingerprints will probe.
     pub(super) fn prefetch(&self, fps: impl Iterator<Item = u64> + Clone) {
-        if let Some(base) = &self.base {
+        for run in &self.runs {
             for fp in fps.clone() {
-                prefetch_line(base.filter_line(fp));
+                prefetch_line(run.filter_line(fp));
             }
         }
         self.tail.prefetch(fps);
@@ -440,7 +451,7 @@ impl Ids {
         self.tail.reserve(additional);
     }
 
-    /// Ids in the table (those after the snapshot's).
+    /// Ids in the table (those after the files').
     pub(super) fn table_len(&self) -> usize {
         self.tail.len()
     }
@@ -451,17 +462,57 @@ impl Ids {
         self.tail.capacity()
     }
 
-    /// Bytes allocated for the table, and for the file's filter and
-    /// directory.
+    /// Bytes allocated for the table, and for the files' filters and
+    /// directories.
     pub(super) fn allocated_bytes(&self) -> usize {
-        self.tail.allocated_bytes() + self.base.as_ref().map_or(0, |b| b.allocated_bytes())
+        let runs: usize = self.runs.iter().map(|r| r.allocated_bytes()).sum();
+        self.tail.allocated_bytes() + runs
+    }
+
+    /// The table's ids written to a run in a file of its own in `dir`
+    /// ([`SortedIds::write_run`]), for [`Ids::add_run`]: made while reads
+    /// go on. When [`MAX_RUNS`] runs are held already, the run holds every
+    /// id (theirs merged with the table's) and replaces them.
+    pub(super) fn spill_run(&self, dir: &std::path::Path) -> Result<SortedIds, String> {
+        let merge = self.runs.len() >= MAX_RUNS;
+        let first = if merge { 0 } else { u64::from(self.base_len()) };
+        let n = self.len() as u64 - first;
+        SortedIds::write_run(dir, first, n, |each| {
+            let runs = if merge { &self.runs[..] } else { &[] };
+            self.merged(runs, PASS_PAIRS, each)
+        })
+    }
+
+    /// Puts in a run from [`Ids::spill_run`] made from these ids, returning
+    /// the table (and runs) it replaces, to free; a run that does not
+    /// cover exactly the table's positions (the ids changed since) is
+    /// refused and nothing changes.
+    pub(super) fn add_run(
+        &mut self,
+        run: SortedIds,
+    ) -> Result<(IdMap, Vec<Arc<SortedIds>>), SortedIds> {
+        let merged = run.first() == 0 && !self.runs.is_empty();
+        let from = if merged {
+            0
+        } else {
+            u64::from(self.base_len())
+        };
+        if run.first() != from || run.last() != self.len() as u64 {
+            debug_assert!(false, "a stale run of ids");
+            return Err(run);
+        }
+        let empty = IdMap::with_hasher(self.tail.hasher().clone());
+        let table = std::mem::replace(&mut self.tail, empty);
+        let old = match merged {
+            true => std::mem::take(&mut self.runs),
+            false => Vec::new(),
+        };
+        self.runs.push(Arc::new(run));
+        Ok((table, old))
     }
 
     /// Hands `each` every `(fingerprint, position)`, sorted (what an index
-    /// snapshot stores): the file's pairs, already sorted, merged with the
-    /// table's, sorted [`PASS_PAIRS`] at a time by ranges of fingerprints
-    /// (a pass reads the table's fingerprints once and keeps those in its
-    /// range), so that what is sorted at once stays small.
+    /// snapshot stores).
     pub(super) fn sorted_pairs(
         &self,
         each: impl FnMut(u64, u32) -> std::io::Result<()>,
@@ -469,20 +520,28 @@ impl Ids {
         self.sorted_pairs_by(PASS_PAIRS, each)
     }
 
-    /// [`Ids::sorted_pairs`], sorting about `pass_pairs` at a time.
+    /// [`Ids::sorted_pairs`], sorting about `pass_pairs` of the table at a
+    /// time.
     fn sorted_pairs_by(
         &self,
         pass_pairs: usize,
         mut each: impl FnMut(u64, u32) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
+        self.merged(&self.runs, pass_pairs, &mut each)
+    }
+
+    /// The pairs of `runs` (sorted in their files) merged with the
+    /// table's, which are sorted about `pass_pairs` at a time by ranges of
+    /// fingerprints (a pass reads the table's fingerprints once and keeps
+    /// those in its range), so that what is sorted at once stays small.
+    fn merged(
+        &self,
+        runs: &[Arc<SortedIds>],
+        pass_pairs: usize,
+        each: &mut dyn FnMut(u64, u32) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
         let base = self.base_len();
-        let mut file = self
-            .base
-            .as_ref()
-            .map(|b| b.pairs())
-            .into_iter()
-            .flatten()
-            .peekable();
+        let mut files: Vec<_> = runs.iter().map(|r| r.pairs().peekable()).collect();
         let n = self.tail.len();
         let passes = n.div_ceil(pass_pairs.max(1)).max(1);
         // Fingerprints from `bound(k)` up to `bound(k + 1)` in pass k.
@@ -500,20 +559,30 @@ impl Ids {
             part.sort_unstable();
             let mut table = part.iter().copied().peekable();
             loop {
-                let from_file = match file.peek() {
-                    Some(Ok((fp, p))) if u128::from(*fp) < upper => Some((*fp, *p)),
-                    Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
-                    _ => None,
-                };
-                let next = match (from_file, table.peek().copied()) {
-                    (None, None) => break,
-                    (Some(f), Some(t)) if t < f => table.next(),
-                    (Some(_), _) => file.next().and_then(Result::ok),
-                    (None, Some(_)) => table.next(),
-                };
-                if let Some((fp, p)) = next {
-                    each(fp, p)?;
+                // The least next pair of the files' (below this pass's
+                // bound) and the table's.
+                let mut least: Option<((u64, u32), Option<usize>)> =
+                    table.peek().map(|&t| (t, None));
+                for (i, file) in files.iter_mut().enumerate() {
+                    match file.peek() {
+                        Some(Ok(pair))
+                            if u128::from(pair.0) < upper
+                                && least.is_none_or(|(l, _)| *pair < l) =>
+                        {
+                            least = Some((*pair, Some(i)));
+                        }
+                        Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
+                        _ => {}
+                    }
                 }
+                let Some((pair, from)) = least else {
+                    break;
+                };
+                match from {
+                    Some(i) => files[i].next(),
+                    None => table.next().map(Ok),
+                };
+                each(pair.0, pair.1)?;
             }
         }
         Ok(())
@@ -523,10 +592,10 @@ impl Ids {
     #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
         let mut all: Vec<(u64, u32)> = Vec::new();
-        if let Some(b) = &self.base {
-            all.extend(b.pairs().map(Result::unwrap));
-            all.sort_unstable_by_key(|&(_, p)| p);
+        for run in &self.runs {
+            all.extend(run.pairs().map(Result::unwrap));
         }
+        all.sort_unstable_by_key(|&(_, p)| p);
         let base = self.base_len();
         all.extend(self.tail.iter().map(move |(fp, r)| (fp, r + base)));
         all.into_iter()
@@ -541,10 +610,10 @@ impl Ids {
         found.first().copied()
     }
 
-    /// [`IdMap::swap_for_test`] (an index with no snapshot's ids).
+    /// [`IdMap::swap_for_test`] (an index with every id in the table).
     #[cfg(test)]
     pub(super) fn swap_for_test(&mut self, a: u32, b: u32) {
-        assert!(self.base.is_none(), "swap in a table only");
+        assert!(self.runs.is_empty(), "swap in a table only");
         self.tail.swap_for_test(a, b);
     }
 }
@@ -652,44 +721,60 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the split between the file and the table and however
-        /// many passes sort the table, the pairs come out sorted, each
-        /// position once with its own id's fingerprint; and each id is a
-        /// candidate at its position, wherever it is held.
+        /// Whatever the split between the snapshot's file, the runs
+        /// spilled after it (merged into one once there are MAX_RUNS) and
+        /// the table, and however many passes sort the table, the pairs
+        /// come out sorted, each position once with its own id's
+        /// fingerprint; and each id is a candidate at its position,
+        /// wherever it is held.
         #[test]
-        fn the_file_and_the_table_merge_sorted(
-            base in proptest::collection::vec(any::<u128>(), 0..300),
-            tail in proptest::collection::vec(any::<u128>(), 0..300),
+        fn the_files_and_the_table_merge_sorted(
+            base in proptest::collection::vec(any::<u128>(), 0..200),
+            spills in proptest::collection::vec(
+                proptest::collection::vec(any::<u128>(), 0..40), 0..12),
+            tail in proptest::collection::vec(any::<u128>(), 0..200),
             pass in 1usize..64,
             seed in any::<u64>(),
         ) {
             let hasher = IdHash::with_seed(seed);
+            let dir = tempfile::tempdir().unwrap();
             let (_f, sorted) = file_ids(&hasher, &base);
             let mut ids = Ids::with_base(sorted, hasher.clone());
-            for (i, &id) in tail.iter().enumerate() {
-                ids.push(Uuid::from_u128(id), (base.len() + i + 1) as u32);
+            let mut all: Vec<u128> = base.clone();
+            for chunk in spills.iter().chain([&tail]) {
+                for &id in chunk {
+                    all.push(id);
+                    ids.push(Uuid::from_u128(id), all.len() as u32);
+                }
+                if !std::ptr::eq(chunk, &tail) {
+                    let run = ids.spill_run(dir.path()).unwrap();
+                    prop_assert!(ids.add_run(run).is_ok());
+                    prop_assert_eq!(ids.table_len(), 0);
+                    prop_assert!(ids.runs().len() <= MAX_RUNS);
+                }
             }
-            prop_assert_eq!(ids.len(), base.len() + tail.len());
+            prop_assert_eq!(ids.len(), all.len());
             let mut out = Vec::new();
             ids.sorted_pairs_by(pass, |fp, p| {
                 out.push((fp, p));
                 Ok(())
             })
             .unwrap();
-            let mut expected: Vec<(u64, u32)> = base
+            let mut expected: Vec<(u64, u32)> = all
                 .iter()
-                .chain(&tail)
                 .enumerate()
                 .map(|(i, &id)| (hasher.hash_one(Uuid::from_u128(id)), i as u32 + 1))
                 .collect();
             expected.sort_unstable();
             prop_assert_eq!(out, expected);
-            for (i, &id) in base.iter().chain(&tail).enumerate() {
+            for (i, &id) in all.iter().enumerate() {
                 let p = i as u32 + 1;
                 let id = Uuid::from_u128(id);
                 prop_assert!(ids.candidates(&id).unwrap().contains(&p));
                 prop_assert!(ids.holds(&id, u64::from(p)).unwrap());
             }
+            // Nothing is left in the directory: the runs' files are unlinked.
+            prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
     }
 }

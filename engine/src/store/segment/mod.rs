@@ -124,11 +124,11 @@ pub const SNAPSHOT_MIN_EVENTS: u64 = 65_536;
 pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 
 /// Ids the index's table holds before the writer spills them: it writes
-/// the index snapshot, whose ids are then looked up in the file (a filter
-/// and a block directory in memory, about 1.3 bytes an id, against 14–19
-/// in the table). At this size the table holds about 37 MB; a spill
-/// writes the whole snapshot (about 20 bytes an event), so that an import
-/// of N events writes about 10 N^2 / SPILL_IDS bytes of snapshots.
+/// them, sorted, to a run in a file of its own (12 bytes an id, unlinked
+/// at once, so it lives only as long as the log is open), and looks them
+/// up there from then on (a filter and a block directory in memory, about
+/// 1.3 bytes an id, against 14–19 in the table, which holds about 37 MB at
+/// this size). At [`ids::MAX_RUNS`] runs the next spill merges them all.
 pub const SPILL_IDS: usize = 1 << 21;
 
 /// Options of a segment store (tests shrink the segment size and the
@@ -1971,12 +1971,11 @@ impl Writer {
         if ids_ready(&self.state, &self.ids_loader, &self.dir).is_err() {
             return;
         }
-        self.snapshot_now(None);
+        self.snapshot_now();
     }
 
-    /// Writes the index snapshot (best effort: `false` when it was not),
-    /// handing its ids to `ids` if given ([`snapshot::encode`]).
-    fn snapshot_now(&mut self, ids: Option<&mut sorted_ids::Sorting>) -> bool {
+    /// Writes the index snapshot (best effort: `false` when it was not).
+    fn snapshot_now(&mut self) -> bool {
         let Ok(state) = self.state.read() else {
             return false;
         };
@@ -1987,9 +1986,8 @@ impl Writer {
         // Not fsynced: the snapshot is checked when read and can be done
         // without, and syncing ~20 bytes an event would make the close
         // that writes it wait for the disk (seconds at 10M events).
-        let mut ids = ids;
         let written = replace_file(&path, false, &mut |out| {
-            snapshot::encode(&state.index, &segments, out, ids.as_deref_mut())
+            snapshot::encode(&state.index, &segments, out)
         });
         if written.is_ok() {
             self.snapshot_head = self.position;
@@ -1997,42 +1995,35 @@ impl Writer {
         written.is_ok()
     }
 
-    /// Once the index's id table holds [`SPILL_IDS`] ids, writes the index
-    /// snapshot and from then on looks up its ids in the file, keeping a
-    /// filter and a block directory of them ([`sorted_ids`]), whose block
-    /// checksums are taken from the ids as written, not as read back. The
-    /// writer appends nothing meanwhile (readers go on); the table is
-    /// swapped out under the write lock and freed outside it. Best effort:
-    /// when the snapshot cannot be written, the table keeps the ids.
+    /// Once the index's id table holds [`SPILL_IDS`] ids, writes them,
+    /// sorted, to a run in a file of its own and from then on looks them
+    /// up there, keeping a filter and a block directory of them
+    /// ([`sorted_ids`]), whose block checksums are taken from the ids as
+    /// written, not as read back ([`Ids::spill_run`]). The run is written
+    /// under the read lock (the writer appends nothing meanwhile; readers
+    /// go on); the table is swapped out under the write lock and freed
+    /// outside it. Best effort: a run that cannot be written leaves the
+    /// ids in the table.
     fn spill_ids(&mut self) {
-        let due = match self.state.read() {
+        let run = match self.state.read() {
             Ok(state) => {
-                state.index.later.is_none() && state.index.ids.table_len() >= self.spill_ids
+                let ids = &state.index.ids;
+                if state.index.later.is_some() || ids.table_len() < self.spill_ids {
+                    return;
+                }
+                ids.spill_run(&self.dir)
             }
             Err(_) => return,
         };
-        if !due {
-            return;
-        }
-        let mut sorting = sorted_ids::Sorting::new(self.position);
-        if !self.snapshot_now(Some(&mut sorting)) {
-            return;
-        }
-        let path = self.dir.join(snapshot::SNAPSHOT_FILE);
-        let Ok(sorted) = snapshot::written_ids(&path, self.position, sorting) else {
+        let Ok(run) = run else {
             return;
         };
         let old = match self.state.write() {
-            Ok(mut state) if state.index.head() == self.position => {
-                let hasher = state.index.ids.hasher().clone();
-                Some(std::mem::replace(
-                    &mut state.index.ids,
-                    Ids::with_base(sorted, hasher),
-                ))
-            }
-            _ => None,
+            Ok(mut state) => state.index.ids.add_run(run),
+            Err(_) => return,
         };
-        // The table is freed here, outside the lock.
+        // The table (and runs merged into this one) freed here, outside
+        // the lock.
         drop(old);
     }
 
@@ -3346,48 +3337,56 @@ const ID_SUM_BLOCK: u64 = 1 << 16;
 /// sums differ is checked position by position, its frames read again
 /// ([`IdSums::misfiled`]).
 struct IdSums {
-    base: Arc<sorted_ids::SortedIds>,
+    runs: Vec<Arc<sorted_ids::SortedIds>>,
+    /// The last position the runs hold.
+    len: u64,
     key: u64,
     listed: Vec<u64>,
     found: Vec<u64>,
 }
 
 impl IdSums {
-    /// The sums of what `base` lists.
-    fn of(base: Arc<sorted_ids::SortedIds>) -> Result<IdSums, StoreError> {
+    /// The sums of what `runs` list; `None` when there are none.
+    fn of(runs: &[Arc<sorted_ids::SortedIds>]) -> Result<Option<IdSums>, StoreError> {
         use std::hash::{BuildHasher, Hasher};
+        let Some(len) = runs.last().map(|r| r.last()) else {
+            return Ok(None);
+        };
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(base.len());
+        h.write_u64(len);
         let key = h.finish() | 1;
-        let blocks = base.len().div_ceil(ID_SUM_BLOCK) as usize;
+        let blocks = len.div_ceil(ID_SUM_BLOCK) as usize;
         let mut sums = IdSums {
-            base: base.clone(),
+            runs: runs.to_vec(),
+            len,
             key,
             listed: vec![0; blocks],
             found: vec![0; blocks],
         };
         let mut count = 0u64;
-        for pair in base.pairs() {
-            let (fp, p) = pair.map_err(unreadable_ids)?;
-            let Some(block) = sums.block(u64::from(p)) else {
-                continue;
-            };
-            sums.listed[block] = sums.listed[block].wrapping_add(sums.mix(fp, u64::from(p)));
-            count += 1;
+        for run in runs {
+            for pair in run.pairs() {
+                let (fp, p) = pair.map_err(unreadable_ids)?;
+                let Some(block) = sums.block(u64::from(p)) else {
+                    continue;
+                };
+                sums.listed[block] = sums.listed[block].wrapping_add(sums.mix(fp, u64::from(p)));
+                count += 1;
+            }
         }
-        // Every position 1..=len once (checked when the ids were read).
-        if count != base.len() {
+        // Every position 1..=len once (checked when each run was read or
+        // written).
+        if count != len {
             return Err(StoreError::Internal(format!(
-                "the index's event ids list {count} positions of {}",
-                base.len()
+                "the index's event ids list {count} positions of {len}"
             )));
         }
-        Ok(sums)
+        Ok(Some(sums))
     }
 
-    /// Position `p`'s block, if the file holds its id.
+    /// Position `p`'s block, if a run holds its id.
     fn block(&self, p: u64) -> Option<usize> {
-        (1..=self.base.len())
+        (1..=self.len)
             .contains(&p)
             .then(|| ((p - 1) / ID_SUM_BLOCK) as usize)
     }
@@ -3427,7 +3426,7 @@ impl IdSums {
             .iter()
             .map(|&b| (b, vec![0; ID_SUM_BLOCK as usize]))
             .collect();
-        for pair in self.base.pairs() {
+        for pair in self.runs.iter().flat_map(|r| r.pairs()) {
             let (fp, p) = pair.map_err(unreadable_ids)?;
             let p = u64::from(p);
             if let Some(fps) = self.block(p).and_then(|b| listed.get_mut(&b)) {
@@ -3438,7 +3437,7 @@ impl IdSums {
         let mut buf = Vec::new();
         for b in bad {
             let first = b as u64 * ID_SUM_BLOCK + 1;
-            let last = (first + ID_SUM_BLOCK - 1).min(self.base.len());
+            let last = (first + ID_SUM_BLOCK - 1).min(self.len);
             let state = state.read().map_err(|_| StoreError::WriterStopped)?;
             let wanted: Vec<Wanted> = (first..=last)
                 .filter_map(|p| {
@@ -3478,13 +3477,13 @@ fn check_index_batches(
     batches: std::sync::mpsc::Receiver<Vec<(FrameMeta, Loc)>>,
 ) -> Result<Problems, StoreError> {
     let mut problems = Problems::default();
-    // The snapshot's ids are summed a block of positions at a time, where a
-    // look-up in the file would read a block of it for every frame.
-    let base = {
+    // The ids in files are summed a block of positions at a time, where a
+    // look-up in a file would read a block of it for every frame.
+    let runs = {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-        state.index.ids.base().cloned()
+        state.index.ids.runs().to_vec()
     };
-    let mut sums = base.map(IdSums::of).transpose()?;
+    let mut sums = IdSums::of(&runs)?;
     let mut at = Vec::new();
     for batch in batches {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
@@ -3810,11 +3809,11 @@ mod index_tests {
         }
     }
 
-    /// Once the id table holds `spill_ids` ids the writer writes the
-    /// snapshot and looks its ids up in the file: the table stays small,
-    /// every id is found where it is, one stored (in the file or in the
-    /// table) is refused as a repeat, `verify` finds nothing wrong, and a
-    /// reopen starts from the last spill's snapshot.
+    /// Once the id table holds `spill_ids` ids the writer writes them to
+    /// a run in a file of its own and looks them up there: the table stays
+    /// small, every id is found where it is, one stored (in a run or in
+    /// the table) is refused as a repeat, `verify` finds nothing wrong,
+    /// and no file of the runs is left in the log's directory.
     #[test]
     fn ids_spilled_to_the_snapshot_are_found_and_refused_again() {
         let (dir, rt) = dir_and_runtime();
@@ -3843,13 +3842,14 @@ mod index_tests {
         }
         let spilled = || {
             let state = log.state.read().unwrap();
-            state.index.ids.base().map(|b| b.len())
+            let runs = state.index.ids.runs();
+            runs.last().map(|r| (runs.len(), r.last()))
         };
         let waited = Instant::now();
-        while spilled() != Some(3_000) && waited.elapsed() < Duration::from_secs(10) {
+        while spilled() != Some((4, 3_000)) && waited.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        assert_eq!(spilled(), Some(3_000));
+        assert_eq!(spilled(), Some((4, 3_000)));
         rt.block_on(log.append_atomic(vec![request(3_001..3_101)]))
             .unwrap();
         let ids: Vec<Uuid> = (1..=3_100u128).map(Uuid::from_u128).collect();
@@ -3871,9 +3871,14 @@ mod index_tests {
         let report = rt.block_on(log.verify(&|_| {})).unwrap();
         assert!(report.ok, "{:?}", report.problems);
         assert_eq!(report.events, 3_100);
+        let log_dir = log.dir().to_path_buf();
         drop((log, store));
+        let names: Vec<String> = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("ids")), "{names:?}");
         let (_store, log) = open_log(dir.path(), true, u64::MAX);
-        assert_eq!(log.opened_from_snapshot(), Some(3_000));
         match rt.block_on(log.append_atomic(vec![request(3_050..3_051)])) {
             Err(StoreError::DuplicateEventId {
                 position: 3_050, ..

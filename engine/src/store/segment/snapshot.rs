@@ -35,7 +35,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::sorted_ids::{pair_bytes, SortedIds, Sorting, PAIR};
+use super::sorted_ids::{pair_bytes, SortedIds, PAIR};
 use super::{frame, IdHash, Index, Loc};
 use crate::envelope::{Hash, StreamId};
 
@@ -104,14 +104,11 @@ impl Blocks<'_> {
 }
 
 /// Writes the snapshot of `index` (whose locations span `segments`) to
-/// `out`; the ids written are also handed to `ids`, if given, which then
-/// describes the section as written ([`Sorting`]: a spill of the id
-/// table looks its ids up in the file from then on).
+/// `out`.
 pub(super) fn encode(
     index: &Index,
     segments: &[SnapSegment],
     out: &mut dyn Write,
-    mut ids: Option<&mut Sorting>,
 ) -> std::io::Result<()> {
     let mut w = Blocks {
         out,
@@ -141,12 +138,7 @@ pub(super) fn encode(
         }
     }
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
-    index.ids.sorted_pairs(|fp, p| {
-        if let Some(ids) = ids.as_deref_mut() {
-            ids.add(fp, p).map_err(std::io::Error::other)?;
-        }
-        w.put(&pair_bytes(fp, p))
-    })?;
+    index.ids.sorted_pairs(|fp, p| w.put(&pair_bytes(fp, p)))?;
     w.flush_block()?;
     let hash = w.hasher.finalize();
     w.out.write_all(hash.as_bytes())
@@ -422,23 +414,6 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
             ahead: std::sync::Mutex::new(ahead),
         },
     }))
-}
-
-/// Where the ids of the snapshot of `head` events at `path` start: its
-/// `SortedIds` handle on the file, from what [`encode`] handed `ids`.
-pub(super) fn written_ids(path: &Path, head: u64, ids: Sorting) -> Result<SortedIds, String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
-    let total = file
-        .metadata()
-        .map_err(|e| format!("cannot size: {e}"))?
-        .len();
-    let at = head
-        .checked_mul(PAIR as u64)
-        .and_then(|n| n.checked_add(32))
-        .and_then(|n| total.checked_sub(n))
-        .ok_or("too short for its ids")?;
-    let (sorted, _) = ids.finish(file, at)?;
-    Ok(sorted)
 }
 
 /// A snapshot's event ids: read by the open (an open for appends), or

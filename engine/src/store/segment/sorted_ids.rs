@@ -37,6 +37,10 @@ const BLOCKS_AT_ONCE: usize = 256;
 /// damaged or crafted section, and the ids are indexed from the segments).
 pub(super) const MAX_SHARING: usize = 8;
 
+/// The name a run of spilled ids is created under in its log's directory
+/// (and unlinked at once: [`SortedIds::write_run`]).
+pub(super) const RUN_FILE: &str = ".ids-run";
+
 /// Bits of the filter an id.
 const FILTER_BITS: usize = 10;
 /// The salts of a split-block Bloom filter (Apache Parquet's): one bit is
@@ -119,12 +123,15 @@ pub(super) fn pair_bytes(fp: u64, p: u32) -> [u8; PAIR] {
     b
 }
 
-/// A snapshot's ids section, checked, and looked up in place.
+/// A snapshot's ids section, or a run of ids spilled from the id table,
+/// checked, and looked up in place.
 pub(super) struct SortedIds {
     file: File,
     /// Where the first pair is.
     at: u64,
-    /// Pairs: one for each position 1..=n.
+    /// The position before the first it holds.
+    first: u64,
+    /// Pairs: one for each position first+1..=first+n.
     n: u64,
     /// The fingerprint of each block's first pair.
     fences: Vec<u64>,
@@ -143,6 +150,7 @@ impl std::fmt::Debug for SortedIds {
 /// [`SortedIds`] keeps: give it every pair in order, then
 /// [`Sorting::finish`].
 pub(super) struct Sorting {
+    first: u64,
     n: u64,
     count: u64,
     prev: Option<(u64, u32)>,
@@ -158,10 +166,16 @@ pub(super) struct Sorting {
 }
 
 impl Sorting {
-    /// For a section of `n` pairs.
+    /// For a section of `n` pairs, of positions 1..=n.
     pub(super) fn new(n: u64) -> Sorting {
+        Sorting::after(0, n)
+    }
+
+    /// For `n` pairs of positions first+1..=first+n.
+    pub(super) fn after(first: u64, n: u64) -> Sorting {
         let blocks = (n as usize).div_ceil(BLOCK_PAIRS);
         Sorting {
+            first,
             n,
             count: 0,
             prev: None,
@@ -178,10 +192,13 @@ impl Sorting {
 
     /// The next pair; `Err` says what is wrong with the section.
     pub(super) fn add(&mut self, fp: u64, p: u32) -> Result<(), String> {
-        if p == 0 || u64::from(p) > self.n {
+        let Some(i) = u64::from(p)
+            .checked_sub(self.first + 1)
+            .filter(|&i| i < self.n)
+        else {
             return Err(format!("ids: position {p} out of range"));
-        }
-        let i = p as usize - 1;
+        };
+        let i = i as usize;
         let (word, bit) = (i / 64, 1u64 << (i % 64));
         if self.seen[word] & bit != 0 {
             return Err(format!("ids: position {p} is listed twice"));
@@ -239,6 +256,7 @@ impl Sorting {
             SortedIds {
                 file,
                 at,
+                first: self.first,
                 n: self.n,
                 fences: self.fences,
                 sums,
@@ -290,9 +308,54 @@ impl SortedIds {
         }
     }
 
-    /// Ids held: one for each position 1..=len.
+    /// Ids held: one for each position first+1..=first+len.
+    #[cfg(test)]
     pub(super) fn len(&self) -> u64 {
         self.n
+    }
+
+    /// The position before the first it holds.
+    pub(super) fn first(&self) -> u64 {
+        self.first
+    }
+
+    /// The last position it holds (its first when it holds none).
+    pub(super) fn last(&self) -> u64 {
+        self.first + self.n
+    }
+
+    /// A run of the pairs `pairs` (sorted by fingerprint, then position;
+    /// positions first+1..=first+n) written to a file of its own in `dir`
+    /// that no name points at: it is unlinked as soon as it is created, so
+    /// it lives as long as the run, and nothing is left behind by a crash.
+    /// Not synced (the ids are in the segments; the run lives only in this
+    /// process). The block checksums are taken from the pairs as written.
+    pub(super) fn write_run(
+        dir: &std::path::Path,
+        first: u64,
+        n: u64,
+        pairs: impl FnOnce(&mut dyn FnMut(u64, u32) -> std::io::Result<()>) -> std::io::Result<()>,
+    ) -> Result<SortedIds, String> {
+        use std::io::Write;
+        let path = dir.join(RUN_FILE);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| format!("cannot create {RUN_FILE}: {e}"))?;
+        let _ = std::fs::remove_file(&path);
+        let mut sorting = Sorting::after(first, n);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        pairs(&mut |fp, p| {
+            sorting.add(fp, p).map_err(std::io::Error::other)?;
+            out.write_all(&pair_bytes(fp, p))
+        })
+        .and_then(|()| out.flush())
+        .map_err(|e| format!("cannot write a run of ids: {e}"))?;
+        drop(out);
+        Ok(sorting.finish(file, 0)?.0)
     }
 
     /// Block `b`'s pairs, read into `buf` and checked against the CRC-32
