@@ -1236,10 +1236,14 @@ fn rehash(bytes: &mut [u8]) {
 
 /// The snapshot's sorted ids with positions swapped in pairs (each pair
 /// keeps its fingerprint, so the section stays sorted, and the file is
-/// rehashed): none is a spot the open checks, so the log opens from it;
-/// `verify`, which sums the ids the file lists and the frames hold a
-/// block of 65,536 positions at a time, reports exactly those frames, in
-/// the first block and the second; a sound snapshot passes.
+/// rehashed), and, alone in the second block, two fingerprints changed so
+/// that `fp ^ p·K` stays the same for the pair (what a sum keyed only
+/// after folding the pair into one word could not tell from the truth):
+/// none is a spot the open
+/// checks, so the log opens from it; `verify`, which sums the ids the
+/// file lists and the frames hold a block of 65,536 positions at a time,
+/// reports exactly those frames, in the first block and the second; a
+/// sound snapshot passes.
 #[test]
 fn verify_reports_ids_the_snapshot_lists_at_other_positions() {
     let rt = rt();
@@ -1267,10 +1271,27 @@ fn verify_reports_ids_the_snapshot_lists_at_other_positions() {
     for i in 0..head {
         index_of[position(&bytes, i) as usize] = i;
     }
-    for (a, b) in [(100u32, 200u32), (300, 66_000)] {
+    for (a, b) in [(100u32, 200u32), (300, 400)] {
         let (i, j) = (index_of[a as usize], index_of[b as usize]);
         bytes[at(i) + 8..at(i) + 12].copy_from_slice(&b.to_le_bytes());
         bytes[at(j) + 8..at(j) + 12].copy_from_slice(&a.to_le_bytes());
+    }
+    let fp_at = |b: &[u8], i: usize| u64::from_le_bytes(b[at(i)..at(i) + 8].try_into().unwrap());
+    // In the second block, alone.
+    let (i, j) = (index_of[66_000], index_of[67_000]);
+    let (fa, fb) = (fp_at(&bytes, i), fp_at(&bytes, j));
+    let k = |p: u64| p.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let (fa2, fb2) = (fb ^ k(67_000) ^ k(66_000), fa ^ k(66_000) ^ k(67_000));
+    bytes[at(i)..at(i) + 8].copy_from_slice(&fa2.to_le_bytes());
+    bytes[at(j)..at(j) + 8].copy_from_slice(&fb2.to_le_bytes());
+    // Sorted again by fingerprint, then position.
+    let mut sorted: Vec<(u64, u32)> = (0..head)
+        .map(|i| (fp_at(&bytes, i), position(&bytes, i)))
+        .collect();
+    sorted.sort_unstable();
+    for (i, (fp, p)) in sorted.into_iter().enumerate() {
+        bytes[at(i)..at(i) + 8].copy_from_slice(&fp.to_le_bytes());
+        bytes[at(i) + 8..at(i) + 12].copy_from_slice(&p.to_le_bytes());
     }
     rehash(&mut bytes);
     std::fs::write(snapshot_path(dir), &bytes).unwrap();
@@ -1284,8 +1305,13 @@ fn verify_reports_ids_the_snapshot_lists_at_other_positions() {
             .filter(|p| p.what.contains("event id"))
             .map(|p| p.position)
             .collect();
-        assert_eq!(at, vec![100, 200, 300, 66_000], "{:?}", report.problems);
-        assert_eq!(report.problems.len(), 4, "{:?}", report.problems);
+        assert_eq!(
+            at,
+            vec![100, 200, 300, 400, 66_000, 67_000],
+            "{:?}",
+            report.problems
+        );
+        assert_eq!(report.problems.len(), 6, "{:?}", report.problems);
     });
 }
 

@@ -419,12 +419,22 @@ impl Ids {
 
     /// [`IdMap::prefetch`] of the table, and of the blocks of the files'
     /// filters that look-ups of these fingerprints will probe.
-    pub(super) fn prefetch(&self, fps: impl Iterator<Item = u64> + Clone) {
+    pub(super) fn prefetch(&self, fps: impl Iterator<Item = u64>) {
+        if self.runs.is_empty() {
+            return self.tail.prefetch(fps);
+        }
+        let fps: Vec<u64> = fps.collect();
         for run in &self.runs {
-            for fp in fps.clone() {
+            for &fp in &fps {
                 prefetch_line(run.filter_line(fp));
             }
         }
+        self.tail.prefetch(fps.into_iter());
+    }
+
+    /// [`IdMap::prefetch`] of the table only (`verify`, which does not
+    /// look up the ids held in files).
+    pub(super) fn prefetch_table(&self, fps: impl Iterator<Item = u64>) {
         self.tail.prefetch(fps);
     }
 

@@ -1902,7 +1902,8 @@ struct Writer {
     /// Head of the index snapshot on disk (0: none usable).
     snapshot_head: u64,
     snapshot_min_events: u64,
-    /// [`SPILL_IDS`].
+    /// [`SPILL_IDS`]; twice the table's size after a spill that failed,
+    /// so that a failing spill is not tried again at every group.
     spill_ids: usize,
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
@@ -2016,6 +2017,7 @@ impl Writer {
             Err(_) => return,
         };
         let Ok(run) = run else {
+            self.spill_ids = self.spill_ids.saturating_mul(2);
             return;
         };
         let old = match self.state.write() {
@@ -3328,19 +3330,22 @@ fn check_content(
 /// Positions whose snapshot ids `verify` sums together ([`IdSums`]).
 const ID_SUM_BLOCK: u64 = 1 << 16;
 
-/// `verify`'s check of the snapshot's ids (those left in its file) without
-/// a table of them by position: for each block of [`ID_SUM_BLOCK`]
-/// positions, the sum of a keyed hash of each `(fingerprint, position)`
-/// the file lists, and the same sum of what the frames hold. Equal sums
-/// mean equal pairs but for a chance of about 2^-64 a block (the key is
-/// random for each verify, so no file can be made to match); a block whose
-/// sums differ is checked position by position, its frames read again
-/// ([`IdSums::misfiled`]).
+/// `verify`'s check of the ids held in files (the snapshot's and spilled
+/// runs) without a table of them by position: for each block of
+/// [`ID_SUM_BLOCK`] positions, the sum of a keyed hash of each
+/// `(fingerprint, position)` the files list, and the same sum of what the
+/// frames hold. The hash is SipHash-1-3 under a key drawn for each verify
+/// (std's `RandomState`), of the pair as a whole: no file can be made to
+/// match frames it does not (a hash keyed only after the pair was folded
+/// into one word could: two pairs folding alike match under every key).
+/// Equal sums then mean equal pairs but for a chance of about 2^-64 a
+/// block; a block whose sums differ is checked position by position, its
+/// frames read again ([`IdSums::misfiled`]).
 struct IdSums {
     runs: Vec<Arc<sorted_ids::SortedIds>>,
     /// The last position the runs hold.
     len: u64,
-    key: u64,
+    key: std::collections::hash_map::RandomState,
     listed: Vec<u64>,
     found: Vec<u64>,
 }
@@ -3348,13 +3353,10 @@ struct IdSums {
 impl IdSums {
     /// The sums of what `runs` list; `None` when there are none.
     fn of(runs: &[Arc<sorted_ids::SortedIds>]) -> Result<Option<IdSums>, StoreError> {
-        use std::hash::{BuildHasher, Hasher};
         let Some(len) = runs.last().map(|r| r.last()) else {
             return Ok(None);
         };
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(len);
-        let key = h.finish() | 1;
+        let key = std::collections::hash_map::RandomState::new();
         let blocks = len.div_ceil(ID_SUM_BLOCK) as usize;
         let mut sums = IdSums {
             runs: runs.to_vec(),
@@ -3392,12 +3394,8 @@ impl IdSums {
     }
 
     fn mix(&self, fp: u64, p: u64) -> u64 {
-        let mut x = fp ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        for _ in 0..2 {
-            let m = u128::from(x) * u128::from(self.key);
-            x = (m as u64) ^ ((m >> 64) as u64);
-        }
-        x
+        use std::hash::BuildHasher;
+        self.key.hash_one((fp, p))
     }
 
     /// Adds the frame at `p` holding an id of fingerprint `fp`; `false`
@@ -3419,51 +3417,57 @@ impl IdSums {
         let bad: Vec<usize> = (0..self.listed.len())
             .filter(|&b| self.listed[b] != self.found[b])
             .collect();
-        if bad.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut listed: HashMap<usize, Vec<u64>> = bad
-            .iter()
-            .map(|&b| (b, vec![0; ID_SUM_BLOCK as usize]))
-            .collect();
-        for pair in self.runs.iter().flat_map(|r| r.pairs()) {
-            let (fp, p) = pair.map_err(unreadable_ids)?;
-            let p = u64::from(p);
-            if let Some(fps) = self.block(p).and_then(|b| listed.get_mut(&b)) {
-                fps[((p - 1) % ID_SUM_BLOCK) as usize] = fp;
-            }
-        }
         let mut misfiled = Vec::new();
         let mut buf = Vec::new();
-        for b in bad {
-            let first = b as u64 * ID_SUM_BLOCK + 1;
-            let last = (first + ID_SUM_BLOCK - 1).min(self.len);
-            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-            let wanted: Vec<Wanted> = (first..=last)
-                .filter_map(|p| {
-                    locate(&state.index, &state.segments, p).map(|(l, s)| (p, l, s.clone()))
-                })
+        // A few blocks at a time (512 KB of fingerprints each), the files
+        // read once for each few.
+        for few in bad.chunks(MISFILED_BLOCKS_AT_ONCE) {
+            let mut listed: HashMap<usize, Vec<u64>> = few
+                .iter()
+                .map(|&b| (b, vec![0; ID_SUM_BLOCK as usize]))
                 .collect();
-            let fps = &listed[&b];
-            let ids = &state.index.ids;
-            for_each_run(&mut buf, &wanted, |_, frames, run| {
-                let mut at = 0usize;
-                for &(p, _, _) in frames {
-                    let Ok((meta, _, len)) = decode_frame(&run[at..]) else {
-                        break;
-                    };
-                    at += len;
-                    let listed = fps[((p - 1) % ID_SUM_BLOCK) as usize];
-                    if meta.position == p && listed != ids.fingerprint(&meta.event_id) {
-                        misfiled.push(p);
-                    }
+            for pair in self.runs.iter().flat_map(|r| r.pairs()) {
+                let (fp, p) = pair.map_err(unreadable_ids)?;
+                let p = u64::from(p);
+                if let Some(fps) = self.block(p).and_then(|b| listed.get_mut(&b)) {
+                    fps[((p - 1) % ID_SUM_BLOCK) as usize] = fp;
                 }
-                Ok(())
-            })?;
+            }
+            for &b in few {
+                let first = b as u64 * ID_SUM_BLOCK + 1;
+                let last = (first + ID_SUM_BLOCK - 1).min(self.len);
+                let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+                let wanted: Vec<Wanted> = (first..=last)
+                    .filter_map(|p| {
+                        locate(&state.index, &state.segments, p).map(|(l, s)| (p, l, s.clone()))
+                    })
+                    .collect();
+                let fps = &listed[&b];
+                let ids = &state.index.ids;
+                for_each_run(&mut buf, &wanted, |_, frames, run| {
+                    let mut at = 0usize;
+                    for &(p, loc, _) in frames {
+                        // A frame that does not decode is the chain
+                        // check's to report; the next starts where its
+                        // location says.
+                        if let Ok((meta, ..)) = decode_frame(&run[at..]) {
+                            let listed = fps[((p - 1) % ID_SUM_BLOCK) as usize];
+                            if meta.position == p && listed != ids.fingerprint(&meta.event_id) {
+                                misfiled.push(p);
+                            }
+                        }
+                        at += loc.len as usize;
+                    }
+                    Ok(())
+                })?;
+            }
         }
         Ok(misfiled)
     }
 }
+
+/// Blocks of positions [`IdSums::misfiled`] checks at a time.
+const MISFILED_BLOCKS_AT_ONCE: usize = 16;
 
 /// An error reading the index's event ids from the snapshot file.
 fn unreadable_ids(e: String) -> StoreError {
@@ -3495,7 +3499,7 @@ fn check_index_batches(
                 // of the next ones fetched together.
                 let next = batch[i..].iter().take(ids::PREFETCH_IDS);
                 ix.ids
-                    .prefetch(next.map(|(m, _)| ix.ids.fingerprint(&m.event_id)));
+                    .prefetch_table(next.map(|(m, _)| ix.ids.fingerprint(&m.event_id)));
             }
             if meta.position == 0 || ix.locs.at(meta.position) != Some(here) {
                 problems.push(meta.position, || {
@@ -3815,7 +3819,7 @@ mod index_tests {
     /// the table) is refused as a repeat, `verify` finds nothing wrong,
     /// and no file of the runs is left in the log's directory.
     #[test]
-    fn ids_spilled_to_the_snapshot_are_found_and_refused_again() {
+    fn ids_spilled_to_runs_are_found_and_refused_again() {
         let (dir, rt) = dir_and_runtime();
         let options = SegmentOptions {
             spill_ids: 700,
@@ -3877,7 +3881,12 @@ mod index_tests {
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        assert!(!names.iter().any(|n| n.contains("ids")), "{names:?}");
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with(".tmp") || n.contains("ids")),
+            "{names:?}"
+        );
         let (_store, log) = open_log(dir.path(), true, u64::MAX);
         match rt.block_on(log.append_atomic(vec![request(3_050..3_051)])) {
             Err(StoreError::DuplicateEventId {
@@ -3887,6 +3896,87 @@ mod index_tests {
         }
         let found = rt.block_on(log.find_event(Uuid::from_u128(2_999))).unwrap();
         assert_eq!(found.map(|e| e.position), Some(2_999));
+    }
+
+    /// The ids end to end through every place they can be held: spilled
+    /// to runs, merged into one run at `MAX_RUNS`, written at the close
+    /// into the snapshot (its ids, the runs' and the table's merged), the
+    /// snapshot read at the next open, spilled to runs again after it.
+    /// Every id is refused as a repeat wherever it is held, every id is
+    /// found, and `verify` passes at each step.
+    #[test]
+    fn ids_through_runs_a_merge_and_the_snapshot_stay_found_and_refused() {
+        let (dir, rt) = dir_and_runtime();
+        let open = |spill_ids: usize| {
+            let options = SegmentOptions {
+                spill_ids,
+                snapshot_min_events: 1,
+                ..SegmentOptions::default()
+            };
+            let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+            let log = store.log("school-a").unwrap();
+            (store, log)
+        };
+        let settled = |log: &SegmentLog, len: u64| {
+            // The spill after the last append is the writer's next act.
+            let waited = Instant::now();
+            loop {
+                let state = log.state.read().unwrap();
+                let ids = &state.index.ids;
+                let last = ids.runs().last().map_or(0, |r| r.last());
+                if ids.len() as u64 == len && (last == len || waited.elapsed().as_secs() > 10) {
+                    return (ids.runs().len(), last, ids.table_len());
+                }
+                drop(state);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        let check = |log: &SegmentLog, len: u128| {
+            let ids: Vec<Uuid> = (1..=len).map(Uuid::from_u128).collect();
+            let found = rt.block_on(log.find_events(&ids)).unwrap();
+            assert_eq!(found.len() as u128, len);
+            for (i, id) in ids.iter().enumerate() {
+                assert_eq!(found[id].position, i as u64 + 1);
+            }
+            for again in (1..=len).step_by(331).chain([len]) {
+                match rt.block_on(log.append_atomic(vec![request(again..again + 1)])) {
+                    Err(StoreError::DuplicateEventId { position, .. }) => {
+                        assert_eq!(position as u128, again)
+                    }
+                    other => panic!("expected DuplicateEventId at {again}, got {other:?}"),
+                }
+            }
+            let report = rt.block_on(log.verify(&|_| {})).unwrap();
+            assert!(report.ok, "{:?}", report.problems);
+        };
+        // 24 appends of 250, a spill after every second: the ninth spill
+        // finds MAX_RUNS runs and merges them all.
+        let (store, log) = open(500);
+        for start in (1..=6_000u128).step_by(250) {
+            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
+                .unwrap();
+        }
+        let (runs, last, table) = settled(&log, 6_000);
+        assert_eq!((runs, last, table), (4, 6_000, 0));
+        check(&log, 6_000);
+        drop((log, store));
+        // The close wrote the snapshot of all 6,000.
+        let (store, log) = open(500);
+        assert_eq!(log.opened_from_snapshot(), Some(6_000));
+        check(&log, 6_000);
+        for start in (6_001..=7_000u128).step_by(250) {
+            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
+                .unwrap();
+        }
+        let (runs, last, table) = settled(&log, 7_000);
+        assert_eq!((runs, last, table), (3, 7_000, 0));
+        rt.block_on(log.append_atomic(vec![request(7_001..7_101)]))
+            .unwrap();
+        check(&log, 7_100);
+        drop((log, store));
+        let (_store, log) = open(500);
+        assert_eq!(log.opened_from_snapshot(), Some(7_100));
+        check(&log, 7_100);
     }
 
     /// A temporary directory and a current-thread runtime.

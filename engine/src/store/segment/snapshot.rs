@@ -427,7 +427,7 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
 /// look-up reads it.
 pub(super) struct LaterIds {
     file: std::fs::File,
-    /// Where the section (capacity, count, pairs) starts.
+    /// Where the section (count, pairs) starts.
     at: u64,
     /// The snapshot's head: one id for each position 1..=head.
     head: u64,

@@ -37,10 +37,6 @@ const BLOCKS_AT_ONCE: usize = 256;
 /// damaged or crafted section, and the ids are indexed from the segments).
 pub(super) const MAX_SHARING: usize = 8;
 
-/// The name a run of spilled ids is created under in its log's directory
-/// (and unlinked at once: [`SortedIds::write_run`]).
-pub(super) const RUN_FILE: &str = ".ids-run";
-
 /// Bits of the filter an id.
 const FILTER_BITS: usize = 10;
 /// The salts of a split-block Bloom filter (Apache Parquet's): one bit is
@@ -150,6 +146,8 @@ impl std::fmt::Debug for SortedIds {
 /// [`SortedIds`] keeps: give it every pair in order, then
 /// [`Sorting::finish`].
 pub(super) struct Sorting {
+    /// Most positions one fingerprint may list ([`MAX_SHARING`]).
+    most_sharing: usize,
     first: u64,
     n: u64,
     count: u64,
@@ -175,6 +173,7 @@ impl Sorting {
     pub(super) fn after(first: u64, n: u64) -> Sorting {
         let blocks = (n as usize).div_ceil(BLOCK_PAIRS);
         Sorting {
+            most_sharing: MAX_SHARING,
             first,
             n,
             count: 0,
@@ -209,13 +208,17 @@ impl Sorting {
                 return Err(format!("ids: position {p} is out of order"));
             }
             Some((prev_fp, _)) if prev_fp == fp => {
-                if self.run.len() >= MAX_SHARING {
+                if self.most_sharing == usize::MAX {
+                    // Checked against the frames already: nothing to
+                    // hand back.
+                } else if self.run.len() >= self.most_sharing {
                     return Err(format!(
                         "ids: more than {MAX_SHARING} positions share a fingerprint"
                     ));
+                } else {
+                    self.shared.extend(self.run.iter().map(|&q| (q, p)));
+                    self.run.push(p);
                 }
-                self.shared.extend(self.run.iter().map(|&q| (q, p)));
-                self.run.push(p);
             }
             _ => {
                 self.run.clear();
@@ -326,10 +329,14 @@ impl SortedIds {
 
     /// A run of the pairs `pairs` (sorted by fingerprint, then position;
     /// positions first+1..=first+n) written to a file of its own in `dir`
-    /// that no name points at: it is unlinked as soon as it is created, so
-    /// it lives as long as the run, and nothing is left behind by a crash.
-    /// Not synced (the ids are in the segments; the run lives only in this
-    /// process). The block checksums are taken from the pairs as written.
+    /// that no name points at (`O_TMPFILE`, or a random name unlinked at
+    /// once: `tempfile::tempfile_in`), so it lives as long as the run and
+    /// a crash leaves nothing behind. Not synced (the ids are in the
+    /// segments; the run lives only in this process). The block checksums
+    /// are taken from the pairs as written. The writer checked every id
+    /// against the frames before it was indexed, so any number of them
+    /// may share a fingerprint here ([`MAX_SHARING`] bounds what a file
+    /// read from disk may list).
     pub(super) fn write_run(
         dir: &std::path::Path,
         first: u64,
@@ -337,16 +344,10 @@ impl SortedIds {
         pairs: impl FnOnce(&mut dyn FnMut(u64, u32) -> std::io::Result<()>) -> std::io::Result<()>,
     ) -> Result<SortedIds, String> {
         use std::io::Write;
-        let path = dir.join(RUN_FILE);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .map_err(|e| format!("cannot create {RUN_FILE}: {e}"))?;
-        let _ = std::fs::remove_file(&path);
+        let file = tempfile::tempfile_in(dir)
+            .map_err(|e| format!("cannot create a file for a run of ids: {e}"))?;
         let mut sorting = Sorting::after(first, n);
+        sorting.most_sharing = usize::MAX;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
         pairs(&mut |fp, p| {
             sorting.add(fp, p).map_err(std::io::Error::other)?;
