@@ -65,7 +65,12 @@ impl SegmentStore {
             sync_dir(&logs)?;
         }
         // A copy checks every event id it adds against the log's.
-        let rec = recover(&dir, self.options.read_snapshot, true)?;
+        let rec = recover(
+            &dir,
+            self.options.read_snapshot,
+            true,
+            self.options.spill_ids.max(1),
+        )?;
         let Some(last) = rec.segments.last() else {
             return Err(refused(school, "the log has no segment".into()));
         };

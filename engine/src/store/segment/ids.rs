@@ -598,6 +598,27 @@ impl Ids {
         Ok(())
     }
 
+    /// Every pair of positions (lower, higher) whose ids share a
+    /// fingerprint, wherever they are held: one merged pass over the files
+    /// and the table. A scan that spilled its ids finds them here (its
+    /// runs were written without looking for them), for the open to read
+    /// both frames of each.
+    pub(super) fn sharing_pairs(&self) -> std::io::Result<Vec<(u32, u32)>> {
+        let mut pairs = Vec::new();
+        let mut group: Vec<u32> = Vec::new();
+        let mut last = None;
+        self.merged(&self.runs, PASS_PAIRS, &mut |fp, p| {
+            if last != Some(fp) {
+                group.clear();
+                last = Some(fp);
+            }
+            pairs.extend(group.iter().map(|&q| (q.min(p), q.max(p))));
+            group.push(p);
+            Ok(())
+        })?;
+        Ok(pairs)
+    }
+
     /// Every `(fingerprint, position)`, in position order (tests).
     #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {

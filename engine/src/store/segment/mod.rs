@@ -969,14 +969,19 @@ const SIZING_SAMPLE: u64 = 65_536;
 /// scan stopped at damage, its offset and description. `rest` is the bytes
 /// from `from` to the end of the last segment: after [`SIZING_SAMPLE`]
 /// frames the id table is given room for as many more frames as `rest`
-/// holds at the bytes per frame seen, so that it does not grow during the
-/// scan (a growth rehashes every id, each read at random).
+/// holds at the bytes per frame seen (at most `spill_ids`), so that it
+/// does not grow during the scan (a growth rehashes every id, each read
+/// at random). Once the table holds `spill_ids` ids they are spilled to a
+/// run in a file of their own, as the writer spills them
+/// ([`Ids::spill_run`]; best effort), so that a scan of a long log holds
+/// no more of them than an open log does.
 fn scan_segment(
     seg: &Segment,
     seg_no: u32,
     index: &mut Index,
     from: u64,
     rest: u64,
+    spill_ids: usize,
 ) -> Result<(u64, Option<(u64, String)>), StoreError> {
     let first = index.head();
     let mut sized = false;
@@ -1030,7 +1035,16 @@ fn scan_segment(
                 let per_frame = ((group_end - from) / frames).max(1);
                 let more = (rest.saturating_sub(group_end - from) / per_frame)
                     .min(index.max_events.saturating_sub(index.head()));
-                index.ids.reserve((more + more / 16) as usize);
+                index
+                    .ids
+                    .reserve(((more + more / 16) as usize).min(spill_ids));
+            }
+            if index.later.is_none() && index.ids.table_len() >= spill_ids {
+                if let Some(dir) = seg.path.parent() {
+                    if let Ok(run) = index.ids.spill_run(dir) {
+                        let _ = index.ids.add_run(run);
+                    }
+                }
             }
         }
     }
@@ -1056,8 +1070,13 @@ fn valid_frame_after(seg: &Segment, bad: u64, first: u64) -> Result<bool, StoreE
     Ok(false)
 }
 
-fn recover(dir: &Path, read_snapshot: bool, ids_now: bool) -> Result<Recovered, StoreError> {
-    recover_at_most(dir, MAX_POSITIONS, read_snapshot, ids_now)
+fn recover(
+    dir: &Path,
+    read_snapshot: bool,
+    ids_now: bool,
+    spill_ids: usize,
+) -> Result<Recovered, StoreError> {
+    recover_at_most(dir, MAX_POSITIONS, read_snapshot, ids_now, spill_ids)
 }
 
 /// [`recover`] into an index that holds at most `max_events` (a log with
@@ -1073,6 +1092,7 @@ fn recover_at_most(
     max_events: u64,
     read_snapshot: bool,
     ids_now: bool,
+    spill_ids: usize,
 ) -> Result<Recovered, StoreError> {
     let names = list_segments(dir)?;
     if names.is_empty() {
@@ -1156,7 +1176,7 @@ fn recover_at_most(
             }
         };
         let rest = file_lens[i..].iter().sum::<u64>().saturating_sub(from);
-        let (group_end, damage) = scan_segment(&seg, i as u32, &mut index, from, rest)?;
+        let (group_end, damage) = scan_segment(&seg, i as u32, &mut index, from, rest, spill_ids)?;
         if !last {
             if let Some((at, what)) = damage {
                 return Err(corrupt(&seg.path, Some(at), format!("{what} (damage before the log's tail: acknowledged events are affected; restore from a backup)")));
@@ -1185,6 +1205,15 @@ fn recover_at_most(
             torn_zero = zero_from(&seg, group_end, file_len)?;
         }
         segments.push(Arc::new(seg));
+    }
+    if index.later.is_none() && !index.ids.runs().is_empty() {
+        // Ids spilled during the scan: the positions that share a
+        // fingerprint, found in one merged pass over the runs and the
+        // table (each spill only sorted its own).
+        index.shared = index
+            .ids
+            .sharing_pairs()
+            .map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
     }
     check_shared(&mut index, &segments)?;
     let (mut snapshot_head, mut snapshot_rejected) = (snapshot_head, snapshot_rejected);
@@ -1344,7 +1373,7 @@ fn later_ids(
         Ok(ids) => return Ok(Some(ReadIds { ids, note: None })),
         Err(why) => why,
     };
-    let rec = recover_at_most(dir, index.max_events, false, true)?;
+    let rec = recover_at_most(dir, index.max_events, false, true, SPILL_IDS)?;
     if (rec.index.head(), rec.index.head_hash) != (index.head(), index.head_hash) {
         return Err(StoreError::Internal(format!(
             "the log's segments end at position {} but its index at {}",
@@ -1488,7 +1517,12 @@ impl SegmentLog {
                 sync_dir(parent)?;
             }
         }
-        let rec = recover(dir, options.read_snapshot, options.event_ids_at_open)?;
+        let rec = recover(
+            dir,
+            options.read_snapshot,
+            options.event_ids_at_open,
+            options.spill_ids.max(1),
+        )?;
         let head = rec.index.head();
         // The watermark, checked before anything is cut.
         let wm_path = dir.join(WATERMARK_FILE);
@@ -3757,7 +3791,7 @@ mod index_tests {
     /// stream 1), a third frame that repeats position 1's id, sealed and
     /// framed as the writer would.
     fn repeat_the_first_id_at_position_3(log_dir: &Path) {
-        let rec = recover(log_dir, false, true).unwrap();
+        let rec = recover(log_dir, false, true, SPILL_IDS).unwrap();
         let stream = StreamId(Uuid::from_u128(1));
         let (_, bytes) = crate::envelope::StoredEvent::seal(
             &new_event(1),
@@ -3793,14 +3827,16 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        assert!(recover(&log_dir, false, true)
+        assert!(recover(&log_dir, false, true, SPILL_IDS)
             .unwrap()
             .index
             .shared
             .is_empty());
         repeat_the_first_id_at_position_3(&log_dir);
-        for read_snapshot in [false, true] {
-            match recover(&log_dir, read_snapshot, true) {
+        // A scan that spills its ids after every group finds the repeat
+        // across its runs too.
+        for (read_snapshot, spill) in [(false, SPILL_IDS), (true, SPILL_IDS), (false, 1)] {
+            match recover(&log_dir, read_snapshot, true, spill) {
                 Err(StoreError::Corrupt { location, what }) => {
                     assert!(location.contains(".seg"), "{location}");
                     assert!(
@@ -3977,6 +4013,57 @@ mod index_tests {
         let (_store, log) = open(500);
         assert_eq!(log.opened_from_snapshot(), Some(7_100));
         check(&log, 7_100);
+    }
+
+    /// An open that indexes every frame spills the id table as it scans
+    /// (here after every 700 ids): the table stays small, every id is a
+    /// candidate at its position, two ids sharing a fingerprint across
+    /// runs are found by the scan's merged pass, and nothing is left in
+    /// the log's directory.
+    #[test]
+    fn a_scan_spills_its_ids_and_finds_them_all() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            snapshot_min_events: u64::MAX,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        for start in (1..=3_000u128).step_by(100) {
+            rt.block_on(log.append_atomic(vec![request(start..start + 100)]))
+                .unwrap();
+        }
+        let log_dir = log.dir().to_path_buf();
+        drop((log, store));
+        let rec = recover(&log_dir, false, true, 700).unwrap();
+        let ids = &rec.index.ids;
+        assert_eq!(ids.len(), 3_000);
+        assert_eq!(ids.runs().len(), 4, "spilled at 700, 1_400, 2_100, 2_800");
+        assert_eq!(ids.table_len(), 200);
+        for p in 1..=3_000u32 {
+            assert_eq!(ids.only(&Uuid::from_u128(u128::from(p))), Some(p));
+        }
+        assert!(rec.index.shared.is_empty());
+        // Every id with one fingerprint: the merged pass pairs them all.
+        let mut colliding = Ids::with_hasher(IdHash::colliding());
+        for p in 1..=5u32 {
+            colliding.push(Uuid::from_u128(u128::from(p)), p);
+            if p % 2 == 0 {
+                let run = colliding.spill_run(&log_dir).unwrap();
+                assert!(colliding.add_run(run).is_ok());
+            }
+        }
+        let mut pairs = colliding.sharing_pairs().unwrap();
+        pairs.sort_unstable();
+        let all: Vec<(u32, u32)> = (1..=5u32)
+            .flat_map(|a| (a + 1..=5).map(move |b| (a, b)))
+            .collect();
+        assert_eq!(pairs, all);
+        let names: Vec<String> = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
     }
 
     /// A temporary directory and a current-thread runtime.
@@ -4517,8 +4604,8 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        assert!(recover_at_most(&log_dir, 3, true, true).is_ok());
-        match recover_at_most(&log_dir, 2, true, true) {
+        assert!(recover_at_most(&log_dir, 3, true, true, SPILL_IDS).is_ok());
+        match recover_at_most(&log_dir, 2, true, true, SPILL_IDS) {
             Err(StoreError::Corrupt { .. }) => {}
             other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
         }
