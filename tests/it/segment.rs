@@ -1228,6 +1228,29 @@ fn damage_under_a_snapshot_is_found_by_reads_and_verify() {
 
 /// Recomputes an index snapshot's trailing checksum after an edit (what a
 /// hand-made snapshot would do).
+/// Sorts an index snapshot's `(fingerprint, position)` pairs again (the
+/// format keeps them sorted by fingerprint, then position; they end 32
+/// bytes before the file does) and puts a checksum over the result.
+fn resort_ids_and_rehash(bytes: &mut [u8], head: usize) {
+    let pairs = bytes.len() - 32 - 12 * head;
+    let mut sorted: Vec<(u64, u32)> = bytes[pairs..pairs + 12 * head]
+        .chunks_exact(12)
+        .map(|b| {
+            let fp = u64::from_le_bytes(b[..8].try_into().unwrap());
+            (fp, u32::from_le_bytes(b[8..].try_into().unwrap()))
+        })
+        .collect();
+    sorted.sort_unstable();
+    for (b, (fp, p)) in bytes[pairs..pairs + 12 * head]
+        .chunks_exact_mut(12)
+        .zip(sorted)
+    {
+        b[..8].copy_from_slice(&fp.to_le_bytes());
+        b[8..].copy_from_slice(&p.to_le_bytes());
+    }
+    rehash(bytes);
+}
+
 fn rehash(bytes: &mut [u8]) {
     let n = bytes.len() - 32;
     let hash = blake3::hash(&bytes[..n]);
@@ -1284,16 +1307,7 @@ fn verify_reports_ids_the_snapshot_lists_at_other_positions() {
     let (fa2, fb2) = (fb ^ k(67_000) ^ k(66_000), fa ^ k(66_000) ^ k(67_000));
     bytes[at(i)..at(i) + 8].copy_from_slice(&fa2.to_le_bytes());
     bytes[at(j)..at(j) + 8].copy_from_slice(&fb2.to_le_bytes());
-    // Sorted again by fingerprint, then position.
-    let mut sorted: Vec<(u64, u32)> = (0..head)
-        .map(|i| (fp_at(&bytes, i), position(&bytes, i)))
-        .collect();
-    sorted.sort_unstable();
-    for (i, (fp, p)) in sorted.into_iter().enumerate() {
-        bytes[at(i)..at(i) + 8].copy_from_slice(&fp.to_le_bytes());
-        bytes[at(i) + 8..at(i) + 12].copy_from_slice(&p.to_le_bytes());
-    }
-    rehash(&mut bytes);
+    resort_ids_and_rehash(&mut bytes, head);
     std::fs::write(snapshot_path(dir), &bytes).unwrap();
     rt.block_on(async {
         let log = open_with(dir, 1 << 30, SNAPSHOT_MIN_EVENTS).unwrap();
@@ -1419,19 +1433,7 @@ fn a_snapshot_listing_one_fingerprint_twice_is_checked_against_the_frames() {
     let (i, j) = (pair_of(7), pair_of(23));
     let fp = bytes[at(i)..at(i) + 8].to_vec();
     bytes[at(j)..at(j) + 8].copy_from_slice(&fp);
-    // The pairs are sorted by fingerprint, then position: sorted again.
-    let mut sorted: Vec<(u64, u32)> = (0..head)
-        .map(|i| {
-            let fp = u64::from_le_bytes(bytes[at(i)..at(i) + 8].try_into().unwrap());
-            (fp, position(&bytes, i))
-        })
-        .collect();
-    sorted.sort_unstable();
-    for (i, (fp, p)) in sorted.into_iter().enumerate() {
-        bytes[at(i)..at(i) + 8].copy_from_slice(&fp.to_le_bytes());
-        bytes[at(i) + 8..at(i) + 12].copy_from_slice(&p.to_le_bytes());
-    }
-    rehash(&mut bytes);
+    resort_ids_and_rehash(&mut bytes, head);
     std::fs::write(snapshot_path(dir), &bytes).unwrap();
     rt.block_on(async {
         let log = open_with(dir, 1 << 30, SNAPSHOT_MIN_EVENTS).unwrap();

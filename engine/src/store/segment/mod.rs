@@ -3900,16 +3900,7 @@ mod index_tests {
         }
         let absent: Vec<Uuid> = (5_000..9_000u128).map(Uuid::from_u128).collect();
         assert!(rt.block_on(log.find_events(&absent)).unwrap().is_empty());
-        for again in [1u128, 1_499, 3_000, 3_050] {
-            match rt.block_on(log.append_atomic(vec![request(again..again + 1)])) {
-                Err(StoreError::DuplicateEventId { position, .. }) => {
-                    assert_eq!(position as u128, again)
-                }
-                other => panic!("expected DuplicateEventId at {again}, got {other:?}"),
-            }
-        }
-        let report = rt.block_on(log.verify(&|_| {})).unwrap();
-        assert!(report.ok, "{:?}", report.problems);
+        let report = refused_again_and_verified(&rt, &log, [1u128, 1_499, 3_000, 3_050]);
         assert_eq!(report.events, 3_100);
         let log_dir = log.dir().to_path_buf();
         drop((log, store));
@@ -3974,16 +3965,7 @@ mod index_tests {
             for (i, id) in ids.iter().enumerate() {
                 assert_eq!(found[id].position, i as u64 + 1);
             }
-            for again in (1..=len).step_by(331).chain([len]) {
-                match rt.block_on(log.append_atomic(vec![request(again..again + 1)])) {
-                    Err(StoreError::DuplicateEventId { position, .. }) => {
-                        assert_eq!(position as u128, again)
-                    }
-                    other => panic!("expected DuplicateEventId at {again}, got {other:?}"),
-                }
-            }
-            let report = rt.block_on(log.verify(&|_| {})).unwrap();
-            assert!(report.ok, "{:?}", report.problems);
+            refused_again_and_verified(&rt, log, (1..=len).step_by(331).chain([len]));
         };
         // 24 appends of 250, a spill after every second: the ninth spill
         // finds MAX_RUNS runs and merges them all.
@@ -4064,6 +4046,27 @@ mod index_tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
+    }
+
+    /// Appends each of `ids` (id i was stored at position i) again, each
+    /// refused as a repeat naming its position, then verifies the log,
+    /// which must pass.
+    fn refused_again_and_verified(
+        rt: &tokio::runtime::Runtime,
+        log: &SegmentLog,
+        ids: impl IntoIterator<Item = u128>,
+    ) -> VerifyReport {
+        for again in ids {
+            match rt.block_on(log.append_atomic(vec![request(again..again + 1)])) {
+                Err(StoreError::DuplicateEventId { position, .. }) => {
+                    assert_eq!(position as u128, again)
+                }
+                other => panic!("expected DuplicateEventId at {again}, got {other:?}"),
+            }
+        }
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+        report
     }
 
     /// A temporary directory and a current-thread runtime.
