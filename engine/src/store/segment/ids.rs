@@ -598,25 +598,32 @@ impl Ids {
         Ok(())
     }
 
-    /// Every pair of positions (lower, higher) whose ids share a
-    /// fingerprint, wherever they are held: one merged pass over the files
-    /// and the table. A scan that spilled its ids finds them here (its
-    /// runs were written without looking for them), for the open to read
-    /// both frames of each.
-    pub(super) fn sharing_pairs(&self) -> std::io::Result<Vec<(u32, u32)>> {
-        let mut pairs = Vec::new();
+    /// Every group of two or more positions whose ids share a
+    /// fingerprint, each in increasing order, wherever they are held: one
+    /// merged pass over the files and the table. A scan that spilled its
+    /// ids finds them here (its runs were written without looking for
+    /// them), for the open to read each group's frames once
+    /// (`check_groups`): linear in the positions, however many share one
+    /// fingerprint (pairs of them would be quadratic).
+    pub(super) fn sharing_groups(&self) -> std::io::Result<Vec<Vec<u32>>> {
+        let mut groups: Vec<Vec<u32>> = Vec::new();
         let mut group: Vec<u32> = Vec::new();
         let mut last = None;
         self.merged(&self.runs, PASS_PAIRS, &mut |fp, p| {
             if last != Some(fp) {
+                if group.len() > 1 {
+                    groups.push(std::mem::take(&mut group));
+                }
                 group.clear();
                 last = Some(fp);
             }
-            pairs.extend(group.iter().map(|&q| (q.min(p), q.max(p))));
             group.push(p);
             Ok(())
         })?;
-        Ok(pairs)
+        if group.len() > 1 {
+            groups.push(group);
+        }
+        Ok(groups)
     }
 
     /// Every `(fingerprint, position)`, in position order (tests).

@@ -774,6 +774,33 @@ fn check_shared(index: &mut Index, segments: &[Arc<Segment>]) -> Result<(), Stor
     ))
 }
 
+/// Reads the frames of each group of positions whose ids share a
+/// fingerprint ([`Ids::sharing_groups`]), each once: one id at two
+/// positions of a group is a corrupt log, named at the later one.
+fn check_groups(
+    index: &Index,
+    segments: &[Arc<Segment>],
+    groups: Vec<Vec<u32>>,
+) -> Result<(), StoreError> {
+    for group in groups {
+        let mut seen: HashMap<Uuid, u32> = HashMap::with_capacity(group.len());
+        for p in group {
+            let (event, loc, seg) = event_at(index, segments, u64::from(p))?;
+            if let Some(first) = seen.insert(event.event_id, p) {
+                return Err(corrupt(
+                    &seg.path,
+                    Some(loc.offset),
+                    format!(
+                        "event id {} is already stored at position {first}",
+                        event.event_id
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Reads the frame at `loc` and decodes it as position `position`; a frame
 /// of another length than `loc` says is an index that disagrees with the log.
 fn read_event(seg: &Segment, loc: Loc, position: u64) -> Result<StoredEvent, StoreError> {
@@ -973,15 +1000,16 @@ const SIZING_SAMPLE: u64 = 65_536;
 /// does not grow during the scan (a growth rehashes every id, each read
 /// at random). Once the table holds `spill_ids` ids they are spilled to a
 /// run in a file of their own, as the writer spills them
-/// ([`Ids::spill_run`]; best effort), so that a scan of a long log holds
-/// no more of them than an open log does.
+/// ([`Ids::spill_run`]; best effort: after a spill that failed, not
+/// before the table holds twice as many, as the writer does), so that a
+/// scan of a long log holds no more of them than an open log does.
 fn scan_segment(
     seg: &Segment,
     seg_no: u32,
     index: &mut Index,
     from: u64,
     rest: u64,
-    spill_ids: usize,
+    spill_ids: &mut usize,
 ) -> Result<(u64, Option<(u64, String)>), StoreError> {
     let first = index.head();
     let mut sized = false;
@@ -1035,15 +1063,16 @@ fn scan_segment(
                 let per_frame = ((group_end - from) / frames).max(1);
                 let more = (rest.saturating_sub(group_end - from) / per_frame)
                     .min(index.max_events.saturating_sub(index.head()));
-                index
-                    .ids
-                    .reserve(((more + more / 16) as usize).min(spill_ids));
+                let room = spill_ids.saturating_sub(index.ids.table_len());
+                index.ids.reserve(((more + more / 16) as usize).min(room));
             }
-            if index.later.is_none() && index.ids.table_len() >= spill_ids {
-                if let Some(dir) = seg.path.parent() {
-                    if let Ok(run) = index.ids.spill_run(dir) {
+            if index.later.is_none() && index.ids.table_len() >= *spill_ids {
+                let run = seg.path.parent().map(|dir| index.ids.spill_run(dir));
+                match run {
+                    Some(Ok(run)) => {
                         let _ = index.ids.add_run(run);
                     }
+                    _ => *spill_ids = spill_ids.saturating_mul(2),
                 }
             }
         }
@@ -1092,7 +1121,7 @@ fn recover_at_most(
     max_events: u64,
     read_snapshot: bool,
     ids_now: bool,
-    spill_ids: usize,
+    mut spill_ids: usize,
 ) -> Result<Recovered, StoreError> {
     let names = list_segments(dir)?;
     if names.is_empty() {
@@ -1176,7 +1205,8 @@ fn recover_at_most(
             }
         };
         let rest = file_lens[i..].iter().sum::<u64>().saturating_sub(from);
-        let (group_end, damage) = scan_segment(&seg, i as u32, &mut index, from, rest, spill_ids)?;
+        let (group_end, damage) =
+            scan_segment(&seg, i as u32, &mut index, from, rest, &mut spill_ids)?;
         if !last {
             if let Some((at, what)) = damage {
                 return Err(corrupt(&seg.path, Some(at), format!("{what} (damage before the log's tail: acknowledged events are affected; restore from a backup)")));
@@ -1209,11 +1239,14 @@ fn recover_at_most(
     if index.later.is_none() && !index.ids.runs().is_empty() {
         // Ids spilled during the scan: the positions that share a
         // fingerprint, found in one merged pass over the runs and the
-        // table (each spill only sorted its own).
-        index.shared = index
+        // table (each spill only sorted its own), each group's frames
+        // read once. The table's pairs are among them.
+        let groups = index
             .ids
-            .sharing_pairs()
+            .sharing_groups()
             .map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
+        index.shared.clear();
+        check_groups(&index, &segments, groups)?;
     }
     check_shared(&mut index, &segments)?;
     let (mut snapshot_head, mut snapshot_rejected) = (snapshot_head, snapshot_rejected);
@@ -3999,9 +4032,9 @@ mod index_tests {
 
     /// An open that indexes every frame spills the id table as it scans
     /// (here after every 700 ids): the table stays small, every id is a
-    /// candidate at its position, two ids sharing a fingerprint across
-    /// runs are found by the scan's merged pass, and nothing is left in
-    /// the log's directory.
+    /// candidate at its position, ids sharing a fingerprint across runs
+    /// and the table are found by the scan's merged pass as one group,
+    /// and nothing is left in the log's directory.
     #[test]
     fn a_scan_spills_its_ids_and_finds_them_all() {
         let (dir, rt) = dir_and_runtime();
@@ -4035,12 +4068,10 @@ mod index_tests {
                 assert!(colliding.add_run(run).is_ok());
             }
         }
-        let mut pairs = colliding.sharing_pairs().unwrap();
-        pairs.sort_unstable();
-        let all: Vec<(u32, u32)> = (1..=5u32)
-            .flat_map(|a| (a + 1..=5).map(move |b| (a, b)))
-            .collect();
-        assert_eq!(pairs, all);
+        assert_eq!(
+            colliding.sharing_groups().unwrap(),
+            vec![vec![1, 2, 3, 4, 5]]
+        );
         let names: Vec<String> = std::fs::read_dir(&log_dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

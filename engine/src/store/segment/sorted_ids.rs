@@ -333,10 +333,12 @@ impl SortedIds {
     /// once: `tempfile::tempfile_in`), so it lives as long as the run and
     /// a crash leaves nothing behind. Not synced (the ids are in the
     /// segments; the run lives only in this process). The block checksums
-    /// are taken from the pairs as written. The writer checked every id
-    /// against the frames before it was indexed, so any number of them
-    /// may share a fingerprint here ([`MAX_SHARING`] bounds what a file
-    /// read from disk may list).
+    /// are taken from the pairs as written. Any number of positions may
+    /// share a fingerprint here ([`MAX_SHARING`] bounds what a file read
+    /// from disk may list): the writer checked every id against the
+    /// frames before it was indexed, and a scan that spills checks its
+    /// runs' shared fingerprints in one merged pass at its end
+    /// (`Ids::sharing_groups`).
     pub(super) fn write_run(
         dir: &std::path::Path,
         first: u64,
