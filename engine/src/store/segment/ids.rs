@@ -736,16 +736,23 @@ mod tests {
         m.prefetch((1..=3_000u32).map(|p| m.fingerprint(&id(p))));
     }
 
-    /// The ids of a snapshot's file in a temporary file: the sorted pairs
-    /// of `ids` (positions 1..) under `hasher`.
-    fn file_ids(hasher: &IdHash, ids: &[u128]) -> (tempfile::NamedTempFile, SortedIds) {
-        use std::io::Write;
+    /// The `(fingerprint, position)` pairs of `ids` (positions 1..) under
+    /// `hasher`, sorted.
+    fn sorted_pairs_of(hasher: &IdHash, ids: &[u128]) -> Vec<(u64, u32)> {
         let mut pairs: Vec<(u64, u32)> = ids
             .iter()
             .enumerate()
             .map(|(i, &id)| (hasher.hash_one(Uuid::from_u128(id)), i as u32 + 1))
             .collect();
         pairs.sort_unstable();
+        pairs
+    }
+
+    /// The ids of a snapshot's file in a temporary file: the sorted pairs
+    /// of `ids` (positions 1..) under `hasher`.
+    fn file_ids(hasher: &IdHash, ids: &[u128]) -> (tempfile::NamedTempFile, SortedIds) {
+        use std::io::Write;
+        let pairs = sorted_pairs_of(hasher, ids);
         let mut f = tempfile::NamedTempFile::new().unwrap();
         let mut sorting = super::super::sorted_ids::Sorting::new(ids.len() as u64);
         for &(fp, p) in &pairs {
@@ -798,13 +805,7 @@ mod tests {
                 Ok(())
             })
             .unwrap();
-            let mut expected: Vec<(u64, u32)> = all
-                .iter()
-                .enumerate()
-                .map(|(i, &id)| (hasher.hash_one(Uuid::from_u128(id)), i as u32 + 1))
-                .collect();
-            expected.sort_unstable();
-            prop_assert_eq!(out, expected);
+            prop_assert_eq!(out, sorted_pairs_of(&hasher, &all));
             for (i, &id) in all.iter().enumerate() {
                 let p = i as u32 + 1;
                 let id = Uuid::from_u128(id);

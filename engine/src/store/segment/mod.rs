@@ -719,14 +719,17 @@ fn stored_at(
     segments: &[Arc<Segment>],
     id: &Uuid,
 ) -> Result<Option<u64>, StoreError> {
-    let unreadable = |e: String| StoreError::Internal(format!("the index's event ids: {e}"));
-    for p in index.ids.candidates(id).map_err(unreadable)? {
+    for p in index.ids.candidates(id).map_err(unreadable_ids)? {
         let p = u64::from(p);
         let (event, loc, seg) = event_at(index, segments, p)?;
         if event.event_id == *id {
             return Ok(Some(p));
         }
-        if !index.ids.holds(&event.event_id, p).map_err(unreadable)? {
+        if !index
+            .ids
+            .holds(&event.event_id, p)
+            .map_err(unreadable_ids)?
+        {
             return Err(corrupt(
                 &seg.path,
                 Some(loc.offset),
@@ -735,6 +738,12 @@ fn stored_at(
         }
     }
     Ok(None)
+}
+
+/// An error reading the index's event ids from a file of them (the
+/// snapshot's, or a spilled run).
+fn unreadable_ids(e: String) -> StoreError {
+    StoreError::Internal(format!("the index's event ids: {e}"))
 }
 
 /// Of pairs of positions whose ids share a fingerprint ([`Index::shared`]),
@@ -1244,7 +1253,7 @@ fn recover_at_most(
         let groups = index
             .ids
             .sharing_groups()
-            .map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
+            .map_err(|e| unreadable_ids(e.to_string()))?;
         index.shared.clear();
         check_groups(&index, &segments, groups)?;
     }
@@ -1465,7 +1474,7 @@ fn install_ids(
         // other id without a read.
         in_file.clear();
         if let Err(e) = index.ids.in_base_into(id, &mut in_file) {
-            listed = Err(StoreError::Internal(format!("the index's event ids: {e}")));
+            listed = Err(unreadable_ids(e));
             break;
         }
         index.shared.extend(in_file.iter().map(|&q| (q, p)));
@@ -2542,8 +2551,7 @@ impl Committed for SegmentCommitted<'_> {
     fn ahead<'e>(&mut self, ids: impl Iterator<Item = &'e Uuid>) {
         if self.index.later.is_none() {
             let map = &self.index.ids;
-            let fps: Vec<u64> = ids.map(|id| map.fingerprint(id)).collect();
-            map.prefetch(fps.iter().copied());
+            map.prefetch(ids.map(|id| map.fingerprint(id)));
         }
     }
 }
@@ -3014,8 +3022,7 @@ impl EventStore for SegmentLog {
                 map.prefetch(chunk.iter().map(|id| map.fingerprint(id)));
                 for id in chunk {
                     at.clear();
-                    map.candidates_into(id, &mut at)
-                        .map_err(|e| StoreError::Internal(format!("the index's event ids: {e}")))?;
+                    map.candidates_into(id, &mut at).map_err(unreadable_ids)?;
                     found.extend(at.iter().map(|&p| (p, *id)));
                 }
             }
@@ -3505,10 +3512,8 @@ impl IdSums {
                 let last = (first + ID_SUM_BLOCK - 1).min(self.len);
                 let state = state.read().map_err(|_| StoreError::WriterStopped)?;
                 let wanted: Vec<Wanted> = (first..=last)
-                    .filter_map(|p| {
-                        locate(&state.index, &state.segments, p).map(|(l, s)| (p, l, s.clone()))
-                    })
-                    .collect();
+                    .map(|p| state.wanted(p))
+                    .collect::<Result<_, _>>()?;
                 let fps = &listed[&b];
                 let ids = &state.index.ids;
                 for_each_run(&mut buf, &wanted, |_, frames, run| {
@@ -3535,11 +3540,6 @@ impl IdSums {
 
 /// Blocks of positions [`IdSums::misfiled`] checks at a time.
 const MISFILED_BLOCKS_AT_ONCE: usize = 16;
-
-/// An error reading the index's event ids from the snapshot file.
-fn unreadable_ids(e: String) -> StoreError {
-    StoreError::Internal(format!("the index's event ids: {e}"))
-}
 
 /// The index checks of `verify`: each frame's position, stream version and
 /// event id entries must point at it.

@@ -146,8 +146,10 @@ impl std::fmt::Debug for SortedIds {
 /// [`SortedIds`] keeps: give it every pair in order, then
 /// [`Sorting::finish`].
 pub(super) struct Sorting {
-    /// Most positions one fingerprint may list ([`MAX_SHARING`]).
-    most_sharing: usize,
+    /// Whether positions under one fingerprint are bounded by
+    /// [`MAX_SHARING`] and handed back as pairs (a file read from disk),
+    /// or were checked against the frames already (a run written).
+    bound_sharing: bool,
     first: u64,
     n: u64,
     count: u64,
@@ -173,7 +175,7 @@ impl Sorting {
     pub(super) fn after(first: u64, n: u64) -> Sorting {
         let blocks = (n as usize).div_ceil(BLOCK_PAIRS);
         Sorting {
-            most_sharing: MAX_SHARING,
+            bound_sharing: true,
             first,
             n,
             count: 0,
@@ -207,18 +209,14 @@ impl Sorting {
             Some(prev) if (fp, p) <= prev => {
                 return Err(format!("ids: position {p} is out of order"));
             }
-            Some((prev_fp, _)) if prev_fp == fp => {
-                if self.most_sharing == usize::MAX {
-                    // Checked against the frames already: nothing to
-                    // hand back.
-                } else if self.run.len() >= self.most_sharing {
+            Some((prev_fp, _)) if prev_fp == fp && self.bound_sharing => {
+                if self.run.len() >= MAX_SHARING {
                     return Err(format!(
                         "ids: more than {MAX_SHARING} positions share a fingerprint"
                     ));
-                } else {
-                    self.shared.extend(self.run.iter().map(|&q| (q, p)));
-                    self.run.push(p);
                 }
+                self.shared.extend(self.run.iter().map(|&q| (q, p)));
+                self.run.push(p);
             }
             _ => {
                 self.run.clear();
@@ -349,7 +347,7 @@ impl SortedIds {
         let file = tempfile::tempfile_in(dir)
             .map_err(|e| format!("cannot create a file for a run of ids: {e}"))?;
         let mut sorting = Sorting::after(first, n);
-        sorting.most_sharing = usize::MAX;
+        sorting.bound_sharing = false;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
         pairs(&mut |fp, p| {
             sorting.add(fp, p).map_err(std::io::Error::other)?;
@@ -361,17 +359,32 @@ impl SortedIds {
         Ok(sorting.finish(file, 0)?.0)
     }
 
-    /// Block `b`'s pairs, read into `buf` and checked against the CRC-32
-    /// taken when the section was.
-    fn block<'b>(&self, b: usize, buf: &'b mut [u8]) -> Result<&'b [u8], String> {
-        let first = (b * BLOCK_PAIRS) as u64;
-        let count = (self.n - first).min(BLOCK_PAIRS as u64) as usize;
-        let bytes = &mut buf[..count * PAIR];
+    /// Bytes the pairs of blocks `blocks` take.
+    fn blocks_len(&self, blocks: &std::ops::Range<usize>) -> usize {
+        let first = (blocks.start * BLOCK_PAIRS) as u64;
+        let last = ((blocks.end * BLOCK_PAIRS) as u64).min(self.n);
+        last.saturating_sub(first) as usize * PAIR
+    }
+
+    /// The pairs of blocks `blocks`, read into the front of `buf` (at
+    /// least [`SortedIds::blocks_len`] long) with one `pread`, each block
+    /// checked against the CRC-32 taken when the section was.
+    fn read_blocks<'b>(
+        &self,
+        blocks: std::ops::Range<usize>,
+        buf: &'b mut [u8],
+    ) -> Result<&'b [u8], String> {
+        let bytes = &mut buf[..self.blocks_len(&blocks)];
+        let offset = self.at + (blocks.start * BLOCK_BYTES) as u64;
         self.file
-            .read_exact_at(bytes, self.at + first * PAIR as u64)
+            .read_exact_at(bytes, offset)
             .map_err(|e| format!("cannot read the index snapshot's event ids: {e}"))?;
-        if Some(&crc32fast::hash(bytes)) != self.sums.get(b) {
-            return Err("the index snapshot's event ids changed after they were checked".into());
+        for (i, block) in bytes.chunks(BLOCK_BYTES).enumerate() {
+            if Some(&crc32fast::hash(block)) != self.sums.get(blocks.start + i) {
+                return Err(
+                    "the index snapshot's event ids changed after they were checked".into(),
+                );
+            }
         }
         Ok(bytes)
     }
@@ -397,7 +410,7 @@ impl SortedIds {
         let lo = self.fences.partition_point(|&f| f < fp).saturating_sub(1);
         let mut buf = [0u8; BLOCK_BYTES];
         for b in lo..hi {
-            for pair in self.block(b, &mut buf)?.chunks_exact(PAIR) {
+            for pair in self.read_blocks(b..b + 1, &mut buf)?.chunks_exact(PAIR) {
                 let (f, p) = pair_at(pair);
                 if f == fp {
                     out.push(p);
@@ -441,23 +454,10 @@ pub(super) struct Pairs<'a> {
 impl Pairs<'_> {
     fn refill(&mut self) -> Result<(), String> {
         let ids = self.ids;
-        let blocks = ids.sums.len();
-        let end = blocks.min(self.next_block + BLOCKS_AT_ONCE);
-        let first = (self.next_block * BLOCK_PAIRS) as u64;
-        let last = ((end * BLOCK_PAIRS) as u64).min(ids.n);
-        let len = ((last - first) as usize) * PAIR;
-        self.buf.resize(len, 0);
-        ids.file
-            .read_exact_at(&mut self.buf, ids.at + first * PAIR as u64)
-            .map_err(|e| format!("cannot read the index snapshot's event ids: {e}"))?;
-        for (i, block) in self.buf.chunks(BLOCK_BYTES).enumerate() {
-            if Some(&crc32fast::hash(block)) != ids.sums.get(self.next_block + i) {
-                return Err(
-                    "the index snapshot's event ids changed after they were checked".into(),
-                );
-            }
-        }
-        self.next_block = end;
+        let blocks = self.next_block..ids.sums.len().min(self.next_block + BLOCKS_AT_ONCE);
+        self.buf.resize(ids.blocks_len(&blocks), 0);
+        ids.read_blocks(blocks.clone(), &mut self.buf)?;
+        self.next_block = blocks.end;
         self.at = 0;
         Ok(())
     }
