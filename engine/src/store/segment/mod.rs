@@ -35,6 +35,7 @@ mod locs;
 pub mod raw;
 mod snapshot;
 mod sorted_ids;
+mod streams;
 
 pub use snapshot::{FULL_SCAN_ENV, SNAPSHOT_FILE};
 
@@ -57,6 +58,7 @@ use self::dense::MAX_POSITIONS;
 use self::frame::{decode_frame, encode_frame, FrameMeta, SeqReader};
 use self::ids::Ids;
 use self::locs::Locations;
+use self::streams::Streams;
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AfterSeal, AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed,
@@ -443,8 +445,8 @@ struct Index {
     /// Where each position's frame is.
     locs: Locations,
     /// Per stream, its positions by version (`[v - 1]`); a position fits
-    /// a `u32` (`max_events`).
-    streams: HashMap<StreamId, Vec<u32>, IdHash>,
+    /// a `u32` (`max_events`). Those of the snapshot stay in its file.
+    streams: Streams,
     /// Event id fingerprints by position, and positions by fingerprint:
     /// the snapshot's in its file, those indexed since in a table.
     ids: Ids,
@@ -478,7 +480,7 @@ impl Default for Index {
     fn default() -> Self {
         Index {
             locs: Locations::default(),
-            streams: HashMap::default(),
+            streams: Streams::default(),
             ids: Ids::default(),
             shared: Vec::new(),
             later: None,
@@ -606,7 +608,7 @@ impl Index {
     }
 
     fn stream_version(&self, stream: &StreamId) -> u64 {
-        self.streams.get(stream).map_or(0, |v| v.len() as u64)
+        self.streams.version(stream)
     }
 
     /// Adds the next frame; `Err` says which invariant it breaks. One
@@ -629,8 +631,7 @@ impl Index {
                 ))
             }
         };
-        let positions = self.streams.get_mut(&meta.stream);
-        let have = positions.as_ref().map_or(0, |v| v.len() as u64);
+        let have = self.streams.version(&meta.stream);
         if meta.version != have + 1 {
             return Err(format!(
                 "stream {} version {} follows version {have} (versions must be gapless)",
@@ -646,12 +647,7 @@ impl Index {
                 }
             }
         }
-        match positions {
-            Some(v) => v.push(position),
-            None => {
-                self.streams.insert(meta.stream, vec![position]);
-            }
-        }
+        self.streams.push(meta.stream, position);
         self.locs.push(loc, step);
         self.head_hash = hash;
         Ok(())
@@ -1338,11 +1334,13 @@ fn usable_snapshot(
             read_event(seg, loc, p).map_err(|e| e.to_string())
         };
         let ev = read().map_err(|e| format!("the frame at position {p}: {e}"))?;
+        let v = ev.version;
         let listed = index
             .streams
-            .get(&ev.stream)
-            .and_then(|list| list.get((ev.version.checked_sub(1)?) as usize))
-            .map(|&q| u64::from(q));
+            .positions(&ev.stream, v.saturating_sub(1), v)
+            .map_err(|e| format!("the frame at position {p}: {e}"))?
+            .filter(|_| v > 0)
+            .and_then(|list| list.first().map(|&q| u64::from(q)));
         if listed != Some(p) || (p == head && ev.hash != index.head_hash) {
             return Err(format!(
                 "the frame at position {p} is not the event it lists there"
@@ -1740,11 +1738,7 @@ impl SegmentLog {
         };
         let ix = &state.index;
         let locs = ix.locs.allocated_bytes();
-        // Each stream's list, and its bucket (entry and control byte) in a
-        // map that holds its capacity in 7/8 of its buckets.
-        let lists: usize = ix.streams.values().map(|v| v.capacity() * 4).sum();
-        let buckets = ix.streams.capacity() / 7 * 8;
-        let streams = lists + buckets * (std::mem::size_of::<(StreamId, Vec<u32>)>() + 1);
+        let streams = ix.streams.allocated_bytes();
         let ids = ix.ids.allocated_bytes();
         (locs + streams + ids) as u64
     }
@@ -1765,15 +1759,16 @@ impl SegmentLog {
     ) -> Result<Option<(u64, Vec<Wanted>)>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
         let state = self.read()?;
-        let Some(list) = state.index.streams.get(&stream) else {
+        let streams = &state.index.streams;
+        let len = streams.version(&stream);
+        let start = (from_version.max(1) - 1).min(len);
+        let end = start.saturating_add(max as u64).min(len);
+        let Some(list) = streams.positions(&stream, start, end)? else {
             return Ok(None);
         };
-        let start = (from_version.max(1) - 1).min(list.len() as u64) as usize;
-        let end = start.saturating_add(max).min(list.len());
         Ok(Some((
-            start as u64 + 1,
-            list[start..end]
-                .iter()
+            start + 1,
+            list.iter()
                 .map(|&p| state.wanted(u64::from(p)))
                 .collect::<Result<_, _>>()?,
         )))
@@ -3062,10 +3057,12 @@ impl EventStore for SegmentLog {
             streams
                 .iter()
                 .filter(|s| seen.insert(**s))
-                .filter_map(|s| state.index.streams.get(s).map(|list| (*s, list)))
-                .map(|(s, list)| {
-                    let locs = list.iter().map(|&p| state.wanted(u64::from(p)));
-                    Ok((s, locs.collect::<Result<_, StoreError>>()?))
+                .filter_map(|s| {
+                    let list = state.index.streams.all(s).transpose()?;
+                    Some(list.and_then(|list| {
+                        let locs = list.iter().map(|&p| state.wanted(u64::from(p)));
+                        Ok((*s, locs.collect::<Result<_, StoreError>>()?))
+                    }))
                 })
                 .collect::<Result<_, StoreError>>()?
         };
@@ -3401,27 +3398,133 @@ fn check_content(
     check.finish()
 }
 
-/// Positions whose snapshot ids `verify` sums together ([`IdSums`]).
-const ID_SUM_BLOCK: u64 = 1 << 16;
+/// Positions whose entries in files `verify` sums together ([`Sums`]).
+const SUM_BLOCK: u64 = 1 << 16;
 
-/// `verify`'s check of the ids held in files (the snapshot's and spilled
-/// runs) without a table of them by position: for each block of
-/// [`ID_SUM_BLOCK`] positions, the sum of a keyed hash of each
-/// `(fingerprint, position)` the files list, and the same sum of what the
-/// frames hold. The hash is SipHash-1-3 under a key drawn for each verify
-/// (std's `RandomState`), of the pair as a whole: no file can be made to
-/// match frames it does not (a hash keyed only after the pair was folded
-/// into one word could: two pairs folding alike match under every key).
-/// Equal sums then mean equal pairs but for a chance of about 2^-64 a
+/// `verify`'s check of index entries held in files (the snapshot's ids and
+/// stream lists, spilled runs of ids) without a table of them by
+/// position: for each block of [`SUM_BLOCK`] positions, the sum of a keyed
+/// hash of each entry the files list, and the same sum of what the frames
+/// hold. The hash is SipHash-1-3 under a key drawn for each verify (std's
+/// `RandomState`), of the entry as a whole: no file can be made to match
+/// frames it does not (a hash keyed only after the entry was folded into
+/// one word could: two entries folding alike match under every key).
+/// Equal sums then mean equal entries but for a chance of about 2^-64 a
 /// block; a block whose sums differ is checked position by position, its
-/// frames read again ([`IdSums::misfiled`]).
-struct IdSums {
-    runs: Vec<Arc<sorted_ids::SortedIds>>,
-    /// The last position the runs hold.
+/// frames read again ([`misfiled_in`]).
+struct Sums {
+    /// The last position the files hold.
     len: u64,
     key: std::collections::hash_map::RandomState,
     listed: Vec<u64>,
     found: Vec<u64>,
+}
+
+impl Sums {
+    fn new(len: u64) -> Sums {
+        let blocks = len.div_ceil(SUM_BLOCK) as usize;
+        Sums {
+            len,
+            key: std::collections::hash_map::RandomState::new(),
+            listed: vec![0; blocks],
+            found: vec![0; blocks],
+        }
+    }
+
+    /// Position `p`'s block, if the files hold its entry.
+    fn block(&self, p: u64) -> Option<usize> {
+        (1..=self.len)
+            .contains(&p)
+            .then(|| ((p - 1) / SUM_BLOCK) as usize)
+    }
+
+    fn mix(&self, entry: impl std::hash::Hash, p: u64) -> u64 {
+        self.key.hash_one((entry, p))
+    }
+
+    /// Adds an entry a file lists for position `p`.
+    fn list(&mut self, entry: impl std::hash::Hash, p: u64) {
+        if let Some(block) = self.block(p) {
+            self.listed[block] = self.listed[block].wrapping_add(self.mix(entry, p));
+        }
+    }
+
+    /// Adds the entry the frame at `p` holds; `false` when `p` is not the
+    /// files'.
+    fn add(&mut self, entry: impl std::hash::Hash, p: u64) -> bool {
+        let Some(block) = self.block(p) else {
+            return false;
+        };
+        self.found[block] = self.found[block].wrapping_add(self.mix(entry, p));
+        true
+    }
+
+    /// The blocks whose sums differ.
+    fn bad(&self) -> Vec<usize> {
+        (0..self.listed.len())
+            .filter(|&b| self.listed[b] != self.found[b])
+            .collect()
+    }
+}
+
+/// The positions of the `bad` blocks (of [`SUM_BLOCK`] positions, up to
+/// `len`) whose frames disagree with what the files list: `a` few blocks
+/// at a time, `listed` filling, for those blocks, each position's entry
+/// from the files (read once for each few), and `differs` telling, for
+/// each frame read again (headers only), whether the entry listed at its
+/// position is not its own. A frame that cannot be read is left to the
+/// chain check, which reports it.
+fn misfiled_in<T: Clone + Default>(
+    state: &RwLock<State>,
+    bad: &[usize],
+    len: u64,
+    mut listed: impl FnMut(&mut dyn FnMut(u64, T)) -> Result<(), StoreError>,
+    differs: impl Fn(&State, &FrameMeta, &T) -> bool,
+) -> Result<Vec<u64>, StoreError> {
+    let mut misfiled = Vec::new();
+    let mut buf = Vec::new();
+    for few in bad.chunks(MISFILED_BLOCKS_AT_ONCE) {
+        let mut entries: HashMap<usize, Vec<T>> = few
+            .iter()
+            .map(|&b| (b, vec![T::default(); SUM_BLOCK as usize]))
+            .collect();
+        listed(&mut |p, entry| {
+            let block = (p.wrapping_sub(1) / SUM_BLOCK) as usize;
+            if let Some(at) = entries.get_mut(&block).filter(|_| (1..=len).contains(&p)) {
+                at[((p - 1) % SUM_BLOCK) as usize] = entry;
+            }
+        })?;
+        for &b in few {
+            let first = b as u64 * SUM_BLOCK + 1;
+            let last = (first + SUM_BLOCK - 1).min(len);
+            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+            let wanted: Vec<Wanted> = (first..=last)
+                .map(|p| state.wanted(p))
+                .collect::<Result<_, _>>()?;
+            let listed = &entries[&b];
+            for_each_run(&mut buf, &wanted, |_, frames, run| {
+                let mut at = 0usize;
+                for &(p, loc, _) in frames {
+                    // The next frame starts where its location says.
+                    if let Ok((meta, ..)) = decode_frame(&run[at..]) {
+                        let entry = &listed[((p - 1) % SUM_BLOCK) as usize];
+                        if meta.position == p && differs(&state, &meta, entry) {
+                            misfiled.push(p);
+                        }
+                    }
+                    at += loc.len as usize;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(misfiled)
+}
+
+/// The ids held in files, summed ([`Sums`]) by `(fingerprint, position)`.
+struct IdSums {
+    runs: Vec<Arc<sorted_ids::SortedIds>>,
+    sums: Sums,
 }
 
 impl IdSums {
@@ -3430,23 +3533,12 @@ impl IdSums {
         let Some(len) = runs.last().map(|r| r.last()) else {
             return Ok(None);
         };
-        let key = std::collections::hash_map::RandomState::new();
-        let blocks = len.div_ceil(ID_SUM_BLOCK) as usize;
-        let mut sums = IdSums {
-            runs: runs.to_vec(),
-            len,
-            key,
-            listed: vec![0; blocks],
-            found: vec![0; blocks],
-        };
+        let mut sums = Sums::new(len);
         let mut count = 0u64;
         for run in runs {
             for pair in run.pairs() {
                 let (fp, p) = pair.map_err(unreadable_ids)?;
-                let Some(block) = sums.block(u64::from(p)) else {
-                    continue;
-                };
-                sums.listed[block] = sums.listed[block].wrapping_add(sums.mix(fp, u64::from(p)));
+                sums.list(fp, u64::from(p));
                 count += 1;
             }
         }
@@ -3457,88 +3549,75 @@ impl IdSums {
                 "the index's event ids list {count} positions of {len}"
             )));
         }
-        Ok(Some(sums))
+        Ok(Some(IdSums {
+            runs: runs.to_vec(),
+            sums,
+        }))
     }
 
-    /// Position `p`'s block, if a run holds its id.
-    fn block(&self, p: u64) -> Option<usize> {
-        (1..=self.len)
-            .contains(&p)
-            .then(|| ((p - 1) / ID_SUM_BLOCK) as usize)
-    }
-
-    fn mix(&self, fp: u64, p: u64) -> u64 {
-        use std::hash::BuildHasher;
-        self.key.hash_one((fp, p))
-    }
-
-    /// Adds the frame at `p` holding an id of fingerprint `fp`; `false`
-    /// when `p` is not the file's.
-    fn add(&mut self, fp: u64, p: u64) -> bool {
-        let Some(block) = self.block(p) else {
-            return false;
-        };
-        self.found[block] = self.found[block].wrapping_add(self.mix(fp, p));
-        true
-    }
-
-    /// The positions of every block whose sums differ where the file lists
-    /// another fingerprint than the frame's id has: the file read once
-    /// more for those blocks, their frames read again (headers only). A
-    /// frame that cannot be read is left to the chain check, which
-    /// reports it.
+    /// The positions where the files list another fingerprint than the
+    /// frame's id has.
     fn misfiled(&self, state: &RwLock<State>) -> Result<Vec<u64>, StoreError> {
-        let bad: Vec<usize> = (0..self.listed.len())
-            .filter(|&b| self.listed[b] != self.found[b])
-            .collect();
-        let mut misfiled = Vec::new();
-        let mut buf = Vec::new();
-        // A few blocks at a time (512 KB of fingerprints each), the files
-        // read once for each few.
-        for few in bad.chunks(MISFILED_BLOCKS_AT_ONCE) {
-            let mut listed: HashMap<usize, Vec<u64>> = few
-                .iter()
-                .map(|&b| (b, vec![0; ID_SUM_BLOCK as usize]))
-                .collect();
+        let listed = |put: &mut dyn FnMut(u64, u64)| {
             for pair in self.runs.iter().flat_map(|r| r.pairs()) {
                 let (fp, p) = pair.map_err(unreadable_ids)?;
-                let p = u64::from(p);
-                if let Some(fps) = self.block(p).and_then(|b| listed.get_mut(&b)) {
-                    fps[((p - 1) % ID_SUM_BLOCK) as usize] = fp;
-                }
+                put(u64::from(p), fp);
             }
-            for &b in few {
-                let first = b as u64 * ID_SUM_BLOCK + 1;
-                let last = (first + ID_SUM_BLOCK - 1).min(self.len);
-                let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-                let wanted: Vec<Wanted> = (first..=last)
-                    .map(|p| state.wanted(p))
-                    .collect::<Result<_, _>>()?;
-                let fps = &listed[&b];
-                let ids = &state.index.ids;
-                for_each_run(&mut buf, &wanted, |_, frames, run| {
-                    let mut at = 0usize;
-                    for &(p, loc, _) in frames {
-                        // A frame that does not decode is the chain
-                        // check's to report; the next starts where its
-                        // location says.
-                        if let Ok((meta, ..)) = decode_frame(&run[at..]) {
-                            let listed = fps[((p - 1) % ID_SUM_BLOCK) as usize];
-                            if meta.position == p && listed != ids.fingerprint(&meta.event_id) {
-                                misfiled.push(p);
-                            }
-                        }
-                        at += loc.len as usize;
-                    }
-                    Ok(())
-                })?;
-            }
-        }
-        Ok(misfiled)
+            Ok(())
+        };
+        let differs = |state: &State, meta: &FrameMeta, fp: &u64| {
+            *fp != state.index.ids.fingerprint(&meta.event_id)
+        };
+        misfiled_in(state, &self.sums.bad(), self.sums.len, listed, differs)
     }
 }
 
-/// Blocks of positions [`IdSums::misfiled`] checks at a time.
+/// The stream lists held in the snapshot's file, summed ([`Sums`]) by
+/// `(stream, version, position)`.
+struct StreamSums {
+    sums: Sums,
+}
+
+impl StreamSums {
+    /// The sums of the lists in the file; `None` when no list is there.
+    fn of(streams: &Streams) -> Result<Option<StreamSums>, StoreError> {
+        let len = streams.filed_head();
+        if len == 0 {
+            return Ok(None);
+        }
+        let mut sums = Sums::new(len);
+        streams.for_each_filed(|stream, positions| {
+            for (v, &p) in (1u64..).zip(positions) {
+                sums.list((stream, v), u64::from(p));
+            }
+            Ok(())
+        })?;
+        Ok(Some(StreamSums { sums }))
+    }
+
+    /// The positions whose frame's stream and version the file lists at
+    /// another position.
+    fn misfiled(&self, state: &RwLock<State>) -> Result<Vec<u64>, StoreError> {
+        let streams = {
+            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+            state.index.streams.filed_only()
+        };
+        let listed = |put: &mut dyn FnMut(u64, Option<(StreamId, u64)>)| {
+            streams.for_each_filed(|stream, positions| {
+                for (v, &p) in (1u64..).zip(positions) {
+                    put(u64::from(p), Some((*stream, v)));
+                }
+                Ok(())
+            })
+        };
+        let differs = |_: &State, meta: &FrameMeta, listed: &Option<(StreamId, u64)>| {
+            *listed != Some((meta.stream, meta.version))
+        };
+        misfiled_in(state, &self.sums.bad(), self.sums.len, listed, differs)
+    }
+}
+
+/// Blocks of positions [`misfiled_in`] checks at a time.
 const MISFILED_BLOCKS_AT_ONCE: usize = 16;
 
 /// The index checks of `verify`: each frame's position, stream version and
@@ -3555,6 +3634,12 @@ fn check_index_batches(
         state.index.ids.runs().to_vec()
     };
     let mut sums = IdSums::of(&runs)?;
+    // So are the stream lists of the snapshot; those indexed since are
+    // looked up in memory.
+    let mut stream_sums = {
+        let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+        StreamSums::of(&state.index.streams)?
+    };
     let mut at = Vec::new();
     for batch in batches {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
@@ -3573,18 +3658,17 @@ fn check_index_batches(
                     "the position index does not point at this frame"
                 });
             }
-            let by_stream = ix
-                .streams
-                .get(&meta.stream)
-                .and_then(|l| l.get((meta.version.max(1) - 1) as usize))
-                .map(|&p| u64::from(p));
-            if meta.version == 0 || by_stream != Some(meta.position) {
+            let summed = stream_sums
+                .as_mut()
+                .is_some_and(|s| s.sums.add((meta.stream, meta.version), meta.position));
+            let by_stream = ix.streams.in_memory(&meta.stream, meta.version);
+            if !summed && (meta.version == 0 || by_stream.map(u64::from) != Some(meta.position)) {
                 problems.push(meta.position, || {
                     format!("stream index for version {} is wrong", meta.version)
                 });
             }
             let fp = ix.ids.fingerprint(&meta.event_id);
-            if sums.as_mut().is_some_and(|s| s.add(fp, meta.position)) {
+            if sums.as_mut().is_some_and(|s| s.sums.add(fp, meta.position)) {
                 continue;
             }
             at.clear();
@@ -3599,6 +3683,11 @@ fn check_index_batches(
     if let Some(sums) = sums {
         for p in sums.misfiled(state)? {
             problems.push(p, || "event id index does not point here");
+        }
+    }
+    if let Some(sums) = stream_sums {
+        for p in sums.misfiled(state)? {
+            problems.push(p, || "stream index does not list this frame at its version");
         }
     }
     Ok(problems)
@@ -3638,8 +3727,7 @@ mod index_tests {
         ix.push(&meta(2, 2, 1, 11), loc(2), [2; 32]).unwrap();
         ix.push(&meta(3, 1, 2, 12), loc(3), [3; 32]).unwrap();
         let snapshot = |ix: &Index| {
-            let mut streams: Vec<_> = ix.streams.iter().map(|(s, v)| (*s, v.clone())).collect();
-            streams.sort_by_key(|(s, _)| *s);
+            let streams = ix.streams.to_vec();
             let mut ids: Vec<_> = ix.ids.iter().collect();
             ids.sort();
             (ix.locs.to_vec(), streams, ids, ix.head_hash)
@@ -3662,7 +3750,7 @@ mod index_tests {
             assert!(snapshot(&ix) == before, "{l:?} changed the index");
             assert_eq!(ix.ids.only(&Uuid::from_u128(13)), None);
         }
-        assert!(!ix.streams.contains_key(&StreamId(Uuid::from_u128(3))));
+        assert_eq!(ix.streams.version(&StreamId(Uuid::from_u128(3))), 0);
         ix.push(&meta(4, 3, 1, 13), loc(4), [4; 32]).unwrap();
         assert_eq!(ix.head(), 4);
         assert_eq!(ix.stream_version(&StreamId(Uuid::from_u128(1))), 2);
@@ -3779,9 +3867,7 @@ mod index_tests {
         {
             let mut state = log.state.write().unwrap();
             let ix = &mut state.index;
-            let (la, lb) = (ix.streams[&a].clone(), ix.streams[&b].clone());
-            ix.streams.insert(a, lb);
-            ix.streams.insert(b, la);
+            ix.streams.swap_for_test(a, b);
             let (i1, i2) = (Uuid::from_u128(1), Uuid::from_u128(2));
             let (p1, p2) = (ix.ids.only(&i1).unwrap(), ix.ids.only(&i2).unwrap());
             ix.ids.swap_for_test(p1, p2);
@@ -4139,6 +4225,182 @@ mod index_tests {
         drop((log, store));
     }
 
+    /// Appends to stream `s` the events of `ids`, interleaved by the caller
+    /// with other streams' so that lists span blocks and positions.
+    fn to_stream(s: u128, ids: std::ops::Range<u128>) -> AppendRequest {
+        AppendRequest {
+            stream: StreamId(Uuid::from_u128(s)),
+            ..request(ids)
+        }
+    }
+
+    /// A log whose snapshot lists stream 1 with 2,600 versions (three
+    /// blocks of a list), streams 2 and 3 with 4 each, and after it (an
+    /// open that left the snapshot as it was) 5 more events of stream 1
+    /// and one of a new stream 4.
+    fn log_with_long_lists(rt: &tokio::runtime::Runtime, dir: &Path) {
+        let (store, log) = open_log(dir, true, 1);
+        for k in 0..13u128 {
+            let base = 1 + k * 200;
+            let mut group = vec![to_stream(1, base..base + 200)];
+            if k < 4 {
+                group.push(to_stream(2 + (k % 2), 10_000 + k * 2..10_002 + k * 2));
+            }
+            rt.block_on(log.append_atomic(group)).unwrap();
+        }
+        drop((log, store));
+        let (store, log) = open_log(dir, true, u64::MAX);
+        rt.block_on(log.append_atomic(vec![
+            to_stream(1, 20_000..20_005),
+            to_stream(4, 30_000..30_001),
+        ]))
+        .unwrap();
+        drop((log, store));
+    }
+
+    /// A snapshot's stream lists stay in its file: a log opened from it
+    /// reads them in place (pages across blocks, with the versions after
+    /// the snapshot from memory) and answers as a log that indexed every
+    /// frame; the next snapshot, written from both, opens the same again.
+    #[test]
+    fn stream_lists_are_read_in_place_and_answer_as_a_full_scan() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_long_lists(&rt, dir.path());
+        let lists = |read_snapshot: bool| {
+            let (store, log) = open_log(dir.path(), read_snapshot, u64::MAX);
+            let (all, filed, head) = {
+                let ix = &log.state.read().unwrap().index;
+                (ix.streams.to_vec(), ix.streams.filed_head(), ix.head())
+            };
+            assert_eq!(filed > 0, read_snapshot);
+            let s1 = StreamId(Uuid::from_u128(1));
+            let mut pages = Vec::new();
+            for (from, n) in [
+                (1, 1),
+                (1_020, 10),
+                (1_024, 1_025),
+                (2_599, 7),
+                (2_606, 3),
+                (9_999, 1),
+            ] {
+                let read = rt.block_on(log.read_stream(s1, from, n)).unwrap();
+                pages.push(
+                    read.iter()
+                        .map(|e| (e.version, e.position))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            let report = rt.block_on(log.verify(&|_| {})).unwrap();
+            assert!(report.ok, "{:?}", report.problems);
+            drop((log, store));
+            ((all, pages), filed, head)
+        };
+        let (scanned, _, head) = lists(false);
+        assert_eq!(scanned.0.len(), 4);
+        assert_eq!(scanned.0[0].1.len(), 2_605);
+        let sizes: Vec<usize> = scanned.1.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [1, 10, 1_025, 7, 0, 0]);
+        let (from_file, filed, _) = lists(true);
+        assert_eq!(from_file, scanned);
+        assert_eq!(filed, head - 6, "the tail is indexed from the segment");
+        // A close that writes a new snapshot (an eighth of the last one's
+        // events appended since) reads the old one's lists.
+        let (store, log) = open_log(dir.path(), true, 1);
+        rt.block_on(log.append_atomic(vec![to_stream(2, 40_000..40_400)]))
+            .unwrap();
+        drop((log, store));
+        let (scanned, _, head) = lists(false);
+        let (from_file, filed, _) = lists(true);
+        assert_eq!(from_file, scanned);
+        assert_eq!(filed, head, "the second snapshot covers every event");
+    }
+
+    /// Stream lists in the file that do not match the frames are reported
+    /// by `verify` at exactly those frames, and refused by reads; bytes of
+    /// a list changed after the open are refused, never used.
+    #[test]
+    fn stream_lists_in_the_file_are_checked_by_verify_and_reads() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_long_lists(&rt, dir.path());
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        let [s1, s2, s3] = [1, 2, 3].map(|s| StreamId(Uuid::from_u128(s)));
+        let positions = |s| {
+            log.state
+                .read()
+                .unwrap()
+                .index
+                .streams
+                .all(&s)
+                .unwrap()
+                .unwrap()
+        };
+        let (p2, p3) = (positions(s2), positions(s3));
+        assert_eq!((p2.len(), p3.len()), (4, 4), "{p2:?} {p3:?}");
+        // Streams 2 and 3, both wholly in the file, swap lists.
+        log.state
+            .write()
+            .unwrap()
+            .index
+            .streams
+            .swap_for_test(s2, s3);
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        assert!(!report.ok);
+        let mut at: Vec<u64> = report
+            .problems
+            .iter()
+            .filter(|p| p.what.contains("stream index"))
+            .map(|p| p.position)
+            .collect();
+        at.sort();
+        at.dedup();
+        let mut expected: Vec<u64> = p2.iter().chain(&p3).map(|&p| u64::from(p)).collect();
+        expected.sort();
+        assert_eq!(at, expected, "{:?}", report.problems);
+        match rt.block_on(log.read_stream(s3, 1, 10)) {
+            Err(StoreError::Corrupt { what, .. }) => {
+                assert!(what.contains("does not match"), "{what}")
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        log.state
+            .write()
+            .unwrap()
+            .index
+            .streams
+            .swap_for_test(s2, s3);
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        // Stream 1's second block changed in the file after the open.
+        let path = dir
+            .path()
+            .join(LOGS_DIR)
+            .join("school-a")
+            .join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let p1 = positions(s1);
+        let needle: Vec<u8> = p1[1_024..1_028]
+            .iter()
+            .flat_map(|p| p.to_le_bytes())
+            .collect();
+        let at = bytes
+            .windows(16)
+            .position(|w| w == needle.as_slice())
+            .unwrap();
+        bytes[at] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            rt.block_on(log.read_stream(s1, 1, 1_000)).unwrap().len(),
+            1_000
+        );
+        match rt.block_on(log.read_stream(s1, 1_500, 10)) {
+            Err(StoreError::Corrupt { what, .. }) => {
+                assert!(what.contains("changed after the open"), "{what}")
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        assert!(rt.block_on(log.verify(&|_| {})).is_err());
+        drop((log, store));
+    }
+
     /// An open from the index snapshot leaves the event ids in the file
     /// (the index is smaller, and reads by position or stream do not need
     /// them); the first append reads them, with the ids of the frames
@@ -4261,9 +4523,7 @@ mod index_tests {
         {
             let mut state = log.state.write().unwrap();
             let ix = &mut state.index;
-            let (la, lb) = (ix.streams[&a].clone(), ix.streams[&b].clone());
-            ix.streams.insert(a, lb);
-            ix.streams.insert(b, la);
+            ix.streams.swap_for_test(a, b);
         }
         match rt.block_on(log.positions_in_streams(&wanted)) {
             Err(StoreError::Corrupt { what, .. }) => {
@@ -4516,8 +4776,8 @@ mod index_tests {
             let ix = &mut state.index;
             // Stream b's versions 1..3 now say positions 1..3 (stream a's),
             // and ids 4_500 and 4_501 point at each other's frames.
-            let lb = ix.streams[&b].clone();
-            ix.streams.get_mut(&b).unwrap().copy_from_slice(&[1, 2, 3]);
+            let lb = ix.streams.all(&b).unwrap().unwrap();
+            ix.streams.replace(b, vec![1, 2, 3]);
             ix.ids.swap_for_test(4_500, 4_501);
             assert_eq!(lb, vec![5_001, 5_002, 5_003]);
         }

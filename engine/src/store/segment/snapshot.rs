@@ -28,7 +28,6 @@
 //! the snapshot holds a filter and a block directory for them (about 1.3
 //! bytes an id) and a table of only the ids appended after it.
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 
 use std::path::Path;
@@ -36,8 +35,10 @@ use std::path::Path;
 use uuid::Uuid;
 
 use super::sorted_ids::{pair_bytes, SortedIds, PAIR};
+use super::streams::{FiledList, Streams, LIST_BLOCK};
 use super::{frame, IdHash, Index, Loc};
 use crate::envelope::{Hash, StreamId};
+use crate::error::StoreError;
 
 /// The snapshot's file name in a log directory.
 pub const SNAPSHOT_FILE: &str = "index";
@@ -130,13 +131,27 @@ pub(super) fn encode(
         w.put(&len.to_le_bytes())?;
     }
     w.put(&(index.streams.len() as u64).to_le_bytes())?;
-    for (stream, positions) in &index.streams {
-        w.put(stream.0.as_bytes())?;
-        w.put(&(positions.len() as u32).to_le_bytes())?;
+    // The lists of the snapshot the log was opened from are read from its
+    // file, one at a time; a write's error is kept as it is.
+    let mut failed = None;
+    let listed = index.streams.for_each(|stream, positions| {
+        let mut put = |bytes: &[u8]| {
+            w.put(bytes).map_err(|e| {
+                failed = Some(e);
+                StoreError::Internal("the snapshot's write failed".into())
+            })
+        };
+        put(stream.0.as_bytes())?;
+        put(&(positions.len() as u32).to_le_bytes())?;
         for p in positions {
-            w.put(&p.to_le_bytes())?;
+            put(&p.to_le_bytes())?;
         }
+        Ok(())
+    });
+    if let Some(e) = failed {
+        return Err(e);
     }
+    listed.map_err(|e| std::io::Error::other(e.to_string()))?;
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
     index.ids.sorted_pairs(|fp, p| w.put(&pair_bytes(fp, p)))?;
     w.flush_block()?;
@@ -374,6 +389,7 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
             let mut crc = crc32fast::Hasher::new();
             let rest = load_rest(
                 &mut r,
+                &path,
                 head,
                 head_hash,
                 max_events,
@@ -390,7 +406,9 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
                 .name("snapshot ids".into())
                 .spawn_scoped(scope, read_ids)
                 .ok();
-            let rest = load_rest(&mut r, head, head_hash, max_events, seed, ids_at, None);
+            let rest = load_rest(
+                &mut r, &path, head, head_hash, max_events, seed, ids_at, None,
+            );
             let ids = match reader {
                 Some(reader) => reader
                     .join()
@@ -498,8 +516,10 @@ fn load_ids(
 /// The rest of the snapshot after its seed: segments, locations, streams;
 /// the ids' bytes (from `ids_at`) only hashed, and added to `crc` if
 /// given; the checksum checked.
+#[allow(clippy::too_many_arguments)]
 fn load_rest(
     r: &mut Reading,
+    path: &Path,
     head: u64,
     head_hash: Hash,
     max_events: u64,
@@ -558,38 +578,60 @@ fn load_rest(
         return Err(format!("the segments hold {p} frames of {head}"));
     }
     // Streams: every position in exactly one stream, each stream's
-    // positions increasing.
+    // positions increasing. The lists stay in the file ([`Streams`]): kept
+    // are where each starts and the CRC-32 of each of its blocks.
     let nstreams = r.u64("streams")?;
     r.fits(nstreams, 20, "streams")?;
     let mut seen = Seen::new(head);
-    let mut streams: HashMap<StreamId, Vec<u32>, IdHash> =
-        HashMap::with_capacity_and_hasher(nstreams as usize, IdHash::with_seed(seed));
+    let mut lists = Vec::with_capacity(nstreams as usize);
+    let mut crcs = Vec::new();
+    let mut block = Vec::with_capacity(LIST_BLOCK * 4);
     let mut listed = 0u64;
     for _ in 0..nstreams {
         let stream = StreamId(Uuid::from_bytes(r.bytes::<16>("stream")?));
-        let count = u64::from(r.u32("stream")?);
-        r.fits(count, 4, "stream positions")?;
-        listed += count;
-        let mut positions = Vec::with_capacity(count as usize);
-        let mut prev = 0u32;
+        let count = r.u32("stream")?;
+        r.fits(u64::from(count), 4, "stream positions")?;
+        listed += u64::from(count);
+        let (at, crc_at) = (r.read, crcs.len() as u32);
+        let (mut prev, mut left) = (0u32, count);
         if count > 0 {
             r.u32s_while("stream positions", |p| {
                 if p <= prev {
                     return Err("a stream's positions are not increasing".into());
                 }
                 seen.mark(p, "streams")?;
-                positions.push(p);
                 prev = p;
-                Ok((positions.len() as u64) < count)
+                left -= 1;
+                block.extend_from_slice(&p.to_le_bytes());
+                if block.len() == LIST_BLOCK * 4 || left == 0 {
+                    crcs.push(crc32fast::hash(&block));
+                    block.clear();
+                }
+                Ok(left > 0)
             })?;
         }
-        if positions.is_empty() || streams.insert(stream, positions).is_some() {
-            return Err("a stream is empty or listed twice".into());
-        }
+        lists.push(FiledList {
+            stream,
+            at,
+            count,
+            crc_at,
+        });
     }
     if listed != head {
         return Err(format!("streams list {listed} positions of {head}"));
     }
+    let own = r
+        .file
+        .try_clone()
+        .map_err(|e| format!("cannot open: {e}"))?;
+    index.streams = Streams::from_file(
+        own,
+        path.to_path_buf(),
+        head,
+        IdHash::with_seed(seed),
+        lists,
+        crcs,
+    )?;
     // Ids (read by `load_ids` when first needed): they must start where
     // the streams end; their CRC-32 is kept to check that read.
     if r.read != ids_at {
@@ -600,6 +642,5 @@ fn load_rest(
     if r.hasher.finalize().as_bytes() != &stored {
         return Err("checksum mismatch".into());
     }
-    index.streams = streams;
     Ok((index, segments))
 }

@@ -1,0 +1,458 @@
+//! Per stream, the positions of its versions: [`Streams`].
+//!
+//! The positions an index snapshot lists stay in its file (session w):
+//! the index keeps, for each stream, where its list starts in the file and
+//! how many versions it holds there, and in memory only the positions
+//! indexed after the snapshot (the stream's **tail**). A stream's list in
+//! the file is read with one positioned read of the blocks of
+//! [`LIST_BLOCK`] positions that cover what is asked, each block checked
+//! against the CRC-32 taken when the open read and checked the whole file:
+//! bytes changed after the open are refused as an error, never used. Until
+//! then every list was read into memory at open (4 bytes an event, 40 MB
+//! at 10M events, for a timeline that reads one pupil's).
+//!
+//! Versions are gapless and a stream's positions increase, so the versions
+//! in the file are exactly the stream's positions up to the snapshot's
+//! head, and the tail's are those after it.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{corrupt, IdHash};
+use crate::envelope::StreamId;
+use crate::error::StoreError;
+
+/// Positions of a list in the file checked as one block (4 KB): a stream
+/// of a few hundred versions (a pupil's case) is one block, one read.
+pub(super) const LIST_BLOCK: usize = 1_024;
+
+/// One stream's positions: versions `1..=filed` in the snapshot file,
+/// the rest in `tail`.
+#[derive(Clone, Debug, Default)]
+struct List {
+    /// Where its first position is in the file (when `filed > 0`).
+    at: u64,
+    /// Versions listed in the file.
+    filed: u32,
+    /// Index of its first block's CRC-32 in [`Filed::crcs`].
+    crc_at: u32,
+    /// Positions of the versions after `filed`, in order.
+    tail: Vec<u32>,
+}
+
+/// The snapshot file whose lists the index reads in place.
+#[derive(Debug)]
+struct Filed {
+    file: File,
+    path: PathBuf,
+    /// Per block of each list in the file, its CRC-32 as the open read it.
+    crcs: Vec<u32>,
+    /// The snapshot's head: the file lists every position up to it.
+    head: u64,
+}
+
+/// Every stream's positions by version (version v is the `v - 1`th).
+#[derive(Debug)]
+pub(super) struct Streams {
+    lists: HashMap<StreamId, List, IdHash>,
+    filed: Option<Arc<Filed>>,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams::with_hasher(IdHash::default(), 0)
+    }
+}
+
+/// A list of the snapshot being read ([`Streams::from_file`]): where its
+/// positions start in the file, how many, and where its blocks' CRC-32s
+/// start among all of them.
+pub(super) struct FiledList {
+    pub stream: StreamId,
+    pub at: u64,
+    pub count: u32,
+    pub crc_at: u32,
+}
+
+impl Streams {
+    pub(super) fn with_hasher(hasher: IdHash, capacity: usize) -> Streams {
+        Streams {
+            lists: HashMap::with_capacity_and_hasher(capacity, hasher),
+            filed: None,
+        }
+    }
+
+    /// The streams of a snapshot whose lists stay in `file` (at `path`),
+    /// with the CRC-32 of each block of every list. `Err` when a stream is
+    /// empty or listed twice, or its blocks' CRC-32s are not all there.
+    pub(super) fn from_file(
+        file: File,
+        path: PathBuf,
+        head: u64,
+        hasher: IdHash,
+        lists: Vec<FiledList>,
+        crcs: Vec<u32>,
+    ) -> Result<Streams, String> {
+        let mut streams = Streams::with_hasher(hasher, lists.len());
+        for l in lists {
+            let blocks = (l.count as usize).div_ceil(LIST_BLOCK);
+            if l.count == 0 || (l.crc_at as usize).saturating_add(blocks) > crcs.len() {
+                return Err("a stream is empty or its blocks are not all checked".into());
+            }
+            let list = List {
+                at: l.at,
+                filed: l.count,
+                crc_at: l.crc_at,
+                tail: Vec::new(),
+            };
+            if streams.lists.insert(l.stream, list).is_some() {
+                return Err("a stream is listed twice".into());
+            }
+        }
+        streams.filed = Some(Arc::new(Filed {
+            file,
+            path,
+            crcs,
+            head,
+        }));
+        Ok(streams)
+    }
+
+    /// The last position the file lists (0: no file).
+    pub(super) fn filed_head(&self) -> u64 {
+        self.filed.as_ref().map_or(0, |f| f.head)
+    }
+
+    /// The lists in the file without the tails, sharing the file (for a
+    /// reader that must not hold the index while it reads them all).
+    pub(super) fn filed_only(&self) -> Streams {
+        let mut lists =
+            HashMap::with_capacity_and_hasher(self.lists.len(), self.lists.hasher().clone());
+        lists.extend(
+            self.lists
+                .iter()
+                .filter(|(_, l)| l.filed > 0)
+                .map(|(s, l)| {
+                    let list = List {
+                        tail: Vec::new(),
+                        ..*l
+                    };
+                    (*s, list)
+                }),
+        );
+        Streams {
+            lists,
+            filed: self.filed.clone(),
+        }
+    }
+
+    /// Streams held.
+    pub(super) fn len(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// The stream's last version (0: no events).
+    pub(super) fn version(&self, stream: &StreamId) -> u64 {
+        self.lists
+            .get(stream)
+            .map_or(0, |l| u64::from(l.filed) + l.tail.len() as u64)
+    }
+
+    /// Adds `position` as the stream's next version.
+    pub(super) fn push(&mut self, stream: StreamId, position: u32) {
+        match self.lists.get_mut(&stream) {
+            Some(l) => l.tail.push(position),
+            None => {
+                self.lists.insert(
+                    stream,
+                    List {
+                        tail: vec![position],
+                        ..List::default()
+                    },
+                );
+            }
+        }
+    }
+
+    /// The positions of versions `start + 1 ..= end` (clamped to the
+    /// stream's), read from the file where they are there; `None` for a
+    /// stream with no events.
+    pub(super) fn positions(
+        &self,
+        stream: &StreamId,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Vec<u32>>, StoreError> {
+        let Some(list) = self.lists.get(stream) else {
+            return Ok(None);
+        };
+        let filed = u64::from(list.filed);
+        let end = end.min(filed + list.tail.len() as u64);
+        let start = start.min(end);
+        let mut out = Vec::with_capacity((end - start) as usize);
+        if start < filed {
+            self.read_filed(list, start, end.min(filed), &mut out)?;
+        }
+        let (from, to) = (start.max(filed) - filed, end.max(filed) - filed);
+        out.extend_from_slice(&list.tail[from as usize..to as usize]);
+        Ok(Some(out))
+    }
+
+    /// Every position of the stream, by version.
+    pub(super) fn all(&self, stream: &StreamId) -> Result<Option<Vec<u32>>, StoreError> {
+        self.positions(stream, 0, u64::MAX)
+    }
+
+    /// The position of `version` when memory holds it (a version after the
+    /// snapshot's); `None` when the stream has no such version in memory.
+    pub(super) fn in_memory(&self, stream: &StreamId, version: u64) -> Option<u32> {
+        let list = self.lists.get(stream)?;
+        let i = version.checked_sub(u64::from(list.filed) + 1)?;
+        list.tail.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// Each stream and its positions, file and tail together, in no set
+    /// order (one list in memory at a time, `buf` reused).
+    pub(super) fn for_each(
+        &self,
+        mut each: impl FnMut(&StreamId, &[u32]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        for (stream, list) in &self.lists {
+            buf.clear();
+            if list.filed > 0 {
+                self.read_filed(list, 0, u64::from(list.filed), &mut buf)?;
+            }
+            buf.extend_from_slice(&list.tail);
+            each(stream, &buf)?;
+        }
+        Ok(())
+    }
+
+    /// Each stream's positions in the file only (what `verify` sums).
+    pub(super) fn for_each_filed(
+        &self,
+        mut each: impl FnMut(&StreamId, &[u32]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        for (stream, list) in self.lists.iter().filter(|(_, l)| l.filed > 0) {
+            buf.clear();
+            self.read_filed(list, 0, u64::from(list.filed), &mut buf)?;
+            each(stream, &buf)?;
+        }
+        Ok(())
+    }
+
+    /// Appends the file's positions of versions `start + 1 ..= end` of
+    /// `list` (`end <= list.filed`) to `out`: one read of the blocks that
+    /// hold them, each checked against its CRC-32.
+    fn read_filed(
+        &self,
+        list: &List,
+        start: u64,
+        end: u64,
+        out: &mut Vec<u32>,
+    ) -> Result<(), StoreError> {
+        let Some(filed) = &self.filed else {
+            return Err(StoreError::Internal(
+                "a stream list is in a file the index does not hold".into(),
+            ));
+        };
+        let block = LIST_BLOCK as u64;
+        let (first, last) = (start / block, (end - 1) / block);
+        let from = first * block;
+        let to = ((last + 1) * block).min(u64::from(list.filed));
+        let mut bytes = vec![0u8; ((to - from) * 4) as usize];
+        let offset = list.at + from * 4;
+        filed
+            .file
+            .read_exact_at(&mut bytes, offset)
+            .map_err(|e| StoreError::io("read the index snapshot's stream lists", e))?;
+        for (i, b) in bytes.chunks(LIST_BLOCK * 4).enumerate() {
+            let want = filed
+                .crcs
+                .get(list.crc_at as usize + first as usize + i)
+                .copied();
+            if want != Some(crc32fast::hash(b)) {
+                return Err(corrupt(
+                    &filed.path,
+                    Some(offset + (i * LIST_BLOCK * 4) as u64),
+                    "a stream list changed after the open checked the index snapshot",
+                ));
+            }
+        }
+        let skip = ((start - from) * 4) as usize;
+        let take = ((end - start) * 4) as usize;
+        out.extend(
+            bytes[skip..skip + take]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        Ok(())
+    }
+
+    /// Bytes allocated: the map (entry and control byte a bucket, its
+    /// capacity in 7/8 of its buckets), the tails and the CRC-32s.
+    pub(super) fn allocated_bytes(&self) -> usize {
+        let tails: usize = self.lists.values().map(|l| l.tail.capacity() * 4).sum();
+        let buckets = self.lists.capacity() / 7 * 8;
+        let map = buckets * (std::mem::size_of::<(StreamId, List)>() + 1);
+        let crcs = self.filed.as_ref().map_or(0, |f| f.crcs.capacity() * 4);
+        tails + map + crcs
+    }
+
+    /// Tests: replaces a stream's positions (a stream with none in a file).
+    #[cfg(test)]
+    pub(super) fn replace(&mut self, stream: StreamId, positions: Vec<u32>) {
+        let list = self.lists.entry(stream).or_default();
+        assert_eq!(list.filed, 0, "only for lists in memory");
+        list.tail = positions;
+    }
+
+    /// Tests: swaps two streams' lists (where they are in the file too).
+    #[cfg(test)]
+    pub(super) fn swap_for_test(&mut self, a: StreamId, b: StreamId) {
+        let la = self.lists.remove(&a).expect("stream a");
+        let lb = self.lists.remove(&b).expect("stream b");
+        self.lists.insert(a, lb);
+        self.lists.insert(b, la);
+    }
+
+    /// Tests: every stream and its positions, sorted by stream.
+    #[cfg(test)]
+    pub(super) fn to_vec(&self) -> Vec<(StreamId, Vec<u32>)> {
+        let mut all = Vec::new();
+        self.for_each(|s, p| {
+            all.push((*s, p.to_vec()));
+            Ok(())
+        })
+        .expect("lists readable");
+        all.sort_by_key(|(s, _)| *s);
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Write;
+    use uuid::Uuid;
+
+    /// `lists` (each stream's filed count and tail length) written to a
+    /// file as a snapshot lays them out, with positions numbered in order;
+    /// the streams read in place, and every stream's positions.
+    fn filed(lists: &[(u32, u32)]) -> (Streams, Vec<Vec<u32>>, tempfile::NamedTempFile) {
+        let mut file = tempfile::NamedTempFile::new().unwrap();
+        let (mut at, mut next) = (0u64, 1u32);
+        let (mut dir, mut crcs, mut all) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &(count, _)) in lists.iter().enumerate() {
+            let positions: Vec<u32> = (next..next + count).collect();
+            next += count;
+            let bytes: Vec<u8> = positions.iter().flat_map(|p| p.to_le_bytes()).collect();
+            file.write_all(&[0; 3]).unwrap(); // not aligned to anything
+            at += 3;
+            let crc_at = crcs.len() as u32;
+            crcs.extend(bytes.chunks(LIST_BLOCK * 4).map(crc32fast::hash));
+            file.write_all(&bytes).unwrap();
+            if count > 0 {
+                dir.push(FiledList {
+                    stream: StreamId(Uuid::from_u128(i as u128)),
+                    at,
+                    count,
+                    crc_at,
+                });
+            }
+            at += bytes.len() as u64;
+            all.push(positions);
+        }
+        let own = file.reopen().unwrap();
+        let path = file.path().to_path_buf();
+        let mut streams = Streams::from_file(
+            own,
+            path,
+            u64::from(next - 1),
+            IdHash::with_seed(7),
+            dir,
+            crcs,
+        )
+        .unwrap();
+        for (i, &(_, tail)) in lists.iter().enumerate() {
+            for _ in 0..tail {
+                streams.push(StreamId(Uuid::from_u128(i as u128)), next);
+                all[i].push(next);
+                next += 1;
+            }
+        }
+        (streams, all, file)
+    }
+
+    proptest! {
+        /// Any range of versions of a stream, in the file, in memory or
+        /// both, across blocks or not, is the stream's positions there;
+        /// versions and every list read whole agree.
+        #[test]
+        fn any_range_reads_the_positions_of_those_versions(
+            lists in proptest::collection::vec((0u32..3_000, 0u32..40), 1..5),
+            ranges in proptest::collection::vec((0u64..3_100, 0u64..2_100), 1..20),
+        ) {
+            let (streams, all, _file) = filed(&lists);
+            for (i, expected) in all.iter().enumerate() {
+                let s = StreamId(Uuid::from_u128(i as u128));
+                prop_assert_eq!(streams.version(&s), expected.len() as u64);
+                let whole = streams.all(&s).unwrap();
+                prop_assert_eq!(whole.as_ref(), (!expected.is_empty()).then_some(expected));
+                for &(start, n) in &ranges {
+                    let got = streams.positions(&s, start, start + n).unwrap().unwrap_or_default();
+                    let a = (start as usize).min(expected.len());
+                    let b = ((start + n) as usize).min(expected.len());
+                    prop_assert_eq!(&got[..], &expected[a..b]);
+                }
+                let v = expected.len() as u64;
+                let filed = lists[i].0 as u64;
+                prop_assert_eq!(streams.in_memory(&s, v), (v > filed).then(|| expected[v as usize - 1]));
+            }
+            let mut n = 0;
+            streams.for_each(|s, p| {
+                let i = s.0.as_u128() as usize;
+                assert_eq!(p, &all[i][..]);
+                n += 1;
+                Ok(())
+            }).unwrap();
+            prop_assert_eq!(n, all.iter().filter(|a| !a.is_empty()).count());
+        }
+    }
+
+    /// A byte of a block changed after the CRC-32s were taken: reads of
+    /// that block are refused as corrupt, naming the file; others go on.
+    #[test]
+    fn a_block_changed_after_the_open_is_refused() {
+        let (streams, all, file) = filed(&[(2_500, 2)]);
+        let s = StreamId(Uuid::from_u128(0));
+        let mut bytes = std::fs::read(file.path()).unwrap();
+        bytes[3 + LIST_BLOCK * 4 + 5] ^= 0x40; // the second block
+        std::fs::write(file.path(), &bytes).unwrap();
+        assert_eq!(
+            streams.positions(&s, 0, 1_024).unwrap().unwrap(),
+            all[0][..1_024]
+        );
+        assert_eq!(
+            streams.positions(&s, 2_048, 2_502).unwrap().unwrap(),
+            all[0][2_048..]
+        );
+        match streams.positions(&s, 1_000, 1_100) {
+            Err(StoreError::Corrupt { location, what }) => {
+                assert!(
+                    location.contains(&file.path().display().to_string()),
+                    "{location}"
+                );
+                assert!(what.contains("changed after the open"), "{what}");
+            }
+            other => panic!("expected a corruption error, got {other:?}"),
+        }
+        assert!(streams.all(&s).is_err());
+    }
+}
