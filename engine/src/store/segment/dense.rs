@@ -1,24 +1,26 @@
-//! The segment index's per-position table: [`Chunked`], a vector that
+//! The segment index's per-position tables: [`Chunked`], a vector that
 //! grows by fixed chunks (no copying, at most one chunk of slack).
 
-/// Entries per chunk of a [`Chunked`] (the first chunk grows up to it by
-/// doubling, so a small log stays small).
+/// Entries per chunk of a [`Chunked`] unless it says otherwise (the first
+/// chunk grows up to it by doubling, so a small log stays small).
 const CHUNK: usize = 1 << 16;
 
 /// Most positions a log's index holds: stream lists number positions with
 /// a `u32`.
 pub(super) const MAX_POSITIONS: u64 = u32::MAX as u64;
 
-/// A push-only vector kept in chunks of [`CHUNK`] entries: growing never
-/// copies what is stored, and the slack is at most one chunk (a doubling
-/// `Vec` carries up to its length again, and copies it all at each step).
+/// A push-only vector kept in chunks of `N` entries ([`CHUNK`] unless
+/// given): growing never copies what is stored, and the slack is at most
+/// one chunk (a doubling `Vec` carries up to its length again, and copies
+/// it all at each step). A table of small entries takes a smaller `N`
+/// where a chunk's slack would weigh against what it holds.
 #[derive(Clone, Debug)]
-pub(super) struct Chunked<T> {
+pub(super) struct Chunked<T, const N: usize = CHUNK> {
     chunks: Vec<Vec<T>>,
     len: usize,
 }
 
-impl<T> Default for Chunked<T> {
+impl<T, const N: usize> Default for Chunked<T, N> {
     fn default() -> Self {
         Chunked {
             chunks: Vec::new(),
@@ -27,33 +29,25 @@ impl<T> Default for Chunked<T> {
     }
 }
 
-impl<T> Chunked<T> {
+impl<T, const N: usize> Chunked<T, N> {
     pub(super) fn len(&self) -> usize {
         self.len
     }
 
+    #[inline]
     pub(super) fn get(&self, i: usize) -> Option<&T> {
-        self.chunks.get(i / CHUNK)?.get(i % CHUNK)
+        self.chunks.get(i / N)?.get(i % N)
     }
 
-    /// Entry `i` and the one after it (if any), with one chunk lookup
-    /// when both are in one chunk.
-    #[inline]
-    pub(super) fn get_pair(&self, i: usize) -> Option<(&T, Option<&T>)> {
-        let chunk = self.chunks.get(i / CHUNK)?;
-        let j = i % CHUNK;
-        let first = chunk.get(j)?;
-        let next = match chunk.get(j + 1) {
-            Some(n) => Some(n),
-            None => self.get(i + 1),
-        };
-        Some((first, next))
+    /// The last entry.
+    pub(super) fn last(&self) -> Option<&T> {
+        self.chunks.last()?.last()
     }
 
     #[inline]
     pub(super) fn push(&mut self, value: T) {
         match self.chunks.last_mut() {
-            Some(c) if c.len() < CHUNK => c.push(value),
+            Some(c) if c.len() < N => c.push(value),
             _ => self.push_in_new_chunk(value),
         }
         self.len += 1;
@@ -65,7 +59,7 @@ impl<T> Chunked<T> {
         // The first chunk grows by doubling; later ones are whole.
         let mut c = match self.chunks.is_empty() {
             true => Vec::new(),
-            false => Vec::with_capacity(CHUNK),
+            false => Vec::with_capacity(N),
         };
         c.push(value);
         self.chunks.push(c);
@@ -86,10 +80,10 @@ impl<T> Chunked<T> {
     }
 }
 
-impl<T> std::ops::Index<usize> for Chunked<T> {
+impl<T, const N: usize> std::ops::Index<usize> for Chunked<T, N> {
     type Output = T;
     fn index(&self, i: usize) -> &T {
-        &self.chunks[i / CHUNK][i % CHUNK]
+        &self.chunks[i / N][i % N]
     }
 }
 
@@ -100,7 +94,8 @@ mod tests {
     /// Past the first chunk, entries keep their places and their values.
     #[test]
     fn chunked_holds_entries_across_chunks() {
-        let mut c = Chunked::default();
+        let mut c: Chunked<u64> = Chunked::default();
+        assert_eq!(c.last(), None);
         let n = CHUNK * 2 + 17;
         for i in 0..n {
             c.push(i as u64 * 3);
@@ -111,11 +106,7 @@ mod tests {
             assert_eq!(c.get(i), Some(&(i as u64 * 3)));
         }
         assert_eq!(c.get(n), None);
-        let at = |i: usize| c.get_pair(i).map(|(a, b)| (*a, b.copied()));
-        assert_eq!(at(0), Some((0, Some(3))));
-        assert_eq!(at(CHUNK - 1), Some((c[CHUNK - 1], Some(c[CHUNK]))));
-        assert_eq!(at(n - 1), Some((c[n - 1], None)));
-        assert_eq!(at(n), None);
+        assert_eq!(c.last(), Some(&((n as u64 - 1) * 3)));
         assert_eq!(c.to_vec(), (0..n as u64).map(|i| i * 3).collect::<Vec<_>>());
         // Three chunks of exactly CHUNK entries each.
         assert!(c.allocated_bytes() >= 3 * CHUNK * 8);

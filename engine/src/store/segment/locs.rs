@@ -1,4 +1,4 @@
-//! Where each position's frame is: [`Locations`], 4 bytes a position.
+//! Where each position's frame is: [`Locations`], about 2 bytes a position.
 //!
 //! Frames follow one another from byte 0 of each segment (the writer
 //! appends whole groups at the segment's end, and a torn tail is cut
@@ -6,14 +6,39 @@
 //! the next one starts, and a segment's frames need only their offsets.
 //! The positions are kept in runs, each of frames one after another in one
 //! segment; a run holds its segment, its first position, where it starts
-//! and where its last frame ends, and each position its offset from the
-//! start of its run as a `u32` (a new run starts in the same segment
-//! before an offset would pass 4 GiB). A log has about one run a segment.
-//! This was 16 bytes a position (offset, length, segment).
+//! and where its last frame ends (a new run starts in the same segment
+//! before an offset from its start would pass 4 GiB). A log has about one
+//! run a segment.
+//!
+//! A run's positions are taken 64 at a time, in groups that never straddle
+//! two runs: a group keeps its first frame's offset from the start of its
+//! run as a `u32`, and each position its frame's offset from its group's
+//! first frame as a `u16`: 2 bytes a position and 4 a group, about 2.06
+//! bytes a position (the tables are in chunks of 4,096 entries, so that
+//! their slack stays small beside a small log's). 64 frames of events of a
+//! few hundred bytes span far less than 64 KiB. A group whose frames span
+//! more is **wide**: its offsets take 32 bits, the high 16 bits of each in
+//! a table of their own, in blocks of 64, one a wide group, found by
+//! counting the wide groups before it in a bitmap of the groups; a log of
+//! events of a kilobyte or more takes about 4 bytes a position. A group
+//! is narrow until a frame starts more than 65,535 bytes after its first
+//! one, and turns wide then.
+//!
+//! This was 4 bytes a position (each its offset from the start of its run
+//! as a `u32`, 40 MB of the index at 10M events), and before that 16
+//! (offset, length, segment).
 
 use super::dense::Chunked;
 use super::snapshot::SnapSegment;
 use super::Loc;
+
+/// Positions a group holds (its run's last group may hold fewer).
+const GROUP: u64 = 64;
+
+/// Entries per chunk of the tables: 8 KiB of `u16`s, so that the slack of
+/// a small log's table is small beside it (chunks of 65,536 entries would
+/// leave up to 128 KiB, a third more than 100,000 positions need).
+const CHUNK: usize = 1 << 12;
 
 /// Frames one after another in one segment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +51,18 @@ struct Run {
     base: u64,
     /// The offset just past its last frame.
     end: u64,
+    /// Its first group's index in `Locations::bases` (its groups follow
+    /// one another from there).
+    group: usize,
+}
+
+/// Which of 64 groups are wide (bit `g % 64` of word `g / 64` for group
+/// `g`), and how many groups before them are: where a wide group's high
+/// halves are is a count of bits, whatever the number of wide groups.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Wide {
+    bits: u64,
+    before: usize,
 }
 
 /// How [`Locations::push`] adds a frame, as [`Locations::check`] found.
@@ -40,8 +77,17 @@ pub(super) enum Step {
 /// Every position's frame: segment, offset and length.
 #[derive(Clone, Debug, Default)]
 pub(super) struct Locations {
-    /// `offsets[p - 1]`: position p's offset from its run's `base`.
-    offsets: Chunked<u32>,
+    /// `low[p - 1]`: how far position p's frame starts after its group's
+    /// first frame (the low 16 bits of that in a wide group).
+    low: Chunked<u16, CHUNK>,
+    /// Per group, its first frame's offset from its run's `base`.
+    bases: Chunked<u32, CHUNK>,
+    /// Per 64 groups, which are wide.
+    wide: Vec<Wide>,
+    /// The high 16 bits of those distances in the wide groups: the n-th
+    /// wide group's (from 0) at `64 n` on, one a position (a wide group
+    /// that ended its run short keeps its 64 places).
+    high: Chunked<u16, CHUNK>,
     /// In position order; `runs[0].first` is 1.
     runs: Vec<Run>,
 }
@@ -49,14 +95,15 @@ pub(super) struct Locations {
 impl Locations {
     /// Positions held: 1..=len.
     pub(super) fn len(&self) -> usize {
-        self.offsets.len()
+        self.low.len()
     }
 
     /// Where position `p`'s frame is.
     #[inline]
     pub(super) fn at(&self, p: u64) -> Option<Loc> {
-        let i = usize::try_from(p.checked_sub(1)?).ok()?;
-        let (rel, next) = self.offsets.get_pair(i)?;
+        if p == 0 || p > self.len() as u64 {
+            return None;
+        }
         // Most reads are of the last segment's run; else a binary search
         // of the runs (about one a segment).
         let last = self.runs.len().checked_sub(1)?;
@@ -67,18 +114,48 @@ impl Locations {
                 .partition_point(|run| run.first <= p)
                 .checked_sub(1)?,
         };
-        let run = self.runs.get(r)?;
-        let next_first = self.after_run(r);
-        let offset = run.base + u64::from(*rel);
-        let end = match next {
-            Some(next) if p + 1 < next_first => run.base + u64::from(*next),
-            _ => run.end,
+        self.loc_in(self.runs.get(r)?, self.after_run(r), p)
+    }
+
+    /// Where position `p`'s frame is, `run` holding p and `next_first`
+    /// the first position after it.
+    #[inline]
+    fn loc_in(&self, run: &Run, next_first: u64, p: u64) -> Option<Loc> {
+        let offset = run.base + self.run_offset(run, p)?;
+        let end = match p + 1 < next_first {
+            true => run.base + self.run_offset(run, p + 1)?,
+            false => run.end,
         };
         Some(Loc {
             offset,
             len: u32::try_from(end.checked_sub(offset)?).ok()?,
             seg: run.seg,
         })
+    }
+
+    /// Position `p`'s offset from the start of `run`, which holds it.
+    #[inline]
+    fn run_offset(&self, run: &Run, p: u64) -> Option<u64> {
+        let k = p.checked_sub(run.first)?;
+        let g = run.group.checked_add(usize::try_from(k / GROUP).ok()?)?;
+        let base = u64::from(*self.bases.get(g)?);
+        let low = u64::from(*self.low.get(usize::try_from(p.checked_sub(1)?).ok()?)?);
+        let from_group = match self.wide_rank(g) {
+            None => low,
+            Some(n) => {
+                let i = n.checked_mul(GROUP as usize)? + (k % GROUP) as usize;
+                u64::from(*self.high.get(i)?) << 16 | low
+            }
+        };
+        Some(base + from_group)
+    }
+
+    /// How many groups before group `g` are wide, if `g` is.
+    #[inline]
+    fn wide_rank(&self, g: usize) -> Option<usize> {
+        let word = self.wide.get(g / 64)?;
+        let bit = 1u64 << (g % 64);
+        (word.bits & bit != 0).then(|| word.before + (word.bits & (bit - 1)).count_ones() as usize)
     }
 
     /// The first position after run `r`.
@@ -124,17 +201,21 @@ impl Locations {
         let end = loc.offset + u64::from(loc.len);
         match (step, self.runs.last_mut()) {
             (Step::Extend, Some(run)) => {
-                self.offsets.push((loc.offset - run.base) as u32);
+                let from_base = (loc.offset - run.base) as u32;
                 run.end = end;
+                let first = run.first;
+                self.push_from_base(first, from_base);
             }
             _ => {
+                let first = self.len() as u64 + 1;
                 self.runs.push(Run {
-                    first: self.offsets.len() as u64 + 1,
+                    first,
                     seg: loc.seg,
                     base: loc.offset,
                     end,
+                    group: self.bases.len(),
                 });
-                self.offsets.push(0);
+                self.push_from_base(first, 0);
             }
         }
     }
@@ -148,12 +229,72 @@ impl Locations {
         let Some(run) = self.runs.last_mut() else {
             return false;
         };
-        let Ok(rel) = u32::try_from(run.end - run.base) else {
+        let Ok(from_base) = u32::try_from(run.end - run.base) else {
             return false;
         };
-        self.offsets.push(rel);
         run.end += u64::from(len);
+        let first = run.first;
+        self.push_from_base(first, from_base);
         true
+    }
+
+    /// Adds the next position to the last run (whose first position is
+    /// `first`), its frame `from_base` bytes from the start of the run.
+    #[inline]
+    fn push_from_base(&mut self, first: u64, from_base: u32) {
+        // Its place in its run: every 64th starts a group.
+        let k = self.len() as u64 + 1 - first;
+        let base = match self.bases.last() {
+            Some(&base) if !k.is_multiple_of(GROUP) => base,
+            _ => return self.start_group(from_base),
+        };
+        // Never below: offsets only grow along a run.
+        let from_group = from_base - base;
+        let g = self.bases.len() - 1;
+        if self.wide_rank(g).is_none() {
+            match u16::try_from(from_group) {
+                Ok(low) => return self.low.push(low),
+                Err(_) => self.widen(g, k % GROUP),
+            }
+        }
+        self.low.push(from_group as u16);
+        self.high.push((from_group >> 16) as u16);
+    }
+
+    /// Starts a group with the next position, its frame `from_base` bytes
+    /// from the start of its run.
+    fn start_group(&mut self, from_base: u32) {
+        self.wide_word(self.bases.len());
+        self.bases.push(from_base);
+        self.low.push(0);
+    }
+
+    /// Makes group `g`, the last, wide, `held` positions in: their high
+    /// halves are 0 (their offsets fit 16 bits), and its block of high
+    /// halves starts after the last wide group's 64 places.
+    #[cold]
+    fn widen(&mut self, g: usize, held: u64) {
+        let bit = 1u64 << (g % 64);
+        let word = self.wide_word(g);
+        word.bits |= bit;
+        let n = word.before + (word.bits & (bit - 1)).count_ones() as usize;
+        let start = n * GROUP as usize + held as usize;
+        while self.high.len() < start {
+            self.high.push(0);
+        }
+    }
+
+    /// The word of wide flags that holds group `g`'s, added (with the
+    /// words before it) if there is none yet.
+    fn wide_word(&mut self, g: usize) -> &mut Wide {
+        while self.wide.len() <= g / 64 {
+            let before = self
+                .wide
+                .last()
+                .map_or(0, |w| w.before + w.bits.count_ones() as usize);
+            self.wide.push(Wide { bits: 0, before });
+        }
+        &mut self.wide[g / 64]
     }
 
     /// Checks and adds the next position's frame.
@@ -184,24 +325,22 @@ impl Locations {
 
     /// Every position's frame length, in position order.
     pub(super) fn lens(&self) -> impl Iterator<Item = u32> + '_ {
-        (0..self.runs.len()).flat_map(move |r| {
-            let run = self.runs[r];
+        self.runs.iter().enumerate().flat_map(move |(r, run)| {
             let next_first = self.after_run(r);
-            (run.first..next_first).map(move |p| {
-                let i = (p - 1) as usize;
-                let end = if p + 1 < next_first {
-                    u64::from(self.offsets[i + 1])
-                } else {
-                    run.end - run.base
-                };
-                (end - u64::from(self.offsets[i])) as u32
-            })
+            // Every position held has its frame: a 0 (never given) would
+            // only make a snapshot that its reader refuses.
+            (run.first..next_first)
+                .map(move |p| self.loc_in(run, next_first, p).map_or(0, |loc| loc.len))
         })
     }
 
-    /// Bytes allocated for the offsets and the runs.
+    /// Bytes allocated for the offsets, the groups and the runs.
     pub(super) fn allocated_bytes(&self) -> usize {
-        self.offsets.allocated_bytes() + self.runs.capacity() * std::mem::size_of::<Run>()
+        self.low.allocated_bytes()
+            + self.bases.allocated_bytes()
+            + self.high.allocated_bytes()
+            + self.wide.capacity() * std::mem::size_of::<Wide>()
+            + self.runs.capacity() * std::mem::size_of::<Run>()
     }
 
     /// Every position's frame, in order (tests).
@@ -214,6 +353,7 @@ impl Locations {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn loc(seg: u32, offset: u64, len: u32) -> Loc {
         Loc { offset, len, seg }
@@ -248,8 +388,12 @@ mod tests {
         );
         // Segment 1 holds no frame: no segment list for a snapshot.
         assert_eq!(spans(&l), None);
+        // 2 bytes a position, and a group of 4 bytes in each run.
         let bytes = l.allocated_bytes();
-        assert!(bytes >= 6 * 4 + 3 * std::mem::size_of::<Run>(), "{bytes}");
+        assert!(
+            bytes >= 6 * 2 + 3 * 4 + 3 * std::mem::size_of::<Run>(),
+            "{bytes}"
+        );
     }
 
     #[test]
@@ -321,5 +465,256 @@ mod tests {
         assert_eq!(declined, 1, "the frame at 4 GiB starts a run");
         assert_eq!(next.runs, checked.runs);
         assert_eq!(next.to_vec(), checked.to_vec());
+    }
+
+    /// Frames pushed as the positions `Locations` should hold, with what
+    /// it should make of them, kept the plain way.
+    #[derive(Default)]
+    struct Reference {
+        locs: Vec<Loc>,
+        /// Per position, its run's number.
+        run_of: Vec<usize>,
+        /// The start of the last run.
+        run_base: u64,
+    }
+
+    impl Reference {
+        fn runs(&self) -> usize {
+            self.run_of.last().map_or(0, |r| r + 1)
+        }
+
+        /// How `loc`, a frame right after the last in its segment (or the
+        /// first of a later one), is to be added.
+        fn step(&self, loc: Loc) -> Step {
+            match self.locs.last() {
+                Some(last) if last.seg == loc.seg && loc.offset - self.run_base <= 0xFFFF_FFFF => {
+                    Step::Extend
+                }
+                _ => Step::NewRun,
+            }
+        }
+
+        fn push(&mut self, loc: Loc) {
+            let run = match self.step(loc) {
+                Step::Extend => self.runs() - 1,
+                Step::NewRun => {
+                    self.run_base = loc.offset;
+                    self.runs()
+                }
+            };
+            self.locs.push(loc);
+            self.run_of.push(run);
+        }
+
+        /// Groups of 64 positions of a run (from its first) whose frames
+        /// start more than 65,535 bytes apart.
+        fn wide_groups(&self) -> usize {
+            let mut wide = 0;
+            let mut i = 0;
+            while i < self.locs.len() {
+                let run = self.run_of[i];
+                let end = (i..self.locs.len())
+                    .take(64)
+                    .take_while(|&j| self.run_of[j] == run)
+                    .last()
+                    .unwrap_or(i);
+                wide += usize::from(self.locs[end].offset - self.locs[i].offset > 0xFFFF);
+                i = end + 1;
+            }
+            wide
+        }
+
+        /// Per segment, its first position and length, if every segment
+        /// up to the last holds a frame.
+        fn spans(&self) -> Option<Vec<(u64, u64)>> {
+            let mut out: Vec<(u64, u64)> = Vec::new();
+            for (i, f) in self.locs.iter().enumerate() {
+                let end = f.offset + u64::from(f.len);
+                match out.len() {
+                    n if n == f.seg as usize + 1 => out[n - 1].1 = end,
+                    n if n == f.seg as usize => out.push((i as u64 + 1, end)),
+                    _ => return None,
+                }
+            }
+            Some(out)
+        }
+    }
+
+    /// Checks all that `l` answers against `r`.
+    fn agrees(l: &Locations, r: &Reference) {
+        let n = r.locs.len() as u64;
+        assert_eq!(l.len() as u64, n);
+        assert_eq!(l.to_vec(), r.locs);
+        for p in 1..=n {
+            assert_eq!(l.at(p), Some(r.locs[p as usize - 1]), "position {p}");
+        }
+        assert_eq!(l.at(0), None);
+        assert_eq!(l.at(n + 1), None);
+        assert_eq!(
+            l.lens().collect::<Vec<_>>(),
+            r.locs.iter().map(|f| f.len).collect::<Vec<_>>()
+        );
+        assert_eq!(spans(l), r.spans());
+        assert_eq!(l.runs.len(), r.runs());
+        let wide: u32 = l.wide.iter().map(|w| w.bits.count_ones()).sum();
+        assert_eq!(wide as usize, r.wide_groups(), "wide groups");
+    }
+
+    /// What the property test does next.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// `count` frames of `len` bytes after the last, each by
+        /// `push_next` if `next` and it is in the last frame's segment
+        /// (`push_checked` where `push_next` declines), else by
+        /// `push_checked`.
+        Frames { count: usize, len: u32, next: bool },
+        /// The next frames go to the segment `skip` after the current one
+        /// (2 leaves one without frames), from offset 0.
+        Segment { skip: u32 },
+        /// A frame out of place, refused (`kind` picks how, and by how
+        /// much).
+        Bad { kind: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let len = prop_oneof![
+            // Small frames: groups stay narrow.
+            12 => 0..=400u32,
+            // Around 64 KiB: a group turns wide at its next frame.
+            3 => 60_000..=70_000u32,
+            1 => 70_000..=(1u32 << 20),
+            // A few of these pass 4 GiB from a run's start.
+            1 => (1u32 << 30)..=u32::MAX,
+        ];
+        prop_oneof![
+            12 => (len, any::<bool>()).prop_map(|(len, next)| Op::Frames { count: 1, len, next }),
+            // Runs of small frames, so that the large one after them
+            // turns a group wide anywhere from its first entry to its last.
+            3 => (0..130usize, 0..=400u32, any::<bool>())
+                .prop_map(|(count, len, next)| Op::Frames { count, len, next }),
+            1 => (1..=2u32).prop_map(|skip| Op::Segment { skip }),
+            2 => any::<u64>().prop_map(|kind| Op::Bad { kind }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever the frames (narrow groups and wide ones, turned wide
+        /// at any entry, runs past 4 GiB, segments next or skipped) and
+        /// however they are pushed, every position's frame, length and
+        /// segment span are as pushed, and refused frames change nothing.
+        #[test]
+        fn locations_hold_what_was_pushed(ops in proptest::collection::vec(op(), 0..300)) {
+            let mut l = Locations::default();
+            let mut r = Reference::default();
+            prop_assert!(!l.push_next(5), "no run yet");
+            let (mut seg, mut offset) = (0u32, 0u64);
+            for op in ops {
+                match op {
+                    Op::Frames { count, len, next } => {
+                        for _ in 0..count {
+                            let f = loc(seg, offset, len);
+                            let step = r.step(f);
+                            prop_assert_eq!(l.check(f), Ok(step));
+                            let same_segment = r.locs.last().is_some_and(|last| last.seg == seg);
+                            if next && same_segment {
+                                let added = l.push_next(len);
+                                prop_assert_eq!(added, step == Step::Extend);
+                                if !added {
+                                    l.push_checked(f).unwrap();
+                                }
+                            } else {
+                                l.push_checked(f).unwrap();
+                            }
+                            r.push(f);
+                            offset += u64::from(len);
+                        }
+                    }
+                    Op::Segment { skip } => {
+                        seg += skip;
+                        offset = 0;
+                    }
+                    Op::Bad { kind } => {
+                        let by = kind / 3 % 1000;
+                        let last_seg = r.locs.last().map(|f| f.seg);
+                        let bad = match kind % 3 {
+                            // A gap after the last frame (or a segment's
+                            // first frame past 0).
+                            0 => loc(seg, offset + 1 + by, 10),
+                            // Over the last frame.
+                            1 if offset > 0 => loc(seg, offset - 1 - by.min(offset - 1), 10),
+                            // In a segment before the last frame's.
+                            _ => match last_seg {
+                                Some(s) if s > 0 => loc(s - 1 - (by as u32).min(s - 1), 0, 10),
+                                _ => loc(seg, offset + 1, 10),
+                            },
+                        };
+                        let (before, runs) = (l.to_vec(), l.runs.clone());
+                        prop_assert!(l.check(bad).is_err(), "{:?}", bad);
+                        prop_assert!(l.push_checked(bad).is_err(), "{:?}", bad);
+                        prop_assert_eq!(l.to_vec(), before);
+                        prop_assert_eq!(&l.runs, &runs);
+                    }
+                }
+            }
+            agrees(&l, &r);
+        }
+    }
+
+    /// A group turns wide at whichever entry its frames first pass 64 KiB
+    /// of its first, or not at all when only its last frame is large; a
+    /// wide group that ends its run short is followed by another wide
+    /// group at its place.
+    #[test]
+    fn a_group_turns_wide_at_any_entry() {
+        for large in [0, 1, 2, 8, 9, 30, 62, 63] {
+            let mut l = Locations::default();
+            let mut r = Reference::default();
+            // Segment 0 holds 65 groups of 64 frames and one of 10 (past
+            // the first 64 groups' word of wide flags), segment 1 one of
+            // 64 and one of 5; the frame `large` of each group is 70,000
+            // to 490,000 bytes (so that the wide groups' high halves
+            // differ), the others 100.
+            for (seg, count) in [(0u32, 65 * 64 + 10u64), (1, 69)] {
+                let mut offset = 0;
+                for i in 0..count {
+                    let len = match i % 64 == large {
+                        true => 70_000 * (1 + (i / 64 % 7) as u32),
+                        false => 100,
+                    };
+                    let f = loc(seg, offset, len);
+                    if i % 2 == 1 && l.push_next(len) {
+                        r.push(f);
+                    } else {
+                        l.push_checked(f).unwrap();
+                        r.push(f);
+                    }
+                    offset += u64::from(len);
+                }
+            }
+            agrees(&l, &r);
+            // A group turns wide at the entry after its large frame.
+            let wide_in = |held: u64| usize::from(large + 1 < held);
+            let wide = 65 * wide_in(64) + wide_in(10) + wide_in(64) + wide_in(5);
+            assert_eq!(r.wide_groups(), wide, "large frame at entry {large}");
+        }
+    }
+
+    /// Frames of a few hundred bytes take about 2 bytes a position, all
+    /// that is allocated for them counted.
+    #[test]
+    fn a_position_takes_about_two_bytes() {
+        let mut l = Locations::default();
+        let n = 100_000u64;
+        let mut offset = 0;
+        for i in 0..n {
+            let len = 280 + (i * 7 % 41) as u32;
+            l.push_checked(loc(0, offset, len)).unwrap();
+            offset += u64::from(len);
+        }
+        assert_eq!(l.at(n).map(|f| f.offset + u64::from(f.len)), Some(offset));
+        let per_position = l.allocated_bytes() as f64 / n as f64;
+        eprintln!("{per_position:.3} bytes a position");
+        assert!(per_position >= 2.0, "{per_position}");
+        assert!(per_position < 2.2, "{per_position}");
     }
 }

@@ -429,7 +429,7 @@ impl SegmentStore {
 // ---- the index ------------------------------------------------------------
 
 /// Where a frame is: segment number (index into the log's segments), byte
-/// offset, length (the index keeps 4 bytes a position: [`Locations`]).
+/// offset, length (the index keeps about 2 bytes a position: [`Locations`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Loc {
     offset: u64,
