@@ -304,6 +304,16 @@ impl Locations {
         Ok(())
     }
 
+    /// Where the frames the index holds of segment `seg` end (0 when it
+    /// holds none of that segment's).
+    pub(super) fn end_of(&self, seg: u32) -> u64 {
+        self.runs
+            .iter()
+            .rev()
+            .find(|r| r.seg == seg)
+            .map_or(0, |r| r.end)
+    }
+
     /// Per segment, from segment 0 on, its first position and where its
     /// last frame ends (what an index snapshot records of it); `None` when
     /// some segment holds no frame (no snapshot is written then).
@@ -388,6 +398,8 @@ mod tests {
         );
         // Segment 1 holds no frame: no segment list for a snapshot.
         assert_eq!(spans(&l), None);
+        let ends: Vec<u64> = (0..5).map(|seg| l.end_of(seg)).collect();
+        assert_eq!(ends, [220, 0, 70, 10, 0]);
         // 2 bytes a position, and a group of 4 bytes in each run.
         let bytes = l.allocated_bytes();
         assert!(

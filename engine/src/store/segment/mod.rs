@@ -3180,13 +3180,17 @@ impl EventStore for SegmentLog {
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<VerifyReport, StoreError> {
         ids_ready(&self.state, &self.ids_loader, &self.dir)?;
+        // Each segment is read as far as the index holds its frames, not
+        // to the file's end: past it the writer may be cutting back the
+        // pieces of a large append it refused (read there, they would
+        // vanish under the read).
         let (head, head_hash, segments) = {
             let state = self.read()?;
-            (
-                state.index.head(),
-                state.index.head_hash,
-                state.segments.clone(),
-            )
+            let segments: Vec<(Arc<Segment>, u64)> = (0u32..)
+                .zip(&state.segments)
+                .map(|(i, seg)| (seg.clone(), state.index.locs.end_of(i)))
+                .collect();
+            (state.index.head(), state.index.head_hash, segments)
         };
         let mut v = ChainVerifier::new();
         // Two checks run on threads of their own, a batch of frames at a
@@ -3237,23 +3241,31 @@ impl EventStore for SegmentLog {
     }
 }
 
-/// Reads every frame of `segments` up to `head` in order, checks each
+/// Reads every frame of `segments` (each as far as the index holds its
+/// frames) up to `head` in order, checks each
 /// (CRC, [`ChainVerifier::check_links`], the frame header against the
 /// event) and hands it to `checks`. Stops at the first frame that cannot be
 /// read (a problem) or when a checker has stopped.
 fn read_and_link(
-    segments: &[Arc<Segment>],
+    segments: &[(Arc<Segment>, u64)],
     head: u64,
     v: &mut ChainVerifier,
     checks: &mut Checks,
     progress: &(dyn Fn(u64) + Send + Sync),
 ) -> Result<(), StoreError> {
     let mut position = 0u64;
-    for (seg_no, seg) in segments.iter().enumerate() {
+    for (seg_no, (seg, indexed)) in segments.iter().enumerate() {
         if position >= head {
             break;
         }
-        let file_len = seg.file.metadata().map_err(io("verify"))?.len();
+        // A file shorter than the index says stops the reading early,
+        // which is then reported (the files end before the index does).
+        let file_len = seg
+            .file
+            .metadata()
+            .map_err(io("verify"))?
+            .len()
+            .min(*indexed);
         let mut reader = SeqReader::new(&seg.file, file_len);
         let mut offset = 0u64;
         while offset < file_len && position < head {
