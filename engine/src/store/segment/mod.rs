@@ -631,7 +631,8 @@ impl Index {
                 ))
             }
         };
-        let have = self.streams.version(&meta.stream);
+        let slot = self.streams.slot(meta.stream);
+        let have = slot.version();
         if meta.version != have + 1 {
             return Err(format!(
                 "stream {} version {} follows version {have} (versions must be gapless)",
@@ -647,7 +648,7 @@ impl Index {
                 }
             }
         }
-        self.streams.push(meta.stream, position);
+        slot.push(position);
         self.locs.push(loc, step);
         self.head_hash = hash;
         Ok(())
@@ -1758,14 +1759,21 @@ impl SegmentLog {
         max: usize,
     ) -> Result<Option<(u64, Vec<Wanted>)>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
-        let state = self.read()?;
-        let streams = &state.index.streams;
-        let len = streams.version(&stream);
-        let start = (from_version.max(1) - 1).min(len);
-        let end = start.saturating_add(max as u64).min(len);
-        let Some(list) = streams.positions(&stream, start, end)? else {
+        // Where the versions are is taken under the index's lock; those in
+        // the snapshot's file are read after it is let go.
+        let (start, versions) = {
+            let state = self.read()?;
+            let streams = &state.index.streams;
+            let len = streams.version(&stream);
+            let start = (from_version.max(1) - 1).min(len);
+            let end = start.saturating_add(max as u64).min(len);
+            (start, streams.versions(&stream, start, end))
+        };
+        let Some(versions) = versions else {
             return Ok(None);
         };
+        let list = versions.read()?;
+        let state = self.read()?;
         Ok(Some((
             start + 1,
             list.iter()
@@ -3047,7 +3055,9 @@ impl EventStore for SegmentLog {
         &self,
         streams: &[StreamId],
     ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
-        let wanted: Vec<(StreamId, Vec<Wanted>)> = {
+        // Where each stream's versions are is taken under the index's
+        // lock; those in the snapshot's file are read after it is let go.
+        let versions: Vec<(StreamId, streams::Versions)> = {
             let state = self.read()?;
             let mut seen: std::collections::HashSet<StreamId, IdHash> =
                 std::collections::HashSet::with_capacity_and_hasher(
@@ -3057,12 +3067,20 @@ impl EventStore for SegmentLog {
             streams
                 .iter()
                 .filter(|s| seen.insert(**s))
-                .filter_map(|s| {
-                    let list = state.index.streams.all(s).transpose()?;
-                    Some(list.and_then(|list| {
-                        let locs = list.iter().map(|&p| state.wanted(u64::from(p)));
-                        Ok((*s, locs.collect::<Result<_, StoreError>>()?))
-                    }))
+                .filter_map(|s| Some((*s, state.index.streams.versions(s, 0, u64::MAX)?)))
+                .collect()
+        };
+        let lists: Vec<(StreamId, Vec<u32>)> = versions
+            .into_iter()
+            .map(|(s, v)| Ok((s, v.read()?)))
+            .collect::<Result<_, StoreError>>()?;
+        let wanted: Vec<(StreamId, Vec<Wanted>)> = {
+            let state = self.read()?;
+            lists
+                .iter()
+                .map(|(s, list)| {
+                    let locs = list.iter().map(|&p| state.wanted(u64::from(p)));
+                    Ok((*s, locs.collect::<Result<_, StoreError>>()?))
                 })
                 .collect::<Result<_, StoreError>>()?
         };
@@ -3479,20 +3497,20 @@ impl Sums {
     }
 }
 
-/// The positions of the `bad` blocks (of [`SUM_BLOCK`] positions, up to
-/// `len`) whose frames disagree with what the files list: `a` few blocks
-/// at a time, `listed` filling, for those blocks, each position's entry
-/// from the files (read once for each few), and `differs` telling, for
-/// each frame read again (headers only), whether the entry listed at its
-/// position is not its own. A frame that cannot be read is left to the
-/// chain check, which reports it.
+/// The positions of the blocks whose `sums` differ where the frames
+/// disagree with what the files list: a few blocks at a time, `listed`
+/// filling, for those blocks, each position's entry from the files (read
+/// once for each few), and `differs` telling, for each frame read again
+/// (headers only), whether the entry listed at its position is not its
+/// own. A frame that cannot be read is left to the chain check, which
+/// reports it.
 fn misfiled_in<T: Clone + Default>(
     state: &RwLock<State>,
-    bad: &[usize],
-    len: u64,
+    sums: &Sums,
     mut listed: impl FnMut(&mut dyn FnMut(u64, T)) -> Result<(), StoreError>,
     differs: impl Fn(&State, &FrameMeta, &T) -> bool,
 ) -> Result<Vec<u64>, StoreError> {
+    let (bad, len) = (sums.bad(), sums.len);
     let mut misfiled = Vec::new();
     let mut buf = Vec::new();
     for few in bad.chunks(MISFILED_BLOCKS_AT_ONCE) {
@@ -3501,8 +3519,7 @@ fn misfiled_in<T: Clone + Default>(
             .map(|&b| (b, vec![T::default(); SUM_BLOCK as usize]))
             .collect();
         listed(&mut |p, entry| {
-            let block = (p.wrapping_sub(1) / SUM_BLOCK) as usize;
-            if let Some(at) = entries.get_mut(&block).filter(|_| (1..=len).contains(&p)) {
+            if let Some(at) = sums.block(p).and_then(|b| entries.get_mut(&b)) {
                 at[((p - 1) % SUM_BLOCK) as usize] = entry;
             }
         })?;
@@ -3580,52 +3597,59 @@ impl IdSums {
         let differs = |state: &State, meta: &FrameMeta, fp: &u64| {
             *fp != state.index.ids.fingerprint(&meta.event_id)
         };
-        misfiled_in(state, &self.sums.bad(), self.sums.len, listed, differs)
+        misfiled_in(state, &self.sums, listed, differs)
     }
 }
 
 /// The stream lists held in the snapshot's file, summed ([`Sums`]) by
 /// `(stream, version, position)`.
 struct StreamSums {
+    /// The lists in the file (without the index's lock held).
+    streams: Streams,
     sums: Sums,
 }
 
 impl StreamSums {
     /// The sums of the lists in the file; `None` when no list is there.
-    fn of(streams: &Streams) -> Result<Option<StreamSums>, StoreError> {
+    /// The index's lock is held only to take where the lists are.
+    fn of(state: &RwLock<State>) -> Result<Option<StreamSums>, StoreError> {
+        let streams = {
+            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+            state.index.streams.filed_only()
+        };
         let len = streams.filed_head();
         if len == 0 {
             return Ok(None);
         }
         let mut sums = Sums::new(len);
-        streams.for_each_filed(|stream, positions| {
+        Self::each(&streams, |stream, v, p| sums.list((stream, v), p))?;
+        Ok(Some(StreamSums { streams, sums }))
+    }
+
+    /// Each `(stream, version, position)` the file lists.
+    fn each(streams: &Streams, mut put: impl FnMut(&StreamId, u64, u64)) -> Result<(), StoreError> {
+        streams.for_each(true, |stream, positions| {
             for (v, &p) in (1u64..).zip(positions) {
-                sums.list((stream, v), u64::from(p));
+                put(stream, v, u64::from(p));
             }
             Ok(())
-        })?;
-        Ok(Some(StreamSums { sums }))
+        })
     }
 
     /// The positions whose frame's stream and version the file lists at
-    /// another position.
+    /// another position. Each listed entry is held as its keyed hash
+    /// (8 bytes a position of a block, as an id's fingerprint is).
     fn misfiled(&self, state: &RwLock<State>) -> Result<Vec<u64>, StoreError> {
-        let streams = {
-            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-            state.index.streams.filed_only()
-        };
-        let listed = |put: &mut dyn FnMut(u64, Option<(StreamId, u64)>)| {
-            streams.for_each_filed(|stream, positions| {
-                for (v, &p) in (1u64..).zip(positions) {
-                    put(u64::from(p), Some((*stream, v)));
-                }
-                Ok(())
+        let sums = &self.sums;
+        let listed = |put: &mut dyn FnMut(u64, u64)| {
+            Self::each(&self.streams, |stream, v, p| {
+                put(p, sums.mix((stream, v), 0))
             })
         };
-        let differs = |_: &State, meta: &FrameMeta, listed: &Option<(StreamId, u64)>| {
-            *listed != Some((meta.stream, meta.version))
+        let differs = |_: &State, meta: &FrameMeta, listed: &u64| {
+            *listed != sums.mix((&meta.stream, meta.version), 0)
         };
-        misfiled_in(state, &self.sums.bad(), self.sums.len, listed, differs)
+        misfiled_in(state, sums, listed, differs)
     }
 }
 
@@ -3648,10 +3672,7 @@ fn check_index_batches(
     let mut sums = IdSums::of(&runs)?;
     // So are the stream lists of the snapshot; those indexed since are
     // looked up in memory.
-    let mut stream_sums = {
-        let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-        StreamSums::of(&state.index.streams)?
-    };
+    let mut stream_sums = StreamSums::of(state)?;
     let mut at = Vec::new();
     for batch in batches {
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
@@ -4248,8 +4269,8 @@ mod index_tests {
 
     /// A log whose snapshot lists stream 1 with 2,600 versions (three
     /// blocks of a list), streams 2 and 3 with 4 each, and after it (an
-    /// open that left the snapshot as it was) 5 more events of stream 1
-    /// and one of a new stream 4.
+    /// open that left the snapshot as it was) 5 more events of stream 1, 2
+    /// of stream 3 and one of a new stream 4.
     fn log_with_long_lists(rt: &tokio::runtime::Runtime, dir: &Path) {
         let (store, log) = open_log(dir, true, 1);
         for k in 0..13u128 {
@@ -4264,6 +4285,7 @@ mod index_tests {
         let (store, log) = open_log(dir, true, u64::MAX);
         rt.block_on(log.append_atomic(vec![
             to_stream(1, 20_000..20_005),
+            to_stream(3, 20_005..20_007),
             to_stream(4, 30_000..30_001),
         ]))
         .unwrap();
@@ -4314,7 +4336,7 @@ mod index_tests {
         assert_eq!(sizes, [1, 10, 1_025, 7, 0, 0]);
         let (from_file, filed, _) = lists(true);
         assert_eq!(from_file, scanned);
-        assert_eq!(filed, head - 6, "the tail is indexed from the segment");
+        assert_eq!(filed, head - 8, "the tail is indexed from the segment");
         // A close that writes a new snapshot (an eighth of the last one's
         // events appended since) reads the old one's lists.
         let (store, log) = open_log(dir.path(), true, 1);
@@ -4347,8 +4369,10 @@ mod index_tests {
                 .unwrap()
         };
         let (p2, p3) = (positions(s2), positions(s3));
-        assert_eq!((p2.len(), p3.len()), (4, 4), "{p2:?} {p3:?}");
-        // Streams 2 and 3, both wholly in the file, swap lists.
+        assert_eq!((p2.len(), p3.len()), (4, 6), "{p2:?} {p3:?}");
+        // Streams 2 (in the file) and 3 (in the file and in memory) swap
+        // lists: the file's frames of both are found by the sums, stream
+        // 3's frames after the snapshot by the look-ups in memory.
         log.state
             .write()
             .unwrap()
@@ -4364,7 +4388,6 @@ mod index_tests {
             .map(|p| p.position)
             .collect();
         at.sort();
-        at.dedup();
         let mut expected: Vec<u64> = p2.iter().chain(&p3).map(|&p| u64::from(p)).collect();
         expected.sort();
         assert_eq!(at, expected, "{:?}", report.problems);
@@ -4380,6 +4403,31 @@ mod index_tests {
             .index
             .streams
             .swap_for_test(s2, s3);
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        // Stream 3 (in the file and in memory) and stream 4 (in memory
+        // only) swap: stream 3's frames in the file are found by the sums,
+        // its frames after the snapshot and stream 4's by the look-ups in
+        // memory, each once.
+        let s4 = StreamId(Uuid::from_u128(4));
+        let p4 = positions(s4);
+        log.state
+            .write()
+            .unwrap()
+            .index
+            .streams
+            .swap_for_test(s3, s4);
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        let mut at: Vec<u64> = report.problems.iter().map(|p| p.position).collect();
+        at.sort();
+        let mut expected: Vec<u64> = p3.iter().chain(&p4).map(|&p| u64::from(p)).collect();
+        expected.sort();
+        assert_eq!(at, expected, "{:?}", report.problems);
+        log.state
+            .write()
+            .unwrap()
+            .index
+            .streams
+            .swap_for_test(s3, s4);
         assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
         // Stream 1's second block changed in the file after the open.
         let path = dir

@@ -134,7 +134,7 @@ pub(super) fn encode(
     // The lists of the snapshot the log was opened from are read from its
     // file, one at a time; a write's error is kept as it is.
     let mut failed = None;
-    let listed = index.streams.for_each(|stream, positions| {
+    let listed = index.streams.for_each(false, |stream, positions| {
         let mut put = |bytes: &[u8]| {
             w.put(bytes).map_err(|e| {
                 failed = Some(e);
@@ -584,17 +584,22 @@ fn load_rest(
     r.fits(nstreams, 20, "streams")?;
     let mut seen = Seen::new(head);
     let mut lists = Vec::with_capacity(nstreams as usize);
-    let mut crcs = Vec::new();
+    // A CRC-32 a block: at most one a stream and one for every block's
+    // worth of positions (both counts checked against the file's size).
+    let mut crcs = Vec::with_capacity((nstreams + head / LIST_BLOCK as u64) as usize);
     let mut block = Vec::with_capacity(LIST_BLOCK * 4);
     let mut listed = 0u64;
     for _ in 0..nstreams {
         let stream = StreamId(Uuid::from_bytes(r.bytes::<16>("stream")?));
         let count = r.u32("stream")?;
+        if count == 0 {
+            return Err("a stream is empty or listed twice".into());
+        }
         r.fits(u64::from(count), 4, "stream positions")?;
         listed += u64::from(count);
         let (at, crc_at) = (r.read, crcs.len() as u32);
         let (mut prev, mut left) = (0u32, count);
-        if count > 0 {
+        {
             r.u32s_while("stream positions", |p| {
                 if p <= prev {
                     return Err("a stream's positions are not increasing".into());

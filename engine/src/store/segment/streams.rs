@@ -15,6 +15,7 @@
 //! in the file are exactly the stream's positions up to the snapshot's
 //! head, and the tail's are those after it.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -52,6 +53,129 @@ struct Filed {
     crcs: Vec<u32>,
     /// The snapshot's head: the file lists every position up to it.
     head: u64,
+}
+
+/// Where a list is in the file: its first position's offset, its versions
+/// there, its first block's CRC-32 among [`Filed::crcs`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AtInFile {
+    at: u64,
+    count: u32,
+    crc_at: u32,
+}
+
+impl List {
+    fn at_in_file(&self) -> AtInFile {
+        AtInFile {
+            at: self.at,
+            count: self.filed,
+            crc_at: self.crc_at,
+        }
+    }
+}
+
+impl Filed {
+    /// Appends the positions of versions `start + 1 ..= end` of the list
+    /// at `list` (`end <= list.count`) to `out`: one read of the blocks
+    /// that hold them, each checked against its CRC-32. Bytes changed, or
+    /// a file cut short, after the open are refused as corrupt.
+    fn read(
+        &self,
+        list: AtInFile,
+        start: u64,
+        end: u64,
+        out: &mut Vec<u32>,
+    ) -> Result<(), StoreError> {
+        if start >= end {
+            return Ok(());
+        }
+        let block = LIST_BLOCK as u64;
+        let (first, last) = (start / block, (end - 1) / block);
+        let from = first * block;
+        let to = ((last + 1) * block).min(u64::from(list.count));
+        let mut bytes = vec![0u8; ((to - from) * 4) as usize];
+        let offset = list.at + from * 4;
+        if let Err(e) = self.file.read_exact_at(&mut bytes, offset) {
+            return Err(match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => corrupt(
+                    &self.path,
+                    Some(offset),
+                    "the file ends inside a stream list (cut short after the open checked it)",
+                ),
+                _ => StoreError::io("read the index snapshot's stream lists", e),
+            });
+        }
+        for (i, b) in bytes.chunks(LIST_BLOCK * 4).enumerate() {
+            let want = self
+                .crcs
+                .get(list.crc_at as usize + first as usize + i)
+                .copied();
+            if want != Some(crc32fast::hash(b)) {
+                return Err(corrupt(
+                    &self.path,
+                    Some(offset + (i * LIST_BLOCK * 4) as u64),
+                    "a stream list changed after the open checked the index snapshot",
+                ));
+            }
+        }
+        let skip = ((start - from) * 4) as usize;
+        let take = ((end - start) * 4) as usize;
+        out.extend(
+            bytes[skip..skip + take]
+                .chunks_exact(4)
+                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+        );
+        Ok(())
+    }
+}
+
+/// A range of a stream's versions, taken under the index's lock: where
+/// those in the file are, and a copy of those in memory.
+pub(super) struct Versions {
+    in_file: Option<(Arc<Filed>, AtInFile)>,
+    /// The versions (`start + 1 ..= end`) to read from the file.
+    range: (u64, u64),
+    tail: Vec<u32>,
+}
+
+impl Versions {
+    /// The positions, those in the file read now (without the index's
+    /// lock: a read that waits for the disk does not hold up the writer).
+    pub(super) fn read(self) -> Result<Vec<u32>, StoreError> {
+        let (start, end) = self.range;
+        let mut out = Vec::with_capacity(end.saturating_sub(start) as usize + self.tail.len());
+        if let Some((file, list)) = &self.in_file {
+            file.read(*list, start, end, &mut out)?;
+        }
+        out.extend_from_slice(&self.tail);
+        Ok(out)
+    }
+}
+
+/// A stream's place in [`Streams`] ([`Streams::slot`]).
+pub(super) struct Slot<'a>(Entry<'a, StreamId, List>);
+
+impl Slot<'_> {
+    /// The stream's last version (0: no events).
+    pub(super) fn version(&self) -> u64 {
+        match &self.0 {
+            Entry::Occupied(o) => u64::from(o.get().filed) + o.get().tail.len() as u64,
+            Entry::Vacant(_) => 0,
+        }
+    }
+
+    /// Adds `position` as the stream's next version.
+    pub(super) fn push(self, position: u32) {
+        match self.0 {
+            Entry::Occupied(mut o) => o.get_mut().tail.push(position),
+            Entry::Vacant(v) => {
+                v.insert(List {
+                    tail: vec![position],
+                    ..List::default()
+                });
+            }
+        }
+    }
 }
 
 /// Every stream's positions by version (version v is the `v - 1`th).
@@ -161,20 +285,36 @@ impl Streams {
             .map_or(0, |l| u64::from(l.filed) + l.tail.len() as u64)
     }
 
+    /// The stream's place, to check its version and add to it with one
+    /// look-up ([`Slot`]).
+    pub(super) fn slot(&mut self, stream: StreamId) -> Slot<'_> {
+        Slot(self.lists.entry(stream))
+    }
+
     /// Adds `position` as the stream's next version.
+    #[cfg(test)]
     pub(super) fn push(&mut self, stream: StreamId, position: u32) {
-        match self.lists.get_mut(&stream) {
-            Some(l) => l.tail.push(position),
-            None => {
-                self.lists.insert(
-                    stream,
-                    List {
-                        tail: vec![position],
-                        ..List::default()
-                    },
-                );
-            }
-        }
+        self.slot(stream).push(position);
+    }
+
+    /// Where the positions of versions `start + 1 ..= end` (clamped to the
+    /// stream's) are, to be read after the index's lock is let go
+    /// ([`Versions::read`]); `None` for a stream with no events.
+    pub(super) fn versions(&self, stream: &StreamId, start: u64, end: u64) -> Option<Versions> {
+        let list = self.lists.get(stream)?;
+        let filed = u64::from(list.filed);
+        let end = end.min(filed + list.tail.len() as u64);
+        let start = start.min(end);
+        let in_file = match &self.filed {
+            Some(file) if start < end.min(filed) => Some((Arc::clone(file), list.at_in_file())),
+            _ => None,
+        };
+        let (from, to) = (start.max(filed) - filed, end.max(filed) - filed);
+        Some(Versions {
+            in_file,
+            range: (start, end.min(filed)),
+            tail: list.tail[from as usize..to as usize].to_vec(),
+        })
     }
 
     /// The positions of versions `start + 1 ..= end` (clamped to the
@@ -186,22 +326,13 @@ impl Streams {
         start: u64,
         end: u64,
     ) -> Result<Option<Vec<u32>>, StoreError> {
-        let Some(list) = self.lists.get(stream) else {
-            return Ok(None);
-        };
-        let filed = u64::from(list.filed);
-        let end = end.min(filed + list.tail.len() as u64);
-        let start = start.min(end);
-        let mut out = Vec::with_capacity((end - start) as usize);
-        if start < end.min(filed) {
-            self.read_filed(list, start, end.min(filed), &mut out)?;
-        }
-        let (from, to) = (start.max(filed) - filed, end.max(filed) - filed);
-        out.extend_from_slice(&list.tail[from as usize..to as usize]);
-        Ok(Some(out))
+        self.versions(stream, start, end)
+            .map(Versions::read)
+            .transpose()
     }
 
-    /// Every position of the stream, by version.
+    /// Every position of the stream, by version (tests).
+    #[cfg(test)]
     pub(super) fn all(&self, stream: &StreamId) -> Result<Option<Vec<u32>>, StoreError> {
         self.positions(stream, 0, u64::MAX)
     }
@@ -214,86 +345,29 @@ impl Streams {
         list.tail.get(usize::try_from(i).ok()?).copied()
     }
 
-    /// Each stream and its positions, file and tail together, in no set
-    /// order (one list in memory at a time, `buf` reused).
+    /// Each stream and its positions, by version, in no set order (one
+    /// list in memory at a time): the file's and the tail's, or with
+    /// `filed_only` those in the file (what `verify` sums), skipping
+    /// streams with none there.
     pub(super) fn for_each(
         &self,
+        filed_only: bool,
         mut each: impl FnMut(&StreamId, &[u32]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut buf = Vec::new();
         for (stream, list) in &self.lists {
-            buf.clear();
-            if list.filed > 0 {
-                self.read_filed(list, 0, u64::from(list.filed), &mut buf)?;
+            if filed_only && list.filed == 0 {
+                continue;
             }
-            buf.extend_from_slice(&list.tail);
+            buf.clear();
+            if let (Some(file), true) = (&self.filed, list.filed > 0) {
+                file.read(list.at_in_file(), 0, u64::from(list.filed), &mut buf)?;
+            }
+            if !filed_only {
+                buf.extend_from_slice(&list.tail);
+            }
             each(stream, &buf)?;
         }
-        Ok(())
-    }
-
-    /// Each stream's positions in the file only (what `verify` sums).
-    pub(super) fn for_each_filed(
-        &self,
-        mut each: impl FnMut(&StreamId, &[u32]) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut buf = Vec::new();
-        for (stream, list) in self.lists.iter().filter(|(_, l)| l.filed > 0) {
-            buf.clear();
-            self.read_filed(list, 0, u64::from(list.filed), &mut buf)?;
-            each(stream, &buf)?;
-        }
-        Ok(())
-    }
-
-    /// Appends the file's positions of versions `start + 1 ..= end` of
-    /// `list` (`start < end <= list.filed`) to `out`: one read of the
-    /// blocks that hold them, each checked against its CRC-32.
-    fn read_filed(
-        &self,
-        list: &List,
-        start: u64,
-        end: u64,
-        out: &mut Vec<u32>,
-    ) -> Result<(), StoreError> {
-        let Some(filed) = &self.filed else {
-            return Err(StoreError::Internal(
-                "a stream list is in a file the index does not hold".into(),
-            ));
-        };
-        if start >= end {
-            return Ok(());
-        }
-        let block = LIST_BLOCK as u64;
-        let (first, last) = (start / block, (end - 1) / block);
-        let from = first * block;
-        let to = ((last + 1) * block).min(u64::from(list.filed));
-        let mut bytes = vec![0u8; ((to - from) * 4) as usize];
-        let offset = list.at + from * 4;
-        filed
-            .file
-            .read_exact_at(&mut bytes, offset)
-            .map_err(|e| StoreError::io("read the index snapshot's stream lists", e))?;
-        for (i, b) in bytes.chunks(LIST_BLOCK * 4).enumerate() {
-            let want = filed
-                .crcs
-                .get(list.crc_at as usize + first as usize + i)
-                .copied();
-            if want != Some(crc32fast::hash(b)) {
-                return Err(corrupt(
-                    &filed.path,
-                    Some(offset + (i * LIST_BLOCK * 4) as u64),
-                    "a stream list changed after the open checked the index snapshot",
-                ));
-            }
-        }
-        let skip = ((start - from) * 4) as usize;
-        let take = ((end - start) * 4) as usize;
-        out.extend(
-            bytes[skip..skip + take]
-                .chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
-        );
         Ok(())
     }
 
@@ -328,7 +402,7 @@ impl Streams {
     #[cfg(test)]
     pub(super) fn to_vec(&self) -> Vec<(StreamId, Vec<u32>)> {
         let mut all = Vec::new();
-        self.for_each(|s, p| {
+        self.for_each(false, |s, p| {
             all.push((*s, p.to_vec()));
             Ok(())
         })
@@ -422,7 +496,7 @@ mod tests {
                 prop_assert_eq!(streams.in_memory(&s, v), (v > filed).then(|| expected[v as usize - 1]));
             }
             let mut n = 0;
-            streams.for_each(|s, p| {
+            streams.for_each(false, |s, p| {
                 let i = s.0.as_u128() as usize;
                 assert_eq!(p, &all[i][..]);
                 n += 1;
