@@ -4370,65 +4370,43 @@ mod index_tests {
         };
         let (p2, p3) = (positions(s2), positions(s3));
         assert_eq!((p2.len(), p3.len()), (4, 6), "{p2:?} {p3:?}");
-        // Streams 2 (in the file) and 3 (in the file and in memory) swap
-        // lists: the file's frames of both are found by the sums, stream
-        // 3's frames after the snapshot by the look-ups in memory.
-        log.state
-            .write()
-            .unwrap()
-            .index
-            .streams
-            .swap_for_test(s2, s3);
-        let report = rt.block_on(log.verify(&|_| {})).unwrap();
-        assert!(!report.ok);
-        let mut at: Vec<u64> = report
-            .problems
-            .iter()
-            .filter(|p| p.what.contains("stream index"))
-            .map(|p| p.position)
-            .collect();
-        at.sort();
-        let mut expected: Vec<u64> = p2.iter().chain(&p3).map(|&p| u64::from(p)).collect();
-        expected.sort();
-        assert_eq!(at, expected, "{:?}", report.problems);
-        match rt.block_on(log.read_stream(s3, 1, 10)) {
+        // Two streams swap lists: `verify` names exactly the frames of both,
+        // each once; swapped back, it passes.
+        let swapped_are_reported = |a: StreamId, b: StreamId, meanwhile: &dyn Fn()| {
+            let mut expected: Vec<u64> = positions(a)
+                .iter()
+                .chain(&positions(b))
+                .map(|&p| u64::from(p))
+                .collect();
+            expected.sort();
+            log.state.write().unwrap().index.streams.swap_for_test(a, b);
+            let report = rt.block_on(log.verify(&|_| {})).unwrap();
+            let mut at: Vec<u64> = report
+                .problems
+                .iter()
+                .filter(|p| p.what.contains("stream index"))
+                .map(|p| p.position)
+                .collect();
+            at.sort();
+            assert_eq!(at, expected, "{:?}", report.problems);
+            assert_eq!(report.problems.len(), expected.len());
+            meanwhile();
+            log.state.write().unwrap().index.streams.swap_for_test(a, b);
+            assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        };
+        // Streams 2 (in the file) and 3 (in the file and in memory): the
+        // file's frames of both are found by the sums, stream 3's frames
+        // after the snapshot by the look-ups in memory; reads refuse them.
+        swapped_are_reported(s2, s3, &|| match rt.block_on(log.read_stream(s3, 1, 10)) {
             Err(StoreError::Corrupt { what, .. }) => {
                 assert!(what.contains("does not match"), "{what}")
             }
             other => panic!("expected a corruption error, got {other:?}"),
-        }
-        log.state
-            .write()
-            .unwrap()
-            .index
-            .streams
-            .swap_for_test(s2, s3);
-        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
-        // Stream 3 (in the file and in memory) and stream 4 (in memory
-        // only) swap: stream 3's frames in the file are found by the sums,
-        // its frames after the snapshot and stream 4's by the look-ups in
-        // memory, each once.
-        let s4 = StreamId(Uuid::from_u128(4));
-        let p4 = positions(s4);
-        log.state
-            .write()
-            .unwrap()
-            .index
-            .streams
-            .swap_for_test(s3, s4);
-        let report = rt.block_on(log.verify(&|_| {})).unwrap();
-        let mut at: Vec<u64> = report.problems.iter().map(|p| p.position).collect();
-        at.sort();
-        let mut expected: Vec<u64> = p3.iter().chain(&p4).map(|&p| u64::from(p)).collect();
-        expected.sort();
-        assert_eq!(at, expected, "{:?}", report.problems);
-        log.state
-            .write()
-            .unwrap()
-            .index
-            .streams
-            .swap_for_test(s3, s4);
-        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        });
+        // Stream 3 and stream 4 (in memory only): stream 3's frames in the
+        // file are found by the sums, its frames after the snapshot and
+        // stream 4's by the look-ups in memory.
+        swapped_are_reported(s3, StreamId(Uuid::from_u128(4)), &|| {});
         // Stream 1's second block changed in the file after the open.
         let path = dir
             .path()
