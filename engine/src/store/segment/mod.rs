@@ -3431,6 +3431,24 @@ fn check_content(
 /// Positions whose entries in files `verify` sums together ([`Sums`]).
 const SUM_BLOCK: u64 = 1 << 16;
 
+/// An id's entry for [`Sums`]: its fingerprint and position.
+fn id_entry(fp: u64, p: u64) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[..8].copy_from_slice(&fp.to_le_bytes());
+    e[8..].copy_from_slice(&p.to_le_bytes());
+    e
+}
+
+/// A stream list's entry for [`Sums`]: the stream, the version, the
+/// position.
+fn stream_entry(stream: &StreamId, version: u64, p: u64) -> [u8; 32] {
+    let mut e = [0u8; 32];
+    e[..16].copy_from_slice(stream.0.as_bytes());
+    e[16..24].copy_from_slice(&version.to_le_bytes());
+    e[24..].copy_from_slice(&p.to_le_bytes());
+    e
+}
+
 /// `verify`'s check of index entries held in files (the snapshot's ids and
 /// stream lists, spilled runs of ids) without a table of them by
 /// position: for each block of [`SUM_BLOCK`] positions, the sum of a keyed
@@ -3468,24 +3486,26 @@ impl Sums {
             .then(|| ((p - 1) / SUM_BLOCK) as usize)
     }
 
-    fn mix(&self, entry: impl std::hash::Hash, p: u64) -> u64 {
-        self.key.hash_one((entry, p))
+    /// The keyed hash of an entry (its position in its bytes): one
+    /// array, hashed with one write of its bytes.
+    fn mix<const N: usize>(&self, entry: [u8; N]) -> u64 {
+        self.key.hash_one(entry)
     }
 
     /// Adds an entry a file lists for position `p`.
-    fn list(&mut self, entry: impl std::hash::Hash, p: u64) {
+    fn list<const N: usize>(&mut self, entry: [u8; N], p: u64) {
         if let Some(block) = self.block(p) {
-            self.listed[block] = self.listed[block].wrapping_add(self.mix(entry, p));
+            self.listed[block] = self.listed[block].wrapping_add(self.mix(entry));
         }
     }
 
     /// Adds the entry the frame at `p` holds; `false` when `p` is not the
     /// files'.
-    fn add(&mut self, entry: impl std::hash::Hash, p: u64) -> bool {
+    fn add<const N: usize>(&mut self, entry: [u8; N], p: u64) -> bool {
         let Some(block) = self.block(p) else {
             return false;
         };
-        self.found[block] = self.found[block].wrapping_add(self.mix(entry, p));
+        self.found[block] = self.found[block].wrapping_add(self.mix(entry));
         true
     }
 
@@ -3567,7 +3587,7 @@ impl IdSums {
         for run in runs {
             for pair in run.pairs() {
                 let (fp, p) = pair.map_err(unreadable_ids)?;
-                sums.list(fp, u64::from(p));
+                sums.list(id_entry(fp, u64::from(p)), u64::from(p));
                 count += 1;
             }
         }
@@ -3622,7 +3642,9 @@ impl StreamSums {
             return Ok(None);
         }
         let mut sums = Sums::new(len);
-        Self::each(&streams, |stream, v, p| sums.list((stream, v), p))?;
+        Self::each(&streams, |stream, v, p| {
+            sums.list(stream_entry(stream, v, p), p)
+        })?;
         Ok(Some(StreamSums { streams, sums }))
     }
 
@@ -3643,11 +3665,11 @@ impl StreamSums {
         let sums = &self.sums;
         let listed = |put: &mut dyn FnMut(u64, u64)| {
             Self::each(&self.streams, |stream, v, p| {
-                put(p, sums.mix((stream, v), 0))
+                put(p, sums.mix(stream_entry(stream, v, p)))
             })
         };
         let differs = |_: &State, meta: &FrameMeta, listed: &u64| {
-            *listed != sums.mix((&meta.stream, meta.version), 0)
+            *listed != sums.mix(stream_entry(&meta.stream, meta.version, meta.position))
         };
         misfiled_in(state, sums, listed, differs)
     }
@@ -3691,9 +3713,10 @@ fn check_index_batches(
                     "the position index does not point at this frame"
                 });
             }
-            let summed = stream_sums
-                .as_mut()
-                .is_some_and(|s| s.sums.add((meta.stream, meta.version), meta.position));
+            let summed = stream_sums.as_mut().is_some_and(|s| {
+                let entry = stream_entry(&meta.stream, meta.version, meta.position);
+                s.sums.add(entry, meta.position)
+            });
             let by_stream = ix.streams.in_memory(&meta.stream, meta.version);
             if !summed && (meta.version == 0 || by_stream.map(u64::from) != Some(meta.position)) {
                 problems.push(meta.position, || {
@@ -3701,7 +3724,10 @@ fn check_index_batches(
                 });
             }
             let fp = ix.ids.fingerprint(&meta.event_id);
-            if sums.as_mut().is_some_and(|s| s.sums.add(fp, meta.position)) {
+            if sums
+                .as_mut()
+                .is_some_and(|s| s.sums.add(id_entry(fp, meta.position), meta.position))
+            {
                 continue;
             }
             at.clear();
