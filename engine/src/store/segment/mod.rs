@@ -133,6 +133,16 @@ pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 /// this size). At [`ids::MAX_RUNS`] runs the next spill merges them all.
 pub const SPILL_IDS: usize = 1 << 21;
 
+/// Stream positions the index holds in memory (the versions indexed after
+/// its file's: 4 bytes each, 8 MB at this size) before the writer spills
+/// them: it writes every stream's list, the file's positions and those in
+/// memory, to a file of its own (unlinked at once), and reads the lists
+/// there from then on ([`streams::Streams::spill`]). The next spill waits
+/// for this many, or a quarter of the positions in the file if more, so
+/// that what the spills write stays within about five times the log's
+/// positions (4 bytes each) however long the session.
+pub const SPILL_STREAMS: usize = 1 << 21;
+
 /// Options of a segment store (tests shrink the segment size and the
 /// snapshot threshold).
 #[derive(Clone, Copy, Debug)]
@@ -154,6 +164,8 @@ pub struct SegmentOptions {
     pub event_ids_at_open: bool,
     /// [`SPILL_IDS`] (tests lower it).
     pub spill_ids: usize,
+    /// [`SPILL_STREAMS`] (tests lower it).
+    pub spill_streams: usize,
 }
 
 impl Default for SegmentOptions {
@@ -167,6 +179,7 @@ impl Default for SegmentOptions {
             read_snapshot: std::env::var_os(FULL_SCAN_ENV).is_none(),
             event_ids_at_open: true,
             spill_ids: SPILL_IDS,
+            spill_streams: SPILL_STREAMS,
         }
     }
 }
@@ -1661,6 +1674,7 @@ impl SegmentLog {
             },
             snapshot_min_events: options.snapshot_min_events,
             spill_ids: options.spill_ids.max(1),
+            spill_streams: options.spill_streams.max(1),
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
         };
@@ -1984,6 +1998,8 @@ struct Writer {
     /// [`SPILL_IDS`]; twice the table's size after a spill that failed,
     /// so that a failing spill is not tried again at every group.
     spill_ids: usize,
+    /// [`SPILL_STREAMS`]; doubled after a spill that failed.
+    spill_streams: usize,
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
     ids_loader: Arc<Mutex<()>>,
@@ -2002,6 +2018,7 @@ impl Writer {
             self.trim_buffers();
             if committed {
                 self.spill_ids();
+                self.spill_streams();
             }
             if !committed {
                 // fsyncgate: after a failed write or fdatasync the kernel
@@ -2084,6 +2101,38 @@ impl Writer {
     /// go on); the table is swapped out under the write lock and freed
     /// outside it. Best effort: a run that cannot be written leaves the
     /// ids in the table.
+    /// After a group: once the index holds [`SPILL_STREAMS`] stream
+    /// positions in memory (or a quarter of those in its file, if more),
+    /// writes every list to a file of its own and reads them there from
+    /// then on ([`streams::Streams::spill`]). The file is written under
+    /// the read lock (reads go on; the writer is the only one that adds to
+    /// the lists), and swapped in under the write lock. A spill that fails
+    /// leaves the lists as they were and waits for twice as many.
+    fn spill_streams(&mut self) {
+        let spilled = match self.state.read() {
+            Ok(state) => {
+                let streams = &state.index.streams;
+                let quarter = usize::try_from(streams.filed_head() / 4).unwrap_or(usize::MAX);
+                if streams.tails() < self.spill_streams.max(quarter) {
+                    return;
+                }
+                streams.spill(&self.dir, state.index.head())
+            }
+            Err(_) => return,
+        };
+        let Ok(spilled) = spilled else {
+            self.spill_streams = self.spill_streams.saturating_mul(2);
+            return;
+        };
+        if let Ok(mut state) = self.state.write() {
+            let installed = state.index.streams.install(spilled);
+            debug_assert!(
+                installed,
+                "nothing is indexed between a spill and its install"
+            );
+        }
+    }
+
     fn spill_ids(&mut self) {
         let run = match self.state.read() {
             Ok(state) => {
@@ -3717,11 +3766,24 @@ fn check_index_batches(
                 let entry = stream_entry(&meta.stream, meta.version, meta.position);
                 s.sums.add(entry, meta.position)
             });
-            let by_stream = ix.streams.in_memory(&meta.stream, meta.version);
-            if !summed && (meta.version == 0 || by_stream.map(u64::from) != Some(meta.position)) {
-                problems.push(meta.position, || {
-                    format!("stream index for version {} is wrong", meta.version)
-                });
+            if !summed {
+                // The versions after the file's are in memory, or, spilled
+                // by the writer since this verify took the file's lists, in
+                // the file it spilled them to.
+                let (stream, v) = (&meta.stream, meta.version);
+                let listed = match ix.streams.in_memory(stream, v) {
+                    Some(p) => Some(p),
+                    None if v == 0 => None,
+                    None => ix
+                        .streams
+                        .positions(stream, v - 1, v)?
+                        .and_then(|l| l.first().copied()),
+                };
+                if listed.map(u64::from) != Some(meta.position) {
+                    problems.push(meta.position, || {
+                        format!("stream index for version {v} is wrong")
+                    });
+                }
             }
             let fp = ix.ids.fingerprint(&meta.event_id);
             if sums
@@ -4373,6 +4435,101 @@ mod index_tests {
         let (from_file, filed, _) = lists(true);
         assert_eq!(from_file, scanned);
         assert_eq!(filed, head, "the second snapshot covers every event");
+    }
+
+    /// The writer spills the stream positions it holds in memory once they
+    /// reach `spill_streams` (or a quarter of those in its file): every
+    /// list then reads from the spilled file and the versions after it,
+    /// reads and `verify` answer as a full scan does, misfiled lists are
+    /// still named, and the close's snapshot (written from the spilled
+    /// file) opens the same lists again.
+    #[test]
+    fn stream_lists_spilled_by_the_writer_answer_as_a_full_scan() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            snapshot_min_events: 1,
+            spill_streams: 300,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        let mut most_held = 0;
+        for k in 0..40u128 {
+            let base = 1 + k * 60;
+            let group = vec![
+                to_stream(1 + k % 3, base..base + 50),
+                to_stream(100 + k, base + 50..base + 60),
+            ];
+            rt.block_on(log.append_atomic(group)).unwrap();
+            let streams = &log.state.read().unwrap().index.streams;
+            most_held = most_held.max(streams.tails());
+        }
+        let (spilled, filed, held) = {
+            let ix = &log.state.read().unwrap().index;
+            (
+                ix.streams.to_vec(),
+                ix.streams.filed_head(),
+                ix.streams.tails(),
+            )
+        };
+        assert!(filed > 1_500, "spilled up to {filed}");
+        assert_eq!(filed + held as u64, 2_400);
+        assert!(most_held < 600 + 60, "held {most_held} positions at most");
+        let s1 = StreamId(Uuid::from_u128(1));
+        let read: Vec<u64> = rt
+            .block_on(log.read_stream(s1, 100, 500))
+            .unwrap()
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(
+            read,
+            (100..=599).collect::<Vec<_>>(),
+            "stream 1 holds 700 versions"
+        );
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        let (s2, s3) = (StreamId(Uuid::from_u128(2)), StreamId(Uuid::from_u128(3)));
+        log.state
+            .write()
+            .unwrap()
+            .index
+            .streams
+            .swap_for_test(s2, s3);
+        let misfiled: Vec<u32> = [s2, s3]
+            .iter()
+            .flat_map(|s| {
+                log.state
+                    .read()
+                    .unwrap()
+                    .index
+                    .streams
+                    .all(s)
+                    .unwrap()
+                    .unwrap()
+            })
+            .collect();
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        // The first hundred named, the rest counted.
+        let named = &report.problems[..100];
+        assert!(named
+            .iter()
+            .all(|p| misfiled.contains(&(p.position as u32))));
+        let more = format!("{} further problems not listed", misfiled.len() - 100);
+        assert_eq!(report.problems[100].what, more);
+        log.state
+            .write()
+            .unwrap()
+            .index
+            .streams
+            .swap_for_test(s2, s3);
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        drop((log, store));
+        for read_snapshot in [false, true] {
+            let (store, log) = open_log(dir.path(), read_snapshot, u64::MAX);
+            assert_eq!(log.opened_from_snapshot().is_some(), read_snapshot);
+            assert_eq!(log.state.read().unwrap().index.streams.to_vec(), spilled);
+            drop((log, store));
+        }
     }
 
     /// Stream lists in the file that do not match the frames are reported

@@ -19,7 +19,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{corrupt, IdHash};
@@ -153,12 +153,27 @@ impl Versions {
 }
 
 /// A stream's place in [`Streams`] ([`Streams::slot`]).
-pub(super) struct Slot<'a>(Entry<'a, StreamId, List>);
+pub(super) struct Slot<'a> {
+    entry: Entry<'a, StreamId, List>,
+    tails: &'a mut usize,
+}
+
+/// Every list written to a file of its own ([`Streams::spill`]).
+pub(super) struct Spilled {
+    file: File,
+    /// What errors name it by (it has no name).
+    path: PathBuf,
+    lists: Vec<(StreamId, AtInFile)>,
+    crcs: Vec<u32>,
+    head: u64,
+    /// The positions in memory when it was written.
+    tails: usize,
+}
 
 impl Slot<'_> {
     /// The stream's last version (0: no events).
     pub(super) fn version(&self) -> u64 {
-        match &self.0 {
+        match &self.entry {
             Entry::Occupied(o) => u64::from(o.get().filed) + o.get().tail.len() as u64,
             Entry::Vacant(_) => 0,
         }
@@ -166,7 +181,8 @@ impl Slot<'_> {
 
     /// Adds `position` as the stream's next version.
     pub(super) fn push(self, position: u32) {
-        match self.0 {
+        *self.tails += 1;
+        match self.entry {
             Entry::Occupied(mut o) => o.get_mut().tail.push(position),
             Entry::Vacant(v) => {
                 v.insert(List {
@@ -183,6 +199,8 @@ impl Slot<'_> {
 pub(super) struct Streams {
     lists: HashMap<StreamId, List, IdHash>,
     filed: Option<Arc<Filed>>,
+    /// Positions held in memory (every list's tail).
+    tails: usize,
 }
 
 impl Default for Streams {
@@ -206,6 +224,7 @@ impl Streams {
         Streams {
             lists: HashMap::with_capacity_and_hasher(capacity, hasher),
             filed: None,
+            tails: 0,
         }
     }
 
@@ -270,6 +289,7 @@ impl Streams {
         Streams {
             lists,
             filed: self.filed.clone(),
+            tails: 0,
         }
     }
 
@@ -288,7 +308,80 @@ impl Streams {
     /// The stream's place, to check its version and add to it with one
     /// look-up ([`Slot`]).
     pub(super) fn slot(&mut self, stream: StreamId) -> Slot<'_> {
-        Slot(self.lists.entry(stream))
+        Slot {
+            entry: self.lists.entry(stream),
+            tails: &mut self.tails,
+        }
+    }
+
+    /// Positions held in memory, those indexed after the file's.
+    pub(super) fn tails(&self) -> usize {
+        self.tails
+    }
+
+    /// Every list, the file's positions and the tail's, written to a file
+    /// of its own in `dir` that no name points at (as the id table's runs
+    /// are: nothing is left after a crash; not synced, the positions are
+    /// in the segments), for [`Streams::install`]: made while reads go on.
+    /// `head` is the log's head, the last position the lists hold.
+    pub(super) fn spill(&self, dir: &Path, head: u64) -> Result<Spilled, StoreError> {
+        use std::io::Write;
+        let spill = |e| StoreError::io("spill the index's stream lists", e);
+        let file = tempfile::tempfile_in(dir).map_err(spill)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        let mut lists = Vec::with_capacity(self.lists.len());
+        let mut crcs = Vec::with_capacity(self.lists.len() + self.tails / LIST_BLOCK);
+        let (mut at, mut bytes) = (0u64, Vec::with_capacity(LIST_BLOCK * 4));
+        self.for_each(false, |stream, positions| {
+            let crc_at = u32::try_from(crcs.len())
+                .map_err(|_| StoreError::Internal("too many stream list blocks".into()))?;
+            for block in positions.chunks(LIST_BLOCK) {
+                bytes.clear();
+                bytes.extend(block.iter().flat_map(|p| p.to_le_bytes()));
+                crcs.push(crc32fast::hash(&bytes));
+                out.write_all(&bytes).map_err(spill)?;
+            }
+            let count = u32::try_from(positions.len())
+                .map_err(|_| StoreError::Internal("a stream list past u32".into()))?;
+            lists.push((*stream, AtInFile { at, count, crc_at }));
+            at += u64::from(count) * 4;
+            Ok(())
+        })?;
+        out.flush().map_err(spill)?;
+        drop(out);
+        Ok(Spilled {
+            file,
+            path: dir.join("(stream lists spilled by the writer)"),
+            lists,
+            crcs,
+            head,
+            tails: self.tails,
+        })
+    }
+
+    /// Reads the lists from `spilled` from now on, the tails it holds let
+    /// go. `false` (nothing changed) when a position was indexed since it
+    /// was written.
+    pub(super) fn install(&mut self, spilled: Spilled) -> bool {
+        if spilled.tails != self.tails || spilled.lists.len() != self.lists.len() {
+            return false;
+        }
+        for (stream, at) in spilled.lists {
+            if let Some(list) = self.lists.get_mut(&stream) {
+                list.at = at.at;
+                list.filed = at.count;
+                list.crc_at = at.crc_at;
+                list.tail = Vec::new();
+            }
+        }
+        self.filed = Some(Arc::new(Filed {
+            file: spilled.file,
+            path: spilled.path,
+            crcs: spilled.crcs,
+            head: spilled.head,
+        }));
+        self.tails = 0;
+        true
     }
 
     /// Adds `position` as the stream's next version.
@@ -386,6 +479,7 @@ impl Streams {
     pub(super) fn replace(&mut self, stream: StreamId, positions: Vec<u32>) {
         let list = self.lists.entry(stream).or_default();
         assert_eq!(list.filed, 0, "only for lists in memory");
+        self.tails = self.tails - list.tail.len() + positions.len();
         list.tail = positions;
     }
 
