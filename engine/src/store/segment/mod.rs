@@ -4489,12 +4489,15 @@ mod index_tests {
         );
         assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
         let (s2, s3) = (StreamId(Uuid::from_u128(2)), StreamId(Uuid::from_u128(3)));
-        log.state
-            .write()
-            .unwrap()
-            .index
-            .streams
-            .swap_for_test(s2, s3);
+        let swap = || {
+            log.state
+                .write()
+                .unwrap()
+                .index
+                .streams
+                .swap_for_test(s2, s3)
+        };
+        swap();
         let misfiled: Vec<u32> = [s2, s3]
             .iter()
             .flat_map(|s| {
@@ -4516,12 +4519,7 @@ mod index_tests {
             .all(|p| misfiled.contains(&(p.position as u32))));
         let more = format!("{} further problems not listed", misfiled.len() - 100);
         assert_eq!(report.problems[100].what, more);
-        log.state
-            .write()
-            .unwrap()
-            .index
-            .streams
-            .swap_for_test(s2, s3);
+        swap();
         assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
         drop((log, store));
         for read_snapshot in [false, true] {
