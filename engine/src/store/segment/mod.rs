@@ -2092,6 +2092,44 @@ impl Writer {
         written.is_ok()
     }
 
+    /// After a group: once the index holds [`SPILL_STREAMS`] stream
+    /// positions in memory (or a quarter of those in its file, if more),
+    /// writes every list to a file of its own and reads them there from
+    /// then on ([`streams::Streams::spill`]). The file is written under
+    /// the read lock (reads go on; the writer is the only one that adds to
+    /// the lists), and swapped in under the write lock. A spill that fails
+    /// leaves the lists as they were and waits for twice as many.
+    fn spill_streams(&mut self) {
+        let (spilled, held) = match self.state.read() {
+            Ok(state) => {
+                let streams = &state.index.streams;
+                let quarter = usize::try_from(streams.filed_head() / 4).unwrap_or(usize::MAX);
+                if streams.tails() < self.spill_streams.max(quarter) {
+                    return;
+                }
+                (
+                    streams.spill(&self.dir, state.index.head()),
+                    streams.tails(),
+                )
+            }
+            Err(_) => return,
+        };
+        let Ok(spilled) = spilled else {
+            self.spill_streams = held.saturating_mul(2);
+            return;
+        };
+        let replaced = match self.state.write() {
+            Ok(mut state) => state.index.streams.install(spilled),
+            Err(_) => return,
+        };
+        debug_assert!(
+            replaced.is_some(),
+            "nothing is indexed between a spill and its install"
+        );
+        // The tails and the file they replace freed here, outside the lock.
+        drop(replaced);
+    }
+
     /// Once the index's id table holds [`SPILL_IDS`] ids, writes them,
     /// sorted, to a run in a file of its own and from then on looks them
     /// up there, keeping a filter and a block directory of them
@@ -2101,38 +2139,6 @@ impl Writer {
     /// go on); the table is swapped out under the write lock and freed
     /// outside it. Best effort: a run that cannot be written leaves the
     /// ids in the table.
-    /// After a group: once the index holds [`SPILL_STREAMS`] stream
-    /// positions in memory (or a quarter of those in its file, if more),
-    /// writes every list to a file of its own and reads them there from
-    /// then on ([`streams::Streams::spill`]). The file is written under
-    /// the read lock (reads go on; the writer is the only one that adds to
-    /// the lists), and swapped in under the write lock. A spill that fails
-    /// leaves the lists as they were and waits for twice as many.
-    fn spill_streams(&mut self) {
-        let spilled = match self.state.read() {
-            Ok(state) => {
-                let streams = &state.index.streams;
-                let quarter = usize::try_from(streams.filed_head() / 4).unwrap_or(usize::MAX);
-                if streams.tails() < self.spill_streams.max(quarter) {
-                    return;
-                }
-                streams.spill(&self.dir, state.index.head())
-            }
-            Err(_) => return,
-        };
-        let Ok(spilled) = spilled else {
-            self.spill_streams = self.spill_streams.saturating_mul(2);
-            return;
-        };
-        if let Ok(mut state) = self.state.write() {
-            let installed = state.index.streams.install(spilled);
-            debug_assert!(
-                installed,
-                "nothing is indexed between a spill and its install"
-            );
-        }
-    }
-
     fn spill_ids(&mut self) {
         let run = match self.state.read() {
             Ok(state) => {
@@ -3246,19 +3252,59 @@ impl EventStore for SegmentLog {
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<VerifyReport, StoreError> {
+        let from = self.verify_from()?;
+        self.verify_against(from, progress)
+    }
+}
+
+/// What a verify checks the log against, taken under one lock: the head
+/// and its hash, each segment with where the index holds its frames to,
+/// and the index's entries held in files (the id runs, the stream lists'
+/// file): sums of those never cover positions past the head.
+struct VerifyFrom {
+    head: u64,
+    head_hash: Hash,
+    /// Each segment, and where its frames the index holds end: it is read
+    /// that far, not to the file's end, where the writer may be cutting
+    /// back the pieces of a large append it refused (read there, they
+    /// would vanish under the read).
+    segments: Vec<(Arc<Segment>, u64)>,
+    runs: Vec<Arc<sorted_ids::SortedIds>>,
+    streams: Streams,
+}
+
+impl SegmentLog {
+    /// [`VerifyFrom`], the event ids read first if they are still only in
+    /// the snapshot.
+    fn verify_from(&self) -> Result<VerifyFrom, StoreError> {
         ids_ready(&self.state, &self.ids_loader, &self.dir)?;
-        // Each segment is read as far as the index holds its frames, not
-        // to the file's end: past it the writer may be cutting back the
-        // pieces of a large append it refused (read there, they would
-        // vanish under the read).
-        let (head, head_hash, segments) = {
-            let state = self.read()?;
-            let segments: Vec<(Arc<Segment>, u64)> = (0u32..)
-                .zip(&state.segments)
-                .map(|(i, seg)| (seg.clone(), state.index.locs.end_of(i)))
-                .collect();
-            (state.index.head(), state.index.head_hash, segments)
-        };
+        let state = self.read()?;
+        let segments: Vec<(Arc<Segment>, u64)> = (0u32..)
+            .zip(&state.segments)
+            .map(|(i, seg)| (seg.clone(), state.index.locs.end_of(i)))
+            .collect();
+        Ok(VerifyFrom {
+            head: state.index.head(),
+            head_hash: state.index.head_hash,
+            segments,
+            runs: state.index.ids.runs().to_vec(),
+            streams: state.index.streams.filed_only(),
+        })
+    }
+
+    /// Verifies the log up to `from`'s head against it.
+    fn verify_against(
+        &self,
+        from: VerifyFrom,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<VerifyReport, StoreError> {
+        let VerifyFrom {
+            head,
+            head_hash,
+            segments,
+            runs,
+            streams,
+        } = from;
         let mut v = ChainVerifier::new();
         // Two checks run on threads of their own, a batch of frames at a
         // time, while this thread reads, decodes and links the frames: the
@@ -3268,7 +3314,8 @@ impl EventStore for SegmentLog {
         let state = self.state.clone();
         let (index_problems, content_problems, checked_here) = std::thread::scope(|scope| {
             let (batches, received) = std::sync::mpsc::sync_channel(4);
-            let checker = scope.spawn(move || check_index_batches(&state, received));
+            let checker =
+                scope.spawn(move || check_index_batches(&state, &runs, streams, received));
             // Two batches queued (~300 KB each): the hashing is the slower
             // side, so more would only hold more memory. Hashed batches come
             // back to be filled again: their memory is reused, and freed by
@@ -3327,12 +3374,8 @@ fn read_and_link(
         }
         // A file shorter than the index says stops the reading early,
         // which is then reported (the files end before the index does).
-        let file_len = seg
-            .file
-            .metadata()
-            .map_err(io("verify"))?
-            .len()
-            .min(*indexed);
+        let on_disk = seg.file.metadata().map_err(io("verify"))?.len();
+        let file_len = on_disk.min(*indexed);
         let mut reader = SeqReader::new(&seg.file, file_len);
         let mut offset = 0u64;
         while offset < file_len && position < head {
@@ -3372,6 +3415,16 @@ fn read_and_link(
             if v.events().is_multiple_of(4096) {
                 progress(v.events());
             }
+        }
+        // Past a segment before the last one nothing is written (the
+        // writer cut it to its frames when it moved on).
+        if seg_no + 1 < segments.len() && on_disk > *indexed {
+            let at = format!(
+                "{} at byte {indexed}: {} bytes after the last frame the index holds of it",
+                seg.path.display(),
+                on_disk - indexed
+            );
+            v.problem(position + 1, at);
         }
     }
     Ok(())
@@ -3538,7 +3591,10 @@ impl Sums {
     /// The keyed hash of an entry (its position in its bytes): one
     /// array, hashed with one write of its bytes.
     fn mix<const N: usize>(&self, entry: [u8; N]) -> u64 {
-        self.key.hash_one(entry)
+        use std::hash::Hasher;
+        let mut h = self.key.build_hasher();
+        h.write(&entry);
+        h.finish()
     }
 
     /// Adds an entry a file lists for position `p`.
@@ -3679,21 +3735,25 @@ struct StreamSums {
 }
 
 impl StreamSums {
-    /// The sums of the lists in the file; `None` when no list is there.
-    /// The index's lock is held only to take where the lists are.
-    fn of(state: &RwLock<State>) -> Result<Option<StreamSums>, StoreError> {
-        let streams = {
-            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-            state.index.streams.filed_only()
-        };
+    /// The sums of the lists in `streams`' file (no tails); `None` when
+    /// no list is there. Every position up to the file's head is listed
+    /// once (checked as the file was read or written).
+    fn of(streams: Streams) -> Result<Option<StreamSums>, StoreError> {
         let len = streams.filed_head();
         if len == 0 {
             return Ok(None);
         }
         let mut sums = Sums::new(len);
+        let mut count = 0u64;
         Self::each(&streams, |stream, v, p| {
-            sums.list(stream_entry(stream, v, p), p)
+            sums.list(stream_entry(stream, v, p), p);
+            count += 1;
         })?;
+        if count != len {
+            return Err(StoreError::Internal(format!(
+                "the index's stream lists list {count} positions of {len}"
+            )));
+        }
         Ok(Some(StreamSums { streams, sums }))
     }
 
@@ -3727,25 +3787,53 @@ impl StreamSums {
 /// Blocks of positions [`misfiled_in`] checks at a time.
 const MISFILED_BLOCKS_AT_ONCE: usize = 16;
 
+/// Checks each `(position, stream, version)` of `pending` against the
+/// stream lists, whose file holds the version (the writer spilled it there
+/// during the verify), and empties it: where each is is taken under the
+/// index's lock, the file read after it. A list that cannot be read is a
+/// problem at the frame.
+fn check_spilled_versions(
+    state: &RwLock<State>,
+    pending: &mut Vec<(u64, StreamId, u64)>,
+    problems: &mut Problems,
+) -> Result<(), StoreError> {
+    for (position, stream, v) in pending.drain(..) {
+        let versions = {
+            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+            state.index.streams.versions(&stream, v - 1, v)
+        };
+        match versions.map(streams::Versions::read).transpose() {
+            Ok(Some(list)) if list.first().map(|&p| u64::from(p)) == Some(position) => {}
+            Ok(_) => problems.push(position, || {
+                format!("stream index for version {v} is wrong")
+            }),
+            Err(e) => problems.push(position, || format!("stream index cannot be read: {e}")),
+        }
+    }
+    Ok(())
+}
+
 /// The index checks of `verify`: each frame's position, stream version and
 /// event id entries must point at it.
 fn check_index_batches(
     state: &RwLock<State>,
+    runs: &[Arc<sorted_ids::SortedIds>],
+    streams: Streams,
     batches: std::sync::mpsc::Receiver<Vec<(FrameMeta, Loc)>>,
 ) -> Result<Problems, StoreError> {
     let mut problems = Problems::default();
     // The ids in files are summed a block of positions at a time, where a
     // look-up in a file would read a block of it for every frame.
-    let runs = {
-        let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-        state.index.ids.runs().to_vec()
-    };
-    let mut sums = IdSums::of(&runs)?;
-    // So are the stream lists of the snapshot; those indexed since are
-    // looked up in memory.
-    let mut stream_sums = StreamSums::of(state)?;
+    let mut sums = IdSums::of(runs)?;
+    // So are the stream lists in a file; those indexed since are looked up
+    // in memory.
+    let mut stream_sums = StreamSums::of(streams)?;
     let mut at = Vec::new();
+    // Frames whose version the writer spilled to a file since `streams`
+    // was taken: looked up there after each batch, without the lock.
+    let mut spilled: Vec<(u64, StreamId, u64)> = Vec::new();
     for batch in batches {
+        check_spilled_versions(state, &mut spilled, &mut problems)?;
         let state = state.read().map_err(|_| StoreError::WriterStopped)?;
         let ix = &state.index;
         for (i, &(meta, here)) in batch.iter().enumerate() {
@@ -3771,18 +3859,14 @@ fn check_index_batches(
                 // by the writer since this verify took the file's lists, in
                 // the file it spilled them to.
                 let (stream, v) = (&meta.stream, meta.version);
-                let listed = match ix.streams.in_memory(stream, v) {
-                    Some(p) => Some(p),
-                    None if v == 0 => None,
-                    None => ix
-                        .streams
-                        .positions(stream, v - 1, v)?
-                        .and_then(|l| l.first().copied()),
-                };
-                if listed.map(u64::from) != Some(meta.position) {
-                    problems.push(meta.position, || {
+                match ix.streams.in_memory(stream, v) {
+                    Some(p) if u64::from(p) == meta.position => {}
+                    None if v > 0 && ix.streams.version(stream) >= v => {
+                        spilled.push((meta.position, *stream, v));
+                    }
+                    _ => problems.push(meta.position, || {
                         format!("stream index for version {v} is wrong")
-                    });
+                    }),
                 }
             }
             let fp = ix.ids.fingerprint(&meta.event_id);
@@ -3806,6 +3890,7 @@ fn check_index_batches(
             problems.push(p, || "event id index does not point here");
         }
     }
+    check_spilled_versions(state, &mut spilled, &mut problems)?;
     if let Some(sums) = stream_sums {
         for p in sums.misfiled(state)? {
             problems.push(p, || "stream index does not list this frame at its version");
@@ -4437,6 +4522,52 @@ mod index_tests {
         assert_eq!(filed, head, "the second snapshot covers every event");
     }
 
+    /// A verify whose stream lists were taken before the writer spilled
+    /// the versions it checks finds them in the spilled file: a sound log
+    /// passes, and lists swapped after the spill are named at every frame.
+    #[test]
+    fn verify_finds_versions_the_writer_spilled_during_it() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            spill_streams: 1_500,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        let group = vec![to_stream(1, 1..601), to_stream(2, 601..1_201)];
+        rt.block_on(log.append_atomic(group)).unwrap();
+        let (from, from_again) = (log.verify_from().unwrap(), log.verify_from().unwrap());
+        assert_eq!(from.streams.filed_head(), 0, "every version in memory");
+        // 1,800 in memory: the writer spills them after answering.
+        rt.block_on(log.append_atomic(vec![to_stream(1, 1_201..1_801)]))
+            .unwrap();
+        let spilled = || log.state.read().unwrap().index.streams.filed_head();
+        for _ in 0..1_000 {
+            if spilled() > 0 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(spilled(), 1_800);
+        let report = log.verify_against(from, &|_| {}).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+        assert_eq!(report.events, 1_200);
+        let [s1, s2] = [1, 2].map(|s| StreamId(Uuid::from_u128(s)));
+        log.state
+            .write()
+            .unwrap()
+            .index
+            .streams
+            .swap_for_test(s1, s2);
+        let report = log.verify_against(from_again, &|_| {}).unwrap();
+        let named = &report.problems[..crate::store::MAX_REPORTED_PROBLEMS];
+        assert!(named
+            .iter()
+            .all(|p| p.what.contains("stream index for version")));
+        let rest = &report.problems[crate::store::MAX_REPORTED_PROBLEMS].what;
+        assert_eq!(rest, "1100 further problems not listed");
+    }
+
     /// The writer spills the stream positions it holds in memory once they
     /// reach `spill_streams` (or a quarter of those in its file): every
     /// list then reads from the spilled file and the versions after it,
@@ -4488,39 +4619,9 @@ mod index_tests {
             "stream 1 holds 700 versions"
         );
         assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
-        let (s2, s3) = (StreamId(Uuid::from_u128(2)), StreamId(Uuid::from_u128(3)));
-        let swap = || {
-            log.state
-                .write()
-                .unwrap()
-                .index
-                .streams
-                .swap_for_test(s2, s3)
-        };
-        swap();
-        let misfiled: Vec<u32> = [s2, s3]
-            .iter()
-            .flat_map(|s| {
-                log.state
-                    .read()
-                    .unwrap()
-                    .index
-                    .streams
-                    .all(s)
-                    .unwrap()
-                    .unwrap()
-            })
-            .collect();
-        let report = rt.block_on(log.verify(&|_| {})).unwrap();
-        // The first hundred named, the rest counted.
-        let named = &report.problems[..100];
-        assert!(named
-            .iter()
-            .all(|p| misfiled.contains(&(p.position as u32))));
-        let more = format!("{} further problems not listed", misfiled.len() - 100);
-        assert_eq!(report.problems[100].what, more);
-        swap();
-        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        // Two streams of 10 versions, in the spilled file, swap lists.
+        let [s100, s101] = [100, 101].map(|s| StreamId(Uuid::from_u128(s)));
+        swapped_are_reported(&rt, &log, s100, s101, &|| {});
         drop((log, store));
         for read_snapshot in [false, true] {
             let (store, log) = open_log(dir.path(), read_snapshot, u64::MAX);
@@ -4528,6 +4629,52 @@ mod index_tests {
             assert_eq!(log.state.read().unwrap().index.streams.to_vec(), spilled);
             drop((log, store));
         }
+    }
+
+    /// Swaps two streams' lists and checks that `verify` names exactly the
+    /// frames of both, each once, `meanwhile` running while they are
+    /// swapped; swapped back, `verify` passes.
+    fn swapped_are_reported(
+        rt: &tokio::runtime::Runtime,
+        log: &SegmentLog,
+        a: StreamId,
+        b: StreamId,
+        meanwhile: &dyn Fn(),
+    ) {
+        let positions = |s| {
+            log.state
+                .read()
+                .unwrap()
+                .index
+                .streams
+                .all(&s)
+                .unwrap()
+                .unwrap()
+        };
+        let mut expected: Vec<u64> = positions(a)
+            .iter()
+            .chain(&positions(b))
+            .map(|&p| u64::from(p))
+            .collect();
+        expected.sort();
+        assert!(
+            expected.len() <= crate::store::MAX_REPORTED_PROBLEMS,
+            "every frame named"
+        );
+        log.state.write().unwrap().index.streams.swap_for_test(a, b);
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        let mut at: Vec<u64> = report
+            .problems
+            .iter()
+            .filter(|p| p.what.contains("stream index"))
+            .map(|p| p.position)
+            .collect();
+        at.sort();
+        assert_eq!(at, expected, "{:?}", report.problems);
+        assert_eq!(report.problems.len(), expected.len());
+        meanwhile();
+        log.state.write().unwrap().index.streams.swap_for_test(a, b);
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
     }
 
     /// Stream lists in the file that do not match the frames are reported
@@ -4551,43 +4698,25 @@ mod index_tests {
         };
         let (p2, p3) = (positions(s2), positions(s3));
         assert_eq!((p2.len(), p3.len()), (4, 6), "{p2:?} {p3:?}");
-        // Two streams swap lists: `verify` names exactly the frames of both,
-        // each once; swapped back, it passes.
-        let swapped_are_reported = |a: StreamId, b: StreamId, meanwhile: &dyn Fn()| {
-            let mut expected: Vec<u64> = positions(a)
-                .iter()
-                .chain(&positions(b))
-                .map(|&p| u64::from(p))
-                .collect();
-            expected.sort();
-            log.state.write().unwrap().index.streams.swap_for_test(a, b);
-            let report = rt.block_on(log.verify(&|_| {})).unwrap();
-            let mut at: Vec<u64> = report
-                .problems
-                .iter()
-                .filter(|p| p.what.contains("stream index"))
-                .map(|p| p.position)
-                .collect();
-            at.sort();
-            assert_eq!(at, expected, "{:?}", report.problems);
-            assert_eq!(report.problems.len(), expected.len());
-            meanwhile();
-            log.state.write().unwrap().index.streams.swap_for_test(a, b);
-            assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
-        };
         // Streams 2 (in the file) and 3 (in the file and in memory): the
         // file's frames of both are found by the sums, stream 3's frames
         // after the snapshot by the look-ups in memory; reads refuse them.
-        swapped_are_reported(s2, s3, &|| match rt.block_on(log.read_stream(s3, 1, 10)) {
-            Err(StoreError::Corrupt { what, .. }) => {
-                assert!(what.contains("does not match"), "{what}")
-            }
-            other => panic!("expected a corruption error, got {other:?}"),
-        });
+        swapped_are_reported(
+            &rt,
+            &log,
+            s2,
+            s3,
+            &|| match rt.block_on(log.read_stream(s3, 1, 10)) {
+                Err(StoreError::Corrupt { what, .. }) => {
+                    assert!(what.contains("does not match"), "{what}")
+                }
+                other => panic!("expected a corruption error, got {other:?}"),
+            },
+        );
         // Stream 3 and stream 4 (in memory only): stream 3's frames in the
         // file are found by the sums, its frames after the snapshot and
         // stream 4's by the look-ups in memory.
-        swapped_are_reported(s3, StreamId(Uuid::from_u128(4)), &|| {});
+        swapped_are_reported(&rt, &log, s3, StreamId(Uuid::from_u128(4)), &|| {});
         // Stream 1's second block changed in the file after the open.
         let path = dir
             .path()

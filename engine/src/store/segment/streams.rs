@@ -158,6 +158,12 @@ pub(super) struct Slot<'a> {
     tails: &'a mut usize,
 }
 
+/// What [`Streams::install`] replaced, freed when dropped.
+pub(super) struct Replaced {
+    _tails: Vec<Vec<u32>>,
+    _file: Option<Arc<Filed>>,
+}
+
 /// Every list written to a file of its own ([`Streams::spill`]).
 pub(super) struct Spilled {
     file: File,
@@ -330,7 +336,8 @@ impl Streams {
         let file = tempfile::tempfile_in(dir).map_err(spill)?;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
         let mut lists = Vec::with_capacity(self.lists.len());
-        let mut crcs = Vec::with_capacity(self.lists.len() + self.tails / LIST_BLOCK);
+        let blocks = usize::try_from(head).unwrap_or(usize::MAX) / LIST_BLOCK;
+        let mut crcs = Vec::with_capacity(self.lists.len().saturating_add(blocks));
         let (mut at, mut bytes) = (0u64, Vec::with_capacity(LIST_BLOCK * 4));
         self.for_each(false, |stream, positions| {
             let crc_at = u32::try_from(crcs.len())
@@ -359,29 +366,42 @@ impl Streams {
         })
     }
 
-    /// Reads the lists from `spilled` from now on, the tails it holds let
-    /// go. `false` (nothing changed) when a position was indexed since it
-    /// was written.
-    pub(super) fn install(&mut self, spilled: Spilled) -> bool {
+    /// Reads the lists from `spilled` from now on. Gives back what it
+    /// replaces (the tails, and the file read before) to be freed after
+    /// the index's lock is let go; `None` (nothing changed) when the lists
+    /// changed since it was written.
+    pub(super) fn install(&mut self, spilled: Spilled) -> Option<Replaced> {
         if spilled.tails != self.tails || spilled.lists.len() != self.lists.len() {
-            return false;
+            return None;
         }
-        for (stream, at) in spilled.lists {
-            if let Some(list) = self.lists.get_mut(&stream) {
-                list.at = at.at;
-                list.filed = at.count;
-                list.crc_at = at.crc_at;
-                list.tail = Vec::new();
-            }
+        // No stream was added since the spill, so the map's order is the
+        // one the spill wrote them in.
+        if !self
+            .lists
+            .keys()
+            .zip(&spilled.lists)
+            .all(|(s, (t, _))| s == t)
+        {
+            return None;
         }
-        self.filed = Some(Arc::new(Filed {
+        let mut tails = Vec::with_capacity(self.lists.len());
+        for (list, (_, at)) in self.lists.values_mut().zip(spilled.lists) {
+            list.at = at.at;
+            list.filed = at.count;
+            list.crc_at = at.crc_at;
+            tails.push(std::mem::take(&mut list.tail));
+        }
+        let file = self.filed.replace(Arc::new(Filed {
             file: spilled.file,
             path: spilled.path,
             crcs: spilled.crcs,
             head: spilled.head,
         }));
         self.tails = 0;
-        true
+        Some(Replaced {
+            _tails: tails,
+            _file: file,
+        })
     }
 
     /// Adds `position` as the stream's next version.
