@@ -4631,6 +4631,17 @@ mod index_tests {
         }
     }
 
+    /// Every position of `stream`, by version, as the index lists them.
+    fn positions_of(log: &SegmentLog, stream: StreamId) -> Vec<u32> {
+        let state = log.state.read().unwrap();
+        state
+            .index
+            .streams
+            .all(&stream)
+            .unwrap()
+            .unwrap_or_default()
+    }
+
     /// Swaps two streams' lists and checks that `verify` names exactly the
     /// frames of both, each once, `meanwhile` running while they are
     /// swapped; swapped back, `verify` passes.
@@ -4641,19 +4652,9 @@ mod index_tests {
         b: StreamId,
         meanwhile: &dyn Fn(),
     ) {
-        let positions = |s| {
-            log.state
-                .read()
-                .unwrap()
-                .index
-                .streams
-                .all(&s)
-                .unwrap()
-                .unwrap()
-        };
-        let mut expected: Vec<u64> = positions(a)
+        let mut expected: Vec<u64> = positions_of(log, a)
             .iter()
-            .chain(&positions(b))
+            .chain(&positions_of(log, b))
             .map(|&p| u64::from(p))
             .collect();
         expected.sort();
@@ -4686,16 +4687,7 @@ mod index_tests {
         log_with_long_lists(&rt, dir.path());
         let (store, log) = open_log(dir.path(), true, u64::MAX);
         let [s1, s2, s3] = [1, 2, 3].map(|s| StreamId(Uuid::from_u128(s)));
-        let positions = |s| {
-            log.state
-                .read()
-                .unwrap()
-                .index
-                .streams
-                .all(&s)
-                .unwrap()
-                .unwrap()
-        };
+        let positions = |s| positions_of(&log, s);
         let (p2, p3) = (positions(s2), positions(s3));
         assert_eq!((p2.len(), p3.len()), (4, 6), "{p2:?} {p3:?}");
         // Streams 2 (in the file) and 3 (in the file and in memory): the
