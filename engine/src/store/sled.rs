@@ -122,15 +122,33 @@ impl SledStore {
         // sled panics on some damaged files instead of returning an error;
         // a damaged store must be an error (exit 3), never a crash.
         let config = sled::Config::new().path(dir).cache_capacity(cache_bytes());
-        let db = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()))
-            .map_err(|panic| StoreError::Corrupt {
-                location: sled_files(dir),
-                what: format!(
-                    "sled cannot read its files ({}); restore from a backup",
-                    panic_text(&panic)
-                ),
-            })?
-            .map_err(|e| open_error(e, &path_text))?;
+        let open = || {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| config.open())).map_err(
+                |panic| StoreError::Corrupt {
+                    location: sled_files(dir),
+                    what: format!(
+                        "sled cannot read its files ({}); restore from a backup",
+                        panic_text(&panic)
+                    ),
+                },
+            )
+        };
+        let started = std::time::Instant::now();
+        let db = loop {
+            match open()? {
+                Ok(db) => break db,
+                // The process lock is ours, so sled's own lock can only be
+                // held by a handle of this process that is letting go of
+                // it: sled's background threads keep its files open for a
+                // moment after its last handle is dropped (a reopen in the
+                // same process failed so under load). Waited for as the
+                // process lock waits for a handle released here.
+                Err(e) if is_sled_lock(&e) && started.elapsed() < RELEASED_HERE_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(open_error(e, &path_text)),
+            }
+        };
         match db.get(FORMAT_KEY).map_err(|e| StoreError::io("open", e))? {
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
@@ -231,9 +249,14 @@ impl SledStore {
     }
 }
 
+/// Whether sled failed to take its lock on its files.
+fn is_sled_lock(e: &sled::Error) -> bool {
+    e.to_string().contains("could not acquire lock")
+}
+
 fn open_error(e: sled::Error, path: &str) -> StoreError {
     let text = e.to_string();
-    if text.contains("could not acquire lock") {
+    if is_sled_lock(&e) {
         StoreError::InUse {
             path: path.to_string(),
             pid: None,
@@ -1224,6 +1247,31 @@ pub fn decode_event_at(position: u64, value: &[u8]) -> Result<StoredEvent, Store
 mod tests {
     use super::*;
     use std::os::fd::AsRawFd;
+
+    /// sled's own lock, held by a handle of this process that lets go of
+    /// it soon, is waited for (sled's threads keep its files a moment after
+    /// its last handle); held for longer than the wait, the open is refused
+    /// as in use.
+    #[test]
+    fn an_open_waits_for_sleds_files_let_go_in_this_process() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(SledStore::open(dir.path(), true).unwrap());
+        let held = sled::Config::new().path(dir.path()).open().unwrap();
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(held);
+        });
+        let store = SledStore::open(dir.path(), false);
+        releaser.join().unwrap();
+        assert!(store.is_ok(), "{:?}", store.err());
+        drop(store);
+        let held = sled::Config::new().path(dir.path()).open().unwrap();
+        match SledStore::open(dir.path(), false) {
+            Err(StoreError::InUse { .. }) => {}
+            other => panic!("expected in use, got {:?}", other.err()),
+        }
+        drop(held);
+    }
 
     #[test]
     fn a_second_open_in_the_same_process_is_refused_at_once() {
