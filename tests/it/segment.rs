@@ -1226,8 +1226,6 @@ fn damage_under_a_snapshot_is_found_by_reads_and_verify() {
     );
 }
 
-/// Recomputes an index snapshot's trailing checksum after an edit (what a
-/// hand-made snapshot would do).
 /// Sorts an index snapshot's `(fingerprint, position)` pairs again (the
 /// format keeps them sorted by fingerprint, then position; they end 32
 /// bytes before the file does) and puts a checksum over the result.
@@ -1251,6 +1249,8 @@ fn resort_ids_and_rehash(bytes: &mut [u8], head: usize) {
     rehash(bytes);
 }
 
+/// Recomputes an index snapshot's trailing checksum after an edit (what a
+/// hand-made snapshot would do).
 fn rehash(bytes: &mut [u8]) {
     let n = bytes.len() - 32;
     let hash = blake3::hash(&bytes[..n]);

@@ -133,22 +133,16 @@ impl SledStore {
                 },
             )
         };
-        let started = std::time::Instant::now();
-        let db = loop {
-            match open()? {
-                Ok(db) => break db,
-                // The process lock is ours, so sled's own lock can only be
-                // held by a handle of this process that is letting go of
-                // it: sled's background threads keep its files open for a
-                // moment after its last handle is dropped (a reopen in the
-                // same process failed so under load). Waited for as the
-                // process lock waits for a handle released here.
-                Err(e) if is_sled_lock(&e) && started.elapsed() < RELEASED_HERE_WAIT => {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                Err(e) => return Err(open_error(e, &path_text)),
-            }
-        };
+        // The process lock is ours, so sled's own lock can only be held by
+        // a handle of this process that is letting go of it: sled's
+        // background threads keep its files open for a moment after its
+        // last handle is dropped (a reopen in the same process failed so
+        // under load). Waited for as the process lock waits for a handle
+        // released here.
+        let db = released_here(
+            || open()?.map_err(|e| open_error(e, &path_text)),
+            |e| matches!(e, StoreError::InUse { .. }),
+        )?;
         match db.get(FORMAT_KEY).map_err(|e| StoreError::io("open", e))? {
             Some(v) => {
                 let found = <[u8; 4]>::try_from(v.as_ref())
@@ -249,14 +243,9 @@ impl SledStore {
     }
 }
 
-/// Whether sled failed to take its lock on its files.
-fn is_sled_lock(e: &sled::Error) -> bool {
-    e.to_string().contains("could not acquire lock")
-}
-
 fn open_error(e: sled::Error, path: &str) -> StoreError {
     let text = e.to_string();
-    if is_sled_lock(&e) {
+    if text.contains("could not acquire lock") {
         StoreError::InUse {
             path: path.to_string(),
             pid: None,
@@ -323,9 +312,29 @@ pub(crate) struct ProcessLock {
 /// a child being spawned (between `fork` and `exec`), so it is retried.
 static HELD: std::sync::Mutex<Vec<std::path::PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-/// How long [`ProcessLock::acquire`] waits for a lock that this process
-/// released a moment ago (a spawning child's copy of the descriptor).
+/// How long an open waits for a lock that this process released a moment
+/// ago: the process lock (a spawning child's copy of the descriptor), and
+/// then sled's own (its threads letting go of its files); up to twice this
+/// in all.
 const RELEASED_HERE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `attempt` until it succeeds, tried again every 5 ms for up to
+/// [`RELEASED_HERE_WAIT`] while `ours` says its failure is a lock this
+/// process is letting go of.
+fn released_here<T, E>(
+    mut attempt: impl FnMut() -> Result<T, E>,
+    mut ours: impl FnMut(&E) -> bool,
+) -> Result<T, E> {
+    let started = std::time::Instant::now();
+    loop {
+        match attempt() {
+            Err(e) if ours(&e) && started.elapsed() < RELEASED_HERE_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            done => return done,
+        }
+    }
+}
 
 impl ProcessLock {
     pub(crate) fn acquire(dir: &Path) -> Result<ProcessLock, StoreError> {
@@ -349,17 +358,20 @@ impl ProcessLock {
         if held_here() {
             return Err(in_use(Some(me)));
         }
-        let started = std::time::Instant::now();
-        while file.try_lock_exclusive().is_err() {
-            let mut text = String::new();
-            let _ = file.seek(std::io::SeekFrom::Start(0));
-            let _ = file.read_to_string(&mut text);
-            let pid = text.trim().parse().ok();
-            if pid != Some(me) || held_here() || started.elapsed() > RELEASED_HERE_WAIT {
-                return Err(in_use(pid));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        // Taken by another process (the pid it wrote), or by this one a
+        // moment ago and not held here any more: waited for.
+        released_here(
+            || {
+                file.try_lock_exclusive().map_err(|_| {
+                    let mut text = String::new();
+                    let _ = file.seek(std::io::SeekFrom::Start(0));
+                    let _ = file.read_to_string(&mut text);
+                    text.trim().parse().ok()
+                })
+            },
+            |pid| *pid == Some(me) && !held_here(),
+        )
+        .map_err(in_use)?;
         // Best effort: the pid is only for the message above.
         let _ = file.set_len(0);
         let _ = file.seek(std::io::SeekFrom::Start(0));

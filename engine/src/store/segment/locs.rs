@@ -123,25 +123,33 @@ impl Locations {
     /// the group's base and wide rank already at hand.
     #[inline]
     fn loc_in(&self, run: &Run, next_first: u64, p: u64) -> Option<Loc> {
-        let k = p.checked_sub(run.first)?;
-        let g = run.group.checked_add(usize::try_from(k / GROUP).ok()?)?;
-        let base = run.base + u64::from(*self.bases.get(g)?);
-        let rank = self.wide_rank(g);
-        let i = usize::try_from(p.checked_sub(1)?).ok()?;
-        let j = (k % GROUP) as usize;
+        let (base, rank, i, j) = self.place(run, p)?;
         let offset = base + self.group_offset(rank, i, j)?;
         let end = if p + 1 >= next_first {
             run.end
         } else if j + 1 < GROUP as usize {
             base + self.group_offset(rank, i + 1, j + 1)?
         } else {
-            run.base + self.run_offset(run, p + 1)?
+            let (base, rank, i, j) = self.place(run, p + 1)?;
+            base + self.group_offset(rank, i, j)?
         };
         Some(Loc {
             offset,
             len: u32::try_from(end.checked_sub(offset)?).ok()?,
             seg: run.seg,
         })
+    }
+
+    /// Position `p`'s place in `run`, which holds it: its group's first
+    /// frame's offset in the segment, the group's wide rank (if wide),
+    /// p's entry and its place in the group.
+    #[inline]
+    fn place(&self, run: &Run, p: u64) -> Option<(u64, Option<usize>, usize, usize)> {
+        let k = p.checked_sub(run.first)?;
+        let g = run.group.checked_add(usize::try_from(k / GROUP).ok()?)?;
+        let base = run.base + u64::from(*self.bases.get(g)?);
+        let i = usize::try_from(p.checked_sub(1)?).ok()?;
+        Some((base, self.wide_rank(g), i, (k % GROUP) as usize))
     }
 
     /// How far entry `i` (the `j`th of its group) starts after its group's
@@ -156,16 +164,6 @@ impl Locations {
                 Some(u64::from(*self.high.get(at)?) << 16 | low)
             }
         }
-    }
-
-    /// Position `p`'s offset from the start of `run`, which holds it.
-    #[inline]
-    fn run_offset(&self, run: &Run, p: u64) -> Option<u64> {
-        let k = p.checked_sub(run.first)?;
-        let g = run.group.checked_add(usize::try_from(k / GROUP).ok()?)?;
-        let base = u64::from(*self.bases.get(g)?);
-        let i = usize::try_from(p.checked_sub(1)?).ok()?;
-        Some(base + self.group_offset(self.wide_rank(g), i, (k % GROUP) as usize)?)
     }
 
     /// How many groups before group `g` are wide, if `g` is.
@@ -282,7 +280,8 @@ impl Locations {
     /// Starts a group with the next position, its frame `from_base` bytes
     /// from the start of its run.
     fn start_group(&mut self, from_base: u32) {
-        self.wide_word(self.bases.len());
+        // No word of wide flags yet: a missing word is all narrow, and
+        // `widen` adds the words up to a group that turns wide.
         self.bases.push(from_base);
         self.low.push(0);
     }
@@ -322,14 +321,17 @@ impl Locations {
         Ok(())
     }
 
-    /// Where the frames the index holds of segment `seg` end (0 when it
-    /// holds none of that segment's).
-    pub(super) fn end_of(&self, seg: u32) -> u64 {
-        self.runs
-            .iter()
-            .rev()
-            .find(|r| r.seg == seg)
-            .map_or(0, |r| r.end)
+    /// Where the frames the index holds of each of `n` segments end (0
+    /// for a segment it holds none of), in one pass over the runs (in
+    /// segment order; a segment's last run ends its frames).
+    pub(super) fn segment_ends(&self, n: usize) -> Vec<u64> {
+        let mut ends = vec![0; n];
+        for run in &self.runs {
+            if let Some(end) = ends.get_mut(run.seg as usize) {
+                *end = run.end;
+            }
+        }
+        ends
     }
 
     /// Per segment, from segment 0 on, its first position and where its
@@ -416,8 +418,7 @@ mod tests {
         );
         // Segment 1 holds no frame: no segment list for a snapshot.
         assert_eq!(spans(&l), None);
-        let ends: Vec<u64> = (0..5).map(|seg| l.end_of(seg)).collect();
-        assert_eq!(ends, [220, 0, 70, 10, 0]);
+        assert_eq!(l.segment_ends(5), [220, 0, 70, 10, 0]);
         // 2 bytes a position, and a group of 4 bytes in each run.
         let bytes = l.allocated_bytes();
         assert!(

@@ -316,6 +316,13 @@ impl SegmentStore {
         create: bool,
         options: SegmentOptions,
     ) -> Result<Arc<SegmentStore>, StoreError> {
+        // A spill at 0 would spill at every group, and doubling 0 after a
+        // failure would stay 0.
+        let options = SegmentOptions {
+            spill_ids: options.spill_ids,
+            spill_streams: options.spill_streams,
+            ..options
+        };
         let text = dir.display().to_string();
         if dir.join("db").exists() || dir.join("conf").exists() {
             return Err(StoreError::Io {
@@ -1575,7 +1582,7 @@ impl SegmentLog {
             dir,
             options.read_snapshot,
             options.event_ids_at_open,
-            options.spill_ids.max(1),
+            options.spill_ids,
         )?;
         let head = rec.index.head();
         // The watermark, checked before anything is cut.
@@ -1673,8 +1680,8 @@ impl SegmentLog {
                 None => 0,
             },
             snapshot_min_events: options.snapshot_min_events,
-            spill_ids: options.spill_ids.max(1),
-            spill_streams: options.spill_streams.max(1),
+            spill_ids: options.spill_ids,
+            spill_streams: options.spill_streams,
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
         };
@@ -1786,14 +1793,15 @@ impl SegmentLog {
         let Some(versions) = versions else {
             return Ok(None);
         };
+        Ok(Some((start + 1, self.wanted_in(versions)?)))
+    }
+
+    /// Where the events of `versions` are: their positions read (those in
+    /// a file without the index's lock), then located under it.
+    fn wanted_in(&self, versions: streams::Versions) -> Result<Vec<Wanted>, StoreError> {
         let list = versions.read()?;
         let state = self.read()?;
-        Ok(Some((
-            start + 1,
-            list.iter()
-                .map(|&p| state.wanted(u64::from(p)))
-                .collect::<Result<_, _>>()?,
-        )))
+        list.iter().map(|&p| state.wanted(u64::from(p))).collect()
     }
 
     fn checkpoint_path(&self, name: &str) -> Result<PathBuf, StoreError> {
@@ -3125,20 +3133,10 @@ impl EventStore for SegmentLog {
                 .filter_map(|s| Some((*s, state.index.streams.versions(s, 0, u64::MAX)?)))
                 .collect()
         };
-        let lists: Vec<(StreamId, Vec<u32>)> = versions
+        let wanted: Vec<(StreamId, Vec<Wanted>)> = versions
             .into_iter()
-            .map(|(s, v)| Ok((s, v.read()?)))
+            .map(|(s, v)| Ok((s, self.wanted_in(v)?)))
             .collect::<Result<_, StoreError>>()?;
-        let wanted: Vec<(StreamId, Vec<Wanted>)> = {
-            let state = self.read()?;
-            lists
-                .iter()
-                .map(|(s, list)| {
-                    let locs = list.iter().map(|&p| state.wanted(u64::from(p)));
-                    Ok((*s, locs.collect::<Result<_, StoreError>>()?))
-                })
-                .collect::<Result<_, StoreError>>()?
-        };
         let mut found = HashMap::with_capacity(wanted.len());
         for (stream, locs) in wanted {
             found.insert(stream, read_runs(locs, Asked::Stream(stream, 1))?);
@@ -3279,10 +3277,8 @@ impl SegmentLog {
     fn verify_from(&self) -> Result<VerifyFrom, StoreError> {
         ids_ready(&self.state, &self.ids_loader, &self.dir)?;
         let state = self.read()?;
-        let segments: Vec<(Arc<Segment>, u64)> = (0u32..)
-            .zip(&state.segments)
-            .map(|(i, seg)| (seg.clone(), state.index.locs.end_of(i)))
-            .collect();
+        let ends = state.index.locs.segment_ends(state.segments.len());
+        let segments: Vec<(Arc<Segment>, u64)> = state.segments.iter().cloned().zip(ends).collect();
         Ok(VerifyFrom {
             head: state.index.head(),
             head_hash: state.index.head_hash,
@@ -3530,10 +3526,10 @@ fn check_content(
     check.finish()
 }
 
-/// Positions whose entries in files `verify` sums together ([`Sums`]).
+/// Positions whose entries in files `verify` sums together ([`FileSums`]).
 const SUM_BLOCK: u64 = 1 << 16;
 
-/// An id's entry for [`Sums`]: its fingerprint and position.
+/// An id's entry for [`FileSums`]: its fingerprint and position.
 fn id_entry(fp: u64, p: u64) -> [u8; 16] {
     let mut e = [0u8; 16];
     e[..8].copy_from_slice(&fp.to_le_bytes());
@@ -3541,7 +3537,7 @@ fn id_entry(fp: u64, p: u64) -> [u8; 16] {
     e
 }
 
-/// A stream list's entry for [`Sums`]: the stream, the version, the
+/// A stream list's entry for [`FileSums`]: the stream, the version, the
 /// position.
 fn stream_entry(stream: &StreamId, version: u64, p: u64) -> [u8; 32] {
     let mut e = [0u8; 32];
@@ -3552,264 +3548,205 @@ fn stream_entry(stream: &StreamId, version: u64, p: u64) -> [u8; 32] {
 }
 
 /// `verify`'s check of index entries held in files (the snapshot's ids and
-/// stream lists, spilled runs of ids) without a table of them by
-/// position: for each block of [`SUM_BLOCK`] positions, the sum of a keyed
-/// hash of each entry the files list, and the same sum of what the frames
-/// hold. The hash is SipHash-1-3 under a key drawn for each verify (std's
-/// `RandomState`), of the entry as a whole: no file can be made to match
-/// frames it does not (a hash keyed only after the entry was folded into
-/// one word could: two entries folding alike match under every key).
-/// Equal sums then mean equal entries but for a chance of about 2^-64 a
-/// block; a block whose sums differ is checked position by position, its
-/// frames read again ([`misfiled_in`]).
-struct Sums {
-    /// The last position the files hold.
+/// stream lists, spilled runs of ids, spilled stream lists) without a
+/// table of them by position: for each block of [`SUM_BLOCK`] positions,
+/// the sum of a keyed hash of each entry the files list, and the same sum
+/// of what the frames hold. The hash is SipHash-1-3 under a key drawn for
+/// each verify (std's `RandomState`), of the entry as a whole (its bytes,
+/// the position among them): no file can be made to match frames it does
+/// not (a hash keyed only after the entry was folded into one word could:
+/// two entries folding alike match under every key). Equal sums then mean
+/// equal entries but for a chance of about 2^-64 a block; a block whose
+/// sums differ is checked position by position, its frames read again
+/// ([`FileSums::misfiled`]). `N`: an entry's bytes.
+struct FileSums<'a, const N: usize> {
+    /// Each entry the files list, with its position.
+    entries: Entries<'a, N>,
+    /// The last position the files hold (each of 1..=len once).
     len: u64,
     key: std::collections::hash_map::RandomState,
     listed: Vec<u64>,
     found: Vec<u64>,
 }
 
-impl Sums {
-    fn new(len: u64) -> Sums {
+/// Hands each entry of the files, with its position, to its argument.
+type Entries<'a, const N: usize> =
+    Box<dyn Fn(&mut dyn FnMut(u64, [u8; N])) -> Result<(), StoreError> + 'a>;
+
+impl<'a, const N: usize> FileSums<'a, N> {
+    /// The sums of the `len` entries `entries` gives (`what` names them
+    /// in the error when they are not `len`); `None` when `len` is 0.
+    fn of(len: u64, what: &str, entries: Entries<'a, N>) -> Result<Option<Self>, StoreError> {
+        if len == 0 {
+            return Ok(None);
+        }
         let blocks = len.div_ceil(SUM_BLOCK) as usize;
-        Sums {
+        let mut sums = FileSums {
+            entries,
             len,
             key: std::collections::hash_map::RandomState::new(),
             listed: vec![0; blocks],
             found: vec![0; blocks],
+        };
+        let mut count = 0u64;
+        (sums.entries)(&mut |p, entry| {
+            if let Some(block) = block_of(len, p) {
+                let h = mix(&sums.key, entry);
+                sums.listed[block] = sums.listed[block].wrapping_add(h);
+            }
+            count += 1;
+        })?;
+        // Every position 1..=len once (checked when each file was read or
+        // written).
+        if count != len {
+            return Err(StoreError::Internal(format!(
+                "the index's {what} list {count} positions of {len}"
+            )));
         }
-    }
-
-    /// Position `p`'s block, if the files hold its entry.
-    fn block(&self, p: u64) -> Option<usize> {
-        (1..=self.len)
-            .contains(&p)
-            .then(|| ((p - 1) / SUM_BLOCK) as usize)
-    }
-
-    /// The keyed hash of an entry (its position in its bytes): one
-    /// array, hashed with one write of its bytes.
-    fn mix<const N: usize>(&self, entry: [u8; N]) -> u64 {
-        use std::hash::Hasher;
-        let mut h = self.key.build_hasher();
-        h.write(&entry);
-        h.finish()
-    }
-
-    /// Adds an entry a file lists for position `p`.
-    fn list<const N: usize>(&mut self, entry: [u8; N], p: u64) {
-        if let Some(block) = self.block(p) {
-            self.listed[block] = self.listed[block].wrapping_add(self.mix(entry));
-        }
+        Ok(Some(sums))
     }
 
     /// Adds the entry the frame at `p` holds; `false` when `p` is not the
     /// files'.
-    fn add<const N: usize>(&mut self, entry: [u8; N], p: u64) -> bool {
-        let Some(block) = self.block(p) else {
+    fn add(&mut self, entry: [u8; N], p: u64) -> bool {
+        let Some(block) = block_of(self.len, p) else {
             return false;
         };
-        self.found[block] = self.found[block].wrapping_add(self.mix(entry));
+        self.found[block] = self.found[block].wrapping_add(mix(&self.key, entry));
         true
     }
 
-    /// The blocks whose sums differ.
-    fn bad(&self) -> Vec<usize> {
-        (0..self.listed.len())
+    /// The positions of every block whose sums differ where the files list
+    /// another entry than the frame's (`frame`: the entry a frame holds):
+    /// a few blocks at a time, the files read once for each few (each
+    /// listed entry kept as its keyed hash, 8 bytes), the blocks' frames
+    /// read again (headers only). A frame that cannot be read is left to
+    /// the chain check, which reports it.
+    fn misfiled(
+        &self,
+        state: &RwLock<State>,
+        frame: impl Fn(&State, &FrameMeta) -> [u8; N],
+    ) -> Result<Vec<u64>, StoreError> {
+        let bad: Vec<usize> = (0..self.listed.len())
             .filter(|&b| self.listed[b] != self.found[b])
-            .collect()
-    }
-}
-
-/// The positions of the blocks whose `sums` differ where the frames
-/// disagree with what the files list: a few blocks at a time, `listed`
-/// filling, for those blocks, each position's entry from the files (read
-/// once for each few), and `differs` telling, for each frame read again
-/// (headers only), whether the entry listed at its position is not its
-/// own. A frame that cannot be read is left to the chain check, which
-/// reports it.
-fn misfiled_in<T: Clone + Default>(
-    state: &RwLock<State>,
-    sums: &Sums,
-    mut listed: impl FnMut(&mut dyn FnMut(u64, T)) -> Result<(), StoreError>,
-    differs: impl Fn(&State, &FrameMeta, &T) -> bool,
-) -> Result<Vec<u64>, StoreError> {
-    let (bad, len) = (sums.bad(), sums.len);
-    let mut misfiled = Vec::new();
-    let mut buf = Vec::new();
-    for few in bad.chunks(MISFILED_BLOCKS_AT_ONCE) {
-        let mut entries: HashMap<usize, Vec<T>> = few
-            .iter()
-            .map(|&b| (b, vec![T::default(); SUM_BLOCK as usize]))
             .collect();
-        listed(&mut |p, entry| {
-            if let Some(at) = sums.block(p).and_then(|b| entries.get_mut(&b)) {
-                at[((p - 1) % SUM_BLOCK) as usize] = entry;
-            }
-        })?;
-        for &b in few {
-            let first = b as u64 * SUM_BLOCK + 1;
-            let last = (first + SUM_BLOCK - 1).min(len);
-            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-            let wanted: Vec<Wanted> = (first..=last)
-                .map(|p| state.wanted(p))
-                .collect::<Result<_, _>>()?;
-            let listed = &entries[&b];
-            for_each_run(&mut buf, &wanted, |_, frames, run| {
-                let mut at = 0usize;
-                for &(p, loc, _) in frames {
-                    // The next frame starts where its location says.
-                    if let Ok((meta, ..)) = decode_frame(&run[at..]) {
-                        let entry = &listed[((p - 1) % SUM_BLOCK) as usize];
-                        if meta.position == p && differs(&state, &meta, entry) {
-                            misfiled.push(p);
-                        }
-                    }
-                    at += loc.len as usize;
+        let mut misfiled = Vec::new();
+        let mut buf = Vec::new();
+        for few in bad.chunks(MISFILED_BLOCKS_AT_ONCE) {
+            let mut listed: HashMap<usize, Vec<u64>> = few
+                .iter()
+                .map(|&b| (b, vec![0; SUM_BLOCK as usize]))
+                .collect();
+            (self.entries)(&mut |p, entry| {
+                if let Some(at) = block_of(self.len, p).and_then(|b| listed.get_mut(&b)) {
+                    at[((p - 1) % SUM_BLOCK) as usize] = mix(&self.key, entry);
                 }
-                Ok(())
             })?;
-        }
-    }
-    Ok(misfiled)
-}
-
-/// The ids held in files, summed ([`Sums`]) by `(fingerprint, position)`.
-struct IdSums {
-    runs: Vec<Arc<sorted_ids::SortedIds>>,
-    sums: Sums,
-}
-
-impl IdSums {
-    /// The sums of what `runs` list; `None` when there are none.
-    fn of(runs: &[Arc<sorted_ids::SortedIds>]) -> Result<Option<IdSums>, StoreError> {
-        let Some(len) = runs.last().map(|r| r.last()) else {
-            return Ok(None);
-        };
-        let mut sums = Sums::new(len);
-        let mut count = 0u64;
-        for run in runs {
-            for pair in run.pairs() {
-                let (fp, p) = pair.map_err(unreadable_ids)?;
-                sums.list(id_entry(fp, u64::from(p)), u64::from(p));
-                count += 1;
+            for &b in few {
+                let first = b as u64 * SUM_BLOCK + 1;
+                let last = (first + SUM_BLOCK - 1).min(self.len);
+                let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+                let wanted: Vec<Wanted> = (first..=last)
+                    .map(|p| state.wanted(p))
+                    .collect::<Result<_, _>>()?;
+                let listed = &listed[&b];
+                for_each_run(&mut buf, &wanted, |_, frames, run| {
+                    let mut at = 0usize;
+                    for &(p, loc, _) in frames {
+                        // The next frame starts where its location says.
+                        if let Ok((meta, ..)) = decode_frame(&run[at..]) {
+                            let entry = listed[((p - 1) % SUM_BLOCK) as usize];
+                            if meta.position == p && entry != mix(&self.key, frame(&state, &meta)) {
+                                misfiled.push(p);
+                            }
+                        }
+                        at += loc.len as usize;
+                    }
+                    Ok(())
+                })?;
             }
         }
-        // Every position 1..=len once (checked when each run was read or
-        // written).
-        if count != len {
-            return Err(StoreError::Internal(format!(
-                "the index's event ids list {count} positions of {len}"
-            )));
-        }
-        Ok(Some(IdSums {
-            runs: runs.to_vec(),
-            sums,
-        }))
-    }
-
-    /// The positions where the files list another fingerprint than the
-    /// frame's id has.
-    fn misfiled(&self, state: &RwLock<State>) -> Result<Vec<u64>, StoreError> {
-        let listed = |put: &mut dyn FnMut(u64, u64)| {
-            for pair in self.runs.iter().flat_map(|r| r.pairs()) {
-                let (fp, p) = pair.map_err(unreadable_ids)?;
-                put(u64::from(p), fp);
-            }
-            Ok(())
-        };
-        let differs = |state: &State, meta: &FrameMeta, fp: &u64| {
-            *fp != state.index.ids.fingerprint(&meta.event_id)
-        };
-        misfiled_in(state, &self.sums, listed, differs)
+        Ok(misfiled)
     }
 }
 
-/// The stream lists held in the snapshot's file, summed ([`Sums`]) by
-/// `(stream, version, position)`.
-struct StreamSums {
-    /// The lists in the file (without the index's lock held).
-    streams: Streams,
-    sums: Sums,
+/// Position `p`'s block of [`SUM_BLOCK`], if it is one of `1..=len`.
+fn block_of(len: u64, p: u64) -> Option<usize> {
+    (1..=len)
+        .contains(&p)
+        .then(|| ((p - 1) / SUM_BLOCK) as usize)
 }
 
-impl StreamSums {
-    /// The sums of the lists in `streams`' file (no tails); `None` when
-    /// no list is there. Every position up to the file's head is listed
-    /// once (checked as the file was read or written).
-    fn of(streams: Streams) -> Result<Option<StreamSums>, StoreError> {
-        let len = streams.filed_head();
-        if len == 0 {
-            return Ok(None);
-        }
-        let mut sums = Sums::new(len);
-        let mut count = 0u64;
-        Self::each(&streams, |stream, v, p| {
-            sums.list(stream_entry(stream, v, p), p);
-            count += 1;
-        })?;
-        if count != len {
-            return Err(StoreError::Internal(format!(
-                "the index's stream lists list {count} positions of {len}"
-            )));
-        }
-        Ok(Some(StreamSums { streams, sums }))
-    }
+/// The keyed hash of an entry: its bytes in one write.
+fn mix<const N: usize>(key: &std::collections::hash_map::RandomState, entry: [u8; N]) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = key.build_hasher();
+    h.write(&entry);
+    h.finish()
+}
 
-    /// Each `(stream, version, position)` the file lists.
-    fn each(streams: &Streams, mut put: impl FnMut(&StreamId, u64, u64)) -> Result<(), StoreError> {
+/// The sums of the ids held in files (the snapshot's, spilled runs).
+fn id_sums(runs: &[Arc<sorted_ids::SortedIds>]) -> Result<Option<FileSums<'_, 16>>, StoreError> {
+    let len = runs.last().map_or(0, |r| r.last());
+    let entries = Box::new(move |put: &mut dyn FnMut(u64, [u8; 16])| {
+        for pair in runs.iter().flat_map(|r| r.pairs()) {
+            let (fp, p) = pair.map_err(unreadable_ids)?;
+            put(u64::from(p), id_entry(fp, u64::from(p)));
+        }
+        Ok(())
+    });
+    FileSums::of(len, "event ids", entries)
+}
+
+/// The sums of the stream lists held in `streams`' file (no tails).
+fn stream_sums(streams: Streams) -> Result<Option<FileSums<'static, 32>>, StoreError> {
+    let len = streams.filed_head();
+    let entries = Box::new(move |put: &mut dyn FnMut(u64, [u8; 32])| {
         streams.for_each(true, |stream, positions| {
             for (v, &p) in (1u64..).zip(positions) {
-                put(stream, v, u64::from(p));
+                put(u64::from(p), stream_entry(stream, v, u64::from(p)));
             }
             Ok(())
         })
-    }
-
-    /// The positions whose frame's stream and version the file lists at
-    /// another position. Each listed entry is held as its keyed hash
-    /// (8 bytes a position of a block, as an id's fingerprint is).
-    fn misfiled(&self, state: &RwLock<State>) -> Result<Vec<u64>, StoreError> {
-        let sums = &self.sums;
-        let listed = |put: &mut dyn FnMut(u64, u64)| {
-            Self::each(&self.streams, |stream, v, p| {
-                put(p, sums.mix(stream_entry(stream, v, p)))
-            })
-        };
-        let differs = |_: &State, meta: &FrameMeta, listed: &u64| {
-            *listed != sums.mix(stream_entry(&meta.stream, meta.version, meta.position))
-        };
-        misfiled_in(state, sums, listed, differs)
-    }
+    });
+    FileSums::of(len, "stream lists", entries)
 }
 
-/// Blocks of positions [`misfiled_in`] checks at a time.
+/// Blocks of positions [`FileSums::misfiled`] checks at a time.
 const MISFILED_BLOCKS_AT_ONCE: usize = 16;
 
 /// Checks each `(position, stream, version)` of `pending` against the
 /// stream lists, whose file holds the version (the writer spilled it there
-/// during the verify), and empties it: where each is is taken under the
-/// index's lock, the file read after it. A list that cannot be read is a
-/// problem at the frame.
+/// during the verify), and empties it: the versions pending of each stream
+/// read with one read of the file, where they are taken under the index's
+/// lock and the file read after it. A list that cannot be read is a
+/// problem at each of its frames.
 fn check_spilled_versions(
     state: &RwLock<State>,
     pending: &mut Vec<(u64, StreamId, u64)>,
     problems: &mut Problems,
 ) -> Result<(), StoreError> {
-    for (position, stream, v) in pending.drain(..) {
+    pending.sort_unstable_by_key(|&(_, stream, v)| (stream, v));
+    for of_stream in pending.chunk_by(|a, b| a.1 == b.1) {
+        let (stream, low) = (of_stream[0].1, of_stream[0].2);
+        let high = of_stream[of_stream.len() - 1].2;
         let versions = {
             let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-            state.index.streams.versions(&stream, v - 1, v)
+            state.index.streams.versions(&stream, low - 1, high)
         };
-        match versions.map(streams::Versions::read).transpose() {
-            Ok(Some(list)) if list.first().map(|&p| u64::from(p)) == Some(position) => {}
-            Ok(_) => problems.push(position, || {
-                format!("stream index for version {v} is wrong")
-            }),
-            Err(e) => problems.push(position, || format!("stream index cannot be read: {e}")),
+        let listed = versions.map(streams::Versions::read).transpose();
+        for &(position, _, v) in of_stream {
+            match &listed {
+                Ok(Some(list))
+                    if list.get((v - low) as usize).map(|&p| u64::from(p)) == Some(position) => {}
+                Ok(_) => problems.push(position, || {
+                    format!("stream index for version {v} is wrong")
+                }),
+                Err(e) => problems.push(position, || format!("stream index cannot be read: {e}")),
+            }
         }
     }
+    pending.clear();
     Ok(())
 }
 
@@ -3824,10 +3761,10 @@ fn check_index_batches(
     let mut problems = Problems::default();
     // The ids in files are summed a block of positions at a time, where a
     // look-up in a file would read a block of it for every frame.
-    let mut sums = IdSums::of(runs)?;
+    let mut sums = id_sums(runs)?;
     // So are the stream lists in a file; those indexed since are looked up
     // in memory.
-    let mut stream_sums = StreamSums::of(streams)?;
+    let mut stream_sums = stream_sums(streams)?;
     let mut at = Vec::new();
     // Frames whose version the writer spilled to a file since `streams`
     // was taken: looked up there after each batch, without the lock.
@@ -3852,7 +3789,7 @@ fn check_index_batches(
             }
             let summed = stream_sums.as_mut().is_some_and(|s| {
                 let entry = stream_entry(&meta.stream, meta.version, meta.position);
-                s.sums.add(entry, meta.position)
+                s.add(entry, meta.position)
             });
             if !summed {
                 // The versions after the file's are in memory, or, spilled
@@ -3872,7 +3809,7 @@ fn check_index_batches(
             let fp = ix.ids.fingerprint(&meta.event_id);
             if sums
                 .as_mut()
-                .is_some_and(|s| s.sums.add(id_entry(fp, meta.position), meta.position))
+                .is_some_and(|s| s.add(id_entry(fp, meta.position), meta.position))
             {
                 continue;
             }
@@ -3886,13 +3823,18 @@ fn check_index_batches(
         }
     }
     if let Some(sums) = sums {
-        for p in sums.misfiled(state)? {
+        let frame = |state: &State, meta: &FrameMeta| {
+            id_entry(state.index.ids.fingerprint(&meta.event_id), meta.position)
+        };
+        for p in sums.misfiled(state, frame)? {
             problems.push(p, || "event id index does not point here");
         }
     }
     check_spilled_versions(state, &mut spilled, &mut problems)?;
     if let Some(sums) = stream_sums {
-        for p in sums.misfiled(state)? {
+        let frame =
+            |_: &State, meta: &FrameMeta| stream_entry(&meta.stream, meta.version, meta.position);
+        for p in sums.misfiled(state, frame)? {
             problems.push(p, || "stream index does not list this frame at its version");
         }
     }

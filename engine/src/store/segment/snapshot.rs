@@ -35,7 +35,7 @@ use std::path::Path;
 use uuid::Uuid;
 
 use super::sorted_ids::{pair_bytes, SortedIds, PAIR};
-use super::streams::{FiledList, Streams, LIST_BLOCK};
+use super::streams::{AtInFile, Streams, LIST_BLOCK};
 use super::{frame, IdHash, Index, Loc};
 use crate::envelope::{Hash, StreamId};
 use crate::error::StoreError;
@@ -131,27 +131,23 @@ pub(super) fn encode(
         w.put(&len.to_le_bytes())?;
     }
     w.put(&(index.streams.len() as u64).to_le_bytes())?;
-    // The lists of the snapshot the log was opened from are read from its
-    // file, one at a time; a write's error is kept as it is.
-    let mut failed = None;
-    let listed = index.streams.for_each(false, |stream, positions| {
-        let mut put = |bytes: &[u8]| {
-            w.put(bytes).map_err(|e| {
-                failed = Some(e);
-                StoreError::Internal("the snapshot's write failed".into())
-            })
-        };
-        put(stream.0.as_bytes())?;
-        put(&(positions.len() as u32).to_le_bytes())?;
-        for p in positions {
-            put(&p.to_le_bytes())?;
-        }
-        Ok(())
-    });
-    if let Some(e) = failed {
-        return Err(e);
-    }
-    listed.map_err(|e| std::io::Error::other(e.to_string()))?;
+    // The lists in a file (the snapshot's the log was opened from, or one
+    // the writer spilled) are read from it, one at a time.
+    index
+        .streams
+        .for_each(false, |stream, positions| {
+            let mut put = |bytes: &[u8]| {
+                w.put(bytes)
+                    .map_err(|e| StoreError::io("write the index snapshot", e))
+            };
+            put(stream.0.as_bytes())?;
+            put(&(positions.len() as u32).to_le_bytes())?;
+            for p in positions {
+                put(&p.to_le_bytes())?;
+            }
+            Ok(())
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
     index.ids.sorted_pairs(|fp, p| w.put(&pair_bytes(fp, p)))?;
     w.flush_block()?;
@@ -593,34 +589,27 @@ fn load_rest(
         let stream = StreamId(Uuid::from_bytes(r.bytes::<16>("stream")?));
         let count = r.u32("stream")?;
         if count == 0 {
-            return Err("a stream is empty or listed twice".into());
+            return Err("a stream is empty".into());
         }
         r.fits(u64::from(count), 4, "stream positions")?;
         listed += u64::from(count);
         let (at, crc_at) = (r.read, crcs.len() as u32);
         let (mut prev, mut left) = (0u32, count);
-        {
-            r.u32s_while("stream positions", |p| {
-                if p <= prev {
-                    return Err("a stream's positions are not increasing".into());
-                }
-                seen.mark(p, "streams")?;
-                prev = p;
-                left -= 1;
-                block.extend_from_slice(&p.to_le_bytes());
-                if block.len() == LIST_BLOCK * 4 || left == 0 {
-                    crcs.push(crc32fast::hash(&block));
-                    block.clear();
-                }
-                Ok(left > 0)
-            })?;
-        }
-        lists.push(FiledList {
-            stream,
-            at,
-            count,
-            crc_at,
-        });
+        r.u32s_while("stream positions", |p| {
+            if p <= prev {
+                return Err("a stream's positions are not increasing".into());
+            }
+            seen.mark(p, "streams")?;
+            prev = p;
+            left -= 1;
+            block.extend_from_slice(&p.to_le_bytes());
+            if block.len() == LIST_BLOCK * 4 || left == 0 {
+                crcs.push(crc32fast::hash(&block));
+                block.clear();
+            }
+            Ok(left > 0)
+        })?;
+        lists.push((stream, AtInFile { at, count, crc_at }));
     }
     if listed != head {
         return Err(format!("streams list {listed} positions of {head}"));

@@ -103,6 +103,34 @@ impl Filter {
     }
 }
 
+/// Why [`read_checked_blocks`] gave nothing.
+pub(super) enum BlockRead {
+    Io(std::io::Error),
+    /// The `n`th block read does not match its CRC-32 (or has none).
+    Changed(usize),
+}
+
+/// Reads `bytes.len()` bytes of `file` from `offset` with one `pread`,
+/// blocks of `block_bytes` (the last may be shorter), and checks each
+/// against its CRC-32 in `crcs`, taken when the bytes were first read or
+/// written: a section of an index file read in place (the snapshot's
+/// ids, a spilled run, the stream lists).
+pub(super) fn read_checked_blocks(
+    file: &File,
+    offset: u64,
+    bytes: &mut [u8],
+    block_bytes: usize,
+    crcs: &[u32],
+) -> Result<(), BlockRead> {
+    file.read_exact_at(bytes, offset).map_err(BlockRead::Io)?;
+    for (i, block) in bytes.chunks(block_bytes).enumerate() {
+        if crcs.get(i) != Some(&crc32fast::hash(block)) {
+            return Err(BlockRead::Changed(i));
+        }
+    }
+    Ok(())
+}
+
 fn pair_at(bytes: &[u8]) -> (u64, u32) {
     let mut fp = [0u8; 8];
     fp.copy_from_slice(&bytes[..8]);
@@ -376,17 +404,16 @@ impl SortedIds {
     ) -> Result<&'b [u8], String> {
         let bytes = &mut buf[..self.blocks_len(&blocks)];
         let offset = self.at + (blocks.start * BLOCK_BYTES) as u64;
-        self.file
-            .read_exact_at(bytes, offset)
-            .map_err(|e| format!("cannot read the index snapshot's event ids: {e}"))?;
-        for (i, block) in bytes.chunks(BLOCK_BYTES).enumerate() {
-            if Some(&crc32fast::hash(block)) != self.sums.get(blocks.start + i) {
-                return Err(
-                    "the index snapshot's event ids changed after they were checked".into(),
-                );
+        let crcs = self.sums.get(blocks).unwrap_or_default();
+        match read_checked_blocks(&self.file, offset, bytes, BLOCK_BYTES, crcs) {
+            Ok(()) => Ok(bytes),
+            Err(BlockRead::Io(e)) => {
+                Err(format!("cannot read the index snapshot's event ids: {e}"))
+            }
+            Err(BlockRead::Changed(_)) => {
+                Err("the index snapshot's event ids changed after they were checked".into())
             }
         }
-        Ok(bytes)
     }
 
     /// The address of the filter's block for `fp`, for a prefetch.

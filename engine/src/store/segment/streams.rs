@@ -18,10 +18,10 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::sorted_ids::{read_checked_blocks, BlockRead};
 use super::{corrupt, IdHash};
 use crate::envelope::StreamId;
 use crate::error::StoreError;
@@ -30,17 +30,12 @@ use crate::error::StoreError;
 /// of a few hundred versions (a pupil's case) is one block, one read.
 pub(super) const LIST_BLOCK: usize = 1_024;
 
-/// One stream's positions: versions `1..=filed` in the snapshot file,
-/// the rest in `tail`.
+/// One stream's positions: versions `1..=file.count` in the file, the
+/// rest in `tail`.
 #[derive(Clone, Debug, Default)]
 struct List {
-    /// Where its first position is in the file (when `filed > 0`).
-    at: u64,
-    /// Versions listed in the file.
-    filed: u32,
-    /// Index of its first block's CRC-32 in [`Filed::crcs`].
-    crc_at: u32,
-    /// Positions of the versions after `filed`, in order.
+    file: AtInFile,
+    /// Positions of the versions after the file's, in order.
     tail: Vec<u32>,
 }
 
@@ -56,21 +51,18 @@ struct Filed {
 }
 
 /// Where a list is in the file: its first position's offset, its versions
-/// there, its first block's CRC-32 among [`Filed::crcs`].
-#[derive(Clone, Copy, Debug)]
+/// there (0: none), its first block's CRC-32 among [`Filed::crcs`].
+#[derive(Clone, Copy, Debug, Default)]
 pub(super) struct AtInFile {
-    at: u64,
-    count: u32,
-    crc_at: u32,
+    pub at: u64,
+    pub count: u32,
+    pub crc_at: u32,
 }
 
 impl List {
-    fn at_in_file(&self) -> AtInFile {
-        AtInFile {
-            at: self.at,
-            count: self.filed,
-            crc_at: self.crc_at,
-        }
+    /// Versions listed in the file.
+    fn filed(&self) -> u64 {
+        u64::from(self.file.count)
     }
 }
 
@@ -95,27 +87,26 @@ impl Filed {
         let to = ((last + 1) * block).min(u64::from(list.count));
         let mut bytes = vec![0u8; ((to - from) * 4) as usize];
         let offset = list.at + from * 4;
-        if let Err(e) = self.file.read_exact_at(&mut bytes, offset) {
-            return Err(match e.kind() {
-                std::io::ErrorKind::UnexpectedEof => corrupt(
+        let crc_at = list.crc_at as usize + first as usize;
+        let crcs = self.crcs.get(crc_at..).unwrap_or_default();
+        match read_checked_blocks(&self.file, offset, &mut bytes, LIST_BLOCK * 4, crcs) {
+            Ok(()) => {}
+            Err(BlockRead::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                return Err(corrupt(
                     &self.path,
                     Some(offset),
                     "the file ends inside a stream list (cut short after the open checked it)",
-                ),
-                _ => StoreError::io("read the index snapshot's stream lists", e),
-            });
-        }
-        for (i, b) in bytes.chunks(LIST_BLOCK * 4).enumerate() {
-            let want = self
-                .crcs
-                .get(list.crc_at as usize + first as usize + i)
-                .copied();
-            if want != Some(crc32fast::hash(b)) {
+                ))
+            }
+            Err(BlockRead::Io(e)) => {
+                return Err(StoreError::io("read the index snapshot's stream lists", e))
+            }
+            Err(BlockRead::Changed(i)) => {
                 return Err(corrupt(
                     &self.path,
                     Some(offset + (i * LIST_BLOCK * 4) as u64),
                     "a stream list changed after the open checked the index snapshot",
-                ));
+                ))
             }
         }
         let skip = ((start - from) * 4) as usize;
@@ -180,7 +171,7 @@ impl Slot<'_> {
     /// The stream's last version (0: no events).
     pub(super) fn version(&self) -> u64 {
         match &self.entry {
-            Entry::Occupied(o) => u64::from(o.get().filed) + o.get().tail.len() as u64,
+            Entry::Occupied(o) => o.get().filed() + o.get().tail.len() as u64,
             Entry::Vacant(_) => 0,
         }
     }
@@ -215,16 +206,6 @@ impl Default for Streams {
     }
 }
 
-/// A list of the snapshot being read ([`Streams::from_file`]): where its
-/// positions start in the file, how many, and where its blocks' CRC-32s
-/// start among all of them.
-pub(super) struct FiledList {
-    pub stream: StreamId,
-    pub at: u64,
-    pub count: u32,
-    pub crc_at: u32,
-}
-
 impl Streams {
     pub(super) fn with_hasher(hasher: IdHash, capacity: usize) -> Streams {
         Streams {
@@ -235,29 +216,28 @@ impl Streams {
     }
 
     /// The streams of a snapshot whose lists stay in `file` (at `path`),
-    /// with the CRC-32 of each block of every list. `Err` when a stream is
-    /// empty or listed twice, or its blocks' CRC-32s are not all there.
+    /// with the CRC-32 of each block of every list (each checked, and
+    /// refused if empty, as the file was read). `Err` when a stream is
+    /// listed twice or its blocks' CRC-32s are not all there.
     pub(super) fn from_file(
         file: File,
         path: PathBuf,
         head: u64,
         hasher: IdHash,
-        lists: Vec<FiledList>,
+        lists: Vec<(StreamId, AtInFile)>,
         crcs: Vec<u32>,
     ) -> Result<Streams, String> {
         let mut streams = Streams::with_hasher(hasher, lists.len());
-        for l in lists {
-            let blocks = (l.count as usize).div_ceil(LIST_BLOCK);
-            if l.count == 0 || (l.crc_at as usize).saturating_add(blocks) > crcs.len() {
-                return Err("a stream is empty or its blocks are not all checked".into());
+        for (stream, at) in lists {
+            let blocks = (at.count as usize).div_ceil(LIST_BLOCK);
+            if (at.crc_at as usize).saturating_add(blocks) > crcs.len() {
+                return Err("a stream's blocks are not all checked".into());
             }
             let list = List {
-                at: l.at,
-                filed: l.count,
-                crc_at: l.crc_at,
+                file: at,
                 tail: Vec::new(),
             };
-            if streams.lists.insert(l.stream, list).is_some() {
+            if streams.lists.insert(stream, list).is_some() {
                 return Err("a stream is listed twice".into());
             }
         }
@@ -283,11 +263,11 @@ impl Streams {
         lists.extend(
             self.lists
                 .iter()
-                .filter(|(_, l)| l.filed > 0)
+                .filter(|(_, l)| l.filed() > 0)
                 .map(|(s, l)| {
                     let list = List {
+                        file: l.file,
                         tail: Vec::new(),
-                        ..*l
                     };
                     (*s, list)
                 }),
@@ -308,7 +288,7 @@ impl Streams {
     pub(super) fn version(&self, stream: &StreamId) -> u64 {
         self.lists
             .get(stream)
-            .map_or(0, |l| u64::from(l.filed) + l.tail.len() as u64)
+            .map_or(0, |l| l.filed() + l.tail.len() as u64)
     }
 
     /// The stream's place, to check its version and add to it with one
@@ -386,9 +366,7 @@ impl Streams {
         }
         let mut tails = Vec::with_capacity(self.lists.len());
         for (list, (_, at)) in self.lists.values_mut().zip(spilled.lists) {
-            list.at = at.at;
-            list.filed = at.count;
-            list.crc_at = at.crc_at;
+            list.file = at;
             tails.push(std::mem::take(&mut list.tail));
         }
         let file = self.filed.replace(Arc::new(Filed {
@@ -415,11 +393,11 @@ impl Streams {
     /// ([`Versions::read`]); `None` for a stream with no events.
     pub(super) fn versions(&self, stream: &StreamId, start: u64, end: u64) -> Option<Versions> {
         let list = self.lists.get(stream)?;
-        let filed = u64::from(list.filed);
+        let filed = list.filed();
         let end = end.min(filed + list.tail.len() as u64);
         let start = start.min(end);
         let in_file = match &self.filed {
-            Some(file) if start < end.min(filed) => Some((Arc::clone(file), list.at_in_file())),
+            Some(file) if start < end.min(filed) => Some((Arc::clone(file), list.file)),
             _ => None,
         };
         let (from, to) = (start.max(filed) - filed, end.max(filed) - filed);
@@ -454,7 +432,7 @@ impl Streams {
     /// snapshot's); `None` when the stream has no such version in memory.
     pub(super) fn in_memory(&self, stream: &StreamId, version: u64) -> Option<u32> {
         let list = self.lists.get(stream)?;
-        let i = version.checked_sub(u64::from(list.filed) + 1)?;
+        let i = version.checked_sub(list.filed() + 1)?;
         list.tail.get(usize::try_from(i).ok()?).copied()
     }
 
@@ -469,12 +447,12 @@ impl Streams {
     ) -> Result<(), StoreError> {
         let mut buf = Vec::new();
         for (stream, list) in &self.lists {
-            if filed_only && list.filed == 0 {
+            if filed_only && list.filed() == 0 {
                 continue;
             }
             buf.clear();
-            if let (Some(file), true) = (&self.filed, list.filed > 0) {
-                file.read(list.at_in_file(), 0, u64::from(list.filed), &mut buf)?;
+            if let (Some(file), true) = (&self.filed, list.filed() > 0) {
+                file.read(list.file, 0, list.filed(), &mut buf)?;
             }
             if !filed_only {
                 buf.extend_from_slice(&list.tail);
@@ -498,7 +476,7 @@ impl Streams {
     #[cfg(test)]
     pub(super) fn replace(&mut self, stream: StreamId, positions: Vec<u32>) {
         let list = self.lists.entry(stream).or_default();
-        assert_eq!(list.filed, 0, "only for lists in memory");
+        assert_eq!(list.filed(), 0, "only for lists in memory");
         self.tails = self.tails - list.tail.len() + positions.len();
         list.tail = positions;
     }
@@ -550,12 +528,8 @@ mod tests {
             crcs.extend(bytes.chunks(LIST_BLOCK * 4).map(crc32fast::hash));
             file.write_all(&bytes).unwrap();
             if count > 0 {
-                dir.push(FiledList {
-                    stream: StreamId(Uuid::from_u128(i as u128)),
-                    at,
-                    count,
-                    crc_at,
-                });
+                let at = AtInFile { at, count, crc_at };
+                dir.push((StreamId(Uuid::from_u128(i as u128)), at));
             }
             at += bytes.len() as u64;
             all.push(positions);
