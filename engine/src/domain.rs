@@ -1177,15 +1177,26 @@ fn session_name(s: Session) -> &'static str {
 /// One pupil's case, as far as `decide` needs it: the pupil's entries
 /// (as corrected, register marks packed small) and the facts the rules ask
 /// about.
+///
+/// A state may hold the facts of its first events without their entries
+/// ([`CaseState::apply_facts_only`]): every rule but a correction's asks
+/// only the facts, and an import holds a state for every pupil it touches,
+/// whose entries would grow with the pupil's whole history (32 bytes an
+/// event). Such a state is *incomplete* until [`CaseState::complete`] is
+/// given those events again; a correction is judged only on a complete
+/// state.
 #[derive(Clone, Debug, Default)]
 pub struct CaseState {
     version: u64,
-    /// Every entry in stream order, with its content as corrected. An
-    /// entry is found by id by scanning from the newest
-    /// ([`CaseState::position_of`]): only corrections look one up, and each
-    /// of them re-reads every entry anyway (the facts are re-derived), so
-    /// an index by id (a hash insert for every folded event, 5% of an
-    /// import's planning) bought no order of growth.
+    /// Leading events of the stream folded into the facts without their
+    /// entries: `entries` holds those after them (0: every entry).
+    skipped: u64,
+    /// Every entry in stream order (after the `skipped` first), with its
+    /// content as corrected. An entry is found by id by scanning from the
+    /// newest ([`CaseState::position_of`]): only corrections look one up,
+    /// and each of them re-reads every entry anyway (the facts are
+    /// re-derived), so an index by id (a hash insert for every folded
+    /// event, 5% of an import's planning) bought no order of growth.
     entries: Vec<Entry>,
     facts: Facts,
 }
@@ -1210,11 +1221,65 @@ impl CaseState {
         self.keep(event_id, Content::from_owned(event));
     }
 
+    /// Folds one stored event into the facts without keeping its entry
+    /// (see [`CaseState`]): what an import needs of a pupil's history to
+    /// judge every line but a correction. Only at the start of a state
+    /// (every event before it folded this way too), and never a correction,
+    /// which needs the entries: `false`, the state unchanged, and the
+    /// caller folds the stream with [`CaseState::apply`] instead.
+    pub fn apply_facts_only(&mut self, event: &CaseEvent) -> bool {
+        if !self.entries.is_empty() || matches!(event, CaseEvent::EntryCorrected(_)) {
+            return false;
+        }
+        self.absorb(event);
+        self.skipped += 1;
+        true
+    }
+
+    /// Leading events folded by [`CaseState::apply_facts_only`] whose
+    /// entries are not held (0 in a complete state).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
+    }
+
+    /// Whether every entry is held (no event was folded by
+    /// [`CaseState::apply_facts_only`], or [`CaseState::complete`] has
+    /// given them back).
+    pub fn is_complete(&self) -> bool {
+        self.skipped == 0
+    }
+
+    /// Makes an incomplete state complete: `stored` are the stream's
+    /// events from version 1 (more may follow; those past the skipped
+    /// ones are not read), folded in full, and the entries kept since are
+    /// folded again after them, which gives the same facts (they were
+    /// judged on those facts; none is a correction, which would have
+    /// needed this first). `false`, the state unchanged, when `stored`
+    /// holds fewer events than were skipped.
+    pub fn complete(&mut self, stored: impl IntoIterator<Item = (Uuid, CaseEvent)>) -> bool {
+        if self.skipped == 0 {
+            return true;
+        }
+        let mut full = CaseState::new();
+        for (id, event) in stored.into_iter().take(self.skipped as usize) {
+            full.apply_owned(id, event);
+        }
+        if full.version != self.skipped {
+            return false;
+        }
+        for entry in std::mem::take(&mut self.entries) {
+            full.absorb(&entry.content.event());
+            full.keep(entry.id, entry.content);
+        }
+        *self = full;
+        true
+    }
+
     /// Stores the folded event's entry (after [`CaseState::absorb`]).
     fn keep(&mut self, id: Uuid, content: Content) {
         self.entries.push(Entry { id, content });
         debug_assert_eq!(
-            self.entries.len() as u64,
+            self.skipped + self.entries.len() as u64,
             self.version,
             "one entry per folded event"
         );
@@ -1236,7 +1301,17 @@ impl CaseState {
         self.entries.iter().rposition(|e| e.id == event_id)
     }
 
+    /// Needs a complete state (the facts are re-derived from every
+    /// entry): `decide` refuses a correction on any other, and a stream
+    /// with a correction is folded in full.
     fn apply_correction(&mut self, c: &EntryCorrected) {
+        debug_assert!(
+            self.is_complete(),
+            "a correction folded into an incomplete state"
+        );
+        if !self.is_complete() {
+            return;
+        }
         let Some(entry) = self
             .position_of(c.event)
             .and_then(|i| self.entries.get_mut(i))
@@ -1299,13 +1374,15 @@ impl CaseState {
         self.facts.pupil.as_deref()
     }
 
-    /// Whether the stream holds an event with this id.
+    /// Whether the stream holds an event with this id (among the entries
+    /// held: all of them in a complete state).
     pub fn has_event(&self, event_id: Uuid) -> bool {
         self.position_of(event_id).is_some()
     }
 
     /// The entry with this id, as corrected. Borrowed for most entries;
     /// register marks are stored packed and are rebuilt on the way out.
+    /// Among the entries held: all of them in a complete state.
     pub fn event(&self, event_id: Uuid) -> Option<Cow<'_, CaseEvent>> {
         let i = self.position_of(event_id)?;
         self.entries.get(i).map(|e| e.content.event())
@@ -1473,6 +1550,16 @@ fn check(state: &CaseState, command: &Command) -> Result<(), DomainError> {
                     if !state.is_registered() {
                         return Err(DomainError::NotRegistered {
                             event_type: r.event.type_name(),
+                        });
+                    }
+                    if !state.is_complete() {
+                        // A caller's error, never the user's: a correction
+                        // is judged against every entry.
+                        return Err(DomainError::Sequence {
+                            event_type: "EntryCorrected",
+                            what: "internal: the pupil's earlier entries were not read; \
+                                   nothing was recorded"
+                                .into(),
                         });
                     }
                     state.check_correction(c, today)?;

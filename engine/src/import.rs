@@ -479,6 +479,9 @@ enum Lookup {
     Id(Uuid),
     /// The stored events of the line's pupil.
     Stream,
+    /// The entries of the line's pupil's stored events, for a correction
+    /// (the pupil's state holds their facts only: [`fold_stored`]).
+    Entries,
 }
 
 /// A line whose id the in-flight batch holds (see [`Planner::deferred`]).
@@ -497,10 +500,11 @@ struct Prefetch {
     /// Ids asked for; `found` holds those that are stored.
     ids: IdSet<Uuid>,
     found: HashMap<Uuid, StoredEvent>,
-    /// Streams asked for; `stored` holds the events of those that have any
-    /// (taken out when the pupil's state is first folded).
+    /// Streams asked for; `folded` holds the state of those that have any
+    /// events, folded as they were read (taken out when the pupil is first
+    /// planned).
     streams: IdSet<StreamId>,
-    stored: HashMap<StreamId, Vec<StoredEvent>>,
+    folded: HashMap<StreamId, Folded>,
     /// The stream of each line of the batch, in order (derived once), and
     /// how many lines from it on are of the same stream (the room its
     /// pupil's plan is given at its first event of the batch, instead of
@@ -512,6 +516,80 @@ struct PupilPlan {
     state: CaseState,
     base_version: u64,
     events: Vec<NewEvent>,
+}
+
+/// A pupil's stored stream as the planner keeps it once read: the state
+/// and the stream's version, or why a stored event could not be read
+/// (reported at the first line that needs the pupil, as a fold there
+/// would).
+type Folded = Result<(CaseState, u64), StoreError>;
+
+/// Stored events the prefetch holds at once, about: it reads the streams
+/// of a batch's pupils a slice at a time, each slice folded and let go
+/// before the next is read, so that what it holds is bounded by this and
+/// not by the history of the batch's [`PREFETCH_LINES`] pupils (at 400
+/// events a pupil, 4,096 pupils' streams were 1.6M events, ~500 MB).
+pub const PREFETCH_EVENTS: usize = 32_768;
+
+/// Streams in the prefetch's first slice (later ones are sized by the
+/// events a stream held so far).
+const FIRST_SLICE_STREAMS: usize = 64;
+
+/// The payload of a stored event, for a fold: a payload that does not
+/// decode is a damaged log, named by position.
+fn stored_case_event(s: &StoredEvent) -> Result<CaseEvent, StoreError> {
+    s.case_event().map_err(|e| StoreError::Corrupt {
+        location: format!("position {}", s.position),
+        what: e.to_string(),
+    })
+}
+
+/// Folds a pupil's stored events for the planner: into the facts only
+/// ([`CaseState::apply_facts_only`]), which is all the rules ask of a
+/// pupil's history but for a correction; a stream that holds a correction
+/// is folded again with every entry (a correction is re-applied to the
+/// entry it names). An import of a day's register for the whole school
+/// holds a state for every pupil: with the entries, 32 bytes for every
+/// event of their history.
+fn fold_stored(stored: &[StoredEvent]) -> Folded {
+    let version = stored.last().map_or(0, |e| e.version);
+    let mut state = CaseState::new();
+    for s in stored {
+        let event = stored_case_event(s)?;
+        if !state.apply_facts_only(&event) {
+            let mut full = CaseState::new();
+            for s in stored {
+                full.apply_owned(s.event_id, stored_case_event(s)?);
+            }
+            return Ok((full, version));
+        }
+    }
+    Ok((state, version))
+}
+
+/// The streams of `streams` that hold events, each folded ([`fold_stored`])
+/// as soon as it is read: read a slice at a time, each sized to hold about
+/// [`PREFETCH_EVENTS`] events by the streams read before it.
+async fn read_folded(
+    store: &dyn EventStore,
+    streams: &[StreamId],
+) -> Result<HashMap<StreamId, Folded>, StoreError> {
+    let mut folded = HashMap::with_capacity(streams.len());
+    let (mut at, mut slice) = (0, FIRST_SLICE_STREAMS);
+    let (mut read_streams, mut read_events) = (0usize, 0usize);
+    while at < streams.len() {
+        let end = streams.len().min(at + slice);
+        let stored = store.read_streams(&streams[at..end]).await?;
+        read_streams += end - at;
+        for (stream, events) in stored {
+            read_events += events.len();
+            folded.insert(stream, fold_stored(&events));
+        }
+        let per_stream = (read_events / read_streams).max(1);
+        slice = (PREFETCH_EVENTS / per_stream).clamp(1, PREFETCH_LINES);
+        at = end;
+    }
+    Ok(folded)
 }
 
 impl<'a> Planner<'a> {
@@ -583,21 +661,11 @@ impl<'a> Planner<'a> {
             if !self.prefetch.streams.contains(&stream) {
                 return Err(ImportError::line(line, "internal: pupil stream not read"));
             }
-            let stored = self.prefetch.stored.remove(&stream).unwrap_or_default();
-            let mut state = CaseState::new();
-            for s in &stored {
-                // Only the payload is needed: decoded (and upcast) straight
-                // into the fold, no envelope copied.
-                let event = s.case_event().map_err(|e| ImportError::Store {
-                    line,
-                    source: StoreError::Corrupt {
-                        location: format!("position {}", s.position),
-                        what: e.to_string(),
-                    },
-                })?;
-                state.apply_owned(s.event_id, event);
-            }
-            let base_version = stored.last().map(|e| e.version).unwrap_or(0);
+            let (state, base_version) = match self.prefetch.folded.remove(&stream) {
+                Some(folded) => folded.map_err(|source| ImportError::Store { line, source })?,
+                // A stream with no events: a new pupil.
+                None => (CaseState::new(), 0),
+            };
             self.order.push(stream);
             self.pupils.insert(
                 stream,
@@ -657,7 +725,29 @@ impl<'a> Planner<'a> {
                         .map_err(|source| ImportError::Store { line, source })?;
                     self.prefetch.streams.insert(stream);
                     if !stored.is_empty() {
-                        self.prefetch.stored.insert(stream, stored);
+                        self.prefetch.folded.insert(stream, fold_stored(&stored));
+                    }
+                }
+                Lookup::Entries => {
+                    // The pupil's state holds the facts of its stored
+                    // events but not their entries, which a correction is
+                    // judged against: read them once, for this pupil only.
+                    let stored = read_whole_stream(self.store, stream)
+                        .await
+                        .map_err(|source| ImportError::Store { line, source })?;
+                    let plan = self.pupil(line, stream)?;
+                    let skipped = usize::try_from(plan.state.skipped()).unwrap_or(usize::MAX);
+                    let mut events = Vec::with_capacity(skipped.min(stored.len()));
+                    for s in stored.iter().take(skipped) {
+                        let event = stored_case_event(s)
+                            .map_err(|source| ImportError::Store { line, source })?;
+                        events.push((s.event_id, event));
+                    }
+                    if !plan.state.complete(events) {
+                        return Err(ImportError::line(
+                            line,
+                            "the pupil's stored events changed while the file was read; nothing was written",
+                        ));
                     }
                 }
             }
@@ -757,6 +847,13 @@ impl<'a> Planner<'a> {
         let now = self.now;
         let sealer = self.sealer;
         let plan = self.pupil(l.line, stream)?;
+        if matches!(l.event, CaseEvent::EntryCorrected(_)) && !plan.state.is_complete() {
+            return Ok(Some(Box::new(Waiting {
+                line: l,
+                new,
+                lookup: Lookup::Entries,
+            })));
+        }
         let command = Command::Record(Record {
             event: l.event,
             occurred_at: l.occurred_at,
@@ -898,7 +995,7 @@ impl<'a> Planner<'a> {
         let read = async {
             match streams.is_empty() {
                 true => Ok(HashMap::new()),
-                false => store.read_streams(&streams).await,
+                false => read_folded(store, &streams).await,
             }
         };
         let (found, stored) = tokio::join!(find, read);
@@ -908,7 +1005,7 @@ impl<'a> Planner<'a> {
         }
         if let Ok(stored) = stored {
             self.prefetch.streams = seen_streams;
-            self.prefetch.stored = stored;
+            self.prefetch.folded = stored;
         }
     }
 

@@ -56,14 +56,19 @@ fn refused(state: &mut CaseState, event_type: &str, data: Value) -> String {
     }
 }
 
+/// The registration of the pupil of these tests.
+fn registration_event() -> CaseEvent {
+    ev(
+        "PupilRegistered",
+        json!({"pupil": "P0001", "name": "Testa Pupilson", "date_of_birth": "2012-05-01", "year_group": 9}),
+    )
+}
+
 /// A registered pupil's state and the id of the registration.
 fn registration() -> (CaseState, Uuid) {
     let mut s = CaseState::new();
-    let id = ok(
-        &mut s,
-        "PupilRegistered",
-        json!({"pupil": "P0001", "name": "Testa Pupilson", "date_of_birth": "2012-05-01", "year_group": 9}),
-    );
+    let id = record(&mut s, registration_event())
+        .unwrap_or_else(|e| panic!("PupilRegistered refused: {e}"));
     (s, id)
 }
 
@@ -934,6 +939,126 @@ mod properties {
     use super::*;
     use proptest::prelude::*;
 
+    /// One line of a pupil's record in [`a_state_of_facts_only_judges_as_the_full_state`]:
+    /// lines that the rules judge by the record's facts (marks on a few
+    /// days, suspensions near the 45-day limit, interventions and plans
+    /// by a few ids, removals and reintegration), and corrections of an
+    /// earlier entry, accepted or not.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Mark(u64, bool, &'static str),
+        Suspension(u32),
+        Intervention(u8, u8),
+        Plan(u8, bool),
+        Isolation,
+        Meeting,
+        Contact,
+        Correct(prop::sample::Index, u8),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (
+                0u64..4,
+                any::<bool>(),
+                prop::sample::select(vec!["/", "L", "M", "I"])
+            )
+                .prop_map(|(d, pm, c)| Step::Mark(d, pm, c)),
+            (1u32..=60).prop_map(Step::Suspension),
+            (0u8..2, 0u8..3).prop_map(|(id, what)| Step::Intervention(id, what)),
+            (0u8..2, any::<bool>()).prop_map(|(id, agree)| Step::Plan(id, agree)),
+            Just(Step::Isolation),
+            Just(Step::Meeting),
+            Just(Step::Contact),
+            (any::<prop::sample::Index>(), 0u8..4).prop_map(|(i, how)| Step::Correct(i, how)),
+        ]
+    }
+
+    impl Step {
+        /// The line's event; a correction names one of `ids` (the entries
+        /// accepted so far, the registration first).
+        fn event(&self, ids: &[Uuid]) -> CaseEvent {
+            match *self {
+                Step::Mark(d, pm, code) => {
+                    let d = date("2025-10-06") + chrono::Days::new(d);
+                    let session = if pm { "pm" } else { "am" };
+                    ev("AttendanceMarked", mark(&d.to_string(), session, code))
+                }
+                Step::Suspension(halves) => ev(
+                    "SuspensionIssued",
+                    suspension(f64::from(halves) / 2.0, "2025-11-03"),
+                ),
+                Step::Intervention(id, what) => {
+                    let intervention = format!("INT-{id}");
+                    match what {
+                        0 => ev(
+                            "InterventionStarted",
+                            json!({"intervention": intervention, "kind": "mentoring", "goal": "Settle in lessons"}),
+                        ),
+                        1 => ev(
+                            "InterventionSessionDelivered",
+                            json!({"intervention": intervention, "attended": true}),
+                        ),
+                        _ => ev(
+                            "InterventionEnded",
+                            json!({"intervention": intervention, "outcome": "achieved"}),
+                        ),
+                    }
+                }
+                Step::Plan(id, true) => ev(
+                    "PlanAgreed",
+                    json!({"plan": format!("BSP-{id}"), "kind": "behaviour_support", "review_due": "2026-03-20"}),
+                ),
+                Step::Plan(id, false) => ev(
+                    "PlanReviewed",
+                    json!({"plan": format!("BSP-{id}"), "outcome": "Targets met", "next_review_due": "2026-05-01"}),
+                ),
+                Step::Isolation => ev(
+                    "SanctionIssued",
+                    json!({"kind": "isolation", "reason": "Fight at lunch"}),
+                ),
+                Step::Meeting => ev(
+                    "ReintegrationMeetingHeld",
+                    json!({"attendees": ["Head of Year", "Parent"], "agreed_support": "Report card"}),
+                ),
+                Step::Contact => ev(
+                    "ParentContacted",
+                    json!({"method": "phone", "summary": "Called home"}),
+                ),
+                Step::Correct(i, how) => {
+                    let target = if ids.is_empty() {
+                        Uuid::nil()
+                    } else {
+                        ids[i.index(ids.len())]
+                    };
+                    let changes = match how {
+                        0 => json!({"days": 30}),
+                        1 => json!({"code": "M"}),
+                        2 => json!({"date": "2025-10-07"}),
+                        _ => json!({"summary": "Called home twice"}),
+                    };
+                    ev("EntryCorrected", correction(target, changes))
+                }
+            }
+        }
+    }
+
+    /// `history` folded as an import folds a stored stream: the facts
+    /// only, unless the stream holds a correction.
+    fn fold_facts_only(history: &[(Uuid, CaseEvent)]) -> CaseState {
+        let mut lean = CaseState::new();
+        for (_, e) in history {
+            if !lean.apply_facts_only(e) {
+                let mut full = CaseState::new();
+                for (id, e) in history {
+                    full.apply(*id, e);
+                }
+                return full;
+            }
+        }
+        lean
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -951,6 +1076,65 @@ mod properties {
             let mut direct = registered();
             ok(&mut direct, "SuspensionIssued", suspension(d2, "2025-10-01"));
             prop_assert_eq!(corrected.suspension_days(2025), direct.suspension_days(2025));
+        }
+
+        /// A state that holds the facts of a stored history without its
+        /// entries (what an import keeps of each pupil it touches) judges
+        /// every later line as the state with every entry does; a
+        /// correction, once the state is completed with the stored events,
+        /// too; and the two end with the same facts.
+        #[test]
+        fn a_state_of_facts_only_judges_as_the_full_state(
+            steps in proptest::collection::vec(step(), 1..40),
+            stored in 0usize..40,
+        ) {
+            let (mut full, registration) = registration();
+            // The stored history: the events accepted before the split.
+            let mut history: Vec<(Uuid, CaseEvent)> = vec![(registration, registration_event())];
+            let mut lean: Option<CaseState> = None;
+            let mut ids: Vec<Uuid> = vec![registration];
+            for (i, step) in steps.into_iter().enumerate() {
+                if i == stored {
+                    lean = Some(fold_facts_only(&history));
+                }
+                let event = step.event(&ids);
+                let wanted = decide(&full, &command(event.clone())).map_err(|e| e.to_string());
+                if let Some(lean) = lean.as_mut() {
+                    if matches!(event, CaseEvent::EntryCorrected(_)) && !lean.is_complete() {
+                        // Refused unread, never judged on part of the record.
+                        let unread = decide(lean, &command(event.clone())).unwrap_err().to_string();
+                        prop_assert!(unread.contains("internal"), "{}", unread);
+                        prop_assert!(lean.complete(history.clone()));
+                        prop_assert!(lean.is_complete());
+                    }
+                    let got = decide(lean, &command(event.clone())).map_err(|e| e.to_string());
+                    prop_assert_eq!(&got, &wanted, "{:?}", event);
+                }
+                if wanted.is_ok() {
+                    let id = Uuid::now_v7();
+                    full.apply(id, &event);
+                    ids.push(id);
+                    match lean.as_mut() {
+                        Some(lean) => lean.apply(id, &event),
+                        None => history.push((id, event)),
+                    }
+                }
+            }
+            let lean = lean.unwrap_or_else(|| fold_facts_only(&history));
+            prop_assert_eq!(lean.version(), full.version());
+            for year in 2024..=2026 {
+                prop_assert_eq!(lean.suspension_days(year), full.suspension_days(year));
+            }
+            prop_assert_eq!(lean.open_interventions().collect::<Vec<_>>(), full.open_interventions().collect::<Vec<_>>());
+            let plans = |s: &CaseState| s.open_plans().map(|p| (p.plan.to_string(), p.review_due)).collect::<Vec<_>>();
+            prop_assert_eq!(plans(&lean), plans(&full));
+            prop_assert_eq!(lean.is_permanently_excluded(), full.is_permanently_excluded());
+            for day in 0..4 {
+                let d = date("2025-10-06") + chrono::Days::new(day);
+                for session in [Session::Am, Session::Pm] {
+                    prop_assert_eq!(lean.is_marked(d, session), full.is_marked(d, session));
+                }
+            }
         }
 
         /// Whatever order the sessions of a term are marked in, each is

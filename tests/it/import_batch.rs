@@ -1075,3 +1075,248 @@ fn reading_a_line_straight_to_its_event_is_the_general_reading() {
     assert!(types.len() >= 20, "{types:?}");
     assert!(accepted > 1_000 && refused > 1_000, "{accepted} {refused}");
 }
+
+// ---- pupils' stored histories -------------------------------------------------
+
+/// Pupils of [`stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entries`],
+/// each registered with [`MARK_DAYS`] days of marks.
+const HISTORY_PUPILS: usize = 300;
+const MARK_DAYS: u64 = 60;
+
+/// An import line of pupil `pupil` (`H0000`...), at 09:00 on `day`.
+fn history_line(pupil: usize, t: &str, day: &str, data: Value, id: u128) -> Value {
+    json!({"type": t, "pupil": format!("H{pupil:04}"), "occurred_at": format!("{day}T09:00:00Z"),
+           "actor": "S017", "data": data, "id": Uuid::from_u128(id)})
+}
+
+fn parsed(lines: &[Value]) -> Vec<ImportLine> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| parse_line(i + 1, &l.to_string()).expect("valid line"))
+        .collect()
+}
+
+fn mark_day(day: u64) -> String {
+    (chrono::NaiveDate::from_ymd_opt(2025, 9, 1).unwrap() + chrono::Days::new(day)).to_string()
+}
+
+/// Id of pupil `p`'s mark of `day` (am, or pm).
+fn mark_id(p: usize, day: u64, pm: bool) -> u128 {
+    (p as u128) * 1_000 + 2 + u128::from(day) * 2 + u128::from(pm)
+}
+
+/// Pupil `p`'s stored history: registration, a mark for both sessions of
+/// [`MARK_DAYS`] days; pupil 0 two suspensions of 20 days (ids 900,001
+/// and 900,002); pupil 1 a correction of its first mark (its stream is
+/// then folded with every entry).
+fn stored_history() -> Vec<Value> {
+    let mut lines = Vec::new();
+    for p in 0..HISTORY_PUPILS {
+        lines.push(history_line(
+            p,
+            "PupilRegistered",
+            "2025-09-01",
+            json!({"name": "Ada Testpupil", "date_of_birth": "2012-05-01", "year_group": 9}),
+            (p as u128) * 1_000 + 1,
+        ));
+        for day in 0..MARK_DAYS {
+            for (pm, session) in [(false, "am"), (true, "pm")] {
+                lines.push(history_line(
+                    p,
+                    "AttendanceMarked",
+                    &mark_day(day),
+                    json!({"date": mark_day(day), "session": session, "code": "/"}),
+                    mark_id(p, day, pm),
+                ));
+            }
+        }
+    }
+    for (id, start) in [(900_001, "2025-10-01"), (900_002, "2025-11-03")] {
+        lines.push(history_line(
+            0,
+            "SuspensionIssued",
+            start,
+            json!({"days": 20.0, "reason_code": "PD", "start_date": start}),
+            id,
+        ));
+    }
+    lines.push(correction_line(
+        1,
+        mark_id(1, 0, false),
+        json!({"code": "L"}),
+        900_003,
+    ));
+    lines
+}
+
+fn correction_line(pupil: usize, of: u128, changes: Value, id: u128) -> Value {
+    history_line(
+        pupil,
+        "EntryCorrected",
+        "2025-12-01",
+        json!({"event": Uuid::from_u128(of), "changes": changes, "reason": "Recorded wrongly"}),
+        id,
+    )
+}
+
+fn suspension_line(days: f64, id: u128) -> Value {
+    history_line(
+        0,
+        "SuspensionIssued",
+        "2025-12-01",
+        json!({"days": days, "reason_code": "PD", "start_date": "2025-12-01"}),
+        id,
+    )
+}
+
+/// The import planner folds each pupil's stored history into the facts
+/// only (no entry kept for each stored event), reading the streams of a
+/// batch's pupils a slice at a time; a correction line reads its pupil's
+/// entries then and is judged against every one of them, and the lines
+/// after it against the corrected facts. The same through `add`,
+/// `add_many` and the pipeline, on every engine.
+#[test]
+fn stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entries() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let logs: Vec<(&str, Arc<dyn EventStore>)> = vec![
+        (
+            "segment",
+            casebook_engine::store::segment::SegmentStore::open(dirs.0.path(), true)
+                .expect("open store")
+                .log(SCHOOL)
+                .expect("open log"),
+        ),
+        (
+            "sled",
+            casebook_engine::store::sled::SledStore::open(dirs.1.path(), true)
+                .expect("open store")
+                .log(SCHOOL)
+                .expect("open log"),
+        ),
+    ];
+    // A new mark for every pupil (all of them read), a correction of each
+    // kind, and lines after a correction.
+    let every_pupil: Vec<Value> = (0..HISTORY_PUPILS)
+        .map(|p| {
+            let day = mark_day(MARK_DAYS);
+            history_line(
+                p,
+                "AttendanceMarked",
+                &day,
+                json!({"date": day, "session": "am", "code": "/"}),
+                2_000_000 + p as u128,
+            )
+        })
+        .collect();
+    type Case = (&'static str, Vec<Value>, Result<usize, &'static str>);
+    let cases: Vec<Case> = vec![
+        ("a mark for every pupil", every_pupil, Ok(HISTORY_PUPILS)),
+        (
+            "30 days for the first suspension: 50 in the year",
+            vec![correction_line(
+                0,
+                900_001,
+                json!({"days": 30.0}),
+                3_000_001,
+            )],
+            Err("line 1: data.changes: with this correction, the later entry SuspensionIssued"),
+        ),
+        (
+            "a mark moved onto a session already marked",
+            vec![correction_line(
+                0,
+                mark_id(0, 0, false),
+                json!({"date": mark_day(1)}),
+                3_000_002,
+            )],
+            Err("is already marked for this pupil"),
+        ),
+        (
+            "22 days, then 3.5 more: 45.5",
+            vec![
+                correction_line(0, 900_001, json!({"days": 22.0}), 3_000_003),
+                suspension_line(3.5, 3_000_004),
+            ],
+            Err("line 2: data.days: 3.5 more days would bring"),
+        ),
+        (
+            "22 days, then 3 more: 45",
+            vec![
+                correction_line(0, 900_001, json!({"days": 22.0}), 3_000_005),
+                suspension_line(3.0, 3_000_006),
+            ],
+            Ok(2),
+        ),
+        (
+            "a correction of a stream that holds one, and a second of the same entry",
+            vec![
+                correction_line(1, mark_id(1, 1, true), json!({"code": "M"}), 3_000_007),
+                correction_line(1, mark_id(1, 0, false), json!({"code": "I"}), 3_000_008),
+            ],
+            Ok(2),
+        ),
+        (
+            "a correction of an entry planned in the same file, twice",
+            vec![
+                suspension_line(1.0, 3_000_009),
+                correction_line(0, 3_000_009, json!({"days": 5.0}), 3_000_010),
+                correction_line(0, 3_000_009, json!({"days": 6.0}), 3_000_011),
+            ],
+            Err("line 3: data.changes: with this correction, the corrected SuspensionIssued"),
+        ),
+    ];
+    for (engine, log) in &logs {
+        let log = log.as_ref();
+        rt.block_on(async {
+            let mut planner = Planner::new(log, SCHOOL, now());
+            planner
+                .add_many(parsed(&stored_history()))
+                .await
+                .expect("valid history");
+            log.append_atomic(planner.finish().requests)
+                .await
+                .expect("append history");
+        });
+        for (what, lines, want) in &cases {
+            let lines = parsed(lines);
+            let single = rt.block_on(one_by_one(log, lines.clone()));
+            let batch = rt.block_on(batched(log, lines.clone(), &[]));
+            assert_eq!(single, batch, "{engine}: {what}");
+            match (want, &single) {
+                (Ok(events), Ok(plan)) => assert_eq!(plan.1, *events, "{engine}: {what}"),
+                (Err(text), Err(e)) => assert!(e.contains(text), "{engine}: {what}: {e}"),
+                (want, got) => panic!("{engine}: {what}: wanted {want:?}, got {got:?}"),
+            }
+        }
+        // The pipeline: the correction's batch is planned while the batch
+        // before it (every pupil, pupil 0 among them) is being written.
+        let batches = vec![
+            parsed(&cases[0].1),
+            parsed(&cases[4].1),
+            parsed(&[correction_line(
+                0,
+                900_001,
+                json!({"days": 23.0}),
+                3_000_012,
+            )]),
+        ];
+        let (_, counts, error) = rt.block_on(pipelined(log, batches));
+        assert_eq!(counts, (HISTORY_PUPILS as u64 + 2, 0), "{engine}");
+        let error = error.expect("the third batch refused");
+        assert!(
+            error.contains(
+                "line 1: data.changes: with this correction, the later entry SuspensionIssued"
+            ),
+            "{engine}: {error}"
+        );
+        let head = rt.block_on(log.head()).expect("head").position;
+        let history = stored_history().len();
+        assert_eq!(head as usize, history + HISTORY_PUPILS + 2, "{engine}");
+    }
+}
