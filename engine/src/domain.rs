@@ -1179,22 +1179,25 @@ fn session_name(s: Session) -> &'static str {
 /// about.
 ///
 /// A state may hold the facts of its first events without their entries
-/// ([`CaseState::apply_facts_only`]): every rule but a correction's asks
-/// only the facts, and an import holds a state for every pupil it touches,
-/// whose entries would grow with the pupil's whole history (32 bytes an
-/// event). Such a state is *incomplete* until [`CaseState::complete`] is
-/// given those events again; a correction is judged only on a complete
-/// state.
+/// ([`CaseState::apply_facts_only`], [`CaseState::forget_entries`]):
+/// every rule but a correction's asks only the facts, and an import holds
+/// a state for every pupil it touches, whose entries would grow with the
+/// pupil's whole history (32 bytes an event). Such a state is
+/// *incomplete* until [`CaseState::complete`] is given those events
+/// again: `decide` refuses a correction on it, and folding a correction
+/// into it is a caller's error that stops the process (its facts would
+/// otherwise be wrong). [`CaseState::has_event`] and
+/// [`CaseState::event`] see only the entries it holds.
 #[derive(Clone, Debug, Default)]
 pub struct CaseState {
     version: u64,
-    /// Leading events of the stream folded into the facts without their
-    /// entries: `entries` holds those after them (0: every entry).
-    skipped: u64,
-    /// Every entry in stream order (after the `skipped` first), with its
-    /// content as corrected. An entry is found by id by scanning from the
-    /// newest ([`CaseState::position_of`]): only corrections look one up,
-    /// and each of them re-reads every entry anyway (the facts are
+    /// Leading events of the stream held as facts only: `entries` holds
+    /// those after them (0 in a complete state).
+    facts_only: u64,
+    /// Every entry in stream order (after the `facts_only` first), with
+    /// its content as corrected. An entry is found by id by scanning from
+    /// the newest ([`CaseState::position_of`]): only corrections look one
+    /// up, and each of them re-reads every entry anyway (the facts are
     /// re-derived), so an index by id (a hash insert for every folded
     /// event, 5% of an import's planning) bought no order of growth.
     entries: Vec<Entry>,
@@ -1208,7 +1211,8 @@ impl CaseState {
 
     /// Folds one event of the pupil's case stream into the state. Pure and
     /// infallible: a correction the fold cannot apply (the log is older than
-    /// the rules) leaves the original content in place.
+    /// the rules) leaves the original content in place. A correction needs
+    /// a complete state (see [`CaseState`]).
     pub fn apply(&mut self, event_id: Uuid, event: &CaseEvent) {
         self.absorb(event);
         self.keep(event_id, Content::new(event));
@@ -1223,48 +1227,56 @@ impl CaseState {
 
     /// Folds one stored event into the facts without keeping its entry
     /// (see [`CaseState`]): what an import needs of a pupil's history to
-    /// judge every line but a correction. Only at the start of a state
-    /// (every event before it folded this way too), and never a correction,
-    /// which needs the entries: `false`, the state unchanged, and the
-    /// caller folds the stream with [`CaseState::apply`] instead.
+    /// judge every line but a correction. Only while no entry is held
+    /// (every event before it folded this way, or forgotten), and never a
+    /// correction, which is applied to its entry: `false`, the state
+    /// unchanged, and the caller folds the stream with
+    /// [`CaseState::apply`] and then [`CaseState::forget_entries`].
     pub fn apply_facts_only(&mut self, event: &CaseEvent) -> bool {
         if !self.entries.is_empty() || matches!(event, CaseEvent::EntryCorrected(_)) {
             return false;
         }
         self.absorb(event);
-        self.skipped += 1;
+        self.facts_only += 1;
         true
     }
 
-    /// Leading events folded by [`CaseState::apply_facts_only`] whose
-    /// entries are not held (0 in a complete state).
-    pub fn skipped(&self) -> u64 {
-        self.skipped
+    /// Lets go of every entry, keeping the facts (see [`CaseState`]).
+    pub fn forget_entries(&mut self) {
+        self.entries = Vec::new();
+        self.facts_only = self.version;
     }
 
-    /// Whether every entry is held (no event was folded by
-    /// [`CaseState::apply_facts_only`], or [`CaseState::complete`] has
-    /// given them back).
+    /// Leading events held as facts only (0 in a complete state): those
+    /// [`CaseState::complete`] needs again.
+    pub fn facts_only_events(&self) -> u64 {
+        self.facts_only
+    }
+
+    /// Whether every entry is held: nothing was folded as facts only or
+    /// forgotten, or [`CaseState::complete`] has given it back.
     pub fn is_complete(&self) -> bool {
-        self.skipped == 0
+        self.facts_only == 0
     }
 
     /// Makes an incomplete state complete: `stored` are the stream's
-    /// events from version 1 (more may follow; those past the skipped
-    /// ones are not read), folded in full, and the entries kept since are
+    /// events from version 1 (more may follow; only the first
+    /// [`CaseState::facts_only_events`] are read), folded with their
+    /// entries (corrections applied), and the entries held since are
     /// folded again after them, which gives the same facts (they were
     /// judged on those facts; none is a correction, which would have
     /// needed this first). `false`, the state unchanged, when `stored`
-    /// holds fewer events than were skipped.
+    /// holds fewer events than that.
     pub fn complete(&mut self, stored: impl IntoIterator<Item = (Uuid, CaseEvent)>) -> bool {
-        if self.skipped == 0 {
+        if self.facts_only == 0 {
             return true;
         }
+        let wanted = usize::try_from(self.facts_only).unwrap_or(usize::MAX);
         let mut full = CaseState::new();
-        for (id, event) in stored.into_iter().take(self.skipped as usize) {
+        for (id, event) in stored.into_iter().take(wanted) {
             full.apply_owned(id, event);
         }
-        if full.version != self.skipped {
+        if full.version != self.facts_only {
             return false;
         }
         for entry in std::mem::take(&mut self.entries) {
@@ -1279,7 +1291,7 @@ impl CaseState {
     fn keep(&mut self, id: Uuid, content: Content) {
         self.entries.push(Entry { id, content });
         debug_assert_eq!(
-            self.skipped + self.entries.len() as u64,
+            self.facts_only + self.entries.len() as u64,
             self.version,
             "one entry per folded event"
         );
@@ -1302,16 +1314,16 @@ impl CaseState {
     }
 
     /// Needs a complete state (the facts are re-derived from every
-    /// entry): `decide` refuses a correction on any other, and a stream
-    /// with a correction is folded in full.
+    /// entry): `decide` refuses a correction on any other, and the import
+    /// planner folds a stream that holds one with its entries.
     fn apply_correction(&mut self, c: &EntryCorrected) {
-        debug_assert!(
+        // A caller's error, never the log's or the user's (see
+        // `CaseState`): stopping is better than facts derived from part
+        // of the record.
+        assert!(
             self.is_complete(),
-            "a correction folded into an incomplete state"
+            "a correction folded into a state that holds facts only"
         );
-        if !self.is_complete() {
-            return;
-        }
         let Some(entry) = self
             .position_of(c.event)
             .and_then(|i| self.entries.get_mut(i))

@@ -524,15 +524,18 @@ struct PupilPlan {
 /// would).
 type Folded = Result<(CaseState, u64), StoreError>;
 
-/// Stored events the prefetch holds at once, about: it reads the streams
+/// Stored events the prefetch reads at once, about: it reads the streams
 /// of a batch's pupils a slice at a time, each slice folded and let go
-/// before the next is read, so that what it holds is bounded by this and
-/// not by the history of the batch's [`PREFETCH_LINES`] pupils (at 400
-/// events a pupil, 4,096 pupils' streams were 1.6M events, ~500 MB).
-pub const PREFETCH_EVENTS: usize = 32_768;
+/// before the next is read, so that what it holds is about this many
+/// events (or one stream, if longer) and not the history of the batch's
+/// [`PREFETCH_LINES`] pupils (at 820 events a pupil, 4,096 pupils'
+/// streams were 3.4M events, ~1 GB).
+const PREFETCH_EVENTS: usize = 32_768;
 
-/// Streams in the prefetch's first slice (later ones are sized by the
-/// events a stream held so far).
+/// Streams in the prefetch's first slice. Each later slice is sized by
+/// the events of the streams read so far, and at most twice the one
+/// before it (a batch whose first pupils are new says nothing of the
+/// others).
 const FIRST_SLICE_STREAMS: usize = 64;
 
 /// The payload of a stored event, for a fold: a payload that does not
@@ -547,49 +550,156 @@ fn stored_case_event(s: &StoredEvent) -> Result<CaseEvent, StoreError> {
 /// Folds a pupil's stored events for the planner: into the facts only
 /// ([`CaseState::apply_facts_only`]), which is all the rules ask of a
 /// pupil's history but for a correction; a stream that holds a correction
-/// is folded again with every entry (a correction is re-applied to the
-/// entry it names). An import of a day's register for the whole school
-/// holds a state for every pupil: with the entries, 32 bytes for every
-/// event of their history.
-fn fold_stored(stored: &[StoredEvent]) -> Folded {
+/// is folded again with its entries (a correction is applied to the entry
+/// it names), which are then let go. With `keep_entries` (the pupil has a
+/// correction line to judge) every entry is kept. An import of a day's
+/// register for the whole school holds a state for every pupil: with the
+/// entries, 32 bytes for every event of their history.
+fn fold_stored(stored: &[StoredEvent], keep_entries: bool) -> Folded {
     let version = stored.last().map_or(0, |e| e.version);
-    let mut state = CaseState::new();
-    for s in stored {
-        let event = stored_case_event(s)?;
-        if !state.apply_facts_only(&event) {
-            let mut full = CaseState::new();
-            for s in stored {
-                full.apply_owned(s.event_id, stored_case_event(s)?);
+    if !keep_entries {
+        let mut state = CaseState::new();
+        let mut facts = true;
+        for s in stored {
+            if !state.apply_facts_only(&stored_case_event(s)?) {
+                facts = false;
+                break;
             }
-            return Ok((full, version));
+        }
+        if facts {
+            return Ok((state, version));
         }
     }
-    Ok((state, version))
+    let mut full = CaseState::new();
+    for s in stored {
+        full.apply_owned(s.event_id, stored_case_event(s)?);
+    }
+    if !keep_entries {
+        full.forget_entries();
+    }
+    Ok((full, version))
 }
 
-/// The streams of `streams` that hold events, each folded ([`fold_stored`])
-/// as soon as it is read: read a slice at a time, each sized to hold about
-/// [`PREFETCH_EVENTS`] events by the streams read before it.
+/// The streams of `streams` that hold events, each folded as [`fold_stored`]
+/// folds it (with its entries when in `keep_entries`), as it is visited
+/// ([`EventStore::visit_streams`]: borrowed, no envelope made of each
+/// stored event), a slice of streams at a time ([`PREFETCH_EVENTS`]). A
+/// stream folded as facts only that turns out to hold a correction is
+/// read again whole and folded with [`fold_stored`].
 async fn read_folded(
     store: &dyn EventStore,
     streams: &[StreamId],
+    keep_entries: &IdSet<StreamId>,
 ) -> Result<HashMap<StreamId, Folded>, StoreError> {
-    let mut folded = HashMap::with_capacity(streams.len());
+    let mut fold = FoldVisitor {
+        folded: HashMap::with_capacity(streams.len()),
+        keep_entries,
+        visiting: None,
+        again: Vec::new(),
+        streams: 0,
+        events: 0,
+    };
     let (mut at, mut slice) = (0, FIRST_SLICE_STREAMS);
-    let (mut read_streams, mut read_events) = (0usize, 0usize);
     while at < streams.len() {
         let end = streams.len().min(at + slice);
-        let stored = store.read_streams(&streams[at..end]).await?;
-        read_streams += end - at;
-        for (stream, events) in stored {
-            read_events += events.len();
-            folded.insert(stream, fold_stored(&events));
-        }
-        let per_stream = (read_events / read_streams).max(1);
-        slice = (PREFETCH_EVENTS / per_stream).clamp(1, PREFETCH_LINES);
+        store.visit_streams(&streams[at..end], &mut fold).await?;
+        fold.finish();
+        let per_stream = (fold.events / fold.streams.max(1)).max(1);
+        slice = (PREFETCH_EVENTS / per_stream).clamp(1, (2 * slice).min(PREFETCH_LINES));
         at = end;
     }
-    Ok(folded)
+    for stream in std::mem::take(&mut fold.again) {
+        let stored = read_whole_stream(store, stream).await?;
+        fold.folded.insert(stream, fold_stored(&stored, false));
+    }
+    Ok(fold.folded)
+}
+
+/// Folds the events [`EventStore::visit_streams`] hands it, stream by
+/// stream, as [`fold_stored`] folds them.
+struct FoldVisitor<'k> {
+    folded: HashMap<StreamId, Folded>,
+    /// Streams folded with their entries.
+    keep_entries: &'k IdSet<StreamId>,
+    /// The stream being visited.
+    visiting: Option<Visiting>,
+    /// Streams met holding a correction: read again, [`fold_stored`].
+    again: Vec<StreamId>,
+    /// Streams and events visited.
+    streams: usize,
+    events: usize,
+}
+
+/// A stream [`FoldVisitor`] is visiting: its state so far and version, or
+/// why it stopped folding it.
+struct Visiting {
+    stream: StreamId,
+    version: u64,
+    keep_entries: bool,
+    state: Result<CaseState, Stopped>,
+}
+
+enum Stopped {
+    /// A correction, in a stream folded as facts only: read again.
+    Correction,
+    /// A stored event that does not decode.
+    Unreadable(StoreError),
+}
+
+impl FoldVisitor<'_> {
+    /// Files the stream being visited.
+    fn finish(&mut self) {
+        let Some(v) = self.visiting.take() else {
+            return;
+        };
+        match v.state {
+            Ok(state) => {
+                self.folded.insert(v.stream, Ok((state, v.version)));
+            }
+            Err(Stopped::Unreadable(e)) => {
+                self.folded.insert(v.stream, Err(e));
+            }
+            Err(Stopped::Correction) => self.again.push(v.stream),
+        }
+    }
+}
+
+impl crate::store::StreamVisitor for FoldVisitor<'_> {
+    fn visit(&mut self, e: &crate::envelope::EventRef<'_>) -> Result<(), StoreError> {
+        self.events += 1;
+        if self.visiting.as_ref().is_none_or(|v| v.stream != e.stream) {
+            self.finish();
+            self.streams += 1;
+            self.visiting = Some(Visiting {
+                stream: e.stream,
+                version: 0,
+                keep_entries: self.keep_entries.contains(&e.stream),
+                state: Ok(CaseState::new()),
+            });
+        }
+        let Some(v) = self.visiting.as_mut() else {
+            return Ok(());
+        };
+        v.version = e.version;
+        let Ok(state) = v.state.as_mut() else {
+            return Ok(());
+        };
+        match e.case_event() {
+            Ok(event) if v.keep_entries => state.apply_owned(e.event_id, event),
+            Ok(event) => {
+                if !state.apply_facts_only(&event) {
+                    v.state = Err(Stopped::Correction);
+                }
+            }
+            Err(why) => {
+                v.state = Err(Stopped::Unreadable(StoreError::Corrupt {
+                    location: format!("position {}", e.position),
+                    what: why.to_string(),
+                }))
+            }
+        }
+        Ok(())
+    }
 }
 
 impl<'a> Planner<'a> {
@@ -647,9 +757,10 @@ impl<'a> Planner<'a> {
             || self.prefetch.streams.contains(stream)
     }
 
-    /// The pupil's plan, its state folded from the stored stream on first
-    /// use. The caller has made sure it is ready ([`Planner::pupil_ready`]:
-    /// [`Planner::add_to`] reads a stream not prefetched into the prefetch).
+    /// The pupil's plan: planned or carried, or made on first use from the
+    /// prefetch's folded state of the stored stream. The caller has made
+    /// sure it is ready ([`Planner::pupil_ready`]: [`Planner::add_to`]
+    /// reads a stream not prefetched into the prefetch).
     fn pupil(&mut self, line: usize, stream: StreamId) -> Result<&mut PupilPlan, ImportError> {
         if !self.pupils.contains_key(&stream) {
             if let Some(carried) = self.carry.pupils.remove(&stream) {
@@ -689,8 +800,9 @@ impl<'a> Planner<'a> {
 
     /// [`Planner::add`] of a line whose pupil's stream is `stream`: the
     /// synchronous [`Planner::add_now`], with the store read it asks for
-    /// (an id not prefetched, a pupil's stream not prefetched) done here
-    /// and kept in the prefetch, then `add_now` again with the same event.
+    /// (an id not prefetched, a pupil's stream not prefetched, or, for a
+    /// correction, the entries of a pupil held as facts only) done here
+    /// and kept, then `add_now` again with the same event.
     async fn add_to(&mut self, l: ImportLine, stream: StreamId) -> Result<(), ImportError> {
         match self.add_now(l, stream, None, 0)? {
             None => Ok(()),
@@ -725,29 +837,37 @@ impl<'a> Planner<'a> {
                         .map_err(|source| ImportError::Store { line, source })?;
                     self.prefetch.streams.insert(stream);
                     if !stored.is_empty() {
-                        self.prefetch.folded.insert(stream, fold_stored(&stored));
+                        let correction = matches!(waiting.line.event, CaseEvent::EntryCorrected(_));
+                        self.prefetch
+                            .folded
+                            .insert(stream, fold_stored(&stored, correction));
                     }
                 }
                 Lookup::Entries => {
                     // The pupil's state holds the facts of its stored
                     // events but not their entries, which a correction is
-                    // judged against: read them once, for this pupil only.
+                    // judged against: read them again, for this pupil.
+                    let store_error = |source| ImportError::Store { line, source };
                     let stored = read_whole_stream(self.store, stream)
                         .await
-                        .map_err(|source| ImportError::Store { line, source })?;
+                        .map_err(store_error)?;
                     let plan = self.pupil(line, stream)?;
-                    let skipped = usize::try_from(plan.state.skipped()).unwrap_or(usize::MAX);
-                    let mut events = Vec::with_capacity(skipped.min(stored.len()));
-                    for s in stored.iter().take(skipped) {
-                        let event = stored_case_event(s)
-                            .map_err(|source| ImportError::Store { line, source })?;
-                        events.push((s.event_id, event));
-                    }
+                    let wanted =
+                        usize::try_from(plan.state.facts_only_events()).unwrap_or(usize::MAX);
+                    let events = stored
+                        .iter()
+                        .take(wanted)
+                        .map(|s| Ok((s.event_id, stored_case_event(s)?)))
+                        .collect::<Result<Vec<_>, StoreError>>()
+                        .map_err(store_error)?;
                     if !plan.state.complete(events) {
-                        return Err(ImportError::line(
-                            line,
-                            "the pupil's stored events changed while the file was read; nothing was written",
-                        ));
+                        return Err(store_error(StoreError::Corrupt {
+                            location: format!("the stream of line {line}'s pupil"),
+                            what: format!(
+                                "holds {} events, fewer than the {wanted} read before",
+                                stored.len()
+                            ),
+                        }));
                     }
                 }
             }
@@ -946,6 +1066,7 @@ impl<'a> Planner<'a> {
         let mut streams = Vec::new();
         let mut seen_ids = IdSet::with_capacity_and_hasher(lines.len(), IdHash::default());
         let mut seen_streams = IdSet::default();
+        let mut keep_entries = IdSet::default();
         let mut line_streams = Vec::with_capacity(lines.len());
         let mut last: Option<(&str, StreamId)> = None;
         for l in lines {
@@ -965,11 +1086,14 @@ impl<'a> Planner<'a> {
             };
             last = Some((&l.pupil, stream));
             line_streams.push((stream, 1));
-            if !self.pupils.contains_key(&stream)
-                && !self.carry.pupils.contains_key(&stream)
-                && seen_streams.insert(stream)
-            {
+            let stored =
+                !self.pupils.contains_key(&stream) && !self.carry.pupils.contains_key(&stream);
+            if stored && seen_streams.insert(stream) {
                 streams.push(stream);
+            }
+            if stored && matches!(l.event, CaseEvent::EntryCorrected(_)) {
+                // Judged against every entry: read with them.
+                keep_entries.insert(stream);
             }
         }
         // Each line's run: the lines from it on of the same stream.
@@ -995,17 +1119,17 @@ impl<'a> Planner<'a> {
         let read = async {
             match streams.is_empty() {
                 true => Ok(HashMap::new()),
-                false => read_folded(store, &streams).await,
+                false => read_folded(store, &streams, &keep_entries).await,
             }
         };
-        let (found, stored) = tokio::join!(find, read);
+        let (found, folded) = tokio::join!(find, read);
         if let Ok(found) = found {
             self.prefetch.ids = seen_ids;
             self.prefetch.found = found;
         }
-        if let Ok(stored) = stored {
+        if let Ok(folded) = folded {
             self.prefetch.streams = seen_streams;
-            self.prefetch.folded = stored;
+            self.prefetch.folded = folded;
         }
     }
 

@@ -581,6 +581,44 @@ pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
     }
     assert!(s.read_streams(&[]).await.unwrap().is_empty());
     assert!(s.read_streams(&[pupil(9999)]).await.unwrap().is_empty());
+
+    // `visit_streams` hands on the same events, each stream's together,
+    // in version order, repeated streams once.
+    struct Gather(Vec<(StreamId, u64, uuid::Uuid, u64)>);
+    impl store::StreamVisitor for Gather {
+        fn visit(&mut self, e: &casebook_engine::envelope::EventRef<'_>) -> Result<(), StoreError> {
+            self.0.push((e.stream, e.version, e.event_id, e.position));
+            Ok(())
+        }
+    }
+    let mut visited = Gather(Vec::new());
+    s.visit_streams(&streams, &mut visited).await.unwrap();
+    let mut runs: Vec<StreamId> = visited.0.iter().map(|v| v.0).collect();
+    runs.dedup();
+    assert_eq!(runs.len(), 3, "each stream once, its events together");
+    let mut by_stream: HashMap<StreamId, Vec<(u64, uuid::Uuid, u64)>> = HashMap::new();
+    for (stream, version, id, position) in visited.0 {
+        by_stream
+            .entry(stream)
+            .or_default()
+            .push((version, id, position));
+    }
+    let expected: HashMap<StreamId, Vec<(u64, uuid::Uuid, u64)>> = batched
+        .iter()
+        .map(|(s, events)| {
+            (
+                *s,
+                events
+                    .iter()
+                    .map(|e| (e.version, e.event_id, e.position))
+                    .collect(),
+            )
+        })
+        .collect();
+    assert_eq!(by_stream, expected);
+    let mut none = Gather(Vec::new());
+    s.visit_streams(&[pupil(9999)], &mut none).await.unwrap();
+    assert!(none.0.is_empty());
 }
 
 /// The school-wide views find the entry a correction names through the

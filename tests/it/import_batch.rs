@@ -341,15 +341,36 @@ fn segment_with_prefix(dir: &std::path::Path, rt: &tokio::runtime::Runtime) -> A
 enum Wrapped {
     SlowAppends(Arc<dyn EventStore>),
     NoPrefetch(Arc<dyn EventStore>),
+    /// Notes the events of each `visit_streams` call.
+    CountsVisits(Arc<dyn EventStore>, std::sync::Mutex<Vec<usize>>),
 }
 
-use Wrapped::{NoPrefetch, SlowAppends};
+use Wrapped::{CountsVisits, NoPrefetch, SlowAppends};
 
 impl Wrapped {
     fn inner(&self) -> &dyn EventStore {
         match self {
-            SlowAppends(log) | NoPrefetch(log) => log.as_ref(),
+            SlowAppends(log) | NoPrefetch(log) | CountsVisits(log, _) => log.as_ref(),
         }
+    }
+}
+
+/// Counts the events a visit hands on.
+struct Counted<'a> {
+    visit: &'a mut dyn casebook_engine::store::StreamVisitor,
+    events: usize,
+}
+
+impl casebook_engine::store::StreamVisitor for Counted<'_> {
+    fn expect(&mut self, events: usize) {
+        self.visit.expect(events)
+    }
+    fn visit(
+        &mut self,
+        event: &casebook_engine::envelope::EventRef<'_>,
+    ) -> Result<(), casebook_engine::StoreError> {
+        self.events += 1;
+        self.visit.visit(event)
     }
 }
 
@@ -387,7 +408,7 @@ impl EventStore for Wrapped {
     > {
         match self {
             NoPrefetch(_) => Err(no_batch()),
-            SlowAppends(log) => log.find_events(ids).await,
+            SlowAppends(log) | CountsVisits(log, _) => log.find_events(ids).await,
         }
     }
     async fn read_streams(
@@ -399,7 +420,23 @@ impl EventStore for Wrapped {
     > {
         match self {
             NoPrefetch(_) => Err(no_batch()),
-            SlowAppends(log) => log.read_streams(streams).await,
+            SlowAppends(log) | CountsVisits(log, _) => log.read_streams(streams).await,
+        }
+    }
+    async fn visit_streams(
+        &self,
+        streams: &[StreamId],
+        visit: &mut dyn casebook_engine::store::StreamVisitor,
+    ) -> Result<(), casebook_engine::StoreError> {
+        match self {
+            NoPrefetch(_) => Err(no_batch()),
+            SlowAppends(log) => log.visit_streams(streams, visit).await,
+            CountsVisits(log, calls) => {
+                let mut counted = Counted { visit, events: 0 };
+                let done = log.visit_streams(streams, &mut counted).await;
+                calls.lock().unwrap().push(counted.events);
+                done
+            }
         }
     }
     async fn read_stream(
@@ -1271,8 +1308,8 @@ fn stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entrie
             Err("line 3: data.changes: with this correction, the corrected SuspensionIssued"),
         ),
     ];
-    for (engine, log) in &logs {
-        let log = log.as_ref();
+    for (engine, log_arc) in &logs {
+        let log = log_arc.as_ref();
         rt.block_on(async {
             let mut planner = Planner::new(log, SCHOOL, now());
             planner
@@ -1286,8 +1323,28 @@ fn stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entrie
         for (what, lines, want) in &cases {
             let lines = parsed(lines);
             let single = rt.block_on(one_by_one(log, lines.clone()));
-            let batch = rt.block_on(batched(log, lines.clone(), &[]));
+            let counting = CountsVisits(Arc::clone(log_arc), Default::default());
+            let batch = rt.block_on(batched(&counting, lines.clone(), &[]));
             assert_eq!(single, batch, "{engine}: {what}");
+            // The streams were read a slice at a time, each slice about
+            // 32,768 events or fewer.
+            let CountsVisits(_, calls) = counting else {
+                unreachable!()
+            };
+            let calls = calls.into_inner().unwrap();
+            if *what == "a mark for every pupil" {
+                let stored = stored_history().len();
+                assert!(calls.len() >= 2, "{engine}: {calls:?}");
+                assert_eq!(
+                    calls.iter().sum::<usize>(),
+                    stored,
+                    "{engine}: every stream once"
+                );
+            }
+            assert!(
+                calls.iter().all(|&n| n <= 32_768 + 200),
+                "{engine}: {calls:?}"
+            );
             match (want, &single) {
                 (Ok(events), Ok(plan)) => assert_eq!(plan.1, *events, "{engine}: {what}"),
                 (Err(text), Err(e)) => assert!(e.contains(text), "{engine}: {what}: {e}"),

@@ -245,6 +245,34 @@ pub trait EventStore: Send + Sync + 'static {
             .collect())
     }
 
+    /// [`EventStore::read_streams`] handed to `visit` instead of returned:
+    /// the events of each of these streams that has any, in version order,
+    /// one stream after another (each event names its stream), borrowed
+    /// where the backend can (the segment engine makes no owned envelope
+    /// of them). Repeated streams are visited once. An error from `visit`
+    /// stops the read. The import planner folds its pupils' histories
+    /// with it. The default visits what `read_streams` returns.
+    async fn visit_streams(
+        &self,
+        streams: &[StreamId],
+        visit: &mut dyn StreamVisitor,
+    ) -> Result<(), StoreError> {
+        let found = self.read_streams(streams).await?;
+        let mut visited = std::collections::HashSet::new();
+        for stream in streams {
+            if !visited.insert(*stream) {
+                continue;
+            }
+            if let Some(events) = found.get(stream) {
+                visit.expect(events.len());
+                for e in events {
+                    visit.visit(&e.as_event_ref())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Every event of each of these streams, in version order, by stream;
     /// streams with no events are absent. Repeated streams are read once.
     /// The batched form of [`read_whole_stream`] (the import planner's

@@ -1798,6 +1798,24 @@ impl SegmentLog {
 
     /// Where the events of `versions` are: their positions read (those in
     /// a file without the index's lock), then located under it.
+    /// Where the versions of each of `streams` that has events are, taken
+    /// under the index's lock (those in the snapshot's file are read
+    /// after it is let go, by [`SegmentLog::wanted_in`]); repeated
+    /// streams once, in the order asked.
+    fn versions_of(
+        &self,
+        streams: &[StreamId],
+    ) -> Result<Vec<(StreamId, streams::Versions)>, StoreError> {
+        let state = self.read()?;
+        let mut seen: std::collections::HashSet<StreamId, IdHash> =
+            std::collections::HashSet::with_capacity_and_hasher(streams.len(), IdHash::default());
+        Ok(streams
+            .iter()
+            .filter(|s| seen.insert(**s))
+            .filter_map(|s| Some((*s, state.index.streams.versions(s, 0, u64::MAX)?)))
+            .collect())
+    }
+
     fn wanted_in(&self, versions: streams::Versions) -> Result<Vec<Wanted>, StoreError> {
         let list = versions.read()?;
         let state = self.read()?;
@@ -3114,26 +3132,23 @@ impl EventStore for SegmentLog {
 
     /// Every event of each stream, from one index pass under one lock;
     /// streams the log does not hold cost a lookup and nothing else.
+    async fn visit_streams(
+        &self,
+        streams: &[StreamId],
+        visit: &mut dyn StreamVisitor,
+    ) -> Result<(), StoreError> {
+        for (stream, versions) in self.versions_of(streams)? {
+            visit_runs(&self.wanted_in(versions)?, Asked::Stream(stream, 1), visit)?;
+        }
+        Ok(())
+    }
+
     async fn read_streams(
         &self,
         streams: &[StreamId],
     ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
-        // Where each stream's versions are is taken under the index's
-        // lock; those in the snapshot's file are read after it is let go.
-        let versions: Vec<(StreamId, streams::Versions)> = {
-            let state = self.read()?;
-            let mut seen: std::collections::HashSet<StreamId, IdHash> =
-                std::collections::HashSet::with_capacity_and_hasher(
-                    streams.len(),
-                    IdHash::default(),
-                );
-            streams
-                .iter()
-                .filter(|s| seen.insert(**s))
-                .filter_map(|s| Some((*s, state.index.streams.versions(s, 0, u64::MAX)?)))
-                .collect()
-        };
-        let wanted: Vec<(StreamId, Vec<Wanted>)> = versions
+        let wanted: Vec<(StreamId, Vec<Wanted>)> = self
+            .versions_of(streams)?
             .into_iter()
             .map(|(s, v)| Ok((s, self.wanted_in(v)?)))
             .collect::<Result<_, StoreError>>()?;
