@@ -14,7 +14,9 @@
 //! Architecture Invariant: `apply` after each accepted `decide` is exactly
 //! how the import validates a file: later lines are judged against the state
 //! the earlier lines produce. `apply` is infallible and never refuses; it
-//! folds whatever the log holds, because the log is the truth.
+//! folds whatever the log holds, because the log is the truth. (One
+//! caller's error stops it: a correction folded into a state that holds
+//! facts only, see `CaseState`.)
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -1211,8 +1213,12 @@ impl CaseState {
 
     /// Folds one event of the pupil's case stream into the state. Pure and
     /// infallible: a correction the fold cannot apply (the log is older than
-    /// the rules) leaves the original content in place. A correction needs
-    /// a complete state (see [`CaseState`]).
+    /// the rules) leaves the original content in place.
+    ///
+    /// # Panics
+    ///
+    /// On a correction folded into a state that is not complete (see
+    /// [`CaseState`]): a caller's error, never the log's.
     pub fn apply(&mut self, event_id: Uuid, event: &CaseEvent) {
         self.absorb(event);
         self.keep(event_id, Content::new(event));
@@ -1241,7 +1247,10 @@ impl CaseState {
         true
     }
 
-    /// Lets go of every entry, keeping the facts (see [`CaseState`]).
+    /// Lets go of every entry, keeping the facts (see [`CaseState`]). Only
+    /// of a state folded from stored events: [`CaseState::complete`] is
+    /// given them again, and an entry planned but not yet stored could not
+    /// be.
     pub fn forget_entries(&mut self) {
         self.entries = Vec::new();
         self.facts_only = self.version;

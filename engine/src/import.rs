@@ -582,10 +582,12 @@ fn fold_stored(stored: &[StoredEvent], keep_entries: bool) -> Folded {
 
 /// The streams of `streams` that hold events, each folded as [`fold_stored`]
 /// folds it (with its entries when in `keep_entries`), as it is visited
-/// ([`EventStore::visit_streams`]: borrowed, no envelope made of each
-/// stored event), a slice of streams at a time ([`PREFETCH_EVENTS`]). A
-/// stream folded as facts only that turns out to hold a correction is
-/// read again whole and folded with [`fold_stored`].
+/// ([`EventStore::visit_streams`]), a slice of streams at a time: each
+/// slice sized to hold about [`PREFETCH_EVENTS`] events by the longest
+/// stream visited so far, and at most twice the one before. A stream met
+/// holding a correction while folded as facts only is visited again, in a
+/// second pass of the same kind, folded with its entries and then let go
+/// of them.
 async fn read_folded(
     store: &dyn EventStore,
     streams: &[StreamId],
@@ -594,24 +596,15 @@ async fn read_folded(
     let mut fold = FoldVisitor {
         folded: HashMap::with_capacity(streams.len()),
         keep_entries,
-        visiting: None,
         again: Vec::new(),
-        streams: 0,
-        events: 0,
+        second_pass: false,
+        visiting: None,
+        longest: 1,
     };
-    let (mut at, mut slice) = (0, FIRST_SLICE_STREAMS);
-    while at < streams.len() {
-        let end = streams.len().min(at + slice);
-        store.visit_streams(&streams[at..end], &mut fold).await?;
-        fold.finish();
-        let per_stream = (fold.events / fold.streams.max(1)).max(1);
-        slice = (PREFETCH_EVENTS / per_stream).clamp(1, (2 * slice).min(PREFETCH_LINES));
-        at = end;
-    }
-    for stream in std::mem::take(&mut fold.again) {
-        let stored = read_whole_stream(store, stream).await?;
-        fold.folded.insert(stream, fold_stored(&stored, false));
-    }
+    fold.visit_slices(store, streams).await?;
+    let again = std::mem::take(&mut fold.again);
+    fold.second_pass = true;
+    fold.visit_slices(store, &again).await?;
     Ok(fold.folded)
 }
 
@@ -619,15 +612,17 @@ async fn read_folded(
 /// stream, as [`fold_stored`] folds them.
 struct FoldVisitor<'k> {
     folded: HashMap<StreamId, Folded>,
-    /// Streams folded with their entries.
+    /// Streams folded with their entries, kept.
     keep_entries: &'k IdSet<StreamId>,
+    /// Streams met holding a correction in the first pass.
+    again: Vec<StreamId>,
+    /// The second pass: every stream folded with its entries, then let
+    /// go of them.
+    second_pass: bool,
     /// The stream being visited.
     visiting: Option<Visiting>,
-    /// Streams met holding a correction: read again, [`fold_stored`].
-    again: Vec<StreamId>,
-    /// Streams and events visited.
-    streams: usize,
-    events: usize,
+    /// Events of the longest stream visited.
+    longest: u64,
 }
 
 /// A stream [`FoldVisitor`] is visiting: its state so far and version, or
@@ -635,25 +630,48 @@ struct FoldVisitor<'k> {
 struct Visiting {
     stream: StreamId,
     version: u64,
-    keep_entries: bool,
+    /// Folded with every entry (kept, or let go at the end).
+    entries: bool,
     state: Result<CaseState, Stopped>,
 }
 
 enum Stopped {
-    /// A correction, in a stream folded as facts only: read again.
+    /// A correction, in a stream folded as facts only: visited again.
     Correction,
     /// A stored event that does not decode.
     Unreadable(StoreError),
 }
 
 impl FoldVisitor<'_> {
+    /// Visits `streams` a slice at a time, filing each stream.
+    async fn visit_slices(
+        &mut self,
+        store: &dyn EventStore,
+        streams: &[StreamId],
+    ) -> Result<(), StoreError> {
+        let (mut at, mut slice) = (0, FIRST_SLICE_STREAMS);
+        while at < streams.len() {
+            let end = streams.len().min(at + slice);
+            store.visit_streams(&streams[at..end], self).await?;
+            self.finish();
+            let by_longest = PREFETCH_EVENTS / usize::try_from(self.longest).unwrap_or(usize::MAX);
+            slice = by_longest.clamp(1, (2 * slice).min(PREFETCH_LINES));
+            at = end;
+        }
+        Ok(())
+    }
+
     /// Files the stream being visited.
     fn finish(&mut self) {
         let Some(v) = self.visiting.take() else {
             return;
         };
+        self.longest = self.longest.max(v.version);
         match v.state {
-            Ok(state) => {
+            Ok(mut state) => {
+                if self.second_pass && !self.keep_entries.contains(&v.stream) {
+                    state.forget_entries();
+                }
                 self.folded.insert(v.stream, Ok((state, v.version)));
             }
             Err(Stopped::Unreadable(e)) => {
@@ -666,15 +684,30 @@ impl FoldVisitor<'_> {
 
 impl crate::store::StreamVisitor for FoldVisitor<'_> {
     fn visit(&mut self, e: &crate::envelope::EventRef<'_>) -> Result<(), StoreError> {
-        self.events += 1;
-        if self.visiting.as_ref().is_none_or(|v| v.stream != e.stream) {
-            self.finish();
-            self.streams += 1;
-            self.visiting = Some(Visiting {
-                stream: e.stream,
-                version: 0,
-                keep_entries: self.keep_entries.contains(&e.stream),
-                state: Ok(CaseState::new()),
+        let next = match &self.visiting {
+            Some(v) if v.stream == e.stream => v.version + 1,
+            _ => {
+                self.finish();
+                let entries = self.second_pass || self.keep_entries.contains(&e.stream);
+                self.visiting = Some(Visiting {
+                    stream: e.stream,
+                    version: 0,
+                    entries,
+                    state: Ok(CaseState::new()),
+                });
+                1
+            }
+        };
+        // A stream's events from version 1, one after another, each stream
+        // once: anything else is a damaged store (the planner then reads
+        // each line's pupil on its own, and says what is wrong there).
+        if e.version != next || (next == 1 && self.folded.contains_key(&e.stream)) {
+            return Err(StoreError::Corrupt {
+                location: format!("position {}", e.position),
+                what: format!(
+                    "a stream read in a batch gave version {} where {next} was due",
+                    e.version
+                ),
             });
         }
         let Some(v) = self.visiting.as_mut() else {
@@ -685,7 +718,7 @@ impl crate::store::StreamVisitor for FoldVisitor<'_> {
             return Ok(());
         };
         match e.case_event() {
-            Ok(event) if v.keep_entries => state.apply_owned(e.event_id, event),
+            Ok(event) if v.entries => state.apply_owned(e.event_id, event),
             Ok(event) => {
                 if !state.apply_facts_only(&event) {
                     v.state = Err(Stopped::Correction);

@@ -619,6 +619,24 @@ pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
     let mut none = Gather(Vec::new());
     s.visit_streams(&[pupil(9999)], &mut none).await.unwrap();
     assert!(none.0.is_empty());
+    // An error from the visitor stops the read and is the read's.
+    struct StopAt(usize);
+    impl store::StreamVisitor for StopAt {
+        fn visit(&mut self, _: &casebook_engine::envelope::EventRef<'_>) -> Result<(), StoreError> {
+            self.0 -= 1;
+            match self.0 {
+                0 => Err(StoreError::Corrupt {
+                    location: "the visitor".into(),
+                    what: "stop here".into(),
+                }),
+                _ => Ok(()),
+            }
+        }
+    }
+    let mut stop = StopAt(5);
+    let err = s.visit_streams(&streams, &mut stop).await.unwrap_err();
+    assert!(err.to_string().contains("stop here"), "{err}");
+    assert_eq!(stop.0, 0, "no event after the error");
 }
 
 /// The school-wide views find the entry a correction names through the

@@ -247,26 +247,31 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// [`EventStore::read_streams`] handed to `visit` instead of returned:
     /// the events of each of these streams that has any, in version order,
-    /// one stream after another (each event names its stream), borrowed
-    /// where the backend can (the segment engine makes no owned envelope
-    /// of them). Repeated streams are visited once. An error from `visit`
-    /// stops the read. The import planner folds its pupils' histories
-    /// with it. The default visits what `read_streams` returns.
+    /// one stream after another (each event names its stream). Repeated
+    /// streams are visited once. An error from `visit` stops the read. The
+    /// import planner folds its pupils' histories with it. The default
+    /// visits one stream at a time ([`visit_whole_stream`]), so that it
+    /// holds one stream's events at most; the segment log lends them from
+    /// its read buffer, and PostgreSQL reads the streams asked in one
+    /// query.
     async fn visit_streams(
         &self,
         streams: &[StreamId],
         visit: &mut dyn StreamVisitor,
     ) -> Result<(), StoreError> {
-        let found = self.read_streams(streams).await?;
         let mut visited = std::collections::HashSet::new();
         for stream in streams {
             if !visited.insert(*stream) {
                 continue;
             }
-            if let Some(events) = found.get(stream) {
-                visit.expect(events.len());
-                for e in events {
-                    visit.visit(&e.as_event_ref())?;
+            let mut seen = 0u64;
+            loop {
+                let n = self
+                    .visit_stream(*stream, seen + 1, MAX_READ_PAGE, visit)
+                    .await?;
+                seen += n as u64;
+                if n < MAX_READ_PAGE {
+                    break;
                 }
             }
         }
@@ -386,6 +391,29 @@ pub struct InStream {
     /// comes before the correction); `u64::MAX` when not known.
     pub below: u64,
     pub id: Uuid,
+}
+
+/// The events `read_streams` `found` of `streams`, handed to `visit` stream
+/// after stream in the order asked, each once: [`EventStore::visit_streams`]
+/// for a backend that reads a batch of streams at once.
+pub(crate) fn visit_found(
+    streams: &[StreamId],
+    found: &HashMap<StreamId, Vec<StoredEvent>>,
+    visit: &mut dyn StreamVisitor,
+) -> Result<(), StoreError> {
+    let mut visited = std::collections::HashSet::new();
+    for stream in streams {
+        if !visited.insert(*stream) {
+            continue;
+        }
+        if let Some(events) = found.get(stream) {
+            visit.expect(events.len());
+            for e in events {
+                visit.visit(&e.as_event_ref())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// [`read_whole_stream`] through [`EventStore::visit_stream`]: every event

@@ -1098,6 +1098,17 @@ impl EventStore for PostgresLog {
 
     /// One query per [`LOOKUP_CHUNK`] distinct streams (`stream = ANY($2)`),
     /// in (stream, version) order.
+    /// The streams asked in one query ([`EventStore::read_streams`]),
+    /// then visited.
+    async fn visit_streams(
+        &self,
+        streams: &[StreamId],
+        visit: &mut dyn super::StreamVisitor,
+    ) -> Result<(), StoreError> {
+        let found = self.read_streams(streams).await?;
+        super::visit_found(streams, &found, visit)
+    }
+
     async fn read_streams(
         &self,
         streams: &[StreamId],

@@ -1796,8 +1796,6 @@ impl SegmentLog {
         Ok(Some((start + 1, self.wanted_in(versions)?)))
     }
 
-    /// Where the events of `versions` are: their positions read (those in
-    /// a file without the index's lock), then located under it.
     /// Where the versions of each of `streams` that has events are, taken
     /// under the index's lock (those in the snapshot's file are read
     /// after it is let go, by [`SegmentLog::wanted_in`]); repeated
@@ -1816,6 +1814,8 @@ impl SegmentLog {
             .collect())
     }
 
+    /// Where the events of `versions` are: their positions read (those in
+    /// a file without the index's lock), then located under it.
     fn wanted_in(&self, versions: streams::Versions) -> Result<Vec<Wanted>, StoreError> {
         let list = versions.read()?;
         let state = self.read()?;
@@ -2999,15 +2999,31 @@ fn visit_runs_in(
             if meta.position == p {
                 asked.check(i, meta.stream, meta.version, meta.event_id, (seg, loc, p))?;
             }
-            i += 1;
             match EventRef::decode_plain(value) {
-                Some(e) if meta.position == p && e.position == p => visit.visit(&e)?,
-                // Anything else as `decode_at` reads it: its event or its error.
+                // The event as its header says (checked above).
+                Some(e)
+                    if meta.position == p
+                        && e.position == p
+                        && (e.stream, e.version, e.event_id)
+                            == (meta.stream, meta.version, meta.event_id) =>
+                {
+                    visit.visit(&e)?
+                }
+                // Anything else as `decode_at` reads it, and checked as
+                // `read_runs` checks it: its event or its error.
                 _ => {
                     let (event, _) = decode_at(seg, loc.offset, bytes, p)?;
+                    asked.check(
+                        i,
+                        event.stream,
+                        event.version,
+                        event.event_id,
+                        (seg, loc, p),
+                    )?;
                     visit.visit(&event.as_event_ref())?;
                 }
             }
+            i += 1;
             at += len;
         }
         Ok(())
@@ -3130,8 +3146,8 @@ impl EventStore for SegmentLog {
             .collect())
     }
 
-    /// Every event of each stream, from one index pass under one lock;
-    /// streams the log does not hold cost a lookup and nothing else.
+    /// One stream at a time, each lent from the read buffer as
+    /// `visit_stream` lends it.
     async fn visit_streams(
         &self,
         streams: &[StreamId],
@@ -3143,6 +3159,8 @@ impl EventStore for SegmentLog {
         Ok(())
     }
 
+    /// Every event of each stream, from one index pass under one lock;
+    /// streams the log does not hold cost a lookup and nothing else.
     async fn read_streams(
         &self,
         streams: &[StreamId],
