@@ -46,8 +46,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use casebook_engine::envelope::{encode_payload, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
-use casebook_engine::event::CURRENT_SCHEMA;
-use casebook_engine::import::{ImportError, ImportLine, Pipeline};
+use casebook_engine::event::{AttendanceMarked, CaseEvent, Session, CURRENT_SCHEMA};
+use casebook_engine::import::{ImportError, ImportLine, Pipeline, Planner};
 use casebook_engine::store::segment::{thread_cpu_ns, WriterTimes};
 use casebook_engine::store::sled::{SledLog, SledStore, MAX_GROUP_EVENTS};
 use casebook_engine::store::sled_raw::{scan_decode, RawEnvelope, RawSledLog};
@@ -364,6 +364,42 @@ async fn append_all(log: &dyn EventStore, appends: Appends) -> Result<u64, Failu
         n += 1;
     }
     Ok(n)
+}
+
+/// A register mark (present, morning) for each of `pupils` on the day
+/// after the last school day of `academic_year` (the demo's year, whose
+/// sessions are all marked): at 08:45, or `now` if that is earlier.
+fn register_lines(
+    pupils: &[String],
+    academic_year: i32,
+    now: chrono::DateTime<Utc>,
+) -> Vec<ImportLine> {
+    let last = crate::demo::school_days(academic_year)
+        .last()
+        .copied()
+        .unwrap_or_else(|| now.date_naive());
+    let day = last.succ_opt().unwrap_or(last);
+    let at = day
+        .and_hms_opt(8, 45, 0)
+        .map_or(now, |t| t.and_utc())
+        .min(now);
+    pupils
+        .iter()
+        .enumerate()
+        .map(|(i, pupil)| ImportLine {
+            line: i + 1,
+            pupil: pupil.clone(),
+            occurred_at: at,
+            actor: "S001".into(),
+            id: None,
+            school: None,
+            event: CaseEvent::AttendanceMarked(AttendanceMarked {
+                date: day,
+                session: Session::Am,
+                code: "/".into(),
+            }),
+        })
+        .collect()
 }
 
 // ---- measurements -------------------------------------------------------------
@@ -981,6 +1017,24 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         format!("single {append_single_ev_s:.0} events/s beside {fsync_per_s:.0} fdatasyncs/s, concurrent {append_concurrent_ev_s:.0} events/s"),
     );
 
+    // A day's register for every pupil of the populated store, imported
+    // as `casebook import` imports a file (one planner, one atomic
+    // append): each line is judged against its pupil's stored record, so
+    // the planner reads every pupil's history; what it holds for them is
+    // this phase's peak.
+    let t = phase(&format!(
+        "a day's register for every pupil ({} lines) into the populated store",
+        pupils.len()
+    ));
+    let started = Instant::now();
+    let register = register_lines(&pupils, opts.academic_year, Utc::now());
+    let mut planner = Planner::new(log.as_ref(), &school, Utc::now());
+    planner.add_many(register).await.map_err(refused)?;
+    let plan = planner.finish();
+    log.append_atomic(plan.requests).await?;
+    let register_import_ms = started.elapsed().as_secs_f64() * 1e3;
+    done(t, format!("{register_import_ms:.0} ms"));
+
     let peak_rss_mb = peak_rss_mb();
     let disk_bytes_per_event = disk_bytes as f64 / imported.max(1) as f64;
     let figures = Figures {
@@ -1016,6 +1070,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         "load_average_before": load_before,
         "load_average_after": load_average(),
         "pupils": pupils.len(),
+        "register_import_lines": plan.events,
+        "register_import_ms": register_import_ms,
         "batch_events": batch_events,
         "seal_ahead": args.seal_ahead,
         "single_appends": single_count,
