@@ -259,21 +259,8 @@ pub trait EventStore: Send + Sync + 'static {
         streams: &[StreamId],
         visit: &mut dyn StreamVisitor,
     ) -> Result<(), StoreError> {
-        let mut visited = std::collections::HashSet::new();
-        for stream in streams {
-            if !visited.insert(*stream) {
-                continue;
-            }
-            let mut seen = 0u64;
-            loop {
-                let n = self
-                    .visit_stream(*stream, seen + 1, MAX_READ_PAGE, visit)
-                    .await?;
-                seen += n as u64;
-                if n < MAX_READ_PAGE {
-                    break;
-                }
-            }
+        for stream in each_once(streams) {
+            visit_whole_stream(self, stream, visit).await?;
         }
         Ok(())
     }
@@ -287,15 +274,11 @@ pub trait EventStore: Send + Sync + 'static {
         streams: &[StreamId],
     ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
         let mut found = HashMap::new();
-        let mut asked = std::collections::HashSet::new();
-        for stream in streams {
-            if !asked.insert(*stream) {
-                continue;
-            }
+        for stream in each_once(streams) {
             let mut events: Vec<StoredEvent> = Vec::new();
             loop {
                 let from = events.len() as u64 + 1;
-                let page = self.read_stream(*stream, from, MAX_READ_PAGE).await?;
+                let page = self.read_stream(stream, from, MAX_READ_PAGE).await?;
                 let done = page.len() < MAX_READ_PAGE;
                 events.extend(page);
                 if done {
@@ -303,7 +286,7 @@ pub trait EventStore: Send + Sync + 'static {
                 }
             }
             if !events.is_empty() {
-                found.insert(*stream, events);
+                found.insert(stream, events);
             }
         }
         Ok(found)
@@ -401,12 +384,8 @@ pub(crate) fn visit_found(
     found: &HashMap<StreamId, Vec<StoredEvent>>,
     visit: &mut dyn StreamVisitor,
 ) -> Result<(), StoreError> {
-    let mut visited = std::collections::HashSet::new();
-    for stream in streams {
-        if !visited.insert(*stream) {
-            continue;
-        }
-        if let Some(events) = found.get(stream) {
+    for stream in each_once(streams) {
+        if let Some(events) = found.get(&stream) {
             visit.expect(events.len());
             for e in events {
                 visit.visit(&e.as_event_ref())?;
@@ -416,10 +395,16 @@ pub(crate) fn visit_found(
     Ok(())
 }
 
+/// `streams` without repeats, in the order asked.
+fn each_once(streams: &[StreamId]) -> impl Iterator<Item = StreamId> + '_ {
+    let mut seen = std::collections::HashSet::new();
+    streams.iter().copied().filter(move |s| seen.insert(*s))
+}
+
 /// [`read_whole_stream`] through [`EventStore::visit_stream`]: every event
 /// of a stream handed to `visit` in order, page by page.
-pub async fn visit_whole_stream(
-    store: &dyn EventStore,
+pub async fn visit_whole_stream<S: EventStore + ?Sized>(
+    store: &S,
     stream: StreamId,
     visit: &mut dyn StreamVisitor,
 ) -> Result<(), StoreError> {
