@@ -31,6 +31,9 @@
 //!   document of `casebook timeline` for 1,000 random pupils;
 //! - `verify_ev_s`: `casebook verify` of the whole log (chain, content
 //!   hashes, index), and `verify_vs_raw` against `raw_scan_decode_ev_s`;
+//! - `register_import_lines`, `register_import_ms`: last, a day's register
+//!   for every pupil of the populated store, imported as `casebook import`
+//!   imports a file (the phase's peak: what it holds of their history);
 //! - `peak_rss_mb` (VmHWM; each phase's own in `phase_peak_rss_mb`),
 //!   `disk_bytes_per_event`, `payload_bytes_per_event`, and the ratios.
 //!

@@ -20,8 +20,8 @@ use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::segment::IdHash;
 use crate::store::{
-    read_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion, Head, Presealed,
-    MAX_EVENTS_PER_APPEND,
+    read_whole_stream, visit_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion,
+    Head, Presealed, MAX_EVENTS_PER_APPEND,
 };
 
 /// The planner's maps, keyed by event ids and stream ids (16 random or
@@ -480,7 +480,7 @@ enum Lookup {
     /// The stored events of the line's pupil.
     Stream,
     /// The entries of the line's pupil's stored events, for a correction
-    /// (the pupil's state holds their facts only: [`fold_stored`]).
+    /// (the pupil's state holds their facts only: [`read_folded`]).
     Entries,
 }
 
@@ -533,9 +533,8 @@ type Folded = Result<(CaseState, u64), StoreError>;
 const PREFETCH_EVENTS: usize = 32_768;
 
 /// Streams in the prefetch's first slice. Each later slice is sized by
-/// the events of the streams read so far, and at most twice the one
-/// before it (a batch whose first pupils are new says nothing of the
-/// others).
+/// the longest stream visited so far, and at most twice the one before
+/// it (a batch whose first pupils are new says nothing of the others).
 const FIRST_SLICE_STREAMS: usize = 64;
 
 /// The payload of a stored event, for a fold: a payload that does not
@@ -547,55 +546,33 @@ fn stored_case_event(s: &StoredEvent) -> Result<CaseEvent, StoreError> {
     })
 }
 
-/// Folds a pupil's stored events for the planner: into the facts only
+/// The streams of `streams` that hold events, each folded for the planner
+/// as it is visited ([`EventStore::visit_streams`]): into the facts only
 /// ([`CaseState::apply_facts_only`]), which is all the rules ask of a
-/// pupil's history but for a correction; a stream that holds a correction
-/// is folded again with its entries (a correction is applied to the entry
-/// it names), which are then let go. With `keep_entries` (the pupil has a
-/// correction line to judge) every entry is kept. An import of a day's
-/// register for the whole school holds a state for every pupil: with the
-/// entries, 32 bytes for every event of their history.
-fn fold_stored(stored: &[StoredEvent], keep_entries: bool) -> Folded {
-    let version = stored.last().map_or(0, |e| e.version);
-    if !keep_entries {
-        let mut state = CaseState::new();
-        let mut facts = true;
-        for s in stored {
-            if !state.apply_facts_only(&stored_case_event(s)?) {
-                facts = false;
-                break;
-            }
-        }
-        if facts {
-            return Ok((state, version));
-        }
-    }
-    let mut full = CaseState::new();
-    for s in stored {
-        full.apply_owned(s.event_id, stored_case_event(s)?);
-    }
-    if !keep_entries {
-        full.forget_entries();
-    }
-    Ok((full, version))
-}
-
-/// The streams of `streams` that hold events, each folded as [`fold_stored`]
-/// folds it (with its entries when in `keep_entries`), as it is visited
-/// ([`EventStore::visit_streams`]), a slice of streams at a time: each
+/// pupil's history but for a correction, or, for the streams in
+/// `keep_entries` (pupils with a correction line to judge), with every
+/// entry. An import of a day's register for the whole school holds a
+/// state for every pupil: with the entries, 32 bytes for every event of
+/// their history. A slice of streams at a time: each
 /// slice sized to hold about [`PREFETCH_EVENTS`] events by the longest
 /// stream visited so far, and at most twice the one before. A stream met
 /// holding a correction while folded as facts only is visited again, in a
 /// second pass of the same kind, folded with its entries and then let go
 /// of them.
+///
+/// `batched`: through `visit_streams`; otherwise each stream on its own
+/// (`visit_stream`, the planner's one-line-at-a-time reads, which do not
+/// depend on the batched look-ups).
 async fn read_folded(
     store: &dyn EventStore,
     streams: &[StreamId],
     keep_entries: &IdSet<StreamId>,
+    batched: bool,
 ) -> Result<HashMap<StreamId, Folded>, StoreError> {
     let mut fold = FoldVisitor {
         folded: HashMap::with_capacity(streams.len()),
         keep_entries,
+        batched,
         again: Vec::new(),
         second_pass: false,
         visiting: None,
@@ -609,12 +586,15 @@ async fn read_folded(
 }
 
 /// Folds the events [`EventStore::visit_streams`] hands it, stream by
-/// stream, as [`fold_stored`] folds them.
+/// stream, as [`read_folded`] says.
 struct FoldVisitor<'k> {
     folded: HashMap<StreamId, Folded>,
     /// Streams folded with their entries, kept.
     keep_entries: &'k IdSet<StreamId>,
-    /// Streams met holding a correction in the first pass.
+    /// Visited through `visit_streams` (else one stream at a time).
+    batched: bool,
+    /// Streams met holding a correction in the first pass (a correction
+    /// is applied to the entry it names).
     again: Vec<StreamId>,
     /// The second pass: every stream folded with its entries, then let
     /// go of them.
@@ -652,7 +632,13 @@ impl FoldVisitor<'_> {
         let (mut at, mut slice) = (0, FIRST_SLICE_STREAMS);
         while at < streams.len() {
             let end = streams.len().min(at + slice);
-            store.visit_streams(&streams[at..end], self).await?;
+            if self.batched {
+                store.visit_streams(&streams[at..end], self).await?;
+            } else {
+                for stream in &streams[at..end] {
+                    visit_whole_stream(store, *stream, self).await?;
+                }
+            }
             self.finish();
             let by_longest = PREFETCH_EVENTS / usize::try_from(self.longest).unwrap_or(usize::MAX);
             slice = by_longest.clamp(1, (2 * slice).min(PREFETCH_LINES));
@@ -865,16 +851,17 @@ impl<'a> Planner<'a> {
                     }
                 }
                 Lookup::Stream => {
-                    let stored = read_whole_stream(self.store, stream)
+                    // Folded as the prefetch folds it, with its entries
+                    // for a correction.
+                    let mut keep = IdSet::default();
+                    if matches!(waiting.line.event, CaseEvent::EntryCorrected(_)) {
+                        keep.insert(stream);
+                    }
+                    let folded = read_folded(self.store, &[stream], &keep, false)
                         .await
                         .map_err(|source| ImportError::Store { line, source })?;
                     self.prefetch.streams.insert(stream);
-                    if !stored.is_empty() {
-                        let correction = matches!(waiting.line.event, CaseEvent::EntryCorrected(_));
-                        self.prefetch
-                            .folded
-                            .insert(stream, fold_stored(&stored, correction));
-                    }
+                    self.prefetch.folded.extend(folded);
                 }
                 Lookup::Entries => {
                     // The pupil's state holds the facts of its stored
@@ -1059,8 +1046,9 @@ impl<'a> Planner<'a> {
     /// Validates lines in order and adds them to the plan, exactly as
     /// [`Planner::add`] one by one would (same plan, same first error), but
     /// looks up the stored events of the lines' ids and the stored streams
-    /// of their pupils in batches of [`PREFETCH_LINES`] lines: two batched
-    /// store reads per batch instead of one or two per line.
+    /// of their pupils in batches of [`PREFETCH_LINES`] lines: one batched
+    /// id look-up and the streams visited a slice at a time
+    /// ([`read_folded`]) per batch, instead of one or two reads per line.
     pub async fn add_many(
         &mut self,
         lines: impl IntoIterator<Item = ImportLine>,
@@ -1152,7 +1140,7 @@ impl<'a> Planner<'a> {
         let read = async {
             match streams.is_empty() {
                 true => Ok(HashMap::new()),
-                false => read_folded(store, &streams, &keep_entries).await,
+                false => read_folded(store, &streams, &keep_entries, true).await,
             }
         };
         let (found, folded) = tokio::join!(find, read);

@@ -623,7 +623,7 @@ pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
     struct StopAt(usize);
     impl store::StreamVisitor for StopAt {
         fn visit(&mut self, _: &casebook_engine::envelope::EventRef<'_>) -> Result<(), StoreError> {
-            self.0 -= 1;
+            self.0 = self.0.checked_sub(1).expect("no event after the error");
             match self.0 {
                 0 => Err(StoreError::Corrupt {
                     location: "the visitor".into(),

@@ -275,16 +275,7 @@ pub trait EventStore: Send + Sync + 'static {
     ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
         let mut found = HashMap::new();
         for stream in each_once(streams) {
-            let mut events: Vec<StoredEvent> = Vec::new();
-            loop {
-                let from = events.len() as u64 + 1;
-                let page = self.read_stream(stream, from, MAX_READ_PAGE).await?;
-                let done = page.len() < MAX_READ_PAGE;
-                events.extend(page);
-                if done {
-                    break;
-                }
-            }
+            let events = read_whole_stream(self, stream).await?;
             if !events.is_empty() {
                 found.insert(stream, events);
             }
@@ -334,8 +325,8 @@ pub trait EventStore: Send + Sync + 'static {
 
 /// Reads a whole stream, page by page. For a pupil's record (bounded by one
 /// pupil's history), never for the whole log.
-pub async fn read_whole_stream(
-    store: &dyn EventStore,
+pub async fn read_whole_stream<S: EventStore + ?Sized>(
+    store: &S,
     stream: StreamId,
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let mut out = Vec::new();
@@ -396,7 +387,7 @@ pub(crate) fn visit_found(
 }
 
 /// `streams` without repeats, in the order asked.
-fn each_once(streams: &[StreamId]) -> impl Iterator<Item = StreamId> + '_ {
+pub(crate) fn each_once(streams: &[StreamId]) -> impl Iterator<Item = StreamId> + '_ {
     let mut seen = std::collections::HashSet::new();
     streams.iter().copied().filter(move |s| seen.insert(*s))
 }

@@ -1096,10 +1096,8 @@ impl EventStore for PostgresLog {
         Ok(found)
     }
 
-    /// One query per [`LOOKUP_CHUNK`] distinct streams (`stream = ANY($2)`),
-    /// in (stream, version) order.
-    /// The streams asked in one query ([`EventStore::read_streams`]),
-    /// then visited.
+    /// The streams asked read as [`EventStore::read_streams`] reads them
+    /// (a query per [`LOOKUP_CHUNK`] streams), then visited.
     async fn visit_streams(
         &self,
         streams: &[StreamId],
@@ -1109,6 +1107,8 @@ impl EventStore for PostgresLog {
         super::visit_found(streams, &found, visit)
     }
 
+    /// One query per [`LOOKUP_CHUNK`] distinct streams (`stream = ANY($2)`),
+    /// in (stream, version) order.
     async fn read_streams(
         &self,
         streams: &[StreamId],

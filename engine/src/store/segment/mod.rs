@@ -1805,12 +1805,8 @@ impl SegmentLog {
         streams: &[StreamId],
     ) -> Result<Vec<(StreamId, streams::Versions)>, StoreError> {
         let state = self.read()?;
-        let mut seen: std::collections::HashSet<StreamId, IdHash> =
-            std::collections::HashSet::with_capacity_and_hasher(streams.len(), IdHash::default());
-        Ok(streams
-            .iter()
-            .filter(|s| seen.insert(**s))
-            .filter_map(|s| Some((*s, state.index.streams.versions(s, 0, u64::MAX)?)))
+        Ok(super::each_once(streams)
+            .filter_map(|s| Some((s, state.index.streams.versions(&s, 0, u64::MAX)?)))
             .collect())
     }
 
