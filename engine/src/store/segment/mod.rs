@@ -319,8 +319,8 @@ impl SegmentStore {
         // A spill at 0 would spill at every group, and doubling 0 after a
         // failure would stay 0.
         let options = SegmentOptions {
-            spill_ids: options.spill_ids,
-            spill_streams: options.spill_streams,
+            spill_ids: options.spill_ids.max(1),
+            spill_streams: options.spill_streams.max(1),
             ..options
         };
         let text = dir.display().to_string();
