@@ -537,11 +537,14 @@ const PREFETCH_EVENTS: usize = 32_768;
 /// it (a batch whose first pupils are new says nothing of the others).
 const FIRST_SLICE_STREAMS: usize = 64;
 
-/// The payload of a stored event, for a fold: a payload that does not
-/// decode is a damaged log, named by position.
-fn stored_case_event(s: &StoredEvent) -> Result<CaseEvent, StoreError> {
-    s.case_event().map_err(|e| StoreError::Corrupt {
-        location: format!("position {}", s.position),
+/// The decoded payload of the stored event at `position`, for a fold: a
+/// payload that does not decode is a damaged log, named by position.
+fn stored_case_event(
+    position: u64,
+    decoded: Result<CaseEvent, crate::error::CodecError>,
+) -> Result<CaseEvent, StoreError> {
+    decoded.map_err(|e| StoreError::Corrupt {
+        location: format!("position {position}"),
         what: e.to_string(),
     })
 }
@@ -703,19 +706,14 @@ impl crate::store::StreamVisitor for FoldVisitor<'_> {
         let Ok(state) = v.state.as_mut() else {
             return Ok(());
         };
-        match e.case_event() {
+        match stored_case_event(e.position, e.case_event()) {
             Ok(event) if v.entries => state.apply_owned(e.event_id, event),
             Ok(event) => {
                 if !state.apply_facts_only(&event) {
                     v.state = Err(Stopped::Correction);
                 }
             }
-            Err(why) => {
-                v.state = Err(Stopped::Unreadable(StoreError::Corrupt {
-                    location: format!("position {}", e.position),
-                    what: why.to_string(),
-                }))
-            }
+            Err(e) => v.state = Err(Stopped::Unreadable(e)),
         }
         Ok(())
     }
@@ -877,7 +875,7 @@ impl<'a> Planner<'a> {
                     let events = stored
                         .iter()
                         .take(wanted)
-                        .map(|s| Ok((s.event_id, stored_case_event(s)?)))
+                        .map(|s| Ok((s.event_id, stored_case_event(s.position, s.case_event())?)))
                         .collect::<Result<Vec<_>, StoreError>>()
                         .map_err(store_error)?;
                     if !plan.state.complete(events) {

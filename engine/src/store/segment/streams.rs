@@ -64,6 +64,11 @@ impl List {
     fn filed(&self) -> u64 {
         u64::from(self.file.count)
     }
+
+    /// The stream's last version: those in the file and those after.
+    fn version(&self) -> u64 {
+        self.filed() + self.tail.len() as u64
+    }
 }
 
 impl Filed {
@@ -171,7 +176,7 @@ impl Slot<'_> {
     /// The stream's last version (0: no events).
     pub(super) fn version(&self) -> u64 {
         match &self.entry {
-            Entry::Occupied(o) => o.get().filed() + o.get().tail.len() as u64,
+            Entry::Occupied(o) => o.get().version(),
             Entry::Vacant(_) => 0,
         }
     }
@@ -286,9 +291,7 @@ impl Streams {
 
     /// The stream's last version (0: no events).
     pub(super) fn version(&self, stream: &StreamId) -> u64 {
-        self.lists
-            .get(stream)
-            .map_or(0, |l| l.filed() + l.tail.len() as u64)
+        self.lists.get(stream).map_or(0, List::version)
     }
 
     /// The stream's place, to check its version and add to it with one
