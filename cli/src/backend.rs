@@ -101,8 +101,9 @@ impl Store {
     /// (migrates) when `create`. `reading_only`: the command is not
     /// expected to need the stored event ids: it appends only events whose
     /// ids it mints (`append_minted`: a timeline's `RecordViewed`, a
-    /// `record` without `--id`, a staff change) and looks no id up but
-    /// the one a `record --id` names; so the segment engine leaves its
+    /// `record` without `--id`, a staff change; `append_atomic_minted`: an
+    /// import whose lines carry no `id`) and looks no id up but those a
+    /// `record --id` or an import's lines name; so the segment engine leaves its
     /// event ids in the index snapshot until something needs them
     /// (`SegmentOptions::event_ids_at_open`).
     pub(crate) async fn open_async(

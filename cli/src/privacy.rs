@@ -358,6 +358,13 @@ impl EventStore for Unsealed {
         self.inner.append_minted(request).await
     }
 
+    async fn append_atomic_minted(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.inner.append_atomic_minted(requests).await
+    }
+
     fn seals_ahead(&self) -> bool {
         self.inner.seals_ahead()
     }

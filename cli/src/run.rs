@@ -31,7 +31,8 @@ pub(crate) struct Ctx {
     pub(crate) session: Option<crate::staff::Session>,
     pub(crate) sealing: crate::privacy::Sealing,
     /// The command appends nothing but ids it mints and looks up no id
-    /// but a `record --id`'s ([`Store::open_async`]'s `reading_only`).
+    /// but a `record --id`'s or an import line's ([`Store::open_async`]'s
+    /// `reading_only`).
     pub(crate) reading_only: bool,
 }
 
@@ -133,11 +134,14 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // correction's entry is found in its pupil's stream. A timeline
         // or an audit appends only its `RecordViewed`, whose id it minted
         // (`append_minted`); so does an access refusal, a staff change
-        // and a `record` without `--id`. A `record --id` looks its id up
-        // among the stored ones, which reads them then.
+        // and a `record` without `--id`, and an import whose lines carry
+        // no `id` (`ImportPlan::minted`). A `record --id`, or an import
+        // line's `id`, is looked up among the stored ones, which reads
+        // them then.
         reading_only: matches!(
             cli.command,
-            Command::Caseload { .. }
+            Command::Import { .. }
+                | Command::Caseload { .. }
                 | Command::Report { .. }
                 | Command::Rebuild { .. }
                 | Command::Timeline { .. }
@@ -407,7 +411,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
         if !plan.requests.is_empty() {
             crate::privacy::commit_keys(&ring)?;
             guarded
-                .append_import(&actor, plan.requests, ctx.now)
+                .append_import(&actor, plan.requests, plan.minted, ctx.now)
                 .await
                 .map_err(|e| match e {
                     casebook_engine::access::AccessError::Store(e) => {

@@ -1233,14 +1233,21 @@ impl Guarded {
 
     /// An import: checks [`Action::Import`] once, then appends atomically.
     /// Each event keeps the actor its line names, registered or not.
+    /// `minted`: every event's id was minted by the planner
+    /// ([`crate::import::ImportPlan::minted`]; appended with
+    /// [`EventStore::append_atomic_minted`]).
     pub async fn append_import(
         &self,
         actor: &Actor,
         requests: Vec<AppendRequest>,
+        minted: bool,
         now: DateTime<Utc>,
     ) -> Result<Vec<Appended>, AccessError> {
         self.check(actor, &Action::Import, None, now).await?;
-        Ok(self.store.append_atomic(requests).await?)
+        Ok(match minted {
+            true => self.store.append_atomic_minted(requests).await?,
+            false => self.store.append_atomic(requests).await?,
+        })
     }
 
     /// Appends a directory event for `actor` (checked as

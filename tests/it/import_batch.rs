@@ -1336,18 +1336,19 @@ fn stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entrie
             let batch = rt.block_on(batched(&counting, lines.clone(), &[]));
             assert_eq!(single, batch, "{engine}: {what}");
             // The streams were read a slice at a time, each slice about
-            // 32,768 events or fewer and at most twice the one before
-            // (64, 128, then the rest: 3 slices, and pupil 1's stream,
-            // which holds a correction, again); the streams of the pupils
-            // of correction lines were read with their entries, none
-            // again on its own.
+            // 32,768 events or fewer and at most twice the one before;
+            // on a multi-threaded runtime, 300 streams are folded in two
+            // halves on two threads (64, then the other 86, in each half:
+            // 4 slices, and pupil 1's stream, which holds a correction,
+            // again); the streams of the pupils of correction lines were
+            // read with their entries, none again on its own.
             let CountsVisits(_, calls, reads) = counting else {
                 unreachable!()
             };
             let calls = calls.into_inner().unwrap();
             if *what == "a mark for every pupil" {
                 let stored = stored_history().len() + 1 + 2 * MARK_DAYS as usize + 1;
-                assert_eq!(calls.len(), 4, "{engine}: {calls:?}");
+                assert_eq!(calls.len(), 5, "{engine}: {calls:?}");
                 assert_eq!(
                     calls.iter().sum::<usize>(),
                     stored,
@@ -1402,5 +1403,39 @@ fn stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entrie
         let head = rt.block_on(log.head()).expect("head").position;
         let history = stored_history().len();
         assert_eq!(head as usize, history + HISTORY_PUPILS + 3, "{engine}");
+        // Lines without an `id`: the plan's ids are all minted, and it is
+        // appended as such (`append_atomic_minted`); one line with an id
+        // and the plan is not.
+        let day = mark_day(MARK_DAYS);
+        let register: Vec<Value> = (0..HISTORY_PUPILS)
+            .map(|p| {
+                let mut line = history_line(
+                    p,
+                    "AttendanceMarked",
+                    &day,
+                    json!({"date": day, "session": "pm", "code": "/"}),
+                    0,
+                );
+                line.as_object_mut().unwrap().remove("id");
+                line
+            })
+            .collect();
+        rt.block_on(async {
+            let mut planner = Planner::new(log, SCHOOL, now());
+            planner.add_many(parsed(&register)).await.expect("valid");
+            let plan = planner.finish();
+            assert!(plan.minted, "{engine}");
+            assert_eq!(plan.events, HISTORY_PUPILS, "{engine}");
+            let mut with_id = Planner::new(log, SCHOOL, now());
+            let mut lines = parsed(&register);
+            lines[7].id = Some(Uuid::from_u128(4_000_000));
+            with_id.add_many(lines).await.expect("valid");
+            assert!(!with_id.finish().minted, "{engine}");
+            log.append_atomic_minted(plan.requests)
+                .await
+                .expect("append");
+        });
+        let after = rt.block_on(log.head()).expect("head").position;
+        assert_eq!(after, head + HISTORY_PUPILS as u64, "{engine}");
     }
 }

@@ -153,6 +153,20 @@ pub trait EventStore: Send + Sync + 'static {
         false
     }
 
+    /// [`EventStore::append_atomic`] of events whose ids this process
+    /// minted ([`Uuid::now_v7`]: 74 random bits), as
+    /// [`EventStore::append_minted`] is of one request: an import whose
+    /// lines carry no `id` ([`ImportPlan::minted`]). The default is
+    /// `append_atomic`.
+    ///
+    /// [`ImportPlan::minted`]: crate::import::ImportPlan::minted
+    async fn append_atomic_minted(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        self.append_atomic(requests).await
+    }
+
     /// [`EventStore::append`] of events whose ids this process minted
     /// ([`NewEvent::new`]: UUID v7, 74 random bits), such as the access
     /// log's `RecordViewed`: everything is checked as for `append` but

@@ -3043,6 +3043,13 @@ impl EventStore for SegmentLog {
         super::submit_with(self.sender.as_ref(), requests, Some(sealing), false).await
     }
 
+    async fn append_atomic_minted(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        super::submit_with(self.sender.as_ref(), requests, None, true).await
+    }
+
     async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
         let mut done = super::submit_with(self.sender.as_ref(), vec![request], None, true).await?;
         done.pop().ok_or(StoreError::WriterStopped)
@@ -4908,6 +4915,35 @@ mod index_tests {
             rt.block_on(log.append_atomic(vec![request(20..21)])),
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    /// An atomic append of minted ids (an import whose lines carry no
+    /// `id`) on an open that left the ids in the snapshot: written
+    /// without reading them, every request's events where an atomic
+    /// append puts them; the next append of a caller's own ids reads them
+    /// with the minted ones after them, and a repeat of one is refused.
+    #[test]
+    fn an_atomic_append_of_minted_ids_does_not_read_the_event_ids() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        let done = rt
+            .block_on(log.append_atomic_minted(vec![to_stream(2, 8..10), to_stream(3, 10..11)]))
+            .unwrap();
+        assert_eq!(
+            done.iter()
+                .map(|a| (a.first_position, a.last_version))
+                .collect::<Vec<_>>(),
+            vec![(8, 2), (10, 1)]
+        );
+        assert!(!log.event_ids_held());
+        match rt.block_on(log.append_atomic(vec![to_stream(4, 9..10)])) {
+            Err(StoreError::DuplicateEventId { position: 9, .. }) => {}
+            other => panic!("expected DuplicateEventId at 9, got {other:?}"),
+        }
+        assert!(log.event_ids_held());
+        let found = rt.block_on(log.find_event(Uuid::from_u128(10))).unwrap();
+        assert_eq!(found.map(|e| (e.position, e.version)), Some((10, 1)));
     }
 
     /// An open that left the ids in the snapshot and appended only minted
