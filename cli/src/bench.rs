@@ -1034,7 +1034,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let mut planner = Planner::new(log.as_ref(), &school, Utc::now());
     planner.add_many(register).await.map_err(refused)?;
     let plan = planner.finish();
-    log.append_atomic(plan.requests).await?;
+    match plan.minted {
+        true => log.append_atomic_minted(plan.requests).await?,
+        false => log.append_atomic(plan.requests).await?,
+    };
     let register_import_ms = started.elapsed().as_secs_f64() * 1e3;
     done(t, format!("{register_import_ms:.0} ms"));
 
