@@ -144,6 +144,16 @@ impl EventStore for AppendClock {
         done
     }
 
+    async fn append_atomic_minted(
+        &self,
+        requests: Vec<AppendRequest>,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let started = Instant::now();
+        let done = self.inner.append_atomic_minted(requests).await;
+        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
+        done
+    }
+
     async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
         let started = Instant::now();
         let done = self.inner.append_minted(request).await;

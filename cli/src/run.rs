@@ -411,7 +411,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
         if !plan.requests.is_empty() {
             crate::privacy::commit_keys(&ring)?;
             guarded
-                .append_import(&actor, plan.requests, plan.minted, ctx.now)
+                .append_import(&actor, plan, ctx.now)
                 .await
                 .map_err(|e| match e {
                     casebook_engine::access::AccessError::Store(e) => {

@@ -1231,22 +1231,21 @@ impl Guarded {
             .collect())
     }
 
-    /// An import: checks [`Action::Import`] once, then appends atomically.
-    /// Each event keeps the actor its line names, registered or not.
-    /// `minted`: every event's id was minted by the planner
-    /// ([`crate::import::ImportPlan::minted`]; appended with
-    /// [`EventStore::append_atomic_minted`]).
+    /// An import: checks [`Action::Import`] once, then appends the plan's
+    /// requests atomically, through [`EventStore::append_atomic_minted`]
+    /// when every id was minted by the planner
+    /// ([`crate::import::ImportPlan::minted`]). Each event keeps the actor
+    /// its line names, registered or not.
     pub async fn append_import(
         &self,
         actor: &Actor,
-        requests: Vec<AppendRequest>,
-        minted: bool,
+        plan: crate::import::ImportPlan,
         now: DateTime<Utc>,
     ) -> Result<Vec<Appended>, AccessError> {
         self.check(actor, &Action::Import, None, now).await?;
-        Ok(match minted {
-            true => self.store.append_atomic_minted(requests).await?,
-            false => self.store.append_atomic(requests).await?,
+        Ok(match plan.minted {
+            true => self.store.append_atomic_minted(plan.requests).await?,
+            false => self.store.append_atomic(plan.requests).await?,
         })
     }
 

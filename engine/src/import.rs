@@ -536,9 +536,10 @@ type Folded = Result<(CaseState, u64), StoreError>;
 /// Stored events the prefetch reads at once, about: it reads the streams
 /// of a batch's pupils a slice at a time, each slice folded and let go
 /// before the next is read, so that what it holds is about this many
-/// events (or one stream, if longer) and not the history of the batch's
-/// [`PREFETCH_LINES`] pupils (at 820 events a pupil, 4,096 pupils'
-/// streams were 3.4M events, ~1 GB).
+/// events (or one stream, if longer; twice that when the streams are
+/// visited in two halves on two threads, [`PARALLEL_FOLD_STREAMS`]) and
+/// not the history of the batch's [`PREFETCH_LINES`] pupils (at 820
+/// events a pupil, 4,096 pupils' streams were 3.4M events, ~1 GB).
 const PREFETCH_EVENTS: usize = 32_768;
 
 /// Streams in the prefetch's first slice. Each later slice is sized by

@@ -10,7 +10,7 @@ use casebook_engine::access::{
 };
 use casebook_engine::envelope::{NewEvent, StreamId};
 use casebook_engine::event::CaseEvent;
-use casebook_engine::import::event_from_json;
+use casebook_engine::import::{event_from_json, ImportPlan};
 use casebook_engine::store::sled::SledStore;
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
 use casebook_engine::StoredEvent;
@@ -1171,11 +1171,35 @@ async fn minted_appends_through_the_access_layer_leave_the_event_ids_on_disk() {
         .await
         .unwrap();
     assert!(!log.event_ids_held(), "a minted append read the event ids");
+    // An import's plan: of minted ids (no line carried an `id`), appended
+    // without reading the ids; of given ids, reading them.
+    let plan = |minted| ImportPlan {
+        requests: vec![request(vec![incident()])],
+        events: 1,
+        duplicates: 0,
+        minted,
+    };
+    guarded
+        .append_import(&admin, plan(true), now)
+        .await
+        .unwrap();
+    assert!(
+        !log.event_ids_held(),
+        "an import of minted ids read the event ids"
+    );
+    guarded
+        .append_import(&admin, plan(false), now)
+        .await
+        .unwrap();
+    assert!(
+        log.event_ids_held(),
+        "an import of given ids did not read the event ids"
+    );
     guarded
         .append_for_pupil(&dsl, "P1", request(vec![incident()]), now)
         .await
         .unwrap();
     assert!(log.event_ids_held());
     let stored = log.read_stream(stream, 1, 10).await.unwrap();
-    assert_eq!(stored.len(), 3);
+    assert_eq!(stored.len(), 5);
 }

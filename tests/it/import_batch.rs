@@ -1153,8 +1153,10 @@ fn mark_id(p: usize, day: u64, pm: bool) -> u128 {
 
 /// Pupil `p`'s stored history: registration, a mark for both sessions of
 /// [`MARK_DAYS`] days; pupil 0 two suspensions of 20 days (ids 900,001
-/// and 900,002); pupil 1 a correction of its first mark (its stream is
-/// then folded with every entry).
+/// and 900,002); pupils 1 and [`HISTORY_PUPILS`] − 1 a correction of
+/// their first mark (their streams are then folded with every entry; the
+/// last pupil's in the second of the two halves a multi-threaded
+/// runtime folds on two threads).
 fn stored_history() -> Vec<Value> {
     let mut lines = Vec::new();
     for p in 0..HISTORY_PUPILS {
@@ -1186,12 +1188,14 @@ fn stored_history() -> Vec<Value> {
             id,
         ));
     }
-    lines.push(correction_line(
-        1,
-        mark_id(1, 0, false),
-        json!({"code": "L"}),
-        900_003,
-    ));
+    for (p, id) in [(1, 900_003), (HISTORY_PUPILS - 1, 900_004)] {
+        lines.push(correction_line(
+            p,
+            mark_id(p, 0, false),
+            json!({"code": "L"}),
+            id,
+        ));
+    }
     lines
 }
 
@@ -1339,20 +1343,22 @@ fn stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entrie
             // 32,768 events or fewer and at most twice the one before;
             // on a multi-threaded runtime, 300 streams are folded in two
             // halves on two threads (64, then the other 86, in each half:
-            // 4 slices, and pupil 1's stream, which holds a correction,
-            // again); the streams of the pupils of correction lines were
-            // read with their entries, none again on its own.
+            // 4 slices, and the streams of pupils 1 and 299, which hold a
+            // correction, again, one from each half); the streams of the
+            // pupils of correction lines were read with their entries,
+            // none again on its own.
             let CountsVisits(_, calls, reads) = counting else {
                 unreachable!()
             };
             let calls = calls.into_inner().unwrap();
             if *what == "a mark for every pupil" {
-                let stored = stored_history().len() + 1 + 2 * MARK_DAYS as usize + 1;
+                let corrected = 1 + 2 * MARK_DAYS as usize + 1;
+                let stored = stored_history().len() + 2 * corrected;
                 assert_eq!(calls.len(), 5, "{engine}: {calls:?}");
                 assert_eq!(
                     calls.iter().sum::<usize>(),
                     stored,
-                    "{engine}: every stream once, pupil 1's twice"
+                    "{engine}: every stream once, pupils 1 and 299's twice"
                 );
             }
             assert!(
