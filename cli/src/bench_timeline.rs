@@ -113,6 +113,14 @@ impl AppendClock {
         }
     }
 
+    /// `append`, its time added to the time spent in appends.
+    async fn timed<T>(&self, append: impl std::future::Future<Output = T>) -> T {
+        let started = Instant::now();
+        let done = append.await;
+        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
+        done
+    }
+
     /// Time spent in appends so far.
     pub(crate) fn spent(&self) -> Duration {
         *self.spent.lock().unwrap_or_else(|e| e.into_inner())
@@ -131,34 +139,22 @@ impl EventStore for AppendClock {
         &self,
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let started = Instant::now();
-        let done = self.inner.append_atomic(requests).await;
-        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
-        done
+        self.timed(self.inner.append_atomic(requests)).await
     }
 
     async fn append_presealed(&self, presealed: Presealed) -> Result<Vec<Appended>, StoreError> {
-        let started = Instant::now();
-        let done = self.inner.append_presealed(presealed).await;
-        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
-        done
+        self.timed(self.inner.append_presealed(presealed)).await
     }
 
     async fn append_atomic_minted(
         &self,
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError> {
-        let started = Instant::now();
-        let done = self.inner.append_atomic_minted(requests).await;
-        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
-        done
+        self.timed(self.inner.append_atomic_minted(requests)).await
     }
 
     async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
-        let started = Instant::now();
-        let done = self.inner.append_minted(request).await;
-        *self.spent.lock().unwrap_or_else(|e| e.into_inner()) += started.elapsed();
-        done
+        self.timed(self.inner.append_minted(request)).await
     }
 
     fn seals_ahead(&self) -> bool {
