@@ -547,7 +547,12 @@ pub(crate) async fn record_one(
         planner.finish()
     };
     commit_keys(&ring)?;
-    let mut done = log.append_atomic(plan.requests).await?;
+    // Its id minted by the planner (the line has none): appended as such,
+    // so that a command opened reading only does not read the stored ids.
+    let mut done = match plan.minted {
+        true => log.append_atomic_minted(plan.requests).await?,
+        false => log.append_atomic(plan.requests).await?,
+    };
     done.pop()
         .ok_or_else(|| Failure::Store("the append returned nothing".into()))
 }

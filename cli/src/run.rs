@@ -134,13 +134,20 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // correction's entry is found in its pupil's stream. A timeline
         // or an audit appends only its `RecordViewed`, whose id it minted
         // (`append_minted`); so does an access refusal, a staff change
-        // and a `record` without `--id`, and an import whose lines carry
-        // no `id` (`ImportPlan::minted`). A `record --id`, or an import
-        // line's `id`, is looked up among the stored ones, which reads
-        // them then.
+        // and a `record` without `--id`, an import whose lines carry no
+        // `id` (`ImportPlan::minted`), and the one event an erasure, a
+        // legal hold, a retention run's erasures or a transfer out records
+        // (`privacy::record_one`); an export appends only its
+        // `RecordViewed`. A `record --id`, or an import line's `id`, is
+        // looked up among the stored ones, which reads them then.
         reading_only: matches!(
             cli.command,
             Command::Import { .. }
+                | Command::Erase { .. }
+                | Command::Hold { .. }
+                | Command::Retention { .. }
+                | Command::Export { .. }
+                | Command::TransferOut { .. }
                 | Command::Caseload { .. }
                 | Command::Report { .. }
                 | Command::Rebuild { .. }

@@ -1183,6 +1183,56 @@ fn commands_answer_the_same_from_the_index_snapshot() {
     let taken = record_with_id(&mark);
     assert_eq!(taken.code, 2, "{}", taken.stderr);
     assert!(taken.stderr.contains("already stored"), "{}", taken.stderr);
+    // An import opens reading only too: lines without an `id` are appended
+    // with ids the planner minted, without reading the stored ones; a file
+    // with ids reads them when they are looked up (the second run of it is
+    // all duplicates); a legal hold records its one event with a minted id.
+    let import = |text: &str| {
+        let mut child = cb
+            .command(&["import", "-", "--as", "S001"])
+            .env("CASEBOOK_SNAPSHOT_MIN_EVENTS", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn casebook");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
+            .expect("write stdin");
+        let done = Run::from(child.wait_with_output().expect("wait"));
+        assert_eq!(done.code, 0, "{}", done.stderr);
+        done
+    };
+    let line = |pupil: &str, id: Option<&str>| {
+        let mut l = json!({"type": "AttendanceMarked", "pupil": pupil,
+            "occurred_at": "2026-07-20T09:00:00Z", "actor": "S001",
+            "data": {"date": "2026-07-20", "session": "pm", "code": "/"}});
+        if let Some(id) = id {
+            l["id"] = json!(id);
+        }
+        format!("{l}\n")
+    };
+    let minted = line("P00001", None) + &line("P00002", None);
+    assert!(import(&minted)
+        .stdout
+        .contains("imported 2 events (0 duplicates)"));
+    let given = line("P00003", Some("01900000-0000-7000-8000-00000000c0d1"));
+    assert!(import(&given)
+        .stdout
+        .contains("imported 1 events (0 duplicates)"));
+    assert!(import(&given)
+        .stdout
+        .contains("imported 0 events (1 duplicates)"));
+    run(
+        snapshot,
+        &[
+            "hold",
+            "P00005",
+            "--reason",
+            "synthetic hold",
+            "--as",
+            "S001",
+        ],
+    );
     for args in [
         &["timeline", "P00004", "--format", "json"][..],
         &["caseload", "--format", "json", "--today", "2026-07-17"],
