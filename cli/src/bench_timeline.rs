@@ -153,10 +153,6 @@ impl EventStore for AppendClock {
         self.timed(self.inner.append_atomic_minted(requests)).await
     }
 
-    async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
-        self.timed(self.inner.append_minted(request)).await
-    }
-
     fn seals_ahead(&self) -> bool {
         self.inner.seals_ahead()
     }

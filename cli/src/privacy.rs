@@ -354,10 +354,6 @@ impl EventStore for Unsealed {
         self.inner.append_presealed(presealed).await
     }
 
-    async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
-        self.inner.append_minted(request).await
-    }
-
     async fn append_atomic_minted(
         &self,
         requests: Vec<AppendRequest>,
@@ -547,12 +543,10 @@ pub(crate) async fn record_one(
         planner.finish()
     };
     commit_keys(&ring)?;
-    // Its id minted by the planner (the line has none): appended as such,
-    // so that a command opened reading only does not read the stored ids.
-    let mut done = match plan.minted {
-        true => log.append_atomic_minted(plan.requests).await?,
-        false => log.append_atomic(plan.requests).await?,
-    };
+    // Its id minted by the planner (the line has none): appended as such
+    // (`ImportPlan::append_to`), so that a command opened reading only
+    // does not read the stored ids.
+    let mut done = plan.append_to(log).await?;
     done.pop()
         .ok_or_else(|| Failure::Store("the append returned nothing".into()))
 }

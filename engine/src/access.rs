@@ -1243,10 +1243,7 @@ impl Guarded {
         now: DateTime<Utc>,
     ) -> Result<Vec<Appended>, AccessError> {
         self.check(actor, &Action::Import, None, now).await?;
-        Ok(match plan.minted {
-            true => self.store.append_atomic_minted(plan.requests).await?,
-            false => self.store.append_atomic(plan.requests).await?,
-        })
+        Ok(plan.append_to(self.store.as_ref()).await?)
     }
 
     /// Appends a directory event for `actor` (checked as

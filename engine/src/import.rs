@@ -20,8 +20,8 @@ use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::segment::IdHash;
 use crate::store::{
-    read_whole_stream, visit_whole_stream, AppendRequest, Appended, EventStore, ExpectedVersion,
-    Head, Presealed, MAX_EVENTS_PER_APPEND,
+    may_block_in_place, read_whole_stream, visit_whole_stream, AppendRequest, Appended, EventStore,
+    ExpectedVersion, Head, Presealed, MAX_EVENTS_PER_APPEND,
 };
 
 /// The planner's maps, keyed by event ids and stream ids (16 random or
@@ -425,6 +425,18 @@ pub struct ImportPlan {
     pub minted: bool,
 }
 
+impl ImportPlan {
+    /// Appends the plan's requests atomically to `store`, through
+    /// [`EventStore::append_atomic_minted`] when every id was minted here
+    /// ([`ImportPlan::minted`]).
+    pub async fn append_to(self, store: &dyn EventStore) -> Result<Vec<Appended>, StoreError> {
+        match self.minted {
+            true => store.append_atomic_minted(self.requests).await,
+            false => store.append_atomic(self.requests).await,
+        }
+    }
+}
+
 /// The refusal of a line whose id is stored with other content (or in
 /// another pupil's stream).
 fn stored_elsewhere(line: usize, id: Uuid, stored: &StoredEvent) -> ImportError {
@@ -582,15 +594,7 @@ async fn read_folded(
     keep_entries: &IdSet<StreamId>,
     batched: bool,
 ) -> Result<HashMap<StreamId, Folded>, StoreError> {
-    let mut fold = FoldVisitor {
-        folded: HashMap::with_capacity(streams.len()),
-        keep_entries,
-        batched,
-        again: Vec::new(),
-        second_pass: false,
-        visiting: None,
-        longest: 1,
-    };
+    let mut fold = FoldVisitor::new(keep_entries, batched, streams.len());
     match batched && streams.len() >= PARALLEL_FOLD_STREAMS && may_block_in_place() {
         true => fold.visit_halves(store, streams)?,
         false => fold.visit_slices(store, streams).await?,
@@ -607,14 +611,6 @@ async fn read_folded(
 /// for 10,001 pupils) is nearly all of that import's time, on one core
 /// of two. Below this, a thread is not worth starting.
 const PARALLEL_FOLD_STREAMS: usize = 2 * FIRST_SLICE_STREAMS;
-
-/// Whether this thread may block in place: it runs on a multi-threaded
-/// tokio runtime (a single-threaded one has no thread to drive the store's
-/// I/O meanwhile).
-fn may_block_in_place() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
-}
 
 /// Folds the events [`EventStore::visit_streams`] hands it, stream by
 /// stream, as [`read_folded`] says.
@@ -653,7 +649,20 @@ enum Stopped {
     Unreadable(StoreError),
 }
 
-impl FoldVisitor<'_> {
+impl<'k> FoldVisitor<'k> {
+    /// A visitor of the first pass, with room for `streams` states.
+    fn new(keep_entries: &'k IdSet<StreamId>, batched: bool, streams: usize) -> FoldVisitor<'k> {
+        FoldVisitor {
+            folded: HashMap::with_capacity(streams),
+            keep_entries,
+            batched,
+            again: Vec::new(),
+            second_pass: false,
+            visiting: None,
+            longest: 1,
+        }
+    }
+
     /// [`FoldVisitor::visit_slices`] of the first half of `streams` on
     /// this thread and of the second on a thread of its own, with a
     /// visitor of its own, whose streams are then filed here after this
@@ -673,13 +682,9 @@ impl FoldVisitor<'_> {
         let (second_pass, longest) = (self.second_pass, self.longest);
         let visit_second = || {
             let mut other = FoldVisitor {
-                folded: HashMap::with_capacity(second.len()),
-                keep_entries,
-                batched,
-                again: Vec::new(),
                 second_pass,
-                visiting: None,
                 longest,
+                ..FoldVisitor::new(keep_entries, batched, second.len())
             };
             let done =
                 tokio::runtime::Handle::current().block_on(other.visit_slices(store, second));

@@ -35,7 +35,7 @@ use std::fmt;
 
 use casebook_engine::envelope::Hash;
 use casebook_engine::event::CaseEvent;
-use casebook_engine::store::{read_whole_stream, EventStore, Head, InStream};
+use casebook_engine::store::{may_block_in_place, read_whole_stream, EventStore, Head, InStream};
 use casebook_engine::{RecordedEvent, StoredEvent, StreamId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -455,14 +455,6 @@ async fn fold_and_save(
     }
     save(store, slots).await?;
     Ok(next - start - 1)
-}
-
-/// Whether this thread may block in place: it runs on a multi-threaded
-/// tokio runtime (a single-threaded one has no thread to drive the store's
-/// I/O meanwhile).
-fn may_block_in_place() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Pages read ahead of the fold: enough to ride out an uneven page, few

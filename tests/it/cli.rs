@@ -43,6 +43,23 @@ impl Run {
     }
 }
 
+/// Runs `command` with `input` on its standard input.
+fn piped(mut command: Command, input: &str) -> Run {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn casebook");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    Run::from(child.wait_with_output().expect("wait"))
+}
+
 impl Casebook {
     pub fn new() -> Casebook {
         Casebook {
@@ -74,20 +91,7 @@ impl Casebook {
     }
 
     pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
-        let mut child = self
-            .command(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn casebook");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-        Run::from(child.wait_with_output().expect("wait"))
+        piped(self.command(args), input)
     }
 
     pub fn import(&self, lines: &[Value]) -> Run {
@@ -1188,17 +1192,9 @@ fn commands_answer_the_same_from_the_index_snapshot() {
     // with ids reads them when they are looked up (the second run of it is
     // all duplicates); a legal hold records its one event with a minted id.
     let import = |text: &str| {
-        let mut child = cb
-            .command(&["import", "-", "--as", "S001"])
-            .env("CASEBOOK_SNAPSHOT_MIN_EVENTS", "1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn casebook");
-        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
-            .expect("write stdin");
-        let done = Run::from(child.wait_with_output().expect("wait"));
+        let mut command = cb.command(&["import", "-", "--as", "S001"]);
+        command.env("CASEBOOK_SNAPSHOT_MIN_EVENTS", "1");
+        let done = piped(command, text);
         assert_eq!(done.code, 0, "{}", done.stderr);
         done
     };

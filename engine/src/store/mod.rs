@@ -174,9 +174,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// engine uses this while its event ids are still in its index
     /// snapshot (an open that only reads), so that a logged read does
     /// not read them; a repeat (never expected) is found, as a corrupt
-    /// log, when the ids are next read. The default is `append`.
+    /// log, when the ids are next read. One request of
+    /// [`EventStore::append_atomic_minted`], as `append` is of
+    /// `append_atomic`.
     async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
-        self.append(request).await
+        let mut done = self.append_atomic_minted(vec![request]).await?;
+        done.pop().ok_or(StoreError::WriterStopped)
     }
 
     /// Up to `max` events of `stream` from `from_version` (1 = the first).
@@ -335,6 +338,15 @@ pub trait EventStore: Send + Sync + 'static {
         &self,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<VerifyReport, StoreError>;
+}
+
+/// Whether this thread may block in place: it runs on a multi-threaded
+/// tokio runtime (a single-threaded one has no thread to drive the store's
+/// I/O meanwhile). The import planner's fold on two threads and a view
+/// rebuild's read-ahead ask it.
+pub fn may_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Reads a whole stream, page by page. For a pupil's record (bounded by one

@@ -3050,11 +3050,6 @@ impl EventStore for SegmentLog {
         super::submit_with(self.sender.as_ref(), requests, None, true).await
     }
 
-    async fn append_minted(&self, request: AppendRequest) -> Result<Appended, StoreError> {
-        let mut done = super::submit_with(self.sender.as_ref(), vec![request], None, true).await?;
-        done.pop().ok_or(StoreError::WriterStopped)
-    }
-
     fn seals_ahead(&self) -> bool {
         true
     }
