@@ -468,7 +468,7 @@ impl Behaviour {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::Tracker;
+    use crate::facts::{generated, Tracker};
     use chrono::{DateTime, Duration, Utc};
     use proptest::prelude::*;
     use serde_json::{json, Value};
@@ -634,22 +634,9 @@ mod tests {
                     json!({"kind": "detention", "reason": "late"}),
                 ),
             };
-            let event_id = Uuid::from_u128(u128::from(position));
-            ids[pupil].push(event_id);
-            events.push(RecordedEvent {
-                position,
-                stream: StreamId::for_pupil("s", PUPILS[pupil]),
-                version: position,
-                event_id,
-                occurred_at: at,
-                recorded_at: at,
-                actor: "S1".into(),
-                correlation_id: None,
-                causation_id: None,
-                schema: casebook_engine::event::CURRENT_SCHEMA,
-                hash: [0; 32],
-                event: CaseEvent::from_type_and_data(event_type, data).unwrap(),
-            });
+            let e = generated(PUPILS[pupil], position, at, event_type, data);
+            ids[pupil].push(e.event_id);
+            events.push(e);
         }
         events
     }

@@ -503,6 +503,32 @@ pub fn percent(part: u64, whole: u64) -> Option<f64> {
     Some((part as f64 * 1000.0 / whole as f64).round() / 10.0)
 }
 
+/// The event `position` of a generated log, in `pupil`'s stream, its id
+/// the position: for the views' property tests.
+#[cfg(test)]
+pub(crate) fn generated(
+    pupil: &str,
+    position: u64,
+    at: DateTime<Utc>,
+    event_type: &str,
+    data: serde_json::Value,
+) -> RecordedEvent {
+    RecordedEvent {
+        position,
+        stream: StreamId::for_pupil("s", pupil),
+        version: position,
+        event_id: Uuid::from_u128(u128::from(position)),
+        occurred_at: at,
+        recorded_at: at,
+        actor: "S1".into(),
+        correlation_id: None,
+        causation_id: None,
+        schema: casebook_engine::event::CURRENT_SCHEMA,
+        hash: [0; 32],
+        event: CaseEvent::from_type_and_data(event_type, data).unwrap(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,42 +11,233 @@
 //! episode with a permanent exclusion and no meeting is reported as
 //! `permanently_excluded`, not as awaiting a meeting: the pupil has left
 //! unless the governing board reinstates them.
+//!
+//! The view keeps of each event only what the report reads ([`Step`]: its
+//! id, time, type and dates or days), as the behaviour view keeps its
+//! incidents: a correction is applied to the event with the fields not
+//! kept blank (property test
+//! `tests::steps_follow_corrections_as_whole_events_do`).
 
-use casebook_engine::event::{CaseEvent, SanctionKind};
-use casebook_engine::RecordedEvent;
+use std::collections::BTreeMap;
+
+use casebook_engine::event::{
+    AlternativeProvisionArranged, CaseEvent, EntryCorrected, PermanentExclusionIssued,
+    ReintegrationCompleted, ReintegrationMeetingHeld, SanctionIssued, SanctionKind,
+    SuspensionIssued,
+};
+use casebook_engine::{RecordedEvent, StreamId};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::facts::Tracker;
+use crate::facts::{corrected, make_room, PupilCard};
 use crate::Projection;
 
 /// The reintegration projection.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Reintegration {
-    facts: Tracker,
+    pupils: BTreeMap<StreamId, Pupil>,
 }
 
-fn reads(e: &CaseEvent) -> bool {
-    matches!(
-        e,
-        CaseEvent::SuspensionIssued(_)
-            | CaseEvent::PermanentExclusionIssued(_)
-            | CaseEvent::SanctionIssued(_)
-            | CaseEvent::AlternativeProvisionArranged(_)
-            | CaseEvent::ReintegrationMeetingHeld(_)
-            | CaseEvent::ReintegrationCompleted(_)
-    )
+/// One pupil's registration and the events the report reads, in stream
+/// order, as corrected.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Pupil {
+    card: PupilCard,
+    steps: Vec<Step>,
+}
+
+/// What the report reads of one event: 48 bytes, where the event kept
+/// whole (`facts::Kept`) took ~230 (a sanction's reason, a meeting's
+/// attendees and agreed support, a suspension's reason codes).
+#[derive(Clone, Debug, PartialEq)]
+struct Step {
+    event_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    what: What,
+}
+
+/// An event's type and the fields of it the report reads. Every sanction
+/// is kept, a detention too: a correction may make it an isolation.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum What {
+    Suspension { start_date: NaiveDate, days: f64 },
+    PermanentExclusion { effective_date: NaiveDate },
+    Sanction { kind: SanctionKind },
+    AlternativeProvision { start_date: NaiveDate },
+    Meeting,
+    Completed,
+}
+
+impl What {
+    /// What the report reads of `e`, if it reads `e`'s type.
+    fn of(e: &CaseEvent) -> Option<What> {
+        Some(match e {
+            CaseEvent::SuspensionIssued(s) => What::Suspension {
+                start_date: s.start_date,
+                days: s.days,
+            },
+            CaseEvent::PermanentExclusionIssued(p) => What::PermanentExclusion {
+                effective_date: p.effective_date,
+            },
+            CaseEvent::SanctionIssued(s) => What::Sanction { kind: s.kind },
+            CaseEvent::AlternativeProvisionArranged(a) => What::AlternativeProvision {
+                start_date: a.start_date,
+            },
+            CaseEvent::ReintegrationMeetingHeld(_) => What::Meeting,
+            CaseEvent::ReintegrationCompleted(_) => What::Completed,
+            _ => return None,
+        })
+    }
+
+    /// The event of this type with the fields kept, the others blank.
+    fn event(self) -> CaseEvent {
+        match self {
+            What::Suspension { start_date, days } => {
+                CaseEvent::SuspensionIssued(SuspensionIssued {
+                    days,
+                    reason_code: String::new(),
+                    additional_reason_codes: Vec::new(),
+                    start_date,
+                    override_reason: None,
+                })
+            }
+            What::PermanentExclusion { effective_date } => {
+                CaseEvent::PermanentExclusionIssued(PermanentExclusionIssued {
+                    reason_code: String::new(),
+                    additional_reason_codes: Vec::new(),
+                    effective_date,
+                })
+            }
+            What::Sanction { kind } => CaseEvent::SanctionIssued(SanctionIssued {
+                kind,
+                reason: String::new(),
+            }),
+            What::AlternativeProvision { start_date } => {
+                CaseEvent::AlternativeProvisionArranged(AlternativeProvisionArranged {
+                    provider: String::new(),
+                    start_date,
+                    reason: String::new(),
+                    sessions_per_week: None,
+                })
+            }
+            What::Meeting => CaseEvent::ReintegrationMeetingHeld(ReintegrationMeetingHeld {
+                attendees: Vec::new(),
+                agreed_support: String::new(),
+            }),
+            What::Completed => CaseEvent::ReintegrationCompleted(ReintegrationCompleted {
+                outcome: String::new(),
+            }),
+        }
+    }
+}
+
+impl Step {
+    /// Applies `c`, which names this event, if its changes apply: to the
+    /// event with the fields not kept blank, as `behaviour.rs` does (field
+    /// by field, so the blanks change neither whether they apply nor what
+    /// they make of the fields kept).
+    fn correct(&mut self, c: &EntryCorrected) {
+        if let Some(what) = corrected(&self.what.event(), &c.changes).and_then(|e| What::of(&e)) {
+            self.what = what;
+        }
+    }
+
+    /// The removal this step records, if it records one.
+    fn removal(&self) -> Option<Removal> {
+        let (kind, date, days) = match self.what {
+            What::Suspension { start_date, days } => {
+                (RemovalKind::Suspension, start_date, Some(days))
+            }
+            What::PermanentExclusion { effective_date } => {
+                (RemovalKind::PermanentExclusion, effective_date, None)
+            }
+            What::Sanction { kind } => match kind {
+                SanctionKind::Isolation => {
+                    (RemovalKind::Isolation, self.occurred_at.date_naive(), None)
+                }
+                SanctionKind::InternalExclusion => (
+                    RemovalKind::InternalExclusion,
+                    self.occurred_at.date_naive(),
+                    None,
+                ),
+                SanctionKind::Detention | SanctionKind::ReportCard => return None,
+            },
+            What::AlternativeProvision { start_date } => {
+                (RemovalKind::AlternativeProvision, start_date, None)
+            }
+            What::Meeting | What::Completed => return None,
+        };
+        Some(Removal {
+            kind,
+            event_id: self.event_id,
+            date,
+            days,
+        })
+    }
+}
+
+/// The checkpoint form of a step: `(event id, occurred at, what)`, the
+/// time as microseconds since 1970.
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (
+            &self.event_id,
+            self.occurred_at.timestamp_micros(),
+            &self.what,
+        )
+            .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Step, D::Error> {
+        let (event_id, micros, what) = <(Uuid, i64, What)>::deserialize(deserializer)?;
+        let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| {
+            serde::de::Error::custom(format!("event {event_id}: time {micros} out of range"))
+        })?;
+        Ok(Step {
+            event_id,
+            occurred_at,
+            what,
+        })
+    }
 }
 
 impl Projection for Reintegration {
     const NAME: &'static str = "reintegration";
-    /// 2: the events are kept compactly (`facts::Kept`), in a checkpoint as
-    /// tuples with their payloads as bytes.
-    const VERSION: u32 = 2;
+    /// 3: each event kept as what the report reads of it (`Step`).
+    const VERSION: u32 = 3;
 
-    fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
-        self.facts.apply(event, reads);
+    fn apply(&mut self, e: &RecordedEvent, _corrected_at: Option<u64>) {
+        match &e.event {
+            CaseEvent::PupilRegistered(_) => {
+                self.pupils.entry(e.stream).or_default().card.register(e)
+            }
+            CaseEvent::EntryCorrected(c) => {
+                // Only the correcting stream is searched: a correction names
+                // an entry of the same pupil.
+                if let Some(pupil) = self.pupils.get_mut(&e.stream) {
+                    if !pupil.card.correct(c) {
+                        if let Some(step) = pupil.steps.iter_mut().find(|s| s.event_id == c.event) {
+                            step.correct(c);
+                        }
+                    }
+                }
+            }
+            other => {
+                if let Some(what) = What::of(other) {
+                    let steps = &mut self.pupils.entry(e.stream).or_default().steps;
+                    make_room(steps, 4, 256);
+                    steps.push(Step {
+                        event_id: e.event_id,
+                        occurred_at: e.occurred_at,
+                        what,
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -121,48 +312,15 @@ pub struct ReintegrationTotals {
     pub permanently_excluded: u64,
 }
 
-/// The removal an event records, if it records one.
-fn removal(event: &CaseEvent, event_id: Uuid, occurred_at: DateTime<Utc>) -> Option<Removal> {
-    let (kind, date, days) = match event {
-        CaseEvent::SuspensionIssued(s) => (RemovalKind::Suspension, s.start_date, Some(s.days)),
-        CaseEvent::PermanentExclusionIssued(p) => {
-            (RemovalKind::PermanentExclusion, p.effective_date, None)
-        }
-        CaseEvent::SanctionIssued(s) => match s.kind {
-            SanctionKind::Isolation => (RemovalKind::Isolation, occurred_at.date_naive(), None),
-            SanctionKind::InternalExclusion => (
-                RemovalKind::InternalExclusion,
-                occurred_at.date_naive(),
-                None,
-            ),
-            SanctionKind::Detention | SanctionKind::ReportCard => return None,
-        },
-        CaseEvent::AlternativeProvisionArranged(a) => {
-            (RemovalKind::AlternativeProvision, a.start_date, None)
-        }
-        _ => return None,
-    };
-    Some(Removal {
-        kind,
-        event_id,
-        date,
-        days,
-    })
-}
-
 impl Reintegration {
     /// Every episode and the pupils awaiting a meeting.
     pub fn report(&self) -> ReintegrationReport {
         let mut episodes: Vec<Episode> = Vec::new();
-        for (stream, facts) in &self.facts.pupils {
-            let pupil = facts.card.pupil(*stream);
+        for (stream, p) in &self.pupils {
+            let pupil = p.card.pupil(*stream);
             let mut mine: Vec<Episode> = Vec::new();
-            for t in &facts.events {
-                // Always decodes (`Kept::event`).
-                let Some(event) = t.event() else {
-                    continue;
-                };
-                if let Some(r) = removal(&event, t.event_id, t.occurred_at) {
+            for step in &p.steps {
+                if let Some(r) = step.removal() {
                     match mine.last_mut() {
                         Some(open) if open.meeting_at.is_none() => open.removals.push(r),
                         _ => mine.push(Episode {
@@ -178,14 +336,12 @@ impl Reintegration {
                 let Some(last) = mine.last_mut() else {
                     continue;
                 };
-                match &event {
-                    CaseEvent::ReintegrationMeetingHeld(_) if last.meeting_at.is_none() => {
-                        last.meeting_at = Some(t.occurred_at);
+                match step.what {
+                    What::Meeting if last.meeting_at.is_none() => {
+                        last.meeting_at = Some(step.occurred_at);
                     }
-                    CaseEvent::ReintegrationCompleted(_)
-                        if last.meeting_at.is_some() && last.completed_at.is_none() =>
-                    {
-                        last.completed_at = Some(t.occurred_at);
+                    What::Completed if last.meeting_at.is_some() && last.completed_at.is_none() => {
+                        last.completed_at = Some(step.occurred_at);
                     }
                     _ => {}
                 }
@@ -238,6 +394,206 @@ impl Reintegration {
             episodes,
             awaiting,
             totals,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{generated, Tracker};
+    use chrono::Duration;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    const PUPILS: [&str; 2] = ["P1", "P2"];
+
+    /// One entry of a generated log: its pupil, day and type and data, or
+    /// a correction of the pupil's `n`-th event so far (past the end: an
+    /// id no event has).
+    #[derive(Clone, Debug)]
+    enum Line {
+        Event(usize, u16, &'static str, Value),
+        Correct(usize, usize, Value),
+    }
+
+    fn valid_date() -> impl Strategy<Value = Value> {
+        (0u16..400).prop_map(|d| {
+            let day = NaiveDate::from_ymd_opt(2025, 9, 1).unwrap() + Duration::days(d.into());
+            json!(day.to_string())
+        })
+    }
+
+    fn date() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            valid_date(),
+            Just(json!("2025-02-30")),
+            Just(json!(20251001)),
+        ]
+    }
+
+    fn kind() -> impl Strategy<Value = Value> {
+        prop::sample::select(vec![
+            "detention",
+            "isolation",
+            "internal_exclusion",
+            "report_card",
+            "nap",
+        ])
+        .prop_map(|k| json!(k))
+    }
+
+    fn event() -> impl Strategy<Value = (&'static str, Value)> {
+        prop_oneof![
+            (prop::sample::select(vec![0.5, 1.0, 2.5, 5.0]), valid_date()).prop_map(|(days, start)| (
+                "SuspensionIssued",
+                json!({"days": days, "reason_code": "PD", "start_date": start})
+            )),
+            valid_date().prop_map(|d| (
+                "PermanentExclusionIssued",
+                json!({"reason_code": "PA", "effective_date": d})
+            )),
+            kind().prop_filter("a kind", |k| k != "nap").prop_map(|k| (
+                "SanctionIssued",
+                json!({"kind": k, "reason": "Synthetic reason"})
+            )),
+            valid_date().prop_map(|d| (
+                "AlternativeProvisionArranged",
+                json!({"provider": "Synthetic AP", "start_date": d, "reason": "r", "sessions_per_week": 3})
+            )),
+            Just((
+                "ReintegrationMeetingHeld",
+                json!({"attendees": ["S001", "parent"], "agreed_support": "mentor"})
+            )),
+            Just(("ReintegrationCompleted", json!({"outcome": "settled"}))),
+            Just(("ParentContacted", json!({"method": "phone", "summary": "told"}))),
+        ]
+    }
+
+    /// Changes that apply and that do not, to every field of the six types.
+    fn changes() -> impl Strategy<Value = Value> {
+        let one = prop_oneof![
+            prop::sample::select(vec![json!(1.5), json!(0.5), json!("two"), Value::Null])
+                .prop_map(|v| ("days", v)),
+            date().prop_map(|v| ("start_date", v)),
+            date().prop_map(|v| ("effective_date", v)),
+            kind().prop_map(|v| ("kind", v)),
+            Just(("reason", json!("other"))),
+            Just(("reason_code", json!("VA"))),
+            Just(("additional_reason_codes", json!(["DM"]))),
+            Just(("override_reason", Value::Null)),
+            Just(("provider", json!("Other AP"))),
+            prop::sample::select(vec![json!(2), json!(-1)]).prop_map(|v| ("sessions_per_week", v)),
+            prop::sample::select(vec![json!(["S002"]), json!("S002")])
+                .prop_map(|v| ("attendees", v)),
+            Just(("agreed_support", json!("none"))),
+            Just(("outcome", json!("moved"))),
+            Just(("class", json!("9A"))),
+        ];
+        prop::collection::vec(one, 1..3).prop_map(|kvs| {
+            Value::Object(kvs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        })
+    }
+
+    fn line() -> impl Strategy<Value = Line> {
+        prop_oneof![
+            3 => (0..PUPILS.len(), 0u16..300, event())
+                .prop_map(|(p, day, (t, data))| Line::Event(p, day, t, data)),
+            2 => (0..PUPILS.len(), 0usize..6, changes())
+                .prop_map(|(p, n, changes)| Line::Correct(p, n, changes)),
+        ]
+    }
+
+    fn log(lines: &[Line]) -> Vec<RecordedEvent> {
+        let start = DateTime::parse_from_rfc3339("2025-09-01T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut ids: Vec<Vec<Uuid>> = vec![Vec::new(); PUPILS.len()];
+        let mut events = Vec::new();
+        for (n, line) in lines.iter().enumerate() {
+            let position = n as u64 + 1;
+            let (pupil, e) = match line {
+                Line::Event(p, day, t, data) => {
+                    let at = start + Duration::days(i64::from(*day));
+                    (*p, generated(PUPILS[*p], position, at, t, data.clone()))
+                }
+                Line::Correct(p, n, changes) => {
+                    let id = ids[*p]
+                        .get(*n)
+                        .copied()
+                        .unwrap_or(Uuid::from_u128(u128::MAX));
+                    let data = json!({"event": id, "changes": changes, "reason": "typo"});
+                    (
+                        *p,
+                        generated(PUPILS[*p], position, start, "EntryCorrected", data),
+                    )
+                }
+            };
+            ids[pupil].push(e.event_id);
+            events.push(e);
+        }
+        events
+    }
+
+    proptest! {
+        /// Events kept as what the report reads of them, corrected with
+        /// their other fields blank, hold what the same events kept whole
+        /// (`facts::Tracker`, the view's form before `VERSION` 3),
+        /// corrected whole, hold of them, whatever the corrections change
+        /// and whether or not they apply; the view reads back from its
+        /// checkpoint as it was, with the same report.
+        #[test]
+        fn steps_follow_corrections_as_whole_events_do(
+            lines in prop::collection::vec(line(), 0..40),
+        ) {
+            let events = log(&lines);
+            let mut slim = Reintegration::default();
+            let mut whole = Tracker::default();
+            for e in &events {
+                slim.apply(e, None);
+                whole.apply(e, |e| What::of(e).is_some());
+            }
+            let streams: Vec<_> = slim.pupils.keys().collect();
+            prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
+            for (stream, facts) in &whole.pupils {
+                let kept: Vec<(Uuid, DateTime<Utc>, Option<What>)> = slim.pupils[stream]
+                    .steps
+                    .iter()
+                    .map(|s| (s.event_id, s.occurred_at, Some(s.what)))
+                    .collect();
+                let reference: Vec<(Uuid, DateTime<Utc>, Option<What>)> = facts
+                    .events
+                    .iter()
+                    .map(|k| (k.event_id, k.occurred_at, k.event().as_ref().and_then(What::of)))
+                    .collect();
+                prop_assert_eq!(kept, reference);
+            }
+            let bytes = rmp_serde::to_vec_named(&slim).unwrap();
+            let back: Reintegration = rmp_serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(&back, &slim);
+            prop_assert_eq!(back.report(), slim.report());
+        }
+
+        /// Whatever bytes stand for a checkpoint, reading it does not
+        /// panic, and a view read from them reports without panicking.
+        #[test]
+        fn any_checkpoint_bytes_are_read_or_refused_without_panic(
+            lines in prop::collection::vec(line(), 0..12),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+        ) {
+            let mut view = Reintegration::default();
+            for e in &log(&lines) {
+                view.apply(e, None);
+            }
+            let mut bytes = rmp_serde::to_vec_named(&view).unwrap();
+            if !bytes.is_empty() {
+                let i = at % bytes.len();
+                bytes[i] = byte;
+            }
+            if let Ok(read) = rmp_serde::from_slice::<Reintegration>(&bytes) {
+                let _ = read.report();
+            }
         }
     }
 }
