@@ -467,6 +467,11 @@ mod tests {
             )),
             Just(("ReintegrationCompleted", json!({"outcome": "settled"}))),
             Just(("ParentContacted", json!({"method": "phone", "summary": "told"}))),
+            Just((
+                "PupilRegistered",
+                json!({"name": "Synthetic Pupil", "date_of_birth": "2012-05-01",
+                    "year_group": 9, "class": "9A"})
+            )),
         ]
     }
 
@@ -488,7 +493,8 @@ mod tests {
                 .prop_map(|v| ("attendees", v)),
             Just(("agreed_support", json!("none"))),
             Just(("outcome", json!("moved"))),
-            Just(("class", json!("9A"))),
+            Just(("class", json!("9B"))),
+            Just(("pupil", json!("P9"))),
         ];
         prop::collection::vec(one, 1..3).prop_map(|kvs| {
             Value::Object(kvs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
@@ -499,7 +505,7 @@ mod tests {
         prop_oneof![
             3 => (0..PUPILS.len(), 0u16..300, event())
                 .prop_map(|(p, day, (t, data))| Line::Event(p, day, t, data)),
-            2 => (0..PUPILS.len(), 0usize..6, changes())
+            2 => (0..PUPILS.len(), 0usize..10, changes())
                 .prop_map(|(p, n, changes)| Line::Correct(p, n, changes)),
         ]
     }
@@ -535,6 +541,57 @@ mod tests {
         events
     }
 
+    /// What the report took of a whole event before `VERSION` 3: the
+    /// removal it records, whether it is a meeting, whether a completion.
+    fn whole_way(
+        event: &CaseEvent,
+        event_id: Uuid,
+        occurred_at: DateTime<Utc>,
+    ) -> (Option<Removal>, bool, bool) {
+        let removal = match event {
+            CaseEvent::SuspensionIssued(s) => {
+                Some((RemovalKind::Suspension, s.start_date, Some(s.days)))
+            }
+            CaseEvent::PermanentExclusionIssued(p) => {
+                Some((RemovalKind::PermanentExclusion, p.effective_date, None))
+            }
+            CaseEvent::SanctionIssued(s) => match s.kind {
+                SanctionKind::Isolation => {
+                    Some((RemovalKind::Isolation, occurred_at.date_naive(), None))
+                }
+                SanctionKind::InternalExclusion => Some((
+                    RemovalKind::InternalExclusion,
+                    occurred_at.date_naive(),
+                    None,
+                )),
+                SanctionKind::Detention | SanctionKind::ReportCard => None,
+            },
+            CaseEvent::AlternativeProvisionArranged(a) => {
+                Some((RemovalKind::AlternativeProvision, a.start_date, None))
+            }
+            _ => None,
+        };
+        (
+            removal.map(|(kind, date, days)| Removal {
+                kind,
+                event_id,
+                date,
+                days,
+            }),
+            matches!(event, CaseEvent::ReintegrationMeetingHeld(_)),
+            matches!(event, CaseEvent::ReintegrationCompleted(_)),
+        )
+    }
+
+    /// The same, of a step.
+    fn slim_way(step: &Step) -> (Option<Removal>, bool, bool) {
+        (
+            step.removal(),
+            step.what == What::Meeting,
+            step.what == What::Completed,
+        )
+    }
+
     proptest! {
         /// Events kept as what the report reads of them, corrected with
         /// their other fields blank, hold what the same events kept whole
@@ -556,7 +613,9 @@ mod tests {
             let streams: Vec<_> = slim.pupils.keys().collect();
             prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
             for (stream, facts) in &whole.pupils {
-                let kept: Vec<(Uuid, DateTime<Utc>, Option<What>)> = slim.pupils[stream]
+                let pupil = &slim.pupils[stream];
+                prop_assert_eq!(&pupil.card, &facts.card);
+                let kept: Vec<(Uuid, DateTime<Utc>, Option<What>)> = pupil
                     .steps
                     .iter()
                     .map(|s| (s.event_id, s.occurred_at, Some(s.what)))
@@ -567,6 +626,15 @@ mod tests {
                     .map(|k| (k.event_id, k.occurred_at, k.event().as_ref().and_then(What::of)))
                     .collect();
                 prop_assert_eq!(kept, reference);
+                // What the report takes of each: as it took it of the
+                // whole event.
+                let read: Vec<_> = pupil.steps.iter().map(slim_way).collect();
+                let whole_read: Vec<_> = facts
+                    .events
+                    .iter()
+                    .map(|k| whole_way(&k.event().unwrap(), k.event_id, k.occurred_at))
+                    .collect();
+                prop_assert_eq!(read, whole_read);
             }
             let bytes = rmp_serde::to_vec_named(&slim).unwrap();
             let back: Reintegration = rmp_serde::from_slice(&bytes).unwrap();
