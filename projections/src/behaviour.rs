@@ -20,8 +20,7 @@
 //! fields left out (property test
 //! `tests::incidents_kept_slim_follow_corrections_as_whole_ones_do`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::num::NonZeroU32;
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 
 use casebook_engine::domain::academic_year;
@@ -31,7 +30,7 @@ use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::facts::{corrected, make_room, PupilCard};
+use crate::facts::{corrected, make_room, Name, Names, PupilCard};
 use crate::Projection;
 
 /// The group label of incidents with no class or site anywhere.
@@ -49,62 +48,6 @@ pub struct Behaviour {
 struct Pupil {
     card: PupilCard,
     incidents: Vec<Incident>,
-}
-
-/// A string of the view's [`Names`]: its place in the list, from 1.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(transparent)]
-struct Name(NonZeroU32);
-
-/// Every string the view's incidents have named (categories, locations,
-/// classes, sites, participants' references), listed once each in the
-/// order first met, with an index from string to place: a school has a
-/// few dozen categories and locations and a reference per pupil, where
-/// each incident kept whole held its own copies. A string a correction
-/// replaced stays listed (the log holds it anyway); the list grows with
-/// the distinct strings of the log, not with its incidents.
-#[derive(Clone, Debug, Default)]
-struct Names {
-    list: Vec<Box<str>>,
-    index: HashMap<Box<str>, Name>,
-}
-
-/// Two tables are the same when they list the same strings in the same
-/// order; the index is derived from the list.
-impl PartialEq for Names {
-    fn eq(&self, other: &Names) -> bool {
-        self.list == other.list
-    }
-}
-
-impl Names {
-    fn name(&mut self, s: &str) -> Name {
-        if let Some(name) = self.index.get(s) {
-            return *name;
-        }
-        match u32::try_from(self.list.len() + 1)
-            .ok()
-            .and_then(NonZeroU32::new)
-        {
-            Some(place) => {
-                self.list.push(s.into());
-                self.index.insert(s.into(), Name(place));
-                Name(place)
-            }
-            // 2^32 - 1 distinct strings would take more memory than any
-            // machine running casebook has; past them, the last is shared.
-            None => Name(NonZeroU32::MAX),
-        }
-    }
-
-    fn get(&self, name: Name) -> &str {
-        // Every name was given here or checked when a checkpoint was read.
-        self.list.get(name.0.get() as usize - 1).map_or("", |s| s)
-    }
-
-    fn knows(&self, name: Name) -> bool {
-        name.0.get() as usize <= self.list.len()
-    }
 }
 
 /// What the report reads of one incident, as corrected: 56 bytes.
@@ -234,7 +177,7 @@ impl Serialize for Behaviour {
             pupils: &'a BTreeMap<StreamId, Pupil>,
         }
         Form {
-            names: &self.names.list,
+            names: self.names.list(),
             pupils: &self.pupils,
         }
         .serialize(serializer)
@@ -253,13 +196,7 @@ impl<'de> Deserialize<'de> for Behaviour {
             pupils: BTreeMap<StreamId, Pupil>,
         }
         let form = Form::deserialize(deserializer)?;
-        let mut names = Names::default();
-        for s in form.names {
-            if names.index.contains_key(&s) {
-                return Err(D::Error::custom("the names list a string twice"));
-            }
-            names.name(&s);
-        }
+        let names = Names::from_list(form.names).map_err(D::Error::custom)?;
         for pupil in form.pupils.values() {
             for i in &pupil.incidents {
                 let listed = [i.category, i.location]

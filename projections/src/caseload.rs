@@ -15,42 +15,290 @@
 //!
 //! `overdue` is judged against the `today` the query is given, never the
 //! clock, so a report can be reproduced.
+//!
+//! The view keeps of each case event only what the caseload reads
+//! ([`Step`]: its id, time, type and the case type, staff, plan or
+//! intervention it names), its strings once in the view's names, as the
+//! behaviour view keeps its incidents: a correction is applied to the event
+//! with the fields not kept blank (property test
+//! `tests::steps_fold_to_the_case_whole_events_fold_to`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use casebook_engine::event::{CaseEvent, CaseType, PlanKind};
+use casebook_engine::event::{
+    CaseClosed, CaseEvent, CaseOpened, CaseType, EntryCorrected, InterventionEnded,
+    InterventionOutcome, InterventionStarted, KeyworkerAssigned, PlanAgreed, PlanKind,
+    PlanReviewed,
+};
 use casebook_engine::{RecordedEvent, StreamId};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-use crate::facts::{PupilFacts, Tracker};
+use crate::facts::{corrected, make_room, Name, Names, PupilCard};
 use crate::Projection;
 
 /// The caseload projection.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Caseload {
-    facts: Tracker,
+    names: Names,
+    pupils: BTreeMap<StreamId, Pupil>,
     last_activity: BTreeMap<StreamId, DateTime<Utc>>,
 }
 
-fn reads(e: &CaseEvent) -> bool {
-    matches!(
-        e,
-        CaseEvent::CaseOpened(_)
-            | CaseEvent::CaseClosed(_)
-            | CaseEvent::KeyworkerAssigned(_)
-            | CaseEvent::PlanAgreed(_)
-            | CaseEvent::PlanReviewed(_)
-            | CaseEvent::InterventionStarted(_)
-            | CaseEvent::InterventionEnded(_)
-    )
+/// One pupil's registration and case events, in stream order, as
+/// corrected.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct Pupil {
+    card: PupilCard,
+    steps: Vec<Step>,
+}
+
+/// What the caseload reads of one case event: 40 bytes, where the event
+/// kept whole (`facts::Kept`) took ~230 (a case's summary, a review's
+/// outcome, an intervention's goal).
+#[derive(Clone, Debug, PartialEq)]
+struct Step {
+    event_id: Uuid,
+    occurred_at: DateTime<Utc>,
+    what: What,
+}
+
+/// A case event's type and the fields of it the caseload reads, each
+/// string as its place in the view's names.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum What {
+    Opened {
+        case_type: CaseType,
+    },
+    Closed,
+    Keyworker {
+        staff: Name,
+    },
+    PlanAgreed {
+        plan: Name,
+        kind: PlanKind,
+        review_due: NaiveDate,
+    },
+    PlanReviewed {
+        plan: Name,
+        next_review_due: Option<NaiveDate>,
+    },
+    InterventionStarted {
+        intervention: Name,
+        kind: Name,
+    },
+    InterventionEnded {
+        intervention: Name,
+    },
+}
+
+impl What {
+    /// What the caseload reads of `e`, if it reads `e`'s type.
+    fn of(e: &CaseEvent, names: &mut Names) -> Option<What> {
+        Some(match e {
+            CaseEvent::CaseOpened(c) => What::Opened {
+                case_type: c.case_type,
+            },
+            CaseEvent::CaseClosed(_) => What::Closed,
+            CaseEvent::KeyworkerAssigned(k) => What::Keyworker {
+                staff: names.name(&k.staff),
+            },
+            CaseEvent::PlanAgreed(p) => What::PlanAgreed {
+                plan: names.name(&p.plan),
+                kind: p.kind,
+                review_due: p.review_due,
+            },
+            CaseEvent::PlanReviewed(r) => What::PlanReviewed {
+                plan: names.name(&r.plan),
+                next_review_due: r.next_review_due,
+            },
+            CaseEvent::InterventionStarted(i) => What::InterventionStarted {
+                intervention: names.name(&i.intervention),
+                kind: names.name(&i.kind),
+            },
+            CaseEvent::InterventionEnded(i) => What::InterventionEnded {
+                intervention: names.name(&i.intervention),
+            },
+            _ => return None,
+        })
+    }
+
+    /// Whether `e` is of a type the caseload reads (by type only, so that
+    /// a correction never moves an entry in or out).
+    fn reads(e: &CaseEvent) -> bool {
+        matches!(
+            e,
+            CaseEvent::CaseOpened(_)
+                | CaseEvent::CaseClosed(_)
+                | CaseEvent::KeyworkerAssigned(_)
+                | CaseEvent::PlanAgreed(_)
+                | CaseEvent::PlanReviewed(_)
+                | CaseEvent::InterventionStarted(_)
+                | CaseEvent::InterventionEnded(_)
+        )
+    }
+
+    /// The event of this type with the fields kept, the others blank (an
+    /// ended intervention's outcome: the first of its values).
+    fn event(self, names: &Names) -> CaseEvent {
+        let text = |name: Name| names.get(name).to_string();
+        match self {
+            What::Opened { case_type } => CaseEvent::CaseOpened(CaseOpened {
+                case_type,
+                summary: String::new(),
+            }),
+            What::Closed => CaseEvent::CaseClosed(CaseClosed {
+                outcome: String::new(),
+            }),
+            What::Keyworker { staff } => {
+                CaseEvent::KeyworkerAssigned(KeyworkerAssigned { staff: text(staff) })
+            }
+            What::PlanAgreed {
+                plan,
+                kind,
+                review_due,
+            } => CaseEvent::PlanAgreed(PlanAgreed {
+                plan: text(plan),
+                kind,
+                review_due,
+            }),
+            What::PlanReviewed {
+                plan,
+                next_review_due,
+            } => CaseEvent::PlanReviewed(PlanReviewed {
+                plan: text(plan),
+                outcome: String::new(),
+                next_review_due,
+            }),
+            What::InterventionStarted { intervention, kind } => {
+                CaseEvent::InterventionStarted(InterventionStarted {
+                    intervention: text(intervention),
+                    kind: text(kind),
+                    goal: String::new(),
+                    sessions_planned: None,
+                    staff: None,
+                })
+            }
+            What::InterventionEnded { intervention } => {
+                CaseEvent::InterventionEnded(InterventionEnded {
+                    intervention: text(intervention),
+                    outcome: InterventionOutcome::Achieved,
+                })
+            }
+        }
+    }
+
+    /// Its names, for the check of a checkpoint.
+    fn names(self) -> impl Iterator<Item = Name> {
+        let (a, b) = match self {
+            What::Opened { .. } | What::Closed => (None, None),
+            What::Keyworker { staff } => (Some(staff), None),
+            What::PlanAgreed { plan, .. } | What::PlanReviewed { plan, .. } => (Some(plan), None),
+            What::InterventionStarted { intervention, kind } => (Some(intervention), Some(kind)),
+            What::InterventionEnded { intervention } => (Some(intervention), None),
+        };
+        a.into_iter().chain(b)
+    }
+}
+
+impl Step {
+    /// Applies `c`, which names this event, if its changes apply: to the
+    /// event with the fields not kept blank, as `behaviour.rs` does (field
+    /// by field, so the blanks change neither whether they apply nor what
+    /// they make of the fields kept).
+    fn correct(&mut self, c: &EntryCorrected, names: &mut Names) {
+        if let Some(e) = corrected(&self.what.event(names), &c.changes) {
+            if let Some(what) = What::of(&e, names) {
+                self.what = what;
+            }
+        }
+    }
+}
+
+/// The checkpoint form of a step: `(event id, occurred at, what)`, the
+/// time as microseconds since 1970.
+impl Serialize for Step {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (
+            &self.event_id,
+            self.occurred_at.timestamp_micros(),
+            &self.what,
+        )
+            .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Step {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Step, D::Error> {
+        let (event_id, micros, what) = <(Uuid, i64, What)>::deserialize(deserializer)?;
+        let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| {
+            serde::de::Error::custom(format!("event {event_id}: time {micros} out of range"))
+        })?;
+        Ok(Step {
+            event_id,
+            occurred_at,
+            what,
+        })
+    }
+}
+
+/// The checkpoint: a map of `names` (the strings, in order), `pupils` (by
+/// stream: the card and the steps) and `last_activity` (by stream).
+impl Serialize for Caseload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Form<'a> {
+            names: &'a [Box<str>],
+            pupils: &'a BTreeMap<StreamId, Pupil>,
+            last_activity: &'a BTreeMap<StreamId, DateTime<Utc>>,
+        }
+        Form {
+            names: self.names.list(),
+            pupils: &self.pupils,
+            last_activity: &self.last_activity,
+        }
+        .serialize(serializer)
+    }
+}
+
+/// Refuses a checkpoint listing a string twice or naming a place past its
+/// list (the view is then rebuilt).
+impl<'de> Deserialize<'de> for Caseload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Caseload, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        struct Form {
+            names: Vec<Box<str>>,
+            pupils: BTreeMap<StreamId, Pupil>,
+            last_activity: BTreeMap<StreamId, DateTime<Utc>>,
+        }
+        let form = Form::deserialize(deserializer)?;
+        let names = Names::from_list(form.names).map_err(D::Error::custom)?;
+        for pupil in form.pupils.values() {
+            for step in &pupil.steps {
+                if !step.what.names().all(|n| names.knows(n)) {
+                    return Err(D::Error::custom(format!(
+                        "event {} names a string past the list",
+                        step.event_id
+                    )));
+                }
+            }
+        }
+        Ok(Caseload {
+            names,
+            pupils: form.pupils,
+            last_activity: form.last_activity,
+        })
+    }
 }
 
 impl Projection for Caseload {
     const NAME: &'static str = "caseload";
-    /// 2: the case events are kept compactly (`facts::Kept`), in a checkpoint as
-    /// tuples with their payloads as bytes.
-    const VERSION: u32 = 2;
+    /// 3: each case event kept as what the caseload reads of it (`Step`),
+    /// its strings in the view's names.
+    const VERSION: u32 = 3;
 
     fn apply(&mut self, event: &RecordedEvent, _corrected_at: Option<u64>) {
         match event.event {
@@ -64,7 +312,37 @@ impl Projection for Caseload {
                 *latest = (*latest).max(event.occurred_at);
             }
         }
-        self.facts.apply(event, reads);
+        match &event.event {
+            CaseEvent::PupilRegistered(_) => self
+                .pupils
+                .entry(event.stream)
+                .or_default()
+                .card
+                .register(event),
+            CaseEvent::EntryCorrected(c) => {
+                // Only the correcting stream is searched: a correction names
+                // an entry of the same pupil.
+                if let Some(pupil) = self.pupils.get_mut(&event.stream) {
+                    if !pupil.card.correct(c) {
+                        if let Some(step) = pupil.steps.iter_mut().find(|s| s.event_id == c.event) {
+                            step.correct(c, &mut self.names);
+                        }
+                    }
+                }
+            }
+            other if What::reads(other) => {
+                if let Some(what) = What::of(other, &mut self.names) {
+                    let steps = &mut self.pupils.entry(event.stream).or_default().steps;
+                    make_room(steps, 4, 256);
+                    steps.push(Step {
+                        event_id: event.event_id,
+                        occurred_at: event.occurred_at,
+                        what,
+                    });
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -111,7 +389,7 @@ pub struct OpenIntervention {
 }
 
 /// A pupil's case as far as the caseload goes, folded from their facts.
-#[derive(Default)]
+#[derive(Debug, Default, PartialEq)]
 struct CaseFold {
     open: BTreeSet<CaseType>,
     opened_at: Option<DateTime<Utc>>,
@@ -121,43 +399,49 @@ struct CaseFold {
 }
 
 impl CaseFold {
-    fn of(facts: &PupilFacts) -> CaseFold {
+    fn of(pupil: &Pupil, names: &Names) -> CaseFold {
         let mut f = CaseFold::default();
-        for t in &facts.events {
-            // Always decodes (`Kept::event`).
-            let Some(event) = t.event() else {
-                continue;
-            };
-            match &event {
-                CaseEvent::CaseOpened(c) => {
+        let text = |name: Name| names.get(name).to_string();
+        for step in &pupil.steps {
+            match step.what {
+                What::Opened { case_type } => {
                     if f.open.is_empty() {
-                        f.opened_at = Some(t.occurred_at);
+                        f.opened_at = Some(step.occurred_at);
                     }
-                    f.open.insert(c.case_type);
+                    f.open.insert(case_type);
                 }
-                CaseEvent::CaseClosed(_) => {
+                What::Closed => {
                     f.open.clear();
                     f.opened_at = None;
                 }
-                CaseEvent::KeyworkerAssigned(k) => f.keyworker = Some(k.staff.clone()),
-                CaseEvent::PlanAgreed(p) => {
-                    f.plans.insert(p.plan.clone(), (p.kind, p.review_due));
+                What::Keyworker { staff } => f.keyworker = Some(text(staff)),
+                What::PlanAgreed {
+                    plan,
+                    kind,
+                    review_due,
+                } => {
+                    f.plans.insert(text(plan), (kind, review_due));
                 }
-                CaseEvent::PlanReviewed(r) => match (f.plans.get_mut(&r.plan), r.next_review_due) {
-                    (Some(plan), Some(next)) => plan.1 = next,
-                    (Some(_), None) => {
-                        f.plans.remove(&r.plan);
+                What::PlanReviewed {
+                    plan,
+                    next_review_due,
+                } => {
+                    let plan = text(plan);
+                    match (f.plans.get_mut(&plan), next_review_due) {
+                        (Some(p), Some(next)) => p.1 = next,
+                        (Some(_), None) => {
+                            f.plans.remove(&plan);
+                        }
+                        (None, _) => {}
                     }
-                    (None, _) => {}
-                },
-                CaseEvent::InterventionStarted(i) => {
+                }
+                What::InterventionStarted { intervention, kind } => {
                     f.interventions
-                        .insert(i.intervention.clone(), (i.kind.clone(), t.occurred_at));
+                        .insert(text(intervention), (text(kind), step.occurred_at));
                 }
-                CaseEvent::InterventionEnded(e) => {
-                    f.interventions.remove(&e.intervention);
+                What::InterventionEnded { intervention } => {
+                    f.interventions.remove(names.get(intervention));
                 }
-                _ => {}
             }
         }
         f
@@ -170,11 +454,10 @@ impl Caseload {
     /// pupil.
     pub fn cases(&self, today: NaiveDate, keyworker: Option<&str>) -> CaseloadReport {
         let mut cases: Vec<OpenCase> = self
-            .facts
             .pupils
             .iter()
-            .filter_map(|(stream, facts)| {
-                let f = CaseFold::of(facts);
+            .filter_map(|(stream, p)| {
+                let f = CaseFold::of(p, &self.names);
                 if f.open.is_empty() {
                     return None;
                 }
@@ -193,7 +476,7 @@ impl Caseload {
                 open_plans.sort_by(|a, b| (a.review_due, &a.plan).cmp(&(b.review_due, &b.plan)));
                 let next_review_due = open_plans.first().map(|p| p.review_due);
                 Some(OpenCase {
-                    pupil: facts.card.pupil(*stream),
+                    pupil: p.card.pupil(*stream),
                     keyworker: f.keyworker,
                     case_types: f.open.into_iter().collect(),
                     opened_at: f.opened_at,
@@ -218,5 +501,359 @@ impl Caseload {
             key(a).cmp(&key(b)).then_with(|| a.pupil.cmp(&b.pupil))
         });
         CaseloadReport { cases }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::{generated, Tracker};
+    use chrono::Duration;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    const PUPILS: [&str; 2] = ["P1", "P2"];
+
+    /// One entry of a generated log: its pupil, day and type and data, or
+    /// a correction of the pupil's `n`-th event so far (past the end: an
+    /// id no event has).
+    #[derive(Clone, Debug)]
+    enum Line {
+        Event(usize, u16, &'static str, Value),
+        Correct(usize, usize, Value),
+    }
+
+    fn pick(values: Vec<Value>) -> impl Strategy<Value = Value> {
+        prop::sample::select(values)
+    }
+
+    fn valid_date() -> impl Strategy<Value = Value> {
+        (0u16..200).prop_map(|d| {
+            let day = NaiveDate::from_ymd_opt(2025, 9, 1).unwrap() + Duration::days(d.into());
+            json!(day.to_string())
+        })
+    }
+
+    fn id(prefix: &'static str) -> impl Strategy<Value = Value> {
+        (0u8..3).prop_map(move |n| json!(format!("{prefix}{n}")))
+    }
+
+    fn event() -> impl Strategy<Value = (&'static str, Value)> {
+        let case_type = pick(vec![json!("pastoral"), json!("behaviour"), json!("send")]);
+        let plan_kind = pick(vec![json!("early_help"), json!("ehcp")]);
+        prop_oneof![
+            case_type.prop_map(|t| (
+                "CaseOpened",
+                json!({"case_type": t, "summary": "Synthetic"})
+            )),
+            Just(("CaseClosed", json!({"outcome": "resolved"}))),
+            id("S").prop_map(|s| ("KeyworkerAssigned", json!({"staff": s}))),
+            (id("plan"), plan_kind, valid_date()).prop_map(|(p, k, d)| (
+                "PlanAgreed",
+                json!({"plan": p, "kind": k, "review_due": d})
+            )),
+            (id("plan"), prop_oneof![valid_date(), Just(Value::Null)]).prop_map(|(p, d)| (
+                "PlanReviewed",
+                json!({"plan": p, "outcome": "progress", "next_review_due": d})
+            )),
+            (
+                id("iv"),
+                pick(vec![json!("mentoring"), json!("literacy")]),
+                proptest::option::of(id("S"))
+            )
+                .prop_map(|(i, k, staff)| {
+                    let mut data = json!({"intervention": i, "kind": k, "goal": "settle",
+                        "sessions_planned": 6});
+                    if let Some(staff) = staff {
+                        data["staff"] = staff;
+                    }
+                    ("InterventionStarted", data)
+                }),
+            (
+                id("iv"),
+                pick(vec![json!("withdrawn"), json!("partly_achieved")])
+            )
+                .prop_map(|(i, o)| (
+                    "InterventionEnded",
+                    json!({"intervention": i, "outcome": o})
+                )),
+            Just((
+                "ParentContacted",
+                json!({"method": "phone", "summary": "told"})
+            )),
+            Just((
+                "PupilRegistered",
+                json!({"name": "Synthetic Pupil", "date_of_birth": "2012-05-01", "year_group": 9})
+            )),
+        ]
+    }
+
+    /// Changes that apply and that do not, to every field of the types.
+    fn changes() -> impl Strategy<Value = Value> {
+        let one = prop_oneof![
+            pick(vec![json!("safeguarding"), json!("nurture")]).prop_map(|v| ("case_type", v)),
+            pick(vec![json!("other"), json!(["a"])]).prop_map(|v| ("summary", v)),
+            pick(vec![
+                json!("moved"),
+                json!("achieved"),
+                json!("unknown"),
+                json!(3)
+            ])
+            .prop_map(|v| ("outcome", v)),
+            prop_oneof![id("S"), Just(json!(7))].prop_map(|v| ("staff", v)),
+            prop_oneof![id("plan"), Just(Value::Null)].prop_map(|v| ("plan", v)),
+            pick(vec![json!("ehcp"), json!("mentoring"), json!("nope")]).prop_map(|v| ("kind", v)),
+            prop_oneof![valid_date(), Just(json!("2025-13-01"))].prop_map(|v| ("review_due", v)),
+            prop_oneof![valid_date(), Just(Value::Null), Just(json!("soon"))]
+                .prop_map(|v| ("next_review_due", v)),
+            id("iv").prop_map(|v| ("intervention", v)),
+            pick(vec![json!("other"), json!(false)]).prop_map(|v| ("goal", v)),
+            pick(vec![json!(3), json!(-1)]).prop_map(|v| ("sessions_planned", v)),
+            prop_oneof![id("S"), Just(Value::Null)].prop_map(|v| ("staff", v)),
+            Just(("class", json!("9B"))),
+        ];
+        prop::collection::vec(one, 1..3).prop_map(|kvs| {
+            Value::Object(kvs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        })
+    }
+
+    fn line() -> impl Strategy<Value = Line> {
+        prop_oneof![
+            3 => (0..PUPILS.len(), 0u16..300, event())
+                .prop_map(|(p, day, (t, data))| Line::Event(p, day, t, data)),
+            2 => (0..PUPILS.len(), 0usize..10, changes())
+                .prop_map(|(p, n, changes)| Line::Correct(p, n, changes)),
+        ]
+    }
+
+    fn log(lines: &[Line]) -> Vec<RecordedEvent> {
+        let start = DateTime::parse_from_rfc3339("2025-09-01T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut ids: Vec<Vec<Uuid>> = vec![Vec::new(); PUPILS.len()];
+        let mut events = Vec::new();
+        for (n, line) in lines.iter().enumerate() {
+            let position = n as u64 + 1;
+            let (pupil, e) = match line {
+                Line::Event(p, day, t, data) => {
+                    let at = start + Duration::days(i64::from(*day));
+                    (*p, generated(PUPILS[*p], position, at, t, data.clone()))
+                }
+                Line::Correct(p, n, changes) => {
+                    let id = ids[*p]
+                        .get(*n)
+                        .copied()
+                        .unwrap_or(Uuid::from_u128(u128::MAX));
+                    let data = json!({"event": id, "changes": changes, "reason": "typo"});
+                    (
+                        *p,
+                        generated(PUPILS[*p], position, start, "EntryCorrected", data),
+                    )
+                }
+            };
+            ids[pupil].push(e.event_id);
+            events.push(e);
+        }
+        events
+    }
+
+    /// The types the caseload read before `VERSION` 3.
+    fn whole_reads(e: &CaseEvent) -> bool {
+        matches!(
+            e,
+            CaseEvent::CaseOpened(_)
+                | CaseEvent::CaseClosed(_)
+                | CaseEvent::KeyworkerAssigned(_)
+                | CaseEvent::PlanAgreed(_)
+                | CaseEvent::PlanReviewed(_)
+                | CaseEvent::InterventionStarted(_)
+                | CaseEvent::InterventionEnded(_)
+        )
+    }
+
+    /// The case as the caseload folded it from whole events before
+    /// `VERSION` 3.
+    fn whole_fold(events: &[crate::facts::Kept]) -> CaseFold {
+        let mut f = CaseFold::default();
+        for t in events {
+            match t.event().unwrap() {
+                CaseEvent::CaseOpened(c) => {
+                    if f.open.is_empty() {
+                        f.opened_at = Some(t.occurred_at);
+                    }
+                    f.open.insert(c.case_type);
+                }
+                CaseEvent::CaseClosed(_) => {
+                    f.open.clear();
+                    f.opened_at = None;
+                }
+                CaseEvent::KeyworkerAssigned(k) => f.keyworker = Some(k.staff),
+                CaseEvent::PlanAgreed(p) => {
+                    f.plans.insert(p.plan, (p.kind, p.review_due));
+                }
+                CaseEvent::PlanReviewed(r) => match (f.plans.get_mut(&r.plan), r.next_review_due) {
+                    (Some(plan), Some(next)) => plan.1 = next,
+                    (Some(_), None) => {
+                        f.plans.remove(&r.plan);
+                    }
+                    (None, _) => {}
+                },
+                CaseEvent::InterventionStarted(i) => {
+                    f.interventions
+                        .insert(i.intervention, (i.kind, t.occurred_at));
+                }
+                CaseEvent::InterventionEnded(e) => {
+                    f.interventions.remove(&e.intervention);
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// The fields of `e` the caseload keeps, by name, as JSON.
+    fn kept_fields(e: &CaseEvent) -> Value {
+        let mut data = e.data_json();
+        if let Value::Object(fields) = &mut data {
+            fields.retain(|k, _| match k.as_str() {
+                "summary" | "outcome" | "goal" | "sessions_planned" => false,
+                "staff" => matches!(e, CaseEvent::KeyworkerAssigned(_)),
+                _ => true,
+            });
+        }
+        json!({"type": e.type_name(), "data": data})
+    }
+
+    proptest! {
+        /// Case events kept as what the caseload reads of them, corrected
+        /// with their other fields blank, fold to the case the same events
+        /// kept whole (`facts::Tracker`, the view's form before `VERSION`
+        /// 3), corrected whole, folded to, whatever the corrections change
+        /// and whether or not they apply; the view reads back from its
+        /// checkpoint as it was, with the same caseload.
+        #[test]
+        fn steps_fold_to_the_case_whole_events_fold_to(
+            lines in prop::collection::vec(line(), 0..40),
+        ) {
+            let events = log(&lines);
+            let mut slim = Caseload::default();
+            let mut whole = Tracker::default();
+            for e in &events {
+                slim.apply(e, None);
+                whole.apply(e, whole_reads);
+            }
+            let streams: Vec<_> = slim.pupils.keys().collect();
+            prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
+            for (stream, facts) in &whole.pupils {
+                let pupil = &slim.pupils[stream];
+                prop_assert_eq!(&pupil.card, &facts.card);
+                let ids: Vec<(Uuid, DateTime<Utc>)> =
+                    pupil.steps.iter().map(|s| (s.event_id, s.occurred_at)).collect();
+                let whole_ids: Vec<(Uuid, DateTime<Utc>)> =
+                    facts.events.iter().map(|k| (k.event_id, k.occurred_at)).collect();
+                prop_assert_eq!(ids, whole_ids);
+                let kept: Vec<Value> = pupil
+                    .steps
+                    .iter()
+                    .map(|s| kept_fields(&s.what.event(&slim.names)))
+                    .collect();
+                let whole_kept: Vec<Value> =
+                    facts.events.iter().map(|k| kept_fields(&k.event().unwrap())).collect();
+                prop_assert_eq!(kept, whole_kept);
+                prop_assert_eq!(CaseFold::of(pupil, &slim.names), whole_fold(&facts.events));
+            }
+            let bytes = rmp_serde::to_vec_named(&slim).unwrap();
+            let back: Caseload = rmp_serde::from_slice(&bytes).unwrap();
+            prop_assert_eq!(&back, &slim);
+            let today = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+            for keyworker in [None, Some("S1")] {
+                prop_assert_eq!(back.cases(today, keyworker), slim.cases(today, keyworker));
+            }
+        }
+
+        /// Whatever bytes stand for a checkpoint, reading it does not
+        /// panic, and a view read from them reports without panicking.
+        #[test]
+        fn any_checkpoint_bytes_are_read_or_refused_without_panic(
+            lines in prop::collection::vec(line(), 0..12),
+            at in any::<usize>(),
+            byte in any::<u8>(),
+        ) {
+            let mut view = Caseload::default();
+            for e in &log(&lines) {
+                view.apply(e, None);
+            }
+            let mut bytes = rmp_serde::to_vec_named(&view).unwrap();
+            if !bytes.is_empty() {
+                let i = at % bytes.len();
+                bytes[i] = byte;
+            }
+            if let Ok(read) = rmp_serde::from_slice::<Caseload>(&bytes) {
+                let _ = read.cases(NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(), None);
+            }
+        }
+    }
+
+    /// A checkpoint that lists a string twice, or whose steps name a
+    /// place past the list (an intervention's kind among them), is
+    /// refused; the same checkpoint without the fault is read.
+    #[test]
+    fn checkpoints_naming_strings_they_do_not_list_are_refused() {
+        #[derive(Serialize)]
+        #[serde(rename_all = "snake_case")]
+        enum WhatForm {
+            Opened { case_type: CaseType },
+            InterventionStarted { intervention: u32, kind: u32 },
+        }
+        #[derive(Serialize)]
+        struct PupilForm {
+            card: PupilCard,
+            steps: Vec<(Uuid, i64, WhatForm)>,
+        }
+        #[derive(Serialize)]
+        struct ViewForm<'a> {
+            names: Vec<&'a str>,
+            pupils: BTreeMap<StreamId, PupilForm>,
+            last_activity: BTreeMap<StreamId, DateTime<Utc>>,
+        }
+        let stream = StreamId::for_pupil("s", "P1");
+        let at = 1_760_000_000_000_000i64;
+        let checkpoint = |names: Vec<&str>, kind: u32| {
+            let steps = vec![
+                (
+                    Uuid::from_u128(1),
+                    at,
+                    WhatForm::Opened {
+                        case_type: CaseType::Pastoral,
+                    },
+                ),
+                (
+                    Uuid::from_u128(2),
+                    at,
+                    WhatForm::InterventionStarted {
+                        intervention: 1,
+                        kind,
+                    },
+                ),
+            ];
+            let card = PupilCard::default();
+            let pupils = BTreeMap::from([(stream, PupilForm { card, steps })]);
+            let last_activity = BTreeMap::new();
+            rmp_serde::to_vec_named(&ViewForm {
+                names,
+                pupils,
+                last_activity,
+            })
+            .unwrap()
+        };
+        let read = |bytes: Vec<u8>| rmp_serde::from_slice::<Caseload>(&bytes);
+        let today = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
+        let good = read(checkpoint(vec!["iv0", "mentoring"], 2)).unwrap();
+        let case = &good.cases(today, None).cases[0];
+        assert_eq!(case.open_interventions[0].kind, "mentoring");
+        let past = read(checkpoint(vec!["iv0", "mentoring"], 3)).unwrap_err();
+        assert!(past.to_string().contains("past the list"), "{past}");
+        let twice = read(checkpoint(vec!["iv0", "iv0"], 2)).unwrap_err();
+        assert!(twice.to_string().contains("twice"), "{twice}");
     }
 }

@@ -17,7 +17,8 @@
 //! as the engine's own `CaseState` does.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 
 use casebook_engine::domain::apply_changes;
@@ -404,6 +405,81 @@ impl serde::de::Visitor<'_> for BinVisitor {
 
     fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<BinBuf, E> {
         Ok(BinBuf(v))
+    }
+}
+
+/// A string of a view's [`Names`]: its place in the list, from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Name(NonZeroU32);
+
+/// Every string a view's kept events have named (the behaviour view's
+/// categories, locations, classes, sites and participants' references;
+/// the caseload's staff, plan and intervention ids and kinds), listed
+/// once each in the order first met, with an index from string to place:
+/// a school has a few dozen categories and a few hundred staff, where each
+/// event kept whole held its own copies. A string a correction
+/// replaced stays listed (the log holds it anyway); the list grows with
+/// the distinct strings of the log, not with its events.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Names {
+    list: Vec<Box<str>>,
+    index: HashMap<Box<str>, Name>,
+}
+
+/// Two tables are the same when they list the same strings in the same
+/// order; the index is derived from the list.
+impl PartialEq for Names {
+    fn eq(&self, other: &Names) -> bool {
+        self.list == other.list
+    }
+}
+
+impl Names {
+    pub(crate) fn name(&mut self, s: &str) -> Name {
+        if let Some(name) = self.index.get(s) {
+            return *name;
+        }
+        match u32::try_from(self.list.len() + 1)
+            .ok()
+            .and_then(NonZeroU32::new)
+        {
+            Some(place) => {
+                self.list.push(s.into());
+                self.index.insert(s.into(), Name(place));
+                Name(place)
+            }
+            // 2^32 - 1 distinct strings would take more memory than any
+            // machine running casebook has; past them, the last is shared.
+            None => Name(NonZeroU32::MAX),
+        }
+    }
+
+    pub(crate) fn get(&self, name: Name) -> &str {
+        // Every name was given here or checked when a checkpoint was read.
+        self.list.get(name.0.get() as usize - 1).map_or("", |s| s)
+    }
+
+    pub(crate) fn knows(&self, name: Name) -> bool {
+        name.0.get() as usize <= self.list.len()
+    }
+
+    /// The strings, in order: a checkpoint's form of the table.
+    pub(crate) fn list(&self) -> &[Box<str>] {
+        &self.list
+    }
+
+    /// The table of a checkpoint's list; refused when it lists a string
+    /// twice (its places would not be one string's).
+    pub(crate) fn from_list(list: Vec<Box<str>>) -> Result<Names, &'static str> {
+        let mut names = Names::default();
+        for s in list {
+            if names.index.contains_key(&s) {
+                return Err("the names list a string twice");
+            }
+            names.name(&s);
+        }
+        Ok(names)
     }
 }
 
