@@ -33,9 +33,8 @@ use casebook_engine::event::{
 use casebook_engine::{RecordedEvent, StreamId};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::facts::{corrected, make_room, Name, Names, PupilCard};
+use crate::facts::{self, corrected, corrected_entry, make_room, Name, Names, PupilCard};
 use crate::Projection;
 
 /// The caseload projection.
@@ -57,12 +56,7 @@ struct Pupil {
 /// What the caseload reads of one case event: 40 bytes, where the event
 /// kept whole (`facts::Kept`) took ~230 (a case's summary, a review's
 /// outcome, an intervention's goal).
-#[derive(Clone, Debug, PartialEq)]
-struct Step {
-    event_id: Uuid,
-    occurred_at: DateTime<Utc>,
-    what: What,
-}
+type Step = facts::Step<What>;
 
 /// A case event's type and the fields of it the caseload reads, each
 /// string as its place in the view's names.
@@ -123,21 +117,6 @@ impl What {
             },
             _ => return None,
         })
-    }
-
-    /// Whether `e` is of a type the caseload reads (by type only, so that
-    /// a correction never moves an entry in or out).
-    fn reads(e: &CaseEvent) -> bool {
-        matches!(
-            e,
-            CaseEvent::CaseOpened(_)
-                | CaseEvent::CaseClosed(_)
-                | CaseEvent::KeyworkerAssigned(_)
-                | CaseEvent::PlanAgreed(_)
-                | CaseEvent::PlanReviewed(_)
-                | CaseEvent::InterventionStarted(_)
-                | CaseEvent::InterventionEnded(_)
-        )
     }
 
     /// The event of this type with the fields kept, the others blank (an
@@ -214,33 +193,6 @@ impl Step {
                 self.what = what;
             }
         }
-    }
-}
-
-/// The checkpoint form of a step: `(event id, occurred at, what)`, the
-/// time as microseconds since 1970.
-impl Serialize for Step {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (
-            &self.event_id,
-            self.occurred_at.timestamp_micros(),
-            &self.what,
-        )
-            .serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Step {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Step, D::Error> {
-        let (event_id, micros, what) = <(Uuid, i64, What)>::deserialize(deserializer)?;
-        let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| {
-            serde::de::Error::custom(format!("event {event_id}: time {micros} out of range"))
-        })?;
-        Ok(Step {
-            event_id,
-            occurred_at,
-            what,
-        })
     }
 }
 
@@ -323,14 +275,14 @@ impl Projection for Caseload {
                 // Only the correcting stream is searched: a correction names
                 // an entry of the same pupil.
                 if let Some(pupil) = self.pupils.get_mut(&event.stream) {
-                    if !pupil.card.correct(c) {
-                        if let Some(step) = pupil.steps.iter_mut().find(|s| s.event_id == c.event) {
-                            step.correct(c, &mut self.names);
-                        }
+                    if let Some(step) =
+                        corrected_entry(&mut pupil.card, &mut pupil.steps, c, |s| s.event_id)
+                    {
+                        step.correct(c, &mut self.names);
                     }
                 }
             }
-            other if What::reads(other) => {
+            other => {
                 if let Some(what) = What::of(other, &mut self.names) {
                     let steps = &mut self.pupils.entry(event.stream).or_default().steps;
                     make_room(steps, 4, 256);
@@ -341,7 +293,6 @@ impl Projection for Caseload {
                     });
                 }
             }
-            _ => {}
         }
     }
 }
@@ -507,31 +458,15 @@ impl Caseload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{generated, Tracker};
-    use chrono::Duration;
+    use crate::facts::{damaged, folded, generated_log, valid_date, Line};
     use proptest::prelude::*;
     use serde_json::{json, Value};
+    use uuid::Uuid;
 
     const PUPILS: [&str; 2] = ["P1", "P2"];
 
-    /// One entry of a generated log: its pupil, day and type and data, or
-    /// a correction of the pupil's `n`-th event so far (past the end: an
-    /// id no event has).
-    #[derive(Clone, Debug)]
-    enum Line {
-        Event(usize, u16, &'static str, Value),
-        Correct(usize, usize, Value),
-    }
-
     fn pick(values: Vec<Value>) -> impl Strategy<Value = Value> {
         prop::sample::select(values)
-    }
-
-    fn valid_date() -> impl Strategy<Value = Value> {
-        (0u16..200).prop_map(|d| {
-            let day = NaiveDate::from_ymd_opt(2025, 9, 1).unwrap() + Duration::days(d.into());
-            json!(day.to_string())
-        })
     }
 
     fn id(prefix: &'static str) -> impl Strategy<Value = Value> {
@@ -548,11 +483,11 @@ mod tests {
             )),
             Just(("CaseClosed", json!({"outcome": "resolved"}))),
             id("S").prop_map(|s| ("KeyworkerAssigned", json!({"staff": s}))),
-            (id("plan"), plan_kind, valid_date()).prop_map(|(p, k, d)| (
+            (id("plan"), plan_kind, valid_date(200)).prop_map(|(p, k, d)| (
                 "PlanAgreed",
                 json!({"plan": p, "kind": k, "review_due": d})
             )),
-            (id("plan"), prop_oneof![valid_date(), Just(Value::Null)]).prop_map(|(p, d)| (
+            (id("plan"), prop_oneof![valid_date(200), Just(Value::Null)]).prop_map(|(p, d)| (
                 "PlanReviewed",
                 json!({"plan": p, "outcome": "progress", "next_review_due": d})
             )),
@@ -588,9 +523,9 @@ mod tests {
         ]
     }
 
-    /// Changes that apply and that do not, to every field of the types.
-    fn changes() -> impl Strategy<Value = Value> {
-        let one = prop_oneof![
+    /// A change that applies or does not, to a field of the types.
+    fn change() -> impl Strategy<Value = (&'static str, Value)> {
+        prop_oneof![
             pick(vec![json!("safeguarding"), json!("nurture")]).prop_map(|v| ("case_type", v)),
             pick(vec![json!("other"), json!(["a"])]).prop_map(|v| ("summary", v)),
             pick(vec![
@@ -603,58 +538,23 @@ mod tests {
             prop_oneof![id("S"), Just(json!(7))].prop_map(|v| ("staff", v)),
             prop_oneof![id("plan"), Just(Value::Null)].prop_map(|v| ("plan", v)),
             pick(vec![json!("ehcp"), json!("mentoring"), json!("nope")]).prop_map(|v| ("kind", v)),
-            prop_oneof![valid_date(), Just(json!("2025-13-01"))].prop_map(|v| ("review_due", v)),
-            prop_oneof![valid_date(), Just(Value::Null), Just(json!("soon"))]
+            prop_oneof![valid_date(200), Just(json!("2025-13-01"))].prop_map(|v| ("review_due", v)),
+            prop_oneof![valid_date(200), Just(Value::Null), Just(json!("soon"))]
                 .prop_map(|v| ("next_review_due", v)),
             id("iv").prop_map(|v| ("intervention", v)),
             pick(vec![json!("other"), json!(false)]).prop_map(|v| ("goal", v)),
             pick(vec![json!(3), json!(-1)]).prop_map(|v| ("sessions_planned", v)),
             prop_oneof![id("S"), Just(Value::Null)].prop_map(|v| ("staff", v)),
             Just(("class", json!("9B"))),
-        ];
-        prop::collection::vec(one, 1..3).prop_map(|kvs| {
-            Value::Object(kvs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-        })
-    }
-
-    fn line() -> impl Strategy<Value = Line> {
-        prop_oneof![
-            3 => (0..PUPILS.len(), 0u16..300, event())
-                .prop_map(|(p, day, (t, data))| Line::Event(p, day, t, data)),
-            2 => (0..PUPILS.len(), 0usize..10, changes())
-                .prop_map(|(p, n, changes)| Line::Correct(p, n, changes)),
         ]
     }
 
+    fn line() -> impl Strategy<Value = Line> {
+        facts::line(PUPILS.len(), event(), change())
+    }
+
     fn log(lines: &[Line]) -> Vec<RecordedEvent> {
-        let start = DateTime::parse_from_rfc3339("2025-09-01T09:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let mut ids: Vec<Vec<Uuid>> = vec![Vec::new(); PUPILS.len()];
-        let mut events = Vec::new();
-        for (n, line) in lines.iter().enumerate() {
-            let position = n as u64 + 1;
-            let (pupil, e) = match line {
-                Line::Event(p, day, t, data) => {
-                    let at = start + Duration::days(i64::from(*day));
-                    (*p, generated(PUPILS[*p], position, at, t, data.clone()))
-                }
-                Line::Correct(p, n, changes) => {
-                    let id = ids[*p]
-                        .get(*n)
-                        .copied()
-                        .unwrap_or(Uuid::from_u128(u128::MAX));
-                    let data = json!({"event": id, "changes": changes, "reason": "typo"});
-                    (
-                        *p,
-                        generated(PUPILS[*p], position, start, "EntryCorrected", data),
-                    )
-                }
-            };
-            ids[pupil].push(e.event_id);
-            events.push(e);
-        }
-        events
+        generated_log(&PUPILS, lines)
     }
 
     /// The types the caseload read before `VERSION` 3.
@@ -735,13 +635,7 @@ mod tests {
         fn steps_fold_to_the_case_whole_events_fold_to(
             lines in prop::collection::vec(line(), 0..40),
         ) {
-            let events = log(&lines);
-            let mut slim = Caseload::default();
-            let mut whole = Tracker::default();
-            for e in &events {
-                slim.apply(e, None);
-                whole.apply(e, whole_reads);
-            }
+            let (slim, whole) = folded::<Caseload>(&log(&lines), whole_reads);
             let streams: Vec<_> = slim.pupils.keys().collect();
             prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
             for (stream, facts) in &whole.pupils {
@@ -779,16 +673,8 @@ mod tests {
             at in any::<usize>(),
             byte in any::<u8>(),
         ) {
-            let mut view = Caseload::default();
-            for e in &log(&lines) {
-                view.apply(e, None);
-            }
-            let mut bytes = rmp_serde::to_vec_named(&view).unwrap();
-            if !bytes.is_empty() {
-                let i = at % bytes.len();
-                bytes[i] = byte;
-            }
-            if let Ok(read) = rmp_serde::from_slice::<Caseload>(&bytes) {
+            let view: Caseload = folded(&log(&lines), |_| false).0;
+            if let Some(read) = damaged(&view, at, byte) {
                 let _ = read.cases(NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(), None);
             }
         }

@@ -30,7 +30,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::facts::{corrected, make_room, PupilCard};
+use crate::facts::{self, corrected, corrected_entry, make_room, PupilCard};
 use crate::Projection;
 
 /// The reintegration projection.
@@ -50,12 +50,7 @@ struct Pupil {
 /// What the report reads of one event: 48 bytes, where the event kept
 /// whole (`facts::Kept`) took ~230 (a sanction's reason, a meeting's
 /// attendees and agreed support, a suspension's reason codes).
-#[derive(Clone, Debug, PartialEq)]
-struct Step {
-    event_id: Uuid,
-    occurred_at: DateTime<Utc>,
-    what: What,
-}
+type Step = facts::Step<What>;
 
 /// An event's type and the fields of it the report reads. Every sanction
 /// is kept, a detention too: a correction may make it an isolation.
@@ -176,33 +171,26 @@ impl Step {
             days,
         })
     }
-}
 
-/// The checkpoint form of a step: `(event id, occurred at, what)`, the
-/// time as microseconds since 1970.
-impl Serialize for Step {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (
-            &self.event_id,
-            self.occurred_at.timestamp_micros(),
-            &self.what,
-        )
-            .serialize(serializer)
+    /// What the report reads of this step.
+    fn read(&self) -> Read {
+        Read {
+            removal: self.removal(),
+            meeting: self.what == What::Meeting,
+            completed: self.what == What::Completed,
+            occurred_at: self.occurred_at,
+        }
     }
 }
 
-impl<'de> Deserialize<'de> for Step {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Step, D::Error> {
-        let (event_id, micros, what) = <(Uuid, i64, What)>::deserialize(deserializer)?;
-        let occurred_at = DateTime::<Utc>::from_timestamp_micros(micros).ok_or_else(|| {
-            serde::de::Error::custom(format!("event {event_id}: time {micros} out of range"))
-        })?;
-        Ok(Step {
-            event_id,
-            occurred_at,
-            what,
-        })
-    }
+/// What the report reads of one event: the removal it records, whether it
+/// is a reintegration meeting or a completion, and when it happened.
+#[derive(Clone, Debug, PartialEq)]
+struct Read {
+    removal: Option<Removal>,
+    meeting: bool,
+    completed: bool,
+    occurred_at: DateTime<Utc>,
 }
 
 impl Projection for Reintegration {
@@ -219,10 +207,10 @@ impl Projection for Reintegration {
                 // Only the correcting stream is searched: a correction names
                 // an entry of the same pupil.
                 if let Some(pupil) = self.pupils.get_mut(&e.stream) {
-                    if !pupil.card.correct(c) {
-                        if let Some(step) = pupil.steps.iter_mut().find(|s| s.event_id == c.event) {
-                            step.correct(c);
-                        }
+                    if let Some(step) =
+                        corrected_entry(&mut pupil.card, &mut pupil.steps, c, |s| s.event_id)
+                    {
+                        step.correct(c);
                     }
                 }
             }
@@ -315,118 +303,108 @@ pub struct ReintegrationTotals {
 impl Reintegration {
     /// Every episode and the pupils awaiting a meeting.
     pub fn report(&self) -> ReintegrationReport {
-        let mut episodes: Vec<Episode> = Vec::new();
-        for (stream, p) in &self.pupils {
-            let pupil = p.card.pupil(*stream);
-            let mut mine: Vec<Episode> = Vec::new();
-            for step in &p.steps {
-                if let Some(r) = step.removal() {
-                    match mine.last_mut() {
-                        Some(open) if open.meeting_at.is_none() => open.removals.push(r),
-                        _ => mine.push(Episode {
-                            pupil: pupil.clone(),
-                            status: EpisodeStatus::AwaitingMeeting,
-                            removals: vec![r],
-                            meeting_at: None,
-                            completed_at: None,
-                        }),
-                    }
-                    continue;
+        report_of(
+            self.pupils
+                .iter()
+                .map(|(stream, p)| (p.card.pupil(*stream), p.steps.iter().map(Step::read))),
+        )
+    }
+}
+
+/// The report of each pupil's reference and what it reads of their
+/// events, in stream order.
+fn report_of<R: Iterator<Item = Read>>(
+    pupils: impl Iterator<Item = (String, R)>,
+) -> ReintegrationReport {
+    let mut episodes: Vec<Episode> = Vec::new();
+    for (pupil, reads) in pupils {
+        let mut mine: Vec<Episode> = Vec::new();
+        for read in reads {
+            if let Some(r) = read.removal {
+                match mine.last_mut() {
+                    Some(open) if open.meeting_at.is_none() => open.removals.push(r),
+                    _ => mine.push(Episode {
+                        pupil: pupil.clone(),
+                        status: EpisodeStatus::AwaitingMeeting,
+                        removals: vec![r],
+                        meeting_at: None,
+                        completed_at: None,
+                    }),
                 }
-                let Some(last) = mine.last_mut() else {
-                    continue;
-                };
-                match step.what {
-                    What::Meeting if last.meeting_at.is_none() => {
-                        last.meeting_at = Some(step.occurred_at);
-                    }
-                    What::Completed if last.meeting_at.is_some() && last.completed_at.is_none() => {
-                        last.completed_at = Some(step.occurred_at);
-                    }
-                    _ => {}
-                }
+                continue;
             }
-            episodes.extend(mine);
-        }
-        for e in &mut episodes {
-            e.status = match (e.meeting_at, e.completed_at) {
-                (_, Some(_)) => EpisodeStatus::Completed,
-                (Some(_), None) => EpisodeStatus::MeetingHeld,
-                (None, None)
-                    if e.removals
-                        .iter()
-                        .any(|r| r.kind == RemovalKind::PermanentExclusion) =>
-                {
-                    EpisodeStatus::PermanentlyExcluded
-                }
-                (None, None) => EpisodeStatus::AwaitingMeeting,
+            let Some(last) = mine.last_mut() else {
+                continue;
             };
-        }
-        let first = |e: &Episode| e.removals.first().map(|r| r.date);
-        episodes.sort_by(|a, b| (first(a), &a.pupil).cmp(&(first(b), &b.pupil)));
-
-        let mut awaiting: Vec<Awaiting> = episodes
-            .iter()
-            .filter(|e| e.status == EpisodeStatus::AwaitingMeeting)
-            .filter_map(|e| {
-                Some(Awaiting {
-                    pupil: e.pupil.clone(),
-                    since: e.removals.iter().map(|r| r.date).max()?,
-                    removals: e.removals.len() as u64,
-                })
-            })
-            .collect();
-        awaiting.sort_by(|a, b| (a.since, &a.pupil).cmp(&(b.since, &b.pupil)));
-
-        let mut totals = ReintegrationTotals {
-            episodes: episodes.len() as u64,
-            ..ReintegrationTotals::default()
-        };
-        for e in &episodes {
-            match e.status {
-                EpisodeStatus::AwaitingMeeting => totals.awaiting_meeting += 1,
-                EpisodeStatus::MeetingHeld => totals.meeting_held += 1,
-                EpisodeStatus::Completed => totals.completed += 1,
-                EpisodeStatus::PermanentlyExcluded => totals.permanently_excluded += 1,
+            if read.meeting && last.meeting_at.is_none() {
+                last.meeting_at = Some(read.occurred_at);
+            } else if read.completed && last.meeting_at.is_some() && last.completed_at.is_none() {
+                last.completed_at = Some(read.occurred_at);
             }
         }
-        ReintegrationReport {
-            episodes,
-            awaiting,
-            totals,
+        episodes.extend(mine);
+    }
+    for e in &mut episodes {
+        e.status = match (e.meeting_at, e.completed_at) {
+            (_, Some(_)) => EpisodeStatus::Completed,
+            (Some(_), None) => EpisodeStatus::MeetingHeld,
+            (None, None)
+                if e.removals
+                    .iter()
+                    .any(|r| r.kind == RemovalKind::PermanentExclusion) =>
+            {
+                EpisodeStatus::PermanentlyExcluded
+            }
+            (None, None) => EpisodeStatus::AwaitingMeeting,
+        };
+    }
+    let first = |e: &Episode| e.removals.first().map(|r| r.date);
+    episodes.sort_by(|a, b| (first(a), &a.pupil).cmp(&(first(b), &b.pupil)));
+
+    let mut awaiting: Vec<Awaiting> = episodes
+        .iter()
+        .filter(|e| e.status == EpisodeStatus::AwaitingMeeting)
+        .filter_map(|e| {
+            Some(Awaiting {
+                pupil: e.pupil.clone(),
+                since: e.removals.iter().map(|r| r.date).max()?,
+                removals: e.removals.len() as u64,
+            })
+        })
+        .collect();
+    awaiting.sort_by(|a, b| (a.since, &a.pupil).cmp(&(b.since, &b.pupil)));
+
+    let mut totals = ReintegrationTotals {
+        episodes: episodes.len() as u64,
+        ..ReintegrationTotals::default()
+    };
+    for e in &episodes {
+        match e.status {
+            EpisodeStatus::AwaitingMeeting => totals.awaiting_meeting += 1,
+            EpisodeStatus::MeetingHeld => totals.meeting_held += 1,
+            EpisodeStatus::Completed => totals.completed += 1,
+            EpisodeStatus::PermanentlyExcluded => totals.permanently_excluded += 1,
         }
+    }
+    ReintegrationReport {
+        episodes,
+        awaiting,
+        totals,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{generated, Tracker};
-    use chrono::Duration;
+    use crate::facts::{damaged, folded, generated_log, valid_date, Line};
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
     const PUPILS: [&str; 2] = ["P1", "P2"];
 
-    /// One entry of a generated log: its pupil, day and type and data, or
-    /// a correction of the pupil's `n`-th event so far (past the end: an
-    /// id no event has).
-    #[derive(Clone, Debug)]
-    enum Line {
-        Event(usize, u16, &'static str, Value),
-        Correct(usize, usize, Value),
-    }
-
-    fn valid_date() -> impl Strategy<Value = Value> {
-        (0u16..400).prop_map(|d| {
-            let day = NaiveDate::from_ymd_opt(2025, 9, 1).unwrap() + Duration::days(d.into());
-            json!(day.to_string())
-        })
-    }
-
     fn date() -> impl Strategy<Value = Value> {
         prop_oneof![
-            valid_date(),
+            valid_date(400),
             Just(json!("2025-02-30")),
             Just(json!(20251001)),
         ]
@@ -445,11 +423,11 @@ mod tests {
 
     fn event() -> impl Strategy<Value = (&'static str, Value)> {
         prop_oneof![
-            (prop::sample::select(vec![0.5, 1.0, 2.5, 5.0]), valid_date()).prop_map(|(days, start)| (
+            (prop::sample::select(vec![0.5, 1.0, 2.5, 5.0]), valid_date(400)).prop_map(|(days, start)| (
                 "SuspensionIssued",
                 json!({"days": days, "reason_code": "PD", "start_date": start})
             )),
-            valid_date().prop_map(|d| (
+            valid_date(400).prop_map(|d| (
                 "PermanentExclusionIssued",
                 json!({"reason_code": "PA", "effective_date": d})
             )),
@@ -457,7 +435,7 @@ mod tests {
                 "SanctionIssued",
                 json!({"kind": k, "reason": "Synthetic reason"})
             )),
-            valid_date().prop_map(|d| (
+            valid_date(400).prop_map(|d| (
                 "AlternativeProvisionArranged",
                 json!({"provider": "Synthetic AP", "start_date": d, "reason": "r", "sessions_per_week": 3})
             )),
@@ -475,9 +453,9 @@ mod tests {
         ]
     }
 
-    /// Changes that apply and that do not, to every field of the six types.
-    fn changes() -> impl Strategy<Value = Value> {
-        let one = prop_oneof![
+    /// A change that applies or does not, to a field of the six types.
+    fn change() -> impl Strategy<Value = (&'static str, Value)> {
+        prop_oneof![
             prop::sample::select(vec![json!(1.5), json!(0.5), json!("two"), Value::Null])
                 .prop_map(|v| ("days", v)),
             date().prop_map(|v| ("start_date", v)),
@@ -495,59 +473,34 @@ mod tests {
             Just(("outcome", json!("moved"))),
             Just(("class", json!("9B"))),
             Just(("pupil", json!("P9"))),
-        ];
-        prop::collection::vec(one, 1..3).prop_map(|kvs| {
-            Value::Object(kvs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-        })
-    }
-
-    fn line() -> impl Strategy<Value = Line> {
-        prop_oneof![
-            3 => (0..PUPILS.len(), 0u16..300, event())
-                .prop_map(|(p, day, (t, data))| Line::Event(p, day, t, data)),
-            2 => (0..PUPILS.len(), 0usize..10, changes())
-                .prop_map(|(p, n, changes)| Line::Correct(p, n, changes)),
         ]
     }
 
+    fn line() -> impl Strategy<Value = Line> {
+        facts::line(PUPILS.len(), event(), change())
+    }
+
     fn log(lines: &[Line]) -> Vec<RecordedEvent> {
-        let start = DateTime::parse_from_rfc3339("2025-09-01T09:00:00Z")
-            .unwrap()
-            .with_timezone(&Utc);
-        let mut ids: Vec<Vec<Uuid>> = vec![Vec::new(); PUPILS.len()];
-        let mut events = Vec::new();
-        for (n, line) in lines.iter().enumerate() {
-            let position = n as u64 + 1;
-            let (pupil, e) = match line {
-                Line::Event(p, day, t, data) => {
-                    let at = start + Duration::days(i64::from(*day));
-                    (*p, generated(PUPILS[*p], position, at, t, data.clone()))
-                }
-                Line::Correct(p, n, changes) => {
-                    let id = ids[*p]
-                        .get(*n)
-                        .copied()
-                        .unwrap_or(Uuid::from_u128(u128::MAX));
-                    let data = json!({"event": id, "changes": changes, "reason": "typo"});
-                    (
-                        *p,
-                        generated(PUPILS[*p], position, start, "EntryCorrected", data),
-                    )
-                }
-            };
-            ids[pupil].push(e.event_id);
-            events.push(e);
-        }
-        events
+        generated_log(&PUPILS, lines)
+    }
+
+    /// The types the view read before `VERSION` 3 (its `reads`), kept
+    /// here so that a type `What::of` drops shows.
+    fn whole_reads(e: &CaseEvent) -> bool {
+        matches!(
+            e,
+            CaseEvent::SuspensionIssued(_)
+                | CaseEvent::PermanentExclusionIssued(_)
+                | CaseEvent::SanctionIssued(_)
+                | CaseEvent::AlternativeProvisionArranged(_)
+                | CaseEvent::ReintegrationMeetingHeld(_)
+                | CaseEvent::ReintegrationCompleted(_)
+        )
     }
 
     /// What the report took of a whole event before `VERSION` 3: the
     /// removal it records, whether it is a meeting, whether a completion.
-    fn whole_way(
-        event: &CaseEvent,
-        event_id: Uuid,
-        occurred_at: DateTime<Utc>,
-    ) -> (Option<Removal>, bool, bool) {
+    fn whole_way(event: &CaseEvent, event_id: Uuid, occurred_at: DateTime<Utc>) -> Read {
         let removal = match event {
             CaseEvent::SuspensionIssued(s) => {
                 Some((RemovalKind::Suspension, s.start_date, Some(s.days)))
@@ -571,25 +524,17 @@ mod tests {
             }
             _ => None,
         };
-        (
-            removal.map(|(kind, date, days)| Removal {
+        Read {
+            removal: removal.map(|(kind, date, days)| Removal {
                 kind,
                 event_id,
                 date,
                 days,
             }),
-            matches!(event, CaseEvent::ReintegrationMeetingHeld(_)),
-            matches!(event, CaseEvent::ReintegrationCompleted(_)),
-        )
-    }
-
-    /// The same, of a step.
-    fn slim_way(step: &Step) -> (Option<Removal>, bool, bool) {
-        (
-            step.removal(),
-            step.what == What::Meeting,
-            step.what == What::Completed,
-        )
+            meeting: matches!(event, CaseEvent::ReintegrationMeetingHeld(_)),
+            completed: matches!(event, CaseEvent::ReintegrationCompleted(_)),
+            occurred_at,
+        }
     }
 
     proptest! {
@@ -603,13 +548,7 @@ mod tests {
         fn steps_follow_corrections_as_whole_events_do(
             lines in prop::collection::vec(line(), 0..40),
         ) {
-            let events = log(&lines);
-            let mut slim = Reintegration::default();
-            let mut whole = Tracker::default();
-            for e in &events {
-                slim.apply(e, None);
-                whole.apply(e, |e| What::of(e).is_some());
-            }
+            let (slim, whole) = folded::<Reintegration>(&log(&lines), whole_reads);
             let streams: Vec<_> = slim.pupils.keys().collect();
             prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
             for (stream, facts) in &whole.pupils {
@@ -628,7 +567,7 @@ mod tests {
                 prop_assert_eq!(kept, reference);
                 // What the report takes of each: as it took it of the
                 // whole event.
-                let read: Vec<_> = pupil.steps.iter().map(slim_way).collect();
+                let read: Vec<_> = pupil.steps.iter().map(Step::read).collect();
                 let whole_read: Vec<_> = facts
                     .events
                     .iter()
@@ -636,6 +575,17 @@ mod tests {
                     .collect();
                 prop_assert_eq!(read, whole_read);
             }
+            // The report: as the whole events' reads make it.
+            let reference = report_of(whole.pupils.iter().map(|(stream, facts)| {
+                (
+                    facts.card.pupil(*stream),
+                    facts
+                        .events
+                        .iter()
+                        .map(|k| whole_way(&k.event().unwrap(), k.event_id, k.occurred_at)),
+                )
+            }));
+            prop_assert_eq!(slim.report(), reference);
             let bytes = rmp_serde::to_vec_named(&slim).unwrap();
             let back: Reintegration = rmp_serde::from_slice(&bytes).unwrap();
             prop_assert_eq!(&back, &slim);
@@ -650,16 +600,8 @@ mod tests {
             at in any::<usize>(),
             byte in any::<u8>(),
         ) {
-            let mut view = Reintegration::default();
-            for e in &log(&lines) {
-                view.apply(e, None);
-            }
-            let mut bytes = rmp_serde::to_vec_named(&view).unwrap();
-            if !bytes.is_empty() {
-                let i = at % bytes.len();
-                bytes[i] = byte;
-            }
-            if let Ok(read) = rmp_serde::from_slice::<Reintegration>(&bytes) {
+            let view: Reintegration = folded(&log(&lines), |_| false).0;
+            if let Some(read) = damaged(&view, at, byte) {
                 let _ = read.report();
             }
         }
