@@ -26,37 +26,33 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use casebook_engine::event::{
-    CaseClosed, CaseEvent, CaseOpened, CaseType, EntryCorrected, InterventionEnded,
-    InterventionOutcome, InterventionStarted, KeyworkerAssigned, PlanAgreed, PlanKind,
-    PlanReviewed,
+    CaseClosed, CaseEvent, CaseOpened, CaseType, InterventionEnded, InterventionOutcome,
+    InterventionStarted, KeyworkerAssigned, PlanAgreed, PlanKind, PlanReviewed,
 };
 use casebook_engine::{RecordedEvent, StreamId};
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::facts::{self, corrected, corrected_entry, make_room, Name, Names, PupilCard};
+use crate::facts::{self, Name, Names, Reading, Steps, StepsOf};
 use crate::Projection;
 
 /// The caseload projection.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Caseload {
-    names: Names,
-    pupils: BTreeMap<StreamId, Pupil>,
+    kept: Steps<What>,
     last_activity: BTreeMap<StreamId, DateTime<Utc>>,
 }
 
 /// One pupil's registration and case events, in stream order, as
 /// corrected.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Pupil {
-    card: PupilCard,
-    steps: Vec<Step>,
-}
+type Pupil = StepsOf<What>;
 
 /// What the caseload reads of one case event: 40 bytes, where the event
 /// kept whole (`facts::Kept`) took ~230 (a case's summary, a review's
 /// outcome, an intervention's goal).
 type Step = facts::Step<What>;
+
+const _: () = assert!(std::mem::size_of::<Step>() == 40);
 
 /// A case event's type and the fields of it the caseload reads, each
 /// string as its place in the view's names.
@@ -88,8 +84,7 @@ enum What {
     },
 }
 
-impl What {
-    /// What the caseload reads of `e`, if it reads `e`'s type.
+impl Reading for What {
     fn of(e: &CaseEvent, names: &mut Names) -> Option<What> {
         Some(match e {
             CaseEvent::CaseOpened(c) => What::Opened {
@@ -121,9 +116,9 @@ impl What {
 
     /// The event of this type with the fields kept, the others blank (an
     /// ended intervention's outcome: the first of its values).
-    fn event(self, names: &Names) -> CaseEvent {
+    fn event(&self, names: &Names) -> CaseEvent {
         let text = |name: Name| names.get(name).to_string();
-        match self {
+        match *self {
             What::Opened { case_type } => CaseEvent::CaseOpened(CaseOpened {
                 case_type,
                 summary: String::new(),
@@ -169,6 +164,12 @@ impl What {
         }
     }
 
+    fn named_in(&self, names: &Names) -> bool {
+        self.names().all(|n| names.knows(n))
+    }
+}
+
+impl What {
     /// Its names, for the check of a checkpoint.
     fn names(self) -> impl Iterator<Item = Name> {
         let (a, b) = match self {
@@ -179,20 +180,6 @@ impl What {
             What::InterventionEnded { intervention } => (Some(intervention), None),
         };
         a.into_iter().chain(b)
-    }
-}
-
-impl Step {
-    /// Applies `c`, which names this event, if its changes apply: to the
-    /// event with the fields not kept blank, as `behaviour.rs` does (field
-    /// by field, so the blanks change neither whether they apply nor what
-    /// they make of the fields kept).
-    fn correct(&mut self, c: &EntryCorrected, names: &mut Names) {
-        if let Some(e) = corrected(&self.what.event(names), &c.changes) {
-            if let Some(what) = What::of(&e, names) {
-                self.what = what;
-            }
-        }
     }
 }
 
@@ -207,8 +194,8 @@ impl Serialize for Caseload {
             last_activity: &'a BTreeMap<StreamId, DateTime<Utc>>,
         }
         Form {
-            names: self.names.list(),
-            pupils: &self.pupils,
+            names: self.kept.names.list(),
+            pupils: &self.kept.pupils,
             last_activity: &self.last_activity,
         }
         .serialize(serializer)
@@ -227,20 +214,8 @@ impl<'de> Deserialize<'de> for Caseload {
             last_activity: BTreeMap<StreamId, DateTime<Utc>>,
         }
         let form = Form::deserialize(deserializer)?;
-        let names = Names::from_list(form.names).map_err(D::Error::custom)?;
-        for pupil in form.pupils.values() {
-            for step in &pupil.steps {
-                if !step.what.names().all(|n| names.knows(n)) {
-                    return Err(D::Error::custom(format!(
-                        "event {} names a string past the list",
-                        step.event_id
-                    )));
-                }
-            }
-        }
         Ok(Caseload {
-            names,
-            pupils: form.pupils,
+            kept: Steps::from_parts(form.names, form.pupils).map_err(D::Error::custom)?,
             last_activity: form.last_activity,
         })
     }
@@ -264,36 +239,7 @@ impl Projection for Caseload {
                 *latest = (*latest).max(event.occurred_at);
             }
         }
-        match &event.event {
-            CaseEvent::PupilRegistered(_) => self
-                .pupils
-                .entry(event.stream)
-                .or_default()
-                .card
-                .register(event),
-            CaseEvent::EntryCorrected(c) => {
-                // Only the correcting stream is searched: a correction names
-                // an entry of the same pupil.
-                if let Some(pupil) = self.pupils.get_mut(&event.stream) {
-                    if let Some(step) =
-                        corrected_entry(&mut pupil.card, &mut pupil.steps, c, |s| s.event_id)
-                    {
-                        step.correct(c, &mut self.names);
-                    }
-                }
-            }
-            other => {
-                if let Some(what) = What::of(other, &mut self.names) {
-                    let steps = &mut self.pupils.entry(event.stream).or_default().steps;
-                    make_room(steps, 4, 256);
-                    steps.push(Step {
-                        event_id: event.event_id,
-                        occurred_at: event.occurred_at,
-                        what,
-                    });
-                }
-            }
-        }
+        self.kept.apply(event);
     }
 }
 
@@ -405,10 +351,11 @@ impl Caseload {
     /// pupil.
     pub fn cases(&self, today: NaiveDate, keyworker: Option<&str>) -> CaseloadReport {
         let mut cases: Vec<OpenCase> = self
+            .kept
             .pupils
             .iter()
             .filter_map(|(stream, p)| {
-                let f = CaseFold::of(p, &self.names);
+                let f = CaseFold::of(p, &self.kept.names);
                 if f.open.is_empty() {
                     return None;
                 }
@@ -458,20 +405,16 @@ impl Caseload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{damaged, folded, generated_log, valid_date, Line};
+    use crate::facts::PupilCard;
+    use crate::facts::{
+        damaged, folded, generated_log, pick, same_as_whole, test_id, valid_date, Line,
+    };
+    use casebook_engine::StreamId;
     use proptest::prelude::*;
     use serde_json::{json, Value};
     use uuid::Uuid;
 
     const PUPILS: [&str; 2] = ["P1", "P2"];
-
-    fn pick(values: Vec<Value>) -> impl Strategy<Value = Value> {
-        prop::sample::select(values)
-    }
-
-    fn id(prefix: &'static str) -> impl Strategy<Value = Value> {
-        (0u8..3).prop_map(move |n| json!(format!("{prefix}{n}")))
-    }
 
     fn event() -> impl Strategy<Value = (&'static str, Value)> {
         let case_type = pick(vec![json!("pastoral"), json!("behaviour"), json!("send")]);
@@ -482,19 +425,23 @@ mod tests {
                 json!({"case_type": t, "summary": "Synthetic"})
             )),
             Just(("CaseClosed", json!({"outcome": "resolved"}))),
-            id("S").prop_map(|s| ("KeyworkerAssigned", json!({"staff": s}))),
-            (id("plan"), plan_kind, valid_date(200)).prop_map(|(p, k, d)| (
+            test_id("S").prop_map(|s| ("KeyworkerAssigned", json!({"staff": s}))),
+            (test_id("plan"), plan_kind, valid_date(200)).prop_map(|(p, k, d)| (
                 "PlanAgreed",
                 json!({"plan": p, "kind": k, "review_due": d})
             )),
-            (id("plan"), prop_oneof![valid_date(200), Just(Value::Null)]).prop_map(|(p, d)| (
-                "PlanReviewed",
-                json!({"plan": p, "outcome": "progress", "next_review_due": d})
-            )),
             (
-                id("iv"),
+                test_id("plan"),
+                prop_oneof![valid_date(200), Just(Value::Null)]
+            )
+                .prop_map(|(p, d)| (
+                    "PlanReviewed",
+                    json!({"plan": p, "outcome": "progress", "next_review_due": d})
+                )),
+            (
+                test_id("iv"),
                 pick(vec![json!("mentoring"), json!("literacy")]),
-                proptest::option::of(id("S"))
+                proptest::option::of(test_id("S"))
             )
                 .prop_map(|(i, k, staff)| {
                     let mut data = json!({"intervention": i, "kind": k, "goal": "settle",
@@ -505,7 +452,7 @@ mod tests {
                     ("InterventionStarted", data)
                 }),
             (
-                id("iv"),
+                test_id("iv"),
                 pick(vec![json!("withdrawn"), json!("partly_achieved")])
             )
                 .prop_map(|(i, o)| (
@@ -535,26 +482,22 @@ mod tests {
                 json!(3)
             ])
             .prop_map(|v| ("outcome", v)),
-            prop_oneof![id("S"), Just(json!(7))].prop_map(|v| ("staff", v)),
-            prop_oneof![id("plan"), Just(Value::Null)].prop_map(|v| ("plan", v)),
+            prop_oneof![test_id("S"), Just(json!(7))].prop_map(|v| ("staff", v)),
+            prop_oneof![test_id("plan"), Just(Value::Null)].prop_map(|v| ("plan", v)),
             pick(vec![json!("ehcp"), json!("mentoring"), json!("nope")]).prop_map(|v| ("kind", v)),
             prop_oneof![valid_date(200), Just(json!("2025-13-01"))].prop_map(|v| ("review_due", v)),
             prop_oneof![valid_date(200), Just(Value::Null), Just(json!("soon"))]
                 .prop_map(|v| ("next_review_due", v)),
-            id("iv").prop_map(|v| ("intervention", v)),
+            test_id("iv").prop_map(|v| ("intervention", v)),
             pick(vec![json!("other"), json!(false)]).prop_map(|v| ("goal", v)),
             pick(vec![json!(3), json!(-1)]).prop_map(|v| ("sessions_planned", v)),
-            prop_oneof![id("S"), Just(Value::Null)].prop_map(|v| ("staff", v)),
+            prop_oneof![test_id("S"), Just(Value::Null)].prop_map(|v| ("staff", v)),
             Just(("class", json!("9B"))),
         ]
     }
 
     fn line() -> impl Strategy<Value = Line> {
         facts::line(PUPILS.len(), event(), change())
-    }
-
-    fn log(lines: &[Line]) -> Vec<RecordedEvent> {
-        generated_log(&PUPILS, lines)
     }
 
     /// The types the caseload read before `VERSION` 3.
@@ -635,26 +578,11 @@ mod tests {
         fn steps_fold_to_the_case_whole_events_fold_to(
             lines in prop::collection::vec(line(), 0..40),
         ) {
-            let (slim, whole) = folded::<Caseload>(&log(&lines), whole_reads);
-            let streams: Vec<_> = slim.pupils.keys().collect();
-            prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
+            let (slim, whole) = folded::<Caseload>(&generated_log(&PUPILS, &lines), whole_reads);
+            same_as_whole(&slim.kept, &whole, kept_fields)?;
             for (stream, facts) in &whole.pupils {
-                let pupil = &slim.pupils[stream];
-                prop_assert_eq!(&pupil.card, &facts.card);
-                let ids: Vec<(Uuid, DateTime<Utc>)> =
-                    pupil.steps.iter().map(|s| (s.event_id, s.occurred_at)).collect();
-                let whole_ids: Vec<(Uuid, DateTime<Utc>)> =
-                    facts.events.iter().map(|k| (k.event_id, k.occurred_at)).collect();
-                prop_assert_eq!(ids, whole_ids);
-                let kept: Vec<Value> = pupil
-                    .steps
-                    .iter()
-                    .map(|s| kept_fields(&s.what.event(&slim.names)))
-                    .collect();
-                let whole_kept: Vec<Value> =
-                    facts.events.iter().map(|k| kept_fields(&k.event().unwrap())).collect();
-                prop_assert_eq!(kept, whole_kept);
-                prop_assert_eq!(CaseFold::of(pupil, &slim.names), whole_fold(&facts.events));
+                let pupil = &slim.kept.pupils[stream];
+                prop_assert_eq!(CaseFold::of(pupil, &slim.kept.names), whole_fold(&facts.events));
             }
             let bytes = rmp_serde::to_vec_named(&slim).unwrap();
             let back: Caseload = rmp_serde::from_slice(&bytes).unwrap();
@@ -673,7 +601,7 @@ mod tests {
             at in any::<usize>(),
             byte in any::<u8>(),
         ) {
-            let view: Caseload = folded(&log(&lines), |_| false).0;
+            let view: Caseload = folded(&generated_log(&PUPILS, &lines), |_| false).0;
             if let Some(read) = damaged(&view, at, byte) {
                 let _ = read.cases(NaiveDate::from_ymd_opt(2026, 1, 5).unwrap(), None);
             }

@@ -410,7 +410,9 @@ pub(crate) struct Name(NonZeroU32);
 
 /// Every string a view's kept events have named (the behaviour view's
 /// categories, locations, classes, sites and participants' references;
-/// the caseload's staff, plan and intervention ids and kinds), listed
+/// the caseload's staff, plan and intervention ids and kinds; the
+/// interventions view's intervention ids, kinds and staff; the
+/// suspensions view's reason codes), listed
 /// once each in the order first met, with an index from string to place:
 /// a school has a few dozen categories and a few hundred staff, where each
 /// event kept whole held its own copies. A string a correction
@@ -466,11 +468,11 @@ impl Names {
 
     /// The table of a checkpoint's list; refused when it lists a string
     /// twice (its places would not be one string's).
-    pub(crate) fn from_list(list: Vec<Box<str>>) -> Result<Names, &'static str> {
+    pub(crate) fn from_list(list: Vec<Box<str>>) -> Result<Names, String> {
         let mut names = Names::default();
         for s in list {
             if names.index.contains_key(&s) {
-                return Err("the names list a string twice");
+                return Err("the names list a string twice".into());
             }
             names.name(&s);
         }
@@ -480,8 +482,9 @@ impl Names {
 
 /// One event a view keeps as what it reads of it: its id, when it
 /// happened, and `what` (the view's own form of its type and the fields
-/// it reads; [`crate::reintegration`], [`crate::caseload`]). Its checkpoint
-/// form is `(event id, occurred at, what)`, the time as microseconds since
+/// it reads; [`crate::reintegration`], [`crate::caseload`],
+/// [`crate::interventions`], [`crate::suspensions`]). Its checkpoint form
+/// is `(event id, occurred at, what)`, the time as microseconds since
 /// 1970; one out of chrono's range makes the checkpoint unreadable (the
 /// view is then rebuilt).
 #[derive(Clone, Debug, PartialEq)]
@@ -513,6 +516,149 @@ impl<'de, W: Deserialize<'de>> Deserialize<'de> for Step<W> {
             occurred_at,
             what,
         })
+    }
+}
+
+/// A view's own form of what it reads of an event (its `What`), its
+/// strings as places in the view's [`Names`].
+pub(crate) trait Reading: Sized {
+    /// What the view reads of `e`, if it reads `e`'s type (by type only,
+    /// so that a correction never moves an entry in or out).
+    fn of(e: &CaseEvent, names: &mut Names) -> Option<Self>;
+    /// The event of this type with the fields kept, the others blank:
+    /// what a correction is applied to (field by field, so the blanks
+    /// change neither whether it applies nor what it makes of the fields
+    /// kept; each view's property test checks this against whole events).
+    fn event(&self, names: &Names) -> CaseEvent;
+    /// Whether every place it holds is in `names` (a checkpoint's check).
+    fn named_in(&self, names: &Names) -> bool;
+}
+
+/// The events a view keeps as what it reads of them ([`Step`]s of its
+/// [`Reading`]), by stream with the pupil's card, in stream order, as
+/// corrected; their strings once in `names`. The caseload, interventions,
+/// reintegration and suspensions views.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Steps<W> {
+    pub(crate) names: Names,
+    pub(crate) pupils: BTreeMap<StreamId, StepsOf<W>>,
+}
+
+impl<W> Default for Steps<W> {
+    fn default() -> Self {
+        Steps {
+            names: Names::default(),
+            pupils: BTreeMap::new(),
+        }
+    }
+}
+
+/// One pupil's registration and kept events.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StepsOf<W> {
+    pub(crate) card: PupilCard,
+    pub(crate) steps: Vec<Step<W>>,
+}
+
+impl<W> Default for StepsOf<W> {
+    fn default() -> Self {
+        StepsOf {
+            card: PupilCard::default(),
+            steps: Vec::new(),
+        }
+    }
+}
+
+impl<W: Reading> Steps<W> {
+    /// Folds one event: a registration into the pupil's card, a
+    /// correction into the entry it names (applied to the event as
+    /// [`Reading::event`] gives it, kept when it applies and reads as the
+    /// same type), an event of a type the view reads as a new step.
+    pub(crate) fn apply(&mut self, e: &RecordedEvent) {
+        match &e.event {
+            CaseEvent::PupilRegistered(_) => {
+                self.pupils.entry(e.stream).or_default().card.register(e)
+            }
+            CaseEvent::EntryCorrected(c) => {
+                if let Some(pupil) = self.pupils.get_mut(&e.stream) {
+                    if let Some(step) =
+                        corrected_entry(&mut pupil.card, &mut pupil.steps, c, |s| s.event_id)
+                    {
+                        if let Some(what) = corrected(&step.what.event(&self.names), &c.changes)
+                            .and_then(|new| W::of(&new, &mut self.names))
+                        {
+                            step.what = what;
+                        }
+                    }
+                }
+            }
+            other => {
+                if let Some(what) = W::of(other, &mut self.names) {
+                    let steps = &mut self.pupils.entry(e.stream).or_default().steps;
+                    // A pupil's events of one view are none to a few
+                    // dozen a year.
+                    make_room(steps, 4, 256);
+                    steps.push(Step {
+                        event_id: e.event_id,
+                        occurred_at: e.occurred_at,
+                        what,
+                    });
+                }
+            }
+        }
+    }
+
+    /// The kept events of a checkpoint's `names` and `pupils`; refused
+    /// when the names list a string twice or a step names a place past
+    /// them (the view is then rebuilt).
+    pub(crate) fn from_parts(
+        names: Vec<Box<str>>,
+        pupils: BTreeMap<StreamId, StepsOf<W>>,
+    ) -> Result<Steps<W>, String> {
+        let names = Names::from_list(names)?;
+        for pupil in pupils.values() {
+            for step in &pupil.steps {
+                if !step.what.named_in(&names) {
+                    return Err(format!(
+                        "event {} names a string past the list",
+                        step.event_id
+                    ));
+                }
+            }
+        }
+        Ok(Steps { names, pupils })
+    }
+}
+
+/// The checkpoint form: a map of `names` (the strings, in order; absent
+/// in a view whose steps name none, read as none) and `pupils` (by
+/// stream: the card and the steps).
+impl<W: Serialize> Serialize for Steps<W> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Form<'a, W> {
+            names: &'a [Box<str>],
+            pupils: &'a BTreeMap<StreamId, StepsOf<W>>,
+        }
+        Form {
+            names: self.names.list(),
+            pupils: &self.pupils,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, W: Deserialize<'de> + Reading> Deserialize<'de> for Steps<W> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Steps<W>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(bound = "W: Deserialize<'de>")]
+        struct Form<W> {
+            #[serde(default)]
+            names: Vec<Box<str>>,
+            pupils: BTreeMap<StreamId, StepsOf<W>>,
+        }
+        let form = Form::<W>::deserialize(deserializer)?;
+        Steps::from_parts(form.names, form.pupils).map_err(serde::de::Error::custom)
     }
 }
 
@@ -753,6 +899,88 @@ pub(crate) fn damaged<V: Serialize + serde::de::DeserializeOwned>(
         bytes[i] = byte;
     }
     rmp_serde::from_slice::<V>(&bytes).ok()
+}
+
+/// One of `values`.
+#[cfg(test)]
+pub(crate) fn pick(
+    values: Vec<serde_json::Value>,
+) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    proptest::sample::select(values)
+}
+
+/// One of three ids of the form `{prefix}{0..3}`.
+#[cfg(test)]
+pub(crate) fn test_id(
+    prefix: &'static str,
+) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::strategy::Strategy;
+    (0u8..3).prop_map(move |n| serde_json::json!(format!("{prefix}{n}")))
+}
+
+/// Checks a view's kept steps against the same events kept whole: the
+/// same pupils with the same cards, each pupil's events (ids and times)
+/// in the same order, and of each the fields `kept` picks of the event its
+/// step gives back ([`Reading::event`]) equal to those of the whole event.
+#[cfg(test)]
+pub(crate) fn same_as_whole<W: Reading>(
+    slim: &Steps<W>,
+    whole: &Tracker,
+    kept: impl Fn(&CaseEvent) -> serde_json::Value,
+) -> Result<(), proptest::test_runner::TestCaseError> {
+    use proptest::prop_assert_eq;
+    let streams: Vec<_> = slim.pupils.keys().collect();
+    prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
+    for (stream, facts) in &whole.pupils {
+        let pupil = &slim.pupils[stream];
+        prop_assert_eq!(&pupil.card, &facts.card);
+        let ids: Vec<_> = pupil
+            .steps
+            .iter()
+            .map(|s| (s.event_id, s.occurred_at))
+            .collect();
+        let whole_ids: Vec<_> = facts
+            .events
+            .iter()
+            .map(|k| (k.event_id, k.occurred_at))
+            .collect();
+        prop_assert_eq!(ids, whole_ids);
+        let fields: Vec<_> = pupil
+            .steps
+            .iter()
+            .map(|s| kept(&s.what.event(&slim.names)))
+            .collect();
+        let whole_fields: Vec<_> = facts
+            .events
+            .iter()
+            .map(|k| kept(&k.event().unwrap()))
+            .collect();
+        prop_assert_eq!(fields, whole_fields);
+    }
+    Ok(())
+}
+
+/// A checkpoint of a [`Steps`] view written by hand, for the refusal
+/// tests: `names`, and one pupil (no registration) whose steps are
+/// `(event id, microseconds since 1970, what)`.
+#[cfg(test)]
+pub(crate) fn steps_checkpoint<W: Serialize>(
+    names: Vec<&str>,
+    steps: Vec<(Uuid, i64, W)>,
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct PupilForm<W> {
+        card: PupilCard,
+        steps: Vec<(Uuid, i64, W)>,
+    }
+    #[derive(Serialize)]
+    struct ViewForm<'a, W> {
+        names: Vec<&'a str>,
+        pupils: BTreeMap<StreamId, PupilForm<W>>,
+    }
+    let card = PupilCard::default();
+    let pupils = BTreeMap::from([(StreamId::for_pupil("s", "P1"), PupilForm { card, steps })]);
+    rmp_serde::to_vec_named(&ViewForm { names, pupils }).unwrap()
 }
 
 /// A date of the `days` from 1 September 2025, as a JSON string.

@@ -18,33 +18,23 @@
 //! kept blank (property test
 //! `tests::steps_follow_corrections_as_whole_events_do`).
 
-use std::collections::BTreeMap;
-
 use casebook_engine::event::{
-    AlternativeProvisionArranged, CaseEvent, EntryCorrected, PermanentExclusionIssued,
-    ReintegrationCompleted, ReintegrationMeetingHeld, SanctionIssued, SanctionKind,
-    SuspensionIssued,
+    AlternativeProvisionArranged, CaseEvent, PermanentExclusionIssued, ReintegrationCompleted,
+    ReintegrationMeetingHeld, SanctionIssued, SanctionKind, SuspensionIssued,
 };
-use casebook_engine::{RecordedEvent, StreamId};
+use casebook_engine::RecordedEvent;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::facts::{self, corrected, corrected_entry, make_room, PupilCard};
+use crate::facts::{self, Names, Reading, Steps};
 use crate::Projection;
 
 /// The reintegration projection.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
 pub struct Reintegration {
-    pupils: BTreeMap<StreamId, Pupil>,
-}
-
-/// One pupil's registration and the events the report reads, in stream
-/// order, as corrected.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-struct Pupil {
-    card: PupilCard,
-    steps: Vec<Step>,
+    kept: Steps<What>,
 }
 
 /// What the report reads of one event: 48 bytes, where the event kept
@@ -65,9 +55,10 @@ enum What {
     Completed,
 }
 
-impl What {
-    /// What the report reads of `e`, if it reads `e`'s type.
-    fn of(e: &CaseEvent) -> Option<What> {
+/// Its steps name no strings: the names stay empty (and a checkpoint
+/// written before [`Steps`] was shared, without them, reads as such).
+impl Reading for What {
+    fn of(e: &CaseEvent, _names: &mut Names) -> Option<What> {
         Some(match e {
             CaseEvent::SuspensionIssued(s) => What::Suspension {
                 start_date: s.start_date,
@@ -87,8 +78,8 @@ impl What {
     }
 
     /// The event of this type with the fields kept, the others blank.
-    fn event(self) -> CaseEvent {
-        match self {
+    fn event(&self, _names: &Names) -> CaseEvent {
+        match *self {
             What::Suspension { start_date, days } => {
                 CaseEvent::SuspensionIssued(SuspensionIssued {
                     days,
@@ -126,19 +117,13 @@ impl What {
             }),
         }
     }
+
+    fn named_in(&self, _names: &Names) -> bool {
+        true
+    }
 }
 
 impl Step {
-    /// Applies `c`, which names this event, if its changes apply: to the
-    /// event with the fields not kept blank, as `behaviour.rs` does (field
-    /// by field, so the blanks change neither whether they apply nor what
-    /// they make of the fields kept).
-    fn correct(&mut self, c: &EntryCorrected) {
-        if let Some(what) = corrected(&self.what.event(), &c.changes).and_then(|e| What::of(&e)) {
-            self.what = what;
-        }
-    }
-
     /// The removal this step records, if it records one.
     fn removal(&self) -> Option<Removal> {
         let (kind, date, days) = match self.what {
@@ -199,33 +184,7 @@ impl Projection for Reintegration {
     const VERSION: u32 = 3;
 
     fn apply(&mut self, e: &RecordedEvent, _corrected_at: Option<u64>) {
-        match &e.event {
-            CaseEvent::PupilRegistered(_) => {
-                self.pupils.entry(e.stream).or_default().card.register(e)
-            }
-            CaseEvent::EntryCorrected(c) => {
-                // Only the correcting stream is searched: a correction names
-                // an entry of the same pupil.
-                if let Some(pupil) = self.pupils.get_mut(&e.stream) {
-                    if let Some(step) =
-                        corrected_entry(&mut pupil.card, &mut pupil.steps, c, |s| s.event_id)
-                    {
-                        step.correct(c);
-                    }
-                }
-            }
-            other => {
-                if let Some(what) = What::of(other) {
-                    let steps = &mut self.pupils.entry(e.stream).or_default().steps;
-                    make_room(steps, 4, 256);
-                    steps.push(Step {
-                        event_id: e.event_id,
-                        occurred_at: e.occurred_at,
-                        what,
-                    });
-                }
-            }
-        }
+        self.kept.apply(e);
     }
 }
 
@@ -304,7 +263,8 @@ impl Reintegration {
     /// Every episode and the pupils awaiting a meeting.
     pub fn report(&self) -> ReintegrationReport {
         report_of(
-            self.pupils
+            self.kept
+                .pupils
                 .iter()
                 .map(|(stream, p)| (p.card.pupil(*stream), p.steps.iter().map(Step::read))),
         )
@@ -480,10 +440,6 @@ mod tests {
         facts::line(PUPILS.len(), event(), change())
     }
 
-    fn log(lines: &[Line]) -> Vec<RecordedEvent> {
-        generated_log(&PUPILS, lines)
-    }
-
     /// The types the view read before `VERSION` 3 (its `reads`), kept
     /// here so that a type `What::of` drops shows.
     fn whole_reads(e: &CaseEvent) -> bool {
@@ -537,6 +493,39 @@ mod tests {
         }
     }
 
+    /// A checkpoint written before the views shared `facts::Steps`
+    /// (`pupils` only, no `names`) reads as the same view.
+    #[test]
+    fn checkpoints_without_names_read_as_before() {
+        let lines = [
+            Line::Event(
+                0,
+                3,
+                "SuspensionIssued",
+                json!({"days": 2.0, "reason_code": "PD", "start_date": "2025-09-10"}),
+            ),
+            Line::Event(
+                0,
+                9,
+                "ReintegrationMeetingHeld",
+                json!({"attendees": ["S001"], "agreed_support": "mentor"}),
+            ),
+            Line::Correct(0, 0, json!({"days": 1.5})),
+        ];
+        let view: Reintegration = folded(&generated_log(&PUPILS, &lines), |_| false).0;
+        #[derive(serde::Serialize)]
+        struct Before<'a> {
+            pupils: &'a std::collections::BTreeMap<casebook_engine::StreamId, facts::StepsOf<What>>,
+        }
+        let bytes = rmp_serde::to_vec_named(&Before {
+            pupils: &view.kept.pupils,
+        })
+        .unwrap();
+        let read: Reintegration = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(read, view);
+        assert_eq!(read.report().episodes[0].removals[0].days, Some(1.5));
+    }
+
     proptest! {
         /// Events kept as what the report reads of them, corrected with
         /// their other fields blank, hold what the same events kept whole
@@ -548,11 +537,11 @@ mod tests {
         fn steps_follow_corrections_as_whole_events_do(
             lines in prop::collection::vec(line(), 0..40),
         ) {
-            let (slim, whole) = folded::<Reintegration>(&log(&lines), whole_reads);
-            let streams: Vec<_> = slim.pupils.keys().collect();
+            let (slim, whole) = folded::<Reintegration>(&generated_log(&PUPILS, &lines), whole_reads);
+            let streams: Vec<_> = slim.kept.pupils.keys().collect();
             prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
             for (stream, facts) in &whole.pupils {
-                let pupil = &slim.pupils[stream];
+                let pupil = &slim.kept.pupils[stream];
                 prop_assert_eq!(&pupil.card, &facts.card);
                 let kept: Vec<(Uuid, DateTime<Utc>, Option<What>)> = pupil
                     .steps
@@ -562,7 +551,7 @@ mod tests {
                 let reference: Vec<(Uuid, DateTime<Utc>, Option<What>)> = facts
                     .events
                     .iter()
-                    .map(|k| (k.event_id, k.occurred_at, k.event().as_ref().and_then(What::of)))
+                    .map(|k| (k.event_id, k.occurred_at, k.event().as_ref().and_then(|e| What::of(e, &mut Names::default()))))
                     .collect();
                 prop_assert_eq!(kept, reference);
                 // What the report takes of each: as it took it of the
@@ -600,7 +589,7 @@ mod tests {
             at in any::<usize>(),
             byte in any::<u8>(),
         ) {
-            let view: Reintegration = folded(&log(&lines), |_| false).0;
+            let view: Reintegration = folded(&generated_log(&PUPILS, &lines), |_| false).0;
             if let Some(read) = damaged(&view, at, byte) {
                 let _ = read.report();
             }
