@@ -404,7 +404,8 @@ impl Behaviour {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{damaged, folded, generated, Tracker};
+    use crate::facts::testing::{damaged, folded, generated, read_back};
+    use crate::facts::Tracker;
     use chrono::{DateTime, Duration, Utc};
     use proptest::prelude::*;
     use serde_json::{json, Value};
@@ -680,8 +681,7 @@ mod tests {
                     .collect();
                 prop_assert_eq!(kept, reference);
             }
-            let bytes = rmp_serde::to_vec_named(&slim).unwrap();
-            let back: Behaviour = rmp_serde::from_slice(&bytes).unwrap();
+            let back = read_back(&slim);
             prop_assert_eq!(&back, &slim);
             for by in BehaviourDimension::ALL {
                 for year in [None, Some(2024), Some(2025)] {

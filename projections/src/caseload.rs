@@ -164,15 +164,8 @@ impl Reading for What {
         }
     }
 
-    fn named_in(&self, names: &Names) -> bool {
-        self.names().all(|n| names.knows(n))
-    }
-}
-
-impl What {
-    /// Its names, for the check of a checkpoint.
-    fn names(self) -> impl Iterator<Item = Name> {
-        let (a, b) = match self {
+    fn names(&self) -> impl Iterator<Item = Name> + '_ {
+        let (a, b) = match *self {
             What::Opened { .. } | What::Closed => (None, None),
             What::Keyworker { staff } => (Some(staff), None),
             What::PlanAgreed { plan, .. } | What::PlanReviewed { plan, .. } => (Some(plan), None),
@@ -405,10 +398,10 @@ impl Caseload {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::PupilCard;
-    use crate::facts::{
-        damaged, folded, generated_log, pick, same_as_whole, test_id, valid_date, Line,
+    use crate::facts::testing::{
+        damaged, folded, generated_log, pick, read_back, same_as_whole, test_id, valid_date, Line,
     };
+    use crate::facts::PupilCard;
     use casebook_engine::StreamId;
     use proptest::prelude::*;
     use serde_json::{json, Value};
@@ -497,7 +490,7 @@ mod tests {
     }
 
     fn line() -> impl Strategy<Value = Line> {
-        facts::line(PUPILS.len(), event(), change())
+        crate::facts::testing::line(PUPILS.len(), event(), change())
     }
 
     /// The types the caseload read before `VERSION` 3.
@@ -584,8 +577,7 @@ mod tests {
                 let pupil = &slim.kept.pupils[stream];
                 prop_assert_eq!(CaseFold::of(pupil, &slim.kept.names), whole_fold(&facts.events));
             }
-            let bytes = rmp_serde::to_vec_named(&slim).unwrap();
-            let back: Caseload = rmp_serde::from_slice(&bytes).unwrap();
+            let back = read_back(&slim);
             prop_assert_eq!(&back, &slim);
             let today = NaiveDate::from_ymd_opt(2026, 1, 5).unwrap();
             for keyworker in [None, Some("S1")] {

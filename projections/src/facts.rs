@@ -530,8 +530,9 @@ pub(crate) trait Reading: Sized {
     /// change neither whether it applies nor what it makes of the fields
     /// kept; each view's property test checks this against whole events).
     fn event(&self, names: &Names) -> CaseEvent;
-    /// Whether every place it holds is in `names` (a checkpoint's check).
-    fn named_in(&self, names: &Names) -> bool;
+    /// The places in the view's names it holds (a checkpoint's check
+    /// that each is listed).
+    fn names(&self) -> impl Iterator<Item = Name> + '_;
 }
 
 /// The events a view keeps as what it reads of them ([`Step`]s of its
@@ -580,16 +581,18 @@ impl<W: Reading> Steps<W> {
                 self.pupils.entry(e.stream).or_default().card.register(e)
             }
             CaseEvent::EntryCorrected(c) => {
-                if let Some(pupil) = self.pupils.get_mut(&e.stream) {
-                    if let Some(step) =
-                        corrected_entry(&mut pupil.card, &mut pupil.steps, c, |s| s.event_id)
-                    {
-                        if let Some(what) = corrected(&step.what.event(&self.names), &c.changes)
-                            .and_then(|new| W::of(&new, &mut self.names))
-                        {
-                            step.what = what;
-                        }
-                    }
+                let Some(pupil) = self.pupils.get_mut(&e.stream) else {
+                    return;
+                };
+                let Some(step) =
+                    corrected_entry(&mut pupil.card, &mut pupil.steps, c, |s| s.event_id)
+                else {
+                    return;
+                };
+                if let Some(what) = corrected(&step.what.event(&self.names), &c.changes)
+                    .and_then(|new| W::of(&new, &mut self.names))
+                {
+                    step.what = what;
                 }
             }
             other => {
@@ -608,6 +611,18 @@ impl<W: Reading> Steps<W> {
         }
     }
 
+    /// Each pupil's reference, in stream order, with what `read` makes of
+    /// each of their steps, in stream order: a report's input.
+    pub(crate) fn reads<'a, R: 'a>(
+        &'a self,
+        read: impl Fn(&'a Step<W>, &'a Names) -> R + Copy + 'a,
+    ) -> impl Iterator<Item = (String, impl Iterator<Item = R> + 'a)> + 'a {
+        self.pupils.iter().map(move |(stream, p)| {
+            let steps = p.steps.iter().map(move |s| read(s, &self.names));
+            (p.card.pupil(*stream), steps)
+        })
+    }
+
     /// The kept events of a checkpoint's `names` and `pupils`; refused
     /// when the names list a string twice or a step names a place past
     /// them (the view is then rebuilt).
@@ -618,7 +633,7 @@ impl<W: Reading> Steps<W> {
         let names = Names::from_list(names)?;
         for pupil in pupils.values() {
             for step in &pupil.steps {
-                if !step.what.named_in(&names) {
+                if !step.what.names().all(|n| names.knows(n)) {
                     return Err(format!(
                         "event {} names a string past the list",
                         step.event_id
@@ -776,223 +791,243 @@ pub fn percent(part: u64, whole: u64) -> Option<f64> {
     Some((part as f64 * 1000.0 / whole as f64).round() / 10.0)
 }
 
-/// The event `position` of a generated log, in `pupil`'s stream, its id
-/// the position: for the views' property tests.
+/// Helpers of the views' tests: generated logs, the whole-event
+/// reference, damaged and hand-written checkpoints.
 #[cfg(test)]
-pub(crate) fn generated(
-    pupil: &str,
-    position: u64,
-    at: DateTime<Utc>,
-    event_type: &str,
-    data: serde_json::Value,
-) -> RecordedEvent {
-    RecordedEvent {
-        position,
-        stream: StreamId::for_pupil("s", pupil),
-        version: position,
-        event_id: Uuid::from_u128(u128::from(position)),
-        occurred_at: at,
-        recorded_at: at,
-        actor: "S1".into(),
-        correlation_id: None,
-        causation_id: None,
-        schema: casebook_engine::event::CURRENT_SCHEMA,
-        hash: [0; 32],
-        event: CaseEvent::from_type_and_data(event_type, data).unwrap(),
+pub(crate) mod testing {
+    use super::*;
+
+    /// The event `position` of a generated log, in `pupil`'s stream, its id
+    /// the position: for the views' property tests.
+    pub(crate) fn generated(
+        pupil: &str,
+        position: u64,
+        at: DateTime<Utc>,
+        event_type: &str,
+        data: serde_json::Value,
+    ) -> RecordedEvent {
+        RecordedEvent {
+            position,
+            stream: StreamId::for_pupil("s", pupil),
+            version: position,
+            event_id: Uuid::from_u128(u128::from(position)),
+            occurred_at: at,
+            recorded_at: at,
+            actor: "S1".into(),
+            correlation_id: None,
+            causation_id: None,
+            schema: casebook_engine::event::CURRENT_SCHEMA,
+            hash: [0; 32],
+            event: CaseEvent::from_type_and_data(event_type, data).unwrap(),
+        }
     }
-}
 
-/// One entry of a generated log: its pupil (an index into the log's
-/// pupils), day and type and data, or a correction of the pupil's `n`-th
-/// event so far (past the end: an id no event has). For the views'
-/// property tests.
-#[cfg(test)]
-#[derive(Clone, Debug)]
-pub(crate) enum Line {
-    Event(usize, u16, &'static str, serde_json::Value),
-    Correct(usize, usize, serde_json::Value),
-}
-
-/// The events of `lines`, the pupils named by `pupils`, the days counted
-/// from 1 September 2025 (corrections on that day).
-#[cfg(test)]
-pub(crate) fn generated_log(pupils: &[&str], lines: &[Line]) -> Vec<RecordedEvent> {
-    let start = DateTime::parse_from_rfc3339("2025-09-01T09:00:00Z")
-        .unwrap()
-        .with_timezone(&Utc);
-    let mut ids: Vec<Vec<Uuid>> = vec![Vec::new(); pupils.len()];
-    let mut events = Vec::new();
-    for (n, line) in lines.iter().enumerate() {
-        let position = n as u64 + 1;
-        let (pupil, e) = match line {
-            Line::Event(p, day, t, data) => {
-                let at = start + chrono::Duration::days(i64::from(*day));
-                (*p, generated(pupils[*p], position, at, t, data.clone()))
-            }
-            Line::Correct(p, n, changes) => {
-                let id = ids[*p]
-                    .get(*n)
-                    .copied()
-                    .unwrap_or(Uuid::from_u128(u128::MAX));
-                let data = serde_json::json!({"event": id, "changes": changes, "reason": "typo"});
-                (
-                    *p,
-                    generated(pupils[*p], position, start, "EntryCorrected", data),
-                )
-            }
-        };
-        ids[pupil].push(e.event_id);
-        events.push(e);
+    /// One entry of a generated log: its pupil (an index into the log's
+    /// pupils), day and type and data, or a correction of the pupil's `n`-th
+    /// event so far (past the end: an id no event has). For the views'
+    /// property tests.
+    #[derive(Clone, Debug)]
+    pub(crate) enum Line {
+        Event(usize, u16, &'static str, serde_json::Value),
+        Correct(usize, usize, serde_json::Value),
     }
-    events
-}
 
-/// Lines of a log of `pupils` pupils: events of `event` on days 0 to 299,
-/// and corrections of `changes` (one to two fields of `one`) of each
-/// pupil's first ten events.
-#[cfg(test)]
-pub(crate) fn line(
-    pupils: usize,
-    event: impl proptest::strategy::Strategy<Value = (&'static str, serde_json::Value)>,
-    one: impl proptest::strategy::Strategy<Value = (&'static str, serde_json::Value)>,
-) -> impl proptest::strategy::Strategy<Value = Line> {
-    use proptest::prelude::*;
-    let changes = prop::collection::vec(one, 1..3).prop_map(|kvs| {
-        serde_json::Value::Object(kvs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
-    });
-    prop_oneof![
-        3 => (0..pupils, 0u16..300, event)
-            .prop_map(|(p, day, (t, data))| Line::Event(p, day, t, data)),
-        2 => (0..pupils, 0usize..10, changes)
-            .prop_map(|(p, n, changes)| Line::Correct(p, n, changes)),
-    ]
-}
-
-/// `events` folded by a view and by a [`Tracker`] keeping the events
-/// `reads` accepts whole (the views' form before `VERSION` 3), for the
-/// views' tests to compare.
-#[cfg(test)]
-pub(crate) fn folded<V: crate::Projection + Default>(
-    events: &[RecordedEvent],
-    reads: fn(&CaseEvent) -> bool,
-) -> (V, Tracker) {
-    let mut view = V::default();
-    let mut whole = Tracker::default();
-    for e in events {
-        view.apply(e, None);
-        whole.apply(e, reads);
+    /// The events of `lines`, the pupils named by `pupils`, the days counted
+    /// from 1 September 2025 (corrections on that day).
+    pub(crate) fn generated_log(pupils: &[&str], lines: &[Line]) -> Vec<RecordedEvent> {
+        let start = DateTime::parse_from_rfc3339("2025-09-01T09:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let mut ids: Vec<Vec<Uuid>> = vec![Vec::new(); pupils.len()];
+        let mut events = Vec::new();
+        for (n, line) in lines.iter().enumerate() {
+            let position = n as u64 + 1;
+            let (pupil, e) = match line {
+                Line::Event(p, day, t, data) => {
+                    let at = start + chrono::Duration::days(i64::from(*day));
+                    (*p, generated(pupils[*p], position, at, t, data.clone()))
+                }
+                Line::Correct(p, n, changes) => {
+                    let id = ids[*p]
+                        .get(*n)
+                        .copied()
+                        .unwrap_or(Uuid::from_u128(u128::MAX));
+                    let data =
+                        serde_json::json!({"event": id, "changes": changes, "reason": "typo"});
+                    (
+                        *p,
+                        generated(pupils[*p], position, start, "EntryCorrected", data),
+                    )
+                }
+            };
+            ids[pupil].push(e.event_id);
+            events.push(e);
+        }
+        events
     }
-    (view, whole)
-}
 
-/// `view`'s checkpoint with its byte `at` (modulo its length) made
-/// `byte`, read back: `None` when refused.
-#[cfg(test)]
-pub(crate) fn damaged<V: Serialize + serde::de::DeserializeOwned>(
-    view: &V,
-    at: usize,
-    byte: u8,
-) -> Option<V> {
-    let mut bytes = rmp_serde::to_vec_named(view).unwrap();
-    if !bytes.is_empty() {
-        let i = at % bytes.len();
-        bytes[i] = byte;
+    /// Lines of a log of `pupils` pupils: events of `event` on days 0 to 299,
+    /// and corrections of `changes` (one to two fields of `one`) of each
+    /// pupil's first ten events.
+    pub(crate) fn line(
+        pupils: usize,
+        event: impl proptest::strategy::Strategy<Value = (&'static str, serde_json::Value)>,
+        one: impl proptest::strategy::Strategy<Value = (&'static str, serde_json::Value)>,
+    ) -> impl proptest::strategy::Strategy<Value = Line> {
+        use proptest::prelude::*;
+        let changes = prop::collection::vec(one, 1..3).prop_map(|kvs| {
+            serde_json::Value::Object(kvs.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        });
+        prop_oneof![
+            3 => (0..pupils, 0u16..300, event)
+                .prop_map(|(p, day, (t, data))| Line::Event(p, day, t, data)),
+            2 => (0..pupils, 0usize..10, changes)
+                .prop_map(|(p, n, changes)| Line::Correct(p, n, changes)),
+        ]
     }
-    rmp_serde::from_slice::<V>(&bytes).ok()
-}
 
-/// One of `values`.
-#[cfg(test)]
-pub(crate) fn pick(
-    values: Vec<serde_json::Value>,
-) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
-    proptest::sample::select(values)
-}
-
-/// One of three ids of the form `{prefix}{0..3}`.
-#[cfg(test)]
-pub(crate) fn test_id(
-    prefix: &'static str,
-) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
-    use proptest::strategy::Strategy;
-    (0u8..3).prop_map(move |n| serde_json::json!(format!("{prefix}{n}")))
-}
-
-/// Checks a view's kept steps against the same events kept whole: the
-/// same pupils with the same cards, each pupil's events (ids and times)
-/// in the same order, and of each the fields `kept` picks of the event its
-/// step gives back ([`Reading::event`]) equal to those of the whole event.
-#[cfg(test)]
-pub(crate) fn same_as_whole<W: Reading>(
-    slim: &Steps<W>,
-    whole: &Tracker,
-    kept: impl Fn(&CaseEvent) -> serde_json::Value,
-) -> Result<(), proptest::test_runner::TestCaseError> {
-    use proptest::prop_assert_eq;
-    let streams: Vec<_> = slim.pupils.keys().collect();
-    prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
-    for (stream, facts) in &whole.pupils {
-        let pupil = &slim.pupils[stream];
-        prop_assert_eq!(&pupil.card, &facts.card);
-        let ids: Vec<_> = pupil
-            .steps
-            .iter()
-            .map(|s| (s.event_id, s.occurred_at))
-            .collect();
-        let whole_ids: Vec<_> = facts
-            .events
-            .iter()
-            .map(|k| (k.event_id, k.occurred_at))
-            .collect();
-        prop_assert_eq!(ids, whole_ids);
-        let fields: Vec<_> = pupil
-            .steps
-            .iter()
-            .map(|s| kept(&s.what.event(&slim.names)))
-            .collect();
-        let whole_fields: Vec<_> = facts
-            .events
-            .iter()
-            .map(|k| kept(&k.event().unwrap()))
-            .collect();
-        prop_assert_eq!(fields, whole_fields);
+    /// `events` folded by a view and by a [`Tracker`] keeping the events
+    /// `reads` accepts whole (the views' form before `VERSION` 3), for the
+    /// views' tests to compare.
+    pub(crate) fn folded<V: crate::Projection + Default>(
+        events: &[RecordedEvent],
+        reads: fn(&CaseEvent) -> bool,
+    ) -> (V, Tracker) {
+        let mut view = V::default();
+        let mut whole = Tracker::default();
+        for e in events {
+            view.apply(e, None);
+            whole.apply(e, reads);
+        }
+        (view, whole)
     }
-    Ok(())
-}
 
-/// A checkpoint of a [`Steps`] view written by hand, for the refusal
-/// tests: `names`, and one pupil (no registration) whose steps are
-/// `(event id, microseconds since 1970, what)`.
-#[cfg(test)]
-pub(crate) fn steps_checkpoint<W: Serialize>(
-    names: Vec<&str>,
-    steps: Vec<(Uuid, i64, W)>,
-) -> Vec<u8> {
-    #[derive(Serialize)]
-    struct PupilForm<W> {
-        card: PupilCard,
+    /// `view`'s checkpoint with its byte `at` (modulo its length) made
+    /// `byte`, read back: `None` when refused.
+    pub(crate) fn damaged<V: Serialize + serde::de::DeserializeOwned>(
+        view: &V,
+        at: usize,
+        byte: u8,
+    ) -> Option<V> {
+        let mut bytes = rmp_serde::to_vec_named(view).unwrap();
+        if !bytes.is_empty() {
+            let i = at % bytes.len();
+            bytes[i] = byte;
+        }
+        rmp_serde::from_slice::<V>(&bytes).ok()
+    }
+
+    /// One of `values`.
+    pub(crate) fn pick(
+        values: Vec<serde_json::Value>,
+    ) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        proptest::sample::select(values)
+    }
+
+    /// One of three ids of the form `{prefix}{0..3}`.
+    pub(crate) fn test_id(
+        prefix: &'static str,
+    ) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::strategy::Strategy;
+        (0u8..3).prop_map(move |n| serde_json::json!(format!("{prefix}{n}")))
+    }
+
+    /// Checks a view's kept steps against the same events kept whole: the
+    /// same pupils with the same cards, each pupil's events (ids and times)
+    /// in the same order, and of each the fields `kept` picks of the event its
+    /// step gives back ([`Reading::event`]) equal to those of the whole event.
+    pub(crate) fn same_as_whole<W: Reading>(
+        slim: &Steps<W>,
+        whole: &Tracker,
+        kept: impl Fn(&CaseEvent) -> serde_json::Value,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::prop_assert_eq;
+        let streams: Vec<_> = slim.pupils.keys().collect();
+        prop_assert_eq!(streams, whole.pupils.keys().collect::<Vec<_>>());
+        for (stream, facts) in &whole.pupils {
+            let pupil = &slim.pupils[stream];
+            prop_assert_eq!(&pupil.card, &facts.card);
+            let ids: Vec<_> = pupil
+                .steps
+                .iter()
+                .map(|s| (s.event_id, s.occurred_at))
+                .collect();
+            let whole_ids: Vec<_> = facts
+                .events
+                .iter()
+                .map(|k| (k.event_id, k.occurred_at))
+                .collect();
+            prop_assert_eq!(ids, whole_ids);
+            let fields: Vec<_> = pupil
+                .steps
+                .iter()
+                .map(|s| kept(&s.what.event(&slim.names)))
+                .collect();
+            let whole_fields: Vec<_> = facts
+                .events
+                .iter()
+                .map(|k| kept(&k.event().unwrap()))
+                .collect();
+            prop_assert_eq!(fields, whole_fields);
+        }
+        Ok(())
+    }
+
+    /// A checkpoint of a [`Steps`] view written by hand, for the refusal
+    /// tests: `names`, and one pupil (no registration) whose steps are
+    /// `(event id, microseconds since 1970, what)`.
+    pub(crate) fn steps_checkpoint<W: Serialize>(
+        names: Vec<&str>,
         steps: Vec<(Uuid, i64, W)>,
+    ) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct PupilForm<W> {
+            card: PupilCard,
+            steps: Vec<(Uuid, i64, W)>,
+        }
+        #[derive(Serialize)]
+        struct ViewForm<'a, W> {
+            names: Vec<&'a str>,
+            pupils: BTreeMap<StreamId, PupilForm<W>>,
+        }
+        let card = PupilCard::default();
+        let pupils = BTreeMap::from([(StreamId::for_pupil("s", "P1"), PupilForm { card, steps })]);
+        rmp_serde::to_vec_named(&ViewForm { names, pupils }).unwrap()
     }
-    #[derive(Serialize)]
-    struct ViewForm<'a, W> {
-        names: Vec<&'a str>,
-        pupils: BTreeMap<StreamId, PupilForm<W>>,
-    }
-    let card = PupilCard::default();
-    let pupils = BTreeMap::from([(StreamId::for_pupil("s", "P1"), PupilForm { card, steps })]);
-    rmp_serde::to_vec_named(&ViewForm { names, pupils }).unwrap()
-}
 
-/// A date of the `days` from 1 September 2025, as a JSON string.
-#[cfg(test)]
-pub(crate) fn valid_date(
-    days: u16,
-) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
-    use proptest::strategy::Strategy;
-    (0..days).prop_map(|d| {
-        let day = NaiveDate::from_ymd_opt(2025, 9, 1).unwrap() + chrono::Duration::days(d.into());
-        serde_json::json!(day.to_string())
-    })
+    /// A date of the `days` from 1 September 2025, as a JSON string.
+    pub(crate) fn valid_date(
+        days: u16,
+    ) -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::strategy::Strategy;
+        (0..days).prop_map(|d| {
+            let day =
+                NaiveDate::from_ymd_opt(2025, 9, 1).unwrap() + chrono::Duration::days(d.into());
+            serde_json::json!(day.to_string())
+        })
+    }
+
+    /// `view` written to its checkpoint form and read back.
+    pub(crate) fn read_back<V: Serialize + serde::de::DeserializeOwned>(view: &V) -> V {
+        rmp_serde::from_slice(&rmp_serde::to_vec_named(view).unwrap()).unwrap()
+    }
+
+    /// Each pupil's whole events of `whole`, decoded, with the kept form
+    /// they came from (for its id and time).
+    pub(crate) fn whole_events(whole: &Tracker) -> BTreeMap<StreamId, Vec<(CaseEvent, &Kept)>> {
+        whole
+            .pupils
+            .iter()
+            .map(|(stream, facts)| {
+                let events = facts
+                    .events
+                    .iter()
+                    .map(|k| (k.event().unwrap(), k))
+                    .collect();
+                (*stream, events)
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -1005,7 +1040,7 @@ mod tests {
         let at = DateTime::parse_from_rfc3339("2026-01-05T09:00:00Z")
             .unwrap()
             .with_timezone(&Utc);
-        generated("P1", position, at, event_type, data)
+        testing::generated("P1", position, at, event_type, data)
     }
 
     fn registration(position: u64, class: &str) -> RecordedEvent {

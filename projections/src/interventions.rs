@@ -120,15 +120,8 @@ impl Reading for What {
         }
     }
 
-    fn named_in(&self, names: &Names) -> bool {
-        self.names().all(|n| names.knows(n))
-    }
-}
-
-impl What {
-    /// Its names, for the check of a checkpoint.
-    fn names(self) -> impl Iterator<Item = Name> {
-        let (a, b, c) = match self {
+    fn names(&self) -> impl Iterator<Item = Name> + '_ {
+        let (a, b, c) = match *self {
             What::Started {
                 intervention,
                 kind,
@@ -287,12 +280,7 @@ fn latest(runs: &[Run], id: &str) -> Option<usize> {
 impl Interventions {
     /// Outcomes by kind and the interventions still running.
     pub fn report(&self) -> InterventionReport {
-        report_of(self.kept.pupils.iter().map(|(stream, p)| {
-            (
-                p.card.pupil(*stream),
-                p.steps.iter().map(|s| s.read(&self.kept.names)),
-            )
-        }))
+        report_of(self.kept.reads(|s, names| s.read(names)))
     }
 }
 
@@ -393,10 +381,10 @@ fn report_of<'a, R: Iterator<Item = Read<'a>>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{
-        damaged, folded, generated_log, pick, same_as_whole, steps_checkpoint, test_id, Kept, Line,
+    use crate::facts::testing::{
+        damaged, folded, generated_log, pick, read_back, same_as_whole, steps_checkpoint, test_id,
+        whole_events, Line,
     };
-    use casebook_engine::StreamId;
     use proptest::prelude::*;
     use serde_json::{json, Value};
     use uuid::Uuid;
@@ -478,7 +466,7 @@ mod tests {
     }
 
     fn line() -> impl Strategy<Value = Line> {
-        facts::line(PUPILS.len(), event(), change())
+        crate::facts::testing::line(PUPILS.len(), event(), change())
     }
 
     /// The types the view read before `VERSION` 3 (its `reads`), kept
@@ -514,14 +502,6 @@ mod tests {
         }
     }
 
-    /// The whole events of a pupil, decoded, with their times.
-    fn decoded(events: &[Kept]) -> Vec<(CaseEvent, DateTime<Utc>)> {
-        events
-            .iter()
-            .map(|k| (k.event().unwrap(), k.occurred_at))
-            .collect()
-    }
-
     /// The fields of `e` the view keeps, by name, as JSON.
     fn kept_fields(e: &CaseEvent) -> Value {
         let mut data = e.data_json();
@@ -545,11 +525,7 @@ mod tests {
         ) {
             let (slim, whole) = folded::<Interventions>(&generated_log(&PUPILS, &lines), whole_reads);
             same_as_whole(&slim.kept, &whole, kept_fields)?;
-            let events: BTreeMap<StreamId, Vec<(CaseEvent, DateTime<Utc>)>> = whole
-                .pupils
-                .iter()
-                .map(|(stream, facts)| (*stream, decoded(&facts.events)))
-                .collect();
+            let events = whole_events(&whole);
             for stream in whole.pupils.keys() {
                 let pupil = &slim.kept.pupils[stream];
                 // What the report takes of each: as it took it of the
@@ -557,19 +533,18 @@ mod tests {
                 let read: Vec<Option<Read>> =
                     pupil.steps.iter().map(|s| Some(s.read(&slim.kept.names))).collect();
                 let whole_read: Vec<Option<Read>> =
-                    events[stream].iter().map(|(e, at)| whole_way(e, *at)).collect();
+                    events[stream].iter().map(|(e, k)| whole_way(e, k.occurred_at)).collect();
                 prop_assert_eq!(read, whole_read);
             }
             // The report: as the whole events' reads make it.
             let reference = report_of(whole.pupils.iter().map(|(stream, facts)| {
                 (
                     facts.card.pupil(*stream),
-                    events[stream].iter().filter_map(|(e, at)| whole_way(e, *at)),
+                    events[stream].iter().filter_map(|(e, k)| whole_way(e, k.occurred_at)),
                 )
             }));
             prop_assert_eq!(slim.report(), reference);
-            let bytes = rmp_serde::to_vec_named(&slim).unwrap();
-            let back: Interventions = rmp_serde::from_slice(&bytes).unwrap();
+            let back = read_back(&slim);
             prop_assert_eq!(&back, &slim);
             prop_assert_eq!(back.report(), slim.report());
         }

@@ -120,13 +120,6 @@ impl Reading for What {
         }
     }
 
-    fn named_in(&self, names: &Names) -> bool {
-        self.names().all(|n| names.knows(n))
-    }
-}
-
-impl What {
-    /// Its names, for the check of a checkpoint.
     fn names(&self) -> impl Iterator<Item = Name> + '_ {
         let (main, more) = match self {
             What::Suspension {
@@ -307,15 +300,7 @@ impl Suspensions {
     /// Every pupil's suspensions and exclusions in `year` (named by its
     /// September: 2025 = 2025/26).
     pub fn report(&self, year: i32) -> SuspensionReport {
-        report_of(
-            year,
-            self.kept.pupils.iter().map(|(stream, p)| {
-                (
-                    p.card.pupil(*stream),
-                    p.steps.iter().map(|s| s.read(&self.kept.names)),
-                )
-            }),
-        )
+        report_of(year, self.kept.reads(|s, names| s.read(names)))
     }
 }
 
@@ -427,11 +412,10 @@ fn report_of<'a, R: Iterator<Item = Read<'a>>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::facts::{
-        damaged, folded, generated_log, pick, same_as_whole, steps_checkpoint, valid_date, Kept,
-        Line,
+    use crate::facts::testing::{
+        damaged, folded, generated_log, pick, read_back, same_as_whole, steps_checkpoint,
+        valid_date, whole_events, Line,
     };
-    use casebook_engine::StreamId;
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
@@ -520,7 +504,7 @@ mod tests {
     }
 
     fn line() -> impl Strategy<Value = Line> {
-        facts::line(PUPILS.len(), event(), change())
+        crate::facts::testing::line(PUPILS.len(), event(), change())
     }
 
     /// The types the view read before `VERSION` 3 (its `reads`), kept
@@ -555,14 +539,6 @@ mod tests {
         }
     }
 
-    /// The whole events of a pupil, decoded, with their ids.
-    fn decoded(events: &[Kept]) -> Vec<(CaseEvent, Uuid)> {
-        events
-            .iter()
-            .map(|k| (k.event().unwrap(), k.event_id))
-            .collect()
-    }
-
     /// The fields of `e` the view keeps, by name, as JSON.
     fn kept_fields(e: &CaseEvent) -> Value {
         let mut data = e.data_json();
@@ -586,11 +562,7 @@ mod tests {
         ) {
             let (slim, whole) = folded::<Suspensions>(&generated_log(&PUPILS, &lines), whole_reads);
             same_as_whole(&slim.kept, &whole, kept_fields)?;
-            let events: BTreeMap<StreamId, Vec<(CaseEvent, Uuid)>> = whole
-                .pupils
-                .iter()
-                .map(|(stream, facts)| (*stream, decoded(&facts.events)))
-                .collect();
+            let events = whole_events(&whole);
             for stream in whole.pupils.keys() {
                 let pupil = &slim.kept.pupils[stream];
                 // What the report takes of each: as it took it of the
@@ -598,11 +570,10 @@ mod tests {
                 let read: Vec<Option<Read>> =
                     pupil.steps.iter().map(|s| Some(s.read(&slim.kept.names))).collect();
                 let whole_read: Vec<Option<Read>> =
-                    events[stream].iter().map(|(e, id)| whole_way(e, *id)).collect();
+                    events[stream].iter().map(|(e, k)| whole_way(e, k.event_id)).collect();
                 prop_assert_eq!(read, whole_read);
             }
-            let bytes = rmp_serde::to_vec_named(&slim).unwrap();
-            let back: Suspensions = rmp_serde::from_slice(&bytes).unwrap();
+            let back = read_back(&slim);
             prop_assert_eq!(&back, &slim);
             for year in YEARS {
                 // The report: as the whole events' reads make it.
@@ -611,7 +582,7 @@ mod tests {
                     whole.pupils.iter().map(|(stream, facts)| {
                         (
                             facts.card.pupil(*stream),
-                            events[stream].iter().filter_map(|(e, id)| whole_way(e, *id)),
+                            events[stream].iter().filter_map(|(e, k)| whole_way(e, k.event_id)),
                         )
                     }),
                 );
