@@ -69,7 +69,7 @@ impl SegmentStore {
             &dir,
             self.options.read_snapshot,
             true,
-            self.options.spill_ids,
+            super::Spills::of(&self.options),
         )?;
         let Some(last) = rec.segments.last() else {
             return Err(refused(school, "the log has no segment".into()));

@@ -699,6 +699,26 @@ mod tests {
         assert_eq!(both, vec![17, 5_001]);
     }
 
+    /// The writer spills at `SPILL_IDS` ids: the table holds them and a
+    /// group more in 2^21 buckets (10.5 MB), and neither its growth ahead
+    /// nor the full-scan open's sizing makes one of 2^22 (21 MB).
+    #[test]
+    fn spill_ids_and_a_group_fit_a_table_of_2_21_buckets() {
+        use super::super::{MAX_GROUP_EVENTS, SPILL_IDS};
+        let mut m = IdMap::default();
+        m.reserve(SPILL_IDS + MAX_GROUP_EVENTS);
+        assert_eq!(m.table.num_buckets(), 1 << 21);
+        // The writer's growth ahead doubles a table of 2^20 buckets...
+        let mut ids = Ids::default();
+        ids.reserve((1 << 20) / 8 * 7);
+        assert_eq!(ids.tail.table.num_buckets(), 1 << 20);
+        assert!(ids.table_full_for(ids.table_capacity() + 1));
+        let bigger = ids.bigger_table(ids.table_capacity() + 1);
+        assert_eq!(bigger.num_buckets(), 1 << 21);
+        // ...to the room the spill needs, and no further.
+        assert!(bigger.capacity() >= SPILL_IDS + MAX_GROUP_EVENTS);
+    }
+
     #[test]
     fn prefetch_addresses_follow_the_table_layout() {
         let mut m = IdMap::default();

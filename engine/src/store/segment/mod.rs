@@ -129,9 +129,16 @@ pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 /// them, sorted, to a run in a file of its own (12 bytes an id, unlinked
 /// at once, so it lives only as long as the log is open), and looks them
 /// up there from then on (a filter and a block directory in memory, about
-/// 1.3 bytes an id, against 14–19 in the table, which holds about 37 MB at
+/// 1.3 bytes an id, against 14–19 in the table, which holds about 25 MB at
 /// this size). At [`ids::MAX_RUNS`] runs the next spill merges them all.
-pub const SPILL_IDS: usize = 1 << 21;
+///
+/// The most a table of 2^21 buckets holds (hashbrown fills seven eighths
+/// of its buckets) less one group, so that the table never grows past
+/// them: 1,826,816 ids. At 2^21 ids (sessions v to z) the group before the
+/// spill grew it to 2^22 buckets, 21 MB instead of 10.5, built beside the
+/// old one (`Writer::grow_ids_ahead`), and the open that indexes every
+/// frame sized it so too (docs/performance.md, "Session aa").
+pub const SPILL_IDS: usize = (1 << 21) / 8 * 7 - MAX_GROUP_EVENTS;
 
 /// Stream positions the index holds in memory (the versions indexed after
 /// its file's: 4 bytes each, 8 MB at this size) before the writer spills
@@ -142,6 +149,29 @@ pub const SPILL_IDS: usize = 1 << 21;
 /// that what the spills write stays within about five times the log's
 /// positions (4 bytes each) however long the session.
 pub const SPILL_STREAMS: usize = 1 << 21;
+
+/// When an open that indexes frames spills what it indexed, as the writer
+/// does: the event ids once the table holds `ids` ([`SPILL_IDS`]), the
+/// stream positions once `streams` are held in memory ([`SPILL_STREAMS`]).
+#[derive(Clone, Copy, Debug)]
+struct Spills {
+    ids: usize,
+    streams: usize,
+}
+
+impl Spills {
+    const DEFAULT: Spills = Spills {
+        ids: SPILL_IDS,
+        streams: SPILL_STREAMS,
+    };
+
+    fn of(options: &SegmentOptions) -> Spills {
+        Spills {
+            ids: options.spill_ids,
+            streams: options.spill_streams,
+        }
+    }
+}
 
 /// Options of a segment store (tests shrink the segment size and the
 /// snapshot threshold).
@@ -1024,18 +1054,20 @@ const SIZING_SAMPLE: u64 = 65_536;
 /// frames the id table is given room for as many more frames as `rest`
 /// holds at the bytes per frame seen (at most `spill_ids`), so that it
 /// does not grow during the scan (a growth rehashes every id, each read
-/// at random). Once the table holds `spill_ids` ids they are spilled to a
-/// run in a file of their own, as the writer spills them
+/// at random). Once the table holds `spills.ids` ids they are spilled to
+/// a run in a file of their own, as the writer spills them
 /// ([`Ids::spill_run`]; best effort: after a spill that failed, not
-/// before the table holds twice as many, as the writer does), so that a
-/// scan of a long log holds no more of them than an open log does.
+/// before the table holds twice as many, as the writer does), and the
+/// stream lists likewise once `spills.streams` positions are held in
+/// memory ([`Streams::spill_due`]), so that a scan of a long log holds no
+/// more of either than an open log does.
 fn scan_segment(
     seg: &Segment,
     seg_no: u32,
     index: &mut Index,
     from: u64,
     rest: u64,
-    spill_ids: &mut usize,
+    spills: &mut Spills,
 ) -> Result<(u64, Option<(u64, String)>), StoreError> {
     let first = index.head();
     let mut sized = false;
@@ -1089,16 +1121,29 @@ fn scan_segment(
                 let per_frame = ((group_end - from) / frames).max(1);
                 let more = (rest.saturating_sub(group_end - from) / per_frame)
                     .min(index.max_events.saturating_sub(index.head()));
-                let room = spill_ids.saturating_sub(index.ids.table_len());
+                let room = spills.ids.saturating_sub(index.ids.table_len());
                 index.ids.reserve(((more + more / 16) as usize).min(room));
             }
-            if index.later.is_none() && index.ids.table_len() >= *spill_ids {
+            if index.later.is_none() && index.ids.table_len() >= spills.ids {
                 let run = seg.path.parent().map(|dir| index.ids.spill_run(dir));
                 match run {
                     Some(Ok(run)) => {
                         let _ = index.ids.add_run(run);
                     }
-                    _ => *spill_ids = spill_ids.saturating_mul(2),
+                    _ => spills.ids = spills.ids.saturating_mul(2),
+                }
+            }
+            if index.streams.spill_due(spills.streams) {
+                let streams = &index.streams;
+                let spilled = seg
+                    .path
+                    .parent()
+                    .map(|dir| streams.spill(dir, index.head()));
+                match spilled {
+                    Some(Ok(spilled)) => {
+                        let _ = index.streams.install(spilled);
+                    }
+                    _ => spills.streams = streams.tails().saturating_mul(2),
                 }
             }
         }
@@ -1129,9 +1174,9 @@ fn recover(
     dir: &Path,
     read_snapshot: bool,
     ids_now: bool,
-    spill_ids: usize,
+    spills: Spills,
 ) -> Result<Recovered, StoreError> {
-    recover_at_most(dir, MAX_POSITIONS, read_snapshot, ids_now, spill_ids)
+    recover_at_most(dir, MAX_POSITIONS, read_snapshot, ids_now, spills)
 }
 
 /// [`recover`] into an index that holds at most `max_events` (a log with
@@ -1147,7 +1192,7 @@ fn recover_at_most(
     max_events: u64,
     read_snapshot: bool,
     ids_now: bool,
-    mut spill_ids: usize,
+    mut spills: Spills,
 ) -> Result<Recovered, StoreError> {
     let names = list_segments(dir)?;
     if names.is_empty() {
@@ -1232,7 +1277,7 @@ fn recover_at_most(
         };
         let rest = file_lens[i..].iter().sum::<u64>().saturating_sub(from);
         let (group_end, damage) =
-            scan_segment(&seg, i as u32, &mut index, from, rest, &mut spill_ids)?;
+            scan_segment(&seg, i as u32, &mut index, from, rest, &mut spills)?;
         if !last {
             if let Some((at, what)) = damage {
                 return Err(corrupt(&seg.path, Some(at), format!("{what} (damage before the log's tail: acknowledged events are affected; restore from a backup)")));
@@ -1434,7 +1479,7 @@ fn later_ids(
         Ok(ids) => return Ok(Some(ReadIds { ids, note: None })),
         Err(why) => why,
     };
-    let rec = recover_at_most(dir, index.max_events, false, true, SPILL_IDS)?;
+    let rec = recover_at_most(dir, index.max_events, false, true, Spills::DEFAULT)?;
     if (rec.index.head(), rec.index.head_hash) != (index.head(), index.head_hash) {
         return Err(StoreError::Internal(format!(
             "the log's segments end at position {} but its index at {}",
@@ -1582,7 +1627,7 @@ impl SegmentLog {
             dir,
             options.read_snapshot,
             options.event_ids_at_open,
-            options.spill_ids,
+            Spills::of(&options),
         )?;
         let head = rec.index.head();
         // The watermark, checked before anything is cut.
@@ -2125,8 +2170,7 @@ impl Writer {
         let (spilled, held) = match self.state.read() {
             Ok(state) => {
                 let streams = &state.index.streams;
-                let quarter = usize::try_from(streams.filed_head() / 4).unwrap_or(usize::MAX);
-                if streams.tails() < self.spill_streams.max(quarter) {
+                if !streams.spill_due(self.spill_streams) {
                     return;
                 }
                 (
@@ -4089,7 +4133,7 @@ mod index_tests {
     /// stream 1), a third frame that repeats position 1's id, sealed and
     /// framed as the writer would.
     fn repeat_the_first_id_at_position_3(log_dir: &Path) {
-        let rec = recover(log_dir, false, true, SPILL_IDS).unwrap();
+        let rec = recover(log_dir, false, true, Spills::DEFAULT).unwrap();
         let stream = StreamId(Uuid::from_u128(1));
         let (_, bytes) = crate::envelope::StoredEvent::seal(
             &new_event(1),
@@ -4125,7 +4169,7 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        assert!(recover(&log_dir, false, true, SPILL_IDS)
+        assert!(recover(&log_dir, false, true, Spills::DEFAULT)
             .unwrap()
             .index
             .shared
@@ -4133,7 +4177,12 @@ mod index_tests {
         repeat_the_first_id_at_position_3(&log_dir);
         // A scan that spills its ids after every group finds the repeat
         // across its runs too.
-        for (read_snapshot, spill) in [(false, SPILL_IDS), (true, SPILL_IDS), (false, 1)] {
+        let every_group = Spills { ids: 1, streams: 1 };
+        for (read_snapshot, spill) in [
+            (false, Spills::DEFAULT),
+            (true, Spills::DEFAULT),
+            (false, every_group),
+        ] {
             match recover(&log_dir, read_snapshot, true, spill) {
                 Err(StoreError::Corrupt { location, what }) => {
                     assert!(location.contains(".seg"), "{location}");
@@ -4315,7 +4364,16 @@ mod index_tests {
         }
         let log_dir = log.dir().to_path_buf();
         drop((log, store));
-        let rec = recover(&log_dir, false, true, 700).unwrap();
+        let rec = recover(
+            &log_dir,
+            false,
+            true,
+            Spills {
+                ids: 700,
+                ..Spills::DEFAULT
+            },
+        )
+        .unwrap();
         let ids = &rec.index.ids;
         assert_eq!(ids.len(), 3_000);
         assert_eq!(ids.runs().len(), 4, "spilled at 700, 1_400, 2_100, 2_800");
@@ -4602,6 +4660,59 @@ mod index_tests {
             assert_eq!(log.state.read().unwrap().index.streams.to_vec(), spilled);
             drop((log, store));
         }
+    }
+
+    /// An open that indexes every frame spills the stream lists as it
+    /// scans, as the writer does once `spill_streams` positions (or a
+    /// quarter of those in its file) are in memory: it holds no more than
+    /// those and a group, and the lists, reads and `verify` answer as
+    /// they did for the open that held every position in memory.
+    #[test]
+    fn an_open_that_scans_every_frame_spills_the_stream_lists() {
+        let (dir, rt) = dir_and_runtime();
+        let (store, log) = open_log(dir.path(), false, u64::MAX);
+        for k in 0..40u128 {
+            let base = 1 + k * 60;
+            let group = vec![
+                to_stream(1 + k % 3, base..base + 50),
+                to_stream(100 + k, base + 50..base + 60),
+            ];
+            rt.block_on(log.append_atomic(group)).unwrap();
+        }
+        let whole = {
+            let streams = &log.state.read().unwrap().index.streams;
+            assert_eq!(streams.filed_head(), 0, "every position in memory");
+            streams.to_vec()
+        };
+        drop((log, store));
+        let options = SegmentOptions {
+            read_snapshot: false,
+            snapshot_min_events: u64::MAX,
+            spill_streams: 300,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        {
+            let streams = &log.state.read().unwrap().index.streams;
+            let (filed, held) = (streams.filed_head(), streams.tails());
+            assert!(filed > 1_500, "spilled up to {filed}");
+            assert_eq!(filed + held as u64, 2_400);
+            assert!(held < 600 + 60, "held {held} positions");
+            assert_eq!(streams.to_vec(), whole);
+        }
+        let s1 = StreamId(Uuid::from_u128(1));
+        let read: Vec<u64> = rt
+            .block_on(log.read_stream(s1, 650, 100))
+            .unwrap()
+            .iter()
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(read, (650..=700).collect::<Vec<_>>());
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        let [s100, s139] = [100, 139].map(|s| StreamId(Uuid::from_u128(s)));
+        swapped_are_reported(&rt, &log, s100, s139, &|| {});
     }
 
     /// Every position of `stream`, by version, as the index lists them.
@@ -5240,8 +5351,8 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        assert!(recover_at_most(&log_dir, 3, true, true, SPILL_IDS).is_ok());
-        match recover_at_most(&log_dir, 2, true, true, SPILL_IDS) {
+        assert!(recover_at_most(&log_dir, 3, true, true, Spills::DEFAULT).is_ok());
+        match recover_at_most(&log_dir, 2, true, true, Spills::DEFAULT) {
             Err(StoreError::Corrupt { .. }) => {}
             other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
         }

@@ -308,6 +308,15 @@ impl Streams {
         self.tails
     }
 
+    /// Whether the lists are due to be spilled ([`Streams::spill`]): once
+    /// `at_least` positions are held in memory, or a quarter of those in
+    /// the file if more, so that what the spills write stays within about
+    /// five times the log's positions however long the session.
+    pub(super) fn spill_due(&self, at_least: usize) -> bool {
+        let quarter = usize::try_from(self.filed_head() / 4).unwrap_or(usize::MAX);
+        self.tails >= at_least.max(quarter)
+    }
+
     /// Every list, the file's positions and the tail's, written to a file
     /// of its own in `dir` that no name points at (as the id table's runs
     /// are: nothing is left after a crash; not synced, the positions are
