@@ -350,7 +350,7 @@ impl Streams {
         drop(out);
         Ok(Spilled {
             file,
-            path: dir.join("(stream lists spilled by the writer)"),
+            path: dir.join("(stream lists spilled from the index)"),
             lists,
             crcs,
             head,
