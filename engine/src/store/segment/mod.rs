@@ -4471,6 +4471,30 @@ mod index_tests {
 
     /// Appends to stream `s` the events of `ids`, interleaved by the caller
     /// with other streams' so that lists span blocks and positions.
+    /// The versions `read_stream` gives of stream `s`.
+    fn versions_read(
+        rt: &tokio::runtime::Runtime,
+        log: &SegmentLog,
+        s: u128,
+        from: u64,
+        max: usize,
+    ) -> Vec<u64> {
+        let stream = StreamId(Uuid::from_u128(s));
+        let read = rt.block_on(log.read_stream(stream, from, max)).unwrap();
+        read.iter().map(|e| e.version).collect()
+    }
+
+    /// The `k`th (from 0) of a run of groups of 60 events: 50 to one of
+    /// three long streams (1 + k % 3), 10 to a stream of its own
+    /// (100 + k).
+    fn group_of_60(k: u128) -> Vec<AppendRequest> {
+        let base = 1 + k * 60;
+        vec![
+            to_stream(1 + k % 3, base..base + 50),
+            to_stream(100 + k, base + 50..base + 60),
+        ]
+    }
+
     fn to_stream(s: u128, ids: std::ops::Range<u128>) -> AppendRequest {
         AppendRequest {
             stream: StreamId(Uuid::from_u128(s)),
@@ -4624,12 +4648,7 @@ mod index_tests {
         let log = store.log("school-a").unwrap();
         let mut most_held = 0;
         for k in 0..40u128 {
-            let base = 1 + k * 60;
-            let group = vec![
-                to_stream(1 + k % 3, base..base + 50),
-                to_stream(100 + k, base + 50..base + 60),
-            ];
-            rt.block_on(log.append_atomic(group)).unwrap();
+            rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
             let streams = &log.state.read().unwrap().index.streams;
             most_held = most_held.max(streams.tails());
         }
@@ -4644,13 +4663,7 @@ mod index_tests {
         assert!(filed > 1_500, "spilled up to {filed}");
         assert_eq!(filed + held as u64, 2_400);
         assert!(most_held < 600 + 60, "held {most_held} positions at most");
-        let s1 = StreamId(Uuid::from_u128(1));
-        let read: Vec<u64> = rt
-            .block_on(log.read_stream(s1, 100, 500))
-            .unwrap()
-            .iter()
-            .map(|e| e.version)
-            .collect();
+        let read = versions_read(&rt, &log, 1, 100, 500);
         assert_eq!(
             read,
             (100..=599).collect::<Vec<_>>(),
@@ -4683,12 +4696,7 @@ mod index_tests {
         // (a quarter of the file's then 375), 1,920 (then 480) and 2,400,
         // and holds the last group's 60 in memory.
         for k in 0..41u128 {
-            let base = 1 + k * 60;
-            let group = vec![
-                to_stream(1 + k % 3, base..base + 50),
-                to_stream(100 + k, base + 50..base + 60),
-            ];
-            rt.block_on(log.append_atomic(group)).unwrap();
+            rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
         }
         let whole = {
             let streams = &log.state.read().unwrap().index.streams;
@@ -4712,13 +4720,7 @@ mod index_tests {
             assert_eq!(streams.to_vec(), whole);
         }
         // Stream 2's versions 651..=700 are the group held in memory.
-        let s2 = StreamId(Uuid::from_u128(2));
-        let read: Vec<u64> = rt
-            .block_on(log.read_stream(s2, 600, 200))
-            .unwrap()
-            .iter()
-            .map(|e| e.version)
-            .collect();
+        let read = versions_read(&rt, &log, 2, 600, 200);
         assert_eq!(read, (600..=700).collect::<Vec<_>>());
         assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
         let [s100, s139] = [100, 139].map(|s| StreamId(Uuid::from_u128(s)));
