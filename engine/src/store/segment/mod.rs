@@ -136,10 +136,11 @@ pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 /// of its buckets) less one group, so that groups of up to
 /// [`MAX_GROUP_EVENTS`] never grow the table past them: 1,826,816 ids.
 /// (One atomic append of more, such as `casebook import` of a larger
-/// file, is one group, and the table grows to take all of its ids.) At 2^21 ids (sessions v to z) the group before the
-/// spill grew it to 2^22 buckets, 21 MB instead of 10.5, built beside the
-/// old one (`Writer::grow_ids_ahead`), and the open that indexes every
-/// frame sized it so too (docs/performance.md, "Session aa").
+/// file, is one group, and the table grows to take all of its ids.) At
+/// 2^21 ids (sessions v to z) the group before the spill grew it to 2^22
+/// buckets, 21 MB instead of 10.5, built beside the old one
+/// (`Writer::grow_ids_ahead`), and the open that indexes every frame
+/// sized it so too (docs/performance.md, "Session aa").
 pub const SPILL_IDS: usize = (1 << 21) / 8 * 7 - MAX_GROUP_EVENTS;
 
 /// Stream positions the index holds in memory (the versions indexed after
@@ -152,9 +153,11 @@ pub const SPILL_IDS: usize = (1 << 21) / 8 * 7 - MAX_GROUP_EVENTS;
 /// positions (4 bytes each) however long the session.
 pub const SPILL_STREAMS: usize = 1 << 21;
 
-/// When an open that indexes frames spills what it indexed, as the writer
-/// does: the event ids once the table holds `ids` ([`SPILL_IDS`]), the
+/// When the writer, and an open that indexes frames, spill what the index
+/// holds: the event ids once the table holds `ids` ([`SPILL_IDS`]), the
 /// stream positions once `streams` are held in memory ([`SPILL_STREAMS`]).
+/// Each is doubled after a spill of it that failed, so that a failing
+/// spill is not tried again at every group.
 #[derive(Clone, Copy, Debug)]
 struct Spills {
     ids: usize,
@@ -1732,8 +1735,7 @@ impl SegmentLog {
                 None => 0,
             },
             snapshot_min_events: options.snapshot_min_events,
-            spill_ids: options.spill_ids,
-            spill_streams: options.spill_streams,
+            spills: Spills::of(&options),
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
         };
@@ -2069,11 +2071,7 @@ struct Writer {
     /// Head of the index snapshot on disk (0: none usable).
     snapshot_head: u64,
     snapshot_min_events: u64,
-    /// [`SPILL_IDS`]; twice the table's size after a spill that failed,
-    /// so that a failing spill is not tried again at every group.
-    spill_ids: usize,
-    /// [`SPILL_STREAMS`]; doubled after a spill that failed.
-    spill_streams: usize,
+    spills: Spills,
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
     ids_loader: Arc<Mutex<()>>,
@@ -2177,7 +2175,7 @@ impl Writer {
         let (spilled, held) = match self.state.read() {
             Ok(state) => {
                 let streams = &state.index.streams;
-                if !streams.spill_due(self.spill_streams) {
+                if !streams.spill_due(self.spills.streams) {
                     return;
                 }
                 (
@@ -2188,7 +2186,7 @@ impl Writer {
             Err(_) => return,
         };
         let Ok(spilled) = spilled else {
-            self.spill_streams = held.saturating_mul(2);
+            self.spills.streams = held.saturating_mul(2);
             return;
         };
         let replaced = match self.state.write() {
@@ -2216,7 +2214,7 @@ impl Writer {
         let run = match self.state.read() {
             Ok(state) => {
                 let ids = &state.index.ids;
-                if state.index.later.is_some() || ids.table_len() < self.spill_ids {
+                if state.index.later.is_some() || ids.table_len() < self.spills.ids {
                     return;
                 }
                 ids.spill_run(&self.dir)
@@ -2224,7 +2222,7 @@ impl Writer {
             Err(_) => return,
         };
         let Ok(run) = run else {
-            self.spill_ids = self.spill_ids.saturating_mul(2);
+            self.spills.ids = self.spills.ids.saturating_mul(2);
             return;
         };
         let old = match self.state.write() {
@@ -4469,8 +4467,6 @@ mod index_tests {
         drop((log, store));
     }
 
-    /// Appends to stream `s` the events of `ids`, interleaved by the caller
-    /// with other streams' so that lists span blocks and positions.
     /// The versions `read_stream` gives of stream `s`.
     fn versions_read(
         rt: &tokio::runtime::Runtime,
@@ -4495,6 +4491,8 @@ mod index_tests {
         ]
     }
 
+    /// Appends to stream `s` the events of `ids`, interleaved by the caller
+    /// with other streams' so that lists span blocks and positions.
     fn to_stream(s: u128, ids: std::ops::Range<u128>) -> AppendRequest {
         AppendRequest {
             stream: StreamId(Uuid::from_u128(s)),
