@@ -282,6 +282,106 @@ mod chronology {
         assert_eq!(c2.original["location"], "corridor");
     }
 
+    /// The first corrections of a record are found by a scan of its
+    /// entries, later ones through a map of them (built at the
+    /// seventeenth): either way each names its entry, an entry corrected
+    /// by way of the scan and again by way of the map keeps both, and one
+    /// naming nothing stays an entry of its own, before the map and after
+    /// it.
+    #[test]
+    fn many_corrections_each_find_their_entry() {
+        let mut log = Log::default();
+        log.add("P1", "2025-09-01T08:00:00Z", register("P1", "8A"));
+        let incidents: Vec<Uuid> = (0..30)
+            .map(|i| {
+                log.add(
+                    "P1",
+                    &format!("2025-10-{:02}T10:00:00Z", i + 1),
+                    ev(
+                        "IncidentRecorded",
+                        json!({"category": "disruption", "severity": 1,
+                        "location": "classroom", "description": format!("Incident {i}"),
+                        "role": "perpetrator"}),
+                    ),
+                )
+            })
+            .collect();
+        let orphan_early = log.add(
+            "P1",
+            "2025-11-01T09:00:00Z",
+            correction(
+                Uuid::from_u128(998),
+                json!({"severity": 5}),
+                "names nothing",
+            ),
+        );
+        // 24 more corrections: incidents 0..24 in turn (0..15 found by the
+        // scan, the rest through the map); incident 3, found by the scan,
+        // is corrected again through the map.
+        for (n, i) in (0..24).enumerate() {
+            log.add(
+                "P1",
+                &format!("2025-11-02T09:{n:02}:00Z"),
+                correction(incidents[i], json!({"severity": 2}), "reviewed"),
+            );
+        }
+        log.add(
+            "P1",
+            "2025-11-03T09:00:00Z",
+            correction(incidents[3], json!({"severity": 4}), "reviewed again"),
+        );
+        // An incident recorded after the map was built, then corrected.
+        let later = log.add(
+            "P1",
+            "2025-11-03T10:00:00Z",
+            ev(
+                "IncidentRecorded",
+                json!({"category": "disruption", "severity": 1,
+                "location": "corridor", "description": "Later incident", "role": "perpetrator"}),
+            ),
+        );
+        log.add(
+            "P1",
+            "2025-11-03T11:00:00Z",
+            correction(later, json!({"severity": 3}), "reviewed"),
+        );
+        let orphan_late = log.add(
+            "P1",
+            "2025-11-04T09:00:00Z",
+            correction(
+                Uuid::from_u128(999),
+                json!({"severity": 5}),
+                "names nothing",
+            ),
+        );
+
+        let c = Chronology::build("P1", &log.case("P1"), None, false);
+        let entries: HashMap<Uuid, _> = c.entries.iter().map(|e| (e.event_id, e)).collect();
+        assert_eq!(
+            c.entries.len(),
+            1 + 31 + 2,
+            "registration, incidents, two orphans"
+        );
+        for (i, id) in incidents.iter().enumerate() {
+            let e = entries[id];
+            let (severity, corrected) = match i {
+                3 => (4, 2),
+                0..24 => (2, 1),
+                _ => (1, 0),
+            };
+            assert_eq!(e.data["severity"], severity, "incident {i}");
+            assert_eq!(e.corrections.len(), corrected, "incident {i}");
+        }
+        assert_eq!(
+            entries[&incidents[3]].corrections[1].original["severity"],
+            2
+        );
+        assert_eq!(entries[&later].data["severity"], 3);
+        assert_eq!(entries[&later].corrections.len(), 1);
+        assert!(entries.contains_key(&orphan_early));
+        assert!(entries.contains_key(&orphan_late));
+    }
+
     #[test]
     fn a_correction_naming_nothing_in_the_record_stays_visible() {
         let mut log = Log::default();
