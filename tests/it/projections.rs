@@ -306,15 +306,15 @@ mod chronology {
                 )
             })
             .collect();
-        let orphan_early = log.add(
-            "P1",
-            "2025-11-01T09:00:00Z",
-            correction(
-                Uuid::from_u128(998),
-                json!({"severity": 5}),
-                "names nothing",
-            ),
-        );
+        // A correction of an event that is not in the record.
+        let orphan = |log: &mut Log, at: &str, id: u128| {
+            log.add(
+                "P1",
+                at,
+                correction(Uuid::from_u128(id), json!({"severity": 5}), "names nothing"),
+            )
+        };
+        let orphan_early = orphan(&mut log, "2025-11-01T09:00:00Z", 998);
         // 24 more corrections: incidents 0..24 in turn (0..15 found by the
         // scan, the rest through the map); incident 3, found by the scan,
         // is corrected again through the map.
@@ -345,15 +345,7 @@ mod chronology {
             "2025-11-03T11:00:00Z",
             correction(later, json!({"severity": 3}), "reviewed"),
         );
-        let orphan_late = log.add(
-            "P1",
-            "2025-11-04T09:00:00Z",
-            correction(
-                Uuid::from_u128(999),
-                json!({"severity": 5}),
-                "names nothing",
-            ),
-        );
+        let orphan_late = orphan(&mut log, "2025-11-04T09:00:00Z", 999);
 
         let c = Chronology::build("P1", &log.case("P1"), None, false);
         let entries: HashMap<Uuid, _> = c.entries.iter().map(|e| (e.event_id, e)).collect();
