@@ -639,9 +639,8 @@ fn write_timestamp(b: &mut Vec<u8>, t: DateTime<Utc>) {
 
 /// Writes times as [`write_timestamp`] does, keeping the text of the last
 /// one's date: a timeline's times fall on few days (two register marks a
-/// day), and finding a time's calendar date was most of writing it
-/// (chrono's conversions before; [`civil_from_days`] when the day is new
-/// now); a timeline writes two times an entry.
+/// day), and finding a time's calendar date (chrono's conversions) was
+/// most of writing it; a timeline writes two times an entry.
 #[derive(Default)]
 struct Stamps {
     /// The day (from 1970-01-01) whose `YYYY-MM-DD` `date` holds.
@@ -655,20 +654,15 @@ impl Stamps {
         let secs = t.timestamp();
         let day = secs.div_euclid(86_400);
         if self.day != Some(day) {
-            let (year, month, day_of_month) = civil_from_days(day);
-            if !(0..=9999).contains(&year) {
+            // Years 0 to 9999 as `YYYY-MM-DD`; chrono writes the others.
+            let Some(date) = casebook_engine::event::date_ascii(&t.date_naive()) else {
                 crate::pretty::write_str(
                     b,
                     &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
                 );
                 return;
-            }
-            let y = year as u32;
-            let [y1, y2] = two(y / 100);
-            let [y3, y4] = two(y % 100);
-            let [m1, m2] = two(month);
-            let [d1, d2] = two(day_of_month);
-            self.date = [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2];
+            };
+            self.date = date;
             self.day = Some(day);
         }
         let of_day = secs.rem_euclid(86_400) as u32;
@@ -707,22 +701,6 @@ impl Stamps {
         }
         b.extend_from_slice(b"Z\"");
     }
-}
-
-/// The proleptic Gregorian (year, month, day) of day `days` from
-/// 1970-01-01 (H. Hinnant's `civil_from_days`; a `DateTime<Utc>`'s days
-/// are within ±10^8, far from any overflow).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097); // [0, 146096]
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365; // [0, 399]
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100); // [0, 365]
-    let mp = (5 * doy + 2) / 153; // [0, 11], from March
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 /// Whether the school knew of `e` at `as_of` (always, without one).
@@ -954,24 +932,6 @@ mod tests {
                 stamps.write(&mut kept, t);
                 prop_assert_eq!(String::from_utf8(kept).unwrap(), serde_json::to_string(&t).unwrap());
             }
-        }
-
-        /// `civil_from_days` gives chrono's date for every day a
-        /// `DateTime<Utc>` can hold.
-        #[test]
-        fn dates_are_chronos(
-            days in prop_oneof![
-                -719_528i64..2_932_897,
-                -96_465_658i64..95_026_237,
-                proptest::sample::select(vec![-719_528i64, -719_529, 2_932_896, 2_932_897, 0, -1, 59, 60, -96_465_658, 95_026_236]),
-            ],
-        ) {
-            use chrono::Datelike;
-            let Some(t) = DateTime::<Utc>::from_timestamp(days * 86_400, 0) else {
-                return Ok(());
-            };
-            let d = t.date_naive();
-            prop_assert_eq!(civil_from_days(days), (i64::from(d.year()), d.month(), d.day()));
         }
     }
 }
