@@ -211,13 +211,21 @@ fn find_erasure(events: &[StoredEvent]) -> Option<String> {
 /// Whether `payload` may hold a sealed field: it holds the bytes of
 /// [`seal::SEALED_PREFIX`].
 fn may_hold_sealed(payload: &[u8]) -> bool {
-    // A substring search built once (every read of a pupil scans each
-    // payload: a window-by-window compare was a tenth of a timeline's read).
+    // Most payloads (every register mark's) hold no `:`, which the prefix
+    // holds: a byte search passes them over for a fifth of what the
+    // substring search's set-up took (3% of a timeline).
+    let Some(colon) = memchr::memchr(b':', payload) else {
+        return false;
+    };
+    // Else a substring search built once (every read of a pupil scans each
+    // payload: a window-by-window compare was a tenth of a timeline's
+    // read), from where the prefix can end.
+    let from = colon.saturating_sub(seal::SEALED_PREFIX.find(':').unwrap_or(0));
     static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
         std::sync::OnceLock::new();
     FINDER
         .get_or_init(|| memchr::memmem::Finder::new(seal::SEALED_PREFIX.as_bytes()))
-        .find(payload)
+        .find(&payload[from..])
         .is_some()
 }
 
@@ -1339,6 +1347,8 @@ mod tests {
             at in any::<proptest::sample::Index>(),
             cut in 0usize..=10,
             put in any::<bool>(),
+            colon_at in any::<proptest::sample::Index>(),
+            colon in any::<bool>(),
         ) {
             let prefix = seal::SEALED_PREFIX.as_bytes();
             if put {
@@ -1346,6 +1356,10 @@ mod tests {
                 let i = at.index(payload.len() + 1);
                 let part = &prefix[..prefix.len() - cut];
                 payload.splice(i..i, part.iter().copied());
+            }
+            if colon {
+                // A `:` anywhere, before the prefix, inside it or after.
+                payload.insert(colon_at.index(payload.len() + 1), b':');
             }
             let reference = payload.windows(prefix.len()).any(|w| w == prefix);
             prop_assert_eq!(may_hold_sealed(&payload), reference);

@@ -656,7 +656,7 @@ impl<'a> MsgReader<'a> {
 
     /// A `str` of any width holding UTF-8.
     pub fn str(&mut self) -> Option<&'a str> {
-        std::str::from_utf8(self.str_bytes()?).ok()
+        utf8(self.str_bytes()?)
     }
 
     /// The bytes of a `str` of any width, UTF-8 or not (for comparing with
@@ -685,6 +685,18 @@ impl<'a> MsgReader<'a> {
         }
         self.uuid().map(Some)
     }
+}
+
+/// `bytes` as text when they are UTF-8 (`std::str::from_utf8(bytes).ok()`):
+/// ASCII, which nearly every string of a record is (actors, type names,
+/// dates, codes, keys), is recognised by `is_ascii`, a word at a time;
+/// `from_utf8`'s checks of short strings were a sixteenth of a timeline.
+fn utf8(bytes: &[u8]) -> Option<&str> {
+    if bytes.is_ascii() {
+        // SAFETY: every byte is below 0x80, and ASCII is UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).ok()
 }
 
 /// MessagePack unsigned integer, smallest form (rmp's `write_uint`).
@@ -1213,6 +1225,31 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// `utf8` accepts exactly what `std::str::from_utf8` accepts, as the
+        /// same text: ASCII, other UTF-8 (a character of 2, 3 or 4 bytes
+        /// among ASCII), and bytes that are not UTF-8 at any place.
+        #[test]
+        fn utf8_is_from_utf8(
+            text in "[ -~]{0,40}",
+            other in prop::sample::select(vec!["é", "€", "𝄞", "\u{7f}", "\u{80}", "\u{10ffff}"]),
+            at in any::<prop::sample::Index>(),
+            junk in any::<Vec<u8>>(),
+            byte in 0x80u8..=0xff,
+        ) {
+            let mut bytes = text.as_bytes().to_vec();
+            prop_assert_eq!(utf8(&bytes), Some(text.as_str()));
+            let i = at.index(bytes.len() + 1);
+            let mut mixed = bytes.clone();
+            mixed.splice(i..i, other.bytes());
+            prop_assert_eq!(utf8(&mixed), std::str::from_utf8(&mixed).ok());
+            prop_assert!(utf8(&mixed).is_some());
+            bytes.insert(i, byte);
+            prop_assert_eq!(utf8(&bytes), std::str::from_utf8(&bytes).ok());
+            // A byte of 0x80 or more alone among ASCII is never UTF-8.
+            prop_assert!(utf8(&bytes).is_none());
+            prop_assert_eq!(utf8(&junk), std::str::from_utf8(&junk).ok());
+        }
 
         /// `seal_bytes` (and `seal`, `encode`) give exactly the bytes the
         /// body's serde encoding gives, and they decode back.

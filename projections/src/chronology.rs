@@ -413,14 +413,16 @@ fn write_frequent_data(out: &mut Vec<u8>, content: &CaseEvent) -> bool {
 }
 
 /// Writes an entry's `summary` as a JSON string: an `AttendanceMarked`'s
-/// (most of a record) built in `scratch`, without a `String` each;
-/// anything else by [`summary`].
+/// (most of a record) straight into `out`, the frequent others' built in
+/// `scratch`, without a `String` each; anything else by [`summary`].
 fn write_summary(out: &mut Vec<u8>, content: &CaseEvent, scratch: &mut String) {
     match content {
         CaseEvent::AttendanceMarked(a) => {
-            scratch.clear();
-            crate::summary::attendance_summary(a, scratch);
-            crate::pretty::write_str(out, scratch);
+            if !crate::summary::write_attendance_summary_json(a, out) {
+                scratch.clear();
+                crate::summary::attendance_summary(a, scratch);
+                crate::pretty::write_str(out, scratch);
+            }
         }
         _ => {
             scratch.clear();
@@ -813,6 +815,38 @@ mod tests {
             let as_of = cut.map(|m| start + chrono::Duration::minutes(m));
             let got = Timeline::build_owned("P1", events.clone(), as_of, false);
             prop_assert_eq!(got.entries, reference_fold(&events, as_of));
+        }
+    }
+
+    /// Every code of the DfE's table, in either session, on dates of four
+    /// digits and beyond them: a mark's summary (its tail built once a code
+    /// and session) is what `summary` gives, as `write_str` writes it.
+    #[test]
+    fn every_register_code_summary_is_written_as_summary_gives_it() {
+        let mut scratch = String::new();
+        for code in casebook_engine::codes::ATTENDANCE_CODES {
+            for session in [Session::Am, Session::Pm] {
+                for date in [
+                    chrono::NaiveDate::from_ymd_opt(2026, 9, 15).unwrap(),
+                    chrono::NaiveDate::from_ymd_opt(10_000, 1, 1).unwrap(),
+                ] {
+                    let event = CaseEvent::AttendanceMarked(AttendanceMarked {
+                        date,
+                        session,
+                        code: code.code.to_string(),
+                    });
+                    let mut direct = Vec::new();
+                    write_summary(&mut direct, &event, &mut scratch);
+                    let mut via_summary = Vec::new();
+                    crate::pretty::write_str(&mut via_summary, &summary(&event));
+                    assert_eq!(
+                        String::from_utf8(direct).unwrap(),
+                        String::from_utf8(via_summary).unwrap(),
+                        "code {:?}",
+                        code.code
+                    );
+                }
+            }
         }
     }
 

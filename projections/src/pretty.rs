@@ -89,17 +89,24 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
     // serde_json escapes `"`, `\\` and the control characters below 0x20,
     // nothing else: a string without them is written as it is (most of a
     // timeline's strings).
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    write_str_content(out, s);
+    out.push(b'"');
+}
+
+/// Writes what [`write_str`] writes between the quotes: `s` escaped as
+/// serde_json escapes it (for a string written in pieces, such as a
+/// register mark's summary).
+pub fn write_str_content(out: &mut Vec<u8>, s: &str) {
     if !needs_escape(s.as_bytes()) {
-        out.reserve(s.len() + 2);
-        out.push(b'"');
         out.extend_from_slice(s.as_bytes());
-        out.push(b'"');
         return;
     }
     write_escaped(out, s.as_bytes());
 }
 
-/// Writes `s` as a JSON string with the escapes serde_json writes: `\"`,
+/// Writes `s` (without its quotes) with the escapes serde_json writes: `\"`,
 /// `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, and `\u00xx` for the other bytes
 /// below 0x20 (a register mark's code and summary hold `\`, the DfE code
 /// of an afternoon's presence: serde_json's own writer, through its
@@ -108,7 +115,6 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 fn write_escaped(out: &mut Vec<u8>, s: &[u8]) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.reserve(s.len() + 8);
-    out.push(b'"');
     // `s[plain..i]` is yet to be written as it is.
     let mut plain = 0;
     let mut i = 0;
@@ -147,7 +153,6 @@ fn write_escaped(out: &mut Vec<u8>, s: &[u8]) {
         plain = i;
     }
     out.extend_from_slice(&s[plain..]);
-    out.push(b'"');
 }
 
 /// Whether `bytes` holds a byte serde_json escapes: `"`, `\\` or one

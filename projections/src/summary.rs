@@ -41,6 +41,68 @@ pub(crate) fn attendance_summary(a: &AttendanceMarked, out: &mut String) {
     }
 }
 
+/// A register mark's summary as a JSON string (quotes and escapes as
+/// `pretty::write_str` of [`attendance_summary`]'s text), written straight
+/// into `out`: only the code and its description can hold a byte to
+/// escape. `false` (and nothing written) for a date not written as
+/// `YYYY-MM-DD`.
+pub(crate) fn write_attendance_summary_json(a: &AttendanceMarked, out: &mut Vec<u8>) -> bool {
+    use crate::pretty::write_str_content;
+    let Some(date) = casebook_engine::event::date_ascii(&a.date) else {
+        return false;
+    };
+    out.extend_from_slice(b"\"Register ");
+    out.extend_from_slice(&date);
+    if let Some(tail) = mark_summary_tail(a.session, &a.code) {
+        out.extend_from_slice(tail);
+        return true;
+    }
+    out.extend_from_slice(match a.session {
+        Session::Am => b" am: ",
+        Session::Pm => b" pm: ",
+    });
+    write_str_content(out, &a.code);
+    match attendance_code(&a.code) {
+        Some(c) => {
+            out.extend_from_slice(b" (");
+            write_str_content(out, c.description);
+            out.extend_from_slice(b")\"");
+        }
+        None => out.extend_from_slice(b" (unknown code)\""),
+    }
+    true
+}
+
+/// What [`write_attendance_summary_json`] writes after the date for a mark
+/// of a code of the DfE's table in `session` (` am: / (Present (am))"`,
+/// escaped), each built once: a mark's summary is three copies. `None`
+/// for a code not in the table, written piece by piece.
+fn mark_summary_tail(session: Session, code: &str) -> Option<&'static [u8]> {
+    use crate::pretty::write_str_content;
+    use casebook_engine::codes::{attendance_code_index, ATTENDANCE_CODES};
+    static TAILS: std::sync::OnceLock<Vec<[Vec<u8>; 2]>> = std::sync::OnceLock::new();
+    let tails = TAILS.get_or_init(|| {
+        ATTENDANCE_CODES
+            .iter()
+            .map(|c| {
+                [" am: ", " pm: "].map(|session| {
+                    let mut tail = session.as_bytes().to_vec();
+                    write_str_content(&mut tail, c.code);
+                    tail.extend_from_slice(b" (");
+                    write_str_content(&mut tail, c.description);
+                    tail.extend_from_slice(b")\"");
+                    tail
+                })
+            })
+            .collect()
+    });
+    let [am, pm] = tails.get(attendance_code_index(code)?)?;
+    Some(match session {
+        Session::Am => am,
+        Session::Pm => pm,
+    })
+}
+
 /// The summary of the most frequent entries after the register marks
 /// (rewards, incidents, absence follow-ups, parent contacts, sanctions),
 /// appended to `out` piece by piece: what [`summary`] gives for them,
