@@ -492,8 +492,44 @@ struct Loc {
     seg: u32,
 }
 
-/// An event to read: its position, where its frame is, and its segment.
-type Wanted = (u64, Loc, Arc<Segment>);
+/// Events to read, in order: each one's position and where its frame is,
+/// and the segments they lie in, each held once (a handle a frame was an
+/// atomic count up and down for every event of a timeline).
+#[derive(Default)]
+struct Wanted {
+    frames: Vec<(u64, Loc)>,
+    segments: Vec<(u32, Arc<Segment>)>,
+}
+
+impl Wanted {
+    fn with_capacity(frames: usize) -> Wanted {
+        Wanted {
+            frames: Vec::with_capacity(frames),
+            segments: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Adds position `p`, whose frame is at `loc` in `seg`.
+    fn push(&mut self, p: u64, loc: Loc, seg: &Arc<Segment>) {
+        if !self.segments.iter().rev().any(|(n, _)| *n == loc.seg) {
+            self.segments.push((loc.seg, seg.clone()));
+        }
+        self.frames.push((p, loc));
+    }
+
+    /// Segment number `n`, held when a frame in it was pushed.
+    fn segment(&self, n: u32) -> Option<&Segment> {
+        self.segments
+            .iter()
+            .rev()
+            .find(|(m, _)| *m == n)
+            .map(|(_, seg)| &**seg)
+    }
+}
 
 /// The in-memory index of a log: rebuilt from the segments on open.
 struct Index {
@@ -729,15 +765,25 @@ struct State {
 }
 
 impl State {
-    /// Where position `p` lies, for [`read_runs`].
+    /// Adds where position `p` lies to `wanted`, for [`read_runs`].
     /// Callers ask only for positions the index holds (1..=head): an
     /// error here is a bug, not damage.
-    fn wanted(&self, p: u64) -> Result<Wanted, StoreError> {
+    fn want(&self, wanted: &mut Wanted, p: u64) -> Result<(), StoreError> {
         let found = locate(&self.index, &self.segments, p);
         debug_assert!(found.is_some(), "position {p} is not indexed");
-        found
-            .map(|(loc, seg)| (p, loc, seg.clone()))
-            .ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))
+        let (loc, seg) =
+            found.ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))?;
+        wanted.push(p, loc, seg);
+        Ok(())
+    }
+
+    /// Where each of `positions` lies, in their order ([`State::want`]).
+    fn wanted(&self, positions: impl Iterator<Item = u64>) -> Result<Wanted, StoreError> {
+        let mut wanted = Wanted::with_capacity(positions.size_hint().0);
+        for p in positions {
+            self.want(&mut wanted, p)?;
+        }
+        Ok(wanted)
     }
 }
 
@@ -1832,7 +1878,7 @@ impl SegmentLog {
         stream: StreamId,
         from_version: u64,
         max: usize,
-    ) -> Result<Option<(u64, Vec<Wanted>)>, StoreError> {
+    ) -> Result<Option<(u64, Wanted)>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
         // Where the versions are is taken under the index's lock; those in
         // the snapshot's file are read after it is let go.
@@ -1866,10 +1912,10 @@ impl SegmentLog {
 
     /// Where the events of `versions` are: their positions read (those in
     /// a file without the index's lock), then located under it.
-    fn wanted_in(&self, versions: streams::Versions) -> Result<Vec<Wanted>, StoreError> {
+    fn wanted_in(&self, versions: streams::Versions) -> Result<Wanted, StoreError> {
         let list = versions.read()?;
         let state = self.read()?;
-        list.iter().map(|&p| state.wanted(u64::from(p))).collect()
+        state.wanted(list.iter().map(|&p| u64::from(p)))
     }
 
     fn checkpoint_path(&self, name: &str) -> Result<PathBuf, StoreError> {
@@ -2690,7 +2736,7 @@ impl Committed for SegmentCommitted<'_> {
 /// event id is one of `ids`; nothing else of a frame is decoded.
 fn ids_in_runs(
     buf: &mut Vec<u8>,
-    wanted: &[Wanted],
+    wanted: &Wanted,
     asked: Asked<'_>,
     ids: &[Uuid],
     found: &mut HashMap<Uuid, u64>,
@@ -2698,7 +2744,7 @@ fn ids_in_runs(
     let mut i = 0;
     for_each_run(buf, wanted, |seg, frames, run| {
         let mut at = 0usize;
-        for &(p, loc, _) in frames {
+        for &(p, loc) in frames {
             let bytes = &run[at..];
             let (meta, _, len) = decode_frame(bytes)
                 .map_err(|e| corrupt(&seg.path, Some(loc.offset), e.to_string()))?;
@@ -2724,16 +2770,20 @@ fn ids_in_runs(
 /// calls costs nothing to reuse.
 fn for_each_run(
     buf: &mut Vec<u8>,
-    wanted: &[Wanted],
-    mut each: impl FnMut(&Segment, &[Wanted], &[u8]) -> Result<(), StoreError>,
+    wanted: &Wanted,
+    mut each: impl FnMut(&Segment, &[(u64, Loc)], &[u8]) -> Result<(), StoreError>,
 ) -> Result<(), StoreError> {
+    let frames = &wanted.frames;
     let mut i = 0;
-    while i < wanted.len() {
-        let (_, first, ref seg) = wanted[i];
+    while i < frames.len() {
+        let (p, first) = frames[i];
+        let seg = wanted.segment(first.seg).ok_or_else(|| {
+            StoreError::Internal(format!("position {p}: its segment is not held"))
+        })?;
         let mut end = first.offset + first.len as u64;
         let mut j = i + 1;
-        while j < wanted.len() && wanted[j].1.seg == first.seg && wanted[j].1.offset == end {
-            end += wanted[j].1.len as u64;
+        while j < frames.len() && frames[j].1.seg == first.seg && frames[j].1.offset == end {
+            end += frames[j].1.len as u64;
             j += 1;
         }
         let len = (end - first.offset) as usize;
@@ -2744,7 +2794,7 @@ fn for_each_run(
         seg.file
             .read_exact_at(run, first.offset)
             .map_err(io("read"))?;
-        each(seg, &wanted[i..j], run)?;
+        each(seg, &frames[i..j], run)?;
         i = j;
     }
     Ok(())
@@ -2755,11 +2805,11 @@ fn for_each_run(
 /// page of `read_all` is usually one read, and so is a pupil's stream when
 /// it was imported in one piece).
 /// Each frame is checked against what the read `asked` for.
-fn read_runs(wanted: Vec<Wanted>, asked: Asked<'_>) -> Result<Vec<StoredEvent>, StoreError> {
+fn read_runs(wanted: Wanted, asked: Asked<'_>) -> Result<Vec<StoredEvent>, StoreError> {
     let mut out = Vec::with_capacity(wanted.len());
     for_each_run(&mut Vec::new(), &wanted, |seg, frames, run| {
         let mut at = 0usize;
-        for &(p, loc, _) in frames {
+        for &(p, loc) in frames {
             let (event, len) = decode_at(seg, loc.offset, &run[at..], p)?;
             asked.check(
                 out.len(),
@@ -3010,7 +3060,7 @@ thread_local! {
 /// how many events were visited.
 /// `asked` as for [`read_runs`], checked against each frame's header.
 fn visit_runs(
-    wanted: &[Wanted],
+    wanted: &Wanted,
     asked: Asked<'_>,
     visit: &mut dyn StreamVisitor,
 ) -> Result<usize, StoreError> {
@@ -3029,7 +3079,7 @@ fn visit_runs(
 
 fn visit_runs_in(
     buf: &mut Vec<u8>,
-    wanted: &[Wanted],
+    wanted: &Wanted,
     asked: Asked<'_>,
     visit: &mut dyn StreamVisitor,
 ) -> Result<usize, StoreError> {
@@ -3037,7 +3087,7 @@ fn visit_runs_in(
     let mut i = 0;
     for_each_run(buf, wanted, |seg, frames, run| {
         let mut at = 0usize;
-        for &(p, loc, _) in frames {
+        for &(p, loc) in frames {
             let bytes = &run[at..];
             let (meta, value, len) = decode_frame(bytes)
                 .map_err(|e| corrupt(&seg.path, Some(loc.offset), e.to_string()))?;
@@ -3135,16 +3185,14 @@ impl EventStore for SegmentLog {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
         let from = from_position.max(1);
-        let wanted: Vec<Wanted> = {
+        let wanted = {
             let state = self.read()?;
             let head = state.index.head();
             if from > head || max == 0 {
                 return Ok(Vec::new());
             }
             let last = head.min(from + max as u64 - 1);
-            (from..=last)
-                .map(|p| state.wanted(p))
-                .collect::<Result<_, _>>()?
+            state.wanted(from..=last)?
         };
         read_runs(wanted, Asked::Positions)
     }
@@ -3158,7 +3206,7 @@ impl EventStore for SegmentLog {
     /// are read, and those frames compared with the ids asked.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
         ids_ready(&self.state, &self.ids_loader, &self.dir)?;
-        let (found, wanted, hash): (Vec<Uuid>, Vec<Wanted>, IdHash) = {
+        let (found, wanted, hash): (Vec<Uuid>, Wanted, IdHash) = {
             let state = self.read()?;
             // Usually none is stored (a fresh import): look each up, and
             // drop repeats among the few found.
@@ -3176,10 +3224,10 @@ impl EventStore for SegmentLog {
             found.sort_unstable();
             found.dedup();
             let mut ids = Vec::with_capacity(found.len());
-            let mut wanted = Vec::with_capacity(found.len());
+            let mut wanted = Wanted::with_capacity(found.len());
             for (p, id) in found {
                 ids.push(id);
-                wanted.push(state.wanted(u64::from(p))?);
+                state.want(&mut wanted, u64::from(p))?;
             }
             (ids, wanted, state.index.ids.hasher().clone())
         };
@@ -3212,7 +3260,7 @@ impl EventStore for SegmentLog {
         &self,
         streams: &[StreamId],
     ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
-        let wanted: Vec<(StreamId, Vec<Wanted>)> = self
+        let wanted: Vec<(StreamId, Wanted)> = self
             .versions_of(streams)?
             .into_iter()
             .map(|(s, v)| Ok((s, self.wanted_in(v)?)))
@@ -3726,13 +3774,11 @@ impl<'a, const N: usize> FileSums<'a, N> {
                 let first = b as u64 * SUM_BLOCK + 1;
                 let last = (first + SUM_BLOCK - 1).min(self.len);
                 let state = state.read().map_err(|_| StoreError::WriterStopped)?;
-                let wanted: Vec<Wanted> = (first..=last)
-                    .map(|p| state.wanted(p))
-                    .collect::<Result<_, _>>()?;
+                let wanted = state.wanted(first..=last)?;
                 let listed = &listed[&b];
                 for_each_run(&mut buf, &wanted, |_, frames, run| {
                     let mut at = 0usize;
-                    for &(p, loc, _) in frames {
+                    for &(p, loc) in frames {
                         // The next frame starts where its location says.
                         if let Ok((meta, ..)) = decode_frame(&run[at..]) {
                             let entry = listed[((p - 1) % SUM_BLOCK) as usize];
