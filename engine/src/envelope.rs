@@ -191,19 +191,24 @@ fn encode_plain_payload(event: &CaseEvent) -> Option<Vec<u8>> {
         Session::Am => "am",
         Session::Pm => "pm",
     };
-    // What comes before the date, all fixed: the map of two, its "type",
-    // the data's map of three and the date's key and length.
-    const HEAD: &[u8] = b"\x82\xa4type\xb0AttendanceMarked\xa4data\x83\xa4date\xaa";
     // 57 bytes of keys, type name and date, plus the code and its length.
     let mut out = Vec::with_capacity(64 + m.code.len());
-    out.extend_from_slice(HEAD);
+    out.extend_from_slice(MARK_HEAD);
     out.extend_from_slice(&date);
-    out.extend_from_slice(b"\xa7session\xa2");
+    out.extend_from_slice(MARK_SESSION);
     out.extend_from_slice(session.as_bytes());
-    out.extend_from_slice(b"\xa4code");
+    out.extend_from_slice(MARK_CODE);
     mp_str(&mut out, &m.code);
     Some(out)
 }
+
+/// What comes before a register mark's date, all fixed: the map of two,
+/// its "type", the data's map of three and the date's key and length.
+const MARK_HEAD: &[u8] = b"\x82\xa4type\xb0AttendanceMarked\xa4data\x83\xa4date\xaa";
+/// Between a mark's date and its session: the session's key and length.
+const MARK_SESSION: &[u8] = b"\xa7session\xa2";
+/// Between a mark's session and its code: the code's key.
+const MARK_CODE: &[u8] = b"\xa4code";
 
 /// An event as the log holds it: the full envelope.
 #[derive(Clone, Debug, PartialEq)]
@@ -418,24 +423,21 @@ fn decode_plain_payload(event_type: &str, schema: u32, bytes: &[u8]) -> Option<C
     if event_type != TYPE {
         return decode_frequent_payload(event_type, bytes);
     }
-    let mut r = MsgReader::new(bytes);
-    let key = |r: &mut MsgReader<'_>, name: &str| (r.str_bytes()? == name.as_bytes()).then_some(());
-    (r.byte()? == 0x82).then_some(())?;
-    key(&mut r, "type")?;
-    key(&mut r, TYPE)?;
-    key(&mut r, "data")?;
-    (r.byte()? == 0x83).then_some(())?;
-    key(&mut r, "date")?;
-    let date = crate::event::date_text::parse_plain(r.str()?)?;
-    key(&mut r, "session")?;
-    let session = match r.str_bytes()? {
+    // The encoder's bytes around the date, the session and the code are
+    // fixed: compared whole rather than read key by key.
+    let rest = bytes.strip_prefix(MARK_HEAD)?;
+    let (date, rest) = rest.split_first_chunk::<10>()?;
+    let date = crate::event::date_text::parse_plain_bytes(date)?;
+    let rest = rest.strip_prefix(MARK_SESSION)?;
+    let (session, rest) = rest.split_first_chunk::<2>()?;
+    let session = match session {
         b"am" => Session::Am,
         b"pm" => Session::Pm,
         _ => return None,
     };
-    key(&mut r, "code")?;
+    let mut r = MsgReader::new(rest.strip_prefix(MARK_CODE)?);
     let code = r.str()?.to_string();
-    (r.at == bytes.len()).then_some(CaseEvent::AttendanceMarked(AttendanceMarked {
+    (r.at == r.bytes.len()).then_some(CaseEvent::AttendanceMarked(AttendanceMarked {
         date,
         session,
         code,

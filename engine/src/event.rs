@@ -797,7 +797,12 @@ pub(crate) mod date_text {
     /// chrono's general parser; `None` for any other text, which chrono
     /// parses (every date the fast path reads, chrono reads the same).
     pub(crate) fn parse_plain(text: &str) -> Option<NaiveDate> {
-        let b: &[u8; 10] = text.as_bytes().try_into().ok()?;
+        parse_plain_bytes(text.as_bytes().try_into().ok()?)
+    }
+
+    /// [`parse_plain`] of ten bytes (any bytes: `None` unless they are
+    /// `YYYY-MM-DD`).
+    pub(crate) fn parse_plain_bytes(b: &[u8; 10]) -> Option<NaiveDate> {
         if b[4] != b'-' || b[7] != b'-' {
             return None;
         }
