@@ -75,33 +75,35 @@ pub(crate) fn write_attendance_summary_json(a: &AttendanceMarked, out: &mut Vec<
 
 /// What [`write_attendance_summary_json`] writes after the date for a mark
 /// of a code of the DfE's table in `session` (` am: / (Present (am))"`,
-/// escaped), each built once: a mark's summary is three copies. `None`
-/// for a code not in the table, written piece by piece.
+/// escaped), built the first time the code is written: a mark's summary
+/// is three copies. `None` for a code not in the table (or past the first
+/// [`TAILS`]), written piece by piece.
 fn mark_summary_tail(session: Session, code: &str) -> Option<&'static [u8]> {
     use crate::pretty::write_str_content;
     use casebook_engine::codes::{attendance_code_index, ATTENDANCE_CODES};
-    static TAILS: std::sync::OnceLock<Vec<[Vec<u8>; 2]>> = std::sync::OnceLock::new();
-    let tails = TAILS.get_or_init(|| {
-        ATTENDANCE_CODES
-            .iter()
-            .map(|c| {
-                [" am: ", " pm: "].map(|session| {
-                    let mut tail = session.as_bytes().to_vec();
-                    write_str_content(&mut tail, c.code);
-                    tail.extend_from_slice(b" (");
-                    write_str_content(&mut tail, c.description);
-                    tail.extend_from_slice(b")\"");
-                    tail
-                })
-            })
-            .collect()
+    static BUILT: [std::sync::OnceLock<[Vec<u8>; 2]>; TAILS] =
+        [const { std::sync::OnceLock::new() }; TAILS];
+    let i = attendance_code_index(code)?;
+    let c = ATTENDANCE_CODES.get(i)?;
+    let [am, pm] = BUILT.get(i)?.get_or_init(|| {
+        [" am: ", " pm: "].map(|session| {
+            let mut tail = session.as_bytes().to_vec();
+            write_str_content(&mut tail, c.code);
+            tail.extend_from_slice(b" (");
+            write_str_content(&mut tail, c.description);
+            tail.extend_from_slice(b")\"");
+            tail
+        })
     });
-    let [am, pm] = tails.get(attendance_code_index(code)?)?;
     Some(match session {
         Session::Am => am,
         Session::Pm => pm,
     })
 }
+
+/// Codes whose summary tails are kept (the DfE's table holds fewer; a code
+/// past them is written piece by piece).
+const TAILS: usize = 64;
 
 /// The summary of the most frequent entries after the register marks
 /// (rewards, incidents, absence follow-ups, parent contacts, sanctions),
@@ -484,6 +486,22 @@ fn prose(text: &str) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Every code of the DfE's table has its summary tails kept (none is
+    /// past [`TAILS`]), and a code outside it has none.
+    #[test]
+    fn every_register_code_has_its_summary_tails() {
+        for c in casebook_engine::codes::ATTENDANCE_CODES {
+            for session in [Session::Am, Session::Pm] {
+                let tail = mark_summary_tail(session, c.code).expect("kept");
+                let text = std::str::from_utf8(tail).unwrap();
+                assert!(text.contains(c.description), "{text}");
+            }
+        }
+        assert_eq!(mark_summary_tail(Session::Am, "!"), None);
+        assert_eq!(mark_summary_tail(Session::Am, "Q9"), None);
+        assert_eq!(mark_summary_tail(Session::Pm, ""), None);
+    }
 
     proptest! {
         /// `one_line` and `prose` give what the word split and join (and
