@@ -445,6 +445,18 @@ fn one_line(text: &str) -> String {
 
 /// [`prose`] of `text`, appended to `out` (no `String` of its own).
 fn prose_into(text: &str, out: &mut String) {
+    // ASCII already on one line, single spaces between its words (most
+    // prose): itself, or its first characters, without splitting it.
+    if is_flat_ascii(text.as_bytes()) {
+        match text.get(..MAX_PROSE_IN_SUMMARY - 1) {
+            Some(head) if text.len() > MAX_PROSE_IN_SUMMARY => {
+                out.push_str(head);
+                out.push('…');
+            }
+            _ => out.push_str(text),
+        }
+        return;
+    }
     let start = out.len();
     // The words joined by single spaces, as `one_line` joins them.
     let mut first = true;
@@ -467,6 +479,24 @@ fn prose_into(text: &str, out: &mut String) {
         .map_or(out.len(), |(i, _)| start + i);
     out.truncate(cut);
     out.push('…');
+}
+
+/// Whether `text` is ASCII that [`one_line`] leaves as it is: no
+/// whitespace but single spaces between words (`char::is_whitespace` of
+/// ASCII is the space and 0x09 to 0x0d).
+fn is_flat_ascii(text: &[u8]) -> bool {
+    if text.first() == Some(&b' ') || text.last() == Some(&b' ') {
+        return false;
+    }
+    let mut space = false;
+    for &b in text {
+        match b {
+            0x80.. | 0x09..=0x0d => return false,
+            b' ' if space => return false,
+            _ => space = b == b' ',
+        }
+    }
+    true
 }
 
 /// Prose flattened to one line and cut at [`MAX_PROSE_IN_SUMMARY`]
@@ -507,7 +537,16 @@ mod tests {
         /// `one_line` and `prose` give what the word split and join (and
         /// the character cut) give, for any text.
         #[test]
-        fn prose_is_the_joined_words_cut(text in "(\\PC|[ \t\n\r\u{a0}\u{2003}]){0,200}") {
+        fn prose_is_the_joined_words_cut(
+            text in prop_oneof![
+                "(\\PC|[ \t\n\r\u{a0}\u{2003}]){0,200}",
+                // ASCII, most of it already on one line (`prose_into`'s
+                // own path), some of it not.
+                "[ -~]{0,200}",
+                "[a-z]{1,9}( [a-z]{1,9}){0,30}",
+                "[a-z ]{0,130}[\t\n\x0b\x0c\r]?[a-z ]{0,10}",
+            ],
+        ) {
             let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
             prop_assert_eq!(one_line(&text), joined.clone());
             let want = if joined.chars().count() <= MAX_PROSE_IN_SUMMARY {
@@ -517,7 +556,10 @@ mod tests {
                 cut.push('…');
                 cut
             };
-            prop_assert_eq!(prose(&text), want);
+            prop_assert_eq!(prose(&text), want.clone());
+            let mut into = "before ".to_string();
+            prose_into(&text, &mut into);
+            prop_assert_eq!(into, format!("before {want}"));
         }
     }
 
