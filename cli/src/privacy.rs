@@ -208,6 +208,17 @@ fn find_erasure(events: &[StoredEvent]) -> Option<String> {
     })
 }
 
+/// Where [`seal::SEALED_PREFIX`]'s first `:` is (a prefix without one
+/// does not compile: `may_hold_sealed` passes over payloads without one).
+const PREFIX_COLON: usize = {
+    let prefix = seal::SEALED_PREFIX.as_bytes();
+    let mut i = 0;
+    while prefix[i] != b':' {
+        i += 1;
+    }
+    i
+};
+
 /// Whether `payload` may hold a sealed field: it holds the bytes of
 /// [`seal::SEALED_PREFIX`].
 fn may_hold_sealed(payload: &[u8]) -> bool {
@@ -219,8 +230,9 @@ fn may_hold_sealed(payload: &[u8]) -> bool {
     };
     // Else a substring search built once (every read of a pupil scans each
     // payload: a window-by-window compare was a tenth of a timeline's
-    // read), from where the prefix can end.
-    let from = colon.saturating_sub(seal::SEALED_PREFIX.find(':').unwrap_or(0));
+    // read), from the earliest place the prefix can start: its first `:`
+    // is at or after the payload's first.
+    let from = colon.saturating_sub(PREFIX_COLON);
     static FINDER: std::sync::OnceLock<memchr::memmem::Finder<'static>> =
         std::sync::OnceLock::new();
     FINDER

@@ -434,9 +434,9 @@ pub fn attendance_code(code: &str) -> Option<&'static AttendanceCode> {
 
 /// Where `code` is in [`ATTENDANCE_CODES`]: what
 /// `ATTENDANCE_CODES.iter().position(|a| a.code == code)` gives, by one
-/// table look-up for a one-byte code (every code is one byte; each register
-/// mark is looked up twice on import) instead of a scan of string
-/// compares. A property test holds the two equal.
+/// table look-up for a one-byte code (all but `C1`, `C2`, `J1` and
+/// `Y1`..`Y7`; each register mark is looked up twice on import) instead of
+/// a scan of string compares. A property test holds the two equal.
 pub fn attendance_code_index(code: &str) -> Option<usize> {
     static BY_BYTE: std::sync::OnceLock<[u16; 256]> = std::sync::OnceLock::new();
     let scan = || ATTENDANCE_CODES.iter().position(|a| a.code == code);

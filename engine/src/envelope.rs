@@ -406,9 +406,10 @@ impl<'a> Body<'a> {
 }
 
 /// The payload of the commonest event, a current-schema `AttendanceMarked`
-/// (most of a pupil's record), when `bytes` is exactly what
-/// [`encode_payload`] writes for one: `{"type": "AttendanceMarked", "data":
-/// {"date", "session", "code"}}`, its date `YYYY-MM-DD`. `None` for any
+/// (most of a pupil's record), when `bytes` are what [`encode_payload`]
+/// writes for one: `{"type": "AttendanceMarked", "data": {"date",
+/// "session", "code"}}`, its date `YYYY-MM-DD`, every byte fixed but the
+/// date's, the session's and the code (of any string width). `None` for any
 /// other payload, which [`crate::upcast::decode_payload`] decodes. What it
 /// returns is what that gives for the same bytes (a property test holds the
 /// two equal), without serde's dispatch on every key.

@@ -86,9 +86,6 @@ pub fn write_u64(out: &mut Vec<u8>, mut n: u64) {
 
 /// Writes a JSON string, escaped as serde_json escapes it.
 pub fn write_str(out: &mut Vec<u8>, s: &str) {
-    // serde_json escapes `"`, `\\` and the control characters below 0x20,
-    // nothing else: a string without them is written as it is (most of a
-    // timeline's strings).
     out.reserve(s.len() + 2);
     out.push(b'"');
     write_str_content(out, s);
@@ -99,6 +96,9 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// serde_json escapes it (for a string written in pieces, such as a
 /// register mark's summary).
 pub fn write_str_content(out: &mut Vec<u8>, s: &str) {
+    // serde_json escapes `"`, `\\` and the control characters below 0x20,
+    // nothing else: a string without them is written as it is (most of a
+    // timeline's strings).
     if !needs_escape(s.as_bytes()) {
         out.extend_from_slice(s.as_bytes());
         return;

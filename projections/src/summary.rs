@@ -533,6 +533,26 @@ mod tests {
         assert_eq!(mark_summary_tail(Session::Pm, ""), None);
     }
 
+    /// Flat ASCII prose of 119, 120 and 121 characters: the first two
+    /// whole, the third cut to 119 and an ellipsis, as `prose` gives them.
+    #[test]
+    fn flat_prose_is_cut_after_120_characters() {
+        for (n, want) in [(119, 119), (120, 120), (121, 119)] {
+            // `ab ab ab …`, ending on a letter.
+            let mut text: String = "ab ".repeat(50).chars().take(n).collect();
+            if text.ends_with(' ') {
+                text.pop();
+                text.push('c');
+            }
+            assert!(is_flat_ascii(text.as_bytes()) && text.len() == n);
+            let mut into = String::new();
+            prose_into(&text, &mut into);
+            assert_eq!(into, prose(&text), "{n}");
+            assert_eq!(into.trim_end_matches('…').len(), want, "{n}");
+            assert_eq!(into.ends_with('…'), n > MAX_PROSE_IN_SUMMARY, "{n}");
+        }
+    }
+
     proptest! {
         /// `one_line` and `prose` give what the word split and join (and
         /// the character cut) give, for any text.

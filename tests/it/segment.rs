@@ -329,6 +329,16 @@ fn segments_roll_and_reopen_across_them() {
             (1..=stream.len() as u64).collect::<Vec<_>>()
         );
         assert!(stream.len() > 5);
+        // Each stream, its frames in every segment among the others'.
+        for s in 0..3 {
+            let want: Vec<StoredEvent> = written
+                .iter()
+                .filter(|e| e.stream == pupil(s))
+                .cloned()
+                .collect();
+            assert_eq!(log.read_stream(pupil(s), 1, 1000).await.unwrap(), want);
+            assert_eq!(visited(log.as_ref(), pupil(s), 1, 1000).await, Ok(want));
+        }
         // A page of read_all that spans segments.
         let page = log.read_all(3, 30).await.unwrap();
         assert_eq!(page[..], written[2..32]);
