@@ -640,48 +640,67 @@ fn write_timestamp(b: &mut Vec<u8>, t: DateTime<Utc>) {
 }
 
 /// Writes times as [`write_timestamp`] does, keeping the text of the last
-/// one's date: a timeline's times fall on few days (two register marks a
-/// day), and finding a time's calendar date (chrono's conversions) was
-/// most of writing it; a timeline writes two times an entry.
+/// one's date and second: a timeline's times fall on few days (two
+/// register marks a day) and its times of recording often in one second
+/// (an import's), and finding a time's calendar date (chrono's
+/// conversions) was most of writing it; a timeline writes two times an
+/// entry.
 #[derive(Default)]
 struct Stamps {
     /// The day (from 1970-01-01) whose `YYYY-MM-DD` `date` holds.
     day: Option<i64>,
     date: [u8; 10],
+    /// The second (from 1970, not a leap second) whose `"YYYY-MM-DDTHH:MM:SS`
+    /// `text` holds.
+    second: Option<i64>,
+    text: [u8; 20],
 }
+
+/// `00` to `99`, two bytes each.
+const PAIRS: &[u8; 200] = b"\
+0001020304050607080910111213141516171819\
+2021222324252627282930313233343536373839\
+4041424344454647484950515253545556575859\
+6061626364656667686970717273747576777879\
+8081828384858687888990919293949596979899";
 
 impl Stamps {
     fn write(&mut self, b: &mut Vec<u8>, t: DateTime<Utc>) {
-        let two = |n: u32| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
         let secs = t.timestamp();
-        let day = secs.div_euclid(86_400);
-        if self.day != Some(day) {
-            // Years 0 to 9999 as `YYYY-MM-DD`; chrono writes the others.
-            let Some(date) = casebook_engine::event::date_ascii(&t.date_naive()) else {
-                crate::pretty::write_str(
-                    b,
-                    &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
-                );
-                return;
-            };
-            self.date = date;
-            self.day = Some(day);
-        }
-        let of_day = secs.rem_euclid(86_400) as u32;
         // A leap second is nanosecond >= 1e9 and shows as second 60.
         let nanos = t.timestamp_subsec_nanos();
-        let (second, nanos) = if nanos >= 1_000_000_000 {
-            (of_day % 60 + 1, nanos - 1_000_000_000)
-        } else {
-            (of_day % 60, nanos)
+        let (leap, nanos) = match nanos.checked_sub(1_000_000_000) {
+            Some(n) => (true, n),
+            None => (false, nanos),
         };
-        let [h1, h2] = two(of_day / 3600);
-        let [n1, n2] = two(of_day / 60 % 60);
-        let [s1, s2] = two(second);
-        let mut text = [b'"'; 20];
-        text[1..11].copy_from_slice(&self.date);
-        text[11..].copy_from_slice(&[b'T', h1, h2, b':', n1, n2, b':', s1, s2]);
-        b.extend_from_slice(&text);
+        if leap || self.second != Some(secs) {
+            let two = |n: u32| [b'0' + (n / 10) as u8, b'0' + (n % 10) as u8];
+            let day = secs.div_euclid(86_400);
+            if self.day != Some(day) {
+                // Years 0 to 9999 as `YYYY-MM-DD`; chrono writes the others.
+                let Some(date) = casebook_engine::event::date_ascii(&t.date_naive()) else {
+                    crate::pretty::write_str(
+                        b,
+                        &t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                    );
+                    return;
+                };
+                self.date = date;
+                self.day = Some(day);
+            }
+            let of_day = secs.rem_euclid(86_400) as u32;
+            let second = of_day % 60 + u32::from(leap);
+            let [h1, h2] = two(of_day / 3600);
+            let [n1, n2] = two(of_day / 60 % 60);
+            let [s1, s2] = two(second);
+            self.text[0] = b'"';
+            self.text[1..11].copy_from_slice(&self.date);
+            self.text[11..].copy_from_slice(&[b'T', h1, h2, b':', n1, n2, b':', s1, s2]);
+            // A leap second's text is not kept: the next time of the same
+            // `secs` is second 59 of its minute.
+            self.second = (!leap).then_some(secs);
+        }
+        // The fraction, as chrono writes it: none, or 3, 6 or 9 digits.
         let (digits, value) = if nanos == 0 {
             (0, 0)
         } else if nanos % 1_000_000 == 0 {
@@ -691,17 +710,24 @@ impl Stamps {
         } else {
             (9, nanos)
         };
-        if digits > 0 {
-            // `.` and the digits, the last first (division by a constant).
-            let mut fraction = [b'.'; 10];
-            let mut value = value;
-            for digit in fraction[1..=digits].iter_mut().rev() {
-                *digit = b'0' + (value % 10) as u8;
-                value /= 10;
-            }
-            b.extend_from_slice(&fraction[..=digits]);
+        // `"…` `.digits` `Z"`, the digits two at a time from the last.
+        let mut tail = [0u8; 32];
+        tail[..20].copy_from_slice(&self.text);
+        let mut value = value as usize;
+        let mut at = 21 + digits;
+        while at > 22 {
+            at -= 2;
+            let pair = value % 100 * 2;
+            tail[at..at + 2].copy_from_slice(&PAIRS[pair..pair + 2]);
+            value /= 100;
         }
-        b.extend_from_slice(b"Z\"");
+        if at == 22 {
+            tail[21] = b'0' + value as u8;
+        }
+        tail[20] = b'.';
+        let end = if digits == 0 { 20 } else { 21 + digits };
+        tail[end..end + 2].copy_from_slice(b"Z\"");
+        b.extend_from_slice(&tail[..end + 2]);
     }
 }
 
@@ -940,7 +966,8 @@ mod tests {
             times in proptest::collection::vec(
                 (
                     prop_oneof![Just(0i64), -2i64..=2, -400i64..=400, -4_000_000i64..4_000_000],
-                    0i64..86_400,
+                    // -1: the second before's again (with another fraction).
+                    prop_oneof![0i64..86_400, Just(-1i64)],
                     prop_oneof![
                         Just(0u32),
                         (0u32..1_000).prop_map(|n| n * 1_000_000),
@@ -957,8 +984,16 @@ mod tests {
         ) {
             let mut stamps = Stamps::default();
             let mut day = base;
+            let mut last_of_day = 0;
             for (step, of_day, nanos) in times {
-                day += step;
+                let of_day = match of_day {
+                    -1 => last_of_day,
+                    _ => {
+                        day += step;
+                        of_day
+                    }
+                };
+                last_of_day = of_day;
                 let Some(t) = DateTime::<Utc>::from_timestamp(day * 86_400 + of_day, nanos) else {
                     continue;
                 };
