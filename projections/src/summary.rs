@@ -26,12 +26,18 @@ pub(crate) fn attendance_summary(a: &AttendanceMarked, out: &mut String) {
             let _ = write!(out, "{}", a.date);
         }
     }
-    out.push_str(match a.session {
+    session_and_code(a.session, &a.code, out);
+}
+
+/// What a register mark's summary says after its date, appended to `out`:
+/// ` am: / (Present (am))`.
+fn session_and_code(session: Session, code: &str, out: &mut String) {
+    out.push_str(match session {
         Session::Am => " am: ",
         Session::Pm => " pm: ",
     });
-    out.push_str(&a.code);
-    match attendance_code(&a.code) {
+    out.push_str(code);
+    match attendance_code(code) {
         Some(c) => {
             out.push_str(" (");
             out.push_str(c.description);
@@ -43,55 +49,39 @@ pub(crate) fn attendance_summary(a: &AttendanceMarked, out: &mut String) {
 
 /// A register mark's summary as a JSON string (quotes and escapes as
 /// `pretty::write_str` of [`attendance_summary`]'s text), written straight
-/// into `out`: only the code and its description can hold a byte to
-/// escape. `false` (and nothing written) for a date not written as
-/// `YYYY-MM-DD`.
+/// into `out`: the date's digits and the rest of it escaped once a code.
+/// `false` (and nothing written) for a date not written as `YYYY-MM-DD` or
+/// a code not in the DfE's table (the caller writes [`attendance_summary`]'s
+/// text then).
 pub(crate) fn write_attendance_summary_json(a: &AttendanceMarked, out: &mut Vec<u8>) -> bool {
-    use crate::pretty::write_str_content;
-    let Some(date) = casebook_engine::event::date_ascii(&a.date) else {
+    let (Some(date), Some(tail)) = (
+        casebook_engine::event::date_ascii(&a.date),
+        mark_summary_tail(a.session, &a.code),
+    ) else {
         return false;
     };
     out.extend_from_slice(b"\"Register ");
     out.extend_from_slice(&date);
-    if let Some(tail) = mark_summary_tail(a.session, &a.code) {
-        out.extend_from_slice(tail);
-        return true;
-    }
-    out.extend_from_slice(match a.session {
-        Session::Am => b" am: ",
-        Session::Pm => b" pm: ",
-    });
-    write_str_content(out, &a.code);
-    match attendance_code(&a.code) {
-        Some(c) => {
-            out.extend_from_slice(b" (");
-            write_str_content(out, c.description);
-            out.extend_from_slice(b")\"");
-        }
-        None => out.extend_from_slice(b" (unknown code)\""),
-    }
+    out.extend_from_slice(tail);
     true
 }
 
 /// What [`write_attendance_summary_json`] writes after the date for a mark
-/// of a code of the DfE's table in `session` (` am: / (Present (am))"`,
-/// escaped), built the first time the code is written: a mark's summary
-/// is three copies. `None` for a code not in the table (or past the first
-/// [`TAILS`]), written piece by piece.
+/// of a code of the DfE's table in `session` ([`session_and_code`]'s text
+/// escaped, and the closing quote), built the first time the code is
+/// written: a mark's summary is three copies. `None` for a code not in the
+/// table (or past the first [`TAILS`]).
 fn mark_summary_tail(session: Session, code: &str) -> Option<&'static [u8]> {
-    use crate::pretty::write_str_content;
-    use casebook_engine::codes::{attendance_code_index, ATTENDANCE_CODES};
     static BUILT: [std::sync::OnceLock<[Vec<u8>; 2]>; TAILS] =
         [const { std::sync::OnceLock::new() }; TAILS];
-    let i = attendance_code_index(code)?;
-    let c = ATTENDANCE_CODES.get(i)?;
+    let i = casebook_engine::codes::attendance_code_index(code)?;
     let [am, pm] = BUILT.get(i)?.get_or_init(|| {
-        [" am: ", " pm: "].map(|session| {
-            let mut tail = session.as_bytes().to_vec();
-            write_str_content(&mut tail, c.code);
-            tail.extend_from_slice(b" (");
-            write_str_content(&mut tail, c.description);
-            tail.extend_from_slice(b")\"");
+        [Session::Am, Session::Pm].map(|session| {
+            let mut text = String::new();
+            session_and_code(session, code, &mut text);
+            let mut tail = Vec::with_capacity(text.len() + 8);
+            crate::pretty::write_str_content(&mut tail, &text);
+            tail.push(b'"');
             tail
         })
     });
@@ -102,7 +92,7 @@ fn mark_summary_tail(session: Session, code: &str) -> Option<&'static [u8]> {
 }
 
 /// Codes whose summary tails are kept (the DfE's table holds fewer; a code
-/// past them is written piece by piece).
+/// past them is written as any code outside the table).
 const TAILS: usize = 64;
 
 /// The summary of the most frequent entries after the register marks
@@ -502,14 +492,9 @@ fn is_flat_ascii(text: &[u8]) -> bool {
 /// Prose flattened to one line and cut at [`MAX_PROSE_IN_SUMMARY`]
 /// characters.
 fn prose(text: &str) -> String {
-    let flat = one_line(text);
-    // At most one character a byte: a short text is not counted.
-    if flat.len() <= MAX_PROSE_IN_SUMMARY || flat.chars().count() <= MAX_PROSE_IN_SUMMARY {
-        return flat;
-    }
-    let mut cut: String = flat.chars().take(MAX_PROSE_IN_SUMMARY - 1).collect();
-    cut.push('…');
-    cut
+    let mut out = String::new();
+    prose_into(text, &mut out);
+    out
 }
 
 #[cfg(test)]
