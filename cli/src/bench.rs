@@ -108,6 +108,9 @@ pub(crate) struct BenchArgs {
     /// Whether the import pipeline seals batches ahead (where the engine
     /// can use them).
     pub seal_ahead: bool,
+    /// Whether it seals each batch ahead whole, not only until the batch
+    /// in flight is answered.
+    pub seal_whole: bool,
 }
 
 // ---- backends ---------------------------------------------------------------
@@ -740,6 +743,9 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     if !args.seal_ahead {
         pipeline = pipeline.without_sealing_ahead();
     }
+    if args.seal_whole {
+        pipeline = pipeline.sealing_whole_batches();
+    }
     let refused = |err: ImportError| match err {
         ImportError::Write(e) => Failure::from(e),
         err => Failure::Store(format!(
@@ -792,13 +798,18 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         }
     }
     let imported = pipeline.events();
-    let (planning, sealing) = (pipeline.planning(), pipeline.sealing_ahead());
+    let (planning, sealing, waiting) = (
+        pipeline.planning(),
+        pipeline.sealing_ahead(),
+        pipeline.waiting(),
+    );
     drop(pipeline);
     let import_ev_s = per_s(imported, timed);
     let split = ImportSplit {
         timed,
         planning,
         sealing,
+        waiting,
         main_cpu_ns,
         raw_cpu_us,
         raw_ev_s,
@@ -1078,6 +1089,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         "register_import_ms": register_import_ms,
         "batch_events": batch_events,
         "seal_ahead": args.seal_ahead,
+        "seal_whole": args.seal_whole,
         "single_appends": single_count,
         "concurrent_appends": concurrent_count,
         "timeline_reads": TIMELINE_READS,
@@ -1142,6 +1154,8 @@ struct ImportSplit {
     planning: Duration,
     /// Sealing batches ahead on the bench's thread (`Pipeline::sealing_ahead`).
     sealing: Duration,
+    /// Waiting on the bench's thread for the writer (`Pipeline::waiting`).
+    waiting: Duration,
     /// The processor time of the bench's thread (planning, submitting) in
     /// the timed stretches.
     main_cpu_ns: u64,
@@ -1221,6 +1235,10 @@ impl ImportSplit {
             json!(self.us(duration_ns(self.sealing))),
         );
         m.insert(
+            "import_waiting_us_per_event".into(),
+            json!(self.us(duration_ns(self.waiting))),
+        );
+        m.insert(
             "import_main_cpu_us_per_event".into(),
             json!(self.us(self.main_cpu_ns)),
         );
@@ -1264,11 +1282,13 @@ impl ImportSplit {
     fn describe(&self) -> String {
         let timed = self.timed.as_secs_f64();
         let mut out = format!(
-            "where the import's {timed:.2} s went: planning {:.2} s ({:.2} µs an event), sealing ahead {:.2} s ({:.2} µs an event)",
+            "where the import's {timed:.2} s went: planning {:.2} s ({:.2} µs an event), sealing ahead {:.2} s ({:.2} µs an event), waiting for the writer {:.2} s ({:.2} µs an event)",
             self.planning.as_secs_f64(),
             self.planner_us(),
             self.sealing.as_secs_f64(),
             self.us(duration_ns(self.sealing)),
+            self.waiting.as_secs_f64(),
+            self.us(duration_ns(self.waiting)),
         );
         if let Some(w) = &self.writer {
             out.push_str(&format!(

@@ -242,6 +242,12 @@ pub enum Command {
         /// before sealing ahead, for comparing the two with one binary.
         #[arg(long)]
         no_seal_ahead: bool,
+        /// Seal each batch ahead whole on the importing thread, however
+        /// long the writer waits for it, instead of only until the batch in
+        /// flight is answered (the writer sealing the rest): the import as
+        /// it was before, for comparing the two with one binary.
+        #[arg(long, conflicts_with = "no_seal_ahead")]
+        seal_whole: bool,
     },
     /// Erase a pupil's personal data: record PupilErased and destroy their data keys.
     Erase {

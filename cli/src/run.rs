@@ -215,6 +215,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
             backend,
             dir,
             no_seal_ahead,
+            seal_whole,
         } => {
             let args = crate::bench::BenchArgs {
                 events,
@@ -223,6 +224,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
                 backend,
                 dir,
                 seal_ahead: !no_seal_ahead,
+                seal_whole,
             };
             crate::bench::run(&mut ctx, args).await
         }

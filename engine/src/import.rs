@@ -1356,15 +1356,75 @@ impl Batch {
 }
 
 /// `requests` sealed as the next append after `head`, recorded now but
-/// never before `last` (the batch sealed before them), or as they are
-/// when they cannot be sealed ahead.
-fn seal_at(head: Head, last: Option<DateTime<Utc>>, requests: Vec<AppendRequest>) -> Appends {
+/// never before `last` (the batch sealed before them), until `stop` says
+/// so (the writer seals the rest), or as they are when they cannot be
+/// sealed ahead.
+fn seal_at(
+    head: Head,
+    last: Option<DateTime<Utc>>,
+    requests: Vec<AppendRequest>,
+    stop: &mut dyn FnMut() -> bool,
+) -> Appends {
     let now = Utc::now();
     let recorded_at = last.map_or(now, |last| now.max(last));
-    match Presealed::seal(head, recorded_at, requests) {
+    match Presealed::seal_until(head, recorded_at, requests, stop) {
         Ok(p) => Appends::Presealed(p),
         Err(requests) => Appends::Plain(requests),
     }
+}
+
+/// Whether the batch in flight has been answered (polled once, without
+/// waiting; its answer kept in `acked`), or none is in flight: when
+/// sealing ahead stops.
+fn answered(
+    in_flight: &mut Option<InFlight<'_>>,
+    acked: &mut Option<Result<Vec<Appended>, StoreError>>,
+) -> bool {
+    if acked.is_some() {
+        return true;
+    }
+    let Some(f) = in_flight.as_mut() else {
+        return true;
+    };
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match f.append.as_mut().poll(&mut cx) {
+        Poll::Ready(answer) => {
+            *acked = Some(answer);
+            true
+        }
+        Poll::Pending => false,
+    }
+}
+
+/// Where the next batch is sealed ahead: the head the batch before it
+/// leaves, known when that batch was sealed whole, else told by the
+/// writer once it has staged that batch.
+enum Ahead {
+    At(Head),
+    Staged(tokio::sync::oneshot::Receiver<Head>),
+}
+
+/// Polls `fut` to its end, polling the batch in flight beside it (its
+/// answer kept in `acked`): the batch reaches the writer's queue even when
+/// the queue was full at its submission, and its answer is taken as soon
+/// as it comes.
+async fn beside_in_flight<F: Future>(
+    fut: F,
+    in_flight: &mut Option<InFlight<'_>>,
+    acked: &mut Option<Result<Vec<Appended>, StoreError>>,
+) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(|cx| {
+        if acked.is_none() {
+            if let Some(f) = in_flight.as_mut() {
+                if let Poll::Ready(answer) = f.append.as_mut().poll(cx) {
+                    *acked = Some(answer);
+                }
+            }
+        }
+        fut.as_mut().poll(cx)
+    })
+    .await
 }
 
 /// A batched, durable import in which each batch is validated while the
@@ -1420,11 +1480,16 @@ pub struct Pipeline<'a> {
     planning: std::time::Duration,
     /// Time spent sealing ahead ([`Pipeline::sealing_ahead`]).
     sealing: std::time::Duration,
+    /// Time spent waiting for the writer ([`Pipeline::waiting`]).
+    waiting: std::time::Duration,
     /// Whether batches are sealed ahead: the store can use them.
     seal_ahead: bool,
+    /// Whether a batch is sealed ahead whole, however long the writer has
+    /// been idle ([`Pipeline::sealing_whole_batches`]).
+    seal_whole: bool,
     /// Where the next batch is sealed ahead: the head the batch before it
-    /// leaves, if it was sealed.
-    ahead: Option<Head>,
+    /// leaves, if it was sealed (in whole or in part).
+    ahead: Option<Ahead>,
     /// Batches submitted sealed ahead.
     sealed_ahead: u64,
     /// The `recorded_at` of the last batch sealed ahead (the next is never
@@ -1445,7 +1510,9 @@ impl<'a> Pipeline<'a> {
             duplicates: 0,
             planning: std::time::Duration::ZERO,
             sealing: std::time::Duration::ZERO,
+            waiting: std::time::Duration::ZERO,
             seal_ahead: store.seals_ahead(),
+            seal_whole: false,
             ahead: None,
             sealed_ahead: 0,
             ahead_recorded: None,
@@ -1458,10 +1525,27 @@ impl<'a> Pipeline<'a> {
         self.sealing
     }
 
+    /// Wall time spent waiting for the store's writer, summed over the
+    /// batches so far: for where a batch in flight leaves the log (when it
+    /// was sealed in part), for its answer (when it comes after the next
+    /// batch is planned and sealed as far as it goes), and in
+    /// [`Pipeline::flush`].
+    pub fn waiting(&self) -> std::time::Duration {
+        self.waiting
+    }
+
     /// Never seals batches ahead: each is sealed by the store's writer, as
     /// any append (for measuring the import without it).
     pub fn without_sealing_ahead(mut self) -> Pipeline<'a> {
         self.seal_ahead = false;
+        self
+    }
+
+    /// Seals each batch ahead whole, as the pipeline did before it learnt
+    /// to stop when the batch in flight is answered: the writer then waits
+    /// while the pipeline seals the rest (for measuring the difference).
+    pub fn sealing_whole_batches(mut self) -> Pipeline<'a> {
+        self.seal_whole = true;
         self
     }
 
@@ -1497,41 +1581,61 @@ impl<'a> Pipeline<'a> {
         planner.sealer = self.sealer;
         planner.carry = std::mem::take(&mut self.carry);
         let ahead = self.ahead.take();
-        let last_recorded = self.ahead_recorded;
-        let timed = async move {
-            let started = std::time::Instant::now();
-            let planned = planner.add_many(lines).await;
-            let planning = started.elapsed();
-            let deferred = std::mem::take(&mut planner.deferred);
-            let planned = planned.map(|()| {
+        let mut in_flight = self.in_flight.take();
+        let mut acked = None;
+        let started = std::time::Instant::now();
+        let planned = beside_in_flight(planner.add_many(lines), &mut in_flight, &mut acked).await;
+        self.planning += started.elapsed();
+        let deferred = std::mem::take(&mut planner.deferred);
+        let mut sealing = std::time::Duration::ZERO;
+        let planned = match planned {
+            Ok(()) => {
                 let (events, duplicates) = (planner.events, planner.duplicates);
                 let (requests, carry) = planner.finish_batch();
-                let (appends, sealing) = match ahead {
-                    Some(head) => {
+                // Sealed ahead where the batch in flight leaves the log,
+                // while it is written: until its answer comes, when the
+                // writer would otherwise idle, and the rest is the
+                // writer's to seal.
+                let head = match ahead {
+                    Some(Ahead::At(head)) => Some(head),
+                    Some(Ahead::Staged(staged)) => {
                         let started = std::time::Instant::now();
-                        let appends = seal_at(head, last_recorded, requests);
-                        (appends, started.elapsed())
+                        let head = beside_in_flight(staged, &mut in_flight, &mut acked).await;
+                        self.waiting += started.elapsed();
+                        head.ok()
                     }
-                    None => (Appends::Plain(requests), std::time::Duration::ZERO),
+                    None => None,
                 };
-                let batch = Batch {
+                let appends = match head {
+                    Some(head) if self.seal_ahead => {
+                        let started = std::time::Instant::now();
+                        let whole = self.seal_whole;
+                        let mut stop = || !whole && answered(&mut in_flight, &mut acked);
+                        let appends = seal_at(head, self.ahead_recorded, requests, &mut stop);
+                        sealing += started.elapsed();
+                        appends
+                    }
+                    _ => Appends::Plain(requests),
+                };
+                Ok(Batch {
                     appends,
                     events,
                     duplicates,
                     carry,
-                };
-                (batch, sealing)
-            });
-            (planned, deferred, planning)
-        };
-        let ((planned, deferred, planning), acked) = match self.in_flight.take() {
-            Some(f) => {
-                let (planned, acked) = tokio::join!(timed, f.append);
-                (planned, Some((acked, f.events, f.duplicates)))
+                })
             }
-            None => (timed.await, None),
+            Err(e) => Err(e),
         };
-        self.planning += planning;
+        let acked = match (acked, in_flight) {
+            (Some(answer), Some(f)) => Some((answer, f.events, f.duplicates)),
+            (None, Some(f)) => {
+                let started = std::time::Instant::now();
+                let answer = f.append.await;
+                self.waiting += started.elapsed();
+                Some((answer, f.events, f.duplicates))
+            }
+            (_, None) => None,
+        };
         if let Some((acked, events, duplicates)) = acked {
             acked.map_err(ImportError::Write)?;
             self.events += events as u64;
@@ -1559,19 +1663,23 @@ impl<'a> Pipeline<'a> {
                 }
             }
         }
-        let (mut batch, mut sealing) = planned?;
+        let mut batch = planned?;
         if self.seal_ahead {
             // Nothing is in flight now: the log's head is where this batch
             // goes (unless another writer appends first; the writer checks).
             // A batch not sealed there (the first, or the log moved) is
-            // sealed there, once, and the batches after it ahead again.
+            // handed to the writer to seal there, none of it sealed here
+            // (the writer is idle): it tells where it leaves the log, and
+            // the batches after it are sealed ahead again. (Sealing whole
+            // batches, it is sealed there, whole.)
             let started = std::time::Instant::now();
             if let Ok(head) = self.store.head().await {
                 let sealed_there =
                     matches!(&batch.appends, Appends::Presealed(p) if p.head() == head);
                 if !sealed_there {
                     let requests = batch.appends.into_requests();
-                    batch.appends = seal_at(head, self.ahead_recorded, requests);
+                    let whole = self.seal_whole;
+                    batch.appends = seal_at(head, self.ahead_recorded, requests, &mut || !whole);
                     sealing += started.elapsed();
                 }
             }
@@ -1587,13 +1695,18 @@ impl<'a> Pipeline<'a> {
     /// meant to alternate `plan`, `submit`: a batch planned before its
     /// predecessor was submitted did not see it, and the store refuses it
     /// (version or id conflict) rather than write it twice.
-    pub async fn submit(&mut self, batch: Batch) -> Result<(), ImportError> {
+    pub async fn submit(&mut self, mut batch: Batch) -> Result<(), ImportError> {
         self.flush().await?;
-        // The next batch is sealed ahead where this one leaves the log.
-        self.ahead = match &batch.appends {
+        // The next batch is sealed ahead where this one leaves the log:
+        // known now if it is sealed whole, else once the writer has
+        // staged it.
+        self.ahead = match &mut batch.appends {
             Appends::Presealed(p) => {
                 self.ahead_recorded = Some(p.recorded_at());
-                Some(p.end())
+                Some(match p.is_complete() {
+                    true => Ahead::At(p.end()),
+                    false => Ahead::Staged(p.staged_head()),
+                })
             }
             Appends::Plain(_) => None,
         };
@@ -1642,7 +1755,9 @@ impl<'a> Pipeline<'a> {
     /// Waits until the batch in flight, if any, is durable.
     pub async fn flush(&mut self) -> Result<(), ImportError> {
         if let Some(f) = self.in_flight.take() {
+            let started = std::time::Instant::now();
             let acked = f.append.await;
+            self.waiting += started.elapsed();
             if acked.is_err() {
                 // Nothing of it was written: its state is not the store's.
                 self.carry = Carry::default();

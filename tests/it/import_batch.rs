@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use casebook_engine::envelope::StreamId;
 use casebook_engine::import::{parse_line, ImportError, ImportLine, Pipeline, Planner};
-use casebook_engine::store::{EventStore, ExpectedVersion};
+use casebook_engine::store::{EventStore, ExpectedVersion, Presealed};
 use chrono::{DateTime, TimeZone, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
@@ -823,12 +823,15 @@ fn a_concurrent_append_fails_the_pipelined_batch_cleanly() {
 }
 
 /// On the segment engine the pipeline seals each batch ahead, where the
-/// batch before it leaves the log, and the writer stores those bytes: every
-/// event of an import alone is written as sealed ahead. When another
+/// batch before it leaves the log, and the writer stores those bytes.
+/// Sealing whole batches, every event of an import alone is written as
+/// sealed ahead; sealing until the batch in flight is answered (the
+/// default), a prefix of each batch, the writer sealing the rest, so how
+/// much depends on timing, and what is stored does not. When another
 /// writer's append moves the log in between, the writer seals the batch
 /// itself (nothing of it is lost or written twice), the pipeline seals
 /// the next batch again where the log then is, and the log verifies, its
-/// `recorded_at` in order.
+/// `recorded_at` in order and one time for each batch's events.
 #[test]
 fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -862,7 +865,10 @@ fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
     // When the other writer appends: never, between two batches planned
     // and submitted back to back (the batch in flight sealed ahead of it),
     // or before the first batch is submitted (after it was sealed ahead).
-    for when in ["never", "in flight", "before submit"] {
+    for (when, whole) in ["never", "in flight", "before submit"]
+        .into_iter()
+        .flat_map(|when| [(when, true), (when, false)])
+    {
         let dir = tempfile::tempdir().unwrap();
         let store = casebook_engine::store::segment::SegmentStore::open(dir.path(), true).unwrap();
         let segment = store.log(SCHOOL).unwrap();
@@ -878,6 +884,9 @@ fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
                 }
             };
             let mut pipeline = Pipeline::new(log.as_ref(), SCHOOL, now());
+            if whole {
+                pipeline = pipeline.sealing_whole_batches();
+            }
             let mut foreign_events = 0;
             for (k, lines) in batches(lines(&ops), &[2; 6]).into_iter().enumerate() {
                 let batch = pipeline.plan(lines).await.unwrap();
@@ -914,6 +923,13 @@ fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
             "{when}"
         );
         match when {
+            // Sealed in part: as much as was sealed before the batch in
+            // flight was answered (or none, for a batch sealed where the
+            // log is, the writer idle).
+            _ if !whole => {
+                assert_eq!(sealed_ahead, 6, "{when}");
+                assert!(written.presealed <= ops.len() as u64 + 1, "{when}");
+            }
             // Batch 4 was sealed ahead where batch 3 would leave the log,
             // but the other writer's event was seen once batch 3 was
             // acknowledged: batch 4 was sealed again, there, before it was
@@ -939,6 +955,20 @@ fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
                 all.windows(2).all(|w| w[0].recorded_at <= w[1].recorded_at),
                 "{when}: recorded_at in log order"
             );
+            // Each batch (an atomic append) is recorded at one time, the
+            // part the writer sealed too.
+            let imported: Vec<_> = all
+                .iter()
+                .filter(|e| (1_000..1_099).contains(&e.event_id.as_u128()))
+                .collect();
+            assert_eq!(imported.len(), ops.len(), "{when}");
+            for (k, batch) in imported.chunks(2).enumerate() {
+                assert_eq!(
+                    batch[0].recorded_at,
+                    batch[batch.len() - 1].recorded_at,
+                    "{when}, whole {whole}: batch {k} at one time"
+                );
+            }
             let imported: HashSet<Uuid> = all
                 .iter()
                 .map(|e| e.event_id)
@@ -947,6 +977,56 @@ fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
             assert_eq!(imported.len(), ops.len() + 1, "{when}: every line once");
         });
     }
+}
+
+/// A batch sealed in part (here none of it: its batch in flight was
+/// answered before sealing began): the segment writer tells where the log
+/// will be once it is written as soon as it has staged it, before the
+/// write (the pipeline seals the next batch ahead from there), and tells
+/// nothing of an append it refuses.
+#[test]
+fn the_segment_writer_tells_where_a_batch_sealed_in_part_leaves_the_log() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = casebook_engine::store::segment::SegmentStore::open(dir.path(), true).unwrap();
+    let log = store.log(SCHOOL).unwrap();
+    rt.block_on(async {
+        let requests = async {
+            let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
+            for (i, l) in stored_lines().into_iter().enumerate() {
+                planner
+                    .add(parse_line(i + 1, &l.to_string()).unwrap())
+                    .await
+                    .unwrap();
+            }
+            planner.finish().requests
+        };
+        let batch = requests.await;
+        let same = batch.clone();
+        let events: usize = batch.iter().map(|r| r.events.len()).sum();
+        assert!(events > 1, "a batch of several events");
+        let head = log.head().await.unwrap();
+        let mut p = Presealed::seal_until(head, now(), batch, &mut || true).unwrap();
+        assert_eq!((p.sealed_events(), p.is_complete()), (0, false));
+        assert_eq!(p.end(), head, "nothing sealed: the prefix ends at the head");
+        let staged = p.staged_head();
+        log.append_presealed(p).await.unwrap();
+        let told = staged.await.expect("told where the batch leaves the log");
+        let now_head = log.head().await.unwrap();
+        assert_eq!(told, now_head);
+        assert_eq!(told.position, head.position + events as u64);
+
+        // The same batch again: refused (its pupils are no longer new), and
+        // nothing told.
+        let mut again = Presealed::seal_until(told, now(), same, &mut || true).unwrap();
+        let staged = again.staged_head();
+        assert!(log.append_presealed(again).await.is_err());
+        assert!(staged.await.is_err(), "nothing told of a refused append");
+        assert_eq!(log.head().await.unwrap(), now_head);
+    });
 }
 
 /// `parse_line` reads a line once, untracked, and only a line that fails

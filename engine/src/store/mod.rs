@@ -1021,7 +1021,16 @@ pub(crate) struct Sealing {
     recorded_us: i64,
     sealed: Vec<Sealed>,
     bytes: Vec<u8>,
+    /// The head after the events sealed (all of them, or a prefix).
     end: Head,
+    /// Every event of the requests is sealed, not a prefix
+    /// ([`Presealed::seal_until`]).
+    complete: bool,
+    /// Told the log's head once the writer has staged the append (checked
+    /// and sealed, not yet written), for a caller that sealed a prefix only
+    /// and seals the next append ahead from where this one will end
+    /// ([`Presealed::staged_head`]).
+    pub staged: Option<tokio::sync::oneshot::Sender<Head>>,
 }
 
 impl std::fmt::Debug for Presealed {
@@ -1045,10 +1054,52 @@ impl Presealed {
         recorded_at: chrono::DateTime<chrono::Utc>,
         mut requests: Vec<AppendRequest>,
     ) -> Result<Presealed, Vec<AppendRequest>> {
-        match Sealing::of(head, recorded_at, &mut requests) {
+        match Sealing::of(head, recorded_at, &mut requests, None) {
             Some(sealing) => Ok(Presealed { requests, sealing }),
             None => Err(requests),
         }
+    }
+
+    /// [`Presealed::seal`], stopping at the first event before which
+    /// `stop` says so (asked every [`STOP_EVERY`] events, before the first
+    /// too): a prefix of the events is sealed, possibly none, and the
+    /// writer seals the rest onto it when it adopts the prefix, at the same
+    /// `recorded_at`, so that what is stored is what a whole seal stores.
+    /// The import pipeline seals the next batch until the batch in flight
+    /// is acknowledged, then hands the rest to the writer, which would
+    /// otherwise idle while the pipeline seals.
+    pub fn seal_until(
+        head: Head,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        mut requests: Vec<AppendRequest>,
+        stop: &mut dyn FnMut() -> bool,
+    ) -> Result<Presealed, Vec<AppendRequest>> {
+        match Sealing::of(head, recorded_at, &mut requests, Some(stop)) {
+            Some(sealing) => Ok(Presealed { requests, sealing }),
+            None => Err(requests),
+        }
+    }
+
+    /// Whether every event is sealed (not only a prefix).
+    pub fn is_complete(&self) -> bool {
+        self.sealing.complete
+    }
+
+    /// How many events, from the first, are sealed.
+    pub fn sealed_events(&self) -> usize {
+        self.sealing.sealed.len()
+    }
+
+    /// Where the log's head will be once this is written, as soon as the
+    /// writer has staged it (checked and sealed, before its write): the
+    /// receiver gets it then, or is dropped unanswered if the writer
+    /// refuses the append or cannot tell (a store that does not adopt
+    /// presealed events). For an append sealed in part, whose end only the
+    /// writer knows ([`Presealed::end`] is where the prefix ends).
+    pub fn staged_head(&mut self) -> tokio::sync::oneshot::Receiver<Head> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.sealing.staged = Some(tx);
+        rx
     }
 
     /// The requests it sealed.
@@ -1067,7 +1118,8 @@ impl Presealed {
         self.sealing.head
     }
 
-    /// The log's head once this is written.
+    /// The log's head once this is written, if it is sealed whole; the
+    /// head after its sealed prefix otherwise ([`Presealed::is_complete`]).
     pub fn end(&self) -> Head {
         self.sealing.end
     }
@@ -1088,6 +1140,7 @@ impl Sealing {
         head: Head,
         recorded_at: chrono::DateTime<chrono::Utc>,
         requests: &mut [AppendRequest],
+        stop: Option<&mut dyn FnMut() -> bool>,
     ) -> Option<Sealing> {
         let mut expected = Expected(HashMap::with_capacity_and_hasher(
             requests.len(),
@@ -1121,15 +1174,20 @@ impl Sealing {
                 &mut expected,
                 recorded_at,
                 requests.len(),
-                AfterSeal::default(),
+                AfterSeal {
+                    stop,
+                    ..AfterSeal::default()
+                },
             )
             .ok()?;
         Some(Sealing {
             head,
             recorded_us: recorded_at.timestamp_micros(),
+            complete: stage.sealed.len() == events,
             sealed: stage.sealed,
             bytes: stage.bytes,
             end: Head { position, hash },
+            staged: None,
         })
     }
 }
@@ -1178,7 +1236,16 @@ pub(crate) struct AfterSeal<'a> {
     pub hand_back: Option<&'a HandBack>,
     /// Is shown the group's sealed events so far ([`SealedSink`]).
     pub sealed: Option<&'a mut dyn SealedSink>,
+    /// Asked before every [`STOP_EVERY`]th event (the first included)
+    /// whether to stop sealing there: [`Presealed::seal_until`] seals a
+    /// prefix of an append, the rest left to the writer. What was sealed
+    /// is then a prefix of the events (the answers name only the requests
+    /// sealed whole); only a caller that seals ahead uses it.
+    pub stop: Option<&'a mut dyn FnMut() -> bool>,
 }
+
+/// How often, in events, sealing asks [`AfterSeal::stop`] whether to stop.
+pub(crate) const STOP_EVERY: usize = 16;
 
 /// Shown a group's sealed events as they are sealed (the segment writer
 /// writes a large group's frames while it seals the rest).
@@ -1388,10 +1455,10 @@ impl GroupStage {
             None => None,
         };
         let (appended, cur, pos, h) = match adopted {
-            Some((done, us)) => {
-                self.adopted += total;
+            Some(((appended, cur, pos, h, adopted), us)) => {
+                self.adopted += adopted;
                 self.recorded_floor_us = self.recorded_floor_us.max(us);
-                done
+                (appended, cur, pos, h)
             }
             None => match self.seal(requests, committed, recorded_at, local.len(), after) {
                 Ok(done) => {
@@ -1420,8 +1487,11 @@ impl GroupStage {
     /// Pass 2 of [`GroupStage::stage_presealed`] for a presealed append:
     /// its sealed events, put onto the group, when `p` continues the group
     /// (head, time) and holds exactly the events sealing would make, at the
-    /// same positions and versions; `None` (nothing put on) otherwise.
-    /// Refuses, as sealing does, an event past the value limit.
+    /// same positions and versions, followed, when `p` sealed a prefix only,
+    /// by the rest sealed here at `p`'s `recorded_at` (so that the append's
+    /// bytes are those of a whole seal); `None` (nothing put on) otherwise.
+    /// Also returns how many events were adopted. Refuses, as sealing does,
+    /// an event past the value limit (nothing put on).
     #[allow(clippy::type_complexity)]
     fn adopt(
         &mut self,
@@ -1430,44 +1500,132 @@ impl GroupStage {
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
         streams: usize,
-    ) -> Result<Option<(Vec<Appended>, HashMap<StreamId, u64, IdHash>, u64, Hash)>, StoreError>
-    {
+    ) -> Result<
+        Option<(
+            Vec<Appended>,
+            HashMap<StreamId, u64, IdHash>,
+            u64,
+            Hash,
+            usize,
+        )>,
+        StoreError,
+    > {
         let continues = p.head.position == self.position
             && p.head.hash == self.hash
             && p.recorded_us >= self.recorded_floor_us
             && p.recorded_us <= recorded_at.timestamp_micros();
+        let Some(at) = chrono::DateTime::from_timestamp_micros(p.recorded_us) else {
+            return Ok(None);
+        };
         if !continues {
             return Ok(None);
         }
+        let (bytes_before, sealed_before) = (self.bytes.len(), self.sealed.len());
+        let result = self.adopt_and_seal(requests, p, committed, at, streams);
+        if !matches!(result, Ok(Some(_))) {
+            // Nothing of it stays on the group.
+            self.bytes.truncate(bytes_before);
+            self.sealed.truncate(sealed_before);
+        }
+        result
+    }
+
+    /// [`GroupStage::adopt`] once `p` is known to continue the group: puts
+    /// its prefix on, then seals the rest at `at`; the caller cuts the
+    /// group back unless this returns `Ok(Some(_))`.
+    #[allow(clippy::type_complexity)]
+    fn adopt_and_seal(
+        &mut self,
+        requests: &[AppendRequest],
+        p: &Sealing,
+        committed: &mut impl Committed,
+        at: chrono::DateTime<chrono::Utc>,
+        streams: usize,
+    ) -> Result<
+        Option<(
+            Vec<Appended>,
+            HashMap<StreamId, u64, IdHash>,
+            u64,
+            Hash,
+            usize,
+        )>,
+        StoreError,
+    > {
         let mut appended = Vec::with_capacity(requests.len());
         let mut cur: HashMap<StreamId, u64, IdHash> =
             HashMap::with_capacity_and_hasher(streams, IdHash::default());
         let mut pos = self.position;
         let mut sealed = p.sealed.iter();
+        // The chain's hash once the prefix is on the group (`None` while
+        // the prefix is being checked).
+        let mut chain: Option<Hash> = None;
         for r in requests {
             let base = self.version_after(&cur, committed, r.stream)?;
             for (i, e) in r.events.iter().enumerate() {
                 pos += 1;
-                let Some(s) = sealed.next() else {
-                    return Ok(None);
-                };
-                let same = s.event.position == pos
-                    && s.event.stream == r.stream
-                    && s.event.version == base + 1 + i as u64
-                    && s.event.event_id == e.event_id
-                    && s.event.recorded_at.timestamp_micros() == p.recorded_us;
-                if !same {
-                    return Ok(None);
+                let version = base + 1 + i as u64;
+                if chain.is_none() {
+                    if let Some(s) = sealed.next() {
+                        let same = s.event.position == pos
+                            && s.event.stream == r.stream
+                            && s.event.version == version
+                            && s.event.event_id == e.event_id
+                            && s.event.recorded_at.timestamp_micros() == p.recorded_us;
+                        if !same {
+                            return Ok(None);
+                        }
+                        self.check_value_len(s.range.len())?;
+                        continue;
+                    }
+                    // The prefix ends before this event: it must end
+                    // where `p` says, and `p` must say it is a prefix.
+                    if p.complete || !self.put_prefix(p, pos - 1) {
+                        return Ok(None);
+                    }
+                    chain = Some(p.end.hash);
                 }
-                self.check_value_len(s.range.len())?;
+                let h = chain.unwrap_or(p.end.hash);
+                let start = self.bytes.len();
+                let hash =
+                    crate::envelope::seal_into(&mut self.bytes, e, r.stream, pos, version, at, h)?;
+                let len = self.bytes.len() - start;
+                self.check_value_len(len)?;
+                chain = Some(hash);
+                self.sealed.push(Sealed {
+                    event: SealedEvent {
+                        position: pos,
+                        stream: r.stream,
+                        version,
+                        event_id: e.event_id,
+                        recorded_at: at,
+                    },
+                    range: start..start + len,
+                });
             }
             appended.push(appended_to(r, base, pos, &mut cur));
         }
-        let ends = sealed.next().is_none()
-            && p.end.position == pos
+        let adopted = p.sealed.len();
+        let hash = match chain {
+            Some(hash) => hash,
+            None => {
+                // Every event was in the prefix: nothing more of `p`.
+                if sealed.next().is_some() || !self.put_prefix(p, pos) {
+                    return Ok(None);
+                }
+                p.end.hash
+            }
+        };
+        Ok(Some((appended, cur, pos, hash, adopted)))
+    }
+
+    /// Puts `p`'s sealed events on the group if they end at `position`, as
+    /// `p` says (its end and its last event's hash); false otherwise
+    /// (nothing put on).
+    fn put_prefix(&mut self, p: &Sealing, position: u64) -> bool {
+        let ends = p.end.position == position
             && p.sealed.last().map_or(p.head.hash, |s| s.hash(&p.bytes)) == p.end.hash;
         if !ends {
-            return Ok(None);
+            return false;
         }
         let offset = self.bytes.len();
         self.bytes.extend_from_slice(&p.bytes);
@@ -1475,7 +1633,7 @@ impl GroupStage {
             event: s.event,
             range: s.range.start + offset..s.range.end + offset,
         }));
-        Ok(Some((appended, cur, p.end.position, p.end.hash)))
+        true
     }
 
     /// Pass 2 of [`GroupStage::stage`]: seals the checked `requests` onto
@@ -1508,9 +1666,18 @@ impl GroupStage {
             .map(|e| crate::envelope::body_capacity(&e.actor, &e.event_type, &e.payload))
             .fold(0usize, usize::saturating_add);
         let _ = self.bytes.try_reserve(room);
+        let mut count = 0usize;
         for r in requests {
             let base = self.version_after(&cur, committed, r.stream)?;
             for (i, e) in r.events.iter().enumerate() {
+                if count.is_multiple_of(STOP_EVERY) {
+                    if let Some(stop) = after.stop.as_mut() {
+                        if stop() {
+                            return Ok((appended, cur, pos, h));
+                        }
+                    }
+                }
+                count += 1;
                 pos += 1;
                 let version = base + 1 + i as u64;
                 let start = self.bytes.len();
@@ -1823,6 +1990,157 @@ mod tests {
         assert_eq!(ids(&back), ids(&any), "the requests handed back");
     }
 
+    /// An append sealed ahead in part (its sealing stopped at each point it
+    /// asks whether to stop, within a request and between them) is
+    /// adopted where it continues the group, and the writer seals the rest
+    /// at the same `recorded_at`: the group's bytes, sealed events, answers
+    /// and head are exactly those of staging the whole append then. A
+    /// prefix sealed anywhere else, or of other events, is sealed again
+    /// from the start, with the same outcome; an event of the rest past the
+    /// value limit refuses the append and leaves the group as it was.
+    #[test]
+    fn a_prefix_sealed_ahead_is_adopted_and_the_rest_sealed_at_its_time() {
+        let t = chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+        let later = t + chrono::Duration::milliseconds(5);
+        let first = [fresh(1, 1..3)];
+        // 20, 15 and 13 events: sealing asks before events 0, 16 and 32
+        // (the second ask within the first request, the third within the
+        // second).
+        let requests = [fresh(2, 10..30), fresh(3, 40..55), fresh(4, 60..73)];
+        let events = 48;
+        // Stops at its `n`th ask (never for `n` past the asks).
+        let prefix = |head, at, requests: &[AppendRequest], n: usize| {
+            let mut asked = 0;
+            let mut stop = || {
+                asked += 1;
+                asked == n
+            };
+            Presealed::seal_until(head, at, requests.to_vec(), &mut stop).unwrap()
+        };
+        let staged = |requests: &[AppendRequest], presealed: Option<&Sealing>, at| {
+            let (mut stage, _) = group_after_one(&first, t);
+            let appended = stage
+                .stage_presealed(
+                    &mut requests.to_vec(),
+                    presealed,
+                    &mut Empty,
+                    at,
+                    AfterSeal::default(),
+                )
+                .unwrap();
+            let events: Vec<_> = stage
+                .sealed
+                .iter()
+                .map(|s| {
+                    let e = s.event;
+                    (
+                        e.position,
+                        e.version,
+                        e.recorded_at,
+                        s.hash(&stage.bytes),
+                        s.range.clone(),
+                    )
+                })
+                .collect();
+            (
+                stage.adopted,
+                stage.bytes,
+                events,
+                appended,
+                stage.hash,
+                stage.position,
+            )
+        };
+        let (_, head) = group_after_one(&first, t);
+        for (at, group_at) in [(later, later), (t, later)] {
+            // Staged whole at the time it was sealed ahead (the group's,
+            // or before it).
+            let (_, bytes, sealed, appended, hash, position) = staged(&requests, None, at);
+            assert_eq!(position, head.position + events as u64);
+            for (n, sealed_ahead) in [(1, 0), (2, 16), (3, 32), (4, events)] {
+                let p = prefix(head, at, &requests, n);
+                assert_eq!(p.sealed_events(), sealed_ahead, "stopped at ask {n}");
+                assert_eq!(p.is_complete(), sealed_ahead == events);
+                assert_eq!(p.end().position, head.position + sealed_ahead as u64);
+                let got = staged(&requests, Some(&p.sealing), group_at);
+                assert_eq!(got.0, sealed_ahead, "adopted, stopped at ask {n}");
+                assert_eq!(
+                    (&got.1, &got.2, &got.3, got.4, got.5),
+                    (&bytes, &sealed, &appended, hash, position),
+                    "stopped at ask {n}, sealed at {at}"
+                );
+            }
+        }
+
+        // Not adopted: sealed again at the group's time, as if never ahead.
+        let whole = staged(&requests, None, later);
+        let mut other_ids = requests.clone();
+        other_ids[0].events[3].event_id = Uuid::from_u128(99);
+        let other_hash = Head {
+            hash: [7; 32],
+            ..head
+        };
+        for (what, p) in [
+            ("another hash", prefix(other_hash, later, &requests, 2)),
+            ("other events", prefix(head, later, &other_ids, 3)),
+            (
+                "recorded after the group began",
+                prefix(
+                    head,
+                    later + chrono::Duration::microseconds(1),
+                    &requests,
+                    2,
+                ),
+            ),
+        ] {
+            let got = staged(&requests, Some(&p.sealing), later);
+            assert_eq!(got.0, 0, "{what}: not adopted");
+            assert_eq!(
+                (&got.1, &got.2, &got.3, got.4),
+                (&whole.1, &whole.2, &whole.3, whole.4),
+                "{what}"
+            );
+        }
+
+        // An event of the rest past the value limit: refused, the group
+        // as it was, as when the writer seals the whole append.
+        let mut large = requests.clone();
+        large[2].events[0].payload = vec![0xc0; 600];
+        let p = prefix(head, later, &large, 2);
+        assert_eq!(p.sealed_events(), 16);
+        for presealed in [Some(&p.sealing), None] {
+            let (mut stage_limited, _) = group_after_one(&first, t);
+            stage_limited.value_limit = Some(500);
+            let before = (
+                stage_limited.bytes.clone(),
+                stage_limited.sealed.len(),
+                stage_limited.position,
+                stage_limited.hash,
+            );
+            let err = stage_limited
+                .stage_presealed(
+                    &mut large.to_vec(),
+                    presealed,
+                    &mut Empty,
+                    later,
+                    AfterSeal::default(),
+                )
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Limit { .. }), "{err:?}");
+            assert_eq!(
+                (
+                    stage_limited.bytes.clone(),
+                    stage_limited.sealed.len(),
+                    stage_limited.position,
+                    stage_limited.hash
+                ),
+                before,
+                "nothing of the refused append stays"
+            );
+            assert_eq!(stage_limited.adopted, 0);
+        }
+    }
+
     /// With a hand-back, each request's events come back in order once
     /// sealed, the requests are left empty, and what is staged is what
     /// staging without one gives; a caller shown the sealed events after
@@ -1854,6 +2172,7 @@ mod tests {
         let after = AfterSeal {
             hand_back: Some(&tx),
             sealed: Some(&mut shown),
+            stop: None,
         };
         let b = handed
             .stage_presealed(&mut given, None, &mut Empty, at, after)

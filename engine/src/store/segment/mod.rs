@@ -2123,10 +2123,31 @@ struct Writer {
     ids_loader: Arc<Mutex<()>>,
 }
 
+/// The next commit for the writer: waited for a little while awake
+/// first ([`WRITER_SPIN`]), then asleep.
+fn next_commit(receiver: &mut mpsc::Receiver<Commit>) -> Option<Commit> {
+    let started = Instant::now();
+    loop {
+        match receiver.try_recv() {
+            Ok(commit) => return Some(commit),
+            Err(mpsc::error::TryRecvError::Disconnected) => return None,
+            Err(mpsc::error::TryRecvError::Empty) => {}
+        }
+        if started.elapsed() >= WRITER_SPIN {
+            return receiver.blocking_recv();
+        }
+        for _ in 0..64 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+const WRITER_SPIN: Duration = Duration::from_micros(100);
+
 impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
         let mut failed = false;
-        while let Some(first) = receiver.blocking_recv() {
+        while let Some(first) = next_commit(&mut receiver) {
             if failed {
                 first.reply.send(Err(StoreError::WriterStopped));
                 continue;
@@ -2573,6 +2594,7 @@ impl Writer {
             let after = AfterSeal {
                 hand_back: commit.hand_back.as_ref(),
                 sealed: pieces.as_deref_mut().map(|p| p as &mut dyn SealedSink),
+                stop: None,
             };
             let result = stage.stage_presealed(
                 &mut commit.requests,
@@ -2583,6 +2605,18 @@ impl Writer {
             );
             if let Some(p) = pieces.as_deref_mut() {
                 p.kept(stage.sealed.len());
+            }
+            // A caller that sealed a prefix only seals its next append from
+            // where this one ends: told now, before the write (it is only
+            // adopted where the log then is). A refused append's caller is
+            // told nothing (the sender dropped).
+            if let Some(staged) = commit.presealed.as_mut().and_then(|p| p.staged.take()) {
+                if result.is_ok() {
+                    let _ = staged.send(Head {
+                        position: stage.position,
+                        hash: stage.hash,
+                    });
+                }
             }
             match result {
                 Ok(appended) => staged.push((commit.reply, appended, commit.requests)),
