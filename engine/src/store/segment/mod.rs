@@ -2123,9 +2123,12 @@ struct Writer {
     ids_loader: Arc<Mutex<()>>,
 }
 
-/// The next commit for the writer: waited for a little while awake
-/// first ([`WRITER_SPIN`]), then asleep.
-fn next_commit(receiver: &mut mpsc::Receiver<Commit>) -> Option<Commit> {
+/// The next commit for the writer: after a large group (`spin`), waited
+/// for a little while awake first ([`WRITER_SPIN`]), then asleep.
+fn next_commit(receiver: &mut mpsc::Receiver<Commit>, spin: bool) -> Option<Commit> {
+    if !spin {
+        return receiver.blocking_recv();
+    }
     let started = Instant::now();
     loop {
         match receiver.try_recv() {
@@ -2144,15 +2147,29 @@ fn next_commit(receiver: &mut mpsc::Receiver<Commit>) -> Option<Commit> {
 
 const WRITER_SPIN: Duration = Duration::from_micros(100);
 
+/// Events in a group after which the writer waits awake for the next
+/// ([`next_commit`]): an import's batch (1,024), whose pipeline hands the
+/// next one over a few microseconds after the answer. Small groups (single
+/// and concurrent appends) are not followed by a spin: their callers need
+/// the core to make the next appends.
+const SPIN_AFTER_EVENTS: usize = 512;
+
 impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
         let mut failed = false;
-        while let Some(first) = next_commit(&mut receiver) {
+        let mut spin = false;
+        while let Some(first) = next_commit(&mut receiver, spin) {
             if failed {
                 first.reply.send(Err(StoreError::WriterStopped));
                 continue;
             }
             let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
+            let events: usize = group
+                .iter()
+                .flat_map(|c| &c.requests)
+                .map(|r| r.events.len())
+                .sum();
+            spin = events >= SPIN_AFTER_EVENTS;
             let committed = self.commit_group(group);
             self.trim_buffers();
             if committed {
