@@ -1227,6 +1227,17 @@ fn appended_to(
     }
 }
 
+/// What [`GroupStage::adopt`] put on a group: the answers, the streams'
+/// new versions, the new head (position, hash) and how many events were
+/// adopted as sealed ahead.
+type Adopted = (
+    Vec<Appended>,
+    HashMap<StreamId, u64, IdHash>,
+    u64,
+    Hash,
+    usize,
+);
+
 /// What [`GroupStage::stage_presealed`] does after sealing each request of
 /// an append (nothing by default).
 #[derive(Default)]
@@ -1492,7 +1503,6 @@ impl GroupStage {
     /// bytes are those of a whole seal); `None` (nothing put on) otherwise.
     /// Also returns how many events were adopted. Refuses, as sealing does,
     /// an event past the value limit (nothing put on).
-    #[allow(clippy::type_complexity)]
     fn adopt(
         &mut self,
         requests: &[AppendRequest],
@@ -1500,16 +1510,7 @@ impl GroupStage {
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
         streams: usize,
-    ) -> Result<
-        Option<(
-            Vec<Appended>,
-            HashMap<StreamId, u64, IdHash>,
-            u64,
-            Hash,
-            usize,
-        )>,
-        StoreError,
-    > {
+    ) -> Result<Option<Adopted>, StoreError> {
         let continues = p.head.position == self.position
             && p.head.hash == self.hash
             && p.recorded_us >= self.recorded_floor_us
@@ -1533,7 +1534,6 @@ impl GroupStage {
     /// [`GroupStage::adopt`] once `p` is known to continue the group: puts
     /// its prefix on, then seals the rest at `at`; the caller cuts the
     /// group back unless this returns `Ok(Some(_))`.
-    #[allow(clippy::type_complexity)]
     fn adopt_and_seal(
         &mut self,
         requests: &[AppendRequest],
@@ -1541,16 +1541,7 @@ impl GroupStage {
         committed: &mut impl Committed,
         at: chrono::DateTime<chrono::Utc>,
         streams: usize,
-    ) -> Result<
-        Option<(
-            Vec<Appended>,
-            HashMap<StreamId, u64, IdHash>,
-            u64,
-            Hash,
-            usize,
-        )>,
-        StoreError,
-    > {
+    ) -> Result<Option<Adopted>, StoreError> {
         let mut appended = Vec::with_capacity(requests.len());
         let mut cur: HashMap<StreamId, u64, IdHash> =
             HashMap::with_capacity_and_hasher(streams, IdHash::default());
@@ -1882,6 +1873,29 @@ mod tests {
         (stage, head)
     }
 
+    /// `requests` staged at `at` (with what was sealed of them ahead, if
+    /// any) on a group after `first` (staged at `t`): the group and the
+    /// answers.
+    fn staged_after(
+        first: &[AppendRequest],
+        t: chrono::DateTime<chrono::Utc>,
+        requests: &[AppendRequest],
+        presealed: Option<&Sealing>,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> (GroupStage, Vec<Appended>) {
+        let (mut stage, _) = group_after_one(first, t);
+        let appended = stage
+            .stage_presealed(
+                &mut requests.to_vec(),
+                presealed,
+                &mut Empty,
+                at,
+                AfterSeal::default(),
+            )
+            .unwrap();
+        (stage, appended)
+    }
+
     /// An append sealed ahead at the group's head is adopted: the group's
     /// bytes, sealed events, head and answers are exactly those of staging
     /// it; sealed ahead anywhere else, at another time or for other events,
@@ -1897,16 +1911,7 @@ mod tests {
             Presealed::seal(head, at, requests.to_vec()).map(|p| p.sealing)
         };
         let staged = |presealed: Option<&Sealing>, at| {
-            let (mut stage, _) = group_after_one(&first, t);
-            let appended = stage
-                .stage_presealed(
-                    &mut requests.clone(),
-                    presealed,
-                    &mut Empty,
-                    at,
-                    AfterSeal::default(),
-                )
-                .unwrap();
+            let (stage, appended) = staged_after(&first, t, &requests, presealed, at);
             let events: Vec<_> = stage
                 .sealed
                 .iter()
@@ -2018,16 +2023,7 @@ mod tests {
             Presealed::seal_until(head, at, requests.to_vec(), &mut stop).unwrap()
         };
         let staged = |requests: &[AppendRequest], presealed: Option<&Sealing>, at| {
-            let (mut stage, _) = group_after_one(&first, t);
-            let appended = stage
-                .stage_presealed(
-                    &mut requests.to_vec(),
-                    presealed,
-                    &mut Empty,
-                    at,
-                    AfterSeal::default(),
-                )
-                .unwrap();
+            let (stage, appended) = staged_after(&first, t, requests, presealed, at);
             let events: Vec<_> = stage
                 .sealed
                 .iter()
