@@ -1452,15 +1452,21 @@ async fn beside_in_flight<F: Future>(
 /// Sealing ahead: on a store that can use it ([`EventStore::seals_ahead`],
 /// the segment engine), batch k+1's events are also sealed on the caller's
 /// thread while batch k is written ([`Presealed`]: encoded and hashed,
-/// continuing the chain where batch k will leave it), so that the writer,
-/// which the import waits on, only checks and writes them. The writer
-/// adopts them only if its log is where the pipeline expected, and seals
-/// them itself otherwise: what is stored is the same either way, but for
+/// continuing the chain where batch k will leave it), until batch k is
+/// answered: from then on the writer would wait, so it gets the batch with
+/// what was sealed of it (a prefix of its events) and seals the rest
+/// itself, at the prefix's `recorded_at`. The writer adopts a prefix only
+/// if its log is where the pipeline expected, and seals every event itself
+/// otherwise: what is stored is the same either way, but for
 /// `recorded_at`, which is the time the batch was sealed ahead (before it
-/// was submitted) instead of the time its group began. Once the batch
-/// before it is acknowledged, a batch not sealed where the log then is
-/// (the first, or another writer appended in between) is sealed there,
-/// and the batches after it are sealed ahead again.
+/// was submitted) instead of the time its group began. Where a batch
+/// sealed in part leaves the log, the writer tells once it has staged it
+/// ([`Presealed::staged_head`]), and the next batch is sealed ahead from
+/// there. Once the batch before it is acknowledged, a batch not sealed
+/// where the log then is (the first, or another writer appended in
+/// between) is handed to the writer unsealed, and the batches after it are
+/// sealed ahead again ([`Pipeline::sealing_whole_batches`]: every batch
+/// sealed whole here instead, as before).
 ///
 /// Dropping a pipeline does not take back a batch already submitted (the
 /// writer has it, as with any append whose caller went away): call
