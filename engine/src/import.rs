@@ -1380,19 +1380,25 @@ fn answered(
     in_flight: &mut Option<InFlight<'_>>,
     acked: &mut Option<Result<Vec<Appended>, StoreError>>,
 ) -> bool {
-    if acked.is_some() {
-        return true;
-    }
-    let Some(f) = in_flight.as_mut() else {
-        return true;
-    };
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match f.append.as_mut().poll(&mut cx) {
-        Poll::Ready(answer) => {
+    poll_answer(in_flight, acked, &mut cx);
+    acked.is_some() || in_flight.is_none()
+}
+
+/// Polls the batch in flight, if any and not yet answered, keeping its
+/// answer in `acked` once it comes.
+fn poll_answer(
+    in_flight: &mut Option<InFlight<'_>>,
+    acked: &mut Option<Result<Vec<Appended>, StoreError>>,
+    cx: &mut std::task::Context<'_>,
+) {
+    if acked.is_some() {
+        return;
+    }
+    if let Some(f) = in_flight.as_mut() {
+        if let Poll::Ready(answer) = f.append.as_mut().poll(cx) {
             *acked = Some(answer);
-            true
         }
-        Poll::Pending => false,
     }
 }
 
@@ -1415,13 +1421,7 @@ async fn beside_in_flight<F: Future>(
 ) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(|cx| {
-        if acked.is_none() {
-            if let Some(f) = in_flight.as_mut() {
-                if let Poll::Ready(answer) = f.append.as_mut().poll(cx) {
-                    *acked = Some(answer);
-                }
-            }
-        }
+        poll_answer(in_flight, acked, cx);
         fut.as_mut().poll(cx)
     })
     .await

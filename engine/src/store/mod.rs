@@ -1052,12 +1052,9 @@ impl Presealed {
     pub fn seal(
         head: Head,
         recorded_at: chrono::DateTime<chrono::Utc>,
-        mut requests: Vec<AppendRequest>,
+        requests: Vec<AppendRequest>,
     ) -> Result<Presealed, Vec<AppendRequest>> {
-        match Sealing::of(head, recorded_at, &mut requests, None) {
-            Some(sealing) => Ok(Presealed { requests, sealing }),
-            None => Err(requests),
-        }
+        Presealed::seal_until(head, recorded_at, requests, &mut || false)
     }
 
     /// [`Presealed::seal`], stopping at the first event before which
@@ -1074,7 +1071,7 @@ impl Presealed {
         mut requests: Vec<AppendRequest>,
         stop: &mut dyn FnMut() -> bool,
     ) -> Result<Presealed, Vec<AppendRequest>> {
-        match Sealing::of(head, recorded_at, &mut requests, Some(stop)) {
+        match Sealing::of(head, recorded_at, &mut requests, stop) {
             Some(sealing) => Ok(Presealed { requests, sealing }),
             None => Err(requests),
         }
@@ -1140,7 +1137,7 @@ impl Sealing {
         head: Head,
         recorded_at: chrono::DateTime<chrono::Utc>,
         requests: &mut [AppendRequest],
-        stop: Option<&mut dyn FnMut() -> bool>,
+        stop: &mut dyn FnMut() -> bool,
     ) -> Option<Sealing> {
         let mut expected = Expected(HashMap::with_capacity_and_hasher(
             requests.len(),
@@ -1175,7 +1172,7 @@ impl Sealing {
                 recorded_at,
                 requests.len(),
                 AfterSeal {
-                    stop,
+                    stop: Some(stop),
                     ..AfterSeal::default()
                 },
             )
@@ -1515,12 +1512,10 @@ impl GroupStage {
             && p.head.hash == self.hash
             && p.recorded_us >= self.recorded_floor_us
             && p.recorded_us <= recorded_at.timestamp_micros();
-        let Some(at) = chrono::DateTime::from_timestamp_micros(p.recorded_us) else {
+        let at = chrono::DateTime::from_timestamp_micros(p.recorded_us);
+        let (true, Some(at)) = (continues, at) else {
             return Ok(None);
         };
-        if !continues {
-            return Ok(None);
-        }
         let (bytes_before, sealed_before) = (self.bytes.len(), self.sealed.len());
         let result = self.adopt_and_seal(requests, p, committed, at, streams);
         if !matches!(result, Ok(Some(_))) {
@@ -1547,15 +1542,16 @@ impl GroupStage {
             HashMap::with_capacity_and_hasher(streams, IdHash::default());
         let mut pos = self.position;
         let mut sealed = p.sealed.iter();
-        // The chain's hash once the prefix is on the group (`None` while
-        // the prefix is being checked).
-        let mut chain: Option<Hash> = None;
+        // Until the prefix ends, its events are checked; from there the
+        // rest is sealed onto it, continuing its chain.
+        let mut in_prefix = true;
+        let mut h = p.end.hash;
         for r in requests {
             let base = self.version_after(&cur, committed, r.stream)?;
             for (i, e) in r.events.iter().enumerate() {
                 pos += 1;
                 let version = base + 1 + i as u64;
-                if chain.is_none() {
+                if in_prefix {
                     if let Some(s) = sealed.next() {
                         let same = s.event.position == pos
                             && s.event.stream == r.stream
@@ -1573,40 +1569,54 @@ impl GroupStage {
                     if p.complete || !self.put_prefix(p, pos - 1) {
                         return Ok(None);
                     }
-                    chain = Some(p.end.hash);
+                    in_prefix = false;
                 }
-                let h = chain.unwrap_or(p.end.hash);
-                let start = self.bytes.len();
-                let hash =
-                    crate::envelope::seal_into(&mut self.bytes, e, r.stream, pos, version, at, h)?;
-                let len = self.bytes.len() - start;
-                self.check_value_len(len)?;
-                chain = Some(hash);
-                self.sealed.push(Sealed {
-                    event: SealedEvent {
-                        position: pos,
-                        stream: r.stream,
-                        version,
-                        event_id: e.event_id,
-                        recorded_at: at,
-                    },
-                    range: start..start + len,
-                });
+                h = self.seal_one(e, r.stream, pos, version, at, h)?;
             }
             appended.push(appended_to(r, base, pos, &mut cur));
         }
-        let adopted = p.sealed.len();
-        let hash = match chain {
-            Some(hash) => hash,
-            None => {
-                // Every event was in the prefix: nothing more of `p`.
-                if sealed.next().is_some() || !self.put_prefix(p, pos) {
-                    return Ok(None);
-                }
-                p.end.hash
-            }
-        };
-        Ok(Some((appended, cur, pos, hash, adopted)))
+        // Every event was in the prefix: nothing more of `p`.
+        if in_prefix && (sealed.next().is_some() || !self.put_prefix(p, pos)) {
+            return Ok(None);
+        }
+        Ok(Some((appended, cur, pos, h, p.sealed.len())))
+    }
+
+    /// Seals `e` onto the group at `position` and `version` of `stream`,
+    /// after `prev`; returns its hash. Refuses an event past the value
+    /// limit (its bytes left on the group: the caller cuts the group back).
+    fn seal_one(
+        &mut self,
+        e: &NewEvent,
+        stream: StreamId,
+        position: u64,
+        version: u64,
+        recorded_at: chrono::DateTime<chrono::Utc>,
+        prev: Hash,
+    ) -> Result<Hash, StoreError> {
+        let start = self.bytes.len();
+        let hash = crate::envelope::seal_into(
+            &mut self.bytes,
+            e,
+            stream,
+            position,
+            version,
+            recorded_at,
+            prev,
+        )?;
+        let len = self.bytes.len() - start;
+        self.check_value_len(len)?;
+        self.sealed.push(Sealed {
+            event: SealedEvent {
+                position,
+                stream,
+                version,
+                event_id: e.event_id,
+                recorded_at,
+            },
+            range: start..start + len,
+        });
+        Ok(hash)
     }
 
     /// Puts `p`'s sealed events on the group if they end at `position`, as
@@ -1670,30 +1680,7 @@ impl GroupStage {
                 }
                 count += 1;
                 pos += 1;
-                let version = base + 1 + i as u64;
-                let start = self.bytes.len();
-                let hash = crate::envelope::seal_into(
-                    &mut self.bytes,
-                    e,
-                    r.stream,
-                    pos,
-                    version,
-                    recorded_at,
-                    h,
-                )?;
-                let len = self.bytes.len() - start;
-                self.check_value_len(len)?;
-                h = hash;
-                self.sealed.push(Sealed {
-                    event: SealedEvent {
-                        position: pos,
-                        stream: r.stream,
-                        version,
-                        event_id: e.event_id,
-                        recorded_at,
-                    },
-                    range: start..start + len,
-                });
+                h = self.seal_one(e, r.stream, pos, base + 1 + i as u64, recorded_at, h)?;
             }
             appended.push(appended_to(r, base, pos, &mut cur));
             if let Some(back) = after.hand_back {

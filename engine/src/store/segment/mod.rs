@@ -2170,7 +2170,7 @@ impl Writer {
                 .map(|r| r.events.len())
                 .sum();
             spin = events >= SPIN_AFTER_EVENTS;
-            let committed = self.commit_group(group);
+            let committed = self.commit_group(group, events);
             self.trim_buffers();
             if committed {
                 self.spill_ids();
@@ -2384,7 +2384,8 @@ impl Writer {
         self.watermark_at = Instant::now();
     }
 
-    fn commit_group(&mut self, group: Vec<Commit>) -> bool {
+    /// Commits `group`, of `group_events` events.
+    fn commit_group(&mut self, group: Vec<Commit>, group_events: usize) -> bool {
         let now_us = Utc::now().timestamp_micros();
         let recorded_us = now_us.max(self.last_recorded_us);
         let recorded_at =
@@ -2426,11 +2427,6 @@ impl Writer {
         // A large group's frames are written a piece at a time on a thread
         // of their own while the rest of it is sealed ([`Pieces`]), when it
         // goes at the end of the current segment (no roll first).
-        let group_events: usize = group
-            .iter()
-            .flat_map(|c| &c.requests)
-            .map(|r| r.events.len())
-            .sum();
         let segment = self.segment.clone();
         let (stage, pieces) =
             if group_events >= STREAMED_GROUP_EVENTS && self.end < self.segment_bytes {
