@@ -18,7 +18,10 @@
 //! same on every backend. One writer thread per log group-commits: all
 //! frames of a group go into one buffer, one `pwrite` at the end of the
 //! current segment, one `fdatasync`, and only then into the index readers
-//! use, so a read never sees an event that is not durable.
+//! use, so a read never sees an event that is not durable. (A large group
+//! goes into the index while the disk writes it back, under the index's
+//! write lock, which is held until its `fdatasync` has returned:
+//! [`SYNC_BESIDE_EVENTS`].)
 //!
 //! Architecture Invariant: the index in memory is derived from the segment
 //! files only (rebuilt on open, or read from the index snapshot a clean
@@ -44,6 +47,8 @@ use std::fs::File;
 use std::hash::BuildHasher;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+#[cfg(test)]
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
@@ -752,6 +757,16 @@ struct Segment {
     file: File,
 }
 
+/// The state for a reader: refused once the writer has stopped with the
+/// index holding what is not durable ([`State::unsynced`]), or with the
+/// lock poisoned.
+fn read_state(state: &RwLock<State>) -> Result<RwLockReadGuard<'_, State>, StoreError> {
+    match state.read() {
+        Ok(state) if !state.unsynced => Ok(state),
+        _ => Err(StoreError::WriterStopped),
+    }
+}
+
 /// What readers share with the writer.
 struct State {
     index: Index,
@@ -762,6 +777,11 @@ struct State {
     /// The snapshot's ids were not used: the close replaces it even if
     /// few events were appended.
     snapshot_stale: bool,
+    /// A group's fdatasync failed after the writer had put the group in
+    /// the index ([`SYNC_BESIDE_EVENTS`]): the index holds events that are
+    /// not durable, and every read is refused until the store is reopened
+    /// ([`read_state`]).
+    unsynced: bool,
 }
 
 impl State {
@@ -1617,9 +1637,7 @@ fn install_ids(
 /// [`SegmentLog::take_snapshot_rejection`].
 fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<(), StoreError> {
     let stopped = || StoreError::WriterStopped;
-    let pending = || -> Result<bool, StoreError> {
-        Ok(state.read().map_err(|_| stopped())?.index.later.is_some())
-    };
+    let pending = || -> Result<bool, StoreError> { Ok(read_state(state)?.index.later.is_some()) };
     if !pending()? {
         return Ok(());
     }
@@ -1628,7 +1646,7 @@ fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<()
         return Ok(());
     }
     let read = {
-        let state = state.read().map_err(|_| stopped())?;
+        let state = read_state(state)?;
         later_ids(&state.index, &state.segments, dir)?
     };
     let Some(read) = read else {
@@ -1663,6 +1681,10 @@ pub struct SegmentLog {
     clock: Arc<WriterClock>,
     /// One reader of the snapshot's event ids at a time ([`ids_ready`]).
     ids_loader: Arc<Mutex<()>>,
+    /// Tests: the writer's next fdatasync after a large group's pushes
+    /// fails ([`SYNC_BESIDE_EVENTS`]).
+    #[cfg(test)]
+    fail_sync: Arc<AtomicBool>,
 }
 
 impl SegmentLog {
@@ -1749,11 +1771,14 @@ impl SegmentLog {
             segments: rec.segments,
             ids_note: None,
             snapshot_stale: false,
+            unsynced: false,
         }));
         let (head_tx, head_rx) = watch::channel(head);
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
         let clock = Arc::new(WriterClock::default());
         let ids_loader = Arc::new(Mutex::new(()));
+        #[cfg(test)]
+        let fail_sync = Arc::new(AtomicBool::new(false));
         let writer = Writer {
             dir: dir.to_path_buf(),
             state: state.clone(),
@@ -1784,6 +1809,8 @@ impl SegmentLog {
             spills: Spills::of(&options),
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
+            #[cfg(test)]
+            fail_sync: fail_sync.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("casebook-segment-writer-{school}"))
@@ -1801,6 +1828,8 @@ impl SegmentLog {
             snapshot_rejected,
             clock,
             ids_loader,
+            #[cfg(test)]
+            fail_sync,
         })
     }
 
@@ -1866,7 +1895,7 @@ impl SegmentLog {
     }
 
     fn read(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
-        self.state.read().map_err(|_| StoreError::WriterStopped)
+        read_state(&self.state)
     }
 
     /// Where the events of `stream` from `from_version` on are, at most
@@ -2121,6 +2150,9 @@ struct Writer {
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
     ids_loader: Arc<Mutex<()>>,
+    /// Tests: the next fdatasync after a large group's pushes fails.
+    #[cfg(test)]
+    fail_sync: Arc<AtomicBool>,
 }
 
 /// The next commit for the writer: after a large group (`spin`), waited
@@ -2486,87 +2518,132 @@ impl Writer {
         times.frame_ns = ns_since(started).saturating_sub(piece_ns);
         // The group's length: the pieces written and the last, framed.
         let group_len = written.as_ref().map_or(0, |w| w + self.buf.len());
-        let result = written.and_then(|w| self.end_group(w, group_len, &mut times));
+        // A large group is written back while it is indexed.
+        let beside = self.sealed.len() >= SYNC_BESIDE_EVENTS;
+        let result = written.and_then(|w| self.end_group(w, group_len, &mut times, beside));
         times.write_ns += piece_ns;
-        match result {
-            Ok(()) => {
-                let started = Instant::now();
-                self.grow_ids_ahead(self.sealed.len());
-                let base = self.end;
-                let seg_no;
-                {
-                    let Ok(mut state) = self.state.write() else {
-                        for (reply, ..) in staged {
-                            reply.send(Err(StoreError::WriterStopped));
-                        }
-                        return false;
-                    };
-                    seg_no = (state.segments.len() - 1) as u32;
-                    let last = self.sealed.len() - 1;
-                    // Each frame follows the one before it in the group.
-                    let mut start = 0u64;
-                    for (i, sealed) in self.sealed.iter().enumerate() {
-                        if i % ids::PREFETCH_IDS == 0 && state.index.later.is_none() {
-                            // The pushes' table memory, fetched together.
-                            let ids = &state.index.ids;
-                            let next = self.sealed[i..].iter().take(ids::PREFETCH_IDS);
-                            ids.prefetch(next.map(|s| ids.fingerprint(&s.event.event_id)));
-                        }
-                        let meta = frame_meta(sealed, i == last);
-                        let len = frame::FRAME_OVERHEAD + sealed.range.len();
-                        let loc = Loc {
-                            offset: base + start,
-                            len: len as u32,
-                            seg: seg_no,
-                        };
-                        start += len as u64;
-                        // The writer checked the group (versions, ids) and
-                        // wrote it where the segment's frames end; a
-                        // refusal here is a bug. The group is on disk but
-                        // not acknowledged, and the writer stops: a reopen
-                        // indexes it from the segment.
-                        let hash = sealed.hash(&self.sealed_bytes);
-                        if let Err(what) = state.index.push(&meta, loc, hash) {
-                            debug_assert!(false, "the index refused a written frame: {what}");
-                            for (reply, ..) in staged {
-                                reply.send(Err(StoreError::Internal(format!(
-                                    "the index refused the frame just written at offset {} of {} ({what}); it is on disk but was not acknowledged: reopen the store",
-                                    loc.offset,
-                                    self.segment.path.display()
-                                ))));
-                            }
-                            return false;
-                        }
-                    }
-                    debug_assert_eq!(start, group_len as u64, "the frames fill the group");
-                    // The group's ids were each read and compared where
-                    // the index had their fingerprint (`stored_position`):
-                    // a fingerprint shared here is two ids.
-                    state.index.shared.clear();
-                }
-                self.end += group_len as u64;
-                self.position = position;
-                self.hash = hash;
-                self.last_recorded_us = recorded_floor_us;
-                self.head_tx.send_replace(position);
-                // The group's times are added before it is answered, so
-                // that whoever waits for the answer finds them counted.
-                times.publish_ns = ns_since(started);
-                times.cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
-                times.groups = 1;
-                times.events = self.sealed.len() as u64;
-                times.presealed = presealed as u64;
-                self.clock.add(&times);
-                for (reply, appended, requests) in staged {
-                    reply.send_back(Ok(appended), requests);
-                }
-                true
+        let syncing = beside && result.is_ok();
+        if let Err(e) = result {
+            super::fail_group(staged.into_iter().map(|(reply, ..)| reply), &e);
+            return false;
+        }
+        let started = Instant::now();
+        self.grow_ids_ahead(self.sealed.len());
+        let lock = self.state.clone();
+        let Ok(mut state) = lock.write() else {
+            if syncing {
+                let _ = self.sync_group();
             }
-            Err(e) => {
+            for (reply, ..) in staged {
+                reply.send(Err(StoreError::WriterStopped));
+            }
+            return false;
+        };
+        let pushed = self.push_group(&mut state, group_len);
+        let mut sync_ns = 0;
+        if syncing {
+            // The group was written back while it was indexed; until it
+            // is known durable, the lock keeps every reader from it.
+            let waited = Instant::now();
+            let synced = self.sync_group();
+            sync_ns = ns_since(waited);
+            if let Err(e) = synced {
+                // What the index now holds past the durable end is not on
+                // disk: no reader may see it (`State::unsynced`).
+                state.unsynced = true;
+                drop(state);
                 super::fail_group(staged.into_iter().map(|(reply, ..)| reply), &e);
-                false
+                return false;
             }
         }
+        drop(state);
+        if let Err(what) = pushed {
+            for (reply, ..) in staged {
+                reply.send(Err(StoreError::Internal(what.clone())));
+            }
+            return false;
+        }
+        self.end += group_len as u64;
+        self.position = position;
+        self.hash = hash;
+        self.last_recorded_us = recorded_floor_us;
+        self.head_tx.send_replace(position);
+        // The group's times are added before it is answered, so that
+        // whoever waits for the answer finds them counted.
+        times.publish_ns = ns_since(started).saturating_sub(sync_ns);
+        times.sync_ns += sync_ns;
+        times.cpu_ns = thread_cpu_ns().saturating_sub(cpu_started);
+        times.groups = 1;
+        times.events = self.sealed.len() as u64;
+        times.presealed = presealed as u64;
+        self.clock.add(&times);
+        for (reply, appended, requests) in staged {
+            reply.send_back(Ok(appended), requests);
+        }
+        true
+    }
+
+    /// Puts the group's frames, written at the segment's end and
+    /// `group_len` bytes long, in the index. `Err` (a bug: the writer
+    /// checked the group, versions and ids, and wrote it where the
+    /// segment's frames end) says what the index refused; the group is
+    /// then on disk but not acknowledged, and the writer stops: a reopen
+    /// indexes it from the segment.
+    fn push_group(&self, state: &mut State, group_len: usize) -> Result<(), String> {
+        let base = self.end;
+        let seg_no = (state.segments.len() - 1) as u32;
+        let last = self.sealed.len() - 1;
+        // Each frame follows the one before it in the group.
+        let mut start = 0u64;
+        for (i, sealed) in self.sealed.iter().enumerate() {
+            if i % ids::PREFETCH_IDS == 0 && state.index.later.is_none() {
+                // The pushes' table memory, fetched together.
+                let ids = &state.index.ids;
+                let next = self.sealed[i..].iter().take(ids::PREFETCH_IDS);
+                ids.prefetch(next.map(|s| ids.fingerprint(&s.event.event_id)));
+            }
+            let meta = frame_meta(sealed, i == last);
+            let len = frame::FRAME_OVERHEAD + sealed.range.len();
+            let loc = Loc {
+                offset: base + start,
+                len: len as u32,
+                seg: seg_no,
+            };
+            start += len as u64;
+            let hash = sealed.hash(&self.sealed_bytes);
+            if let Err(what) = state.index.push(&meta, loc, hash) {
+                debug_assert!(false, "the index refused a written frame: {what}");
+                return Err(format!(
+                    "the index refused the frame just written at offset {} of {} ({what}); it is on disk but was not acknowledged: reopen the store",
+                    loc.offset,
+                    self.segment.path.display()
+                ));
+            }
+        }
+        debug_assert_eq!(start, group_len as u64, "the frames fill the group");
+        // The group's ids were each read and compared where the index had
+        // their fingerprint (`stored_position`): a fingerprint shared here
+        // is two ids.
+        state.index.shared.clear();
+        Ok(())
+    }
+
+    /// The fdatasync of a group whose writeback `end_group` started
+    /// ([`SYNC_BESIDE_EVENTS`]). On error, cuts the segment back to its
+    /// last durable end (best effort).
+    fn sync_group(&mut self) -> Result<(), StoreError> {
+        let result = self.segment.file.sync_data().map_err(io("fdatasync"));
+        #[cfg(test)]
+        let result = match self.fail_sync.swap(false, Ordering::Relaxed) {
+            true => Err(io("fdatasync")(std::io::Error::other(
+                "an fdatasync failure made by a test",
+            ))),
+            false => result,
+        };
+        if result.is_err() {
+            self.cut_back();
+        }
+        result
     }
 
     /// Checks each append of `group` against the log and the group so far
@@ -2708,13 +2785,15 @@ impl Writer {
 
     /// Writes the group buffer (the group's last piece, `at` bytes into a
     /// group of `len` bytes) at the end of the segment, then fdatasyncs the
-    /// group. On error, cuts the segment back to its last durable end (best
-    /// effort).
+    /// group, or with `beside` only starts its writeback (`sync_group`
+    /// follows). On error, cuts the segment back to its
+    /// last durable end (best effort).
     fn end_group(
         &mut self,
         at: usize,
         len: usize,
         times: &mut WriterTimes,
+        beside: bool,
     ) -> Result<(), StoreError> {
         let started = Instant::now();
         let file = &self.segment.file;
@@ -2734,7 +2813,13 @@ impl Writer {
             .map_err(io("append"));
         times.write_ns = ns_since(started);
         let started = Instant::now();
-        let result = written.and_then(|()| file.sync_data().map_err(io("fdatasync")));
+        let result = written.and_then(|()| match beside {
+            true => {
+                start_write_back(file, self.end, len);
+                Ok(())
+            }
+            false => file.sync_data().map_err(io("fdatasync")),
+        });
         times.sync_ns = ns_since(started);
         match result {
             Ok(()) => self.allocated = self.allocated.max(need + ahead),
@@ -2750,6 +2835,15 @@ impl Writer {
         self.allocated = self.end;
     }
 }
+
+/// Events in a group from which the writer puts the group in the index
+/// while the disk writes it: the group's writeback is started
+/// (`sync_file_range`) before its pushes, and its fdatasync follows them,
+/// the index's write lock held until it has returned, so that no reader
+/// sees an event before it is durable. An import's batch (1,024) is such
+/// a group; a small group (a single append) is synced first and indexed
+/// after, as before.
+const SYNC_BESIDE_EVENTS: usize = 512;
 
 /// The committed log as the segment writer sees it while staging a group:
 /// the in-memory index (read-locked for the group), and the segments to
@@ -3820,7 +3914,7 @@ impl<'a, const N: usize> FileSums<'a, N> {
             for &b in few {
                 let first = b as u64 * SUM_BLOCK + 1;
                 let last = (first + SUM_BLOCK - 1).min(self.len);
-                let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+                let state = read_state(state)?;
                 let wanted = state.wanted(first..=last)?;
                 let listed = &listed[&b];
                 for_each_run(&mut buf, &wanted, |_, frames, run| {
@@ -3904,7 +3998,7 @@ fn check_spilled_versions(
         let (stream, low) = (of_stream[0].1, of_stream[0].2);
         let high = of_stream[of_stream.len() - 1].2;
         let versions = {
-            let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+            let state = read_state(state)?;
             state.index.streams.versions(&stream, low - 1, high)
         };
         let listed = versions.map(streams::Versions::read).transpose();
@@ -3944,7 +4038,7 @@ fn check_index_batches(
     let mut spilled: Vec<(u64, StreamId, u64)> = Vec::new();
     for batch in batches {
         check_spilled_versions(state, &mut spilled, &mut problems)?;
-        let state = state.read().map_err(|_| StoreError::WriterStopped)?;
+        let state = read_state(state)?;
         let ix = &state.index;
         for (i, &(meta, here)) in batch.iter().enumerate() {
             if i % ids::PREFETCH_IDS == 0 {
@@ -4159,6 +4253,99 @@ mod index_tests {
         assert_eq!(
             both.busy_ns(),
             both.stage_ns + both.frame_ns + both.write_ns + both.sync_ns + both.publish_ns
+        );
+    }
+
+    /// A large group is put in the index while the disk writes it back,
+    /// and its fdatasync follows under the index's write lock
+    /// ([`SYNC_BESIDE_EVENTS`]). When that fdatasync fails, the append is
+    /// an I/O error naming it, no read sees the group (every read is
+    /// refused until the store is reopened: the index holds what is not
+    /// durable), later appends are refused, and a reopen finds the log as
+    /// it was before the group. A small group is synced before it is
+    /// indexed, as before.
+    #[test]
+    fn a_large_group_whose_fdatasync_fails_is_never_read() {
+        let (dir, rt, store, log) = fresh_log();
+        let large = |from: u128| request(from..from + SYNC_BESIDE_EVENTS as u128);
+        rt.block_on(log.append_atomic(vec![request(1..4)])).unwrap();
+        rt.block_on(log.append_atomic(vec![large(1_000)])).unwrap();
+        log.fail_sync.store(true, Ordering::Relaxed);
+        rt.block_on(log.append_atomic(vec![request(4..5)])).unwrap();
+        assert!(
+            log.fail_sync.load(Ordering::Relaxed),
+            "a small group is synced first"
+        );
+        let head = 4 + SYNC_BESIDE_EVENTS as u64;
+        let stream = StreamId(Uuid::from_u128(1));
+        assert_eq!(
+            rt.block_on(log.read_stream(stream, 1, 10_000))
+                .unwrap()
+                .len() as u64,
+            head
+        );
+        match rt.block_on(log.append_atomic(vec![large(5_000)])) {
+            Err(e @ StoreError::Io { .. }) => {
+                assert!(e.to_string().contains("fdatasync"), "{e}")
+            }
+            other => panic!("expected the failed fdatasync, got {other:?}"),
+        }
+        let refused = |what: &str, r: Result<usize, StoreError>| match r {
+            Err(StoreError::WriterStopped) => {}
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        };
+        refused(
+            "a stream's read",
+            rt.block_on(log.read_stream(stream, 1, 10_000))
+                .map(|v| v.len()),
+        );
+        refused(
+            "a read by position",
+            rt.block_on(log.read_all(head + 1, 10)).map(|v| v.len()),
+        );
+        refused(
+            "a look-up by id",
+            rt.block_on(log.find_event(Uuid::from_u128(5_000)))
+                .map(|e| e.map_or(0, |_| 1)),
+        );
+        refused(
+            "a stream's version",
+            rt.block_on(log.stream_version(stream)).map(|v| v as usize),
+        );
+        refused("verify", rt.block_on(log.verify(&|_| {})).map(|_| 0));
+        refused(
+            "an append",
+            rt.block_on(log.append_atomic(vec![request(6..7)]))
+                .map(|v| v.len()),
+        );
+        refused(
+            "the head",
+            rt.block_on(log.head()).map(|h| h.position as usize),
+        );
+        assert_eq!(
+            *log.watch_head().borrow(),
+            head,
+            "the head watched is durable"
+        );
+        drop((log, store));
+        let store = SegmentStore::open(dir.path(), false).unwrap();
+        let log = store.log("school-a").unwrap();
+        assert_eq!(rt.block_on(log.head()).unwrap().position, head);
+        assert_eq!(
+            rt.block_on(log.read_stream(stream, 1, 10_000))
+                .unwrap()
+                .len() as u64,
+            head
+        );
+        assert!(rt
+            .block_on(log.find_event(Uuid::from_u128(5_000)))
+            .unwrap()
+            .is_none());
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        rt.block_on(log.append_atomic(vec![large(5_000)])).unwrap();
+        assert_eq!(
+            rt.block_on(log.head()).unwrap().position,
+            head + SYNC_BESIDE_EVENTS as u64
         );
     }
 
