@@ -2518,8 +2518,10 @@ impl Writer {
         times.frame_ns = ns_since(started).saturating_sub(piece_ns);
         // The group's length: the pieces written and the last, framed.
         let group_len = written.as_ref().map_or(0, |w| w + self.buf.len());
-        // A large group is written back while it is indexed.
-        let beside = self.sealed.len() >= SYNC_BESIDE_EVENTS;
+        // A large group is written back while it is indexed; one written
+        // as it was sealed is synced first (readers are not held for its
+        // long fdatasync).
+        let beside = (SYNC_BESIDE_EVENTS..STREAMED_GROUP_EVENTS).contains(&self.sealed.len());
         let result = written.and_then(|w| self.end_group(w, group_len, &mut times, beside));
         times.write_ns += piece_ns;
         let syncing = beside && result.is_ok();
@@ -2842,7 +2844,9 @@ impl Writer {
 /// the index's write lock held until it has returned, so that no reader
 /// sees an event before it is durable. An import's batch (1,024) is such
 /// a group; a small group (a single append) is synced first and indexed
-/// after, as before.
+/// after, as before, and so is a group written as it is sealed
+/// ([`STREAMED_GROUP_EVENTS`]: one large atomic append), whose fdatasync
+/// can take a second, which readers would then wait for.
 const SYNC_BESIDE_EVENTS: usize = 512;
 
 /// The committed log as the segment writer sees it while staging a group:
@@ -4263,7 +4267,8 @@ mod index_tests {
     /// refused until the store is reopened: the index holds what is not
     /// durable), later appends are refused, and a reopen finds the log as
     /// it was before the group. A small group is synced before it is
-    /// indexed, as before.
+    /// indexed, as before, and so is a group written as it is sealed
+    /// ([`STREAMED_GROUP_EVENTS`]).
     #[test]
     fn a_large_group_whose_fdatasync_fails_is_never_read() {
         let (dir, rt, store, log) = fresh_log();
@@ -4276,13 +4281,23 @@ mod index_tests {
             log.fail_sync.load(Ordering::Relaxed),
             "a small group is synced first"
         );
-        let head = 4 + SYNC_BESIDE_EVENTS as u64;
+        let streamed = STREAMED_GROUP_EVENTS as u128;
+        let mut elsewhere = request(100_000..100_000 + streamed);
+        elsewhere.stream = StreamId(Uuid::from_u128(2));
+        rt.block_on(log.append_atomic(vec![elsewhere])).unwrap();
+        assert!(
+            log.fail_sync.load(Ordering::Relaxed),
+            "a group written as it is sealed is synced first"
+        );
+        // Stream 1's events; the log's head also counts stream 2's.
+        let in_stream = 4 + SYNC_BESIDE_EVENTS as u64;
+        let head = in_stream + streamed as u64;
         let stream = StreamId(Uuid::from_u128(1));
         assert_eq!(
             rt.block_on(log.read_stream(stream, 1, 10_000))
                 .unwrap()
                 .len() as u64,
-            head
+            in_stream
         );
         match rt.block_on(log.append_atomic(vec![large(5_000)])) {
             Err(e @ StoreError::Io { .. }) => {
@@ -4335,7 +4350,7 @@ mod index_tests {
             rt.block_on(log.read_stream(stream, 1, 10_000))
                 .unwrap()
                 .len() as u64,
-            head
+            in_stream
         );
         assert!(rt
             .block_on(log.find_event(Uuid::from_u128(5_000)))
