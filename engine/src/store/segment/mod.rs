@@ -1681,10 +1681,10 @@ pub struct SegmentLog {
     clock: Arc<WriterClock>,
     /// One reader of the snapshot's event ids at a time ([`ids_ready`]).
     ids_loader: Arc<Mutex<()>>,
-    /// Tests: the writer's next fdatasync after a large group's pushes
-    /// fails ([`SYNC_BESIDE_EVENTS`]).
+    /// Tests: what the writer does at the fdatasync after a large group's
+    /// pushes ([`SyncHooks`]).
     #[cfg(test)]
-    fail_sync: Arc<AtomicBool>,
+    sync_hooks: Arc<SyncHooks>,
 }
 
 impl SegmentLog {
@@ -1778,7 +1778,7 @@ impl SegmentLog {
         let clock = Arc::new(WriterClock::default());
         let ids_loader = Arc::new(Mutex::new(()));
         #[cfg(test)]
-        let fail_sync = Arc::new(AtomicBool::new(false));
+        let sync_hooks = Arc::new(SyncHooks::default());
         let writer = Writer {
             dir: dir.to_path_buf(),
             state: state.clone(),
@@ -1810,7 +1810,7 @@ impl SegmentLog {
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
             #[cfg(test)]
-            fail_sync: fail_sync.clone(),
+            sync_hooks: sync_hooks.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("casebook-segment-writer-{school}"))
@@ -1829,7 +1829,7 @@ impl SegmentLog {
             clock,
             ids_loader,
             #[cfg(test)]
-            fail_sync,
+            sync_hooks,
         })
     }
 
@@ -2150,9 +2150,9 @@ struct Writer {
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
     ids_loader: Arc<Mutex<()>>,
-    /// Tests: the next fdatasync after a large group's pushes fails.
+    /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
-    fail_sync: Arc<AtomicBool>,
+    sync_hooks: Arc<SyncHooks>,
 }
 
 /// The next commit for the writer: after a large group (`spin`), waited
@@ -2634,9 +2634,11 @@ impl Writer {
     /// ([`SYNC_BESIDE_EVENTS`]). On error, cuts the segment back to its
     /// last durable end (best effort).
     fn sync_group(&mut self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        self.sync_hooks.at_sync();
         let result = self.segment.file.sync_data().map_err(io("fdatasync"));
         #[cfg(test)]
-        let result = match self.fail_sync.swap(false, Ordering::Relaxed) {
+        let result = match self.sync_hooks.fail.swap(false, Ordering::Relaxed) {
             true => Err(io("fdatasync")(std::io::Error::other(
                 "an fdatasync failure made by a test",
             ))),
@@ -2848,6 +2850,29 @@ impl Writer {
 /// ([`STREAMED_GROUP_EVENTS`]: one large atomic append), whose fdatasync
 /// can take a second, which readers would then wait for.
 const SYNC_BESIDE_EVENTS: usize = 512;
+
+/// Tests: what the writer does at the fdatasync after a large group's
+/// pushes ([`SYNC_BESIDE_EVENTS`]), the index's write lock held.
+#[cfg(test)]
+#[derive(Default)]
+struct SyncHooks {
+    /// The next such fdatasync fails.
+    fail: AtomicBool,
+    /// At the next such fdatasync the writer says so on the first channel
+    /// and waits for a word on the second.
+    gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+#[cfg(test)]
+impl SyncHooks {
+    fn at_sync(&self) {
+        let gate = self.gate.lock().ok().and_then(|mut g| g.take());
+        if let Some((reached, release)) = gate {
+            let _ = reached.send(());
+            let _ = release.recv();
+        }
+    }
+}
 
 /// The committed log as the segment writer sees it while staging a group:
 /// the in-memory index (read-locked for the group), and the segments to
@@ -4260,6 +4285,49 @@ mod index_tests {
         );
     }
 
+    /// While the writer waits for a large group's fdatasync, the group is
+    /// in the index but no reader can see it: a reader asking for the
+    /// head then waits for the index's lock, and gets the head after the
+    /// group only once the fdatasync has returned.
+    #[test]
+    fn no_reader_sees_a_large_group_before_its_fdatasync_returns() {
+        let (_dir, rt, _store, log) = fresh_log();
+        rt.block_on(log.append_atomic(vec![request(1..4)])).unwrap();
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *log.sync_hooks.gate.lock().unwrap() = Some((reached_tx, release_rx));
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap()
+        };
+        let appender = {
+            let log = log.clone();
+            let events = 100..100 + SYNC_BESIDE_EVENTS as u128;
+            std::thread::spawn(move || runtime().block_on(log.append_atomic(vec![request(events)])))
+        };
+        // The writer has pushed the group and waits at its fdatasync.
+        reached.recv().unwrap();
+        let (told, heads) = std::sync::mpsc::channel();
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let head = runtime().block_on(log.head()).map(|h| h.position);
+                let _ = told.send(head);
+            })
+        };
+        match heads.recv_timeout(Duration::from_millis(200)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            other => panic!("a reader got past the writer before the fdatasync: {other:?}"),
+        }
+        release.send(()).unwrap();
+        let after = 3 + SYNC_BESIDE_EVENTS as u64;
+        assert_eq!(heads.recv().unwrap().unwrap(), after);
+        reader.join().unwrap();
+        assert_eq!(appender.join().unwrap().unwrap().len(), 1);
+        assert_eq!(rt.block_on(log.head()).unwrap().position, after);
+    }
+
     /// A large group is put in the index while the disk writes it back,
     /// and its fdatasync follows under the index's write lock
     /// ([`SYNC_BESIDE_EVENTS`]). When that fdatasync fails, the append is
@@ -4275,10 +4343,10 @@ mod index_tests {
         let large = |from: u128| request(from..from + SYNC_BESIDE_EVENTS as u128);
         rt.block_on(log.append_atomic(vec![request(1..4)])).unwrap();
         rt.block_on(log.append_atomic(vec![large(1_000)])).unwrap();
-        log.fail_sync.store(true, Ordering::Relaxed);
+        log.sync_hooks.fail.store(true, Ordering::Relaxed);
         rt.block_on(log.append_atomic(vec![request(4..5)])).unwrap();
         assert!(
-            log.fail_sync.load(Ordering::Relaxed),
+            log.sync_hooks.fail.load(Ordering::Relaxed),
             "a small group is synced first"
         );
         let streamed = STREAMED_GROUP_EVENTS as u128;
@@ -4286,7 +4354,7 @@ mod index_tests {
         elsewhere.stream = StreamId(Uuid::from_u128(2));
         rt.block_on(log.append_atomic(vec![elsewhere])).unwrap();
         assert!(
-            log.fail_sync.load(Ordering::Relaxed),
+            log.sync_hooks.fail.load(Ordering::Relaxed),
             "a group written as it is sealed is synced first"
         );
         // Stream 1's events; the log's head also counts stream 2's.
