@@ -1997,10 +1997,14 @@ pub struct WriterTimes {
     /// The group's `pwrite` (with the zeros written ahead, and the roll to
     /// a new segment when one is full).
     pub write_ns: u64,
-    /// The group's `fdatasync`.
+    /// The group's `fdatasync`; for a group put in the index while the
+    /// disk writes it back ([`SYNC_BESIDE_EVENTS`]), starting its
+    /// writeback and then waiting for the `fdatasync` after the pushes.
     pub sync_ns: u64,
     /// Publishing the group: the id table grown ahead when it must, and
-    /// every frame put in the index under its write lock. (Answering the
+    /// every frame put in the index under its write lock (for a group of
+    /// [`SYNC_BESIDE_EVENTS`], while the disk writes it back; the wait
+    /// for its `fdatasync` after them is `sync_ns`). (Answering the
     /// group's appends comes after its times are counted, so that an
     /// append's caller finds its group counted.)
     pub publish_ns: u64,
