@@ -21,7 +21,7 @@
 //! use, so a read never sees an event that is not durable. (A large group
 //! goes into the index while the disk writes it back, under the index's
 //! write lock, which is held until its `fdatasync` has returned:
-//! [`SYNC_BESIDE_EVENTS`].)
+//! [`LARGE_GROUP_EVENTS`].)
 //!
 //! Architecture Invariant: the index in memory is derived from the segment
 //! files only (rebuilt on open, or read from the index snapshot a clean
@@ -778,7 +778,7 @@ struct State {
     /// few events were appended.
     snapshot_stale: bool,
     /// A group's fdatasync failed after the writer had put the group in
-    /// the index ([`SYNC_BESIDE_EVENTS`]): the index holds events that are
+    /// the index ([`LARGE_GROUP_EVENTS`]): the index holds events that are
     /// not durable, and every read is refused until the store is reopened
     /// ([`read_state`]).
     unsynced: bool,
@@ -1998,12 +1998,12 @@ pub struct WriterTimes {
     /// a new segment when one is full).
     pub write_ns: u64,
     /// The group's `fdatasync`; for a group put in the index while the
-    /// disk writes it back ([`SYNC_BESIDE_EVENTS`]), starting its
+    /// disk writes it back ([`LARGE_GROUP_EVENTS`]), starting its
     /// writeback and then waiting for the `fdatasync` after the pushes.
     pub sync_ns: u64,
     /// Publishing the group: the id table grown ahead when it must, and
     /// every frame put in the index under its write lock (for a group of
-    /// [`SYNC_BESIDE_EVENTS`], while the disk writes it back; the wait
+    /// [`LARGE_GROUP_EVENTS`], while the disk writes it back; the wait
     /// for its `fdatasync` after them is `sync_ns`). (Answering the
     /// group's appends comes after its times are counted, so that an
     /// append's caller finds its group counted.)
@@ -2183,12 +2183,22 @@ fn next_commit(receiver: &mut mpsc::Receiver<Commit>, spin: bool) -> Option<Comm
 
 const WRITER_SPIN: Duration = Duration::from_micros(100);
 
-/// Events in a group after which the writer waits awake for the next
-/// ([`next_commit`]): an import's batch (1,024), whose pipeline hands the
-/// next one over a few microseconds after the answer. Small groups (single
-/// and concurrent appends) are not followed by a spin: their callers need
-/// the core to make the next appends.
-const SPIN_AFTER_EVENTS: usize = 512;
+/// Events from which a group is an import's batch (1,024) rather than
+/// single or concurrent appends, and the writer treats it so:
+/// - it waits awake for the next commit after it ([`next_commit`]): the
+///   pipeline hands the next batch over a few microseconds after the
+///   answer, while the callers of small appends need the core to make the
+///   next ones;
+/// - it puts the group in the index while the disk writes it: the group's
+///   writeback is started (`sync_file_range`) before its pushes, and its
+///   fdatasync follows them, the index's write lock held until it has
+///   returned, so that no reader sees an event before it is durable. A
+///   small group is synced first and indexed after (a single append
+///   would wait longer, not less, with its pushes first), and so is a
+///   group written as it is sealed ([`STREAMED_GROUP_EVENTS`]: one large
+///   atomic append), whose fdatasync can take a second, which readers
+///   would then wait for.
+const LARGE_GROUP_EVENTS: usize = 512;
 
 impl Writer {
     fn run(mut self, mut receiver: mpsc::Receiver<Commit>) {
@@ -2205,7 +2215,7 @@ impl Writer {
                 .flat_map(|c| &c.requests)
                 .map(|r| r.events.len())
                 .sum();
-            spin = events >= SPIN_AFTER_EVENTS;
+            spin = events >= LARGE_GROUP_EVENTS;
             let committed = self.commit_group(group, events);
             self.trim_buffers();
             if committed {
@@ -2525,7 +2535,7 @@ impl Writer {
         // A large group is written back while it is indexed; one written
         // as it was sealed is synced first (readers are not held for its
         // long fdatasync).
-        let beside = (SYNC_BESIDE_EVENTS..STREAMED_GROUP_EVENTS).contains(&self.sealed.len());
+        let beside = (LARGE_GROUP_EVENTS..STREAMED_GROUP_EVENTS).contains(&self.sealed.len());
         let result = written.and_then(|w| self.end_group(w, group_len, &mut times, beside));
         times.write_ns += piece_ns;
         let syncing = beside && result.is_ok();
@@ -2635,7 +2645,7 @@ impl Writer {
     }
 
     /// The fdatasync of a group whose writeback `end_group` started
-    /// ([`SYNC_BESIDE_EVENTS`]). On error, cuts the segment back to its
+    /// ([`LARGE_GROUP_EVENTS`]). On error, cuts the segment back to its
     /// last durable end (best effort).
     fn sync_group(&mut self) -> Result<(), StoreError> {
         #[cfg(test)]
@@ -2844,19 +2854,8 @@ impl Writer {
     }
 }
 
-/// Events in a group from which the writer puts the group in the index
-/// while the disk writes it: the group's writeback is started
-/// (`sync_file_range`) before its pushes, and its fdatasync follows them,
-/// the index's write lock held until it has returned, so that no reader
-/// sees an event before it is durable. An import's batch (1,024) is such
-/// a group; a small group (a single append) is synced first and indexed
-/// after, as before, and so is a group written as it is sealed
-/// ([`STREAMED_GROUP_EVENTS`]: one large atomic append), whose fdatasync
-/// can take a second, which readers would then wait for.
-const SYNC_BESIDE_EVENTS: usize = 512;
-
 /// Tests: what the writer does at the fdatasync after a large group's
-/// pushes ([`SYNC_BESIDE_EVENTS`]), the index's write lock held.
+/// pushes ([`LARGE_GROUP_EVENTS`]), the index's write lock held.
 #[cfg(test)]
 #[derive(Default)]
 struct SyncHooks {
@@ -4307,7 +4306,7 @@ mod index_tests {
         };
         let appender = {
             let log = log.clone();
-            let events = 100..100 + SYNC_BESIDE_EVENTS as u128;
+            let events = 100..100 + LARGE_GROUP_EVENTS as u128;
             std::thread::spawn(move || runtime().block_on(log.append_atomic(vec![request(events)])))
         };
         // The writer has pushed the group and waits at its fdatasync.
@@ -4325,7 +4324,7 @@ mod index_tests {
             other => panic!("a reader got past the writer before the fdatasync: {other:?}"),
         }
         release.send(()).unwrap();
-        let after = 3 + SYNC_BESIDE_EVENTS as u64;
+        let after = 3 + LARGE_GROUP_EVENTS as u64;
         assert_eq!(heads.recv().unwrap().unwrap(), after);
         reader.join().unwrap();
         assert_eq!(appender.join().unwrap().unwrap().len(), 1);
@@ -4334,7 +4333,7 @@ mod index_tests {
 
     /// A large group is put in the index while the disk writes it back,
     /// and its fdatasync follows under the index's write lock
-    /// ([`SYNC_BESIDE_EVENTS`]). When that fdatasync fails, the append is
+    /// ([`LARGE_GROUP_EVENTS`]). When that fdatasync fails, the append is
     /// an I/O error naming it, no read sees the group (every read is
     /// refused until the store is reopened: the index holds what is not
     /// durable), later appends are refused, and a reopen finds the log as
@@ -4344,7 +4343,7 @@ mod index_tests {
     #[test]
     fn a_large_group_whose_fdatasync_fails_is_never_read() {
         let (dir, rt, store, log) = fresh_log();
-        let large = |from: u128| request(from..from + SYNC_BESIDE_EVENTS as u128);
+        let large = |from: u128| request(from..from + LARGE_GROUP_EVENTS as u128);
         rt.block_on(log.append_atomic(vec![request(1..4)])).unwrap();
         rt.block_on(log.append_atomic(vec![large(1_000)])).unwrap();
         log.sync_hooks.fail.store(true, Ordering::Relaxed);
@@ -4362,7 +4361,7 @@ mod index_tests {
             "a group written as it is sealed is synced first"
         );
         // Stream 1's events; the log's head also counts stream 2's.
-        let in_stream = 4 + SYNC_BESIDE_EVENTS as u64;
+        let in_stream = 4 + LARGE_GROUP_EVENTS as u64;
         let head = in_stream + streamed as u64;
         let stream = StreamId(Uuid::from_u128(1));
         assert_eq!(
@@ -4432,7 +4431,7 @@ mod index_tests {
         rt.block_on(log.append_atomic(vec![large(5_000)])).unwrap();
         assert_eq!(
             rt.block_on(log.head()).unwrap().position,
-            head + SYNC_BESIDE_EVENTS as u64
+            head + LARGE_GROUP_EVENTS as u64
         );
     }
 
