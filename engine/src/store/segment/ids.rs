@@ -303,7 +303,7 @@ pub(super) const MAX_RUNS: usize = 8;
 
 /// A log's event ids: those of the index snapshot it was opened from and
 /// those the writer spilled since, each in a file ([`SortedIds`]: a filter
-/// and a block directory in memory, about 1.3 bytes an id), then those
+/// and a block directory in memory, about 2 bytes an id), then those
 /// indexed since in an [`IdMap`] (14–19 bytes an id), which numbers them
 /// from 1 after the files'.
 pub(super) struct Ids {

@@ -134,7 +134,7 @@ pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 /// them, sorted, to a run in a file of its own (12 bytes an id, unlinked
 /// at once, so it lives only as long as the log is open), and looks them
 /// up there from then on (a filter and a block directory in memory, about
-/// 1.3 bytes an id, against 14–19 in the table, which holds about 25 MB at
+/// 2 bytes an id, against 14–19 in the table, which holds about 25 MB at
 /// this size). At [`ids::MAX_RUNS`] runs the next spill merges them all.
 ///
 /// The most a table of 2^21 buckets holds (hashbrown fills seven eighths

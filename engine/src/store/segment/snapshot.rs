@@ -25,7 +25,7 @@
 //! An id is kept as its fingerprint, its 64-bit hash under the seed
 //! ([`super::ids::IdMap`]). Sorted, they are looked up in the file
 //! ([`SortedIds`]) instead of read into the id table: a log opened from
-//! the snapshot holds a filter and a block directory for them (about 1.3
+//! the snapshot holds a filter and a block directory for them (about 2
 //! bytes an id) and a table of only the ids appended after it.
 
 use std::io::{Read, Write};
