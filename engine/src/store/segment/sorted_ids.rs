@@ -41,7 +41,8 @@ pub(super) const MAX_SHARING: usize = 8;
 /// 1%). Each that passes costs a `pread` of a block and its CRC-32, ~3 µs,
 /// in every run it passes: at 10M events (five runs) the writer's and the
 /// planner's look-ups of an import's ids spent ~0.12 µs an event more at
-/// 10 bits (docs/performance.md, "Session af"), for 7.5 MB less memory.
+/// 10 bits (docs/performance.md, "Session af"), for 6.5 MB less memory
+/// there.
 const FILTER_BITS: usize = 16;
 /// The salts of a split-block Bloom filter (Apache Parquet's): one bit is
 /// set in each 32-bit word of a 256-bit block.
@@ -581,7 +582,7 @@ mod tests {
             ids.positions(fp, &mut out).unwrap();
             assert!(out.is_empty());
         }
-        // About 0.1% at 16 bits an id (10 bits let ~1%, 200, pass).
+        // About 0.1% at 16 bits an id (10 bits let ~1%, about 180, pass).
         assert!(passed < 80, "{passed} of 20000 absent passed the filter");
         // Below the first and above the last.
         let mut out = Vec::new();
