@@ -2538,7 +2538,6 @@ impl Writer {
         let beside = (LARGE_GROUP_EVENTS..STREAMED_GROUP_EVENTS).contains(&self.sealed.len());
         let result = written.and_then(|w| self.end_group(w, group_len, &mut times, beside));
         times.write_ns += piece_ns;
-        let syncing = beside && result.is_ok();
         if let Err(e) = result {
             super::fail_group(staged.into_iter().map(|(reply, ..)| reply), &e);
             return false;
@@ -2547,7 +2546,7 @@ impl Writer {
         self.grow_ids_ahead(self.sealed.len());
         let lock = self.state.clone();
         let Ok(mut state) = lock.write() else {
-            if syncing {
+            if beside {
                 let _ = self.sync_group();
             }
             for (reply, ..) in staged {
@@ -2557,7 +2556,7 @@ impl Writer {
         };
         let pushed = self.push_group(&mut state, group_len);
         let mut sync_ns = 0;
-        if syncing {
+        if beside {
             // The group was written back while it was indexed; until it
             // is known durable, the lock keeps every reader from it.
             let waited = Instant::now();
