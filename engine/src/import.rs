@@ -874,30 +874,31 @@ impl<'a> Planner<'a> {
     /// sure it is ready ([`Planner::pupil_ready`]: [`Planner::add_to`]
     /// reads a stream not prefetched into the prefetch).
     fn pupil(&mut self, line: usize, stream: StreamId) -> Result<&mut PupilPlan, ImportError> {
+        // Planned already for every line of a pupil but its first in the
+        // batch: then one look-up more, not three.
         if !self.pupils.contains_key(&stream) {
-            if let Some(carried) = self.carry.pupils.remove(&stream) {
-                self.order.push(stream);
-                self.pupils.insert(stream, carried);
-            }
-        }
-        if !self.pupils.contains_key(&stream) {
-            if !self.prefetch.streams.contains(&stream) {
-                return Err(ImportError::line(line, "internal: pupil stream not read"));
-            }
-            let (state, base_version) = match self.prefetch.folded.remove(&stream) {
-                Some(folded) => folded.map_err(|source| ImportError::Store { line, source })?,
-                // A stream with no events: a new pupil.
-                None => (CaseState::new(), 0),
+            let plan = match self.carry.pupils.remove(&stream) {
+                Some(carried) => carried,
+                None => {
+                    if !self.prefetch.streams.contains(&stream) {
+                        return Err(ImportError::line(line, "internal: pupil stream not read"));
+                    }
+                    let (state, base_version) = match self.prefetch.folded.remove(&stream) {
+                        Some(folded) => {
+                            folded.map_err(|source| ImportError::Store { line, source })?
+                        }
+                        // A stream with no events: a new pupil.
+                        None => (CaseState::new(), 0),
+                    };
+                    PupilPlan {
+                        state,
+                        base_version,
+                        events: Vec::new(),
+                    }
+                }
             };
             self.order.push(stream);
-            self.pupils.insert(
-                stream,
-                PupilPlan {
-                    state,
-                    base_version,
-                    events: Vec::new(),
-                },
-            );
+            self.pupils.insert(stream, plan);
         }
         self.pupils
             .get_mut(&stream)
@@ -1183,7 +1184,7 @@ impl<'a> Planner<'a> {
         let mut seen_streams = IdSet::default();
         let mut keep_entries = IdSet::default();
         let mut line_streams = Vec::with_capacity(lines.len());
-        let mut last: Option<(&str, StreamId)> = None;
+        let mut last: Option<(&str, StreamId, bool)> = None;
         for l in lines {
             if let Some(id) = l.id {
                 if !self.ids.contains_key(&id)
@@ -1194,16 +1195,19 @@ impl<'a> Planner<'a> {
                 }
             }
             // A file usually holds a pupil's lines together: derive each
-            // run's stream once.
-            let stream = match last {
-                Some((pupil, stream)) if pupil == l.pupil => stream,
-                _ => StreamId::for_pupil(&self.school, &l.pupil),
+            // run's stream, and whether it is stored, once.
+            let (stream, stored, first) = match last {
+                Some((pupil, stream, stored)) if pupil == l.pupil => (stream, stored, false),
+                _ => {
+                    let stream = StreamId::for_pupil(&self.school, &l.pupil);
+                    let stored = !self.pupils.contains_key(&stream)
+                        && !self.carry.pupils.contains_key(&stream);
+                    (stream, stored, true)
+                }
             };
-            last = Some((&l.pupil, stream));
+            last = Some((&l.pupil, stream, stored));
             line_streams.push((stream, 1));
-            let stored =
-                !self.pupils.contains_key(&stream) && !self.carry.pupils.contains_key(&stream);
-            if stored && seen_streams.insert(stream) {
+            if stored && first && seen_streams.insert(stream) {
                 streams.push(stream);
             }
             if stored && matches!(l.event, CaseEvent::EntryCorrected(_)) {
