@@ -875,34 +875,31 @@ impl<'a> Planner<'a> {
     /// reads a stream not prefetched into the prefetch).
     fn pupil(&mut self, line: usize, stream: StreamId) -> Result<&mut PupilPlan, ImportError> {
         // Planned already for every line of a pupil but its first in the
-        // batch: then one look-up more, not three.
-        if !self.pupils.contains_key(&stream) {
-            let plan = match self.carry.pupils.remove(&stream) {
-                Some(carried) => carried,
-                None => {
-                    if !self.prefetch.streams.contains(&stream) {
-                        return Err(ImportError::line(line, "internal: pupil stream not read"));
-                    }
-                    let (state, base_version) = match self.prefetch.folded.remove(&stream) {
-                        Some(folded) => {
-                            folded.map_err(|source| ImportError::Store { line, source })?
-                        }
-                        // A stream with no events: a new pupil.
-                        None => (CaseState::new(), 0),
-                    };
-                    PupilPlan {
-                        state,
-                        base_version,
-                        events: Vec::new(),
-                    }
+        // batch: then one look-up.
+        let vacant = match self.pupils.entry(stream) {
+            std::collections::hash_map::Entry::Occupied(planned) => return Ok(planned.into_mut()),
+            std::collections::hash_map::Entry::Vacant(vacant) => vacant,
+        };
+        let plan = match self.carry.pupils.remove(&stream) {
+            Some(carried) => carried,
+            None => {
+                if !self.prefetch.streams.contains(&stream) {
+                    return Err(ImportError::line(line, "internal: pupil stream not read"));
                 }
-            };
-            self.order.push(stream);
-            self.pupils.insert(stream, plan);
-        }
-        self.pupils
-            .get_mut(&stream)
-            .ok_or_else(|| ImportError::line(line, "internal: pupil state missing"))
+                let (state, base_version) = match self.prefetch.folded.remove(&stream) {
+                    Some(folded) => folded.map_err(|source| ImportError::Store { line, source })?,
+                    // A stream with no events: a new pupil.
+                    None => (CaseState::new(), 0),
+                };
+                PupilPlan {
+                    state,
+                    base_version,
+                    events: Vec::new(),
+                }
+            }
+        };
+        self.order.push(stream);
+        Ok(vacant.insert(plan))
     }
 
     /// Validates one line and adds it to the plan.
