@@ -68,7 +68,7 @@ impl SegmentStore {
         let rec = recover(
             &dir,
             self.options.read_snapshot,
-            true,
+            super::snapshot::OpenWith::ids(true),
             super::Spills::of(&self.options),
         )?;
         let Some(last) = rec.segments.last() else {

@@ -206,6 +206,8 @@ pub struct SegmentOptions {
     pub spill_ids: usize,
     /// [`SPILL_STREAMS`] (tests lower it).
     pub spill_streams: usize,
+    /// [`snapshot::BESIDE_BYTES`] (tests lower it).
+    pub snapshot_beside_bytes: u64,
 }
 
 impl Default for SegmentOptions {
@@ -220,6 +222,7 @@ impl Default for SegmentOptions {
             event_ids_at_open: true,
             spill_ids: SPILL_IDS,
             spill_streams: SPILL_STREAMS,
+            snapshot_beside_bytes: snapshot::BESIDE_BYTES,
         }
     }
 }
@@ -1246,10 +1249,10 @@ fn valid_frame_after(seg: &Segment, bad: u64, first: u64) -> Result<bool, StoreE
 fn recover(
     dir: &Path,
     read_snapshot: bool,
-    ids_now: bool,
+    open: snapshot::OpenWith,
     spills: Spills,
 ) -> Result<Recovered, StoreError> {
-    recover_at_most(dir, MAX_POSITIONS, read_snapshot, ids_now, spills)
+    recover_at_most(dir, MAX_POSITIONS, read_snapshot, open, spills)
 }
 
 /// [`recover`] into an index that holds at most `max_events` (a log with
@@ -1264,9 +1267,10 @@ fn recover_at_most(
     dir: &Path,
     max_events: u64,
     read_snapshot: bool,
-    ids_now: bool,
+    open: snapshot::OpenWith,
     mut spills: Spills,
 ) -> Result<Recovered, StoreError> {
+    let ids_now = open.ids_now;
     let names = list_segments(dir)?;
     if names.is_empty() {
         let index = Index {
@@ -1295,7 +1299,7 @@ fn recover_at_most(
         opened.push((first, Segment { path, file }, len));
     }
     let (snapshot, snapshot_rejected) = if read_snapshot {
-        match usable_snapshot(dir, &opened, max_events, ids_now) {
+        match usable_snapshot(dir, &opened, max_events, open) {
             Ok(s) => (s, None),
             Err(why) => (None, Some(why)),
         }
@@ -1425,9 +1429,9 @@ fn usable_snapshot(
     dir: &Path,
     segments: &[(u64, Segment, u64)],
     max_events: u64,
-    ids_now: bool,
+    open: snapshot::OpenWith,
 ) -> Result<Option<(Index, Vec<snapshot::SnapSegment>)>, String> {
-    let Some(loaded) = snapshot::load(dir, max_events, ids_now)? else {
+    let Some(loaded) = snapshot::load(dir, max_events, open)? else {
         return Ok(None);
     };
     let snapshot::Loaded {
@@ -1555,7 +1559,8 @@ fn later_ids(
     // Only the ids of this scan are kept; its stream lists are spilled to
     // files of their own as it goes (freed with it) rather than held, as
     // any full scan's are.
-    let rec = recover_at_most(dir, index.max_events, false, true, Spills::DEFAULT)?;
+    let open = snapshot::OpenWith::ids(true);
+    let rec = recover_at_most(dir, index.max_events, false, open, Spills::DEFAULT)?;
     if (rec.index.head(), rec.index.head_hash) != (index.head(), index.head_hash) {
         return Err(StoreError::Internal(format!(
             "the log's segments end at position {} but its index at {}",
@@ -1701,12 +1706,11 @@ impl SegmentLog {
                 sync_dir(parent)?;
             }
         }
-        let rec = recover(
-            dir,
-            options.read_snapshot,
-            options.event_ids_at_open,
-            Spills::of(&options),
-        )?;
+        let open = snapshot::OpenWith {
+            ids_now: options.event_ids_at_open,
+            beside_bytes: options.snapshot_beside_bytes,
+        };
+        let rec = recover(dir, options.read_snapshot, open, Spills::of(&options))?;
         let head = rec.index.head();
         // The watermark, checked before anything is cut.
         let wm_path = dir.join(WATERMARK_FILE);
@@ -4141,6 +4145,7 @@ fn check_index_batches(
 
 #[cfg(test)]
 mod index_tests {
+    use super::snapshot::OpenWith;
     use super::*;
 
     fn meta(position: u64, stream: u8, version: u64, id: u128) -> FrameMeta {
@@ -4503,7 +4508,7 @@ mod index_tests {
     /// stream 1), a third frame that repeats position 1's id, sealed and
     /// framed as the writer would.
     fn repeat_the_first_id_at_position_3(log_dir: &Path) {
-        let rec = recover(log_dir, false, true, Spills::DEFAULT).unwrap();
+        let rec = recover(log_dir, false, OpenWith::ids(true), Spills::DEFAULT).unwrap();
         let stream = StreamId(Uuid::from_u128(1));
         let (_, bytes) = crate::envelope::StoredEvent::seal(
             &new_event(1),
@@ -4539,11 +4544,13 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        assert!(recover(&log_dir, false, true, Spills::DEFAULT)
-            .unwrap()
-            .index
-            .shared
-            .is_empty());
+        assert!(
+            recover(&log_dir, false, OpenWith::ids(true), Spills::DEFAULT)
+                .unwrap()
+                .index
+                .shared
+                .is_empty()
+        );
         repeat_the_first_id_at_position_3(&log_dir);
         // A scan that spills its ids after every group finds the repeat
         // across its runs too.
@@ -4553,7 +4560,7 @@ mod index_tests {
             (true, Spills::DEFAULT),
             (false, every_group),
         ] {
-            match recover(&log_dir, read_snapshot, true, spill) {
+            match recover(&log_dir, read_snapshot, OpenWith::ids(true), spill) {
                 Err(StoreError::Corrupt { location, what }) => {
                     assert!(location.contains(".seg"), "{location}");
                     assert!(
@@ -4737,7 +4744,7 @@ mod index_tests {
         let rec = recover(
             &log_dir,
             false,
-            true,
+            OpenWith::ids(true),
             Spills {
                 ids: 700,
                 ..Spills::DEFAULT
@@ -4803,7 +4810,9 @@ mod index_tests {
     }
 
     /// A store of `school-a` in `dir` with these snapshot settings; the
-    /// event ids of a snapshot are left in the file until first needed.
+    /// event ids of a snapshot are left in the file until first needed,
+    /// the snapshot's checksum and stream lists read on threads of their
+    /// own however small it is (as a large one is).
     fn open_log(
         dir: &Path,
         read_snapshot: bool,
@@ -4813,6 +4822,7 @@ mod index_tests {
             snapshot_min_events,
             read_snapshot,
             event_ids_at_open: false,
+            snapshot_beside_bytes: 0,
             ..SegmentOptions::default()
         };
         let store = SegmentStore::open_with(dir, true, options).unwrap();
@@ -5285,6 +5295,84 @@ mod index_tests {
         assert_eq!(found.map(|e| e.position), Some(7));
     }
 
+    /// An open that leaves the ids in a large snapshot takes its checksum
+    /// over the whole file on a thread of its own, while the open's thread
+    /// reads only the frame lengths and a third the stream lists (it never
+    /// reads the ids then): a byte changed anywhere, in the ids too, is
+    /// refused by such an open, by one of a small snapshot (one thread),
+    /// and by one for appends, and the index is rebuilt from the segments.
+    #[test]
+    fn a_byte_changed_anywhere_in_the_snapshot_is_refused_by_either_open() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(5));
+        let path = log.dir().join(snapshot::SNAPSHOT_FILE);
+        drop((log, store));
+        let sound = std::fs::read(&path).unwrap();
+        let total = sound.len();
+        // Header 60 bytes, one segment (4 + 16), 5 lengths (4 each), one
+        // stream (8 + 16 + 4 + 5 × 4), the ids (8 + 5 × 12), the checksum.
+        let ids_at = total - 32 - 8 - 5 * 12;
+        assert_eq!(ids_at, 60 + 20 + 20 + 48);
+        let places = [
+            ("the head", 20),
+            ("a frame's length", 60 + 20 + 4),
+            ("a stream's position", ids_at - 2),
+            ("the count of ids", ids_at),
+            ("an id's fingerprint", ids_at + 8 + 12 + 3),
+            ("the last id's position", total - 32 - 1),
+            ("the checksum", total - 1),
+        ];
+        // Reading only with the threads, reading only on one thread, and
+        // for appends.
+        let opens = [(false, 0), (false, u64::MAX), (true, 0)];
+        let open = |ids_at_open: bool, beside: u64| {
+            let options = SegmentOptions {
+                snapshot_min_events: u64::MAX,
+                event_ids_at_open: ids_at_open,
+                snapshot_beside_bytes: beside,
+                ..SegmentOptions::default()
+            };
+            let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+            let log = store.log("school-a").unwrap();
+            (store, log)
+        };
+        for (what, at) in places {
+            for (ids_at_open, beside) in opens {
+                let mut bytes = sound.clone();
+                bytes[at] ^= 0x10;
+                std::fs::write(&path, &bytes).unwrap();
+                let (store, log) = open(ids_at_open, beside);
+                let case = format!("{what} (byte {at}), ids read at open: {ids_at_open}, threads from {beside} bytes");
+                assert_eq!(log.opened_from_snapshot(), None, "{case}");
+                let why = log.take_snapshot_rejection();
+                assert!(why.is_some(), "{case}: no note");
+                if at >= ids_at && !ids_at_open && beside == 0 {
+                    // Only the checksum reads these bytes at such an open.
+                    assert!(
+                        why.as_deref().unwrap().contains("checksum mismatch"),
+                        "{case}: {why:?}"
+                    );
+                }
+                let all = rt.block_on(log.read_all(1, 10)).unwrap();
+                let ids: Vec<u128> = all.iter().map(|e| e.event_id.as_u128()).collect();
+                assert_eq!(ids, (1..8).collect::<Vec<u128>>(), "{case}");
+                drop((log, store));
+            }
+        }
+        // The sound file is used by each.
+        std::fs::write(&path, &sound).unwrap();
+        for (ids_at_open, beside) in opens {
+            let (store, log) = open(ids_at_open, beside);
+            assert_eq!(log.opened_from_snapshot(), Some(5));
+            assert_eq!(log.take_snapshot_rejection(), None);
+            let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
+            assert_eq!(found.map(|e| e.position), Some(3));
+            drop((log, store));
+        }
+    }
+
     /// On an open that left the ids in the snapshot, positions of ids
     /// named with their stream are found by the frames' headers, each
     /// checked as a stream read checks it: a stream index that points at
@@ -5726,8 +5814,9 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop(log);
         drop(store);
-        assert!(recover_at_most(&log_dir, 3, true, true, Spills::DEFAULT).is_ok());
-        match recover_at_most(&log_dir, 2, true, true, Spills::DEFAULT) {
+        let open = OpenWith::ids(true);
+        assert!(recover_at_most(&log_dir, 3, true, open, Spills::DEFAULT).is_ok());
+        match recover_at_most(&log_dir, 2, true, open, Spills::DEFAULT) {
             Err(StoreError::Corrupt { .. }) => {}
             other => panic!("expected Corrupt, got {:?}", other.map(|r| r.index.head())),
         }

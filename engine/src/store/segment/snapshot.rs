@@ -1,6 +1,6 @@
 //! The index snapshot: a log's in-memory index written to
 //! `logs/<school>/index` when the log closes, so that the next open reads
-//! it (one sequential read) and scans only the frames
+//! it (front to back) and scans only the frames
 //! written after it, instead of reading, checking and indexing every frame
 //! of every segment (about 0.45 s a million events, most of it hash-map
 //! inserts at random places). About 20 bytes an event.
@@ -28,7 +28,8 @@
 //! the snapshot holds a filter and a block directory for them (about 2
 //! bytes an id) and a table of only the ids appended after it.
 
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 
 use std::path::Path;
 
@@ -86,6 +87,39 @@ struct Blocks<'a> {
 
 /// Bytes hashed and written, or read and hashed, at once.
 const BLOCK: usize = 1 << 20;
+/// Bytes read and hashed at once by [`checksum`], beside the open's own
+/// reading (BLAKE3 hashes such a block many chunks at a time).
+const CHECKSUM_BLOCK: usize = 256 << 10;
+/// The size of snapshot from which an open that leaves the ids in the
+/// file takes the checksum, and reads the stream lists, on threads of
+/// their own (about 400,000 events): below it one thread is as quick
+/// (2.0 ms at 100,000 events against 2.3 with the threads), and a process
+/// that started the threads held ~8 MB more in the phases after (the
+/// bench at 100,000 events).
+pub const BESIDE_BYTES: u64 = 8 << 20;
+
+/// How an open reads the snapshot.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct OpenWith {
+    /// The ids read at once, on a thread of their own beside the rest (an
+    /// open for appends); else left in the file until first needed
+    /// ([`LaterIds`]).
+    pub ids_now: bool,
+    /// Leaving the ids in the file, from this size of file the checksum
+    /// and the stream lists are taken on threads of their own
+    /// ([`BESIDE_BYTES`]; tests lower it).
+    pub beside_bytes: u64,
+}
+
+impl OpenWith {
+    /// With or without the ids, threads from [`BESIDE_BYTES`].
+    pub const fn ids(ids_now: bool) -> OpenWith {
+        OpenWith {
+            ids_now,
+            beside_bytes: BESIDE_BYTES,
+        }
+    }
+}
 
 impl Blocks<'_> {
     fn put(&mut self, bytes: &[u8]) -> std::io::Result<()> {
@@ -155,8 +189,11 @@ pub(super) fn encode(
     w.out.write_all(hash.as_bytes())
 }
 
-/// The snapshot file read front to back in blocks of [`BLOCK`]; every
-/// byte before the trailing checksum is hashed as its block is read.
+/// The snapshot file read front to back in blocks of [`BLOCK`]: every byte
+/// before the trailing checksum hashed as its block is read (an open for
+/// appends), or only as far as the ids, the checksum taken by
+/// [`checksum`] on a thread of its own (an open that leaves the ids in
+/// the file).
 struct Reading {
     file: std::fs::File,
     buf: Vec<u8>,
@@ -170,26 +207,50 @@ struct Reading {
     /// Bytes in the file (bounds every count before anything is
     /// allocated for it).
     total: u64,
-    hasher: blake3::Hasher,
+    /// Where reading stops: the end of the file, or, once the header has
+    /// said where they start, the ids (read by [`load_ids`]).
+    stop: u64,
+    /// Hashes every byte read before the checksum, when this reading
+    /// takes the checksum.
+    hasher: Option<blake3::Hasher>,
 }
 
 impl Reading {
+    /// Reads `file` from byte `from` to `stop` (of its `total`), hashing
+    /// nothing: positioned reads, so that readings of one file through
+    /// handles of their own go on side by side.
+    fn at(file: std::fs::File, from: u64, total: u64, stop: u64) -> Reading {
+        Reading {
+            file,
+            buf: vec![0; BLOCK],
+            at: 0,
+            end: 0,
+            file_at: from,
+            read: from,
+            total,
+            stop,
+            hasher: None,
+        }
+    }
+
     /// Moves what is left to the front of the buffer and reads the next
     /// block after it.
     fn refill(&mut self) -> Result<(), String> {
         self.buf.copy_within(self.at..self.end, 0);
         self.end -= self.at;
         self.at = 0;
-        let want = ((self.total - self.file_at) as usize).min(self.buf.len() - self.end);
+        let want = (self.stop.saturating_sub(self.file_at) as usize).min(self.buf.len() - self.end);
         let block = &mut self.buf[self.end..self.end + want];
         self.file
-            .read_exact(block)
+            .read_exact_at(block, self.file_at)
             .map_err(|e| format!("cannot read: {e}"))?;
         // Hash up to the checksum (the last 32 bytes of the file).
         let hashed_end = self.total.saturating_sub(32);
-        if self.file_at < hashed_end {
-            let n = ((hashed_end - self.file_at) as usize).min(want);
-            self.hasher.update(&block[..n]);
+        if let Some(hasher) = self.hasher.as_mut() {
+            if self.file_at < hashed_end {
+                let n = ((hashed_end - self.file_at) as usize).min(want);
+                hasher.update(&block[..n]);
+            }
         }
         self.file_at += want as u64;
         self.end += want;
@@ -320,10 +381,11 @@ impl Seen {
 /// caller checks the segments and the last frame. The ids are checked
 /// when they are read ([`LaterIds::read`]: every position exactly one id).
 ///
-/// `ids_now`: the ids are read at once, on a thread of their own while
-/// this one reads the rest (an open for appends); else they are left in
-/// the file until first needed ([`LaterIds`]).
-pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<Loaded>, String> {
+/// `open.ids_now`: the ids are read at once, on a thread of their own
+/// while this one reads the rest (an open for appends); else they are
+/// left in the file until first needed ([`LaterIds`]).
+pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option<Loaded>, String> {
+    let ids_now = open.ids_now;
     let path = dir.join(SNAPSHOT_FILE);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -338,14 +400,8 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
         return Err("too short".into());
     }
     let mut r = Reading {
-        file,
-        buf: vec![0; BLOCK],
-        at: 0,
-        end: 0,
-        file_at: 0,
-        read: 0,
-        total,
-        hasher: blake3::Hasher::new(),
+        hasher: Some(blake3::Hasher::new()),
+        ..Reading::at(file, 0, total, total)
     };
     if &r.bytes::<8>("magic")? != MAGIC {
         return Err("not an index snapshot".into());
@@ -362,10 +418,16 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
     }
     let head_hash: Hash = r.bytes::<32>("head hash")?;
     let seed = r.u64("seed")?;
-    // The ids are the file's last section but its checksum: this thread
-    // reads the rest and checks the checksum over the whole file; the ids
-    // are read from where they must start, on a thread of their own now or
-    // when first needed ([`LaterIds`]).
+    // The ids are the file's last section but its checksum. An open for
+    // appends reads them on a thread of their own, from where they must
+    // start, while this one reads the rest and hashes every byte (the ids
+    // too) for the checksum. An open that leaves them in the file until
+    // first needed ([`LaterIds`]) does the same without the ids' thread
+    // for a small file; from `open.beside_bytes` it reads only the frame
+    // lengths here, while a thread of its own reads the whole file for
+    // the checksum and the ids' CRC-32 ([`checksum`]; at 10M events the
+    // ids are 60% of the file) and another the stream lists
+    // ([`load_rest`]).
     let Some(ids_at) = head
         .checked_mul(PAIR as u64)
         .and_then(|n| n.checked_add(8 + 32))
@@ -380,42 +442,39 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
     // The ids' CRC-32 only matters for ids read later (an open that reads
     // them now has the checksum checked over the same bytes).
     let read_ids = || load_ids(&ids_file, ids_at, head, None);
-    let (rest, ahead) = match ids_now {
-        false => {
-            let mut crc = crc32fast::Hasher::new();
-            let rest = load_rest(
-                &mut r,
-                &path,
-                head,
-                head_hash,
-                max_events,
-                seed,
-                ids_at,
-                Some(&mut crc),
-            );
-            (rest.map(|rest| (rest, Some(crc.finalize()))), None)
+    let check = || checksum(&ids_file, total, ids_at);
+    // The rest read and hashed in turn, then the ids' bytes hashed (and
+    // added to `crc` if given) and the checksum checked, on this thread.
+    let inline = |r: &mut Reading, crc: Option<&mut crc32fast::Hasher>| {
+        let rest = load_rest(r, &path, head, head_hash, max_events, seed, ids_at)?;
+        r.skip(total - 32 - ids_at, "ids", crc)?;
+        let stored = r.bytes::<32>("the checksum")?;
+        match r.hasher.take().map(|h| h.finalize()) {
+            Some(hash) if hash.as_bytes() == &stored => Ok(rest),
+            _ => Err("checksum mismatch".to_string()),
         }
-        true => std::thread::scope(|scope| {
-            // Without a thread (none could be started), the ids are read
-            // after the rest, on this one.
-            let reader = std::thread::Builder::new()
-                .name("snapshot ids".into())
-                .spawn_scoped(scope, read_ids)
-                .ok();
-            let rest = load_rest(
-                &mut r, &path, head, head_hash, max_events, seed, ids_at, None,
-            );
-            let ids = match reader {
-                Some(reader) => reader
-                    .join()
-                    .unwrap_or_else(|_| Err("the id reader failed".into())),
-                None if rest.is_ok() => read_ids(),
-                None => Err("not read".into()),
-            };
-            (rest.map(|rest| (rest, None)), Some(ids))
-        }),
     };
-    let ((index, segments), crc) = rest?;
+    let (rest, crc, ahead) = match ids_now {
+        false if total < open.beside_bytes => {
+            let mut crc = crc32fast::Hasher::new();
+            let rest = inline(&mut r, Some(&mut crc));
+            (rest, Ok(Some(crc.finalize())), None)
+        }
+        false => {
+            r.stop = ids_at;
+            r.hasher = None;
+            let (rest, crc) = beside("snapshot checksum", check, || {
+                load_rest(&mut r, &path, head, head_hash, max_events, seed, ids_at)
+            });
+            (rest, crc.map(Some), None)
+        }
+        true => {
+            let (rest, ids) = beside("snapshot ids", read_ids, || inline(&mut r, None));
+            (rest, Ok(None), Some(ids))
+        }
+    };
+    let (index, segments) = rest?;
+    let crc = crc?;
     Ok(Some(Loaded {
         index,
         segments,
@@ -428,6 +487,33 @@ pub(super) fn load(dir: &Path, max_events: u64, ids_now: bool) -> Result<Option<
             ahead: std::sync::Mutex::new(ahead),
         },
     }))
+}
+
+/// Runs `side` on a thread of its own, named `name`, while `main` runs on
+/// this one, and returns both results, `main`'s to be looked at first (a
+/// damaged file's findings named in the order one thread reading it
+/// front to back would find them). Without a thread (none could be
+/// started), `side` runs after `main` on this one, if `main` succeeded.
+fn beside<T, U: Send>(
+    name: &str,
+    side: impl Fn() -> Result<U, String> + Sync,
+    main: impl FnOnce() -> Result<T, String>,
+) -> (Result<T, String>, Result<U, String>) {
+    std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn_scoped(scope, &side)
+            .ok();
+        let main = main();
+        let side = match thread {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(format!("the {name} thread failed"))),
+            None if main.is_ok() => side(),
+            None => Err("not read".into()),
+        };
+        (main, side)
+    })
 }
 
 /// A snapshot's event ids: read by the open (an open for appends), or
@@ -494,7 +580,6 @@ fn load_ids(
     head: u64,
     mut crc: Option<&mut crc32fast::Hasher>,
 ) -> Result<IdsRead, String> {
-    use std::os::unix::fs::FileExt;
     let mut header = [0u8; 8];
     file.read_exact_at(&mut header, at)
         .map_err(|e| format!("cannot read: {e}"))?;
@@ -509,10 +594,9 @@ fn load_ids(
     SortedIds::read(own, at + 8, head, crc)
 }
 
-/// The rest of the snapshot after its seed: segments, locations, streams;
-/// the ids' bytes (from `ids_at`) only hashed, and added to `crc` if
-/// given; the checksum checked.
-#[allow(clippy::too_many_arguments)]
+/// The rest of the snapshot after its seed: segments, locations, streams,
+/// which must end where the ids begin (`ids_at`). The ids and the
+/// checksum are not read here.
 fn load_rest(
     r: &mut Reading,
     path: &Path,
@@ -521,9 +605,7 @@ fn load_rest(
     max_events: u64,
     seed: u64,
     ids_at: u64,
-    crc: Option<&mut crc32fast::Hasher>,
 ) -> Result<(Index, Vec<SnapSegment>), String> {
-    let total = r.total;
     let nseg = u64::from(r.u32("segments")?);
     r.fits(nseg, 16, "segments")?;
     let mut segments = Vec::with_capacity(nseg as usize);
@@ -537,9 +619,66 @@ fn load_rest(
         max_events,
         ..Index::default()
     };
-    // Locations: frame after frame from byte 0 of each segment, each
-    // segment from its first position to its length.
+    // The frame lengths (4 bytes a position) and, after them, the stream
+    // lists. An open that takes the checksum here (an open for appends,
+    // whose ids are read beside it) reads and hashes them in turn. Else
+    // each is read by a thread of its own (the lists through a handle of
+    // their own, from where the lengths end), the lengths' findings named
+    // first when both fail, as when one thread read them in turn.
     r.fits(head, 4, "locations")?;
+    let streams_at = r.read + 4 * head;
+    let (lists, crcs) = match r.hasher.is_some() {
+        true => {
+            load_locations(r, &segments, head, &mut index)?;
+            load_streams(r, head, ids_at)?
+        }
+        false => {
+            // Nothing to hash: this reading ends with the lengths.
+            r.stop = r.stop.min(streams_at);
+            let lists_file = r
+                .file
+                .try_clone()
+                .map_err(|e| format!("cannot open: {e}"))?;
+            let total = r.total;
+            let read_lists = || {
+                let file = lists_file
+                    .try_clone()
+                    .map_err(|e| format!("cannot open: {e}"))?;
+                let mut reading = Reading::at(file, streams_at, total, ids_at);
+                load_streams(&mut reading, head, ids_at)
+            };
+            let (locations, streams) = beside("snapshot streams", read_lists, || {
+                load_locations(r, &segments, head, &mut index)
+            });
+            locations?;
+            streams?
+        }
+    };
+    let own = r
+        .file
+        .try_clone()
+        .map_err(|e| format!("cannot open: {e}"))?;
+    index.streams = Streams::from_file(
+        own,
+        path.to_path_buf(),
+        head,
+        IdHash::with_seed(seed),
+        lists,
+        crcs,
+    )?;
+    Ok((index, segments))
+}
+
+/// The frame lengths ([`load_rest`]), read by `r` from where they start,
+/// into `index`'s locations.
+fn load_locations(
+    r: &mut Reading,
+    segments: &[SnapSegment],
+    head: u64,
+    index: &mut Index,
+) -> Result<(), String> {
+    // Frame after frame from byte 0 of each segment, each segment from
+    // its first position to its length.
     let mut p = 0u64;
     for (seg, s) in segments.iter().enumerate() {
         if s.first != p + 1 || s.len == 0 {
@@ -573,9 +712,19 @@ fn load_rest(
     if p != head {
         return Err(format!("the segments hold {p} frames of {head}"));
     }
-    // Streams: every position in exactly one stream, each stream's
-    // positions increasing. The lists stay in the file ([`Streams`]): kept
-    // are where each starts and the CRC-32 of each of its blocks.
+    Ok(())
+}
+
+/// Each stream with where its list starts in the file, and the CRC-32 of
+/// every block of every list ([`Streams::from_file`]).
+type StreamLists = (Vec<(StreamId, AtInFile)>, Vec<u32>);
+
+/// The stream lists ([`load_rest`]), read by `r` from where they start:
+/// every position in exactly one stream, each stream's positions
+/// increasing, and the lists must end where the ids begin (`ids_at`). The
+/// lists stay in the file ([`Streams`]): returned are where each starts
+/// and the CRC-32 of each of its blocks.
+fn load_streams(r: &mut Reading, head: u64, ids_at: u64) -> Result<StreamLists, String> {
     let nstreams = r.u64("streams")?;
     r.fits(nstreams, 20, "streams")?;
     let mut seen = Seen::new(head);
@@ -614,27 +763,45 @@ fn load_rest(
     if listed != head {
         return Err(format!("streams list {listed} positions of {head}"));
     }
-    let own = r
-        .file
-        .try_clone()
-        .map_err(|e| format!("cannot open: {e}"))?;
-    index.streams = Streams::from_file(
-        own,
-        path.to_path_buf(),
-        head,
-        IdHash::with_seed(seed),
-        lists,
-        crcs,
-    )?;
-    // Ids (read by `load_ids` when first needed): they must start where
-    // the streams end; their CRC-32 is kept to check that read.
+    // Ids (read by `load_ids`): they must start where the streams end.
     if r.read != ids_at {
         return Err("the streams do not end where the ids begin".into());
     }
-    r.skip(total - 32 - ids_at, "ids", crc)?;
-    let stored = r.bytes::<32>("the checksum")?;
-    if r.hasher.finalize().as_bytes() != &stored {
+    Ok((lists, crcs))
+}
+
+/// Checks the snapshot's checksum, the BLAKE3 of every byte of `file`
+/// before its last 32, which must be those 32, and returns the CRC-32 of
+/// the bytes from `ids_from` to the checksum (the ids' section: count,
+/// pairs), which [`LaterIds::read`] checks when it reads them later. Read
+/// through positioned reads, beside [`load_rest`]'s reading of the same
+/// bytes: a snapshot is written whole to a new file and renamed into
+/// place, never written in place, so the two read the same bytes.
+fn checksum(file: &std::fs::File, total: u64, ids_from: u64) -> Result<u32, String> {
+    let end = total
+        .checked_sub(32)
+        .ok_or_else(|| "too short".to_string())?;
+    let mut buf = vec![0u8; CHECKSUM_BLOCK];
+    let mut hasher = blake3::Hasher::new();
+    let mut crc = crc32fast::Hasher::new();
+    let mut at = 0u64;
+    while at < end {
+        let n = ((end - at) as usize).min(CHECKSUM_BLOCK);
+        let block = &mut buf[..n];
+        file.read_exact_at(block, at)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        hasher.update(block);
+        if at + n as u64 > ids_from {
+            let skip = ids_from.saturating_sub(at) as usize;
+            crc.update(&block[skip..]);
+        }
+        at += n as u64;
+    }
+    let mut stored = [0u8; 32];
+    file.read_exact_at(&mut stored, end)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if hasher.finalize().as_bytes() != &stored {
         return Err("checksum mismatch".into());
     }
-    Ok((index, segments))
+    Ok(crc.finalize())
 }
