@@ -95,7 +95,8 @@ const CHECKSUM_BLOCK: usize = 256 << 10;
 /// their own (about 400,000 events): below it one thread is as quick
 /// (2.0 ms at 100,000 events against 2.3 with the threads), and a process
 /// that started the threads held ~8 MB more in the phases after (the
-/// bench at 100,000 events).
+/// bench at 100,000 events: memory the allocator keeps after threads end,
+/// until its delayed purge).
 pub const BESIDE_BYTES: u64 = 8 << 20;
 
 /// How an open reads the snapshot.
