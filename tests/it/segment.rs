@@ -220,7 +220,14 @@ fn torn_tail_at_every_offset_keeps_exactly_the_complete_groups() {
             } else {
                 (1..=3).collect()
             };
-            assert_eq!(positions(log.as_ref()).await, want, "cut at {cut}");
+            assert_eq!(
+                positions(log.as_ref()).await,
+                want,
+                "cut at {cut} of {} bytes (the first groups end at {short}), the index from the snapshot of head {:?} ({:?})",
+                full.len(),
+                log.opened_from_snapshot(),
+                log.take_snapshot_rejection()
+            );
             let report = log.verify(&|_| {}).await.unwrap();
             assert!(report.ok, "cut at {cut}: {:?}", report.problems);
             if cut % 17 == 0 || cut == short as usize || cut == full.len() {
