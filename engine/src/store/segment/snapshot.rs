@@ -190,11 +190,13 @@ pub(super) fn encode(
     w.out.write_all(hash.as_bytes())
 }
 
-/// The snapshot file read front to back in blocks of [`BLOCK`]: every byte
-/// before the trailing checksum hashed as its block is read (an open for
-/// appends), or only as far as the ids, the checksum taken by
-/// [`checksum`] on a thread of its own (an open that leaves the ids in
-/// the file).
+/// The snapshot file read front to back in blocks of [`BLOCK`]. An open
+/// for appends, or one of a snapshot under [`OpenWith::beside_bytes`],
+/// reads it all on one reading, every byte before the trailing checksum
+/// hashed as its block is read. Above that size an open that leaves the
+/// ids in the file hashes nothing here: its own reading stops where the
+/// frame lengths end, another reads the stream lists up to the ids, and
+/// [`checksum`] reads the whole file.
 struct Reading {
     file: std::fs::File,
     buf: Vec<u8>,
