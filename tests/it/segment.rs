@@ -175,8 +175,16 @@ proptest! {
 
 /// Cuts the last segment at every byte offset inside the last group (and
 /// appends zeros or garbage after some cuts): reopening always shows the
-/// earlier complete groups exactly (or everything, when nothing was cut),
-/// never part of a group; verify passes and appends continue.
+/// earlier complete groups exactly (or everything, when the bytes written
+/// still hold the whole last group), never part of a group; verify passes
+/// and appends continue.
+///
+/// What is expected follows from the bytes written, not from the cut
+/// alone: a cut one byte short of the end followed by garbage whose first
+/// byte happens to be the byte cut off (1 run in 256: the last byte is
+/// the event's hash) is the whole group and garbage after it. Until
+/// session ai the test expected three events there and so failed about
+/// once in 256 runs; the last pass now writes that case on purpose.
 #[test]
 fn torn_tail_at_every_offset_keeps_exactly_the_complete_groups() {
     let rt = rt();
@@ -199,9 +207,14 @@ fn torn_tail_at_every_offset_keeps_exactly_the_complete_groups() {
     let full = std::fs::read(&seg).unwrap();
     assert!(full.len() as u64 > short);
     let mut garbage_seed = 0x1234_5678u32;
-    for cut in short as usize..=full.len() {
+    // The last pass: the whole group, then garbage that starts with
+    // something other than zeros (a torn next group's first bytes).
+    let cuts = (short as usize..=full.len()).chain([full.len() + 1]);
+    for pass in cuts {
+        let cut = pass.min(full.len());
         let mut bytes = full[..cut].to_vec();
-        match cut % 3 {
+        match pass % 3 {
+            _ if pass > full.len() => bytes.extend_from_slice(&[0xa5; 64]),
             1 => bytes.extend_from_slice(&[0u8; 64]),
             2 => bytes.extend((0..64).map(|_| {
                 garbage_seed = garbage_seed
@@ -211,11 +224,12 @@ fn torn_tail_at_every_offset_keeps_exactly_the_complete_groups() {
             })),
             _ => {}
         }
+        let whole = bytes.starts_with(&full);
         std::fs::write(&seg, &bytes).unwrap();
         std::fs::write(&wm_path, &watermark).unwrap();
         rt.block_on(async {
             let log = open(dir).unwrap_or_else(|e| panic!("open after a cut at {cut}: {e}"));
-            let want: Vec<u64> = if cut == full.len() {
+            let want: Vec<u64> = if whole {
                 (1..=6).collect()
             } else {
                 (1..=3).collect()
@@ -223,8 +237,9 @@ fn torn_tail_at_every_offset_keeps_exactly_the_complete_groups() {
             assert_eq!(
                 positions(log.as_ref()).await,
                 want,
-                "cut at {cut} of {} bytes (the first groups end at {short}), the index from the snapshot of head {:?} ({:?})",
+                "cut at {cut} of {} bytes, {} written (the first groups end at {short}), the index from the snapshot of head {:?} ({:?})",
                 full.len(),
+                bytes.len(),
                 log.opened_from_snapshot(),
                 log.take_snapshot_rejection()
             );
@@ -246,10 +261,8 @@ fn torn_tail_at_every_offset_keeps_exactly_the_complete_groups() {
         });
         // The tail was cut back to whole groups (or the append after it).
         let len = std::fs::metadata(&seg).unwrap().len() as usize;
-        assert!(
-            len >= short as usize,
-            "cut at {cut}: acknowledged bytes cut"
-        );
+        let kept = if whole { full.len() } else { short as usize };
+        assert!(len >= kept, "cut at {cut}: whole groups cut");
     }
 }
 
