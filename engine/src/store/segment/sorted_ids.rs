@@ -32,6 +32,9 @@ pub(super) const BLOCK_PAIRS: usize = 256;
 const BLOCK_BYTES: usize = BLOCK_PAIRS * PAIR;
 /// Blocks read at once when the whole section is read.
 const BLOCKS_AT_ONCE: usize = 256;
+/// How many pairs ahead [`SortedIds::read`] asks for the memory that
+/// marks a position seen ([`Sorting::prefetch`]).
+const SEEN_AHEAD: usize = 16;
 /// Most positions whose ids may share one fingerprint (ids share a 64-bit
 /// fingerprint with a probability of 2^-64 a pair; more than this is a
 /// damaged or crafted section, and the ids are indexed from the segments).
@@ -195,6 +198,12 @@ pub(super) struct Sorting {
     seen: Vec<u64>,
     fences: Vec<u64>,
     sums: Vec<u32>,
+    /// Whether [`Sorting::add`] takes each block's CRC-32 a pair at a
+    /// time (a run written, whose pairs come one by one), or the reader
+    /// of a section gives them a block at a time ([`Sorting::sum_blocks`]:
+    /// one pass over bytes it holds, instead of a 12-byte update a pair,
+    /// the CRC's slowest path).
+    crc_pairs: bool,
     crc: crc32fast::Hasher,
     in_block: usize,
     filter: Filter,
@@ -220,9 +229,37 @@ impl Sorting {
             seen: vec![0; (n as usize).div_ceil(64)],
             fences: Vec::with_capacity(blocks),
             sums: Vec::with_capacity(blocks),
+            crc_pairs: true,
             crc: crc32fast::Hasher::new(),
             in_block: 0,
             filter: Filter::with_keys(n),
+        }
+    }
+
+    /// For a section whose reader gives each block's bytes
+    /// ([`Sorting::sum_blocks`]): no CRC-32 taken a pair at a time.
+    fn summed_by_blocks(mut self) -> Sorting {
+        self.crc_pairs = false;
+        self
+    }
+
+    /// Adds the CRC-32 of each block of `bytes`, the pairs just given to
+    /// [`Sorting::add`] (from a block's start: whole blocks, the last of
+    /// the section possibly short).
+    fn sum_blocks(&mut self, bytes: &[u8]) {
+        self.sums
+            .extend(bytes.chunks(BLOCK_BYTES).map(crc32fast::hash));
+    }
+
+    /// Asks for the memory where position `p` is marked seen, a few pairs
+    /// before [`Sorting::add`] marks it: the positions of a sorted section
+    /// come in no order, and the marks of millions do not fit a core's
+    /// cache.
+    #[inline]
+    fn prefetch(&self, p: u32) {
+        let i = u64::from(p).wrapping_sub(self.first + 1) / 64;
+        if let Some(word) = usize::try_from(i).ok().and_then(|i| self.seen.get(i)) {
+            super::ids::prefetch_line(word as *const u64 as usize);
         }
     }
 
@@ -262,11 +299,15 @@ impl Sorting {
         if self.in_block == 0 {
             self.fences.push(fp);
         }
-        self.crc.update(&pair_bytes(fp, p));
+        if self.crc_pairs {
+            self.crc.update(&pair_bytes(fp, p));
+        }
         self.in_block += 1;
         if self.in_block == BLOCK_PAIRS {
-            let crc = std::mem::take(&mut self.crc);
-            self.sums.push(crc.finalize());
+            if self.crc_pairs {
+                let crc = std::mem::take(&mut self.crc);
+                self.sums.push(crc.finalize());
+            }
             self.in_block = 0;
         }
         self.filter.insert(fp);
@@ -285,7 +326,7 @@ impl Sorting {
             return Err(format!("ids: {} ids for {} positions", self.count, self.n));
         }
         let mut sums = self.sums;
-        if self.in_block > 0 {
+        if self.in_block > 0 && self.crc_pairs {
             sums.push(self.crc.finalize());
         }
         Ok((
@@ -313,7 +354,7 @@ impl SortedIds {
         n: u64,
         mut crc: Option<&mut crc32fast::Hasher>,
     ) -> Result<(SortedIds, Vec<(u32, u32)>), String> {
-        let mut sorting = Sorting::new(n);
+        let mut sorting = Sorting::new(n).summed_by_blocks();
         let mut buf =
             vec![0u8; BLOCK_BYTES * BLOCKS_AT_ONCE.min((n as usize).div_ceil(BLOCK_PAIRS))];
         let (mut offset, mut left) = (at, n);
@@ -327,13 +368,20 @@ impl SortedIds {
                 crc.update(bytes);
             }
             if refused.is_none() {
-                for pair in bytes.chunks_exact(PAIR) {
+                for (j, pair) in bytes.chunks_exact(PAIR).enumerate() {
+                    let ahead = (j + SEEN_AHEAD) * PAIR;
+                    if let Some(next) = bytes.get(ahead..ahead + PAIR) {
+                        sorting.prefetch(pair_at(next).1);
+                    }
                     let (fp, p) = pair_at(pair);
                     if let Err(e) = sorting.add(fp, p) {
                         refused = Some(e);
                         break;
                     }
                 }
+                // Whole blocks (this read starts at one), the last
+                // possibly short.
+                sorting.sum_blocks(bytes);
             }
             offset += bytes.len() as u64;
             left -= take;
