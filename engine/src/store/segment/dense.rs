@@ -9,29 +9,6 @@ const CHUNK: usize = 1 << 16;
 /// a `u32`.
 pub(super) const MAX_POSITIONS: u64 = u32::MAX as u64;
 
-/// `n` zeros, written here rather than left to the allocator's zeroed
-/// memory. Fresh memory from the system is mapped lazily: a page first
-/// read is the kernel's shared zero page, and the first write after that
-/// is a copy-on-write fault that flushes the page from the TLB of every
-/// core running the process, by interrupting them (in this machine
-/// kind's virtual machines an interrupt costs a trip to the hypervisor).
-/// Tables that are read before they are written at random places (a bit
-/// set of positions seen, a Bloom filter) took that fault on nearly every
-/// page: 18% of the samples of the thread reading a 9.9M-event snapshot's
-/// ids (docs/performance.md, "Session ai"). Written first, each page
-/// takes one plain fault. One write a 4 KiB page, through
-/// [`std::hint::black_box`] so that it is not dropped as a store of zero
-/// into memory known to be zero (an allocation and a fill of zeros would
-/// be turned back into a zeroed allocation).
-pub(super) fn written_zeros<T: Copy + Default>(n: usize) -> Vec<T> {
-    let mut v = vec![T::default(); n];
-    let step = (4096 / std::mem::size_of::<T>().max(1)).max(1);
-    for i in (0..n).step_by(step) {
-        *std::hint::black_box(&mut v[i]) = T::default();
-    }
-    v
-}
-
 /// A push-only vector kept in chunks of `N` entries ([`CHUNK`] unless
 /// given): growing never copies what is stored, and the slack is at most
 /// one chunk (a doubling `Vec` carries up to its length again, and copies
@@ -134,15 +111,5 @@ mod tests {
         // Three chunks of exactly CHUNK entries each.
         assert!(c.allocated_bytes() >= 3 * CHUNK * 8);
         assert!(c.allocated_bytes() < 3 * CHUNK * 8 + 1024);
-    }
-
-    #[test]
-    fn written_zeros_are_zeros_of_the_length_asked() {
-        for n in [0, 1, 511, 512, 513, 100_000] {
-            assert_eq!(written_zeros::<u64>(n), vec![0u64; n], "{n}");
-            let blocks: Vec<[u32; 8]> = written_zeros(n);
-            assert_eq!(blocks.len(), n);
-            assert!(blocks.iter().all(|b| *b == [0; 8]), "{n}");
-        }
     }
 }

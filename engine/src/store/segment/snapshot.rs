@@ -358,7 +358,7 @@ impl Seen {
     fn new(head: u64) -> Seen {
         Seen {
             head,
-            bits: super::dense::written_zeros((head as usize).div_ceil(64)),
+            bits: vec![0; (head as usize).div_ceil(64)],
         }
     }
 

@@ -77,7 +77,7 @@ impl Filter {
             .div_ceil(256)
             .max(1);
         Filter {
-            words: super::dense::written_zeros(blocks),
+            words: vec![[0; 8]; blocks],
         }
     }
 
@@ -226,7 +226,7 @@ impl Sorting {
             prev: None,
             run: Vec::new(),
             shared: Vec::new(),
-            seen: super::dense::written_zeros((n as usize).div_ceil(64)),
+            seen: vec![0; (n as usize).div_ceil(64)],
             fences: Vec::with_capacity(blocks),
             sums: Vec::with_capacity(blocks),
             crc_pairs: true,
