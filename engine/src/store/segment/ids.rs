@@ -774,14 +774,13 @@ mod tests {
         use std::io::Write;
         let pairs = sorted_pairs_of(hasher, ids);
         let mut f = tempfile::NamedTempFile::new().unwrap();
-        let mut sorting = super::super::sorted_ids::Sorting::new(ids.len() as u64);
         for &(fp, p) in &pairs {
             f.write_all(&super::super::sorted_ids::pair_bytes(fp, p))
                 .unwrap();
-            sorting.add(fp, p).unwrap();
         }
         f.flush().unwrap();
-        let (sorted, _) = sorting.finish(f.reopen().unwrap(), 0).unwrap();
+        let n = ids.len() as u64;
+        let (sorted, _) = SortedIds::read(f.reopen().unwrap(), 0, n, None).unwrap();
         (f, sorted)
     }
 

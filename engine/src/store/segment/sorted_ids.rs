@@ -197,14 +197,10 @@ pub(super) struct Sorting {
     shared: Vec<(u32, u32)>,
     seen: Vec<u64>,
     fences: Vec<u64>,
+    /// Each block's CRC-32, taken over its bytes at once
+    /// ([`Sorting::sum_blocks`]; 12 bytes a pair is the CRC's slowest
+    /// path).
     sums: Vec<u32>,
-    /// Whether [`Sorting::add`] takes each block's CRC-32 a pair at a
-    /// time (a run written, whose pairs come one by one), or the reader
-    /// of a section gives them a block at a time ([`Sorting::sum_blocks`]:
-    /// one pass over bytes it holds, instead of a 12-byte update a pair,
-    /// the CRC's slowest path).
-    crc_pairs: bool,
-    crc: crc32fast::Hasher,
     in_block: usize,
     filter: Filter,
 }
@@ -229,24 +225,16 @@ impl Sorting {
             seen: vec![0; (n as usize).div_ceil(64)],
             fences: Vec::with_capacity(blocks),
             sums: Vec::with_capacity(blocks),
-            crc_pairs: true,
-            crc: crc32fast::Hasher::new(),
             in_block: 0,
             filter: Filter::with_keys(n),
         }
     }
 
-    /// For a section whose reader gives each block's bytes
-    /// ([`Sorting::sum_blocks`]): no CRC-32 taken a pair at a time.
-    fn summed_by_blocks(mut self) -> Sorting {
-        self.crc_pairs = false;
-        self
-    }
-
     /// Adds the CRC-32 of each block of `bytes`, the pairs just given to
     /// [`Sorting::add`] (from a block's start: whole blocks, the last of
-    /// the section possibly short).
-    fn sum_blocks(&mut self, bytes: &[u8]) {
+    /// the section possibly short). Whoever gives the pairs gives their
+    /// bytes here too, before [`Sorting::finish`].
+    pub(super) fn sum_blocks(&mut self, bytes: &[u8]) {
         self.sums
             .extend(bytes.chunks(BLOCK_BYTES).map(crc32fast::hash));
     }
@@ -299,15 +287,8 @@ impl Sorting {
         if self.in_block == 0 {
             self.fences.push(fp);
         }
-        if self.crc_pairs {
-            self.crc.update(&pair_bytes(fp, p));
-        }
         self.in_block += 1;
         if self.in_block == BLOCK_PAIRS {
-            if self.crc_pairs {
-                let crc = std::mem::take(&mut self.crc);
-                self.sums.push(crc.finalize());
-            }
             self.in_block = 0;
         }
         self.filter.insert(fp);
@@ -325,9 +306,13 @@ impl Sorting {
         if self.count != self.n {
             return Err(format!("ids: {} ids for {} positions", self.count, self.n));
         }
-        let mut sums = self.sums;
-        if self.in_block > 0 && self.crc_pairs {
-            sums.push(self.crc.finalize());
+        let sums = self.sums;
+        if sums.len() != self.fences.len() {
+            return Err(format!(
+                "ids: {} block checksums for {} blocks",
+                sums.len(),
+                self.fences.len()
+            ));
         }
         Ok((
             SortedIds {
@@ -354,7 +339,7 @@ impl SortedIds {
         n: u64,
         mut crc: Option<&mut crc32fast::Hasher>,
     ) -> Result<(SortedIds, Vec<(u32, u32)>), String> {
-        let mut sorting = Sorting::new(n).summed_by_blocks();
+        let mut sorting = Sorting::new(n);
         let mut buf =
             vec![0u8; BLOCK_BYTES * BLOCKS_AT_ONCE.min((n as usize).div_ceil(BLOCK_PAIRS))];
         let (mut offset, mut left) = (at, n);
@@ -432,11 +417,23 @@ impl SortedIds {
         let mut sorting = Sorting::after(first, n);
         sorting.bound_sharing = false;
         let mut out = std::io::BufWriter::with_capacity(1 << 20, &file);
+        // A block's bytes gathered, for its CRC-32, then written.
+        let mut block = Vec::with_capacity(BLOCK_BYTES);
         pairs(&mut |fp, p| {
             sorting.add(fp, p).map_err(std::io::Error::other)?;
-            out.write_all(&pair_bytes(fp, p))
+            block.extend_from_slice(&pair_bytes(fp, p));
+            if block.len() == BLOCK_BYTES {
+                sorting.sum_blocks(&block);
+                out.write_all(&block)?;
+                block.clear();
+            }
+            Ok(())
         })
-        .and_then(|()| out.flush())
+        .and_then(|()| {
+            sorting.sum_blocks(&block);
+            out.write_all(&block)?;
+            out.flush()
+        })
         .map_err(|e| format!("cannot write a run of ids: {e}"))?;
         drop(out);
         Ok(sorting.finish(file, 0)?.0)
