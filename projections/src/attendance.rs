@@ -57,6 +57,17 @@ fn key(date: NaiveDate, session: Session) -> Key {
     date.num_days_from_ce() * 2 + i32::from(session == Session::Pm)
 }
 
+/// The keys of sessions of dates chrono can hold: the day numbers of
+/// `NaiveDate::MIN` to `NaiveDate::MAX` run without a gap, so a key is a
+/// session of a date exactly when it lies here. (Checking a checkpoint's
+/// every mark with `NaiveDate::from_num_days_from_ce_opt` was a tenth of
+/// `casebook report attendance` on a large school.)
+fn date_keys() -> std::ops::RangeInclusive<i64> {
+    let first = key(NaiveDate::MIN, Session::Am);
+    let last = key(NaiveDate::MAX, Session::Pm);
+    i64::from(first)..=i64::from(last)
+}
+
 fn unkey(key: Key) -> (NaiveDate, Session) {
     let session = if key & 1 == 1 {
         Session::Pm
@@ -544,9 +555,9 @@ mod packed {
     use serde::ser::SerializeTuple;
     use serde::{Deserializer, Serializer};
 
-    use chrono::NaiveDate;
-
-    use super::{put_mark, put_varint, read_mark, read_varint, Key, Mark, Marks, POSITION_LIMIT};
+    use super::{
+        date_keys, put_mark, put_varint, read_mark, read_varint, Key, Mark, Marks, POSITION_LIMIT,
+    };
     use crate::facts::Bin;
 
     pub fn serialize<S: Serializer>(marks: &Marks, serializer: S) -> Result<S::Ok, S::Error> {
@@ -608,15 +619,14 @@ mod packed {
             interned.push(marks.intern_new(code));
         }
         let mut last = (0i64, 0u64);
+        let keys = date_keys();
         for i in 0..count {
             let rest = blob.get(at..).unwrap_or(&[]);
             let ((next_key, position), code, len) = read_mark(rest, last).ok_or_else(|| {
                 format!("a number cut short or longer than 10 bytes, in the mark at byte {at}")
             })?;
             // A session of a date (the key's day number), after the last.
-            let fits = Key::try_from(next_key)
-                .is_ok_and(|k| NaiveDate::from_num_days_from_ce_opt(k >> 1).is_some());
-            if !fits || (i > 0 && next_key <= last.0) {
+            if !keys.contains(&next_key) || (i > 0 && next_key <= last.0) {
                 return Err(format!(
                     "mark {i}: session key {next_key} out of order or range"
                 ));
@@ -1304,8 +1314,41 @@ mod tests {
         Ok(())
     }
 
+    /// What a checkpoint's mark key was checked with before
+    /// [`date_keys`]: a session of a date chrono can hold.
+    fn is_date_key(k: i64) -> bool {
+        Key::try_from(k).is_ok_and(|k| NaiveDate::from_num_days_from_ce_opt(k >> 1).is_some())
+    }
+
+    #[test]
+    fn date_keys_are_the_keys_of_dates_at_their_ends() {
+        let keys = date_keys();
+        for end in [*keys.start(), *keys.end()] {
+            for k in end - 3..=end + 3 {
+                assert_eq!(keys.contains(&k), is_date_key(k), "key {k}");
+            }
+        }
+        for k in [
+            0,
+            -1,
+            1,
+            i64::MIN,
+            i64::MAX,
+            i64::from(i32::MIN),
+            i64::from(i32::MAX),
+        ] {
+            assert_eq!(keys.contains(&k), is_date_key(k), "key {k}");
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn date_keys_are_the_keys_of_dates(k in any::<i64>(), near in -200_000_000i64..200_000_000) {
+            prop_assert_eq!(date_keys().contains(&k), is_date_key(k));
+            prop_assert_eq!(date_keys().contains(&near), is_date_key(near));
+        }
 
         #[test]
         fn packed_marks_give_the_reference_marks_and_reports(
