@@ -62,7 +62,7 @@ pub use interventions::Interventions;
 pub use reintegration::Reintegration;
 pub use runner::{
     audit_of, chronology_of, load_one, load_projection, read_pupil, rebuild, RebuildReport,
-    SchoolViews,
+    SchoolViews, CHECKPOINT_BYTES_PER_EVENT,
 };
 pub use summary::summary;
 pub use suspensions::Suspensions;

@@ -24,7 +24,7 @@ use casebook_projections::runner::{
 use casebook_projections::suspensions::{BoardBand, Suspensions};
 use casebook_projections::{
     audit_of, chronology_of, fold_in, rebuild, Projection, ProjectionError, Targets,
-    PROJECTION_NAMES,
+    CHECKPOINT_BYTES_PER_EVENT, PROJECTION_NAMES,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use proptest::prelude::*;
@@ -1407,6 +1407,80 @@ mod runner {
             resumed.report(2025, false),
             all.attendance.report(2025, false)
         );
+    }
+
+    /// A view restored from its checkpoint writes it again only once the
+    /// events after it reach one for every `CHECKPOINT_BYTES_PER_EVENT`
+    /// bytes of it; until then each load folds them again from it, with
+    /// the answers of a fold of the whole log. A view loaded with every
+    /// other (`SchoolViews::load`) keeps the same rule, and a rebuild
+    /// always writes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_is_written_again_only_once_enough_events_follow_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = sample_log();
+        let today = date("2026-03-01");
+        let store = open(dir.path());
+        let first = 10;
+        append(&*store, &log.events[..first]).await;
+        casebook_projections::load_one::<Caseload>(&*store, &no_progress)
+            .await
+            .unwrap();
+        let saved = store.load_checkpoint("caseload").await.unwrap().unwrap();
+        let at = |bytes: &[u8]| decode_checkpoint::<Caseload>(bytes).unwrap().1;
+        assert_eq!(at(&saved), first as u64);
+        // Events after the checkpoint that are not yet worth writing it
+        // again for, and the one that is.
+        let due = (saved.len() as u64).div_ceil(CHECKPOINT_BYTES_PER_EVENT) as usize;
+        assert!(due > 1, "a checkpoint of {} bytes", saved.len());
+        assert!(
+            first + due < log.events.len(),
+            "the sample log is too short for a checkpoint of {} bytes",
+            saved.len()
+        );
+        for n in [1, due - 1] {
+            let end = first + n;
+            let have = store.head().await.unwrap().position as usize;
+            append(&*store, &log.events[have..end]).await;
+            let (caseload, restarted) =
+                casebook_projections::load_one::<Caseload>(&*store, &no_progress)
+                    .await
+                    .unwrap();
+            assert!(restarted.is_none(), "{restarted:?}");
+            assert_eq!(
+                caseload.cases(today, None),
+                fold_views(&all_events(&*store).await)
+                    .caseload
+                    .cases(today, None),
+                "{n} events after the checkpoint"
+            );
+            let now = store.load_checkpoint("caseload").await.unwrap().unwrap();
+            assert_eq!(now, saved, "written again {n} events after it");
+        }
+        // The same for every view loaded at once: each is at `first` or
+        // was written from nothing here (no checkpoint).
+        let views = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        let head = (first + due - 1) as u64;
+        assert_eq!(views.position, head);
+        let now = store.load_checkpoint("caseload").await.unwrap().unwrap();
+        assert_eq!(now, saved, "written again by the load of every view");
+        // One more event: now worth writing.
+        append(&*store, &log.events[first + due - 1..first + due]).await;
+        casebook_projections::load_one::<Caseload>(&*store, &no_progress)
+            .await
+            .unwrap();
+        let now = store.load_checkpoint("caseload").await.unwrap().unwrap();
+        assert_eq!(at(&now), head + 1, "not written {due} events after it");
+        // A rebuild writes whatever moved.
+        let behaviour = store.load_checkpoint("behaviour").await.unwrap().unwrap();
+        assert_eq!(at_of::<Behaviour>(&behaviour), head);
+        rebuild(&*store, None, &no_progress).await.unwrap();
+        let behaviour = store.load_checkpoint("behaviour").await.unwrap().unwrap();
+        assert_eq!(at_of::<Behaviour>(&behaviour), head + 1);
+    }
+
+    fn at_of<P: Projection>(bytes: &[u8]) -> u64 {
+        decode_checkpoint::<P>(bytes).unwrap().1
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
