@@ -302,6 +302,31 @@ pub async fn admin(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// Waits (up to a minute) until the database has one listener connection
+/// (`casebook-listen`) idle after its `LISTEN`: the last statement it runs
+/// before waiting for notifications reads the head.
+async fn listening(admin: &tokio_postgres::Client) {
+    let started = std::time::Instant::now();
+    loop {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'casebook-listen' AND datname = current_database() AND state = 'idle' AND query LIKE 'SELECT position FROM heads%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 1 {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no listener connection after a minute ({n} listening)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn next(sub: &mut store::Subscription) -> u64 {
     tokio::time::timeout(Duration::from_secs(60), sub.next())
         .await
@@ -531,8 +556,21 @@ async fn pg_subscription_survives_a_dropped_listener_connection() {
     }
     w.append(req(pupil(2), vec![contact(3)])).await.unwrap();
     seen.push(next(&mut sub).await);
-    // Kill the listener's connection, append while it is away, and again.
+    // The subscriber waits (it has read everything) when the listener's
+    // connection is killed, and the next commits are made while it is
+    // away: only the listener, back, can wake the subscriber (it reads the
+    // head again after its LISTEN); without it the wait runs into `next`'s
+    // timeout. First the listener must listen: the subscription may have
+    // read event 4 before the listener (started by `subscribe`) had
+    // connected, and on a loaded machine there was then none to kill (a
+    // flake seen once).
     let admin = admin(&db.url).await;
+    listening(&admin).await;
+    let waiting = tokio::spawn(async move {
+        let first = next(&mut sub).await;
+        (first, sub)
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let killed: i64 = admin
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'casebook-listen' AND datname = current_database()",
@@ -545,13 +583,18 @@ async fn pg_subscription_survives_a_dropped_listener_connection() {
     for n in 4..8 {
         w.append(req(pupil(3), vec![contact(n)])).await.unwrap();
     }
-    for _ in 4..8 {
+    let (first, mut sub) = waiting.await.unwrap();
+    seen.push(first);
+    for _ in 5..8 {
         seen.push(next(&mut sub).await);
     }
     assert_eq!(seen, (1..=8).collect::<Vec<_>>(), "no gap or duplicate");
-    // The listener is back: a later commit still arrives.
+    // The listener is back: a commit made while the subscriber waits
+    // wakes it.
+    let waiting = tokio::spawn(async move { next(&mut sub).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     w.append(req(pupil(3), vec![contact(9)])).await.unwrap();
-    assert_eq!(next(&mut sub).await, 9);
+    assert_eq!(waiting.await.unwrap(), 9);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
