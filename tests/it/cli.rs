@@ -1252,8 +1252,9 @@ fn commands_answer_the_same_from_the_index_snapshot() {
     let args = ["timeline", "P00004", "--format", "json"];
     let before = run(snapshot, &args);
     let mut bytes = std::fs::read(&index).unwrap();
-    let n = bytes.len();
-    bytes[n / 2] ^= 1;
+    // A byte of the id hashes' seed (bytes 52..60): a timeline leaves the
+    // ids in the file, so only the checksum of all before them sees it.
+    bytes[55] ^= 1;
     std::fs::write(&index, &bytes).unwrap();
     let noted = run(snapshot, &args);
     assert!(

@@ -1140,7 +1140,7 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_loss_still_refused() {
         assert_eq!(log.opened_from_snapshot(), None);
         let why = log.take_snapshot_rejection().expect("no reason given");
         assert!(
-            why.contains("snapshot format 1, this build reads 3"),
+            why.contains("snapshot format 1, this build reads 4"),
             "{why}"
         );
         assert_eq!(index_answers(&log, 6).await, expected);
@@ -1279,12 +1279,19 @@ fn resort_ids_and_rehash(bytes: &mut [u8], head: usize) {
     rehash(bytes);
 }
 
-/// Recomputes an index snapshot's trailing checksum after an edit (what a
-/// hand-made snapshot would do).
+/// Recomputes an index snapshot's two checksums after an edit (what a
+/// hand-made snapshot would do): the one of all before the ids (32 bytes
+/// before their count) and the ids' own (the last 32 bytes, over their
+/// count and pairs).
 fn rehash(bytes: &mut [u8]) {
-    let n = bytes.len() - 32;
-    let hash = blake3::hash(&bytes[..n]);
-    bytes[n..].copy_from_slice(hash.as_bytes());
+    let head = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+    let end = bytes.len() - 32;
+    let ids_at = end - 12 * head - 8;
+    let sum_at = ids_at - 32;
+    let rest = blake3::hash(&bytes[..sum_at]);
+    bytes[sum_at..ids_at].copy_from_slice(rest.as_bytes());
+    let ids = blake3::hash(&bytes[ids_at..end]);
+    bytes[end..].copy_from_slice(ids.as_bytes());
 }
 
 /// The snapshot's sorted ids with positions swapped in pairs (each pair

@@ -5295,12 +5295,15 @@ mod index_tests {
         assert_eq!(found.map(|e| e.position), Some(7));
     }
 
-    /// An open that leaves the ids in a large snapshot takes its checksum
-    /// over the whole file on a thread of its own, while the open's thread
+    /// An open that leaves the ids in a large snapshot takes the checksum
+    /// of all before them on a thread of its own, while the open's thread
     /// reads only the frame lengths and a third the stream lists (it never
-    /// reads the ids then): a byte changed anywhere, in the ids too, is
+    /// reads the ids then): a byte changed anywhere before the ids is
     /// refused by such an open, by one of a small snapshot (one thread),
     /// and by one for appends, and the index is rebuilt from the segments.
+    /// A byte changed in the ids' section (or their checksum) is refused
+    /// by an open for appends, and by the others at the ids' first use,
+    /// which then indexes them from the segments.
     #[test]
     fn a_byte_changed_anywhere_in_the_snapshot_is_refused_by_either_open() {
         let (dir, rt) = dir_and_runtime();
@@ -5312,17 +5315,19 @@ mod index_tests {
         let sound = std::fs::read(&path).unwrap();
         let total = sound.len();
         // Header 60 bytes, one segment (4 + 16), 5 lengths (4 each), one
-        // stream (8 + 16 + 4 + 5 × 4), the ids (8 + 5 × 12), the checksum.
+        // stream (8 + 16 + 4 + 5 × 4), the checksum of all that, the ids
+        // (8 + 5 × 12), their checksum.
         let ids_at = total - 32 - 8 - 5 * 12;
-        assert_eq!(ids_at, 60 + 20 + 20 + 48);
+        assert_eq!(ids_at, 60 + 20 + 20 + 48 + 32);
         let places = [
             ("the head", 20),
             ("a frame's length", 60 + 20 + 4),
-            ("a stream's position", ids_at - 2),
+            ("a stream's position", ids_at - 32 - 2),
+            ("the checksum before the ids", ids_at - 1),
             ("the count of ids", ids_at),
             ("an id's fingerprint", ids_at + 8 + 12 + 3),
             ("the last id's position", total - 32 - 1),
-            ("the checksum", total - 1),
+            ("the ids' checksum", total - 1),
         ];
         // Reading only with the threads, reading only on one thread, and
         // for appends.
@@ -5345,15 +5350,33 @@ mod index_tests {
                 std::fs::write(&path, &bytes).unwrap();
                 let (store, log) = open(ids_at_open, beside);
                 let case = format!("{what} (byte {at}), ids read at open: {ids_at_open}, threads from {beside} bytes");
-                assert_eq!(log.opened_from_snapshot(), None, "{case}");
-                let why = log.take_snapshot_rejection();
-                assert!(why.is_some(), "{case}: no note");
-                if at >= ids_at && !ids_at_open && beside == 0 {
-                    // Only the checksum reads these bytes at such an open.
+                if at >= ids_at && !ids_at_open {
+                    // An open that leaves the ids in the file reads none
+                    // of their section: it opens from the snapshot, and
+                    // the section's checksum refuses them at their first
+                    // use (a look-up by id), which indexes them from the
+                    // segments instead.
+                    assert_eq!(log.opened_from_snapshot(), Some(5), "{case}");
+                    assert_eq!(log.take_snapshot_rejection(), None, "{case}");
+                    let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
+                    assert_eq!(found.map(|e| e.position), Some(3), "{case}");
+                    let why = log.take_snapshot_rejection();
                     assert!(
-                        why.as_deref().unwrap().contains("checksum mismatch"),
+                        why.as_deref()
+                            .is_some_and(|w| w.contains("the ids' section: checksum mismatch")),
                         "{case}: {why:?}"
                     );
+                } else {
+                    assert_eq!(log.opened_from_snapshot(), None, "{case}");
+                    let why = log.take_snapshot_rejection();
+                    assert!(why.is_some(), "{case}: no note");
+                    if at == ids_at - 1 && !ids_at_open && beside == 0 {
+                        // Only the checksum reads these bytes at such an open.
+                        assert!(
+                            why.as_deref().unwrap().contains("checksum mismatch"),
+                            "{case}: {why:?}"
+                        );
+                    }
                 }
                 let all = rt.block_on(log.read_all(1, 10)).unwrap();
                 let ids: Vec<u128> = all.iter().map(|e| e.event_id.as_u128()).collect();
@@ -5533,10 +5556,10 @@ mod index_tests {
         assert_eq!(found.map(|e| e.position), Some(8));
     }
 
-    /// The snapshot's ids changed in place between the open (whose
-    /// checksum covered them) and their first use: the change is seen
-    /// (CRC-32), they are not used, and the ids are indexed from the
-    /// segments, with the reason.
+    /// The snapshot's ids changed in place between the open (which left
+    /// them in the file) and their first use: the change is seen (their
+    /// section's checksum), they are not used, and the ids are indexed
+    /// from the segments, with the reason.
     #[test]
     fn ids_changed_after_the_open_are_not_used() {
         let (dir, rt) = dir_and_runtime();
@@ -5554,7 +5577,7 @@ mod index_tests {
             assert_eq!(found.map(|e| e.position), Some(id as u64));
         }
         let why = log.take_snapshot_rejection().expect("no reason given");
-        assert!(why.contains("changed after the open"), "{why}");
+        assert!(why.contains("the ids' section: checksum mismatch"), "{why}");
     }
 
     /// A frame after the snapshot that repeats an id of the snapshot: an

@@ -17,10 +17,15 @@
 //! per position 1..=head: its frame's length u32 (frames follow each other
 //! from byte 0 of each segment, so offsets and segments follow)
 //! streams u64 · per stream: id [16], count u32, its positions u32 × count
+//! BLAKE3 of every byte before it [32]
 //! ids u64 (= head) · per id, sorted by fingerprint then position:
 //!   fingerprint u64, position u32
-//! BLAKE3 of every byte before it [32]
+//! BLAKE3 of the ids' section (their count and pairs) [32]
 //! ```
+//!
+//! Each section has its own checksum (format 4): an open that leaves the
+//! ids in the file reads and hashes only what comes before them, and the
+//! ids' bytes are hashed when they are first read.
 //!
 //! An id is kept as its fingerprint, its 64-bit hash under the seed
 //! ([`super::ids::IdMap`]). Sorted, they are looked up in the file
@@ -52,12 +57,18 @@ const MAGIC: &[u8; 8] = b"CBSEGIX1";
 /// The lengths a frame can have, prefix included.
 const FRAME_LENS: std::ops::RangeInclusive<usize> =
     frame::PREFIX_LEN + frame::MIN_LEN..=frame::PREFIX_LEN + frame::MAX_FRAME;
-/// 3 since session v: the ids sorted by fingerprint, looked up in the file
-/// (2, since session l, listed them in the order of the id table's
-/// buckets, read into a table; 1 held the 16-byte ids). A build that reads
-/// 3 ignores a snapshot of another version and rebuilds the index from
-/// the segments once.
-const VERSION: u32 = 3;
+/// 4 since session aj: a checksum for what comes before the ids and one
+/// for the ids (3, since session v, had one checksum over the whole file,
+/// so an open that leaves the ids in the file still read and hashed them:
+/// 60% of the file at 10M events; the ids sorted by fingerprint and
+/// looked up in the file since 3; 2, since session l, listed them in the
+/// order of the id table's buckets, read into a table; 1 held the 16-byte
+/// ids). A build ignores a snapshot of another version and rebuilds the
+/// index from the segments once.
+const VERSION: u32 = 4;
+
+/// Bytes of the header before the head (magic, version), and with it.
+const HEAD_END: u64 = 8 + 4 + 8;
 
 /// A segment as the snapshot saw it: its first position and the length
 /// of its frames (the log's acknowledged end, for the last).
@@ -183,20 +194,25 @@ pub(super) fn encode(
             Ok(())
         })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+    // The checksum of all before the ids; the ids' own after them.
+    w.flush_block()?;
+    let rest = std::mem::take(&mut w.hasher).finalize();
+    w.out.write_all(rest.as_bytes())?;
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
     index.ids.sorted_pairs(|fp, p| w.put(&pair_bytes(fp, p)))?;
     w.flush_block()?;
-    let hash = w.hasher.finalize();
-    w.out.write_all(hash.as_bytes())
+    let ids = w.hasher.finalize();
+    w.out.write_all(ids.as_bytes())
 }
 
 /// The snapshot file read front to back in blocks of [`BLOCK`]. An open
 /// for appends, or one of a snapshot under [`OpenWith::beside_bytes`],
-/// reads it all on one reading, every byte before the trailing checksum
-/// hashed as its block is read. Above that size an open that leaves the
-/// ids in the file hashes nothing here: its own reading stops where the
-/// frame lengths end, another reads the stream lists up to the ids, and
-/// [`checksum`] reads the whole file.
+/// reads all before the ids on one reading, every byte before their
+/// checksum hashed as its block is read (an open for appends then checks
+/// the ids' checksum with [`checksum`]). Above that size an open that
+/// leaves the ids in the file hashes nothing here: its own reading stops
+/// where the frame lengths end, another reads the stream lists up to the
+/// checksum, and [`checksum`] hashes all before it.
 struct Reading {
     file: std::fs::File,
     buf: Vec<u8>,
@@ -213,9 +229,12 @@ struct Reading {
     /// Where reading stops: the end of the file, or, once the header has
     /// said where they start, the ids (read by [`load_ids`]).
     stop: u64,
-    /// Hashes every byte read before the checksum, when this reading
+    /// Hashes every byte read before `hashed_end`, when this reading
     /// takes the checksum.
     hasher: Option<blake3::Hasher>,
+    /// Where the bytes the checksum covers end (the checksum before the
+    /// ids).
+    hashed_end: u64,
 }
 
 impl Reading {
@@ -233,6 +252,7 @@ impl Reading {
             total,
             stop,
             hasher: None,
+            hashed_end: 0,
         }
     }
 
@@ -247,8 +267,8 @@ impl Reading {
         self.file
             .read_exact_at(block, self.file_at)
             .map_err(|e| format!("cannot read: {e}"))?;
-        // Hash up to the checksum (the last 32 bytes of the file).
-        let hashed_end = self.total.saturating_sub(32);
+        // Hash up to the checksum.
+        let hashed_end = self.hashed_end;
         if let Some(hasher) = self.hasher.as_mut() {
             if self.file_at < hashed_end {
                 let n = ((hashed_end - self.file_at) as usize).min(want);
@@ -312,32 +332,6 @@ impl Reading {
     fn u64(&mut self, what: &str) -> Result<u64, String> {
         self.bytes::<8>(what).map(u64::from_le_bytes)
     }
-    /// Reads (and hashes) the next `n` bytes without keeping them, adding
-    /// them to `crc` if given.
-    fn skip(
-        &mut self,
-        mut n: u64,
-        what: &str,
-        mut crc: Option<&mut crc32fast::Hasher>,
-    ) -> Result<(), String> {
-        while n > 0 {
-            if self.at == self.end {
-                self.refill()?;
-                if self.at == self.end {
-                    return Err(format!("the file ends inside {what}"));
-                }
-            }
-            let take = n.min((self.end - self.at) as u64);
-            if let Some(crc) = crc.as_deref_mut() {
-                crc.update(&self.buf[self.at..self.at + take as usize]);
-            }
-            self.at += take as usize;
-            self.read += take;
-            n -= take;
-        }
-        Ok(())
-    }
-
     /// Checks that `count` entries of `size` bytes fit in what is left.
     fn fits(&self, count: u64, size: u64, what: &str) -> Result<(), String> {
         let left = self.total.saturating_sub(self.read);
@@ -399,11 +393,26 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
         .metadata()
         .map_err(|e| format!("cannot size: {e}"))?
         .len();
-    if total < 32 {
+    if total < 32 + HEAD_END {
         return Err("too short".into());
     }
+    // Where the ids' section starts (their count, then the pairs) and the
+    // checksum of all before them: from the head, read ahead here so that
+    // the reading below hashes exactly what that checksum covers (it
+    // reads the header again, and names its faults in order).
+    let mut head_bytes = [0u8; 8];
+    file.read_exact_at(&mut head_bytes, HEAD_END - 8)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let sections = |head: u64| {
+        let ids_at = head
+            .checked_mul(PAIR as u64)
+            .and_then(|n| n.checked_add(8 + 32))
+            .and_then(|n| total.checked_sub(n))?;
+        Some((ids_at, ids_at.checked_sub(32)?))
+    };
     let mut r = Reading {
         hasher: Some(blake3::Hasher::new()),
+        hashed_end: sections(u64::from_le_bytes(head_bytes)).map_or(0, |(_, sum_at)| sum_at),
         ..Reading::at(file, 0, total, total)
     };
     if &r.bytes::<8>("magic")? != MAGIC {
@@ -421,63 +430,59 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
     }
     let head_hash: Hash = r.bytes::<32>("head hash")?;
     let seed = r.u64("seed")?;
-    // The ids are the file's last section but its checksum. An open for
-    // appends reads them on a thread of their own, from where they must
-    // start, while this one reads the rest and hashes every byte (the ids
-    // too) for the checksum. An open that leaves them in the file until
-    // first needed ([`LaterIds`]) does the same without the ids' thread
-    // for a small file; from `open.beside_bytes` it reads only the frame
-    // lengths here, while a thread of its own reads the whole file for
-    // the checksum and the ids' CRC-32 ([`checksum`]; at 10M events the
-    // ids are 60% of the file) and another the stream lists
-    // ([`load_rest`]).
-    let Some(ids_at) = head
-        .checked_mul(PAIR as u64)
-        .and_then(|n| n.checked_add(8 + 32))
-        .and_then(|n| total.checked_sub(n))
-    else {
+    // The ids are the file's last section, with a checksum of their own;
+    // the checksum of everything before them comes before them
+    // (`sum_at`). An open that leaves the ids in the file until first
+    // needed ([`LaterIds`]) reads and hashes only what comes before them:
+    // for a small file on this thread; from `open.beside_bytes` it reads
+    // only the frame lengths here, while a thread of its own hashes all
+    // before the ids ([`checksum`]) and another reads the stream lists
+    // ([`load_rest`]). An open for appends reads the ids on a thread of
+    // their own, from where they start, while this one reads the rest,
+    // then checks the ids' checksum.
+    let Some((ids_at, sum_at)) = sections(head) else {
         return Err(format!("too short for {head} ids"));
     };
+    if ids_at < HEAD_END {
+        return Err(format!("too short for {head} ids"));
+    }
     let ids_file = r
         .file
         .try_clone()
         .map_err(|e| format!("cannot open: {e}"))?;
-    // The ids' CRC-32 only matters for ids read later (an open that reads
-    // them now has the checksum checked over the same bytes).
+    let ids_sum_at = total - 32;
     let read_ids = || load_ids(&ids_file, ids_at, head, None);
-    let check = || checksum(&ids_file, total, ids_at);
-    // The rest read and hashed in turn, then the ids' bytes hashed (and
-    // added to `crc` if given) and the checksum checked, on this thread.
-    let inline = |r: &mut Reading, crc: Option<&mut crc32fast::Hasher>| {
-        let rest = load_rest(r, &path, head, head_hash, max_events, seed, ids_at)?;
-        r.skip(total - 32 - ids_at, "ids", crc)?;
+    let check = || checksum(&ids_file, 0, sum_at);
+    // The rest read and hashed in turn and its checksum checked, on this
+    // thread; with `ids`, the ids' checksum after it.
+    let inline = |r: &mut Reading, ids: bool| {
+        let rest = load_rest(r, &path, head, head_hash, max_events, seed, sum_at)?;
         let stored = r.bytes::<32>("the checksum")?;
         match r.hasher.take().map(|h| h.finalize()) {
-            Some(hash) if hash.as_bytes() == &stored => Ok(rest),
-            _ => Err("checksum mismatch".to_string()),
+            Some(hash) if hash.as_bytes() == &stored => {}
+            _ => return Err("checksum mismatch".to_string()),
         }
+        if ids {
+            checksum(&r.file, ids_at, ids_sum_at).map_err(|e| format!("the ids' section: {e}"))?;
+        }
+        Ok(rest)
     };
-    let (rest, crc, ahead) = match ids_now {
-        false if total < open.beside_bytes => {
-            let mut crc = crc32fast::Hasher::new();
-            let rest = inline(&mut r, Some(&mut crc));
-            (rest, Ok(Some(crc.finalize())), None)
-        }
+    let (rest, ahead) = match ids_now {
+        false if total < open.beside_bytes => (inline(&mut r, false), None),
         false => {
-            r.stop = ids_at;
+            r.stop = sum_at;
             r.hasher = None;
-            let (rest, crc) = beside("snapshot checksum", check, || {
-                load_rest(&mut r, &path, head, head_hash, max_events, seed, ids_at)
+            let (rest, sum) = beside("snapshot checksum", check, || {
+                load_rest(&mut r, &path, head, head_hash, max_events, seed, sum_at)
             });
-            (rest, crc.map(Some), None)
+            (rest.and_then(|rest| sum.map(|()| rest)), None)
         }
         true => {
-            let (rest, ids) = beside("snapshot ids", read_ids, || inline(&mut r, None));
-            (rest, Ok(None), Some(ids))
+            let (rest, ids) = beside("snapshot ids", read_ids, || inline(&mut r, true));
+            (rest, Some(ids))
         }
     };
     let (index, segments) = rest?;
-    let crc = crc?;
     Ok(Some(Loaded {
         index,
         segments,
@@ -486,7 +491,7 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
             at: ids_at,
             head,
             seed,
-            crc,
+            sum_at: ids_sum_at,
             ahead: std::sync::Mutex::new(ahead),
         },
     }))
@@ -520,14 +525,13 @@ fn beside<T, U: Send>(
 }
 
 /// A snapshot's event ids: read by the open (an open for appends), or
-/// checked with the rest of the file when the log opened (the checksum
-/// covers them) but read only when first needed: an append, a look-up by
-/// id, `verify`, a copy. Read, they stay in the file ([`SortedIds`]),
-/// and the index keeps their filter and block directory. The file stays
-/// open, so a snapshot written over it (a new file renamed into place)
-/// does not change what is read; the section's CRC-32, taken as the open
-/// read it, is checked again when it is read, and each block's as a
-/// look-up reads it.
+/// left in the file by the open and read, with their section's checksum
+/// checked, only when first needed: an append, a look-up by id,
+/// `verify`, a copy. Read, they stay in the file ([`SortedIds`]), and the
+/// index keeps their filter and block directory. The file stays open, so
+/// a snapshot written over it (a new file renamed into place) does not
+/// change what is read; each block's CRC-32 is checked as a look-up reads
+/// it.
 pub(super) struct LaterIds {
     file: std::fs::File,
     /// Where the section (count, pairs) starts.
@@ -536,9 +540,8 @@ pub(super) struct LaterIds {
     head: u64,
     /// The seed the fingerprints were taken with.
     seed: u64,
-    /// The CRC-32 of the ids' bytes as the open read them, when it left
-    /// them in the file.
-    crc: Option<u32>,
+    /// Where the section's checksum is (the file's last 32 bytes).
+    sum_at: u64,
     /// The ids read already (an open for appends reads them beside the
     /// rest of the file), until taken.
     ahead: std::sync::Mutex<Option<Result<IdsRead, String>>>,
@@ -560,46 +563,49 @@ impl LaterIds {
         if let Some(read) = self.ahead.lock().ok().and_then(|mut a| a.take()) {
             return read;
         }
-        // Ids the open read were taken (and are not read twice); else
-        // they must be the bytes the open checked.
-        let Some(expected) = self.crc else {
-            return Err("the ids the open read were used already".into());
-        };
-        let mut crc = crc32fast::Hasher::new();
-        let read = load_ids(&self.file, self.at, self.head, Some(&mut crc));
-        if crc.finalize() != expected {
-            return Err("the snapshot's ids changed after the open checked them".into());
+        let mut sum = blake3::Hasher::new();
+        let read = load_ids(&self.file, self.at, self.head, Some(&mut sum));
+        // The checksum first: a fault the pairs' checks found in bytes
+        // that do not match it is damage, and said so.
+        let mut stored = [0u8; 32];
+        self.file
+            .read_exact_at(&mut stored, self.sum_at)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if sum.finalize().as_bytes() != &stored {
+            return Err("the ids' section: checksum mismatch".into());
         }
         read
     }
 }
 
 /// The snapshot's ids (from byte `at`: count, pairs), read and checked
-/// ([`SortedIds::read`]), every byte added to `crc` if given; they are
-/// looked up later through a handle of their own on the file.
+/// ([`SortedIds::read`]), every byte added to `sum` if given (every one
+/// of them, even after a check fails: the caller compares the checksum
+/// first); they are looked up later through a handle of their own on the
+/// file.
 fn load_ids(
     file: &std::fs::File,
     at: u64,
     head: u64,
-    mut crc: Option<&mut crc32fast::Hasher>,
+    mut sum: Option<&mut blake3::Hasher>,
 ) -> Result<IdsRead, String> {
     let mut header = [0u8; 8];
     file.read_exact_at(&mut header, at)
         .map_err(|e| format!("cannot read: {e}"))?;
-    if let Some(crc) = crc.as_deref_mut() {
-        crc.update(&header);
+    if let Some(sum) = sum.as_deref_mut() {
+        sum.update(&header);
     }
     let nids = u64::from_le_bytes(header);
     if nids != head {
         return Err(format!("{nids} ids for {head} positions"));
     }
     let own = file.try_clone().map_err(|e| format!("cannot open: {e}"))?;
-    SortedIds::read(own, at + 8, head, crc)
+    SortedIds::read(own, at + 8, head, sum)
 }
 
 /// The rest of the snapshot after its seed: segments, locations, streams,
-/// which must end where the ids begin (`ids_at`). The ids and the
-/// checksum are not read here.
+/// which must end where the checksum before the ids begins (`sum_at`).
+/// The checksums and the ids are not read here.
 fn load_rest(
     r: &mut Reading,
     path: &Path,
@@ -607,7 +613,7 @@ fn load_rest(
     head_hash: Hash,
     max_events: u64,
     seed: u64,
-    ids_at: u64,
+    sum_at: u64,
 ) -> Result<(Index, Vec<SnapSegment>), String> {
     let nseg = u64::from(r.u32("segments")?);
     r.fits(nseg, 16, "segments")?;
@@ -633,7 +639,7 @@ fn load_rest(
     let (lists, crcs) = match r.hasher.is_some() {
         true => {
             load_locations(r, &segments, head, &mut index)?;
-            load_streams(r, head, ids_at)?
+            load_streams(r, head, sum_at)?
         }
         false => {
             // Nothing to hash: this reading ends with the lengths.
@@ -647,8 +653,8 @@ fn load_rest(
                 let file = lists_file
                     .try_clone()
                     .map_err(|e| format!("cannot open: {e}"))?;
-                let mut reading = Reading::at(file, streams_at, total, ids_at);
-                load_streams(&mut reading, head, ids_at)
+                let mut reading = Reading::at(file, streams_at, total, sum_at);
+                load_streams(&mut reading, head, sum_at)
             };
             let (locations, streams) = beside("snapshot streams", read_lists, || {
                 load_locations(r, &segments, head, &mut index)
@@ -724,10 +730,10 @@ type StreamLists = (Vec<(StreamId, AtInFile)>, Vec<u32>);
 
 /// The stream lists ([`load_rest`]), read by `r` from where they start:
 /// every position in exactly one stream, each stream's positions
-/// increasing, and the lists must end where the ids begin (`ids_at`). The
-/// lists stay in the file ([`Streams`]): returned are where each starts
-/// and the CRC-32 of each of its blocks.
-fn load_streams(r: &mut Reading, head: u64, ids_at: u64) -> Result<StreamLists, String> {
+/// increasing, and the lists must end where the checksum before the ids
+/// begins (`sum_at`). The lists stay in the file ([`Streams`]): returned
+/// are where each starts and the CRC-32 of each of its blocks.
+fn load_streams(r: &mut Reading, head: u64, sum_at: u64) -> Result<StreamLists, String> {
     let nstreams = r.u64("streams")?;
     r.fits(nstreams, 20, "streams")?;
     let mut seen = Seen::new(head);
@@ -766,45 +772,46 @@ fn load_streams(r: &mut Reading, head: u64, ids_at: u64) -> Result<StreamLists, 
     if listed != head {
         return Err(format!("streams list {listed} positions of {head}"));
     }
-    // Ids (read by `load_ids`): they must start where the streams end.
-    if r.read != ids_at {
-        return Err("the streams do not end where the ids begin".into());
+    // The checksum, then the ids (read by `load_ids`): it must start
+    // where the streams end.
+    if r.read != sum_at {
+        return Err("the streams do not end where the checksum before the ids begins".into());
     }
     Ok((lists, crcs))
 }
 
-/// Checks the snapshot's checksum, the BLAKE3 of every byte of `file`
-/// before its last 32, which must be those 32, and returns the CRC-32 of
-/// the bytes from `ids_from` to the checksum (the ids' section: count,
-/// pairs), which [`LaterIds::read`] checks when it reads them later. Read
-/// through positioned reads, beside [`load_rest`]'s reading of the same
-/// bytes: a snapshot is written whole to a new file and renamed into
-/// place, never written in place, so the two read the same bytes.
-fn checksum(file: &std::fs::File, total: u64, ids_from: u64) -> Result<u32, String> {
-    let end = total
-        .checked_sub(32)
-        .ok_or_else(|| "too short".to_string())?;
-    let mut buf = vec![0u8; CHECKSUM_BLOCK];
+/// Hashes bytes `from..to` of `file` and checks them against the 32
+/// bytes at `to` (a section and its checksum), a block of
+/// [`CHECKSUM_BLOCK`] at a time with positioned reads (beside the open's
+/// own reading of the file, through a handle of its own).
+fn checksum(file: &std::fs::File, from: u64, to: u64) -> Result<(), String> {
     let mut hasher = blake3::Hasher::new();
-    let mut crc = crc32fast::Hasher::new();
-    let mut at = 0u64;
-    while at < end {
-        let n = ((end - at) as usize).min(CHECKSUM_BLOCK);
-        let block = &mut buf[..n];
-        file.read_exact_at(block, at)
-            .map_err(|e| format!("cannot read: {e}"))?;
-        hasher.update(block);
-        if at + n as u64 > ids_from {
-            let skip = ids_from.saturating_sub(at) as usize;
-            crc.update(&block[skip..]);
-        }
-        at += n as u64;
-    }
+    hash_range(file, from, to, &mut hasher)?;
     let mut stored = [0u8; 32];
-    file.read_exact_at(&mut stored, end)
+    file.read_exact_at(&mut stored, to)
         .map_err(|e| format!("cannot read: {e}"))?;
     if hasher.finalize().as_bytes() != &stored {
         return Err("checksum mismatch".into());
     }
-    Ok(crc.finalize())
+    Ok(())
+}
+
+/// Adds bytes `from..to` of `file` to `hasher`.
+fn hash_range(
+    file: &std::fs::File,
+    from: u64,
+    to: u64,
+    hasher: &mut blake3::Hasher,
+) -> Result<(), String> {
+    let mut buf = vec![0u8; CHECKSUM_BLOCK.min(to.saturating_sub(from) as usize)];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(CHECKSUM_BLOCK);
+        let block = &mut buf[..n];
+        file.read_exact_at(block, at)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        hasher.update(block);
+        at += n as u64;
+    }
+    Ok(())
 }

@@ -331,13 +331,13 @@ impl Sorting {
 
 impl SortedIds {
     /// Reads and checks the `n` pairs from byte `at` of `file`, adding
-    /// every byte to `crc` if given (all of them, even after a pair that
-    /// fails a check: the caller compares the CRC-32 first).
+    /// every byte to `sum` if given (all of them, even after a pair that
+    /// fails a check: the caller compares the checksum first).
     pub(super) fn read(
         file: File,
         at: u64,
         n: u64,
-        mut crc: Option<&mut crc32fast::Hasher>,
+        mut sum: Option<&mut blake3::Hasher>,
     ) -> Result<(SortedIds, Vec<(u32, u32)>), String> {
         let mut sorting = Sorting::new(n);
         let mut buf =
@@ -349,8 +349,8 @@ impl SortedIds {
             let bytes = &mut buf[..take as usize * PAIR];
             file.read_exact_at(bytes, offset)
                 .map_err(|e| format!("cannot read: {e}"))?;
-            if let Some(crc) = crc.as_deref_mut() {
-                crc.update(bytes);
+            if let Some(sum) = sum.as_deref_mut() {
+                sum.update(bytes);
             }
             if refused.is_none() {
                 for (j, pair) in bytes.chunks_exact(PAIR).enumerate() {
