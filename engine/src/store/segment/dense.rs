@@ -53,6 +53,39 @@ impl<T, const N: usize> Chunked<T, N> {
         self.len += 1;
     }
 
+    /// Pushes each of `values` in turn, as [`Chunked::push`] would (the
+    /// same entries in the same chunks, the first grown by doubling), a
+    /// chunk's worth at a time.
+    pub(super) fn extend_from_slice(&mut self, mut values: &[T])
+    where
+        T: Copy,
+    {
+        while !values.is_empty() {
+            let chunk = match self.chunks.last_mut() {
+                Some(c) if c.len() < N => c,
+                _ => {
+                    let c = match self.chunks.is_empty() {
+                        true => Vec::new(),
+                        false => Vec::with_capacity(N),
+                    };
+                    self.chunks.push(c);
+                    continue;
+                }
+            };
+            let n = values.len().min(N - chunk.len());
+            let want = chunk.len() + n;
+            if want > chunk.capacity() {
+                // As pushing one at a time grows the first chunk: by
+                // doubling (from 4), up to a chunk.
+                let grown = want.next_power_of_two().max(4).min(N).max(want);
+                chunk.reserve_exact(grown - chunk.len());
+            }
+            chunk.extend_from_slice(&values[..n]);
+            self.len += n;
+            values = &values[n..];
+        }
+    }
+
     /// [`Chunked::push`] when the last chunk is full (or there is none).
     #[cold]
     fn push_in_new_chunk(&mut self, value: T) {
@@ -108,6 +141,19 @@ mod tests {
         assert_eq!(c.get(n), None);
         assert_eq!(c.last(), Some(&((n as u64 - 1) * 3)));
         assert_eq!(c.to_vec(), (0..n as u64).map(|i| i * 3).collect::<Vec<_>>());
+        // The same entries pushed in slices of every size across the
+        // chunks' edges: the same vector, the same chunks.
+        for step in [1, 7, CHUNK - 1, CHUNK, CHUNK + 3, n] {
+            let mut e: Chunked<u64> = Chunked::default();
+            let all: Vec<u64> = (0..n as u64).map(|i| i * 3).collect();
+            for slice in all.chunks(step) {
+                e.extend_from_slice(slice);
+            }
+            e.extend_from_slice(&[]);
+            assert_eq!(e.len(), n, "step {step}");
+            assert_eq!(e.to_vec(), all, "step {step}");
+            assert_eq!(e.allocated_bytes(), c.allocated_bytes(), "step {step}");
+        }
         // Three chunks of exactly CHUNK entries each.
         assert!(c.allocated_bytes() >= 3 * CHUNK * 8);
         assert!(c.allocated_bytes() < 3 * CHUNK * 8 + 1024);

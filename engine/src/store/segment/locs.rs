@@ -254,6 +254,99 @@ impl Locations {
         true
     }
 
+    /// Checks and adds frames of lengths `lens`, the first at `offset` of
+    /// segment `seg` and each right after the one before it, as
+    /// [`Locations::push_checked`] adds each: where they continue the last
+    /// run, each group's offsets at once while the groups stay narrow
+    /// ([`Locations::push_next_narrow`]), else one by one. `Err` (the
+    /// frames from the refused one on not added) where `push_checked`
+    /// refuses a frame.
+    pub(super) fn push_frames(
+        &mut self,
+        seg: u32,
+        lens: &[u32],
+        mut offset: u64,
+    ) -> Result<(), String> {
+        let mut i = 0;
+        while i < lens.len() {
+            let continues = self
+                .runs
+                .last()
+                .is_some_and(|run| run.seg == seg && run.end == offset);
+            if continues {
+                let n = self.push_next_narrow(&lens[i..]);
+                offset += lens[i..i + n].iter().map(|&l| u64::from(l)).sum::<u64>();
+                i += n;
+            }
+            let Some(&len) = lens.get(i) else {
+                break;
+            };
+            if !(continues && self.push_next(len)) {
+                self.push_checked(Loc { offset, len, seg })?;
+            }
+            offset += u64::from(len);
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Adds the frames of `lens` in turn, each right after the one before
+    /// it at the end of the last run, as [`Locations::push_next`] adds
+    /// each, for as long as each stays in a narrow group of that run;
+    /// returns how many it added. It stops before a frame that would turn
+    /// its group wide or need a new run (past 4 GiB of the run's start),
+    /// and adds nothing without a run or when the last group is wide
+    /// already: `push_next` (or `push_checked`) adds that frame, and this
+    /// can go on after it. A snapshot's open adds its frames so, a group's
+    /// offsets at once (`push_from_base` finds a group's base and wide
+    /// flag again for each frame).
+    pub(super) fn push_next_narrow(&mut self, lens: &[u32]) -> usize {
+        let len = self.len() as u64;
+        let Some(run) = self.runs.last() else {
+            return 0;
+        };
+        // The next position's place in its run, and, inside a group, that
+        // group's base (the group must be narrow).
+        let first_k = len + 1 - run.first;
+        let mut group_base = 0u64;
+        if !first_k.is_multiple_of(GROUP) {
+            let g = self.bases.len().saturating_sub(1);
+            match self.bases.last() {
+                Some(&base) if self.wide_rank(g).is_none() => group_base = u64::from(base),
+                _ => return 0,
+            }
+        }
+        let (run_base, mut end) = (run.base, run.end);
+        let mut low = Vec::with_capacity(lens.len());
+        let mut added = lens.len();
+        for (i, &frame) in lens.iter().enumerate() {
+            let from_base = end - run_base;
+            if from_base > u64::from(u32::MAX) {
+                added = i;
+                break;
+            }
+            if (first_k + i as u64).is_multiple_of(GROUP) {
+                self.bases.push(from_base as u32);
+                group_base = from_base;
+                low.push(0);
+            } else {
+                match u16::try_from(from_base - group_base) {
+                    Ok(from_group) => low.push(from_group),
+                    Err(_) => {
+                        added = i;
+                        break;
+                    }
+                }
+            }
+            end += u64::from(frame);
+        }
+        self.low.extend_from_slice(&low);
+        if let Some(run) = self.runs.last_mut() {
+            run.end = end;
+        }
+        added
+    }
+
     /// Adds the next position to the last run (whose first position is
     /// `first`), its frame `from_base` bytes from the start of the run.
     #[inline]
@@ -599,6 +692,8 @@ mod tests {
         /// (`push_checked` where `push_next` declines), else by
         /// `push_checked`.
         Frames { count: usize, len: u32, next: bool },
+        /// Frames of these lengths after the last, by `push_frames`.
+        Batch { lens: Vec<u32> },
         /// The next frames go to the segment `skip` after the current one
         /// (2 leaves one without frames), from offset 0.
         Segment { skip: u32 },
@@ -608,17 +703,25 @@ mod tests {
     }
 
     fn op() -> impl Strategy<Value = Op> {
-        let len = prop_oneof![
-            // Small frames: groups stay narrow.
-            12 => 0..=400u32,
-            // Around 64 KiB: a group turns wide at its next frame.
-            3 => 60_000..=70_000u32,
-            1 => 70_000..=(1u32 << 20),
-            // A few of these pass 4 GiB from a run's start.
-            1 => (1u32 << 30)..=u32::MAX,
+        let len = || {
+            prop_oneof![
+                // Small frames: groups stay narrow.
+                12 => 0..=400u32,
+                // Around 64 KiB: a group turns wide at its next frame.
+                3 => 60_000..=70_000u32,
+                1 => 70_000..=(1u32 << 20),
+                // A few of these pass 4 GiB from a run's start.
+                1 => (1u32 << 30)..=u32::MAX,
+            ]
+        };
+        let batch = prop_oneof![
+            // Mostly small, now and then a large one anywhere in a group.
+            20 => 0..=400u32,
+            1 => len(),
         ];
         prop_oneof![
-            12 => (len, any::<bool>()).prop_map(|(len, next)| Op::Frames { count: 1, len, next }),
+            12 => (len(), any::<bool>()).prop_map(|(len, next)| Op::Frames { count: 1, len, next }),
+            4 => proptest::collection::vec(batch, 0..300).prop_map(|lens| Op::Batch { lens }),
             // Runs of small frames, so that the large one after them
             // turns a group wide anywhere from its first entry to its last.
             3 => (0..130usize, 0..=400u32, any::<bool>())
@@ -637,7 +740,10 @@ mod tests {
         fn locations_hold_what_was_pushed(ops in proptest::collection::vec(op(), 0..300)) {
             let mut l = Locations::default();
             let mut r = Reference::default();
+            // The same frames, each by `push_checked`: the same tables.
+            let mut m = Locations::default();
             prop_assert!(!l.push_next(5), "no run yet");
+            prop_assert_eq!(l.push_next_narrow(&[5, 6]), 0, "no run yet");
             let (mut seg, mut offset) = (0u32, 0u64);
             for op in ops {
                 match op {
@@ -656,6 +762,16 @@ mod tests {
                             } else {
                                 l.push_checked(f).unwrap();
                             }
+                            m.push_checked(f).unwrap();
+                            r.push(f);
+                            offset += u64::from(len);
+                        }
+                    }
+                    Op::Batch { lens } => {
+                        l.push_frames(seg, &lens, offset).unwrap();
+                        for len in lens {
+                            let f = loc(seg, offset, len);
+                            m.push_checked(f).unwrap();
                             r.push(f);
                             offset += u64::from(len);
                         }
@@ -684,10 +800,23 @@ mod tests {
                         prop_assert!(l.push_checked(bad).is_err(), "{:?}", bad);
                         prop_assert_eq!(l.to_vec(), before);
                         prop_assert_eq!(&l.runs, &runs);
+                        // A batch whose first frame is out of place:
+                        // refused, nothing added.
+                        if !l.runs.is_empty() {
+                            let before = l.len();
+                            prop_assert!(l.push_frames(bad.seg, &[10, 10], bad.offset).is_err());
+                            prop_assert_eq!(l.len(), before);
+                        }
                     }
                 }
             }
             agrees(&l, &r);
+            agrees(&m, &r);
+            prop_assert_eq!(l.low.to_vec(), m.low.to_vec());
+            prop_assert_eq!(l.bases.to_vec(), m.bases.to_vec());
+            prop_assert_eq!(l.high.to_vec(), m.high.to_vec());
+            prop_assert_eq!(&l.wide, &m.wide);
+            prop_assert_eq!(&l.runs, &m.runs);
         }
     }
 

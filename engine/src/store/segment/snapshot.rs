@@ -689,10 +689,16 @@ fn load_locations(
     // Frame after frame from byte 0 of each segment, each segment from
     // its first position to its length.
     let mut p = 0u64;
+    // A segment's frames after its first, gathered and added
+    // [`ADD_FRAMES`] at a time ([`Locations::push_frames`]), and where the
+    // first of them is.
+    let mut pending: Vec<u32> = Vec::with_capacity(ADD_FRAMES);
+    let mut pending_at = 0u64;
     for (seg, s) in segments.iter().enumerate() {
         if s.first != p + 1 || s.len == 0 {
             return Err(format!("segment {seg} does not start after the one before"));
         }
+        let seg = seg as u32;
         let mut offset = 0u64;
         r.u32s_while("locations", |len| {
             p += 1;
@@ -702,18 +708,23 @@ fn load_locations(
             if !FRAME_LENS.contains(&(len as usize)) {
                 return Err(format!("position {p}: no frame is {len} bytes long"));
             }
-            // Each frame after a segment's first is right after the one
-            // before it: added as `push_checked` would, without its checks.
-            if offset == 0 || !index.locs.push_next(len) {
-                index.locs.push_checked(Loc {
-                    offset,
-                    len,
-                    seg: seg as u32,
-                })?;
+            if offset == 0 {
+                index.locs.push_checked(Loc { offset, len, seg })?;
+            } else {
+                if pending.is_empty() {
+                    pending_at = offset;
+                }
+                pending.push(len);
+                if pending.len() == ADD_FRAMES {
+                    index.locs.push_frames(seg, &pending, pending_at)?;
+                    pending.clear();
+                }
             }
             offset += u64::from(len);
             Ok(offset < s.len)
         })?;
+        index.locs.push_frames(seg, &pending, pending_at)?;
+        pending.clear();
         if offset != s.len {
             return Err(format!("segment {seg} does not end where its frames do"));
         }
@@ -723,6 +734,9 @@ fn load_locations(
     }
     Ok(())
 }
+
+/// Frames a snapshot's open gathers before adding them to the locations.
+const ADD_FRAMES: usize = 4096;
 
 /// Each stream with where its list starts in the file, and the CRC-32 of
 /// every block of every list ([`Streams::from_file`]).
