@@ -1427,7 +1427,7 @@ mod runner {
             .await
             .unwrap();
         let saved = store.load_checkpoint("caseload").await.unwrap().unwrap();
-        let at = |bytes: &[u8]| decode_checkpoint::<Caseload>(bytes).unwrap().1;
+        let at = at_of::<Caseload>;
         assert_eq!(at(&saved), first as u64);
         // Events after the checkpoint that are not yet worth writing it
         // again for, and the one that is.

@@ -64,10 +64,7 @@ impl<T, const N: usize> Chunked<T, N> {
             let chunk = match self.chunks.last_mut() {
                 Some(c) if c.len() < N => c,
                 _ => {
-                    let c = match self.chunks.is_empty() {
-                        true => Vec::new(),
-                        false => Vec::with_capacity(N),
-                    };
+                    let c = self.new_chunk();
                     self.chunks.push(c);
                     continue;
                 }
@@ -76,8 +73,8 @@ impl<T, const N: usize> Chunked<T, N> {
             let want = chunk.len() + n;
             if want > chunk.capacity() {
                 // As pushing one at a time grows the first chunk: by
-                // doubling (from 4), up to a chunk.
-                let grown = want.next_power_of_two().max(4).min(N).max(want);
+                // doubling (from 4), up to a chunk (`want` is at most one).
+                let grown = want.next_power_of_two().max(4).min(N);
                 chunk.reserve_exact(grown - chunk.len());
             }
             chunk.extend_from_slice(&values[..n]);
@@ -89,13 +86,18 @@ impl<T, const N: usize> Chunked<T, N> {
     /// [`Chunked::push`] when the last chunk is full (or there is none).
     #[cold]
     fn push_in_new_chunk(&mut self, value: T) {
-        // The first chunk grows by doubling; later ones are whole.
-        let mut c = match self.chunks.is_empty() {
-            true => Vec::new(),
-            false => Vec::with_capacity(N),
-        };
+        let mut c = self.new_chunk();
         c.push(value);
         self.chunks.push(c);
+    }
+
+    /// The next chunk, empty: the first grows by doubling; later ones are
+    /// whole from the start.
+    fn new_chunk(&self) -> Vec<T> {
+        match self.chunks.is_empty() {
+            true => Vec::new(),
+            false => Vec::with_capacity(N),
+        }
     }
 
     /// Bytes allocated for the entries and the chunk list.

@@ -258,34 +258,35 @@ impl Locations {
     /// segment `seg` and each right after the one before it, as
     /// [`Locations::push_checked`] adds each: where they continue the last
     /// run, each group's offsets at once while the groups stay narrow
-    /// ([`Locations::push_next_narrow`]), else one by one. `Err` (the
-    /// frames from the refused one on not added) where `push_checked`
-    /// refuses a frame.
+    /// ([`Locations::push_next_narrow`]), else one by one (a group turning
+    /// wide by [`Locations::push_next`], a segment's first frame or a new
+    /// run by `push_checked`). `Err` (the frames from the refused one on
+    /// not added) where `push_checked` refuses one.
     pub(super) fn push_frames(
         &mut self,
         seg: u32,
-        lens: &[u32],
+        mut lens: &[u32],
         mut offset: u64,
     ) -> Result<(), String> {
-        let mut i = 0;
-        while i < lens.len() {
+        while !lens.is_empty() {
             let continues = self
                 .runs
                 .last()
                 .is_some_and(|run| run.seg == seg && run.end == offset);
             if continues {
-                let n = self.push_next_narrow(&lens[i..]);
-                offset += lens[i..i + n].iter().map(|&l| u64::from(l)).sum::<u64>();
-                i += n;
+                let n = self.push_next_narrow(lens);
+                lens = &lens[n..];
+                // The frames added end where the run now does.
+                offset = self.runs.last().map_or(offset, |run| run.end);
             }
-            let Some(&len) = lens.get(i) else {
+            let Some((&len, rest)) = lens.split_first() else {
                 break;
             };
             if !(continues && self.push_next(len)) {
                 self.push_checked(Loc { offset, len, seg })?;
             }
             offset += u64::from(len);
-            i += 1;
+            lens = rest;
         }
         Ok(())
     }

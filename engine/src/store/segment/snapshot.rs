@@ -42,7 +42,7 @@ use uuid::Uuid;
 
 use super::sorted_ids::{pair_bytes, SortedIds, PAIR};
 use super::streams::{AtInFile, Streams, LIST_BLOCK};
-use super::{frame, IdHash, Index, Loc};
+use super::{frame, IdHash, Index};
 use crate::envelope::{Hash, StreamId};
 use crate::error::StoreError;
 
@@ -689,9 +689,8 @@ fn load_locations(
     // Frame after frame from byte 0 of each segment, each segment from
     // its first position to its length.
     let mut p = 0u64;
-    // A segment's frames after its first, gathered and added
-    // [`ADD_FRAMES`] at a time ([`Locations::push_frames`]), and where the
-    // first of them is.
+    // A segment's frames, gathered and added [`ADD_FRAMES`] at a time
+    // ([`Locations::push_frames`]), and where the first of them is.
     let mut pending: Vec<u32> = Vec::with_capacity(ADD_FRAMES);
     let mut pending_at = 0u64;
     for (seg, s) in segments.iter().enumerate() {
@@ -708,17 +707,13 @@ fn load_locations(
             if !FRAME_LENS.contains(&(len as usize)) {
                 return Err(format!("position {p}: no frame is {len} bytes long"));
             }
-            if offset == 0 {
-                index.locs.push_checked(Loc { offset, len, seg })?;
-            } else {
-                if pending.is_empty() {
-                    pending_at = offset;
-                }
-                pending.push(len);
-                if pending.len() == ADD_FRAMES {
-                    index.locs.push_frames(seg, &pending, pending_at)?;
-                    pending.clear();
-                }
+            if pending.is_empty() {
+                pending_at = offset;
+            }
+            pending.push(len);
+            if pending.len() == ADD_FRAMES {
+                index.locs.push_frames(seg, &pending, pending_at)?;
+                pending.clear();
             }
             offset += u64::from(len);
             Ok(offset < s.len)
