@@ -32,10 +32,39 @@ fn to_json<T: Serialize>(value: &T) -> Result<Value, Failure> {
     serde_json::to_value(value).map_err(|e| Failure::Store(format!("cannot render the view: {e}")))
 }
 
+/// Prints `doc` as pretty JSON and a newline: the bytes of
+/// `serde_json::to_string_pretty`, written to stdout as they are made
+/// rather than gathered into one string first (a school-wide report's text
+/// is tens of MB on a large school).
+/// [`to_json`] of a value no longer needed once it is JSON: it is let go
+/// here. A school-wide view is let go as soon as its report is made (the
+/// report is made in a statement of its own), the report as soon as it is
+/// JSON; on a large school each is tens of MB.
+fn into_json<T: Serialize>(value: T) -> Result<Value, Failure> {
+    to_json(&value)
+}
+
 fn print_json(doc: &Value) -> Result<(), Failure> {
-    let text = serde_json::to_string_pretty(doc).map_err(|e| Failure::Store(e.to_string()))?;
-    println!("{text}");
-    Ok(())
+    use std::io::Write as _;
+    let failed = |e: &dyn std::fmt::Display| Failure::Store(format!("cannot write the view: {e}"));
+    let mut out = std::io::BufWriter::with_capacity(OUT_BUFFER, std::io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, doc).map_err(|e| failed(&e))?;
+    out.write_all(b"\n").map_err(|e| failed(&e))?;
+    out.flush().map_err(|e| failed(&e))
+}
+
+/// Bytes gathered before each write of a view's output to stdout.
+const OUT_BUFFER: usize = 64 * 1024;
+
+/// The array under `key` of `doc`, taken out of it (`doc` keeps `null`
+/// there); empty if there is none. The printers change rows in place
+/// instead of copying them: a school-wide report's rows, as JSON values,
+/// are tens of MB on a large school.
+fn take_rows(doc: &mut Value, key: &str) -> Vec<Value> {
+    match doc.get_mut(key).map(Value::take) {
+        Some(Value::Array(rows)) => rows,
+        _ => Vec::new(),
+    }
 }
 
 /// Reads a pupil's record through the engine's access check: the read is
@@ -180,27 +209,20 @@ pub(crate) async fn audit(
     // reading too.
     let record = read_pupil(ctx, pupil, View::Audit, purpose).await?;
     let trail = AuditTrail::build(pupil, &record.case, &record.access);
-    let doc = to_json(&trail)?;
+    let mut doc = to_json(&trail)?;
+    drop(trail);
     if format == Format::Json {
         return print_json(&doc);
     }
-    let events = doc
-        .get("events")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let mut rows = take_rows(&mut doc, "events");
     println!(
         "Audit trail of {pupil}: {} events in stream order\n",
-        events.len()
+        rows.len()
     );
-    let rows: Vec<Value> = events
-        .iter()
-        .map(|e| {
-            let mut r = e.clone();
-            r["hash"] = Value::String(e["hash"].as_str().unwrap_or("").chars().take(16).collect());
-            r
-        })
-        .collect();
+    for r in &mut rows {
+        let short: String = r["hash"].as_str().unwrap_or("").chars().take(16).collect();
+        r["hash"] = Value::String(short);
+    }
     print!(
         "{}",
         table(
@@ -217,11 +239,7 @@ pub(crate) async fn audit(
             ]
         )
     );
-    let access = doc
-        .get("access_log")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let access = take_rows(&mut doc, "access_log");
     println!("\nAccess log: {} readings\n", access.len());
     print!(
         "{}",
@@ -271,8 +289,13 @@ async fn school_view<P: casebook_projections::Projection>(
 pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(), Failure> {
     let format = ctx.formats("caseload", &[Format::Text, Format::Json])?;
     let log = ctx.log(None)?;
-    let caseload: Caseload = school_view(&log).await?;
-    let mut doc = to_json(&caseload.cases(ctx.today, keyworker))?;
+    // The view is let go once its report is made, and the report once it
+    // is JSON: on a large school each is tens of MB.
+    let cases = school_view::<Caseload>(&log)
+        .await?
+        .cases(ctx.today, keyworker);
+    let mut doc = to_json(&cases)?;
+    drop(cases);
     if let Some(session) = &ctx.session {
         // A safeguarding case is itself safeguarding information: shown
         // only to those who may read safeguarding entries.
@@ -284,40 +307,29 @@ pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(
     if format == Format::Json {
         return print_json(&doc);
     }
-    let cases = doc
-        .get("cases")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let overdue = cases.iter().filter(|c| c["overdue"] == true).count();
+    let mut rows = take_rows(&mut doc, "cases");
+    let overdue = rows.iter().filter(|c| c["overdue"] == true).count();
     println!(
         "{} open cases, {overdue} with an overdue review (as of {})\n",
-        cases.len(),
+        rows.len(),
         ctx.today
     );
-    let rows: Vec<Value> = cases
-        .iter()
-        .map(|c| {
-            let mut r = c.clone();
-            r["open_plans"] = Value::String(list_of(&c["open_plans"], "plan"));
-            r["open_interventions"] =
-                Value::String(list_of(&c["open_interventions"], "intervention"));
-            r["overdue"] = Value::String(if c["overdue"] == true {
-                "OVERDUE".into()
-            } else {
-                String::new()
-            });
-            r["last_activity"] = Value::String(
-                c["last_activity"]
-                    .as_str()
-                    .unwrap_or("")
-                    .chars()
-                    .take(10)
-                    .collect(),
-            );
-            r
-        })
-        .collect();
+    for r in &mut rows {
+        r["open_plans"] = Value::String(list_of(&r["open_plans"], "plan"));
+        r["open_interventions"] = Value::String(list_of(&r["open_interventions"], "intervention"));
+        r["overdue"] = Value::String(if r["overdue"] == true {
+            "OVERDUE".into()
+        } else {
+            String::new()
+        });
+        let day: String = r["last_activity"]
+            .as_str()
+            .unwrap_or("")
+            .chars()
+            .take(10)
+            .collect();
+        r["last_activity"] = Value::String(day);
+    }
     print!(
         "{}",
         table(
@@ -384,18 +396,17 @@ fn print_report(title: &str, doc: &Value, rows_key: &str, columns: Option<&[(&st
     let rows = doc
         .get(rows_key)
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+        .map_or(&[][..], Vec::as_slice);
     if rows.is_empty() {
         println!("(none)");
         return;
     }
     match columns {
-        Some(cols) => print!("{}", table(&rows, cols)),
+        Some(cols) => print!("{}", table(rows, cols)),
         None => {
-            let cols = columns_of(&rows);
+            let cols = columns_of(rows);
             let pairs: Vec<(&str, &str)> = cols.iter().map(|c| (c.as_str(), c.as_str())).collect();
-            print!("{}", table(&rows, &pairs));
+            print!("{}", table(rows, &pairs));
         }
     }
 }
@@ -414,7 +425,10 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
                 BehaviourBy::Week => BehaviourDimension::Week,
             };
             (
-                to_json(&school_view::<Behaviour>(&log).await?.by(dim, None))?,
+                {
+                    let report = school_view::<Behaviour>(&log).await?.by(dim, None);
+                    into_json(report)?
+                },
                 format!("Incidents by {}", dim.as_str()),
                 "groups",
                 Some(&[
@@ -426,11 +440,12 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             )
         }
         ReportCommand::Attendance { persistent } => (
-            to_json(
-                &school_view::<Attendance>(&log)
+            {
+                let report = school_view::<Attendance>(&log)
                     .await?
-                    .report(year, persistent),
-            )?,
+                    .report(year, persistent);
+                into_json(report)?
+            },
             format!(
                 "Attendance {year}/{:02}{}",
                 (year + 1) % 100,
@@ -454,7 +469,10 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             ]),
         ),
         ReportCommand::Suspensions => (
-            to_json(&school_view::<Suspensions>(&log).await?.report(year))?,
+            {
+                let report = school_view::<Suspensions>(&log).await?.report(year);
+                into_json(report)?
+            },
             format!(
                 "Suspensions {year}/{:02} against the 45-day limit",
                 (year + 1) % 100
@@ -472,19 +490,28 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             ]),
         ),
         ReportCommand::Force => (
-            to_json(&school_view::<ForceLog>(&log).await?.report(None))?,
+            {
+                let report = school_view::<ForceLog>(&log).await?.report(None);
+                into_json(report)?
+            },
             "Reasonable-force log".to_string(),
             "uses",
             None,
         ),
         ReportCommand::Interventions => (
-            to_json(&school_view::<Interventions>(&log).await?.report())?,
+            {
+                let report = school_view::<Interventions>(&log).await?.report();
+                into_json(report)?
+            },
             "Intervention outcomes by kind".to_string(),
             "kinds",
             None,
         ),
         ReportCommand::Reintegration => (
-            to_json(&school_view::<Reintegration>(&log).await?.report())?,
+            {
+                let report = school_view::<Reintegration>(&log).await?.report();
+                into_json(report)?
+            },
             "Reintegration after removal from school".to_string(),
             "awaiting",
             None,
