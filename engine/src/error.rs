@@ -77,7 +77,7 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    pub(crate) fn io(
+    pub fn io(
         during: &'static str,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> StoreError {

@@ -62,7 +62,7 @@ pub use interventions::Interventions;
 pub use reintegration::Reintegration;
 pub use runner::{
     audit_of, chronology_of, load_one, load_projection, read_pupil, rebuild, RebuildReport,
-    SchoolViews, CHECKPOINT_BYTES_PER_EVENT,
+    SchoolViews, CHECKPOINT_BYTES_PER_EVENT, CHECKPOINT_READ_WHOLE,
 };
 pub use summary::summary;
 pub use suspensions::Suspensions;

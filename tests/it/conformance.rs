@@ -407,9 +407,21 @@ pub async fn an_empty_atomic_append_writes_nothing_and_succeeds<B: Backend>() {
     assert_eq!(s.head().await.unwrap().position, 1);
 }
 
+/// The bytes of a checkpoint read through `open_checkpoint`, checked
+/// against the size it reports.
+async fn read_opened(s: &dyn EventStore, name: &str) -> Option<Vec<u8>> {
+    let mut opened = s.open_checkpoint(name).await.unwrap()?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut opened.bytes, &mut bytes).unwrap();
+    assert_eq!(opened.len, bytes.len() as u64, "{name}: its reported size");
+    Some(bytes)
+}
+
 /// A checkpoint written by `save_checkpoint_with` (streamed on the
-/// segment store) reads back whole and survives a reopen; a writer that
-/// fails part-way leaves the checkpoint stored before as it was.
+/// segment store) reads back whole, through `load_checkpoint` and
+/// `open_checkpoint` (read from disk as it is asked for on the segment
+/// store), and survives a reopen; a writer that fails part-way leaves the
+/// checkpoint stored before as it was.
 pub async fn streamed_checkpoints_replace_whole_or_not_at_all<B: Backend>() {
     let b = B::fresh();
     let s = b.open();
@@ -426,6 +438,23 @@ pub async fn streamed_checkpoints_replace_whole_or_not_at_all<B: Backend>() {
         .await
         .unwrap();
     assert!(s.load_checkpoint("caseload").await.unwrap() == Some(big.clone()));
+    assert!(read_opened(&*s, "caseload").await == Some(big.clone()));
+    assert!(s.open_checkpoint("other").await.unwrap().is_none());
+    // A checkpoint opened for reading is read whole even if another is
+    // written over it meanwhile (the runner decodes a large one as it
+    // reads it).
+    let mut opened = s.open_checkpoint("caseload").await.unwrap().unwrap();
+    let mut first = vec![0; 1_000];
+    std::io::Read::read_exact(&mut opened.bytes, &mut first).unwrap();
+    s.save_checkpoint("caseload", vec![5; 10]).await.unwrap();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut opened.bytes, &mut rest).unwrap();
+    first.extend(rest);
+    assert!(first == big, "a checkpoint read while it was replaced");
+    assert_eq!(read_opened(&*s, "caseload").await, Some(vec![5; 10]));
+    s.save_checkpoint_with("caseload", 1_000, &mut write)
+        .await
+        .unwrap();
 
     let mut failing = |out: &mut dyn std::io::Write| {
         out.write_all(&[9; 300_000])?;
@@ -441,7 +470,8 @@ pub async fn streamed_checkpoints_replace_whole_or_not_at_all<B: Backend>() {
     );
     drop(s);
     let s = b.open();
-    assert!(s.load_checkpoint("caseload").await.unwrap() == Some(big));
+    assert!(s.load_checkpoint("caseload").await.unwrap() == Some(big.clone()));
+    assert!(read_opened(&*s, "caseload").await == Some(big));
 }
 
 pub async fn payloads_decode_to_the_recorded_event<B: Backend>() {

@@ -19,7 +19,7 @@ use casebook_engine::store::sled::{
 };
 use casebook_engine::store::EventStore;
 use casebook_engine::upcast::decode_payload;
-use casebook_projections::runner::{decode_checkpoint, encode_checkpoint};
+use casebook_projections::runner::{decode_checkpoint, encode_checkpoint, read_checkpoint};
 use casebook_projections::{
     fold_in, Attendance, Behaviour, Caseload, ForceLog, Interventions, Projection, Reintegration,
     Suspensions, Targets,
@@ -349,18 +349,40 @@ fn store_metadata_decoding_never_panics() {
     report("head record and watermark", &N);
 }
 
+/// A checkpoint's bytes decoded from memory (`decode_checkpoint`) and as
+/// they are read through a buffer of `buffer` bytes (`read_checkpoint`,
+/// as the runner reads a large checkpoint): never a panic, and the same
+/// answer, the same state or a refusal both ways.
+fn decoded_both_ways<P: Projection + PartialEq + std::fmt::Debug>(bytes: &[u8], buffer: usize) {
+    let whole = decode_checkpoint::<P>(bytes);
+    let read = read_checkpoint::<P, _>(std::io::BufReader::with_capacity(buffer, bytes));
+    match (whole, read) {
+        (Ok(whole), Ok(read)) => assert_eq!(whole, read, "{}", P::NAME),
+        (Err(_), Err(_)) => {}
+        (whole, read) => panic!(
+            "{}: decoded from memory {:?}, as read {:?}",
+            P::NAME,
+            whole.map(|w| w.1),
+            read.map(|r| r.1)
+        ),
+    }
+}
+
 #[test]
 fn checkpoint_decoding_never_panics() {
     static N: AtomicU64 = AtomicU64::new(0);
-    proptest!(config(), |(bytes in input(&corpus().checkpoints))| {
+    proptest!(config(), |(bytes in input(&corpus().checkpoints), small in any::<bool>())| {
         counted(&N);
-        let _ = decode_checkpoint::<Caseload>(&bytes);
-        let _ = decode_checkpoint::<Behaviour>(&bytes);
-        let _ = decode_checkpoint::<Attendance>(&bytes);
-        let _ = decode_checkpoint::<Suspensions>(&bytes);
-        let _ = decode_checkpoint::<ForceLog>(&bytes);
-        let _ = decode_checkpoint::<Interventions>(&bytes);
-        let _ = decode_checkpoint::<Reintegration>(&bytes);
+        // A buffer too small for the header takes the path of a checkpoint
+        // laid out otherwise (read whole); a large one, the streamed path.
+        let buffer = if small { 16 } else { 64 * 1024 };
+        decoded_both_ways::<Caseload>(&bytes, buffer);
+        decoded_both_ways::<Behaviour>(&bytes, buffer);
+        decoded_both_ways::<Attendance>(&bytes, buffer);
+        decoded_both_ways::<Suspensions>(&bytes, buffer);
+        decoded_both_ways::<ForceLog>(&bytes, buffer);
+        decoded_both_ways::<Interventions>(&bytes, buffer);
+        decoded_both_ways::<Reintegration>(&bytes, buffer);
     });
     report("checkpoints", &N);
 }

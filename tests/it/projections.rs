@@ -24,7 +24,7 @@ use casebook_projections::runner::{
 use casebook_projections::suspensions::{BoardBand, Suspensions};
 use casebook_projections::{
     audit_of, chronology_of, fold_in, rebuild, Projection, ProjectionError, Targets,
-    CHECKPOINT_BYTES_PER_EVENT, PROJECTION_NAMES,
+    CHECKPOINT_BYTES_PER_EVENT, CHECKPOINT_READ_WHOLE, PROJECTION_NAMES,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use proptest::prelude::*;
@@ -1479,6 +1479,82 @@ mod runner {
         assert_eq!(at_of::<Behaviour>(&behaviour), head + 1);
     }
 
+    /// A checkpoint larger than `CHECKPOINT_READ_WHOLE` is decoded as it
+    /// is read, not read whole first: a view restored so is the view
+    /// restored from the same bytes in memory, and the fold of the whole
+    /// log, for every built-in view.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_checkpoint_is_decoded_as_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = sample_log();
+        let today = date("2026-03-01");
+        let store = open(dir.path());
+        let half = log.events.len() / 2;
+        append(&*store, &log.events[..half]).await;
+        SchoolViews::load(&*store, &no_progress).await.unwrap();
+        append(&*store, &log.events[half..]).await;
+        let folded = fold_views(&all_events(&*store).await);
+        for len in [None, Some(CHECKPOINT_READ_WHOLE + 1)] {
+            let mut large = Faulty::new(&store, 7);
+            large.checkpoint_len = len;
+            let (caseload, restarted) =
+                casebook_projections::load_one::<Caseload>(&large, &no_progress)
+                    .await
+                    .unwrap();
+            assert!(restarted.is_none(), "{len:?}: {restarted:?}");
+            assert_eq!(
+                caseload.cases(today, None),
+                folded.caseload.cases(today, None),
+                "{len:?}"
+            );
+            let views = SchoolViews::load(&large, &no_progress).await.unwrap();
+            assert!(views.restarted.is_empty(), "{len:?}: {:?}", views.restarted);
+            assert_eq!(
+                serde_json::to_value(views.attendance.report(2025, false)).unwrap(),
+                serde_json::to_value(folded.attendance.report(2025, false)).unwrap(),
+                "{len:?}"
+            );
+            assert_eq!(
+                serde_json::to_value(views.behaviour.by(BehaviourDimension::Category, None))
+                    .unwrap(),
+                serde_json::to_value(folded.behaviour.by(BehaviourDimension::Category, None))
+                    .unwrap(),
+                "{len:?}"
+            );
+        }
+    }
+
+    /// A checkpoint the store fails to read (the disk, not its bytes) is
+    /// the store's failure, reported as such, whether it is read whole or
+    /// decoded as it is read; it is not taken for a damaged checkpoint and
+    /// the view rebuilt over it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_the_store_fails_to_read_is_an_error_not_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&*store, &sample_log().events).await;
+        casebook_projections::load_one::<Caseload>(&*store, &no_progress)
+            .await
+            .unwrap();
+        let saved = store.load_checkpoint("caseload").await.unwrap().unwrap();
+        for len in [None, Some(CHECKPOINT_READ_WHOLE + 1)] {
+            for after in [0, 10, saved.len() / 2, saved.len() - 1] {
+                let mut failing = Faulty::new(&store, 7);
+                failing.checkpoint_len = len;
+                failing.checkpoint_fails_after = Some(after);
+                let err = casebook_projections::load_one::<Caseload>(&failing, &no_progress)
+                    .await
+                    .err();
+                assert!(
+                    matches!(&err, Some(ProjectionError::Store(e)) if e.to_string().contains("injected")),
+                    "{len:?}, failing after {after} bytes: {err:?}"
+                );
+            }
+        }
+        let now = store.load_checkpoint("caseload").await.unwrap().unwrap();
+        assert_eq!(now, saved, "the checkpoint was written over");
+    }
+
     fn at_of<P: Projection>(bytes: &[u8]) -> u64 {
         decode_checkpoint::<P>(bytes).unwrap().1
     }
@@ -1657,6 +1733,32 @@ mod runner {
         empty_from: Option<u64>,
         /// Pages returned.
         reads: std::sync::atomic::AtomicUsize,
+        /// The size `open_checkpoint` reports for every checkpoint, in
+        /// place of its own (so that a small one is decoded as a large
+        /// one is, as it is read).
+        checkpoint_len: Option<u64>,
+        /// A checkpoint's reader fails after this many bytes.
+        checkpoint_fails_after: Option<usize>,
+    }
+
+    /// A checkpoint's bytes, read a few at a time, failing after `fail_at`.
+    struct Trickle {
+        bytes: Vec<u8>,
+        at: usize,
+        fail_at: usize,
+    }
+
+    impl std::io::Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.at >= self.fail_at {
+                return Err(std::io::Error::other("injected checkpoint read failure"));
+            }
+            let end = self.bytes.len().min(self.fail_at).min(self.at + 1_000);
+            let n = buf.len().min(end - self.at);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
     }
 
     impl Faulty {
@@ -1669,6 +1771,8 @@ mod runner {
                 drop: None,
                 empty_from: None,
                 reads: Default::default(),
+                checkpoint_len: None,
+                checkpoint_fails_after: None,
             }
         }
     }
@@ -1746,6 +1850,24 @@ mod runner {
             name: &str,
         ) -> Result<Option<Vec<u8>>, casebook_engine::StoreError> {
             self.inner.load_checkpoint(name).await
+        }
+
+        async fn open_checkpoint(
+            &self,
+            name: &str,
+        ) -> Result<Option<casebook_engine::store::CheckpointReader>, casebook_engine::StoreError>
+        {
+            let Some(bytes) = self.inner.load_checkpoint(name).await? else {
+                return Ok(None);
+            };
+            Ok(Some(casebook_engine::store::CheckpointReader {
+                len: self.checkpoint_len.unwrap_or(bytes.len() as u64),
+                bytes: Box::new(Trickle {
+                    fail_at: self.checkpoint_fails_after.unwrap_or(usize::MAX),
+                    bytes,
+                    at: 0,
+                }),
+            }))
         }
 
         async fn save_checkpoint(

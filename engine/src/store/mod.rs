@@ -120,6 +120,14 @@ pub const MAX_EVENTS_PER_APPEND: usize = 2_000_000;
 pub type CheckpointWriter<'a> =
     &'a mut (dyn FnMut(&mut dyn std::io::Write) -> std::io::Result<()> + Send);
 
+/// A stored checkpoint opened for reading ([`EventStore::open_checkpoint`]).
+pub struct CheckpointReader {
+    /// Its size in bytes.
+    pub len: u64,
+    /// Its bytes, from the first.
+    pub bytes: Box<dyn std::io::Read + Send>,
+}
+
 /// A school's event log.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
@@ -308,6 +316,21 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// A projection checkpoint by name.
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// [`EventStore::load_checkpoint`] as a reader, so that a caller may
+    /// decode the bytes as they are read instead of holding them all. A
+    /// store may read them from disk as they are asked for (the segment
+    /// store does: a large school's attendance checkpoint is tens of MB);
+    /// by default they are `load_checkpoint`'s bytes, read from memory.
+    async fn open_checkpoint(&self, name: &str) -> Result<Option<CheckpointReader>, StoreError> {
+        Ok(self
+            .load_checkpoint(name)
+            .await?
+            .map(|bytes| CheckpointReader {
+                len: bytes.len() as u64,
+                bytes: Box::new(std::io::Cursor::new(bytes)),
+            }))
+    }
 
     /// Stores a checkpoint durably (outside the hash chain: checkpoints are
     /// derived data and can always be rebuilt from the log).

@@ -66,9 +66,9 @@ use self::locs::Locations;
 use self::streams::Streams;
 use super::sled::{validate_school, ProcessLock};
 use super::{
-    AfterSeal, AppendRequest, Appended, ChainVerifier, CheckpointWriter, Commit, Committed,
-    ContentCheck, EventStore, GroupStage, Head, InStream, Presealed, Problems, Reply, Sealed,
-    SealedSink, StreamVisitor, VerifyReport, MAX_READ_PAGE,
+    AfterSeal, AppendRequest, Appended, ChainVerifier, CheckpointReader, CheckpointWriter, Commit,
+    Committed, ContentCheck, EventStore, GroupStage, Head, InStream, Presealed, Problems, Reply,
+    Sealed, SealedSink, StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -3523,6 +3523,26 @@ impl EventStore for SegmentLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(StoreError::io("read checkpoint", e)),
         }
+    }
+
+    /// The checkpoint's file, read as its bytes are asked for. A checkpoint
+    /// is replaced by a rename (`write_atomic_with`), so the file opened
+    /// here stays whole while it is read.
+    async fn open_checkpoint(&self, name: &str) -> Result<Option<CheckpointReader>, StoreError> {
+        let path = self.checkpoint_path(name)?;
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("read checkpoint", e)),
+        };
+        let len = file
+            .metadata()
+            .map_err(|e| StoreError::io("read checkpoint", e))?
+            .len();
+        Ok(Some(CheckpointReader {
+            len,
+            bytes: Box::new(file),
+        }))
     }
 
     async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
