@@ -20,12 +20,15 @@
 //! mark beside the one the store's index already holds. The key makes a
 //! session count once even if a log holds two marks for it (the later one
 //! stands, as a re-taken register would). Marks arrive in date order, so a
-//! new one is almost always pushed at the end.
+//! new one is almost always pushed at the end. Each pupil's marks are also
+//! counted by academic year and category as they change ([`Tally`]): the
+//! report reads the counts, not the marks.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use casebook_engine::codes::{AttendanceCategory, ATTENDANCE_CODES};
+use casebook_engine::domain::academic_year;
 use casebook_engine::event::{AttendanceMarked, CaseEvent, EntryCorrected, Session};
 use casebook_engine::{RecordedEvent, StreamId};
 use chrono::{Datelike, NaiveDate};
@@ -254,17 +257,21 @@ impl MarkList {
     }
 
     /// Puts `m` in its key's place: in place of the mark of that key if
-    /// there is one, else before the first of a higher key.
-    fn put(&mut self, m: Mark) {
+    /// there is one (which it returns), else before the first of a higher
+    /// key.
+    fn put(&mut self, m: Mark) -> Option<Mark> {
         let after_last = self.blocks.last().is_none_or(|b| m.key > b.last_key);
         if after_last {
-            return self.push(m);
+            self.push(m);
+            return None;
         }
         if let Some(last) = self.blocks.last_mut() {
             if m.key == last.last_key {
                 // The last session again: its mark rewritten in place.
+                let replaced = last.iter().last();
                 last.drop_last();
-                return last.push(m);
+                last.push(m);
+                return replaced;
             }
         }
         // The last block starting at or before the key (the first if none
@@ -273,26 +280,31 @@ impl MarkList {
             .blocks
             .partition_point(|b| b.first <= m.key)
             .saturating_sub(1);
+        let mut replaced = None;
         self.change(b, |marks| {
             let i = marks.partition_point(|k| k.key < m.key);
             match marks.get_mut(i) {
-                Some(slot) if slot.key == m.key => *slot = m,
+                Some(slot) if slot.key == m.key => replaced = Some(std::mem::replace(slot, m)),
                 _ => marks.insert(i, m),
             }
         });
+        replaced
     }
 
-    /// Removes the mark at index `i`, if there is one.
-    fn remove(&mut self, mut i: usize) {
+    /// Removes the mark at index `i`, if there is one, and returns it.
+    fn remove(&mut self, mut i: usize) -> Option<Mark> {
         for b in 0..self.blocks.len() {
             let len = self.blocks[b].len as usize;
             if i < len {
-                return self.change(b, |marks| {
-                    marks.remove(i);
+                let mut removed = None;
+                self.change(b, |marks| {
+                    removed = Some(marks.remove(i));
                 });
+                return removed;
             }
             i -= len;
         }
+        None
     }
 
     /// Block `b`'s marks unpacked, changed by `f` (in key order still, one
@@ -423,6 +435,117 @@ struct Marks {
     /// Codes casebook does not know, as written (rare: only a log older
     /// than the code rules, or a foreign import, holds them).
     other: Vec<String>,
+    /// The marks counted by academic year and category, kept as they
+    /// change (not checkpointed: counted again as a checkpoint is read).
+    tally: Tally,
+}
+
+/// A pupil's marks counted by academic year and category: what
+/// [`Attendance::report`] reads, so that a report does not read every
+/// mark of every pupil (it did: 16% of `casebook report attendance` on a
+/// 24,000-pupil store of 9.9M events).
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    /// By academic year (named by its September), in year order. A year
+    /// whose marks are all gone (moved by corrections) stays, counting
+    /// nothing.
+    years: Vec<(i32, Counts)>,
+}
+
+/// Marks of one year by category: present, approved education off site,
+/// authorised, unauthorised, not possible, and codes casebook does not
+/// know ([`Counts::slot`]). A pupil holds at most one mark a session, so
+/// at most 732 a year.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counts([u32; 6]);
+
+impl Counts {
+    /// Where a mark of `code` is counted.
+    fn slot(code: u16) -> usize {
+        match Marks::category(code) {
+            Some(AttendanceCategory::Present) => 0,
+            Some(AttendanceCategory::ApprovedOffsite) => 1,
+            Some(AttendanceCategory::Authorised) => 2,
+            Some(AttendanceCategory::Unauthorised) => 3,
+            Some(AttendanceCategory::NotPossible) => 4,
+            None => 5,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(|&n| n == 0)
+    }
+}
+
+/// The academic year of a session key, with the keys of the last year
+/// found kept, so that marks read in key order (a checkpoint's) find
+/// their year without a date each.
+#[derive(Clone, Copy, Debug, Default)]
+struct YearOfKey {
+    /// The keys of `year`'s first and last sessions; empty at first.
+    keys: Option<(Key, Key, i32)>,
+}
+
+impl YearOfKey {
+    /// The key of the last session of the year last found (`None` at the
+    /// ends of chrono's dates, where a year's end is no date).
+    fn last_key(&self) -> Option<Key> {
+        self.keys.map(|(_, last, _)| last)
+    }
+
+    fn of(&mut self, key: Key) -> i32 {
+        if let Some((first, last, year)) = self.keys {
+            if (first..=last).contains(&key) {
+                return year;
+            }
+        }
+        let year = academic_year(unkey(key).0);
+        let first = NaiveDate::from_ymd_opt(year, 9, 1).map(|d| self::key(d, Session::Am));
+        let last = NaiveDate::from_ymd_opt(year.saturating_add(1), 8, 31)
+            .map(|d| self::key(d, Session::Pm));
+        // A year at the ends of chrono's dates is found again each time.
+        self.keys = first.zip(last).map(|(f, l)| (f, l, year));
+        year
+    }
+}
+
+impl Tally {
+    /// Counts `m` (one more of its code in its year), or with `by` -1,
+    /// counts it out.
+    fn count(&mut self, m: Mark, year: i32, by: i32) {
+        let n = &mut self.counts(year).0[Counts::slot(m.code)];
+        *n = n.saturating_add_signed(by);
+    }
+
+    /// `year`'s counts, made if it has none.
+    fn counts(&mut self, year: i32) -> &mut Counts {
+        let i = match self.years.iter().rposition(|(y, _)| *y <= year) {
+            Some(i) if self.years[i].0 == year => i,
+            at => {
+                let i = at.map_or(0, |i| i + 1);
+                self.years.insert(i, (year, Counts::default()));
+                i
+            }
+        };
+        &mut self.years[i].1
+    }
+
+    /// Counts `by_code[c]` marks of each code `codes[c]` in `year`, and
+    /// sets `by_code` to 0 (a checkpoint's marks, counted a year at a time).
+    fn count_year(&mut self, year: i32, codes: &[u16], by_code: &mut [u32]) {
+        if by_code.iter().all(|&n| n == 0) {
+            return;
+        }
+        let counts = self.counts(year);
+        for (&code, n) in codes.iter().zip(by_code.iter_mut()) {
+            let slot = &mut counts.0[Counts::slot(code)];
+            *slot = slot.saturating_add(std::mem::take(n));
+        }
+    }
+
+    fn year(&self, year: i32) -> Option<&Counts> {
+        self.years.iter().find(|(y, _)| *y == year).map(|(_, c)| c)
+    }
 }
 
 /// Index of each one-character code in [`ATTENDANCE_CODES`] plus one (0:
@@ -506,16 +629,22 @@ impl Marks {
     /// Sets the mark of `key`'s session, replacing one already there.
     fn insert(&mut self, key: Key, position: u64, code: &str) {
         let code = self.intern(code);
-        self.list.put(Mark::new(key, position, code));
+        let mark = Mark::new(key, position, code);
+        let mut years = YearOfKey::default();
+        let year = years.of(key);
+        if let Some(replaced) = self.list.put(mark) {
+            // The same session: the same year.
+            self.tally.count(replaced, year, -1);
+        }
+        self.tally.count(mark, year, 1);
     }
 
-    /// Marks of the sessions from `first` to `last` (dates, inclusive).
-    fn range(&self, first: NaiveDate, last: NaiveDate) -> impl Iterator<Item = Mark> + '_ {
-        let (lo, hi) = (key(first, Session::Am), key(last, Session::Pm));
-        self.list
-            .iter()
-            .skip_while(move |m| m.key < lo)
-            .take_while(move |m| m.key <= hi)
+    /// Removes the mark at index `i`, if there is one.
+    fn remove(&mut self, i: usize) {
+        if let Some(removed) = self.list.remove(i) {
+            let year = YearOfKey::default().of(removed.key);
+            self.tally.count(removed, year, -1);
+        }
     }
 
     /// `(key, position, code)` of every mark, in order.
@@ -556,7 +685,8 @@ mod packed {
     use serde::{Deserializer, Serializer};
 
     use super::{
-        date_keys, put_mark, put_varint, read_mark, read_varint, Key, Mark, Marks, POSITION_LIMIT,
+        date_keys, put_mark, put_varint, read_mark, read_varint, Key, Mark, Marks, YearOfKey,
+        POSITION_LIMIT,
     };
     use crate::facts::Bin;
 
@@ -620,6 +750,11 @@ mod packed {
         }
         let mut last = (0i64, 0u64);
         let keys = date_keys();
+        // Marks come in key order, so a year's are together: counted by
+        // code in `by_code` until the year ends, then put in the tally.
+        let mut years = YearOfKey::default();
+        let mut year: Option<(i32, Option<Key>)> = None;
+        let mut by_code = vec![0u32; interned.len()];
         for i in 0..count {
             let rest = blob.get(at..).unwrap_or(&[]);
             let ((next_key, position), code, len) = read_mark(rest, last).ok_or_else(|| {
@@ -634,16 +769,29 @@ mod packed {
             if position > POSITION_LIMIT {
                 return Err(format!("mark {i}: position {position} out of range"));
             }
-            let code = usize::try_from(code)
+            let (c, code) = usize::try_from(code)
                 .ok()
-                .and_then(|c| interned.get(c))
+                .and_then(|c| Some((c, *interned.get(c)?)))
                 .ok_or_else(|| format!("mark {i}: code {code} of {} codes", codes.len()))?;
             (at, last) = (at + len, (next_key, position));
             // In key order (checked above): written at the end.
-            marks.list.push(Mark::new(next_key as Key, position, *code));
+            let mark = Mark::new(next_key as Key, position, code);
+            marks.list.push(mark);
+            let in_year = year.is_some_and(|(_, end)| end.is_some_and(|end| mark.key <= end));
+            if !in_year {
+                if let Some((y, _)) = year {
+                    marks.tally.count_year(y, &interned, &mut by_code);
+                }
+                let y = years.of(mark.key);
+                year = Some((y, years.last_key()));
+            }
+            by_code[c] += 1;
         }
         if at != blob.len() {
             return Err(format!("{} bytes after the marks", blob.len() - at));
+        }
+        if let Some((y, _)) = year {
+            marks.tally.count_year(y, &interned, &mut by_code);
         }
         Ok(marks)
     }
@@ -711,7 +859,7 @@ impl Register {
             code: self.marks.code(mark.code).to_string(),
         });
         if let Some(CaseEvent::AttendanceMarked(new)) = corrected(&original, &c.changes) {
-            self.marks.list.remove(i);
+            self.marks.remove(i);
             self.marks
                 .insert(key(new.date, new.session), position, &new.code);
         }
@@ -823,20 +971,6 @@ pub struct AttendanceSummary {
 }
 
 impl PupilAttendance {
-    fn count(&mut self, category: Option<AttendanceCategory>) {
-        match category {
-            Some(AttendanceCategory::Present) => self.present += 1,
-            Some(AttendanceCategory::ApprovedOffsite) => {
-                self.present += 1;
-                self.approved_offsite += 1;
-            }
-            Some(AttendanceCategory::Authorised) => self.authorised += 1,
-            Some(AttendanceCategory::Unauthorised) => self.unauthorised += 1,
-            Some(AttendanceCategory::NotPossible) => self.not_possible += 1,
-            None => self.unrecognised += 1,
-        }
-    }
-
     fn finish(&mut self) {
         let missed = self.authorised + self.unauthorised;
         self.possible_sessions = self.present + missed;
@@ -856,21 +990,30 @@ impl Attendance {
         let last = NaiveDate::from_ymd_opt(academic_year.saturating_add(1), 8, 31);
         let mut pupils = Vec::new();
         let mut summary = AttendanceSummary::default();
-        if let (Some(first), Some(last)) = (first, last) {
+        if first.is_some() && last.is_some() {
             for (stream, register) in &self.pupils {
-                let mut year = register.marks.range(first, last).peekable();
-                if year.peek().is_none() {
+                let Some(Counts(counts)) = register
+                    .marks
+                    .tally
+                    .year(academic_year)
+                    .filter(|c| !c.is_empty())
+                else {
                     continue;
-                }
+                };
+                let [present, offsite, authorised, unauthorised, not_possible, unrecognised] =
+                    counts.map(u64::from);
                 let mut p = PupilAttendance {
                     pupil: register.card.pupil(*stream),
                     class: register.card.class().map(str::to_string),
                     year_group: register.card.year_group(),
+                    present: present + offsite,
+                    approved_offsite: offsite,
+                    authorised,
+                    unauthorised,
+                    not_possible,
+                    unrecognised,
                     ..PupilAttendance::default()
                 };
-                for mark in year {
-                    p.count(Marks::category(mark.code));
-                }
                 p.finish();
                 summary.pupils += 1;
                 summary.possible_sessions += p.possible_sessions;
@@ -1299,6 +1442,20 @@ mod tests {
             })
             .collect();
         prop_assert_eq!(new_marks, old_marks, "marks");
+        for register in new.pupils.values() {
+            let mut counted = Tally::default();
+            for m in register.marks.list.iter() {
+                counted.count(m, YearOfKey::default().of(m.key), 1);
+            }
+            let kept = |t: &Tally| -> Vec<(i32, Counts)> {
+                t.years
+                    .iter()
+                    .copied()
+                    .filter(|(_, c)| !c.is_empty())
+                    .collect()
+            };
+            prop_assert_eq!(kept(&register.marks.tally), kept(&counted), "the tally");
+        }
         prop_assert_eq!(
             &new.pupils.values().map(|r| &r.card).collect::<Vec<_>>(),
             &old.cards()
@@ -1554,9 +1711,13 @@ mod tests {
             // replaces its mark.
             marks.insert(day + 2, 9, "/");
             assert_eq!(marks.list.len(), 4);
-            let first = NaiveDate::from_ymd_opt(2025, 9, 2).unwrap();
-            let range: Vec<u64> = marks.range(first, first).map(|m| m.position()).collect();
-            assert_eq!(range, [9]);
+            let second_day = key(NaiveDate::from_ymd_opt(2025, 9, 2).unwrap(), Session::Am);
+            let that_day: Vec<u64> = marks
+                .iter()
+                .filter(|(k, _, _)| (second_day..=second_day + 1).contains(k))
+                .map(|(_, p, _)| p)
+                .collect();
+            assert_eq!(that_day, [9]);
         }
         let mut marks = Marks::default();
         for i in [5, 1, 3, 2, 4] {
