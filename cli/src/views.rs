@@ -32,10 +32,6 @@ fn to_json<T: Serialize>(value: &T) -> Result<Value, Failure> {
     serde_json::to_value(value).map_err(|e| Failure::Store(format!("cannot render the view: {e}")))
 }
 
-/// Prints `doc` as pretty JSON and a newline: the bytes of
-/// `serde_json::to_string_pretty`, written to stdout as they are made
-/// rather than gathered into one string first (a school-wide report's text
-/// is tens of MB on a large school).
 /// [`to_json`] of a value no longer needed once it is JSON: it is let go
 /// here. A school-wide view is let go as soon as its report is made (the
 /// report is made in a statement of its own), the report as soon as it is
@@ -44,6 +40,10 @@ fn into_json<T: Serialize>(value: T) -> Result<Value, Failure> {
     to_json(&value)
 }
 
+/// Prints `doc` as pretty JSON and a newline: the bytes of
+/// `serde_json::to_string_pretty`, written to stdout as they are made
+/// rather than gathered into one string first (a school-wide report's text
+/// is tens of MB on a large school).
 fn print_json(doc: &Value) -> Result<(), Failure> {
     use std::io::Write as _;
     let failed = |e: &dyn std::fmt::Display| Failure::Store(format!("cannot write the view: {e}"));

@@ -477,6 +477,11 @@ impl Counts {
     }
 }
 
+/// The academic year of a session key's date.
+fn year_of_key(key: Key) -> i32 {
+    academic_year(unkey(key).0)
+}
+
 /// The academic year of a session key, with the keys of the last year
 /// found kept, so that marks read in key order (a checkpoint's) find
 /// their year without a date each.
@@ -499,7 +504,7 @@ impl YearOfKey {
                 return year;
             }
         }
-        let year = academic_year(unkey(key).0);
+        let year = year_of_key(key);
         let first = NaiveDate::from_ymd_opt(year, 9, 1).map(|d| self::key(d, Session::Am));
         let last = NaiveDate::from_ymd_opt(year.saturating_add(1), 8, 31)
             .map(|d| self::key(d, Session::Pm));
@@ -523,6 +528,9 @@ impl Tally {
             Some(i) if self.years[i].0 == year => i,
             at => {
                 let i = at.map_or(0, |i| i + 1);
+                // One year more, not room for four (most pupils' marks
+                // are of a year or two).
+                self.years.reserve_exact(1);
                 self.years.insert(i, (year, Counts::default()));
                 i
             }
@@ -627,11 +635,16 @@ impl Marks {
     }
 
     /// Sets the mark of `key`'s session, replacing one already there.
+    #[cfg(test)]
     fn insert(&mut self, key: Key, position: u64, code: &str) {
+        self.insert_in(key, year_of_key(key), position, code);
+    }
+
+    /// [`Marks::insert`] of a session in academic year `year` (a fold
+    /// has the mark's date, whose year is cheaper found than a key's).
+    fn insert_in(&mut self, key: Key, year: i32, position: u64, code: &str) {
         let code = self.intern(code);
         let mark = Mark::new(key, position, code);
-        let mut years = YearOfKey::default();
-        let year = years.of(key);
         if let Some(replaced) = self.list.put(mark) {
             // The same session: the same year.
             self.tally.count(replaced, year, -1);
@@ -642,8 +655,7 @@ impl Marks {
     /// Removes the mark at index `i`, if there is one.
     fn remove(&mut self, i: usize) {
         if let Some(removed) = self.list.remove(i) {
-            let year = YearOfKey::default().of(removed.key);
-            self.tally.count(removed, year, -1);
+            self.tally.count(removed, year_of_key(removed.key), -1);
         }
     }
 
@@ -860,8 +872,12 @@ impl Register {
         });
         if let Some(CaseEvent::AttendanceMarked(new)) = corrected(&original, &c.changes) {
             self.marks.remove(i);
-            self.marks
-                .insert(key(new.date, new.session), position, &new.code);
+            self.marks.insert_in(
+                key(new.date, new.session),
+                academic_year(new.date),
+                position,
+                &new.code,
+            );
         }
     }
 
@@ -888,11 +904,16 @@ impl Projection for Attendance {
                 .card
                 .register(event),
             CaseEvent::AttendanceMarked(a) => {
-                self.pupils.entry(event.stream).or_default().marks.insert(
-                    key(a.date, a.session),
-                    event.position,
-                    &a.code,
-                );
+                self.pupils
+                    .entry(event.stream)
+                    .or_default()
+                    .marks
+                    .insert_in(
+                        key(a.date, a.session),
+                        academic_year(a.date),
+                        event.position,
+                        &a.code,
+                    );
             }
             CaseEvent::EntryCorrected(c) => {
                 if let Some(register) = self.pupils.get_mut(&event.stream) {
@@ -1445,7 +1466,7 @@ mod tests {
         for register in new.pupils.values() {
             let mut counted = Tally::default();
             for m in register.marks.list.iter() {
-                counted.count(m, YearOfKey::default().of(m.key), 1);
+                counted.count(m, year_of_key(m.key), 1);
             }
             let kept = |t: &Tally| -> Vec<(i32, Counts)> {
                 t.years

@@ -327,9 +327,10 @@ const CHECKPOINT_READ: usize = 64 * 1024;
 /// larger one is decoded as it is read ([`read_checkpoint`]). Read whole,
 /// a checkpoint costs its size in memory beside the state decoded from
 /// it; streamed, it costs more time to decode: `casebook caseload` on a
-/// 24,000-pupil store (an 11.5 MB checkpoint) took 0.20 s streamed
-/// against 0.18 s, for 4.5 MB less at its peak, and `casebook report
-/// attendance` (35.6 MB) 0.51 against 0.49 s, for 13-20 MB less.
+/// 24,000-pupil store (an 11.5 MB checkpoint) took 8% more processor
+/// time streamed, for 6-8 MB less at its peak, and `casebook report
+/// attendance` (35.6 MB) 0.50 against 0.49 s, for 12-20 MB less
+/// (docs/performance.md, "Session ak").
 pub const CHECKPOINT_READ_WHOLE: u64 = 16 << 20;
 
 /// A checkpoint as the runner reads it: the store's reader, watched (a
