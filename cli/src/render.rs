@@ -23,15 +23,22 @@ pub fn cell(v: &Value) -> String {
 /// Renders rows of objects as an aligned text table with the given columns
 /// (key, heading). Missing keys print as `-`.
 pub fn table(rows: &[Value], columns: &[(&str, &str)]) -> String {
+    table_of(rows.iter().map(|r| row_cells(r, columns)), columns)
+}
+
+/// The cells of `row` in a table of `columns` ([`table`]).
+pub fn row_cells(row: &Value, columns: &[(&str, &str)]) -> Vec<String> {
+    columns
+        .iter()
+        .map(|(k, _)| cell(row.get(*k).unwrap_or(&Value::Null)))
+        .collect()
+}
+
+/// [`table`] of rows given as their cells ([`row_cells`]), so that a
+/// caller may let each row's JSON go once its cells are made.
+pub fn table_of(rows: impl IntoIterator<Item = Vec<String>>, columns: &[(&str, &str)]) -> String {
     let mut grid: Vec<Vec<String>> = vec![columns.iter().map(|(_, h)| h.to_string()).collect()];
-    for r in rows {
-        grid.push(
-            columns
-                .iter()
-                .map(|(k, _)| cell(r.get(*k).unwrap_or(&Value::Null)))
-                .collect(),
-        );
-    }
+    grid.extend(rows);
     let widths: Vec<usize> = (0..columns.len())
         .map(|c| {
             grid.iter()
