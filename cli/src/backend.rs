@@ -105,13 +105,17 @@ impl Store {
     /// import whose lines carry no `id`) and looks no id up but those a
     /// `record --id` or an import's lines name; so the segment engine leaves its
     /// event ids in the index snapshot until something needs them
-    /// (`SegmentOptions::event_ids_at_open`).
+    /// (`SegmentOptions::event_ids_at_open`). `in_order`: the command
+    /// reads the log in position order or not at all (the caseload, the
+    /// reports), so the segment engine keeps only where each
+    /// group of 64 positions starts until a read needs every location
+    /// (`SegmentOptions::locations_at_open`).
     pub(crate) async fn open_async(
         data: &Path,
         url: Option<&str>,
         engine: Option<Engine>,
         create: bool,
-        reading_only: bool,
+        (reading_only, in_order): (bool, bool),
     ) -> Result<Store, Failure> {
         Ok(match url {
             Some(url) => {
@@ -133,6 +137,7 @@ impl Store {
                     create,
                     SegmentOptions {
                         event_ids_at_open: !reading_only,
+                        locations_at_open: !in_order,
                         ..SegmentOptions::default()
                     },
                 )?),
@@ -147,16 +152,11 @@ impl Store {
         url: Option<&str>,
         engine: Option<Engine>,
         create: bool,
-        reading_only: bool,
+        opening: (bool, bool),
     ) -> Result<Store, Failure> {
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(Store::open_async(
-                data,
-                url,
-                engine,
-                create,
-                reading_only,
-            ))
+            tokio::runtime::Handle::current()
+                .block_on(Store::open_async(data, url, engine, create, opening))
         })
     }
 

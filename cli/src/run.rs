@@ -34,6 +34,9 @@ pub(crate) struct Ctx {
     /// but a `record --id`'s or an import line's ([`Store::open_async`]'s
     /// `reading_only`).
     pub(crate) reading_only: bool,
+    /// The command reads the log in position order or not at all
+    /// ([`Store::open_async`]'s `in_order`).
+    pub(crate) in_order: bool,
 }
 
 impl Ctx {
@@ -47,7 +50,7 @@ impl Ctx {
             self.database_url.as_deref(),
             self.engine,
             create,
-            self.reading_only,
+            (self.reading_only, self.in_order),
         )?;
         self.store = Some(s.clone());
         Ok(s)
@@ -155,6 +158,16 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
                 | Command::Audit { .. }
                 | Command::Record { .. }
                 | Command::Staff { .. }
+        ),
+        // The caseload and the reports fold the views from their
+        // checkpoints and read the log after them in order (a
+        // correction's entry is found in its pupil's stream, by walking
+        // its group's frames: `SegmentOptions::locations_at_open`). Not a
+        // rebuild: a log of any size holds more corrections than a sparse
+        // index walks for, and it would read every location anyway.
+        in_order: matches!(
+            cli.command,
+            Command::Caseload { .. } | Command::Report { .. }
         ),
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;

@@ -1086,7 +1086,10 @@ fn demo_writes_a_school_that_verifies() {
 /// (`CASEBOOK_FULL_OPEN_SCAN`), and the store verifies both ways. The
 /// caseload and the reports open with the event ids left in the snapshot:
 /// a correction recorded after the demo sends their catch-up to look its
-/// entry up by id, which reads them.
+/// entry up by id, which reads them. They also open keeping only where
+/// each group of positions starts (`in_order`): the log after a checkpoint
+/// is read in order from a group's start, a correction's entry found by
+/// walking its group's frames.
 #[test]
 fn commands_answer_the_same_from_the_index_snapshot() {
     let cb = Casebook::new();
@@ -1234,15 +1237,33 @@ fn commands_answer_the_same_from_the_index_snapshot() {
             "S001",
         ],
     );
-    for args in [
-        &["timeline", "P00004", "--format", "json"][..],
+    let behaviour = [
+        "report",
+        "behaviour",
+        "--format",
+        "json",
+        "--today",
+        "2026-07-17",
+    ];
+    let compared: [&[&str]; 4] = [
+        &["timeline", "P00004", "--format", "json"],
         &["caseload", "--format", "json", "--today", "2026-07-17"],
-        &report[..],
-    ] {
+        &report,
+        &behaviour,
+    ];
+    for args in compared {
         let a = run(snapshot, args).json();
         let b = run(full, args).json();
         assert_eq!(a, b, "{args:?}");
     }
+    // A rebuild from the snapshot, then the views it wrote, against a
+    // rebuild from every frame.
+    let mut rebuilt = Vec::new();
+    for env in [snapshot, full] {
+        assert!(run(env, &["rebuild"]).stdout.starts_with("rebuilt"));
+        rebuilt.push([&report, &behaviour].map(|args| run(snapshot, args).json()));
+    }
+    assert_eq!(rebuilt[0], rebuilt[1]);
     for env in [snapshot, full] {
         let v = run(env, &["verify", "--format", "json"]).json();
         assert_eq!(v["ok"], true, "{v}");

@@ -1176,13 +1176,15 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
     /// Any bytes as the snapshot file: the log opens (never a panic) with
-    /// the index its segments give.
+    /// the index its segments give, whether it holds every location or
+    /// only where each group starts (`locations_at_open`).
     #[test]
     fn random_snapshot_bytes_never_panic_and_change_nothing(
         flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..4),
         cut in any::<prop::sample::Index>(),
         garbage in prop::collection::vec(any::<u8>(), 0..200),
         mode in 0u8..3,
+        sparse in any::<bool>(),
     ) {
         let rt = rt();
         let tmp = tempfile::tempdir().unwrap();
@@ -1214,7 +1216,13 @@ proptest! {
         let unchanged = bytes == good;
         std::fs::write(snapshot_path(dir), &bytes).unwrap();
         let (answers, used) = rt.block_on(async {
-            let log = open_with(dir, 1_500, SNAPSHOT_MIN_EVENTS).unwrap();
+            let options = SegmentOptions {
+                segment_bytes: 1_500,
+                snapshot_min_events: SNAPSHOT_MIN_EVENTS,
+                locations_at_open: !sparse,
+                ..SegmentOptions::default()
+            };
+            let log = open_options(dir, options).unwrap();
             (index_answers(&log, 5).await, log.opened_from_snapshot())
         });
         prop_assert_eq!(answers, expected);

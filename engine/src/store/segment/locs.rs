@@ -90,18 +90,54 @@ pub(super) struct Locations {
     high: Chunked<u16, CHUNK>,
     /// In position order; `runs[0].first` is 1.
     runs: Vec<Run>,
+    /// `Some(positions held)` when the table keeps only where each group
+    /// starts ([`Locations::sparse`]): `low` and `high` stay empty.
+    sparse: Option<usize>,
+}
+
+/// Frames one after another in one segment, from the start of a group
+/// ([`Locations::spans`]): read from `start` to `end` and walked by their
+/// lengths, they hold the positions asked for, from `first` on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Span {
+    pub seg: u32,
+    /// The offset of the frame of position `first`.
+    pub start: u64,
+    /// Where the span's last frame ends.
+    pub end: u64,
+    pub first: u64,
 }
 
 impl Locations {
-    /// Positions held: 1..=len.
-    pub(super) fn len(&self) -> usize {
-        self.low.len()
+    /// A table that keeps only where each group of 64 positions starts
+    /// (about 0.07 bytes a position instead of 2): [`Locations::at`]
+    /// answers `None`, and a frame is found by reading its group's frames
+    /// from the group's start ([`Locations::spans`]). For an open that
+    /// reads the log in order, or not at all (the caseload, the reports).
+    pub(super) fn sparse() -> Locations {
+        Locations {
+            sparse: Some(0),
+            ..Locations::default()
+        }
     }
 
-    /// Where position `p`'s frame is.
+    /// Whether only the groups' starts are kept ([`Locations::sparse`]).
+    pub(super) fn is_sparse(&self) -> bool {
+        self.sparse.is_some()
+    }
+
+    /// Positions held: 1..=len.
+    pub(super) fn len(&self) -> usize {
+        match self.sparse {
+            Some(held) => held,
+            None => self.low.len(),
+        }
+    }
+
+    /// Where position `p`'s frame is (`None` in a sparse table).
     #[inline]
     pub(super) fn at(&self, p: u64) -> Option<Loc> {
-        if p == 0 || p > self.len() as u64 {
+        if p == 0 || p > self.len() as u64 || self.sparse.is_some() {
             return None;
         }
         // Most reads are of the last segment's run; else a binary search
@@ -179,6 +215,66 @@ impl Locations {
         self.runs
             .get(r + 1)
             .map_or(self.len() as u64 + 1, |n| n.first)
+    }
+
+    /// Where the frames of positions `from..=last` (held ones) are, a
+    /// span a run they lie in, each from the start of the group that holds
+    /// its first position to the end of the group that holds its last
+    /// (so a span's frames may begin up to 63 positions before `from` and
+    /// end up to 63 after `last`). Answers the same from a sparse table
+    /// and a full one.
+    pub(super) fn spans(&self, from: u64, last: u64) -> Vec<Span> {
+        let from = from.max(1);
+        let last = last.min(self.len() as u64);
+        let mut out = Vec::new();
+        if from > last {
+            return out;
+        }
+        let mut r = self
+            .runs
+            .partition_point(|run| run.first <= from)
+            .saturating_sub(1);
+        while let Some(run) = self.runs.get(r) {
+            if run.first > last {
+                break;
+            }
+            let next_first = self.after_run(r);
+            let (lo, hi) = (from.max(run.first), last.min(next_first - 1));
+            if lo <= hi {
+                let (g_lo, g_hi) = ((lo - run.first) / GROUP, (hi - run.first) / GROUP);
+                let base = |g: u64| {
+                    usize::try_from(g)
+                        .ok()
+                        .and_then(|g| self.bases.get(run.group.checked_add(g)?))
+                        .map(|&b| run.base + u64::from(b))
+                };
+                let after = run.first + (g_hi + 1) * GROUP;
+                let end = match after < next_first {
+                    true => base(g_hi + 1),
+                    false => Some(run.end),
+                };
+                if let (Some(start), Some(end)) = (base(g_lo), end) {
+                    out.push(Span {
+                        seg: run.seg,
+                        start,
+                        end,
+                        first: run.first + g_lo * GROUP,
+                    });
+                }
+            }
+            r += 1;
+        }
+        out
+    }
+
+    /// Whether `self` and `other` hold the same positions in the same
+    /// runs and groups, whether each is sparse or not (the locations a
+    /// sparse index reads again are checked so against it).
+    pub(super) fn same_groups(&self, other: &Locations) -> bool {
+        self.len() == other.len()
+            && self.runs == other.runs
+            && self.bases.len() == other.bases.len()
+            && (0..self.bases.len()).all(|g| self.bases.get(g) == other.bases.get(g))
     }
 
     /// Whether `loc` can be the next position's frame, and how it is
@@ -318,7 +414,9 @@ impl Locations {
             }
         }
         let (run_base, mut end) = (run.base, run.end);
-        let mut low = Vec::with_capacity(lens.len());
+        // A sparse table keeps the groups' starts only: no group turns wide.
+        let keep = self.sparse.is_none();
+        let mut low = Vec::with_capacity(if keep { lens.len() } else { 0 });
         let mut added = lens.len();
         for (i, &frame) in lens.iter().enumerate() {
             let from_base = end - run_base;
@@ -329,8 +427,10 @@ impl Locations {
             if (first_k + i as u64).is_multiple_of(GROUP) {
                 self.bases.push(from_base as u32);
                 group_base = from_base;
-                low.push(0);
-            } else {
+                if keep {
+                    low.push(0);
+                }
+            } else if keep {
                 match u16::try_from(from_base - group_base) {
                     Ok(from_group) => low.push(from_group),
                     Err(_) => {
@@ -341,7 +441,10 @@ impl Locations {
             }
             end += u64::from(frame);
         }
-        self.low.extend_from_slice(&low);
+        match &mut self.sparse {
+            Some(held) => *held += added,
+            None => self.low.extend_from_slice(&low),
+        }
         if let Some(run) = self.runs.last_mut() {
             run.end = end;
         }
@@ -354,6 +457,13 @@ impl Locations {
     fn push_from_base(&mut self, first: u64, from_base: u32) {
         // Its place in its run: every 64th starts a group.
         let k = self.len() as u64 + 1 - first;
+        if let Some(held) = &mut self.sparse {
+            *held += 1;
+            if k.is_multiple_of(GROUP) {
+                self.bases.push(from_base);
+            }
+            return;
+        }
         let base = match self.bases.last() {
             Some(&base) if !k.is_multiple_of(GROUP) => base,
             _ => return self.start_group(from_base),
@@ -706,8 +816,9 @@ mod tests {
     fn op() -> impl Strategy<Value = Op> {
         let len = || {
             prop_oneof![
-                // Small frames: groups stay narrow.
-                12 => 0..=400u32,
+                // Small frames: groups stay narrow (a frame is never
+                // empty: a span is walked by the frames' lengths).
+                12 => 1..=400u32,
                 // Around 64 KiB: a group turns wide at its next frame.
                 3 => 60_000..=70_000u32,
                 1 => 70_000..=(1u32 << 20),
@@ -717,7 +828,7 @@ mod tests {
         };
         let batch = prop_oneof![
             // Mostly small, now and then a large one anywhere in a group.
-            20 => 0..=400u32,
+            20 => 1..=400u32,
             1 => len(),
         ];
         prop_oneof![
@@ -725,7 +836,7 @@ mod tests {
             4 => proptest::collection::vec(batch, 0..300).prop_map(|lens| Op::Batch { lens }),
             // Runs of small frames, so that the large one after them
             // turns a group wide anywhere from its first entry to its last.
-            3 => (0..130usize, 0..=400u32, any::<bool>())
+            3 => (0..130usize, 1..=400u32, any::<bool>())
                 .prop_map(|(count, len, next)| Op::Frames { count, len, next }),
             1 => (1..=2u32).prop_map(|skip| Op::Segment { skip }),
             2 => any::<u64>().prop_map(|kind| Op::Bad { kind }),
@@ -738,11 +849,16 @@ mod tests {
         /// however they are pushed, every position's frame, length and
         /// segment span are as pushed, and refused frames change nothing.
         #[test]
-        fn locations_hold_what_was_pushed(ops in proptest::collection::vec(op(), 0..300)) {
+        fn locations_hold_what_was_pushed(
+            ops in proptest::collection::vec(op(), 0..300),
+            ranges in proptest::collection::vec((any::<u64>(), any::<u64>()), 0..8),
+        ) {
             let mut l = Locations::default();
             let mut r = Reference::default();
             // The same frames, each by `push_checked`: the same tables.
             let mut m = Locations::default();
+            // The same frames pushed as into `l`, keeping the groups only.
+            let mut s = Locations::sparse();
             prop_assert!(!l.push_next(5), "no run yet");
             prop_assert_eq!(l.push_next_narrow(&[5, 6]), 0, "no run yet");
             let (mut seg, mut offset) = (0u32, 0u64);
@@ -760,8 +876,12 @@ mod tests {
                                 if !added {
                                     l.push_checked(f).unwrap();
                                 }
+                                if !s.push_next(len) {
+                                    s.push_checked(f).unwrap();
+                                }
                             } else {
                                 l.push_checked(f).unwrap();
+                                s.push_checked(f).unwrap();
                             }
                             m.push_checked(f).unwrap();
                             r.push(f);
@@ -770,6 +890,7 @@ mod tests {
                     }
                     Op::Batch { lens } => {
                         l.push_frames(seg, &lens, offset).unwrap();
+                        s.push_frames(seg, &lens, offset).unwrap();
                         for len in lens {
                             let f = loc(seg, offset, len);
                             m.push_checked(f).unwrap();
@@ -799,6 +920,7 @@ mod tests {
                         let (before, runs) = (l.to_vec(), l.runs.clone());
                         prop_assert!(l.check(bad).is_err(), "{:?}", bad);
                         prop_assert!(l.push_checked(bad).is_err(), "{:?}", bad);
+                        prop_assert!(s.push_checked(bad).is_err(), "{:?}", bad);
                         prop_assert_eq!(l.to_vec(), before);
                         prop_assert_eq!(&l.runs, &runs);
                         // A batch whose first frame is out of place:
@@ -818,7 +940,67 @@ mod tests {
             prop_assert_eq!(l.high.to_vec(), m.high.to_vec());
             prop_assert_eq!(&l.wide, &m.wide);
             prop_assert_eq!(&l.runs, &m.runs);
+            // The sparse table: the same groups and runs, no offsets.
+            prop_assert_eq!(s.len(), l.len());
+            prop_assert_eq!(s.bases.to_vec(), l.bases.to_vec());
+            prop_assert_eq!(&s.runs, &l.runs);
+            prop_assert_eq!(s.low.len() + s.high.len() + s.wide.len(), 0);
+            prop_assert_eq!(s.at(1), None);
+            let n = r.locs.len() as u64;
+            let mut asked = vec![(1, n), (n, n), (n / 3, n / 2), (0, 0), (n + 1, n + 5)];
+            asked.extend(ranges.iter().map(|&(a, b)| {
+                let (a, b) = (a % (n + 2), b % (n + 2));
+                (a.min(b), a.max(b))
+            }));
+            for (from, last) in asked {
+                let spans = s.spans(from, last);
+                prop_assert_eq!(&spans, &l.spans(from, last));
+                spans_hold(&spans, &r, from, last)?;
+            }
         }
+    }
+
+    /// Each span starts at a frame of `r` and walks, frame after frame,
+    /// to its end; together they hold `from..=last` (the held ones).
+    fn spans_hold(
+        spans: &[Span],
+        r: &Reference,
+        from: u64,
+        last: u64,
+    ) -> Result<(), TestCaseError> {
+        let n = r.locs.len() as u64;
+        let mut covered = Vec::new();
+        for span in spans {
+            let (mut q, mut at) = (span.first, span.start);
+            while at < span.end {
+                let f = r.locs.get(q as usize - 1).copied();
+                prop_assert_eq!(
+                    f.map(|f| (f.seg, f.offset)),
+                    Some((span.seg, at)),
+                    "position {}",
+                    q
+                );
+                at += u64::from(f.map_or(0, |f| f.len));
+                covered.push(q);
+                q += 1;
+            }
+            prop_assert_eq!(at, span.end);
+        }
+        let want: Vec<u64> = (from.max(1)..=last.min(n)).collect();
+        for p in &want {
+            prop_assert!(
+                covered.binary_search(p).is_ok(),
+                "position {} not in {:?}",
+                p,
+                spans
+            );
+        }
+        // No more than a group either side.
+        if let (Some(lo), Some(hi)) = (covered.first(), covered.last()) {
+            prop_assert!(want.first().is_some_and(|w| w - lo < GROUP));
+            prop_assert!(want.last().is_some_and(|w| hi - w < GROUP));
+        }
+        Ok(())
     }
 
     /// A group turns wide at whichever entry its frames first pass 64 KiB

@@ -62,7 +62,7 @@ use uuid::Uuid;
 use self::dense::MAX_POSITIONS;
 use self::frame::{decode_frame, encode_frame, FrameMeta, SeqReader};
 use self::ids::Ids;
-use self::locs::Locations;
+use self::locs::{Locations, Span};
 use self::streams::Streams;
 use super::sled::{validate_school, ProcessLock};
 use super::{
@@ -202,6 +202,14 @@ pub struct SegmentOptions {
     /// that only reads by pupil or by position, such as the caseload or a
     /// report. Default `true`.
     pub event_ids_at_open: bool,
+    /// Whether an open from the snapshot holds every position's location
+    /// (about 2 bytes an event; default `true`). `false` keeps only where
+    /// each group of 64 positions starts (about 0.07 bytes an event), for
+    /// a command that reads the log in order or not at all (the caseload,
+    /// the reports): reads in position order walk a group's frames from
+    /// its start, and the first read of a stream or by id reads every
+    /// location from the snapshot then ([`locations_ready`]).
+    pub locations_at_open: bool,
     /// [`SPILL_IDS`] (tests lower it).
     pub spill_ids: usize,
     /// [`SPILL_STREAMS`] (tests lower it).
@@ -220,6 +228,7 @@ impl Default for SegmentOptions {
                 .unwrap_or(SNAPSHOT_MIN_EVENTS),
             read_snapshot: std::env::var_os(FULL_SCAN_ENV).is_none(),
             event_ids_at_open: true,
+            locations_at_open: true,
             spill_ids: SPILL_IDS,
             spill_streams: SPILL_STREAMS,
             snapshot_beside_bytes: snapshot::BESIDE_BYTES,
@@ -774,6 +783,9 @@ fn read_state(state: &RwLock<State>) -> Result<RwLockReadGuard<'_, State>, Store
 struct State {
     index: Index,
     segments: Vec<Arc<Segment>>,
+    /// The snapshot's frame lengths while the index keeps only where each
+    /// group starts ([`locations_ready`]).
+    later_locs: Option<snapshot::LaterLocs>,
     /// Why the snapshot's event ids were not used when they were read
     /// ([`ids_ready`]), until handed out.
     ids_note: Option<String>,
@@ -792,7 +804,7 @@ impl State {
     /// Callers ask only for positions the index holds (1..=head): an
     /// error here is a bug, not damage.
     fn want(&self, wanted: &mut Wanted, p: u64) -> Result<(), StoreError> {
-        let found = locate(&self.index, &self.segments, p);
+        let found = locate(&self.index, &self.segments, p)?;
         debug_assert!(found.is_some(), "position {p} is not indexed");
         let (loc, seg) =
             found.ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))?;
@@ -808,16 +820,222 @@ impl State {
         }
         Ok(wanted)
     }
+
+    /// The spans that hold positions `from..=last` ([`Locations::spans`]),
+    /// each with its segment, and `last`.
+    fn spans(&self, from: u64, last: u64) -> Result<HeldSpans, StoreError> {
+        let spans = self
+            .index
+            .locs
+            .spans(from, last)
+            .into_iter()
+            .map(|span| {
+                let seg = self.segments.get(span.seg as usize).ok_or_else(|| {
+                    StoreError::Internal(format!("segment {} is not held", span.seg))
+                })?;
+                Ok((span, seg.clone()))
+            })
+            .collect::<Result<_, StoreError>>()?;
+        Ok((spans, last))
+    }
 }
 
-/// Where position `p`'s frame is, and its segment.
+/// Spans of frames with their segments, and the last position wanted.
+type HeldSpans = (Vec<(Span, Arc<Segment>)>, u64);
+
+/// The events at positions `from..=last`, read from `spans` (which hold
+/// them: [`Locations::spans`]) and walked from each span's start: how
+/// `read_all` reads a sparse index. Each frame read is checked to be the
+/// position its place says.
+fn read_spans(
+    spans: Vec<(Span, Arc<Segment>)>,
+    from: u64,
+    last: u64,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::with_capacity(usize::try_from(last + 1 - from).unwrap_or(0));
+    let mut buf = Vec::new();
+    for (span, seg) in spans {
+        walk_span(&seg, span, &mut buf, |q, loc, bytes| {
+            if q >= from && q <= last {
+                out.push(decode_at(&seg, loc.offset, bytes, q)?.0);
+            }
+            Ok(q < last)
+        })?;
+    }
+    if out.len() as u64 != last + 1 - from {
+        return Err(StoreError::Internal(format!(
+            "{} events found of positions {from}..={last}",
+            out.len()
+        )));
+    }
+    Ok(out)
+}
+
+/// Where position `p`'s frame is, and its segment (`None` for a position
+/// the index does not hold).
 fn locate<'a>(
     index: &Index,
     segments: &'a [Arc<Segment>],
     p: u64,
-) -> Option<(Loc, &'a Arc<Segment>)> {
-    let loc = index.locs.at(p)?;
-    Some((loc, segments.get(loc.seg as usize)?))
+) -> Result<Option<(Loc, &'a Arc<Segment>)>, StoreError> {
+    let loc = frame_loc(&index.locs, p, |n| segments.get(n as usize).map(|s| &**s))?;
+    Ok(loc.and_then(|loc| Some((loc, segments.get(loc.seg as usize)?))))
+}
+
+/// Where position `p`'s frame is: from the locations, or, in a sparse
+/// index ([`Locations::sparse`]), found by reading the frames of its group
+/// from the group's start in `segment(n)`.
+fn frame_loc<'a>(
+    locs: &Locations,
+    p: u64,
+    segment: impl Fn(u32) -> Option<&'a Segment>,
+) -> Result<Option<Loc>, StoreError> {
+    if !locs.is_sparse() {
+        return Ok(locs.at(p));
+    }
+    let Some(span) = locs.spans(p, p).into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(seg) = segment(span.seg) else {
+        return Ok(None);
+    };
+    let mut found = None;
+    walk_span(seg, span, &mut Vec::new(), |q, loc, _| {
+        if q == p {
+            found = Some(loc);
+        }
+        Ok(q < p)
+    })?;
+    Ok(found)
+}
+
+/// The lengths a frame can have, prefix included.
+const FRAME_LENS: std::ops::RangeInclusive<usize> =
+    frame::PREFIX_LEN + frame::MIN_LEN..=frame::PREFIX_LEN + frame::MAX_FRAME;
+
+/// Reads the frames of `span` from `seg` into `buf` (grown, never
+/// shrunk) and hands each to `each`, in order: its position, where it is
+/// and its bytes, until `each` answers `false`. The frames are walked by
+/// their lengths from the span's start: a length that cannot be a frame's,
+/// or that runs past the span, is an index that disagrees with the log.
+fn walk_span(
+    seg: &Segment,
+    span: Span,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(u64, Loc, &[u8]) -> Result<bool, StoreError>,
+) -> Result<(), StoreError> {
+    let len = usize::try_from(span.end.saturating_sub(span.start))
+        .map_err(|_| StoreError::Internal("a span past the address space".into()))?;
+    if buf.len() < len {
+        buf.resize(len, 0);
+    }
+    let bytes = &mut buf[..len];
+    seg.file
+        .read_exact_at(bytes, span.start)
+        .map_err(io("read"))?;
+    let (mut at, mut q) = (0usize, span.first);
+    while at < len {
+        let total = frame::frame_len(&bytes[at..])
+            .map(|n| n as usize + frame::PREFIX_LEN)
+            .filter(|t| FRAME_LENS.contains(t) && at + t <= len)
+            .ok_or_else(|| {
+                corrupt(
+                    &seg.path,
+                    Some(span.start + at as u64),
+                    format!("no frame of position {q} where the index places one; run `casebook verify`, and remove the log's `index` file to rebuild the index from the segments"),
+                )
+            })?;
+        let loc = Loc {
+            offset: span.start + at as u64,
+            len: total as u32,
+            seg: span.seg,
+        };
+        if !each(q, loc, &bytes[at..at + total])? {
+            break;
+        }
+        at += total;
+        q += 1;
+    }
+    Ok(())
+}
+
+/// Makes the index hold every position's location again after an open
+/// that kept only where each group starts ([`SegmentOptions::locations_at_open`]):
+/// the snapshot's from its file, each checked against the groups kept, and
+/// those of the frames indexed after it walked from their groups' starts.
+/// Should the snapshot's no longer be readable or match, every frame's is
+/// walked. Done under the write lock (once in a process: the first read
+/// of a stream, by id, or the writer's first group that is not of minted
+/// ids).
+fn locations_ready(state: &RwLock<State>) -> Result<(), StoreError> {
+    if !read_state(state)?.index.locs.is_sparse() {
+        return Ok(());
+    }
+    let mut guard = state.write().map_err(|_| StoreError::WriterStopped)?;
+    let state = &mut *guard;
+    if state.unsynced {
+        return Err(StoreError::WriterStopped);
+    }
+    let sparse = &state.index.locs;
+    if !sparse.is_sparse() {
+        return Ok(());
+    }
+    let from_file = state
+        .later_locs
+        .as_ref()
+        .and_then(|later| later.read().ok());
+    let full = match from_file {
+        Some(mut full) => match walk_into(&mut full, sparse, &state.segments) {
+            Ok(()) if full.same_groups(sparse) => full,
+            _ => walk_all(sparse, &state.segments)?,
+        },
+        None => walk_all(sparse, &state.segments)?,
+    };
+    state.index.locs = full;
+    state.later_locs = None;
+    Ok(())
+}
+
+/// Every location of `sparse`, each frame walked from its group's start.
+fn walk_all(sparse: &Locations, segments: &[Arc<Segment>]) -> Result<Locations, StoreError> {
+    let mut full = Locations::default();
+    walk_into(&mut full, sparse, segments)?;
+    if !full.same_groups(sparse) {
+        return Err(StoreError::Internal(
+            "the locations walked do not match the index's groups".into(),
+        ));
+    }
+    Ok(full)
+}
+
+/// Adds to `full` the locations of the positions `sparse` holds after it,
+/// walked from their groups' starts.
+fn walk_into(
+    full: &mut Locations,
+    sparse: &Locations,
+    segments: &[Arc<Segment>],
+) -> Result<(), StoreError> {
+    let (from, last) = (full.len() as u64 + 1, sparse.len() as u64);
+    let mut buf = Vec::new();
+    for span in sparse.spans(from, last) {
+        let seg = segments
+            .get(span.seg as usize)
+            .ok_or_else(|| StoreError::Internal(format!("segment {} is not held", span.seg)))?;
+        walk_span(seg, span, &mut buf, |q, loc, _| {
+            if q >= from {
+                full.push_checked(loc)
+                    .map_err(|e| corrupt(&seg.path, Some(loc.offset), e))?;
+            }
+            Ok(q < last)
+        })?;
+    }
+    if full.len() as u64 != last {
+        return Err(StoreError::Internal(format!(
+            "{} locations walked of {last}",
+            full.len()
+        )));
+    }
+    Ok(())
 }
 
 /// The event at position `p` (which the index holds), read from its
@@ -827,7 +1045,7 @@ fn event_at<'a>(
     segments: &'a [Arc<Segment>],
     p: u64,
 ) -> Result<(StoredEvent, Loc, &'a Segment), StoreError> {
-    let (loc, seg) = locate(index, segments, p)
+    let (loc, seg) = locate(index, segments, p)?
         .ok_or_else(|| StoreError::Internal(format!("position {p} is not indexed")))?;
     Ok((read_event(seg, loc, p)?, loc, seg))
 }
@@ -895,7 +1113,7 @@ fn check_shared(index: &mut Index, segments: &[Arc<Segment>]) -> Result<(), Stor
     else {
         return Ok(());
     };
-    let (loc, seg) = locate(index, segments, u64::from(b))
+    let (loc, seg) = locate(index, segments, u64::from(b))?
         .ok_or_else(|| StoreError::Internal(format!("position {b} is not indexed")))?;
     Err(corrupt(
         &seg.path,
@@ -954,7 +1172,7 @@ fn read_event(seg: &Segment, loc: Loc, position: u64) -> Result<StoredEvent, Sto
 
 /// Reads position `p` of a log being opened.
 fn read_at(rec: &Recovered, dir: &Path, p: u64) -> Result<StoredEvent, StoreError> {
-    match locate(&rec.index, &rec.segments, p) {
+    match locate(&rec.index, &rec.segments, p)? {
         Some((loc, seg)) => read_event(seg, loc, p),
         None => Err(corrupt(
             dir,
@@ -1098,6 +1316,9 @@ struct Recovered {
     snapshot_head: Option<u64>,
     /// Why the log's index snapshot was not used, when it had one.
     snapshot_rejected: Option<String>,
+    /// The snapshot's frame lengths, when the index keeps only where each
+    /// group starts ([`SegmentOptions::locations_at_open`]).
+    later_locs: Option<snapshot::LaterLocs>,
 }
 
 /// Whether every byte of `seg` from `from` to `file_len` is zero.
@@ -1286,6 +1507,7 @@ fn recover_at_most(
             torn_zero: true,
             snapshot_head: None,
             snapshot_rejected: None,
+            later_locs: None,
         });
     }
     let mut opened = Vec::with_capacity(names.len());
@@ -1306,13 +1528,13 @@ fn recover_at_most(
     } else {
         (None, None)
     };
-    let snapshot_head = snapshot.as_ref().map(|(index, _)| index.head());
+    let snapshot_head = snapshot.as_ref().map(|(index, ..)| index.head());
     // The snapshot's last segment is scanned from where it ended; the
     // segments before it not at all.
-    let (mut index, resume) = match snapshot {
-        Some((index, covers)) => {
+    let (mut index, resume, later_locs) = match snapshot {
+        Some((index, covers, later_locs)) => {
             let last = covers.len() - 1;
-            (index, Some((last, covers[last].len)))
+            (index, Some((last, covers[last].len)), later_locs)
         }
         None => (
             Index {
@@ -1320,6 +1542,7 @@ fn recover_at_most(
                 max_events,
                 ..Index::default()
             },
+            None,
             None,
         ),
     };
@@ -1414,6 +1637,7 @@ fn recover_at_most(
         torn_zero,
         snapshot_head,
         snapshot_rejected,
+        later_locs,
     })
 }
 
@@ -1425,12 +1649,20 @@ fn recover_at_most(
 /// snapshot is derived data; the watermark guards against loss). Its
 /// event ids are left in the file ([`Index::later`]), and checked against
 /// the frames read here when they are read.
+/// A usable snapshot's index, the segments it covers, and where its frame
+/// lengths are if the index keeps only where each group starts.
+type Usable = (
+    Index,
+    Vec<snapshot::SnapSegment>,
+    Option<snapshot::LaterLocs>,
+);
+
 fn usable_snapshot(
     dir: &Path,
     segments: &[(u64, Segment, u64)],
     max_events: u64,
     open: snapshot::OpenWith,
-) -> Result<Option<(Index, Vec<snapshot::SnapSegment>)>, String> {
+) -> Result<Option<Usable>, String> {
     let Some(loaded) = snapshot::load(dir, max_events, open)? else {
         return Ok(None);
     };
@@ -1438,6 +1670,7 @@ fn usable_snapshot(
         mut index,
         segments: covers,
         ids,
+        locs,
     } = loaded;
     let covered = covers.len();
     if covered == 0 || covered > segments.len() {
@@ -1472,8 +1705,11 @@ fn usable_snapshot(
             1 + i * (head - 1) / checks.max(1)
         };
         let read = || -> Result<StoredEvent, String> {
-            let loc = index.locs.at(p).ok_or("no location")?;
-            let (_, seg, _) = segments.get(loc.seg as usize).ok_or("no segment")?;
+            let segment = |n: u32| segments.get(n as usize).map(|(_, seg, _)| seg);
+            let loc = frame_loc(&index.locs, p, segment)
+                .map_err(|e| e.to_string())?
+                .ok_or("no location")?;
+            let seg = segment(loc.seg).ok_or("no segment")?;
             read_event(seg, loc, p).map_err(|e| e.to_string())
         };
         let ev = read().map_err(|e| format!("the frame at position {p}: {e}"))?;
@@ -1496,7 +1732,7 @@ fn usable_snapshot(
         spots,
         tail: Vec::new(),
     }));
-    Ok(Some((index, covers)))
+    Ok(Some((index, covers, locs)))
 }
 
 /// Reads the event ids an open left in the snapshot ([`Index::later`])
@@ -1641,6 +1877,8 @@ fn install_ids(
 /// A note on why the snapshot's ids were not used is kept for
 /// [`SegmentLog::take_snapshot_rejection`].
 fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<(), StoreError> {
+    // The ids' checks read frames by position.
+    locations_ready(state)?;
     let stopped = || StoreError::WriterStopped;
     let pending = || -> Result<bool, StoreError> { Ok(read_state(state)?.index.later.is_some()) };
     if !pending()? {
@@ -1667,6 +1905,12 @@ fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<()
     Ok(())
 }
 
+/// Positions of streams a sparse index finds by reading their groups'
+/// frames before it reads every location ([`SegmentLog::locations_for`]):
+/// about 20 MB read from the page cache at most, against every location
+/// read at once (2 bytes an event held; ~25 ms at 10M events).
+const SPARSE_WALKS: u64 = 1_024;
+
 /// Frames besides the head's an open checks against an index snapshot.
 const SPOT_CHECKS: u64 = 64;
 
@@ -1686,6 +1930,8 @@ pub struct SegmentLog {
     clock: Arc<WriterClock>,
     /// One reader of the snapshot's event ids at a time ([`ids_ready`]).
     ids_loader: Arc<Mutex<()>>,
+    /// Positions of streams asked for so far ([`SegmentLog::locations_for`]).
+    walked: AtomicU64,
     /// Tests: what the writer does at the fdatasync after a large group's
     /// pushes ([`SyncHooks`]).
     #[cfg(test)]
@@ -1709,6 +1955,7 @@ impl SegmentLog {
         let open = snapshot::OpenWith {
             ids_now: options.event_ids_at_open,
             beside_bytes: options.snapshot_beside_bytes,
+            locations: options.locations_at_open,
         };
         let rec = recover(dir, options.read_snapshot, open, Spills::of(&options))?;
         let head = rec.index.head();
@@ -1773,6 +2020,7 @@ impl SegmentLog {
         let state = Arc::new(RwLock::new(State {
             index: rec.index,
             segments: rec.segments,
+            later_locs: rec.later_locs,
             ids_note: None,
             snapshot_stale: false,
             unsynced: false,
@@ -1832,6 +2080,7 @@ impl SegmentLog {
             snapshot_rejected,
             clock,
             ids_loader,
+            walked: AtomicU64::new(0),
             #[cfg(test)]
             sync_hooks,
         })
@@ -1902,6 +2151,20 @@ impl SegmentLog {
         read_state(&self.state)
     }
 
+    /// Readies the index to locate `n` positions of a stream: a sparse
+    /// index ([`SegmentOptions::locations_at_open`]) finds each by reading
+    /// its group's frames (about 64) for the first [`SPARSE_WALKS`]
+    /// positions a log is asked for (the staff list an access check reads,
+    /// a correction's entry), then holds every location
+    /// ([`locations_ready`]).
+    fn locations_for(&self, n: usize) -> Result<(), StoreError> {
+        let n = n as u64;
+        if self.walked.fetch_add(n, Ordering::Relaxed) + n > SPARSE_WALKS {
+            locations_ready(&self.state)?;
+        }
+        Ok(())
+    }
+
     /// Where the events of `stream` from `from_version` on are, at most
     /// `max` (and [`MAX_READ_PAGE`]), and the version of the first;
     /// `None` for a stream with no events. The page `read_stream` and
@@ -1947,6 +2210,7 @@ impl SegmentLog {
     /// a file without the index's lock), then located under it.
     fn wanted_in(&self, versions: streams::Versions) -> Result<Wanted, StoreError> {
         let list = versions.read()?;
+        self.locations_for(list.len())?;
         let state = self.read()?;
         state.wanted(list.iter().map(|&p| u64::from(p)))
     }
@@ -2282,6 +2546,10 @@ impl Writer {
         let Ok(state) = self.state.read() else {
             return false;
         };
+        // A sparse index has no lengths to write ([`locations_ready`]).
+        if state.index.locs.is_sparse() {
+            return false;
+        }
         let Some(segments) = state.index.locs.segments() else {
             return false;
         };
@@ -3361,16 +3629,22 @@ impl EventStore for SegmentLog {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
         let from = from_position.max(1);
-        let wanted = {
+        let (wanted, spans) = {
             let state = self.read()?;
             let head = state.index.head();
             if from > head || max == 0 {
                 return Ok(Vec::new());
             }
             let last = head.min(from + max as u64 - 1);
-            state.wanted(from..=last)?
+            match state.index.locs.is_sparse() {
+                false => (state.wanted(from..=last)?, None),
+                true => (Wanted::default(), Some(state.spans(from, last)?)),
+            }
         };
-        read_runs(wanted, Asked::Positions)
+        match spans {
+            None => read_runs(wanted, Asked::Positions),
+            Some((spans, last)) => read_spans(spans, from, last),
+        }
     }
 
     async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
@@ -4918,6 +5192,218 @@ mod index_tests {
         ]))
         .unwrap();
         drop((log, store));
+    }
+
+    /// Options of the sparse-index tests: segments of 64 KiB (a few
+    /// hundred frames each), the ids left in the snapshot.
+    fn sparse_options(locations_at_open: bool, snapshot_min_events: u64) -> SegmentOptions {
+        SegmentOptions {
+            segment_bytes: 64 << 10,
+            snapshot_min_events,
+            event_ids_at_open: false,
+            locations_at_open,
+            ..SegmentOptions::default()
+        }
+    }
+
+    fn open_sparse_test(
+        dir: &Path,
+        options: SegmentOptions,
+    ) -> (Arc<SegmentStore>, Arc<SegmentLog>) {
+        let store = SegmentStore::open_with(dir, true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        (store, log)
+    }
+
+    /// 1,800 events in about ten segments (groups of 60: 50 to one of
+    /// streams 1 to 3, 10 to a stream of their own) in the snapshot,
+    /// written at the close, and 300 after it, appended by an open that
+    /// left the snapshot as it was.
+    fn log_for_sparse_reads(rt: &tokio::runtime::Runtime, dir: &Path) {
+        let (store, log) = open_sparse_test(dir, sparse_options(true, 1));
+        for k in 0..30u128 {
+            rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
+        }
+        drop((log, store));
+        let (store, log) = open_sparse_test(dir, sparse_options(true, u64::MAX));
+        for k in 30..35u128 {
+            rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
+        }
+        drop((log, store));
+    }
+
+    fn is_sparse(log: &SegmentLog) -> bool {
+        log.state.read().unwrap().index.locs.is_sparse()
+    }
+
+    /// A log opened from its snapshot keeping only where each group of
+    /// positions starts answers as one that holds every location: pages
+    /// in position order from anywhere (inside a group, across segments,
+    /// across the snapshot's head, past the log's), a few streams by
+    /// walking their groups, and once more is asked every location read
+    /// from the snapshot and the frames after it; an append of minted ids
+    /// keeps it sparse, and it verifies.
+    #[test]
+    fn a_sparse_index_reads_as_a_whole_one() {
+        let (dir, rt) = dir_and_runtime();
+        log_for_sparse_reads(&rt, dir.path());
+        let (store, whole) = open_sparse_test(dir.path(), sparse_options(true, u64::MAX));
+        assert_eq!(whole.opened_from_snapshot(), Some(1_800));
+        assert!(!is_sparse(&whole));
+        let all = rt.block_on(whole.read_all(1, 10_000)).unwrap();
+        assert_eq!(all.len(), 2_100);
+        let streams: Vec<u128> = vec![1, 2, 3, 100, 117, 134];
+        let by_stream = |log: &SegmentLog, s: u128| {
+            rt.block_on(log.read_stream(StreamId(Uuid::from_u128(s)), 1, 10_000))
+                .unwrap()
+        };
+        let whole_streams: Vec<_> = streams.iter().map(|&s| by_stream(&whole, s)).collect();
+        drop((whole, store));
+
+        let (store, sparse) = open_sparse_test(dir.path(), sparse_options(false, u64::MAX));
+        assert_eq!(sparse.opened_from_snapshot(), Some(1_800));
+        assert!(is_sparse(&sparse));
+        let head = rt.block_on(sparse.head()).unwrap();
+        assert_eq!((head.position, head.hash), (2_100, all[2_099].hash));
+        let pages: [(u64, usize); 11] = [
+            (1, 1),
+            (1, 10_000),
+            (63, 1),
+            (64, 2),
+            (65, 130),
+            (333, 777),
+            (1_790, 20),
+            (1_801, 64),
+            (2_099, 5),
+            (2_100, 1),
+            (2_101, 5),
+        ];
+        let check_pages = |log: &SegmentLog| {
+            for (from, max) in pages {
+                let read = rt.block_on(log.read_all(from, max)).unwrap();
+                let start = (from as usize - 1).min(all.len());
+                let end = (start + max).min(all.len());
+                assert_eq!(read, all[start..end], "from {from}, at most {max}");
+            }
+        };
+        check_pages(&sparse);
+        assert!(is_sparse(&sparse), "pages in order keep it sparse");
+        // Streams 100, 117 and 134 (10 events each), 1 and 2 (500 each):
+        // 1,030 positions, past the walks a sparse index makes, at the
+        // last: the first five are walked, then every location is read.
+        for (i, &s) in [100u128, 117, 134, 1].iter().enumerate() {
+            let at = streams.iter().position(|&t| t == s).unwrap();
+            assert_eq!(by_stream(&sparse, s), whole_streams[at], "stream {s}");
+            assert!(is_sparse(&sparse), "after {} streams", i + 1);
+        }
+        assert_eq!(by_stream(&sparse, 2), whole_streams[1]);
+        assert!(!is_sparse(&sparse), "every location read");
+        assert_eq!(by_stream(&sparse, 3), whole_streams[2]);
+        check_pages(&sparse);
+        let report = rt.block_on(sparse.verify(&|_| {})).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+        drop((sparse, store));
+
+        // Minted ids: appended without the ids or every location; the
+        // frames after the snapshot walked when the locations are read.
+        let (store, sparse) = open_sparse_test(dir.path(), sparse_options(false, u64::MAX));
+        rt.block_on(sparse.append_atomic_minted(vec![to_stream(7, 50_000..50_070)]))
+            .unwrap();
+        assert!(is_sparse(&sparse));
+        let added = rt.block_on(sparse.read_all(2_050, 200)).unwrap();
+        assert_eq!(added.len(), 121);
+        assert_eq!(added[..51], all[2_049..]);
+        let seven = by_stream(&sparse, 7);
+        assert_eq!(seven[..], added[51..]);
+        assert!(is_sparse(&sparse));
+        assert_eq!(
+            rt.block_on(sparse.find_event(seven[3].event_id))
+                .unwrap()
+                .as_ref(),
+            Some(&seven[3])
+        );
+        assert!(!is_sparse(&sparse), "a look-up by id reads every location");
+        assert_eq!(
+            rt.block_on(sparse.read_all(1, 10_000)).unwrap()[..2_100],
+            all[..]
+        );
+        drop((sparse, store));
+        let (store, whole) = open_sparse_test(dir.path(), sparse_options(true, u64::MAX));
+        assert_eq!(
+            rt.block_on(whole.read_all(2_101, 100)).unwrap(),
+            added[51..]
+        );
+        let report = rt.block_on(whole.verify(&|_| {})).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+        drop((whole, store));
+    }
+
+    /// A sparse index whose snapshot's lengths changed in the file after
+    /// the open (the open checked them) walks every frame for its
+    /// locations instead, and answers the same: lengths no frame has, and
+    /// two frames' lengths swapped (lengths a frame can have, the groups
+    /// the same).
+    #[test]
+    fn a_sparse_index_whose_snapshot_changed_walks_the_frames() {
+        let (dir, rt) = dir_and_runtime();
+        log_for_sparse_reads(&rt, dir.path());
+        let (store, whole) = open_sparse_test(dir.path(), sparse_options(true, u64::MAX));
+        // Every stream: every frame read by its own location.
+        let streams: Vec<u128> = (1..=3).chain(100..135).collect();
+        let read_streams = |log: &SegmentLog| {
+            streams
+                .iter()
+                .map(|&s| {
+                    rt.block_on(log.read_stream(StreamId(Uuid::from_u128(s)), 1, 10_000))
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let want = read_streams(&whole);
+        let locations = |log: &SegmentLog| log.state.read().unwrap().index.locs.to_vec();
+        let whole_locations = locations(&whole);
+        drop((whole, store));
+        for damage in [Some(0u8), Some(0x41), None] {
+            let (store, sparse) = open_sparse_test(dir.path(), sparse_options(false, u64::MAX));
+            assert!(is_sparse(&sparse));
+            // Over the lengths of positions 100 to 199, in the file the
+            // open holds: magic, version, head, hash, seed (60 bytes),
+            // the segments' count and entries, then a length a position.
+            let path = dir
+                .path()
+                .join(LOGS_DIR)
+                .join("school-a")
+                .join(snapshot::SNAPSHOT_FILE);
+            let bytes = std::fs::read(&path).unwrap();
+            let nseg = u32::from_le_bytes(bytes[60..64].try_into().unwrap()) as u64;
+            let lengths = 64 + 16 * nseg;
+            let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            let len_at = |p: u64| (lengths + 4 * (p - 1)) as usize;
+            match damage {
+                Some(byte) => file.write_all_at(&[byte; 400], len_at(100) as u64).unwrap(),
+                None => {
+                    // The first two neighbours of unlike lengths from 100 on.
+                    let p = (100..1_700)
+                        .find(|&p| {
+                            bytes[len_at(p)..len_at(p) + 4]
+                                != bytes[len_at(p + 1)..len_at(p + 1) + 4]
+                        })
+                        .unwrap();
+                    let mut two = bytes[len_at(p)..len_at(p) + 8].to_vec();
+                    two.rotate_left(4);
+                    file.write_all_at(&two, len_at(p) as u64).unwrap();
+                }
+            }
+            drop(file);
+            sparse.walked.store(SPARSE_WALKS, Ordering::Relaxed);
+            let read = read_streams(&sparse);
+            assert!(!is_sparse(&sparse));
+            assert!(locations(&sparse) == whole_locations, "{damage:?}");
+            assert_eq!(read, want, "lengths written over with {damage:?}");
+            drop((sparse, store));
+            // The snapshot as it was, for the next round.
+            std::fs::write(&path, &bytes).unwrap();
+        }
     }
 
     /// A snapshot's stream lists stay in its file: a log opened from it

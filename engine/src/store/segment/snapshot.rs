@@ -40,6 +40,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+use super::locs::Locations;
 use super::sorted_ids::{pair_bytes, SortedIds, PAIR};
 use super::streams::{AtInFile, Streams, LIST_BLOCK};
 use super::{frame, IdHash, Index};
@@ -85,6 +86,9 @@ pub(super) struct Loaded {
     pub segments: Vec<SnapSegment>,
     /// The event ids, read when first needed.
     pub ids: LaterIds,
+    /// Where the frame lengths are, when the open kept only where each
+    /// group of positions starts ([`OpenWith::locations`]).
+    pub locs: Option<LaterLocs>,
 }
 
 /// Bytes gathered into blocks of [`BLOCK`], each hashed and written whole
@@ -121,15 +125,60 @@ pub(super) struct OpenWith {
     /// and the stream lists are taken on threads of their own
     /// ([`BESIDE_BYTES`]; tests lower it).
     pub beside_bytes: u64,
+    /// Every position's location held ([`Locations`]'s 2 bytes a
+    /// position); else only where each group of 64 starts
+    /// ([`Locations::sparse`]), the lengths left in the file until a
+    /// read needs them ([`LaterLocs`]).
+    pub locations: bool,
 }
 
 impl OpenWith {
-    /// With or without the ids, threads from [`BESIDE_BYTES`].
+    /// With or without the ids, every location, threads from
+    /// [`BESIDE_BYTES`].
     pub const fn ids(ids_now: bool) -> OpenWith {
         OpenWith {
             ids_now,
             beside_bytes: BESIDE_BYTES,
+            locations: true,
         }
+    }
+}
+
+/// A snapshot's frame lengths, left in the file by an open that kept only
+/// where each group of positions starts ([`OpenWith::locations`]), read
+/// when a read first needs every location ([`LaterLocs::read`]). The
+/// file stays open, so a snapshot written over it (a new file renamed
+/// into place) does not change what is read; the open checked the
+/// section's checksum, and the locations read are checked against the
+/// groups the open kept.
+pub(super) struct LaterLocs {
+    file: std::fs::File,
+    /// Where the lengths start, and the file's size.
+    at: u64,
+    total: u64,
+    /// The snapshot's head: one length for each position 1..=head.
+    head: u64,
+    segments: Vec<SnapSegment>,
+    /// The open's sum of the lengths ([`load_locations`]): those read
+    /// again must be the same.
+    sum: u64,
+}
+
+impl LaterLocs {
+    /// The snapshot's positions' locations, every one held.
+    pub(super) fn read(&self) -> Result<Locations, String> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| format!("cannot open: {e}"))?;
+        let stop = self.at.saturating_add(self.head.saturating_mul(4));
+        let mut r = Reading::at(file, self.at, self.total, stop);
+        let mut index = Index::default();
+        let sum = load_locations(&mut r, &self.segments, self.head, &mut index)?;
+        if sum != self.sum {
+            return Err("the frame lengths are not those the open read".into());
+        }
+        Ok(index.locs)
     }
 }
 
@@ -453,10 +502,21 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
     let ids_sum_at = total - 32;
     let read_ids = || load_ids(&ids_file, ids_at, head, None);
     let check = || checksum(&ids_file, 0, sum_at);
+    // The index the rest is read into: every location, or where each
+    // group of them starts.
+    let blank = || Index {
+        head_hash,
+        max_events,
+        locs: match open.locations {
+            true => Locations::default(),
+            false => Locations::sparse(),
+        },
+        ..Index::default()
+    };
     // The rest read and hashed in turn and its checksum checked, on this
     // thread; with `ids`, the ids' checksum after it.
     let inline = |r: &mut Reading, ids: bool| {
-        let rest = load_rest(r, &path, head, head_hash, max_events, seed, sum_at)?;
+        let rest = load_rest(r, &path, head, blank(), seed, sum_at)?;
         let stored = r.bytes::<32>("the checksum")?;
         match r.hasher.take().map(|h| h.finalize()) {
             Some(hash) if hash.as_bytes() == &stored => {}
@@ -473,7 +533,7 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
             r.stop = sum_at;
             r.hasher = None;
             let (rest, sum) = beside("snapshot checksum", check, || {
-                load_rest(&mut r, &path, head, head_hash, max_events, seed, sum_at)
+                load_rest(&mut r, &path, head, blank(), seed, sum_at)
             });
             (rest.and_then(|rest| sum.map(|()| rest)), None)
         }
@@ -482,9 +542,23 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
             (rest, Some(ids))
         }
     };
-    let (index, segments) = rest?;
+    let (index, segments, (locs_at, sum)) = rest?;
+    let locs = match index.locs.is_sparse() {
+        true => Some(LaterLocs {
+            file: ids_file
+                .try_clone()
+                .map_err(|e| format!("cannot open: {e}"))?,
+            at: locs_at,
+            sum,
+            total,
+            head,
+            segments: segments.clone(),
+        }),
+        false => None,
+    };
     Ok(Some(Loaded {
         index,
+        locs,
         segments,
         ids: LaterIds {
             file: ids_file,
@@ -603,18 +677,22 @@ fn load_ids(
     SortedIds::read(own, at + 8, head, sum)
 }
 
+/// What [`load_rest`] reads: the index, the segments, and where the frame
+/// lengths start with their sum ([`load_locations`]).
+type Rest = (Index, Vec<SnapSegment>, (u64, u64));
+
 /// The rest of the snapshot after its seed: segments, locations, streams,
-/// which must end where the checksum before the ids begins (`sum_at`).
-/// The checksums and the ids are not read here.
+/// which must end where the checksum before the ids begins (`sum_at`),
+/// read into `index` (empty); also where the frame lengths start. The
+/// checksums and the ids are not read here.
 fn load_rest(
     r: &mut Reading,
     path: &Path,
     head: u64,
-    head_hash: Hash,
-    max_events: u64,
+    mut index: Index,
     seed: u64,
     sum_at: u64,
-) -> Result<(Index, Vec<SnapSegment>), String> {
+) -> Result<Rest, String> {
     let nseg = u64::from(r.u32("segments")?);
     r.fits(nseg, 16, "segments")?;
     let mut segments = Vec::with_capacity(nseg as usize);
@@ -623,11 +701,6 @@ fn load_rest(
         let len = r.u64("segment")?;
         segments.push(SnapSegment { first, len });
     }
-    let mut index = Index {
-        head_hash,
-        max_events,
-        ..Index::default()
-    };
     // The frame lengths (4 bytes a position) and, after them, the stream
     // lists. An open that takes the checksum here (an open for appends,
     // whose ids are read beside it) reads and hashes them in turn. Else
@@ -635,11 +708,12 @@ fn load_rest(
     // their own, from where the lengths end), the lengths' findings named
     // first when both fail, as when one thread read them in turn.
     r.fits(head, 4, "locations")?;
+    let locs_at = r.read;
     let streams_at = r.read + 4 * head;
-    let (lists, crcs) = match r.hasher.is_some() {
+    let (locs_sum, (lists, crcs)) = match r.hasher.is_some() {
         true => {
-            load_locations(r, &segments, head, &mut index)?;
-            load_streams(r, head, sum_at)?
+            let sum = load_locations(r, &segments, head, &mut index)?;
+            (sum, load_streams(r, head, sum_at)?)
         }
         false => {
             // Nothing to hash: this reading ends with the lengths.
@@ -659,8 +733,7 @@ fn load_rest(
             let (locations, streams) = beside("snapshot streams", read_lists, || {
                 load_locations(r, &segments, head, &mut index)
             });
-            locations?;
-            streams?
+            (locations?, streams?)
         }
     };
     let own = r
@@ -675,17 +748,20 @@ fn load_rest(
         lists,
         crcs,
     )?;
-    Ok((index, segments))
+    Ok((index, segments, (locs_at, locs_sum)))
 }
 
 /// The frame lengths ([`load_rest`]), read by `r` from where they start,
-/// into `index`'s locations.
+/// into `index`'s locations; returns a sum of them that any change of
+/// one, or of their order, changes (almost always): a sparse index's
+/// lengths read again are checked with it ([`LaterLocs::read`]).
 fn load_locations(
     r: &mut Reading,
     segments: &[SnapSegment],
     head: u64,
     index: &mut Index,
-) -> Result<(), String> {
+) -> Result<u64, String> {
+    let mut sum = 0u64;
     // Frame after frame from byte 0 of each segment, each segment from
     // its first position to its length.
     let mut p = 0u64;
@@ -710,6 +786,9 @@ fn load_locations(
             if pending.is_empty() {
                 pending_at = offset;
             }
+            sum = sum
+                .wrapping_mul(0x0000_0100_0000_01B3)
+                .wrapping_add(u64::from(len));
             pending.push(len);
             if pending.len() == ADD_FRAMES {
                 index.locs.push_frames(seg, &pending, pending_at)?;
@@ -727,7 +806,7 @@ fn load_locations(
     if p != head {
         return Err(format!("the segments hold {p} frames of {head}"));
     }
-    Ok(())
+    Ok(sum)
 }
 
 /// Frames a snapshot's open gathers before adding them to the locations.
