@@ -69,23 +69,13 @@ impl Backend for Segment {
             };
             let (scanned, open_full_scan_ms) = open_timed(dir, school, false, full)?;
             drop(scanned);
-            // An open for the caseload or a report: the event ids and
-            // the locations stay in the snapshot (but where each group of
-            // 64 starts).
+            // An open for a command that only reads (`casebook rebuild`, a
+            // timeline): the event ids stay in the snapshot. The replay
+            // reads through it.
             let reading_only = SegmentOptions {
                 event_ids_at_open: false,
                 ..SegmentOptions::default()
             };
-            let in_order = SegmentOptions {
-                locations_at_open: false,
-                ..reading_only
-            };
-            let (engine, open_in_order_ms) = open_timed(dir, school, false, in_order)?;
-            let index_bytes_in_order = engine.log.index_bytes();
-            drop(engine);
-            // An open for a command that only reads (`casebook rebuild`, a
-            // timeline): the event ids stay in the snapshot. The replay
-            // reads through it.
             let (engine, open_reading_only_ms) = open_timed(dir, school, false, reading_only)?;
             let index_bytes_reading_only = engine.log.index_bytes();
             let from_snapshot = engine.log.opened_from_snapshot().is_some();
@@ -96,12 +86,31 @@ impl Backend for Segment {
                     open_full_scan_ms,
                     open_reading_only_ms,
                     index_bytes_reading_only,
-                    open_in_order_ms,
-                    index_bytes_in_order,
                     from_snapshot,
                     snapshot_bytes,
                 }),
             ))
+        })
+    }
+
+    async fn open_in_order(
+        &self,
+        engine: Box<dyn Engine>,
+        dir: &Path,
+        school: &str,
+    ) -> Result<(Box<dyn Engine>, Option<(f64, u64)>), Failure> {
+        tokio::task::block_in_place(|| {
+            drop(engine);
+            // The event ids and the locations stay in the snapshot (but
+            // where each group of 64 starts).
+            let in_order = SegmentOptions {
+                event_ids_at_open: false,
+                locations_at_open: false,
+                ..SegmentOptions::default()
+            };
+            let (engine, open_ms) = open_timed(dir, school, false, in_order)?;
+            let bytes = engine.log.index_bytes();
+            Ok((Box::new(engine) as Box<dyn Engine>, Some((open_ms, bytes))))
         })
     }
 

@@ -182,13 +182,17 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     // the run's so far); the run's peak is the largest reading.
     let peaks = doc["phase_peak_rss_mb"].as_array().expect("phase peaks");
     let phases: Vec<&str> = peaks.iter().filter_map(|p| p["phase"].as_str()).collect();
-    assert_eq!(phases.len(), 11, "{doc}");
+    assert_eq!(phases.len(), 12, "{doc}");
     assert_eq!(phases[2], "engine import", "{doc}");
     assert_eq!(phases[5], "replay (rebuild of every projection)", "{doc}");
+    assert_eq!(
+        phases[6], "close and open the store again (as the caseload and the reports)",
+        "{doc}"
+    );
     // Last, a day's register for every pupil imported into the populated
     // store: one line a pupil, each judged against the pupil's record.
     assert!(
-        phases[10].starts_with("a day's register for every pupil"),
+        phases[11].starts_with("a day's register for every pupil"),
         "{doc}"
     );
     assert_eq!(doc["register_import_lines"], doc["pupils"], "{doc}");
