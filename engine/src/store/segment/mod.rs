@@ -207,8 +207,9 @@ pub struct SegmentOptions {
     /// each group of 64 positions starts (about 0.07 bytes an event), for
     /// a command that reads the log in order or not at all (the caseload,
     /// the reports): reads in position order walk a group's frames from
-    /// its start, and the first read of a stream or by id reads every
-    /// location from the snapshot then ([`locations_ready`]).
+    /// its start, so do the first [`SPARSE_WALKS`] positions of streams
+    /// read, and past those, or a look-up by id, every location is read
+    /// from the snapshot ([`locations_ready`]).
     pub locations_at_open: bool,
     /// [`SPILL_IDS`] (tests lower it).
     pub spill_ids: usize,
@@ -964,9 +965,9 @@ fn walk_span(
 /// the snapshot's from its file, each checked against the groups kept, and
 /// those of the frames indexed after it walked from their groups' starts.
 /// Should the snapshot's no longer be readable or match, every frame's is
-/// walked. Done under the write lock (once in a process: the first read
-/// of a stream, by id, or the writer's first group that is not of minted
-/// ids).
+/// walked. Done under the write lock, once in a process: past
+/// [`SPARSE_WALKS`] positions of streams read, at a look-up by id, at
+/// `verify`, or at the writer's first group that is not of minted ids.
 fn locations_ready(state: &RwLock<State>) -> Result<(), StoreError> {
     if !read_state(state)?.index.locs.is_sparse() {
         return Ok(());
@@ -1009,34 +1010,44 @@ fn walk_all(sparse: &Locations, segments: &[Arc<Segment>]) -> Result<Locations, 
 }
 
 /// Adds to `full` the locations of the positions `sparse` holds after it,
-/// walked from their groups' starts.
+/// walked from their groups' starts, [`WALK_POSITIONS`] at a time.
 fn walk_into(
     full: &mut Locations,
     sparse: &Locations,
     segments: &[Arc<Segment>],
 ) -> Result<(), StoreError> {
-    let (from, last) = (full.len() as u64 + 1, sparse.len() as u64);
+    let last = sparse.len() as u64;
     let mut buf = Vec::new();
-    for span in sparse.spans(from, last) {
-        let seg = segments
-            .get(span.seg as usize)
-            .ok_or_else(|| StoreError::Internal(format!("segment {} is not held", span.seg)))?;
-        walk_span(seg, span, &mut buf, |q, loc, _| {
-            if q >= from {
-                full.push_checked(loc)
-                    .map_err(|e| corrupt(&seg.path, Some(loc.offset), e))?;
-            }
-            Ok(q < last)
-        })?;
-    }
-    if full.len() as u64 != last {
-        return Err(StoreError::Internal(format!(
-            "{} locations walked of {last}",
-            full.len()
-        )));
+    while (full.len() as u64) < last {
+        let from = full.len() as u64 + 1;
+        let to = last.min(from + WALK_POSITIONS - 1);
+        for span in sparse.spans(from, to) {
+            let seg = segments
+                .get(span.seg as usize)
+                .ok_or_else(|| StoreError::Internal(format!("segment {} is not held", span.seg)))?;
+            walk_span(seg, span, &mut buf, |q, loc, _| {
+                // A span starts at its group's start: only the next
+                // position is added.
+                if q == full.len() as u64 + 1 {
+                    full.push_checked(loc)
+                        .map_err(|e| corrupt(&seg.path, Some(loc.offset), e))?;
+                }
+                Ok(q < to)
+            })?;
+        }
+        if full.len() as u64 != to {
+            return Err(StoreError::Internal(format!(
+                "{} locations walked of {to}",
+                full.len()
+            )));
+        }
     }
     Ok(())
 }
+
+/// Positions [`walk_into`] reads at once (16 groups: a few hundred KB of
+/// frames of a few hundred bytes).
+const WALK_POSITIONS: u64 = 1_024;
 
 /// The event at position `p` (which the index holds), read from its
 /// frame, with where that frame is.
