@@ -106,8 +106,9 @@ impl Store {
     /// `record --id` or an import's lines name; so the segment engine leaves its
     /// event ids in the index snapshot until something needs them
     /// (`SegmentOptions::event_ids_at_open`). `in_order`: the command
-    /// reads the log in position order or not at all (the caseload, the
-    /// reports), so the segment engine keeps only where each
+    /// reads the log in position order, a pupil's stream, or nothing (the
+    /// caseload, the reports, a timeline, an audit), so the segment
+    /// engine keeps only where each
     /// group of 64 positions starts until a read needs every location
     /// (`SegmentOptions::locations_at_open`).
     pub(crate) async fn open_async(

@@ -34,8 +34,8 @@ pub(crate) struct Ctx {
     /// but a `record --id`'s or an import line's ([`Store::open_async`]'s
     /// `reading_only`).
     pub(crate) reading_only: bool,
-    /// The command reads the log in position order or not at all
-    /// ([`Store::open_async`]'s `in_order`).
+    /// The command reads the log in position order, a pupil's stream, or
+    /// nothing ([`Store::open_async`]'s `in_order`).
     pub(crate) in_order: bool,
 }
 
@@ -162,12 +162,17 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // The caseload and the reports fold the views from their
         // checkpoints and read the log after them in order (a
         // correction's entry is found in its pupil's stream, by walking
-        // its group's frames: `SegmentOptions::locations_at_open`). Not a
-        // rebuild: a log of any size holds more corrections than a sparse
-        // index walks for, and it would read every location anyway.
+        // its group's frames: `SegmentOptions::locations_at_open`); a
+        // timeline and an audit read one pupil's stream so (its staff
+        // list too, for the access check). Not a rebuild: a log of any
+        // size holds more corrections than a sparse index walks for, and
+        // it would read every location anyway.
         in_order: matches!(
             cli.command,
-            Command::Caseload { .. } | Command::Report { .. }
+            Command::Caseload { .. }
+                | Command::Report { .. }
+                | Command::Timeline { .. }
+                | Command::Audit { .. }
         ),
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;

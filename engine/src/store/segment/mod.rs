@@ -205,8 +205,9 @@ pub struct SegmentOptions {
     /// Whether an open from the snapshot holds every position's location
     /// (about 2 bytes an event; default `true`). `false` keeps only where
     /// each group of 64 positions starts (about 0.07 bytes an event), for
-    /// a command that reads the log in order or not at all (the caseload,
-    /// the reports): reads in position order walk a group's frames from
+    /// a command that reads the log in order, a few streams, or nothing
+    /// (the caseload, the reports, a timeline): reads in position order
+    /// walk a group's frames from
     /// its start, so do the first [`SPARSE_WALKS`] positions of streams
     /// read, and past those, or a look-up by id, every location is read
     /// from the snapshot ([`locations_ready`]).
