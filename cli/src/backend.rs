@@ -107,7 +107,8 @@ impl Store {
     /// event ids in the index snapshot until something needs them
     /// (`SegmentOptions::event_ids_at_open`). `in_order`: the command
     /// reads the log in position order, a pupil's stream, or nothing (the
-    /// caseload, the reports, a timeline, an audit), so the segment
+    /// caseload, the reports, a timeline, an audit, an export, a
+    /// `record`), so the segment
     /// engine keeps only where each
     /// group of 64 positions starts until a read needs every location
     /// (`SegmentOptions::locations_at_open`).

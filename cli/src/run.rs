@@ -163,8 +163,11 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // checkpoints and read the log after them in order (a
         // correction's entry is found in its pupil's stream, by walking
         // its group's frames: `SegmentOptions::locations_at_open`); a
-        // timeline and an audit read one pupil's stream so (its staff
-        // list too, for the access check). Not a rebuild: a log of any
+        // timeline, an audit, an export and a `record` read one pupil's
+        // stream so (the staff list too, for the access check; a `record
+        // --id` looks its id up, which reads every location then). Not
+        // an import: its planner reads every pupil of its lines. Not a
+        // rebuild: a log of any
         // size holds more corrections than a sparse index walks for, and
         // it would read every location anyway.
         in_order: matches!(
@@ -173,6 +176,8 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
                 | Command::Report { .. }
                 | Command::Timeline { .. }
                 | Command::Audit { .. }
+                | Command::Record { .. }
+                | Command::Export { .. }
         ),
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;
