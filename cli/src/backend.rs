@@ -105,7 +105,7 @@ impl Store {
     /// import whose lines carry no `id`) and looks no id up but those a
     /// `record --id` or an import's lines name; so the segment engine leaves its
     /// event ids in the index snapshot until something needs them
-    /// (`SegmentOptions::event_ids_at_open`). `in_order`: the command
+    /// (`SegmentOptions::event_ids_at_open`). `sparse_index`: the command
     /// reads the log in position order, a pupil's stream, or nothing (the
     /// caseload, the reports, a timeline, an audit, an export, a
     /// `record`), so the segment
@@ -117,7 +117,7 @@ impl Store {
         url: Option<&str>,
         engine: Option<Engine>,
         create: bool,
-        (reading_only, in_order): (bool, bool),
+        (reading_only, sparse_index): (bool, bool),
     ) -> Result<Store, Failure> {
         Ok(match url {
             Some(url) => {
@@ -139,7 +139,7 @@ impl Store {
                     create,
                     SegmentOptions {
                         event_ids_at_open: !reading_only,
-                        locations_at_open: !in_order,
+                        locations_at_open: !sparse_index,
                         ..SegmentOptions::default()
                     },
                 )?),

@@ -143,9 +143,9 @@ pub(crate) trait Backend: Send + Sync {
         Ok((engine, None))
     }
     /// Closes `engine` (from [`Backend::reopen`]) and opens it as the
-    /// caseload and the reports do, timed: the open (ms) and the index it
+    /// caseload, the reports and a timeline do, timed: the open (ms) and the index it
     /// holds (bytes). On sled and PostgreSQL: `engine` as it is, `None`.
-    async fn open_in_order(
+    async fn open_sparse(
         &self,
         engine: Box<dyn Engine>,
         _dir: &Path,
@@ -153,7 +153,7 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<(Box<dyn Engine>, Option<(f64, u64)>), Failure> {
         Ok((engine, None))
     }
-    /// Closes `engine` (from [`Backend::open_in_order`]) and opens it as a
+    /// Closes `engine` (from [`Backend::open_sparse`]) and opens it as a
     /// command that appends does, timed (ms). On sled and PostgreSQL:
     /// `engine` as it is, `None`.
     async fn open_for_appends(
@@ -191,8 +191,8 @@ pub(crate) trait Engine: Send + Sync {
 /// (which writes the index snapshot), an open that rebuilds the index from
 /// every frame (the baseline), and an open that reads the snapshot as a
 /// command that only reads does (the event ids left in it), which the
-/// replay uses; after it, an open as the caseload and the reports open
-/// ([`Backend::open_in_order`]), and the timelines and appends use an
+/// replay uses; after it, an open as the caseload, the reports and a
+/// timeline open ([`Backend::open_sparse`]), and the timelines and appends use an
 /// open that reads the ids too ([`Backend::open_for_appends`],
 /// `open_ms`).
 pub(crate) struct Reopened {
@@ -923,13 +923,13 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let replay_ev_s = per_s(report.events, started.elapsed());
     done(t, format!("{replay_ev_s:.0} events/s"));
 
-    // Close and open again as the caseload and the reports do (the
+    // Close and open again as the caseload, the reports and a timeline do (the
     // locations left in the snapshot too): a phase of its own, after the
     // replay's, whose memory its threads would otherwise add to.
     drop(log);
-    let t = phase("close and open the store again (as the caseload and the reports)");
-    let (engine, in_order) = backend.open_in_order(engine, &engine_dir, &school).await?;
-    match in_order {
+    let t = phase("close and open the store again (as the caseload and a timeline)");
+    let (engine, sparse_index) = backend.open_sparse(engine, &engine_dir, &school).await?;
+    match sparse_index {
         Some((ms, bytes)) => done(
             t,
             format!(
@@ -1158,8 +1158,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         "index_mb_reading_only": reopened
             .as_ref()
             .map(|r| r.index_bytes_reading_only as f64 / (1024.0 * 1024.0)),
-        "open_in_order_ms": in_order.map(|(ms, _)| ms),
-        "index_mb_in_order": in_order.map(|(_, bytes)| bytes as f64 / (1024.0 * 1024.0)),
+        "open_sparse_ms": sparse_index.map(|(ms, _)| ms),
+        "index_mb_sparse": sparse_index.map(|(_, bytes)| bytes as f64 / (1024.0 * 1024.0)),
         "open_vs_full_scan": reopened
             .as_ref()
             .zip(open_ms)
@@ -1580,8 +1580,8 @@ impl Figures {
                 us("open_reading_only_ms"),
                 us("index_mb_reading_only"),
                 us("index_mb"),
-                us("open_in_order_ms"),
-                us("index_mb_in_order"),
+                us("open_sparse_ms"),
+                us("index_mb_sparse"),
                 us("close_ms"),
             ));
         }

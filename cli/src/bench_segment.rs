@@ -69,8 +69,8 @@ impl Backend for Segment {
             };
             let (scanned, open_full_scan_ms) = open_timed(dir, school, false, full)?;
             drop(scanned);
-            // An open for a command that only reads (`casebook rebuild`, a
-            // timeline): the event ids stay in the snapshot. The replay
+            // An open for a command that only reads (`casebook rebuild`):
+            // the event ids stay in the snapshot. The replay
             // reads through it.
             let reading_only = SegmentOptions {
                 event_ids_at_open: false,
@@ -93,7 +93,7 @@ impl Backend for Segment {
         })
     }
 
-    async fn open_in_order(
+    async fn open_sparse(
         &self,
         engine: Box<dyn Engine>,
         dir: &Path,
@@ -103,12 +103,12 @@ impl Backend for Segment {
             drop(engine);
             // The event ids and the locations stay in the snapshot (but
             // where each group of 64 starts).
-            let in_order = SegmentOptions {
+            let sparse_index = SegmentOptions {
                 event_ids_at_open: false,
                 locations_at_open: false,
                 ..SegmentOptions::default()
             };
-            let (engine, open_ms) = open_timed(dir, school, false, in_order)?;
+            let (engine, open_ms) = open_timed(dir, school, false, sparse_index)?;
             let bytes = engine.log.index_bytes();
             Ok((Box::new(engine) as Box<dyn Engine>, Some((open_ms, bytes))))
         })

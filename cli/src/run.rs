@@ -35,8 +35,8 @@ pub(crate) struct Ctx {
     /// `reading_only`).
     pub(crate) reading_only: bool,
     /// The command reads the log in position order, a pupil's stream, or
-    /// nothing ([`Store::open_async`]'s `in_order`).
-    pub(crate) in_order: bool,
+    /// nothing ([`Store::open_async`]'s `sparse_index`).
+    pub(crate) sparse_index: bool,
 }
 
 impl Ctx {
@@ -50,7 +50,7 @@ impl Ctx {
             self.database_url.as_deref(),
             self.engine,
             create,
-            (self.reading_only, self.in_order),
+            (self.reading_only, self.sparse_index),
         )?;
         self.store = Some(s.clone());
         Ok(s)
@@ -170,7 +170,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // rebuild: a log of any
         // size holds more corrections than a sparse index walks for, and
         // it would read every location anyway.
-        in_order: matches!(
+        sparse_index: matches!(
             cli.command,
             Command::Caseload { .. }
                 | Command::Report { .. }

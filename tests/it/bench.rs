@@ -114,8 +114,8 @@ fn bench_runs_on_sled() {
         "open_full_scan_ms",
         "open_reading_only_ms",
         "index_mb_reading_only",
-        "open_in_order_ms",
-        "index_mb_in_order",
+        "open_sparse_ms",
+        "index_mb_sparse",
         "close_ms",
         "snapshot_mb",
     ] {
@@ -186,7 +186,7 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     assert_eq!(phases[2], "engine import", "{doc}");
     assert_eq!(phases[5], "replay (rebuild of every projection)", "{doc}");
     assert_eq!(
-        phases[6], "close and open the store again (as the caseload and the reports)",
+        phases[6], "close and open the store again (as the caseload and a timeline)",
         "{doc}"
     );
     // Last, a day's register for every pupil imported into the populated
@@ -430,9 +430,9 @@ fn bench_reopens_from_the_index_snapshot() {
     );
     // The open in order keeps a group's start where the other keeps each
     // position's location (2 bytes an event of the 2,000 here, ~4 KB).
-    number(&doc, "open_in_order_ms");
-    let in_order = number(&doc, "index_mb_in_order");
-    assert!(in_order > 0.0 && in_order < reading_only, "{doc}");
+    number(&doc, "open_sparse_ms");
+    let sparse_index = number(&doc, "index_mb_sparse");
+    assert!(sparse_index > 0.0 && sparse_index < reading_only, "{doc}");
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }

@@ -1087,7 +1087,7 @@ fn demo_writes_a_school_that_verifies() {
 /// caseload and the reports open with the event ids left in the snapshot:
 /// a correction recorded after the demo sends their catch-up to look its
 /// entry up by id, which reads them. They also open keeping only where
-/// each group of positions starts (`in_order`): the log after a checkpoint
+/// each group of positions starts (`sparse_index`): the log after a checkpoint
 /// is read in order from a group's start, a correction's entry found by
 /// walking its group's frames.
 #[test]
