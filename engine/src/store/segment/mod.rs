@@ -824,10 +824,9 @@ impl State {
     }
 
     /// The spans that hold positions `from..=last` ([`Locations::spans`]),
-    /// each with its segment, and `last`.
-    fn spans(&self, from: u64, last: u64) -> Result<HeldSpans, StoreError> {
-        let spans = self
-            .index
+    /// each with its segment.
+    fn spans(&self, from: u64, last: u64) -> Result<Vec<(Span, Arc<Segment>)>, StoreError> {
+        self.index
             .locs
             .spans(from, last)
             .into_iter()
@@ -837,13 +836,9 @@ impl State {
                 })?;
                 Ok((span, seg.clone()))
             })
-            .collect::<Result<_, StoreError>>()?;
-        Ok((spans, last))
+            .collect()
     }
 }
-
-/// Spans of frames with their segments, and the last position wanted.
-type HeldSpans = (Vec<(Span, Arc<Segment>)>, u64);
 
 /// The events at positions `from..=last`, read from `spans` (which hold
 /// them: [`Locations::spans`]) and walked from each span's start: how
@@ -3641,21 +3636,25 @@ impl EventStore for SegmentLog {
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let max = max.min(MAX_READ_PAGE);
         let from = from_position.max(1);
-        let (wanted, spans) = {
+        // Where the page's frames are, taken under the index's lock and
+        // read after it is let go: each frame's location, or, in a sparse
+        // index, the spans of groups that hold them.
+        let (last, page) = {
             let state = self.read()?;
             let head = state.index.head();
             if from > head || max == 0 {
                 return Ok(Vec::new());
             }
             let last = head.min(from + max as u64 - 1);
-            match state.index.locs.is_sparse() {
-                false => (state.wanted(from..=last)?, None),
-                true => (Wanted::default(), Some(state.spans(from, last)?)),
-            }
+            let page = match state.index.locs.is_sparse() {
+                false => Ok(state.wanted(from..=last)?),
+                true => Err(state.spans(from, last)?),
+            };
+            (last, page)
         };
-        match spans {
-            None => read_runs(wanted, Asked::Positions),
-            Some((spans, last)) => read_spans(spans, from, last),
+        match page {
+            Ok(wanted) => read_runs(wanted, Asked::Positions),
+            Err(spans) => read_spans(spans, from, last),
         }
     }
 
