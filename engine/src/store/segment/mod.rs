@@ -5349,6 +5349,52 @@ mod index_tests {
         drop((whole, store));
     }
 
+    /// Pages read in position order from a sparse index while the writer
+    /// appends (minted ids: the index stays sparse) are each a run of the
+    /// log as it then was, up to its head at most; at the end the log
+    /// reads, sparse and whole, as a full open's.
+    #[test]
+    fn a_sparse_index_reads_pages_while_the_writer_appends() {
+        let (dir, rt) = dir_and_runtime();
+        log_for_sparse_reads(&rt, dir.path());
+        let (store, sparse) = open_sparse_test(dir.path(), sparse_options(false, u64::MAX));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let writer = sparse.clone();
+        let appends = rt.spawn(async move {
+            for k in 0..40u128 {
+                let ids = 60_000 + k * 37..60_000 + (k + 1) * 37;
+                writer
+                    .append_atomic_minted(vec![to_stream(200 + k % 5, ids)])
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut pages = 0;
+        while !appends.is_finished() || pages < 50 {
+            let head = rt.block_on(sparse.head()).unwrap().position;
+            let from = 1 + (pages * 97 + head * 13) % head;
+            let page = rt.block_on(sparse.read_all(from, 300)).unwrap();
+            assert!(!page.is_empty(), "from {from}");
+            for (i, e) in page.iter().enumerate() {
+                assert_eq!(e.position, from + i as u64);
+            }
+            pages += 1;
+        }
+        rt.block_on(appends).unwrap();
+        assert!(is_sparse(&sparse), "minted appends keep it sparse");
+        let read = rt.block_on(sparse.read_all(1, 10_000)).unwrap();
+        assert_eq!(read.len(), 2_100 + 40 * 37);
+        drop((sparse, store));
+        let (store, whole) = open_sparse_test(dir.path(), sparse_options(true, u64::MAX));
+        assert_eq!(rt.block_on(whole.read_all(1, 10_000)).unwrap(), read);
+        let report = rt.block_on(whole.verify(&|_| {})).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+        drop((whole, store));
+    }
+
     /// A sparse index whose snapshot's lengths changed in the file after
     /// the open (the open checked them) walks every frame for its
     /// locations instead, and answers the same: lengths no frame has, and
