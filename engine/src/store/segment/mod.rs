@@ -5105,6 +5105,12 @@ mod index_tests {
         report
     }
 
+    /// Verifies `log`, which must pass.
+    fn assert_verifies(rt: &tokio::runtime::Runtime, log: &SegmentLog) {
+        let report = rt.block_on(log.verify(&|_| {})).unwrap();
+        assert!(report.ok, "{:?}", report.problems);
+    }
+
     /// A temporary directory and a current-thread runtime.
     fn dir_and_runtime() -> (tempfile::TempDir, tokio::runtime::Runtime) {
         let dir = tempfile::tempdir().unwrap();
@@ -5311,8 +5317,7 @@ mod index_tests {
         assert!(!is_sparse(&sparse), "every location read");
         assert_eq!(by_stream(&sparse, 3), whole_streams[2]);
         check_pages(&sparse);
-        let report = rt.block_on(sparse.verify(&|_| {})).unwrap();
-        assert!(report.ok, "{:?}", report.problems);
+        assert_verifies(&rt, &sparse);
         drop((sparse, store));
 
         // Minted ids: appended without the ids or every location; the
@@ -5344,8 +5349,7 @@ mod index_tests {
             rt.block_on(whole.read_all(2_101, 100)).unwrap(),
             added[51..]
         );
-        let report = rt.block_on(whole.verify(&|_| {})).unwrap();
-        assert!(report.ok, "{:?}", report.problems);
+        assert_verifies(&rt, &whole);
         drop((whole, store));
     }
 
@@ -5390,8 +5394,7 @@ mod index_tests {
         drop((sparse, store));
         let (store, whole) = open_sparse_test(dir.path(), sparse_options(true, u64::MAX));
         assert_eq!(rt.block_on(whole.read_all(1, 10_000)).unwrap(), read);
-        let report = rt.block_on(whole.verify(&|_| {})).unwrap();
-        assert!(report.ok, "{:?}", report.problems);
+        assert_verifies(&rt, &whole);
         drop((whole, store));
     }
 
