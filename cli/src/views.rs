@@ -396,8 +396,9 @@ fn print_header(title: &str, doc: &Value, rows_key: &str) {
 }
 
 /// Prints a report document: its scalar fields as a header, then `rows_key`
-/// as a table (all columns unless given).
-fn print_report(title: &str, doc: &Value, rows_key: &str, columns: Option<&[(&str, &str)]>) {
+/// as a table of all its columns (a report with columns of its own prints
+/// through [`print_tabled`]).
+fn print_report(title: &str, doc: &Value, rows_key: &str) {
     print_header(title, doc, rows_key);
     let rows = doc
         .get(rows_key)
@@ -407,14 +408,9 @@ fn print_report(title: &str, doc: &Value, rows_key: &str, columns: Option<&[(&st
         println!("(none)");
         return;
     }
-    match columns {
-        Some(cols) => print!("{}", table(rows, cols)),
-        None => {
-            let cols = columns_of(rows);
-            let pairs: Vec<(&str, &str)> = cols.iter().map(|c| (c.as_str(), c.as_str())).collect();
-            print!("{}", table(rows, &pairs));
-        }
-    }
+    let cols = columns_of(rows);
+    let pairs: Vec<(&str, &str)> = cols.iter().map(|c| (c.as_str(), c.as_str())).collect();
+    print!("{}", table(rows, &pairs));
 }
 
 /// Rows of a report made JSON, unsealed and turned into table cells at a
@@ -464,10 +460,11 @@ async fn print_report_rows<R: Serialize>(
     Ok(())
 }
 
-/// A report with a table of its `rows`: printed here if the format is
-/// text ([`print_report_rows`]; `None`), else its whole document.
+/// Prints a report with a table of its `rows`: in text its rows a chunk
+/// at a time ([`print_report_rows`]), else its whole document, unsealed,
+/// as every report's.
 #[allow(clippy::too_many_arguments)]
-async fn text_or_doc<T: Serialize, R: Serialize>(
+async fn print_tabled<T: Serialize, R: Serialize>(
     ctx: &mut Ctx,
     log: &dyn EventStore,
     format: Format,
@@ -476,14 +473,15 @@ async fn text_or_doc<T: Serialize, R: Serialize>(
     rows: fn(&mut T) -> &mut Vec<R>,
     rows_key: &str,
     columns: Columns<'_>,
-) -> Result<Option<Value>, Failure> {
+) -> Result<(), Failure> {
     if format != Format::Text {
-        return into_json(report).map(Some);
+        let mut doc = into_json(report)?;
+        crate::privacy::unseal_doc(ctx, log, &mut doc).await?;
+        return print_json(&doc);
     }
     let rows = std::mem::take(rows(&mut report));
     let head = into_json(report)?;
-    print_report_rows(ctx, log, title, head, rows_key, rows, columns).await?;
-    Ok(None)
+    print_report_rows(ctx, log, title, head, rows_key, rows, columns).await
 }
 
 const BEHAVIOUR_COLUMNS: Columns<'static> = &[
@@ -520,7 +518,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
     let format = ctx.formats("report", &[Format::Text, Format::Json])?;
     let log = ctx.log(None)?;
     let year = academic_year(ctx.today);
-    let (mut doc, title, rows_key, columns): (Value, String, &str, Option<Columns>) = match which {
+    let (mut doc, title, rows_key): (Value, String, &str) = match which {
         ReportCommand::Behaviour { by } => {
             let dim = match by {
                 BehaviourBy::Category => BehaviourDimension::Category,
@@ -531,7 +529,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             };
             let report = school_view::<Behaviour>(&log).await?.by(dim, None);
             let title = format!("Incidents by {}", dim.as_str());
-            let doc = text_or_doc(
+            return print_tabled(
                 ctx,
                 log.as_ref(),
                 format,
@@ -541,11 +539,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
                 "groups",
                 BEHAVIOUR_COLUMNS,
             )
-            .await?;
-            let Some(doc) = doc else {
-                return Ok(());
-            };
-            (doc, title, "groups", Some(BEHAVIOUR_COLUMNS))
+            .await;
         }
         ReportCommand::Attendance { persistent } => {
             let report = school_view::<Attendance>(&log)
@@ -560,7 +554,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
                     ""
                 }
             );
-            let doc = text_or_doc(
+            return print_tabled(
                 ctx,
                 log.as_ref(),
                 format,
@@ -570,11 +564,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
                 "pupils",
                 ATTENDANCE_COLUMNS,
             )
-            .await?;
-            let Some(doc) = doc else {
-                return Ok(());
-            };
-            (doc, title, "pupils", Some(ATTENDANCE_COLUMNS))
+            .await;
         }
         ReportCommand::Suspensions => {
             let report = school_view::<Suspensions>(&log).await?.report(year);
@@ -582,7 +572,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
                 "Suspensions {year}/{:02} against the 45-day limit",
                 (year + 1) % 100
             );
-            let doc = text_or_doc(
+            return print_tabled(
                 ctx,
                 log.as_ref(),
                 format,
@@ -592,11 +582,7 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
                 "pupils",
                 SUSPENSION_COLUMNS,
             )
-            .await?;
-            let Some(doc) = doc else {
-                return Ok(());
-            };
-            (doc, title, "pupils", Some(SUSPENSION_COLUMNS))
+            .await;
         }
         ReportCommand::Force => (
             {
@@ -605,7 +591,6 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             },
             "Reasonable-force log".to_string(),
             "uses",
-            None,
         ),
         ReportCommand::Interventions => (
             {
@@ -614,7 +599,6 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             },
             "Intervention outcomes by kind".to_string(),
             "kinds",
-            None,
         ),
         ReportCommand::Reintegration => (
             {
@@ -623,14 +607,13 @@ pub(crate) async fn report(ctx: &mut Ctx, which: ReportCommand) -> Result<(), Fa
             },
             "Reintegration after removal from school".to_string(),
             "awaiting",
-            None,
         ),
     };
     crate::privacy::unseal_doc(ctx, log.as_ref(), &mut doc).await?;
     if format == Format::Json {
         return print_json(&doc);
     }
-    print_report(&title, &doc, rows_key, columns);
+    print_report(&title, &doc, rows_key);
     Ok(())
 }
 

@@ -38,6 +38,10 @@ pub const MIN_LEN: usize = META_LEN + HASH_LEN + 1;
 /// refused; on disk a larger `len` is damage.
 pub const MAX_FRAME: usize = 1024 * 1024;
 
+/// The lengths a whole frame can have, prefix included.
+pub const FRAME_LENS: std::ops::RangeInclusive<usize> =
+    PREFIX_LEN + MIN_LEN..=PREFIX_LEN + MAX_FRAME;
+
 /// Flag bit: this frame ends its commit group (one write + one fdatasync).
 pub const GROUP_END: u8 = 1;
 

@@ -853,7 +853,8 @@ fn read_spans(
     let mut buf = Vec::new();
     for (span, seg) in spans {
         walk_span(&seg, span, &mut buf, |q, loc, bytes| {
-            if q >= from && q <= last {
+            // The walk stops at `last`.
+            if q >= from {
                 out.push(decode_at(&seg, loc.offset, bytes, q)?.0);
             }
             Ok(q < last)
@@ -906,10 +907,6 @@ fn frame_loc<'a>(
     Ok(found)
 }
 
-/// The lengths a frame can have, prefix included.
-const FRAME_LENS: std::ops::RangeInclusive<usize> =
-    frame::PREFIX_LEN + frame::MIN_LEN..=frame::PREFIX_LEN + frame::MAX_FRAME;
-
 /// Reads the frames of `span` from `seg` into `buf` (grown, never
 /// shrunk) and hands each to `each`, in order: its position, where it is
 /// and its bytes, until `each` answers `false`. The frames are walked by
@@ -934,7 +931,7 @@ fn walk_span(
     while at < len {
         let total = frame::frame_len(&bytes[at..])
             .map(|n| n as usize + frame::PREFIX_LEN)
-            .filter(|t| FRAME_LENS.contains(t) && at + t <= len)
+            .filter(|t| frame::FRAME_LENS.contains(t) && at + t <= len)
             .ok_or_else(|| {
                 corrupt(
                     &seg.path,

@@ -55,9 +55,6 @@ pub const SNAPSHOT_FILE: &str = "index";
 pub const FULL_SCAN_ENV: &str = "CASEBOOK_FULL_OPEN_SCAN";
 
 const MAGIC: &[u8; 8] = b"CBSEGIX1";
-/// The lengths a frame can have, prefix included.
-const FRAME_LENS: std::ops::RangeInclusive<usize> =
-    frame::PREFIX_LEN + frame::MIN_LEN..=frame::PREFIX_LEN + frame::MAX_FRAME;
 /// 4 since session aj: a checksum for what comes before the ids and one
 /// for the ids (3, since session v, had one checksum over the whole file,
 /// so an open that leaves the ids in the file still read and hashed them:
@@ -174,7 +171,7 @@ impl LaterLocs {
         let stop = self.at.saturating_add(self.head.saturating_mul(4));
         let mut r = Reading::at(file, self.at, self.total, stop);
         let mut index = Index::default();
-        let sum = load_locations(&mut r, &self.segments, self.head, &mut index)?;
+        let sum = load_locations(&mut r, &self.segments, self.head, &mut index, true)?;
         if sum != self.sum {
             return Err("the frame lengths are not those the open read".into());
         }
@@ -709,10 +706,12 @@ fn load_rest(
     // first when both fail, as when one thread read them in turn.
     r.fits(head, 4, "locations")?;
     let locs_at = r.read;
+    // Only a sparse index reads its lengths again, checked by their sum.
+    let summed = index.locs.is_sparse();
     let streams_at = r.read + 4 * head;
     let (locs_sum, (lists, crcs)) = match r.hasher.is_some() {
         true => {
-            let sum = load_locations(r, &segments, head, &mut index)?;
+            let sum = load_locations(r, &segments, head, &mut index, summed)?;
             (sum, load_streams(r, head, sum_at)?)
         }
         false => {
@@ -731,7 +730,7 @@ fn load_rest(
                 load_streams(&mut reading, head, sum_at)
             };
             let (locations, streams) = beside("snapshot streams", read_lists, || {
-                load_locations(r, &segments, head, &mut index)
+                load_locations(r, &segments, head, &mut index, summed)
             });
             (locations?, streams?)
         }
@@ -752,14 +751,15 @@ fn load_rest(
 }
 
 /// The frame lengths ([`load_rest`]), read by `r` from where they start,
-/// into `index`'s locations; returns a sum of them that any change of
-/// one, or of their order, changes (almost always): a sparse index's
-/// lengths read again are checked with it ([`LaterLocs::read`]).
+/// into `index`'s locations; with `summed`, returns a sum of them
+/// ([`sum_lens`]; else 0): a sparse index's lengths read again are
+/// checked with it ([`LaterLocs::read`]).
 fn load_locations(
     r: &mut Reading,
     segments: &[SnapSegment],
     head: u64,
     index: &mut Index,
+    summed: bool,
 ) -> Result<u64, String> {
     let mut sum = 0u64;
     // Frame after frame from byte 0 of each segment, each segment from
@@ -780,23 +780,26 @@ fn load_locations(
             if p > head {
                 return Err("the segments hold more frames than the head".into());
             }
-            if !FRAME_LENS.contains(&(len as usize)) {
+            if !frame::FRAME_LENS.contains(&(len as usize)) {
                 return Err(format!("position {p}: no frame is {len} bytes long"));
             }
             if pending.is_empty() {
                 pending_at = offset;
             }
-            sum = sum
-                .wrapping_mul(0x0000_0100_0000_01B3)
-                .wrapping_add(u64::from(len));
             pending.push(len);
             if pending.len() == ADD_FRAMES {
+                if summed {
+                    sum = sum_lens(sum, &pending);
+                }
                 index.locs.push_frames(seg, &pending, pending_at)?;
                 pending.clear();
             }
             offset += u64::from(len);
             Ok(offset < s.len)
         })?;
+        if summed {
+            sum = sum_lens(sum, &pending);
+        }
         index.locs.push_frames(seg, &pending, pending_at)?;
         pending.clear();
         if offset != s.len {
@@ -807,6 +810,15 @@ fn load_locations(
         return Err(format!("the segments hold {p} frames of {head}"));
     }
     Ok(sum)
+}
+
+/// `sum` carried over `lens`: any change of one of them, or of their
+/// order, changes it (almost always).
+fn sum_lens(sum: u64, lens: &[u32]) -> u64 {
+    lens.iter().fold(sum, |sum, &len| {
+        sum.wrapping_mul(0x0000_0100_0000_01B3)
+            .wrapping_add(u64::from(len))
+    })
 }
 
 /// Frames a snapshot's open gathers before adding them to the locations.
