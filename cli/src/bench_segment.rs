@@ -69,9 +69,9 @@ impl Backend for Segment {
             };
             let (scanned, open_full_scan_ms) = open_timed(dir, school, false, full)?;
             drop(scanned);
-            // An open for a command that only reads (`casebook rebuild`):
-            // the event ids stay in the snapshot. The replay
-            // reads through it.
+            // An open for a command that only reads but holds every
+            // location (an import of lines without ids, an erasure): the
+            // event ids stay in the snapshot.
             let reading_only = SegmentOptions {
                 event_ids_at_open: false,
                 ..SegmentOptions::default()

@@ -165,15 +165,16 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // its group's frames: `SegmentOptions::locations_at_open`); a
         // timeline, an audit, an export and a `record` read one pupil's
         // stream so (the staff list too, for the access check; a `record
-        // --id` looks its id up, which reads every location then). Not
-        // an import: its planner reads every pupil of its lines. Not a
-        // rebuild: a log of any
-        // size holds more corrections than a sparse index walks for, and
-        // it would read every location anyway.
+        // --id` looks its id up, which reads every location then). A
+        // rebuild folds the whole log in order, and finds the entries its
+        // corrections name in their pupils' streams, each group of frames
+        // walked once. Not an import: its planner reads every pupil of
+        // its lines.
         sparse_index: matches!(
             cli.command,
             Command::Caseload { .. }
                 | Command::Report { .. }
+                | Command::Rebuild { .. }
                 | Command::Timeline { .. }
                 | Command::Audit { .. }
                 | Command::Record { .. }

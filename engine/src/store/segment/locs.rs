@@ -131,6 +131,11 @@ impl Locations {
         self.sparse.is_some()
     }
 
+    /// Groups of positions held, each where its frames start.
+    pub(super) fn groups(&self) -> usize {
+        self.bases.len()
+    }
+
     /// Positions held: 1..=len.
     pub(super) fn len(&self) -> usize {
         match self.sparse {

@@ -823,6 +823,64 @@ impl State {
         Ok(wanted)
     }
 
+    /// [`State::wanted`] of a stream's positions. A sparse index walks a
+    /// group once for the positions that follow one another in the list
+    /// and lie in it (a pupil's events an import or the demo wrote
+    /// together).
+    fn wanted_list(&self, positions: &[u32]) -> Result<Wanted, StoreError> {
+        if !self.index.locs.is_sparse() {
+            return self.wanted(positions.iter().map(|&p| u64::from(p)));
+        }
+        let mut wanted = Wanted::with_capacity(positions.len());
+        let mut buf = Vec::new();
+        for (span, these) in self.in_groups(positions) {
+            let unheld = || StoreError::Internal(format!("position {} is not indexed", these[0]));
+            let (span, seg) = span
+                .and_then(|span| Some((span, self.segments.get(span.seg as usize)?)))
+                .ok_or_else(unheld)?;
+            let mut i = 0;
+            walk_span(seg, span, &mut buf, |q, loc, _| {
+                if these.get(i).is_some_and(|&p| u64::from(p) == q) {
+                    wanted.push(q, loc, seg);
+                    i += 1;
+                }
+                Ok(these.get(i).is_some_and(|&next| u64::from(next) > q))
+            })?;
+            if let Some(p) = these.get(i) {
+                return Err(StoreError::Internal(format!("position {p} is not indexed")));
+            }
+        }
+        Ok(wanted)
+    }
+
+    /// `positions` cut where the group that holds them changes (or where
+    /// they stop ascending), each piece with the span of its group
+    /// ([`Locations::spans`]); `None` for a position the index does not
+    /// hold.
+    fn in_groups<'p>(&self, positions: &'p [u32]) -> Vec<(Option<Span>, &'p [u32])> {
+        let span_of = |p: u32| {
+            let p = u64::from(p);
+            self.index.locs.spans(p, p).into_iter().next()
+        };
+        let mut out = Vec::new();
+        let mut rest = positions;
+        while let Some(&p) = rest.first() {
+            let span = span_of(p);
+            let mut n = 1;
+            while span.is_some()
+                && rest
+                    .get(n)
+                    .is_some_and(|&q| q > rest[n - 1] && span_of(q) == span)
+            {
+                n += 1;
+            }
+            let (these, after) = rest.split_at(n);
+            out.push((span, these));
+            rest = after;
+        }
+        out
+    }
+
     /// The spans that hold positions `from..=last` ([`Locations::spans`]),
     /// each with its segment.
     fn spans(&self, from: u64, last: u64) -> Result<Vec<(Span, Arc<Segment>)>, StoreError> {
@@ -1909,11 +1967,16 @@ fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<()
     Ok(())
 }
 
-/// Positions of streams a sparse index finds by reading their groups'
-/// frames before it reads every location ([`SegmentLog::locations_for`]):
-/// about 20 MB read from the page cache at most, against every location
-/// read at once (2 bytes an event held; ~25 ms at 10M events).
+/// Groups of 64 frames a sparse index reads to find the positions of
+/// streams asked for before it reads every location
+/// ([`SegmentLog::locations_for`]): at least this many (about 20 MB read
+/// from the page cache), and up to an eighth of the log's groups
+/// ([`WALK_SHARE`]), against every location read at once (2 bytes an event
+/// held; ~25 ms at 10M events).
 const SPARSE_WALKS: u64 = 1_024;
+
+/// The share of a log's groups a sparse index may walk: 1 in this many.
+const WALK_SHARE: u64 = 8;
 
 /// Frames besides the head's an open checks against an index snapshot.
 const SPOT_CHECKS: u64 = 64;
@@ -1934,7 +1997,8 @@ pub struct SegmentLog {
     clock: Arc<WriterClock>,
     /// One reader of the snapshot's event ids at a time ([`ids_ready`]).
     ids_loader: Arc<Mutex<()>>,
-    /// Positions of streams asked for so far ([`SegmentLog::locations_for`]).
+    /// Groups walked so far to find streams' positions
+    /// ([`SegmentLog::locations_for`]).
     walked: AtomicU64,
     /// Tests: what the writer does at the fdatasync after a large group's
     /// pushes ([`SyncHooks`]).
@@ -2155,15 +2219,18 @@ impl SegmentLog {
         read_state(&self.state)
     }
 
-    /// Readies the index to locate `n` positions of a stream: a sparse
-    /// index ([`SegmentOptions::locations_at_open`]) finds each by reading
-    /// its group's frames (about 64) for the first [`SPARSE_WALKS`]
-    /// positions a log is asked for (the staff list an access check reads,
-    /// a correction's entry), then holds every location
-    /// ([`locations_ready`]).
-    fn locations_for(&self, n: usize) -> Result<(), StoreError> {
-        let n = n as u64;
-        if self.walked.fetch_add(n, Ordering::Relaxed) + n > SPARSE_WALKS {
+    /// Readies the index to locate the positions of a stream that lie in
+    /// `walks` groups, of the `groups` a sparse index
+    /// ([`SegmentOptions::locations_at_open`]) holds: it finds them by
+    /// reading those groups' frames (about 64 each) until [`SPARSE_WALKS`]
+    /// groups, or an eighth of the log's ([`WALK_SHARE`]), have been read
+    /// for the streams a log is asked for (the staff list an access check
+    /// reads, the entries a rebuild's corrections name), then holds every
+    /// location ([`locations_ready`]).
+    fn locations_for(&self, walks: usize, groups: usize) -> Result<(), StoreError> {
+        let walks = walks as u64;
+        let budget = SPARSE_WALKS.max(groups as u64 / WALK_SHARE);
+        if self.walked.fetch_add(walks, Ordering::Relaxed) + walks > budget {
             locations_ready(&self.state)?;
         }
         Ok(())
@@ -2214,9 +2281,16 @@ impl SegmentLog {
     /// a file without the index's lock), then located under it.
     fn wanted_in(&self, versions: streams::Versions) -> Result<Wanted, StoreError> {
         let list = versions.read()?;
-        self.locations_for(list.len())?;
-        let state = self.read()?;
-        state.wanted(list.iter().map(|&p| u64::from(p)))
+        let walks = {
+            let state = self.read()?;
+            let locs = &state.index.locs;
+            locs.is_sparse()
+                .then(|| (state.in_groups(&list).len(), locs.groups()))
+        };
+        if let Some((walks, groups)) = walks {
+            self.locations_for(walks, groups)?;
+        }
+        self.read()?.wanted_list(&list)
     }
 
     fn checkpoint_path(&self, name: &str) -> Result<PathBuf, StoreError> {
@@ -5272,6 +5346,20 @@ mod index_tests {
                 .unwrap()
         };
         let whole_streams: Vec<_> = streams.iter().map(|&s| by_stream(&whole, s)).collect();
+        // The groups that hold each stream's events (a group of 64
+        // positions, cut where a segment starts).
+        let groups: Vec<usize> = whole_streams
+            .iter()
+            .map(|events| {
+                let state = whole.state.read().unwrap();
+                let mut starts: Vec<u64> = events
+                    .iter()
+                    .map(|e| state.index.locs.spans(e.position, e.position)[0].start)
+                    .collect();
+                starts.dedup();
+                starts.len()
+            })
+            .collect();
         drop((whole, store));
 
         let (store, sparse) = open_sparse_test(dir.path(), sparse_options(false, u64::MAX));
@@ -5302,14 +5390,19 @@ mod index_tests {
         };
         check_pages(&sparse);
         assert!(is_sparse(&sparse), "pages in order keep it sparse");
-        // Streams 100, 117 and 134 (10 events each), 1 and 2 (500 each):
-        // 1,030 positions, past the walks a sparse index makes, at the
-        // last: the first five are walked, then every location is read.
+        // Streams 100, 117 and 134 (10 events each) and 1 (500, in ten
+        // runs of 50): found by walking their groups, each group once.
+        let walked = |log: &SegmentLog| log.walked.load(Ordering::Relaxed);
         for (i, &s) in [100u128, 117, 134, 1].iter().enumerate() {
             let at = streams.iter().position(|&t| t == s).unwrap();
+            let before = walked(&sparse);
             assert_eq!(by_stream(&sparse, s), whole_streams[at], "stream {s}");
+            assert_eq!(walked(&sparse) - before, groups[at] as u64, "stream {s}");
             assert!(is_sparse(&sparse), "after {} streams", i + 1);
         }
+        assert!((10..=20).contains(&groups[0]), "{groups:?}");
+        // Past the groups a sparse index walks: every location is read.
+        sparse.walked.store(SPARSE_WALKS - 1, Ordering::Relaxed);
         assert_eq!(by_stream(&sparse, 2), whole_streams[1]);
         assert!(!is_sparse(&sparse), "every location read");
         assert_eq!(by_stream(&sparse, 3), whole_streams[2]);
@@ -5452,7 +5545,7 @@ mod index_tests {
                 }
             }
             drop(file);
-            sparse.walked.store(SPARSE_WALKS, Ordering::Relaxed);
+            sparse.walked.store(u64::MAX / 2, Ordering::Relaxed);
             let read = read_streams(&sparse);
             assert!(!is_sparse(&sparse));
             assert!(locations(&sparse) == whole_locations, "{damage:?}");
