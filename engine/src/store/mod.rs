@@ -972,6 +972,105 @@ pub(crate) trait Committed {
 /// look-ups.
 pub(crate) const LOOKUP_AHEAD: usize = 512;
 
+/// A group's sealed bytes, one event's after another, each addressed by
+/// its offset in the group ([`Sealed::range`]). A writer that has written
+/// a prefix of them lets it go ([`GroupBytes::let_go_below`]), so that one
+/// large atomic append (an import of a million lines) does not hold every
+/// event's bytes until its end; only the bytes from `front` on are held.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GroupBytes {
+    /// Offset in the group of `held[0]`.
+    front: usize,
+    held: Vec<u8>,
+}
+
+impl GroupBytes {
+    /// Offset in the group of the first byte held.
+    pub fn front(&self) -> usize {
+        self.front
+    }
+
+    /// The group's length: where the next event's bytes go.
+    pub fn len(&self) -> usize {
+        self.front + self.held.len()
+    }
+
+    /// Empty, from the group's start, keeping the buffer.
+    pub fn clear(&mut self) {
+        self.front = 0;
+        self.held.clear();
+    }
+
+    /// The buffer's capacity.
+    pub fn capacity(&self) -> usize {
+        self.held.capacity()
+    }
+
+    pub fn reserve_exact(&mut self, more: usize) {
+        self.held.reserve_exact(more);
+    }
+
+    pub fn try_reserve(&mut self, more: usize) -> Result<(), std::collections::TryReserveError> {
+        self.held.try_reserve(more)
+    }
+
+    pub fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.held.extend_from_slice(bytes);
+    }
+
+    /// The buffer the group's next bytes are appended to (at [`GroupBytes::len`]).
+    pub fn tail(&mut self) -> &mut Vec<u8> {
+        &mut self.held
+    }
+
+    /// Cuts the group back to `len` bytes. Below the bytes held, the group
+    /// goes on from `len` with none held (what was let go below it was
+    /// written; what was let go above it is void with the events cut).
+    pub fn truncate(&mut self, len: usize) {
+        match len.checked_sub(self.front) {
+            Some(held) => self.held.truncate(held),
+            None => {
+                self.held.clear();
+                self.front = len;
+            }
+        }
+    }
+
+    /// The group's bytes in `range`, `None` where any were let go.
+    pub fn get(&self, range: std::ops::Range<usize>) -> Option<&[u8]> {
+        let start = range.start.checked_sub(self.front)?;
+        let end = range.end.checked_sub(self.front)?;
+        self.held.get(start..end)
+    }
+
+    /// Lets go of the group's bytes below offset `at` (written, never read
+    /// again): the bytes held after them move to the buffer's start, which
+    /// the group's next bytes then fill again.
+    pub fn let_go_below(&mut self, at: usize) {
+        let n = at.saturating_sub(self.front).min(self.held.len());
+        self.held.drain(..n);
+        self.front += n;
+    }
+}
+
+impl std::ops::Index<std::ops::Range<usize>> for GroupBytes {
+    type Output = [u8];
+
+    /// # Panics
+    ///
+    /// Where any byte of `range` was let go: a writer reads only the bytes
+    /// of events it has not written.
+    fn index(&self, range: std::ops::Range<usize>) -> &[u8] {
+        match self.get(range.clone()) {
+            Some(bytes) => bytes,
+            None => panic!(
+                "bytes {range:?} of a group are not held (from {} on)",
+                self.front
+            ),
+        }
+    }
+}
+
 /// One event sealed by [`GroupStage::stage`]: where it landed, and where
 /// in the group's buffer ([`GroupStage::bytes`]) the exact bytes every
 /// backend stores for it (envelope body `||` hash) are.
@@ -984,7 +1083,7 @@ impl Sealed {
     /// The event's hash: the last 32 bytes of its stored bytes in `bytes`
     /// (the buffer `range` is in), not kept twice (an import of a million
     /// events holds a million of these at once).
-    pub fn hash(&self, bytes: &[u8]) -> Hash {
+    pub fn hash(&self, bytes: &GroupBytes) -> Hash {
         let mut hash = Hash::default();
         let tail = self.range.end.saturating_sub(crate::envelope::HASH_LEN)..self.range.end;
         match bytes.get(tail) {
@@ -1043,7 +1142,7 @@ pub(crate) struct Sealing {
     head: Head,
     recorded_us: i64,
     sealed: Vec<Sealed>,
-    bytes: Vec<u8>,
+    bytes: GroupBytes,
     /// The head after the events sealed (all of them, or a prefix).
     end: Head,
     /// Every event of the requests is sealed, not a prefix
@@ -1284,8 +1383,10 @@ pub(crate) trait SealedSink {
     /// The group's sealed events so far and the buffer their bytes are in,
     /// after a request was sealed. Events an append sealed are cut off
     /// again if a later one of it cannot be sealed: what was shown of them
-    /// is then void (the group's `sealed` is shorter than shown).
-    fn sealed(&mut self, sealed: &[Sealed], bytes: &[u8]);
+    /// is then void (the group's `sealed` is shorter than shown). Returns
+    /// the offset in the group below which its bytes were written and may
+    /// be let go ([`GroupBytes::let_go_below`]), if any.
+    fn sealed(&mut self, sealed: &[Sealed], bytes: &GroupBytes) -> Option<usize>;
 }
 
 /// A commit group being checked and sealed by a writer, every backend
@@ -1308,7 +1409,7 @@ pub(crate) struct GroupStage {
     pub sealed: Vec<Sealed>,
     /// The sealed events' stored bytes, one after another (one buffer per
     /// group: sealing allocates nothing per event).
-    pub bytes: Vec<u8>,
+    pub bytes: GroupBytes,
     /// The latest `recorded_at` (µs) in the log so far, with the group's
     /// appends: a presealed append recorded before it is sealed again.
     pub recorded_floor_us: i64,
@@ -1328,7 +1429,7 @@ impl GroupStage {
             value_limit: None,
             position_limit: None,
             sealed: Vec::new(),
-            bytes: Vec::new(),
+            bytes: GroupBytes::default(),
             recorded_floor_us: i64::MIN,
             adopted: 0,
         }
@@ -1343,7 +1444,7 @@ impl GroupStage {
     /// Seals into `sealed` and `bytes` (emptied first): a writer hands the
     /// buffers of its last group back, so that a group of the usual size
     /// allocates nothing for them.
-    pub fn with_buffers(mut self, mut sealed: Vec<Sealed>, mut bytes: Vec<u8>) -> GroupStage {
+    pub fn with_buffers(mut self, mut sealed: Vec<Sealed>, mut bytes: GroupBytes) -> GroupStage {
         sealed.clear();
         bytes.clear();
         self.sealed = sealed;
@@ -1619,7 +1720,7 @@ impl GroupStage {
     ) -> Result<Hash, StoreError> {
         let start = self.bytes.len();
         let hash = crate::envelope::seal_into(
-            &mut self.bytes,
+            self.bytes.tail(),
             e,
             stream,
             position,
@@ -1652,7 +1753,10 @@ impl GroupStage {
             return false;
         }
         let offset = self.bytes.len();
-        self.bytes.extend_from_slice(&p.bytes);
+        let Some(prefix) = p.bytes.get(0..p.bytes.len()) else {
+            return false;
+        };
+        self.bytes.extend_from_slice(prefix);
         self.sealed.extend(p.sealed.iter().map(|s| Sealed {
             event: s.event,
             range: s.range.start + offset..s.range.end + offset,
@@ -1711,7 +1815,9 @@ impl GroupStage {
                 let _ = back.send(std::mem::take(&mut r.events));
             }
             if let Some(sink) = after.sealed.as_mut() {
-                sink.sealed(&self.sealed, &self.bytes);
+                if let Some(written) = sink.sealed(&self.sealed, &self.bytes) {
+                    self.bytes.let_go_below(written);
+                }
             }
         }
         Ok((appended, cur, pos, h))
@@ -1810,6 +1916,96 @@ mod tests {
         assert_eq!(log.told, all);
     }
 
+    /// A group whose sink lets go of its sealed bytes as they are shown
+    /// ([`GroupBytes::let_go_below`]) seals the same events, ranges and
+    /// chain as one that keeps them, holds only the bytes after what was
+    /// let go, and, cut back by a refused append below what it let go of,
+    /// goes on from where the kept events end.
+    #[test]
+    fn a_group_that_lets_go_of_its_bytes_seals_the_same() {
+        struct LetGo(usize);
+        impl SealedSink for LetGo {
+            fn sealed(&mut self, sealed: &[Sealed], bytes: &GroupBytes) -> Option<usize> {
+                // All but the newest request's last event.
+                let at = sealed.len().checked_sub(2).map(|i| sealed[i].range.end)?;
+                self.0 = self.0.max(bytes.len() - bytes.front());
+                Some(at)
+            }
+        }
+        let now = chrono::Utc::now();
+        let appends = || -> Vec<Vec<AppendRequest>> {
+            (0..6u128)
+                .map(|a| {
+                    (0..4u128)
+                        .map(|r| {
+                            request(
+                                a * 4 + r,
+                                (0..5).map(|e| event(a * 100 + r * 10 + e, 40)).collect(),
+                            )
+                        })
+                        .collect()
+                })
+                .collect()
+        };
+        let mut kept = GroupStage::new(0, Hash::default());
+        let mut let_go = GroupStage::new(0, Hash::default()).with_value_limit(400);
+        let mut sink = LetGo(0);
+        for (a, mut requests) in appends().into_iter().enumerate() {
+            let mut same = requests.clone();
+            kept.stage(&mut same, &mut Empty, now).unwrap();
+            let after = AfterSeal {
+                sealed: Some(&mut sink),
+                ..AfterSeal::default()
+            };
+            let_go
+                .stage_presealed(&mut requests, None, &mut Empty, now, after)
+                .unwrap();
+            assert_eq!(let_go.hash, kept.hash, "append {a}");
+            assert_eq!(let_go.bytes.len(), kept.bytes.len());
+        }
+        let last = kept.sealed.last().unwrap().range.clone();
+        assert_eq!(let_go.bytes[last.clone()], kept.bytes[last]);
+        assert!(let_go.bytes.front() > 0);
+        // A request's events and the one before them, of 120.
+        let most = kept.sealed.iter().map(|s| s.range.len()).max().unwrap();
+        assert!(
+            sink.0 <= 6 * most,
+            "held {} of {}",
+            sink.0,
+            kept.bytes.len()
+        );
+        let ranges = |s: &GroupStage| s.sealed.iter().map(|s| s.range.clone()).collect::<Vec<_>>();
+        assert_eq!(ranges(&let_go), ranges(&kept));
+        // Refused part-way (its last event past the limit), after its
+        // first requests were shown and let go of: cut back to before it.
+        let (len, hash) = (let_go.bytes.len(), let_go.hash);
+        let mut refused: Vec<AppendRequest> = (0..3u128)
+            .map(|r| {
+                request(
+                    90 + r,
+                    (0..5).map(|e| event(9_000 + r * 10 + e, 40)).collect(),
+                )
+            })
+            .collect();
+        refused[2].events[4] = event(9_999, 1_000);
+        let after = AfterSeal {
+            sealed: Some(&mut sink),
+            ..AfterSeal::default()
+        };
+        assert!(let_go
+            .stage_presealed(&mut refused, None, &mut Empty, now, after)
+            .is_err());
+        assert_eq!((let_go.bytes.len(), let_go.hash), (len, hash));
+        let mut next = [request(99, vec![event(10_000, 40)])];
+        let mut same = next.clone();
+        let_go.stage(&mut next, &mut Empty, now).unwrap();
+        kept.stage(&mut same, &mut Empty, now).unwrap();
+        assert_eq!(ranges(&let_go), ranges(&kept));
+        assert_eq!(let_go.hash, kept.hash);
+        let last = kept.sealed.last().unwrap().range.clone();
+        assert_eq!(let_go.bytes[last.clone()], kept.bytes[last]);
+    }
+
     /// An append refused part-way through sealing (its second event is
     /// past the value limit) leaves nothing in the group's buffer: the
     /// appends around it are sealed back to back, their bytes decode to
@@ -1818,7 +2014,13 @@ mod tests {
     fn a_refused_append_leaves_nothing_in_the_group_buffer() {
         let now = chrono::Utc::now();
         let mut stage = GroupStage::new(0, Hash::default())
-            .with_buffers(Vec::new(), b"left from the last group".to_vec())
+            .with_buffers(
+                Vec::new(),
+                GroupBytes {
+                    front: 0,
+                    held: b"left from the last group".to_vec(),
+                },
+            )
             .with_value_limit(400);
         stage
             .stage(
@@ -2170,8 +2372,9 @@ mod tests {
         let mut given = requests.clone();
         struct Shown(Vec<(usize, Vec<u8>)>);
         impl SealedSink for Shown {
-            fn sealed(&mut self, sealed: &[Sealed], bytes: &[u8]) {
-                self.0.push((sealed.len(), bytes.to_vec()));
+            fn sealed(&mut self, sealed: &[Sealed], bytes: &GroupBytes) -> Option<usize> {
+                self.0.push((sealed.len(), bytes[0..bytes.len()].to_vec()));
+                None
             }
         }
         let mut shown = Shown(Vec::new());
@@ -2187,7 +2390,7 @@ mod tests {
         assert_eq!(plain.bytes, handed.bytes);
         assert_eq!(shown.0.iter().map(|s| s.0).collect::<Vec<_>>(), vec![3, 5]);
         for (n, bytes) in &shown.0 {
-            assert_eq!(bytes[..], handed.bytes[..handed.sealed[n - 1].range.end]);
+            assert_eq!(bytes[..], handed.bytes[0..handed.sealed[n - 1].range.end]);
         }
         assert!(given.iter().all(|r| r.events.is_empty()));
         let ids = |events: &[NewEvent]| events.iter().map(|e| e.event_id).collect::<Vec<_>>();

@@ -67,8 +67,8 @@ use self::streams::Streams;
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AfterSeal, AppendRequest, Appended, ChainVerifier, CheckpointReader, CheckpointWriter, Commit,
-    Committed, ContentCheck, EventStore, GroupStage, Head, InStream, Presealed, Problems, Reply,
-    Sealed, SealedSink, StreamVisitor, VerifyReport, MAX_READ_PAGE,
+    Committed, ContentCheck, EventStore, GroupBytes, GroupStage, Head, InStream, Presealed,
+    Problems, Reply, Sealed, SealedSink, StreamVisitor, VerifyReport, MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -2112,7 +2112,7 @@ impl SegmentLog {
             head_tx,
             buf: Vec::new(),
             sealed: Vec::new(),
-            sealed_bytes: Vec::new(),
+            sealed_bytes: GroupBytes::default(),
             watermark: wm_file,
             watermark_at: Instant::now(),
             watermark_position: watermark.map_or(0, |(p, _)| p),
@@ -2489,7 +2489,7 @@ struct Writer {
     /// The buffers a group is sealed into ([`GroupStage::with_buffers`]),
     /// reused from group to group.
     sealed: Vec<Sealed>,
-    sealed_bytes: Vec<u8>,
+    sealed_bytes: GroupBytes,
     watermark: File,
     watermark_at: Instant,
     watermark_position: u64,
@@ -2753,7 +2753,7 @@ impl Writer {
             self.buf = Vec::new();
         }
         if self.sealed_bytes.capacity() > KEPT_GROUP_BUFFER {
-            self.sealed_bytes = Vec::new();
+            self.sealed_bytes = GroupBytes::default();
             self.sealed = Vec::new();
         }
     }
@@ -2827,9 +2827,19 @@ impl Writer {
         let (stage, pieces) =
             if group_events >= STREAMED_GROUP_EVENTS && self.end < self.segment_bytes {
                 let base = self.end;
+                // One append alone in its group: its written bytes are let
+                // go as it is sealed (should it be refused, the group is
+                // empty; with others, the group is framed again whole).
+                let let_go = group.len() == 1;
                 std::thread::scope(|scope| {
-                    let mut pieces = Pieces::start(scope, &segment.file, base);
+                    let mut pieces = Pieces::start(scope, &segment.file, base, let_go);
                     let stage = self.stage_group(group, recorded_at, &mut staged, pieces.as_mut());
+                    #[cfg(test)]
+                    if let Some(p) = &pieces {
+                        self.sync_hooks
+                            .let_go
+                            .fetch_max(p.let_go_below, Ordering::Relaxed);
+                    }
                     (stage, pieces.map(Pieces::finish))
                 })
             } else {
@@ -2958,6 +2968,9 @@ impl Writer {
         let base = self.end;
         let seg_no = (state.segments.len() - 1) as u32;
         let last = self.sealed.len() - 1;
+        // The head's hash, the group's last event's: its bytes are held
+        // (those of the events written as the group was sealed may not be).
+        let hash = self.sealed[last].hash(&self.sealed_bytes);
         // Each frame follows the one before it in the group.
         let mut start = 0u64;
         for (i, sealed) in self.sealed.iter().enumerate() {
@@ -2975,7 +2988,6 @@ impl Writer {
                 seg: seg_no,
             };
             start += len as u64;
-            let hash = sealed.hash(&self.sealed_bytes);
             if let Err(what) = state.index.push(&meta, loc, hash) {
                 debug_assert!(false, "the index refused a written frame: {what}");
                 return Err(format!(
@@ -3210,6 +3222,9 @@ impl Writer {
 struct SyncHooks {
     /// The next such fdatasync fails.
     fail: AtomicBool,
+    /// The most bytes of a group [`Pieces`] let go of (the offset below
+    /// which they were let go), over the groups written as sealed.
+    let_go: std::sync::atomic::AtomicUsize,
     /// At the next such fdatasync the writer says so on the first channel
     /// and waits for a word on the second.
     gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
@@ -3430,6 +3445,12 @@ struct Pieces<'scope> {
     /// An append whose events were framed was refused while sealing (its
     /// sealed events cut off): what was written is void.
     void: bool,
+    /// The group is one append: the bytes of the events written may be
+    /// let go ([`SealedSink::sealed`]), as a refusal leaves nothing of the
+    /// group to frame again.
+    let_go: bool,
+    /// The offset in the group below which its bytes were let go.
+    let_go_below: usize,
 }
 
 /// What came of a group's [`Pieces`].
@@ -3450,6 +3471,11 @@ const PIECES_AHEAD: usize = 2;
 /// sealed bytes (pieces of [`GROUP_PIECE`] held up to ~30 MB more).
 const STREAMED_PIECE: usize = 2 << 20;
 
+/// Bytes of a group's written events [`Pieces`] lets go of at a time (one
+/// append alone in its group): the bytes after them, fewer than a piece
+/// and a request, move to the buffer's start.
+const LET_GO_BYTES: usize = if cfg!(test) { 1 << 20 } else { 16 << 20 };
+
 impl<'scope> Pieces<'scope> {
     /// Starts the thread that writes pieces into `file` from `base` on;
     /// `None` if it cannot be started (the group is then written whole).
@@ -3457,6 +3483,7 @@ impl<'scope> Pieces<'scope> {
         scope: &'scope std::thread::Scope<'scope, '_>,
         file: &'scope File,
         base: u64,
+        let_go: bool,
     ) -> Option<Pieces<'scope>> {
         let (to_write, pieces) = std::sync::mpsc::sync_channel::<(u64, Vec<u8>)>(PIECES_AHEAD);
         let (give_back, written) = std::sync::mpsc::channel();
@@ -3478,6 +3505,8 @@ impl<'scope> Pieces<'scope> {
             framed: 0,
             bytes: 0,
             void: false,
+            let_go,
+            let_go_below: 0,
         })
     }
 
@@ -3509,7 +3538,25 @@ impl<'scope> Pieces<'scope> {
 }
 
 impl SealedSink for Pieces<'_> {
-    fn sealed(&mut self, sealed: &[Sealed], bytes: &[u8]) {
+    fn sealed(&mut self, sealed: &[Sealed], bytes: &GroupBytes) -> Option<usize> {
+        self.frame_pieces(sealed, bytes);
+        // What was framed is written or in flight, never read again.
+        let written = self
+            .framed
+            .checked_sub(1)
+            .map(|last| sealed[last].range.end)?;
+        if !self.let_go || self.void || written - bytes.front() < LET_GO_BYTES {
+            return None;
+        }
+        self.let_go_below = written;
+        Some(written)
+    }
+}
+
+impl Pieces<'_> {
+    /// Frames the sealed events but the newest into pieces of about
+    /// [`STREAMED_PIECE`] bytes and sends them to be written.
+    fn frame_pieces(&mut self, sealed: &[Sealed], bytes: &GroupBytes) {
         // Not the newest: the group's last frame is framed with its end.
         let ready = sealed.len().saturating_sub(1);
         while !self.void && ready > self.framed {
@@ -4813,6 +4860,77 @@ mod index_tests {
             rt.block_on(log.head()).unwrap().position,
             head + LARGE_GROUP_EVENTS as u64
         );
+    }
+
+    /// One append alone in a group written as it is sealed lets go of its
+    /// written events' bytes as it is sealed ([`LET_GO_BYTES`]): refused
+    /// part-way (its last event past the value limit), nothing of it is
+    /// kept; taken, every event of it reads back, and the log verifies and
+    /// reopens the same.
+    #[test]
+    fn a_large_append_alone_lets_go_of_its_written_bytes() {
+        let (dir, rt, store, log) = fresh_log();
+        rt.block_on(log.append_atomic(vec![request(1..4)])).unwrap();
+        // 100 streams' requests (sealed pieces are framed between them).
+        let n = STREAMED_GROUP_EVENTS as u128 + 1_000;
+        let large = || -> Vec<AppendRequest> {
+            (0..100u128)
+                .map(|k| AppendRequest {
+                    stream: StreamId(Uuid::from_u128(100 + k)),
+                    ..request(10_000 + k * n / 100..10_000 + (k + 1) * n / 100)
+                })
+                .collect()
+        };
+        let mut refused = large();
+        let last = refused.last_mut().unwrap().events.last_mut().unwrap();
+        last.actor = "x".repeat(frame::MAX_FRAME);
+        match rt.block_on(log.append_atomic(refused)) {
+            Err(StoreError::Limit { .. }) => {}
+            other => panic!("expected the value limit, got {:?}", other.map(|a| a.len())),
+        }
+        // The refusal is answered before the writer is done with the
+        // group: the next append's answer comes after.
+        rt.block_on(log.append_atomic(vec![request(4..5)])).unwrap();
+        let let_go = || log.sync_hooks.let_go.swap(0, Ordering::Relaxed);
+        assert!(let_go() >= 2 * LET_GO_BYTES, "let go as it was sealed");
+        assert_eq!(rt.block_on(log.head()).unwrap().position, 4);
+        let taken = large();
+        let ids: Vec<Uuid> = taken
+            .iter()
+            .flat_map(|r| &r.events)
+            .map(|e| e.event_id)
+            .collect();
+        rt.block_on(log.append_atomic(taken)).unwrap();
+        assert!(let_go() >= 2 * LET_GO_BYTES, "let go as it was sealed");
+        let read = |log: &SegmentLog| {
+            let mut all = Vec::new();
+            loop {
+                let page = rt
+                    .block_on(log.read_all(all.len() as u64 + 1, 10_000))
+                    .unwrap();
+                if page.is_empty() {
+                    return all;
+                }
+                all.extend(page);
+            }
+        };
+        let all = read(&log);
+        assert_eq!(all.len() as u128, 4 + n);
+        let got: Vec<Uuid> = all[4..].iter().map(|e| e.event_id).collect();
+        assert_eq!(got, ids);
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        // The head's hash is the last event's.
+        assert_eq!(
+            rt.block_on(log.head()).unwrap().hash,
+            all[all.len() - 1].hash
+        );
+        drop((log, store));
+        let store = SegmentStore::open(dir.path(), false).unwrap();
+        let log = store.log("school-a").unwrap();
+        assert_eq!(read(&log), all);
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        rt.block_on(log.append_atomic(vec![request(5..6)])).unwrap();
+        assert_eq!(rt.block_on(log.head()).unwrap().position, 5 + n as u64);
     }
 
     /// Reads check the frames the index points them at: an index whose
