@@ -385,6 +385,10 @@ impl EventStore for Unsealed {
         self.inner.seals_ahead()
     }
 
+    async fn will_read_streams(&self, streams: &[StreamId]) -> Result<(), StoreError> {
+        self.inner.will_read_streams(streams).await
+    }
+
     async fn read_stream(
         &self,
         stream: StreamId,

@@ -168,11 +168,14 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // --id` looks its id up, which reads every location then). A
         // rebuild folds the whole log in order, and finds the entries its
         // corrections name in their pupils' streams, each group of frames
-        // walked once. Not an import: its planner reads every pupil of
-        // its lines.
+        // walked once. An import's planner reads its lines' pupils so
+        // too, unless there are more of their events than a sparse index
+        // walks for (a day's register for the whole school), when every
+        // location is read first; so does a look-up of its lines' ids.
         sparse_index: matches!(
             cli.command,
-            Command::Caseload { .. }
+            Command::Import { .. }
+                | Command::Caseload { .. }
                 | Command::Report { .. }
                 | Command::Rebuild { .. }
                 | Command::Timeline { .. }

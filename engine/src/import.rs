@@ -594,6 +594,7 @@ async fn read_folded(
     keep_entries: &IdSet<StreamId>,
     batched: bool,
 ) -> Result<HashMap<StreamId, Folded>, StoreError> {
+    store.will_read_streams(streams).await?;
     let mut fold = FoldVisitor::new(keep_entries, batched, streams.len());
     match batched && streams.len() >= PARALLEL_FOLD_STREAMS && may_block_in_place() {
         true => fold.visit_halves(store, streams)?,

@@ -290,6 +290,17 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Told before `streams` are read whole, a slice at a time (the import
+    /// planner folding its lines' pupils): a store that finds streams'
+    /// events more cheaply for a few than for many may make ready for all
+    /// of them at once. The segment log with a sparse index reads every
+    /// location when their events fill more groups than it walks for
+    /// (`SegmentOptions::locations_at_open`). The default does nothing.
+    async fn will_read_streams(&self, streams: &[StreamId]) -> Result<(), StoreError> {
+        let _ = streams;
+        Ok(())
+    }
+
     /// Every event of each of these streams, in version order, by stream;
     /// streams with no events are absent. Repeated streams are read once.
     /// The batched form of [`read_whole_stream`] (the import planner's

@@ -38,7 +38,7 @@ use super::snapshot::SnapSegment;
 use super::Loc;
 
 /// Positions a group holds (its run's last group may hold fewer).
-const GROUP: u64 = 64;
+pub(super) const GROUP: u64 = 64;
 
 /// Entries per chunk of the tables: 8 KiB of `u16`s, so that the slack of
 /// a small log's table is small beside it (chunks of 65,536 entries would

@@ -1978,6 +1978,12 @@ const SPARSE_WALKS: u64 = 1_024;
 /// The share of a log's groups a sparse index may walk: 1 in this many.
 const WALK_SHARE: u64 = 8;
 
+/// Groups a sparse index of `groups` walks for streams before it reads
+/// every location: [`SPARSE_WALKS`], or an eighth of them if more.
+fn walk_budget(groups: usize) -> u64 {
+    SPARSE_WALKS.max(groups as u64 / WALK_SHARE)
+}
+
 /// Frames besides the head's an open checks against an index snapshot.
 const SPOT_CHECKS: u64 = 64;
 
@@ -2229,8 +2235,29 @@ impl SegmentLog {
     /// location ([`locations_ready`]).
     fn locations_for(&self, walks: usize, groups: usize) -> Result<(), StoreError> {
         let walks = walks as u64;
-        let budget = SPARSE_WALKS.max(groups as u64 / WALK_SHARE);
-        if self.walked.fetch_add(walks, Ordering::Relaxed) + walks > budget {
+        if self.walked.fetch_add(walks, Ordering::Relaxed) + walks > walk_budget(groups) {
+            locations_ready(&self.state)?;
+        }
+        Ok(())
+    }
+
+    /// Before `streams` are read whole (an import's planner visiting its
+    /// lines' pupils): a sparse index whose walks could not find them
+    /// (their events fill more groups, at the least, than are left to
+    /// walk: a day's register for the whole school) reads every location
+    /// at once, rather than walking groups until it must.
+    fn locations_for_streams(&self, streams: &[StreamId]) -> Result<(), StoreError> {
+        let (events, groups) = {
+            let state = self.read()?;
+            if !state.index.locs.is_sparse() {
+                return Ok(());
+            }
+            let index = &state.index;
+            let events: u64 = streams.iter().map(|s| index.streams.version(s)).sum();
+            (events, index.locs.groups())
+        };
+        let walked = self.walked.load(Ordering::Relaxed);
+        if walked + events / locs::GROUP > walk_budget(groups) {
             locations_ready(&self.state)?;
         }
         Ok(())
@@ -3822,11 +3849,16 @@ impl EventStore for SegmentLog {
 
     /// One stream at a time, each lent from the read buffer as
     /// `visit_stream` lends it.
+    async fn will_read_streams(&self, streams: &[StreamId]) -> Result<(), StoreError> {
+        self.locations_for_streams(streams)
+    }
+
     async fn visit_streams(
         &self,
         streams: &[StreamId],
         visit: &mut dyn StreamVisitor,
     ) -> Result<(), StoreError> {
+        self.locations_for_streams(streams)?;
         for (stream, versions) in self.versions_of(streams)? {
             visit_runs(&self.wanted_in(versions)?, Asked::Stream(stream, 1), visit)?;
         }
@@ -3839,6 +3871,7 @@ impl EventStore for SegmentLog {
         &self,
         streams: &[StreamId],
     ) -> Result<HashMap<StreamId, Vec<StoredEvent>>, StoreError> {
+        self.locations_for_streams(streams)?;
         let wanted: Vec<(StreamId, Wanted)> = self
             .versions_of(streams)?
             .into_iter()
@@ -5526,6 +5559,29 @@ mod index_tests {
         assert_eq!(by_stream(&sparse, 3), whole_streams[2]);
         check_pages(&sparse);
         assert_verifies(&rt, &sparse);
+        drop((sparse, store));
+
+        // Streams read whole together (an import's planner): walked while
+        // their events fit in the groups left to walk; past that, every
+        // location is read first, no group walked.
+        let (store, sparse) = open_sparse_test(dir.path(), sparse_options(false, u64::MAX));
+        let id = |s: u128| StreamId(Uuid::from_u128(s));
+        let together = |log: &SegmentLog, of: &[u128]| {
+            let of: Vec<StreamId> = of.iter().map(|&s| id(s)).collect();
+            rt.block_on(log.read_streams(&of)).unwrap()
+        };
+        sparse.walked.store(SPARSE_WALKS - 10, Ordering::Relaxed);
+        let few = together(&sparse, &[100, 117]);
+        assert_eq!(few[&id(100)], whole_streams[3]);
+        assert_eq!(few[&id(117)], whole_streams[4]);
+        assert!(is_sparse(&sparse), "two short streams walked");
+        let walked_before = walked(&sparse);
+        // Streams 1 and 2: 1,000 events, at least 15 groups.
+        let many = together(&sparse, &[1, 2]);
+        assert_eq!(many[&id(1)], whole_streams[0]);
+        assert_eq!(many[&id(2)], whole_streams[1]);
+        assert!(!is_sparse(&sparse), "every location read first");
+        assert_eq!(walked(&sparse), walked_before, "no group walked");
         drop((sparse, store));
 
         // Minted ids: appended without the ids or every location; the
