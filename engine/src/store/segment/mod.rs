@@ -823,17 +823,15 @@ impl State {
         Ok(wanted)
     }
 
-    /// [`State::wanted`] of a stream's positions. A sparse index walks a
-    /// group once for the positions that follow one another in the list
-    /// and lie in it (a pupil's events an import or the demo wrote
-    /// together).
-    fn wanted_list(&self, positions: &[u32]) -> Result<Wanted, StoreError> {
-        if !self.index.locs.is_sparse() {
-            return self.wanted(positions.iter().map(|&p| u64::from(p)));
-        }
-        let mut wanted = Wanted::with_capacity(positions.len());
+    /// Where the positions of `pieces` ([`State::in_groups`]) lie, in a
+    /// sparse index: each group read and walked once for the positions in
+    /// it (a pupil's events an import or the demo wrote together). The
+    /// pieces may be taken under an earlier lock: a group's start never
+    /// moves, and its end only grows.
+    fn wanted_list(&self, pieces: Vec<(Option<Span>, &[u32])>) -> Result<Wanted, StoreError> {
+        let mut wanted = Wanted::with_capacity(pieces.iter().map(|(_, p)| p.len()).sum());
         let mut buf = Vec::new();
-        for (span, these) in self.in_groups(positions) {
+        for (span, these) in pieces {
             let unheld = || StoreError::Internal(format!("position {} is not indexed", these[0]));
             let (span, seg) = span
                 .and_then(|span| Some((span, self.segments.get(span.seg as usize)?)))
@@ -2308,16 +2306,21 @@ impl SegmentLog {
     /// a file without the index's lock), then located under it.
     fn wanted_in(&self, versions: streams::Versions) -> Result<Wanted, StoreError> {
         let list = versions.read()?;
-        let walks = {
+        let positions = || list.iter().map(|&p| u64::from(p));
+        let (pieces, groups) = {
             let state = self.read()?;
-            let locs = &state.index.locs;
-            locs.is_sparse()
-                .then(|| (state.in_groups(&list).len(), locs.groups()))
+            if !state.index.locs.is_sparse() {
+                return state.wanted(positions());
+            }
+            (state.in_groups(&list), state.index.locs.groups())
         };
-        if let Some((walks, groups)) = walks {
-            self.locations_for(walks, groups)?;
+        self.locations_for(pieces.len(), groups)?;
+        let state = self.read()?;
+        match state.index.locs.is_sparse() {
+            true => state.wanted_list(pieces),
+            // Every location read since (here, or for another read).
+            false => state.wanted(positions()),
         }
-        self.read()?.wanted_list(&list)
     }
 
     fn checkpoint_path(&self, name: &str) -> Result<PathBuf, StoreError> {
