@@ -1154,7 +1154,7 @@ fn a_damaged_or_foreign_snapshot_is_ignored_and_loss_still_refused() {
         assert_eq!(log.opened_from_snapshot(), None);
         let why = log.take_snapshot_rejection().expect("no reason given");
         assert!(
-            why.contains("snapshot format 1, this build reads 4"),
+            why.contains("snapshot format 1, this build reads 5"),
             "{why}"
         );
         assert_eq!(index_answers(&log, 6).await, expected);
@@ -1177,13 +1177,15 @@ proptest! {
 
     /// Any bytes as the snapshot file: the log opens (never a panic) with
     /// the index its segments give, whether it holds every location or
-    /// only where each group starts (`locations_at_open`).
+    /// only where each group starts (`locations_at_open`); the latter opens
+    /// from a snapshot whose frame lengths alone changed, which it does not
+    /// read, and walks the frames when it needs every location.
     #[test]
     fn random_snapshot_bytes_never_panic_and_change_nothing(
         flips in prop::collection::vec((any::<prop::sample::Index>(), 1u8..=255), 0..4),
         cut in any::<prop::sample::Index>(),
         garbage in prop::collection::vec(any::<u8>(), 0..200),
-        mode in 0u8..3,
+        mode in 0u8..4,
         sparse in any::<bool>(),
     ) {
         let rt = rt();
@@ -1207,6 +1209,15 @@ proptest! {
                 b
             }
             1 => good[..cut.index(good.len())].to_vec(),
+            // Flips in the frame lengths and their checksum only.
+            3 => {
+                let (lens_at, lists_at, ..) = snapshot_sections(&good);
+                let mut b = good.clone();
+                for (at, x) in &flips {
+                    b[lens_at + at.index(lists_at - lens_at)] ^= x;
+                }
+                b
+            }
             _ => {
                 let mut b = good[..cut.index(good.len())].to_vec();
                 b.extend_from_slice(&garbage);
@@ -1214,8 +1225,16 @@ proptest! {
             }
         };
         let unchanged = bytes == good;
+        // Only the frame lengths or their checksum changed: an open that
+        // keeps only where each group starts does not read them (format
+        // 5); a look-up by id (in the answers) reads them, finds them
+        // changed, says so, and walks the frames instead.
+        let (lens_at, lists_at, ..) = snapshot_sections(&good);
+        let lengths_only = !unchanged
+            && bytes.len() == good.len()
+            && (0..good.len()).all(|i| bytes[i] == good[i] || (lens_at..lists_at).contains(&i));
         std::fs::write(snapshot_path(dir), &bytes).unwrap();
-        let (answers, used) = rt.block_on(async {
+        let (answers, used, note) = rt.block_on(async {
             let options = SegmentOptions {
                 segment_bytes: 1_500,
                 snapshot_min_events: SNAPSHOT_MIN_EVENTS,
@@ -1223,10 +1242,14 @@ proptest! {
                 ..SegmentOptions::default()
             };
             let log = open_options(dir, options).unwrap();
-            (index_answers(&log, 5).await, log.opened_from_snapshot())
+            let used = log.opened_from_snapshot();
+            (index_answers(&log, 5).await, used, log.take_snapshot_rejection())
         });
         prop_assert_eq!(answers, expected);
-        prop_assert_eq!(used.is_some(), unchanged);
+        prop_assert_eq!(used.is_some(), unchanged || (sparse && lengths_only));
+        if sparse && lengths_only {
+            prop_assert!(note.is_some_and(|n| n.contains("frame lengths")));
+        }
     }
 }
 
@@ -1301,17 +1324,34 @@ fn resort_ids_and_rehash(bytes: &mut [u8], head: usize) {
     rehash(bytes);
 }
 
-/// Recomputes an index snapshot's two checksums after an edit (what a
-/// hand-made snapshot would do): the one of all before the ids (32 bytes
-/// before their count) and the ids' own (the last 32 bytes, over their
+/// Where the sections of an index snapshot (format 5, docs/storage.md)
+/// start: the frame lengths, the stream lists, the directory, the
+/// directory's checksum and the ids' section.
+fn snapshot_sections(bytes: &[u8]) -> (usize, usize, usize, usize, usize) {
+    let head = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+    let segments = u32::from_le_bytes(bytes[60..64].try_into().unwrap()) as usize;
+    let lens_at = 64 + 16 * segments;
+    let lists_at = lens_at + 4 * head + 32;
+    let dir_at = lists_at + 4 * head;
+    let ids_at = bytes.len() - 32 - 12 * head - 8;
+    (lens_at, lists_at, dir_at, ids_at - 32, ids_at)
+}
+
+/// Recomputes an index snapshot's checksums after an edit (what a
+/// hand-made snapshot would do): the frame lengths' (right after them),
+/// the directory's (over the header, the segments and the directory,
+/// before the ids' count) and the ids' own (the last 32 bytes, over their
 /// count and pairs).
 fn rehash(bytes: &mut [u8]) {
-    let head = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
+    let (lens_at, lists_at, dir_at, sum_at, ids_at) = snapshot_sections(bytes);
+    let lens = blake3::hash(&bytes[lens_at..lists_at - 32]);
+    bytes[lists_at - 32..lists_at].copy_from_slice(lens.as_bytes());
+    let mut directory = blake3::Hasher::new();
+    directory.update(&bytes[..lens_at]);
+    directory.update(&bytes[dir_at..sum_at]);
+    let directory = directory.finalize();
+    bytes[sum_at..ids_at].copy_from_slice(directory.as_bytes());
     let end = bytes.len() - 32;
-    let ids_at = end - 12 * head - 8;
-    let sum_at = ids_at - 32;
-    let rest = blake3::hash(&bytes[..sum_at]);
-    bytes[sum_at..ids_at].copy_from_slice(rest.as_bytes());
     let ids = blake3::hash(&bytes[ids_at..end]);
     bytes[end..].copy_from_slice(ids.as_bytes());
 }
@@ -1388,21 +1428,22 @@ fn verify_reports_ids_the_snapshot_lists_at_other_positions() {
     });
 }
 
-/// Offsets of an index snapshot's stream entries (each: the offset of its
-/// 16-byte id and its count), from the format in docs/storage.md.
+/// Offsets of an index snapshot's stream entries in its directory (each:
+/// the offset of its 16-byte id and its count), from the format in
+/// docs/storage.md.
 fn snapshot_streams(bytes: &[u8]) -> Vec<(usize, u32)> {
     let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
     let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
-    let head = u64_at(12) as usize;
-    let segments = u32_at(60) as usize;
-    let mut at = 64 + 16 * segments + 4 * head;
+    let (_, _, dir_at, _, _) = snapshot_sections(bytes);
+    let runs = u32_at(dir_at) as usize;
+    let mut at = dir_at + 4 + 28 * runs;
+    at += 8 + 4 * u64_at(at) as usize;
     let streams = u64_at(at);
     at += 8;
     let mut out = Vec::new();
     for _ in 0..streams {
-        let count = u32_at(at + 16);
-        out.push((at, count));
-        at += 20 + 4 * count as usize;
+        out.push((at, u32_at(at + 16)));
+        at += 20;
     }
     out
 }
@@ -1456,6 +1497,101 @@ fn a_hand_made_snapshot_never_mixes_pupils_up() {
                     log.opened_from_snapshot().is_some() && matches!(e, StoreError::Corrupt { .. }),
                     "pupil {p}: {e}"
                 ),
+            }
+        }
+    });
+}
+
+/// An open that keeps only where each group of positions starts reads
+/// the snapshot's directory and its stream lists, not its frame lengths
+/// (format 5). A list's block changed where the open's spot checks do not
+/// read: refused by its CRC-32, the index rebuilt, the same answers. A
+/// group table edited by hand, its checksums recomputed, one group's start
+/// moved: an open that holds every location refuses it against the
+/// lengths; one that keeps only the groups' starts cannot tell, and then
+/// every read answers what the log holds or fails as corrupt, never with
+/// other events.
+#[test]
+fn a_sparse_open_checks_the_lists_and_never_reads_a_moved_group() {
+    let rt = rt();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1).unwrap();
+        for i in 0..100u32 {
+            append_n(log.as_ref(), i % 4, 1_000 + 20 * i, 20).await;
+        }
+    });
+    let sparse = SegmentOptions {
+        segment_bytes: 1 << 30,
+        snapshot_min_events: SNAPSHOT_MIN_EVENTS,
+        event_ids_at_open: false,
+        locations_at_open: false,
+        ..SegmentOptions::default()
+    };
+    let expected = rt.block_on(async {
+        let log = open_options(dir, sparse).unwrap();
+        assert_eq!(log.opened_from_snapshot(), Some(2_000));
+        index_answers(&log, 4).await
+    });
+    let good = std::fs::read(snapshot_path(dir)).unwrap();
+    let (_, lists_at, dir_at, _, _) = snapshot_sections(&good);
+    // The tenth position of the first list (each list is 500 positions,
+    // one block of its own).
+    let mut bytes = good.clone();
+    bytes[lists_at + 4 * 9] ^= 0x01;
+    std::fs::write(snapshot_path(dir), &bytes).unwrap();
+    rt.block_on(async {
+        let log = open_options(dir, sparse).unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        let why = log.take_snapshot_rejection().expect("no reason given");
+        assert!(why.contains("CRC-32"), "{why}");
+        assert_eq!(index_answers(&log, 4).await, expected);
+    });
+    // The group table: one run (4 + 28 bytes), then the groups' count and
+    // their starts; the sixth group's start moved 40 bytes on.
+    let mut bytes = good.clone();
+    let groups = dir_at + 4 + 28;
+    assert_eq!(
+        u64::from_le_bytes(bytes[groups..groups + 8].try_into().unwrap()),
+        2_000u64.div_ceil(64)
+    );
+    let sixth = groups + 8 + 4 * 5;
+    let start = u32::from_le_bytes(bytes[sixth..sixth + 4].try_into().unwrap());
+    bytes[sixth..sixth + 4].copy_from_slice(&(start + 40).to_le_bytes());
+    rehash(&mut bytes);
+    std::fs::write(snapshot_path(dir), &bytes).unwrap();
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, SNAPSHOT_MIN_EVENTS).unwrap();
+        assert_eq!(log.opened_from_snapshot(), None);
+        let why = log.take_snapshot_rejection().expect("no reason given");
+        assert!(why.contains("group table"), "{why}");
+        assert_eq!(index_answers(&log, 4).await, expected);
+    });
+    std::fs::write(snapshot_path(dir), &bytes).unwrap();
+    rt.block_on(async {
+        // (Here the open's spot checks read a frame of the sixth group,
+        // find it is not where the table says, and rebuild the index.)
+        let log = open_options(dir, sparse).unwrap();
+        if log.opened_from_snapshot().is_none() {
+            let why = log.take_snapshot_rejection().expect("no reason given");
+            assert!(why.contains("where the index places one"), "{why}");
+        }
+        let (all, per_stream, _, _) = &expected;
+        match log.read_all(1, 100_000).await {
+            Ok(got) => assert_eq!(&got, all),
+            Err(e) => assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
+        }
+        for (s, (_, want)) in per_stream.iter().enumerate() {
+            match log.read_stream(pupil(s as u32), 1, 100_000).await {
+                Ok(got) => assert_eq!(&got, want, "pupil {s}"),
+                Err(e) => assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
+            }
+        }
+        for e in all {
+            match log.find_event(e.event_id).await {
+                Ok(found) => assert_eq!(found.map(|f| f.position), Some(e.position)),
+                Err(e) => assert!(matches!(e, StoreError::Corrupt { .. }), "{e}"),
             }
         }
     });

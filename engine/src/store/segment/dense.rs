@@ -106,7 +106,7 @@ impl<T, const N: usize> Chunked<T, N> {
         entries * std::mem::size_of::<T>() + self.chunks.capacity() * std::mem::size_of::<Vec<T>>()
     }
 
-    #[cfg(test)]
+    /// Every entry, in order (an index snapshot's group table; tests).
     pub(super) fn to_vec(&self) -> Vec<T>
     where
         T: Clone,

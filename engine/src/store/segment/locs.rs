@@ -100,6 +100,17 @@ pub(super) struct Locations {
     sparse: Option<usize>,
 }
 
+/// A run as an index snapshot records it in its group table (format 5):
+/// with the groups' starts, what a sparse table holds
+/// ([`Locations::group_table`], [`Locations::sparse_from`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct SnapRun {
+    pub first: u64,
+    pub seg: u32,
+    pub base: u64,
+    pub end: u64,
+}
+
 /// Frames one after another in one segment, from the start of a group
 /// ([`Locations::spans`]): read from `start` to `end` and walked by their
 /// lengths, they hold the positions asked for, from `first` on.
@@ -124,6 +135,87 @@ impl Locations {
             sparse: Some(0),
             ..Locations::default()
         }
+    }
+
+    /// The runs, and each group's first frame's offset from its run's
+    /// start: what a sparse table holds of `self`, as an index snapshot
+    /// records it so that an open keeping only that reads nothing else
+    /// ([`Locations::sparse_from`]).
+    pub(super) fn group_table(&self) -> (Vec<SnapRun>, Vec<u32>) {
+        let runs = self
+            .runs
+            .iter()
+            .map(|r| SnapRun {
+                first: r.first,
+                seg: r.seg,
+                base: r.base,
+                end: r.end,
+            })
+            .collect();
+        (runs, self.bases.to_vec())
+    }
+
+    /// A sparse table ([`Locations::sparse`]) of `held` positions from
+    /// the runs and groups' starts of [`Locations::group_table`], checked
+    /// for what can be without the frames: the runs follow one another
+    /// from position 1 to `held`, each after the one before in its segment
+    /// or in a later segment, and hold the groups their positions fill
+    /// (64 a group), each group starting after the one before and before
+    /// its run ends. The caller checks the segments they span
+    /// ([`Locations::segments`]); a frame found at a group's start is
+    /// checked as any read checks it (its length, its CRC-32, the
+    /// position it says).
+    pub(super) fn sparse_from(
+        runs: &[SnapRun],
+        bases: &[u32],
+        held: u64,
+    ) -> Result<Locations, String> {
+        let mut l = Locations::sparse();
+        let mut group = 0usize;
+        let mut before: Option<&SnapRun> = None;
+        for (i, r) in runs.iter().enumerate() {
+            let next_first = runs.get(i + 1).map_or(held.saturating_add(1), |n| n.first);
+            let first_ok = match before {
+                None => r.first == 1,
+                Some(b) => r.seg > b.seg || (r.seg == b.seg && r.base == b.end),
+            };
+            if !first_ok {
+                return Err(format!("run {i} does not follow the one before it"));
+            }
+            if next_first <= r.first || r.end <= r.base {
+                return Err(format!("run {i} holds no frame"));
+            }
+            let groups = usize::try_from((next_first - r.first).div_ceil(GROUP))
+                .map_err(|_| format!("run {i} holds too many groups"))?;
+            let Some(own) = group
+                .checked_add(groups)
+                .and_then(|to| bases.get(group..to))
+            else {
+                return Err(format!("the groups end inside run {i}"));
+            };
+            let in_order = own.first() == Some(&0) && own.windows(2).all(|w| w[0] < w[1]);
+            let last = own.last().map_or(0, |&b| u64::from(b));
+            if !in_order || r.base.checked_add(last).is_none_or(|at| at >= r.end) {
+                return Err(format!("run {i}'s groups do not start in order inside it"));
+            }
+            l.runs.push(Run {
+                first: r.first,
+                seg: r.seg,
+                base: r.base,
+                end: r.end,
+                group,
+            });
+            for &b in own {
+                l.bases.push(b);
+            }
+            group += groups;
+            before = Some(r);
+        }
+        if group != bases.len() || (runs.is_empty() && held != 0) {
+            return Err("the groups are not those the runs hold".into());
+        }
+        l.sparse = Some(usize::try_from(held).map_err(|_| "too many positions".to_string())?);
+        Ok(l)
     }
 
     /// Whether only the groups' starts are kept ([`Locations::sparse`]).
@@ -958,6 +1050,12 @@ mod tests {
             prop_assert_eq!(&s.runs, &l.runs);
             prop_assert_eq!(s.low.len() + s.high.len() + s.wide.len(), 0);
             prop_assert_eq!(s.at(1), None);
+            // The group table of either gives the sparse table back.
+            let (runs, bases) = l.group_table();
+            let back = Locations::sparse_from(&runs, &bases, l.len() as u64).unwrap();
+            prop_assert!(back.same_groups(&s) && back.is_sparse());
+            prop_assert_eq!(s.group_table(), (runs, bases));
+            prop_assert_eq!(back.segments(), l.segments());
             let n = r.locs.len() as u64;
             let mut asked = vec![(1, n), (n, n), (n / 3, n / 2), (0, 0), (n + 1, n + 5)];
             asked.extend(ranges.iter().map(|&(a, b)| {
@@ -1052,6 +1150,51 @@ mod tests {
             let wide = 65 * wide_in(64) + wide_in(10) + wide_in(64) + wide_in(5);
             assert_eq!(r.wide_groups(), wide, "large frame at entry {large}");
         }
+    }
+
+    /// A group table that does not hold together is refused, whichever
+    /// of its parts is out of place; the sound one gives the sparse table
+    /// back.
+    #[test]
+    fn a_group_table_that_does_not_hold_together_is_refused() {
+        let mut l = Locations::default();
+        // Segment 0: 130 frames (three groups); segment 2: 70 (two).
+        for (seg, count) in [(0u32, 130u64), (2, 70)] {
+            let mut offset = 0;
+            for i in 0..count {
+                let len = 100 + (i % 7) as u32;
+                l.push_checked(loc(seg, offset, len)).unwrap();
+                offset += u64::from(len);
+            }
+        }
+        let (runs, bases) = l.group_table();
+        assert_eq!((runs.len(), bases.len()), (2, 5));
+        let back = Locations::sparse_from(&runs, &bases, 200).unwrap();
+        assert!(back.same_groups(&l));
+        type Change = fn(&mut Vec<SnapRun>, &mut Vec<u32>, &mut u64);
+        let changes: [(&str, Change); 10] = [
+            ("first run not at 1", |r, _, _| r[0].first = 2),
+            ("a run before the one before", |r, _, _| r[1].first = 1),
+            ("a run in an earlier segment", |r, _, _| r[1].seg = 0),
+            ("a run with no bytes", |r, _, _| r[1].end = r[1].base),
+            ("a group too many", |_, b, _| b.push(9_000)),
+            ("a group too few", |_, b, _| {
+                b.pop();
+            }),
+            ("a run's first group not at its start", |_, b, _| b[3] = 5),
+            ("groups out of order", |_, b, _| b[2] = b[1]),
+            ("a group past its run's end", |r, b, _| {
+                b[4] = (r[1].end - r[1].base) as u32
+            }),
+            ("more positions than the groups", |_, _, h| *h = 300),
+        ];
+        for (what, change) in changes {
+            let (mut r, mut b, mut h) = (runs.clone(), bases.clone(), 200);
+            change(&mut r, &mut b, &mut h);
+            assert!(Locations::sparse_from(&r, &b, h).is_err(), "{what}");
+        }
+        assert!(Locations::sparse_from(&[], &[], 0).is_ok_and(|l| l.len() == 0));
+        assert!(Locations::sparse_from(&[], &[], 1).is_err());
     }
 
     /// Frames of a few hundred bytes take about 2 bytes a position, all

@@ -1030,18 +1030,29 @@ fn locations_ready(state: &RwLock<State>) -> Result<(), StoreError> {
     if !sparse.is_sparse() {
         return Ok(());
     }
-    let from_file = state
-        .later_locs
-        .as_ref()
-        .and_then(|later| later.read().ok());
+    let from_file = state.later_locs.as_ref().map(|later| later.read());
     let full = match from_file {
-        Some(mut full) => match walk_into(&mut full, sparse, &state.segments) {
-            Ok(()) if full.same_groups(sparse) => full,
-            _ => walk_all(sparse, &state.segments)?,
+        Some(Ok(mut full)) => match walk_into(&mut full, sparse, &state.segments) {
+            Ok(()) if full.same_groups(sparse) => Ok(full),
+            _ => Err("its frame lengths are not those of its group table".to_string()),
         },
-        None => walk_all(sparse, &state.segments)?,
+        Some(Err(why)) => Err(why),
+        None => Ok(walk_all(sparse, &state.segments)?),
     };
-    state.index.locs = full;
+    // The snapshot's lengths not usable (an open that keeps only the
+    // groups' starts does not read them, format 5): every frame is walked
+    // instead, said once, and the close writes a new snapshot.
+    state.index.locs = match full {
+        Ok(full) => full,
+        Err(why) => {
+            let full = walk_all(&state.index.locs, &state.segments)?;
+            state.ids_note = Some(format!(
+                "the frame lengths could not be used ({why}); every frame was walked instead"
+            ));
+            state.snapshot_stale = true;
+            full
+        }
+    };
     state.later_locs = None;
     Ok(())
 }
@@ -5665,11 +5676,12 @@ mod index_tests {
         drop((whole, store));
     }
 
-    /// A sparse index whose snapshot's lengths changed in the file after
-    /// the open (the open checked them) walks every frame for its
-    /// locations instead, and answers the same: lengths no frame has, and
-    /// two frames' lengths swapped (lengths a frame can have, the groups
-    /// the same).
+    /// A sparse index whose snapshot's lengths changed in the file (an
+    /// open that keeps only the groups' starts does not read them, format
+    /// 5; their checksum refuses them when a read first needs every
+    /// location) walks every frame for its locations instead, and answers
+    /// the same: lengths no frame has, and two frames' lengths swapped
+    /// (lengths a frame can have, the groups the same).
     #[test]
     fn a_sparse_index_whose_snapshot_changed_walks_the_frames() {
         let (dir, rt) = dir_and_runtime();
@@ -6128,15 +6140,20 @@ mod index_tests {
         assert_eq!(found.map(|e| e.position), Some(7));
     }
 
-    /// An open that leaves the ids in a large snapshot takes the checksum
-    /// of all before them on a thread of its own, while the open's thread
-    /// reads only the frame lengths and a third the stream lists (it never
-    /// reads the ids then): a byte changed anywhere before the ids is
-    /// refused by such an open, by one of a small snapshot (one thread),
-    /// and by one for appends, and the index is rebuilt from the segments.
-    /// A byte changed in the ids' section (or their checksum) is refused
-    /// by an open for appends, and by the others at the ids' first use,
-    /// which then indexes them from the segments.
+    /// Format 5. An open that holds every location and leaves the ids in
+    /// a large snapshot takes the lengths' checksum on a thread of its
+    /// own, while the open's thread reads the frame lengths and a third
+    /// the stream lists (it never reads the ids then): a byte changed
+    /// anywhere before the ids is refused by such an open, by one of a
+    /// small snapshot (one thread), and by one for appends, and the index
+    /// is rebuilt from the segments. An open that keeps only the groups'
+    /// starts, for appends or not, refuses a byte changed in the header,
+    /// the directory or the lists, and opens from a snapshot whose frame
+    /// lengths changed (it does not read them): a look-up by id, which
+    /// needs every location, finds them changed, says so, and walks the
+    /// frames. A byte changed in the ids' section (or their checksum) is
+    /// refused by an open for appends, and by the others at the ids'
+    /// first use, which then indexes them from the segments.
     #[test]
     fn a_byte_changed_anywhere_in_the_snapshot_is_refused_by_either_open() {
         let (dir, rt) = dir_and_runtime();
@@ -6147,42 +6164,63 @@ mod index_tests {
         drop((log, store));
         let sound = std::fs::read(&path).unwrap();
         let total = sound.len();
-        // Header 60 bytes, one segment (4 + 16), 5 lengths (4 each), one
-        // stream (8 + 16 + 4 + 5 × 4), the checksum of all that, the ids
-        // (8 + 5 × 12), their checksum.
+        // Format 5: the header 64 bytes, one segment (16), 5 lengths (4
+        // each) and their checksum, one stream's list (5 × 4), the
+        // directory (one run: 4 + 28; one group: 8 + 4; one stream: 8 +
+        // 20; one block's CRC-32: 8 + 4) and its checksum, the ids (8 + 5
+        // × 12) and theirs.
+        let (lens_at, lists_at, dir_at) = (64 + 16, 64 + 16 + 20 + 32, 64 + 16 + 20 + 32 + 20);
         let ids_at = total - 32 - 8 - 5 * 12;
-        assert_eq!(ids_at, 60 + 20 + 20 + 48 + 32);
+        assert_eq!(ids_at, dir_at + 32 + 12 + 28 + 12 + 32);
+        // (what, where, whether an open that keeps only the groups'
+        // starts reads it)
         let places = [
-            ("the head", 20),
-            ("a frame's length", 60 + 20 + 4),
-            ("a stream's position", ids_at - 32 - 2),
-            ("the checksum before the ids", ids_at - 1),
-            ("the count of ids", ids_at),
-            ("an id's fingerprint", ids_at + 8 + 12 + 3),
-            ("the last id's position", total - 32 - 1),
-            ("the ids' checksum", total - 1),
+            ("the head", 12, true),
+            ("the head hash", 20, true),
+            ("a segment's length", 64 + 8, true),
+            ("a frame's length", lens_at + 4, false),
+            ("the frame lengths' checksum", lists_at - 1, false),
+            ("a stream's position", lists_at + 9, true),
+            ("the group table's run", dir_at + 4 + 21, true),
+            ("the group table's group", dir_at + 32 + 8, true),
+            ("a stream's id", dir_at + 32 + 12 + 8 + 3, true),
+            ("a stream's count", dir_at + 32 + 12 + 8 + 16, true),
+            ("a list block's CRC-32", dir_at + 32 + 12 + 28 + 8 + 1, true),
+            ("the checksum before the ids", ids_at - 1, true),
+            ("the count of ids", ids_at, true),
+            ("an id's fingerprint", ids_at + 8 + 12 + 3, true),
+            ("the last id's position", total - 32 - 1, true),
+            ("the ids' checksum", total - 1, true),
         ];
         // Reading only with the threads, reading only on one thread, and
-        // for appends.
-        let opens = [(false, 0), (false, u64::MAX), (true, 0)];
-        let open = |ids_at_open: bool, beside: u64| {
+        // for appends, each holding every location; reading only and for
+        // appends keeping only the groups' starts.
+        let opens = [
+            (false, 0, true),
+            (false, u64::MAX, true),
+            (true, 0, true),
+            (false, 0, false),
+            (true, 0, false),
+        ];
+        let open = |ids_at_open: bool, beside: u64, locations: bool| {
             let options = SegmentOptions {
                 snapshot_min_events: u64::MAX,
                 event_ids_at_open: ids_at_open,
                 snapshot_beside_bytes: beside,
+                locations_at_open: locations,
                 ..SegmentOptions::default()
             };
             let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
             let log = store.log("school-a").unwrap();
             (store, log)
         };
-        for (what, at) in places {
-            for (ids_at_open, beside) in opens {
+        for (what, at, read_sparse) in places {
+            for (ids_at_open, beside, locations) in opens {
                 let mut bytes = sound.clone();
                 bytes[at] ^= 0x10;
                 std::fs::write(&path, &bytes).unwrap();
-                let (store, log) = open(ids_at_open, beside);
-                let case = format!("{what} (byte {at}), ids read at open: {ids_at_open}, threads from {beside} bytes");
+                let (store, log) = open(ids_at_open, beside, locations);
+                let case = format!("{what} (byte {at}), ids read at open: {ids_at_open}, threads from {beside} bytes, every location: {locations}");
                 if at >= ids_at && !ids_at_open {
                     // An open that leaves the ids in the file reads none
                     // of their section: it opens from the snapshot, and
@@ -6199,12 +6237,25 @@ mod index_tests {
                             .is_some_and(|w| w.contains("the ids' section: checksum mismatch")),
                         "{case}: {why:?}"
                     );
+                } else if !locations && !read_sparse {
+                    // The frame lengths, which an open that keeps only the
+                    // groups' starts does not read: refused when a read
+                    // first needs every location (a look-up by id), every
+                    // frame walked instead.
+                    assert_eq!(log.opened_from_snapshot(), Some(5), "{case}");
+                    assert_eq!(log.take_snapshot_rejection(), None, "{case}");
+                    let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
+                    assert_eq!(found.map(|e| e.position), Some(3), "{case}");
+                    let why = log.take_snapshot_rejection();
+                    assert!(
+                        why.as_deref().is_some_and(|w| w.contains("frame lengths")),
+                        "{case}: {why:?}"
+                    );
                 } else {
                     assert_eq!(log.opened_from_snapshot(), None, "{case}");
                     let why = log.take_snapshot_rejection();
                     assert!(why.is_some(), "{case}: no note");
-                    if at == ids_at - 1 && !ids_at_open && beside == 0 {
-                        // Only the checksum reads these bytes at such an open.
+                    if at == ids_at - 1 {
                         assert!(
                             why.as_deref().unwrap().contains("checksum mismatch"),
                             "{case}: {why:?}"
@@ -6217,14 +6268,17 @@ mod index_tests {
                 drop((log, store));
             }
         }
-        // The sound file is used by each.
+        // The sound file is used by each, and a stream is read from it.
         std::fs::write(&path, &sound).unwrap();
-        for (ids_at_open, beside) in opens {
-            let (store, log) = open(ids_at_open, beside);
+        for (ids_at_open, beside, locations) in opens {
+            let (store, log) = open(ids_at_open, beside, locations);
             assert_eq!(log.opened_from_snapshot(), Some(5));
             assert_eq!(log.take_snapshot_rejection(), None);
+            let stream = rt.block_on(log.read_stream(StreamId(Uuid::from_u128(1)), 1, 10));
+            assert_eq!(stream.unwrap().len(), 7);
             let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
             assert_eq!(found.map(|e| e.position), Some(3));
+            assert_eq!(log.take_snapshot_rejection(), None);
             drop((log, store));
         }
     }

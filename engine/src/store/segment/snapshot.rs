@@ -9,23 +9,36 @@
 //! snapshot that is missing, damaged, of another format, or that does not
 //! match the segment files is ignored and the index is rebuilt from the
 //! segments as before (and a new snapshot written at the next clean close).
-//! Format (all integers little-endian; byte for byte in docs/storage.md):
+//! Format 5 (all integers little-endian; byte for byte in docs/storage.md):
 //!
 //! ```text
 //! magic "CBSEGIX1" · version u32 · head u64 · head hash [32] · id seed u64
 //! segments u32 · per segment: first position u64, length u64
 //! per position 1..=head: its frame's length u32 (frames follow each other
 //! from byte 0 of each segment, so offsets and segments follow)
-//! streams u64 · per stream: id [16], count u32, its positions u32 × count
-//! BLAKE3 of every byte before it [32]
+//! BLAKE3 of the lengths [32]
+//! per stream, in the directory's order: its positions u32 × count
+//! the directory:
+//!   runs u32 · per run: first position u64, segment u32, start u64, end u64
+//!   groups u64 · per group of 64 positions: its first frame's offset
+//!     from its run's start u32
+//!   streams u64 · per stream: id [16], count u32
+//!   blocks u64 · per block of 1,024 positions of each list: CRC-32 u32
+//! BLAKE3 of the header, the segments and the directory [32]
 //! ids u64 (= head) · per id, sorted by fingerprint then position:
 //!   fingerprint u64, position u32
 //! BLAKE3 of the ids' section (their count and pairs) [32]
 //! ```
 //!
-//! Each section has its own checksum (format 4): an open that leaves the
-//! ids in the file reads and hashes only what comes before them, and the
-//! ids' bytes are hashed when they are first read.
+//! Every open reads the header and the directory, checked by their
+//! checksum, and the lists, each block checked by its CRC-32 (format 5):
+//! an open that keeps only where each group of positions starts reads no
+//! more (about 8 bytes a group and 24 a stream, and 4 bytes a position of
+//! lists), the lengths read, with their checksum, when a read first needs
+//! every location. An open that holds every location reads the lengths
+//! too and checks the lists' positions. An open that leaves the ids in the
+//! file reads nothing of them; their bytes are hashed when they are first
+//! read.
 //!
 //! An id is kept as its fingerprint, its 64-bit hash under the seed
 //! ([`super::ids::IdMap`]). Sorted, they are looked up in the file
@@ -40,7 +53,7 @@ use std::path::Path;
 
 use uuid::Uuid;
 
-use super::locs::Locations;
+use super::locs::{Locations, SnapRun};
 use super::sorted_ids::{pair_bytes, SortedIds, PAIR};
 use super::streams::{AtInFile, Streams, LIST_BLOCK};
 use super::{frame, IdHash, Index};
@@ -55,18 +68,18 @@ pub const SNAPSHOT_FILE: &str = "index";
 pub const FULL_SCAN_ENV: &str = "CASEBOOK_FULL_OPEN_SCAN";
 
 const MAGIC: &[u8; 8] = b"CBSEGIX1";
-/// 4 since session aj: a checksum for what comes before the ids and one
-/// for the ids (3, since session v, had one checksum over the whole file,
-/// so an open that leaves the ids in the file still read and hashed them:
-/// 60% of the file at 10M events; the ids sorted by fingerprint and
-/// looked up in the file since 3; 2, since session l, listed them in the
-/// order of the id table's buckets, read into a table; 1 held the 16-byte
-/// ids). A build ignores a snapshot of another version and rebuilds the
-/// index from the segments once.
-const VERSION: u32 = 4;
-
-/// Bytes of the header before the head (magic, version), and with it.
-const HEAD_END: u64 = 8 + 4 + 8;
+/// 5 since session an: the stream lists' counts, the CRC-32s of their
+/// blocks and the locations' group table in a directory of their own with
+/// its own checksum, the lengths with theirs, so that an open that keeps
+/// only where each group starts reads no length and checks the lists by
+/// their CRC-32s alone (4, since session aj, had a checksum before the ids
+/// and one of their own, each stream's count before its list; 3, since
+/// session v, one checksum over the whole file, the ids sorted by
+/// fingerprint and looked up in the file since; 2, since session l,
+/// listed them in the order of the id table's buckets, read into a table;
+/// 1 held the 16-byte ids). A build ignores a snapshot of another version
+/// and rebuilds the index from the segments once.
+const VERSION: u32 = 5;
 
 /// A segment as the snapshot saw it: its first position and the length
 /// of its frames (the log's acknowledged end, for the last).
@@ -88,13 +101,13 @@ pub(super) struct Loaded {
     pub locs: Option<LaterLocs>,
 }
 
-/// Bytes gathered into blocks of [`BLOCK`], each hashed and written whole
-/// (BLAKE3 hashes a large block several chunks at a time; 16-byte updates
-/// cost it several times more).
+/// Bytes gathered into blocks of [`BLOCK`], each written whole and, while
+/// `hasher` is set, hashed (BLAKE3 hashes a large block several chunks
+/// at a time; 16-byte updates cost it several times more).
 struct Blocks<'a> {
     out: &'a mut dyn Write,
     buf: Vec<u8>,
-    hasher: blake3::Hasher,
+    hasher: Option<blake3::Hasher>,
 }
 
 /// Bytes hashed and written, or read and hashed, at once.
@@ -150,32 +163,40 @@ impl OpenWith {
 /// groups the open kept.
 pub(super) struct LaterLocs {
     file: std::fs::File,
-    /// Where the lengths start, and the file's size.
+    /// Where the lengths start, where their checksum is (right after
+    /// them), and the file's size.
     at: u64,
+    sum_at: u64,
     total: u64,
     /// The snapshot's head: one length for each position 1..=head.
     head: u64,
     segments: Vec<SnapSegment>,
-    /// The open's sum of the lengths ([`load_locations`]): those read
-    /// again must be the same.
-    sum: u64,
 }
 
 impl LaterLocs {
-    /// The snapshot's positions' locations, every one held.
+    /// The snapshot's positions' locations, every one held, the lengths
+    /// checked against their checksum (the caller checks them against
+    /// the groups it kept).
     pub(super) fn read(&self) -> Result<Locations, String> {
         let file = self
             .file
             .try_clone()
             .map_err(|e| format!("cannot open: {e}"))?;
-        let stop = self.at.saturating_add(self.head.saturating_mul(4));
-        let mut r = Reading::at(file, self.at, self.total, stop);
-        let mut index = Index::default();
-        let sum = load_locations(&mut r, &self.segments, self.head, &mut index, true)?;
-        if sum != self.sum {
-            return Err("the frame lengths are not those the open read".into());
+        let mut r = Reading {
+            hasher: Some(blake3::Hasher::new()),
+            hashed_end: self.sum_at,
+            ..Reading::at(file, self.at, self.total, self.sum_at)
+        };
+        let mut locs = Locations::default();
+        load_locations(&mut r, &self.segments, self.head, &mut locs)?;
+        let mut stored = [0u8; 32];
+        r.file
+            .read_exact_at(&mut stored, self.sum_at)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        match r.hasher.take().map(|h| h.finalize()) {
+            Some(hash) if hash.as_bytes() == &stored => Ok(locs),
+            _ => Err("the frame lengths: checksum mismatch".into()),
         }
-        Ok(index.locs)
     }
 }
 
@@ -189,15 +210,31 @@ impl Blocks<'_> {
     }
 
     fn flush_block(&mut self) -> std::io::Result<()> {
-        self.hasher.update(&self.buf);
+        if let Some(hasher) = self.hasher.as_mut() {
+            hasher.update(&self.buf);
+        }
         self.out.write_all(&self.buf)?;
         self.buf.clear();
         Ok(())
     }
+
+    /// Writes what is gathered, and hashes what follows with `next`
+    /// (nothing: `None`); returns the hasher of what came before.
+    fn hash_with(
+        &mut self,
+        next: Option<blake3::Hasher>,
+    ) -> std::io::Result<Option<blake3::Hasher>> {
+        self.flush_block()?;
+        Ok(std::mem::replace(&mut self.hasher, next))
+    }
 }
 
 /// Writes the snapshot of `index` (whose locations span `segments`) to
-/// `out`.
+/// `out` (format 5, docs/storage.md): the header and the segments, the
+/// frame lengths and their checksum, the stream lists, the directory
+/// (the group table, each stream's count, the lists' blocks' CRC-32s)
+/// and the checksum of the header, the segments and the directory, the
+/// ids and theirs.
 pub(super) fn encode(
     index: &Index,
     segments: &[SnapSegment],
@@ -206,7 +243,7 @@ pub(super) fn encode(
     let mut w = Blocks {
         out,
         buf: Vec::with_capacity(BLOCK + 64),
-        hasher: blake3::Hasher::new(),
+        hasher: Some(blake3::Hasher::new()),
     };
     let head = index.head();
     w.put(MAGIC)?;
@@ -219,46 +256,78 @@ pub(super) fn encode(
         w.put(&s.first.to_le_bytes())?;
         w.put(&s.len.to_le_bytes())?;
     }
+    // The header's hashing goes on over the directory, after the lists.
+    let directory = w.hash_with(Some(blake3::Hasher::new()))?;
     for len in index.locs.lens() {
         w.put(&len.to_le_bytes())?;
     }
-    w.put(&(index.streams.len() as u64).to_le_bytes())?;
+    if let Some(lens) = w.hash_with(None)? {
+        w.out.write_all(lens.finalize().as_bytes())?;
+    }
     // The lists in a file (the snapshot's the log was opened from, or one
-    // the writer spilled) are read from it, one at a time.
+    // the writer spilled) are read from it, one at a time; each list's
+    // blocks of `LIST_BLOCK` positions are CRC-32'd as they are written.
+    let mut listed: Vec<(StreamId, u32)> = Vec::with_capacity(index.streams.len());
+    let mut crcs: Vec<u32> = Vec::new();
+    let mut block: Vec<u8> = Vec::with_capacity(LIST_BLOCK * 4);
     index
         .streams
         .for_each(false, |stream, positions| {
-            let mut put = |bytes: &[u8]| {
-                w.put(bytes)
-                    .map_err(|e| StoreError::io("write the index snapshot", e))
-            };
-            put(stream.0.as_bytes())?;
-            put(&(positions.len() as u32).to_le_bytes())?;
-            for p in positions {
-                put(&p.to_le_bytes())?;
+            listed.push((*stream, positions.len() as u32));
+            for chunk in positions.chunks(LIST_BLOCK) {
+                block.clear();
+                for p in chunk {
+                    block.extend_from_slice(&p.to_le_bytes());
+                }
+                crcs.push(crc32fast::hash(&block));
+                w.put(&block)
+                    .map_err(|e| StoreError::io("write the index snapshot", e))?;
             }
             Ok(())
         })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    // The checksum of all before the ids; the ids' own after them.
-    w.flush_block()?;
-    let rest = std::mem::take(&mut w.hasher).finalize();
-    w.out.write_all(rest.as_bytes())?;
+    w.hash_with(directory)?;
+    let (runs, bases) = index.locs.group_table();
+    w.put(&(runs.len() as u32).to_le_bytes())?;
+    for r in &runs {
+        w.put(&r.first.to_le_bytes())?;
+        w.put(&r.seg.to_le_bytes())?;
+        w.put(&r.base.to_le_bytes())?;
+        w.put(&r.end.to_le_bytes())?;
+    }
+    w.put(&(bases.len() as u64).to_le_bytes())?;
+    for b in &bases {
+        w.put(&b.to_le_bytes())?;
+    }
+    w.put(&(listed.len() as u64).to_le_bytes())?;
+    for (stream, count) in &listed {
+        w.put(stream.0.as_bytes())?;
+        w.put(&count.to_le_bytes())?;
+    }
+    w.put(&(crcs.len() as u64).to_le_bytes())?;
+    for crc in &crcs {
+        w.put(&crc.to_le_bytes())?;
+    }
+    // The directory's checksum (with the header's); the ids' own after
+    // them.
+    if let Some(directory) = w.hash_with(Some(blake3::Hasher::new()))? {
+        w.out.write_all(directory.finalize().as_bytes())?;
+    }
     w.put(&(index.ids.len() as u64).to_le_bytes())?;
     index.ids.sorted_pairs(|fp, p| w.put(&pair_bytes(fp, p)))?;
-    w.flush_block()?;
-    let ids = w.hasher.finalize();
-    w.out.write_all(ids.as_bytes())
+    if let Some(ids) = w.hash_with(None)? {
+        w.out.write_all(ids.finalize().as_bytes())?;
+    }
+    Ok(())
 }
 
-/// The snapshot file read front to back in blocks of [`BLOCK`]. An open
-/// for appends, or one of a snapshot under [`OpenWith::beside_bytes`],
-/// reads all before the ids on one reading, every byte before their
-/// checksum hashed as its block is read (an open for appends then checks
-/// the ids' checksum with [`checksum`]). Above that size an open that
-/// leaves the ids in the file hashes nothing here: its own reading stops
-/// where the frame lengths end, another reads the stream lists up to the
-/// checksum, and [`checksum`] hashes all before it.
+/// A section of the snapshot file read front to back in blocks of
+/// [`BLOCK`], with positioned reads (so that readings of one file through
+/// handles of their own go on side by side), every byte before
+/// `hashed_end` hashed as its block is read when `hasher` is set: the
+/// directory ([`read_directory`]), the frame lengths ([`load_locations`];
+/// their checksum taken here, or by [`checksum`] on a thread of its own)
+/// and the stream lists ([`check_lists`]).
 struct Reading {
     file: std::fs::File,
     buf: Vec<u8>,
@@ -375,6 +444,31 @@ impl Reading {
             }
         }
     }
+    /// `n` bytes at once (at most a block), from the buffer.
+    fn slice(&mut self, n: usize, what: &str) -> Result<&[u8], String> {
+        if self.end - self.at < n {
+            self.refill()?;
+            if self.end - self.at < n {
+                return Err(format!("the file ends inside {what}"));
+            }
+        }
+        let at = self.at;
+        self.at += n;
+        self.read += n as u64;
+        Ok(&self.buf[at..at + n])
+    }
+    /// `n` `u32`s one after another (the caller has checked that they
+    /// fit in the file).
+    fn u32s(&mut self, n: usize, what: &str) -> Result<Vec<u32>, String> {
+        let mut out = Vec::with_capacity(n);
+        if n > 0 {
+            self.u32s_while(what, |v| {
+                out.push(v);
+                Ok(out.len() < n)
+            })?;
+        }
+        Ok(out)
+    }
     fn u64(&mut self, what: &str) -> Result<u64, String> {
         self.bytes::<8>(what).map(u64::from_le_bytes)
     }
@@ -416,11 +510,207 @@ impl Seen {
     }
 }
 
+/// The header and the directory of a snapshot (format 5), which every
+/// open reads and checks first, and where its other sections are.
+struct Directory {
+    head: u64,
+    head_hash: Hash,
+    seed: u64,
+    segments: Vec<SnapSegment>,
+    /// The sparse table of the group table ([`Locations::sparse_from`]).
+    groups: Locations,
+    /// Each stream, where its list starts and its first block's CRC-32.
+    lists: Vec<(StreamId, AtInFile)>,
+    /// The CRC-32 of every block of every list, in the lists' order.
+    crcs: Vec<u32>,
+    /// Where the frame lengths start, where their checksum is (after
+    /// them), where the stream lists start (after it), and where the ids'
+    /// section starts (after the directory's checksum).
+    lens_at: u64,
+    lens_sum_at: u64,
+    lists_at: u64,
+    ids_at: u64,
+}
+
+/// The header's bytes: magic, version, head, head hash, id seed, the
+/// number of segments.
+const HEADER: u64 = 8 + 4 + 8 + 32 + 8 + 4;
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+/// Reads and checks the header, the segments and the directory of the
+/// snapshot `file` of `total` bytes against their checksum: every count
+/// against the file's size, the sections' sizes against the head, the
+/// group table ([`Locations::sparse_from`]) against the segments, each
+/// stream listed once with at least one position, the lists together
+/// listing `head` positions, a CRC-32 for each of their blocks. Reads
+/// nothing of the frame lengths, the lists or the ids.
+fn read_directory(file: &std::fs::File, total: u64, max_events: u64) -> Result<Directory, String> {
+    if total < HEADER + 32 + 32 + 8 + 32 {
+        return Err("too short".into());
+    }
+    let mut header = [0u8; HEADER as usize];
+    file.read_exact_at(&mut header, 0)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if &header[..8] != MAGIC {
+        return Err("not an index snapshot".into());
+    }
+    let version = le_u32(&header[8..]);
+    if version != VERSION {
+        return Err(format!(
+            "snapshot format {version}, this build reads {VERSION}"
+        ));
+    }
+    let head = le_u64(&header[12..]);
+    if head > max_events {
+        return Err(format!("head {head} past the most events a log holds"));
+    }
+    let mut head_hash: Hash = [0u8; 32];
+    head_hash.copy_from_slice(&header[20..52]);
+    let seed = le_u64(&header[52..]);
+    let nseg = u64::from(le_u32(&header[60..]));
+    // The sections' places, from the head and the number of segments:
+    // lengths (4 bytes a position) and their checksum, lists (4 bytes a
+    // position), the directory up to its checksum, the ids (count, 12
+    // bytes a position) and theirs.
+    let places = || {
+        let ids_at = total.checked_sub(head.checked_mul(PAIR as u64)?.checked_add(8 + 32)?)?;
+        let dir_sum_at = ids_at.checked_sub(32)?;
+        let lens_at = HEADER.checked_add(nseg.checked_mul(16)?)?;
+        let lens_sum_at = lens_at.checked_add(head.checked_mul(4)?)?;
+        let lists_at = lens_sum_at.checked_add(32)?;
+        let dir_at = lists_at.checked_add(head.checked_mul(4)?)?;
+        (dir_at <= dir_sum_at).then_some((
+            lens_at,
+            lens_sum_at,
+            lists_at,
+            dir_at,
+            dir_sum_at,
+            ids_at,
+        ))
+    };
+    let Some((lens_at, lens_sum_at, lists_at, dir_at, dir_sum_at, ids_at)) = places() else {
+        return Err(format!(
+            "too short for {head} positions and {nseg} segments"
+        ));
+    };
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&header);
+    let mut seg_bytes = vec![0u8; (lens_at - HEADER) as usize];
+    file.read_exact_at(&mut seg_bytes, HEADER)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    hasher.update(&seg_bytes);
+    let segments: Vec<SnapSegment> = seg_bytes
+        .chunks_exact(16)
+        .map(|b| SnapSegment {
+            first: le_u64(b),
+            len: le_u64(&b[8..]),
+        })
+        .collect();
+    // The directory, hashed as it is read, from where the lists end to
+    // its checksum.
+    let own = file.try_clone().map_err(|e| format!("cannot open: {e}"))?;
+    let mut r = Reading {
+        hasher: Some(hasher),
+        hashed_end: dir_sum_at,
+        ..Reading::at(own, dir_at, total, dir_sum_at)
+    };
+    let nruns = u64::from(r.u32("runs")?);
+    r.fits(nruns, 28, "runs")?;
+    let mut runs = Vec::with_capacity(nruns as usize);
+    for _ in 0..nruns {
+        let first = r.u64("run")?;
+        let seg = r.u32("run")?;
+        let base = r.u64("run")?;
+        let end = r.u64("run")?;
+        runs.push(SnapRun {
+            first,
+            seg,
+            base,
+            end,
+        });
+    }
+    let ngroups = r.u64("groups")?;
+    r.fits(ngroups, 4, "groups")?;
+    let bases = r.u32s(ngroups as usize, "groups")?;
+    let nstreams = r.u64("streams")?;
+    r.fits(nstreams, 20, "streams")?;
+    let mut lists = Vec::with_capacity(nstreams as usize);
+    let (mut listed, mut blocks) = (0u64, 0u64);
+    for _ in 0..nstreams {
+        let stream = StreamId(Uuid::from_bytes(r.bytes::<16>("stream")?));
+        let count = r.u32("stream")?;
+        if count == 0 {
+            return Err("a stream is empty".into());
+        }
+        let at = lists_at + 4 * listed;
+        listed += u64::from(count);
+        if listed > head {
+            return Err(format!("the streams list more than {head} positions"));
+        }
+        let crc_at = u32::try_from(blocks).map_err(|_| "too many blocks of lists".to_string())?;
+        lists.push((stream, AtInFile { at, count, crc_at }));
+        blocks += u64::from(count).div_ceil(LIST_BLOCK as u64);
+    }
+    if listed != head {
+        return Err(format!("streams list {listed} positions of {head}"));
+    }
+    let ncrcs = r.u64("the lists' CRC-32s")?;
+    if ncrcs != blocks {
+        return Err(format!("{ncrcs} CRC-32s for {blocks} blocks of lists"));
+    }
+    r.fits(ncrcs, 4, "the lists' CRC-32s")?;
+    let crcs = r.u32s(ncrcs as usize, "the lists' CRC-32s")?;
+    if r.read != dir_sum_at {
+        return Err("the directory does not end where its checksum begins".into());
+    }
+    let mut stored = [0u8; 32];
+    file.read_exact_at(&mut stored, dir_sum_at)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    match r.hasher.take().map(|h| h.finalize()) {
+        Some(hash) if hash.as_bytes() == &stored => {}
+        _ => return Err("checksum mismatch".into()),
+    }
+    let groups =
+        Locations::sparse_from(&runs, &bases, head).map_err(|e| format!("the group table: {e}"))?;
+    if groups.segments().as_deref() != Some(&segments[..]) {
+        return Err("the group table does not span the segments".into());
+    }
+    Ok(Directory {
+        head,
+        head_hash,
+        seed,
+        segments,
+        groups,
+        lists,
+        crcs,
+        lens_at,
+        lens_sum_at,
+        lists_at,
+        ids_at,
+    })
+}
+
 /// Reads the snapshot in `dir`. `Ok(None)` when there is none; `Err` says
 /// why the one there cannot be used (the caller then rebuilds the index).
-/// Everything is checked that can be without the segments: the checksum,
-/// every count against the file's size, positions in range, every
-/// position in exactly one stream, versions and locations in order; the
+/// Every open reads and checks the header and the directory
+/// ([`read_directory`]) and every block of the stream lists against its
+/// CRC-32 ([`check_lists`]). An open that holds every location
+/// ([`OpenWith::locations`]) also reads the frame lengths against their
+/// checksum and the group table, and checks the lists' positions: in
+/// range, increasing, every position in exactly one stream. One that keeps
+/// only the groups' starts reads no length: they are read, against their
+/// checksum, when a read first needs every location ([`LaterLocs`]). The
 /// caller checks the segments and the last frame. The ids are checked
 /// when they are read ([`LaterIds::read`]: every position exactly one id).
 ///
@@ -428,7 +718,6 @@ impl Seen {
 /// while this one reads the rest (an open for appends); else they are
 /// left in the file until first needed ([`LaterIds`]).
 pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option<Loaded>, String> {
-    let ids_now = open.ids_now;
     let path = dir.join(SNAPSHOT_FILE);
     let file = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -439,114 +728,115 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
         .metadata()
         .map_err(|e| format!("cannot size: {e}"))?
         .len();
-    if total < 32 + HEAD_END {
-        return Err("too short".into());
-    }
-    // Where the ids' section starts (their count, then the pairs) and the
-    // checksum of all before them: from the head, read ahead here so that
-    // the reading below hashes exactly what that checksum covers (it
-    // reads the header again, and names its faults in order).
-    let mut head_bytes = [0u8; 8];
-    file.read_exact_at(&mut head_bytes, HEAD_END - 8)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    let sections = |head: u64| {
-        let ids_at = head
-            .checked_mul(PAIR as u64)
-            .and_then(|n| n.checked_add(8 + 32))
-            .and_then(|n| total.checked_sub(n))?;
-        Some((ids_at, ids_at.checked_sub(32)?))
+    let d = read_directory(&file, total, max_events)?;
+    let handle = || file.try_clone().map_err(|e| format!("cannot open: {e}"));
+    let read_ids = || load_ids(&handle()?, d.ids_at, d.head, None);
+    let lists = |full: bool| check_lists(handle()?, &d, total, full);
+    // An open for appends: the ids' checksum taken on this thread after
+    // the rest, while a thread of its own reads them.
+    let ids_sum =
+        || checksum(&handle()?, d.ids_at, total - 32).map_err(|e| format!("the ids' section: {e}"));
+    // Every location from the lengths, hashed here or not (when a thread
+    // of its own takes their checksum), checked against the group table.
+    let lengths = |hashed: bool| -> Result<Locations, String> {
+        let mut r = Reading::at(handle()?, d.lens_at, total, d.lens_sum_at);
+        if hashed {
+            r.hasher = Some(blake3::Hasher::new());
+            r.hashed_end = d.lens_sum_at;
+        }
+        let mut locs = Locations::default();
+        load_locations(&mut r, &d.segments, d.head, &mut locs)?;
+        if let Some(hasher) = r.hasher.take() {
+            let mut stored = [0u8; 32];
+            r.file
+                .read_exact_at(&mut stored, d.lens_sum_at)
+                .map_err(|e| format!("cannot read: {e}"))?;
+            if hasher.finalize().as_bytes() != &stored {
+                return Err("the frame lengths: checksum mismatch".into());
+            }
+        }
+        if !locs.same_groups(&d.groups) {
+            return Err("the group table is not the frame lengths'".into());
+        }
+        Ok(locs)
     };
-    let mut r = Reading {
-        hasher: Some(blake3::Hasher::new()),
-        hashed_end: sections(u64::from_le_bytes(head_bytes)).map_or(0, |(_, sum_at)| sum_at),
-        ..Reading::at(file, 0, total, total)
+    let (locs, ahead) = match (open.locations, open.ids_now) {
+        // Only the groups' starts: the lists' blocks checked, the lengths
+        // left in the file.
+        (false, false) => (lists(false).map(|()| None), None),
+        (false, true) => {
+            let (checked, ids) = beside("snapshot ids", read_ids, || {
+                lists(false)?;
+                ids_sum()
+            });
+            (checked.map(|()| None), Some(ids))
+        }
+        (true, true) => {
+            let (locs, ids) = beside("snapshot ids", read_ids, || {
+                let locs = lengths(true)?;
+                lists(true)?;
+                ids_sum().map(|()| Some(locs))
+            });
+            (locs, Some(ids))
+        }
+        (true, false) if total < open.beside_bytes => (
+            lengths(true).and_then(|l| lists(true).map(|()| Some(l))),
+            None,
+        ),
+        (true, false) => {
+            // The lengths read here, the lists by a thread of their own,
+            // the lengths' checksum by another; the lengths' findings
+            // named first, then the lists', then the checksum's.
+            let check = || checksum(&handle()?, d.lens_at, d.lens_sum_at);
+            let (locs, sum) = beside("snapshot checksum", check, || {
+                let (locs, listed) = beside("snapshot streams", || lists(true), || lengths(false));
+                let locs = locs?;
+                listed.map(|()| Some(locs))
+            });
+            (
+                locs.and_then(|l| {
+                    sum.map_err(|e| format!("the frame lengths: {e}"))
+                        .map(|()| l)
+                }),
+                None,
+            )
+        }
     };
-    if &r.bytes::<8>("magic")? != MAGIC {
-        return Err("not an index snapshot".into());
-    }
-    let version = r.u32("version")?;
-    if version != VERSION {
-        return Err(format!(
-            "snapshot format {version}, this build reads {VERSION}"
-        ));
-    }
-    let head = r.u64("head")?;
-    if head > max_events {
-        return Err(format!("head {head} past the most events a log holds"));
-    }
-    let head_hash: Hash = r.bytes::<32>("head hash")?;
-    let seed = r.u64("seed")?;
-    // The ids are the file's last section, with a checksum of their own;
-    // the checksum of everything before them comes before them
-    // (`sum_at`). An open that leaves the ids in the file until first
-    // needed ([`LaterIds`]) reads and hashes only what comes before them:
-    // for a small file on this thread; from `open.beside_bytes` it reads
-    // only the frame lengths here, while a thread of its own hashes all
-    // before the ids ([`checksum`]) and another reads the stream lists
-    // ([`load_rest`]). An open for appends reads the ids on a thread of
-    // their own, from where they start, while this one reads the rest,
-    // then checks the ids' checksum.
-    let Some((ids_at, sum_at)) = sections(head) else {
-        return Err(format!("too short for {head} ids"));
-    };
-    if ids_at < HEAD_END {
-        return Err(format!("too short for {head} ids"));
-    }
-    let ids_file = r
-        .file
-        .try_clone()
-        .map_err(|e| format!("cannot open: {e}"))?;
-    let ids_sum_at = total - 32;
-    let read_ids = || load_ids(&ids_file, ids_at, head, None);
-    let check = || checksum(&ids_file, 0, sum_at);
-    // The index the rest is read into: every location, or where each
-    // group of them starts.
-    let blank = || Index {
+    let locs = locs?;
+    let sparse = locs.is_none();
+    let Directory {
+        head,
+        head_hash,
+        seed,
+        segments,
+        groups,
+        lists,
+        crcs,
+        lens_at,
+        lens_sum_at,
+        ids_at,
+        ..
+    } = d;
+    let streams = Streams::from_file(
+        handle()?,
+        path.to_path_buf(),
+        head,
+        IdHash::with_seed(seed),
+        lists,
+        crcs,
+    )?;
+    let index = Index {
         head_hash,
         max_events,
-        locs: match open.locations {
-            true => Locations::default(),
-            false => Locations::sparse(),
-        },
+        locs: locs.unwrap_or(groups),
+        streams,
         ..Index::default()
     };
-    // The rest read and hashed in turn and its checksum checked, on this
-    // thread; with `ids`, the ids' checksum after it.
-    let inline = |r: &mut Reading, ids: bool| {
-        let rest = load_rest(r, &path, head, blank(), seed, sum_at)?;
-        let stored = r.bytes::<32>("the checksum")?;
-        match r.hasher.take().map(|h| h.finalize()) {
-            Some(hash) if hash.as_bytes() == &stored => {}
-            _ => return Err("checksum mismatch".to_string()),
-        }
-        if ids {
-            checksum(&r.file, ids_at, ids_sum_at).map_err(|e| format!("the ids' section: {e}"))?;
-        }
-        Ok(rest)
-    };
-    let (rest, ahead) = match ids_now {
-        false if total < open.beside_bytes => (inline(&mut r, false), None),
-        false => {
-            r.stop = sum_at;
-            r.hasher = None;
-            let (rest, sum) = beside("snapshot checksum", check, || {
-                load_rest(&mut r, &path, head, blank(), seed, sum_at)
-            });
-            (rest.and_then(|rest| sum.map(|()| rest)), None)
-        }
-        true => {
-            let (rest, ids) = beside("snapshot ids", read_ids, || inline(&mut r, true));
-            (rest, Some(ids))
-        }
-    };
-    let (index, segments, (locs_at, sum)) = rest?;
-    let locs = match index.locs.is_sparse() {
+    let later_locs = match sparse {
         true => Some(LaterLocs {
-            file: ids_file
-                .try_clone()
-                .map_err(|e| format!("cannot open: {e}"))?,
-            at: locs_at,
-            sum,
+            file: handle()?,
+            at: lens_at,
+            sum_at: lens_sum_at,
             total,
             head,
             segments: segments.clone(),
@@ -555,14 +845,14 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
     };
     Ok(Some(Loaded {
         index,
-        locs,
+        locs: later_locs,
         segments,
         ids: LaterIds {
-            file: ids_file,
+            file: handle()?,
             at: ids_at,
             head,
             seed,
-            sum_at: ids_sum_at,
+            sum_at: total - 32,
             ahead: std::sync::Mutex::new(ahead),
         },
     }))
@@ -674,94 +964,17 @@ fn load_ids(
     SortedIds::read(own, at + 8, head, sum)
 }
 
-/// What [`load_rest`] reads: the index, the segments, and where the frame
-/// lengths start with their sum ([`load_locations`]).
-type Rest = (Index, Vec<SnapSegment>, (u64, u64));
-
-/// The rest of the snapshot after its seed: segments, locations, streams,
-/// which must end where the checksum before the ids begins (`sum_at`),
-/// read into `index` (empty); also where the frame lengths start. The
-/// checksums and the ids are not read here.
-fn load_rest(
-    r: &mut Reading,
-    path: &Path,
-    head: u64,
-    mut index: Index,
-    seed: u64,
-    sum_at: u64,
-) -> Result<Rest, String> {
-    let nseg = u64::from(r.u32("segments")?);
-    r.fits(nseg, 16, "segments")?;
-    let mut segments = Vec::with_capacity(nseg as usize);
-    for _ in 0..nseg {
-        let first = r.u64("segment")?;
-        let len = r.u64("segment")?;
-        segments.push(SnapSegment { first, len });
-    }
-    // The frame lengths (4 bytes a position) and, after them, the stream
-    // lists. An open that takes the checksum here (an open for appends,
-    // whose ids are read beside it) reads and hashes them in turn. Else
-    // each is read by a thread of its own (the lists through a handle of
-    // their own, from where the lengths end), the lengths' findings named
-    // first when both fail, as when one thread read them in turn.
-    r.fits(head, 4, "locations")?;
-    let locs_at = r.read;
-    // Only a sparse index reads its lengths again, checked by their sum.
-    let summed = index.locs.is_sparse();
-    let streams_at = r.read + 4 * head;
-    let (locs_sum, (lists, crcs)) = match r.hasher.is_some() {
-        true => {
-            let sum = load_locations(r, &segments, head, &mut index, summed)?;
-            (sum, load_streams(r, head, sum_at)?)
-        }
-        false => {
-            // Nothing to hash: this reading ends with the lengths.
-            r.stop = r.stop.min(streams_at);
-            let lists_file = r
-                .file
-                .try_clone()
-                .map_err(|e| format!("cannot open: {e}"))?;
-            let total = r.total;
-            let read_lists = || {
-                let file = lists_file
-                    .try_clone()
-                    .map_err(|e| format!("cannot open: {e}"))?;
-                let mut reading = Reading::at(file, streams_at, total, sum_at);
-                load_streams(&mut reading, head, sum_at)
-            };
-            let (locations, streams) = beside("snapshot streams", read_lists, || {
-                load_locations(r, &segments, head, &mut index, summed)
-            });
-            (locations?, streams?)
-        }
-    };
-    let own = r
-        .file
-        .try_clone()
-        .map_err(|e| format!("cannot open: {e}"))?;
-    index.streams = Streams::from_file(
-        own,
-        path.to_path_buf(),
-        head,
-        IdHash::with_seed(seed),
-        lists,
-        crcs,
-    )?;
-    Ok((index, segments, (locs_at, locs_sum)))
-}
-
-/// The frame lengths ([`load_rest`]), read by `r` from where they start,
-/// into `index`'s locations; with `summed`, returns a sum of them
-/// ([`sum_lens`]; else 0): a sparse index's lengths read again are
-/// checked with it ([`LaterLocs::read`]).
+/// The frame lengths, read by `r` from where they start, into `locs`
+/// (empty, every location held): frame after frame from byte 0 of each
+/// segment, each a length a frame can have, the segments' frames ending
+/// where the segments do and numbering `head`.
 fn load_locations(
     r: &mut Reading,
     segments: &[SnapSegment],
     head: u64,
-    index: &mut Index,
-    summed: bool,
-) -> Result<u64, String> {
-    let mut sum = 0u64;
+    locs: &mut Locations,
+) -> Result<(), String> {
+    r.fits(head, 4, "locations")?;
     // Frame after frame from byte 0 of each segment, each segment from
     // its first position to its length.
     let mut p = 0u64;
@@ -788,19 +1001,13 @@ fn load_locations(
             }
             pending.push(len);
             if pending.len() == ADD_FRAMES {
-                if summed {
-                    sum = sum_lens(sum, &pending);
-                }
-                index.locs.push_frames(seg, &pending, pending_at)?;
+                locs.push_frames(seg, &pending, pending_at)?;
                 pending.clear();
             }
             offset += u64::from(len);
             Ok(offset < s.len)
         })?;
-        if summed {
-            sum = sum_lens(sum, &pending);
-        }
-        index.locs.push_frames(seg, &pending, pending_at)?;
+        locs.push_frames(seg, &pending, pending_at)?;
         pending.clear();
         if offset != s.len {
             return Err(format!("segment {seg} does not end where its frames do"));
@@ -809,75 +1016,48 @@ fn load_locations(
     if p != head {
         return Err(format!("the segments hold {p} frames of {head}"));
     }
-    Ok(sum)
-}
-
-/// `sum` carried over `lens`: any change of one of them, or of their
-/// order, changes it (almost always).
-fn sum_lens(sum: u64, lens: &[u32]) -> u64 {
-    lens.iter().fold(sum, |sum, &len| {
-        sum.wrapping_mul(0x0000_0100_0000_01B3)
-            .wrapping_add(u64::from(len))
-    })
+    Ok(())
 }
 
 /// Frames a snapshot's open gathers before adding them to the locations.
 const ADD_FRAMES: usize = 4096;
 
-/// Each stream with where its list starts in the file, and the CRC-32 of
-/// every block of every list ([`Streams::from_file`]).
-type StreamLists = (Vec<(StreamId, AtInFile)>, Vec<u32>);
-
-/// The stream lists ([`load_rest`]), read by `r` from where they start:
-/// every position in exactly one stream, each stream's positions
-/// increasing, and the lists must end where the checksum before the ids
-/// begins (`sum_at`). The lists stay in the file ([`Streams`]): returned
-/// are where each starts and the CRC-32 of each of its blocks.
-fn load_streams(r: &mut Reading, head: u64, sum_at: u64) -> Result<StreamLists, String> {
-    let nstreams = r.u64("streams")?;
-    r.fits(nstreams, 20, "streams")?;
-    let mut seen = Seen::new(head);
-    let mut lists = Vec::with_capacity(nstreams as usize);
-    // A CRC-32 a block: at most one a stream and one for every block's
-    // worth of positions (both counts checked against the file's size).
-    let mut crcs = Vec::with_capacity((nstreams + head / LIST_BLOCK as u64) as usize);
-    let mut block = Vec::with_capacity(LIST_BLOCK * 4);
-    let mut listed = 0u64;
-    for _ in 0..nstreams {
-        let stream = StreamId(Uuid::from_bytes(r.bytes::<16>("stream")?));
-        let count = r.u32("stream")?;
-        if count == 0 {
-            return Err("a stream is empty".into());
+/// Reads the stream lists of `d` (from where they start, in the
+/// directory's order) and checks every block of [`LIST_BLOCK`] positions
+/// against its CRC-32 in the directory. With `full` (an open that holds
+/// every location, whose lists are the writer's to build on), also that
+/// each stream's positions increase and that every position 1..=head is
+/// listed once. The lists stay in the file ([`Streams`]); a read checks
+/// the blocks it reads against the same CRC-32s, and the positions it
+/// gets ([`Streams`]'s reads; the frames' streams and positions).
+fn check_lists(file: std::fs::File, d: &Directory, total: u64, full: bool) -> Result<(), String> {
+    let end = d.lists_at + 4 * d.head;
+    let mut r = Reading::at(file, d.lists_at, total, end);
+    let mut seen = full.then(|| Seen::new(d.head));
+    for (i, (_, at)) in d.lists.iter().enumerate() {
+        let (mut left, mut crc_at) = (at.count as usize, at.crc_at as usize);
+        let mut prev = 0u32;
+        while left > 0 {
+            let n = left.min(LIST_BLOCK);
+            let block = r.slice(n * 4, "stream positions")?;
+            if d.crcs.get(crc_at) != Some(&crc32fast::hash(block)) {
+                return Err(format!("stream {i}'s list does not match its CRC-32"));
+            }
+            if let Some(seen) = seen.as_mut() {
+                for b in block.chunks_exact(4) {
+                    let p = le_u32(b);
+                    if p <= prev {
+                        return Err("a stream's positions are not increasing".into());
+                    }
+                    seen.mark(p, "streams")?;
+                    prev = p;
+                }
+            }
+            left -= n;
+            crc_at += 1;
         }
-        r.fits(u64::from(count), 4, "stream positions")?;
-        listed += u64::from(count);
-        let (at, crc_at) = (r.read, crcs.len() as u32);
-        let (mut prev, mut left) = (0u32, count);
-        r.u32s_while("stream positions", |p| {
-            if p <= prev {
-                return Err("a stream's positions are not increasing".into());
-            }
-            seen.mark(p, "streams")?;
-            prev = p;
-            left -= 1;
-            block.extend_from_slice(&p.to_le_bytes());
-            if block.len() == LIST_BLOCK * 4 || left == 0 {
-                crcs.push(crc32fast::hash(&block));
-                block.clear();
-            }
-            Ok(left > 0)
-        })?;
-        lists.push((stream, AtInFile { at, count, crc_at }));
     }
-    if listed != head {
-        return Err(format!("streams list {listed} positions of {head}"));
-    }
-    // The checksum, then the ids (read by `load_ids`): it must start
-    // where the streams end.
-    if r.read != sum_at {
-        return Err("the streams do not end where the checksum before the ids begins".into());
-    }
-    Ok((lists, crcs))
+    Ok(())
 }
 
 /// Hashes bytes `from..to` of `file` and checks them against the 32
