@@ -120,6 +120,25 @@ impl Ctx {
 pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
     casebook_engine::store::sled::validate_school(&cli.school)?;
     let now = Utc::now();
+    // The commands that neither look up the stored event ids nor need
+    // every event's location at once: their store opens the index with
+    // the ids and the frame lengths left in its snapshot (below).
+    let reads_little = matches!(
+        cli.command,
+        Command::Import { .. }
+            | Command::Erase { .. }
+            | Command::Hold { .. }
+            | Command::Retention { .. }
+            | Command::Export { .. }
+            | Command::TransferOut { .. }
+            | Command::Caseload { .. }
+            | Command::Report { .. }
+            | Command::Rebuild { .. }
+            | Command::Timeline { .. }
+            | Command::Audit { .. }
+            | Command::Record { .. }
+            | Command::Staff { .. }
+    );
     let mut ctx = Ctx {
         cli_format: cli.format,
         school: cli.school.clone(),
@@ -143,46 +162,18 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // (`privacy::record_one`); an export appends only its
         // `RecordViewed`. A `record --id`, or an import line's `id`, is
         // looked up among the stored ones, which reads them then.
-        reading_only: matches!(
-            cli.command,
-            Command::Import { .. }
-                | Command::Erase { .. }
-                | Command::Hold { .. }
-                | Command::Retention { .. }
-                | Command::Export { .. }
-                | Command::TransferOut { .. }
-                | Command::Caseload { .. }
-                | Command::Report { .. }
-                | Command::Rebuild { .. }
-                | Command::Timeline { .. }
-                | Command::Audit { .. }
-                | Command::Record { .. }
-                | Command::Staff { .. }
-        ),
-        // The caseload and the reports fold the views from their
-        // checkpoints and read the log after them in order (a
-        // correction's entry is found in its pupil's stream, by walking
-        // its group's frames: `SegmentOptions::locations_at_open`); a
-        // timeline, an audit, an export and a `record` read one pupil's
-        // stream so (the staff list too, for the access check; a `record
-        // --id` looks its id up, which reads every location then). A
-        // rebuild folds the whole log in order, and finds the entries its
-        // corrections name in their pupils' streams, each group of frames
-        // walked once. An import's planner reads its lines' pupils so
-        // too, unless there are more of their events than a sparse index
-        // walks for (a day's register for the whole school), when every
-        // location is read first; so does a look-up of its lines' ids.
-        sparse_index: matches!(
-            cli.command,
-            Command::Import { .. }
-                | Command::Caseload { .. }
-                | Command::Report { .. }
-                | Command::Rebuild { .. }
-                | Command::Timeline { .. }
-                | Command::Audit { .. }
-                | Command::Record { .. }
-                | Command::Export { .. }
-        ),
+        reading_only: reads_little,
+        // The same commands read the log in position order (the
+        // caseload, the reports, a rebuild, a retention run), a pupil's
+        // stream (a timeline, an audit, an export, a `record`, an
+        // erasure, a legal hold, a transfer out: each group of its frames
+        // walked once, `SegmentOptions::locations_at_open`), the staff
+        // list (every command's access check, a staff change), or their
+        // lines' pupils (an import); past the walks a sparse index allows
+        // (a day's register for the whole school, a retention run that
+        // erases many pupils), or at a look-up by id (`record --id`, an
+        // import line's `id`), every location is read from the snapshot.
+        sparse_index: reads_little,
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;
     match cli.command {
