@@ -1502,6 +1502,17 @@ fn a_hand_made_snapshot_never_mixes_pupils_up() {
     });
 }
 
+/// 100 appends of 20 events to four pupils in turn (2,000 events, ids
+/// from 1,000), in one segment, the log closed with its index snapshot.
+fn two_thousand_events_with_a_snapshot(rt: &tokio::runtime::Runtime, dir: &Path) {
+    rt.block_on(async {
+        let log = open_with(dir, 1 << 30, 1).unwrap();
+        for i in 0..100u32 {
+            append_n(log.as_ref(), i % 4, 1_000 + 20 * i, 20).await;
+        }
+    });
+}
+
 /// An open that keeps only where each group of positions starts reads
 /// the snapshot's directory and its stream lists, not its frame lengths
 /// (format 5). A list's block changed where the open's spot checks do not
@@ -1516,12 +1527,7 @@ fn a_sparse_open_checks_the_lists_and_never_reads_a_moved_group() {
     let rt = rt();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    rt.block_on(async {
-        let log = open_with(dir, 1 << 30, 1).unwrap();
-        for i in 0..100u32 {
-            append_n(log.as_ref(), i % 4, 1_000 + 20 * i, 20).await;
-        }
-    });
+    two_thousand_events_with_a_snapshot(&rt, dir);
     let sparse = SegmentOptions {
         segment_bytes: 1 << 30,
         snapshot_min_events: SNAPSHOT_MIN_EVENTS,
@@ -1609,12 +1615,7 @@ fn a_snapshot_listing_one_fingerprint_twice_is_checked_against_the_frames() {
     let rt = rt();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    rt.block_on(async {
-        let log = open_with(dir, 1 << 30, 1).unwrap();
-        for i in 0..100u32 {
-            append_n(log.as_ref(), i % 4, 1_000 + 20 * i, 20).await;
-        }
-    });
+    two_thousand_events_with_a_snapshot(&rt, dir);
     let mut bytes = std::fs::read(snapshot_path(dir)).unwrap();
     let head = u64::from_le_bytes(bytes[12..20].try_into().unwrap()) as usize;
     assert_eq!(head, 2_000);
