@@ -6221,34 +6221,28 @@ mod index_tests {
                 std::fs::write(&path, &bytes).unwrap();
                 let (store, log) = open(ids_at_open, beside, locations);
                 let case = format!("{what} (byte {at}), ids read at open: {ids_at_open}, threads from {beside} bytes, every location: {locations}");
-                if at >= ids_at && !ids_at_open {
-                    // An open that leaves the ids in the file reads none
-                    // of their section: it opens from the snapshot, and
-                    // the section's checksum refuses them at their first
-                    // use (a look-up by id), which indexes them from the
-                    // segments instead.
+                // An open that leaves the ids in the file reads none of
+                // their section: it opens from the snapshot, and the
+                // section's checksum refuses them at their first use (a
+                // look-up by id), which indexes them from the segments
+                // instead. The frame lengths, which an open that keeps
+                // only the groups' starts does not read: refused when a
+                // read first needs every location (a look-up by id),
+                // every frame walked instead.
+                let refused_later = match (at >= ids_at && !ids_at_open, !locations && !read_sparse)
+                {
+                    (true, _) => Some("the ids' section: checksum mismatch"),
+                    (false, true) => Some("frame lengths"),
+                    (false, false) => None,
+                };
+                if let Some(note) = refused_later {
                     assert_eq!(log.opened_from_snapshot(), Some(5), "{case}");
                     assert_eq!(log.take_snapshot_rejection(), None, "{case}");
                     let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
                     assert_eq!(found.map(|e| e.position), Some(3), "{case}");
                     let why = log.take_snapshot_rejection();
                     assert!(
-                        why.as_deref()
-                            .is_some_and(|w| w.contains("the ids' section: checksum mismatch")),
-                        "{case}: {why:?}"
-                    );
-                } else if !locations && !read_sparse {
-                    // The frame lengths, which an open that keeps only the
-                    // groups' starts does not read: refused when a read
-                    // first needs every location (a look-up by id), every
-                    // frame walked instead.
-                    assert_eq!(log.opened_from_snapshot(), Some(5), "{case}");
-                    assert_eq!(log.take_snapshot_rejection(), None, "{case}");
-                    let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
-                    assert_eq!(found.map(|e| e.position), Some(3), "{case}");
-                    let why = log.take_snapshot_rejection();
-                    assert!(
-                        why.as_deref().is_some_and(|w| w.contains("frame lengths")),
+                        why.as_deref().is_some_and(|w| w.contains(note)),
                         "{case}: {why:?}"
                     );
                 } else {
