@@ -789,10 +789,11 @@ struct State {
     /// group starts ([`locations_ready`]).
     later_locs: Option<snapshot::LaterLocs>,
     /// Why the snapshot's event ids were not used when they were read
-    /// ([`ids_ready`]), until handed out.
+    /// ([`ids_ready`]), or its frame lengths when a sparse index read them
+    /// ([`locations_ready`]), until handed out.
     ids_note: Option<String>,
-    /// The snapshot's ids were not used: the close replaces it even if
-    /// few events were appended.
+    /// The snapshot's ids or frame lengths were not used: the close
+    /// replaces it even if few events were appended.
     snapshot_stale: bool,
     /// A group's fdatasync failed after the writer had put the group in
     /// the index ([`LARGE_GROUP_EVENTS`]): the index holds events that are
@@ -1034,7 +1035,8 @@ fn locations_ready(state: &RwLock<State>) -> Result<(), StoreError> {
     let full = match from_file {
         Some(Ok(mut full)) => match walk_into(&mut full, sparse, &state.segments) {
             Ok(()) if full.same_groups(sparse) => Ok(full),
-            _ => Err("its frame lengths are not those of its group table".to_string()),
+            Ok(()) => Err("its frame lengths are not those of its group table".to_string()),
+            Err(e) => Err(format!("the frames after it could not be added: {e}")),
         },
         Some(Err(why)) => Err(why),
         None => Ok(walk_all(sparse, &state.segments)?),
@@ -2174,7 +2176,9 @@ impl SegmentLog {
     /// was then rebuilt from the segments. Handed out once, for a note.
     ///
     /// Also why the snapshot's event ids, read after the open when first
-    /// needed ([`Index::later`]), were not used, once that has happened.
+    /// needed ([`Index::later`]), or its frame lengths, read when a sparse
+    /// index first needs every location (format 5), were not used, once
+    /// that has happened.
     pub fn take_snapshot_rejection(&self) -> Option<String> {
         if let Some(why) = self.snapshot_rejected.lock().ok()?.take() {
             return Some(why);

@@ -116,8 +116,8 @@ const BLOCK: usize = 1 << 20;
 /// reading (BLAKE3 hashes such a block many chunks at a time).
 const CHECKSUM_BLOCK: usize = 256 << 10;
 /// The size of snapshot from which an open that leaves the ids in the
-/// file takes the checksum, and reads the stream lists, on threads of
-/// their own (about 400,000 events): below it one thread is as quick
+/// file and holds every location takes the lengths' checksum, and reads
+/// the stream lists, on threads of their own (about 400,000 events): below it one thread is as quick
 /// (2.0 ms at 100,000 events against 2.3 with the threads), and a process
 /// that started the threads held ~8 MB more in the phases after (the
 /// bench at 100,000 events: memory the allocator keeps after threads end,
@@ -131,9 +131,9 @@ pub(super) struct OpenWith {
     /// open for appends); else left in the file until first needed
     /// ([`LaterIds`]).
     pub ids_now: bool,
-    /// Leaving the ids in the file, from this size of file the checksum
-    /// and the stream lists are taken on threads of their own
-    /// ([`BESIDE_BYTES`]; tests lower it).
+    /// Leaving the ids in the file and holding every location, from this
+    /// size of file the lengths' checksum and the stream lists are taken
+    /// on threads of their own ([`BESIDE_BYTES`]; tests lower it).
     pub beside_bytes: u64,
     /// Every position's location held ([`Locations`]'s 2 bytes a
     /// position); else only where each group of 64 starts
@@ -158,9 +158,10 @@ impl OpenWith {
 /// where each group of positions starts ([`OpenWith::locations`]), read
 /// when a read first needs every location ([`LaterLocs::read`]). The
 /// file stays open, so a snapshot written over it (a new file renamed
-/// into place) does not change what is read; the open checked the
-/// section's checksum, and the locations read are checked against the
-/// groups the open kept.
+/// into place) does not change what is read. The open did not read the
+/// lengths (format 5): they are checked against their own checksum when
+/// read, and the locations they give against the groups the open kept
+/// (by the caller, `locations_ready`).
 pub(super) struct LaterLocs {
     file: std::fs::File,
     /// Where the lengths start, where their checksum is (right after
