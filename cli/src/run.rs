@@ -169,10 +169,12 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         // erasure, a legal hold, a transfer out: each group of its frames
         // walked once, `SegmentOptions::locations_at_open`), the staff
         // list (every command's access check, a staff change), or their
-        // lines' pupils (an import); past the walks a sparse index allows
-        // (a day's register for the whole school, a retention run that
-        // erases many pupils), or at a look-up by id (`record --id`, an
-        // import line's `id`), every location is read from the snapshot.
+        // lines' pupils (an import); a look-up by id (`record --id`, an
+        // import line's `id`) walks the groups of its few candidates; past
+        // the walks a sparse index allows (a day's register for the whole
+        // school, a retention run that erases many pupils, a file whose ids
+        // are all stored already), every location is read from the
+        // snapshot.
         sparse_index: reads_little,
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;

@@ -1247,14 +1247,14 @@ proptest! {
         let unchanged = bytes == good;
         // Only the frame lengths or their checksum changed: an open that
         // keeps only where each group starts does not read them (format
-        // 5); a look-up by id (in the answers) reads them, finds them
-        // changed, says so, and walks the frames instead.
+        // 5); `verify`, which needs every location, reads them, finds
+        // them changed, says so, and walks the frames instead.
         let (lens_at, lists_at, ..) = snapshot_sections(&good);
         let lengths_only = !unchanged
             && bytes.len() == good.len()
             && (0..good.len()).all(|i| bytes[i] == good[i] || (lens_at..lists_at).contains(&i));
         std::fs::write(snapshot_path(dir), &bytes).unwrap();
-        let (answers, used, note) = rt.block_on(async {
+        let (answers, used, note, verified) = rt.block_on(async {
             let options = SegmentOptions {
                 segment_bytes: 1_500,
                 snapshot_min_events: SNAPSHOT_MIN_EVENTS,
@@ -1263,9 +1263,14 @@ proptest! {
             };
             let log = open_options(dir, options).unwrap();
             let used = log.opened_from_snapshot();
-            (index_answers(&log, 5).await, used, log.take_snapshot_rejection())
+            let answers = index_answers(&log, 5).await;
+            // `verify` needs every location: a sparse index reads the
+            // lengths then.
+            let verified = log.verify(&|_| {}).await.map(|r| r.ok).ok();
+            (answers, used, log.take_snapshot_rejection(), verified)
         });
         prop_assert_eq!(answers, expected);
+        prop_assert_eq!(verified, Some(true));
         prop_assert_eq!(used.is_some(), unchanged || (sparse && lengths_only));
         if sparse && lengths_only {
             prop_assert!(note.is_some_and(|n| n.contains("frame lengths")));

@@ -208,8 +208,9 @@ pub struct SegmentOptions {
     /// a command that reads the log in order, a few streams, or nothing
     /// (the caseload, the reports, a timeline): reads in position order
     /// walk a group's frames from
-    /// its start, so do the first [`SPARSE_WALKS`] positions of streams
-    /// read, and past those, or a look-up by id, every location is read
+    /// its start, so do the first [`SPARSE_WALKS`] groups of streams
+    /// read and of a look-up by id's candidates, and past those, at
+    /// `verify`, or before a snapshot is written, every location is read
     /// from the snapshot ([`locations_ready`]).
     pub locations_at_open: bool,
     /// [`SPILL_IDS`] (tests lower it).
@@ -1015,9 +1016,12 @@ fn walk_span(
 /// the snapshot's from its file, each checked against the groups kept, and
 /// those of the frames indexed after it walked from their groups' starts.
 /// Should the snapshot's no longer be readable or match, every frame's is
-/// walked. Done under the write lock, once in a process: past
-/// [`SPARSE_WALKS`] positions of streams read, at a look-up by id, at
-/// `verify`, or at the writer's first group that is not of minted ids.
+/// walked. Done under the write lock, once in a process: past the walks
+/// allowed ([`SPARSE_WALKS`] groups or more) for streams read and for the
+/// candidates of look-ups by id, at `verify`, or before the close writes
+/// a snapshot. (Until session an also at the first look-up by id, and at
+/// the writer's first group that is not of minted ids: those now walk
+/// their candidates' groups.)
 fn locations_ready(state: &RwLock<State>) -> Result<(), StoreError> {
     if !read_state(state)?.index.locs.is_sparse() {
         return Ok(());
@@ -1950,8 +1954,10 @@ fn install_ids(
 /// A note on why the snapshot's ids were not used is kept for
 /// [`SegmentLog::take_snapshot_rejection`].
 fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<(), StoreError> {
-    // The ids' checks read frames by position.
-    locations_ready(state)?;
+    // The ids' checks read frames by position: in a sparse index each by
+    // walking its group (the snapshot's spot checks, 64 frames, and the
+    // rare pairs that share a fingerprint); a look-up's candidates are
+    // counted as walks by its caller ([`SegmentLog::find_events`]).
     let stopped = || StoreError::WriterStopped;
     let pending = || -> Result<bool, StoreError> { Ok(read_state(state)?.index.later.is_some()) };
     if !pending()? {
@@ -2659,6 +2665,11 @@ impl Writer {
         // be, the old snapshot stays and the next open scans the frames
         // after it again.
         if ids_ready(&self.state, &self.ids_loader, &self.dir).is_err() {
+            return;
+        }
+        // A snapshot records every frame's length: a sparse index reads
+        // them first.
+        if locations_ready(&self.state).is_err() {
             return;
         }
         self.snapshot_now();
@@ -3830,7 +3841,7 @@ impl EventStore for SegmentLog {
     /// are read, and those frames compared with the ids asked.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
         ids_ready(&self.state, &self.ids_loader, &self.dir)?;
-        let (found, wanted, hash): (Vec<Uuid>, Wanted, IdHash) = {
+        let (found, groups) = {
             let state = self.read()?;
             // Usually none is stored (a fresh import): look each up, and
             // drop repeats among the few found.
@@ -3847,6 +3858,16 @@ impl EventStore for SegmentLog {
             }
             found.sort_unstable();
             found.dedup();
+            (found, state.index.locs.groups())
+        };
+        // In a sparse index each candidate's frame is found by walking its
+        // group: past the walks allowed (a file whose ids are all stored
+        // already), every location is read first.
+        if !found.is_empty() {
+            self.locations_for(found.len(), groups)?;
+        }
+        let (found, wanted, hash): (Vec<Uuid>, Wanted, IdHash) = {
+            let state = self.read()?;
             let mut ids = Vec::with_capacity(found.len());
             let mut wanted = Wanted::with_capacity(found.len());
             for (p, id) in found {
@@ -4054,6 +4075,8 @@ impl SegmentLog {
     /// the snapshot.
     fn verify_from(&self) -> Result<VerifyFrom, StoreError> {
         ids_ready(&self.state, &self.ids_loader, &self.dir)?;
+        // Every frame's location is checked against the index.
+        locations_ready(&self.state)?;
         let state = self.read()?;
         let ends = state.index.locs.segment_ends(state.segments.len());
         let segments: Vec<(Arc<Segment>, u64)> = state.segments.iter().cloned().zip(ends).collect();
@@ -5614,13 +5637,44 @@ mod index_tests {
         let seven = by_stream(&sparse, 7);
         assert_eq!(seven[..], added[51..]);
         assert!(is_sparse(&sparse));
+        // A look-up by id finds its candidate by walking the candidate's
+        // group (one walk); the index stays sparse. So does an append of
+        // ids the caller gave, whose stored one is refused.
+        let walks = walked(&sparse);
         assert_eq!(
             rt.block_on(sparse.find_event(seven[3].event_id))
                 .unwrap()
                 .as_ref(),
             Some(&seven[3])
         );
-        assert!(!is_sparse(&sparse), "a look-up by id reads every location");
+        assert_eq!(
+            rt.block_on(sparse.find_event(Uuid::from_u128(999_999)))
+                .unwrap(),
+            None
+        );
+        assert!(
+            is_sparse(&sparse),
+            "a look-up by id walks its candidate's group"
+        );
+        assert_eq!(walked(&sparse), walks + 1);
+        let mut again = to_stream(7, 60_000..60_002);
+        again.events[1].event_id = seven[3].event_id;
+        assert!(matches!(
+            rt.block_on(sparse.append_atomic(vec![again])),
+            Err(StoreError::DuplicateEventId { .. })
+        ));
+        rt.block_on(sparse.append_atomic(vec![to_stream(7, 60_000..60_002)]))
+            .unwrap();
+        assert!(is_sparse(&sparse));
+        // Past the walks allowed, a look-up reads every location first.
+        sparse.walked.store(u64::MAX / 2, Ordering::Relaxed);
+        assert_eq!(
+            rt.block_on(sparse.find_event(seven[4].event_id))
+                .unwrap()
+                .as_ref(),
+            Some(&seven[4])
+        );
+        assert!(!is_sparse(&sparse), "past the walks, every location read");
         assert_eq!(
             rt.block_on(sparse.read_all(1, 10_000)).unwrap()[..2_100],
             all[..]
@@ -5628,11 +5682,17 @@ mod index_tests {
         drop((sparse, store));
         let (store, whole) = open_sparse_test(dir.path(), sparse_options(true, u64::MAX));
         assert_eq!(
-            rt.block_on(whole.read_all(2_101, 100)).unwrap(),
+            rt.block_on(whole.read_all(2_101, 100)).unwrap()[..70],
             added[51..]
         );
         assert_verifies(&rt, &whole);
         drop((whole, store));
+        // `verify` on a sparse index reads every location first.
+        let (store, sparse) = open_sparse_test(dir.path(), sparse_options(false, u64::MAX));
+        assert!(is_sparse(&sparse));
+        assert_verifies(&rt, &sparse);
+        assert!(!is_sparse(&sparse));
+        drop((sparse, store));
     }
 
     /// Pages read in position order from a sparse index while the writer
@@ -6153,8 +6213,8 @@ mod index_tests {
     /// is rebuilt from the segments. An open that keeps only the groups'
     /// starts, for appends or not, refuses a byte changed in the header,
     /// the directory or the lists, and opens from a snapshot whose frame
-    /// lengths changed (it does not read them): a look-up by id, which
-    /// needs every location, finds them changed, says so, and walks the
+    /// lengths changed (it does not read them): `verify`, which needs
+    /// every location, finds them changed, says so, and walks the
     /// frames. A byte changed in the ids' section (or their checksum) is
     /// refused by an open for appends, and by the others at the ids'
     /// first use, which then indexes them from the segments.
@@ -6231,8 +6291,8 @@ mod index_tests {
                 // look-up by id), which indexes them from the segments
                 // instead. The frame lengths, which an open that keeps
                 // only the groups' starts does not read: refused when a
-                // read first needs every location (a look-up by id),
-                // every frame walked instead.
+                // read first needs every location (`verify`), every frame
+                // walked instead.
                 let refused_later = match (at >= ids_at && !ids_at_open, !locations && !read_sparse)
                 {
                     (true, _) => Some("the ids' section: checksum mismatch"),
@@ -6244,6 +6304,13 @@ mod index_tests {
                     assert_eq!(log.take_snapshot_rejection(), None, "{case}");
                     let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
                     assert_eq!(found.map(|e| e.position), Some(3), "{case}");
+                    // The lengths are read when every location is needed
+                    // (`verify`; a look-up by id walks its candidate's
+                    // group).
+                    if note == "frame lengths" {
+                        assert_eq!(log.take_snapshot_rejection(), None, "{case}");
+                        assert_verifies(&rt, &log);
+                    }
                     let why = log.take_snapshot_rejection();
                     assert!(
                         why.as_deref().is_some_and(|w| w.contains(note)),
