@@ -3838,7 +3838,10 @@ impl EventStore for SegmentLog {
 
     /// One index lookup under one lock for the whole batch (the import
     /// planner's prefetch); only the ids whose fingerprints the log holds
-    /// are read, and those frames compared with the ids asked.
+    /// are read, and those frames compared with the ids asked. The
+    /// candidates' frames are located under a second lock: a sparse index
+    /// may read every location between the two (past its walks), and a
+    /// position, once indexed, never moves.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
         ids_ready(&self.state, &self.ids_loader, &self.dir)?;
         let (found, groups) = {
