@@ -98,26 +98,23 @@ pub(crate) fn describe_url(url: &str) -> String {
 impl Store {
     /// Opens the embedded store at `data` (engine detected, or `engine`
     /// for a new one), or the database at `url` when given; creates
-    /// (migrates) when `create`. `reading_only`: the command is not
-    /// expected to need the stored event ids: it appends only events whose
-    /// ids it mints (`append_minted`: a timeline's `RecordViewed`, a
-    /// `record` without `--id`, a staff change; `append_atomic_minted`: an
-    /// import whose lines carry no `id`) and looks no id up but those a
-    /// `record --id` or an import's lines name; so the segment engine leaves its
-    /// event ids in the index snapshot until something needs them
-    /// (`SegmentOptions::event_ids_at_open`). `sparse_index`: the command
-    /// reads the log in position order, a pupil's stream, or nothing (the
-    /// caseload, the reports, a timeline, an audit, an export, a
-    /// `record`), so the segment
-    /// engine keeps only where each
+    /// (migrates) when `create`. `reads_little`: the command is not
+    /// expected to need the stored event ids (it appends only events whose
+    /// ids it mints, `append_minted`, `append_atomic_minted`, and looks no
+    /// id up but those a `record --id` or an import's lines name) nor every
+    /// event's location (it reads the log in position order, a few
+    /// streams, or nothing); so the segment engine leaves its event ids in
+    /// the index snapshot until something needs them
+    /// (`SegmentOptions::event_ids_at_open`), and keeps only where each
     /// group of 64 positions starts until a read needs every location
-    /// (`SegmentOptions::locations_at_open`).
+    /// (`SegmentOptions::locations_at_open`). The commands are listed in
+    /// `run::run`.
     pub(crate) async fn open_async(
         data: &Path,
         url: Option<&str>,
         engine: Option<Engine>,
         create: bool,
-        (reading_only, sparse_index): (bool, bool),
+        reads_little: bool,
     ) -> Result<Store, Failure> {
         Ok(match url {
             Some(url) => {
@@ -138,8 +135,8 @@ impl Store {
                     data,
                     create,
                     SegmentOptions {
-                        event_ids_at_open: !reading_only,
-                        locations_at_open: !sparse_index,
+                        event_ids_at_open: !reads_little,
+                        locations_at_open: !reads_little,
                         ..SegmentOptions::default()
                     },
                 )?),
@@ -154,11 +151,16 @@ impl Store {
         url: Option<&str>,
         engine: Option<Engine>,
         create: bool,
-        opening: (bool, bool),
+        reads_little: bool,
     ) -> Result<Store, Failure> {
         tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current()
-                .block_on(Store::open_async(data, url, engine, create, opening))
+            tokio::runtime::Handle::current().block_on(Store::open_async(
+                data,
+                url,
+                engine,
+                create,
+                reads_little,
+            ))
         })
     }
 

@@ -884,9 +884,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     drop(source);
 
     // Close and open again: what every command pays to open the store,
-    // here as a command that only reads but holds every location opens it
-    // (an import of lines without ids, an erasure, a legal hold, a staff
-    // change: the segment engine leaves the event ids in its snapshot).
+    // here with the event ids left in the snapshot but every location
+    // held (`open_reading_only_ms`; no CLI command opens so since session
+    // an, when every command that leaves the ids keeps only the groups'
+    // starts: kept as the full index's open without the ids).
     drop(log);
     let t = phase("close and open the store again (as a command that only reads)");
     let (engine, reopened) = backend.reopen(engine, &engine_dir, &school).await?;

@@ -69,9 +69,9 @@ impl Backend for Segment {
             };
             let (scanned, open_full_scan_ms) = open_timed(dir, school, false, full)?;
             drop(scanned);
-            // An open for a command that only reads but holds every
-            // location (an import of lines without ids, an erasure): the
-            // event ids stay in the snapshot.
+            // An open that leaves the event ids in the snapshot but holds
+            // every location (no CLI command opens so since session an:
+            // the full index's open without the ids).
             let reading_only = SegmentOptions {
                 event_ids_at_open: false,
                 ..SegmentOptions::default()

@@ -27,9 +27,9 @@ fn describe(target: &str) -> String {
 
 async fn open(target: &str, engine: Option<Engine>, create: bool) -> Result<Store, Failure> {
     if is_database_url(target) {
-        Store::open_async(Path::new(""), Some(target), None, create, (false, false)).await
+        Store::open_async(Path::new(""), Some(target), None, create, false).await
     } else {
-        Store::open_async(Path::new(target), None, engine, create, (false, false)).await
+        Store::open_async(Path::new(target), None, engine, create, false).await
     }
 }
 

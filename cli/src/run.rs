@@ -30,13 +30,9 @@ pub(crate) struct Ctx {
     /// The access-checked log and actor, set by `staff::check_command`.
     pub(crate) session: Option<crate::staff::Session>,
     pub(crate) sealing: crate::privacy::Sealing,
-    /// The command appends nothing but ids it mints and looks up no id
-    /// but a `record --id`'s or an import line's ([`Store::open_async`]'s
-    /// `reading_only`).
-    pub(crate) reading_only: bool,
-    /// The command reads the log in position order, a pupil's stream, or
-    /// nothing ([`Store::open_async`]'s `sparse_index`).
-    pub(crate) sparse_index: bool,
+    /// The command neither needs the stored event ids at once nor every
+    /// event's location ([`Store::open_async`]'s `reads_little`).
+    pub(crate) reads_little: bool,
 }
 
 impl Ctx {
@@ -50,7 +46,7 @@ impl Ctx {
             self.database_url.as_deref(),
             self.engine,
             create,
-            (self.reading_only, self.sparse_index),
+            self.reads_little,
         )?;
         self.store = Some(s.clone());
         Ok(s)
@@ -120,9 +116,33 @@ impl Ctx {
 pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
     casebook_engine::store::sled::validate_school(&cli.school)?;
     let now = Utc::now();
-    // The commands that neither look up the stored event ids nor need
-    // every event's location at once: their store opens the index with
-    // the ids and the frame lengths left in its snapshot (below).
+    // The commands that neither need the stored event ids at once nor
+    // every event's location: their store opens the index with the ids and
+    // the frame lengths left in its snapshot.
+    //
+    // The caseload, the reports and a rebuild fold the views (from their
+    // checkpoints, or from the start) and append nothing; a correction's
+    // entry is found in its pupil's stream. A timeline or an audit appends
+    // only its `RecordViewed`, whose id it minted (`append_minted`); so
+    // does an access refusal, a staff change and a `record` without
+    // `--id`, an import whose lines carry no `id` (`ImportPlan::minted`),
+    // and the one event an erasure, a legal hold, a retention run's
+    // erasures or a transfer out records (`privacy::record_one`); an
+    // export appends only its `RecordViewed`. A `record --id`, or an
+    // import line's `id`, is looked up among the stored ones, which reads
+    // them then.
+    //
+    // They read the log in position order (the caseload, the reports, a
+    // rebuild, a retention run), a pupil's stream (a timeline, an audit,
+    // an export, a `record`, an erasure, a legal hold, a transfer out:
+    // each group of its frames walked once,
+    // `SegmentOptions::locations_at_open`), the staff list (every
+    // command's access check, a staff change), or their lines' pupils (an
+    // import); a look-up by id (`record --id`, an import line's `id`)
+    // walks the groups of its few candidates; past the walks a sparse
+    // index allows (a day's register for the whole school, a retention
+    // run that erases many pupils, a file whose ids are all stored
+    // already), every location is read from the snapshot.
     let reads_little = matches!(
         cli.command,
         Command::Import { .. }
@@ -151,31 +171,7 @@ pub(crate) async fn run(cli: Cli) -> Result<(), Failure> {
         engine: cli.engine,
         session: None,
         sealing: crate::privacy::Sealing::new(cli.key_file.clone()),
-        // The caseload, the reports and a rebuild fold the views (from
-        // their checkpoints, or from the start) and append nothing; a
-        // correction's entry is found in its pupil's stream. A timeline
-        // or an audit appends only its `RecordViewed`, whose id it minted
-        // (`append_minted`); so does an access refusal, a staff change
-        // and a `record` without `--id`, an import whose lines carry no
-        // `id` (`ImportPlan::minted`), and the one event an erasure, a
-        // legal hold, a retention run's erasures or a transfer out records
-        // (`privacy::record_one`); an export appends only its
-        // `RecordViewed`. A `record --id`, or an import line's `id`, is
-        // looked up among the stored ones, which reads them then.
-        reading_only: reads_little,
-        // The same commands read the log in position order (the
-        // caseload, the reports, a rebuild, a retention run), a pupil's
-        // stream (a timeline, an audit, an export, a `record`, an
-        // erasure, a legal hold, a transfer out: each group of its frames
-        // walked once, `SegmentOptions::locations_at_open`), the staff
-        // list (every command's access check, a staff change), or their
-        // lines' pupils (an import); a look-up by id (`record --id`, an
-        // import line's `id`) walks the groups of its few candidates; past
-        // the walks a sparse index allows (a day's register for the whole
-        // school, a retention run that erases many pupils, a file whose ids
-        // are all stored already), every location is read from the
-        // snapshot.
-        sparse_index: reads_little,
+        reads_little,
     };
     crate::staff::check_command(&mut ctx, &cli.command).await?;
     match cli.command {

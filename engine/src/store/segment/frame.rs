@@ -104,10 +104,18 @@ fn seal_prefix(frame: &mut [u8]) {
     frame[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn le_u64(b: &[u8]) -> u64 {
+/// The little-endian `u64` that `b` starts with.
+pub(super) fn le_u64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)
+}
+
+/// The little-endian `u32` that `b` starts with.
+pub(super) fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
 }
 
 fn uuid_at(b: &[u8]) -> Uuid {

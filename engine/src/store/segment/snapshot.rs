@@ -53,10 +53,11 @@ use std::path::Path;
 
 use uuid::Uuid;
 
+use super::frame::{self, le_u32, le_u64};
 use super::locs::{Locations, SnapRun};
 use super::sorted_ids::{pair_bytes, SortedIds, PAIR};
 use super::streams::{AtInFile, Streams, LIST_BLOCK};
-use super::{frame, IdHash, Index};
+use super::{IdHash, Index};
 use crate::envelope::{Hash, StreamId};
 use crate::error::StoreError;
 
@@ -154,14 +155,14 @@ impl OpenWith {
     }
 }
 
-/// A snapshot's frame lengths, left in the file by an open that kept only
-/// where each group of positions starts ([`OpenWith::locations`]), read
-/// when a read first needs every location ([`LaterLocs::read`]). The
-/// file stays open, so a snapshot written over it (a new file renamed
-/// into place) does not change what is read. The open did not read the
-/// lengths (format 5): they are checked against their own checksum when
-/// read, and the locations they give against the groups the open kept
-/// (by the caller, `locations_ready`).
+/// A snapshot's frame lengths: read by an open that holds every location,
+/// or left in the file by one that kept only where each group of
+/// positions starts ([`OpenWith::locations`]) and read when a read first
+/// needs every location ([`LaterLocs::read`]). The file stays open, so a
+/// snapshot written over it (a new file renamed into place) does not
+/// change what is read. They are checked against their own checksum when
+/// read, and the locations they give against the group table (by the
+/// open, or by `locations_ready` against the groups it kept).
 pub(super) struct LaterLocs {
     file: std::fs::File,
     /// Where the lengths start, where their checksum is (right after
@@ -179,25 +180,28 @@ impl LaterLocs {
     /// checked against their checksum (the caller checks them against
     /// the groups it kept).
     pub(super) fn read(&self) -> Result<Locations, String> {
+        self.read_with(true)
+    }
+
+    /// [`LaterLocs::read`], the checksum taken as the lengths are read
+    /// when `hashed` (else by a thread of its own: [`checksum`]).
+    fn read_with(&self, hashed: bool) -> Result<Locations, String> {
         let file = self
             .file
             .try_clone()
             .map_err(|e| format!("cannot open: {e}"))?;
-        let mut r = Reading {
-            hasher: Some(blake3::Hasher::new()),
-            hashed_end: self.sum_at,
-            ..Reading::at(file, self.at, self.total, self.sum_at)
-        };
+        let mut r = Reading::at(file, self.at, self.total, self.sum_at);
+        if hashed {
+            r.hasher = Some(blake3::Hasher::new());
+            r.hashed_end = self.sum_at;
+        }
         let mut locs = Locations::default();
         load_locations(&mut r, &self.segments, self.head, &mut locs)?;
-        let mut stored = [0u8; 32];
-        r.file
-            .read_exact_at(&mut stored, self.sum_at)
-            .map_err(|e| format!("cannot read: {e}"))?;
-        match r.hasher.take().map(|h| h.finalize()) {
-            Some(hash) if hash.as_bytes() == &stored => Ok(locs),
-            _ => Err("the frame lengths: checksum mismatch".into()),
+        if let Some(hasher) = r.hasher.take() {
+            sum_matches(&r.file, self.sum_at, hasher)
+                .map_err(|e| format!("the frame lengths: {e}"))?;
         }
+        Ok(locs)
     }
 }
 
@@ -537,18 +541,6 @@ struct Directory {
 /// number of segments.
 const HEADER: u64 = 8 + 4 + 8 + 32 + 8 + 4;
 
-fn le_u64(b: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[..8]);
-    u64::from_le_bytes(a)
-}
-
-fn le_u32(b: &[u8]) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[..4]);
-    u32::from_le_bytes(a)
-}
-
 /// Reads and checks the header, the segments and the directory of the
 /// snapshot `file` of `total` bytes against their checksum: every count
 /// against the file's size, the sections' sizes against the head, the
@@ -675,13 +667,8 @@ fn read_directory(file: &std::fs::File, total: u64, max_events: u64) -> Result<D
     if r.read != dir_sum_at {
         return Err("the directory does not end where its checksum begins".into());
     }
-    let mut stored = [0u8; 32];
-    file.read_exact_at(&mut stored, dir_sum_at)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    match r.hasher.take().map(|h| h.finalize()) {
-        Some(hash) if hash.as_bytes() == &stored => {}
-        _ => return Err("checksum mismatch".into()),
-    }
+    let hasher = r.hasher.take().unwrap_or_default();
+    sum_matches(file, dir_sum_at, hasher)?;
     let groups =
         Locations::sparse_from(&runs, &bases, head).map_err(|e| format!("the group table: {e}"))?;
     if groups.segments().as_deref() != Some(&segments[..]) {
@@ -737,25 +724,18 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
     // the rest, while a thread of its own reads them.
     let ids_sum =
         || checksum(&handle()?, d.ids_at, total - 32).map_err(|e| format!("the ids' section: {e}"));
+    let lens = LaterLocs {
+        file: handle()?,
+        at: d.lens_at,
+        sum_at: d.lens_sum_at,
+        total,
+        head: d.head,
+        segments: d.segments.clone(),
+    };
     // Every location from the lengths, hashed here or not (when a thread
     // of its own takes their checksum), checked against the group table.
     let lengths = |hashed: bool| -> Result<Locations, String> {
-        let mut r = Reading::at(handle()?, d.lens_at, total, d.lens_sum_at);
-        if hashed {
-            r.hasher = Some(blake3::Hasher::new());
-            r.hashed_end = d.lens_sum_at;
-        }
-        let mut locs = Locations::default();
-        load_locations(&mut r, &d.segments, d.head, &mut locs)?;
-        if let Some(hasher) = r.hasher.take() {
-            let mut stored = [0u8; 32];
-            r.file
-                .read_exact_at(&mut stored, d.lens_sum_at)
-                .map_err(|e| format!("cannot read: {e}"))?;
-            if hasher.finalize().as_bytes() != &stored {
-                return Err("the frame lengths: checksum mismatch".into());
-            }
-        }
+        let locs = lens.read_with(hashed)?;
         if !locs.same_groups(&d.groups) {
             return Err("the group table is not the frame lengths'".into());
         }
@@ -804,55 +784,32 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
         }
     };
     let locs = locs?;
-    let sparse = locs.is_none();
-    let Directory {
-        head,
-        head_hash,
-        seed,
-        segments,
-        groups,
-        lists,
-        crcs,
-        lens_at,
-        lens_sum_at,
-        ids_at,
-        ..
-    } = d;
+    // An open that kept only the groups' starts reads the lengths later.
+    let later_locs = locs.is_none().then_some(lens);
     let streams = Streams::from_file(
         handle()?,
         path.to_path_buf(),
-        head,
-        IdHash::with_seed(seed),
-        lists,
-        crcs,
+        d.head,
+        IdHash::with_seed(d.seed),
+        d.lists,
+        d.crcs,
     )?;
     let index = Index {
-        head_hash,
+        head_hash: d.head_hash,
         max_events,
-        locs: locs.unwrap_or(groups),
+        locs: locs.unwrap_or(d.groups),
         streams,
         ..Index::default()
-    };
-    let later_locs = match sparse {
-        true => Some(LaterLocs {
-            file: handle()?,
-            at: lens_at,
-            sum_at: lens_sum_at,
-            total,
-            head,
-            segments: segments.clone(),
-        }),
-        false => None,
     };
     Ok(Some(Loaded {
         index,
         locs: later_locs,
-        segments,
+        segments: d.segments,
         ids: LaterIds {
             file: handle()?,
-            at: ids_at,
-            head,
-            seed,
+            at: d.ids_at,
+            head: d.head,
+            seed: d.seed,
             sum_at: total - 32,
             ahead: std::sync::Mutex::new(ahead),
         },
@@ -929,13 +886,7 @@ impl LaterIds {
         let read = load_ids(&self.file, self.at, self.head, Some(&mut sum));
         // The checksum first: a fault the pairs' checks found in bytes
         // that do not match it is damage, and said so.
-        let mut stored = [0u8; 32];
-        self.file
-            .read_exact_at(&mut stored, self.sum_at)
-            .map_err(|e| format!("cannot read: {e}"))?;
-        if sum.finalize().as_bytes() != &stored {
-            return Err("the ids' section: checksum mismatch".into());
-        }
+        sum_matches(&self.file, self.sum_at, sum).map_err(|e| format!("the ids' section: {e}"))?;
         read
     }
 }
@@ -1068,8 +1019,14 @@ fn check_lists(file: std::fs::File, d: &Directory, total: u64, full: bool) -> Re
 fn checksum(file: &std::fs::File, from: u64, to: u64) -> Result<(), String> {
     let mut hasher = blake3::Hasher::new();
     hash_range(file, from, to, &mut hasher)?;
+    sum_matches(file, to, hasher)
+}
+
+/// Checks what `hasher` hashed against the 32 bytes at `at` of `file` (a
+/// section's checksum).
+fn sum_matches(file: &std::fs::File, at: u64, hasher: blake3::Hasher) -> Result<(), String> {
     let mut stored = [0u8; 32];
-    file.read_exact_at(&mut stored, to)
+    file.read_exact_at(&mut stored, at)
         .map_err(|e| format!("cannot read: {e}"))?;
     if hasher.finalize().as_bytes() != &stored {
         return Err("checksum mismatch".into());
