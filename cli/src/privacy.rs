@@ -389,6 +389,10 @@ impl EventStore for Unsealed {
         self.inner.will_read_streams(streams).await
     }
 
+    async fn will_read_streams_from(&self, streams: &[(StreamId, u64)]) -> Result<(), StoreError> {
+        self.inner.will_read_streams_from(streams).await
+    }
+
     async fn read_stream(
         &self,
         stream: StreamId,

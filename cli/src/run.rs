@@ -345,7 +345,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
     let own_log = store.log(&own);
     let mut own_planner = match (&own_log, &own_ring) {
         (Ok(log), Ok(ring)) => {
-            let planner = Planner::new(log.as_ref(), &own, ctx.now);
+            let planner = Planner::new(log.as_ref(), &own, ctx.now).with_known_facts();
             Some(match ring {
                 Some(r) => planner.with_sealer(r.as_ref()),
                 None => planner,
@@ -406,7 +406,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
             other => {
                 own_plan = other;
                 let ring = ctx.sealer(&school)?;
-                let mut planner = Planner::new(log.as_ref(), &school, ctx.now);
+                let mut planner = Planner::new(log.as_ref(), &school, ctx.now).with_known_facts();
                 if let Some(r) = &ring {
                     planner = planner.with_sealer(r.as_ref());
                 }
@@ -420,19 +420,23 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
                 (ring, plan)
             }
         };
-        plans.push((guarded, actor, plan, ring));
+        plans.push((school, log, guarded, actor, plan, ring));
     }
     spinner.finish_and_clear();
-    let to_write: usize = plans.iter().map(|(_, _, plan, _)| plan.events).sum();
+    let to_write: usize = plans.iter().map(|(.., plan, _)| plan.events).sum();
     let writing = progress::working(&format!(
         "writing {} events",
         indicatif::HumanCount(to_write as u64)
     ));
     let mut imported = 0;
     let mut duplicates = 0;
-    for (guarded, actor, plan, ring) in plans {
+    for (school, log, guarded, actor, mut plan, ring) in plans {
         imported += plan.events;
         duplicates += plan.duplicates;
+        if let Some(why) = plan.known_note.take() {
+            eprintln!("note: school {school}: {why}; every pupil's history was read, and a new checkpoint is saved after the import");
+        }
+        let known = plan.known.take();
         if !plan.requests.is_empty() {
             crate::privacy::commit_keys(&ring)?;
             guarded
@@ -444,6 +448,14 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
                     }
                     other => crate::staff::access_failure(other),
                 })?;
+        }
+        // The facts the next import starts its pupils from. The import
+        // is durable whatever happens here: a checkpoint not saved only
+        // makes the next one read every pupil's history.
+        if let Some(known) = known {
+            if let Err(e) = casebook_engine::known::save(log.as_ref(), &known).await {
+                eprintln!("note: school {school}: the facts checkpoint could not be saved ({e}); the next import reads every pupil's history");
+            }
         }
     }
     drop(writing);

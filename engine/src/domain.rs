@@ -846,7 +846,7 @@ struct Entry {
 
 /// Which sessions of one academic year are marked: bit `2 * day + session`,
 /// `day` counted from 1 September (at most 366 days, so 732 bits).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Register([u64; 12]);
 
 impl Register {
@@ -869,7 +869,7 @@ impl Register {
 }
 
 /// Review state of an agreed plan.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct PlanStatus {
     kind: PlanKind,
     /// `None` once a review ended the plan.
@@ -886,8 +886,12 @@ pub struct OpenPlan<'a> {
 
 /// What the rules need to know, derived from the effective entries in stream
 /// order. Rebuilt from the entries when a correction changes one.
-#[derive(Clone, Debug, Default)]
-struct Facts {
+///
+/// Kept in the import planner's facts checkpoint ([`crate::known`]) as
+/// MessagePack, its fields in this order: a change to them, or to what
+/// [`Facts::absorb`] makes of an event, must bump `known::FORMAT`.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Facts {
     pupil: Option<Box<str>>,
     /// Intervention id -> still running.
     interventions: BTreeMap<Box<str>, bool>,
@@ -1254,6 +1258,24 @@ impl CaseState {
     pub fn forget_entries(&mut self) {
         self.entries = Vec::new();
         self.facts_only = self.version;
+    }
+
+    /// The state's version and facts: what the import planner's facts
+    /// checkpoint keeps of it ([`crate::known`]).
+    pub(crate) fn into_known(self) -> (u64, Facts) {
+        (self.version, self.facts)
+    }
+
+    /// The state of a stream's first `version` events, held as facts only
+    /// (incomplete, see [`CaseState`]), from what [`CaseState::into_known`]
+    /// gave of a state at that version.
+    pub(crate) fn from_known(version: u64, facts: Facts) -> CaseState {
+        CaseState {
+            version,
+            facts_only: version,
+            entries: Vec::new(),
+            facts,
+        }
     }
 
     /// Leading events held as facts only (0 in a complete state): those

@@ -20,7 +20,7 @@ use crate::error::StoreError;
 use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::segment::IdHash;
 use crate::store::{
-    may_block_in_place, read_whole_stream, visit_whole_stream, AppendRequest, Appended, EventStore,
+    may_block_in_place, read_whole_stream, visit_stream_from, AppendRequest, Appended, EventStore,
     ExpectedVersion, Head, Presealed, MAX_EVENTS_PER_APPEND,
 };
 
@@ -423,6 +423,16 @@ pub struct ImportPlan {
     /// its index snapshot: an import of a day's register into a store of
     /// millions of events does not read millions of ids).
     pub minted: bool,
+    /// The facts checkpoint to save once the plan is durable
+    /// ([`crate::known::save`]): every pupil's facts as the plan leaves
+    /// them, and those of the checkpoint read that the import did not
+    /// touch. Only of a planner [`Planner::with_known_facts`] that read
+    /// the checkpoint (an import that folded [`crate::known::MIN_PUPILS`]
+    /// stored pupils at once).
+    pub known: Option<crate::known::KnownFacts>,
+    /// Why the stored facts checkpoint was not used, when it was not (said
+    /// once to the user; the import read every pupil's whole history).
+    pub known_note: Option<String>,
 }
 
 impl ImportPlan {
@@ -473,6 +483,22 @@ pub struct Planner<'a> {
     /// duplicates for now; [`Pipeline::plan`] checks each against the store
     /// once that batch is durable, exactly as a fresh planner would.
     deferred: Vec<Deferred>,
+    /// The facts checkpoint ([`Planner::with_known_facts`]).
+    known: Known,
+    /// Why the stored checkpoint was not used ([`ImportPlan::known_note`]).
+    known_note: Option<String>,
+}
+
+/// Where a planner is with the facts checkpoint ([`crate::known`]).
+enum Known {
+    /// Not asked for.
+    Off,
+    /// Asked for, not read yet: read at the first look-up that folds
+    /// [`crate::known::MIN_PUPILS`] stored pupils.
+    Unread,
+    /// Read (what was usable of it, taken out pupil by pupil as they are
+    /// folded); the plan's facts are filed here at the end.
+    Read(crate::known::KnownFacts),
 }
 
 /// The state one [`Pipeline`] batch leaves for the next while it is being
@@ -545,6 +571,10 @@ struct PupilPlan {
 /// would).
 type Folded = Result<(CaseState, u64), StoreError>;
 
+/// Each stream's state to fold on from, taken from the facts checkpoint
+/// (see [`read_folded`]).
+type Starts = HashMap<StreamId, CaseState>;
+
 /// Stored events the prefetch reads at once, about: it reads the streams
 /// of a batch's pupils a slice at a time, each slice folded and let go
 /// before the next is read, so that what it holds is about this many
@@ -585,22 +615,42 @@ fn stored_case_event(
 /// second pass of the same kind, folded with its entries and then let go
 /// of them.
 ///
-/// `batched`: through `visit_streams`; otherwise each stream on its own
-/// (`visit_stream`, the planner's one-line-at-a-time reads, which do not
-/// depend on the batched look-ups).
+/// `batched`: through `visit_streams_from`; otherwise each stream on its
+/// own (`visit_stream`, the planner's one-line-at-a-time reads, which do
+/// not depend on the batched look-ups).
+///
+/// `starts`: streams whose facts the planner's checkpoint holds at a
+/// version ([`crate::known`]), folded on from there: only their events
+/// after it are read. One whose events after it hold a correction is
+/// folded again from its first event, as a stream folded from there
+/// would be.
 async fn read_folded(
     store: &dyn EventStore,
     streams: &[StreamId],
     keep_entries: &IdSet<StreamId>,
     batched: bool,
+    starts: Starts,
 ) -> Result<HashMap<StreamId, Folded>, StoreError> {
-    store.will_read_streams(streams).await?;
+    let tails: Vec<(StreamId, u64)> = streams
+        .iter()
+        .map(|s| (*s, starts.get(s).map_or(1, |state| state.version() + 1)))
+        .collect();
+    store.will_read_streams_from(&tails).await?;
     let mut fold = FoldVisitor::new(keep_entries, batched, streams.len());
-    match batched && streams.len() >= PARALLEL_FOLD_STREAMS && may_block_in_place() {
-        true => fold.visit_halves(store, streams)?,
-        false => fold.visit_slices(store, streams).await?,
+    fold.starts = starts;
+    match batched && tails.len() >= PARALLEL_FOLD_STREAMS && may_block_in_place() {
+        true => fold.visit_halves(store, &tails)?,
+        false => fold.visit_slices(store, &tails).await?,
     }
-    let again = std::mem::take(&mut fold.again);
+    // The streams with no event after their checkpointed version.
+    for (stream, state) in std::mem::take(&mut fold.starts) {
+        let version = state.version();
+        fold.folded.insert(stream, Ok((state, version)));
+    }
+    let again: Vec<(StreamId, u64)> = std::mem::take(&mut fold.again)
+        .into_iter()
+        .map(|s| (s, 1))
+        .collect();
     fold.second_pass = true;
     fold.visit_slices(store, &again).await?;
     Ok(fold.folded)
@@ -631,12 +681,17 @@ struct FoldVisitor<'k> {
     visiting: Option<Visiting>,
     /// Events of the longest stream visited.
     longest: u64,
+    /// The states streams are folded on from (see [`read_folded`]), each
+    /// taken out when its stream's first event is visited.
+    starts: Starts,
 }
 
 /// A stream [`FoldVisitor`] is visiting: its state so far and version, or
 /// why it stopped folding it.
 struct Visiting {
     stream: StreamId,
+    /// The version of its first event visited.
+    first: u64,
     version: u64,
     /// Folded with every entry (kept, or let go at the end).
     entries: bool,
@@ -661,6 +716,7 @@ impl<'k> FoldVisitor<'k> {
             second_pass: false,
             visiting: None,
             longest: 1,
+            starts: Starts::default(),
         }
     }
 
@@ -676,15 +732,28 @@ impl<'k> FoldVisitor<'k> {
     fn visit_halves(
         &mut self,
         store: &dyn EventStore,
-        streams: &[StreamId],
+        streams: &[(StreamId, u64)],
     ) -> Result<(), StoreError> {
         let (first, second) = streams.split_at(streams.len() / 2);
         let (keep_entries, batched) = (self.keep_entries, self.batched);
         let (second_pass, longest) = (self.second_pass, self.longest);
+        let mut starts = Starts::default();
+        for (stream, _) in second {
+            if let Some(state) = self.starts.remove(stream) {
+                starts.insert(*stream, state);
+            }
+        }
+        // Taken by whichever thread visits the second half.
+        let starts = std::sync::Mutex::new(starts);
         let visit_second = || {
+            let starts = match starts.lock() {
+                Ok(mut held) => std::mem::take(&mut *held),
+                Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+            };
             let mut other = FoldVisitor {
                 second_pass,
                 longest,
+                starts,
                 ..FoldVisitor::new(keep_entries, batched, second.len())
             };
             let done =
@@ -716,25 +785,27 @@ impl<'k> FoldVisitor<'k> {
         mine?;
         theirs?;
         self.folded.extend(other.folded);
+        self.starts.extend(other.starts);
         self.again.extend(other.again);
         self.longest = self.longest.max(other.longest);
         Ok(())
     }
 
-    /// Visits `streams` a slice at a time, filing each stream.
+    /// Visits `streams` (each from the version named with it) a slice at a
+    /// time, filing each stream.
     async fn visit_slices(
         &mut self,
         store: &dyn EventStore,
-        streams: &[StreamId],
+        streams: &[(StreamId, u64)],
     ) -> Result<(), StoreError> {
         let (mut at, mut slice) = (0, FIRST_SLICE_STREAMS);
         while at < streams.len() {
             let end = streams.len().min(at + slice);
             if self.batched {
-                store.visit_streams(&streams[at..end], self).await?;
+                store.visit_streams_from(&streams[at..end], self).await?;
             } else {
-                for stream in &streams[at..end] {
-                    visit_whole_stream(store, *stream, self).await?;
+                for &(stream, from) in &streams[at..end] {
+                    visit_stream_from(store, stream, from, self).await?;
                 }
             }
             self.finish();
@@ -750,7 +821,7 @@ impl<'k> FoldVisitor<'k> {
         let Some(v) = self.visiting.take() else {
             return;
         };
-        self.longest = self.longest.max(v.version);
+        self.longest = self.longest.max(v.version + 1 - v.first);
         match v.state {
             Ok(mut state) => {
                 if self.second_pass && !self.keep_entries.contains(&v.stream) {
@@ -768,24 +839,32 @@ impl<'k> FoldVisitor<'k> {
 
 impl crate::store::StreamVisitor for FoldVisitor<'_> {
     fn visit(&mut self, e: &crate::envelope::EventRef<'_>) -> Result<(), StoreError> {
-        let next = match &self.visiting {
-            Some(v) if v.stream == e.stream => v.version + 1,
+        let (next, first) = match &self.visiting {
+            Some(v) if v.stream == e.stream => (v.version + 1, false),
             _ => {
                 self.finish();
                 let entries = self.second_pass || self.keep_entries.contains(&e.stream);
+                // Folded on from the checkpoint's state, or from nothing.
+                let state = match self.starts.remove(&e.stream) {
+                    Some(state) => state,
+                    None => CaseState::new(),
+                };
+                let version = state.version();
                 self.visiting = Some(Visiting {
                     stream: e.stream,
-                    version: 0,
+                    first: version + 1,
+                    version,
                     entries,
-                    state: Ok(CaseState::new()),
+                    state: Ok(state),
                 });
-                1
+                (version + 1, true)
             }
         };
-        // A stream's events from version 1, one after another, each stream
-        // once: anything else is a damaged store (the planner then reads
-        // each line's pupil on its own, and says what is wrong there).
-        if e.version != next || (next == 1 && self.folded.contains_key(&e.stream)) {
+        // A stream's events from the version asked (1, or after its
+        // checkpointed facts), one after another, each stream once:
+        // anything else is a damaged store (the planner then reads each
+        // line's pupil on its own, and says what is wrong there).
+        if e.version != next || (first && self.folded.contains_key(&e.stream)) {
             return Err(StoreError::Corrupt {
                 location: format!("position {}", e.position),
                 what: format!(
@@ -830,7 +909,61 @@ impl<'a> Planner<'a> {
             prefetch: Prefetch::default(),
             carry: Carry::default(),
             deferred: Vec::new(),
+            known: Known::Off,
+            known_note: None,
         }
+    }
+
+    /// Folds each pupil's stored history on from the store's facts
+    /// checkpoint ([`crate::known`]), read at the first look-up that folds
+    /// [`crate::known::MIN_PUPILS`] stored pupils at once (a day's
+    /// register for a school; an import of a few lines never reads it),
+    /// and gathers the checkpoint to save once the plan is durable
+    /// ([`ImportPlan::known`]). The plan is the same with or without it.
+    pub fn with_known_facts(mut self) -> Planner<'a> {
+        self.known = Known::Unread;
+        self
+    }
+
+    /// Reads the facts checkpoint if it is due ([`Planner::with_known_facts`])
+    /// before `streams` (`stored`: their count) are folded, and takes out
+    /// the states those not in `keep_entries` start from.
+    async fn known_starts(
+        &mut self,
+        streams: &[StreamId],
+        keep_entries: &IdSet<StreamId>,
+    ) -> Starts {
+        if matches!(self.known, Known::Unread) && streams.len() >= crate::known::MIN_PUPILS {
+            let read = match crate::known::load(self.store).await {
+                Ok(crate::known::Loaded::Usable(facts)) => facts,
+                Ok(crate::known::Loaded::None) => Default::default(),
+                Ok(crate::known::Loaded::Unusable(why)) => {
+                    self.known_note = Some(format!("the facts checkpoint was not used: {why}"));
+                    Default::default()
+                }
+                Err(e) => {
+                    self.known_note = Some(format!("the facts checkpoint could not be read: {e}"));
+                    Default::default()
+                }
+            };
+            self.known = Known::Read(read);
+        }
+        let Known::Read(facts) = &mut self.known else {
+            return Starts::default();
+        };
+        let mut starts = Starts::default();
+        if facts.is_empty() {
+            return starts;
+        }
+        for stream in streams {
+            if keep_entries.contains(stream) {
+                // Judged against every entry: folded from its first.
+                facts.pupils.remove(stream);
+            } else if let Some(state) = facts.take(stream) {
+                starts.insert(*stream, state);
+            }
+        }
+        starts
     }
 
     /// Seals personal-data fields with `sealer` before encoding each event
@@ -949,9 +1082,10 @@ impl<'a> Planner<'a> {
                     if matches!(waiting.line.event, CaseEvent::EntryCorrected(_)) {
                         keep.insert(stream);
                     }
-                    let folded = read_folded(self.store, &[stream], &keep, false)
-                        .await
-                        .map_err(|source| ImportError::Store { line, source })?;
+                    let folded =
+                        read_folded(self.store, &[stream], &keep, false, Starts::default())
+                            .await
+                            .map_err(|source| ImportError::Store { line, source })?;
                     self.prefetch.streams.insert(stream);
                     self.prefetch.folded.extend(folded);
                 }
@@ -1226,6 +1360,10 @@ impl<'a> Planner<'a> {
         self.prefetch.line_streams = line_streams;
         // Room for this batch's ids at once, not by doubling.
         self.ids.reserve(ids.len());
+        let starts = match streams.is_empty() {
+            true => Starts::default(),
+            false => self.known_starts(&streams, &keep_entries).await,
+        };
         let store = self.store;
         let find = async {
             match ids.is_empty() {
@@ -1236,7 +1374,7 @@ impl<'a> Planner<'a> {
         let read = async {
             match streams.is_empty() {
                 true => Ok(HashMap::new()),
-                false => read_folded(store, &streams, &keep_entries, true).await,
+                false => read_folded(store, &streams, &keep_entries, true, starts).await,
             }
         };
         let (found, folded) = tokio::join!(find, read);
@@ -1251,14 +1389,31 @@ impl<'a> Planner<'a> {
     }
 
     /// The validated plan.
-    pub fn finish(self) -> ImportPlan {
+    pub fn finish(mut self) -> ImportPlan {
         let (events, duplicates, minted) = (self.events, self.duplicates, !self.given_ids);
-        let (requests, _) = self.finish_batch();
+        let known = std::mem::replace(&mut self.known, Known::Off);
+        let known_note = self.known_note.take();
+        let (requests, carry) = self.finish_batch();
+        // Every pupil planned, at the version the plan leaves it (its
+        // stored events and the plan's, folded as a read of them would).
+        let known = match known {
+            Known::Read(mut facts) => {
+                for (stream, p) in carry.pupils {
+                    if p.state.version() == p.base_version {
+                        facts.put(stream, p.state);
+                    }
+                }
+                Some(facts)
+            }
+            Known::Off | Known::Unread => None,
+        };
         ImportPlan {
             requests,
             events,
             duplicates,
             minted,
+            known,
+            known_note,
         }
     }
 }

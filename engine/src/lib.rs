@@ -16,6 +16,7 @@ pub mod envelope;
 pub mod error;
 pub mod event;
 pub mod import;
+pub mod known;
 pub mod seal;
 pub mod store;
 #[cfg(any(test, feature = "test-support"))]

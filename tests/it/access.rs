@@ -1178,6 +1178,7 @@ async fn minted_appends_through_the_access_layer_leave_the_event_ids_on_disk() {
         events: 1,
         duplicates: 0,
         minted,
+        ..ImportPlan::default()
     };
     guarded
         .append_import(&admin, plan(true), now)

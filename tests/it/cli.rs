@@ -1405,3 +1405,85 @@ fn a_reader_that_goes_away_ends_the_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(first[0], b'{');
 }
+
+/// A day's register for a school of more than `known::MIN_PUPILS` pupils
+/// saves the import planner's facts checkpoint, and the next day's starts
+/// every pupil from it: the same refusal as without it (a session marked
+/// twice); a damaged checkpoint is named in a note, not used, and
+/// replaced by the import's own.
+#[test]
+fn a_days_register_starts_from_the_facts_the_last_one_saved() {
+    use casebook_engine::known;
+    let cb = Casebook::new();
+    let pupils: Vec<String> = (1..=known::MIN_PUPILS + 44)
+        .map(|n| format!("R{n:04}"))
+        .collect();
+    let registered: Vec<Value> = pupils.iter().map(|p| register(p)).collect();
+    assert_imported(&cb.import(&registered).ok(), pupils.len(), 0);
+    let day = |date: &str| -> Vec<Value> {
+        pupils
+            .iter()
+            .map(|p| {
+                line(
+                    "AttendanceMarked",
+                    p,
+                    &format!("{date}T08:45:00Z"),
+                    json!({"date": date, "session": "am", "code": "/"}),
+                )
+            })
+            .collect()
+    };
+    let first = cb.import(&day("2025-11-10")).ok();
+    assert_imported(&first, pupils.len(), 0);
+    assert!(!first.stderr.contains("note:"), "{}", first.stderr);
+    let saved = stored_checkpoint(&cb, known::CHECKPOINT).expect("the checkpoint saved");
+    assert!(known::decode(&saved).is_ok());
+    // The same day again: every session is marked already, in the
+    // checkpoint's facts.
+    let again = cb.import(&day("2025-11-10"));
+    assert_eq!(again.code, 2, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("line 1:") && again.stderr.contains("is already marked"),
+        "{}",
+        again.stderr
+    );
+    let second = cb.import(&day("2025-11-11")).ok();
+    assert_imported(&second, pupils.len(), 0);
+    assert!(!second.stderr.contains("note:"), "{}", second.stderr);
+    // Damaged: not used, said once, and replaced.
+    let mut damaged = stored_checkpoint(&cb, known::CHECKPOINT).expect("the checkpoint saved");
+    let mid = damaged.len() / 2;
+    damaged[mid] ^= 0x40;
+    let log = open_log(&cb.data(), "default");
+    block_on(log.save_checkpoint(known::CHECKPOINT, damaged)).expect("save");
+    drop(log);
+    let third = cb.import(&day("2025-11-12")).ok();
+    assert_imported(&third, pupils.len(), 0);
+    assert_eq!(third.stderr.matches("note:").count(), 1, "{}", third.stderr);
+    assert!(
+        third
+            .stderr
+            .contains("the facts checkpoint was not used: its checksum does not match its bytes"),
+        "{}",
+        third.stderr
+    );
+    let fourth = cb.import(&day("2025-11-13")).ok();
+    assert!(!fourth.stderr.contains("note:"), "{}", fourth.stderr);
+    let (events, _) = cb.fingerprint();
+    assert_eq!(events, 5 * pupils.len() as u64);
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}
+
+/// The checkpoint `name` of the default school's log (the binary must
+/// have exited).
+fn stored_checkpoint(cb: &Casebook, name: &str) -> Option<Vec<u8>> {
+    let log = open_log(&cb.data(), "default");
+    block_on(log.load_checkpoint(name)).expect("read the checkpoint")
+}

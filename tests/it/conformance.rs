@@ -649,6 +649,43 @@ pub async fn batched_lookups_agree_with_single_lookups<B: Backend>() {
     let mut none = Gather(Vec::new());
     s.visit_streams(&[pupil(9999)], &mut none).await.unwrap();
     assert!(none.0.is_empty());
+    // `visit_streams_from`: each stream from the version named with it,
+    // in the order asked, repeats once (from their first naming), a
+    // stream with nothing from there (or none at all) not visited.
+    let asked = [
+        (pupil(3), 1),
+        (pupil(1), 2),
+        (pupil(2), 4),
+        (pupil(9999), 1),
+        (pupil(1), 1),
+        (pupil(2), 3),
+    ];
+    let mut from = Gather(Vec::new());
+    s.visit_streams_from(&asked, &mut from).await.unwrap();
+    let got: Vec<(StreamId, u64)> = from.0.iter().map(|v| (v.0, v.1)).collect();
+    assert_eq!(
+        got,
+        vec![
+            (pupil(3), 1),
+            (pupil(3), 2),
+            (pupil(3), 3),
+            (pupil(1), 2),
+            (pupil(1), 3),
+        ]
+    );
+    for (stream, version, id, position) in &from.0 {
+        assert!(
+            by_stream[stream].contains(&(*version, *id, *position)),
+            "the stored event"
+        );
+    }
+    // Every stream from its first event: as `visit_streams`.
+    let whole: Vec<(StreamId, u64)> = streams.iter().map(|s| (*s, 1)).collect();
+    let mut all = Gather(Vec::new());
+    s.visit_streams_from(&whole, &mut all).await.unwrap();
+    let mut again = Gather(Vec::new());
+    s.visit_streams(&streams, &mut again).await.unwrap();
+    assert_eq!(all.0, again.0);
     // An error from the visitor stops the read and is the read's.
     struct StopAt(usize);
     impl store::StreamVisitor for StopAt {

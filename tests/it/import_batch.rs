@@ -444,6 +444,22 @@ impl EventStore for Wrapped {
             }
         }
     }
+    async fn visit_streams_from(
+        &self,
+        streams: &[(StreamId, u64)],
+        visit: &mut dyn casebook_engine::store::StreamVisitor,
+    ) -> Result<(), casebook_engine::StoreError> {
+        match self {
+            NoPrefetch(_) => Err(no_batch()),
+            SlowAppends(log) => log.visit_streams_from(streams, visit).await,
+            CountsVisits(log, calls, _) => {
+                let mut counted = Counted { visit, events: 0 };
+                let done = log.visit_streams_from(streams, &mut counted).await;
+                calls.lock().unwrap().push(counted.events);
+                done
+            }
+        }
+    }
     async fn read_stream(
         &self,
         stream: StreamId,
@@ -1523,5 +1539,344 @@ fn stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entrie
         });
         let after = rt.block_on(log.head()).expect("head").position;
         assert_eq!(after, head + HISTORY_PUPILS as u64, "{engine}");
+    }
+}
+
+// ---- the facts checkpoint ---------------------------------------------------
+
+/// Pupils besides the generated ones, so that an import folds
+/// `known::MIN_PUPILS` stored pupils at once and reads the checkpoint.
+const FILLERS: u32 = casebook_engine::known::MIN_PUPILS as u32;
+
+/// One line of a generated pupil (0..5), with its id: `kind` 0..=3 as
+/// [`content`] (register marks also on 10 November, the fillers'
+/// marked day before the checkpoint), 4 a correction of the stored or earlier suspension or mark
+/// `targets[variant]` (a suspension cut to one day, which makes room
+/// under the 45-day limit; a mark made an absence).
+fn known_line(pupil: u8, kind: u8, variant: u8, id: Uuid, targets: &[(Uuid, bool)]) -> Value {
+    let mut line = match kind {
+        2 if variant % 4 == 3 => {
+            json!({"type": "AttendanceMarked", "pupil": format!("P{pupil:04}"),
+            "occurred_at": "2025-11-10T08:45:00Z", "actor": "S017",
+            "data": {"date": "2025-11-10", "session": if variant < 4 { "am" } else { "pm" }, "code": "/"}})
+        }
+        4 if !targets.is_empty() => {
+            let (target, suspension) = targets[variant as usize % targets.len()];
+            let changes = match suspension {
+                true => json!({"days": 1.0}),
+                false => json!({"code": "N"}),
+            };
+            json!({"type": "EntryCorrected", "pupil": format!("P{pupil:04}"),
+                "occurred_at": "2026-01-05T09:00:00Z", "actor": "S017",
+                "data": {"event": target, "changes": changes, "reason": "entered wrongly"}})
+        }
+        _ => content(pupil, kind.min(3), variant),
+    };
+    line["id"] = json!(id);
+    line
+}
+
+/// Every filler pupil's line: its registration, or its mark on `date`.
+fn filler_lines(date: Option<&str>, first_id: u128) -> Vec<Value> {
+    (0..FILLERS)
+        .map(|n| {
+            let pupil = format!("F{n:04}");
+            let mut line = match date {
+                None => json!({"type": "PupilRegistered", "pupil": pupil,
+                    "occurred_at": "2025-09-03T08:30:00Z", "actor": "S017",
+                    "data": {"name": "Filler Testpupil", "date_of_birth": "2012-05-01",
+                        "year_group": 9, "class": "9F", "site": "Main"}}),
+                Some(date) => json!({"type": "AttendanceMarked", "pupil": pupil,
+                    "occurred_at": format!("{date}T08:45:00Z"), "actor": "S017",
+                    "data": {"date": date, "session": "am", "code": "/"}}),
+            };
+            line["id"] = json!(Uuid::from_u128(first_id + u128::from(n)));
+            line
+        })
+        .collect()
+}
+
+fn parsed_values(lines: &[Value]) -> Vec<ImportLine> {
+    lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| parse_line(i + 1, &l.to_string()).expect("generated lines parse"))
+        .collect()
+}
+
+/// Each generated op as a line (ids from `first_id`); the suspensions and
+/// marks among them join `targets` for later corrections.
+fn known_ops(ops: &[(u8, u8, u8)], first_id: u128, targets: &mut Vec<(Uuid, bool)>) -> Vec<Value> {
+    ops.iter()
+        .enumerate()
+        .map(|(i, &(pupil, kind, variant))| {
+            let id = Uuid::from_u128(first_id + i as u128);
+            let line = known_line(pupil, kind, variant, id, targets);
+            match line["type"].as_str() {
+                Some("SuspensionIssued") => targets.push((id, true)),
+                Some("AttendanceMarked") => targets.push((id, false)),
+                _ => {}
+            }
+            line
+        })
+        .collect()
+}
+
+/// Stores each line on its own, those refused left out: a history with
+/// its refusals skipped.
+async fn store_each(log: &dyn EventStore, lines: &[Value]) {
+    for l in parsed_values(lines) {
+        let mut planner = Planner::new(log, SCHOOL, now());
+        if planner.add(l).await.is_ok() {
+            log.append_atomic(planner.finish().requests)
+                .await
+                .expect("append a valid line");
+        }
+    }
+}
+
+/// The lines planned by one planner, with or without the facts
+/// checkpoint; the plan's facts and note besides.
+async fn planned(
+    log: &dyn EventStore,
+    lines: Vec<ImportLine>,
+    known: bool,
+) -> (
+    Result<Normal, String>,
+    Option<casebook_engine::known::KnownFacts>,
+    Option<String>,
+) {
+    let ids: HashSet<Uuid> = lines.iter().filter_map(|l| l.id).collect();
+    let mut planner = Planner::new(log, SCHOOL, now());
+    if known {
+        planner = planner.with_known_facts();
+    }
+    if let Err(e) = planner.add_many(lines).await {
+        return (Err(e.to_string()), None, None);
+    }
+    let mut plan = planner.finish();
+    let (facts, note) = (plan.known.take(), plan.known_note.take());
+    (Ok(normalize(plan, &ids)), facts, note)
+}
+
+/// The events a visit of the planner's look-ups handed on, in all.
+fn events_visited(counting: Wrapped) -> usize {
+    let CountsVisits(_, calls, _) = counting else {
+        unreachable!()
+    };
+    calls.into_inner().unwrap().iter().sum()
+}
+
+fn generated_op() -> impl Strategy<Value = (u8, u8, u8)> {
+    (0u8..5, 1u8..5, 0u8..8)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// An import whose planner starts its pupils from the facts checkpoint
+    /// plans exactly what one that folds every pupil from its first event
+    /// plans (the same requests, or the same first error), whatever was
+    /// stored before the checkpoint and after it: marks of the
+    /// checkpoint's own day, suspensions up to the 45-day limit, and
+    /// corrections of either, before or after it (a correction after it
+    /// is folded again from the pupil's first event). And it reads fewer
+    /// events: the fillers' histories not at all.
+    #[test]
+    fn a_planner_on_the_facts_checkpoint_plans_as_one_without(
+        before in proptest::collection::vec(generated_op(), 0..24),
+        after in proptest::collection::vec(generated_op(), 0..16),
+        probe in proptest::collection::vec(generated_op(), 0..12),
+        engine in 0u8..2,
+    ) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let log: Arc<dyn EventStore> = match engine {
+            0 => casebook_engine::store::segment::SegmentStore::open(dir.path(), true)
+                .expect("open store")
+                .log(SCHOOL)
+                .expect("open log"),
+            _ => casebook_engine::store::sled::SledStore::open(dir.path(), true)
+                .expect("open store")
+                .log(SCHOOL)
+                .expect("open log"),
+        };
+        let mut targets = Vec::new();
+        let (single, with) = rt.block_on(async {
+            // Every pupil registered, then the history before.
+            let mut first = filler_lines(None, 10_000);
+            first.extend((0..5u8).map(|p| known_line(p, 0, p, Uuid::from_u128(20_000 + u128::from(p)), &[])));
+            let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
+            planner.add_many(parsed_values(&first)).await.expect("registrations");
+            log.append_atomic(planner.finish().requests).await.expect("append registrations");
+            store_each(log.as_ref(), &known_ops(&before, 30_000, &mut targets)).await;
+            // The day the checkpoint is saved after: every pupil marked.
+            let mut day = filler_lines(Some("2025-11-10"), 40_000);
+            day.extend((0..5u8).map(|p| known_line(p, 1, p, Uuid::from_u128(50_000 + u128::from(p)), &[])));
+            let mut planner = Planner::new(log.as_ref(), SCHOOL, now()).with_known_facts();
+            let saved = match planner.add_many(parsed_values(&day)).await {
+                Ok(()) => {
+                    let mut plan = planner.finish();
+                    let facts = plan.known.take().expect("a checkpoint to save");
+                    assert_eq!(facts.len(), FILLERS as usize + 5);
+                    assert_eq!(plan.known_note, None);
+                    log.append_atomic(plan.requests).await.expect("append the day");
+                    casebook_engine::known::save(log.as_ref(), &facts).await.expect("save");
+                    true
+                }
+                Err(_) => false,
+            };
+            store_each(log.as_ref(), &known_ops(&after, 60_000, &mut targets)).await;
+            // The probe: a second day for every filler, then the generated
+            // lines, planned both ways.
+            let mut lines = filler_lines(Some("2025-11-11"), 70_000);
+            lines.extend(known_ops(&probe, 80_000, &mut targets));
+            let without = CountsVisits(Arc::clone(&log), Default::default(), Default::default());
+            let (single, _, _) = planned(&without, parsed_values(&lines), false).await;
+            let with_known = CountsVisits(Arc::clone(&log), Default::default(), Default::default());
+            let (with, facts, note) = planned(&with_known, parsed_values(&lines), true).await;
+            assert_eq!(note, None, "the checkpoint is usable");
+            let (read_without, read_with) = (events_visited(without), events_visited(with_known));
+            if saved {
+                // Each filler's two stored events read without it, none
+                // with it.
+                assert!(read_with + 2 * FILLERS as usize <= read_without, "{read_with} against {read_without}");
+            }
+            if let (Ok(_), Some(facts)) = (&with, facts) {
+                assert_eq!(facts.len(), FILLERS as usize + 5, "every pupil's facts, old and new");
+            }
+            (single, with)
+        });
+        prop_assert_eq!(single, with);
+    }
+}
+
+/// A facts checkpoint is used only when it holds together and belongs to
+/// the log: a damaged one, one anchored at an event the log does not hold
+/// there, or one past the log's head is not used, the import says why
+/// (`ImportPlan::known_note`) and plans as it would without one, and
+/// what it saves after is usable again.
+#[test]
+fn a_facts_checkpoint_that_is_not_the_logs_is_not_used() {
+    use casebook_engine::known::{self, Loaded};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let log = casebook_engine::store::segment::SegmentStore::open(dir.path(), true)
+        .expect("open store")
+        .log(SCHOOL)
+        .expect("open log");
+    rt.block_on(async {
+        let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
+        planner
+            .add_many(parsed_values(&filler_lines(None, 1_000)))
+            .await
+            .expect("registrations");
+        log.append_atomic(planner.finish().requests)
+            .await
+            .expect("append");
+        assert!(matches!(
+            known::load(log.as_ref()).await.unwrap(),
+            Loaded::None
+        ));
+        // No checkpoint yet: no note, and the facts gathered to save.
+        let mut planner = Planner::new(log.as_ref(), SCHOOL, now()).with_known_facts();
+        planner
+            .add_many(parsed_values(&filler_lines(Some("2025-11-10"), 2_000)))
+            .await
+            .expect("a valid day");
+        let mut plan = planner.finish();
+        assert_eq!(plan.known_note, None);
+        let facts = plan.known.take().expect("facts to save");
+        assert_eq!(facts.len(), FILLERS as usize);
+        log.append_atomic(plan.requests)
+            .await
+            .expect("append the day");
+        known::save(log.as_ref(), &facts).await.expect("save");
+        let Loaded::Usable(read) = known::load(log.as_ref()).await.unwrap() else {
+            panic!("the checkpoint just saved is usable");
+        };
+        assert_eq!(read.len(), FILLERS as usize);
+
+        let good = log
+            .load_checkpoint(known::CHECKPOINT)
+            .await
+            .unwrap()
+            .unwrap();
+        let (facts, position, hash) = known::decode(&good).expect("decodes");
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x10;
+        let mut other_hash = hash;
+        other_hash[0] ^= 1;
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (flipped, "checksum does not match"),
+            (good[..good.len() - 1].to_vec(), "checksum does not match"),
+            (
+                b"not a checkpoint at all, not one bit of it".to_vec(),
+                "not a facts checkpoint",
+            ),
+            (
+                known::encode(&facts, position, other_hash).unwrap(),
+                "is not the one it was saved after",
+            ),
+            (
+                known::encode(&facts, position + 10, hash).unwrap(),
+                "past the log's head",
+            ),
+        ];
+        let day = || parsed_values(&filler_lines(Some("2025-11-11"), 3_000));
+        let (without, _, _) = planned(log.as_ref(), day(), false).await;
+        for (bytes, why) in cases {
+            log.save_checkpoint(known::CHECKPOINT, bytes).await.unwrap();
+            match known::load(log.as_ref()).await.unwrap() {
+                Loaded::Unusable(reason) => assert!(reason.contains(why), "{why}: {reason}"),
+                other => panic!("{why}: {other:?}"),
+            }
+            let (with, facts, note) = planned(log.as_ref(), day(), true).await;
+            assert_eq!(with, without, "{why}");
+            assert!(note.is_some_and(|n| n.contains(why)), "{why}");
+            // What it gathered is every pupil's, from its first event.
+            let facts = facts.expect("facts to save");
+            assert_eq!(facts.len(), FILLERS as usize, "{why}");
+        }
+        // Saved again, it is usable again.
+        known::save(log.as_ref(), &read).await.unwrap();
+        assert!(matches!(
+            known::load(log.as_ref()).await.unwrap(),
+            Loaded::Usable(_)
+        ));
+    });
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Whatever the bytes, `known::decode` answers without panicking; a
+    /// valid checkpoint with any byte changed is refused.
+    #[test]
+    fn facts_checkpoint_bytes_never_panic(
+        noise in proptest::collection::vec(any::<u8>(), 0..512),
+        at in any::<usize>(),
+        flip in 1u8..=255,
+    ) {
+        use casebook_engine::known;
+        let _ = known::decode(&noise);
+        let mut with_magic = b"CBFACTS\0".to_vec();
+        with_magic.extend_from_slice(&noise);
+        let _ = known::decode(&with_magic);
+        let empty = known::encode(&known::KnownFacts::default(), 3, [7; 32]).unwrap();
+        prop_assert!(known::decode(&empty).is_ok());
+        let mut changed = empty.clone();
+        let i = at % changed.len();
+        changed[i] ^= flip;
+        prop_assert!(known::decode(&changed).is_err());
     }
 }

@@ -290,6 +290,41 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(())
     }
 
+    /// [`EventStore::visit_streams`] of each stream from a version on: the
+    /// events of each `(stream, from)` from version `from` (1: all of
+    /// them), in version order, one stream after another; a stream with
+    /// none from there is not visited. Repeated streams are visited once,
+    /// from the first version named with them. The import planner folds
+    /// its pupils' histories with it from where its facts checkpoint
+    /// leaves each (`crate::known`). The default visits one stream at a
+    /// time ([`visit_stream_from`]).
+    async fn visit_streams_from(
+        &self,
+        streams: &[(StreamId, u64)],
+        visit: &mut dyn StreamVisitor,
+    ) -> Result<(), StoreError> {
+        let mut seen = std::collections::HashSet::new();
+        for &(stream, from) in streams {
+            if seen.insert(stream) {
+                visit_stream_from(self, stream, from, visit).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`EventStore::will_read_streams`] for reads from a version on
+    /// ([`EventStore::visit_streams_from`]): only the events from each
+    /// `from` will be read. The default tells `will_read_streams` of the
+    /// streams read from their first event.
+    async fn will_read_streams_from(&self, streams: &[(StreamId, u64)]) -> Result<(), StoreError> {
+        let whole: Vec<StreamId> = streams
+            .iter()
+            .filter(|(_, from)| *from <= 1)
+            .map(|(s, _)| *s)
+            .collect();
+        self.will_read_streams(&whole).await
+    }
+
     /// Told before `streams` are read whole, a slice at a time (the import
     /// planner folding its lines' pupils): a store that finds streams'
     /// events more cheaply for a few than for many may make ready for all
@@ -459,12 +494,22 @@ pub async fn visit_whole_stream<S: EventStore + ?Sized>(
     stream: StreamId,
     visit: &mut dyn StreamVisitor,
 ) -> Result<(), StoreError> {
-    let mut seen = 0u64;
+    visit_stream_from(store, stream, 1, visit).await
+}
+
+/// [`visit_whole_stream`] from version `from` on (1: every event).
+pub async fn visit_stream_from<S: EventStore + ?Sized>(
+    store: &S,
+    stream: StreamId,
+    from: u64,
+    visit: &mut dyn StreamVisitor,
+) -> Result<(), StoreError> {
+    let mut next = from.max(1);
     loop {
         let n = store
-            .visit_stream(stream, seen + 1, MAX_READ_PAGE, visit)
+            .visit_stream(stream, next, MAX_READ_PAGE, visit)
             .await?;
-        seen += n as u64;
+        next += n as u64;
         if n < MAX_READ_PAGE {
             return Ok(());
         }

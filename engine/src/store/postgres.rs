@@ -1107,6 +1107,54 @@ impl EventStore for PostgresLog {
         super::visit_found(streams, &found, visit)
     }
 
+    /// One query per [`LOOKUP_CHUNK`] distinct streams, each from its
+    /// version on (the streams and versions as two arrays, unnested), in
+    /// (stream, version) order; visited in the order asked. Streams read
+    /// from their first event are read as [`EventStore::visit_streams`]
+    /// reads them.
+    async fn visit_streams_from(
+        &self,
+        streams: &[(StreamId, u64)],
+        visit: &mut dyn super::StreamVisitor,
+    ) -> Result<(), StoreError> {
+        let mut seen = HashSet::new();
+        let asked: Vec<(StreamId, u64)> = streams
+            .iter()
+            .filter(|(s, _)| seen.insert(*s))
+            .map(|&(s, from)| (s, from.max(1)))
+            .collect();
+        if asked.iter().all(|(_, from)| *from == 1) {
+            let whole: Vec<StreamId> = asked.iter().map(|(s, _)| *s).collect();
+            return self.visit_streams(&whole, visit).await;
+        }
+        let client = self.pool.get().await?;
+        let mut found: HashMap<StreamId, Vec<StoredEvent>> = HashMap::new();
+        for chunk in asked.chunks(LOOKUP_CHUNK) {
+            let ids: Vec<Uuid> = chunk.iter().map(|(s, _)| s.0).collect();
+            let from: Vec<i64> = chunk
+                .iter()
+                .map(|(_, v)| i64::try_from(*v).unwrap_or(i64::MAX))
+                .collect();
+            let rows = client
+                .query(
+                    "SELECT e.position, e.value, e.stream FROM events e \
+                     JOIN unnest($2::uuid[], $3::bigint[]) AS w(stream, from_version) \
+                     ON e.stream = w.stream \
+                     WHERE e.school = $1 AND e.version >= w.from_version \
+                     ORDER BY e.stream, e.version",
+                    &[&self.school, &ids, &from],
+                )
+                .await
+                .map_err(pg_err("read"))?;
+            for r in &rows {
+                let e = decode_at(r.get::<_, i64>(0) as u64, r.get(1))?;
+                found.entry(StreamId(r.get(2))).or_default().push(e);
+            }
+        }
+        let order: Vec<StreamId> = asked.iter().map(|(s, _)| *s).collect();
+        super::visit_found(&order, &found, visit)
+    }
+
     /// One query per [`LOOKUP_CHUNK`] distinct streams (`stream = ANY($2)`),
     /// in (stream, version) order.
     async fn read_streams(

@@ -2266,13 +2266,23 @@ impl SegmentLog {
     /// walk: a day's register for the whole school) reads every location
     /// at once, rather than walking groups until it must.
     fn locations_for_streams(&self, streams: &[StreamId]) -> Result<(), StoreError> {
+        let from_first: Vec<(StreamId, u64)> = streams.iter().map(|s| (*s, 1)).collect();
+        self.locations_for_tails(&from_first)
+    }
+
+    /// [`SegmentLog::locations_for_streams`] of streams read from a
+    /// version on (`(stream, from)`): only their events from there count.
+    fn locations_for_tails(&self, streams: &[(StreamId, u64)]) -> Result<(), StoreError> {
         let (events, groups) = {
             let state = self.read()?;
             if !state.index.locs.is_sparse() {
                 return Ok(());
             }
             let index = &state.index;
-            let events: u64 = streams.iter().map(|s| index.streams.version(s)).sum();
+            let events: u64 = streams
+                .iter()
+                .map(|(s, from)| (index.streams.version(s) + 1).saturating_sub((*from).max(1)))
+                .sum();
             (events, index.locs.groups())
         };
         let walked = self.walked.load(Ordering::Relaxed);
@@ -3903,6 +3913,39 @@ impl EventStore for SegmentLog {
         self.locations_for_streams(streams)?;
         for (stream, versions) in self.versions_of(streams)? {
             visit_runs(&self.wanted_in(versions)?, Asked::Stream(stream, 1), visit)?;
+        }
+        Ok(())
+    }
+
+    async fn will_read_streams_from(&self, streams: &[(StreamId, u64)]) -> Result<(), StoreError> {
+        self.locations_for_tails(streams)
+    }
+
+    async fn visit_streams_from(
+        &self,
+        streams: &[(StreamId, u64)],
+        visit: &mut dyn StreamVisitor,
+    ) -> Result<(), StoreError> {
+        self.locations_for_tails(streams)?;
+        let wanted: Vec<(StreamId, u64, streams::Versions)> = {
+            let state = self.read()?;
+            let mut seen = std::collections::HashSet::new();
+            streams
+                .iter()
+                .filter(|(s, _)| seen.insert(*s))
+                .filter_map(|&(s, from)| {
+                    let from = from.max(1);
+                    let versions = state.index.streams.versions(&s, from - 1, u64::MAX)?;
+                    Some((s, from, versions))
+                })
+                .collect()
+        };
+        for (stream, from, versions) in wanted {
+            visit_runs(
+                &self.wanted_in(versions)?,
+                Asked::Stream(stream, from),
+                visit,
+            )?;
         }
         Ok(())
     }
