@@ -182,7 +182,7 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     // the run's so far); the run's peak is the largest reading.
     let peaks = doc["phase_peak_rss_mb"].as_array().expect("phase peaks");
     let phases: Vec<&str> = peaks.iter().filter_map(|p| p["phase"].as_str()).collect();
-    assert_eq!(phases.len(), 12, "{doc}");
+    assert_eq!(phases.len(), 13, "{doc}");
     assert_eq!(phases[2], "engine import", "{doc}");
     // The scan and the replay read through the open a rebuild makes.
     assert_eq!(
@@ -190,14 +190,18 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
         "{doc}"
     );
     assert_eq!(phases[6], "replay (rebuild of every projection)", "{doc}");
-    // Last, a day's register for every pupil imported into the populated
-    // store: one line a pupil, each judged against the pupil's record.
+    // A day's register for every pupil imported into the populated
+    // store: one line a pupil, each judged against the pupil's record;
+    // last, the afternoon's (from the facts checkpoint, with 256 pupils
+    // or more).
     assert!(
         phases[11].starts_with("a day's register for every pupil"),
         "{doc}"
     );
+    assert!(phases[12].starts_with("the afternoon's register"), "{doc}");
     assert_eq!(doc["register_import_lines"], doc["pupils"], "{doc}");
     assert!(number(&doc, "register_import_ms") > 0.0, "{doc}");
+    assert!(number(&doc, "register_again_ms") > 0.0, "{doc}");
     #[cfg(target_os = "linux")]
     assert_eq!(doc["phase_peaks_own"], true, "{doc}");
     let run_peak = number(&doc, "peak_rss_mb");
