@@ -421,7 +421,7 @@ async fn import_register(
     let (known, lines) = (plan.known.take(), plan.events);
     plan.append_to(log).await?;
     if let Some(known) = known {
-        casebook_engine::known::save(log, &known).await?;
+        casebook_engine::known::save(log, known).await?;
     }
     Ok(lines)
 }

@@ -453,7 +453,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
         // is durable whatever happens here: a checkpoint not saved only
         // makes the next one read every pupil's history.
         if let Some(known) = known {
-            if let Err(e) = casebook_engine::known::save(log.as_ref(), &known).await {
+            if let Err(e) = casebook_engine::known::save(log.as_ref(), known).await {
                 eprintln!("note: school {school}: the facts checkpoint could not be saved ({e}); the next import reads every pupil's history");
             }
         }

@@ -1262,12 +1262,12 @@ impl CaseState {
 
     /// The state's version and facts: what the import planner's facts
     /// checkpoint keeps of it ([`crate::known`]).
-    pub(crate) fn into_known(self) -> (u64, Facts) {
-        (self.version, self.facts)
+    pub(crate) fn known(&self) -> (u64, &Facts) {
+        (self.version, &self.facts)
     }
 
     /// The state of a stream's first `version` events, held as facts only
-    /// (incomplete, see [`CaseState`]), from what [`CaseState::into_known`]
+    /// (incomplete, see [`CaseState`]), from what [`CaseState::known`]
     /// gave of a state at that version.
     pub(crate) fn from_known(version: u64, facts: Facts) -> CaseState {
         CaseState {

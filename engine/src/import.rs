@@ -429,7 +429,7 @@ pub struct ImportPlan {
     /// touch. Only of a planner [`Planner::with_known_facts`] that read
     /// the checkpoint (an import that folded [`crate::known::MIN_PUPILS`]
     /// stored pupils at once).
-    pub known: Option<crate::known::KnownFacts>,
+    pub known: Option<crate::known::Gathered>,
     /// Why the stored facts checkpoint was not used, when it was not (said
     /// once to the user; the import read every pupil's whole history).
     pub known_note: Option<String>,
@@ -1396,16 +1396,22 @@ impl<'a> Planner<'a> {
         let (requests, carry) = self.finish_batch();
         // Every pupil planned, at the version the plan leaves it (its
         // stored events and the plan's, folded as a read of them would).
-        let known = match known {
-            Known::Read(mut facts) => {
-                for (stream, p) in carry.pupils {
-                    if p.state.version() == p.base_version {
-                        facts.put(stream, p.state);
-                    }
+        let (known, known_note) = match known {
+            Known::Read(facts) => {
+                let planned = carry
+                    .pupils
+                    .iter()
+                    .filter(|(_, p)| p.state.version() == p.base_version)
+                    .map(|(stream, p)| (*stream, &p.state));
+                match facts.gather(planned) {
+                    Ok(gathered) => (Some(gathered), known_note),
+                    Err(e) => (
+                        None,
+                        Some(format!("the facts checkpoint was not gathered: {e}")),
+                    ),
                 }
-                Some(facts)
             }
-            Known::Off | Known::Unread => None,
+            Known::Off | Known::Unread => (None, known_note),
         };
         ImportPlan {
             requests,

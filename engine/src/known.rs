@@ -6,11 +6,12 @@
 //! A day's register for a whole school is one line a pupil, and each line
 //! is judged against the facts of the pupil's whole history: without this
 //! checkpoint every such import decodes and folds every event of the log
-//! (9.9M events for a trust of 24,000 pupils). An import that folds at
-//! least [`MIN_PUPILS`] stored pupils ([`crate::import::Planner::with_known_facts`])
-//! reads the checkpoint, starts each of its pupils there, and once its
-//! events are durable saves the facts it ends with, those of pupils it did
-//! not touch kept as they were.
+//! (9.9M events for a trust of 24,000 pupils). An import that looks up
+//! at least [`MIN_PUPILS`] pupils' stored records at once
+//! ([`crate::import::Planner::with_known_facts`]) reads the checkpoint,
+//! starts each of its pupils there, and once its events are durable saves
+//! the facts it ends with, those of pupils it did not touch kept as they
+//! were.
 //!
 //! What the checkpoint holds is checked before it is used, and never
 //! trusted past that:
@@ -36,7 +37,6 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::domain::{CaseState, Facts};
@@ -54,33 +54,21 @@ const MAGIC: &[u8; 8] = b"CBFACTS\0";
 /// changes, so that a checkpoint written by another build is not used.
 pub const FORMAT: u32 = 1;
 
-/// Stored pupils a planner folds in one look-up before it reads the
-/// checkpoint (and saves one): an import of a few lines never reads it.
+/// Pupils whose stored records a planner looks up at once before it
+/// reads the checkpoint (and saves one): an import of a few lines never
+/// reads it.
 pub const MIN_PUPILS: usize = 256;
 
-/// The checkpoint as stored, between [`MAGIC`] and the checksum.
-#[derive(Deserialize)]
-struct Body {
-    format: u32,
-    /// The anchor: the log's head when it was saved.
-    position: u64,
-    hash: Hash,
-    /// Each pupil's stream, the version its facts are at, and the facts.
-    pupils: Vec<(Uuid, u64, Facts)>,
-}
-
-/// [`Body`] as written, of borrowed facts.
-#[derive(Serialize)]
-struct BodyOut<'a> {
-    format: u32,
-    position: u64,
-    hash: Hash,
-    pupils: Vec<(Uuid, u64, &'a Facts)>,
-}
+/// The checkpoint as stored, between [`MAGIC`] and the checksum: a
+/// MessagePack array of the format, each pupil's stream, the version its
+/// facts are at and the facts (sorted by stream), and the anchor (the
+/// log's head when it was saved: position and hash), in that order, so
+/// that the pupils are written as an import finishes its plan and the
+/// anchor once the plan is durable ([`Gathered`]).
+type Body = (u32, Vec<(Uuid, u64, Facts)>, u64, Hash);
 
 /// Each pupil's facts at a version of its stream, read from the
-/// checkpoint and checked ([`load`]), or gathered by an import to save
-/// ([`save`]).
+/// checkpoint and checked ([`load`]).
 #[derive(Debug, Default)]
 pub struct KnownFacts {
     pub(crate) pupils: HashMap<StreamId, (u64, Facts)>,
@@ -102,12 +90,73 @@ impl KnownFacts {
         Some(CaseState::from_known(version, facts))
     }
 
-    /// Files `state`'s facts for `stream` (replacing any).
-    pub(crate) fn put(&mut self, stream: StreamId, state: CaseState) {
-        let (version, facts) = state.into_known();
-        if version > 0 {
-            self.pupils.insert(stream, (version, facts));
-        }
+    /// The checkpoint's bytes but its anchor: the facts of `planned`
+    /// (each pupil's state as a plan leaves it, at the version its events
+    /// will take it to) and those held here of every other pupil.
+    pub(crate) fn gather<'a>(
+        &'a self,
+        planned: impl Iterator<Item = (StreamId, &'a CaseState)>,
+    ) -> Result<Gathered, String> {
+        let mut pupils: Vec<(Uuid, u64, &Facts)> = planned
+            .map(|(stream, state)| {
+                let (version, facts) = state.known();
+                (stream.0, version, facts)
+            })
+            .filter(|(_, version, _)| *version > 0)
+            .collect();
+        let mut seen: std::collections::HashSet<Uuid> = pupils.iter().map(|p| p.0).collect();
+        pupils.extend(
+            self.pupils
+                .iter()
+                .filter(|(stream, _)| seen.insert(stream.0))
+                .map(|(stream, (version, facts))| (stream.0, *version, facts)),
+        );
+        // The same facts give the same bytes.
+        pupils.sort_unstable_by_key(|(stream, _, _)| *stream);
+        let mut bytes = MAGIC.to_vec();
+        // The array of four, and its first two: the anchor follows at
+        // the save.
+        bytes.push(0x94);
+        write(&mut bytes, &FORMAT)?;
+        write(&mut bytes, &pupils)?;
+        Ok(Gathered {
+            pupils: pupils.len(),
+            bytes,
+        })
+    }
+}
+
+/// `value` written after `out`'s bytes, as MessagePack.
+fn write(out: &mut Vec<u8>, value: &impl serde::Serialize) -> Result<(), String> {
+    rmp_serde::encode::write(out, value).map_err(|e| e.to_string())
+}
+
+/// The facts an import gathered to save ([`KnownFacts::gather`]): the
+/// checkpoint's bytes but its anchor, which [`save`] writes once the
+/// plan is durable.
+#[derive(Debug)]
+pub struct Gathered {
+    pupils: usize,
+    bytes: Vec<u8>,
+}
+
+impl Gathered {
+    /// Pupils held.
+    pub fn len(&self) -> usize {
+        self.pupils
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.pupils == 0
+    }
+
+    /// The checkpoint's bytes, anchored at `(position, hash)`.
+    fn anchored(mut self, position: u64, hash: Hash) -> Result<Vec<u8>, String> {
+        write(&mut self.bytes, &position)?;
+        write(&mut self.bytes, &hash)?;
+        let sum = blake3::hash(&self.bytes);
+        self.bytes.extend_from_slice(sum.as_bytes());
+        Ok(self.bytes)
     }
 }
 
@@ -126,24 +175,7 @@ pub enum Loaded {
 /// The checkpoint's bytes for `facts`, anchored at the log's head
 /// `(position, hash)`.
 pub fn encode(facts: &KnownFacts, position: u64, hash: Hash) -> Result<Vec<u8>, String> {
-    let mut pupils: Vec<(Uuid, u64, &Facts)> = facts
-        .pupils
-        .iter()
-        .map(|(s, (v, f))| (s.0, *v, f))
-        .collect();
-    // The same facts give the same bytes.
-    pupils.sort_unstable_by_key(|(s, _, _)| *s);
-    let body = BodyOut {
-        format: FORMAT,
-        position,
-        hash,
-        pupils,
-    };
-    let mut bytes = MAGIC.to_vec();
-    rmp_serde::encode::write(&mut bytes, &body).map_err(|e| e.to_string())?;
-    let sum = blake3::hash(&bytes);
-    bytes.extend_from_slice(sum.as_bytes());
-    Ok(bytes)
+    facts.gather(std::iter::empty())?.anchored(position, hash)
 }
 
 /// The facts in checkpoint `bytes` and their anchor, or why they cannot be
@@ -159,27 +191,25 @@ pub fn decode(bytes: &[u8]) -> Result<(KnownFacts, u64, Hash), String> {
     if blake3::hash(head).as_bytes()[..] != sum[..] {
         return Err("its checksum does not match its bytes".into());
     }
-    let body: Body = rmp_serde::from_slice(&head[MAGIC.len()..])
+    let (format, listed, position, hash): Body = rmp_serde::from_slice(&head[MAGIC.len()..])
         .map_err(|e| format!("it does not decode ({e})"))?;
-    if body.format != FORMAT {
+    if format != FORMAT {
         return Err(format!(
-            "it is of format {}, this build reads {FORMAT}",
-            body.format
+            "it is of format {format}, this build reads {FORMAT}"
         ));
     }
-    let mut pupils = HashMap::with_capacity(body.pupils.len());
-    for (stream, version, facts) in body.pupils {
-        if version == 0 || version > body.position {
+    let mut pupils = HashMap::with_capacity(listed.len());
+    for (stream, version, facts) in listed {
+        if version == 0 || version > position {
             return Err(format!(
-                "it holds a pupil at version {version}, past its anchor at position {}",
-                body.position
+                "it holds a pupil at version {version}, past its anchor at position {position}"
             ));
         }
         if pupils.insert(StreamId(stream), (version, facts)).is_some() {
             return Err("it holds a pupil twice".into());
         }
     }
-    Ok((KnownFacts { pupils }, body.position, body.hash))
+    Ok((KnownFacts { pupils }, position, hash))
 }
 
 /// The stored checkpoint, checked against `store`'s log (see the module's
@@ -216,12 +246,22 @@ pub async fn load(store: &dyn EventStore) -> Result<Loaded, StoreError> {
     Ok(Loaded::Usable(facts))
 }
 
-/// Saves `facts` as the checkpoint, anchored at the log's head now. Called
-/// once the events the facts were planned with are durable: every version
-/// in `facts` is then at or before the head.
-pub async fn save(store: &dyn EventStore, facts: &KnownFacts) -> Result<(), StoreError> {
+/// Saves the facts an import gathered as the checkpoint, anchored at the
+/// log's head now. Called once the events the facts were planned with are
+/// durable: every version in them is then at or before the head.
+pub async fn save(store: &dyn EventStore, facts: Gathered) -> Result<(), StoreError> {
     let head = store.head().await?;
-    let bytes = encode(facts, head.position, head.hash)
+    let bytes = facts
+        .anchored(head.position, head.hash)
         .map_err(|e| StoreError::Internal(format!("checkpoint {CHECKPOINT}: {e}")))?;
     store.save_checkpoint(CHECKPOINT, bytes).await
+}
+
+/// Saves `facts`, read from a checkpoint, as the checkpoint again,
+/// anchored at the log's head now.
+pub async fn save_known(store: &dyn EventStore, facts: &KnownFacts) -> Result<(), StoreError> {
+    let gathered = facts
+        .gather(std::iter::empty())
+        .map_err(|e| StoreError::Internal(format!("checkpoint {CHECKPOINT}: {e}")))?;
+    save(store, gathered).await
 }

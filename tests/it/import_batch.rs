@@ -1643,7 +1643,7 @@ async fn planned(
     known: bool,
 ) -> (
     Result<Normal, String>,
-    Option<casebook_engine::known::KnownFacts>,
+    Option<casebook_engine::known::Gathered>,
     Option<String>,
 ) {
     let ids: HashSet<Uuid> = lines.iter().filter_map(|l| l.id).collect();
@@ -1725,7 +1725,7 @@ proptest! {
                     assert_eq!(facts.len(), FILLERS as usize + 5);
                     assert_eq!(plan.known_note, None);
                     log.append_atomic(plan.requests).await.expect("append the day");
-                    casebook_engine::known::save(log.as_ref(), &facts).await.expect("save");
+                    casebook_engine::known::save(log.as_ref(), facts).await.expect("save");
                     true
                 }
                 Err(_) => false,
@@ -1799,7 +1799,7 @@ fn a_facts_checkpoint_that_is_not_the_logs_is_not_used() {
         log.append_atomic(plan.requests)
             .await
             .expect("append the day");
-        known::save(log.as_ref(), &facts).await.expect("save");
+        known::save(log.as_ref(), facts).await.expect("save");
         let Loaded::Usable(read) = known::load(log.as_ref()).await.unwrap() else {
             panic!("the checkpoint just saved is usable");
         };
@@ -1848,7 +1848,7 @@ fn a_facts_checkpoint_that_is_not_the_logs_is_not_used() {
             assert_eq!(facts.len(), FILLERS as usize, "{why}");
         }
         // Saved again, it is usable again.
-        known::save(log.as_ref(), &read).await.unwrap();
+        known::save_known(log.as_ref(), &read).await.unwrap();
         assert!(matches!(
             known::load(log.as_ref()).await.unwrap(),
             Loaded::Usable(_)
