@@ -434,7 +434,7 @@ async fn import(ctx: &mut Ctx, file: &str) -> Result<(), Failure> {
         imported += plan.events;
         duplicates += plan.duplicates;
         if let Some(why) = plan.known_note.take() {
-            eprintln!("note: school {school}: {why}; every pupil's history was read, and a new checkpoint is saved after the import");
+            eprintln!("note: school {school}: {why}");
         }
         let known = plan.known.take();
         if !plan.requests.is_empty() {

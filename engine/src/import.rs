@@ -497,7 +497,7 @@ enum Known {
     /// [`crate::known::MIN_PUPILS`] stored pupils.
     Unread,
     /// Read (what was usable of it, taken out pupil by pupil as they are
-    /// folded); the plan's facts are filed here at the end.
+    /// folded); what is left is gathered with the plan's at the end.
     Read(crate::known::KnownFacts),
 }
 
@@ -926,8 +926,8 @@ impl<'a> Planner<'a> {
     }
 
     /// Reads the facts checkpoint if it is due ([`Planner::with_known_facts`])
-    /// before `streams` (`stored`: their count) are folded, and takes out
-    /// the states those not in `keep_entries` start from.
+    /// before `streams` are folded, and takes out the states those not in
+    /// `keep_entries` start from.
     async fn known_starts(
         &mut self,
         streams: &[StreamId],
@@ -938,11 +938,11 @@ impl<'a> Planner<'a> {
                 Ok(crate::known::Loaded::Usable(facts)) => facts,
                 Ok(crate::known::Loaded::None) => Default::default(),
                 Ok(crate::known::Loaded::Unusable(why)) => {
-                    self.known_note = Some(format!("the facts checkpoint was not used: {why}"));
+                    self.known_note = Some(format!("the facts checkpoint was not used ({why}); every pupil's history was read, and the import saves a new one"));
                     Default::default()
                 }
                 Err(e) => {
-                    self.known_note = Some(format!("the facts checkpoint could not be read: {e}"));
+                    self.known_note = Some(format!("the facts checkpoint could not be read ({e}); every pupil's history was read, and the import saves a new one"));
                     Default::default()
                 }
             };
@@ -1407,7 +1407,7 @@ impl<'a> Planner<'a> {
                     Ok(gathered) => (Some(gathered), known_note),
                     Err(e) => (
                         None,
-                        Some(format!("the facts checkpoint was not gathered: {e}")),
+                        Some(format!("the facts checkpoint could not be written ({e}); the next import reads every pupil's history")),
                     ),
                 }
             }

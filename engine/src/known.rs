@@ -265,3 +265,63 @@ pub async fn save_known(store: &dyn EventStore, facts: &KnownFacts) -> Result<()
         .map_err(|e| StoreError::Internal(format!("checkpoint {CHECKPOINT}: {e}")))?;
     save(store, gathered).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::import::parse_line;
+
+    /// A pupil's state after a registration, a suspension, a plan, an
+    /// intervention and two marks.
+    fn state() -> CaseState {
+        let lines = [
+            r#"{"type":"PupilRegistered","pupil":"P0001","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}"#,
+            r#"{"type":"SuspensionIssued","pupil":"P0001","occurred_at":"2025-12-01T10:00:00Z","actor":"S017","data":{"days":2.5,"reason_code":"PD","start_date":"2025-12-02"}}"#,
+            r#"{"type":"PlanAgreed","pupil":"P0001","occurred_at":"2025-12-08T10:00:00Z","actor":"S017","data":{"plan":"PSP-1","kind":"pastoral_support","review_due":"2026-01-08"}}"#,
+            r#"{"type":"InterventionStarted","pupil":"P0001","occurred_at":"2025-12-09T10:00:00Z","actor":"S017","data":{"intervention":"INT-1","kind":"mentoring","goal":"Attend every lesson"}}"#,
+            r#"{"type":"AttendanceMarked","pupil":"P0001","occurred_at":"2025-12-10T08:45:00Z","actor":"S017","data":{"date":"2025-12-10","session":"am","code":"/"}}"#,
+            r#"{"type":"AttendanceMarked","pupil":"P0001","occurred_at":"2025-12-10T13:10:00Z","actor":"S017","data":{"date":"2025-12-10","session":"pm","code":"N"}}"#,
+        ];
+        let mut state = CaseState::new();
+        for (i, text) in lines.iter().enumerate() {
+            let line = parse_line(i + 1, text).expect("a valid line");
+            state.apply(Uuid::from_u128(i as u128 + 1), &line.event);
+        }
+        state
+    }
+
+    /// The checkpoint's bytes for one pupil are pinned: a change to the
+    /// facts' fields or their encoding changes them, and must come with a
+    /// new [`FORMAT`] (so that a checkpoint of the old layout is refused,
+    /// not misread). The bytes read back as the same facts.
+    #[test]
+    fn the_checkpoint_layout_is_pinned_to_its_format() {
+        let state = state();
+        let stream = StreamId(Uuid::from_u128(0xfeed));
+        let gathered = KnownFacts::default()
+            .gather(std::iter::once((stream, &state)))
+            .expect("gathered");
+        assert_eq!(gathered.len(), 1);
+        let bytes = gathered.anchored(6, [9; 32]).expect("anchored");
+        let body: String = bytes[..bytes.len() - 32]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            body,
+            PINNED,
+            "the facts checkpoint's layout changed: bump known::FORMAT (now {FORMAT}) and pin the new bytes"
+        );
+        let (mut read, position, hash) = decode(&bytes).expect("decodes");
+        assert_eq!((position, hash, read.len()), (6, [9; 32], 1));
+        let back = read.take(&stream).expect("the pupil");
+        assert_eq!(back.known(), state.known());
+        assert_eq!(back.facts_only_events(), 6, "held as facts only");
+    }
+
+    /// `CBFACTS\0`, then `[1, [[stream, 6, facts]], 6, hash]`: the facts
+    /// `["P0001", {"INT-1": true}, {"PSP-1": ["pastoral_support",
+    /// "2026-01-08"]}, [[2025, 2.5]], nil, true, false, [[2025, the
+    /// register's 12 words]], false, false]`.
+    const PINNED: &str = "434246414354530094019193c4100000000000000000000000000000feed069aa5503030303181a5494e542d31c381a55053502d3192b0706173746f72616c5f737570706f7274aa323032362d30312d30389192cd07e9cb4004000000000000c0c3c29192cd07e99c000000cd03000000000000000000c2c206dc00200909090909090909090909090909090909090909090909090909090909090909";
+}

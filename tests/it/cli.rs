@@ -1455,7 +1455,7 @@ fn a_days_register_starts_from_the_facts_the_last_one_saved() {
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0x40;
     let log = open_log(&cb.data(), "default");
-    block_on(log.save_checkpoint(known::CHECKPOINT, damaged)).expect("save");
+    crate::pg::block_on(log.save_checkpoint(known::CHECKPOINT, damaged)).expect("save");
     drop(log);
     let third = cb.import(&day("2025-11-12")).ok();
     assert_imported(&third, pupils.len(), 0);
@@ -1463,7 +1463,7 @@ fn a_days_register_starts_from_the_facts_the_last_one_saved() {
     assert!(
         third
             .stderr
-            .contains("the facts checkpoint was not used: its checksum does not match its bytes"),
+            .contains("the facts checkpoint was not used (its checksum does not match its bytes)"),
         "{}",
         third.stderr
     );
@@ -1473,17 +1473,9 @@ fn a_days_register_starts_from_the_facts_the_last_one_saved() {
     assert_eq!(events, 5 * pupils.len() as u64);
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
-}
-
 /// The checkpoint `name` of the default school's log (the binary must
 /// have exited).
 fn stored_checkpoint(cb: &Casebook, name: &str) -> Option<Vec<u8>> {
     let log = open_log(&cb.data(), "default");
-    block_on(log.load_checkpoint(name)).expect("read the checkpoint")
+    crate::pg::block_on(log.load_checkpoint(name)).expect("read the checkpoint")
 }

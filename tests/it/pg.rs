@@ -65,7 +65,8 @@ impl Drop for TestDb {
     }
 }
 
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
+/// Runs a future to its end on a runtime of its own (sync tests).
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
