@@ -862,3 +862,55 @@ async fn pg_sealing_keeps_keys_outside_the_database_and_erasure_works() {
     );
     assert!(ok(pg(&["verify"])).starts_with("ok: "));
 }
+
+/// On PostgreSQL a day's register for more than `known::MIN_PUPILS`
+/// pupils saves the import planner's facts checkpoint, the next starts
+/// every pupil from it (each read from its checkpointed version on, one
+/// query per 4,096 streams), and the same day again is refused from the
+/// checkpoint's facts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_days_register_starts_from_the_facts_the_last_one_saved() {
+    use casebook_engine::known::{self, Loaded};
+    let Some(db) = test_db() else { return };
+    let url = db.url.as_str();
+    let pg = |args: &[&str]| {
+        let mut a = vec!["--database-url", url];
+        a.extend_from_slice(args);
+        casebook(&a)
+    };
+    ok(pg(&["init"]));
+    let dir = tempfile::tempdir().unwrap();
+    let pupils = known::MIN_PUPILS + 20;
+    let file = |name: &str, line: &dyn Fn(usize) -> String| {
+        let path = dir.path().join(name);
+        let text: String = (1..=pupils).map(|n| format!("{}\n", line(n))).collect();
+        std::fs::write(&path, text).expect("write lines");
+        path.to_str().expect("a UTF-8 path").to_string()
+    };
+    let registered = file("registered.jsonl", &|n| {
+        format!(r#"{{"type":"PupilRegistered","pupil":"R{n:04}","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}}}"#)
+    });
+    let day = |date: &'static str| {
+        file(&format!("{date}.jsonl"), &move |n| {
+            format!(r#"{{"type":"AttendanceMarked","pupil":"R{n:04}","occurred_at":"{date}T08:45:00Z","actor":"S017","data":{{"date":"{date}","session":"am","code":"/"}}}}"#)
+        })
+    };
+    ok(pg(&["import", &registered]));
+    let first = pg(&["import", &day("2025-11-10")]);
+    assert!(!first.2.contains("note:"), "{}", first.2);
+    ok(first);
+    let store = PostgresStore::connect(url, false).await.expect("connect");
+    let log = store.log("default").expect("log");
+    match known::load(log.as_ref()).await.expect("read") {
+        Loaded::Usable(facts) => assert_eq!(facts.len(), pupils),
+        other => panic!("{other:?}"),
+    }
+    let again = pg(&["import", &day("2025-11-10")]);
+    assert_eq!(again.0, 2, "{}", again.2);
+    assert!(again.2.contains("is already marked"), "{}", again.2);
+    let second = pg(&["import", &day("2025-11-11")]);
+    assert!(!second.2.contains("note:"), "{}", second.2);
+    assert!(ok(second).contains(&format!("imported {pupils} events")));
+    let verified = ok(pg(&["verify"]));
+    assert!(verified.starts_with("ok: "), "{verified}");
+}

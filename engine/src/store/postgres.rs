@@ -1108,10 +1108,12 @@ impl EventStore for PostgresLog {
     }
 
     /// One query per [`LOOKUP_CHUNK`] distinct streams, each from its
-    /// version on (the streams and versions as two arrays, unnested), in
-    /// (stream, version) order; visited in the order asked. Streams read
-    /// from their first event are read as [`EventStore::visit_streams`]
-    /// reads them.
+    /// version on (the streams and versions as two arrays, unnested, each
+    /// stream's events read by its own range of the `(school, stream,
+    /// version)` index whatever the table's statistics say: a join was
+    /// planned as a scan of the whole table on a table just copied in);
+    /// visited in the order asked. Streams read from their first event are
+    /// read as [`EventStore::visit_streams`] reads them.
     async fn visit_streams_from(
         &self,
         streams: &[(StreamId, u64)],
@@ -1137,11 +1139,13 @@ impl EventStore for PostgresLog {
                 .collect();
             let rows = client
                 .query(
-                    "SELECT e.position, e.value, e.stream FROM events e \
-                     JOIN unnest($2::uuid[], $3::bigint[]) AS w(stream, from_version) \
-                     ON e.stream = w.stream \
-                     WHERE e.school = $1 AND e.version >= w.from_version \
-                     ORDER BY e.stream, e.version",
+                    "SELECT e.position, e.value, e.stream \
+                     FROM unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS w(stream, from_version, n) \
+                     CROSS JOIN LATERAL ( \
+                         SELECT position, value, stream, version FROM events \
+                         WHERE school = $1 AND stream = w.stream AND version >= w.from_version \
+                     ) e \
+                     ORDER BY w.n, e.version",
                     &[&self.school, &ids, &from],
                 )
                 .await
