@@ -888,11 +888,15 @@ async fn pg_a_days_register_starts_from_the_facts_the_last_one_saved() {
         path.to_str().expect("a UTF-8 path").to_string()
     };
     let registered = file("registered.jsonl", &|n| {
-        format!(r#"{{"type":"PupilRegistered","pupil":"R{n:04}","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}}}"#)
+        format!(
+            r#"{{"type":"PupilRegistered","pupil":"R{n:04}","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}}}"#
+        )
     });
     let day = |date: &'static str| {
         file(&format!("{date}.jsonl"), &move |n| {
-            format!(r#"{{"type":"AttendanceMarked","pupil":"R{n:04}","occurred_at":"{date}T08:45:00Z","actor":"S017","data":{{"date":"{date}","session":"am","code":"/"}}}}"#)
+            format!(
+                r#"{{"type":"AttendanceMarked","pupil":"R{n:04}","occurred_at":"{date}T08:45:00Z","actor":"S017","data":{{"date":"{date}","session":"am","code":"/"}}}}"#
+            )
         })
     };
     ok(pg(&["import", &registered]));
