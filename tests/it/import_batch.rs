@@ -1590,14 +1590,6 @@ fn filler_lines(date: Option<&str>, first_id: u128) -> Vec<Value> {
         .collect()
 }
 
-fn parsed_values(lines: &[Value]) -> Vec<ImportLine> {
-    lines
-        .iter()
-        .enumerate()
-        .map(|(i, l)| parse_line(i + 1, &l.to_string()).expect("generated lines parse"))
-        .collect()
-}
-
 /// Each generated op as a line (ids from `first_id`); the suspensions and
 /// marks among them join `targets` for later corrections.
 fn known_ops(ops: &[(u8, u8, u8)], first_id: u128, targets: &mut Vec<(Uuid, bool)>) -> Vec<Value> {
@@ -1619,7 +1611,7 @@ fn known_ops(ops: &[(u8, u8, u8)], first_id: u128, targets: &mut Vec<(Uuid, bool
 /// Stores each line on its own, those refused left out: a history with
 /// its refusals skipped.
 async fn store_each(log: &dyn EventStore, lines: &[Value]) {
-    for l in parsed_values(lines) {
+    for l in parsed(lines) {
         let mut planner = Planner::new(log, SCHOOL, now());
         if planner.add(l).await.is_ok() {
             log.append_atomic(planner.finish().requests)
@@ -1705,14 +1697,14 @@ proptest! {
             let mut first = filler_lines(None, 10_000);
             first.extend((0..5u8).map(|p| known_line(p, 0, p, Uuid::from_u128(20_000 + u128::from(p)), &[])));
             let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
-            planner.add_many(parsed_values(&first)).await.expect("registrations");
+            planner.add_many(parsed(&first)).await.expect("registrations");
             log.append_atomic(planner.finish().requests).await.expect("append registrations");
             store_each(log.as_ref(), &known_ops(&before, 30_000, &mut targets)).await;
             // The day the checkpoint is saved after: every pupil marked.
             let mut day = filler_lines(Some("2025-11-10"), 40_000);
             day.extend((0..5u8).map(|p| known_line(p, 1, p, Uuid::from_u128(50_000 + u128::from(p)), &[])));
             let mut planner = Planner::new(log.as_ref(), SCHOOL, now()).with_known_facts();
-            let saved = match planner.add_many(parsed_values(&day)).await {
+            let saved = match planner.add_many(parsed(&day)).await {
                 Ok(()) => {
                     let mut plan = planner.finish();
                     let facts = plan.known.take().expect("a checkpoint to save");
@@ -1730,9 +1722,9 @@ proptest! {
             let mut lines = filler_lines(Some("2025-11-11"), 70_000);
             lines.extend(known_ops(&probe, 80_000, &mut targets));
             let without = CountsVisits(Arc::clone(&log), Default::default(), Default::default());
-            let (single, _, _) = planned(&without, parsed_values(&lines), false).await;
+            let (single, _, _) = planned(&without, parsed(&lines), false).await;
             let with_known = CountsVisits(Arc::clone(&log), Default::default(), Default::default());
-            let (with, facts, note) = planned(&with_known, parsed_values(&lines), true).await;
+            let (with, facts, note) = planned(&with_known, parsed(&lines), true).await;
             assert_eq!(note, None, "the checkpoint is usable");
             let (read_without, read_with) = (events_visited(without), events_visited(with_known));
             if saved {
@@ -1770,7 +1762,7 @@ fn a_facts_checkpoint_that_is_not_the_logs_is_not_used() {
     rt.block_on(async {
         let mut planner = Planner::new(log.as_ref(), SCHOOL, now());
         planner
-            .add_many(parsed_values(&filler_lines(None, 1_000)))
+            .add_many(parsed(&filler_lines(None, 1_000)))
             .await
             .expect("registrations");
         log.append_atomic(planner.finish().requests)
@@ -1783,7 +1775,7 @@ fn a_facts_checkpoint_that_is_not_the_logs_is_not_used() {
         // No checkpoint yet: no note, and the facts gathered to save.
         let mut planner = Planner::new(log.as_ref(), SCHOOL, now()).with_known_facts();
         planner
-            .add_many(parsed_values(&filler_lines(Some("2025-11-10"), 2_000)))
+            .add_many(parsed(&filler_lines(Some("2025-11-10"), 2_000)))
             .await
             .expect("a valid day");
         let mut plan = planner.finish();
@@ -1826,7 +1818,7 @@ fn a_facts_checkpoint_that_is_not_the_logs_is_not_used() {
                 "past the log's head",
             ),
         ];
-        let day = || parsed_values(&filler_lines(Some("2025-11-11"), 3_000));
+        let day = || parsed(&filler_lines(Some("2025-11-11"), 3_000));
         let (without, _, _) = planned(log.as_ref(), day(), false).await;
         for (bytes, why) in cases {
             log.save_checkpoint(known::CHECKPOINT, bytes).await.unwrap();
