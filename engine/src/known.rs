@@ -191,8 +191,19 @@ pub fn decode(bytes: &[u8]) -> Result<(KnownFacts, u64, Hash), String> {
     if blake3::hash(head).as_bytes()[..] != sum[..] {
         return Err("its checksum does not match its bytes".into());
     }
-    let (format, listed, position, hash): Body = rmp_serde::from_slice(&head[MAGIC.len()..])
-        .map_err(|e| format!("it does not decode ({e})"))?;
+    let body = &head[MAGIC.len()..];
+    let (format, listed, position, hash): Body = match rmp_serde::from_slice(body) {
+        Ok(decoded) => decoded,
+        // Another layout: named by its format, when that much reads.
+        Err(e) => {
+            return Err(match stored_format(body) {
+                Some(format) if format != FORMAT => {
+                    format!("it is of format {format}, this build reads {FORMAT}")
+                }
+                _ => format!("it does not decode ({e})"),
+            })
+        }
+    };
     if format != FORMAT {
         return Err(format!(
             "it is of format {format}, this build reads {FORMAT}"
@@ -210,6 +221,17 @@ pub fn decode(bytes: &[u8]) -> Result<(KnownFacts, u64, Hash), String> {
         }
     }
     Ok((KnownFacts { pupils }, position, hash))
+}
+
+/// The format number that leads a checkpoint's array, whatever its
+/// length, if it reads as one.
+fn stored_format(body: &[u8]) -> Option<u32> {
+    use serde::Deserialize as _;
+    let (&first, rest) = body.split_first()?;
+    if !(0x90..=0x9f).contains(&first) {
+        return None;
+    }
+    u32::deserialize(&mut rmp_serde::Deserializer::from_read_ref(rest)).ok()
 }
 
 /// The stored checkpoint, checked against `store`'s log (see the module's
@@ -317,6 +339,59 @@ mod tests {
         let back = read.take(&stream).expect("the pupil");
         assert_eq!(back.known(), state.known());
         assert_eq!(back.facts_only_events(), 6, "held as facts only");
+    }
+
+    proptest::proptest! {
+        /// Any body under a valid checksum (the decoder itself, not the
+        /// checksum, meets the bytes) is read or refused, never a panic.
+        #[test]
+        fn any_checksummed_body_is_read_or_refused(
+            body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..256),
+            lead in 0x90u8..=0x9f,
+        ) {
+            for body in [body.clone(), [vec![lead], body].concat()] {
+                let mut bytes = MAGIC.to_vec();
+                bytes.extend_from_slice(&body);
+                let sum = blake3::hash(&bytes);
+                bytes.extend_from_slice(sum.as_bytes());
+                let _ = decode(&bytes);
+            }
+        }
+    }
+
+    /// A checkpoint of another format is refused by its format number,
+    /// whether its layout reads as this one's or not; one whose bytes do
+    /// not read is named as such.
+    #[test]
+    fn a_checkpoint_of_another_format_is_named_by_it() {
+        let sealed = |body: &[u8]| {
+            let mut bytes = MAGIC.to_vec();
+            bytes.extend_from_slice(body);
+            let sum = blake3::hash(&bytes);
+            bytes.extend_from_slice(sum.as_bytes());
+            bytes
+        };
+        let mut same_layout = encode(&KnownFacts::default(), 3, [1; 32]).expect("encoded");
+        same_layout.truncate(same_layout.len() - 32);
+        same_layout[MAGIC.len() + 1] = 2;
+        let cases: [(Vec<u8>, &str); 3] = [
+            (
+                sealed(&same_layout[MAGIC.len()..]),
+                "it is of format 2, this build reads 1",
+            ),
+            // Five fields, the first a format 7.
+            (
+                sealed(&[0x95, 7, 0x90, 1, 2, 3]),
+                "it is of format 7, this build reads 1",
+            ),
+            (sealed(&[0x94, 0xc1]), "it does not decode"),
+        ];
+        for (bytes, why) in cases {
+            match decode(&bytes) {
+                Err(e) => assert!(e.contains(why), "{why}: {e}"),
+                Ok(_) => panic!("{why}: decoded"),
+            }
+        }
     }
 
     /// `CBFACTS\0`, then `[1, [[stream, 6, facts]], 6, hash]`: the facts
