@@ -61,7 +61,8 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
-fn rt() -> tokio::runtime::Runtime {
+/// A multi-threaded runtime of two workers, as the CLI's.
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3905,16 +3905,14 @@ impl EventStore for SegmentLog {
         self.locations_for_streams(streams)
     }
 
+    /// Each stream from its first event ([`EventStore::visit_streams_from`]).
     async fn visit_streams(
         &self,
         streams: &[StreamId],
         visit: &mut dyn StreamVisitor,
     ) -> Result<(), StoreError> {
-        self.locations_for_streams(streams)?;
-        for (stream, versions) in self.versions_of(streams)? {
-            visit_runs(&self.wanted_in(versions)?, Asked::Stream(stream, 1), visit)?;
-        }
-        Ok(())
+        let whole: Vec<(StreamId, u64)> = streams.iter().map(|s| (*s, 1)).collect();
+        self.visit_streams_from(&whole, visit).await
     }
 
     async fn will_read_streams_from(&self, streams: &[(StreamId, u64)]) -> Result<(), StoreError> {
