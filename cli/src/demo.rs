@@ -118,10 +118,12 @@ pub fn school_days(academic_year: i32) -> Vec<NaiveDate> {
 
 /// A lazily generated school: pupils one at a time, so a 1,000-pupil year
 /// (about 420,000 events) never sits in memory whole. Only the school-level
-/// plan (a few hundred bytes a pupil) is kept.
+/// plan is kept: each pupil's day flags, planned suspensions and shared
+/// incidents (about 800 bytes a pupil, 19 MB for 24,000); a pupil's
+/// profile is made again when the pupil is generated.
 pub fn generate(opts: &DemoOptions) -> impl Iterator<Item = DemoPupil> {
     let school = School::plan(opts);
-    (0..school.profiles.len()).map(move |i| school.pupil(i))
+    (0..school.n()).map(move |i| school.pupil(i))
 }
 
 // ---------------------------------------------------------------------------
@@ -594,6 +596,11 @@ fn year_start(n: usize, year: u8) -> usize {
     (usize::from(year - 7) * n).div_ceil(5)
 }
 
+/// Pupil `i`'s reference: "P00001" upwards.
+fn reference(i: usize) -> String {
+    format!("P{:05}", i + 1)
+}
+
 fn make_profile(root: u64, academic_year: i32, n: usize, i: usize) -> Profile {
     let mut rng = Rng::stream(root, TAG_PROFILE, i as u64);
     let year_group = 7 + (i * 5 / n.max(1)) as u8;
@@ -674,7 +681,7 @@ fn make_profile(root: u64, academic_year: i32, n: usize, i: usize) -> Profile {
     let keyworker = rng.pick(&KEYWORKERS);
 
     Profile {
-        reference: format!("P{:05}", i + 1),
+        reference: reference(i),
         name,
         female,
         date_of_birth,
@@ -788,6 +795,25 @@ struct SharedIncident {
     escalated: Option<usize>,
 }
 
+/// Every pupil's day flags in one allocation: `flags[pupil][day]`.
+struct DayFlags {
+    days: usize,
+    flags: Vec<u8>,
+}
+
+impl std::ops::Index<usize> for DayFlags {
+    type Output = [u8];
+    fn index(&self, pupil: usize) -> &[u8] {
+        &self.flags[pupil * self.days..(pupil + 1) * self.days]
+    }
+}
+
+impl std::ops::IndexMut<usize> for DayFlags {
+    fn index_mut(&mut self, pupil: usize) -> &mut [u8] {
+        &mut self.flags[pupil * self.days..(pupil + 1) * self.days]
+    }
+}
+
 struct School {
     root: u64,
     /// Whether code K (provision arranged by the local authority, 2024/25
@@ -796,12 +822,20 @@ struct School {
     days: Vec<NaiveDate>,
     /// See `break_ends`.
     breaks: Vec<usize>,
+    /// The academic year and the pupils on roll: with `root`, each pupil's
+    /// [`Profile`] ([`make_profile`]).
+    academic_year: i32,
+    pupils: usize,
+    /// Every pupil's profile while the school is planned; empty after,
+    /// when each pupil's is made again as the pupil is generated (a few
+    /// hundred bytes a pupil less held: 7 MB at 24,000 pupils).
     profiles: Vec<Profile>,
     /// Per pupil, per school day: `SUSP_AM` ... `ATTEND`.
-    flags: Vec<Vec<u8>>,
+    flags: DayFlags,
     suspensions: Vec<Vec<PlannedSuspension>>,
-    exclusions: Vec<Option<PlannedExclusion>>,
-    provisions: Vec<Option<PlannedProvision>>,
+    /// Boxed: a few pupils in a thousand have one.
+    exclusions: Vec<Option<Box<PlannedExclusion>>>,
+    provisions: Vec<Option<Box<PlannedProvision>>>,
     incidents: Vec<SharedIncident>,
     pupil_incidents: Vec<Vec<usize>>,
     /// Pupils staff raise a safeguarding concern about this year.
@@ -1088,7 +1122,10 @@ impl School {
                 .is_some_and(|d| codes::attendance_code("K").is_some_and(|k| k.valid_on(*d))),
             breaks: break_ends(&days),
             days,
-            flags: vec![vec![0; d]; n],
+            flags: DayFlags {
+                days: d,
+                flags: vec![0; n * d],
+            },
             suspensions: (0..n).map(|_| Vec::new()).collect(),
             exclusions: (0..n).map(|_| None).collect(),
             provisions: (0..n).map(|_| None).collect(),
@@ -1096,6 +1133,8 @@ impl School {
             pupil_incidents: vec![Vec::new(); n],
             concerned: vec![false; n],
             trips: Default::default(),
+            academic_year: opts.academic_year,
+            pupils: n,
             profiles,
         };
         if n == 0 {
@@ -1114,11 +1153,17 @@ impl School {
                 year.push(rng.day_in(10, d - 10));
             }
         }
+        school.profiles = Vec::new();
         school
     }
 
     fn n(&self) -> usize {
-        self.profiles.len()
+        self.pupils
+    }
+
+    /// Pupil `i`'s profile, as planned.
+    fn profile(&self, i: usize) -> Profile {
+        make_profile(self.root, self.academic_year, self.pupils, i)
     }
 
     fn available(&self, pupil: usize, day: usize) -> bool {
@@ -1192,13 +1237,13 @@ impl School {
             }
             self.flags[i][trigger] |= ENGAGED | ATTEND;
             let issued = rng.between(14 * 60, 15 * 60);
-            self.exclusions[i] = Some(PlannedExclusion {
+            self.exclusions[i] = Some(Box::new(PlannedExclusion {
                 trigger,
                 issued,
                 reason,
                 incident: usize::MAX,
                 last_on_roll,
-            });
+            }));
         }
     }
 
@@ -1456,7 +1501,7 @@ impl School {
                     day: start - rng.between(1, 3) as usize,
                     minute: rng.between(10 * 60, 15 * 60),
                 };
-                self.provisions[i] = Some(PlannedProvision {
+                self.provisions[i] = Some(Box::new(PlannedProvision {
                     arranged,
                     start,
                     back,
@@ -1473,7 +1518,7 @@ impl School {
                             "Small-group provision to address social, emotional and mental health needs",
                         ])
                     },
-                });
+                }));
                 break;
             }
         }
@@ -1623,7 +1668,8 @@ impl School {
 
     /// Simulates pupil `i`'s year.
     fn pupil(&self, i: usize) -> DemoPupil {
-        let mut sim = PupilSim::new(self, i);
+        let profile = self.profile(i);
+        let mut sim = PupilSim::new(self, i, &profile);
         sim.run();
         sim.finish()
     }
@@ -1694,7 +1740,7 @@ struct PupilSim<'s> {
 }
 
 impl<'s> PupilSim<'s> {
-    fn new(school: &'s School, i: usize) -> PupilSim<'s> {
+    fn new(school: &'s School, i: usize, p: &'s Profile) -> PupilSim<'s> {
         let d = school.days.len();
         let on_roll = school.exclusions[i]
             .as_ref()
@@ -1703,7 +1749,7 @@ impl<'s> PupilSim<'s> {
         PupilSim {
             school,
             i,
-            p: &school.profiles[i],
+            p,
             rng: Rng::stream(school.root, TAG_PUPIL, i as u64),
             ids: Rng::stream(school.root, TAG_IDS, i as u64),
             out: Vec::with_capacity(2 * on_roll + 64),
@@ -2679,7 +2725,7 @@ impl<'s> PupilSim<'s> {
                 .iter()
                 .filter(|(p, _)| *p != me)
                 .map(|(p, r)| Participant {
-                    pupil: school.profiles[*p].reference.clone(),
+                    pupil: reference(*p),
                     role: *r,
                 })
                 .collect();
@@ -2733,7 +2779,7 @@ impl<'s> PupilSim<'s> {
                         .participants
                         .iter()
                         .filter(|(_, r)| *r != IncidentRole::Witness)
-                        .map(|(p, _)| school.profiles[*p].reference.clone())
+                        .map(|(p, _)| reference(*p))
                         .collect();
                     let facilitator = BEHAVIOUR_LEADS[k % BEHAVIOUR_LEADS.len()];
                     people.push(facilitator.to_string());
