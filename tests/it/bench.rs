@@ -116,6 +116,8 @@ fn bench_runs_on_sled() {
         "index_mb_reading_only",
         "open_sparse_ms",
         "index_mb_sparse",
+        "register_open_ms",
+        "register_index_mb",
         "close_ms",
         "snapshot_mb",
     ] {
@@ -438,6 +440,14 @@ fn bench_reopens_from_the_index_snapshot() {
     number(&doc, "open_sparse_ms");
     let sparse_index = number(&doc, "index_mb_sparse");
     assert!(sparse_index > 0.0 && sparse_index < reading_only, "{doc}");
+    // The registers run in the open `casebook import` makes (the ids and
+    // the locations left in the snapshot), not in the timelines' open.
+    number(&doc, "register_open_ms");
+    let register_index = number(&doc, "register_index_mb");
+    assert!(
+        register_index > 0.0 && register_index < reading_only,
+        "the registers' open holds the index of an open that reads little: {doc}"
+    );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
 }
