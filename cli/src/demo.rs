@@ -119,7 +119,7 @@ pub fn school_days(academic_year: i32) -> Vec<NaiveDate> {
 /// A lazily generated school: pupils one at a time, so a 1,000-pupil year
 /// (about 420,000 events) never sits in memory whole. Only the school-level
 /// plan is kept: each pupil's day flags, planned suspensions and shared
-/// incidents (about 800 bytes a pupil, 19 MB for 24,000); a pupil's
+/// incidents (about 650 bytes a pupil, 15 MB for 24,250); a pupil's
 /// profile is made again when the pupil is generated.
 pub fn generate(opts: &DemoOptions) -> impl Iterator<Item = DemoPupil> {
     let school = School::plan(opts);
@@ -785,8 +785,10 @@ struct SharedIncident {
     category: &'static str,
     severity: u8,
     location: &'static str,
-    description: String,
-    staff: String,
+    /// Its text, made when each pupil's copy is recorded.
+    description: Description,
+    /// The staff member who recorded it, by number ([`staff`]).
+    staff: u32,
     participants: Vec<(usize, IncidentRole)>,
     /// A restorative meeting between the pupils, when one was held.
     restorative: Option<At>,
@@ -1000,7 +1002,31 @@ fn severity_for(category: &str, rng: &mut Rng) -> u8 {
     rng.weighted(table)
 }
 
+/// A planned incident's description: its words, kept as the static
+/// strings they are made of until each pupil's copy is recorded.
+enum Description {
+    /// What happened, and where (`"{text} ({place})."`).
+    Text {
+        text: &'static str,
+        place: &'static str,
+    },
+    Whole(&'static str),
+}
+
+impl Description {
+    fn render(&self) -> String {
+        match self {
+            Description::Text { text, place } => format!("{text} ({place})."),
+            Description::Whole(text) => (*text).to_string(),
+        }
+    }
+}
+
 fn incident_description(category: &str, location: &str, several: bool, rng: &mut Rng) -> String {
+    incident_text(category, location, several, rng).render()
+}
+
+fn incident_text(category: &str, location: &str, several: bool, rng: &mut Rng) -> Description {
     let place = match location {
         "online" => "online, reported to staff by a parent",
         "classroom" => "in a lesson",
@@ -1059,7 +1085,7 @@ fn incident_description(category: &str, location: &str, several: bool, rng: &mut
         ("theft", _) => "Took money from another pupil's bag in the changing rooms",
         _ => "Behaviour incident",
     };
-    format!("{text} ({place}).")
+    Description::Text { text, place }
 }
 
 /// An incident category as a phrase for letters and notes.
@@ -1088,13 +1114,12 @@ fn category_label(category: &str) -> &'static str {
 
 /// What a suspension for persistent disruptive behaviour follows: not one
 /// incident but a run of them.
-fn persistent_disruption(rng: &mut Rng) -> String {
+fn persistent_disruption(rng: &mut Rng) -> &'static str {
     rng.pick(&[
         "Persistent disruption: removed from three lessons this week after warnings, detentions and a report card; refused to go to the reflection room today.",
         "Continued to disrupt lessons after a behaviour support meeting; today walked out of two lessons and shouted across the classroom.",
         "Repeated refusal to follow instructions over several weeks despite a report card and parent meetings; today's lesson had to stop twice.",
     ])
-    .to_string()
 }
 
 impl School {
@@ -1421,11 +1446,11 @@ impl School {
                 severity,
                 location,
                 description: if reason == "PD" {
-                    persistent_disruption(rng)
+                    Description::Whole(persistent_disruption(rng))
                 } else {
-                    incident_description(category, location, several, rng)
+                    incident_text(category, location, several, rng)
                 },
-                staff: staff(rng.between(FIRST_TEACHER, LAST_STAFF)),
+                staff: rng.between(FIRST_TEACHER, LAST_STAFF),
                 participants,
                 restorative: None,
                 escalated: Some(i),
@@ -1636,8 +1661,8 @@ impl School {
                     rng,
                 ),
                 location,
-                description: incident_description(category, location, true, rng),
-                staff: staff(rng.between(FIRST_TEACHER, LAST_STAFF)),
+                description: incident_text(category, location, true, rng),
+                staff: rng.between(FIRST_TEACHER, LAST_STAFF),
                 participants,
                 restorative,
                 escalated: None,
@@ -2731,12 +2756,12 @@ impl<'s> PupilSim<'s> {
                 .collect();
             let id = self.record_incident(
                 inc.at,
-                &inc.staff,
+                &staff(inc.staff),
                 IncidentRecorded {
                     category: inc.category.to_string(),
                     severity: inc.severity,
                     location: inc.location.to_string(),
-                    description: inc.description.clone(),
+                    description: inc.description.render(),
                     role,
                     participants,
                     class: Some(self.p.class.clone()),
