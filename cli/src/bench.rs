@@ -76,8 +76,9 @@ use crate::{Failure, Format};
 pub const BATCH_EVENTS: usize = MAX_GROUP_EVENTS;
 
 /// Import batches generated (untimed) ahead of each timed stretch of the
-/// pipelined import (each stretch's last batch is handed to the writer as
-/// the next begins, so the pipeline never runs dry). The lines held ahead
+/// pipelined import (each stretch's last batch is planned in it and handed
+/// to the writer as the next stretch begins, so no timed stretch starts or
+/// ends with the pipeline empty). The lines held ahead
 /// are the bench's own memory, not the engine's: 8 batches hold ~2 MB,
 /// where 32 (until session aq) held 8.6 MB of the import phase's peak.
 const PIPELINE_BATCHES: usize = 8;
