@@ -828,10 +828,6 @@ struct School {
     /// [`Profile`] ([`make_profile`]).
     academic_year: i32,
     pupils: usize,
-    /// Every pupil's profile while the school is planned; empty after,
-    /// when each pupil's is made again as the pupil is generated (5 MB
-    /// less RSS at 24,250 pupils, measured).
-    profiles: Vec<Profile>,
     /// Per pupil, per school day: `SUSP_AM` ... `ATTEND`.
     flags: DayFlags,
     suspensions: Vec<Vec<PlannedSuspension>>,
@@ -1136,6 +1132,9 @@ impl School {
         } else {
             opts.pupils
         };
+        // Every pupil's profile, for the plan's steps only: dropped when
+        // the plan is made (5 MB of RSS at 24,250 pupils, measured), each
+        // made again as its pupil is generated ([`School::profile`]).
         let profiles: Vec<Profile> = (0..n)
             .map(|i| make_profile(root, opts.academic_year, n, i))
             .collect();
@@ -1160,25 +1159,24 @@ impl School {
             trips: Default::default(),
             academic_year: opts.academic_year,
             pupils: n,
-            profiles,
         };
         if n == 0 {
             return school;
         }
         let mut rng = Rng::stream(root, TAG_SCHOOL, 0);
-        let mut counts = school.allocate_suspensions(&mut rng);
-        school.plan_exclusions(&mut counts, &mut rng);
+        let p = &profiles;
+        let mut counts = school.allocate_suspensions(p, &mut rng);
+        school.plan_exclusions(p, &mut counts, &mut rng);
         school.lay_out_suspensions(&counts, &mut rng);
-        school.plan_trigger_incidents(&mut rng);
-        school.plan_provision(&mut rng);
-        school.plan_shared_incidents(&mut rng);
-        school.plan_concerns(&mut rng);
+        school.plan_trigger_incidents(p, &mut rng);
+        school.plan_provision(p, &mut rng);
+        school.plan_shared_incidents(p, &mut rng);
+        school.plan_concerns(p, &mut rng);
         for year in school.trips.iter_mut() {
             for _ in 0..2 {
                 year.push(rng.day_in(10, d - 10));
             }
         }
-        school.profiles = Vec::new();
         school
     }
 
@@ -1200,11 +1198,11 @@ impl School {
     /// How many suspensions each pupil gets: the school total is fixed by
     /// the rate; pupils are drawn by weight without replacement and each
     /// drawn pupil gets a run of repeat suspensions.
-    fn allocate_suspensions(&self, rng: &mut Rng) -> Vec<u32> {
+    fn allocate_suspensions(&self, profiles: &[Profile], rng: &mut Rng) -> Vec<u32> {
         let n = self.n();
         let target = (n as f64 * SUSPENSIONS_PER_PUPIL).round() as u32;
         let mut counts = vec![0u32; n];
-        let mut weights: Vec<f64> = self.profiles.iter().map(|p| p.suspension_weight).collect();
+        let mut weights: Vec<f64> = profiles.iter().map(|p| p.suspension_weight).collect();
         let mut total = 0;
         while total < target {
             let Some(i) = pick_weighted(&weights, rng) else {
@@ -1222,12 +1220,11 @@ impl School {
 
     /// Permanent exclusions: about 0.13 per 100 pupils, most likely Year 10,
     /// boys and FSM pupils more, usually after earlier suspensions.
-    fn plan_exclusions(&mut self, counts: &mut [u32], rng: &mut Rng) {
+    fn plan_exclusions(&mut self, profiles: &[Profile], counts: &mut [u32], rng: &mut Rng) {
         let d = self.days.len();
         let wanted =
             (self.n() as f64 * PERMANENT_EXCLUSIONS_PER_PUPIL + rng.unit()).floor() as usize;
-        let mut weights: Vec<f64> = self
-            .profiles
+        let mut weights: Vec<f64> = profiles
             .iter()
             .zip(counts.iter())
             .map(|(p, c)| {
@@ -1349,17 +1346,18 @@ impl School {
     /// A peer in pupil `p`'s year free on `day`, chosen by `weight`.
     fn peer(
         &self,
+        profiles: &[Profile],
         p: usize,
         day: usize,
         taken: &[usize],
         rng: &mut Rng,
         weight: impl Fn(&Profile) -> f64,
     ) -> Option<usize> {
-        let (a, b) = self.profiles[p].peers;
+        let (a, b) = profiles[p].peers;
         let weights: Vec<f64> = (a..b)
             .map(|j| {
                 if j != p && !taken.contains(&j) && self.available(j, day) {
-                    weight(&self.profiles[j])
+                    weight(&profiles[j])
                 } else {
                     0.0
                 }
@@ -1387,7 +1385,7 @@ impl School {
 
     /// The incident behind each suspension and exclusion, with its target
     /// (and sometimes a witness) when the reason is about another pupil.
-    fn plan_trigger_incidents(&mut self, rng: &mut Rng) {
+    fn plan_trigger_incidents(&mut self, profiles: &[Profile], rng: &mut Rng) {
         let mut work: Vec<(usize, usize, &'static str, bool, bool)> = Vec::new();
         for (i, list) in self.suspensions.iter().enumerate() {
             for (k, s) in list.iter().enumerate() {
@@ -1423,7 +1421,7 @@ impl School {
             if targeted {
                 let bullying = category == "bullying";
                 let mut taken = Vec::new();
-                if let Some(t) = self.peer(i, day, &taken, rng, |p| {
+                if let Some(t) = self.peer(profiles, i, day, &taken, rng, |p| {
                     if bullying && p.sen {
                         2.0
                     } else {
@@ -1434,7 +1432,7 @@ impl School {
                     taken.push(t);
                 }
                 if rng.chance(0.3) {
-                    if let Some(w) = self.peer(i, day, &taken, rng, |_| 1.0) {
+                    if let Some(w) = self.peer(profiles, i, day, &taken, rng, |_| 1.0) {
                         participants.push((w, IncidentRole::Witness));
                     }
                 }
@@ -1474,11 +1472,10 @@ impl School {
 
     /// Part-time alternative provision for a few pupils with high needs:
     /// two days a week for 6-12 weeks, then back to a full timetable.
-    fn plan_provision(&mut self, rng: &mut Rng) {
+    fn plan_provision(&mut self, profiles: &[Profile], rng: &mut Rng) {
         let d = self.days.len();
         let wanted = (self.n() as f64 * PROVISION_SHARE).round() as usize;
-        let mut weights: Vec<f64> = self
-            .profiles
+        let mut weights: Vec<f64> = profiles
             .iter()
             .enumerate()
             .map(|(i, p)| {
@@ -1551,7 +1548,7 @@ impl School {
 
     /// Incidents between pupils that nobody is suspended for: fights,
     /// name-calling, bullying, online unkindness, group disruption.
-    fn plan_shared_incidents(&mut self, rng: &mut Rng) {
+    fn plan_shared_incidents(&mut self, profiles: &[Profile], rng: &mut Rng) {
         let d = self.days.len();
         let wanted = (self.n() as f64 * SHARED_INCIDENTS_PER_PUPIL).round() as usize;
         const KINDS: &[(&str, u32)] = &[
@@ -1563,7 +1560,7 @@ impl School {
             ("damage", 5),
             ("truancy", 7),
         ];
-        let mut weights: Vec<f64> = self.profiles.iter().map(|p| p.behaviour + 0.2).collect();
+        let mut weights: Vec<f64> = profiles.iter().map(|p| p.behaviour + 0.2).collect();
         let mut made = 0;
         let mut attempts = 0;
         while made < wanted && attempts < wanted * 4 {
@@ -1583,7 +1580,9 @@ impl School {
             if group {
                 participants.push((lead, IncidentRole::Involved));
                 for _ in 0..if rng.chance(0.4) { 2 } else { 1 } {
-                    if let Some(o) = self.peer(lead, day, &taken, rng, |p| p.behaviour + 0.2) {
+                    if let Some(o) =
+                        self.peer(profiles, lead, day, &taken, rng, |p| p.behaviour + 0.2)
+                    {
                         participants.push((o, IncidentRole::Involved));
                         taken.push(o);
                     }
@@ -1599,7 +1598,7 @@ impl School {
                     },
                 ));
                 let bullying = category == "bullying";
-                if let Some(t) = self.peer(lead, day, &taken, rng, |p| {
+                if let Some(t) = self.peer(profiles, lead, day, &taken, rng, |p| {
                     if bullying && p.sen {
                         2.0
                     } else {
@@ -1618,7 +1617,7 @@ impl School {
                 }
                 if category != "online_misconduct" {
                     for _ in 0..rng.between(0, 2) {
-                        if let Some(w) = self.peer(lead, day, &taken, rng, |_| 1.0) {
+                        if let Some(w) = self.peer(profiles, lead, day, &taken, rng, |_| 1.0) {
                             participants.push((w, IncidentRole::Witness));
                             taken.push(w);
                         }
@@ -1675,10 +1674,9 @@ impl School {
     /// Who has safeguarding concerns raised this year: a fixed share of the
     /// school (an assumption, see the constant), FSM and SEN pupils more
     /// often, as children in need are.
-    fn plan_concerns(&mut self, rng: &mut Rng) {
+    fn plan_concerns(&mut self, profiles: &[Profile], rng: &mut Rng) {
         let wanted = (self.n() as f64 * SAFEGUARDING_SHARE).round() as usize;
-        let mut weights: Vec<f64> = self
-            .profiles
+        let mut weights: Vec<f64> = profiles
             .iter()
             .map(|p| if p.fsm { 2.7 } else { 1.0 } * if p.sen { 1.6 } else { 1.0 })
             .collect();

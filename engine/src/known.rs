@@ -341,6 +341,16 @@ mod tests {
         assert_eq!(back.facts_only_events(), 6, "held as facts only");
     }
 
+    /// `body` between the magic and a valid checksum: a checkpoint whose
+    /// bytes the decoder itself meets.
+    fn checksummed(body: &[u8]) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.extend_from_slice(body);
+        let sum = blake3::hash(&bytes);
+        bytes.extend_from_slice(sum.as_bytes());
+        bytes
+    }
+
     proptest::proptest! {
         /// Any body under a valid checksum (the decoder itself, not the
         /// checksum, meets the bytes) is read or refused, never a panic.
@@ -350,11 +360,7 @@ mod tests {
             lead in 0x90u8..=0x9f,
         ) {
             for body in [body.clone(), [vec![lead], body].concat()] {
-                let mut bytes = MAGIC.to_vec();
-                bytes.extend_from_slice(&body);
-                let sum = blake3::hash(&bytes);
-                bytes.extend_from_slice(sum.as_bytes());
-                let _ = decode(&bytes);
+                let _ = decode(&checksummed(&body));
             }
         }
     }
@@ -364,27 +370,20 @@ mod tests {
     /// not read is named as such.
     #[test]
     fn a_checkpoint_of_another_format_is_named_by_it() {
-        let sealed = |body: &[u8]| {
-            let mut bytes = MAGIC.to_vec();
-            bytes.extend_from_slice(body);
-            let sum = blake3::hash(&bytes);
-            bytes.extend_from_slice(sum.as_bytes());
-            bytes
-        };
         let mut same_layout = encode(&KnownFacts::default(), 3, [1; 32]).expect("encoded");
         same_layout.truncate(same_layout.len() - 32);
         same_layout[MAGIC.len() + 1] = 2;
         let cases: [(Vec<u8>, &str); 3] = [
             (
-                sealed(&same_layout[MAGIC.len()..]),
+                checksummed(&same_layout[MAGIC.len()..]),
                 "it is of format 2, this build reads 1",
             ),
             // Five fields, the first a format 7.
             (
-                sealed(&[0x95, 7, 0x90, 1, 2, 3]),
+                checksummed(&[0x95, 7, 0x90, 1, 2, 3]),
                 "it is of format 7, this build reads 1",
             ),
-            (sealed(&[0x94, 0xc1]), "it does not decode"),
+            (checksummed(&[0x94, 0xc1]), "it does not decode"),
         ];
         for (bytes, why) in cases {
             match decode(&bytes) {

@@ -1455,7 +1455,7 @@ fn a_days_register_starts_from_the_facts_the_last_one_saved() {
     let mid = damaged.len() / 2;
     damaged[mid] ^= 0x40;
     let log = open_log(&cb.data(), "default");
-    crate::pg::block_on(log.save_checkpoint(known::CHECKPOINT, damaged)).expect("save");
+    crate::block_on(log.save_checkpoint(known::CHECKPOINT, damaged)).expect("save");
     drop(log);
     let third = cb.import(&day("2025-11-12")).ok();
     assert_imported(&third, pupils.len(), 0);
@@ -1477,5 +1477,5 @@ fn a_days_register_starts_from_the_facts_the_last_one_saved() {
 /// have exited).
 fn stored_checkpoint(cb: &Casebook, name: &str) -> Option<Vec<u8>> {
     let log = open_log(&cb.data(), "default");
-    crate::pg::block_on(log.load_checkpoint(name)).expect("read the checkpoint")
+    crate::block_on(log.load_checkpoint(name)).expect("read the checkpoint")
 }

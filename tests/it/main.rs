@@ -24,3 +24,12 @@ mod soak;
 mod store_tamper;
 mod timeline_read;
 mod two_processes;
+
+/// Runs a future to its end on a runtime of its own (sync tests).
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(f)
+}

@@ -15,6 +15,7 @@ use casebook_engine::store::postgres::PostgresStore;
 use casebook_engine::store::{self, AppendRequest, EventStore, ExpectedVersion};
 use casebook_engine::StoreError;
 
+use crate::block_on;
 use crate::conformance::{contact, pupil};
 
 /// A server for one test; stopped and removed on drop.
@@ -63,15 +64,6 @@ impl Drop for TestDb {
         }
         self.cluster.take();
     }
-}
-
-/// Runs a future to its end on a runtime of its own (sync tests).
-pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
-        .block_on(f)
 }
 
 /// Runs a future from sync code inside a multi-thread test runtime.
