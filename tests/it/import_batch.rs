@@ -242,7 +242,7 @@ proptest! {
         ops in proptest::collection::vec(op(), 0..40),
         cuts in proptest::collection::vec(0usize..12, 0..4),
     ) {
-        let rt = crate::segment::rt();
+        let rt = crate::rt();
         let dir = tempfile::tempdir().unwrap();
         let log = store_with_prefix(dir.path(), &rt);
         let single = rt.block_on(one_by_one(log.as_ref(), lines(&ops)));
@@ -260,7 +260,7 @@ proptest! {
 /// property cannot pass by only ever seeing one kind of sequence).
 #[test]
 fn the_generated_sequences_cover_skips_refusals_and_plans() {
-    let rt = crate::segment::rt();
+    let rt = crate::rt();
     let dir = tempfile::tempdir().unwrap();
     let log = store_with_prefix(dir.path(), &rt);
     let o = |pupil, kind, variant, id| Op {
@@ -598,7 +598,7 @@ async fn pipelined(log: &dyn EventStore, batches: Vec<Vec<ImportLine>>) -> Outco
 }
 
 fn both(ops: &[Op], sizes: &[usize]) -> (Outcome, Outcome) {
-    let rt = crate::segment::rt();
+    let rt = crate::rt();
     let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let serial_log = segment_with_prefix(a.path(), &rt);
     let pipe_log = segment_with_prefix(b.path(), &rt);
@@ -733,7 +733,7 @@ fn pipelined_import_covers_ids_and_pupils_across_batches() {
 /// written, and everything acknowledged before it stays.
 #[test]
 fn a_concurrent_append_fails_the_pipelined_batch_cleanly() {
-    let rt = crate::segment::rt();
+    let rt = crate::rt();
     let o = |pupil, kind, variant| Op {
         pupil,
         kind,
@@ -829,7 +829,7 @@ fn a_concurrent_append_fails_the_pipelined_batch_cleanly() {
 /// `recorded_at` in order and one time for each batch's events.
 #[test]
 fn the_pipeline_seals_ahead_and_the_writer_falls_back_when_the_log_moved() {
-    let rt = crate::segment::rt();
+    let rt = crate::rt();
     // Pupil 2 registered, then contacts for pupils 0 to 2: batches of 2.
     let mut ops = vec![Op {
         pupil: 2,
@@ -1298,7 +1298,7 @@ fn suspension_line(days: f64, id: u128) -> Value {
 /// `add_many` and the pipeline, on every engine.
 #[test]
 fn stored_histories_are_read_a_slice_at_a_time_and_corrections_read_their_entries() {
-    let rt = crate::segment::rt();
+    let rt = crate::rt();
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let logs: Vec<(&str, Arc<dyn EventStore>)> = vec![
         (
@@ -1652,7 +1652,7 @@ proptest! {
         probe in proptest::collection::vec(generated_op(), 0..12),
         engine in prop_oneof![Just(Engine::Segment), Just(Engine::Sled)],
     ) {
-        let rt = crate::segment::rt();
+        let rt = crate::rt();
         let dir = tempfile::tempdir().unwrap();
         let log = open_log(dir.path(), SCHOOL, engine, true).expect("open log");
         let mut targets = Vec::new();
@@ -1713,7 +1713,7 @@ proptest! {
 #[test]
 fn a_facts_checkpoint_that_is_not_the_logs_is_not_used() {
     use casebook_engine::known::{self, Loaded};
-    let rt = crate::segment::rt();
+    let rt = crate::rt();
     let dir = tempfile::tempdir().unwrap();
     let log = casebook_engine::store::segment::SegmentStore::open(dir.path(), true)
         .expect("open store")

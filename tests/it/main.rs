@@ -25,6 +25,15 @@ mod store_tamper;
 mod timeline_read;
 mod two_processes;
 
+/// A multi-threaded runtime of two workers, as the CLI's.
+pub(crate) fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// Runs a future to its end on a runtime of its own (sync tests).
 pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()

@@ -17,6 +17,7 @@ use casebook_engine::{EventRef, NewEvent, StoredEvent};
 use proptest::prelude::*;
 
 use crate::conformance::{contact, pupil};
+use crate::rt;
 
 const SCHOOL: &str = "test-school";
 
@@ -59,15 +60,6 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
         .collect();
     v.sort();
     v
-}
-
-/// A multi-threaded runtime of two workers, as the CLI's.
-pub(crate) fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 async fn append_n(log: &dyn EventStore, stream: u32, first: u32, n: u32) {
