@@ -811,6 +811,9 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     if args.seal_whole {
         pipeline = pipeline.sealing_whole_batches();
     }
+    // An import of known size, as the demo's (its whole size, at the
+    // start): the store sizes its id table once for it.
+    pipeline.expect_events(n);
     // A round's last batch, planned and not yet handed to the writer.
     let mut pending = None;
     while generated < n {

@@ -157,6 +157,10 @@ impl EventStore for AppendClock {
         self.inner.seals_ahead()
     }
 
+    fn expect_appends(&self, events: u64) {
+        self.inner.expect_appends(events)
+    }
+
     async fn read_stream(
         &self,
         stream: StreamId,

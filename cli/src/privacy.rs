@@ -385,6 +385,10 @@ impl EventStore for Unsealed {
         self.inner.seals_ahead()
     }
 
+    fn expect_appends(&self, events: u64) {
+        self.inner.expect_appends(events)
+    }
+
     async fn will_read_streams(&self, streams: &[StreamId]) -> Result<(), StoreError> {
         self.inner.will_read_streams(streams).await
     }

@@ -1731,6 +1731,15 @@ impl<'a> Pipeline<'a> {
         self.planning
     }
 
+    /// Tells the store that about `events` more lines are coming in this
+    /// pipeline's batches (an import of known size: its whole size at the
+    /// start), so that it makes room for their events at once instead of
+    /// growing as they come ([`EventStore::expect_appends`]). A hint: what
+    /// is stored does not depend on it, and a later call replaces it.
+    pub fn expect_events(&self, events: u64) {
+        self.store.expect_appends(events);
+    }
+
     /// Seals personal-data fields with `sealer` ([`Planner::with_sealer`]).
     pub fn with_sealer(mut self, sealer: &'a dyn crate::seal::PayloadSealer) -> Pipeline<'a> {
         self.sealer = Some(sealer);

@@ -161,6 +161,18 @@ pub trait EventStore: Send + Sync + 'static {
         false
     }
 
+    /// Tells the store that about `events` more events are coming in
+    /// appends after this call (a batched import's remaining lines), so
+    /// that it can make room for them at once instead of growing as they
+    /// come. Only a hint: nothing is reserved or promised, a later call
+    /// replaces it, and a wrong figure costs memory or time, never
+    /// correctness. By default nothing; the segment engine sizes its id
+    /// table for them (docs/storage.md, "The id table grown for an
+    /// import").
+    fn expect_appends(&self, events: u64) {
+        let _ = events;
+    }
+
     /// [`EventStore::append_atomic`] of events whose ids this process
     /// minted ([`Uuid::now_v7`]: 74 random bits), as
     /// [`EventStore::append_minted`] is of one request: an import whose

@@ -2023,6 +2023,9 @@ pub struct SegmentLog {
     /// Groups walked so far to find streams' positions
     /// ([`SegmentLog::locations_for`]).
     walked: AtomicU64,
+    /// Events the log was told are coming ([`EventStore::expect_appends`]),
+    /// less those the writer has committed since; shared with the writer.
+    expected: Arc<AtomicU64>,
     /// Tests: what the writer does at the fdatasync after a large group's
     /// pushes ([`SyncHooks`]).
     #[cfg(test)]
@@ -2120,6 +2123,7 @@ impl SegmentLog {
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
         let clock = Arc::new(WriterClock::default());
         let ids_loader = Arc::new(Mutex::new(()));
+        let expected = Arc::new(AtomicU64::new(0));
         #[cfg(test)]
         let sync_hooks = Arc::new(SyncHooks::default());
         let writer = Writer {
@@ -2152,6 +2156,7 @@ impl SegmentLog {
             spills: Spills::of(&options),
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
+            expected: expected.clone(),
             #[cfg(test)]
             sync_hooks: sync_hooks.clone(),
         };
@@ -2172,6 +2177,7 @@ impl SegmentLog {
             clock,
             ids_loader,
             walked: AtomicU64::new(0),
+            expected,
             #[cfg(test)]
             sync_hooks,
         })
@@ -2561,6 +2567,9 @@ struct Writer {
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
     ids_loader: Arc<Mutex<()>>,
+    /// Events its callers said are coming ([`EventStore::expect_appends`]),
+    /// less those committed since: what the id table is grown for.
+    expected: Arc<AtomicU64>,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
     sync_hooks: Arc<SyncHooks>,
@@ -2788,7 +2797,12 @@ impl Writer {
     /// of ms at 2M ids, every read of the school waiting.) Only this thread
     /// changes the index of an open log, so nothing is pushed between the
     /// fill and the swap (and the swap checks it).
-    fn grow_ids_ahead(&self, adding: usize) {
+    ///
+    /// `then`: ids expected after these ([`EventStore::expect_appends`]).
+    /// A table grown is grown for them too, up to what the table holds
+    /// before it is spilled ([`SPILL_IDS`] and a group): one rebuild for a
+    /// whole import, not one at every doubling.
+    fn grow_ids_ahead(&self, adding: usize, then: usize) {
         let bigger = {
             let Ok(state) = self.state.read() else {
                 return;
@@ -2801,7 +2815,9 @@ impl Writer {
             if !ids.table_full_for(adding) {
                 return;
             }
-            ids.bigger_table(adding)
+            let room = (self.spills.ids.saturating_add(MAX_GROUP_EVENTS))
+                .saturating_sub(ids.table_len().saturating_add(adding));
+            ids.bigger_table(adding.saturating_add(then.min(room)))
         };
         let old = match self.state.write() {
             Ok(mut state) => state.index.ids.replace_table(bigger),
@@ -2969,7 +2985,12 @@ impl Writer {
             return false;
         }
         let started = Instant::now();
-        self.grow_ids_ahead(self.sealed.len());
+        // The events still expected after this group: the table is grown
+        // for them too, once, instead of doubling as they come.
+        let group = self.sealed.len();
+        let expected = self.expected.load(Ordering::Relaxed);
+        let then = usize::try_from(expected.saturating_sub(group as u64)).unwrap_or(usize::MAX);
+        self.grow_ids_ahead(group, then);
         let lock = self.state.clone();
         let Ok(mut state) = lock.write() else {
             if beside {
@@ -3009,6 +3030,14 @@ impl Writer {
         self.hash = hash;
         self.last_recorded_us = recorded_floor_us;
         self.head_tx.send_replace(position);
+        // Less expected now (a caller's new figure, stored meanwhile,
+        // is left as it is).
+        let _ = self.expected.compare_exchange(
+            expected,
+            expected.saturating_sub(group as u64),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
         // The group's times are added before it is answered, so that
         // whoever waits for the answer finds them counted.
         times.publish_ns = ns_since(started).saturating_sub(sync_ns);
@@ -3786,6 +3815,10 @@ impl EventStore for SegmentLog {
 
     fn seals_ahead(&self) -> bool {
         true
+    }
+
+    fn expect_appends(&self, events: u64) {
+        self.expected.store(events, Ordering::Relaxed);
     }
 
     async fn read_stream(
@@ -6764,6 +6797,84 @@ mod index_tests {
             let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
             assert_eq!(found.map(|e| e.position), Some(id as u64), "id {id}");
         }
+    }
+
+    /// The id table's capacity after each of `groups` appends of 300 new
+    /// ids to `log`, from id `from`.
+    fn capacities_over(
+        rt: &tokio::runtime::Runtime,
+        log: &SegmentLog,
+        from: u128,
+        groups: u128,
+    ) -> Vec<usize> {
+        (0..groups)
+            .map(|g| {
+                let first = from + g * 300;
+                rt.block_on(log.append_atomic(vec![request(first..first + 300)]))
+                    .unwrap();
+                let state = log.state.read().unwrap();
+                assert!(state.index.ids.table_capacity() >= state.index.ids.table_len());
+                state.index.ids.table_capacity()
+            })
+            .collect()
+    }
+
+    /// Told how many events an import brings ([`EventStore::expect_appends`]),
+    /// the writer grows its id table once, at the first group, for them
+    /// all, instead of at every doubling; every id is found where it was
+    /// put; and once the expected events are committed, a later group
+    /// grows the table as before (by doubling).
+    #[test]
+    fn a_log_told_of_an_import_grows_its_id_table_once() {
+        let (_dir, rt, _store, log) = fresh_log();
+        log.expect_appends(6_000);
+        let mut told = capacities_over(&rt, &log, 1, 20);
+        assert!(
+            told[0] >= 6_000,
+            "room for all at the first group: {told:?}"
+        );
+        told.dedup();
+        assert_eq!(told.len(), 1, "grown once: {told:?}");
+        assert_eq!(log.expected.load(Ordering::Relaxed), 0, "all committed");
+        // Past what was expected: grown as any log's, twice the room.
+        let before = told[0];
+        let after = capacities_over(&rt, &log, 6_001, 30);
+        let last = *after.last().unwrap();
+        assert!(
+            last > before && last <= 4 * before,
+            "{before} then {after:?}"
+        );
+        for id in 1..=15_000u128 {
+            let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
+            assert_eq!(found.map(|e| e.position), Some(id as u64), "id {id}");
+        }
+        // Not told: the same appends grow the table at each doubling.
+        let (_dir, rt, _store, log) = fresh_log();
+        let mut untold = capacities_over(&rt, &log, 1, 20);
+        untold.dedup();
+        assert!(untold.len() >= 4, "grown several times: {untold:?}");
+    }
+
+    /// However many events a caller says are coming, the table is grown
+    /// for no more than it holds before its ids are spilled to a run
+    /// (`spill_ids` and a group): a figure too large costs no memory past
+    /// that.
+    #[test]
+    fn an_expectation_grows_the_id_table_no_further_than_a_spill() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            spill_ids: 2_000,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        log.expect_appends(u64::MAX);
+        let capacities = capacities_over(&rt, &log, 1, 3);
+        let most = (2_000 + MAX_GROUP_EVENTS) * 2;
+        assert!(
+            capacities.iter().all(|&c| c >= 300 && c <= most),
+            "{capacities:?} against {most}"
+        );
     }
 
     /// A group larger than the writer keeps buffers for (one atomic append
