@@ -98,7 +98,7 @@ pub(crate) async fn run(
             "internal error: the demo generated an event the rules refuse for pupil {pupil}: {err}"
         )),
     };
-    let mut planned_pupils = 0usize;
+    let mut told = false;
     while let Some(pupil) = pupils_iter.next() {
         group.push(pupil);
         if group.len() < PUPILS_PER_APPEND && pupils_iter.peek().is_some() {
@@ -122,13 +122,13 @@ pub(crate) async fn run(
                 });
             }
         }
-        if planned_pupils == 0 {
+        if !told {
             // The school's events, estimated from its first pupils': the
             // store sizes its id table once for them (a hint only).
             let per_pupil = lines.len() as u64 / in_group.max(1) as u64;
             pipeline.expect_events(per_pupil.saturating_mul(pupils as u64));
+            told = true;
         }
-        planned_pupils += in_group;
         let first = lines.first().map(|l| l.pupil.clone()).unwrap_or_default();
         // Validated while the previous group is written; returns once that
         // group is durable.
