@@ -107,6 +107,11 @@ impl<T, const N: usize> Chunked<T, N> {
     }
 
     /// Every entry, in order (an index snapshot's group table; tests).
+    /// The values in order, a chunk at a time (no index arithmetic).
+    pub(super) fn iter(&self) -> impl Iterator<Item = &T> + '_ {
+        self.chunks.iter().flatten()
+    }
+
     pub(super) fn to_vec(&self) -> Vec<T>
     where
         T: Clone,

@@ -148,9 +148,9 @@ impl IdMap {
         self.by_position.len()
     }
 
-    /// The fingerprint of position `i + 1`'s id.
-    fn fp_at(&self, i: usize) -> u64 {
-        self.by_position[i]
+    /// The fingerprints of positions 1..=len, in order.
+    fn fps(&self) -> impl Iterator<Item = u64> + '_ {
+        self.by_position.iter().copied()
     }
 
     /// Ids the table holds before it must grow.
@@ -296,6 +296,10 @@ impl IdMap {
 
 /// Ids a pass of [`Ids::sorted_pairs`] sorts at a time (4 MB).
 const PASS_PAIRS: usize = 1 << 18;
+
+/// The most bits of a fingerprint the table's pairs are placed by when
+/// they are put in order ([`Ids::merged`]): 2^18 counts, 1 MB.
+const BUCKET_BITS: u32 = 18;
 
 /// Most runs of ids in files ([`Ids::spill_run`]): the next spill writes
 /// one run of them all with the table's.
@@ -541,9 +545,15 @@ impl Ids {
     }
 
     /// The pairs of `runs` (sorted in their files) merged with the
-    /// table's, which are sorted about `pass_pairs` at a time by ranges of
-    /// fingerprints (a pass reads the table's fingerprints once and keeps
-    /// those in its range), so that what is sorted at once stays small.
+    /// table's, which are put in order about `pass_pairs` at a time by
+    /// ranges of fingerprints, so that what is held at once stays small.
+    ///
+    /// Fingerprints are hashes, so their top bits spread them evenly: a
+    /// pass takes those whose top bits are its number, and within it each
+    /// pair goes straight to its place among the next bits (a counting
+    /// sort: one read of the table's fingerprints to count them all, then
+    /// one a pass to place them), leaving only pairs that share those bits
+    /// (a few) to sort.
     fn merged(
         &self,
         runs: &[Arc<SortedIds>],
@@ -553,20 +563,60 @@ impl Ids {
         let base = self.base_len();
         let mut files: Vec<_> = runs.iter().map(|r| r.pairs().peekable()).collect();
         let n = self.tail.len();
-        let passes = n.div_ceil(pass_pairs.max(1)).max(1);
+        let passes = n.div_ceil(pass_pairs.max(1)).max(1).next_power_of_two();
+        let bits = passes.trailing_zeros();
+        // The bits a pair is placed by: about one bucket a pair, at most
+        // 2^BUCKET_BITS buckets (the counts, 4 bytes each).
+        let key_bits = (usize::BITS - n.leading_zeros()).clamp(bits, BUCKET_BITS.max(bits));
+        let sub = key_bits - bits;
+        let key = |fp: u64| fp.checked_shr(64 - key_bits).unwrap_or(0) as usize;
+        // The pairs in each bucket, across the passes.
+        let mut counts = vec![0u32; 1usize << key_bits];
+        for fp in self.tail.fps() {
+            counts[key(fp)] += 1;
+        }
+        let per_pass = |k: usize| &counts[k << sub..(k + 1) << sub];
+        let largest = (0..passes)
+            .map(|k| per_pass(k).iter().map(|&c| c as usize).sum::<usize>())
+            .max()
+            .unwrap_or(0);
         // Fingerprints from `bound(k)` up to `bound(k + 1)` in pass k.
-        let bound = |k: usize| ((k as u128) << 64) / passes as u128;
-        let mut part: Vec<(u64, u32)> = Vec::with_capacity(n.min(pass_pairs * 5 / 4));
+        let bound = |k: usize| (k as u128) << (64 - bits);
+        let mut part: Vec<(u64, u32)> = vec![(0, 0); largest];
+        // Where each bucket of the pass places its next pair.
+        let mut next: Vec<u32> = Vec::with_capacity(1 << sub);
         for k in 0..passes {
-            let (lower, upper) = (bound(k), bound(k + 1));
-            part.clear();
-            for i in 0..n {
-                let fp = self.tail.fp_at(i);
-                if (lower..upper).contains(&u128::from(fp)) {
-                    part.push((fp, base + i as u32 + 1));
+            let upper = bound(k + 1);
+            next.clear();
+            let mut at = 0u32;
+            for &c in per_pass(k) {
+                next.push(at);
+                at += c;
+            }
+            let mask = (1usize << sub) - 1;
+            let mut position = base;
+            for fp in self.tail.fps() {
+                position += 1;
+                let b = key(fp);
+                if b >> sub == k {
+                    let slot = &mut next[b & mask];
+                    part[*slot as usize] = (fp, position);
+                    *slot += 1;
                 }
             }
-            part.sort_unstable();
+            let part = &mut part[..at as usize];
+            for (&end, &c) in next.iter().zip(per_pass(k)) {
+                if c > 1 {
+                    part[(end - c) as usize..end as usize].sort_unstable();
+                }
+            }
+            if files.is_empty() {
+                // A spill's run: the table's pairs alone.
+                for &(fp, p) in part.iter() {
+                    each(fp, p)?;
+                }
+                continue;
+            }
             let mut table = part.iter().copied().peekable();
             loop {
                 // The least next pair of the files' (below this pass's
@@ -766,6 +816,32 @@ mod tests {
             .collect();
         pairs.sort_unstable();
         pairs
+    }
+
+    /// A table of more ids than a pass holds, and more than the buckets
+    /// it places them by ([`BUCKET_BITS`]), some of them sharing a
+    /// fingerprint: its pairs come out as a plain sort of them all.
+    #[test]
+    fn a_large_table_comes_out_as_a_sort_of_its_pairs() {
+        let hasher = IdHash::with_seed(7);
+        let mut all: Vec<u128> = (0..300_000u128)
+            .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835))
+            .collect();
+        // Ids pushed twice share a fingerprint; each keeps its position.
+        all.extend_from_within(1_000..1_100);
+        let mut ids = Ids::with_hasher(hasher.clone());
+        for (i, &id) in all.iter().enumerate() {
+            ids.push(Uuid::from_u128(id), i as u32 + 1);
+        }
+        for pass in [1 << 15, PASS_PAIRS, usize::MAX] {
+            let mut out = Vec::with_capacity(all.len());
+            ids.sorted_pairs_by(pass, |fp, p| {
+                out.push((fp, p));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(out, sorted_pairs_of(&hasher, &all), "pass_pairs {pass}");
+        }
     }
 
     /// The ids of a snapshot's file in a temporary file: the sorted pairs
