@@ -297,7 +297,7 @@ impl IdMap {
 /// Ids a pass of [`Ids::sorted_pairs`] sorts at a time (4 MB).
 const PASS_PAIRS: usize = 1 << 18;
 
-/// The most bits of a fingerprint the table's pairs are placed by when
+/// The most buckets, 2^BUCKET_BITS, the table's pairs are placed in when
 /// they are put in order ([`Ids::merged`]): 2^18 counts, 1 MB.
 const BUCKET_BITS: u32 = 18;
 
@@ -548,11 +548,11 @@ impl Ids {
     /// table's, which are put in order about `pass_pairs` at a time by
     /// ranges of fingerprints, so that what is held at once stays small.
     ///
-    /// Fingerprints are hashes, so their top bits spread them evenly: a
-    /// pass takes those whose top bits are its number, and within it each
-    /// pair goes straight to its place among the next bits (a counting
+    /// Fingerprints are hashes, so they spread evenly over their range: a
+    /// pass takes those in its share of the range, and within it each
+    /// pair goes straight to its place among smaller shares (a counting
     /// sort: one read of the table's fingerprints to count them all, then
-    /// one a pass to place them), leaving only pairs that share those bits
+    /// one a pass to place them), leaving only pairs that share a bucket
     /// (a few) to sort.
     fn merged(
         &self,
@@ -563,15 +563,22 @@ impl Ids {
         let base = self.base_len();
         let mut files: Vec<_> = runs.iter().map(|r| r.pairs().peekable()).collect();
         let n = self.tail.len();
-        let passes = n.div_ceil(pass_pairs.max(1)).max(1).next_power_of_two();
-        let bits = passes.trailing_zeros();
-        // The bits a pair is placed by: about one bucket a pair, at most
-        // 2^BUCKET_BITS buckets (the counts, 4 bytes each).
-        let key_bits = (usize::BITS - n.leading_zeros()).clamp(bits, BUCKET_BITS.max(bits));
-        let sub = key_bits - bits;
-        let key = |fp: u64| fp.checked_shr(64 - key_bits).unwrap_or(0) as usize;
+        let passes = n.div_ceil(pass_pairs.max(1)).max(1);
+        // Buckets a pass's pairs are placed by: a power of two, about one
+        // a pair, and all the passes' together at most 2^BUCKET_BITS (the
+        // counts, 4 bytes each) unless the passes alone are more.
+        let room = ((1usize << BUCKET_BITS) / passes).max(1);
+        let sub_buckets = n
+            .div_ceil(passes)
+            .next_power_of_two()
+            .min(1 << (usize::BITS - 1 - room.leading_zeros()));
+        let sub = sub_buckets.trailing_zeros();
+        // A fingerprint's bucket among them all (its pass: the bucket's
+        // top bits), by its place in the range of fingerprints: in order.
+        let buckets = (passes as u128) << sub;
+        let key = |fp: u64| ((u128::from(fp) * buckets) >> 64) as usize;
         // The pairs in each bucket, across the passes.
-        let mut counts = vec![0u32; 1usize << key_bits];
+        let mut counts = vec![0u32; passes << sub];
         for fp in self.tail.fps() {
             counts[key(fp)] += 1;
         }
@@ -580,8 +587,9 @@ impl Ids {
             .map(|k| per_pass(k).iter().map(|&c| c as usize).sum::<usize>())
             .max()
             .unwrap_or(0);
-        // Fingerprints from `bound(k)` up to `bound(k + 1)` in pass k.
-        let bound = |k: usize| (k as u128) << (64 - bits);
+        // Fingerprints from `bound(k)` up to `bound(k + 1)` in pass k: the
+        // least whose `key` is in the pass.
+        let bound = |k: usize| ((k as u128) << 64).div_ceil(passes as u128);
         let mut part: Vec<(u64, u32)> = vec![(0, 0); largest];
         // Where each bucket of the pass places its next pair.
         let mut next: Vec<u32> = Vec::with_capacity(1 << sub);
