@@ -294,12 +294,15 @@ impl IdMap {
     }
 }
 
-/// Ids a pass of [`Ids::sorted_pairs`] sorts at a time (4 MB).
-const PASS_PAIRS: usize = 1 << 18;
+/// Ids a pass of [`Ids::sorted_pairs`] puts in order at a time (2 MB).
+const PASS_PAIRS: usize = 1 << 17;
 
 /// The most buckets, 2^BUCKET_BITS, the table's pairs are placed in when
-/// they are put in order ([`Ids::merged`]): 2^18 counts, 1 MB.
-const BUCKET_BITS: u32 = 18;
+/// they are put in order ([`Ids::merged`]): 2^17 counts, 0.5 MB. With
+/// the counts, a pass of [`PASS_PAIRS`] holds less than the comparison
+/// sort of twice as many did before it (docs/performance.md, "Session
+/// as").
+const BUCKET_BITS: u32 = 17;
 
 /// Most runs of ids in files ([`Ids::spill_run`]): the next spill writes
 /// one run of them all with the table's.
