@@ -571,11 +571,12 @@ impl Ids {
         // a pair, and all the passes' together at most 2^BUCKET_BITS (the
         // counts, 4 bytes each) unless the passes alone are more.
         let room = ((1usize << BUCKET_BITS) / passes).max(1);
-        let sub_buckets = n
+        let sub = n
             .div_ceil(passes)
             .next_power_of_two()
-            .min(1 << (usize::BITS - 1 - room.leading_zeros()));
-        let sub = sub_buckets.trailing_zeros();
+            .trailing_zeros()
+            .min(room.ilog2());
+        let mask = (1usize << sub) - 1;
         // A fingerprint's bucket among them all (its pass: the bucket's
         // top bits), by its place in the range of fingerprints: in order.
         let buckets = (passes as u128) << sub;
@@ -604,7 +605,6 @@ impl Ids {
                 next.push(at);
                 at += c;
             }
-            let mask = (1usize << sub) - 1;
             let mut position = base;
             for fp in self.tail.fps() {
                 position += 1;
@@ -622,7 +622,8 @@ impl Ids {
                 }
             }
             if files.is_empty() {
-                // A spill's run: the table's pairs alone.
+                // Nothing to merge (a spill's run, or every id in the
+                // table): the table's pairs alone.
                 for &(fp, p) in part.iter() {
                     each(fp, p)?;
                 }

@@ -3031,13 +3031,15 @@ impl Writer {
         self.last_recorded_us = recorded_floor_us;
         self.head_tx.send_replace(position);
         // Less expected now (a caller's new figure, stored meanwhile,
-        // is left as it is).
-        let _ = self.expected.compare_exchange(
-            expected,
-            expected.saturating_sub(group as u64),
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        );
+        // is left as it is); nothing to count down for most groups.
+        if expected > 0 {
+            let _ = self.expected.compare_exchange(
+                expected,
+                expected.saturating_sub(group as u64),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
         // The group's times are added before it is answered, so that
         // whoever waits for the answer finds them counted.
         times.publish_ns = ns_since(started).saturating_sub(sync_ns);
