@@ -261,6 +261,19 @@ impl IdMap {
         self.by_position.allocated_bytes() + self.table.allocation_size()
     }
 
+    /// A map of `first`'s positions, then `then`'s after them (both
+    /// fingerprinted alike): [`Ids::thaw`].
+    fn joined(first: &IdMap, then: &IdMap) -> IdMap {
+        let mut map = IdMap::with_hasher(first.hasher.clone());
+        map.table.reserve(first.len() + then.len(), |_| 0);
+        for fp in first.fps().chain(then.fps()) {
+            let position = map.by_position.len() as u32 + 1;
+            insert(&mut map.table, &map.by_position, fp, position);
+            map.by_position.push(fp);
+        }
+        map
+    }
+
     /// Every `(fingerprint, position)`, in position order.
     #[cfg(test)]
     pub(super) fn iter(&self) -> impl Iterator<Item = (u64, u32)> + '_ {
@@ -312,13 +325,45 @@ pub(super) const MAX_RUNS: usize = 8;
 /// those the writer spilled since, each in a file ([`SortedIds`]: a filter
 /// and a block directory in memory, about 2 bytes an id), then those
 /// indexed since in an [`IdMap`] (14–19 bytes an id), which numbers them
-/// from 1 after the files'.
+/// from 1 after the files'. While the writer spills a full table on a
+/// thread of its own ([`Ids::freeze`]), that table is **frozen** between
+/// the files and a new one: looked up as it was, and added to no more.
 pub(super) struct Ids {
     /// Runs of consecutive positions: the first from position 1, each
     /// after the one before it.
     runs: Vec<Arc<SortedIds>>,
-    /// Positions after the runs', numbered from 1 (`p - base_len`).
+    /// Positions after the runs', numbered from 1 (`p - base_len`), held
+    /// while they are written to a run ([`Ids::freeze`]).
+    frozen: Option<Arc<IdMap>>,
+    /// Positions after those, numbered from 1 (`p - tail_base`).
     tail: IdMap,
+}
+
+/// A frozen table's spill ([`Ids::freeze`]): what a thread of its own
+/// needs to write its run ([`Spill::write`]) while the table serves
+/// look-ups and a new one takes the appends.
+pub(super) struct Spill {
+    frozen: Arc<IdMap>,
+    /// The runs merged into this one ([`MAX_RUNS`] held): all of them.
+    merging: Vec<Arc<SortedIds>>,
+    /// Positions held in files before the frozen table's.
+    base: u32,
+}
+
+impl Spill {
+    /// Writes the run ([`SortedIds::write_run`]): the frozen table's ids,
+    /// and those of the runs it merges.
+    pub(super) fn write(&self, dir: &std::path::Path) -> Result<SortedIds, String> {
+        let first = if self.merging.is_empty() {
+            u64::from(self.base)
+        } else {
+            0
+        };
+        let n = u64::from(self.base) + self.frozen.len() as u64 - first;
+        SortedIds::write_run(dir, first, n, |each| {
+            merged(&self.frozen, self.base, &self.merging, PASS_PAIRS, each)
+        })
+    }
 }
 
 impl Default for Ids {
@@ -337,6 +382,7 @@ impl Ids {
     pub(super) fn from_map(map: IdMap) -> Ids {
         Ids {
             runs: Vec::new(),
+            frozen: None,
             tail: map,
         }
     }
@@ -346,6 +392,7 @@ impl Ids {
     pub(super) fn with_base(base: SortedIds, hasher: IdHash) -> Ids {
         Ids {
             runs: vec![Arc::new(base)],
+            frozen: None,
             tail: IdMap::with_hasher(hasher),
         }
     }
@@ -354,6 +401,12 @@ impl Ids {
     fn base_len(&self) -> u32 {
         // A log's positions fit a u32 (`max_events`, checked as indexed).
         self.runs.last().map_or(0, |r| r.last() as u32)
+    }
+
+    /// Positions held in files and in the frozen table: the table's are
+    /// after them.
+    fn tail_base(&self) -> u32 {
+        self.base_len() + self.frozen.as_ref().map_or(0, |f| f.len() as u32)
     }
 
     /// The runs of ids held in files, in position order.
@@ -371,13 +424,13 @@ impl Ids {
 
     /// Ids held: one for each position 1..=len.
     pub(super) fn len(&self) -> usize {
-        self.base_len() as usize + self.tail.len()
+        self.tail_base() as usize + self.tail.len()
     }
 
     /// Adds to `out` the positions whose ids have `id`'s fingerprint
-    /// ([`IdMap::candidates`]), the table's then the files'.
+    /// ([`IdMap::candidates`]), the table's then the others'.
     pub(super) fn candidates_into(&self, id: &Uuid, out: &mut Vec<u32>) -> Result<(), String> {
-        let base = self.base_len();
+        let base = self.tail_base();
         out.extend(self.tail.candidates(id).map(|r| r + base));
         self.in_base_into(id, out)
     }
@@ -389,9 +442,13 @@ impl Ids {
         Ok(out)
     }
 
-    /// Adds to `out` the positions held in files whose ids have `id`'s
-    /// fingerprint.
+    /// Adds to `out` the positions held before the table's (in files, and
+    /// in the frozen table) whose ids have `id`'s fingerprint.
     pub(super) fn in_base_into(&self, id: &Uuid, out: &mut Vec<u32>) -> Result<(), String> {
+        if let Some(frozen) = &self.frozen {
+            let base = self.base_len();
+            out.extend(frozen.candidates(id).map(|r| r + base));
+        }
         let fp = self.fingerprint(id);
         for run in &self.runs {
             run.positions(fp, out)?;
@@ -401,9 +458,13 @@ impl Ids {
 
     /// Whether position `position` holds an id with `id`'s fingerprint.
     pub(super) fn holds(&self, id: &Uuid, position: u64) -> Result<bool, String> {
+        let tail_base = u64::from(self.tail_base());
+        if position > tail_base {
+            return Ok(self.tail.holds(id, position - tail_base));
+        }
         let base = u64::from(self.base_len());
-        if position > base {
-            return Ok(self.tail.holds(id, position - base));
+        if let (Some(frozen), true) = (&self.frozen, position > base) {
+            return Ok(frozen.holds(id, position - base));
         }
         let Some(run) = self.runs.iter().find(|r| position <= r.last()) else {
             return Ok(false);
@@ -415,9 +476,10 @@ impl Ids {
 
     /// Adds `id` as the id of the next position ([`IdMap::push`]);
     /// returns an earlier position *of the table* with its fingerprint:
-    /// the caller looks in the files ([`Ids::in_base_into`]) where it must.
+    /// the caller looks before the table ([`Ids::in_base_into`]) where it
+    /// must.
     pub(super) fn push(&mut self, id: Uuid, position: u32) -> Option<u32> {
-        let base = self.base_len();
+        let base = self.tail_base();
         debug_assert!(position > base);
         self.tail
             .push(id, position - base)
@@ -427,7 +489,7 @@ impl Ids {
     /// [`IdMap::prefetch`] of the table, and of the blocks of the files'
     /// filters that look-ups of these fingerprints will probe.
     pub(super) fn prefetch(&self, fps: impl Iterator<Item = u64>) {
-        if self.runs.is_empty() {
+        if self.runs.is_empty() && self.frozen.is_none() {
             return self.tail.prefetch(fps);
         }
         let fps: Vec<u64> = fps.collect();
@@ -436,13 +498,23 @@ impl Ids {
                 prefetch_line(run.filter_line(fp));
             }
         }
+        if let Some(frozen) = &self.frozen {
+            frozen.prefetch(fps.iter().copied());
+        }
         self.tail.prefetch(fps.into_iter());
     }
 
-    /// [`IdMap::prefetch`] of the table only (`verify`, which does not
+    /// [`IdMap::prefetch`] of the tables only (`verify`, which does not
     /// look up the ids held in files).
     pub(super) fn prefetch_table(&self, fps: impl Iterator<Item = u64>) {
-        self.tail.prefetch(fps);
+        match &self.frozen {
+            Some(frozen) => {
+                let fps: Vec<u64> = fps.collect();
+                frozen.prefetch(fps.iter().copied());
+                self.tail.prefetch(fps.into_iter());
+            }
+            None => self.tail.prefetch(fps),
+        }
     }
 
     /// Whether the table must grow to take `adding` more ids.
@@ -483,7 +555,8 @@ impl Ids {
     /// directories.
     pub(super) fn allocated_bytes(&self) -> usize {
         let runs: usize = self.runs.iter().map(|r| r.allocated_bytes()).sum();
-        self.tail.allocated_bytes() + runs
+        let frozen = self.frozen.as_ref().map_or(0, |f| f.allocated_bytes());
+        self.tail.allocated_bytes() + frozen + runs
     }
 
     /// The table's ids written to a run in a file of its own in `dir`
@@ -491,6 +564,9 @@ impl Ids {
     /// go on. When [`MAX_RUNS`] runs are held already, the run holds every
     /// id (theirs merged with the table's) and replaces them.
     pub(super) fn spill_run(&self, dir: &std::path::Path) -> Result<SortedIds, String> {
+        if self.frozen.is_some() {
+            return Err("a table of ids is being spilled already".into());
+        }
         let merge = self.runs.len() >= MAX_RUNS;
         let first = if merge { 0 } else { u64::from(self.base_len()) };
         let n = self.len() as u64 - first;
@@ -508,6 +584,10 @@ impl Ids {
         &mut self,
         run: SortedIds,
     ) -> Result<(IdMap, Vec<Arc<SortedIds>>), SortedIds> {
+        if self.frozen.is_some() {
+            debug_assert!(false, "a run added beside a frozen table");
+            return Err(run);
+        }
         let merged = run.first() == 0 && !self.runs.is_empty();
         let from = if merged {
             0
@@ -526,6 +606,80 @@ impl Ids {
         };
         self.runs.push(Arc::new(run));
         Ok((table, old))
+    }
+
+    /// Freezes the table for a spill on a thread of its own: the table
+    /// is kept, looked up as before, while a new one takes the ids pushed
+    /// after it, until [`Ids::install`] puts in the run [`Spill::write`]
+    /// makes of it (or [`Ids::thaw`] takes it back). `None` while a table
+    /// is frozen already. When [`MAX_RUNS`] runs are held, the run merges
+    /// them all with the table's ids, as [`Ids::spill_run`]'s does.
+    pub(super) fn freeze(&mut self) -> Option<Spill> {
+        if self.frozen.is_some() {
+            return None;
+        }
+        let empty = IdMap::with_hasher(self.tail.hasher().clone());
+        let frozen = Arc::new(std::mem::replace(&mut self.tail, empty));
+        self.frozen = Some(frozen.clone());
+        let merging = match self.runs.len() >= MAX_RUNS {
+            true => self.runs.clone(),
+            false => Vec::new(),
+        };
+        Some(Spill {
+            frozen,
+            merging,
+            base: self.base_len(),
+        })
+    }
+
+    /// Puts in the run [`Spill::write`] made of the frozen table `spill`
+    /// froze, in its place (and in the runs' it merged), returning what it
+    /// replaces, to free. A spill of another table, or a run that does not
+    /// cover its positions, is refused and nothing changes.
+    pub(super) fn install(
+        &mut self,
+        spill: &Spill,
+        run: SortedIds,
+    ) -> Result<Vec<Arc<SortedIds>>, SortedIds> {
+        let frozen = match &self.frozen {
+            Some(frozen) if Arc::ptr_eq(frozen, &spill.frozen) => frozen,
+            _ => return Err(run),
+        };
+        let merging = !spill.merging.is_empty();
+        let first = if merging { 0 } else { self.base_len() };
+        let last = u64::from(self.base_len()) + frozen.len() as u64;
+        if run.first() != u64::from(first) || run.last() != last || spill.base != self.base_len() {
+            debug_assert!(false, "a stale run of ids");
+            return Err(run);
+        }
+        self.frozen = None;
+        let old = match merging {
+            true => std::mem::take(&mut self.runs),
+            false => Vec::new(),
+        };
+        self.runs.push(Arc::new(run));
+        Ok(old)
+    }
+
+    /// Takes the frozen table back into the table, as if it had not been
+    /// frozen (a spill that failed): the table is rebuilt from both
+    /// tables' fingerprints. Nothing to do when none is frozen.
+    pub(super) fn thaw(&mut self) {
+        let Some(frozen) = self.frozen.take() else {
+            return;
+        };
+        let hasher = self.tail.hasher().clone();
+        let tail = std::mem::replace(&mut self.tail, IdMap::with_hasher(hasher.clone()));
+        self.tail = match Arc::try_unwrap(frozen) {
+            Ok(frozen) if tail.len() == 0 => frozen,
+            Ok(frozen) => IdMap::joined(&frozen, &tail),
+            Err(frozen) => IdMap::joined(&frozen, &tail),
+        };
+    }
+
+    /// Whether a table is frozen ([`Ids::freeze`]).
+    pub(super) fn is_frozen(&self) -> bool {
+        self.frozen.is_some()
     }
 
     /// Hands `each` every `(fingerprint, position)`, sorted (what an index
@@ -547,117 +701,22 @@ impl Ids {
         self.merged(&self.runs, pass_pairs, &mut each)
     }
 
-    /// The pairs of `runs` (sorted in their files) merged with the
-    /// table's, which are put in order about `pass_pairs` at a time by
-    /// ranges of fingerprints, so that what is held at once stays small.
-    ///
-    /// Fingerprints are hashes, so they spread evenly over their range: a
-    /// pass takes those in its share of the range, and within it each
-    /// pair goes straight to its place among smaller shares (a counting
-    /// sort: one read of the table's fingerprints to count them all, then
-    /// one a pass to place them), leaving only pairs that share a bucket
-    /// (a few) to sort.
+    /// [`merged`] of the table (after the files' positions) and `runs`.
     fn merged(
         &self,
         runs: &[Arc<SortedIds>],
         pass_pairs: usize,
         each: &mut dyn FnMut(u64, u32) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        let base = self.base_len();
-        let mut files: Vec<_> = runs.iter().map(|r| r.pairs().peekable()).collect();
-        let n = self.tail.len();
-        let passes = n.div_ceil(pass_pairs.max(1)).max(1);
-        // Buckets a pass's pairs are placed by: a power of two, about one
-        // a pair, and all the passes' together at most 2^BUCKET_BITS (the
-        // counts, 4 bytes each) unless the passes alone are more.
-        let room = ((1usize << BUCKET_BITS) / passes).max(1);
-        let sub = n
-            .div_ceil(passes)
-            .next_power_of_two()
-            .trailing_zeros()
-            .min(room.ilog2());
-        let mask = (1usize << sub) - 1;
-        // A fingerprint's bucket among them all (its pass: the bucket's
-        // top bits), by its place in the range of fingerprints: in order.
-        let buckets = (passes as u128) << sub;
-        let key = |fp: u64| ((u128::from(fp) * buckets) >> 64) as usize;
-        // The pairs in each bucket, across the passes.
-        let mut counts = vec![0u32; passes << sub];
-        for fp in self.tail.fps() {
-            counts[key(fp)] += 1;
+        if self.frozen.is_some() {
+            // Only a table being spilled is put in order beside files
+            // (`Spill::write`); the writer ends a spill before anything
+            // else sorts the ids.
+            return Err(std::io::Error::other(
+                "the ids are being spilled: sorted once the spill ends",
+            ));
         }
-        let per_pass = |k: usize| &counts[k << sub..(k + 1) << sub];
-        let largest = (0..passes)
-            .map(|k| per_pass(k).iter().map(|&c| c as usize).sum::<usize>())
-            .max()
-            .unwrap_or(0);
-        // Fingerprints from `bound(k)` up to `bound(k + 1)` in pass k: the
-        // least whose `key` is in the pass.
-        let bound = |k: usize| ((k as u128) << 64).div_ceil(passes as u128);
-        let mut part: Vec<(u64, u32)> = vec![(0, 0); largest];
-        // Where each bucket of the pass places its next pair.
-        let mut next: Vec<u32> = Vec::with_capacity(1 << sub);
-        for k in 0..passes {
-            let upper = bound(k + 1);
-            next.clear();
-            let mut at = 0u32;
-            for &c in per_pass(k) {
-                next.push(at);
-                at += c;
-            }
-            let mut position = base;
-            for fp in self.tail.fps() {
-                position += 1;
-                let b = key(fp);
-                if b >> sub == k {
-                    let slot = &mut next[b & mask];
-                    part[*slot as usize] = (fp, position);
-                    *slot += 1;
-                }
-            }
-            let part = &mut part[..at as usize];
-            for (&end, &c) in next.iter().zip(per_pass(k)) {
-                if c > 1 {
-                    part[(end - c) as usize..end as usize].sort_unstable();
-                }
-            }
-            if files.is_empty() {
-                // Nothing to merge (a spill's run, or every id in the
-                // table): the table's pairs alone.
-                for &(fp, p) in part.iter() {
-                    each(fp, p)?;
-                }
-                continue;
-            }
-            let mut table = part.iter().copied().peekable();
-            loop {
-                // The least next pair of the files' (below this pass's
-                // bound) and the table's.
-                let mut least: Option<((u64, u32), Option<usize>)> =
-                    table.peek().map(|&t| (t, None));
-                for (i, file) in files.iter_mut().enumerate() {
-                    match file.peek() {
-                        Some(Ok(pair))
-                            if u128::from(pair.0) < upper
-                                && least.is_none_or(|(l, _)| *pair < l) =>
-                        {
-                            least = Some((*pair, Some(i)));
-                        }
-                        Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
-                        _ => {}
-                    }
-                }
-                let Some((pair, from)) = least else {
-                    break;
-                };
-                match from {
-                    Some(i) => files[i].next(),
-                    None => table.next().map(Ok),
-                };
-                each(pair.0, pair.1)?;
-            }
-        }
-        Ok(())
+        merged(&self.tail, self.base_len(), runs, pass_pairs, each)
     }
 
     /// Every group of two or more positions whose ids share a
@@ -697,6 +756,10 @@ impl Ids {
         }
         all.sort_unstable_by_key(|&(_, p)| p);
         let base = self.base_len();
+        if let Some(frozen) = &self.frozen {
+            all.extend(frozen.iter().map(move |(fp, r)| (fp, r + base)));
+        }
+        let base = self.tail_base();
         all.extend(self.tail.iter().map(move |(fp, r)| (fp, r + base)));
         all.into_iter()
     }
@@ -716,6 +779,118 @@ impl Ids {
         assert!(self.runs.is_empty(), "swap in a table only");
         self.tail.swap_for_test(a, b);
     }
+}
+
+/// The pairs of `runs` (sorted in their files) merged with `table`'s
+/// (numbered from `base + 1`), which are put in order about `pass_pairs`
+/// at a time by ranges of fingerprints, so that what is held at once
+/// stays small.
+///
+/// Fingerprints are hashes, so they spread evenly over their range: a
+/// pass takes those in its share of the range, and within it each
+/// pair goes straight to its place among smaller shares (a counting
+/// sort: one read of the table's fingerprints to count them all, then
+/// one a pass to place them), leaving only pairs that share a bucket
+/// (a few) to sort.
+fn merged(
+    table: &IdMap,
+    base: u32,
+    runs: &[Arc<SortedIds>],
+    pass_pairs: usize,
+    each: &mut dyn FnMut(u64, u32) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let mut files: Vec<_> = runs.iter().map(|r| r.pairs().peekable()).collect();
+    let n = table.len();
+    let passes = n.div_ceil(pass_pairs.max(1)).max(1);
+    // Buckets a pass's pairs are placed by: a power of two, about one
+    // a pair, and all the passes' together at most 2^BUCKET_BITS (the
+    // counts, 4 bytes each) unless the passes alone are more.
+    let room = ((1usize << BUCKET_BITS) / passes).max(1);
+    let sub = n
+        .div_ceil(passes)
+        .next_power_of_two()
+        .trailing_zeros()
+        .min(room.ilog2());
+    let mask = (1usize << sub) - 1;
+    // A fingerprint's bucket among them all (its pass: the bucket's
+    // top bits), by its place in the range of fingerprints: in order.
+    let buckets = (passes as u128) << sub;
+    let key = |fp: u64| ((u128::from(fp) * buckets) >> 64) as usize;
+    // The pairs in each bucket, across the passes.
+    let mut counts = vec![0u32; passes << sub];
+    for fp in table.fps() {
+        counts[key(fp)] += 1;
+    }
+    let per_pass = |k: usize| &counts[k << sub..(k + 1) << sub];
+    let largest = (0..passes)
+        .map(|k| per_pass(k).iter().map(|&c| c as usize).sum::<usize>())
+        .max()
+        .unwrap_or(0);
+    // Fingerprints from `bound(k)` up to `bound(k + 1)` in pass k: the
+    // least whose `key` is in the pass.
+    let bound = |k: usize| ((k as u128) << 64).div_ceil(passes as u128);
+    let mut part: Vec<(u64, u32)> = vec![(0, 0); largest];
+    // Where each bucket of the pass places its next pair.
+    let mut next: Vec<u32> = Vec::with_capacity(1 << sub);
+    for k in 0..passes {
+        let upper = bound(k + 1);
+        next.clear();
+        let mut at = 0u32;
+        for &c in per_pass(k) {
+            next.push(at);
+            at += c;
+        }
+        let mut position = base;
+        for fp in table.fps() {
+            position += 1;
+            let b = key(fp);
+            if b >> sub == k {
+                let slot = &mut next[b & mask];
+                part[*slot as usize] = (fp, position);
+                *slot += 1;
+            }
+        }
+        let part = &mut part[..at as usize];
+        for (&end, &c) in next.iter().zip(per_pass(k)) {
+            if c > 1 {
+                part[(end - c) as usize..end as usize].sort_unstable();
+            }
+        }
+        if files.is_empty() {
+            // Nothing to merge (a spill's run, or every id in the
+            // table): the table's pairs alone.
+            for &(fp, p) in part.iter() {
+                each(fp, p)?;
+            }
+            continue;
+        }
+        let mut table = part.iter().copied().peekable();
+        loop {
+            // The least next pair of the files' (below this pass's
+            // bound) and the table's.
+            let mut least: Option<((u64, u32), Option<usize>)> = table.peek().map(|&t| (t, None));
+            for (i, file) in files.iter_mut().enumerate() {
+                match file.peek() {
+                    Some(Ok(pair))
+                        if u128::from(pair.0) < upper && least.is_none_or(|(l, _)| *pair < l) =>
+                    {
+                        least = Some((*pair, Some(i)));
+                    }
+                    Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
+                    _ => {}
+                }
+            }
+            let Some((pair, from)) = least else {
+                break;
+            };
+            match from {
+                Some(i) => files[i].next(),
+                None => table.next().map(Ok),
+            };
+            each(pair.0, pair.1)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -922,5 +1097,126 @@ mod tests {
             // Nothing is left in the directory: the runs' files are unlinked.
             prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
+
+        /// The writer's spill on a thread of its own: a table frozen
+        /// ([`Ids::freeze`]) while ids are pushed after it, its run written
+        /// ([`Spill::write`]) and put in ([`Ids::install`]), or the table
+        /// taken back ([`Ids::thaw`]), or spilled the old way, in any order,
+        /// merging at [`MAX_RUNS`]: at every step each id is a candidate at
+        /// its position (and nowhere else but where an id of the same
+        /// fingerprint is), and the pairs come out as a sort of them all.
+        #[test]
+        fn a_frozen_table_is_found_while_it_is_spilled_and_after(
+            base in proptest::collection::vec(any::<u128>(), 0..100),
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(any::<u128>(), 0..40),
+                 proptest::collection::vec(any::<u128>(), 0..20),
+                 0u8..3), 0..14),
+            seed in any::<u64>(),
+        ) {
+            let hasher = IdHash::with_seed(seed);
+            let dir = tempfile::tempdir().unwrap();
+            let (_f, sorted) = file_ids(&hasher, &base);
+            let mut ids = Ids::with_base(sorted, hasher.clone());
+            let mut all: Vec<u128> = base.clone();
+            let found_everywhere = |ids: &Ids, all: &[u128]| -> Result<(), TestCaseError> {
+                prop_assert_eq!(ids.len(), all.len());
+                for (i, &id) in all.iter().enumerate() {
+                    let p = i as u32 + 1;
+                    let id = Uuid::from_u128(id);
+                    let at = ids.candidates(&id).unwrap();
+                    prop_assert!(at.contains(&p));
+                    let fp = ids.fingerprint(&id);
+                    for q in at {
+                        let other = Uuid::from_u128(all[q as usize - 1]);
+                        prop_assert_eq!(ids.fingerprint(&other), fp);
+                    }
+                    prop_assert!(ids.holds(&id, u64::from(p)).unwrap());
+                }
+                Ok(())
+            };
+            for (chunk, during, how) in &steps {
+                for &id in chunk {
+                    all.push(id);
+                    ids.push(Uuid::from_u128(id), all.len() as u32);
+                }
+                if how % 3 == 0 {
+                    let run = ids.spill_run(dir.path()).unwrap();
+                    prop_assert!(ids.add_run(run).is_ok());
+                    found_everywhere(&ids, &all)?;
+                    continue;
+                }
+                let runs_before = ids.runs().len();
+                let spill = ids.freeze().unwrap();
+                prop_assert!(ids.is_frozen());
+                prop_assert!(ids.freeze().is_none());
+                prop_assert!(ids.spill_run(dir.path()).is_err());
+                prop_assert!(ids.sorted_pairs(|_, _| Ok(())).is_err());
+                prop_assert_eq!(ids.table_len(), 0);
+                for &id in during {
+                    all.push(id);
+                    ids.push(Uuid::from_u128(id), all.len() as u32);
+                }
+                found_everywhere(&ids, &all)?;
+                if how % 3 == 1 {
+                    let run = spill.write(dir.path()).unwrap();
+                    let replaced = ids.install(&spill, run).unwrap();
+                    prop_assert!(!ids.is_frozen());
+                    prop_assert_eq!(ids.table_len(), during.len());
+                    if runs_before >= MAX_RUNS {
+                        prop_assert_eq!(replaced.len(), runs_before);
+                        prop_assert_eq!(ids.runs().len(), 1);
+                    } else {
+                        prop_assert!(replaced.is_empty());
+                        prop_assert_eq!(ids.runs().len(), runs_before + 1);
+                    }
+                } else {
+                    drop(spill);
+                    ids.thaw();
+                    prop_assert!(!ids.is_frozen());
+                    prop_assert_eq!(ids.runs().len(), runs_before);
+                    prop_assert_eq!(ids.table_len(), ids.len() - ids.base_len() as usize);
+                }
+                found_everywhere(&ids, &all)?;
+            }
+            let mut out = Vec::new();
+            ids.sorted_pairs(|fp, p| {
+                out.push((fp, p));
+                Ok(())
+            })
+            .unwrap();
+            prop_assert_eq!(out, sorted_pairs_of(&hasher, &all));
+            drop(ids);
+            prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
+
+    /// A run made of another table than the one frozen, or for another
+    /// spill, is refused and nothing changes.
+    #[test]
+    fn a_run_of_another_frozen_table_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Ids::default();
+        let mut b = Ids::default();
+        for p in 1..=100u32 {
+            a.push(id(p), p);
+            b.push(id(p), p);
+        }
+        let spill_a = a.freeze().unwrap();
+        let spill_b = b.freeze().unwrap();
+        let run_b = spill_b.write(dir.path()).unwrap();
+        assert!(a.install(&spill_b, run_b).is_err());
+        assert!(a.is_frozen());
+        for p in 1..=100u32 {
+            assert_eq!(a.only(&id(p)), Some(p));
+        }
+        let run_a = spill_a.write(dir.path()).unwrap();
+        assert!(a.install(&spill_a, run_a).is_ok());
+        assert!(!a.is_frozen());
+        assert_eq!(a.runs().len(), 1);
+        // A second install of the same spill finds no table frozen.
+        let run_again = spill_a.write(dir.path()).unwrap();
+        assert!(a.install(&spill_a, run_again).is_err());
+        assert_eq!(a.runs().len(), 1);
     }
 }

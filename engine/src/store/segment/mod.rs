@@ -2157,6 +2157,7 @@ impl SegmentLog {
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
             expected: expected.clone(),
+            spilling: None,
             #[cfg(test)]
             sync_hooks: sync_hooks.clone(),
         };
@@ -2570,10 +2571,18 @@ struct Writer {
     /// Events its callers said are coming ([`EventStore::expect_appends`]),
     /// less those committed since: what the id table is grown for.
     expected: Arc<AtomicU64>,
+    /// The spill of the id table on a thread of its own, if one was
+    /// started and not yet ended here ([`Writer::spill_ids`]).
+    spilling: Option<JoinHandle<SpillEnd>>,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
     sync_hooks: Arc<SyncHooks>,
 }
+
+/// What a spill's thread ends with: the spill, and the runs its run
+/// replaced, for the writer to free (they were allocated on its thread);
+/// or why it failed, the table still frozen.
+type SpillEnd = Result<(ids::Spill, Vec<Arc<sorted_ids::SortedIds>>), String>;
 
 /// The next commit for the writer: after a large group (`spin`), waited
 /// for a little while awake first ([`WRITER_SPIN`]), then asleep.
@@ -2650,6 +2659,9 @@ impl Writer {
                 self.record_watermark(false);
             }
         }
+        // A spill of the ids still running is waited for: the snapshot
+        // sorts every id, and what the spill replaced is freed here.
+        self.end_spill();
         if !failed && self.position > self.watermark_position {
             self.record_watermark(true);
         }
@@ -2760,33 +2772,89 @@ impl Writer {
     /// sorted, to a run in a file of its own and from then on looks them
     /// up there, keeping a filter and a block directory of them
     /// ([`sorted_ids`]), whose block checksums are taken from the ids as
-    /// written, not as read back ([`Ids::spill_run`]). The run is written
-    /// under the read lock (the writer appends nothing meanwhile; readers
-    /// go on); the table is swapped out under the write lock and freed
-    /// outside it. Best effort: a run that cannot be written leaves the
-    /// ids in the table.
+    /// written, not as read back ([`ids::Spill::write`]).
+    ///
+    /// The run is written on a thread of its own (since session at; the
+    /// writer appended nothing while it was written before): the table is
+    /// frozen under the write lock ([`Ids::freeze`]) and looked up as
+    /// before, a new one takes the appends meanwhile, and the spill's
+    /// thread puts the run in its place under the write lock
+    /// ([`Ids::install`]). One spill at a time: a table full again before
+    /// the last spill has ended waits for it. What a spill replaced is
+    /// freed on this thread, after its next group or at the close. Best
+    /// effort: after a run that could not be written, the frozen table is
+    /// taken back into the table ([`Ids::thaw`]) and the next spill waits
+    /// for twice as many ids.
     fn spill_ids(&mut self) {
-        let run = match self.state.read() {
-            Ok(state) => {
-                let ids = &state.index.ids;
-                if state.index.later.is_some() || ids.table_len() < self.spills.ids {
+        if let Some(spilling) = &self.spilling {
+            let full = self
+                .state
+                .read()
+                .is_ok_and(|state| state.index.ids.table_len() >= self.spills.ids);
+            if !spilling.is_finished() && !full {
+                return;
+            }
+            self.end_spill();
+        }
+        let spill = match self.state.write() {
+            Ok(mut state) => {
+                let index = &mut state.index;
+                if index.later.is_some() || index.ids.table_len() < self.spills.ids {
                     return;
                 }
-                ids.spill_run(&self.dir)
+                index.ids.freeze()
             }
             Err(_) => return,
         };
-        let Ok(run) = run else {
-            self.spills.ids = self.spills.ids.saturating_mul(2);
+        let Some(spill) = spill else {
             return;
         };
-        let old = match self.state.write() {
-            Ok(mut state) => state.index.ids.add_run(run),
-            Err(_) => return,
+        let (state, dir) = (self.state.clone(), self.dir.clone());
+        #[cfg(test)]
+        let hooks = self.sync_hooks.clone();
+        let spilled = std::thread::Builder::new()
+            .name("casebook-id-spill".into())
+            .spawn(move || -> SpillEnd {
+                #[cfg(test)]
+                hooks.at_spill()?;
+                let run = spill.write(&dir)?;
+                let mut state = state
+                    .write()
+                    .map_err(|_| "the index's lock is poisoned".to_string())?;
+                let replaced = state
+                    .index
+                    .ids
+                    .install(&spill, run)
+                    .map_err(|_| "the ids changed while they were spilled".to_string())?;
+                drop(state);
+                Ok((spill, replaced))
+            });
+        match spilled {
+            Ok(handle) => self.spilling = Some(handle),
+            Err(_) => self.spill_failed(),
+        }
+    }
+
+    /// Waits for the spill of the ids in flight, if any, and frees what
+    /// it replaced; after a spill that failed, takes the frozen table back.
+    fn end_spill(&mut self) {
+        let Some(spilling) = self.spilling.take() else {
+            return;
         };
-        // The table (and runs merged into this one) freed here, outside
-        // the lock.
-        drop(old);
+        match spilling.join() {
+            Ok(Ok(replaced)) => drop(replaced),
+            Ok(Err(_)) | Err(_) => self.spill_failed(),
+        }
+    }
+
+    /// A spill of the ids that failed: the frozen table taken back into
+    /// the table (rebuilt under the write lock: a failure's cost, not a
+    /// spill's), the next spill at twice as many ids.
+    fn spill_failed(&mut self) {
+        if let Ok(mut state) = self.state.write() {
+            state.index.ids.thaw();
+        }
+        self.spills.ids = self.spills.ids.saturating_mul(2);
     }
 
     /// Makes room in the index's id table for `adding` more ids before
@@ -2817,7 +2885,11 @@ impl Writer {
             }
             let room = (self.spills.ids.saturating_add(MAX_GROUP_EVENTS))
                 .saturating_sub(ids.table_len().saturating_add(adding));
-            ids.bigger_table(adding.saturating_add(then.min(room)))
+            // While a table is frozen for its spill, the new one grows by
+            // doubling, not at once for the events expected: the two
+            // tables are held together until the spill ends.
+            let then = if ids.is_frozen() { 0 } else { then.min(room) };
+            ids.bigger_table(adding.saturating_add(then))
         };
         let old = match self.state.write() {
             Ok(mut state) => state.index.ids.replace_table(bigger),
@@ -3325,6 +3397,11 @@ struct SyncHooks {
     /// At the next such fdatasync the writer says so on the first channel
     /// and waits for a word on the second.
     gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    /// The next spill of the ids says so on the first channel and waits
+    /// for a word on the second before it writes its run.
+    spill_gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    /// The next spill of the ids fails (as a run that cannot be written).
+    spill_fail: AtomicBool,
 }
 
 #[cfg(test)]
@@ -3334,6 +3411,20 @@ impl SyncHooks {
         if let Some((reached, release)) = gate {
             let _ = reached.send(());
             let _ = release.recv();
+        }
+    }
+
+    /// At a spill of the ids, before its run is written: `Err` when it is
+    /// to fail.
+    fn at_spill(&self) -> Result<(), String> {
+        let gate = self.spill_gate.lock().ok().and_then(|mut g| g.take());
+        if let Some((reached, release)) = gate {
+            let _ = reached.send(());
+            let _ = release.recv();
+        }
+        match self.spill_fail.swap(false, Ordering::Relaxed) {
+            true => Err("a spill failed (test)".into()),
+            false => Ok(()),
         }
     }
 }
@@ -5294,6 +5385,124 @@ mod index_tests {
         }
         let found = rt.block_on(log.find_event(Uuid::from_u128(2_999))).unwrap();
         assert_eq!(found.map(|e| e.position), Some(2_999));
+    }
+
+    /// The writer spills the id table on a thread of its own: while the
+    /// run is written (held back here), appends go on and are answered,
+    /// the frozen table's ids and the new table's are found and refused
+    /// as repeats, and `verify` passes; once written, the run takes the
+    /// frozen table's place. A close waits for a spill in flight.
+    #[test]
+    fn the_writer_spills_its_ids_while_appends_go_on() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            spill_ids: 500,
+            snapshot_min_events: u64::MAX,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *log.sync_hooks.spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
+        for start in [1u128, 251] {
+            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
+                .unwrap();
+        }
+        // The table of 500 is frozen and its spill waits at the gate.
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        rt.block_on(log.append_atomic(vec![request(501..751)]))
+            .unwrap();
+        let held = || {
+            let state = log.state.read().unwrap();
+            let ids = &state.index.ids;
+            (
+                ids.is_frozen(),
+                ids.runs().len(),
+                ids.table_len(),
+                ids.len(),
+            )
+        };
+        assert_eq!(held(), (true, 0, 250, 750));
+        let all: Vec<Uuid> = (1..=750u128).map(Uuid::from_u128).collect();
+        let found = rt.block_on(log.find_events(&all)).unwrap();
+        assert_eq!(found.len(), 750);
+        for (i, id) in all.iter().enumerate() {
+            assert_eq!(found[id].position, i as u64 + 1);
+        }
+        refused_again_and_verified(&rt, &log, [1u128, 333, 500, 501, 750]);
+        release.send(()).unwrap();
+        let waited = Instant::now();
+        while held().0 && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(held(), (false, 1, 250, 750));
+        refused_again_and_verified(&rt, &log, [1u128, 500, 501, 750]);
+        // Full again: the next spill starts, and the close waits for it.
+        rt.block_on(log.append_atomic(vec![request(751..1_001)]))
+            .unwrap();
+        let log_dir = log.dir().to_path_buf();
+        drop((log, store));
+        let names: Vec<String> = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        let all: Vec<Uuid> = (1..=1_000u128).map(Uuid::from_u128).collect();
+        assert_eq!(rt.block_on(log.find_events(&all)).unwrap().len(), 1_000);
+        refused_again_and_verified(&rt, &log, [1u128, 750, 1_000]);
+    }
+
+    /// A spill of the ids that fails on its thread leaves every id found
+    /// and refused: the frozen table is taken back into the table after
+    /// the writer's next group, and the next spill waits for twice as
+    /// many ids.
+    #[test]
+    fn a_spill_that_fails_on_its_thread_takes_the_table_back() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            spill_ids: 500,
+            snapshot_min_events: u64::MAX,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        log.sync_hooks.spill_fail.store(true, Ordering::Relaxed);
+        for start in (1..=750u128).step_by(250) {
+            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
+                .unwrap();
+        }
+        let held = || {
+            let state = log.state.read().unwrap();
+            let ids = &state.index.ids;
+            (ids.is_frozen(), ids.runs().len(), ids.table_len())
+        };
+        // The failure is taken up after the group after it (501..=750).
+        let waited = Instant::now();
+        while held() != (false, 0, 750) && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(held(), (false, 0, 750));
+        assert!(!log.sync_hooks.spill_fail.load(Ordering::Relaxed));
+        refused_again_and_verified(&rt, &log, [1u128, 500, 501, 750]);
+        // Not spilled again before 1,000 ids (twice 500).
+        rt.block_on(log.append_atomic(vec![request(751..1_000)]))
+            .unwrap();
+        rt.block_on(log.append_atomic(vec![request(1_000..1_101)]))
+            .unwrap();
+        let waited = Instant::now();
+        while held().1 == 0 && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            held(),
+            (false, 1, 0),
+            "the table of 1,100 spilled once full"
+        );
+        let all: Vec<Uuid> = (1..=1_100u128).map(Uuid::from_u128).collect();
+        assert_eq!(rt.block_on(log.find_events(&all)).unwrap().len(), 1_100);
+        refused_again_and_verified(&rt, &log, [1u128, 999, 1_100]);
     }
 
     /// The ids end to end through every place they can be held: spilled
