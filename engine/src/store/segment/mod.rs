@@ -2579,10 +2579,38 @@ struct Writer {
     sync_hooks: Arc<SyncHooks>,
 }
 
-/// What a spill's thread ends with: the spill, and the runs its run
-/// replaced, for the writer to free (they were allocated on its thread);
-/// or why it failed, the table still frozen.
-type SpillEnd = Result<(ids::Spill, Vec<Arc<sorted_ids::SortedIds>>), String>;
+/// A spill of the ids still running when the new table holds this part
+/// of a spill's ids ([`Spills::ids`]) is waited for ([`Writer::spill_ids`]).
+const SPILL_WAIT_PARTS: usize = 4;
+
+/// What a spill's thread ends with: why it failed, if it did (the table
+/// still frozen).
+type SpillEnd = Result<(), String>;
+
+/// The index's write lock for a thread other than the writer (a spill of
+/// the ids): tried every 100 µs rather than waited for at once, for up to
+/// 50 ms, since a waiting writer of a `RwLock` holds back every reader
+/// that comes after it, and the segment writer holds the read lock
+/// through a group's checks or a spill of the stream lists (tens of ms).
+/// Only the segment writer otherwise takes the write lock, each time
+/// briefly, so the lock is free between its groups.
+fn write_between_readers(
+    state: &RwLock<State>,
+) -> Result<std::sync::RwLockWriteGuard<'_, State>, String> {
+    let poisoned = |_| "the index's lock is poisoned".to_string();
+    let started = Instant::now();
+    loop {
+        match state.try_write() {
+            Ok(guard) => return Ok(guard),
+            Err(std::sync::TryLockError::Poisoned(e)) => return Err(poisoned(e)),
+            Err(std::sync::TryLockError::WouldBlock) => {}
+        }
+        if started.elapsed() >= Duration::from_millis(50) {
+            return state.write().map_err(poisoned);
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+}
 
 /// The next commit for the writer: after a large group (`spin`), waited
 /// for a little while awake first ([`WRITER_SPIN`]), then asleep.
@@ -2660,7 +2688,7 @@ impl Writer {
             }
         }
         // A spill of the ids still running is waited for: the snapshot
-        // sorts every id, and what the spill replaced is freed here.
+        // sorts every id.
         self.end_spill();
         if !failed && self.position > self.watermark_position {
             self.record_watermark(true);
@@ -2779,18 +2807,23 @@ impl Writer {
     /// frozen under the write lock ([`Ids::freeze`]) and looked up as
     /// before, a new one takes the appends meanwhile, and the spill's
     /// thread puts the run in its place under the write lock
-    /// ([`Ids::install`]). One spill at a time: a table full again before
-    /// the last spill has ended waits for it. What a spill replaced is
-    /// freed on this thread, after its next group or at the close. Best
+    /// ([`Ids::install`]). One spill at a time: once the new table holds
+    /// a quarter of a spill's ids ([`SPILL_WAIT_PARTS`]) before the last
+    /// spill has ended, the writer waits for it, so that the two tables
+    /// together hold at most a quarter more than one (a spill that merges
+    /// [`ids::MAX_RUNS`] runs takes seconds at 15M ids; one that does not
+    /// about 0.15 s, while an import adds about 150,000 ids). What a
+    /// spill replaced is freed by its thread. Best
     /// effort: after a run that could not be written, the frozen table is
     /// taken back into the table ([`Ids::thaw`]) and the next spill waits
     /// for twice as many ids.
     fn spill_ids(&mut self) {
         if let Some(spilling) = &self.spilling {
+            let wait = self.spills.ids / SPILL_WAIT_PARTS;
             let full = self
                 .state
                 .read()
-                .is_ok_and(|state| state.index.ids.table_len() >= self.spills.ids);
+                .is_ok_and(|state| state.index.ids.table_len() >= wait);
             if !spilling.is_finished() && !full {
                 return;
             }
@@ -2818,16 +2851,17 @@ impl Writer {
                 #[cfg(test)]
                 hooks.at_spill()?;
                 let run = spill.write(&dir)?;
-                let mut state = state
-                    .write()
-                    .map_err(|_| "the index's lock is poisoned".to_string())?;
+                let mut state = write_between_readers(&state)?;
                 let replaced = state
                     .index
                     .ids
                     .install(&spill, run)
                     .map_err(|_| "the ids changed while they were spilled".to_string())?;
                 drop(state);
-                Ok((spill, replaced))
+                // The frozen table (and the runs a merge replaced) freed
+                // here, outside the lock.
+                drop((spill, replaced));
+                Ok(())
             });
         match spilled {
             Ok(handle) => self.spilling = Some(handle),
@@ -2835,14 +2869,14 @@ impl Writer {
         }
     }
 
-    /// Waits for the spill of the ids in flight, if any, and frees what
-    /// it replaced; after a spill that failed, takes the frozen table back.
+    /// Waits for the spill of the ids in flight, if any; after a spill
+    /// that failed, takes the frozen table back.
     fn end_spill(&mut self) {
         let Some(spilling) = self.spilling.take() else {
             return;
         };
         match spilling.join() {
-            Ok(Ok(replaced)) => drop(replaced),
+            Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => self.spill_failed(),
         }
     }
@@ -3144,10 +3178,12 @@ impl Writer {
         let mut start = 0u64;
         for (i, sealed) in self.sealed.iter().enumerate() {
             if i % ids::PREFETCH_IDS == 0 && state.index.later.is_none() {
-                // The pushes' table memory, fetched together.
+                // The pushes' table memory, fetched together (the table
+                // they go to only: not the files' filters, which the
+                // group's check probed already).
                 let ids = &state.index.ids;
                 let next = self.sealed[i..].iter().take(ids::PREFETCH_IDS);
-                ids.prefetch(next.map(|s| ids.fingerprint(&s.event.event_id)));
+                ids.prefetch_pushes(next.map(|s| ids.fingerprint(&s.event.event_id)));
             }
             let meta = frame_meta(sealed, i == last);
             let len = frame::FRAME_OVERHEAD + sealed.range.len();
@@ -5397,6 +5433,96 @@ mod index_tests {
         let (dir, rt) = dir_and_runtime();
         let options = SegmentOptions {
             spill_ids: 500,
+            snapshot_min_events: 1,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *log.sync_hooks.spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
+        for start in [1u128, 251] {
+            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
+                .unwrap();
+        }
+        // The table of 500 is frozen and its spill waits at the gate; the
+        // new table takes 100 (fewer than the 125 at which the writer
+        // would wait for the spill).
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        // Answered while the spill waits (a writer that spilled on its own
+        // thread would not answer: failed after 10 s, not hung).
+        let (told, answered) = std::sync::mpsc::channel();
+        let appender = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let done = rt.block_on(log.append_atomic(vec![request(501..601)]));
+                let _ = told.send(done.is_ok());
+            })
+        };
+        assert!(answered.recv_timeout(Duration::from_secs(10)).unwrap());
+        appender.join().unwrap();
+        let held = || {
+            let state = log.state.read().unwrap();
+            let ids = &state.index.ids;
+            (
+                ids.is_frozen(),
+                ids.runs().len(),
+                ids.table_len(),
+                ids.len(),
+            )
+        };
+        assert_eq!(held(), (true, 0, 100, 600));
+        let all: Vec<Uuid> = (1..=600u128).map(Uuid::from_u128).collect();
+        let found = rt.block_on(log.find_events(&all)).unwrap();
+        assert_eq!(found.len(), 600);
+        for (i, id) in all.iter().enumerate() {
+            assert_eq!(found[id].position, i as u64 + 1);
+        }
+        refused_again_and_verified(&rt, &log, [1u128, 333, 500, 501, 600]);
+        release.send(()).unwrap();
+        let waited = Instant::now();
+        while held().0 && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(held(), (false, 1, 100, 600));
+        refused_again_and_verified(&rt, &log, [1u128, 500, 501, 600]);
+        // Full again: the next spill starts (held at the gate), and the
+        // close waits for it before it writes the snapshot of every id.
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *log.sync_hooks.spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
+        rt.block_on(log.append_atomic(vec![request(601..1_001)]))
+            .unwrap();
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        let log_dir = log.dir().to_path_buf();
+        let closer = std::thread::spawn(move || drop((log, store)));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!closer.is_finished(), "the close waits for the spill");
+        release.send(()).unwrap();
+        closer.join().unwrap();
+        let names: Vec<String> = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
+        let (_store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(1_000));
+        let all: Vec<Uuid> = (1..=1_000u128).map(Uuid::from_u128).collect();
+        assert_eq!(rt.block_on(log.find_events(&all)).unwrap().len(), 1_000);
+        refused_again_and_verified(&rt, &log, [1u128, 750, 1_000]);
+    }
+
+    /// Once the new table holds a quarter of a spill's ids while the
+    /// spill is still running, the writer waits for it: the next append
+    /// is answered only after the spill has ended.
+    #[test]
+    fn a_spill_still_running_is_waited_for_once_the_new_table_holds_a_quarter() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            spill_ids: 500,
             snapshot_min_events: u64::MAX,
             ..SegmentOptions::default()
         };
@@ -5409,49 +5535,42 @@ mod index_tests {
             rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
                 .unwrap();
         }
-        // The table of 500 is frozen and its spill waits at the gate.
         reached.recv_timeout(Duration::from_secs(10)).unwrap();
-        rt.block_on(log.append_atomic(vec![request(501..751)]))
+        // 130 ids: at least 125, a quarter of 500. This append is
+        // answered; the writer then waits for the spill.
+        rt.block_on(log.append_atomic(vec![request(501..631)]))
             .unwrap();
-        let held = || {
-            let state = log.state.read().unwrap();
-            let ids = &state.index.ids;
+        let (told, answered) = std::sync::mpsc::channel();
+        let appender = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                let done = rt.block_on(log.append_atomic(vec![request(631..641)]));
+                let _ = told.send(done.is_ok());
+            })
+        };
+        match answered.recv_timeout(Duration::from_millis(200)) {
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            other => panic!("an append was answered while the writer waited: {other:?}"),
+        }
+        release.send(()).unwrap();
+        assert!(answered.recv_timeout(Duration::from_secs(10)).unwrap());
+        appender.join().unwrap();
+        let state = log.state.read().unwrap();
+        let ids = &state.index.ids;
+        assert_eq!(
             (
                 ids.is_frozen(),
                 ids.runs().len(),
                 ids.table_len(),
-                ids.len(),
-            )
-        };
-        assert_eq!(held(), (true, 0, 250, 750));
-        let all: Vec<Uuid> = (1..=750u128).map(Uuid::from_u128).collect();
-        let found = rt.block_on(log.find_events(&all)).unwrap();
-        assert_eq!(found.len(), 750);
-        for (i, id) in all.iter().enumerate() {
-            assert_eq!(found[id].position, i as u64 + 1);
-        }
-        refused_again_and_verified(&rt, &log, [1u128, 333, 500, 501, 750]);
-        release.send(()).unwrap();
-        let waited = Instant::now();
-        while held().0 && waited.elapsed() < Duration::from_secs(10) {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        assert_eq!(held(), (false, 1, 250, 750));
-        refused_again_and_verified(&rt, &log, [1u128, 500, 501, 750]);
-        // Full again: the next spill starts, and the close waits for it.
-        rt.block_on(log.append_atomic(vec![request(751..1_001)]))
-            .unwrap();
-        let log_dir = log.dir().to_path_buf();
-        drop((log, store));
-        let names: Vec<String> = std::fs::read_dir(&log_dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
-        let (_store, log) = open_log(dir.path(), true, u64::MAX);
-        let all: Vec<Uuid> = (1..=1_000u128).map(Uuid::from_u128).collect();
-        assert_eq!(rt.block_on(log.find_events(&all)).unwrap().len(), 1_000);
-        refused_again_and_verified(&rt, &log, [1u128, 750, 1_000]);
+                ids.len()
+            ),
+            (false, 1, 140, 640)
+        );
+        drop(state);
+        refused_again_and_verified(&rt, &log, [1u128, 500, 630, 640]);
     }
 
     /// A spill of the ids that fails on its thread leaves every id found
@@ -5478,10 +5597,13 @@ mod index_tests {
             let ids = &state.index.ids;
             (ids.is_frozen(), ids.runs().len(), ids.table_len())
         };
-        // The failure is taken up after the group after it (501..=750).
+        // The failure is taken up after a group that ends once the
+        // spill's thread has: an append refused (a stored id) is a group.
         let waited = Instant::now();
         while held() != (false, 0, 750) && waited.elapsed() < Duration::from_secs(10) {
             std::thread::sleep(Duration::from_millis(5));
+            let again = rt.block_on(log.append_atomic(vec![request(1..2)]));
+            assert!(matches!(again, Err(StoreError::DuplicateEventId { .. })));
         }
         assert_eq!(held(), (false, 0, 750));
         assert!(!log.sync_hooks.spill_fail.load(Ordering::Relaxed));
