@@ -1036,6 +1036,19 @@ mod tests {
         }
     }
 
+    /// `base`'s ids in a snapshot's file, as the ids of a log opened from
+    /// it (fingerprinted under `seed`), and a directory for its runs.
+    fn ids_over(
+        base: &[u128],
+        seed: u64,
+    ) -> (IdHash, tempfile::TempDir, tempfile::NamedTempFile, Ids) {
+        let hasher = IdHash::with_seed(seed);
+        let dir = tempfile::tempdir().unwrap();
+        let (f, sorted) = file_ids(&hasher, base);
+        let ids = Ids::with_base(sorted, hasher.clone());
+        (hasher, dir, f, ids)
+    }
+
     /// The ids of a snapshot's file in a temporary file: the sorted pairs
     /// of `ids` (positions 1..) under `hasher`.
     fn file_ids(hasher: &IdHash, ids: &[u128]) -> (tempfile::NamedTempFile, SortedIds) {
@@ -1068,10 +1081,7 @@ mod tests {
             pass in 1usize..64,
             seed in any::<u64>(),
         ) {
-            let hasher = IdHash::with_seed(seed);
-            let dir = tempfile::tempdir().unwrap();
-            let (_f, sorted) = file_ids(&hasher, &base);
-            let mut ids = Ids::with_base(sorted, hasher.clone());
+            let (hasher, dir, _f, mut ids) = ids_over(&base, seed);
             let mut all: Vec<u128> = base.clone();
             for chunk in spills.iter().chain([&tail]) {
                 for &id in chunk {
@@ -1119,10 +1129,7 @@ mod tests {
                  0u8..3), 0..14),
             seed in any::<u64>(),
         ) {
-            let hasher = IdHash::with_seed(seed);
-            let dir = tempfile::tempdir().unwrap();
-            let (_f, sorted) = file_ids(&hasher, &base);
-            let mut ids = Ids::with_base(sorted, hasher.clone());
+            let (hasher, dir, _f, mut ids) = ids_over(&base, seed);
             let mut all: Vec<u128> = base.clone();
             let found_everywhere = |ids: &Ids, all: &[u128]| -> Result<(), TestCaseError> {
                 prop_assert_eq!(ids.len(), all.len());

@@ -5423,6 +5423,70 @@ mod index_tests {
         assert_eq!(found.map(|e| e.position), Some(2_999));
     }
 
+    /// A fresh log whose writer spills its id table at 500 ids, writing
+    /// a snapshot at a close after `snapshot_min_events`.
+    fn spilling_at_500(
+        snapshot_min_events: u64,
+    ) -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Arc<SegmentStore>,
+        Arc<SegmentLog>,
+    ) {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            spill_ids: 500,
+            snapshot_min_events,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        (dir, rt, store, log)
+    }
+
+    /// Holds the next spill of the ids at its gate: says when it is there,
+    /// and lets it go on at a word.
+    fn hold_next_spill(
+        log: &SegmentLog,
+    ) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *log.sync_hooks.spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
+        (reached, release)
+    }
+
+    /// Appends ids 1..=500 to a log of [`spilling_at_500`], whose spill
+    /// of them is then held at its gate; returns the word that lets it
+    /// go on.
+    fn spill_held_at_500(
+        rt: &tokio::runtime::Runtime,
+        log: &SegmentLog,
+    ) -> std::sync::mpsc::Sender<()> {
+        let (reached, release) = hold_next_spill(log);
+        for start in [1u128, 251] {
+            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
+                .unwrap();
+        }
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        release
+    }
+
+    /// Appends `ids` on a thread of its own; says whether it was stored.
+    fn append_on_a_thread(
+        log: &Arc<SegmentLog>,
+        ids: std::ops::Range<u128>,
+    ) -> std::sync::mpsc::Receiver<bool> {
+        let (told, answered) = std::sync::mpsc::channel();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let _ = told.send(rt.block_on(log.append_atomic(vec![request(ids)])).is_ok());
+        });
+        answered
+    }
+
     /// The writer spills the id table on a thread of its own: while the
     /// run is written (held back here), appends go on and are answered,
     /// the frozen table's ids and the new table's are found and refused
@@ -5430,40 +5494,15 @@ mod index_tests {
     /// frozen table's place. A close waits for a spill in flight.
     #[test]
     fn the_writer_spills_its_ids_while_appends_go_on() {
-        let (dir, rt) = dir_and_runtime();
-        let options = SegmentOptions {
-            spill_ids: 500,
-            snapshot_min_events: 1,
-            ..SegmentOptions::default()
-        };
-        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
-        let log = store.log("school-a").unwrap();
-        let (reached_tx, reached) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        *log.sync_hooks.spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
-        for start in [1u128, 251] {
-            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
-                .unwrap();
-        }
+        let (dir, rt, store, log) = spilling_at_500(1);
+        let release = spill_held_at_500(&rt, &log);
         // The table of 500 is frozen and its spill waits at the gate; the
         // new table takes 100 (fewer than the 125 at which the writer
-        // would wait for the spill).
-        reached.recv_timeout(Duration::from_secs(10)).unwrap();
-        // Answered while the spill waits (a writer that spilled on its own
-        // thread would not answer: failed after 10 s, not hung).
-        let (told, answered) = std::sync::mpsc::channel();
-        let appender = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                let done = rt.block_on(log.append_atomic(vec![request(501..601)]));
-                let _ = told.send(done.is_ok());
-            })
-        };
+        // would wait for the spill), answered while the spill waits (a
+        // writer that spilled on its own thread would not answer: failed
+        // after 10 s, not hung).
+        let answered = append_on_a_thread(&log, 501..601);
         assert!(answered.recv_timeout(Duration::from_secs(10)).unwrap());
-        appender.join().unwrap();
         let held = || {
             let state = log.state.read().unwrap();
             let ids = &state.index.ids;
@@ -5491,9 +5530,7 @@ mod index_tests {
         refused_again_and_verified(&rt, &log, [1u128, 500, 501, 600]);
         // Full again: the next spill starts (held at the gate), and the
         // close waits for it before it writes the snapshot of every id.
-        let (reached_tx, reached) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        *log.sync_hooks.spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
+        let (reached, release) = hold_next_spill(&log);
         rt.block_on(log.append_atomic(vec![request(601..1_001)]))
             .unwrap();
         reached.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -5520,44 +5557,19 @@ mod index_tests {
     /// is answered only after the spill has ended.
     #[test]
     fn a_spill_still_running_is_waited_for_once_the_new_table_holds_a_quarter() {
-        let (dir, rt) = dir_and_runtime();
-        let options = SegmentOptions {
-            spill_ids: 500,
-            snapshot_min_events: u64::MAX,
-            ..SegmentOptions::default()
-        };
-        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
-        let log = store.log("school-a").unwrap();
-        let (reached_tx, reached) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        *log.sync_hooks.spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
-        for start in [1u128, 251] {
-            rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
-                .unwrap();
-        }
-        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (_dir, rt, _store, log) = spilling_at_500(u64::MAX);
+        let release = spill_held_at_500(&rt, &log);
         // 130 ids: at least 125, a quarter of 500. This append is
         // answered; the writer then waits for the spill.
         rt.block_on(log.append_atomic(vec![request(501..631)]))
             .unwrap();
-        let (told, answered) = std::sync::mpsc::channel();
-        let appender = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                let done = rt.block_on(log.append_atomic(vec![request(631..641)]));
-                let _ = told.send(done.is_ok());
-            })
-        };
+        let answered = append_on_a_thread(&log, 631..641);
         match answered.recv_timeout(Duration::from_millis(200)) {
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             other => panic!("an append was answered while the writer waited: {other:?}"),
         }
         release.send(()).unwrap();
         assert!(answered.recv_timeout(Duration::from_secs(10)).unwrap());
-        appender.join().unwrap();
         let state = log.state.read().unwrap();
         let ids = &state.index.ids;
         assert_eq!(
@@ -5579,14 +5591,7 @@ mod index_tests {
     /// many ids.
     #[test]
     fn a_spill_that_fails_on_its_thread_takes_the_table_back() {
-        let (dir, rt) = dir_and_runtime();
-        let options = SegmentOptions {
-            spill_ids: 500,
-            snapshot_min_events: u64::MAX,
-            ..SegmentOptions::default()
-        };
-        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
-        let log = store.log("school-a").unwrap();
+        let (_dir, rt, _store, log) = spilling_at_500(u64::MAX);
         log.sync_hooks.spill_fail.store(true, Ordering::Relaxed);
         for start in (1..=750u128).step_by(250) {
             rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
