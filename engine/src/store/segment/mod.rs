@@ -2812,8 +2812,8 @@ impl Writer {
     /// spill has ended, the writer waits for it, so that the two tables
     /// together hold at most a quarter more than one (a spill that merges
     /// [`ids::MAX_RUNS`] runs rewrites every id of the log, about 200 MB
-    /// at 16.4M ids; one that does not takes 0.13–0.21 s, while an import
-    /// adds at most 210,000 ids). What a
+    /// and 2 s at 16.4M ids; one that does not takes 0.13–0.21 s, while
+    /// an import adds at most 210,000 ids). What a
     /// spill replaced is freed by its thread. Best
     /// effort: after a run that could not be written, the frozen table is
     /// taken back into the table ([`Ids::thaw`]) and the next spill waits
