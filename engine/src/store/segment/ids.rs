@@ -189,8 +189,13 @@ impl IdMap {
     /// stored twice, or (almost never) another id; the caller tells which
     /// by reading the frames.
     pub(super) fn push(&mut self, id: Uuid, position: u32) -> Option<u32> {
-        debug_assert_eq!(position as usize, self.by_position.len() + 1);
         let fp = self.fingerprint(&id);
+        self.push_fp(fp, position)
+    }
+
+    /// [`IdMap::push`] of an id whose fingerprint is `fp`.
+    fn push_fp(&mut self, fp: u64, position: u32) -> Option<u32> {
+        debug_assert_eq!(position as usize, self.by_position.len() + 1);
         let shared = insert(&mut self.table, &self.by_position, fp, position);
         self.by_position.push(fp);
         shared
@@ -265,11 +270,9 @@ impl IdMap {
     /// fingerprinted alike): [`Ids::thaw`].
     fn joined(first: &IdMap, then: &IdMap) -> IdMap {
         let mut map = IdMap::with_hasher(first.hasher.clone());
-        map.table.reserve(first.len() + then.len(), |_| 0);
+        map.table = HashTable::with_capacity(first.len() + then.len());
         for fp in first.fps().chain(then.fps()) {
-            let position = map.by_position.len() as u32 + 1;
-            insert(&mut map.table, &map.by_position, fp, position);
-            map.by_position.push(fp);
+            map.push_fp(fp, map.len() as u32 + 1);
         }
         map
     }
@@ -317,7 +320,7 @@ const PASS_PAIRS: usize = 1 << 17;
 /// as").
 const BUCKET_BITS: u32 = 17;
 
-/// Most runs of ids in files ([`Ids::spill_run`]): the next spill writes
+/// Most runs of ids in files ([`Ids::freeze`]): the next spill writes
 /// one run of them all with the table's.
 pub(super) const MAX_RUNS: usize = 8;
 
@@ -565,52 +568,24 @@ impl Ids {
         self.tail.allocated_bytes() + frozen + runs
     }
 
-    /// The table's ids written to a run in a file of its own in `dir`
-    /// ([`SortedIds::write_run`]), for [`Ids::add_run`]: made while reads
-    /// go on. When [`MAX_RUNS`] runs are held already, the run holds every
-    /// id (theirs merged with the table's) and replaces them.
-    pub(super) fn spill_run(&self, dir: &std::path::Path) -> Result<SortedIds, String> {
-        if self.frozen.is_some() {
-            return Err("a table of ids is being spilled already".into());
+    /// Spills the table where it is, for an open that scans every frame
+    /// (which indexes nothing meanwhile): [`Ids::freeze`], [`Spill::write`]
+    /// and [`Ids::install`] one after another, the writer's spill without
+    /// its thread. A run that cannot be written leaves the table as it
+    /// was ([`Ids::thaw`], which takes the table back whole).
+    pub(super) fn spill_in_place(&mut self, dir: &std::path::Path) -> Result<(), String> {
+        let spill = self
+            .freeze()
+            .ok_or("a table of ids is being spilled already")?;
+        let installed = spill.write(dir).and_then(|run| {
+            self.install(&spill, run)
+                .map_err(|_| "a stale run of ids".into())
+        });
+        if installed.is_err() {
+            drop(spill);
+            self.thaw();
         }
-        let merge = self.runs.len() >= MAX_RUNS;
-        let first = if merge { 0 } else { u64::from(self.base_len()) };
-        let n = self.len() as u64 - first;
-        SortedIds::write_run(dir, first, n, |each| {
-            let runs = if merge { &self.runs[..] } else { &[] };
-            self.merged(runs, PASS_PAIRS, each)
-        })
-    }
-
-    /// Puts in a run from [`Ids::spill_run`] made from these ids, returning
-    /// the table (and runs) it replaces, to free; a run that does not
-    /// cover exactly the table's positions (the ids changed since) is
-    /// refused and nothing changes.
-    pub(super) fn add_run(
-        &mut self,
-        run: SortedIds,
-    ) -> Result<(IdMap, Vec<Arc<SortedIds>>), SortedIds> {
-        if self.frozen.is_some() {
-            return Err(run);
-        }
-        let merged = run.first() == 0 && !self.runs.is_empty();
-        let from = if merged {
-            0
-        } else {
-            u64::from(self.base_len())
-        };
-        if run.first() != from || run.last() != self.len() as u64 {
-            debug_assert!(false, "a stale run of ids");
-            return Err(run);
-        }
-        let empty = IdMap::with_hasher(self.tail.hasher().clone());
-        let table = std::mem::replace(&mut self.tail, empty);
-        let old = match merged {
-            true => std::mem::take(&mut self.runs),
-            false => Vec::new(),
-        };
-        self.runs.push(Arc::new(run));
-        Ok((table, old))
+        installed.map(drop)
     }
 
     /// Freezes the table for a spill on a thread of its own: the table
@@ -618,7 +593,7 @@ impl Ids {
     /// after it, until [`Ids::install`] puts in the run [`Spill::write`]
     /// makes of it (or [`Ids::thaw`] takes it back). `None` while a table
     /// is frozen already. When [`MAX_RUNS`] runs are held, the run merges
-    /// them all with the table's ids, as [`Ids::spill_run`]'s does.
+    /// them all with the table's ids and replaces them.
     pub(super) fn freeze(&mut self) -> Option<Spill> {
         if self.frozen.is_some() {
             return None;
@@ -1089,8 +1064,7 @@ mod tests {
                     ids.push(Uuid::from_u128(id), all.len() as u32);
                 }
                 if !std::ptr::eq(chunk, &tail) {
-                    let run = ids.spill_run(dir.path()).unwrap();
-                    prop_assert!(ids.add_run(run).is_ok());
+                    prop_assert!(ids.spill_in_place(dir.path()).is_ok());
                     prop_assert_eq!(ids.table_len(), 0);
                     prop_assert!(ids.runs().len() <= MAX_RUNS);
                 }
@@ -1153,8 +1127,7 @@ mod tests {
                     ids.push(Uuid::from_u128(id), all.len() as u32);
                 }
                 if how % 3 == 0 {
-                    let run = ids.spill_run(dir.path()).unwrap();
-                    prop_assert!(ids.add_run(run).is_ok());
+                    prop_assert!(ids.spill_in_place(dir.path()).is_ok());
                     found_everywhere(&ids, &all)?;
                     continue;
                 }
@@ -1162,7 +1135,7 @@ mod tests {
                 let spill = ids.freeze().unwrap();
                 prop_assert!(ids.is_frozen());
                 prop_assert!(ids.freeze().is_none());
-                prop_assert!(ids.spill_run(dir.path()).is_err());
+                prop_assert!(ids.spill_in_place(dir.path()).is_err());
                 prop_assert!(ids.sorted_pairs(|_, _| Ok(())).is_err());
                 prop_assert_eq!(ids.table_len(), 0);
                 for &id in during {

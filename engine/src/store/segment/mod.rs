@@ -1428,7 +1428,7 @@ const SIZING_SAMPLE: u64 = 65_536;
 /// does not grow during the scan (a growth rehashes every id, each read
 /// at random). Once the table holds `spills.ids` ids they are spilled to
 /// a run in a file of their own, as the writer spills them
-/// ([`Ids::spill_run`]; best effort: after a spill that failed, not
+/// ([`Ids::spill_in_place`]; best effort: after a spill that failed, not
 /// before the table holds twice as many, as the writer does), and the
 /// stream lists likewise once `spills.streams` positions are held in
 /// memory ([`Streams::spill_due`]), so that a scan of a long log holds no
@@ -1497,12 +1497,9 @@ fn scan_segment(
                 index.ids.reserve(((more + more / 16) as usize).min(room));
             }
             if index.later.is_none() && index.ids.table_len() >= spills.ids {
-                let run = seg.path.parent().map(|dir| index.ids.spill_run(dir));
-                match run {
-                    Some(Ok(run)) => {
-                        let _ = index.ids.add_run(run);
-                    }
-                    _ => spills.ids = spills.ids.saturating_mul(2),
+                let spilled = seg.path.parent().map(|dir| index.ids.spill_in_place(dir));
+                if !matches!(spilled, Some(Ok(()))) {
+                    spills.ids = spills.ids.saturating_mul(2);
                 }
             }
             if index.streams.spill_due(spills.streams) {
@@ -2821,23 +2818,18 @@ impl Writer {
     fn spill_ids(&mut self) {
         if let Some(spilling) = &self.spilling {
             let wait = self.spills.ids / SPILL_WAIT_PARTS;
-            let full = self
-                .state
-                .read()
-                .is_ok_and(|state| state.index.ids.table_len() >= wait);
-            if !spilling.is_finished() && !full {
+            if !spilling.is_finished() && self.spillable_ids() < wait {
                 return;
             }
             self.end_spill();
         }
+        // Checked under the read lock (only this thread adds ids), so that
+        // the write lock is taken only for a spill.
+        if self.spillable_ids() < self.spills.ids {
+            return;
+        }
         let spill = match self.state.write() {
-            Ok(mut state) => {
-                let index = &mut state.index;
-                if index.later.is_some() || index.ids.table_len() < self.spills.ids {
-                    return;
-                }
-                index.ids.freeze()
-            }
+            Ok(mut state) => state.index.ids.freeze(),
             Err(_) => return,
         };
         let Some(spill) = spill else {
@@ -2867,6 +2859,15 @@ impl Writer {
         match spilled {
             Ok(handle) => self.spilling = Some(handle),
             Err(_) => self.spill_failed(),
+        }
+    }
+
+    /// Ids the table holds that a spill would write (none while they are
+    /// still in the snapshot, or the lock is poisoned).
+    fn spillable_ids(&self) -> usize {
+        match self.state.read() {
+            Ok(state) if state.index.later.is_none() => state.index.ids.table_len(),
+            _ => 0,
         }
     }
 
@@ -3433,18 +3434,28 @@ struct SyncHooks {
     let_go: std::sync::atomic::AtomicUsize,
     /// At the next such fdatasync the writer says so on the first channel
     /// and waits for a word on the second.
-    gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    gate: Gate,
     /// The next spill of the ids says so on the first channel and waits
     /// for a word on the second before it writes its run.
-    spill_gate: Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    spill_gate: Gate,
     /// The next spill of the ids fails (as a run that cannot be written).
     spill_fail: AtomicBool,
 }
 
+/// Tests: where a thread says it has got to (the first channel) and
+/// waits for a word to go on (the second), once.
+#[cfg(test)]
+type Gate = Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>;
+
 #[cfg(test)]
 impl SyncHooks {
     fn at_sync(&self) {
-        let gate = self.gate.lock().ok().and_then(|mut g| g.take());
+        Self::pass(&self.gate);
+    }
+
+    /// Says so on a gate set, and waits for the word to go on.
+    fn pass(gate: &Gate) {
+        let gate = gate.lock().ok().and_then(|mut g| g.take());
         if let Some((reached, release)) = gate {
             let _ = reached.send(());
             let _ = release.recv();
@@ -3454,11 +3465,7 @@ impl SyncHooks {
     /// At a spill of the ids, before its run is written: `Err` when it is
     /// to fail.
     fn at_spill(&self) -> Result<(), String> {
-        let gate = self.spill_gate.lock().ok().and_then(|mut g| g.take());
-        if let Some((reached, release)) = gate {
-            let _ = reached.send(());
-            let _ = release.recv();
-        }
+        Self::pass(&self.spill_gate);
         match self.spill_fail.swap(false, Ordering::Relaxed) {
             true => Err("a spill failed (test)".into()),
             false => Ok(()),
@@ -5748,8 +5755,7 @@ mod index_tests {
         for p in 1..=5u32 {
             colliding.push(Uuid::from_u128(u128::from(p)), p);
             if p % 2 == 0 {
-                let run = colliding.spill_run(&log_dir).unwrap();
-                assert!(colliding.add_run(run).is_ok());
+                assert!(colliding.spill_in_place(&log_dir).is_ok());
             }
         }
         assert_eq!(
