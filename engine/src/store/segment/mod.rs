@@ -150,9 +150,10 @@ pub const SPILL_IDS: usize = (1 << 21) / 8 * 7 - MAX_GROUP_EVENTS;
 
 /// Stream positions the index holds in memory (the versions indexed after
 /// its file's: 4 bytes each, 8 MB at this size) before the writer spills
-/// them: it writes every stream's list, the file's positions and those in
-/// memory, to a file of its own (unlinked at once), and reads the lists
-/// there from then on ([`streams::Streams::spill`]). The next spill waits
+/// them: it writes every stream's list up to the log's head, the file's
+/// positions and those in memory, to a file of its own (unlinked at once;
+/// on a thread of its own: `Writer::spill_streams`), and reads the lists
+/// there from then on ([`streams::ListSpill`]). The next spill waits
 /// for this many, or a quarter of the positions in the file if more, so
 /// that what the spills write stays within about five times the log's
 /// positions (4 bytes each) however long the session.
@@ -1502,7 +1503,7 @@ fn scan_segment(
                     spills.ids = spills.ids.saturating_mul(2);
                 }
             }
-            if index.streams.spill_due(spills.streams) {
+            if index.streams.spill_due(spills.streams, 0) {
                 let streams = &index.streams;
                 let spilled = seg
                     .path
@@ -2155,6 +2156,7 @@ impl SegmentLog {
             ids_loader: ids_loader.clone(),
             expected: expected.clone(),
             spilling: None,
+            lists_spilling: None,
             #[cfg(test)]
             sync_hooks: sync_hooks.clone(),
         };
@@ -2571,6 +2573,9 @@ struct Writer {
     /// The spill of the id table on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::spill_ids`]).
     spilling: Option<JoinHandle<SpillEnd>>,
+    /// The spill of the stream lists on a thread of its own, if one was
+    /// started and not yet ended here ([`Writer::spill_streams`]).
+    lists_spilling: Option<ListsSpilling>,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
     sync_hooks: Arc<SyncHooks>,
@@ -2581,8 +2586,35 @@ struct Writer {
 const SPILL_WAIT_PARTS: usize = 4;
 
 /// What a spill's thread ends with: why it failed, if it did (the table
-/// still frozen).
+/// still frozen, or the lists as they were).
 type SpillEnd = Result<(), String>;
+
+/// A spill of the stream lists in flight ([`Writer::spill_streams`]): its
+/// thread, and the positions it takes from memory.
+struct ListsSpilling {
+    handle: JoinHandle<SpillEnd>,
+    positions: usize,
+}
+
+/// Writes `spill` (begun under the index's lock) to a file in `dir`, the
+/// streams' tails taken under the read lock a slice at a time
+/// ([`streams::SPILL_SLICE`]) and written without it.
+fn write_list_spill(
+    state: &RwLock<State>,
+    mut spill: streams::ListSpill,
+    dir: &Path,
+) -> Result<streams::Spilled, StoreError> {
+    loop {
+        let more = {
+            let state = read_state(state)?;
+            spill.take(&state.index.streams, streams::SPILL_SLICE)?
+        };
+        spill.write_taken(dir)?;
+        if !more {
+            return spill.finish();
+        }
+    }
+}
 
 /// The index's write lock for a thread other than the writer (a spill of
 /// the ids): tried every 100 µs rather than waited for at once, for up to
@@ -2685,8 +2717,10 @@ impl Writer {
             }
         }
         // A spill of the ids still running is waited for: the snapshot
-        // sorts every id.
+        // sorts every id; and one of the stream lists, which would install
+        // its file after the log is closed.
         self.end_spill();
+        self.end_lists_spill();
         if !failed && self.position > self.watermark_position {
             self.record_watermark(true);
         }
@@ -2759,38 +2793,88 @@ impl Writer {
     /// After a group: once the index holds [`SPILL_STREAMS`] stream
     /// positions in memory (or a quarter of those in its file, if more),
     /// writes every list to a file of its own and reads them there from
-    /// then on ([`streams::Streams::spill`]). The file is written under
-    /// the read lock (reads go on; the writer is the only one that adds to
-    /// the lists), and swapped in under the write lock. A spill that fails
-    /// leaves the lists as they were and waits for twice as many.
+    /// then on ([`streams::Streams::install`]).
+    ///
+    /// The file is written on a thread of its own (since session au; the
+    /// writer appended nothing while it was written before, 0.2–0.4 s at
+    /// 8–16M events): the lists up to the log's head are taken under the
+    /// read lock a slice of streams at a time ([`streams::ListSpill`]) and
+    /// written without it, while the writer goes on adding positions after
+    /// that head, and the thread installs the file under the write lock,
+    /// keeping in memory only the positions added since. One spill at a
+    /// time: once as many more positions are held as would make a spill
+    /// due again, the writer waits for the one in flight. A spill that
+    /// fails leaves the lists as they were and the next waits for twice
+    /// as many.
     fn spill_streams(&mut self) {
-        let (spilled, held) = match self.state.read() {
+        if let Some(spilling) = &self.lists_spilling {
+            let taking = spilling.positions;
+            let due_again = match self.state.read() {
+                Ok(state) => state.index.streams.spill_due(self.spills.streams, taking),
+                Err(_) => return,
+            };
+            if !spilling.handle.is_finished() && !due_again {
+                return;
+            }
+            self.end_lists_spill();
+        }
+        let (spill, held) = match self.state.read() {
             Ok(state) => {
                 let streams = &state.index.streams;
-                if !streams.spill_due(self.spills.streams) {
+                if !streams.spill_due(self.spills.streams, 0) {
                     return;
                 }
-                (
-                    streams.spill(&self.dir, state.index.head()),
-                    streams.tails(),
-                )
+                (streams.begin_spill(state.index.head()), streams.tails())
             }
             Err(_) => return,
         };
-        let Ok(spilled) = spilled else {
-            self.spills.streams = held.saturating_mul(2);
+        let (state, dir) = (self.state.clone(), self.dir.clone());
+        #[cfg(test)]
+        let hooks = self.sync_hooks.clone();
+        let spilled = std::thread::Builder::new()
+            .name("casebook-list-spill".into())
+            .spawn(move || -> SpillEnd {
+                #[cfg(test)]
+                hooks.at_list_spill()?;
+                let spilled = write_list_spill(&state, spill, &dir).map_err(|e| e.to_string())?;
+                let mut state = write_between_readers(&state)?;
+                let replaced = state.index.streams.install(spilled).ok_or_else(|| {
+                    "the stream lists changed while they were spilled".to_string()
+                })?;
+                drop(state);
+                // The tails and the file they replace freed here, outside
+                // the lock.
+                drop(replaced);
+                Ok(())
+            });
+        match spilled {
+            Ok(handle) => {
+                self.lists_spilling = Some(ListsSpilling {
+                    handle,
+                    positions: held,
+                })
+            }
+            Err(_) => self.spills.streams = held.saturating_mul(2),
+        }
+        #[cfg(test)]
+        if self.sync_hooks.list_spill_joined.load(Ordering::Relaxed) {
+            self.end_lists_spill();
+        }
+    }
+
+    /// Waits for the spill of the stream lists in flight, if any; after
+    /// one that failed (the lists as they were), the next waits for twice
+    /// as many positions.
+    fn end_lists_spill(&mut self) {
+        let Some(spilling) = self.lists_spilling.take() else {
             return;
         };
-        let replaced = match self.state.write() {
-            Ok(mut state) => state.index.streams.install(spilled),
-            Err(_) => return,
-        };
-        debug_assert!(
-            replaced.is_some(),
-            "nothing is indexed between a spill and its install"
-        );
-        // The tails and the file they replace freed here, outside the lock.
-        drop(replaced);
+        match spilling.handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => {
+                self.spills.streams = spilling.positions.saturating_mul(2);
+            }
+        }
     }
 
     /// Once the index's id table holds [`SPILL_IDS`] ids, writes them,
@@ -3440,6 +3524,16 @@ struct SyncHooks {
     spill_gate: Gate,
     /// The next spill of the ids fails (as a run that cannot be written).
     spill_fail: AtomicBool,
+    /// The next spill of the stream lists says so on the first channel
+    /// and waits for a word on the second before it takes any list.
+    list_spill_gate: Gate,
+    /// The next spill of the stream lists fails (as a file that cannot be
+    /// written).
+    list_spill_fail: AtomicBool,
+    /// The writer waits for each spill of the stream lists as soon as it
+    /// has begun it (as it did before they were spilled on a thread of
+    /// their own): where a test counts what the writer holds.
+    list_spill_joined: AtomicBool,
 }
 
 /// Tests: where a thread says it has got to (the first channel) and
@@ -3465,8 +3559,19 @@ impl SyncHooks {
     /// At a spill of the ids, before its run is written: `Err` when it is
     /// to fail.
     fn at_spill(&self) -> Result<(), String> {
-        Self::pass(&self.spill_gate);
-        match self.spill_fail.swap(false, Ordering::Relaxed) {
+        Self::at_gate(&self.spill_gate, &self.spill_fail)
+    }
+
+    /// At a spill of the stream lists, before any list is taken: `Err`
+    /// when it is to fail.
+    fn at_list_spill(&self) -> Result<(), String> {
+        Self::at_gate(&self.list_spill_gate, &self.list_spill_fail)
+    }
+
+    /// [`SyncHooks::pass`], then `Err` once `fail` is set.
+    fn at_gate(gate: &Gate, fail: &AtomicBool) -> Result<(), String> {
+        Self::pass(gate);
+        match fail.swap(false, Ordering::Relaxed) {
             true => Err("a spill failed (test)".into()),
             false => Ok(()),
         }
@@ -6350,6 +6455,9 @@ mod index_tests {
         };
         let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
         let log = store.log("school-a").unwrap();
+        log.sync_hooks
+            .list_spill_joined
+            .store(true, Ordering::Relaxed);
         let mut most_held = 0;
         for k in 0..40u128 {
             rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
@@ -6384,6 +6492,169 @@ mod index_tests {
             assert_eq!(log.state.read().unwrap().index.streams.to_vec(), spilled);
             drop((log, store));
         }
+    }
+
+    /// A log whose writer spills its stream lists once 300 positions are
+    /// in memory; the next spill of them says so on the first channel and
+    /// waits for a word on the second before it takes any list.
+    fn lists_spilling_at_300() -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Arc<SegmentStore>,
+        Arc<SegmentLog>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            snapshot_min_events: 1,
+            spill_streams: 300,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *log.sync_hooks.list_spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
+        (dir, rt, store, log, reached, release)
+    }
+
+    /// Every stream's positions after the first `groups` of
+    /// [`group_of_60`], sorted by stream (an event's position is its id).
+    fn lists_of_groups(groups: u128) -> Vec<(StreamId, Vec<u32>)> {
+        let mut lists = std::collections::BTreeMap::<StreamId, Vec<u32>>::new();
+        for k in 0..groups {
+            for r in group_of_60(k) {
+                let positions = r.events.iter().map(|e| e.event_id.as_u128() as u32);
+                lists.entry(r.stream).or_default().extend(positions);
+            }
+        }
+        lists.into_iter().collect()
+    }
+
+    /// Appends [`group_of_60`] `k` on a thread of its own; says whether it
+    /// was stored.
+    fn group_on_a_thread(log: &Arc<SegmentLog>, k: u128) -> std::sync::mpsc::Receiver<bool> {
+        let (told, answered) = std::sync::mpsc::channel();
+        let log = log.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let _ = told.send(rt.block_on(log.append_atomic(group_of_60(k))).is_ok());
+        });
+        answered
+    }
+
+    /// Waits (up to 10 s) for the stream lists' file to list every
+    /// position up to `head`.
+    fn lists_filed_up_to(log: &SegmentLog, head: u64) {
+        let filed = || log.state.read().unwrap().index.streams.filed_head();
+        let started = Instant::now();
+        while filed() != head && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(filed(), head);
+    }
+
+    /// The writer spills its stream lists on a thread of its own. While
+    /// that spill is held before it takes any list, appends are answered
+    /// and every list reads whole; once as many more positions are held
+    /// as would make a spill due again, the writer waits for it. Once it
+    /// has ended, the file lists exactly the versions up to the head it
+    /// began at and memory those after, and reads, `verify` and the
+    /// close's snapshot answer as before.
+    #[test]
+    fn the_writer_spills_its_stream_lists_while_appends_go_on() {
+        let (dir, rt, store, log, reached, release) = lists_spilling_at_300();
+        // Five groups of 60: the spill begins at 300 and is held.
+        for k in 0..5 {
+            rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
+        }
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        for k in 5..9 {
+            rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
+        }
+        {
+            let streams = &log.state.read().unwrap().index.streams;
+            assert_eq!((streams.filed_head(), streams.tails()), (0, 540));
+            assert_eq!(streams.to_vec(), lists_of_groups(9));
+        }
+        // Stream 1 holds the 50 of groups 0, 3 and 6.
+        assert_eq!(
+            versions_read(&rt, &log, 1, 0, 1_000),
+            (1..=150).collect::<Vec<_>>()
+        );
+        // 600 held, 300 of them after the spill's head: the writer answers
+        // group 9, then waits for the spill, so group 10 is not answered.
+        assert!(group_on_a_thread(&log, 9)
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap());
+        let tenth = group_on_a_thread(&log, 10);
+        assert!(tenth.recv_timeout(Duration::from_millis(300)).is_err());
+        release.send(()).unwrap();
+        assert!(tenth.recv_timeout(Duration::from_secs(10)).unwrap());
+        // The spill at 300 installed, the writer began the next at 600
+        // (300 in memory), and group 10 added 60 after it.
+        lists_filed_up_to(&log, 600);
+        let whole = lists_of_groups(11);
+        {
+            let streams = &log.state.read().unwrap().index.streams;
+            assert_eq!(streams.tails(), 60);
+            assert_eq!(streams.to_vec(), whole);
+            let mut filed = Vec::new();
+            streams
+                .for_each(true, |s, p| {
+                    filed.push((*s, p.to_vec()));
+                    Ok(())
+                })
+                .unwrap();
+            filed.sort_by_key(|(s, _)| *s);
+            let upto_600: Vec<(StreamId, Vec<u32>)> = lists_of_groups(10);
+            assert_eq!(filed, upto_600);
+        }
+        assert_eq!(
+            versions_read(&rt, &log, 1, 100, 1_000),
+            (100..=200).collect::<Vec<_>>()
+        );
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+        drop((log, store));
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        assert!(log.opened_from_snapshot().is_some());
+        assert_eq!(log.state.read().unwrap().index.streams.to_vec(), whole);
+        drop((log, store));
+    }
+
+    /// A spill of the stream lists that fails on its thread leaves the
+    /// lists as they were, and the next waits for twice as many positions.
+    #[test]
+    fn a_spill_of_the_stream_lists_that_fails_leaves_them_as_they_were() {
+        let (_dir, rt, _store, log, reached, release) = lists_spilling_at_300();
+        let hooks = &log.sync_hooks;
+        hooks.list_spill_fail.store(true, Ordering::Relaxed);
+        hooks.list_spill_joined.store(true, Ordering::Relaxed);
+        release.send(()).unwrap();
+        let held = |log: &SegmentLog| {
+            let streams = &log.state.read().unwrap().index.streams;
+            (streams.filed_head(), streams.tails())
+        };
+        for k in 0..5 {
+            rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
+        }
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        // Joined at once: the failure is known before the next group is
+        // written, and nothing was spilled at 300.
+        for k in 5..10 {
+            assert_eq!(held(&log), (0, 60 * k as usize));
+            rt.block_on(log.append_atomic(group_of_60(k))).unwrap();
+        }
+        // Spilled at twice the 300 held (after the answer to group 9).
+        lists_filed_up_to(&log, 600);
+        assert_eq!(held(&log), (600, 0));
+        let state = log.state.read().unwrap();
+        assert_eq!(state.index.streams.to_vec(), lists_of_groups(10));
+        drop(state);
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
     }
 
     /// An open that indexes every frame spills the stream lists as it
