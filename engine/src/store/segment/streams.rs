@@ -213,6 +213,12 @@ pub(super) struct ListSpill {
 /// ([`ListSpill::take`]): about 0.1 ms of copying for a school's pupils.
 pub(super) const SPILL_SLICE: usize = 1_024;
 
+/// Positions after which a spill's slice ends early, however few streams
+/// it has taken ([`ListSpill::take`]): a tail of millions (one stream's
+/// import) is copied under the lock a stream at a time, not with a
+/// thousand others.
+const SPILL_SLICE_POSITIONS: usize = 1 << 16;
+
 fn same_file(a: &Option<Arc<Filed>>, b: &Option<Arc<Filed>>) -> bool {
     match (a, b) {
         (None, None) => true,
@@ -223,8 +229,9 @@ fn same_file(a: &Option<Arc<Filed>>, b: &Option<Arc<Filed>>) -> bool {
 
 impl ListSpill {
     /// Copies the versions up to the head of the next `n` streams' tails
-    /// from `streams` (the index's, under its lock); `true` while streams
-    /// are left to take.
+    /// from `streams` (the index's, under its lock), fewer once
+    /// [`SPILL_SLICE_POSITIONS`] are copied; `true` while streams are left
+    /// to take.
     pub(super) fn take(&mut self, streams: &Streams, n: usize) -> Result<bool, StoreError> {
         let changed =
             |what: &str| StoreError::Internal(format!("a spill of the stream lists: {what}"));
@@ -232,18 +239,19 @@ impl ListSpill {
             return Err(changed("their file changed under it"));
         }
         let end = self.next.saturating_add(n).min(self.streams.len());
-        for stream in &self.streams[self.next..end] {
+        let head = self.head;
+        while self.next < end && self.copied.len() < SPILL_SLICE_POSITIONS {
+            let stream = self.streams[self.next];
             let list = streams
                 .lists
-                .get(stream)
+                .get(&stream)
                 .ok_or_else(|| changed("a stream left the index"))?;
-            let head = self.head;
             let k = list.tail.partition_point(|&p| u64::from(p) <= head);
             self.copied.extend_from_slice(&list.tail[..k]);
             let k = u32::try_from(k).map_err(|_| changed("a tail past u32"))?;
-            self.taken.push((*stream, list.file, k));
+            self.taken.push((stream, list.file, k));
+            self.next += 1;
         }
-        self.next = end;
         Ok(self.next < self.streams.len())
     }
 
@@ -284,7 +292,12 @@ impl ListSpill {
                     .ok_or_else(|| StoreError::Internal("a filed list without a file".into()))?;
                 from.read(old, 0, u64::from(old.count), positions)?;
             }
-            let (tail, rest) = of_tails.split_at(k as usize);
+            let (Some(tail), Some(rest)) = (of_tails.get(..k as usize), of_tails.get(k as usize..))
+            else {
+                return Err(StoreError::Internal(
+                    "a spill of the stream lists lost a tail it copied".into(),
+                ));
+            };
             of_tails = rest;
             positions.extend_from_slice(tail);
             let crc_at = u32::try_from(crcs.len())
@@ -524,14 +537,18 @@ impl Streams {
     /// replaces (the tails' versions up to the head, and the file read
     /// before) to be freed after the index's lock is let go; `None`
     /// (nothing changed) unless the lists are still as the spill found
-    /// them up to its head: the same file, every stream it wrote, and
-    /// each tail's first versions the ones it copied.
+    /// them up to its head: the same file, every stream it wrote, each
+    /// with as many versions in the old file as it read there, and each
+    /// tail holding as many up to the head as it copied (only the writer
+    /// adds to a tail, and only after its end, so those are the ones it
+    /// copied) and none after them.
     pub(super) fn install(&mut self, spilled: Spilled) -> Option<Replaced> {
         if !same_file(&self.filed, &spilled.replaces) {
             return None;
         }
         let head = spilled.head;
         let after_head = |p: &u32| u64::from(*p) > head;
+        let mut taken = 0usize;
         for (stream, at, k) in &spilled.lists {
             let list = self.lists.get(stream)?;
             let k = *k as usize;
@@ -542,16 +559,19 @@ impl Streams {
             {
                 return None;
             }
+            taken = taken.checked_add(k)?;
         }
+        let tails_left = self.tails.checked_sub(taken)?;
         let mut tails = Vec::with_capacity(spilled.lists.len());
-        let mut taken = 0usize;
         for (stream, at, k) in spilled.lists {
             let Some(list) = self.lists.get_mut(&stream) else {
                 continue;
             };
             list.file = at;
             let k = k as usize;
-            taken += k;
+            if k == 0 {
+                continue;
+            }
             let rest = match list.tail.len() > k {
                 true => list.tail.split_off(k),
                 false => Vec::new(),
@@ -564,7 +584,7 @@ impl Streams {
             crcs: spilled.crcs,
             head,
         }));
-        self.tails -= taken;
+        self.tails = tails_left;
         Some(Replaced {
             _tails: tails,
             _file: file,
@@ -866,6 +886,31 @@ mod tests {
             Err(StoreError::Internal(_))
         ));
         assert!(streams.install(third.finish().unwrap()).is_none());
+        assert_eq!((streams.filed_head(), streams.tails()), (head, 0));
+        for (i, expected) in all.iter().enumerate() {
+            let s = StreamId(Uuid::from_u128(i as u128));
+            assert_eq!(&streams.all(&s).unwrap().unwrap(), expected);
+        }
+    }
+
+    /// A slice ends once it has copied [`SPILL_SLICE_POSITIONS`], however
+    /// few streams it took: of two streams of 70,000 positions in memory,
+    /// one slice takes one; the spill still writes every list whole.
+    #[test]
+    fn a_slice_ends_once_it_has_copied_enough_positions() {
+        let (mut streams, all, _file) = filed(&[(10, 70_000), (0, 70_000), (3, 5)]);
+        let dir = tempfile::tempdir().unwrap();
+        let head = all.iter().map(Vec::len).sum::<usize>() as u64;
+        let mut spill = streams.begin_spill(head);
+        assert!(spill.take(&streams, SPILL_SLICE).unwrap());
+        let big = spill.taken.iter().filter(|(_, _, k)| *k == 70_000).count();
+        assert_eq!(big, 1, "one long tail a slice");
+        spill.write_taken(dir.path()).unwrap();
+        while spill.take(&streams, SPILL_SLICE).unwrap() {
+            spill.write_taken(dir.path()).unwrap();
+        }
+        spill.write_taken(dir.path()).unwrap();
+        assert!(streams.install(spill.finish().unwrap()).is_some());
         assert_eq!((streams.filed_head(), streams.tails()), (head, 0));
         for (i, expected) in all.iter().enumerate() {
             let s = StreamId(Uuid::from_u128(i as u128));
