@@ -2594,6 +2594,24 @@ const SPILL_WAIT_PARTS: usize = 4;
 /// still frozen, or the lists as they were).
 type SpillEnd = Result<(), String>;
 
+/// What a spill on a thread of its own writes ([`Writer::spawn_spill`]).
+#[derive(Clone, Copy, Debug)]
+enum SpillOf {
+    /// The id table's run ([`Writer::spill_ids`]).
+    Ids,
+    /// The stream lists' file ([`Writer::spill_streams`]).
+    Lists,
+}
+
+impl SpillOf {
+    fn thread_name(self) -> &'static str {
+        match self {
+            SpillOf::Ids => "casebook-id-spill",
+            SpillOf::Lists => "casebook-list-spill",
+        }
+    }
+}
+
 /// A spill of the stream lists in flight ([`Writer::spill_streams`]): its
 /// thread, and the positions it takes from memory.
 struct ListsSpilling {
@@ -2836,25 +2854,18 @@ impl Writer {
             }
             Err(_) => return,
         };
-        let (state, dir) = (self.state.clone(), self.dir.clone());
-        #[cfg(test)]
-        let hooks = self.sync_hooks.clone();
-        let spilled = std::thread::Builder::new()
-            .name("casebook-list-spill".into())
-            .spawn(move || -> SpillEnd {
-                #[cfg(test)]
-                hooks.at_list_spill()?;
-                let spilled = write_list_spill(&state, spill, &dir).map_err(|e| e.to_string())?;
-                let mut state = write_between_readers(&state)?;
-                let replaced = state.index.streams.install(spilled).ok_or_else(|| {
-                    "the stream lists changed while they were spilled".to_string()
-                })?;
-                drop(state);
-                // The tails and the file they replace freed here, outside
-                // the lock.
-                drop(replaced);
-                Ok(())
-            });
+        // The tails and the file the spill replaces are freed outside the
+        // lock.
+        let spilled =
+            self.spawn_spill(
+                SpillOf::Lists,
+                move |state, dir| write_list_spill(state, spill, dir).map_err(|e| e.to_string()),
+                |state, spilled| {
+                    state.index.streams.install(spilled).ok_or_else(|| {
+                        "the stream lists changed while they were spilled".to_string()
+                    })
+                },
+            );
         match spilled {
             Ok(handle) => {
                 self.lists_spilling = Some(ListsSpilling {
@@ -2883,6 +2894,34 @@ impl Writer {
                 self.spills.streams = spilling.positions.saturating_mul(2);
             }
         }
+    }
+
+    /// Starts a spill on a thread of its own: `write` (with the index's
+    /// state, to take its read lock as it needs, and the log's directory),
+    /// then `install` of what it wrote under the write lock, taken between
+    /// readers ([`write_between_readers`]); what `install` gives back
+    /// (what the spill replaced) is freed after the lock is let go.
+    fn spawn_spill<W: Send + 'static, R>(
+        &self,
+        of: SpillOf,
+        write: impl FnOnce(&RwLock<State>, &Path) -> Result<W, String> + Send + 'static,
+        install: impl FnOnce(&mut State, W) -> Result<R, String> + Send + 'static,
+    ) -> std::io::Result<JoinHandle<SpillEnd>> {
+        let (state, dir) = (self.state.clone(), self.dir.clone());
+        #[cfg(test)]
+        let hooks = self.sync_hooks.clone();
+        std::thread::Builder::new()
+            .name(of.thread_name().into())
+            .spawn(move || -> SpillEnd {
+                #[cfg(test)]
+                hooks.at_spill(of)?;
+                let written = write(&state, &dir)?;
+                let mut guard = write_between_readers(&state)?;
+                let replaced = install(&mut guard, written)?;
+                drop(guard);
+                drop(replaced);
+                Ok(())
+            })
     }
 
     /// Once the index's id table holds [`SPILL_IDS`] ids, writes them,
@@ -2927,27 +2966,16 @@ impl Writer {
         let Some(spill) = spill else {
             return;
         };
-        let (state, dir) = (self.state.clone(), self.dir.clone());
-        #[cfg(test)]
-        let hooks = self.sync_hooks.clone();
-        let spilled = std::thread::Builder::new()
-            .name("casebook-id-spill".into())
-            .spawn(move || -> SpillEnd {
-                #[cfg(test)]
-                hooks.at_spill()?;
-                let run = spill.write(&dir)?;
-                let mut state = write_between_readers(&state)?;
-                let replaced = state
-                    .index
-                    .ids
-                    .install(&spill, run)
-                    .map_err(|_| "the ids changed while they were spilled".to_string())?;
-                drop(state);
-                // The frozen table (and the runs a merge replaced) freed
-                // here, outside the lock.
-                drop((spill, replaced));
-                Ok(())
-            });
+        // The frozen table (and the runs a merge replaced) are freed
+        // outside the lock.
+        let spilled = self.spawn_spill(
+            SpillOf::Ids,
+            move |_, dir| spill.write(dir).map(|run| (spill, run)),
+            |state, (spill, run)| match state.index.ids.install(&spill, run) {
+                Ok(replaced) => Ok((spill, replaced)),
+                Err(_) => Err("the ids changed while they were spilled".to_string()),
+            },
+        );
         match spilled {
             Ok(handle) => self.spilling = Some(handle),
             Err(_) => self.spill_failed(),
@@ -3564,20 +3592,13 @@ impl SyncHooks {
         }
     }
 
-    /// At a spill of the ids, before its run is written: `Err` when it is
-    /// to fail.
-    fn at_spill(&self) -> Result<(), String> {
-        Self::at_gate(&self.spill_gate, &self.spill_fail)
-    }
-
-    /// At a spill of the stream lists, before any list is taken: `Err`
-    /// when it is to fail.
-    fn at_list_spill(&self) -> Result<(), String> {
-        Self::at_gate(&self.list_spill_gate, &self.list_spill_fail)
-    }
-
-    /// [`SyncHooks::pass`], then `Err` once `fail` is set.
-    fn at_gate(gate: &Gate, fail: &AtomicBool) -> Result<(), String> {
+    /// At a spill, before it writes anything (the ids' run, or takes any
+    /// of the stream lists): `Err` when it is to fail.
+    fn at_spill(&self, of: SpillOf) -> Result<(), String> {
+        let (gate, fail) = match of {
+            SpillOf::Ids => (&self.spill_gate, &self.spill_fail),
+            SpillOf::Lists => (&self.list_spill_gate, &self.list_spill_fail),
+        };
         Self::pass(gate);
         match fail.swap(false, Ordering::Relaxed) {
             true => Err("a spill failed (test)".into()),
@@ -5083,8 +5104,20 @@ mod index_tests {
         Arc<SegmentStore>,
         Arc<SegmentLog>,
     ) {
+        fresh_log_with(SegmentOptions::default())
+    }
+
+    /// [`fresh_log`] with `options`.
+    fn fresh_log_with(
+        options: SegmentOptions,
+    ) -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Arc<SegmentStore>,
+        Arc<SegmentLog>,
+    ) {
         let (dir, rt) = dir_and_runtime();
-        let store = SegmentStore::open(dir.path(), true).unwrap();
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
         let log = store.log("school-a").unwrap();
         (dir, rt, store, log)
     }
@@ -5554,26 +5587,27 @@ mod index_tests {
         Arc<SegmentStore>,
         Arc<SegmentLog>,
     ) {
-        let (dir, rt) = dir_and_runtime();
-        let options = SegmentOptions {
+        fresh_log_with(SegmentOptions {
             spill_ids: 500,
             snapshot_min_events,
             ..SegmentOptions::default()
-        };
-        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
-        let log = store.log("school-a").unwrap();
-        (dir, rt, store, log)
+        })
     }
 
-    /// Holds the next spill of the ids at its gate: says when it is there,
-    /// and lets it go on at a word.
+    /// Holds the next thread that passes `gate` there: says when it is
+    /// there, and lets it go on at a word.
+    fn hold_at(gate: &Gate) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
+        let (reached_tx, reached) = std::sync::mpsc::channel();
+        let (release, release_rx) = std::sync::mpsc::channel();
+        *gate.lock().unwrap() = Some((reached_tx, release_rx));
+        (reached, release)
+    }
+
+    /// Holds the next spill of the ids at its gate ([`hold_at`]).
     fn hold_next_spill(
         log: &SegmentLog,
     ) -> (std::sync::mpsc::Receiver<()>, std::sync::mpsc::Sender<()>) {
-        let (reached_tx, reached) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        *log.sync_hooks.spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
-        (reached, release)
+        hold_at(&log.sync_hooks.spill_gate)
     }
 
     /// Appends ids 1..=500 to a log of [`spilling_at_500`], whose spill
@@ -5597,13 +5631,22 @@ mod index_tests {
         log: &Arc<SegmentLog>,
         ids: std::ops::Range<u128>,
     ) -> std::sync::mpsc::Receiver<bool> {
+        requests_on_a_thread(log, vec![request(ids)])
+    }
+
+    /// Appends `requests` atomically on a thread of its own; says whether
+    /// they were stored.
+    fn requests_on_a_thread(
+        log: &Arc<SegmentLog>,
+        requests: Vec<AppendRequest>,
+    ) -> std::sync::mpsc::Receiver<bool> {
         let (told, answered) = std::sync::mpsc::channel();
         let log = log.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            let _ = told.send(rt.block_on(log.append_atomic(vec![request(ids)])).is_ok());
+            let _ = told.send(rt.block_on(log.append_atomic(requests)).is_ok());
         });
         answered
     }
@@ -6455,14 +6498,7 @@ mod index_tests {
     /// file) opens the same lists again.
     #[test]
     fn stream_lists_spilled_by_the_writer_answer_as_a_full_scan() {
-        let (dir, rt) = dir_and_runtime();
-        let options = SegmentOptions {
-            snapshot_min_events: 1,
-            spill_streams: 300,
-            ..SegmentOptions::default()
-        };
-        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
-        let log = store.log("school-a").unwrap();
+        let (dir, rt, store, log) = log_spilling_lists_at_300();
         log.sync_hooks
             .list_spill_joined
             .store(true, Ordering::Relaxed);
@@ -6503,8 +6539,23 @@ mod index_tests {
     }
 
     /// A log whose writer spills its stream lists once 300 positions are
-    /// in memory; the next spill of them says so on the first channel and
-    /// waits for a word on the second before it takes any list.
+    /// in memory, and writes a snapshot at every close.
+    fn log_spilling_lists_at_300() -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Arc<SegmentStore>,
+        Arc<SegmentLog>,
+    ) {
+        fresh_log_with(SegmentOptions {
+            snapshot_min_events: 1,
+            spill_streams: 300,
+            ..SegmentOptions::default()
+        })
+    }
+
+    /// [`log_spilling_lists_at_300`], whose next spill of the lists says
+    /// so on the first channel and waits for a word on the second before
+    /// it takes any list.
     fn lists_spilling_at_300() -> (
         tempfile::TempDir,
         tokio::runtime::Runtime,
@@ -6513,17 +6564,8 @@ mod index_tests {
         std::sync::mpsc::Receiver<()>,
         std::sync::mpsc::Sender<()>,
     ) {
-        let (dir, rt) = dir_and_runtime();
-        let options = SegmentOptions {
-            snapshot_min_events: 1,
-            spill_streams: 300,
-            ..SegmentOptions::default()
-        };
-        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
-        let log = store.log("school-a").unwrap();
-        let (reached_tx, reached) = std::sync::mpsc::channel();
-        let (release, release_rx) = std::sync::mpsc::channel();
-        *log.sync_hooks.list_spill_gate.lock().unwrap() = Some((reached_tx, release_rx));
+        let (dir, rt, store, log) = log_spilling_lists_at_300();
+        let (reached, release) = hold_at(&log.sync_hooks.list_spill_gate);
         (dir, rt, store, log, reached, release)
     }
 
@@ -6543,15 +6585,7 @@ mod index_tests {
     /// Appends [`group_of_60`] `k` on a thread of its own; says whether it
     /// was stored.
     fn group_on_a_thread(log: &Arc<SegmentLog>, k: u128) -> std::sync::mpsc::Receiver<bool> {
-        let (told, answered) = std::sync::mpsc::channel();
-        let log = log.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            let _ = told.send(rt.block_on(log.append_atomic(group_of_60(k))).is_ok());
-        });
-        answered
+        requests_on_a_thread(log, group_of_60(k))
     }
 
     /// Waits (up to 10 s) for the stream lists' file to list every

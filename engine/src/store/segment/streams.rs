@@ -863,6 +863,14 @@ mod tests {
         }
     }
 
+    /// Every stream `i` of `all` reads its positions whole.
+    fn each_reads_whole(streams: &Streams, all: &[Vec<u32>]) {
+        for (i, expected) in all.iter().enumerate() {
+            let s = StreamId(Uuid::from_u128(i as u128));
+            assert_eq!(&streams.all(&s).unwrap().unwrap(), expected);
+        }
+    }
+
     /// Two spills begun from the same lists: once one is installed, the
     /// other is refused, both as it is taken (its lists' file is gone)
     /// and as it is installed, and the lists stay as the first left them.
@@ -887,10 +895,7 @@ mod tests {
         ));
         assert!(streams.install(third.finish().unwrap()).is_none());
         assert_eq!((streams.filed_head(), streams.tails()), (head, 0));
-        for (i, expected) in all.iter().enumerate() {
-            let s = StreamId(Uuid::from_u128(i as u128));
-            assert_eq!(&streams.all(&s).unwrap().unwrap(), expected);
-        }
+        each_reads_whole(&streams, &all);
     }
 
     /// A slice ends once it has copied [`SPILL_SLICE_POSITIONS`], however
@@ -912,10 +917,7 @@ mod tests {
         spill.write_taken(dir.path()).unwrap();
         assert!(streams.install(spill.finish().unwrap()).is_some());
         assert_eq!((streams.filed_head(), streams.tails()), (head, 0));
-        for (i, expected) in all.iter().enumerate() {
-            let s = StreamId(Uuid::from_u128(i as u128));
-            assert_eq!(&streams.all(&s).unwrap().unwrap(), expected);
-        }
+        each_reads_whole(&streams, &all);
     }
 
     /// A byte of a block changed after the CRC-32s were taken: reads of
