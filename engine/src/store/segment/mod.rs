@@ -1503,7 +1503,7 @@ fn scan_segment(
                     spills.ids = spills.ids.saturating_mul(2);
                 }
             }
-            if index.streams.spill_due(spills.streams, 0) {
+            if index.streams.spill_due(spills.streams) {
                 let streams = &index.streams;
                 let spilled = seg
                     .path
@@ -2827,8 +2827,8 @@ impl Writer {
     /// keeping in memory only the positions added since. One spill at a
     /// time: once a quarter as many more positions are held as the spill
     /// in flight takes ([`SPILL_WAIT_PARTS`], as for the ids), the writer
-    /// waits for it, so that memory holds at most a quarter more positions
-    /// than a spill takes (about 2 MB more at the default, at least
+    /// waits for it, so that memory holds at most a quarter (and a group)
+    /// more positions than a spill takes (about 2 MB more at the default, at least
     /// 2,097,152 positions; a spill takes 0.1–0.3 s at 10M events, while
     /// an import adds at most about 300,000). A spill that fails leaves
     /// the lists as they were and the next waits for twice as many.
@@ -2847,7 +2847,7 @@ impl Writer {
         let (spill, held) = match self.state.read() {
             Ok(state) => {
                 let streams = &state.index.streams;
-                if !streams.spill_due(self.spills.streams, 0) {
+                if !streams.spill_due(self.spills.streams) {
                     return;
                 }
                 (streams.begin_spill(state.index.head()), streams.tails())
@@ -2856,16 +2856,17 @@ impl Writer {
         };
         // The tails and the file the spill replaces are freed outside the
         // lock.
-        let spilled =
-            self.spawn_spill(
-                SpillOf::Lists,
-                move |state, dir| write_list_spill(state, spill, dir).map_err(|e| e.to_string()),
-                |state, spilled| {
-                    state.index.streams.install(spilled).ok_or_else(|| {
-                        "the stream lists changed while they were spilled".to_string()
-                    })
-                },
-            );
+        let spilled = self.spawn_spill(
+            SpillOf::Lists,
+            move |state, dir| write_list_spill(state, spill, dir).map_err(|e| e.to_string()),
+            |state, spilled| match state.index.streams.install(spilled) {
+                Some(replaced) => (Ok(()), Some(replaced)),
+                None => (
+                    Err("the stream lists changed while they were spilled".to_string()),
+                    None,
+                ),
+            },
+        );
         match spilled {
             Ok(handle) => {
                 self.lists_spilling = Some(ListsSpilling {
@@ -2899,13 +2900,14 @@ impl Writer {
     /// Starts a spill on a thread of its own: `write` (with the index's
     /// state, to take its read lock as it needs, and the log's directory),
     /// then `install` of what it wrote under the write lock, taken between
-    /// readers ([`write_between_readers`]); what `install` gives back
-    /// (what the spill replaced) is freed after the lock is let go.
+    /// readers ([`write_between_readers`]). What `install` gives back to
+    /// free (what the spill replaced, or what it wrote when refused) is
+    /// freed after the lock is let go.
     fn spawn_spill<W: Send + 'static, R>(
         &self,
         of: SpillOf,
         write: impl FnOnce(&RwLock<State>, &Path) -> Result<W, String> + Send + 'static,
-        install: impl FnOnce(&mut State, W) -> Result<R, String> + Send + 'static,
+        install: impl FnOnce(&mut State, W) -> (SpillEnd, R) + Send + 'static,
     ) -> std::io::Result<JoinHandle<SpillEnd>> {
         let (state, dir) = (self.state.clone(), self.dir.clone());
         #[cfg(test)]
@@ -2917,10 +2919,10 @@ impl Writer {
                 hooks.at_spill(of)?;
                 let written = write(&state, &dir)?;
                 let mut guard = write_between_readers(&state)?;
-                let replaced = install(&mut guard, written)?;
+                let (ended, to_free) = install(&mut guard, written);
                 drop(guard);
-                drop(replaced);
-                Ok(())
+                drop(to_free);
+                ended
             })
     }
 
@@ -2972,8 +2974,11 @@ impl Writer {
             SpillOf::Ids,
             move |_, dir| spill.write(dir).map(|run| (spill, run)),
             |state, (spill, run)| match state.index.ids.install(&spill, run) {
-                Ok(replaced) => Ok((spill, replaced)),
-                Err(_) => Err("the ids changed while they were spilled".to_string()),
+                Ok(replaced) => (Ok(()), (spill, Ok(replaced))),
+                Err(run) => (
+                    Err("the ids changed while they were spilled".to_string()),
+                    (spill, Err(run)),
+                ),
             },
         );
         match spilled {

@@ -488,11 +488,10 @@ impl Streams {
     /// Whether the lists are due to be spilled ([`Streams::spill`]): once
     /// `at_least` positions are held in memory, or a quarter of those in
     /// the file if more, so that what the spills write stays within about
-    /// five times the log's positions however long the session. `spilling`:
-    /// positions a spill in flight takes from memory, not counted.
-    pub(super) fn spill_due(&self, at_least: usize, spilling: usize) -> bool {
+    /// five times the log's positions however long the session.
+    pub(super) fn spill_due(&self, at_least: usize) -> bool {
         let quarter = usize::try_from(self.filed_head() / 4).unwrap_or(usize::MAX);
-        self.tails.saturating_sub(spilling) >= at_least.max(quarter)
+        self.tails >= at_least.max(quarter)
     }
 
     /// Begins a spill of every list's versions up to `head` (every
