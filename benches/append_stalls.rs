@@ -23,14 +23,13 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use casebook_engine::envelope::{Hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
+use casebook_engine::envelope::{NewEvent, StreamId};
 use casebook_engine::event::{CaseEvent, IncidentRecorded, IncidentRole};
 use casebook_engine::store::segment::raw::RawSegmentLog;
 use casebook_engine::store::segment::{SegmentOptions, SegmentStore};
-use casebook_engine::store::sled_raw::RawEnvelope;
+use casebook_engine::store::sled_raw::RawChain;
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
 use chrono::Utc;
 use uuid::Uuid;
@@ -128,28 +127,13 @@ impl Latencies {
 /// The groups written raw: each sealed (untimed), then written and synced.
 fn raw_groups(dir: &std::path::Path, groups: u64, streams: u64) -> Latencies {
     let mut raw = RawSegmentLog::open(dir).expect("raw log opens");
-    let mut versions: HashMap<StreamId, u64> = HashMap::new();
-    let (mut position, mut prev): (u64, Hash) = (0, GENESIS_HASH);
+    let mut chain = RawChain::default();
     let mut ms = Vec::with_capacity(groups as usize);
     for g in 0..groups {
         let mut batch = Vec::with_capacity(GROUP as usize);
         for request in group(g, streams) {
             for new in &request.events {
-                position += 1;
-                let version = versions.entry(request.stream).or_default();
-                *version += 1;
-                let (event, bytes) =
-                    StoredEvent::seal(new, request.stream, position, *version, Utc::now(), prev)
-                        .expect("seals");
-                prev = event.hash;
-                batch.push(RawEnvelope {
-                    position,
-                    stream: request.stream,
-                    version: *version,
-                    event_id: new.event_id,
-                    hash: event.hash,
-                    bytes,
-                });
+                batch.push(chain.seal(request.stream, new, Utc::now()).expect("seals"));
             }
         }
         let started = Instant::now();

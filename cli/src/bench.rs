@@ -56,12 +56,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use casebook_engine::envelope::{encode_payload, NewEvent, StoredEvent, StreamId, GENESIS_HASH};
+use casebook_engine::envelope::{encode_payload, NewEvent, StreamId};
 use casebook_engine::event::{AttendanceMarked, CaseEvent, Session, CURRENT_SCHEMA};
 use casebook_engine::import::{ImportError, ImportLine, Pipeline, Planner};
 use casebook_engine::store::segment::{thread_cpu_ns, WriterTimes};
 use casebook_engine::store::sled::{SledLog, SledStore, MAX_GROUP_EVENTS};
-use casebook_engine::store::sled_raw::{scan_decode, RawEnvelope, RawSledLog};
+use casebook_engine::store::sled_raw::{scan_decode, RawChain, RawEnvelope, RawSledLog};
 use casebook_engine::store::{AppendRequest, EventStore, ExpectedVersion};
 use chrono::Utc;
 use clap::ValueEnum;
@@ -720,15 +720,13 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let (raw_ev_s, payload_bytes, case_payload_bytes, raw_cpu_us) = {
         let raw = backend.open_raw(&raw_dir, &school).await?;
         let mut source = Source::new(&opts);
-        let mut versions: std::collections::HashMap<StreamId, u64> = Default::default();
-        let mut position = 0u64;
-        let mut prev = GENESIS_HASH;
+        let mut chain = RawChain::default();
         let mut timed = Duration::ZERO;
         let mut cpu_ns = 0u64;
         let mut bytes = 0u64;
         let mut case_bytes = 0u64;
-        while position < n {
-            let want = batch_events.min((n - position) as usize);
+        while chain.position() < n {
+            let want = batch_events.min((n - chain.position()) as usize);
             let chunk = source.take(want);
             if chunk.is_empty() {
                 break;
@@ -737,24 +735,13 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
             let mut batch = Vec::with_capacity(chunk.len());
             for (pupil, e) in &chunk {
                 let stream = StreamId::for_pupil(&school, pupil);
-                let version = versions.entry(stream).or_insert(0);
-                *version += 1;
-                position += 1;
                 let new = new_event(e)?;
                 case_bytes += new.payload.len() as u64;
-                let (sealed, value) =
-                    StoredEvent::seal(&new, stream, position, *version, recorded_at, prev)
-                        .map_err(|e| Failure::Store(e.to_string()))?;
-                prev = sealed.hash;
-                bytes += value.len() as u64;
-                batch.push(RawEnvelope {
-                    position,
-                    stream,
-                    version: *version,
-                    event_id: new.event_id,
-                    hash: sealed.hash,
-                    bytes: value,
-                });
+                let sealed = chain
+                    .seal(stream, &new, recorded_at)
+                    .map_err(|e| Failure::Store(e.to_string()))?;
+                bytes += sealed.bytes.len() as u64;
+                batch.push(sealed);
             }
             let (started, cpu) = (Instant::now(), thread_cpu_ns());
             raw.write_batch(&batch, recorded_at.timestamp_micros())
@@ -762,9 +749,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
             timed += started.elapsed();
             cpu_ns += thread_cpu_ns().saturating_sub(cpu);
         }
-        if position < n {
+        if chain.position() < n {
             return Err(Failure::Store(format!(
-                "bench: the demo school gave only {position} of {n} events"
+                "bench: the demo school gave only {} of {n} events",
+                chain.position()
             )));
         }
         (

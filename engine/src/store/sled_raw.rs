@@ -12,13 +12,15 @@
 //! log. It exists so that the bench can say how close the engine comes to
 //! its backend.
 
+use std::collections::HashMap;
 use std::path::Path;
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::sled::{cache_bytes, e_key, encode_head, i_key, open_data_file, s_key, HEAD_KEY};
-use crate::envelope::{Hash, RecordedEvent, StoredEvent, StreamId};
-use crate::error::StoreError;
+use crate::envelope::{Hash, NewEvent, RecordedEvent, StoredEvent, StreamId, GENESIS_HASH};
+use crate::error::{CodecError, StoreError};
 
 /// One sealed envelope, with the index fields the keys need.
 #[derive(Clone, Debug)]
@@ -30,6 +32,58 @@ pub struct RawEnvelope {
     pub hash: Hash,
     /// The exact stored value (`body || hash`).
     pub bytes: Vec<u8>,
+}
+
+/// Seals events one after another into [`RawEnvelope`]s as the engine
+/// would store them in a new log: positions from 1, each stream's versions
+/// from 1, each event chained to the one before it. For the raw ceilings,
+/// which write them without the engine (`casebook bench`, the
+/// `append_stalls` bench).
+#[derive(Debug)]
+pub struct RawChain {
+    position: u64,
+    prev: Hash,
+    versions: HashMap<StreamId, u64>,
+}
+
+impl Default for RawChain {
+    fn default() -> Self {
+        RawChain {
+            position: 0,
+            prev: GENESIS_HASH,
+            versions: HashMap::new(),
+        }
+    }
+}
+
+impl RawChain {
+    /// `new` sealed as the next event of the log, in `stream`.
+    pub fn seal(
+        &mut self,
+        stream: StreamId,
+        new: &NewEvent,
+        recorded_at: DateTime<Utc>,
+    ) -> Result<RawEnvelope, CodecError> {
+        let version = self.versions.get(&stream).map_or(1, |v| v + 1);
+        let position = self.position + 1;
+        let (sealed, bytes) =
+            StoredEvent::seal(new, stream, position, version, recorded_at, self.prev)?;
+        self.versions.insert(stream, version);
+        (self.position, self.prev) = (position, sealed.hash);
+        Ok(RawEnvelope {
+            position,
+            stream,
+            version,
+            event_id: new.event_id,
+            hash: sealed.hash,
+            bytes,
+        })
+    }
+
+    /// The last position sealed (0: none).
+    pub fn position(&self) -> u64 {
+        self.position
+    }
 }
 
 /// A sled database and one log tree, written without the engine.

@@ -2575,10 +2575,10 @@ struct Writer {
     expected: Arc<AtomicU64>,
     /// The spill of the id table on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::spill_ids`]).
-    spilling: Option<JoinHandle<SpillEnd>>,
+    spilling: Option<InFlight>,
     /// The spill of the stream lists on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::spill_streams`]).
-    lists_spilling: Option<ListsSpilling>,
+    lists_spilling: Option<InFlight>,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
     sync_hooks: Arc<SyncHooks>,
@@ -2612,11 +2612,15 @@ impl SpillOf {
     }
 }
 
-/// A spill of the stream lists in flight ([`Writer::spill_streams`]): its
-/// thread, and the positions it takes from memory.
-struct ListsSpilling {
+/// A spill on a thread of its own that the writer has not ended yet
+/// ([`Writer::start_spill`], [`Writer::end_spill`]).
+struct InFlight {
     handle: JoinHandle<SpillEnd>,
-    positions: usize,
+    /// What the index held of what it spills as it began
+    /// ([`Writer::held`]): what was added since is counted from there.
+    held: usize,
+    /// What it takes: the ids of a full table, or the stream positions.
+    taking: usize,
 }
 
 /// Writes `spill` (begun under the index's lock) to a file in `dir`, the
@@ -2624,19 +2628,12 @@ struct ListsSpilling {
 /// ([`streams::SPILL_SLICE`]) and written without it.
 fn write_list_spill(
     state: &RwLock<State>,
-    mut spill: streams::ListSpill,
+    spill: streams::ListSpill,
     dir: &Path,
 ) -> Result<streams::Spilled, StoreError> {
-    loop {
-        let more = {
-            let state = read_state(state)?;
-            spill.take(&state.index.streams, streams::SPILL_SLICE)?
-        };
-        spill.write_taken(dir)?;
-        if !more {
-            return spill.finish();
-        }
-    }
+    spill.write_slices(dir, |spill| {
+        spill.take(&read_state(state)?.index.streams, streams::SPILL_SLICE)
+    })
 }
 
 /// The index's write lock for a thread other than the writer (a spill of
@@ -2742,8 +2739,8 @@ impl Writer {
         // A spill of the ids still running is waited for: the snapshot
         // sorts every id; and one of the stream lists, which would install
         // its file after the log is closed.
-        self.end_spill();
-        self.end_lists_spill();
+        self.end_spill(SpillOf::Ids);
+        self.end_spill(SpillOf::Lists);
         if !failed && self.position > self.watermark_position {
             self.record_watermark(true);
         }
@@ -2833,16 +2830,8 @@ impl Writer {
     /// an import adds at most about 300,000). A spill that fails leaves
     /// the lists as they were and the next waits for twice as many.
     fn spill_streams(&mut self) {
-        if let Some(spilling) = &self.lists_spilling {
-            let taking = spilling.positions;
-            let added = match self.state.read() {
-                Ok(state) => state.index.streams.tails().saturating_sub(taking),
-                Err(_) => return,
-            };
-            if !spilling.handle.is_finished() && added < taking / SPILL_WAIT_PARTS {
-                return;
-            }
-            self.end_lists_spill();
+        if !self.spill_may_begin(SpillOf::Lists) {
+            return;
         }
         let (spill, held) = match self.state.read() {
             Ok(state) => {
@@ -2856,8 +2845,9 @@ impl Writer {
         };
         // The tails and the file the spill replaces are freed outside the
         // lock.
-        let spilled = self.spawn_spill(
+        self.start_spill(
             SpillOf::Lists,
+            (held, held),
             move |state, dir| write_list_spill(state, spill, dir).map_err(|e| e.to_string()),
             |state, spilled| match state.index.streams.install(spilled) {
                 Some(replaced) => (Ok(()), Some(replaced)),
@@ -2867,33 +2857,96 @@ impl Writer {
                 ),
             },
         );
-        match spilled {
-            Ok(handle) => {
-                self.lists_spilling = Some(ListsSpilling {
-                    handle,
-                    positions: held,
-                })
-            }
-            Err(_) => self.spills.streams = held.saturating_mul(2),
-        }
         #[cfg(test)]
         if self.sync_hooks.list_spill_joined.load(Ordering::Relaxed) {
-            self.end_lists_spill();
+            self.end_spill(SpillOf::Lists);
         }
     }
 
-    /// Waits for the spill of the stream lists in flight, if any; after
-    /// one that failed (the lists as they were), the next waits for twice
-    /// as many positions.
-    fn end_lists_spill(&mut self) {
-        let Some(spilling) = self.lists_spilling.take() else {
+    /// The spill of `of` in flight, if any.
+    fn in_flight(&mut self, of: SpillOf) -> &mut Option<InFlight> {
+        match of {
+            SpillOf::Ids => &mut self.spilling,
+            SpillOf::Lists => &mut self.lists_spilling,
+        }
+    }
+
+    /// What the index holds in memory of what a spill of `of` writes: the
+    /// ids in the table (none while they are still in the snapshot), or
+    /// the stream positions; none if the lock is poisoned.
+    fn held(&self, of: SpillOf) -> usize {
+        let Ok(state) = self.state.read() else {
+            return 0;
+        };
+        match of {
+            SpillOf::Ids if state.index.later.is_none() => state.index.ids.table_len(),
+            SpillOf::Ids => 0,
+            SpillOf::Lists => state.index.streams.tails(),
+        }
+    }
+
+    /// Whether a spill of `of` may begin: none is in flight, or the one in
+    /// flight has ended, or a quarter as much as it takes was added since
+    /// it began ([`SPILL_WAIT_PARTS`]), and the writer ended it here
+    /// (waiting for it if it still ran). `false` while it runs on.
+    fn spill_may_begin(&mut self, of: SpillOf) -> bool {
+        let (from, taking, finished) = match self.in_flight(of) {
+            None => return true,
+            Some(s) => (s.held, s.taking, s.handle.is_finished()),
+        };
+        if !finished && self.held(of).saturating_sub(from) < taking / SPILL_WAIT_PARTS {
+            return false;
+        }
+        self.end_spill(of);
+        true
+    }
+
+    /// [`Writer::spawn_spill`], kept in flight until [`Writer::end_spill`];
+    /// `(held, taking)`: what the index held of what it spills as it began
+    /// ([`Writer::held`]), and what it takes.
+    fn start_spill<W: Send + 'static, R>(
+        &mut self,
+        of: SpillOf,
+        (held, taking): (usize, usize),
+        write: impl FnOnce(&RwLock<State>, &Path) -> Result<W, String> + Send + 'static,
+        install: impl FnOnce(&mut State, W) -> (SpillEnd, R) + Send + 'static,
+    ) {
+        match self.spawn_spill(of, write, install) {
+            Ok(handle) => {
+                *self.in_flight(of) = Some(InFlight {
+                    handle,
+                    held,
+                    taking,
+                })
+            }
+            Err(_) => self.spill_failed(of, taking),
+        }
+    }
+
+    /// Waits for the spill of `of` in flight, if any, and takes up its
+    /// failure ([`Writer::spill_failed`]).
+    fn end_spill(&mut self, of: SpillOf) {
+        let Some(spill) = self.in_flight(of).take() else {
             return;
         };
-        match spilling.handle.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => {
-                self.spills.streams = spilling.positions.saturating_mul(2);
+        if !matches!(spill.handle.join(), Ok(Ok(()))) {
+            self.spill_failed(of, spill.taking);
+        }
+    }
+
+    /// A spill of `taking` that failed: the next waits for twice as many.
+    /// A spill of the ids also takes the frozen table back into the table
+    /// ([`Ids::thaw`], rebuilt under the write lock: a failure's cost, not
+    /// a spill's); the stream lists are as they were.
+    fn spill_failed(&mut self, of: SpillOf, taking: usize) {
+        match of {
+            SpillOf::Ids => {
+                if let Ok(mut state) = self.state.write() {
+                    state.index.ids.thaw();
+                }
+                self.spills.ids = taking.saturating_mul(2);
             }
+            SpillOf::Lists => self.spills.streams = taking.saturating_mul(2),
         }
     }
 
@@ -2949,16 +3002,9 @@ impl Writer {
     /// taken back into the table ([`Ids::thaw`]) and the next spill waits
     /// for twice as many ids.
     fn spill_ids(&mut self) {
-        if let Some(spilling) = &self.spilling {
-            let wait = self.spills.ids / SPILL_WAIT_PARTS;
-            if !spilling.is_finished() && self.spillable_ids() < wait {
-                return;
-            }
-            self.end_spill();
-        }
         // Checked under the read lock (only this thread adds ids), so that
         // the write lock is taken only for a spill.
-        if self.spillable_ids() < self.spills.ids {
+        if !self.spill_may_begin(SpillOf::Ids) || self.held(SpillOf::Ids) < self.spills.ids {
             return;
         }
         let spill = match self.state.write() {
@@ -2968,10 +3014,11 @@ impl Writer {
         let Some(spill) = spill else {
             return;
         };
-        // The frozen table (and the runs a merge replaced) are freed
-        // outside the lock.
-        let spilled = self.spawn_spill(
+        // The new table is empty; the frozen table (and the runs a merge
+        // replaced) are freed outside the lock.
+        self.start_spill(
             SpillOf::Ids,
+            (0, self.spills.ids),
             move |_, dir| spill.write(dir).map(|run| (spill, run)),
             |state, (spill, run)| match state.index.ids.install(&spill, run) {
                 Ok(replaced) => (Ok(()), (spill, Ok(replaced))),
@@ -2981,41 +3028,6 @@ impl Writer {
                 ),
             },
         );
-        match spilled {
-            Ok(handle) => self.spilling = Some(handle),
-            Err(_) => self.spill_failed(),
-        }
-    }
-
-    /// Ids the table holds that a spill would write (none while they are
-    /// still in the snapshot, or the lock is poisoned).
-    fn spillable_ids(&self) -> usize {
-        match self.state.read() {
-            Ok(state) if state.index.later.is_none() => state.index.ids.table_len(),
-            _ => 0,
-        }
-    }
-
-    /// Waits for the spill of the ids in flight, if any; after a spill
-    /// that failed, takes the frozen table back.
-    fn end_spill(&mut self) {
-        let Some(spilling) = self.spilling.take() else {
-            return;
-        };
-        match spilling.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => self.spill_failed(),
-        }
-    }
-
-    /// A spill of the ids that failed: the frozen table taken back into
-    /// the table (rebuilt under the write lock: a failure's cost, not a
-    /// spill's), the next spill at twice as many ids.
-    fn spill_failed(&mut self) {
-        if let Ok(mut state) = self.state.write() {
-            state.index.ids.thaw();
-        }
-        self.spills.ids = self.spills.ids.saturating_mul(2);
     }
 
     /// Makes room in the index's id table for `adding` more ids before

@@ -260,7 +260,7 @@ impl ListSpill {
     /// `dir`, made at the first slice: a file no name points at (as the
     /// id table's runs are: nothing is left after a crash; not synced,
     /// the positions are in the segments).
-    pub(super) fn write_taken(&mut self, dir: &Path) -> Result<(), StoreError> {
+    fn write_taken(&mut self, dir: &Path) -> Result<(), StoreError> {
         use std::io::Write;
         let spill = |e| StoreError::io("spill the index's stream lists", e);
         if self.out.is_none() {
@@ -325,8 +325,26 @@ impl ListSpill {
         Ok(())
     }
 
+    /// Writes the whole spill to a file in `dir`, a slice at a time:
+    /// `take` takes the next slice ([`ListSpill::take`], under the lock
+    /// its caller holds the lists by), which is then written
+    /// ([`ListSpill::write_taken`]), until no stream is left.
+    pub(super) fn write_slices(
+        mut self,
+        dir: &Path,
+        mut take: impl FnMut(&mut ListSpill) -> Result<bool, StoreError>,
+    ) -> Result<Spilled, StoreError> {
+        loop {
+            let more = take(&mut self)?;
+            self.write_taken(dir)?;
+            if !more {
+                return self.finish();
+            }
+        }
+    }
+
     /// The file written, once every stream was taken and written.
-    pub(super) fn finish(self) -> Result<Spilled, StoreError> {
+    fn finish(self) -> Result<Spilled, StoreError> {
         if self.next < self.streams.len() || !self.taken.is_empty() {
             return Err(StoreError::Internal(
                 "a spill of the stream lists finished before every list was written".into(),
@@ -521,14 +539,8 @@ impl Streams {
     /// an open's scan, which adds nothing meanwhile). `head` is the log's
     /// head, the last position the lists hold.
     pub(super) fn spill(&self, dir: &Path, head: u64) -> Result<Spilled, StoreError> {
-        let mut spill = self.begin_spill(head);
-        loop {
-            let more = spill.take(self, SPILL_SLICE)?;
-            spill.write_taken(dir)?;
-            if !more {
-                return spill.finish();
-            }
-        }
+        self.begin_spill(head)
+            .write_slices(dir, |spill| spill.take(self, SPILL_SLICE))
     }
 
     /// Reads the versions up to the spill's head from `spilled` from now
