@@ -320,9 +320,17 @@ const PASS_PAIRS: usize = 1 << 17;
 /// as").
 const BUCKET_BITS: u32 = 17;
 
-/// Most runs of ids in files ([`Ids::freeze`]): the next spill writes
-/// one run of them all with the table's.
+/// Runs of ids in files at which they are merged into one: by the
+/// writer on a thread of its own ([`Ids::begin_merge`]), while its spills
+/// go on adding runs after them; by an open that scans every frame in the
+/// spill that finds this many ([`Ids::spill_in_place`]).
 pub(super) const MAX_RUNS: usize = 8;
+
+/// Runs of ids at which the writer waits for the merge in flight before
+/// its next spill ([`Ids::begin_merge`]): a look-up probes every run's
+/// filter, so their number stays bounded even when a merge is slower
+/// than the spills after it.
+pub(super) const MOST_RUNS: usize = 2 * MAX_RUNS;
 
 /// A log's event ids: those of the index snapshot it was opened from and
 /// those the writer spilled since, each in a file ([`SortedIds`]: a filter
@@ -351,6 +359,36 @@ pub(super) struct Spill {
     merging: Vec<Arc<SortedIds>>,
     /// Positions held in files before the frozen table's.
     base: u32,
+}
+
+/// A merge of runs on a thread of its own ([`Ids::begin_merge`]): the
+/// runs held as it began, the first ones, merged into one run
+/// ([`Merge::write`]) that takes their place ([`Ids::install_merge`]).
+pub(super) struct Merge {
+    runs: Vec<Arc<SortedIds>>,
+}
+
+impl Merge {
+    /// Writes the run of every id of the merged runs, sorted, as one run
+    /// of their positions ([`SortedIds::write_run`]; the runs held are
+    /// from position 1 on): their pairs merged as they are read, nothing
+    /// of them held in memory but a block each.
+    pub(super) fn write(&self, dir: &std::path::Path) -> Result<SortedIds, String> {
+        let (Some(first), Some(last)) = (self.runs.first(), self.runs.last()) else {
+            return Err("no runs of ids to merge".into());
+        };
+        let (first, last) = (first.first(), last.last());
+        // The positions of a table (here empty) would come after the runs'.
+        let base = u32::try_from(last).map_err(|_| "a run of ids past u32 positions")?;
+        SortedIds::write_run(dir, first, last - first, |each| {
+            merged(&IdMap::default(), base, &self.runs, PASS_PAIRS, each)
+        })
+    }
+
+    /// Runs it merges.
+    pub(super) fn len(&self) -> usize {
+        self.runs.len()
+    }
 }
 
 impl Spill {
@@ -575,7 +613,7 @@ impl Ids {
     /// was ([`Ids::thaw`], which takes the table back whole).
     pub(super) fn spill_in_place(&mut self, dir: &std::path::Path) -> Result<(), String> {
         let spill = self
-            .freeze()
+            .freeze_merging(self.runs.len() >= MAX_RUNS)
             .ok_or("a table of ids is being spilled already")?;
         let installed = spill.write(dir).and_then(|run| {
             self.install(&spill, run)
@@ -592,16 +630,23 @@ impl Ids {
     /// is kept, looked up as before, while a new one takes the ids pushed
     /// after it, until [`Ids::install`] puts in the run [`Spill::write`]
     /// makes of it (or [`Ids::thaw`] takes it back). `None` while a table
-    /// is frozen already. When [`MAX_RUNS`] runs are held, the run merges
-    /// them all with the table's ids and replaces them.
+    /// is frozen already. The run holds the table's ids only: the runs
+    /// before it are merged apart ([`Ids::begin_merge`]).
     pub(super) fn freeze(&mut self) -> Option<Spill> {
+        self.freeze_merging(false)
+    }
+
+    /// [`Ids::freeze`]; with `merge`, the run merges every run held with
+    /// the table's ids and replaces them (an open that scans every frame,
+    /// which indexes nothing while it spills).
+    fn freeze_merging(&mut self, merge: bool) -> Option<Spill> {
         if self.frozen.is_some() {
             return None;
         }
         let empty = IdMap::with_hasher(self.tail.hasher().clone());
         let frozen = Arc::new(std::mem::replace(&mut self.tail, empty));
         self.frozen = Some(frozen.clone());
-        let merging = match self.runs.len() >= MAX_RUNS {
+        let merging = match merge {
             true => self.runs.clone(),
             false => Vec::new(),
         };
@@ -639,6 +684,43 @@ impl Ids {
         };
         self.runs.push(Arc::new(run));
         Ok(old)
+    }
+
+    /// A merge of every run held into one, for a thread of its own
+    /// ([`Merge::write`]), once `at_least` (the writer's: [`MAX_RUNS`] or
+    /// more) and at least two are held; `None` before. Look-ups go on in
+    /// the runs as they are, and spills go on adding runs after them,
+    /// until [`Ids::install_merge`] puts the merged run in their place.
+    pub(super) fn begin_merge(&self, at_least: usize) -> Option<Merge> {
+        (self.runs.len() >= at_least.max(2)).then(|| Merge {
+            runs: self.runs.clone(),
+        })
+    }
+
+    /// Puts in the run [`Merge::write`] made of `merge`'s runs, in their
+    /// place, returning them, to free. Refused, and nothing changes,
+    /// unless the runs it merged are still the first runs held and the
+    /// run covers exactly their positions.
+    pub(super) fn install_merge(
+        &mut self,
+        merge: &Merge,
+        run: SortedIds,
+    ) -> Result<Vec<Arc<SortedIds>>, SortedIds> {
+        let k = merge.runs.len();
+        let same = k > 0
+            && self.runs.len() >= k
+            && self
+                .runs
+                .iter()
+                .zip(&merge.runs)
+                .all(|(a, b)| Arc::ptr_eq(a, b));
+        let first = merge.runs.first().map_or(0, |r| r.first());
+        let last = merge.runs.last().map_or(0, |r| r.last());
+        // Refused, not asserted: this runs under the index's write lock.
+        if !same || run.first() != first || run.last() != last {
+            return Err(run);
+        }
+        Ok(self.runs.splice(..k, [Arc::new(run)]).collect())
     }
 
     /// Takes the frozen table back into the table, as if it had not been
@@ -1090,17 +1172,21 @@ mod tests {
         /// The writer's spill on a thread of its own: a table frozen
         /// ([`Ids::freeze`]) while ids are pushed after it, its run written
         /// ([`Spill::write`]) and put in ([`Ids::install`]), or the table
-        /// taken back ([`Ids::thaw`]), or spilled the old way, in any order,
-        /// merging at [`MAX_RUNS`]: at every step each id is a candidate at
-        /// its position (and nowhere else but where an id of the same
-        /// fingerprint is), and the pairs come out as a sort of them all.
+        /// taken back ([`Ids::thaw`]), or spilled the old way (merging at
+        /// [`MAX_RUNS`]), in any order; and the writer's merge of the runs
+        /// ([`Ids::begin_merge`]) begun, held across steps, then put in
+        /// ([`Ids::install_merge`], refused if the runs it merged were
+        /// replaced meanwhile) or dropped (a merge that failed): at every
+        /// step each id is a candidate at its position (and nowhere else
+        /// but where an id of the same fingerprint is), and the pairs come
+        /// out as a sort of them all.
         #[test]
         fn a_frozen_table_is_found_while_it_is_spilled_and_after(
             base in proptest::collection::vec(any::<u128>(), 0..100),
             steps in proptest::collection::vec(
                 (proptest::collection::vec(any::<u128>(), 0..40),
                  proptest::collection::vec(any::<u128>(), 0..20),
-                 0u8..3), 0..14),
+                 0u8..3, 0u8..4), 0..14),
             seed in any::<u64>(),
         ) {
             let (hasher, dir, _f, mut ids) = ids_over(&base, seed);
@@ -1121,7 +1207,33 @@ mod tests {
                 }
                 Ok(())
             };
-            for (chunk, during, how) in &steps {
+            let mut merging: Option<Merge> = None;
+            for (chunk, during, how, merge) in &steps {
+                match (merge, merging.take()) {
+                    (1, None) => merging = ids.begin_merge(2),
+                    (2, Some(m)) => {
+                        let runs: Vec<Arc<SortedIds>> = ids.runs().to_vec();
+                        let last = m.runs.last().map(|r| r.last());
+                        match ids.install_merge(&m, m.write(dir.path()).unwrap()) {
+                            Ok(replaced) => {
+                                prop_assert_eq!(replaced.len(), m.len());
+                                prop_assert_eq!(ids.runs().len(), runs.len() + 1 - m.len());
+                                let first = &ids.runs()[0];
+                                prop_assert_eq!((first.first(), Some(first.last())), (0, last));
+                            }
+                            Err(_) => {
+                                prop_assert_eq!(ids.runs().len(), runs.len());
+                                for (a, b) in ids.runs().iter().zip(&runs) {
+                                    prop_assert!(Arc::ptr_eq(a, b));
+                                }
+                            }
+                        }
+                        found_everywhere(&ids, &all)?;
+                    }
+                    // Failed: dropped, nothing changes.
+                    (3, Some(m)) => drop(m),
+                    (_, m) => merging = m,
+                }
                 for &id in chunk {
                     all.push(id);
                     ids.push(Uuid::from_u128(id), all.len() as u32);
@@ -1148,13 +1260,9 @@ mod tests {
                     let replaced = ids.install(&spill, run).unwrap();
                     prop_assert!(!ids.is_frozen());
                     prop_assert_eq!(ids.table_len(), during.len());
-                    if runs_before >= MAX_RUNS {
-                        prop_assert_eq!(replaced.len(), runs_before);
-                        prop_assert_eq!(ids.runs().len(), 1);
-                    } else {
-                        prop_assert!(replaced.is_empty());
-                        prop_assert_eq!(ids.runs().len(), runs_before + 1);
-                    }
+                    // The writer's spill merges nothing.
+                    prop_assert!(replaced.is_empty());
+                    prop_assert_eq!(ids.runs().len(), runs_before + 1);
                 } else {
                     drop(spill);
                     ids.thaw();
@@ -1171,8 +1279,59 @@ mod tests {
             })
             .unwrap();
             prop_assert_eq!(out, sorted_pairs_of(&hasher, &all));
-            drop(ids);
+            drop((ids, merging));
             prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+        }
+    }
+
+    /// A merge's run is refused, and nothing changes, once the runs it
+    /// merged are no longer the first held: another merge put its run in
+    /// their place (and spills added runs after it).
+    #[test]
+    fn a_merge_of_runs_since_replaced_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Ids::default();
+        let mut p = 0u32;
+        let mut spill = |ids: &mut Ids, n: u32| {
+            for _ in 0..n {
+                p += 1;
+                ids.push(id(p), p);
+            }
+            ids.spill_in_place(dir.path()).unwrap();
+        };
+        for _ in 0..3 {
+            spill(&mut ids, 10);
+        }
+        assert!(ids.begin_merge(4).is_none());
+        let stale = ids.begin_merge(3).unwrap();
+        let merge = ids.begin_merge(3).unwrap();
+        let replaced = ids.install_merge(&merge, merge.write(dir.path()).unwrap());
+        assert_eq!(replaced.map(|r| r.len()).ok(), Some(3));
+        spill(&mut ids, 10);
+        spill(&mut ids, 10);
+        let runs: Vec<Arc<SortedIds>> = ids.runs().to_vec();
+        assert_eq!(runs.len(), 3);
+        assert!(ids
+            .install_merge(&stale, stale.write(dir.path()).unwrap())
+            .is_err());
+        assert!(ids.runs().iter().zip(&runs).all(|(a, b)| Arc::ptr_eq(a, b)));
+        for q in 1..=50u32 {
+            assert_eq!(ids.only(&id(q)), Some(q));
+        }
+        // A run of other positions than the merged runs' is refused too.
+        let merge = ids.begin_merge(3).unwrap();
+        let other = Merge {
+            runs: ids.runs()[..2].to_vec(),
+        };
+        assert!(ids
+            .install_merge(&merge, other.write(dir.path()).unwrap())
+            .is_err());
+        assert!(ids
+            .install_merge(&merge, merge.write(dir.path()).unwrap())
+            .is_ok());
+        assert_eq!(ids.runs().len(), 1);
+        for q in 1..=50u32 {
+            assert_eq!(ids.only(&id(q)), Some(q));
         }
     }
 

@@ -135,7 +135,8 @@ pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 /// at once, so it lives only as long as the log is open), and looks them
 /// up there from then on (a filter and a block directory in memory, about
 /// 2 bytes an id, against 14–19 in the table, which holds about 25 MB at
-/// this size). At [`ids::MAX_RUNS`] runs the next spill merges them all.
+/// this size). At [`ids::MAX_RUNS`] runs a thread of the writer's merges
+/// them all into one ([`Writer::merge_ids`]).
 ///
 /// The most a table of 2^21 buckets holds (hashbrown fills seven eighths
 /// of its buckets) less one group, so that groups of up to
@@ -168,18 +169,23 @@ pub const SPILL_STREAMS: usize = 1 << 21;
 struct Spills {
     ids: usize,
     streams: usize,
+    /// Runs of ids at which the writer merges them ([`ids::MAX_RUNS`];
+    /// after a merge that failed, as many more than it merged).
+    merge_at: usize,
 }
 
 impl Spills {
     const DEFAULT: Spills = Spills {
         ids: SPILL_IDS,
         streams: SPILL_STREAMS,
+        merge_at: ids::MAX_RUNS,
     };
 
     fn of(options: &SegmentOptions) -> Spills {
         Spills {
             ids: options.spill_ids,
             streams: options.spill_streams,
+            merge_at: ids::MAX_RUNS,
         }
     }
 }
@@ -2160,6 +2166,7 @@ impl SegmentLog {
             expected: expected.clone(),
             spilling: None,
             lists_spilling: None,
+            merging: None,
             #[cfg(test)]
             sync_hooks: sync_hooks.clone(),
         };
@@ -2579,6 +2586,9 @@ struct Writer {
     /// The spill of the stream lists on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::spill_streams`]).
     lists_spilling: Option<InFlight>,
+    /// The merge of the runs of ids on a thread of its own, if one was
+    /// started and not yet ended here ([`Writer::merge_ids`]).
+    merging: Option<InFlight>,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
     sync_hooks: Arc<SyncHooks>,
@@ -2601,6 +2611,8 @@ enum SpillOf {
     Ids,
     /// The stream lists' file ([`Writer::spill_streams`]).
     Lists,
+    /// The runs of ids merged into one ([`Writer::merge_ids`]).
+    Merge,
 }
 
 impl SpillOf {
@@ -2608,6 +2620,7 @@ impl SpillOf {
         match self {
             SpillOf::Ids => "casebook-id-spill",
             SpillOf::Lists => "casebook-list-spill",
+            SpillOf::Merge => "casebook-id-merge",
         }
     }
 }
@@ -2722,6 +2735,7 @@ impl Writer {
             self.trim_buffers();
             if committed {
                 self.spill_ids();
+                self.merge_ids();
                 self.spill_streams();
             }
             if !committed {
@@ -2740,6 +2754,7 @@ impl Writer {
         // sorts every id; and one of the stream lists, which would install
         // its file after the log is closed.
         self.end_spill(SpillOf::Ids);
+        self.end_spill(SpillOf::Merge);
         self.end_spill(SpillOf::Lists);
         if !failed && self.position > self.watermark_position {
             self.record_watermark(true);
@@ -2868,6 +2883,7 @@ impl Writer {
         match of {
             SpillOf::Ids => &mut self.spilling,
             SpillOf::Lists => &mut self.lists_spilling,
+            SpillOf::Merge => &mut self.merging,
         }
     }
 
@@ -2882,6 +2898,7 @@ impl Writer {
             SpillOf::Ids if state.index.later.is_none() => state.index.ids.table_len(),
             SpillOf::Ids => 0,
             SpillOf::Lists => state.index.streams.tails(),
+            SpillOf::Merge => state.index.ids.runs().len(),
         }
     }
 
@@ -2931,6 +2948,8 @@ impl Writer {
         };
         if !matches!(spill.handle.join(), Ok(Ok(()))) {
             self.spill_failed(of, spill.taking);
+        } else if let SpillOf::Merge = of {
+            self.spills.merge_at = ids::MAX_RUNS;
         }
     }
 
@@ -2947,6 +2966,9 @@ impl Writer {
                 self.spills.ids = taking.saturating_mul(2);
             }
             SpillOf::Lists => self.spills.streams = taking.saturating_mul(2),
+            // The runs are as they were; the next merge waits for as many
+            // more runs as a merge begins at.
+            SpillOf::Merge => self.spills.merge_at = taking.saturating_add(ids::MAX_RUNS),
         }
     }
 
@@ -2993,10 +3015,10 @@ impl Writer {
     /// ([`Ids::install`]). One spill at a time: once the new table holds
     /// a quarter of a spill's ids ([`SPILL_WAIT_PARTS`]) before the last
     /// spill has ended, the writer waits for it, so that the two tables
-    /// together hold at most a quarter more than one (a spill that merges
-    /// [`ids::MAX_RUNS`] runs rewrites every id of the log, about 200 MB
-    /// and 2 s at 16.4M ids; one that does not takes 0.13–0.21 s, while
-    /// an import adds at most 210,000 ids). What a
+    /// together hold at most a quarter more than one (a spill takes
+    /// 0.13–0.21 s, while an import adds at most 210,000 ids). A spill
+    /// writes the table's ids only; the runs are merged apart
+    /// ([`Writer::merge_ids`]). What a
     /// spill replaced is freed by its thread. Best
     /// effort: after a run that could not be written, the frozen table is
     /// taken back into the table ([`Ids::thaw`]) and the next spill waits
@@ -3025,6 +3047,51 @@ impl Writer {
                 Err(run) => (
                     Err("the ids changed while they were spilled".to_string()),
                     (spill, Err(run)),
+                ),
+            },
+        );
+    }
+
+    /// After a group: once [`ids::MAX_RUNS`] runs of ids are held, merges
+    /// them all into one run on a thread of its own ([`Ids::begin_merge`],
+    /// [`ids::Merge::write`]), which puts it in their place under the write
+    /// lock ([`Ids::install_merge`]) and frees them.
+    ///
+    /// Until session av a spill that found that many runs merged them with
+    /// the table's ids itself, and the writer waited for that spill once
+    /// the new table held a quarter of a spill's ids. A merge rewrites
+    /// every id of the log, so that wait grew with it: 0.9–1.1 s at 16.9M
+    /// ids under a sustained import, every ninth spill. The spills now
+    /// only write the table, and go on adding runs after those being
+    /// merged; the writer waits for a merge only once [`ids::MOST_RUNS`]
+    /// are held (every look-up probes each run's filter), and at the
+    /// close. A merge that fails leaves the runs as they were, and the
+    /// next waits for as many more runs as a merge begins at.
+    fn merge_ids(&mut self) {
+        if let Some(merge) = &self.merging {
+            if !merge.handle.is_finished() && self.held(SpillOf::Merge) < ids::MOST_RUNS {
+                return;
+            }
+            self.end_spill(SpillOf::Merge);
+        }
+        let merge = match self.state.read() {
+            Ok(state) => state.index.ids.begin_merge(self.spills.merge_at),
+            Err(_) => return,
+        };
+        let Some(merge) = merge else {
+            return;
+        };
+        let runs = merge.len();
+        // The runs it replaces are freed by its thread, outside the lock.
+        self.start_spill(
+            SpillOf::Merge,
+            (runs, runs),
+            move |_, dir| merge.write(dir).map(|run| (merge, run)),
+            |state, (merge, run)| match state.index.ids.install_merge(&merge, run) {
+                Ok(replaced) => (Ok(()), (merge, Ok(replaced))),
+                Err(run) => (
+                    Err("the runs of ids changed while they were merged".to_string()),
+                    (merge, Err(run)),
                 ),
             },
         );
@@ -3583,6 +3650,12 @@ struct SyncHooks {
     /// The next spill of the stream lists fails (as a file that cannot be
     /// written).
     list_spill_fail: AtomicBool,
+    /// The next merge of the runs of ids says so on the first channel and
+    /// waits for a word on the second before it writes its run.
+    merge_gate: Gate,
+    /// The next merge of the runs of ids fails (as a run that cannot be
+    /// written).
+    merge_fail: AtomicBool,
     /// The writer waits for each spill of the stream lists as soon as it
     /// has begun it (as it did before they were spilled on a thread of
     /// their own): where a test counts what the writer holds.
@@ -3615,6 +3688,7 @@ impl SyncHooks {
         let (gate, fail) = match of {
             SpillOf::Ids => (&self.spill_gate, &self.spill_fail),
             SpillOf::Lists => (&self.list_spill_gate, &self.list_spill_fail),
+            SpillOf::Merge => (&self.merge_gate, &self.merge_fail),
         };
         Self::pass(gate);
         match fail.swap(false, Ordering::Relaxed) {
@@ -5499,7 +5573,11 @@ mod index_tests {
         repeat_the_first_id_at_position_3(&log_dir);
         // A scan that spills its ids after every group finds the repeat
         // across its runs too.
-        let every_group = Spills { ids: 1, streams: 1 };
+        let every_group = Spills {
+            ids: 1,
+            streams: 1,
+            ..Spills::DEFAULT
+        };
         for (read_snapshot, spill) in [
             (false, Spills::DEFAULT),
             (true, Spills::DEFAULT),
@@ -5814,7 +5892,7 @@ mod index_tests {
     }
 
     /// The ids end to end through every place they can be held: spilled
-    /// to runs, merged into one run at `MAX_RUNS`, written at the close
+    /// to runs, merged into one run from `MAX_RUNS` on, written at the close
     /// into the snapshot (its ids, the runs' and the table's merged), the
     /// snapshot read at the next open, spilled to runs again after it.
     /// Every id is refused as a repeat wherever it is held, every id is
@@ -5833,14 +5911,19 @@ mod index_tests {
             (store, log)
         };
         let settled = |log: &SegmentLog, len: u64| {
-            // The spill after the last append is the writer's next act.
+            // The spill after the last append is the writer's next act, and
+            // a merge of the runs may still run on its thread.
             let waited = Instant::now();
             loop {
                 let state = log.state.read().unwrap();
                 let ids = &state.index.ids;
                 let last = ids.runs().last().map_or(0, |r| r.last());
-                if ids.len() as u64 == len && (last == len || waited.elapsed().as_secs() > 10) {
-                    return (ids.runs().len(), last, ids.table_len());
+                let merged = ids.runs().len() < ids::MAX_RUNS;
+                if ids.len() as u64 == len
+                    && ((last == len && merged) || waited.elapsed().as_secs() > 10)
+                {
+                    let first = ids.runs().first().map(|r| (r.first(), r.last()));
+                    return (ids.runs().len(), first, last, ids.table_len());
                 }
                 drop(state);
                 std::thread::sleep(Duration::from_millis(5));
@@ -5855,15 +5938,21 @@ mod index_tests {
             }
             refused_again_and_verified(&rt, log, (1..=len).step_by(331).chain([len]));
         };
-        // 24 appends of 250, a spill after every second: the ninth spill
-        // finds MAX_RUNS runs and merges them all.
+        // 24 appends of 250, a spill after every second: once MAX_RUNS
+        // runs are held, a merge of those held (8 to 12, as the spills
+        // after them race it) leaves one run from position 1 and the
+        // spills' runs after it.
         let (store, log) = open(500);
         for start in (1..=6_000u128).step_by(250) {
             rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
                 .unwrap();
         }
-        let (runs, last, table) = settled(&log, 6_000);
-        assert_eq!((runs, last, table), (4, 6_000, 0));
+        let (runs, first, last, table) = settled(&log, 6_000);
+        assert_eq!((last, table), (6_000, 0));
+        let merged = first.unwrap();
+        assert_eq!(merged.0, 0);
+        assert!(merged.1 >= 4_000, "{merged:?}");
+        assert_eq!(runs, 1 + (6_000 - merged.1 as usize) / 500);
         check(&log, 6_000);
         drop((log, store));
         // The close wrote the snapshot of all 6,000.
@@ -5874,8 +5963,8 @@ mod index_tests {
             rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
                 .unwrap();
         }
-        let (runs, last, table) = settled(&log, 7_000);
-        assert_eq!((runs, last, table), (3, 7_000, 0));
+        let (runs, first, last, table) = settled(&log, 7_000);
+        assert_eq!((runs, first, last, table), (3, Some((0, 6_000)), 7_000, 0));
         rt.block_on(log.append_atomic(vec![request(7_001..7_101)]))
             .unwrap();
         check(&log, 7_100);
@@ -5883,6 +5972,193 @@ mod index_tests {
         let (_store, log) = open(500);
         assert_eq!(log.opened_from_snapshot(), Some(7_100));
         check(&log, 7_100);
+    }
+
+    /// A log whose writer spills its ids every 100, and a group of 100
+    /// new ids (`k`-th, from 0): each group's spill begins after it, and
+    /// the one before it is ended first (a whole table's ids were added
+    /// since it began).
+    fn spilling_at_100() -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Arc<SegmentStore>,
+        Arc<SegmentLog>,
+    ) {
+        fresh_log_with(SegmentOptions {
+            spill_ids: 100,
+            snapshot_min_events: 1,
+            ..SegmentOptions::default()
+        })
+    }
+
+    fn hundred(k: u128) -> Vec<AppendRequest> {
+        vec![request(k * 100 + 1..k * 100 + 101)]
+    }
+
+    /// The runs of ids the index holds: how many, and the positions the
+    /// first covers.
+    fn runs_held(log: &SegmentLog) -> (usize, Option<(u64, u64)>) {
+        let state = log.state.read().unwrap();
+        let runs = state.index.ids.runs();
+        (runs.len(), runs.first().map(|r| (r.first(), r.last())))
+    }
+
+    /// Waits (up to 10 s) until fewer than `MAX_RUNS` runs of ids are held
+    /// and the last covers `head`: the merges and spills have ended.
+    fn runs_settled(log: &SegmentLog, head: u64) -> (usize, Option<(u64, u64)>) {
+        let waited = Instant::now();
+        loop {
+            let done = {
+                let state = log.state.read().unwrap();
+                let runs = state.index.ids.runs();
+                runs.len() < ids::MAX_RUNS && runs.last().map(|r| r.last()) == Some(head)
+            };
+            if done || waited.elapsed() > Duration::from_secs(10) {
+                return runs_held(log);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Every id of the first `groups` [`hundred`]s is found at its
+    /// position.
+    fn hundreds_found(rt: &tokio::runtime::Runtime, log: &SegmentLog, groups: u128) {
+        let all: Vec<Uuid> = (1..=groups * 100).map(Uuid::from_u128).collect();
+        let found = rt.block_on(log.find_events(&all)).unwrap();
+        assert_eq!(found.len(), all.len());
+        for id in &all {
+            assert_eq!(u128::from(found[id].position), id.as_u128());
+        }
+    }
+
+    /// Waits (up to 10 s) until the last run of ids covers `head` (the
+    /// spill after the group that ends there has put its run in); the
+    /// runs then held.
+    fn runs_up_to(log: &SegmentLog, head: u64) -> (usize, Option<(u64, u64)>) {
+        let waited = Instant::now();
+        loop {
+            let done = {
+                let state = log.state.read().unwrap();
+                state.index.ids.runs().last().map(|r| r.last()) == Some(head)
+            };
+            if done || waited.elapsed() > Duration::from_secs(10) {
+                return runs_held(log);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The writer merges its runs of ids on a thread of its own. While
+    /// the merge is held before it writes anything, appends are answered
+    /// and their spills add runs after those being merged, every id is
+    /// found and refused as a repeat, and `verify` passes; once
+    /// `MOST_RUNS` runs are held, the writer waits for the merge. Once it
+    /// has ended, one run from position 1 takes the merged runs' place,
+    /// and the close's snapshot holds every id.
+    #[test]
+    fn the_writer_merges_its_runs_of_ids_while_appends_go_on() {
+        let (dir, rt, store, log) = spilling_at_100();
+        let (reached, release) = hold_at(&log.sync_hooks.merge_gate);
+        // After the ninth group, MAX_RUNS runs (or nine, as its own
+        // spill may have ended): a merge begins, and is held.
+        for k in 0..9 {
+            rt.block_on(log.append_atomic(hundred(k))).unwrap();
+        }
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        // Groups 9 to 14 are answered while it is held, each spilled
+        // after those being merged, every id found and refused as a
+        // repeat (by the writer, which does not wait below MOST_RUNS).
+        for k in 9..15 {
+            rt.block_on(log.append_atomic(hundred(k))).unwrap();
+        }
+        assert_eq!(runs_up_to(&log, 1_500), (15, Some((0, 100))));
+        hundreds_found(&rt, &log, 15);
+        refused_again_and_verified(&rt, &log, [1u128, 750, 1_500]);
+        // Group 15 too, and its spill makes MOST_RUNS runs, none merged.
+        rt.block_on(log.append_atomic(hundred(15))).unwrap();
+        assert_eq!(runs_up_to(&log, 1_600), (ids::MOST_RUNS, Some((0, 100))));
+        hundreds_found(&rt, &log, 16);
+        // With MOST_RUNS runs held the writer waits for the merge (after
+        // group 15, or after 16 if its spill ended late): group 17 is not
+        // answered until the merge is let go.
+        let (told, answered) = std::sync::mpsc::channel();
+        let appending = log.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            for k in [16, 17] {
+                rt.block_on(appending.append_atomic(hundred(k))).unwrap();
+            }
+            let _ = told.send(());
+        });
+        assert!(answered.recv_timeout(Duration::from_millis(300)).is_err());
+        release.send(()).unwrap();
+        answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        // The runs merged, then (MAX_RUNS being held again) the merged
+        // run with those after it: one run from position 1, and the
+        // spills' runs after it.
+        let (runs, first) = runs_settled(&log, 1_800);
+        let merged = first.unwrap();
+        assert_eq!(merged.0, 0);
+        assert!(merged.1 >= 1_600, "{merged:?}");
+        assert_eq!(runs, 1 + (1_800 - merged.1 as usize) / 100);
+        hundreds_found(&rt, &log, 18);
+        refused_again_and_verified(&rt, &log, [1u128, 801, 1_800]);
+        drop((log, store));
+        // No run's file is left in the log's directory: the segments, the
+        // head's watermark, the checkpoints' directory and the snapshot.
+        for entry in std::fs::read_dir(dir.path().join(LOGS_DIR).join("school-a")).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            assert!(
+                name.ends_with(".seg")
+                    || ["head", "checkpoints", snapshot::SNAPSHOT_FILE].contains(&name.as_str()),
+                "{name}"
+            );
+        }
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(1_800));
+        hundreds_found(&rt, &log, 18);
+        drop((log, store));
+    }
+
+    /// A merge of the runs of ids that fails on its thread leaves them as
+    /// they were, every id found; the next waits for as many more runs as
+    /// that one merged, and one that succeeds brings the next back to
+    /// `MAX_RUNS`.
+    #[test]
+    fn a_merge_of_the_runs_of_ids_that_fails_leaves_them_as_they_were() {
+        let (_dir, rt, _store, log) = spilling_at_100();
+        log.sync_hooks.merge_fail.store(true, Ordering::Relaxed);
+        // The merge begun after group 8 (of 8 or 9 runs) fails.
+        for k in 0..9 {
+            rt.block_on(log.append_atomic(hundred(k))).unwrap();
+        }
+        // No merge replaces the runs while fewer than 16 are held.
+        for k in 9..15 {
+            rt.block_on(log.append_atomic(hundred(k))).unwrap();
+            let held = runs_up_to(&log, (k as u64 + 1) * 100);
+            assert_eq!(held, (k as usize + 1, Some((0, 100))));
+        }
+        hundreds_found(&rt, &log, 15);
+        refused_again_and_verified(&rt, &log, [1u128, 999, 1_500]);
+        // At 16 or 17 runs a merge begins, and succeeds.
+        for k in 15..18 {
+            rt.block_on(log.append_atomic(hundred(k))).unwrap();
+        }
+        let (runs, first) = runs_settled(&log, 1_800);
+        let merged = first.unwrap();
+        assert!(merged.0 == 0 && merged.1 >= 1_600, "{merged:?}");
+        assert!(runs <= 3, "{runs}");
+        // The next merge begins at MAX_RUNS again.
+        for k in 18..26 {
+            rt.block_on(log.append_atomic(hundred(k))).unwrap();
+        }
+        let (runs, first) = runs_settled(&log, 2_600);
+        assert!(runs < ids::MAX_RUNS, "{runs}");
+        assert!(first.unwrap().1 > merged.1, "{first:?}");
+        hundreds_found(&rt, &log, 26);
+        refused_again_and_verified(&rt, &log, [1u128, 1_650, 2_600]);
     }
 
     /// An open that indexes every frame spills the id table as it scans
