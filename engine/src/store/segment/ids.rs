@@ -25,6 +25,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 use std::hash::BuildHasher;
 use uuid::Uuid;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::dense::Chunked;
@@ -326,10 +327,18 @@ const BUCKET_BITS: u32 = 17;
 /// spill that finds this many ([`Ids::spill_in_place`]).
 pub(super) const MAX_RUNS: usize = 8;
 
-/// Runs of ids at which the writer waits for the merge in flight before
-/// its next spill ([`Ids::begin_merge`]): a look-up probes every run's
-/// filter, so their number stays bounded even when a merge is slower
-/// than the spills after it.
+/// Runs of ids at which the writer merges them all into one
+/// ([`Ids::begin_merge`]): the ids of 9 spills, as when the spill that
+/// found [`MAX_RUNS`] merged them with its table's (until session av).
+pub(super) const MERGE_AT: usize = MAX_RUNS + 1;
+
+/// Runs of ids at which the writer waits for the merge in flight (once
+/// [`MAX_RUNS`] more were added since it began): a look-up probes every
+/// run's filter, so their number stays near this while merges succeed
+/// and are slower than the spills after them (a spill's run may be put
+/// in while the writer waits: one more). After a merge that fails the
+/// runs are left as they are, and the next merge begins at [`MAX_RUNS`]
+/// more.
 pub(super) const MOST_RUNS: usize = 2 * MAX_RUNS;
 
 /// A log's event ids: those of the index snapshot it was opened from and
@@ -355,11 +364,17 @@ pub(super) struct Ids {
 /// look-ups and a new one takes the appends.
 pub(super) struct Spill {
     frozen: Arc<IdMap>,
-    /// The runs merged into this one ([`MAX_RUNS`] held): all of them.
+    /// The runs merged into this one, all of them: an open's scan that
+    /// finds [`MAX_RUNS`] held ([`Ids::spill_in_place`]); none for the
+    /// writer's spills.
     merging: Vec<Arc<SortedIds>>,
     /// Positions held in files before the frozen table's.
     base: u32,
 }
+
+/// Pairs a merge writes between two looks at whether it is to stop
+/// ([`Merge::write`]): about a millisecond's work.
+const STOP_CHECK_PAIRS: u32 = 1 << 16;
 
 /// A merge of runs on a thread of its own ([`Ids::begin_merge`]): the
 /// runs held as it began, the first ones, merged into one run
@@ -372,16 +387,37 @@ impl Merge {
     /// Writes the run of every id of the merged runs, sorted, as one run
     /// of their positions ([`SortedIds::write_run`]; the runs held are
     /// from position 1 on): their pairs merged as they are read, nothing
-    /// of them held in memory but a block each.
-    pub(super) fn write(&self, dir: &std::path::Path) -> Result<SortedIds, String> {
+    /// of them held in memory but a block each. Stops with an error once
+    /// `stop` is set (the log's close).
+    pub(super) fn write(
+        &self,
+        dir: &std::path::Path,
+        stop: &AtomicBool,
+    ) -> Result<SortedIds, String> {
         let (Some(first), Some(last)) = (self.runs.first(), self.runs.last()) else {
             return Err("no runs of ids to merge".into());
         };
         let (first, last) = (first.first(), last.last());
         // The positions of a table (here empty) would come after the runs'.
         let base = u32::try_from(last).map_err(|_| "a run of ids past u32 positions")?;
+        if stop.load(Ordering::Relaxed) {
+            return Err("stopped: the log is closing".into());
+        }
+        let mut written = 0u32;
         SortedIds::write_run(dir, first, last - first, |each| {
-            merged(&IdMap::default(), base, &self.runs, PASS_PAIRS, each)
+            merged(
+                &IdMap::default(),
+                base,
+                &self.runs,
+                PASS_PAIRS,
+                &mut |fp, p| {
+                    written = written.wrapping_add(1);
+                    if written.is_multiple_of(STOP_CHECK_PAIRS) && stop.load(Ordering::Relaxed) {
+                        return Err(std::io::Error::other("stopped: the log is closing"));
+                    }
+                    each(fp, p)
+                },
+            )
         })
     }
 
@@ -1186,7 +1222,7 @@ mod tests {
             steps in proptest::collection::vec(
                 (proptest::collection::vec(any::<u128>(), 0..40),
                  proptest::collection::vec(any::<u128>(), 0..20),
-                 0u8..3, 0u8..4), 0..14),
+                 0u8..3, (0u8..4, 0u8..4)), 0..14),
             seed in any::<u64>(),
         ) {
             let (hasher, dir, _f, mut ids) = ids_over(&base, seed);
@@ -1207,14 +1243,22 @@ mod tests {
                 }
                 Ok(())
             };
-            let mut merging: Option<Merge> = None;
-            for (chunk, during, how, merge) in &steps {
-                match (merge, merging.take()) {
-                    (1, None) => merging = ids.begin_merge(2),
+            // A merge step: 1 begins one (if none is in flight), 2 puts
+            // it in (or has it refused, the runs it merged replaced
+            // meanwhile), 3 drops it (a merge that failed); anything else
+            // leaves it as it is.
+            let merge_step = |ids: &mut Ids,
+                              merging: &mut Option<Merge>,
+                              step: u8,
+                              all: &[u128]|
+             -> Result<(), TestCaseError> {
+                match (step, merging.take()) {
+                    (1, None) => *merging = ids.begin_merge(2),
                     (2, Some(m)) => {
                         let runs: Vec<Arc<SortedIds>> = ids.runs().to_vec();
                         let last = m.runs.last().map(|r| r.last());
-                        match ids.install_merge(&m, m.write(dir.path()).unwrap()) {
+                        let run = m.write(dir.path(), &AtomicBool::new(false)).unwrap();
+                        match ids.install_merge(&m, run) {
                             Ok(replaced) => {
                                 prop_assert_eq!(replaced.len(), m.len());
                                 prop_assert_eq!(ids.runs().len(), runs.len() + 1 - m.len());
@@ -1228,12 +1272,16 @@ mod tests {
                                 }
                             }
                         }
-                        found_everywhere(&ids, &all)?;
+                        found_everywhere(ids, all)?;
                     }
-                    // Failed: dropped, nothing changes.
                     (3, Some(m)) => drop(m),
-                    (_, m) => merging = m,
+                    (_, m) => *merging = m,
                 }
+                Ok(())
+            };
+            let mut merging: Option<Merge> = None;
+            for (chunk, during, how, (merge, merge_frozen)) in &steps {
+                merge_step(&mut ids, &mut merging, *merge, &all)?;
                 for &id in chunk {
                     all.push(id);
                     ids.push(Uuid::from_u128(id), all.len() as u32);
@@ -1243,7 +1291,6 @@ mod tests {
                     found_everywhere(&ids, &all)?;
                     continue;
                 }
-                let runs_before = ids.runs().len();
                 let spill = ids.freeze().unwrap();
                 prop_assert!(ids.is_frozen());
                 prop_assert!(ids.freeze().is_none());
@@ -1255,6 +1302,9 @@ mod tests {
                     ids.push(Uuid::from_u128(id), all.len() as u32);
                 }
                 found_everywhere(&ids, &all)?;
+                // A merge begun, put in or dropped while a table is frozen.
+                merge_step(&mut ids, &mut merging, *merge_frozen, &all)?;
+                let runs_before = ids.runs().len();
                 if how % 3 == 1 {
                     let run = spill.write(dir.path()).unwrap();
                     let replaced = ids.install(&spill, run).unwrap();
@@ -1305,14 +1355,20 @@ mod tests {
         assert!(ids.begin_merge(4).is_none());
         let stale = ids.begin_merge(3).unwrap();
         let merge = ids.begin_merge(3).unwrap();
-        let replaced = ids.install_merge(&merge, merge.write(dir.path()).unwrap());
+        let replaced = ids.install_merge(
+            &merge,
+            merge.write(dir.path(), &AtomicBool::new(false)).unwrap(),
+        );
         assert_eq!(replaced.map(|r| r.len()).ok(), Some(3));
         spill(&mut ids, 10);
         spill(&mut ids, 10);
         let runs: Vec<Arc<SortedIds>> = ids.runs().to_vec();
         assert_eq!(runs.len(), 3);
         assert!(ids
-            .install_merge(&stale, stale.write(dir.path()).unwrap())
+            .install_merge(
+                &stale,
+                stale.write(dir.path(), &AtomicBool::new(false)).unwrap()
+            )
             .is_err());
         assert!(ids.runs().iter().zip(&runs).all(|(a, b)| Arc::ptr_eq(a, b)));
         for q in 1..=50u32 {
@@ -1324,15 +1380,38 @@ mod tests {
             runs: ids.runs()[..2].to_vec(),
         };
         assert!(ids
-            .install_merge(&merge, other.write(dir.path()).unwrap())
+            .install_merge(
+                &merge,
+                other.write(dir.path(), &AtomicBool::new(false)).unwrap()
+            )
             .is_err());
         assert!(ids
-            .install_merge(&merge, merge.write(dir.path()).unwrap())
+            .install_merge(
+                &merge,
+                merge.write(dir.path(), &AtomicBool::new(false)).unwrap()
+            )
             .is_ok());
         assert_eq!(ids.runs().len(), 1);
         for q in 1..=50u32 {
             assert_eq!(ids.only(&id(q)), Some(q));
         }
+    }
+
+    /// A merge told to stop writes no run.
+    #[test]
+    fn a_merge_told_to_stop_writes_no_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Ids::default();
+        for p in 1..=20u32 {
+            ids.push(id(p), p);
+            if p % 10 == 0 {
+                ids.spill_in_place(dir.path()).unwrap();
+            }
+        }
+        let merge = ids.begin_merge(2).unwrap();
+        assert!(merge.write(dir.path(), &AtomicBool::new(true)).is_err());
+        let run = merge.write(dir.path(), &AtomicBool::new(false)).unwrap();
+        assert_eq!((run.first(), run.last()), (0, 20));
     }
 
     /// A run made of another table than the one frozen, or for another

@@ -47,7 +47,6 @@ use std::fs::File;
 use std::hash::BuildHasher;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-#[cfg(test)]
 use std::sync::atomic::AtomicBool;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
@@ -135,7 +134,7 @@ pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 /// at once, so it lives only as long as the log is open), and looks them
 /// up there from then on (a filter and a block directory in memory, about
 /// 2 bytes an id, against 14–19 in the table, which holds about 25 MB at
-/// this size). At [`ids::MAX_RUNS`] runs a thread of the writer's merges
+/// this size). At [`ids::MERGE_AT`] runs a thread of the writer's merges
 /// them all into one ([`Writer::merge_ids`]).
 ///
 /// The most a table of 2^21 buckets holds (hashbrown fills seven eighths
@@ -169,8 +168,8 @@ pub const SPILL_STREAMS: usize = 1 << 21;
 struct Spills {
     ids: usize,
     streams: usize,
-    /// Runs of ids at which the writer merges them ([`ids::MAX_RUNS`];
-    /// after a merge that failed, as many more than it merged).
+    /// Runs of ids at which the writer merges them ([`ids::MERGE_AT`];
+    /// after a merge that failed, [`ids::MAX_RUNS`] more than it merged).
     merge_at: usize,
 }
 
@@ -178,14 +177,14 @@ impl Spills {
     const DEFAULT: Spills = Spills {
         ids: SPILL_IDS,
         streams: SPILL_STREAMS,
-        merge_at: ids::MAX_RUNS,
+        merge_at: ids::MERGE_AT,
     };
 
     fn of(options: &SegmentOptions) -> Spills {
         Spills {
             ids: options.spill_ids,
             streams: options.spill_streams,
-            merge_at: ids::MAX_RUNS,
+            merge_at: ids::MERGE_AT,
         }
     }
 }
@@ -2167,6 +2166,7 @@ impl SegmentLog {
             spilling: None,
             lists_spilling: None,
             merging: None,
+            merge_stop: Arc::new(AtomicBool::new(false)),
             #[cfg(test)]
             sync_hooks: sync_hooks.clone(),
         };
@@ -2589,6 +2589,8 @@ struct Writer {
     /// The merge of the runs of ids on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::merge_ids`]).
     merging: Option<InFlight>,
+    /// Set at the close: a merge in flight stops ([`ids::Merge::write`]).
+    merge_stop: Arc<AtomicBool>,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
     sync_hooks: Arc<SyncHooks>,
@@ -2753,6 +2755,9 @@ impl Writer {
         // A spill of the ids still running is waited for: the snapshot
         // sorts every id; and one of the stream lists, which would install
         // its file after the log is closed.
+        // A merge still running is stopped: the snapshot merges every id
+        // anyway, and the runs stay as they are.
+        self.merge_stop.store(true, Ordering::Relaxed);
         self.end_spill(SpillOf::Ids);
         self.end_spill(SpillOf::Merge);
         self.end_spill(SpillOf::Lists);
@@ -2949,7 +2954,7 @@ impl Writer {
         if !matches!(spill.handle.join(), Ok(Ok(()))) {
             self.spill_failed(of, spill.taking);
         } else if let SpillOf::Merge = of {
-            self.spills.merge_at = ids::MAX_RUNS;
+            self.spills.merge_at = ids::MERGE_AT;
         }
     }
 
@@ -3036,8 +3041,8 @@ impl Writer {
         let Some(spill) = spill else {
             return;
         };
-        // The new table is empty; the frozen table (and the runs a merge
-        // replaced) are freed outside the lock.
+        // The new table is empty; the frozen table is freed outside the
+        // lock.
         self.start_spill(
             SpillOf::Ids,
             (0, self.spills.ids),
@@ -3052,7 +3057,7 @@ impl Writer {
         );
     }
 
-    /// After a group: once [`ids::MAX_RUNS`] runs of ids are held, merges
+    /// After a group: once [`ids::MERGE_AT`] runs of ids are held, merges
     /// them all into one run on a thread of its own ([`Ids::begin_merge`],
     /// [`ids::Merge::write`]), which puts it in their place under the write
     /// lock ([`Ids::install_merge`]) and frees them.
@@ -3061,15 +3066,24 @@ impl Writer {
     /// the table's ids itself, and the writer waited for that spill once
     /// the new table held a quarter of a spill's ids. A merge rewrites
     /// every id of the log, so that wait grew with it: 0.9–1.1 s at 16.9M
-    /// ids under a sustained import, every ninth spill. The spills now
+    /// ids under a sustained import, every ninth spill. The merges keep
+    /// that schedule (9 runs, where that spill merged 8 and the table);
+    /// the spills now
     /// only write the table, and go on adding runs after those being
     /// merged; the writer waits for a merge only once [`ids::MOST_RUNS`]
-    /// are held (every look-up probes each run's filter), and at the
-    /// close. A merge that fails leaves the runs as they were, and the
-    /// next waits for as many more runs as a merge begins at.
+    /// are held and [`ids::MAX_RUNS`] were added since it began (every
+    /// look-up probes each run's filter). The close stops a merge still
+    /// running (the snapshot merges every id anyway). A merge that fails
+    /// leaves the runs as they were, and the next begins once
+    /// [`ids::MAX_RUNS`] more runs are held than it merged.
     fn merge_ids(&mut self) {
         if let Some(merge) = &self.merging {
-            if !merge.handle.is_finished() && self.held(SpillOf::Merge) < ids::MOST_RUNS {
+            // Waited for once MOST_RUNS runs are held, and as many more
+            // as a merge begins at were added since it began (a merge
+            // begun late, after one that failed, is not waited for at
+            // once).
+            let wait_at = ids::MOST_RUNS.max(merge.held + ids::MAX_RUNS);
+            if !merge.handle.is_finished() && self.held(SpillOf::Merge) < wait_at {
                 return;
             }
             self.end_spill(SpillOf::Merge);
@@ -3082,11 +3096,12 @@ impl Writer {
             return;
         };
         let runs = merge.len();
+        let stop = self.merge_stop.clone();
         // The runs it replaces are freed by its thread, outside the lock.
         self.start_spill(
             SpillOf::Merge,
             (runs, runs),
-            move |_, dir| merge.write(dir).map(|run| (merge, run)),
+            move |_, dir| merge.write(dir, &stop).map(|run| (merge, run)),
             |state, (merge, run)| match state.index.ids.install_merge(&merge, run) {
                 Ok(replaced) => (Ok(()), (merge, Ok(replaced))),
                 Err(run) => (
@@ -5741,7 +5756,11 @@ mod index_tests {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .build()
                 .unwrap();
-            let _ = told.send(rt.block_on(log.append_atomic(requests)).is_ok());
+            let stored = rt.block_on(log.append_atomic(requests)).is_ok();
+            // Let go of the log first: a test that closes it next is then
+            // the last to hold it, and its close waits for the writer.
+            drop(log);
+            let _ = told.send(stored);
         });
         answered
     }
@@ -5892,7 +5911,7 @@ mod index_tests {
     }
 
     /// The ids end to end through every place they can be held: spilled
-    /// to runs, merged into one run from `MAX_RUNS` on, written at the close
+    /// to runs, merged into one run from `MERGE_AT` on, written at the close
     /// into the snapshot (its ids, the runs' and the table's merged), the
     /// snapshot read at the next open, spilled to runs again after it.
     /// Every id is refused as a repeat wherever it is held, every id is
@@ -5938,21 +5957,18 @@ mod index_tests {
             }
             refused_again_and_verified(&rt, log, (1..=len).step_by(331).chain([len]));
         };
-        // 24 appends of 250, a spill after every second: once MAX_RUNS
-        // runs are held, a merge of those held (8 to 12, as the spills
-        // after them race it) leaves one run from position 1 and the
-        // spills' runs after it.
+        // 24 appends of 250, a spill after every second: once MERGE_AT
+        // runs are held (after the 18th append, or the 19th, which ends
+        // the 9th spill first), a merge of those 9 leaves one run from
+        // position 1, and the 3 spills' runs after it (as when the ninth
+        // spill merged 8 runs with its table).
         let (store, log) = open(500);
         for start in (1..=6_000u128).step_by(250) {
             rt.block_on(log.append_atomic(vec![request(start..start + 250)]))
                 .unwrap();
         }
         let (runs, first, last, table) = settled(&log, 6_000);
-        assert_eq!((last, table), (6_000, 0));
-        let merged = first.unwrap();
-        assert_eq!(merged.0, 0);
-        assert!(merged.1 >= 4_000, "{merged:?}");
-        assert_eq!(runs, 1 + (6_000 - merged.1 as usize) / 500);
+        assert_eq!((runs, first, last, table), (4, Some((0, 4_500)), 6_000, 0));
         check(&log, 6_000);
         drop((log, store));
         // The close wrote the snapshot of all 6,000.
@@ -6048,27 +6064,51 @@ mod index_tests {
         }
     }
 
+    /// Appends the [`hundred`]s `ks` one after another on a thread of its
+    /// own; says once all are stored (the thread has let go of the log).
+    fn hundreds_on_a_thread(
+        log: &Arc<SegmentLog>,
+        ks: std::ops::Range<u128>,
+    ) -> (std::sync::mpsc::Receiver<()>, JoinHandle<()>) {
+        let (told, answered) = std::sync::mpsc::channel();
+        let log = log.clone();
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            for k in ks {
+                rt.block_on(log.append_atomic(hundred(k))).unwrap();
+            }
+            drop(log);
+            let _ = told.send(());
+        });
+        (answered, handle)
+    }
+
     /// The writer merges its runs of ids on a thread of its own. While
     /// the merge is held before it writes anything, appends are answered
     /// and their spills add runs after those being merged, every id is
     /// found and refused as a repeat, and `verify` passes; once
-    /// `MOST_RUNS` runs are held, the writer waits for the merge. Once it
-    /// has ended, one run from position 1 takes the merged runs' place,
-    /// and the close's snapshot holds every id.
+    /// `MOST_RUNS` runs are held (and `MAX_RUNS` more than it merges:
+    /// 17 or 18),
+    /// the writer waits for the merge. Once it has ended, one run from
+    /// position 1 takes the merged runs' place, and the close's snapshot
+    /// holds every id.
     #[test]
     fn the_writer_merges_its_runs_of_ids_while_appends_go_on() {
         let (dir, rt, store, log) = spilling_at_100();
         let (reached, release) = hold_at(&log.sync_hooks.merge_gate);
-        // After the ninth group, MAX_RUNS runs (or nine, as its own
-        // spill may have ended): a merge begins, and is held.
-        for k in 0..9 {
+        // After the ninth group or the tenth, MERGE_AT runs (or ten, as
+        // the tenth group's spill may have ended): a merge begins, and is
+        // held.
+        for k in 0..10 {
             rt.block_on(log.append_atomic(hundred(k))).unwrap();
         }
         reached.recv_timeout(Duration::from_secs(10)).unwrap();
-        // Groups 9 to 14 are answered while it is held, each spilled
+        // Groups 10 to 14 are answered while it is held, each spilled
         // after those being merged, every id found and refused as a
         // repeat (by the writer, which does not wait below MOST_RUNS).
-        for k in 9..15 {
+        for k in 10..15 {
             rt.block_on(log.append_atomic(hundred(k))).unwrap();
         }
         assert_eq!(runs_up_to(&log, 1_500), (15, Some((0, 100))));
@@ -6078,87 +6118,96 @@ mod index_tests {
         rt.block_on(log.append_atomic(hundred(15))).unwrap();
         assert_eq!(runs_up_to(&log, 1_600), (ids::MOST_RUNS, Some((0, 100))));
         hundreds_found(&rt, &log, 16);
-        // With MOST_RUNS runs held the writer waits for the merge (after
-        // group 15, or after 16 if its spill ended late): group 17 is not
-        // answered until the merge is let go.
-        let (told, answered) = std::sync::mpsc::channel();
-        let appending = log.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            for k in [16, 17] {
-                rt.block_on(appending.append_atomic(hundred(k))).unwrap();
-            }
-            let _ = told.send(());
-        });
+        // The writer waits for the merge at 17 or 18 runs (it began with 9
+        // or 10), after group 16, 17 or 18 as each group's spill ends:
+        // group 19 is not answered until it is let go.
+        let (answered, appending) = hundreds_on_a_thread(&log, 16..20);
         assert!(answered.recv_timeout(Duration::from_millis(300)).is_err());
         release.send(()).unwrap();
         answered.recv_timeout(Duration::from_secs(10)).unwrap();
-        // The runs merged, then (MAX_RUNS being held again) the merged
+        appending.join().unwrap();
+        // The runs merged, then (MERGE_AT being held again) the merged
         // run with those after it: one run from position 1, and the
         // spills' runs after it.
-        let (runs, first) = runs_settled(&log, 1_800);
+        let (runs, first) = runs_settled(&log, 2_000);
         let merged = first.unwrap();
         assert_eq!(merged.0, 0);
-        assert!(merged.1 >= 1_600, "{merged:?}");
-        assert_eq!(runs, 1 + (1_800 - merged.1 as usize) / 100);
-        hundreds_found(&rt, &log, 18);
-        refused_again_and_verified(&rt, &log, [1u128, 801, 1_800]);
+        assert!(merged.1 >= 1_700, "{merged:?}");
+        assert_eq!(runs, 1 + (2_000 - merged.1 as usize) / 100);
+        hundreds_found(&rt, &log, 20);
+        refused_again_and_verified(&rt, &log, [1u128, 801, 2_000]);
         drop((log, store));
-        // No run's file is left in the log's directory: the segments, the
-        // head's watermark, the checkpoints' directory and the snapshot.
-        for entry in std::fs::read_dir(dir.path().join(LOGS_DIR).join("school-a")).unwrap() {
-            let name = entry.unwrap().file_name().into_string().unwrap();
-            assert!(
-                name.ends_with(".seg")
-                    || ["head", "checkpoints", snapshot::SNAPSHOT_FILE].contains(&name.as_str()),
-                "{name}"
-            );
-        }
         let (store, log) = open_log(dir.path(), true, u64::MAX);
-        assert_eq!(log.opened_from_snapshot(), Some(1_800));
-        hundreds_found(&rt, &log, 18);
+        assert_eq!(log.opened_from_snapshot(), Some(2_000));
+        hundreds_found(&rt, &log, 20);
+        drop((log, store));
+    }
+
+    /// A close while a merge of the runs of ids is still running stops
+    /// it: the close ends, and its snapshot holds every id.
+    #[test]
+    fn a_close_stops_a_merge_of_the_runs_of_ids() {
+        let (dir, rt, store, log) = spilling_at_100();
+        let (reached, release) = hold_at(&log.sync_hooks.merge_gate);
+        for k in 0..10 {
+            rt.block_on(log.append_atomic(hundred(k))).unwrap();
+        }
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        // The close, on a thread: it waits for the merge, held at its gate.
+        let (closing, closed) = std::sync::mpsc::channel();
+        let closer = std::thread::spawn(move || {
+            drop((log, store));
+            let _ = closing.send(());
+        });
+        assert!(closed.recv_timeout(Duration::from_millis(100)).is_err());
+        release.send(()).unwrap();
+        closed.recv_timeout(Duration::from_secs(10)).unwrap();
+        closer.join().unwrap();
+        let (store, log) = open_log(dir.path(), true, u64::MAX);
+        assert_eq!(log.opened_from_snapshot(), Some(1_000));
+        hundreds_found(&rt, &log, 10);
+        refused_again_and_verified(&rt, &log, [1u128, 450, 1_000]);
         drop((log, store));
     }
 
     /// A merge of the runs of ids that fails on its thread leaves them as
     /// they were, every id found; the next waits for as many more runs as
     /// that one merged, and one that succeeds brings the next back to
-    /// `MAX_RUNS`.
+    /// `MERGE_AT`.
     #[test]
     fn a_merge_of_the_runs_of_ids_that_fails_leaves_them_as_they_were() {
         let (_dir, rt, _store, log) = spilling_at_100();
         log.sync_hooks.merge_fail.store(true, Ordering::Relaxed);
-        // The merge begun after group 8 (of 8 or 9 runs) fails.
-        for k in 0..9 {
+        // The merge begun after group 8 or 9 (of 9 or 10 runs) fails.
+        for k in 0..10 {
             rt.block_on(log.append_atomic(hundred(k))).unwrap();
         }
-        // No merge replaces the runs while fewer than 16 are held.
-        for k in 9..15 {
+        // No merge replaces the runs while fewer than 17 are held.
+        for k in 10..16 {
             rt.block_on(log.append_atomic(hundred(k))).unwrap();
             let held = runs_up_to(&log, (k as u64 + 1) * 100);
             assert_eq!(held, (k as usize + 1, Some((0, 100))));
         }
-        hundreds_found(&rt, &log, 15);
-        refused_again_and_verified(&rt, &log, [1u128, 999, 1_500]);
-        // At 16 or 17 runs a merge begins, and succeeds.
-        for k in 15..18 {
+        hundreds_found(&rt, &log, 16);
+        refused_again_and_verified(&rt, &log, [1u128, 999, 1_600]);
+        // At 17 or 18 runs a merge begins (by the end of group 18), and
+        // succeeds.
+        for k in 16..19 {
             rt.block_on(log.append_atomic(hundred(k))).unwrap();
         }
-        let (runs, first) = runs_settled(&log, 1_800);
+        let (runs, first) = runs_settled(&log, 1_900);
         let merged = first.unwrap();
-        assert!(merged.0 == 0 && merged.1 >= 1_600, "{merged:?}");
+        assert!(merged.0 == 0 && merged.1 >= 1_700, "{merged:?}");
         assert!(runs <= 3, "{runs}");
-        // The next merge begins at MAX_RUNS again.
-        for k in 18..26 {
+        // The next merge begins at MERGE_AT again.
+        for k in 19..28 {
             rt.block_on(log.append_atomic(hundred(k))).unwrap();
         }
-        let (runs, first) = runs_settled(&log, 2_600);
+        let (runs, first) = runs_settled(&log, 2_800);
         assert!(runs < ids::MAX_RUNS, "{runs}");
         assert!(first.unwrap().1 > merged.1, "{first:?}");
-        hundreds_found(&rt, &log, 26);
-        refused_again_and_verified(&rt, &log, [1u128, 1_650, 2_600]);
+        hundreds_found(&rt, &log, 28);
+        refused_again_and_verified(&rt, &log, [1u128, 1_650, 2_800]);
     }
 
     /// An open that indexes every frame spills the id table as it scans
