@@ -2606,6 +2606,25 @@ const SPILL_WAIT_PARTS: usize = 4;
 /// still frozen, or the lists as they were).
 type SpillEnd = Result<(), String>;
 
+/// The nice value of a merge's thread ([`yield_to_appends`]).
+#[cfg(target_os = "linux")]
+const MERGE_NICE: libc::c_int = 19;
+
+/// Lowers the calling thread's scheduling priority to [`MERGE_NICE`], so
+/// that a merge of the runs of ids, which the writer does not wait for,
+/// runs on what the appends leave of the processors rather than beside
+/// them (an import keeps both cores of a small machine busy). Best
+/// effort: where it cannot be set, the thread runs as any other.
+fn yield_to_appends() {
+    // SAFETY: `gettid` and `setpriority` take no pointers; on Linux a
+    // thread's nice value is its own, so this changes this thread only.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, MERGE_NICE);
+    }
+}
+
 /// What a spill on a thread of its own writes ([`Writer::spawn_spill`]).
 #[derive(Clone, Copy, Debug)]
 enum SpillOf {
@@ -2995,6 +3014,9 @@ impl Writer {
         std::thread::Builder::new()
             .name(of.thread_name().into())
             .spawn(move || -> SpillEnd {
+                if let SpillOf::Merge = of {
+                    yield_to_appends();
+                }
                 #[cfg(test)]
                 hooks.at_spill(of)?;
                 let written = write(&state, &dir)?;
