@@ -6107,6 +6107,26 @@ mod index_tests {
         (answered, handle)
     }
 
+    /// A log of [`spilling_at_100`] with its first ten [`hundred`]s: after
+    /// the ninth or the tenth, `MERGE_AT` runs (or ten, as the tenth's
+    /// spill may have ended), and the merge they begin is held at its
+    /// gate; returns the word that lets it go on.
+    fn merge_held_after_ten() -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Arc<SegmentStore>,
+        Arc<SegmentLog>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (dir, rt, store, log) = spilling_at_100();
+        let (reached, release) = hold_at(&log.sync_hooks.merge_gate);
+        for k in 0..10 {
+            rt.block_on(log.append_atomic(hundred(k))).unwrap();
+        }
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        (dir, rt, store, log, release)
+    }
+
     /// The writer merges its runs of ids on a thread of its own. While
     /// the merge is held before it writes anything, appends are answered
     /// and their spills add runs after those being merged, every id is
@@ -6118,15 +6138,7 @@ mod index_tests {
     /// holds every id.
     #[test]
     fn the_writer_merges_its_runs_of_ids_while_appends_go_on() {
-        let (dir, rt, store, log) = spilling_at_100();
-        let (reached, release) = hold_at(&log.sync_hooks.merge_gate);
-        // After the ninth group or the tenth, MERGE_AT runs (or ten, as
-        // the tenth group's spill may have ended): a merge begins, and is
-        // held.
-        for k in 0..10 {
-            rt.block_on(log.append_atomic(hundred(k))).unwrap();
-        }
-        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (dir, rt, store, log, release) = merge_held_after_ten();
         // Groups 10 to 14 are answered while it is held, each spilled
         // after those being merged, every id found and refused as a
         // repeat (by the writer, which does not wait below MOST_RUNS).
@@ -6169,12 +6181,7 @@ mod index_tests {
     /// it: the close ends, and its snapshot holds every id.
     #[test]
     fn a_close_stops_a_merge_of_the_runs_of_ids() {
-        let (dir, rt, store, log) = spilling_at_100();
-        let (reached, release) = hold_at(&log.sync_hooks.merge_gate);
-        for k in 0..10 {
-            rt.block_on(log.append_atomic(hundred(k))).unwrap();
-        }
-        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        let (dir, rt, store, log, release) = merge_held_after_ten();
         // The close, on a thread: it waits for the merge, held at its gate.
         let (closing, closed) = std::sync::mpsc::channel();
         let closer = std::thread::spawn(move || {
