@@ -723,7 +723,7 @@ impl Ids {
     }
 
     /// A merge of every run held into one, for a thread of its own
-    /// ([`Merge::write`]), once `at_least` (the writer's: [`MAX_RUNS`] or
+    /// ([`Merge::write`]), once `at_least` (the writer's: [`MERGE_AT`] or
     /// more) and at least two are held; `None` before. Look-ups go on in
     /// the runs as they are, and spills go on adding runs after them,
     /// until [`Ids::install_merge`] puts the merged run in their place.

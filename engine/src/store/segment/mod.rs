@@ -3100,10 +3100,9 @@ impl Writer {
     /// [`ids::MAX_RUNS`] more runs are held than it merged.
     fn merge_ids(&mut self) {
         if let Some(merge) = &self.merging {
-            // Waited for once MOST_RUNS runs are held, and as many more
-            // as a merge begins at were added since it began (a merge
-            // begun late, after one that failed, is not waited for at
-            // once).
+            // Waited for once MOST_RUNS runs are held and MAX_RUNS more
+            // were added since it began (a merge begun late, after one
+            // that failed, is not waited for at once).
             let wait_at = ids::MOST_RUNS.max(merge.held + ids::MAX_RUNS);
             if !merge.handle.is_finished() && self.held(SpillOf::Merge) < wait_at {
                 return;
