@@ -2650,10 +2650,13 @@ impl SpillOf {
 /// ([`Writer::start_spill`], [`Writer::end_spill`]).
 struct InFlight {
     handle: JoinHandle<SpillEnd>,
-    /// What the index held of what it spills as it began
-    /// ([`Writer::held`]): what was added since is counted from there.
-    held: usize,
-    /// What it takes: the ids of a full table, or the stream positions.
+    /// How much the index holds of what it spills ([`Writer::held`])
+    /// when the writer waits for it rather than go on: for a spill, a
+    /// quarter more than as it began ([`SPILL_WAIT_PARTS`]); for a merge,
+    /// [`ids::MAX_RUNS`] more runs (and [`ids::MOST_RUNS`] at least).
+    wait_at: usize,
+    /// What it takes: the ids of a full table, the stream positions, or
+    /// the runs merged.
     taking: usize,
 }
 
@@ -2886,7 +2889,7 @@ impl Writer {
         // lock.
         self.start_spill(
             SpillOf::Lists,
-            (held, held),
+            (held.saturating_add(held / SPILL_WAIT_PARTS), held),
             move |state, dir| write_list_spill(state, spill, dir).map_err(|e| e.to_string()),
             |state, spilled| match state.index.streams.install(spilled) {
                 Some(replaced) => (Ok(()), Some(replaced)),
@@ -2927,15 +2930,15 @@ impl Writer {
     }
 
     /// Whether a spill of `of` may begin: none is in flight, or the one in
-    /// flight has ended, or a quarter as much as it takes was added since
-    /// it began ([`SPILL_WAIT_PARTS`]), and the writer ended it here
-    /// (waiting for it if it still ran). `false` while it runs on.
+    /// flight has ended, or the index holds as much as it is waited for at
+    /// ([`InFlight::wait_at`]), and the writer ended it here (waiting for
+    /// it if it still ran). `false` while it runs on.
     fn spill_may_begin(&mut self, of: SpillOf) -> bool {
-        let (from, taking, finished) = match self.in_flight(of) {
+        let (wait_at, finished) = match self.in_flight(of) {
             None => return true,
-            Some(s) => (s.held, s.taking, s.handle.is_finished()),
+            Some(s) => (s.wait_at, s.handle.is_finished()),
         };
-        if !finished && self.held(of).saturating_sub(from) < taking / SPILL_WAIT_PARTS {
+        if !finished && self.held(of) < wait_at {
             return false;
         }
         self.end_spill(of);
@@ -2943,12 +2946,13 @@ impl Writer {
     }
 
     /// [`Writer::spawn_spill`], kept in flight until [`Writer::end_spill`];
-    /// `(held, taking)`: what the index held of what it spills as it began
-    /// ([`Writer::held`]), and what it takes.
+    /// `(wait_at, taking)`: how much the index holds of what it spills
+    /// when the writer waits for it ([`InFlight::wait_at`]), and what it
+    /// takes.
     fn start_spill<W: Send + 'static, R>(
         &mut self,
         of: SpillOf,
-        (held, taking): (usize, usize),
+        (wait_at, taking): (usize, usize),
         write: impl FnOnce(&RwLock<State>, &Path) -> Result<W, String> + Send + 'static,
         install: impl FnOnce(&mut State, W) -> (SpillEnd, R) + Send + 'static,
     ) {
@@ -2956,7 +2960,7 @@ impl Writer {
             Ok(handle) => {
                 *self.in_flight(of) = Some(InFlight {
                     handle,
-                    held,
+                    wait_at,
                     taking,
                 })
             }
@@ -3067,7 +3071,7 @@ impl Writer {
         // lock.
         self.start_spill(
             SpillOf::Ids,
-            (0, self.spills.ids),
+            (self.spills.ids / SPILL_WAIT_PARTS, self.spills.ids),
             move |_, dir| spill.write(dir).map(|run| (spill, run)),
             |state, (spill, run)| match state.index.ids.install(&spill, run) {
                 Ok(replaced) => (Ok(()), (spill, Ok(replaced))),
@@ -3099,15 +3103,8 @@ impl Writer {
     /// leaves the runs as they were, and the next begins once
     /// [`ids::MAX_RUNS`] more runs are held than it merged.
     fn merge_ids(&mut self) {
-        if let Some(merge) = &self.merging {
-            // Waited for once MOST_RUNS runs are held and MAX_RUNS more
-            // were added since it began (a merge begun late, after one
-            // that failed, is not waited for at once).
-            let wait_at = ids::MOST_RUNS.max(merge.held + ids::MAX_RUNS);
-            if !merge.handle.is_finished() && self.held(SpillOf::Merge) < wait_at {
-                return;
-            }
-            self.end_spill(SpillOf::Merge);
+        if !self.spill_may_begin(SpillOf::Merge) {
+            return;
         }
         let merge = match self.state.read() {
             Ok(state) => state.index.ids.begin_merge(self.spills.merge_at),
@@ -3118,10 +3115,13 @@ impl Writer {
         };
         let runs = merge.len();
         let stop = self.merge_stop.clone();
-        // The runs it replaces are freed by its thread, outside the lock.
+        // Waited for once MOST_RUNS runs are held and MAX_RUNS more were
+        // added since it began (a merge begun late, after one that
+        // failed, is not waited for at once). The runs it replaces are
+        // freed by its thread, outside the lock.
         self.start_spill(
             SpillOf::Merge,
-            (runs, runs),
+            (ids::MOST_RUNS.max(runs.saturating_add(ids::MAX_RUNS)), runs),
             move |_, dir| merge.write(dir, &stop).map(|run| (merge, run)),
             |state, (merge, run)| match state.index.ids.install_merge(&merge, run) {
                 Ok(replaced) => (Ok(()), (merge, Ok(replaced))),

@@ -917,16 +917,20 @@ mod tests {
         let (mut streams, all, _file) = filed(&[(10, 70_000), (0, 70_000), (3, 5)]);
         let dir = tempfile::tempdir().unwrap();
         let head = all.iter().map(Vec::len).sum::<usize>() as u64;
-        let mut spill = streams.begin_spill(head);
-        assert!(spill.take(&streams, SPILL_SLICE).unwrap());
-        let big = spill.taken.iter().filter(|(_, _, k)| *k == 70_000).count();
-        assert_eq!(big, 1, "one long tail a slice");
-        spill.write_taken(dir.path()).unwrap();
-        while spill.take(&streams, SPILL_SLICE).unwrap() {
-            spill.write_taken(dir.path()).unwrap();
-        }
-        spill.write_taken(dir.path()).unwrap();
-        assert!(streams.install(spill.finish().unwrap()).is_some());
+        let mut first = true;
+        let spilled = streams
+            .begin_spill(head)
+            .write_slices(dir.path(), |spill| {
+                let more = spill.take(&streams, SPILL_SLICE)?;
+                if std::mem::take(&mut first) {
+                    assert!(more);
+                    let big = spill.taken.iter().filter(|(_, _, k)| *k == 70_000).count();
+                    assert_eq!(big, 1, "one long tail a slice");
+                }
+                Ok(more)
+            })
+            .unwrap();
+        assert!(streams.install(spilled).is_some());
         assert_eq!((streams.filed_head(), streams.tails()), (head, 0));
         each_reads_whole(&streams, &all);
     }
