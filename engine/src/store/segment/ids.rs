@@ -25,7 +25,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 use std::hash::BuildHasher;
 use uuid::Uuid;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::dense::Chunked;
@@ -84,6 +84,30 @@ fn rehash(by_position: &Chunked<u64>) -> impl Fn(&u32) -> u64 + '_ {
     move |&p| by_position[p as usize - 1]
 }
 
+/// Puts positions `first..first + n` into `table`, the fingerprint of
+/// position `first + i` being `fp(i)`, the slots of the next ids fetched
+/// together ahead ([`PREFETCH_IDS`]; the table has a full bucket to find
+/// its layout by from the first); `rehash` is the table's hasher, should
+/// it grow.
+fn fill(
+    table: &mut HashTable<u32>,
+    n: usize,
+    first: u32,
+    fp: impl Fn(usize) -> u64,
+    rehash: impl Fn(&u32) -> u64,
+) {
+    for i in 0..n {
+        if i % PREFETCH_IDS == 1 {
+            let next = i..n.min(i + PREFETCH_IDS);
+            prefetch_in(table, next.map(&fp));
+        }
+        table.insert_unique(fp(i), first + i as u32, &rehash);
+    }
+}
+
+/// Where [`IdMap::serial`]s come from.
+static MAP_SERIALS: AtomicU64 = AtomicU64::new(1);
+
 /// Puts `position`, whose id has fingerprint `fp`, into `table` (entries
 /// already there are found through `by_position`); returns a position
 /// already holding `fp`, if any. One probe where the fingerprint is new
@@ -118,6 +142,9 @@ pub(super) struct IdMap {
     /// Positions, found by the fingerprint of the id they hold.
     table: HashTable<u32>,
     hasher: IdHash,
+    /// This map's own number, never another's: a table grown apart from
+    /// it ([`Growth`]) is put in only here.
+    serial: u64,
 }
 
 impl Default for IdMap {
@@ -132,6 +159,7 @@ impl IdMap {
             by_position: Chunked::default(),
             table: HashTable::new(),
             hasher,
+            serial: MAP_SERIALS.fetch_add(1, Ordering::Relaxed),
         }
     }
 
@@ -152,6 +180,12 @@ impl IdMap {
     /// The fingerprints of positions 1..=len, in order.
     fn fps(&self) -> impl Iterator<Item = u64> + '_ {
         self.by_position.iter().copied()
+    }
+
+    /// Adds to `out` the fingerprints of positions `from + 1..=to` (those
+    /// held of them).
+    fn fps_into(&self, from: usize, to: usize, out: &mut Vec<u64>) {
+        out.extend((from..to.min(self.len())).map(|i| self.by_position[i]));
     }
 
     /// Ids the table holds before it must grow.
@@ -232,16 +266,13 @@ impl IdMap {
     pub(super) fn bigger_table(&self, capacity: usize) -> HashTable<u32> {
         let mut table = HashTable::with_capacity(capacity.max(self.len()));
         let by_position = &self.by_position;
-        let n = by_position.len();
-        for i in 0..n {
-            if i % PREFETCH_IDS == 1 {
-                // The slots of the next ids, fetched together (the table
-                // has a full bucket to find its layout by from the first).
-                let next = i..n.min(i + PREFETCH_IDS);
-                prefetch_in(&table, next.map(|j| by_position[j]));
-            }
-            table.insert_unique(by_position[i], i as u32 + 1, rehash(by_position));
-        }
+        fill(
+            &mut table,
+            by_position.len(),
+            1,
+            |i| by_position[i],
+            rehash(by_position),
+        );
         table
     }
 
@@ -340,6 +371,74 @@ pub(super) const MERGE_AT: usize = MAX_RUNS + 1;
 /// runs are left as they are, and the next merge begins at [`MAX_RUNS`]
 /// more.
 pub(super) const MOST_RUNS: usize = 2 * MAX_RUNS;
+
+/// A table of room for this many ids or more grows apart from it, on a
+/// thread of its own ([`Ids::begin_growth`]); a smaller one grows where it
+/// is (a copy of at most 57,344 positions: about a millisecond).
+pub(super) const GROW_APART_FROM: usize = 1 << 16;
+
+/// A growth apart begins once the table would hold more than three
+/// quarters of its room ([`Ids::begin_growth`]): the last quarter is what
+/// the writer pushes while it runs before it waits for it.
+const GROW_AHEAD_PARTS: usize = 4;
+
+/// Fingerprints a growth apart copies under the index's read lock at a
+/// time ([`Ids::growth_slice`]): 128 KiB, a few microseconds.
+pub(super) const GROWTH_SLICE: usize = 1 << 14;
+
+/// A table twice the size of the ids' table, built apart from it on a
+/// thread of its own ([`Ids::begin_growth`]) while the writer goes on
+/// pushing into the table: filled with the positions the table held as
+/// it began, a slice of fingerprints at a time ([`Ids::growth_slice`],
+/// [`Growth::fill`]), then brought up to date and put in the table's
+/// place by the writer ([`Ids::catch_up`], [`Ids::install_growth`]).
+pub(super) struct Growth {
+    /// The map it is built from ([`IdMap::serial`]).
+    serial: u64,
+    /// Ids it is made with room for.
+    room: usize,
+    /// Positions 1..=built are in it.
+    built: usize,
+    /// Positions the map held as it began: built apart up to there.
+    until: usize,
+    table: HashTable<u32>,
+}
+
+impl Growth {
+    /// Whether every position held as it began is in it.
+    pub(super) fn built_apart(&self) -> bool {
+        self.built >= self.until
+    }
+
+    /// Puts in the positions after those built, whose fingerprints are
+    /// `fps` ([`Ids::growth_slice`]); the table is made at the first.
+    /// Never grows the table (its hasher would need every fingerprint):
+    /// `Err` when it has no room for them.
+    pub(super) fn fill(&mut self, fps: &[u64]) -> Result<(), String> {
+        if self.table.capacity() < self.room {
+            self.table = HashTable::with_capacity(self.room);
+        }
+        if self.table.capacity() - self.table.len() < fps.len() {
+            return Err("a table grown apart has no room left".into());
+        }
+        // Room for them all: the hasher is never called.
+        fill(
+            &mut self.table,
+            fps.len(),
+            self.built as u32 + 1,
+            |i| fps[i],
+            |_| 0,
+        );
+        self.built += fps.len();
+        Ok(())
+    }
+
+    /// Ids the table it builds holds before it must grow.
+    #[cfg(test)]
+    pub(super) fn room(&self) -> usize {
+        self.room
+    }
+}
 
 /// A log's event ids: those of the index snapshot it was opened from and
 /// those the writer spilled since, each in a file ([`SortedIds`]: a filter
@@ -621,6 +720,79 @@ impl Ids {
     /// [`IdMap::reserve`].
     pub(super) fn reserve(&mut self, additional: usize) {
         self.tail.reserve(additional);
+    }
+
+    /// A growth of the table apart from it ([`Growth`]), when one is due:
+    /// the table has room for `from` ids or more and would hold, with
+    /// `adding` more, more than three quarters of its room
+    /// ([`GROW_AHEAD_PARTS`]), yet not more than its room (a table that
+    /// must grow at once grows where it is, [`Ids::bigger_table`]), and it
+    /// has room for fewer than `most`, the most it holds before it is
+    /// spilled. Made with twice the room, as the table's own growth would
+    /// give.
+    pub(super) fn begin_growth(&self, adding: usize, from: usize, most: usize) -> Option<Growth> {
+        let (len, room) = (self.tail.len(), self.tail.capacity());
+        let due = len.saturating_add(adding);
+        if room < from.max(1) || room >= most || due <= room - room / GROW_AHEAD_PARTS || due > room
+        {
+            return None;
+        }
+        Some(Growth {
+            serial: self.tail.serial,
+            room: room.saturating_mul(2),
+            built: 0,
+            until: len,
+            table: HashTable::new(),
+        })
+    }
+
+    /// Puts in `out` (cleared first) the fingerprints of `growth`'s next
+    /// slice, up to `most` of them. `Err` once the table it is built from
+    /// was replaced (frozen for a spill, or taken back after one).
+    pub(super) fn growth_slice(
+        &self,
+        growth: &Growth,
+        most: usize,
+        out: &mut Vec<u64>,
+    ) -> Result<(), String> {
+        if growth.serial != self.tail.serial {
+            return Err("the id table was replaced while it grew".into());
+        }
+        out.clear();
+        let to = growth.until.min(growth.built.saturating_add(most));
+        self.tail.fps_into(growth.built, to, out);
+        Ok(())
+    }
+
+    /// Brings a growth built apart up to date: the positions pushed since
+    /// it began are put in it. `false`, and nothing done, when it was built
+    /// from a table since replaced, or not built yet.
+    pub(super) fn catch_up(&self, growth: &mut Growth) -> bool {
+        let len = self.tail.len();
+        if growth.serial != self.tail.serial || !growth.built_apart() || growth.built > len {
+            return false;
+        }
+        let (by_position, built) = (&self.tail.by_position, growth.built);
+        fill(
+            &mut growth.table,
+            len - built,
+            built as u32 + 1,
+            |i| by_position[built + i],
+            rehash(by_position),
+        );
+        growth.built = len;
+        true
+    }
+
+    /// Puts `growth`'s table in the table's place, returning the old one
+    /// to free. A growth of another table, or not brought up to date
+    /// ([`Ids::catch_up`]), is handed back and nothing changes.
+    pub(super) fn install_growth(&mut self, growth: Growth) -> Result<HashTable<u32>, Growth> {
+        let len = self.tail.len();
+        if growth.serial != self.tail.serial || growth.built != len || growth.table.len() != len {
+            return Err(growth);
+        }
+        Ok(self.tail.replace_table(growth.table))
     }
 
     /// Ids in the table (those after the files').
@@ -1158,6 +1330,32 @@ mod tests {
         (f, sorted)
     }
 
+    /// Each of `all` (the id of position `i + 1`) is a candidate at its
+    /// position, and only where an id of the same fingerprint is.
+    fn found_everywhere(ids: &Ids, all: &[u128]) -> Result<(), TestCaseError> {
+        prop_assert_eq!(ids.len(), all.len());
+        for (i, &id) in all.iter().enumerate() {
+            let p = i as u32 + 1;
+            let id = Uuid::from_u128(id);
+            let at = ids.candidates(&id).unwrap();
+            prop_assert!(at.contains(&p));
+            let fp = ids.fingerprint(&id);
+            for q in at {
+                let other = Uuid::from_u128(all[q as usize - 1]);
+                prop_assert_eq!(ids.fingerprint(&other), fp);
+            }
+            prop_assert!(ids.holds(&id, u64::from(p)).unwrap());
+        }
+        Ok(())
+    }
+
+    /// A growth of `ids`' table due now, whatever it holds: as many more
+    /// ids as fill it exactly are said to be coming.
+    fn growth_of(ids: &Ids) -> Option<Growth> {
+        let room = ids.tail.capacity();
+        ids.begin_growth(room.saturating_sub(ids.table_len()), 1, usize::MAX)
+    }
+
     proptest! {
         /// Whatever the split between the snapshot's file, the runs
         /// spilled after it (merged into one once there are MAX_RUNS) and
@@ -1227,22 +1425,6 @@ mod tests {
         ) {
             let (hasher, dir, _f, mut ids) = ids_over(&base, seed);
             let mut all: Vec<u128> = base.clone();
-            let found_everywhere = |ids: &Ids, all: &[u128]| -> Result<(), TestCaseError> {
-                prop_assert_eq!(ids.len(), all.len());
-                for (i, &id) in all.iter().enumerate() {
-                    let p = i as u32 + 1;
-                    let id = Uuid::from_u128(id);
-                    let at = ids.candidates(&id).unwrap();
-                    prop_assert!(at.contains(&p));
-                    let fp = ids.fingerprint(&id);
-                    for q in at {
-                        let other = Uuid::from_u128(all[q as usize - 1]);
-                        prop_assert_eq!(ids.fingerprint(&other), fp);
-                    }
-                    prop_assert!(ids.holds(&id, u64::from(p)).unwrap());
-                }
-                Ok(())
-            };
             // A merge step: 1 begins one (if none is in flight), 2 puts
             // it in (or has it refused, the runs it merged replaced
             // meanwhile), 3 drops it (a merge that failed); anything else
@@ -1332,6 +1514,166 @@ mod tests {
             drop((ids, merging));
             prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
+    }
+
+    proptest! {
+        /// Growths of the table apart from it ([`Ids::begin_growth`]),
+        /// filled a slice at a time while ids are pushed, then brought up
+        /// to date and put in ([`Ids::catch_up`], [`Ids::install_growth`]),
+        /// with the table frozen, spilled or taken back between: at every
+        /// step each id is found at its position; a growth put in holds
+        /// every id with room to spare; one of a table since replaced is
+        /// refused, and one not brought up to date too, nothing changed.
+        #[test]
+        fn a_table_grown_apart_finds_every_id(
+            base in proptest::collection::vec(any::<u128>(), 0..50),
+            steps in proptest::collection::vec(
+                (proptest::collection::vec(any::<u128>(), 0..300), 0u8..6, 1usize..400),
+                0..16),
+            seed in any::<u64>(),
+        ) {
+            let (hasher, dir, _f, mut ids) = ids_over(&base, seed);
+            let mut all: Vec<u128> = base.clone();
+            // A growth in flight, and whether its table was replaced since
+            // it began.
+            let mut growth: Option<(Growth, bool)> = None;
+            let mut fps = Vec::new();
+            for (chunk, step, slice) in &steps {
+                for &id in chunk {
+                    all.push(id);
+                    ids.push(Uuid::from_u128(id), all.len() as u32);
+                }
+                match (step, growth.take()) {
+                    (0, None) => growth = growth_of(&ids).map(|g| (g, false)),
+                    // One slice more.
+                    (1, Some((mut g, stale))) => {
+                        let sliced = ids.growth_slice(&g, *slice, &mut fps);
+                        prop_assert_eq!(sliced.is_err(), stale);
+                        if sliced.is_ok() {
+                            prop_assert!(fps.len() <= *slice);
+                            g.fill(&fps).unwrap();
+                        }
+                        growth = Some((g, stale));
+                    }
+                    // Built to its end, brought up to date and put in.
+                    (2, Some((mut g, stale))) => {
+                        while !g.built_apart() && !stale {
+                            ids.growth_slice(&g, *slice, &mut fps).unwrap();
+                            prop_assert!(!fps.is_empty());
+                            g.fill(&fps).unwrap();
+                        }
+                        let (len, capacity) = (ids.table_len(), ids.table_capacity());
+                        if !stale && g.until < len {
+                            // Not brought up to date: refused.
+                            g = ids.install_growth(g).err().unwrap();
+                        }
+                        prop_assert_eq!(ids.catch_up(&mut g), !stale);
+                        match ids.install_growth(g) {
+                            Ok(old) => {
+                                prop_assert!(!stale);
+                                prop_assert_eq!(old.len(), len);
+                                prop_assert!(ids.table_capacity() >= len);
+                            }
+                            Err(_) => {
+                                prop_assert!(stale);
+                                prop_assert_eq!(ids.table_capacity(), capacity);
+                            }
+                        }
+                    }
+                    // The table frozen and spilled: a growth begun is stale.
+                    (3, g) => {
+                        let spill = ids.freeze().unwrap();
+                        let run = spill.write(dir.path()).unwrap();
+                        ids.install(&spill, run).unwrap();
+                        growth = g.map(|(g, _)| (g, true));
+                    }
+                    // The table frozen and taken back: the same table if
+                    // nothing was pushed meanwhile, else a new one, where a
+                    // growth begun is stale.
+                    (4, g) => {
+                        drop(ids.freeze().unwrap());
+                        let during = slice % 3;
+                        for i in 0..during {
+                            all.push(u128::MAX - i as u128);
+                            ids.push(Uuid::from_u128(u128::MAX - i as u128), all.len() as u32);
+                        }
+                        ids.thaw();
+                        growth = g.map(|(g, stale)| (g, stale || during > 0));
+                    }
+                    (_, g) => growth = g,
+                }
+                found_everywhere(&ids, &all)?;
+            }
+            let mut out = Vec::new();
+            ids.sorted_pairs(|fp, p| {
+                out.push((fp, p));
+                Ok(())
+            })
+            .unwrap();
+            prop_assert_eq!(out, sorted_pairs_of(&hasher, &all));
+        }
+    }
+
+    /// A growth is due once the table would hold more than three quarters
+    /// of its room, not past its room (it then grows where it is), not for
+    /// a table smaller than asked, nor one of room for the most it holds
+    /// before a spill; it has twice the table's room.
+    #[test]
+    fn a_growth_apart_is_due_in_the_last_quarter_of_the_room() {
+        let mut ids = Ids::default();
+        for i in 1..=60u32 {
+            ids.push(Uuid::from_u128(u128::from(i)), i);
+        }
+        let (len, room) = (ids.table_len(), ids.table_capacity());
+        let fits = room - len;
+        let last_quarter = room - room / GROW_AHEAD_PARTS;
+        assert!(len < last_quarter, "{len} of {room}");
+        let due = |adding: usize, from: usize, most: usize| {
+            ids.begin_growth(adding, from, most).map(|g| g.room())
+        };
+        assert_eq!(due(fits, 1, usize::MAX), Some(2 * room));
+        assert_eq!(
+            due(fits + 1, 1, usize::MAX),
+            None,
+            "full: grown where it is"
+        );
+        assert_eq!(due(last_quarter.saturating_sub(len), 1, usize::MAX), None);
+        assert_eq!(due(last_quarter + 1 - len, 1, usize::MAX), Some(2 * room));
+        assert_eq!(due(fits, room + 1, usize::MAX), None, "too small");
+        assert_eq!(due(fits, room, room), None, "spilled before it is full");
+        assert_eq!(due(fits, room, room + 1), Some(2 * room));
+    }
+
+    /// A growth of a table since frozen is refused at each step: its next
+    /// slice, its bringing up to date, and its putting in.
+    #[test]
+    fn a_growth_of_a_table_since_frozen_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ids = Ids::default();
+        for i in 1..=100u32 {
+            ids.push(Uuid::from_u128(u128::from(i)), i);
+        }
+        let mut built = growth_of(&ids).unwrap();
+        let mut fps = Vec::new();
+        while !built.built_apart() {
+            ids.growth_slice(&built, 7, &mut fps).unwrap();
+            built.fill(&fps).unwrap();
+        }
+        let mut begun = growth_of(&ids).unwrap();
+        let spill = ids.freeze().unwrap();
+        ids.install(&spill, spill.write(dir.path()).unwrap())
+            .unwrap();
+        for i in 101..=120u32 {
+            ids.push(Uuid::from_u128(u128::from(i)), i);
+        }
+        assert!(ids.growth_slice(&begun, 7, &mut fps).is_err());
+        assert!(!ids.catch_up(&mut begun));
+        assert!(!ids.catch_up(&mut built));
+        let capacity = ids.table_capacity();
+        assert!(ids.install_growth(built).is_err());
+        assert_eq!(ids.table_capacity(), capacity);
+        let all: Vec<u128> = (1..=120).collect();
+        found_everywhere(&ids, &all).unwrap();
     }
 
     /// A merge's run is refused, and nothing changes, once the runs it

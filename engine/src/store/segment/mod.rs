@@ -225,6 +225,8 @@ pub struct SegmentOptions {
     pub spill_streams: usize,
     /// [`snapshot::BESIDE_BYTES`] (tests lower it).
     pub snapshot_beside_bytes: u64,
+    /// [`ids::GROW_APART_FROM`] (tests lower it).
+    pub grow_apart_from: usize,
 }
 
 impl Default for SegmentOptions {
@@ -241,6 +243,7 @@ impl Default for SegmentOptions {
             spill_ids: SPILL_IDS,
             spill_streams: SPILL_STREAMS,
             snapshot_beside_bytes: snapshot::BESIDE_BYTES,
+            grow_apart_from: ids::GROW_APART_FROM,
         }
     }
 }
@@ -2167,6 +2170,8 @@ impl SegmentLog {
             lists_spilling: None,
             merging: None,
             merge_stop: Arc::new(AtomicBool::new(false)),
+            growing: None,
+            grow_apart_from: options.grow_apart_from,
             #[cfg(test)]
             sync_hooks: sync_hooks.clone(),
         };
@@ -2589,8 +2594,14 @@ struct Writer {
     /// The merge of the runs of ids on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::merge_ids`]).
     merging: Option<InFlight>,
-    /// Set at the close: a merge in flight stops ([`ids::Merge::write`]).
+    /// Set at the close: a merge in flight stops ([`ids::Merge::write`]),
+    /// and a growth of the id table ([`grow_apart`]).
     merge_stop: Arc<AtomicBool>,
+    /// The growth of the id table on a thread of its own, if one was
+    /// started and not yet ended here ([`Writer::grow_ids_ahead`]).
+    growing: Option<JoinHandle<Result<ids::Growth, String>>>,
+    /// [`SegmentOptions::grow_apart_from`].
+    grow_apart_from: usize,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
     sync_hooks: Arc<SyncHooks>,
@@ -2658,6 +2669,33 @@ struct InFlight {
     /// What it takes: the ids of a full table, the stream positions, or
     /// the runs merged.
     taking: usize,
+}
+
+/// Builds `growth` ([`ids::Growth`]) on a thread of its own: the id
+/// table's fingerprints are copied under the read lock a slice at a time
+/// ([`ids::GROWTH_SLICE`]) and put in without it. `Err` once `stop` is set
+/// (the close), or the table it is built from was replaced.
+fn grow_apart(
+    state: &RwLock<State>,
+    mut growth: ids::Growth,
+    stop: &AtomicBool,
+) -> Result<ids::Growth, String> {
+    let mut fps = Vec::with_capacity(ids::GROWTH_SLICE);
+    while !growth.built_apart() {
+        if stop.load(Ordering::Relaxed) {
+            return Err("the log was closed while its id table grew".into());
+        }
+        read_state(state)
+            .map_err(|e| e.to_string())?
+            .index
+            .ids
+            .growth_slice(&growth, ids::GROWTH_SLICE, &mut fps)?;
+        if fps.is_empty() {
+            return Err("the id table holds fewer ids than it grows for".into());
+        }
+        growth.fill(&fps)?;
+    }
+    Ok(growth)
 }
 
 /// Writes `spill` (begun under the index's lock) to a file in `dir`, the
@@ -2779,7 +2817,11 @@ impl Writer {
         // its file after the log is closed.
         // A merge still running is stopped: the snapshot merges every id
         // anyway, and the runs stay as they are.
+        // So is a growth of the id table.
         self.merge_stop.store(true, Ordering::Relaxed);
+        if let Some(growth) = self.growing.take() {
+            let _ = growth.join();
+        }
         self.end_spill(SpillOf::Ids);
         self.end_spill(SpillOf::Merge);
         self.end_spill(SpillOf::Lists);
@@ -3067,6 +3109,10 @@ impl Writer {
         let Some(spill) = spill else {
             return;
         };
+        // A growth of the table just frozen is of no use: let go of, not
+        // waited for (its thread ends at its next slice, finding the table
+        // replaced).
+        self.growing = None;
         // The new table is empty; the frozen table is freed outside the
         // lock.
         self.start_spill(
@@ -3146,7 +3192,25 @@ impl Writer {
     /// A table grown is grown for them too, up to what the table holds
     /// before it is spilled ([`SPILL_IDS`] and a group): one rebuild for a
     /// whole import, not one at every doubling.
-    fn grow_ids_ahead(&self, adding: usize, then: usize) {
+    ///
+    /// A table of room for [`ids::GROW_APART_FROM`] ids or more that would
+    /// grow by doubling (no appends are expected, or a table is frozen)
+    /// grows apart instead, on a thread of its own ([`grow_apart`]), begun
+    /// once it holds three quarters of its room ([`Ids::begin_growth`]):
+    /// the writer goes on pushing into it meanwhile, and puts the new table
+    /// in once the thread has ended, first putting in it what it pushed
+    /// since ([`Ids::catch_up`], under the read lock). It waits for the
+    /// thread only when a group would find the table full. Until session
+    /// aw the writer built every growth itself, and appends waited for it:
+    /// 20–119 ms at 917,504 ids, once before the first spill and once
+    /// after every spill, for appends that do not say how many are coming
+    /// (docs/performance.md, "Session aw").
+    fn grow_ids_ahead(&mut self, adding: usize, then: usize) {
+        if let Some(growth) = &self.growing {
+            if growth.is_finished() || self.ids_full_for(adding) {
+                self.end_growth();
+            }
+        }
         let bigger = {
             let Ok(state) = self.state.read() else {
                 return;
@@ -3156,19 +3220,79 @@ impl Writer {
                 return;
             }
             let ids = &state.index.ids;
-            if !ids.table_full_for(adding) {
-                return;
-            }
-            let room = (self.spills.ids.saturating_add(MAX_GROUP_EVENTS))
-                .saturating_sub(ids.table_len().saturating_add(adding));
+            // The most the table holds before it is spilled.
+            let most = self.spills.ids.saturating_add(MAX_GROUP_EVENTS);
+            let room = most.saturating_sub(ids.table_len().saturating_add(adding));
             // While a table is frozen for its spill, the new one grows by
             // doubling, not at once for the events expected: the two
             // tables are held together until the spill ends.
             let then = if ids.is_frozen() { 0 } else { then.min(room) };
+            if !ids.table_full_for(adding) {
+                let growth = match (then, &self.growing) {
+                    (0, None) => ids.begin_growth(adding, self.grow_apart_from, most),
+                    _ => None,
+                };
+                drop(state);
+                if let Some(growth) = growth {
+                    self.start_growth(growth);
+                }
+                return;
+            }
             ids.bigger_table(adding.saturating_add(then))
         };
         let old = match self.state.write() {
             Ok(mut state) => state.index.ids.replace_table(bigger),
+            Err(_) => return,
+        };
+        // The old table is freed here, outside the lock.
+        drop(old);
+    }
+
+    /// Whether the id table has no room for `adding` more ids (and holds
+    /// them, not the snapshot).
+    fn ids_full_for(&self, adding: usize) -> bool {
+        self.state
+            .read()
+            .is_ok_and(|s| s.index.later.is_none() && s.index.ids.table_full_for(adding))
+    }
+
+    /// Starts `growth` on a thread of its own ([`grow_apart`]). Where no
+    /// thread can be started the table grows here when it must, as before.
+    fn start_growth(&mut self, growth: ids::Growth) {
+        let (state, stop) = (self.state.clone(), self.merge_stop.clone());
+        #[cfg(test)]
+        let hooks = self.sync_hooks.clone();
+        let thread = std::thread::Builder::new()
+            .name("casebook-id-growth".into())
+            .spawn(move || {
+                #[cfg(test)]
+                hooks.at_growth()?;
+                grow_apart(&state, growth, &stop)
+            });
+        self.growing = thread.ok();
+    }
+
+    /// Waits for the growth of the id table in flight, if any; brings it
+    /// up to date under the read lock ([`Ids::catch_up`]) and puts it in
+    /// under the write lock ([`Ids::install_growth`]). A growth that
+    /// failed, or of a table since replaced (frozen for a spill), is
+    /// dropped: the table grows here when it must, as before.
+    fn end_growth(&mut self) {
+        let Some(handle) = self.growing.take() else {
+            return;
+        };
+        let Ok(Ok(mut growth)) = handle.join() else {
+            return;
+        };
+        let caught_up = match self.state.read() {
+            Ok(state) => state.index.ids.catch_up(&mut growth),
+            Err(_) => false,
+        };
+        if !caught_up {
+            return;
+        }
+        let old = match self.state.write() {
+            Ok(mut state) => state.index.ids.install_growth(growth).map_err(drop),
             Err(_) => return,
         };
         // The old table is freed here, outside the lock.
@@ -3692,6 +3816,12 @@ struct SyncHooks {
     /// The next merge of the runs of ids fails (as a run that cannot be
     /// written).
     merge_fail: AtomicBool,
+    /// The next growth of the id table apart says so on the first
+    /// channel and waits for a word on the second before it copies any
+    /// fingerprint.
+    growth_gate: Gate,
+    /// The next growth of the id table apart fails.
+    growth_fail: AtomicBool,
     /// The writer waits for each spill of the stream lists as soon as it
     /// has begun it (as it did before they were spilled on a thread of
     /// their own): where a test counts what the writer holds.
@@ -3715,6 +3845,16 @@ impl SyncHooks {
         if let Some((reached, release)) = gate {
             let _ = reached.send(());
             let _ = release.recv();
+        }
+    }
+
+    /// At a growth of the id table apart, before it copies anything:
+    /// `Err` when it is to fail.
+    fn at_growth(&self) -> Result<(), String> {
+        Self::pass(&self.growth_gate);
+        match self.growth_fail.swap(false, Ordering::Relaxed) {
+            true => Err("a growth made to fail".into()),
+            false => Ok(()),
         }
     }
 
@@ -6236,6 +6376,149 @@ mod index_tests {
         assert!(first.unwrap().1 > merged.1, "{first:?}");
         hundreds_found(&rt, &log, 28);
         refused_again_and_verified(&rt, &log, [1u128, 1_650, 2_800]);
+    }
+
+    /// Appends of 10 new ids each (ids `10k + 1..=10k + 10` for `k` in
+    /// `ks`).
+    fn tens(
+        rt: &tokio::runtime::Runtime,
+        log: &SegmentLog,
+        ks: std::ops::Range<u128>,
+    ) -> Result<(), StoreError> {
+        for k in ks {
+            rt.block_on(log.append_atomic(vec![request(k * 10 + 1..k * 10 + 11)]))?;
+        }
+        Ok(())
+    }
+
+    /// The id table's length and room.
+    fn table_of(log: &SegmentLog) -> (usize, usize) {
+        let state = log.state.read().unwrap();
+        (
+            state.index.ids.table_len(),
+            state.index.ids.table_capacity(),
+        )
+    }
+
+    /// Ids 1..=n, each found at its position.
+    fn all_found(rt: &tokio::runtime::Runtime, log: &SegmentLog, n: u128) {
+        let all: Vec<Uuid> = (1..=n).map(Uuid::from_u128).collect();
+        let found = rt.block_on(log.find_events(&all)).unwrap();
+        assert_eq!(found.len(), all.len());
+        for id in &all {
+            assert_eq!(u128::from(found[id].position), id.as_u128());
+        }
+    }
+
+    /// The writer grows an id table of room for `grow_apart_from` ids or
+    /// more apart from it, on a thread of its own, once it would hold
+    /// three quarters of its room. While that growth is held before it
+    /// copies anything, appends are answered and pushed into the table as
+    /// it is, which does not grow; the group that would find it full waits
+    /// for the growth; once it is let go, the table has twice the room and
+    /// every id is found and refused as a repeat.
+    #[test]
+    fn the_writer_grows_its_id_table_apart_while_appends_go_on() {
+        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
+            grow_apart_from: 400,
+            ..SegmentOptions::default()
+        });
+        let (reached, release) = hold_at(&log.sync_hooks.growth_gate);
+        // Smaller tables grow where they are, until one of room for 400 or
+        // more holds three quarters of it.
+        let mut k = 0;
+        while reached.try_recv().is_err() {
+            assert!(k < 200, "no growth apart began");
+            tens(&rt, &log, k..k + 1).unwrap();
+            k += 1;
+        }
+        let (len, room) = table_of(&log);
+        assert!(
+            room >= 400 && 4 * len > 3 * room && len <= room,
+            "{len} of {room}"
+        );
+        // Appends go on while the growth is held, into the table as it is.
+        let fit = ((room - len) / 10) as u128;
+        assert!(fit >= 2, "{len} of {room}");
+        tens(&rt, &log, k..k + fit).unwrap();
+        k += fit;
+        assert_eq!(table_of(&log), (len + 10 * fit as usize, room));
+        // The group that would find the table full waits for the growth.
+        let (told, answered) = std::sync::mpsc::channel();
+        let appending = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                tens(&rt, &log, k..k + 1).unwrap();
+                drop(log);
+                let _ = told.send(());
+            })
+        };
+        assert!(answered.recv_timeout(Duration::from_millis(300)).is_err());
+        assert_eq!(table_of(&log).1, room, "not grown where it is");
+        release.send(()).unwrap();
+        answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        appending.join().unwrap();
+        k += 1;
+        assert_eq!(table_of(&log), (10 * k as usize, 2 * room));
+        all_found(&rt, &log, 10 * k);
+        refused_again_and_verified(&rt, &log, [1u128, 10 * k / 2, 10 * k]);
+    }
+
+    /// A growth of the id table apart that fails leaves the table as it
+    /// is: the writer grows it where it is once a group would find it
+    /// full, and the next growth apart is put in as usual; every id is
+    /// found throughout.
+    #[test]
+    fn a_growth_of_the_id_table_apart_that_fails_leaves_it_to_the_writer() {
+        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
+            grow_apart_from: 400,
+            ..SegmentOptions::default()
+        });
+        log.sync_hooks.growth_fail.store(true, Ordering::Relaxed);
+        let mut rooms = Vec::new();
+        for k in 0..400 {
+            tens(&rt, &log, k..k + 1).unwrap();
+            rooms.push(table_of(&log).1);
+        }
+        assert!(
+            !log.sync_hooks.growth_fail.load(Ordering::Relaxed),
+            "it failed"
+        );
+        rooms.dedup();
+        // Grown where it is up to 448, once where it is past the failure,
+        // then apart: each time twice the room.
+        assert!(rooms.len() >= 6, "{rooms:?}");
+        for pair in rooms.windows(2) {
+            assert!(pair[1] >= 2 * pair[0] - 1, "{rooms:?}");
+        }
+        all_found(&rt, &log, 4_000);
+        refused_again_and_verified(&rt, &log, [1u128, 2_000, 4_000]);
+    }
+
+    /// A growth apart of a table that is frozen for a spill before the
+    /// growth has copied anything is dropped: the spill's new table grows
+    /// as any, and every id is found.
+    #[test]
+    fn a_growth_apart_of_a_table_since_spilled_is_dropped() {
+        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
+            grow_apart_from: 200,
+            spill_ids: 200,
+            ..SegmentOptions::default()
+        });
+        let (reached, release) = hold_at(&log.sync_hooks.growth_gate);
+        // The growth begins with the table at 180 of 224 (three quarters:
+        // 168); the spill after the group that ends at 200 freezes it, and
+        // the next group finds a new table, empty: it is not waited for.
+        tens(&rt, &log, 0..21).unwrap();
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(table_of(&log).0, 10);
+        release.send(()).unwrap();
+        tens(&rt, &log, 21..60).unwrap();
+        all_found(&rt, &log, 600);
+        refused_again_and_verified(&rt, &log, [1u128, 190, 600]);
     }
 
     /// An open that indexes every frame spills the id table as it scans
