@@ -1291,12 +1291,7 @@ mod tests {
             ids.push(Uuid::from_u128(id), i as u32 + 1);
         }
         for pass in [1 << 15, PASS_PAIRS, usize::MAX] {
-            let mut out = Vec::with_capacity(all.len());
-            ids.sorted_pairs_by(pass, |fp, p| {
-                out.push((fp, p));
-                Ok(())
-            })
-            .unwrap();
+            let out = pairs_by(&ids, pass);
             assert_eq!(out, sorted_pairs_of(&hasher, &all), "pass_pairs {pass}");
         }
     }
@@ -1349,6 +1344,18 @@ mod tests {
         Ok(())
     }
 
+    /// Every `(fingerprint, position)` of `ids`, sorted about `pass`
+    /// pairs of the table at a time ([`Ids::sorted_pairs_by`]).
+    fn pairs_by(ids: &Ids, pass: usize) -> Vec<(u64, u32)> {
+        let mut out = Vec::new();
+        ids.sorted_pairs_by(pass, |fp, p| {
+            out.push((fp, p));
+            Ok(())
+        })
+        .unwrap();
+        out
+    }
+
     /// A growth of `ids`' table due now, whatever it holds: as many more
     /// ids as fill it exactly are said to be coming.
     fn growth_of(ids: &Ids) -> Option<Growth> {
@@ -1386,13 +1393,7 @@ mod tests {
                 }
             }
             prop_assert_eq!(ids.len(), all.len());
-            let mut out = Vec::new();
-            ids.sorted_pairs_by(pass, |fp, p| {
-                out.push((fp, p));
-                Ok(())
-            })
-            .unwrap();
-            prop_assert_eq!(out, sorted_pairs_of(&hasher, &all));
+            prop_assert_eq!(pairs_by(&ids, pass), sorted_pairs_of(&hasher, &all));
             for (i, &id) in all.iter().enumerate() {
                 let p = i as u32 + 1;
                 let id = Uuid::from_u128(id);
@@ -1504,13 +1505,7 @@ mod tests {
                 }
                 found_everywhere(&ids, &all)?;
             }
-            let mut out = Vec::new();
-            ids.sorted_pairs(|fp, p| {
-                out.push((fp, p));
-                Ok(())
-            })
-            .unwrap();
-            prop_assert_eq!(out, sorted_pairs_of(&hasher, &all));
+            prop_assert_eq!(pairs_by(&ids, PASS_PAIRS), sorted_pairs_of(&hasher, &all));
             drop((ids, merging));
             prop_assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
         }
@@ -1604,13 +1599,7 @@ mod tests {
                 }
                 found_everywhere(&ids, &all)?;
             }
-            let mut out = Vec::new();
-            ids.sorted_pairs(|fp, p| {
-                out.push((fp, p));
-                Ok(())
-            })
-            .unwrap();
-            prop_assert_eq!(out, sorted_pairs_of(&hasher, &all));
+            prop_assert_eq!(pairs_by(&ids, PASS_PAIRS), sorted_pairs_of(&hasher, &all));
         }
     }
 
