@@ -13,8 +13,11 @@
 //! logs in a temporary directory under `CASEBOOK_STALL_DIR` or the system's)
 //! and `CASEBOOK_STALL_STREAMS`. docs/performance.md ("Session au") has
 //! measured runs. Timings stay out of the test suite: this is a benchmark.
-//! It allocates with mimalloc, as `casebook` does (src/main.rs; not its
-//! 10 ms purge delay). The
+//! It allocates with mimalloc and takes `casebook`'s memory settings
+//! (src/memory.rs: transparent huge pages off, freed memory returned after
+//! 10 ms); until session aw it kept mimalloc's defaults, under which some
+//! appends waited 5–20 ms for the kernel to fault in a huge page, which
+//! `casebook` never asks for (docs/performance.md, "Session aw"). The
 //! engine's appends include sealing each event (encoding and the chain
 //! hash), which the raw writes were given done: the difference in p50 is
 //! mostly that; a stall is an append far longer than the raw write's
@@ -22,6 +25,9 @@
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[path = "../src/memory.rs"]
+mod memory;
 
 use std::time::{Duration, Instant};
 
@@ -144,6 +150,8 @@ fn raw_groups(dir: &std::path::Path, groups: u64, streams: u64) -> Latencies {
 }
 
 fn main() {
+    // Before anything else is allocated, as `casebook` does at load.
+    memory::tune_memory();
     let events = env_or("CASEBOOK_STALL_EVENTS", 4_500_000);
     let streams = env_or("CASEBOOK_STALL_STREAMS", 24_000).max(1);
     let groups = events.div_ceil(GROUP).max(1);

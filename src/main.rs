@@ -5,20 +5,9 @@
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc's `mi_option_e` (v3, as bundled by libmimalloc-sys 0.1.49):
-/// how long freed memory waits before it goes back to the OS. The index is
-/// checked against the option's documented default in a test below.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+mod memory;
 
-/// 10 ms rather than mimalloc's 1 s, so the peak resident set stays near
-/// what the process holds (the bench's 1M-event run stays under 200 MB),
-/// and rather than 0, which returned and faulted in again the same memory
-/// batch after batch of an import (docs/performance.md, "Huge pages off").
-const PURGE_DELAY_MS: std::ffi::c_long = 10;
-
-/// mimalloc's `allow_thp` (same enum): whether it asks the kernel for
-/// transparent huge pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps.
-const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
+use memory::tune_memory;
 
 fn main() -> std::process::ExitCode {
     // On Linux, [`tune_memory`] ran before `main`, from `.init_array`
@@ -46,53 +35,16 @@ extern "C" fn tune_memory_at_load() {
     tune_memory();
 }
 
-/// Whether the environment variable `name` is set, without allocating
-/// (so that [`tune_memory`] can run before the allocator is first used).
-fn env_is_set(name: &std::ffi::CStr) -> bool {
-    // SAFETY: `getenv` reads the environment with a NUL-terminated name;
-    // nothing changes the environment while this runs (at load, or in
-    // `main` before any thread starts).
-    unsafe { !libc::getenv(name.as_ptr()).is_null() }
-}
-
-/// Transparent huge pages off for this process, and freed memory returned
-/// after [`PURGE_DELAY_MS`]. mimalloc's own environment variables, when set, win:
-/// `MIMALLOC_ALLOW_THP` (1 keeps huge pages) and `MIMALLOC_PURGE_DELAY`
-/// (milliseconds), so either can be measured without a rebuild.
-///
-/// With huge pages, every purge of a freed 2 MiB region is followed, at the
-/// next allocation there, by a fault that zeroes the whole 2 MiB again: a
-/// profile of the 1M-event import spent a tenth of the planner thread's CPU
-/// in `clear_page_erms` under huge-page faults. With 4 KiB pages only the
-/// pages touched are faulted in, and the resident set is smaller too
-/// (docs/performance.md, "Huge pages off").
-fn tune_memory() {
-    // SAFETY: process-wide settings made before any other thread starts
-    // (and, on Linux, before the first allocation: at load);
-    // `prctl(PR_SET_THP_DISABLE)` only changes how later page faults are
-    // served, and a failure (an old kernel) leaves the default.
-    unsafe {
-        if !env_is_set(c"MIMALLOC_ALLOW_THP") {
-            #[cfg(target_os = "linux")]
-            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-            libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
-        }
-        if !env_is_set(c"MIMALLOC_PURGE_DELAY") {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn option_indices_are_the_bundled_ones() {
         // SAFETY: reads process-wide allocator options.
-        let delay = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
+        let delay = unsafe { libmimalloc_sys::mi_option_get(super::memory::MI_OPTION_PURGE_DELAY) };
         assert_eq!(delay, 1000, "mimalloc v3 purge_delay defaults to 1000 ms");
         // The option after `allow_thp` is `minimal_purge_size`, default 0;
         // `allow_thp` itself defaults to 1 on Linux.
-        let thp = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_ALLOW_THP) };
+        let thp = unsafe { libmimalloc_sys::mi_option_get(super::memory::MI_OPTION_ALLOW_THP) };
         assert_eq!(thp, 1, "mimalloc v3 allow_thp defaults to 1");
     }
 }

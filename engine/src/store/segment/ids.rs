@@ -421,20 +421,20 @@ impl Growth {
         if self.table.capacity() - self.table.len() < fps.len() {
             return Err("a table grown apart has no room left".into());
         }
-        // Room for them all: the hasher is never called.
+        // Room for them all: hashbrown calls the hasher only to grow a
+        // table that has none left.
         fill(
             &mut self.table,
             fps.len(),
             self.built as u32 + 1,
             |i| fps[i],
-            |_| 0,
+            |_| unreachable!("a table grown apart grew"),
         );
         self.built += fps.len();
         Ok(())
     }
 
     /// Ids the table it builds holds before it must grow.
-    #[cfg(test)]
     pub(super) fn room(&self) -> usize {
         self.room
     }
@@ -800,8 +800,7 @@ impl Ids {
         self.tail.len()
     }
 
-    /// Room in the table.
-    #[cfg(test)]
+    /// Ids the table holds before it must grow.
     pub(super) fn table_capacity(&self) -> usize {
         self.tail.capacity()
     }
@@ -1652,16 +1651,19 @@ mod tests {
         let spill = ids.freeze().unwrap();
         ids.install(&spill, spill.write(dir.path()).unwrap())
             .unwrap();
-        for i in 101..=120u32 {
+        // The new table holds as many ids as the grown one: only the
+        // serial tells them apart.
+        for i in 101..=200u32 {
             ids.push(Uuid::from_u128(u128::from(i)), i);
         }
+        assert_eq!(ids.table_len(), 100);
         assert!(ids.growth_slice(&begun, 7, &mut fps).is_err());
         assert!(!ids.catch_up(&mut begun));
         assert!(!ids.catch_up(&mut built));
         let capacity = ids.table_capacity();
         assert!(ids.install_growth(built).is_err());
         assert_eq!(ids.table_capacity(), capacity);
-        let all: Vec<u128> = (1..=120).collect();
+        let all: Vec<u128> = (1..=200).collect();
         found_everywhere(&ids, &all).unwrap();
     }
 

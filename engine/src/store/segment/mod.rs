@@ -2172,6 +2172,7 @@ impl SegmentLog {
             merge_stop: Arc::new(AtomicBool::new(false)),
             growing: None,
             grow_apart_from: options.grow_apart_from,
+            growth_failed_at: 0,
             #[cfg(test)]
             sync_hooks: sync_hooks.clone(),
         };
@@ -2594,14 +2595,15 @@ struct Writer {
     /// The merge of the runs of ids on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::merge_ids`]).
     merging: Option<InFlight>,
-    /// Set at the close: a merge in flight stops ([`ids::Merge::write`]),
-    /// and a growth of the id table ([`grow_apart`]).
+    /// Set at the close: a merge in flight stops ([`ids::Merge::write`]).
     merge_stop: Arc<AtomicBool>,
     /// The growth of the id table on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::grow_ids_ahead`]).
-    growing: Option<JoinHandle<Result<ids::Growth, String>>>,
+    growing: Option<Growing>,
     /// [`SegmentOptions::grow_apart_from`].
     grow_apart_from: usize,
+    /// The room of the table whose last growth apart failed (0: none).
+    growth_failed_at: usize,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
     sync_hooks: Arc<SyncHooks>,
@@ -2671,10 +2673,28 @@ struct InFlight {
     taking: usize,
 }
 
+/// A growth of the id table on a thread of its own ([`grow_apart`]).
+struct Growing {
+    handle: JoinHandle<Result<ids::Growth, String>>,
+    /// The room of the table it grows.
+    from_room: usize,
+    /// Set when the writer lets go of it (the table was frozen for a
+    /// spill) or closes: it stops at its next slice.
+    stop: Arc<AtomicBool>,
+}
+
+impl Growing {
+    /// Tells its thread to stop, and waits for it.
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}
+
 /// Builds `growth` ([`ids::Growth`]) on a thread of its own: the id
 /// table's fingerprints are copied under the read lock a slice at a time
 /// ([`ids::GROWTH_SLICE`]) and put in without it. `Err` once `stop` is set
-/// (the close), or the table it is built from was replaced.
+/// ([`Growing::stop`]), or the table it is built from was replaced.
 fn grow_apart(
     state: &RwLock<State>,
     mut growth: ids::Growth,
@@ -2683,7 +2703,7 @@ fn grow_apart(
     let mut fps = Vec::with_capacity(ids::GROWTH_SLICE);
     while !growth.built_apart() {
         if stop.load(Ordering::Relaxed) {
-            return Err("the log was closed while its id table grew".into());
+            return Err("a growth of the id table let go of".into());
         }
         read_state(state)
             .map_err(|e| e.to_string())?
@@ -2796,6 +2816,7 @@ impl Writer {
             let committed = self.commit_group(group, events);
             self.trim_buffers();
             if committed {
+                self.growth_ended();
                 self.spill_ids();
                 self.merge_ids();
                 self.spill_streams();
@@ -2819,8 +2840,8 @@ impl Writer {
         // anyway, and the runs stay as they are.
         // So is a growth of the id table.
         self.merge_stop.store(true, Ordering::Relaxed);
-        if let Some(growth) = self.growing.take() {
-            let _ = growth.join();
+        if let Some(growing) = self.growing.take() {
+            growing.stop();
         }
         self.end_spill(SpillOf::Ids);
         self.end_spill(SpillOf::Merge);
@@ -3109,10 +3130,11 @@ impl Writer {
         let Some(spill) = spill else {
             return;
         };
-        // A growth of the table just frozen is of no use: let go of, not
-        // waited for (its thread ends at its next slice, finding the table
-        // replaced).
-        self.growing = None;
+        // A growth of the table just frozen is of no use: told to stop,
+        // not waited for (its thread ends at its next slice).
+        if let Some(growing) = self.growing.take() {
+            growing.stop.store(true, Ordering::Relaxed);
+        }
         // The new table is empty; the frozen table is freed outside the
         // lock.
         self.start_spill(
@@ -3206,11 +3228,10 @@ impl Writer {
     /// after every spill, for appends that do not say how many are coming
     /// (docs/performance.md, "Session aw").
     fn grow_ids_ahead(&mut self, adding: usize, then: usize) {
-        if let Some(growth) = &self.growing {
-            if growth.is_finished() || self.ids_full_for(adding) {
-                self.end_growth();
-            }
+        if self.growing.is_some() && self.ids_full_for(adding) {
+            self.end_growth();
         }
+        self.growth_ended();
         let bigger = {
             let Ok(state) = self.state.read() else {
                 return;
@@ -3229,7 +3250,9 @@ impl Writer {
             let then = if ids.is_frozen() { 0 } else { then.min(room) };
             if !ids.table_full_for(adding) {
                 let growth = match (then, &self.growing) {
-                    (0, None) => ids.begin_growth(adding, self.grow_apart_from, most),
+                    (0, None) if ids.table_capacity() != self.growth_failed_at => {
+                        ids.begin_growth(adding, self.grow_apart_from, most)
+                    }
                     _ => None,
                 };
                 drop(state);
@@ -3256,10 +3279,26 @@ impl Writer {
             .is_ok_and(|s| s.index.later.is_none() && s.index.ids.table_full_for(adding))
     }
 
+    /// Puts in the growth of the id table in flight once its thread has
+    /// ended ([`Writer::end_growth`]): before a group's pushes, and after
+    /// each group, so that the old table is not held beside the new one
+    /// longer than a group.
+    fn growth_ended(&mut self) {
+        if self
+            .growing
+            .as_ref()
+            .is_some_and(|g| g.handle.is_finished())
+        {
+            self.end_growth();
+        }
+    }
+
     /// Starts `growth` on a thread of its own ([`grow_apart`]). Where no
     /// thread can be started the table grows here when it must, as before.
     fn start_growth(&mut self, growth: ids::Growth) {
-        let (state, stop) = (self.state.clone(), self.merge_stop.clone());
+        let from_room = growth.room() / 2;
+        let stop = Arc::new(AtomicBool::new(false));
+        let (state, stopped) = (self.state.clone(), stop.clone());
         #[cfg(test)]
         let hooks = self.sync_hooks.clone();
         let thread = std::thread::Builder::new()
@@ -3267,9 +3306,13 @@ impl Writer {
             .spawn(move || {
                 #[cfg(test)]
                 hooks.at_growth()?;
-                grow_apart(&state, growth, &stop)
+                grow_apart(&state, growth, &stopped)
             });
-        self.growing = thread.ok();
+        self.growing = thread.ok().map(|handle| Growing {
+            handle,
+            stop,
+            from_room,
+        });
     }
 
     /// Waits for the growth of the id table in flight, if any; brings it
@@ -3278,10 +3321,13 @@ impl Writer {
     /// failed, or of a table since replaced (frozen for a spill), is
     /// dropped: the table grows here when it must, as before.
     fn end_growth(&mut self) {
-        let Some(handle) = self.growing.take() else {
+        let Some(growing) = self.growing.take() else {
             return;
         };
-        let Ok(Ok(mut growth)) = handle.join() else {
+        let Ok(Ok(mut growth)) = growing.handle.join() else {
+            // None begins again for a table of that room: it grows here
+            // once a group would find it full.
+            self.growth_failed_at = growing.from_room;
             return;
         };
         let caught_up = match self.state.read() {
@@ -3291,12 +3337,19 @@ impl Writer {
         if !caught_up {
             return;
         }
-        let old = match self.state.write() {
-            Ok(mut state) => state.index.ids.install_growth(growth).map_err(drop),
+        let replaced = match self.state.write() {
+            Ok(mut state) => state.index.ids.install_growth(growth),
             Err(_) => return,
         };
-        // The old table is freed here, outside the lock.
-        drop(old);
+        #[cfg(test)]
+        if replaced.is_ok() {
+            self.sync_hooks
+                .growths_installed
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        // The old table (or a growth refused) is freed here, outside the
+        // lock.
+        drop(replaced);
     }
 
     /// Frees the group buffers when the last group was far larger than
@@ -3820,8 +3873,12 @@ struct SyncHooks {
     /// channel and waits for a word on the second before it copies any
     /// fingerprint.
     growth_gate: Gate,
-    /// The next growth of the id table apart fails.
+    /// Every growth of the id table apart fails while it is set.
     growth_fail: AtomicBool,
+    /// Growths of the id table apart begun (their threads started).
+    growths_begun: std::sync::atomic::AtomicUsize,
+    /// Growths of the id table apart put in.
+    growths_installed: std::sync::atomic::AtomicUsize,
     /// The writer waits for each spill of the stream lists as soon as it
     /// has begun it (as it did before they were spilled on a thread of
     /// their own): where a test counts what the writer holds.
@@ -3851,8 +3908,9 @@ impl SyncHooks {
     /// At a growth of the id table apart, before it copies anything:
     /// `Err` when it is to fail.
     fn at_growth(&self) -> Result<(), String> {
+        self.growths_begun.fetch_add(1, Ordering::Relaxed);
         Self::pass(&self.growth_gate);
-        match self.growth_fail.swap(false, Ordering::Relaxed) {
+        match self.growth_fail.load(Ordering::Relaxed) {
             true => Err("a growth made to fail".into()),
             false => Ok(()),
         }
@@ -6425,18 +6483,19 @@ mod index_tests {
         });
         let (reached, release) = hold_at(&log.sync_hooks.growth_gate);
         // Smaller tables grow where they are, until one of room for 400 or
-        // more holds three quarters of it.
+        // more would hold more than three quarters of it with the next
+        // group: its growth begins before that group is answered.
         let mut k = 0;
-        while reached.try_recv().is_err() {
-            assert!(k < 200, "no growth apart began");
+        let (len, room) = loop {
             tens(&rt, &log, k..k + 1).unwrap();
             k += 1;
-        }
-        let (len, room) = table_of(&log);
-        assert!(
-            room >= 400 && 4 * len > 3 * room && len <= room,
-            "{len} of {room}"
-        );
+            let (len, room) = table_of(&log);
+            if room >= 400 && 4 * len > 3 * room {
+                break (len, room);
+            }
+            assert!(k < 200, "no growth apart began");
+        };
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
         // Appends go on while the growth is held, into the table as it is.
         let fit = ((room - len) / 10) as u128;
         assert!(fit >= 2, "{len} of {room}");
@@ -6458,44 +6517,63 @@ mod index_tests {
         };
         assert!(answered.recv_timeout(Duration::from_millis(300)).is_err());
         assert_eq!(table_of(&log).1, room, "not grown where it is");
+        let installed = &log.sync_hooks.growths_installed;
+        assert_eq!(installed.load(Ordering::Relaxed), 0);
         release.send(()).unwrap();
         answered.recv_timeout(Duration::from_secs(10)).unwrap();
         appending.join().unwrap();
         k += 1;
         assert_eq!(table_of(&log), (10 * k as usize, 2 * room));
+        assert_eq!(installed.load(Ordering::Relaxed), 1, "the growth put in");
         all_found(&rt, &log, 10 * k);
         refused_again_and_verified(&rt, &log, [1u128, 10 * k / 2, 10 * k]);
     }
 
     /// A growth of the id table apart that fails leaves the table as it
-    /// is: the writer grows it where it is once a group would find it
-    /// full, and the next growth apart is put in as usual; every id is
-    /// found throughout.
+    /// is, and none begins again for a table of that room: the writer
+    /// grows it where it is once a group would find it full. Once growths
+    /// no longer fail, the next is put in; every id is found throughout.
     #[test]
     fn a_growth_of_the_id_table_apart_that_fails_leaves_it_to_the_writer() {
         let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
             grow_apart_from: 400,
             ..SegmentOptions::default()
         });
-        log.sync_hooks.growth_fail.store(true, Ordering::Relaxed);
+        let hooks = &log.sync_hooks;
+        hooks.growth_fail.store(true, Ordering::Relaxed);
         let mut rooms = Vec::new();
         for k in 0..400 {
             tens(&rt, &log, k..k + 1).unwrap();
             rooms.push(table_of(&log).1);
         }
-        assert!(
-            !log.sync_hooks.growth_fail.load(Ordering::Relaxed),
-            "it failed"
-        );
         rooms.dedup();
-        // Grown where it is up to 448, once where it is past the failure,
-        // then apart: each time twice the room.
-        assert!(rooms.len() >= 6, "{rooms:?}");
+        // Grown where it is at each doubling, past 448 (the first table
+        // that grows apart) too: 14, 28, ... 7,168.
+        assert_eq!(rooms.last(), Some(&7_168), "{rooms:?}");
+        assert!(rooms.len() >= 10, "{rooms:?}");
         for pair in rooms.windows(2) {
-            assert!(pair[1] >= 2 * pair[0] - 1, "{rooms:?}");
+            assert_eq!(pair[1], 2 * pair[0], "{rooms:?}");
         }
+        // One growth apart began for each table of room for 448 or more
+        // once three quarters full, not one at every group after: 448,
+        // 896, 1,792 and 3,584 (the table of 7,168 holds 4,000).
+        assert_eq!(hooks.growths_begun.load(Ordering::Relaxed), 4);
+        assert_eq!(hooks.growths_installed.load(Ordering::Relaxed), 0);
         all_found(&rt, &log, 4_000);
-        refused_again_and_verified(&rt, &log, [1u128, 2_000, 4_000]);
+        // Growths no longer fail: the next (begun past 5,376 of 7,168) is
+        // put in after a group once its thread has ended, and at the
+        // latest before the group that would fill the table.
+        hooks.growth_fail.store(false, Ordering::Relaxed);
+        let mut k = 400;
+        while hooks.growths_installed.load(Ordering::Relaxed) == 0 {
+            assert!(k < 717, "not put in before the table was full");
+            tens(&rt, &log, k..k + 1).unwrap();
+            k += 1;
+        }
+        assert_eq!(hooks.growths_begun.load(Ordering::Relaxed), 5);
+        assert_eq!(table_of(&log).1, 14_336);
+        all_found(&rt, &log, 10 * k);
+        refused_again_and_verified(&rt, &log, [1u128, 2_000, 10 * k]);
     }
 
     /// A growth apart of a table that is frozen for a spill before the
@@ -6509,11 +6587,25 @@ mod index_tests {
             ..SegmentOptions::default()
         });
         let (reached, release) = hold_at(&log.sync_hooks.growth_gate);
-        // The growth begins with the table at 180 of 224 (three quarters:
-        // 168); the spill after the group that ends at 200 freezes it, and
-        // the next group finds a new table, empty: it is not waited for.
-        tens(&rt, &log, 0..21).unwrap();
+        // The growth begins before the group that takes the table to 170
+        // of 224 (three quarters: 168); the spill after the group that
+        // ends at 200 freezes it, and the next group finds a new table,
+        // empty: the growth is told to stop, not waited for.
+        let (told, answered) = std::sync::mpsc::channel();
+        let appending = {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                tens(&rt, &log, 0..21).unwrap();
+                drop(log);
+                let _ = told.send(());
+            })
+        };
         reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        answered.recv_timeout(Duration::from_secs(10)).unwrap();
+        appending.join().unwrap();
         assert_eq!(table_of(&log).0, 10);
         release.send(()).unwrap();
         tens(&rt, &log, 21..60).unwrap();
