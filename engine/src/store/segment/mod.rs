@@ -3294,7 +3294,8 @@ impl Writer {
     }
 
     /// Starts `growth` on a thread of its own ([`grow_apart`]). Where no
-    /// thread can be started the table grows here when it must, as before.
+    /// thread can be started the table grows here when it must, as before
+    /// (as after a growth that failed).
     fn start_growth(&mut self, growth: ids::Growth) {
         let from_room = growth.room() / 2;
         let stop = Arc::new(AtomicBool::new(false));
@@ -3308,11 +3309,16 @@ impl Writer {
                 hooks.at_growth()?;
                 grow_apart(&state, growth, &stopped)
             });
-        self.growing = thread.ok().map(|handle| Growing {
-            handle,
-            stop,
-            from_room,
-        });
+        match thread {
+            Ok(handle) => {
+                self.growing = Some(Growing {
+                    handle,
+                    stop,
+                    from_room,
+                })
+            }
+            Err(_) => self.growth_failed_at = from_room,
+        }
     }
 
     /// Waits for the growth of the id table in flight, if any; brings it
