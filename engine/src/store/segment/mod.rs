@@ -3224,9 +3224,9 @@ impl Writer {
     /// since ([`Ids::catch_up`], under the read lock). It waits for the
     /// thread only when a group would find the table full. Until session
     /// aw the writer built every growth itself, and appends waited for it:
-    /// 20–119 ms at 917,504 ids, once before the first spill and once
-    /// after every spill, for appends that do not say how many are coming
-    /// (docs/performance.md, "Session aw").
+    /// up to 90 ms at 917,504 ids (119 ms in session av's runs), once
+    /// before the first spill and once after every spill, for appends that
+    /// do not say how many are coming (docs/performance.md, "Session aw").
     fn grow_ids_ahead(&mut self, adding: usize, then: usize) {
         if self.growing.is_some() && self.ids_full_for(adding) {
             self.end_growth();
