@@ -2602,7 +2602,8 @@ struct Writer {
     growing: Option<Growing>,
     /// [`SegmentOptions::grow_apart_from`].
     grow_apart_from: usize,
-    /// The room of the table whose last growth apart failed (0: none).
+    /// The room of the table whose last growth apart failed (0: none;
+    /// set back at a spill, which starts a new table).
     growth_failed_at: usize,
     /// Tests: what it does at the fdatasync after a large group's pushes.
     #[cfg(test)]
@@ -3131,10 +3132,12 @@ impl Writer {
             return;
         };
         // A growth of the table just frozen is of no use: told to stop,
-        // not waited for (its thread ends at its next slice).
+        // not waited for (its thread ends at its next slice). A failure
+        // of one was the frozen table's: the new one may grow apart.
         if let Some(growing) = self.growing.take() {
             growing.stop.store(true, Ordering::Relaxed);
         }
+        self.growth_failed_at = 0;
         // The new table is empty; the frozen table is freed outside the
         // lock.
         self.start_spill(
@@ -6580,6 +6583,35 @@ mod index_tests {
         assert_eq!(table_of(&log).1, 14_336);
         all_found(&rt, &log, 10 * k);
         refused_again_and_verified(&rt, &log, [1u128, 2_000, 10 * k]);
+    }
+
+    /// A failed growth apart keeps the table it was for from growing
+    /// apart again, not the table a spill starts after it: that one grows
+    /// apart once three quarters full, and its growth is put in.
+    #[test]
+    fn after_a_spill_the_new_id_table_grows_apart_again() {
+        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
+            grow_apart_from: 400,
+            spill_ids: 500,
+            ..SegmentOptions::default()
+        });
+        let hooks = &log.sync_hooks;
+        hooks.growth_fail.store(true, Ordering::Relaxed);
+        // The table of 448 fails to grow apart, grows where it is, and is
+        // spilled at 500.
+        tens(&rt, &log, 0..51).unwrap();
+        assert_eq!(hooks.growths_begun.load(Ordering::Relaxed), 1);
+        assert_eq!(table_of(&log).0, 10);
+        hooks.growth_fail.store(false, Ordering::Relaxed);
+        // The new table grows apart once it holds three quarters of 448.
+        let mut k = 51;
+        while hooks.growths_installed.load(Ordering::Relaxed) == 0 {
+            assert!(k < 51 + 45, "the new table never grew apart");
+            tens(&rt, &log, k..k + 1).unwrap();
+            k += 1;
+        }
+        assert_eq!(hooks.growths_begun.load(Ordering::Relaxed), 2);
+        all_found(&rt, &log, 10 * k);
     }
 
     /// A growth apart of a table that is frozen for a spill before the
