@@ -150,7 +150,9 @@ fn raw_groups(dir: &std::path::Path, groups: u64, streams: u64) -> Latencies {
 }
 
 fn main() {
-    // Before anything else is allocated, as `casebook` does at load.
+    // First thing in `main` (`casebook` does it earlier, at load, before
+    // the runtime's first allocation): huge pages stay off for every
+    // later fault, and mimalloc maps no more memory asking for them.
     memory::tune_memory();
     let events = env_or("CASEBOOK_STALL_EVENTS", 4_500_000);
     let streams = env_or("CASEBOOK_STALL_STREAMS", 24_000).max(1);

@@ -2171,6 +2171,7 @@ impl SegmentLog {
             merging: None,
             merge_stop: Arc::new(AtomicBool::new(false)),
             growing: None,
+            let_go: Vec::new(),
             grow_apart_from: options.grow_apart_from,
             growth_failed_at: 0,
             #[cfg(test)]
@@ -2600,6 +2601,9 @@ struct Writer {
     /// The growth of the id table on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::grow_ids_ahead`]).
     growing: Option<Growing>,
+    /// Growths told to stop (their table frozen for a spill) whose
+    /// threads may still run: joined once ended, and at the close.
+    let_go: Vec<Growing>,
     /// [`SegmentOptions::grow_apart_from`].
     grow_apart_from: usize,
     /// The room of the table whose last growth apart failed (0: none;
@@ -2842,6 +2846,9 @@ impl Writer {
         // So is a growth of the id table.
         self.merge_stop.store(true, Ordering::Relaxed);
         if let Some(growing) = self.growing.take() {
+            growing.stop();
+        }
+        for growing in self.let_go.drain(..) {
             growing.stop();
         }
         self.end_spill(SpillOf::Ids);
@@ -3136,6 +3143,7 @@ impl Writer {
         // of one was the frozen table's: the new one may grow apart.
         if let Some(growing) = self.growing.take() {
             growing.stop.store(true, Ordering::Relaxed);
+            self.let_go.push(growing);
         }
         self.growth_failed_at = 0;
         // The new table is empty; the frozen table is freed outside the
@@ -3221,7 +3229,8 @@ impl Writer {
     /// A table of room for [`ids::GROW_APART_FROM`] ids or more that would
     /// grow by doubling (no appends are expected, or a table is frozen)
     /// grows apart instead, on a thread of its own ([`grow_apart`]), begun
-    /// once it holds three quarters of its room ([`Ids::begin_growth`]):
+    /// once a group would fill more than three quarters of its room
+    /// ([`Ids::begin_growth`]):
     /// the writer goes on pushing into it meanwhile, and puts the new table
     /// in once the thread has ended, first putting in it what it pushed
     /// since ([`Ids::catch_up`], under the read lock). It waits for the
@@ -3294,6 +3303,16 @@ impl Writer {
         {
             self.end_growth();
         }
+        // Those let go of, once ended (at most one a spill).
+        if self.let_go.iter().any(|g| g.handle.is_finished()) {
+            let (ended, running) = std::mem::take(&mut self.let_go)
+                .into_iter()
+                .partition(|g| g.handle.is_finished());
+            self.let_go = running;
+            for growing in ended {
+                let _ = growing.handle.join();
+            }
+        }
     }
 
     /// Starts `growth` on a thread of its own ([`grow_apart`]). Where no
@@ -3327,8 +3346,11 @@ impl Writer {
     /// Waits for the growth of the id table in flight, if any; brings it
     /// up to date under the read lock ([`Ids::catch_up`]) and puts it in
     /// under the write lock ([`Ids::install_growth`]). A growth that
-    /// failed, or of a table since replaced (frozen for a spill), is
-    /// dropped: the table grows here when it must, as before.
+    /// failed (its thread's error, or a table since replaced: taken back
+    /// after a spill that failed) is dropped, and none begins again for
+    /// that table at that room: the table grows here when it must, as
+    /// before. (A spill takes a growth of the table it freezes away
+    /// itself, [`Writer::spill_ids`].)
     fn end_growth(&mut self) {
         let Some(growing) = self.growing.take() else {
             return;
