@@ -6314,11 +6314,13 @@ mod index_tests {
         }
     }
 
-    /// Appends the [`hundred`]s `ks` one after another on a thread of its
-    /// own; says once all are stored (the thread has let go of the log).
-    fn hundreds_on_a_thread(
+    /// Appends `each(k)` for `k` in `ks`, one after another, on a thread
+    /// of its own; says once all are stored (the thread has let go of the
+    /// log).
+    fn appends_on_a_thread(
         log: &Arc<SegmentLog>,
         ks: std::ops::Range<u128>,
+        each: fn(u128) -> Vec<AppendRequest>,
     ) -> (std::sync::mpsc::Receiver<()>, JoinHandle<()>) {
         let (told, answered) = std::sync::mpsc::channel();
         let log = log.clone();
@@ -6327,7 +6329,7 @@ mod index_tests {
                 .build()
                 .unwrap();
             for k in ks {
-                rt.block_on(log.append_atomic(hundred(k))).unwrap();
+                rt.block_on(log.append_atomic(each(k))).unwrap();
             }
             drop(log);
             let _ = told.send(());
@@ -6383,7 +6385,7 @@ mod index_tests {
         // The writer waits for the merge at 17 or 18 runs (it began with 9
         // or 10), after group 16, 17 or 18 as each group's spill ends:
         // group 19 is not answered until it is let go.
-        let (answered, appending) = hundreds_on_a_thread(&log, 16..20);
+        let (answered, appending) = appends_on_a_thread(&log, 16..20, hundred);
         assert!(answered.recv_timeout(Duration::from_millis(300)).is_err());
         release.send(()).unwrap();
         answered.recv_timeout(Duration::from_secs(10)).unwrap();
@@ -6475,9 +6477,14 @@ mod index_tests {
         ks: std::ops::Range<u128>,
     ) -> Result<(), StoreError> {
         for k in ks {
-            rt.block_on(log.append_atomic(vec![request(k * 10 + 1..k * 10 + 11)]))?;
+            rt.block_on(log.append_atomic(ten(k)))?;
         }
         Ok(())
+    }
+
+    /// The append of ids `10k + 1..=10k + 10`.
+    fn ten(k: u128) -> Vec<AppendRequest> {
+        vec![request(k * 10 + 1..k * 10 + 11)]
     }
 
     /// The id table's length and room.
@@ -6534,18 +6541,7 @@ mod index_tests {
         k += fit;
         assert_eq!(table_of(&log), (len + 10 * fit as usize, room));
         // The group that would find the table full waits for the growth.
-        let (told, answered) = std::sync::mpsc::channel();
-        let appending = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                tens(&rt, &log, k..k + 1).unwrap();
-                drop(log);
-                let _ = told.send(());
-            })
-        };
+        let (answered, appending) = appends_on_a_thread(&log, k..k + 1, ten);
         assert!(answered.recv_timeout(Duration::from_millis(300)).is_err());
         assert_eq!(table_of(&log).1, room, "not grown where it is");
         let installed = &log.sync_hooks.growths_installed;
@@ -6651,18 +6647,7 @@ mod index_tests {
         // of 224 (three quarters: 168); the spill after the group that
         // ends at 200 freezes it, and the next group finds a new table,
         // empty: the growth is told to stop, not waited for.
-        let (told, answered) = std::sync::mpsc::channel();
-        let appending = {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .build()
-                    .unwrap();
-                tens(&rt, &log, 0..21).unwrap();
-                drop(log);
-                let _ = told.send(());
-            })
-        };
+        let (answered, appending) = appends_on_a_thread(&log, 0..21, ten);
         reached.recv_timeout(Duration::from_secs(10)).unwrap();
         answered.recv_timeout(Duration::from_secs(10)).unwrap();
         appending.join().unwrap();
