@@ -1588,7 +1588,7 @@ impl GroupStage {
     pub fn stage_presealed(
         &mut self,
         requests: &mut [AppendRequest],
-        presealed: Option<&Sealing>,
+        presealed: Option<&mut Sealing>,
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
         after: AfterSeal<'_>,
@@ -1649,9 +1649,11 @@ impl GroupStage {
         let (staged_before, bytes_before) = (self.sealed.len(), self.bytes.len());
         self.sealed.reserve(total);
         let adopted = match presealed {
-            Some(p) => self
-                .adopt(requests, p, committed, recorded_at, local.len())?
-                .map(|done| (done, p.recorded_us)),
+            Some(p) => {
+                let us = p.recorded_us;
+                self.adopt(requests, p, committed, recorded_at, local.len())?
+                    .map(|done| (done, us))
+            }
             None => None,
         };
         let (appended, cur, pos, h) = match adopted {
@@ -1695,7 +1697,7 @@ impl GroupStage {
     fn adopt(
         &mut self,
         requests: &[AppendRequest],
-        p: &Sealing,
+        p: &mut Sealing,
         committed: &mut impl Committed,
         recorded_at: chrono::DateTime<chrono::Utc>,
         streams: usize,
@@ -1724,7 +1726,7 @@ impl GroupStage {
     fn adopt_and_seal(
         &mut self,
         requests: &[AppendRequest],
-        p: &Sealing,
+        p: &mut Sealing,
         committed: &mut impl Committed,
         at: chrono::DateTime<chrono::Utc>,
         streams: usize,
@@ -1733,7 +1735,9 @@ impl GroupStage {
         let mut cur: HashMap<StreamId, u64, IdHash> =
             HashMap::with_capacity_and_hasher(streams, IdHash::default());
         let mut pos = self.position;
-        let mut sealed = p.sealed.iter();
+        // How many of `p`'s sealed events were checked (`put_prefix` may
+        // take them all).
+        let (mut checked, prefix) = (0, p.sealed.len());
         // Until the prefix ends, its events are checked; from there the
         // rest is sealed onto it, continuing its chain.
         let mut in_prefix = true;
@@ -1744,7 +1748,8 @@ impl GroupStage {
                 pos += 1;
                 let version = base + 1 + i as u64;
                 if in_prefix {
-                    if let Some(s) = sealed.next() {
+                    if let Some(s) = p.sealed.get(checked) {
+                        checked += 1;
                         let same = s.event.position == pos
                             && s.event.stream == r.stream
                             && s.event.version == version
@@ -1768,10 +1773,10 @@ impl GroupStage {
             appended.push(appended_to(r, base, pos, &mut cur));
         }
         // Every event was in the prefix: nothing more of `p`.
-        if in_prefix && (sealed.next().is_some() || !self.put_prefix(p, pos)) {
+        if in_prefix && (checked < prefix || !self.put_prefix(p, pos)) {
             return Ok(None);
         }
-        Ok(Some((appended, cur, pos, h, p.sealed.len())))
+        Ok(Some((appended, cur, pos, h, prefix)))
     }
 
     /// Seals `e` onto the group at `position` and `version` of `stream`,
@@ -1814,11 +1819,25 @@ impl GroupStage {
     /// Puts `p`'s sealed events on the group if they end at `position`, as
     /// `p` says (its end and its last event's hash); false otherwise
     /// (nothing put on).
-    fn put_prefix(&mut self, p: &Sealing, position: u64) -> bool {
+    ///
+    /// On a group with no bytes yet (an import's batch is a group of its
+    /// own) the buffer itself is taken, not copied: `p` is left with the
+    /// group's empty buffer and no sealed events, so that it is never
+    /// adopted again (its end no longer follows from what it holds).
+    fn put_prefix(&mut self, p: &mut Sealing, position: u64) -> bool {
         let ends = p.end.position == position
             && p.sealed.last().map_or(p.head.hash, |s| s.hash(&p.bytes)) == p.end.hash;
         if !ends {
             return false;
+        }
+        if self.bytes.len() == 0 && p.bytes.front() == 0 {
+            std::mem::swap(&mut self.bytes, &mut p.bytes);
+            if self.sealed.is_empty() {
+                std::mem::swap(&mut self.sealed, &mut p.sealed);
+            } else {
+                self.sealed.append(&mut p.sealed);
+            }
+            return true;
         }
         let offset = self.bytes.len();
         let Some(prefix) = p.bytes.get(0..p.bytes.len()) else {
@@ -2160,7 +2179,7 @@ mod tests {
         first: &[AppendRequest],
         t: chrono::DateTime<chrono::Utc>,
         requests: &[AppendRequest],
-        presealed: Option<&Sealing>,
+        presealed: Option<&mut Sealing>,
         at: chrono::DateTime<chrono::Utc>,
     ) -> (GroupStage, Vec<Appended>) {
         let (mut stage, _) = group_after_one(first, t);
@@ -2190,7 +2209,7 @@ mod tests {
         let seal = |head, at, requests: &[AppendRequest]| {
             Presealed::seal(head, at, requests.to_vec()).map(|p| p.sealing)
         };
-        let staged = |presealed: Option<&Sealing>, at| {
+        let staged = |presealed: Option<&mut Sealing>, at| {
             let (stage, appended) = staged_after(&first, t, &requests, presealed, at);
             let events: Vec<_> = stage
                 .sealed
@@ -2212,16 +2231,16 @@ mod tests {
                 .collect()
         };
         assert_eq!(ids(ahead.requests()), ids(&requests));
-        let ahead = ahead.sealing;
-        let got = staged(Some(&ahead), later);
+        let mut ahead = ahead.sealing;
+        let got = staged(Some(&mut ahead), later);
         assert_eq!(got.0, 5, "every event adopted");
         assert_eq!(
             (&got.1, &got.2, &got.3, got.4),
             (&bytes, &events, &appended, hash)
         );
         // Recorded before the group began: adopted, its own time kept.
-        let early = seal(head, t, &requests).unwrap();
-        let got = staged(Some(&early), later);
+        let mut early = seal(head, t, &requests).unwrap();
+        let got = staged(Some(&mut early), later);
         assert_eq!(got.0, 5);
         assert_eq!(got.3, appended);
         assert_ne!(got.1, bytes, "recorded at the time it was sealed");
@@ -2248,7 +2267,7 @@ mod tests {
             ("fewer events", seal(head, later, &requests[..1])),
         ];
         for (what, p) in refused {
-            let got = staged(Some(&p.unwrap()), later);
+            let got = staged(Some(&mut p.unwrap()), later);
             assert_eq!(got.0, 0, "{what}: not adopted");
             assert_eq!(
                 (got.1, got.2, got.3, got.4),
@@ -2262,7 +2281,7 @@ mod tests {
         stage
             .stage_presealed(
                 &mut requests.clone(),
-                Some(&early),
+                Some(&mut early),
                 &mut Empty,
                 later,
                 AfterSeal::default(),
@@ -2273,6 +2292,82 @@ mod tests {
         let any = vec![request(4, vec![event(30, 1)])];
         let back = Presealed::seal(head, later, any.clone()).unwrap_err();
         assert_eq!(ids(&back), ids(&any), "the requests handed back");
+    }
+
+    /// On a group with no bytes yet (an import's batch, a group of its
+    /// own) an append sealed ahead, whole or in part, is adopted by taking
+    /// its buffer, not copying it: the group's bytes, sealed events,
+    /// answers and head are exactly those of staging it there without, and
+    /// the sealing, left with the group's empty buffer, is never adopted
+    /// again (sealed afresh, with the same outcome).
+    #[test]
+    fn a_group_with_no_bytes_takes_the_buffer_sealed_ahead() {
+        let t = chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000).unwrap();
+        let requests = [fresh(2, 10..30), fresh(3, 40..55)];
+        let head = Head {
+            position: 0,
+            hash: Hash::default(),
+        };
+        let stage_with = |presealed: Option<&mut Sealing>| {
+            let mut stage = GroupStage::new(0, Hash::default());
+            let appended = stage
+                .stage_presealed(
+                    &mut requests.to_vec(),
+                    presealed,
+                    &mut Empty,
+                    t,
+                    AfterSeal::default(),
+                )
+                .unwrap();
+            let events: Vec<_> = stage
+                .sealed
+                .iter()
+                .map(|s| (s.event.position, s.hash(&stage.bytes), s.range.clone()))
+                .collect();
+            let ptr = stage.bytes.held.as_ptr();
+            (
+                stage.adopted,
+                stage.bytes,
+                events,
+                appended,
+                stage.hash,
+                ptr,
+            )
+        };
+        let (adopted, bytes, events, appended, hash, _) = stage_with(None);
+        assert_eq!(adopted, 0);
+        // Stops at its `n`th ask: 1 stops before any event, 2 within the
+        // first request, 3 never (sealed whole).
+        for n in [1, 2, 3] {
+            let mut asked = 0;
+            let mut stop = || {
+                asked += 1;
+                asked == n
+            };
+            let mut p = Presealed::seal_until(head, t, requests.to_vec(), &mut stop)
+                .unwrap()
+                .sealing;
+            let ahead = p.sealed.len();
+            let buffer = p.bytes.held.as_ptr();
+            let got = stage_with(Some(&mut p));
+            assert_eq!(got.0, ahead, "n = {n}: the events sealed ahead adopted");
+            assert_eq!(
+                (&got.1, &got.2, &got.3, got.4),
+                (&bytes, &events, &appended, hash),
+                "n = {n}"
+            );
+            if ahead > 0 {
+                assert_eq!(got.5, buffer, "n = {n}: the buffer taken, not copied");
+                assert!(p.sealed.is_empty() && p.bytes.len() == 0, "n = {n}");
+                let again = stage_with(Some(&mut p));
+                assert_eq!(again.0, 0, "n = {n}: not adopted twice");
+                assert_eq!(
+                    (&again.1, &again.2, &again.3, again.4),
+                    (&bytes, &events, &appended, hash),
+                    "n = {n}"
+                );
+            }
+        }
     }
 
     /// An append sealed ahead in part (its sealing stopped at each point it
@@ -2302,7 +2397,7 @@ mod tests {
             };
             Presealed::seal_until(head, at, requests.to_vec(), &mut stop).unwrap()
         };
-        let staged = |requests: &[AppendRequest], presealed: Option<&Sealing>, at| {
+        let staged = |requests: &[AppendRequest], presealed: Option<&mut Sealing>, at| {
             let (stage, appended) = staged_after(&first, t, requests, presealed, at);
             let events: Vec<_> = stage
                 .sealed
@@ -2334,11 +2429,11 @@ mod tests {
             let (_, bytes, sealed, appended, hash, position) = staged(&requests, None, at);
             assert_eq!(position, head.position + events as u64);
             for (n, sealed_ahead) in [(1, 0), (2, 16), (3, 32), (4, events)] {
-                let p = prefix(head, at, &requests, n);
+                let mut p = prefix(head, at, &requests, n);
                 assert_eq!(p.sealed_events(), sealed_ahead, "stopped at ask {n}");
                 assert_eq!(p.is_complete(), sealed_ahead == events);
                 assert_eq!(p.end().position, head.position + sealed_ahead as u64);
-                let got = staged(&requests, Some(&p.sealing), group_at);
+                let got = staged(&requests, Some(&mut p.sealing), group_at);
                 assert_eq!(got.0, sealed_ahead, "adopted, stopped at ask {n}");
                 assert_eq!(
                     (&got.1, &got.2, &got.3, got.4, got.5),
@@ -2356,7 +2451,7 @@ mod tests {
             hash: [7; 32],
             ..head
         };
-        for (what, p) in [
+        for (what, mut p) in [
             ("another hash", prefix(other_hash, later, &requests, 2)),
             ("other events", prefix(head, later, &other_ids, 3)),
             (
@@ -2369,7 +2464,7 @@ mod tests {
                 ),
             ),
         ] {
-            let got = staged(&requests, Some(&p.sealing), later);
+            let got = staged(&requests, Some(&mut p.sealing), later);
             assert_eq!(got.0, 0, "{what}: not adopted");
             assert_eq!(
                 (&got.1, &got.2, &got.3, got.4),
@@ -2382,9 +2477,9 @@ mod tests {
         // as it was, as when the writer seals the whole append.
         let mut large = requests.clone();
         large[2].events[0].payload = vec![0xc0; 600];
-        let p = prefix(head, later, &large, 2);
+        let mut p = prefix(head, later, &large, 2);
         assert_eq!(p.sealed_events(), 16);
-        for presealed in [Some(&p.sealing), None] {
+        for presealed in [Some(&mut p.sealing), None] {
             let (mut stage_limited, _) = group_after_one(&first, t);
             stage_limited.value_limit = Some(500);
             let before = (

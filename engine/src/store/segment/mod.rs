@@ -3722,7 +3722,7 @@ impl Writer {
             };
             let result = stage.stage_presealed(
                 &mut commit.requests,
-                commit.presealed.as_ref(),
+                commit.presealed.as_mut(),
                 &mut committed,
                 recorded_at,
                 after,
