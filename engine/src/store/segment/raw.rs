@@ -4,10 +4,11 @@
 //!
 //! [`RawSegmentLog`] writes already-sealed envelopes as the engine's frames
 //! (docs/storage.md), one `pwrite` + one `fdatasync` per batch, rolling
-//! segments at the engine's size: exactly the I/O of one engine group,
-//! and nothing else (no queue, no checks, no index). [`scan_decode`] is the
-//! read ceiling: every frame of a log directory, checksum checked and fully
-//! decoded.
+//! segments at the engine's size and dropping older ones from the page
+//! cache as the engine does for a bulk write: exactly the I/O of one
+//! engine group, and nothing else (no queue, no checks, no index).
+//! [`scan_decode`] is the read ceiling: every frame of a log directory,
+//! checksum checked and fully decoded.
 //!
 //! Not a store: it checks nothing and must never write a real log.
 
@@ -16,7 +17,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::frame::{decode_frame, encode_frame, FrameMeta, SeqReader, MAX_FRAME, PREFIX_LEN};
-use super::{create_segment, list_segments, DEFAULT_SEGMENT_BYTES};
+use super::{
+    create_segment, drop_from_page_cache, list_segments, BULK_CACHED_SEGMENTS,
+    DEFAULT_SEGMENT_BYTES,
+};
 use crate::envelope::{RecordedEvent, StoredEvent};
 use crate::error::StoreError;
 use crate::store::sled_raw::RawEnvelope;
@@ -27,6 +31,10 @@ pub struct RawSegmentLog {
     file: File,
     end: u64,
     buf: Vec<u8>,
+    /// Closed segments still in the page cache, oldest first: dropped
+    /// from it as the engine's writer drops segments written in bulk
+    /// ([`super::BULK_CACHED_SEGMENTS`]; every batch here is one).
+    cached: std::collections::VecDeque<File>,
 }
 
 impl RawSegmentLog {
@@ -39,6 +47,7 @@ impl RawSegmentLog {
             file: seg.file,
             end: 0,
             buf: Vec::new(),
+            cached: std::collections::VecDeque::new(),
         })
     }
 
@@ -48,7 +57,16 @@ impl RawSegmentLog {
             return Ok(());
         };
         if self.end >= DEFAULT_SEGMENT_BYTES {
-            self.file = create_segment(&self.dir, first.position)?.file;
+            let closed = std::mem::replace(
+                &mut self.file,
+                create_segment(&self.dir, first.position)?.file,
+            );
+            self.cached.push_back(closed);
+            while self.cached.len() >= BULK_CACHED_SEGMENTS {
+                if let Some(old) = self.cached.pop_front() {
+                    drop_from_page_cache(&old);
+                }
+            }
             self.end = 0;
         }
         self.buf.clear();
