@@ -1821,22 +1821,20 @@ impl GroupStage {
     /// (nothing put on).
     ///
     /// On a group with no bytes yet (an import's batch is a group of its
-    /// own) the buffer itself is taken, not copied: `p` is left with the
-    /// group's empty buffer and no sealed events, so that it is never
-    /// adopted again (its end no longer follows from what it holds).
+    /// own) the buffers themselves are taken, not copied: `p` is left with
+    /// the group's empty ones and no sealed events, so that it is never
+    /// adopted again once it had sealed any (its end no longer follows
+    /// from what it holds).
     fn put_prefix(&mut self, p: &mut Sealing, position: u64) -> bool {
         let ends = p.end.position == position
             && p.sealed.last().map_or(p.head.hash, |s| s.hash(&p.bytes)) == p.end.hash;
         if !ends {
             return false;
         }
-        if self.bytes.len() == 0 && p.bytes.front() == 0 {
+        // A group with no bytes has no sealed events either.
+        if self.bytes.len() == 0 && self.sealed.is_empty() && p.bytes.front() == 0 {
             std::mem::swap(&mut self.bytes, &mut p.bytes);
-            if self.sealed.is_empty() {
-                std::mem::swap(&mut self.sealed, &mut p.sealed);
-            } else {
-                self.sealed.append(&mut p.sealed);
-            }
+            std::mem::swap(&mut self.sealed, &mut p.sealed);
             return true;
         }
         let offset = self.bytes.len();

@@ -110,12 +110,14 @@ pub const PREALLOC_BYTES: u64 = 1024 * 1024;
 pub const PREALLOC_MAX_GROUP: usize = 64 * 1024;
 static ZEROS: [u8; PREALLOC_BYTES as usize] = [0; PREALLOC_BYTES as usize];
 
-/// Segments written in bulk (by groups of [`LARGE_GROUP_EVENTS`] or more:
-/// an import) that stay in the page cache: the current one and the
-/// newest closed ones, 1 GiB at the default segment size. As the writer
-/// rolls past them, older segments written in bulk are dropped from the
-/// page cache ([`drop_from_page_cache`]): their bytes are durable, and a
-/// bulk write of gigabytes no longer grows the page cache by as much. On
+/// Segments written in bulk (a group of [`LARGE_GROUP_EVENTS`] or more
+/// went into them: an import's batches, a large atomic append, or many
+/// appends that came together) that stay in the page cache: the current
+/// one and the newest closed ones, 1 GiB at the default segment size. As
+/// the writer rolls past them, older segments written in bulk since the
+/// log was opened are dropped from the page cache
+/// ([`drop_from_page_cache`]): their bytes are durable, and a bulk write
+/// of gigabytes no longer grows the page cache by as much. On
 /// this machine kind, memory touched for the first time past what the
 /// host holds for the machine costs about 16 µs a 4 KB page against 1.4
 /// (docs/performance.md, "Session ax"): a 30M-event import spent 0.4–0.6
@@ -127,10 +129,15 @@ pub const BULK_CACHED_SEGMENTS: usize = 4;
 /// their clean pages are dropped, and read from the disk when next asked
 /// for.
 pub(crate) fn drop_from_page_cache(file: &File) {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: advice about an open descriptor's file; no memory of this
-    // process is read or written.
-    let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: advice about an open descriptor's file; no memory of
+        // this process is read or written.
+        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = file;
 }
 
 /// Pending appends waiting for the writer (back-pressure).
@@ -6724,9 +6731,6 @@ mod index_tests {
         // The current segment and the newest closed ones stay.
         let kept = BULK_CACHED_SEGMENTS;
         assert_eq!(dropped, bulk[..bulk.len() - kept].to_vec());
-        assert!(dropped
-            .iter()
-            .all(|d| !small.contains(d) || bulk.contains(d)));
         all_found(&rt, &log, next - 1);
         assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
     }
