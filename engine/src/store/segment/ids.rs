@@ -435,8 +435,14 @@ impl Growth {
     }
 
     /// Ids the table it builds holds before it must grow.
+    #[cfg(test)]
     pub(super) fn room(&self) -> usize {
         self.room
+    }
+
+    /// The room of the table it grows (half its own: [`Ids::begin_growth`]).
+    pub(super) fn grown_from(&self) -> usize {
+        self.room / 2
     }
 }
 

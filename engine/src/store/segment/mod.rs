@@ -140,6 +140,17 @@ pub(crate) fn drop_from_page_cache(file: &File) {
     let _ = file;
 }
 
+/// The closed segments of `cached` (written in bulk, oldest first) past
+/// the newest [`BULK_CACHED_SEGMENTS`] − 1, taken out to be dropped from
+/// the page cache: with the current segment, the newest
+/// [`BULK_CACHED_SEGMENTS`] stay. The writer's rule and the raw ceiling's.
+pub(crate) fn past_bulk_cache<T>(
+    cached: &mut std::collections::VecDeque<T>,
+) -> std::collections::vec_deque::Drain<'_, T> {
+    let past = cached.len().saturating_sub(BULK_CACHED_SEGMENTS - 1);
+    cached.drain(..past)
+}
+
 /// Pending appends waiting for the writer (back-pressure).
 pub const MAX_PENDING_COMMITS: usize = 1_024;
 
@@ -3357,7 +3368,7 @@ impl Writer {
     /// thread can be started the table grows here when it must, as before
     /// (as after a growth that failed).
     fn start_growth(&mut self, growth: ids::Growth) {
-        let from_room = growth.room() / 2;
+        let from_room = growth.grown_from();
         let stop = Arc::new(AtomicBool::new(false));
         let (state, stopped) = (self.state.clone(), stop.clone());
         #[cfg(test)]
@@ -3838,13 +3849,11 @@ impl Writer {
             if std::mem::take(&mut self.bulk_written) {
                 self.bulk_cached.push_back(closed);
             }
-            while self.bulk_cached.len() >= BULK_CACHED_SEGMENTS {
-                if let Some(old) = self.bulk_cached.pop_front() {
-                    drop_from_page_cache(&old.file);
-                    #[cfg(test)]
-                    if let Ok(mut dropped) = self.sync_hooks.dropped.lock() {
-                        dropped.push(old.path.clone());
-                    }
+            for old in past_bulk_cache(&mut self.bulk_cached) {
+                drop_from_page_cache(&old.file);
+                #[cfg(test)]
+                if let Ok(mut dropped) = self.sync_hooks.dropped.lock() {
+                    dropped.push(old.path.clone());
                 }
             }
             self.end = 0;

@@ -18,8 +18,7 @@ use std::path::{Path, PathBuf};
 
 use super::frame::{decode_frame, encode_frame, FrameMeta, SeqReader, MAX_FRAME, PREFIX_LEN};
 use super::{
-    create_segment, drop_from_page_cache, list_segments, BULK_CACHED_SEGMENTS,
-    DEFAULT_SEGMENT_BYTES,
+    create_segment, drop_from_page_cache, list_segments, past_bulk_cache, DEFAULT_SEGMENT_BYTES,
 };
 use crate::envelope::{RecordedEvent, StoredEvent};
 use crate::error::StoreError;
@@ -62,10 +61,8 @@ impl RawSegmentLog {
                 create_segment(&self.dir, first.position)?.file,
             );
             self.cached.push_back(closed);
-            while self.cached.len() >= BULK_CACHED_SEGMENTS {
-                if let Some(old) = self.cached.pop_front() {
-                    drop_from_page_cache(&old);
-                }
+            for old in past_bulk_cache(&mut self.cached) {
+                drop_from_page_cache(&old);
             }
             self.end = 0;
         }
