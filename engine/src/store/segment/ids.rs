@@ -25,7 +25,7 @@ use hashbrown::hash_table::{Entry, HashTable};
 use std::hash::BuildHasher;
 use uuid::Uuid;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::dense::Chunked;
@@ -402,9 +402,44 @@ pub(super) struct Growth {
     /// Positions the map held as it began: built apart up to there.
     until: usize,
     table: HashTable<u32>,
+    /// Where its table's bytes are counted while it holds one (the log's
+    /// [`super::SegmentLog::index_bytes`]), and how many are counted
+    /// there now.
+    counted: Option<(Arc<AtomicUsize>, usize)>,
+}
+
+/// Its table's bytes are no longer counted once it is dropped, or put in
+/// the ids' table's place (which counts them then).
+impl Drop for Growth {
+    fn drop(&mut self) {
+        if let Some((bytes, n)) = self.counted.take() {
+            bytes.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Growth {
+    /// Counts its table's bytes in `bytes` from now on, as they change,
+    /// until it is dropped or put in ([`Ids::install_growth`]).
+    pub(super) fn counted_in(mut self, bytes: Arc<AtomicUsize>) -> Growth {
+        self.counted = Some((bytes, 0));
+        self.recount();
+        self
+    }
+
+    /// Counts its table's bytes again where they are counted.
+    fn recount(&mut self) {
+        let now = self.table.allocation_size();
+        if let Some((bytes, n)) = &mut self.counted {
+            match now.cmp(n) {
+                std::cmp::Ordering::Greater => bytes.fetch_add(now - *n, Ordering::Relaxed),
+                std::cmp::Ordering::Less => bytes.fetch_sub(*n - now, Ordering::Relaxed),
+                std::cmp::Ordering::Equal => 0,
+            };
+            *n = now;
+        }
+    }
+
     /// Whether every position held as it began is in it.
     pub(super) fn built_apart(&self) -> bool {
         self.built >= self.until
@@ -417,6 +452,7 @@ impl Growth {
     pub(super) fn fill(&mut self, fps: &[u64]) -> Result<(), String> {
         if self.table.capacity() < self.room {
             self.table = HashTable::with_capacity(self.room);
+            self.recount();
         }
         if self.table.capacity() - self.table.len() < fps.len() {
             return Err("a table grown apart has no room left".into());
@@ -749,6 +785,7 @@ impl Ids {
             built: 0,
             until: len,
             table: HashTable::new(),
+            counted: None,
         })
     }
 
@@ -787,18 +824,28 @@ impl Ids {
             rehash(by_position),
         );
         growth.built = len;
+        // Grown if it had no room left for the positions pushed since.
+        growth.recount();
         true
     }
 
     /// Puts `growth`'s table in the table's place, returning the old one
     /// to free. A growth of another table, or not brought up to date
     /// ([`Ids::catch_up`]), is handed back and nothing changes.
-    pub(super) fn install_growth(&mut self, growth: Growth) -> Result<HashTable<u32>, Growth> {
+    pub(super) fn install_growth(&mut self, mut growth: Growth) -> Result<HashTable<u32>, Growth> {
         let len = self.tail.len();
         if growth.serial != self.tail.serial || growth.built != len || growth.table.len() != len {
             return Err(growth);
         }
-        Ok(self.tail.replace_table(growth.table))
+        // Its bytes are the table's from here: no longer counted apart
+        // once `growth` is dropped.
+        Ok(self.tail.replace_table(std::mem::take(&mut growth.table)))
+    }
+
+    /// Bytes of the table a growth holds (0 before it made one).
+    #[cfg(test)]
+    pub(super) fn growth_bytes(growth: &Growth) -> usize {
+        growth.table.allocation_size()
     }
 
     /// Ids in the table (those after the files').
@@ -1524,6 +1571,8 @@ mod tests {
         /// step each id is found at its position; a growth put in holds
         /// every id with room to spare; one of a table since replaced is
         /// refused, and one not brought up to date too, nothing changed.
+        /// The bytes of the table a growth holds are counted apart while
+        /// it holds it, and no longer once it is put in or dropped.
         #[test]
         fn a_table_grown_apart_finds_every_id(
             base in proptest::collection::vec(any::<u128>(), 0..50),
@@ -1537,6 +1586,7 @@ mod tests {
             // A growth in flight, and whether its table was replaced since
             // it began.
             let mut growth: Option<(Growth, bool)> = None;
+            let counted = Arc::new(AtomicUsize::new(0));
             let mut fps = Vec::new();
             for (chunk, step, slice) in &steps {
                 for &id in chunk {
@@ -1544,7 +1594,9 @@ mod tests {
                     ids.push(Uuid::from_u128(id), all.len() as u32);
                 }
                 match (step, growth.take()) {
-                    (0, None) => growth = growth_of(&ids).map(|g| (g, false)),
+                    (0, None) => {
+                        growth = growth_of(&ids).map(|g| (g.counted_in(counted.clone()), false))
+                    }
                     // One slice more.
                     (1, Some((mut g, stale))) => {
                         let sliced = ids.growth_slice(&g, *slice, &mut fps);
@@ -1602,6 +1654,10 @@ mod tests {
                     }
                     (_, g) => growth = g,
                 }
+                prop_assert_eq!(
+                    counted.load(Ordering::Relaxed),
+                    growth.as_ref().map_or(0, |(g, _)| Ids::growth_bytes(g))
+                );
                 found_everywhere(&ids, &all)?;
             }
             prop_assert_eq!(pairs_by(&ids, PASS_PAIRS), sorted_pairs_of(&hasher, &all));

@@ -48,7 +48,7 @@ use std::hash::BuildHasher;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -2076,6 +2076,9 @@ pub struct SegmentLog {
     /// Events the log was told are coming ([`EventStore::expect_appends`]),
     /// less those the writer has committed since; shared with the writer.
     expected: Arc<AtomicU64>,
+    /// Bytes of the id tables grown apart that their threads hold
+    /// ([`ids::Growth`]); shared with the writer.
+    growing_bytes: Arc<AtomicUsize>,
     /// Tests: what the writer does at the fdatasync after a large group's
     /// pushes ([`SyncHooks`]).
     #[cfg(test)]
@@ -2174,6 +2177,7 @@ impl SegmentLog {
         let clock = Arc::new(WriterClock::default());
         let ids_loader = Arc::new(Mutex::new(()));
         let expected = Arc::new(AtomicU64::new(0));
+        let growing_bytes = Arc::new(AtomicUsize::new(0));
         #[cfg(test)]
         let sync_hooks = Arc::new(SyncHooks::default());
         let writer = Writer {
@@ -2209,6 +2213,7 @@ impl SegmentLog {
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
             expected: expected.clone(),
+            growing_bytes: growing_bytes.clone(),
             spilling: None,
             lists_spilling: None,
             merging: None,
@@ -2238,6 +2243,7 @@ impl SegmentLog {
             ids_loader,
             walked: AtomicU64::new(0),
             expected,
+            growing_bytes,
             #[cfg(test)]
             sync_hooks,
         })
@@ -2293,7 +2299,8 @@ impl SegmentLog {
 
     /// Approximate bytes the in-memory index holds, from the capacities of
     /// its tables (locations, stream lists, the event id fingerprints and
-    /// their hash table with its control bytes): what the log costs in memory beyond
+    /// their hash table with its control bytes, and the table of a growth
+    /// of it on a thread of its own): what the log costs in memory beyond
     /// the page cache.
     pub fn index_bytes(&self) -> u64 {
         let Ok(state) = self.state.read() else {
@@ -2303,7 +2310,8 @@ impl SegmentLog {
         let locs = ix.locs.allocated_bytes();
         let streams = ix.streams.allocated_bytes();
         let ids = ix.ids.allocated_bytes();
-        (locs + streams + ids) as u64
+        let growing = self.growing_bytes.load(Ordering::Relaxed);
+        (locs + streams + ids + growing) as u64
     }
 
     fn read(&self) -> Result<RwLockReadGuard<'_, State>, StoreError> {
@@ -2636,6 +2644,9 @@ struct Writer {
     /// Events its callers said are coming ([`EventStore::expect_appends`]),
     /// less those committed since: what the id table is grown for.
     expected: Arc<AtomicU64>,
+    /// Bytes of the id tables grown apart that their threads hold; shared
+    /// with the log ([`SegmentLog::index_bytes`]).
+    growing_bytes: Arc<AtomicUsize>,
     /// The spill of the id table on a thread of its own, if one was
     /// started and not yet ended here ([`Writer::spill_ids`]).
     spilling: Option<InFlight>,
@@ -3369,6 +3380,7 @@ impl Writer {
     /// (as after a growth that failed).
     fn start_growth(&mut self, growth: ids::Growth) {
         let from_room = growth.grown_from();
+        let growth = growth.counted_in(self.growing_bytes.clone());
         let stop = Arc::new(AtomicBool::new(false));
         let (state, stopped) = (self.state.clone(), stop.clone());
         #[cfg(test)]
@@ -6742,6 +6754,122 @@ mod index_tests {
         assert_eq!(dropped, bulk[..bulk.len() - kept].to_vec());
         all_found(&rt, &log, next - 1);
         assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+    }
+
+    /// A group written in bulk whose fdatasync fails leaves nothing it
+    /// wrote dropped from the page cache: only segments closed after
+    /// their last group's fdatasync are dropped, the failed group's
+    /// segment is the current one (cut back), and once the writer has
+    /// stopped nothing more is dropped. A reopen finds every event
+    /// acknowledged before it, in the segments dropped too.
+    #[test]
+    fn a_group_written_in_bulk_whose_fdatasync_fails_drops_nothing_unsynced() {
+        let (dir, rt, store, log) = fresh_log_with(SegmentOptions {
+            segment_bytes: 16 * 1024,
+            ..SegmentOptions::default()
+        });
+        let n = LARGE_GROUP_EVENTS as u128;
+        let mut next = 1u128;
+        for _ in 0..6 {
+            rt.block_on(log.append_atomic(vec![request(next..next + n)]))
+                .unwrap();
+            next += n;
+        }
+        let acknowledged = next - 1;
+        let before = log.sync_hooks.dropped.lock().unwrap().clone();
+        assert!(!before.is_empty(), "segments written in bulk were dropped");
+        log.sync_hooks.fail.store(true, Ordering::Relaxed);
+        match rt.block_on(log.append_atomic(vec![request(next..next + n)])) {
+            Err(e @ StoreError::Io { .. }) => assert!(e.to_string().contains("fdatasync"), "{e}"),
+            other => panic!("expected the failed fdatasync, got {other:?}"),
+        }
+        let failed_in = log
+            .state
+            .read()
+            .unwrap()
+            .segments
+            .last()
+            .unwrap()
+            .path
+            .clone();
+        let dropped = log.sync_hooks.dropped.lock().unwrap().clone();
+        assert!(
+            !dropped.contains(&failed_in),
+            "the segment of the failed group was dropped"
+        );
+        // The roll into the failed group's segment closed a durable one:
+        // at most that one more was dropped.
+        assert!(dropped.starts_with(&before) && dropped.len() <= before.len() + 1);
+        assert!(rt
+            .block_on(log.append_atomic(vec![request(next..next + 1)]))
+            .is_err());
+        assert_eq!(*log.sync_hooks.dropped.lock().unwrap(), dropped);
+        drop((log, store));
+        let store = SegmentStore::open(dir.path(), false).unwrap();
+        let log = store.log("school-a").unwrap();
+        assert_eq!(
+            u128::from(rt.block_on(log.head()).unwrap().position),
+            acknowledged
+        );
+        all_found(&rt, &log, acknowledged);
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+    }
+
+    /// The table of a growth of the id table on a thread of its own is
+    /// counted in [`SegmentLog::index_bytes`] while the thread holds it,
+    /// and as the index's own table once the writer has put it in.
+    #[test]
+    fn index_bytes_count_a_table_grown_apart() {
+        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
+            grow_apart_from: 200,
+            ..SegmentOptions::default()
+        });
+        let hooks = &log.sync_hooks;
+        // The growth held before it copies anything, so that it is not
+        // put in after the group it began before.
+        let (reached, release) = hold_at(&hooks.growth_gate);
+        let mut k = 0;
+        while hooks.growths_begun.load(Ordering::Relaxed) == 0 {
+            tens(&rt, &log, k..k + 1).unwrap();
+            k += 1;
+            assert!(k < 100, "no growth began");
+        }
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(log.growing_bytes.load(Ordering::Relaxed), 0);
+        release.send(()).unwrap();
+        // Nothing is appended meanwhile: the growth is not put in.
+        let waited = Instant::now();
+        while log.growing_bytes.load(Ordering::Relaxed) == 0 {
+            assert!(waited.elapsed() < Duration::from_secs(10), "no table made");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(hooks.growths_installed.load(Ordering::Relaxed), 0);
+        let tables = || {
+            let state = log.state.read().unwrap();
+            let ix = &state.index;
+            (ix.locs.allocated_bytes() + ix.streams.allocated_bytes() + ix.ids.allocated_bytes())
+                as u64
+        };
+        let growing = log.growing_bytes.load(Ordering::Relaxed) as u64;
+        let (_, room) = table_of(&log);
+        // Twice the table's room: at least 5 bytes a bucket for as many.
+        assert!(
+            growing >= 2 * room as u64 * 5,
+            "{growing} bytes for room {room}"
+        );
+        assert_eq!(log.index_bytes(), tables() + growing);
+        let ids_before = log.state.read().unwrap().index.ids.allocated_bytes();
+        while hooks.growths_installed.load(Ordering::Relaxed) == 0 {
+            tens(&rt, &log, k..k + 1).unwrap();
+            k += 1;
+            assert!(k < 1_000, "the growth was not put in");
+        }
+        assert_eq!(log.growing_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(log.index_bytes(), tables());
+        let ids_after = log.state.read().unwrap().index.ids.allocated_bytes();
+        // The grown table is the index's own now, in the old one's place.
+        assert!(ids_after > ids_before && ids_after as u64 >= growing);
+        all_found(&rt, &log, k * 10);
     }
 
     /// A growth apart of a table that is frozen for a spill before the
