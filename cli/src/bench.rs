@@ -131,6 +131,13 @@ pub(crate) struct BenchArgs {
 #[async_trait]
 pub(crate) trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
+    /// About how many bytes a run needs under `--dir` an event, at its
+    /// most (the raw copy is deleted before the engine's import: the
+    /// engine's log, its index snapshot, the views' checkpoints): checked
+    /// against the free space before anything is written
+    /// ([`check_room`]). `None` where the run's data is elsewhere (a
+    /// server's).
+    fn disk_bytes_per_event(&self) -> Option<u64>;
     /// A fresh, empty engine store in `dir` and its log of `school`.
     async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure>;
     /// A fresh raw writer in `dir` (a directory of its own).
@@ -248,6 +255,12 @@ struct SledRaw(RawSledLog);
 impl Backend for Sled {
     fn name(&self) -> &'static str {
         "sled"
+    }
+
+    /// 1,059 bytes an event under the store after a 100k import (session
+    /// ay), about 1.2 KB at 10M (docs/performance.md, "How to run").
+    fn disk_bytes_per_event(&self) -> Option<u64> {
+        Some(1_300)
     }
 
     async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure> {
@@ -657,6 +670,54 @@ fn done(started: Instant, detail: String) {
 
 // ---- the run ----------------------------------------------------------------
 
+/// Room a run needs beside its events' bytes (the raw ceiling's and the
+/// fsync probe's files, the registers, the appends).
+const DISK_SLACK_BYTES: u64 = 64 << 20;
+
+/// Free bytes for an unprivileged writer on the filesystem that holds
+/// `dir`, or `None` where that cannot be read.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: `statvfs` fills the zeroed struct it is given from a
+    // NUL-terminated path; nothing else is read or written.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return None;
+    }
+    // `fsblkcnt_t` and `c_ulong` are `u64` on 64-bit Linux, narrower
+    // on some other targets.
+    #[allow(clippy::useless_conversion)]
+    u64::from(st.f_bavail).checked_mul(u64::from(st.f_frsize))
+}
+
+/// Refuses a run of `events` that would fill the disk under `dir`
+/// (`free` bytes free there) part-way, minutes in: about `per_event`
+/// bytes an event and [`DISK_SLACK_BYTES`] more are needed. A free space
+/// that cannot be read refuses nothing.
+fn check_room(
+    events: u64,
+    per_event: u64,
+    free: Option<u64>,
+    dir: &Path,
+    backend: &str,
+) -> Result<(), Failure> {
+    let needed = events
+        .saturating_mul(per_event)
+        .saturating_add(DISK_SLACK_BYTES);
+    match free {
+        Some(free) if free < needed => Err(Failure::BadInput(format!(
+            "bench: --events {events} on the {backend} engine needs about {:.1} GB free under {} \
+             (about {per_event} bytes an event: the log, its index and the views' checkpoints); \
+             {:.1} GB is free there. Give --dir on a larger disk, or fewer --events",
+            needed as f64 / 1e9,
+            dir.display(),
+            free as f64 / 1e9
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let format = ctx.formats("bench", &[Format::Text, Format::Json])?;
     if !(MIN_EVENTS..=MAX_EVENTS).contains(&args.events) {
@@ -683,6 +744,9 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let school = ctx.school.clone();
     let backend = backend(args.backend, ctx.database_url())?;
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    if let Some(per_event) = backend.disk_bytes_per_event() {
+        check_room(n, per_event, free_bytes(&parent), &parent, backend.name())?;
+    }
     let tmp = tempfile::Builder::new()
         .prefix("casebook-bench-")
         .tempdir_in(&parent)
@@ -1664,6 +1728,46 @@ impl Figures {
 #[cfg(test)]
 mod tests {
     use std::alloc::{GlobalAlloc, Layout, System};
+
+    use super::{check_room, free_bytes, Backend, DISK_SLACK_BYTES};
+    use crate::Failure;
+
+    /// A run that would fill the disk part-way is refused before it
+    /// writes anything, naming the events, the engine, the directory and
+    /// both sizes; one that fits, or whose free space cannot be read, is
+    /// not. The estimates are the measured bytes an event with a margin.
+    #[test]
+    fn a_run_too_large_for_the_disk_is_refused_first() {
+        let dir = std::path::Path::new("/big/disk");
+        let per = crate::bench_segment::Segment
+            .disk_bytes_per_event()
+            .unwrap();
+        assert!((300..400).contains(&per), "{per}");
+        assert!(super::Sled.disk_bytes_per_event().unwrap() > 1_059);
+        let needed = 30_000_000 * per + DISK_SLACK_BYTES;
+        match check_room(30_000_000, per, Some(needed - 1), dir, "segment") {
+            Err(Failure::BadInput(m)) => {
+                for part in [
+                    "--events 30000000",
+                    "segment engine",
+                    "/big/disk",
+                    &format!("{:.1} GB free under", needed as f64 / 1e9),
+                    &format!("{:.1} GB is free there", (needed - 1) as f64 / 1e9),
+                    "--dir",
+                ] {
+                    assert!(m.contains(part), "{part:?} not in {m}");
+                }
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        assert!(check_room(30_000_000, per, Some(needed), dir, "segment").is_ok());
+        assert!(check_room(30_000_000, per, None, dir, "segment").is_ok());
+        // The largest run asked for does not overflow the estimate.
+        assert!(check_room(u64::MAX, u64::MAX, Some(u64::MAX - 1), dir, "sled").is_err());
+        let here = tempfile::tempdir().unwrap();
+        assert!(free_bytes(here.path()).is_some_and(|b| b > 0));
+        assert_eq!(free_bytes(&here.path().join("not-there")), None);
+    }
 
     /// The text table says the two registers' times, and leaves the line
     /// out of a document without them.

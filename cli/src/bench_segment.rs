@@ -39,6 +39,13 @@ impl Backend for Segment {
         "segment"
     }
 
+    /// 280 bytes an event of log, the index snapshot (~19) and the views'
+    /// and facts' checkpoints (~10): 8.4 GB, 0.58 GB and about 0.3 GB at
+    /// 30M events (docs/performance.md, "How to run").
+    fn disk_bytes_per_event(&self) -> Option<u64> {
+        Some(330)
+    }
+
     async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure> {
         let (engine, _) = open_timed(dir, school, true, SegmentOptions::default())?;
         Ok(Box::new(engine))

@@ -235,6 +235,8 @@ pub enum Command {
         backend: bench::BenchBackend,
         /// Where to create the temporary directory (default: the system's
         /// temporary directory); the filesystem is part of what is measured.
+        /// A run needs about 330 bytes an event there on the segment engine
+        /// (1,300 on sled), checked before anything is written.
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
         /// Import without sealing batches ahead on the importing thread
