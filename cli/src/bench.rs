@@ -137,7 +137,7 @@ pub(crate) trait Backend: Send + Sync {
     /// against the free space before anything is written
     /// ([`check_room`]). `None` where the run's data is elsewhere (a
     /// server's).
-    fn disk_bytes_per_event(&self) -> Option<u64>;
+    fn disk_needed_per_event(&self) -> Option<u64>;
     /// A fresh, empty engine store in `dir` and its log of `school`.
     async fn open_engine(&self, dir: &Path, school: &str) -> Result<Box<dyn Engine>, Failure>;
     /// A fresh raw writer in `dir` (a directory of its own).
@@ -257,9 +257,10 @@ impl Backend for Sled {
         "sled"
     }
 
-    /// 1,059 bytes an event under the store after a 100k import (session
-    /// ay), about 1.2 KB at 10M (docs/performance.md, "How to run").
-    fn disk_bytes_per_event(&self) -> Option<u64> {
+    /// An estimate: 1,059 bytes an event under the store after a 100k
+    /// import (session ay); a 10M run, never made on sled, was thought to
+    /// need about 12 GB (docs/performance.md, "How to run").
+    fn disk_needed_per_event(&self) -> Option<u64> {
         Some(1_300)
     }
 
@@ -670,8 +671,9 @@ fn done(started: Instant, detail: String) {
 
 // ---- the run ----------------------------------------------------------------
 
-/// Room a run needs beside its events' bytes (the raw ceiling's and the
-/// fsync probe's files, the registers, the appends).
+/// Room a run needs beside its events' bytes (the fsync probe's file,
+/// the registers, the appends). The raw ceiling's copy is deleted before
+/// the engine's import, so the bytes an event cover it.
 const DISK_SLACK_BYTES: u64 = 64 << 20;
 
 /// Free bytes for an unprivileged writer on the filesystem that holds
@@ -679,9 +681,11 @@ const DISK_SLACK_BYTES: u64 = 64 << 20;
 fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: `statvfs` fills the zeroed struct it is given from a
-    // NUL-terminated path; nothing else is read or written.
+    // SAFETY: an all-zero `statvfs` is a valid value of that plain C
+    // struct of integers.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `statvfs` fills the struct it is given from a
+    // NUL-terminated path; nothing else is read or written.
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
         return None;
     }
@@ -707,14 +711,22 @@ fn check_room(
         .saturating_add(DISK_SLACK_BYTES);
     match free {
         Some(free) if free < needed => Err(Failure::BadInput(format!(
-            "bench: --events {events} on the {backend} engine needs about {:.1} GB free under {} \
+            "bench: --events {events} on the {backend} engine needs about {} free under {} \
              (about {per_event} bytes an event: the log, its index and the views' checkpoints); \
-             {:.1} GB is free there. Give --dir on a larger disk, or fewer --events",
-            needed as f64 / 1e9,
+             {} is free there. Give --dir on a larger disk, or fewer --events",
+            disk_size(needed),
             dir.display(),
-            free as f64 / 1e9
+            disk_size(free)
         ))),
         _ => Ok(()),
+    }
+}
+
+/// `bytes` for a message: in GB to two places, in MB below 1 GB.
+fn disk_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{:.2} GB", b as f64 / 1e9),
+        b => format!("{:.0} MB", b as f64 / 1e6),
     }
 }
 
@@ -744,7 +756,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let school = ctx.school.clone();
     let backend = backend(args.backend, ctx.database_url())?;
     let parent = args.dir.clone().unwrap_or_else(std::env::temp_dir);
-    if let Some(per_event) = backend.disk_bytes_per_event() {
+    if let Some(per_event) = backend.disk_needed_per_event() {
         check_room(n, per_event, free_bytes(&parent), &parent, backend.name())?;
     }
     let tmp = tempfile::Builder::new()
@@ -1729,21 +1741,22 @@ impl Figures {
 mod tests {
     use std::alloc::{GlobalAlloc, Layout, System};
 
-    use super::{check_room, free_bytes, Backend, DISK_SLACK_BYTES};
+    use super::{check_room, disk_size, free_bytes, Backend, DISK_SLACK_BYTES};
     use crate::Failure;
 
     /// A run that would fill the disk part-way is refused before it
     /// writes anything, naming the events, the engine, the directory and
     /// both sizes; one that fits, or whose free space cannot be read, is
-    /// not. The estimates are the measured bytes an event with a margin.
+    /// not. The segment engine's estimate is its measured bytes an event
+    /// with a margin; sled's is above the one figure measured.
     #[test]
     fn a_run_too_large_for_the_disk_is_refused_first() {
         let dir = std::path::Path::new("/big/disk");
         let per = crate::bench_segment::Segment
-            .disk_bytes_per_event()
+            .disk_needed_per_event()
             .unwrap();
         assert!((300..400).contains(&per), "{per}");
-        assert!(super::Sled.disk_bytes_per_event().unwrap() > 1_059);
+        assert!(super::Sled.disk_needed_per_event().unwrap() > 1_059);
         let needed = 30_000_000 * per + DISK_SLACK_BYTES;
         match check_room(30_000_000, per, Some(needed - 1), dir, "segment") {
             Err(Failure::BadInput(m)) => {
@@ -1751,8 +1764,8 @@ mod tests {
                     "--events 30000000",
                     "segment engine",
                     "/big/disk",
-                    &format!("{:.1} GB free under", needed as f64 / 1e9),
-                    &format!("{:.1} GB is free there", (needed - 1) as f64 / 1e9),
+                    &format!("{} free under", disk_size(needed)),
+                    &format!("{} is free there", disk_size(needed - 1)),
                     "--dir",
                 ] {
                     assert!(m.contains(part), "{part:?} not in {m}");
@@ -1764,8 +1777,12 @@ mod tests {
         assert!(check_room(30_000_000, per, None, dir, "segment").is_ok());
         // The largest run asked for does not overflow the estimate.
         assert!(check_room(u64::MAX, u64::MAX, Some(u64::MAX - 1), dir, "sled").is_err());
+        // Sizes a message can tell apart, small or large.
+        assert_eq!(disk_size(95_000_000), "95 MB");
+        assert_eq!(disk_size(100_000_000), "100 MB");
+        assert_eq!(disk_size(33_064_000_000), "33.06 GB");
         let here = tempfile::tempdir().unwrap();
-        assert!(free_bytes(here.path()).is_some_and(|b| b > 0));
+        assert!(free_bytes(here.path()).is_some());
         assert_eq!(free_bytes(&here.path().join("not-there")), None);
     }
 

@@ -116,7 +116,7 @@ impl Backend for Postgres {
     }
 
     /// The data is the server's, in its own directory: not checked here.
-    fn disk_bytes_per_event(&self) -> Option<u64> {
+    fn disk_needed_per_event(&self) -> Option<u64> {
         None
     }
 

@@ -42,7 +42,7 @@ impl Backend for Segment {
     /// 280 bytes an event of log, the index snapshot (~19) and the views'
     /// and facts' checkpoints (~10): 8.4 GB, 0.58 GB and about 0.3 GB at
     /// 30M events (docs/performance.md, "How to run").
-    fn disk_bytes_per_event(&self) -> Option<u64> {
+    fn disk_needed_per_event(&self) -> Option<u64> {
         Some(330)
     }
 

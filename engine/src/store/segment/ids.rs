@@ -837,9 +837,12 @@ impl Ids {
         if growth.serial != self.tail.serial || growth.built != len || growth.table.len() != len {
             return Err(growth);
         }
+        let old = self.tail.replace_table(std::mem::take(&mut growth.table));
         // Its bytes are the table's from here: no longer counted apart
-        // once `growth` is dropped.
-        Ok(self.tail.replace_table(std::mem::take(&mut growth.table)))
+        // (the caller holds the index's write lock, so no reader of
+        // `index_bytes` sees them counted twice or not at all).
+        drop(growth);
+        Ok(old)
     }
 
     /// Bytes of the table a growth holds (0 before it made one).
