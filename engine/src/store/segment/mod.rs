@@ -6336,6 +6336,14 @@ mod index_tests {
         vec![request(k * 100 + 1..k * 100 + 101)]
     }
 
+    /// How long [`runs_up_to`], [`runs_settled`] and [`lists_filed_up_to`]
+    /// wait at most for the spills and merges on their threads (the merges
+    /// at nice 19): each
+    /// returns as soon as they have ended, so the bound only matters on a
+    /// machine so loaded that a merge waited 10 s for a core or the disk
+    /// (once in a CI run beside a release build, session ay).
+    const SETTLE_WAIT: Duration = Duration::from_secs(60);
+
     /// The runs of ids the index holds: how many, and the positions the
     /// first covers.
     fn runs_held(log: &SegmentLog) -> (usize, Option<(u64, u64)>) {
@@ -6344,7 +6352,7 @@ mod index_tests {
         (runs.len(), runs.first().map(|r| (r.first(), r.last())))
     }
 
-    /// Waits (up to 10 s) until fewer than `MAX_RUNS` runs of ids are held
+    /// Waits (up to [`SETTLE_WAIT`]) until fewer than `MAX_RUNS` runs of ids are held
     /// and the last covers `head`: the merges and spills have ended.
     fn runs_settled(log: &SegmentLog, head: u64) -> (usize, Option<(u64, u64)>) {
         let waited = Instant::now();
@@ -6354,7 +6362,7 @@ mod index_tests {
                 let runs = state.index.ids.runs();
                 runs.len() < ids::MAX_RUNS && runs.last().map(|r| r.last()) == Some(head)
             };
-            if done || waited.elapsed() > Duration::from_secs(10) {
+            if done || waited.elapsed() > SETTLE_WAIT {
                 return runs_held(log);
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -6377,7 +6385,7 @@ mod index_tests {
         }
     }
 
-    /// Waits (up to 10 s) until the last run of ids covers `head` (the
+    /// Waits (up to [`SETTLE_WAIT`]) until the last run of ids covers `head` (the
     /// spill after the group that ends there has put its run in); the
     /// runs then held.
     fn runs_up_to(log: &SegmentLog, head: u64) -> (usize, Option<(u64, u64)>) {
@@ -6387,7 +6395,7 @@ mod index_tests {
                 let state = log.state.read().unwrap();
                 state.index.ids.runs().last().map(|r| r.last()) == Some(head)
             };
-            if done || waited.elapsed() > Duration::from_secs(10) {
+            if done || waited.elapsed() > SETTLE_WAIT {
                 return runs_held(log);
             }
             std::thread::sleep(Duration::from_millis(5));
@@ -7626,12 +7634,12 @@ mod index_tests {
         requests_on_a_thread(log, group_of_60(k))
     }
 
-    /// Waits (up to 10 s) for the stream lists' file to list every
-    /// position up to `head`.
+    /// Waits (up to [`SETTLE_WAIT`]) for the stream lists' file to list
+    /// every position up to `head`.
     fn lists_filed_up_to(log: &SegmentLog, head: u64) {
         let filed = || log.state.read().unwrap().index.streams.filed_head();
         let started = Instant::now();
-        while filed() != head && started.elapsed() < Duration::from_secs(10) {
+        while filed() != head && started.elapsed() < SETTLE_WAIT {
             std::thread::sleep(Duration::from_millis(2));
         }
         assert_eq!(filed(), head);
