@@ -3299,7 +3299,14 @@ impl Writer {
     /// up to 90 ms at 917,504 ids (119 ms in session av's runs), once
     /// before the first spill and once after every spill, for appends that
     /// do not say how many are coming (docs/performance.md, "Session aw").
-    fn grow_ids_ahead(&mut self, adding: usize, then: usize) {
+    ///
+    /// `announced`: the group is of events a caller said are coming. Its
+    /// table begins no growth apart unless it is frozen (the last group of
+    /// an import, `then` 0, would otherwise begin one for appends that may
+    /// never come, and hold a table of twice the room as the import ends:
+    /// 10 MB at 10M events, "Session ay"); the first group nobody announced
+    /// begins it, a quarter of the room before the table is full.
+    fn grow_ids_ahead(&mut self, adding: usize, then: usize, announced: bool) {
         if self.growing.is_some() && self.ids_full_for(adding) {
             self.end_growth();
         }
@@ -3319,10 +3326,14 @@ impl Writer {
             // While a table is frozen for its spill, the new one grows by
             // doubling, not at once for the events expected: the two
             // tables are held together until the spill ends.
-            let then = if ids.is_frozen() { 0 } else { then.min(room) };
+            let frozen = ids.is_frozen();
+            let then = if frozen { 0 } else { then.min(room) };
             if !ids.table_full_for(adding) {
                 let growth = match (then, &self.growing) {
-                    (0, None) if ids.table_capacity() != self.growth_failed_at => {
+                    (0, None)
+                        if (frozen || !announced)
+                            && ids.table_capacity() != self.growth_failed_at =>
+                    {
                         ids.begin_growth(adding, self.grow_apart_from, most)
                     }
                     _ => None,
@@ -3607,7 +3618,7 @@ impl Writer {
         let group = self.sealed.len();
         let expected = self.expected.load(Ordering::Relaxed);
         let then = usize::try_from(expected.saturating_sub(group as u64)).unwrap_or(usize::MAX);
-        self.grow_ids_ahead(group, then);
+        self.grow_ids_ahead(group, then, expected > 0);
         let lock = self.state.clone();
         let Ok(mut state) = lock.write() else {
             if beside {
@@ -8554,6 +8565,41 @@ mod index_tests {
         let mut untold = capacities_over(&rt, &log, 1, 20);
         untold.dedup();
         assert!(untold.len() >= 4, "grown several times: {untold:?}");
+    }
+
+    /// An import that said how many events it brings ends with no growth
+    /// of the id table begun for appends that may never come, though its
+    /// last group leaves the table more than three quarters full (it
+    /// began one, and held its table of twice the room, until session ay);
+    /// the first group nobody announced begins it, a quarter of the room
+    /// before the table is full. Every id is found throughout.
+    #[test]
+    fn an_import_told_ends_without_a_growth_begun_for_appends_to_come() {
+        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
+            grow_apart_from: 200,
+            ..SegmentOptions::default()
+        });
+        let hooks = &log.sync_hooks;
+        // A growth's thread says so at its gate as it starts.
+        let (reached, release) = hold_at(&hooks.growth_gate);
+        log.expect_appends(6_000);
+        let told = capacities_over(&rt, &log, 1, 20);
+        let (len, room) = table_of(&log);
+        assert_eq!(len, 6_000);
+        assert!(4 * len > 3 * room, "{len} of {room}: {told:?}");
+        assert!(
+            reached.recv_timeout(Duration::from_millis(500)).is_err(),
+            "a growth began in the import"
+        );
+        assert_eq!(hooks.growths_begun.load(Ordering::Relaxed), 0);
+        // The first append nobody announced: a growth begins, and is put
+        // in by the time a group would find the table full.
+        capacities_over(&rt, &log, 6_001, 1);
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        release.send(()).unwrap();
+        let after = capacities_over(&rt, &log, 6_301, 4);
+        assert!(*after.last().unwrap() >= 2 * room, "{room} then {after:?}");
+        all_found(&rt, &log, 7_500);
     }
 
     /// However many events a caller says are coming, the table is grown
