@@ -3287,8 +3287,8 @@ impl Writer {
     /// whole import, not one at every doubling.
     ///
     /// A table of room for [`ids::GROW_APART_FROM`] ids or more that would
-    /// grow by doubling (no appends are expected, or a table is frozen)
-    /// grows apart instead, on a thread of its own ([`grow_apart`]), begun
+    /// grow by doubling (no appends were announced, or a table is frozen
+    /// for its spill) grows apart instead, on a thread of its own ([`grow_apart`]), begun
     /// once a group would fill more than three quarters of its room
     /// ([`Ids::begin_growth`]):
     /// the writer goes on pushing into it meanwhile, and puts the new table
@@ -3300,12 +3300,16 @@ impl Writer {
     /// before the first spill and once after every spill, for appends that
     /// do not say how many are coming (docs/performance.md, "Session aw").
     ///
-    /// `announced`: the group is of events a caller said are coming. Its
-    /// table begins no growth apart unless it is frozen (the last group of
-    /// an import, `then` 0, would otherwise begin one for appends that may
-    /// never come, and hold a table of twice the room as the import ends:
-    /// 10 MB at 10M events, "Session ay"); the first group nobody announced
-    /// begins it, a quarter of the room before the table is full.
+    /// `announced`: the group is of events a caller said are coming. It
+    /// begins no growth apart (the last group of an import, `then` 0,
+    /// would otherwise begin one for appends that may never come, and hold
+    /// a table of twice the room as the import ends: 10 MB at 10M events,
+    /// "Session ay"), unless a table is frozen for its spill, or the table
+    /// would then have no room for a whole group more: the first group
+    /// nobody announced always fits, and begins the growth with the room
+    /// the import left (less than a quarter: the groups after it wait for
+    /// the growth's thread, not for a growth on this one, if they fill
+    /// that room first).
     fn grow_ids_ahead(&mut self, adding: usize, then: usize, announced: bool) {
         if self.growing.is_some() && self.ids_full_for(adding) {
             self.end_growth();
@@ -3329,11 +3333,11 @@ impl Writer {
             let frozen = ids.is_frozen();
             let then = if frozen { 0 } else { then.min(room) };
             if !ids.table_full_for(adding) {
+                let ahead = frozen
+                    || !announced
+                    || ids.table_full_for(adding.saturating_add(MAX_GROUP_EVENTS));
                 let growth = match (then, &self.growing) {
-                    (0, None)
-                        if (frozen || !announced)
-                            && ids.table_capacity() != self.growth_failed_at =>
-                    {
+                    (0, None) if ahead && ids.table_capacity() != self.growth_failed_at => {
                         ids.begin_growth(adding, self.grow_apart_from, most)
                     }
                     _ => None,
@@ -8571,8 +8575,10 @@ mod index_tests {
     /// of the id table begun for appends that may never come, though its
     /// last group leaves the table more than three quarters full (it
     /// began one, and held its table of twice the room, until session ay);
-    /// the first group nobody announced begins it, a quarter of the room
-    /// before the table is full. Every id is found throughout.
+    /// the first group nobody announced begins it, with the room the
+    /// import left, and it is put in. An announced group that would leave
+    /// no room for a whole group more begins it as before. Every id is
+    /// found throughout.
     #[test]
     fn an_import_told_ends_without_a_growth_begun_for_appends_to_come() {
         let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
@@ -8582,11 +8588,12 @@ mod index_tests {
         let hooks = &log.sync_hooks;
         // A growth's thread says so at its gate as it starts.
         let (reached, release) = hold_at(&hooks.growth_gate);
-        log.expect_appends(6_000);
-        let told = capacities_over(&rt, &log, 1, 20);
+        log.expect_appends(45_000);
+        let told = capacities_over(&rt, &log, 1, 150);
         let (len, room) = table_of(&log);
-        assert_eq!(len, 6_000);
+        assert_eq!(len, 45_000);
         assert!(4 * len > 3 * room, "{len} of {room}: {told:?}");
+        assert!(room - len >= 300 + MAX_GROUP_EVENTS, "{len} of {room}");
         assert!(
             reached.recv_timeout(Duration::from_millis(500)).is_err(),
             "a growth began in the import"
@@ -8594,12 +8601,31 @@ mod index_tests {
         assert_eq!(hooks.growths_begun.load(Ordering::Relaxed), 0);
         // The first append nobody announced: a growth begins, and is put
         // in by the time a group would find the table full.
-        capacities_over(&rt, &log, 6_001, 1);
+        capacities_over(&rt, &log, 45_001, 1);
         reached.recv_timeout(Duration::from_secs(10)).unwrap();
         release.send(()).unwrap();
-        let after = capacities_over(&rt, &log, 6_301, 4);
+        let after = capacities_over(&rt, &log, 45_301, 45);
         assert!(*after.last().unwrap() >= 2 * room, "{room} then {after:?}");
-        all_found(&rt, &log, 7_500);
+        assert_eq!(
+            hooks.growths_installed.load(Ordering::Relaxed),
+            1,
+            "the growth apart put in, not a growth where it is"
+        );
+        all_found(&rt, &log, 58_800);
+        // An import whose last group leaves no room for a whole group
+        // more begins the growth in it, as any group did before.
+        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
+            grow_apart_from: 200,
+            ..SegmentOptions::default()
+        });
+        let (reached, release) = hold_at(&log.sync_hooks.growth_gate);
+        log.expect_appends(50_100);
+        capacities_over(&rt, &log, 1, 167);
+        let (len, room) = table_of(&log);
+        assert!(room - len < MAX_GROUP_EVENTS, "{len} of {room}");
+        reached.recv_timeout(Duration::from_secs(10)).unwrap();
+        release.send(()).unwrap();
+        all_found(&rt, &log, 50_100);
     }
 
     /// However many events a caller says are coming, the table is grown
