@@ -429,15 +429,20 @@ impl Growth {
 
     /// Counts its table's bytes again where they are counted.
     fn recount(&mut self) {
-        let now = self.table.allocation_size();
+        let now = self.table_bytes();
         if let Some((bytes, n)) = &mut self.counted {
-            match now.cmp(n) {
-                std::cmp::Ordering::Greater => bytes.fetch_add(now - *n, Ordering::Relaxed),
-                std::cmp::Ordering::Less => bytes.fetch_sub(*n - now, Ordering::Relaxed),
-                std::cmp::Ordering::Equal => 0,
-            };
+            if now >= *n {
+                bytes.fetch_add(now - *n, Ordering::Relaxed);
+            } else {
+                bytes.fetch_sub(*n - now, Ordering::Relaxed);
+            }
             *n = now;
         }
+    }
+
+    /// Bytes of its table (0 before it made one).
+    pub(super) fn table_bytes(&self) -> usize {
+        self.table.allocation_size()
     }
 
     /// Whether every position held as it began is in it.
@@ -843,12 +848,6 @@ impl Ids {
         // `index_bytes` sees them counted twice or not at all).
         drop(growth);
         Ok(old)
-    }
-
-    /// Bytes of the table a growth holds (0 before it made one).
-    #[cfg(test)]
-    pub(super) fn growth_bytes(growth: &Growth) -> usize {
-        growth.table.allocation_size()
     }
 
     /// Ids in the table (those after the files').
@@ -1659,7 +1658,7 @@ mod tests {
                 }
                 prop_assert_eq!(
                     counted.load(Ordering::Relaxed),
-                    growth.as_ref().map_or(0, |(g, _)| Ids::growth_bytes(g))
+                    growth.as_ref().map_or(0, |(g, _)| g.table_bytes())
                 );
                 found_everywhere(&ids, &all)?;
             }

@@ -6725,6 +6725,12 @@ mod index_tests {
         all_found(&rt, &log, 10 * k);
     }
 
+    /// The path of the segment the writer writes into now.
+    fn current_segment(log: &SegmentLog) -> PathBuf {
+        let state = log.state.read().unwrap();
+        state.segments.last().unwrap().path.clone()
+    }
+
     /// A log written in bulk (groups of [`LARGE_GROUP_EVENTS`] or more)
     /// keeps its newest [`BULK_CACHED_SEGMENTS`] segments in the page
     /// cache and drops older ones written in bulk as the writer rolls past
@@ -6736,16 +6742,7 @@ mod index_tests {
             segment_bytes: 16 * 1024,
             ..SegmentOptions::default()
         });
-        let current = || {
-            log.state
-                .read()
-                .unwrap()
-                .segments
-                .last()
-                .unwrap()
-                .path
-                .clone()
-        };
+        let current = || current_segment(&log);
         // Small groups: several segments, none written in bulk.
         tens(&rt, &log, 0..40).unwrap();
         let small: Vec<PathBuf> = {
@@ -6806,15 +6803,7 @@ mod index_tests {
             Err(e @ StoreError::Io { .. }) => assert!(e.to_string().contains("fdatasync"), "{e}"),
             other => panic!("expected the failed fdatasync, got {other:?}"),
         }
-        let failed_in = log
-            .state
-            .read()
-            .unwrap()
-            .segments
-            .last()
-            .unwrap()
-            .path
-            .clone();
+        let failed_in = current_segment(&log);
         let dropped = log.sync_hooks.dropped.lock().unwrap().clone();
         assert!(
             !dropped.contains(&failed_in),
@@ -6838,19 +6827,39 @@ mod index_tests {
         assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
     }
 
+    /// A fresh log (its directory, a runtime, the store and the log), and
+    /// a gate of its held at: the word that its thread got there, and
+    /// the sender of the word to go on ([`hold_at`]).
+    type HeldLog = (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        Arc<SegmentStore>,
+        Arc<SegmentLog>,
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    );
+
+    /// A fresh log whose id tables grow apart from room for 200 ids, and
+    /// the gate its next growth's thread says it has started at and waits
+    /// to go on at ([`hold_at`]).
+    fn growing_apart_held() -> HeldLog {
+        let (dir, rt, store, log) = fresh_log_with(SegmentOptions {
+            grow_apart_from: 200,
+            ..SegmentOptions::default()
+        });
+        let (reached, release) = hold_at(&log.sync_hooks.growth_gate);
+        (dir, rt, store, log, reached, release)
+    }
+
     /// The table of a growth of the id table on a thread of its own is
     /// counted in [`SegmentLog::index_bytes`] while the thread holds it,
     /// and as the index's own table once the writer has put it in.
     #[test]
     fn index_bytes_count_a_table_grown_apart() {
-        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
-            grow_apart_from: 200,
-            ..SegmentOptions::default()
-        });
-        let hooks = &log.sync_hooks;
         // The growth held before it copies anything, so that it is not
         // put in after the group it began before.
-        let (reached, release) = hold_at(&hooks.growth_gate);
+        let (_dir, rt, _store, log, reached, release) = growing_apart_held();
+        let hooks = &log.sync_hooks;
         // Appends until the group that began the growth (the table's own
         // state, not the thread's count, which comes when the thread
         // runs): a group more than fits before the table is full would
@@ -7617,14 +7626,7 @@ mod index_tests {
     /// [`log_spilling_lists_at_300`], whose next spill of the lists says
     /// so on the first channel and waits for a word on the second before
     /// it takes any list.
-    fn lists_spilling_at_300() -> (
-        tempfile::TempDir,
-        tokio::runtime::Runtime,
-        Arc<SegmentStore>,
-        Arc<SegmentLog>,
-        std::sync::mpsc::Receiver<()>,
-        std::sync::mpsc::Sender<()>,
-    ) {
+    fn lists_spilling_at_300() -> HeldLog {
         let (dir, rt, store, log) = log_spilling_lists_at_300();
         let (reached, release) = hold_at(&log.sync_hooks.list_spill_gate);
         (dir, rt, store, log, reached, release)
@@ -8581,13 +8583,9 @@ mod index_tests {
     /// found throughout.
     #[test]
     fn an_import_told_ends_without_a_growth_begun_for_appends_to_come() {
-        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
-            grow_apart_from: 200,
-            ..SegmentOptions::default()
-        });
-        let hooks = &log.sync_hooks;
         // A growth's thread says so at its gate as it starts.
-        let (reached, release) = hold_at(&hooks.growth_gate);
+        let (_dir, rt, _store, log, reached, release) = growing_apart_held();
+        let hooks = &log.sync_hooks;
         log.expect_appends(45_000);
         let told = capacities_over(&rt, &log, 1, 150);
         let (len, room) = table_of(&log);
@@ -8614,11 +8612,7 @@ mod index_tests {
         all_found(&rt, &log, 58_800);
         // An import whose last group leaves no room for a whole group
         // more begins the growth in it, as any group did before.
-        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
-            grow_apart_from: 200,
-            ..SegmentOptions::default()
-        });
-        let (reached, release) = hold_at(&log.sync_hooks.growth_gate);
+        let (_dir, rt, _store, log, reached, release) = growing_apart_held();
         log.expect_appends(50_100);
         capacities_over(&rt, &log, 1, 167);
         let (len, room) = table_of(&log);
