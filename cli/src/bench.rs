@@ -677,22 +677,11 @@ fn done(started: Instant, detail: String) {
 const DISK_SLACK_BYTES: u64 = 64 << 20;
 
 /// Free bytes for an unprivileged writer on the filesystem that holds
-/// `dir`, or `None` where that cannot be read.
+/// `dir` (`statvfs`: `f_bavail × f_frsize`, through `fs2`, which the
+/// engine already uses for its file locks), or `None` where that cannot
+/// be read.
 fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    // SAFETY: an all-zero `statvfs` is a valid value of that plain C
-    // struct of integers.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `statvfs` fills the struct it is given from a
-    // NUL-terminated path; nothing else is read or written.
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-        return None;
-    }
-    // `fsblkcnt_t` and `c_ulong` are `u64` on 64-bit Linux, narrower
-    // on some other targets.
-    #[allow(clippy::useless_conversion)]
-    u64::from(st.f_bavail).checked_mul(u64::from(st.f_frsize))
+    fs2::available_space(dir).ok()
 }
 
 /// Refuses a run of `events` that would fill the disk under `dir`

@@ -441,7 +441,7 @@ impl Growth {
     }
 
     /// Bytes of its table (0 before it made one).
-    pub(super) fn table_bytes(&self) -> usize {
+    fn table_bytes(&self) -> usize {
         self.table.allocation_size()
     }
 
