@@ -257,9 +257,10 @@ impl Backend for Sled {
         "sled"
     }
 
-    /// An estimate: 1,059 bytes an event under the store after a 100k
-    /// import (session ay); a 10M run, never made on sled, was thought to
-    /// need about 12 GB (docs/performance.md, "How to run").
+    /// An estimate above what was measured under the store after an
+    /// import: 1,059 bytes an event at 100k (session ay), 1,162 at 1M
+    /// (session az). No 10M run was made on sled (docs/performance.md,
+    /// "How to run").
     fn disk_needed_per_event(&self) -> Option<u64> {
         Some(1_300)
     }
