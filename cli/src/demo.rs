@@ -899,10 +899,20 @@ struct SharedIncident {
     escalated: Option<usize>,
 }
 
-/// Every pupil's day flags in one allocation: `flags[pupil][day]`.
+/// Every pupil's day flags: while the school is planned, one byte a
+/// pupil a day; once the plan is made ([`DayFlags::pack`]), only the days
+/// with a flag set, which are a few a pupil (190 bytes a pupil were the
+/// largest part of the plan held while the pupils are generated).
 struct DayFlags {
     days: usize,
+    /// While the school is planned: `flags[pupil * days + day]`.
     flags: Vec<u8>,
+    /// Once the plan is made: pupil `i`'s days with a flag set, in order,
+    /// at `set_days[starts[i]..starts[i + 1]]`, their flags at the same
+    /// places of `set_flags`.
+    starts: Vec<u32>,
+    set_days: Vec<u16>,
+    set_flags: Vec<u8>,
     /// While the school is planned: per day, then per year group (at
     /// `day * YEAR_GROUPS + year`), the pupils unavailable on it
     /// (`UNAVAILABLE`), in order, for drawing peers without looking at
@@ -927,12 +937,47 @@ impl DayFlags {
         }
         *f |= bits;
     }
-}
 
-impl std::ops::Index<usize> for DayFlags {
-    type Output = [u8];
-    fn index(&self, pupil: usize) -> &[u8] {
+    /// `pupil`'s flags of every day, while the school is planned.
+    fn row(&self, pupil: usize) -> &[u8] {
         &self.flags[pupil * self.days..(pupil + 1) * self.days]
+    }
+
+    /// `pupil`'s flags of `day` (none past the calendar).
+    fn get(&self, pupil: usize, day: usize) -> Option<u8> {
+        if day >= self.days {
+            return None;
+        }
+        if !self.flags.is_empty() {
+            return self.row(pupil).get(day).copied();
+        }
+        let (a, b) = (self.starts[pupil] as usize, self.starts[pupil + 1] as usize);
+        let days = &self.set_days[a..b];
+        Some(match days.binary_search(&(day as u16)) {
+            Ok(i) => self.set_flags[a + i],
+            Err(_) => 0,
+        })
+    }
+
+    /// Keeps only the days with a flag set (the plan is made: nothing is
+    /// set after).
+    fn pack(&mut self) {
+        let pupils = self.flags.len() / self.days.max(1);
+        let set = self.flags.iter().filter(|&&f| f != 0).count();
+        self.starts = Vec::with_capacity(pupils + 1);
+        self.set_days = Vec::with_capacity(set);
+        self.set_flags = Vec::with_capacity(set);
+        self.starts.push(0);
+        let dense = std::mem::take(&mut self.flags);
+        for row in dense.chunks(self.days.max(1)).take(pupils) {
+            for (day, &f) in row.iter().enumerate() {
+                if f != 0 {
+                    self.set_days.push(day as u16);
+                    self.set_flags.push(f);
+                }
+            }
+            self.starts.push(self.set_days.len() as u32);
+        }
     }
 }
 
@@ -984,7 +1029,14 @@ struct School {
     exclusions: Vec<Option<Box<PlannedExclusion>>>,
     provisions: Vec<Option<Box<PlannedProvision>>>,
     incidents: Vec<SharedIncident>,
+    /// While the school is planned: each pupil's incidents (indices into
+    /// `incidents`), in order. Empty once the plan is made, when they are
+    /// in `incident_list` ([`School::incidents_of`]).
     pupil_incidents: Vec<Vec<usize>>,
+    /// Once the plan is made: pupil `i`'s incidents at
+    /// `incident_list[incident_starts[i]..incident_starts[i + 1]]`.
+    incident_starts: Vec<u32>,
+    incident_list: Vec<u32>,
     /// Pupils staff raise a safeguarding concern about this year.
     concerned: Vec<bool>,
     /// Trip days per year group (7..=11 at 0..=4).
@@ -1302,6 +1354,9 @@ impl School {
             flags: DayFlags {
                 days: d,
                 flags: vec![0; n * d],
+                starts: Vec::new(),
+                set_days: Vec::new(),
+                set_flags: Vec::new(),
                 unavailable: Vec::new(),
             },
             suspensions: (0..n).map(|_| Vec::new()).collect(),
@@ -1309,6 +1364,8 @@ impl School {
             provisions: (0..n).map(|_| None).collect(),
             incidents: Vec::new(),
             pupil_incidents: vec![Vec::new(); n],
+            incident_starts: Vec::new(),
+            incident_list: Vec::new(),
             concerned: vec![false; n],
             trips: Default::default(),
             peer_weights: Vec::new(),
@@ -1316,6 +1373,7 @@ impl School {
             pupils: n,
         };
         if n == 0 {
+            school.pack();
             return school;
         }
         let mut rng = Rng::stream(root, TAG_SCHOOL, 0);
@@ -1345,7 +1403,34 @@ impl School {
         }
         school.peer_weights = Vec::new();
         school.flags.unavailable = Vec::new();
+        school.pack();
         school
+    }
+
+    /// Keeps of the plan only what generating the pupils reads, packed:
+    /// the days with a flag set, and the incidents of each pupil in one
+    /// list.
+    fn pack(&mut self) {
+        self.flags.pack();
+        let listed = self.pupil_incidents.iter().map(Vec::len).sum();
+        self.incident_list = Vec::with_capacity(listed);
+        self.incident_starts = Vec::with_capacity(self.pupil_incidents.len() + 1);
+        self.incident_starts.push(0);
+        for list in std::mem::take(&mut self.pupil_incidents) {
+            self.incident_list
+                .extend(list.into_iter().map(|k| k as u32));
+            self.incident_starts.push(self.incident_list.len() as u32);
+        }
+    }
+
+    /// Pupil `pupil`'s shared incidents (indices into `incidents`), in
+    /// order.
+    fn incidents_of(&self, pupil: usize) -> impl Iterator<Item = usize> + '_ {
+        let (a, b) = (
+            self.incident_starts[pupil] as usize,
+            self.incident_starts[pupil + 1] as usize,
+        );
+        self.incident_list[a..b].iter().map(|&k| k as usize)
     }
 
     fn n(&self) -> usize {
@@ -1358,8 +1443,8 @@ impl School {
     }
 
     fn available(&self, pupil: usize, day: usize) -> bool {
-        self.flags[pupil]
-            .get(day)
+        self.flags
+            .get(pupil, day)
             .is_some_and(|f| f & UNAVAILABLE == 0)
     }
 
@@ -1678,8 +1763,8 @@ impl School {
                     .collect();
                 let clash = placement
                     .iter()
-                    .any(|&day| self.flags[i][day] & (UNAVAILABLE | ATTEND) != 0)
-                    || self.flags[i][back] & UNAVAILABLE != 0;
+                    .any(|&day| self.flags.row(i)[day] & (UNAVAILABLE | ATTEND) != 0)
+                    || self.flags.row(i)[back] & UNAVAILABLE != 0;
                 if clash || start < 3 {
                     continue;
                 }
@@ -1806,7 +1891,8 @@ impl School {
                 (day + 1..(day + 5).min(d))
                     .find(|&m| {
                         parties.iter().all(|&p| {
-                            self.flags[p][m] & (SUSP_AM | SUSP_PM | AT_PROVISION | OFF_ROLL) == 0
+                            self.flags.row(p)[m] & (SUSP_AM | SUSP_PM | AT_PROVISION | OFF_ROLL)
+                                == 0
                         })
                     })
                     .map(|m| At {
@@ -1972,7 +2058,7 @@ impl<'s> PupilSim<'s> {
     }
 
     fn flags(&self, day: usize) -> u8 {
-        self.school.flags[self.i][day]
+        self.school.flags.get(self.i, day).unwrap_or(0)
     }
 
     fn time(&self, at: At) -> DateTime<Utc> {
@@ -2901,7 +2987,7 @@ impl<'s> PupilSim<'s> {
     fn shared_incidents(&mut self) {
         let school = self.school;
         let me = self.i;
-        for &k in &school.pupil_incidents[me] {
+        for k in school.incidents_of(me) {
             let Some(inc) = school.incidents.get(k) else {
                 continue;
             };
