@@ -14,8 +14,8 @@
 //! and `CASEBOOK_STALL_STREAMS`. docs/performance.md ("Session au") has
 //! measured runs. Timings stay out of the test suite: this is a benchmark.
 //! It allocates with mimalloc and takes `casebook`'s memory settings
-//! (src/memory.rs: transparent huge pages off, freed memory returned
-//! after 1 ms, 10 ms until session az); until session aw it kept mimalloc's defaults, under which some
+//! (src/memory.rs: transparent huge pages off, freed memory returned after
+//! 10 ms); until session aw it kept mimalloc's defaults, under which some
 //! appends waited 5–20 ms for the kernel to fault in a huge page, which
 //! `casebook` never asks for (docs/performance.md, "Session aw"). The
 //! engine's appends include sealing each event (encoding and the chain

@@ -8,16 +8,15 @@
 /// checked against the option's documented default in src/main.rs's test.
 pub(crate) const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// 1 ms rather than mimalloc's 1 s, so the peak resident set stays near
-/// what the process holds. Not 0: in session az's runs that slowed the
-/// timelines at 100k events (p50 +25%) and the replay (about 7%); in
-/// session e it also slowed the import, which then built and dropped its
-/// buffers batch after batch (docs/performance.md, "Huge pages off").
-/// 10 ms from session e until session az, whose alternated runs gave 1 ms
-/// a peak 4–9% lower (51.5 against 56.3 MB at 1M, 112.3 against 117.5 at
-/// 10M) at about the same import rate (medians 1–4% lower, within the
-/// runs' spread; docs/performance.md, "Session az").
-const PURGE_DELAY_MS: std::ffi::c_long = 1;
+/// 10 ms rather than mimalloc's 1 s, so the peak resident set stays near
+/// what the process holds (the bench's 1M-event run stays under 200 MB),
+/// and rather than 0, which returned and faulted in again the same memory
+/// batch after batch of an import (docs/performance.md, "Huge pages off")
+/// and slowed timelines at 100k events by a quarter (session az). Session
+/// az measured 1 ms too: peaks 4–9% lower at 100k to 10M events, but the
+/// import of 30M events 10% slower (its planning and writing both), with
+/// the same peak there; not kept (docs/performance.md, "Session az").
+const PURGE_DELAY_MS: std::ffi::c_long = 10;
 
 /// mimalloc's `allow_thp` (same enum): whether it asks the kernel for
 /// transparent huge pages (`madvise(MADV_HUGEPAGE)`) on the memory it maps.
