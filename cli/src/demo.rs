@@ -1417,6 +1417,7 @@ impl School {
     /// the days with a flag set, and the incidents of each pupil in one
     /// list.
     fn pack(&mut self) {
+        debug_assert!(u32::try_from(self.incidents.len()).is_ok());
         self.flags.pack();
         let listed = self.pupil_incidents.iter().map(Vec::len).sum();
         self.incident_list = Vec::with_capacity(listed);
