@@ -696,6 +696,12 @@ struct Profile {
 
 /// First pupil index of year group `year` (7..=12) when `n` pupils are
 /// split into five equal year groups.
+/// Pupil `i`'s year group of `n` pupils, counted from [`FIRST_YEAR_GROUP`]:
+/// the year groups are equal shares of the pupils, in order.
+fn year_index(i: usize, n: usize) -> usize {
+    i * YEAR_GROUPS / n.max(1)
+}
+
 fn year_start(n: usize, year: u8) -> usize {
     (usize::from(year - 7) * n).div_ceil(5)
 }
@@ -707,7 +713,7 @@ fn reference(i: usize) -> String {
 
 fn make_profile(root: u64, academic_year: i32, n: usize, i: usize) -> Profile {
     let mut rng = Rng::stream(root, TAG_PROFILE, i as u64);
-    let year_group = 7 + (i * 5 / n.max(1)) as u8;
+    let year_group = FIRST_YEAR_GROUP + year_index(i, n) as u8;
     let peers = (year_start(n, year_group), year_start(n, year_group + 1));
     let in_year = i - peers.0;
     let forms = (peers.1 - peers.0).div_ceil(FORM_SIZE).max(1);
@@ -909,11 +915,9 @@ struct DayFlags {
     days: usize,
     /// While the school is planned: `flags[pupil * days + day]`.
     flags: Vec<u8>,
-    /// Once the plan is made: pupil `i`'s days with a flag set, in order,
-    /// at `set_days[starts[i]..starts[i + 1]]`, their flags at the same
-    /// places of `set_flags`.
-    starts: Vec<u32>,
-    set_days: Vec<u16>,
+    /// Once the plan is made: each pupil's days with a flag set, in order,
+    /// and their flags at the same places of `set_flags`.
+    set_days: Rows<u16>,
     set_flags: Vec<u8>,
     /// While the school is planned: per day, then per year group (at
     /// `day * YEAR_GROUPS + year`), the pupils unavailable on it
@@ -929,8 +933,7 @@ impl DayFlags {
         let pupils = self.flags.len() / self.days;
         let f = &mut self.flags[pupil * self.days..(pupil + 1) * self.days][day];
         if *f & UNAVAILABLE == 0 && bits & UNAVAILABLE != 0 {
-            // The year group as `make_profile` gives it.
-            let year = pupil * YEAR_GROUPS / pupils;
+            let year = year_index(pupil, pupils);
             if let Some(list) = self.unavailable.get_mut(day * YEAR_GROUPS + year) {
                 if let Err(at) = list.binary_search(&(pupil as u32)) {
                     list.insert(at, pupil as u32);
@@ -953,37 +956,66 @@ impl DayFlags {
         if !self.flags.is_empty() {
             return self.row(pupil).get(day).copied();
         }
-        let (a, b) = (self.starts[pupil] as usize, self.starts[pupil + 1] as usize);
-        let days = &self.set_days[a..b];
-        Some(match days.binary_search(&(day as u16)) {
-            Ok(i) => self.set_flags[a + i],
-            Err(_) => 0,
-        })
+        Some(
+            match self.set_days.row(pupil).binary_search(&(day as u16)) {
+                Ok(i) => self.set_flags[self.set_days.span(pupil).start + i],
+                Err(_) => 0,
+            },
+        )
     }
 
     /// Keeps only the days with a flag set (the plan is made: nothing is
     /// set after).
     fn pack(&mut self) {
-        // A school year's days fit a u16, and the days with a flag set of
-        // every pupil a u32 (a few a pupil).
+        // A school year's days fit a u16.
         debug_assert!(self.days <= usize::from(u16::MAX));
-        debug_assert!(u32::try_from(self.flags.len()).is_ok());
         let pupils = self.flags.len() / self.days.max(1);
         let set = self.flags.iter().filter(|&&f| f != 0).count();
-        self.starts = Vec::with_capacity(pupils + 1);
-        self.set_days = Vec::with_capacity(set);
+        self.set_days = Rows::with_capacity(pupils, set);
         self.set_flags = Vec::with_capacity(set);
-        self.starts.push(0);
         let dense = std::mem::take(&mut self.flags);
         for row in dense.chunks(self.days.max(1)).take(pupils) {
-            for (day, &f) in row.iter().enumerate() {
-                if f != 0 {
-                    self.set_days.push(day as u16);
-                    self.set_flags.push(f);
-                }
-            }
-            self.starts.push(self.set_days.len() as u32);
+            let set = row.iter().enumerate().filter(|(_, &f)| f != 0);
+            self.set_days
+                .push_row(set.clone().map(|(day, _)| day as u16));
+            self.set_flags.extend(set.map(|(_, &f)| f));
         }
+    }
+}
+
+/// Lists, one a pupil, in one allocation: pupil `i`'s is
+/// `items[starts[i]..starts[i + 1]]` (what the plan keeps once made,
+/// instead of a `Vec` a pupil).
+#[derive(Default)]
+struct Rows<T> {
+    starts: Vec<u32>,
+    items: Vec<T>,
+}
+
+impl<T> Rows<T> {
+    fn with_capacity(rows: usize, items: usize) -> Rows<T> {
+        let mut starts = Vec::with_capacity(rows + 1);
+        starts.push(0);
+        Rows {
+            starts,
+            items: Vec::with_capacity(items),
+        }
+    }
+
+    /// Adds the next pupil's list.
+    fn push_row(&mut self, row: impl IntoIterator<Item = T>) {
+        self.items.extend(row);
+        debug_assert!(u32::try_from(self.items.len()).is_ok());
+        self.starts.push(self.items.len() as u32);
+    }
+
+    /// Where pupil `i`'s list is in `items`.
+    fn span(&self, i: usize) -> std::ops::Range<usize> {
+        self.starts[i] as usize..self.starts[i + 1] as usize
+    }
+
+    fn row(&self, i: usize) -> &[T] {
+        &self.items[self.span(i)]
     }
 }
 
@@ -1037,12 +1069,9 @@ struct School {
     incidents: Vec<SharedIncident>,
     /// While the school is planned: each pupil's incidents (indices into
     /// `incidents`), in order. Empty once the plan is made, when they are
-    /// in `incident_list` ([`School::incidents_of`]).
+    /// in `incident_rows` ([`School::incidents_of`]).
     pupil_incidents: Vec<Vec<usize>>,
-    /// Once the plan is made: pupil `i`'s incidents at
-    /// `incident_list[incident_starts[i]..incident_starts[i + 1]]`.
-    incident_starts: Vec<u32>,
-    incident_list: Vec<u32>,
+    incident_rows: Rows<u32>,
     /// Pupils staff raise a safeguarding concern about this year.
     concerned: Vec<bool>,
     /// Trip days per year group (7..=11 at 0..=4).
@@ -1360,8 +1389,7 @@ impl School {
             flags: DayFlags {
                 days: d,
                 flags: vec![0; n * d],
-                starts: Vec::new(),
-                set_days: Vec::new(),
+                set_days: Rows::default(),
                 set_flags: Vec::new(),
                 unavailable: Vec::new(),
             },
@@ -1370,8 +1398,7 @@ impl School {
             provisions: (0..n).map(|_| None).collect(),
             incidents: Vec::new(),
             pupil_incidents: vec![Vec::new(); n],
-            incident_starts: Vec::new(),
-            incident_list: Vec::new(),
+            incident_rows: Rows::default(),
             concerned: vec![false; n],
             trips: Default::default(),
             peer_weights: Vec::new(),
@@ -1420,24 +1447,17 @@ impl School {
         debug_assert!(u32::try_from(self.incidents.len()).is_ok());
         self.flags.pack();
         let listed = self.pupil_incidents.iter().map(Vec::len).sum();
-        self.incident_list = Vec::with_capacity(listed);
-        self.incident_starts = Vec::with_capacity(self.pupil_incidents.len() + 1);
-        self.incident_starts.push(0);
+        self.incident_rows = Rows::with_capacity(self.pupil_incidents.len(), listed);
         for list in std::mem::take(&mut self.pupil_incidents) {
-            self.incident_list
-                .extend(list.into_iter().map(|k| k as u32));
-            self.incident_starts.push(self.incident_list.len() as u32);
+            self.incident_rows
+                .push_row(list.into_iter().map(|k| k as u32));
         }
     }
 
     /// Pupil `pupil`'s shared incidents (indices into `incidents`), in
     /// order.
     fn incidents_of(&self, pupil: usize) -> impl Iterator<Item = usize> + '_ {
-        let (a, b) = (
-            self.incident_starts[pupil] as usize,
-            self.incident_starts[pupil + 1] as usize,
-        );
-        self.incident_list[a..b].iter().map(|&k| k as usize)
+        self.incident_rows.row(pupil).iter().map(|&k| k as usize)
     }
 
     fn n(&self) -> usize {
@@ -4540,8 +4560,7 @@ mod tests {
         let mut flags = DayFlags {
             days,
             flags: vec![0; pupils * days],
-            starts: Vec::new(),
-            set_days: Vec::new(),
+            set_days: Rows::default(),
             set_flags: Vec::new(),
             unavailable: vec![Vec::new(); days * YEAR_GROUPS],
         };
