@@ -21,7 +21,7 @@ use crate::event::{CaseEvent, CURRENT_SCHEMA, EVENT_TYPES};
 use crate::store::segment::IdHash;
 use crate::store::{
     may_block_in_place, read_whole_stream, visit_stream_from, AppendRequest, Appended, EventStore,
-    ExpectedVersion, Head, Presealed, MAX_EVENTS_PER_APPEND,
+    ExpectedVersion, Head, IdsChecked, Presealed, Seen, MAX_EVENTS_PER_APPEND,
 };
 
 /// The planner's maps, keyed by event ids and stream ids (16 random or
@@ -423,6 +423,12 @@ pub struct ImportPlan {
     /// its index snapshot: an import of a day's register into a store of
     /// millions of events does not read millions of ids).
     pub minted: bool,
+    /// What the planner's look-ups of the lines' ids found
+    /// ([`IdsChecked`]), when the store could tell: the plan is appended
+    /// with [`EventStore::append_atomic_checked`], whose writer does not
+    /// look those ids up again among the events the look-ups saw.
+    /// Made of `requests` as planned: with other requests it is not used.
+    pub checked: Option<IdsChecked>,
     /// The facts checkpoint to save once the plan is durable
     /// ([`crate::known::save`]): every pupil's facts as the plan leaves
     /// them, and those of the checkpoint read that the import did not
@@ -440,9 +446,10 @@ impl ImportPlan {
     /// [`EventStore::append_atomic_minted`] when every id was minted here
     /// ([`ImportPlan::minted`]).
     pub async fn append_to(self, store: &dyn EventStore) -> Result<Vec<Appended>, StoreError> {
-        match self.minted {
-            true => store.append_atomic_minted(self.requests).await,
-            false => store.append_atomic(self.requests).await,
+        match (self.minted, self.checked) {
+            (true, _) => store.append_atomic_minted(self.requests).await,
+            (false, Some(checked)) => store.append_atomic_checked(self.requests, checked).await,
+            (false, None) => store.append_atomic(self.requests).await,
         }
     }
 }
@@ -487,6 +494,35 @@ pub struct Planner<'a> {
     known: Known,
     /// Why the stored checkpoint was not used ([`ImportPlan::known_note`]).
     known_note: Option<String>,
+    /// Through which position the store's look-ups of the lines' ids saw
+    /// the log ([`IdsChecked`]).
+    checked: Checked,
+}
+
+/// Through which position a planner's look-ups of its lines' ids saw the
+/// log: the earliest of them, so that every id looked up and not found is
+/// absent up to it ([`EventStore::find_events_checked`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Checked {
+    /// No look-up yet.
+    #[default]
+    NotYet,
+    Saw(Seen),
+    /// A look-up that could not say (a backend that does not tell, a
+    /// line's id looked up alone), or look-ups of two logs.
+    Unknown,
+}
+
+impl Checked {
+    fn saw(&mut self, seen: Option<Seen>) {
+        *self = match (*self, seen) {
+            (Checked::NotYet, Some(s)) => Checked::Saw(s),
+            (Checked::Saw(a), Some(s)) if a.log() == s.log() => {
+                Checked::Saw(if s.through() < a.through() { s } else { a })
+            }
+            _ => Checked::Unknown,
+        };
+    }
 }
 
 /// Where a planner is with the facts checkpoint ([`crate::known`]).
@@ -563,6 +599,9 @@ struct PupilPlan {
     state: CaseState,
     base_version: u64,
     events: Vec<NewEvent>,
+    /// Which of `events` have an id minted here (a line without `id`, an
+    /// event `decide` added), not looked up ([`IdsChecked`]).
+    unchecked: Vec<u32>,
 }
 
 /// A pupil's stored stream as the planner keeps it once read: the state
@@ -911,6 +950,7 @@ impl<'a> Planner<'a> {
             deferred: Vec::new(),
             known: Known::Off,
             known_note: None,
+            checked: Checked::NotYet,
         }
     }
 
@@ -1029,6 +1069,7 @@ impl<'a> Planner<'a> {
                     state,
                     base_version,
                     events: Vec::new(),
+                    unchecked: Vec::new(),
                 }
             }
         };
@@ -1070,6 +1111,11 @@ impl<'a> Planner<'a> {
                         .find_event(id)
                         .await
                         .map_err(|source| ImportError::Store { line, source })?;
+                    // A look-up that does not say through where it saw the
+                    // log (`add`, which does not prefetch, or a prefetch
+                    // that failed): the writer looks up every id of the
+                    // batch.
+                    self.checked.saw(None);
                     self.prefetch.ids.insert(id);
                     if let Some(stored) = fetched {
                         self.prefetch.found.insert(id, stored);
@@ -1240,8 +1286,10 @@ impl<'a> Planner<'a> {
         let count = events.len();
         let mut first = Some(new);
         for event in events {
-            // The first event is the line's own; any further one copies
-            // its envelope with a new id, type and payload.
+            // The first event is the line's own (its id looked up, or
+            // minted if it has none); any further one copies its envelope
+            // with a new (minted) id, type and payload.
+            let minted = first.is_none() || l.id.is_none();
             let new = match first.take() {
                 Some(new) => new,
                 None => {
@@ -1259,6 +1307,10 @@ impl<'a> Planner<'a> {
             plan.state.apply_owned(new.event_id, event);
             if plan.events.is_empty() {
                 plan.events.reserve(run);
+            }
+            if minted {
+                // A plan holds at most `MAX_EVENTS_PER_APPEND` events.
+                plan.unchecked.push(plan.events.len() as u32);
             }
             plan.events.push(new);
         }
@@ -1367,8 +1419,11 @@ impl<'a> Planner<'a> {
         let store = self.store;
         let find = async {
             match ids.is_empty() {
-                true => Ok(HashMap::new()),
-                false => store.find_events(&ids).await,
+                true => Ok((HashMap::new(), None)),
+                false => store
+                    .find_events_checked(&ids)
+                    .await
+                    .map(|(f, t)| (f, Some(t))),
             }
         };
         let read = async {
@@ -1378,7 +1433,10 @@ impl<'a> Planner<'a> {
             }
         };
         let (found, folded) = tokio::join!(find, read);
-        if let Ok(found) = found {
+        if let Ok((found, through)) = found {
+            if let Some(through) = through {
+                self.checked.saw(through);
+            }
             self.prefetch.ids = seen_ids;
             self.prefetch.found = found;
         }
@@ -1393,7 +1451,7 @@ impl<'a> Planner<'a> {
         let (events, duplicates, minted) = (self.events, self.duplicates, !self.given_ids);
         let known = std::mem::replace(&mut self.known, Known::Off);
         let known_note = self.known_note.take();
-        let (requests, carry) = self.finish_batch();
+        let (requests, carry, checked) = self.finish_batch();
         // Every pupil planned, at the version the plan leaves it (its
         // stored events and the plan's, folded as a read of them would).
         let (known, known_note) = match known {
@@ -1418,6 +1476,7 @@ impl<'a> Planner<'a> {
             events,
             duplicates,
             minted,
+            checked,
             known,
             known_note,
         }
@@ -1430,15 +1489,23 @@ impl Planner<'_> {
     /// against; and the state the next batch continues from: every pupil
     /// of this batch at the version its request leaves it, and this
     /// batch's ids.
-    fn finish_batch(mut self) -> (Vec<AppendRequest>, Carry) {
+    fn finish_batch(mut self) -> (Vec<AppendRequest>, Carry, Option<IdsChecked>) {
         let mut requests = Vec::new();
+        // The events whose ids were not looked up, by their index among
+        // the batch's.
+        let mut unchecked = Vec::new();
+        let mut offset = 0u32;
         for stream in &self.order {
             let Some(p) = self.pupils.get_mut(stream) else {
                 continue;
             };
+            let minted = std::mem::take(&mut p.unchecked);
             if p.events.is_empty() {
                 continue;
             }
+            unchecked.extend(minted.iter().map(|&i| offset + i));
+            // At most `MAX_EVENTS_PER_APPEND` events a batch.
+            offset += p.events.len() as u32;
             let events = std::mem::take(&mut p.events);
             let expected = if p.base_version == 0 {
                 ExpectedVersion::NoStream
@@ -1456,7 +1523,11 @@ impl Planner<'_> {
             pupils: self.pupils,
             ids: self.ids,
         };
-        (requests, carry)
+        let checked = match self.checked {
+            Checked::Saw(seen) => Some(IdsChecked::new(seen, unchecked, &requests)),
+            Checked::NotYet | Checked::Unknown => None,
+        };
+        (requests, carry, checked)
     }
 }
 
@@ -1473,6 +1544,8 @@ struct InFlight<'a> {
 /// One batch planned by [`Pipeline::plan`], ready for [`Pipeline::submit`].
 pub struct Batch {
     appends: Appends,
+    /// What the planner's look-ups of its ids found ([`IdsChecked`]).
+    checked: Option<IdsChecked>,
     events: usize,
     duplicates: usize,
     carry: Carry,
@@ -1769,7 +1842,7 @@ impl<'a> Pipeline<'a> {
         let planned = match planned {
             Ok(()) => {
                 let (events, duplicates) = (planner.events, planner.duplicates);
-                let (requests, carry) = planner.finish_batch();
+                let (requests, carry, checked) = planner.finish_batch();
                 // Sealed ahead where the batch in flight leaves the log,
                 // while it is written: until its answer comes, when the
                 // writer would otherwise idle, and the rest is the
@@ -1797,6 +1870,7 @@ impl<'a> Pipeline<'a> {
                 };
                 Ok(Batch {
                     appends,
+                    checked,
                     events,
                     duplicates,
                     carry,
@@ -1893,12 +1967,15 @@ impl<'a> Pipeline<'a> {
             self.carry = batch.carry;
             return Ok(());
         }
-        let mut append = match batch.appends {
-            Appends::Presealed(p) => {
+        let mut append = match (batch.appends, batch.checked) {
+            (Appends::Presealed(p), checked) => {
                 self.sealed_ahead += 1;
-                self.store.append_presealed(p)
+                self.store.append_presealed(p.with_checked(checked))
             }
-            Appends::Plain(requests) => self.store.append_atomic(requests),
+            (Appends::Plain(requests), Some(checked)) => {
+                self.store.append_atomic_checked(requests, checked)
+            }
+            (Appends::Plain(requests), None) => self.store.append_atomic(requests),
         };
         // Poll once: the store takes the batch now (a writer thread's
         // queue), and writes it while the caller plans the next one.
@@ -1955,5 +2032,79 @@ impl<'a> Pipeline<'a> {
     /// Lines of acknowledged batches skipped as duplicates.
     pub fn duplicates(&self) -> u64 {
         self.duplicates
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::segment::{SegmentOptions, SegmentStore};
+
+    /// A line of pupil P0001 (an attendance mark on `day` of December
+    /// 2025, in the afternoon if `pm`), with `id` as its `id` if any.
+    fn mark(n: usize, id: Option<u128>, day: u32, pm: bool) -> ImportLine {
+        let session = if pm { "pm" } else { "am" };
+        let id = id.map_or(String::new(), |i| {
+            format!(r#""id":"{}","#, Uuid::from_u128(i))
+        });
+        let text = format!(
+            r#"{{{id}"type":"AttendanceMarked","pupil":"P0001","occurred_at":"2025-12-{day:02}T09:00:00Z","actor":"S017","data":{{"date":"2025-12-{day:02}","session":"{session}","code":"/"}}}}"#
+        );
+        parse_line(n, &text).expect("a valid line")
+    }
+
+    /// The planner's look-ups of its lines' ids answer for them through
+    /// the head they saw (`IdsChecked`); the ids it minted (lines
+    /// without `id`) are named as not looked up, by their index among the
+    /// plan's events, and the writer looks those up itself.
+    #[test]
+    fn a_plan_names_the_ids_its_look_ups_answer_for_and_those_it_minted() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = SegmentStore::open_with(dir.path(), true, SegmentOptions::default()).unwrap();
+        let log = store.log("school-a").unwrap();
+        let now = "2026-01-10T12:00:00Z".parse().unwrap();
+        let register = r#"{"id":"00000000-0000-0000-0000-000000000001","type":"PupilRegistered","pupil":"P0001","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}"#;
+        let mut planner = Planner::new(log.as_ref(), "school-a", now);
+        rt.block_on(planner.add_many(vec![parse_line(1, register).unwrap()]))
+            .unwrap();
+        let plan = planner.finish();
+        let seen = |through| {
+            let (_, seen) = rt.block_on(log.find_events_checked(&[])).unwrap();
+            Seen::new(seen.unwrap().log(), through)
+        };
+        assert_eq!(
+            plan.checked,
+            Some(IdsChecked::new(seen(0), vec![], &plan.requests))
+        );
+        rt.block_on(plan.append_to(log.as_ref())).unwrap();
+
+        let mut planner = Planner::new(log.as_ref(), "school-a", now);
+        let lines = vec![
+            mark(1, Some(2), 1, false),
+            mark(2, None, 1, true),
+            mark(3, Some(3), 2, false),
+            mark(4, None, 2, true),
+        ];
+        rt.block_on(planner.add_many(lines)).unwrap();
+        let plan = planner.finish();
+        assert_eq!(
+            plan.checked,
+            Some(IdsChecked::new(seen(1), vec![1, 3], &plan.requests))
+        );
+        assert_eq!(plan.requests[0].events.len(), 4);
+        let done = rt.block_on(plan.append_to(log.as_ref())).unwrap();
+        assert_eq!(done[0].last_position, 5);
+
+        // Every id of a file without ids is minted: the plan is appended
+        // as minted, and none of its ids was looked up.
+        let mut planner = Planner::new(log.as_ref(), "school-a", now);
+        rt.block_on(planner.add_many(vec![mark(1, None, 3, false)]))
+            .unwrap();
+        let plan = planner.finish();
+        assert!(plan.minted);
+        assert_eq!(plan.checked, None);
     }
 }

@@ -26,4 +26,6 @@ pub mod upcast;
 pub use envelope::{EventRef, NewEvent, RecordedEvent, StoredEvent, StreamId};
 pub use error::{CodecError, StoreError};
 pub use event::CaseEvent;
-pub use store::{AppendRequest, Appended, EventStore, ExpectedVersion, Presealed};
+pub use store::{
+    AppendRequest, Appended, EventStore, ExpectedVersion, IdsChecked, Presealed, Seen,
+};

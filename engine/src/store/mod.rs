@@ -63,6 +63,101 @@ impl std::fmt::Display for ExpectedVersion {
     }
 }
 
+/// Which log a look-up of event ids saw, and through which position
+/// ([`EventStore::find_events_checked`]): none of the ids it did not find
+/// is stored at that position or before it. The log is named by a token
+/// its open drew, so that what was seen of one log is never taken for
+/// another's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    log: Uuid,
+    through: u64,
+}
+
+impl Seen {
+    pub(crate) fn new(log: Uuid, through: u64) -> Seen {
+        Seen { log, through }
+    }
+
+    /// The log's token.
+    pub(crate) fn log(&self) -> Uuid {
+        self.log
+    }
+
+    /// The position through which the look-up saw the log.
+    pub(crate) fn through(&self) -> u64 {
+        self.through
+    }
+}
+
+/// What a look-up of an append's event ids found before the append
+/// ([`EventStore::find_events_checked`], made by the import planner): no
+/// event of the log it saw, at a position up to the one it saw it
+/// through, has the id of any of the append's events but those
+/// `unchecked` lists (by their index among the append's events, request
+/// after request), whose ids were never looked up (ids minted while
+/// planning). A writer handed one looks up, among all its events, every
+/// unchecked id and every id that one of the events after that position
+/// may have; it leaves out only what the look-up already did, so an id is
+/// stored at most once whatever happened since (docs/storage.md, "Ids
+/// checked by the planner"). Made only by this crate, for the requests it
+/// was made of: handed with other requests (other ids, or the same in
+/// another order), or to another log, it is not used and every id is
+/// looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdsChecked {
+    seen: Seen,
+    unchecked: Vec<u32>,
+    /// The requests' events.
+    events: usize,
+    /// [`ids_digest`] of the requests' ids, in order.
+    digest: u64,
+}
+
+/// A digest of the event ids of `requests`, in order: what binds an
+/// [`IdsChecked`] to the requests it was made of (a safeguard against a
+/// caller's mistake, not against an adversary: a caller of the engine
+/// can append any id it likes anyway).
+fn ids_digest(requests: &[AppendRequest]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut h = 0u64;
+    for e in requests.iter().flat_map(|r| &r.events) {
+        let (hi, lo) = e.event_id.as_u64_pair();
+        h = (h.rotate_left(5) ^ hi).wrapping_mul(K);
+        h = (h.rotate_left(5) ^ lo).wrapping_mul(K);
+    }
+    h
+}
+
+impl IdsChecked {
+    /// For `requests` as they are: `unchecked` (indices among their
+    /// events) in increasing order.
+    pub(crate) fn new(seen: Seen, unchecked: Vec<u32>, requests: &[AppendRequest]) -> IdsChecked {
+        let events = requests.iter().map(|r| r.events.len()).sum();
+        debug_assert!(unchecked.windows(2).all(|w| w[0] < w[1]));
+        debug_assert!(unchecked.last().is_none_or(|&i| (i as usize) < events));
+        IdsChecked {
+            seen,
+            unchecked,
+            events,
+            digest: ids_digest(requests),
+        }
+    }
+
+    /// Whether it was made of `requests` (of `events` events), and
+    /// answers for one of their ids at least.
+    fn made_of(&self, requests: &[AppendRequest], events: usize) -> bool {
+        self.events == events
+            && self.unchecked.len() < events
+            && self.digest == ids_digest(requests)
+    }
+
+    /// Whether the append's `i`th event's id was looked up.
+    fn is_checked(&self, i: usize) -> bool {
+        u32::try_from(i).is_ok_and(|i| self.unchecked.binary_search(&i).is_err())
+    }
+}
+
 /// Events for one stream, appended together.
 #[derive(Clone, Debug)]
 pub struct AppendRequest {
@@ -153,6 +248,21 @@ pub trait EventStore: Send + Sync + 'static {
     /// the presealed `recorded_at`. The default appends the requests.
     async fn append_presealed(&self, presealed: Presealed) -> Result<Vec<Appended>, StoreError> {
         self.append_atomic(presealed.into_requests()).await
+    }
+
+    /// [`EventStore::append_atomic`] of requests whose ids the caller
+    /// looked up with [`EventStore::find_events_checked`] and found absent
+    /// (`checked`, the import planner's): a backend may leave out its own
+    /// look-up of those ids among the events the look-up saw, and looks up
+    /// the rest as for any append. The outcome is that of `append_atomic`.
+    /// The default is `append_atomic`.
+    async fn append_atomic_checked(
+        &self,
+        requests: Vec<AppendRequest>,
+        checked: IdsChecked,
+    ) -> Result<Vec<Appended>, StoreError> {
+        let _ = checked;
+        self.append_atomic(requests).await
     }
 
     /// Whether [`EventStore::append_presealed`] can use what a caller
@@ -259,6 +369,19 @@ pub trait EventStore: Send + Sync + 'static {
             }
         }
         Ok(found)
+    }
+
+    /// [`EventStore::find_events`], and which log the look-up saw through
+    /// which position ([`Seen`]): none of `ids` missing from the answer is
+    /// stored at a position up to it. `None` when the backend cannot tell
+    /// (the default), and then nothing is skipped on its strength
+    /// ([`IdsChecked`]). A store that wraps another forwards both this and
+    /// [`EventStore::append_atomic_checked`] to it, or neither.
+    async fn find_events_checked(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<(HashMap<Uuid, StoredEvent>, Option<Seen>), StoreError> {
+        Ok((self.find_events(ids).await?, None))
     }
 
     /// Where each of these events is, by id, each looked for first in the
@@ -904,6 +1027,10 @@ pub(crate) struct Commit {
     /// Every event id was minted by this process
     /// ([`EventStore::append_minted`]); only the segment writer uses it.
     pub minted: bool,
+    /// What the caller's look-up of the ids found
+    /// ([`EventStore::append_atomic_checked`]); only the segment writer
+    /// uses it.
+    pub checked: Option<IdsChecked>,
     /// Where a large append's events go back to the caller as soon as they
     /// are sealed ([`HandBack`]); only the segment writer uses it.
     pub hand_back: Option<HandBack>,
@@ -930,16 +1057,17 @@ pub(crate) async fn submit(
     sender: Option<&mpsc::Sender<Commit>>,
     requests: Vec<AppendRequest>,
 ) -> Result<Vec<Appended>, StoreError> {
-    submit_with(sender, requests, None, false).await
+    submit_with(sender, requests, None, false, None).await
 }
 
-/// [`submit`] with the requests' events sealed ahead by the caller, or
-/// with ids it minted.
+/// [`submit`] with the requests' events sealed ahead by the caller, with
+/// ids it minted, or with ids it looked up.
 pub(crate) async fn submit_with(
     sender: Option<&mpsc::Sender<Commit>>,
     requests: Vec<AppendRequest>,
     presealed: Option<Sealing>,
     minted: bool,
+    checked: Option<IdsChecked>,
 ) -> Result<Vec<Appended>, StoreError> {
     if requests.is_empty() {
         // An atomic append of nothing is done: no group, no write.
@@ -960,6 +1088,7 @@ pub(crate) async fn submit_with(
             requests,
             presealed,
             minted,
+            checked,
             hand_back,
             reply: Reply(reply),
         })
@@ -1034,7 +1163,19 @@ pub(crate) trait Committed {
     fn ahead<'e>(&mut self, ids: impl Iterator<Item = &'e Uuid>) {
         let _ = ids;
     }
+    /// A test of ids against the committed events after what `seen` saw
+    /// (of this log, through a position): `true` only for an id none of
+    /// them has (`false`: one may have it, look it up). `None` (the
+    /// default) when it cannot be made (`seen` is of another log, ...),
+    /// and every id is looked up ([`IdsChecked`]).
+    fn absent_after(&mut self, seen: Seen) -> Option<AbsentAfter> {
+        let _ = seen;
+        None
+    }
 }
+
+/// [`Committed::absent_after`]'s test.
+pub(crate) type AbsentAfter = Box<dyn Fn(&Uuid) -> bool>;
 
 /// Ids a writer tells its [`Committed`] of at a time, ahead of their
 /// look-ups.
@@ -1203,6 +1344,9 @@ impl SealedEvent {
 pub struct Presealed {
     requests: Vec<AppendRequest>,
     sealing: Sealing,
+    /// What a look-up of the requests' ids found ([`IdsChecked`]); boxed,
+    /// so that a presealed append stays about the size it was.
+    checked: Option<Box<IdsChecked>>,
 }
 
 /// What [`Presealed::seal`] made of its requests.
@@ -1262,9 +1406,21 @@ impl Presealed {
         stop: &mut dyn FnMut() -> bool,
     ) -> Result<Presealed, Vec<AppendRequest>> {
         match Sealing::of(head, recorded_at, &mut requests, stop) {
-            Some(sealing) => Ok(Presealed { requests, sealing }),
+            Some(sealing) => Ok(Presealed {
+                requests,
+                sealing,
+                checked: None,
+            }),
             None => Err(requests),
         }
+    }
+
+    /// With what a look-up of its ids found (the import pipeline's
+    /// [`EventStore::find_events_checked`]): handed to the writer with it,
+    /// as [`EventStore::append_atomic_checked`] hands it.
+    pub(crate) fn with_checked(mut self, checked: Option<IdsChecked>) -> Presealed {
+        self.checked = checked.map(Box::new);
+        self
     }
 
     /// Whether every event is sealed (not only a prefix).
@@ -1317,8 +1473,8 @@ impl Presealed {
     }
 
     /// The requests and what was sealed of them, for a writer.
-    pub(crate) fn into_parts(self) -> (Vec<AppendRequest>, Sealing) {
-        (self.requests, self.sealing)
+    pub(crate) fn into_parts(self) -> (Vec<AppendRequest>, Sealing, Option<IdsChecked>) {
+        (self.requests, self.sealing, self.checked.map(|c| *c))
     }
 }
 
@@ -1440,6 +1596,10 @@ pub(crate) struct AfterSeal<'a> {
     /// is then a prefix of the events (the answers name only the requests
     /// sealed whole); only a caller that seals ahead uses it.
     pub stop: Option<&'a mut dyn FnMut() -> bool>,
+    /// What the caller's look-up of the append's ids found
+    /// ([`IdsChecked`]): the ids it found absent are looked up only among
+    /// the events after it ([`Committed::absent_after`]).
+    pub checked: Option<&'a IdsChecked>,
 }
 
 /// How often, in events, sealing asks [`AfterSeal::stop`] whether to stop.
@@ -1612,6 +1772,20 @@ impl GroupStage {
             HashMap::with_capacity_and_hasher(requests.len(), IdHash::default());
         let mut local_ids: HashSet<Uuid, IdHash> =
             HashSet::with_capacity_and_hasher(total, IdHash::default());
+        // The ids the caller found absent through a position need looking
+        // up only among the events after it: each is tested against those
+        // first, and looked up only if one of them may have it.
+        let checked = after
+            .checked
+            .filter(|c| c.made_of(requests, total))
+            .and_then(|c| {
+                let absent = committed.absent_after(c.seen)?;
+                Some(move |i: usize, id: &Uuid| c.is_checked(i) && absent(id))
+            });
+        let wanted = |i: usize, id: &Uuid| checked.as_ref().is_none_or(|skip| !skip(i, id));
+        // Each event's index among the append's.
+        let mut n = 0;
+        let mut look_up: Vec<bool> = Vec::with_capacity(LOOKUP_AHEAD.min(total));
         for r in requests.iter() {
             if r.events.is_empty() {
                 return Err(StoreError::EmptyAppend { stream: r.stream });
@@ -1627,20 +1801,27 @@ impl GroupStage {
             local.insert(r.stream, actual + r.events.len() as u64);
             for (i, e) in r.events.iter().enumerate() {
                 if i % LOOKUP_AHEAD == 0 {
-                    let next = r.events[i..].iter().take(LOOKUP_AHEAD);
-                    committed.ahead(next.map(|e| &e.event_id));
+                    // Which of the next ids to look up, each tested once.
+                    let next = r.events[i..].iter().zip(n..).take(LOOKUP_AHEAD);
+                    look_up.clear();
+                    look_up.extend(next.map(|(e, k)| wanted(k, &e.event_id)));
+                    let next = r.events[i..].iter().zip(&look_up);
+                    committed.ahead(next.filter(|(_, &w)| w).map(|(e, _)| &e.event_id));
                 }
                 if self.ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
                     return Err(StoreError::DuplicateInAppend {
                         event_id: e.event_id,
                     });
                 }
-                if let Some(position) = committed.stored_position(e.event_id)? {
-                    return Err(StoreError::DuplicateEventId {
-                        event_id: e.event_id,
-                        position,
-                    });
+                if look_up[i % LOOKUP_AHEAD] {
+                    if let Some(position) = committed.stored_position(e.event_id)? {
+                        return Err(StoreError::DuplicateEventId {
+                            event_id: e.event_id,
+                            position,
+                        });
+                    }
                 }
+                n += 1;
             }
         }
         // Pass 2: seal onto the group. Encoding cannot fail for events that
@@ -1947,11 +2128,15 @@ mod tests {
         }
     }
 
-    /// A committed log that records what it is told ahead and asked.
+    /// A committed log that records what it is told ahead and asked; with
+    /// `after`, it can test ids against the events after a position
+    /// ([`Committed::absent_after`]): those of `after.1` may be there.
     #[derive(Default)]
     struct Recording {
         told: Vec<Uuid>,
         asked: Vec<Uuid>,
+        after: Option<(Seen, Vec<Uuid>)>,
+        tested_after: Vec<Seen>,
     }
 
     impl Committed for Recording {
@@ -1971,6 +2156,79 @@ mod tests {
             self.told.extend(ids);
             assert!(self.told.len() - before <= LOOKUP_AHEAD);
         }
+        fn absent_after(&mut self, seen: Seen) -> Option<AbsentAfter> {
+            self.tested_after.push(seen);
+            let (at, maybe) = self.after.clone()?;
+            assert_eq!(at, seen);
+            Some(Box::new(move |id| !maybe.contains(id)))
+        }
+    }
+
+    /// An append whose ids a look-up found absent through a position
+    /// ([`IdsChecked`]) has looked up only the ids that look-up does not
+    /// answer for: those it never looked up (its `unchecked`), and those
+    /// an event after that position may have; the others are neither told
+    /// ahead nor asked for. Made of other requests, or answering for none
+    /// of their ids, or handed to a log that cannot test the events after
+    /// the position (another log's), every id is looked up.
+    #[test]
+    fn ids_a_look_up_found_absent_are_looked_up_only_where_it_did_not_look() {
+        let long = LOOKUP_AHEAD as u128 + 100;
+        let requests = vec![
+            request(1, (1..=long).map(|i| event(i, 8)).collect()),
+            request(2, (10_000..10_005).map(|i| event(i, 8)).collect()),
+        ];
+        let all: Vec<Uuid> = requests
+            .iter()
+            .flat_map(|r| r.events.iter().map(|e| e.event_id))
+            .collect();
+        let id = |i: u128| Uuid::from_u128(i);
+        // Events 4 and 10_002 (indices 3 and long + 2) were not looked up;
+        // 7 and 10_004 may be among the events after position 40.
+        let seen = Seen::new(Uuid::from_u128(77), 40);
+        let checked = IdsChecked::new(seen, vec![3, long as u32 + 2], &requests);
+        let stage_with = |checked: &IdsChecked, mut log: Recording| {
+            let after = AfterSeal {
+                checked: Some(checked),
+                ..AfterSeal::default()
+            };
+            GroupStage::new(0, Hash::default())
+                .stage_presealed(
+                    &mut requests.clone(),
+                    None,
+                    &mut log,
+                    chrono::Utc::now(),
+                    after,
+                )
+                .unwrap();
+            log
+        };
+        let testing = || Recording {
+            after: Some((seen, vec![id(7), id(10_004)])),
+            ..Recording::default()
+        };
+        let log = stage_with(&checked, testing());
+        let wanted = vec![id(4), id(7), id(10_002), id(10_004)];
+        assert_eq!(log.asked, wanted);
+        assert_eq!(log.told, wanted);
+        assert_eq!(log.tested_after, vec![seen]);
+        // Made of other requests (another number of events, or the same
+        // number with other ids): every id.
+        let fewer = IdsChecked::new(seen, vec![3], &requests[..1]);
+        let mut swapped = requests.clone();
+        swapped[1].events[0].event_id = id(20_000);
+        let other = IdsChecked::new(seen, vec![3], &swapped);
+        // Or none of whose ids was looked up.
+        let none = IdsChecked::new(seen, (0..all.len() as u32).collect(), &requests);
+        for made in [fewer, other, none] {
+            let log = stage_with(&made, testing());
+            assert_eq!(log.asked, all);
+            assert!(log.tested_after.is_empty());
+        }
+        // A log that cannot test what came after: every id.
+        let log = stage_with(&checked, Recording::default());
+        assert_eq!(log.asked, all);
+        assert_eq!(log.tested_after, vec![seen]);
     }
 
     /// Every id a group's check looks up was told ahead, in order, at
@@ -2542,7 +2800,7 @@ mod tests {
         let after = AfterSeal {
             hand_back: Some(&tx),
             sealed: Some(&mut shown),
-            stop: None,
+            ..AfterSeal::default()
         };
         let b = handed
             .stage_presealed(&mut given, None, &mut Empty, at, after)

@@ -679,6 +679,25 @@ impl Ids {
         Ok(())
     }
 
+    /// Adds to `out` the fingerprints of the ids of positions after
+    /// `through`, in order, when the tables hold them all (the frozen one
+    /// and the one after it); `false`, adding nothing, when some are in a
+    /// run of ids in a file (or `through` is past the last position).
+    pub(super) fn fps_after(&self, through: u32, out: &mut Vec<u64>) -> bool {
+        let base = self.base_len();
+        if through < base || through as usize > self.len() {
+            return false;
+        }
+        if let Some(frozen) = &self.frozen {
+            let from = (through - base) as usize;
+            frozen.fps_into(from, frozen.len(), out);
+        }
+        let tail_base = self.tail_base();
+        let from = through.saturating_sub(tail_base) as usize;
+        self.tail.fps_into(from, self.tail.len(), out);
+        true
+    }
+
     /// Whether position `position` holds an id with `id`'s fingerprint.
     pub(super) fn holds(&self, id: &Uuid, position: u64) -> Result<bool, String> {
         let tail_base = u64::from(self.tail_base());

@@ -66,8 +66,9 @@ use self::streams::Streams;
 use super::sled::{validate_school, ProcessLock};
 use super::{
     AfterSeal, AppendRequest, Appended, ChainVerifier, CheckpointReader, CheckpointWriter, Commit,
-    Committed, ContentCheck, EventStore, GroupBytes, GroupStage, Head, InStream, Presealed,
-    Problems, Reply, Sealed, SealedSink, StreamVisitor, VerifyReport, MAX_READ_PAGE,
+    Committed, ContentCheck, EventStore, GroupBytes, GroupStage, Head, IdsChecked, InStream,
+    Presealed, Problems, Reply, Sealed, SealedSink, Seen, StreamVisitor, VerifyReport,
+    MAX_READ_PAGE,
 };
 use crate::envelope::{split_value, EventRef, Hash, StoredEvent, StreamId, GENESIS_HASH};
 use crate::error::StoreError;
@@ -188,6 +189,12 @@ pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 /// (`Writer::grow_ids_ahead`), and the open that indexes every frame
 /// sized it so too (docs/performance.md, "Session aa").
 pub const SPILL_IDS: usize = (1 << 21) / 8 * 7 - MAX_GROUP_EVENTS;
+
+/// Most events after an import planner's look-up of a batch's ids that
+/// the writer tests the batch's ids against instead of looking them up
+/// ([`Committed::absent_after`]): usually one batch (the one written while
+/// the next was planned); past this, every id is looked up.
+const ABSENT_AFTER_MOST: u64 = 1 << 16;
 
 /// Stream positions the index holds in memory (the versions indexed after
 /// its file's: 4 bytes each, 8 MB at this size) before the writer spills
@@ -851,6 +858,9 @@ struct State {
     /// not durable, and every read is refused until the store is reopened
     /// ([`read_state`]).
     unsynced: bool,
+    /// Drawn at the open: names this log in what a look-up of its ids saw
+    /// ([`Seen`]), so that it is never taken for another log's.
+    token: Uuid,
 }
 
 impl State {
@@ -2171,6 +2181,7 @@ impl SegmentLog {
             ids_note: None,
             snapshot_stale: false,
             unsynced: false,
+            token: Uuid::now_v7(),
         }));
         let (head_tx, head_rx) = watch::channel(head);
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
@@ -3790,12 +3801,14 @@ impl Writer {
         let mut committed = SegmentCommitted {
             index: &state.index,
             segments: &state.segments,
+            log: state.token,
         };
         for mut commit in group {
             let after = AfterSeal {
                 hand_back: commit.hand_back.as_ref(),
                 sealed: pieces.as_deref_mut().map(|p| p as &mut dyn SealedSink),
                 stop: None,
+                checked: commit.checked.as_ref(),
             };
             let result = stage.stage_presealed(
                 &mut commit.requests,
@@ -4059,6 +4072,8 @@ impl SyncHooks {
 struct SegmentCommitted<'a> {
     index: &'a Index,
     segments: &'a [Arc<Segment>],
+    /// The log's token ([`State::token`]).
+    log: Uuid,
 }
 
 impl Committed for SegmentCommitted<'_> {
@@ -4068,6 +4083,42 @@ impl Committed for SegmentCommitted<'_> {
 
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
         stored_at(self.index, self.segments, &event_id)
+    }
+
+    /// A bitmap of the fingerprints of the ids after what `seen` saw of
+    /// this log (the table's, and the frozen table's while it spills:
+    /// [`Ids::fps_after`]), when there are at most [`ABSENT_AFTER_MOST`]
+    /// of them: usually the batch written while the caller planned. An id
+    /// whose fingerprint's bit is clear is none of theirs.
+    fn absent_after(&mut self, seen: Seen) -> Option<super::AbsentAfter> {
+        let index = self.index;
+        let (head, through) = (index.head(), seen.through());
+        if seen.log() != self.log
+            || index.later.is_some()
+            || through > head
+            || head - through > ABSENT_AFTER_MOST
+        {
+            return None;
+        }
+        let mut fps = Vec::with_capacity((head - through) as usize);
+        let held = index.ids.fps_after(u32::try_from(through).ok()?, &mut fps);
+        // One fingerprint for each event after it, or none is ruled out.
+        if !held || fps.len() as u64 != head - through {
+            return None;
+        }
+        // About 32 bits a fingerprint: one id in 32 or fewer is looked up
+        // again for nothing.
+        let bits = (fps.len() * 32).next_power_of_two().max(64);
+        let mask = bits as u64 - 1;
+        let mut words = vec![0u64; bits / 64];
+        for fp in fps {
+            words[((fp & mask) / 64) as usize] |= 1 << (fp % 64);
+        }
+        let hasher = index.ids.hasher().clone();
+        Some(Box::new(move |id: &Uuid| {
+            let fp = std::hash::BuildHasher::hash_one(&hasher, id) & mask;
+            words[(fp / 64) as usize] & (1 << (fp % 64)) == 0
+        }))
     }
 
     /// The memory of the ids' look-ups, fetched together
@@ -4519,15 +4570,30 @@ impl EventStore for SegmentLog {
     }
 
     async fn append_presealed(&self, presealed: Presealed) -> Result<Vec<Appended>, StoreError> {
-        let (requests, sealing) = presealed.into_parts();
-        super::submit_with(self.sender.as_ref(), requests, Some(sealing), false).await
+        let (requests, sealing, checked) = presealed.into_parts();
+        super::submit_with(
+            self.sender.as_ref(),
+            requests,
+            Some(sealing),
+            false,
+            checked,
+        )
+        .await
+    }
+
+    async fn append_atomic_checked(
+        &self,
+        requests: Vec<AppendRequest>,
+        checked: IdsChecked,
+    ) -> Result<Vec<Appended>, StoreError> {
+        super::submit_with(self.sender.as_ref(), requests, None, false, Some(checked)).await
     }
 
     async fn append_atomic_minted(
         &self,
         requests: Vec<AppendRequest>,
     ) -> Result<Vec<Appended>, StoreError> {
-        super::submit_with(self.sender.as_ref(), requests, None, true).await
+        super::submit_with(self.sender.as_ref(), requests, None, true, None).await
     }
 
     fn seals_ahead(&self) -> bool {
@@ -4603,8 +4669,17 @@ impl EventStore for SegmentLog {
     /// may read every location between the two (past its walks), and a
     /// position, once indexed, never moves.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
+        Ok(self.find_events_checked(ids).await?.0)
+    }
+
+    /// The look-up reads the index's ids and its head under one read lock:
+    /// every event up to that head is in the index.
+    async fn find_events_checked(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<(HashMap<Uuid, StoredEvent>, Option<Seen>), StoreError> {
         ids_ready(&self.state, &self.ids_loader, &self.dir)?;
-        let (found, groups) = {
+        let (found, groups, seen) = {
             let state = self.read()?;
             // Usually none is stored (a fresh import): look each up, and
             // drop repeats among the few found.
@@ -4621,7 +4696,8 @@ impl EventStore for SegmentLog {
             }
             found.sort_unstable();
             found.dedup();
-            (found, state.index.locs.groups())
+            let seen = Seen::new(state.token, state.index.head());
+            (found, state.index.locs.groups(), seen)
         };
         // In a sparse index each candidate's frame is found by walking its
         // group: past the walks allowed (a file whose ids are all stored
@@ -4641,12 +4717,13 @@ impl EventStore for SegmentLog {
         };
         // Each event carries the id the index found it under, or (almost
         // never) another with its fingerprint, left out.
-        Ok(read_runs(wanted, Asked::Ids(&found, &hash))?
+        let found = read_runs(wanted, Asked::Ids(&found, &hash))?
             .into_iter()
             .zip(&found)
             .filter(|(e, id)| e.event_id == **id)
             .map(|(e, _)| (e.event_id, e))
-            .collect())
+            .collect();
+        Ok((found, Some(seen)))
     }
 
     /// One stream at a time, each lent from the read buffer as
@@ -6025,6 +6102,99 @@ mod index_tests {
         }
         let found = rt.block_on(log.find_event(Uuid::from_u128(2_999))).unwrap();
         assert_eq!(found.map(|e| e.position), Some(2_999));
+    }
+
+    /// A batch whose ids a look-up found absent through a position
+    /// (`find_events_checked`, the import planner's) is still refused an
+    /// id stored after that position: the writer tests the batch's ids
+    /// against the ids after it (`Committed::absent_after`: a bitmap of
+    /// their fingerprints, which passes almost every other id without a
+    /// look-up), and looks up those that may be there. Once the ids after
+    /// it are in a run of ids in a file, the test is not made and every
+    /// id is looked up: refused all the same.
+    #[test]
+    fn ids_checked_by_a_look_up_are_refused_when_stored_after_it() {
+        let (_dir, rt, _store, log) = fresh_log_with(SegmentOptions {
+            spill_ids: 300,
+            snapshot_min_events: u64::MAX,
+            ..SegmentOptions::default()
+        });
+        rt.block_on(log.append_atomic(vec![request(1..101)]))
+            .unwrap();
+        let ids: Vec<Uuid> = (200..210u128).map(Uuid::from_u128).collect();
+        let (found, seen) = rt.block_on(log.find_events_checked(&ids)).unwrap();
+        assert!(found.is_empty());
+        let seen = seen.expect("the segment engine says what it saw");
+        assert_eq!(seen.through(), 100);
+        // After the look-up, another append stores one of its ids.
+        rt.block_on(log.append_atomic(vec![to_stream(2, 205..206)]))
+            .unwrap();
+        {
+            let state = log.state.read().unwrap();
+            let mut committed = SegmentCommitted {
+                index: &state.index,
+                segments: &state.segments,
+                log: state.token,
+            };
+            let absent = committed
+                .absent_after(seen)
+                .expect("the table holds position 101");
+            assert!(!absent(&Uuid::from_u128(205)));
+            let passed = (1_000..2_000u128)
+                .filter(|&i| absent(&Uuid::from_u128(i)))
+                .count();
+            assert!(passed > 900, "{passed} of 1,000 other ids passed");
+            let past = Seen::new(state.token, 102);
+            assert!(committed.absent_after(past).is_none(), "past the head");
+            let other = Seen::new(Uuid::from_u128(1), 100);
+            assert!(committed.absent_after(other).is_none(), "another log");
+        }
+        let batch = || vec![to_stream(3, 200..210)];
+        let checked = IdsChecked::new(seen, vec![], &batch());
+        match rt.block_on(log.append_atomic_checked(vec![to_stream(3, 200..210)], checked.clone()))
+        {
+            Err(StoreError::DuplicateEventId { position: 101, .. }) => {}
+            other => panic!("expected DuplicateEventId at 101, got {other:?}"),
+        }
+        // Ids absent everywhere are stored.
+        let fresh = vec![to_stream(3, 300..310)];
+        let checked_fresh = IdsChecked::new(Seen::new(seen.log(), 101), vec![], &fresh);
+        rt.block_on(log.append_atomic_checked(fresh, checked_fresh))
+            .unwrap();
+        // The ids after position 100 spilled to a run (300 a spill).
+        for start in (1_000..1_400u128).step_by(100) {
+            rt.block_on(log.append_atomic(vec![to_stream(4, start..start + 100)]))
+                .unwrap();
+        }
+        let in_runs = || {
+            log.state
+                .read()
+                .unwrap()
+                .index
+                .ids
+                .runs()
+                .last()
+                .map(|r| r.last())
+        };
+        let waited = Instant::now();
+        while in_runs() < Some(111) && waited.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(in_runs() >= Some(111), "{:?}", in_runs());
+        {
+            let state = log.state.read().unwrap();
+            let mut committed = SegmentCommitted {
+                index: &state.index,
+                segments: &state.segments,
+                log: state.token,
+            };
+            assert!(committed.absent_after(seen).is_none());
+        }
+        match rt.block_on(log.append_atomic_checked(batch(), checked)) {
+            Err(StoreError::DuplicateEventId { position: 101, .. }) => {}
+            other => panic!("expected DuplicateEventId at 101, got {other:?}"),
+        }
+        assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
     }
 
     /// A fresh log whose writer spills its id table at 500 ids, writing
