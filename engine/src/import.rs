@@ -444,7 +444,9 @@ pub struct ImportPlan {
 impl ImportPlan {
     /// Appends the plan's requests atomically to `store`, through
     /// [`EventStore::append_atomic_minted`] when every id was minted here
-    /// ([`ImportPlan::minted`]).
+    /// ([`ImportPlan::minted`]), else through
+    /// [`EventStore::append_atomic_checked`] with what the planner's
+    /// look-ups found ([`ImportPlan::checked`]) when the store told it.
     pub async fn append_to(self, store: &dyn EventStore) -> Result<Vec<Appended>, StoreError> {
         match (self.minted, self.checked) {
             (true, _) => store.append_atomic_minted(self.requests).await,

@@ -356,8 +356,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// The stored events with these ids, by id; ids not stored are absent.
     /// Repeated ids are looked up once. The batched form of
-    /// [`EventStore::find_event`] (the import planner's prefetch); a backend
-    /// with round trips answers it in a few queries.
+    /// [`EventStore::find_event`] (the import planner's prefetch calls it
+    /// through [`EventStore::find_events_checked`]); a backend with round
+    /// trips answers it in a few queries.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
         let mut found = HashMap::new();
         let mut asked = std::collections::HashSet::new();
@@ -1164,12 +1165,13 @@ pub(crate) trait Committed {
         let _ = ids;
     }
     /// A test of ids against the committed events after what `seen` saw
-    /// (of this log, through a position): `true` only for an id none of
-    /// them has (`false`: one may have it, look it up). `None` (the
-    /// default) when it cannot be made (`seen` is of another log, ...),
-    /// and every id is looked up ([`IdsChecked`]).
-    fn absent_after(&mut self, seen: Seen) -> Option<AbsentAfter> {
-        let _ = seen;
+    /// (of this log, through a position), for an append of `events`
+    /// events: `true` only for an id none of them has (`false`: one may
+    /// have it, look it up). `None` (the default) when it cannot be made
+    /// (`seen` is of another log, ...) or would cost more than the
+    /// look-ups it saves, and every id is looked up ([`IdsChecked`]).
+    fn absent_after(&mut self, seen: Seen, events: usize) -> Option<AbsentAfter> {
+        let _ = (seen, events);
         None
     }
 }
@@ -1779,13 +1781,14 @@ impl GroupStage {
             .checked
             .filter(|c| c.made_of(requests, total))
             .and_then(|c| {
-                let absent = committed.absent_after(c.seen)?;
+                let absent = committed.absent_after(c.seen, total)?;
                 Some(move |i: usize, id: &Uuid| c.is_checked(i) && absent(id))
             });
-        let wanted = |i: usize, id: &Uuid| checked.as_ref().is_none_or(|skip| !skip(i, id));
-        // Each event's index among the append's.
+        // Each event's index among the append's, and which of the next
+        // `LOOKUP_AHEAD` to look up (each tested once), when some may not
+        // be; without a check every id is looked up, as before.
         let mut n = 0;
-        let mut look_up: Vec<bool> = Vec::with_capacity(LOOKUP_AHEAD.min(total));
+        let mut look_up: Vec<bool> = Vec::new();
         for r in requests.iter() {
             if r.events.is_empty() {
                 return Err(StoreError::EmptyAppend { stream: r.stream });
@@ -1801,19 +1804,23 @@ impl GroupStage {
             local.insert(r.stream, actual + r.events.len() as u64);
             for (i, e) in r.events.iter().enumerate() {
                 if i % LOOKUP_AHEAD == 0 {
-                    // Which of the next ids to look up, each tested once.
-                    let next = r.events[i..].iter().zip(n..).take(LOOKUP_AHEAD);
-                    look_up.clear();
-                    look_up.extend(next.map(|(e, k)| wanted(k, &e.event_id)));
-                    let next = r.events[i..].iter().zip(&look_up);
-                    committed.ahead(next.filter(|(_, &w)| w).map(|(e, _)| &e.event_id));
+                    let next = r.events[i..].iter().take(LOOKUP_AHEAD);
+                    match &checked {
+                        None => committed.ahead(next.map(|e| &e.event_id)),
+                        Some(skip) => {
+                            look_up.clear();
+                            look_up.extend(next.zip(n..).map(|(e, k)| !skip(k, &e.event_id)));
+                            let next = r.events[i..].iter().zip(&look_up);
+                            committed.ahead(next.filter(|(_, &w)| w).map(|(e, _)| &e.event_id));
+                        }
+                    }
                 }
                 if self.ids.contains(&e.event_id) || !local_ids.insert(e.event_id) {
                     return Err(StoreError::DuplicateInAppend {
                         event_id: e.event_id,
                     });
                 }
-                if look_up[i % LOOKUP_AHEAD] {
+                if checked.is_none() || look_up[i % LOOKUP_AHEAD] {
                     if let Some(position) = committed.stored_position(e.event_id)? {
                         return Err(StoreError::DuplicateEventId {
                             event_id: e.event_id,
@@ -2156,7 +2163,7 @@ mod tests {
             self.told.extend(ids);
             assert!(self.told.len() - before <= LOOKUP_AHEAD);
         }
-        fn absent_after(&mut self, seen: Seen) -> Option<AbsentAfter> {
+        fn absent_after(&mut self, seen: Seen, _: usize) -> Option<AbsentAfter> {
             self.tested_after.push(seen);
             let (at, maybe) = self.after.clone()?;
             assert_eq!(at, seen);

@@ -19,7 +19,9 @@
 //! the writer reads the frame before refusing an id as stored, and an open
 //! that indexed two positions with one fingerprint reads both frames
 //! ([`super::Index::shared`]). An id that is not stored (an import of new
-//! events) costs a lookup as before, and no read.
+//! events) costs a lookup as before, and no read; the writer leaves out
+//! most of its own look-ups of the ids an import's planner has just looked
+//! up ([`Ids::fps_after`], `SegmentCommitted::absent_after`).
 
 use hashbrown::hash_table::{Entry, HashTable};
 use std::hash::BuildHasher;

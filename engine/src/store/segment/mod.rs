@@ -196,6 +196,13 @@ pub const SPILL_IDS: usize = (1 << 21) / 8 * 7 - MAX_GROUP_EVENTS;
 /// the next was planned); past this, every id is looked up.
 const ABSENT_AFTER_MOST: u64 = 1 << 16;
 
+/// Most events after the look-up, for each event of the append, that the
+/// writer tests its ids against: past this, building the bitmap
+/// ([`Committed::absent_after`]) would cost more than the look-ups it
+/// saves (a few nanoseconds an event after it, against about a hundred a
+/// look-up in tables of megabytes).
+const ABSENT_AFTER_PER_EVENT: u64 = 16;
+
 /// Stream positions the index holds in memory (the versions indexed after
 /// its file's: 4 bytes each, 8 MB at this size) before the writer spills
 /// them: it writes every stream's list up to the log's head, the file's
@@ -4088,15 +4095,22 @@ impl Committed for SegmentCommitted<'_> {
     /// A bitmap of the fingerprints of the ids after what `seen` saw of
     /// this log (the table's, and the frozen table's while it spills:
     /// [`Ids::fps_after`]), when there are at most [`ABSENT_AFTER_MOST`]
-    /// of them: usually the batch written while the caller planned. An id
-    /// whose fingerprint's bit is clear is none of theirs.
-    fn absent_after(&mut self, seen: Seen) -> Option<super::AbsentAfter> {
+    /// of them, and at most [`ABSENT_AFTER_PER_EVENT`] for each event of
+    /// the append: usually the batch written while the caller planned. An
+    /// id whose fingerprint's bit is clear is none of theirs. One bit a
+    /// fingerprint in about 32, not the runs' Bloom filter
+    /// (`sorted_ids::Filter`: 16 bits an id, 8 set for each): this set, a
+    /// batch or two, is built anew for every append, and one bit is the
+    /// cheapest to set and test; about one id in 32 is looked up for
+    /// nothing.
+    fn absent_after(&mut self, seen: Seen, events: usize) -> Option<super::AbsentAfter> {
         let index = self.index;
         let (head, through) = (index.head(), seen.through());
+        let most = ABSENT_AFTER_MOST.min((events as u64).saturating_mul(ABSENT_AFTER_PER_EVENT));
         if seen.log() != self.log
             || index.later.is_some()
             || through > head
-            || head - through > ABSENT_AFTER_MOST
+            || head - through > most
         {
             return None;
         }
@@ -4662,18 +4676,18 @@ impl EventStore for SegmentLog {
         Ok(self.read()?.index.stream_version(&stream))
     }
 
-    /// One index lookup under one lock for the whole batch (the import
-    /// planner's prefetch); only the ids whose fingerprints the log holds
-    /// are read, and those frames compared with the ids asked. The
-    /// candidates' frames are located under a second lock: a sparse index
-    /// may read every location between the two (past its walks), and a
-    /// position, once indexed, never moves.
+    /// [`EventStore::find_events_checked`], without what it saw.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
         Ok(self.find_events_checked(ids).await?.0)
     }
 
-    /// The look-up reads the index's ids and its head under one read lock:
-    /// every event up to that head is in the index.
+    /// One index lookup under one lock for the whole batch (the import
+    /// planner's prefetch), which also reads the head ([`Seen`]): every
+    /// event up to it is in the index. Only the ids whose fingerprints the
+    /// log holds are read, and those frames compared with the ids asked.
+    /// The candidates' frames are located under a second lock: a sparse
+    /// index may read every location between the two (past its walks),
+    /// and a position, once indexed, never moves.
     async fn find_events_checked(
         &self,
         ids: &[Uuid],
@@ -6137,7 +6151,7 @@ mod index_tests {
                 log: state.token,
             };
             let absent = committed
-                .absent_after(seen)
+                .absent_after(seen, 10)
                 .expect("the table holds position 101");
             assert!(!absent(&Uuid::from_u128(205)));
             let passed = (1_000..2_000u128)
@@ -6145,9 +6159,14 @@ mod index_tests {
                 .count();
             assert!(passed > 900, "{passed} of 1,000 other ids passed");
             let past = Seen::new(state.token, 102);
-            assert!(committed.absent_after(past).is_none(), "past the head");
+            assert!(committed.absent_after(past, 10).is_none(), "past the head");
             let other = Seen::new(Uuid::from_u128(1), 100);
-            assert!(committed.absent_after(other).is_none(), "another log");
+            assert!(committed.absent_after(other, 10).is_none(), "another log");
+            let small = committed.absent_after(seen, 0);
+            assert!(
+                small.is_none(),
+                "more events after it than an empty append's worth"
+            );
         }
         let batch = || vec![to_stream(3, 200..210)];
         let checked = IdsChecked::new(seen, vec![], &batch());
@@ -6188,7 +6207,7 @@ mod index_tests {
                 segments: &state.segments,
                 log: state.token,
             };
-            assert!(committed.absent_after(seen).is_none());
+            assert!(committed.absent_after(seen, 10).is_none());
         }
         match rt.block_on(log.append_atomic_checked(batch(), checked)) {
             Err(StoreError::DuplicateEventId { position: 101, .. }) => {}
