@@ -2889,6 +2889,8 @@ impl Writer {
                 first.reply.send(Err(StoreError::WriterStopped));
                 continue;
             }
+            #[cfg(test)]
+            self.sync_hooks.busy.store(true, Ordering::SeqCst);
             let group = super::next_group(first, &mut receiver, MAX_GROUP_EVENTS);
             let events: usize = group
                 .iter()
@@ -2915,6 +2917,8 @@ impl Writer {
             {
                 self.record_watermark(false);
             }
+            #[cfg(test)]
+            self.sync_hooks.busy.store(false, Ordering::SeqCst);
         }
         // A spill of the ids still running is waited for: the snapshot
         // sorts every id; and one of the stream lists, which would install
@@ -4024,6 +4028,11 @@ struct SyncHooks {
     /// has begun it (as it did before they were spilled on a thread of
     /// their own): where a test counts what the writer holds.
     list_spill_joined: AtomicBool,
+    /// The writer is at a group, from taking it to the end of what it
+    /// does after (spills begun, and joined with `list_spill_joined`):
+    /// an append's answer comes while it is still set
+    /// ([`index_tests::writer_settled`]).
+    busy: AtomicBool,
 }
 
 /// Tests: where a thread says it has got to (the first channel) and
@@ -8092,6 +8101,19 @@ mod index_tests {
             .unwrap_or_default()
     }
 
+    /// Waits (10 s at most) until the writer has done what it does after
+    /// its last group: an append is answered before the writer begins
+    /// (and, with `list_spill_joined`, ends) the spills that group made
+    /// due, which a test that then changes the index by hand would race.
+    pub(super) fn writer_settled(log: &SegmentLog) {
+        let waited = Instant::now();
+        while log.sync_hooks.busy.load(Ordering::SeqCst)
+            && waited.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Swaps two streams' lists and checks that `verify` names exactly the
     /// frames of both, each once, `meanwhile` running while they are
     /// swapped; swapped back, `verify` passes.
@@ -8102,6 +8124,9 @@ mod index_tests {
         b: StreamId,
         meanwhile: &dyn Fn(),
     ) {
+        // A spill of the lists the last append began would otherwise
+        // copy them while they are swapped.
+        writer_settled(log);
         let mut expected: Vec<u64> = positions_of(log, a)
             .iter()
             .chain(&positions_of(log, b))
