@@ -694,16 +694,17 @@ struct Profile {
     peers: (usize, usize),
 }
 
-/// First pupil index of year group `year` (7..=12) when `n` pupils are
-/// split into five equal year groups.
 /// Pupil `i`'s year group of `n` pupils, counted from [`FIRST_YEAR_GROUP`]:
 /// the year groups are equal shares of the pupils, in order.
 fn year_index(i: usize, n: usize) -> usize {
     i * YEAR_GROUPS / n.max(1)
 }
 
+/// First pupil index of year group `year` (7..=12) when `n` pupils are
+/// split into [`YEAR_GROUPS`] equal year groups: the first `i` whose
+/// [`year_index`] is `year`'s.
 fn year_start(n: usize, year: u8) -> usize {
-    (usize::from(year - 7) * n).div_ceil(5)
+    (usize::from(year - FIRST_YEAR_GROUP) * n).div_ceil(YEAR_GROUPS)
 }
 
 /// Pupil `i`'s reference: "P00001" upwards.

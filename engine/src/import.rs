@@ -1422,10 +1422,7 @@ impl<'a> Planner<'a> {
         let find = async {
             match ids.is_empty() {
                 true => Ok((HashMap::new(), None)),
-                false => store
-                    .find_events_checked(&ids)
-                    .await
-                    .map(|(f, t)| (f, Some(t))),
+                false => store.find_events_checked(&ids).await,
             }
         };
         let read = async {
@@ -1435,9 +1432,10 @@ impl<'a> Planner<'a> {
             }
         };
         let (found, folded) = tokio::join!(find, read);
-        if let Ok((found, through)) = found {
-            if let Some(through) = through {
-                self.checked.saw(through);
+        if let Ok((found, seen)) = found {
+            // What this batch's look-up saw (none made, nothing to say).
+            if !ids.is_empty() {
+                self.checked.saw(seen);
             }
             self.prefetch.ids = seen_ids;
             self.prefetch.found = found;

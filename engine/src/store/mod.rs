@@ -119,14 +119,13 @@ pub struct IdsChecked {
 /// caller's mistake, not against an adversary: a caller of the engine
 /// can append any id it likes anyway).
 fn ids_digest(requests: &[AppendRequest]) -> u64 {
-    const K: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut h = 0u64;
+    use std::hash::{BuildHasher, Hash, Hasher};
+    // The ids' own hashing (the process's seed: the same on both sides).
+    let mut h = segment::IdHash::default().build_hasher();
     for e in requests.iter().flat_map(|r| &r.events) {
-        let (hi, lo) = e.event_id.as_u64_pair();
-        h = (h.rotate_left(5) ^ hi).wrapping_mul(K);
-        h = (h.rotate_left(5) ^ lo).wrapping_mul(K);
+        e.event_id.hash(&mut h);
     }
-    h
+    h.finish()
 }
 
 impl IdsChecked {
