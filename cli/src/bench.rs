@@ -14,6 +14,12 @@
 //!   stores, written straight to the backend with the engine's key layout,
 //!   in batches of the engine's group size, each made durable the way the
 //!   engine does it — the ceiling of the import;
+//! - `chain_hash_ev_s`: the log's hash chain alone (BLAKE3 of each event's
+//!   previous hash and body, `envelope::chain_hash`), computed on one
+//!   thread over the raw ceiling's first [`CHAIN_HASH_EVENTS`] sealed
+//!   events, outside its timer: each event's hash needs the one before
+//!   it, so no import of this format, on any number of cores, runs faster
+//!   than this (`chain_hash_vs_raw`, and `import_vs_chain_hash`);
 //! - `import_ev_s`: validation (`import::Planner`) + durable append of
 //!   demo-like events in batches of the same size, pipelined
 //!   (`import::Pipeline`): batch k+1 is validated while the writer thread
@@ -56,7 +62,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use casebook_engine::envelope::{encode_payload, NewEvent, StreamId};
+use casebook_engine::envelope::{
+    chain_hash, encode_payload, Hash, NewEvent, StreamId, GENESIS_HASH,
+};
 use casebook_engine::event::{AttendanceMarked, CaseEvent, Session, CURRENT_SCHEMA};
 use casebook_engine::import::{ImportError, ImportLine, Pipeline, Planner};
 use casebook_engine::store::segment::{thread_cpu_ns, WriterTimes};
@@ -783,7 +791,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     std::fs::create_dir_all(&raw_dir).map_err(|e| io_failure("raw dir", e))?;
     // `raw_cpu_us`: the raw writer's processor time an event (it writes on
     // this thread).
-    let (raw_ev_s, payload_bytes, case_payload_bytes, raw_cpu_us) = {
+    let (raw_ev_s, payload_bytes, case_payload_bytes, raw_cpu_us, hashes) = {
         let raw = backend.open_raw(&raw_dir, &school).await?;
         let mut source = Source::new(&opts);
         let mut chain = RawChain::default();
@@ -791,6 +799,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         let mut cpu_ns = 0u64;
         let mut bytes = 0u64;
         let mut case_bytes = 0u64;
+        let mut hashes = ChainHashes::default();
         while chain.position() < n {
             let want = batch_events.min((n - chain.position()) as usize);
             let chunk = source.take(want);
@@ -809,6 +818,7 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
                 bytes += sealed.bytes.len() as u64;
                 batch.push(sealed);
             }
+            hashes.time(&batch)?;
             let (started, cpu) = (Instant::now(), thread_cpu_ns());
             raw.write_batch(&batch, recorded_at.timestamp_micros())
                 .await?;
@@ -826,10 +836,18 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
             bytes as f64 / n as f64,
             case_bytes as f64 / n as f64,
             cpu_ns as f64 / 1e3 / n as f64,
+            hashes,
         )
     };
     let _ = std::fs::remove_dir_all(&raw_dir);
-    done(t, format!("{raw_ev_s:.0} events/s"));
+    done(
+        t,
+        format!(
+            "{raw_ev_s:.0} events/s; the hash chain alone, on one thread: {:.0} events/s ({} events)",
+            hashes.ev_s(),
+            hashes.events
+        ),
+    );
 
     // Import through the engine: validation + durable append of every
     // event, batch by batch, through `import::Pipeline`: batch k+1 is
@@ -945,6 +963,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         main_cpu_ns,
         raw_cpu_us,
         raw_ev_s,
+        chain_hash_ev_s: hashes.ev_s(),
+        chain_hash_events: hashes.events,
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         events: imported,
         writer: writer_before
@@ -1347,6 +1367,10 @@ struct ImportSplit {
     raw_cpu_us: f64,
     /// The raw ceiling (`raw_backend_batched_ev_s`).
     raw_ev_s: f64,
+    /// The hash chain alone on one thread ([`ChainHashes`]), and over how
+    /// many events.
+    chain_hash_ev_s: f64,
+    chain_hash_events: u64,
     /// Cores the process may use.
     cores: usize,
     events: u64,
@@ -1427,6 +1451,19 @@ impl ImportSplit {
             json!(self.us(self.main_cpu_ns)),
         );
         m.insert("raw_cpu_us_per_event".into(), json!(self.raw_cpu_us));
+        m.insert("chain_hash_ev_s".into(), json!(self.chain_hash_ev_s));
+        m.insert("chain_hash_events".into(), json!(self.chain_hash_events));
+        m.insert(
+            "chain_hash_vs_raw".into(),
+            json!(Self::share(self.chain_hash_ev_s, self.raw_ev_s)),
+        );
+        m.insert(
+            "import_vs_chain_hash".into(),
+            json!(Self::share(
+                per_s(self.events, self.timed),
+                self.chain_hash_ev_s
+            )),
+        );
         if let Some(w) = &self.writer {
             let put = |m: &mut Map<String, Value>, k: &str, ns: u64| {
                 m.insert(
@@ -1501,6 +1538,66 @@ impl ImportSplit {
             ));
         }
         out
+    }
+}
+
+/// Events of the raw ceiling whose hash chain is timed alone
+/// ([`ChainHashes`]): about 0.3 s of hashing here, and the same cost an
+/// event as over the whole log (it depends only on the bodies' lengths).
+const CHAIN_HASH_EVENTS: u64 = 1 << 20;
+
+/// The log's hash chain computed again, alone, on one thread, over the
+/// first [`CHAIN_HASH_EVENTS`] events the raw ceiling sealed: the serial
+/// floor of any import of this format (each event's hash is BLAKE3 of the
+/// previous hash and the event's body, which holds the previous hash too,
+/// so no two events of a log can be hashed at once).
+struct ChainHashes {
+    /// The last hash computed.
+    prev: Hash,
+    /// Events hashed, and the time their hashes took.
+    events: u64,
+    timed: Duration,
+}
+
+impl Default for ChainHashes {
+    fn default() -> Self {
+        ChainHashes {
+            prev: GENESIS_HASH,
+            events: 0,
+            timed: Duration::ZERO,
+        }
+    }
+}
+
+impl ChainHashes {
+    /// Hashes `batch` (the next events sealed, in order) after the events
+    /// before it, timed, until [`CHAIN_HASH_EVENTS`] are; then checks,
+    /// untimed, that the chain ends on the batch's last sealed hash (the
+    /// hashes timed are the log's).
+    fn time(&mut self, batch: &[RawEnvelope]) -> Result<(), Failure> {
+        if self.events >= CHAIN_HASH_EVENTS || batch.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        for sealed in batch {
+            // The stored value is `body ‖ hash`.
+            let body = &sealed.bytes[..sealed.bytes.len().saturating_sub(32)];
+            self.prev = chain_hash(&self.prev, body);
+        }
+        self.timed += started.elapsed();
+        self.events += batch.len() as u64;
+        match batch.last() {
+            Some(last) if last.hash == self.prev => Ok(()),
+            _ => Err(Failure::Store(format!(
+                "bench: the hash chain computed again differs from the sealed one by position {}",
+                batch.last().map_or(0, |s| s.position)
+            ))),
+        }
+    }
+
+    /// Events a second.
+    fn ev_s(&self) -> f64 {
+        per_s(self.events, self.timed)
     }
 }
 
@@ -1699,6 +1796,15 @@ impl Figures {
                 100.0 * us("import_writer_busy_share"),
                 us("import_writer_cap_vs_raw"),
                 us("import_cpu_cap_vs_raw"),
+            ));
+        }
+        if doc.get("chain_hash_ev_s").is_some() {
+            out.push_str(&format!(
+                "the hash chain alone, on one thread: {:.0} events/s over {:.0} events, {:.2} of the raw ceiling; the import ran at {:.2} of it (no import of this format is faster: each event's hash needs the one before)\n",
+                us("chain_hash_ev_s"),
+                us("chain_hash_events"),
+                us("chain_hash_vs_raw"),
+                us("import_vs_chain_hash"),
             ));
         }
         if doc.get("register_again_ms").is_some() {

@@ -20,6 +20,7 @@ const FIGURES: &[&str] = &[
     "disk_bytes_per_event",
     "payload_bytes_per_event",
     "verify_ev_s",
+    "chain_hash_ev_s",
 ];
 
 const RATIOS: &[(&str, &str, &str)] = &[
@@ -32,6 +33,12 @@ const RATIOS: &[(&str, &str, &str)] = &[
     ),
     ("replay_vs_raw", "replay_ev_s", "raw_scan_decode_ev_s"),
     ("verify_vs_raw", "verify_ev_s", "raw_scan_decode_ev_s"),
+    (
+        "chain_hash_vs_raw",
+        "chain_hash_ev_s",
+        "raw_backend_batched_ev_s",
+    ),
+    ("import_vs_chain_hash", "import_ev_s", "chain_hash_ev_s"),
 ];
 
 fn number(doc: &Value, key: &str) -> f64 {
@@ -179,6 +186,9 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     assert_eq!(doc["writers"], 8, "{doc}");
     assert_eq!(doc["backend"], "segment", "{doc}");
     assert!(number(&doc, "timeline_p99_us") >= number(&doc, "timeline_p50_us"));
+    // The hash chain alone was timed over every event of a run this small
+    // (the first 2^20 of a larger one).
+    assert_eq!(doc["chain_hash_events"], 2000, "{doc}");
     // Each phase's own peak, in the order run: on Linux the kernel's peak
     // is reset as each phase starts (the figures are the phases' own, not
     // the run's so far); the run's peak is the largest reading.
