@@ -194,7 +194,7 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     // the run's so far); the run's peak is the largest reading.
     let peaks = doc["phase_peak_rss_mb"].as_array().expect("phase peaks");
     let phases: Vec<&str> = peaks.iter().filter_map(|p| p["phase"].as_str()).collect();
-    assert_eq!(phases.len(), 13, "{doc}");
+    assert_eq!(phases.len(), 14, "{doc}");
     assert_eq!(phases[2], "engine import", "{doc}");
     // The scan and the replay read through the open a rebuild makes.
     assert_eq!(
@@ -211,6 +211,8 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
         "{doc}"
     );
     assert!(phases[12].starts_with("the afternoon's register"), "{doc}");
+    // Last, the hash chain alone, apart from the raw ceiling's writes.
+    assert_eq!(phases[13], "the hash chain alone, on one thread", "{doc}");
     assert_eq!(doc["register_import_lines"], doc["pupils"], "{doc}");
     assert!(number(&doc, "register_import_ms") > 0.0, "{doc}");
     assert!(number(&doc, "register_again_ms") > 0.0, "{doc}");
