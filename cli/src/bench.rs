@@ -1232,8 +1232,10 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
 
     // The log's hash chain alone, on one thread, over the demo school's
     // first events sealed as the raw ceiling sealed them: a phase of its
-    // own, last, since hashing between the raw ceiling's writes slowed
-    // them (by 3% in the medians of 10 alternated pairs at 1M).
+    // own, last: hashed between the raw ceiling's writes, it may slow
+    // them (their medians 3% lower in 10 alternated pairs at 1M, within
+    // the runs' spread but in the direction that flatters
+    // `import_vs_raw`).
     let t = phase("the hash chain alone, on one thread");
     let hashes = time_hash_chain(&opts, &school, n, batch_events)?;
     done(
