@@ -476,9 +476,12 @@ pub struct Planner<'a> {
     now: DateTime<Utc>,
     pupils: IdMap<StreamId, PupilPlan>,
     order: Vec<StreamId>,
-    /// Each id of an earlier line: its line, its stream and where its
-    /// event is in that stream's plan (`PupilPlan::events`).
-    ids: IdMap<Uuid, (usize, StreamId, usize)>,
+    /// Each id of an earlier line: its line, its pupil ([`PupilPlan::index`]
+    /// in `order`) and where its event is in that pupil's plan
+    /// (`PupilPlan::events`). 32 bytes an id in the table, not 56 with the
+    /// stream itself: an import of a million lines with ids holds a
+    /// million of these.
+    ids: IdMap<Uuid, EarlierId>,
     duplicates: usize,
     events: usize,
     /// A line carried an `id` (see [`ImportPlan::minted`]).
@@ -547,8 +550,14 @@ enum Known {
 #[derive(Default)]
 struct Carry {
     pupils: IdMap<StreamId, PupilPlan>,
-    ids: IdMap<Uuid, (usize, StreamId, usize)>,
+    ids: IdMap<Uuid, EarlierId>,
 }
+
+/// Where a planner holds the event of an id an earlier line gave: the
+/// line, the pupil's place in the planner's `order`, and the event's in
+/// the pupil's plan (a plan holds at most `MAX_EVENTS_PER_APPEND`
+/// events, a planner as many pupils).
+type EarlierId = (usize, u32, u32);
 
 /// A line [`Planner::add_now`] could not judge without a store read, with
 /// its event (built once: its id or sealed payload may be random).
@@ -598,6 +607,9 @@ struct Prefetch {
 }
 
 struct PupilPlan {
+    /// The pupil's place in its planner's `order` (set again when a
+    /// carried plan is taken up by the next batch's planner).
+    index: u32,
     state: CaseState,
     base_version: u64,
     events: Vec<NewEvent>,
@@ -1068,6 +1080,7 @@ impl<'a> Planner<'a> {
                     None => (CaseState::new(), 0),
                 };
                 PupilPlan {
+                    index: 0,
                     state,
                     base_version,
                     events: Vec::new(),
@@ -1075,6 +1088,9 @@ impl<'a> Planner<'a> {
                 }
             }
         };
+        let mut plan = plan;
+        // At most `MAX_EVENTS_PER_APPEND` pupils with events a plan.
+        plan.index = u32::try_from(self.order.len()).unwrap_or(u32::MAX);
         self.order.push(stream);
         Ok(vacant.insert(plan))
     }
@@ -1209,12 +1225,12 @@ impl<'a> Planner<'a> {
             }
         };
         if let Some(id) = l.id {
-            if let Some(&(first_line, earlier_stream, at)) = self.ids.get(&id) {
-                let earlier = self
-                    .pupils
-                    .get(&earlier_stream)
-                    .and_then(|p| p.events.get(at));
-                if earlier == Some(&new) && earlier_stream == stream {
+            if let Some(&(first_line, earlier, at)) = self.ids.get(&id) {
+                let earlier_stream = self.order.get(earlier as usize).copied();
+                let earlier = earlier_stream
+                    .and_then(|s| self.pupils.get(&s))
+                    .and_then(|p| p.events.get(at as usize));
+                if earlier == Some(&new) && earlier_stream == Some(stream) {
                     self.duplicates += 1;
                     return Ok(None);
                 }
@@ -1316,10 +1332,11 @@ impl<'a> Planner<'a> {
             }
             plan.events.push(new);
         }
-        let last = plan.events.len().checked_sub(1);
+        let (last, index) = (plan.events.len().checked_sub(1), plan.index);
         self.events += count;
         if let (Some(id), Some(at)) = (l.id, last) {
-            self.ids.insert(id, (l.line, stream, at));
+            // A plan holds at most `MAX_EVENTS_PER_APPEND` events.
+            self.ids.insert(id, (l.line, index, at as u32));
         }
         Ok(None)
     }
@@ -2051,6 +2068,73 @@ mod tests {
             r#"{{{id}"type":"AttendanceMarked","pupil":"P0001","occurred_at":"2025-12-{day:02}T09:00:00Z","actor":"S017","data":{{"date":"2025-12-{day:02}","session":"{session}","code":"/"}}}}"#
         );
         parse_line(n, &text).expect("a valid line")
+    }
+
+    /// A line repeating an earlier line's id is a duplicate only with the
+    /// same pupil and the same content, whichever pupils were planned
+    /// between them (the planner finds the earlier event by the pupil's
+    /// place in its order); the same id and content for another pupil, or
+    /// other content, is refused naming the earlier line.
+    #[test]
+    fn a_repeated_id_is_a_duplicate_only_for_the_same_pupil_and_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = SegmentStore::open_with(dir.path(), true, SegmentOptions::default()).unwrap();
+        let log = store.log("school-a").unwrap();
+        let now = "2026-01-10T12:00:00Z".parse().unwrap();
+        let register = |n: usize, pupil: &str| {
+            let text = format!(
+                r#"{{"type":"PupilRegistered","pupil":"{pupil}","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}}}"#
+            );
+            parse_line(n, &text).unwrap()
+        };
+        let mark_of = |n: usize, pupil: &str, id: u128, code: &str| {
+            let text = format!(
+                r#"{{"id":"{}","type":"AttendanceMarked","pupil":"{pupil}","occurred_at":"2025-12-01T09:00:00Z","actor":"S017","data":{{"date":"2025-12-01","session":"am","code":"{code}"}}}}"#,
+                Uuid::from_u128(id)
+            );
+            parse_line(n, &text).unwrap()
+        };
+        let plan = |lines: Vec<ImportLine>| {
+            let mut planner = Planner::new(log.as_ref(), "school-a", now);
+            rt.block_on(planner.add_many(lines))
+                .map(|()| planner.finish())
+        };
+        let pupils = || {
+            vec![
+                register(1, "P0001"),
+                register(2, "P0002"),
+                register(3, "P0003"),
+            ]
+        };
+        // P0002's mark, then P0003's and P0001's, then P0002's again.
+        let mut lines = pupils();
+        lines.push(mark_of(4, "P0002", 7, "/"));
+        lines.push(mark_of(5, "P0003", 8, "/"));
+        lines.push(mark_of(6, "P0001", 9, "/"));
+        lines.push(mark_of(7, "P0002", 7, "/"));
+        let done = plan(lines).unwrap();
+        assert_eq!((done.events, done.duplicates), (6, 1));
+        // The same id and content for P0001: refused at its line.
+        let mut lines = pupils();
+        lines.push(mark_of(4, "P0002", 7, "/"));
+        lines.push(mark_of(5, "P0001", 7, "/"));
+        match plan(lines) {
+            Err(e) => assert!(
+                e.to_string().contains("line 5")
+                    && e.to_string()
+                        .contains("was used on line 4 with different content"),
+                "{e}"
+            ),
+            Ok(_) => panic!("an id given to two pupils was planned"),
+        }
+        // The same id and pupil with another code: refused too.
+        let mut lines = pupils();
+        lines.push(mark_of(4, "P0002", 7, "/"));
+        lines.push(mark_of(5, "P0002", 7, "N"));
+        assert!(plan(lines).is_err());
     }
 
     /// The planner's look-ups of its lines' ids answer for them through
