@@ -2070,6 +2070,23 @@ mod tests {
         parse_line(n, &text).expect("a valid line")
     }
 
+    /// A new segment store in a temporary directory (kept while the
+    /// first value lives), a runtime to drive it, and the planners' `now`.
+    fn scratch() -> (
+        tempfile::TempDir,
+        tokio::runtime::Runtime,
+        std::sync::Arc<SegmentStore>,
+        DateTime<Utc>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let store = SegmentStore::open_with(dir.path(), true, SegmentOptions::default()).unwrap();
+        let now = "2026-01-10T12:00:00Z".parse().unwrap();
+        (dir, rt, store, now)
+    }
+
     /// A line repeating an earlier line's id is a duplicate only with the
     /// same pupil and the same content, whichever pupils were planned
     /// between them (the planner finds the earlier event by the pupil's
@@ -2077,13 +2094,8 @@ mod tests {
     /// other content, is refused naming the earlier line.
     #[test]
     fn a_repeated_id_is_a_duplicate_only_for_the_same_pupil_and_content() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let store = SegmentStore::open_with(dir.path(), true, SegmentOptions::default()).unwrap();
+        let (_dir, rt, store, now) = scratch();
         let log = store.log("school-a").unwrap();
-        let now = "2026-01-10T12:00:00Z".parse().unwrap();
         let register = |n: usize, pupil: &str| {
             let text = format!(
                 r#"{{"type":"PupilRegistered","pupil":"{pupil}","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}}}"#
@@ -2143,13 +2155,8 @@ mod tests {
     /// plan's events, and the writer looks those up itself.
     #[test]
     fn a_plan_names_the_ids_its_look_ups_answer_for_and_those_it_minted() {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let store = SegmentStore::open_with(dir.path(), true, SegmentOptions::default()).unwrap();
+        let (_dir, rt, store, now) = scratch();
         let log = store.log("school-a").unwrap();
-        let now = "2026-01-10T12:00:00Z".parse().unwrap();
         let register = r#"{"id":"00000000-0000-0000-0000-000000000001","type":"PupilRegistered","pupil":"P0001","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}"#;
         let mut planner = Planner::new(log.as_ref(), "school-a", now);
         rt.block_on(planner.add_many(vec![parse_line(1, register).unwrap()]))
