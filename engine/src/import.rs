@@ -478,7 +478,7 @@ pub struct Planner<'a> {
     order: Vec<StreamId>,
     /// Each id of an earlier line: its line, its pupil ([`PupilPlan::index`]
     /// in `order`) and where its event is in that pupil's plan
-    /// (`PupilPlan::events`). 32 bytes an id in the table, not 56 with the
+    /// (`PupilPlan::events`). 32 bytes an id in the table, not 48 with the
     /// stream itself: an import of a million lines with ids holds a
     /// million of these.
     ids: IdMap<Uuid, EarlierId>,
