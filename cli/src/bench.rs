@@ -65,7 +65,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use casebook_engine::envelope::{
-    chain_hash, encode_payload, Hash, NewEvent, StreamId, GENESIS_HASH,
+    chain_hash, encode_payload, Hash, NewEvent, StreamId, GENESIS_HASH, HASH_LEN,
 };
 use casebook_engine::event::{AttendanceMarked, CaseEvent, Session, CURRENT_SCHEMA};
 use casebook_engine::import::{ImportError, ImportLine, Pipeline, Planner};
@@ -808,7 +808,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
                 break;
             }
             let recorded_at = Utc::now();
-            let batch = seal_chunk(&mut chain, &school, &chunk, recorded_at, &mut case_bytes)?;
+            let (batch, payloads) = seal_chunk(&mut chain, &school, &chunk, recorded_at)?;
+            case_bytes += payloads;
             bytes += batch.iter().map(|s| s.bytes.len() as u64).sum::<u64>();
             let (started, cpu) = (Instant::now(), thread_cpu_ns());
             raw.write_batch(&batch, recorded_at.timestamp_micros())
@@ -1551,7 +1552,7 @@ const CHAIN_HASH_EVENTS: u64 = 1 << 20;
 /// previous hash and the event's body, which holds the previous hash too,
 /// so no two events of a log can be hashed at once).
 struct ChainHashes {
-    /// Events to hash at most ([`CHAIN_HASH_EVENTS`]).
+    /// Events to hash at most ([`CHAIN_HASH_EVENTS`] in a run).
     cap: u64,
     /// The last hash computed.
     prev: Hash,
@@ -1560,18 +1561,17 @@ struct ChainHashes {
     timed: Duration,
 }
 
-impl Default for ChainHashes {
-    fn default() -> Self {
+impl ChainHashes {
+    /// Nothing hashed yet; at most `cap` events will be.
+    fn new(cap: u64) -> ChainHashes {
         ChainHashes {
-            cap: CHAIN_HASH_EVENTS,
+            cap,
             prev: GENESIS_HASH,
             events: 0,
             timed: Duration::ZERO,
         }
     }
-}
 
-impl ChainHashes {
     /// Hashes `batch` (the next events sealed, in order) after the events
     /// before it, timed, until `cap` have been hashed;
     /// then checks, untimed, that the chain ends on the last sealed hash
@@ -1585,7 +1585,7 @@ impl ChainHashes {
         let started = Instant::now();
         for sealed in batch {
             // The stored value is `body ‖ hash`.
-            let body = &sealed.bytes[..sealed.bytes.len().saturating_sub(32)];
+            let body = &sealed.bytes[..sealed.bytes.len().saturating_sub(HASH_LEN)];
             self.prev = chain_hash(&self.prev, body);
         }
         self.timed += started.elapsed();
@@ -1606,26 +1606,26 @@ impl ChainHashes {
 }
 
 /// `chunk` sealed as the next events of `chain`, recorded at
-/// `recorded_at`, as the raw ceiling writes them; `case_bytes` counts
-/// their payloads' bytes.
+/// `recorded_at`, as the raw ceiling writes them, and their payloads'
+/// bytes.
 fn seal_chunk(
     chain: &mut RawChain,
     school: &str,
     chunk: &[(String, DemoEvent)],
     recorded_at: chrono::DateTime<Utc>,
-    case_bytes: &mut u64,
-) -> Result<Vec<RawEnvelope>, Failure> {
+) -> Result<(Vec<RawEnvelope>, u64), Failure> {
     let mut batch = Vec::with_capacity(chunk.len());
+    let mut case_bytes = 0;
     for (pupil, e) in chunk {
         let stream = StreamId::for_pupil(school, pupil);
         let new = new_event(e)?;
-        *case_bytes += new.payload.len() as u64;
+        case_bytes += new.payload.len() as u64;
         let sealed = chain
             .seal(stream, &new, recorded_at)
             .map_err(|e| Failure::Store(e.to_string()))?;
         batch.push(sealed);
     }
-    Ok(batch)
+    Ok((batch, case_bytes))
 }
 
 /// [`ChainHashes`] over the demo school's first events (at most `n`, as
@@ -1637,22 +1637,16 @@ fn time_hash_chain(
     n: u64,
     batch_events: usize,
 ) -> Result<ChainHashes, Failure> {
-    let mut hashes = ChainHashes {
-        cap: CHAIN_HASH_EVENTS.min(n),
-        ..ChainHashes::default()
-    };
+    let mut hashes = ChainHashes::new(CHAIN_HASH_EVENTS.min(n));
     let mut source = Source::new(opts);
     let mut chain = RawChain::default();
-    let mut case_bytes = 0;
     while hashes.events < hashes.cap {
-        let want = usize::try_from(hashes.cap - hashes.events)
-            .unwrap_or(usize::MAX)
-            .min(batch_events);
-        let chunk = source.take(want);
+        // The last batch is cut to the count by `time`.
+        let chunk = source.take(batch_events);
         if chunk.is_empty() {
             break;
         }
-        let batch = seal_chunk(&mut chain, school, &chunk, Utc::now(), &mut case_bytes)?;
+        let (batch, _) = seal_chunk(&mut chain, school, &chunk, Utc::now())?;
         hashes.time(&batch)?;
     }
     Ok(hashes)
@@ -1966,10 +1960,7 @@ mod tests {
                     .unwrap()
             })
             .collect();
-        let mut hashes = super::ChainHashes {
-            cap: 7,
-            ..Default::default()
-        };
+        let mut hashes = super::ChainHashes::new(7);
         for batch in sealed.chunks(3) {
             hashes.time(batch).unwrap();
         }
@@ -1979,7 +1970,7 @@ mod tests {
         // A chain that does not end on the sealed hash is refused.
         let mut wrong = sealed[..3].to_vec();
         wrong[2].hash[0] ^= 1;
-        let mut fresh = super::ChainHashes::default();
+        let mut fresh = super::ChainHashes::new(10);
         match fresh.time(&wrong) {
             Err(Failure::Store(m)) => assert!(m.contains("position 3"), "{m}"),
             other => panic!("expected a refusal, got {other:?}"),

@@ -1068,7 +1068,7 @@ impl<'a> Planner<'a> {
             std::collections::hash_map::Entry::Occupied(planned) => return Ok(planned.into_mut()),
             std::collections::hash_map::Entry::Vacant(vacant) => vacant,
         };
-        let plan = match self.carry.pupils.remove(&stream) {
+        let mut plan = match self.carry.pupils.remove(&stream) {
             Some(carried) => carried,
             None => {
                 if !self.prefetch.streams.contains(&stream) {
@@ -1088,7 +1088,6 @@ impl<'a> Planner<'a> {
                 }
             }
         };
-        let mut plan = plan;
         // At most `MAX_EVENTS_PER_APPEND` pupils with events a plan.
         plan.index = u32::try_from(self.order.len()).unwrap_or(u32::MAX);
         self.order.push(stream);
@@ -2057,17 +2056,42 @@ mod tests {
     use super::*;
     use crate::store::segment::{SegmentOptions, SegmentStore};
 
-    /// A line of pupil P0001 (an attendance mark on `day` of December
-    /// 2025, in the afternoon if `pm`), with `id` as its `id` if any.
-    fn mark(n: usize, id: Option<u128>, day: u32, pm: bool) -> ImportLine {
-        let session = if pm { "pm" } else { "am" };
-        let id = id.map_or(String::new(), |i| {
+    /// The `"id"` member of a line with `id`, if any.
+    fn id_member(id: Option<u128>) -> String {
+        id.map_or(String::new(), |i| {
             format!(r#""id":"{}","#, Uuid::from_u128(i))
-        });
+        })
+    }
+
+    /// Line `n`: `pupil` registered, with `id` as its `id` if any.
+    fn register(n: usize, pupil: &str, id: Option<u128>) -> ImportLine {
+        let id = id_member(id);
         let text = format!(
-            r#"{{{id}"type":"AttendanceMarked","pupil":"P0001","occurred_at":"2025-12-{day:02}T09:00:00Z","actor":"S017","data":{{"date":"2025-12-{day:02}","session":"{session}","code":"/"}}}}"#
+            r#"{{{id}"type":"PupilRegistered","pupil":"{pupil}","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}}}"#
         );
         parse_line(n, &text).expect("a valid line")
+    }
+
+    /// Line `n`: `pupil`'s attendance mark `code` on `day` of December
+    /// 2025, in the afternoon if `pm`, with `id` as its `id` if any.
+    fn mark_of(
+        n: usize,
+        pupil: &str,
+        id: Option<u128>,
+        (day, pm): (u32, bool),
+        code: &str,
+    ) -> ImportLine {
+        let session = if pm { "pm" } else { "am" };
+        let id = id_member(id);
+        let text = format!(
+            r#"{{{id}"type":"AttendanceMarked","pupil":"{pupil}","occurred_at":"2025-12-{day:02}T09:00:00Z","actor":"S017","data":{{"date":"2025-12-{day:02}","session":"{session}","code":"{code}"}}}}"#
+        );
+        parse_line(n, &text).expect("a valid line")
+    }
+
+    /// [`mark_of`] of pupil P0001, present (`/`).
+    fn mark(n: usize, id: Option<u128>, day: u32, pm: bool) -> ImportLine {
+        mark_of(n, "P0001", id, (day, pm), "/")
     }
 
     /// A new segment store in a temporary directory (kept while the
@@ -2096,19 +2120,8 @@ mod tests {
     fn a_repeated_id_is_a_duplicate_only_for_the_same_pupil_and_content() {
         let (_dir, rt, store, now) = scratch();
         let log = store.log("school-a").unwrap();
-        let register = |n: usize, pupil: &str| {
-            let text = format!(
-                r#"{{"type":"PupilRegistered","pupil":"{pupil}","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}}}"#
-            );
-            parse_line(n, &text).unwrap()
-        };
-        let mark_of = |n: usize, pupil: &str, id: u128, code: &str| {
-            let text = format!(
-                r#"{{"id":"{}","type":"AttendanceMarked","pupil":"{pupil}","occurred_at":"2025-12-01T09:00:00Z","actor":"S017","data":{{"date":"2025-12-01","session":"am","code":"{code}"}}}}"#,
-                Uuid::from_u128(id)
-            );
-            parse_line(n, &text).unwrap()
-        };
+        // Marks of 1 December, each with an id.
+        let marked = |n, pupil, id, code| mark_of(n, pupil, Some(id), (1, false), code);
         let plan = |lines: Vec<ImportLine>| {
             let mut planner = Planner::new(log.as_ref(), "school-a", now);
             rt.block_on(planner.add_many(lines))
@@ -2116,23 +2129,23 @@ mod tests {
         };
         let pupils = || {
             vec![
-                register(1, "P0001"),
-                register(2, "P0002"),
-                register(3, "P0003"),
+                register(1, "P0001", None),
+                register(2, "P0002", None),
+                register(3, "P0003", None),
             ]
         };
         // P0002's mark, then P0003's and P0001's, then P0002's again.
         let mut lines = pupils();
-        lines.push(mark_of(4, "P0002", 7, "/"));
-        lines.push(mark_of(5, "P0003", 8, "/"));
-        lines.push(mark_of(6, "P0001", 9, "/"));
-        lines.push(mark_of(7, "P0002", 7, "/"));
+        lines.push(marked(4, "P0002", 7, "/"));
+        lines.push(marked(5, "P0003", 8, "/"));
+        lines.push(marked(6, "P0001", 9, "/"));
+        lines.push(marked(7, "P0002", 7, "/"));
         let done = plan(lines).unwrap();
         assert_eq!((done.events, done.duplicates), (6, 1));
         // The same id and content for P0001: refused at its line.
         let mut lines = pupils();
-        lines.push(mark_of(4, "P0002", 7, "/"));
-        lines.push(mark_of(5, "P0001", 7, "/"));
+        lines.push(marked(4, "P0002", 7, "/"));
+        lines.push(marked(5, "P0001", 7, "/"));
         match plan(lines) {
             Err(e) => assert!(
                 e.to_string().contains("line 5")
@@ -2144,8 +2157,8 @@ mod tests {
         }
         // The same id and pupil with another code: refused too.
         let mut lines = pupils();
-        lines.push(mark_of(4, "P0002", 7, "/"));
-        lines.push(mark_of(5, "P0002", 7, "N"));
+        lines.push(marked(4, "P0002", 7, "/"));
+        lines.push(marked(5, "P0002", 7, "N"));
         assert!(plan(lines).is_err());
     }
 
@@ -2157,9 +2170,8 @@ mod tests {
     fn a_plan_names_the_ids_its_look_ups_answer_for_and_those_it_minted() {
         let (_dir, rt, store, now) = scratch();
         let log = store.log("school-a").unwrap();
-        let register = r#"{"id":"00000000-0000-0000-0000-000000000001","type":"PupilRegistered","pupil":"P0001","occurred_at":"2025-09-03T08:30:00Z","actor":"S017","data":{"name":"Ada Testpupil","date_of_birth":"2012-05-01","year_group":9,"class":"9B","site":"Main"}}"#;
         let mut planner = Planner::new(log.as_ref(), "school-a", now);
-        rt.block_on(planner.add_many(vec![parse_line(1, register).unwrap()]))
+        rt.block_on(planner.add_many(vec![register(1, "P0001", Some(1))]))
             .unwrap();
         let plan = planner.finish();
         let seen = |through| {

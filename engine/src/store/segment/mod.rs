@@ -3809,11 +3809,7 @@ impl Writer {
             .with_value_limit(frame::MAX_FRAME - frame::META_LEN)
             .with_position_limit(state.index.max_events)
             .with_recorded_floor(self.last_recorded_us);
-        let mut committed = SegmentCommitted {
-            index: &state.index,
-            segments: &state.segments,
-            log: state.token,
-        };
+        let mut committed = SegmentCommitted::of(&state);
         for mut commit in group {
             let after = AfterSeal {
                 hand_back: commit.hand_back.as_ref(),
@@ -4090,6 +4086,17 @@ struct SegmentCommitted<'a> {
     segments: &'a [Arc<Segment>],
     /// The log's token ([`State::token`]).
     log: Uuid,
+}
+
+impl<'a> SegmentCommitted<'a> {
+    /// The log as `state` holds it.
+    fn of(state: &'a State) -> SegmentCommitted<'a> {
+        SegmentCommitted {
+            index: &state.index,
+            segments: &state.segments,
+            log: state.token,
+        }
+    }
 }
 
 impl Committed for SegmentCommitted<'_> {
@@ -5634,11 +5641,11 @@ mod index_tests {
         }
     }
 
-    fn request(ids: std::ops::Range<u128>) -> AppendRequest {
+    fn request(ids: impl IntoIterator<Item = u128>) -> AppendRequest {
         AppendRequest {
             stream: StreamId(Uuid::from_u128(1)),
             expected: super::super::ExpectedVersion::Any,
-            events: ids.map(new_event).collect(),
+            events: ids.into_iter().map(new_event).collect(),
         }
     }
 
@@ -6154,11 +6161,7 @@ mod index_tests {
             .unwrap();
         {
             let state = log.state.read().unwrap();
-            let mut committed = SegmentCommitted {
-                index: &state.index,
-                segments: &state.segments,
-                log: state.token,
-            };
+            let mut committed = SegmentCommitted::of(&state);
             let absent = committed
                 .absent_after(seen, 10)
                 .expect("the table holds position 101");
@@ -6211,11 +6214,7 @@ mod index_tests {
         assert!(in_runs() >= Some(111), "{:?}", in_runs());
         {
             let state = log.state.read().unwrap();
-            let mut committed = SegmentCommitted {
-                index: &state.index,
-                segments: &state.segments,
-                log: state.token,
-            };
+            let mut committed = SegmentCommitted::of(&state);
             assert!(committed.absent_after(seen, 10).is_none());
         }
         match rt.block_on(log.append_atomic_checked(batch(), checked)) {
@@ -6262,9 +6261,7 @@ mod index_tests {
             let mut stream = 10u128;
             let mut append = |ids: &[u128], checked: Option<IdsChecked>, stored: &mut std::collections::HashSet<u128>| {
                 stream += 1;
-                let requests = vec![to_stream(stream, 0..0)];
-                let mut requests = requests;
-                requests[0].events = ids.iter().map(|&i| new_event(i)).collect();
+                let requests = vec![to_stream(stream, ids.iter().copied())];
                 let done = match checked {
                     Some(c) => rt.block_on(log.append_atomic_checked(requests, c)),
                     None => rt.block_on(log.append_atomic(requests)),
@@ -6302,8 +6299,7 @@ mod index_tests {
                 let unchecked: Vec<u32> = (0..kept.len() as u32)
                     .filter(|&k| minted[k as usize])
                     .collect();
-                let mut requests = vec![to_stream(9, 0..0)];
-                requests[0].events = kept.iter().map(|&i| new_event(i)).collect();
+                let requests = vec![to_stream(9, kept.iter().copied())];
                 let checked = IdsChecked::new(seen, unchecked, &requests);
                 append(&kept, Some(checked), &mut stored);
             }
@@ -7376,7 +7372,7 @@ mod index_tests {
 
     /// Appends to stream `s` the events of `ids`, interleaved by the caller
     /// with other streams' so that lists span blocks and positions.
-    fn to_stream(s: u128, ids: std::ops::Range<u128>) -> AppendRequest {
+    fn to_stream(s: u128, ids: impl IntoIterator<Item = u128>) -> AppendRequest {
         AppendRequest {
             stream: StreamId(Uuid::from_u128(s)),
             ..request(ids)
