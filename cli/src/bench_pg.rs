@@ -11,7 +11,8 @@
 //! The ceiling (`raw_backend_batched_ev_s`) is `PostgresStore::raw_insert_batch`:
 //! the same sealed envelopes inserted with the writer's multi-row `INSERT`
 //! (`unnest` of arrays) and head update, one transaction per batch under the
-//! head lock, without the engine's checks, planning or group commit.
+//! head lock in the writer's two round trips, without the engine's checks,
+//! planning or group commit.
 
 use std::path::Path;
 use std::sync::Arc;

@@ -910,3 +910,188 @@ async fn pg_a_days_register_starts_from_the_facts_the_last_one_saved() {
     let verified = ok(pg(&["verify"]));
     assert!(verified.starts_with("ok: "), "{verified}");
 }
+
+/// The largest row count any node of an `EXPLAIN (ANALYZE, FORMAT JSON)`
+/// plan produced or passed over (its rows, and those its filter or its
+/// recheck removed).
+fn rows_touched(plan: &serde_json::Value) -> u64 {
+    let own = [
+        "Actual Rows",
+        "Rows Removed by Filter",
+        "Rows Removed by Index Recheck",
+    ]
+    .iter()
+    .filter_map(|k| plan.get(*k).and_then(serde_json::Value::as_u64))
+    .sum::<u64>();
+    let children = plan
+        .get("Plans")
+        .and_then(serde_json::Value::as_array)
+        .map(|c| c.iter().map(rows_touched).max().unwrap_or(0))
+        .unwrap_or(0);
+    own.max(children)
+}
+
+/// Right after a bulk write, before PostgreSQL has sampled the table (its
+/// autovacuum is off here, so it never does), a page of the log and a
+/// page of a stream are read by their index range: no step of either
+/// plan touches more rows than the page holds. (With a `LIMIT` instead of
+/// the range, a page after the first 10,000 of 30,000 rows was planned as
+/// a scan of every row after it and a sort: 20,000 rows touched for 1,000
+/// read, and a rebuild quadratic in the log.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_pages_are_read_by_their_range_before_the_table_is_analyzed() {
+    use casebook_engine::store::postgres::{range_end, READ_ALL_SQL, READ_STREAM_SQL};
+    let Some(db) = test_db() else { return };
+    let store = PostgresStore::connect(&db.url, true)
+        .await
+        .expect("connect");
+    let admin = admin(&db.url).await;
+    admin
+        .batch_execute("ALTER TABLE events SET (autovacuum_enabled = off)")
+        .await
+        .expect("autovacuum off");
+    let log = store.log("stats-school").expect("log");
+    for batch in 0..6u32 {
+        let requests = (0..10u32)
+            .map(|p| {
+                req(
+                    pupil(p),
+                    (0..500).map(|i| contact(batch * 500 + i)).collect(),
+                )
+            })
+            .collect();
+        log.append_atomic(requests).await.expect("append");
+    }
+    let analyzed: Option<i64> = admin
+        .query_one(
+            "SELECT coalesce(analyze_count + autoanalyze_count, 0) FROM pg_stat_user_tables WHERE relname = 'events'",
+            &[],
+        )
+        .await
+        .expect("stats")
+        .get(0);
+    assert_eq!(
+        analyzed,
+        Some(0),
+        "the table was analyzed: the test proves nothing"
+    );
+    // The statements as the store sends them: prepared, then executed with
+    // the page's bounds (`range_end`); EXPLAIN of the execution.
+    let explain = |name: &str, types: &str, sql: &str, args: String| {
+        format!(
+            "SET casebook.school = 'stats-school'; PREPARE {name}({types}) AS {sql}; \
+             EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}({args});"
+        )
+    };
+    let max = 1_000;
+    let (from, end) = range_end(10_001, max, "position").unwrap();
+    let all = explain(
+        "page",
+        "text, bigint, bigint",
+        READ_ALL_SQL,
+        format!("'stats-school', {from}, {end}"),
+    );
+    let (from, end) = range_end(2_001, max, "version").unwrap();
+    let stream = explain(
+        "stream_page",
+        "text, uuid, bigint, bigint",
+        READ_STREAM_SQL,
+        format!("'stats-school', '{}', {from}, {end}", pupil(3).0),
+    );
+    for (what, sql) in [("read_all", all), ("read_stream", stream)] {
+        let text = admin
+            .simple_query(&sql)
+            .await
+            .expect("explain")
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .expect("a plan");
+        let plan: serde_json::Value = serde_json::from_str(&text).expect("json plan");
+        let plan = &plan[0]["Plan"];
+        assert_eq!(
+            plan["Actual Rows"].as_u64(),
+            Some(max as u64),
+            "{what}: {plan}"
+        );
+        assert!(
+            rows_touched(plan) <= max as u64,
+            "{what} touched {} rows for a page of {max}: {plan}",
+            rows_touched(plan)
+        );
+    }
+    // And through the store: the same pages.
+    let page = log.read_all(10_001, max).await.unwrap();
+    assert_eq!(page.len(), max);
+    assert_eq!(page[0].position, 10_001);
+    assert_eq!(page[max - 1].position, 11_000);
+    let page = log.read_stream(pupil(3), 2_001, max).await.unwrap();
+    assert_eq!(page.len(), max);
+    assert_eq!((page[0].version, page[max - 1].version), (2_001, 3_000));
+}
+
+/// `verify` reads the rows a window of positions at a time up to the last
+/// stored: a window left with no rows at all (10,000 deleted, triggers off)
+/// does not end the check early, and a row past the head row is read too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_verify_reads_past_an_empty_window_and_past_the_head() {
+    let Some(db) = test_db() else { return };
+    let store = PostgresStore::connect(&db.url, true)
+        .await
+        .expect("connect");
+    let log = store.log("window-school").expect("log");
+    for batch in 0..5u32 {
+        let requests = (0..5u32)
+            .map(|p| {
+                req(
+                    pupil(p),
+                    (0..1_000).map(|i| contact(batch * 1_000 + i)).collect(),
+                )
+            })
+            .collect();
+        log.append_atomic(requests).await.expect("append");
+    }
+    let report = log.verify(&|_| {}).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.events, 25_000);
+    let admin = admin(&db.url).await;
+    // A whole window (10,001..=20,000) gone: the first missing position is
+    // named, and the rows after it are still read (25,000 is the last).
+    admin
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER USER;
+             DELETE FROM events WHERE position BETWEEN 10001 AND 20000;
+             ALTER TABLE events ENABLE TRIGGER USER;",
+        )
+        .await
+        .expect("delete as superuser");
+    let report = log.verify(&|_| {}).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.problems[0].position, 10_001, "{report:?}");
+    assert_eq!(report.events, 15_000, "{report:?}");
+    // A row past the head row (a copy of the last, one position on).
+    let past = store.log("past-school").expect("log");
+    for i in 0..3 {
+        past.append(req(pupil(0), vec![contact(i)]))
+            .await
+            .expect("append");
+    }
+    admin
+        .batch_execute(
+            "SET casebook.school = 'past-school';
+             INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
+             SELECT school, 4, stream, 4, gen_random_uuid(), recorded_at, value
+             FROM events WHERE school = 'past-school' AND position = 3;",
+        )
+        .await
+        .expect("insert past the head");
+    let report = past.verify(&|_| {}).await.unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.events, 4, "{report:?}");
+    assert!(
+        report.problems.iter().any(|p| p.position <= 4),
+        "{report:?}"
+    );
+}

@@ -5,7 +5,16 @@
 //! uses, the binary protocol (bytea travels unescaped), `LISTEN/NOTIFY`
 //! through the connection's message stream, and no compile-time database
 //! (sqlx's checked macros need a live server or a prepared cache at build
-//! time). No pool crate: each log keeps a few idle connections of its own.
+//! time). No pool crate: each log keeps a few idle connections of its own,
+//! each with the statements prepared on it. Statements that need not wait
+//! for one another's answers are sent together (tokio-postgres pipelines
+//! the requests of futures polled together, in the order first polled):
+//! an append is two round trips.
+//!
+//! Architecture Invariant: a page of the log or of a stream is asked for by
+//! its range of positions or versions (gapless), never with a `LIMIT`, so
+//! that its plan reads only its own rows whatever the table's statistics
+//! say.
 //!
 //! Schema: numbered migrations in `engine/pg_migrations/`, applied on
 //! `connect(url, create = true)`; a database whose schema is newer than this
@@ -40,7 +49,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Commit, Committed, GroupStage};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Config, GenericClient, NoTls};
+use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 use uuid::Uuid;
 
 use super::sled::validate_school;
@@ -336,9 +345,11 @@ impl PostgresStore {
 }
 
 /// Inserts sealed events and moves the head in one transaction under the
-/// head lock. With `check`, refuses events that do not continue the head.
+/// head lock, in the writer's two round trips ([`begin_locked`],
+/// [`insert_and_commit`]). With `check`, refuses events that do not
+/// continue the head.
 async fn insert_sealed(
-    client: &mut Client,
+    client: &mut Pooled,
     school: &str,
     events: &[StoredEvent],
     check: bool,
@@ -346,61 +357,97 @@ async fn insert_sealed(
     let Some(last) = events.last() else {
         return Ok(());
     };
-    let tx = client.transaction().await.map_err(pg_err("append"))?;
-    let (position, hash, _) = lock_head(&tx, school, None).await?;
-    if check {
-        let first = &events[0];
-        if first.position != position + 1 || first.prev_hash != hash {
-            return Err(StoreError::Io {
-                during: "copy",
-                source: format!(
-                    "school {school:?}: event at position {} does not continue the destination's head (position {position})",
-                    first.position
-                )
-                .into(),
-            });
-        }
-        for w in events.windows(2) {
-            if w[1].position != w[0].position + 1 || w[1].prev_hash != w[0].hash {
-                return Err(StoreError::Io {
-                    during: "copy",
-                    source: format!(
-                        "school {school:?}: the source's events at positions {} and {} are not chained",
-                        w[0].position, w[1].position
-                    )
-                    .into(),
-                });
-            }
-        }
-    }
     let mut rows = Vec::with_capacity(events.len());
     for e in events {
         rows.push(Row::of(e, e.encode()?)?);
     }
-    insert_rows(&tx, &rows, None).await?;
-    finish_commit(
-        &tx,
-        school,
-        last.position,
-        &last.hash,
-        last.recorded_at,
-        None,
-    )
-    .await?;
-    tx.commit().await.map_err(pg_err("commit"))
+    let statements = client.statements().await?;
+    let outcome = async {
+        let locked = begin_locked(client, &statements, school, &[], &[]).await?;
+        if check {
+            check_continues(school, &locked, events)?;
+        }
+        insert_and_commit(
+            client,
+            &statements,
+            school,
+            &rows,
+            (last.position, &last.hash, last.recorded_at),
+        )
+        .await
+    }
+    .await;
+    if outcome.is_err() {
+        client.discard();
+    }
+    outcome
+}
+
+/// `events` continue the locked head and one another (`casebook copy`).
+fn check_continues(
+    school: &str,
+    locked: &Locked,
+    events: &[StoredEvent],
+) -> Result<(), StoreError> {
+    if let Some(first) = events.first() {
+        if first.position != locked.position + 1 || first.prev_hash != locked.hash {
+            return Err(StoreError::Io {
+                during: "copy",
+                source: format!(
+                    "school {school:?}: event at position {} does not continue the destination's head (position {})",
+                    first.position, locked.position
+                )
+                .into(),
+            });
+        }
+    }
+    for w in events.windows(2) {
+        if w[1].position != w[0].position + 1 || w[1].prev_hash != w[0].hash {
+            return Err(StoreError::Io {
+                during: "copy",
+                source: format!(
+                    "school {school:?}: the source's events at positions {} and {} are not chained",
+                    w[0].position, w[1].position
+                )
+                .into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 const LOCK_HEAD_SQL: &str =
     "SELECT position, hash, recorded_at FROM heads WHERE school = $1 FOR UPDATE";
 const INSERT_SQL: &str = "INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
      SELECT current_setting('casebook.school'), * FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], $5::timestamptz[], $6::bytea[])";
+/// An append's last rows and its head move in one statement: the rows are
+/// inserted only if the head row was moved (it is locked by the
+/// transaction, so it always is; were it gone, nothing would be stored),
+/// and the notification is queued; all take effect at commit. Answers how
+/// many head rows moved and how many rows went in, so that the `COMMIT`
+/// can be sent with it, in the same round trip.
 const FINISH_SQL: &str = "WITH moved AS (
-         UPDATE heads SET position = $2, hash = $3, recorded_at = $4 WHERE school = $1 RETURNING position
+         UPDATE heads SET position = $8, hash = $9, recorded_at = $10 WHERE school = $7 RETURNING position
+     ), inserted AS (
+         INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
+         SELECT current_setting('casebook.school'), r.*
+         FROM unnest($1::bigint[], $2::uuid[], $3::bigint[], $4::uuid[], $5::timestamptz[], $6::bytea[]) AS r
+         WHERE EXISTS (SELECT 1 FROM moved)
+         RETURNING 1
+     ), notified AS (
+         SELECT pg_notify($11, $12) FROM moved
      )
-     SELECT pg_notify($5, $6) FROM moved";
+     SELECT (SELECT count(*) FROM moved), (SELECT count(*) FROM inserted), (SELECT count(*) FROM notified)";
+/// The group's streams' versions: each stream's highest version, read from
+/// the end of its range of the `(school, stream, version)` index whatever
+/// the table's statistics say (NULL for a stream with no events).
+const VERSIONS_SQL: &str = "SELECT s, (SELECT max(version) FROM events WHERE school = $1 AND stream = s) FROM unnest($2::uuid[]) AS s";
+const IDS_SQL: &str =
+    "SELECT event_id, position FROM events WHERE school = $1 AND event_id = ANY($2)";
 
 /// The writer's statements, prepared once per connection (each saves a
-/// round trip per group commit).
+/// round trip per group commit, and lets statements be sent together).
+#[derive(Clone)]
 struct Statements {
     lock: tokio_postgres::Statement,
     insert: tokio_postgres::Statement,
@@ -411,63 +458,184 @@ struct Statements {
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+        // Prepared together: one round trip.
+        let (lock, insert, finish, versions, ids) = tokio::try_join!(
+            client.prepare(LOCK_HEAD_SQL),
+            client.prepare(INSERT_SQL),
+            client.prepare(FINISH_SQL),
+            client.prepare(VERSIONS_SQL),
+            client.prepare(IDS_SQL),
+        )?;
         Ok(Statements {
-            lock: client.prepare(LOCK_HEAD_SQL).await?,
-            insert: client.prepare(INSERT_SQL).await?,
-            finish: client.prepare(FINISH_SQL).await?,
-            versions: client
-                .prepare("SELECT stream, max(version) FROM events WHERE school = $1 AND stream = ANY($2) GROUP BY stream")
-                .await?,
-            ids: client
-                .prepare("SELECT event_id, position FROM events WHERE school = $1 AND event_id = ANY($2)")
-                .await?,
+            lock,
+            insert,
+            finish,
+            versions,
+            ids,
         })
     }
 }
 
-/// Locks the school's head row (creating it first when the log is new) and
-/// returns (position, hash, recorded_at).
-async fn lock_head(
-    tx: &tokio_postgres::Transaction<'_>,
+/// The school's head row as an append's transaction locked it, and what the
+/// append's checks read under the lock.
+struct Locked {
+    position: u64,
+    hash: Hash,
+    recorded_at: Option<DateTime<Utc>>,
+    versions: HashMap<StreamId, u64>,
+    stored_ids: HashMap<Uuid, u64>,
+}
+
+/// Opens an append's transaction on `client`, locks the school's head row
+/// and reads, under the lock, the versions of `streams` and which of `ids`
+/// are stored. `BEGIN`, the lock and the reads are sent together, one round
+/// trip: PostgreSQL runs them in order on the connection, so each read
+/// starts once the lock is held and sees every commit made before it. A log
+/// without a head row gets one first, then the lock and the reads again.
+/// On an error the transaction may be open: the caller ends it
+/// ([`Pooled::discard`], or drops the writer's connection).
+async fn begin_locked(
+    client: &Client,
+    statements: &Statements,
     school: &str,
-    prepared: Option<&Statements>,
-) -> Result<(u64, Hash, Option<DateTime<Utc>>), StoreError> {
-    let select = || async {
-        match prepared {
-            Some(p) => tx.query_opt(&p.lock, &[&school]).await,
-            None => tx.query_opt(LOCK_HEAD_SQL, &[&school]).await,
-        }
-        .map_err(pg_err("lock head"))
+    streams: &[Uuid],
+    ids: &[Uuid],
+) -> Result<Locked, StoreError> {
+    let lock = || async {
+        client
+            .query_opt(&statements.lock, &[&school])
+            .await
+            .map_err(pg_err("lock head"))
     };
-    let mut row = select().await?;
+    let (_, mut row, mut versions, mut stored_ids) = tokio::try_join!(
+        async {
+            client
+                .batch_execute("BEGIN")
+                .await
+                .map_err(pg_err("append"))
+        },
+        lock(),
+        read_versions(client, statements, school, streams),
+        read_stored_ids(client, statements, school, ids),
+    )?;
     if row.is_none() {
-        tx.execute(
-            "INSERT INTO heads (school, position, hash) VALUES ($1, 0, $2) ON CONFLICT (school) DO NOTHING",
-            &[&school, &&GENESIS_HASH[..]],
-        )
-        .await
-        .map_err(pg_err("lock head"))?;
-        row = select().await?;
+        client
+            .execute(
+                "INSERT INTO heads (school, position, hash) VALUES ($1, 0, $2) ON CONFLICT (school) DO NOTHING",
+                &[&school, &&GENESIS_HASH[..]],
+            )
+            .await
+            .map_err(pg_err("lock head"))?;
+        row = lock().await?;
+        versions = read_versions(client, statements, school, streams).await?;
+        stored_ids = read_stored_ids(client, statements, school, ids).await?;
     }
     let row = row.ok_or_else(|| corrupt(format!("log {school:?} head"), "head row vanished"))?;
     let position: i64 = row.get(0);
     let hash: &[u8] = row.get(1);
-    let hash = to_hash(hash, || format!("log {school:?} head"))?;
-    Ok((position as u64, hash, row.get(2)))
+    Ok(Locked {
+        position: position as u64,
+        hash: to_hash(hash, || format!("log {school:?} head"))?,
+        recorded_at: row.get(2),
+        versions,
+        stored_ids,
+    })
 }
 
-/// Moves the head and queues the notification; both take effect at commit.
-async fn finish_commit(
-    tx: &tokio_postgres::Transaction<'_>,
+/// The highest stored version of each of `streams` that has events.
+async fn read_versions(
+    client: &Client,
+    statements: &Statements,
     school: &str,
-    position: u64,
-    hash: &Hash,
-    recorded_at: DateTime<Utc>,
-    prepared: Option<&Statements>,
+    streams: &[Uuid],
+) -> Result<HashMap<StreamId, u64>, StoreError> {
+    let mut versions = HashMap::new();
+    for chunk in streams.chunks(INSERT_CHUNK) {
+        for row in client
+            .query(&statements.versions, &[&school, &chunk])
+            .await
+            .map_err(pg_err("append"))?
+        {
+            if let Some(v) = row.get::<_, Option<i64>>(1) {
+                versions.insert(StreamId(row.get(0)), v as u64);
+            }
+        }
+    }
+    Ok(versions)
+}
+
+/// The positions of those of `ids` that are stored.
+async fn read_stored_ids(
+    client: &Client,
+    statements: &Statements,
+    school: &str,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, u64>, StoreError> {
+    let mut stored = HashMap::new();
+    for chunk in ids.chunks(INSERT_CHUNK) {
+        for row in client
+            .query(&statements.ids, &[&school, &chunk])
+            .await
+            .map_err(pg_err("append"))?
+        {
+            stored.insert(row.get(0), row.get::<_, i64>(1) as u64);
+        }
+    }
+    Ok(stored)
+}
+
+/// Inserts `rows` (in position order, continuing the locked head), moves the
+/// head to `(position, hash, recorded_at)` with its notification, and
+/// commits. The last [`INSERT_CHUNK`] rows go with the head move in one
+/// statement ([`FINISH_SQL`]), sent together with the `COMMIT` when there
+/// are no earlier chunks: one round trip for an append of up to 4,096
+/// events. Earlier chunks (a large import) are inserted one after another
+/// first, and then the statement's answer is checked before the `COMMIT` is
+/// sent. Sent together, a failed statement (a unique violation) aborts the
+/// transaction and the `COMMIT` ends it with nothing stored; a head row
+/// that did not move (impossible under the lock) leaves nothing inserted
+/// either. On an error the transaction may be open: the caller ends it.
+async fn insert_and_commit(
+    client: &Client,
+    statements: &Statements,
+    school: &str,
+    rows: &[Row],
+    (position, hash, recorded_at): (u64, &Hash, DateTime<Utc>),
 ) -> Result<(), StoreError> {
+    let chunks: Vec<&[Row]> = rows.chunks(INSERT_CHUNK).collect();
+    let Some((last, earlier)) = chunks.split_last() else {
+        return client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(pg_err("commit"));
+    };
+    for chunk in earlier {
+        let a = Arrays::of(chunk);
+        client
+            .execute(
+                &statements.insert,
+                &[
+                    &a.positions,
+                    &a.streams,
+                    &a.versions,
+                    &a.ids,
+                    &a.times,
+                    &a.values,
+                ],
+            )
+            .await
+            .map_err(append_err)?;
+    }
+    let a = Arrays::of(last);
     let payload = format!("{school} {position}");
     let position = to_i64(position, "position")?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
+        &a.positions,
+        &a.streams,
+        &a.versions,
+        &a.ids,
+        &a.times,
+        &a.values,
         &school,
         &position,
         &&hash[..],
@@ -475,18 +643,49 @@ async fn finish_commit(
         &NOTIFY_CHANNEL,
         &payload,
     ];
-    let moved = match prepared {
-        Some(p) => tx.query(&p.finish, &params).await,
-        None => tx.query(FINISH_SQL, &params).await,
+    let finish = async {
+        client
+            .query_one(&statements.finish, &params)
+            .await
+            .map_err(append_err)
+    };
+    let commit = async {
+        client
+            .batch_execute("COMMIT")
+            .await
+            .map_err(pg_err("commit"))
+    };
+    if earlier.is_empty() {
+        let (row, ()) = tokio::try_join!(finish, commit)?;
+        return finished(school, &row, last.len());
     }
-    .map_err(pg_err("append"))?;
-    if moved.len() != 1 {
+    // The earlier chunks are not committed until the statement is checked.
+    finished(school, &finish.await?, last.len())?;
+    commit.await
+}
+
+/// Checks [`FINISH_SQL`]'s answer: the head row moved, with `rows` rows.
+fn finished(school: &str, row: &tokio_postgres::Row, rows: usize) -> Result<(), StoreError> {
+    let (moved, inserted): (i64, i64) = (row.get(0), row.get(1));
+    if moved != 1 {
+        // Nothing was inserted with it: the statement's condition.
         return Err(corrupt(
             format!("log {school:?} head"),
             "head row vanished during the append",
         ));
     }
+    if inserted != rows as i64 {
+        return Err(corrupt(
+            format!("log {school:?}"),
+            format!("{inserted} of {rows} rows were inserted with the head's move"),
+        ));
+    }
     Ok(())
+}
+
+/// A failed insert as the error it stands for ([`unique_violation`]).
+fn append_err(e: tokio_postgres::Error) -> StoreError {
+    unique_violation(&e).unwrap_or_else(|| pg_err("append")(e))
 }
 
 /// One events row.
@@ -516,33 +715,29 @@ impl Row {
     }
 }
 
-/// Multi-row INSERT of `rows`, in chunks, through `unnest` of arrays (one
-/// statement and one round trip per chunk). The school comes from the
+/// One chunk of rows as the insert statements' arrays (`unnest` of
+/// arrays: one statement for many rows). The school comes from the
 /// connection's `casebook.school` through the row-level security check.
-async fn insert_rows(
-    tx: &tokio_postgres::Transaction<'_>,
-    rows: &[Row],
-    prepared: Option<&Statements>,
-) -> Result<(), StoreError> {
-    let statement = match prepared {
-        Some(p) => p.insert.clone(),
-        None => tx.prepare(INSERT_SQL).await.map_err(pg_err("append"))?,
-    };
-    for chunk in rows.chunks(INSERT_CHUNK) {
-        let positions: Vec<i64> = chunk.iter().map(|r| r.position).collect();
-        let streams: Vec<Uuid> = chunk.iter().map(|r| r.stream).collect();
-        let versions: Vec<i64> = chunk.iter().map(|r| r.version).collect();
-        let ids: Vec<Uuid> = chunk.iter().map(|r| r.event_id).collect();
-        let times: Vec<DateTime<Utc>> = chunk.iter().map(|r| r.recorded_at).collect();
-        let values: Vec<&[u8]> = chunk.iter().map(|r| r.value.as_slice()).collect();
-        tx.execute(
-            &statement,
-            &[&positions, &streams, &versions, &ids, &times, &values],
-        )
-        .await
-        .map_err(|e| unique_violation(&e).unwrap_or_else(|| pg_err("append")(e)))?;
+struct Arrays<'a> {
+    positions: Vec<i64>,
+    streams: Vec<Uuid>,
+    versions: Vec<i64>,
+    ids: Vec<Uuid>,
+    times: Vec<DateTime<Utc>>,
+    values: Vec<&'a [u8]>,
+}
+
+impl<'a> Arrays<'a> {
+    fn of(rows: &'a [Row]) -> Arrays<'a> {
+        Arrays {
+            positions: rows.iter().map(|r| r.position).collect(),
+            streams: rows.iter().map(|r| r.stream).collect(),
+            versions: rows.iter().map(|r| r.version).collect(),
+            ids: rows.iter().map(|r| r.event_id).collect(),
+            times: rows.iter().map(|r| r.recorded_at).collect(),
+            values: rows.iter().map(|r| r.value.as_slice()).collect(),
+        }
     }
-    Ok(())
 }
 
 /// A unique violation as the typed error it stands for. The head lock makes
@@ -581,11 +776,21 @@ fn unique_violation(e: &tokio_postgres::Error) -> Option<StoreError> {
 
 // ---- connections ----------------------------------------------------------
 
-/// A few idle connections of one log, all scoped to its school.
+/// A few idle connections of one log, all scoped to its school, each with
+/// the statements prepared on it.
 struct Pool {
     config: Config,
     school: String,
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// A connection and the statements prepared on it, kept with it while it is
+/// pooled: a statement prepared once is then one round trip a use instead
+/// of two (prepare, then execute), and can be sent together with others.
+struct Conn {
+    client: Client,
+    prepared: HashMap<&'static str, tokio_postgres::Statement>,
+    appends: Option<Statements>,
 }
 
 impl Pool {
@@ -593,9 +798,9 @@ impl Pool {
         loop {
             let next = self.idle.lock().ok().and_then(|mut v| v.pop());
             match next {
-                Some(c) if !c.is_closed() => {
+                Some(c) if !c.client.is_closed() => {
                     return Ok(Pooled {
-                        client: Some(c),
+                        conn: Some(c),
                         pool: self.clone(),
                     })
                 }
@@ -607,34 +812,88 @@ impl Pool {
             .await
             .map_err(pg_err("connect"))?;
         Ok(Pooled {
-            client: Some(client),
+            conn: Some(Conn {
+                client,
+                prepared: HashMap::new(),
+                appends: None,
+            }),
             pool: self.clone(),
         })
     }
 }
 
 struct Pooled {
-    client: Option<Client>,
+    conn: Option<Conn>,
     pool: Arc<Pool>,
+}
+
+impl Pooled {
+    fn conn(&mut self) -> Result<&mut Conn, StoreError> {
+        self.conn.as_mut().ok_or(StoreError::WriterStopped)
+    }
+
+    /// `sql` prepared on this connection: prepared at its first use, kept
+    /// while the connection is pooled.
+    async fn statement(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<tokio_postgres::Statement, StoreError> {
+        let conn = self.conn()?;
+        if let Some(s) = conn.prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let s = conn.client.prepare(sql).await.map_err(pg_err("prepare"))?;
+        conn.prepared.insert(sql, s.clone());
+        Ok(s)
+    }
+
+    /// The append statements ([`Statements`]), prepared on this connection
+    /// at their first use.
+    async fn statements(&mut self) -> Result<Statements, StoreError> {
+        let conn = self.conn()?;
+        if let Some(s) = &conn.appends {
+            return Ok(s.clone());
+        }
+        let s = Statements::prepare(&conn.client)
+            .await
+            .map_err(pg_err("prepare"))?;
+        conn.appends = Some(s.clone());
+        Ok(s)
+    }
+
+    /// After a failed transaction: the connection is closed instead of
+    /// pooled again (the server rolls back whatever it holds when it
+    /// closes). Not used after.
+    fn discard(&mut self) {
+        self.conn = None;
+    }
 }
 
 impl std::ops::Deref for Pooled {
     type Target = Client;
     fn deref(&self) -> &Client {
-        self.client.as_ref().expect("present until drop")
+        &self
+            .conn
+            .as_ref()
+            .expect("present until dropped or discarded")
+            .client
     }
 }
 
 impl std::ops::DerefMut for Pooled {
     fn deref_mut(&mut self) -> &mut Client {
-        self.client.as_mut().expect("present until drop")
+        &mut self
+            .conn
+            .as_mut()
+            .expect("present until dropped or discarded")
+            .client
     }
 }
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        if let Some(c) = self.client.take() {
-            if !c.is_closed() {
+        if let Some(c) = self.conn.take() {
+            if !c.client.is_closed() {
                 if let Ok(mut idle) = self.pool.idle.lock() {
                     if idle.len() < MAX_IDLE {
                         idle.push(c);
@@ -885,87 +1144,82 @@ impl Writer {
 
     /// One attempt. `Ok` carries each commit's result and the new head (if
     /// anything was stored); `Err` means the transaction failed as a whole.
+    /// Two round trips ([`begin_locked`], [`insert_and_commit`]); on an
+    /// error the connection, whose transaction may still be open, is
+    /// dropped (the server rolls back what it holds).
     #[allow(clippy::type_complexity)]
     async fn try_commit(
         &mut self,
         group: &mut [Commit],
     ) -> Result<(Vec<Result<Vec<Appended>, StoreError>>, Option<u64>), StoreError> {
         let school = self.school.clone();
-        let (client, prepared) = self.connection().await?;
-        let prepared = &*prepared;
-        let tx = client.transaction().await.map_err(pg_err("append"))?;
-        let (head_position, head_hash, last_recorded) =
-            lock_head(&tx, &school, Some(prepared)).await?;
-        let now = DateTime::<Utc>::from_timestamp_micros(Utc::now().timestamp_micros())
-            .unwrap_or_else(Utc::now);
-        let recorded_at = match last_recorded {
-            Some(t) if t > now => t,
-            _ => now,
-        };
-        // What the group touches, read once under the lock (both queries
-        // pipelined on the connection).
-        let mut streams: Vec<Uuid> = Vec::new();
-        let mut seen_streams = HashSet::new();
-        let mut ids: Vec<Uuid> = Vec::new();
-        for c in group.iter() {
-            for r in &c.requests {
-                if seen_streams.insert(r.stream) {
-                    streams.push(r.stream.0);
-                }
-                ids.extend(r.events.iter().map(|e| e.event_id));
-            }
+        let (client, statements) = self.connection().await?;
+        let outcome = commit_on(client, statements, &school, group).await;
+        if outcome.is_err() {
+            self.connection = None;
         }
-        let read_versions = async {
-            let mut versions: HashMap<StreamId, u64> = HashMap::new();
-            for chunk in streams.chunks(INSERT_CHUNK) {
-                for row in tx
-                    .query(&prepared.versions, &[&school, &chunk])
-                    .await
-                    .map_err(pg_err("append"))?
-                {
-                    versions.insert(StreamId(row.get(0)), row.get::<_, i64>(1) as u64);
-                }
-            }
-            Ok::<_, StoreError>(versions)
-        };
-        let read_ids = async {
-            let mut stored_ids: HashMap<Uuid, u64> = HashMap::new();
-            for chunk in ids.chunks(INSERT_CHUNK) {
-                for row in tx
-                    .query(&prepared.ids, &[&school, &chunk])
-                    .await
-                    .map_err(pg_err("append"))?
-                {
-                    stored_ids.insert(row.get(0), row.get::<_, i64>(1) as u64);
-                }
-            }
-            Ok::<_, StoreError>(stored_ids)
-        };
-        let (versions, stored_ids) = tokio::try_join!(read_versions, read_ids)?;
-        let mut stage = GroupStage::new(head_position, head_hash);
-        let mut committed = PgCommitted {
-            versions,
-            stored_ids,
-        };
-        let mut results = Vec::with_capacity(group.len());
-        for c in group.iter_mut() {
-            results.push(stage.stage(&mut c.requests, &mut committed, recorded_at));
-        }
-        let rows = stage
-            .sealed
-            .iter()
-            .map(|s| Row::of_sealed(&s.event, stage.bytes[s.range.clone()].to_vec()))
-            .collect::<Result<Vec<Row>, StoreError>>()?;
-        let state = (stage.position, stage.hash);
-        if state.0 == head_position {
-            tx.rollback().await.map_err(pg_err("append"))?;
-            return Ok((results, None));
-        }
-        insert_rows(&tx, &rows, Some(prepared)).await?;
-        finish_commit(&tx, &school, state.0, &state.1, recorded_at, Some(prepared)).await?;
-        tx.commit().await.map_err(pg_err("commit"))?;
-        Ok((results, Some(state.0)))
+        outcome
     }
+}
+
+/// [`Writer::try_commit`] on the writer's connection.
+#[allow(clippy::type_complexity)]
+async fn commit_on(
+    client: &Client,
+    statements: &Statements,
+    school: &str,
+    group: &mut [Commit],
+) -> Result<(Vec<Result<Vec<Appended>, StoreError>>, Option<u64>), StoreError> {
+    // What the group touches, read under the lock in the same round trip.
+    let mut streams: Vec<Uuid> = Vec::new();
+    let mut seen_streams = HashSet::new();
+    let mut ids: Vec<Uuid> = Vec::new();
+    for c in group.iter() {
+        for r in &c.requests {
+            if seen_streams.insert(r.stream) {
+                streams.push(r.stream.0);
+            }
+            ids.extend(r.events.iter().map(|e| e.event_id));
+        }
+    }
+    let locked = begin_locked(client, statements, school, &streams, &ids).await?;
+    let now = DateTime::<Utc>::from_timestamp_micros(Utc::now().timestamp_micros())
+        .unwrap_or_else(Utc::now);
+    let recorded_at = match locked.recorded_at {
+        Some(t) if t > now => t,
+        _ => now,
+    };
+    let head_position = locked.position;
+    let mut stage = GroupStage::new(head_position, locked.hash);
+    let mut committed = PgCommitted {
+        versions: locked.versions,
+        stored_ids: locked.stored_ids,
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for c in group.iter_mut() {
+        results.push(stage.stage(&mut c.requests, &mut committed, recorded_at));
+    }
+    if stage.position == head_position {
+        client
+            .batch_execute("ROLLBACK")
+            .await
+            .map_err(pg_err("append"))?;
+        return Ok((results, None));
+    }
+    let rows = stage
+        .sealed
+        .iter()
+        .map(|s| Row::of_sealed(&s.event, stage.bytes[s.range.clone()].to_vec()))
+        .collect::<Result<Vec<Row>, StoreError>>()?;
+    insert_and_commit(
+        client,
+        statements,
+        school,
+        &rows,
+        (stage.position, &stage.hash, recorded_at),
+    )
+    .await?;
+    Ok((results, Some(stage.position)))
 }
 
 /// The committed log as PostgreSQL's writer read it under the head lock:
@@ -997,15 +1251,41 @@ fn decode_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
     Ok(event)
 }
 
+/// The rows of `sql` (position, value), decoded, on a pooled connection
+/// with the statement prepared on it.
 async fn read_rows(
-    client: &impl GenericClient,
-    sql: &str,
+    client: &mut Pooled,
+    sql: &'static str,
     params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
 ) -> Result<Vec<StoredEvent>, StoreError> {
-    let rows = client.query(sql, params).await.map_err(pg_err("read"))?;
+    let statement = client.statement(sql).await?;
+    let rows = client
+        .query(&statement, params)
+        .await
+        .map_err(pg_err("read"))?;
     rows.iter()
         .map(|r| decode_at(r.get::<_, i64>(0) as u64, r.get(1)))
         .collect()
+}
+
+/// A page of the log ([`EventStore::read_all`]): the positions from `$2` up
+/// to `$3` (one past the last, [`range_end`]).
+pub const READ_ALL_SQL: &str = "SELECT position, value FROM events WHERE school = $1 AND position >= $2 AND position < $3 ORDER BY position";
+
+/// A page of a stream ([`EventStore::read_stream`]): stream `$2`'s versions
+/// from `$3` up to `$4` (one past the last, [`range_end`]).
+pub const READ_STREAM_SQL: &str = "SELECT position, value FROM events WHERE school = $1 AND stream = $2 AND version >= $3 AND version < $4 ORDER BY version";
+
+/// One past the last of `max` consecutive numbers from `from`, for a
+/// range of positions or versions (gapless in a log and in a stream): the
+/// page's rows are then found by their index range alone, whatever the
+/// table's statistics say. With a `LIMIT` instead, a table just written in
+/// bulk, whose statistics still said it was nearly empty, had every page
+/// planned as a scan of every row after it and a sort (22 ms a page of
+/// 1,024 at 100,000 rows: a rebuild quadratic in the log).
+pub fn range_end(from: u64, max: usize, what: &str) -> Result<(i64, i64), StoreError> {
+    let from = to_i64(from.max(1), what)?;
+    Ok((from, from.saturating_add(max as i64)))
 }
 
 #[async_trait]
@@ -1023,12 +1303,12 @@ impl EventStore for PostgresLog {
         from_version: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let client = self.pool.get().await?;
-        let max = max.min(MAX_READ_PAGE) as i64;
+        let mut client = self.pool.get().await?;
+        let (from, end) = range_end(from_version, max.min(MAX_READ_PAGE), "version")?;
         read_rows(
-            &*client,
-            "SELECT position, value FROM events WHERE school = $1 AND stream = $2 AND version >= $3 ORDER BY version LIMIT $4",
-            &[&self.school, &stream.0, &to_i64(from_version.max(1), "version")?, &max],
+            &mut client,
+            READ_STREAM_SQL,
+            &[&self.school, &stream.0, &from, &end],
         )
         .await
     }
@@ -1038,32 +1318,29 @@ impl EventStore for PostgresLog {
         from_position: u64,
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
-        let client = self.pool.get().await?;
-        let max = max.min(MAX_READ_PAGE) as i64;
-        read_rows(
-            &*client,
-            "SELECT position, value FROM events WHERE school = $1 AND position >= $2 ORDER BY position LIMIT $3",
-            &[&self.school, &to_i64(from_position.max(1), "position")?, &max],
-        )
-        .await
+        let mut client = self.pool.get().await?;
+        let (from, end) = range_end(from_position, max.min(MAX_READ_PAGE), "position")?;
+        read_rows(&mut client, READ_ALL_SQL, &[&self.school, &from, &end]).await
     }
 
     async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
-        let client = self.pool.get().await?;
-        let row = client
-            .query_one(
+        let mut client = self.pool.get().await?;
+        let statement = client
+            .statement(
                 "SELECT coalesce(max(version), 0) FROM events WHERE school = $1 AND stream = $2",
-                &[&self.school, &stream.0],
             )
+            .await?;
+        let row = client
+            .query_one(&statement, &[&self.school, &stream.0])
             .await
             .map_err(pg_err("read"))?;
         Ok(row.get::<_, i64>(0) as u64)
     }
 
     async fn find_event(&self, event_id: Uuid) -> Result<Option<StoredEvent>, StoreError> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         let mut found = read_rows(
-            &*client,
+            &mut client,
             "SELECT position, value FROM events WHERE school = $1 AND event_id = $2",
             &[&self.school, &event_id],
         )
@@ -1079,13 +1356,11 @@ impl EventStore for PostgresLog {
         if ids.is_empty() {
             return Ok(found);
         }
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         for chunk in ids.chunks(LOOKUP_CHUNK) {
+            let statement = client.statement("SELECT position, value, event_id FROM events WHERE school = $1 AND event_id = ANY($2)").await?;
             let rows = client
-                .query(
-                    "SELECT position, value, event_id FROM events WHERE school = $1 AND event_id = ANY($2)",
-                    &[&self.school, &chunk],
-                )
+                .query(&statement, &[&self.school, &chunk])
                 .await
                 .map_err(pg_err("read"))?;
             for r in &rows {
@@ -1129,7 +1404,7 @@ impl EventStore for PostgresLog {
             let whole: Vec<StreamId> = asked.iter().map(|(s, _)| *s).collect();
             return self.visit_streams(&whole, visit).await;
         }
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         let mut found: HashMap<StreamId, Vec<StoredEvent>> = HashMap::new();
         for chunk in asked.chunks(LOOKUP_CHUNK) {
             let ids: Vec<Uuid> = chunk.iter().map(|(s, _)| s.0).collect();
@@ -1137,8 +1412,8 @@ impl EventStore for PostgresLog {
                 .iter()
                 .map(|(_, v)| i64::try_from(*v).unwrap_or(i64::MAX))
                 .collect();
-            let rows = client
-                .query(
+            let statement = client
+                .statement(
                     "SELECT e.position, e.value, e.stream \
                      FROM unnest($2::uuid[], $3::bigint[]) WITH ORDINALITY AS w(stream, from_version, n) \
                      CROSS JOIN LATERAL ( \
@@ -1146,8 +1421,10 @@ impl EventStore for PostgresLog {
                          WHERE school = $1 AND stream = w.stream AND version >= w.from_version \
                      ) e \
                      ORDER BY w.n, e.version",
-                    &[&self.school, &ids, &from],
                 )
+                .await?;
+            let rows = client
+                .query(&statement, &[&self.school, &ids, &from])
                 .await
                 .map_err(pg_err("read"))?;
             for r in &rows {
@@ -1175,13 +1452,11 @@ impl EventStore for PostgresLog {
         if streams.is_empty() {
             return Ok(found);
         }
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
         for chunk in streams.chunks(LOOKUP_CHUNK) {
+            let statement = client.statement("SELECT position, value, stream FROM events WHERE school = $1 AND stream = ANY($2) ORDER BY stream, version").await?;
             let rows = client
-                .query(
-                    "SELECT position, value, stream FROM events WHERE school = $1 AND stream = ANY($2) ORDER BY stream, version",
-                    &[&self.school, &chunk],
-                )
+                .query(&statement, &[&self.school, &chunk])
                 .await
                 .map_err(pg_err("read"))?;
             for r in &rows {
@@ -1194,12 +1469,12 @@ impl EventStore for PostgresLog {
     }
 
     async fn head(&self) -> Result<Head, StoreError> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        let statement = client
+            .statement("SELECT position, hash FROM heads WHERE school = $1")
+            .await?;
         let row = client
-            .query_opt(
-                "SELECT position, hash FROM heads WHERE school = $1",
-                &[&self.school],
-            )
+            .query_opt(&statement, &[&self.school])
             .await
             .map_err(pg_err("read"))?;
         match row {
@@ -1224,25 +1499,27 @@ impl EventStore for PostgresLog {
     }
 
     async fn load_checkpoint(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        let statement = client
+            .statement("SELECT bytes FROM checkpoints WHERE school = $1 AND name = $2")
+            .await?;
         let row = client
-            .query_opt(
-                "SELECT bytes FROM checkpoints WHERE school = $1 AND name = $2",
-                &[&self.school, &name],
-            )
+            .query_opt(&statement, &[&self.school, &name])
             .await
             .map_err(pg_err("read checkpoint"))?;
         Ok(row.map(|r| r.get(0)))
     }
 
     async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
-        let client = self.pool.get().await?;
-        client
-            .execute(
+        let mut client = self.pool.get().await?;
+        let statement = client
+            .statement(
                 "INSERT INTO checkpoints (school, name, bytes) VALUES ($1, $2, $3)
                  ON CONFLICT (school, name) DO UPDATE SET bytes = EXCLUDED.bytes",
-                &[&self.school, &name, &bytes],
             )
+            .await?;
+        client
+            .execute(&statement, &[&self.school, &name, &bytes])
             .await
             .map_err(pg_err("write checkpoint"))?;
         Ok(())
@@ -1271,19 +1548,34 @@ impl EventStore for PostgresLog {
             .await
             .map_err(pg_err("verify"))?;
         let mut v = ChainVerifier::new();
+        // The rows are read a window of positions at a time, up to the
+        // last stored (the end of the primary key's range, whatever the
+        // statistics say): a window's rows are found by their index range
+        // alone (`range_end`). A position missing from a window is met by
+        // the check as the next row's being out of order; a window with no
+        // rows at all is passed over, and the next one's first row is.
+        let last: i64 = tx
+            .query_one(
+                "SELECT coalesce(max(position), 0) FROM events WHERE school = $1",
+                &[&self.school],
+            )
+            .await
+            .map_err(pg_err("verify"))?
+            .get(0);
         let mut after: i64 = 0;
-        loop {
+        while after < last {
+            let to = after.saturating_add(MAX_READ_PAGE as i64).min(last);
             let rows = tx
                 .query(
                     "SELECT position, stream, version, event_id, recorded_at, value FROM events
-                     WHERE school = $1 AND position > $2 ORDER BY position LIMIT $3",
-                    &[&self.school, &after, &(MAX_READ_PAGE as i64)],
+                     WHERE school = $1 AND position > $2 AND position <= $3 ORDER BY position",
+                    &[&self.school, &after, &to],
                 )
                 .await
                 .map_err(pg_err("verify"))?;
+            after = to;
             for r in &rows {
                 let position: i64 = r.get(0);
-                after = position;
                 let position = position as u64;
                 let value: &[u8] = r.get(5);
                 if let Some(event) = v.check(position, value) {
@@ -1316,9 +1608,6 @@ impl EventStore for PostgresLog {
                 if v.events().is_multiple_of(4096) {
                     progress(v.events());
                 }
-            }
-            if rows.len() < MAX_READ_PAGE {
-                break;
             }
         }
         progress(v.events());
