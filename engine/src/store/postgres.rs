@@ -552,19 +552,11 @@ async fn read_versions(
     school: &str,
     streams: &[Uuid],
 ) -> Result<HashMap<StreamId, u64>, StoreError> {
-    let mut versions = HashMap::new();
-    for chunk in streams.chunks(INSERT_CHUNK) {
-        for row in client
-            .query(&statements.versions, &[&school, &chunk])
-            .await
-            .map_err(pg_err("append"))?
-        {
-            if let Some(v) = row.get::<_, Option<i64>>(1) {
-                versions.insert(StreamId(row.get(0)), v as u64);
-            }
-        }
-    }
-    Ok(versions)
+    read_keyed(client, &statements.versions, school, streams, |row| {
+        let v: Option<i64> = row.get(1);
+        v.map(|v| (StreamId(row.get(0)), v as u64))
+    })
+    .await
 }
 
 /// The positions of those of `ids` that are stored.
@@ -574,17 +566,30 @@ async fn read_stored_ids(
     school: &str,
     ids: &[Uuid],
 ) -> Result<HashMap<Uuid, u64>, StoreError> {
-    let mut stored = HashMap::new();
-    for chunk in ids.chunks(INSERT_CHUNK) {
-        for row in client
-            .query(&statements.ids, &[&school, &chunk])
+    read_keyed(client, &statements.ids, school, ids, |row| {
+        Some((row.get(0), row.get::<_, i64>(1) as u64))
+    })
+    .await
+}
+
+/// `statement` of `(school, keys)`, a chunk of keys at a time, each row
+/// taken by `entry`.
+async fn read_keyed<K: std::hash::Hash + Eq>(
+    client: &Client,
+    statement: &tokio_postgres::Statement,
+    school: &str,
+    keys: &[Uuid],
+    entry: impl Fn(&tokio_postgres::Row) -> Option<(K, u64)>,
+) -> Result<HashMap<K, u64>, StoreError> {
+    let mut found = HashMap::new();
+    for chunk in keys.chunks(INSERT_CHUNK) {
+        let rows = client
+            .query(statement, &[&school, &chunk])
             .await
-            .map_err(pg_err("append"))?
-        {
-            stored.insert(row.get(0), row.get::<_, i64>(1) as u64);
-        }
+            .map_err(pg_err("append"))?;
+        found.extend(rows.iter().filter_map(&entry));
     }
-    Ok(stored)
+    Ok(found)
 }
 
 /// Inserts `rows` (in position order, continuing the locked head), moves the
@@ -1354,13 +1359,50 @@ pub const READ_ALL_AFTER_GAP_SQL: &str = "SELECT position, value FROM events WHE
 /// [`READ_ALL_AFTER_GAP_SQL`] of a stream's versions.
 pub const READ_STREAM_AFTER_GAP_SQL: &str = "SELECT position, value FROM events WHERE school = $1 AND stream = $2 AND version >= $3 ORDER BY version LIMIT $4";
 
-/// How many of `page` (read from number `from`, by `number` of each) follow
-/// one another from `from` without a gap.
-fn gapless_prefix(page: &[StoredEvent], from: i64, number: impl Fn(&StoredEvent) -> u64) -> usize {
-    page.iter()
-        .enumerate()
-        .take_while(|(i, e)| number(e) == (from as u64).saturating_add(*i as u64))
-        .count()
+/// A page of the log or of a stream read by its range (`range`: the first
+/// number and one past the last), numbered by `number` (position or
+/// version): what [`PageRead::finish`] needs to tell a gap from the end.
+struct PageRead<'a> {
+    range: (i64, i64),
+    number: fn(&StoredEvent) -> u64,
+    /// [`READ_ALL_AFTER_GAP_SQL`] or [`READ_STREAM_AFTER_GAP_SQL`].
+    after_gap: &'static str,
+    /// Its parameters before the first missing number and the count.
+    keys: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
+}
+
+impl PageRead<'_> {
+    /// The page's `rows` decoded; if they stop at a gap that has rows after
+    /// it (in the page, or past its end: `next`, the probe's answer), the
+    /// rest read from the first missing number as the `LIMIT` form did.
+    async fn finish(
+        &self,
+        client: &mut Pooled,
+        rows: &[tokio_postgres::Row],
+        next: &tokio_postgres::Row,
+    ) -> Result<Vec<StoredEvent>, StoreError> {
+        let (from, end) = self.range;
+        let mut page = rows
+            .iter()
+            .map(|r| decode_at(r.get::<_, i64>(0) as u64, r.get(1)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let whole = page
+            .iter()
+            .enumerate()
+            .take_while(|(i, e)| (self.number)(e) == (from as u64).saturating_add(*i as u64))
+            .count();
+        let more = whole < page.len() || next.get::<_, Option<i64>>(0).is_some();
+        if (whole as i64) < end - from && more {
+            let missing = from + whole as i64;
+            let count = end - missing;
+            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = self.keys.to_vec();
+            params.push(&missing);
+            params.push(&count);
+            page.truncate(whole);
+            page.extend(read_rows(client, self.after_gap, &params).await?);
+        }
+        Ok(page)
+    }
 }
 
 /// One past the last of `max` consecutive numbers from `from`, for a
@@ -1403,25 +1445,13 @@ impl EventStore for PostgresLog {
             client.query_one(&next, &next_params),
         )
         .map_err(|e| client.read_error("read", e))?;
-        let mut page = rows
-            .iter()
-            .map(|r| decode_at(r.get::<_, i64>(0) as u64, r.get(1)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let whole = gapless_prefix(&page, from, |e| e.version);
-        let more = whole < page.len() || after.get::<_, Option<i64>>(0).is_some();
-        if (whole as i64) < end - from && more {
-            let missing = from + whole as i64;
-            page.truncate(whole);
-            page.extend(
-                read_rows(
-                    &mut client,
-                    READ_STREAM_AFTER_GAP_SQL,
-                    &[&self.school, &stream.0, &missing, &(end - missing)],
-                )
-                .await?,
-            );
-        }
-        Ok(page)
+        let page = PageRead {
+            range: (from, end),
+            number: |e| e.version,
+            after_gap: READ_STREAM_AFTER_GAP_SQL,
+            keys: &[&self.school, &stream.0],
+        };
+        page.finish(&mut client, &rows, &after).await
     }
 
     async fn read_all(
@@ -1439,25 +1469,13 @@ impl EventStore for PostgresLog {
             client.query_one(&next, &next_params),
         )
         .map_err(|e| client.read_error("read", e))?;
-        let mut page = rows
-            .iter()
-            .map(|r| decode_at(r.get::<_, i64>(0) as u64, r.get(1)))
-            .collect::<Result<Vec<_>, _>>()?;
-        let whole = gapless_prefix(&page, from, |e| e.position);
-        let more = whole < page.len() || after.get::<_, Option<i64>>(0).is_some();
-        if (whole as i64) < end - from && more {
-            let missing = from + whole as i64;
-            page.truncate(whole);
-            page.extend(
-                read_rows(
-                    &mut client,
-                    READ_ALL_AFTER_GAP_SQL,
-                    &[&self.school, &missing, &(end - missing)],
-                )
-                .await?,
-            );
-        }
-        Ok(page)
+        let page = PageRead {
+            range: (from, end),
+            number: |e| e.position,
+            after_gap: READ_ALL_AFTER_GAP_SQL,
+            keys: &[&self.school],
+        };
+        page.finish(&mut client, &rows, &after).await
     }
 
     async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
