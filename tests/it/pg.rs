@@ -1112,6 +1112,23 @@ async fn pg_verify_reads_past_an_empty_window_and_past_the_head() {
         .unwrap();
     assert!(!report.ok);
     assert_eq!(report.events, 5, "{report:?}");
+    // And one at the last position a bigint holds: read, not overflowed
+    // past (nor a panic).
+    admin
+        .batch_execute(
+            "SET casebook.school = 'past-school';
+             INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
+             SELECT school, 9223372036854775807, stream, 6, gen_random_uuid(), recorded_at, value
+             FROM events WHERE school = 'past-school' AND position = 3;",
+        )
+        .await
+        .expect("insert at the last position");
+    let report = tokio::time::timeout(Duration::from_secs(60), past.verify(&|_| {}))
+        .await
+        .expect("verify reaches the last position")
+        .unwrap();
+    assert!(!report.ok);
+    assert_eq!(report.events, 6, "{report:?}");
 }
 
 /// A page that meets a missing position or version (rows deleted with the
@@ -1157,6 +1174,22 @@ async fn pg_a_page_reads_on_past_a_gap() {
     );
     // The end of the log: a short page, and nothing after it.
     assert_eq!(positions(log.read_all(39, 10).await.unwrap()), vec![39, 40]);
+    // A page of several ranges (1,024 a statement) whose gap is in a later
+    // range: the same as one read with a `LIMIT`.
+    let long = store.log("long-gap-school").expect("log");
+    long.append_atomic(vec![req(pupil(2), (0..3_000).map(contact).collect())])
+        .await
+        .expect("append");
+    admin
+        .batch_execute(
+            "ALTER TABLE events DISABLE TRIGGER USER;
+             DELETE FROM events WHERE school = 'long-gap-school' AND position = 2500;
+             ALTER TABLE events ENABLE TRIGGER USER;",
+        )
+        .await
+        .expect("delete as superuser");
+    let expected: Vec<u64> = (1..=3_000).filter(|p| *p != 2_500).collect();
+    assert_eq!(positions(long.read_all(1, 3_000).await.unwrap()), expected);
     assert!(log.read_all(41, 10).await.unwrap().is_empty());
     assert_eq!(
         positions(log.read_stream(pupil(1), 38, 10).await.unwrap()),

@@ -1314,23 +1314,32 @@ pub const READ_STREAM_SQL: &str = "SELECT position, value FROM events WHERE scho
 /// rows in order.
 const RANGE_ROWS: i64 = 1_024;
 
-/// The rows of `statement` (position, value, …) for the positions from
-/// `from` up to `end` (one past the last), its parameters `(school, first,
-/// end)`, read as ranges of at most [`RANGE_ROWS`] sent together (one
-/// round trip), in position order.
+/// The rows of `statement` (position, value, …) for the positions
+/// `first..=last`, read as ranges of at most [`RANGE_ROWS`] sent together
+/// (one round trip), in position order. Its parameters are `(school, a,
+/// b)`: `a` a range's first position, `b` its last when `inclusive`, else
+/// one past it (saturating: a half-open statement cannot reach
+/// `i64::MAX`, which `verify`'s inclusive one does).
 async fn read_ranges(
     client: &(impl tokio_postgres::GenericClient + Sync),
     statement: &tokio_postgres::Statement,
     school: &str,
-    (from, end): (i64, i64),
+    (first, last): (i64, i64),
+    inclusive: bool,
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
-    let ranges: Vec<(i64, i64)> = (from..end)
-        .step_by(RANGE_ROWS as usize)
-        .map(|first| (first, first.saturating_add(RANGE_ROWS).min(end)))
-        .collect();
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    let mut a = first;
+    while a <= last {
+        let b = a.saturating_add(RANGE_ROWS - 1).min(last);
+        ranges.push((a, if inclusive { b } else { b.saturating_add(1) }));
+        match b.checked_add(1) {
+            Some(next) => a = next,
+            None => break,
+        }
+    }
     let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 3]> = ranges
         .iter()
-        .map(|(first, end)| [&school as _, first as _, end as _])
+        .map(|(a, b)| [&school as _, a as _, b as _])
         .collect();
     let pages =
         futures_util::future::try_join_all(params.iter().map(|p| client.query(statement, p)))
@@ -1465,7 +1474,7 @@ impl EventStore for PostgresLog {
         let next = client.statement(NEXT_POSITION_SQL).await?;
         let next_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.school, &end];
         let (rows, after) = tokio::try_join!(
-            read_ranges(&*client, &statement, &self.school, (from, end)),
+            read_ranges(&*client, &statement, &self.school, (from, end - 1), false),
             client.query_one(&next, &next_params),
         )
         .map_err(|e| client.read_error("read", e))?;
@@ -1720,14 +1729,16 @@ impl EventStore for PostgresLog {
         let window = tx
             .prepare(
                 "SELECT position, stream, version, event_id, recorded_at, value FROM events
-                 WHERE school = $1 AND position >= $2 AND position < $3 ORDER BY position",
+                 WHERE school = $1 AND position >= $2 AND position <= $3 ORDER BY position",
             )
             .await
             .map_err(pg_err("verify"))?;
         let mut after: i64 = 0;
         while after < last {
             let to = after.saturating_add(MAX_READ_PAGE as i64).min(last);
-            let rows = read_ranges(&tx, &window, &self.school, (after + 1, to + 1))
+            // `after < last`: `after + 1` is a position; the window is
+            // inclusive, so a row at `i64::MAX` is read too.
+            let rows = read_ranges(&tx, &window, &self.school, (after + 1, to), true)
                 .await
                 .map_err(pg_err("verify"))?;
             after = to;
