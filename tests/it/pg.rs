@@ -932,6 +932,112 @@ fn rows_touched(plan: &serde_json::Value) -> u64 {
     own.max(children)
 }
 
+/// The JSON plan of the last statement of `sql` (an `EXPLAIN (…, FORMAT
+/// JSON)`), sent as one simple query.
+async fn explained(admin: &tokio_postgres::Client, sql: &str) -> serde_json::Value {
+    let text = admin
+        .simple_query(sql)
+        .await
+        .expect("explain")
+        .into_iter()
+        .find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        })
+        .expect("a plan");
+    serde_json::from_str(&text).expect("json plan")
+}
+
+/// A school added to a database after its last `ANALYZE` (a trust's next
+/// school), whose statistics say it has no rows: with the plans the
+/// store's connections make (`GENERIC_PLANS`: planned for any values), a
+/// page of its log, the probe after it and a batch of its ids are read by
+/// their keys. Planned for the values asked, the probe and the ids were
+/// read through another index, touching every row of the school.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_a_school_the_statistics_have_not_seen_is_read_by_its_keys() {
+    use casebook_engine::store::postgres::{
+        range_end, FIND_EVENTS_SQL, GENERIC_PLANS, NEXT_POSITION_SQL, READ_ALL_SQL,
+    };
+    let Some(db) = test_db() else { return };
+    let store = PostgresStore::connect(&db.url, true)
+        .await
+        .expect("connect");
+    let admin = admin(&db.url).await;
+    admin
+        .batch_execute("ALTER TABLE events SET (autovacuum_enabled = off)")
+        .await
+        .expect("autovacuum off");
+    let fill = |school: &'static str| {
+        let log = store.log(school).expect("log");
+        async move {
+            for batch in 0..4u32 {
+                let requests = (0..10u32)
+                    .map(|p| {
+                        req(
+                            pupil(p),
+                            (0..500).map(|i| contact(batch * 500 + i)).collect(),
+                        )
+                    })
+                    .collect();
+                log.append_atomic(requests).await.expect("append");
+            }
+            log
+        }
+    };
+    fill("known-school").await;
+    admin
+        .batch_execute("ANALYZE events")
+        .await
+        .expect("analyze");
+    let new = fill("new-school").await;
+    let id = new.read_all(12_345, 1).await.unwrap()[0].event_id;
+    let (from, end) = range_end(10_001, 1_000, "position").unwrap();
+    for (what, types, sql, args, most) in [
+        (
+            "read_all",
+            "text, bigint, bigint",
+            READ_ALL_SQL,
+            format!("'new-school', {from}, {end}"),
+            1_000,
+        ),
+        (
+            "the probe",
+            "text, bigint",
+            NEXT_POSITION_SQL,
+            format!("'new-school', {end}"),
+            1,
+        ),
+        (
+            "find_events",
+            "text, uuid[]",
+            FIND_EVENTS_SQL,
+            format!("'new-school', ARRAY['{id}'::uuid, gen_random_uuid()]"),
+            1,
+        ),
+    ] {
+        let plan = explained(
+            &admin,
+            &format!(
+                "SET {GENERIC_PLANS}; SET casebook.school = 'new-school'; \
+                 PREPARE q({types}) AS {sql}; \
+                 EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE q({args}); DEALLOCATE q;"
+            ),
+        )
+        .await;
+        let plan = &plan[0]["Plan"];
+        assert!(
+            rows_touched(plan) <= most,
+            "{what} touched {} rows (at most {most}): {plan}",
+            rows_touched(plan)
+        );
+    }
+    // And through the store: the same answers.
+    assert_eq!(new.read_all(10_001, 1_000).await.unwrap().len(), 1_000);
+    let found = new.find_events(&[id]).await.unwrap();
+    assert_eq!(found[&id].position, 12_345);
+}
+
 /// Right after a bulk write, before PostgreSQL has sampled the table (its
 /// autovacuum is off here, so it never does), a page of the log and a
 /// page of a stream are read by their index range: no step of either
@@ -1000,17 +1106,7 @@ async fn pg_pages_are_read_by_their_range_before_the_table_is_analyzed() {
         format!("'stats-school', '{}', {from}, {end}", pupil(3).0),
     );
     for (what, sql) in [("read_all", all), ("read_stream", stream)] {
-        let text = admin
-            .simple_query(&sql)
-            .await
-            .expect("explain")
-            .into_iter()
-            .find_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .expect("a plan");
-        let plan: serde_json::Value = serde_json::from_str(&text).expect("json plan");
+        let plan = explained(&admin, &sql).await;
         let plan = &plan[0]["Plan"];
         assert_eq!(
             plan["Actual Rows"].as_f64(),
