@@ -1032,6 +1032,10 @@ async fn pg_a_school_the_statistics_have_not_seen_is_read_by_its_keys() {
             rows_touched(plan)
         );
     }
+    // The store's own connections run with the setting the plans above
+    // were made under.
+    let setting = GENERIC_PLANS.split('=').collect::<Vec<_>>();
+    assert_eq!(new.setting(setting[0]).await.unwrap(), setting[1]);
     // And through the store: the same answers.
     assert_eq!(new.read_all(10_001, 1_000).await.unwrap().len(), 1_000);
     let found = new.find_events(&[id]).await.unwrap();

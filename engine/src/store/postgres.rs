@@ -155,14 +155,19 @@ fn to_hash(bytes: &[u8], location: impl Fn() -> String) -> Result<Hash, StoreErr
     })
 }
 
+/// The oldest server casebook runs on (`server_version_num`): 12, the
+/// first with `plan_cache_mode` ([`GENERIC_PLANS`]).
+pub const MIN_SERVER_VERSION: u32 = 120_000;
+
 /// The setting every connection of a school's log runs with: its prepared
 /// statements are planned once for any values (PostgreSQL 12 or later).
 /// A plan made for the values asked lets the table's statistics decide:
 /// for a school added to a database after its last `ANALYZE`, they say
 /// the school has no rows, and PostgreSQL then read the first position at
-/// or after a page, and a batch of event ids, through another index than
-/// the one whose keys they are, reading every row of the school (150–210
-/// ms each, on 494,000 rows, against 0.05–0.09 ms planned for any values).
+/// or after a page through the `(school, event_id)` index, and a batch of
+/// event ids through it by the school alone, filtering every row of the
+/// school (160–215 ms each, on 494,000 rows, against 0.05–0.09 ms planned
+/// for any values).
 /// Every statement casebook sends is a look-up or a range of a key that
 /// leads with the school, which a plan for any values reads by that key.
 pub const GENERIC_PLANS: &str = "plan_cache_mode=force_generic_plan";
@@ -274,6 +279,23 @@ impl PostgresStore {
         let mut client = open_client(&config, None, "casebook")
             .await
             .map_err(pg_err("connect"))?;
+        // A log's connections set `plan_cache_mode` (GENERIC_PLANS), which
+        // PostgreSQL has since 12: an older server is refused here, by
+        // name, not at each log's first connection.
+        let version: String = client
+            .query_one("SHOW server_version_num", &[])
+            .await
+            .map_err(pg_err("connect"))?
+            .get(0);
+        if version.parse::<u32>().is_ok_and(|v| v < MIN_SERVER_VERSION) {
+            return Err(StoreError::Io {
+                during: "connect",
+                source: format!(
+                    "the server is PostgreSQL {version} (server_version_num); casebook needs PostgreSQL 12 or later"
+                )
+                .into(),
+            });
+        }
         migrate(&mut client, create).await?;
         Ok(Arc::new(PostgresStore {
             config,
@@ -992,6 +1014,17 @@ impl PostgresLog {
         &self.school
     }
 
+    /// The value of setting `name` on the log's read connections
+    /// (`current_setting`): what a connection of the log runs with.
+    pub async fn setting(&self, name: &str) -> Result<String, StoreError> {
+        let client = self.pool.get().await?;
+        let row = client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map_err(pg_err("read"))?;
+        Ok(row.get(0))
+    }
+
     /// Copies already sealed events (from another backend's log) after the
     /// head, unchanged: positions, times and hashes are kept. Refuses events
     /// that do not continue the head exactly.
@@ -1066,7 +1099,7 @@ async fn listen_once(
 ) -> Result<(), tokio_postgres::Error> {
     let mut c = config.clone();
     c.application_name("casebook-listen");
-    c.options(format!("-c casebook.school={school}"));
+    c.options(format!("-c casebook.school={school} -c {GENERIC_PLANS}"));
     c.connect_timeout(Duration::from_secs(30));
     let (client, mut connection) = c.connect(NoTls).await?;
     let (tx, mut rx) = mpsc::unbounded_channel();
@@ -1323,11 +1356,13 @@ pub const READ_STREAM_SQL: &str = "SELECT position, value FROM events WHERE scho
 
 /// Rows one statement of a page of the log reads at most: a longer page
 /// (a scan's or `verify`'s 10,000) is read as several ranges of this many,
-/// sent together ([`read_ranges`]). PostgreSQL plans a range of about this
-/// many rows as a scan of the primary key in order whatever it knows of the
-/// table; a range of 10,000 on a table of 206,000 it planned, with fresh
-/// statistics, as a bitmap scan and a sort: 5–7 ms against 2 for the same
-/// rows in order.
+/// sent together ([`read_ranges`]). Planned for the values asked, a range
+/// of 10,000 on a table of 206,000 was a bitmap scan and a sort (5–7 ms
+/// against 2 for the same rows in order), one of 1,024 a scan of the key.
+/// The log's connections plan for any values ([`GENERIC_PLANS`]), where
+/// the two cost the same at the server (`pgbench`, docs/performance.md,
+/// "Session bc"); the ranges keep each statement small for a plan made for
+/// its values all the same.
 const RANGE_ROWS: i64 = 1_024;
 
 /// The rows of `statement` (position, value, …) for the positions
