@@ -1468,8 +1468,8 @@ impl PageRead<'_> {
 /// One past the last of `max` consecutive numbers from `from`, for a
 /// range of positions or versions (gapless in a log and in a stream): the
 /// page's rows are then found by their index range alone, whatever the
-/// table's statistics say. With a `LIMIT` instead, a table just written in
-/// bulk, whose statistics still said it was nearly empty, had every page
+/// table's statistics say. With a `LIMIT` instead, a table written in
+/// bulk after its statistics were taken (when it was small) had every page
 /// planned as a scan of every row after it and a sort (22 ms a page of
 /// 1,024 at 206,000 rows: a rebuild quadratic in the log).
 pub fn range_end(from: u64, max: usize, what: &str) -> Result<(i64, i64), StoreError> {
