@@ -932,6 +932,65 @@ fn rows_touched(plan: &serde_json::Value) -> u64 {
     own.max(children)
 }
 
+/// The store on `url`, and a superuser connection, with autovacuum off for
+/// the events table: PostgreSQL samples it only when a test says so.
+async fn never_analyzed(url: &str) -> (Arc<PostgresStore>, tokio_postgres::Client) {
+    let store = PostgresStore::connect(url, true).await.expect("connect");
+    let admin = admin(url).await;
+    admin
+        .batch_execute("ALTER TABLE events SET (autovacuum_enabled = off)")
+        .await
+        .expect("autovacuum off");
+    (store, admin)
+}
+
+/// `batches` atomic appends to `log`, each of `each` contacts to each of
+/// pupils 0..`pupils` (pupil p's versions 1, 2, … in every batch).
+async fn fill_in_batches(log: &dyn EventStore, batches: u32, pupils: u32, each: u32) {
+    for batch in 0..batches {
+        let requests = (0..pupils)
+            .map(|p| {
+                req(
+                    pupil(p),
+                    (0..each).map(|i| contact(batch * each + i)).collect(),
+                )
+            })
+            .collect();
+        log.append_atomic(requests).await.expect("append");
+    }
+}
+
+/// Runs `sql` as a superuser with the events table's triggers off (what
+/// only a superuser can do: rows changed, deleted or added behind the
+/// log's back).
+async fn without_triggers(admin: &tokio_postgres::Client, sql: &str) {
+    admin
+        .batch_execute(&format!(
+            "ALTER TABLE events DISABLE TRIGGER USER; {sql}; ALTER TABLE events ENABLE TRIGGER USER;"
+        ))
+        .await
+        .expect("as superuser, triggers off");
+}
+
+/// A copy of `school`'s event at position 3 stored at `position` and
+/// `version` with a new id, behind the log's back.
+async fn copy_of_third_at(
+    admin: &tokio_postgres::Client,
+    school: &str,
+    position: i64,
+    version: i64,
+) {
+    admin
+        .batch_execute(&format!(
+            "SET casebook.school = '{school}';
+             INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
+             SELECT school, {position}, stream, {version}, gen_random_uuid(), recorded_at, value
+             FROM events WHERE school = '{school}' AND position = 3;"
+        ))
+        .await
+        .expect("insert as superuser");
+}
+
 /// The JSON plan of the last statement of `sql` (an `EXPLAIN (…, FORMAT
 /// JSON)`), sent as one simple query.
 async fn explained(admin: &tokio_postgres::Client, sql: &str) -> serde_json::Value {
@@ -960,28 +1019,11 @@ async fn pg_a_school_the_statistics_have_not_seen_is_read_by_its_keys() {
         range_end, FIND_EVENTS_SQL, GENERIC_PLANS, NEXT_POSITION_SQL, READ_ALL_SQL,
     };
     let Some(db) = test_db() else { return };
-    let store = PostgresStore::connect(&db.url, true)
-        .await
-        .expect("connect");
-    let admin = admin(&db.url).await;
-    admin
-        .batch_execute("ALTER TABLE events SET (autovacuum_enabled = off)")
-        .await
-        .expect("autovacuum off");
+    let (store, admin) = never_analyzed(&db.url).await;
     let fill = |school: &'static str| {
         let log = store.log(school).expect("log");
         async move {
-            for batch in 0..4u32 {
-                let requests = (0..10u32)
-                    .map(|p| {
-                        req(
-                            pupil(p),
-                            (0..500).map(|i| contact(batch * 500 + i)).collect(),
-                        )
-                    })
-                    .collect();
-                log.append_atomic(requests).await.expect("append");
-            }
+            fill_in_batches(log.as_ref(), 4, 10, 500).await;
             log
         }
     };
@@ -1053,26 +1095,9 @@ async fn pg_a_school_the_statistics_have_not_seen_is_read_by_its_keys() {
 async fn pg_pages_are_read_by_their_range_before_the_table_is_analyzed() {
     use casebook_engine::store::postgres::{range_end, READ_ALL_SQL, READ_STREAM_SQL};
     let Some(db) = test_db() else { return };
-    let store = PostgresStore::connect(&db.url, true)
-        .await
-        .expect("connect");
-    let admin = admin(&db.url).await;
-    admin
-        .batch_execute("ALTER TABLE events SET (autovacuum_enabled = off)")
-        .await
-        .expect("autovacuum off");
+    let (store, admin) = never_analyzed(&db.url).await;
     let log = store.log("stats-school").expect("log");
-    for batch in 0..6u32 {
-        let requests = (0..10u32)
-            .map(|p| {
-                req(
-                    pupil(p),
-                    (0..500).map(|i| contact(batch * 500 + i)).collect(),
-                )
-            })
-            .collect();
-        log.append_atomic(requests).await.expect("append");
-    }
+    fill_in_batches(log.as_ref(), 6, 10, 500).await;
     let analyzed: Option<i64> = admin
         .query_one(
             "SELECT coalesce(analyze_count + autoanalyze_count, 0) FROM pg_stat_user_tables WHERE relname = 'events'",
@@ -1143,31 +1168,18 @@ async fn pg_verify_reads_past_an_empty_window_and_past_the_head() {
         .await
         .expect("connect");
     let log = store.log("window-school").expect("log");
-    for batch in 0..5u32 {
-        let requests = (0..5u32)
-            .map(|p| {
-                req(
-                    pupil(p),
-                    (0..1_000).map(|i| contact(batch * 1_000 + i)).collect(),
-                )
-            })
-            .collect();
-        log.append_atomic(requests).await.expect("append");
-    }
+    fill_in_batches(log.as_ref(), 5, 5, 1_000).await;
     let report = log.verify(&|_| {}).await.unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.events, 25_000);
     let admin = admin(&db.url).await;
     // A whole window (10,001..=20,000) gone: the first missing position is
     // named, and the rows after it are still read (25,000 is the last).
-    admin
-        .batch_execute(
-            "ALTER TABLE events DISABLE TRIGGER USER;
-             DELETE FROM events WHERE position BETWEEN 10001 AND 20000;
-             ALTER TABLE events ENABLE TRIGGER USER;",
-        )
-        .await
-        .expect("delete as superuser");
+    without_triggers(
+        &admin,
+        "DELETE FROM events WHERE position BETWEEN 10001 AND 20000",
+    )
+    .await;
     let report = log.verify(&|_| {}).await.unwrap();
     assert!(!report.ok);
     assert_eq!(report.problems[0].position, 10_001, "{report:?}");
@@ -1179,15 +1191,7 @@ async fn pg_verify_reads_past_an_empty_window_and_past_the_head() {
             .await
             .expect("append");
     }
-    admin
-        .batch_execute(
-            "SET casebook.school = 'past-school';
-             INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
-             SELECT school, 4, stream, 4, gen_random_uuid(), recorded_at, value
-             FROM events WHERE school = 'past-school' AND position = 3;",
-        )
-        .await
-        .expect("insert past the head");
+    copy_of_third_at(&admin, "past-school", 4, 4).await;
     let report = past.verify(&|_| {}).await.unwrap();
     assert!(!report.ok);
     assert_eq!(report.events, 4, "{report:?}");
@@ -1197,15 +1201,7 @@ async fn pg_verify_reads_past_an_empty_window_and_past_the_head() {
     );
     // A row a trillion positions on: the windows between are passed over
     // in one look-up (a query a window would take 10^8 queries).
-    admin
-        .batch_execute(
-            "SET casebook.school = 'past-school';
-             INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
-             SELECT school, 1000000000000, stream, 5, gen_random_uuid(), recorded_at, value
-             FROM events WHERE school = 'past-school' AND position = 3;",
-        )
-        .await
-        .expect("insert far past the head");
+    copy_of_third_at(&admin, "past-school", 1000000000000, 5).await;
     let report = tokio::time::timeout(Duration::from_secs(60), past.verify(&|_| {}))
         .await
         .expect("verify passes over the empty windows")
@@ -1214,15 +1210,7 @@ async fn pg_verify_reads_past_an_empty_window_and_past_the_head() {
     assert_eq!(report.events, 5, "{report:?}");
     // And one at the last position a bigint holds: read, not overflowed
     // past (nor a panic).
-    admin
-        .batch_execute(
-            "SET casebook.school = 'past-school';
-             INSERT INTO events (school, position, stream, version, event_id, recorded_at, value)
-             SELECT school, 9223372036854775807, stream, 6, gen_random_uuid(), recorded_at, value
-             FROM events WHERE school = 'past-school' AND position = 3;",
-        )
-        .await
-        .expect("insert at the last position");
+    copy_of_third_at(&admin, "past-school", 9223372036854775807, 6).await;
     let report = tokio::time::timeout(Duration::from_secs(60), past.verify(&|_| {}))
         .await
         .expect("verify reaches the last position")
@@ -1247,14 +1235,11 @@ async fn pg_a_page_reads_on_past_a_gap() {
         .expect("append");
     let admin = admin(&db.url).await;
     // Positions (and versions) 5 and 31..=35 gone.
-    admin
-        .batch_execute(
-            "ALTER TABLE events DISABLE TRIGGER USER;
-             DELETE FROM events WHERE position = 5 OR position > 30 AND position <= 35;
-             ALTER TABLE events ENABLE TRIGGER USER;",
-        )
-        .await
-        .expect("delete as superuser");
+    without_triggers(
+        &admin,
+        "DELETE FROM events WHERE position = 5 OR position > 30 AND position <= 35",
+    )
+    .await;
     let positions = |page: Vec<casebook_engine::StoredEvent>| -> Vec<u64> {
         page.iter().map(|e| e.position).collect()
     };
@@ -1280,14 +1265,11 @@ async fn pg_a_page_reads_on_past_a_gap() {
     long.append_atomic(vec![req(pupil(2), (0..3_000).map(contact).collect())])
         .await
         .expect("append");
-    admin
-        .batch_execute(
-            "ALTER TABLE events DISABLE TRIGGER USER;
-             DELETE FROM events WHERE school = 'long-gap-school' AND position = 2500;
-             ALTER TABLE events ENABLE TRIGGER USER;",
-        )
-        .await
-        .expect("delete as superuser");
+    without_triggers(
+        &admin,
+        "DELETE FROM events WHERE school = 'long-gap-school' AND position = 2500",
+    )
+    .await;
     let expected: Vec<u64> = (1..=3_000).filter(|p| *p != 2_500).collect();
     assert_eq!(positions(long.read_all(1, 3_000).await.unwrap()), expected);
     assert!(log.read_all(41, 10).await.unwrap().is_empty());

@@ -50,6 +50,7 @@ use tokio::sync::{mpsc, watch};
 use super::{Commit, Committed, GroupStage};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Client, Config, NoTls};
 use uuid::Uuid;
 
@@ -652,39 +653,26 @@ async fn insert_and_commit(
             .map_err(pg_err("commit"));
     };
     for chunk in earlier {
-        let a = Arrays::of(chunk);
         client
-            .execute(
-                &statements.insert,
-                &[
-                    &a.positions,
-                    &a.streams,
-                    &a.versions,
-                    &a.ids,
-                    &a.times,
-                    &a.values,
-                ],
-            )
+            .execute(&statements.insert, &Arrays::of(chunk).params())
             .await
             .map_err(append_err)?;
     }
     let a = Arrays::of(last);
     let payload = format!("{school} {position}");
     let position = to_i64(position, "position")?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 12] = [
-        &a.positions,
-        &a.streams,
-        &a.versions,
-        &a.ids,
-        &a.times,
-        &a.values,
-        &school,
-        &position,
-        &&hash[..],
-        &recorded_at,
-        &NOTIFY_CHANNEL,
-        &payload,
-    ];
+    let hash = &hash[..];
+    let params = params(
+        &a.params(),
+        &[
+            &school,
+            &position,
+            &hash,
+            &recorded_at,
+            &NOTIFY_CHANNEL,
+            &payload,
+        ],
+    );
     let finish = async {
         client
             .query_one(&statements.finish, &params)
@@ -770,6 +758,18 @@ struct Arrays<'a> {
 }
 
 impl<'a> Arrays<'a> {
+    /// The insert statements' first six parameters, in their order.
+    fn params(&self) -> Params<'_> {
+        vec![
+            &self.positions,
+            &self.streams,
+            &self.versions,
+            &self.ids,
+            &self.times,
+            &self.values,
+        ]
+    }
+
     fn of(rows: &'a [Row]) -> Arrays<'a> {
         Arrays {
             positions: rows.iter().map(|r| r.position).collect(),
@@ -1330,7 +1330,7 @@ fn decode_at(position: u64, value: &[u8]) -> Result<StoredEvent, StoreError> {
 async fn read_rows(
     client: &mut Pooled,
     sql: &'static str,
-    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<StoredEvent>, StoreError> {
     let statement = client.statement(sql).await?;
     let rows = client
@@ -1354,7 +1354,7 @@ pub const READ_ALL_SQL: &str = "SELECT position, value FROM events WHERE school 
 /// from `$3` up to `$4` (one past the last, [`range_end`]).
 pub const READ_STREAM_SQL: &str = "SELECT position, value FROM events WHERE school = $1 AND stream = $2 AND version >= $3 AND version < $4 ORDER BY version";
 
-/// Rows one statement of a page of the log reads at most: a longer page
+/// Rows one statement of a page reads at most: a longer page
 /// (a scan's or `verify`'s 10,000) is read as several ranges of this many,
 /// sent together ([`read_ranges`]). Planned for the values asked, a range
 /// of 10,000 on a table of 206,000 was a bitmap scan and a sort (5–7 ms
@@ -1365,36 +1365,41 @@ pub const READ_STREAM_SQL: &str = "SELECT position, value FROM events WHERE scho
 /// its values all the same.
 const RANGE_ROWS: i64 = 1_024;
 
-/// The rows of `statement` (position, value, …) for the positions
-/// `first..=last`, read as ranges of at most [`RANGE_ROWS`] sent together
-/// (one round trip), in position order. Its parameters are `(school, a,
-/// b)`: `a` a range's first position, `b` its last when `inclusive`, else
-/// one past it (saturating: a half-open statement cannot reach
-/// `i64::MAX`, which `verify`'s inclusive one does).
+/// A statement's parameters: `keys`, then `more`.
+type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+/// `keys` followed by `more`, as a statement's parameters.
+fn params<'a>(keys: &[&'a (dyn ToSql + Sync)], more: &[&'a (dyn ToSql + Sync)]) -> Params<'a> {
+    keys.iter().chain(more).copied().collect()
+}
+
+/// The rows of `statement` (position, value, …) for the numbers
+/// `first..=last`, read as ranges of at most `size` sent together (one
+/// round trip), in order. Its parameters are `keys` (the school, and
+/// the stream of a stream's page) and then `(a, b)`: `a` a range's first
+/// number, `b` its last when `inclusive`, else one past it (saturating: a
+/// half-open statement cannot reach `i64::MAX`, which `verify`'s inclusive
+/// one does).
 async fn read_ranges(
     client: &(impl tokio_postgres::GenericClient + Sync),
     statement: &tokio_postgres::Statement,
-    school: &str,
+    keys: &[&(dyn ToSql + Sync)],
     (first, last): (i64, i64),
-    inclusive: bool,
+    (size, inclusive): (i64, bool),
 ) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
     let mut ranges: Vec<(i64, i64)> = Vec::new();
     let mut a = first;
     while a <= last {
-        let b = a.saturating_add(RANGE_ROWS - 1).min(last);
+        let b = a.saturating_add(size - 1).min(last);
         ranges.push((a, if inclusive { b } else { b.saturating_add(1) }));
         match b.checked_add(1) {
             Some(next) => a = next,
             None => break,
         }
     }
-    let params: Vec<[&(dyn tokio_postgres::types::ToSql + Sync); 3]> = ranges
-        .iter()
-        .map(|(a, b)| [&school as _, a as _, b as _])
-        .collect();
+    let each: Vec<Params> = ranges.iter().map(|(a, b)| params(keys, &[a, b])).collect();
     let pages =
-        futures_util::future::try_join_all(params.iter().map(|p| client.query(statement, p)))
-            .await?;
+        futures_util::future::try_join_all(each.iter().map(|p| client.query(statement, p))).await?;
     Ok(pages.into_iter().flatten().collect())
 }
 
@@ -1419,29 +1424,51 @@ pub const READ_ALL_AFTER_GAP_SQL: &str = "SELECT position, value FROM events WHE
 /// [`READ_ALL_AFTER_GAP_SQL`] of a stream's versions.
 pub const READ_STREAM_AFTER_GAP_SQL: &str = "SELECT position, value FROM events WHERE school = $1 AND stream = $2 AND version >= $3 ORDER BY version LIMIT $4";
 
-/// A page of the log or of a stream read by its range (`range`: the first
-/// number and one past the last), numbered by `number` (position or
-/// version): what [`PageRead::finish`] needs to tell a gap from the end.
+/// A page of the log or of a stream, read by its range: the statement of
+/// its rows (`sql`), the probe after it (`next_sql`) and the reading past
+/// a gap (`after_gap`), each with `keys` first (the school, and the stream
+/// of a stream's page); `range` the first number and one past the last,
+/// `number` each event's (position or version).
 struct PageRead<'a> {
+    keys: &'a [&'a (dyn ToSql + Sync)],
     range: (i64, i64),
+    /// Numbers a statement of the page reads at most: [`RANGE_ROWS`] for
+    /// the log's pages, which are as long as asked; the whole page for a
+    /// stream's, which is asked for to its end and mostly far shorter (a
+    /// pupil's timeline asks for 10,000 versions and has hundreds: ranges
+    /// of it would be ten statements, nine of them empty).
+    range_rows: i64,
     number: fn(&StoredEvent) -> u64,
+    /// [`READ_ALL_SQL`] or [`READ_STREAM_SQL`].
+    sql: &'static str,
+    /// [`NEXT_POSITION_SQL`] or [`NEXT_VERSION_SQL`].
+    next_sql: &'static str,
     /// [`READ_ALL_AFTER_GAP_SQL`] or [`READ_STREAM_AFTER_GAP_SQL`].
     after_gap: &'static str,
-    /// Its parameters before the first missing number and the count.
-    keys: &'a [&'a (dyn tokio_postgres::types::ToSql + Sync)],
 }
 
 impl PageRead<'_> {
-    /// The page's `rows` decoded; if they stop at a gap that has rows after
-    /// it (in the page, or past its end: `next`, the probe's answer), the
-    /// rest read from the first missing number as the `LIMIT` form did.
-    async fn finish(
-        &self,
-        client: &mut Pooled,
-        rows: &[tokio_postgres::Row],
-        next: &tokio_postgres::Row,
-    ) -> Result<Vec<StoredEvent>, StoreError> {
+    /// The page: its ranges and the probe after it sent together
+    /// ([`read_ranges`], one round trip), the rows decoded; if they stop at
+    /// a gap that has rows after it (in the page, or past its end: the
+    /// probe's answer), the rest read from the first missing number as the
+    /// `LIMIT` form did.
+    async fn read(&self, client: &mut Pooled) -> Result<Vec<StoredEvent>, StoreError> {
         let (from, end) = self.range;
+        let statement = client.statement(self.sql).await?;
+        let next = client.statement(self.next_sql).await?;
+        let next_params = params(self.keys, &[&end]);
+        let (rows, after) = tokio::try_join!(
+            read_ranges(
+                &**client,
+                &statement,
+                self.keys,
+                (from, end - 1),
+                (self.range_rows, false)
+            ),
+            client.query_one(&next, &next_params),
+        )
+        .map_err(|e| client.read_error("read", e))?;
         let mut page = rows
             .iter()
             .map(|r| decode_at(r.get::<_, i64>(0) as u64, r.get(1)))
@@ -1451,15 +1478,13 @@ impl PageRead<'_> {
             .enumerate()
             .take_while(|(i, e)| (self.number)(e) == (from as u64).saturating_add(*i as u64))
             .count();
-        let more = whole < page.len() || next.get::<_, Option<i64>>(0).is_some();
+        let more = whole < page.len() || after.get::<_, Option<i64>>(0).is_some();
         if (whole as i64) < end - from && more {
             let missing = from + whole as i64;
             let count = end - missing;
-            let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = self.keys.to_vec();
-            params.push(&missing);
-            params.push(&count);
             page.truncate(whole);
-            page.extend(read_rows(client, self.after_gap, &params).await?);
+            let rest = params(self.keys, &[&missing, &count]);
+            page.extend(read_rows(client, self.after_gap, &rest).await?);
         }
         Ok(page)
     }
@@ -1493,25 +1518,16 @@ impl EventStore for PostgresLog {
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut client = self.pool.get().await?;
-        let (from, end) = range_end(from_version, max.min(MAX_READ_PAGE), "version")?;
-        let statement = client.statement(READ_STREAM_SQL).await?;
-        let next = client.statement(NEXT_VERSION_SQL).await?;
-        let page_params: [&(dyn tokio_postgres::types::ToSql + Sync); 4] =
-            [&self.school, &stream.0, &from, &end];
-        let next_params: [&(dyn tokio_postgres::types::ToSql + Sync); 3] =
-            [&self.school, &stream.0, &end];
-        let (rows, after) = tokio::try_join!(
-            client.query(&statement, &page_params),
-            client.query_one(&next, &next_params),
-        )
-        .map_err(|e| client.read_error("read", e))?;
         let page = PageRead {
-            range: (from, end),
-            number: |e| e.version,
-            after_gap: READ_STREAM_AFTER_GAP_SQL,
             keys: &[&self.school, &stream.0],
+            range: range_end(from_version, max.min(MAX_READ_PAGE), "version")?,
+            range_rows: MAX_READ_PAGE as i64,
+            number: |e| e.version,
+            sql: READ_STREAM_SQL,
+            next_sql: NEXT_VERSION_SQL,
+            after_gap: READ_STREAM_AFTER_GAP_SQL,
         };
-        page.finish(&mut client, &rows, &after).await
+        page.read(&mut client).await
     }
 
     async fn read_all(
@@ -1520,22 +1536,16 @@ impl EventStore for PostgresLog {
         max: usize,
     ) -> Result<Vec<StoredEvent>, StoreError> {
         let mut client = self.pool.get().await?;
-        let (from, end) = range_end(from_position, max.min(MAX_READ_PAGE), "position")?;
-        let statement = client.statement(READ_ALL_SQL).await?;
-        let next = client.statement(NEXT_POSITION_SQL).await?;
-        let next_params: [&(dyn tokio_postgres::types::ToSql + Sync); 2] = [&self.school, &end];
-        let (rows, after) = tokio::try_join!(
-            read_ranges(&*client, &statement, &self.school, (from, end - 1), false),
-            client.query_one(&next, &next_params),
-        )
-        .map_err(|e| client.read_error("read", e))?;
         let page = PageRead {
-            range: (from, end),
-            number: |e| e.position,
-            after_gap: READ_ALL_AFTER_GAP_SQL,
             keys: &[&self.school],
+            range: range_end(from_position, max.min(MAX_READ_PAGE), "position")?,
+            range_rows: RANGE_ROWS,
+            number: |e| e.position,
+            sql: READ_ALL_SQL,
+            next_sql: NEXT_POSITION_SQL,
+            after_gap: READ_ALL_AFTER_GAP_SQL,
         };
-        page.finish(&mut client, &rows, &after).await
+        page.read(&mut client).await
     }
 
     async fn stream_version(&self, stream: StreamId) -> Result<u64, StoreError> {
@@ -1789,9 +1799,15 @@ impl EventStore for PostgresLog {
             let to = after.saturating_add(MAX_READ_PAGE as i64).min(last);
             // `after < last`: `after + 1` is a position; the window is
             // inclusive, so a row at `i64::MAX` is read too.
-            let rows = read_ranges(&tx, &window, &self.school, (after + 1, to), true)
-                .await
-                .map_err(pg_err("verify"))?;
+            let rows = read_ranges(
+                &tx,
+                &window,
+                &[&self.school],
+                (after + 1, to),
+                (RANGE_ROWS, true),
+            )
+            .await
+            .map_err(pg_err("verify"))?;
             after = to;
             if rows.is_empty() {
                 // A gap of a whole window or more: on from the next row
