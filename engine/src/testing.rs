@@ -3,6 +3,8 @@
 
 use proptest::prelude::*;
 
+use crate::store::{AppendRequest, IdsChecked, Seen};
+
 use crate::event::{
     AbsenceFollowedUp, CaseEvent, IncidentRecorded, IncidentRole, ParentContacted, Participant,
     RewardIssued, SanctionIssued, SanctionKind,
@@ -97,4 +99,13 @@ pub fn frequent_event() -> impl Strategy<Value = CaseEvent> {
     )
         .prop_map(|(kind, reason)| CaseEvent::SanctionIssued(SanctionIssued { kind, reason }));
     prop_oneof![reward, incident, absence, contact, sanction]
+}
+
+/// What an import planner hands a writer with a batch whose ids it looked
+/// up ([`IdsChecked`]): for backends' tests of
+/// [`crate::store::EventStore::append_atomic_checked`] outside this crate.
+/// `unchecked`: the indices, among the requests' events, of the ids not
+/// looked up, in increasing order.
+pub fn ids_checked(seen: Seen, unchecked: Vec<u32>, requests: &[AppendRequest]) -> IdsChecked {
+    IdsChecked::new(seen, unchecked, requests)
 }

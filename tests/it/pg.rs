@@ -1278,3 +1278,113 @@ async fn pg_a_page_reads_on_past_a_gap() {
         vec![38, 39, 40]
     );
 }
+
+/// An import planner's look-up of a batch's ids (`find_events_checked`)
+/// says through which position it saw the log, and the writer then reads
+/// the ids of the events stored after it instead of looking the batch's
+/// ids up again (`ids_looked_up` does not grow). A batch holding an id
+/// stored after the look-up, by another process, is still refused, and
+/// so is one after more events than the writer reads, whose ids it then
+/// looks up after all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_ids_a_look_up_answered_for_are_not_looked_up_again() {
+    use casebook_engine::testing::ids_checked;
+    use uuid::Uuid;
+    let Some(db) = test_db() else { return };
+    let store = PostgresStore::connect(&db.url, true)
+        .await
+        .expect("connect");
+    let log = store.log("checked-school").expect("log");
+    let with_ids = |stream: u32, ids: std::ops::Range<u128>| {
+        let events = ids
+            .map(|id| {
+                let mut e = contact(id as u32);
+                e.event_id = Uuid::from_u128(id);
+                e
+            })
+            .collect();
+        vec![req(pupil(stream), events)]
+    };
+    let never_seen =
+        |range: std::ops::Range<u128>| -> Vec<Uuid> { range.map(Uuid::from_u128).collect() };
+    log.append_atomic(with_ids(1, 1..101)).await.unwrap();
+    let (found, seen) = log
+        .find_events_checked(&never_seen(200..210))
+        .await
+        .unwrap();
+    assert!(found.is_empty());
+    let seen = seen.expect("PostgreSQL says what its look-up saw");
+    assert_eq!(seen.through(), 100);
+    // Ids absent everywhere: stored without a look-up by id.
+    let before = log.ids_looked_up();
+    let fresh = with_ids(3, 300..310);
+    let checked = ids_checked(seen, vec![], &fresh);
+    log.append_atomic_checked(fresh, checked).await.unwrap();
+    assert_eq!(log.ids_looked_up(), before, "the look-up answered for them");
+    // Another process stores one of the batch's ids after the look-up.
+    let other = PostgresStore::connect(&db.url, false)
+        .await
+        .expect("connect");
+    let other_log = other.log("checked-school").expect("log");
+    other_log
+        .append_atomic(with_ids(2, 205..206))
+        .await
+        .unwrap();
+    let refused = ids_checked(seen, vec![], &with_ids(3, 200..210));
+    match log
+        .append_atomic_checked(with_ids(3, 200..210), refused)
+        .await
+    {
+        Err(StoreError::DuplicateEventId { position: 111, .. }) => {}
+        other => panic!("expected DuplicateEventId at 111, got {other:?}"),
+    }
+    assert_eq!(log.ids_looked_up(), before);
+    // An id the planner did not look up (minted) is looked up.
+    let mut reused = with_ids(4, 400..402);
+    reused[0].events[1].event_id = Uuid::from_u128(5);
+    let checked = ids_checked(seen, vec![1], &reused);
+    match log.append_atomic_checked(reused, checked).await {
+        Err(StoreError::DuplicateEventId { position: 5, .. }) => {}
+        other => panic!("expected DuplicateEventId at 5, got {other:?}"),
+    }
+    assert_eq!(log.ids_looked_up(), before + 1);
+    // A look-up through another log is not taken for this one's.
+    let (_, other_seen) = other_log
+        .find_events_checked(&never_seen(200..210))
+        .await
+        .unwrap();
+    let batch = with_ids(5, 500..510);
+    let checked = ids_checked(other_seen.unwrap(), vec![], &batch);
+    log.append_atomic_checked(batch, checked).await.unwrap();
+    assert_eq!(log.ids_looked_up(), before + 11);
+    // More events after a look-up than the writer reads (8,192 for a
+    // small batch), one of the batch's ids among the last of them: the
+    // ids are looked up after all, and the batch is refused.
+    let (_, seen) = log
+        .find_events_checked(&never_seen(600..610))
+        .await
+        .unwrap();
+    let seen = seen.unwrap();
+    for chunk in 0..9u128 {
+        let start = 10_000 + chunk * 1_000;
+        other_log
+            .append_atomic(with_ids(6, start..start + 1_000))
+            .await
+            .unwrap();
+    }
+    other_log
+        .append_atomic(with_ids(7, 605..606))
+        .await
+        .unwrap();
+    let last = seen.through() + 9_001;
+    let before = log.ids_looked_up();
+    let batch = with_ids(3, 600..610);
+    let checked = ids_checked(seen, vec![], &batch);
+    match log.append_atomic_checked(batch, checked).await {
+        Err(StoreError::DuplicateEventId { position, .. }) if position == last => {}
+        other => panic!("expected DuplicateEventId at {last}, got {other:?}"),
+    }
+    assert_eq!(log.ids_looked_up(), before + 10);
+    let report = log.verify(&|_| {}).await.unwrap();
+    assert!(report.ok, "{report:?}");
+}

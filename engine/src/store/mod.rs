@@ -80,12 +80,12 @@ impl Seen {
     }
 
     /// The log's token.
-    pub(crate) fn log(&self) -> Uuid {
+    pub fn log(&self) -> Uuid {
         self.log
     }
 
     /// The position through which the look-up saw the log.
-    pub(crate) fn through(&self) -> u64 {
+    pub fn through(&self) -> u64 {
         self.through
     }
 }

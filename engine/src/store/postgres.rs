@@ -40,6 +40,7 @@
 //! binds the tables' owner too) then confines it to that school's rows.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -47,7 +48,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, watch};
 
-use super::{Commit, Committed, GroupStage};
+use super::{AfterSeal, Commit, Committed, GroupStage, IdsChecked, Seen};
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
@@ -400,7 +401,7 @@ async fn insert_sealed(
     let statements = client.statements().await?;
     client.conn()?.in_append = true;
     let outcome = async {
-        let locked = begin_locked(client, &statements, school, &[], &[]).await?;
+        let locked = begin_locked(client, &statements, school, &[], &[], None).await?;
         if check {
             check_continues(school, &locked, events)?;
         }
@@ -482,6 +483,32 @@ const FINISH_SQL: &str = "WITH moved AS (
 const VERSIONS_SQL: &str = "SELECT s, (SELECT max(version) FROM events WHERE school = $1 AND stream = s) FROM unnest($2::uuid[]) AS s";
 const IDS_SQL: &str =
     "SELECT event_id, position FROM events WHERE school = $1 AND event_id = ANY($2)";
+/// The ids of the events after position `$2`, through `$3`: what was
+/// stored after an import planner's look-up of a batch's ids
+/// ([`IdsChecked`]). Read by the primary key's range (positions are
+/// gapless), not by each id's entry in the `(school, event_id)` index.
+const IDS_AFTER_SQL: &str =
+    "SELECT event_id, position FROM events WHERE school = $1 AND position > $2 AND position <= $3";
+/// The school's head position, read before a look-up of ids
+/// ([`EventStore::find_events_checked`]): every event up to it was
+/// committed before the look-up's statements began.
+const HEAD_POSITION_SQL: &str = "SELECT position FROM heads WHERE school = $1";
+
+/// Events after a planner's look-up that the writer reads the ids of
+/// instead of looking the batch's ids up, at most: past this many
+/// ([`ids_after_limit`]) it looks them up.
+const IDS_AFTER_MAX: u64 = 65_536;
+
+/// How many events after a look-up the writer reads the ids of, for a
+/// group whose look-ups answer for `checked` ids: reading a row by the
+/// primary key's range costs less than a look-up in the ids' index (a
+/// random page of it once the table outgrows the server's buffers), so
+/// up to four times as many, and at least [`MAX_GROUP_EVENTS`].
+fn ids_after_limit(checked: usize) -> u64 {
+    (checked as u64)
+        .saturating_mul(4)
+        .clamp(MAX_GROUP_EVENTS as u64, IDS_AFTER_MAX)
+}
 
 /// The writer's statements, prepared once per connection (each saves a
 /// round trip per group commit, and lets statements be sent together).
@@ -492,17 +519,19 @@ struct Statements {
     finish: tokio_postgres::Statement,
     versions: tokio_postgres::Statement,
     ids: tokio_postgres::Statement,
+    ids_after: tokio_postgres::Statement,
 }
 
 impl Statements {
     async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         // Prepared together: one round trip.
-        let (lock, insert, finish, versions, ids) = tokio::try_join!(
+        let (lock, insert, finish, versions, ids, ids_after) = tokio::try_join!(
             client.prepare(LOCK_HEAD_SQL),
             client.prepare(INSERT_SQL),
             client.prepare(FINISH_SQL),
             client.prepare(VERSIONS_SQL),
             client.prepare(IDS_SQL),
+            client.prepare(IDS_AFTER_SQL),
         )?;
         Ok(Statements {
             lock,
@@ -510,6 +539,7 @@ impl Statements {
             finish,
             versions,
             ids,
+            ids_after,
         })
     }
 }
@@ -522,22 +552,37 @@ struct Locked {
     recorded_at: Option<DateTime<Utc>>,
     versions: HashMap<StreamId, u64>,
     stored_ids: HashMap<Uuid, u64>,
+    /// The ids of the events after `after.0` through `after.1`, when asked
+    /// for: what was stored after the look-ups of the group's checked ids.
+    ids_after: Option<IdsAfter>,
+}
+
+/// The ids of the events in a range of positions, read under the head
+/// lock ([`IDS_AFTER_SQL`]): `after` is the first position's predecessor,
+/// `through` the last asked for.
+struct IdsAfter {
+    after: u64,
+    through: u64,
+    ids: HashMap<Uuid, u64>,
 }
 
 /// Opens an append's transaction on `client`, locks the school's head row
-/// and reads, under the lock, the versions of `streams` and which of `ids`
-/// are stored. `BEGIN`, the lock and the reads are sent together, one round
-/// trip: PostgreSQL runs them in order on the connection, so each read
-/// starts once the lock is held and sees every commit made before it. A log
-/// without a head row gets one first, then the lock and the reads again.
-/// On an error the transaction may be open: the caller ends it
-/// ([`Pooled::discard`], or drops the writer's connection).
+/// and reads, under the lock, the versions of `streams`, which of `ids`
+/// are stored, and, given `after` (a position and how far past it), the
+/// ids of the events after it. `BEGIN`, the lock and the reads are sent
+/// together, one round trip: PostgreSQL runs them in order on the
+/// connection, so each read starts once the lock is held and sees every
+/// commit made before it. A log without a head row gets one first, then
+/// the lock and the reads again. On an error the transaction may be open:
+/// the caller ends it ([`Pooled::discard`], or drops the writer's
+/// connection).
 async fn begin_locked(
     client: &Client,
     statements: &Statements,
     school: &str,
     streams: &[Uuid],
     ids: &[Uuid],
+    after: Option<(u64, u64)>,
 ) -> Result<Locked, StoreError> {
     let lock = || async {
         client
@@ -545,7 +590,14 @@ async fn begin_locked(
             .await
             .map_err(pg_err("lock head"))
     };
-    let (_, mut row, mut versions, mut stored_ids) = tokio::try_join!(
+    let reads = || {
+        futures_util::future::try_join3(
+            read_versions(client, statements, school, streams),
+            read_stored_ids(client, statements, school, ids),
+            read_ids_after(client, statements, school, after),
+        )
+    };
+    let (_, mut row, mut read) = tokio::try_join!(
         async {
             client
                 .batch_execute("BEGIN")
@@ -553,8 +605,7 @@ async fn begin_locked(
                 .map_err(pg_err("append"))
         },
         lock(),
-        read_versions(client, statements, school, streams),
-        read_stored_ids(client, statements, school, ids),
+        reads(),
     )?;
     if row.is_none() {
         client
@@ -565,19 +616,47 @@ async fn begin_locked(
             .await
             .map_err(pg_err("lock head"))?;
         row = lock().await?;
-        versions = read_versions(client, statements, school, streams).await?;
-        stored_ids = read_stored_ids(client, statements, school, ids).await?;
+        read = reads().await?;
     }
     let row = row.ok_or_else(|| corrupt(format!("log {school:?} head"), "head row vanished"))?;
     let position: i64 = row.get(0);
     let hash: &[u8] = row.get(1);
+    let (versions, stored_ids, ids_after) = read;
     Ok(Locked {
         position: position as u64,
         hash: to_hash(hash, || format!("log {school:?} head"))?,
         recorded_at: row.get(2),
         versions,
         stored_ids,
+        ids_after,
     })
+}
+
+/// The ids of the events after position `after.0` through `after.1`
+/// ([`IDS_AFTER_SQL`]), when asked for.
+async fn read_ids_after(
+    client: &Client,
+    statements: &Statements,
+    school: &str,
+    after: Option<(u64, u64)>,
+) -> Result<Option<IdsAfter>, StoreError> {
+    let Some((after, through)) = after else {
+        return Ok(None);
+    };
+    let (from, to) = (to_i64(after, "position")?, to_i64(through, "position")?);
+    let rows = client
+        .query(&statements.ids_after, &[&school, &from, &to])
+        .await
+        .map_err(pg_err("append"))?;
+    let ids = rows
+        .iter()
+        .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+        .collect();
+    Ok(Some(IdsAfter {
+        after,
+        through,
+        ids,
+    }))
 }
 
 /// The highest stored version of each of `streams` that has events.
@@ -972,6 +1051,9 @@ impl Drop for Pooled {
 /// One school's log in a PostgreSQL database.
 pub struct PostgresLog {
     school: String,
+    /// Names this log in what its look-ups saw ([`Seen`]).
+    token: Uuid,
+    looked_up: Arc<AtomicU64>,
     pool: Arc<Pool>,
     head_tx: Arc<watch::Sender<u64>>,
     head_rx: watch::Receiver<u64>,
@@ -988,15 +1070,21 @@ impl PostgresLog {
         let (head_tx, head_rx) = watch::channel(0);
         let head_tx = Arc::new(head_tx);
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
+        let token = Uuid::now_v7();
+        let looked_up = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             config: config.clone(),
             school: school.to_string(),
+            token,
+            looked_up: looked_up.clone(),
             connection: None,
             head_tx: head_tx.clone(),
         };
         runtime.spawn(writer.run(receiver));
         Ok(PostgresLog {
             school: school.to_string(),
+            token,
+            looked_up,
             pool: Arc::new(Pool {
                 config,
                 school: school.to_string(),
@@ -1012,6 +1100,15 @@ impl PostgresLog {
     /// The school this log belongs to.
     pub fn school(&self) -> &str {
         &self.school
+    }
+
+    /// How many ids this log's writer has looked up by id, in the
+    /// `(school, event_id)` index, to check that none is stored: every id
+    /// of an append, but those an import planner's look-up answered for
+    /// ([`EventStore::append_atomic_checked`]), which are tested against
+    /// the ids of the events stored after the look-up instead.
+    pub fn ids_looked_up(&self) -> u64 {
+        self.looked_up.load(Ordering::Relaxed)
     }
 
     /// The value of setting `name` on the log's read connections
@@ -1141,6 +1238,11 @@ async fn listen_once(
 struct Writer {
     config: Config,
     school: String,
+    /// The log's token ([`Seen`]): a look-up made through this log is used
+    /// by this writer only.
+    token: Uuid,
+    /// Ids looked up by id ([`PostgresLog::ids_looked_up`]).
+    looked_up: Arc<AtomicU64>,
     connection: Option<(Client, Statements)>,
     head_tx: Arc<watch::Sender<u64>>,
 }
@@ -1226,9 +1328,9 @@ impl Writer {
         &mut self,
         group: &mut [Commit],
     ) -> Result<(Vec<Result<Vec<Appended>, StoreError>>, Option<u64>), StoreError> {
-        let school = self.school.clone();
+        let (school, token, looked_up) = (self.school.clone(), self.token, self.looked_up.clone());
         let (client, statements) = self.connection().await?;
-        let outcome = commit_on(client, statements, &school, group).await;
+        let outcome = commit_on(client, statements, (&school, token, &looked_up), group).await;
         if outcome.is_err() {
             self.connection = None;
         }
@@ -1241,22 +1343,57 @@ impl Writer {
 async fn commit_on(
     client: &Client,
     statements: &Statements,
-    school: &str,
+    (school, token, looked_up): (&str, Uuid, &AtomicU64),
     group: &mut [Commit],
 ) -> Result<(Vec<Result<Vec<Appended>, StoreError>>, Option<u64>), StoreError> {
-    // What the group touches, read under the lock in the same round trip.
+    // What the group touches, read under the lock in the same round trip:
+    // its streams' versions, and its ids, each looked up unless an import
+    // planner's look-up answers for it through a position; then the ids of
+    // the events after the earliest such position are read instead
+    // (`IdsChecked`; docs/storage.md, "Ids checked by the planner").
     let mut streams: Vec<Uuid> = Vec::new();
     let mut seen_streams = HashSet::new();
     let mut ids: Vec<Uuid> = Vec::new();
+    let mut answered: Vec<Uuid> = Vec::new();
+    let mut after: Option<u64> = None;
     for c in group.iter() {
+        let events: usize = c.requests.iter().map(|r| r.events.len()).sum();
+        let checked = c
+            .checked
+            .as_ref()
+            .filter(|k| k.seen.log() == token && k.made_of(&c.requests, events));
+        if let Some(k) = checked {
+            after = Some(after.map_or(k.seen.through(), |a| a.min(k.seen.through())));
+        }
+        let mut i = 0;
         for r in &c.requests {
             if seen_streams.insert(r.stream) {
                 streams.push(r.stream.0);
             }
-            ids.extend(r.events.iter().map(|e| e.event_id));
+            for e in &r.events {
+                match checked {
+                    Some(k) if k.is_checked(i) => answered.push(e.event_id),
+                    _ => ids.push(e.event_id),
+                }
+                i += 1;
+            }
         }
     }
-    let locked = begin_locked(client, statements, school, &streams, &ids).await?;
+    let after = after.map(|a| (a, a.saturating_add(ids_after_limit(answered.len()))));
+    looked_up.fetch_add(ids.len() as u64, Ordering::Relaxed);
+    let mut locked = begin_locked(client, statements, school, &streams, &ids, after).await?;
+    if locked
+        .ids_after
+        .as_ref()
+        .is_some_and(|a| a.through < locked.position)
+    {
+        // More was stored since the look-ups than is worth reading: the
+        // ids they answered for are looked up after all.
+        locked.ids_after = None;
+        looked_up.fetch_add(answered.len() as u64, Ordering::Relaxed);
+        let more = read_stored_ids(client, statements, school, &answered).await?;
+        locked.stored_ids.extend(more);
+    }
     let now = DateTime::<Utc>::from_timestamp_micros(Utc::now().timestamp_micros())
         .unwrap_or_else(Utc::now);
     let recorded_at = match locked.recorded_at {
@@ -1266,12 +1403,24 @@ async fn commit_on(
     let head_position = locked.position;
     let mut stage = GroupStage::new(head_position, locked.hash);
     let mut committed = PgCommitted {
+        token,
         versions: locked.versions,
         stored_ids: locked.stored_ids,
+        ids_after: locked.ids_after.map(Arc::new),
     };
     let mut results = Vec::with_capacity(group.len());
     for c in group.iter_mut() {
-        results.push(stage.stage(&mut c.requests, &mut committed, recorded_at));
+        let after = AfterSeal {
+            checked: c.checked.as_ref(),
+            ..AfterSeal::default()
+        };
+        results.push(stage.stage_presealed(
+            &mut c.requests,
+            None,
+            &mut committed,
+            recorded_at,
+            after,
+        ));
     }
     if stage.position == head_position {
         client
@@ -1297,10 +1446,14 @@ async fn commit_on(
 }
 
 /// The committed log as PostgreSQL's writer read it under the head lock:
-/// the versions of the group's streams and which of its ids are stored.
+/// the versions of the group's streams, which of the ids it looked up are
+/// stored, and the ids of the events after the planner's look-ups (of the
+/// log whose writer drew `token`).
 struct PgCommitted {
+    token: Uuid,
     versions: HashMap<StreamId, u64>,
     stored_ids: HashMap<Uuid, u64>,
+    ids_after: Option<Arc<IdsAfter>>,
 }
 
 impl Committed for PgCommitted {
@@ -1308,8 +1461,25 @@ impl Committed for PgCommitted {
         Ok(self.versions.get(&stream).copied().unwrap_or(0))
     }
 
+    /// Of the ids looked up, or among those read after the look-ups (an id
+    /// the test below does not pass).
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
-        Ok(self.stored_ids.get(&event_id).copied())
+        let after = self.ids_after.as_ref().and_then(|a| a.ids.get(&event_id));
+        Ok(self.stored_ids.get(&event_id).or(after).copied())
+    }
+
+    /// Passes an id that none of the events after the look-up has, when the
+    /// ids read under the lock cover every event after it: all the events
+    /// from the look-up's position on, through the head (the read is made
+    /// from the group's earliest look-up, and more than it was to read has
+    /// it dropped, [`ids_after_limit`]).
+    fn absent_after(&mut self, seen: Seen, _events: usize) -> Option<super::AbsentAfter> {
+        let read = self.ids_after.as_ref()?;
+        if seen.log() != self.token || seen.through() < read.after {
+            return None;
+        }
+        let read = read.clone();
+        Some(Box::new(move |id| !read.ids.contains_key(id)))
     }
 }
 
@@ -1574,26 +1744,54 @@ impl EventStore for PostgresLog {
     }
 
     /// One query per [`LOOKUP_CHUNK`] distinct ids (`event_id = ANY($2)`).
+    /// [`EventStore::find_events_checked`], without what it saw.
     async fn find_events(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, StoredEvent>, StoreError> {
+        Ok(self.find_events_checked(ids).await?.0)
+    }
+
+    /// A query per [`LOOKUP_CHUNK`] distinct ids, the school's head read
+    /// first in the same round trip ([`Seen`]): an append's rows and its
+    /// head move commit together, so every event up to the head read was
+    /// committed before the look-ups began, and each sees it.
+    async fn find_events_checked(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<(HashMap<Uuid, StoredEvent>, Option<Seen>), StoreError> {
         let mut seen = HashSet::new();
         let ids: Vec<Uuid> = ids.iter().copied().filter(|i| seen.insert(*i)).collect();
         let mut found = HashMap::with_capacity(ids.len().min(LOOKUP_CHUNK));
         if ids.is_empty() {
-            return Ok(found);
+            return Ok((found, None));
         }
         let mut client = self.pool.get().await?;
-        for chunk in ids.chunks(LOOKUP_CHUNK) {
-            let statement = client.statement(FIND_EVENTS_SQL).await?;
-            let rows = client
-                .query(&statement, &[&self.school, &chunk])
-                .await
-                .map_err(|e| client.read_error("read", e))?;
-            for r in &rows {
-                // Keyed by the row's event_id column, as `find_event` selects.
-                found.insert(r.get(2), decode_at(r.get::<_, i64>(0) as u64, r.get(1))?);
-            }
+        let head = client.statement(HEAD_POSITION_SQL).await?;
+        let statement = client.statement(FIND_EVENTS_SQL).await?;
+        let chunks: Vec<&[Uuid]> = ids.chunks(LOOKUP_CHUNK).collect();
+        let each: Vec<Params> = chunks
+            .iter()
+            .map(|chunk| params(&[&self.school], &[chunk]))
+            .collect();
+        let school: Params = vec![&self.school];
+        let (head, pages) = tokio::try_join!(
+            client.query_opt(&head, &school),
+            futures_util::future::try_join_all(each.iter().map(|p| client.query(&statement, p))),
+        )
+        .map_err(|e| client.read_error("read", e))?;
+        for r in pages.iter().flatten() {
+            // Keyed by the row's event_id column, as `find_event` selects.
+            found.insert(r.get(2), decode_at(r.get::<_, i64>(0) as u64, r.get(1))?);
         }
-        Ok(found)
+        // No head row yet: nothing was ever stored.
+        let through = head.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64);
+        Ok((found, Some(Seen::new(self.token, through))))
+    }
+
+    async fn append_atomic_checked(
+        &self,
+        requests: Vec<AppendRequest>,
+        checked: IdsChecked,
+    ) -> Result<Vec<Appended>, StoreError> {
+        super::submit_with(self.sender.as_ref(), requests, None, false, Some(checked)).await
     }
 
     /// The streams asked read as [`EventStore::read_streams`] reads them
