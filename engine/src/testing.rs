@@ -109,3 +109,10 @@ pub fn frequent_event() -> impl Strategy<Value = CaseEvent> {
 pub fn ids_checked(seen: Seen, unchecked: Vec<u32>, requests: &[AppendRequest]) -> IdsChecked {
     IdsChecked::new(seen, unchecked, requests)
 }
+
+/// What a look-up of the same log as `seen` would say had it seen the log
+/// through `through`: for tests of a writer given a look-up that saw more
+/// than the log now holds (a log restored behind its back).
+pub fn seen_through(seen: Seen, through: u64) -> Seen {
+    Seen::new(seen.log(), through)
+}

@@ -944,6 +944,19 @@ async fn never_analyzed(url: &str) -> (Arc<PostgresStore>, tokio_postgres::Clien
     (store, admin)
 }
 
+/// Whether a node of `plan` filters its rows by their `event_id` (a
+/// look-up of ids planned as a read of the school's rows).
+fn filters_event_ids(plan: &serde_json::Value) -> bool {
+    let own = plan
+        .get("Filter")
+        .and_then(serde_json::Value::as_str)
+        .is_some_and(|f| f.contains("event_id"));
+    own || plan
+        .get("Plans")
+        .and_then(serde_json::Value::as_array)
+        .is_some_and(|c| c.iter().any(filters_event_ids))
+}
+
 /// `batches` atomic appends to `log`, each of `each` contacts to each of
 /// pupils 0..`pupils` (pupil p's versions 1, 2, … in every batch).
 async fn fill_in_batches(log: &dyn EventStore, batches: u32, pupils: u32, each: u32) {
@@ -1288,7 +1301,7 @@ async fn pg_a_page_reads_on_past_a_gap() {
 /// looks up after all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_ids_a_look_up_answered_for_are_not_looked_up_again() {
-    use casebook_engine::testing::ids_checked;
+    use casebook_engine::testing::{ids_checked, seen_through};
     use uuid::Uuid;
     let Some(db) = test_db() else { return };
     let store = PostgresStore::connect(&db.url, true)
@@ -1357,9 +1370,67 @@ async fn pg_ids_a_look_up_answered_for_are_not_looked_up_again() {
     let checked = ids_checked(other_seen.unwrap(), vec![], &batch);
     log.append_atomic_checked(batch, checked).await.unwrap();
     assert_eq!(log.ids_looked_up(), before + 11);
-    // More events after a look-up than the writer reads (8,192 for a
-    // small batch), one of the batch's ids among the last of them: the
-    // ids are looked up after all, and the batch is refused.
+    // Appends sent together, grouped by the writer in one transaction as
+    // a rule: checked by an earlier look-up (an id stored after it, and
+    // before the other look-up), by a later one, and unchecked. The
+    // writer reads the ids after the earliest look-up: the first is
+    // refused, the other two stored.
+    let (_, early) = log
+        .find_events_checked(&never_seen(700..705))
+        .await
+        .unwrap();
+    let early = early.unwrap();
+    other_log
+        .append_atomic(with_ids(8, 702..703))
+        .await
+        .unwrap();
+    let stored_at = early.through() + 1;
+    let (_, late) = log
+        .find_events_checked(&never_seen(710..715))
+        .await
+        .unwrap();
+    let late = late.unwrap();
+    assert!(late.through() > early.through());
+    let (a, b, c) = (
+        with_ids(9, 700..705),
+        with_ids(9, 710..715),
+        with_ids(10, 720..725),
+    );
+    let (checked_a, checked_b) = (
+        ids_checked(early, vec![], &a),
+        ids_checked(late, vec![], &b),
+    );
+    let before = log.ids_looked_up();
+    let (a, b, c) = tokio::join!(
+        log.append_atomic_checked(a, checked_a),
+        log.append_atomic_checked(b, checked_b),
+        log.append_atomic(c),
+    );
+    match a {
+        Err(StoreError::DuplicateEventId { position, .. }) if position == stored_at => {}
+        other => panic!("expected DuplicateEventId at {stored_at}, got {other:?}"),
+    }
+    b.unwrap();
+    c.unwrap();
+    assert_eq!(
+        log.ids_looked_up(),
+        before + 5,
+        "only the unchecked append's ids"
+    );
+    // A look-up that saw more of the log than it now holds (restored
+    // behind the writer's back): its ids are looked up.
+    let head = log.head().await.unwrap().position;
+    let ahead = seen_through(late, head + 100);
+    let mut batch = with_ids(11, 730..733);
+    batch[0].events[2].event_id = Uuid::from_u128(5);
+    let checked = ids_checked(ahead, vec![], &batch);
+    match log.append_atomic_checked(batch, checked).await {
+        Err(StoreError::DuplicateEventId { position: 5, .. }) => {}
+        other => panic!("expected DuplicateEventId at 5, got {other:?}"),
+    }
+    // More events after a look-up than the writer reads (16 a checked
+    // id), one of the batch's ids among the last of them: the ids are
+    // looked up after all, and the batch is refused.
     let (_, seen) = log
         .find_events_checked(&never_seen(600..610))
         .await
@@ -1387,4 +1458,49 @@ async fn pg_ids_a_look_up_answered_for_are_not_looked_up_again() {
     assert_eq!(log.ids_looked_up(), before + 10);
     let report = log.verify(&|_| {}).await.unwrap();
     assert!(report.ok, "{report:?}");
+}
+
+/// A connection keeps its statements, each planned once for any values
+/// from the table's size and statistics when first run, and PostgreSQL
+/// keeps that plan until the table is analyzed. A look-up of ids first
+/// run on a table of a few rows is planned for a few rows: every row of
+/// the school read through the index and filtered. The log's connections
+/// plan their statements again once the log has doubled, so the look-up
+/// on the grown table reads by the ids (the table is never analyzed here,
+/// as before autovacuum's first visit after a large import).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pg_statements_are_planned_again_as_the_log_grows() {
+    use uuid::Uuid;
+    let Some(db) = test_db() else { return };
+    let (store, _admin) = never_analyzed(&db.url).await;
+    let log = store.log("growing-school").expect("log");
+    let absent: Vec<Uuid> = (0..100u128)
+        .map(|i| Uuid::from_u128(1 << 100 | i))
+        .collect();
+    fill_in_batches(log.as_ref(), 1, 2, 5).await;
+    let touched = |text: String| {
+        let plan: serde_json::Value = serde_json::from_str(&text).expect("json plan");
+        rows_touched(&plan[0]["Plan"])
+    };
+    // Planned for a table of 10 rows: the school's rows read and the ids
+    // filtered.
+    let small = log.explain_find_events(&absent).await.unwrap();
+    let plan: serde_json::Value = serde_json::from_str(&small).expect("json plan");
+    assert!(
+        filters_event_ids(&plan[0]["Plan"]),
+        "PostgreSQL plans the look-up of a small table by its ids already: the test proves nothing: {small}"
+    );
+    let writer_plans = log.writer_plans();
+    assert_eq!(writer_plans, 1, "the writer's connection planned once");
+    fill_in_batches(log.as_ref(), 6, 10, 500).await;
+    // The writer planned again as the log doubled: at 5,010 and 15,010.
+    assert_eq!(log.writer_plans(), 3);
+    log.find_events(&absent).await.unwrap();
+    let grown = log.explain_find_events(&absent).await.unwrap();
+    assert!(
+        touched(grown.clone()) <= absent.len() as u64,
+        "the look-up of {} ids touched {} rows of 30,010: {grown}",
+        absent.len(),
+        touched(grown.clone())
+    );
 }

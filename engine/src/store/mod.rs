@@ -1028,8 +1028,8 @@ pub(crate) struct Commit {
     /// ([`EventStore::append_minted`]); only the segment writer uses it.
     pub minted: bool,
     /// What the caller's look-up of the ids found
-    /// ([`EventStore::append_atomic_checked`]); only the segment writer
-    /// uses it.
+    /// ([`EventStore::append_atomic_checked`]); the segment and PostgreSQL
+    /// writers use it.
     pub checked: Option<IdsChecked>,
     /// Where a large append's events go back to the caller as soon as they
     /// are sealed ([`HandBack`]); only the segment writer uses it.

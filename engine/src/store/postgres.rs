@@ -501,13 +501,14 @@ const IDS_AFTER_MAX: u64 = 65_536;
 
 /// How many events after a look-up the writer reads the ids of, for a
 /// group whose look-ups answer for `checked` ids: reading a row by the
-/// primary key's range costs less than a look-up in the ids' index (a
-/// random page of it once the table outgrows the server's buffers), so
-/// up to four times as many, and at least [`MAX_GROUP_EVENTS`].
+/// primary key's range, in pages the import has just written, costs less
+/// than a look-up in the ids' index (a random page of it once the table
+/// outgrows the server's buffers), so up to 16 a checked id (as the
+/// segment engine's test), at most [`IDS_AFTER_MAX`]. An import's planner
+/// looks a batch up while the batch before it is being written: the
+/// events after its look-up are mostly that batch.
 fn ids_after_limit(checked: usize) -> u64 {
-    (checked as u64)
-        .saturating_mul(4)
-        .clamp(MAX_GROUP_EVENTS as u64, IDS_AFTER_MAX)
+    (checked as u64).saturating_mul(16).min(IDS_AFTER_MAX)
 }
 
 /// The writer's statements, prepared once per connection (each saves a
@@ -903,6 +904,34 @@ struct Pool {
     config: Config,
     school: String,
     idle: Mutex<Vec<Conn>>,
+    /// The log's head as this process knows it: a pooled connection's
+    /// statements are planned again as it grows ([`plan_again`]).
+    head: watch::Receiver<u64>,
+}
+
+/// Events a log must have grown by, at least, before a connection's kept
+/// statements are planned again ([`plan_again`]).
+const REPLAN_MIN_GROWTH: u64 = 4_096;
+
+/// Whether statements planned when the log's head was at `planned_at` are
+/// planned again now that it is at `head`: once it has doubled (and grown
+/// by [`REPLAN_MIN_GROWTH`] at least). A connection plans a kept statement
+/// once, for any values ([`GENERIC_PLANS`]), from the table's size and
+/// statistics at that moment, and PostgreSQL keeps the plan until the table
+/// is next analyzed or vacuumed. A statement first run while the table was small keeps
+/// a small table's plan: the look-up of a batch's ids in a table never
+/// analyzed since it held a few thousand rows read every row of the school
+/// through the `(school, event_id)` index and filtered them, a batch of
+/// 1,024 ids taking 130 ms at 50,000 rows and more with each batch, until
+/// autovacuum analyzed the table (up to a minute: an import of a million
+/// events took 70–77 s instead of 11–12 in two runs of `casebook bench`;
+/// docs/performance.md, "Session bd"). Planned again at each doubling, a
+/// plan is never made for a table less than half its size, at the cost of
+/// a statement's preparation a doubling.
+fn plan_again(planned_at: u64, head: u64) -> bool {
+    head >= planned_at
+        .saturating_mul(2)
+        .max(planned_at.saturating_add(REPLAN_MIN_GROWTH))
 }
 
 /// A connection and the statements prepared on it, kept with it while it is
@@ -917,6 +946,21 @@ struct Conn {
     /// connection is closed, never pooled again with the transaction and
     /// the head's lock held.
     in_append: bool,
+    /// The log's head when its statements were first kept.
+    planned_at: u64,
+}
+
+impl Conn {
+    /// Forgets the statements kept ([`plan_again`]) once the log has grown
+    /// enough since they were planned: each is prepared, and so planned,
+    /// again at its next use (the old ones are closed on the server).
+    fn plan_again_at(&mut self, head: u64) {
+        if plan_again(self.planned_at, head) {
+            self.prepared.clear();
+            self.appends = None;
+            self.planned_at = head;
+        }
+    }
 }
 
 impl Pool {
@@ -924,11 +968,12 @@ impl Pool {
         loop {
             let next = self.idle.lock().ok().and_then(|mut v| v.pop());
             match next {
-                Some(c) if !c.client.is_closed() => {
+                Some(mut c) if !c.client.is_closed() => {
+                    c.plan_again_at(*self.head.borrow());
                     return Ok(Pooled {
                         conn: Some(c),
                         pool: self.clone(),
-                    })
+                    });
                 }
                 Some(_) => continue,
                 None => break,
@@ -943,6 +988,7 @@ impl Pool {
                 prepared: HashMap::new(),
                 appends: None,
                 in_append: false,
+                planned_at: *self.head.borrow(),
             }),
             pool: self.clone(),
         })
@@ -1054,6 +1100,7 @@ pub struct PostgresLog {
     /// Names this log in what its look-ups saw ([`Seen`]).
     token: Uuid,
     looked_up: Arc<AtomicU64>,
+    writer_plans: Arc<AtomicU64>,
     pool: Arc<Pool>,
     head_tx: Arc<watch::Sender<u64>>,
     head_rx: watch::Receiver<u64>,
@@ -1072,12 +1119,15 @@ impl PostgresLog {
         let (sender, receiver) = mpsc::channel(MAX_PENDING_COMMITS);
         let token = Uuid::now_v7();
         let looked_up = Arc::new(AtomicU64::new(0));
+        let writer_plans = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             config: config.clone(),
             school: school.to_string(),
             token,
             looked_up: looked_up.clone(),
+            plans: writer_plans.clone(),
             connection: None,
+            planned_at: 0,
             head_tx: head_tx.clone(),
         };
         runtime.spawn(writer.run(receiver));
@@ -1085,10 +1135,12 @@ impl PostgresLog {
             school: school.to_string(),
             token,
             looked_up,
+            writer_plans,
             pool: Arc::new(Pool {
                 config,
                 school: school.to_string(),
                 idle: Mutex::new(Vec::new()),
+                head: head_rx.clone(),
             }),
             head_tx,
             head_rx,
@@ -1109,6 +1161,45 @@ impl PostgresLog {
     /// the ids of the events stored after the look-up instead.
     pub fn ids_looked_up(&self) -> u64 {
         self.looked_up.load(Ordering::Relaxed)
+    }
+
+    /// `EXPLAIN (ANALYZE, FORMAT JSON)` of a look-up of `ids`
+    /// ([`EventStore::find_events`]) as one of the log's read connections
+    /// runs it: with the statement that connection keeps, and so the plan
+    /// it keeps ([`plan_again`]). The plan, as PostgreSQL's JSON text.
+    pub async fn explain_find_events(&self, ids: &[Uuid]) -> Result<String, StoreError> {
+        let mut client = self.pool.get().await?;
+        client.statement(FIND_EVENTS_SQL).await?;
+        // The statement's name on the server, from the session's own list.
+        let name: String = client
+            .query_one(
+                "SELECT name FROM pg_prepared_statements WHERE statement = $1 ORDER BY prepare_time DESC LIMIT 1",
+                &[&FIND_EVENTS_SQL],
+            )
+            .await
+            .map_err(pg_err("read"))?
+            .get(0);
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let sql = format!(
+            "EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE {name}('{}', '{{{}}}')",
+            self.school.replace('\'', "''"),
+            ids.join(",")
+        );
+        let answer = client.simple_query(&sql).await.map_err(pg_err("read"))?;
+        answer
+            .into_iter()
+            .find_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .ok_or_else(|| corrupt("explain".to_string(), "no plan"))
+    }
+
+    /// How many times this log's writer has prepared, and so planned, its
+    /// statements: once a connection, and again each time the log has
+    /// doubled since ([`plan_again`]).
+    pub fn writer_plans(&self) -> u64 {
+        self.writer_plans.load(Ordering::Relaxed)
     }
 
     /// The value of setting `name` on the log's read connections
@@ -1243,7 +1334,11 @@ struct Writer {
     token: Uuid,
     /// Ids looked up by id ([`PostgresLog::ids_looked_up`]).
     looked_up: Arc<AtomicU64>,
+    /// Times its statements were prepared ([`PostgresLog::writer_plans`]).
+    plans: Arc<AtomicU64>,
     connection: Option<(Client, Statements)>,
+    /// The log's head when the connection's statements were prepared.
+    planned_at: u64,
     head_tx: Arc<watch::Sender<u64>>,
 }
 
@@ -1255,7 +1350,11 @@ impl Writer {
         }
     }
 
+    /// The writer's connection and its statements, opened if need be; the
+    /// statements are prepared, and so planned, again as the log grows
+    /// ([`plan_again`]).
     async fn connection(&mut self) -> Result<&mut (Client, Statements), StoreError> {
+        let head = *self.head_tx.borrow();
         if self.connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
             self.connection = None;
             let client = open_client(&self.config, Some(&self.school), "casebook-writer")
@@ -1265,6 +1364,16 @@ impl Writer {
                 .await
                 .map_err(pg_err("connect"))?;
             self.connection = Some((client, statements));
+            self.planned_at = head;
+            self.plans.fetch_add(1, Ordering::Relaxed);
+        } else if plan_again(self.planned_at, head) {
+            if let Some((client, statements)) = self.connection.as_mut() {
+                *statements = Statements::prepare(client)
+                    .await
+                    .map_err(pg_err("prepare"))?;
+                self.planned_at = head;
+                self.plans.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.connection.as_mut().ok_or(StoreError::WriterStopped)
     }
@@ -1292,6 +1401,13 @@ impl Writer {
                             | StoreError::WrongExpectedVersion { .. }
                     ) && attempt < COMMIT_ATTEMPTS;
                     if retry {
+                        // A unique violation is also how a look-up that
+                        // answered wrongly would show (a log whose rows
+                        // were changed behind its back): the next attempt
+                        // looks every id up.
+                        for c in pending.iter_mut() {
+                            c.checked = None;
+                        }
                         continue;
                     }
                     let text = e.to_string();
@@ -1379,16 +1495,21 @@ async fn commit_on(
             }
         }
     }
-    let after = after.map(|a| (a, a.saturating_add(ids_after_limit(answered.len()))));
+    let after = after.map(|a| {
+        let through = a.saturating_add(ids_after_limit(answered.len()));
+        (a, through.min(i64::MAX as u64))
+    });
     looked_up.fetch_add(ids.len() as u64, Ordering::Relaxed);
     let mut locked = begin_locked(client, statements, school, &streams, &ids, after).await?;
     if locked
         .ids_after
         .as_ref()
-        .is_some_and(|a| a.through < locked.position)
+        .is_some_and(|a| a.through < locked.position || a.after > locked.position)
     {
-        // More was stored since the look-ups than is worth reading: the
-        // ids they answered for are looked up after all.
+        // More was stored since the look-ups than is worth reading, or the
+        // head is behind what they saw (a log restored or changed behind
+        // the writer's back): the ids they answered for are looked up
+        // after all.
         locked.ids_after = None;
         looked_up.fetch_add(answered.len() as u64, Ordering::Relaxed);
         let more = read_stored_ids(client, statements, school, &answered).await?;
@@ -1783,6 +1904,8 @@ impl EventStore for PostgresLog {
         }
         // No head row yet: nothing was ever stored.
         let through = head.map_or(0, |r| r.get::<_, i64>(0).max(0) as u64);
+        // What this process knows of the head ([`plan_again`]).
+        bump(&self.head_tx, through);
         Ok((found, Some(Seen::new(self.token, through))))
     }
 
