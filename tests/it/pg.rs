@@ -1400,12 +1400,34 @@ async fn pg_ids_a_look_up_answered_for_are_not_looked_up_again() {
         ids_checked(early, vec![], &a),
         ids_checked(late, vec![], &b),
     );
+    // The writer held on the head's lock (taken here) by an append of its
+    // own while the three are queued behind it: they are one group.
+    let admin = admin(&db.url).await;
+    admin
+        .batch_execute("BEGIN; SELECT 1 FROM heads WHERE school = 'checked-school' FOR UPDATE")
+        .await
+        .expect("lock the head");
     let before = log.ids_looked_up();
-    let (a, b, c) = tokio::join!(
-        log.append_atomic_checked(a, checked_a),
-        log.append_atomic_checked(b, checked_b),
-        log.append_atomic(c),
-    );
+    let blocker = {
+        let log = log.clone();
+        tokio::spawn(async move { log.append_atomic(with_ids(12, 740..741)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spawned =
+        [(a, Some(checked_a)), (b, Some(checked_b)), (c, None)].map(|(requests, checked)| {
+            let log = log.clone();
+            tokio::spawn(async move {
+                match checked {
+                    Some(checked) => log.append_atomic_checked(requests, checked).await,
+                    None => log.append_atomic(requests).await,
+                }
+            })
+        });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    admin.batch_execute("COMMIT").await.expect("unlock");
+    blocker.await.unwrap().unwrap();
+    let [a, b, c] = spawned;
+    let (a, b, c) = (a.await.unwrap(), b.await.unwrap(), c.await.unwrap());
     match a {
         Err(StoreError::DuplicateEventId { position, .. }) if position == stored_at => {}
         other => panic!("expected DuplicateEventId at {stored_at}, got {other:?}"),
@@ -1414,9 +1436,10 @@ async fn pg_ids_a_look_up_answered_for_are_not_looked_up_again() {
     c.unwrap();
     assert_eq!(
         log.ids_looked_up(),
-        before + 5,
-        "only the unchecked append's ids"
+        before + 6,
+        "only the unchecked appends' ids"
     );
+    let retries = log.writer_retries();
     // A look-up that saw more of the log than it now holds (restored
     // behind the writer's back): its ids are looked up.
     let head = log.head().await.unwrap().position;
@@ -1428,6 +1451,11 @@ async fn pg_ids_a_look_up_answered_for_are_not_looked_up_again() {
         Err(StoreError::DuplicateEventId { position: 5, .. }) => {}
         other => panic!("expected DuplicateEventId at 5, got {other:?}"),
     }
+    assert_eq!(
+        log.writer_retries(),
+        retries,
+        "found by the look-up, not by the unique index and a retry"
+    );
     // More events after a look-up than the writer reads (16 a checked
     // id), one of the batch's ids among the last of them: the ids are
     // looked up after all, and the batch is refused.
@@ -1456,6 +1484,7 @@ async fn pg_ids_a_look_up_answered_for_are_not_looked_up_again() {
         other => panic!("expected DuplicateEventId at {last}, got {other:?}"),
     }
     assert_eq!(log.ids_looked_up(), before + 10);
+    assert_eq!(log.writer_retries(), retries);
     let report = log.verify(&|_| {}).await.unwrap();
     assert!(report.ok, "{report:?}");
 }

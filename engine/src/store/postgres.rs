@@ -925,9 +925,11 @@ const REPLAN_MIN_GROWTH: u64 = 4_096;
 /// 1,024 ids taking 130 ms at 50,000 rows and more with each batch, until
 /// autovacuum analyzed the table (up to a minute: an import of a million
 /// events took 70–77 s instead of 11–12 in two runs of `casebook bench`;
-/// docs/performance.md, "Session bd"). Planned again at each doubling, a
-/// plan is never made for a table less than half its size, at the cost of
-/// a statement's preparation a doubling.
+/// docs/performance.md, "Session bd"). Prepared again at each doubling
+/// (PostgreSQL plans a statement at its next run), a kept plan was made,
+/// once the log has grown past [`REPLAN_MIN_GROWTH`] events, when the log
+/// held at least half the events it holds now (as this process knows its
+/// head), at the cost of a statement's preparation a doubling.
 fn plan_again(planned_at: u64, head: u64) -> bool {
     head >= planned_at
         .saturating_mul(2)
@@ -952,8 +954,9 @@ struct Conn {
 
 impl Conn {
     /// Forgets the statements kept ([`plan_again`]) once the log has grown
-    /// enough since they were planned: each is prepared, and so planned,
-    /// again at its next use (the old ones are closed on the server).
+    /// enough since they were planned: each is prepared again at its next
+    /// use, and PostgreSQL plans it again at its next run (the old ones are
+    /// closed on the server).
     fn plan_again_at(&mut self, head: u64) {
         if plan_again(self.planned_at, head) {
             self.prepared.clear();
@@ -1101,6 +1104,7 @@ pub struct PostgresLog {
     token: Uuid,
     looked_up: Arc<AtomicU64>,
     writer_plans: Arc<AtomicU64>,
+    writer_retries: Arc<AtomicU64>,
     pool: Arc<Pool>,
     head_tx: Arc<watch::Sender<u64>>,
     head_rx: watch::Receiver<u64>,
@@ -1120,12 +1124,14 @@ impl PostgresLog {
         let token = Uuid::now_v7();
         let looked_up = Arc::new(AtomicU64::new(0));
         let writer_plans = Arc::new(AtomicU64::new(0));
+        let writer_retries = Arc::new(AtomicU64::new(0));
         let writer = Writer {
             config: config.clone(),
             school: school.to_string(),
             token,
             looked_up: looked_up.clone(),
             plans: writer_plans.clone(),
+            retries: writer_retries.clone(),
             connection: None,
             planned_at: 0,
             head_tx: head_tx.clone(),
@@ -1136,6 +1142,7 @@ impl PostgresLog {
             token,
             looked_up,
             writer_plans,
+            writer_retries,
             pool: Arc::new(Pool {
                 config,
                 school: school.to_string(),
@@ -1195,11 +1202,19 @@ impl PostgresLog {
             .ok_or_else(|| corrupt("explain".to_string(), "no plan"))
     }
 
-    /// How many times this log's writer has prepared, and so planned, its
-    /// statements: once a connection, and again each time the log has
-    /// doubled since ([`plan_again`]).
+    /// How many times this log's writer has prepared its statements (which
+    /// PostgreSQL plans at their next run): once a connection, and again
+    /// each time the log has doubled since ([`plan_again`]).
     pub fn writer_plans(&self) -> u64 {
         self.writer_plans.load(Ordering::Relaxed)
+    }
+
+    /// How many times this log's writer tried a group again after its
+    /// transaction failed on a unique violation or a version it did not
+    /// expect (another writer that did not take the head's lock, or an id
+    /// a check let through that the unique index refused).
+    pub fn writer_retries(&self) -> u64 {
+        self.writer_retries.load(Ordering::Relaxed)
     }
 
     /// The value of setting `name` on the log's read connections
@@ -1336,6 +1351,8 @@ struct Writer {
     looked_up: Arc<AtomicU64>,
     /// Times its statements were prepared ([`PostgresLog::writer_plans`]).
     plans: Arc<AtomicU64>,
+    /// Groups tried again ([`PostgresLog::writer_retries`]).
+    retries: Arc<AtomicU64>,
     connection: Option<(Client, Statements)>,
     /// The log's head when the connection's statements were prepared.
     planned_at: u64,
@@ -1351,7 +1368,8 @@ impl Writer {
     }
 
     /// The writer's connection and its statements, opened if need be; the
-    /// statements are prepared, and so planned, again as the log grows
+    /// statements are prepared again (PostgreSQL plans them at their next
+    /// run) as the log grows
     /// ([`plan_again`]).
     async fn connection(&mut self) -> Result<&mut (Client, Statements), StoreError> {
         let head = *self.head_tx.borrow();
@@ -1368,11 +1386,14 @@ impl Writer {
             self.plans.fetch_add(1, Ordering::Relaxed);
         } else if plan_again(self.planned_at, head) {
             if let Some((client, statements)) = self.connection.as_mut() {
-                *statements = Statements::prepare(client)
-                    .await
-                    .map_err(pg_err("prepare"))?;
+                // Best effort: statements that fail to prepare again leave
+                // the ones that work (a connection that broke fails the
+                // group's transaction, and is opened again).
+                if let Ok(again) = Statements::prepare(client).await {
+                    *statements = again;
+                    self.plans.fetch_add(1, Ordering::Relaxed);
+                }
                 self.planned_at = head;
-                self.plans.fetch_add(1, Ordering::Relaxed);
             }
         }
         self.connection.as_mut().ok_or(StoreError::WriterStopped)
@@ -1408,6 +1429,7 @@ impl Writer {
                         for c in pending.iter_mut() {
                             c.checked = None;
                         }
+                        self.retries.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                     let text = e.to_string();
@@ -1472,6 +1494,9 @@ async fn commit_on(
     let mut ids: Vec<Uuid> = Vec::new();
     let mut answered: Vec<Uuid> = Vec::new();
     let mut after: Option<u64> = None;
+    // The latest look-up's position: a head behind it means the log is not
+    // the one the look-ups saw.
+    let mut latest = 0;
     for c in group.iter() {
         let events: usize = c.requests.iter().map(|r| r.events.len()).sum();
         let checked = c
@@ -1480,6 +1505,7 @@ async fn commit_on(
             .filter(|k| k.seen.log() == token && k.made_of(&c.requests, events));
         if let Some(k) = checked {
             after = Some(after.map_or(k.seen.through(), |a| a.min(k.seen.through())));
+            latest = latest.max(k.seen.through());
         }
         let mut i = 0;
         for r in &c.requests {
@@ -1504,7 +1530,7 @@ async fn commit_on(
     if locked
         .ids_after
         .as_ref()
-        .is_some_and(|a| a.through < locked.position || a.after > locked.position)
+        .is_some_and(|a| a.through < locked.position || latest > locked.position)
     {
         // More was stored since the look-ups than is worth reading, or the
         // head is behind what they saw (a log restored or changed behind
