@@ -917,19 +917,19 @@ const REPLAN_MIN_GROWTH: u64 = 4_096;
 /// planned again now that it is at `head`: once it has doubled (and grown
 /// by [`REPLAN_MIN_GROWTH`] at least). A connection plans a kept statement
 /// once, for any values ([`GENERIC_PLANS`]), from the table's size and
-/// statistics at that moment, and PostgreSQL keeps the plan until the table
-/// is next analyzed or vacuumed. A statement first run while the table was small keeps
-/// a small table's plan: the look-up of a batch's ids in a table never
-/// analyzed since it held a few thousand rows read every row of the school
-/// through the `(school, event_id)` index and filtered them, a batch of
-/// 1,024 ids taking 130 ms at 50,000 rows and more with each batch, until
-/// autovacuum analyzed the table (up to a minute: an import of a million
-/// events took 70–77 s instead of 11–12 in two runs of `casebook bench`;
-/// docs/performance.md, "Session bd"). Prepared again at each doubling
-/// (PostgreSQL plans a statement at its next run), a kept plan was made,
-/// once the log has grown past [`REPLAN_MIN_GROWTH`] events, when the log
-/// held at least half the events it holds now (as this process knows its
-/// head), at the cost of a statement's preparation a doubling.
+/// statistics at its first run, and PostgreSQL keeps the plan until the
+/// table is next analyzed or vacuumed. A statement first run while the
+/// table was small keeps a small table's plan: the look-up of a batch's
+/// ids read every row of the school through the `(school, event_id)`
+/// index and filtered them, a batch of 1,024 ids taking 130 ms at 50,000
+/// rows and more with each batch, until autovacuum came (up to a minute:
+/// an import of a million events took 70–77 s instead of 11–12 in two
+/// runs of `casebook bench`; docs/performance.md, "Session bd"). Prepared
+/// again at each doubling (PostgreSQL plans a statement at its next run),
+/// a kept plan was made, once the log has grown past
+/// [`REPLAN_MIN_GROWTH`] events, when the log held at least half the
+/// events it holds now (as this process knows its head), at the cost of a
+/// statement's preparation a doubling.
 fn plan_again(planned_at: u64, head: u64) -> bool {
     head >= planned_at
         .saturating_mul(2)
@@ -1369,8 +1369,7 @@ impl Writer {
 
     /// The writer's connection and its statements, opened if need be; the
     /// statements are prepared again (PostgreSQL plans them at their next
-    /// run) as the log grows
-    /// ([`plan_again`]).
+    /// run) as the log grows ([`plan_again`]).
     async fn connection(&mut self) -> Result<&mut (Client, Statements), StoreError> {
         let head = *self.head_tx.borrow();
         if self.connection.as_ref().is_none_or(|(c, _)| c.is_closed()) {
