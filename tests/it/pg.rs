@@ -1532,4 +1532,11 @@ async fn pg_statements_are_planned_again_as_the_log_grows() {
         absent.len(),
         touched(grown.clone())
     );
+    // On to 45,010 events: planned again at 35,010 only (its next doubling
+    // is 30,020 and then 70,020), not every 10,000 events.
+    fill_in_batches(log.as_ref(), 3, 10, 500).await;
+    log.append_atomic(vec![req(pupil(0), vec![contact(1)])])
+        .await
+        .unwrap();
+    assert_eq!(log.writer_plans(), 4);
 }
