@@ -413,7 +413,7 @@ pub trait EventStore: Send + Sync + 'static {
     /// visits one stream at a time ([`visit_whole_stream`]), so that it
     /// holds one stream's events at most; the segment log lends them from
     /// its read buffer, and PostgreSQL reads the streams asked in one
-    /// query.
+    /// query per 4,096 streams.
     async fn visit_streams(
         &self,
         streams: &[StreamId],
