@@ -489,10 +489,12 @@ const IDS_SQL: &str =
 /// gapless), not by each id's entry in the `(school, event_id)` index.
 const IDS_AFTER_SQL: &str =
     "SELECT event_id, position FROM events WHERE school = $1 AND position > $2 AND position <= $3";
-/// The school's head position, read before a look-up of ids
+/// The school's head ([`EventStore::head`]; `verify`'s last read), and
+/// its position before a look-up of ids
 /// ([`EventStore::find_events_checked`]): every event up to it was
-/// committed before the look-up's statements began.
-const HEAD_POSITION_SQL: &str = "SELECT position FROM heads WHERE school = $1";
+/// committed before the look-up's statements began. One statement, so a
+/// pooled connection keeps one for the head.
+const HEAD_SQL: &str = "SELECT position, hash FROM heads WHERE school = $1";
 
 /// Events after a planner's look-up that the writer reads the ids of
 /// instead of looking the batch's ids up, at most: past this many
@@ -1967,7 +1969,7 @@ impl EventStore for PostgresLog {
             return Ok((found, None));
         }
         let mut client = self.pool.get().await?;
-        let head = client.statement(HEAD_POSITION_SQL).await?;
+        let head = client.statement(HEAD_SQL).await?;
         let statement = client.statement(FIND_EVENTS_SQL).await?;
         let chunks: Vec<&[Uuid]> = ids.chunks(LOOKUP_CHUNK).collect();
         let each: Vec<Params> = chunks
@@ -2045,9 +2047,7 @@ impl EventStore for PostgresLog {
 
     async fn head(&self) -> Result<Head, StoreError> {
         let mut client = self.pool.get().await?;
-        let statement = client
-            .statement("SELECT position, hash FROM heads WHERE school = $1")
-            .await?;
+        let statement = client.statement(HEAD_SQL).await?;
         let row = client
             .query_opt(&statement, &[&self.school])
             .await
@@ -2212,10 +2212,7 @@ impl EventStore for PostgresLog {
         }
         progress(v.events());
         let head = tx
-            .query_opt(
-                "SELECT position, hash FROM heads WHERE school = $1",
-                &[&self.school],
-            )
+            .query_opt(HEAD_SQL, &[&self.school])
             .await
             .map_err(pg_err("verify"))?;
         tx.commit().await.map_err(pg_err("verify"))?;
