@@ -3,7 +3,7 @@
 //! `retention` and the subject-access `export`. Transfers are in
 //! `transfer.rs`. Policy and sources: docs/security.md.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -11,17 +11,17 @@ use async_trait::async_trait;
 use casebook_engine::access::View;
 use casebook_engine::domain::CaseState;
 use casebook_engine::envelope::{encode_payload, EventRef, StoredEvent, StreamId};
-use casebook_engine::event::{
-    CaseEvent, CaseType, LegalHoldApplied, LegalHoldLifted, PlanKind, PupilErased,
-};
+use casebook_engine::event::{CaseEvent, LegalHoldApplied, LegalHoldLifted, PupilErased};
 use casebook_engine::import::{ImportLine, Planner};
 use casebook_engine::seal::{self, KeyState, Keyring, SecretKey};
 use casebook_engine::store::{
     read_whole_stream, AppendRequest, Appended, CheckpointWriter, EventStore, Head, Presealed,
-    StreamVisitor, VerifyReport, MAX_READ_PAGE,
+    StreamVisitor, VerifyReport,
 };
 use casebook_engine::{RecordedEvent, StoreError};
-use chrono::{DateTime, Datelike, NaiveDate, Utc};
+use casebook_projections::retention::{Due, RULES};
+use casebook_projections::Retention;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -717,193 +717,6 @@ pub(crate) async fn hold(
 // Retention
 // ---------------------------------------------------------------------------
 
-/// A retention rule: record type, years after the date of birth, source.
-pub(crate) struct Rule {
-    pub record: &'static str,
-    pub years: u32,
-    pub source: &'static str,
-}
-
-/// The retention schedule (docs/security.md). All periods run from the
-/// pupil's date of birth.
-pub(crate) const RULES: &[Rule] = &[
-    Rule {
-        record: "safeguarding",
-        years: 25,
-        source: "IRMS Information Management Toolkit for Schools: child protection records, DOB + 25 years",
-    },
-    Rule {
-        record: "send",
-        years: 31,
-        source: "IRMS Toolkit: SEN files and EHCP, DOB + 31 years",
-    },
-    Rule {
-        record: "behaviour",
-        years: 25,
-        source: "IRMS Toolkit: pupil record (secondary), DOB + 25 years",
-    },
-    Rule {
-        record: "pastoral",
-        years: 25,
-        source: "IRMS Toolkit: pupil record (secondary), DOB + 25 years",
-    },
-];
-
-#[derive(Default)]
-struct PupilFacts {
-    pupil: String,
-    registration: Option<Uuid>,
-    dob: Option<NaiveDate>,
-    sen: bool,
-    types: std::collections::BTreeSet<&'static str>,
-    held: bool,
-    erased: bool,
-}
-
-fn record_type(event: &CaseEvent) -> Option<&'static str> {
-    use CaseEvent as E;
-    if event.is_safeguarding() {
-        return Some("safeguarding");
-    }
-    match event {
-        E::CaseOpened(c) if c.case_type == CaseType::Send => Some("send"),
-        E::PlanAgreed(p) if p.kind == PlanKind::Ehcp => Some("send"),
-        E::IncidentRecorded(_)
-        | E::ReasonableForceUsed(_)
-        | E::SanctionIssued(_)
-        | E::SuspensionIssued(_)
-        | E::PermanentExclusionIssued(_)
-        | E::RewardIssued(_)
-        | E::ReintegrationMeetingHeld(_)
-        | E::ReintegrationCompleted(_)
-        | E::RestorativeMeetingHeld(_)
-        | E::AlternativeProvisionArranged(_) => Some("behaviour"),
-        E::PupilRegistered(_)
-        | E::EntryCorrected(_)
-        | E::PupilErased(_)
-        | E::LegalHoldApplied(_)
-        | E::LegalHoldLifted(_)
-        | E::TransferredIn(_)
-        | E::TransferredOut(_)
-        | E::RecordViewed(_) => None,
-        _ => Some("pastoral"),
-    }
-}
-
-/// One pupil's retention: when each record type's period ends.
-struct Due {
-    pupil: String,
-    dob: NaiveDate,
-    ends: Vec<(&'static str, NaiveDate)>,
-    end: NaiveDate,
-    status: &'static str,
-}
-
-fn add_years(d: NaiveDate, years: u32) -> NaiveDate {
-    d.with_year(d.year() + years as i32)
-        // 29 February: the period ends on 1 March.
-        .or_else(|| {
-            d.succ_opt()
-                .and_then(|n| n.with_year(n.year() + years as i32))
-        })
-        .unwrap_or(NaiveDate::MAX)
-}
-
-async fn retention_list(log: &dyn EventStore, today: NaiveDate) -> Result<Vec<Due>, Failure> {
-    let mut pupils: BTreeMap<StreamId, PupilFacts> = BTreeMap::new();
-    let mut from = 1;
-    loop {
-        let page = log.read_all(from, MAX_READ_PAGE).await?;
-        let done = page.len() < MAX_READ_PAGE;
-        for s in &page {
-            from = s.position + 1;
-            if s.event_type == "RecordViewed" || s.event_type == "AttendanceMarked" {
-                if s.event_type == "AttendanceMarked" {
-                    if let Some(p) = pupils.get_mut(&s.stream) {
-                        p.types.insert("pastoral");
-                    }
-                }
-                continue;
-            }
-            let event = s.case_event().map_err(|e| {
-                Failure::Store(format!(
-                    "position {}: cannot decode the payload: {e}",
-                    s.position
-                ))
-            })?;
-            let p = pupils.entry(s.stream).or_default();
-            match &event {
-                CaseEvent::PupilRegistered(r) => {
-                    p.pupil = r.pupil.clone();
-                    p.registration = Some(s.event_id);
-                    p.dob = Some(r.date_of_birth);
-                    p.sen = r.sen == Some(true);
-                }
-                CaseEvent::EntryCorrected(c) if Some(c.event) == p.registration => {
-                    if let Some(d) = c
-                        .changes
-                        .get("date_of_birth")
-                        .and_then(Value::as_str)
-                        .and_then(|t| t.parse().ok())
-                    {
-                        p.dob = Some(d);
-                    }
-                    if let Some(sen) = c.changes.get("sen") {
-                        p.sen = sen.as_bool() == Some(true);
-                    }
-                }
-                CaseEvent::LegalHoldApplied(_) => p.held = true,
-                CaseEvent::LegalHoldLifted(_) => p.held = false,
-                CaseEvent::PupilErased(_) => p.erased = true,
-                _ => {}
-            }
-            if let Some(t) = record_type(&event) {
-                p.types.insert(t);
-            }
-        }
-        if done {
-            break;
-        }
-    }
-    let mut out = Vec::new();
-    for (_, p) in pupils {
-        let Some(dob) = p.dob else { continue };
-        let mut types = p.types.clone();
-        if p.sen {
-            types.insert("send");
-        }
-        let ends: Vec<(&'static str, NaiveDate)> = RULES
-            .iter()
-            .filter(|r| types.contains(r.record))
-            .map(|r| (r.record, add_years(dob, r.years)))
-            .collect();
-        // A record with nothing but its registration is kept as a pupil
-        // record (DOB + 25).
-        let end = ends
-            .iter()
-            .map(|(_, d)| *d)
-            .max()
-            .unwrap_or_else(|| add_years(dob, 25));
-        let status = if p.erased {
-            "erased"
-        } else if end > today {
-            "kept"
-        } else if p.held {
-            "held"
-        } else {
-            "due"
-        };
-        out.push(Due {
-            pupil: p.pupil,
-            dob,
-            ends,
-            end,
-            status,
-        });
-    }
-    Ok(out)
-}
-
 pub(crate) async fn retention(ctx: &mut Ctx, apply: bool) -> Result<(), Failure> {
     let format = ctx.formats("retention", &[Format::Text, Format::Json])?;
     let actor = permitted(
@@ -916,7 +729,10 @@ pub(crate) async fn retention(ctx: &mut Ctx, apply: bool) -> Result<(), Failure>
     )?;
     let log = ctx.log(None)?;
     let today = ctx.today;
-    let list = retention_list(log.as_ref(), today).await?;
+    // The retention view, from its checkpoint and the events since.
+    let list = crate::views::school_view::<Retention>(&log)
+        .await?
+        .report(today);
     let ended: Vec<&Due> = list
         .iter()
         .filter(|d| d.status == "due" || d.status == "held")
@@ -941,7 +757,7 @@ pub(crate) async fn retention(ctx: &mut Ctx, apply: bool) -> Result<(), Failure>
             "rules": RULES.iter().map(|r| json!({"record": r.record, "years_after_birth": r.years, "source": r.source})).collect::<Vec<_>>(),
             "pupils": ended.iter().map(|d| json!({
                 "pupil": d.pupil,
-                "date_of_birth": d.dob,
+                "date_of_birth": d.date_of_birth,
                 "retention_ends": d.end,
                 "by_record_type": d.ends.iter().map(|(r, e)| json!({"record": r, "ends": e})).collect::<Vec<_>>(),
                 "status": d.status,
@@ -968,7 +784,7 @@ pub(crate) async fn retention(ctx: &mut Ctx, apply: bool) -> Result<(), Failure>
         println!(
             "{:<16} {:<10} {:<10} {:<8} {}",
             d.pupil,
-            d.dob,
+            d.date_of_birth,
             d.end,
             d.status,
             types.join(", ")

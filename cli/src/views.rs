@@ -261,7 +261,7 @@ pub(crate) async fn audit(
 /// Loads the one school-wide view a command shows, caught up from its own
 /// checkpoint (the others are caught up when they are next shown, or by
 /// `rebuild`).
-async fn school_view<P: casebook_projections::Projection>(
+pub(crate) async fn school_view<P: casebook_projections::Projection>(
     log: &Arc<dyn EventStore>,
 ) -> Result<P, Failure> {
     let bar = progress::bar(0, "projecting");

@@ -9,7 +9,8 @@
 //!   incrementally by the [`runner`]: it feeds all of them in one pass over
 //!   the log, stores a checkpoint per view in the store and resumes from it
 //!   after a restart: [`caseload`], [`behaviour`], [`attendance`],
-//!   [`suspensions`], [`force`], [`interventions`], [`reintegration`].
+//!   [`suspensions`], [`force`], [`interventions`], [`reintegration`],
+//!   [`retention`].
 //!
 //! School-wide views keep the *facts* they read, as corrected (see
 //! [`facts`]), and aggregate at query time. Queries that depend on "today"
@@ -39,6 +40,7 @@ pub mod force;
 pub mod interventions;
 pub mod pretty;
 pub mod reintegration;
+pub mod retention;
 pub mod runner;
 pub mod summary;
 pub mod suspensions;
@@ -60,6 +62,7 @@ pub use error::ProjectionError;
 pub use force::ForceLog;
 pub use interventions::Interventions;
 pub use reintegration::Reintegration;
+pub use retention::Retention;
 pub use runner::{
     audit_of, chronology_of, load_one, load_projection, read_pupil, rebuild, RebuildReport,
     SchoolViews, CHECKPOINT_BYTES_PER_EVENT, CHECKPOINT_READ_WHOLE,
@@ -105,6 +108,7 @@ pub const PROJECTION_NAMES: &[&str] = &[
     ForceLog::NAME,
     Interventions::NAME,
     Reintegration::NAME,
+    Retention::NAME,
 ];
 
 /// Where the entries that corrections name are in the log, by event id:

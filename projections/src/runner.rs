@@ -50,6 +50,7 @@ use crate::error::ProjectionError;
 use crate::force::ForceLog;
 use crate::interventions::Interventions;
 use crate::reintegration::Reintegration;
+use crate::retention::Retention;
 use crate::suspensions::Suspensions;
 use crate::{Projection, Targets, PROJECTION_NAMES};
 
@@ -77,6 +78,7 @@ pub struct SchoolViews {
     pub force: ForceLog,
     pub interventions: Interventions,
     pub reintegration: Reintegration,
+    pub retention: Retention,
     /// Position of the last event folded (0 for an empty log).
     pub position: u64,
     /// Projections that started from zero in this load, and why.
@@ -890,8 +892,8 @@ fn decode(stored: &StoredEvent) -> Result<RecordedEvent, ProjectionError> {
 
 impl SchoolViews {
     /// Every projection, in [`PROJECTION_NAMES`] order.
-    fn feeds(&mut self) -> [&mut dyn Feed; 7] {
-        let feeds: [&mut dyn Feed; 7] = [
+    fn feeds(&mut self) -> [&mut dyn Feed; 8] {
+        let feeds: [&mut dyn Feed; 8] = [
             &mut self.caseload,
             &mut self.behaviour,
             &mut self.attendance,
@@ -899,6 +901,7 @@ impl SchoolViews {
             &mut self.force,
             &mut self.interventions,
             &mut self.reintegration,
+            &mut self.retention,
         ];
         debug_assert!(feeds
             .iter()

@@ -18,6 +18,7 @@ use casebook_projections::chronology::Chronology;
 use casebook_projections::force::ForceLog;
 use casebook_projections::interventions::Interventions;
 use casebook_projections::reintegration::{EpisodeStatus, Reintegration};
+use casebook_projections::retention::Retention;
 use casebook_projections::runner::{
     decode_checkpoint, encode_checkpoint, RestartReason, SchoolViews,
 };
@@ -1185,6 +1186,7 @@ fn reports(views: &SchoolViews, today: NaiveDate) -> Value {
         "force": views.force.report(None),
         "interventions": views.interventions.report(),
         "reintegration": views.reintegration.report(),
+        "retention": [views.retention.report(today), views.retention.report(NaiveDate::MAX)],
     })
 }
 
@@ -1200,6 +1202,7 @@ fn fold_views(events: &[RecordedEvent]) -> SchoolViews {
         v.force.apply(e, corrected_at);
         v.interventions.apply(e, corrected_at);
         v.reintegration.apply(e, corrected_at);
+        v.retention.apply(e, corrected_at);
     }
     v
 }
@@ -1224,6 +1227,7 @@ proptest! {
         assert_replays::<ForceLog>(&log, split);
         assert_replays::<Interventions>(&log, split);
         assert_replays::<Reintegration>(&log, split);
+        assert_replays::<Retention>(&log, split);
         // The reports are built without panicking, whatever the log holds.
         let _ = reports(&fold_views(&log.events), date("2026-03-01"));
         for p in 0..4 {
