@@ -717,6 +717,29 @@ pub(crate) async fn hold(
 // Retention
 // ---------------------------------------------------------------------------
 
+/// `None` when `pupil`'s own stream, folded through the retention view
+/// alone, says their record is due on `today`; else what it says instead.
+async fn status_now(
+    log: &dyn EventStore,
+    school: &str,
+    pupil: &str,
+    today: chrono::NaiveDate,
+) -> Result<Option<&'static str>, Failure> {
+    let events = casebook_projections::read_pupil(log, school, pupil)
+        .await
+        .map_err(crate::views::projection_failure)?;
+    let mut own = Retention::default();
+    for e in &events {
+        casebook_projections::Projection::apply(&mut own, e, None);
+    }
+    let status = own
+        .report(today)
+        .into_iter()
+        .find(|d| d.pupil == pupil)
+        .map_or("not registered", |d| d.status);
+    Ok((status != "due").then_some(status))
+}
+
 pub(crate) async fn retention(ctx: &mut Ctx, apply: bool) -> Result<(), Failure> {
     let format = ctx.formats("retention", &[Format::Text, Format::Json])?;
     let actor = permitted(
@@ -740,6 +763,16 @@ pub(crate) async fn retention(ctx: &mut Ctx, apply: bool) -> Result<(), Failure>
     let mut erased = Vec::new();
     if apply {
         for d in ended.iter().filter(|d| d.status == "due") {
+            // Erasure cannot be undone: the view's word (its checkpoint
+            // folded events as the rules of its day classed them) is
+            // checked against the pupil's own record, folded now.
+            if let Some(status) = status_now(log.as_ref(), &ctx.school, &d.pupil, today).await? {
+                eprintln!(
+                    "note: {} not erased: their record, read again, says {status}, not due (run `casebook rebuild retention`)",
+                    d.pupil
+                );
+                continue;
+            }
             let rule = d
                 .ends
                 .iter()

@@ -20,7 +20,7 @@ use crate::render::{self, cell, columns_of, table};
 use crate::run::Ctx;
 use crate::{progress, BehaviourBy, Failure, Format, ReportCommand};
 
-fn projection_failure(e: ProjectionError) -> Failure {
+pub(crate) fn projection_failure(e: ProjectionError) -> Failure {
     if e.is_store_failure() {
         Failure::Store(e.to_string())
     } else {

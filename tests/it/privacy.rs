@@ -335,6 +335,68 @@ fn privacy_retention_lists_by_record_type_and_applies_except_held() {
         .any(|x| x["pupil"] == "P3" && x["status"] == "due"));
 }
 
+/// `retention --apply` erases no one its view lists as due unless the
+/// pupil's own record, read again, says so too: a view whose checkpoint
+/// says otherwise (here written by hand at the log's head: a date of birth
+/// the log never held) erases nobody, and says why; rebuilt, it lists the
+/// record as kept.
+#[test]
+fn privacy_retention_apply_reads_each_record_again_before_erasing() {
+    use casebook_engine::envelope::NewEvent;
+    use casebook_engine::event::CaseEvent;
+    use casebook_engine::RecordedEvent;
+    use casebook_projections::runner::encode_checkpoint;
+    use casebook_projections::{Projection, Retention};
+    let s = Store::new(true);
+    // Born 2015: kept until 2040.
+    s.register("P5", "Perpetua Quillfeather", "2015-05-05");
+    let log = crate::cli::open_log(&s.data(), "default");
+    let head = crate::block_on(log.head()).expect("head");
+    let registered = crate::block_on(log.read_all(1, 10)).expect("read")[0].clone();
+    // The view as a checkpoint folded from a registration born 2000 says.
+    let event = CaseEvent::from_type_and_data(
+        "PupilRegistered",
+        serde_json::json!({"pupil": "P5", "name": "x", "date_of_birth": "2000-05-05", "year_group": 9}),
+    )
+    .expect("event");
+    let mut stored = registered;
+    let new = NewEvent::new(&event, stored.occurred_at, "S1").expect("new");
+    stored.payload = new.payload;
+    let mut view = Retention::default();
+    view.apply(&RecordedEvent::from_parts(stored, event), None);
+    let bytes = encode_checkpoint(&view, head.position, head.hash).expect("encode");
+    crate::block_on(log.save_checkpoint(Retention::NAME, bytes)).expect("save");
+    drop(log);
+    let listed = s
+        .run(&["--format", "json", "--today", "2026-01-01", "retention"])
+        .ok()
+        .json();
+    assert_eq!(listed["pupils"][0]["status"], "due", "{listed}");
+    let applied = s
+        .run(&[
+            "--format",
+            "json",
+            "--today",
+            "2026-01-01",
+            "retention",
+            "--apply",
+        ])
+        .ok();
+    assert!(
+        applied.stderr.contains("P5 not erased") && applied.stderr.contains("says kept"),
+        "{}",
+        applied.stderr
+    );
+    assert_eq!(applied.json()["erased"], serde_json::json!([]));
+    assert!(s.key_of("P5").is_some(), "the record was not erased");
+    s.run(&["rebuild", "retention"]).ok();
+    let rebuilt = s
+        .run(&["--format", "json", "--today", "2026-01-01", "retention"])
+        .ok()
+        .json();
+    assert_eq!(rebuilt["pupils"], serde_json::json!([]), "{rebuilt}");
+}
+
 #[test]
 fn privacy_subject_access_export_withholds_the_other_pupil() {
     let s = Store::new(true);
