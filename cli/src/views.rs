@@ -265,14 +265,22 @@ pub(crate) async fn school_view<P: casebook_projections::Projection>(
     log: &Arc<dyn EventStore>,
 ) -> Result<P, Failure> {
     let bar = progress::bar(0, "projecting");
-    let (view, restarted) = casebook_projections::load_one::<P>(log.as_ref(), &|at, head| {
+    let loaded = casebook_projections::load_one::<P>(log.as_ref(), &|at, head| {
         bar.set_length(head);
         bar.set_position(at);
     })
     .await
     .map_err(projection_failure)?;
     bar.finish_and_clear();
-    if let Some(r) = restarted {
+    if let Some(n) = &loaded.not_saved {
+        // Derived data: shown all the same; the next run folds again what
+        // this one folded.
+        eprintln!(
+            "note: the {} view is shown, but its checkpoint was not saved: {}",
+            n.projection, n.reason
+        );
+    }
+    if let Some(r) = loaded.restarted {
         if !matches!(
             r.reason,
             casebook_projections::runner::RestartReason::NoCheckpoint
@@ -283,7 +291,7 @@ pub(crate) async fn school_view<P: casebook_projections::Projection>(
             );
         }
     }
-    Ok(view)
+    Ok(loaded.view)
 }
 
 pub(crate) async fn caseload(ctx: &mut Ctx, keyworker: Option<&str>) -> Result<(), Failure> {

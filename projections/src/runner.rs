@@ -29,7 +29,9 @@
 //!
 //! Checkpoints are saved once a run has caught up, not during it: a run
 //! interrupted half-way repeats its work next time, which costs time but
-//! never correctness.
+//! never correctness. For the same reason a checkpoint the store refuses
+//! (a full disk) is said ([`NotSaved`]), not an error, except in a
+//! rebuild, whose work is the checkpoints.
 
 use std::fmt;
 
@@ -83,6 +85,9 @@ pub struct SchoolViews {
     pub position: u64,
     /// Projections that started from zero in this load, and why.
     pub restarted: Vec<Restart>,
+    /// Checkpoints the store refused in this load or catch-up (the views
+    /// are caught up all the same).
+    pub not_saved: Vec<NotSaved>,
     /// Hash of the event at `position`, to check the log on catch-up.
     hash: Hash,
 }
@@ -92,6 +97,37 @@ pub struct SchoolViews {
 pub struct Restart {
     pub projection: &'static str,
     pub reason: RestartReason,
+}
+
+/// A checkpoint the store refused (a full disk, a failed write) in a
+/// load that returned its views all the same: a checkpoint is derived
+/// data, and the next load folds again the events since the one stored
+/// before (docs/storage.md, "Checkpoints"). A rebuild, whose work is the
+/// checkpoints, fails instead.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NotSaved {
+    pub projection: &'static str,
+    /// The store's error, as it says it.
+    pub reason: String,
+}
+
+/// A view loaded on its own ([`load_one`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded<P> {
+    pub view: P,
+    /// Why it started from zero, if it did.
+    pub restarted: Option<Restart>,
+    /// Its checkpoint, if the store refused it.
+    pub not_saved: Option<NotSaved>,
+}
+
+/// What a fold does when the store refuses a checkpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Saving {
+    /// The run fails: a rebuild, whose work is the checkpoints.
+    Required,
+    /// The views are kept and the refusal returned ([`NotSaved`]).
+    BestEffort,
 }
 
 /// Why a projection started from zero.
@@ -563,9 +599,10 @@ async fn fold_and_save(
     slots: &mut [Slot<'_>],
     head: Head,
     progress: &Progress<'_>,
-) -> Result<u64, ProjectionError> {
+    saving: Saving,
+) -> Result<(u64, Vec<NotSaved>), ProjectionError> {
     let Some(start) = slots.iter().map(|s| s.at.position).min() else {
-        return Ok(0);
+        return Ok((0, Vec::new()));
     };
     let mut next = start + 1;
     progress(start, head.position);
@@ -588,8 +625,8 @@ async fn fold_and_save(
         fold_page(slots, page, &mut next, &mut Vec::new())?;
         progress(next - 1, head.position);
     }
-    save(store, slots).await?;
-    Ok(next - start - 1)
+    let not_saved = save(store, slots, saving).await?;
+    Ok((next - start - 1, not_saved))
 }
 
 /// Pages read ahead of the fold: enough to ride out an uneven page, few
@@ -842,7 +879,12 @@ fn fold_page(
 /// Each is encoded straight into the store's file where the store streams
 /// it (`save_checkpoint_with`): at 10M events the largest is a few hundred
 /// MB that would otherwise be held in memory beside the states.
-async fn save(store: &dyn EventStore, slots: &mut [Slot<'_>]) -> Result<(), ProjectionError> {
+async fn save(
+    store: &dyn EventStore,
+    slots: &mut [Slot<'_>],
+    saving: Saving,
+) -> Result<Vec<NotSaved>, ProjectionError> {
+    let mut not_saved = Vec::new();
     for slot in slots.iter_mut().filter(|s| s.worth_saving()) {
         let (name, size_hint) = (slot.feed.name(), slot.feed.checkpoint_size_hint());
         let mut encoding = None;
@@ -873,13 +915,21 @@ async fn save(store: &dyn EventStore, slots: &mut [Slot<'_>]) -> Result<(), Proj
                 .save_checkpoint_with(name, size_hint, &mut write)
                 .await
         };
-        // An encoding failure is reported as one; the disk's as the store's.
+        // An encoding failure is reported as one (a bug, whatever the
+        // run); the disk's as the store's.
         if let Some(e) = encoding {
             return Err(e);
         }
-        saved?;
+        match saved {
+            Ok(()) => {}
+            Err(error) if saving == Saving::BestEffort => not_saved.push(NotSaved {
+                projection: name,
+                reason: error.to_string(),
+            }),
+            Err(error) => return Err(error.into()),
+        }
     }
-    Ok(())
+    Ok(not_saved)
 }
 
 fn decode(stored: &StoredEvent) -> Result<RecordedEvent, ProjectionError> {
@@ -925,16 +975,20 @@ impl SchoolViews {
         let head = store.head().await?;
         let mut views = SchoolViews::default();
         let mut restarted = Vec::new();
+        let views_not_saved;
         {
             let mut slots = views.slots();
             for slot in &mut slots {
                 restarted.extend(slot.restore(store, head).await?);
             }
-            fold_and_save(store, &mut slots, head, progress).await?;
+            views_not_saved = fold_and_save(store, &mut slots, head, progress, Saving::BestEffort)
+                .await?
+                .1;
         }
         views.position = head.position;
         views.hash = head.hash;
         views.restarted = restarted;
+        views.not_saved = views_not_saved;
         Ok(views)
     }
 
@@ -953,10 +1007,11 @@ impl SchoolViews {
             });
         }
         let (position, hash) = (self.position, self.hash);
-        let read = {
+        let (read, not_saved) = {
             let mut slots = self.slots_at(position, hash);
-            fold_and_save(store, &mut slots, head, progress).await?
+            fold_and_save(store, &mut slots, head, progress, Saving::BestEffort).await?
         };
+        self.not_saved = not_saved;
         self.position = head.position.max(position);
         self.hash = if read > 0 { head.hash } else { hash };
         Ok(read)
@@ -1008,7 +1063,7 @@ pub async fn rebuild(
             None => true,
         })
         .collect();
-    let events = fold_and_save(store, &mut slots, head, progress).await?;
+    let (events, _) = fold_and_save(store, &mut slots, head, progress, Saving::Required).await?;
     Ok(RebuildReport {
         projections: slots.iter().map(|s| s.feed.name().to_string()).collect(),
         events,
@@ -1023,27 +1078,40 @@ pub async fn load_projection<P: Projection>(
     store: &dyn EventStore,
     progress: &Progress<'_>,
 ) -> Result<P, ProjectionError> {
-    load_one(store, progress).await.map(|(state, _)| state)
+    load_one(store, progress).await.map(|loaded| loaded.view)
 }
 
 /// [`load_projection`], saying whether the projection started from zero
-/// and why. What a command that shows one view loads: its own checkpoint
-/// only (the attendance checkpoint alone is ~26 MB at 1M events, so
-/// [`SchoolViews::load`] for the caseload read ~40 MB it did not show);
-/// the other views are caught up when they are next loaded.
+/// and why, and whether the store refused its checkpoint (the view is
+/// returned all the same: [`NotSaved`]). What a command that shows one
+/// view loads: its own checkpoint only (the attendance checkpoint alone is
+/// ~26 MB at 1M events, so [`SchoolViews::load`] for the caseload read ~40
+/// MB it did not show); the other views are caught up when they are next
+/// loaded.
 pub async fn load_one<P: Projection>(
     store: &dyn EventStore,
     progress: &Progress<'_>,
-) -> Result<(P, Option<Restart>), ProjectionError> {
+) -> Result<Loaded<P>, ProjectionError> {
     let head = store.head().await?;
     let mut state = P::default();
-    let restarted = {
+    let (restarted, not_saved) = {
         let mut slot = Slot::fresh(&mut state);
         let restarted = slot.restore(store, head).await?;
-        fold_and_save(store, std::slice::from_mut(&mut slot), head, progress).await?;
-        restarted
+        let (_, not_saved) = fold_and_save(
+            store,
+            std::slice::from_mut(&mut slot),
+            head,
+            progress,
+            Saving::BestEffort,
+        )
+        .await?;
+        (restarted, not_saved.into_iter().next())
     };
-    Ok((state, restarted))
+    Ok(Loaded {
+        view: state,
+        restarted,
+        not_saved,
+    })
 }
 
 /// The decoded events of `pupil`'s case stream, in stream order. An error

@@ -1363,10 +1363,13 @@ mod runner {
         let today = date("2026-03-01");
         let store = open(dir.path());
         append(&*store, first).await;
-        let (caseload, restarted) =
-            casebook_projections::load_one::<Caseload>(&*store, &no_progress)
-                .await
-                .unwrap();
+        let casebook_projections::Loaded {
+            view: caseload,
+            restarted,
+            ..
+        } = casebook_projections::load_one::<Caseload>(&*store, &no_progress)
+            .await
+            .unwrap();
         assert_eq!(
             restarted.map(|r| (r.projection, r.reason)),
             Some(("caseload", RestartReason::NoCheckpoint))
@@ -1383,21 +1386,27 @@ mod runner {
         }
         append(&*store, second).await;
         let seen = std::sync::Mutex::new(Vec::new());
-        let (resumed, restarted) =
-            casebook_projections::load_one::<Attendance>(&*store, &|done, head| {
-                seen.lock().unwrap().push((done, head))
-            })
-            .await
-            .unwrap();
+        let casebook_projections::Loaded {
+            view: resumed,
+            restarted,
+            ..
+        } = casebook_projections::load_one::<Attendance>(&*store, &|done, head| {
+            seen.lock().unwrap().push((done, head))
+        })
+        .await
+        .unwrap();
         assert!(restarted.is_some(), "attendance had no checkpoint");
         assert_eq!(seen.into_inner().unwrap().first().map(|s| s.0), Some(0));
         let seen = std::sync::Mutex::new(Vec::new());
-        let (caseload, restarted) =
-            casebook_projections::load_one::<Caseload>(&*store, &|done, head| {
-                seen.lock().unwrap().push((done, head))
-            })
-            .await
-            .unwrap();
+        let casebook_projections::Loaded {
+            view: caseload,
+            restarted,
+            ..
+        } = casebook_projections::load_one::<Caseload>(&*store, &|done, head| {
+            seen.lock().unwrap().push((done, head))
+        })
+        .await
+        .unwrap();
         assert!(restarted.is_none(), "{restarted:?}");
         let total = log.events.len() as u64;
         assert_eq!(
@@ -1446,10 +1455,13 @@ mod runner {
             let end = first + n;
             let have = store.head().await.unwrap().position as usize;
             append(&*store, &log.events[have..end]).await;
-            let (caseload, restarted) =
-                casebook_projections::load_one::<Caseload>(&*store, &no_progress)
-                    .await
-                    .unwrap();
+            let casebook_projections::Loaded {
+                view: caseload,
+                restarted,
+                ..
+            } = casebook_projections::load_one::<Caseload>(&*store, &no_progress)
+                .await
+                .unwrap();
             assert!(restarted.is_none(), "{restarted:?}");
             assert_eq!(
                 caseload.cases(today, None),
@@ -1501,10 +1513,13 @@ mod runner {
         for len in [None, Some(CHECKPOINT_READ_WHOLE + 1)] {
             let mut large = Faulty::new(&store, 7);
             large.checkpoint_len = len;
-            let (caseload, restarted) =
-                casebook_projections::load_one::<Caseload>(&large, &no_progress)
-                    .await
-                    .unwrap();
+            let casebook_projections::Loaded {
+                view: caseload,
+                restarted,
+                ..
+            } = casebook_projections::load_one::<Caseload>(&large, &no_progress)
+                .await
+                .unwrap();
             assert!(restarted.is_none(), "{len:?}: {restarted:?}");
             assert_eq!(
                 caseload.cases(today, None),
@@ -1557,6 +1572,52 @@ mod runner {
         }
         let now = store.load_checkpoint("caseload").await.unwrap().unwrap();
         assert_eq!(now, saved, "the checkpoint was written over");
+    }
+
+    /// A checkpoint the store refuses (a full disk) does not cost a
+    /// command its view: `load_one` and `SchoolViews::load` return what a
+    /// fold of the log gives and say what was not saved; nothing is
+    /// written; a rebuild, whose work is the checkpoints, fails; with room
+    /// again the next load saves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_checkpoint_the_store_refuses_leaves_the_views_and_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        append(&*store, &sample_log().events).await;
+        let today = date("2026-03-01");
+        let folded = reports(&fold_views(&all_events(&*store).await), today);
+        let mut full = Faulty::new(&store, 7);
+        full.refuse_saves = true;
+        let loaded = casebook_projections::load_one::<Caseload>(&full, &no_progress)
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(loaded.view.cases(today, None)).unwrap(),
+            folded["caseload"]
+        );
+        let not_saved = loaded.not_saved.expect("the refusal said");
+        assert_eq!(not_saved.projection, "caseload");
+        assert!(not_saved.reason.contains("full"), "{not_saved:?}");
+        let views = SchoolViews::load(&full, &no_progress).await.unwrap();
+        assert_eq!(reports(&views, today), folded);
+        let refused: Vec<&str> = views.not_saved.iter().map(|n| n.projection).collect();
+        assert_eq!(refused, PROJECTION_NAMES);
+        for name in PROJECTION_NAMES {
+            assert!(
+                store.load_checkpoint(name).await.unwrap().is_none(),
+                "{name}"
+            );
+        }
+        let err = rebuild(&full, None, &no_progress).await.err();
+        assert!(
+            matches!(&err, Some(ProjectionError::Store(e)) if e.to_string().contains("full")),
+            "{err:?}"
+        );
+        let again = casebook_projections::load_one::<Caseload>(&*store, &no_progress)
+            .await
+            .unwrap();
+        assert!(again.not_saved.is_none());
+        assert!(store.load_checkpoint("caseload").await.unwrap().is_some());
     }
 
     fn at_of<P: Projection>(bytes: &[u8]) -> u64 {
@@ -1743,6 +1804,8 @@ mod runner {
         checkpoint_len: Option<u64>,
         /// A checkpoint's reader fails after this many bytes.
         checkpoint_fails_after: Option<usize>,
+        /// Every checkpoint is refused as on a full disk.
+        refuse_saves: bool,
     }
 
     /// A checkpoint's bytes, read a few at a time, failing after `fail_at`.
@@ -1777,6 +1840,7 @@ mod runner {
                 reads: Default::default(),
                 checkpoint_len: None,
                 checkpoint_fails_after: None,
+                refuse_saves: false,
             }
         }
     }
@@ -1879,6 +1943,11 @@ mod runner {
             name: &str,
             bytes: Vec<u8>,
         ) -> Result<(), casebook_engine::StoreError> {
+            if self.refuse_saves {
+                return Err(casebook_engine::StoreError::DiskFull {
+                    during: "save a checkpoint",
+                });
+            }
             self.inner.save_checkpoint(name, bytes).await
         }
 
