@@ -109,6 +109,32 @@ fn mounted(dir: &Path, size: &str) -> Option<Tmpfs> {
         .ok()
 }
 
+/// `casebook --data DIR --school full ARGS`, its output and its stderr
+/// (printed, for the test's log).
+fn casebook_on_full_disk(
+    engine: &str,
+    dir: &Path,
+    args: &[&str],
+) -> (std::process::Output, String) {
+    let r = Command::new(env!("CARGO_BIN_EXE_casebook"))
+        .arg("--data")
+        .arg(dir)
+        .args(["--school", "full"])
+        .args(args)
+        .stdin(Stdio::null())
+        .env_remove("CASEBOOK_DATA")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    println!(
+        "disk_full ({engine}): casebook {} on the full disk: exit {:?}: {}",
+        args.join(" "),
+        r.status.code(),
+        stderr.trim()
+    );
+    (r, stderr)
+}
+
 fn disk_full(engine: &str) {
     let tmp = tempfile::tempdir().unwrap();
     let Some(mount) = mounted(tmp.path(), "24m") else {
@@ -191,21 +217,8 @@ fn disk_full(engine: &str) {
         lines.iter().map(|l| format!("{l}\n")).collect::<String>(),
     )
     .unwrap();
-    let r = Command::new(env!("CARGO_BIN_EXE_casebook"))
-        .args(["--data"])
-        .arg(&dir)
-        .args(["--school", "full", "import"])
-        .arg(&file)
-        .stdin(Stdio::null())
-        .env_remove("CASEBOOK_DATA")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    println!(
-        "disk_full ({engine}): casebook import on the full disk: exit {:?}: {}",
-        r.status.code(),
-        stderr.trim()
-    );
+    let file = file.to_str().expect("a UTF-8 path");
+    let (r, stderr) = casebook_on_full_disk(engine, &dir, &["import", file]);
     assert_eq!(r.status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains("disk holding the store is full"),
@@ -224,27 +237,8 @@ fn disk_full(engine: &str) {
             let mut f = std::fs::File::create(&filler).unwrap();
             while f.write_all(&[0u8; 4096]).is_ok() {}
         }
-        let r = Command::new(env!("CARGO_BIN_EXE_casebook"))
-            .args(["--data"])
-            .arg(&dir)
-            .args([
-                "--school",
-                "full",
-                "--format",
-                "json",
-                "report",
-                "behaviour",
-            ])
-            .stdin(Stdio::null())
-            .env_remove("CASEBOOK_DATA")
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&r.stderr);
-        println!(
-            "disk_full ({engine}): report behaviour on the full disk: exit {:?}: {}",
-            r.status.code(),
-            stderr.trim()
-        );
+        let (r, stderr) =
+            casebook_on_full_disk(engine, &dir, &["--format", "json", "report", "behaviour"]);
         assert_eq!(r.status.code(), Some(0), "{stderr}");
         assert!(
             stderr.contains("the behaviour view is shown, but its checkpoint was not saved")
