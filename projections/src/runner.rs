@@ -922,10 +922,17 @@ async fn save(
         }
         match saved {
             Ok(()) => {}
-            Err(error) if saving == Saving::BestEffort => not_saved.push(NotSaved {
-                projection: name,
-                reason: error.to_string(),
-            }),
+            // The disk's refusal (space, a failed write, a database that
+            // takes no writes from this role); anything else is a bug or
+            // damage, and fails the run as before.
+            Err(error @ (StoreError::DiskFull { .. } | StoreError::Io { .. }))
+                if saving == Saving::BestEffort =>
+            {
+                not_saved.push(NotSaved {
+                    projection: name,
+                    reason: error.to_string(),
+                })
+            }
             Err(error) => return Err(error.into()),
         }
     }
@@ -1007,10 +1014,20 @@ impl SchoolViews {
             });
         }
         let (position, hash) = (self.position, self.hash);
+        // The views whose checkpoint the store refused last time are
+        // saved again now, new events or not; a refusal is forgotten only
+        // once its view is saved.
+        let refused = std::mem::take(&mut self.not_saved);
         let (read, not_saved) = {
             let mut slots = self.slots_at(position, hash);
-            fold_and_save(store, &mut slots, head, progress, Saving::BestEffort).await?
-        };
+            for slot in &mut slots {
+                if refused.iter().any(|n| n.projection == slot.feed.name()) {
+                    slot.at.dirty = true;
+                }
+            }
+            fold_and_save(store, &mut slots, head, progress, Saving::BestEffort).await
+        }
+        .inspect_err(|_| self.not_saved = refused.clone())?;
         self.not_saved = not_saved;
         self.position = head.position.max(position);
         self.hash = if read > 0 { head.hash } else { hash };

@@ -1613,11 +1613,73 @@ mod runner {
             matches!(&err, Some(ProjectionError::Store(e)) if e.to_string().contains("full")),
             "{err:?}"
         );
+        // Any other refusal (a bug, damage) fails the command, as before.
+        let mut buggy = Faulty::new(&store, 7);
+        buggy.refuse_as_bug = true;
+        let err = casebook_projections::load_one::<Caseload>(&buggy, &no_progress)
+            .await
+            .err();
+        assert!(
+            matches!(&err, Some(ProjectionError::Store(e)) if e.to_string().contains("a test's")),
+            "{err:?}"
+        );
+        // The disk fills while a checkpoint is written (the stores that
+        // stream it to a file): the same.
+        let mut filling = Faulty::new(&store, 7);
+        filling.room_for = Some(100);
+        let loaded = casebook_projections::load_one::<Caseload>(&filling, &no_progress)
+            .await
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(loaded.view.cases(today, None)).unwrap(),
+            folded["caseload"]
+        );
+        assert!(loaded.not_saved.expect("said").reason.contains("full"));
+        assert!(store.load_checkpoint("caseload").await.unwrap().is_none());
+        // A process that keeps the views: a catch-up whose saves are
+        // refused moves on and says so; the next one, with room again,
+        // saves the views refused, new events or not.
+        let mut kept = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert!(kept.not_saved.is_empty());
+        let contact = CaseEvent::from_type_and_data(
+            "ParentContacted",
+            json!({"method": "phone", "summary": "called home"}),
+        )
+        .unwrap();
+        for _ in 0..5 {
+            let new = NewEvent::new(&contact, at("2026-02-02T10:00:00Z"), "S1").unwrap();
+            store
+                .append(AppendRequest {
+                    stream: StreamId::for_pupil(SCHOOL, "P1"),
+                    expected: ExpectedVersion::Any,
+                    events: vec![new],
+                })
+                .await
+                .unwrap();
+        }
+        let head = store.head().await.unwrap();
+        assert_eq!(kept.catch_up(&full, &no_progress).await.unwrap(), 5);
+        assert_eq!(kept.position, head.position);
+        assert_eq!(kept.not_saved.len(), PROJECTION_NAMES.len());
+        let stored = store.load_checkpoint("caseload").await.unwrap().unwrap();
+        assert_eq!(
+            at_of::<Caseload>(&stored),
+            head.position - 5,
+            "refused: the one before stays"
+        );
+        assert_eq!(kept.catch_up(&*store, &no_progress).await.unwrap(), 0);
+        assert!(kept.not_saved.is_empty(), "{:?}", kept.not_saved);
+        let stored = store.load_checkpoint("caseload").await.unwrap().unwrap();
+        assert_eq!(
+            at_of::<Caseload>(&stored),
+            head.position,
+            "saved once there was room"
+        );
         let again = casebook_projections::load_one::<Caseload>(&*store, &no_progress)
             .await
             .unwrap();
         assert!(again.not_saved.is_none());
-        assert!(store.load_checkpoint("caseload").await.unwrap().is_some());
+        assert!(again.restarted.is_none());
     }
 
     fn at_of<P: Projection>(bytes: &[u8]) -> u64 {
@@ -1806,6 +1868,30 @@ mod runner {
         checkpoint_fails_after: Option<usize>,
         /// Every checkpoint is refused as on a full disk.
         refuse_saves: bool,
+        /// Every checkpoint is refused as by a bug of the store's.
+        refuse_as_bug: bool,
+        /// A checkpoint's writer runs out of room after this many bytes,
+        /// as a store that streams it to a file does on a full disk.
+        room_for: Option<usize>,
+    }
+
+    /// A file with room for `left` more bytes.
+    struct Filling {
+        left: usize,
+    }
+
+    impl std::io::Write for Filling {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if self.left == 0 {
+                return Err(std::io::ErrorKind::StorageFull.into());
+            }
+            let n = buf.len().min(self.left);
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
 
     /// A checkpoint's bytes, read a few at a time, failing after `fail_at`.
@@ -1841,6 +1927,8 @@ mod runner {
                 checkpoint_len: None,
                 checkpoint_fails_after: None,
                 refuse_saves: false,
+                refuse_as_bug: false,
+                room_for: None,
             }
         }
     }
@@ -1948,7 +2036,39 @@ mod runner {
                     during: "save a checkpoint",
                 });
             }
+            if self.refuse_as_bug {
+                return Err(casebook_engine::StoreError::Internal("a test's".into()));
+            }
             self.inner.save_checkpoint(name, bytes).await
+        }
+
+        async fn save_checkpoint_with(
+            &self,
+            name: &str,
+            size_hint: usize,
+            write: casebook_engine::store::CheckpointWriter<'_>,
+        ) -> Result<(), casebook_engine::StoreError> {
+            match self.room_for {
+                Some(left) => match write(&mut Filling { left }) {
+                    Ok(()) => panic!("the checkpoint fits in {left} bytes: give it less"),
+                    Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
+                        Err(casebook_engine::StoreError::DiskFull {
+                            during: "write a checkpoint",
+                        })
+                    }
+                    Err(e) => Err(casebook_engine::StoreError::io("write a checkpoint", e)),
+                },
+                None if self.refuse_saves || self.refuse_as_bug => {
+                    let mut bytes = Vec::with_capacity(size_hint);
+                    write(&mut bytes).expect("encode");
+                    self.save_checkpoint(name, bytes).await
+                }
+                None => {
+                    self.inner
+                        .save_checkpoint_with(name, size_hint, write)
+                        .await
+                }
+            }
         }
 
         async fn clear_checkpoints(&self) -> Result<(), casebook_engine::StoreError> {
