@@ -390,38 +390,21 @@ mod tests {
         view.apply(&correct(3, json!({"sen": true})), None);
         let d = &view.report(date("2034-03-04"))[0];
         assert_eq!((d.end, d.status), (date("2040-03-04"), "kept"));
-        view.apply(
-            &generated(
+        let step = |view: &mut Retention, position, event_type, reason| {
+            let e = generated(
                 "P1",
-                4,
+                position,
                 at(),
-                "LegalHoldApplied",
-                json!({"reason": "claim"}),
-            ),
-            None,
-        );
+                event_type,
+                json!({ "reason": reason }),
+            );
+            view.apply(&e, None);
+        };
+        step(&mut view, 4, "LegalHoldApplied", "claim");
         assert_eq!(view.report(date("2041-01-01"))[0].status, "held");
-        view.apply(
-            &generated(
-                "P1",
-                5,
-                at(),
-                "LegalHoldLifted",
-                json!({"reason": "settled"}),
-            ),
-            None,
-        );
+        step(&mut view, 5, "LegalHoldLifted", "settled");
         assert_eq!(view.report(date("2041-01-01"))[0].status, "due");
-        view.apply(
-            &generated(
-                "P1",
-                6,
-                at(),
-                "PupilErased",
-                json!({"reason": "retention period ended"}),
-            ),
-            None,
-        );
+        step(&mut view, 6, "PupilErased", "retention period ended");
         assert_eq!(view.report(date("2041-01-01"))[0].status, "erased");
     }
 
