@@ -20,7 +20,7 @@ use casebook_engine::store::{
 };
 use casebook_engine::{RecordedEvent, StoreError};
 use casebook_projections::retention::{Due, RULES};
-use casebook_projections::Retention;
+use casebook_projections::{Retention, Targets};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -729,9 +729,7 @@ async fn status_now(
         .await
         .map_err(crate::views::projection_failure)?;
     let mut own = Retention::default();
-    for e in &events {
-        casebook_projections::Projection::apply(&mut own, e, None);
-    }
+    casebook_projections::fold_in(&mut own, &events, &Targets::of(&events));
     let status = own
         .report(today)
         .into_iter()

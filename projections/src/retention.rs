@@ -262,11 +262,6 @@ impl Retention {
             })
             .collect()
     }
-
-    /// The facts kept of `stream`, if any event of it was folded.
-    pub fn facts(&self, stream: &StreamId) -> Option<&RetentionFacts> {
-        self.pupils.get(stream)
-    }
 }
 
 #[cfg(test)]
@@ -742,7 +737,7 @@ mod tests {
                 for e in events_of(&lines).iter().filter(|e| e.stream == *stream) {
                     alone.apply(e, None);
                 }
-                prop_assert_eq!(alone.facts(stream), Some(facts));
+                prop_assert_eq!(alone.pupils.get(stream), Some(facts));
             }
         }
     }

@@ -982,20 +982,17 @@ impl SchoolViews {
         let head = store.head().await?;
         let mut views = SchoolViews::default();
         let mut restarted = Vec::new();
-        let views_not_saved;
-        {
+        let (_, not_saved) = {
             let mut slots = views.slots();
             for slot in &mut slots {
                 restarted.extend(slot.restore(store, head).await?);
             }
-            views_not_saved = fold_and_save(store, &mut slots, head, progress, Saving::BestEffort)
-                .await?
-                .1;
-        }
+            fold_and_save(store, &mut slots, head, progress, Saving::BestEffort).await?
+        };
         views.position = head.position;
         views.hash = head.hash;
         views.restarted = restarted;
-        views.not_saved = views_not_saved;
+        views.not_saved = not_saved;
         Ok(views)
     }
 
@@ -1027,7 +1024,7 @@ impl SchoolViews {
             }
             fold_and_save(store, &mut slots, head, progress, Saving::BestEffort).await
         }
-        .inspect_err(|_| self.not_saved = refused.clone())?;
+        .inspect_err(|_| self.not_saved = refused)?;
         self.not_saved = not_saved;
         self.position = head.position.max(position);
         self.hash = if read > 0 { head.hash } else { hash };

@@ -1915,6 +1915,18 @@ mod runner {
     }
 
     impl Faulty {
+        /// How the store refuses a checkpoint, if it does
+        /// (`refuse_saves`, `refuse_as_bug`).
+        fn refusal(&self) -> Option<casebook_engine::StoreError> {
+            if self.refuse_saves {
+                return Some(casebook_engine::StoreError::DiskFull {
+                    during: "save a checkpoint",
+                });
+            }
+            self.refuse_as_bug
+                .then(|| casebook_engine::StoreError::Internal("a test's".into()))
+        }
+
         fn new(inner: &Arc<dyn EventStore>, page: usize) -> Faulty {
             Faulty {
                 inner: inner.clone(),
@@ -2031,15 +2043,10 @@ mod runner {
             name: &str,
             bytes: Vec<u8>,
         ) -> Result<(), casebook_engine::StoreError> {
-            if self.refuse_saves {
-                return Err(casebook_engine::StoreError::DiskFull {
-                    during: "save a checkpoint",
-                });
+            match self.refusal() {
+                Some(e) => Err(e),
+                None => self.inner.save_checkpoint(name, bytes).await,
             }
-            if self.refuse_as_bug {
-                return Err(casebook_engine::StoreError::Internal("a test's".into()));
-            }
-            self.inner.save_checkpoint(name, bytes).await
         }
 
         async fn save_checkpoint_with(
@@ -2058,16 +2065,14 @@ mod runner {
                     }
                     Err(e) => Err(casebook_engine::StoreError::io("write a checkpoint", e)),
                 },
-                None if self.refuse_saves || self.refuse_as_bug => {
-                    let mut bytes = Vec::with_capacity(size_hint);
-                    write(&mut bytes).expect("encode");
-                    self.save_checkpoint(name, bytes).await
-                }
-                None => {
-                    self.inner
-                        .save_checkpoint_with(name, size_hint, write)
-                        .await
-                }
+                None => match self.refusal() {
+                    Some(e) => Err(e),
+                    None => {
+                        self.inner
+                            .save_checkpoint_with(name, size_hint, write)
+                            .await
+                    }
+                },
             }
         }
 
