@@ -116,3 +116,24 @@ pub fn ids_checked(seen: Seen, unchecked: Vec<u32>, requests: &[AppendRequest]) 
 pub fn seen_through(seen: Seen, through: u64) -> Seen {
     Seen::new(seen.log(), through)
 }
+
+/// A file with room for `room` more bytes, then failing as a full disk
+/// does (`StorageFull`): for tests of what is written as it is encoded.
+pub struct Full {
+    pub room: usize,
+}
+
+impl std::io::Write for Full {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

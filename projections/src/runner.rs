@@ -1177,27 +1177,8 @@ pub async fn audit_of(
 #[cfg(test)]
 mod tests {
     use super::{CaseEvent, Watched, CORRECTION_TYPE};
+    use casebook_engine::testing::Full;
     use uuid::Uuid;
-
-    /// Takes `room` bytes, then fails as a full disk does.
-    struct Full {
-        room: usize,
-    }
-
-    impl std::io::Write for Full {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.room == 0 {
-                return Err(std::io::ErrorKind::StorageFull.into());
-            }
-            let n = buf.len().min(self.room);
-            self.room -= n;
-            Ok(n)
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
 
     /// A test view whose state is a list of numbers.
     #[derive(Default, serde::Serialize, serde::Deserialize)]

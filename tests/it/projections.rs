@@ -1875,25 +1875,6 @@ mod runner {
         room_for: Option<usize>,
     }
 
-    /// A file with room for `left` more bytes.
-    struct Filling {
-        left: usize,
-    }
-
-    impl std::io::Write for Filling {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if self.left == 0 {
-                return Err(std::io::ErrorKind::StorageFull.into());
-            }
-            let n = buf.len().min(self.left);
-            self.left -= n;
-            Ok(n)
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     /// A checkpoint's bytes, read a few at a time, failing after `fail_at`.
     struct Trickle {
         bytes: Vec<u8>,
@@ -2056,7 +2037,7 @@ mod runner {
             write: casebook_engine::store::CheckpointWriter<'_>,
         ) -> Result<(), casebook_engine::StoreError> {
             match self.room_for {
-                Some(left) => match write(&mut Filling { left }) {
+                Some(left) => match write(&mut casebook_engine::testing::Full { room: left }) {
                     Ok(()) => panic!("the checkpoint fits in {left} bytes: give it less"),
                     Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
                         Err(casebook_engine::StoreError::DiskFull {
