@@ -260,7 +260,8 @@ pub(crate) async fn audit(
 
 /// Loads the one school-wide view a command shows, caught up from its own
 /// checkpoint (the others are caught up when they are next shown, or by
-/// `rebuild`).
+/// `rebuild`, or in the same pass when this one is far behind the head:
+/// `casebook_projections::load_one`).
 pub(crate) async fn school_view<P: casebook_projections::Projection>(
     log: &Arc<dyn EventStore>,
 ) -> Result<P, Failure> {

@@ -64,8 +64,9 @@ pub use interventions::Interventions;
 pub use reintegration::Reintegration;
 pub use retention::Retention;
 pub use runner::{
-    audit_of, chronology_of, load_one, load_projection, read_pupil, rebuild, Loaded, NotSaved,
-    RebuildReport, SchoolViews, CHECKPOINT_BYTES_PER_EVENT, CHECKPOINT_READ_WHOLE,
+    audit_of, chronology_of, load_one, load_one_sharing, load_projection, read_pupil, rebuild,
+    Loaded, NotSaved, RebuildReport, SchoolViews, CHECKPOINT_BYTES_PER_EVENT,
+    CHECKPOINT_READ_WHOLE, SHARE_BYTES_PER_EVENT, SHARE_FOLD_FROM,
 };
 pub use summary::summary;
 pub use suspensions::Suspensions;

@@ -8,9 +8,10 @@
 //! a checkpoint per projection. On a multi-threaded runtime the pages are
 //! read on a thread of their own, a few pages ahead of the fold, which
 //! decodes and folds them on the caller's thread in the same order. A
-//! command that shows one view loads that projection alone
-//! ([`load_one`]): its checkpoint, then the events after it; the others
-//! are caught up when they are next loaded.
+//! command that shows one view loads that projection ([`load_one`]): its
+//! checkpoint, then the events after it; the others are caught up when
+//! they are next loaded, or, when the view stands far behind the head, in
+//! the same pass ([`SHARE_FOLD_FROM`]).
 //!
 //! **Checkpoints** are stored in the store under the projection's `NAME`
 //! (`save_checkpoint_with`, streamed), outside the hash chain: they are derived data and
@@ -204,6 +205,24 @@ struct CheckpointHeader {
 /// by decoding it): that was half the time of loading a large checkpoint
 /// (`casebook report attendance` on a store of 8.2M events).
 fn leading_header(bytes: &[u8]) -> Option<CheckpointHeader> {
+    leading(bytes).map(|(header, _)| header)
+}
+
+/// The position a checkpoint laid out as [`write_checkpoint`] writes it
+/// was folded up to, read from its first bytes (its fourth entry follows
+/// the header's three) without decoding its state: what a load that would
+/// fold other views beside its own looks at before it restores one
+/// ([`load_one`]). `None` for any other layout, or bytes too short.
+fn leading_position(bytes: &[u8]) -> Option<u64> {
+    let (_, mut r) = leading(bytes)?;
+    match r.str()? {
+        "position" => r.uint(),
+        _ => None,
+    }
+}
+
+/// [`leading_header`], and a reader at the entry after it.
+fn leading(bytes: &[u8]) -> Option<(CheckpointHeader, casebook_engine::envelope::MsgReader<'_>)> {
     let mut r = casebook_engine::envelope::MsgReader::new(bytes);
     if r.map_len()? < 3 {
         return None;
@@ -224,11 +243,14 @@ fn leading_header(bytes: &[u8]) -> Option<CheckpointHeader> {
         }
         *slot = Some(u32::try_from(r.uint()?).ok()?);
     }
-    Some(CheckpointHeader {
-        format: format?,
-        name: name?,
-        version: version?,
-    })
+    Some((
+        CheckpointHeader {
+            format: format?,
+            name: name?,
+            version: version?,
+        },
+        r,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -507,9 +529,27 @@ impl<'a> Slot<'a> {
         store: &dyn EventStore,
         head: Head,
     ) -> Result<Option<Restart>, ProjectionError> {
+        match self.restore_if(store, head, None).await? {
+            Restored::Checkpoint | Restored::Declined => Ok(None),
+            Restored::Restarted(restart) => Ok(Some(restart)),
+        }
+    }
+
+    /// [`Slot::restore`], but first, when `wanted` is given, asks it
+    /// whether a checkpoint folded up to a position (read from the
+    /// checkpoint's first bytes, [`leading_position`]) and of a size in
+    /// bytes is worth decoding; when it says no, the slot stays at zero,
+    /// [`Restored::Declined`]. A checkpoint whose position cannot be read
+    /// so is decoded, and its caller looks at where it stands.
+    async fn restore_if(
+        &mut self,
+        store: &dyn EventStore,
+        head: Head,
+        wanted: Option<&(dyn Fn(u64, u64) -> bool + Sync)>,
+    ) -> Result<Restored, ProjectionError> {
         let name = self.feed.name();
         let restart = |reason| {
-            Ok(Some(Restart {
+            Ok(Restored::Restarted(Restart {
                 projection: name,
                 reason,
             }))
@@ -517,26 +557,33 @@ impl<'a> Slot<'a> {
         let Some(checkpoint) = store.open_checkpoint(name).await? else {
             return restart(RestartReason::NoCheckpoint);
         };
-        let mut watched = Watched {
+        let watched = Watched {
             inner: checkpoint.bytes,
             failed: None,
         };
+        let mut input = std::io::BufReader::with_capacity(CHECKPOINT_READ, watched);
+        if let Some(wanted) = wanted {
+            use std::io::BufRead as _;
+            let first = input.fill_buf().ok().and_then(leading_position);
+            if input.get_ref().failed.is_none()
+                && first.is_some_and(|position| !wanted(position, checkpoint.len))
+            {
+                return Ok(Restored::Declined);
+            }
+        }
         let restored = if checkpoint.len <= CHECKPOINT_READ_WHOLE {
             use std::io::Read as _;
             // Room for every byte and one more, so that the read that
             // finds the end needs no growth.
             let mut bytes = Vec::with_capacity(usize::try_from(checkpoint.len).unwrap_or(0) + 1);
-            match watched.read_to_end(&mut bytes) {
+            match input.read_to_end(&mut bytes) {
                 Ok(_) => self.feed.restore(&bytes),
                 Err(e) => Err(RestartReason::Unreadable(e.to_string())),
             }
         } else {
-            let mut input = std::io::BufReader::with_capacity(CHECKPOINT_READ, watched);
-            let restored = self.feed.restore_from(&mut input);
-            watched = input.into_inner();
-            restored
+            self.feed.restore_from(&mut input)
         };
-        if let Some(e) = watched.failed {
+        if let Some(e) = input.into_inner().failed {
             self.feed.reset();
             return Err(StoreError::io("read checkpoint", e).into());
         }
@@ -560,8 +607,18 @@ impl<'a> Slot<'a> {
             position,
             usize::try_from(checkpoint.len).unwrap_or(usize::MAX),
         ));
-        Ok(None)
+        Ok(Restored::Checkpoint)
     }
+}
+
+/// What [`Slot::restore_if`] did.
+enum Restored {
+    /// The slot stands at its checkpoint.
+    Checkpoint,
+    /// The slot starts from zero, for this reason.
+    Restarted(Restart),
+    /// The checkpoint was not wanted: the slot starts from zero.
+    Declined,
 }
 
 /// Whether the log holds the event at `position` with `hash`.
@@ -1098,28 +1155,112 @@ pub async fn load_projection<P: Projection>(
 /// [`load_projection`], saying whether the projection started from zero
 /// and why, and whether the store refused its checkpoint (the view is
 /// returned all the same: [`NotSaved`]). What a command that shows one
-/// view loads: its own checkpoint only (the attendance checkpoint alone is
-/// ~26 MB at 1M events, so [`SchoolViews::load`] for the caseload read ~40
-/// MB it did not show); the other views are caught up when they are next
-/// loaded.
+/// view loads: its own checkpoint, then the events after it.
+///
+/// **The others alongside, when the fold is long.** When the view is
+/// one of [`SchoolViews`] and stands [`SHARE_FOLD_FROM`] events or more
+/// behind the head (the first report after `casebook demo` or a large
+/// import), each other school-wide view that would fold the same events
+/// anyway is folded in the same pass and its checkpoint saved, so that the
+/// next command that shows it does not read those events again: a view
+/// whose checkpoint stands at or after this view's position and is worth
+/// bringing up (the events it lacks, times [`SHARE_BYTES_PER_EVENT`],
+/// reach its checkpoint's size: [`worth_bringing`]), or that has none
+/// when this view starts from zero. The
+/// position is read from each checkpoint's first bytes, so a view not
+/// taken is not decoded. This view's read of the log is the same either
+/// way; the others cost their checkpoints' decoding, their folds and
+/// their memory until the command ends. Nearer the head, only this view's
+/// checkpoint is read (the attendance checkpoint alone is ~26 MB at 1M
+/// events: loading every view for the caseload read ~40 MB it did not
+/// show).
 pub async fn load_one<P: Projection>(
     store: &dyn EventStore,
     progress: &Progress<'_>,
 ) -> Result<Loaded<P>, ProjectionError> {
+    load_one_sharing(store, progress, SHARE_FOLD_FROM).await
+}
+
+/// Events behind the head from which [`load_one`] folds the other
+/// school-wide views beside the one it loads: at about 3M events a second,
+/// 65,536 events are ~20 ms of reading and decoding, against a few
+/// milliseconds to look at the seven other checkpoints' first bytes.
+pub const SHARE_FOLD_FROM: u64 = 1 << 16;
+
+/// Bytes of checkpoint that reading and decoding one event of the log is
+/// worth when [`load_one`] decides whether to bring another view along: a
+/// view brought along costs the decoding of its checkpoint now, on top of
+/// the one its own command will do anyway, and saves that command reading
+/// and decoding the events it lacks. On a store of 9.9M events (24,000
+/// pupils), a rebuild read and decoded about 0.27 µs an event, and a
+/// command's decoding of its checkpoint took 6-12 ns a byte (7.8 MB for
+/// the force log, 36 MB for attendance): about 32 bytes an event.
+/// Measured with 256 (the rule for writing a checkpoint again), the first
+/// command after 240,000 imported register marks brought along every view
+/// and took 1.7-1.9 s against 0.4 s, and the eight commands 3.3 s against
+/// 3.0 (docs/performance.md, "Session bf").
+pub const SHARE_BYTES_PER_EVENT: u64 = 32;
+
+/// Whether [`load_one`], folding the log from `from` to `head`, brings
+/// along a view whose checkpoint stands at `position` and is `len` bytes:
+/// when the pass reads every event it lacks (`position >= from`), and
+/// reading them again in its own command would cost more than decoding its
+/// checkpoint once more now ([`SHARE_BYTES_PER_EVENT`]).
+fn worth_bringing(position: u64, len: u64, from: u64, head: u64) -> bool {
+    position >= from
+        && head
+            .saturating_sub(position)
+            .saturating_mul(SHARE_BYTES_PER_EVENT)
+            >= len
+}
+
+/// [`load_one`], folding the other school-wide views alongside from
+/// `share_from` events behind the head instead of [`SHARE_FOLD_FROM`]
+/// (`u64::MAX`: never).
+pub async fn load_one_sharing<P: Projection>(
+    store: &dyn EventStore,
+    progress: &Progress<'_>,
+    share_from: u64,
+) -> Result<Loaded<P>, ProjectionError> {
     let head = store.head().await?;
     let mut state = P::default();
+    let mut others = SchoolViews::default();
     let (restarted, not_saved) = {
         let mut slot = Slot::fresh(&mut state);
         let restarted = slot.restore(store, head).await?;
-        let (_, not_saved) = fold_and_save(
-            store,
-            std::slice::from_mut(&mut slot),
-            head,
-            progress,
-            Saving::BestEffort,
+        let from = slot.at.position;
+        let mut slots = vec![slot];
+        if head.position.saturating_sub(from) >= share_from && PROJECTION_NAMES.contains(&P::NAME) {
+            let end = head.position;
+            let wanted = move |position, len| worth_bringing(position, len, from, end);
+            for feed in others.feeds() {
+                if feed.name() == P::NAME {
+                    continue;
+                }
+                let mut other = Slot::fresh(feed);
+                // A view this command does not show: a checkpoint the
+                // store fails to read is left for its own command to say.
+                let taken = match other.restore_if(store, head, Some(&wanted)).await {
+                    Ok(Restored::Declined) | Err(_) => false,
+                    Ok(Restored::Restarted(_)) => from == 0,
+                    Ok(Restored::Checkpoint) => {
+                        let len = other.restored.map_or(0, |(_, bytes)| bytes as u64);
+                        wanted(other.at.position, len)
+                    }
+                };
+                if taken {
+                    slots.push(other);
+                } else {
+                    other.feed.reset();
+                }
+            }
+        }
+        let (_, not_saved) =
+            fold_and_save(store, &mut slots, head, progress, Saving::BestEffort).await?;
+        (
+            restarted,
+            not_saved.into_iter().find(|n| n.projection == P::NAME),
         )
-        .await?;
-        (restarted, not_saved.into_iter().next())
     };
     Ok(Loaded {
         view: state,
@@ -1260,6 +1401,60 @@ mod tests {
         };
         rmp_serde::encode::write(&mut out, &vec![7u32; 1_000]).unwrap();
         assert!(out.failed.is_none());
+    }
+
+    /// The position a checkpoint stands at is read from its first bytes
+    /// when it is laid out as `write_checkpoint` writes it, and not
+    /// otherwise.
+    #[test]
+    fn a_checkpoints_position_is_read_from_its_first_bytes() {
+        use super::{encode_checkpoint, leading_position, CHECKPOINT_FORMAT};
+        use crate::Projection;
+        for (n, position) in [(0u64, 0u64), (3, 1), (70_000, 9_876_543_210)] {
+            let bytes = encode_checkpoint(&Numbers((0..n).collect()), position, [7; 32]).unwrap();
+            assert_eq!(leading_position(&bytes), Some(position), "{n} numbers");
+            // The first bytes are enough: the state comes after.
+            assert_eq!(leading_position(&bytes[..64]), Some(position));
+            assert_eq!(leading_position(&bytes[..20]), None, "cut in the header");
+        }
+        // Another layout: not read so (the caller decodes it).
+        #[derive(serde::Serialize)]
+        struct Reordered<'a> {
+            format: u32,
+            name: &'a str,
+            version: u32,
+            hash: [u8; 32],
+            position: u64,
+        }
+        let bytes = rmp_serde::to_vec_named(&Reordered {
+            format: CHECKPOINT_FORMAT,
+            name: Numbers::NAME,
+            version: Numbers::VERSION,
+            hash: [0; 32],
+            position: 4,
+        })
+        .unwrap();
+        assert_eq!(leading_position(&bytes), None);
+        assert_eq!(leading_position(b"not a checkpoint"), None);
+        assert_eq!(leading_position(&[]), None);
+    }
+
+    /// A view comes along a fold from `from` when the fold reads every
+    /// event it lacks, and those events, at `SHARE_BYTES_PER_EVENT` bytes
+    /// each, reach its checkpoint's size.
+    #[test]
+    fn a_view_comes_along_when_the_fold_covers_it_and_it_is_worth_it() {
+        use super::{worth_bringing, SHARE_BYTES_PER_EVENT as B};
+        let (from, head) = (1_000, 101_000);
+        assert!(worth_bringing(from, 0, from, head), "no bytes: always");
+        assert!(worth_bringing(from, 100_000 * B, from, head));
+        assert!(!worth_bringing(from, 100_000 * B + 1, from, head));
+        assert!(worth_bringing(head - 10, 10 * B, from, head));
+        assert!(!worth_bringing(head - 10, 10 * B + 1, from, head));
+        assert!(!worth_bringing(head, 1, from, head), "at the head");
+        assert!(!worth_bringing(from - 1, 0, from, head), "before the fold");
+        assert!(worth_bringing(0, 0, 0, head), "from the start");
+        assert!(worth_bringing(5, u64::MAX, 0, u64::MAX), "no overflow");
     }
 
     /// The header read from the front of a checkpoint is the one serde

@@ -25,7 +25,7 @@ use casebook_projections::runner::{
 use casebook_projections::suspensions::{BoardBand, Suspensions};
 use casebook_projections::{
     audit_of, chronology_of, fold_in, rebuild, Projection, ProjectionError, Targets,
-    CHECKPOINT_BYTES_PER_EVENT, CHECKPOINT_READ_WHOLE, PROJECTION_NAMES,
+    CHECKPOINT_BYTES_PER_EVENT, CHECKPOINT_READ_WHOLE, PROJECTION_NAMES, SHARE_BYTES_PER_EVENT,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use proptest::prelude::*;
@@ -1420,6 +1420,180 @@ mod runner {
             resumed.report(2025, false),
             all.attendance.report(2025, false)
         );
+    }
+
+    /// The position each view's stored checkpoint stands at (0 for one
+    /// that does not decode), and its bytes, in `PROJECTION_NAMES` order
+    /// (`None`: no checkpoint).
+    async fn checkpoints(store: &dyn EventStore) -> Vec<Option<(u64, Vec<u8>)>> {
+        fn at<P: Projection>(bytes: &[u8]) -> u64 {
+            decode_checkpoint::<P>(bytes).map_or(0, |d| d.1)
+        }
+        let mut all = Vec::new();
+        for name in PROJECTION_NAMES {
+            all.push(store.load_checkpoint(name).await.unwrap().map(|bytes| {
+                let at = match *name {
+                    "caseload" => at::<Caseload>(&bytes),
+                    "behaviour" => at::<Behaviour>(&bytes),
+                    "attendance" => at::<Attendance>(&bytes),
+                    "suspensions" => at::<Suspensions>(&bytes),
+                    "force" => at::<ForceLog>(&bytes),
+                    "interventions" => at::<Interventions>(&bytes),
+                    "reintegration" => at::<Reintegration>(&bytes),
+                    "retention" => at::<Retention>(&bytes),
+                    other => panic!("a view this test does not know: {other}"),
+                };
+                (at, bytes)
+            }));
+        }
+        all
+    }
+
+    /// `load_one` of a view that stands far behind the head (the first
+    /// report after a demo or a large import) folds, in the same pass, the
+    /// other school-wide views that would fold the same events and are
+    /// worth bringing up; a view standing before it, or whose checkpoint
+    /// is unreadable, is left as it was and the pass reads no more of the
+    /// log than the view's own fold; nearer the head only the view moves.
+    /// What each view's checkpoint then holds is a fold of the log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_fold_brings_along_the_views_that_would_fold_the_same_events() {
+        use casebook_projections::load_one_sharing;
+        let dir = tempfile::tempdir().unwrap();
+        let log = sample_log();
+        let today = date("2026-03-01");
+        let store = open(dir.path());
+        let share = 16;
+        let positions = |all: &[Option<(u64, Vec<u8>)>]| -> Vec<Option<u64>> {
+            all.iter().map(|c| c.as_ref().map(|c| c.0)).collect()
+        };
+        // From nothing: every view comes along.
+        append(&*store, &log.events[..40]).await;
+        let loaded = load_one_sharing::<Caseload>(&*store, &no_progress, share)
+            .await
+            .unwrap();
+        assert_eq!(
+            loaded.restarted.map(|r| r.reason),
+            Some(RestartReason::NoCheckpoint)
+        );
+        assert_eq!(
+            positions(&checkpoints(&*store).await),
+            vec![Some(40); PROJECTION_NAMES.len()],
+            "every view brought along"
+        );
+        let views = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert!(views.restarted.is_empty(), "{:?}", views.restarted);
+        assert_eq!(
+            reports(&views, today),
+            reports(&fold_views(&all_events(&*store).await), today)
+        );
+        // Fewer events behind than `share`: the view alone.
+        append(&*store, &log.events[40..50]).await;
+        let before = checkpoints(&*store).await;
+        load_one_sharing::<Caseload>(&*store, &no_progress, share)
+            .await
+            .unwrap();
+        let after = checkpoints(&*store).await;
+        for (i, name) in PROJECTION_NAMES.iter().enumerate() {
+            if *name != "caseload" {
+                assert_eq!(after[i], before[i], "{name} moved with the caseload");
+            }
+        }
+        // Behaviour moves on alone; retention's checkpoint is spoilt.
+        append(&*store, &log.events[50..70]).await;
+        load_one_sharing::<Behaviour>(&*store, &no_progress, u64::MAX)
+            .await
+            .unwrap();
+        let behaviour = PROJECTION_NAMES
+            .iter()
+            .position(|n| *n == "behaviour")
+            .unwrap();
+        assert_eq!(
+            checkpoints(&*store).await[behaviour].as_ref().map(|c| c.0),
+            Some(70),
+            "the test needs behaviour's checkpoint written at 70"
+        );
+        store
+            .save_checkpoint("retention", b"not a checkpoint".to_vec())
+            .await
+            .unwrap();
+        // Behaviour, 20 behind: every other view stands before it, and
+        // none comes along (the pass starts at behaviour's position).
+        append(&*store, &log.events[70..90]).await;
+        let before = checkpoints(&*store).await;
+        let seen = std::sync::Mutex::new(Vec::new());
+        load_one_sharing::<Behaviour>(
+            &*store,
+            &|done, head| seen.lock().unwrap().push((done, head)),
+            share,
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.into_inner().unwrap().first(), Some(&(70, 90)));
+        let after = checkpoints(&*store).await;
+        for (i, name) in PROJECTION_NAMES.iter().enumerate() {
+            if *name != "behaviour" {
+                assert_eq!(
+                    after[i], before[i],
+                    "{name} came along from before behaviour"
+                );
+            }
+        }
+        // Attendance, from its checkpoint at 40: each view standing at or
+        // after it and worth bringing up comes along; behaviour, at the
+        // head, and retention, unreadable, stay as they are.
+        let attendance = PROJECTION_NAMES
+            .iter()
+            .position(|n| *n == "attendance")
+            .unwrap();
+        let from = after[attendance].as_ref().unwrap().0;
+        assert_eq!(from, 40);
+        let head = store.head().await.unwrap().position;
+        let expected: Vec<Option<u64>> = after
+            .iter()
+            .zip(PROJECTION_NAMES)
+            .map(|(c, name)| {
+                let (at, bytes) = c.as_ref().unwrap();
+                let worth = (head - at) * SHARE_BYTES_PER_EVENT >= bytes.len() as u64;
+                Some(match *name {
+                    "attendance" => head,
+                    "retention" => *at,
+                    _ if *at >= from && worth => head,
+                    _ => *at,
+                })
+            })
+            .collect();
+        assert!(
+            expected.iter().filter(|e| **e == Some(head)).count() >= 3,
+            "the test needs views brought along: {expected:?}"
+        );
+        let seen = std::sync::Mutex::new(Vec::new());
+        let loaded = load_one_sharing::<Attendance>(
+            &*store,
+            &|done, head| seen.lock().unwrap().push((done, head)),
+            share,
+        )
+        .await
+        .unwrap();
+        assert_eq!(seen.into_inner().unwrap().first(), Some(&(40, 90)));
+        let after = checkpoints(&*store).await;
+        let retention = PROJECTION_NAMES
+            .iter()
+            .position(|n| *n == "retention")
+            .unwrap();
+        assert_eq!(
+            after[retention].as_ref().map(|c| c.1.as_slice()),
+            Some(&b"not a checkpoint"[..])
+        );
+        assert_eq!(positions(&after), expected);
+        // What every checkpoint holds is the fold of the log.
+        let pure = fold_views(&all_events(&*store).await);
+        assert_eq!(
+            loaded.view.report(2025, false),
+            pure.attendance.report(2025, false)
+        );
+        let views = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert_eq!(reports(&views, today), reports(&pure, today));
     }
 
     /// A view restored from its checkpoint writes it again only once the
