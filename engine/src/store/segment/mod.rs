@@ -165,10 +165,20 @@ pub const MAX_CHECKPOINT_NAME: usize = 100;
 
 /// Events appended since the last index snapshot (or since none) before
 /// a clean close writes a new one; at least an eighth of the snapshot's
-/// head too, so that a large log is not rewritten for every few appends.
+/// head too, so that a large log is not rewritten for every few appends
+/// (but never more than [`SNAPSHOT_TAIL_MOST`]).
 pub const SNAPSHOT_MIN_EVENTS: u64 = 65_536;
+/// Events after the last index snapshot from which a clean close writes
+/// a new one whatever the snapshot's head ([`SNAPSHOT_MIN_EVENTS`] still
+/// first): every open scans the frames after the snapshot, about 0.35 µs
+/// an event, so at an eighth of the head a log of 9.9M events could make
+/// every command that opens it scan 1.2M events (0.4–0.5 s, after an
+/// import of 1.2M lines; 0.02 s once the import's close wrote the
+/// snapshot, which took it 1.5–2.5 s: docs/performance.md, "Session bf").
+pub const SNAPSHOT_TAIL_MOST: u64 = 1 << 18;
 /// Overrides [`SNAPSHOT_MIN_EVENTS`] (a whole number of events; 1 writes a
-/// snapshot at every close after an append).
+/// snapshot at every close after an append once an eighth of the last
+/// snapshot's head, or [`SNAPSHOT_TAIL_MOST`], followed it).
 pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 
 /// Ids the index's table holds before the writer spills them: it writes
@@ -226,6 +236,9 @@ struct Spills {
     /// Runs of ids at which the writer merges them ([`ids::MERGE_AT`];
     /// after a merge that failed, [`ids::MAX_RUNS`] more than it merged).
     merge_at: usize,
+    /// Frames of a group an open's scan keeps before it reads the group
+    /// twice instead ([`PENDING_MOST`]).
+    pending: usize,
 }
 
 impl Spills {
@@ -233,6 +246,7 @@ impl Spills {
         ids: SPILL_IDS,
         streams: SPILL_STREAMS,
         merge_at: ids::MERGE_AT,
+        pending: PENDING_MOST,
     };
 
     fn of(options: &SegmentOptions) -> Spills {
@@ -240,6 +254,7 @@ impl Spills {
             ids: options.spill_ids,
             streams: options.spill_streams,
             merge_at: ids::MERGE_AT,
+            pending: PENDING_MOST,
         }
     }
 }
@@ -252,6 +267,8 @@ pub struct SegmentOptions {
     /// [`SNAPSHOT_MIN_EVENTS`] (default: that, or
     /// [`SNAPSHOT_MIN_EVENTS_ENV`]).
     pub snapshot_min_events: u64,
+    /// [`SNAPSHOT_TAIL_MOST`] (tests lower it).
+    pub snapshot_tail_most: u64,
     /// Whether an open reads the log's index snapshot; `false` rebuilds
     /// the index from every frame of every segment (default: `true`,
     /// unless [`FULL_SCAN_ENV`] is set).
@@ -292,6 +309,7 @@ impl Default for SegmentOptions {
                 .ok()
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(SNAPSHOT_MIN_EVENTS),
+            snapshot_tail_most: SNAPSHOT_TAIL_MOST,
             read_snapshot: std::env::var_os(FULL_SCAN_ENV).is_none(),
             event_ids_at_open: true,
             locations_at_open: true,
@@ -1515,6 +1533,10 @@ fn scan_segment(
     let mut offset = from;
     let mut group_end = from;
     let mut pending: Vec<(FrameMeta, Loc, Hash)> = Vec::new();
+    // Frames of the group being read that are counted, not kept: a group
+    // of more than `PENDING_MOST` frames (an import's) is read to its end
+    // first, then again from its start into the index.
+    let mut counted = 0u64;
     while offset < file_len {
         let bytes = reader
             .at(offset, frame::PREFIX_LEN + frame::MAX_FRAME)
@@ -1526,7 +1548,7 @@ fn scan_segment(
         let hash = split_value(value)
             .map(|(_, h)| h)
             .map_err(|e| corrupt(&seg.path, Some(offset), e.to_string()))?;
-        let expected = index.head() + pending.len() as u64 + 1;
+        let expected = index.head() + pending.len() as u64 + counted + 1;
         if meta.position != expected {
             return Err(corrupt(
                 &seg.path,
@@ -1537,17 +1559,26 @@ fn scan_segment(
                 ),
             ));
         }
-        pending.push((
-            meta,
-            Loc {
-                offset,
-                len: len as u32,
-                seg: seg_no,
-            },
-            hash,
-        ));
+        if counted > 0 || pending.len() >= spills.pending {
+            counted += pending.len() as u64 + 1;
+            pending = Vec::new();
+        } else {
+            pending.push((
+                meta,
+                Loc {
+                    offset,
+                    len: len as u32,
+                    seg: seg_no,
+                },
+                hash,
+            ));
+        }
         offset += len as u64;
         if meta.group_end {
+            if counted > 0 {
+                push_group(&mut reader, seg, seg_no, index, group_end, offset)?;
+                counted = 0;
+            }
             for (m, loc, h) in pending.drain(..) {
                 index
                     .push(&m, loc, h)
@@ -1590,6 +1621,56 @@ fn scan_segment(
         }
     }
     Ok((group_end, None))
+}
+
+/// Frames of one commit group an open's scan keeps until it reaches the
+/// group's end (each ~100 bytes: its metadata, place and hash). A larger
+/// group is read to its end first, counting its frames, and then again
+/// from its start into the index ([`push_group`]): an open after an import
+/// of 1.2M lines into a 9.9M-event log held 248 MB for that group's
+/// frames, now at most ~7 MB (docs/performance.md, "Session bf").
+const PENDING_MOST: usize = 1 << 16;
+
+/// Indexes the frames of the whole group from `start` to `end` of `seg`,
+/// read to its end before ([`scan_segment`]): each is read again, and one
+/// that no longer decodes, or that does not end where the group did, is
+/// a log changed while it was opened, reported as corrupt.
+fn push_group(
+    reader: &mut SeqReader<'_>,
+    seg: &Segment,
+    seg_no: u32,
+    index: &mut Index,
+    start: u64,
+    end: u64,
+) -> Result<(), StoreError> {
+    let mut offset = start;
+    while offset < end {
+        let bytes = reader
+            .at(offset, frame::PREFIX_LEN + frame::MAX_FRAME)
+            .map_err(io("open log"))?;
+        let changed = |what: String| {
+            corrupt(
+                &seg.path,
+                Some(offset),
+                format!("{what} (the group changed while the log was opened)"),
+            )
+        };
+        let (meta, value, len) = decode_frame(bytes).map_err(|e| changed(e.to_string()))?;
+        let (_, hash) = split_value(value).map_err(|e| changed(e.to_string()))?;
+        if meta.group_end != (offset + len as u64 == end) {
+            return Err(changed("the group's end moved".into()));
+        }
+        let loc = Loc {
+            offset,
+            len: len as u32,
+            seg: seg_no,
+        };
+        index
+            .push(&meta, loc, hash)
+            .map_err(|what| corrupt(&seg.path, Some(offset), what))?;
+        offset += len as u64;
+    }
+    Ok(())
 }
 
 /// Whether a valid frame of a position from `first` on starts anywhere in
@@ -2227,6 +2308,7 @@ impl SegmentLog {
                 None => 0,
             },
             snapshot_min_events: options.snapshot_min_events,
+            snapshot_tail_most: options.snapshot_tail_most,
             spills: Spills::of(&options),
             clock: clock.clone(),
             ids_loader: ids_loader.clone(),
@@ -2655,6 +2737,7 @@ struct Writer {
     /// Head of the index snapshot on disk (0: none usable).
     snapshot_head: u64,
     snapshot_min_events: u64,
+    snapshot_tail_most: u64,
     spills: Spills,
     /// Where the time goes, shared with the log ([`WriterTimes`]).
     clock: Arc<WriterClock>,
@@ -2950,13 +3033,15 @@ impl Writer {
 
     /// At a clean close: writes the index snapshot when enough events were
     /// appended since the last one ([`SNAPSHOT_MIN_EVENTS`], and an eighth
-    /// of its head), or its event ids were found unusable. Best effort:
+    /// of its head or [`SNAPSHOT_TAIL_MOST`], the smaller), or its event
+    /// ids were found unusable. Best effort:
     /// the snapshot is derived data, and a failure leaves the old one (or
     /// none), which the next open checks against the segments anyway.
     fn write_snapshot(&mut self) {
-        let due = self
-            .snapshot_head
-            .saturating_add(self.snapshot_min_events.max(self.snapshot_head / 8));
+        let due = self.snapshot_head.saturating_add(
+            self.snapshot_min_events
+                .max((self.snapshot_head / 8).min(self.snapshot_tail_most)),
+        );
         let stale = match self.state.read() {
             Ok(state) => state.snapshot_stale,
             Err(_) => return,
@@ -7277,6 +7362,83 @@ mod index_tests {
         assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
     }
 
+    /// An open's scan keeps at most `Spills::pending` frames of a group;
+    /// a longer group is read to its end, then again from its start into
+    /// the index: the same index as a scan that keeps each group whole,
+    /// whatever the limit; a longer group torn anywhere (the log's last)
+    /// is cut whole, as before, and the groups before it kept.
+    #[test]
+    fn a_group_longer_than_the_scan_keeps_is_read_again_into_the_same_index() {
+        let (dir, rt) = dir_and_runtime();
+        let options = SegmentOptions {
+            snapshot_min_events: u64::MAX,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        let mut next = 1u128;
+        for n in [1u128, 5, 2, 9, 3, 4, 12] {
+            rt.block_on(log.append_atomic(vec![request(next..next + n)]))
+                .unwrap();
+            next += n;
+        }
+        let log_dir = log.dir().to_path_buf();
+        drop((log, store));
+        let events = (next - 1) as u32;
+        let summary = |pending: usize| {
+            let rec = recover(
+                &log_dir,
+                false,
+                OpenWith::ids(true),
+                Spills {
+                    pending,
+                    ..Spills::DEFAULT
+                },
+            )
+            .unwrap();
+            let index = &rec.index;
+            let ids: Vec<Option<u32>> = (1..=events)
+                .map(|p| index.ids.only(&Uuid::from_u128(u128::from(p))))
+                .collect();
+            (
+                index.head(),
+                index.head_hash,
+                index.locs.to_vec(),
+                index.locs.groups(),
+                ids,
+                rec.end,
+                rec.torn,
+            )
+        };
+        let whole = summary(usize::MAX);
+        assert_eq!(whole.0, u64::from(events));
+        for pending in [0, 1, 2, 3, 4, 8, 11, 12, 13] {
+            assert_eq!(summary(pending), whole, "at most {pending} frames kept");
+        }
+        // The last group (12 frames) cut inside: the 24 events before it.
+        let seg = list_segments(&log_dir).unwrap().pop().unwrap().1;
+        let full = std::fs::read(&seg).unwrap();
+        let last_start = whole.2[24].offset as usize;
+        for cut in [last_start + 1, last_start + 100, full.len() - 1] {
+            std::fs::write(&seg, &full[..cut]).unwrap();
+            for pending in [usize::MAX, 3] {
+                let rec = recover(
+                    &log_dir,
+                    false,
+                    OpenWith::ids(true),
+                    Spills {
+                        pending,
+                        ..Spills::DEFAULT
+                    },
+                )
+                .unwrap();
+                assert_eq!(rec.index.head(), 24, "cut at {cut}, {pending} kept");
+                assert_eq!(rec.end, last_start as u64);
+                assert_eq!(rec.index.locs.to_vec(), whole.2[..24].to_vec());
+            }
+        }
+    }
+
     /// Appends each of `ids` (id i was stored at position i) again, each
     /// refused as a repeat naming its position, then verifies the log,
     /// which must pass.
@@ -8581,6 +8743,43 @@ mod index_tests {
         assert!(log.event_ids_held());
         let found = rt.block_on(log.find_event(Uuid::from_u128(10))).unwrap();
         assert_eq!(found.map(|e| (e.position, e.version)), Some((10, 1)));
+    }
+
+    /// A clean close writes a new snapshot once `snapshot_tail_most`
+    /// events follow the last one, though an eighth of its head is more;
+    /// with fewer after it, the old one stays.
+    #[test]
+    fn a_close_writes_the_snapshot_once_its_tail_reaches_the_most() {
+        let (dir, rt) = dir_and_runtime();
+        let open = || {
+            let options = SegmentOptions {
+                snapshot_min_events: 1,
+                snapshot_tail_most: 4,
+                ..SegmentOptions::default()
+            };
+            let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
+            let log = store.log("school-a").unwrap();
+            (store, log)
+        };
+        let (store, log) = open();
+        rt.block_on(log.append_atomic(vec![request(1..101)]))
+            .unwrap();
+        drop((log, store));
+        // Three after the snapshot of 100: an eighth is 12, the most 4.
+        let (store, log) = open();
+        assert_eq!(log.opened_from_snapshot(), Some(100));
+        rt.block_on(log.append_atomic(vec![request(101..104)]))
+            .unwrap();
+        drop((log, store));
+        let (store, log) = open();
+        assert_eq!(log.opened_from_snapshot(), Some(100), "written for 3");
+        rt.block_on(log.append_atomic(vec![request(104..105)]))
+            .unwrap();
+        drop((log, store));
+        let (_store, log) = open();
+        assert_eq!(log.opened_from_snapshot(), Some(104), "not written for 4");
+        let found = rt.block_on(log.find_event(Uuid::from_u128(104))).unwrap();
+        assert_eq!(found.map(|e| e.position), Some(104));
     }
 
     /// An open that left the ids in the snapshot and appended only minted
