@@ -281,7 +281,9 @@ pub(crate) async fn school_view<P: casebook_projections::Projection>(
             n.projection, n.reason
         );
     }
-    if let Some(r) = loaded.restarted {
+    // This view's and those brought along its fold: a checkpoint that
+    // could not be used is said once, by the command that rebuilt it.
+    for r in loaded.restarted.iter().chain(&loaded.others_restarted) {
         if !matches!(
             r.reason,
             casebook_projections::runner::RestartReason::NoCheckpoint

@@ -120,6 +120,9 @@ pub struct Loaded<P> {
     pub restarted: Option<Restart>,
     /// Its checkpoint, if the store refused it.
     pub not_saved: Option<NotSaved>,
+    /// The other school-wide views brought along its fold from zero
+    /// ([`load_one`]), and why each had no usable checkpoint.
+    pub others_restarted: Vec<Restart>,
 }
 
 /// What a fold does when the store refuses a checkpoint.
@@ -188,7 +191,7 @@ struct CheckpointOut<'a, P> {
 
 /// The checkpoint without its state: read first, so that a checkpoint of
 /// another version is recognised as such rather than as undecodable.
-#[derive(Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 struct CheckpointHeader {
     format: u32,
     name: String,
@@ -208,15 +211,16 @@ fn leading_header(bytes: &[u8]) -> Option<CheckpointHeader> {
     leading(bytes).map(|(header, _)| header)
 }
 
-/// The position a checkpoint laid out as [`write_checkpoint`] writes it
-/// was folded up to, read from its first bytes (its fourth entry follows
-/// the header's three) without decoding its state: what a load that would
-/// fold other views beside its own looks at before it restores one
-/// ([`load_one`]). `None` for any other layout, or bytes too short.
-fn leading_position(bytes: &[u8]) -> Option<u64> {
-    let (_, mut r) = leading(bytes)?;
+/// The header of a checkpoint laid out as [`write_checkpoint`] writes it
+/// and the position it was folded up to, read from its first bytes (the
+/// position is the fourth entry, after the header's three) without
+/// decoding its state: what a load that would fold other views beside its
+/// own looks at before it restores one ([`load_one`]). `None` for any
+/// other layout, or bytes too short.
+fn leading_position(bytes: &[u8]) -> Option<(CheckpointHeader, u64)> {
+    let (header, mut r) = leading(bytes)?;
     match r.str()? {
-        "position" => r.uint(),
+        "position" => Some((header, r.uint()?)),
         _ => None,
     }
 }
@@ -379,6 +383,11 @@ fn check_header<P: Projection>(header: &CheckpointHeader) -> Result<(), RestartR
     Ok(())
 }
 
+/// Bytes of a checkpoint's front enough for its position
+/// ([`leading_position`]): the map's marker, the header (a name of at most
+/// `MAX_CHECKPOINT_NAME`, 100 bytes) and the position.
+const CHECKPOINT_PEEK: usize = 256;
+
 /// Bytes of a checkpoint read from the store at a time while it is
 /// decoded ([`Slot::restore`]).
 const CHECKPOINT_READ: usize = 64 * 1024;
@@ -402,6 +411,7 @@ type CheckpointInput = std::io::BufReader<Watched<Box<dyn std::io::Read + Send>>
 /// A projection as the runner drives it, whatever its type.
 trait Feed: Send {
     fn name(&self) -> &'static str;
+    fn version(&self) -> u32;
     fn feed(&mut self, event: &RecordedEvent, corrected_at: Option<u64>);
     fn reset(&mut self);
     /// About how many bytes [`Feed::write_checkpoint`] writes.
@@ -421,6 +431,10 @@ trait Feed: Send {
 impl<P: Projection> Feed for P {
     fn name(&self) -> &'static str {
         P::NAME
+    }
+
+    fn version(&self) -> u32 {
+        P::VERSION
     }
 
     fn feed(&mut self, event: &RecordedEvent, corrected_at: Option<u64>) {
@@ -489,6 +503,10 @@ struct Slot<'a> {
     /// bytes (`None`: it starts from zero, or its state is kept in memory
     /// by its caller, and every run that moves it saves it).
     restored: Option<(u64, usize)>,
+    /// A view brought along another's fold ([`load_one`]): whatever
+    /// stops its checkpoint from being saved is said ([`NotSaved`]), never
+    /// the run's error, as the command shows another view.
+    companion: bool,
 }
 
 impl<'a> Slot<'a> {
@@ -502,6 +520,7 @@ impl<'a> Slot<'a> {
                 dirty: true,
             },
             restored: None,
+            companion: false,
         }
     }
 
@@ -537,10 +556,11 @@ impl<'a> Slot<'a> {
 
     /// [`Slot::restore`], but first, when `wanted` is given, asks it
     /// whether a checkpoint folded up to a position (read from the
-    /// checkpoint's first bytes, [`leading_position`]) and of a size in
-    /// bytes is worth decoding; when it says no, the slot stays at zero,
-    /// [`Restored::Declined`]. A checkpoint whose position cannot be read
-    /// so is decoded, and its caller looks at where it stands.
+    /// checkpoint's first bytes, [`leading_position`], which the store
+    /// reads without the rest: [`EventStore::checkpoint_prefix`]) and of
+    /// a size in bytes is worth decoding; when it says no, the slot stays
+    /// at zero, [`Restored::Declined`]. A checkpoint whose position cannot
+    /// be read so is decoded, and its caller looks at where it stands.
     async fn restore_if(
         &mut self,
         store: &dyn EventStore,
@@ -554,36 +574,47 @@ impl<'a> Slot<'a> {
                 reason,
             }))
         };
+        if let Some(wanted) = wanted {
+            match store.checkpoint_prefix(name, CHECKPOINT_PEEK).await? {
+                None => return restart(RestartReason::NoCheckpoint),
+                Some((first, len)) => {
+                    // A checkpoint of this build's view only: any other
+                    // is read on, and restarts the view with its reason.
+                    let declined = leading_position(&first).is_some_and(|(header, position)| {
+                        header.format == CHECKPOINT_FORMAT
+                            && header.name == name
+                            && header.version == self.feed.version()
+                            && !wanted(position, len)
+                    });
+                    if declined {
+                        return Ok(Restored::Declined);
+                    }
+                }
+            }
+        }
         let Some(checkpoint) = store.open_checkpoint(name).await? else {
             return restart(RestartReason::NoCheckpoint);
         };
-        let watched = Watched {
+        let mut watched = Watched {
             inner: checkpoint.bytes,
             failed: None,
         };
-        let mut input = std::io::BufReader::with_capacity(CHECKPOINT_READ, watched);
-        if let Some(wanted) = wanted {
-            use std::io::BufRead as _;
-            let first = input.fill_buf().ok().and_then(leading_position);
-            if input.get_ref().failed.is_none()
-                && first.is_some_and(|position| !wanted(position, checkpoint.len))
-            {
-                return Ok(Restored::Declined);
-            }
-        }
         let restored = if checkpoint.len <= CHECKPOINT_READ_WHOLE {
             use std::io::Read as _;
             // Room for every byte and one more, so that the read that
             // finds the end needs no growth.
             let mut bytes = Vec::with_capacity(usize::try_from(checkpoint.len).unwrap_or(0) + 1);
-            match input.read_to_end(&mut bytes) {
+            match watched.read_to_end(&mut bytes) {
                 Ok(_) => self.feed.restore(&bytes),
                 Err(e) => Err(RestartReason::Unreadable(e.to_string())),
             }
         } else {
-            self.feed.restore_from(&mut input)
+            let mut input = std::io::BufReader::with_capacity(CHECKPOINT_READ, watched);
+            let restored = self.feed.restore_from(&mut input);
+            watched = input.into_inner();
+            restored
         };
-        if let Some(e) = input.into_inner().failed {
+        if let Some(e) = watched.failed {
             self.feed.reset();
             return Err(StoreError::io("read checkpoint", e).into());
         }
@@ -973,7 +1004,17 @@ async fn save(
                 .await
         };
         // An encoding failure is reported as one (a bug, whatever the
-        // run); the disk's as the store's.
+        // run); the disk's as the store's. A view brought along another's
+        // fold leaves either to its own command.
+        if slot.companion {
+            if let Err(error) = saved {
+                not_saved.push(NotSaved {
+                    projection: name,
+                    reason: encoding.map_or(error.to_string(), |e| e.to_string()),
+                });
+            }
+            continue;
+        }
         if let Some(e) = encoding {
             return Err(e);
         }
@@ -1100,6 +1141,7 @@ impl SchoolViews {
                     dirty: false,
                 },
                 restored: None,
+                companion: false,
             })
             .collect()
     }
@@ -1160,20 +1202,23 @@ pub async fn load_projection<P: Projection>(
 /// **The others alongside, when the fold is long.** When the view is
 /// one of [`SchoolViews`] and stands [`SHARE_FOLD_FROM`] events or more
 /// behind the head (the first report after `casebook demo` or a large
-/// import), each other school-wide view that would fold the same events
-/// anyway is folded in the same pass and its checkpoint saved, so that the
-/// next command that shows it does not read those events again: a view
-/// whose checkpoint stands at or after this view's position and is worth
-/// bringing up (the events it lacks, times [`SHARE_BYTES_PER_EVENT`],
-/// reach its checkpoint's size: [`worth_bringing`]), or that has none
-/// when this view starts from zero. The
-/// position is read from each checkpoint's first bytes, so a view not
-/// taken is not decoded. This view's read of the log is the same either
-/// way; the others cost their checkpoints' decoding, their folds and
-/// their memory until the command ends. Nearer the head, only this view's
-/// checkpoint is read (the attendance checkpoint alone is ~26 MB at 1M
-/// events: loading every view for the caseload read ~40 MB it did not
-/// show).
+/// import), each other school-wide view that lacks most of the same
+/// events is folded in the same pass and its checkpoint saved, so that
+/// the next command that shows it does not read those events again: a
+/// view whose checkpoint stands no further behind this view's position
+/// than this view stands behind the head (the pass then reads at most
+/// twice what this view needs), and is worth bringing up (the events it
+/// lacks, times [`SHARE_BYTES_PER_EVENT`], reach its checkpoint's size:
+/// [`worth_bringing`]); a view with no usable checkpoint counts as
+/// standing at zero, and why it starts from zero is returned
+/// ([`Loaded::others_restarted`]). Each position is read from the
+/// checkpoint's first bytes ([`EventStore::checkpoint_prefix`]), so a
+/// view declined is not decoded. The views brought along cost their
+/// checkpoints' decoding, their folds and their memory until this view is
+/// returned; what stops one's checkpoint from being saved is left to its
+/// own command. Nearer the head, only this view's checkpoint is read (the
+/// attendance checkpoint alone is ~26 MB at 1M events: loading every view
+/// for the caseload read ~40 MB it did not show).
 pub async fn load_one<P: Projection>(
     store: &dyn EventStore,
     progress: &Progress<'_>,
@@ -1201,13 +1246,16 @@ pub const SHARE_FOLD_FROM: u64 = 1 << 16;
 /// 3.0 (docs/performance.md, "Session bf").
 pub const SHARE_BYTES_PER_EVENT: u64 = 32;
 
-/// Whether [`load_one`], folding the log from `from` to `head`, brings
-/// along a view whose checkpoint stands at `position` and is `len` bytes:
-/// when the pass reads every event it lacks (`position >= from`), and
-/// reading them again in its own command would cost more than decoding its
-/// checkpoint once more now ([`SHARE_BYTES_PER_EVENT`]).
+/// Whether [`load_one`], whose view stands at `from` with the log's head
+/// at `head`, brings along a view whose checkpoint stands at `position`
+/// and is `len` bytes: when the pass, reading from that view's position
+/// on, reads at most twice the events the shown view needs
+/// (`from - position <= head - from`), and reading the events it lacks
+/// again in its own command would cost more than decoding its checkpoint
+/// once more now ([`SHARE_BYTES_PER_EVENT`]).
 fn worth_bringing(position: u64, len: u64, from: u64, head: u64) -> bool {
-    position >= from
+    let behind = head.saturating_sub(from);
+    position >= from.saturating_sub(behind)
         && head
             .saturating_sub(position)
             .saturating_mul(SHARE_BYTES_PER_EVENT)
@@ -1225,6 +1273,7 @@ pub async fn load_one_sharing<P: Projection>(
     let head = store.head().await?;
     let mut state = P::default();
     let mut others = SchoolViews::default();
+    let mut others_restarted = Vec::new();
     let (restarted, not_saved) = {
         let mut slot = Slot::fresh(&mut state);
         let restarted = slot.restore(store, head).await?;
@@ -1238,11 +1287,18 @@ pub async fn load_one_sharing<P: Projection>(
                     continue;
                 }
                 let mut other = Slot::fresh(feed);
+                other.companion = true;
                 // A view this command does not show: a checkpoint the
                 // store fails to read is left for its own command to say.
                 let taken = match other.restore_if(store, head, Some(&wanted)).await {
                     Ok(Restored::Declined) | Err(_) => false,
-                    Ok(Restored::Restarted(_)) => from == 0,
+                    Ok(Restored::Restarted(why)) => {
+                        let taken = wanted(0, 0);
+                        if taken {
+                            others_restarted.push(why);
+                        }
+                        taken
+                    }
                     Ok(Restored::Checkpoint) => {
                         let len = other.restored.map_or(0, |(_, bytes)| bytes as u64);
                         wanted(other.at.position, len)
@@ -1266,6 +1322,7 @@ pub async fn load_one_sharing<P: Projection>(
         view: state,
         restarted,
         not_saved,
+        others_restarted,
     })
 }
 
@@ -1408,13 +1465,19 @@ mod tests {
     /// otherwise.
     #[test]
     fn a_checkpoints_position_is_read_from_its_first_bytes() {
-        use super::{encode_checkpoint, leading_position, CHECKPOINT_FORMAT};
+        use super::{encode_checkpoint, leading_position, CheckpointHeader, CHECKPOINT_FORMAT};
         use crate::Projection;
+        let header = CheckpointHeader {
+            format: CHECKPOINT_FORMAT,
+            name: Numbers::NAME.to_string(),
+            version: Numbers::VERSION,
+        };
         for (n, position) in [(0u64, 0u64), (3, 1), (70_000, 9_876_543_210)] {
             let bytes = encode_checkpoint(&Numbers((0..n).collect()), position, [7; 32]).unwrap();
-            assert_eq!(leading_position(&bytes), Some(position), "{n} numbers");
+            let read = leading_position(&bytes);
+            assert_eq!(read, Some((header.clone(), position)), "{n} numbers");
             // The first bytes are enough: the state comes after.
-            assert_eq!(leading_position(&bytes[..64]), Some(position));
+            assert_eq!(leading_position(&bytes[..64]), read);
             assert_eq!(leading_position(&bytes[..20]), None, "cut in the header");
         }
         // Another layout: not read so (the caller decodes it).
@@ -1439,20 +1502,29 @@ mod tests {
         assert_eq!(leading_position(&[]), None);
     }
 
-    /// A view comes along a fold from `from` when the fold reads every
-    /// event it lacks, and those events, at `SHARE_BYTES_PER_EVENT` bytes
+    /// A view comes along a fold from `from` when the pass, started at the
+    /// view's position, reads at most twice what the shown view needs,
+    /// and the events the view lacks, at `SHARE_BYTES_PER_EVENT` bytes
     /// each, reach its checkpoint's size.
     #[test]
     fn a_view_comes_along_when_the_fold_covers_it_and_it_is_worth_it() {
         use super::{worth_bringing, SHARE_BYTES_PER_EVENT as B};
-        let (from, head) = (1_000, 101_000);
+        let (from, head) = (100_000, 160_000);
         assert!(worth_bringing(from, 0, from, head), "no bytes: always");
-        assert!(worth_bringing(from, 100_000 * B, from, head));
-        assert!(!worth_bringing(from, 100_000 * B + 1, from, head));
+        assert!(worth_bringing(from, 60_000 * B, from, head));
+        assert!(!worth_bringing(from, 60_000 * B + 1, from, head));
         assert!(worth_bringing(head - 10, 10 * B, from, head));
         assert!(!worth_bringing(head - 10, 10 * B + 1, from, head));
         assert!(!worth_bringing(head, 1, from, head), "at the head");
-        assert!(!worth_bringing(from - 1, 0, from, head), "before the fold");
+        // Behind the shown view: as far back as it is behind the head.
+        assert!(worth_bringing(40_000, 0, from, head));
+        assert!(!worth_bringing(39_999, 0, from, head));
+        assert!(worth_bringing(40_000, 120_000 * B, from, head));
+        assert!(!worth_bringing(0, 0, from, head), "from zero: too far");
+        assert!(
+            worth_bringing(0, 0, 80_000, head),
+            "from zero: half the log"
+        );
         assert!(worth_bringing(0, 0, 0, head), "from the start");
         assert!(worth_bringing(5, u64::MAX, 0, u64::MAX), "no overflow");
     }

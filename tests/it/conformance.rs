@@ -393,6 +393,23 @@ pub async fn checkpoints_round_trip_outside_the_chain<B: Backend>() {
     assert_eq!(s.load_checkpoint("caseload").await.unwrap(), None);
 }
 
+/// `checkpoint_prefix` gives a checkpoint's first bytes (all of them when
+/// it is shorter) and its whole size, `None` for a checkpoint not stored,
+/// on every backend alike.
+pub async fn a_checkpoints_first_bytes_come_with_its_size<B: Backend>() {
+    let b = B::fresh();
+    let s = b.open();
+    assert_eq!(s.checkpoint_prefix("caseload", 16).await.unwrap(), None);
+    let bytes: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+    s.save_checkpoint("caseload", bytes.clone()).await.unwrap();
+    for n in [0, 1, 256, 299_999, 300_000, 1 << 20] {
+        let (first, len) = s.checkpoint_prefix("caseload", n).await.unwrap().unwrap();
+        assert_eq!(len, 300_000, "{n}");
+        assert!(first == bytes[..n.min(bytes.len())], "the first {n} bytes");
+    }
+    assert_eq!(s.checkpoint_prefix("other", 16).await.unwrap(), None);
+}
+
 /// An atomic append of no requests is done at once: nothing written, an
 /// empty answer, and the log usable after it (every backend alike).
 pub async fn an_empty_atomic_append_writes_nothing_and_succeeds<B: Backend>() {
@@ -879,6 +896,7 @@ macro_rules! conformance_suite {
             case!(subscription_catches_up_then_goes_live);
             case!(checkpoints_round_trip_outside_the_chain);
             case!(streamed_checkpoints_replace_whole_or_not_at_all);
+            case!(a_checkpoints_first_bytes_come_with_its_size);
             case!(an_empty_atomic_append_writes_nothing_and_succeeds);
             case!(payloads_decode_to_the_recorded_event);
             case!(old_schema_payloads_are_stored_unchanged_and_upcast_on_read);

@@ -1422,12 +1422,14 @@ mod runner {
         );
     }
 
-    /// The position each view's stored checkpoint stands at (0 for one
-    /// that does not decode), and its bytes, in `PROJECTION_NAMES` order
-    /// (`None`: no checkpoint).
-    async fn checkpoints(store: &dyn EventStore) -> Vec<Option<(u64, Vec<u8>)>> {
-        fn at<P: Projection>(bytes: &[u8]) -> u64 {
-            decode_checkpoint::<P>(bytes).map_or(0, |d| d.1)
+    /// A view's stored checkpoint: the position it stands at (`None` for
+    /// one that does not decode) and its bytes (`None`: no checkpoint).
+    type Stored = Option<(Option<u64>, Vec<u8>)>;
+
+    /// Each view's stored checkpoint, in `PROJECTION_NAMES` order.
+    async fn checkpoints(store: &dyn EventStore) -> Vec<Stored> {
+        fn at<P: Projection>(bytes: &[u8]) -> Option<u64> {
+            decode_checkpoint::<P>(bytes).ok().map(|d| d.1)
         }
         let mut all = Vec::new();
         for name in PROJECTION_NAMES {
@@ -1449,13 +1451,82 @@ mod runner {
         all
     }
 
+    /// What `load_one_sharing` of `shown`, sharing, leaves in the
+    /// checkpoints `before`, with the log's head at `head`, by the rules
+    /// the runner documents, and the position its pass starts from: the
+    /// shown view's checkpoint written again once the events after it,
+    /// at `CHECKPOINT_BYTES_PER_EVENT` bytes each, reach its size; each
+    /// other view taken when the pass, started at its position (0 when it
+    /// has no usable checkpoint), reads at most twice what the shown view
+    /// needs and the events it lacks, at `SHARE_BYTES_PER_EVENT` bytes
+    /// each, reach its checkpoint's size, and then written at the head.
+    fn shared_fold(
+        before: &[Stored],
+        shown: &str,
+        head: u64,
+    ) -> (Vec<Stored>, u64, Vec<&'static str>) {
+        let i = PROJECTION_NAMES.iter().position(|n| *n == shown).unwrap();
+        let (Some(from), shown_len) = before[i]
+            .as_ref()
+            .map_or((Some(0), 0), |(at, bytes)| (*at, bytes.len() as u64))
+        else {
+            panic!("the shown view's checkpoint does not decode")
+        };
+        let reach = from.saturating_sub(head - from);
+        let mut start = from;
+        let mut brought = Vec::new();
+        let after = before
+            .iter()
+            .zip(PROJECTION_NAMES)
+            .map(|(c, name)| {
+                let (at, len) = match c {
+                    Some((Some(at), bytes)) => (*at, bytes.len() as u64),
+                    _ => (0, 0),
+                };
+                let moved = if *name == shown {
+                    c.is_none() || (head - from) * CHECKPOINT_BYTES_PER_EVENT >= shown_len
+                } else {
+                    at >= reach && (head - at) * SHARE_BYTES_PER_EVENT >= len
+                };
+                if !moved {
+                    return c.clone();
+                }
+                if *name != shown {
+                    start = start.min(at);
+                    brought.push(*name);
+                }
+                Some((Some(head), Vec::new()))
+            })
+            .collect();
+        (after, start, brought)
+    }
+
+    /// Checks the checkpoints `now` against those `shared_fold` expects
+    /// (a checkpoint written again only by its position).
+    fn assert_shared(now: &[Stored], expected: &[Stored], what: &str) {
+        for ((now, expected), name) in now.iter().zip(expected).zip(PROJECTION_NAMES) {
+            match expected {
+                Some((at, bytes)) if bytes.is_empty() => {
+                    assert_eq!(
+                        now.as_ref().map(|c| c.0),
+                        Some(*at),
+                        "{what}: {name} brought"
+                    )
+                }
+                other => assert_eq!(now, other, "{what}: {name} left as it was"),
+            }
+        }
+    }
+
     /// `load_one` of a view that stands far behind the head (the first
     /// report after a demo or a large import) folds, in the same pass, the
-    /// other school-wide views that would fold the same events and are
-    /// worth bringing up; a view standing before it, or whose checkpoint
-    /// is unreadable, is left as it was and the pass reads no more of the
-    /// log than the view's own fold; nearer the head only the view moves.
-    /// What each view's checkpoint then holds is a fold of the log.
+    /// other school-wide views that lack most of the same events and are
+    /// worth bringing up, from where they stand; a view standing further
+    /// back than the shown one stands behind the head, or whose checkpoint
+    /// is unreadable when zero is that far, is left as it was; nearer the
+    /// head only the view moves. The pass starts at the furthest view it
+    /// takes; a view rebuilt from zero says why; what each checkpoint
+    /// then holds is a fold of the log.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_long_fold_brings_along_the_views_that_would_fold_the_same_events() {
         use casebook_projections::load_one_sharing;
@@ -1464,10 +1535,11 @@ mod runner {
         let today = date("2026-03-01");
         let store = open(dir.path());
         let share = 16;
-        let positions = |all: &[Option<(u64, Vec<u8>)>]| -> Vec<Option<u64>> {
-            all.iter().map(|c| c.as_ref().map(|c| c.0)).collect()
+        let first_seen = |seen: std::sync::Mutex<Vec<(u64, u64)>>| {
+            seen.into_inner().unwrap().first().map(|s| s.0)
         };
-        // From nothing: every view comes along.
+        // From nothing: every view comes along, each said to have had no
+        // checkpoint.
         append(&*store, &log.events[..40]).await;
         let loaded = load_one_sharing::<Caseload>(&*store, &no_progress, share)
             .await
@@ -1476,9 +1548,15 @@ mod runner {
             loaded.restarted.map(|r| r.reason),
             Some(RestartReason::NoCheckpoint)
         );
-        assert_eq!(
-            positions(&checkpoints(&*store).await),
-            vec![Some(40); PROJECTION_NAMES.len()],
+        assert_eq!(loaded.others_restarted.len(), PROJECTION_NAMES.len() - 1);
+        assert!(loaded
+            .others_restarted
+            .iter()
+            .all(|r| r.reason == RestartReason::NoCheckpoint && r.projection != "caseload"));
+        let now = checkpoints(&*store).await;
+        assert!(
+            now.iter()
+                .all(|c| c.as_ref().map(|c| c.0) == Some(Some(40))),
             "every view brought along"
         );
         let views = SchoolViews::load(&*store, &no_progress).await.unwrap();
@@ -1490,15 +1568,21 @@ mod runner {
         // Fewer events behind than `share`: the view alone.
         append(&*store, &log.events[40..50]).await;
         let before = checkpoints(&*store).await;
-        load_one_sharing::<Caseload>(&*store, &no_progress, share)
+        let loaded = load_one_sharing::<Caseload>(&*store, &no_progress, share)
             .await
             .unwrap();
-        let after = checkpoints(&*store).await;
-        for (i, name) in PROJECTION_NAMES.iter().enumerate() {
-            if *name != "caseload" {
-                assert_eq!(after[i], before[i], "{name} moved with the caseload");
-            }
-        }
+        assert!(loaded.others_restarted.is_empty());
+        let caseload = PROJECTION_NAMES
+            .iter()
+            .position(|n| *n == "caseload")
+            .unwrap();
+        let mut expected = before.clone();
+        expected[caseload] = checkpoints(&*store).await[caseload].clone();
+        assert_eq!(
+            checkpoints(&*store).await,
+            expected,
+            "only the caseload moves"
+        );
         // Behaviour moves on alone; retention's checkpoint is spoilt.
         append(&*store, &log.events[50..70]).await;
         load_one_sharing::<Behaviour>(&*store, &no_progress, u64::MAX)
@@ -1510,63 +1594,55 @@ mod runner {
             .unwrap();
         assert_eq!(
             checkpoints(&*store).await[behaviour].as_ref().map(|c| c.0),
-            Some(70),
+            Some(Some(70)),
             "the test needs behaviour's checkpoint written at 70"
         );
         store
             .save_checkpoint("retention", b"not a checkpoint".to_vec())
             .await
             .unwrap();
-        // Behaviour, 20 behind: every other view stands before it, and
-        // none comes along (the pass starts at behaviour's position).
+        // Behaviour, 20 behind: views at 40 are too far back (30), and so
+        // is zero for retention's; what stands at 50 or later may come.
         append(&*store, &log.events[70..90]).await;
         let before = checkpoints(&*store).await;
+        let (expected, start, brought) = shared_fold(&before, "behaviour", 90);
+        assert!(
+            brought.len() < PROJECTION_NAMES.len() - 1,
+            "the test needs views left behind: {brought:?}"
+        );
         let seen = std::sync::Mutex::new(Vec::new());
-        load_one_sharing::<Behaviour>(
+        let loaded = load_one_sharing::<Behaviour>(
             &*store,
             &|done, head| seen.lock().unwrap().push((done, head)),
             share,
         )
         .await
         .unwrap();
-        assert_eq!(seen.into_inner().unwrap().first(), Some(&(70, 90)));
-        let after = checkpoints(&*store).await;
-        for (i, name) in PROJECTION_NAMES.iter().enumerate() {
-            if *name != "behaviour" {
-                assert_eq!(
-                    after[i], before[i],
-                    "{name} came along from before behaviour"
-                );
-            }
-        }
-        // Attendance, from its checkpoint at 40: each view standing at or
-        // after it and worth bringing up comes along; behaviour, at the
-        // head, and retention, unreadable, stay as they are.
+        assert!(
+            loaded.others_restarted.is_empty(),
+            "{:?}",
+            loaded.others_restarted
+        );
+        assert_eq!(first_seen(seen), Some(start));
+        assert_shared(&checkpoints(&*store).await, &expected, "behaviour at 70");
+        // Attendance, from its checkpoint at 40, 50 behind: everything is
+        // within reach, retention from zero (and said to be unreadable);
+        // what is worth it comes along, behaviour (at the head) does not.
+        let before = checkpoints(&*store).await;
         let attendance = PROJECTION_NAMES
             .iter()
             .position(|n| *n == "attendance")
             .unwrap();
-        let from = after[attendance].as_ref().unwrap().0;
-        assert_eq!(from, 40);
-        let head = store.head().await.unwrap().position;
-        let expected: Vec<Option<u64>> = after
-            .iter()
-            .zip(PROJECTION_NAMES)
-            .map(|(c, name)| {
-                let (at, bytes) = c.as_ref().unwrap();
-                let worth = (head - at) * SHARE_BYTES_PER_EVENT >= bytes.len() as u64;
-                Some(match *name {
-                    "attendance" => head,
-                    "retention" => *at,
-                    _ if *at >= from && worth => head,
-                    _ => *at,
-                })
-            })
-            .collect();
+        assert_eq!(before[attendance].as_ref().map(|c| c.0), Some(Some(40)));
+        let (expected, start, brought) = shared_fold(&before, "attendance", 90);
+        // Every view is within reach here: some are taken, and some (their
+        // checkpoints larger than 32 bytes for each event they lack) not.
         assert!(
-            expected.iter().filter(|e| **e == Some(head)).count() >= 3,
-            "the test needs views brought along: {expected:?}"
+            brought.contains(&"retention") && brought.len() >= 2,
+            "{brought:?}"
         );
+        assert!(brought.len() < PROJECTION_NAMES.len() - 2, "{brought:?}");
+        assert!(!brought.contains(&"behaviour"));
         let seen = std::sync::Mutex::new(Vec::new());
         let loaded = load_one_sharing::<Attendance>(
             &*store,
@@ -1575,17 +1651,20 @@ mod runner {
         )
         .await
         .unwrap();
-        assert_eq!(seen.into_inner().unwrap().first(), Some(&(40, 90)));
-        let after = checkpoints(&*store).await;
-        let retention = PROJECTION_NAMES
-            .iter()
-            .position(|n| *n == "retention")
-            .unwrap();
+        assert_eq!(first_seen(seen), Some(start));
+        assert_eq!(start, 0, "retention from zero");
         assert_eq!(
-            after[retention].as_ref().map(|c| c.1.as_slice()),
-            Some(&b"not a checkpoint"[..])
+            loaded
+                .others_restarted
+                .iter()
+                .map(|r| (
+                    r.projection,
+                    matches!(r.reason, RestartReason::Unreadable(_))
+                ))
+                .collect::<Vec<_>>(),
+            vec![("retention", true)]
         );
-        assert_eq!(positions(&after), expected);
+        assert_shared(&checkpoints(&*store).await, &expected, "attendance at 40");
         // What every checkpoint holds is the fold of the log.
         let pure = fold_views(&all_events(&*store).await);
         assert_eq!(
@@ -1593,7 +1672,85 @@ mod runner {
             pure.attendance.report(2025, false)
         );
         let views = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert!(views.restarted.is_empty(), "{:?}", views.restarted);
         assert_eq!(reports(&views, today), reports(&pure, today));
+        // A checkpoint of another version, at the head: not declined by
+        // its position, but rebuilt in a pass from zero, saying why.
+        #[derive(serde::Serialize)]
+        struct Older<'a> {
+            format: u32,
+            name: &'a str,
+            version: u32,
+            position: u64,
+            hash: [u8; 32],
+            state: Vec<u8>,
+        }
+        let older = rmp_serde::to_vec_named(&Older {
+            format: 1,
+            name: "force",
+            version: 0,
+            position: 90,
+            hash: [0; 32],
+            state: Vec::new(),
+        })
+        .unwrap();
+        store.save_checkpoint("force", older).await.unwrap();
+        store
+            .save_checkpoint("caseload", b"not a checkpoint".to_vec())
+            .await
+            .unwrap();
+        let loaded = load_one_sharing::<Caseload>(&*store, &no_progress, share)
+            .await
+            .unwrap();
+        assert!(
+            loaded
+                .others_restarted
+                .iter()
+                .any(|r| r.projection == "force"
+                    && r.reason
+                        == RestartReason::VersionChanged {
+                            stored: 0,
+                            current: ForceLog::VERSION
+                        }),
+            "{:?}",
+            loaded.others_restarted
+        );
+        let views = SchoolViews::load(&*store, &no_progress).await.unwrap();
+        assert!(views.restarted.is_empty(), "{:?}", views.restarted);
+        assert_eq!(reports(&views, today), reports(&pure, today));
+    }
+
+    /// A view brought along another's fold whose checkpoint the store
+    /// refuses, even as by a bug, leaves the command that shows the other
+    /// view alone: it is shown and its own checkpoint saved; the refused
+    /// ones are left to their own commands.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_view_brought_along_whose_checkpoint_is_refused_fails_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = sample_log();
+        let today = date("2026-03-01");
+        let store = open(dir.path());
+        append(&*store, &log.events[..40]).await;
+        let mut picky = Faulty::new(&store, 7);
+        picky.saves_only = Some("caseload");
+        let loaded = casebook_projections::load_one_sharing::<Caseload>(&picky, &no_progress, 16)
+            .await
+            .unwrap();
+        assert!(loaded.not_saved.is_none(), "{:?}", loaded.not_saved);
+        assert_eq!(loaded.others_restarted.len(), PROJECTION_NAMES.len() - 1);
+        assert_eq!(
+            loaded.view.cases(today, None),
+            fold_views(&all_events(&*store).await)
+                .caseload
+                .cases(today, None)
+        );
+        let saved: Vec<bool> = checkpoints(&*store)
+            .await
+            .iter()
+            .map(Option::is_some)
+            .collect();
+        let only_caseload: Vec<bool> = PROJECTION_NAMES.iter().map(|n| *n == "caseload").collect();
+        assert_eq!(saved, only_caseload);
     }
 
     /// A view restored from its checkpoint writes it again only once the
@@ -2044,6 +2201,8 @@ mod runner {
         refuse_saves: bool,
         /// Every checkpoint is refused as by a bug of the store's.
         refuse_as_bug: bool,
+        /// Every checkpoint but this one is refused as by a bug.
+        saves_only: Option<&'static str>,
         /// A checkpoint's writer runs out of room after this many bytes,
         /// as a store that streams it to a file does on a full disk.
         room_for: Option<usize>,
@@ -2070,15 +2229,15 @@ mod runner {
     }
 
     impl Faulty {
-        /// How the store refuses a checkpoint, if it does
-        /// (`refuse_saves`, `refuse_as_bug`).
-        fn refusal(&self) -> Option<casebook_engine::StoreError> {
+        /// How the store refuses the checkpoint `name`, if it does
+        /// (`refuse_saves`, `refuse_as_bug`, `saves_only`).
+        fn refusal(&self, name: &str) -> Option<casebook_engine::StoreError> {
             if self.refuse_saves {
                 return Some(casebook_engine::StoreError::DiskFull {
                     during: "save a checkpoint",
                 });
             }
-            self.refuse_as_bug
+            (self.refuse_as_bug || self.saves_only.is_some_and(|only| only != name))
                 .then(|| casebook_engine::StoreError::Internal("a test's".into()))
         }
 
@@ -2095,6 +2254,7 @@ mod runner {
                 checkpoint_fails_after: None,
                 refuse_saves: false,
                 refuse_as_bug: false,
+                saves_only: None,
                 room_for: None,
             }
         }
@@ -2198,7 +2358,7 @@ mod runner {
             name: &str,
             bytes: Vec<u8>,
         ) -> Result<(), casebook_engine::StoreError> {
-            match self.refusal() {
+            match self.refusal(name) {
                 Some(e) => Err(e),
                 None => self.inner.save_checkpoint(name, bytes).await,
             }
@@ -2220,7 +2380,7 @@ mod runner {
                     }
                     Err(e) => Err(casebook_engine::StoreError::io("write a checkpoint", e)),
                 },
-                None => match self.refusal() {
+                None => match self.refusal(name) {
                     Some(e) => Err(e),
                     None => {
                         self.inner

@@ -513,6 +513,30 @@ pub trait EventStore: Send + Sync + 'static {
             }))
     }
 
+    /// The first `n` bytes of a checkpoint (all of it if it is shorter) and
+    /// its whole size, without reading the rest where the store can (the
+    /// segment store reads them from the file, PostgreSQL sends only
+    /// them): what a load that decides whether to decode a checkpoint
+    /// looks at (`projections::runner`, a view brought along another's
+    /// fold). By default, the first bytes of `open_checkpoint`'s reader.
+    async fn checkpoint_prefix(
+        &self,
+        name: &str,
+        n: usize,
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        use std::io::Read as _;
+        let Some(checkpoint) = self.open_checkpoint(name).await? else {
+            return Ok(None);
+        };
+        let mut prefix = Vec::with_capacity(n.min(1 << 16));
+        checkpoint
+            .bytes
+            .take(n as u64)
+            .read_to_end(&mut prefix)
+            .map_err(|e| StoreError::io("read checkpoint", e))?;
+        Ok(Some((prefix, checkpoint.len)))
+    }
+
     /// Stores a checkpoint durably (outside the hash chain: checkpoints are
     /// derived data and can always be rebuilt from the log).
     async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError>;

@@ -2085,6 +2085,30 @@ impl EventStore for PostgresLog {
         Ok(row.map(|r| r.get(0)))
     }
 
+    async fn checkpoint_prefix(
+        &self,
+        name: &str,
+        n: usize,
+    ) -> Result<Option<(Vec<u8>, u64)>, StoreError> {
+        let mut client = self.pool.get().await?;
+        // Only the first bytes cross the connection (a large school's
+        // attendance checkpoint is tens of MB).
+        let statement = client
+            .statement(
+                "SELECT substring(bytes FROM 1 FOR $3), octet_length(bytes) FROM checkpoints WHERE school = $1 AND name = $2",
+            )
+            .await?;
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        let row = client
+            .query_opt(&statement, &[&self.school, &name, &n])
+            .await
+            .map_err(|e| client.read_error("read checkpoint", e))?;
+        Ok(row.map(|r| {
+            let len: i32 = r.get(1);
+            (r.get(0), u64::try_from(len).unwrap_or(0))
+        }))
+    }
+
     async fn save_checkpoint(&self, name: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let mut client = self.pool.get().await?;
         let statement = client

@@ -174,11 +174,13 @@ pub const SNAPSHOT_MIN_EVENTS: u64 = 65_536;
 /// an event, so at an eighth of the head a log of 9.9M events could make
 /// every command that opens it scan 1.2M events (0.4–0.5 s, after an
 /// import of 1.2M lines; 0.02 s once the import's close wrote the
-/// snapshot, which took it 1.5–2.5 s: docs/performance.md, "Session bf").
+/// snapshot, which took it 0–2.7 s longer: docs/performance.md, "Session
+/// bf").
 pub const SNAPSHOT_TAIL_MOST: u64 = 1 << 18;
 /// Overrides [`SNAPSHOT_MIN_EVENTS`] (a whole number of events; 1 writes a
-/// snapshot at every close after an append once an eighth of the last
-/// snapshot's head, or [`SNAPSHOT_TAIL_MOST`], followed it).
+/// snapshot at a clean close once an eighth of the last snapshot's head,
+/// or [`SNAPSHOT_TAIL_MOST`] events if fewer, followed it, and with no
+/// snapshot yet at the first clean close after an append).
 pub const SNAPSHOT_MIN_EVENTS_ENV: &str = "CASEBOOK_SNAPSHOT_MIN_EVENTS";
 
 /// Ids the index's table holds before the writer spills them: it writes
@@ -1627,8 +1629,9 @@ fn scan_segment(
 /// group's end (each ~100 bytes: its metadata, place and hash). A larger
 /// group is read to its end first, counting its frames, and then again
 /// from its start into the index ([`push_group`]): an open after an import
-/// of 1.2M lines into a 9.9M-event log held 248 MB for that group's
-/// frames, now at most ~7 MB (docs/performance.md, "Session bf").
+/// of 1.2M lines into a 9.9M-event log peaked at 248 MB (that group's
+/// frames, about 125 MB in a `Vec` that doubled as it grew), now at 60 MB
+/// (docs/performance.md, "Session bf").
 const PENDING_MOST: usize = 1 << 16;
 
 /// Indexes the frames of the whole group from `start` to `end` of `seg`,
