@@ -7388,8 +7388,9 @@ mod index_tests {
         let log_dir = log.dir().to_path_buf();
         drop((log, store));
         let events = (next - 1) as u32;
-        let summary = |pending: usize| {
-            let rec = recover(
+        // The log opened by a scan that keeps at most `pending` frames.
+        let recovered = |pending: usize| {
+            recover(
                 &log_dir,
                 false,
                 OpenWith::ids(true),
@@ -7398,7 +7399,10 @@ mod index_tests {
                     ..Spills::DEFAULT
                 },
             )
-            .unwrap();
+            .unwrap()
+        };
+        let summary = |pending: usize| {
+            let rec = recovered(pending);
             let index = &rec.index;
             let ids: Vec<Option<u32>> = (1..=events)
                 .map(|p| index.ids.only(&Uuid::from_u128(u128::from(p))))
@@ -7425,16 +7429,7 @@ mod index_tests {
         for cut in [last_start + 1, last_start + 100, full.len() - 1] {
             std::fs::write(&seg, &full[..cut]).unwrap();
             for pending in [usize::MAX, 3] {
-                let rec = recover(
-                    &log_dir,
-                    false,
-                    OpenWith::ids(true),
-                    Spills {
-                        pending,
-                        ..Spills::DEFAULT
-                    },
-                )
-                .unwrap();
+                let rec = recovered(pending);
                 assert_eq!(rec.index.head(), 24, "cut at {cut}, {pending} kept");
                 assert_eq!(rec.end, last_start as u64);
                 assert_eq!(rec.index.locs.to_vec(), whole.2[..24].to_vec());
