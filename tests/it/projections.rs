@@ -26,6 +26,7 @@ use casebook_projections::suspensions::{BoardBand, Suspensions};
 use casebook_projections::{
     audit_of, chronology_of, fold_in, rebuild, Projection, ProjectionError, Targets,
     CHECKPOINT_BYTES_PER_EVENT, CHECKPOINT_READ_WHOLE, PROJECTION_NAMES, SHARE_BYTES_PER_EVENT,
+    SHARE_FOLD_FROM,
 };
 use chrono::{DateTime, Duration, NaiveDate, TimeZone, Utc};
 use proptest::prelude::*;
@@ -1258,6 +1259,30 @@ mod runner {
 
     fn no_progress(_: u64, _: u64) {}
 
+    /// `load_one_sharing` of `P` (sharing from `share` events behind the
+    /// head; `load_one` is `SHARE_FOLD_FROM`), and the progress it
+    /// reported, `(position reached, head)`: its first is where its pass
+    /// started.
+    async fn load_watched<P: Projection>(
+        store: &dyn EventStore,
+        share: u64,
+    ) -> (casebook_projections::Loaded<P>, Vec<(u64, u64)>) {
+        let seen = std::sync::Mutex::new(Vec::new());
+        let loaded = casebook_projections::load_one_sharing::<P>(
+            store,
+            &|done, head| seen.lock().unwrap().push((done, head)),
+            share,
+        )
+        .await
+        .unwrap();
+        (loaded, seen.into_inner().unwrap())
+    }
+
+    /// Where the view `name` is in `PROJECTION_NAMES`.
+    fn index_of(name: &str) -> usize {
+        PROJECTION_NAMES.iter().position(|n| *n == name).unwrap()
+    }
+
     /// Appends the log's events to the store, one append each, in log
     /// order.
     async fn append(store: &dyn EventStore, events: &[RecordedEvent]) {
@@ -1385,32 +1410,28 @@ mod runner {
             assert_eq!(saved, *name == "caseload", "checkpoint of {name}");
         }
         append(&*store, second).await;
-        let seen = std::sync::Mutex::new(Vec::new());
-        let casebook_projections::Loaded {
-            view: resumed,
-            restarted,
-            ..
-        } = casebook_projections::load_one::<Attendance>(&*store, &|done, head| {
-            seen.lock().unwrap().push((done, head))
-        })
-        .await
-        .unwrap();
+        let (
+            casebook_projections::Loaded {
+                view: resumed,
+                restarted,
+                ..
+            },
+            seen,
+        ) = load_watched::<Attendance>(&*store, SHARE_FOLD_FROM).await;
         assert!(restarted.is_some(), "attendance had no checkpoint");
-        assert_eq!(seen.into_inner().unwrap().first().map(|s| s.0), Some(0));
-        let seen = std::sync::Mutex::new(Vec::new());
-        let casebook_projections::Loaded {
-            view: caseload,
-            restarted,
-            ..
-        } = casebook_projections::load_one::<Caseload>(&*store, &|done, head| {
-            seen.lock().unwrap().push((done, head))
-        })
-        .await
-        .unwrap();
+        assert_eq!(seen.first().map(|s| s.0), Some(0));
+        let (
+            casebook_projections::Loaded {
+                view: caseload,
+                restarted,
+                ..
+            },
+            seen,
+        ) = load_watched::<Caseload>(&*store, SHARE_FOLD_FROM).await;
         assert!(restarted.is_none(), "{restarted:?}");
         let total = log.events.len() as u64;
         assert_eq!(
-            seen.into_inner().unwrap().first(),
+            seen.first(),
             Some(&(50, total)),
             "resumed at its checkpoint"
         );
@@ -1465,7 +1486,7 @@ mod runner {
         shown: &str,
         head: u64,
     ) -> (Vec<Stored>, u64, Vec<&'static str>) {
-        let i = PROJECTION_NAMES.iter().position(|n| *n == shown).unwrap();
+        let i = index_of(shown);
         let (Some(from), shown_len) = before[i]
             .as_ref()
             .map_or((Some(0), 0), |(at, bytes)| (*at, bytes.len() as u64))
@@ -1535,9 +1556,6 @@ mod runner {
         let today = date("2026-03-01");
         let store = open(dir.path());
         let share = 16;
-        let first_seen = |seen: std::sync::Mutex<Vec<(u64, u64)>>| {
-            seen.into_inner().unwrap().first().map(|s| s.0)
-        };
         // From nothing: every view comes along, each said to have had no
         // checkpoint.
         append(&*store, &log.events[..40]).await;
@@ -1572,10 +1590,7 @@ mod runner {
             .await
             .unwrap();
         assert!(loaded.others_restarted.is_empty());
-        let caseload = PROJECTION_NAMES
-            .iter()
-            .position(|n| *n == "caseload")
-            .unwrap();
+        let caseload = index_of("caseload");
         let mut expected = before.clone();
         expected[caseload] = checkpoints(&*store).await[caseload].clone();
         assert_eq!(
@@ -1588,12 +1603,10 @@ mod runner {
         load_one_sharing::<Behaviour>(&*store, &no_progress, u64::MAX)
             .await
             .unwrap();
-        let behaviour = PROJECTION_NAMES
-            .iter()
-            .position(|n| *n == "behaviour")
-            .unwrap();
         assert_eq!(
-            checkpoints(&*store).await[behaviour].as_ref().map(|c| c.0),
+            checkpoints(&*store).await[index_of("behaviour")]
+                .as_ref()
+                .map(|c| c.0),
             Some(Some(70)),
             "the test needs behaviour's checkpoint written at 70"
         );
@@ -1610,30 +1623,22 @@ mod runner {
             brought.len() < PROJECTION_NAMES.len() - 1,
             "the test needs views left behind: {brought:?}"
         );
-        let seen = std::sync::Mutex::new(Vec::new());
-        let loaded = load_one_sharing::<Behaviour>(
-            &*store,
-            &|done, head| seen.lock().unwrap().push((done, head)),
-            share,
-        )
-        .await
-        .unwrap();
+        let (loaded, seen) = load_watched::<Behaviour>(&*store, share).await;
         assert!(
             loaded.others_restarted.is_empty(),
             "{:?}",
             loaded.others_restarted
         );
-        assert_eq!(first_seen(seen), Some(start));
+        assert_eq!(seen.first().map(|s| s.0), Some(start));
         assert_shared(&checkpoints(&*store).await, &expected, "behaviour at 70");
         // Attendance, from its checkpoint at 40, 50 behind: everything is
         // within reach, retention from zero (and said to be unreadable);
         // what is worth it comes along, behaviour (at the head) does not.
         let before = checkpoints(&*store).await;
-        let attendance = PROJECTION_NAMES
-            .iter()
-            .position(|n| *n == "attendance")
-            .unwrap();
-        assert_eq!(before[attendance].as_ref().map(|c| c.0), Some(Some(40)));
+        assert_eq!(
+            before[index_of("attendance")].as_ref().map(|c| c.0),
+            Some(Some(40))
+        );
         let (expected, start, brought) = shared_fold(&before, "attendance", 90);
         // Every view is within reach here: some are taken, and some (their
         // checkpoints larger than 32 bytes for each event they lack) not.
@@ -1643,15 +1648,8 @@ mod runner {
         );
         assert!(brought.len() < PROJECTION_NAMES.len() - 2, "{brought:?}");
         assert!(!brought.contains(&"behaviour"));
-        let seen = std::sync::Mutex::new(Vec::new());
-        let loaded = load_one_sharing::<Attendance>(
-            &*store,
-            &|done, head| seen.lock().unwrap().push((done, head)),
-            share,
-        )
-        .await
-        .unwrap();
-        assert_eq!(first_seen(seen), Some(start));
+        let (loaded, seen) = load_watched::<Attendance>(&*store, share).await;
+        assert_eq!(seen.first().map(|s| s.0), Some(start));
         assert_eq!(start, 0, "retention from zero");
         assert_eq!(
             loaded

@@ -255,8 +255,7 @@ impl Spills {
         Spills {
             ids: options.spill_ids,
             streams: options.spill_streams,
-            merge_at: ids::MERGE_AT,
-            pending: PENDING_MOST,
+            ..Spills::DEFAULT
         }
     }
 }
@@ -7372,13 +7371,10 @@ mod index_tests {
     /// is cut whole, as before, and the groups before it kept.
     #[test]
     fn a_group_longer_than_the_scan_keeps_is_read_again_into_the_same_index() {
-        let (dir, rt) = dir_and_runtime();
-        let options = SegmentOptions {
+        let (_dir, rt, store, log) = fresh_log_with(SegmentOptions {
             snapshot_min_events: u64::MAX,
             ..SegmentOptions::default()
-        };
-        let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
-        let log = store.log("school-a").unwrap();
+        });
         let mut next = 1u128;
         for n in [1u128, 5, 2, 9, 3, 4, 12] {
             rt.block_on(log.append_atomic(vec![request(next..next + n)]))
