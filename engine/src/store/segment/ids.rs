@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::dense::Chunked;
-use super::sorted_ids::SortedIds;
+use super::sorted_ids::{pair_bytes, Chunks, CopyMerge, SortedIds};
 use super::IdHash;
 
 /// Ids whose table memory is fetched at once ([`IdMap::prefetch`]): the
@@ -344,7 +344,7 @@ impl IdMap {
     }
 }
 
-/// Ids a pass of [`Ids::sorted_pairs`] puts in order at a time (2 MB).
+/// Ids a pass of [`Ids::sorted_bytes`] puts in order at a time (2 MB).
 const PASS_PAIRS: usize = 1 << 17;
 
 /// The most buckets, 2^BUCKET_BITS, the table's pairs are placed in when
@@ -1027,17 +1027,36 @@ impl Ids {
         self.frozen.is_some()
     }
 
-    /// Hands `each` every `(fingerprint, position)`, sorted (what an index
-    /// snapshot stores).
-    pub(super) fn sorted_pairs(
+    /// Hands `out` the bytes of every `(fingerprint, position)`, sorted
+    /// (what an index snapshot stores), in runs: with the ids of one file
+    /// and the table's (a log opened from its snapshot), the file's pairs
+    /// between two of the table's are copied as read ([`merged_bytes`]);
+    /// otherwise one pair at a time ([`Ids::sorted_pairs_by`]).
+    pub(super) fn sorted_bytes(
         &self,
-        each: impl FnMut(u64, u32) -> std::io::Result<()>,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        self.sorted_pairs_by(PASS_PAIRS, each)
+        self.sorted_bytes_by(PASS_PAIRS, out)
     }
 
-    /// [`Ids::sorted_pairs`], sorting about `pass_pairs` of the table at a
+    /// [`Ids::sorted_bytes`], sorting about `pass_pairs` of the table at a
     /// time.
+    fn sorted_bytes_by(
+        &self,
+        pass_pairs: usize,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        match (self.runs.as_slice(), &self.frozen) {
+            ([run], None) => {
+                let mut old = CopyMerge::new(run.pairs());
+                merged_bytes(&self.tail, self.base_len(), &mut old, pass_pairs, out)
+            }
+            _ => self.sorted_pairs_by(pass_pairs, |fp, p| out(&pair_bytes(fp, p))),
+        }
+    }
+
+    /// Hands `each` every `(fingerprint, position)`, sorted, putting about
+    /// `pass_pairs` of the table in order at a time.
     fn sorted_pairs_by(
         &self,
         pass_pairs: usize,
@@ -1127,16 +1146,7 @@ impl Ids {
 }
 
 /// The pairs of `runs` (sorted in their files) merged with `table`'s
-/// (numbered from `base + 1`), which are put in order about `pass_pairs`
-/// at a time by ranges of fingerprints, so that what is held at once
-/// stays small.
-///
-/// Fingerprints are hashes, so they spread evenly over their range: a
-/// pass takes those in its share of the range, and within it each
-/// pair goes straight to its place among smaller shares (a counting
-/// sort: one read of the table's fingerprints to count them all, then
-/// one a pass to place them), leaving only pairs that share a bucket
-/// (a few) to sort.
+/// (numbered from `base + 1`, put in order by [`table_passes`]).
 fn merged(
     table: &IdMap,
     base: u32,
@@ -1145,6 +1155,78 @@ fn merged(
     each: &mut dyn FnMut(u64, u32) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let mut files: Vec<_> = runs.iter().map(|r| r.pairs().peekable()).collect();
+    table_passes(table, base, pass_pairs, &mut |part, upper| {
+        if files.is_empty() {
+            // Nothing to merge (a spill's run, or every id in the
+            // table): the table's pairs alone.
+            for &(fp, p) in part {
+                each(fp, p)?;
+            }
+            return Ok(());
+        }
+        let mut table = part.iter().copied().peekable();
+        loop {
+            // The least next pair of the files' (below this pass's
+            // bound) and the table's.
+            let mut least: Option<((u64, u32), Option<usize>)> = table.peek().map(|&t| (t, None));
+            for (i, file) in files.iter_mut().enumerate() {
+                match file.peek() {
+                    Some(Ok(pair))
+                        if u128::from(pair.0) < upper && least.is_none_or(|(l, _)| *pair < l) =>
+                    {
+                        least = Some((*pair, Some(i)));
+                    }
+                    Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
+                    _ => {}
+                }
+            }
+            let Some((pair, from)) = least else {
+                return Ok(());
+            };
+            match from {
+                Some(i) => files[i].next(),
+                None => table.next().map(Ok),
+            };
+            each(pair.0, pair.1)?;
+        }
+    })
+}
+
+/// The bytes of the pairs of `old` (a sorted section: a snapshot's ids,
+/// or a run) merged with `table`'s (numbered from `base + 1`, put in
+/// order by [`table_passes`]), handed to `out` in runs ([`CopyMerge`]).
+pub(super) fn merged_bytes(
+    table: &IdMap,
+    base: u32,
+    old: &mut CopyMerge<impl Chunks>,
+    pass_pairs: usize,
+    out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    table_passes(table, base, pass_pairs, &mut |part, upper| {
+        old.merge(part, Some(upper), out)
+    })
+}
+
+/// What [`table_passes`] hands each pass's sorted pairs and bound to.
+type Pass<'a> = &'a mut dyn FnMut(&[(u64, u32)], u128) -> std::io::Result<()>;
+
+/// Hands `pass` `table`'s pairs (numbered from `base + 1`) in order, about
+/// `pass_pairs` at a time by ranges of fingerprints, so that what is held
+/// at once stays small: each pass's pairs, sorted, and the bound its
+/// fingerprints are under (the last pass's: 2^64).
+///
+/// Fingerprints are hashes, so they spread evenly over their range: a
+/// pass takes those in its share of the range, and within it each
+/// pair goes straight to its place among smaller shares (a counting
+/// sort: one read of the table's fingerprints to count them all, then
+/// one a pass to place them), leaving only pairs that share a bucket
+/// (a few) to sort.
+fn table_passes(
+    table: &IdMap,
+    base: u32,
+    pass_pairs: usize,
+    pass: Pass<'_>,
+) -> std::io::Result<()> {
     let n = table.len();
     let passes = n.div_ceil(pass_pairs.max(1)).max(1);
     // Buckets a pass's pairs are placed by: a power of two, about one
@@ -1201,39 +1283,7 @@ fn merged(
                 part[(end - c) as usize..end as usize].sort_unstable();
             }
         }
-        if files.is_empty() {
-            // Nothing to merge (a spill's run, or every id in the
-            // table): the table's pairs alone.
-            for &(fp, p) in part.iter() {
-                each(fp, p)?;
-            }
-            continue;
-        }
-        let mut table = part.iter().copied().peekable();
-        loop {
-            // The least next pair of the files' (below this pass's
-            // bound) and the table's.
-            let mut least: Option<((u64, u32), Option<usize>)> = table.peek().map(|&t| (t, None));
-            for (i, file) in files.iter_mut().enumerate() {
-                match file.peek() {
-                    Some(Ok(pair))
-                        if u128::from(pair.0) < upper && least.is_none_or(|(l, _)| *pair < l) =>
-                    {
-                        least = Some((*pair, Some(i)));
-                    }
-                    Some(Err(e)) => return Err(std::io::Error::other(e.clone())),
-                    _ => {}
-                }
-            }
-            let Some((pair, from)) = least else {
-                break;
-            };
-            match from {
-                Some(i) => files[i].next(),
-                None => table.next().map(Ok),
-            };
-            each(pair.0, pair.1)?;
-        }
+        pass(part, upper)?;
     }
     Ok(())
 }
@@ -1391,8 +1441,7 @@ mod tests {
         let pairs = sorted_pairs_of(hasher, ids);
         let mut f = tempfile::NamedTempFile::new().unwrap();
         for &(fp, p) in &pairs {
-            f.write_all(&super::super::sorted_ids::pair_bytes(fp, p))
-                .unwrap();
+            f.write_all(&pair_bytes(fp, p)).unwrap();
         }
         f.flush().unwrap();
         let n = ids.len() as u64;
@@ -1431,6 +1480,19 @@ mod tests {
         out
     }
 
+    /// The pairs of the bytes [`Ids::sorted_bytes_by`] hands on.
+    fn bytes_by(ids: &Ids, pass: usize) -> Vec<(u64, u32)> {
+        use super::super::sorted_ids::{pair_at, PAIR};
+        let mut bytes = Vec::new();
+        ids.sorted_bytes_by(pass, &mut |b| {
+            bytes.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(bytes.len() % PAIR, 0);
+        bytes.chunks_exact(PAIR).map(pair_at).collect()
+    }
+
     /// A growth of `ids`' table due now, whatever it holds: as many more
     /// ids as fill it exactly are said to be coming.
     fn growth_of(ids: &Ids) -> Option<Growth> {
@@ -1443,13 +1505,18 @@ mod tests {
         /// spilled after it (merged into one once there are MAX_RUNS) and
         /// the table, and however many passes sort the table, the pairs
         /// come out sorted, each position once with its own id's
-        /// fingerprint; and each id is a candidate at its position,
+        /// fingerprint, as pairs and as the bytes a snapshot stores (the
+        /// snapshot's file copied in runs when it is the only one: half
+        /// the cases); and each id is a candidate at its position,
         /// wherever it is held.
         #[test]
         fn the_files_and_the_table_merge_sorted(
             base in proptest::collection::vec(any::<u128>(), 0..200),
-            spills in proptest::collection::vec(
-                proptest::collection::vec(any::<u128>(), 0..40), 0..12),
+            spills in prop_oneof![
+                Just(Vec::new()),
+                proptest::collection::vec(
+                    proptest::collection::vec(any::<u128>(), 0..40), 0..12),
+            ],
             tail in proptest::collection::vec(any::<u128>(), 0..200),
             pass in 1usize..64,
             seed in any::<u64>(),
@@ -1469,6 +1536,7 @@ mod tests {
             }
             prop_assert_eq!(ids.len(), all.len());
             prop_assert_eq!(pairs_by(&ids, pass), sorted_pairs_of(&hasher, &all));
+            prop_assert_eq!(bytes_by(&ids, pass), sorted_pairs_of(&hasher, &all));
             for (i, &id) in all.iter().enumerate() {
                 let p = i as u32 + 1;
                 let id = Uuid::from_u128(id);
@@ -1553,7 +1621,7 @@ mod tests {
                 prop_assert!(ids.is_frozen());
                 prop_assert!(ids.freeze().is_none());
                 prop_assert!(ids.spill_in_place(dir.path()).is_err());
-                prop_assert!(ids.sorted_pairs(|_, _| Ok(())).is_err());
+                prop_assert!(ids.sorted_bytes(&mut |_| Ok(())).is_err());
                 prop_assert_eq!(ids.table_len(), 0);
                 for &id in during {
                     all.push(id);

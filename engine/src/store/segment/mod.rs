@@ -3052,11 +3052,25 @@ impl Writer {
             return;
         }
         // Ids still in the snapshot this one replaces (an open that only
-        // read, and appended only minted ids: a timeline's `RecordViewed`)
-        // are read now, once enough was appended after it; if they cannot
-        // be, the old snapshot stays and the next open scans the frames
-        // after it again.
-        if ids_ready(&self.state, &self.ids_loader, &self.dir).is_err() {
+        // read, and appended only minted ids: a timeline's `RecordViewed`,
+        // or an import of lines without ids) are copied from its file
+        // into the new one, merged with the ids appended after it,
+        // without being read into the index
+        // (`snapshot::LaterIds::copy_merged`). If that fails (their
+        // section no longer matches its checksum, or cannot be read),
+        // they are read as at any first use (checked, and indexed from
+        // the segments if unusable) and the snapshot is written from
+        // them; if they cannot be, the old snapshot stays and the next
+        // open scans the frames after it again.
+        let copies = match self.state.read() {
+            Ok(state) => state
+                .index
+                .later
+                .as_ref()
+                .is_some_and(|later| !later.snapshot.read_ahead()),
+            Err(_) => return,
+        };
+        if !copies && ids_ready(&self.state, &self.ids_loader, &self.dir).is_err() {
             return;
         }
         // A snapshot records every frame's length: a sparse index reads
@@ -3064,7 +3078,12 @@ impl Writer {
         if locations_ready(&self.state).is_err() {
             return;
         }
-        self.snapshot_now();
+        if self.snapshot_now() || !copies {
+            return;
+        }
+        if ids_ready(&self.state, &self.ids_loader, &self.dir).is_ok() {
+            self.snapshot_now();
+        }
     }
 
     /// Writes the index snapshot (best effort: `false` when it was not).
@@ -8792,6 +8811,57 @@ mod index_tests {
         assert_eq!(log.opened_from_snapshot(), Some(8));
         let found = rt.block_on(log.find_event(Uuid::from_u128(8))).unwrap();
         assert_eq!(found.map(|e| e.position), Some(8));
+    }
+
+    /// A close of a log opened with its ids left in the snapshot, and
+    /// due to write the next one, copies them into it merged with the ids
+    /// appended after it (`snapshot::LaterIds::copy_merged`), without
+    /// reading them into the index: the ids' section it writes is, byte
+    /// for byte, the one written by a close that had read them (a look-up
+    /// by id first), and the next open uses its ids and finds each at its
+    /// position. An id section changed after the open is not copied (its
+    /// checksum): the close reads the ids instead, indexes them from the
+    /// segments, and writes a snapshot as good.
+    #[test]
+    fn a_close_copies_the_ids_left_in_the_snapshot() {
+        let written = |read_first: bool, changed: bool| {
+            let (dir, rt) = dir_and_runtime();
+            log_with_snapshot_and_tail(&rt, dir.path());
+            let (store, log) = open_log(dir.path(), true, 1);
+            rt.block_on(log.append_minted(request(8..10))).unwrap();
+            if read_first {
+                let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
+                assert_eq!(found.map(|e| e.position), Some(3));
+            }
+            let path = log.dir().join(snapshot::SNAPSHOT_FILE);
+            if changed {
+                // The first pair's fingerprint (the pairs end 32 bytes
+                // before the end), bits flipped.
+                let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let len = file.metadata().unwrap().len();
+                file.write_all_at(&[0xA5; 8], len - 32 - 12 * 5).unwrap();
+            }
+            let state = log.state.clone();
+            drop((log, store));
+            // Whether the close read the ids into the index.
+            let read = state.read().unwrap().index.later.is_none();
+            assert_eq!(read, read_first || changed);
+            // The ids' section: their count, 9 pairs and the checksum.
+            let bytes = std::fs::read(&path).unwrap();
+            let ids = bytes[bytes.len() - (8 + 12 * 9 + 32)..].to_vec();
+            let (_store, log) = open_log(dir.path(), true, u64::MAX);
+            assert_eq!(log.opened_from_snapshot(), Some(9));
+            for id in 1..10u128 {
+                let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
+                assert_eq!(found.map(|e| e.position), Some(id as u64));
+            }
+            assert_eq!(log.take_snapshot_rejection(), None);
+            assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
+            ids
+        };
+        let copied = written(false, false);
+        assert_eq!(copied, written(true, false));
+        assert_eq!(copied, written(false, true));
     }
 
     /// The snapshot's ids changed in place between the open (which left

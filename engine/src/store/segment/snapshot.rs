@@ -55,7 +55,7 @@ use uuid::Uuid;
 
 use super::frame::{self, le_u32, le_u64};
 use super::locs::{Locations, SnapRun};
-use super::sorted_ids::{pair_bytes, SortedIds, PAIR};
+use super::sorted_ids::{Chunks, CopyMerge, SortedIds, PAIR};
 use super::streams::{AtInFile, Streams, LIST_BLOCK};
 use super::{IdHash, Index};
 use crate::envelope::{Hash, StreamId};
@@ -255,7 +255,13 @@ pub(super) fn encode(
     w.put(&VERSION.to_le_bytes())?;
     w.put(&head.to_le_bytes())?;
     w.put(&index.head_hash)?;
-    w.put(&index.ids.hasher().seed().to_le_bytes())?;
+    // The ids' fingerprints are taken under the seed of the snapshot
+    // they are still in, if any.
+    let seed = match &index.later {
+        Some(later) => later.snapshot.hasher().seed(),
+        None => index.ids.hasher().seed(),
+    };
+    w.put(&seed.to_le_bytes())?;
     w.put(&(segments.len() as u32).to_le_bytes())?;
     for s in segments {
         w.put(&s.first.to_le_bytes())?;
@@ -318,8 +324,19 @@ pub(super) fn encode(
     if let Some(directory) = w.hash_with(Some(blake3::Hasher::new()))? {
         w.out.write_all(directory.finalize().as_bytes())?;
     }
-    w.put(&(index.ids.len() as u64).to_le_bytes())?;
-    index.ids.sorted_pairs(|fp, p| w.put(&pair_bytes(fp, p)))?;
+    match &index.later {
+        None => {
+            w.put(&(index.ids.len() as u64).to_le_bytes())?;
+            index.ids.sorted_bytes(&mut |bytes| w.put(bytes))?;
+        }
+        Some(later) => {
+            w.put(&head.to_le_bytes())?;
+            let first = head - later.tail.len() as u64 + 1;
+            later
+                .snapshot
+                .copy_merged(&later.tail, first, &mut |bytes| w.put(bytes))?;
+        }
+    }
     if let Some(ids) = w.hash_with(None)? {
         w.out.write_all(ids.finalize().as_bytes())?;
     }
@@ -866,6 +883,38 @@ pub(super) struct LaterIds {
     ahead: std::sync::Mutex<Option<Result<IdsRead, String>>>,
 }
 
+/// Pairs a copy of a section not read before reads at once
+/// ([`LaterIds::copy_merged`]): 768 KiB.
+const COPY_PAIRS: u64 = 1 << 16;
+
+/// A snapshot's ids section read front to back, each byte added to its
+/// checksum ([`LaterIds::copy_merged`]).
+struct Unread<'a> {
+    file: &'a std::fs::File,
+    /// The next pair's byte in the file.
+    at: u64,
+    /// Pairs not read yet.
+    left: u64,
+    sum: blake3::Hasher,
+}
+
+impl Chunks for Unread<'_> {
+    fn read_next(&mut self, buf: &mut Vec<u8>) -> Result<bool, String> {
+        if self.left == 0 {
+            return Ok(false);
+        }
+        let n = self.left.min(COPY_PAIRS);
+        buf.resize(n as usize * PAIR, 0);
+        self.file
+            .read_exact_at(buf, self.at)
+            .map_err(|e| format!("cannot read the index snapshot's event ids: {e}"))?;
+        self.sum.update(buf);
+        self.at += buf.len() as u64;
+        self.left -= n;
+        Ok(true)
+    }
+}
+
 /// The ids of a snapshot and the pairs of positions that share a
 /// fingerprint ([`SortedIds::read`]).
 type IdsRead = (SortedIds, Vec<(u32, u32)>);
@@ -874,6 +923,69 @@ impl LaterIds {
     /// The hashing the fingerprints were taken with.
     pub(super) fn hasher(&self) -> IdHash {
         IdHash::with_seed(self.seed)
+    }
+
+    /// Whether the open read the ids already (beside the rest of the
+    /// file), for [`LaterIds::read`] to take.
+    pub(super) fn read_ahead(&self) -> bool {
+        self.ahead.lock().is_ok_and(|a| a.is_some())
+    }
+
+    /// Hands `out` the bytes of this section's pairs merged, in order,
+    /// with those of `tail`, the ids of the positions from `first` on
+    /// (fingerprinted as this section's): what the next snapshot's section
+    /// holds. The section is copied as it is read, in runs between the
+    /// tail's pairs ([`CopyMerge`]), without the checks a read makes
+    /// ([`LaterIds::read`]: an index is not built from it), but against
+    /// its checksum, taken as it is read and compared at its end: a
+    /// section that does not match it gives an error, and the snapshot
+    /// being written is not used. Bytes that match are those a snapshot's
+    /// writer wrote, and whatever reads the next snapshot checks them as
+    /// it would have checked these (docs/storage.md, "The ids copied, not
+    /// read").
+    pub(super) fn copy_merged(
+        &self,
+        tail: &[Uuid],
+        first: u64,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let hasher = self.hasher();
+        let mut pairs = Vec::with_capacity(tail.len());
+        for (id, p) in tail.iter().zip(first..) {
+            let p = u32::try_from(p)
+                .map_err(|_| std::io::Error::other(format!("position {p} past the index's")))?;
+            pairs.push((std::hash::BuildHasher::hash_one(&hasher, id), p));
+        }
+        pairs.sort_unstable();
+        let unread = self.unread().map_err(std::io::Error::other)?;
+        let mut copy = CopyMerge::new(unread);
+        copy.merge(&pairs, None, out)?;
+        let unread = copy.into_inner();
+        if unread.left > 0 {
+            return Err(std::io::Error::other("the ids' section: ended early"));
+        }
+        sum_matches(&self.file, self.sum_at, unread.sum)
+            .map_err(|e| std::io::Error::other(format!("the ids' section: {e}")))
+    }
+
+    /// The section's pairs, not read yet ([`LaterIds::copy_merged`]).
+    fn unread(&self) -> Result<Unread<'_>, String> {
+        let mut header = [0u8; 8];
+        self.file
+            .read_exact_at(&mut header, self.at)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        let mut sum = blake3::Hasher::new();
+        sum.update(&header);
+        let nids = u64::from_le_bytes(header);
+        if nids != self.head {
+            return Err(format!("{nids} ids for {} positions", self.head));
+        }
+        Ok(Unread {
+            file: &self.file,
+            at: self.at + 8,
+            left: self.head,
+            sum,
+        })
     }
 
     /// The ids and the pairs of positions that share a fingerprint

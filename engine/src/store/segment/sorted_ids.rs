@@ -141,7 +141,7 @@ pub(super) fn read_checked_blocks(
     Ok(())
 }
 
-fn pair_at(bytes: &[u8]) -> (u64, u32) {
+pub(super) fn pair_at(bytes: &[u8]) -> (u64, u32) {
     let mut fp = [0u8; 8];
     fp.copy_from_slice(&bytes[..8]);
     let mut p = [0u8; 4];
@@ -532,13 +532,11 @@ pub(super) struct Pairs<'a> {
 
 impl Pairs<'_> {
     fn refill(&mut self) -> Result<(), String> {
-        let ids = self.ids;
-        let blocks = self.next_block..ids.sums.len().min(self.next_block + BLOCKS_AT_ONCE);
-        self.buf.resize(ids.blocks_len(&blocks), 0);
-        ids.read_blocks(blocks.clone(), &mut self.buf)?;
-        self.next_block = blocks.end;
+        let mut buf = std::mem::take(&mut self.buf);
+        let read = self.read_next(&mut buf);
+        self.buf = buf;
         self.at = 0;
-        Ok(())
+        read.map(|_| ())
     }
 }
 
@@ -564,10 +562,198 @@ impl Iterator for Pairs<'_> {
     }
 }
 
+/// A section of sorted pairs read a chunk at a time: what [`CopyMerge`]
+/// copies from.
+pub(super) trait Chunks {
+    /// Reads the next pairs, whole and in order, into `buf` (replacing
+    /// what it held); `false` at the end.
+    fn read_next(&mut self, buf: &mut Vec<u8>) -> Result<bool, String>;
+}
+
+impl Chunks for Pairs<'_> {
+    /// A few hundred blocks, each checked against its CRC-32.
+    fn read_next(&mut self, buf: &mut Vec<u8>) -> Result<bool, String> {
+        let ids = self.ids;
+        if self.next_block >= ids.sums.len() {
+            return Ok(false);
+        }
+        let blocks = self.next_block..ids.sums.len().min(self.next_block + BLOCKS_AT_ONCE);
+        buf.resize(ids.blocks_len(&blocks), 0);
+        ids.read_blocks(blocks.clone(), buf)?;
+        self.next_block = blocks.end;
+        Ok(true)
+    }
+}
+
+/// The pairs of a sorted section merged with pairs from elsewhere (the id
+/// table's, put in order), written as bytes: each run of the section's
+/// pairs between two of the others is handed on as it was read, found by
+/// a binary search, so that a few pairs merged into millions cost a copy
+/// of the millions, not a comparison and a call each (the close that
+/// writes an index snapshot: docs/storage.md, "The ids copied, not read").
+pub(super) struct CopyMerge<C> {
+    old: C,
+    buf: Vec<u8>,
+    /// The next pair's byte in `buf`.
+    at: usize,
+    ended: bool,
+}
+
+impl<C: Chunks> CopyMerge<C> {
+    pub(super) fn new(old: C) -> CopyMerge<C> {
+        CopyMerge {
+            old,
+            buf: Vec::new(),
+            at: 0,
+            ended: false,
+        }
+    }
+
+    /// Hands `out` the section's next pairs while `before` holds for them
+    /// (it holds for a prefix of what is left, as "less than" a pair does
+    /// over sorted pairs), up to the first for which it does not.
+    fn copy_while(
+        &mut self,
+        before: impl Fn((u64, u32)) -> bool,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        loop {
+            if self.at == self.buf.len() {
+                if self.ended
+                    || !self
+                        .old
+                        .read_next(&mut self.buf)
+                        .map_err(std::io::Error::other)?
+                {
+                    self.ended = true;
+                    self.buf.clear();
+                    self.at = 0;
+                    return Ok(());
+                }
+                self.at = 0;
+            }
+            let rest = &self.buf[self.at..];
+            let n = rest.len() / PAIR;
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if before(pair_at(&rest[mid * PAIR..])) {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            if lo > 0 {
+                out(&rest[..lo * PAIR])?;
+                self.at += lo * PAIR;
+            }
+            if lo < n {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands `out`, in order, `new` (sorted) merged with the section's
+    /// pairs below `upper` (a fingerprint's bound; `None`: all that are
+    /// left). A pair of the section comes before one of `new` with the
+    /// same fingerprint and a higher position, as it does in order.
+    pub(super) fn merge(
+        &mut self,
+        new: &[(u64, u32)],
+        upper: Option<u128>,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        for &pair in new {
+            self.copy_while(|q| q < pair, out)?;
+            out(&pair_bytes(pair.0, pair.1))?;
+        }
+        match upper {
+            Some(upper) => self.copy_while(|q| u128::from(q.0) < upper, out),
+            None => self.copy_while(|_| true, out),
+        }
+    }
+
+    /// The source, once every pair was handed on.
+    pub(super) fn into_inner(self) -> C {
+        self.old
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Pairs handed out in chunks of the given numbers of pairs (then one
+    /// at a time).
+    struct InChunks {
+        bytes: Vec<u8>,
+        sizes: Vec<usize>,
+        at: usize,
+        next: usize,
+    }
+
+    impl Chunks for InChunks {
+        fn read_next(&mut self, buf: &mut Vec<u8>) -> Result<bool, String> {
+            if self.at == self.bytes.len() {
+                return Ok(false);
+            }
+            let n = self.sizes.get(self.next).copied().unwrap_or(1) * PAIR;
+            self.next += 1;
+            let end = (self.at + n).min(self.bytes.len());
+            buf.clear();
+            buf.extend_from_slice(&self.bytes[self.at..end]);
+            self.at = end;
+            Ok(true)
+        }
+    }
+
+    proptest::proptest! {
+        /// A sorted section in chunks of any sizes, merged with sorted
+        /// pairs of later positions (some of them sharing fingerprints
+        /// with the section's) in passes bounded anywhere: the bytes
+        /// handed on are those of the sorted pairs of both, each once.
+        #[test]
+        fn a_copy_merge_hands_on_the_sorted_pairs_of_both(
+            old_fps in proptest::collection::vec(
+                proptest::prop_oneof![0u64..6, proptest::prelude::any::<u64>()], 0..300),
+            new_fps in proptest::collection::vec(
+                proptest::prop_oneof![0u64..6, proptest::prelude::any::<u64>()], 0..100),
+            sizes in proptest::collection::vec(1usize..40, 0..30),
+            mut cuts in proptest::collection::vec(proptest::prelude::any::<u64>(), 0..4),
+            to_the_end in proptest::prelude::any::<bool>(),
+        ) {
+            let numbered = |fps: &[u64], first: u32| {
+                let mut pairs: Vec<(u64, u32)> = fps.iter().copied().zip(first..).collect();
+                pairs.sort_unstable();
+                pairs
+            };
+            let old = numbered(&old_fps, 1);
+            let new = numbered(&new_fps, old_fps.len() as u32 + 1);
+            let mut all: Vec<(u64, u32)> = old.iter().chain(&new).copied().collect();
+            all.sort_unstable();
+            let bytes = old.iter().flat_map(|&(fp, p)| pair_bytes(fp, p)).collect();
+            let mut copy = CopyMerge::new(InChunks { bytes, sizes, at: 0, next: 0 });
+            let mut out = Vec::new();
+            let mut put = |b: &[u8]| {
+                out.extend_from_slice(b);
+                Ok(())
+            };
+            cuts.sort_unstable();
+            let mut from = 0;
+            for cut in cuts {
+                let upper = u128::from(cut);
+                let to = from + new[from..].partition_point(|&(fp, _)| u128::from(fp) < upper);
+                copy.merge(&new[from..to], Some(upper), &mut put).unwrap();
+                from = to;
+            }
+            let last = to_the_end.then_some(1u128 << 64);
+            copy.merge(&new[from..], last, &mut put).unwrap();
+            let got: Vec<(u64, u32)> = out.chunks_exact(PAIR).map(pair_at).collect();
+            proptest::prop_assert_eq!(out.len() % PAIR, 0);
+            proptest::prop_assert_eq!(got, all);
+        }
+    }
 
     fn section(pairs: &[(u64, u32)]) -> (tempfile::NamedTempFile, u64) {
         let mut f = tempfile::NamedTempFile::new().unwrap();
