@@ -879,6 +879,11 @@ struct State {
     /// The snapshot's ids or frame lengths were not used: the close
     /// replaces it even if few events were appended.
     snapshot_stale: bool,
+    /// A reading of the snapshot's ids failed ([`ids_ready`]: they could
+    /// not be read or indexed from the segments, or the log holds an id
+    /// twice): the close does not copy them into a new snapshot, it reads
+    /// them again first (and writes none if that fails).
+    ids_refused: bool,
     /// A group's fdatasync failed after the writer had put the group in
     /// the index ([`LARGE_GROUP_EVENTS`]): the index holds events that are
     /// not durable, and every read is refused until the store is reopened
@@ -2119,14 +2124,16 @@ fn ids_ready(state: &RwLock<State>, loader: &Mutex<()>, dir: &Path) -> Result<()
     }
     let read = {
         let state = read_state(state)?;
-        later_ids(&state.index, &state.segments, dir)?
-    };
-    let Some(read) = read else {
-        return Ok(());
+        later_ids(&state.index, &state.segments, dir)
     };
     let mut guard = state.write().map_err(|_| stopped())?;
     let state = &mut *guard;
-    let note = install_ids(&mut state.index, &state.segments, read)?;
+    let installed = match read {
+        Ok(Some(read)) => install_ids(&mut state.index, &state.segments, read),
+        Ok(None) => return Ok(()),
+        Err(e) => Err(e),
+    };
+    let note = installed.inspect_err(|_| state.ids_refused = true)?;
     if note.is_some() {
         state.ids_note = note;
         state.snapshot_stale = true;
@@ -2270,6 +2277,7 @@ impl SegmentLog {
             later_locs: rec.later_locs,
             ids_note: None,
             snapshot_stale: false,
+            ids_refused: false,
             unsynced: false,
             token: Uuid::now_v7(),
         }));
@@ -2705,6 +2713,16 @@ fn frame_meta(sealed: &Sealed, group_end: bool) -> FrameMeta {
     }
 }
 
+/// Why [`Writer::snapshot_now`] wrote no snapshot.
+#[derive(Debug, PartialEq, Eq)]
+enum Unwritten {
+    /// The ids left in the old snapshot could not be copied from it
+    /// ([`snapshot::LaterIds::copy_merged`]): read them, then write again.
+    IdsNotCopied,
+    /// Anything else (the write itself failed, or nothing to write from).
+    Other,
+}
+
 struct Writer {
     dir: PathBuf,
     state: Arc<RwLock<State>>,
@@ -3063,11 +3081,14 @@ impl Writer {
         // them; if they cannot be, the old snapshot stays and the next
         // open scans the frames after it again.
         let copies = match self.state.read() {
-            Ok(state) => state
-                .index
-                .later
-                .as_ref()
-                .is_some_and(|later| !later.snapshot.read_ahead()),
+            Ok(state) => {
+                !state.ids_refused
+                    && state
+                        .index
+                        .later
+                        .as_ref()
+                        .is_some_and(|later| !later.snapshot.read_ahead())
+            }
             Err(_) => return,
         };
         if !copies && ids_ready(&self.state, &self.ids_loader, &self.dir).is_err() {
@@ -3078,25 +3099,27 @@ impl Writer {
         if locations_ready(&self.state).is_err() {
             return;
         }
-        if self.snapshot_now() || !copies {
+        let written = self.snapshot_now();
+        if !copies || written != Err(Unwritten::IdsNotCopied) {
             return;
         }
         if ids_ready(&self.state, &self.ids_loader, &self.dir).is_ok() {
-            self.snapshot_now();
+            let _ = self.snapshot_now();
         }
     }
 
-    /// Writes the index snapshot (best effort: `false` when it was not).
-    fn snapshot_now(&mut self) -> bool {
+    /// Writes the index snapshot (best effort: [`Unwritten`] says why it
+    /// was not).
+    fn snapshot_now(&mut self) -> Result<(), Unwritten> {
         let Ok(state) = self.state.read() else {
-            return false;
+            return Err(Unwritten::Other);
         };
         // A sparse index has no lengths to write ([`locations_ready`]).
         if state.index.locs.is_sparse() {
-            return false;
+            return Err(Unwritten::Other);
         }
         let Some(segments) = state.index.locs.segments() else {
-            return false;
+            return Err(Unwritten::Other);
         };
         let path = self.dir.join(snapshot::SNAPSHOT_FILE);
         // Not fsynced: the snapshot is checked when read and can be done
@@ -3105,10 +3128,14 @@ impl Writer {
         let written = replace_file(&path, false, &mut |out| {
             snapshot::encode(&state.index, &segments, out)
         });
-        if written.is_ok() {
-            self.snapshot_head = self.position;
+        match written {
+            Ok(()) => {
+                self.snapshot_head = self.position;
+                Ok(())
+            }
+            Err(e) if snapshot::not_copied(&e) => Err(Unwritten::IdsNotCopied),
+            Err(_) => Err(Unwritten::Other),
         }
-        written.is_ok()
     }
 
     /// After a group: once the index holds [`SPILL_STREAMS`] stream
@@ -8818,15 +8845,27 @@ mod index_tests {
     /// appended after it (`snapshot::LaterIds::copy_merged`), without
     /// reading them into the index: the ids' section it writes is, byte
     /// for byte, the one written by a close that had read them (a look-up
-    /// by id first), and the next open uses its ids and finds each at its
+    /// by id first), its header names the seed the old snapshot's
+    /// fingerprints were taken under (one of its own here, not this
+    /// process's), and the next open uses its ids and finds each at its
     /// position. An id section changed after the open is not copied (its
     /// checksum): the close reads the ids instead, indexes them from the
     /// segments, and writes a snapshot as good.
     #[test]
     fn a_close_copies_the_ids_left_in_the_snapshot() {
+        let seed = IdHash::with_seed(0x5eed).seed();
         let written = |read_first: bool, changed: bool| {
             let (dir, rt) = dir_and_runtime();
-            log_with_snapshot_and_tail(&rt, dir.path());
+            // Ids 1..=5 in a snapshot fingerprinted under `seed`, 6 and 7
+            // appended after it by an open that neither read nor rewrote
+            // it.
+            let (store, log) = open_log(dir.path(), true, 1);
+            log.state.write().unwrap().index.ids = Ids::with_hasher(IdHash::with_seed(seed));
+            rt.block_on(log.append_atomic(vec![request(1..6)])).unwrap();
+            drop((log, store));
+            let (store, log) = open_log(dir.path(), false, u64::MAX);
+            rt.block_on(log.append_atomic(vec![request(6..8)])).unwrap();
+            drop((log, store));
             let (store, log) = open_log(dir.path(), true, 1);
             rt.block_on(log.append_minted(request(8..10))).unwrap();
             if read_first {
@@ -8846,8 +8885,11 @@ mod index_tests {
             // Whether the close read the ids into the index.
             let read = state.read().unwrap().index.later.is_none();
             assert_eq!(read, read_first || changed);
-            // The ids' section: their count, 9 pairs and the checksum.
             let bytes = std::fs::read(&path).unwrap();
+            // The header's seed (after the magic, the version, the head
+            // and its hash), and the ids' section: their count, 9 pairs
+            // and the checksum.
+            let named = u64::from_le_bytes(bytes[52..60].try_into().unwrap());
             let ids = bytes[bytes.len() - (8 + 12 * 9 + 32)..].to_vec();
             let (_store, log) = open_log(dir.path(), true, u64::MAX);
             assert_eq!(log.opened_from_snapshot(), Some(9));
@@ -8857,11 +8899,37 @@ mod index_tests {
             }
             assert_eq!(log.take_snapshot_rejection(), None);
             assert!(rt.block_on(log.verify(&|_| {})).unwrap().ok);
-            ids
+            (named, ids)
         };
-        let copied = written(false, false);
-        assert_eq!(copied, written(true, false));
-        assert_eq!(copied, written(false, true));
+        let (named, copied) = written(false, false);
+        assert_eq!(named, seed);
+        assert_eq!((named, copied), written(true, false));
+        // Indexed from the segments, under this process's seed.
+        let (named, _) = written(false, true);
+        assert_eq!(named, IdHash::default().seed());
+    }
+
+    /// A log whose ids were refused at a use in this session (one id
+    /// stored twice) gets no new snapshot from its close, due as it is:
+    /// the ids are not copied into one (the next reading would refuse
+    /// them too), they are read again, refused again, and the old
+    /// snapshot stays as it was.
+    #[test]
+    fn a_close_after_the_ids_were_refused_copies_nothing() {
+        let (dir, rt) = dir_and_runtime();
+        let (store, log) = open_log(dir.path(), true, 1);
+        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
+        let log_dir = log.dir().to_path_buf();
+        drop((log, store));
+        repeat_the_first_id_at_position_3(&log_dir);
+        let path = log_dir.join(snapshot::SNAPSHOT_FILE);
+        let before = std::fs::read(&path).unwrap();
+        let (store, log) = open_log(dir.path(), true, 1);
+        assert_eq!(log.opened_from_snapshot(), Some(2));
+        assert!(rt.block_on(log.find_event(Uuid::from_u128(2))).is_err());
+        rt.block_on(log.append_minted(request(9..10))).unwrap();
+        drop((log, store));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
     /// The snapshot's ids changed in place between the open (which left

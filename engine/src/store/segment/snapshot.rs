@@ -896,6 +896,8 @@ struct Unread<'a> {
     /// Pairs not read yet.
     left: u64,
     sum: blake3::Hasher,
+    /// Why a read failed (then the copy did).
+    failed: Option<String>,
 }
 
 impl Chunks for Unread<'_> {
@@ -905,13 +907,42 @@ impl Chunks for Unread<'_> {
         }
         let n = self.left.min(COPY_PAIRS);
         buf.resize(n as usize * PAIR, 0);
-        self.file
-            .read_exact_at(buf, self.at)
-            .map_err(|e| format!("cannot read the index snapshot's event ids: {e}"))?;
+        if let Err(e) = self.file.read_exact_at(buf, self.at) {
+            let e = format!("cannot read the index snapshot's event ids: {e}");
+            self.failed = Some(e.clone());
+            return Err(e);
+        }
         self.sum.update(buf);
         self.at += buf.len() as u64;
         self.left -= n;
         Ok(true)
+    }
+}
+
+/// What made [`LaterIds::copy_merged`] copy nothing usable (the section
+/// did not match its checksum or count, or could not be read), as
+/// opposed to a write that failed: the close then reads the ids as any
+/// first use does ([`not_copied`]).
+#[derive(Debug)]
+pub(super) struct NotCopied(String);
+
+impl std::fmt::Display for NotCopied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the ids were not copied: {}", self.0)
+    }
+}
+
+impl std::error::Error for NotCopied {}
+
+/// Whether `e`, a failed write of a snapshot, failed at the copy of the
+/// old snapshot's ids ([`NotCopied`]).
+pub(super) fn not_copied(e: &StoreError) -> bool {
+    match e {
+        StoreError::Io { source, .. } => source
+            .downcast_ref::<std::io::Error>()
+            .and_then(|e| e.get_ref())
+            .is_some_and(|e| e.is::<NotCopied>()),
+        _ => false,
     }
 }
 
@@ -937,35 +968,41 @@ impl LaterIds {
     /// holds. The section is copied as it is read, in runs between the
     /// tail's pairs ([`CopyMerge`]), without the checks a read makes
     /// ([`LaterIds::read`]: an index is not built from it), but against
-    /// its checksum, taken as it is read and compared at its end: a
-    /// section that does not match it gives an error, and the snapshot
-    /// being written is not used. Bytes that match are those a snapshot's
-    /// writer wrote, and whatever reads the next snapshot checks them as
-    /// it would have checked these (docs/storage.md, "The ids copied, not
-    /// read").
+    /// its count and its checksum, taken as it is read and compared at its
+    /// end: a section that does not match them, or cannot be read, gives
+    /// a [`NotCopied`] error, and the snapshot being written is not used;
+    /// an error of `out` (the write) is passed on as it is. The checksum
+    /// (BLAKE3, not keyed) finds bytes damaged since they were written,
+    /// not a section made to match it: the checks a reading makes are
+    /// made when the next snapshot's ids are first read, on these bytes
+    /// (docs/storage.md, "The ids copied, not read").
     pub(super) fn copy_merged(
         &self,
         tail: &[Uuid],
         first: u64,
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
+        let not_copied = |e: String| std::io::Error::other(NotCopied(e));
         let hasher = self.hasher();
         let mut pairs = Vec::with_capacity(tail.len());
         for (id, p) in tail.iter().zip(first..) {
             let p = u32::try_from(p)
-                .map_err(|_| std::io::Error::other(format!("position {p} past the index's")))?;
+                .map_err(|_| not_copied(format!("position {p} past the index's")))?;
             pairs.push((std::hash::BuildHasher::hash_one(&hasher, id), p));
         }
         pairs.sort_unstable();
-        let unread = self.unread().map_err(std::io::Error::other)?;
+        let unread = self.unread().map_err(not_copied)?;
         let mut copy = CopyMerge::new(unread);
-        copy.merge(&pairs, None, out)?;
+        let merged = copy.merge(&pairs, None, out);
         let unread = copy.into_inner();
-        if unread.left > 0 {
-            return Err(std::io::Error::other("the ids' section: ended early"));
+        // What the section's reading refused is named as not copied; what
+        // `out` refused (the write) is passed on as it is.
+        if let Some(e) = unread.failed {
+            return Err(not_copied(e));
         }
+        merged?;
         sum_matches(&self.file, self.sum_at, unread.sum)
-            .map_err(|e| std::io::Error::other(format!("the ids' section: {e}")))
+            .map_err(|e| not_copied(format!("the ids' section: {e}")))
     }
 
     /// The section's pairs, not read yet ([`LaterIds::copy_merged`]).
@@ -985,6 +1022,7 @@ impl LaterIds {
             at: self.at + 8,
             left: self.head,
             sum,
+            failed: None,
         })
     }
 
@@ -1164,4 +1202,94 @@ fn hash_range(
         at += n as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::segment::sorted_ids::{pair_at, pair_bytes};
+    use std::hash::BuildHasher;
+
+    /// A file holding, from byte 3, an ids section of `n` ids (positions
+    /// 1..=n) fingerprinted under `seed`: the count, the sorted pairs and
+    /// their checksum; and the ids of the positions after it.
+    fn section(n: u32, seed: u64) -> (tempfile::NamedTempFile, LaterIds) {
+        use std::io::Write;
+        let hasher = IdHash::with_seed(seed);
+        let mut pairs: Vec<(u64, u32)> = (1..=n)
+            .map(|p| (hasher.hash_one(Uuid::from_u128(u128::from(p))), p))
+            .collect();
+        pairs.sort_unstable();
+        let mut bytes = u64::from(n).to_le_bytes().to_vec();
+        bytes.extend(pairs.iter().flat_map(|&(fp, p)| pair_bytes(fp, p)));
+        let sum = blake3::hash(&bytes);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"abc").unwrap();
+        f.write_all(&bytes).unwrap();
+        f.write_all(sum.as_bytes()).unwrap();
+        f.flush().unwrap();
+        let later = LaterIds {
+            file: f.reopen().unwrap(),
+            at: 3,
+            head: u64::from(n),
+            seed,
+            sum_at: 3 + bytes.len() as u64,
+            ahead: std::sync::Mutex::new(None),
+        };
+        (f, later)
+    }
+
+    fn copied(later: &LaterIds, tail: &[Uuid], first: u64) -> std::io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        later.copy_merged(tail, first, &mut |b| {
+            out.extend_from_slice(b);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    fn is_not_copied(e: &std::io::Error) -> bool {
+        e.get_ref().is_some_and(|e| e.is::<NotCopied>())
+    }
+
+    /// A section of more pairs than one read takes ([`COPY_PAIRS`]),
+    /// copied with the ids after it: the sorted pairs of them all under
+    /// the section's seed. A byte changed in its second read, or a count
+    /// that is not its head, is not copied ([`NotCopied`]); a write that
+    /// fails is passed on as it is.
+    #[test]
+    fn a_copied_section_holds_the_sorted_pairs_of_all_under_its_seed() {
+        let n = COPY_PAIRS as u32 + 4_465;
+        let seed = 0x00c0_ffee;
+        let (f, later) = section(n, seed);
+        let tail: Vec<Uuid> = (n + 1..=n + 3_000)
+            .map(|p| Uuid::from_u128(u128::from(p)))
+            .collect();
+        let hasher = IdHash::with_seed(seed);
+        let mut all: Vec<(u64, u32)> = (1..=n + 3_000)
+            .map(|p| (hasher.hash_one(Uuid::from_u128(u128::from(p))), p))
+            .collect();
+        all.sort_unstable();
+        let out = copied(&later, &tail, u64::from(n) + 1).unwrap();
+        let got: Vec<(u64, u32)> = out.chunks_exact(PAIR).map(pair_at).collect();
+        assert_eq!(got, all);
+
+        let mut failing = |_: &[u8]| Err(std::io::Error::other("disk full"));
+        let e = later
+            .copy_merged(&tail, u64::from(n) + 1, &mut failing)
+            .unwrap_err();
+        assert!(!is_not_copied(&e), "{e}");
+
+        // A byte of a pair in the second read, changed.
+        let at = 3 + 8 + (COPY_PAIRS + 10) * PAIR as u64 + 2;
+        f.as_file().write_all_at(&[0x5a], at).unwrap();
+        let e = copied(&later, &tail, u64::from(n) + 1).unwrap_err();
+        assert!(is_not_copied(&e), "{e}");
+        assert!(e.to_string().contains("checksum mismatch"), "{e}");
+
+        let (_f, mut later) = section(10, seed);
+        later.head = 11;
+        let e = copied(&later, &[], 12).unwrap_err();
+        assert!(is_not_copied(&e), "{e}");
+    }
 }
