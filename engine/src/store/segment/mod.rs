@@ -6121,6 +6121,26 @@ mod index_tests {
     /// Writes, after the head of the log in `log_dir` (two events of
     /// stream 1), a third frame that repeats position 1's id, sealed and
     /// framed as the writer would.
+    /// Ids 1 and 2 in a snapshot (written at the close), and a frame at
+    /// position 3 after it that repeats id 1; the log's directory.
+    fn log_with_a_repeated_id(rt: &tokio::runtime::Runtime, dir: &Path) -> PathBuf {
+        let (store, log) = open_log(dir, true, 1);
+        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
+        let log_dir = log.dir().to_path_buf();
+        drop((log, store));
+        repeat_the_first_id_at_position_3(&log_dir);
+        log_dir
+    }
+
+    /// Flips the bits of the first fingerprint of the ids' section of the
+    /// snapshot at `path`, which lists `ids` ids (the pairs end 32 bytes
+    /// before the file does).
+    fn flip_the_first_fingerprint(path: &Path, ids: u64) {
+        let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        let len = file.metadata().unwrap().len();
+        file.write_all_at(&[0xA5; 8], len - 32 - 12 * ids).unwrap();
+    }
+
     fn repeat_the_first_id_at_position_3(log_dir: &Path) {
         let rec = recover(log_dir, false, OpenWith::ids(true), Spills::DEFAULT).unwrap();
         let stream = StreamId(Uuid::from_u128(1));
@@ -8874,11 +8894,7 @@ mod index_tests {
             }
             let path = log.dir().join(snapshot::SNAPSHOT_FILE);
             if changed {
-                // The first pair's fingerprint (the pairs end 32 bytes
-                // before the end), bits flipped.
-                let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-                let len = file.metadata().unwrap().len();
-                file.write_all_at(&[0xA5; 8], len - 32 - 12 * 5).unwrap();
+                flip_the_first_fingerprint(&path, 5);
             }
             let state = log.state.clone();
             drop((log, store));
@@ -8917,11 +8933,7 @@ mod index_tests {
     #[test]
     fn a_close_after_the_ids_were_refused_copies_nothing() {
         let (dir, rt) = dir_and_runtime();
-        let (store, log) = open_log(dir.path(), true, 1);
-        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
-        let log_dir = log.dir().to_path_buf();
-        drop((log, store));
-        repeat_the_first_id_at_position_3(&log_dir);
+        let log_dir = log_with_a_repeated_id(&rt, dir.path());
         let path = log_dir.join(snapshot::SNAPSHOT_FILE);
         let before = std::fs::read(&path).unwrap();
         let (store, log) = open_log(dir.path(), true, 1);
@@ -8942,12 +8954,7 @@ mod index_tests {
         log_with_snapshot_and_tail(&rt, dir.path());
         let (_store, log) = open_log(dir.path(), true, u64::MAX);
         assert_eq!(log.opened_from_snapshot(), Some(5));
-        let path = log.dir().join(snapshot::SNAPSHOT_FILE);
-        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        let len = file.metadata().unwrap().len();
-        // The first pair's fingerprint (the pairs end 32 bytes before the
-        // end), bits flipped.
-        file.write_all_at(&[0xA5; 8], len - 32 - 12 * 5).unwrap();
+        flip_the_first_fingerprint(&log.dir().join(snapshot::SNAPSHOT_FILE), 5);
         for id in 1..8u128 {
             let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
             assert_eq!(found.map(|e| e.position), Some(id as u64));
@@ -8965,11 +8972,7 @@ mod index_tests {
     #[test]
     fn a_repeated_id_after_the_snapshot_is_refused_when_the_ids_are_read() {
         let (dir, rt) = dir_and_runtime();
-        let (store, log) = open_log(dir.path(), true, 1);
-        rt.block_on(log.append_atomic(vec![request(1..3)])).unwrap();
-        let log_dir = log.dir().to_path_buf();
-        drop((log, store));
-        repeat_the_first_id_at_position_3(&log_dir);
+        log_with_a_repeated_id(&rt, dir.path());
         // An open that reads the ids refuses the log, as without the
         // snapshot.
         let eager = SegmentStore::open(dir.path(), false)
