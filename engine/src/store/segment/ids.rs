@@ -1195,7 +1195,7 @@ fn merged(
 /// The bytes of the pairs of `old` (a sorted section: a snapshot's ids,
 /// or a run) merged with `table`'s (numbered from `base + 1`, put in
 /// order by [`table_passes`]), handed to `out` in runs ([`CopyMerge`]).
-pub(super) fn merged_bytes(
+fn merged_bytes(
     table: &IdMap,
     base: u32,
     old: &mut CopyMerge<impl Chunks>,

@@ -6118,9 +6118,6 @@ mod index_tests {
         assert_eq!(rt.block_on(log.head()).unwrap().position, 6);
     }
 
-    /// Writes, after the head of the log in `log_dir` (two events of
-    /// stream 1), a third frame that repeats position 1's id, sealed and
-    /// framed as the writer would.
     /// Ids 1 and 2 in a snapshot (written at the close), and a frame at
     /// position 3 after it that repeats id 1; the log's directory.
     fn log_with_a_repeated_id(rt: &tokio::runtime::Runtime, dir: &Path) -> PathBuf {
@@ -6141,6 +6138,9 @@ mod index_tests {
         file.write_all_at(&[0xA5; 8], len - 32 - 12 * ids).unwrap();
     }
 
+    /// Writes, after the head of the log in `log_dir` (two events of
+    /// stream 1), a third frame that repeats position 1's id, sealed and
+    /// framed as the writer would.
     fn repeat_the_first_id_at_position_3(log_dir: &Path) {
         let rec = recover(log_dir, false, OpenWith::ids(true), Spills::DEFAULT).unwrap();
         let stream = StreamId(Uuid::from_u128(1));
