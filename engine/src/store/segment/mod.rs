@@ -62,6 +62,7 @@ use self::dense::MAX_POSITIONS;
 use self::frame::{decode_frame, encode_frame, FrameMeta, SeqReader};
 use self::ids::Ids;
 use self::locs::{Locations, Span};
+use self::sorted_ids::SortedIds;
 use self::streams::Streams;
 use super::sled::{validate_school, ProcessLock};
 use super::{
@@ -300,6 +301,11 @@ pub struct SegmentOptions {
     pub snapshot_beside_bytes: u64,
     /// [`ids::GROW_APART_FROM`] (tests lower it).
     pub grow_apart_from: usize,
+    /// [`IN_PLACE_LEAST`]: while the ids are left in the snapshot, at
+    /// least this many are looked up there in place, all look-ups
+    /// together, before one reads them whole (tests set 0, so that the
+    /// few events of a test log are never looked up in place).
+    pub ids_in_place_least: u64,
 }
 
 impl Default for SegmentOptions {
@@ -318,6 +324,7 @@ impl Default for SegmentOptions {
             spill_streams: SPILL_STREAMS,
             snapshot_beside_bytes: snapshot::BESIDE_BYTES,
             grow_apart_from: ids::GROW_APART_FROM,
+            ids_in_place_least: IN_PLACE_LEAST,
         }
     }
 }
@@ -668,6 +675,118 @@ struct LaterIds {
     spots: Vec<(u64, Uuid)>,
     /// The event ids of the frames after the snapshot's head, in order.
     tail: Vec<Uuid>,
+    /// The snapshot's ids as looked up in place ([`LaterIds::sorted`]),
+    /// once made; `None` if they cannot be (a snapshot of format 5, or a
+    /// directory of their blocks that failed its checks).
+    in_place: std::sync::OnceLock<Option<SortedIds>>,
+    /// A look-up in place found a block changed: the ids are read whole
+    /// from then on ([`ids_ready`], which finds the damage).
+    in_place_failed: AtomicBool,
+    /// Ids looked up in place so far, against [`in_place_budget`].
+    looked_up: AtomicU64,
+    /// The fewest of them allowed ([`SegmentOptions::ids_in_place_least`]).
+    least: u64,
+}
+
+/// Fewest ids a log whose ids are still in the snapshot looks up in place
+/// ([`in_place_budget`]).
+const IN_PLACE_LEAST: u64 = 256;
+
+/// Ids a log of `head` events whose ids are still in the snapshot looks up
+/// there in place, all callers together, before the next look-up reads
+/// them whole ([`ids_ready`]): a look-up in place reads a block or two of
+/// 256 pairs (3 KB, about 3 µs), a reading of them all 12 bytes an event;
+/// at most an eighth of the section's blocks, or `least`
+/// ([`IN_PLACE_LEAST`] unless a test lowers it).
+fn in_place_budget(head: u64, least: u64) -> u64 {
+    least.max(head / (sorted_ids::BLOCK_PAIRS as u64 * 8))
+}
+
+impl LaterIds {
+    fn new(snapshot: snapshot::LaterIds, spots: Vec<(u64, Uuid)>, least: u64) -> LaterIds {
+        LaterIds {
+            least,
+            snapshot,
+            spots,
+            tail: Vec::new(),
+            in_place: std::sync::OnceLock::new(),
+            in_place_failed: AtomicBool::new(false),
+            looked_up: AtomicU64::new(0),
+        }
+    }
+
+    /// The snapshot's ids to look up in place ([`SortedIds::in_place`]):
+    /// made at the first call from the directory of their blocks, and
+    /// checked then against the frames the open read (each listed under
+    /// its own id's fingerprint at its position), as a reading of them
+    /// all checks them ([`later_ids`]). `None` for a snapshot without the
+    /// directory (format 5), one that fails a check, or after a look-up
+    /// found a block changed.
+    fn sorted(&self) -> Option<&SortedIds> {
+        if self.in_place_failed.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.in_place
+            .get_or_init(|| {
+                let sorted = self.snapshot.in_place().ok()??;
+                let hasher = self.snapshot.hasher();
+                let mut at = Vec::new();
+                for (p, id) in &self.spots {
+                    at.clear();
+                    let fp = std::hash::BuildHasher::hash_one(&hasher, id);
+                    sorted.positions(fp, &mut at).ok()?;
+                    if !at.iter().any(|&q| u64::from(q) == *p) {
+                        return None;
+                    }
+                }
+                Some(sorted)
+            })
+            .as_ref()
+    }
+
+    /// Whether `n` more ids may be looked up in place in a log of `head`
+    /// events ([`in_place_budget`]); if so they are counted.
+    fn take_budget(&self, n: usize, head: u64) -> bool {
+        let budget = in_place_budget(head, self.least);
+        self.looked_up
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |done| {
+                done.checked_add(n as u64).filter(|&now| now <= budget)
+            })
+            .is_ok()
+    }
+
+    /// Adds to `out` the positions that may hold each of `ids` in a log of
+    /// `head` events: those the snapshot lists under its fingerprint,
+    /// looked up in place, and those after the snapshot whose frames hold
+    /// it. A block found changed stops the look-ups in place for good.
+    fn candidates(
+        &self,
+        sorted: &SortedIds,
+        head: u64,
+        ids: &[Uuid],
+        out: &mut Vec<(u32, Uuid)>,
+    ) -> Result<(), String> {
+        let hasher = self.snapshot.hasher();
+        let mut at = Vec::new();
+        for id in ids {
+            at.clear();
+            let fp = std::hash::BuildHasher::hash_one(&hasher, id);
+            if let Err(e) = sorted.positions(fp, &mut at) {
+                self.in_place_failed.store(true, Ordering::Relaxed);
+                return Err(e);
+            }
+            out.extend(at.iter().map(|&p| (p, *id)));
+        }
+        // The ids after the snapshot, in one pass.
+        let first = head - self.tail.len() as u64 + 1;
+        let wanted: std::collections::HashSet<&Uuid> = ids.iter().collect();
+        for (p, id) in (first..).zip(&self.tail) {
+            if wanted.contains(id) {
+                out.push((p as u32, *id));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for Index {
@@ -1245,6 +1364,50 @@ fn stored_at(
         }
     }
     Ok(None)
+}
+
+/// The position of the stored event with id `id` in a log whose ids are
+/// still in the snapshot ([`Index::later`]): looked up there in place
+/// ([`LaterIds::candidates`]), each candidate's frame read to compare the
+/// id itself (one that holds another id must hold one with the same
+/// fingerprint), and among the ids after the snapshot.
+fn stored_in_place(
+    index: &Index,
+    segments: &[Arc<Segment>],
+    later: &LaterIds,
+    id: &Uuid,
+) -> Result<Option<u64>, StoreError> {
+    let Some(sorted) = later.in_place.get().and_then(Option::as_ref) else {
+        return Err(StoreError::Internal(
+            "the index's event ids are neither read nor looked up in place".into(),
+        ));
+    };
+    later.looked_up.fetch_add(1, Ordering::Relaxed);
+    // Whatever fails stops the look-ups in place: the next group reads
+    // the ids ([`ids_ready`]), which finds what is wrong.
+    let looked_up = || -> Result<Option<u64>, StoreError> {
+        let mut found = Vec::new();
+        later
+            .candidates(sorted, index.head(), std::slice::from_ref(id), &mut found)
+            .map_err(unreadable_ids)?;
+        let hasher = later.snapshot.hasher();
+        for (p, _) in found {
+            let p = u64::from(p);
+            let (event, loc, seg) = event_at(index, segments, p)?;
+            if event.event_id == *id {
+                return Ok(Some(p));
+            }
+            if hasher.hash_one(event.event_id) != hasher.hash_one(id) {
+                return Err(corrupt(
+                    &seg.path,
+                    Some(loc.offset),
+                    format!("the index's event id entry for position {p} does not match the frame there; run `casebook verify`, and remove the log's `index` file to rebuild the index from the segments"),
+                ));
+            }
+        }
+        Ok(None)
+    };
+    looked_up().inspect_err(|_| later.in_place_failed.store(true, Ordering::Relaxed))
 }
 
 /// An error reading the index's event ids from a file of them (the
@@ -1959,11 +2122,7 @@ fn usable_snapshot(
         }
         spots.push((p, ev.event_id));
     }
-    index.later = Some(Box::new(LaterIds {
-        snapshot: ids,
-        spots,
-        tail: Vec::new(),
-    }));
+    index.later = Some(Box::new(LaterIds::new(ids, spots, open.in_place_least)));
     Ok(Some((index, covers, locs)))
 }
 
@@ -2210,6 +2369,7 @@ impl SegmentLog {
             ids_now: options.event_ids_at_open,
             beside_bytes: options.snapshot_beside_bytes,
             locations: options.locations_at_open,
+            in_place_least: options.ids_in_place_least,
         };
         let rec = recover(dir, options.read_snapshot, open, Spills::of(&options))?;
         let head = rec.index.head();
@@ -3667,7 +3827,7 @@ impl Writer {
         // an open that only reads): those are pushed after the snapshot's
         // and checked against them when the ids are read.
         let minted = group.iter().all(|c| c.minted);
-        let ready = match minted {
+        let ready = match minted || self.looks_up_in_place(&group) {
             true => Ok(()),
             false => ids_ready(&self.state, &self.ids_loader, &self.dir),
         };
@@ -3918,6 +4078,38 @@ impl Writer {
     /// any, is shown the sealed events after each request and told after
     /// each append how many stay sealed. `None` if the index's lock is
     /// poisoned (every append answered).
+    /// Whether the ids of `group` are looked up in place in the snapshot
+    /// that still holds the log's ([`LaterIds::sorted`]) rather than read
+    /// first: the ids it will look up, an estimate, fit the budget of
+    /// look-ups in place ([`in_place_budget`]). Every id of an append that
+    /// its caller minted is looked up by none; of one whose caller looked
+    /// its ids up in this log ([`IdsChecked`]), those it did not, and
+    /// about one in 32 of the rest (the ids stored since share their
+    /// fingerprint's bit: [`Committed::absent_after`]); of any other
+    /// append, every one.
+    fn looks_up_in_place(&self, group: &[Commit]) -> bool {
+        let Ok(state) = self.state.read() else {
+            return false;
+        };
+        let Some(later) = &state.index.later else {
+            return false;
+        };
+        let looked_up: usize = group
+            .iter()
+            .filter(|c| !c.minted)
+            .map(|c| {
+                let events = c.requests.iter().map(|r| r.events.len()).sum::<usize>();
+                match &c.checked {
+                    Some(checked) if checked.seen.log() == state.token => {
+                        checked.unchecked.len() + events / 32 + 1
+                    }
+                    _ => events,
+                }
+            })
+            .sum();
+        later.sorted().is_some() && later.take_budget(looked_up, state.index.head())
+    }
+
     fn stage_group(
         &mut self,
         group: Vec<Commit>,
@@ -3944,6 +4136,7 @@ impl Writer {
             .with_recorded_floor(self.last_recorded_us);
         let mut committed = SegmentCommitted::of(&state);
         for mut commit in group {
+            committed.minted = commit.minted;
             let after = AfterSeal {
                 hand_back: commit.hand_back.as_ref(),
                 sealed: pieces.as_deref_mut().map(|p| p as &mut dyn SealedSink),
@@ -4219,6 +4412,9 @@ struct SegmentCommitted<'a> {
     segments: &'a [Arc<Segment>],
     /// The log's token ([`State::token`]).
     log: Uuid,
+    /// The append being staged is of ids its caller minted
+    /// ([`Commit::minted`]).
+    minted: bool,
 }
 
 impl<'a> SegmentCommitted<'a> {
@@ -4228,6 +4424,7 @@ impl<'a> SegmentCommitted<'a> {
             index: &state.index,
             segments: &state.segments,
             log: state.token,
+            minted: false,
         }
     }
 }
@@ -4237,8 +4434,17 @@ impl Committed for SegmentCommitted<'_> {
         Ok(self.index.stream_version(&stream))
     }
 
+    /// While the snapshot still holds the ids, an id of an append not
+    /// minted by its caller is looked up there in place (the writer chose
+    /// to: [`Writer::looks_up_in_place`]), and among the ids after
+    /// it; a minted one is not looked up (its append is checked against
+    /// the snapshot's ids when they are read).
     fn stored_position(&mut self, event_id: Uuid) -> Result<Option<u64>, StoreError> {
-        stored_at(self.index, self.segments, &event_id)
+        match &self.index.later {
+            None => stored_at(self.index, self.segments, &event_id),
+            Some(_) if self.minted => Ok(None),
+            Some(later) => stored_in_place(self.index, self.segments, later, &event_id),
+        }
     }
 
     /// A bitmap of the fingerprints of the ids after what `seen` saw of
@@ -4256,15 +4462,20 @@ impl Committed for SegmentCommitted<'_> {
         let index = self.index;
         let (head, through) = (index.head(), seen.through());
         let most = ABSENT_AFTER_MOST.min((events as u64).saturating_mul(ABSENT_AFTER_PER_EVENT));
-        if seen.log() != self.log
-            || index.later.is_some()
-            || through > head
-            || head - through > most
-        {
+        if seen.log() != self.log || through > head || head - through > most {
             return None;
         }
         let mut fps = Vec::with_capacity((head - through) as usize);
-        let held = index.ids.fps_after(u32::try_from(through).ok()?, &mut fps);
+        let held = match &index.later {
+            None => index.ids.fps_after(u32::try_from(through).ok()?, &mut fps),
+            // The ids after the snapshot, in order: those after `through`.
+            Some(later) => {
+                let after = later.tail.len().checked_sub((head - through) as usize)?;
+                let hasher = index.ids.hasher();
+                fps.extend(later.tail[after..].iter().map(|id| hasher.hash_one(id)));
+                true
+            }
+        };
         // One fingerprint for each event after it, or none is ruled out.
         if !held || fps.len() as u64 != head - through {
             return None;
@@ -4723,6 +4934,130 @@ fn visit_runs_in(
 
 // ---- reads ---------------------------------------------------------------------
 
+/// Candidates for a look-up of event ids: each position whose id may be
+/// one asked (and which), the groups of the index's locations, what the
+/// look-up saw, and the hashing of the fingerprints the positions were
+/// found under.
+type Candidates = (Vec<(u32, Uuid)>, usize, Seen, IdHash);
+
+impl SegmentLog {
+    /// The events of `candidates` that hold the ids they were found for,
+    /// and what the look-up saw.
+    fn events_of(
+        &self,
+        (found, groups, seen, hash): Candidates,
+    ) -> Result<(HashMap<Uuid, StoredEvent>, Option<Seen>), StoreError> {
+        // In a sparse index each candidate's frame is found by walking its
+        // group: past the walks allowed (a file whose ids are all stored
+        // already), every location is read first.
+        if !found.is_empty() {
+            self.locations_for(found.len(), groups)?;
+        }
+        let (found, wanted): (Vec<Uuid>, Wanted) = {
+            let state = self.read()?;
+            let mut ids = Vec::with_capacity(found.len());
+            let mut wanted = Wanted::with_capacity(found.len());
+            for (p, id) in found {
+                ids.push(id);
+                state.want(&mut wanted, u64::from(p))?;
+            }
+            (ids, wanted)
+        };
+        // Each event carries the id the index found it under, or (almost
+        // never) another with its fingerprint, left out; one id at two
+        // positions is a corrupt log.
+        let mut events = HashMap::with_capacity(found.len());
+        for (e, id) in read_runs(wanted, Asked::Ids(&found, &hash))?
+            .into_iter()
+            .zip(&found)
+        {
+            if e.event_id != *id {
+                continue;
+            }
+            let position = e.position;
+            if let Some(other) = events.insert(e.event_id, e) {
+                let (first, again) = (other.position.min(position), other.position.max(position));
+                return Err(StoreError::Corrupt {
+                    location: self.dir.display().to_string(),
+                    what: format!(
+                        "event id {} is already stored at position {first}, and again at {again}; run `casebook verify`",
+                        other.event_id
+                    ),
+                });
+            }
+        }
+        Ok((events, Some(seen)))
+    }
+
+    /// Stops the look-ups of ids in place ([`LaterIds::sorted`]).
+    fn stop_in_place(&self) -> Result<(), StoreError> {
+        if let Some(later) = &self.read()?.index.later {
+            later.in_place_failed.store(true, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// [`Candidates`] for `ids` looked up in place in the snapshot that
+    /// still holds the log's ids ([`LaterIds::candidates`]), while the
+    /// look-ups in place stay within their budget ([`in_place_budget`]);
+    /// `None` when the ids are to be read first instead.
+    fn in_place_candidates(&self, ids: &[Uuid]) -> Result<Option<Candidates>, StoreError> {
+        let state = self.read()?;
+        let Some(later) = &state.index.later else {
+            return Ok(None);
+        };
+        let head = state.index.head();
+        let Some(sorted) = later.sorted() else {
+            return Ok(None);
+        };
+        if !later.take_budget(ids.len(), head) {
+            return Ok(None);
+        }
+        let mut found = Vec::new();
+        if later.candidates(sorted, head, ids, &mut found).is_err() {
+            // A block changed: the ids are read whole, which finds why.
+            return Ok(None);
+        }
+        found.sort_unstable();
+        found.dedup();
+        let seen = Seen::new(state.token, head);
+        Ok(Some((
+            found,
+            state.index.locs.groups(),
+            seen,
+            later.snapshot.hasher(),
+        )))
+    }
+
+    /// [`Candidates`] for `ids` from the index's ids, read first if they
+    /// are still in the snapshot ([`ids_ready`]).
+    fn candidates(&self, ids: &[Uuid]) -> Result<Candidates, StoreError> {
+        ids_ready(&self.state, &self.ids_loader, &self.dir)?;
+        let (found, groups, seen, hash) = {
+            let state = self.read()?;
+            // Usually none is stored (a fresh import): look each up, and
+            // drop repeats among the few found.
+            let map = &state.index.ids;
+            let mut found: Vec<(u32, Uuid)> = Vec::new();
+            let mut at = Vec::new();
+            for chunk in ids.chunks(ids::PREFETCH_IDS) {
+                map.prefetch(chunk.iter().map(|id| map.fingerprint(id)));
+                for id in chunk {
+                    at.clear();
+                    map.candidates_into(id, &mut at).map_err(unreadable_ids)?;
+                    found.extend(at.iter().map(|&p| (p, *id)));
+                }
+            }
+            found.sort_unstable();
+            found.dedup();
+            let seen = Seen::new(state.token, state.index.head());
+            let hash = state.index.ids.hasher().clone();
+            (found, state.index.locs.groups(), seen, hash)
+        };
+        Ok((found, groups, seen, hash))
+    }
+}
+
 #[async_trait]
 impl EventStore for SegmentLog {
     async fn append_atomic(
@@ -4841,52 +5176,19 @@ impl EventStore for SegmentLog {
         &self,
         ids: &[Uuid],
     ) -> Result<(HashMap<Uuid, StoredEvent>, Option<Seen>), StoreError> {
-        ids_ready(&self.state, &self.ids_loader, &self.dir)?;
-        let (found, groups, seen) = {
-            let state = self.read()?;
-            // Usually none is stored (a fresh import): look each up, and
-            // drop repeats among the few found.
-            let map = &state.index.ids;
-            let mut found: Vec<(u32, Uuid)> = Vec::new();
-            let mut at = Vec::new();
-            for chunk in ids.chunks(ids::PREFETCH_IDS) {
-                map.prefetch(chunk.iter().map(|id| map.fingerprint(id)));
-                for id in chunk {
-                    at.clear();
-                    map.candidates_into(id, &mut at).map_err(unreadable_ids)?;
-                    found.extend(at.iter().map(|&p| (p, *id)));
-                }
+        // A few ids, while the snapshot still holds them, are looked up
+        // there in place; else every id is read first. A frame that does
+        // not hold an id with the fingerprint the snapshot lists it under
+        // stops the look-ups in place, and the ids are read (which finds
+        // the snapshot wrong, and indexes them from the segments).
+        if let Some(candidates) = self.in_place_candidates(ids)? {
+            match self.events_of(candidates) {
+                Ok(found) => return Ok(found),
+                Err(_) => self.stop_in_place()?,
             }
-            found.sort_unstable();
-            found.dedup();
-            let seen = Seen::new(state.token, state.index.head());
-            (found, state.index.locs.groups(), seen)
-        };
-        // In a sparse index each candidate's frame is found by walking its
-        // group: past the walks allowed (a file whose ids are all stored
-        // already), every location is read first.
-        if !found.is_empty() {
-            self.locations_for(found.len(), groups)?;
         }
-        let (found, wanted, hash): (Vec<Uuid>, Wanted, IdHash) = {
-            let state = self.read()?;
-            let mut ids = Vec::with_capacity(found.len());
-            let mut wanted = Wanted::with_capacity(found.len());
-            for (p, id) in found {
-                ids.push(id);
-                state.want(&mut wanted, u64::from(p))?;
-            }
-            (ids, wanted, state.index.ids.hasher().clone())
-        };
-        // Each event carries the id the index found it under, or (almost
-        // never) another with its fingerprint, left out.
-        let found = read_runs(wanted, Asked::Ids(&found, &hash))?
-            .into_iter()
-            .zip(&found)
-            .filter(|(e, id)| e.event_id == **id)
-            .map(|(e, _)| (e.event_id, e))
-            .collect();
-        Ok((found, Some(seen)))
+        let candidates = self.candidates(ids)?;
+        self.events_of(candidates)
     }
 
     /// One stream at a time, each lent from the read buffer as
@@ -6131,11 +6433,13 @@ mod index_tests {
 
     /// Flips the bits of the first fingerprint of the ids' section of the
     /// snapshot at `path`, which lists `ids` ids (the pairs end 32 bytes
-    /// before the file does).
+    /// before the directory of their blocks, the file's end).
     fn flip_the_first_fingerprint(path: &Path, ids: u64) {
         let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
         let len = file.metadata().unwrap().len();
-        file.write_all_at(&[0xA5; 8], len - 32 - 12 * ids).unwrap();
+        let blocks = snapshot::id_blocks_bytes(ids).unwrap();
+        file.write_all_at(&[0xA5; 8], len - blocks - 32 - 12 * ids)
+            .unwrap();
     }
 
     /// Writes, after the head of the log in `log_dir` (two events of
@@ -7549,11 +7853,172 @@ mod index_tests {
             read_snapshot,
             event_ids_at_open: false,
             snapshot_beside_bytes: 0,
+            // The ids' first use reads them (none looked up in place:
+            // `index_tests::ids_looked_up_in_place`).
+            ids_in_place_least: 0,
             ..SegmentOptions::default()
         };
         let store = SegmentStore::open_with(dir, true, options).unwrap();
         let log = store.log("school-a").unwrap();
         (store, log)
+    }
+
+    /// A store of `school-a` in `dir` whose opens leave the event ids in
+    /// the snapshot (every location held, or only the groups' starts) and
+    /// look up to `least` of them there in place.
+    fn open_in_place(
+        dir: &Path,
+        least: u64,
+        locations: bool,
+    ) -> (Arc<SegmentStore>, Arc<SegmentLog>) {
+        let options = SegmentOptions {
+            snapshot_min_events: 1,
+            event_ids_at_open: false,
+            locations_at_open: locations,
+            ids_in_place_least: least,
+            ..SegmentOptions::default()
+        };
+        let store = SegmentStore::open_with(dir, true, options).unwrap();
+        let log = store.log("school-a").unwrap();
+        (store, log)
+    }
+
+    /// Format 6: an open that left the ids in the snapshot looks a few up
+    /// there in place, with the directory of their blocks, without reading
+    /// them: a look-up by id finds those of the snapshot and those after
+    /// it, and not an absent one; an append of given ids refuses one
+    /// stored in the snapshot or after it, and takes new ones, with or
+    /// without the caller's look-up ([`IdsChecked`]); the close copies the
+    /// section, and the next open finds every id in place, and reading
+    /// them (an open for appends; `verify`). Past the budget of look-ups
+    /// in place ([`in_place_budget`]), the next reads them whole.
+    #[test]
+    fn ids_looked_up_in_place() {
+        for locations in [true, false] {
+            let (dir, rt) = dir_and_runtime();
+            log_with_snapshot_and_tail(&rt, dir.path());
+            let (store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, locations);
+            assert_eq!(log.opened_from_snapshot(), Some(5));
+            let position = |log: &SegmentLog, id: u128| {
+                rt.block_on(log.find_event(Uuid::from_u128(id)))
+                    .unwrap()
+                    .map(|e| e.position)
+            };
+            assert_eq!(position(&log, 3), Some(3));
+            assert_eq!(position(&log, 7), Some(7));
+            assert_eq!(position(&log, 99), None);
+            for (id, at) in [(2, 2), (6, 6)] {
+                match rt.block_on(log.append_atomic(vec![request(id..id + 1)])) {
+                    Err(StoreError::DuplicateEventId { position, .. }) => assert_eq!(position, at),
+                    other => panic!("expected DuplicateEventId at {at}, got {other:?}"),
+                }
+            }
+            rt.block_on(log.append_atomic(vec![request(8..9)])).unwrap();
+            // Looked up by the caller, then appended: the writer tests
+            // them against what was stored since (the minted 9).
+            let (found, seen) = rt
+                .block_on(log.find_events_checked(&[Uuid::from_u128(10), Uuid::from_u128(9)]))
+                .unwrap();
+            assert!(found.is_empty());
+            let seen = seen.expect("the segment engine says what it saw");
+            assert_eq!(seen.through(), 8);
+            rt.block_on(log.append_minted(request(9..10))).unwrap();
+            let repeat = vec![to_stream(2, 9..10)];
+            let checked = IdsChecked::new(seen, vec![], &repeat);
+            match rt.block_on(log.append_atomic_checked(repeat, checked)) {
+                Err(StoreError::DuplicateEventId { position: 9, .. }) => {}
+                other => panic!("expected DuplicateEventId at 9, got {other:?}"),
+            }
+            let fresh = vec![to_stream(2, 10..11)];
+            let checked = IdsChecked::new(seen, vec![], &fresh);
+            rt.block_on(log.append_atomic_checked(fresh, checked))
+                .unwrap();
+            assert_eq!(position(&log, 10), Some(10));
+            assert!(!log.event_ids_held(), "locations: {locations}");
+            drop((log, store));
+
+            // The close copied the section with 6..=10 merged in.
+            let (store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, locations);
+            assert_eq!(log.opened_from_snapshot(), Some(10));
+            for id in 1..=10 {
+                let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
+                assert_eq!(found.map(|e| e.position), Some(id as u64));
+            }
+            assert!(!log.event_ids_held());
+            assert_eq!(log.take_snapshot_rejection(), None);
+            drop((log, store));
+            let (store, log) = open_in_place(dir.path(), 3, locations);
+            for ids in [&[1u128, 2][..], &[3]] {
+                let ids: Vec<Uuid> = ids.iter().map(|&i| Uuid::from_u128(i)).collect();
+                assert_eq!(rt.block_on(log.find_events(&ids)).unwrap().len(), ids.len());
+            }
+            assert!(!log.event_ids_held(), "three ids are within the budget");
+            assert!(rt
+                .block_on(log.find_event(Uuid::from_u128(4)))
+                .unwrap()
+                .is_some());
+            assert!(log.event_ids_held(), "the fourth id is past the budget");
+            assert_verifies(&rt, &log);
+            drop((log, store));
+            let store = SegmentStore::open(dir.path(), false).unwrap();
+            let log = store.log("school-a").unwrap();
+            assert_eq!(log.opened_from_snapshot(), Some(10));
+            assert!(log.event_ids_held());
+            assert_eq!(position(&log, 10), Some(10));
+        }
+    }
+
+    /// Looked up in place, a block of the ids' section changed after the
+    /// snapshot was written, or the directory of the blocks, is not used:
+    /// the ids are read whole, which finds a changed section (its
+    /// checksum) and indexes them from the segments, with the reason; a
+    /// changed directory alone leaves the section read as sound. One id
+    /// stored twice (a minted id repeating one of the snapshot) is found
+    /// by a look-up of that id as a corrupt log.
+    #[test]
+    fn ids_looked_up_in_place_are_checked() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let path = {
+            let (_store, log) = open_log(dir.path(), true, u64::MAX);
+            log.dir().join(snapshot::SNAPSHOT_FILE)
+        };
+        let sound = std::fs::read(&path).unwrap();
+        let blocks = snapshot::id_blocks_bytes(5).unwrap() as usize;
+        let ids_end = sound.len() - blocks;
+        for (what, at) in [
+            ("a pair", ids_end - 32 - 12 * 3 + 2),
+            ("a block's fence", ids_end + 8 + 1),
+            ("a block's CRC-32", ids_end + 8 + 9),
+        ] {
+            let mut bytes = sound.clone();
+            bytes[at] ^= 0x21;
+            std::fs::write(&path, &bytes).unwrap();
+            let (_store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, true);
+            assert_eq!(log.opened_from_snapshot(), Some(5), "{what}");
+            let found = rt.block_on(log.find_event(Uuid::from_u128(4))).unwrap();
+            assert_eq!(found.map(|e| e.position), Some(4), "{what}");
+            assert!(log.event_ids_held(), "{what}: read whole");
+            let why = log.take_snapshot_rejection();
+            match what {
+                "a pair" => assert!(
+                    why.as_deref()
+                        .is_some_and(|w| w.contains("the ids' section: checksum mismatch")),
+                    "{what}: {why:?}"
+                ),
+                _ => assert_eq!(why, None, "{what}"),
+            }
+        }
+        std::fs::write(&path, &sound).unwrap();
+        let (_store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, true);
+        rt.block_on(log.append_minted(request(2..3))).unwrap();
+        match rt.block_on(log.find_event(Uuid::from_u128(2))) {
+            Err(StoreError::Corrupt { what, .. }) => {
+                assert!(what.contains("is already stored at position 2"), "{what}")
+            }
+            other => panic!("expected a corrupt log, got {other:?}"),
+        }
+        assert!(!log.event_ids_held());
     }
 
     /// Ids 1..=5 in the snapshot (written at the close), 6 and 7 appended
@@ -8519,7 +8984,7 @@ mod index_tests {
         assert_eq!(found.map(|e| e.position), Some(7));
     }
 
-    /// Format 5. An open that holds every location and leaves the ids in
+    /// Format 6. An open that holds every location and leaves the ids in
     /// a large snapshot takes the lengths' checksum on a thread of its
     /// own, while the open's thread reads the frame lengths and a third
     /// the stream lists (it never reads the ids then): a byte changed
@@ -8532,7 +8997,9 @@ mod index_tests {
     /// every location, finds them changed, says so, and walks the
     /// frames. A byte changed in the ids' section (or their checksum) is
     /// refused by an open for appends, and by the others at the ids'
-    /// first use, which then indexes them from the segments.
+    /// first use, which then indexes them from the segments. One in the
+    /// directory of the ids' blocks is read by none of them (only by a
+    /// look-up in place).
     #[test]
     fn a_byte_changed_anywhere_in_the_snapshot_is_refused_by_either_open() {
         let (dir, rt) = dir_and_runtime();
@@ -8543,13 +9010,15 @@ mod index_tests {
         drop((log, store));
         let sound = std::fs::read(&path).unwrap();
         let total = sound.len();
-        // Format 5: the header 64 bytes, one segment (16), 5 lengths (4
+        // Format 6: the header 64 bytes, one segment (16), 5 lengths (4
         // each) and their checksum, one stream's list (5 × 4), the
         // directory (one run: 4 + 28; one group: 8 + 4; one stream: 8 +
         // 20; one block's CRC-32: 8 + 4) and its checksum, the ids (8 + 5
-        // × 12) and theirs.
+        // × 12) and theirs, the directory of their blocks (one: 8 + 12)
+        // and its checksum.
         let (lens_at, lists_at, dir_at) = (64 + 16, 64 + 16 + 20 + 32, 64 + 16 + 20 + 32 + 20);
-        let ids_at = total - 32 - 8 - 5 * 12;
+        let ids_end = total - 8 - 12 - 32;
+        let ids_at = ids_end - 32 - 8 - 5 * 12;
         assert_eq!(ids_at, dir_at + 32 + 12 + 28 + 12 + 32);
         // (what, where, whether an open that keeps only the groups'
         // starts reads it)
@@ -8568,8 +9037,11 @@ mod index_tests {
             ("the checksum before the ids", ids_at - 1, true),
             ("the count of ids", ids_at, true),
             ("an id's fingerprint", ids_at + 8 + 12 + 3, true),
-            ("the last id's position", total - 32 - 1, true),
-            ("the ids' checksum", total - 1, true),
+            ("the last id's position", ids_end - 32 - 1, true),
+            ("the ids' checksum", ids_end - 1, true),
+            ("the ids' first block's fence", ids_end + 8 + 2, true),
+            ("the ids' first block's CRC-32", ids_end + 8 + 8, true),
+            ("the checksum of the ids' blocks", total - 1, true),
         ];
         // Reading only with the threads, reading only on one thread, and
         // for appends, each holding every location; reading only and for
@@ -8587,6 +9059,7 @@ mod index_tests {
                 event_ids_at_open: ids_at_open,
                 snapshot_beside_bytes: beside,
                 locations_at_open: locations,
+                ids_in_place_least: 0,
                 ..SegmentOptions::default()
             };
             let store = SegmentStore::open_with(dir.path(), true, options).unwrap();
@@ -8608,6 +9081,19 @@ mod index_tests {
                 // only the groups' starts does not read: refused when a
                 // read first needs every location (`verify`), every frame
                 // walked instead.
+                // The directory of the ids' blocks is read by a look-up
+                // in place alone (none here: `ids_in_place_least` 0, and
+                // `index_tests::ids_looked_up_in_place`): every open uses
+                // the snapshot, and its ids are read whole, as sound.
+                if at >= ids_end {
+                    assert_eq!(log.opened_from_snapshot(), Some(5), "{case}");
+                    let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
+                    assert_eq!(found.map(|e| e.position), Some(3), "{case}");
+                    assert!(log.event_ids_held(), "{case}");
+                    assert_eq!(log.take_snapshot_rejection(), None, "{case}");
+                    drop((log, store));
+                    continue;
+                }
                 let refused_later = match (at >= ids_at && !ids_at_open, !locations && !read_sparse)
                 {
                     (true, _) => Some("the ids' section: checksum mismatch"),

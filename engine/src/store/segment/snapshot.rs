@@ -9,7 +9,7 @@
 //! snapshot that is missing, damaged, of another format, or that does not
 //! match the segment files is ignored and the index is rebuilt from the
 //! segments as before (and a new snapshot written at the next clean close).
-//! Format 5 (all integers little-endian; byte for byte in docs/storage.md):
+//! Format 6 (all integers little-endian; byte for byte in docs/storage.md):
 //!
 //! ```text
 //! magic "CBSEGIX1" · version u32 · head u64 · head hash [32] · id seed u64
@@ -28,6 +28,10 @@
 //! ids u64 (= head) · per id, sorted by fingerprint then position:
 //!   fingerprint u64, position u32
 //! BLAKE3 of the ids' section (their count and pairs) [32]
+//! the directory of the ids' blocks (format 6; not in 5, also read):
+//!   blocks u64 · per block of 256 pairs: its first fingerprint u64,
+//!   CRC-32 u32
+//! BLAKE3 of the directory of the ids' blocks [32]
 //! ```
 //!
 //! Every open reads the header and the directory, checked by their
@@ -44,7 +48,9 @@
 //! ([`super::ids::IdMap`]). Sorted, they are looked up in the file
 //! ([`SortedIds`]) instead of read into the id table: a log opened from
 //! the snapshot holds a filter and a block directory for them (about 2
-//! bytes an id) and a table of only the ids appended after it.
+//! bytes an id) and a table of only the ids appended after it. Until they
+//! are read, a few are looked up in place with the directory of their
+//! blocks the file holds ([`LaterIds::in_place`], format 6).
 
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -55,7 +61,7 @@ use uuid::Uuid;
 
 use super::frame::{self, le_u32, le_u64};
 use super::locs::{Locations, SnapRun};
-use super::sorted_ids::{Chunks, CopyMerge, SortedIds, PAIR};
+use super::sorted_ids::{BlockSums, Chunks, CopyMerge, SortedIds, BLOCK_PAIRS, PAIR};
 use super::streams::{AtInFile, Streams, LIST_BLOCK};
 use super::{IdHash, Index};
 use crate::envelope::{Hash, StreamId};
@@ -78,9 +84,25 @@ const MAGIC: &[u8; 8] = b"CBSEGIX1";
 /// session v, one checksum over the whole file, the ids sorted by
 /// fingerprint and looked up in the file since; 2, since session l,
 /// listed them in the order of the id table's buckets, read into a table;
-/// 1 held the 16-byte ids). A build ignores a snapshot of another version
-/// and rebuilds the index from the segments once.
-const VERSION: u32 = 5;
+/// 1 held the 16-byte ids). 6 since session bh: a directory of the ids'
+/// blocks after their checksum (each block's first fingerprint and
+/// CRC-32, and a checksum of their own), so that a few ids are looked up
+/// in place without reading the section ([`LaterIds::in_place`]). This
+/// build reads 5 too (its ids then read whole at their first use), and
+/// ignores a snapshot of any other version, rebuilding the index from the
+/// segments once.
+const VERSION: u32 = 6;
+/// The format before [`VERSION`], read as well: no directory of the ids.
+const VERSION_WITHOUT_ID_BLOCKS: u32 = 5;
+
+/// Bytes of the directory of the ids' blocks (format 6) of a snapshot of
+/// `head` positions: their count, a fence and a CRC-32 a block of
+/// [`BLOCK_PAIRS`] pairs, and its BLAKE3.
+pub(super) fn id_blocks_bytes(head: u64) -> Option<u64> {
+    head.div_ceil(BLOCK_PAIRS as u64)
+        .checked_mul(12)?
+        .checked_add(8 + 32)
+}
 
 /// A segment as the snapshot saw it: its first position and the length
 /// of its frames (the log's acknowledged end, for the last).
@@ -141,6 +163,9 @@ pub(super) struct OpenWith {
     /// ([`Locations::sparse`]), the lengths left in the file until a
     /// read needs them ([`LaterLocs`]).
     pub locations: bool,
+    /// Fewest ids looked up in place while they are left in the file
+    /// (`SegmentOptions::ids_in_place_least`).
+    pub in_place_least: u64,
 }
 
 impl OpenWith {
@@ -151,6 +176,7 @@ impl OpenWith {
             ids_now,
             beside_bytes: BESIDE_BYTES,
             locations: true,
+            in_place_least: 0,
         }
     }
 }
@@ -324,21 +350,42 @@ pub(super) fn encode(
     if let Some(directory) = w.hash_with(Some(blake3::Hasher::new()))? {
         w.out.write_all(directory.finalize().as_bytes())?;
     }
+    // The ids, each block's fence and CRC-32 taken as they are written.
+    let n = match &index.later {
+        None => index.ids.len() as u64,
+        Some(_) => head,
+    };
+    w.put(&n.to_le_bytes())?;
+    let mut blocks = BlockSums::default();
+    let mut put = |bytes: &[u8]| {
+        blocks.add(bytes);
+        w.put(bytes)
+    };
     match &index.later {
-        None => {
-            w.put(&(index.ids.len() as u64).to_le_bytes())?;
-            index.ids.sorted_bytes(&mut |bytes| w.put(bytes))?;
-        }
+        None => index.ids.sorted_bytes(&mut put)?,
         Some(later) => {
-            w.put(&head.to_le_bytes())?;
             let first = head - later.tail.len() as u64 + 1;
-            later
-                .snapshot
-                .copy_merged(&later.tail, first, &mut |bytes| w.put(bytes))?;
+            later.snapshot.copy_merged(&later.tail, first, &mut put)?;
         }
     }
-    if let Some(ids) = w.hash_with(None)? {
+    if let Some(ids) = w.hash_with(Some(blake3::Hasher::new()))? {
         w.out.write_all(ids.finalize().as_bytes())?;
+    }
+    // The directory of the ids' blocks, and its checksum.
+    let (fences, sums) = blocks.finish().map_err(std::io::Error::other)?;
+    if fences.len() as u64 != head.div_ceil(BLOCK_PAIRS as u64) {
+        return Err(std::io::Error::other(format!(
+            "{} blocks of ids for {head} positions",
+            fences.len()
+        )));
+    }
+    w.put(&(fences.len() as u64).to_le_bytes())?;
+    for (fence, sum) in fences.iter().zip(&sums) {
+        w.put(&fence.to_le_bytes())?;
+        w.put(&sum.to_le_bytes())?;
+    }
+    if let Some(blocks) = w.hash_with(None)? {
+        w.out.write_all(blocks.finalize().as_bytes())?;
     }
     Ok(())
 }
@@ -552,6 +599,10 @@ struct Directory {
     lens_sum_at: u64,
     lists_at: u64,
     ids_at: u64,
+    /// Where the ids' section ends (after its checksum): the directory of
+    /// its blocks follows when `id_blocks` (format 6) to the file's end.
+    ids_end: u64,
+    id_blocks: bool,
 }
 
 /// The header's bytes: magic, version, head, head hash, id seed, the
@@ -576,9 +627,9 @@ fn read_directory(file: &std::fs::File, total: u64, max_events: u64) -> Result<D
         return Err("not an index snapshot".into());
     }
     let version = le_u32(&header[8..]);
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITHOUT_ID_BLOCKS {
         return Err(format!(
-            "snapshot format {version}, this build reads {VERSION}"
+            "snapshot format {version}, this build reads {VERSION_WITHOUT_ID_BLOCKS} and {VERSION}"
         ));
     }
     let head = le_u64(&header[12..]);
@@ -594,7 +645,12 @@ fn read_directory(file: &std::fs::File, total: u64, max_events: u64) -> Result<D
     // position), the directory up to its checksum, the ids (count, 12
     // bytes a position) and theirs.
     let places = || {
-        let ids_at = total.checked_sub(head.checked_mul(PAIR as u64)?.checked_add(8 + 32)?)?;
+        let blocks = match version {
+            VERSION => id_blocks_bytes(head)?,
+            _ => 0,
+        };
+        let ids_end = total.checked_sub(blocks)?;
+        let ids_at = ids_end.checked_sub(head.checked_mul(PAIR as u64)?.checked_add(8 + 32)?)?;
         let dir_sum_at = ids_at.checked_sub(32)?;
         let lens_at = HEADER.checked_add(nseg.checked_mul(16)?)?;
         let lens_sum_at = lens_at.checked_add(head.checked_mul(4)?)?;
@@ -607,9 +663,11 @@ fn read_directory(file: &std::fs::File, total: u64, max_events: u64) -> Result<D
             dir_at,
             dir_sum_at,
             ids_at,
+            ids_end,
         ))
     };
-    let Some((lens_at, lens_sum_at, lists_at, dir_at, dir_sum_at, ids_at)) = places() else {
+    let Some((lens_at, lens_sum_at, lists_at, dir_at, dir_sum_at, ids_at, ids_end)) = places()
+    else {
         return Err(format!(
             "too short for {head} positions and {nseg} segments"
         ));
@@ -703,6 +761,8 @@ fn read_directory(file: &std::fs::File, total: u64, max_events: u64) -> Result<D
         lens_sum_at,
         lists_at,
         ids_at,
+        ids_end,
+        id_blocks: version == VERSION,
     })
 }
 
@@ -739,8 +799,9 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
     let lists = |full: bool| check_lists(handle()?, &d, total, full);
     // An open for appends: the ids' checksum taken on this thread after
     // the rest, while a thread of its own reads them.
-    let ids_sum =
-        || checksum(&handle()?, d.ids_at, total - 32).map_err(|e| format!("the ids' section: {e}"));
+    let ids_sum = || {
+        checksum(&handle()?, d.ids_at, d.ids_end - 32).map_err(|e| format!("the ids' section: {e}"))
+    };
     let lens = LaterLocs {
         file: handle()?,
         at: d.lens_at,
@@ -827,7 +888,9 @@ pub(super) fn load(dir: &Path, max_events: u64, open: OpenWith) -> Result<Option
             at: d.ids_at,
             head: d.head,
             seed: d.seed,
-            sum_at: total - 32,
+            sum_at: d.ids_end - 32,
+            blocks_at: d.id_blocks.then_some(d.ids_end),
+            total,
             ahead: std::sync::Mutex::new(ahead),
         },
     }))
@@ -876,8 +939,12 @@ pub(super) struct LaterIds {
     head: u64,
     /// The seed the fingerprints were taken with.
     seed: u64,
-    /// Where the section's checksum is (the file's last 32 bytes).
+    /// Where the section's checksum is.
     sum_at: u64,
+    /// Where the directory of the section's blocks is, when the snapshot
+    /// has one (format 6; it ends at the file's end, `total`).
+    blocks_at: Option<u64>,
+    total: u64,
     /// The ids read already (an open for appends reads them beside the
     /// rest of the file), until taken.
     ahead: std::sync::Mutex<Option<Result<IdsRead, String>>>,
@@ -1003,6 +1070,58 @@ impl LaterIds {
         merged?;
         sum_matches(&self.file, self.sum_at, unread.sum)
             .map_err(|e| not_copied(format!("the ids' section: {e}")))
+    }
+
+    /// The section, to be looked up in place with the directory of its
+    /// blocks ([`SortedIds::in_place`]): the directory read whole and
+    /// checked against its checksum, its blocks as many as the head's
+    /// pairs fill, the section's count the head. `Ok(None)` for a snapshot
+    /// without one (format 5). The section's own checksum is not taken
+    /// (that reads every pair): each block a look-up reads is checked
+    /// against its CRC-32 (docs/storage.md, "Ids looked up in place").
+    pub(super) fn in_place(&self) -> Result<Option<SortedIds>, String> {
+        let Some(at) = self.blocks_at else {
+            return Ok(None);
+        };
+        let len = self.total.saturating_sub(at);
+        if Some(len) != id_blocks_bytes(self.head) {
+            return Err("the directory of the ids' blocks is not its size".into());
+        }
+        let mut bytes = vec![0u8; len as usize];
+        self.file
+            .read_exact_at(&mut bytes, at)
+            .map_err(|e| format!("cannot read the directory of the ids' blocks: {e}"))?;
+        let (listed, sum) = bytes.split_at(bytes.len() - 32);
+        if blake3::hash(listed).as_bytes() != sum {
+            return Err("the directory of the ids' blocks: checksum mismatch".into());
+        }
+        let blocks = le_u64(listed);
+        if blocks != self.head.div_ceil(BLOCK_PAIRS as u64) {
+            return Err(format!(
+                "{blocks} blocks of ids for {} positions",
+                self.head
+            ));
+        }
+        let (fences, sums) = listed[8..]
+            .chunks_exact(12)
+            .map(|b| (le_u64(b), le_u32(&b[8..])))
+            .unzip();
+        let mut count = [0u8; 8];
+        self.file
+            .read_exact_at(&mut count, self.at)
+            .map_err(|e| format!("cannot read: {e}"))?;
+        if u64::from_le_bytes(count) != self.head {
+            return Err(format!(
+                "{} ids for {} positions",
+                u64::from_le_bytes(count),
+                self.head
+            ));
+        }
+        let own = self
+            .file
+            .try_clone()
+            .map_err(|e| format!("cannot open: {e}"))?;
+        SortedIds::in_place(own, self.at + 8, self.head, fences, sums).map(Some)
     }
 
     /// The section's pairs, not read yet ([`LaterIds::copy_merged`]).
@@ -1212,7 +1331,7 @@ mod tests {
 
     /// A file holding, from byte 3, an ids section of `n` ids (positions
     /// 1..=n) fingerprinted under `seed`: the count, the sorted pairs and
-    /// their checksum; and the ids of the positions after it.
+    /// their checksum, then the directory of their blocks and its own.
     fn section(n: u32, seed: u64) -> (tempfile::NamedTempFile, LaterIds) {
         use std::io::Write;
         let hasher = IdHash::with_seed(seed);
@@ -1227,13 +1346,26 @@ mod tests {
         f.write_all(b"abc").unwrap();
         f.write_all(&bytes).unwrap();
         f.write_all(sum.as_bytes()).unwrap();
+        let mut blocks = BlockSums::default();
+        blocks.add(&bytes[8..]);
+        let (fences, sums) = blocks.finish().unwrap();
+        let mut directory = (fences.len() as u64).to_le_bytes().to_vec();
+        for (fence, sum) in fences.iter().zip(&sums) {
+            directory.extend_from_slice(&fence.to_le_bytes());
+            directory.extend_from_slice(&sum.to_le_bytes());
+        }
+        directory.extend_from_slice(blake3::hash(&directory).as_bytes());
+        f.write_all(&directory).unwrap();
         f.flush().unwrap();
+        let sum_at = 3 + bytes.len() as u64;
         let later = LaterIds {
             file: f.reopen().unwrap(),
             at: 3,
             head: u64::from(n),
             seed,
-            sum_at: 3 + bytes.len() as u64,
+            sum_at,
+            blocks_at: Some(sum_at + 32),
+            total: sum_at + 32 + directory.len() as u64,
             ahead: std::sync::Mutex::new(None),
         };
         (f, later)
@@ -1291,5 +1423,57 @@ mod tests {
         later.head = 11;
         let e = copied(&later, &[], 12).unwrap_err();
         assert!(is_not_copied(&e), "{e}");
+    }
+
+    /// A section looked up in place with the directory of its blocks
+    /// (format 6) finds every id at its position and no other, reads only
+    /// the blocks it needs (a changed block refuses the look-ups that read
+    /// it, not the others), and is not made from a directory that does not
+    /// match its checksum, or of a section whose count is not the head's,
+    /// or from a snapshot without one (format 5).
+    #[test]
+    fn a_section_is_looked_up_in_place_with_the_directory_of_its_blocks() {
+        let n = 5_000;
+        let seed = 0x00c0_ffee;
+        let (f, later) = section(n, seed);
+        let hasher = IdHash::with_seed(seed);
+        let fp = |p: u32| hasher.hash_one(Uuid::from_u128(u128::from(p)));
+        let sorted = later.in_place().unwrap().expect("format 6");
+        let mut at = Vec::new();
+        for p in (1..=n).step_by(7).chain([n]) {
+            at.clear();
+            sorted.positions(fp(p), &mut at).unwrap();
+            assert_eq!(at, [p]);
+        }
+        at.clear();
+        sorted.positions(fp(n + 1), &mut at).unwrap();
+        assert!(at.is_empty());
+
+        // A byte of the pair at index 300 (the second block), changed.
+        let mut pairs: Vec<(u64, u32)> = (1..=n).map(|p| (fp(p), p)).collect();
+        pairs.sort_unstable();
+        f.as_file()
+            .write_all_at(&[0x5a], 3 + 8 + 300 * PAIR as u64 + 9)
+            .unwrap();
+        let (in_second, in_first) = (pairs[301].1, pairs[3].1);
+        let e = sorted.positions(fp(in_second), &mut at).unwrap_err();
+        assert!(e.contains("changed"), "{e}");
+        at.clear();
+        sorted.positions(fp(in_first), &mut at).unwrap();
+        assert_eq!(at, [in_first]);
+
+        // The directory: a fence changed.
+        let (f, later) = section(n, seed);
+        let fence_at = later.blocks_at.unwrap() + 8 + 12 + 1;
+        f.as_file().write_all_at(&[0x77], fence_at).unwrap();
+        let e = later.in_place().expect_err("refused");
+        assert!(e.contains("checksum mismatch"), "{e}");
+
+        let (_f, mut later) = section(n, seed);
+        later.head = u64::from(n) - 1;
+        assert!(later.in_place().is_err());
+        let (_f, mut later) = section(n, seed);
+        later.blocks_at = None;
+        assert!(later.in_place().unwrap().is_none());
     }
 }

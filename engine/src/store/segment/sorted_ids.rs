@@ -20,7 +20,10 @@
 //! checks the rest of the snapshot: sorted, every position 1..=n exactly
 //! once, at most [`MAX_SHARING`] positions under one fingerprint (each
 //! pair of those is handed back for the caller to read both frames, as
-//! the id table's shared fingerprints are).
+//! the id table's shared fingerprints are). A snapshot's section can also
+//! be looked up in place, unread, with the fences and CRC-32s the file
+//! lists for its blocks ([`SortedIds::in_place`], [`BlockSums`]): no
+//! filter, and each block checked as it is read.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -29,7 +32,7 @@ use std::os::unix::fs::FileExt;
 pub(super) const PAIR: usize = 12;
 /// Pairs in a block: what a look-up reads and a CRC-32 covers.
 pub(super) const BLOCK_PAIRS: usize = 256;
-const BLOCK_BYTES: usize = BLOCK_PAIRS * PAIR;
+pub(super) const BLOCK_BYTES: usize = BLOCK_PAIRS * PAIR;
 /// Blocks read at once when the whole section is read.
 const BLOCKS_AT_ONCE: usize = 256;
 /// How many pairs ahead [`SortedIds::read`] asks for the memory that
@@ -113,6 +116,59 @@ impl Filter {
     }
 }
 
+/// The fence (first fingerprint) and CRC-32 of each block of
+/// [`BLOCK_PAIRS`] pairs of a section, taken from its bytes as they are
+/// written, in pieces of any size: the snapshot's directory of its ids
+/// (format 6), what [`SortedIds::in_place`] looks them up with.
+#[derive(Default)]
+pub(super) struct BlockSums {
+    /// Bytes of the current block so far.
+    in_block: usize,
+    crc: crc32fast::Hasher,
+    /// The current block's first bytes (its fence once 8 are in).
+    first: [u8; 8],
+    pub fences: Vec<u64>,
+    pub sums: Vec<u32>,
+}
+
+impl BlockSums {
+    /// The next bytes of the pairs.
+    pub(super) fn add(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.in_block < 8 {
+                let n = (8 - self.in_block).min(bytes.len());
+                self.first[self.in_block..self.in_block + n].copy_from_slice(&bytes[..n]);
+            }
+            let take = (BLOCK_BYTES - self.in_block).min(bytes.len());
+            self.crc.update(&bytes[..take]);
+            self.in_block += take;
+            bytes = &bytes[take..];
+            if self.in_block == BLOCK_BYTES {
+                self.end_block();
+            }
+        }
+    }
+
+    fn end_block(&mut self) {
+        let crc = std::mem::take(&mut self.crc);
+        self.fences.push(u64::from_le_bytes(self.first));
+        self.sums.push(crc.finalize());
+        self.in_block = 0;
+    }
+
+    /// Ends the last block (short) if any; `Err` if the bytes were not
+    /// whole pairs.
+    pub(super) fn finish(mut self) -> Result<(Vec<u64>, Vec<u32>), String> {
+        if !self.in_block.is_multiple_of(PAIR) {
+            return Err("the ids' bytes end inside a pair".into());
+        }
+        if self.in_block > 0 {
+            self.end_block();
+        }
+        Ok((self.fences, self.sums))
+    }
+}
+
 /// Why [`read_checked_blocks`] gave nothing.
 pub(super) enum BlockRead {
     Io(std::io::Error),
@@ -169,9 +225,13 @@ pub(super) struct SortedIds {
     n: u64,
     /// The fingerprint of each block's first pair.
     fences: Vec<u64>,
-    /// Each block's CRC-32, taken when the section was checked.
+    /// Each block's CRC-32, taken when the section was checked, or read
+    /// with the fences from the snapshot's directory of its ids.
     sums: Vec<u32>,
-    filter: Filter,
+    /// `None` for a section looked up in place from that directory
+    /// ([`SortedIds::in_place`]): each block's order and first
+    /// fingerprint are then checked as it is read.
+    filter: Option<Filter>,
 }
 
 impl std::fmt::Debug for SortedIds {
@@ -322,7 +382,7 @@ impl Sorting {
                 n: self.n,
                 fences: self.fences,
                 sums,
-                filter: self.filter,
+                filter: Some(self.filter),
             },
             self.shared,
         ))
@@ -375,6 +435,46 @@ impl SortedIds {
             Some(e) => Err(e),
             None => sorting.finish(file, at),
         }
+    }
+
+    /// A snapshot's section of `n` pairs (positions 1..=n) from byte `at`
+    /// of `file`, looked up in place with the fingerprint of each block's
+    /// first pair and each block's CRC-32 as the snapshot's directory of
+    /// its ids lists them (format 6), read by its caller against their
+    /// checksum: nothing of the pairs is read to make it, and it holds no
+    /// filter (every look-up reads the block or two its fingerprint can
+    /// be in). Of the checks [`SortedIds::read`] makes, a look-up makes
+    /// those its blocks allow: each block read matches its CRC-32, its
+    /// pairs are in order, and its first fingerprint is its fence; that
+    /// every position is listed once is left to a reading of the whole
+    /// section (docs/storage.md, "Ids looked up in place").
+    pub(super) fn in_place(
+        file: File,
+        at: u64,
+        n: u64,
+        fences: Vec<u64>,
+        sums: Vec<u32>,
+    ) -> Result<SortedIds, String> {
+        let blocks = n.div_ceil(BLOCK_PAIRS as u64);
+        if fences.len() as u64 != blocks || sums.len() as u64 != blocks {
+            return Err(format!(
+                "{} fences and {} CRC-32s for {blocks} blocks of ids",
+                fences.len(),
+                sums.len()
+            ));
+        }
+        if fences.windows(2).any(|w| w[0] > w[1]) {
+            return Err("the blocks of ids are out of order".into());
+        }
+        Ok(SortedIds {
+            file,
+            at,
+            first: 0,
+            n,
+            fences,
+            sums,
+            filter: None,
+        })
     }
 
     /// Ids held: one for each position first+1..=first+len.
@@ -468,14 +568,19 @@ impl SortedIds {
         }
     }
 
-    /// The address of the filter's block for `fp`, for a prefetch.
+    /// The address of the filter's block for `fp`, for a prefetch (of
+    /// itself, without a filter: nothing to fetch).
     pub(super) fn filter_line(&self, fp: u64) -> usize {
-        self.filter.line(fp)
+        match &self.filter {
+            Some(filter) => filter.line(fp),
+            None => self as *const SortedIds as usize,
+        }
     }
 
-    /// Whether the filter lets `fp` through (a stored fingerprint always).
+    /// Whether the filter lets `fp` through (a stored fingerprint always;
+    /// without a filter, every one).
     pub(super) fn may_hold(&self, fp: u64) -> bool {
-        self.n > 0 && self.filter.may_hold(fp)
+        self.n > 0 && self.filter.as_ref().is_none_or(|f| f.may_hold(fp))
     }
 
     /// Adds to `out` every position listed under fingerprint `fp`.
@@ -489,7 +594,11 @@ impl SortedIds {
         let lo = self.fences.partition_point(|&f| f < fp).saturating_sub(1);
         let mut buf = [0u8; BLOCK_BYTES];
         for b in lo..hi {
-            for pair in self.read_blocks(b..b + 1, &mut buf)?.chunks_exact(PAIR) {
+            let block = self.read_blocks(b..b + 1, &mut buf)?;
+            if self.filter.is_none() {
+                self.check_block(b, block)?;
+            }
+            for pair in block.chunks_exact(PAIR) {
                 let (f, p) = pair_at(pair);
                 if f == fp {
                     out.push(p);
@@ -497,6 +606,29 @@ impl SortedIds {
                     break;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Block `b` of a section looked up in place ([`SortedIds::in_place`]):
+    /// its pairs in order, the first under the block's fence, its
+    /// positions in range.
+    fn check_block(&self, b: usize, block: &[u8]) -> Result<(), String> {
+        let wrong = |what: &str| Err(format!("the index snapshot's event ids: block {b} {what}"));
+        let mut prev: Option<(u64, u32)> = None;
+        for pair in block.chunks_exact(PAIR) {
+            let (fp, p) = pair_at(pair);
+            if p == 0 || u64::from(p) > self.n {
+                return wrong("lists a position out of range");
+            }
+            match prev {
+                None if Some(&fp) != self.fences.get(b) => {
+                    return wrong("does not start at its fence")
+                }
+                Some(prev) if (fp, p) <= prev => return wrong("is out of order"),
+                _ => {}
+            }
+            prev = Some((fp, p));
         }
         Ok(())
     }
@@ -515,7 +647,9 @@ impl SortedIds {
 
     /// Bytes allocated for the filter, the fences and the sums.
     pub(super) fn allocated_bytes(&self) -> usize {
-        self.filter.allocated_bytes() + self.fences.capacity() * 8 + self.sums.capacity() * 4
+        self.filter.as_ref().map_or(0, Filter::allocated_bytes)
+            + self.fences.capacity() * 8
+            + self.sums.capacity() * 4
     }
 }
 
@@ -753,6 +887,109 @@ mod tests {
             proptest::prop_assert_eq!(out.len() % PAIR, 0);
             proptest::prop_assert_eq!(got, all);
         }
+    }
+
+    /// The fences and CRC-32s of `pairs`' blocks, from their bytes
+    /// handed over in pieces of `sizes` (then the rest at once).
+    fn block_sums(pairs: &[(u64, u32)], sizes: &[usize]) -> (Vec<u64>, Vec<u32>) {
+        let bytes: Vec<u8> = pairs
+            .iter()
+            .flat_map(|&(fp, p)| pair_bytes(fp, p))
+            .collect();
+        let mut sums = BlockSums::default();
+        let mut rest = &bytes[..];
+        for &size in sizes {
+            let (piece, after) = rest.split_at(size.min(rest.len()));
+            sums.add(piece);
+            rest = after;
+        }
+        sums.add(rest);
+        sums.finish().unwrap()
+    }
+
+    /// A section looked up in place with `pairs`' fences and CRC-32s.
+    fn in_place(pairs: &[(u64, u32)], fences: Vec<u64>, sums: Vec<u32>) -> SortedIds {
+        let (f, at) = section(pairs);
+        SortedIds::in_place(f.reopen().unwrap(), at, pairs.len() as u64, fences, sums).unwrap()
+    }
+
+    proptest::proptest! {
+        /// The fences and CRC-32s taken from a section's bytes in pieces
+        /// of any sizes are those a reading of the section takes, and
+        /// looked up in place with them every pair is found.
+        #[test]
+        fn block_sums_in_any_pieces_are_those_a_reading_takes(
+            n in 0u32..1_500,
+            sizes in proptest::collection::vec(0usize..5_000, 0..20),
+        ) {
+            let pairs = sorted(n);
+            let (fences, sums) = block_sums(&pairs, &sizes);
+            let (whole, _) = read(&pairs).unwrap();
+            proptest::prop_assert_eq!(&fences, &whole.fences);
+            proptest::prop_assert_eq!(&sums, &whole.sums);
+            let ids = in_place(&pairs, fences, sums);
+            let mut at = Vec::new();
+            for &(fp, p) in &pairs {
+                at.clear();
+                ids.positions(fp, &mut at).unwrap();
+                proptest::prop_assert_eq!(&at, &[p]);
+            }
+        }
+    }
+
+    /// Looked up in place, positions that share a fingerprint across a
+    /// block's end are all found; a block out of order, or not starting
+    /// at its fence, is refused though its CRC-32 matches; a directory
+    /// of too few blocks, or out of order, makes none.
+    #[test]
+    fn a_section_in_place_checks_each_block_it_reads() {
+        let mut pairs = sorted(3_000);
+        let shared = pairs[BLOCK_PAIRS - 1].0;
+        pairs[BLOCK_PAIRS].0 = shared;
+        pairs.sort_unstable();
+        let (fences, sums) = block_sums(&pairs, &[]);
+        let ids = in_place(&pairs, fences.clone(), sums.clone());
+        let mut at = Vec::new();
+        ids.positions(shared, &mut at).unwrap();
+        let mut want: Vec<u32> = pairs
+            .iter()
+            .filter(|q| q.0 == shared)
+            .map(|q| q.1)
+            .collect();
+        want.sort_unstable();
+        at.sort_unstable();
+        assert_eq!(at, want);
+
+        // Two pairs of the third block swapped, its CRC-32 taken after.
+        let mut swapped = pairs.clone();
+        swapped.swap(2 * BLOCK_PAIRS + 5, 2 * BLOCK_PAIRS + 6);
+        let (s_fences, s_sums) = block_sums(&swapped, &[]);
+        let ids = in_place(&swapped, s_fences, s_sums);
+        let e = ids
+            .positions(swapped[2 * BLOCK_PAIRS + 5].0, &mut at)
+            .unwrap_err();
+        assert!(e.contains("out of order"), "{e}");
+        at.clear();
+        ids.positions(pairs[10].0, &mut at).unwrap();
+        assert_eq!(at, [pairs[10].1]);
+
+        // The fourth block's fence one below its first fingerprint.
+        let mut moved = fences.clone();
+        moved[3] -= 1;
+        let ids = in_place(&pairs, moved, sums.clone());
+        let e = ids
+            .positions(pairs[3 * BLOCK_PAIRS + 1].0, &mut at)
+            .unwrap_err();
+        assert!(e.contains("fence"), "{e}");
+
+        let (f, at) = section(&pairs);
+        let n = pairs.len() as u64;
+        let file = || f.reopen().unwrap();
+        let short = SortedIds::in_place(file(), at, n, fences[1..].to_vec(), sums[1..].to_vec());
+        assert!(short.is_err());
+        let mut disordered = fences.clone();
+        disordered.swap(1, 2);
+        assert!(SortedIds::in_place(file(), at, n, disordered, sums).is_err());
     }
 
     fn section(pairs: &[(u64, u32)]) -> (tempfile::NamedTempFile, u64) {
