@@ -8021,6 +8021,47 @@ mod index_tests {
         assert!(!log.event_ids_held());
     }
 
+    /// The ids' section of another log's snapshot of as many events (with
+    /// the directory of its blocks: both match their checksums) is not
+    /// looked up in place: the frames the open read for its spot checks
+    /// are not listed in it, so the ids are read whole, refused by the same
+    /// check, and indexed from the segments, with the reason; every id is
+    /// found.
+    #[test]
+    fn another_logs_ids_are_not_looked_up_in_place() {
+        let (dir, rt) = dir_and_runtime();
+        let (other, _) = dir_and_runtime();
+        let snapshot_of = |dir: &Path, ids: std::ops::Range<u128>| {
+            let (store, log) = open_log(dir, true, 1);
+            rt.block_on(log.append_atomic(vec![request(ids)])).unwrap();
+            let path = log.dir().join(snapshot::SNAPSHOT_FILE);
+            drop((log, store));
+            path
+        };
+        let path = snapshot_of(dir.path(), 1..6);
+        let foreign = std::fs::read(snapshot_of(other.path(), 101..106)).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), foreign.len());
+        // The ids' section (count, pairs, checksum) and the directory of
+        // their blocks, to the end.
+        let from = bytes.len() - snapshot::id_blocks_bytes(5).unwrap() as usize - 32 - 8 - 5 * 12;
+        bytes[from..].copy_from_slice(&foreign[from..]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (_store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, true);
+        assert_eq!(log.opened_from_snapshot(), Some(5));
+        for id in 1..6u128 {
+            let found = rt.block_on(log.find_event(Uuid::from_u128(id))).unwrap();
+            assert_eq!(found.map(|e| e.position), Some(id as u64));
+        }
+        assert!(log.event_ids_held());
+        let why = log.take_snapshot_rejection();
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("is not the event it lists there")),
+            "{why:?}"
+        );
+    }
+
     /// Ids 1..=5 in the snapshot (written at the close), 6 and 7 appended
     /// after it by an open that neither read nor rewrote it, so that the
     /// next open from the snapshot indexes them from the segment.
