@@ -303,8 +303,9 @@ pub struct SegmentOptions {
     pub grow_apart_from: usize,
     /// [`IN_PLACE_LEAST`]: while the ids are left in the snapshot, at
     /// least this many are looked up there in place, all look-ups
-    /// together, before one reads them whole (tests set 0, so that the
-    /// few events of a test log are never looked up in place).
+    /// together, before one reads them whole (an eighth of the section's
+    /// blocks if more: [`in_place_budget`]). Tests set 0, so that a test
+    /// log of fewer than 2,048 events is never looked up in place.
     pub ids_in_place_least: u64,
 }
 
@@ -692,6 +693,13 @@ struct LaterIds {
 /// ([`in_place_budget`]).
 const IN_PLACE_LEAST: u64 = 256;
 
+/// Most ids after the snapshot for which the writer looks a group's ids up
+/// in place ([`Writer::looks_up_in_place`]): it puts them in a map first
+/// (about 40 bytes an id; 1 << 20 of them, four times what the close's
+/// rule lets follow a snapshot across commands: the ids of a large import
+/// of minted ids in the same open, then read instead).
+const IN_PLACE_TAIL_MOST: usize = 1 << 20;
+
 /// Ids a log of `head` events whose ids are still in the snapshot looks up
 /// there in place, all callers together, before the next look-up reads
 /// them whole ([`ids_ready`]): a look-up in place reads a block or two of
@@ -755,14 +763,13 @@ impl LaterIds {
             .is_ok()
     }
 
-    /// Adds to `out` the positions that may hold each of `ids` in a log of
-    /// `head` events: those the snapshot lists under its fingerprint,
-    /// looked up in place, and those after the snapshot whose frames hold
-    /// it. A block found changed stops the look-ups in place for good.
-    fn candidates(
+    /// Adds to `out` the positions that may hold each of `ids`: those the
+    /// snapshot lists under its fingerprint, looked up in place in
+    /// `sorted` ([`LaterIds::sorted`]). A block found changed stops the
+    /// look-ups in place for good.
+    fn in_file(
         &self,
         sorted: &SortedIds,
-        head: u64,
         ids: &[Uuid],
         out: &mut Vec<(u32, Uuid)>,
     ) -> Result<(), String> {
@@ -777,7 +784,12 @@ impl LaterIds {
             }
             out.extend(at.iter().map(|&p| (p, *id)));
         }
-        // The ids after the snapshot, in one pass.
+        Ok(())
+    }
+
+    /// Adds to `out` the positions after the snapshot, in a log of `head`
+    /// events, whose frames hold one of `ids`, in one pass over them.
+    fn in_tail(&self, head: u64, ids: &[Uuid], out: &mut Vec<(u32, Uuid)>) {
         let first = head - self.tail.len() as u64 + 1;
         let wanted: std::collections::HashSet<&Uuid> = ids.iter().collect();
         for (p, id) in (first..).zip(&self.tail) {
@@ -785,7 +797,16 @@ impl LaterIds {
                 out.push((p as u32, *id));
             }
         }
-        Ok(())
+    }
+
+    /// The ids after the snapshot, in a log of `head` events, and their
+    /// positions: what the writer's look-ups in place of a group test
+    /// ([`stored_in_place`]).
+    fn tail_positions(&self, head: u64) -> HashMap<Uuid, u64, IdHash> {
+        let first = head - self.tail.len() as u64 + 1;
+        let mut map = HashMap::with_capacity_and_hasher(self.tail.len(), IdHash::default());
+        map.extend(self.tail.iter().copied().zip(first..));
+        map
     }
 }
 
@@ -1286,35 +1307,51 @@ fn walk_all(sparse: &Locations, segments: &[Arc<Segment>]) -> Result<Locations, 
 }
 
 /// Adds to `full` the locations of the positions `sparse` holds after it,
-/// walked from their groups' starts, [`WALK_POSITIONS`] at a time.
+/// walked from their groups' starts ([`walk_locs`]).
 fn walk_into(
     full: &mut Locations,
     sparse: &Locations,
     segments: &[Arc<Segment>],
 ) -> Result<(), StoreError> {
+    let from = full.len() as u64 + 1;
+    walk_locs(sparse, segments, from, |_, loc, seg| {
+        full.push_checked(loc)
+            .map_err(|e| corrupt(&seg.path, Some(loc.offset), e))
+    })
+}
+
+/// Hands `each` the location of every position `sparse` holds from
+/// `from` on, in order, each frame walked from its group's start,
+/// [`WALK_POSITIONS`] at a time.
+fn walk_locs(
+    sparse: &Locations,
+    segments: &[Arc<Segment>],
+    from: u64,
+    mut each: impl FnMut(u64, Loc, &Segment) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let last = sparse.len() as u64;
     let mut buf = Vec::new();
-    while (full.len() as u64) < last {
-        let from = full.len() as u64 + 1;
-        let to = last.min(from + WALK_POSITIONS - 1);
-        for span in sparse.spans(from, to) {
+    let mut next = from;
+    while next <= last {
+        let to = last.min(next + WALK_POSITIONS - 1);
+        for span in sparse.spans(next, to) {
             let seg = segments
                 .get(span.seg as usize)
                 .ok_or_else(|| StoreError::Internal(format!("segment {} is not held", span.seg)))?;
             walk_span(seg, span, &mut buf, |q, loc, _| {
                 // A span starts at its group's start: only the next
-                // position is added.
-                if q == full.len() as u64 + 1 {
-                    full.push_checked(loc)
-                        .map_err(|e| corrupt(&seg.path, Some(loc.offset), e))?;
+                // position is handed on.
+                if q == next {
+                    each(q, loc, seg)?;
+                    next += 1;
                 }
                 Ok(q < to)
             })?;
         }
-        if full.len() as u64 != to {
+        if next != to + 1 {
             return Err(StoreError::Internal(format!(
                 "{} locations walked of {to}",
-                full.len()
+                next - 1
             )));
         }
     }
@@ -1345,17 +1382,64 @@ fn stored_at(
     segments: &[Arc<Segment>],
     id: &Uuid,
 ) -> Result<Option<u64>, StoreError> {
-    for p in index.ids.candidates(id).map_err(unreadable_ids)? {
-        let p = u64::from(p);
-        let (event, loc, seg) = event_at(index, segments, p)?;
-        if event.event_id == *id {
-            return Ok(Some(p));
+    let candidates = index.ids.candidates(id).map_err(unreadable_ids)?;
+    let listed = |held: &Uuid, p: u32| index.ids.holds(held, u64::from(p)).map_err(unreadable_ids);
+    first_holding(index, segments, candidates, id, listed)
+}
+
+/// The position of the stored event with id `id` in a log whose ids are
+/// still in the snapshot ([`Index::later`]): looked up there in place
+/// ([`LaterIds::in_file`]), each candidate's frame read to compare the id
+/// itself (one that holds another id must hold one with the same
+/// fingerprint), and among the ids after it, `tail`
+/// ([`LaterIds::tail_positions`]). Whatever fails stops the look-ups in
+/// place: the next group reads the ids ([`ids_ready`]), which finds what
+/// is wrong.
+fn stored_in_place(
+    index: &Index,
+    segments: &[Arc<Segment>],
+    later: &LaterIds,
+    tail: &HashMap<Uuid, u64, IdHash>,
+    id: &Uuid,
+) -> Result<Option<u64>, StoreError> {
+    let Some(sorted) = later.in_place.get().and_then(Option::as_ref) else {
+        return Err(StoreError::Internal(
+            "the index's event ids are neither read nor looked up in place".into(),
+        ));
+    };
+    let hasher = later.snapshot.hasher();
+    let fp = hasher.hash_one(id);
+    let looked_up = || -> Result<Option<u64>, StoreError> {
+        let mut found = Vec::new();
+        later
+            .in_file(sorted, std::slice::from_ref(id), &mut found)
+            .map_err(unreadable_ids)?;
+        let listed = |held: &Uuid, _| Ok(hasher.hash_one(held) == fp);
+        match first_holding(index, segments, found.iter().map(|&(p, _)| p), id, listed)? {
+            Some(p) => Ok(Some(p)),
+            None => Ok(tail.get(id).copied()),
         }
-        if !index
-            .ids
-            .holds(&event.event_id, p)
-            .map_err(unreadable_ids)?
-        {
+    };
+    looked_up().inspect_err(|_| later.in_place_failed.store(true, Ordering::Relaxed))
+}
+
+/// The first of the positions `candidates` whose frame holds `id`; a
+/// candidate whose frame holds another id must be `listed` there (its
+/// id's fingerprint the one the index lists it under), or the index is
+/// corrupt.
+fn first_holding(
+    index: &Index,
+    segments: &[Arc<Segment>],
+    candidates: impl IntoIterator<Item = u32>,
+    id: &Uuid,
+    listed: impl Fn(&Uuid, u32) -> Result<bool, StoreError>,
+) -> Result<Option<u64>, StoreError> {
+    for p in candidates {
+        let (event, loc, seg) = event_at(index, segments, u64::from(p))?;
+        if event.event_id == *id {
+            return Ok(Some(u64::from(p)));
+        }
+        if !listed(&event.event_id, p)? {
             return Err(corrupt(
                 &seg.path,
                 Some(loc.offset),
@@ -1364,50 +1448,6 @@ fn stored_at(
         }
     }
     Ok(None)
-}
-
-/// The position of the stored event with id `id` in a log whose ids are
-/// still in the snapshot ([`Index::later`]): looked up there in place
-/// ([`LaterIds::candidates`]), each candidate's frame read to compare the
-/// id itself (one that holds another id must hold one with the same
-/// fingerprint), and among the ids after the snapshot.
-fn stored_in_place(
-    index: &Index,
-    segments: &[Arc<Segment>],
-    later: &LaterIds,
-    id: &Uuid,
-) -> Result<Option<u64>, StoreError> {
-    let Some(sorted) = later.in_place.get().and_then(Option::as_ref) else {
-        return Err(StoreError::Internal(
-            "the index's event ids are neither read nor looked up in place".into(),
-        ));
-    };
-    later.looked_up.fetch_add(1, Ordering::Relaxed);
-    // Whatever fails stops the look-ups in place: the next group reads
-    // the ids ([`ids_ready`]), which finds what is wrong.
-    let looked_up = || -> Result<Option<u64>, StoreError> {
-        let mut found = Vec::new();
-        later
-            .candidates(sorted, index.head(), std::slice::from_ref(id), &mut found)
-            .map_err(unreadable_ids)?;
-        let hasher = later.snapshot.hasher();
-        for (p, _) in found {
-            let p = u64::from(p);
-            let (event, loc, seg) = event_at(index, segments, p)?;
-            if event.event_id == *id {
-                return Ok(Some(p));
-            }
-            if hasher.hash_one(event.event_id) != hasher.hash_one(id) {
-                return Err(corrupt(
-                    &seg.path,
-                    Some(loc.offset),
-                    format!("the index's event id entry for position {p} does not match the frame there; run `casebook verify`, and remove the log's `index` file to rebuild the index from the segments"),
-                ));
-            }
-        }
-        Ok(None)
-    };
-    looked_up().inspect_err(|_| later.in_place_failed.store(true, Ordering::Relaxed))
 }
 
 /// An error reading the index's event ids from a file of them (the
@@ -2876,9 +2916,10 @@ fn frame_meta(sealed: &Sealed, group_end: bool) -> FrameMeta {
 /// Why [`Writer::snapshot_now`] wrote no snapshot.
 #[derive(Debug, PartialEq, Eq)]
 enum Unwritten {
-    /// The ids left in the old snapshot could not be copied from it
-    /// ([`snapshot::LaterIds::copy_merged`]): read them, then write again.
-    IdsNotCopied,
+    /// The ids or the frame lengths left in the old snapshot could not be
+    /// copied from it ([`snapshot::LaterIds::copy_merged`],
+    /// [`snapshot::LaterLocs::copy_lens`]): read them, then write again.
+    NotCopied(snapshot::Uncopied),
     /// Anything else (the write itself failed, or nothing to write from).
     Other,
 }
@@ -3254,30 +3295,70 @@ impl Writer {
         if !copies && ids_ready(&self.state, &self.ids_loader, &self.dir).is_err() {
             return;
         }
-        // A snapshot records every frame's length: a sparse index reads
-        // them first.
-        if locations_ready(&self.state).is_err() {
+        // A snapshot records every frame's length. A sparse index still
+        // opened from a snapshot copies that one's lengths from its file
+        // and walks only the frames after it ([`Writer::lens_after`]);
+        // any other reads every location first. Either copy that fails
+        // (its section does not match its checksum, or cannot be read)
+        // is read as at any first use, and the snapshot written again.
+        let mut tail = self.lens_after();
+        if tail.is_none() && locations_ready(&self.state).is_err() {
             return;
         }
-        let written = self.snapshot_now();
-        if !copies || written != Err(Unwritten::IdsNotCopied) {
-            return;
-        }
-        if ids_ready(&self.state, &self.ids_loader, &self.dir).is_ok() {
-            let _ = self.snapshot_now();
+        let ready = match self.snapshot_now(tail.as_deref()) {
+            Err(Unwritten::NotCopied(snapshot::Uncopied::Ids)) => {
+                ids_ready(&self.state, &self.ids_loader, &self.dir)
+            }
+            Err(Unwritten::NotCopied(snapshot::Uncopied::Lengths)) => {
+                tail = None;
+                locations_ready(&self.state)
+            }
+            _ => return,
+        };
+        if ready.is_ok() {
+            let _ = self.snapshot_now(tail.as_deref());
         }
     }
 
+    /// The lengths of the frames after the snapshot a sparse index was
+    /// opened from, walked from their groups, in order, while that
+    /// snapshot's lengths are still in its file ([`State::later_locs`]):
+    /// the close then copies those ([`snapshot::Lens::Copied`]) instead of
+    /// reading every location into the index first (2 bytes an event held,
+    /// 60 MB at 30M events). `None` when the index holds every location,
+    /// or the frames cannot be walked.
+    fn lens_after(&self) -> Option<Vec<u32>> {
+        let state = self.state.read().ok()?;
+        let later = state.later_locs.as_ref()?;
+        let locs = &state.index.locs;
+        if !locs.is_sparse() {
+            return None;
+        }
+        let from = later.head() + 1;
+        let mut lens =
+            Vec::with_capacity((locs.len() as u64).saturating_sub(later.head()) as usize);
+        walk_locs(locs, &state.segments, from, |_, loc, _| {
+            lens.push(loc.len);
+            Ok(())
+        })
+        .ok()?;
+        Some(lens)
+    }
+
     /// Writes the index snapshot (best effort: [`Unwritten`] says why it
-    /// was not).
-    fn snapshot_now(&mut self) -> Result<(), Unwritten> {
+    /// was not), the lengths of a sparse index copied from the snapshot
+    /// it was opened from and `tail` ([`Writer::lens_after`]).
+    fn snapshot_now(&mut self, tail: Option<&[u32]>) -> Result<(), Unwritten> {
         let Ok(state) = self.state.read() else {
             return Err(Unwritten::Other);
         };
-        // A sparse index has no lengths to write ([`locations_ready`]).
-        if state.index.locs.is_sparse() {
-            return Err(Unwritten::Other);
-        }
+        let lens = match (state.index.locs.is_sparse(), &state.later_locs, tail) {
+            (false, ..) => snapshot::Lens::Held,
+            (true, Some(from), Some(tail)) => snapshot::Lens::Copied { from, tail },
+            // A sparse index has no lengths to write else
+            // ([`locations_ready`]).
+            (true, ..) => return Err(Unwritten::Other),
+        };
         let Some(segments) = state.index.locs.segments() else {
             return Err(Unwritten::Other);
         };
@@ -3286,15 +3367,21 @@ impl Writer {
         // without, and syncing ~20 bytes an event would make the close
         // that writes it wait for the disk (seconds at 10M events).
         let written = replace_file(&path, false, &mut |out| {
-            snapshot::encode(&state.index, &segments, out)
+            snapshot::encode(&state.index, &segments, lens, out)
         });
         match written {
             Ok(()) => {
+                #[cfg(test)]
+                if matches!(lens, snapshot::Lens::Copied { .. }) {
+                    self.sync_hooks.lens_copied.store(true, Ordering::Relaxed);
+                }
                 self.snapshot_head = self.position;
                 Ok(())
             }
-            Err(e) if snapshot::not_copied(&e) => Err(Unwritten::IdsNotCopied),
-            Err(_) => Err(Unwritten::Other),
+            Err(e) => match snapshot::not_copied(&e) {
+                Some(what) => Err(Unwritten::NotCopied(what)),
+                None => Err(Unwritten::Other),
+            },
         }
     }
 
@@ -4072,21 +4159,19 @@ impl Writer {
         result
     }
 
-    /// Checks each append of `group` against the log and the group so far
-    /// and seals it onto the group (`staged`: each staged append's reply,
-    /// result and requests; a refused one is answered here). `pieces`, if
-    /// any, is shown the sealed events after each request and told after
-    /// each append how many stay sealed. `None` if the index's lock is
-    /// poisoned (every append answered).
     /// Whether the ids of `group` are looked up in place in the snapshot
     /// that still holds the log's ([`LaterIds::sorted`]) rather than read
     /// first: the ids it will look up, an estimate, fit the budget of
-    /// look-ups in place ([`in_place_budget`]). Every id of an append that
-    /// its caller minted is looked up by none; of one whose caller looked
-    /// its ids up in this log ([`IdsChecked`]), those it did not, and
-    /// about one in 32 of the rest (the ids stored since share their
-    /// fingerprint's bit: [`Committed::absent_after`]); of any other
-    /// append, every one.
+    /// look-ups in place ([`in_place_budget`], where they are counted),
+    /// and the ids after the snapshot are at most [`IN_PLACE_TAIL_MOST`]
+    /// (the group's look-ups put them in a map). Every id of an append
+    /// that its caller minted is looked up by none (as in a group of
+    /// minted ids alone: checked against the snapshot's when the ids are
+    /// read); of one whose caller looked its ids up in this log
+    /// ([`IdsChecked`]) and that the events stored since let the writer
+    /// test ([`absent_after_within`]), those it did not, and about one in
+    /// 32 of the rest (those whose fingerprint's bit an event stored since
+    /// set: [`Committed::absent_after`]); of any other append, every one.
     fn looks_up_in_place(&self, group: &[Commit]) -> bool {
         let Ok(state) = self.state.read() else {
             return false;
@@ -4094,22 +4179,37 @@ impl Writer {
         let Some(later) = &state.index.later else {
             return false;
         };
+        let head = state.index.head();
+        if later.tail.len() > IN_PLACE_TAIL_MOST {
+            return false;
+        }
         let looked_up: usize = group
             .iter()
             .filter(|c| !c.minted)
             .map(|c| {
                 let events = c.requests.iter().map(|r| r.events.len()).sum::<usize>();
                 match &c.checked {
-                    Some(checked) if checked.seen.log() == state.token => {
+                    Some(checked)
+                        if checked.seen.log() == state.token
+                            && checked.made_of(&c.requests, events)
+                            && absent_after_within(head, checked.seen.through(), events)
+                            && head - checked.seen.through() <= later.tail.len() as u64 =>
+                    {
                         checked.unchecked.len() + events / 32 + 1
                     }
                     _ => events,
                 }
             })
             .sum();
-        later.sorted().is_some() && later.take_budget(looked_up, state.index.head())
+        later.take_budget(looked_up, head) && later.sorted().is_some()
     }
 
+    /// Checks each append of `group` against the log and the group so far
+    /// and seals it onto the group (`staged`: each staged append's reply,
+    /// result and requests; a refused one is answered here). `pieces`, if
+    /// any, is shown the sealed events after each request and told after
+    /// each append how many stay sealed. `None` if the index's lock is
+    /// poisoned (every append answered).
     fn stage_group(
         &mut self,
         group: Vec<Commit>,
@@ -4333,6 +4433,9 @@ struct SyncHooks {
     /// The next merge of the runs of ids fails (as a run that cannot be
     /// written).
     merge_fail: AtomicBool,
+    /// A snapshot was written with the frame lengths copied from the old
+    /// one ([`snapshot::Lens::Copied`]).
+    lens_copied: AtomicBool,
     /// The next growth of the id table apart says so on the first
     /// channel and waits for a word on the second before it copies any
     /// fingerprint.
@@ -4415,6 +4518,19 @@ struct SegmentCommitted<'a> {
     /// The append being staged is of ids its caller minted
     /// ([`Commit::minted`]).
     minted: bool,
+    /// The ids after the snapshot that still holds the log's, and their
+    /// positions, put in a map at the group's first look-up in place
+    /// ([`stored_in_place`]).
+    tail: Option<HashMap<Uuid, u64, IdHash>>,
+}
+
+/// Whether [`Committed::absent_after`] tests an append of `events` events
+/// against the ids stored after a look-up that saw the log through
+/// `through`, the log now at `head`: at most [`ABSENT_AFTER_MOST`] of
+/// them, and [`ABSENT_AFTER_PER_EVENT`] for each event of the append.
+fn absent_after_within(head: u64, through: u64, events: usize) -> bool {
+    let most = ABSENT_AFTER_MOST.min((events as u64).saturating_mul(ABSENT_AFTER_PER_EVENT));
+    through <= head && head - through <= most
 }
 
 impl<'a> SegmentCommitted<'a> {
@@ -4425,6 +4541,7 @@ impl<'a> SegmentCommitted<'a> {
             segments: &state.segments,
             log: state.token,
             minted: false,
+            tail: None,
         }
     }
 }
@@ -4443,7 +4560,12 @@ impl Committed for SegmentCommitted<'_> {
         match &self.index.later {
             None => stored_at(self.index, self.segments, &event_id),
             Some(_) if self.minted => Ok(None),
-            Some(later) => stored_in_place(self.index, self.segments, later, &event_id),
+            Some(later) => {
+                let tail = self
+                    .tail
+                    .get_or_insert_with(|| later.tail_positions(self.index.head()));
+                stored_in_place(self.index, self.segments, later, tail, &event_id)
+            }
         }
     }
 
@@ -4461,8 +4583,7 @@ impl Committed for SegmentCommitted<'_> {
     fn absent_after(&mut self, seen: Seen, events: usize) -> Option<super::AbsentAfter> {
         let index = self.index;
         let (head, through) = (index.head(), seen.through());
-        let most = ABSENT_AFTER_MOST.min((events as u64).saturating_mul(ABSENT_AFTER_PER_EVENT));
-        if seen.log() != self.log || through > head || head - through > most {
+        if seen.log() != self.log || !absent_after_within(head, through, events) {
             return None;
         }
         let mut fps = Vec::with_capacity((head - through) as usize);
@@ -5007,17 +5128,18 @@ impl SegmentLog {
             return Ok(None);
         };
         let head = state.index.head();
-        let Some(sorted) = later.sorted() else {
-            return Ok(None);
-        };
         if !later.take_budget(ids.len(), head) {
             return Ok(None);
         }
+        let Some(sorted) = later.sorted() else {
+            return Ok(None);
+        };
         let mut found = Vec::new();
-        if later.candidates(sorted, head, ids, &mut found).is_err() {
+        if later.in_file(sorted, ids, &mut found).is_err() {
             // A block changed: the ids are read whole, which finds why.
             return Ok(None);
         }
+        later.in_tail(head, ids, &mut found);
         found.sort_unstable();
         found.dedup();
         let seen = Seen::new(state.token, head);
@@ -5978,6 +6100,7 @@ fn check_index_batches(
 
 #[cfg(test)]
 mod index_tests {
+    use super::frame::{le_u32, le_u64};
     use super::snapshot::OpenWith;
     use super::*;
 
@@ -8019,6 +8142,182 @@ mod index_tests {
             other => panic!("expected a corrupt log, got {other:?}"),
         }
         assert!(!log.event_ids_held());
+    }
+
+    /// A close that writes the snapshot from an index that keeps only
+    /// where each group starts copies the old snapshot's frame lengths
+    /// from its file and walks only the frames after it: the snapshot is,
+    /// byte for byte, the one a close that held every location writes.
+    /// Lengths changed in the old file are not copied (their checksum):
+    /// every location is read, the frames walked, and the snapshot is the
+    /// same again.
+    #[test]
+    fn a_sparse_close_copies_the_frame_lengths() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let path = {
+            let (_store, log) = open_log(dir.path(), true, u64::MAX);
+            log.dir().join(snapshot::SNAPSHOT_FILE)
+        };
+        let old = std::fs::read(&path).unwrap();
+        // A close of an open that writes the snapshot (2 events follow
+        // it), with the old one put back first: whether it copied the
+        // lengths, and the snapshot written.
+        let close = |bytes: &[u8], locations: bool| {
+            std::fs::write(&path, bytes).unwrap();
+            let (store, log) = open_in_place(dir.path(), 0, locations);
+            assert_eq!(log.opened_from_snapshot(), Some(5));
+            let hooks = log.sync_hooks.clone();
+            drop((log, store));
+            let copied = hooks.lens_copied.load(Ordering::Relaxed);
+            (copied, std::fs::read(&path).unwrap())
+        };
+        let (copied, sparse) = close(&old, false);
+        assert!(copied);
+        let (copied, full) = close(&old, true);
+        assert!(!copied);
+        assert_eq!(sparse, full);
+        assert_eq!(u64::from_le_bytes(full[12..20].try_into().unwrap()), 7);
+        // Position 2's length (after the header and one segment).
+        let mut changed = old.clone();
+        changed[64 + 16 + 4] ^= 0x01;
+        let (copied, walked) = close(&changed, false);
+        assert!(!copied);
+        assert_eq!(walked, full);
+        let (_store, log) = open_in_place(dir.path(), 0, true);
+        assert_eq!(log.opened_from_snapshot(), Some(7));
+        assert_verifies(&rt, &log);
+    }
+
+    /// A snapshot of format 5 (no directory of its ids' blocks) is read as
+    /// before: opened from, its ids read whole at their first look-up, no
+    /// note; the close writes format 6.
+    #[test]
+    fn a_snapshot_of_format_5_has_its_ids_read_whole() {
+        let (dir, rt) = dir_and_runtime();
+        log_with_snapshot_and_tail(&rt, dir.path());
+        let path = {
+            let (_store, log) = open_log(dir.path(), true, u64::MAX);
+            log.dir().join(snapshot::SNAPSHOT_FILE)
+        };
+        let v6 = std::fs::read(&path).unwrap();
+        // Format 5: without the directory of the ids' blocks, its version,
+        // and the checksum over the header, the segments and the directory
+        // (the layout of `a_byte_changed_anywhere_in_the_snapshot_is_…`).
+        let ids_end = v6.len() - snapshot::id_blocks_bytes(5).unwrap() as usize;
+        let mut v5 = v6[..ids_end].to_vec();
+        v5[8..12].copy_from_slice(&5u32.to_le_bytes());
+        let (lens_at, dir_at) = (64 + 16, 64 + 16 + 20 + 32 + 20);
+        let dir_sum_at = ids_end - 32 - 8 - 5 * 12 - 32;
+        let mut sum = blake3::Hasher::new();
+        sum.update(&v5[..lens_at]);
+        sum.update(&v5[dir_at..dir_sum_at]);
+        v5[dir_sum_at..dir_sum_at + 32].copy_from_slice(sum.finalize().as_bytes());
+        std::fs::write(&path, &v5).unwrap();
+        let (store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, true);
+        assert_eq!(log.opened_from_snapshot(), Some(5));
+        assert!(!log.event_ids_held());
+        let found = rt.block_on(log.find_event(Uuid::from_u128(3))).unwrap();
+        assert_eq!(found.map(|e| e.position), Some(3));
+        assert!(log.event_ids_held(), "no directory: read whole");
+        assert_eq!(log.take_snapshot_rejection(), None);
+        drop((log, store));
+        let written = std::fs::read(&path).unwrap();
+        assert_eq!(le_u32(&written[8..12]), 6);
+        assert_eq!(le_u64(&written[12..20]), 7);
+    }
+
+    /// A block of the ids' section changed after the snapshot was written,
+    /// in a log of many blocks, one that no spot check reads: look-ups of
+    /// ids in other blocks go on in place; the first that reads it finds
+    /// it against its CRC-32 and stops the look-ups in place. A reader's
+    /// look-up then reads the ids (their checksum refuses them: indexed
+    /// from the segments, with the note) and finds the id; the writer's
+    /// refuses the append that met it, and the next append reads the ids
+    /// and is refused as a repeat of the stored id.
+    #[test]
+    fn a_changed_block_is_found_by_the_look_up_that_reads_it() {
+        let (dir, rt) = dir_and_runtime();
+        let head = 30_000u64;
+        let path = {
+            let (store, log) = open_log(dir.path(), true, 1);
+            rt.block_on(log.append_atomic(vec![request(1..u128::from(head) + 1)]))
+                .unwrap();
+            let path = log.dir().join(snapshot::SNAPSHOT_FILE);
+            drop((log, store));
+            path
+        };
+        let sound = std::fs::read(&path).unwrap();
+        assert_eq!(le_u64(&sound[12..20]), head);
+        let hasher = IdHash::with_seed(le_u64(&sound[52..60]));
+        let fp = |p: u64| hasher.hash_one(Uuid::from_u128(u128::from(p)));
+        let ids_end = sound.len() - snapshot::id_blocks_bytes(head).unwrap() as usize;
+        let pairs_at = ids_end - 32 - 12 * head as usize;
+        let blocks = head.div_ceil(256) as usize;
+        let fence = |b: usize| le_u64(&sound[ids_end + 8 + 12 * b..]);
+        // The spot checks' frames: the head and 64 spread from position 1.
+        let spots: Vec<u64> = (0..64)
+            .map(|k| 1 + k * ((head - 1) / 64))
+            .chain([head])
+            .map(fp)
+            .collect();
+        // A block (not the last) whose fingerprints, its ends included, no
+        // spot check has.
+        let b = (1..blocks - 1)
+            .find(|&b| {
+                !spots
+                    .iter()
+                    .any(|&f| (fence(b)..=fence(b + 1)).contains(&f))
+            })
+            .expect("a block no spot check reads");
+        let pair = |i: usize| {
+            let at = pairs_at + 12 * i;
+            (le_u64(&sound[at..]), u64::from(le_u32(&sound[at + 8..])))
+        };
+        let (target_fp, target) = pair(b * 256 + 5);
+        assert!(fence(b) < target_fp && target_fp < fence(b + 1));
+        let elsewhere = pair((b + 2) % blocks * 256 + 7).1;
+        let mut changed = sound.clone();
+        changed[pairs_at + 12 * (b * 256 + 10) + 8] ^= 0x40;
+
+        std::fs::write(&path, &changed).unwrap();
+        let (store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, true);
+        let position = |id: u64| {
+            rt.block_on(log.find_event(Uuid::from_u128(u128::from(id))))
+                .unwrap()
+                .map(|e| e.position)
+        };
+        assert_eq!(position(elsewhere), Some(elsewhere));
+        assert!(!log.event_ids_held());
+        assert_eq!(position(target), Some(target));
+        assert!(log.event_ids_held());
+        let why = log.take_snapshot_rejection();
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("the ids' section: checksum mismatch")),
+            "{why:?}"
+        );
+        drop((log, store));
+
+        std::fs::write(&path, &changed).unwrap();
+        let (_store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, true);
+        let again = |id: u64| {
+            rt.block_on(log.append_atomic(vec![request(u128::from(id)..u128::from(id) + 1)]))
+        };
+        match again(elsewhere) {
+            Err(StoreError::DuplicateEventId { position, .. }) => assert_eq!(position, elsewhere),
+            other => panic!("expected DuplicateEventId, got {other:?}"),
+        }
+        match again(target) {
+            Err(StoreError::Internal(what)) => assert!(what.contains("event ids"), "{what}"),
+            other => panic!("expected the look-up's failure, got {other:?}"),
+        }
+        assert!(!log.event_ids_held());
+        match again(target) {
+            Err(StoreError::DuplicateEventId { position, .. }) => assert_eq!(position, target),
+            other => panic!("expected DuplicateEventId, got {other:?}"),
+        }
+        assert!(log.event_ids_held());
     }
 
     /// The ids' section of another log's snapshot of as many events (with

@@ -229,6 +229,60 @@ impl LaterLocs {
         }
         Ok(locs)
     }
+
+    /// The snapshot's head: it holds a length for each position up to it.
+    pub(super) fn head(&self) -> u64 {
+        self.head
+    }
+
+    /// Hands `out` the bytes of the lengths as they are read, a block of
+    /// [`BLOCK`] at a time, against their checksum, taken as they are
+    /// read and compared at their end: lengths that do not match it, or
+    /// cannot be read, give a [`NotCopied`] error (of
+    /// [`Uncopied::Lengths`]), and the snapshot being written is not
+    /// used; an error of `out` (the write) is passed on as it is. Nothing
+    /// else is checked of them here: that they give the group table is
+    /// checked when the next snapshot's lengths are read (docs/storage.md,
+    /// "The frame lengths copied, not read").
+    pub(super) fn copy_lens(
+        &self,
+        out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let not_copied = |e: String| std::io::Error::other(NotCopied(Uncopied::Lengths, e));
+        let mut sum = blake3::Hasher::new();
+        let mut buf = vec![0u8; BLOCK];
+        let (mut at, end) = (self.at, self.sum_at);
+        if end.checked_sub(at) != self.head.checked_mul(4) {
+            return Err(not_copied("not as long as the head's lengths".into()));
+        }
+        while at < end {
+            let n = (end - at).min(BLOCK as u64) as usize;
+            let bytes = &mut buf[..n];
+            self.file
+                .read_exact_at(bytes, at)
+                .map_err(|e| not_copied(format!("cannot read the frame lengths: {e}")))?;
+            sum.update(bytes);
+            out(bytes)?;
+            at += n as u64;
+        }
+        sum_matches(&self.file, self.sum_at, sum)
+            .map_err(|e| not_copied(format!("the frame lengths: {e}")))
+    }
+}
+
+/// Where [`encode`] takes the frame lengths from.
+#[derive(Clone, Copy)]
+pub(super) enum Lens<'a> {
+    /// The index holds every location.
+    Held,
+    /// The index keeps only where each group starts: the lengths of the
+    /// snapshot it was opened from, copied from its file
+    /// ([`LaterLocs::copy_lens`]), then those of the frames after it,
+    /// walked from their groups.
+    Copied {
+        from: &'a LaterLocs,
+        tail: &'a [u32],
+    },
 }
 
 impl Blocks<'_> {
@@ -269,6 +323,7 @@ impl Blocks<'_> {
 pub(super) fn encode(
     index: &Index,
     segments: &[SnapSegment],
+    lens: Lens<'_>,
     out: &mut dyn Write,
 ) -> std::io::Result<()> {
     let mut w = Blocks {
@@ -295,8 +350,24 @@ pub(super) fn encode(
     }
     // The header's hashing goes on over the directory, after the lists.
     let directory = w.hash_with(Some(blake3::Hasher::new()))?;
-    for len in index.locs.lens() {
-        w.put(&len.to_le_bytes())?;
+    match lens {
+        Lens::Held => {
+            for len in index.locs.lens() {
+                w.put(&len.to_le_bytes())?;
+            }
+        }
+        Lens::Copied { from, tail } => {
+            if from.head + tail.len() as u64 != head {
+                return Err(std::io::Error::other(format!(
+                    "{} frame lengths for {head} positions",
+                    from.head + tail.len() as u64
+                )));
+            }
+            from.copy_lens(&mut |bytes| w.put(bytes))?;
+            for len in tail {
+                w.put(&len.to_le_bytes())?;
+            }
+        }
     }
     if let Some(lens) = w.hash_with(None)? {
         w.out.write_all(lens.finalize().as_bytes())?;
@@ -991,25 +1062,37 @@ impl Chunks for Unread<'_> {
 /// opposed to a write that failed: the close then reads the ids as any
 /// first use does ([`not_copied`]).
 #[derive(Debug)]
-pub(super) struct NotCopied(String);
+pub(super) struct NotCopied(Uncopied, String);
+
+/// The section of the old snapshot a copy failed to read ([`NotCopied`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Uncopied {
+    Ids,
+    Lengths,
+}
 
 impl std::fmt::Display for NotCopied {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "the ids were not copied: {}", self.0)
+        let what = match self.0 {
+            Uncopied::Ids => "ids",
+            Uncopied::Lengths => "frame lengths",
+        };
+        write!(f, "the {what} were not copied: {}", self.1)
     }
 }
 
 impl std::error::Error for NotCopied {}
 
-/// Whether `e`, a failed write of a snapshot, failed at the copy of the
-/// old snapshot's ids ([`NotCopied`]).
-pub(super) fn not_copied(e: &StoreError) -> bool {
+/// Which copy from the old snapshot `e`, a failed write of a snapshot,
+/// failed at ([`NotCopied`]), if it failed at one.
+pub(super) fn not_copied(e: &StoreError) -> Option<Uncopied> {
     match e {
         StoreError::Io { source, .. } => source
             .downcast_ref::<std::io::Error>()
             .and_then(|e| e.get_ref())
-            .is_some_and(|e| e.is::<NotCopied>()),
-        _ => false,
+            .and_then(|e| e.downcast_ref::<NotCopied>())
+            .map(|n| n.0),
+        _ => None,
     }
 }
 
@@ -1049,7 +1132,7 @@ impl LaterIds {
         first: u64,
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
-        let not_copied = |e: String| std::io::Error::other(NotCopied(e));
+        let not_copied = |e: String| std::io::Error::other(NotCopied(Uncopied::Ids, e));
         let hasher = self.hasher();
         let mut pairs = Vec::with_capacity(tail.len());
         for (id, p) in tail.iter().zip(first..) {

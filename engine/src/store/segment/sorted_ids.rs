@@ -569,7 +569,8 @@ impl SortedIds {
     }
 
     /// The address of the filter's block for `fp`, for a prefetch (of
-    /// itself, without a filter: nothing to fetch).
+    /// itself, without a filter: a section looked up in place, which the
+    /// id table's look-ups never reach).
     pub(super) fn filter_line(&self, fp: u64) -> usize {
         match &self.filter {
             Some(filter) => filter.line(fp),
