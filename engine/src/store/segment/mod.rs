@@ -289,9 +289,10 @@ pub struct SegmentOptions {
     /// (the caseload, the reports, a timeline): reads in position order
     /// walk a group's frames from
     /// its start, so do the first [`SPARSE_WALKS`] groups of streams
-    /// read and of a look-up by id's candidates, and past those, at
-    /// `verify`, or before a snapshot is written, every location is read
-    /// from the snapshot ([`locations_ready`]).
+    /// read and of a look-up by id's candidates, and past those, or at
+    /// `verify`, every location is read from the snapshot
+    /// ([`locations_ready`]); a close that writes the snapshot copies the
+    /// old one's lengths instead ([`snapshot::Lens::Copied`]).
     pub locations_at_open: bool,
     /// [`SPILL_IDS`] (tests lower it).
     pub spill_ids: usize,
@@ -304,8 +305,8 @@ pub struct SegmentOptions {
     /// [`IN_PLACE_LEAST`]: while the ids are left in the snapshot, at
     /// least this many are looked up there in place, all look-ups
     /// together, before one reads them whole (an eighth of the section's
-    /// blocks if more: [`in_place_budget`]). Tests set 0, so that a test
-    /// log of fewer than 2,048 events is never looked up in place.
+    /// blocks if more: [`in_place_budget`]). 0: none is, every first
+    /// look-up reads them (tests of that reading; the bench's baseline).
     pub ids_in_place_least: u64,
 }
 
@@ -705,9 +706,14 @@ const IN_PLACE_TAIL_MOST: usize = 1 << 20;
 /// them whole ([`ids_ready`]): a look-up in place reads a block or two of
 /// 256 pairs (3 KB, about 3 µs), a reading of them all 12 bytes an event;
 /// at most an eighth of the section's blocks, or `least`
-/// ([`IN_PLACE_LEAST`] unless a test lowers it).
+/// ([`IN_PLACE_LEAST`]) if more; none when `least` is 0 (tests, and the
+/// bench's baseline: every look-up reads the ids first, as before session
+/// bh).
 fn in_place_budget(head: u64, least: u64) -> u64 {
-    least.max(head / (sorted_ids::BLOCK_PAIRS as u64 * 8))
+    match least {
+        0 => 0,
+        _ => least.max(head / (sorted_ids::BLOCK_PAIRS as u64 * 8)),
+    }
 }
 
 impl LaterIds {
@@ -805,7 +811,9 @@ impl LaterIds {
     fn tail_positions(&self, head: u64) -> HashMap<Uuid, u64, IdHash> {
         let first = head - self.tail.len() as u64 + 1;
         let mut map = HashMap::with_capacity_and_hasher(self.tail.len(), IdHash::default());
-        map.extend(self.tail.iter().copied().zip(first..));
+        for (id, p) in self.tail.iter().zip(first..) {
+            map.entry(*id).or_insert(p);
+        }
         map
     }
 }
@@ -1250,9 +1258,10 @@ fn walk_span(
 /// walked. Done under the write lock, once in a process: past the walks
 /// allowed ([`SPARSE_WALKS`] groups or more) for streams read and for the
 /// candidates of look-ups by id, at `verify`, or before the close writes
-/// a snapshot. (Until session an also at the first look-up by id, and at
-/// the writer's first group that is not of minted ids: those now walk
-/// their candidates' groups.)
+/// a snapshot when the old one's lengths cannot be copied (since session
+/// bh they are: [`Writer::lens_after`]). (Until session an also at the
+/// first look-up by id, and at the writer's first group that is not of
+/// minted ids: those now walk their candidates' groups.)
 fn locations_ready(state: &RwLock<State>) -> Result<(), StoreError> {
     if !read_state(state)?.index.locs.is_sparse() {
         return Ok(());
@@ -1399,7 +1408,7 @@ fn stored_in_place(
     index: &Index,
     segments: &[Arc<Segment>],
     later: &LaterIds,
-    tail: &HashMap<Uuid, u64, IdHash>,
+    tail: Tail<'_>,
     id: &Uuid,
 ) -> Result<Option<u64>, StoreError> {
     let Some(sorted) = later.in_place.get().and_then(Option::as_ref) else {
@@ -1417,10 +1426,27 @@ fn stored_in_place(
         let listed = |held: &Uuid, _| Ok(hasher.hash_one(held) == fp);
         match first_holding(index, segments, found.iter().map(|&(p, _)| p), id, listed)? {
             Some(p) => Ok(Some(p)),
-            None => Ok(tail.get(id).copied()),
+            None => Ok(match tail {
+                Tail::Map(map) => map.get(id).copied(),
+                Tail::Scan => {
+                    let first = index.head() - later.tail.len() as u64 + 1;
+                    (first..)
+                        .zip(&later.tail)
+                        .find(|(_, t)| *t == id)
+                        .map(|(p, _)| p)
+                }
+            }),
         }
     };
     looked_up().inspect_err(|_| later.in_place_failed.store(true, Ordering::Relaxed))
+}
+
+/// How [`stored_in_place`] looks among the ids after the snapshot.
+enum Tail<'a> {
+    /// One by one.
+    Scan,
+    /// In a map of them ([`LaterIds::tail_positions`]).
+    Map(&'a HashMap<Uuid, u64, IdHash>),
 }
 
 /// The first of the positions `candidates` whose frame holds `id`; a
@@ -3305,18 +3331,24 @@ impl Writer {
         if tail.is_none() && locations_ready(&self.state).is_err() {
             return;
         }
-        let ready = match self.snapshot_now(tail.as_deref()) {
-            Err(Unwritten::NotCopied(snapshot::Uncopied::Ids)) => {
-                ids_ready(&self.state, &self.ids_loader, &self.dir)
+        // Each section at most once: both may fail (the lengths are
+        // copied first).
+        for _ in 0..3 {
+            let ready = match self.snapshot_now(tail.as_deref()) {
+                Err(Unwritten::NotCopied(snapshot::Uncopied::Ids)) => {
+                    ids_ready(&self.state, &self.ids_loader, &self.dir)
+                }
+                Err(Unwritten::NotCopied(snapshot::Uncopied::Lengths)) => {
+                    #[cfg(test)]
+                    self.sync_hooks.lens_refused.store(true, Ordering::Relaxed);
+                    tail = None;
+                    locations_ready(&self.state)
+                }
+                _ => return,
+            };
+            if ready.is_err() {
+                return;
             }
-            Err(Unwritten::NotCopied(snapshot::Uncopied::Lengths)) => {
-                tail = None;
-                locations_ready(&self.state)
-            }
-            _ => return,
-        };
-        if ready.is_ok() {
-            let _ = self.snapshot_now(tail.as_deref());
         }
     }
 
@@ -4436,6 +4468,9 @@ struct SyncHooks {
     /// A snapshot was written with the frame lengths copied from the old
     /// one ([`snapshot::Lens::Copied`]).
     lens_copied: AtomicBool,
+    /// A copy of the old snapshot's frame lengths was refused
+    /// ([`snapshot::Uncopied::Lengths`]).
+    lens_refused: AtomicBool,
     /// The next growth of the id table apart says so on the first
     /// channel and waits for a word on the second before it copies any
     /// fingerprint.
@@ -4519,10 +4554,17 @@ struct SegmentCommitted<'a> {
     /// ([`Commit::minted`]).
     minted: bool,
     /// The ids after the snapshot that still holds the log's, and their
-    /// positions, put in a map at the group's first look-up in place
-    /// ([`stored_in_place`]).
+    /// positions, put in a map once the group has looked [`TAIL_SCANS`]
+    /// ids up in place ([`stored_in_place`]), and how many it has.
     tail: Option<HashMap<Uuid, u64, IdHash>>,
+    tail_scans: usize,
 }
+
+/// Look-ups in place of a group that scan the ids after the snapshot one
+/// by one ([`SegmentCommitted::tail`]) before it puts them in a map: a
+/// scan compares 16 bytes an id (0.3 ms for the 262,144 a snapshot lets
+/// follow it), the map takes about 40 bytes an id to build.
+const TAIL_SCANS: usize = 8;
 
 /// Whether [`Committed::absent_after`] tests an append of `events` events
 /// against the ids stored after a look-up that saw the log through
@@ -4542,6 +4584,7 @@ impl<'a> SegmentCommitted<'a> {
             log: state.token,
             minted: false,
             tail: None,
+            tail_scans: 0,
         }
     }
 }
@@ -4561,9 +4604,12 @@ impl Committed for SegmentCommitted<'_> {
             None => stored_at(self.index, self.segments, &event_id),
             Some(_) if self.minted => Ok(None),
             Some(later) => {
-                let tail = self
-                    .tail
-                    .get_or_insert_with(|| later.tail_positions(self.index.head()));
+                let head = self.index.head();
+                self.tail_scans += 1;
+                let tail = match self.tail_scans > TAIL_SCANS {
+                    true => Tail::Map(self.tail.get_or_insert_with(|| later.tail_positions(head))),
+                    false => Tail::Scan,
+                };
                 stored_in_place(self.index, self.segments, later, tail, &event_id)
             }
         }
@@ -5119,7 +5165,8 @@ impl SegmentLog {
     }
 
     /// [`Candidates`] for `ids` looked up in place in the snapshot that
-    /// still holds the log's ids ([`LaterIds::candidates`]), while the
+    /// still holds the log's ids ([`LaterIds::in_file`],
+    /// [`LaterIds::in_tail`]), while the
     /// look-ups in place stay within their budget ([`in_place_budget`]);
     /// `None` when the ids are to be read first instead.
     fn in_place_candidates(&self, ids: &[Uuid]) -> Result<Option<Candidates>, StoreError> {
@@ -8170,19 +8217,27 @@ mod index_tests {
             let hooks = log.sync_hooks.clone();
             drop((log, store));
             let copied = hooks.lens_copied.load(Ordering::Relaxed);
-            (copied, std::fs::read(&path).unwrap())
+            let refused = hooks.lens_refused.load(Ordering::Relaxed);
+            (copied, refused, std::fs::read(&path).unwrap())
         };
-        let (copied, sparse) = close(&old, false);
-        assert!(copied);
-        let (copied, full) = close(&old, true);
-        assert!(!copied);
+        let (copied, refused, sparse) = close(&old, false);
+        assert!(copied && !refused);
+        let (copied, refused, full) = close(&old, true);
+        assert!(!copied && !refused);
         assert_eq!(sparse, full);
         assert_eq!(u64::from_le_bytes(full[12..20].try_into().unwrap()), 7);
         // Position 2's length (after the header and one segment).
         let mut changed = old.clone();
         changed[64 + 16 + 4] ^= 0x01;
-        let (copied, walked) = close(&changed, false);
-        assert!(!copied);
+        let (copied, refused, walked) = close(&changed, false);
+        assert!(!copied && refused);
+        assert_eq!(walked, full);
+        // A pair of the ids' section changed too: both copies refused,
+        // each section read, and the snapshot written.
+        let pairs_at = old.len() - snapshot::id_blocks_bytes(5).unwrap() as usize - 32 - 12 * 5;
+        changed[pairs_at + 3] ^= 0x01;
+        let (copied, refused, walked) = close(&changed, false);
+        assert!(!copied && refused);
         assert_eq!(walked, full);
         let (_store, log) = open_in_place(dir.path(), 0, true);
         assert_eq!(log.opened_from_snapshot(), Some(7));
@@ -8257,7 +8312,7 @@ mod index_tests {
         let fence = |b: usize| le_u64(&sound[ids_end + 8 + 12 * b..]);
         // The spot checks' frames: the head and 64 spread from position 1.
         let spots: Vec<u64> = (0..64)
-            .map(|k| 1 + k * ((head - 1) / 64))
+            .map(|k| 1 + k * (head - 1) / 64)
             .chain([head])
             .map(fp)
             .collect();
