@@ -182,6 +182,21 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<(Box<dyn Engine>, Option<(f64, u64)>), Failure> {
         Ok((engine, None))
     }
+    /// Closes `engine` and opens it as `casebook record` and `import` do,
+    /// the event ids left in the index snapshot: looked up there in place
+    /// (a few), or, not `in_place`, read whole at their first look-up (the
+    /// way before session bh). `true` when they are left in it (the
+    /// segment engine, opened from a snapshot). On sled and PostgreSQL:
+    /// `engine` as it is, `false`.
+    async fn open_ids_left(
+        &self,
+        engine: Box<dyn Engine>,
+        _dir: &Path,
+        _school: &str,
+        _in_place: bool,
+    ) -> Result<(Box<dyn Engine>, bool), Failure> {
+        Ok((engine, false))
+    }
     /// Closes `engine` (from [`Backend::open_sparse`]) and opens it as a
     /// command that appends does, timed (ms). On sled and PostgreSQL:
     /// `engine` as it is, `None`.
@@ -495,6 +510,74 @@ fn register_lines(
 
 fn per_s(count: u64, took: Duration) -> f64 {
     count as f64 / took.as_secs_f64().max(1e-9)
+}
+
+/// Stored ids the bench looks up one at a time ([`id_lookups`]).
+const ID_LOOKUPS: usize = 16;
+
+/// Look-ups by id timed by [`id_lookups`].
+struct IdLookups {
+    /// The first look-up in place: the directory of the ids' blocks read
+    /// and checked, the spot checks, its block and its frame.
+    first_ms: f64,
+    /// The median of the others, each alone.
+    next_us: f64,
+    /// The first look-up on an open that reads every id at it.
+    reading_ms: f64,
+}
+
+/// Looks each of `ids` up alone ([`EventStore::find_events`]) on an open
+/// that leaves the ids in the snapshot and looks them up there in place,
+/// then the first again on an open that reads them all at their first
+/// look-up; each must be found. `None` where the backend has no such open
+/// (sled, PostgreSQL) or there is no snapshot.
+async fn id_lookups(
+    backend: &dyn Backend,
+    engine: Box<dyn Engine>,
+    dir: &Path,
+    school: &str,
+    ids: &[uuid::Uuid],
+) -> Result<(Box<dyn Engine>, Option<IdLookups>), Failure> {
+    let (engine, left) = backend.open_ids_left(engine, dir, school, true).await?;
+    if !left || ids.is_empty() {
+        return Ok((engine, None));
+    }
+    let log = engine.log();
+    let mut times = Vec::with_capacity(ids.len());
+    for id in ids {
+        let started = Instant::now();
+        let found = log.find_events(std::slice::from_ref(id)).await?;
+        times.push(started.elapsed());
+        if !found.contains_key(id) {
+            return Err(Failure::Store(format!(
+                "bench: stored event {id} not found"
+            )));
+        }
+    }
+    drop(log);
+    let (engine, _) = backend.open_ids_left(engine, dir, school, false).await?;
+    let log = engine.log();
+    let started = Instant::now();
+    let found = log.find_events(&ids[..1]).await?;
+    let reading = started.elapsed();
+    if !found.contains_key(&ids[0]) {
+        return Err(Failure::Store(format!(
+            "bench: stored event {} not found",
+            ids[0]
+        )));
+    }
+    drop(log);
+    let first_ms = times[0].as_secs_f64() * 1e3;
+    let mut next = times[1..].to_vec();
+    next.sort_unstable();
+    Ok((
+        engine,
+        Some(IdLookups {
+            first_ms,
+            next_us: percentile_us(&next, 0.5),
+            reading_ms: reading.as_secs_f64() * 1e3,
+        }),
+    ))
 }
 
 fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
@@ -1231,6 +1314,40 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     let register_again_ms = started.elapsed().as_secs_f64() * 1e3;
     done(t, format!("{register_again_ms:.0} ms"));
 
+    // Look-ups by id as `casebook record --id` and an import of a file
+    // with ids make them, on an open that leaves the ids in the snapshot:
+    // looked up there in place, and (the baseline) read whole at the
+    // first look-up; each in an open of its own.
+    let picks: Vec<uuid::Uuid> = {
+        let mut pick = Pick(11);
+        let mut ids = Vec::with_capacity(ID_LOOKUPS);
+        for _ in 0..ID_LOOKUPS {
+            let p = 1 + pick.below(imported as usize) as u64;
+            if let Some(e) = log.read_all(p, 1).await?.into_iter().next() {
+                ids.push(e.event_id);
+            }
+        }
+        ids
+    };
+    drop(log);
+    let t = phase(&format!(
+        "look-ups of {} stored ids, one at a time (as `record --id`), in place and reading every id",
+        picks.len()
+    ));
+    let (engine, lookups) =
+        id_lookups(backend.as_ref(), engine, &engine_dir, &school, &picks).await?;
+    match &lookups {
+        Some(l) => done(
+            t,
+            format!(
+                "the first {:.2} ms, the others {:.0} µs (p50); the first reading every id {:.1} ms",
+                l.first_ms, l.next_us, l.reading_ms
+            ),
+        ),
+        None => done(t, "nothing to measure on this backend".into()),
+    }
+    let log = engine.log();
+
     // The log's hash chain alone, on one thread, over the demo school's
     // first events sealed as the raw ceiling sealed them: a phase of its
     // own, last: hashed between the raw ceiling's writes, it may slow
@@ -1322,6 +1439,17 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
     });
     let mut extra = extra;
     if let Value::Object(e) = &mut extra {
+        let l = lookups.as_ref();
+        e.insert("id_lookup_first_ms".into(), json!(l.map(|l| l.first_ms)));
+        e.insert("id_lookup_next_us".into(), json!(l.map(|l| l.next_us)));
+        e.insert(
+            "id_lookup_reading_ms".into(),
+            json!(l.map(|l| l.reading_ms)),
+        );
+        e.insert(
+            "id_lookup_vs_reading".into(),
+            json!(l.map(|l| l.first_ms / l.reading_ms)),
+        );
         let chain_ev_s = hashes.ev_s();
         e.insert("chain_hash_ev_s".into(), json!(chain_ev_s));
         e.insert("chain_hash_events".into(), json!(hashes.events));
@@ -1864,6 +1992,14 @@ impl Figures {
                 us("register_import_lines"),
                 us("register_import_ms"),
                 us("register_again_ms"),
+            ));
+        }
+        if doc.get("id_lookup_first_ms").is_some_and(|v| !v.is_null()) {
+            out.push_str(&format!(
+                "a look-up by id on an open that leaves the ids in the snapshot (`record --id`): the first {:.2} ms in place, the next {:.0} µs, against {:.1} ms reading every id first\n",
+                us("id_lookup_first_ms"),
+                us("id_lookup_next_us"),
+                us("id_lookup_reading_ms"),
             ));
         }
         if doc.get("open_ms").is_some_and(|v| !v.is_null()) {

@@ -121,6 +121,31 @@ impl Backend for Segment {
         })
     }
 
+    async fn open_ids_left(
+        &self,
+        engine: Box<dyn Engine>,
+        dir: &Path,
+        school: &str,
+        in_place: bool,
+    ) -> Result<(Box<dyn Engine>, bool), Failure> {
+        tokio::task::block_in_place(|| {
+            drop(engine);
+            let defaults = SegmentOptions::default();
+            let options = SegmentOptions {
+                event_ids_at_open: false,
+                locations_at_open: false,
+                ids_in_place_least: match in_place {
+                    true => defaults.ids_in_place_least,
+                    false => 0,
+                },
+                ..defaults
+            };
+            let (engine, _) = open_timed(dir, school, false, options)?;
+            let left = engine.log.opened_from_snapshot().is_some() && !engine.log.event_ids_held();
+            Ok((Box::new(engine) as Box<dyn Engine>, left))
+        })
+    }
+
     async fn open_for_appends(
         &self,
         engine: Box<dyn Engine>,

@@ -194,7 +194,7 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     // the run's so far); the run's peak is the largest reading.
     let peaks = doc["phase_peak_rss_mb"].as_array().expect("phase peaks");
     let phases: Vec<&str> = peaks.iter().filter_map(|p| p["phase"].as_str()).collect();
-    assert_eq!(phases.len(), 14, "{doc}");
+    assert_eq!(phases.len(), 15, "{doc}");
     assert_eq!(phases[2], "engine import", "{doc}");
     // The scan and the replay read through the open a rebuild makes.
     assert_eq!(
@@ -211,8 +211,11 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
         "{doc}"
     );
     assert!(phases[12].starts_with("the afternoon's register"), "{doc}");
+    // Look-ups by id (none here: no snapshot below its threshold).
+    assert!(phases[13].starts_with("look-ups of 16 stored ids"), "{doc}");
+    assert!(doc["id_lookup_first_ms"].is_null(), "{doc}");
     // Last, the hash chain alone, apart from the raw ceiling's writes.
-    assert_eq!(phases[13], "the hash chain alone, on one thread", "{doc}");
+    assert_eq!(phases[14], "the hash chain alone, on one thread", "{doc}");
     assert_eq!(doc["register_import_lines"], doc["pupils"], "{doc}");
     assert!(number(&doc, "register_import_ms") > 0.0, "{doc}");
     assert!(number(&doc, "register_again_ms") > 0.0, "{doc}");
@@ -459,6 +462,15 @@ fn bench_reopens_from_the_index_snapshot() {
     assert!(
         register_index > 0.0 && register_index < reading_only,
         "the registers' open holds the index of an open that reads little: {doc}"
+    );
+    // Look-ups by id with the ids left in the snapshot: in place, and
+    // reading them all at the first (each found, or the run fails).
+    let first = number(&doc, "id_lookup_first_ms");
+    let reading = number(&doc, "id_lookup_reading_ms");
+    number(&doc, "id_lookup_next_us");
+    assert!(
+        (number(&doc, "id_lookup_vs_reading") - first / reading).abs() < 1e-9,
+        "{doc}"
     );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();
     assert!(left.is_empty(), "bench left files behind: {left:?}");
