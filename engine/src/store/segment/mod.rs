@@ -8033,6 +8033,13 @@ mod index_tests {
         (store, log)
     }
 
+    /// The index snapshot of `school-a`'s log in the store `dir`.
+    fn snapshot_of_school_a(dir: &Path) -> PathBuf {
+        dir.join(LOGS_DIR)
+            .join("school-a")
+            .join(snapshot::SNAPSHOT_FILE)
+    }
+
     /// A store of `school-a` in `dir` whose opens leave the event ids in
     /// the snapshot (every location held, or only the groups' starts) and
     /// look up to `least` of them there in place.
@@ -8149,10 +8156,7 @@ mod index_tests {
     fn ids_looked_up_in_place_are_checked() {
         let (dir, rt) = dir_and_runtime();
         log_with_snapshot_and_tail(&rt, dir.path());
-        let path = {
-            let (_store, log) = open_log(dir.path(), true, u64::MAX);
-            log.dir().join(snapshot::SNAPSHOT_FILE)
-        };
+        let path = snapshot_of_school_a(dir.path());
         let sound = std::fs::read(&path).unwrap();
         let blocks = snapshot::id_blocks_bytes(5).unwrap() as usize;
         let ids_end = sound.len() - blocks;
@@ -8202,10 +8206,7 @@ mod index_tests {
     fn a_sparse_close_copies_the_frame_lengths() {
         let (dir, rt) = dir_and_runtime();
         log_with_snapshot_and_tail(&rt, dir.path());
-        let path = {
-            let (_store, log) = open_log(dir.path(), true, u64::MAX);
-            log.dir().join(snapshot::SNAPSHOT_FILE)
-        };
+        let path = snapshot_of_school_a(dir.path());
         let old = std::fs::read(&path).unwrap();
         // A close of an open that writes the snapshot (2 events follow
         // it), with the old one put back first: whether it copied the
@@ -8251,10 +8252,7 @@ mod index_tests {
     fn a_snapshot_of_format_5_has_its_ids_read_whole() {
         let (dir, rt) = dir_and_runtime();
         log_with_snapshot_and_tail(&rt, dir.path());
-        let path = {
-            let (_store, log) = open_log(dir.path(), true, u64::MAX);
-            log.dir().join(snapshot::SNAPSHOT_FILE)
-        };
+        let path = snapshot_of_school_a(dir.path());
         let v6 = std::fs::read(&path).unwrap();
         // Format 5: without the directory of the ids' blocks, its version,
         // and the checksum over the header, the segments and the directory
