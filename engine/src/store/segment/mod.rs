@@ -681,8 +681,9 @@ struct LaterIds {
     /// once made; `None` if they cannot be (a snapshot of format 5, or a
     /// directory of their blocks that failed its checks).
     in_place: std::sync::OnceLock<Option<SortedIds>>,
-    /// A look-up in place found a block changed: the ids are read whole
-    /// from then on ([`ids_ready`], which finds the damage).
+    /// A look-up in place found something wrong (a block changed, a
+    /// frame misfiled, a read that failed): the ids are read whole from
+    /// then on ([`ids_ready`], which finds the damage).
     in_place_failed: AtomicBool,
     /// Ids looked up in place so far, against [`in_place_budget`].
     looked_up: AtomicU64,
@@ -695,10 +696,11 @@ struct LaterIds {
 const IN_PLACE_LEAST: u64 = 256;
 
 /// Most ids after the snapshot for which the writer looks a group's ids up
-/// in place ([`Writer::looks_up_in_place`]): it puts them in a map first
-/// (about 40 bytes an id; 1 << 20 of them, four times what the close's
-/// rule lets follow a snapshot across commands: the ids of a large import
-/// of minted ids in the same open, then read instead).
+/// in place ([`Writer::looks_up_in_place`]): past a group's first
+/// [`TAIL_SCANS`] look-ups it puts them in a map (about 40 bytes an id;
+/// 1 << 20 of them, four times what the close's rule lets follow a
+/// snapshot across commands: more only after a large import of minted ids
+/// in the same open, whose ids are then read instead).
 const IN_PLACE_TAIL_MOST: usize = 1 << 20;
 
 /// Ids a log of `head` events whose ids are still in the snapshot looks up
