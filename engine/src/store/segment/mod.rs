@@ -795,10 +795,16 @@ impl LaterIds {
         Ok(())
     }
 
+    /// The first position after the snapshot in a log of `head` events:
+    /// the frames of `tail` hold the ids of the positions from it on.
+    fn first_after(&self, head: u64) -> u64 {
+        head - self.tail.len() as u64 + 1
+    }
+
     /// Adds to `out` the positions after the snapshot, in a log of `head`
     /// events, whose frames hold one of `ids`, in one pass over them.
     fn in_tail(&self, head: u64, ids: &[Uuid], out: &mut Vec<(u32, Uuid)>) {
-        let first = head - self.tail.len() as u64 + 1;
+        let first = self.first_after(head);
         let wanted: std::collections::HashSet<&Uuid> = ids.iter().collect();
         for (p, id) in (first..).zip(&self.tail) {
             if wanted.contains(id) {
@@ -811,7 +817,7 @@ impl LaterIds {
     /// positions: what the writer's look-ups in place of a group test
     /// ([`stored_in_place`]).
     fn tail_positions(&self, head: u64) -> HashMap<Uuid, u64, IdHash> {
-        let first = head - self.tail.len() as u64 + 1;
+        let first = self.first_after(head);
         let mut map = HashMap::with_capacity_and_hasher(self.tail.len(), IdHash::default());
         for (id, p) in self.tail.iter().zip(first..) {
             map.entry(*id).or_insert(p);
@@ -1431,11 +1437,9 @@ fn stored_in_place(
             None => Ok(match tail {
                 Tail::Map(map) => map.get(id).copied(),
                 Tail::Scan => {
-                    let first = index.head() - later.tail.len() as u64 + 1;
-                    (first..)
-                        .zip(&later.tail)
-                        .find(|(_, t)| *t == id)
-                        .map(|(p, _)| p)
+                    found.clear();
+                    later.in_tail(index.head(), std::slice::from_ref(id), &mut found);
+                    found.first().map(|&(p, _)| u64::from(p))
                 }
             }),
         }
@@ -2300,7 +2304,7 @@ fn install_ids(
     if read.note.is_some() {
         return Ok(read.note);
     }
-    let first = index.head() - later.tail.len() as u64 + 1;
+    let first = later.first_after(index.head());
     let mut in_file = Vec::new();
     let mut listed = Ok(());
     for (p, id) in (first..).zip(&later.tail) {

@@ -249,23 +249,24 @@ impl LaterLocs {
         out: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let not_copied = |e: String| std::io::Error::other(NotCopied(Uncopied::Lengths, e));
-        let mut sum = blake3::Hasher::new();
-        let mut buf = vec![0u8; BLOCK];
-        let (mut at, end) = (self.at, self.sum_at);
-        if end.checked_sub(at) != self.head.checked_mul(4) {
+        let len = self.sum_at.checked_sub(self.at);
+        if len != self.head.checked_mul(4) {
             return Err(not_copied("not as long as the head's lengths".into()));
         }
-        while at < end {
-            let n = (end - at).min(BLOCK as u64) as usize;
-            let bytes = &mut buf[..n];
-            self.file
-                .read_exact_at(bytes, at)
-                .map_err(|e| not_copied(format!("cannot read the frame lengths: {e}")))?;
-            sum.update(bytes);
-            out(bytes)?;
-            at += n as u64;
+        let mut unread = Unread {
+            file: &self.file,
+            at: self.at,
+            left: len.unwrap_or_default(),
+            chunk: BLOCK as u64,
+            what: "frame lengths",
+            sum: blake3::Hasher::new(),
+            failed: None,
+        };
+        let mut buf = Vec::with_capacity(BLOCK);
+        while unread.read_next(&mut buf).map_err(not_copied)? {
+            out(&buf)?;
         }
-        sum_matches(&self.file, self.sum_at, sum)
+        sum_matches(&self.file, self.sum_at, unread.sum)
             .map_err(|e| not_copied(format!("the frame lengths: {e}")))
     }
 }
@@ -435,7 +436,7 @@ pub(super) fn encode(
     match &index.later {
         None => index.ids.sorted_bytes(&mut put)?,
         Some(later) => {
-            let first = head - later.tail.len() as u64 + 1;
+            let first = later.first_after(head);
             later.snapshot.copy_merged(&later.tail, first, &mut put)?;
         }
     }
@@ -1025,14 +1026,19 @@ pub(super) struct LaterIds {
 /// ([`LaterIds::copy_merged`]): 768 KiB.
 const COPY_PAIRS: u64 = 1 << 16;
 
-/// A snapshot's ids section read front to back, each byte added to its
-/// checksum ([`LaterIds::copy_merged`]).
+/// A section of the snapshot file read front to back for a copy, a chunk
+/// at a time, each byte added to its checksum
+/// ([`LaterIds::copy_merged`], [`LaterLocs::copy_lens`]).
 struct Unread<'a> {
     file: &'a std::fs::File,
-    /// The next pair's byte in the file.
+    /// The next byte to read.
     at: u64,
-    /// Pairs not read yet.
+    /// Bytes not read yet.
     left: u64,
+    /// Bytes read at once (whole pairs, for the ids).
+    chunk: u64,
+    /// What the section holds, for an error.
+    what: &'static str,
     sum: blake3::Hasher,
     /// Why a read failed (then the copy did).
     failed: Option<String>,
@@ -1043,15 +1049,15 @@ impl Chunks for Unread<'_> {
         if self.left == 0 {
             return Ok(false);
         }
-        let n = self.left.min(COPY_PAIRS);
-        buf.resize(n as usize * PAIR, 0);
+        let n = self.left.min(self.chunk);
+        buf.resize(n as usize, 0);
         if let Err(e) = self.file.read_exact_at(buf, self.at) {
-            let e = format!("cannot read the index snapshot's event ids: {e}");
+            let e = format!("cannot read the index snapshot's {}: {e}", self.what);
             self.failed = Some(e.clone());
             return Err(e);
         }
         self.sum.update(buf);
-        self.at += buf.len() as u64;
+        self.at += n;
         self.left -= n;
         Ok(true)
     }
@@ -1189,17 +1195,7 @@ impl LaterIds {
             .chunks_exact(12)
             .map(|b| (le_u64(b), le_u32(&b[8..])))
             .unzip();
-        let mut count = [0u8; 8];
-        self.file
-            .read_exact_at(&mut count, self.at)
-            .map_err(|e| format!("cannot read: {e}"))?;
-        if u64::from_le_bytes(count) != self.head {
-            return Err(format!(
-                "{} ids for {} positions",
-                u64::from_le_bytes(count),
-                self.head
-            ));
-        }
+        ids_count(&self.file, self.at, self.head)?;
         let own = self
             .file
             .try_clone()
@@ -1209,20 +1205,15 @@ impl LaterIds {
 
     /// The section's pairs, not read yet ([`LaterIds::copy_merged`]).
     fn unread(&self) -> Result<Unread<'_>, String> {
-        let mut header = [0u8; 8];
-        self.file
-            .read_exact_at(&mut header, self.at)
-            .map_err(|e| format!("cannot read: {e}"))?;
+        let header = ids_count(&self.file, self.at, self.head)?;
         let mut sum = blake3::Hasher::new();
         sum.update(&header);
-        let nids = u64::from_le_bytes(header);
-        if nids != self.head {
-            return Err(format!("{nids} ids for {} positions", self.head));
-        }
         Ok(Unread {
             file: &self.file,
             at: self.at + 8,
-            left: self.head,
+            left: self.head * PAIR as u64,
+            chunk: COPY_PAIRS * PAIR as u64,
+            what: "event ids",
             sum,
             failed: None,
         })
@@ -1254,18 +1245,25 @@ fn load_ids(
     head: u64,
     mut sum: Option<&mut blake3::Hasher>,
 ) -> Result<IdsRead, String> {
-    let mut header = [0u8; 8];
-    file.read_exact_at(&mut header, at)
-        .map_err(|e| format!("cannot read: {e}"))?;
+    let header = ids_count(file, at, head)?;
     if let Some(sum) = sum.as_deref_mut() {
         sum.update(&header);
     }
+    let own = file.try_clone().map_err(|e| format!("cannot open: {e}"))?;
+    SortedIds::read(own, at + 8, head, sum)
+}
+
+/// The count of ids that starts the ids' section at byte `at` of `file`,
+/// as its bytes, checked to be `head` (one id a position).
+fn ids_count(file: &std::fs::File, at: u64, head: u64) -> Result<[u8; 8], String> {
+    let mut header = [0u8; 8];
+    file.read_exact_at(&mut header, at)
+        .map_err(|e| format!("cannot read: {e}"))?;
     let nids = u64::from_le_bytes(header);
     if nids != head {
         return Err(format!("{nids} ids for {head} positions"));
     }
-    let own = file.try_clone().map_err(|e| format!("cannot open: {e}"))?;
-    SortedIds::read(own, at + 8, head, sum)
+    Ok(header)
 }
 
 /// The frame lengths, read by `r` from where they start, into `locs`
