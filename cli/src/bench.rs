@@ -229,6 +229,12 @@ pub(crate) trait Engine: Send + Sync {
     fn writer_times(&self) -> Option<WriterTimes> {
         None
     }
+    /// Whether the index holds the log's event ids (read from the
+    /// snapshot, or never left there), where it can leave them (the
+    /// segment engine).
+    fn event_ids_held(&self) -> Option<bool> {
+        None
+    }
 }
 
 /// The segment engine closed and opened again after the import: the close
@@ -515,6 +521,11 @@ fn per_s(count: u64, took: Duration) -> f64 {
 /// Stored ids the bench looks up one at a time ([`id_lookups`]).
 const ID_LOOKUPS: usize = 16;
 
+/// Ids, none of them stored, the bench looks up at once ([`id_lookups`]):
+/// as many as an import's planner looks up at once
+/// (`import::PREFETCH_LINES`).
+const ID_BATCH: usize = casebook_engine::import::PREFETCH_LINES;
+
 /// Look-ups by id timed by [`id_lookups`].
 struct IdLookups {
     /// The first look-up in place: the directory of the ids' blocks read
@@ -524,6 +535,13 @@ struct IdLookups {
     next_us: f64,
     /// The first look-up on an open that reads every id at it.
     reading_ms: f64,
+    /// After the look-ups in place, [`ID_BATCH`] ids none of which is
+    /// stored, looked up at once, in place (each block of the snapshot's
+    /// ids they fall in read once).
+    batch_ms: f64,
+    /// The same batch on the open that read every id (after its first
+    /// look-up, which read them).
+    batch_read_ms: f64,
 }
 
 /// Looks each of `ids` up alone ([`EventStore::find_events`]) on an open
@@ -554,6 +572,14 @@ async fn id_lookups(
             )));
         }
     }
+    let batch: Vec<uuid::Uuid> = (0..ID_BATCH).map(|_| uuid::Uuid::now_v7()).collect();
+    let (batch_ms, found) = timed_ms(log.find_events(&batch)).await;
+    absent(found?)?;
+    if engine.event_ids_held() != Some(false) {
+        return Err(Failure::Store(
+            "bench: the batch of ids was not looked up in place".into(),
+        ));
+    }
     drop(log);
     let (engine, _) = backend.open_ids_left(engine, dir, school, false).await?;
     let log = engine.log();
@@ -566,6 +592,8 @@ async fn id_lookups(
             ids[0]
         )));
     }
+    let (batch_read_ms, found) = timed_ms(log.find_events(&batch)).await;
+    absent(found?)?;
     drop(log);
     let first_ms = times[0].as_secs_f64() * 1e3;
     let mut next = times[1..].to_vec();
@@ -576,8 +604,29 @@ async fn id_lookups(
             first_ms,
             next_us: percentile_us(&next, 0.5),
             reading_ms: reading.as_secs_f64() * 1e3,
+            batch_ms,
+            batch_read_ms,
         }),
     ))
+}
+
+/// What `work` gives, and how long it took (ms).
+async fn timed_ms<T>(work: impl std::future::Future<Output = T>) -> (f64, T) {
+    let started = Instant::now();
+    let out = work.await;
+    (started.elapsed().as_secs_f64() * 1e3, out)
+}
+
+/// Refuses a look-up of fresh ids that found one stored.
+fn absent(
+    found: std::collections::HashMap<uuid::Uuid, casebook_engine::envelope::StoredEvent>,
+) -> Result<(), Failure> {
+    match found.keys().next() {
+        None => Ok(()),
+        Some(id) => Err(Failure::Store(format!(
+            "bench: a fresh id, {id}, was found stored"
+        ))),
+    }
 }
 
 fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
@@ -1340,8 +1389,8 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         Some(l) => done(
             t,
             format!(
-                "the first {:.2} ms, the others {:.0} µs (p50); the first reading every id {:.1} ms",
-                l.first_ms, l.next_us, l.reading_ms
+                "the first {:.2} ms, the others {:.0} µs (p50), {ID_BATCH} absent ids at once {:.1} ms; the first reading every id {:.1} ms, then the {ID_BATCH} {:.1} ms",
+                l.first_ms, l.next_us, l.batch_ms, l.reading_ms, l.batch_read_ms
             ),
         ),
         None => done(t, "nothing to measure on this backend".into()),
@@ -1449,6 +1498,16 @@ pub(crate) async fn run(ctx: &mut Ctx, args: BenchArgs) -> Result<(), Failure> {
         e.insert(
             "id_lookup_vs_reading".into(),
             json!(l.map(|l| l.first_ms / l.reading_ms)),
+        );
+        e.insert("id_batch".into(), json!(l.map(|_| ID_BATCH)));
+        e.insert("id_batch_lookup_ms".into(), json!(l.map(|l| l.batch_ms)));
+        e.insert(
+            "id_batch_reading_ms".into(),
+            json!(l.map(|l| l.reading_ms + l.batch_read_ms)),
+        );
+        e.insert(
+            "id_batch_vs_reading".into(),
+            json!(l.map(|l| l.batch_ms / (l.reading_ms + l.batch_read_ms))),
         );
         let chain_ev_s = hashes.ev_s();
         e.insert("chain_hash_ev_s".into(), json!(chain_ev_s));
@@ -1996,10 +2055,13 @@ impl Figures {
         }
         if doc.get("id_lookup_first_ms").is_some_and(|v| !v.is_null()) {
             out.push_str(&format!(
-                "a look-up by id on an open that leaves the ids in the snapshot (`record --id`): the first {:.2} ms in place, the next {:.0} µs, against {:.1} ms reading every id first\n",
+                "a look-up by id on an open that leaves the ids in the snapshot (`record --id`): the first {:.2} ms in place, the next {:.0} µs, against {:.1} ms reading every id first; {:.0} absent ids at once (an import's batch) {:.1} ms in place, against {:.1} ms reading every id and then looking them up\n",
                 us("id_lookup_first_ms"),
                 us("id_lookup_next_us"),
                 us("id_lookup_reading_ms"),
+                us("id_batch"),
+                us("id_batch_lookup_ms"),
+                us("id_batch_reading_ms"),
             ));
         }
         if doc.get("open_ms").is_some_and(|v| !v.is_null()) {

@@ -211,6 +211,10 @@ impl Engine for SegmentEngine {
     fn writer_times(&self) -> Option<WriterTimes> {
         Some(self.log.writer_times())
     }
+
+    fn event_ids_held(&self) -> Option<bool> {
+        Some(self.log.event_ids_held())
+    }
 }
 
 #[async_trait]

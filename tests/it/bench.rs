@@ -214,6 +214,7 @@ fn bench_json_has_every_figure_and_consistent_ratios() {
     // Look-ups by id (none here: no snapshot below its threshold).
     assert!(phases[13].starts_with("look-ups of 16 stored ids"), "{doc}");
     assert!(doc["id_lookup_first_ms"].is_null(), "{doc}");
+    assert!(doc["id_batch_lookup_ms"].is_null(), "{doc}");
     // Last, the hash chain alone, apart from the raw ceiling's writes.
     assert_eq!(phases[14], "the hash chain alone, on one thread", "{doc}");
     assert_eq!(doc["register_import_lines"], doc["pupils"], "{doc}");
@@ -470,6 +471,17 @@ fn bench_reopens_from_the_index_snapshot() {
     number(&doc, "id_lookup_next_us");
     assert!(
         (number(&doc, "id_lookup_vs_reading") - first / reading).abs() < 1e-9,
+        "{doc}"
+    );
+    // A batch of absent ids at once, in place (the run fails unless it
+    // stayed in place and found none), against a reading of every id and
+    // the batch's look-ups in its table.
+    assert_eq!(number(&doc, "id_batch"), 4096.0, "{doc}");
+    let batch = number(&doc, "id_batch_lookup_ms");
+    let batch_reading = number(&doc, "id_batch_reading_ms");
+    assert!(batch > 0.0 && batch_reading > reading, "{doc}");
+    assert!(
+        (number(&doc, "id_batch_vs_reading") - batch / batch_reading).abs() < 1e-9,
         "{doc}"
     );
     let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("read dir").collect();

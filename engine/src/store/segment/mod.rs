@@ -303,10 +303,11 @@ pub struct SegmentOptions {
     /// [`ids::GROW_APART_FROM`] (tests lower it).
     pub grow_apart_from: usize,
     /// [`IN_PLACE_LEAST`]: while the ids are left in the snapshot, at
-    /// least this many are looked up there in place, all look-ups
-    /// together, before one reads them whole (an eighth of the section's
-    /// blocks if more: [`in_place_budget`]). 0: none is, every first
-    /// look-up reads them (tests of that reading; the bench's baseline).
+    /// least this many of its blocks are read by look-ups in place, all
+    /// look-ups together, before one reads them whole
+    /// ([`IN_PLACE_READS`] times the section's blocks if more:
+    /// [`in_place_budget`]). 0: none is, every first look-up reads them
+    /// (tests of that reading; the bench's baseline).
     pub ids_in_place_least: u64,
 }
 
@@ -685,15 +686,21 @@ struct LaterIds {
     /// frame misfiled, a read that failed): the ids are read whole from
     /// then on ([`ids_ready`], which finds the damage).
     in_place_failed: AtomicBool,
-    /// Ids looked up in place so far, against [`in_place_budget`].
+    /// Blocks of the snapshot's ids read by look-ups in place so far (by
+    /// the writer's, one an id), against [`in_place_budget`].
     looked_up: AtomicU64,
     /// The fewest of them allowed ([`SegmentOptions::ids_in_place_least`]).
     least: u64,
 }
 
-/// Fewest ids a log whose ids are still in the snapshot looks up in place
-/// ([`in_place_budget`]).
+/// Fewest blocks of its ids a log whose ids are still in the snapshot
+/// reads there in place ([`in_place_budget`]).
 const IN_PLACE_LEAST: u64 = 256;
+
+/// How many times its blocks the look-ups in place may read the
+/// snapshot's ids section, all together, before the next look-up reads
+/// them whole ([`in_place_budget`]).
+const IN_PLACE_READS: u64 = 2;
 
 /// Most ids after the snapshot for which the writer looks a group's ids up
 /// in place ([`Writer::looks_up_in_place`]): past a group's first
@@ -703,18 +710,21 @@ const IN_PLACE_LEAST: u64 = 256;
 /// in the same open, whose ids are then read instead).
 const IN_PLACE_TAIL_MOST: usize = 1 << 20;
 
-/// Ids a log of `head` events whose ids are still in the snapshot looks up
-/// there in place, all callers together, before the next look-up reads
-/// them whole ([`ids_ready`]): a look-up in place reads a block or two of
-/// 256 pairs (3 KB, about 3 µs), a reading of them all 12 bytes an event;
-/// at most an eighth of the section's blocks, or `least`
-/// ([`IN_PLACE_LEAST`]) if more; none when `least` is 0 (tests, and the
-/// bench's baseline: every look-up reads the ids first, as before session
-/// bh).
+/// Blocks of the ids section a log of `head` events whose ids are still
+/// in the snapshot reads there in place, all look-ups together, before
+/// the next look-up reads the ids whole ([`ids_ready`]): a look-up in
+/// place of a batch of ids reads each block they fall in once (256 pairs,
+/// 3 KB, checked against its CRC-32 and its fence), a reading of them all
+/// reads every block once and also puts every id in a table (12 bytes an
+/// event read, about 2 an event held; docs/performance.md, "Session bi",
+/// has what each costs). At most [`IN_PLACE_READS`] times the section's
+/// blocks, or `least` ([`IN_PLACE_LEAST`]) if more; none when `least` is
+/// 0 (tests, and the bench's baseline: every look-up reads the ids first,
+/// as before session bh).
 fn in_place_budget(head: u64, least: u64) -> u64 {
     match least {
         0 => 0,
-        _ => least.max(head / (sorted_ids::BLOCK_PAIRS as u64 * 8)),
+        _ => least.max(IN_PLACE_READS * head.div_ceil(sorted_ids::BLOCK_PAIRS as u64)),
     }
 }
 
@@ -760,7 +770,13 @@ impl LaterIds {
             .as_ref()
     }
 
-    /// Whether `n` more ids may be looked up in place in a log of `head`
+    /// Whether any look-up in place is left in the budget of a log of
+    /// `head` events ([`in_place_budget`]).
+    fn budget_left(&self, head: u64) -> bool {
+        self.looked_up.load(Ordering::Relaxed) < in_place_budget(head, self.least)
+    }
+
+    /// Whether `n` more blocks may be read in place in a log of `head`
     /// events ([`in_place_budget`]); if so they are counted.
     fn take_budget(&self, n: usize, head: u64) -> bool {
         let budget = in_place_budget(head, self.least);
@@ -771,27 +787,39 @@ impl LaterIds {
             .is_ok()
     }
 
+    /// The look-up in place of `ids` in `sorted` ([`LaterIds::sorted`]):
+    /// their fingerprints, each with its id's index, in order, and the
+    /// blocks of the section they fall in ([`SortedIds::blocks_of`]).
+    fn in_file_plan(&self, sorted: &SortedIds, ids: &[Uuid]) -> InFile {
+        let hasher = self.snapshot.hasher();
+        let mut wanted: Vec<(u64, usize)> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (std::hash::BuildHasher::hash_one(&hasher, id), i))
+            .collect();
+        wanted.sort_unstable();
+        let blocks = sorted.blocks_of(wanted.iter().map(|&(fp, _)| fp));
+        InFile { wanted, blocks }
+    }
+
     /// Adds to `out` the positions that may hold each of `ids`: those the
     /// snapshot lists under its fingerprint, looked up in place in
-    /// `sorted` ([`LaterIds::sorted`]). A block found changed stops the
-    /// look-ups in place for good.
+    /// `sorted` ([`LaterIds::sorted`]) as `plan` (their
+    /// [`LaterIds::in_file_plan`]) says, each block once. A block found
+    /// changed stops the look-ups in place for good.
     fn in_file(
         &self,
         sorted: &SortedIds,
         ids: &[Uuid],
+        plan: &InFile,
         out: &mut Vec<(u32, Uuid)>,
     ) -> Result<(), String> {
-        let hasher = self.snapshot.hasher();
         let mut at = Vec::new();
-        for id in ids {
-            at.clear();
-            let fp = std::hash::BuildHasher::hash_one(&hasher, id);
-            if let Err(e) = sorted.positions(fp, &mut at) {
-                self.in_place_failed.store(true, Ordering::Relaxed);
-                return Err(e);
-            }
-            out.extend(at.iter().map(|&p| (p, *id)));
+        if let Err(e) = sorted.positions_of(&plan.wanted, &plan.blocks, &mut at) {
+            self.in_place_failed.store(true, Ordering::Relaxed);
+            return Err(e);
         }
+        out.extend(at.into_iter().map(|(i, p)| (p, ids[i])));
         Ok(())
     }
 
@@ -824,6 +852,14 @@ impl LaterIds {
         }
         map
     }
+}
+
+/// A look-up in place of a batch of ids ([`LaterIds::in_file_plan`]).
+struct InFile {
+    /// Each id's fingerprint and index, in order.
+    wanted: Vec<(u64, usize)>,
+    /// The blocks they fall in, each once, in order.
+    blocks: Vec<usize>,
 }
 
 impl Default for Index {
@@ -1428,8 +1464,10 @@ fn stored_in_place(
     let fp = hasher.hash_one(id);
     let looked_up = || -> Result<Option<u64>, StoreError> {
         let mut found = Vec::new();
+        let ids = std::slice::from_ref(id);
+        let plan = later.in_file_plan(sorted, ids);
         later
-            .in_file(sorted, std::slice::from_ref(id), &mut found)
+            .in_file(sorted, ids, &plan, &mut found)
             .map_err(unreadable_ids)?;
         let listed = |held: &Uuid, _| Ok(hasher.hash_one(held) == fp);
         match first_holding(index, segments, found.iter().map(|&(p, _)| p), id, listed)? {
@@ -4200,7 +4238,8 @@ impl Writer {
     /// Whether the ids of `group` are looked up in place in the snapshot
     /// that still holds the log's ([`LaterIds::sorted`]) rather than read
     /// first: the ids it will look up, an estimate, fit the budget of
-    /// look-ups in place ([`in_place_budget`], where they are counted),
+    /// look-ups in place ([`in_place_budget`], where they are counted as
+    /// a block read each: the writer looks its ids up one at a time),
     /// and the ids after the snapshot are at most [`IN_PLACE_TAIL_MOST`]
     /// (the group's look-ups put them in a map). Every id of an append
     /// that its caller minted is looked up by none (as in a group of
@@ -5181,14 +5220,18 @@ impl SegmentLog {
             return Ok(None);
         };
         let head = state.index.head();
-        if !later.take_budget(ids.len(), head) {
+        if !later.budget_left(head) {
             return Ok(None);
         }
         let Some(sorted) = later.sorted() else {
             return Ok(None);
         };
+        let plan = later.in_file_plan(sorted, ids);
+        if !later.take_budget(plan.blocks.len(), head) {
+            return Ok(None);
+        }
         let mut found = Vec::new();
-        if later.in_file(sorted, ids, &mut found).is_err() {
+        if later.in_file(sorted, ids, &plan, &mut found).is_err() {
             // A block changed: the ids are read whole, which finds why.
             return Ok(None);
         }
@@ -8130,17 +8173,26 @@ mod index_tests {
             assert!(!log.event_ids_held());
             assert_eq!(log.take_snapshot_rejection(), None);
             drop((log, store));
-            let (store, log) = open_in_place(dir.path(), 3, locations);
+            // A budget of two block reads: the two ids of one look-up
+            // read their block once, the third id's look-up it again, and
+            // the fourth's reads the ids whole.
+            let (store, log) = open_in_place(dir.path(), 2, locations);
             for ids in [&[1u128, 2][..], &[3]] {
                 let ids: Vec<Uuid> = ids.iter().map(|&i| Uuid::from_u128(i)).collect();
                 assert_eq!(rt.block_on(log.find_events(&ids)).unwrap().len(), ids.len());
             }
-            assert!(!log.event_ids_held(), "three ids are within the budget");
+            assert!(
+                !log.event_ids_held(),
+                "two block reads are within the budget"
+            );
             assert!(rt
                 .block_on(log.find_event(Uuid::from_u128(4)))
                 .unwrap()
                 .is_some());
-            assert!(log.event_ids_held(), "the fourth id is past the budget");
+            assert!(
+                log.event_ids_held(),
+                "a third block read is past the budget"
+            );
             assert_verifies(&rt, &log);
             drop((log, store));
             let store = SegmentStore::open(dir.path(), false).unwrap();

@@ -584,17 +584,22 @@ impl SortedIds {
         self.n > 0 && self.filter.as_ref().is_none_or(|f| f.may_hold(fp))
     }
 
+    /// The blocks that may list fingerprint `fp`: those whose first
+    /// fingerprint is at most `fp`, from the last that starts below it
+    /// (its end may hold `fp` too).
+    fn blocks_for(&self, fp: u64) -> std::ops::Range<usize> {
+        let hi = self.fences.partition_point(|&f| f <= fp);
+        let lo = self.fences.partition_point(|&f| f < fp).saturating_sub(1);
+        lo..hi
+    }
+
     /// Adds to `out` every position listed under fingerprint `fp`.
     pub(super) fn positions(&self, fp: u64, out: &mut Vec<u32>) -> Result<(), String> {
         if !self.may_hold(fp) {
             return Ok(());
         }
-        // Blocks whose first fingerprint is at most `fp`, from the last
-        // that starts below it (its end may hold `fp` too).
-        let hi = self.fences.partition_point(|&f| f <= fp);
-        let lo = self.fences.partition_point(|&f| f < fp).saturating_sub(1);
         let mut buf = [0u8; BLOCK_BYTES];
-        for b in lo..hi {
+        for b in self.blocks_for(fp) {
             let block = self.read_blocks(b..b + 1, &mut buf)?;
             if self.filter.is_none() {
                 self.check_block(b, block)?;
@@ -607,6 +612,74 @@ impl SortedIds {
                     break;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// The blocks [`SortedIds::positions`] reads for the fingerprints
+    /// `fps` (in ascending order), each once, in order: what
+    /// [`SortedIds::positions_of`] reads for them.
+    pub(super) fn blocks_of(&self, fps: impl IntoIterator<Item = u64>) -> Vec<usize> {
+        let mut blocks: Vec<usize> = Vec::new();
+        for fp in fps {
+            if !self.may_hold(fp) {
+                continue;
+            }
+            for b in self.blocks_for(fp) {
+                if blocks.last().is_none_or(|&last| last < b) {
+                    blocks.push(b);
+                }
+            }
+        }
+        blocks
+    }
+
+    /// [`SortedIds::positions`] of many fingerprints in one pass: adds to
+    /// `out` (tag, position) for every position listed under the
+    /// fingerprint of each of `wanted` (fingerprint, tag), which is in
+    /// ascending order of fingerprint, reading the blocks `blocks` (their
+    /// [`SortedIds::blocks_of`]) once each, neighbours in one `pread`,
+    /// with the checks `positions` makes of each block. A batch of ids
+    /// that falls in a few thousand of a large section's blocks costs a
+    /// read of each of those, not of one or two for every id.
+    pub(super) fn positions_of(
+        &self,
+        wanted: &[(u64, usize)],
+        blocks: &[usize],
+        out: &mut Vec<(usize, u32)>,
+    ) -> Result<(), String> {
+        let mut buf = vec![0u8; BLOCK_BYTES * blocks.len().min(BLOCKS_AT_ONCE)];
+        let mut i = 0;
+        while i < blocks.len() {
+            // A run of neighbouring blocks, read at once.
+            let mut j = i + 1;
+            while j < blocks.len() && blocks[j] == blocks[j - 1] + 1 && j - i < BLOCKS_AT_ONCE {
+                j += 1;
+            }
+            let run = blocks[i]..blocks[j - 1] + 1;
+            let bytes = self.read_blocks(run.clone(), &mut buf)?;
+            for (b, block) in run.zip(bytes.chunks(BLOCK_BYTES)) {
+                if self.filter.is_none() {
+                    self.check_block(b, block)?;
+                }
+                // The block's pairs and the fingerprints wanted, both in
+                // order, merged.
+                let first = pair_at(block).0;
+                let mut w = wanted.partition_point(|&(fp, _)| fp < first);
+                for pair in block.chunks_exact(PAIR) {
+                    let (fp, p) = pair_at(pair);
+                    while wanted.get(w).is_some_and(|&(f, _)| f < fp) {
+                        w += 1;
+                    }
+                    if w == wanted.len() {
+                        break;
+                    }
+                    for &(_, tag) in wanted[w..].iter().take_while(|&&(f, _)| f == fp) {
+                        out.push((tag, p));
+                    }
+                }
+            }
+            i = j;
         }
         Ok(())
     }
@@ -934,6 +1007,58 @@ mod tests {
                 at.clear();
                 ids.positions(fp, &mut at).unwrap();
                 proptest::prop_assert_eq!(&at, &[p]);
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// Fingerprints looked up in place at once
+        /// ([`SortedIds::positions_of`]) find what a look-up of each alone
+        /// finds (runs of positions sharing a fingerprint, across blocks'
+        /// ends, included), with each block they fall in read once.
+        #[test]
+        fn fingerprints_at_once_find_what_each_alone_finds(
+            n in 1u32..2_000,
+            runs in proptest::collection::vec((0usize..2_000, 1usize..600), 0..4),
+            asked in proptest::collection::vec((0usize..2_000, proptest::bool::ANY), 0..300),
+        ) {
+            let mut pairs = sorted(n);
+            let len = pairs.len();
+            for &(start, run) in &runs {
+                let fp = pairs[start % len].0;
+                for pair in pairs.iter_mut().skip(start % len).take(run) {
+                    pair.0 = fp;
+                }
+            }
+            pairs.sort_unstable();
+            let (fences, sums) = block_sums(&pairs, &[]);
+            let ids = in_place(&pairs, fences, sums);
+            // Stored fingerprints, and others (almost surely absent).
+            let mut wanted: Vec<(u64, usize)> = asked
+                .iter()
+                .enumerate()
+                .map(|(tag, &(i, stored))| {
+                    let fp = pairs[i % len].0;
+                    (if stored { fp } else { mix(fp) }, tag)
+                })
+                .collect();
+            wanted.sort_unstable();
+            let blocks = ids.blocks_of(wanted.iter().map(|w| w.0));
+            proptest::prop_assert!(blocks.windows(2).all(|w| w[0] < w[1]));
+            let mut at = Vec::new();
+            ids.positions_of(&wanted, &blocks, &mut at).unwrap();
+            for &(fp, tag) in &wanted {
+                let mut alone = Vec::new();
+                ids.positions(fp, &mut alone).unwrap();
+                alone.sort_unstable();
+                let mut together: Vec<u32> =
+                    at.iter().filter(|a| a.0 == tag).map(|a| a.1).collect();
+                together.sort_unstable();
+                proptest::prop_assert_eq!(together, alone);
+                // Each of its blocks among those read.
+                for b in ids.blocks_for(fp) {
+                    proptest::prop_assert!(blocks.binary_search(&b).is_ok());
+                }
             }
         }
     }
