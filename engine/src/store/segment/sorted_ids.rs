@@ -1095,6 +1095,11 @@ mod tests {
             .positions(swapped[2 * BLOCK_PAIRS + 5].0, &mut at)
             .unwrap_err();
         assert!(e.contains("out of order"), "{e}");
+        assert!(
+            many_at_once(&ids, &swapped[2 * BLOCK_PAIRS..2 * BLOCK_PAIRS + 1])
+                .unwrap_err()
+                .contains("out of order")
+        );
         at.clear();
         ids.positions(pairs[10].0, &mut at).unwrap();
         assert_eq!(at, [pairs[10].1]);
@@ -1107,6 +1112,12 @@ mod tests {
             .positions(pairs[3 * BLOCK_PAIRS + 1].0, &mut at)
             .unwrap_err();
         assert!(e.contains("fence"), "{e}");
+        assert!(
+            many_at_once(&ids, &pairs[3 * BLOCK_PAIRS + 1..3 * BLOCK_PAIRS + 3])
+                .unwrap_err()
+                .contains("fence")
+        );
+        many_at_once(&ids, &pairs[..2 * BLOCK_PAIRS]).unwrap();
 
         let (f, at) = section(&pairs);
         let n = pairs.len() as u64;
@@ -1116,6 +1127,18 @@ mod tests {
         let mut disordered = fences.clone();
         disordered.swap(1, 2);
         assert!(SortedIds::in_place(file(), at, n, disordered, sums).is_err());
+    }
+
+    /// The fingerprints of `pairs` looked up at once
+    /// ([`SortedIds::positions_of`]): each found at its position.
+    fn many_at_once(ids: &SortedIds, pairs: &[(u64, u32)]) -> Result<(), String> {
+        let wanted: Vec<(u64, usize)> = pairs.iter().enumerate().map(|(i, p)| (p.0, i)).collect();
+        let mut at = Vec::new();
+        ids.positions_of(&wanted, &ids.blocks_of(pairs.iter().map(|p| p.0)), &mut at)?;
+        for (i, p) in pairs.iter().enumerate() {
+            assert!(at.contains(&(i, p.1)));
+        }
+        Ok(())
     }
 
     fn section(pairs: &[(u64, u32)]) -> (tempfile::NamedTempFile, u64) {
