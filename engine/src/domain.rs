@@ -1266,6 +1266,11 @@ impl CaseState {
         (self.version, &self.facts)
     }
 
+    /// [`CaseState::known`], taken.
+    pub(crate) fn into_known(self) -> (u64, Facts) {
+        (self.version, self.facts)
+    }
+
     /// The state of a stream's first `version` events, held as facts only
     /// (incomplete, see [`CaseState`]), from what [`CaseState::known`]
     /// gave of a state at that version.

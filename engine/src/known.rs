@@ -90,6 +90,18 @@ impl KnownFacts {
         Some(CaseState::from_known(version, facts))
     }
 
+    /// Puts back the facts of `stream`'s state, folded to its stored
+    /// version after [`KnownFacts::take`] gave where to start, when no
+    /// plan took the pupil (its lines were all duplicates): they are
+    /// saved with the plan's, as they would have been had the import not
+    /// read it.
+    pub(crate) fn put_back(&mut self, stream: StreamId, state: CaseState) {
+        let (version, facts) = state.into_known();
+        if version > 0 {
+            self.pupils.insert(stream, (version, facts));
+        }
+    }
+
     /// The checkpoint's bytes but its anchor: the facts of `planned`
     /// (each pupil's state as a plan leaves it, at the version its events
     /// will take it to) and those held here of every other pupil.

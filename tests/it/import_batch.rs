@@ -1711,6 +1711,58 @@ proptest! {
     }
 }
 
+/// A file imported again, every line a duplicate, leaves every pupil's
+/// facts in the checkpoint it saves: the pupils read to start their folds
+/// and planned by no line are put back (until session bi they were left
+/// out, and the next import read each of their whole histories). The
+/// next import then reads none of them.
+#[test]
+fn a_file_imported_again_keeps_every_pupils_facts_in_the_checkpoint() {
+    for engine in [Engine::Segment, Engine::Sled] {
+        let rt = crate::rt();
+        let dir = tempfile::tempdir().unwrap();
+        let log = open_log(dir.path(), SCHOOL, engine, true).expect("open log");
+        rt.block_on(async {
+            let import = |lines: Vec<Value>| {
+                let log = Arc::clone(&log);
+                async move {
+                    let mut planner = Planner::new(log.as_ref(), SCHOOL, now()).with_known_facts();
+                    planner.add_many(parsed(&lines)).await.expect("valid lines");
+                    let mut plan = planner.finish();
+                    let facts = plan.known.take();
+                    let duplicates = plan.duplicates;
+                    if !plan.requests.is_empty() {
+                        log.append_atomic(plan.requests).await.expect("append");
+                    }
+                    if let Some(facts) = &facts {
+                        assert_eq!(facts.len(), FILLERS as usize, "{engine:?}");
+                    }
+                    if let Some(facts) = facts {
+                        casebook_engine::known::save(log.as_ref(), facts)
+                            .await
+                            .expect("save");
+                    }
+                    duplicates
+                }
+            };
+            import(filler_lines(None, 10_000)).await;
+            let day = filler_lines(Some("2025-11-10"), 40_000);
+            assert_eq!(import(day.clone()).await, 0);
+            assert_eq!(import(day).await, FILLERS as usize, "{engine:?}");
+            // The next day: every pupil started from the checkpoint.
+            let counting = CountsVisits(Arc::clone(&log), Default::default(), Default::default());
+            let (next, _, note) = planned(
+                &counting,
+                parsed(&filler_lines(Some("2025-11-11"), 70_000)),
+                true,
+            )
+            .await;
+            assert!(next.is_ok() && note.is_none(), "{engine:?}: {note:?}");
+            assert_eq!(events_visited(counting), 0, "{engine:?}");
+        });
+    }
+}
+
 /// A facts checkpoint is used only when it holds together and belongs to
 /// the log: a damaged one, one anchored at an event the log does not hold
 /// there, or one past the log's head is not used, the import says why
