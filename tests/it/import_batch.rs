@@ -1746,14 +1746,30 @@ fn a_file_imported_again_keeps_every_pupils_facts_in_the_checkpoint() {
                 }
             };
             import(filler_lines(None, 10_000)).await;
-            let day = filler_lines(Some("2025-11-10"), 40_000);
-            assert_eq!(import(day.clone()).await, 0);
-            assert_eq!(import(day).await, FILLERS as usize, "{engine:?}");
+            // Sixteen days of every pupil's marks (the planner's first
+            // batch of `PREFETCH_LINES`), and one pupil's mark on a
+            // seventeenth (its second batch, before which the first's
+            // pupils are put back).
+            let days: Vec<String> = [
+                3, 4, 5, 6, 7, 10, 11, 12, 13, 14, 17, 18, 19, 20, 21, 24, 25,
+            ]
+            .iter()
+            .map(|d| format!("2025-11-{d:02}"))
+            .collect();
+            let mut file: Vec<Value> = days[..16]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, d)| filler_lines(Some(d), 40_000 + 1_000 * i as u128))
+                .collect();
+            assert_eq!(file.len(), casebook_engine::import::PREFETCH_LINES);
+            file.push(filler_lines(Some(&days[16]), 60_000).swap_remove(0));
+            assert_eq!(import(file.clone()).await, 0);
+            assert_eq!(import(file.clone()).await, file.len(), "{engine:?}");
             // The next day: every pupil started from the checkpoint.
             let counting = CountsVisits(Arc::clone(&log), Default::default(), Default::default());
             let (next, _, note) = planned(
                 &counting,
-                parsed(&filler_lines(Some("2025-11-11"), 70_000)),
+                parsed(&filler_lines(Some("2025-11-26"), 70_000)),
                 true,
             )
             .await;
