@@ -694,7 +694,10 @@ struct LaterIds {
 }
 
 /// Fewest blocks of its ids a log whose ids are still in the snapshot
-/// reads there in place ([`in_place_budget`]).
+/// reads there in place ([`in_place_budget`]). Above it from 32,768
+/// events, so it matters only for snapshots below the least a close
+/// writes ([`SNAPSHOT_MIN_EVENTS`]): tests', and those of
+/// `CASEBOOK_SNAPSHOT_MIN_EVENTS`.
 const IN_PLACE_LEAST: u64 = 256;
 
 /// How many times its blocks the look-ups in place may read the
@@ -788,29 +791,27 @@ impl LaterIds {
     }
 
     /// The look-up in place of `ids` in `sorted` ([`LaterIds::sorted`]):
-    /// their fingerprints, each with its id's index, in order, and the
-    /// blocks of the section they fall in ([`SortedIds::blocks_of`]).
+    /// their fingerprints, each with its id, in order, and the blocks of
+    /// the section they fall in ([`SortedIds::blocks_of`]).
     fn in_file_plan(&self, sorted: &SortedIds, ids: &[Uuid]) -> InFile {
         let hasher = self.snapshot.hasher();
-        let mut wanted: Vec<(u64, usize)> = ids
+        let mut wanted: Vec<(u64, Uuid)> = ids
             .iter()
-            .enumerate()
-            .map(|(i, id)| (std::hash::BuildHasher::hash_one(&hasher, id), i))
+            .map(|id| (std::hash::BuildHasher::hash_one(&hasher, id), *id))
             .collect();
         wanted.sort_unstable();
         let blocks = sorted.blocks_of(wanted.iter().map(|&(fp, _)| fp));
         InFile { wanted, blocks }
     }
 
-    /// Adds to `out` the positions that may hold each of `ids`: those the
-    /// snapshot lists under its fingerprint, looked up in place in
-    /// `sorted` ([`LaterIds::sorted`]) as `plan` (their
-    /// [`LaterIds::in_file_plan`]) says, each block once. A block found
-    /// changed stops the look-ups in place for good.
+    /// Adds to `out` the positions that may hold each id of `plan` (its
+    /// [`LaterIds::in_file_plan`]): those the snapshot lists under its
+    /// fingerprint, looked up in place in `sorted` ([`LaterIds::sorted`]),
+    /// each block once. A block found changed stops the look-ups in place
+    /// for good.
     fn in_file(
         &self,
         sorted: &SortedIds,
-        ids: &[Uuid],
         plan: &InFile,
         out: &mut Vec<(u32, Uuid)>,
     ) -> Result<(), String> {
@@ -819,7 +820,7 @@ impl LaterIds {
             self.in_place_failed.store(true, Ordering::Relaxed);
             return Err(e);
         }
-        out.extend(at.into_iter().map(|(i, p)| (p, ids[i])));
+        out.extend(at.into_iter().map(|(id, p)| (p, id)));
         Ok(())
     }
 
@@ -856,8 +857,8 @@ impl LaterIds {
 
 /// A look-up in place of a batch of ids ([`LaterIds::in_file_plan`]).
 struct InFile {
-    /// Each id's fingerprint and index, in order.
-    wanted: Vec<(u64, usize)>,
+    /// Each id with its fingerprint, in order.
+    wanted: Vec<(u64, Uuid)>,
     /// The blocks they fall in, each once, in order.
     blocks: Vec<usize>,
 }
@@ -1442,7 +1443,7 @@ fn stored_at(
 
 /// The position of the stored event with id `id` in a log whose ids are
 /// still in the snapshot ([`Index::later`]): looked up there in place
-/// ([`LaterIds::in_file`]), each candidate's frame read to compare the id
+/// ([`SortedIds::positions`]), each candidate's frame read to compare the id
 /// itself (one that holds another id must hold one with the same
 /// fingerprint), and among the ids after it, `tail`
 /// ([`LaterIds::tail_positions`]). Whatever fails stops the look-ups in
@@ -1463,19 +1464,16 @@ fn stored_in_place(
     let hasher = later.snapshot.hasher();
     let fp = hasher.hash_one(id);
     let looked_up = || -> Result<Option<u64>, StoreError> {
-        let mut found = Vec::new();
-        let ids = std::slice::from_ref(id);
-        let plan = later.in_file_plan(sorted, ids);
-        later
-            .in_file(sorted, ids, &plan, &mut found)
-            .map_err(unreadable_ids)?;
+        // One id: the block or two its fingerprint can be in.
+        let mut at = Vec::new();
+        sorted.positions(fp, &mut at).map_err(unreadable_ids)?;
         let listed = |held: &Uuid, _| Ok(hasher.hash_one(held) == fp);
-        match first_holding(index, segments, found.iter().map(|&(p, _)| p), id, listed)? {
+        match first_holding(index, segments, at, id, listed)? {
             Some(p) => Ok(Some(p)),
             None => Ok(match tail {
                 Tail::Map(map) => map.get(id).copied(),
                 Tail::Scan => {
-                    found.clear();
+                    let mut found = Vec::new();
                     later.in_tail(index.head(), std::slice::from_ref(id), &mut found);
                     found.first().map(|&(p, _)| u64::from(p))
                 }
@@ -5231,7 +5229,7 @@ impl SegmentLog {
             return Ok(None);
         }
         let mut found = Vec::new();
-        if later.in_file(sorted, ids, &plan, &mut found).is_err() {
+        if later.in_file(sorted, &plan, &mut found).is_err() {
             // A block changed: the ids are read whole, which finds why.
             return Ok(None);
         }
@@ -8346,6 +8344,39 @@ mod index_tests {
     /// from the segments, with the note) and finds the id; the writer's
     /// refuses the append that met it, and the next append reads the ids
     /// and is refused as a repeat of the stored id.
+    /// A batch of ids looked up in place reads each block of the section
+    /// they fall in once, and is counted so against the budget: every id
+    /// of a log of 30,000 events (118 blocks) twice, in two batches,
+    /// stays in place (236 block reads of 256), and so does one id more;
+    /// a batch that falls in more blocks than are left reads the ids
+    /// whole, though some budget was left.
+    #[test]
+    fn a_batch_past_what_is_left_of_the_budget_reads_the_ids() {
+        let (dir, rt) = dir_and_runtime();
+        let head = 30_000u128;
+        {
+            let (store, log) = open_log(dir.path(), true, 1);
+            rt.block_on(log.append_atomic(vec![request(1..head + 1)]))
+                .unwrap();
+            drop((log, store));
+        }
+        let (_store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, true);
+        assert_eq!(in_place_budget(head as u64, IN_PLACE_LEAST), 256);
+        let ids =
+            |range: std::ops::Range<u128>| -> Vec<Uuid> { range.map(Uuid::from_u128).collect() };
+        for round in 0..2 {
+            let found = rt.block_on(log.find_events(&ids(1..head + 1))).unwrap();
+            assert_eq!(found.len(), head as usize, "round {round}");
+            assert!(!log.event_ids_held(), "round {round}: 118 block reads each");
+        }
+        assert_eq!(rt.block_on(log.find_events(&ids(7..8))).unwrap().len(), 1);
+        assert!(!log.event_ids_held(), "one block more: 237 of 256");
+        // 64 ids spread over the log fall in far more than 19 blocks.
+        let spread: Vec<Uuid> = (0..64).map(|k| Uuid::from_u128(1 + k * 467)).collect();
+        assert_eq!(rt.block_on(log.find_events(&spread)).unwrap().len(), 64);
+        assert!(log.event_ids_held(), "past what was left: read whole");
+    }
+
     #[test]
     fn a_changed_block_is_found_by_the_look_up_that_reads_it() {
         let (dir, rt) = dir_and_runtime();

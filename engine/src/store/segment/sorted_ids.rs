@@ -642,11 +642,11 @@ impl SortedIds {
     /// with the checks `positions` makes of each block. A batch of ids
     /// that falls in a few thousand of a large section's blocks costs a
     /// read of each of those, not of one or two for every id.
-    pub(super) fn positions_of(
+    pub(super) fn positions_of<T: Copy>(
         &self,
-        wanted: &[(u64, usize)],
+        wanted: &[(u64, T)],
         blocks: &[usize],
-        out: &mut Vec<(usize, u32)>,
+        out: &mut Vec<(T, u32)>,
     ) -> Result<(), String> {
         let mut buf = vec![0u8; BLOCK_BYTES * blocks.len().min(BLOCKS_AT_ONCE)];
         let mut i = 0;
@@ -1129,12 +1129,28 @@ mod tests {
         assert!(SortedIds::in_place(file(), at, n, disordered, sums).is_err());
     }
 
+    /// More blocks than one read takes ([`BLOCKS_AT_ONCE`]) are read in
+    /// runs of at most that many, into a buffer of that size: every
+    /// fingerprint of a section of 274 blocks, at once, is found.
+    #[test]
+    fn a_look_up_of_more_blocks_than_one_read_takes_reads_them_in_runs() {
+        let pairs = sorted((BLOCKS_AT_ONCE * BLOCK_PAIRS + 4_500) as u32);
+        let (fences, sums) = block_sums(&pairs, &[]);
+        assert!(fences.len() > BLOCKS_AT_ONCE);
+        let ids = in_place(&pairs, fences, sums);
+        many_at_once(&ids, &pairs).unwrap();
+        // Every other block: runs of one.
+        let every_other: Vec<(u64, u32)> = pairs.iter().step_by(2 * BLOCK_PAIRS).copied().collect();
+        many_at_once(&ids, &every_other).unwrap();
+    }
+
     /// The fingerprints of `pairs` looked up at once
     /// ([`SortedIds::positions_of`]): each found at its position.
     fn many_at_once(ids: &SortedIds, pairs: &[(u64, u32)]) -> Result<(), String> {
         let wanted: Vec<(u64, usize)> = pairs.iter().enumerate().map(|(i, p)| (p.0, i)).collect();
         let mut at = Vec::new();
         ids.positions_of(&wanted, &ids.blocks_of(pairs.iter().map(|p| p.0)), &mut at)?;
+        let at: std::collections::HashSet<(usize, u32)> = at.into_iter().collect();
         for (i, p) in pairs.iter().enumerate() {
             assert!(at.contains(&(i, p.1)));
         }
