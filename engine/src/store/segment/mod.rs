@@ -678,9 +678,6 @@ struct LaterIds {
     spots: Vec<(u64, Uuid)>,
     /// The event ids of the frames after the snapshot's head, in order.
     tail: Vec<Uuid>,
-    /// `tail` in a map, made by the first look-up of many ids that needs
-    /// it and brought up to date by each after ([`LaterIds::in_tail`]).
-    tail_map: std::sync::Mutex<TailMap>,
     /// The snapshot's ids as looked up in place ([`LaterIds::sorted`]),
     /// once made; `None` if they cannot be (a snapshot of format 5, or a
     /// directory of their blocks that failed its checks).
@@ -741,7 +738,6 @@ impl LaterIds {
             snapshot,
             spots,
             tail: Vec::new(),
-            tail_map: std::sync::Mutex::default(),
             in_place: std::sync::OnceLock::new(),
             in_place_failed: AtomicBool::new(false),
             looked_up: AtomicU64::new(0),
@@ -835,36 +831,13 @@ impl LaterIds {
     }
 
     /// Adds to `out` the positions after the snapshot, in a log of `head`
-    /// events, whose frames hold one of `ids`: fewer than
-    /// [`TAIL_SCAN_IDS`] in one pass over them (until a map of them is
-    /// made), more in a map of them ([`LaterIds::tail_map`]), made once
-    /// and brought up to date with the ids appended since. (Until session
-    /// bi every look-up passed over them all: an import's 49 look-ups of
-    /// 4,096 ids each, over 262,144 ids after the snapshot, 13M probes.)
+    /// events, whose frames hold one of `ids`, in one pass over them.
     fn in_tail(&self, head: u64, ids: &[Uuid], out: &mut Vec<(u32, Uuid)>) {
         let first = self.first_after(head);
-        let mut map = self
-            .tail_map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ids.len() < TAIL_SCAN_IDS && map.covered == 0 {
-            let wanted: std::collections::HashSet<&Uuid> = ids.iter().collect();
-            for (p, id) in (first..).zip(&self.tail) {
-                if wanted.contains(id) {
-                    out.push((p as u32, *id));
-                }
-            }
-            return;
-        }
-        map.cover(first, &self.tail);
-        for id in ids {
-            if let Some(&p) = map.first.get(id) {
+        let wanted: std::collections::HashSet<&Uuid> = ids.iter().collect();
+        for (p, id) in (first..).zip(&self.tail) {
+            if wanted.contains(id) {
                 out.push((p as u32, *id));
-            }
-        }
-        for &(p, id) in &map.again {
-            if ids.contains(&id) {
-                out.push((p as u32, id));
             }
         }
     }
@@ -879,43 +852,6 @@ impl LaterIds {
             map.entry(*id).or_insert(p);
         }
         map
-    }
-}
-
-/// Ids from which a look-up among the ids after the snapshot uses a map
-/// of them rather than a pass over them ([`LaterIds::in_tail`]): a map of
-/// 262,144 ids costs about as much to make as 64 passes over them.
-const TAIL_SCAN_IDS: usize = 64;
-
-/// The ids after the snapshot in a map ([`LaterIds::tail_map`]).
-#[derive(Default)]
-struct TailMap {
-    /// Ids of the tail put in so far (its first `covered`).
-    covered: usize,
-    /// Each id's first position.
-    first: HashMap<Uuid, u64, IdHash>,
-    /// The position of each id met again (a log that holds one twice,
-    /// which the look-up that finds both refuses as corrupt).
-    again: Vec<(u64, Uuid)>,
-}
-
-impl TailMap {
-    /// Puts in the ids of `tail` (the first at position `first`) not yet
-    /// in.
-    fn cover(&mut self, first: u64, tail: &[Uuid]) {
-        let Some(new) = tail.get(self.covered..) else {
-            return;
-        };
-        self.first.reserve(new.len());
-        for (id, p) in new.iter().zip(first + self.covered as u64..) {
-            match self.first.entry(*id) {
-                std::collections::hash_map::Entry::Occupied(_) => self.again.push((p, *id)),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(p);
-                }
-            }
-        }
-        self.covered = tail.len();
     }
 }
 
@@ -8415,40 +8351,6 @@ mod index_tests {
     /// from the segments, with the note) and finds the id; the writer's
     /// refuses the append that met it, and the next append reads the ids
     /// and is refused as a repeat of the stored id.
-    /// A look-up of many ids finds those after the snapshot in a map of
-    /// them, brought up to date with the ids appended since (minted ones,
-    /// which leave the ids in the snapshot), and both positions of an id
-    /// stored twice after it (a log refused as corrupt).
-    #[test]
-    fn many_ids_after_the_snapshot_are_found_in_a_map_of_them() {
-        let (dir, rt) = dir_and_runtime();
-        log_with_snapshot_and_tail(&rt, dir.path());
-        let (_store, log) = open_in_place(dir.path(), IN_PLACE_LEAST, true);
-        let batch = |last: u128| -> Vec<Uuid> {
-            (1..=last)
-                .chain(1_000..1_000 + TAIL_SCAN_IDS as u128)
-                .map(Uuid::from_u128)
-                .collect()
-        };
-        let positions = |last: u128| -> Vec<u64> {
-            let found = rt.block_on(log.find_events(&batch(last))).unwrap();
-            let mut at: Vec<u64> = found.values().map(|e| e.position).collect();
-            at.sort_unstable();
-            at
-        };
-        assert_eq!(positions(7), (1..=7).collect::<Vec<u64>>());
-        rt.block_on(log.append_minted(request(8..10))).unwrap();
-        assert!(!log.event_ids_held());
-        assert_eq!(positions(9), (1..=9).collect::<Vec<u64>>());
-        rt.block_on(log.append_minted(request(9..10))).unwrap();
-        match rt.block_on(log.find_events(&batch(9))) {
-            Err(StoreError::Corrupt { what, .. }) => {
-                assert!(what.contains("is already stored at position 9"), "{what}")
-            }
-            other => panic!("expected the log refused as corrupt, got {other:?}"),
-        }
-    }
-
     /// A batch of ids looked up in place reads each block of the section
     /// they fall in once, and is counted so against the budget: every id
     /// of a log of 30,000 events (118 blocks) twice, in two batches,
