@@ -1470,7 +1470,7 @@ impl<'a> Planner<'a> {
     /// ([`Planner::known_starts`]), they were left out of the checkpoint
     /// the import saves, and the next import read each of their whole
     /// histories again (a re-run of a file already imported, 20,000
-    /// lines on a store of 31.1M events: 3.6–9.1 s on a checkpoint
+    /// lines on a store of 32.1M events: 3.6–9.1 s on a checkpoint
     /// without them, 0.36 s on one with them; docs/performance.md,
     /// "Session bi").
     fn put_back_unplanned(&mut self) {
