@@ -694,10 +694,10 @@ struct LaterIds {
 }
 
 /// Fewest blocks of its ids a log whose ids are still in the snapshot
-/// reads there in place ([`in_place_budget`]). Above it from 32,768
-/// events, so it matters only for snapshots below the least a close
-/// writes ([`SNAPSHOT_MIN_EVENTS`]): tests', and those of
-/// `CASEBOOK_SNAPSHOT_MIN_EVENTS`.
+/// reads there in place ([`in_place_budget`]). The budget reaches it at
+/// 32,768 events and passes it after, so it matters only for snapshots
+/// below the least a close writes ([`SNAPSHOT_MIN_EVENTS`]): tests', and
+/// those of a lower `CASEBOOK_SNAPSHOT_MIN_EVENTS`.
 const IN_PLACE_LEAST: u64 = 256;
 
 /// How many times its blocks the look-ups in place may read the
