@@ -825,7 +825,34 @@ impl<'k> FoldVisitor<'k> {
                             visit_second()
                         }
                     });
-                let mine = runtime.block_on(self.visit_slices(store, first));
+                // The first half on a thread of its own too, this one only
+                // waiting: a `block_on` here, on the thread whose own
+                // `block_on` awaits the caller's other futures (the
+                // planner's look-up of the batch's ids, joined with this
+                // read), took the wake-ups meant for them; on PostgreSQL,
+                // where that look-up awaits the server, the import then
+                // waited for ever (session bi). A thread that cannot be
+                // started fails the read (the line that needs a pupil then
+                // reads it alone).
+                let first_half = std::thread::Builder::new()
+                    .name("casebook-fold".into())
+                    .spawn_scoped(scope, {
+                        let runtime = runtime.clone();
+                        let this = &mut *self;
+                        move || {
+                            let _entered = runtime.enter();
+                            runtime.block_on(this.visit_slices(store, first))
+                        }
+                    });
+                let mine = match first_half {
+                    Ok(first_half) => first_half
+                        .join()
+                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                    Err(e) => Err(StoreError::io(
+                        "start a thread to read pupils' histories",
+                        e,
+                    )),
+                };
                 let theirs = match helper {
                     Ok(helper) => helper
                         .join()

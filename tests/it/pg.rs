@@ -859,7 +859,8 @@ async fn pg_sealing_keeps_keys_outside_the_database_and_erasure_works() {
 /// pupils saves the import planner's facts checkpoint, the next starts
 /// every pupil from it (each read from its checkpointed version on, one
 /// query per 4,096 streams), and the same day again is refused from the
-/// checkpoint's facts.
+/// checkpoint's facts; a day with ids is imported, then imported again
+/// (every line a duplicate), which leaves every pupil in the checkpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pg_a_days_register_starts_from_the_facts_the_last_one_saved() {
     use casebook_engine::known::{self, Loaded};
@@ -907,6 +908,26 @@ async fn pg_a_days_register_starts_from_the_facts_the_last_one_saved() {
     let second = pg(&["import", &day("2025-11-11")]);
     assert!(!second.2.contains("note:"), "{}", second.2);
     assert!(ok(second).contains(&format!("imported {pupils} events")));
+    // A day with ids, imported twice: each import's look-up of the ids
+    // runs beside its read of the pupils on two threads (until session bi
+    // that could lose the look-up's wake-up, and the import waited for
+    // ever), and the second, every line a duplicate, saves a checkpoint
+    // that still holds every pupil.
+    let with_ids = file("2025-11-12.jsonl", &|n| {
+        format!(
+            r#"{{"id":"00000000-0000-4000-8000-{n:012}","type":"AttendanceMarked","pupil":"R{n:04}","occurred_at":"2025-11-12T08:45:00Z","actor":"S017","data":{{"date":"2025-11-12","session":"am","code":"/"}}}}"#
+        )
+    });
+    ok(pg(&["import", &with_ids]));
+    let rerun = ok(pg(&["import", &with_ids]));
+    assert!(
+        rerun.contains(&format!("imported 0 events ({pupils} duplicates)")),
+        "{rerun}"
+    );
+    match known::load(log.as_ref()).await.expect("read") {
+        Loaded::Usable(facts) => assert_eq!(facts.len(), pupils),
+        other => panic!("{other:?}"),
+    }
     let verified = ok(pg(&["verify"]));
     assert!(verified.starts_with("ok: "), "{verified}");
 }
