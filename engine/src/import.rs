@@ -758,6 +758,38 @@ enum Stopped {
     Unreadable(StoreError),
 }
 
+/// Starts `work` on a thread of its own ("casebook-fold", in `runtime`'s
+/// context: [`FoldVisitor::visit_halves`]).
+fn on_fold_thread<'scope, T: Send + 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    runtime: &tokio::runtime::Handle,
+    work: impl std::future::Future<Output = T> + Send + 'scope,
+) -> std::io::Result<std::thread::ScopedJoinHandle<'scope, T>> {
+    let runtime = runtime.clone();
+    std::thread::Builder::new()
+        .name("casebook-fold".into())
+        .spawn_scoped(scope, move || {
+            let _entered = runtime.enter();
+            runtime.block_on(work)
+        })
+}
+
+/// What a thread of [`on_fold_thread`] gave, once it has ended (its panic
+/// goes on here), or why it could not be started.
+fn joined<T>(
+    thread: std::io::Result<std::thread::ScopedJoinHandle<'_, T>>,
+) -> Result<T, StoreError> {
+    match thread {
+        Ok(thread) => Ok(thread
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))),
+        Err(e) => Err(StoreError::io(
+            "start a thread to read pupils' histories",
+            e,
+        )),
+    }
+}
+
 impl<'k> FoldVisitor<'k> {
     /// A visitor of the first pass, with room for `streams` states.
     fn new(keep_entries: &'k IdSet<StreamId>, batched: bool, streams: usize) -> FoldVisitor<'k> {
@@ -773,96 +805,49 @@ impl<'k> FoldVisitor<'k> {
         }
     }
 
-    /// [`FoldVisitor::visit_slices`] of the first half of `streams` on
-    /// this thread and of the second on a thread of its own, with a
-    /// visitor of its own, whose streams are then filed here after this
-    /// one's: the same streams filed, the same states (each stream is
-    /// folded alone), and the streams to visit again in the same order as
-    /// one visitor's. The first error in stream order is returned (the
-    /// first half's, if both failed). Blocks in place (a multi-threaded
-    /// runtime's); without a thread to start, the halves are visited on
-    /// this one.
+    /// [`FoldVisitor::visit_slices`] of each half of `streams` on a thread
+    /// of its own ([`on_fold_thread`]), the second with a visitor of its
+    /// own, whose streams are then filed here after this one's: the same
+    /// streams filed, the same states (each stream is folded alone), and
+    /// the streams to visit again in the same order as one visitor's. The
+    /// first error in stream order is returned (the first half's, if both
+    /// failed). Blocks in place (a multi-threaded runtime's) while this
+    /// thread waits for the two: a `block_on` on this thread, whose own
+    /// `block_on` awaits the caller's other futures (the planner's look-up
+    /// of the batch's ids, joined with this read), took the wake-ups
+    /// meant for them; on PostgreSQL, where that look-up awaits the
+    /// server, the import then waited for ever (session bi). A thread
+    /// that cannot be started fails the read (the line that needs a pupil
+    /// then reads it alone).
     fn visit_halves(
         &mut self,
         store: &dyn EventStore,
         streams: &[(StreamId, u64)],
     ) -> Result<(), StoreError> {
         let (first, second) = streams.split_at(streams.len() / 2);
-        let (keep_entries, batched) = (self.keep_entries, self.batched);
-        let (second_pass, longest) = (self.second_pass, self.longest);
-        let mut starts = Starts::default();
+        let mut other = FoldVisitor {
+            second_pass: self.second_pass,
+            longest: self.longest,
+            ..FoldVisitor::new(self.keep_entries, self.batched, second.len())
+        };
         for (stream, _) in second {
             if let Some(state) = self.starts.remove(stream) {
-                starts.insert(*stream, state);
+                other.starts.insert(*stream, state);
             }
         }
-        // Taken by whichever thread visits the second half.
-        let starts = std::sync::Mutex::new(starts);
-        let visit_second = || {
-            let starts = match starts.lock() {
-                Ok(mut held) => std::mem::take(&mut *held),
-                Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-            };
-            let mut other = FoldVisitor {
-                second_pass,
-                longest,
-                starts,
-                ..FoldVisitor::new(keep_entries, batched, second.len())
-            };
-            let done =
-                tokio::runtime::Handle::current().block_on(other.visit_slices(store, second));
-            (done, other)
-        };
         let runtime = tokio::runtime::Handle::current();
-        let (mine, (theirs, other)) = tokio::task::block_in_place(|| {
+        let (mine, theirs) = tokio::task::block_in_place(|| {
             std::thread::scope(|scope| {
-                let helper = std::thread::Builder::new()
-                    .name("casebook-fold".into())
-                    .spawn_scoped(scope, {
-                        let runtime = runtime.clone();
-                        move || {
-                            let _entered = runtime.enter();
-                            visit_second()
-                        }
-                    });
-                // The first half on a thread of its own too, this one only
-                // waiting: a `block_on` here, on the thread whose own
-                // `block_on` awaits the caller's other futures (the
-                // planner's look-up of the batch's ids, joined with this
-                // read), took the wake-ups meant for them; on PostgreSQL,
-                // where that look-up awaits the server, the import then
-                // waited for ever (session bi). A thread that cannot be
-                // started fails the read (the line that needs a pupil then
-                // reads it alone).
-                let first_half = std::thread::Builder::new()
-                    .name("casebook-fold".into())
-                    .spawn_scoped(scope, {
-                        let runtime = runtime.clone();
-                        let this = &mut *self;
-                        move || {
-                            let _entered = runtime.enter();
-                            runtime.block_on(this.visit_slices(store, first))
-                        }
-                    });
-                let mine = match first_half {
-                    Ok(first_half) => first_half
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    Err(e) => Err(StoreError::io(
-                        "start a thread to read pupils' histories",
-                        e,
-                    )),
-                };
-                let theirs = match helper {
-                    Ok(helper) => helper
-                        .join()
-                        .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-                    Err(_) => visit_second(),
-                };
-                (mine, theirs)
+                let theirs = on_fold_thread(scope, &runtime, async {
+                    let done = other.visit_slices(store, second).await;
+                    (done, other)
+                });
+                let mine = on_fold_thread(scope, &runtime, self.visit_slices(store, first));
+                (joined(mine), joined(theirs))
             })
         });
-        mine?;
+        mine??;
+        let (theirs, other) = theirs?;
         theirs?;
         self.folded.extend(other.folded);
         self.starts.extend(other.starts);

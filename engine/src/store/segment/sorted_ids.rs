@@ -600,10 +600,7 @@ impl SortedIds {
         }
         let mut buf = [0u8; BLOCK_BYTES];
         for b in self.blocks_for(fp) {
-            let block = self.read_blocks(b..b + 1, &mut buf)?;
-            if self.filter.is_none() {
-                self.check_block(b, block)?;
-            }
+            let block = self.read_looked_up(b..b + 1, &mut buf)?;
             for pair in block.chunks_exact(PAIR) {
                 let (f, p) = pair_at(pair);
                 if f == fp {
@@ -656,12 +653,8 @@ impl SortedIds {
             while j < blocks.len() && blocks[j] == blocks[j - 1] + 1 && j - i < BLOCKS_AT_ONCE {
                 j += 1;
             }
-            let run = blocks[i]..blocks[j - 1] + 1;
-            let bytes = self.read_blocks(run.clone(), &mut buf)?;
-            for (b, block) in run.zip(bytes.chunks(BLOCK_BYTES)) {
-                if self.filter.is_none() {
-                    self.check_block(b, block)?;
-                }
+            let bytes = self.read_looked_up(blocks[i]..blocks[j - 1] + 1, &mut buf)?;
+            for block in bytes.chunks(BLOCK_BYTES) {
                 // The block's pairs and the fingerprints wanted, both in
                 // order, merged.
                 let first = pair_at(block).0;
@@ -682,6 +675,23 @@ impl SortedIds {
             i = j;
         }
         Ok(())
+    }
+
+    /// [`SortedIds::read_blocks`] for a look-up: each block of a section
+    /// looked up in place (no filter) also checked
+    /// ([`SortedIds::check_block`]).
+    fn read_looked_up<'b>(
+        &self,
+        blocks: std::ops::Range<usize>,
+        buf: &'b mut [u8],
+    ) -> Result<&'b [u8], String> {
+        let bytes = self.read_blocks(blocks.clone(), buf)?;
+        if self.filter.is_none() {
+            for (b, block) in blocks.zip(bytes.chunks(BLOCK_BYTES)) {
+                self.check_block(b, block)?;
+            }
+        }
+        Ok(bytes)
     }
 
     /// Block `b` of a section looked up in place ([`SortedIds::in_place`]):
