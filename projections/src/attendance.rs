@@ -24,23 +24,23 @@
 //! counted by academic year and category as they change ([`Tally`]): the
 //! report reads the counts, not the marks.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use casebook_engine::codes::{AttendanceCategory, ATTENDANCE_CODES};
 use casebook_engine::domain::academic_year;
 use casebook_engine::event::{AttendanceMarked, CaseEvent, EntryCorrected, Session};
-use casebook_engine::{RecordedEvent, StreamId};
+use casebook_engine::RecordedEvent;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 
 use crate::facts::{academic_year_label, corrected, percent, PupilCard};
+use crate::pupil_map::PupilMap;
 use crate::Projection;
 
 /// The attendance projection.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Attendance {
-    pupils: BTreeMap<StreamId, Register>,
+    pupils: PupilMap<Register>,
 }
 
 /// One pupil's register marks.
@@ -926,23 +926,16 @@ impl Projection for Attendance {
 
     fn apply(&mut self, event: &RecordedEvent, corrected_at: Option<u64>) {
         match &event.event {
-            CaseEvent::PupilRegistered(_) => self
-                .pupils
-                .entry(event.stream)
-                .or_default()
-                .card
-                .register(event),
+            CaseEvent::PupilRegistered(_) => {
+                self.pupils.or_default(event.stream).card.register(event)
+            }
             CaseEvent::AttendanceMarked(a) => {
-                self.pupils
-                    .entry(event.stream)
-                    .or_default()
-                    .marks
-                    .insert_in(
-                        key(a.date, a.session),
-                        academic_year(a.date),
-                        event.position,
-                        &a.code,
-                    );
+                self.pupils.or_default(event.stream).marks.insert_in(
+                    key(a.date, a.session),
+                    academic_year(a.date),
+                    event.position,
+                    &a.code,
+                );
             }
             CaseEvent::EntryCorrected(c) => {
                 if let Some(register) = self.pupils.get_mut(&event.stream) {

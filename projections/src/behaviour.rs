@@ -25,12 +25,13 @@ use std::str::FromStr;
 
 use casebook_engine::domain::academic_year;
 use casebook_engine::event::{CaseEvent, EntryCorrected, IncidentRecorded, Participant};
-use casebook_engine::{RecordedEvent, StreamId};
+use casebook_engine::RecordedEvent;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::facts::{corrected, corrected_entry, make_room, Name, Names, PupilCard};
+use crate::pupil_map::PupilMap;
 use crate::Projection;
 
 /// The group label of incidents with no class or site anywhere.
@@ -40,7 +41,7 @@ pub const NONE_LABEL: &str = "(none)";
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Behaviour {
     names: Names,
-    pupils: BTreeMap<StreamId, Pupil>,
+    pupils: PupilMap<Pupil>,
 }
 
 /// One pupil's registration and incidents, in stream order, as corrected.
@@ -174,7 +175,7 @@ impl Serialize for Behaviour {
         #[derive(Serialize)]
         struct Form<'a> {
             names: &'a [Box<str>],
-            pupils: &'a BTreeMap<StreamId, Pupil>,
+            pupils: &'a PupilMap<Pupil>,
         }
         Form {
             names: self.names.list(),
@@ -193,7 +194,7 @@ impl<'de> Deserialize<'de> for Behaviour {
         #[derive(Deserialize)]
         struct Form {
             names: Vec<Box<str>>,
-            pupils: BTreeMap<StreamId, Pupil>,
+            pupils: PupilMap<Pupil>,
         }
         let form = Form::deserialize(deserializer)?;
         let names = Names::from_list(form.names).map_err(D::Error::custom)?;
@@ -228,9 +229,7 @@ impl Projection for Behaviour {
 
     fn apply(&mut self, e: &RecordedEvent, _corrected_at: Option<u64>) {
         match &e.event {
-            CaseEvent::PupilRegistered(_) => {
-                self.pupils.entry(e.stream).or_default().card.register(e)
-            }
+            CaseEvent::PupilRegistered(_) => self.pupils.or_default(e.stream).card.register(e),
             CaseEvent::EntryCorrected(c) => {
                 // Only the correcting stream is searched: a correction names
                 // an entry of the same pupil.
@@ -243,7 +242,7 @@ impl Projection for Behaviour {
                 }
             }
             CaseEvent::IncidentRecorded(i) => {
-                let incidents = &mut self.pupils.entry(e.stream).or_default().incidents;
+                let incidents = &mut self.pupils.or_default(e.stream).incidents;
                 // A pupil's incidents are a few to a few dozen a year.
                 make_room(incidents, 4, 256);
                 incidents.push(Incident::new(
@@ -406,6 +405,7 @@ mod tests {
     use super::*;
     use crate::facts::testing::{damaged, folded, generated, read_back};
     use crate::facts::Tracker;
+    use casebook_engine::StreamId;
     use chrono::{DateTime, Duration, Utc};
     use proptest::prelude::*;
     use serde_json::{json, Value};

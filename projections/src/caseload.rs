@@ -29,18 +29,19 @@ use casebook_engine::event::{
     CaseClosed, CaseEvent, CaseOpened, CaseType, InterventionEnded, InterventionOutcome,
     InterventionStarted, KeyworkerAssigned, PlanAgreed, PlanKind, PlanReviewed,
 };
-use casebook_engine::{RecordedEvent, StreamId};
+use casebook_engine::RecordedEvent;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::facts::{self, Name, Names, Reading, Steps, StepsOf};
+use crate::pupil_map::PupilMap;
 use crate::Projection;
 
 /// The caseload projection.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Caseload {
     kept: Steps<What>,
-    last_activity: BTreeMap<StreamId, DateTime<Utc>>,
+    last_activity: PupilMap<DateTime<Utc>>,
 }
 
 /// One pupil's registration and case events, in stream order, as
@@ -183,8 +184,8 @@ impl Serialize for Caseload {
         #[derive(Serialize)]
         struct Form<'a> {
             names: &'a [Box<str>],
-            pupils: &'a BTreeMap<StreamId, Pupil>,
-            last_activity: &'a BTreeMap<StreamId, DateTime<Utc>>,
+            pupils: &'a PupilMap<Pupil>,
+            last_activity: &'a PupilMap<DateTime<Utc>>,
         }
         Form {
             names: self.kept.names.list(),
@@ -203,8 +204,8 @@ impl<'de> Deserialize<'de> for Caseload {
         #[derive(Deserialize)]
         struct Form {
             names: Vec<Box<str>>,
-            pupils: BTreeMap<StreamId, Pupil>,
-            last_activity: BTreeMap<StreamId, DateTime<Utc>>,
+            pupils: PupilMap<Pupil>,
+            last_activity: PupilMap<DateTime<Utc>>,
         }
         let form = Form::deserialize(deserializer)?;
         Ok(Caseload {
@@ -227,8 +228,7 @@ impl Projection for Caseload {
             _ => {
                 let latest = self
                     .last_activity
-                    .entry(event.stream)
-                    .or_insert(event.occurred_at);
+                    .or_insert_with(event.stream, || event.occurred_at);
                 *latest = (*latest).max(event.occurred_at);
             }
         }

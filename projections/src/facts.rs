@@ -17,7 +17,7 @@
 //! as the engine's own `CaseState` does.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
@@ -27,6 +27,8 @@ use casebook_engine::{RecordedEvent, StreamId};
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::pupil_map::PupilMap;
 
 /// Makes room in `list` for one more item: when it is full, `step` more
 /// until it holds `until`, then as much again as it holds. The school-wide
@@ -542,14 +544,14 @@ pub(crate) trait Reading: Sized {
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) struct Steps<W> {
     pub(crate) names: Names,
-    pub(crate) pupils: BTreeMap<StreamId, StepsOf<W>>,
+    pub(crate) pupils: PupilMap<StepsOf<W>>,
 }
 
 impl<W> Default for Steps<W> {
     fn default() -> Self {
         Steps {
             names: Names::default(),
-            pupils: BTreeMap::new(),
+            pupils: PupilMap::new(),
         }
     }
 }
@@ -577,9 +579,7 @@ impl<W: Reading> Steps<W> {
     /// same type), an event of a type the view reads as a new step.
     pub(crate) fn apply(&mut self, e: &RecordedEvent) {
         match &e.event {
-            CaseEvent::PupilRegistered(_) => {
-                self.pupils.entry(e.stream).or_default().card.register(e)
-            }
+            CaseEvent::PupilRegistered(_) => self.pupils.or_default(e.stream).card.register(e),
             CaseEvent::EntryCorrected(c) => {
                 let Some(pupil) = self.pupils.get_mut(&e.stream) else {
                     return;
@@ -597,7 +597,7 @@ impl<W: Reading> Steps<W> {
             }
             other => {
                 if let Some(what) = W::of(other, &mut self.names) {
-                    let steps = &mut self.pupils.entry(e.stream).or_default().steps;
+                    let steps = &mut self.pupils.or_default(e.stream).steps;
                     // A pupil's events of one view are none to a few
                     // dozen a year.
                     make_room(steps, 4, 256);
@@ -628,7 +628,7 @@ impl<W: Reading> Steps<W> {
     /// them (the view is then rebuilt).
     pub(crate) fn from_parts(
         names: Vec<Box<str>>,
-        pupils: BTreeMap<StreamId, StepsOf<W>>,
+        pupils: PupilMap<StepsOf<W>>,
     ) -> Result<Steps<W>, String> {
         let names = Names::from_list(names)?;
         for pupil in pupils.values() {
@@ -653,7 +653,7 @@ impl<W: Serialize> Serialize for Steps<W> {
         #[derive(Serialize)]
         struct Form<'a, W> {
             names: &'a [Box<str>],
-            pupils: &'a BTreeMap<StreamId, StepsOf<W>>,
+            pupils: &'a PupilMap<StepsOf<W>>,
         }
         Form {
             names: self.names.list(),
@@ -670,7 +670,7 @@ impl<'de, W: Deserialize<'de> + Reading> Deserialize<'de> for Steps<W> {
         struct Form<W> {
             #[serde(default)]
             names: Vec<Box<str>>,
-            pupils: BTreeMap<StreamId, StepsOf<W>>,
+            pupils: PupilMap<StepsOf<W>>,
         }
         let form = Form::<W>::deserialize(deserializer)?;
         Steps::from_parts(form.names, form.pupils).map_err(serde::de::Error::custom)
@@ -705,7 +705,7 @@ pub struct PupilFacts {
 /// accepts. Keyed by stream; reports sort by pupil reference.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Tracker {
-    pub pupils: BTreeMap<StreamId, PupilFacts>,
+    pub pupils: PupilMap<PupilFacts>,
 }
 
 impl Tracker {
@@ -716,9 +716,7 @@ impl Tracker {
             // Access-log entries live in their own streams and are no part
             // of any school-wide view.
             CaseEvent::RecordViewed(_) => {}
-            CaseEvent::PupilRegistered(_) => {
-                self.pupils.entry(e.stream).or_default().card.register(e)
-            }
+            CaseEvent::PupilRegistered(_) => self.pupils.or_default(e.stream).card.register(e),
             CaseEvent::EntryCorrected(c) => {
                 // Only the correcting stream is searched: a correction names
                 // an entry of the same pupil.
@@ -731,7 +729,7 @@ impl Tracker {
                 }
             }
             other if reads(other) => {
-                let events = &mut self.pupils.entry(e.stream).or_default().events;
+                let events = &mut self.pupils.or_default(e.stream).events;
                 // A pupil's events of one view are a few to a few dozen
                 // a year.
                 make_room(events, 4, 256);
@@ -796,6 +794,7 @@ pub fn percent(part: u64, whole: u64) -> Option<f64> {
 #[cfg(test)]
 pub(crate) mod testing {
     use super::*;
+    use std::collections::BTreeMap;
 
     /// The event `position` of a generated log, in `pupil`'s stream, its id
     /// the position: for the views' property tests.

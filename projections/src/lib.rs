@@ -39,6 +39,7 @@ pub mod facts;
 pub mod force;
 pub mod interventions;
 pub mod pretty;
+pub mod pupil_map;
 pub mod reintegration;
 pub mod retention;
 pub mod runner;

@@ -510,7 +510,7 @@ mod tests {
         let view: Reintegration = folded(&generated_log(&PUPILS, &lines), |_| false).0;
         #[derive(serde::Serialize)]
         struct Before<'a> {
-            pupils: &'a std::collections::BTreeMap<casebook_engine::StreamId, facts::StepsOf<What>>,
+            pupils: &'a crate::pupil_map::PupilMap<facts::StepsOf<What>>,
         }
         let bytes = rmp_serde::to_vec_named(&Before {
             pupils: &view.kept.pupils,

@@ -16,15 +16,14 @@
 //! only once the pupil has some other event before it in the log, as the
 //! whole-log scan this view replaced counted it.
 
-use std::collections::BTreeMap;
-
 use casebook_engine::event::{CaseEvent, CaseType, PlanKind, SAFEGUARDING_TYPES};
-use casebook_engine::{RecordedEvent, StreamId};
+use casebook_engine::RecordedEvent;
 use chrono::{Datelike, NaiveDate};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::pupil_map::PupilMap;
 use crate::Projection;
 
 /// A retention rule: record kind, years after the date of birth, source.
@@ -151,7 +150,7 @@ impl RetentionFacts {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Retention {
     /// By stream: a run lists the pupils in this order.
-    pupils: BTreeMap<StreamId, RetentionFacts>,
+    pupils: PupilMap<RetentionFacts>,
 }
 
 impl Projection for Retention {
@@ -170,7 +169,7 @@ impl Projection for Retention {
             }
             _ => {}
         }
-        let p = self.pupils.entry(e.stream).or_default();
+        let p = self.pupils.or_default(e.stream);
         match &e.event {
             CaseEvent::PupilRegistered(r) => {
                 p.pupil.clone_from(&r.pupil);

@@ -29,7 +29,7 @@ use crate::envelope::{
     chain_hash, split_value, EventRef, Hash, NewEvent, StoredEvent, StreamId, GENESIS_HASH,
 };
 use crate::error::StoreError;
-use segment::IdHash;
+pub use segment::IdHash;
 
 /// What the caller expects the stream's version to be before its append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

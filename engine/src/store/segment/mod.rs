@@ -881,9 +881,10 @@ impl Default for Index {
 /// 128-bit multiply per 8 bytes with per-process random keys (seeded from
 /// std's `RandomState`), in place of SipHash, which cost about a tenth of
 /// the import's CPU. The keys keep an input that a user chose (ids in an
-/// import file) from being steered into one bucket.
+/// import file) from being steered into one bucket. Also the school-wide
+/// views' tables of pupils (`casebook_projections::pupil_map`).
 #[derive(Clone)]
-pub(crate) struct IdHash {
+pub struct IdHash {
     seed: u64,
     /// Tests: every key hashes alike, so that every event id shares one
     /// fingerprint (the paths that tell such ids apart, which real ids
@@ -941,7 +942,8 @@ impl std::hash::BuildHasher for IdHash {
     }
 }
 
-pub(crate) struct IdHasher {
+/// See [`IdHash`].
+pub struct IdHasher {
     state: u64,
     #[cfg(test)]
     collide: bool,
