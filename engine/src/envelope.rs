@@ -405,6 +405,21 @@ impl<'a> Body<'a> {
     }
 }
 
+/// Decodes (and upcasts) a stored event's payload, given its type and
+/// schema: [`StoredEvent::case_event`] for a caller that holds those
+/// fields apart from an envelope (the runner's fold, which takes the
+/// strings out of each envelope of a page it folds in place).
+pub fn decode_case_event(
+    event_type: &str,
+    schema: u32,
+    payload: &[u8],
+) -> Result<CaseEvent, CodecError> {
+    if let Some(event) = decode_plain_payload(event_type, schema, payload) {
+        return Ok(event);
+    }
+    crate::upcast::decode_payload(event_type, schema, payload)
+}
+
 /// The payload of the commonest event, a current-schema `AttendanceMarked`
 /// (most of a pupil's record), when `bytes` are what [`encode_payload`]
 /// writes for one: `{"type": "AttendanceMarked", "data": {"date",
@@ -888,10 +903,7 @@ impl StoredEvent {
 
     /// Decodes the payload, upcasting it to the current schema.
     pub fn case_event(&self) -> Result<CaseEvent, CodecError> {
-        if let Some(event) = decode_plain_payload(&self.event_type, self.schema, &self.payload) {
-            return Ok(event);
-        }
-        crate::upcast::decode_payload(&self.event_type, self.schema, &self.payload)
+        decode_case_event(&self.event_type, self.schema, &self.payload)
     }
 }
 
@@ -997,10 +1009,7 @@ impl<'a> EventRef<'a> {
     /// Decodes the payload, upcasting it to the current schema: as
     /// [`StoredEvent::case_event`].
     pub fn case_event(&self) -> Result<CaseEvent, CodecError> {
-        if let Some(event) = decode_plain_payload(self.event_type, self.schema, self.payload) {
-            return Ok(event);
-        }
-        crate::upcast::decode_payload(self.event_type, self.schema, self.payload)
+        decode_case_event(self.event_type, self.schema, self.payload)
     }
 
     /// The event with its payload decoded as `event`, the actor copied once:
