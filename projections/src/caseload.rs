@@ -408,6 +408,7 @@ mod tests {
     use uuid::Uuid;
 
     const PUPILS: [&str; 2] = ["P1", "P2"];
+    const EIGHT: [&str; 8] = ["P1", "P2", "P3", "P4", "P5", "P6", "P7", "P8"];
 
     fn event() -> impl Strategy<Value = (&'static str, Value)> {
         let case_type = pick(vec![json!("pastoral"), json!("behaviour"), json!("send")]);
@@ -583,6 +584,35 @@ mod tests {
             for keyworker in [None, Some("S1")] {
                 prop_assert_eq!(back.cases(today, keyworker), slim.cases(today, keyworker));
             }
+        }
+
+        /// The checkpoint's bytes are those of its form with each map a
+        /// `BTreeMap` (what the view kept until session bj), whatever
+        /// order the pupils were folded in.
+        #[test]
+        fn the_checkpoint_is_the_bytes_of_its_form_in_btree_maps(
+            lines in prop::collection::vec(
+                crate::facts::testing::line(EIGHT.len(), event(), change()),
+                0..24,
+            ),
+        ) {
+            use std::collections::BTreeMap;
+            #[derive(Serialize)]
+            struct Form<'a> {
+                names: &'a [Box<str>],
+                pupils: BTreeMap<StreamId, &'a Pupil>,
+                last_activity: BTreeMap<StreamId, &'a DateTime<Utc>>,
+            }
+            let view: Caseload = folded(&generated_log(&EIGHT, &lines), |_| false).0;
+            let form = Form {
+                names: view.kept.names.list(),
+                pupils: view.kept.pupils.iter().map(|(k, v)| (*k, v)).collect(),
+                last_activity: view.last_activity.iter().map(|(k, v)| (*k, v)).collect(),
+            };
+            prop_assert_eq!(
+                rmp_serde::to_vec_named(&view).unwrap(),
+                rmp_serde::to_vec_named(&form).unwrap()
+            );
         }
 
         /// Whatever bytes stand for a checkpoint, reading it does not

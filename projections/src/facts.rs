@@ -122,9 +122,11 @@ fn shared_registration(e: &RecordedEvent) -> Arc<Tracked> {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PupilCard {
     /// Behind a pointer: every school-wide view keeps a card per pupil in
-    /// its map, and a map's nodes hold room for eleven values; 8 bytes
-    /// each there instead of a 232-byte `Tracked` (in a 9.9M-event
-    /// rebuild the seven maps' nodes were 51 MB). Shared: the views that
+    /// its map, which holds room for more values than it holds (a
+    /// `BTreeMap`'s nodes room for eleven until session bj, a
+    /// [`PupilMap`]'s `Vec` of entries since); 8 bytes each there
+    /// instead of a 232-byte `Tracked` (in a 9.9M-event rebuild the seven
+    /// maps' nodes were 51 MB). Shared: the views that
     /// fold the same registration hold one copy of it and its strings
     /// (~400 bytes a pupil), until a correction names it, when each view
     /// corrects its own copy. The checkpoint form is the same as a box's.

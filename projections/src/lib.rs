@@ -19,7 +19,9 @@
 //!
 //! Architecture Invariant: `apply` is a pure fold: no I/O, no clock, no
 //! randomness. Replaying the same log gives the same state, whether in one
-//! pass or resumed from a snapshot (property-tested in `tests/it`).
+//! pass or resumed from a snapshot (property-tested in `tests/it`). (The
+//! views' tables of pupils hash under a seed drawn once a process; no order
+//! of theirs is ever seen: [`pupil_map`].)
 //!
 //! Architecture Invariant: no event sequence makes a projection panic. The
 //! log holds what the rules of its day allowed; a projection tolerates odd

@@ -3,12 +3,17 @@
 //!
 //! A view looks its pupil up for nearly every event it folds (a register
 //! mark, a concern, a review). In a `BTreeMap` of a large school that is a
-//! walk down the tree, a cache miss a level: 70 ns a look-up at 2,400
-//! pupils, 250 ns at 73,000 and 470 ns at 240,000 on this machine kind,
-//! against 7, 37 and 69 ns in a hash table (docs/performance.md, "Session
-//! bj"). So the map is a hash table (hashed as the engine's index hashes
-//! its keys, [`IdHash`]: a folded multiplication per 8 bytes under a seed
-//! drawn once a process), and everything that reads it in order
+//! walk down the tree, a cache miss a level: 60–70 ns a look-up at 2,400
+//! pupils, 200–320 at 73,000 and 400–470 at 240,000 on this machine kind
+//! (docs/performance.md, "Session bj"). So the map is an `IndexMap`: the
+//! entries one after another in a `Vec`, found through a hash table of
+//! their places (hashed as the engine's index hashes its keys, [`IdHash`]:
+//! a folded multiplication per 8 bytes under a seed drawn once a process),
+//! 9–10, 35–41 and 83–85 ns a look-up. A `HashMap` holding the entries in
+//! its own slots was faster still (7–8, 24–32, 45–58 ns) but at 240,000
+//! pupils, whose table is then about half full, held 45% more than the
+//! `BTreeMap` (48.6 MB against 33.6 for 96-byte entries); the `IndexMap`
+//! holds less than either (28.4). Everything that reads the map in order
 //! (a report, a checkpoint) sorts its entries by stream first: what a
 //! report shows and the bytes of a checkpoint are the same as a
 //! `BTreeMap`'s, whatever order the pupils arrived in and whatever the
@@ -19,23 +24,22 @@
 //! [`PupilMap::values`], `Debug`, `Serialize`) go in stream order, so the
 //! fold stays a pure function of the log (`lib.rs`).
 
-use std::collections::HashMap;
-
 use casebook_engine::store::IdHash;
 use casebook_engine::StreamId;
+use indexmap::IndexMap;
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Per-pupil state keyed by stream (see the module's doc).
 #[derive(Clone)]
 pub struct PupilMap<V> {
-    table: HashMap<StreamId, V, IdHash>,
+    table: IndexMap<StreamId, V, IdHash>,
 }
 
 impl<V> Default for PupilMap<V> {
     fn default() -> Self {
         PupilMap {
-            table: HashMap::default(),
+            table: IndexMap::default(),
         }
     }
 }
@@ -48,7 +52,7 @@ impl<V> PupilMap<V> {
     /// Room for `pupils` without growing.
     pub fn with_capacity(pupils: usize) -> Self {
         PupilMap {
-            table: HashMap::with_capacity_and_hasher(pupils, IdHash::default()),
+            table: IndexMap::with_capacity_and_hasher(pupils, IdHash::default()),
         }
     }
 
@@ -180,10 +184,12 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for PupilMap<V> {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, mut entries: A) -> Result<PupilMap<V>, A::Error> {
-                // The length a checkpoint claims is not trusted past what
-                // a few bytes an entry could hold.
-                let mut map =
-                    PupilMap::with_capacity(entries.size_hint().unwrap_or(0).min(1 << 16));
+                // The length the bytes claim is not trusted: room for at
+                // most a mebibyte of entries up front (as serde sizes its
+                // own maps), the table growing past it as entries arrive.
+                let most = (1 << 20) / std::mem::size_of::<(StreamId, V)>().max(1);
+                let claimed = entries.size_hint().unwrap_or(0);
+                let mut map = PupilMap::with_capacity(claimed.min(most));
                 while let Some((stream, value)) = entries.next_entry()? {
                     map.insert(stream, value);
                 }
@@ -239,6 +245,17 @@ mod tests {
             }
             prop_assert_eq!(ours.get(&stream(u128::MAX - 7)), theirs.get(&stream(u128::MAX - 7)));
         }
+    }
+
+    /// Bytes that claim four billion entries and hold none are refused,
+    /// without room made for what they claim.
+    #[test]
+    fn a_length_the_bytes_do_not_hold_is_refused() {
+        let bytes = [0xdf, 0xff, 0xff, 0xff, 0xff];
+        // A kilobyte a value: room for what the bytes claim would be 4 TiB.
+        type Big = ([u64; 32], [u64; 32], [u64; 32], [u64; 32]);
+        let read: Result<PupilMap<Big>, _> = rmp_serde::from_slice(&bytes);
+        assert!(read.is_err());
     }
 
     /// A map whose serialized form lists a stream twice keeps the last

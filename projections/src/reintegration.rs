@@ -510,10 +510,15 @@ mod tests {
         let view: Reintegration = folded(&generated_log(&PUPILS, &lines), |_| false).0;
         #[derive(serde::Serialize)]
         struct Before<'a> {
-            pupils: &'a crate::pupil_map::PupilMap<facts::StepsOf<What>>,
+            pupils: &'a std::collections::BTreeMap<casebook_engine::StreamId, facts::StepsOf<What>>,
         }
         let bytes = rmp_serde::to_vec_named(&Before {
-            pupils: &view.kept.pupils,
+            pupils: &view
+                .kept
+                .pupils
+                .iter()
+                .map(|(k, v)| (*k, v.clone()))
+                .collect(),
         })
         .unwrap();
         let read: Reintegration = rmp_serde::from_slice(&bytes).unwrap();

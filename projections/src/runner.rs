@@ -909,9 +909,10 @@ fn fold_page(
 ) -> Result<(), ProjectionError> {
     // The page's events stay where they are (an envelope is 248 bytes, and
     // moving each out of the page, then into a `RecordedEvent`, was a tenth
-    // of a replay's fold thread in memory copies): each event's strings
-    // move into the decoded event (no copy of them), and out again to
-    // `spent` once every projection has folded it.
+    // of a replay's fold thread in memory copies): each event's actor
+    // moves into the decoded event, its type and payload are held beside
+    // it (no copy of any of them), and all three go to `spent` once every
+    // projection has folded it.
     let mut last = None;
     let Page {
         mut events,
