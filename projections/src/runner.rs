@@ -928,10 +928,11 @@ fn fold_page(
         }
         let event_type = std::mem::take(&mut stored.event_type);
         let payload = std::mem::take(&mut stored.payload);
-        let mut actor = std::mem::take(&mut stored.actor);
         // Access-log and staff-directory entries belong to no school-wide
         // view: skipped by type, before paying for a decode.
-        if !casebook_engine::access::is_non_case_type(&event_type) {
+        let actor = if casebook_engine::access::is_non_case_type(&event_type) {
+            std::mem::take(&mut stored.actor)
+        } else {
             let event = match casebook_engine::envelope::decode_case_event(
                 &event_type,
                 stored.schema,
@@ -946,26 +947,13 @@ fn fold_page(
                     })
                 }
             };
-            let event = RecordedEvent {
-                position,
-                stream: stored.stream,
-                version: stored.version,
-                event_id: stored.event_id,
-                occurred_at: stored.occurred_at,
-                recorded_at: stored.recorded_at,
-                actor,
-                correlation_id: stored.correlation_id,
-                causation_id: stored.causation_id,
-                schema: stored.schema,
-                hash,
-                event,
-            };
+            let event = RecordedEvent::taken_from(stored, event);
             let corrected_at = targets.corrected_by(&event);
             for slot in slots.iter_mut().filter(|s| s.at.position < position) {
                 slot.feed.feed(&event, corrected_at);
             }
-            actor = event.actor;
-        }
+            event.actor
+        };
         spent.push((actor, event_type, payload));
         last = Some((position, hash));
         *next += 1;
