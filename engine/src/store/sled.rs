@@ -1268,7 +1268,20 @@ mod tests {
     fn an_open_waits_for_sleds_files_let_go_in_this_process() {
         let dir = tempfile::tempdir().unwrap();
         drop(SledStore::open(dir.path(), true).unwrap());
-        let held = sled::Config::new().path(dir.path()).open().unwrap();
+        // sled's own threads hold its lock a moment after a store is
+        // dropped (what the open under test waits for): so does this
+        // test's own open of sled, up to the same wait.
+        let open_sled = || {
+            let started = std::time::Instant::now();
+            loop {
+                match sled::Config::new().path(dir.path()).open() {
+                    Ok(held) => break held,
+                    Err(e) if started.elapsed() > RELEASED_HERE_WAIT => panic!("{e}"),
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                }
+            }
+        };
+        let held = open_sled();
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(200));
             drop(held);
@@ -1277,7 +1290,7 @@ mod tests {
         releaser.join().unwrap();
         assert!(store.is_ok(), "{:?}", store.err());
         drop(store);
-        let held = sled::Config::new().path(dir.path()).open().unwrap();
+        let held = open_sled();
         match SledStore::open(dir.path(), false) {
             Err(StoreError::InUse { .. }) => {}
             other => panic!("expected in use, got {:?}", other.err()),
